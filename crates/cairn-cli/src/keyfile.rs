@@ -1,0 +1,84 @@
+//! The user's secp256k1 key, kept in a file only its owner can read.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use alloy_signer_local::PrivateKeySigner;
+use anyhow::{Context, bail};
+
+/// Default key location: `$XDG_CONFIG_HOME/cairn/key` or the platform's equivalent.
+pub fn default_path() -> PathBuf {
+    dirs::config_dir()
+        .unwrap_or_else(|| PathBuf::from("."))
+        .join("cairn")
+        .join("key")
+}
+
+/// Loads the key at `path`, creating a new random one (mode 0600) on first use.
+pub fn load_or_create(path: &Path) -> anyhow::Result<PrivateKeySigner> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            parse(text.trim()).with_context(|| format!("reading key file {}", path.display()))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => create(path),
+        Err(e) => Err(e).with_context(|| format!("reading key file {}", path.display())),
+    }
+}
+
+fn parse(hex: &str) -> anyhow::Result<PrivateKeySigner> {
+    let hex = hex.strip_prefix("0x").unwrap_or(hex);
+    if hex.len() != 64 {
+        bail!("a key file holds one secp256k1 secret key as 64 hex digits");
+    }
+    hex.parse::<PrivateKeySigner>()
+        .map_err(|e| anyhow::anyhow!("not a valid secp256k1 secret key: {e}"))
+}
+
+fn create(path: &Path) -> anyhow::Result<PrivateKeySigner> {
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let signer = PrivateKeySigner::random();
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating key file {}", path.display()))?;
+    writeln!(file, "0x{}", alloy_primitives_hex(&signer.to_bytes().0))?;
+    file.sync_all()?;
+    eprintln!(
+        "created a new key {} in {}",
+        signer.address(),
+        path.display()
+    );
+    Ok(signer)
+}
+
+fn alloy_primitives_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn created_once_with_owner_only_mode_then_reloaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub").join("key");
+        let first = load_or_create(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert_eq!(load_or_create(&path).unwrap().address(), first.address());
+        std::fs::write(&path, "not a key").unwrap();
+        assert!(
+            load_or_create(&path)
+                .unwrap_err()
+                .to_string()
+                .contains("key file")
+        );
+    }
+}

@@ -1,0 +1,382 @@
+//! A client for the hub's API: what the CLI, the node and the tests use.
+
+use std::path::Path;
+
+use alloy_signer_local::PrivateKeySigner;
+use cairn_catalog::{FileEntry, NewRepo, Release, Repo, RepoDetail, Resolved, Search};
+use cairn_core::auth::RequestToSign;
+use cairn_core::{BlobHasher, BlobId, FilePath, RepoName, Version};
+use futures::StreamExt;
+use reqwest::{Method, StatusCode, Url};
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
+
+use crate::error::ErrorBody;
+use crate::server::{CreateRelease, Health, RepoList};
+
+/// Client failures.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The hub answered with an error.
+    #[error("hub refused ({status}, {code}): {message}")]
+    Api {
+        /// HTTP status.
+        status: StatusCode,
+        /// The hub's machine code.
+        code: String,
+        /// The hub's message.
+        message: String,
+    },
+    /// The hub could not be reached or the connection broke.
+    #[error("cannot talk to the hub at {url}: {source}")]
+    Http {
+        /// Where.
+        url: String,
+        /// Why.
+        source: reqwest::Error,
+    },
+    /// Downloaded bytes do not hash to the CID asked for.
+    #[error("downloaded content does not match {expected} (got {actual}); nothing was kept")]
+    DigestMismatch {
+        /// Asked for.
+        expected: BlobId,
+        /// Received.
+        actual: BlobId,
+    },
+    /// A write was attempted without a key.
+    #[error("this operation is signed and the client has no key")]
+    NoKey,
+    /// Local file I/O.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// A bad base URL.
+    #[error("invalid hub URL `{0}`")]
+    BadUrl(String),
+}
+
+type Result<T> = std::result::Result<T, ClientError>;
+
+/// A hub client, optionally holding a key for writes.
+#[derive(Clone)]
+pub struct HubClient {
+    base: Url,
+    http: reqwest::Client,
+    signer: Option<PrivateKeySigner>,
+}
+
+impl HubClient {
+    /// A client for the hub at `base` (e.g. `http://127.0.0.1:7400`).
+    pub fn new(base: &str, signer: Option<PrivateKeySigner>) -> Result<Self> {
+        let base = Url::parse(base).map_err(|_| ClientError::BadUrl(base.into()))?;
+        if base.cannot_be_a_base() {
+            return Err(ClientError::BadUrl(base.to_string()));
+        }
+        Ok(Self {
+            base,
+            http: reqwest::Client::new(),
+            signer,
+        })
+    }
+
+    /// The address of the client's key, if it has one.
+    pub fn signer_address(&self) -> Option<cairn_core::Address> {
+        self.signer.as_ref().map(PrivateKeySigner::address)
+    }
+
+    /// The base URL.
+    pub fn base(&self) -> &Url {
+        &self.base
+    }
+
+    fn url(&self, segments: &[&str]) -> Url {
+        let mut url = self.base.clone();
+        {
+            let mut path = url.path_segments_mut().expect("checked in new");
+            path.pop_if_empty();
+            for s in segments {
+                path.push(s);
+            }
+        }
+        url
+    }
+
+    fn http_err(&self, url: &Url) -> impl FnOnce(reqwest::Error) -> ClientError + '_ {
+        let url = url.to_string();
+        move |source| ClientError::Http { url, source }
+    }
+
+    /// A request signed over its method, target and body digest.
+    fn signed(
+        &self,
+        method: Method,
+        url: Url,
+        body_sha256: [u8; 32],
+    ) -> Result<reqwest::RequestBuilder> {
+        let signer = self.signer.as_ref().ok_or(ClientError::NoKey)?;
+        let target = match url.query() {
+            Some(q) => format!("{}?{q}", url.path()),
+            None => url.path().to_owned(),
+        };
+        let mut nonce = [0u8; 16];
+        getrandom::fill(&mut nonce).expect("the OS random source works");
+        let timestamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let headers = RequestToSign {
+            method: method.as_str(),
+            target: &target,
+            body_sha256,
+            timestamp,
+            nonce,
+        }
+        .sign(signer);
+        let mut req = self.http.request(method, url);
+        for (name, value) in headers.to_pairs() {
+            req = req.header(name, value);
+        }
+        Ok(req)
+    }
+
+    async fn send<T: serde::de::DeserializeOwned>(
+        &self,
+        req: reqwest::RequestBuilder,
+    ) -> Result<(StatusCode, T)> {
+        let (client, req) = req.build_split();
+        let req = req.map_err(|source| ClientError::Http {
+            url: self.base.to_string(),
+            source,
+        })?;
+        let url = req.url().clone();
+        let resp = client.execute(req).await.map_err(self.http_err(&url))?;
+        let status = resp.status();
+        if !status.is_success() {
+            return Err(api_error(resp).await);
+        }
+        Ok((status, resp.json().await.map_err(self.http_err(&url))?))
+    }
+
+    async fn signed_json<B: serde::Serialize, T: serde::de::DeserializeOwned>(
+        &self,
+        method: Method,
+        segments: &[&str],
+        body: &B,
+    ) -> Result<(StatusCode, T)> {
+        let bytes = serde_json::to_vec(body).expect("serializable");
+        let req = self
+            .signed(method, self.url(segments), Sha256::digest(&bytes).into())?
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(bytes);
+        self.send(req).await
+    }
+
+    /// `GET /health`.
+    pub async fn health(&self) -> Result<Health> {
+        Ok(self.send(self.http.get(self.url(&["health"]))).await?.1)
+    }
+
+    /// Creates a repository owned by this client's key.
+    pub async fn create_repo(&self, new: &NewRepo) -> Result<Repo> {
+        Ok(self
+            .signed_json(Method::POST, &["v1", "repos"], new)
+            .await?
+            .1)
+    }
+
+    /// Creates (or resumes) a draft release; true when created now.
+    pub async fn create_release(
+        &self,
+        repo: &RepoName,
+        version: Version,
+        notes: &str,
+    ) -> Result<(Release, bool)> {
+        let body = CreateRelease {
+            version,
+            notes: notes.to_owned(),
+        };
+        let (status, release) = self
+            .signed_json(
+                Method::POST,
+                &["v1", "repos", repo.as_str(), "releases"],
+                &body,
+            )
+            .await?;
+        Ok((release, status == StatusCode::CREATED))
+    }
+
+    /// Publishes a draft.
+    pub async fn publish(&self, repo: &RepoName, version: Version) -> Result<Release> {
+        let v = version.to_string();
+        let segments = ["v1", "repos", repo.as_str(), "releases", &v, "publish"];
+        Ok(self
+            .signed_json(Method::POST, &segments, &serde_json::json!({}))
+            .await?
+            .1)
+    }
+
+    /// Uploads a file into a draft release. The file is hashed first: the digest is signed and
+    /// declared, so the hub stores nothing unless it receives exactly these bytes.
+    /// `progress` is called with the bytes sent so far.
+    pub async fn upload_file(
+        &self,
+        repo: &RepoName,
+        version: Version,
+        path: &FilePath,
+        file: &Path,
+        media_type: &str,
+        progress: impl Fn(u64) + Send + Sync + 'static,
+    ) -> Result<FileEntry> {
+        let (cid, _) = hash_file(file).await?;
+        self.upload_declared(repo, version, path, file, cid, media_type, progress)
+            .await
+    }
+
+    /// [`HubClient::upload_file`] with the CID already known (the bytes must hash to it).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn upload_declared(
+        &self,
+        repo: &RepoName,
+        version: Version,
+        path: &FilePath,
+        file: &Path,
+        cid: BlobId,
+        media_type: &str,
+        progress: impl Fn(u64) + Send + Sync + 'static,
+    ) -> Result<FileEntry> {
+        let v = version.to_string();
+        let mut segments = vec!["v1", "repos", repo.as_str(), "releases", &v, "files"];
+        segments.extend(path.as_str().split('/'));
+        let url = self.url(&segments);
+        let f = tokio::fs::File::open(file).await?;
+        let len = f.metadata().await?.len();
+        let mut sent = 0u64;
+        let stream =
+            tokio_util::io::ReaderStream::with_capacity(f, 256 << 10).inspect(move |chunk| {
+                if let Ok(c) = chunk {
+                    sent += c.len() as u64;
+                    progress(sent);
+                }
+            });
+        let req = self
+            .signed(Method::PUT, url, *cid.digest())?
+            .header(reqwest::header::CONTENT_TYPE, media_type)
+            .header(reqwest::header::CONTENT_LENGTH, len)
+            .body(reqwest::Body::wrap_stream(stream));
+        Ok(self.send(req).await?.1)
+    }
+
+    /// A repository with its releases.
+    pub async fn repo(&self, name: &RepoName) -> Result<RepoDetail> {
+        Ok(self
+            .send(self.http.get(self.url(&["v1", "repos", name.as_str()])))
+            .await?
+            .1)
+    }
+
+    /// Repositories matching `search`.
+    pub async fn search(&self, search: &Search) -> Result<Vec<Repo>> {
+        let req = self.http.get(self.url(&["v1", "repos"])).query(search);
+        Ok(self.send::<RepoList>(req).await?.1.repos)
+    }
+
+    /// Resolves `name[@version][/path]` to a file and its CID.
+    pub async fn resolve(
+        &self,
+        repo: &RepoName,
+        version: Option<Version>,
+        path: Option<&FilePath>,
+    ) -> Result<Resolved> {
+        let mut head = repo.to_string();
+        if let Some(v) = version {
+            head = format!("{head}@{v}");
+        }
+        let mut segments = vec!["v1", "resolve", head.as_str()];
+        if let Some(p) = path {
+            segments.extend(p.as_str().split('/'));
+        }
+        Ok(self.send(self.http.get(self.url(&segments))).await?.1)
+    }
+
+    /// Downloads a blob to `out`, verifying it against `cid` before it appears there (it is
+    /// written beside `out` and renamed into place only when the digest matches).
+    /// `progress` is called with `(received, total)`.
+    pub async fn download(
+        &self,
+        cid: &BlobId,
+        out: &Path,
+        progress: impl Fn(u64, u64),
+    ) -> Result<u64> {
+        let id = cid.to_string();
+        let url = self.url(&["v1", "blobs", &id]);
+        let resp = self
+            .http
+            .get(url.clone())
+            .send()
+            .await
+            .map_err(self.http_err(&url))?;
+        if !resp.status().is_success() {
+            return Err(api_error(resp).await);
+        }
+        let total = resp.content_length().unwrap_or(0);
+        let file_name = out
+            .file_name()
+            .map_or_else(|| "download".into(), |n| n.to_string_lossy().into_owned());
+        let partial = out.with_file_name(format!(".{file_name}.{id}.partial"));
+        let result = async {
+            let mut file = tokio::fs::File::create(&partial).await?;
+            let mut hasher = BlobHasher::new();
+            let mut body = resp.bytes_stream();
+            while let Some(chunk) = body.next().await {
+                let chunk = chunk.map_err(self.http_err(&url))?;
+                hasher.update(&chunk);
+                file.write_all(&chunk).await?;
+                progress(hasher.len(), total);
+            }
+            let len = hasher.len();
+            let actual = hasher.finish();
+            if actual != *cid {
+                return Err(ClientError::DigestMismatch {
+                    expected: *cid,
+                    actual,
+                });
+            }
+            file.sync_all().await?;
+            Ok(len)
+        }
+        .await;
+        match result {
+            Ok(len) => {
+                tokio::fs::rename(&partial, out).await?;
+                Ok(len)
+            }
+            Err(e) => {
+                let _ = tokio::fs::remove_file(&partial).await;
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Hashes a file on a blocking thread; returns its CID and size.
+pub async fn hash_file(path: &Path) -> std::io::Result<(BlobId, u64)> {
+    let path = path.to_owned();
+    tokio::task::spawn_blocking(move || BlobHasher::hash_reader(std::fs::File::open(path)?))
+        .await
+        .map_err(std::io::Error::other)?
+}
+
+async fn api_error(resp: reqwest::Response) -> ClientError {
+    let status = resp.status();
+    let body = resp.bytes().await.unwrap_or_default();
+    match serde_json::from_slice::<ErrorBody>(&body) {
+        Ok(e) => ClientError::Api {
+            status,
+            code: e.code,
+            message: e.message,
+        },
+        Err(_) => ClientError::Api {
+            status,
+            code: "unexpected_response".into(),
+            message: String::from_utf8_lossy(&body).chars().take(500).collect(),
+        },
+    }
+}
