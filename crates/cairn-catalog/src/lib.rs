@@ -590,7 +590,11 @@ impl Catalog {
         nonce: &[u8; 16],
         expires_at: i64,
     ) -> Result<bool> {
-        if self.nonce_writes.fetch_add(1, Ordering::Relaxed) % 256 == 0 {
+        if self
+            .nonce_writes
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(256)
+        {
             sqlx::query("DELETE FROM request_nonces WHERE expires_at < $1")
                 .bind(now_secs())
                 .execute(&self.pool)

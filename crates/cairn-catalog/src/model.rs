@@ -62,6 +62,7 @@ pub struct Repo {
     pub name: RepoName,
     /// The Ethereum address that created it; only it may publish.
     #[schema(value_type = String, example = "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed")]
+    #[serde(serialize_with = "checksummed")]
     pub owner: Address,
     /// Markdown.
     pub description: String,
@@ -142,4 +143,9 @@ pub struct Search {
     pub limit: Option<u32>,
     /// Rows to skip.
     pub offset: Option<u32>,
+}
+
+/// Addresses go out in EIP-55 checksum form, as wallets show them.
+fn checksummed<S: serde::Serializer>(a: &Address, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&a.to_checksum(None))
 }

@@ -330,6 +330,30 @@ fn is_onnx(media_type: &str, path: &FilePath) -> bool {
 async fn upload_file(
     State(state): State<HubState>,
     Path((name, version, path)): Path<(String, String, String)>,
+    signer: Result<Signer, ApiError>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let result = match signer {
+        Ok(signer) => store_upload(state, (name, version, path), signer, headers, body).await,
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(created) => created.into_response(),
+        Err(e) => {
+            // The body may be unread: make sure no client reuses this connection.
+            let mut response = e.into_response();
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            response
+        }
+    }
+}
+
+async fn store_upload(
+    state: HubState,
+    (name, version, path): (String, String, String),
     signer: Signer,
     headers: HeaderMap,
     body: Body,

@@ -1,0 +1,154 @@
+//! Starts real `cairn` processes on 127.0.0.1 with OS-assigned ports, and cleans up.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_cairn");
+
+/// A running `cairn` server process; killed on drop.
+pub struct Server {
+    child: Child,
+    pub url: String,
+    pub dir: tempfile::TempDir,
+}
+
+impl Server {
+    /// `cairn devnet` in a fresh data dir.
+    pub fn devnet() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        Self::spawn(
+            &[
+                "devnet",
+                "--listen",
+                "127.0.0.1:0",
+                "--data-dir",
+                data.to_str().unwrap(),
+            ],
+            &[],
+            "  hub:",
+            dir,
+        )
+    }
+
+    /// `cairn hub serve` against the given catalog and blob location.
+    pub fn hub(catalog: &str, blobs: &str, env: &[(&str, String)]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        Self::spawn(
+            &[
+                "hub",
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--catalog",
+                catalog,
+                "--blobs",
+                blobs,
+            ],
+            env,
+            "hub:",
+            dir,
+        )
+    }
+
+    fn spawn(args: &[&str], env: &[(&str, String)], marker: &str, dir: tempfile::TempDir) -> Self {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("start cairn");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let marker = marker.to_owned();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line.starts_with(&marker) {
+                    let url = line.split_whitespace().last().unwrap().to_owned();
+                    let _ = tx.send(url);
+                }
+            }
+        });
+        let url = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("server printed its URL");
+        Self { child, url, dir }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs the CLI against `hub` with `key` as the key file.
+pub fn cairn(hub: &str, key: &Path, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .env("CAIRN_HUB", hub)
+        .env("CAIRN_KEY_FILE", key)
+        .output()
+        .expect("run cairn")
+}
+
+pub fn stdout(o: &Output) -> String {
+    assert!(
+        o.status.success(),
+        "cairn failed: {}\n{}",
+        String::from_utf8_lossy(&o.stderr),
+        String::from_utf8_lossy(&o.stdout)
+    );
+    String::from_utf8(o.stdout.clone()).unwrap()
+}
+
+pub fn failure(o: &Output) -> String {
+    assert!(
+        !o.status.success(),
+        "cairn unexpectedly succeeded: {}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    String::from_utf8(o.stderr.clone()).unwrap()
+}
+
+pub fn random_file(dir: &Path, name: &str, len: usize) -> PathBuf {
+    let mut bytes = vec![0u8; len];
+    getrandom::fill(&mut bytes).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+/// The test models directory built by scripts/test-deps.sh, or `None` (loudly).
+pub fn models_dir(test: &str) -> Option<PathBuf> {
+    match std::env::var_os("CAIRN_TEST_MODELS") {
+        Some(dir) => Some(PathBuf::from(dir)),
+        None => {
+            assert!(
+                std::env::var_os("CAIRN_TEST_REQUIRE_SERVICES").is_none(),
+                "CAIRN_TEST_MODELS is not set but services are required (run scripts/test.sh)"
+            );
+            eprintln!("SKIPPED {test}: CAIRN_TEST_MODELS not set (scripts/test.sh sets it)");
+            None
+        }
+    }
+}
+
+/// Waits until `f` is true or panics after `secs`.
+pub fn eventually(secs: u64, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !f() {
+        assert!(Instant::now() < deadline, "condition not met in {secs} s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

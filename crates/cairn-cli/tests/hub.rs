@@ -1,0 +1,965 @@
+//! End to end: the hub as a real process, driven through the CLI, the Rust client and raw HTTP.
+
+mod common;
+
+use std::path::Path;
+
+use alloy_signer_local::PrivateKeySigner;
+use cairn_catalog::NewRepo;
+use cairn_core::BlobId;
+use cairn_core::auth::RequestToSign;
+use cairn_hub::{ClientError, HubClient};
+use common::*;
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn api_code(e: ClientError) -> (u16, String) {
+    match e {
+        ClientError::Api { status, code, .. } => (status.as_u16(), code),
+        other => panic!("expected an API error, got {other}"),
+    }
+}
+
+#[test]
+fn push_list_show_pull_round_trip_through_the_cli() {
+    let hub = Server::devnet();
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("key");
+    let file = random_file(dir.path(), "weights.bin", 3 << 20);
+
+    // `hub id` agrees with sha256sum, an independent implementation.
+    let cid = stdout(&cairn(
+        &hub.url,
+        &key,
+        &["hub", "id", file.to_str().unwrap()],
+    ))
+    .trim()
+    .to_owned();
+    let sum = std::process::Command::new("sha256sum")
+        .arg(&file)
+        .output()
+        .unwrap();
+    let hex = String::from_utf8(sum.stdout).unwrap()[..64].to_owned();
+    assert_eq!(
+        cid.parse::<BlobId>().unwrap(),
+        format!("sha256:{hex}").parse::<BlobId>().unwrap()
+    );
+
+    let out = stdout(&cairn(
+        &hub.url,
+        &key,
+        &[
+            "hub",
+            "push",
+            file.to_str().unwrap(),
+            "--repo",
+            "demo",
+            "--version",
+            "1.0",
+            "--task",
+            "regression",
+            "--tag",
+            "test",
+            "--description",
+            "A demo",
+            "--notes",
+            "first",
+        ],
+    ));
+    assert!(
+        out.contains(&cid) && out.contains("demo@1.0/weights.bin"),
+        "{out}"
+    );
+    assert!(out.contains("published demo@1.0"), "{out}");
+
+    let ls = stdout(&cairn(&hub.url, &key, &["hub", "ls"]));
+    assert!(ls.contains("demo") && ls.contains("regression"), "{ls}");
+    assert!(
+        stdout(&cairn(
+            &hub.url,
+            &key,
+            &["hub", "ls", "dem", "--tag", "test"]
+        ))
+        .contains("demo")
+    );
+    assert!(!stdout(&cairn(&hub.url, &key, &["hub", "ls", "--tag", "other"])).contains("demo"));
+    let show = stdout(&cairn(&hub.url, &key, &["hub", "show", "demo@1.0"]));
+    assert!(show.contains(&cid) && show.contains("(latest)"), "{show}");
+
+    for reference in [
+        cid.as_str(),
+        "demo@1.0/weights.bin",
+        "demo",
+        &format!("sha256:{hex}"),
+    ] {
+        let out_file = dir.path().join("pulled");
+        let got = stdout(&cairn(
+            &hub.url,
+            &key,
+            &["hub", "pull", reference, "-o", out_file.to_str().unwrap()],
+        ));
+        assert!(got.contains("verified"), "{got}");
+        assert!(
+            std::fs::read(&out_file).unwrap() == std::fs::read(&file).unwrap(),
+            "{reference}"
+        );
+        std::fs::remove_file(&out_file).unwrap();
+    }
+
+    // A second publish of the same version is refused; a new version is fine and becomes latest.
+    let err = failure(&cairn(
+        &hub.url,
+        &key,
+        &[
+            "hub",
+            "push",
+            file.to_str().unwrap(),
+            "--repo",
+            "demo",
+            "--version",
+            "1.0",
+        ],
+    ));
+    assert!(
+        err.contains("409") && err.contains("already published"),
+        "{err}"
+    );
+    let small = random_file(dir.path(), "weights2.bin", 10);
+    stdout(&cairn(
+        &hub.url,
+        &key,
+        &[
+            "hub",
+            "push",
+            small.to_str().unwrap(),
+            "--repo",
+            "demo",
+            "--version",
+            "1.10",
+        ],
+    ));
+    let latest = dir.path().join("latest");
+    stdout(&cairn(
+        &hub.url,
+        &key,
+        &["hub", "pull", "demo", "-o", latest.to_str().unwrap()],
+    ));
+    assert_eq!(
+        std::fs::read(&latest).unwrap(),
+        std::fs::read(&small).unwrap()
+    );
+
+    // Pulling an unknown model fails with the hub's reason and leaves no file behind.
+    let missing = dir.path().join("missing");
+    let err = failure(&cairn(
+        &hub.url,
+        &key,
+        &["hub", "pull", "demo@7.0", "-o", missing.to_str().unwrap()],
+    ));
+    assert!(err.contains("release_not_found"), "{err}");
+    let err = failure(&cairn(
+        &hub.url,
+        &key,
+        &[
+            "hub",
+            "pull",
+            &BlobId::of(b"nothing").to_string(),
+            "-o",
+            missing.to_str().unwrap(),
+        ],
+    ));
+    assert!(err.contains("blob_not_found"), "{err}");
+    assert!(!missing.exists());
+    assert_eq!(
+        std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .ends_with(".partial")
+            })
+            .count(),
+        0
+    );
+}
+
+#[test]
+fn only_the_owner_writes() {
+    let hub = Server::devnet();
+    let dir = tempfile::tempdir().unwrap();
+    let (owner_key, other_key) = (dir.path().join("owner"), dir.path().join("other"));
+    let file = random_file(dir.path(), "m.bin", 1000);
+    stdout(&cairn(
+        &hub.url,
+        &owner_key,
+        &[
+            "hub",
+            "push",
+            file.to_str().unwrap(),
+            "--repo",
+            "mine",
+            "--version",
+            "1.0",
+            "--draft",
+        ],
+    ));
+    let err = failure(&cairn(
+        &hub.url,
+        &other_key,
+        &[
+            "hub",
+            "push",
+            file.to_str().unwrap(),
+            "--repo",
+            "mine",
+            "--version",
+            "1.0",
+        ],
+    ));
+    assert!(err.contains("belongs to"), "{err}");
+
+    // The hub itself refuses, whatever the client does.
+    runtime().block_on(async {
+        let intruder = HubClient::new(&hub.url, Some(PrivateKeySigner::random())).unwrap();
+        let (name, v) = ("mine".parse().unwrap(), "1.0".parse().unwrap());
+        assert_eq!(
+            api_code(
+                intruder
+                    .create_release(&name, "2.0".parse().unwrap(), "")
+                    .await
+                    .unwrap_err()
+            ),
+            (403, "not_owner".into())
+        );
+        let err = intruder
+            .upload_file(
+                &name,
+                v,
+                &"x.bin".parse().unwrap(),
+                &file,
+                "application/octet-stream",
+                |_| {},
+            )
+            .await;
+        assert_eq!(api_code(err.unwrap_err()), (403, "not_owner".into()));
+        assert_eq!(
+            api_code(intruder.publish(&name, v).await.unwrap_err()),
+            (403, "not_owner".into())
+        );
+        let anonymous = HubClient::new(&hub.url, None).unwrap();
+        assert!(matches!(
+            anonymous.publish(&name, v).await,
+            Err(ClientError::NoKey)
+        ));
+    });
+}
+
+/// Signed headers for a hand-made request.
+fn sign(
+    key: &PrivateKeySigner,
+    method: &str,
+    target: &str,
+    body_sha256: [u8; 32],
+    timestamp: u64,
+) -> Vec<(&'static str, String)> {
+    let mut nonce = [0u8; 16];
+    getrandom::fill(&mut nonce).unwrap();
+    RequestToSign {
+        method,
+        target,
+        body_sha256,
+        timestamp,
+        nonce,
+    }
+    .sign(key)
+    .to_pairs()
+    .to_vec()
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+async fn raw_json(
+    hub: &str,
+    method: reqwest::Method,
+    target: &str,
+    headers: &[(&'static str, String)],
+    body: Vec<u8>,
+) -> (u16, serde_json::Value) {
+    let mut req = reqwest::Client::new()
+        .request(method, format!("{hub}{target}"))
+        .body(body);
+    for (k, v) in headers {
+        req = req.header(*k, v);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert!(
+        body.get("code").is_some() || status < 400,
+        "error without a code: {body}"
+    );
+    (status, body)
+}
+
+#[test]
+fn forged_stale_replayed_and_tampered_signatures_are_refused() {
+    let hub = Server::devnet();
+    runtime().block_on(async {
+        let key = PrivateKeySigner::random();
+        let body = serde_json::to_vec(&serde_json::json!({"name": "sig-test"})).unwrap();
+        let digest: [u8; 32] = Sha256::digest(&body).into();
+        let post = reqwest::Method::POST;
+
+        let (status, err) = raw_json(&hub.url, post.clone(), "/v1/repos", &[], body.clone()).await;
+        assert_eq!(
+            (status, err["code"].as_str().unwrap()),
+            (401, "signature_missing")
+        );
+
+        let stale = sign(&key, "POST", "/v1/repos", digest, now() - 3600);
+        let (status, err) =
+            raw_json(&hub.url, post.clone(), "/v1/repos", &stale, body.clone()).await;
+        assert_eq!(
+            (status, err["code"].as_str().unwrap()),
+            (401, "signature_stale")
+        );
+
+        let mut forged = sign(&key, "POST", "/v1/repos", digest, now());
+        forged[0].1 = PrivateKeySigner::random().address().to_string();
+        let (status, err) =
+            raw_json(&hub.url, post.clone(), "/v1/repos", &forged, body.clone()).await;
+        assert_eq!(
+            (status, err["code"].as_str().unwrap()),
+            (401, "signature_invalid")
+        );
+
+        let good = sign(&key, "POST", "/v1/repos", digest, now());
+        let tampered = serde_json::to_vec(&serde_json::json!({"name": "sig-evil"})).unwrap();
+        let (status, err) = raw_json(&hub.url, post.clone(), "/v1/repos", &good, tampered).await;
+        assert_eq!(
+            (status, err["code"].as_str().unwrap()),
+            (401, "body_digest_mismatch")
+        );
+
+        let good = sign(&key, "POST", "/v1/repos", digest, now());
+        let (status, repo) =
+            raw_json(&hub.url, post.clone(), "/v1/repos", &good, body.clone()).await;
+        assert_eq!(status, 201, "{repo}");
+        assert_eq!(
+            repo["owner"].as_str().unwrap(),
+            key.address().to_checksum(None)
+        );
+        let (status, err) =
+            raw_json(&hub.url, post.clone(), "/v1/repos", &good, body.clone()).await;
+        assert_eq!(
+            (status, err["code"].as_str().unwrap()),
+            (401, "signature_replayed")
+        );
+        // Signed for one path, sent to another.
+        let other = sign(&key, "POST", "/v1/repos/sig-test/releases", digest, now());
+        let (status, err) = raw_json(&hub.url, post, "/v1/repos", &other, body).await;
+        assert_eq!(
+            (status, err["code"].as_str().unwrap()),
+            (401, "signature_invalid")
+        );
+    });
+}
+
+/// One HTTP/1.1 request on a raw socket, target sent exactly as given; returns status and body.
+async fn raw_http(
+    hub: &str,
+    method: &str,
+    target: &str,
+    headers: &[(&'static str, String)],
+    body: &[u8],
+) -> (u16, String) {
+    let addr = hub.trim_start_matches("http://");
+    let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut head = format!(
+        "{method} {target} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\ncontent-length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    sock.write_all(head.as_bytes()).await.unwrap();
+    sock.write_all(body).await.unwrap();
+    let mut answer = Vec::new();
+    sock.read_to_end(&mut answer).await.unwrap();
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let status = answer.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, answer)
+}
+
+async fn draft(hub: &str, key: &PrivateKeySigner, name: &str) -> HubClient {
+    let client = HubClient::new(hub, Some(key.clone())).unwrap();
+    let new = NewRepo {
+        name: name.parse().unwrap(),
+        description: String::new(),
+        task: None,
+        license: None,
+        tags: vec![],
+    };
+    client.create_repo(&new).await.unwrap();
+    client
+        .create_release(&new.name, "1.0".parse().unwrap(), "")
+        .await
+        .unwrap();
+    client
+}
+
+#[test]
+fn bad_uploads_store_nothing_and_say_why() {
+    let hub = Server::devnet();
+    let dir = tempfile::tempdir().unwrap();
+    runtime().block_on(async {
+        let key = PrivateKeySigner::random();
+        let client = draft(&hub.url, &key, "uploads").await;
+        let (name, v) = ("uploads".parse().unwrap(), "1.0".parse().unwrap());
+        let file = random_file(dir.path(), "data.bin", 2 << 20);
+        let real = BlobId::of(&std::fs::read(&file).unwrap());
+        let blob_status = |id: BlobId| {
+            let url = format!("{}/v1/blobs/{id}", hub.url);
+            async move { reqwest::get(url).await.unwrap().status().as_u16() }
+        };
+
+        // Declared CID differs from the bytes (a corrupted upload): nothing stored or listed.
+        let wrong = BlobId::of(b"something else");
+        let err = client
+            .upload_declared(
+                &name,
+                v,
+                &"data.bin".parse().unwrap(),
+                &file,
+                wrong,
+                "application/octet-stream",
+                |_| {},
+            )
+            .await;
+        let (status, code) = api_code(err.unwrap_err());
+        assert_eq!((status, code.as_str()), (422, "cid_mismatch"));
+        assert_eq!(blob_status(real).await, 404);
+        assert_eq!(blob_status(wrong).await, 404);
+
+        // Truncated: the connection closes halfway through the declared length.
+        let bytes = std::fs::read(&file).unwrap();
+        let target = "/v1/repos/uploads/releases/1.0/files/data.bin";
+        let headers = sign(&key, "PUT", target, *real.digest(), now());
+        let addr = hub.url.trim_start_matches("http://");
+        let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut head = format!(
+            "PUT {target} HTTP/1.1\r\nhost: {addr}\r\ncontent-length: {}\r\n",
+            bytes.len()
+        );
+        for (k, val) in &headers {
+            head.push_str(&format!("{k}: {val}\r\n"));
+        }
+        head.push_str("\r\n");
+        sock.write_all(head.as_bytes()).await.unwrap();
+        sock.write_all(&bytes[..bytes.len() / 2]).await.unwrap();
+        sock.shutdown().await.unwrap();
+        let mut answer = Vec::new();
+        let _ = sock.read_to_end(&mut answer).await;
+        drop(sock);
+        assert_eq!(blob_status(real).await, 404);
+        assert!(
+            client.repo(&name).await.unwrap().releases[0]
+                .files
+                .is_empty()
+        );
+
+        // A retry of the same file is not blocked by either failure.
+        let entry = client
+            .upload_file(
+                &name,
+                v,
+                &"data.bin".parse().unwrap(),
+                &file,
+                "application/octet-stream",
+                |_| {},
+            )
+            .await
+            .unwrap();
+        assert_eq!((entry.cid, entry.size), (real, bytes.len() as u64));
+        assert_eq!(blob_status(real).await, 200);
+
+        // Not ONNX, though the name says so: refused with the parser's reason.
+        let fake = dir.path().join("fake.onnx");
+        std::fs::write(&fake, b"this is a text file pretending to be a model\n").unwrap();
+        let err = client
+            .upload_file(
+                &name,
+                v,
+                &"fake.onnx".parse().unwrap(),
+                &fake,
+                "application/onnx",
+                |_| {},
+            )
+            .await
+            .unwrap_err();
+        let msg = err.to_string();
+        let (status, code) = api_code(err);
+        assert_eq!((status, code.as_str()), (422, "invalid_onnx"), "{msg}");
+        assert!(msg.contains("not a valid ONNX model"), "{msg}");
+        assert_eq!(
+            blob_status(BlobId::of(&std::fs::read(&fake).unwrap())).await,
+            404
+        );
+        let files = &client.repo(&name).await.unwrap().releases[0].files;
+        assert_eq!(files.len(), 1, "only data.bin");
+
+        // Path traversal, sent on a raw socket: URL libraries normalise `%2e%2e` away.
+        for target in [
+            "/v1/repos/uploads/releases/1.0/files/a/%2e%2e/b",
+            "/v1/repos/uploads/releases/1.0/files/%2e%2e/etc",
+            "/v1/repos/uploads/releases/1.0/files/%2Fetc%2Fpasswd",
+            "/v1/repos/uploads/releases/1.0/files/a%5C..%5Cb",
+        ] {
+            let h = sign(&key, "PUT", target, *BlobId::of(b"x").digest(), now());
+            let (status, body) = raw_http(&hub.url, "PUT", target, &h, b"x").await;
+            assert_eq!(status, 400, "{target}: {body}");
+            assert!(body.contains("invalid_path"), "{target}: {body}");
+        }
+
+        // Publishing, then writing into the published release.
+        client.publish(&name, v).await.unwrap();
+        assert_eq!(
+            api_code(client.publish(&name, v).await.unwrap_err()),
+            (409, "release_published".into())
+        );
+        let err = client
+            .upload_file(
+                &name,
+                v,
+                &"late.bin".parse().unwrap(),
+                &file,
+                "application/octet-stream",
+                |_| {},
+            )
+            .await;
+        assert_eq!(
+            api_code(err.unwrap_err()),
+            (409, "release_published".into())
+        );
+        assert_eq!(
+            api_code(client.create_release(&name, v, "").await.unwrap_err()),
+            (409, "release_published".into())
+        );
+    });
+}
+
+#[test]
+fn blobs_are_served_with_ranges_etags_and_immutable_caching() {
+    let hub = Server::devnet();
+    let dir = tempfile::tempdir().unwrap();
+    runtime().block_on(async {
+        let key = PrivateKeySigner::random();
+        let client = draft(&hub.url, &key, "ranges").await;
+        let file = random_file(dir.path(), "r.bin", 100_000);
+        let bytes = std::fs::read(&file).unwrap();
+        let entry = client
+            .upload_file(
+                &"ranges".parse().unwrap(),
+                "1.0".parse().unwrap(),
+                &"r.bin".parse().unwrap(),
+                &file,
+                "application/octet-stream",
+                |_| {},
+            )
+            .await
+            .unwrap();
+        let url = format!("{}/v1/blobs/{}", hub.url, entry.cid);
+        let http = reqwest::Client::new();
+
+        let full = http.get(&url).send().await.unwrap();
+        assert_eq!(full.status(), 200);
+        let etag = full.headers()["etag"].to_str().unwrap().to_owned();
+        assert_eq!(etag, format!("\"{}\"", entry.cid));
+        assert!(
+            full.headers()["cache-control"]
+                .to_str()
+                .unwrap()
+                .contains("immutable")
+        );
+        assert_eq!(full.bytes().await.unwrap(), bytes);
+
+        let part = http
+            .get(&url)
+            .header("range", "bytes=1000-1999")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(part.status(), 206);
+        assert_eq!(part.headers()["content-range"], "bytes 1000-1999/100000");
+        assert_eq!(part.bytes().await.unwrap(), bytes[1000..2000]);
+        let tail = http
+            .get(&url)
+            .header("range", "bytes=-10")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(tail.bytes().await.unwrap(), bytes[99_990..]);
+        let bad = http
+            .get(&url)
+            .header("range", "bytes=200000-")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(bad.status(), 416);
+        assert_eq!(bad.headers()["content-range"], "bytes */100000");
+
+        let cached = http
+            .get(&url)
+            .header("if-none-match", &etag)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(cached.status(), 304);
+        let head = http.head(&url).send().await.unwrap();
+        assert_eq!(head.status(), 200);
+        assert_eq!(head.headers()["content-length"], "100000");
+        // The OCI spelling names the same blob.
+        let oci = http
+            .get(format!(
+                "{}/v1/blobs/{}",
+                hub.url,
+                entry.cid.to_sha256_string()
+            ))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(oci.status(), 200);
+
+        let (status, err) = raw_json(
+            &hub.url,
+            reqwest::Method::GET,
+            "/v1/blobs/not-a-cid",
+            &[],
+            vec![],
+        )
+        .await;
+        assert_eq!(
+            (status, err["code"].as_str().unwrap()),
+            (400, "invalid_blob_id")
+        );
+        assert!(err["message"].as_str().unwrap().contains("bafkrei"));
+        let (status, err) = raw_json(
+            &hub.url,
+            reqwest::Method::GET,
+            &format!("/v1/blobs/{}", BlobId::of(b"?")),
+            &[],
+            vec![],
+        )
+        .await;
+        assert_eq!(
+            (status, err["code"].as_str().unwrap()),
+            (404, "blob_not_found")
+        );
+    });
+}
+
+#[test]
+fn api_is_documented_and_errors_are_json() {
+    let hub = Server::devnet();
+    runtime().block_on(async {
+        let spec: serde_json::Value = reqwest::get(format!("{}/openapi.json", hub.url))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let paths = spec["paths"].as_object().unwrap();
+        for p in [
+            "/v1/repos",
+            "/v1/repos/{name}/releases/{version}/files/{path}",
+            "/v1/blobs/{cid}",
+            "/v1/resolve/{reference}",
+            "/health",
+        ] {
+            assert!(paths.contains_key(p), "{p} undocumented");
+        }
+        let docs = reqwest::get(format!("{}/docs/", hub.url)).await.unwrap();
+        assert_eq!(docs.status(), 200);
+        assert!(docs.text().await.unwrap().contains("swagger"));
+        let health = HubClient::new(&hub.url, None)
+            .unwrap()
+            .health()
+            .await
+            .unwrap();
+        assert_eq!(health.status, "ok");
+        let (status, err) = raw_json(&hub.url, reqwest::Method::GET, "/nope", &[], vec![]).await;
+        assert_eq!(
+            (status, err["code"].as_str().unwrap()),
+            (404, "no_such_route")
+        );
+        let (status, err) = raw_json(
+            &hub.url,
+            reqwest::Method::GET,
+            "/v1/repos/BAD%20NAME",
+            &[],
+            vec![],
+        )
+        .await;
+        assert_eq!(
+            (status, err["code"].as_str().unwrap()),
+            (400, "invalid_repo_name")
+        );
+        let (status, err) = raw_json(
+            &hub.url,
+            reqwest::Method::GET,
+            "/v1/resolve/ghost@1.0",
+            &[],
+            vec![],
+        )
+        .await;
+        assert_eq!(
+            (status, err["code"].as_str().unwrap()),
+            (404, "repo_not_found")
+        );
+    });
+}
+
+/// onnxruntime's view of a model (written by scripts/make_test_models.py) against the hub's.
+fn assert_signature_matches_onnxruntime(
+    models: &Path,
+    name: &str,
+    sig: &cairn_onnx::OnnxSignature,
+) {
+    let ort: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(models.join(format!("{name}.ort.json"))).unwrap(),
+    )
+    .unwrap();
+    for (side, ours) in [("inputs", &sig.inputs), ("outputs", &sig.outputs)] {
+        let theirs = ort[side].as_array().unwrap();
+        assert_eq!(theirs.len(), ours.len(), "{name} {side}");
+        for (t, o) in theirs.iter().zip(ours) {
+            assert_eq!(t["name"], o.name.as_str(), "{name}");
+            assert_eq!(t["type"], o.type_name.as_str(), "{name} {}", o.name);
+            // onnxruntime prints a symbolic dim as its name, a fixed one as a number, an unknown as None.
+            assert_eq!(
+                t["shape"],
+                serde_json::to_value(o.shape.as_ref().unwrap()).unwrap(),
+                "{name} {}",
+                o.name
+            );
+        }
+    }
+}
+
+#[test]
+fn real_models_publish_with_signatures_matching_onnxruntime() {
+    let Some(models) = models_dir("real_models_publish_with_signatures_matching_onnxruntime")
+    else {
+        return;
+    };
+    let hub = Server::devnet();
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("key");
+    for name in ["light_squeezenet", "digits_mlp"] {
+        let file = models.join(format!("{name}.onnx"));
+        let repo = name.replace('_', "-");
+        stdout(&cairn(
+            &hub.url,
+            &key,
+            &[
+                "hub",
+                "push",
+                file.to_str().unwrap(),
+                "--repo",
+                &repo,
+                "--version",
+                "1.0",
+                "--task",
+                "classification",
+            ],
+        ));
+        let show = stdout(&cairn(&hub.url, &key, &["hub", "show", &repo, "--json"]));
+        let detail: cairn_catalog::RepoDetail = serde_json::from_str(&show).unwrap();
+        let entry = &detail.releases[0].files[0];
+        assert_eq!(entry.media_type, "application/onnx");
+        let sig = entry.onnx.as_ref().expect("signature extracted");
+        assert!(!sig.opsets.is_empty() && sig.ir_version > 0);
+        assert_signature_matches_onnxruntime(&models, name, sig);
+        let pulled = dir.path().join(format!("{name}.pulled"));
+        stdout(&cairn(
+            &hub.url,
+            &key,
+            &[
+                "hub",
+                "pull",
+                &format!("{repo}@1.0"),
+                "-o",
+                pulled.to_str().unwrap(),
+            ],
+        ));
+        assert!(std::fs::read(&pulled).unwrap() == std::fs::read(&file).unwrap());
+    }
+}
+
+#[test]
+fn a_truncated_real_model_is_refused() {
+    let Some(models) = models_dir("a_truncated_real_model_is_refused") else {
+        return;
+    };
+    let hub = Server::devnet();
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = std::fs::read(models.join("light_squeezenet.onnx")).unwrap();
+    let cut = dir.path().join("cut.onnx");
+    std::fs::write(&cut, &bytes[..bytes.len() * 2 / 3]).unwrap();
+    let err = failure(&cairn(
+        &hub.url,
+        &dir.path().join("key"),
+        &[
+            "hub",
+            "push",
+            cut.to_str().unwrap(),
+            "--repo",
+            "cut",
+            "--version",
+            "1.0",
+        ],
+    ));
+    assert!(
+        err.contains("invalid_onnx") && err.contains("truncated"),
+        "{err}"
+    );
+}
+
+#[test]
+fn two_hubs_on_one_postgres_and_one_s3_bucket_act_as_one() {
+    let (Ok(pg), Ok(s3)) = (
+        std::env::var("CAIRN_TEST_PG_URL"),
+        std::env::var("CAIRN_TEST_S3_ENDPOINT"),
+    ) else {
+        assert!(
+            std::env::var_os("CAIRN_TEST_REQUIRE_SERVICES").is_none(),
+            "PostgreSQL and S3 are required (run scripts/test.sh)"
+        );
+        eprintln!(
+            "SKIPPED two_hubs_on_one_postgres_and_one_s3_bucket_act_as_one: no PostgreSQL/S3"
+        );
+        return;
+    };
+    let bucket = std::env::var("CAIRN_TEST_S3_BUCKET").unwrap_or_else(|_| "cairn-test".into());
+    let mut suffix = [0u8; 6];
+    getrandom::fill(&mut suffix).unwrap();
+    let prefix: String = suffix.iter().map(|b| format!("{b:02x}")).collect();
+    let blobs = format!("s3://{bucket}/e2e-{prefix}");
+    let env = [("CAIRN_S3_ENDPOINT", s3)];
+    // Both start at once: the catalog migration must be taken by exactly one.
+    let (a, b) = std::thread::scope(|s| {
+        let a = s.spawn(|| Server::hub(&pg, &blobs, &env));
+        let b = s.spawn(|| Server::hub(&pg, &blobs, &env));
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("key");
+    let repo = format!("shared-{prefix}");
+    // 20 MiB: several S3 multipart parts.
+    let file = random_file(dir.path(), "big.bin", 20 << 20);
+    stdout(&cairn(
+        &a.url,
+        &key,
+        &[
+            "hub",
+            "push",
+            file.to_str().unwrap(),
+            "--repo",
+            &repo,
+            "--version",
+            "1.0",
+        ],
+    ));
+    let pulled = dir.path().join("pulled");
+    stdout(&cairn(
+        &b.url,
+        &key,
+        &[
+            "hub",
+            "pull",
+            &format!("{repo}@1.0/big.bin"),
+            "-o",
+            pulled.to_str().unwrap(),
+        ],
+    ));
+    assert!(std::fs::read(&pulled).unwrap() == std::fs::read(&file).unwrap());
+    assert!(stdout(&cairn(&b.url, &key, &["hub", "ls", &repo])).contains(&repo));
+    let err = failure(&cairn(
+        &b.url,
+        &key,
+        &[
+            "hub",
+            "push",
+            file.to_str().unwrap(),
+            "--repo",
+            &repo,
+            "--version",
+            "1.0",
+        ],
+    ));
+    assert!(err.contains("already published"), "{err}");
+
+    if let Some(models) = models_dir("two_hubs (ONNX over S3)") {
+        let model = models.join("digits_mlp.onnx");
+        let onnx_repo = format!("digits-{prefix}");
+        stdout(&cairn(
+            &b.url,
+            &key,
+            &[
+                "hub",
+                "push",
+                model.to_str().unwrap(),
+                "--repo",
+                &onnx_repo,
+                "--version",
+                "1.0",
+            ],
+        ));
+        let show: cairn_catalog::RepoDetail = serde_json::from_str(&stdout(&cairn(
+            &a.url,
+            &key,
+            &["hub", "show", &onnx_repo, "--json"],
+        )))
+        .unwrap();
+        assert_signature_matches_onnxruntime(
+            &models,
+            "digits_mlp",
+            show.releases[0].files[0].onnx.as_ref().unwrap(),
+        );
+    }
+
+    runtime().block_on(async {
+        let (ka, kb) = (PrivateKeySigner::random(), PrivateKeySigner::random());
+        let ca = HubClient::new(&a.url, Some(ka)).unwrap();
+        let cb = HubClient::new(&b.url, Some(kb)).unwrap();
+        let new = NewRepo {
+            name: format!("race-{prefix}").parse().unwrap(),
+            description: String::new(),
+            task: None,
+            license: None,
+            tags: vec![],
+        };
+        let (ra, rb) = tokio::join!(ca.create_repo(&new), cb.create_repo(&new));
+        assert!(
+            ra.is_ok() != rb.is_ok(),
+            "exactly one hub creates the repository"
+        );
+        let loser = ra.err().or(rb.err()).unwrap();
+        assert_eq!(api_code(loser), (409, "repo_exists".into()));
+    });
+}

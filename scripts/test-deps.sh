@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Installs what the tests need beside cargo, pinned and cached outside the clone:
+#   - a Python venv with moto (S3 API server), onnx, onnxruntime, scikit-learn, skl2onnx
+#   - test models: onnx's light_squeezenet and an sklearn digits MLP, with onnxruntime's view
+#     of their signatures
+#   - a PostgreSQL server (Debian's package when none is installed)
+# Source it: it exports CAIRN_CACHE_DIR, CAIRN_PY and CAIRN_TEST_MODELS.
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+export CAIRN_CACHE_DIR="${CAIRN_CACHE_DIR:-$HOME/.cache/cairn}"
+mkdir -p "$CAIRN_CACHE_DIR"
+
+req="$here/requirements-test.txt"
+stamp="$(cat "$req" "$here/make_test_models.py" | sha256sum | cut -c1-16)"
+venv="$CAIRN_CACHE_DIR/venv-$stamp"
+if [ ! -x "$venv/bin/python" ] || [ ! -f "$venv/.complete" ]; then
+  echo "test-deps: creating $venv" >&2
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$req"
+  touch "$venv/.complete"
+fi
+export CAIRN_PY="$venv/bin/python"
+
+models="$CAIRN_CACHE_DIR/models-$stamp"
+if [ ! -f "$models/.complete" ]; then
+  echo "test-deps: building test models in $models" >&2
+  rm -rf "$models"
+  mkdir -p "$models"
+  "$CAIRN_PY" "$here/make_test_models.py" "$models"
+  touch "$models/.complete"
+fi
+export CAIRN_TEST_MODELS="$models"
+
+if ! command -v initdb >/dev/null 2>&1; then
+  pgbin="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)"
+  if [ -z "$pgbin" ]; then
+    echo "test-deps: installing PostgreSQL from Debian" >&2
+    if [ "$(id -u)" = 0 ]; then sudo_cmd=""; else sudo_cmd="sudo"; fi
+    $sudo_cmd apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq postgresql >/dev/null
+    pgbin="$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)"
+  fi
+  export PATH="$pgbin:$PATH"
+fi
