@@ -20,7 +20,9 @@ use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::prefix::PrefixStore;
-use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt, WriteMultipart};
+use object_store::{
+    GetOptions, GetRange, GetResultPayload, ObjectStore, ObjectStoreExt, WriteMultipart,
+};
 
 /// Multipart chunk size: above S3's 5 MiB minimum part, small enough to bound memory.
 const CHUNK_BYTES: usize = 8 << 20;
@@ -346,10 +348,16 @@ impl BlobStore {
                 size,
             });
         }
+        let stream = match result.payload {
+            // object_store reads local files 8 KiB per blocking task; large reads keep a local
+            // hub's downloads near disk speed.
+            GetResultPayload::File(file, _) => local_file_stream(file, got.clone())?,
+            GetResultPayload::Stream(s) => s.map_err(StoreError::from).boxed(),
+        };
         Ok(BlobRead {
             size,
             range: got,
-            stream: result.into_stream().map_err(StoreError::from).boxed(),
+            stream,
         })
     }
 
@@ -391,6 +399,19 @@ impl BlobStore {
         }
         Ok(removed)
     }
+}
+
+fn local_file_stream(
+    mut file: std::fs::File,
+    range: Range<u64>,
+) -> Result<BoxStream<'static, Result<Bytes, StoreError>>, StoreError> {
+    use std::io::Seek;
+    use tokio::io::AsyncReadExt;
+    file.seek(io::SeekFrom::Start(range.start))?;
+    let reader = tokio::fs::File::from_std(file).take(range.end - range.start);
+    Ok(tokio_util::io::ReaderStream::with_capacity(reader, 1 << 20)
+        .map_err(StoreError::from)
+        .boxed())
 }
 
 fn random_hex() -> String {
