@@ -185,16 +185,13 @@ impl Catalog {
             .await?
             .try_get("v")?;
         let current = current.unwrap_or(0);
-        for (version, sqlite, postgres) in schema::MIGRATIONS {
+        for (version, sql) in schema::MIGRATIONS {
             if *version <= current {
                 continue;
             }
-            let ddl = match self.backend {
-                Backend::Sqlite => sqlite,
-                Backend::Postgres => postgres,
-            };
             tracing::info!(version, "applying catalog migration");
-            tx.execute(sqlx::raw_sql(ddl)).await?;
+            let ddl = schema::ddl(sql, self.backend);
+            tx.execute(sqlx::raw_sql(&ddl)).await?;
             sqlx::query("INSERT INTO cairn_schema (version, applied_at) VALUES ($1, $2)")
                 .bind(*version)
                 .bind(now_secs())

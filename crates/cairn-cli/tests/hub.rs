@@ -292,6 +292,24 @@ fn now() -> u64 {
         .as_secs()
 }
 
+/// Sends a request that must be refused with `expected` (status, code); returns the error body.
+async fn refused(
+    expected: (u16, &str),
+    hub: &str,
+    method: reqwest::Method,
+    target: &str,
+    headers: &[(&'static str, String)],
+    body: Vec<u8>,
+) -> serde_json::Value {
+    let (status, err) = raw_json(hub, method, target, headers, body).await;
+    assert_eq!(
+        (status, err["code"].as_str().unwrap()),
+        expected,
+        "{target}: {err}"
+    );
+    err
+}
+
 async fn raw_json(
     hub: &str,
     method: reqwest::Method,
@@ -324,36 +342,50 @@ fn forged_stale_replayed_and_tampered_signatures_are_refused() {
         let digest: [u8; 32] = Sha256::digest(&body).into();
         let post = reqwest::Method::POST;
 
-        let (status, err) = raw_json(&hub.url, post.clone(), "/v1/repos", &[], body.clone()).await;
-        assert_eq!(
-            (status, err["code"].as_str().unwrap()),
-            (401, "signature_missing")
-        );
+        refused(
+            (401, "signature_missing"),
+            &hub.url,
+            post.clone(),
+            "/v1/repos",
+            &[],
+            body.clone(),
+        )
+        .await;
 
         let stale = sign(&key, "POST", "/v1/repos", digest, now() - 3600);
-        let (status, err) =
-            raw_json(&hub.url, post.clone(), "/v1/repos", &stale, body.clone()).await;
-        assert_eq!(
-            (status, err["code"].as_str().unwrap()),
-            (401, "signature_stale")
-        );
+        refused(
+            (401, "signature_stale"),
+            &hub.url,
+            post.clone(),
+            "/v1/repos",
+            &stale,
+            body.clone(),
+        )
+        .await;
 
         let mut forged = sign(&key, "POST", "/v1/repos", digest, now());
         forged[0].1 = PrivateKeySigner::random().address().to_string();
-        let (status, err) =
-            raw_json(&hub.url, post.clone(), "/v1/repos", &forged, body.clone()).await;
-        assert_eq!(
-            (status, err["code"].as_str().unwrap()),
-            (401, "signature_invalid")
-        );
+        refused(
+            (401, "signature_invalid"),
+            &hub.url,
+            post.clone(),
+            "/v1/repos",
+            &forged,
+            body.clone(),
+        )
+        .await;
 
         let good = sign(&key, "POST", "/v1/repos", digest, now());
         let tampered = serde_json::to_vec(&serde_json::json!({"name": "sig-evil"})).unwrap();
-        let (status, err) = raw_json(&hub.url, post.clone(), "/v1/repos", &good, tampered).await;
-        assert_eq!(
-            (status, err["code"].as_str().unwrap()),
-            (401, "body_digest_mismatch")
-        );
+        refused(
+            (401, "body_digest_mismatch"),
+            &hub.url,
+            post.clone(),
+            "/v1/repos",
+            &good,
+            tampered,
+        )
+        .await;
 
         let good = sign(&key, "POST", "/v1/repos", digest, now());
         let (status, repo) =
@@ -363,19 +395,26 @@ fn forged_stale_replayed_and_tampered_signatures_are_refused() {
             repo["owner"].as_str().unwrap(),
             key.address().to_checksum(None)
         );
-        let (status, err) =
-            raw_json(&hub.url, post.clone(), "/v1/repos", &good, body.clone()).await;
-        assert_eq!(
-            (status, err["code"].as_str().unwrap()),
-            (401, "signature_replayed")
-        );
+        refused(
+            (401, "signature_replayed"),
+            &hub.url,
+            post.clone(),
+            "/v1/repos",
+            &good,
+            body.clone(),
+        )
+        .await;
         // Signed for one path, sent to another.
         let other = sign(&key, "POST", "/v1/repos/sig-test/releases", digest, now());
-        let (status, err) = raw_json(&hub.url, post, "/v1/repos", &other, body).await;
-        assert_eq!(
-            (status, err["code"].as_str().unwrap()),
-            (401, "signature_invalid")
-        );
+        refused(
+            (401, "signature_invalid"),
+            &hub.url,
+            post,
+            "/v1/repos",
+            &other,
+            body,
+        )
+        .await;
     });
 }
 
@@ -645,7 +684,8 @@ fn blobs_are_served_with_ranges_etags_and_immutable_caching() {
             .unwrap();
         assert_eq!(oci.status(), 200);
 
-        let (status, err) = raw_json(
+        let err = refused(
+            (400, "invalid_blob_id"),
             &hub.url,
             reqwest::Method::GET,
             "/v1/blobs/not-a-cid",
@@ -653,12 +693,9 @@ fn blobs_are_served_with_ranges_etags_and_immutable_caching() {
             vec![],
         )
         .await;
-        assert_eq!(
-            (status, err["code"].as_str().unwrap()),
-            (400, "invalid_blob_id")
-        );
         assert!(err["message"].as_str().unwrap().contains("bafkrei"));
-        let (status, err) = raw_json(
+        refused(
+            (404, "blob_not_found"),
             &hub.url,
             reqwest::Method::GET,
             &format!("/v1/blobs/{}", BlobId::of(b"?")),
@@ -666,10 +703,6 @@ fn blobs_are_served_with_ranges_etags_and_immutable_caching() {
             vec![],
         )
         .await;
-        assert_eq!(
-            (status, err["code"].as_str().unwrap()),
-            (404, "blob_not_found")
-        );
     });
 }
 
@@ -702,12 +735,17 @@ fn api_is_documented_and_errors_are_json() {
             .await
             .unwrap();
         assert_eq!(health.status, "ok");
-        let (status, err) = raw_json(&hub.url, reqwest::Method::GET, "/nope", &[], vec![]).await;
-        assert_eq!(
-            (status, err["code"].as_str().unwrap()),
-            (404, "no_such_route")
-        );
-        let (status, err) = raw_json(
+        refused(
+            (404, "no_such_route"),
+            &hub.url,
+            reqwest::Method::GET,
+            "/nope",
+            &[],
+            vec![],
+        )
+        .await;
+        refused(
+            (400, "invalid_repo_name"),
             &hub.url,
             reqwest::Method::GET,
             "/v1/repos/BAD%20NAME",
@@ -715,11 +753,8 @@ fn api_is_documented_and_errors_are_json() {
             vec![],
         )
         .await;
-        assert_eq!(
-            (status, err["code"].as_str().unwrap()),
-            (400, "invalid_repo_name")
-        );
-        let (status, err) = raw_json(
+        refused(
+            (404, "repo_not_found"),
             &hub.url,
             reqwest::Method::GET,
             "/v1/resolve/ghost@1.0",
@@ -727,10 +762,6 @@ fn api_is_documented_and_errors_are_json() {
             vec![],
         )
         .await;
-        assert_eq!(
-            (status, err["code"].as_str().unwrap()),
-            (404, "repo_not_found")
-        );
     });
 }
 
