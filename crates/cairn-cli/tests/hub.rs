@@ -735,33 +735,21 @@ fn api_is_documented_and_errors_are_json() {
             .await
             .unwrap();
         assert_eq!(health.status, "ok");
-        refused(
-            (404, "no_such_route"),
-            &hub.url,
-            reqwest::Method::GET,
-            "/nope",
-            &[],
-            vec![],
-        )
-        .await;
-        refused(
-            (400, "invalid_repo_name"),
-            &hub.url,
-            reqwest::Method::GET,
-            "/v1/repos/BAD%20NAME",
-            &[],
-            vec![],
-        )
-        .await;
-        refused(
-            (404, "repo_not_found"),
-            &hub.url,
-            reqwest::Method::GET,
-            "/v1/resolve/ghost@1.0",
-            &[],
-            vec![],
-        )
-        .await;
+        for (expected, target) in [
+            ((404, "no_such_route"), "/nope"),
+            ((400, "invalid_repo_name"), "/v1/repos/BAD%20NAME"),
+            ((404, "repo_not_found"), "/v1/resolve/ghost@1.0"),
+        ] {
+            refused(
+                expected,
+                &hub.url,
+                reqwest::Method::GET,
+                target,
+                &[],
+                vec![],
+            )
+            .await;
+        }
     });
 }
 
