@@ -406,6 +406,18 @@ impl Catalog {
         Ok((release, created))
     }
 
+    /// Fails unless `version` of `repo` exists and is still a draft that files can be added to.
+    pub async fn ensure_draft(&self, repo: &RepoName, version: Version) -> Result<()> {
+        let (repo_id, _) = self.repo_row(repo).await?;
+        match self.release_id(repo_id, repo, version).await?.1 {
+            true => Err(CatalogError::ReleasePublished {
+                repo: repo.clone(),
+                version,
+            }),
+            false => Ok(()),
+        }
+    }
+
     async fn release_id(
         &self,
         repo_id: i64,

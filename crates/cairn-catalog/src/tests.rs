@@ -231,6 +231,15 @@ async fn releases_are_immutable_once_published_and_latest_is_highest() {
             cat.create_release(&name, v("1.9"), "", 7).await,
             Err(CatalogError::ReleasePublished { .. })
         ));
+        cat.ensure_draft(&name, v("2.0")).await.unwrap();
+        assert!(matches!(
+            cat.ensure_draft(&name, v("1.9")).await,
+            Err(CatalogError::ReleasePublished { .. })
+        ));
+        assert!(matches!(
+            cat.ensure_draft(&name, v("9.0")).await,
+            Err(CatalogError::ReleaseNotFound { .. })
+        ));
         // Re-creating a draft resumes it.
         let (_, created) = cat.create_release(&name, v("2.0"), "", 8).await.unwrap();
         assert!(!created);

@@ -362,24 +362,7 @@ async fn store_upload(
         (parse(&name)?, parse(&version)?, parse(&path)?);
     owned_repo(&state, &name, signer.address).await?;
     // Refuse early when the release is not an open draft, before any bytes are stored.
-    let detail = state.inner.catalog.repo_detail(&name).await?;
-    match detail.releases.iter().find(|r| r.version == version) {
-        None => {
-            return Err(cairn_catalog::CatalogError::ReleaseNotFound {
-                repo: name,
-                version,
-            }
-            .into());
-        }
-        Some(r) if r.published_at.is_some() => {
-            return Err(cairn_catalog::CatalogError::ReleasePublished {
-                repo: name,
-                version,
-            }
-            .into());
-        }
-        Some(_) => {}
-    }
+    state.inner.catalog.ensure_draft(&name, version).await?;
     let declared = BlobId::from_digest(signer.body_sha256);
     let media_type = headers
         .get(header::CONTENT_TYPE)
