@@ -2,6 +2,7 @@
 //! runs alone (`cairn hub serve`), and the client commands talk to a running hub.
 
 mod keyfile;
+mod node_cmd;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -14,6 +15,7 @@ use cairn_store::Location;
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
+const DEFAULT_NODE: &str = "http://127.0.0.1:7401";
 const DEFAULT_HUB: &str = "http://127.0.0.1:7400";
 
 #[derive(Parser)]
@@ -33,7 +35,38 @@ enum Command {
         /// Address for the hub; port 0 picks a free one.
         #[arg(long, default_value = "127.0.0.1:7400")]
         listen: SocketAddr,
+        /// Address for the inference node; port 0 picks a free one.
+        #[arg(long, default_value = "127.0.0.1:7401")]
+        node_listen: SocketAddr,
+        #[command(flatten)]
+        engine: node_cmd::EngineArgs,
     },
+    /// The inference node.
+    #[command(subcommand)]
+    Node(NodeCommand),
+    /// Run a model on a node and keep its receipt.
+    Infer {
+        /// Model: a CID or name@version.
+        reference: String,
+        /// Inputs: a KServe v2 JSON request file or a safetensors file.
+        #[arg(long)]
+        input: PathBuf,
+        /// The node's URL.
+        #[arg(long, env = "CAIRN_NODE", default_value = DEFAULT_NODE)]
+        node: String,
+        /// Send tensors as JSON numbers instead of binary.
+        #[arg(long)]
+        json: bool,
+        /// Write the outputs here (`.json`, else safetensors).
+        #[arg(long)]
+        output: Option<PathBuf>,
+        /// Write the receipt here.
+        #[arg(long)]
+        receipt_out: Option<PathBuf>,
+    },
+    /// Check receipts.
+    #[command(subcommand)]
+    Receipt(ReceiptCommand),
     /// The Model Hub: serve it, or use one.
     #[command(subcommand)]
     Hub(HubCommand),
@@ -148,6 +181,44 @@ enum HubCommand {
 }
 
 #[derive(Subcommand)]
+enum NodeCommand {
+    /// Serve an inference node.
+    Serve(node_cmd::NodeServeArgs),
+}
+
+#[derive(Subcommand)]
+enum ReceiptCommand {
+    /// Check a receipt's signature and every hash it can recompute; non-zero exit on mismatch.
+    Verify {
+        /// Receipt JSON file.
+        receipt: PathBuf,
+        /// The inputs (KServe JSON or safetensors).
+        #[arg(long)]
+        input: Option<PathBuf>,
+        /// The outputs (as written by `cairn infer --output`).
+        #[arg(long)]
+        output: Option<PathBuf>,
+        /// The model file.
+        #[arg(long)]
+        model: Option<PathBuf>,
+    },
+    /// Fetch the model by CID, re-run it on the receipt's profile and compare.
+    Reexec {
+        /// Receipt JSON file.
+        receipt: PathBuf,
+        /// The inputs the receipt binds.
+        #[arg(long)]
+        input: PathBuf,
+        /// The node's outputs, to report the largest difference when profiles differ.
+        #[arg(long)]
+        output: Option<PathBuf>,
+        /// The hub to fetch the model from.
+        #[arg(long, env = "CAIRN_HUB", default_value = DEFAULT_HUB)]
+        hub: String,
+    },
+}
+
+#[derive(Subcommand)]
 enum KeyCommand {
     /// Print the key's address (creating the key on first use).
     Address {
@@ -157,11 +228,45 @@ enum KeyCommand {
     },
 }
 
+/// tract reads `TRACT_CPU_ISA` once per process, so a command that needs a pinned kernel tier
+/// re-executes itself with the variable set before anything else runs.
+fn pin_cpu_isa(cli: &Cli) -> anyhow::Result<()> {
+    let wanted = match &cli.command {
+        Command::Devnet { engine, .. }
+        | Command::Node(NodeCommand::Serve(node_cmd::NodeServeArgs { engine, .. })) => {
+            node_cmd::wanted_isa_env(&engine.cpu_tier)?
+        }
+        Command::Receipt(ReceiptCommand::Reexec { receipt, .. }) => {
+            node_cmd::reexec_isa_env(receipt)
+        }
+        _ => None,
+    };
+    let Some(wanted) = wanted else { return Ok(()) };
+    if std::env::var("TRACT_CPU_ISA").ok().as_deref() == Some(wanted.as_str()) {
+        return Ok(());
+    }
+    if std::env::var_os("CAIRN_ISA_PINNED").is_some() {
+        bail!("TRACT_CPU_ISA was changed after the re-exec; unset CAIRN_ISA_PINNED");
+    }
+    use std::os::unix::process::CommandExt;
+    let exe = std::env::current_exe().context("locating the cairn binary")?;
+    let err = std::process::Command::new(exe)
+        .args(std::env::args_os().skip(1))
+        .env("TRACT_CPU_ISA", &wanted)
+        .env("CAIRN_ISA_PINNED", "1")
+        .exec();
+    Err(err).context("re-executing with TRACT_CPU_ISA pinned")
+}
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    if let Err(e) = pin_cpu_isa(&cli) {
+        eprintln!("error: {e:#}");
+        return std::process::ExitCode::FAILURE;
+    }
     let serving = matches!(
         cli.command,
-        Command::Devnet { .. } | Command::Hub(HubCommand::Serve { .. })
+        Command::Devnet { .. } | Command::Hub(HubCommand::Serve { .. }) | Command::Node(_)
     );
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         if serving {
@@ -190,8 +295,45 @@ fn main() -> std::process::ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Devnet { data_dir, listen } => devnet(data_dir, listen).await,
+        Command::Devnet {
+            data_dir,
+            listen,
+            node_listen,
+            engine,
+        } => devnet(data_dir, listen, node_listen, engine).await,
         Command::Hub(cmd) => hub(cmd).await,
+        Command::Node(NodeCommand::Serve(args)) => node_cmd::serve(args).await,
+        Command::Infer {
+            reference,
+            input,
+            node,
+            json,
+            output,
+            receipt_out,
+        } => node_cmd::infer(&node, &reference, &input, json, output, receipt_out).await,
+        Command::Receipt(ReceiptCommand::Verify {
+            receipt,
+            input,
+            output,
+            model,
+        }) => node_cmd::verify(
+            &receipt,
+            input.as_deref(),
+            output.as_deref(),
+            model.as_deref(),
+        ),
+        Command::Receipt(ReceiptCommand::Reexec {
+            receipt,
+            input,
+            output,
+            hub,
+        }) => {
+            let cache = dirs::cache_dir()
+                .unwrap_or_else(|| PathBuf::from("."))
+                .join("cairn")
+                .join("models");
+            node_cmd::reexec(&receipt, &input, output.as_deref(), &hub, &cache).await
+        }
         Command::Key(KeyCommand::Address { key }) => {
             println!(
                 "{}",
@@ -202,7 +344,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .expect("signal handler");
@@ -223,7 +365,12 @@ async fn serve_hub(
     Ok((listener, state))
 }
 
-async fn devnet(data_dir: Option<PathBuf>, listen: SocketAddr) -> anyhow::Result<()> {
+async fn devnet(
+    data_dir: Option<PathBuf>,
+    listen: SocketAddr,
+    node_listen: SocketAddr,
+    engine: node_cmd::EngineArgs,
+) -> anyhow::Result<()> {
     let data_dir = data_dir.unwrap_or_else(|| {
         dirs::data_dir()
             .unwrap_or_else(|| PathBuf::from("."))
@@ -239,13 +386,98 @@ async fn devnet(data_dir: Option<PathBuf>, listen: SocketAddr) -> anyhow::Result
     };
     let (listener, state) = serve_hub(config, listen).await?;
     let url = format!("http://{}", listener.local_addr()?);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let hub_task = tokio::spawn(cairn_hub::serve(listener, state, stopped(stop_rx.clone())));
+
+    let demo = publish_demo(&url, &data_dir)
+        .await
+        .context("publishing the demo model")?;
+    let node_args = node_cmd::NodeServeArgs {
+        listen: node_listen,
+        data_dir: None,
+        hub: url.clone(),
+        key: None,
+        engine,
+        chain_id: 31337,
+        verifying_contract: cairn_core::Address::ZERO,
+        price: Default::default(),
+        cache_bytes: 4 << 30,
+        retention_secs: 7 * 24 * 3600,
+        max_body_bytes: 64 << 20,
+        max_elements: 16 << 20,
+        timeout_ms: 30_000,
+        queue_per_model: 256,
+        queue_total: 1024,
+        workers: None,
+    };
+    let node_state = node_cmd::open_node(&node_args, &data_dir.join("node")).await?;
+    let node_listener = cairn_node::bind(node_listen)
+        .await
+        .with_context(|| format!("binding {node_listen}"))?;
+    let node_url = format!("http://{}", node_listener.local_addr()?);
     println!("Cairn devnet");
     println!("  data dir: {}", data_dir.display());
     println!("  hub:      {url}");
     println!("  API docs: {url}/docs");
-    println!("Try: cairn hub push model.onnx --repo my-model --version 1.0 --hub {url}");
-    cairn_hub::serve(listener, state, shutdown_signal()).await?;
+    println!("  node:     {node_url}");
+    println!("  node key: {}", node_state.address());
+    println!("  profile:  {}", node_state.profile());
+    println!("  demo:     digits@1.0 = {demo}");
+    println!(
+        "Try: cairn infer digits@1.0 --input examples/digit.json --node {node_url} --receipt-out receipt.json"
+    );
+    let node_task = tokio::spawn(cairn_node::serve(
+        node_listener,
+        node_state,
+        stopped(stop_rx),
+    ));
+    shutdown_signal().await;
+    let _ = stop_tx.send(true);
+    hub_task.await??;
+    node_task.await??;
     Ok(())
+}
+
+/// The digits MLP shipped in the binary, published as `digits@1.0` by the devnet's own key.
+const DEMO_MODEL: &[u8] = include_bytes!("../assets/digits_mlp.onnx");
+
+async fn publish_demo(hub_url: &str, data_dir: &Path) -> anyhow::Result<cairn_core::BlobId> {
+    let key = keyfile::load_or_create(&data_dir.join("devnet.key"))?;
+    let hub = HubClient::new(hub_url, Some(key))?;
+    let repo: RepoName = "digits".parse()?;
+    let version: Version = "1.0".parse()?;
+    if let Ok(r) = hub.resolve(&repo, Some(version), None).await {
+        return Ok(r.file.cid);
+    }
+    ensure_repo(
+        &hub,
+        NewRepo {
+            name: repo.clone(),
+            description: "Handwritten digit classifier (8x8 images, 64 floats 0-16): a scikit-learn MLP trained on sklearn's digits, converted with skl2onnx. Cairn's demo model.".into(),
+            task: Some("image-classification".into()),
+            license: Some("BSD-3-Clause".into()),
+            tags: vec!["demo".into(), "sklearn".into()],
+        },
+    )
+    .await?;
+    hub.create_release(&repo, version, "demo model").await?;
+    let file = data_dir.join("digits_mlp.onnx");
+    std::fs::write(&file, DEMO_MODEL)?;
+    let entry = hub
+        .upload_file(
+            &repo,
+            version,
+            &"digits_mlp.onnx".parse()?,
+            &file,
+            cairn_hub::server::ONNX_MEDIA_TYPE,
+            |_| {},
+        )
+        .await?;
+    hub.publish(&repo, version).await?;
+    Ok(entry.cid)
 }
 
 fn client(args: &ClientArgs, signed: bool) -> anyhow::Result<HubClient> {

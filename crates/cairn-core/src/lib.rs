@@ -1,10 +1,15 @@
-//! Shared Cairn types with no I/O: content addresses, names, versions, paths, and the
-//! signed-request scheme every write to a Cairn service uses.
+//! Shared Cairn types with no I/O: content addresses, names, versions, paths, tensors and their
+//! canonical hash, execution profiles, and the signed-request scheme every write to a Cairn
+//! service uses.
 
 pub mod auth;
 mod blob_id;
 mod names;
+mod profile;
+pub mod tensor;
 
-pub use alloy_primitives::Address;
+pub use alloy_primitives::{Address, B256};
 pub use blob_id::{BlobHasher, BlobId, ParseBlobIdError};
 pub use names::{FilePath, ModelRef, NameError, RepoName, Version};
+pub use profile::{ExecutionProfile, Reproducibility};
+pub use tensor::{DataType, Tensor, TensorError};

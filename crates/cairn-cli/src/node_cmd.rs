@@ -1,0 +1,461 @@
+//! `cairn node serve`, `cairn infer`, `cairn receipt verify|reexec`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use alloy_primitives::{Address, U256};
+use anyhow::{Context, bail};
+use cairn_core::tensor::tensors_hash;
+use cairn_core::{BlobId, Reproducibility, Tensor};
+use cairn_engine::{CpuTier, Engine, TractEngine};
+use cairn_node::{Limits, NodeClient, NodeConfig, safetensors_io};
+use cairn_receipt::{ReceiptDomain, SignedReceipt};
+use clap::{Args, ValueEnum};
+
+/// Which engine runs models.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum EngineKind {
+    /// tract: bit-exact per profile (the verifiable default).
+    Tract,
+    /// ONNX Runtime, loaded from --ort-library (results checked with a tolerance).
+    Onnxruntime,
+}
+
+/// Engine choice, shared by `node serve`, `devnet` and `receipt reexec`.
+#[derive(Args, Clone, Debug)]
+pub struct EngineArgs {
+    /// Engine.
+    #[arg(long, value_enum, default_value = "tract")]
+    pub engine: EngineKind,
+    /// CPU kernel tier for tract: native, generic (portable), avx2, avx512. Pinned at process
+    /// start (the process re-executes itself with TRACT_CPU_ISA set).
+    #[arg(long, default_value = "native", env = "CAIRN_CPU_TIER")]
+    pub cpu_tier: String,
+    /// ONNX Runtime shared library (from scripts/install-onnxruntime.sh).
+    #[arg(long, env = "ORT_DYLIB_PATH")]
+    pub ort_library: Option<PathBuf>,
+    /// Threads per inference for ONNX Runtime (tract always uses one).
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+}
+
+/// `cairn node serve` options.
+#[derive(Args, Clone, Debug)]
+pub struct NodeServeArgs {
+    /// Listen address; port 0 picks a free one.
+    #[arg(long, default_value = "127.0.0.1:7401")]
+    pub listen: SocketAddr,
+    /// Where the model cache, receipt log and node key live.
+    #[arg(long, env = "CAIRN_NODE_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// The hub models are fetched from.
+    #[arg(long, env = "CAIRN_HUB", default_value = crate::DEFAULT_HUB)]
+    pub hub: String,
+    /// The node's key file (created with mode 0600 on first start). Default: DATA_DIR/node.key.
+    #[arg(long)]
+    pub key: Option<PathBuf>,
+    #[command(flatten)]
+    pub engine: EngineArgs,
+    /// EIP-712 domain chain id of receipts.
+    #[arg(long, default_value_t = 31337)]
+    pub chain_id: u64,
+    /// EIP-712 domain verifying contract of receipts (the settlement contract).
+    #[arg(long, default_value = "0x0000000000000000000000000000000000000000")]
+    pub verifying_contract: Address,
+    /// Price per inference, in the payment token's smallest unit.
+    #[arg(long, default_value = "0")]
+    pub price: U256,
+    /// Model cache size in bytes.
+    #[arg(long, default_value_t = 4 << 30)]
+    pub cache_bytes: u64,
+    /// Seconds request/response payloads are kept for verifiers.
+    #[arg(long, default_value_t = 7 * 24 * 3600)]
+    pub retention_secs: u64,
+    /// Largest request body in bytes.
+    #[arg(long, default_value_t = 64 << 20)]
+    pub max_body_bytes: usize,
+    /// Most input elements per request.
+    #[arg(long, default_value_t = 16 << 20)]
+    pub max_elements: u64,
+    /// Per-inference timeout in milliseconds (waiting included).
+    #[arg(long, default_value_t = 30_000)]
+    pub timeout_ms: u64,
+    /// Requests admitted per model (queued or running); more get 503.
+    #[arg(long, default_value_t = 256)]
+    pub queue_per_model: usize,
+    /// Requests admitted overall.
+    #[arg(long, default_value_t = 1024)]
+    pub queue_total: usize,
+    /// Inferences running at once (default: CPU count).
+    #[arg(long)]
+    pub workers: Option<usize>,
+}
+
+/// Builds the engine chosen by `args` (after the tier was pinned at start-up).
+pub fn engine(args: &EngineArgs, parallel: usize) -> anyhow::Result<Arc<dyn Engine>> {
+    match args.engine {
+        EngineKind::Tract => Ok(Arc::new(TractEngine::new())),
+        EngineKind::Onnxruntime => ort_engine(args, parallel),
+    }
+}
+
+#[cfg(feature = "ort")]
+fn ort_engine(args: &EngineArgs, parallel: usize) -> anyhow::Result<Arc<dyn Engine>> {
+    let library = args
+        .ort_library
+        .clone()
+        .context("--engine onnxruntime needs --ort-library (or ORT_DYLIB_PATH); scripts/install-onnxruntime.sh installs it")?;
+    Ok(Arc::new(cairn_engine::OrtEngine::new(
+        cairn_engine::OrtOptions {
+            library,
+            threads: args.threads,
+            parallel,
+        },
+    )?))
+}
+
+#[cfg(not(feature = "ort"))]
+fn ort_engine(_: &EngineArgs, _: usize) -> anyhow::Result<Arc<dyn Engine>> {
+    bail!("this cairn was built without the `ort` feature; rebuild with default features")
+}
+
+/// The `TRACT_CPU_ISA` value a command needs, for the re-exec in `main`.
+pub fn wanted_isa_env(tier: &str) -> anyhow::Result<Option<String>> {
+    let tier: CpuTier = tier.parse()?;
+    Ok(cairn_engine::tier_env(tier)?)
+}
+
+/// Starts a node on `listener`; returns its state (the caller serves it).
+pub async fn open_node(
+    args: &NodeServeArgs,
+    data_dir: &Path,
+) -> anyhow::Result<cairn_node::NodeState> {
+    let key_path = args
+        .key
+        .clone()
+        .unwrap_or_else(|| data_dir.join("node.key"));
+    let key = crate::keyfile::load_or_create(&key_path)?;
+    let limits = Limits {
+        max_body_bytes: args.max_body_bytes,
+        max_elements: args.max_elements,
+        timeout: Duration::from_millis(args.timeout_ms),
+        queue_per_model: args.queue_per_model,
+        queue_total: args.queue_total,
+        workers: args.workers.unwrap_or_else(|| Limits::default().workers),
+    };
+    let engine = engine(&args.engine, limits.workers)?;
+    let state = cairn_node::open(NodeConfig {
+        data_dir: data_dir.to_owned(),
+        hub_url: args.hub.clone(),
+        key,
+        engine,
+        domain: ReceiptDomain {
+            chain_id: args.chain_id,
+            verifying_contract: args.verifying_contract,
+        },
+        price: args.price,
+        limits,
+        cache_bytes: args.cache_bytes,
+        retention: Duration::from_secs(args.retention_secs),
+    })
+    .await?;
+    Ok(state)
+}
+
+/// `cairn node serve`.
+pub async fn serve(args: NodeServeArgs) -> anyhow::Result<()> {
+    let data_dir = args.data_dir.clone().unwrap_or_else(|| {
+        dirs::data_dir()
+            .unwrap_or_else(|| PathBuf::from("."))
+            .join("cairn")
+            .join("node")
+    });
+    let state = open_node(&args, &data_dir).await?;
+    let listener = cairn_node::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    println!("node:     http://{}", listener.local_addr()?);
+    println!("address:  {}", state.address());
+    println!("profile:  {}", state.profile());
+    cairn_node::serve(listener, state, crate::shutdown_signal()).await?;
+    Ok(())
+}
+
+/// Reads tensors from a KServe JSON request file or a safetensors file.
+pub fn read_tensors(path: &Path) -> anyhow::Result<Vec<Tensor>> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let trimmed = bytes.iter().find(|b| !b.is_ascii_whitespace());
+    if trimmed == Some(&b'{') {
+        let decoded = cairn_node::kserve::decode(
+            &bytes,
+            None,
+            cairn_node::kserve::DecodeLimits {
+                max_elements: u64::MAX,
+            },
+        )
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        if decoded.inputs.is_empty() {
+            // An output file written by `cairn infer --output x.json` holds `outputs`.
+            return read_outputs_json(&bytes)
+                .with_context(|| format!("reading {}", path.display()));
+        }
+        Ok(decoded.inputs)
+    } else {
+        safetensors_io::decode(&bytes).with_context(|| format!("reading {}", path.display()))
+    }
+}
+
+fn read_outputs_json(bytes: &[u8]) -> anyhow::Result<Vec<Tensor>> {
+    Ok(cairn_node::client::parse_response(bytes, None)?.outputs)
+}
+
+/// `cairn infer`.
+pub async fn infer(
+    node: &str,
+    reference: &str,
+    input: &Path,
+    json_body: bool,
+    output: Option<PathBuf>,
+    receipt_out: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let inputs = read_tensors(input)?;
+    let outcome = NodeClient::new(node)
+        .infer(reference, &inputs, json_body)
+        .await?;
+    for t in &outcome.outputs {
+        let values = cairn_node::kserve::bytes_to_json(t.dtype(), t.data());
+        let shown = match &values {
+            serde_json::Value::Array(a) if a.len() > 16 => {
+                format!(
+                    "{} … ({} values)",
+                    serde_json::Value::Array(a[..16].to_vec()),
+                    a.len()
+                )
+            }
+            v => v.to_string(),
+        };
+        println!("{} {} {:?}: {shown}", t.name(), t.dtype(), t.shape());
+    }
+    let receipt = SignedReceipt::verify_json(&outcome.receipt)
+        .context("the node's receipt does not verify")?;
+    if receipt.claims.output_hash != tensors_hash(&outcome.outputs) {
+        eprintln!(
+            "note: the receipt's output hash covers every model output; this call returned a subset"
+        );
+    }
+    println!("model:    {}", outcome.model_name);
+    println!("receipt:  {} signed by {}", receipt.id(), receipt.signer);
+    if let Some(path) = output {
+        let bytes = if path.extension().is_some_and(|e| e == "json") {
+            let outs: Vec<_> = outcome
+                .outputs
+                .iter()
+                .map(|t| serde_json::json!({"name": t.name(), "datatype": t.dtype().name(), "shape": t.shape(), "data": cairn_node::kserve::bytes_to_json(t.dtype(), t.data())}))
+                .collect();
+            serde_json::to_vec_pretty(&serde_json::json!({"outputs": outs}))?
+        } else {
+            safetensors_io::encode(&outcome.outputs)
+        };
+        std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = receipt_out {
+        std::fs::write(
+            &path,
+            serde_json::to_string_pretty(&outcome.receipt)? + "\n",
+        )
+        .with_context(|| format!("writing {}", path.display()))?;
+        println!("receipt written to {}", path.display());
+    }
+    Ok(())
+}
+
+fn load_receipt(path: &Path) -> anyhow::Result<SignedReceipt> {
+    let text = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let value: serde_json::Value =
+        serde_json::from_slice(&text).with_context(|| format!("{} is not JSON", path.display()))?;
+    // Accept the bare receipt, or what GET /v1/receipts/{id} and the infer response wrap it in.
+    let inner = if value.get("typedData").is_some() {
+        value
+    } else if let Some(r) = value.get("receipt") {
+        r.clone()
+    } else if let Some(r) = value.pointer("/parameters/receipt") {
+        r.clone()
+    } else {
+        value
+    };
+    Ok(SignedReceipt::verify_json(&inner)?)
+}
+
+/// `cairn receipt verify`.
+pub fn verify(
+    receipt: &Path,
+    input: Option<&Path>,
+    output: Option<&Path>,
+    model: Option<&Path>,
+) -> anyhow::Result<()> {
+    let r =
+        load_receipt(receipt).with_context(|| format!("{} does not verify", receipt.display()))?;
+    println!("signature: ok, signed by {}", r.signer);
+    println!("model:     {}", r.claims.model);
+    println!(
+        "profile:   {} ({:?})",
+        r.claims.profile,
+        r.claims.profile.reproducibility()
+    );
+    if let Some(p) = input {
+        let h = tensors_hash(&read_tensors(p)?);
+        if h != r.claims.input_hash {
+            bail!(
+                "input hash mismatch: {} hashes to {h}, the receipt binds {}",
+                p.display(),
+                r.claims.input_hash
+            );
+        }
+        println!("input:     ok ({h})");
+    }
+    if let Some(p) = output {
+        let h = tensors_hash(&read_tensors(p)?);
+        if h != r.claims.output_hash {
+            bail!(
+                "output hash mismatch: {} hashes to {h}, the receipt binds {}",
+                p.display(),
+                r.claims.output_hash
+            );
+        }
+        println!("output:    ok ({h})");
+    }
+    if let Some(p) = model {
+        let f = std::fs::File::open(p).with_context(|| format!("opening {}", p.display()))?;
+        let (cid, _) = cairn_core::BlobHasher::hash_reader(std::io::BufReader::new(f))?;
+        if cid != r.claims.model {
+            bail!(
+                "model mismatch: {} is {cid}, the receipt names {}",
+                p.display(),
+                r.claims.model
+            );
+        }
+        println!("model:     ok ({cid})");
+    }
+    Ok(())
+}
+
+/// The `TRACT_CPU_ISA` a re-execution of `receipt` needs, when this machine can provide it.
+pub fn reexec_isa_env(receipt: &Path) -> Option<String> {
+    let r = load_receipt(receipt).ok()?;
+    if r.claims.profile.engine != "tract" {
+        return None;
+    }
+    cairn_engine::isa_env_for(&r.claims.profile.isa).ok()
+}
+
+/// `cairn receipt reexec`.
+pub async fn reexec(
+    receipt: &Path,
+    input: &Path,
+    output: Option<&Path>,
+    hub: &str,
+    cache: &Path,
+) -> anyhow::Result<()> {
+    let r =
+        load_receipt(receipt).with_context(|| format!("{} does not verify", receipt.display()))?;
+    let inputs = read_tensors(input)?;
+    if tensors_hash(&inputs) != r.claims.input_hash {
+        bail!(
+            "{} is not the input this receipt binds (input hash mismatch)",
+            input.display()
+        );
+    }
+    let engine = TractEngine::new();
+    let here = engine.profile().clone();
+    let model_path = cache.join(r.claims.model.to_string());
+    let bytes = match std::fs::read(&model_path) {
+        Ok(b) if BlobId::of(&b) == r.claims.model => b,
+        _ => {
+            std::fs::create_dir_all(cache)?;
+            cairn_hub::HubClient::new(hub, None)?
+                .download(&r.claims.model, &model_path, |_, _| {})
+                .await
+                .with_context(|| format!("fetching {} from {hub}", r.claims.model))?;
+            std::fs::read(&model_path)?
+        }
+    };
+    let plan = tokio::task::spawn_blocking(move || engine.load(&bytes)).await??;
+    let outputs = tokio::task::spawn_blocking(move || plan.run(&inputs)).await??;
+    let outputs: Vec<Tensor> = outputs;
+    let h = tensors_hash(&outputs);
+    println!("receipt profile: {}", r.claims.profile);
+    println!("this run:        {here}");
+    if here == r.claims.profile {
+        if h == r.claims.output_hash {
+            println!("result: bit-identical (output hash {h})");
+            return Ok(());
+        }
+        bail!(
+            "re-execution on the receipt's own profile gives output hash {h}, but the receipt binds {}: the receipt's output is wrong",
+            r.claims.output_hash
+        );
+    }
+    if h == r.claims.output_hash {
+        println!("result: bit-identical although the profiles differ (output hash {h})");
+        return Ok(());
+    }
+    let kind = match r.claims.profile.reproducibility() {
+        Reproducibility::Exact => "a different kernel tier",
+        Reproducibility::Tolerance => "a tolerance-checked engine",
+    };
+    if let Some(p) = output {
+        let claimed = read_tensors(p)?;
+        if tensors_hash(&claimed) != r.claims.output_hash {
+            bail!(
+                "{} is not the output this receipt binds (output hash mismatch)",
+                p.display()
+            );
+        }
+        let diff = max_abs_diff(&claimed, &outputs)?;
+        println!(
+            "result: not bit-identical (profiles differ: {kind}); max |difference| = {diff:e}"
+        );
+        return Ok(());
+    }
+    println!(
+        "result: not bit-identical; the receipt comes from {kind}, so only a tolerance check is possible here. \
+         Fetch the node's output (GET /v1/receipts/{}/output) and compare values.",
+        r.id()
+    );
+    bail!("cannot confirm bit-exactly on this machine's profile")
+}
+
+/// Largest absolute difference between same-named float tensors (integers compared exactly).
+fn max_abs_diff(a: &[Tensor], b: &[Tensor]) -> anyhow::Result<f64> {
+    use cairn_core::DataType;
+    let mut max = 0f64;
+    for x in a {
+        let y = b
+            .iter()
+            .find(|y| y.name() == x.name())
+            .with_context(|| format!("re-execution produced no `{}`", x.name()))?;
+        if x.dtype() != y.dtype() || x.shape() != y.shape() {
+            bail!("`{}` differs in type or shape", x.name());
+        }
+        let vals = |t: &Tensor| -> Vec<f64> {
+            let d = t.data();
+            match t.dtype() {
+                DataType::Fp32 => d
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64)
+                    .collect(),
+                DataType::Fp64 => d
+                    .chunks_exact(8)
+                    .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
+                    .collect(),
+                _ => d.iter().map(|&b| b as f64).collect(),
+            }
+        };
+        for (p, q) in vals(x).into_iter().zip(vals(y)) {
+            max = max.max((p - q).abs());
+        }
+    }
+    Ok(max)
+}

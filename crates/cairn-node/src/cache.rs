@@ -1,0 +1,204 @@
+//! The model cache: blobs on disk by CID, prepared plans in memory, bounded in bytes (LRU), and
+//! one load per model however many requests ask for it at once.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cairn_core::{BlobId, ModelRef, Version};
+use cairn_engine::{Engine, EngineError, Plan};
+use cairn_hub::{ClientError, HubClient};
+use cairn_onnx::OnnxSignature;
+use moka::future::Cache;
+use moka::policy::EvictionPolicy;
+
+use crate::error::NodeError;
+
+/// A model ready to run.
+pub struct LoadedModel {
+    /// The exact file.
+    pub cid: BlobId,
+    /// File size in bytes.
+    pub size: u64,
+    /// Inputs and outputs as the hub's parser reads them.
+    pub signature: OnnxSignature,
+    /// The engine's prepared plan.
+    pub plan: Arc<dyn Plan>,
+}
+
+/// What a reference resolved to.
+#[derive(Clone, Debug)]
+pub struct Resolution {
+    /// The exact file.
+    pub cid: BlobId,
+    /// The release version, when the reference was a name.
+    pub version: Option<Version>,
+}
+
+/// The cache.
+#[derive(Clone)]
+pub struct ModelCache {
+    dir: PathBuf,
+    hub: HubClient,
+    engine: Arc<dyn Engine>,
+    plans: Cache<BlobId, Arc<LoadedModel>>,
+    names: Cache<String, Resolution>,
+}
+
+impl ModelCache {
+    /// A cache keeping at most `max_bytes` of model files (on disk and as loaded plans).
+    pub fn new(dir: PathBuf, hub: HubClient, engine: Arc<dyn Engine>, max_bytes: u64) -> Self {
+        let evict_dir = dir.clone();
+        let plans = Cache::builder()
+            .eviction_policy(EvictionPolicy::lru())
+            // Weights are u32: count KiB.
+            .weigher(|_, m: &Arc<LoadedModel>| (m.size / 1024 + 1).min(u32::MAX as u64) as u32)
+            .max_capacity(max_bytes / 1024)
+            .eviction_listener(move |cid: Arc<BlobId>, _, cause| {
+                if cause.was_evicted() {
+                    let _ = std::fs::remove_file(evict_dir.join(cid.to_string()));
+                }
+            })
+            .build();
+        // A published `name@version` never changes; a bare name follows the latest release.
+        let names = Cache::builder()
+            .max_capacity(10_000)
+            .time_to_live(Duration::from_secs(10))
+            .build();
+        Self {
+            dir,
+            hub,
+            engine,
+            plans,
+            names,
+        }
+    }
+
+    /// The engine plans are prepared with.
+    pub fn engine(&self) -> &Arc<dyn Engine> {
+        &self.engine
+    }
+
+    /// Models in memory.
+    pub fn loaded(&self) -> u64 {
+        self.plans.entry_count()
+    }
+
+    /// Resolves a reference (`bafkrei…`, `sha256:…`, `name`, `name@1.0`) to a CID.
+    pub async fn resolve(&self, reference: &str) -> Result<Resolution, NodeError> {
+        let parsed: ModelRef = reference.parse().map_err(|e| {
+            NodeError::BadModelRef(format!(
+                "`{reference}` is not a model reference ({e}); use a CID or name@version"
+            ))
+        })?;
+        let (repo, version, path) = match parsed {
+            ModelRef::Blob(cid) => {
+                return Ok(Resolution { cid, version: None });
+            }
+            ModelRef::Named {
+                repo,
+                version,
+                path,
+            } => (repo, version, path),
+        };
+        if let Some(r) = self.names.get(reference).await {
+            return Ok(r);
+        }
+        let resolved = self
+            .hub
+            .resolve(&repo, version, path.as_ref())
+            .await
+            .map_err(|e| hub_error(reference, e))?;
+        let r = Resolution {
+            cid: resolved.file.cid,
+            version: Some(resolved.version),
+        };
+        self.names.insert(reference.to_owned(), r.clone()).await;
+        Ok(r)
+    }
+
+    /// The loaded model for `cid`: from memory, else from disk (re-verified), else from the hub
+    /// (verified while downloading). Concurrent callers for one CID share a single load.
+    pub async fn get(&self, cid: BlobId) -> Result<Arc<LoadedModel>, NodeError> {
+        self.plans
+            .try_get_with(cid, self.load(cid))
+            .await
+            .map_err(|e: Arc<NodeError>| match &*e {
+                NodeError::ModelNotFound(m) => NodeError::ModelNotFound(m.clone()),
+                NodeError::InvalidModel(m) => NodeError::InvalidModel(m.clone()),
+                NodeError::HubUnavailable(m) => NodeError::HubUnavailable(m.clone()),
+                other => NodeError::Internal(other.to_string()),
+            })
+    }
+
+    async fn load(&self, cid: BlobId) -> Result<Arc<LoadedModel>, NodeError> {
+        let path = self.dir.join(cid.to_string());
+        let mut bytes = None;
+        if let Ok(b) = tokio::fs::read(&path).await {
+            // Disk can rot or be edited: trust only bytes that still hash to the CID.
+            let b2 = b.clone();
+            let ok = tokio::task::spawn_blocking(move || BlobId::of(&b2) == cid)
+                .await
+                .unwrap_or(false);
+            if ok {
+                bytes = Some(b);
+            } else {
+                tracing::warn!(%cid, "cached model file does not match its CID; fetching again");
+                let _ = tokio::fs::remove_file(&path).await;
+            }
+        }
+        let bytes = match bytes {
+            Some(b) => b,
+            None => {
+                tokio::fs::create_dir_all(&self.dir)
+                    .await
+                    .map_err(|e| NodeError::Internal(format!("model cache dir: {e}")))?;
+                self.hub
+                    .download(&cid, &path, |_, _| {})
+                    .await
+                    .map_err(|e| hub_error(&cid.to_string(), e))?;
+                tokio::fs::read(&path)
+                    .await
+                    .map_err(|e| NodeError::Internal(format!("model cache read: {e}")))?
+            }
+        };
+        let engine = self.engine.clone();
+        let loaded = tokio::task::spawn_blocking(move || {
+            let signature = cairn_onnx::read_signature(&bytes[..], cairn_onnx::Limits::default())
+                .map_err(|e| {
+                NodeError::InvalidModel(format!("{cid} is not a valid ONNX model: {e}"))
+            })?;
+            let plan = engine.load(&bytes).map_err(|e| match e {
+                EngineError::Load(m) => {
+                    NodeError::InvalidModel(format!("{cid} cannot be loaded: {m}"))
+                }
+                other => NodeError::InvalidModel(format!("{cid}: {other}")),
+            })?;
+            Ok::<_, NodeError>(LoadedModel {
+                cid,
+                size: bytes.len() as u64,
+                signature,
+                plan,
+            })
+        })
+        .await
+        .map_err(|e| NodeError::Internal(format!("model load task: {e}")))??;
+        tracing::info!(%cid, bytes = loaded.size, "model loaded");
+        Ok(Arc::new(loaded))
+    }
+}
+
+fn hub_error(reference: &str, e: ClientError) -> NodeError {
+    match e {
+        ClientError::Api {
+            status, message, ..
+        } if status.as_u16() == 404 => {
+            NodeError::ModelNotFound(format!("the hub has no model `{reference}`: {message}"))
+        }
+        ClientError::Api { message, .. } => {
+            NodeError::ModelNotFound(format!("the hub refused `{reference}`: {message}"))
+        }
+        ClientError::DigestMismatch { .. } => NodeError::HubUnavailable(e.to_string()),
+        other => NodeError::HubUnavailable(other.to_string()),
+    }
+}

@@ -1,0 +1,211 @@
+//! A Rust client for a node's KServe v2 API (what `cairn infer` uses).
+
+use cairn_core::{DataType, Tensor};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::kserve::{HEADER_LENGTH, bytes_to_json};
+
+/// Client failures.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeClientError {
+    /// The node answered with an error.
+    #[error("node refused ({status}, {code}): {message}")]
+    Api {
+        /// HTTP status.
+        status: StatusCode,
+        /// Machine code.
+        code: String,
+        /// Message.
+        message: String,
+    },
+    /// Transport failure.
+    #[error("cannot talk to the node at {url}: {source}")]
+    Http {
+        /// Where.
+        url: String,
+        /// Why.
+        source: reqwest::Error,
+    },
+    /// The node's answer is not what the protocol says.
+    #[error("unexpected answer from the node: {0}")]
+    Protocol(String),
+}
+
+/// The result of one inference.
+pub struct InferOutcome {
+    /// Outputs, in the node's order.
+    pub outputs: Vec<Tensor>,
+    /// The receipt JSON.
+    pub receipt: Value,
+    /// The model's CID as the node ran it.
+    pub model_name: String,
+    /// Release version when called by name.
+    pub model_version: String,
+}
+
+/// A node client.
+#[derive(Clone)]
+pub struct NodeClient {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl NodeClient {
+    /// A client for the node at `base` (`http://127.0.0.1:7401`).
+    pub fn new(base: &str) -> Self {
+        Self {
+            base: base.trim_end_matches('/').to_owned(),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    async fn check(
+        &self,
+        url: &str,
+        resp: reqwest::Response,
+    ) -> Result<reqwest::Response, NodeClientError> {
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let status = resp.status();
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        Err(NodeClientError::Api {
+            status,
+            code: body["code"].as_str().unwrap_or("unknown").to_owned(),
+            message: body["message"].as_str().unwrap_or(url).to_owned(),
+        })
+    }
+
+    async fn get_json(&self, path: &str) -> Result<Value, NodeClientError> {
+        let url = format!("{}{path}", self.base);
+        let resp = self
+            .http
+            .get(&url)
+            .send()
+            .await
+            .map_err(|source| NodeClientError::Http {
+                url: url.clone(),
+                source,
+            })?;
+        self.check(&url, resp)
+            .await?
+            .json()
+            .await
+            .map_err(|e| NodeClientError::Protocol(e.to_string()))
+    }
+
+    /// `GET /v1/node`.
+    pub async fn info(&self) -> Result<Value, NodeClientError> {
+        self.get_json("/v1/node").await
+    }
+
+    /// `GET /v1/receipts/{id}`.
+    pub async fn receipt(&self, id: &str) -> Result<Value, NodeClientError> {
+        self.get_json(&format!("/v1/receipts/{id}")).await
+    }
+
+    /// Runs `model` on `inputs`, sending tensors in binary (or as JSON numbers when `json`).
+    pub async fn infer(
+        &self,
+        model: &str,
+        inputs: &[Tensor],
+        json_body: bool,
+    ) -> Result<InferOutcome, NodeClientError> {
+        let url = format!("{}/v2/models/{model}/infer", self.base);
+        let mut req = self.http.post(&url);
+        if json_body {
+            let body = json!({
+                "inputs": inputs.iter().map(|t| json!({
+                    "name": t.name(), "shape": t.shape(), "datatype": t.dtype().name(),
+                    "data": bytes_to_json(t.dtype(), t.data()),
+                })).collect::<Vec<_>>(),
+                "parameters": {"binary_data_output": true},
+            });
+            req = req
+                .header("content-type", "application/json")
+                .body(body.to_string());
+        } else {
+            let head = json!({
+                "inputs": inputs.iter().map(|t| json!({
+                    "name": t.name(), "shape": t.shape(), "datatype": t.dtype().name(),
+                    "parameters": {"binary_data_size": t.data().len()},
+                })).collect::<Vec<_>>(),
+                "parameters": {"binary_data_output": true},
+            })
+            .to_string();
+            let mut body = head.clone().into_bytes();
+            for t in inputs {
+                body.extend_from_slice(t.data());
+            }
+            req = req
+                .header("content-type", "application/octet-stream")
+                .header(HEADER_LENGTH, head.len())
+                .body(body);
+        }
+        let resp = req.send().await.map_err(|source| NodeClientError::Http {
+            url: url.clone(),
+            source,
+        })?;
+        let resp = self.check(&url, resp).await?;
+        let json_len = resp
+            .headers()
+            .get(HEADER_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+        let bytes = resp.bytes().await.map_err(|source| NodeClientError::Http {
+            url: url.clone(),
+            source,
+        })?;
+        parse_response(&bytes, json_len)
+    }
+}
+
+/// Parses a KServe v2 response (JSON, or JSON plus binary outputs).
+pub fn parse_response(
+    bytes: &[u8],
+    json_len: Option<usize>,
+) -> Result<InferOutcome, NodeClientError> {
+    let p = |m: String| NodeClientError::Protocol(m);
+    let (head, mut rest) = match json_len {
+        Some(n) if n <= bytes.len() => bytes.split_at(n),
+        Some(_) => return Err(p("binary header length exceeds the body".into())),
+        None => (bytes, &[][..]),
+    };
+    let body: Value = serde_json::from_slice(head).map_err(|e| p(e.to_string()))?;
+    let mut outputs = Vec::new();
+    for o in body["outputs"]
+        .as_array()
+        .ok_or_else(|| p("no outputs".into()))?
+    {
+        let name = o["name"]
+            .as_str()
+            .ok_or_else(|| p("output without a name".into()))?;
+        let dtype: DataType = o["datatype"]
+            .as_str()
+            .unwrap_or("")
+            .parse()
+            .map_err(|e: cairn_core::TensorError| p(e.to_string()))?;
+        let shape: Vec<u64> =
+            serde_json::from_value(o["shape"].clone()).map_err(|e| p(e.to_string()))?;
+        let data = if let Some(size) = o["parameters"]["binary_data_size"].as_u64() {
+            let size = size as usize;
+            if size > rest.len() {
+                return Err(p(format!("output `{name}` is truncated")));
+            }
+            let (this, r) = rest.split_at(size);
+            rest = r;
+            this.to_vec()
+        } else {
+            let count = cairn_core::tensor::element_count(&shape) as usize;
+            crate::kserve::json_values_to_bytes(name, dtype, &o["data"], count)
+                .map_err(|e| p(e.to_string()))?
+        };
+        outputs.push(Tensor::new(name, dtype, shape, data).map_err(|e| p(e.to_string()))?);
+    }
+    Ok(InferOutcome {
+        outputs,
+        receipt: body["parameters"]["receipt"].clone(),
+        model_name: body["model_name"].as_str().unwrap_or("").to_owned(),
+        model_version: body["model_version"].as_str().unwrap_or("").to_owned(),
+    })
+}

@@ -1,0 +1,136 @@
+//! Node errors and their JSON form `{code, message}` (plus KServe's `error` field).
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+/// Everything a node request can fail with. Each variant has a stable machine code.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// Malformed request body or parameters.
+    #[error("{0}")]
+    BadRequest(String),
+    /// Unknown KServe datatype.
+    #[error("{0}")]
+    InvalidDatatype(String),
+    /// Shape does not fit the data or the model.
+    #[error("{0}")]
+    InvalidShape(String),
+    /// A value that the datatype cannot hold (a fraction or NaN for an integer input, …).
+    #[error("{0}")]
+    InvalidData(String),
+    /// Input names do not match the model's.
+    #[error("{0}")]
+    WrongInput(String),
+    /// Input datatype does not match the model's.
+    #[error("{0}")]
+    WrongDatatype(String),
+    /// An output name the model does not have.
+    #[error("{0}")]
+    UnknownOutput(String),
+    /// Too many tensor elements.
+    #[error("{0}")]
+    TooManyElements(String),
+    /// Body over the size limit.
+    #[error("{0}")]
+    BodyTooLarge(String),
+    /// The model reference names nothing the hub knows.
+    #[error("{0}")]
+    ModelNotFound(String),
+    /// Not a model reference.
+    #[error("{0}")]
+    BadModelRef(String),
+    /// The file is not a loadable ONNX model.
+    #[error("{0}")]
+    InvalidModel(String),
+    /// The model failed on valid inputs.
+    #[error("{0}")]
+    ModelFailed(String),
+    /// Queues are full.
+    #[error("{0}")]
+    Overloaded(String),
+    /// The inference did not finish in time.
+    #[error("{0}")]
+    Timeout(String),
+    /// No such receipt.
+    #[error("{0}")]
+    ReceiptNotFound(String),
+    /// The hub could not be reached.
+    #[error("{0}")]
+    HubUnavailable(String),
+    /// No such endpoint.
+    #[error("{0}")]
+    NotFound(String),
+    /// Something on the node's side.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl NodeError {
+    /// The stable machine code.
+    pub fn code(&self) -> &'static str {
+        use NodeError as E;
+        match self {
+            E::BadRequest(_) => "bad_request",
+            E::InvalidDatatype(_) => "invalid_datatype",
+            E::InvalidShape(_) => "invalid_shape",
+            E::InvalidData(_) => "invalid_data",
+            E::WrongInput(_) => "wrong_input",
+            E::WrongDatatype(_) => "wrong_datatype",
+            E::UnknownOutput(_) => "unknown_output",
+            E::TooManyElements(_) => "too_many_elements",
+            E::BodyTooLarge(_) => "body_too_large",
+            E::ModelNotFound(_) => "model_not_found",
+            E::BadModelRef(_) => "bad_model_ref",
+            E::InvalidModel(_) => "invalid_model",
+            E::ModelFailed(_) => "model_failed",
+            E::Overloaded(_) => "overloaded",
+            E::Timeout(_) => "timeout",
+            E::ReceiptNotFound(_) => "receipt_not_found",
+            E::HubUnavailable(_) => "hub_unavailable",
+            E::NotFound(_) => "not_found",
+            E::Internal(_) => "internal",
+        }
+    }
+
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        use NodeError as E;
+        match self {
+            E::BadRequest(_)
+            | E::InvalidDatatype(_)
+            | E::InvalidShape(_)
+            | E::InvalidData(_)
+            | E::WrongInput(_)
+            | E::WrongDatatype(_)
+            | E::UnknownOutput(_)
+            | E::TooManyElements(_)
+            | E::BadModelRef(_) => StatusCode::BAD_REQUEST,
+            E::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            E::ModelNotFound(_) | E::ReceiptNotFound(_) | E::NotFound(_) => StatusCode::NOT_FOUND,
+            E::InvalidModel(_) | E::ModelFailed(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            E::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
+            E::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            E::HubUnavailable(_) => StatusCode::BAD_GATEWAY,
+            E::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl IntoResponse for NodeError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if status.is_server_error() && status != StatusCode::SERVICE_UNAVAILABLE {
+            tracing::error!(code = self.code(), message = %self, "request failed");
+        }
+        let message = self.to_string();
+        // `error` is what KServe clients (tritonclient) print; `code`/`message` are Cairn's.
+        let body = serde_json::json!({"code": self.code(), "message": message, "error": message});
+        let mut resp = (status, Json(body)).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        resp
+    }
+}

@@ -1,0 +1,429 @@
+//! The Open Inference Protocol (KServe v2) wire format: JSON tensors and the binary-data
+//! extension (`Inference-Header-Content-Length`), decoded into [`Tensor`]s with every size checked.
+
+use cairn_core::{DataType, Tensor, tensor::element_count};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::error::NodeError;
+
+/// Header naming the JSON part's length in a binary-extension body.
+pub const HEADER_LENGTH: &str = "inference-header-content-length";
+
+/// An inference request.
+#[derive(Debug, Deserialize)]
+pub struct InferRequest {
+    /// Client's request id, echoed back.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// Input tensors.
+    pub inputs: Vec<RequestInput>,
+    /// Outputs wanted (all when absent).
+    #[serde(default)]
+    pub outputs: Option<Vec<RequestOutput>>,
+    /// Request parameters (`binary_data_output`).
+    #[serde(default)]
+    pub parameters: Option<Map<String, Value>>,
+}
+
+/// One input tensor on the wire.
+#[derive(Debug, Deserialize)]
+pub struct RequestInput {
+    /// Graph input name.
+    pub name: String,
+    /// Dimensions.
+    pub shape: Vec<i64>,
+    /// KServe datatype (`FP32`, …).
+    pub datatype: String,
+    /// `binary_data_size` when the data follows the JSON.
+    #[serde(default)]
+    pub parameters: Option<Map<String, Value>>,
+    /// Row-major values, flat or nested.
+    #[serde(default)]
+    pub data: Option<Value>,
+}
+
+/// One requested output.
+#[derive(Debug, Deserialize)]
+pub struct RequestOutput {
+    /// Graph output name.
+    pub name: String,
+    /// `binary_data: true` asks for the binary form.
+    #[serde(default)]
+    pub parameters: Option<Map<String, Value>>,
+}
+
+/// A response output.
+#[derive(Debug, Serialize)]
+pub struct ResponseOutput {
+    /// Name.
+    pub name: String,
+    /// KServe datatype.
+    pub datatype: &'static str,
+    /// Dimensions.
+    pub shape: Vec<u64>,
+    /// `binary_data_size` when the data is appended in binary.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parameters: Option<Value>,
+    /// Values (JSON form).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data: Option<Value>,
+}
+
+fn param_bool(p: &Option<Map<String, Value>>, key: &str) -> bool {
+    p.as_ref()
+        .and_then(|m| m.get(key))
+        .and_then(Value::as_bool)
+        .unwrap_or(false)
+}
+
+/// Limits applied while decoding.
+#[derive(Clone, Copy, Debug)]
+pub struct DecodeLimits {
+    /// Most elements over all input tensors.
+    pub max_elements: u64,
+}
+
+/// A decoded request: tensors plus what the client asked back.
+pub struct Decoded {
+    /// Client id.
+    pub id: Option<String>,
+    /// Inputs, in request order.
+    pub inputs: Vec<Tensor>,
+    /// Outputs asked for, with whether each is wanted in binary; `None` = all.
+    pub outputs: Option<Vec<(String, bool)>>,
+    /// Default binary flag for outputs not listed.
+    pub binary_output: bool,
+}
+
+/// Decodes a body: JSON alone, or JSON of `json_len` bytes followed by binary tensor data.
+pub fn decode(
+    body: &[u8],
+    json_len: Option<usize>,
+    limits: DecodeLimits,
+) -> Result<Decoded, NodeError> {
+    let (head, mut binary) = match json_len {
+        Some(n) if n > body.len() => {
+            return Err(NodeError::BadRequest(format!(
+                "{HEADER_LENGTH} is {n} but the body has only {} bytes",
+                body.len()
+            )));
+        }
+        Some(n) => body.split_at(n),
+        None => (body, &[][..]),
+    };
+    let req: InferRequest = serde_json::from_slice(head).map_err(|e| {
+        NodeError::BadRequest(format!("the request is not valid KServe v2 JSON: {e}"))
+    })?;
+    let mut total: u128 = 0;
+    let mut inputs = Vec::with_capacity(req.inputs.len());
+    for input in req.inputs {
+        let dtype: DataType = input
+            .datatype
+            .parse()
+            .map_err(|e: cairn_core::TensorError| {
+                NodeError::InvalidDatatype(format!("input `{}`: {e}", input.name))
+            })?;
+        let shape = input
+            .shape
+            .iter()
+            .map(|&d| u64::try_from(d))
+            .collect::<Result<Vec<u64>, _>>()
+            .map_err(|_| {
+                NodeError::InvalidShape(format!("input `{}` has a negative dimension", input.name))
+            })?;
+        let count = element_count(&shape);
+        total = total.saturating_add(count);
+        if total > limits.max_elements as u128 {
+            return Err(NodeError::TooManyElements(format!(
+                "the inputs hold more than {} elements; send fewer or smaller tensors",
+                limits.max_elements
+            )));
+        }
+        let count = count as usize;
+        let binary_size = input
+            .parameters
+            .as_ref()
+            .and_then(|p| p.get("binary_data_size"))
+            .map(|v| {
+                v.as_u64().ok_or_else(|| {
+                    NodeError::BadRequest(format!(
+                        "input `{}`: binary_data_size must be an integer",
+                        input.name
+                    ))
+                })
+            })
+            .transpose()?;
+        let data = match (binary_size, input.data) {
+            (Some(_), Some(_)) => {
+                return Err(NodeError::BadRequest(format!(
+                    "input `{}` has both `data` and binary_data_size",
+                    input.name
+                )));
+            }
+            (Some(size), None) => {
+                if json_len.is_none() {
+                    return Err(NodeError::BadRequest(format!(
+                        "input `{}` declares binary data but the request has no {HEADER_LENGTH} header",
+                        input.name
+                    )));
+                }
+                let size = size as usize;
+                if size > binary.len() {
+                    return Err(NodeError::BadRequest(format!(
+                        "input `{}` declares {size} binary bytes but only {} remain: the body is truncated",
+                        input.name,
+                        binary.len()
+                    )));
+                }
+                let (this, rest) = binary.split_at(size);
+                binary = rest;
+                this.to_vec()
+            }
+            (None, Some(values)) => json_values_to_bytes(&input.name, dtype, &values, count)?,
+            (None, None) => {
+                return Err(NodeError::BadRequest(format!(
+                    "input `{}` has no data",
+                    input.name
+                )));
+            }
+        };
+        let t = Tensor::new(input.name, dtype, shape, data)
+            .map_err(|e| NodeError::InvalidShape(e.to_string()))?;
+        inputs.push(t);
+    }
+    if !binary.is_empty() {
+        return Err(NodeError::BadRequest(format!(
+            "{} binary bytes follow the JSON that no input claims",
+            binary.len()
+        )));
+    }
+    cairn_core::tensor::check_unique_names(&inputs)
+        .map_err(|e| NodeError::BadRequest(e.to_string()))?;
+    let binary_output = param_bool(&req.parameters, "binary_data_output");
+    let outputs = req.outputs.map(|outs| {
+        outs.into_iter()
+            .map(|o| {
+                let bin = o
+                    .parameters
+                    .as_ref()
+                    .and_then(|p| p.get("binary_data"))
+                    .and_then(Value::as_bool)
+                    .unwrap_or(binary_output);
+                (o.name, bin)
+            })
+            .collect()
+    });
+    Ok(Decoded {
+        id: req.id,
+        inputs,
+        outputs,
+        binary_output,
+    })
+}
+
+fn flatten<'a>(v: &'a Value, out: &mut Vec<&'a Value>, limit: usize) -> bool {
+    match v {
+        Value::Array(items) => items.iter().all(|i| flatten(i, out, limit)),
+        other => {
+            out.push(other);
+            out.len() <= limit
+        }
+    }
+}
+
+/// Converts JSON values (flat or nested) to raw little-endian bytes of `dtype`.
+pub(crate) fn json_values_to_bytes(
+    name: &str,
+    dtype: DataType,
+    values: &Value,
+    count: usize,
+) -> Result<Vec<u8>, NodeError> {
+    let mut flat = Vec::with_capacity(count.min(1 << 20));
+    if !flatten(values, &mut flat, count) || flat.len() != count {
+        return Err(NodeError::InvalidShape(format!(
+            "input `{name}`: its shape holds {count} elements but `data` has {}",
+            if flat.len() > count {
+                format!("more than {count}")
+            } else {
+                flat.len().to_string()
+            }
+        )));
+    }
+    let mut out = Vec::with_capacity(count * dtype.size());
+    let bad = |i: usize, v: &Value| {
+        NodeError::InvalidData(format!(
+            "input `{name}`: element {i} ({v}) is not a valid {dtype} value"
+        ))
+    };
+    macro_rules! ints {
+        ($t:ty) => {
+            for (i, v) in flat.iter().enumerate() {
+                let x: $t = if let Some(u) = v.as_u64() {
+                    <$t>::try_from(u).map_err(|_| bad(i, v))?
+                } else if let Some(s) = v.as_i64() {
+                    <$t>::try_from(s).map_err(|_| bad(i, v))?
+                } else {
+                    return Err(bad(i, v));
+                };
+                out.extend_from_slice(&x.to_le_bytes());
+            }
+        };
+    }
+    match dtype {
+        DataType::Bool => {
+            for (i, v) in flat.iter().enumerate() {
+                let b = match v {
+                    Value::Bool(b) => *b,
+                    Value::Number(n) if n.as_u64() == Some(0) => false,
+                    Value::Number(n) if n.as_u64() == Some(1) => true,
+                    _ => return Err(bad(i, v)),
+                };
+                out.push(b as u8);
+            }
+        }
+        DataType::Uint8 => ints!(u8),
+        DataType::Uint16 => ints!(u16),
+        DataType::Uint32 => ints!(u32),
+        DataType::Uint64 => ints!(u64),
+        DataType::Int8 => ints!(i8),
+        DataType::Int16 => ints!(i16),
+        DataType::Int32 => ints!(i32),
+        DataType::Int64 => ints!(i64),
+        DataType::Fp16 | DataType::Fp32 | DataType::Fp64 => {
+            for (i, v) in flat.iter().enumerate() {
+                let x = v.as_f64().ok_or_else(|| bad(i, v))?;
+                match dtype {
+                    DataType::Fp16 => out.extend_from_slice(&half::f16::from_f64(x).to_le_bytes()),
+                    DataType::Fp32 => out.extend_from_slice(&(x as f32).to_le_bytes()),
+                    _ => out.extend_from_slice(&x.to_le_bytes()),
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Raw little-endian bytes of `dtype` as a flat JSON array (non-finite floats become `null`,
+/// which JSON cannot otherwise carry; ask for binary output to get them exactly).
+pub fn bytes_to_json(dtype: DataType, data: &[u8]) -> Value {
+    macro_rules! each {
+        ($t:ty, $f:expr) => {
+            Value::Array(
+                data.chunks_exact(size_of::<$t>())
+                    .map(|c| $f(<$t>::from_le_bytes(c.try_into().expect("chunk"))))
+                    .collect(),
+            )
+        };
+    }
+    let float = |x: f64| serde_json::Number::from_f64(x).map_or(Value::Null, Value::Number);
+    match dtype {
+        DataType::Bool => Value::Array(data.iter().map(|&b| Value::Bool(b != 0)).collect()),
+        DataType::Uint8 => each!(u8, Value::from),
+        DataType::Uint16 => each!(u16, Value::from),
+        DataType::Uint32 => each!(u32, Value::from),
+        DataType::Uint64 => each!(u64, Value::from),
+        DataType::Int8 => each!(i8, Value::from),
+        DataType::Int16 => each!(i16, Value::from),
+        DataType::Int32 => each!(i32, Value::from),
+        DataType::Int64 => each!(i64, Value::from),
+        DataType::Fp16 => each!(half::f16, |x: half::f16| float(x.to_f64())),
+        // f32 through its shortest decimal form, so that parsing it back as f32 is exact.
+        DataType::Fp32 => each!(f32, |x: f32| if x.is_finite() {
+            serde_json::from_str(&x.to_string()).unwrap_or(Value::Null)
+        } else {
+            Value::Null
+        }),
+        DataType::Fp64 => each!(f64, float),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: DecodeLimits = DecodeLimits { max_elements: 1000 };
+
+    #[test]
+    fn json_and_binary_forms_decode_alike() {
+        let json =
+            br#"{"inputs":[{"name":"x","shape":[2,2],"datatype":"FP32","data":[[1,2.5],[-3,4]]}]}"#;
+        let a = decode(json, None, LIMITS).unwrap();
+        let raw: Vec<u8> = [1.0f32, 2.5, -3.0, 4.0]
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect();
+        let head = br#"{"inputs":[{"name":"x","shape":[2,2],"datatype":"FP32","parameters":{"binary_data_size":16}}]}"#;
+        let mut body = head.to_vec();
+        body.extend_from_slice(&raw);
+        let b = decode(&body, Some(head.len()), LIMITS).unwrap();
+        assert_eq!(a.inputs, b.inputs);
+        assert_eq!(
+            cairn_core::tensor::tensors_hash(&a.inputs),
+            cairn_core::tensor::tensors_hash(&b.inputs)
+        );
+    }
+
+    #[test]
+    fn refuses_bad_tensors() {
+        let cases: &[(&[u8], &str)] = &[
+            (
+                br#"{"inputs":[{"name":"x","shape":[3],"datatype":"INT64","data":[1,2.5,3]}]}"#,
+                "invalid_data",
+            ),
+            (
+                br#"{"inputs":[{"name":"x","shape":[2],"datatype":"INT8","data":[1,300]}]}"#,
+                "invalid_data",
+            ),
+            (
+                br#"{"inputs":[{"name":"x","shape":[3],"datatype":"FP32","data":[1,2]}]}"#,
+                "invalid_shape",
+            ),
+            (
+                br#"{"inputs":[{"name":"x","shape":[-1],"datatype":"FP32","data":[1]}]}"#,
+                "invalid_shape",
+            ),
+            (
+                br#"{"inputs":[{"name":"x","shape":[1],"datatype":"STRING","data":["a"]}]}"#,
+                "invalid_datatype",
+            ),
+            (
+                br#"{"inputs":[{"name":"x","shape":[100000],"datatype":"FP32","data":[]}]}"#,
+                "too_many_elements",
+            ),
+            (
+                br#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":["NaN"]}]}"#,
+                "invalid_data",
+            ),
+            (
+                br#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32"}]}"#,
+                "bad_request",
+            ),
+            (br#"{"inputs": nope"#, "bad_request"),
+        ];
+        for (body, code) in cases {
+            let err = decode(body, None, LIMITS).err().unwrap();
+            assert_eq!(
+                err.code(),
+                *code,
+                "{}: {err}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        // A binary body shorter than it claims.
+        let head = br#"{"inputs":[{"name":"x","shape":[4],"datatype":"FP32","parameters":{"binary_data_size":16}}]}"#;
+        let mut body = head.to_vec();
+        body.extend_from_slice(&[0; 10]);
+        let err = decode(&body, Some(head.len()), LIMITS).err().unwrap();
+        assert!(err.to_string().contains("truncated"), "{err}");
+    }
+
+    #[test]
+    fn f32_json_round_trips_exactly() {
+        let xs = [0.1f32, 1.0 / 3.0, f32::MIN_POSITIVE, 3.4e38];
+        let raw: Vec<u8> = xs.iter().flat_map(|x| x.to_le_bytes()).collect();
+        let json = bytes_to_json(DataType::Fp32, &raw);
+        let back = json_values_to_bytes("x", DataType::Fp32, &json, 4).unwrap();
+        assert_eq!(raw, back);
+    }
+}

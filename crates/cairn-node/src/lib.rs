@@ -1,0 +1,108 @@
+//! Inference node: runs ONNX models by CID behind the Open Inference Protocol (KServe v2), and
+//! signs an EIP-712 receipt for every call.
+//!
+//! Request path: admission (bounded queues, 503 when full) → bounded body → KServe decode →
+//! model cache (resolve name → CID, fetch and verify, load once) → inputs checked against the
+//! model's signature → engine run on a worker (bounded concurrency, timeout) → hashes and
+//! signature → receipt log commit → response.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use alloy_primitives::U256;
+use alloy_signer_local::PrivateKeySigner;
+use cairn_engine::Engine;
+use cairn_receipt::ReceiptDomain;
+
+pub mod cache;
+pub mod client;
+pub mod error;
+pub mod kserve;
+pub mod log;
+pub mod safetensors_io;
+mod server;
+
+pub use client::{InferOutcome, NodeClient};
+pub use error::NodeError;
+pub use server::{NodeState, router};
+
+/// Bounds on what one request and the node as a whole may use.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Largest request body in bytes.
+    pub max_body_bytes: usize,
+    /// Most input elements per request.
+    pub max_elements: u64,
+    /// Longest an inference may wait and run.
+    pub timeout: Duration,
+    /// Requests admitted (queued or running) per model.
+    pub queue_per_model: usize,
+    /// Requests admitted (queued or running) over all models.
+    pub queue_total: usize,
+    /// Inferences running at once.
+    pub workers: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 64 << 20,
+            max_elements: 16 << 20,
+            timeout: Duration::from_secs(30),
+            queue_per_model: 256,
+            queue_total: 1024,
+            workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
+        }
+    }
+}
+
+/// Everything a node needs.
+pub struct NodeConfig {
+    /// Where the model cache and the receipt log live.
+    pub data_dir: PathBuf,
+    /// The hub models are fetched from.
+    pub hub_url: String,
+    /// The node's signing key.
+    pub key: PrivateKeySigner,
+    /// The engine plans are prepared with.
+    pub engine: Arc<dyn Engine>,
+    /// The receipts' EIP-712 domain.
+    pub domain: ReceiptDomain,
+    /// Price per inference in the payment token's smallest unit.
+    pub price: U256,
+    /// Request and queue bounds.
+    pub limits: Limits,
+    /// Model cache size in bytes (files on disk and plans in memory).
+    pub cache_bytes: u64,
+    /// How long request/response payloads are kept beside their receipts.
+    pub retention: Duration,
+}
+
+/// Opens the node's state (cache dir, receipt log).
+pub async fn open(config: NodeConfig) -> Result<NodeState, NodeError> {
+    server::open(config).await
+}
+
+/// Serves the node on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: NodeState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// Binds `addr`.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await
+}
+
+pub(crate) fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}

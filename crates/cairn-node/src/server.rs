@@ -1,0 +1,579 @@
+//! The node's HTTP API: KServe v2 under `/v2`, Cairn's own under `/v1`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use alloy_primitives::{B256, U256};
+use alloy_signer_local::PrivateKeySigner;
+use axum::Json;
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use cairn_core::tensor::tensors_hash;
+use cairn_core::{BlobId, DataType, Tensor};
+use cairn_engine::EngineError;
+use cairn_onnx::{Dim, OnnxSignature};
+use cairn_receipt::{Claims, ReceiptDomain};
+use serde_json::{Value, json};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::cache::{LoadedModel, ModelCache};
+use crate::error::NodeError;
+use crate::kserve::{self, DecodeLimits, HEADER_LENGTH, ResponseOutput};
+use crate::log::{Entry, ReceiptLog};
+use crate::{Limits, NodeConfig, now_secs, safetensors_io};
+
+/// Shared node state.
+#[derive(Clone)]
+pub struct NodeState(Arc<Inner>);
+
+struct Inner {
+    cache: ModelCache,
+    log: ReceiptLog,
+    key: PrivateKeySigner,
+    domain: ReceiptDomain,
+    price: U256,
+    limits: Limits,
+    hub_url: String,
+    total: Arc<Semaphore>,
+    per_model: Mutex<HashMap<BlobId, Arc<Semaphore>>>,
+    workers: Arc<Semaphore>,
+}
+
+pub(crate) async fn open(c: NodeConfig) -> Result<NodeState, NodeError> {
+    std::fs::create_dir_all(&c.data_dir)
+        .map_err(|e| NodeError::Internal(format!("data dir {}: {e}", c.data_dir.display())))?;
+    let hub = cairn_hub::HubClient::new(&c.hub_url, None)
+        .map_err(|e| NodeError::Internal(e.to_string()))?;
+    let cache = ModelCache::new(c.data_dir.join("models"), hub, c.engine, c.cache_bytes);
+    let log = ReceiptLog::open(&c.data_dir.join("receipts.sqlite"), c.retention).await?;
+    Ok(NodeState(Arc::new(Inner {
+        cache,
+        log,
+        key: c.key,
+        domain: c.domain,
+        price: c.price,
+        limits: c.limits,
+        hub_url: c.hub_url,
+        total: Arc::new(Semaphore::new(c.limits.queue_total)),
+        per_model: Mutex::new(HashMap::new()),
+        workers: Arc::new(Semaphore::new(c.limits.workers.max(1))),
+    })))
+}
+
+impl NodeState {
+    /// The node's address (the receipts' signer).
+    pub fn address(&self) -> alloy_primitives::Address {
+        self.0.key.address()
+    }
+
+    /// The engine's profile.
+    pub fn profile(&self) -> &cairn_core::ExecutionProfile {
+        self.0.cache.engine().profile()
+    }
+}
+
+/// The node's routes.
+pub fn router(state: NodeState) -> Router {
+    Router::new()
+        .route("/v2", get(server_metadata))
+        .route("/v2/health/live", get(live))
+        .route("/v2/health/ready", get(ready))
+        .route("/v2/models/{model}", get(model_metadata))
+        .route("/v2/models/{model}/ready", get(model_ready))
+        .route("/v2/models/{model}/infer", post(infer))
+        .route(
+            "/v2/models/{model}/versions/{version}",
+            get(model_metadata_versioned),
+        )
+        .route(
+            "/v2/models/{model}/versions/{version}/infer",
+            post(infer_versioned),
+        )
+        .route("/v1/node", get(node_info))
+        .route("/v1/receipts/{id}", get(receipt))
+        .route("/v1/receipts/{id}/input", get(receipt_input))
+        .route("/v1/receipts/{id}/output", get(receipt_output))
+        .fallback(|| async {
+            NodeError::NotFound("no such endpoint; see /v2 (KServe v2) and /v1/node".into())
+        })
+        .with_state(state)
+}
+
+async fn server_metadata() -> Json<Value> {
+    Json(json!({
+        "name": "cairn",
+        "version": env!("CARGO_PKG_VERSION"),
+        "extensions": ["binary_tensor_data"],
+    }))
+}
+
+async fn live() -> Json<Value> {
+    Json(json!({"live": true}))
+}
+
+async fn ready() -> Json<Value> {
+    Json(json!({"ready": true}))
+}
+
+async fn node_info(State(s): State<NodeState>) -> Result<Json<Value>, NodeError> {
+    let i = &s.0;
+    let profile = i.cache.engine().profile();
+    Ok(Json(json!({
+        "address": i.key.address().to_checksum(None),
+        "profile": profile,
+        "reproducibility": profile.reproducibility(),
+        "profileHash": profile.hash().to_string(),
+        "domain": {
+            "name": "Cairn", "version": "1",
+            "chainId": i.domain.chain_id,
+            "verifyingContract": i.domain.verifying_contract.to_checksum(None),
+        },
+        "hub": i.hub_url,
+        "price": i.price.to_string(),
+        "modelsLoaded": i.cache.loaded(),
+        "receipts": i.log.count().await?,
+        "limits": {
+            "maxBodyBytes": i.limits.max_body_bytes,
+            "maxElements": i.limits.max_elements,
+            "timeoutMs": i.limits.timeout.as_millis() as u64,
+            "queuePerModel": i.limits.queue_per_model,
+            "queueTotal": i.limits.queue_total,
+            "workers": i.limits.workers,
+        },
+        "version": env!("CARGO_PKG_VERSION"),
+    })))
+}
+
+fn onnx_datatype(elem: Option<&str>) -> Option<DataType> {
+    Some(match elem? {
+        "float" => DataType::Fp32,
+        "double" => DataType::Fp64,
+        "float16" => DataType::Fp16,
+        "bool" => DataType::Bool,
+        "uint8" => DataType::Uint8,
+        "uint16" => DataType::Uint16,
+        "uint32" => DataType::Uint32,
+        "uint64" => DataType::Uint64,
+        "int8" => DataType::Int8,
+        "int16" => DataType::Int16,
+        "int32" => DataType::Int32,
+        "int64" => DataType::Int64,
+        _ => return None,
+    })
+}
+
+fn describe(values: &[cairn_onnx::ValueInfo]) -> Vec<Value> {
+    values
+        .iter()
+        .map(|v| {
+            let shape: Vec<i64> = v
+                .shape
+                .as_deref()
+                .unwrap_or(&[])
+                .iter()
+                .map(|d| match d {
+                    Dim::Fixed(n) => *n,
+                    _ => -1,
+                })
+                .collect();
+            json!({
+                "name": v.name,
+                "datatype": onnx_datatype(v.elem_type.as_deref()).map_or(v.type_name.as_str(), |d| d.name()),
+                "shape": shape,
+            })
+        })
+        .collect()
+}
+
+async fn metadata(s: &NodeState, reference: &str) -> Result<Json<Value>, NodeError> {
+    let r = s.0.cache.resolve(reference).await?;
+    let m = s.0.cache.get(r.cid).await?;
+    Ok(Json(json!({
+        "name": reference,
+        "versions": r.version.map(|v| vec![v.to_string()]).unwrap_or_default(),
+        "platform": "onnx",
+        "cid": m.cid.to_string(),
+        "inputs": describe(&m.signature.inputs),
+        "outputs": describe(&m.signature.outputs),
+    })))
+}
+
+async fn model_metadata(
+    State(s): State<NodeState>,
+    Path(model): Path<String>,
+) -> Result<Json<Value>, NodeError> {
+    metadata(&s, &model).await
+}
+
+async fn model_metadata_versioned(
+    State(s): State<NodeState>,
+    Path((model, version)): Path<(String, String)>,
+) -> Result<Json<Value>, NodeError> {
+    metadata(&s, &format!("{model}@{version}")).await
+}
+
+async fn model_ready(
+    State(s): State<NodeState>,
+    Path(model): Path<String>,
+) -> Result<Json<Value>, NodeError> {
+    let r = s.0.cache.resolve(&model).await?;
+    s.0.cache.get(r.cid).await?;
+    Ok(Json(json!({"name": model, "ready": true})))
+}
+
+async fn receipt(
+    State(s): State<NodeState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, NodeError> {
+    let stored =
+        s.0.log
+            .get(&id.to_ascii_lowercase())
+            .await?
+            .ok_or_else(|| NodeError::ReceiptNotFound(format!("no receipt `{id}` on this node")))?;
+    let receipt: Value =
+        serde_json::from_str(&stored.receipt).map_err(|e| NodeError::Internal(e.to_string()))?;
+    Ok(Json(json!({
+        "receipt": receipt,
+        "createdAt": stored.created_at,
+        "payloadsKept": stored.payloads,
+    })))
+}
+
+async fn payload(s: &NodeState, id: &str, output: bool) -> Result<Response, NodeError> {
+    let bytes =
+        s.0.log
+            .payload(&id.to_ascii_lowercase(), output)
+            .await?
+            .ok_or_else(|| {
+                NodeError::ReceiptNotFound(format!(
+                    "no kept payload for receipt `{id}` (unknown, or past retention)"
+                ))
+            })?;
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
+}
+
+async fn receipt_input(
+    State(s): State<NodeState>,
+    Path(id): Path<String>,
+) -> Result<Response, NodeError> {
+    payload(&s, &id, false).await
+}
+
+async fn receipt_output(
+    State(s): State<NodeState>,
+    Path(id): Path<String>,
+) -> Result<Response, NodeError> {
+    payload(&s, &id, true).await
+}
+
+impl Inner {
+    /// Admits a request for `cid` or refuses it with 503 when a queue is full.
+    fn admit(
+        &self,
+        cid: BlobId,
+    ) -> Result<(OwnedSemaphorePermit, OwnedSemaphorePermit), NodeError> {
+        let full = || NodeError::Overloaded("the node is at capacity; retry after a moment".into());
+        let total = self.total.clone().try_acquire_owned().map_err(|_| full())?;
+        let sem = {
+            let mut map = self.per_model.lock().expect("per-model queues");
+            if map.len() > 10_000 {
+                let cap = self.limits.queue_per_model;
+                map.retain(|_, s| s.available_permits() < cap);
+            }
+            map.entry(cid)
+                .or_insert_with(|| Arc::new(Semaphore::new(self.limits.queue_per_model)))
+                .clone()
+        };
+        let model = sem.try_acquire_owned().map_err(|_| {
+            NodeError::Overloaded(format!("the queue for {cid} is full; retry after a moment"))
+        })?;
+        Ok((total, model))
+    }
+}
+
+/// Checks inputs against the model's signature, before anything runs.
+fn check_inputs(sig: &OnnxSignature, inputs: &[Tensor]) -> Result<(), NodeError> {
+    let expected = || {
+        sig.inputs
+            .iter()
+            .map(|v| format!("{} ({})", v.name, v.type_name))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    for t in inputs {
+        if !sig.inputs.iter().any(|v| v.name == t.name()) {
+            return Err(NodeError::WrongInput(format!(
+                "the model has no input `{}`; it takes {}",
+                t.name(),
+                expected()
+            )));
+        }
+    }
+    for v in &sig.inputs {
+        let Some(t) = inputs.iter().find(|t| t.name() == v.name) else {
+            return Err(NodeError::WrongInput(format!(
+                "input `{}` is missing; the model takes {}",
+                v.name,
+                expected()
+            )));
+        };
+        let Some(dt) = onnx_datatype(v.elem_type.as_deref()) else {
+            return Err(NodeError::WrongDatatype(format!(
+                "input `{}` is {}, which Cairn cannot feed",
+                v.name, v.type_name
+            )));
+        };
+        if t.dtype() != dt {
+            return Err(NodeError::WrongDatatype(format!(
+                "input `{}` must be {dt}, got {}",
+                v.name,
+                t.dtype()
+            )));
+        }
+        if let Some(dims) = &v.shape {
+            let fits = dims.len() == t.shape().len()
+                && dims.iter().zip(t.shape()).all(|(d, &n)| match d {
+                    Dim::Fixed(f) => *f < 0 || *f as u64 == n,
+                    _ => true,
+                });
+            if !fits {
+                let want: Vec<String> = dims
+                    .iter()
+                    .map(|d| match d {
+                        Dim::Fixed(n) => n.to_string(),
+                        Dim::Symbolic(s) => s.clone(),
+                        Dim::Unknown => "?".into(),
+                    })
+                    .collect();
+                return Err(NodeError::InvalidShape(format!(
+                    "input `{}` must have shape [{}], got {:?}",
+                    v.name,
+                    want.join(", "),
+                    t.shape()
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn infer(
+    State(s): State<NodeState>,
+    Path(model): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, NodeError> {
+    run_infer(s, model, headers, body).await
+}
+
+async fn infer_versioned(
+    State(s): State<NodeState>,
+    Path((model, version)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, NodeError> {
+    run_infer(s, format!("{model}@{version}"), headers, body).await
+}
+
+/// What the worker hands back.
+struct Ran {
+    outputs: Vec<Tensor>,
+    receipt: cairn_receipt::SignedReceipt,
+}
+
+async fn run_infer(
+    s: NodeState,
+    reference: String,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, NodeError> {
+    let i = &s.0;
+    let resolved = i.cache.resolve(&reference).await?;
+    let _permits = i.admit(resolved.cid)?;
+
+    let max = i.limits.max_body_bytes;
+    let too_large = || {
+        NodeError::BodyTooLarge(format!(
+            "the body is over {max} bytes; send smaller tensors"
+        ))
+    };
+    if let Some(len) = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+        && len > max
+    {
+        return Err(too_large());
+    }
+    let body: Bytes = axum::body::to_bytes(body, max).await.map_err(|e| {
+        if std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+        {
+            too_large()
+        } else {
+            NodeError::BadRequest(format!("the body could not be read: {e}"))
+        }
+    })?;
+    let json_len = match headers.get(HEADER_LENGTH) {
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|v| v.parse::<usize>().ok())
+                .ok_or_else(|| {
+                    NodeError::BadRequest(format!("{HEADER_LENGTH} must be a byte count"))
+                })?,
+        ),
+        None => None,
+    };
+    let decoded = kserve::decode(
+        &body,
+        json_len,
+        DecodeLimits {
+            max_elements: i.limits.max_elements,
+        },
+    )?;
+    drop(body);
+
+    let deadline = tokio::time::Instant::now() + i.limits.timeout;
+    let timeout = || {
+        NodeError::Timeout(format!(
+            "the inference did not finish within {:?}",
+            i.limits.timeout
+        ))
+    };
+    let loaded: Arc<LoadedModel> = tokio::time::timeout_at(deadline, i.cache.get(resolved.cid))
+        .await
+        .map_err(|_| timeout())??;
+    check_inputs(&loaded.signature, &decoded.inputs)?;
+    let names = loaded.plan.output_names();
+    let wanted: Vec<(String, bool)> = match &decoded.outputs {
+        Some(list) => {
+            for (n, _) in list {
+                if !names.iter().any(|m| m == n) {
+                    return Err(NodeError::UnknownOutput(format!(
+                        "the model has no output `{n}`; its outputs are {names:?}"
+                    )));
+                }
+            }
+            list.clone()
+        }
+        None => names
+            .iter()
+            .map(|n| (n.clone(), decoded.binary_output))
+            .collect(),
+    };
+
+    let worker = tokio::time::timeout_at(deadline, i.workers.clone().acquire_owned())
+        .await
+        .map_err(|_| timeout())?
+        .map_err(|_| NodeError::Internal("worker pool closed".into()))?;
+    let inputs = decoded.inputs;
+    let key = i.key.clone();
+    let domain = i.domain;
+    let price = i.price;
+    let profile = i.cache.engine().profile().clone();
+    let model_cid = loaded.cid;
+    let task = tokio::task::spawn_blocking(move || {
+        let _worker = worker;
+        let outputs = loaded.plan.run(&inputs).map_err(|e| match e {
+            EngineError::Input(m) => NodeError::WrongInput(m),
+            EngineError::Run(m) => NodeError::ModelFailed(m),
+            other => NodeError::ModelFailed(other.to_string()),
+        })?;
+        let claims = Claims {
+            request_id: B256::random(),
+            model: model_cid,
+            input_hash: tensors_hash(&inputs),
+            output_hash: tensors_hash(&outputs),
+            profile,
+            timestamp: now_secs(),
+            price,
+            payment_ref: B256::ZERO,
+        };
+        let receipt = claims
+            .sign(domain, &key)
+            .map_err(|e| NodeError::Internal(e.to_string()))?;
+        let entry = Entry {
+            id: receipt.id().to_string(),
+            created_at: receipt.claims.timestamp as i64,
+            model: model_cid.to_string(),
+            receipt: receipt.to_json().to_string(),
+            input: safetensors_io::encode(&inputs),
+            output: safetensors_io::encode(&outputs),
+        };
+        Ok::<_, NodeError>((Ran { outputs, receipt }, entry))
+    });
+    let (ran, entry) = tokio::time::timeout_at(deadline, task)
+        .await
+        .map_err(|_| timeout())?
+        .map_err(|e| NodeError::Internal(format!("inference task: {e}")))??;
+    i.log.append(entry).await?;
+    Ok(respond(&resolved, decoded.id, wanted, ran))
+}
+
+fn respond(
+    resolved: &crate::cache::Resolution,
+    id: Option<String>,
+    wanted: Vec<(String, bool)>,
+    ran: Ran,
+) -> Response {
+    let mut binary: Vec<u8> = Vec::new();
+    let mut outputs = Vec::with_capacity(wanted.len());
+    for (name, bin) in wanted {
+        let t = ran
+            .outputs
+            .iter()
+            .find(|t| t.name() == name)
+            .expect("checked output name");
+        if bin {
+            binary.extend_from_slice(t.data());
+            outputs.push(ResponseOutput {
+                name,
+                datatype: t.dtype().name(),
+                shape: t.shape().to_vec(),
+                parameters: Some(json!({"binary_data_size": t.data().len()})),
+                data: None,
+            });
+        } else {
+            outputs.push(ResponseOutput {
+                name,
+                datatype: t.dtype().name(),
+                shape: t.shape().to_vec(),
+                parameters: None,
+                data: Some(kserve::bytes_to_json(t.dtype(), t.data())),
+            });
+        }
+    }
+    let mut body = json!({
+        "model_name": resolved.cid.to_string(),
+        "model_version": resolved.version.map(|v| v.to_string()).unwrap_or_default(),
+        "outputs": outputs,
+        "parameters": {"receipt": ran.receipt.to_json()},
+    });
+    if let Some(id) = id {
+        body["id"] = Value::String(id);
+    }
+    let head = serde_json::to_vec(&body).expect("response serializes");
+    if binary.is_empty() {
+        return (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/json")],
+            head,
+        )
+            .into_response();
+    }
+    let json_len = head.len();
+    let mut all = head;
+    all.extend_from_slice(&binary);
+    let mut resp = (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/octet-stream")],
+        all,
+    )
+        .into_response();
+    resp.headers_mut()
+        .insert(HEADER_LENGTH, HeaderValue::from(json_len));
+    resp
+}

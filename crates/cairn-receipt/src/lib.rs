@@ -1,0 +1,404 @@
+//! EIP-712 inference receipts.
+//!
+//! A receipt is the typed-data message below, signed by the node's secp256k1 key under the domain
+//! `{name: "Cairn", version: "1", chainId, verifyingContract}`. Its JSON form carries the full
+//! typed data (`types`, `primaryType`, `domain`, `message`), the 65-byte signature and the signer,
+//! so `eth_account`, viem or alloy verify it with no Cairn code. Beside the signed part it names
+//! the model's CID, the full execution profile and the output names, each of which must match
+//! the signed hashes for [`SignedReceipt::verify`] to pass.
+
+use alloy_primitives::{Address, B256, Signature, U256};
+use alloy_signer::SignerSync;
+use alloy_signer_local::PrivateKeySigner;
+use alloy_sol_types::{Eip712Domain, SolStruct, sol};
+use cairn_core::{BlobId, ExecutionProfile, Reproducibility};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+sol! {
+    /// The signed message.
+    #[derive(Debug, PartialEq, Eq)]
+    struct Receipt {
+        bytes32 requestId;
+        bytes32 model;
+        bytes32 inputHash;
+        bytes32 outputHash;
+        bytes32 profileHash;
+        address node;
+        uint64 timestamp;
+        uint256 price;
+        bytes32 paymentRef;
+    }
+}
+
+/// The chain half of the EIP-712 domain (from configuration; the settlement contract later).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReceiptDomain {
+    /// EIP-155 chain id.
+    pub chain_id: u64,
+    /// The contract receipts are addressed to.
+    pub verifying_contract: Address,
+}
+
+impl ReceiptDomain {
+    fn eip712(&self) -> Eip712Domain {
+        Eip712Domain::new(
+            Some("Cairn".into()),
+            Some("1".into()),
+            Some(U256::from(self.chain_id)),
+            Some(self.verifying_contract),
+            None,
+        )
+    }
+}
+
+/// What a node claims about one inference, before signing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Claims {
+    /// Unique per inference; the receipt's id.
+    pub request_id: B256,
+    /// The exact model file.
+    pub model: BlobId,
+    /// [`cairn_core::tensor::tensors_hash`] of the inputs.
+    pub input_hash: B256,
+    /// [`cairn_core::tensor::tensors_hash`] of every output the model produced (also when the
+    /// caller asked for fewer), so re-execution needs nothing but the input.
+    pub output_hash: B256,
+    /// How the model ran.
+    pub profile: ExecutionProfile,
+    /// Seconds since the Unix epoch.
+    pub timestamp: u64,
+    /// Price charged, in the payment token's smallest unit.
+    pub price: U256,
+    /// The payment this inference was paid with (zero when unpaid).
+    pub payment_ref: B256,
+}
+
+/// A signed receipt.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SignedReceipt {
+    /// The claims.
+    pub claims: Claims,
+    /// The domain it was signed under.
+    pub domain: ReceiptDomain,
+    /// The node that signed it.
+    pub signer: Address,
+    /// 65-byte `r || s || v` signature, `v` in {27, 28}.
+    pub signature: [u8; 65],
+}
+
+/// Why a receipt is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ReceiptError {
+    /// Not the receipt JSON shape, or a field is not in canonical form.
+    #[error("malformed receipt: {0}")]
+    Malformed(String),
+    /// The signature does not recover to the stated signer.
+    #[error("bad signature: {0}")]
+    Signature(String),
+    /// A stated field does not match what the signed message binds.
+    #[error("inconsistent receipt: {0}")]
+    Inconsistent(String),
+    /// Signing failed.
+    #[error("signing failed: {0}")]
+    Sign(String),
+}
+
+impl Claims {
+    fn message(&self, node: Address) -> Receipt {
+        Receipt {
+            requestId: self.request_id,
+            model: B256::from(*self.model.digest()),
+            inputHash: self.input_hash,
+            outputHash: self.output_hash,
+            profileHash: self.profile.hash(),
+            node,
+            timestamp: self.timestamp,
+            price: self.price,
+            paymentRef: self.payment_ref,
+        }
+    }
+
+    /// Signs the claims as `signer`.
+    pub fn sign(
+        self,
+        domain: ReceiptDomain,
+        signer: &PrivateKeySigner,
+    ) -> Result<SignedReceipt, ReceiptError> {
+        let node = signer.address();
+        let hash = self.message(node).eip712_signing_hash(&domain.eip712());
+        let sig = signer
+            .sign_hash_sync(&hash)
+            .map_err(|e| ReceiptError::Sign(e.to_string()))?;
+        Ok(SignedReceipt {
+            claims: self,
+            domain,
+            signer: node,
+            signature: sig.as_bytes(),
+        })
+    }
+}
+
+/// The receipt JSON, field for field (what is served and written to files).
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct Wire {
+    typed_data: TypedData,
+    signature: String,
+    signer: String,
+    model_cid: String,
+    profile: ExecutionProfile,
+    reproducibility: Reproducibility,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct TypedData {
+    types: Value,
+    primary_type: String,
+    domain: WireDomain,
+    message: WireMessage,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct WireDomain {
+    name: String,
+    version: String,
+    chain_id: u64,
+    verifying_contract: String,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct WireMessage {
+    request_id: String,
+    model: String,
+    input_hash: String,
+    output_hash: String,
+    profile_hash: String,
+    node: String,
+    timestamp: u64,
+    price: String,
+    payment_ref: String,
+}
+
+fn types() -> Value {
+    let field = |name: &str, ty: &str| json!({"name": name, "type": ty});
+    json!({
+        "EIP712Domain": [
+            field("name", "string"),
+            field("version", "string"),
+            field("chainId", "uint256"),
+            field("verifyingContract", "address"),
+        ],
+        "Receipt": [
+            field("requestId", "bytes32"),
+            field("model", "bytes32"),
+            field("inputHash", "bytes32"),
+            field("outputHash", "bytes32"),
+            field("profileHash", "bytes32"),
+            field("node", "address"),
+            field("timestamp", "uint64"),
+            field("price", "uint256"),
+            field("paymentRef", "bytes32"),
+        ],
+    })
+}
+
+/// Lower-case `0x` hex, exactly 32 bytes; any other spelling is refused so that a receipt has one
+/// textual form.
+fn parse_b256(field: &str, s: &str) -> Result<B256, ReceiptError> {
+    let ok = s.len() == 66
+        && s.starts_with("0x")
+        && s[2..]
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    if !ok {
+        return Err(ReceiptError::Malformed(format!(
+            "`{field}` must be 0x and 64 lower-case hex digits"
+        )));
+    }
+    s.parse()
+        .map_err(|e| ReceiptError::Malformed(format!("`{field}`: {e}")))
+}
+
+/// An EIP-55 checksummed address, nothing else.
+fn parse_address(field: &str, s: &str) -> Result<Address, ReceiptError> {
+    Address::parse_checksummed(s, None).map_err(|e| {
+        ReceiptError::Malformed(format!(
+            "`{field}` must be an EIP-55 checksummed address: {e}"
+        ))
+    })
+}
+
+impl SignedReceipt {
+    /// The receipt's id (its request id).
+    pub fn id(&self) -> B256 {
+        self.claims.request_id
+    }
+
+    /// The EIP-712 signing hash (what the signature covers; the Merkle leaf later).
+    pub fn signing_hash(&self) -> B256 {
+        self.claims
+            .message(self.signer)
+            .eip712_signing_hash(&self.domain.eip712())
+    }
+
+    /// The JSON form.
+    pub fn to_json(&self) -> Value {
+        let m = self.claims.message(self.signer);
+        let wire = Wire {
+            typed_data: TypedData {
+                types: types(),
+                primary_type: "Receipt".into(),
+                domain: WireDomain {
+                    name: "Cairn".into(),
+                    version: "1".into(),
+                    chain_id: self.domain.chain_id,
+                    verifying_contract: self.domain.verifying_contract.to_checksum(None),
+                },
+                message: WireMessage {
+                    request_id: m.requestId.to_string(),
+                    model: m.model.to_string(),
+                    input_hash: m.inputHash.to_string(),
+                    output_hash: m.outputHash.to_string(),
+                    profile_hash: m.profileHash.to_string(),
+                    node: m.node.to_checksum(None),
+                    timestamp: m.timestamp,
+                    price: m.price.to_string(),
+                    payment_ref: m.paymentRef.to_string(),
+                },
+            },
+            signature: format!("0x{}", alloy_primitives::hex::encode(self.signature)),
+            signer: self.signer.to_checksum(None),
+            model_cid: self.claims.model.to_string(),
+            profile: self.claims.profile.clone(),
+            reproducibility: self.claims.profile.reproducibility(),
+        };
+        serde_json::to_value(wire).expect("receipt serializes")
+    }
+
+    /// Parses the JSON form and checks everything a receipt alone can prove: canonical
+    /// spelling, the signature recovering to the signer, the signer being the message's node,
+    /// and the stated CID and profile matching the signed hashes.
+    pub fn verify_json(value: &Value) -> Result<SignedReceipt, ReceiptError> {
+        let wire: Wire = serde_json::from_value(value.clone())
+            .map_err(|e| ReceiptError::Malformed(e.to_string()))?;
+        let td = &wire.typed_data;
+        if td.types != types() {
+            return Err(ReceiptError::Malformed(
+                "`types` is not the Cairn receipt type".into(),
+            ));
+        }
+        if td.primary_type != "Receipt" || td.domain.name != "Cairn" || td.domain.version != "1" {
+            return Err(ReceiptError::Malformed(
+                "not a Cairn v1 receipt (primaryType/domain)".into(),
+            ));
+        }
+        let m = &td.message;
+        let price = if m.price.starts_with('0') && m.price != "0"
+            || !m.price.bytes().all(|b| b.is_ascii_digit())
+        {
+            return Err(ReceiptError::Malformed(
+                "`price` must be a decimal integer without leading zeros".into(),
+            ));
+        } else {
+            U256::from_str_radix(&m.price, 10)
+                .map_err(|e| ReceiptError::Malformed(format!("`price`: {e}")))?
+        };
+        let message = Receipt {
+            requestId: parse_b256("requestId", &m.request_id)?,
+            model: parse_b256("model", &m.model)?,
+            inputHash: parse_b256("inputHash", &m.input_hash)?,
+            outputHash: parse_b256("outputHash", &m.output_hash)?,
+            profileHash: parse_b256("profileHash", &m.profile_hash)?,
+            node: parse_address("node", &m.node)?,
+            timestamp: m.timestamp,
+            price,
+            paymentRef: parse_b256("paymentRef", &m.payment_ref)?,
+        };
+        let domain = ReceiptDomain {
+            chain_id: td.domain.chain_id,
+            verifying_contract: parse_address("verifyingContract", &td.domain.verifying_contract)?,
+        };
+        let signer = parse_address("signer", &wire.signer)?;
+        let sig_hex = wire.signature.strip_prefix("0x").unwrap_or("");
+        if sig_hex.len() != 130 || sig_hex.bytes().any(|b| b.is_ascii_uppercase()) {
+            return Err(ReceiptError::Malformed(
+                "`signature` must be 0x and 130 lower-case hex digits".into(),
+            ));
+        }
+        let mut signature = [0u8; 65];
+        alloy_primitives::hex::decode_to_slice(sig_hex, &mut signature)
+            .map_err(|e| ReceiptError::Malformed(format!("`signature`: {e}")))?;
+        if !(27..=28).contains(&signature[64]) {
+            return Err(ReceiptError::Signature("v must be 27 or 28".into()));
+        }
+        let sig =
+            Signature::from_raw(&signature).map_err(|e| ReceiptError::Signature(e.to_string()))?;
+        // Refuse the malleable twin (high s) so one signature has one form.
+        if sig.normalize_s().is_some() {
+            return Err(ReceiptError::Signature(
+                "s is not in the lower half order".into(),
+            ));
+        }
+        let hash = message.eip712_signing_hash(&domain.eip712());
+        let recovered = sig
+            .recover_address_from_prehash(&hash)
+            .map_err(|e| ReceiptError::Signature(e.to_string()))?;
+        if recovered != signer {
+            return Err(ReceiptError::Signature(format!(
+                "signed by {recovered}, not by the stated signer {signer}"
+            )));
+        }
+        if message.node != signer {
+            return Err(ReceiptError::Inconsistent(format!(
+                "the message names node {} but {signer} signed it",
+                message.node
+            )));
+        }
+        let model: BlobId = wire
+            .model_cid
+            .parse()
+            .map_err(|e| ReceiptError::Malformed(format!("`modelCid`: {e}")))?;
+        if model.to_string() != wire.model_cid {
+            return Err(ReceiptError::Malformed(
+                "`modelCid` must be the bafkrei… spelling".into(),
+            ));
+        }
+        if B256::from(*model.digest()) != message.model {
+            return Err(ReceiptError::Inconsistent(
+                "`modelCid` is not the signed model digest".into(),
+            ));
+        }
+        if wire.profile.hash() != message.profileHash {
+            return Err(ReceiptError::Inconsistent(
+                "`profile` does not hash to the signed profileHash".into(),
+            ));
+        }
+        if wire.reproducibility != wire.profile.reproducibility() {
+            return Err(ReceiptError::Inconsistent(
+                "`reproducibility` does not follow from the profile's engine".into(),
+            ));
+        }
+        Ok(SignedReceipt {
+            claims: Claims {
+                request_id: message.requestId,
+                model,
+                input_hash: message.inputHash,
+                output_hash: message.outputHash,
+                profile: wire.profile,
+                timestamp: message.timestamp,
+                price: message.price,
+                payment_ref: message.paymentRef,
+            },
+            domain,
+            signer,
+            signature,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;
