@@ -12,6 +12,8 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_cairn");
 pub struct Server {
     child: Child,
     pub url: String,
+    /// The inference node's URL (devnet and `node serve`).
+    pub node_url: String,
     pub dir: tempfile::TempDir,
 }
 
@@ -25,13 +27,35 @@ impl Server {
                 "devnet",
                 "--listen",
                 "127.0.0.1:0",
+                "--node-listen",
+                "127.0.0.1:0",
                 "--data-dir",
                 data.to_str().unwrap(),
             ],
             &[],
-            "  hub:",
+            &["  hub:", "  node:"],
             dir,
         )
+    }
+
+    /// `cairn node serve` against `hub`, with extra arguments.
+    pub fn node(hub: &str, extra: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("node");
+        let mut args = vec![
+            "node",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--hub",
+            hub,
+            "--data-dir",
+            data.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let mut s = Self::spawn(&args, &[], &["node:"], dir);
+        s.node_url = s.url.clone();
+        s
     }
 
     /// `cairn hub serve` against the given catalog and blob location.
@@ -49,12 +73,17 @@ impl Server {
                 blobs,
             ],
             env,
-            "hub:",
+            &["hub:"],
             dir,
         )
     }
 
-    fn spawn(args: &[&str], env: &[(&str, String)], marker: &str, dir: tempfile::TempDir) -> Self {
+    fn spawn(
+        args: &[&str],
+        env: &[(&str, String)],
+        markers: &[&str],
+        dir: tempfile::TempDir,
+    ) -> Self {
         let mut cmd = Command::new(BIN);
         cmd.args(args)
             .stdout(Stdio::piped())
@@ -65,19 +94,29 @@ impl Server {
         let mut child = cmd.spawn().expect("start cairn");
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
-        let marker = marker.to_owned();
+        let wanted: Vec<String> = markers.iter().map(|m| m.to_string()).collect();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if line.starts_with(&marker) {
+                if let Some(m) = wanted.iter().position(|m| line.starts_with(m.as_str())) {
                     let url = line.split_whitespace().last().unwrap().to_owned();
-                    let _ = tx.send(url);
+                    let _ = tx.send((m, url));
                 }
             }
         });
-        let url = rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("server printed its URL");
-        Self { child, url, dir }
+        let mut urls = vec![String::new(); markers.len()];
+        for _ in 0..markers.len() {
+            let (m, url) = rx
+                .recv_timeout(Duration::from_secs(120))
+                .expect("server printed its URL");
+            urls[m] = url;
+        }
+        let node_url = urls.get(1).cloned().unwrap_or_default();
+        Self {
+            child,
+            url: urls.swap_remove(0),
+            node_url,
+            dir,
+        }
     }
 
     pub fn pid(&self) -> u32 {

@@ -1,0 +1,471 @@
+//! End-to-end tests of the inference node: real `cairn` processes (devnet, hub, nodes) on
+//! 127.0.0.1, real models, receipts checked by the CLI and by Python's eth_account, and a real
+//! KServe client (tritonclient).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::{BIN, Server, cairn, failure, models_dir, stdout};
+use serde_json::{Value, json};
+
+fn examples() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples")
+}
+
+fn post(
+    url: &str,
+    body: Vec<u8>,
+    headers: &[(&str, String)],
+) -> (u16, Value, reqwest::header::HeaderMap) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut req = reqwest::Client::new().post(url).body(body);
+        for (k, v) in headers {
+            req = req.header(*k, v);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let body = resp.bytes().await.unwrap();
+        (
+            status,
+            serde_json::from_slice(&body).unwrap_or(Value::Null),
+            headers,
+        )
+    })
+}
+
+fn infer_json(node: &str, model: &str, body: Value) -> (u16, Value) {
+    let (s, v, _) = post(
+        &format!("{node}/v2/models/{model}/infer"),
+        body.to_string().into_bytes(),
+        &[("content-type", "application/json".into())],
+    );
+    (s, v)
+}
+
+/// Pushes `file` to `hub` as `repo@1.0`; returns its CID.
+fn push(hub: &str, key: &Path, file: &Path, repo: &str) -> String {
+    stdout(&cairn(
+        hub,
+        key,
+        &[
+            "hub",
+            "push",
+            file.to_str().unwrap(),
+            "--repo",
+            repo,
+            "--version",
+            "1.0",
+        ],
+    ));
+    let out = stdout(&cairn(hub, key, &["hub", "id", file.to_str().unwrap()]));
+    out.trim().to_owned()
+}
+
+#[test]
+fn devnet_demo_model_infers_verifies_and_reexecutes() {
+    let net = Server::devnet();
+    let dir = net.dir.path();
+    let receipt = dir.join("receipt.json");
+    let output = dir.join("out.safetensors");
+    let input = examples().join("digit.json");
+    let run = |args: &[&str]| {
+        Command::new(BIN)
+            .args(args)
+            .env("CAIRN_HUB", &net.url)
+            .output()
+            .unwrap()
+    };
+    let out = stdout(&run(&[
+        "infer",
+        "digits@1.0",
+        "--input",
+        input.to_str().unwrap(),
+        "--node",
+        &net.node_url,
+        "--receipt-out",
+        receipt.to_str().unwrap(),
+        "--output",
+        output.to_str().unwrap(),
+    ]));
+    assert!(out.contains("label INT64 [1]: [2]"), "{out}");
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/digits_mlp.onnx");
+    let out = stdout(&run(&[
+        "receipt",
+        "verify",
+        receipt.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        output.to_str().unwrap(),
+        "--model",
+        model.to_str().unwrap(),
+    ]));
+    assert!(out.contains("output:    ok"), "{out}");
+    let out = stdout(&run(&[
+        "receipt",
+        "reexec",
+        receipt.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+    ]));
+    assert!(out.contains("bit-identical"), "{out}");
+
+    // The same call as JSON gives the same input hash as binary.
+    let bin_receipt: Value = serde_json::from_slice(&std::fs::read(&receipt).unwrap()).unwrap();
+    let json_receipt = dir.join("receipt-json.json");
+    stdout(&run(&[
+        "infer",
+        "digits@1.0",
+        "--json",
+        "--input",
+        input.to_str().unwrap(),
+        "--node",
+        &net.node_url,
+        "--receipt-out",
+        json_receipt.to_str().unwrap(),
+    ]));
+    let json_receipt: Value =
+        serde_json::from_slice(&std::fs::read(&json_receipt).unwrap()).unwrap();
+    let msg = |r: &Value, f: &str| r["typedData"]["message"][f].clone();
+    assert_eq!(
+        msg(&bin_receipt, "inputHash"),
+        msg(&json_receipt, "inputHash")
+    );
+    assert_eq!(
+        msg(&bin_receipt, "outputHash"),
+        msg(&json_receipt, "outputHash")
+    );
+    assert_ne!(
+        msg(&bin_receipt, "requestId"),
+        msg(&json_receipt, "requestId")
+    );
+
+    // The node serves the receipt and its payloads.
+    let id = msg(&bin_receipt, "requestId");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let served: Value = rt.block_on(async {
+        reqwest::get(format!(
+            "{}/v1/receipts/{}",
+            net.node_url,
+            id.as_str().unwrap()
+        ))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+    });
+    assert_eq!(served["receipt"], bin_receipt);
+    assert_eq!(served["payloadsKept"], true);
+
+    // A flipped output value fails verification.
+    let mut bytes = std::fs::read(&output).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&output, bytes).unwrap();
+    let err = failure(&run(&[
+        "receipt",
+        "verify",
+        receipt.to_str().unwrap(),
+        "--output",
+        output.to_str().unwrap(),
+    ]));
+    assert!(err.contains("output hash mismatch"), "{err}");
+
+    // Every single-bit flip of the receipt file fails verification (sampled: every 7th byte).
+    let text = std::fs::read(&receipt).unwrap();
+    let tampered = dir.join("tampered.json");
+    for i in (0..text.len()).step_by(7) {
+        let mut t = text.clone();
+        t[i] ^= 1 << (i % 8);
+        std::fs::write(&tampered, &t).unwrap();
+        let o = run(&["receipt", "verify", tampered.to_str().unwrap()]);
+        assert!(!o.status.success(), "flip at byte {i} verified");
+    }
+
+    // A validly signed receipt that lies about the output fails re-execution.
+    let mut lie = cairn_receipt::SignedReceipt::verify_json(&bin_receipt).unwrap();
+    lie.claims.output_hash = alloy_primitives::B256::repeat_byte(0xab);
+    let key = alloy_signer_local::PrivateKeySigner::random();
+    let lie = lie.claims.sign(lie.domain, &key).unwrap();
+    std::fs::write(&tampered, lie.to_json().to_string()).unwrap();
+    stdout(&run(&["receipt", "verify", tampered.to_str().unwrap()]));
+    let err = failure(&run(&[
+        "receipt",
+        "reexec",
+        tampered.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+    ]));
+    assert!(err.contains("the receipt's output is wrong"), "{err}");
+}
+
+#[test]
+fn same_profile_is_bit_identical_across_processes_and_tiers_differ() {
+    let Some(models) = models_dir("determinism") else {
+        return;
+    };
+    let net = Server::devnet();
+    let key = net.dir.path().join("key");
+    let cid = push(
+        &net.url,
+        &key,
+        &models.join("light_squeezenet.onnx"),
+        "squeezenet",
+    );
+    let a = Server::node(&net.url, &["--cpu-tier", "generic"]);
+    let b = Server::node(&net.url, &["--cpu-tier", "generic"]);
+    let c = Server::node(&net.url, &["--cpu-tier", "avx2"]);
+    // A deterministic pseudo-random image.
+    let data: Vec<f32> = (0..3 * 224 * 224)
+        .map(|i| ((i * 7919 % 1000) as f32) / 500.0 - 1.0)
+        .collect();
+    let body = json!({"inputs": [{"name": "data_0", "shape": [1, 3, 224, 224], "datatype": "FP32", "data": data}]});
+    let results: Vec<Value> = [&a, &b, &c]
+        .iter()
+        .map(|n| {
+            let (s, v) = infer_json(&n.node_url, &cid, body.clone());
+            assert_eq!(s, 200, "{v}");
+            v["parameters"]["receipt"].clone()
+        })
+        .collect();
+    let field = |r: &Value, f: &str| r["typedData"]["message"][f].clone();
+    assert_eq!(
+        field(&results[0], "outputHash"),
+        field(&results[1], "outputHash")
+    );
+    assert_eq!(
+        field(&results[0], "profileHash"),
+        field(&results[1], "profileHash")
+    );
+    assert_ne!(
+        field(&results[0], "profileHash"),
+        field(&results[2], "profileHash")
+    );
+    assert_eq!(results[0]["profile"]["isa"], "x86_64");
+    assert_eq!(results[2]["profile"]["isa"], "x86_64,avx,avx2,fma,f16c");
+    // Re-execution reproduces the generic tier bit for bit (the CLI pins itself to the receipt's ISA).
+    let dir = net.dir.path();
+    let receipt = dir.join("r.json");
+    std::fs::write(&receipt, results[0].to_string()).unwrap();
+    let input = dir.join("in.json");
+    std::fs::write(&input, body.to_string()).unwrap();
+    let out = stdout(&cairn(
+        &net.url,
+        &key,
+        &[
+            "receipt",
+            "reexec",
+            receipt.to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+        ],
+    ));
+    assert!(out.contains("result: bit-identical (output hash"), "{out}");
+}
+
+#[test]
+fn bad_input_gets_clear_errors_and_the_node_survives() {
+    let net = Server::devnet();
+    let node = Server::node(&net.url, &["--max-body-bytes", "100000"]);
+    let n = &node.node_url;
+    let ok = json!({"inputs": [{"name": "X", "shape": [1, 64], "datatype": "FP32", "data": vec![1.0; 64]}]});
+    let cases = [
+        (
+            json!({"inputs": [{"name": "Y", "shape": [1, 64], "datatype": "FP32", "data": vec![1.0; 64]}]}),
+            400,
+            "wrong_input",
+        ),
+        (
+            json!({"inputs": [{"name": "X", "shape": [1, 64], "datatype": "INT64", "data": vec![1; 64]}]}),
+            400,
+            "wrong_datatype",
+        ),
+        (
+            json!({"inputs": [{"name": "X", "shape": [2, 32], "datatype": "FP32", "data": vec![1.0; 64]}]}),
+            400,
+            "invalid_shape",
+        ),
+        (
+            json!({"inputs": [{"name": "X", "shape": [1, 64], "datatype": "INT64", "data": [1.5]}]}),
+            400,
+            "invalid_shape",
+        ),
+        (
+            json!({"inputs": [{"name": "X", "shape": [1, 2], "datatype": "INT32", "data": [1, "NaN"]}]}),
+            400,
+            "invalid_data",
+        ),
+        (json!({"inputs": []}), 400, "wrong_input"),
+        (
+            json!({"inputs": [{"name": "X", "shape": [1, 64], "datatype": "FP32", "data": vec![1.0; 64]}], "outputs": [{"name": "nope"}]}),
+            400,
+            "unknown_output",
+        ),
+    ];
+    for (body, status, code) in cases {
+        let (s, v) = infer_json(n, "digits@1.0", body.clone());
+        assert_eq!(
+            (s, v["code"].as_str().unwrap_or("")),
+            (status, code),
+            "{body}: {v}"
+        );
+        assert!(v["message"].as_str().unwrap().len() > 10, "{v}");
+    }
+    // Unknown CID, unknown name, not a reference.
+    let unknown = "bafkreiaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    assert_eq!(
+        infer_json(n, unknown, ok.clone()).1["code"],
+        "model_not_found"
+    );
+    assert_eq!(
+        infer_json(n, "nosuch@1.0", ok.clone()).1["code"],
+        "model_not_found"
+    );
+    assert_eq!(
+        infer_json(n, "Not%20A%20Ref", ok.clone()).1["code"],
+        "bad_model_ref"
+    );
+    // Truncated binary body.
+    let head = json!({"inputs": [{"name": "X", "shape": [1, 64], "datatype": "FP32", "parameters": {"binary_data_size": 256}}]}).to_string();
+    let mut body = head.clone().into_bytes();
+    body.extend_from_slice(&[0u8; 100]);
+    let (s, v, _) = post(
+        &format!("{n}/v2/models/digits@1.0/infer"),
+        body,
+        &[("inference-header-content-length", head.len().to_string())],
+    );
+    assert_eq!(
+        (s, v["code"].as_str().unwrap()),
+        (400, "bad_request"),
+        "{v}"
+    );
+    assert!(v["message"].as_str().unwrap().contains("truncated"), "{v}");
+    // Oversized body.
+    let (s, v, _) = post(
+        &format!("{n}/v2/models/digits@1.0/infer"),
+        vec![b' '; 200_000],
+        &[],
+    );
+    assert_eq!(
+        (s, v["code"].as_str().unwrap()),
+        (413, "body_too_large"),
+        "{v}"
+    );
+    // A file on the hub that is not ONNX.
+    let key = net.dir.path().join("key");
+    let junk = common::random_file(net.dir.path(), "junk.bin", 1000);
+    let cid = push(&net.url, &key, &junk, "junk");
+    let (s, v) = infer_json(n, &cid, ok.clone());
+    assert_eq!(
+        (s, v["code"].as_str().unwrap()),
+        (422, "invalid_model"),
+        "{v}"
+    );
+    // Still serving.
+    let (s, v) = infer_json(n, "digits@1.0", ok);
+    assert_eq!(s, 200, "{v}");
+}
+
+#[test]
+fn overload_answers_503_with_retry_after_and_recovers() {
+    let Some(models) = models_dir("overload") else {
+        return;
+    };
+    let net = Server::devnet();
+    let key = net.dir.path().join("key");
+    let cid = push(
+        &net.url,
+        &key,
+        &models.join("light_squeezenet.onnx"),
+        "squeezenet",
+    );
+    let node = Server::node(
+        &net.url,
+        &[
+            "--workers",
+            "1",
+            "--queue-per-model",
+            "2",
+            "--queue-total",
+            "4",
+        ],
+    );
+    let url = format!("{}/v2/models/{cid}/infer", node.node_url);
+    let head = json!({"inputs": [{"name": "data_0", "shape": [1, 3, 224, 224], "datatype": "FP32", "parameters": {"binary_data_size": 3 * 224 * 224 * 4}}]}).to_string();
+    let mut body = head.clone().into_bytes();
+    body.extend(std::iter::repeat_n(0u8, 3 * 224 * 224 * 4));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let statuses: Vec<(u16, Option<String>)> = rt.block_on(async {
+        let client = reqwest::Client::new();
+        let calls = (0..24).map(|_| {
+            let req = client
+                .post(&url)
+                .header("inference-header-content-length", head.len())
+                .body(body.clone());
+            async move {
+                let r = req.send().await.unwrap();
+                let retry = r
+                    .headers()
+                    .get("retry-after")
+                    .map(|v| v.to_str().unwrap().to_owned());
+                (r.status().as_u16(), retry)
+            }
+        });
+        futures::future::join_all(calls).await
+    });
+    let ok = statuses.iter().filter(|(s, _)| *s == 200).count();
+    let busy: Vec<_> = statuses.iter().filter(|(s, _)| *s == 503).collect();
+    assert!(ok >= 1 && !busy.is_empty(), "{statuses:?}");
+    assert!(
+        busy.iter().all(|(_, r)| r.as_deref() == Some("1")),
+        "{statuses:?}"
+    );
+    assert_eq!(ok + busy.len(), statuses.len(), "{statuses:?}");
+    let (s, _, _) = post(
+        &url,
+        body,
+        &[("inference-header-content-length", head.len().to_string())],
+    );
+    assert_eq!(s, 200);
+}
+
+/// Python's eth_account verifies the receipt unaided; tritonclient (JSON and binary) runs the
+/// model through the node's KServe v2 API.
+#[test]
+fn python_eth_account_and_tritonclient() {
+    let Some(_) = models_dir("python clients") else {
+        return;
+    };
+    let py = std::env::var("CAIRN_PY").expect("CAIRN_PY (scripts/test.sh sets it)");
+    let net = Server::devnet();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/clients.py");
+    let out = Command::new(py)
+        .arg(script)
+        .arg(&net.node_url)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("eth_account: recovered"), "{text}");
+    assert!(text.contains("tritonclient: binary ok"), "{text}");
+}

@@ -1,0 +1,60 @@
+"""Third-party clients against a running Cairn node (argv[1] = node URL).
+
+- tritonclient[http] (a real KServe v2 client) runs the devnet's demo model, JSON and binary.
+- eth_account recovers the receipt's signer from the typed data alone, with no Cairn code.
+- hashlib recomputes the receipt's input hash from the documented canonical encoding.
+"""
+import hashlib
+import struct
+import sys
+from urllib.parse import urlparse
+
+import numpy as np
+import tritonclient.http as httpclient
+from eth_account import Account
+from eth_account.messages import encode_typed_data
+
+url = urlparse(sys.argv[1]).netloc
+client = httpclient.InferenceServerClient(url=url)
+assert client.is_server_live() and client.is_server_ready()
+assert client.is_model_ready("digits@1.0")
+meta = client.get_model_metadata("digits@1.0")
+assert meta["inputs"][0]["name"] == "X" and meta["inputs"][0]["datatype"] == "FP32", meta
+
+x = np.arange(64, dtype=np.float32).reshape(1, 64) % 17
+receipts = []
+for binary in (False, True):
+    inp = httpclient.InferInput("X", [1, 64], "FP32")
+    inp.set_data_from_numpy(x, binary_data=binary)
+    outs = [httpclient.InferRequestedOutput("label", binary_data=binary),
+            httpclient.InferRequestedOutput("probabilities", binary_data=binary)]
+    res = client.infer("digits@1.0", [inp], outputs=outs)
+    label = res.as_numpy("label")
+    probs = res.as_numpy("probabilities")
+    assert label.shape == (1,) and probs.shape == (1, 10), (label, probs)
+    assert int(label[0]) == int(np.argmax(probs[0]))
+    receipts.append(res.get_response()["parameters"]["receipt"])
+    print(f"tritonclient: {'binary' if binary else 'json'} ok, label {int(label[0])}")
+
+for r in receipts:
+    signable = encode_typed_data(full_message=r["typedData"])
+    signer = Account.recover_message(signable, signature=bytes.fromhex(r["signature"][2:]))
+    assert signer == r["signer"] == r["typedData"]["message"]["node"], (signer, r["signer"])
+    print(f"eth_account: recovered {signer}")
+
+
+def tensors_hash(tensors):
+    h = hashlib.sha256(b"cairn.tensors.v1\0" + struct.pack("<I", len(tensors)))
+    for name, dtype, arr in sorted(tensors, key=lambda t: t[0].encode()):
+        n = name.encode()
+        h.update(struct.pack("<I", len(n)) + n + struct.pack("<I", len(dtype)) + dtype.encode())
+        h.update(struct.pack("<I", arr.ndim) + b"".join(struct.pack("<Q", d) for d in arr.shape))
+        data = arr.astype(arr.dtype.newbyteorder("<")).tobytes()
+        h.update(struct.pack("<Q", len(data)) + data)
+    return "0x" + h.hexdigest()
+
+
+want = tensors_hash([("X", "FP32", x)])
+for r in receipts:
+    assert r["typedData"]["message"]["inputHash"] == want, (r["typedData"]["message"]["inputHash"], want)
+print("canonical input hash: matches")
