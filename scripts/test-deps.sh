@@ -4,7 +4,8 @@
 #   - test models: onnx's light_squeezenet and an sklearn digits MLP, with onnxruntime's view
 #     of their signatures
 #   - a PostgreSQL server (Debian's package when none is installed)
-# Source it: it exports CAIRN_CACHE_DIR, CAIRN_PY and CAIRN_TEST_MODELS.
+#   - the ONNX Runtime library (scripts/install-onnxruntime.sh)
+# Source it: it exports CAIRN_CACHE_DIR, CAIRN_PY, CAIRN_TEST_MODELS and ORT_DYLIB_PATH.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 export CAIRN_CACHE_DIR="${CAIRN_CACHE_DIR:-$HOME/.cache/cairn}"
@@ -31,6 +32,7 @@ if [ ! -f "$models/.complete" ]; then
   touch "$models/.complete"
 fi
 export CAIRN_TEST_MODELS="$models"
+export ORT_DYLIB_PATH="$("$here/install-onnxruntime.sh")"
 
 if ! command -v initdb >/dev/null 2>&1; then
   pgbin="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)"

@@ -469,3 +469,59 @@ fn python_eth_account_and_tritonclient() {
     assert!(text.contains("eth_account: recovered"), "{text}");
     assert!(text.contains("tritonclient: binary ok"), "{text}");
 }
+
+/// The onnxruntime engine serves the same API; its receipts say they are tolerance-checked, and
+/// re-execution on tract reports the largest difference instead of bit-equality.
+#[test]
+fn onnxruntime_engine_receipts_are_marked_tolerance() {
+    let Some(_) = models_dir("onnxruntime engine") else {
+        return;
+    };
+    let lib = std::env::var("ORT_DYLIB_PATH").expect("ORT_DYLIB_PATH (scripts/test.sh sets it)");
+    let net = Server::devnet();
+    let node = Server::node(
+        &net.url,
+        &["--engine", "onnxruntime", "--ort-library", &lib],
+    );
+    let dir = net.dir.path();
+    let receipt = dir.join("r.json");
+    let output = dir.join("o.safetensors");
+    let input = examples().join("digit.json");
+    let run = |args: &[&str]| {
+        Command::new(BIN)
+            .args(args)
+            .env("CAIRN_HUB", &net.url)
+            .output()
+            .unwrap()
+    };
+    let out = stdout(&run(&[
+        "infer",
+        "digits@1.0",
+        "--input",
+        input.to_str().unwrap(),
+        "--node",
+        &node.node_url,
+        "--receipt-out",
+        receipt.to_str().unwrap(),
+        "--output",
+        output.to_str().unwrap(),
+    ]));
+    assert!(out.contains("label INT64 [1]: [2]"), "{out}");
+    let r: Value = serde_json::from_slice(&std::fs::read(&receipt).unwrap()).unwrap();
+    assert_eq!(r["profile"]["engine"], "onnxruntime");
+    assert_eq!(r["profile"]["engine_version"], "1.31.1");
+    assert_eq!(r["reproducibility"], "tolerance");
+    let out = stdout(&run(&[
+        "receipt",
+        "reexec",
+        receipt.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        output.to_str().unwrap(),
+    ]));
+    assert!(
+        out.contains("max |difference|") || out.contains("bit-identical"),
+        "{out}"
+    );
+}

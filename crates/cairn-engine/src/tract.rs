@@ -1,10 +1,11 @@
 //! The tract engine: pure Rust, single-threaded, bit-exact within a CPU kernel tier.
 
+use std::collections::HashMap;
 use std::io::Cursor;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use tract_onnx::prelude::{
-    DatumType, Framework, InferenceModel, InferenceModelExt, IntoTValue, TDim, TVec,
+    DatumType, Framework, InferenceFact, InferenceModel, InferenceModelExt, IntoTValue, TDim, TVec,
     Tensor as TractTensor, TractResult, TypedSimplePlan,
 };
 use tract_onnx::tract_core::model::IntoRunnable;
@@ -80,16 +81,28 @@ impl crate::Engine for TractEngine {
             outputs.push((name, declared));
         }
         let names = outputs.iter().map(|(n, _)| n.clone()).collect();
-        let plan = model
+        let mode = match model
+            .clone()
             .into_optimized()
-            .map_err(load)?
-            .into_runnable()
-            .map_err(load)?;
+            .and_then(|m| m.into_runnable())
+        {
+            Ok(plan) => Mode::Symbolic(plan),
+            Err(_) => {
+                // Some graphs only type-check once their input shapes are known (shape
+                // arithmetic feeding Expand, as in magika). Those get one plan per distinct
+                // input shape, built on first use and kept; the model must load with concrete
+                // shapes to be accepted at all.
+                Mode::PerShape {
+                    model: Box::new(model),
+                    plans: Mutex::new(HashMap::new()),
+                }
+            }
+        };
         Ok(Arc::new(TractPlan {
             inputs,
             outputs: names,
             declared: outputs.into_iter().map(|(_, d)| d).collect(),
-            plan,
+            mode,
         }))
     }
 }
@@ -121,7 +134,59 @@ struct TractPlan {
     inputs: Vec<String>,
     outputs: Vec<String>,
     declared: Vec<Option<DataType>>,
-    plan: Arc<TypedSimplePlan>,
+    mode: Mode,
+}
+
+/// Most concrete-shape plans kept per model.
+const MAX_SHAPE_PLANS: usize = 16;
+
+type ShapeKey = Vec<(DatumType, Vec<usize>)>;
+
+enum Mode {
+    /// One plan with symbolic dims serves every shape.
+    Symbolic(Arc<TypedSimplePlan>),
+    /// One plan per input shape, for graphs tract can only type with concrete shapes.
+    PerShape {
+        model: Box<InferenceModel>,
+        plans: Mutex<HashMap<ShapeKey, Arc<TypedSimplePlan>>>,
+    },
+}
+
+impl Mode {
+    fn plan(
+        &self,
+        values: &[tract_onnx::prelude::TValue],
+    ) -> Result<Arc<TypedSimplePlan>, EngineError> {
+        match self {
+            Mode::Symbolic(p) => Ok(p.clone()),
+            Mode::PerShape { model, plans } => {
+                let key: ShapeKey = values
+                    .iter()
+                    .map(|v| (v.datum_type(), v.shape().to_vec()))
+                    .collect();
+                if let Some(p) = plans.lock().expect("plans").get(&key) {
+                    return Ok(p.clone());
+                }
+                let mut m = (**model).clone();
+                for (ix, (dt, shape)) in key.iter().enumerate() {
+                    m.set_input_fact(ix, InferenceFact::dt_shape(*dt, shape.clone()))
+                        .map_err(|e| EngineError::Input(format!("{e:#}")))?;
+                }
+                let plan = m
+                    .into_optimized()
+                    .and_then(|m| m.into_runnable())
+                    .map_err(|e| EngineError::Load(format!("{e:#}")))?;
+                let mut map = plans.lock().expect("plans");
+                if map.len() >= MAX_SHAPE_PLANS
+                    && let Some(k) = map.keys().next().cloned()
+                {
+                    map.remove(&k);
+                }
+                map.insert(key, plan.clone());
+                Ok(plan)
+            }
+        }
+    }
 }
 
 fn datum_type(dt: DataType) -> DatumType {
@@ -220,7 +285,8 @@ impl Plan for TractPlan {
             .map(|t| to_tract(t).map(|t| t.into_tvalue()))
             .collect::<Result<_, _>>()?;
         let out = self
-            .plan
+            .mode
+            .plan(&values)?
             .run(values)
             .map_err(|e| EngineError::Run(format!("{e:#}")))?;
         out.iter()
