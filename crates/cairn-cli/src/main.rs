@@ -406,6 +406,7 @@ async fn devnet(
         price: Default::default(),
         cache_bytes: 4 << 30,
         retention_secs: 7 * 24 * 3600,
+        fsync_receipts: false,
         max_body_bytes: 64 << 20,
         max_elements: 16 << 20,
         timeout_ms: 30_000,

@@ -73,6 +73,10 @@ pub struct NodeServeArgs {
     /// Seconds request/response payloads are kept for verifiers.
     #[arg(long, default_value_t = 7 * 24 * 3600)]
     pub retention_secs: u64,
+    /// fsync the receipt log on every commit (survives power loss; costs a disk flush per
+    /// group commit). Without it a committed receipt survives the node process dying.
+    #[arg(long)]
+    pub fsync_receipts: bool,
     /// Largest request body in bytes.
     #[arg(long, default_value_t = 64 << 20)]
     pub max_body_bytes: usize,
@@ -159,6 +163,7 @@ pub async fn open_node(
         limits,
         cache_bytes: args.cache_bytes,
         retention: Duration::from_secs(args.retention_secs),
+        fsync_receipts: args.fsync_receipts,
     })
     .await?;
     Ok(state)

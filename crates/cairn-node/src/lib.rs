@@ -78,6 +78,9 @@ pub struct NodeConfig {
     pub cache_bytes: u64,
     /// How long request/response payloads are kept beside their receipts.
     pub retention: Duration,
+    /// Wait for the disk on every receipt-log commit (power-loss durable, slower); otherwise a
+    /// committed receipt survives the process but not the machine losing power.
+    pub fsync_receipts: bool,
 }
 
 /// Opens the node's state (cache dir, receipt log).

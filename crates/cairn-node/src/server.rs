@@ -49,7 +49,12 @@ pub(crate) async fn open(c: NodeConfig) -> Result<NodeState, NodeError> {
     let hub = cairn_hub::HubClient::new(&c.hub_url, None)
         .map_err(|e| NodeError::Internal(e.to_string()))?;
     let cache = ModelCache::new(c.data_dir.join("models"), hub, c.engine, c.cache_bytes);
-    let log = ReceiptLog::open(&c.data_dir.join("receipts.sqlite"), c.retention).await?;
+    let log = ReceiptLog::open(
+        &c.data_dir.join("receipts.sqlite"),
+        c.retention,
+        c.fsync_receipts,
+    )
+    .await?;
     Ok(NodeState(Arc::new(Inner {
         cache,
         log,
@@ -382,7 +387,7 @@ async fn infer_versioned(
 /// What the worker hands back.
 struct Ran {
     outputs: Vec<Tensor>,
-    receipt: cairn_receipt::SignedReceipt,
+    receipt: Value,
 }
 
 async fn run_infer(
@@ -475,7 +480,7 @@ async fn run_infer(
     let price = i.price;
     let profile = i.cache.engine().profile().clone();
     let model_cid = loaded.cid;
-    let task = tokio::task::spawn_blocking(move || {
+    let work = move || {
         let _worker = worker;
         let outputs = loaded.plan.run(&inputs).map_err(|e| match e {
             EngineError::Input(m) => NodeError::WrongInput(m),
@@ -495,20 +500,36 @@ async fn run_infer(
         let receipt = claims
             .sign(domain, &key)
             .map_err(|e| NodeError::Internal(e.to_string()))?;
+        let receipt_json = receipt.to_json();
         let entry = Entry {
             id: receipt.id().to_string(),
             created_at: receipt.claims.timestamp as i64,
             model: model_cid.to_string(),
-            receipt: receipt.to_json().to_string(),
+            receipt: receipt_json.to_string(),
             input: safetensors_io::encode(&inputs),
             output: safetensors_io::encode(&outputs),
         };
-        Ok::<_, NodeError>((Ran { outputs, receipt }, entry))
-    });
-    let (ran, entry) = tokio::time::timeout_at(deadline, task)
-        .await
-        .map_err(|_| timeout())?
-        .map_err(|e| NodeError::Internal(format!("inference task: {e}")))??;
+        Ok::<_, NodeError>((
+            Ran {
+                outputs,
+                receipt: receipt_json,
+            },
+            entry,
+        ))
+    };
+    // On the multi-threaded runtime the model runs in place: the worker permit already bounds
+    // how many run at once, and it saves two thread hops per request. Elsewhere it goes to the
+    // blocking pool.
+    let (ran, entry) = if tokio::runtime::Handle::current().runtime_flavor()
+        == tokio::runtime::RuntimeFlavor::MultiThread
+    {
+        tokio::task::block_in_place(work)?
+    } else {
+        tokio::time::timeout_at(deadline, tokio::task::spawn_blocking(work))
+            .await
+            .map_err(|_| timeout())?
+            .map_err(|e| NodeError::Internal(format!("inference task: {e}")))??
+    };
     i.log.append(entry).await?;
     Ok(respond(&resolved, decoded.id, wanted, ran))
 }
@@ -550,7 +571,7 @@ fn respond(
         "model_name": resolved.cid.to_string(),
         "model_version": resolved.version.map(|v| v.to_string()).unwrap_or_default(),
         "outputs": outputs,
-        "parameters": {"receipt": ran.receipt.to_json()},
+        "parameters": {"receipt": ran.receipt},
     });
     if let Some(id) = id {
         body["id"] = Value::String(id);

@@ -66,7 +66,7 @@ fn digits_mlp_matches_onnxruntime_predictions_on_held_out_digits() {
         .load(&std::fs::read(dir.join("digits_mlp.onnx")).unwrap())
         .unwrap();
     // The whole held-out set as one batch (the model's batch dim is symbolic).
-    let out = plan.run(&[x.clone()]).unwrap();
+    let out = plan.run(std::slice::from_ref(x)).unwrap();
     let labels = i64s(&out[0]);
     assert_eq!(labels.len(), y.len());
     let agree = labels
