@@ -68,33 +68,44 @@ fn push(hub: &str, key: &Path, file: &Path, repo: &str) -> String {
     out.trim().to_owned()
 }
 
-#[test]
-fn devnet_demo_model_infers_verifies_and_reexecutes() {
-    let net = Server::devnet();
-    let dir = net.dir.path();
+/// `cairn` with `CAIRN_HUB` set.
+fn run(hub: &str, args: &[&str]) -> std::process::Output {
+    Command::new(BIN)
+        .args(args)
+        .env("CAIRN_HUB", hub)
+        .output()
+        .unwrap()
+}
+
+/// `cairn infer digits@1.0` with the example digit on `node`; returns (receipt, output) paths.
+fn infer_digit(hub: &str, node: &str, dir: &Path) -> (PathBuf, PathBuf) {
     let receipt = dir.join("receipt.json");
     let output = dir.join("out.safetensors");
     let input = examples().join("digit.json");
-    let run = |args: &[&str]| {
-        Command::new(BIN)
-            .args(args)
-            .env("CAIRN_HUB", &net.url)
-            .output()
-            .unwrap()
-    };
-    let out = stdout(&run(&[
+    let args = [
         "infer",
         "digits@1.0",
         "--input",
         input.to_str().unwrap(),
         "--node",
-        &net.node_url,
+        node,
         "--receipt-out",
         receipt.to_str().unwrap(),
         "--output",
         output.to_str().unwrap(),
-    ]));
+    ];
+    let out = stdout(&run(hub, &args));
     assert!(out.contains("label INT64 [1]: [2]"), "{out}");
+    (receipt, output)
+}
+
+#[test]
+fn devnet_demo_model_infers_verifies_and_reexecutes() {
+    let net = Server::devnet();
+    let dir = net.dir.path();
+    let (receipt, output) = infer_digit(&net.url, &net.node_url, dir);
+    let input = examples().join("digit.json");
+    let run = |args: &[&str]| run(&net.url, args);
     let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/digits_mlp.onnx");
     let out = stdout(&run(&[
         "receipt",
@@ -210,11 +221,9 @@ fn devnet_demo_model_infers_verifies_and_reexecutes() {
     assert!(err.contains("the receipt's output is wrong"), "{err}");
 }
 
-#[test]
-fn same_profile_is_bit_identical_across_processes_and_tiers_differ() {
-    let Some(models) = models_dir("determinism") else {
-        return;
-    };
+/// A devnet with onnx's light_squeezenet pushed as `squeezenet@1.0`, and its CID.
+fn devnet_with_squeezenet(test: &str) -> Option<(Server, String)> {
+    let models = models_dir(test)?;
     let net = Server::devnet();
     let key = net.dir.path().join("key");
     let cid = push(
@@ -223,6 +232,15 @@ fn same_profile_is_bit_identical_across_processes_and_tiers_differ() {
         &models.join("light_squeezenet.onnx"),
         "squeezenet",
     );
+    Some((net, cid))
+}
+
+#[test]
+fn same_profile_is_bit_identical_across_processes_and_tiers_differ() {
+    let Some((net, cid)) = devnet_with_squeezenet("determinism") else {
+        return;
+    };
+    let key = net.dir.path().join("key");
     let a = Server::node(&net.url, &["--cpu-tier", "generic"]);
     let b = Server::node(&net.url, &["--cpu-tier", "generic"]);
     let c = Server::node(&net.url, &["--cpu-tier", "avx2"]);
@@ -379,17 +397,10 @@ fn bad_input_gets_clear_errors_and_the_node_survives() {
 
 #[test]
 fn overload_answers_503_with_retry_after_and_recovers() {
-    let Some(models) = models_dir("overload") else {
+    let Some((net, cid)) = devnet_with_squeezenet("overload") else {
         return;
     };
-    let net = Server::devnet();
     let key = net.dir.path().join("key");
-    let cid = push(
-        &net.url,
-        &key,
-        &models.join("light_squeezenet.onnx"),
-        "squeezenet",
-    );
     let node = Server::node(
         &net.url,
         &[
@@ -483,30 +494,9 @@ fn onnxruntime_engine_receipts_are_marked_tolerance() {
         &net.url,
         &["--engine", "onnxruntime", "--ort-library", &lib],
     );
-    let dir = net.dir.path();
-    let receipt = dir.join("r.json");
-    let output = dir.join("o.safetensors");
+    let (receipt, output) = infer_digit(&net.url, &node.node_url, net.dir.path());
     let input = examples().join("digit.json");
-    let run = |args: &[&str]| {
-        Command::new(BIN)
-            .args(args)
-            .env("CAIRN_HUB", &net.url)
-            .output()
-            .unwrap()
-    };
-    let out = stdout(&run(&[
-        "infer",
-        "digits@1.0",
-        "--input",
-        input.to_str().unwrap(),
-        "--node",
-        &node.node_url,
-        "--receipt-out",
-        receipt.to_str().unwrap(),
-        "--output",
-        output.to_str().unwrap(),
-    ]));
-    assert!(out.contains("label INT64 [1]: [2]"), "{out}");
+    let run = |args: &[&str]| run(&net.url, args);
     let r: Value = serde_json::from_slice(&std::fs::read(&receipt).unwrap()).unwrap();
     assert_eq!(r["profile"]["engine"], "onnxruntime");
     assert_eq!(r["profile"]["engine_version"], "1.31.1");

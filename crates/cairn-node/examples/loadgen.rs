@@ -17,18 +17,7 @@ fn main() {
         args[4].parse::<f64>().unwrap(),
     );
     let tensors = cairn_node::safetensors_io::decode(&std::fs::read(input).unwrap()).unwrap();
-    let head = json!({
-        "inputs": tensors.iter().map(|t| json!({
-            "name": t.name(), "shape": t.shape(), "datatype": t.dtype().name(),
-            "parameters": {"binary_data_size": t.data().len()},
-        })).collect::<Vec<_>>(),
-        "parameters": {"binary_data_output": true},
-    })
-    .to_string();
-    let mut body = head.clone().into_bytes();
-    for t in &tensors {
-        body.extend_from_slice(t.data());
-    }
+    let (body, json_len) = cairn_node::client::binary_request(&tensors);
     let body = bytes::Bytes::from(body);
     // LOADGEN_GET=1 measures a bare GET on URL instead: the HTTP floor of this machine.
     let get = std::env::var_os("LOADGEN_GET").is_some();
@@ -45,7 +34,7 @@ fn main() {
         for _ in 0..conc.max(4) {
             let _ = client
                 .post(&url)
-                .header("inference-header-content-length", head.len())
+                .header("inference-header-content-length", json_len)
                 .body(body.clone())
                 .send()
                 .await;
@@ -54,8 +43,7 @@ fn main() {
         let until = start + Duration::from_secs_f64(secs);
         let tasks: Vec<_> = (0..conc)
             .map(|_| {
-                let (client, url, body, hl) =
-                    (client.clone(), url.clone(), body.clone(), head.len());
+                let (client, url, body, hl) = (client.clone(), url.clone(), body.clone(), json_len);
                 tokio::spawn(async move {
                     let mut lat = Vec::new();
                     let mut errors = 0u64;

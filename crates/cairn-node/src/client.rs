@@ -126,21 +126,10 @@ impl NodeClient {
                 .header("content-type", "application/json")
                 .body(body.to_string());
         } else {
-            let head = json!({
-                "inputs": inputs.iter().map(|t| json!({
-                    "name": t.name(), "shape": t.shape(), "datatype": t.dtype().name(),
-                    "parameters": {"binary_data_size": t.data().len()},
-                })).collect::<Vec<_>>(),
-                "parameters": {"binary_data_output": true},
-            })
-            .to_string();
-            let mut body = head.clone().into_bytes();
-            for t in inputs {
-                body.extend_from_slice(t.data());
-            }
+            let (body, json_len) = binary_request(inputs);
             req = req
                 .header("content-type", "application/octet-stream")
-                .header(HEADER_LENGTH, head.len())
+                .header(HEADER_LENGTH, json_len)
                 .body(body);
         }
         let resp = req.send().await.map_err(|source| NodeClientError::Http {
@@ -158,6 +147,25 @@ impl NodeClient {
         })?;
         parse_response(&bytes, json_len)
     }
+}
+
+/// A KServe v2 binary-extension request body for `inputs` (outputs asked in binary too), and the
+/// length of its JSON part (the `Inference-Header-Content-Length` value).
+pub fn binary_request(inputs: &[Tensor]) -> (Vec<u8>, usize) {
+    let head = json!({
+        "inputs": inputs.iter().map(|t| json!({
+            "name": t.name(), "shape": t.shape(), "datatype": t.dtype().name(),
+            "parameters": {"binary_data_size": t.data().len()},
+        })).collect::<Vec<_>>(),
+        "parameters": {"binary_data_output": true},
+    })
+    .to_string();
+    let json_len = head.len();
+    let mut body = head.into_bytes();
+    for t in inputs {
+        body.extend_from_slice(t.data());
+    }
+    (body, json_len)
 }
 
 /// Parses a KServe v2 response (JSON, or JSON plus binary outputs).
