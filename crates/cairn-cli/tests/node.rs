@@ -400,7 +400,6 @@ fn overload_answers_503_with_retry_after_and_recovers() {
     let Some((net, cid)) = devnet_with_squeezenet("overload") else {
         return;
     };
-    let key = net.dir.path().join("key");
     let node = Server::node(
         &net.url,
         &[
