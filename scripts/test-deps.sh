@@ -12,7 +12,7 @@ export CAIRN_CACHE_DIR="${CAIRN_CACHE_DIR:-$HOME/.cache/cairn}"
 mkdir -p "$CAIRN_CACHE_DIR"
 
 req="$here/requirements-test.txt"
-stamp="$(cat "$req" "$here/make_test_models.py" | sha256sum | cut -c1-16)"
+stamp="$(cat "$req" "$here/make_test_models.py" "$here/tensorfile.py" | sha256sum | cut -c1-16)"
 venv="$CAIRN_CACHE_DIR/venv-$stamp"
 if [ ! -x "$venv/bin/python" ] || [ ! -f "$venv/.complete" ]; then
   echo "test-deps: creating $venv" >&2

@@ -6,12 +6,14 @@ Usage: ort_baseline.py MODELS_DIR OUT_DIR
 """
 import json
 import os
-import struct
 import sys
 import time
 
 import numpy as np
 import onnxruntime as ort
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from tensorfile import write_safetensors  # noqa: E402
 
 models, out = sys.argv[1], sys.argv[2]
 os.makedirs(out, exist_ok=True)
@@ -23,25 +25,9 @@ CASES = {
                         "attention_mask": np.ones((1, 32), dtype=np.int64)}),
     "light_squeezenet": (300, {"data_0": rng.uniform(-1, 1, (1, 3, 224, 224)).astype(np.float32)}),
 }
-ST = {np.dtype(np.float32): "F32", np.dtype(np.int32): "I32", np.dtype(np.int64): "I64"}
-
-
-def write_safetensors(path, tensors):
-    header, blobs, offset = {}, [], 0
-    for name, arr in tensors.items():
-        data = np.ascontiguousarray(arr).tobytes()
-        header[name] = {"dtype": ST[arr.dtype], "shape": list(arr.shape), "data_offsets": [offset, offset + len(data)]}
-        blobs.append(data)
-        offset += len(data)
-    text = json.dumps(header, separators=(",", ":")).encode()
-    text += b" " * (-len(text) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(text)) + text + b"".join(blobs))
-
-
 results = {}
 for name, (n, feeds) in CASES.items():
-    write_safetensors(os.path.join(out, f"{name}.safetensors"), feeds)
+    write_safetensors(os.path.join(out, f"{name}.safetensors"), feeds.items())
     so = ort.SessionOptions()
     so.intra_op_num_threads = 1
     so.inter_op_num_threads = 1

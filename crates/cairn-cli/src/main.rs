@@ -397,22 +397,9 @@ async fn devnet(
         .context("publishing the demo model")?;
     let node_args = node_cmd::NodeServeArgs {
         listen: node_listen,
-        data_dir: None,
         hub: url.clone(),
-        key: None,
         engine,
-        chain_id: 31337,
-        verifying_contract: cairn_core::Address::ZERO,
-        price: Default::default(),
-        cache_bytes: 4 << 30,
-        retention_secs: 7 * 24 * 3600,
-        fsync_receipts: false,
-        max_body_bytes: 64 << 20,
-        max_elements: 16 << 20,
-        timeout_ms: 30_000,
-        queue_per_model: 256,
-        queue_total: 1024,
-        workers: None,
+        ..node_cmd::NodeServeArgs::defaults()?
     };
     let node_state = node_cmd::open_node(&node_args, &data_dir.join("node")).await?;
     let node_listener = cairn_node::bind(node_listen)

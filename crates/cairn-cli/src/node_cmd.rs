@@ -97,6 +97,18 @@ pub struct NodeServeArgs {
     pub workers: Option<usize>,
 }
 
+impl NodeServeArgs {
+    /// What `cairn node serve` uses when given no flags (environment variables still apply).
+    pub fn defaults() -> anyhow::Result<Self> {
+        #[derive(clap::Parser)]
+        struct Bare {
+            #[command(flatten)]
+            args: NodeServeArgs,
+        }
+        Ok(<Bare as clap::Parser>::try_parse_from(["cairn-node"])?.args)
+    }
+}
+
 /// Builds the engine chosen by `args` (after the tier was pinned at start-up).
 pub fn engine(args: &EngineArgs, parallel: usize) -> anyhow::Result<Arc<dyn Engine>> {
     match args.engine {
@@ -191,29 +203,28 @@ pub async fn serve(args: NodeServeArgs) -> anyhow::Result<()> {
 /// Reads tensors from a KServe JSON request file or a safetensors file.
 pub fn read_tensors(path: &Path) -> anyhow::Result<Vec<Tensor>> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let trimmed = bytes.iter().find(|b| !b.is_ascii_whitespace());
-    if trimmed == Some(&b'{') {
-        let decoded = cairn_node::kserve::decode(
-            &bytes,
-            None,
-            cairn_node::kserve::DecodeLimits {
-                max_elements: u64::MAX,
-            },
-        )
-        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-        if decoded.inputs.is_empty() {
-            // An output file written by `cairn infer --output x.json` holds `outputs`.
-            return read_outputs_json(&bytes)
-                .with_context(|| format!("reading {}", path.display()));
-        }
-        Ok(decoded.inputs)
-    } else {
-        safetensors_io::decode(&bytes).with_context(|| format!("reading {}", path.display()))
+    let is_json = bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+    if !is_json {
+        return safetensors_io::decode(&bytes)
+            .with_context(|| format!("reading {}", path.display()));
     }
-}
-
-fn read_outputs_json(bytes: &[u8]) -> anyhow::Result<Vec<Tensor>> {
-    Ok(cairn_node::client::parse_response(bytes, None)?.outputs)
+    // A request file holds `inputs`; an output file written by `cairn infer --output x.json`
+    // holds `outputs`.
+    let head: serde_json::Value = serde_json::from_slice(&bytes)
+        .with_context(|| format!("{} is not JSON", path.display()))?;
+    let tensors = if head.get("inputs").is_none() && head.get("outputs").is_some() {
+        cairn_node::client::parse_response(&bytes, None)
+            .with_context(|| format!("reading {}", path.display()))?
+            .outputs
+    } else {
+        let limits = cairn_node::kserve::DecodeLimits {
+            max_elements: u64::MAX,
+        };
+        cairn_node::kserve::decode(&bytes, None, limits)
+            .with_context(|| format!("reading {}", path.display()))?
+            .inputs
+    };
+    Ok(tensors)
 }
 
 /// `cairn infer`.

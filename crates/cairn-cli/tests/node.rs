@@ -179,6 +179,27 @@ fn devnet_demo_model_infers_verifies_and_reexecutes() {
     assert_eq!(served["receipt"], bin_receipt);
     assert_eq!(served["payloadsKept"], true);
 
+    // The outputs written as JSON verify too (the same tensors, another file form).
+    let json_out = dir.join("out.json");
+    stdout(&run(&[
+        "infer",
+        "digits@1.0",
+        "--input",
+        input.to_str().unwrap(),
+        "--node",
+        &net.node_url,
+        "--output",
+        json_out.to_str().unwrap(),
+    ]));
+    let out = stdout(&run(&[
+        "receipt",
+        "verify",
+        receipt.to_str().unwrap(),
+        "--output",
+        json_out.to_str().unwrap(),
+    ]));
+    assert!(out.contains("output:    ok"), "{out}");
+
     // A flipped output value fails verification.
     let mut bytes = std::fs::read(&output).unwrap();
     let last = bytes.len() - 1;

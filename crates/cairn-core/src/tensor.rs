@@ -75,48 +75,24 @@ impl DataType {
         }
     }
 
-    /// The type for an ONNX `TensorProto.DataType` code, if Cairn supports it.
-    pub const fn from_onnx(code: i32) -> Option<DataType> {
-        Some(match code {
-            1 => DataType::Fp32,
-            2 => DataType::Uint8,
-            3 => DataType::Int8,
-            4 => DataType::Uint16,
-            5 => DataType::Int16,
-            6 => DataType::Int32,
-            7 => DataType::Int64,
-            9 => DataType::Bool,
-            10 => DataType::Fp16,
-            11 => DataType::Fp64,
-            12 => DataType::Uint32,
-            13 => DataType::Uint64,
+    /// The type for an ONNX element type as `cairn-onnx` names it (`float`, `int64`, …), if
+    /// Cairn carries it.
+    pub fn from_onnx_name(name: &str) -> Option<DataType> {
+        Some(match name {
+            "float" => DataType::Fp32,
+            "double" => DataType::Fp64,
+            "float16" => DataType::Fp16,
+            "bool" => DataType::Bool,
+            "uint8" => DataType::Uint8,
+            "uint16" => DataType::Uint16,
+            "uint32" => DataType::Uint32,
+            "uint64" => DataType::Uint64,
+            "int8" => DataType::Int8,
+            "int16" => DataType::Int16,
+            "int32" => DataType::Int32,
+            "int64" => DataType::Int64,
             _ => return None,
         })
-    }
-
-    /// The safetensors dtype name (`F32`, `I64`, `BOOL`, …).
-    pub const fn safetensors_name(self) -> &'static str {
-        match self {
-            DataType::Bool => "BOOL",
-            DataType::Uint8 => "U8",
-            DataType::Uint16 => "U16",
-            DataType::Uint32 => "U32",
-            DataType::Uint64 => "U64",
-            DataType::Int8 => "I8",
-            DataType::Int16 => "I16",
-            DataType::Int32 => "I32",
-            DataType::Int64 => "I64",
-            DataType::Fp16 => "F16",
-            DataType::Fp32 => "F32",
-            DataType::Fp64 => "F64",
-        }
-    }
-
-    /// The type for a safetensors dtype name.
-    pub fn from_safetensors_name(name: &str) -> Option<DataType> {
-        DataType::ALL
-            .into_iter()
-            .find(|d| d.safetensors_name() == name)
     }
 }
 
@@ -361,11 +337,9 @@ mod tests {
     fn names_round_trip() {
         for d in DataType::ALL {
             assert_eq!(d.name().parse::<DataType>().unwrap(), d);
-            assert_eq!(
-                DataType::from_safetensors_name(d.safetensors_name()),
-                Some(d)
-            );
         }
         assert!("STRING".parse::<DataType>().is_err());
+        assert_eq!(DataType::from_onnx_name("float"), Some(DataType::Fp32));
+        assert_eq!(DataType::from_onnx_name("string"), None);
     }
 }

@@ -46,3 +46,20 @@ fn refuses_bad_models_and_inputs() {
     let truncated = &bytes[..bytes.len() / 2];
     assert!(engine.load(truncated).is_err());
 }
+
+#[test]
+fn tiers_pin_exact_isa_lists() {
+    let generic = tier_env(CpuTier::Generic).unwrap().unwrap();
+    assert!(
+        generic.contains("-avx2") && generic.contains("-fma"),
+        "{generic}"
+    );
+    // A profile's list and the tier it came from pin the same set.
+    assert_eq!(isa_env_for("x86_64").unwrap(), generic);
+    assert!(tier_env(CpuTier::Native).unwrap().is_none());
+    assert!(matches!(
+        isa_env_for("x86_64,warp9"),
+        Err(TierError::UnknownIsa(_))
+    ));
+    assert!("turbo".parse::<CpuTier>().is_err());
+}

@@ -29,11 +29,12 @@ pub enum TierError {
     /// Unknown tier name.
     #[error("unknown CPU tier `{0}`; use native, generic, avx2 or avx512")]
     Unknown(String),
-    /// The CPU lacks a feature the tier needs.
-    #[error(
-        "this CPU lacks `{missing}`, which the `{tier}` tier needs; pick a lower tier (e.g. generic)"
-    )]
-    Unsupported { tier: CpuTier, missing: String },
+    /// A profile names an instruction set tract does not know.
+    #[error("unknown instruction set `{0}` in the profile")]
+    UnknownIsa(String),
+    /// The CPU lacks a feature the tier or profile needs.
+    #[error("this CPU lacks `{missing}`, which {wanted} needs; pick a lower tier (e.g. generic)")]
+    Unsupported { wanted: String, missing: String },
 }
 
 impl fmt::Display for CpuTier {
@@ -70,7 +71,6 @@ fn probed() -> IsaSet {
 }
 
 /// The `TRACT_CPU_ISA` value that pins `tier` on this machine, or `None` for [`CpuTier::Native`].
-/// The value removes every feature outside the tier, so the effective set is exactly the tier's.
 pub fn tier_env(tier: CpuTier) -> Result<Option<String>, TierError> {
     use Isa::*;
     let keep: &[Isa] = match tier {
@@ -79,38 +79,38 @@ pub fn tier_env(tier: CpuTier) -> Result<Option<String>, TierError> {
         CpuTier::Avx2 => &[X86_64Avx, X86_64Avx2, X86_64Fma, X86_64F16c],
         CpuTier::Avx512 => &[X86_64Avx, X86_64Avx2, X86_64Fma, X86_64F16c, X86_64Avx512f],
     };
-    let have = probed();
-    if let Some(missing) = keep.iter().find(|i| !have.iter().any(|h| h == **i)) {
-        return Err(TierError::Unsupported {
-            tier,
-            missing: missing.name().to_owned(),
-        });
-    }
-    let arch = have.arch();
-    let spec: Vec<String> = Isa::ALL
-        .iter()
-        .filter(|i| !i.is_arch() && Some(i.arch()) == arch && !keep.contains(i))
-        .map(|i| format!("-{}", i.name()))
-        .collect();
-    Ok(Some(spec.join(",")))
+    pin_exactly(keep, &format!("the `{tier}` tier")).map(Some)
 }
 
 /// The `TRACT_CPU_ISA` value that makes tract dispatch on exactly `isa` (a profile's list, e.g.
 /// `x86_64,avx,avx2,fma,f16c`), so a receipt's profile can be reproduced here.
 pub fn isa_env_for(isa: &str) -> Result<String, TierError> {
+    let keep = isa
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(|token| {
+            Isa::ALL
+                .into_iter()
+                .find(|i| i.name() == token)
+                .ok_or_else(|| TierError::UnknownIsa(token.chars().take(32).collect()))
+        })
+        .collect::<Result<Vec<Isa>, _>>()?;
+    pin_exactly(&keep, &format!("the profile `{isa}`"))
+}
+
+/// A `TRACT_CPU_ISA` value removing every feature of this architecture outside `keep`, so the
+/// effective set is exactly `keep`; refused when this CPU lacks one of them.
+fn pin_exactly(keep: &[Isa], wanted: &str) -> Result<String, TierError> {
     let have = probed();
-    let mut keep = Vec::new();
-    for token in isa.split(',').map(str::trim).filter(|t| !t.is_empty()) {
-        let Some(i) = Isa::ALL.iter().find(|i| i.name() == token) else {
-            return Err(TierError::Unknown(token.chars().take(32).collect()));
-        };
-        if !have.iter().any(|h| h == *i) {
-            return Err(TierError::Unsupported {
-                tier: CpuTier::Native,
-                missing: token.to_owned(),
-            });
-        }
-        keep.push(*i);
+    if let Some(missing) = keep
+        .iter()
+        .find(|i| !i.is_arch() && !have.iter().any(|h| h == **i))
+    {
+        return Err(TierError::Unsupported {
+            wanted: wanted.to_owned(),
+            missing: missing.name().to_owned(),
+        });
     }
     let arch = have.arch();
     Ok(Isa::ALL

@@ -60,7 +60,8 @@ impl ModelCache {
                 }
             })
             .build();
-        // A published `name@version` never changes; a bare name follows the latest release.
+        // Resolutions expire after 10 s so a bare name follows a new release soon; a pinned
+        // `name@version` (immutable) just costs one hub lookup per 10 s.
         let names = Cache::builder()
             .max_capacity(10_000)
             .time_to_live(Duration::from_secs(10))
@@ -136,10 +137,12 @@ impl ModelCache {
         let mut bytes = None;
         if let Ok(b) = tokio::fs::read(&path).await {
             // Disk can rot or be edited: trust only bytes that still hash to the CID.
-            let b2 = b.clone();
-            let ok = tokio::task::spawn_blocking(move || BlobId::of(&b2) == cid)
-                .await
-                .unwrap_or(false);
+            let (b, ok) = tokio::task::spawn_blocking(move || {
+                let ok = BlobId::of(&b) == cid;
+                (b, ok)
+            })
+            .await
+            .map_err(|e| NodeError::Internal(format!("model hash task: {e}")))?;
             if ok {
                 bytes = Some(b);
             } else {

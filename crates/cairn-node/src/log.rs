@@ -5,10 +5,10 @@
 //! transaction (group commit); a response is released only after its receipt is committed. The
 //! log is SQLite in WAL mode: by default a commit survives the node process dying (kill -9) but
 //! may be lost with the machine's power; `fsync_each_commit` makes every group commit wait for
-//! the disk. Reads use their own connections, so they never wait behind the writer.
+//! the disk. Reads share one connection of their own, so they never wait behind the writer.
 
-use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::path::Path;
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OptionalExtension, params};
@@ -47,7 +47,8 @@ type Job = (Entry, oneshot::Sender<Result<(), String>>);
 /// Handle to the log.
 #[derive(Clone)]
 pub struct ReceiptLog {
-    path: PathBuf,
+    /// The read connection (WAL: reads never wait behind the writer).
+    reader: Arc<Mutex<Connection>>,
     tx: mpsc::SyncSender<Job>,
 }
 
@@ -95,10 +96,8 @@ impl ReceiptLog {
             .name("cairn-receipt-log".into())
             .spawn(move || writer(conn, rx, retention))
             .map_err(internal)?;
-        Ok(Self {
-            path: path.to_owned(),
-            tx,
-        })
+        let reader = Arc::new(Mutex::new(connect(path).map_err(internal)?));
+        Ok(Self { reader, tx })
     }
 
     /// Appends an entry; returns once it is committed.
@@ -126,8 +125,8 @@ impl ReceiptLog {
         &self,
         f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T, NodeError> {
-        let path = self.path.clone();
-        tokio::task::spawn_blocking(move || connect(&path).and_then(|c| f(&c)))
+        let reader = self.reader.clone();
+        tokio::task::spawn_blocking(move || f(&reader.lock().unwrap_or_else(|p| p.into_inner())))
             .await
             .map_err(internal)?
             .map_err(internal)

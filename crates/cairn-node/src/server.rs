@@ -154,21 +154,7 @@ async fn node_info(State(s): State<NodeState>) -> Result<Json<Value>, NodeError>
 }
 
 fn onnx_datatype(elem: Option<&str>) -> Option<DataType> {
-    Some(match elem? {
-        "float" => DataType::Fp32,
-        "double" => DataType::Fp64,
-        "float16" => DataType::Fp16,
-        "bool" => DataType::Bool,
-        "uint8" => DataType::Uint8,
-        "uint16" => DataType::Uint16,
-        "uint32" => DataType::Uint32,
-        "uint64" => DataType::Uint64,
-        "int8" => DataType::Int8,
-        "int16" => DataType::Int16,
-        "int32" => DataType::Int32,
-        "int64" => DataType::Int64,
-        _ => return None,
-    })
+    elem.and_then(DataType::from_onnx_name)
 }
 
 fn describe(values: &[cairn_onnx::ValueInfo]) -> Vec<Value> {
@@ -453,16 +439,16 @@ async fn run_infer(
         .map_err(|_| timeout())??;
     check_inputs(&loaded.signature, &decoded.inputs)?;
     let names = loaded.plan.output_names();
-    let wanted: Vec<(String, bool)> = match &decoded.outputs {
+    let wanted: Vec<(String, bool)> = match decoded.outputs {
         Some(list) => {
-            for (n, _) in list {
+            for (n, _) in &list {
                 if !names.iter().any(|m| m == n) {
                     return Err(NodeError::UnknownOutput(format!(
                         "the model has no output `{n}`; its outputs are {names:?}"
                     )));
                 }
             }
-            list.clone()
+            list
         }
         None => names
             .iter()
