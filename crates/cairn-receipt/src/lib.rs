@@ -11,9 +11,12 @@ use alloy_primitives::{Address, B256, Signature, U256};
 use alloy_signer::SignerSync;
 use alloy_signer_local::PrivateKeySigner;
 use alloy_sol_types::{Eip712Domain, SolStruct, sol};
+
 use cairn_core::{BlobId, ExecutionProfile, Reproducibility};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+
+pub mod merkle;
 
 sol! {
     /// The signed message.
@@ -238,7 +241,12 @@ impl SignedReceipt {
         self.claims.request_id
     }
 
-    /// The EIP-712 signing hash (what the signature covers; the Merkle leaf later).
+    /// The signed EIP-712 message (what a settlement challenge carries).
+    pub fn message(&self) -> Receipt {
+        self.claims.message(self.signer)
+    }
+
+    /// The EIP-712 signing hash (what the signature covers; its batch's Merkle leaf).
     pub fn signing_hash(&self) -> B256 {
         self.claims
             .message(self.signer)

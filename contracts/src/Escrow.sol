@@ -1,0 +1,165 @@
+// SPDX-License-Identifier: Apache-2.0
+pragma solidity 0.8.37;
+
+import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
+import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol";
+import {ReentrancyGuard} from "@openzeppelin/contracts/utils/ReentrancyGuard.sol";
+import {EIP712} from "@openzeppelin/contracts/utils/cryptography/EIP712.sol";
+import {SignatureChecker} from "@openzeppelin/contracts/utils/cryptography/SignatureChecker.sol";
+
+interface IERC3009Receive {
+    function receiveWithAuthorization(
+        address from,
+        address to,
+        uint256 value,
+        uint256 validAfter,
+        uint256 validBefore,
+        bytes32 nonce,
+        uint8 v,
+        bytes32 r,
+        bytes32 s
+    ) external;
+}
+
+/// @title Prepaid balances: a payer deposits for a payee (an inference node) into a channel, pays
+/// per request with gasless EIP-712 *cumulative* vouchers, and the payee redeems the latest voucher
+/// for many requests in one transaction.
+/// @dev Shaped like x402's batch settlement: deposit, voucher, claim, refund. The payer's unspent rest
+/// leaves only `withdrawDelay` seconds after a withdrawal request, which gives the payee time to
+/// redeem the vouchers it holds. A channel is (payer, payee, salt); its vouchers only ever grow.
+contract Escrow is EIP712, ReentrancyGuard {
+    using SafeERC20 for IERC20;
+
+    struct Channel {
+        uint256 deposited;
+        uint256 claimed;
+        uint64 withdrawableAt;
+    }
+
+    bytes32 public constant VOUCHER_TYPEHASH =
+        keccak256("Voucher(address payer,address payee,bytes32 salt,uint256 cumulativeAmount)");
+
+    IERC20 public immutable token;
+    uint64 public immutable withdrawDelay;
+
+    mapping(bytes32 channelId => Channel) private _channels;
+
+    error ZeroAmount();
+    error VoucherNotIncreasing(uint256 cumulativeAmount, uint256 claimed);
+    error InsufficientDeposit(uint256 cumulativeAmount, uint256 deposited);
+    error InvalidVoucherSignature();
+    error WithdrawalNotRequested();
+    error WithdrawalDelayNotOver(uint64 withdrawableAt);
+    error NothingToWithdraw();
+
+    event Deposited(bytes32 indexed channel, address indexed payer, address indexed payee, bytes32 salt, uint256 amount);
+    event Redeemed(bytes32 indexed channel, address indexed payee, uint256 cumulativeAmount, uint256 paid);
+    event WithdrawalRequested(bytes32 indexed channel, address indexed payer, uint64 withdrawableAt);
+    event Withdrawn(bytes32 indexed channel, address indexed payer, uint256 amount);
+
+    constructor(IERC20 token_, uint64 withdrawDelay_) EIP712("Cairn Escrow", "1") {
+        token = token_;
+        withdrawDelay = withdrawDelay_;
+    }
+
+    function channelId(address payer, address payee, bytes32 salt) public pure returns (bytes32) {
+        return keccak256(abi.encode(payer, payee, salt));
+    }
+
+    /// @notice Adds `amount` (approve first) to the caller's channel with `payee`. A deposit cancels
+    /// a pending withdrawal request.
+    function deposit(address payee, bytes32 salt, uint256 amount) external nonReentrant {
+        bytes32 id = _credit(msg.sender, payee, salt, amount);
+        token.safeTransferFrom(msg.sender, address(this), amount);
+        emit Deposited(id, msg.sender, payee, salt, amount);
+    }
+
+    /// @notice Deposits with an EIP-3009 `ReceiveWithAuthorization` signed by `payer` (to this
+    /// contract), so the payer needs no approve transaction and no gas.
+    function depositWithAuthorization(
+        address payer,
+        address payee,
+        bytes32 salt,
+        uint256 amount,
+        uint256 validAfter,
+        uint256 validBefore,
+        bytes32 nonce,
+        uint8 v,
+        bytes32 r,
+        bytes32 s
+    ) external nonReentrant {
+        bytes32 id = _credit(payer, payee, salt, amount);
+        IERC3009Receive(address(token)).receiveWithAuthorization(
+            payer, address(this), amount, validAfter, validBefore, nonce, v, r, s
+        );
+        emit Deposited(id, payer, payee, salt, amount);
+    }
+
+    /// @notice Pays the payee the difference between `cumulativeAmount` (signed by the payer) and
+    /// what the channel already paid. Anyone may submit; the money only goes to the payee.
+    function redeem(address payer, address payee, bytes32 salt, uint256 cumulativeAmount, bytes calldata signature)
+        external
+        nonReentrant
+        returns (uint256 paid)
+    {
+        bytes32 id = channelId(payer, payee, salt);
+        Channel storage c = _channels[id];
+        if (cumulativeAmount <= c.claimed) revert VoucherNotIncreasing(cumulativeAmount, c.claimed);
+        if (cumulativeAmount > c.deposited) revert InsufficientDeposit(cumulativeAmount, c.deposited);
+        if (!SignatureChecker.isValidSignatureNow(payer, voucherDigest(payer, payee, salt, cumulativeAmount), signature)) {
+            revert InvalidVoucherSignature();
+        }
+        paid = cumulativeAmount - c.claimed;
+        c.claimed = cumulativeAmount;
+        emit Redeemed(id, payee, cumulativeAmount, paid);
+        token.safeTransfer(payee, paid);
+    }
+
+    /// @notice Starts the delay after which the caller can take back what the payee has not redeemed.
+    function requestWithdrawal(address payee, bytes32 salt) external {
+        bytes32 id = channelId(msg.sender, payee, salt);
+        Channel storage c = _channels[id];
+        if (c.deposited == c.claimed) revert NothingToWithdraw();
+        c.withdrawableAt = uint64(block.timestamp) + withdrawDelay;
+        emit WithdrawalRequested(id, msg.sender, c.withdrawableAt);
+    }
+
+    /// @notice After the delay, refunds the unredeemed rest to the caller. Vouchers up to what was
+    /// redeemed stay spent; later vouchers fail for lack of deposit.
+    function withdraw(address payee, bytes32 salt) external nonReentrant returns (uint256 amount) {
+        bytes32 id = channelId(msg.sender, payee, salt);
+        Channel storage c = _channels[id];
+        if (c.withdrawableAt == 0) revert WithdrawalNotRequested();
+        if (block.timestamp < c.withdrawableAt) revert WithdrawalDelayNotOver(c.withdrawableAt);
+        amount = c.deposited - c.claimed;
+        if (amount == 0) revert NothingToWithdraw();
+        c.deposited = c.claimed;
+        c.withdrawableAt = 0;
+        emit Withdrawn(id, msg.sender, amount);
+        token.safeTransfer(msg.sender, amount);
+    }
+
+    function getChannel(address payer, address payee, bytes32 salt) external view returns (Channel memory) {
+        return _channels[channelId(payer, payee, salt)];
+    }
+
+    function voucherDigest(address payer, address payee, bytes32 salt, uint256 cumulativeAmount)
+        public
+        view
+        returns (bytes32)
+    {
+        return _hashTypedDataV4(keccak256(abi.encode(VOUCHER_TYPEHASH, payer, payee, salt, cumulativeAmount)));
+    }
+
+    function domainSeparator() external view returns (bytes32) {
+        return _domainSeparatorV4();
+    }
+
+    function _credit(address payer, address payee, bytes32 salt, uint256 amount) private returns (bytes32 id) {
+        if (amount == 0) revert ZeroAmount();
+        id = channelId(payer, payee, salt);
+        Channel storage c = _channels[id];
+        c.deposited += amount;
+        c.withdrawableAt = 0;
+    }
+}

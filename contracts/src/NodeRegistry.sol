@@ -1,0 +1,243 @@
+// SPDX-License-Identifier: Apache-2.0
+pragma solidity 0.8.37;
+
+import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
+import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol";
+import {AccessControl} from "@openzeppelin/contracts/access/AccessControl.sol";
+import {ReentrancyGuard} from "@openzeppelin/contracts/utils/ReentrancyGuard.sol";
+
+/// @title Registry of inference nodes and verifiers: endpoint, stake, attestation, liveness.
+/// @dev Stake is held here. It leaves only through an unbonding delay, so a node that
+/// misbehaved can still be slashed (by the settlement contract, holding SLASHER_ROLE) after
+/// it asks to leave.
+contract NodeRegistry is AccessControl, ReentrancyGuard {
+    using SafeERC20 for IERC20;
+
+    enum Role {
+        None,
+        Inference,
+        Verifier
+    }
+
+    struct Node {
+        Role role;
+        bool enabled;
+        uint64 registeredAt;
+        uint64 lastHeartbeat;
+        uint64 unbondingEnds;
+        uint256 stake;
+        uint256 unbonding;
+        bytes32 attestationDigest;
+        bytes32 measurement;
+        string endpoint;
+    }
+
+    bytes32 public constant GOVERNOR_ROLE = keccak256("GOVERNOR_ROLE");
+    bytes32 public constant SLASHER_ROLE = keccak256("SLASHER_ROLE");
+
+    IERC20 public immutable stakeToken;
+    /// Minimum active stake per role, in token units.
+    mapping(Role role => uint256) public minStake;
+    /// Seconds between an unbond request and the withdrawal.
+    uint64 public unbondingDelay;
+    /// A node whose last heartbeat is older than this is not active; 0 disables the check.
+    uint64 public heartbeatTimeout;
+
+    mapping(address node => Node) private _nodes;
+    address[] private _all;
+
+    error AlreadyRegistered(address node);
+    error NotRegistered(address node);
+    error InvalidRole();
+    error StakeTooLow(uint256 stake, uint256 required);
+    error ZeroAmount();
+    error InsufficientStake(uint256 stake, uint256 requested);
+    error UnbondingNotOver(uint64 endsAt);
+    error NothingUnbonding();
+
+    event NodeRegistered(address indexed node, Role role, string endpoint, uint256 stake);
+    event StakeAdded(address indexed node, uint256 amount, uint256 stake);
+    event UnbondRequested(address indexed node, uint256 amount, uint64 endsAt);
+    event UnbondWithdrawn(address indexed node, uint256 amount);
+    event Heartbeat(address indexed node, uint64 timestamp);
+    event EndpointUpdated(address indexed node, string endpoint);
+    event AttestationUpdated(address indexed node, bytes32 digest, bytes32 measurement);
+    event NodeEnabled(address indexed node, bool enabled);
+    event Slashed(address indexed node, uint256 amount, address indexed to);
+    event MinStakeSet(Role role, uint256 amount);
+    event UnbondingDelaySet(uint64 delay);
+    event HeartbeatTimeoutSet(uint64 timeout);
+
+    constructor(
+        IERC20 stakeToken_,
+        address governor,
+        uint256 minInferenceStake,
+        uint256 minVerifierStake,
+        uint64 unbondingDelay_
+    ) {
+        stakeToken = stakeToken_;
+        _grantRole(DEFAULT_ADMIN_ROLE, governor);
+        _grantRole(GOVERNOR_ROLE, governor);
+        minStake[Role.Inference] = minInferenceStake;
+        minStake[Role.Verifier] = minVerifierStake;
+        unbondingDelay = unbondingDelay_;
+    }
+
+    // ---- nodes ----
+
+    /// @notice Registers the caller in `role`, pulling `stake` tokens (approve first).
+    function register(
+        Role role,
+        string calldata endpoint,
+        uint256 stake,
+        bytes32 attestationDigest,
+        bytes32 measurement
+    ) external nonReentrant {
+        if (role == Role.None) revert InvalidRole();
+        Node storage n = _nodes[msg.sender];
+        if (n.role != Role.None) revert AlreadyRegistered(msg.sender);
+        if (stake < minStake[role]) revert StakeTooLow(stake, minStake[role]);
+        n.role = role;
+        n.enabled = true;
+        n.registeredAt = uint64(block.timestamp);
+        n.lastHeartbeat = uint64(block.timestamp);
+        n.stake = stake;
+        n.attestationDigest = attestationDigest;
+        n.measurement = measurement;
+        n.endpoint = endpoint;
+        _all.push(msg.sender);
+        emit NodeRegistered(msg.sender, role, endpoint, stake);
+        stakeToken.safeTransferFrom(msg.sender, address(this), stake);
+    }
+
+    /// @notice Adds `amount` to the caller's active stake.
+    function addStake(uint256 amount) external nonReentrant {
+        Node storage n = _registered(msg.sender);
+        if (amount == 0) revert ZeroAmount();
+        n.stake += amount;
+        emit StakeAdded(msg.sender, amount, n.stake);
+        stakeToken.safeTransferFrom(msg.sender, address(this), amount);
+    }
+
+    /// @notice Moves `amount` of active stake into unbonding; it can leave after the delay.
+    /// A second request adds to the pending amount and restarts the delay.
+    function requestUnbond(uint256 amount) external {
+        Node storage n = _registered(msg.sender);
+        if (amount == 0) revert ZeroAmount();
+        if (amount > n.stake) revert InsufficientStake(n.stake, amount);
+        n.stake -= amount;
+        n.unbonding += amount;
+        n.unbondingEnds = uint64(block.timestamp) + unbondingDelay;
+        emit UnbondRequested(msg.sender, amount, n.unbondingEnds);
+    }
+
+    /// @notice Pays out the caller's unbonded stake once the delay has passed.
+    function withdrawUnbonded() external nonReentrant {
+        Node storage n = _registered(msg.sender);
+        uint256 amount = n.unbonding;
+        if (amount == 0) revert NothingUnbonding();
+        if (block.timestamp < n.unbondingEnds) revert UnbondingNotOver(n.unbondingEnds);
+        n.unbonding = 0;
+        emit UnbondWithdrawn(msg.sender, amount);
+        stakeToken.safeTransfer(msg.sender, amount);
+    }
+
+    /// @notice Records that the caller is alive.
+    function heartbeat() external {
+        Node storage n = _registered(msg.sender);
+        n.lastHeartbeat = uint64(block.timestamp);
+        emit Heartbeat(msg.sender, n.lastHeartbeat);
+    }
+
+    function setEndpoint(string calldata endpoint) external {
+        _registered(msg.sender).endpoint = endpoint;
+        emit EndpointUpdated(msg.sender, endpoint);
+    }
+
+    function setAttestation(bytes32 digest, bytes32 measurement) external {
+        Node storage n = _registered(msg.sender);
+        n.attestationDigest = digest;
+        n.measurement = measurement;
+        emit AttestationUpdated(msg.sender, digest, measurement);
+    }
+
+    // ---- governance ----
+
+    function setEnabled(address node, bool enabled) external onlyRole(GOVERNOR_ROLE) {
+        _registered(node).enabled = enabled;
+        emit NodeEnabled(node, enabled);
+    }
+
+    function setMinStake(Role role, uint256 amount) external onlyRole(GOVERNOR_ROLE) {
+        if (role == Role.None) revert InvalidRole();
+        minStake[role] = amount;
+        emit MinStakeSet(role, amount);
+    }
+
+    function setUnbondingDelay(uint64 delay) external onlyRole(GOVERNOR_ROLE) {
+        unbondingDelay = delay;
+        emit UnbondingDelaySet(delay);
+    }
+
+    function setHeartbeatTimeout(uint64 timeout) external onlyRole(GOVERNOR_ROLE) {
+        heartbeatTimeout = timeout;
+        emit HeartbeatTimeoutSet(timeout);
+    }
+
+    /// @notice Takes up to `amount` from the node's stake (active first, then unbonding) and
+    /// sends it to `to`. Returns what was taken.
+    function slash(address node, uint256 amount, address to)
+        external
+        onlyRole(SLASHER_ROLE)
+        nonReentrant
+        returns (uint256 taken)
+    {
+        Node storage n = _registered(node);
+        uint256 fromActive = amount < n.stake ? amount : n.stake;
+        n.stake -= fromActive;
+        uint256 rest = amount - fromActive;
+        uint256 fromUnbonding = rest < n.unbonding ? rest : n.unbonding;
+        n.unbonding -= fromUnbonding;
+        taken = fromActive + fromUnbonding;
+        emit Slashed(node, taken, to);
+        if (taken > 0) stakeToken.safeTransfer(to, taken);
+    }
+
+    // ---- queries ----
+
+    function getNode(address node) external view returns (Node memory) {
+        return _nodes[node];
+    }
+
+    /// @notice Registered, enabled, staked at least the role's minimum, and heard from recently.
+    function isActive(address node, Role role) public view returns (bool) {
+        Node storage n = _nodes[node];
+        return n.role == role && role != Role.None && n.enabled && n.stake >= minStake[role]
+            && (heartbeatTimeout == 0 || block.timestamp <= uint256(n.lastHeartbeat) + heartbeatTimeout);
+    }
+
+    function nodeCount() external view returns (uint256) {
+        return _all.length;
+    }
+
+    /// @notice Active nodes of `role` among registrations [offset, offset + limit).
+    function activeNodes(Role role, uint256 offset, uint256 limit) external view returns (address[] memory out) {
+        uint256 end = offset + limit;
+        if (end > _all.length) end = _all.length;
+        if (offset >= end) return new address[](0);
+        address[] memory buf = new address[](end - offset);
+        uint256 found;
+        for (uint256 i = offset; i < end; ++i) {
+            if (isActive(_all[i], role)) buf[found++] = _all[i];
+        }
+        out = new address[](found);
+        for (uint256 i; i < found; ++i) {
+            out[i] = buf[i];
+        }
+    }
+
+    function _registered(address node) private view returns (Node storage n) {
+        n = _nodes[node];
+        if (n.role == Role.None) revert NotRegistered(node);
+    }
+}

@@ -1,0 +1,628 @@
+//! Typed access to the deployed contracts over any [`Ledger`], and the EIP-712 messages
+//! (batch attestation, fraud verdict, voucher) that are signed off chain.
+
+use std::sync::Arc;
+
+use alloy_primitives::{Address, B256, Bytes, Signature, U256};
+use alloy_signer::SignerSync;
+use alloy_signer_local::PrivateKeySigner;
+use alloy_sol_types::{Eip712Domain, SolCall, SolEvent, SolStruct, sol};
+use serde::Serialize;
+
+use crate::contracts::{CairnToken, Escrow, NodeRegistry, Settlement};
+use crate::{Deployment, Ledger, LedgerError, TxOutcome, TxRequest};
+
+sol! {
+    /// A verifier's signature that it checked a batch.
+    struct BatchAttestation {
+        uint256 batchId;
+        bytes32 root;
+        uint32 count;
+        uint256 fees;
+    }
+    /// A verifier's signature that a receipt in a batch is wrong.
+    struct FraudVerdict {
+        uint256 batchId;
+        bytes32 receiptHash;
+        bytes32 evidenceHash;
+    }
+    /// A payer's cumulative promise to a payee in the escrow.
+    struct Voucher {
+        address payer;
+        address payee;
+        bytes32 salt;
+        uint256 cumulativeAmount;
+    }
+}
+
+/// A registry role.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Inference,
+    Verifier,
+}
+
+impl Role {
+    fn code(self) -> u8 {
+        match self {
+            Role::Inference => 1,
+            Role::Verifier => 2,
+        }
+    }
+}
+
+/// A registered node as the registry holds it.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeInfo {
+    pub address: Address,
+    pub role: Option<Role>,
+    pub enabled: bool,
+    pub endpoint: String,
+    pub stake: U256,
+    pub unbonding: U256,
+    pub last_heartbeat: u64,
+    pub active: bool,
+}
+
+/// A batch's lifecycle state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BatchStatus {
+    Unknown,
+    Submitted,
+    Attested,
+    Finalized,
+    Voided,
+}
+
+/// A batch as the settlement contract holds it.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BatchInfo {
+    pub id: u64,
+    pub node: Address,
+    pub root: B256,
+    pub count: u32,
+    pub fees: U256,
+    pub submitted_at: u64,
+    pub attested_at: u64,
+    pub status: BatchStatus,
+    pub verifiers: Vec<Address>,
+}
+
+/// The contracts of one [`Deployment`] on one [`Ledger`].
+#[derive(Clone)]
+pub struct Chain {
+    ledger: Arc<dyn Ledger>,
+    deployment: Deployment,
+}
+
+impl Chain {
+    /// Binds a deployment to the ledger it lives on; their chain ids must agree.
+    pub fn new(ledger: Arc<dyn Ledger>, deployment: Deployment) -> Result<Self, LedgerError> {
+        if ledger.chain_id() != deployment.chain_id {
+            return Err(LedgerError::Invalid(format!(
+                "the deployment is for chain {}, the ledger is chain {}",
+                deployment.chain_id,
+                ledger.chain_id()
+            )));
+        }
+        Ok(Self { ledger, deployment })
+    }
+
+    pub fn ledger(&self) -> &Arc<dyn Ledger> {
+        &self.ledger
+    }
+
+    pub fn deployment(&self) -> &Deployment {
+        &self.deployment
+    }
+
+    /// The receipts' (and attestations', verdicts') EIP-712 domain: the settlement contract.
+    pub fn settlement_domain(&self) -> Eip712Domain {
+        Eip712Domain::new(
+            Some("Cairn".into()),
+            Some("1".into()),
+            Some(U256::from(self.deployment.chain_id)),
+            Some(self.deployment.settlement),
+            None,
+        )
+    }
+
+    /// The escrow's vouchers' EIP-712 domain.
+    pub fn escrow_domain(&self) -> Eip712Domain {
+        Eip712Domain::new(
+            Some("Cairn Escrow".into()),
+            Some("1".into()),
+            Some(U256::from(self.deployment.chain_id)),
+            Some(self.deployment.escrow),
+            None,
+        )
+    }
+
+    async fn view<C: SolCall>(&self, to: Address, call: C) -> Result<C::Return, LedgerError> {
+        let out = self.ledger.call(to, call.abi_encode().into()).await?;
+        C::abi_decode_returns(&out)
+            .map_err(|e| LedgerError::Invalid(format!("bad return data from {to}: {e}")))
+    }
+
+    async fn exec<C: SolCall>(
+        &self,
+        signer: &PrivateKeySigner,
+        to: Address,
+        call: C,
+    ) -> Result<TxOutcome, LedgerError> {
+        self.ledger
+            .send(
+                signer,
+                TxRequest {
+                    to: Some(to),
+                    data: call.abi_encode().into(),
+                    value: U256::ZERO,
+                },
+            )
+            .await
+    }
+
+    // ---- token ----
+
+    pub async fn token_balance(&self, who: Address) -> Result<U256, LedgerError> {
+        self.view(
+            self.deployment.token,
+            CairnToken::balanceOfCall { account: who },
+        )
+        .await
+    }
+
+    /// Mints devnet tokens (the signer needs the minter role).
+    pub async fn mint(
+        &self,
+        minter: &PrivateKeySigner,
+        to: Address,
+        amount: U256,
+    ) -> Result<TxOutcome, LedgerError> {
+        self.exec(
+            minter,
+            self.deployment.token,
+            CairnToken::mintCall { to, amount },
+        )
+        .await
+    }
+
+    pub async fn transfer(
+        &self,
+        from: &PrivateKeySigner,
+        to: Address,
+        amount: U256,
+    ) -> Result<TxOutcome, LedgerError> {
+        self.exec(
+            from,
+            self.deployment.token,
+            CairnToken::transferCall { to, value: amount },
+        )
+        .await
+    }
+
+    pub async fn approve(
+        &self,
+        owner: &PrivateKeySigner,
+        spender: Address,
+        amount: U256,
+    ) -> Result<TxOutcome, LedgerError> {
+        self.exec(
+            owner,
+            self.deployment.token,
+            CairnToken::approveCall {
+                spender,
+                value: amount,
+            },
+        )
+        .await
+    }
+
+    // ---- registry ----
+
+    /// Approves and registers `signer` with `stake`.
+    pub async fn register(
+        &self,
+        signer: &PrivateKeySigner,
+        role: Role,
+        endpoint: &str,
+        stake: U256,
+    ) -> Result<TxOutcome, LedgerError> {
+        self.approve(signer, self.deployment.registry, stake)
+            .await?;
+        self.exec(
+            signer,
+            self.deployment.registry,
+            NodeRegistry::registerCall {
+                role: role.code(),
+                endpoint: endpoint.into(),
+                stake,
+                attestationDigest: B256::ZERO,
+                measurement: B256::ZERO,
+            },
+        )
+        .await
+    }
+
+    pub async fn heartbeat(&self, signer: &PrivateKeySigner) -> Result<TxOutcome, LedgerError> {
+        self.exec(
+            signer,
+            self.deployment.registry,
+            NodeRegistry::heartbeatCall {},
+        )
+        .await
+    }
+
+    pub async fn node(&self, who: Address) -> Result<NodeInfo, LedgerError> {
+        let n = self
+            .view(
+                self.deployment.registry,
+                NodeRegistry::getNodeCall { node: who },
+            )
+            .await?;
+        let role = match n.role {
+            1 => Some(Role::Inference),
+            2 => Some(Role::Verifier),
+            _ => None,
+        };
+        let active = match role {
+            Some(r) => {
+                self.view(
+                    self.deployment.registry,
+                    NodeRegistry::isActiveCall {
+                        node: who,
+                        role: r.code(),
+                    },
+                )
+                .await?
+            }
+            None => false,
+        };
+        Ok(NodeInfo {
+            address: who,
+            role,
+            enabled: n.enabled,
+            endpoint: n.endpoint,
+            stake: n.stake,
+            unbonding: n.unbonding,
+            last_heartbeat: n.lastHeartbeat,
+            active,
+        })
+    }
+
+    /// Active nodes of `role` (all registrations scanned in pages).
+    pub async fn active_nodes(&self, role: Role) -> Result<Vec<Address>, LedgerError> {
+        let total: U256 = self
+            .view(self.deployment.registry, NodeRegistry::nodeCountCall {})
+            .await?;
+        let total = total.saturating_to::<u64>();
+        let mut out = Vec::new();
+        let page = 200u64;
+        let mut offset = 0;
+        while offset < total {
+            let found = self
+                .view(
+                    self.deployment.registry,
+                    NodeRegistry::activeNodesCall {
+                        role: role.code(),
+                        offset: U256::from(offset),
+                        limit: U256::from(page),
+                    },
+                )
+                .await?;
+            out.extend(found);
+            offset += page;
+        }
+        Ok(out)
+    }
+
+    // ---- settlement ----
+
+    /// Approves the fees and submits a batch; returns its id.
+    pub async fn submit_batch(
+        &self,
+        node: &PrivateKeySigner,
+        root: B256,
+        count: u32,
+        fees: U256,
+    ) -> Result<(u64, TxOutcome), LedgerError> {
+        if !fees.is_zero() {
+            self.approve(node, self.deployment.settlement, fees).await?;
+        }
+        let out = self
+            .exec(
+                node,
+                self.deployment.settlement,
+                Settlement::submitBatchCall { root, count, fees },
+            )
+            .await?;
+        let id = out
+            .logs
+            .iter()
+            .find_map(|l| Settlement::BatchSubmitted::decode_log(l).ok())
+            .map(|e| e.id.saturating_to::<u64>())
+            .ok_or_else(|| LedgerError::Invalid("submitBatch emitted no BatchSubmitted".into()))?;
+        Ok((id, out))
+    }
+
+    /// The attestation a verifier signs for a batch (computed locally from the batch fields).
+    pub fn attestation(&self, batch: &BatchInfo) -> BatchAttestation {
+        BatchAttestation {
+            batchId: U256::from(batch.id),
+            root: batch.root,
+            count: batch.count,
+            fees: batch.fees,
+        }
+    }
+
+    /// Signs a batch attestation as `verifier`.
+    pub fn sign_attestation(
+        &self,
+        verifier: &PrivateKeySigner,
+        batch: &BatchInfo,
+    ) -> Result<Signature, LedgerError> {
+        let hash = self
+            .attestation(batch)
+            .eip712_signing_hash(&self.settlement_domain());
+        verifier
+            .sign_hash_sync(&hash)
+            .map_err(|e| LedgerError::Invalid(format!("signing: {e}")))
+    }
+
+    /// Signs a fraud verdict as `verifier`.
+    pub fn sign_verdict(
+        &self,
+        verifier: &PrivateKeySigner,
+        batch_id: u64,
+        receipt_hash: B256,
+        evidence_hash: B256,
+    ) -> Result<Signature, LedgerError> {
+        let hash = FraudVerdict {
+            batchId: U256::from(batch_id),
+            receiptHash: receipt_hash,
+            evidenceHash: evidence_hash,
+        }
+        .eip712_signing_hash(&self.settlement_domain());
+        verifier
+            .sign_hash_sync(&hash)
+            .map_err(|e| LedgerError::Invalid(format!("signing: {e}")))
+    }
+
+    /// Submits attestations; `signed` pairs are sorted by signer as the contract requires.
+    pub async fn attest_batch(
+        &self,
+        sender: &PrivateKeySigner,
+        batch_id: u64,
+        signed: Vec<(Address, Signature)>,
+    ) -> Result<TxOutcome, LedgerError> {
+        self.exec(
+            sender,
+            self.deployment.settlement,
+            Settlement::attestBatchCall {
+                id: U256::from(batch_id),
+                signatures: sorted_signatures(signed),
+            },
+        )
+        .await
+    }
+
+    pub async fn finalize(
+        &self,
+        sender: &PrivateKeySigner,
+        batch_id: u64,
+    ) -> Result<TxOutcome, LedgerError> {
+        self.exec(
+            sender,
+            self.deployment.settlement,
+            Settlement::finalizeCall {
+                id: U256::from(batch_id),
+            },
+        )
+        .await
+    }
+
+    /// Challenges a receipt in a batch with its inclusion proof and a verifier quorum's verdict.
+    pub async fn challenge(
+        &self,
+        challenger: &PrivateKeySigner,
+        batch_id: u64,
+        receipt: Settlement::Receipt,
+        proof: Vec<B256>,
+        evidence_hash: B256,
+        verdicts: Vec<(Address, Signature)>,
+    ) -> Result<TxOutcome, LedgerError> {
+        self.exec(
+            challenger,
+            self.deployment.settlement,
+            Settlement::challengeCall {
+                id: U256::from(batch_id),
+                receipt,
+                proof,
+                evidenceHash: evidence_hash,
+                verdictSignatures: sorted_signatures(verdicts),
+            },
+        )
+        .await
+    }
+
+    pub async fn batch(&self, id: u64) -> Result<BatchInfo, LedgerError> {
+        let b = self
+            .view(
+                self.deployment.settlement,
+                Settlement::getBatchCall { id: U256::from(id) },
+            )
+            .await?;
+        Ok(BatchInfo {
+            id,
+            node: b.node,
+            root: b.root,
+            count: b.count,
+            fees: b.fees,
+            submitted_at: b.submittedAt,
+            attested_at: b.attestedAt,
+            status: match b.status {
+                1 => BatchStatus::Submitted,
+                2 => BatchStatus::Attested,
+                3 => BatchStatus::Finalized,
+                4 => BatchStatus::Voided,
+                _ => BatchStatus::Unknown,
+            },
+            verifiers: b.verifiers,
+        })
+    }
+
+    pub async fn batch_count(&self) -> Result<u64, LedgerError> {
+        let n: U256 = self
+            .view(self.deployment.settlement, Settlement::batchCountCall {})
+            .await?;
+        Ok(n.saturating_to())
+    }
+
+    /// Asks the contract whether `receipt_hash` is in batch `id` under `proof`.
+    pub async fn verify_inclusion(
+        &self,
+        id: u64,
+        receipt_hash: B256,
+        proof: Vec<B256>,
+    ) -> Result<bool, LedgerError> {
+        self.view(
+            self.deployment.settlement,
+            Settlement::verifyInclusionCall {
+                id: U256::from(id),
+                receiptDigest: receipt_hash,
+                proof,
+            },
+        )
+        .await
+    }
+
+    pub async fn challenge_window(&self) -> Result<u64, LedgerError> {
+        self.view(
+            self.deployment.settlement,
+            Settlement::challengeWindowCall {},
+        )
+        .await
+    }
+
+    // ---- escrow ----
+
+    /// Approves and deposits into the (payer, payee, salt) channel.
+    pub async fn deposit(
+        &self,
+        payer: &PrivateKeySigner,
+        payee: Address,
+        salt: B256,
+        amount: U256,
+    ) -> Result<TxOutcome, LedgerError> {
+        self.approve(payer, self.deployment.escrow, amount).await?;
+        self.exec(
+            payer,
+            self.deployment.escrow,
+            Escrow::depositCall {
+                payee,
+                salt,
+                amount,
+            },
+        )
+        .await
+    }
+
+    /// Signs a cumulative voucher as `payer` (no transaction).
+    pub fn sign_voucher(
+        &self,
+        payer: &PrivateKeySigner,
+        payee: Address,
+        salt: B256,
+        cumulative: U256,
+    ) -> Result<Signature, LedgerError> {
+        let hash = Voucher {
+            payer: payer.address(),
+            payee,
+            salt,
+            cumulativeAmount: cumulative,
+        }
+        .eip712_signing_hash(&self.escrow_domain());
+        payer
+            .sign_hash_sync(&hash)
+            .map_err(|e| LedgerError::Invalid(format!("signing: {e}")))
+    }
+
+    pub async fn redeem(
+        &self,
+        sender: &PrivateKeySigner,
+        payer: Address,
+        payee: Address,
+        salt: B256,
+        cumulative: U256,
+        signature: &Signature,
+    ) -> Result<TxOutcome, LedgerError> {
+        self.exec(
+            sender,
+            self.deployment.escrow,
+            Escrow::redeemCall {
+                payer,
+                payee,
+                salt,
+                cumulativeAmount: cumulative,
+                signature: Bytes::from(signature.as_bytes().to_vec()),
+            },
+        )
+        .await
+    }
+
+    pub async fn request_withdrawal(
+        &self,
+        payer: &PrivateKeySigner,
+        payee: Address,
+        salt: B256,
+    ) -> Result<TxOutcome, LedgerError> {
+        self.exec(
+            payer,
+            self.deployment.escrow,
+            Escrow::requestWithdrawalCall { payee, salt },
+        )
+        .await
+    }
+
+    pub async fn withdraw(
+        &self,
+        payer: &PrivateKeySigner,
+        payee: Address,
+        salt: B256,
+    ) -> Result<TxOutcome, LedgerError> {
+        self.exec(
+            payer,
+            self.deployment.escrow,
+            Escrow::withdrawCall { payee, salt },
+        )
+        .await
+    }
+
+    /// (deposited, claimed) of a channel.
+    pub async fn channel(
+        &self,
+        payer: Address,
+        payee: Address,
+        salt: B256,
+    ) -> Result<(U256, U256), LedgerError> {
+        let c = self
+            .view(
+                self.deployment.escrow,
+                Escrow::getChannelCall { payer, payee, salt },
+            )
+            .await?;
+        Ok((c.deposited, c.claimed))
+    }
+}
+
+fn sorted_signatures(mut signed: Vec<(Address, Signature)>) -> Vec<Bytes> {
+    signed.sort_by_key(|(a, _)| *a);
+    signed
+        .into_iter()
+        .map(|(_, s)| Bytes::from(s.as_bytes().to_vec()))
+        .collect()
+}

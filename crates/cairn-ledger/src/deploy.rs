@@ -1,0 +1,275 @@
+//! Deploying the contract set, the deployment file, and the devnet's well-known accounts.
+
+use std::path::Path;
+
+use alloy_primitives::{Address, Bytes, U256, keccak256};
+use alloy_signer_local::PrivateKeySigner;
+use alloy_sol_types::{SolCall, SolConstructor};
+use serde::{Deserialize, Serialize};
+
+use crate::contracts::{CairnToken, Escrow, NodeRegistry, Settlement, init_code};
+use crate::{Ledger, LedgerError, TxRequest};
+
+/// One token unit with 6 decimals.
+pub const TOKEN_UNIT: u64 = 1_000_000;
+
+/// The devnet's deterministic account `i`: key = keccak256("cairn-devnet-account-{i}").
+/// Public knowledge: never use these keys on a real chain.
+pub fn dev_signer(i: usize) -> PrivateKeySigner {
+    let key = keccak256(format!("cairn-devnet-account-{i}"));
+    PrivateKeySigner::from_bytes(&key).expect("a keccak output below the curve order")
+}
+
+/// Dev accounts `0..n`.
+pub fn dev_signers(n: usize) -> Vec<PrivateKeySigner> {
+    (0..n).map(dev_signer).collect()
+}
+
+/// Everything `deploy` needs to know.
+#[derive(Clone, Debug)]
+pub struct DeployParams {
+    /// Receives governance roles; may differ from the deployer.
+    pub governor: Address,
+    /// Receives the protocol's share of fees and of slashed stake.
+    pub treasury: Address,
+    /// Use this ERC-20 (with EIP-3009, e.g. USDC) instead of deploying `CairnToken`.
+    pub token: Option<Address>,
+    /// Minimum stakes, token units.
+    pub min_inference_stake: U256,
+    pub min_verifier_stake: U256,
+    /// Seconds before unbonded stake can leave.
+    pub unbonding_delay: u64,
+    /// Verifier signatures needed on a batch or a fraud verdict.
+    pub verifier_quorum: u16,
+    /// Seconds a batch can be challenged after attestation.
+    pub challenge_window: u64,
+    /// Fee shares in basis points (the node gets the rest).
+    pub verifier_bps: u16,
+    pub treasury_bps: u16,
+    /// Share of stake slashed on proven fraud, and the challenger's share of it.
+    pub slash_bps: u16,
+    pub challenger_reward_bps: u16,
+    /// Seconds between a payer's withdrawal request and its refund in the escrow.
+    pub escrow_withdraw_delay: u64,
+}
+
+impl DeployParams {
+    /// Short windows for a local network; economics as in production.
+    pub fn devnet(governor: Address, treasury: Address) -> Self {
+        Self {
+            governor,
+            treasury,
+            token: None,
+            min_inference_stake: U256::from(100 * TOKEN_UNIT),
+            min_verifier_stake: U256::from(50 * TOKEN_UNIT),
+            unbonding_delay: 3_600,
+            verifier_quorum: 2,
+            challenge_window: 10,
+            verifier_bps: 1_000,
+            treasury_bps: 500,
+            slash_bps: 5_000,
+            challenger_reward_bps: 2_000,
+            escrow_withdraw_delay: 3_600,
+        }
+    }
+}
+
+/// Where the contracts live on one chain; written by `cairn chain deploy`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Deployment {
+    pub chain_id: u64,
+    pub token: Address,
+    pub registry: Address,
+    pub settlement: Address,
+    pub escrow: Address,
+    pub governor: Address,
+    pub treasury: Address,
+    /// Block of the last deployment transaction; event scans start here.
+    pub block: u64,
+}
+
+impl Deployment {
+    /// Reads a deployment file.
+    pub fn load(path: &Path) -> Result<Self, LedgerError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| LedgerError::Invalid(format!("{}: {e}", path.display())))?;
+        serde_json::from_str(&text).map_err(|e| {
+            LedgerError::Invalid(format!("{} is not a deployment file: {e}", path.display()))
+        })
+    }
+
+    /// Writes it (pretty JSON), replacing the file atomically.
+    pub fn save(&self, path: &Path) -> Result<(), LedgerError> {
+        let io = |e: std::io::Error| LedgerError::Invalid(format!("{}: {e}", path.display()));
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(io)?;
+        }
+        let tmp = path.with_extension("tmp");
+        let text = serde_json::to_string_pretty(self).expect("plain struct serializes");
+        std::fs::write(&tmp, text + "\n").map_err(io)?;
+        std::fs::rename(&tmp, path).map_err(io)
+    }
+}
+
+async fn create(
+    ledger: &dyn Ledger,
+    deployer: &PrivateKeySigner,
+    name: &str,
+    args: Vec<u8>,
+) -> Result<(Address, u64), LedgerError> {
+    let mut code = init_code(name).to_vec();
+    code.extend_from_slice(&args);
+    let out = ledger
+        .send(
+            deployer,
+            TxRequest {
+                to: None,
+                data: Bytes::from(code),
+                value: U256::ZERO,
+            },
+        )
+        .await?;
+    let address = out
+        .contract_address
+        .ok_or_else(|| LedgerError::Invalid(format!("deploying {name} created no contract")))?;
+    Ok((address, out.block))
+}
+
+async fn call(
+    ledger: &dyn Ledger,
+    signer: &PrivateKeySigner,
+    to: Address,
+    data: Vec<u8>,
+) -> Result<u64, LedgerError> {
+    let out = ledger
+        .send(
+            signer,
+            TxRequest {
+                to: Some(to),
+                data: data.into(),
+                value: U256::ZERO,
+            },
+        )
+        .await?;
+    Ok(out.block)
+}
+
+/// Deploys token (unless given), registry, settlement and escrow; lets the settlement slash;
+/// hands governance to `params.governor` when the deployer is someone else.
+pub async fn deploy(
+    ledger: &dyn Ledger,
+    deployer: &PrivateKeySigner,
+    params: &DeployParams,
+) -> Result<Deployment, LedgerError> {
+    let me = deployer.address();
+    let token = match params.token {
+        Some(t) => t,
+        None => {
+            let args = CairnToken::constructorCall {
+                name_: "Cairn USD".into(),
+                symbol_: "cUSD".into(),
+                admin: params.governor,
+            }
+            .abi_encode();
+            create(ledger, deployer, "CairnToken", args).await?.0
+        }
+    };
+    let (registry, _) = create(
+        ledger,
+        deployer,
+        "NodeRegistry",
+        NodeRegistry::constructorCall {
+            stakeToken_: token,
+            governor: me,
+            minInferenceStake: params.min_inference_stake,
+            minVerifierStake: params.min_verifier_stake,
+            unbondingDelay_: params.unbonding_delay,
+        }
+        .abi_encode(),
+    )
+    .await?;
+    let (settlement, _) = create(
+        ledger,
+        deployer,
+        "Settlement",
+        Settlement::constructorCall {
+            feeToken_: token,
+            registry_: registry,
+            governor: params.governor,
+            p: Settlement::Params {
+                treasury: params.treasury,
+                verifierQuorum: params.verifier_quorum,
+                challengeWindow: params.challenge_window,
+                verifierBps: params.verifier_bps,
+                treasuryBps: params.treasury_bps,
+                slashBps: params.slash_bps,
+                challengerRewardBps: params.challenger_reward_bps,
+            },
+        }
+        .abi_encode(),
+    )
+    .await?;
+    let (escrow, _) = create(
+        ledger,
+        deployer,
+        "Escrow",
+        Escrow::constructorCall {
+            token_: token,
+            withdrawDelay_: params.escrow_withdraw_delay,
+        }
+        .abi_encode(),
+    )
+    .await?;
+    let slasher = keccak256("SLASHER_ROLE");
+    let governor_role = keccak256("GOVERNOR_ROLE");
+    let mut block = call(
+        ledger,
+        deployer,
+        registry,
+        NodeRegistry::grantRoleCall {
+            role: slasher,
+            account: settlement,
+        }
+        .abi_encode(),
+    )
+    .await?;
+    if params.governor != me {
+        for role in [alloy_primitives::B256::ZERO, governor_role] {
+            call(
+                ledger,
+                deployer,
+                registry,
+                NodeRegistry::grantRoleCall {
+                    role,
+                    account: params.governor,
+                }
+                .abi_encode(),
+            )
+            .await?;
+        }
+        for role in [governor_role, alloy_primitives::B256::ZERO] {
+            block = call(
+                ledger,
+                deployer,
+                registry,
+                NodeRegistry::renounceRoleCall {
+                    role,
+                    callerConfirmation: me,
+                }
+                .abi_encode(),
+            )
+            .await?;
+        }
+    }
+    Ok(Deployment {
+        chain_id: ledger.chain_id(),
+        token,
+        registry,
+        settlement,
+        escrow,
+        governor: params.governor,
+        treasury: params.treasury,
+        block,
+    })
+}

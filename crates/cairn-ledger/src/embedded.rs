@@ -1,0 +1,635 @@
+//! The embedded chain: revm runs the contracts in-process; every account, slot, block, transaction
+//! and log is written to SQLite in one transaction per block before the in-memory state moves, so a
+//! `kill -9` loses nothing that was reported as mined.
+//!
+//! One transaction per block (like anvil's automine). Gas is metered but costs nothing (base fee
+//! and gas price 0). Block timestamps follow the wall clock plus an offset that
+//! [`Ledger::advance_time`] moves forward; they never go backwards.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use alloy_primitives::{Address, B256, Bytes, Log, TxKind, U256, keccak256};
+use alloy_signer_local::PrivateKeySigner;
+use alloy_trie::{EMPTY_ROOT_HASH, KECCAK_EMPTY, TrieAccount};
+use async_trait::async_trait;
+use revm::context::result::{ExecutionResult, ResultAndState};
+use revm::context::{BlockEnv, Context, TxEnv};
+use revm::database::{CacheDB, EmptyDB};
+use revm::database_interface::WrapDatabaseRef;
+use revm::handler::MainnetContext;
+use revm::primitives::hardfork::SpecId;
+use revm::state::{AccountInfo, Bytecode, EvmState};
+use revm::{DatabaseCommit, ExecuteEvm, MainBuilder};
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::{BlockInfo, Ledger, LedgerError, LogFilter, LogRecord, TxOutcome, TxRequest};
+
+/// Gas available to one block (and so to one transaction).
+pub const BLOCK_GAS_LIMIT: u64 = 60_000_000;
+
+/// revm in-process, persisted in a SQLite file.
+pub struct EmbeddedLedger {
+    chain_id: u64,
+    path: PathBuf,
+    inner: Mutex<Inner>,
+}
+
+struct Inner {
+    db: CacheDB<EmptyDB>,
+    conn: Connection,
+    head: Head,
+    time_offset: u64,
+}
+
+#[derive(Clone, Copy)]
+struct Head {
+    number: u64,
+    timestamp: u64,
+    hash: B256,
+}
+
+const SCHEMA: &str = "
+PRAGMA journal_mode = WAL;
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS blocks (
+  number INTEGER PRIMARY KEY, timestamp INTEGER NOT NULL, hash BLOB NOT NULL, tx BLOB);
+CREATE TABLE IF NOT EXISTS txs (
+  hash BLOB PRIMARY KEY, block INTEGER NOT NULL, sender BLOB NOT NULL, gas_used INTEGER NOT NULL,
+  contract BLOB);
+CREATE TABLE IF NOT EXISTS logs (
+  block INTEGER NOT NULL, idx INTEGER NOT NULL, tx BLOB NOT NULL, address BLOB NOT NULL,
+  topic0 BLOB, topics BLOB NOT NULL, data BLOB NOT NULL, PRIMARY KEY (block, idx)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS logs_by_address ON logs (address, topic0, block);
+CREATE TABLE IF NOT EXISTS accounts (
+  address BLOB PRIMARY KEY, nonce INTEGER NOT NULL, balance BLOB NOT NULL, code_hash BLOB NOT NULL)
+  WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS code (hash BLOB PRIMARY KEY, code BLOB NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS storage (
+  address BLOB NOT NULL, slot BLOB NOT NULL, value BLOB NOT NULL, PRIMARY KEY (address, slot))
+  WITHOUT ROWID;
+";
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl EmbeddedLedger {
+    /// Opens the chain stored at `path`, or creates it with `genesis` native balances.
+    /// Reopening checks that the stored chain id is `chain_id`.
+    pub fn open(
+        path: &Path,
+        chain_id: u64,
+        genesis: &[(Address, U256)],
+    ) -> Result<Self, LedgerError> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| LedgerError::Invalid(format!("{}: {e}", dir.display())))?;
+        }
+        let conn = Connection::open(path)?;
+        conn.execute_batch(SCHEMA)?;
+        // WAL + NORMAL: a committed block survives a process kill; only an OS crash can cost the
+        // last blocks.
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+
+        let stored: Option<Vec<u8>> = conn
+            .query_row("SELECT value FROM meta WHERE key = 'chain_id'", [], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        let mut inner = match stored {
+            Some(bytes) => {
+                let stored_id = u64::from_be_bytes(bytes.as_slice().try_into().map_err(|_| {
+                    LedgerError::Invalid("corrupt chain id in the ledger store".into())
+                })?);
+                if stored_id != chain_id {
+                    return Err(LedgerError::Invalid(format!(
+                        "{} holds chain {stored_id}, not {chain_id}; use another data dir",
+                        path.display()
+                    )));
+                }
+                Inner::load(conn)?
+            }
+            None => Inner::genesis(conn, chain_id, genesis)?,
+        };
+        inner.time_offset = inner.meta_u64("time_offset")?.unwrap_or(0);
+        Ok(Self {
+            chain_id,
+            path: path.to_path_buf(),
+            inner: Mutex::new(inner),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A panic while holding the lock happens before any state moves (state is committed to
+        // SQLite first, then to memory), so the data is still consistent.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Inner {
+    fn genesis(
+        mut conn: Connection,
+        chain_id: u64,
+        alloc: &[(Address, U256)],
+    ) -> Result<Self, LedgerError> {
+        let mut db = CacheDB::new(EmptyDB::default());
+        let timestamp = now_secs();
+        let hash = keccak256(
+            [
+                b"cairn-genesis".as_slice(),
+                &chain_id.to_be_bytes(),
+                &timestamp.to_be_bytes(),
+            ]
+            .concat(),
+        );
+        let tx = conn.transaction()?;
+        tx.execute(
+            "INSERT INTO meta (key, value) VALUES ('chain_id', ?1)",
+            params![chain_id.to_be_bytes().to_vec()],
+        )?;
+        for (address, balance) in alloc {
+            tx.execute(
+                "INSERT OR REPLACE INTO accounts (address, nonce, balance, code_hash) VALUES (?1, 0, ?2, ?3)",
+                params![address.as_slice(), balance.to_be_bytes::<32>().to_vec(), KECCAK_EMPTY.as_slice()],
+            )?;
+            db.insert_account_info(*address, AccountInfo::from_balance(*balance));
+        }
+        tx.execute(
+            "INSERT INTO blocks (number, timestamp, hash, tx) VALUES (0, ?1, ?2, NULL)",
+            params![timestamp as i64, hash.as_slice()],
+        )?;
+        tx.commit()?;
+        Ok(Self {
+            db,
+            conn,
+            head: Head {
+                number: 0,
+                timestamp,
+                hash,
+            },
+            time_offset: 0,
+        })
+    }
+
+    fn load(conn: Connection) -> Result<Self, LedgerError> {
+        let mut db = CacheDB::new(EmptyDB::default());
+        {
+            let mut code_stmt = conn.prepare("SELECT code FROM code WHERE hash = ?1")?;
+            let mut stmt =
+                conn.prepare("SELECT address, nonce, balance, code_hash FROM accounts")?;
+            let rows = stmt.query_map([], |r| {
+                Ok((
+                    r.get::<_, Vec<u8>>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, Vec<u8>>(2)?,
+                    r.get::<_, Vec<u8>>(3)?,
+                ))
+            })?;
+            for row in rows {
+                let (address, nonce, balance, code_hash) = row?;
+                let address = Address::try_from(address.as_slice())
+                    .map_err(|_| LedgerError::Invalid("corrupt address in ledger store".into()))?;
+                let code_hash = B256::try_from(code_hash.as_slice()).map_err(|_| {
+                    LedgerError::Invalid("corrupt code hash in ledger store".into())
+                })?;
+                let code = if code_hash == KECCAK_EMPTY {
+                    Bytecode::default()
+                } else {
+                    let bytes: Vec<u8> =
+                        code_stmt.query_row(params![code_hash.as_slice()], |r| r.get(0))?;
+                    Bytecode::new_raw(bytes.into())
+                };
+                db.insert_account_info(
+                    address,
+                    AccountInfo::new(U256::from_be_slice(&balance), nonce as u64, code_hash, code),
+                );
+            }
+            let mut stmt = conn.prepare("SELECT address, slot, value FROM storage")?;
+            let rows = stmt.query_map([], |r| {
+                Ok((
+                    r.get::<_, Vec<u8>>(0)?,
+                    r.get::<_, Vec<u8>>(1)?,
+                    r.get::<_, Vec<u8>>(2)?,
+                ))
+            })?;
+            for row in rows {
+                let (address, slot, value) = row?;
+                let address = Address::try_from(address.as_slice())
+                    .map_err(|_| LedgerError::Invalid("corrupt address in ledger store".into()))?;
+                db.insert_account_storage(
+                    address,
+                    U256::from_be_slice(&slot),
+                    U256::from_be_slice(&value),
+                )
+                .map_err(|e| LedgerError::Evm(e.to_string()))?;
+            }
+        }
+        let head = conn.query_row(
+            "SELECT number, timestamp, hash FROM blocks ORDER BY number DESC LIMIT 1",
+            [],
+            |r| {
+                Ok(Head {
+                    number: r.get::<_, i64>(0)? as u64,
+                    timestamp: r.get::<_, i64>(1)? as u64,
+                    hash: B256::from_slice(&r.get::<_, Vec<u8>>(2)?),
+                })
+            },
+        )?;
+        Ok(Self {
+            db,
+            conn,
+            head,
+            time_offset: 0,
+        })
+    }
+
+    fn meta_u64(&self, key: &str) -> Result<Option<u64>, LedgerError> {
+        let v: Option<Vec<u8>> = self
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = ?1", params![key], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        Ok(v.and_then(|b| b.as_slice().try_into().ok().map(u64::from_be_bytes)))
+    }
+
+    fn next_timestamp(&self) -> u64 {
+        (now_secs() + self.time_offset).max(self.head.timestamp)
+    }
+
+    fn block_env(&self, number: u64, timestamp: u64) -> BlockEnv {
+        BlockEnv {
+            number: U256::from(number),
+            timestamp: U256::from(timestamp),
+            gas_limit: BLOCK_GAS_LIMIT,
+            basefee: 0,
+            prevrandao: Some(self.head.hash),
+            ..Default::default()
+        }
+    }
+
+    /// Runs `tx` on top of the current state without changing it.
+    fn execute(
+        &self,
+        chain_id: u64,
+        caller: Address,
+        tx: &TxRequest,
+        read_only: bool,
+    ) -> Result<ResultAndState, LedgerError> {
+        let nonce = self
+            .db
+            .cache
+            .accounts
+            .get(&caller)
+            .map(|a| a.info.nonce)
+            .unwrap_or(0);
+        let env = TxEnv::builder()
+            .caller(caller)
+            .kind(match tx.to {
+                Some(to) => TxKind::Call(to),
+                None => TxKind::Create,
+            })
+            .data(tx.data.clone())
+            .value(tx.value)
+            .gas_limit(BLOCK_GAS_LIMIT)
+            .gas_price(0)
+            .nonce(nonce)
+            .chain_id(Some(chain_id))
+            .build_fill();
+        let timestamp = self.next_timestamp();
+        let ctx: MainnetContext<_> = Context::new(WrapDatabaseRef(&self.db), SpecId::CANCUN);
+        let mut evm = ctx
+            .with_block(self.block_env(self.head.number + 1, timestamp))
+            .modify_cfg_chained(|cfg| {
+                cfg.chain_id = chain_id;
+                cfg.disable_nonce_check = read_only;
+            })
+            .build_mainnet();
+        let out = evm
+            .transact(env)
+            .map_err(|e| LedgerError::Evm(e.to_string()))?;
+        Ok(ResultAndState::new(out.result, out.state))
+    }
+
+    fn state_root(&self) -> B256 {
+        let accounts = self.db.cache.accounts.iter().filter_map(|(address, acc)| {
+            let storage: Vec<(B256, U256)> = acc
+                .storage
+                .iter()
+                .filter(|(_, v)| !v.is_zero())
+                .map(|(k, v)| (B256::from(*k), *v))
+                .collect();
+            let info = &acc.info;
+            let empty = info.nonce == 0 && info.balance.is_zero() && info.code_hash == KECCAK_EMPTY;
+            if empty && storage.is_empty() {
+                return None;
+            }
+            let storage_root = if storage.is_empty() {
+                EMPTY_ROOT_HASH
+            } else {
+                alloy_trie::root::storage_root_unhashed(storage)
+            };
+            Some((
+                *address,
+                TrieAccount {
+                    nonce: info.nonce,
+                    balance: info.balance,
+                    storage_root,
+                    code_hash: info.code_hash,
+                    ..Default::default()
+                },
+            ))
+        });
+        alloy_trie::root::state_root_unhashed(accounts)
+    }
+
+    /// Writes the block, the transaction, its logs and its state diff in one SQLite transaction,
+    /// then applies the diff in memory.
+    #[allow(clippy::too_many_arguments)]
+    fn commit_block(
+        &mut self,
+        timestamp: u64,
+        tx_hash: B256,
+        sender: Address,
+        gas_used: u64,
+        contract: Option<Address>,
+        logs: &[Log],
+        state: EvmState,
+    ) -> Result<Head, LedgerError> {
+        let number = self.head.number + 1;
+        let hash = keccak256(
+            [
+                self.head.hash.as_slice(),
+                &number.to_be_bytes(),
+                &timestamp.to_be_bytes(),
+                tx_hash.as_slice(),
+            ]
+            .concat(),
+        );
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "INSERT INTO blocks (number, timestamp, hash, tx) VALUES (?1, ?2, ?3, ?4)",
+            params![
+                number as i64,
+                timestamp as i64,
+                hash.as_slice(),
+                tx_hash.as_slice()
+            ],
+        )?;
+        tx.execute(
+            "INSERT INTO txs (hash, block, sender, gas_used, contract) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                tx_hash.as_slice(),
+                number as i64,
+                sender.as_slice(),
+                gas_used as i64,
+                contract.map(|c| c.to_vec())
+            ],
+        )?;
+        for (idx, log) in logs.iter().enumerate() {
+            let topics: Vec<u8> = log.topics().iter().flat_map(|t| t.0).collect();
+            tx.execute(
+                "INSERT INTO logs (block, idx, tx, address, topic0, topics, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    number as i64,
+                    idx as i64,
+                    tx_hash.as_slice(),
+                    log.address.as_slice(),
+                    log.topics().first().map(|t| t.to_vec()),
+                    topics,
+                    log.data.data.to_vec()
+                ],
+            )?;
+        }
+        for (address, account) in &state {
+            if !account.is_touched() {
+                continue;
+            }
+            let a = address.as_slice();
+            if account.is_selfdestructed() || account.is_created() {
+                tx.execute("DELETE FROM storage WHERE address = ?1", params![a])?;
+            }
+            if account.is_selfdestructed() {
+                tx.execute("DELETE FROM accounts WHERE address = ?1", params![a])?;
+                continue;
+            }
+            let info = &account.info;
+            tx.execute(
+                "INSERT OR REPLACE INTO accounts (address, nonce, balance, code_hash) VALUES (?1, ?2, ?3, ?4)",
+                params![a, info.nonce as i64, info.balance.to_be_bytes::<32>().to_vec(), info.code_hash.as_slice()],
+            )?;
+            if let Some(code) = &info.code
+                && info.code_hash != KECCAK_EMPTY
+            {
+                tx.execute(
+                    "INSERT OR IGNORE INTO code (hash, code) VALUES (?1, ?2)",
+                    params![info.code_hash.as_slice(), code.original_bytes().to_vec()],
+                )?;
+            }
+            for (slot, value) in &account.storage {
+                if !value.is_changed() {
+                    continue;
+                }
+                let slot = slot.to_be_bytes::<32>();
+                let present = value.present_value();
+                if present.is_zero() {
+                    tx.execute(
+                        "DELETE FROM storage WHERE address = ?1 AND slot = ?2",
+                        params![a, slot.to_vec()],
+                    )?;
+                } else {
+                    tx.execute(
+                        "INSERT OR REPLACE INTO storage (address, slot, value) VALUES (?1, ?2, ?3)",
+                        params![a, slot.to_vec(), present.to_be_bytes::<32>().to_vec()],
+                    )?;
+                }
+            }
+        }
+        tx.commit()?;
+        self.db.commit(state);
+        self.head = Head {
+            number,
+            timestamp,
+            hash,
+        };
+        Ok(self.head)
+    }
+}
+
+fn tx_hash(chain_id: u64, sender: Address, nonce: u64, tx: &TxRequest) -> B256 {
+    keccak256(
+        [
+            b"cairn-embedded-tx".as_slice(),
+            &chain_id.to_be_bytes(),
+            sender.as_slice(),
+            &nonce.to_be_bytes(),
+            tx.to.unwrap_or_default().as_slice(),
+            &tx.value.to_be_bytes::<32>(),
+            &tx.data,
+        ]
+        .concat(),
+    )
+}
+
+fn revert(output: Bytes) -> LedgerError {
+    LedgerError::Reverted {
+        reason: crate::contracts::decode_revert(&output),
+        data: output,
+    }
+}
+
+#[async_trait]
+impl Ledger for EmbeddedLedger {
+    fn chain_id(&self) -> u64 {
+        self.chain_id
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "embedded revm chain {} at {}",
+            self.chain_id,
+            self.path.display()
+        )
+    }
+
+    async fn call(&self, to: Address, data: Bytes) -> Result<Bytes, LedgerError> {
+        let inner = self.lock();
+        let tx = TxRequest {
+            to: Some(to),
+            data,
+            value: U256::ZERO,
+        };
+        let out = inner.execute(self.chain_id, Address::ZERO, &tx, true)?;
+        match out.result {
+            ExecutionResult::Success { output, .. } => Ok(output.into_data()),
+            ExecutionResult::Revert { output, .. } => Err(revert(output)),
+            ExecutionResult::Halt { reason, .. } => {
+                Err(LedgerError::Evm(format!("halted: {reason:?}")))
+            }
+        }
+    }
+
+    async fn send(
+        &self,
+        signer: &PrivateKeySigner,
+        tx: TxRequest,
+    ) -> Result<TxOutcome, LedgerError> {
+        let sender = signer.address();
+        if signer.chain_id().is_some_and(|id| id != self.chain_id) {
+            return Err(LedgerError::Invalid(format!(
+                "signer is bound to chain {:?}, this ledger is chain {}",
+                signer.chain_id(),
+                self.chain_id
+            )));
+        }
+        let mut inner = self.lock();
+        let nonce = inner
+            .db
+            .cache
+            .accounts
+            .get(&sender)
+            .map(|a| a.info.nonce)
+            .unwrap_or(0);
+        let timestamp = inner.next_timestamp();
+        let out = inner.execute(self.chain_id, sender, &tx, false)?;
+        let gas_used = out.result.tx_gas_used();
+        let (logs, contract) = match out.result {
+            ExecutionResult::Success { logs, output, .. } => {
+                let contract = output.address().copied();
+                (logs, contract)
+            }
+            ExecutionResult::Revert { output, .. } => return Err(revert(output)),
+            ExecutionResult::Halt { reason, .. } => {
+                return Err(LedgerError::Evm(format!("halted: {reason:?}")));
+            }
+        };
+        let hash = tx_hash(self.chain_id, sender, nonce, &tx);
+        let head = inner.commit_block(
+            timestamp, hash, sender, gas_used, contract, &logs, out.state,
+        )?;
+        Ok(TxOutcome {
+            hash,
+            block: head.number,
+            gas_used,
+            logs,
+            contract_address: contract,
+        })
+    }
+
+    async fn head(&self) -> Result<BlockInfo, LedgerError> {
+        let inner = self.lock();
+        Ok(BlockInfo {
+            number: inner.head.number,
+            timestamp: inner.head.timestamp,
+        })
+    }
+
+    async fn balance(&self, who: Address) -> Result<U256, LedgerError> {
+        Ok(self
+            .lock()
+            .db
+            .cache
+            .accounts
+            .get(&who)
+            .map(|a| a.info.balance)
+            .unwrap_or_default())
+    }
+
+    async fn logs(&self, filter: LogFilter) -> Result<Vec<LogRecord>, LedgerError> {
+        let inner = self.lock();
+        let mut stmt = inner.conn.prepare_cached(
+            "SELECT block, tx, address, topics, data FROM logs
+             WHERE block >= ?1 AND (?2 IS NULL OR address = ?2) AND (?3 IS NULL OR topic0 = ?3)
+             ORDER BY block, idx",
+        )?;
+        let rows = stmt.query_map(
+            params![
+                filter.from_block as i64,
+                filter.address.map(|a| a.to_vec()),
+                filter.topic0.map(|t| t.to_vec())
+            ],
+            |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, Vec<u8>>(1)?,
+                    r.get::<_, Vec<u8>>(2)?,
+                    r.get::<_, Vec<u8>>(3)?,
+                    r.get::<_, Vec<u8>>(4)?,
+                ))
+            },
+        )?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (block, tx, address, topics, data) = row?;
+            let topics = topics.chunks_exact(32).map(B256::from_slice).collect();
+            let log = Log::new(Address::from_slice(&address), topics, data.into())
+                .ok_or_else(|| LedgerError::Invalid("corrupt log in ledger store".into()))?;
+            out.push(LogRecord {
+                block: block as u64,
+                tx: B256::from_slice(&tx),
+                log,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn state_root(&self) -> Result<B256, LedgerError> {
+        Ok(self.lock().state_root())
+    }
+
+    async fn advance_time(&self, secs: u64) -> Result<(), LedgerError> {
+        let mut inner = self.lock();
+        inner.time_offset += secs;
+        let offset = inner.time_offset;
+        inner.conn.execute(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES ('time_offset', ?1)",
+            params![offset.to_be_bytes().to_vec()],
+        )?;
+        Ok(())
+    }
+}

@@ -1,0 +1,295 @@
+//! Any EVM JSON-RPC chain, through alloy.
+//!
+//! Transactions of one signer go out one at a time under that signer's lock, with nonces this
+//! process hands out. A transaction that was sent (or might have been: a transport error after
+//! sending) but is not mined within the wait is remembered as pending; the next send from that
+//! signer first looks for its receipt and refuses to go on while it is still out, so nothing is
+//! ever re-sent blindly or with a clashing nonce.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use alloy_network::{Ethereum, EthereumWallet, NetworkTransactionBuilder, TransactionBuilder};
+use alloy_primitives::{Address, B256, Bytes, TxKind, U256};
+use alloy_provider::{DynProvider, Provider, ProviderBuilder};
+use alloy_rpc_types_eth::{BlockNumberOrTag, Filter, TransactionReceipt, TransactionRequest};
+use alloy_signer_local::PrivateKeySigner;
+use async_trait::async_trait;
+
+use crate::{BlockInfo, Ledger, LedgerError, LogFilter, LogRecord, TxOutcome, TxRequest};
+
+/// A JSON-RPC chain.
+pub struct RpcLedger {
+    url: String,
+    provider: DynProvider<Ethereum>,
+    chain_id: u64,
+    wait: Duration,
+    signers: Mutex<HashMap<Address, Arc<tokio::sync::Mutex<SignerState>>>>,
+}
+
+#[derive(Default)]
+struct SignerState {
+    next_nonce: Option<u64>,
+    pending: Option<(B256, u64)>,
+}
+
+type RpcErr = alloy_json_rpc::RpcError<alloy_transport::TransportErrorKind>;
+
+fn rpc_error(e: RpcErr) -> LedgerError {
+    if let Some(resp) = e.as_error_resp()
+        && let Some(data) = resp.as_revert_data()
+    {
+        return LedgerError::Reverted {
+            reason: crate::contracts::decode_revert(&data),
+            data,
+        };
+    }
+    LedgerError::Rpc(e.to_string())
+}
+
+impl RpcLedger {
+    /// Connects to `url` and reads its chain id. `wait` bounds how long a send waits for its
+    /// receipt.
+    pub async fn connect(url: &str, wait: Duration) -> Result<Self, LedgerError> {
+        let parsed = url
+            .parse()
+            .map_err(|e| LedgerError::Invalid(format!("rpc url {url:?}: {e}")))?;
+        let provider = ProviderBuilder::new()
+            .disable_recommended_fillers()
+            .connect_http(parsed)
+            .erased();
+        let chain_id = provider.get_chain_id().await.map_err(rpc_error)?;
+        Ok(Self {
+            url: url.to_string(),
+            provider,
+            chain_id,
+            wait,
+            signers: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn state_for(&self, who: Address) -> Arc<tokio::sync::Mutex<SignerState>> {
+        self.signers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(who)
+            .or_default()
+            .clone()
+    }
+
+    async fn wait_receipt(&self, hash: B256) -> Result<Option<TransactionReceipt>, LedgerError> {
+        let deadline = tokio::time::Instant::now() + self.wait;
+        loop {
+            if let Some(r) = self
+                .provider
+                .get_transaction_receipt(hash)
+                .await
+                .map_err(rpc_error)?
+            {
+                return Ok(Some(r));
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(None);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Sets `who`'s native balance (anvil's `anvil_setBalance`; dev chains only).
+    pub async fn dev_set_balance(&self, who: Address, wei: U256) -> Result<(), LedgerError> {
+        let _: serde_json::Value = self
+            .provider
+            .raw_request("anvil_setBalance".into(), (who, wei))
+            .await
+            .map_err(|e| {
+                LedgerError::Unsupported(format!("anvil_setBalance (dev chains only): {e}"))
+            })?;
+        Ok(())
+    }
+
+    /// Blocks until the pending transaction of `who`, if any, is mined (within the wait).
+    pub async fn reconcile(&self, who: Address) -> Result<(), LedgerError> {
+        let state = self.state_for(who);
+        let mut st = state.lock().await;
+        self.reconcile_locked(&mut st).await
+    }
+
+    async fn reconcile_locked(&self, st: &mut SignerState) -> Result<(), LedgerError> {
+        if let Some((hash, nonce)) = st.pending {
+            match self.wait_receipt(hash).await? {
+                Some(_) => st.pending = None,
+                None => return Err(LedgerError::Pending { hash, nonce }),
+            }
+        }
+        Ok(())
+    }
+}
+
+fn outcome(r: TransactionReceipt) -> Result<TxOutcome, LedgerError> {
+    if !r.status() {
+        return Err(LedgerError::Reverted {
+            reason: format!("transaction {} was mined but reverted", r.transaction_hash),
+            data: Bytes::new(),
+        });
+    }
+    Ok(TxOutcome {
+        hash: r.transaction_hash,
+        block: r.block_number.unwrap_or_default(),
+        gas_used: r.gas_used,
+        logs: r.logs().iter().map(|l| l.inner.clone()).collect(),
+        contract_address: r.contract_address,
+    })
+}
+
+#[async_trait]
+impl Ledger for RpcLedger {
+    fn chain_id(&self) -> u64 {
+        self.chain_id
+    }
+
+    fn describe(&self) -> String {
+        format!("JSON-RPC chain {} at {}", self.chain_id, self.url)
+    }
+
+    async fn call(&self, to: Address, data: Bytes) -> Result<Bytes, LedgerError> {
+        let req = TransactionRequest::default().with_to(to).with_input(data);
+        self.provider.call(req).await.map_err(rpc_error)
+    }
+
+    async fn send(
+        &self,
+        signer: &PrivateKeySigner,
+        tx: TxRequest,
+    ) -> Result<TxOutcome, LedgerError> {
+        let from = signer.address();
+        let state = self.state_for(from);
+        let mut st = state.lock().await;
+        self.reconcile_locked(&mut st).await?;
+
+        let nonce = match st.next_nonce {
+            Some(n) => n,
+            None => self
+                .provider
+                .get_transaction_count(from)
+                .pending()
+                .await
+                .map_err(rpc_error)?,
+        };
+        let mut req = TransactionRequest::default()
+            .with_from(from)
+            .with_input(tx.data)
+            .with_value(tx.value)
+            .with_nonce(nonce)
+            .with_chain_id(self.chain_id);
+        req.to = Some(match tx.to {
+            Some(to) => TxKind::Call(to),
+            None => TxKind::Create,
+        });
+        let gas = self
+            .provider
+            .estimate_gas(req.clone())
+            .await
+            .map_err(rpc_error)?;
+        let fees = self
+            .provider
+            .estimate_eip1559_fees()
+            .await
+            .map_err(rpc_error)?;
+        // Headroom over the estimate: state can move between estimate and inclusion.
+        let req = req
+            .with_gas_limit(gas + gas / 5)
+            .with_max_fee_per_gas(fees.max_fee_per_gas)
+            .with_max_priority_fee_per_gas(fees.max_priority_fee_per_gas);
+        let wallet = EthereumWallet::from(signer.clone());
+        let envelope = req
+            .build(&wallet)
+            .await
+            .map_err(|e| LedgerError::Invalid(format!("building the transaction: {e}")))?;
+        let hash = *envelope.tx_hash();
+        let raw = alloy_eips::eip2718::Encodable2718::encoded_2718(&envelope);
+
+        // From here on the node may have it: remember it before sending.
+        st.pending = Some((hash, nonce));
+        match self.provider.send_raw_transaction(&raw).await {
+            Ok(_) => {}
+            Err(e) if e.is_error_resp() => {
+                // The node answered and refused it: it is not out there.
+                st.pending = None;
+                st.next_nonce = None;
+                return Err(rpc_error(e));
+            }
+            Err(_) => return Err(LedgerError::Pending { hash, nonce }),
+        }
+        st.next_nonce = Some(nonce + 1);
+        match self.wait_receipt(hash).await? {
+            Some(r) => {
+                st.pending = None;
+                outcome(r)
+            }
+            None => Err(LedgerError::Pending { hash, nonce }),
+        }
+    }
+
+    async fn head(&self) -> Result<BlockInfo, LedgerError> {
+        let block = self
+            .provider
+            .get_block_by_number(BlockNumberOrTag::Latest)
+            .await
+            .map_err(rpc_error)?
+            .ok_or_else(|| LedgerError::Rpc("no latest block".into()))?;
+        Ok(BlockInfo {
+            number: block.header.number,
+            timestamp: block.header.timestamp,
+        })
+    }
+
+    async fn balance(&self, who: Address) -> Result<U256, LedgerError> {
+        self.provider.get_balance(who).await.map_err(rpc_error)
+    }
+
+    async fn logs(&self, filter: LogFilter) -> Result<Vec<LogRecord>, LedgerError> {
+        let mut f = Filter::new().from_block(filter.from_block);
+        if let Some(a) = filter.address {
+            f = f.address(a);
+        }
+        if let Some(t) = filter.topic0 {
+            f = f.event_signature(t);
+        }
+        let logs = self.provider.get_logs(&f).await.map_err(rpc_error)?;
+        Ok(logs
+            .into_iter()
+            .map(|l| LogRecord {
+                block: l.block_number.unwrap_or_default(),
+                tx: l.transaction_hash.unwrap_or_default(),
+                log: l.inner,
+            })
+            .collect())
+    }
+
+    async fn state_root(&self) -> Result<B256, LedgerError> {
+        let block = self
+            .provider
+            .get_block_by_number(BlockNumberOrTag::Latest)
+            .await
+            .map_err(rpc_error)?
+            .ok_or_else(|| LedgerError::Rpc("no latest block".into()))?;
+        Ok(block.header.state_root)
+    }
+
+    async fn advance_time(&self, secs: u64) -> Result<(), LedgerError> {
+        let _: serde_json::Value = self
+            .provider
+            .raw_request("evm_increaseTime".into(), (secs,))
+            .await
+            .map_err(|e| {
+                LedgerError::Unsupported(format!("evm_increaseTime (dev chains only): {e}"))
+            })?;
+        let _: serde_json::Value = self
+            .provider
+            .raw_request("evm_mine".into(), ())
+            .await
+            .map_err(|e| LedgerError::Unsupported(format!("evm_mine (dev chains only): {e}")))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,193 @@
+//! Receipt batches as Merkle trees, laid out exactly like OpenZeppelin's `StandardMerkleTree`
+//! over one `bytes32` value per leaf (the receipt's EIP-712 signing hash), so the root and the
+//! proofs verify with OpenZeppelin's `MerkleProof` on chain and `@openzeppelin/merkle-tree` off it.
+//!
+//! Leaf = keccak256(keccak256(abi.encode(digest))); pairs hash sorted; leaves sorted by hash and
+//! stored at the end of a complete binary tree in an array (node i has children 2i+1, 2i+2).
+
+use std::collections::HashMap;
+
+use alloy_primitives::{B256, keccak256};
+
+/// OpenZeppelin's standard leaf of a `bytes32` value.
+pub fn leaf(digest: B256) -> B256 {
+    keccak256(keccak256(digest))
+}
+
+fn hash_pair(a: B256, b: B256) -> B256 {
+    let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
+    let mut buf = [0u8; 64];
+    buf[..32].copy_from_slice(lo.as_slice());
+    buf[32..].copy_from_slice(hi.as_slice());
+    keccak256(buf)
+}
+
+/// A built tree over receipt digests.
+#[derive(Clone, Debug)]
+pub struct ReceiptTree {
+    nodes: Vec<B256>,
+    /// digest → position of its leaf in `nodes`.
+    index: HashMap<B256, usize>,
+}
+
+/// Why a tree cannot be built.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TreeError {
+    /// No receipts.
+    #[error("a batch needs at least one receipt")]
+    Empty,
+    /// The same receipt twice.
+    #[error("receipt {0} appears twice in the batch")]
+    Duplicate(B256),
+}
+
+impl ReceiptTree {
+    /// Builds the tree over `digests` (any order; duplicates refused).
+    pub fn new(digests: &[B256]) -> Result<Self, TreeError> {
+        if digests.is_empty() {
+            return Err(TreeError::Empty);
+        }
+        let mut leaves: Vec<(B256, B256)> = digests.iter().map(|d| (leaf(*d), *d)).collect();
+        leaves.sort_by(|a, b| a.0.cmp(&b.0));
+        let n = leaves.len();
+        let mut nodes = vec![B256::ZERO; 2 * n - 1];
+        let mut index = HashMap::with_capacity(n);
+        for (i, (l, d)) in leaves.iter().enumerate() {
+            let pos = nodes.len() - 1 - i;
+            nodes[pos] = *l;
+            if index.insert(*d, pos).is_some() {
+                return Err(TreeError::Duplicate(*d));
+            }
+        }
+        for i in (0..nodes.len() - n).rev() {
+            nodes[i] = hash_pair(nodes[2 * i + 1], nodes[2 * i + 2]);
+        }
+        Ok(Self { nodes, index })
+    }
+
+    /// The root submitted on chain.
+    pub fn root(&self) -> B256 {
+        self.nodes[0]
+    }
+
+    /// Number of receipts.
+    pub fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    /// Never true: a tree has at least one leaf.
+    pub fn is_empty(&self) -> bool {
+        self.index.is_empty()
+    }
+
+    /// The sibling path from `digest`'s leaf to the root, or `None` if it is not in the tree.
+    pub fn proof(&self, digest: B256) -> Option<Vec<B256>> {
+        let mut i = *self.index.get(&digest)?;
+        let mut proof = Vec::new();
+        while i > 0 {
+            let sibling = if i % 2 == 1 { i + 1 } else { i - 1 };
+            proof.push(self.nodes[sibling]);
+            i = (i - 1) / 2;
+        }
+        Some(proof)
+    }
+}
+
+/// Checks `proof` for `digest` against `root` (what `MerkleProof.verify` does on chain).
+pub fn verify(root: B256, digest: B256, proof: &[B256]) -> bool {
+    proof.iter().fold(leaf(digest), |acc, p| hash_pair(acc, *p)) == root
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn digests(n: usize) -> Vec<B256> {
+        (0..n).map(|i| keccak256(format!("receipt {i}"))).collect()
+    }
+
+    #[test]
+    fn every_proof_verifies_and_nothing_else_does() {
+        for n in [1, 2, 3, 4, 5, 7, 8, 33, 100] {
+            let ds = digests(n);
+            let tree = ReceiptTree::new(&ds).unwrap();
+            assert_eq!(tree.len(), n);
+            for d in &ds {
+                let p = tree.proof(*d).unwrap();
+                assert!(verify(tree.root(), *d, &p), "n={n}");
+                assert!(!verify(tree.root(), keccak256(d), &p));
+                if let Some(first) = p.first() {
+                    let mut bad = p.clone();
+                    bad[0] = keccak256(first);
+                    assert!(!verify(tree.root(), *d, &bad));
+                }
+            }
+            assert!(tree.proof(keccak256("not in the batch")).is_none());
+        }
+    }
+
+    #[test]
+    fn order_of_input_does_not_matter_and_duplicates_are_refused() {
+        let mut ds = digests(9);
+        let a = ReceiptTree::new(&ds).unwrap().root();
+        ds.reverse();
+        assert_eq!(ReceiptTree::new(&ds).unwrap().root(), a);
+        ds.push(ds[0]);
+        assert_eq!(
+            ReceiptTree::new(&ds).unwrap_err(),
+            TreeError::Duplicate(ds[0])
+        );
+        assert_eq!(ReceiptTree::new(&[]).unwrap_err(), TreeError::Empty);
+    }
+
+    #[test]
+    fn single_leaf_root_is_the_leaf() {
+        let d = digests(1)[0];
+        let t = ReceiptTree::new(&[d]).unwrap();
+        assert_eq!(t.root(), leaf(d));
+        assert!(t.proof(d).unwrap().is_empty());
+    }
+
+    /// Cross-checks against `@openzeppelin/merkle-tree` when the npm tools are installed
+    /// (scripts/npm-deps.sh exports CAIRN_NODE_MODULES; required in CI).
+    #[test]
+    fn matches_openzeppelin_merkle_tree() {
+        let Ok(modules) = std::env::var("CAIRN_NODE_MODULES") else {
+            assert!(
+                std::env::var_os("CAIRN_TEST_REQUIRE_SERVICES").is_none(),
+                "CAIRN_NODE_MODULES is required"
+            );
+            eprintln!("skipped: CAIRN_NODE_MODULES not set");
+            return;
+        };
+        let ds = digests(13);
+        let values: Vec<String> = ds.iter().map(|d| format!("[\"{d}\"]")).collect();
+        let script = format!(
+            "const {{StandardMerkleTree}} = require('{modules}/@openzeppelin/merkle-tree');
+             const t = StandardMerkleTree.of([{}], ['bytes32']);
+             console.log(JSON.stringify({{root: t.root, proof: t.getProof(0)}}));",
+            values.join(",")
+        );
+        let out = std::process::Command::new("node")
+            .arg("-e")
+            .arg(script)
+            .output()
+            .expect("node runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let tree = ReceiptTree::new(&ds).unwrap();
+        assert_eq!(v["root"].as_str().unwrap(), tree.root().to_string());
+        let proof: Vec<String> = tree
+            .proof(ds[0])
+            .unwrap()
+            .iter()
+            .map(|p| p.to_string())
+            .collect();
+        let theirs: Vec<String> = serde_json::from_value(v["proof"].clone()).unwrap();
+        assert_eq!(theirs, proof);
+    }
+}

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Installs the pinned npm tools (contracts/package-lock.json: solc-js, OpenZeppelin, anvil) into a
+# cache dir outside the clone, keyed by the lockfile. Source it: it exports CAIRN_NODE_MODULES and
+# CAIRN_ANVIL. `--ignore-scripts`: nothing runs at install time.
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+export CAIRN_CACHE_DIR="${CAIRN_CACHE_DIR:-$HOME/.cache/cairn}"
+lock="$here/../contracts/package-lock.json"
+npm_stamp="$(sha256sum "$lock" | cut -c1-16)"
+npm_dir="$CAIRN_CACHE_DIR/npm-$npm_stamp"
+if [ ! -f "$npm_dir/.complete" ]; then
+  echo "npm-deps: installing into $npm_dir" >&2
+  rm -rf "$npm_dir"
+  mkdir -p "$npm_dir"
+  cp "$here/../contracts/package.json" "$lock" "$npm_dir/"
+  (cd "$npm_dir" && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error >&2)
+  touch "$npm_dir/.complete"
+fi
+export CAIRN_NODE_MODULES="$npm_dir/node_modules"
+export CAIRN_ANVIL="$CAIRN_NODE_MODULES/@foundry-rs/anvil-linux-amd64/bin/anvil"
