@@ -56,6 +56,33 @@ fn create(path: &Path) -> anyhow::Result<PrivateKeySigner> {
     Ok(signer)
 }
 
+/// Writes `signer`'s key to `path` (mode 0600) unless that file already holds it.
+pub fn write(path: &Path, signer: &PrivateKeySigner) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Ok(existing) = load_or_create_existing(path)
+        && existing.address() == signer.address()
+    {
+        return Ok(());
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let _ = std::fs::remove_file(path);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating key file {}", path.display()))?;
+    writeln!(file, "0x{}", alloy_primitives_hex(&signer.to_bytes().0))?;
+    file.sync_all()?;
+    Ok(())
+}
+
+fn load_or_create_existing(path: &Path) -> anyhow::Result<PrivateKeySigner> {
+    parse(std::fs::read_to_string(path)?.trim())
+}
+
 fn alloy_primitives_hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

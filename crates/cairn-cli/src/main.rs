@@ -1,6 +1,7 @@
 //! `cairn`: the one binary. `cairn devnet` runs the network on embedded defaults; each role also
 //! runs alone (`cairn hub serve`), and the client commands talk to a running hub.
 
+mod chain_cmd;
 mod keyfile;
 mod node_cmd;
 
@@ -40,6 +41,18 @@ enum Command {
         node_listen: SocketAddr,
         #[command(flatten)]
         engine: node_cmd::EngineArgs,
+        /// Chain id of the embedded chain (fixed when the data dir is first created).
+        #[arg(long, default_value_t = 31337)]
+        chain_id: u64,
+        /// Price per inference in token units (cUSD has 6 decimals: 1000 = 0.001).
+        #[arg(long, default_value = "1000")]
+        price: alloy_primitives::U256,
+        /// Seal a receipt batch once the oldest waiting receipt is this many seconds old.
+        #[arg(long, default_value_t = 5)]
+        batch_max_age_secs: u64,
+        /// Challenge window of batches in seconds (fixed when the chain is first deployed).
+        #[arg(long, default_value_t = 10)]
+        challenge_window: u64,
     },
     /// The inference node.
     #[command(subcommand)]
@@ -73,6 +86,27 @@ enum Command {
     /// Your signing key.
     #[command(subcommand)]
     Key(KeyCommand),
+    /// The settlement contracts: deploy, inspect, register.
+    #[command(subcommand)]
+    Chain(chain_cmd::ChainCommand),
+    /// A verifier: co-signs the batches whose receipts hold up.
+    #[command(subcommand)]
+    Verifier(VerifierCommand),
+}
+
+#[derive(Subcommand)]
+enum VerifierCommand {
+    /// Watch a deployment and co-sign batches.
+    Run {
+        #[command(flatten)]
+        chain: chain_cmd::ChainArgs,
+        /// The verifier's key file (registered with `cairn chain register --role verifier`).
+        #[arg(long)]
+        key: PathBuf,
+        /// Milliseconds between passes.
+        #[arg(long, default_value_t = 1_000)]
+        tick_ms: u64,
+    },
 }
 
 #[derive(Args, Clone)]
@@ -266,7 +300,10 @@ fn main() -> std::process::ExitCode {
     }
     let serving = matches!(
         cli.command,
-        Command::Devnet { .. } | Command::Hub(HubCommand::Serve { .. }) | Command::Node(_)
+        Command::Devnet { .. }
+            | Command::Hub(HubCommand::Serve { .. })
+            | Command::Node(_)
+            | Command::Verifier(_)
     );
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         if serving {
@@ -300,7 +337,25 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             listen,
             node_listen,
             engine,
-        } => devnet(data_dir, listen, node_listen, engine).await,
+            chain_id,
+            price,
+            batch_max_age_secs,
+            challenge_window,
+        } => {
+            devnet(
+                data_dir,
+                listen,
+                node_listen,
+                engine,
+                DevnetChain {
+                    chain_id,
+                    price,
+                    batch_max_age_secs,
+                    challenge_window,
+                },
+            )
+            .await
+        }
         Command::Hub(cmd) => hub(cmd).await,
         Command::Node(NodeCommand::Serve(args)) => node_cmd::serve(args).await,
         Command::Infer {
@@ -334,6 +389,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .join("models");
             node_cmd::reexec(&receipt, &input, output.as_deref(), &hub, &cache).await
         }
+        Command::Chain(cmd) => chain_cmd::run(cmd).await,
+        Command::Verifier(VerifierCommand::Run {
+            chain,
+            key,
+            tick_ms,
+        }) => chain_cmd::verifier(chain, &key, std::time::Duration::from_millis(tick_ms)).await,
         Command::Key(KeyCommand::Address { key }) => {
             println!(
                 "{}",
@@ -365,11 +426,20 @@ async fn serve_hub(
     Ok((listener, state))
 }
 
+/// The devnet's chain settings.
+struct DevnetChain {
+    chain_id: u64,
+    price: alloy_primitives::U256,
+    batch_max_age_secs: u64,
+    challenge_window: u64,
+}
+
 async fn devnet(
     data_dir: Option<PathBuf>,
     listen: SocketAddr,
     node_listen: SocketAddr,
     engine: node_cmd::EngineArgs,
+    c: DevnetChain,
 ) -> anyhow::Result<()> {
     let data_dir = data_dir.unwrap_or_else(|| {
         dirs::data_dir()
@@ -395,17 +465,29 @@ async fn devnet(
     let demo = publish_demo(&url, &data_dir)
         .await
         .context("publishing the demo model")?;
+    let chain = chain_cmd::devnet_chain(&data_dir, c.chain_id, c.challenge_window).await?;
+    let node_key = data_dir.join("chain").join("node.key");
+    keyfile::write(&node_key, &cairn_ledger::dev_signer(chain_cmd::DEVNET_NODE))?;
     let node_args = node_cmd::NodeServeArgs {
         listen: node_listen,
         hub: url.clone(),
         engine,
+        key: Some(node_key),
+        price: c.price,
+        batch_max_age_secs: c.batch_max_age_secs,
         ..node_cmd::NodeServeArgs::defaults()?
     };
-    let node_state = node_cmd::open_node(&node_args, &data_dir.join("node")).await?;
     let node_listener = cairn_node::bind(node_listen)
         .await
         .with_context(|| format!("binding {node_listen}"))?;
     let node_url = format!("http://{}", node_listener.local_addr()?);
+    chain_cmd::devnet_register_node(&chain, &node_url).await?;
+    let node_state =
+        node_cmd::open_node(&node_args, &data_dir.join("node"), Some(chain.clone())).await?;
+    for i in chain_cmd::DEVNET_VERIFIERS {
+        let v = cairn_verifier::BatchVerifier::new(chain.clone(), cairn_ledger::dev_signer(i));
+        tokio::spawn(v.run(std::time::Duration::from_millis(500)));
+    }
     println!("Cairn devnet");
     println!("  data dir: {}", data_dir.display());
     println!("  hub:      {url}");
@@ -414,6 +496,8 @@ async fn devnet(
     println!("  node key: {}", node_state.address());
     println!("  profile:  {}", node_state.profile());
     println!("  demo:     digits@1.0 = {demo}");
+    println!("  price:    {} token units per inference", c.price);
+    chain_cmd::print_devnet(&chain).await?;
     println!(
         "Try: cairn infer digits@1.0 --input examples/digit.json --node {node_url} --receipt-out receipt.json"
     );

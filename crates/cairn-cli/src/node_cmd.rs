@@ -95,6 +95,16 @@ pub struct NodeServeArgs {
     /// Inferences running at once (default: CPU count).
     #[arg(long)]
     pub workers: Option<usize>,
+    /// Settle receipts on this chain (with --deployment; the receipt domain then comes from the
+    /// deployment and --chain-id/--verifying-contract are ignored).
+    #[command(flatten)]
+    pub chain: crate::chain_cmd::ChainArgs,
+    /// Seal a receipt batch once this many receipts wait.
+    #[arg(long, default_value_t = 1_000)]
+    pub batch_max_receipts: usize,
+    /// Seal whatever waits once the oldest receipt is this many seconds old.
+    #[arg(long, default_value_t = 60)]
+    pub batch_max_age_secs: u64,
 }
 
 impl NodeServeArgs {
@@ -147,6 +157,7 @@ pub fn wanted_isa_env(tier: &str) -> anyhow::Result<Option<String>> {
 pub async fn open_node(
     args: &NodeServeArgs,
     data_dir: &Path,
+    chain: Option<cairn_ledger::Chain>,
 ) -> anyhow::Result<cairn_node::NodeState> {
     let key_path = args
         .key
@@ -162,20 +173,36 @@ pub async fn open_node(
         workers: args.workers.unwrap_or_else(|| Limits::default().workers),
     };
     let engine = engine(&args.engine, limits.workers)?;
+    let domain = match &chain {
+        Some(c) => ReceiptDomain {
+            chain_id: c.deployment().chain_id,
+            verifying_contract: c.deployment().settlement,
+        },
+        None => ReceiptDomain {
+            chain_id: args.chain_id,
+            verifying_contract: args.verifying_contract,
+        },
+    };
+    let settlement = chain.map(|chain| cairn_node::SettlementConfig {
+        chain,
+        policy: cairn_node::BatchPolicy {
+            max_receipts: args.batch_max_receipts.max(1),
+            max_age: Duration::from_secs(args.batch_max_age_secs),
+            tick: Duration::from_millis(500),
+        },
+    });
     let state = cairn_node::open(NodeConfig {
         data_dir: data_dir.to_owned(),
         hub_url: args.hub.clone(),
         key,
         engine,
-        domain: ReceiptDomain {
-            chain_id: args.chain_id,
-            verifying_contract: args.verifying_contract,
-        },
+        domain,
         price: args.price,
         limits,
         cache_bytes: args.cache_bytes,
         retention: Duration::from_secs(args.retention_secs),
         fsync_receipts: args.fsync_receipts,
+        settlement,
     })
     .await?;
     Ok(state)
@@ -189,7 +216,11 @@ pub async fn serve(args: NodeServeArgs) -> anyhow::Result<()> {
             .join("cairn")
             .join("node")
     });
-    let state = open_node(&args, &data_dir).await?;
+    let chain = match (&args.chain.rpc, &args.chain.deployment) {
+        (None, None) => None,
+        _ => Some(args.chain.connect().await?),
+    };
+    let state = open_node(&args, &data_dir, chain).await?;
     let listener = cairn_node::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;

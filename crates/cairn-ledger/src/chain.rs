@@ -35,6 +35,11 @@ sol! {
     }
 }
 
+/// Token amounts as decimal strings in JSON (alloy's default is hex).
+fn decimal<S: serde::Serializer>(v: &U256, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&v.to_string())
+}
+
 /// A registry role.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -60,7 +65,9 @@ pub struct NodeInfo {
     pub role: Option<Role>,
     pub enabled: bool,
     pub endpoint: String,
+    #[serde(serialize_with = "decimal")]
     pub stake: U256,
+    #[serde(serialize_with = "decimal")]
     pub unbonding: U256,
     pub last_heartbeat: u64,
     pub active: bool,
@@ -85,6 +92,7 @@ pub struct BatchInfo {
     pub node: Address,
     pub root: B256,
     pub count: u32,
+    #[serde(serialize_with = "decimal")]
     pub fees: U256,
     pub submitted_at: u64,
     pub attested_at: u64,
@@ -243,6 +251,22 @@ impl Chain {
                 stake,
                 attestationDigest: B256::ZERO,
                 measurement: B256::ZERO,
+            },
+        )
+        .await
+    }
+
+    /// Updates where the signer's node is reached.
+    pub async fn set_endpoint(
+        &self,
+        signer: &PrivateKeySigner,
+        endpoint: &str,
+    ) -> Result<TxOutcome, LedgerError> {
+        self.exec(
+            signer,
+            self.deployment.registry,
+            NodeRegistry::setEndpointCall {
+                endpoint: endpoint.into(),
             },
         )
         .await
@@ -498,6 +522,41 @@ impl Chain {
             },
         )
         .await
+    }
+
+    /// Verifier signatures a batch needs.
+    pub async fn quorum(&self) -> Result<u16, LedgerError> {
+        self.view(
+            self.deployment.settlement,
+            Settlement::verifierQuorumCall {},
+        )
+        .await
+    }
+
+    /// Whether `who` is an active node of `role`.
+    pub async fn is_active(&self, who: Address, role: Role) -> Result<bool, LedgerError> {
+        self.view(
+            self.deployment.registry,
+            NodeRegistry::isActiveCall {
+                node: who,
+                role: role.code(),
+            },
+        )
+        .await
+    }
+
+    /// Recovers who signed `signature` over batch `batch`'s attestation.
+    pub fn attestation_signer(
+        &self,
+        batch: &BatchInfo,
+        signature: &Signature,
+    ) -> Result<Address, LedgerError> {
+        let hash = self
+            .attestation(batch)
+            .eip712_signing_hash(&self.settlement_domain());
+        signature
+            .recover_address_from_prehash(&hash)
+            .map_err(|e| LedgerError::Invalid(format!("unrecoverable signature: {e}")))
     }
 
     pub async fn challenge_window(&self) -> Result<u64, LedgerError> {

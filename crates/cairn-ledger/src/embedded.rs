@@ -34,6 +34,9 @@ pub struct EmbeddedLedger {
     chain_id: u64,
     path: PathBuf,
     inner: Mutex<Inner>,
+    /// Held for the writer's lifetime: one process writes a chain, or the in-memory states of
+    /// two writers would drift apart. `None` for a read-only view.
+    _lock: Option<std::fs::File>,
 }
 
 struct Inner {
@@ -90,6 +93,37 @@ impl EmbeddedLedger {
             std::fs::create_dir_all(dir)
                 .map_err(|e| LedgerError::Invalid(format!("{}: {e}", dir.display())))?;
         }
+        let lock_path = path.with_extension("lock");
+        let lock = std::fs::File::create(&lock_path)
+            .map_err(|e| LedgerError::Invalid(format!("{}: {e}", lock_path.display())))?;
+        if lock.try_lock().is_err() {
+            return Err(LedgerError::Invalid(format!(
+                "{} is in use by another process (a running devnet?); stop it, or read it with `cairn chain status`",
+                path.display()
+            )));
+        }
+        let mut ledger = Self::open_inner(path, chain_id, genesis)?;
+        ledger._lock = Some(lock);
+        Ok(ledger)
+    }
+
+    /// A read-only view of a chain another process may be writing (WAL snapshot at open).
+    /// Sends fail with [`LedgerError::Unsupported`].
+    pub fn open_read_only(path: &Path, chain_id: u64) -> Result<Self, LedgerError> {
+        if !path.exists() {
+            return Err(LedgerError::Invalid(format!(
+                "no embedded chain at {}",
+                path.display()
+            )));
+        }
+        Self::open_inner(path, chain_id, &[])
+    }
+
+    fn open_inner(
+        path: &Path,
+        chain_id: u64,
+        genesis: &[(Address, U256)],
+    ) -> Result<Self, LedgerError> {
         let conn = Connection::open(path)?;
         conn.execute_batch(SCHEMA)?;
         // WAL + NORMAL: a committed block survives a process kill; only an OS crash can cost the
@@ -121,7 +155,18 @@ impl EmbeddedLedger {
             chain_id,
             path: path.to_path_buf(),
             inner: Mutex::new(inner),
+            _lock: None,
         })
+    }
+
+    fn writable(&self) -> Result<(), LedgerError> {
+        if self._lock.is_none() {
+            return Err(LedgerError::Unsupported(format!(
+                "{} is open read-only",
+                self.path.display()
+            )));
+        }
+        Ok(())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -519,6 +564,7 @@ impl Ledger for EmbeddedLedger {
         signer: &PrivateKeySigner,
         tx: TxRequest,
     ) -> Result<TxOutcome, LedgerError> {
+        self.writable()?;
         let sender = signer.address();
         if signer.chain_id().is_some_and(|id| id != self.chain_id) {
             return Err(LedgerError::Invalid(format!(
@@ -623,6 +669,7 @@ impl Ledger for EmbeddedLedger {
     }
 
     async fn advance_time(&self, secs: u64) -> Result<(), LedgerError> {
+        self.writable()?;
         let mut inner = self.lock();
         inner.time_offset += secs;
         let offset = inner.time_offset;

@@ -61,6 +61,12 @@ pub enum NodeError {
     /// No such endpoint.
     #[error("{0}")]
     NotFound(String),
+    /// An attestation whose signer is not an active verifier (or unrecoverable).
+    #[error("{0}")]
+    NotAVerifier(String),
+    /// The chain could not be reached or refused a read.
+    #[error("{0}")]
+    ChainUnavailable(String),
     /// Something on the node's side.
     #[error("{0}")]
     Internal(String),
@@ -89,6 +95,8 @@ impl NodeError {
             E::ReceiptNotFound(_) => "receipt_not_found",
             E::HubUnavailable(_) => "hub_unavailable",
             E::NotFound(_) => "not_found",
+            E::NotAVerifier(_) => "not_a_verifier",
+            E::ChainUnavailable(_) => "chain_unavailable",
             E::Internal(_) => "internal",
         }
     }
@@ -111,7 +119,8 @@ impl NodeError {
             E::InvalidModel(_) | E::ModelFailed(_) => StatusCode::UNPROCESSABLE_ENTITY,
             E::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
             E::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            E::HubUnavailable(_) => StatusCode::BAD_GATEWAY,
+            E::HubUnavailable(_) | E::ChainUnavailable(_) => StatusCode::BAD_GATEWAY,
+            E::NotAVerifier(_) => StatusCode::FORBIDDEN,
             E::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

@@ -16,6 +16,7 @@ use alloy_signer_local::PrivateKeySigner;
 use cairn_engine::Engine;
 use cairn_receipt::ReceiptDomain;
 
+pub mod batcher;
 pub mod cache;
 pub mod client;
 pub mod error;
@@ -24,6 +25,7 @@ pub mod log;
 pub mod safetensors_io;
 mod server;
 
+pub use batcher::{BatchPolicy, SettlementConfig};
 pub use client::{InferOutcome, NodeClient};
 pub use error::NodeError;
 pub use server::{NodeState, router};
@@ -81,6 +83,8 @@ pub struct NodeConfig {
     /// Wait for the disk on every receipt-log commit (power-loss durable, slower); otherwise a
     /// committed receipt survives the process but not the machine losing power.
     pub fsync_receipts: bool,
+    /// Where receipts are settled; `None` keeps them local (no batches).
+    pub settlement: Option<batcher::SettlementConfig>,
 }
 
 /// Opens the node's state (cache dir, receipt log).

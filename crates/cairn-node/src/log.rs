@@ -30,6 +30,10 @@ pub struct Entry {
     pub input: Vec<u8>,
     /// Outputs as safetensors.
     pub output: Vec<u8>,
+    /// The receipt's EIP-712 signing hash (its Merkle leaf value).
+    pub digest: [u8; 32],
+    /// The receipt's price, decimal.
+    pub price: String,
 }
 
 /// A stored receipt as served back.
@@ -40,6 +44,23 @@ pub struct Stored {
     pub created_at: i64,
     /// Whether the payloads are still kept.
     pub payloads: bool,
+    /// The batch it was committed in, once sealed.
+    pub batch: Option<BatchRef>,
+}
+
+/// Where a receipt sits in a batch.
+#[derive(Clone, Debug)]
+pub struct BatchRef {
+    /// The batch's id on chain, once submitted.
+    pub chain_batch: Option<u64>,
+    /// Merkle root.
+    pub root: [u8; 32],
+    /// Sibling path of the receipt's leaf.
+    pub proof: Vec<[u8; 32]>,
+    /// Local state: sealed, submitted, finalized, voided.
+    pub status: String,
+    /// The submitting transaction.
+    pub tx: Option<[u8; 32]>,
 }
 
 type Job = (Entry, oneshot::Sender<Result<(), String>>);
@@ -62,7 +83,54 @@ CREATE TABLE IF NOT EXISTS receipts (
     output BLOB
 );
 CREATE INDEX IF NOT EXISTS receipts_created_at ON receipts (created_at);
+CREATE TABLE IF NOT EXISTS batches (
+    local INTEGER PRIMARY KEY AUTOINCREMENT,
+    root BLOB NOT NULL UNIQUE,
+    count INTEGER NOT NULL,
+    fees TEXT NOT NULL,
+    status TEXT NOT NULL,
+    chain_batch INTEGER,
+    tx BLOB,
+    sealed_at INTEGER NOT NULL
+);
 ";
+
+/// Verifiers' signatures collected for a batch, until the batch is attested on chain.
+const ATTESTATIONS: &str = "
+CREATE TABLE IF NOT EXISTS attestations (
+    chain_batch INTEGER NOT NULL,
+    signer BLOB NOT NULL,
+    signature BLOB NOT NULL,
+    PRIMARY KEY (chain_batch, signer)
+) WITHOUT ROWID;
+";
+
+/// Columns added after the first release; added in place to an older log.
+const MIGRATIONS: [(&str, &str); 4] = [
+    ("digest", "ALTER TABLE receipts ADD COLUMN digest BLOB"),
+    ("price", "ALTER TABLE receipts ADD COLUMN price TEXT"),
+    ("batch", "ALTER TABLE receipts ADD COLUMN batch INTEGER"),
+    ("proof", "ALTER TABLE receipts ADD COLUMN proof BLOB"),
+];
+
+fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    let mut have = Vec::new();
+    {
+        let mut stmt = conn.prepare("SELECT name FROM pragma_table_info('receipts')")?;
+        for name in stmt.query_map([], |r| r.get::<_, String>(0))? {
+            have.push(name?);
+        }
+    }
+    for (column, sql) in MIGRATIONS {
+        if !have.iter().any(|h| h == column) {
+            conn.execute(sql, [])?;
+        }
+    }
+    conn.execute_batch(
+        "CREATE INDEX IF NOT EXISTS receipts_unbatched ON receipts (created_at) WHERE batch IS NULL;
+         CREATE INDEX IF NOT EXISTS receipts_by_batch ON receipts (batch);",
+    )
+}
 
 fn internal(e: impl std::fmt::Display) -> NodeError {
     NodeError::Internal(format!("receipt log: {e}"))
@@ -91,6 +159,8 @@ impl ReceiptLog {
         )
         .map_err(internal)?;
         conn.execute_batch(SCHEMA).map_err(internal)?;
+        migrate(&conn).map_err(internal)?;
+        conn.execute_batch(ATTESTATIONS).map_err(internal)?;
         let (tx, rx) = mpsc::sync_channel(4096);
         std::thread::Builder::new()
             .name("cairn-receipt-log".into())
@@ -137,13 +207,32 @@ impl ReceiptLog {
         let id = id.to_owned();
         self.read(move |c| {
             c.query_row(
-                "SELECT receipt, created_at, input IS NOT NULL FROM receipts WHERE id = ?1",
+                "SELECT r.receipt, r.created_at, r.input IS NOT NULL, r.proof, b.root, b.status,
+                        b.chain_batch, b.tx
+                 FROM receipts r LEFT JOIN batches b ON b.local = r.batch WHERE r.id = ?1",
                 params![id],
                 |r| {
+                    let root: Option<Vec<u8>> = r.get(4)?;
+                    let batch = match root {
+                        Some(root) => Some(BatchRef {
+                            root: to32(&root),
+                            proof: r
+                                .get::<_, Option<Vec<u8>>>(3)?
+                                .unwrap_or_default()
+                                .chunks_exact(32)
+                                .map(to32)
+                                .collect(),
+                            status: r.get(5)?,
+                            chain_batch: r.get::<_, Option<i64>>(6)?.map(|n| n as u64),
+                            tx: r.get::<_, Option<Vec<u8>>>(7)?.map(|t| to32(&t)),
+                        }),
+                        None => None,
+                    };
                     Ok(Stored {
                         receipt: r.get(0)?,
                         created_at: r.get(1)?,
                         payloads: r.get(2)?,
+                        batch,
                     })
                 },
             )
@@ -168,11 +257,101 @@ impl ReceiptLog {
         .await
     }
 
+    /// The receipts (JSON, in leaf order of nothing in particular) of a batch by its on-chain id.
+    pub async fn batch_receipts(
+        &self,
+        chain_batch: u64,
+    ) -> Result<Option<BatchListing>, NodeError> {
+        self.read(move |c| {
+            let head = c
+                .query_row(
+                    "SELECT local, root, count, fees, status, tx FROM batches WHERE chain_batch = ?1",
+                    params![chain_batch as i64],
+                    |r| {
+                        Ok((
+                            r.get::<_, i64>(0)?,
+                            r.get::<_, Vec<u8>>(1)?,
+                            r.get::<_, i64>(2)?,
+                            r.get::<_, String>(3)?,
+                            r.get::<_, String>(4)?,
+                            r.get::<_, Option<Vec<u8>>>(5)?,
+                        ))
+                    },
+                )
+                .optional()?;
+            let Some((local, root, count, fees, status, tx)) = head else {
+                return Ok(None);
+            };
+            let mut stmt = c.prepare_cached("SELECT receipt FROM receipts WHERE batch = ?1 ORDER BY id")?;
+            let receipts = stmt
+                .query_map(params![local], |r| r.get::<_, String>(0))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(Some(BatchListing {
+                chain_batch,
+                root: to32(&root),
+                count: count as u64,
+                fees,
+                status,
+                tx: tx.map(|t| to32(&t)),
+                receipts,
+            }))
+        })
+        .await
+    }
+
+    /// Records a verifier's attestation signature for an on-chain batch; returns how many
+    /// distinct signers the batch now has.
+    pub async fn add_attestation(
+        &self,
+        chain_batch: u64,
+        signer: [u8; 20],
+        signature: Vec<u8>,
+    ) -> Result<u64, NodeError> {
+        // Writes go through the reader connection: rare, tiny, and SQLite serializes them.
+        self.read(move |c| {
+            c.execute(
+                "INSERT OR REPLACE INTO attestations (chain_batch, signer, signature) VALUES (?1, ?2, ?3)",
+                params![chain_batch as i64, signer.as_slice(), signature],
+            )?;
+            c.query_row(
+                "SELECT COUNT(*) FROM attestations WHERE chain_batch = ?1",
+                params![chain_batch as i64],
+                |r| r.get::<_, i64>(0).map(|n| n as u64),
+            )
+        })
+        .await
+    }
+
     /// Number of receipts.
     pub async fn count(&self) -> Result<i64, NodeError> {
         self.read(|c| c.query_row("SELECT COUNT(*) FROM receipts", [], |r| r.get(0)))
             .await
     }
+}
+
+/// A submitted batch with its receipts.
+pub struct BatchListing {
+    /// On-chain batch id.
+    pub chain_batch: u64,
+    /// Merkle root.
+    pub root: [u8; 32],
+    /// Receipts in it.
+    pub count: u64,
+    /// Sum of their prices, decimal.
+    pub fees: String,
+    /// Local state.
+    pub status: String,
+    /// The submitting transaction.
+    pub tx: Option<[u8; 32]>,
+    /// Each receipt's JSON.
+    pub receipts: Vec<String>,
+}
+
+fn to32(b: &[u8]) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    let n = b.len().min(32);
+    out[..n].copy_from_slice(&b[..n]);
+    out
 }
 
 /// The writer thread: commits whatever has queued (up to 512 entries) in one transaction, and
@@ -219,7 +398,7 @@ fn commit(conn: &mut Connection, batch: &[Job]) -> rusqlite::Result<()> {
     let tx = conn.transaction()?;
     {
         let mut stmt = tx.prepare_cached(
-            "INSERT INTO receipts (id, created_at, model, receipt, input, output) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            "INSERT INTO receipts (id, created_at, model, receipt, input, output, digest, price) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         )?;
         for (e, _) in batch {
             stmt.execute(params![
@@ -228,7 +407,9 @@ fn commit(conn: &mut Connection, batch: &[Job]) -> rusqlite::Result<()> {
                 e.model,
                 e.receipt,
                 e.input,
-                e.output
+                e.output,
+                e.digest.as_slice(),
+                e.price
             ])?;
         }
     }
@@ -256,6 +437,8 @@ mod tests {
             receipt: "{}".into(),
             input: vec![1],
             output: vec![2],
+            digest: [7; 32],
+            price: "0".into(),
         };
         log.append(entry("a")).await.unwrap();
         assert!(log.append(entry("a")).await.is_err());

@@ -33,6 +33,9 @@ pub struct NodeState(Arc<Inner>);
 struct Inner {
     cache: ModelCache,
     log: ReceiptLog,
+    /// What `/v1/node` says about settlement (`None`: receipts stay local).
+    settlement: Option<Value>,
+    chain: Option<cairn_ledger::Chain>,
     key: PrivateKeySigner,
     domain: ReceiptDomain,
     price: U256,
@@ -49,15 +52,35 @@ pub(crate) async fn open(c: NodeConfig) -> Result<NodeState, NodeError> {
     let hub = cairn_hub::HubClient::new(&c.hub_url, None)
         .map_err(|e| NodeError::Internal(e.to_string()))?;
     let cache = ModelCache::new(c.data_dir.join("models"), hub, c.engine, c.cache_bytes);
-    let log = ReceiptLog::open(
-        &c.data_dir.join("receipts.sqlite"),
-        c.retention,
-        c.fsync_receipts,
-    )
-    .await?;
+    let log_path = c.data_dir.join("receipts.sqlite");
+    let log = ReceiptLog::open(&log_path, c.retention, c.fsync_receipts).await?;
+    let chain = c.settlement.as_ref().map(|cfg| cfg.chain.clone());
+    let settlement = match c.settlement {
+        Some(cfg) => {
+            let d = cfg.chain.deployment();
+            if c.domain.chain_id != d.chain_id || c.domain.verifying_contract != d.settlement {
+                return Err(NodeError::Internal(format!(
+                    "receipt domain (chain {}, contract {}) is not the settlement contract (chain {}, {})",
+                    c.domain.chain_id, c.domain.verifying_contract, d.chain_id, d.settlement
+                )));
+            }
+            let info = json!({
+                "ledger": cfg.chain.ledger().describe(),
+                "deployment": d,
+                "batchMaxReceipts": cfg.policy.max_receipts,
+                "batchMaxAgeSecs": cfg.policy.max_age.as_secs(),
+            });
+            let settler = crate::batcher::Settler::open(&log_path, cfg, c.key.clone())?;
+            tokio::spawn(settler.run());
+            Some(info)
+        }
+        None => None,
+    };
     Ok(NodeState(Arc::new(Inner {
         cache,
         log,
+        settlement,
+        chain,
         key: c.key,
         domain: c.domain,
         price: c.price,
@@ -100,6 +123,8 @@ pub fn router(state: NodeState) -> Router {
         )
         .route("/v1/node", get(node_info))
         .route("/v1/receipts/{id}", get(receipt))
+        .route("/v1/batches/{id}", get(batch))
+        .route("/v1/batches/{id}/attestations", post(add_attestation))
         .route("/v1/receipts/{id}/input", get(receipt_input))
         .route("/v1/receipts/{id}/output", get(receipt_output))
         .fallback(|| async {
@@ -139,6 +164,7 @@ async fn node_info(State(s): State<NodeState>) -> Result<Json<Value>, NodeError>
         },
         "hub": i.hub_url,
         "price": i.price.to_string(),
+        "settlement": i.settlement,
         "modelsLoaded": i.cache.loaded(),
         "receipts": i.log.count().await?,
         "limits": {
@@ -227,10 +253,102 @@ async fn receipt(
             .ok_or_else(|| NodeError::ReceiptNotFound(format!("no receipt `{id}` on this node")))?;
     let receipt: Value =
         serde_json::from_str(&stored.receipt).map_err(|e| NodeError::Internal(e.to_string()))?;
+    let batch = stored.batch.map(|b| {
+        json!({
+            "id": b.chain_batch,
+            "status": b.status,
+            "root": B256::from(b.root).to_string(),
+            "proof": b.proof.iter().map(|p| B256::from(*p).to_string()).collect::<Vec<_>>(),
+            "tx": b.tx.map(|t| B256::from(t).to_string()),
+            "leaf": "keccak256(keccak256(abi.encode(signingHash))), OpenZeppelin StandardMerkleTree",
+        })
+    });
     Ok(Json(json!({
         "receipt": receipt,
         "createdAt": stored.created_at,
         "payloadsKept": stored.payloads,
+        "batch": batch,
+    })))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AttestationBody {
+    /// 65-byte `r || s || v` signature over the batch's EIP-712 `BatchAttestation`, hex.
+    signature: String,
+}
+
+/// A verifier hands in its signature over one of this node's batches; the node puts a quorum
+/// of them on chain.
+async fn add_attestation(
+    State(s): State<NodeState>,
+    Path(id): Path<u64>,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, NodeError> {
+    let chain = s.0.chain.as_ref().ok_or_else(|| {
+        NodeError::NotFound("this node does not settle receipts on a chain".into())
+    })?;
+    let body: AttestationBody = serde_json::from_slice(&body)
+        .map_err(|e| NodeError::BadRequest(format!("expected {{\"signature\": \"0x…\"}}: {e}")))?;
+    let bytes = alloy_primitives::hex::decode(body.signature.trim_start_matches("0x"))
+        .map_err(|e| NodeError::BadRequest(format!("signature is not hex: {e}")))?;
+    let signature = alloy_primitives::Signature::try_from(bytes.as_slice())
+        .map_err(|e| NodeError::BadRequest(format!("not a 65-byte signature: {e}")))?;
+    let batch = chain
+        .batch(id)
+        .await
+        .map_err(|e| NodeError::ChainUnavailable(e.to_string()))?;
+    if batch.status == cairn_ledger::BatchStatus::Unknown {
+        return Err(NodeError::ReceiptNotFound(format!(
+            "no batch {id} on chain"
+        )));
+    }
+    if batch.node != s.address() {
+        return Err(NodeError::BadRequest(format!(
+            "batch {id} belongs to {}, not this node",
+            batch.node
+        )));
+    }
+    let signer = chain
+        .attestation_signer(&batch, &signature)
+        .map_err(|e| NodeError::NotAVerifier(e.to_string()))?;
+    let active = chain
+        .is_active(signer, cairn_ledger::Role::Verifier)
+        .await
+        .map_err(|e| NodeError::ChainUnavailable(e.to_string()))?;
+    if !active {
+        return Err(NodeError::NotAVerifier(format!(
+            "the signature recovers to {signer}, which is not an active verifier for batch {id} \
+             (a signature over other batch fields recovers to a stranger)"
+        )));
+    }
+    let collected =
+        s.0.log
+            .add_attestation(id, signer.0.0, signature.as_bytes().to_vec())
+            .await?;
+    Ok(Json(
+        json!({"batch": id, "signer": signer.to_checksum(None), "collected": collected}),
+    ))
+}
+
+async fn batch(State(s): State<NodeState>, Path(id): Path<u64>) -> Result<Json<Value>, NodeError> {
+    let b = s.0.log.batch_receipts(id).await?.ok_or_else(|| {
+        NodeError::ReceiptNotFound(format!("no submitted batch {id} from this node"))
+    })?;
+    let receipts = b
+        .receipts
+        .iter()
+        .map(|r| serde_json::from_str::<Value>(r))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| NodeError::Internal(e.to_string()))?;
+    Ok(Json(json!({
+        "id": b.chain_batch,
+        "root": B256::from(b.root).to_string(),
+        "count": b.count,
+        "fees": b.fees,
+        "status": b.status,
+        "tx": b.tx.map(|t| B256::from(t).to_string()),
+        "receipts": receipts,
     })))
 }
 
@@ -494,6 +612,8 @@ async fn run_infer(
             receipt: receipt_json.to_string(),
             input: safetensors_io::encode(&inputs),
             output: safetensors_io::encode(&outputs),
+            digest: receipt.signing_hash().0,
+            price: price.to_string(),
         };
         Ok::<_, NodeError>((
             Ran {

@@ -1,0 +1,467 @@
+//! `cairn chain deploy|status|register|mint` and `cairn verifier run`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use alloy_primitives::{Address, U256};
+use alloy_sol_types::SolEvent;
+use anyhow::{Context, bail};
+use cairn_ledger::contracts::NodeRegistry;
+use cairn_ledger::deploy::deploy;
+use cairn_ledger::{
+    Chain, DeployParams, Deployment, EmbeddedLedger, LogFilter, Role, RpcLedger, dev_signer,
+};
+use clap::{Args, Subcommand, ValueEnum};
+use serde_json::{Value, json};
+
+/// Where the chain is.
+#[derive(Args, Clone, Debug, Default)]
+pub struct ChainArgs {
+    /// JSON-RPC endpoint of an EVM chain (anvil, Base, …).
+    #[arg(long, env = "CAIRN_RPC")]
+    pub rpc: Option<String>,
+    /// Deployment file written by `cairn chain deploy`.
+    #[arg(long, env = "CAIRN_DEPLOYMENT")]
+    pub deployment: Option<PathBuf>,
+    /// Longest wait for a transaction to be mined, in seconds.
+    #[arg(long, default_value_t = 60)]
+    pub rpc_wait_secs: u64,
+}
+
+impl ChainArgs {
+    /// The RPC ledger and the deployment on it.
+    pub async fn connect(&self) -> anyhow::Result<Chain> {
+        let (Some(rpc), Some(deployment)) = (&self.rpc, &self.deployment) else {
+            bail!("settling on a chain needs both --rpc URL and --deployment FILE");
+        };
+        let ledger = RpcLedger::connect(rpc, Duration::from_secs(self.rpc_wait_secs))
+            .await
+            .with_context(|| format!("connecting to {rpc}"))?;
+        let d = Deployment::load(deployment)?;
+        Ok(Chain::new(Arc::new(ledger), d)?)
+    }
+}
+
+/// Paths of a devnet's embedded chain inside its data dir.
+pub fn devnet_paths(data_dir: &Path) -> (PathBuf, PathBuf) {
+    let dir = data_dir.join("chain");
+    (dir.join("ledger.sqlite"), dir.join("deployment.json"))
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum RoleArg {
+    Inference,
+    Verifier,
+}
+
+impl From<RoleArg> for Role {
+    fn from(r: RoleArg) -> Self {
+        match r {
+            RoleArg::Inference => Role::Inference,
+            RoleArg::Verifier => Role::Verifier,
+        }
+    }
+}
+
+#[derive(Subcommand)]
+pub enum ChainCommand {
+    /// Deploy the contracts (token unless --token, registry, settlement, escrow) to a chain and
+    /// write the deployment file.
+    Deploy {
+        /// JSON-RPC endpoint.
+        #[arg(long, env = "CAIRN_RPC")]
+        rpc: String,
+        /// The deployer's key file (it pays for gas).
+        #[arg(long)]
+        key: PathBuf,
+        /// Where to write the deployment.
+        #[arg(long, default_value = "deployment.json")]
+        out: PathBuf,
+        /// An existing payment token (ERC-20 with EIP-3009, e.g. USDC) instead of deploying one.
+        #[arg(long)]
+        token: Option<Address>,
+        /// Governance address (default: the deployer).
+        #[arg(long)]
+        governor: Option<Address>,
+        /// Treasury address (default: the deployer).
+        #[arg(long)]
+        treasury: Option<Address>,
+        /// Verifier signatures needed per batch.
+        #[arg(long, default_value_t = 2)]
+        quorum: u16,
+        /// Seconds a batch can be challenged after attestation.
+        #[arg(long, default_value_t = 86_400)]
+        challenge_window: u64,
+        /// Seconds before unbonded stake (and an escrow refund) can leave.
+        #[arg(long, default_value_t = 7 * 86_400)]
+        unbonding_delay: u64,
+        #[arg(long, default_value_t = 60)]
+        rpc_wait_secs: u64,
+    },
+    /// Show contracts, parameters, balances, registered nodes and recent batches.
+    Status {
+        #[command(flatten)]
+        chain: ChainArgs,
+        /// Read a devnet's embedded chain instead (read-only; works while the devnet runs).
+        #[arg(long, conflicts_with = "rpc")]
+        devnet_dir: Option<PathBuf>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Register the key's address as an inference node or a verifier, staking tokens.
+    Register {
+        #[command(flatten)]
+        chain: ChainArgs,
+        #[arg(long)]
+        key: PathBuf,
+        #[arg(long, value_enum)]
+        role: RoleArg,
+        /// Stake in the token's smallest unit.
+        #[arg(long)]
+        stake: U256,
+        /// Where the node or verifier is reached.
+        #[arg(long)]
+        endpoint: String,
+    },
+    /// Mint devnet tokens (the key needs the token's minter role).
+    Mint {
+        #[command(flatten)]
+        chain: ChainArgs,
+        #[arg(long)]
+        key: PathBuf,
+        #[arg(long)]
+        to: Address,
+        /// Amount in the token's smallest unit.
+        #[arg(long)]
+        amount: U256,
+    },
+}
+
+pub async fn run(cmd: ChainCommand) -> anyhow::Result<()> {
+    match cmd {
+        ChainCommand::Deploy {
+            rpc,
+            key,
+            out,
+            token,
+            governor,
+            treasury,
+            quorum,
+            challenge_window,
+            unbonding_delay,
+            rpc_wait_secs,
+        } => {
+            let signer = crate::keyfile::load_or_create(&key)?;
+            let ledger = RpcLedger::connect(&rpc, Duration::from_secs(rpc_wait_secs))
+                .await
+                .with_context(|| format!("connecting to {rpc}"))?;
+            let me = signer.address();
+            let params = DeployParams {
+                token,
+                verifier_quorum: quorum,
+                challenge_window,
+                unbonding_delay,
+                escrow_withdraw_delay: unbonding_delay,
+                ..DeployParams::devnet(governor.unwrap_or(me), treasury.unwrap_or(me))
+            };
+            let d = deploy(&ledger, &signer, &params).await?;
+            d.save(&out)?;
+            println!("deployed on chain {} ({rpc}):", d.chain_id);
+            println!("{}", serde_json::to_string_pretty(&d)?);
+            println!("wrote {}", out.display());
+            Ok(())
+        }
+        ChainCommand::Status {
+            chain,
+            devnet_dir,
+            json,
+        } => {
+            let chain = match devnet_dir {
+                Some(dir) => {
+                    let (ledger, deployment) = devnet_paths(&dir);
+                    let d = Deployment::load(&deployment)?;
+                    let l = EmbeddedLedger::open_read_only(&ledger, d.chain_id)?;
+                    Chain::new(Arc::new(l), d)?
+                }
+                None => chain.connect().await?,
+            };
+            let status = status(&chain).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print_status(&status);
+            }
+            Ok(())
+        }
+        ChainCommand::Register {
+            chain,
+            key,
+            role,
+            stake,
+            endpoint,
+        } => {
+            let signer = crate::keyfile::load_or_create(&key)?;
+            let chain = chain.connect().await?;
+            let out = chain
+                .register(&signer, role.into(), &endpoint, stake)
+                .await?;
+            println!(
+                "registered {} as {:?} (tx {})",
+                signer.address(),
+                Role::from(role),
+                out.hash
+            );
+            Ok(())
+        }
+        ChainCommand::Mint {
+            chain,
+            key,
+            to,
+            amount,
+        } => {
+            let signer = crate::keyfile::load_or_create(&key)?;
+            let chain = chain.connect().await?;
+            let out = chain.mint(&signer, to, amount).await?;
+            println!("minted {amount} to {to} (tx {})", out.hash);
+            Ok(())
+        }
+    }
+}
+
+/// Everything `cairn chain status` shows, as JSON.
+pub async fn status(chain: &Chain) -> anyhow::Result<Value> {
+    let d = chain.deployment();
+    let ledger = chain.ledger();
+    let head = ledger.head().await?;
+    let registered = ledger
+        .logs(LogFilter {
+            address: Some(d.registry),
+            topic0: Some(NodeRegistry::NodeRegistered::SIGNATURE_HASH),
+            from_block: 0,
+        })
+        .await?;
+    let mut nodes = Vec::new();
+    for l in registered {
+        let Ok(e) = NodeRegistry::NodeRegistered::decode_log(&l.log) else {
+            continue;
+        };
+        let n = chain.node(e.node).await?;
+        let mut v = serde_json::to_value(&n)?;
+        v["tokenBalance"] = json!(chain.token_balance(e.node).await?.to_string());
+        nodes.push(v);
+    }
+    let count = chain.batch_count().await?;
+    let mut batches = Vec::new();
+    for id in (count.saturating_sub(20) + 1..=count).rev() {
+        batches.push(serde_json::to_value(chain.batch(id).await?)?);
+    }
+    Ok(json!({
+        "ledger": ledger.describe(),
+        "chainId": d.chain_id,
+        "head": {"number": head.number, "timestamp": head.timestamp},
+        "stateRoot": ledger.state_root().await?.to_string(),
+        "contracts": d,
+        "quorum": chain.quorum().await?,
+        "challengeWindowSecs": chain.challenge_window().await?,
+        "treasuryBalance": chain.token_balance(d.treasury).await?.to_string(),
+        "settlementBalance": chain.token_balance(d.settlement).await?.to_string(),
+        "nodes": nodes,
+        "batchCount": count,
+        "batches": batches,
+    }))
+}
+
+fn print_status(s: &Value) {
+    let str_of = |v: &Value| {
+        v.as_str()
+            .map(str::to_owned)
+            .unwrap_or_else(|| v.to_string())
+    };
+    println!("{}", str_of(&s["ledger"]));
+    println!(
+        "  head {} at {}  state root {}",
+        s["head"]["number"],
+        s["head"]["timestamp"],
+        str_of(&s["stateRoot"])
+    );
+    let c = &s["contracts"];
+    for name in [
+        "token",
+        "registry",
+        "settlement",
+        "escrow",
+        "governor",
+        "treasury",
+    ] {
+        println!("  {name:<11}{}", str_of(&c[name]));
+    }
+    println!(
+        "  quorum {}  challenge window {} s  treasury balance {}",
+        s["quorum"],
+        s["challengeWindowSecs"],
+        str_of(&s["treasuryBalance"])
+    );
+    println!("nodes:");
+    for n in s["nodes"].as_array().into_iter().flatten() {
+        println!(
+            "  {} {:<9} stake {:>14} balance {:>16} {} {}",
+            str_of(&n["address"]),
+            str_of(&n["role"]),
+            str_of(&n["stake"]),
+            str_of(&n["tokenBalance"]),
+            if n["active"].as_bool() == Some(true) {
+                "active"
+            } else {
+                "inactive"
+            },
+            str_of(&n["endpoint"]),
+        );
+    }
+    println!("batches: {}", s["batchCount"]);
+    for b in s["batches"].as_array().into_iter().flatten() {
+        println!(
+            "  #{} {:<9} {} receipts, fees {}, node {}",
+            b["id"],
+            str_of(&b["status"]),
+            b["count"],
+            str_of(&b["fees"]),
+            str_of(&b["node"]),
+        );
+    }
+}
+
+/// `cairn verifier run`.
+pub async fn verifier(chain: ChainArgs, key: &Path, tick: Duration) -> anyhow::Result<()> {
+    let signer = crate::keyfile::load_or_create(key)?;
+    let chain = chain.connect().await?;
+    if !chain.is_active(signer.address(), Role::Verifier).await? {
+        bail!(
+            "{} is not an active verifier on this deployment; register it with `cairn chain register --role verifier`",
+            signer.address()
+        );
+    }
+    println!(
+        "verifier {} watching {}",
+        signer.address(),
+        chain.ledger().describe()
+    );
+    let v = cairn_verifier::BatchVerifier::new(chain, signer);
+    tokio::select! {
+        _ = v.run(tick) => Ok(()),
+        _ = crate::shutdown_signal() => Ok(()),
+    }
+}
+
+/// The devnet's well-known accounts: (index, role).
+pub const DEVNET_ACCOUNTS: [(usize, &str); 10] = [
+    (0, "governor, deployer, token minter"),
+    (1, "treasury"),
+    (2, "inference node"),
+    (3, "verifier"),
+    (4, "verifier"),
+    (5, "verifier"),
+    (6, "user"),
+    (7, "user"),
+    (8, "user"),
+    (9, "user"),
+];
+/// The devnet's verifiers.
+pub const DEVNET_VERIFIERS: [usize; 3] = [3, 4, 5];
+/// The devnet's inference node account.
+pub const DEVNET_NODE: usize = 2;
+
+/// Opens (or creates: genesis, deploy, fund, register verifiers) the devnet's embedded chain.
+pub async fn devnet_chain(
+    data_dir: &Path,
+    chain_id: u64,
+    challenge_window: u64,
+) -> anyhow::Result<Chain> {
+    let (ledger_path, deployment_path) = devnet_paths(data_dir);
+    let genesis: Vec<(Address, U256)> = DEVNET_ACCOUNTS
+        .iter()
+        .map(|(i, _)| (dev_signer(*i).address(), U256::from(10u128.pow(22))))
+        .collect();
+    let ledger = Arc::new(EmbeddedLedger::open(&ledger_path, chain_id, &genesis)?);
+    if deployment_path.exists() {
+        let d = Deployment::load(&deployment_path)?;
+        return Ok(Chain::new(ledger, d)?);
+    }
+    let gov = dev_signer(0);
+    let params = DeployParams {
+        challenge_window,
+        ..DeployParams::devnet(gov.address(), dev_signer(1).address())
+    };
+    let d = deploy(ledger.as_ref(), &gov, &params)
+        .await
+        .context("deploying the contracts on the embedded chain")?;
+    let chain = Chain::new(ledger, d.clone())?;
+    let unit = U256::from(cairn_ledger::deploy::TOKEN_UNIT);
+    for (i, _) in DEVNET_ACCOUNTS.iter().skip(2) {
+        chain
+            .mint(
+                &gov,
+                dev_signer(*i).address(),
+                U256::from(1_000_000u64) * unit,
+            )
+            .await?;
+    }
+    for i in DEVNET_VERIFIERS {
+        chain
+            .register(
+                &dev_signer(i),
+                Role::Verifier,
+                "devnet:in-process",
+                U256::from(100u64) * unit,
+            )
+            .await?;
+    }
+    // Written last: its presence means the chain is fully set up.
+    d.save(&deployment_path)?;
+    Ok(chain)
+}
+
+/// Registers the devnet node at `url`, or points its registration there.
+pub async fn devnet_register_node(chain: &Chain, url: &str) -> anyhow::Result<()> {
+    let key = dev_signer(DEVNET_NODE);
+    let info = chain.node(key.address()).await?;
+    let unit = U256::from(cairn_ledger::deploy::TOKEN_UNIT);
+    if info.role.is_none() {
+        chain
+            .register(&key, Role::Inference, url, U256::from(1_000u64) * unit)
+            .await?;
+    } else if info.endpoint != url {
+        chain.set_endpoint(&key, url).await?;
+    }
+    Ok(())
+}
+
+/// Prints the devnet's contracts and accounts (keys are public dev keys).
+pub async fn print_devnet(chain: &Chain) -> anyhow::Result<()> {
+    let d = chain.deployment();
+    println!(
+        "  chain:    {} (chain id {})",
+        chain.ledger().describe(),
+        d.chain_id
+    );
+    println!(
+        "  token:    {} (cUSD, 6 decimals, EIP-2612 + EIP-3009)",
+        d.token
+    );
+    println!("  registry: {}", d.registry);
+    println!("  settlement (receipt domain): {}", d.settlement);
+    println!("  escrow:   {}", d.escrow);
+    println!("  accounts (public dev keys: never use them on a real chain):");
+    for (i, role) in DEVNET_ACCOUNTS {
+        let s = dev_signer(i);
+        let balance = chain.token_balance(s.address()).await?;
+        println!(
+            "    {i} {} 0x{} {:>16} cUSD-units  {role}",
+            s.address(),
+            alloy_primitives::hex::encode(s.to_bytes()),
+            balance.to_string()
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,366 @@
+//! Settles the node's receipts: seals them into Merkle batches (by size or age), submits each
+//! root with its fees to the settlement contract, and finalizes its batches once attested and
+//! past the challenge window, which pays the node, the verifiers and the treasury.
+//!
+//! Sealing is local and durable first (the batch row and every receipt's proof commit in one
+//! SQLite transaction), submission second. A batch whose submission may have gone out (an RPC
+//! timeout) is looked up by its root in the contract's `BatchSubmitted` events before anything
+//! is sent again, so a root is never submitted (and its fees escrowed) twice.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use alloy_primitives::{B256, U256};
+use alloy_signer_local::PrivateKeySigner;
+use alloy_sol_types::SolEvent;
+use cairn_ledger::contracts::Settlement;
+use cairn_ledger::{BatchStatus, Chain, LedgerError, LogFilter};
+use cairn_receipt::merkle::ReceiptTree;
+use rusqlite::{Connection, params};
+
+use crate::error::NodeError;
+
+/// When a batch is sealed.
+#[derive(Clone, Copy, Debug)]
+pub struct BatchPolicy {
+    /// Seal as soon as this many receipts wait.
+    pub max_receipts: usize,
+    /// Seal whatever waits once the oldest is this old.
+    pub max_age: Duration,
+    /// How often the settler looks.
+    pub tick: Duration,
+}
+
+impl Default for BatchPolicy {
+    fn default() -> Self {
+        Self {
+            max_receipts: 1_000,
+            max_age: Duration::from_secs(60),
+            tick: Duration::from_secs(1),
+        }
+    }
+}
+
+/// The chain the node settles on and how it batches.
+#[derive(Clone)]
+pub struct SettlementConfig {
+    /// The deployed contracts.
+    pub chain: Chain,
+    /// Batching policy.
+    pub policy: BatchPolicy,
+}
+
+struct Sealed {
+    local: i64,
+    root: B256,
+    count: u32,
+    fees: U256,
+}
+
+/// The settler task's state.
+pub(crate) struct Settler {
+    conn: Arc<Mutex<Connection>>,
+    chain: Chain,
+    key: PrivateKeySigner,
+    policy: BatchPolicy,
+}
+
+fn internal(e: impl std::fmt::Display) -> NodeError {
+    NodeError::Internal(format!("settler: {e}"))
+}
+
+impl Settler {
+    pub(crate) fn open(
+        log_path: &Path,
+        cfg: SettlementConfig,
+        key: PrivateKeySigner,
+    ) -> Result<Self, NodeError> {
+        let conn = Connection::open(PathBuf::from(log_path)).map_err(internal)?;
+        conn.busy_timeout(Duration::from_secs(10))
+            .map_err(internal)?;
+        Ok(Self {
+            conn: Arc::new(Mutex::new(conn)),
+            chain: cfg.chain,
+            key,
+            policy: cfg.policy,
+        })
+    }
+
+    async fn db<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, NodeError> {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || f(&mut conn.lock().unwrap_or_else(|p| p.into_inner())))
+            .await
+            .map_err(internal)?
+            .map_err(internal)
+    }
+
+    /// Runs until the process ends; errors are logged and retried on the next tick.
+    pub(crate) async fn run(self) {
+        loop {
+            if let Err(e) = self.step().await {
+                tracing::warn!(error = %e, "settlement step failed; retrying");
+            }
+            tokio::time::sleep(self.policy.tick).await;
+        }
+    }
+
+    /// One pass: seal what is due, submit sealed batches, put collected attestations on chain,
+    /// finalize what is ripe.
+    pub(crate) async fn step(&self) -> Result<(), NodeError> {
+        while self.seal().await? {}
+        self.submit_sealed().await?;
+        self.attest_collected().await?;
+        self.finalize_ripe().await
+    }
+
+    /// Submits `attestBatch` for every submitted batch that holds a quorum of signatures.
+    async fn attest_collected(&self) -> Result<(), NodeError> {
+        let collected: Vec<(i64, u64, Vec<(Vec<u8>, Vec<u8>)>)> = self
+            .db(|c| {
+                let mut stmt = c.prepare_cached(
+                    "SELECT local, chain_batch FROM batches WHERE status = 'submitted' ORDER BY local",
+                )?;
+                let batches: Vec<(i64, i64)> = stmt
+                    .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<rusqlite::Result<_>>()?;
+                let mut sigs = c.prepare_cached(
+                    "SELECT signer, signature FROM attestations WHERE chain_batch = ?1",
+                )?;
+                let mut out = Vec::new();
+                for (local, id) in batches {
+                    let s: Vec<(Vec<u8>, Vec<u8>)> = sigs
+                        .query_map(params![id], |r| Ok((r.get(0)?, r.get(1)?)))?
+                        .collect::<rusqlite::Result<_>>()?;
+                    out.push((local, id as u64, s));
+                }
+                Ok(out)
+            })
+            .await?;
+        if collected.iter().all(|(_, _, s)| s.is_empty()) {
+            return Ok(());
+        }
+        let quorum = self.chain.quorum().await.map_err(internal)? as usize;
+        for (local, id, sigs) in collected {
+            if sigs.len() < quorum {
+                continue;
+            }
+            let mut signed = Vec::new();
+            for (signer, sig) in &sigs {
+                let (Ok(sig), signer) = (
+                    alloy_primitives::Signature::try_from(sig.as_slice()),
+                    alloy_primitives::Address::from_slice(signer),
+                ) else {
+                    continue;
+                };
+                // Still active? A verifier may have left since it signed.
+                if self
+                    .chain
+                    .is_active(signer, cairn_ledger::Role::Verifier)
+                    .await
+                    .map_err(internal)?
+                {
+                    signed.push((signer, sig));
+                }
+            }
+            if signed.len() < quorum {
+                continue;
+            }
+            match self.chain.attest_batch(&self.key, id, signed).await {
+                Ok(out) => {
+                    tracing::info!(batch = id, tx = %out.hash, "batch attested on chain");
+                    self.mark(local, "attested", None).await?;
+                }
+                Err(e) => tracing::warn!(batch = id, error = %e, "attestBatch failed; will retry"),
+            }
+        }
+        Ok(())
+    }
+
+    /// Seals one batch if one is due; returns whether it did.
+    async fn seal(&self) -> Result<bool, NodeError> {
+        let policy = self.policy;
+        self.db(move |c| {
+            let now = crate::now_secs() as i64;
+            let rows: Vec<(String, Vec<u8>, Option<String>, i64)> = {
+                let mut stmt = c.prepare_cached(
+                    "SELECT id, digest, price, created_at FROM receipts
+                     WHERE batch IS NULL AND digest IS NOT NULL ORDER BY created_at, id LIMIT ?1",
+                )?;
+                stmt.query_map(params![policy.max_receipts as i64], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                })?
+                .collect::<rusqlite::Result<_>>()?
+            };
+            let Some(oldest) = rows.first().map(|r| r.3) else {
+                return Ok(false);
+            };
+            if rows.len() < policy.max_receipts && now - oldest < policy.max_age.as_secs() as i64 {
+                return Ok(false);
+            }
+            let digests: Vec<B256> = rows.iter().map(|r| B256::from_slice(&r.1)).collect();
+            let tree = ReceiptTree::new(&digests)
+                .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+            let fees = rows.iter().fold(U256::ZERO, |acc, r| {
+                acc + r.2.as_deref().and_then(|p| p.parse::<U256>().ok()).unwrap_or_default()
+            });
+            let tx = c.transaction()?;
+            tx.execute(
+                "INSERT INTO batches (root, count, fees, status, sealed_at) VALUES (?1, ?2, ?3, 'sealed', ?4)",
+                params![tree.root().as_slice(), rows.len() as i64, fees.to_string(), now],
+            )?;
+            let local = tx.last_insert_rowid();
+            {
+                let mut upd =
+                    tx.prepare_cached("UPDATE receipts SET batch = ?1, proof = ?2 WHERE id = ?3")?;
+                for (row, digest) in rows.iter().zip(&digests) {
+                    let proof: Vec<u8> = tree
+                        .proof(*digest)
+                        .expect("digest is in the tree")
+                        .iter()
+                        .flat_map(|p| p.0)
+                        .collect();
+                    upd.execute(params![local, proof, row.0])?;
+                }
+            }
+            tx.commit()?;
+            tracing::info!(batch = local, receipts = rows.len(), root = %tree.root(), "sealed a receipt batch");
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn sealed(&self) -> Result<Vec<Sealed>, NodeError> {
+        self.db(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT local, root, count, fees FROM batches WHERE status = 'sealed' ORDER BY local",
+            )?;
+            stmt.query_map([], |r| {
+                Ok(Sealed {
+                    local: r.get(0)?,
+                    root: B256::from_slice(&r.get::<_, Vec<u8>>(1)?),
+                    count: r.get::<_, i64>(2)? as u32,
+                    fees: r.get::<_, String>(3)?.parse().unwrap_or_default(),
+                })
+            })?
+            .collect()
+        })
+        .await
+    }
+
+    /// The on-chain batch this node already submitted under `root`, if any.
+    async fn find_submitted(&self, root: B256) -> Result<Option<(u64, B256)>, NodeError> {
+        let d = self.chain.deployment();
+        let logs = self
+            .chain
+            .ledger()
+            .logs(LogFilter {
+                address: Some(d.settlement),
+                topic0: Some(Settlement::BatchSubmitted::SIGNATURE_HASH),
+                from_block: d.block,
+            })
+            .await
+            .map_err(internal)?;
+        Ok(logs.iter().find_map(|l| {
+            let e = Settlement::BatchSubmitted::decode_log(&l.log).ok()?;
+            (e.node == self.key.address() && e.root == root).then(|| (e.id.saturating_to(), l.tx))
+        }))
+    }
+
+    async fn mark(
+        &self,
+        local: i64,
+        status: &'static str,
+        chain: Option<(u64, B256)>,
+    ) -> Result<(), NodeError> {
+        self.db(move |c| {
+            match chain {
+                Some((id, tx)) => c.execute(
+                    "UPDATE batches SET status = ?1, chain_batch = ?2, tx = ?3 WHERE local = ?4",
+                    params![status, id as i64, tx.as_slice(), local],
+                )?,
+                None => c.execute(
+                    "UPDATE batches SET status = ?1 WHERE local = ?2",
+                    params![status, local],
+                )?,
+            };
+            Ok(())
+        })
+        .await
+    }
+
+    async fn submit_sealed(&self) -> Result<(), NodeError> {
+        for b in self.sealed().await? {
+            if let Some(found) = self.find_submitted(b.root).await? {
+                self.mark(b.local, "submitted", Some(found)).await?;
+                continue;
+            }
+            match self
+                .chain
+                .submit_batch(&self.key, b.root, b.count, b.fees)
+                .await
+            {
+                Ok((id, out)) => {
+                    tracing::info!(batch = id, receipts = b.count, fees = %b.fees, tx = %out.hash, "submitted a receipt batch");
+                    self.mark(b.local, "submitted", Some((id, out.hash)))
+                        .await?;
+                }
+                Err(LedgerError::Pending { hash, .. }) => {
+                    tracing::warn!(tx = %hash, "batch submission not mined yet; will reconcile");
+                    return Ok(());
+                }
+                Err(e) => return Err(internal(format!("submitting batch {}: {e}", b.local))),
+            }
+        }
+        Ok(())
+    }
+
+    async fn finalize_ripe(&self) -> Result<(), NodeError> {
+        let open: Vec<(i64, u64)> = self
+            .db(|c| {
+                let mut stmt = c.prepare_cached(
+                    "SELECT local, chain_batch FROM batches WHERE status IN ('submitted', 'attested') ORDER BY local",
+                )?;
+                stmt.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?
+                    .collect()
+            })
+            .await?;
+        if open.is_empty() {
+            return Ok(());
+        }
+        let window = self.chain.challenge_window().await.map_err(internal)?;
+        // The next block's time: the head's, or the wall clock when no block was mined lately.
+        let now = self
+            .chain
+            .ledger()
+            .head()
+            .await
+            .map_err(internal)?
+            .timestamp
+            .max(crate::now_secs());
+        for (local, id) in open {
+            let b = self.chain.batch(id).await.map_err(internal)?;
+            match b.status {
+                BatchStatus::Attested if now >= b.attested_at + window => {
+                    match self.chain.finalize(&self.key, id).await {
+                        Ok(out) => {
+                            tracing::info!(batch = id, tx = %out.hash, "finalized a receipt batch");
+                            self.mark(local, "finalized", None).await?;
+                        }
+                        Err(e) => {
+                            tracing::warn!(batch = id, error = %e, "finalize failed; will retry")
+                        }
+                    }
+                }
+                BatchStatus::Attested => self.mark(local, "attested", None).await?,
+                BatchStatus::Finalized => self.mark(local, "finalized", None).await?,
+                BatchStatus::Voided => self.mark(local, "voided", None).await?,
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
