@@ -2,6 +2,7 @@
 // ({contractName, abi, bytecode, deployedBytecode}); `--check` compares instead of writing and
 // exits 1 when a committed artifact does not match its source.
 // Usage: node compile.mjs [--check] [--modules DIR]   (DIR: where node_modules lives)
+import crypto from "node:crypto";
 import fs from "node:fs";
 import path from "node:path";
 import { createRequire } from "node:module";
@@ -54,6 +55,8 @@ for (const [file, contracts] of Object.entries(out.contracts).filter(([f]) => f.
   const artifact = {
     contractName: name,
     compiler: `solc ${solc.version()}`,
+    // Any edit to the source (comments included) must come with a rebuilt artifact.
+    sourceSha256: crypto.createHash("sha256").update(sources[file].content).digest("hex"),
     abi: c.abi,
     bytecode: "0x" + c.evm.bytecode.object,
     deployedBytecode: "0x" + c.evm.deployedBytecode.object,

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# The test command: installs test dependencies (cached), starts a throwaway PostgreSQL and a
-# moto S3 API server on free loopback ports, then runs fmt, clippy and the whole test suite
-# with those services required. Everything started here is stopped on exit.
+# The test command: installs test dependencies (cached: Python venv and models, npm solc-js /
+# OpenZeppelin / anvil), starts a throwaway PostgreSQL and a moto S3 API server on free loopback
+# ports, checks the committed contract artifacts against their sources, then runs fmt, clippy and
+# the whole test suite (anvil is started by the tests) with those services required. Everything started here is stopped on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/test-deps.sh
+source scripts/npm-deps.sh
 
 work="$(mktemp -d /tmp/cairn-test.XXXXXX)"
 pids=()
@@ -49,6 +51,8 @@ else:
 PY
 
 export CAIRN_TEST_REQUIRE_SERVICES=1
+# The committed contract artifacts must be what the pinned compiler makes of the sources.
+node contracts/compile.mjs --check --modules "$CAIRN_NODE_MODULES"
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked

@@ -74,16 +74,26 @@ impl DeployParams {
     }
 }
 
+fn checksummed<S: serde::Serializer>(a: &Address, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&a.to_checksum(None))
+}
+
 /// Where the contracts live on one chain; written by `cairn chain deploy`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Deployment {
     pub chain_id: u64,
+    #[serde(serialize_with = "checksummed")]
     pub token: Address,
+    #[serde(serialize_with = "checksummed")]
     pub registry: Address,
+    #[serde(serialize_with = "checksummed")]
     pub settlement: Address,
+    #[serde(serialize_with = "checksummed")]
     pub escrow: Address,
+    #[serde(serialize_with = "checksummed")]
     pub governor: Address,
+    #[serde(serialize_with = "checksummed")]
     pub treasury: Address,
     /// Block of the last deployment transaction; event scans start here.
     pub block: u64,

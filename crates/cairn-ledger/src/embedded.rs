@@ -386,7 +386,6 @@ impl Inner {
                     balance: info.balance,
                     storage_root,
                     code_hash: info.code_hash,
-                    ..Default::default()
                 },
             ))
         });

@@ -51,6 +51,9 @@ pub struct SettlementConfig {
     pub policy: BatchPolicy,
 }
 
+/// (signer address bytes, 65-byte signature) as stored.
+type SignerSig = (Vec<u8>, Vec<u8>);
+
 struct Sealed {
     local: i64,
     root: B256,
@@ -119,7 +122,7 @@ impl Settler {
 
     /// Submits `attestBatch` for every submitted batch that holds a quorum of signatures.
     async fn attest_collected(&self) -> Result<(), NodeError> {
-        let collected: Vec<(i64, u64, Vec<(Vec<u8>, Vec<u8>)>)> = self
+        let collected: Vec<(i64, u64, Vec<SignerSig>)> = self
             .db(|c| {
                 let mut stmt = c.prepare_cached(
                     "SELECT local, chain_batch FROM batches WHERE status = 'submitted' ORDER BY local",
@@ -132,7 +135,7 @@ impl Settler {
                 )?;
                 let mut out = Vec::new();
                 for (local, id) in batches {
-                    let s: Vec<(Vec<u8>, Vec<u8>)> = sigs
+                    let s: Vec<SignerSig> = sigs
                         .query_map(params![id], |r| Ok((r.get(0)?, r.get(1)?)))?
                         .collect::<rusqlite::Result<_>>()?;
                     out.push((local, id as u64, s));

@@ -48,7 +48,7 @@ impl ReceiptTree {
             return Err(TreeError::Empty);
         }
         let mut leaves: Vec<(B256, B256)> = digests.iter().map(|d| (leaf(*d), *d)).collect();
-        leaves.sort_by(|a, b| a.0.cmp(&b.0));
+        leaves.sort_by_key(|a| a.0);
         let n = leaves.len();
         let mut nodes = vec![B256::ZERO; 2 * n - 1];
         let mut index = HashMap::with_capacity(n);

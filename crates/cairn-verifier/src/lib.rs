@@ -211,3 +211,6 @@ impl BatchVerifier {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -38,6 +38,30 @@ impl Server {
         )
     }
 
+    /// `cairn devnet` in a fresh data dir, with extra arguments.
+    pub fn devnet_with(extra: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let mut args = vec![
+            "devnet",
+            "--listen",
+            "127.0.0.1:0",
+            "--node-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        Self::spawn(&args, &[], &["  hub:", "  node:"], dir)
+    }
+
+    /// Any long-running `cairn` command; waits for a stdout line starting with `marker` and
+    /// keeps its last word as `url`.
+    pub fn command(args: &[&str], marker: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        Self::spawn(args, &[], &[marker], dir)
+    }
+
     /// `cairn node serve` against `hub`, with extra arguments.
     pub fn node(hub: &str, extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();

@@ -1,0 +1,365 @@
+//! Settlement end to end: a call to a node ends in a finalized batch whose fees land with the
+//! node, the attesting verifiers and the treasury — on the devnet's embedded chain, and on anvil
+//! with every role in its own process.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use alloy_primitives::U256;
+use cairn_receipt::SignedReceipt;
+use common::{BIN, Server, eventually, stdout};
+use serde_json::{Value, json};
+
+fn examples() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples")
+}
+
+fn get(url: &str) -> Value {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async { reqwest::get(url).await.unwrap().json().await.unwrap() })
+}
+
+fn rpc(url: &str, method: &str, params: Value) -> Value {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        reqwest::Client::new()
+            .post(url)
+            .json(&json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    })
+}
+
+fn cairn(args: &[&str]) -> String {
+    stdout(&Command::new(BIN).args(args).output().unwrap())
+}
+
+/// Infers the example digit on `node`; returns the receipt JSON.
+fn infer(hub: &str, node: &str, dir: &Path, n: usize) -> Value {
+    let receipt = dir.join(format!("receipt-{n}.json"));
+    let input = examples().join("digit.json");
+    stdout(
+        &Command::new(BIN)
+            .args([
+                "infer",
+                "digits@1.0",
+                "--input",
+                input.to_str().unwrap(),
+                "--node",
+                node,
+                "--receipt-out",
+                receipt.to_str().unwrap(),
+            ])
+            .env("CAIRN_HUB", hub)
+            .output()
+            .unwrap(),
+    );
+    serde_json::from_str(&std::fs::read_to_string(receipt).unwrap()).unwrap()
+}
+
+/// Waits until the receipt's batch is finalized; checks its inclusion proof locally.
+fn wait_finalized(node: &str, receipt: &Value) -> Value {
+    let signed = SignedReceipt::verify_json(receipt).unwrap();
+    let url = format!("{node}/v1/receipts/{}", signed.id());
+    let mut last = Value::Null;
+    eventually(90, || {
+        last = get(&url);
+        last["batch"]["status"] == "finalized"
+    });
+    let batch = &last["batch"];
+    let root = batch["root"].as_str().unwrap().parse().unwrap();
+    let proof: Vec<_> = batch["proof"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap().parse().unwrap())
+        .collect();
+    assert!(cairn_receipt::merkle::verify(
+        root,
+        signed.signing_hash(),
+        &proof
+    ));
+    last
+}
+
+fn dec(v: &Value) -> U256 {
+    v.as_str().unwrap().parse().unwrap()
+}
+
+/// Every finalized batch's fees are split exactly: verifiers 10% (equal parts, dust to the
+/// treasury), treasury 5%, node the rest; the settlement contract keeps nothing.
+fn check_split(status: &Value, node: &str, node_before: U256, treasury_before: U256) {
+    let (mut to_node, mut to_treasury, mut fees_total) = (U256::ZERO, U256::ZERO, U256::ZERO);
+    let bps = |f: U256, b: u64| f * U256::from(b) / U256::from(10_000u64);
+    for b in status["batches"].as_array().unwrap() {
+        assert_eq!(b["status"], "finalized", "{b}");
+        let f = dec(&b["fees"]);
+        let n = U256::from(b["verifiers"].as_array().unwrap().len());
+        let per = bps(f, 1_000) / n;
+        fees_total += f;
+        to_treasury += bps(f, 500) + (bps(f, 1_000) - per * n);
+        to_node += f - bps(f, 1_000) - bps(f, 500);
+    }
+    assert!(fees_total > U256::ZERO);
+    assert_eq!(dec(&status["settlementBalance"]), U256::ZERO);
+    assert_eq!(
+        dec(&status["treasuryBalance"]),
+        treasury_before + to_treasury
+    );
+    let node_now = status["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["address"].as_str().unwrap().eq_ignore_ascii_case(node))
+        .map(|n| dec(&n["tokenBalance"]))
+        .unwrap();
+    assert_eq!(node_now, node_before - fees_total + to_node);
+}
+
+#[test]
+fn devnet_call_ends_in_a_finalized_batch_that_pays_everyone() {
+    let net = Server::devnet_with(&[
+        "--batch-max-age-secs",
+        "1",
+        "--challenge-window",
+        "2",
+        "--price",
+        "2500",
+    ]);
+    let dir = net.dir.path();
+    let receipts: Vec<Value> = (0..3)
+        .map(|i| infer(&net.url, &net.node_url, dir, i))
+        .collect();
+    for r in &receipts {
+        assert_eq!(r["typedData"]["message"]["price"], "2500");
+        wait_finalized(&net.node_url, r);
+    }
+    let info = get(&format!("{}/v1/node", net.node_url));
+    assert_eq!(
+        info["domain"]["verifyingContract"],
+        info["settlement"]["deployment"]["settlement"]
+    );
+    let data = dir.join("data");
+    let status: Value = serde_json::from_str(&cairn(&[
+        "chain",
+        "status",
+        "--devnet-dir",
+        data.to_str().unwrap(),
+        "--json",
+    ]))
+    .unwrap();
+    // Dev node: minted 1,000,000 cUSD, staked 1,000.
+    check_split(
+        &status,
+        info["address"].as_str().unwrap(),
+        U256::from(999_000_000_000u64),
+        U256::ZERO,
+    );
+    // The batch listing a verifier reads holds exactly the batch's receipts.
+    let first = wait_finalized(&net.node_url, &receipts[0]);
+    let listing = get(&format!(
+        "{}/v1/batches/{}",
+        net.node_url, first["batch"]["id"]
+    ));
+    assert_eq!(
+        listing["receipts"].as_array().unwrap().len() as u64,
+        listing["count"].as_u64().unwrap()
+    );
+    // A signature from a non-verifier is refused with a JSON error.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (code, body): (u16, Value) = rt.block_on(async {
+        let r = reqwest::Client::new()
+            .post(format!(
+                "{}/v1/batches/{}/attestations",
+                net.node_url, first["batch"]["id"]
+            ))
+            .json(&json!({"signature": format!("0x{}", "11".repeat(64) + "1b")}))
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json().await.unwrap())
+    });
+    assert!(code == 403 || code == 400, "{code} {body}");
+    assert!(
+        body["code"].is_string() && body["message"].is_string(),
+        "{body}"
+    );
+}
+
+/// anvil on an OS-assigned port, killed on drop.
+struct Anvil {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Anvil {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_anvil() -> Option<Anvil> {
+    let Ok(bin) = std::env::var("CAIRN_ANVIL") else {
+        assert!(
+            std::env::var_os("CAIRN_TEST_REQUIRE_SERVICES").is_none(),
+            "CAIRN_ANVIL is required (scripts/npm-deps.sh installs it)"
+        );
+        eprintln!("SKIPPED: CAIRN_ANVIL not set");
+        return None;
+    };
+    let mut child = Command::new(bin)
+        .args(["--host", "127.0.0.1", "--port", "0", "--chain-id", "31337"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if let Some(a) = line.strip_prefix("Listening on ") {
+                let _ = tx.send(format!("http://{}", a.trim()));
+            }
+        }
+    });
+    let url = rx.recv_timeout(Duration::from_secs(30)).unwrap();
+    Some(Anvil { child, url })
+}
+
+/// A fresh key file funded with ETH on anvil; returns (path, address).
+fn funded_key(anvil: &str, dir: &Path, name: &str) -> (PathBuf, String) {
+    let path = dir.join(name);
+    let addr = cairn(&["key", "address", "--key", path.to_str().unwrap()])
+        .trim()
+        .to_owned();
+    let r = rpc(
+        anvil,
+        "anvil_setBalance",
+        json!([addr, "0x21e19e0c9bab2400000"]),
+    );
+    assert!(r.get("error").is_none(), "{r}");
+    (path, addr)
+}
+
+#[test]
+fn node_settles_on_anvil_with_separate_verifier_processes() {
+    let Some(anvil) = start_anvil() else { return };
+    // The devnet serves the hub with the demo model; the node under test settles on anvil.
+    let net = Server::devnet();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (gov, _) = funded_key(&anvil.url, d, "gov.key");
+    let (node_key, node_addr) = funded_key(&anvil.url, d, "node.key");
+    let verifiers: Vec<(PathBuf, String)> = (0..2)
+        .map(|i| funded_key(&anvil.url, d, &format!("verifier{i}.key")))
+        .collect();
+    let deployment = d.join("deployment.json");
+    let dep = deployment.to_str().unwrap();
+    cairn(&[
+        "chain",
+        "deploy",
+        "--rpc",
+        &anvil.url,
+        "--key",
+        gov.to_str().unwrap(),
+        "--out",
+        dep,
+        "--quorum",
+        "2",
+        "--challenge-window",
+        "2",
+    ]);
+    let chain = ["--rpc", anvil.url.as_str(), "--deployment", dep];
+    for who in std::iter::once(&node_addr).chain(verifiers.iter().map(|v| &v.1)) {
+        let mut args = vec!["chain", "mint", "--key", gov.to_str().unwrap(), "--to", who];
+        args.extend_from_slice(&["--amount", "1000000000000"]);
+        args.extend_from_slice(&chain);
+        cairn(&args);
+    }
+    let node = Server::node(
+        &net.url,
+        &[
+            "--key",
+            node_key.to_str().unwrap(),
+            "--price",
+            "4000",
+            "--batch-max-age-secs",
+            "1",
+            "--rpc",
+            &anvil.url,
+            "--deployment",
+            dep,
+        ],
+    );
+    let mut reg = vec![
+        "chain",
+        "register",
+        "--key",
+        node_key.to_str().unwrap(),
+        "--role",
+        "inference",
+    ];
+    reg.extend_from_slice(&["--stake", "1000000000", "--endpoint", &node.node_url]);
+    reg.extend_from_slice(&chain);
+    cairn(&reg);
+    let mut running = Vec::new();
+    for (key, _) in &verifiers {
+        let mut reg = vec![
+            "chain",
+            "register",
+            "--key",
+            key.to_str().unwrap(),
+            "--role",
+            "verifier",
+        ];
+        reg.extend_from_slice(&["--stake", "100000000", "--endpoint", "test:verifier"]);
+        reg.extend_from_slice(&chain);
+        cairn(&reg);
+        let mut run = vec![
+            "verifier",
+            "run",
+            "--key",
+            key.to_str().unwrap(),
+            "--tick-ms",
+            "300",
+        ];
+        run.extend_from_slice(&chain);
+        running.push(Server::command(&run, "verifier"));
+    }
+
+    let receipts: Vec<Value> = (0..2)
+        .map(|i| infer(&net.url, &node.node_url, d, i))
+        .collect();
+    let info = get(&format!("{}/v1/node", node.node_url));
+    assert_eq!(info["domain"]["chainId"], 31337);
+    for r in &receipts {
+        wait_finalized(&node.node_url, r);
+    }
+    let mut args = vec!["chain", "status", "--json"];
+    args.extend_from_slice(&chain);
+    let status: Value = serde_json::from_str(&cairn(&args)).unwrap();
+    check_split(
+        &status,
+        &node_addr,
+        U256::from(999_000_000_000u64),
+        U256::ZERO,
+    );
+}

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Gas per settled receipt (batches of 1 / 100 / 1,000 / 10,000), per prepaid request (one voucher
+# redemption for 1 / 100 / 10,000 requests), per-request EIP-3009 payment, and sequential
+# transactions per second — on the embedded ledger and on anvil side by side.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/npm-deps.sh
+cargo run --release --locked -p cairn-ledger --example gas_table
