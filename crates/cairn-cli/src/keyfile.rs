@@ -35,19 +35,11 @@ fn parse(hex: &str) -> anyhow::Result<PrivateKeySigner> {
 }
 
 fn create(path: &Path) -> anyhow::Result<PrivateKeySigner> {
-    use std::os::unix::fs::OpenOptionsExt;
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     let signer = PrivateKeySigner::random();
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("creating key file {}", path.display()))?;
-    writeln!(file, "0x{}", alloy_primitives_hex(&signer.to_bytes().0))?;
-    file.sync_all()?;
+    write_new(path, &signer)?;
     eprintln!(
         "created a new key {} in {}",
         signer.address(),
@@ -58,7 +50,6 @@ fn create(path: &Path) -> anyhow::Result<PrivateKeySigner> {
 
 /// Writes `signer`'s key to `path` (mode 0600) unless that file already holds it.
 pub fn write(path: &Path, signer: &PrivateKeySigner) -> anyhow::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
     if let Ok(existing) = load_or_create_existing(path)
         && existing.address() == signer.address()
     {
@@ -68,6 +59,12 @@ pub fn write(path: &Path, signer: &PrivateKeySigner) -> anyhow::Result<()> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     let _ = std::fs::remove_file(path);
+    write_new(path, signer)
+}
+
+/// Creates `path` (which must not exist) with mode 0600 holding `signer`'s key.
+fn write_new(path: &Path, signer: &PrivateKeySigner) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)

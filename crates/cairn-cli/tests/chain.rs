@@ -4,10 +4,8 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::process::Command;
 
 use alloy_primitives::U256;
 use cairn_receipt::SignedReceipt;
@@ -203,47 +201,6 @@ fn devnet_call_ends_in_a_finalized_batch_that_pays_everyone() {
     );
 }
 
-/// anvil on an OS-assigned port, killed on drop.
-struct Anvil {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Anvil {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_anvil() -> Option<Anvil> {
-    let Ok(bin) = std::env::var("CAIRN_ANVIL") else {
-        assert!(
-            std::env::var_os("CAIRN_TEST_REQUIRE_SERVICES").is_none(),
-            "CAIRN_ANVIL is required (scripts/npm-deps.sh installs it)"
-        );
-        eprintln!("SKIPPED: CAIRN_ANVIL not set");
-        return None;
-    };
-    let mut child = Command::new(bin)
-        .args(["--host", "127.0.0.1", "--port", "0", "--chain-id", "31337"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let out = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            if let Some(a) = line.strip_prefix("Listening on ") {
-                let _ = tx.send(format!("http://{}", a.trim()));
-            }
-        }
-    });
-    let url = rx.recv_timeout(Duration::from_secs(30)).unwrap();
-    Some(Anvil { child, url })
-}
-
 /// A fresh key file funded with ETH on anvil; returns (path, address).
 fn funded_key(anvil: &str, dir: &Path, name: &str) -> (PathBuf, String) {
     let path = dir.join(name);
@@ -261,15 +218,23 @@ fn funded_key(anvil: &str, dir: &Path, name: &str) -> (PathBuf, String) {
 
 #[test]
 fn node_settles_on_anvil_with_separate_verifier_processes() {
-    let Some(anvil) = start_anvil() else { return };
+    let Some(anvil) = cairn_ledger::anvil::Anvil::from_env(31337).unwrap() else {
+        assert!(
+            std::env::var_os("CAIRN_TEST_REQUIRE_SERVICES").is_none(),
+            "CAIRN_ANVIL is required (scripts/npm-deps.sh installs it)"
+        );
+        eprintln!("SKIPPED: CAIRN_ANVIL not set");
+        return;
+    };
+    let anvil_url = anvil.url().to_owned();
     // The devnet serves the hub with the demo model; the node under test settles on anvil.
     let net = Server::devnet();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let (gov, _) = funded_key(&anvil.url, d, "gov.key");
-    let (node_key, node_addr) = funded_key(&anvil.url, d, "node.key");
+    let (gov, _) = funded_key(&anvil_url, d, "gov.key");
+    let (node_key, node_addr) = funded_key(&anvil_url, d, "node.key");
     let verifiers: Vec<(PathBuf, String)> = (0..2)
-        .map(|i| funded_key(&anvil.url, d, &format!("verifier{i}.key")))
+        .map(|i| funded_key(&anvil_url, d, &format!("verifier{i}.key")))
         .collect();
     let deployment = d.join("deployment.json");
     let dep = deployment.to_str().unwrap();
@@ -277,7 +242,7 @@ fn node_settles_on_anvil_with_separate_verifier_processes() {
         "chain",
         "deploy",
         "--rpc",
-        &anvil.url,
+        &anvil_url,
         "--key",
         gov.to_str().unwrap(),
         "--out",
@@ -287,7 +252,7 @@ fn node_settles_on_anvil_with_separate_verifier_processes() {
         "--challenge-window",
         "2",
     ]);
-    let chain = ["--rpc", anvil.url.as_str(), "--deployment", dep];
+    let chain = ["--rpc", anvil_url.as_str(), "--deployment", dep];
     for who in std::iter::once(&node_addr).chain(verifiers.iter().map(|v| &v.1)) {
         let mut args = vec!["chain", "mint", "--key", gov.to_str().unwrap(), "--to", who];
         args.extend_from_slice(&["--amount", "1000000000000"]);
@@ -304,7 +269,7 @@ fn node_settles_on_anvil_with_separate_verifier_processes() {
             "--batch-max-age-secs",
             "1",
             "--rpc",
-            &anvil.url,
+            &anvil_url,
             "--deployment",
             dep,
         ],

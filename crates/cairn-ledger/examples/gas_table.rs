@@ -4,31 +4,17 @@
 //! `scripts/bench-settlement.sh` runs it in release mode. Gas does not depend on what a receipt
 //! says (the contract only sees the root), so batches are built over distinct random digests.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use alloy_primitives::{Address, B256, U256, keccak256};
-use alloy_signer::SignerSync;
-use alloy_sol_types::{Eip712Domain, SolCall, SolStruct, sol};
+use alloy_sol_types::SolCall;
+use cairn_ledger::anvil::Anvil;
 use cairn_ledger::deploy::{TOKEN_UNIT, deploy};
 use cairn_ledger::{
     Chain, DeployParams, EmbeddedLedger, Ledger, Role, RpcLedger, TxRequest, dev_signer,
 };
 use cairn_receipt::merkle::ReceiptTree;
-
-sol! {
-    struct TransferWithAuthorization {
-        address from;
-        address to;
-        uint256 value;
-        uint256 validAfter;
-        uint256 validBefore;
-        bytes32 nonce;
-    }
-    function transferWithAuthorization(address from, address to, uint256 value, uint256 validAfter, uint256 validBefore, bytes32 nonce, uint8 v, bytes32 r, bytes32 s);
-}
 
 fn genesis() -> Vec<(Address, U256)> {
     (0..10)
@@ -142,43 +128,22 @@ async fn settle_batch(chain: &Chain, n: usize, salt: u64) -> BatchGas {
 }
 
 async fn exact_payment_gas(chain: &Chain) -> u64 {
-    let d = chain.deployment();
-    let payer = dev_signer(6);
-    let domain = Eip712Domain::new(
-        Some("Cairn USD".into()),
-        Some("1".into()),
-        Some(U256::from(d.chain_id)),
-        Some(d.token),
-        None,
-    );
-    let msg = TransferWithAuthorization {
-        from: payer.address(),
-        to: dev_signer(2).address(),
-        value: U256::from(1_000u64),
-        validAfter: U256::ZERO,
-        validBefore: U256::from(u64::MAX),
-        nonce: keccak256("bench auth"),
-    };
-    let sig = payer
-        .sign_hash_sync(&msg.eip712_signing_hash(&domain))
+    let call = chain
+        .transfer_authorization(
+            &dev_signer(6),
+            dev_signer(2).address(),
+            U256::from(1_000u64),
+            u64::MAX,
+            keccak256("bench auth"),
+        )
+        .await
         .unwrap();
-    let call = transferWithAuthorizationCall {
-        from: msg.from,
-        to: msg.to,
-        value: msg.value,
-        validAfter: msg.validAfter,
-        validBefore: msg.validBefore,
-        nonce: msg.nonce,
-        v: 27 + sig.v() as u8,
-        r: sig.r().into(),
-        s: sig.s().into(),
-    };
     chain
         .ledger()
         .send(
             &dev_signer(7),
             TxRequest {
-                to: Some(d.token),
+                to: Some(chain.deployment().token),
                 data: call.abi_encode().into(),
                 value: U256::ZERO,
             },
@@ -288,35 +253,6 @@ async fn report(name: &str, ledger: Arc<dyn Ledger>) -> f64 {
     t
 }
 
-fn spawn_anvil(bin: &str) -> (std::process::Child, String) {
-    let mut child = Command::new(bin)
-        .args([
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--chain-id",
-            "31337",
-            "--gas-limit",
-            "60000000",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("anvil starts");
-    let out = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            if let Some(a) = line.strip_prefix("Listening on ") {
-                let _ = tx.send(format!("http://{}", a.trim()));
-            }
-        }
-    });
-    let url = rx.recv_timeout(Duration::from_secs(30)).unwrap();
-    (child, url)
-}
-
 #[tokio::main]
 async fn main() {
     let dir = tempfile::tempdir().unwrap();
@@ -324,9 +260,8 @@ async fn main() {
         EmbeddedLedger::open(&dir.path().join("chain.sqlite"), 31337, &genesis()).unwrap();
     println!("# Settlement gas table (Cancun, solc 0.8.37 optimizer 10000 runs)");
     let t_embedded = report("embedded ledger (revm 43.0.3, SQLite)", Arc::new(embedded)).await;
-    if let Ok(bin) = std::env::var("CAIRN_ANVIL") {
-        let (mut child, url) = spawn_anvil(&bin);
-        let ledger = RpcLedger::connect(&url, Duration::from_secs(30))
+    if let Some(anvil) = Anvil::from_env(31337).unwrap() {
+        let ledger = RpcLedger::connect(anvil.url(), Duration::from_secs(30))
             .await
             .unwrap();
         for (who, wei) in genesis() {
@@ -341,6 +276,5 @@ async fn main() {
             "\nEmbedded vs anvil, sequential mined transactions per second: {:.2}x",
             t_embedded / t_anvil
         );
-        let _ = child.kill();
     }
 }

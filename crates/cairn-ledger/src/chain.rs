@@ -26,6 +26,15 @@ sol! {
         bytes32 receiptHash;
         bytes32 evidenceHash;
     }
+    /// EIP-3009's transfer authorization, signed by the payer.
+    struct TransferWithAuthorization {
+        address from;
+        address to;
+        uint256 value;
+        uint256 validAfter;
+        uint256 validBefore;
+        bytes32 nonce;
+    }
     /// A payer's cumulative promise to a payee in the escrow.
     struct Voucher {
         address payer;
@@ -230,6 +239,51 @@ impl Chain {
         .await
     }
 
+    /// The payment token's EIP-712 domain, as it reports it (ERC-5267 `eip712Domain()`).
+    pub async fn token_domain(&self) -> Result<Eip712Domain, LedgerError> {
+        let d = self
+            .view(self.deployment.token, CairnToken::eip712DomainCall {})
+            .await?;
+        Ok(Eip712Domain::new(
+            Some(d.name.into()),
+            Some(d.version.into()),
+            Some(d.chainId),
+            Some(d.verifyingContract),
+            None,
+        ))
+    }
+
+    /// An EIP-3009 `transferWithAuthorization` call signed by `from` (anyone may send it).
+    pub async fn transfer_authorization(
+        &self,
+        from: &PrivateKeySigner,
+        to: Address,
+        value: U256,
+        valid_before: u64,
+        nonce: B256,
+    ) -> Result<CairnToken::transferWithAuthorizationCall, LedgerError> {
+        let msg = TransferWithAuthorization {
+            from: from.address(),
+            to,
+            value,
+            validAfter: U256::ZERO,
+            validBefore: U256::from(valid_before),
+            nonce,
+        };
+        let sig = sign(from, msg.eip712_signing_hash(&self.token_domain().await?))?;
+        Ok(CairnToken::transferWithAuthorizationCall {
+            from: msg.from,
+            to,
+            value,
+            validAfter: msg.validAfter,
+            validBefore: msg.validBefore,
+            nonce,
+            v: 27 + sig.v() as u8,
+            r: sig.r().into(),
+            s: sig.s().into(),
+        })
+    }
+
     // ---- registry ----
 
     /// Approves and registers `signer` with `stake`.
@@ -373,6 +427,25 @@ impl Chain {
         Ok((id, out))
     }
 
+    /// Every `BatchSubmitted` since the deployment: (batch id, node, root, transaction).
+    pub async fn submitted_batches(&self) -> Result<Vec<(u64, Address, B256, B256)>, LedgerError> {
+        let logs = self
+            .ledger
+            .logs(crate::LogFilter {
+                address: Some(self.deployment.settlement),
+                topic0: Some(Settlement::BatchSubmitted::SIGNATURE_HASH),
+                from_block: self.deployment.block,
+            })
+            .await?;
+        Ok(logs
+            .iter()
+            .filter_map(|l| {
+                let e = Settlement::BatchSubmitted::decode_log(&l.log).ok()?;
+                Some((e.id.saturating_to(), e.node, e.root, l.tx))
+            })
+            .collect())
+    }
+
     /// The attestation a verifier signs for a batch (computed locally from the batch fields).
     pub fn attestation(&self, batch: &BatchInfo) -> BatchAttestation {
         BatchAttestation {
@@ -389,12 +462,11 @@ impl Chain {
         verifier: &PrivateKeySigner,
         batch: &BatchInfo,
     ) -> Result<Signature, LedgerError> {
-        let hash = self
-            .attestation(batch)
-            .eip712_signing_hash(&self.settlement_domain());
-        verifier
-            .sign_hash_sync(&hash)
-            .map_err(|e| LedgerError::Invalid(format!("signing: {e}")))
+        sign(
+            verifier,
+            self.attestation(batch)
+                .eip712_signing_hash(&self.settlement_domain()),
+        )
     }
 
     /// Signs a fraud verdict as `verifier`.
@@ -405,15 +477,15 @@ impl Chain {
         receipt_hash: B256,
         evidence_hash: B256,
     ) -> Result<Signature, LedgerError> {
-        let hash = FraudVerdict {
+        let verdict = FraudVerdict {
             batchId: U256::from(batch_id),
             receiptHash: receipt_hash,
             evidenceHash: evidence_hash,
-        }
-        .eip712_signing_hash(&self.settlement_domain());
-        verifier
-            .sign_hash_sync(&hash)
-            .map_err(|e| LedgerError::Invalid(format!("signing: {e}")))
+        };
+        sign(
+            verifier,
+            verdict.eip712_signing_hash(&self.settlement_domain()),
+        )
     }
 
     /// Submits attestations; `signed` pairs are sorted by signer as the contract requires.
@@ -598,16 +670,13 @@ impl Chain {
         salt: B256,
         cumulative: U256,
     ) -> Result<Signature, LedgerError> {
-        let hash = Voucher {
+        let voucher = Voucher {
             payer: payer.address(),
             payee,
             salt,
             cumulativeAmount: cumulative,
-        }
-        .eip712_signing_hash(&self.escrow_domain());
-        payer
-            .sign_hash_sync(&hash)
-            .map_err(|e| LedgerError::Invalid(format!("signing: {e}")))
+        };
+        sign(payer, voucher.eip712_signing_hash(&self.escrow_domain()))
     }
 
     pub async fn redeem(
@@ -676,6 +745,12 @@ impl Chain {
             .await?;
         Ok((c.deposited, c.claimed))
     }
+}
+
+fn sign(signer: &PrivateKeySigner, hash: B256) -> Result<Signature, LedgerError> {
+    signer
+        .sign_hash_sync(&hash)
+        .map_err(|e| LedgerError::Invalid(format!("signing: {e}")))
 }
 
 fn sorted_signatures(mut signed: Vec<(Address, Signature)>) -> Vec<Bytes> {

@@ -5,6 +5,7 @@
 //! transaction) and [`RpcLedger`] (any EVM JSON-RPC endpoint through alloy). [`Chain`] puts the
 //! contract bindings ([`contracts`]) on top of either.
 
+pub mod anvil;
 pub mod chain;
 pub mod contracts;
 pub mod deploy;

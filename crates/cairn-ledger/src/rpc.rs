@@ -80,6 +80,8 @@ impl RpcLedger {
 
     async fn wait_receipt(&self, hash: B256) -> Result<Option<TransactionReceipt>, LedgerError> {
         let deadline = tokio::time::Instant::now() + self.wait;
+        // Dev chains mine in milliseconds, L2s in a second or two: start fast, back off.
+        let mut pause = Duration::from_millis(2);
         loop {
             if let Some(r) = self
                 .provider
@@ -92,8 +94,17 @@ impl RpcLedger {
             if tokio::time::Instant::now() >= deadline {
                 return Ok(None);
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(250));
         }
+    }
+
+    async fn latest_block(&self) -> Result<alloy_rpc_types_eth::Block, LedgerError> {
+        self.provider
+            .get_block_by_number(BlockNumberOrTag::Latest)
+            .await
+            .map_err(rpc_error)?
+            .ok_or_else(|| LedgerError::Rpc("no latest block".into()))
     }
 
     /// Sets `who`'s native balance (anvil's `anvil_setBalance`; dev chains only).
@@ -232,12 +243,7 @@ impl Ledger for RpcLedger {
     }
 
     async fn head(&self) -> Result<BlockInfo, LedgerError> {
-        let block = self
-            .provider
-            .get_block_by_number(BlockNumberOrTag::Latest)
-            .await
-            .map_err(rpc_error)?
-            .ok_or_else(|| LedgerError::Rpc("no latest block".into()))?;
+        let block = self.latest_block().await?;
         Ok(BlockInfo {
             number: block.header.number,
             timestamp: block.header.timestamp,
@@ -268,12 +274,7 @@ impl Ledger for RpcLedger {
     }
 
     async fn state_root(&self) -> Result<B256, LedgerError> {
-        let block = self
-            .provider
-            .get_block_by_number(BlockNumberOrTag::Latest)
-            .await
-            .map_err(rpc_error)?
-            .ok_or_else(|| LedgerError::Rpc("no latest block".into()))?;
+        let block = self.latest_block().await?;
         Ok(block.header.state_root)
     }
 

@@ -2,16 +2,15 @@
 //! `@foundry-rs/anvil-linux-amd64`, path in `CAIRN_ANVIL`; required when
 //! `CAIRN_TEST_REQUIRE_SERVICES` is set).
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
 use alloy_primitives::{Address, B256, Signature, U256, keccak256};
 use alloy_signer::SignerSync;
 use alloy_signer_local::PrivateKeySigner;
-use alloy_sol_types::{Eip712Domain, SolStruct, sol};
+use alloy_sol_types::{SolStruct, sol};
 use cairn_core::{BlobId, ExecutionProfile};
+use cairn_ledger::anvil::Anvil;
 use cairn_ledger::contracts::Settlement;
 use cairn_ledger::deploy::{TOKEN_UNIT, deploy};
 use cairn_ledger::{
@@ -388,97 +387,48 @@ async fn escrow_vouchers(ledger: Arc<dyn Ledger>) {
         .await
         .unwrap();
 
-    let v100 = chain
-        .sign_voucher(&a.payer, payee, salt, U256::from(100u64))
-        .unwrap();
+    let voucher = |by: &PrivateKeySigner, cumulative: u64| {
+        chain
+            .sign_voucher(by, payee, salt, U256::from(cumulative))
+            .unwrap()
+    };
+    let redeem = async |by: &PrivateKeySigner, cumulative: u64, sig: &Signature| {
+        chain
+            .redeem(
+                by,
+                a.payer.address(),
+                payee,
+                salt,
+                U256::from(cumulative),
+                sig,
+            )
+            .await
+    };
+    let v100 = voucher(&a.payer, 100);
     let before = chain.token_balance(payee).await.unwrap();
-    chain
-        .redeem(
-            &a.node,
-            a.payer.address(),
-            payee,
-            salt,
-            U256::from(100u64),
-            &v100,
-        )
-        .await
-        .unwrap();
+    redeem(&a.node, 100, &v100).await.unwrap();
     assert_eq!(
         chain.token_balance(payee).await.unwrap(),
         before + U256::from(100u64)
     );
     // Replayed and lower vouchers are refused.
-    let e = chain
-        .redeem(
-            &a.node,
-            a.payer.address(),
-            payee,
-            salt,
-            U256::from(100u64),
-            &v100,
-        )
-        .await
-        .unwrap_err();
+    let e = redeem(&a.node, 100, &v100).await.unwrap_err();
     assert!(reason(e).contains("VoucherNotIncreasing"));
-    let v50 = chain
-        .sign_voucher(&a.payer, payee, salt, U256::from(50u64))
-        .unwrap();
-    let e = chain
-        .redeem(
-            &a.node,
-            a.payer.address(),
-            payee,
-            salt,
-            U256::from(50u64),
-            &v50,
-        )
+    let e = redeem(&a.node, 50, &voucher(&a.payer, 50))
         .await
         .unwrap_err();
     assert!(reason(e).contains("VoucherNotIncreasing"));
     // A voucher signed by someone else, or above the deposit, is refused.
-    let forged = chain
-        .sign_voucher(&a.outsider, payee, salt, U256::from(900u64))
-        .unwrap();
-    let e = chain
-        .redeem(
-            &a.node,
-            a.payer.address(),
-            payee,
-            salt,
-            U256::from(900u64),
-            &forged,
-        )
+    let e = redeem(&a.node, 900, &voucher(&a.outsider, 900))
         .await
         .unwrap_err();
     assert!(reason(e).contains("InvalidVoucherSignature"));
-    let over = chain
-        .sign_voucher(&a.payer, payee, salt, U256::from(10_001u64))
-        .unwrap();
-    let e = chain
-        .redeem(
-            &a.node,
-            a.payer.address(),
-            payee,
-            salt,
-            U256::from(10_001u64),
-            &over,
-        )
+    let e = redeem(&a.node, 10_001, &voucher(&a.payer, 10_001))
         .await
         .unwrap_err();
     assert!(reason(e).contains("InsufficientDeposit"));
-    // The latest voucher covers many requests in one redemption.
-    let v2500 = chain
-        .sign_voucher(&a.payer, payee, salt, U256::from(2_500u64))
-        .unwrap();
-    chain
-        .redeem(
-            &a.outsider,
-            a.payer.address(),
-            payee,
-            salt,
-            U256::from(2_500u64),
-            &v2500,
-        )
+    // The latest voucher covers many requests in one redemption, whoever submits it.
+    redeem(&a.outsider, 2_500, &voucher(&a.payer, 2_500))
         .await
         .unwrap();
     assert_eq!(
@@ -509,7 +459,14 @@ async fn escrow_vouchers(ledger: Arc<dyn Ledger>) {
 }
 
 sol! {
-    struct TransferWithAuthorization {
+    struct Permit {
+        address owner;
+        address spender;
+        uint256 value;
+        uint256 nonce;
+        uint256 deadline;
+    }
+    struct ReceiveWithAuthorization {
         address from;
         address to;
         uint256 value;
@@ -517,7 +474,9 @@ sol! {
         uint256 validBefore;
         bytes32 nonce;
     }
-    function transferWithAuthorization(address from, address to, uint256 value, uint256 validAfter, uint256 validBefore, bytes32 nonce, uint8 v, bytes32 r, bytes32 s);
+    function permit(address owner, address spender, uint256 value, uint256 deadline, uint8 v, bytes32 r, bytes32 s);
+    function allowance(address owner, address spender) returns (uint256);
+    function depositWithAuthorization(address payer, address payee, bytes32 salt, uint256 amount, uint256 validAfter, uint256 validBefore, bytes32 nonce, uint8 v, bytes32 r, bytes32 s);
     function setFeeSplit(uint16 verifierBps_, uint16 treasuryBps_);
     function withdrawUnbonded();
     function requestUnbond(uint256 amount);
@@ -548,49 +507,28 @@ async fn token_governance_and_unbonding(ledger: Arc<dyn Ledger>) {
     let d = chain.deployment().clone();
 
     // EIP-3009: a valid authorization moves tokens; reusing it or an expired one does not.
-    let domain = Eip712Domain::new(
-        Some("Cairn USD".into()),
-        Some("1".into()),
-        Some(U256::from(d.chain_id)),
-        Some(d.token),
-        None,
-    );
     let now = ledger.head().await.unwrap().timestamp;
     let auth = |valid_before: u64, nonce: B256| {
-        let msg = TransferWithAuthorization {
-            from: a.payer.address(),
-            to: a.node.address(),
-            value: U256::from(42u64),
-            validAfter: U256::ZERO,
-            validBefore: U256::from(valid_before),
-            nonce,
-        };
-        let sig = a
-            .payer
-            .sign_hash_sync(&msg.eip712_signing_hash(&domain))
-            .unwrap();
-        transferWithAuthorizationCall {
-            from: msg.from,
-            to: msg.to,
-            value: msg.value,
-            validAfter: msg.validAfter,
-            validBefore: msg.validBefore,
-            nonce,
-            v: 27 + sig.v() as u8,
-            r: sig.r().into(),
-            s: sig.s().into(),
+        let chain = chain.clone();
+        let payer = a.payer.clone();
+        let to = a.node.address();
+        async move {
+            chain
+                .transfer_authorization(&payer, to, U256::from(42u64), valid_before, nonce)
+                .await
+                .unwrap()
         }
     };
     let before = chain.token_balance(a.node.address()).await.unwrap();
     let nonce = keccak256("auth 1");
-    send_call(&chain, &a.outsider, d.token, auth(now + 600, nonce))
+    send_call(&chain, &a.outsider, d.token, auth(now + 600, nonce).await)
         .await
         .unwrap();
     assert_eq!(
         chain.token_balance(a.node.address()).await.unwrap(),
         before + U256::from(42u64)
     );
-    let e = send_call(&chain, &a.outsider, d.token, auth(now + 600, nonce))
+    let e = send_call(&chain, &a.outsider, d.token, auth(now + 600, nonce).await)
         .await
         .unwrap_err();
     assert!(reason(e).contains("ERC3009UsedAuthorization"));
@@ -598,11 +536,101 @@ async fn token_governance_and_unbonding(ledger: Arc<dyn Ledger>) {
         &chain,
         &a.outsider,
         d.token,
-        auth(now.saturating_sub(1), keccak256("auth 2")),
+        auth(now.saturating_sub(1), keccak256("auth 2")).await,
     )
     .await
     .unwrap_err();
     assert!(reason(e).contains("ERC3009InvalidAuthorizationTime"));
+
+    // EIP-2612: a signed permit sets an allowance without the owner sending a transaction.
+    let token_domain = chain.token_domain().await.unwrap();
+    let permit = Permit {
+        owner: a.payer.address(),
+        spender: a.outsider.address(),
+        value: U256::from(777u64),
+        nonce: U256::ZERO,
+        deadline: U256::from(now + 600),
+    };
+    let sig = a
+        .payer
+        .sign_hash_sync(&permit.eip712_signing_hash(&token_domain))
+        .unwrap();
+    let call = permitCall {
+        owner: permit.owner,
+        spender: permit.spender,
+        value: permit.value,
+        deadline: permit.deadline,
+        v: 27 + sig.v() as u8,
+        r: sig.r().into(),
+        s: sig.s().into(),
+    };
+    send_call(&chain, &a.outsider, d.token, call.clone())
+        .await
+        .unwrap();
+    let out = ledger
+        .call(
+            d.token,
+            alloy_sol_types::SolCall::abi_encode(&allowanceCall {
+                owner: a.payer.address(),
+                spender: a.outsider.address(),
+            })
+            .into(),
+        )
+        .await
+        .unwrap();
+    let allowed = <allowanceCall as alloy_sol_types::SolCall>::abi_decode_returns(&out).unwrap();
+    assert_eq!(allowed, U256::from(777u64));
+    let e = send_call(&chain, &a.outsider, d.token, call)
+        .await
+        .unwrap_err();
+    assert!(
+        reason(e).contains("ERC2612InvalidSigner"),
+        "permit replayed"
+    );
+
+    // Escrow deposit by EIP-3009 ReceiveWithAuthorization: the payer sends nothing.
+    let salt = keccak256("gasless channel");
+    let recv = ReceiveWithAuthorization {
+        from: a.payer.address(),
+        to: d.escrow,
+        value: U256::from(5_000u64),
+        validAfter: U256::ZERO,
+        validBefore: U256::from(now + 600),
+        nonce: keccak256("deposit auth"),
+    };
+    let sig = a
+        .payer
+        .sign_hash_sync(&recv.eip712_signing_hash(&token_domain))
+        .unwrap();
+    let deposit = depositWithAuthorizationCall {
+        payer: a.payer.address(),
+        payee: a.node.address(),
+        salt,
+        amount: recv.value,
+        validAfter: recv.validAfter,
+        validBefore: recv.validBefore,
+        nonce: recv.nonce,
+        v: 27 + sig.v() as u8,
+        r: sig.r().into(),
+        s: sig.s().into(),
+    };
+    send_call(&chain, &a.node, d.escrow, deposit.clone())
+        .await
+        .unwrap();
+    assert_eq!(
+        chain
+            .channel(a.payer.address(), a.node.address(), salt)
+            .await
+            .unwrap(),
+        (U256::from(5_000u64), U256::ZERO)
+    );
+    let e = send_call(&chain, &a.node, d.escrow, deposit)
+        .await
+        .unwrap_err();
+    assert!(
+        reason(e).contains("ERC3009UsedAuthorization"),
+        "deposit replayed"
+    );
 
     // Governance: only the governor changes the fee split.
     let e = send_call(
@@ -690,53 +718,17 @@ async fn contracts_on_the_embedded_ledger() {
     run_all(Arc::new(ledger)).await;
 }
 
-/// anvil on an OS-assigned port, killed on drop.
-struct Anvil {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Anvil {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_anvil() -> Option<Anvil> {
-    let Ok(bin) = std::env::var("CAIRN_ANVIL") else {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn contracts_on_anvil() {
+    let Some(anvil) = Anvil::from_env(31337).unwrap() else {
         assert!(
             std::env::var_os("CAIRN_TEST_REQUIRE_SERVICES").is_none(),
             "CAIRN_ANVIL is required (scripts/npm-deps.sh installs it)"
         );
-        eprintln!("skipped: CAIRN_ANVIL not set");
-        return None;
+        eprintln!("SKIPPED: CAIRN_ANVIL not set");
+        return;
     };
-    let mut child = Command::new(bin)
-        .args(["--host", "127.0.0.1", "--port", "0", "--chain-id", "31337"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("anvil starts");
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(addr) = line.strip_prefix("Listening on ") {
-                let _ = tx.send(format!("http://{}", addr.trim()));
-            }
-        }
-    });
-    let url = rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("anvil prints its address");
-    Some(Anvil { child, url })
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn contracts_on_anvil() {
-    let Some(anvil) = start_anvil() else { return };
-    let ledger = RpcLedger::connect(&anvil.url, Duration::from_secs(30))
+    let ledger = RpcLedger::connect(anvil.url(), Duration::from_secs(30))
         .await
         .unwrap();
     for (who, wei) in genesis() {

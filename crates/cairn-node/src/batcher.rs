@@ -13,9 +13,7 @@ use std::time::Duration;
 
 use alloy_primitives::{B256, U256};
 use alloy_signer_local::PrivateKeySigner;
-use alloy_sol_types::SolEvent;
-use cairn_ledger::contracts::Settlement;
-use cairn_ledger::{BatchStatus, Chain, LedgerError, LogFilter};
+use cairn_ledger::{BatchStatus, Chain, LedgerError};
 use cairn_receipt::merkle::ReceiptTree;
 use rusqlite::{Connection, params};
 
@@ -256,21 +254,15 @@ impl Settler {
 
     /// The on-chain batch this node already submitted under `root`, if any.
     async fn find_submitted(&self, root: B256) -> Result<Option<(u64, B256)>, NodeError> {
-        let d = self.chain.deployment();
-        let logs = self
+        let me = self.key.address();
+        Ok(self
             .chain
-            .ledger()
-            .logs(LogFilter {
-                address: Some(d.settlement),
-                topic0: Some(Settlement::BatchSubmitted::SIGNATURE_HASH),
-                from_block: d.block,
-            })
+            .submitted_batches()
             .await
-            .map_err(internal)?;
-        Ok(logs.iter().find_map(|l| {
-            let e = Settlement::BatchSubmitted::decode_log(&l.log).ok()?;
-            (e.node == self.key.address() && e.root == root).then(|| (e.id.saturating_to(), l.tx))
-        }))
+            .map_err(internal)?
+            .into_iter()
+            .find(|(_, node, r, _)| *node == me && *r == root)
+            .map(|(id, _, _, tx)| (id, tx)))
     }
 
     async fn mark(

@@ -12,9 +12,7 @@ use std::time::Duration;
 
 use alloy_primitives::{B256, U256};
 use alloy_signer_local::PrivateKeySigner;
-use alloy_sol_types::SolEvent;
-use cairn_ledger::contracts::Settlement;
-use cairn_ledger::{BatchInfo, BatchStatus, Chain, LogFilter};
+use cairn_ledger::{BatchInfo, BatchStatus, Chain};
 use cairn_receipt::SignedReceipt;
 use cairn_receipt::merkle::ReceiptTree;
 
@@ -74,22 +72,9 @@ impl BatchVerifier {
 
     /// One pass over submitted batches not yet handled. Returns the batches co-signed.
     pub async fn step(&mut self) -> Result<Vec<u64>, cairn_ledger::LedgerError> {
-        let d = self.chain.deployment();
-        let logs = self
-            .chain
-            .ledger()
-            .logs(LogFilter {
-                address: Some(d.settlement),
-                topic0: Some(Settlement::BatchSubmitted::SIGNATURE_HASH),
-                from_block: d.block,
-            })
-            .await?;
+        let submitted = self.chain.submitted_batches().await?;
         let mut signed = Vec::new();
-        for l in logs {
-            let Ok(e) = Settlement::BatchSubmitted::decode_log(&l.log) else {
-                continue;
-            };
-            let id: u64 = e.id.saturating_to();
+        for (id, _, _, _) in submitted {
             if self.done.contains(&id) {
                 continue;
             }
