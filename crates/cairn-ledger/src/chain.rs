@@ -427,14 +427,18 @@ impl Chain {
         Ok((id, out))
     }
 
-    /// Every `BatchSubmitted` since the deployment: (batch id, node, root, transaction).
-    pub async fn submitted_batches(&self) -> Result<Vec<(u64, Address, B256, B256)>, LedgerError> {
+    /// Every `BatchSubmitted` from block `from_block` on (at the earliest the deployment's):
+    /// (batch id, node, root, transaction).
+    pub async fn submitted_batches(
+        &self,
+        from_block: u64,
+    ) -> Result<Vec<(u64, Address, B256, B256)>, LedgerError> {
         let logs = self
             .ledger
             .logs(crate::LogFilter {
                 address: Some(self.deployment.settlement),
                 topic0: Some(Settlement::BatchSubmitted::SIGNATURE_HASH),
-                from_block: self.deployment.block,
+                from_block: from_block.max(self.deployment.block),
             })
             .await?;
         Ok(logs

@@ -257,7 +257,7 @@ impl Settler {
         let me = self.key.address();
         Ok(self
             .chain
-            .submitted_batches()
+            .submitted_batches(0)
             .await
             .map_err(internal)?
             .into_iter()

@@ -7,7 +7,7 @@
 //! Merkle root, and their count and summed prices equal the batch's count and fees. Re-executing
 //! a sample on the pinned profile and attestation checks come on top of this.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::time::Duration;
 
 use alloy_primitives::{B256, U256};
@@ -42,7 +42,12 @@ pub struct BatchVerifier {
     chain: Chain,
     key: PrivateKeySigner,
     http: reqwest::Client,
+    /// Batches handled (co-signed, refused, or past needing a signature).
     done: HashSet<u64>,
+    /// Where the next event scan starts; batches that could not be handled yet are retried
+    /// from `retry`, so each scan only reads new blocks.
+    next_block: u64,
+    retry: BTreeSet<u64>,
 }
 
 impl BatchVerifier {
@@ -57,6 +62,8 @@ impl BatchVerifier {
             key,
             http,
             done: HashSet::new(),
+            next_block: 0,
+            retry: BTreeSet::new(),
         }
     }
 
@@ -72,9 +79,14 @@ impl BatchVerifier {
 
     /// One pass over submitted batches not yet handled. Returns the batches co-signed.
     pub async fn step(&mut self) -> Result<Vec<u64>, cairn_ledger::LedgerError> {
-        let submitted = self.chain.submitted_batches().await?;
+        // Head first: every event up to it is in the scan below, so the next scan starts after it.
+        let head = self.chain.ledger().head().await?.number;
+        let submitted = self.chain.submitted_batches(self.next_block).await?;
+        self.next_block = head + 1;
+        let mut ids: BTreeSet<u64> = std::mem::take(&mut self.retry);
+        ids.extend(submitted.into_iter().map(|(id, _, _, _)| id));
         let mut signed = Vec::new();
-        for (id, _, _, _) in submitted {
+        for id in ids {
             if self.done.contains(&id) {
                 continue;
             }
@@ -92,6 +104,7 @@ impl BatchVerifier {
                 }
                 Err(e @ VerifyError::Unavailable { .. }) => {
                     tracing::warn!(verifier = %self.key.address(), error = %e, "will retry");
+                    self.retry.insert(id);
                 }
             }
         }
