@@ -449,7 +449,13 @@ fn overload_answers_503_with_retry_after_and_recovers() {
                 .header("inference-header-content-length", head.len())
                 .body(body.clone());
             async move {
-                let r = req.send().await.unwrap();
+                // A request the node sheds before reading its 600 KB body may see the connection
+                // close while still uploading (EPIPE) instead of the 503: count it as shed.
+                let r = match req.send().await {
+                    Ok(r) => r,
+                    Err(e) if e.is_request() && !e.is_connect() => return (0, None),
+                    Err(e) => panic!("{e}"),
+                };
                 let retry = r
                     .headers()
                     .get("retry-after")
@@ -466,7 +472,12 @@ fn overload_answers_503_with_retry_after_and_recovers() {
         busy.iter().all(|(_, r)| r.as_deref() == Some("1")),
         "{statuses:?}"
     );
-    assert_eq!(ok + busy.len(), statuses.len(), "{statuses:?}");
+    let shed_in_upload = statuses.iter().filter(|(s, _)| *s == 0).count();
+    assert_eq!(
+        ok + busy.len() + shed_in_upload,
+        statuses.len(),
+        "{statuses:?}"
+    );
     let (s, _, _) = post(
         &url,
         body,

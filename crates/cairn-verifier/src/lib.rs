@@ -81,8 +81,14 @@ impl BatchVerifier {
     pub async fn step(&mut self) -> Result<Vec<u64>, cairn_ledger::LedgerError> {
         // Head first: every event up to it is in the scan below, so the next scan starts after it.
         let head = self.chain.ledger().head().await?.number;
-        let submitted = self.chain.submitted_batches(self.next_block).await?;
-        self.next_block = head + 1;
+        // Nodes refuse a log range that starts past their head: scan only when there is news.
+        let submitted = if head >= self.next_block {
+            let found = self.chain.submitted_batches(self.next_block).await?;
+            self.next_block = head + 1;
+            found
+        } else {
+            Vec::new()
+        };
         let mut ids: BTreeSet<u64> = std::mem::take(&mut self.retry);
         ids.extend(submitted.into_iter().map(|(id, _, _, _)| id));
         let mut signed = Vec::new();
