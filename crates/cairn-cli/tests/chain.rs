@@ -201,6 +201,54 @@ fn devnet_call_ends_in_a_finalized_batch_that_pays_everyone() {
     );
 }
 
+fn devnet_status(data: &Path) -> Value {
+    serde_json::from_str(&cairn(&[
+        "chain",
+        "status",
+        "--devnet-dir",
+        data.to_str().unwrap(),
+        "--json",
+    ]))
+    .unwrap()
+}
+
+#[test]
+fn devnet_resumes_after_kill_9_with_the_same_chain() {
+    let fast = ["--batch-max-age-secs", "1", "--challenge-window", "2"];
+    let net = Server::devnet_with(&fast);
+    let first = infer(&net.url, &net.node_url, net.dir.path(), 0);
+    wait_finalized(&net.node_url, &first);
+    let data = net.dir.path().join("data");
+    let before = devnet_status(&data);
+    let dir = net.kill_9();
+    let after = devnet_status(&dir.path().join("data"));
+    assert_eq!(after["stateRoot"], before["stateRoot"]);
+    assert_eq!(after["head"], before["head"]);
+
+    // Same chain, same contracts; the node re-registers its new endpoint and settles again.
+    let net = Server::devnet_resume(dir, &fast);
+    let second = infer(&net.url, &net.node_url, net.dir.path(), 1);
+    let settled = wait_finalized(&net.node_url, &second);
+    assert_eq!(settled["batch"]["id"], 2);
+    let status = devnet_status(&net.dir.path().join("data"));
+    assert_eq!(status["contracts"], before["contracts"]);
+    let info = get(&format!("{}/v1/node", net.node_url));
+    check_split(
+        &status,
+        info["address"].as_str().unwrap(),
+        U256::from(999_000_000_000u64),
+        U256::ZERO,
+    );
+    let node = status["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["role"] == "inference")
+        .unwrap()
+        .clone();
+    assert_eq!(node["endpoint"], net.node_url.as_str());
+}
+
 /// A fresh key file funded with ETH on anvil; returns (path, address).
 fn funded_key(anvil: &str, dir: &Path, name: &str) -> (PathBuf, String) {
     let path = dir.join(name);

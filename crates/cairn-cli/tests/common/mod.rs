@@ -143,6 +143,29 @@ impl Server {
         }
     }
 
+    /// SIGKILLs the process (no clean shutdown) and hands back its data dir.
+    pub fn kill_9(mut self) -> tempfile::TempDir {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap())
+    }
+
+    /// `cairn devnet` on an existing data dir (`dir/data`), with extra arguments.
+    pub fn devnet_resume(dir: tempfile::TempDir, extra: &[&str]) -> Self {
+        let data = dir.path().join("data");
+        let mut args = vec![
+            "devnet",
+            "--listen",
+            "127.0.0.1:0",
+            "--node-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        Self::spawn(&args, &[], &["  hub:", "  node:"], dir)
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
