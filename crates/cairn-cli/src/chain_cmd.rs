@@ -178,15 +178,7 @@ pub async fn run(cmd: ChainCommand) -> anyhow::Result<()> {
             devnet_dir,
             json,
         } => {
-            let chain = match devnet_dir {
-                Some(dir) => {
-                    let (ledger, deployment) = devnet_paths(&dir);
-                    let d = Deployment::load(&deployment)?;
-                    let l = EmbeddedLedger::open_read_only(&ledger, d.chain_id)?;
-                    Chain::new(Arc::new(l), d)?
-                }
-                None => chain.connect().await?,
-            };
+            let chain = open_chain(&chain, devnet_dir.as_deref()).await?;
             let status = status(&chain).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&status)?);
@@ -228,6 +220,92 @@ pub async fn run(cmd: ChainCommand) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// The chain named by `--rpc/--deployment`, or a devnet's embedded chain read-only.
+pub async fn open_chain(args: &ChainArgs, devnet_dir: Option<&Path>) -> anyhow::Result<Chain> {
+    match devnet_dir {
+        Some(dir) => {
+            let (ledger, deployment) = devnet_paths(dir);
+            let d = Deployment::load(&deployment)?;
+            let l = EmbeddedLedger::open_read_only(&ledger, d.chain_id)?;
+            Ok(Chain::new(Arc::new(l), d)?)
+        }
+        None => args.connect().await,
+    }
+}
+
+/// `cairn receipt settled`: the node's inclusion proof, checked locally and on chain.
+pub async fn settled(
+    chain: &Chain,
+    node: &str,
+    receipt: &cairn_receipt::SignedReceipt,
+) -> anyhow::Result<()> {
+    let d = chain.deployment();
+    if receipt.domain.chain_id != d.chain_id || receipt.domain.verifying_contract != d.settlement {
+        bail!(
+            "the receipt is addressed to chain {} contract {}, not this deployment's settlement {} on chain {}",
+            receipt.domain.chain_id,
+            receipt.domain.verifying_contract,
+            d.settlement,
+            d.chain_id
+        );
+    }
+    let stored = cairn_node::NodeClient::new(node)
+        .receipt(&receipt.id().to_string())
+        .await
+        .with_context(|| format!("asking {node} for the receipt's batch"))?;
+    let batch = &stored["batch"];
+    if batch.is_null() {
+        bail!("the node has not put this receipt in a batch yet; try again after its batch age");
+    }
+    let id = batch["id"]
+        .as_u64()
+        .context("the node sealed the batch but has not submitted it yet; try again shortly")?;
+    let root: alloy_primitives::B256 = batch["root"]
+        .as_str()
+        .and_then(|r| r.parse().ok())
+        .context("the node's batch has no valid root")?;
+    let proof: Vec<alloy_primitives::B256> = batch["proof"]
+        .as_array()
+        .context("the node's batch has no proof")?
+        .iter()
+        .map(|p| p.as_str().and_then(|p| p.parse().ok()))
+        .collect::<Option<_>>()
+        .context("the node's proof is not a list of 32-byte hashes")?;
+    let digest = receipt.signing_hash();
+    if !cairn_receipt::merkle::verify(root, digest, &proof) {
+        bail!("the node's proof does not lead from the receipt to its root");
+    }
+    let on_chain = chain.batch(id).await?;
+    if on_chain.root != root {
+        bail!(
+            "batch {id} on chain has root {}, the node says {root}",
+            on_chain.root
+        );
+    }
+    if on_chain.node != receipt.signer {
+        bail!(
+            "batch {id} was submitted by {}, the receipt is signed by {}",
+            on_chain.node,
+            receipt.signer
+        );
+    }
+    if !chain.verify_inclusion(id, digest, proof).await? {
+        bail!("Settlement.verifyInclusion refused the proof");
+    }
+    println!(
+        "receipt {} is in batch {id} on chain {}",
+        receipt.id(),
+        d.chain_id
+    );
+    println!("  root:   {root}");
+    println!("  status: {:?}", on_chain.status);
+    println!(
+        "  proof:  verified locally and by Settlement.verifyInclusion at {}",
+        d.settlement
+    );
+    Ok(())
 }
 
 /// Everything `cairn chain status` shows, as JSON.

@@ -236,6 +236,20 @@ enum ReceiptCommand {
         #[arg(long)]
         model: Option<PathBuf>,
     },
+    /// Check that a receipt is settled: its inclusion proof (from the node) against the batch
+    /// root on chain, locally and by the settlement contract.
+    Settled {
+        /// Receipt JSON file.
+        receipt: PathBuf,
+        /// The node that signed it.
+        #[arg(long, env = "CAIRN_NODE", default_value = DEFAULT_NODE)]
+        node: String,
+        #[command(flatten)]
+        chain: chain_cmd::ChainArgs,
+        /// Read a devnet's embedded chain instead of --rpc/--deployment.
+        #[arg(long, conflicts_with = "rpc")]
+        devnet_dir: Option<PathBuf>,
+    },
     /// Fetch the model by CID, re-run it on the receipt's profile and compare.
     Reexec {
         /// Receipt JSON file.
@@ -377,6 +391,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             output.as_deref(),
             model.as_deref(),
         ),
+        Command::Receipt(ReceiptCommand::Settled {
+            receipt,
+            node,
+            chain,
+            devnet_dir,
+        }) => {
+            let r = node_cmd::load_receipt(&receipt)
+                .with_context(|| format!("{} does not verify", receipt.display()))?;
+            let chain = chain_cmd::open_chain(&chain, devnet_dir.as_deref()).await?;
+            chain_cmd::settled(&chain, &node, &r).await
+        }
         Command::Receipt(ReceiptCommand::Reexec {
             receipt,
             input,

@@ -318,7 +318,7 @@ pub async fn infer(
     Ok(())
 }
 
-fn load_receipt(path: &Path) -> anyhow::Result<SignedReceipt> {
+pub fn load_receipt(path: &Path) -> anyhow::Result<SignedReceipt> {
     let text = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     let value: serde_json::Value =
         serde_json::from_slice(&text).with_context(|| format!("{} is not JSON", path.display()))?;

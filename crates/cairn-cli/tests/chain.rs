@@ -167,6 +167,21 @@ fn devnet_call_ends_in_a_finalized_batch_that_pays_everyone() {
         U256::from(999_000_000_000u64),
         U256::ZERO,
     );
+    // Anyone can check a receipt's settlement: the node's proof against the root on chain.
+    let receipt_file = dir.join("receipt-0.json");
+    let out = cairn(&[
+        "receipt",
+        "settled",
+        receipt_file.to_str().unwrap(),
+        "--node",
+        &net.node_url,
+        "--devnet-dir",
+        data.to_str().unwrap(),
+    ]);
+    assert!(
+        out.contains("verified locally and by Settlement.verifyInclusion"),
+        "{out}"
+    );
     // The batch listing a verifier reads holds exactly the batch's receipts.
     let first = wait_finalized(&net.node_url, &receipts[0]);
     let listing = get(&format!(
@@ -366,6 +381,11 @@ fn node_settles_on_anvil_with_separate_verifier_processes() {
     for r in &receipts {
         wait_finalized(&node.node_url, r);
     }
+    let receipt_file = d.join("receipt-1.json");
+    let mut args = vec!["receipt", "settled", receipt_file.to_str().unwrap()];
+    args.extend_from_slice(&["--node", &node.node_url]);
+    args.extend_from_slice(&chain);
+    assert!(cairn(&args).contains("Settlement.verifyInclusion"));
     let mut args = vec!["chain", "status", "--json"];
     args.extend_from_slice(&chain);
     let status: Value = serde_json::from_str(&cairn(&args)).unwrap();
