@@ -326,6 +326,15 @@ impl Chain {
         .await
     }
 
+    /// Seconds after its last heartbeat a node stops being active (0: never).
+    pub async fn heartbeat_timeout(&self) -> Result<u64, LedgerError> {
+        self.view(
+            self.deployment.registry,
+            NodeRegistry::heartbeatTimeoutCall {},
+        )
+        .await
+    }
+
     pub async fn heartbeat(&self, signer: &PrivateKeySigner) -> Result<TxOutcome, LedgerError> {
         self.exec(
             signer,

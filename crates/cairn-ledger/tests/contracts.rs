@@ -478,6 +478,7 @@ sol! {
     function allowance(address owner, address spender) returns (uint256);
     function depositWithAuthorization(address payer, address payee, bytes32 salt, uint256 amount, uint256 validAfter, uint256 validBefore, bytes32 nonce, uint8 v, bytes32 r, bytes32 s);
     function setFeeSplit(uint16 verifierBps_, uint16 treasuryBps_);
+    function setHeartbeatTimeout(uint64 timeout);
     function withdrawUnbonded();
     function requestUnbond(uint256 amount);
 }
@@ -665,6 +666,45 @@ async fn token_governance_and_unbonding(ledger: Arc<dyn Ledger>) {
             verifierBps_: 2_000,
             treasuryBps_: 1_000,
         },
+    )
+    .await
+    .unwrap();
+
+    // Liveness: with a heartbeat timeout, a silent node drops out until it beats again.
+    send_call(
+        &chain,
+        &a.gov,
+        d.registry,
+        setHeartbeatTimeoutCall { timeout: 100 },
+    )
+    .await
+    .unwrap();
+    assert_eq!(chain.heartbeat_timeout().await.unwrap(), 100);
+    assert!(
+        chain
+            .is_active(a.node.address(), Role::Inference)
+            .await
+            .unwrap()
+    );
+    ledger.advance_time(101).await.unwrap();
+    assert!(
+        !chain
+            .is_active(a.node.address(), Role::Inference)
+            .await
+            .unwrap()
+    );
+    chain.heartbeat(&a.node).await.unwrap();
+    assert!(
+        chain
+            .is_active(a.node.address(), Role::Inference)
+            .await
+            .unwrap()
+    );
+    send_call(
+        &chain,
+        &a.gov,
+        d.registry,
+        setHeartbeatTimeoutCall { timeout: 0 },
     )
     .await
     .unwrap();

@@ -65,6 +65,7 @@ pub(crate) struct Settler {
     chain: Chain,
     key: PrivateKeySigner,
     policy: BatchPolicy,
+    liveness_checked: Mutex<Option<std::time::Instant>>,
 }
 
 fn internal(e: impl std::fmt::Display) -> NodeError {
@@ -85,6 +86,7 @@ impl Settler {
             chain: cfg.chain,
             key,
             policy: cfg.policy,
+            liveness_checked: Mutex::new(None),
         })
     }
 
@@ -115,7 +117,41 @@ impl Settler {
         while self.seal().await? {}
         self.submit_sealed().await?;
         self.attest_collected().await?;
-        self.finalize_ripe().await
+        self.finalize_ripe().await?;
+        self.keep_alive().await
+    }
+
+    /// Sends a registry heartbeat once half the heartbeat timeout has passed (checked at most
+    /// once a minute), so a governance-set timeout never makes a working node inactive.
+    async fn keep_alive(&self) -> Result<(), NodeError> {
+        {
+            let mut last = self
+                .liveness_checked
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if last.is_some_and(|t| t.elapsed() < Duration::from_secs(60)) {
+                return Ok(());
+            }
+            *last = Some(std::time::Instant::now());
+        }
+        let timeout = self.chain.heartbeat_timeout().await.map_err(internal)?;
+        if timeout == 0 {
+            return Ok(());
+        }
+        let me = self
+            .chain
+            .node(self.key.address())
+            .await
+            .map_err(internal)?;
+        if me.role.is_none() {
+            return Ok(());
+        }
+        let now = crate::now_secs();
+        if now.saturating_sub(me.last_heartbeat) >= timeout / 2 {
+            let out = self.chain.heartbeat(&self.key).await.map_err(internal)?;
+            tracing::info!(tx = %out.hash, "sent a registry heartbeat");
+        }
+        Ok(())
     }
 
     /// Submits `attestBatch` for every submitted batch that holds a quorum of signatures.
