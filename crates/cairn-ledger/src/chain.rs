@@ -53,7 +53,9 @@ fn decimal<S: serde::Serializer>(v: &U256, s: S) -> Result<S::Ok, S::Error> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
+    /// Runs models and signs receipts.
     Inference,
+    /// Checks batches and co-signs them.
     Verifier,
 }
 
@@ -70,15 +72,23 @@ impl Role {
 #[derive(Clone, Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct NodeInfo {
+    /// The node's address.
     pub address: Address,
+    /// Its role; `None` when not registered.
     pub role: Option<Role>,
+    /// Not disabled by governance.
     pub enabled: bool,
+    /// Where it is reached.
     pub endpoint: String,
+    /// Active stake, token units.
     #[serde(serialize_with = "decimal")]
     pub stake: U256,
+    /// Stake waiting out the unbonding delay.
     #[serde(serialize_with = "decimal")]
     pub unbonding: U256,
+    /// Unix seconds of its last heartbeat.
     pub last_heartbeat: u64,
+    /// Registered, enabled, staked enough and alive.
     pub active: bool,
 }
 
@@ -86,10 +96,15 @@ pub struct NodeInfo {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BatchStatus {
+    /// No such batch.
     Unknown,
+    /// Root and fees are on chain; waiting for attestation.
     Submitted,
+    /// A verifier quorum signed; the challenge window runs.
     Attested,
+    /// Fees paid out.
     Finalized,
+    /// Proven wrong by a challenge; fees went to the treasury.
     Voided,
 }
 
@@ -97,15 +112,24 @@ pub enum BatchStatus {
 #[derive(Clone, Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct BatchInfo {
+    /// Batch id (from 1).
     pub id: u64,
+    /// The node that submitted it.
     pub node: Address,
+    /// Merkle root of its receipts.
     pub root: B256,
+    /// Receipts in it.
     pub count: u32,
+    /// Fees escrowed with it, token units.
     #[serde(serialize_with = "decimal")]
     pub fees: U256,
+    /// Unix seconds of submission.
     pub submitted_at: u64,
+    /// Unix seconds of attestation (0 before).
     pub attested_at: u64,
+    /// Where it is in its lifecycle.
     pub status: BatchStatus,
+    /// The verifiers whose attestation was recorded.
     pub verifiers: Vec<Address>,
 }
 
@@ -129,10 +153,12 @@ impl Chain {
         Ok(Self { ledger, deployment })
     }
 
+    /// The ledger the contracts live on.
     pub fn ledger(&self) -> &Arc<dyn Ledger> {
         &self.ledger
     }
 
+    /// The contract addresses.
     pub fn deployment(&self) -> &Deployment {
         &self.deployment
     }
@@ -185,6 +211,7 @@ impl Chain {
 
     // ---- token ----
 
+    /// Payment-token balance of `who`.
     pub async fn token_balance(&self, who: Address) -> Result<U256, LedgerError> {
         self.view(
             self.deployment.token,
@@ -208,6 +235,7 @@ impl Chain {
         .await
     }
 
+    /// Plain token transfer.
     pub async fn transfer(
         &self,
         from: &PrivateKeySigner,
@@ -222,6 +250,7 @@ impl Chain {
         .await
     }
 
+    /// Lets `spender` move up to `amount` of the owner's tokens.
     pub async fn approve(
         &self,
         owner: &PrivateKeySigner,
@@ -335,6 +364,7 @@ impl Chain {
         .await
     }
 
+    /// Records that the signer's node is alive.
     pub async fn heartbeat(&self, signer: &PrivateKeySigner) -> Result<TxOutcome, LedgerError> {
         self.exec(
             signer,
@@ -344,6 +374,7 @@ impl Chain {
         .await
     }
 
+    /// A registration as the registry holds it, with whether it is active.
     pub async fn node(&self, who: Address) -> Result<NodeInfo, LedgerError> {
         let n = self
             .view(
@@ -519,6 +550,7 @@ impl Chain {
         .await
     }
 
+    /// Pays out an attested batch whose challenge window has passed.
     pub async fn finalize(
         &self,
         sender: &PrivateKeySigner,
@@ -558,6 +590,7 @@ impl Chain {
         .await
     }
 
+    /// A batch as the settlement contract holds it.
     pub async fn batch(&self, id: u64) -> Result<BatchInfo, LedgerError> {
         let b = self
             .view(
@@ -584,6 +617,7 @@ impl Chain {
         })
     }
 
+    /// Number of batches ever submitted (ids are 1..=count).
     pub async fn batch_count(&self) -> Result<u64, LedgerError> {
         let n: U256 = self
             .view(self.deployment.settlement, Settlement::batchCountCall {})
@@ -644,6 +678,7 @@ impl Chain {
             .map_err(|e| LedgerError::Invalid(format!("unrecoverable signature: {e}")))
     }
 
+    /// Seconds a batch can be challenged after attestation.
     pub async fn challenge_window(&self) -> Result<u64, LedgerError> {
         self.view(
             self.deployment.settlement,
@@ -692,6 +727,7 @@ impl Chain {
         sign(payer, voucher.eip712_signing_hash(&self.escrow_domain()))
     }
 
+    /// Redeems a cumulative voucher; pays the payee what it adds.
     pub async fn redeem(
         &self,
         sender: &PrivateKeySigner,
@@ -715,6 +751,7 @@ impl Chain {
         .await
     }
 
+    /// Starts the payer's refund delay for a channel.
     pub async fn request_withdrawal(
         &self,
         payer: &PrivateKeySigner,
@@ -729,6 +766,7 @@ impl Chain {
         .await
     }
 
+    /// Refunds the channel's unredeemed rest to the payer after the delay.
     pub async fn withdraw(
         &self,
         payer: &PrivateKeySigner,

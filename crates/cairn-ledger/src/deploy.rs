@@ -34,8 +34,9 @@ pub struct DeployParams {
     pub treasury: Address,
     /// Use this ERC-20 (with EIP-3009, e.g. USDC) instead of deploying `CairnToken`.
     pub token: Option<Address>,
-    /// Minimum stakes, token units.
+    /// Minimum stake of an inference node, token units.
     pub min_inference_stake: U256,
+    /// Minimum stake of a verifier, token units.
     pub min_verifier_stake: U256,
     /// Seconds before unbonded stake can leave.
     pub unbonding_delay: u64,
@@ -43,11 +44,13 @@ pub struct DeployParams {
     pub verifier_quorum: u16,
     /// Seconds a batch can be challenged after attestation.
     pub challenge_window: u64,
-    /// Fee shares in basis points (the node gets the rest).
+    /// Verifiers' share of a batch's fees, basis points (the node gets the rest).
     pub verifier_bps: u16,
+    /// Treasury's share of a batch's fees, basis points.
     pub treasury_bps: u16,
-    /// Share of stake slashed on proven fraud, and the challenger's share of it.
+    /// Share of a node's stake slashed on proven fraud, basis points.
     pub slash_bps: u16,
+    /// The challenger's share of the slashed stake, basis points.
     pub challenger_reward_bps: u16,
     /// Seconds between a payer's withdrawal request and its refund in the escrow.
     pub escrow_withdraw_delay: u64,
@@ -82,17 +85,24 @@ fn checksummed<S: serde::Serializer>(a: &Address, s: S) -> Result<S::Ok, S::Erro
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Deployment {
+    /// EIP-155 chain id.
     pub chain_id: u64,
+    /// Payment token (ERC-20 with EIP-3009).
     #[serde(serialize_with = "checksummed")]
     pub token: Address,
+    /// `NodeRegistry`.
     #[serde(serialize_with = "checksummed")]
     pub registry: Address,
+    /// `Settlement`: also the receipts' EIP-712 verifying contract.
     #[serde(serialize_with = "checksummed")]
     pub settlement: Address,
+    /// `Escrow` for prepaid vouchers.
     #[serde(serialize_with = "checksummed")]
     pub escrow: Address,
+    /// Holder of the governance roles.
     #[serde(serialize_with = "checksummed")]
     pub governor: Address,
+    /// Receiver of the protocol's fee share.
     #[serde(serialize_with = "checksummed")]
     pub treasury: Address,
     /// Block of the last deployment transaction; event scans start here.
