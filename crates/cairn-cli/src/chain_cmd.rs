@@ -16,7 +16,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use serde_json::{Value, json};
 
 /// Where the chain is.
-#[derive(Args, Clone, Debug, Default)]
+#[derive(Args, Clone, Debug)]
 pub struct ChainArgs {
     /// JSON-RPC endpoint of an EVM chain (anvil, Base, …).
     #[arg(long, env = "CAIRN_RPC")]
@@ -27,6 +27,9 @@ pub struct ChainArgs {
     /// Longest wait for a transaction to be mined, in seconds.
     #[arg(long, default_value_t = 60)]
     pub rpc_wait_secs: u64,
+    /// Most blocks one `eth_getLogs` request spans (public endpoints cap it).
+    #[arg(long, default_value_t = cairn_ledger::rpc::DEFAULT_LOG_WINDOW)]
+    pub rpc_log_window: u64,
 }
 
 impl ChainArgs {
@@ -37,7 +40,8 @@ impl ChainArgs {
         };
         let ledger = RpcLedger::connect(rpc, Duration::from_secs(self.rpc_wait_secs))
             .await
-            .with_context(|| format!("connecting to {rpc}"))?;
+            .with_context(|| format!("connecting to {rpc}"))?
+            .with_log_window(self.rpc_log_window);
         let d = Deployment::load(deployment)?;
         Ok(Chain::new(Arc::new(ledger), d)?)
     }

@@ -25,8 +25,13 @@ pub struct RpcLedger {
     provider: DynProvider<Ethereum>,
     chain_id: u64,
     wait: Duration,
+    /// Most blocks one `eth_getLogs` may span (public endpoints cap the range).
+    log_window: u64,
     signers: Mutex<HashMap<Address, Arc<tokio::sync::Mutex<SignerState>>>>,
 }
+
+/// Default block span of one `eth_getLogs` request.
+pub const DEFAULT_LOG_WINDOW: u64 = 5_000;
 
 #[derive(Default)]
 struct SignerState {
@@ -65,8 +70,15 @@ impl RpcLedger {
             provider,
             chain_id,
             wait,
+            log_window: DEFAULT_LOG_WINDOW,
             signers: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Splits log queries into spans of at most `blocks` blocks.
+    pub fn with_log_window(mut self, blocks: u64) -> Self {
+        self.log_window = blocks.max(1);
+        self
     }
 
     fn state_for(&self, who: Address) -> Arc<tokio::sync::Mutex<SignerState>> {
@@ -255,22 +267,28 @@ impl Ledger for RpcLedger {
     }
 
     async fn logs(&self, filter: LogFilter) -> Result<Vec<LogRecord>, LedgerError> {
-        let mut f = Filter::new().from_block(filter.from_block);
-        if let Some(a) = filter.address {
-            f = f.address(a);
-        }
-        if let Some(t) = filter.topic0 {
-            f = f.event_signature(t);
-        }
-        let logs = self.provider.get_logs(&f).await.map_err(rpc_error)?;
-        Ok(logs
-            .into_iter()
-            .map(|l| LogRecord {
+        let head = self.provider.get_block_number().await.map_err(rpc_error)?;
+        let mut out = Vec::new();
+        let mut start = filter.from_block;
+        // Nodes refuse ranges past their head and public ones cap the span: walk in windows.
+        while start <= head {
+            let end = head.min(start.saturating_add(self.log_window - 1));
+            let mut f = Filter::new().from_block(start).to_block(end);
+            if let Some(a) = filter.address {
+                f = f.address(a);
+            }
+            if let Some(t) = filter.topic0 {
+                f = f.event_signature(t);
+            }
+            let logs = self.provider.get_logs(&f).await.map_err(rpc_error)?;
+            out.extend(logs.into_iter().map(|l| LogRecord {
                 block: l.block_number.unwrap_or_default(),
                 tx: l.transaction_hash.unwrap_or_default(),
                 log: l.inner,
-            })
-            .collect())
+            }));
+            start = end + 1;
+        }
+        Ok(out)
     }
 
     async fn state_root(&self) -> Result<B256, LedgerError> {

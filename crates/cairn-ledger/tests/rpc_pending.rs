@@ -79,3 +79,58 @@ async fn unmined_transactions_are_tracked_not_resent() {
     .await;
     assert_eq!(count, "0x3");
 }
+
+/// Log queries walk the chain in windows (public endpoints cap `eth_getLogs` spans) and a range
+/// starting past the head is simply empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_are_read_in_windows() {
+    let Some(anvil) = Anvil::from_env(31337).unwrap() else {
+        assert!(std::env::var_os("CAIRN_TEST_REQUIRE_SERVICES").is_none());
+        eprintln!("SKIPPED: CAIRN_ANVIL not set");
+        return;
+    };
+    let ledger = RpcLedger::connect(anvil.url(), Duration::from_secs(30))
+        .await
+        .unwrap()
+        .with_log_window(2);
+    let gov = dev_signer(0);
+    ledger
+        .dev_set_balance(gov.address(), U256::from(10u128.pow(20)))
+        .await
+        .unwrap();
+    let ledger: std::sync::Arc<dyn Ledger> = std::sync::Arc::new(ledger);
+    let d = cairn_ledger::deploy::deploy(
+        ledger.as_ref(),
+        &gov,
+        &cairn_ledger::DeployParams::devnet(gov.address(), gov.address()),
+    )
+    .await
+    .unwrap();
+    let chain = cairn_ledger::Chain::new(ledger.clone(), d.clone()).unwrap();
+    for i in 0..7u64 {
+        chain
+            .mint(&gov, dev_signer(1).address(), U256::from(i + 1))
+            .await
+            .unwrap();
+    }
+    let transfer = alloy_primitives::keccak256("Transfer(address,address,uint256)");
+    let logs = ledger
+        .logs(cairn_ledger::LogFilter {
+            address: Some(d.token),
+            topic0: Some(transfer),
+            from_block: 0,
+        })
+        .await
+        .unwrap();
+    assert_eq!(logs.len(), 7);
+    assert!(logs.windows(2).all(|w| w[0].block < w[1].block));
+    let head = ledger.head().await.unwrap().number;
+    let none = ledger
+        .logs(cairn_ledger::LogFilter {
+            from_block: head + 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(none.is_empty());
+}
