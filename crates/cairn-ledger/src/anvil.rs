@@ -58,6 +58,23 @@ impl Anvil {
         }
     }
 
+    /// For tests: the anvil named by `CAIRN_ANVIL`, or `None` after printing `SKIPPED`. Panics
+    /// instead of skipping when `CAIRN_TEST_REQUIRE_SERVICES` is set (the test command sets it).
+    pub fn for_test(test: &str, chain_id: u64) -> Option<Self> {
+        match Self::from_env(chain_id) {
+            Ok(Some(a)) => Some(a),
+            Ok(None) => {
+                assert!(
+                    std::env::var_os("CAIRN_TEST_REQUIRE_SERVICES").is_none(),
+                    "{test}: CAIRN_ANVIL is required (scripts/npm-deps.sh installs it)"
+                );
+                eprintln!("SKIPPED {test}: CAIRN_ANVIL not set");
+                None
+            }
+            Err(e) => panic!("{test}: {e}"),
+        }
+    }
+
     /// Its JSON-RPC URL.
     pub fn url(&self) -> &str {
         &self.url

@@ -760,12 +760,7 @@ async fn contracts_on_the_embedded_ledger() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn contracts_on_anvil() {
-    let Some(anvil) = Anvil::from_env(31337).unwrap() else {
-        assert!(
-            std::env::var_os("CAIRN_TEST_REQUIRE_SERVICES").is_none(),
-            "CAIRN_ANVIL is required (scripts/npm-deps.sh installs it)"
-        );
-        eprintln!("SKIPPED: CAIRN_ANVIL not set");
+    let Some(anvil) = Anvil::for_test("contracts_on_anvil", 31337) else {
         return;
     };
     let ledger = RpcLedger::connect(anvil.url(), Duration::from_secs(30))

@@ -32,12 +32,7 @@ fn pay(to: Address) -> TxRequest {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unmined_transactions_are_tracked_not_resent() {
-    let Some(anvil) = Anvil::from_env(31337).unwrap() else {
-        assert!(
-            std::env::var_os("CAIRN_TEST_REQUIRE_SERVICES").is_none(),
-            "CAIRN_ANVIL is required (scripts/npm-deps.sh installs it)"
-        );
-        eprintln!("SKIPPED: CAIRN_ANVIL not set");
+    let Some(anvil) = Anvil::for_test("unmined_transactions_are_tracked_not_resent", 31337) else {
         return;
     };
     let url = anvil.url().to_owned();
@@ -84,9 +79,7 @@ async fn unmined_transactions_are_tracked_not_resent() {
 /// starting past the head is simply empty.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logs_are_read_in_windows() {
-    let Some(anvil) = Anvil::from_env(31337).unwrap() else {
-        assert!(std::env::var_os("CAIRN_TEST_REQUIRE_SERVICES").is_none());
-        eprintln!("SKIPPED: CAIRN_ANVIL not set");
+    let Some(anvil) = Anvil::for_test("logs_are_read_in_windows", 31337) else {
         return;
     };
     let ledger = RpcLedger::connect(anvil.url(), Duration::from_secs(30))

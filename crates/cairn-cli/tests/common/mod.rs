@@ -20,39 +20,12 @@ pub struct Server {
 impl Server {
     /// `cairn devnet` in a fresh data dir.
     pub fn devnet() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let data = dir.path().join("data");
-        Self::spawn(
-            &[
-                "devnet",
-                "--listen",
-                "127.0.0.1:0",
-                "--node-listen",
-                "127.0.0.1:0",
-                "--data-dir",
-                data.to_str().unwrap(),
-            ],
-            &[],
-            &["  hub:", "  node:"],
-            dir,
-        )
+        Self::devnet_with(&[])
     }
 
     /// `cairn devnet` in a fresh data dir, with extra arguments.
     pub fn devnet_with(extra: &[&str]) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let data = dir.path().join("data");
-        let mut args = vec![
-            "devnet",
-            "--listen",
-            "127.0.0.1:0",
-            "--node-listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            data.to_str().unwrap(),
-        ];
-        args.extend_from_slice(extra);
-        Self::spawn(&args, &[], &["  hub:", "  node:"], dir)
+        Self::devnet_resume(tempfile::tempdir().unwrap(), extra)
     }
 
     /// Any long-running `cairn` command; waits for a stdout line starting with `marker` and
