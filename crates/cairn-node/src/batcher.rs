@@ -222,10 +222,12 @@ impl Settler {
         let policy = self.policy;
         self.db(move |c| {
             let now = crate::now_secs() as i64;
-            let rows: Vec<(String, Vec<u8>, Option<String>, i64)> = {
+            // Receipts from before settlement existed have no digest and stay out of batches.
+            let rows: Vec<(String, Vec<u8>, String, i64)> = {
                 let mut stmt = c.prepare_cached(
                     "SELECT id, digest, price, created_at FROM receipts
-                     WHERE batch IS NULL AND digest IS NOT NULL ORDER BY created_at, id LIMIT ?1",
+                     WHERE batch IS NULL AND length(digest) = 32 AND price IS NOT NULL
+                     ORDER BY created_at, id LIMIT ?1",
                 )?;
                 stmt.query_map(params![policy.max_receipts as i64], |r| {
                     Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
@@ -241,9 +243,15 @@ impl Settler {
             let digests: Vec<B256> = rows.iter().map(|r| B256::from_slice(&r.1)).collect();
             let tree = ReceiptTree::new(&digests)
                 .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
-            let fees = rows.iter().fold(U256::ZERO, |acc, r| {
-                acc + r.2.as_deref().and_then(|p| p.parse::<U256>().ok()).unwrap_or_default()
-            });
+            let mut fees = U256::ZERO;
+            for (id, _, price, _) in &rows {
+                let price: U256 = price.parse().map_err(|e| {
+                    rusqlite::Error::ToSqlConversionFailure(
+                        format!("receipt {id} has an unreadable price {price:?}: {e}").into(),
+                    )
+                })?;
+                fees += price;
+            }
             let tx = c.transaction()?;
             tx.execute(
                 "INSERT INTO batches (root, count, fees, status, sealed_at) VALUES (?1, ?2, ?3, 'sealed', ?4)",
@@ -280,7 +288,16 @@ impl Settler {
                     local: r.get(0)?,
                     root: B256::from_slice(&r.get::<_, Vec<u8>>(1)?),
                     count: r.get::<_, i64>(2)? as u32,
-                    fees: r.get::<_, String>(3)?.parse().unwrap_or_default(),
+                    fees: {
+                        let fees: String = r.get(3)?;
+                        fees.parse().map_err(|e| {
+                            rusqlite::Error::FromSqlConversionFailure(
+                                3,
+                                rusqlite::types::Type::Text,
+                                format!("batch fees {fees:?}: {e}").into(),
+                            )
+                        })?
+                    },
                 })
             })?
             .collect()
