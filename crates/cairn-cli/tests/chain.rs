@@ -6,15 +6,13 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 use alloy_primitives::U256;
+use cairn_ledger::RpcLedger;
 use cairn_receipt::SignedReceipt;
-use common::{BIN, Server, eventually, stdout};
+use common::{BIN, Server, eventually, infer_digit, stdout};
 use serde_json::{Value, json};
-
-fn examples() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples")
-}
 
 fn get(url: &str) -> Value {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -24,48 +22,13 @@ fn get(url: &str) -> Value {
     rt.block_on(async { reqwest::get(url).await.unwrap().json().await.unwrap() })
 }
 
-fn rpc(url: &str, method: &str, params: Value) -> Value {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        reqwest::Client::new()
-            .post(url)
-            .json(&json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
-    })
-}
-
 fn cairn(args: &[&str]) -> String {
     stdout(&Command::new(BIN).args(args).output().unwrap())
 }
 
-/// Infers the example digit on `node`; returns the receipt JSON.
+/// Infers the example digit on `node` (`receipt-{n}.json` in `dir`); returns the receipt JSON.
 fn infer(hub: &str, node: &str, dir: &Path, n: usize) -> Value {
-    let receipt = dir.join(format!("receipt-{n}.json"));
-    let input = examples().join("digit.json");
-    stdout(
-        &Command::new(BIN)
-            .args([
-                "infer",
-                "digits@1.0",
-                "--input",
-                input.to_str().unwrap(),
-                "--node",
-                node,
-                "--receipt-out",
-                receipt.to_str().unwrap(),
-            ])
-            .env("CAIRN_HUB", hub)
-            .output()
-            .unwrap(),
-    );
+    let (receipt, _) = infer_digit(hub, node, dir, &format!("-{n}"));
     serde_json::from_str(&std::fs::read_to_string(receipt).unwrap()).unwrap()
 }
 
@@ -270,12 +233,19 @@ fn funded_key(anvil: &str, dir: &Path, name: &str) -> (PathBuf, String) {
     let addr = cairn(&["key", "address", "--key", path.to_str().unwrap()])
         .trim()
         .to_owned();
-    let r = rpc(
-        anvil,
-        "anvil_setBalance",
-        json!([addr, "0x21e19e0c9bab2400000"]),
-    );
-    assert!(r.get("error").is_none(), "{r}");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let ledger = RpcLedger::connect(anvil, Duration::from_secs(30))
+            .await
+            .unwrap();
+        ledger
+            .dev_set_balance(addr.parse().unwrap(), U256::from(10u128.pow(22)))
+            .await
+            .unwrap();
+    });
     (path, addr)
 }
 

@@ -4,15 +4,11 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
-use common::{BIN, Server, cairn, failure, models_dir, stdout};
+use common::{Server, cairn, examples, failure, infer_digit, models_dir, run, stdout};
 use serde_json::{Value, json};
-
-fn examples() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples")
-}
 
 fn post(
     url: &str,
@@ -68,42 +64,11 @@ fn push(hub: &str, key: &Path, file: &Path, repo: &str) -> String {
     out.trim().to_owned()
 }
 
-/// `cairn` with `CAIRN_HUB` set.
-fn run(hub: &str, args: &[&str]) -> std::process::Output {
-    Command::new(BIN)
-        .args(args)
-        .env("CAIRN_HUB", hub)
-        .output()
-        .unwrap()
-}
-
-/// `cairn infer digits@1.0` with the example digit on `node`; returns (receipt, output) paths.
-fn infer_digit(hub: &str, node: &str, dir: &Path) -> (PathBuf, PathBuf) {
-    let receipt = dir.join("receipt.json");
-    let output = dir.join("out.safetensors");
-    let input = examples().join("digit.json");
-    let args = [
-        "infer",
-        "digits@1.0",
-        "--input",
-        input.to_str().unwrap(),
-        "--node",
-        node,
-        "--receipt-out",
-        receipt.to_str().unwrap(),
-        "--output",
-        output.to_str().unwrap(),
-    ];
-    let out = stdout(&run(hub, &args));
-    assert!(out.contains("label INT64 [1]: [2]"), "{out}");
-    (receipt, output)
-}
-
 #[test]
 fn devnet_demo_model_infers_verifies_and_reexecutes() {
     let net = Server::devnet();
     let dir = net.dir.path();
-    let (receipt, output) = infer_digit(&net.url, &net.node_url, dir);
+    let (receipt, output) = infer_digit(&net.url, &net.node_url, dir, "");
     let input = examples().join("digit.json");
     let run = |args: &[&str]| run(&net.url, args);
     let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/digits_mlp.onnx");
@@ -525,7 +490,7 @@ fn onnxruntime_engine_receipts_are_marked_tolerance() {
         &net.url,
         &["--engine", "onnxruntime", "--ort-library", &lib],
     );
-    let (receipt, output) = infer_digit(&net.url, &node.node_url, net.dir.path());
+    let (receipt, output) = infer_digit(&net.url, &node.node_url, net.dir.path(), "");
     let input = examples().join("digit.json");
     let run = |args: &[&str]| run(&net.url, args);
     let r: Value = serde_json::from_slice(&std::fs::read(&receipt).unwrap()).unwrap();

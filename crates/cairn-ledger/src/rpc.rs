@@ -119,16 +119,24 @@ impl RpcLedger {
             .ok_or_else(|| LedgerError::Rpc("no latest block".into()))
     }
 
+    /// Calls a dev-chain method (`evm_mine`, `anvil_setBalance`, `txpool_status`, …); on a
+    /// production chain these fail with [`LedgerError::Unsupported`].
+    pub async fn dev_rpc(
+        &self,
+        method: &'static str,
+        params: serde_json::Value,
+    ) -> Result<serde_json::Value, LedgerError> {
+        self.provider
+            .raw_request(method.into(), params)
+            .await
+            .map_err(|e| LedgerError::Unsupported(format!("{method} (dev chains only): {e}")))
+    }
+
     /// Sets `who`'s native balance (anvil's `anvil_setBalance`; dev chains only).
     pub async fn dev_set_balance(&self, who: Address, wei: U256) -> Result<(), LedgerError> {
-        let _: serde_json::Value = self
-            .provider
-            .raw_request("anvil_setBalance".into(), (who, wei))
+        self.dev_rpc("anvil_setBalance", serde_json::json!([who, wei]))
             .await
-            .map_err(|e| {
-                LedgerError::Unsupported(format!("anvil_setBalance (dev chains only): {e}"))
-            })?;
-        Ok(())
+            .map(drop)
     }
 
     /// Blocks until the pending transaction of `who`, if any, is mined (within the wait).
@@ -297,18 +305,9 @@ impl Ledger for RpcLedger {
     }
 
     async fn advance_time(&self, secs: u64) -> Result<(), LedgerError> {
-        let _: serde_json::Value = self
-            .provider
-            .raw_request("evm_increaseTime".into(), (secs,))
-            .await
-            .map_err(|e| {
-                LedgerError::Unsupported(format!("evm_increaseTime (dev chains only): {e}"))
-            })?;
-        let _: serde_json::Value = self
-            .provider
-            .raw_request("evm_mine".into(), ())
-            .await
-            .map_err(|e| LedgerError::Unsupported(format!("evm_mine (dev chains only): {e}")))?;
+        self.dev_rpc("evm_increaseTime", serde_json::json!([secs]))
+            .await?;
+        self.dev_rpc("evm_mine", serde_json::json!([])).await?;
         Ok(())
     }
 }

@@ -7,20 +7,7 @@ use std::time::Duration;
 use alloy_primitives::{Address, U256};
 use cairn_ledger::anvil::Anvil;
 use cairn_ledger::{Ledger, LedgerError, RpcLedger, TxRequest, dev_signer};
-use serde_json::{Value, json};
-
-async fn rpc(url: &str, method: &str, params: Value) -> Value {
-    reqwest::Client::new()
-        .post(url)
-        .json(&json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}))
-        .send()
-        .await
-        .unwrap()
-        .json::<Value>()
-        .await
-        .unwrap()["result"]
-        .clone()
-}
+use serde_json::json;
 
 fn pay(to: Address) -> TxRequest {
     TxRequest {
@@ -47,7 +34,10 @@ async fn unmined_transactions_are_tracked_not_resent() {
         .unwrap();
     ledger.send(&alice, pay(bob)).await.unwrap();
 
-    rpc(&url, "evm_setAutomine", json!([false])).await;
+    ledger
+        .dev_rpc("evm_setAutomine", json!([false]))
+        .await
+        .unwrap();
     let (hash, nonce) = match ledger.send(&alice, pay(bob)).await {
         Err(LedgerError::Pending { hash, nonce }) => (hash, nonce),
         other => panic!("expected pending, got {other:?}"),
@@ -58,20 +48,24 @@ async fn unmined_transactions_are_tracked_not_resent() {
         Err(LedgerError::Pending { hash: h, .. }) => assert_eq!(h, hash),
         other => panic!("expected the same pending transaction, got {other:?}"),
     }
-    let pool = rpc(&url, "txpool_status", json!([])).await;
+    let pool = ledger.dev_rpc("txpool_status", json!([])).await.unwrap();
     assert_eq!(pool["pending"], "0x1", "a transaction was re-sent: {pool}");
 
     // Once mined, alice goes on with the next nonce.
-    rpc(&url, "evm_setAutomine", json!([true])).await;
-    rpc(&url, "evm_mine", json!([])).await;
+    ledger
+        .dev_rpc("evm_setAutomine", json!([true]))
+        .await
+        .unwrap();
+    ledger.dev_rpc("evm_mine", json!([])).await.unwrap();
     ledger.reconcile(alice.address()).await.unwrap();
     ledger.send(&alice, pay(bob)).await.unwrap();
-    let count = rpc(
-        &url,
-        "eth_getTransactionCount",
-        json!([alice.address(), "latest"]),
-    )
-    .await;
+    let count = ledger
+        .dev_rpc(
+            "eth_getTransactionCount",
+            json!([alice.address(), "latest"]),
+        )
+        .await
+        .unwrap();
     assert_eq!(count, "0x3");
 }
 

@@ -211,3 +211,40 @@ pub fn eventually(secs: u64, mut f: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// The repository's `examples/` dir.
+pub fn examples() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples")
+}
+
+/// `cairn` with `CAIRN_HUB` set.
+pub fn run(hub: &str, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .env("CAIRN_HUB", hub)
+        .output()
+        .unwrap()
+}
+
+/// `cairn infer digits@1.0` with the example digit on `node`, writing `receipt{tag}.json` and
+/// `out{tag}.safetensors` into `dir`; checks the label and returns (receipt, output) paths.
+pub fn infer_digit(hub: &str, node: &str, dir: &Path, tag: &str) -> (PathBuf, PathBuf) {
+    let receipt = dir.join(format!("receipt{tag}.json"));
+    let output = dir.join(format!("out{tag}.safetensors"));
+    let input = examples().join("digit.json");
+    let args = [
+        "infer",
+        "digits@1.0",
+        "--input",
+        input.to_str().unwrap(),
+        "--node",
+        node,
+        "--receipt-out",
+        receipt.to_str().unwrap(),
+        "--output",
+        output.to_str().unwrap(),
+    ];
+    let out = stdout(&run(hub, &args));
+    assert!(out.contains("label INT64 [1]: [2]"), "{out}");
+    (receipt, output)
+}
