@@ -9,6 +9,7 @@ import {EIP712} from "@openzeppelin/contracts/utils/cryptography/EIP712.sol";
 import {ECDSA} from "@openzeppelin/contracts/utils/cryptography/ECDSA.sol";
 import {MerkleProof} from "@openzeppelin/contracts/utils/cryptography/MerkleProof.sol";
 import {NodeRegistry} from "./NodeRegistry.sol";
+import {PaymentVault} from "./PaymentVault.sol";
 
 /// @title Receipt batches: Merkle roots submitted by inference nodes, attested by k verifiers,
 /// finalized after a challenge window with the fees split between node, verifiers and treasury.
@@ -93,6 +94,7 @@ contract Settlement is EIP712, AccessControl, ReentrancyGuard {
     error ZeroAddress();
 
     event BatchSubmitted(uint256 indexed id, address indexed node, bytes32 root, uint32 count, uint256 fees);
+    event VaultDeployed(address indexed node, address vault);
     event BatchAttested(uint256 indexed id, address[] verifiers);
     event BatchFinalized(uint256 indexed id, uint256 toNode, uint256 toVerifiers, uint256 toTreasury);
     event BatchChallenged(
@@ -129,7 +131,8 @@ contract Settlement is EIP712, AccessControl, ReentrancyGuard {
     // ---- batches ----
 
     /// @notice An active inference node commits `count` receipts under `root` and escrows their
-    /// `fees` (approve first). Returns the batch id.
+    /// `fees`: first from its payment vault (where its x402 and voucher payments arrive), the rest
+    /// from its own balance (approve first). Returns the batch id.
     function submitBatch(bytes32 root, uint32 count, uint256 fees) external nonReentrant returns (uint256 id) {
         if (!registry.isActive(msg.sender, NodeRegistry.Role.Inference)) revert NotActiveNode(msg.sender);
         if (count == 0) revert EmptyBatch();
@@ -142,7 +145,26 @@ contract Settlement is EIP712, AccessControl, ReentrancyGuard {
         b.fees = fees;
         b.status = Status.Submitted;
         emit BatchSubmitted(id, msg.sender, root, count, fees);
-        if (fees > 0) feeToken.safeTransferFrom(msg.sender, address(this), fees);
+        if (fees == 0) return id;
+        address vault = vaultOf(msg.sender);
+        uint256 fromVault = feeToken.balanceOf(vault);
+        if (fromVault > fees) fromVault = fees;
+        if (fromVault > 0) {
+            if (vault.code.length == 0) {
+                new PaymentVault{salt: bytes32(uint256(uint160(msg.sender)))}(feeToken);
+                emit VaultDeployed(msg.sender, vault);
+            }
+            PaymentVault(vault).release(fromVault);
+        }
+        if (fees > fromVault) feeToken.safeTransferFrom(msg.sender, address(this), fees - fromVault);
+    }
+
+    /// @notice The payment address of inference node `node`: its x402 `payTo` and voucher payee.
+    /// Funds there can only become that node's batch fees.
+    function vaultOf(address node) public view returns (address) {
+        bytes32 initCode = keccak256(abi.encodePacked(type(PaymentVault).creationCode, abi.encode(feeToken)));
+        bytes32 h = keccak256(abi.encodePacked(bytes1(0xff), address(this), bytes32(uint256(uint160(node))), initCode));
+        return address(uint160(uint256(h)));
     }
 
     /// @notice Records `signatures` of distinct active verifiers (ascending signer addresses) over the

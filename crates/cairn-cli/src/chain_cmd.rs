@@ -332,6 +332,12 @@ pub async fn status(chain: &Chain) -> anyhow::Result<Value> {
         let n = chain.node(e.node).await?;
         let mut v = serde_json::to_value(&n)?;
         v["tokenBalance"] = json!(chain.token_balance(e.node).await?.to_string());
+        if n.role == Some(Role::Inference) {
+            // Where callers' payments wait until they become batch fees.
+            let vault = chain.vault_of(e.node).await?;
+            v["vault"] = json!(vault);
+            v["vaultBalance"] = json!(chain.token_balance(vault).await?.to_string());
+        }
         nodes.push(v);
     }
     let count = chain.batch_count().await?;
@@ -453,6 +459,8 @@ pub const DEVNET_ACCOUNTS: [(usize, &str); 10] = [
 pub const DEVNET_VERIFIERS: [usize; 3] = [3, 4, 5];
 /// The devnet's inference node account.
 pub const DEVNET_NODE: usize = 2;
+/// The devnet account whose key file `cairn devnet` writes for paying.
+pub const DEVNET_PAYER: usize = 6;
 
 /// Opens (or creates: genesis, deploy, fund, register verifiers) the devnet's embedded chain.
 pub async fn devnet_chain(

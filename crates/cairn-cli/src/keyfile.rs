@@ -80,6 +80,11 @@ fn load_or_create_existing(path: &Path) -> anyhow::Result<PrivateKeySigner> {
     parse(std::fs::read_to_string(path)?.trim())
 }
 
+/// Loads an existing key file.
+pub fn load(path: &Path) -> anyhow::Result<PrivateKeySigner> {
+    load_or_create_existing(path).with_context(|| format!("reading key file {}", path.display()))
+}
+
 fn alloy_primitives_hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -4,6 +4,7 @@
 mod chain_cmd;
 mod keyfile;
 mod node_cmd;
+mod pay_cmd;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -53,6 +54,10 @@ enum Command {
         /// Challenge window of batches in seconds (fixed when the chain is first deployed).
         #[arg(long, default_value_t = 10)]
         challenge_window: u64,
+        /// Serve inference without asking for payment (receipts still carry --price; the node
+        /// escrows their fees itself).
+        #[arg(long)]
+        free: bool,
     },
     /// The inference node.
     #[command(subcommand)]
@@ -76,7 +81,20 @@ enum Command {
         /// Write the receipt here.
         #[arg(long)]
         receipt_out: Option<PathBuf>,
+        /// Pay the node's 402 answers with this key file (prepaid when you have a deposit with
+        /// the node, else an EIP-3009 `exact` payment). On the devnet: DATA_DIR/chain/payer.key.
+        #[arg(long, env = "CAIRN_PAYER_KEY")]
+        payer_key: Option<PathBuf>,
+        /// The prepaid channel's salt (one payer can hold several channels with a node).
+        #[arg(long, default_value = "0x0000000000000000000000000000000000000000000000000000000000000000")]
+        salt: alloy_primitives::B256,
     },
+    /// Prepaid balances with a node: deposit, show, withdraw.
+    #[command(subcommand)]
+    Pay(pay_cmd::PayCommand),
+    /// An x402 facilitator (`/verify`, `/settle`, `/supported`) for other resource servers.
+    #[command(subcommand)]
+    Facilitator(pay_cmd::FacilitatorCommand),
     /// Check receipts.
     #[command(subcommand)]
     Receipt(ReceiptCommand),
@@ -355,6 +373,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             price,
             batch_max_age_secs,
             challenge_window,
+            free,
         } => {
             devnet(
                 data_dir,
@@ -366,6 +385,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     price,
                     batch_max_age_secs,
                     challenge_window,
+                    free,
                 },
             )
             .await
@@ -379,7 +399,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             json,
             output,
             receipt_out,
-        } => node_cmd::infer(&node, &reference, &input, json, output, receipt_out).await,
+            payer_key,
+            salt,
+        } => {
+            let pay = node_cmd::PayArgs { payer_key, salt };
+            node_cmd::infer(&node, &reference, &input, json, output, receipt_out, pay).await
+        }
+        Command::Pay(c) => pay_cmd::run(c).await,
+        Command::Facilitator(c) => pay_cmd::facilitator(c).await,
         Command::Receipt(ReceiptCommand::Verify {
             receipt,
             input,
@@ -457,6 +484,7 @@ struct DevnetChain {
     price: alloy_primitives::U256,
     batch_max_age_secs: u64,
     challenge_window: u64,
+    free: bool,
 }
 
 async fn devnet(
@@ -493,6 +521,9 @@ async fn devnet(
     let chain = chain_cmd::devnet_chain(&data_dir, c.chain_id, c.challenge_window).await?;
     let node_key = data_dir.join("chain").join("node.key");
     keyfile::write(&node_key, &cairn_ledger::dev_signer(chain_cmd::DEVNET_NODE))?;
+    // The first user account, ready to pay with `cairn infer --payer-key`.
+    let payer_key = data_dir.join("chain").join("payer.key");
+    keyfile::write(&payer_key, &cairn_ledger::dev_signer(chain_cmd::DEVNET_PAYER))?;
     let node_args = node_cmd::NodeServeArgs {
         listen: node_listen,
         hub: url.clone(),
@@ -500,6 +531,8 @@ async fn devnet(
         key: Some(node_key),
         price: c.price,
         batch_max_age_secs: c.batch_max_age_secs,
+        redeem_every_secs: 5,
+        free: c.free,
         ..node_cmd::NodeServeArgs::defaults()?
     };
     let node_listener = cairn_node::bind(node_listen)
@@ -521,10 +554,21 @@ async fn devnet(
     println!("  node key: {}", node_state.address());
     println!("  profile:  {}", node_state.profile());
     println!("  demo:     digits@1.0 = {demo}");
-    println!("  price:    {} token units per inference", c.price);
+    if c.free {
+        println!("  price:    {} token units per inference (not charged: --free)", c.price);
+    } else {
+        println!("  price:    {} token units per inference (x402: exact or prepaid)", c.price);
+    }
     chain_cmd::print_devnet(&chain).await?;
     println!(
-        "Try: cairn infer digits@1.0 --input examples/digit.json --node {node_url} --receipt-out receipt.json"
+        "  payer:    {} (account {}, key file {})",
+        cairn_ledger::dev_signer(chain_cmd::DEVNET_PAYER).address(),
+        chain_cmd::DEVNET_PAYER,
+        payer_key.display()
+    );
+    println!(
+        "Try: cairn infer digits@1.0 --input examples/digit.json --node {node_url} --payer-key {} --receipt-out receipt.json",
+        payer_key.display()
     );
     let node_task = tokio::spawn(cairn_node::serve(
         node_listener,

@@ -105,6 +105,28 @@ pub struct NodeServeArgs {
     /// Seal whatever waits once the oldest receipt is this many seconds old.
     #[arg(long, default_value_t = 60)]
     pub batch_max_age_secs: u64,
+    /// Serve without asking for payment even when settling on a chain (receipts then carry
+    /// --price and the node escrows their fees itself).
+    #[arg(long)]
+    pub free: bool,
+    /// Price of one model, MODEL=UNITS (a CID or name@version; repeatable). Others cost --price.
+    #[arg(long = "model-price", value_parser = parse_model_price)]
+    pub model_prices: Vec<(String, U256)>,
+    /// Do not offer the prepaid (escrow voucher) scheme, only `exact`.
+    #[arg(long)]
+    pub no_prepaid: bool,
+    /// Seconds between voucher redemptions (and reconciliations of pending settlements).
+    #[arg(long, default_value_t = 30)]
+    pub redeem_every_secs: u64,
+}
+
+fn parse_model_price(s: &str) -> Result<(String, U256), String> {
+    let (model, price) = s
+        .rsplit_once('=')
+        .ok_or_else(|| format!("{s:?} is not MODEL=UNITS"))?;
+    let price = U256::from_str_radix(price, 10)
+        .map_err(|e| format!("price {price:?} is not a whole number of token units: {e}"))?;
+    Ok((model.to_string(), price))
 }
 
 impl NodeServeArgs {
@@ -183,6 +205,11 @@ pub async fn open_node(
             verifying_contract: args.verifying_contract,
         },
     };
+    let payments = (chain.is_some() && !args.free).then(|| cairn_node::PaymentConfig {
+        model_prices: args.model_prices.clone(),
+        prepaid: !args.no_prepaid,
+        redeem_every: Duration::from_secs(args.redeem_every_secs.max(1)),
+    });
     let settlement = chain.map(|chain| cairn_node::SettlementConfig {
         chain,
         policy: cairn_node::BatchPolicy {
@@ -203,6 +230,7 @@ pub async fn open_node(
         retention: Duration::from_secs(args.retention_secs),
         fsync_receipts: args.fsync_receipts,
         settlement,
+        payments,
     })
     .await?;
     Ok(state)
@@ -259,6 +287,14 @@ pub fn read_tensors(path: &Path) -> anyhow::Result<Vec<Tensor>> {
 }
 
 /// `cairn infer`.
+/// How `cairn infer` pays.
+pub struct PayArgs {
+    /// The payer's key file, if any.
+    pub payer_key: Option<PathBuf>,
+    /// The prepaid channel's salt.
+    pub salt: alloy_primitives::B256,
+}
+
 pub async fn infer(
     node: &str,
     reference: &str,
@@ -266,11 +302,23 @@ pub async fn infer(
     json_body: bool,
     output: Option<PathBuf>,
     receipt_out: Option<PathBuf>,
+    pay: PayArgs,
 ) -> anyhow::Result<()> {
     let inputs = read_tensors(input)?;
-    let outcome = NodeClient::new(node)
-        .infer(reference, &inputs, json_body)
-        .await?;
+    let mut client = NodeClient::new(node);
+    if let Some(path) = &pay.payer_key {
+        client = client.with_payer(crate::keyfile::load(path)?, pay.salt);
+    }
+    let outcome = match client.infer(reference, &inputs, json_body).await {
+        Err(cairn_node::client::NodeClientError::Api { status, code, message })
+            if status == reqwest::StatusCode::PAYMENT_REQUIRED && pay.payer_key.is_none() =>
+        {
+            bail!(
+                "the node asks for payment ({code}): {message}\n  pass --payer-key FILE (env CAIRN_PAYER_KEY) to pay automatically; on the devnet: DATA_DIR/chain/payer.key"
+            )
+        }
+        other => other?,
+    };
     for t in &outcome.outputs {
         let values = cairn_node::kserve::bytes_to_json(t.dtype(), t.data());
         let shown = match &values {
@@ -291,6 +339,15 @@ pub async fn infer(
         eprintln!(
             "note: the receipt's output hash covers every model output; this call returned a subset"
         );
+    }
+    if let Some(p) = &outcome.payment {
+        let how = match &p.settlement {
+            Some(s) if s.success && p.scheme == "exact" => format!("settled in transaction {}", s.transaction),
+            Some(s) if s.success => format!("voucher accepted, payment ref {}", s.transaction),
+            Some(s) => format!("not settled: {}", s.error_reason.as_deref().unwrap_or("unknown")),
+            None => "no settlement answer".to_string(),
+        };
+        println!("paid:     {} token units ({}) to {}, {how}", p.amount, p.scheme, p.pay_to);
     }
     println!("model:    {}", outcome.model_name);
     println!("receipt:  {} signed by {}", receipt.id(), receipt.signer);

@@ -62,8 +62,9 @@ fn dec(v: &Value) -> U256 {
 }
 
 /// Every finalized batch's fees are split exactly: verifiers 10% (equal parts, dust to the
-/// treasury), treasury 5%, node the rest; the settlement contract keeps nothing.
-fn check_split(status: &Value, node: &str, node_before: U256, treasury_before: U256) {
+/// treasury), treasury 5%, node the rest; the settlement contract keeps nothing. `paid`: whether
+/// callers paid the fees (x402, into the node's vault) or the node escrowed them itself.
+fn check_split(status: &Value, node: &str, node_before: U256, treasury_before: U256, paid: bool) {
     let (mut to_node, mut to_treasury, mut fees_total) = (U256::ZERO, U256::ZERO, U256::ZERO);
     let bps = |f: U256, b: u64| f * U256::from(b) / U256::from(10_000u64);
     for b in status["batches"].as_array().unwrap() {
@@ -81,14 +82,21 @@ fn check_split(status: &Value, node: &str, node_before: U256, treasury_before: U
         dec(&status["treasuryBalance"]),
         treasury_before + to_treasury
     );
-    let node_now = status["nodes"]
+    let entry = status["nodes"]
         .as_array()
         .unwrap()
         .iter()
         .find(|n| n["address"].as_str().unwrap().eq_ignore_ascii_case(node))
-        .map(|n| dec(&n["tokenBalance"]))
         .unwrap();
-    assert_eq!(node_now, node_before - fees_total + to_node);
+    let node_now = dec(&entry["tokenBalance"]);
+    // Paid calls put exactly the fees in the node's vault; a batch takes its fees from the vault
+    // first, so what the node escrowed itself is what still waits in the vault.
+    let own_fees = if paid {
+        dec(&entry["vaultBalance"])
+    } else {
+        fees_total
+    };
+    assert_eq!(node_now, node_before - own_fees + to_node);
 }
 
 #[test]
@@ -129,6 +137,7 @@ fn devnet_call_ends_in_a_finalized_batch_that_pays_everyone() {
         info["address"].as_str().unwrap(),
         U256::from(999_000_000_000u64),
         U256::ZERO,
+        true,
     );
     // Anyone can check a receipt's settlement: the node's proof against the root on chain.
     let receipt_file = dir.join("receipt-0.json");
@@ -216,6 +225,7 @@ fn devnet_resumes_after_kill_9_with_the_same_chain() {
         info["address"].as_str().unwrap(),
         U256::from(999_000_000_000u64),
         U256::ZERO,
+        true,
     );
     let node = status["nodes"]
         .as_array()
@@ -294,6 +304,7 @@ fn node_settles_on_anvil_with_separate_verifier_processes() {
             node_key.to_str().unwrap(),
             "--price",
             "4000",
+            "--free",
             "--batch-max-age-secs",
             "1",
             "--rpc",
@@ -359,5 +370,6 @@ fn node_settles_on_anvil_with_separate_verifier_processes() {
         &node_addr,
         U256::from(999_000_000_000u64),
         U256::ZERO,
+        false,
     );
 }

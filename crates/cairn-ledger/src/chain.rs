@@ -35,6 +35,15 @@ sol! {
         uint256 validBefore;
         bytes32 nonce;
     }
+    /// EIP-3009's receive authorization (only `to` may submit it), signed by the payer.
+    struct ReceiveWithAuthorization {
+        address from;
+        address to;
+        uint256 value;
+        uint256 validAfter;
+        uint256 validBefore;
+        bytes32 nonce;
+    }
     /// A payer's cumulative promise to a payee in the escrow.
     struct Voucher {
         address payer;
@@ -131,6 +140,20 @@ pub struct BatchInfo {
     pub status: BatchStatus,
     /// The verifiers whose attestation was recorded.
     pub verifiers: Vec<Address>,
+}
+
+/// A prepaid channel in the escrow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ChannelState {
+    /// Deposited in total, token units.
+    #[serde(serialize_with = "decimal")]
+    pub deposited: U256,
+    /// Paid out to the payee so far.
+    #[serde(serialize_with = "decimal")]
+    pub claimed: U256,
+    /// When the payer may take the rest back (0: no withdrawal requested).
+    pub withdrawable_at: u64,
 }
 
 /// The contracts of one [`Deployment`] on one [`Ledger`].
@@ -311,6 +334,38 @@ impl Chain {
             r: sig.r().into(),
             s: sig.s().into(),
         })
+    }
+
+    /// Whether `authorizer` has used (or cancelled) EIP-3009 `nonce`.
+    pub async fn authorization_used(
+        &self,
+        authorizer: Address,
+        nonce: B256,
+    ) -> Result<bool, LedgerError> {
+        self.view(
+            self.deployment.token,
+            CairnToken::authorizationStateCall { authorizer, nonce },
+        )
+        .await
+    }
+
+    /// Sends a signed EIP-3009 transfer (any sender may; the payer pays no gas).
+    pub async fn send_authorization(
+        &self,
+        sender: &PrivateKeySigner,
+        call: CairnToken::transferWithAuthorizationCall,
+    ) -> Result<TxOutcome, LedgerError> {
+        self.exec(sender, self.deployment.token, call).await
+    }
+
+    /// The payment vault of inference node `node`: its x402 `payTo` and voucher payee, whose
+    /// funds can only become that node's batch fees.
+    pub async fn vault_of(&self, node: Address) -> Result<Address, LedgerError> {
+        self.view(
+            self.deployment.settlement,
+            Settlement::vaultOfCall { node },
+        )
+        .await
     }
 
     // ---- registry ----
@@ -710,6 +765,39 @@ impl Chain {
         .await
     }
 
+    /// Deposits into the (payer, payee, salt) channel with the payer's EIP-3009
+    /// `ReceiveWithAuthorization` to the escrow: anyone may send it, the payer pays no gas.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn deposit_with_authorization(
+        &self,
+        sender: &PrivateKeySigner,
+        payer: Address,
+        payee: Address,
+        salt: B256,
+        amount: U256,
+        valid_before: U256,
+        nonce: B256,
+        signature: &Signature,
+    ) -> Result<TxOutcome, LedgerError> {
+        self.exec(
+            sender,
+            self.deployment.escrow,
+            Escrow::depositWithAuthorizationCall {
+                payer,
+                payee,
+                salt,
+                amount,
+                validAfter: U256::ZERO,
+                validBefore: valid_before,
+                nonce,
+                v: 27 + signature.v() as u8,
+                r: signature.r().into(),
+                s: signature.s().into(),
+            },
+        )
+        .await
+    }
+
     /// Signs a cumulative voucher as `payer` (no transaction).
     pub fn sign_voucher(
         &self,
@@ -788,13 +876,33 @@ impl Chain {
         payee: Address,
         salt: B256,
     ) -> Result<(U256, U256), LedgerError> {
+        let c = self.channel_state(payer, payee, salt).await?;
+        Ok((c.deposited, c.claimed))
+    }
+
+    /// A channel's full state (deposited, claimed, refund time; zero when none was asked).
+    pub async fn channel_state(
+        &self,
+        payer: Address,
+        payee: Address,
+        salt: B256,
+    ) -> Result<ChannelState, LedgerError> {
         let c = self
             .view(
                 self.deployment.escrow,
                 Escrow::getChannelCall { payer, payee, salt },
             )
             .await?;
-        Ok((c.deposited, c.claimed))
+        Ok(ChannelState {
+            deposited: c.deposited,
+            claimed: c.claimed,
+            withdrawable_at: c.withdrawableAt,
+        })
+    }
+
+    /// The escrow's id of the (payer, payee, salt) channel.
+    pub fn channel_id(payer: Address, payee: Address, salt: B256) -> B256 {
+        alloy_primitives::keccak256(alloy_sol_types::SolValue::abi_encode(&(payer, payee, salt)))
     }
 }
 

@@ -42,6 +42,21 @@ pub struct InferOutcome {
     pub model_name: String,
     /// Release version when called by name.
     pub model_version: String,
+    /// What was paid, when the node asked for payment.
+    pub payment: Option<PaymentMade>,
+}
+
+/// A payment `cairn infer` made.
+#[derive(Clone, Debug)]
+pub struct PaymentMade {
+    /// `exact` or `prepaid`.
+    pub scheme: String,
+    /// Token units.
+    pub amount: alloy_primitives::U256,
+    /// The payee (the node's payment vault).
+    pub pay_to: alloy_primitives::Address,
+    /// The node's settlement answer (`PAYMENT-RESPONSE`).
+    pub settlement: Option<cairn_x402::wire::SettleResponse>,
 }
 
 /// A node client.
@@ -49,6 +64,8 @@ pub struct InferOutcome {
 pub struct NodeClient {
     base: String,
     http: reqwest::Client,
+    payer: Option<alloy_signer_local::PrivateKeySigner>,
+    salt: alloy_primitives::B256,
 }
 
 impl NodeClient {
@@ -57,7 +74,60 @@ impl NodeClient {
         Self {
             base: base.trim_end_matches('/').to_owned(),
             http: reqwest::Client::new(),
+            payer: None,
+            salt: alloy_primitives::B256::ZERO,
         }
+    }
+
+    /// Pays the node's 402 answers with `payer`: prepaid (channel `salt`) when the payer has a
+    /// deposit with the node that covers the price, else `exact`.
+    pub fn with_payer(
+        mut self,
+        payer: alloy_signer_local::PrivateKeySigner,
+        salt: alloy_primitives::B256,
+    ) -> Self {
+        self.payer = Some(payer);
+        self.salt = salt;
+        self
+    }
+
+    /// The payment header for a 402 answer: (header value, what is paid).
+    async fn pay(
+        &self,
+        payer: &alloy_signer_local::PrivateKeySigner,
+        headers: &reqwest::header::HeaderMap,
+    ) -> Result<(String, PaymentMade), NodeClientError> {
+        use cairn_x402::client as pay;
+        let p = |m: String| NodeClientError::Protocol(m);
+        let required = pay::offers(headers).map_err(|e| p(e.to_string()))?;
+        if let Some(offer) = required.accepts.iter().find(|o| o.scheme == "prepaid") {
+            let ch = self
+                .get_json(&format!(
+                    "/v1/prepaid/{}?salt={}",
+                    payer.address(),
+                    self.salt
+                ))
+                .await?;
+            let num = |k: &str| {
+                ch[k]
+                    .as_str()
+                    .and_then(|v| alloy_primitives::U256::from_str_radix(v, 10).ok())
+                    .unwrap_or_default()
+            };
+            let next = num("accepted") + offer.amount;
+            if ch["known"] == true && ch["closing"] != true && next <= num("deposited") {
+                let header = pay::pay_prepaid(payer, &required, offer, self.salt, next)
+                    .map_err(|e| p(e.to_string()))?;
+                return Ok((header, made(offer)));
+            }
+        }
+        let offer = required
+            .accepts
+            .iter()
+            .find(|o| o.scheme == "exact")
+            .ok_or_else(|| p("the node offers no payment scheme this client can pay".into()))?;
+        let header = pay::pay_exact(payer, &required, offer).map_err(|e| p(e.to_string()))?;
+        Ok((header, made(offer)))
     }
 
     async fn check(
@@ -132,10 +202,27 @@ impl NodeClient {
                 .header(HEADER_LENGTH, json_len)
                 .body(body);
         }
-        let resp = req.send().await.map_err(|source| NodeClientError::Http {
+        let retry = req.try_clone();
+        let mut resp = req.send().await.map_err(|source| NodeClientError::Http {
             url: url.clone(),
             source,
         })?;
+        let mut payment = None;
+        if resp.status() == StatusCode::PAYMENT_REQUIRED
+            && let (Some(payer), Some(retry)) = (&self.payer, retry)
+        {
+            let (header, mut made) = self.pay(payer, resp.headers()).await?;
+            resp = retry
+                .header(cairn_x402::wire::PAYMENT_SIGNATURE, header)
+                .send()
+                .await
+                .map_err(|source| NodeClientError::Http {
+                    url: url.clone(),
+                    source,
+                })?;
+            made.settlement = cairn_x402::client::settle_response(resp.headers());
+            payment = Some(made);
+        }
         let resp = self.check(&url, resp).await?;
         let json_len = resp
             .headers()
@@ -145,7 +232,18 @@ impl NodeClient {
             url: url.clone(),
             source,
         })?;
-        parse_response(&bytes, json_len)
+        let mut outcome = parse_response(&bytes, json_len)?;
+        outcome.payment = payment;
+        Ok(outcome)
+    }
+}
+
+fn made(offer: &cairn_x402::wire::PaymentRequirements) -> PaymentMade {
+    PaymentMade {
+        scheme: offer.scheme.clone(),
+        amount: offer.amount,
+        pay_to: offer.pay_to,
+        settlement: None,
     }
 }
 
@@ -215,5 +313,6 @@ pub fn parse_response(
         receipt: body["parameters"]["receipt"].clone(),
         model_name: body["model_name"].as_str().unwrap_or("").to_owned(),
         model_version: body["model_version"].as_str().unwrap_or("").to_owned(),
+        payment: None,
     })
 }

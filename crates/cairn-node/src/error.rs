@@ -64,6 +64,9 @@ pub enum NodeError {
     /// An attestation whose signer is not an active verifier (or unrecoverable).
     #[error("{0}")]
     NotAVerifier(String),
+    /// A payment or deposit the node refuses (reason code first).
+    #[error("{0}")]
+    PaymentRefused(String),
     /// The chain could not be reached or refused a read.
     #[error("{0}")]
     ChainUnavailable(String),
@@ -97,6 +100,7 @@ impl NodeError {
             E::NotFound(_) => "not_found",
             E::NotAVerifier(_) => "not_a_verifier",
             E::ChainUnavailable(_) => "chain_unavailable",
+            E::PaymentRefused(_) => "payment_refused",
             E::Internal(_) => "internal",
         }
     }
@@ -121,6 +125,7 @@ impl NodeError {
             E::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             E::HubUnavailable(_) | E::ChainUnavailable(_) => StatusCode::BAD_GATEWAY,
             E::NotAVerifier(_) => StatusCode::FORBIDDEN,
+            E::PaymentRefused(_) => StatusCode::UNPROCESSABLE_ENTITY,
             E::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

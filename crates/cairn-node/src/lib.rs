@@ -22,11 +22,12 @@ pub mod client;
 pub mod error;
 pub mod kserve;
 pub mod log;
+mod pricing;
 pub mod safetensors_io;
 mod server;
 
 pub use batcher::{BatchPolicy, SettlementConfig};
-pub use client::{InferOutcome, NodeClient};
+pub use client::{InferOutcome, NodeClient, PaymentMade};
 pub use error::NodeError;
 pub use server::{NodeState, router};
 
@@ -85,6 +86,30 @@ pub struct NodeConfig {
     pub fsync_receipts: bool,
     /// Where receipts are settled; `None` keeps them local (no batches).
     pub settlement: Option<batcher::SettlementConfig>,
+    /// x402 payments (needs `settlement`); `None` serves without asking for payment.
+    pub payments: Option<PaymentConfig>,
+}
+
+/// How the node is paid.
+#[derive(Clone, Debug)]
+pub struct PaymentConfig {
+    /// Prices of particular models (a CID or name@version as configured; resolved to the CID a
+    /// request runs, so a name and its CID cost the same). Others cost [`NodeConfig::price`].
+    pub model_prices: Vec<(String, U256)>,
+    /// Offer the prepaid (escrow voucher) scheme beside `exact`.
+    pub prepaid: bool,
+    /// How often accepted vouchers are redeemed and pending settlements reconciled.
+    pub redeem_every: Duration,
+}
+
+impl Default for PaymentConfig {
+    fn default() -> Self {
+        Self {
+            model_prices: Vec::new(),
+            prepaid: true,
+            redeem_every: Duration::from_secs(30),
+        }
+    }
 }
 
 /// Opens the node's state (cache dir, receipt log).

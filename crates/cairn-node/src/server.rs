@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 
 use alloy_primitives::{B256, U256};
 use alloy_signer_local::PrivateKeySigner;
-use axum::Json;
+use axum::{Extension, Json};
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
@@ -17,6 +17,7 @@ use cairn_core::{BlobId, DataType, Tensor};
 use cairn_engine::EngineError;
 use cairn_onnx::{Dim, OnnxSignature};
 use cairn_receipt::{Claims, ReceiptDomain};
+use cairn_x402::Paid;
 use serde_json::{Value, json};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -36,6 +37,9 @@ struct Inner {
     /// What `/v1/node` says about settlement (`None`: receipts stay local).
     settlement: Option<Value>,
     chain: Option<cairn_ledger::Chain>,
+    paywall: Option<Arc<cairn_x402::Paywall>>,
+    /// What `/v1/node` says about payments.
+    payments: Option<Value>,
     key: PrivateKeySigner,
     domain: ReceiptDomain,
     price: U256,
@@ -76,11 +80,25 @@ pub(crate) async fn open(c: NodeConfig) -> Result<NodeState, NodeError> {
         }
         None => None,
     };
+    let (paywall, payments) = match (&chain, c.payments) {
+        (Some(chain), Some(pc)) => {
+            let (p, info) = open_paywall(&c.data_dir, chain, &c.key, &cache, c.price, pc).await?;
+            (Some(p), Some(info))
+        }
+        (None, Some(_)) => {
+            return Err(NodeError::Internal(
+                "payments need a settlement chain (--rpc/--deployment, or the devnet)".into(),
+            ));
+        }
+        _ => (None, None),
+    };
     Ok(NodeState(Arc::new(Inner {
         cache,
         log,
         settlement,
         chain,
+        paywall,
+        payments,
         key: c.key,
         domain: c.domain,
         price: c.price,
@@ -90,6 +108,66 @@ pub(crate) async fn open(c: NodeConfig) -> Result<NodeState, NodeError> {
         per_model: Mutex::new(HashMap::new()),
         workers: Arc::new(Semaphore::new(c.limits.workers.max(1))),
     })))
+}
+
+/// Smallest gasless deposit the node relays (it pays the gas): ten inferences, at least 1.
+fn min_deposit(price: U256) -> U256 {
+    (price * U256::from(10)).max(U256::from(1))
+}
+
+/// The paywall in front of inference: `exact` through the in-process facilitator (the node's
+/// key pays the gas), `prepaid` vouchers to the node's payment vault.
+async fn open_paywall(
+    data_dir: &std::path::Path,
+    chain: &cairn_ledger::Chain,
+    key: &PrivateKeySigner,
+    cache: &ModelCache,
+    default_price: U256,
+    pc: crate::PaymentConfig,
+) -> Result<(Arc<cairn_x402::Paywall>, Value), NodeError> {
+    let x = |e: cairn_x402::X402Error| NodeError::ChainUnavailable(format!("payments: {e}"));
+    let store = cairn_x402::PaymentStore::open(&data_dir.join("payments.sqlite")).map_err(x)?;
+    let facilitator = Arc::new(
+        cairn_x402::Facilitator::new(chain.clone(), key.clone(), store.clone())
+            .await
+            .map_err(x)?,
+    );
+    let vault = chain
+        .vault_of(key.address())
+        .await
+        .map_err(|e| NodeError::ChainUnavailable(format!("reading the payment vault: {e}")))?;
+    let prepaid = pc.prepaid.then(|| {
+        Arc::new(cairn_x402::prepaid::Prepaid::new(
+            chain.clone(),
+            store,
+            key.clone(),
+            vault,
+        ))
+    });
+    tokio::spawn(facilitator.clone().reconcile_loop(pc.redeem_every));
+    if let Some(p) = &prepaid {
+        tokio::spawn(p.clone().run(pc.redeem_every));
+    }
+    let pricing = Arc::new(crate::pricing::ModelPricing {
+        cache: cache.clone(),
+        default: default_price,
+        models: pc.model_prices.clone(),
+    });
+    let info = json!({
+        "payTo": vault.to_checksum(None),
+        "asset": chain.deployment().token.to_checksum(None),
+        "network": cairn_x402::wire::caip2(chain.deployment().chain_id),
+        "schemes": if prepaid.is_some() { vec!["prepaid", "exact"] } else { vec!["exact"] },
+        "escrow": chain.deployment().escrow.to_checksum(None),
+        "tokenName": facilitator.token_domain().name.as_deref().unwrap_or_default(),
+        "tokenVersion": facilitator.token_domain().version.as_deref().unwrap_or_default(),
+        "minDeposit": min_deposit(default_price).to_string(),
+        "defaultPrice": default_price.to_string(),
+        "modelPrices": pc.model_prices.iter().map(|(m, p)| json!({"model": m, "price": p.to_string()})).collect::<Vec<_>>(),
+        "redeemEverySecs": pc.redeem_every.as_secs(),
+    });
+    let paywall = cairn_x402::Paywall::new(facilitator, prepaid, pricing, vault);
+    Ok((Arc::new(paywall), info))
 }
 
 impl NodeState {
@@ -106,21 +184,31 @@ impl NodeState {
 
 /// The node's routes.
 pub fn router(state: NodeState) -> Router {
+    let mut paid = Router::new()
+        .route("/v2/models/{model}/infer", post(infer))
+        .route(
+            "/v2/models/{model}/versions/{version}/infer",
+            post(infer_versioned),
+        );
+    if let Some(p) = &state.0.paywall {
+        paid = paid.route_layer(axum::middleware::from_fn_with_state(
+            p.clone(),
+            cairn_x402::paywall::middleware,
+        ));
+    }
     Router::new()
+        .merge(paid)
         .route("/v2", get(server_metadata))
         .route("/v2/health/live", get(live))
         .route("/v2/health/ready", get(ready))
         .route("/v2/models/{model}", get(model_metadata))
         .route("/v2/models/{model}/ready", get(model_ready))
-        .route("/v2/models/{model}/infer", post(infer))
         .route(
             "/v2/models/{model}/versions/{version}",
             get(model_metadata_versioned),
         )
-        .route(
-            "/v2/models/{model}/versions/{version}/infer",
-            post(infer_versioned),
-        )
+        .route("/v1/prepaid/{payer}", get(prepaid_channel))
+        .route("/v1/prepaid/deposits", post(prepaid_deposit))
         .route("/v1/node", get(node_info))
         .route("/v1/receipts/{id}", get(receipt))
         .route("/v1/batches/{id}", get(batch))
@@ -165,6 +253,7 @@ async fn node_info(State(s): State<NodeState>) -> Result<Json<Value>, NodeError>
         "hub": i.hub_url,
         "price": i.price.to_string(),
         "settlement": i.settlement,
+        "payments": i.payments,
         "modelsLoaded": i.cache.loaded(),
         "receipts": i.log.count().await?,
         "limits": {
@@ -473,19 +562,94 @@ fn check_inputs(sig: &OnnxSignature, inputs: &[Tensor]) -> Result<(), NodeError>
 async fn infer(
     State(s): State<NodeState>,
     Path(model): Path<String>,
+    paid: Option<Extension<Paid>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, NodeError> {
-    run_infer(s, model, headers, body).await
+    run_infer(s, model, paid.map(|p| p.0), headers, body).await
 }
 
 async fn infer_versioned(
     State(s): State<NodeState>,
     Path((model, version)): Path<(String, String)>,
+    paid: Option<Extension<Paid>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, NodeError> {
-    run_infer(s, format!("{model}@{version}"), headers, body).await
+    run_infer(s, format!("{model}@{version}"), paid.map(|p| p.0), headers, body).await
+}
+
+/// `POST /v1/prepaid/deposits`: submits a payer's gasless deposit (EIP-3009
+/// `ReceiveWithAuthorization` to the escrow) into its channel with this node.
+async fn prepaid_deposit(
+    State(s): State<NodeState>,
+    body: Bytes,
+) -> Result<Json<Value>, NodeError> {
+    let Some(pre) = s.0.paywall.as_ref().and_then(|p| p.prepaid()) else {
+        return Err(NodeError::NotFound("this node does not take prepaid vouchers".into()));
+    };
+    let d: cairn_x402::prepaid::DepositAuthorization = serde_json::from_slice(&body)
+        .map_err(|e| NodeError::BadRequest(format!("the body must be a deposit authorization {{payer, salt, amount, validBefore, nonce, signature}}: {e}")))?;
+    let c = pre
+        .deposit(&d, min_deposit(s.0.price))
+        .await
+        .map_err(|e| match e {
+            cairn_x402::X402Error::Invalid(r) => NodeError::PaymentRefused(r.to_string()),
+            other => NodeError::ChainUnavailable(other.to_string()),
+        })?;
+    Ok(Json(json!({
+        "payer": c.payer.to_checksum(None),
+        "payee": c.payee.to_checksum(None),
+        "salt": c.salt.to_string(),
+        "known": true,
+        "deposited": c.deposited.to_string(),
+        "accepted": c.accepted.to_string(),
+        "redeemed": c.redeemed.to_string(),
+        "closing": c.closing,
+    })))
+}
+
+/// `GET /v1/prepaid/{payer}?salt=0x…`: the payer's prepaid channel with this node, as the node
+/// accounts it (what a client needs to sign its next cumulative voucher).
+async fn prepaid_channel(
+    State(s): State<NodeState>,
+    Path(payer): Path<String>,
+    axum::extract::Query(q): axum::extract::Query<HashMap<String, String>>,
+) -> Result<Json<Value>, NodeError> {
+    let Some(pre) = s.0.paywall.as_ref().and_then(|p| p.prepaid()) else {
+        return Err(NodeError::NotFound("this node does not take prepaid vouchers".into()));
+    };
+    let payer: alloy_primitives::Address = payer
+        .parse()
+        .map_err(|e| NodeError::BadRequest(format!("payer {payer:?} is not an address: {e}")))?;
+    let salt: B256 = match q.get("salt") {
+        Some(v) => v
+            .parse()
+            .map_err(|e| NodeError::BadRequest(format!("salt {v:?} is not 32 bytes of hex: {e}")))?,
+        None => B256::ZERO,
+    };
+    let rec = pre
+        .status(payer, salt)
+        .map_err(|e| NodeError::Internal(e.to_string()))?;
+    Ok(Json(match rec {
+        Some(c) => json!({
+            "payer": payer.to_checksum(None),
+            "payee": c.payee.to_checksum(None),
+            "salt": salt.to_string(),
+            "known": true,
+            "deposited": c.deposited.to_string(),
+            "accepted": c.accepted.to_string(),
+            "redeemed": c.redeemed.to_string(),
+            "closing": c.closing,
+        }),
+        None => json!({
+            "payer": payer.to_checksum(None),
+            "payee": pre.payee().to_checksum(None),
+            "salt": salt.to_string(),
+            "known": false,
+            "accepted": "0",
+        }),
+    }))
 }
 
 /// What the worker hands back.
@@ -497,6 +661,7 @@ struct Ran {
 async fn run_infer(
     s: NodeState,
     reference: String,
+    paid: Option<Paid>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, NodeError> {
@@ -581,7 +746,12 @@ async fn run_infer(
     let inputs = decoded.inputs;
     let key = i.key.clone();
     let domain = i.domain;
-    let price = i.price;
+    // A paid request's receipt carries what was paid and the payment's reference.
+    let (price, payment_ref) = match &paid {
+        Some(p) => (p.amount, p.payment_ref),
+        None if i.paywall.is_some() => (U256::ZERO, B256::ZERO),
+        None => (i.price, B256::ZERO),
+    };
     let profile = i.cache.engine().profile().clone();
     let model_cid = loaded.cid;
     let work = move || {
@@ -599,7 +769,7 @@ async fn run_infer(
             profile,
             timestamp: now_secs(),
             price,
-            payment_ref: B256::ZERO,
+            payment_ref,
         };
         let receipt = claims
             .sign(domain, &key)

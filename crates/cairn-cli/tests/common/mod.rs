@@ -18,9 +18,10 @@ pub struct Server {
 }
 
 impl Server {
-    /// `cairn devnet` in a fresh data dir.
+    /// `cairn devnet` in a fresh data dir, serving without payment (for tests about inference;
+    /// `devnet_with` gives the paying default).
     pub fn devnet() -> Self {
-        Self::devnet_with(&[])
+        Self::devnet_with(&["--free"])
     }
 
     /// `cairn devnet` in a fresh data dir, with extra arguments.
@@ -244,6 +245,12 @@ pub fn infer_digit(hub: &str, node: &str, dir: &Path, tag: &str) -> (PathBuf, Pa
         "--output",
         output.to_str().unwrap(),
     ];
+    // On a paying devnet, pay with its payer key.
+    let payer = dir.join("data").join("chain").join("payer.key");
+    let mut args = args.to_vec();
+    if payer.exists() {
+        args.extend_from_slice(&["--payer-key", payer.to_str().unwrap()]);
+    }
     let out = stdout(&run(hub, &args));
     assert!(out.contains("label INT64 [1]: [2]"), "{out}");
     (receipt, output)

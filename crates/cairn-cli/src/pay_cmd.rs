@@ -1,0 +1,250 @@
+//! `cairn pay deposit|balance|withdraw` (prepaid balances with a node) and
+//! `cairn facilitator serve`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use alloy_primitives::{Address, B256, U256};
+use alloy_sol_types::Eip712Domain;
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use serde_json::Value;
+
+use crate::chain_cmd::ChainArgs;
+
+/// Who pays and with which node.
+#[derive(Args, Clone, Debug)]
+pub struct PayerArgs {
+    /// The node's URL.
+    #[arg(long, env = "CAIRN_NODE", default_value = crate::DEFAULT_NODE)]
+    pub node: String,
+    /// The payer's key file (on the devnet: DATA_DIR/chain/payer.key).
+    #[arg(long, env = "CAIRN_PAYER_KEY")]
+    pub payer_key: PathBuf,
+    /// The channel's salt.
+    #[arg(
+        long,
+        default_value = "0x0000000000000000000000000000000000000000000000000000000000000000"
+    )]
+    pub salt: B256,
+}
+
+#[derive(Subcommand)]
+pub enum PayCommand {
+    /// Deposit into your prepaid channel with a node. Without --rpc the deposit is gasless: you
+    /// sign an EIP-3009 authorization and the node submits it.
+    Deposit {
+        #[command(flatten)]
+        payer: PayerArgs,
+        /// Amount in token units (cUSD has 6 decimals: 1000000 = 1 cUSD).
+        #[arg(long)]
+        amount: U256,
+        /// Send the deposit yourself on this chain instead (approve + deposit, you pay gas).
+        #[command(flatten)]
+        chain: ChainArgs,
+    },
+    /// Show your prepaid channel with a node.
+    Balance {
+        #[command(flatten)]
+        payer: PayerArgs,
+    },
+    /// Take back what the node has not earned: the first call asks (a delay starts, the node
+    /// redeems its last vouchers meanwhile), a call after the delay withdraws. Sent by you, so it
+    /// needs --rpc/--deployment.
+    Withdraw {
+        #[command(flatten)]
+        payer: PayerArgs,
+        #[command(flatten)]
+        chain: ChainArgs,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum FacilitatorCommand {
+    /// Serve `POST /verify`, `POST /settle` and `GET /supported` for one chain and token.
+    Serve {
+        /// Listen address; port 0 picks a free one.
+        #[arg(long, default_value = "127.0.0.1:7402")]
+        listen: SocketAddr,
+        /// The key that sends settlement transactions (pays the gas).
+        #[arg(long)]
+        key: PathBuf,
+        /// Where the payment store lives.
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[command(flatten)]
+        chain: ChainArgs,
+    },
+}
+
+async fn get_json(url: &str) -> anyhow::Result<Value> {
+    let resp = reqwest::get(url)
+        .await
+        .with_context(|| format!("cannot reach {url}"))?;
+    let status = resp.status();
+    let body: Value = resp.json().await.unwrap_or(Value::Null);
+    if !status.is_success() {
+        bail!("{url}: {status}: {}", body["message"].as_str().unwrap_or(""));
+    }
+    Ok(body)
+}
+
+/// The node's payment terms (`/v1/node` → `payments`).
+async fn terms(node: &str) -> anyhow::Result<Value> {
+    let info = get_json(&format!("{}/v1/node", node.trim_end_matches('/'))).await?;
+    let p = info["payments"].clone();
+    if p.is_null() {
+        bail!("the node at {node} does not take payments");
+    }
+    Ok(p)
+}
+
+fn addr(v: &Value, what: &str) -> anyhow::Result<Address> {
+    v.as_str()
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("the node's {what} is not an address"))
+}
+
+fn print_channel(c: &Value) {
+    let n = |k: &str| {
+        c[k].as_str()
+            .and_then(|v| U256::from_str_radix(v, 10).ok())
+            .unwrap_or_default()
+    };
+    if c["known"] != true {
+        println!("no deposit with this node yet (payee {})", c["payee"].as_str().unwrap_or(""));
+        return;
+    }
+    println!("payer:     {}", c["payer"].as_str().unwrap_or(""));
+    println!("payee:     {} (the node's payment vault)", c["payee"].as_str().unwrap_or(""));
+    println!("deposited: {}", n("deposited"));
+    println!("spent:     {} (vouchers the node accepted)", n("accepted"));
+    println!("redeemed:  {} (claimed on chain so far)", n("redeemed"));
+    println!("available: {}", n("deposited").saturating_sub(n("accepted")));
+    if c["closing"] == true {
+        println!("closing:   a withdrawal was requested; the node takes no more vouchers on it");
+    }
+}
+
+pub async fn run(c: PayCommand) -> anyhow::Result<()> {
+    match c {
+        PayCommand::Deposit {
+            payer,
+            amount,
+            chain,
+        } => {
+            let key = crate::keyfile::load(&payer.payer_key)?;
+            let t = terms(&payer.node).await?;
+            let payee = addr(&t["payTo"], "payTo")?;
+            if chain.rpc.is_some() {
+                let chain = chain.connect().await?;
+                chain.deposit(&key, payee, payer.salt, amount).await?;
+            } else {
+                let escrow = addr(&t["escrow"], "escrow")?;
+                let asset = addr(&t["asset"], "asset")?;
+                let chain_id = cairn_x402::wire::chain_id_of(t["network"].as_str().unwrap_or(""))
+                    .context("the node's network is not an EVM chain")?;
+                let domain = Eip712Domain::new(
+                    Some(t["tokenName"].as_str().unwrap_or("").to_string().into()),
+                    Some(t["tokenVersion"].as_str().unwrap_or("").to_string().into()),
+                    Some(U256::from(chain_id)),
+                    Some(asset),
+                    None,
+                );
+                let valid_before = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)?
+                    .as_secs()
+                    + 600;
+                let d = cairn_x402::prepaid::sign_deposit(
+                    &key,
+                    escrow,
+                    payer.salt,
+                    amount,
+                    valid_before,
+                    &domain,
+                )?;
+                let url = format!("{}/v1/prepaid/deposits", payer.node.trim_end_matches('/'));
+                let resp = reqwest::Client::new()
+                    .post(&url)
+                    .json(&d)
+                    .send()
+                    .await
+                    .with_context(|| format!("cannot reach {url}"))?;
+                let status = resp.status();
+                let body: Value = resp.json().await.unwrap_or(Value::Null);
+                if !status.is_success() {
+                    bail!(
+                        "the node refused the deposit ({status}): {}",
+                        body["message"].as_str().unwrap_or("")
+                    );
+                }
+            }
+            println!("deposited {amount} token units with {}", payer.node);
+            balance(&payer, key.address()).await
+        }
+        PayCommand::Balance { payer } => {
+            let key = crate::keyfile::load(&payer.payer_key)?;
+            balance(&payer, key.address()).await
+        }
+        PayCommand::Withdraw { payer, chain } => {
+            let key = crate::keyfile::load(&payer.payer_key)?;
+            let payee = addr(&terms(&payer.node).await?["payTo"], "payTo")?;
+            let chain = chain.connect().await?;
+            let st = chain.channel_state(key.address(), payee, payer.salt).await?;
+            if st.deposited == st.claimed {
+                bail!("nothing to withdraw: everything deposited was paid out");
+            }
+            if st.withdrawable_at == 0 {
+                chain.request_withdrawal(&key, payee, payer.salt).await?;
+                let st = chain.channel_state(key.address(), payee, payer.salt).await?;
+                println!(
+                    "withdrawal requested: run this again after Unix time {} to take back what the node has not redeemed",
+                    st.withdrawable_at
+                );
+                return Ok(());
+            }
+            let before = chain.token_balance(key.address()).await?;
+            chain.withdraw(&key, payee, payer.salt).await?;
+            let after = chain.token_balance(key.address()).await?;
+            println!("withdrew {} token units", after - before);
+            Ok(())
+        }
+    }
+}
+
+async fn balance(payer: &PayerArgs, who: Address) -> anyhow::Result<()> {
+    let c = get_json(&format!(
+        "{}/v1/prepaid/{who}?salt={}",
+        payer.node.trim_end_matches('/'),
+        payer.salt
+    ))
+    .await?;
+    print_channel(&c);
+    Ok(())
+}
+
+pub async fn facilitator(c: FacilitatorCommand) -> anyhow::Result<()> {
+    let FacilitatorCommand::Serve {
+        listen,
+        key,
+        data_dir,
+        chain,
+    } = c;
+    let key = crate::keyfile::load(&key)?;
+    let chain = chain.connect().await?;
+    let store = cairn_x402::PaymentStore::open(&data_dir.join("payments.sqlite"))?;
+    let f = Arc::new(cairn_x402::Facilitator::new(chain, key, store).await?);
+    tokio::spawn(f.clone().reconcile_loop(Duration::from_secs(5)));
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding {listen}"))?;
+    println!("facilitator: http://{}", listener.local_addr()?);
+    println!("  network:  {}", f.network());
+    println!("  asset:    {}", f.token());
+    axum::serve(listener, f.router())
+        .with_graceful_shutdown(crate::shutdown_signal())
+        .await?;
+    Ok(())
+}

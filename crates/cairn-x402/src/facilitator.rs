@@ -1,0 +1,570 @@
+//! The facilitator: verifies `exact` payments (locally, then the chain state a signature cannot
+//! prove) and settles them by sending the EIP-3009 transfer. Used in-process by the node's
+//! paywall and over HTTP by third-party resource servers (`POST /verify`, `POST /settle`,
+//! `GET /supported`).
+//!
+//! Every settlement goes through the [`PaymentStore`] first, so an authorization is sent at most
+//! once; a transaction that is out but not confirmed is `settlement_pending` and reconciled from
+//! the token's own record (`authorizationState`), never sent again.
+
+use std::time::Duration;
+
+use alloy_primitives::{Address, B256, U256};
+use alloy_signer_local::PrivateKeySigner;
+use alloy_sol_types::Eip712Domain;
+use axum::Json;
+use axum::Router;
+use axum::extract::State;
+use axum::routing::{get, post};
+use cairn_ledger::contracts::CairnToken;
+use cairn_ledger::{Chain, LedgerError};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::exact::{self, CheckedExact};
+use crate::store::{NewPayment, PaymentRecord, PaymentState, PaymentStore, Reserve};
+use crate::wire::{
+    PaymentPayload, PaymentPayloadV1, PaymentRequirements, PaymentRequirementsV1, SettleResponse,
+    VerifyResponse, caip2, chain_id_of, v1_network,
+};
+use crate::{Reason, X402Error, now_secs};
+
+/// The outcome of one settlement.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Settlement {
+    /// Confirmed in this transaction.
+    Settled(String),
+    /// Sent (or possibly sent) and not confirmed yet; tracked and reconciled.
+    Pending(Option<String>),
+    /// Not paid; the authorization may still be unused.
+    Failed(Reason),
+}
+
+/// Verifies and settles `exact` payments on one chain and token.
+pub struct Facilitator {
+    chain: Chain,
+    signer: PrivateKeySigner,
+    store: PaymentStore,
+    domain: Eip712Domain,
+    token_name: String,
+    token_version: String,
+}
+
+impl Facilitator {
+    /// A facilitator that settles with `signer` (who pays the gas) and records in `store`.
+    pub async fn new(
+        chain: Chain,
+        signer: PrivateKeySigner,
+        store: PaymentStore,
+    ) -> Result<Self, X402Error> {
+        let domain = chain.token_domain().await?;
+        let token_name = domain.name.as_deref().unwrap_or_default().to_string();
+        let token_version = domain.version.as_deref().unwrap_or_default().to_string();
+        Ok(Self {
+            chain,
+            signer,
+            store,
+            domain,
+            token_name,
+            token_version,
+        })
+    }
+
+    /// The chain.
+    pub fn chain(&self) -> &Chain {
+        &self.chain
+    }
+
+    /// The payment store.
+    pub fn store(&self) -> &PaymentStore {
+        &self.store
+    }
+
+    /// The token's EIP-712 domain (as the token reports it).
+    pub fn token_domain(&self) -> &Eip712Domain {
+        &self.domain
+    }
+
+    /// The chain id.
+    pub fn chain_id(&self) -> u64 {
+        self.chain.deployment().chain_id
+    }
+
+    /// The payment token.
+    pub fn token(&self) -> Address {
+        self.chain.deployment().token
+    }
+
+    /// The CAIP-2 network.
+    pub fn network(&self) -> String {
+        caip2(self.chain_id())
+    }
+
+    /// The `exact` offer for `amount` paid to `pay_to`.
+    pub fn exact_offer(
+        &self,
+        pay_to: Address,
+        amount: U256,
+        max_timeout_seconds: u64,
+    ) -> PaymentRequirements {
+        PaymentRequirements {
+            scheme: "exact".into(),
+            network: self.network(),
+            amount,
+            asset: self.token(),
+            pay_to,
+            max_timeout_seconds,
+            extra: json!({"name": self.token_name, "version": self.token_version}),
+        }
+    }
+
+    /// Local checks of an `exact` payload against the offer `req`: scheme, network, asset,
+    /// recipient, value, time window, signature. Microseconds; no chain access.
+    pub fn check_exact(
+        &self,
+        payload: &Value,
+        req: &PaymentRequirements,
+        now: u64,
+    ) -> Result<CheckedExact, X402Error> {
+        if req.scheme != "exact" {
+            return Err(X402Error::Invalid(Reason::new(
+                "unsupported_scheme",
+                format!("scheme {:?} is not settled here; use \"exact\"", req.scheme),
+            )));
+        }
+        if chain_id_of(&req.network) != Some(self.chain_id()) {
+            return Err(X402Error::Invalid(Reason::new(
+                "invalid_exact_evm_network_mismatch",
+                format!(
+                    "network {:?} is not this facilitator's {}",
+                    req.network,
+                    self.network()
+                ),
+            )));
+        }
+        if req.asset != self.token() {
+            return Err(X402Error::Invalid(Reason::new(
+                "invalid_exact_evm_failed_to_get_asset_info",
+                format!(
+                    "asset {} is not the token {} settled here",
+                    req.asset,
+                    self.token()
+                ),
+            )));
+        }
+        let parsed = exact::parse(payload).map_err(X402Error::Invalid)?;
+        exact::verify_local(&parsed, req, &self.domain, now)
+    }
+
+    /// The chain state a signature cannot prove: the nonce is unused and the payer holds the
+    /// amount. Two reads.
+    pub async fn check_chain(&self, c: &CheckedExact) -> Result<(), X402Error> {
+        let a = &c.authorization;
+        if self.chain.authorization_used(a.from, a.nonce).await? {
+            return Err(X402Error::Invalid(Reason::new(
+                "invalid_exact_evm_nonce_already_used",
+                format!(
+                    "authorization nonce {} of {} is already used; sign a new payment",
+                    a.nonce, a.from
+                ),
+            )));
+        }
+        let balance = self.chain.token_balance(a.from).await?;
+        if balance < a.value {
+            return Err(X402Error::Invalid(Reason::new(
+                "invalid_exact_evm_insufficient_balance",
+                format!(
+                    "{} holds {balance} of the token and the payment is {}; fund the account",
+                    a.from, a.value
+                ),
+            )));
+        }
+        Ok(())
+    }
+
+    /// Sends the transfer of a reserved payment (key `key`) and records the outcome. Never sends
+    /// an authorization the store does not hold as reserved by this caller.
+    pub async fn settle_reserved(&self, key: B256, c: &CheckedExact) -> Settlement {
+        let a = &c.authorization;
+        let outcome = if a.valid_before <= U256::from(now_secs()) {
+            Settlement::Failed(Reason::new(
+                "invalid_exact_evm_payload_authorization_valid_before",
+                "the authorization expired before it could be settled; sign a new one",
+            ))
+        } else {
+            let call = CairnToken::transferWithAuthorizationCall {
+                from: a.from,
+                to: a.to,
+                value: a.value,
+                validAfter: a.valid_after,
+                validBefore: a.valid_before,
+                nonce: a.nonce,
+                v: 27 + c.signature.v() as u8,
+                r: c.signature.r().into(),
+                s: c.signature.s().into(),
+            };
+            match self.chain.send_authorization(&self.signer, call).await {
+                Ok(out) => Settlement::Settled(out.hash.to_string()),
+                Err(LedgerError::Pending { hash, .. }) => Settlement::Pending(Some(hash.to_string())),
+                Err(LedgerError::Reverted { reason, .. }) => {
+                    // Tell a used nonce apart from other reverts (balance moved, expired, …).
+                    let used = self
+                        .chain
+                        .authorization_used(a.from, a.nonce)
+                        .await
+                        .unwrap_or(false);
+                    if used {
+                        Settlement::Failed(Reason::new(
+                            "invalid_exact_evm_nonce_already_used",
+                            "the authorization was used by another transaction",
+                        ))
+                    } else {
+                        Settlement::Failed(Reason::new(
+                            "invalid_exact_evm_transaction_simulation_failed",
+                            format!("the transfer reverted: {reason}"),
+                        ))
+                    }
+                }
+                // Not sent (refused before broadcast) but unknown: check the token's record.
+                Err(e) => match self.chain.authorization_used(a.from, a.nonce).await {
+                    Ok(false) => Settlement::Failed(Reason::new(
+                        "transaction_failed",
+                        format!("the transfer could not be sent: {e}"),
+                    )),
+                    _ => Settlement::Pending(None),
+                },
+            }
+        };
+        let (state, tx, reason) = match &outcome {
+            Settlement::Settled(tx) => (PaymentState::Settled, Some(tx.as_str()), None),
+            Settlement::Pending(tx) => (PaymentState::Pending, tx.as_deref(), None),
+            Settlement::Failed(r) => (PaymentState::Failed, None, Some(r.to_string())),
+        };
+        if let Err(e) = self.store.set_state(key, state, tx, reason.as_deref(), None) {
+            tracing::error!(%key, error = %e, "recording a settlement outcome");
+        }
+        outcome
+    }
+
+    /// Looks at a pending payment again: settled once the token records its nonce as used;
+    /// failed once it expired unused; else still pending.
+    pub async fn reconcile(&self, rec: &PaymentRecord) -> Result<PaymentState, X402Error> {
+        if rec.state != PaymentState::Pending {
+            return Ok(rec.state);
+        }
+        let p = exact::parse(&serde_json::from_str(&rec.payload).unwrap_or(Value::Null))
+            .map_err(X402Error::Invalid)?;
+        let a = &p.authorization;
+        let state = if self.chain.authorization_used(a.from, a.nonce).await? {
+            PaymentState::Settled
+        } else if a.valid_before <= U256::from(now_secs()) {
+            PaymentState::Failed
+        } else {
+            PaymentState::Pending
+        };
+        if state != PaymentState::Pending {
+            let reason = (state == PaymentState::Failed)
+                .then_some("the authorization expired before its transfer was mined");
+            self.store
+                .set_state(rec.key, state, None, reason, rec.response.as_deref())?;
+        }
+        Ok(state)
+    }
+
+    /// Reconciles pending payments every `every`, forever.
+    pub async fn reconcile_loop(self: std::sync::Arc<Self>, every: Duration) {
+        loop {
+            tokio::time::sleep(every).await;
+            match self.store.pending() {
+                Ok(list) => {
+                    for rec in list {
+                        if let Err(e) = self.reconcile(&rec).await {
+                            tracing::warn!(key = %rec.key, error = %e, "reconciling a payment");
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "listing pending payments"),
+            }
+        }
+    }
+
+    fn reserve(
+        &self,
+        c: &CheckedExact,
+        resource: &str,
+        payload: &Value,
+    ) -> Result<(B256, Reserve), X402Error> {
+        let key = c.payment_ref(self.token());
+        let payload = payload.to_string();
+        let r = self.store.reserve(&NewPayment {
+            key,
+            chain: self.chain_id(),
+            scheme: "exact",
+            payer: c.authorization.from,
+            amount: c.authorization.value,
+            resource,
+            payload: &payload,
+        })?;
+        Ok((key, r))
+    }
+
+    /// Reserves a checked payment for a request on `resource`.
+    pub fn reserve_exact(
+        &self,
+        c: &CheckedExact,
+        resource: &str,
+        payload: &Value,
+    ) -> Result<(B256, Reserve), X402Error> {
+        self.reserve(c, resource, payload)
+    }
+
+    // ---- the HTTP API's operations ----
+
+    fn normalize(&self, req: &FacilitatorRequest) -> Result<(Value, PaymentRequirements), X402Error> {
+        let bad = |m: String| X402Error::Malformed(m);
+        match req.x402_version {
+            2 => {
+                let p: PaymentPayload = serde_json::from_value(req.payment_payload.clone())
+                    .map_err(|e| bad(format!("paymentPayload: {e}")))?;
+                let r: PaymentRequirements =
+                    serde_json::from_value(req.payment_requirements.clone())
+                        .map_err(|e| bad(format!("paymentRequirements: {e}")))?;
+                if !r.same_offer(&p.accepted) {
+                    return Err(X402Error::Invalid(Reason::new(
+                        "invalid_payment_requirements",
+                        "the payment's accepted offer is not the requirements given",
+                    )));
+                }
+                Ok((p.payload, r))
+            }
+            1 => {
+                let p: PaymentPayloadV1 = serde_json::from_value(req.payment_payload.clone())
+                    .map_err(|e| bad(format!("paymentPayload: {e}")))?;
+                let r: PaymentRequirementsV1 =
+                    serde_json::from_value(req.payment_requirements.clone())
+                        .map_err(|e| bad(format!("paymentRequirements: {e}")))?;
+                if p.scheme != r.scheme || p.network != r.network {
+                    return Err(X402Error::Invalid(Reason::new(
+                        "invalid_payment_requirements",
+                        "the payment's scheme or network is not the requirements'",
+                    )));
+                }
+                let network = chain_id_of(&r.network).map(caip2).unwrap_or(r.network);
+                Ok((
+                    p.payload,
+                    PaymentRequirements {
+                        scheme: r.scheme,
+                        network,
+                        amount: r.max_amount_required,
+                        asset: r.asset,
+                        pay_to: r.pay_to,
+                        max_timeout_seconds: r.max_timeout_seconds,
+                        extra: r.extra,
+                    },
+                ))
+            }
+            v => Err(bad(format!("x402Version {v} is not supported; use 1 or 2"))),
+        }
+    }
+
+    fn network_for(&self, version: u8) -> String {
+        match version {
+            1 => v1_network(self.chain_id())
+                .map(str::to_string)
+                .unwrap_or_else(|| self.network()),
+            _ => self.network(),
+        }
+    }
+
+    /// `POST /verify`: would this payment settle now? Reserves nothing.
+    pub async fn verify(&self, req: &FacilitatorRequest) -> VerifyResponse {
+        let checked = self
+            .normalize(req)
+            .and_then(|(payload, r)| self.check_exact(&payload, &r, now_secs()));
+        let result = match checked {
+            Ok(c) => self.check_chain(&c).await.map(|()| c),
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(c) => VerifyResponse {
+                is_valid: true,
+                invalid_reason: None,
+                payer: Some(c.authorization.from),
+            },
+            Err(e) => VerifyResponse {
+                is_valid: false,
+                invalid_reason: Some(e.code().to_string()),
+                payer: payer_of(req),
+            },
+        }
+    }
+
+    /// `POST /settle`: verifies, reserves and settles. Idempotent for the same authorization: a
+    /// retry after a timeout gets the first outcome, never a second transfer.
+    pub async fn settle(&self, req: &FacilitatorRequest) -> SettleResponse {
+        let network = self.network_for(req.x402_version);
+        let fail = |code: &str, payer: Option<Address>| SettleResponse {
+            success: false,
+            error_reason: Some(code.to_string()),
+            transaction: String::new(),
+            network: network.clone(),
+            payer,
+        };
+        let (payload, r) = match self.normalize(req) {
+            Ok(x) => x,
+            Err(e) => return fail(e.code(), payer_of(req)),
+        };
+        let c = match self.check_exact(&payload, &r, now_secs()) {
+            Ok(c) => c,
+            Err(e) => return fail(e.code(), payer_of(req)),
+        };
+        let payer = Some(c.authorization.from);
+        let (key, reserved) = match self.reserve(&c, "facilitator", &payload) {
+            Ok(x) => x,
+            Err(e) => return fail(e.code(), payer),
+        };
+        if let Reserve::Seen(mut rec) = reserved {
+            if rec.state == PaymentState::Pending {
+                rec.state = self.reconcile(&rec).await.unwrap_or(rec.state);
+            }
+            return match rec.state {
+                PaymentState::Settled => SettleResponse {
+                    success: true,
+                    error_reason: None,
+                    transaction: rec.tx.unwrap_or_default(),
+                    network,
+                    payer,
+                },
+                PaymentState::Pending | PaymentState::Reserved => SettleResponse {
+                    transaction: rec.tx.unwrap_or_default(),
+                    ..fail("settlement_pending", payer)
+                },
+                _ => fail(
+                    reason_code(rec.reason.as_deref()).unwrap_or("transaction_failed"),
+                    payer,
+                ),
+            };
+        }
+        if let Err(e) = self.check_chain(&c).await {
+            let _ = self.store.set_state(
+                key,
+                PaymentState::Released,
+                None,
+                Some(&e.to_string()),
+                None,
+            );
+            return fail(e.code(), payer);
+        }
+        match self.settle_reserved(key, &c).await {
+            Settlement::Settled(tx) => SettleResponse {
+                success: true,
+                error_reason: None,
+                transaction: tx,
+                network,
+                payer,
+            },
+            Settlement::Pending(tx) => SettleResponse {
+                transaction: tx.unwrap_or_default(),
+                ..fail("settlement_pending", payer)
+            },
+            Settlement::Failed(r) => fail(r.code, payer),
+        }
+    }
+
+    /// `GET /supported`.
+    pub fn supported(&self) -> Value {
+        let mut kinds = vec![json!({"x402Version": 2, "scheme": "exact", "network": self.network()})];
+        if let Some(n) = v1_network(self.chain_id()) {
+            kinds.push(json!({"x402Version": 1, "scheme": "exact", "network": n}));
+        }
+        json!({
+            "kinds": kinds,
+            "extensions": [],
+            "signers": {"eip155:*": [self.signer.address().to_checksum(None)]},
+        })
+    }
+
+    /// The facilitator's HTTP API.
+    pub fn router(self: std::sync::Arc<Self>) -> Router {
+        Router::new()
+            .route("/verify", post(http_verify))
+            .route("/settle", post(http_settle))
+            .route("/supported", get(http_supported))
+            .with_state(self)
+    }
+}
+
+/// The reason code at the front of a stored `code: message` reason.
+fn reason_code(stored: Option<&str>) -> Option<&'static str> {
+    let code = stored?.split(':').next()?.trim();
+    KNOWN_CODES.iter().copied().find(|c| *c == code)
+}
+
+const KNOWN_CODES: &[&str] = &[
+    "invalid_exact_evm_nonce_already_used",
+    "invalid_exact_evm_transaction_simulation_failed",
+    "invalid_exact_evm_payload_authorization_valid_before",
+    "invalid_exact_evm_insufficient_balance",
+    "transaction_failed",
+];
+
+fn payer_of(req: &FacilitatorRequest) -> Option<Address> {
+    let p = &req.payment_payload["payload"]["authorization"]["from"];
+    p.as_str()?.parse().ok()
+}
+
+/// The body of `POST /verify` and `POST /settle`.
+#[derive(Clone, Debug, Deserialize, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FacilitatorRequest {
+    /// 1 or 2.
+    #[serde(default = "two")]
+    pub x402_version: u8,
+    /// The client's payment (v2 `PaymentPayload` or v1 `PaymentPayloadV1`).
+    pub payment_payload: Value,
+    /// The requirements it answers.
+    pub payment_requirements: Value,
+}
+
+fn two() -> u8 {
+    2
+}
+
+type Shared = std::sync::Arc<Facilitator>;
+
+/// JSON bodies that do not parse get a JSON error, not axum's plain text.
+fn parse_body(body: &[u8]) -> Result<FacilitatorRequest, (axum::http::StatusCode, Json<Value>)> {
+    serde_json::from_slice(body).map_err(|e| {
+        (
+            axum::http::StatusCode::BAD_REQUEST,
+            Json(json!({
+                "code": "invalid_request",
+                "message": format!("the body must be {{x402Version, paymentPayload, paymentRequirements}}: {e}"),
+                "isValid": false,
+                "success": false,
+                "invalidReason": "invalid_payload",
+                "errorReason": "invalid_payload",
+            })),
+        )
+    })
+}
+
+async fn http_verify(
+    State(f): State<Shared>,
+    body: axum::body::Bytes,
+) -> Result<Json<VerifyResponse>, (axum::http::StatusCode, Json<Value>)> {
+    let req = parse_body(&body)?;
+    Ok(Json(f.verify(&req).await))
+}
+
+async fn http_settle(
+    State(f): State<Shared>,
+    body: axum::body::Bytes,
+) -> Result<Json<SettleResponse>, (axum::http::StatusCode, Json<Value>)> {
+    let req = parse_body(&body)?;
+    Ok(Json(f.settle(&req).await))
+}
+
+async fn http_supported(State(f): State<Shared>) -> Json<Value> {
+    Json(f.supported())
+}

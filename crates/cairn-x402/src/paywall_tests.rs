@@ -1,0 +1,316 @@
+//! The paywall in front of a real axum route, over HTTP, settling on the embedded chain.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use alloy_primitives::{Address, B256, U256};
+use alloy_signer_local::PrivateKeySigner;
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::post;
+use cairn_ledger::dev_signer;
+
+use crate::prepaid::Prepaid;
+use crate::tests::devnet;
+use crate::wire::{PAYMENT_SIGNATURE, PaymentRequired, SettleResponse, decode_header};
+use crate::{Paid, Paywall, Price, Pricing, client};
+
+const PRICE: u64 = 1_000;
+
+struct Fixed;
+
+impl Pricing for Fixed {
+    fn price<'a>(
+        &'a self,
+        _: &'a axum::http::request::Parts,
+    ) -> std::pin::Pin<
+        Box<
+            dyn std::future::Future<Output = Result<Option<Price>, axum::response::Response>>
+                + Send
+                + 'a,
+        >,
+    > {
+        Box::pin(async {
+            Ok(Some(Price {
+                amount: U256::from(PRICE),
+                description: "a test run".into(),
+            }))
+        })
+    }
+}
+
+/// The route: counts its runs, takes a while, fails on body "fail", echoes the payment.
+async fn run(
+    State(runs): State<Arc<AtomicUsize>>,
+    paid: Option<axum::Extension<Paid>>,
+    body: String,
+) -> (StatusCode, String) {
+    runs.fetch_add(1, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    if body == "fail" {
+        return (StatusCode::BAD_REQUEST, "{\"code\":\"bad\"}".into());
+    }
+    let paid = paid.expect("the paywall put the payment in");
+    (StatusCode::OK, format!("ran for {}", paid.0.payer))
+}
+
+struct Site {
+    url: String,
+    runs: Arc<AtomicUsize>,
+    d: crate::tests::Devnet,
+    vault: Address,
+}
+
+async fn site(prepaid: bool) -> Site {
+    let d = devnet().await;
+    let vault = dev_signer(9).address();
+    let pre = prepaid.then(|| {
+        Arc::new(Prepaid::new(
+            d.chain.clone(),
+            d.facilitator.store().clone(),
+            dev_signer(2),
+            vault,
+        ))
+    });
+    let paywall = Arc::new(Paywall::new(d.facilitator.clone(), pre, Arc::new(Fixed), vault));
+    let runs = Arc::new(AtomicUsize::new(0));
+    let app = Router::new()
+        .route("/run", post(run))
+        .with_state(runs.clone())
+        .layer(axum::middleware::from_fn_with_state(
+            paywall,
+            crate::paywall::middleware,
+        ));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/run", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Site { url, runs, d, vault }
+}
+
+async fn required(url: &str) -> PaymentRequired {
+    let r = reqwest::Client::new().post(url).body("go").send().await.unwrap();
+    assert_eq!(r.status(), 402);
+    client::offers(r.headers()).unwrap()
+}
+
+async fn exact_header(url: &str, payer: &PrivateKeySigner) -> String {
+    let req = required(url).await;
+    let offer = req.accepts.iter().find(|o| o.scheme == "exact").unwrap().clone();
+    client::pay_exact(payer, &req, &offer).unwrap()
+}
+
+async fn send(url: &str, header: &str, body: &str) -> (u16, String, Option<SettleResponse>, serde_json::Value) {
+    let r = reqwest::Client::new()
+        .post(url)
+        .header(PAYMENT_SIGNATURE, header)
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let settle = client::settle_response(r.headers());
+    let v2 = r
+        .headers()
+        .get("payment-required")
+        .and_then(|h| decode_header::<serde_json::Value>("PAYMENT-REQUIRED", h.as_bytes()).ok())
+        .unwrap_or_default();
+    (status, r.text().await.unwrap(), settle, v2)
+}
+
+#[tokio::test]
+async fn unpaid_gets_both_versions_and_a_json_error() {
+    let s = site(true).await;
+    let r = reqwest::Client::new().post(&s.url).body("go").send().await.unwrap();
+    assert_eq!(r.status(), 402);
+    let req = client::offers(r.headers()).unwrap();
+    assert_eq!(req.x402_version, 2);
+    let schemes: Vec<_> = req.accepts.iter().map(|o| o.scheme.as_str()).collect();
+    assert_eq!(schemes, ["prepaid", "exact"]);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["x402Version"], 1);
+    assert_eq!(body["code"], "payment_required");
+    assert!(body["message"].as_str().unwrap().contains("1000"));
+    assert_eq!(s.runs.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn a_replayed_payment_runs_once_in_sequence_and_in_parallel() {
+    let s = site(false).await;
+    let h = exact_header(&s.url, &s.d.payer).await;
+    let (status, body, settle, _) = send(&s.url, &h, "go").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(settle.unwrap().success);
+    let (status, _, _, v2) = send(&s.url, &h, "go").await;
+    assert_eq!(status, 402);
+    assert_eq!(v2["error"], "invalid_exact_evm_nonce_already_used");
+    assert_eq!(s.runs.load(Ordering::SeqCst), 1);
+
+    let h = exact_header(&s.url, &s.d.payer).await;
+    let all = futures::future::join_all((0..8).map(|_| send(&s.url, &h, "go"))).await;
+    let ok = all.iter().filter(|r| r.0 == 200).count();
+    assert_eq!(ok, 1, "{:?}", all.iter().map(|r| r.0).collect::<Vec<_>>());
+    assert!(all.iter().all(|r| r.0 == 200 || r.0 == 402));
+    assert_eq!(s.runs.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        s.d.chain.token_balance(s.vault).await.unwrap(),
+        U256::from(2 * PRICE)
+    );
+}
+
+#[tokio::test]
+async fn a_failing_route_charges_nothing_and_the_payment_stays_usable() {
+    let s = site(false).await;
+    let before = s.d.chain.token_balance(s.d.payer.address()).await.unwrap();
+    let h = exact_header(&s.url, &s.d.payer).await;
+    let (status, _, settle, _) = send(&s.url, &h, "fail").await;
+    assert_eq!(status, 400);
+    assert!(settle.is_none());
+    assert_eq!(s.d.chain.token_balance(s.d.payer.address()).await.unwrap(), before);
+    let (status, _, _, _) = send(&s.url, &h, "go").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        s.d.chain.token_balance(s.d.payer.address()).await.unwrap(),
+        before - U256::from(PRICE)
+    );
+}
+
+#[tokio::test]
+async fn a_failed_settlement_withholds_the_output() {
+    let s = site(false).await;
+    // A payer who holds exactly one price signs two payments; both pass the checks before
+    // either settles, only one transfer can succeed.
+    let poor = dev_signer(7);
+    s.d.chain.mint(&dev_signer(0), poor.address(), U256::from(PRICE)).await.unwrap();
+    let h1 = exact_header(&s.url, &poor).await;
+    let h2 = exact_header(&s.url, &poor).await;
+    let (a, b) = tokio::join!(send(&s.url, &h1, "go"), send(&s.url, &h2, "go"));
+    let mut statuses = [a.0, b.0];
+    statuses.sort();
+    assert_eq!(statuses, [200, 402], "{a:?} {b:?}");
+    let failed = if a.0 == 402 { a } else { b };
+    // The output is not in the refusal; the reason is.
+    assert!(!failed.1.contains("ran for"), "{}", failed.1);
+    let settle = failed.2.expect("a PAYMENT-RESPONSE on the failure");
+    assert!(!settle.success);
+    assert_eq!(
+        settle.error_reason.as_deref(),
+        Some("invalid_exact_evm_transaction_simulation_failed")
+    );
+    assert_eq!(s.runs.load(Ordering::SeqCst), 2);
+    assert_eq!(s.d.chain.token_balance(poor.address()).await.unwrap(), U256::ZERO);
+}
+
+#[tokio::test]
+async fn bad_payments_are_refused_with_their_reason() {
+    let s = site(false).await;
+    let req = required(&s.url).await;
+    let offer = req.accepts[0].clone();
+    // Wrongly addressed: the authorization pays someone else than the offer's payTo.
+    let mut elsewhere = offer.clone();
+    elsewhere.pay_to = Address::repeat_byte(0x42);
+    let forged_to = client::pay_exact(&s.d.payer, &req, &elsewhere).unwrap();
+    let mut env: serde_json::Value = decode_header("PAYMENT-SIGNATURE", forged_to.as_bytes()).unwrap();
+    env["accepted"] = serde_json::to_value(&offer).unwrap();
+    let forged_to = crate::wire::encode_header(&env);
+    let (status, _, _, v2) = send(&s.url, &forged_to, "go").await;
+    assert_eq!((status, v2["error"].as_str()), (402, Some("invalid_exact_evm_payload_recipient_mismatch")));
+    // Underpaid: value below the price.
+    let mut cheap = offer.clone();
+    cheap.amount = U256::from(PRICE - 1);
+    let under = client::pay_exact(&s.d.payer, &req, &cheap).unwrap();
+    let mut env: serde_json::Value = decode_header("PAYMENT-SIGNATURE", under.as_bytes()).unwrap();
+    env["accepted"] = serde_json::to_value(&offer).unwrap();
+    let (status, _, _, v2) = send(&s.url, &crate::wire::encode_header(&env), "go").await;
+    assert_eq!((status, v2["error"].as_str()), (402, Some("invalid_exact_evm_payload_authorization_value_mismatch")));
+    // Forged: signed by someone else than `from`.
+    let good = client::pay_exact(&s.d.payer, &req, &offer).unwrap();
+    let other = client::pay_exact(&dev_signer(8), &req, &offer).unwrap();
+    let mut env: serde_json::Value = decode_header("PAYMENT-SIGNATURE", good.as_bytes()).unwrap();
+    let o: serde_json::Value = decode_header("PAYMENT-SIGNATURE", other.as_bytes()).unwrap();
+    env["payload"]["signature"] = o["payload"]["signature"].clone();
+    let (status, _, _, v2) = send(&s.url, &crate::wire::encode_header(&env), "go").await;
+    assert_eq!((status, v2["error"].as_str()), (402, Some("invalid_exact_evm_payload_signature")));
+    // Expired: validBefore in the past (re-signed, so only the time is wrong).
+    let mut env: serde_json::Value = decode_header("PAYMENT-SIGNATURE", good.as_bytes()).unwrap();
+    let mut auth: crate::exact::Authorization = serde_json::from_value(env["payload"]["authorization"].clone()).unwrap();
+    auth.valid_before = U256::from(crate::now_secs() - 10);
+    let sig = {
+        use alloy_signer::SignerSync;
+        use alloy_sol_types::SolStruct;
+        let domain = crate::exact::domain_from_offer(&offer, 31337);
+        s.d.payer.sign_hash_sync(&auth.message().eip712_signing_hash(&domain)).unwrap()
+    };
+    env["payload"]["authorization"] = serde_json::to_value(&auth).unwrap();
+    env["payload"]["signature"] = serde_json::Value::String(format!("0x{}", alloy_primitives::hex::encode(sig.as_bytes())));
+    let (status, _, _, v2) = send(&s.url, &crate::wire::encode_header(&env), "go").await;
+    assert_eq!((status, v2["error"].as_str()), (402, Some("invalid_exact_evm_payload_authorization_valid_before")));
+    // Garbage.
+    let (status, body, _, v2) = send(&s.url, "not base64!", "go").await;
+    assert_eq!((status, v2["error"].as_str()), (402, Some("invalid_payload")), "{body}");
+    assert_eq!(s.runs.load(Ordering::SeqCst), 0);
+    assert_eq!(s.d.chain.token_balance(s.vault).await.unwrap(), U256::ZERO);
+}
+
+#[tokio::test]
+async fn parallel_paid_requests_all_settle() {
+    let s = site(false).await;
+    let mut headers = Vec::new();
+    for _ in 0..12 {
+        headers.push(exact_header(&s.url, &s.d.payer).await);
+    }
+    let all = futures::future::join_all(headers.iter().map(|h| send(&s.url, h, "go"))).await;
+    for r in &all {
+        assert_eq!(r.0, 200, "{:?}", r.1);
+    }
+    assert_eq!(
+        s.d.chain.token_balance(s.vault).await.unwrap(),
+        U256::from(12 * PRICE)
+    );
+}
+
+#[tokio::test]
+async fn prepaid_vouchers_are_checked_locally_stepped_atomically_and_redeemed() {
+    let s = site(true).await;
+    let payer = &s.d.payer;
+    let salt = B256::ZERO;
+    s.d.chain
+        .deposit(payer, s.vault, salt, U256::from(10 * PRICE))
+        .await
+        .unwrap();
+    let req = required(&s.url).await;
+    let offer = req.accepts.iter().find(|o| o.scheme == "prepaid").unwrap().clone();
+    let voucher = |n: u64| client::pay_prepaid(payer, &req, &offer, salt, U256::from(n * PRICE)).unwrap();
+    let (status, body, settle, _) = send(&s.url, &voucher(1), "go").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(settle.unwrap().success);
+    // The same voucher again adds nothing: refused.
+    let (status, _, _, v2) = send(&s.url, &voucher(1), "go").await;
+    assert_eq!((status, v2["error"].as_str()), (402, Some("invalid_prepaid_voucher_amount")));
+    // A failing route gives the step back.
+    let (status, _, _, _) = send(&s.url, &voucher(2), "fail").await;
+    assert_eq!(status, 400);
+    let (status, _, _, _) = send(&s.url, &voucher(2), "go").await;
+    assert_eq!(status, 200);
+    // Past the deposit: refused.
+    let (status, _, _, v2) = send(&s.url, &voucher(11), "go").await;
+    assert_eq!((status, v2["error"].as_str()), (402, Some("invalid_prepaid_insufficient_deposit")));
+    // A voucher signed by someone else for this payer: refused.
+    let forged = client::pay_prepaid(&dev_signer(8), &req, &offer, salt, U256::from(3 * PRICE)).unwrap();
+    let mut env: serde_json::Value = decode_header("PAYMENT-SIGNATURE", forged.as_bytes()).unwrap();
+    env["payload"]["voucher"]["payer"] = serde_json::Value::String(payer.address().to_string());
+    let (status, _, _, v2) = send(&s.url, &crate::wire::encode_header(&env), "go").await;
+    assert_eq!((status, v2["error"].as_str()), (402, Some("invalid_prepaid_signature")));
+    assert_eq!(s.runs.load(Ordering::SeqCst), 3);
+    // Redemption pays the vault what was accepted, once.
+    let pre = Prepaid::new(s.d.chain.clone(), s.d.facilitator.store().clone(), dev_signer(2), s.vault);
+    assert_eq!(pre.redeem_due().await.unwrap(), 1);
+    assert_eq!(pre.redeem_due().await.unwrap(), 0);
+    assert_eq!(s.d.chain.token_balance(s.vault).await.unwrap(), U256::from(2 * PRICE));
+    // After the payer asks to withdraw, the node takes no new vouchers on the channel.
+    s.d.chain.request_withdrawal(payer, s.vault, salt).await.unwrap();
+    pre.redeem_due().await.unwrap();
+    let (status, _, _, v2) = send(&s.url, &voucher(3), "go").await;
+    assert_eq!((status, v2["error"].as_str()), (402, Some("invalid_prepaid_channel_closing")));
+}

@@ -1,0 +1,442 @@
+//! Scheme `prepaid`: the caller deposits into the Escrow contract once (channel = payer, payee,
+//! salt) and then sends, with each request, a cumulative EIP-712 voucher worth what was accepted
+//! so far plus the price. The node checks it without any chain call (signature, payee, the
+//! channel's cached deposit, and an atomic step over the last accepted voucher) and redeems the
+//! latest voucher periodically, which pays its payment vault (and so the fee split).
+//!
+//! It has the deposit / voucher / refund shape of x402's `batch-settlement` scheme but runs
+//! against Cairn's own Escrow contract and typed data, so it is a scheme of its own.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use alloy_primitives::{Address, B256, Bytes, Signature, U256, keccak256};
+use alloy_signer_local::PrivateKeySigner;
+use alloy_sol_types::{Eip712Domain, SolEvent, SolStruct, SolValue};
+use cairn_ledger::chain::Voucher;
+use cairn_ledger::contracts::Escrow;
+use cairn_ledger::{Chain, LogFilter};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::store::{ChannelRecord, PaymentStore, VoucherRefusal};
+use crate::wire::{PaymentRequirements, caip2, decimal};
+use crate::{Reason, X402Error};
+
+/// The scheme's name.
+pub const SCHEME: &str = "prepaid";
+
+/// A voucher as it travels.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VoucherWire {
+    /// Who deposited.
+    pub payer: Address,
+    /// Who is paid (the node's payment vault).
+    pub payee: Address,
+    /// The payer's channel salt.
+    pub salt: B256,
+    /// Everything promised on this channel so far, this request included.
+    #[serde(with = "decimal")]
+    pub cumulative_amount: U256,
+}
+
+/// The `prepaid` payload.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrepaidPayload {
+    /// The voucher.
+    pub voucher: VoucherWire,
+    /// The payer's 65-byte signature over it (Escrow's EIP-712 domain).
+    pub signature: Bytes,
+}
+
+/// A voucher the node accepted for one request.
+#[derive(Clone, Debug)]
+pub struct Accepted {
+    /// The escrow channel.
+    pub channel: B256,
+    /// The payer.
+    pub payer: Address,
+    /// The voucher's cumulative amount.
+    pub cumulative: U256,
+    /// What was accepted before it.
+    pub previous: U256,
+}
+
+impl Accepted {
+    /// The payment reference bound into receipts: keccak256(abi.encode(channel, cumulative)).
+    pub fn payment_ref(&self) -> B256 {
+        keccak256((self.channel, self.cumulative).abi_encode())
+    }
+}
+
+/// Signs the voucher for `cumulative` (client side).
+pub fn sign_voucher(
+    payer: &PrivateKeySigner,
+    payee: Address,
+    salt: B256,
+    cumulative: U256,
+    domain: &Eip712Domain,
+) -> Result<PrepaidPayload, X402Error> {
+    use alloy_signer::SignerSync;
+    let v = Voucher {
+        payer: payer.address(),
+        payee,
+        salt,
+        cumulativeAmount: cumulative,
+    };
+    let sig = payer
+        .sign_hash_sync(&v.eip712_signing_hash(domain))
+        .map_err(|e| X402Error::Malformed(format!("signing the voucher: {e}")))?;
+    Ok(PrepaidPayload {
+        voucher: VoucherWire {
+            payer: payer.address(),
+            payee,
+            salt,
+            cumulative_amount: cumulative,
+        },
+        signature: Bytes::from(sig.as_bytes().to_vec()),
+    })
+}
+
+/// A gasless deposit: the payer's EIP-3009 `ReceiveWithAuthorization` of `amount` to the escrow,
+/// which the node submits (`Escrow.depositWithAuthorization`). Valid from 0 until
+/// `valid_before`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DepositAuthorization {
+    /// The payer.
+    pub payer: Address,
+    /// The channel's salt.
+    pub salt: B256,
+    /// Amount deposited.
+    #[serde(with = "decimal")]
+    pub amount: U256,
+    /// Not valid from (Unix seconds).
+    #[serde(with = "decimal")]
+    pub valid_before: U256,
+    /// The payer's random EIP-3009 nonce.
+    pub nonce: B256,
+    /// The payer's signature over the `ReceiveWithAuthorization` (token domain).
+    pub signature: Bytes,
+}
+
+/// Signs a gasless deposit of `amount` into the channel (`payee`, `salt`) of `escrow`.
+pub fn sign_deposit(
+    payer: &PrivateKeySigner,
+    escrow: Address,
+    salt: B256,
+    amount: U256,
+    valid_before: u64,
+    token_domain: &Eip712Domain,
+) -> Result<DepositAuthorization, X402Error> {
+    use alloy_signer::SignerSync;
+    let nonce = B256::random();
+    let msg = cairn_ledger::chain::ReceiveWithAuthorization {
+        from: payer.address(),
+        to: escrow,
+        value: amount,
+        validAfter: U256::ZERO,
+        validBefore: U256::from(valid_before),
+        nonce,
+    };
+    let sig = payer
+        .sign_hash_sync(&msg.eip712_signing_hash(token_domain))
+        .map_err(|e| X402Error::Malformed(format!("signing the deposit: {e}")))?;
+    Ok(DepositAuthorization {
+        payer: payer.address(),
+        salt,
+        amount,
+        valid_before: U256::from(valid_before),
+        nonce,
+        signature: Bytes::from(sig.as_bytes().to_vec()),
+    })
+}
+
+/// The escrow's EIP-712 domain as a `prepaid` offer describes it.
+pub fn domain_from_offer(req: &PaymentRequirements) -> Option<Eip712Domain> {
+    let escrow: Address = req.extra.get("escrow")?.as_str()?.parse().ok()?;
+    let chain_id = crate::wire::chain_id_of(&req.network)?;
+    Some(Eip712Domain::new(
+        Some(req.extra.get("name")?.as_str()?.to_string().into()),
+        Some(req.extra.get("version")?.as_str()?.to_string().into()),
+        Some(U256::from(chain_id)),
+        Some(escrow),
+        None,
+    ))
+}
+
+/// The node's side of the prepaid scheme.
+pub struct Prepaid {
+    chain: Chain,
+    store: PaymentStore,
+    signer: PrivateKeySigner,
+    payee: Address,
+    domain: Eip712Domain,
+    scanned: AtomicU64,
+}
+
+fn invalid(code: &'static str, msg: String) -> X402Error {
+    X402Error::Invalid(Reason::new(code, msg))
+}
+
+impl Prepaid {
+    /// Vouchers to `payee` (the node's vault), redeemed by `signer` (the node's key).
+    pub fn new(chain: Chain, store: PaymentStore, signer: PrivateKeySigner, payee: Address) -> Self {
+        let domain = chain.escrow_domain();
+        let start = chain.deployment().block;
+        Self {
+            chain,
+            store,
+            signer,
+            payee,
+            domain,
+            scanned: AtomicU64::new(start),
+        }
+    }
+
+    /// The offer for `amount`.
+    pub fn offer(&self, amount: U256, max_timeout_seconds: u64) -> PaymentRequirements {
+        let d = self.chain.deployment();
+        PaymentRequirements {
+            scheme: SCHEME.into(),
+            network: caip2(d.chain_id),
+            amount,
+            asset: d.token,
+            pay_to: self.payee,
+            max_timeout_seconds,
+            extra: json!({
+                "escrow": d.escrow.to_checksum(None),
+                "name": self.domain.name.as_deref().unwrap_or_default(),
+                "version": self.domain.version.as_deref().unwrap_or_default(),
+            }),
+        }
+    }
+
+    /// The payee (the node's vault).
+    pub fn payee(&self) -> Address {
+        self.payee
+    }
+
+    /// Checks a voucher and accepts it for one request at `price`. No chain call unless the
+    /// channel is new to the node or the voucher goes past the cached deposit (a top-up).
+    pub async fn accept(&self, payload: &Value, price: U256) -> Result<Accepted, X402Error> {
+        let p: PrepaidPayload = serde_json::from_value(payload.clone()).map_err(|e| {
+            invalid(
+                "invalid_prepaid_payload",
+                format!("the prepaid payload is not {{voucher, signature}}: {e}"),
+            )
+        })?;
+        let v = &p.voucher;
+        if v.payee != self.payee {
+            return Err(invalid(
+                "invalid_prepaid_payee",
+                format!("the voucher pays {}, not this node's vault {}", v.payee, self.payee),
+            ));
+        }
+        let sig = Signature::try_from(p.signature.as_ref())
+            .map_err(|e| invalid("invalid_prepaid_signature", format!("the signature does not parse: {e}")))?;
+        let msg = Voucher {
+            payer: v.payer,
+            payee: v.payee,
+            salt: v.salt,
+            cumulativeAmount: v.cumulative_amount,
+        };
+        let signer = sig
+            .recover_address_from_prehash(&msg.eip712_signing_hash(&self.domain))
+            .map_err(|e| invalid("invalid_prepaid_signature", format!("no signer recovers: {e}")))?;
+        if signer != v.payer {
+            return Err(invalid(
+                "invalid_prepaid_signature",
+                format!("the voucher is signed by {signer}, not by its payer {}", v.payer),
+            ));
+        }
+        let id = Chain::channel_id(v.payer, v.payee, v.salt);
+        let known = self.store.channel(id)?;
+        let stale = match &known {
+            None => true,
+            Some(c) => v.cumulative_amount > c.deposited,
+        };
+        if stale {
+            self.refresh(v.payer, v.payee, v.salt).await?;
+        }
+        match self
+            .store
+            .accept_voucher(id, v.cumulative_amount, price, &p.signature)?
+        {
+            Ok(previous) => Ok(Accepted {
+                channel: id,
+                payer: v.payer,
+                cumulative: v.cumulative_amount,
+                previous,
+            }),
+            Err(VoucherRefusal::UnknownChannel) => Err(invalid(
+                "invalid_prepaid_no_deposit",
+                format!("{} has no deposit for this node; deposit first (cairn pay deposit)", v.payer),
+            )),
+            Err(VoucherRefusal::Closing) => Err(invalid(
+                "invalid_prepaid_channel_closing",
+                "the payer asked to withdraw this channel; deposit on a new salt or pay with exact".to_string(),
+            )),
+            Err(VoucherRefusal::OverDeposit { deposited }) => Err(invalid(
+                "invalid_prepaid_insufficient_deposit",
+                format!(
+                    "the voucher promises {} but {deposited} is deposited; top up the deposit",
+                    v.cumulative_amount
+                ),
+            )),
+            Err(VoucherRefusal::TooLow { accepted }) => Err(invalid(
+                "invalid_prepaid_voucher_amount",
+                format!(
+                    "the voucher promises {} in total; {accepted} is already accepted and the price is {price}, so it must be at least {}",
+                    v.cumulative_amount,
+                    accepted + price
+                ),
+            )),
+        }
+    }
+
+    /// Gives back a voucher whose request failed (not charged).
+    pub fn release(&self, a: &Accepted) {
+        if let Err(e) = self.store.unaccept_voucher(a.channel, a.cumulative, a.previous) {
+            tracing::warn!(error = %e, "releasing a voucher");
+        }
+    }
+
+    /// Submits a payer's gasless deposit into its channel with this node (the node pays the
+    /// gas, so deposits under `min` are refused), then refreshes the channel.
+    pub async fn deposit(
+        &self,
+        d: &DepositAuthorization,
+        min: U256,
+    ) -> Result<ChannelRecord, X402Error> {
+        if d.amount < min {
+            return Err(invalid(
+                "invalid_prepaid_deposit_amount",
+                format!("a deposit through the node must be at least {min} token units"),
+            ));
+        }
+        let sig = Signature::try_from(d.signature.as_ref()).map_err(|e| {
+            invalid("invalid_prepaid_signature", format!("the signature does not parse: {e}"))
+        })?;
+        self.chain
+            .deposit_with_authorization(
+                &self.signer,
+                d.payer,
+                self.payee,
+                d.salt,
+                d.amount,
+                d.valid_before,
+                d.nonce,
+                &sig,
+            )
+            .await
+            .map_err(|e| match e {
+                cairn_ledger::LedgerError::Reverted { reason, .. } => invalid(
+                    "invalid_prepaid_deposit",
+                    format!("the deposit was refused by the chain: {reason}"),
+                ),
+                other => X402Error::Chain(other),
+            })?;
+        self.refresh(d.payer, self.payee, d.salt).await?;
+        self.status(d.payer, d.salt)?.ok_or_else(|| {
+            X402Error::Store("the deposit landed but the channel is not recorded".into())
+        })
+    }
+
+    /// The channel as the node knows it.
+    pub fn status(&self, payer: Address, salt: B256) -> Result<Option<ChannelRecord>, X402Error> {
+        self.store
+            .channel(Chain::channel_id(payer, self.payee, salt))
+    }
+
+    async fn refresh(&self, payer: Address, payee: Address, salt: B256) -> Result<(), X402Error> {
+        let st = self.chain.channel_state(payer, payee, salt).await?;
+        if st.deposited.is_zero() {
+            return Ok(());
+        }
+        let rec = ChannelRecord {
+            id: Chain::channel_id(payer, payee, salt),
+            payer,
+            payee,
+            salt,
+            deposited: st.deposited,
+            closing: st.withdrawable_at != 0,
+            accepted: st.claimed,
+            signature: None,
+            redeemed: st.claimed,
+        };
+        self.store.refresh_channel(
+            self.chain.deployment().chain_id,
+            &rec,
+            st.deposited,
+            st.withdrawable_at != 0,
+            st.claimed,
+        )?;
+        Ok(())
+    }
+
+    /// One round: marks channels whose payer asked to withdraw (so no new vouchers are taken),
+    /// then redeems every channel's latest unredeemed voucher. Returns how many were redeemed.
+    pub async fn redeem_due(&self) -> Result<usize, X402Error> {
+        let from = self.scanned.load(Ordering::Relaxed);
+        let head = self.chain.ledger().head().await?.number;
+        if head >= from {
+            let logs = self
+                .chain
+                .ledger()
+                .logs(LogFilter {
+                    address: Some(self.chain.deployment().escrow),
+                    topic0: Some(Escrow::WithdrawalRequested::SIGNATURE_HASH),
+                    from_block: from,
+                })
+                .await?;
+            for l in logs {
+                let Ok(ev) = Escrow::WithdrawalRequested::decode_log(&l.log) else {
+                    continue;
+                };
+                if let Some(c) = self.store.channel(ev.channel)? {
+                    self.refresh(c.payer, c.payee, c.salt).await?;
+                }
+            }
+            self.scanned.store(head + 1, Ordering::Relaxed);
+        }
+        let mut redeemed = 0;
+        for c in self.store.unredeemed()? {
+            let Some(sig) = c.signature.as_deref().and_then(|s| Signature::try_from(s).ok()) else {
+                continue;
+            };
+            match self
+                .chain
+                .redeem(&self.signer, c.payer, c.payee, c.salt, c.accepted, &sig)
+                .await
+            {
+                Ok(_) => {
+                    self.store.set_redeemed(c.id, c.accepted)?;
+                    redeemed += 1;
+                }
+                Err(e) => {
+                    // Someone else may have redeemed it (anyone may): take the chain's word.
+                    let st = self.chain.channel_state(c.payer, c.payee, c.salt).await?;
+                    if st.claimed >= c.accepted {
+                        self.store.set_redeemed(c.id, st.claimed)?;
+                    } else {
+                        tracing::warn!(channel = %c.id, error = %e, "redeeming a voucher");
+                    }
+                }
+            }
+        }
+        Ok(redeemed)
+    }
+
+    /// Redeems every `every`, forever.
+    pub async fn run(self: Arc<Self>, every: Duration) {
+        loop {
+            tokio::time::sleep(every).await;
+            if let Err(e) = self.redeem_due().await {
+                tracing::warn!(error = %e, "prepaid redemption round");
+            }
+        }
+    }
+}

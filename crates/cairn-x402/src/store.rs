@@ -1,0 +1,471 @@
+//! The durable payment store: every payment the node or facilitator has seen, keyed by the
+//! authorization it spends, and every prepaid channel's accepted voucher.
+//!
+//! A payment is *reserved* (one SQLite transaction) before anything runs, so the same
+//! authorization presented twice, in sequence or in parallel, finds the first reservation.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use alloy_primitives::{Address, B256, U256};
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::X402Error;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS payments (
+    key        BLOB PRIMARY KEY,  -- keccak(token, payer, nonce) (exact) or keccak(channel, cumulative)
+    chain      INTEGER NOT NULL,
+    scheme     TEXT NOT NULL,
+    payer      BLOB NOT NULL,
+    amount     TEXT NOT NULL,
+    state      TEXT NOT NULL,     -- reserved | pending | settled | failed | released
+    resource   TEXT NOT NULL,
+    payload    TEXT NOT NULL,     -- the scheme payload, for reconciliation
+    tx         TEXT,
+    reason     TEXT,
+    response   BLOB,              -- a withheld response while settlement is pending
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS payments_open ON payments (state) WHERE state IN ('reserved', 'pending');
+CREATE TABLE IF NOT EXISTS channels (
+    id         BLOB PRIMARY KEY,  -- the escrow's channel id
+    chain      INTEGER NOT NULL,
+    payer      BLOB NOT NULL,
+    payee      BLOB NOT NULL,
+    salt       BLOB NOT NULL,
+    deposited  TEXT NOT NULL,     -- as last read from the chain
+    closing    INTEGER NOT NULL,  -- the payer asked for a withdrawal: no more vouchers
+    accepted   TEXT NOT NULL,     -- highest cumulative voucher accepted
+    signature  BLOB,              -- its signature
+    redeemed   TEXT NOT NULL,     -- claimed on chain
+    updated_at INTEGER NOT NULL
+);
+";
+
+/// A payment's state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PaymentState {
+    /// Verified and held while the request runs.
+    Reserved,
+    /// A settlement transaction may be out; not confirmed yet.
+    Pending,
+    /// Paid.
+    Settled,
+    /// Settlement failed; the output was withheld.
+    Failed,
+    /// The request failed before settlement; the authorization was never used.
+    Released,
+}
+
+impl PaymentState {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Reserved => "reserved",
+            Self::Pending => "pending",
+            Self::Settled => "settled",
+            Self::Failed => "failed",
+            Self::Released => "released",
+        }
+    }
+
+    fn parse(s: &str) -> Self {
+        match s {
+            "reserved" => Self::Reserved,
+            "pending" => Self::Pending,
+            "settled" => Self::Settled,
+            "released" => Self::Released,
+            _ => Self::Failed,
+        }
+    }
+}
+
+/// What the store holds about one payment.
+#[derive(Clone, Debug)]
+pub struct PaymentRecord {
+    /// Its key.
+    pub key: B256,
+    /// Scheme.
+    pub scheme: String,
+    /// Payer.
+    pub payer: Address,
+    /// Amount.
+    pub amount: U256,
+    /// State.
+    pub state: PaymentState,
+    /// The resource it paid for.
+    pub resource: String,
+    /// The scheme payload (JSON).
+    pub payload: String,
+    /// Settlement transaction, when known.
+    pub tx: Option<String>,
+    /// Why it failed.
+    pub reason: Option<String>,
+    /// The withheld response (status, headers JSON, body) while pending.
+    pub response: Option<Vec<u8>>,
+}
+
+/// A new payment to reserve.
+pub struct NewPayment<'a> {
+    /// Its key.
+    pub key: B256,
+    /// Chain id.
+    pub chain: u64,
+    /// Scheme.
+    pub scheme: &'a str,
+    /// Payer.
+    pub payer: Address,
+    /// Amount.
+    pub amount: U256,
+    /// The resource.
+    pub resource: &'a str,
+    /// The scheme payload (JSON).
+    pub payload: &'a str,
+}
+
+/// A prepaid channel as the node knows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChannelRecord {
+    /// The escrow's channel id.
+    pub id: B256,
+    /// Payer.
+    pub payer: Address,
+    /// Payee.
+    pub payee: Address,
+    /// The payer's salt.
+    pub salt: B256,
+    /// Deposited, as last read from the chain.
+    pub deposited: U256,
+    /// The payer asked for a withdrawal.
+    pub closing: bool,
+    /// Highest cumulative voucher accepted.
+    pub accepted: U256,
+    /// Its signature.
+    pub signature: Option<Vec<u8>>,
+    /// Claimed on chain.
+    pub redeemed: U256,
+}
+
+/// The store (SQLite, WAL). Cheap to clone.
+#[derive(Clone)]
+pub struct PaymentStore {
+    conn: Arc<Mutex<Connection>>,
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+fn store_err(e: rusqlite::Error) -> X402Error {
+    X402Error::Store(e.to_string())
+}
+
+fn u256(s: String) -> U256 {
+    U256::from_str_radix(&s, 10).unwrap_or_default()
+}
+
+/// Why a reservation was refused.
+#[derive(Debug)]
+pub enum Reserve {
+    /// Reserved now.
+    Reserved,
+    /// The payment was seen before.
+    Seen(PaymentRecord),
+}
+
+impl PaymentStore {
+    /// Opens (or creates) the store at `path`.
+    pub fn open(path: &Path) -> Result<Self, X402Error> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| X402Error::Store(format!("{}: {e}", dir.display())))?;
+        }
+        let conn = Connection::open(path).map_err(store_err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(store_err)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(store_err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(store_err)?;
+        conn.execute_batch(SCHEMA).map_err(store_err)?;
+        Ok(Self {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, X402Error> {
+        let mut c = self.conn.lock().expect("payment store lock");
+        f(&mut c).map_err(store_err)
+    }
+
+    /// Reserves a payment, unless its key was seen before. A `released` payment (its request
+    /// failed, the authorization was never used) can be reserved again.
+    pub fn reserve(&self, p: &NewPayment<'_>) -> Result<Reserve, X402Error> {
+        let seen = self.with(|c| {
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let existing = get(&tx, p.key)?;
+            match existing {
+                Some(r) if r.state != PaymentState::Released => {
+                    tx.commit()?;
+                    return Ok(Some(r));
+                }
+                _ => {}
+            }
+            tx.execute(
+                "INSERT INTO payments (key, chain, scheme, payer, amount, state, resource, payload, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, 'reserved', ?6, ?7, ?8, ?8)
+                 ON CONFLICT (key) DO UPDATE SET state = 'reserved', resource = ?6, payload = ?7, updated_at = ?8",
+                params![
+                    p.key.as_slice(),
+                    p.chain as i64,
+                    p.scheme,
+                    p.payer.as_slice(),
+                    p.amount.to_string(),
+                    p.resource,
+                    p.payload,
+                    now()
+                ],
+            )?;
+            tx.commit()?;
+            Ok(None)
+        })?;
+        Ok(match seen {
+            Some(r) => Reserve::Seen(r),
+            None => Reserve::Reserved,
+        })
+    }
+
+    /// Moves a payment to `state` with its transaction, reason and withheld response.
+    pub fn set_state(
+        &self,
+        key: B256,
+        state: PaymentState,
+        tx: Option<&str>,
+        reason: Option<&str>,
+        response: Option<&[u8]>,
+    ) -> Result<(), X402Error> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE payments SET state = ?2, tx = COALESCE(?3, tx), reason = ?4, response = ?5, updated_at = ?6 WHERE key = ?1",
+                params![key.as_slice(), state.as_str(), tx, reason, response, now()],
+            )
+            .map(drop)
+        })
+    }
+
+    /// One payment.
+    pub fn get(&self, key: B256) -> Result<Option<PaymentRecord>, X402Error> {
+        self.with(|c| get(c, key))
+    }
+
+    /// Payments still pending settlement (for the reconciler).
+    pub fn pending(&self) -> Result<Vec<PaymentRecord>, X402Error> {
+        self.with(|c| {
+            let mut stmt = c.prepare(&format!(
+                "SELECT {COLUMNS} FROM payments WHERE state = 'pending' ORDER BY created_at LIMIT 1000"
+            ))?;
+            stmt.query_map([], row)?.collect()
+        })
+    }
+
+    /// How many payments are in each state.
+    pub fn counts(&self) -> Result<Vec<(String, i64)>, X402Error> {
+        self.with(|c| {
+            let mut stmt =
+                c.prepare("SELECT state, COUNT(*) FROM payments GROUP BY state ORDER BY state")?;
+            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect()
+        })
+    }
+
+    // ---- prepaid channels ----
+
+    /// A channel.
+    pub fn channel(&self, id: B256) -> Result<Option<ChannelRecord>, X402Error> {
+        self.with(|c| channel(c, id))
+    }
+
+    /// Records what the chain says of a channel (deposit, withdrawal request, claimed).
+    pub fn refresh_channel(
+        &self,
+        chain: u64,
+        rec: &ChannelRecord,
+        deposited: U256,
+        closing: bool,
+        claimed: U256,
+    ) -> Result<(), X402Error> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO channels (id, chain, payer, payee, salt, deposited, closing, accepted, redeemed, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8, ?9)
+                 ON CONFLICT (id) DO UPDATE SET deposited = ?6, closing = ?7, updated_at = ?9",
+                params![
+                    rec.id.as_slice(),
+                    chain as i64,
+                    rec.payer.as_slice(),
+                    rec.payee.as_slice(),
+                    rec.salt.as_slice(),
+                    deposited.to_string(),
+                    closing,
+                    claimed.to_string(),
+                    now()
+                ],
+            )
+            .map(drop)
+        })
+    }
+
+    /// Accepts a cumulative voucher if it adds at least `price` to what was accepted and stays
+    /// within the deposit. Atomic: of two vouchers racing for the same step, one wins.
+    pub fn accept_voucher(
+        &self,
+        id: B256,
+        cumulative: U256,
+        price: U256,
+        signature: &[u8],
+    ) -> Result<Result<U256, VoucherRefusal>, X402Error> {
+        self.with(|c| {
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let Some(ch) = channel(&tx, id)? else {
+                return Ok(Err(VoucherRefusal::UnknownChannel));
+            };
+            if ch.closing {
+                return Ok(Err(VoucherRefusal::Closing));
+            }
+            if cumulative > ch.deposited {
+                return Ok(Err(VoucherRefusal::OverDeposit {
+                    deposited: ch.deposited,
+                }));
+            }
+            if cumulative < ch.accepted + price {
+                return Ok(Err(VoucherRefusal::TooLow {
+                    accepted: ch.accepted,
+                }));
+            }
+            tx.execute(
+                "UPDATE channels SET accepted = ?2, signature = ?3, updated_at = ?4 WHERE id = ?1",
+                params![id.as_slice(), cumulative.to_string(), signature, now()],
+            )?;
+            tx.commit()?;
+            Ok(Ok(ch.accepted))
+        })
+    }
+
+    /// Undoes an accepted voucher whose request failed (only if nothing later was accepted).
+    pub fn unaccept_voucher(
+        &self,
+        id: B256,
+        cumulative: U256,
+        previous: U256,
+    ) -> Result<(), X402Error> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE channels SET accepted = ?3 WHERE id = ?1 AND accepted = ?2",
+                params![id.as_slice(), cumulative.to_string(), previous.to_string()],
+            )
+            .map(drop)
+        })
+    }
+
+    /// Channels with accepted vouchers not yet redeemed.
+    pub fn unredeemed(&self) -> Result<Vec<ChannelRecord>, X402Error> {
+        self.with(|c| {
+            let mut stmt = c.prepare(&format!(
+                "SELECT {CHANNEL_COLUMNS} FROM channels WHERE accepted != redeemed"
+            ))?;
+            stmt.query_map([], channel_row)?.collect()
+        })
+    }
+
+    /// Records a redemption.
+    pub fn set_redeemed(&self, id: B256, redeemed: U256) -> Result<(), X402Error> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE channels SET redeemed = ?2, updated_at = ?3 WHERE id = ?1",
+                params![id.as_slice(), redeemed.to_string(), now()],
+            )
+            .map(drop)
+        })
+    }
+}
+
+/// Why a voucher was not accepted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum VoucherRefusal {
+    /// The node has not seen the channel.
+    UnknownChannel,
+    /// The payer asked for a withdrawal.
+    Closing,
+    /// The voucher promises more than was deposited.
+    OverDeposit {
+        /// The deposit.
+        deposited: U256,
+    },
+    /// The voucher does not add the price to what was already accepted.
+    TooLow {
+        /// Accepted so far.
+        accepted: U256,
+    },
+}
+
+const COLUMNS: &str = "key, scheme, payer, amount, state, resource, payload, tx, reason, response";
+
+fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<PaymentRecord> {
+    let key: Vec<u8> = r.get(0)?;
+    let payer: Vec<u8> = r.get(2)?;
+    let state: String = r.get(4)?;
+    Ok(PaymentRecord {
+        key: B256::try_from(key.as_slice()).unwrap_or_default(),
+        scheme: r.get(1)?,
+        payer: Address::try_from(payer.as_slice()).unwrap_or_default(),
+        amount: u256(r.get(3)?),
+        state: PaymentState::parse(&state),
+        resource: r.get(5)?,
+        payload: r.get(6)?,
+        tx: r.get(7)?,
+        reason: r.get(8)?,
+        response: r.get(9)?,
+    })
+}
+
+fn get(c: &Connection, key: B256) -> rusqlite::Result<Option<PaymentRecord>> {
+    c.query_row(
+        &format!("SELECT {COLUMNS} FROM payments WHERE key = ?1"),
+        [key.as_slice()],
+        row,
+    )
+    .optional()
+}
+
+const CHANNEL_COLUMNS: &str =
+    "id, payer, payee, salt, deposited, closing, accepted, signature, redeemed";
+
+fn channel_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ChannelRecord> {
+    let b = |i: usize| -> rusqlite::Result<Vec<u8>> { r.get(i) };
+    Ok(ChannelRecord {
+        id: B256::try_from(b(0)?.as_slice()).unwrap_or_default(),
+        payer: Address::try_from(b(1)?.as_slice()).unwrap_or_default(),
+        payee: Address::try_from(b(2)?.as_slice()).unwrap_or_default(),
+        salt: B256::try_from(b(3)?.as_slice()).unwrap_or_default(),
+        deposited: u256(r.get(4)?),
+        closing: r.get(5)?,
+        accepted: u256(r.get(6)?),
+        signature: r.get(7)?,
+        redeemed: u256(r.get(8)?),
+    })
+}
+
+fn channel(c: &Connection, id: B256) -> rusqlite::Result<Option<ChannelRecord>> {
+    c.query_row(
+        &format!("SELECT {CHANNEL_COLUMNS} FROM channels WHERE id = ?1"),
+        [id.as_slice()],
+        channel_row,
+    )
+    .optional()
+}

@@ -1,0 +1,320 @@
+use std::sync::Arc;
+
+use alloy_primitives::{Address, B256, U256, address, b256};
+use alloy_signer_local::PrivateKeySigner;
+use alloy_sol_types::Eip712Domain;
+use cairn_ledger::deploy::{TOKEN_UNIT, deploy};
+use cairn_ledger::{Chain, DeployParams, EmbeddedLedger, Ledger, dev_signer};
+use serde_json::{Value, json};
+
+use crate::exact::{self, verify_local};
+use crate::facilitator::{FacilitatorRequest, Settlement};
+use crate::store::{NewPayment, PaymentState, Reserve};
+use crate::wire::*;
+use crate::*;
+
+// ---- known answers from the x402 v2 specification ----
+
+/// `PAYMENT-SIGNATURE` example of the v2 HTTP transport spec (specs/transports-v2/http.md).
+const SPEC_PAYMENT_SIGNATURE: &str = "eyJ4NDAyVmVyc2lvbiI6MiwicmVzb3VyY2UiOnsidXJsIjoiaHR0cHM6Ly9hcGkuZXhhbXBsZS5jb20vcHJlbWl1bS1kYXRhIiwiZGVzY3JpcHRpb24iOiJBY2Nlc3MgdG8gcHJlbWl1bSBtYXJrZXQgZGF0YSIsIm1pbWVUeXBlIjoiYXBwbGljYXRpb24vanNvbiJ9LCJhY2NlcHRlZCI6eyJzY2hlbWUiOiJleGFjdCIsIm5ldHdvcmsiOiJlaXAxNTU6ODQ1MzIiLCJhbW91bnQiOiIxMDAwMCIsImFzc2V0IjoiMHgwMzZDYkQ1Mzg0MmM1NDI2NjM0ZTc5Mjk1NDFlQzIzMThmM2RDRjdlIiwicGF5VG8iOiIweDIwOTY5M0JjNmFmYzBDNTMyOGJBMzZGYUYwM0M1MTRFRjMxMjI4N0MiLCJtYXhUaW1lb3V0U2Vjb25kcyI6NjAsImV4dHJhIjp7Im5hbWUiOiJVU0RDIiwidmVyc2lvbiI6IjIifX0sInBheWxvYWQiOnsic2lnbmF0dXJlIjoiMHgyZDZhNzU4OGQ2YWNjYTUwNWNiZjBkOWE0YTIyN2UwYzUyYzZjMzQwMDhjOGU4OTg2YTEyODMyNTk3NjQxNzM2MDhhMmNlNjQ5NjY0MmUzNzdkNmRhOGRiYmY1ODM2ZTliZDE1MDkyZjllY2FiMDVkZWQzZDYyOTNhZjE0OGI1NzFjIiwiYXV0aG9yaXphdGlvbiI6eyJmcm9tIjoiMHg4NTdiMDY1MTlFOTFlM0E1NDUzODc5MWJEYmIwRTIyMzczZTM2YjY2IiwidG8iOiIweDIwOTY5M0JjNmFmYzBDNTMyOGJBMzZGYUYwM0M1MTRFRjMxMjI4N0MiLCJ2YWx1ZSI6IjEwMDAwIiwidmFsaWRBZnRlciI6IjE3NDA2NzIwODkiLCJ2YWxpZEJlZm9yZSI6IjE3NDA2NzIxNTQiLCJub25jZSI6IjB4ZjM3NDY2MTNjMmQ5MjBiNWZkYWJjMDg1NmYyYWViMmQ0Zjg4ZWU2MDM3YjhjYzVkMDRhNzFhNDQ2MmYxMzQ4MCJ9fX0=";
+const SPEC_PAYMENT_REQUIRED: &str = "eyJ4NDAyVmVyc2lvbiI6MiwiZXJyb3IiOiJQQVlNRU5ULVNJR05BVFVSRSBoZWFkZXIgaXMgcmVxdWlyZWQiLCJyZXNvdXJjZSI6eyJ1cmwiOiJodHRwczovL2FwaS5leGFtcGxlLmNvbS9wcmVtaXVtLWRhdGEiLCJkZXNjcmlwdGlvbiI6IkFjY2VzcyB0byBwcmVtaXVtIG1hcmtldCBkYXRhIiwibWltZVR5cGUiOiJhcHBsaWNhdGlvbi9qc29uIn0sImFjY2VwdHMiOlt7InNjaGVtZSI6ImV4YWN0IiwibmV0d29yayI6ImVpcDE1NTo4NDUzMiIsImFtb3VudCI6IjEwMDAwIiwiYXNzZXQiOiIweDAzNkNiRDUzODQyYzU0MjY2MzRlNzkyOTU0MWVDMjMxOGYzZENGN2UiLCJwYXlUbyI6IjB4MjA5NjkzQmM2YWZjMEM1MzI4YkEzNkZhRjAzQzUxNEVGMzEyMjg3QyIsIm1heFRpbWVvdXRTZWNvbmRzIjo2MCwiZXh0cmEiOnsibmFtZSI6IlVTREMiLCJ2ZXJzaW9uIjoiMiJ9fV19";
+const SPEC_PAYMENT_RESPONSE_OK: &str = "eyJzdWNjZXNzIjp0cnVlLCJ0cmFuc2FjdGlvbiI6IjB4MTIzNDU2Nzg5MGFiY2RlZjEyMzQ1Njc4OTBhYmNkZWYxMjM0NTY3ODkwYWJjZGVmMTIzNDU2Nzg5MGFiY2RlZiIsIm5ldHdvcmsiOiJlaXAxNTU6ODQ1MzIiLCJwYXllciI6IjB4ODU3YjA2NTE5RTkxZTNBNTQ1Mzg3OTFiRGJiMEUyMjM3M2UzNmI2NiJ9";
+const SPEC_PAYMENT_RESPONSE_FAIL: &str = "eyJzdWNjZXNzIjpmYWxzZSwiZXJyb3JSZWFzb24iOiJpbnN1ZmZpY2llbnRfZnVuZHMiLCJuZXR3b3JrIjoiZWlwMTU1Ojg0NTMyIn0=";
+const SPEC_PAYER: Address = address!("0x857b06519E91e3A54538791bDbb0E22373e36b66");
+const SPEC_USDC: Address = address!("0x036CbD53842c5426634e7929541eC2318f3dCF7e");
+
+fn spec_domain() -> Eip712Domain {
+    Eip712Domain::new(
+        Some("USDC".into()),
+        Some("2".into()),
+        Some(U256::from(84532)),
+        Some(SPEC_USDC),
+        None,
+    )
+}
+
+#[test]
+fn spec_headers_decode_as_documented() {
+    let req: PaymentRequired = decode_header("PAYMENT-REQUIRED", SPEC_PAYMENT_REQUIRED.as_bytes()).unwrap();
+    assert_eq!(req.x402_version, 2);
+    assert_eq!(req.error.as_deref(), Some("PAYMENT-SIGNATURE header is required"));
+    assert_eq!(req.resource.url, "https://api.example.com/premium-data");
+    let o = &req.accepts[0];
+    assert_eq!((o.scheme.as_str(), o.network.as_str()), ("exact", "eip155:84532"));
+    assert_eq!(o.amount, U256::from(10_000));
+    assert_eq!(o.asset, SPEC_USDC);
+    assert_eq!(o.pay_to, address!("0x209693Bc6afc0C5328bA36FaF03C514EF312287C"));
+    assert_eq!(o.max_timeout_seconds, 60);
+    assert_eq!(o.extra, json!({"name": "USDC", "version": "2"}));
+
+    let pay: PaymentPayload = decode_header("PAYMENT-SIGNATURE", SPEC_PAYMENT_SIGNATURE.as_bytes()).unwrap();
+    assert!(pay.accepted.same_offer(o));
+    let p = exact::parse(&pay.payload).unwrap();
+    assert_eq!(p.authorization.from, SPEC_PAYER);
+    assert_eq!(p.authorization.valid_after, U256::from(1_740_672_089u64));
+    assert_eq!(p.authorization.valid_before, U256::from(1_740_672_154u64));
+    assert_eq!(
+        p.authorization.nonce,
+        b256!("0xf3746613c2d920b5fdabc0856f2aeb2d4f88ee6037b8cc5d04a71a4462f13480")
+    );
+
+    let ok: SettleResponse = decode_header("PAYMENT-RESPONSE", SPEC_PAYMENT_RESPONSE_OK.as_bytes()).unwrap();
+    assert!(ok.success);
+    assert_eq!(ok.payer, Some(SPEC_PAYER));
+    assert_eq!(ok.network, "eip155:84532");
+    let fail: SettleResponse = decode_header("PAYMENT-RESPONSE", SPEC_PAYMENT_RESPONSE_FAIL.as_bytes()).unwrap();
+    assert!(!fail.success);
+    assert_eq!(fail.error_reason.as_deref(), Some("insufficient_funds"));
+    assert_eq!(fail.transaction, "");
+}
+
+#[test]
+fn spec_authorization_recovers_to_its_payer_and_is_expired_today() {
+    let pay: PaymentPayload = decode_header("PAYMENT-SIGNATURE", SPEC_PAYMENT_SIGNATURE.as_bytes()).unwrap();
+    let p = exact::parse(&pay.payload).unwrap();
+    // Inside its validity window the signature checks out and recovers to `from`.
+    let checked = verify_local(&p, &pay.accepted, &spec_domain(), 1_740_672_100).unwrap();
+    assert_eq!(checked.authorization.from, SPEC_PAYER);
+    // Today it is refused as expired.
+    let e = verify_local(&p, &pay.accepted, &spec_domain(), now_secs()).unwrap_err();
+    assert_eq!(e.code(), "invalid_exact_evm_payload_authorization_valid_before");
+    // Before validAfter it is refused too.
+    let e = verify_local(&p, &pay.accepted, &spec_domain(), 1_740_672_000).unwrap_err();
+    assert_eq!(e.code(), "invalid_exact_evm_payload_authorization_valid_after");
+}
+
+#[test]
+fn tampered_spec_authorizations_are_refused_with_their_reason() {
+    let pay: PaymentPayload = decode_header("PAYMENT-SIGNATURE", SPEC_PAYMENT_SIGNATURE.as_bytes()).unwrap();
+    let p = exact::parse(&pay.payload).unwrap();
+    let t = 1_740_672_100;
+    // A different recipient in the offer: the money would go elsewhere.
+    let mut other = pay.accepted.clone();
+    other.pay_to = Address::repeat_byte(7);
+    let e = verify_local(&p, &other, &spec_domain(), t).unwrap_err();
+    assert_eq!(e.code(), "invalid_exact_evm_payload_recipient_mismatch");
+    // Underpaid: the price is higher than the authorization.
+    let mut dearer = pay.accepted.clone();
+    dearer.amount = U256::from(10_001);
+    let e = verify_local(&p, &dearer, &spec_domain(), t).unwrap_err();
+    assert_eq!(e.code(), "invalid_exact_evm_payload_authorization_value_mismatch");
+    // Forged: the value raised after signing (offer raised to match) no longer recovers.
+    let mut forged = p.clone();
+    forged.authorization.value = U256::from(10_001);
+    let e = verify_local(&forged, &dearer, &spec_domain(), t).unwrap_err();
+    assert_eq!(e.code(), "invalid_exact_evm_payload_signature");
+    // Another token's domain: no match either.
+    let mut d = spec_domain();
+    d.name = Some("USD Coin".into());
+    let e = verify_local(&p, &pay.accepted, &d, t).unwrap_err();
+    assert_eq!(e.code(), "invalid_exact_evm_payload_signature");
+    // A truncated signature.
+    let mut short = p.clone();
+    short.signature = short.signature.slice(..64);
+    let e = verify_local(&short, &pay.accepted, &spec_domain(), t).unwrap_err();
+    assert_eq!(e.code(), "invalid_exact_evm_payload_signature");
+}
+
+#[test]
+fn hostile_headers_are_refused_before_parsing() {
+    let huge = "A".repeat(MAX_HEADER_BYTES + 1);
+    let e = decode_header::<PaymentPayload>("PAYMENT-SIGNATURE", huge.as_bytes()).unwrap_err();
+    assert!(e.to_string().contains("at most"), "{e}");
+    let e = decode_header::<PaymentPayload>("PAYMENT-SIGNATURE", b"%%%").unwrap_err();
+    assert!(e.to_string().contains("not base64"), "{e}");
+    let e = decode_header::<PaymentPayload>("PAYMENT-SIGNATURE", encode_header(&json!({"x402Version": 2})).as_bytes()).unwrap_err();
+    assert!(e.to_string().contains("JSON"), "{e}");
+    // Amounts must be decimal integers.
+    let bad = json!({"scheme":"exact","network":"eip155:1","amount":"1e3","asset":SPEC_USDC,"payTo":SPEC_USDC,"maxTimeoutSeconds":1});
+    assert!(serde_json::from_value::<PaymentRequirements>(bad).is_err());
+}
+
+// ---- the store ----
+
+#[test]
+fn a_payment_is_reserved_once_even_in_parallel() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = PaymentStore::open(&dir.path().join("payments.sqlite")).unwrap();
+    let key = B256::repeat_byte(1);
+    let winners: usize = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                let store = store.clone();
+                s.spawn(move || {
+                    let r = store
+                        .reserve(&NewPayment {
+                            key,
+                            chain: 1,
+                            scheme: "exact",
+                            payer: Address::ZERO,
+                            amount: U256::from(1),
+                            resource: "r",
+                            payload: "{}",
+                        })
+                        .unwrap();
+                    matches!(r, Reserve::Reserved) as usize
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).sum()
+    });
+    assert_eq!(winners, 1);
+    // A released payment (its request failed) can be used again; a settled one cannot.
+    store.set_state(key, PaymentState::Released, None, None, None).unwrap();
+    let again = |store: &PaymentStore| {
+        store
+            .reserve(&NewPayment {
+                key,
+                chain: 1,
+                scheme: "exact",
+                payer: Address::ZERO,
+                amount: U256::from(1),
+                resource: "r",
+                payload: "{}",
+            })
+            .unwrap()
+    };
+    assert!(matches!(again(&store), Reserve::Reserved));
+    store.set_state(key, PaymentState::Settled, Some("0xabc"), None, None).unwrap();
+    match again(&store) {
+        Reserve::Seen(r) => {
+            assert_eq!(r.state, PaymentState::Settled);
+            assert_eq!(r.tx.as_deref(), Some("0xabc"));
+        }
+        Reserve::Reserved => panic!("a settled payment was reserved again"),
+    }
+    // It survives reopening.
+    drop(store);
+    let store = PaymentStore::open(&dir.path().join("payments.sqlite")).unwrap();
+    assert_eq!(store.get(key).unwrap().unwrap().state, PaymentState::Settled);
+}
+
+// ---- the facilitator on the embedded chain ----
+
+pub(crate) struct Devnet {
+    pub _dir: tempfile::TempDir,
+    pub chain: Chain,
+    pub facilitator: Arc<Facilitator>,
+    pub payer: PrivateKeySigner,
+    pub payee: Address,
+}
+
+pub(crate) async fn devnet() -> Devnet {
+    let dir = tempfile::tempdir().unwrap();
+    let gov = dev_signer(0);
+    let ledger: Arc<dyn Ledger> =
+        Arc::new(EmbeddedLedger::open(&dir.path().join("chain.sqlite"), 31337, &[]).unwrap());
+    let d = deploy(ledger.as_ref(), &gov, &DeployParams::devnet(gov.address(), dev_signer(1).address()))
+        .await
+        .unwrap();
+    let chain = Chain::new(ledger, d).unwrap();
+    let payer = dev_signer(6);
+    chain.mint(&gov, payer.address(), U256::from(100 * TOKEN_UNIT)).await.unwrap();
+    let store = PaymentStore::open(&dir.path().join("payments.sqlite")).unwrap();
+    let facilitator = Arc::new(Facilitator::new(chain.clone(), dev_signer(2), store).await.unwrap());
+    Devnet {
+        _dir: dir,
+        chain,
+        facilitator,
+        payer,
+        payee: dev_signer(9).address(),
+    }
+}
+
+fn request(d: &Devnet, amount: u64) -> FacilitatorRequest {
+    let offer = d.facilitator.exact_offer(d.payee, U256::from(amount), 60);
+    let required = PaymentRequired {
+        x402_version: 2,
+        error: None,
+        resource: ResourceInfo { url: "http://x/y".into(), ..Default::default() },
+        accepts: vec![offer.clone()],
+    };
+    let header = client::pay_exact(&d.payer, &required, &offer).unwrap();
+    let payload: PaymentPayload = decode_header("PAYMENT-SIGNATURE", header.as_bytes()).unwrap();
+    FacilitatorRequest {
+        x402_version: 2,
+        payment_payload: serde_json::to_value(payload).unwrap(),
+        payment_requirements: serde_json::to_value(offer).unwrap(),
+    }
+}
+
+#[tokio::test]
+async fn facilitator_verifies_settles_once_and_answers_retries_with_the_first_outcome() {
+    let d = devnet().await;
+    let req = request(&d, 1_500);
+    let v = d.facilitator.verify(&req).await;
+    assert!(v.is_valid, "{v:?}");
+    assert_eq!(v.payer, Some(d.payer.address()));
+    let before = d.chain.token_balance(d.payer.address()).await.unwrap();
+    let s1 = d.facilitator.settle(&req).await;
+    assert!(s1.success, "{s1:?}");
+    assert!(s1.transaction.starts_with("0x"));
+    // A retry (e.g. after the resource server's timeout) gets the same answer, no new transfer.
+    let s2 = d.facilitator.settle(&req).await;
+    assert_eq!(s1, s2);
+    assert_eq!(
+        d.chain.token_balance(d.payer.address()).await.unwrap(),
+        before - U256::from(1_500)
+    );
+    assert_eq!(d.chain.token_balance(d.payee).await.unwrap(), U256::from(1_500));
+    // Verifying a spent authorization says so.
+    let v = d.facilitator.verify(&req).await;
+    assert_eq!(v.invalid_reason.as_deref(), Some("invalid_exact_evm_nonce_already_used"));
+}
+
+#[tokio::test]
+async fn facilitator_refuses_with_reasons() {
+    let d = devnet().await;
+    // More than the payer holds.
+    let rich = request(&d, 1_000 * TOKEN_UNIT);
+    let v = d.facilitator.verify(&rich).await;
+    assert_eq!(v.invalid_reason.as_deref(), Some("invalid_exact_evm_insufficient_balance"));
+    let s = d.facilitator.settle(&rich).await;
+    assert_eq!(s.error_reason.as_deref(), Some("invalid_exact_evm_insufficient_balance"));
+    // Requirements that are not what the payment accepted.
+    let mut req = request(&d, 10);
+    req.payment_requirements["amount"] = json!("11");
+    let v = d.facilitator.verify(&req).await;
+    assert_eq!(v.invalid_reason.as_deref(), Some("invalid_payment_requirements"));
+    // Another network.
+    let mut req = request(&d, 10);
+    req.payment_requirements["network"] = json!("eip155:1");
+    req.payment_payload["accepted"]["network"] = json!("eip155:1");
+    let v = d.facilitator.verify(&req).await;
+    assert_eq!(v.invalid_reason.as_deref(), Some("invalid_exact_evm_network_mismatch"));
+    // A forged signature (one byte flipped).
+    let mut req = request(&d, 10);
+    let sig = req.payment_payload["payload"]["signature"].as_str().unwrap().to_string();
+    let flipped = format!("{}{}", &sig[..10], if &sig[10..11] == "0" { "1" } else { "0" }) + &sig[11..];
+    req.payment_payload["payload"]["signature"] = Value::String(flipped);
+    let v = d.facilitator.verify(&req).await;
+    assert_eq!(v.invalid_reason.as_deref(), Some("invalid_exact_evm_payload_signature"));
+    // Nothing moved.
+    assert_eq!(d.chain.token_balance(d.payee).await.unwrap(), U256::ZERO);
+}
+
+#[tokio::test]
+async fn parallel_settlements_all_land_without_nonce_errors() {
+    let d = devnet().await;
+    let reqs: Vec<_> = (0..16).map(|_| request(&d, 7)).collect();
+    let outcomes = futures::future::join_all(reqs.iter().map(|r| d.facilitator.settle(r))).await;
+    for o in &outcomes {
+        assert!(o.success, "{o:?}");
+    }
+    assert_eq!(d.chain.token_balance(d.payee).await.unwrap(), U256::from(7 * 16));
+}
+
+#[tokio::test]
+async fn expired_authorization_is_not_sent() {
+    let d = devnet().await;
+    let req = request(&d, 5);
+    let payload: PaymentPayload = serde_json::from_value(req.payment_payload.clone()).unwrap();
+    let c = d
+        .facilitator
+        .check_exact(&payload.payload, &payload.accepted, now_secs())
+        .unwrap();
+    let mut expired = c.clone();
+    expired.authorization.valid_before = U256::from(now_secs() - 1);
+    let out = d.facilitator.settle_reserved(B256::repeat_byte(9), &expired).await;
+    assert!(matches!(out, Settlement::Failed(ref r) if r.code == "invalid_exact_evm_payload_authorization_valid_before"), "{out:?}");
+}
