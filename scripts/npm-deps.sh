@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs the pinned npm tools (contracts/package-lock.json: solc-js, OpenZeppelin, anvil) into a
+# Installs the pinned npm tools (contracts/package-lock.json: solc-js, OpenZeppelin, anvil; and the
+# x402 interop clients of crates/cairn-cli/tests/npm) into a
 # cache dir outside the clone, keyed by the lockfile. Source it: it exports CAIRN_NODE_MODULES and
 # CAIRN_ANVIL. `--ignore-scripts`: nothing runs at install time.
 set -euo pipefail
@@ -18,3 +19,17 @@ if [ ! -f "$npm_dir/.complete" ]; then
 fi
 export CAIRN_NODE_MODULES="$npm_dir/node_modules"
 export CAIRN_ANVIL="$CAIRN_NODE_MODULES/@foundry-rs/anvil-linux-amd64/bin/anvil"
+
+# The official x402 TypeScript clients and resource server the interop tests drive
+# (crates/cairn-cli/tests/npm/package-lock.json), in their own cache dir.
+interop_lock="$here/../crates/cairn-cli/tests/npm/package-lock.json"
+interop_dir="$CAIRN_CACHE_DIR/npm-interop-$(sha256sum "$interop_lock" | cut -c1-16)"
+if [ ! -f "$interop_dir/.complete" ]; then
+  echo "npm-deps: installing the x402 interop clients into $interop_dir" >&2
+  rm -rf "$interop_dir"
+  mkdir -p "$interop_dir"
+  cp "$here/../crates/cairn-cli/tests/npm/package.json" "$interop_lock" "$interop_dir/"
+  (cd "$interop_dir" && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error >&2)
+  touch "$interop_dir/.complete"
+fi
+export CAIRN_NPM_INTEROP="$interop_dir/node_modules"

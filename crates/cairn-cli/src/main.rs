@@ -86,7 +86,10 @@ enum Command {
         #[arg(long, env = "CAIRN_PAYER_KEY")]
         payer_key: Option<PathBuf>,
         /// The prepaid channel's salt (one payer can hold several channels with a node).
-        #[arg(long, default_value = "0x0000000000000000000000000000000000000000000000000000000000000000")]
+        #[arg(
+            long,
+            default_value = "0x0000000000000000000000000000000000000000000000000000000000000000"
+        )]
         salt: alloy_primitives::B256,
     },
     /// Prepaid balances with a node: deposit, show, withdraw.
@@ -523,7 +526,10 @@ async fn devnet(
     keyfile::write(&node_key, &cairn_ledger::dev_signer(chain_cmd::DEVNET_NODE))?;
     // The first user account, ready to pay with `cairn infer --payer-key`.
     let payer_key = data_dir.join("chain").join("payer.key");
-    keyfile::write(&payer_key, &cairn_ledger::dev_signer(chain_cmd::DEVNET_PAYER))?;
+    keyfile::write(
+        &payer_key,
+        &cairn_ledger::dev_signer(chain_cmd::DEVNET_PAYER),
+    )?;
     let node_args = node_cmd::NodeServeArgs {
         listen: node_listen,
         hub: url.clone(),
@@ -555,9 +561,15 @@ async fn devnet(
     println!("  profile:  {}", node_state.profile());
     println!("  demo:     digits@1.0 = {demo}");
     if c.free {
-        println!("  price:    {} token units per inference (not charged: --free)", c.price);
+        println!(
+            "  price:    {} token units per inference (not charged: --free)",
+            c.price
+        );
     } else {
-        println!("  price:    {} token units per inference (x402: exact or prepaid)", c.price);
+        println!(
+            "  price:    {} token units per inference (x402: exact or prepaid)",
+            c.price
+        );
     }
     chain_cmd::print_devnet(&chain).await?;
     println!(

@@ -310,9 +310,11 @@ pub async fn infer(
         client = client.with_payer(crate::keyfile::load(path)?, pay.salt);
     }
     let outcome = match client.infer(reference, &inputs, json_body).await {
-        Err(cairn_node::client::NodeClientError::Api { status, code, message })
-            if status == reqwest::StatusCode::PAYMENT_REQUIRED && pay.payer_key.is_none() =>
-        {
+        Err(cairn_node::client::NodeClientError::Api {
+            status,
+            code,
+            message,
+        }) if status == reqwest::StatusCode::PAYMENT_REQUIRED && pay.payer_key.is_none() => {
             bail!(
                 "the node asks for payment ({code}): {message}\n  pass --payer-key FILE (env CAIRN_PAYER_KEY) to pay automatically; on the devnet: DATA_DIR/chain/payer.key"
             )
@@ -342,12 +344,20 @@ pub async fn infer(
     }
     if let Some(p) = &outcome.payment {
         let how = match &p.settlement {
-            Some(s) if s.success && p.scheme == "exact" => format!("settled in transaction {}", s.transaction),
+            Some(s) if s.success && p.scheme == "exact" => {
+                format!("settled in transaction {}", s.transaction)
+            }
             Some(s) if s.success => format!("voucher accepted, payment ref {}", s.transaction),
-            Some(s) => format!("not settled: {}", s.error_reason.as_deref().unwrap_or("unknown")),
+            Some(s) => format!(
+                "not settled: {}",
+                s.error_reason.as_deref().unwrap_or("unknown")
+            ),
             None => "no settlement answer".to_string(),
         };
-        println!("paid:     {} token units ({}) to {}, {how}", p.amount, p.scheme, p.pay_to);
+        println!(
+            "paid:     {} token units ({}) to {}, {how}",
+            p.amount, p.scheme, p.pay_to
+        );
     }
     println!("model:    {}", outcome.model_name);
     println!("receipt:  {} signed by {}", receipt.id(), receipt.signer);

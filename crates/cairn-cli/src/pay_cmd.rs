@@ -86,7 +86,10 @@ async fn get_json(url: &str) -> anyhow::Result<Value> {
     let status = resp.status();
     let body: Value = resp.json().await.unwrap_or(Value::Null);
     if !status.is_success() {
-        bail!("{url}: {status}: {}", body["message"].as_str().unwrap_or(""));
+        bail!(
+            "{url}: {status}: {}",
+            body["message"].as_str().unwrap_or("")
+        );
     }
     Ok(body)
 }
@@ -114,15 +117,24 @@ fn print_channel(c: &Value) {
             .unwrap_or_default()
     };
     if c["known"] != true {
-        println!("no deposit with this node yet (payee {})", c["payee"].as_str().unwrap_or(""));
+        println!(
+            "no deposit with this node yet (payee {})",
+            c["payee"].as_str().unwrap_or("")
+        );
         return;
     }
     println!("payer:     {}", c["payer"].as_str().unwrap_or(""));
-    println!("payee:     {} (the node's payment vault)", c["payee"].as_str().unwrap_or(""));
+    println!(
+        "payee:     {} (the node's payment vault)",
+        c["payee"].as_str().unwrap_or("")
+    );
     println!("deposited: {}", n("deposited"));
     println!("spent:     {} (vouchers the node accepted)", n("accepted"));
     println!("redeemed:  {} (claimed on chain so far)", n("redeemed"));
-    println!("available: {}", n("deposited").saturating_sub(n("accepted")));
+    println!(
+        "available: {}",
+        n("deposited").saturating_sub(n("accepted"))
+    );
     if c["closing"] == true {
         println!("closing:   a withdrawal was requested; the node takes no more vouchers on it");
     }
@@ -192,13 +204,17 @@ pub async fn run(c: PayCommand) -> anyhow::Result<()> {
             let key = crate::keyfile::load(&payer.payer_key)?;
             let payee = addr(&terms(&payer.node).await?["payTo"], "payTo")?;
             let chain = chain.connect().await?;
-            let st = chain.channel_state(key.address(), payee, payer.salt).await?;
+            let st = chain
+                .channel_state(key.address(), payee, payer.salt)
+                .await?;
             if st.deposited == st.claimed {
                 bail!("nothing to withdraw: everything deposited was paid out");
             }
             if st.withdrawable_at == 0 {
                 chain.request_withdrawal(&key, payee, payer.salt).await?;
-                let st = chain.channel_state(key.address(), payee, payer.salt).await?;
+                let st = chain
+                    .channel_state(key.address(), payee, payer.salt)
+                    .await?;
                 println!(
                     "withdrawal requested: run this again after Unix time {} to take back what the node has not redeemed",
                     st.withdrawable_at

@@ -361,11 +361,8 @@ impl Chain {
     /// The payment vault of inference node `node`: its x402 `payTo` and voucher payee, whose
     /// funds can only become that node's batch fees.
     pub async fn vault_of(&self, node: Address) -> Result<Address, LedgerError> {
-        self.view(
-            self.deployment.settlement,
-            Settlement::vaultOfCall { node },
-        )
-        .await
+        self.view(self.deployment.settlement, Settlement::vaultOfCall { node })
+            .await
     }
 
     // ---- registry ----

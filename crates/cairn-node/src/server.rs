@@ -5,13 +5,13 @@ use std::sync::{Arc, Mutex};
 
 use alloy_primitives::{B256, U256};
 use alloy_signer_local::PrivateKeySigner;
-use axum::{Extension, Json};
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::{Extension, Json};
 use cairn_core::tensor::tensors_hash;
 use cairn_core::{BlobId, DataType, Tensor};
 use cairn_engine::EngineError;
@@ -576,7 +576,14 @@ async fn infer_versioned(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, NodeError> {
-    run_infer(s, format!("{model}@{version}"), paid.map(|p| p.0), headers, body).await
+    run_infer(
+        s,
+        format!("{model}@{version}"),
+        paid.map(|p| p.0),
+        headers,
+        body,
+    )
+    .await
 }
 
 /// `POST /v1/prepaid/deposits`: submits a payer's gasless deposit (EIP-3009
@@ -586,7 +593,9 @@ async fn prepaid_deposit(
     body: Bytes,
 ) -> Result<Json<Value>, NodeError> {
     let Some(pre) = s.0.paywall.as_ref().and_then(|p| p.prepaid()) else {
-        return Err(NodeError::NotFound("this node does not take prepaid vouchers".into()));
+        return Err(NodeError::NotFound(
+            "this node does not take prepaid vouchers".into(),
+        ));
     };
     let d: cairn_x402::prepaid::DepositAuthorization = serde_json::from_slice(&body)
         .map_err(|e| NodeError::BadRequest(format!("the body must be a deposit authorization {{payer, salt, amount, validBefore, nonce, signature}}: {e}")))?;
@@ -617,15 +626,17 @@ async fn prepaid_channel(
     axum::extract::Query(q): axum::extract::Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, NodeError> {
     let Some(pre) = s.0.paywall.as_ref().and_then(|p| p.prepaid()) else {
-        return Err(NodeError::NotFound("this node does not take prepaid vouchers".into()));
+        return Err(NodeError::NotFound(
+            "this node does not take prepaid vouchers".into(),
+        ));
     };
     let payer: alloy_primitives::Address = payer
         .parse()
         .map_err(|e| NodeError::BadRequest(format!("payer {payer:?} is not an address: {e}")))?;
     let salt: B256 = match q.get("salt") {
-        Some(v) => v
-            .parse()
-            .map_err(|e| NodeError::BadRequest(format!("salt {v:?} is not 32 bytes of hex: {e}")))?,
+        Some(v) => v.parse().map_err(|e| {
+            NodeError::BadRequest(format!("salt {v:?} is not 32 bytes of hex: {e}"))
+        })?,
         None => B256::ZERO,
     };
     let rec = pre

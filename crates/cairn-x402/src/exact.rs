@@ -108,7 +108,10 @@ pub fn verify_local(
     if a.value != req.amount {
         return fail(
             "invalid_exact_evm_payload_authorization_value_mismatch",
-            format!("the authorization is for {}, the price is {}", a.value, req.amount),
+            format!(
+                "the authorization is for {}, the price is {}",
+                a.value, req.amount
+            ),
         );
     }
     if a.valid_after > U256::from(now) {

@@ -205,7 +205,9 @@ impl Facilitator {
             };
             match self.chain.send_authorization(&self.signer, call).await {
                 Ok(out) => Settlement::Settled(out.hash.to_string()),
-                Err(LedgerError::Pending { hash, .. }) => Settlement::Pending(Some(hash.to_string())),
+                Err(LedgerError::Pending { hash, .. }) => {
+                    Settlement::Pending(Some(hash.to_string()))
+                }
                 Err(LedgerError::Reverted { reason, .. }) => {
                     // Tell a used nonce apart from other reverts (balance moved, expired, …).
                     let used = self
@@ -240,7 +242,10 @@ impl Facilitator {
             Settlement::Pending(tx) => (PaymentState::Pending, tx.as_deref(), None),
             Settlement::Failed(r) => (PaymentState::Failed, None, Some(r.to_string())),
         };
-        if let Err(e) = self.store.set_state(key, state, tx, reason.as_deref(), None) {
+        if let Err(e) = self
+            .store
+            .set_state(key, state, tx, reason.as_deref(), None)
+        {
             tracing::error!(%key, error = %e, "recording a settlement outcome");
         }
         outcome
@@ -320,7 +325,10 @@ impl Facilitator {
 
     // ---- the HTTP API's operations ----
 
-    fn normalize(&self, req: &FacilitatorRequest) -> Result<(Value, PaymentRequirements), X402Error> {
+    fn normalize(
+        &self,
+        req: &FacilitatorRequest,
+    ) -> Result<(Value, PaymentRequirements), X402Error> {
         let bad = |m: String| X402Error::Malformed(m);
         match req.x402_version {
             2 => {
@@ -473,7 +481,8 @@ impl Facilitator {
 
     /// `GET /supported`.
     pub fn supported(&self) -> Value {
-        let mut kinds = vec![json!({"x402Version": 2, "scheme": "exact", "network": self.network()})];
+        let mut kinds =
+            vec![json!({"x402Version": 2, "scheme": "exact", "network": self.network()})];
         if let Some(n) = v1_network(self.chain_id()) {
             kinds.push(json!({"x402Version": 1, "scheme": "exact", "network": n}));
         }

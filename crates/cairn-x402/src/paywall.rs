@@ -194,10 +194,7 @@ fn resource_of(parts: &Parts, price: &Price) -> ResourceInfo {
         .get(axum::http::header::HOST)
         .and_then(|h| h.to_str().ok())
         .unwrap_or("localhost");
-    let path = parts
-        .uri
-        .path_and_query()
-        .map_or("/", |p| p.as_str());
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     ResourceInfo {
         url: format!("http://{host}{path}"),
         description: price.description.clone(),
@@ -247,7 +244,10 @@ pub async fn middleware(State(p): State<Arc<Paywall>>, req: Request, next: Next)
             if pp.x402_version != 2 {
                 return refuse(Reason::new(
                     "invalid_x402_version",
-                    format!("PAYMENT-SIGNATURE carries x402Version {}; it must be 2 (v1 uses X-PAYMENT)", pp.x402_version),
+                    format!(
+                        "PAYMENT-SIGNATURE carries x402Version {}; it must be 2 (v1 uses X-PAYMENT)",
+                        pp.x402_version
+                    ),
                 ));
             }
             match offers.iter().find(|o| o.same_offer(&pp.accepted)) {
@@ -275,7 +275,10 @@ pub async fn middleware(State(p): State<Arc<Paywall>>, req: Request, next: Next)
                 None => {
                     return refuse(Reason::new(
                         "invalid_payment_requirements",
-                        format!("no offer for scheme {:?} on network {:?}", pp.scheme, pp.network),
+                        format!(
+                            "no offer for scheme {:?} on network {:?}",
+                            pp.scheme, pp.network
+                        ),
                     ));
                 }
             }
@@ -326,13 +329,14 @@ pub async fn middleware(State(p): State<Arc<Paywall>>, req: Request, next: Next)
             .unwrap_or_default()
             .to_string(),
     };
-    let settle_response = |success: bool, reason: Option<&str>, tx: Option<String>| SettleResponse {
-        success,
-        error_reason: reason.map(str::to_string),
-        transaction: tx.unwrap_or_default(),
-        network: network.clone(),
-        payer: Some(checked.authorization.from),
-    };
+    let settle_response =
+        |success: bool, reason: Option<&str>, tx: Option<String>| SettleResponse {
+            success,
+            error_reason: reason.map(str::to_string),
+            transaction: tx.unwrap_or_default(),
+            network: network.clone(),
+            payer: Some(checked.authorization.from),
+        };
     let (key, reserved) = match f.reserve_exact(&checked, &resource.url, &payload) {
         Ok(x) => x,
         Err(e) => return refuse_err(e),
@@ -409,7 +413,9 @@ pub async fn middleware(State(p): State<Arc<Paywall>>, req: Request, next: Next)
                 .set_state(key, PaymentState::Released, None, None, None);
             return (
                 StatusCode::INTERNAL_SERVER_ERROR,
-                axum::Json(json!({"code": "internal", "message": format!("reading the response: {e}")})),
+                axum::Json(
+                    json!({"code": "internal", "message": format!("reading the response: {e}")}),
+                ),
             )
                 .into_response();
         }
@@ -453,9 +459,8 @@ fn freeze(parts: &axum::http::response::Parts, body: &Bytes) -> Vec<u8> {
         .iter()
         .filter_map(|(k, v)| Some((k.to_string(), v.to_str().ok()?.to_string())))
         .collect();
-    let mut out =
-        serde_json::to_vec(&json!({"status": parts.status.as_u16(), "headers": headers}))
-            .expect("serializes");
+    let mut out = serde_json::to_vec(&json!({"status": parts.status.as_u16(), "headers": headers}))
+        .expect("serializes");
     out.push(b'\n');
     out.extend_from_slice(body);
     out

@@ -74,7 +74,12 @@ async fn site(prepaid: bool) -> Site {
             vault,
         ))
     });
-    let paywall = Arc::new(Paywall::new(d.facilitator.clone(), pre, Arc::new(Fixed), vault));
+    let paywall = Arc::new(Paywall::new(
+        d.facilitator.clone(),
+        pre,
+        Arc::new(Fixed),
+        vault,
+    ));
     let runs = Arc::new(AtomicUsize::new(0));
     let app = Router::new()
         .route("/run", post(run))
@@ -86,22 +91,41 @@ async fn site(prepaid: bool) -> Site {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/run", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await });
-    Site { url, runs, d, vault }
+    Site {
+        url,
+        runs,
+        d,
+        vault,
+    }
 }
 
 async fn required(url: &str) -> PaymentRequired {
-    let r = reqwest::Client::new().post(url).body("go").send().await.unwrap();
+    let r = reqwest::Client::new()
+        .post(url)
+        .body("go")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 402);
     client::offers(r.headers()).unwrap()
 }
 
 async fn exact_header(url: &str, payer: &PrivateKeySigner) -> String {
     let req = required(url).await;
-    let offer = req.accepts.iter().find(|o| o.scheme == "exact").unwrap().clone();
+    let offer = req
+        .accepts
+        .iter()
+        .find(|o| o.scheme == "exact")
+        .unwrap()
+        .clone();
     client::pay_exact(payer, &req, &offer).unwrap()
 }
 
-async fn send(url: &str, header: &str, body: &str) -> (u16, String, Option<SettleResponse>, serde_json::Value) {
+async fn send(
+    url: &str,
+    header: &str,
+    body: &str,
+) -> (u16, String, Option<SettleResponse>, serde_json::Value) {
     let r = reqwest::Client::new()
         .post(url)
         .header(PAYMENT_SIGNATURE, header)
@@ -122,7 +146,12 @@ async fn send(url: &str, header: &str, body: &str) -> (u16, String, Option<Settl
 #[tokio::test]
 async fn unpaid_gets_both_versions_and_a_json_error() {
     let s = site(true).await;
-    let r = reqwest::Client::new().post(&s.url).body("go").send().await.unwrap();
+    let r = reqwest::Client::new()
+        .post(&s.url)
+        .body("go")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 402);
     let req = client::offers(r.headers()).unwrap();
     assert_eq!(req.x402_version, 2);
@@ -167,7 +196,10 @@ async fn a_failing_route_charges_nothing_and_the_payment_stays_usable() {
     let (status, _, settle, _) = send(&s.url, &h, "fail").await;
     assert_eq!(status, 400);
     assert!(settle.is_none());
-    assert_eq!(s.d.chain.token_balance(s.d.payer.address()).await.unwrap(), before);
+    assert_eq!(
+        s.d.chain.token_balance(s.d.payer.address()).await.unwrap(),
+        before
+    );
     let (status, _, _, _) = send(&s.url, &h, "go").await;
     assert_eq!(status, 200);
     assert_eq!(
@@ -182,7 +214,10 @@ async fn a_failed_settlement_withholds_the_output() {
     // A payer who holds exactly one price signs two payments; both pass the checks before
     // either settles, only one transfer can succeed.
     let poor = dev_signer(7);
-    s.d.chain.mint(&dev_signer(0), poor.address(), U256::from(PRICE)).await.unwrap();
+    s.d.chain
+        .mint(&dev_signer(0), poor.address(), U256::from(PRICE))
+        .await
+        .unwrap();
     let h1 = exact_header(&s.url, &poor).await;
     let h2 = exact_header(&s.url, &poor).await;
     let (a, b) = tokio::join!(send(&s.url, &h1, "go"), send(&s.url, &h2, "go"));
@@ -199,7 +234,10 @@ async fn a_failed_settlement_withholds_the_output() {
         Some("invalid_exact_evm_transaction_simulation_failed")
     );
     assert_eq!(s.runs.load(Ordering::SeqCst), 2);
-    assert_eq!(s.d.chain.token_balance(poor.address()).await.unwrap(), U256::ZERO);
+    assert_eq!(
+        s.d.chain.token_balance(poor.address()).await.unwrap(),
+        U256::ZERO
+    );
 }
 
 #[tokio::test]
@@ -211,11 +249,15 @@ async fn bad_payments_are_refused_with_their_reason() {
     let mut elsewhere = offer.clone();
     elsewhere.pay_to = Address::repeat_byte(0x42);
     let forged_to = client::pay_exact(&s.d.payer, &req, &elsewhere).unwrap();
-    let mut env: serde_json::Value = decode_header("PAYMENT-SIGNATURE", forged_to.as_bytes()).unwrap();
+    let mut env: serde_json::Value =
+        decode_header("PAYMENT-SIGNATURE", forged_to.as_bytes()).unwrap();
     env["accepted"] = serde_json::to_value(&offer).unwrap();
     let forged_to = crate::wire::encode_header(&env);
     let (status, _, _, v2) = send(&s.url, &forged_to, "go").await;
-    assert_eq!((status, v2["error"].as_str()), (402, Some("invalid_exact_evm_payload_recipient_mismatch")));
+    assert_eq!(
+        (status, v2["error"].as_str()),
+        (402, Some("invalid_exact_evm_payload_recipient_mismatch"))
+    );
     // Underpaid: value below the price.
     let mut cheap = offer.clone();
     cheap.amount = U256::from(PRICE - 1);
@@ -223,7 +265,13 @@ async fn bad_payments_are_refused_with_their_reason() {
     let mut env: serde_json::Value = decode_header("PAYMENT-SIGNATURE", under.as_bytes()).unwrap();
     env["accepted"] = serde_json::to_value(&offer).unwrap();
     let (status, _, _, v2) = send(&s.url, &crate::wire::encode_header(&env), "go").await;
-    assert_eq!((status, v2["error"].as_str()), (402, Some("invalid_exact_evm_payload_authorization_value_mismatch")));
+    assert_eq!(
+        (status, v2["error"].as_str()),
+        (
+            402,
+            Some("invalid_exact_evm_payload_authorization_value_mismatch")
+        )
+    );
     // Forged: signed by someone else than `from`.
     let good = client::pay_exact(&s.d.payer, &req, &offer).unwrap();
     let other = client::pay_exact(&dev_signer(8), &req, &offer).unwrap();
@@ -231,24 +279,43 @@ async fn bad_payments_are_refused_with_their_reason() {
     let o: serde_json::Value = decode_header("PAYMENT-SIGNATURE", other.as_bytes()).unwrap();
     env["payload"]["signature"] = o["payload"]["signature"].clone();
     let (status, _, _, v2) = send(&s.url, &crate::wire::encode_header(&env), "go").await;
-    assert_eq!((status, v2["error"].as_str()), (402, Some("invalid_exact_evm_payload_signature")));
+    assert_eq!(
+        (status, v2["error"].as_str()),
+        (402, Some("invalid_exact_evm_payload_signature"))
+    );
     // Expired: validBefore in the past (re-signed, so only the time is wrong).
     let mut env: serde_json::Value = decode_header("PAYMENT-SIGNATURE", good.as_bytes()).unwrap();
-    let mut auth: crate::exact::Authorization = serde_json::from_value(env["payload"]["authorization"].clone()).unwrap();
+    let mut auth: crate::exact::Authorization =
+        serde_json::from_value(env["payload"]["authorization"].clone()).unwrap();
     auth.valid_before = U256::from(crate::now_secs() - 10);
     let sig = {
         use alloy_signer::SignerSync;
         use alloy_sol_types::SolStruct;
         let domain = crate::exact::domain_from_offer(&offer, 31337);
-        s.d.payer.sign_hash_sync(&auth.message().eip712_signing_hash(&domain)).unwrap()
+        s.d.payer
+            .sign_hash_sync(&auth.message().eip712_signing_hash(&domain))
+            .unwrap()
     };
     env["payload"]["authorization"] = serde_json::to_value(&auth).unwrap();
-    env["payload"]["signature"] = serde_json::Value::String(format!("0x{}", alloy_primitives::hex::encode(sig.as_bytes())));
+    env["payload"]["signature"] = serde_json::Value::String(format!(
+        "0x{}",
+        alloy_primitives::hex::encode(sig.as_bytes())
+    ));
     let (status, _, _, v2) = send(&s.url, &crate::wire::encode_header(&env), "go").await;
-    assert_eq!((status, v2["error"].as_str()), (402, Some("invalid_exact_evm_payload_authorization_valid_before")));
+    assert_eq!(
+        (status, v2["error"].as_str()),
+        (
+            402,
+            Some("invalid_exact_evm_payload_authorization_valid_before")
+        )
+    );
     // Garbage.
     let (status, body, _, v2) = send(&s.url, "not base64!", "go").await;
-    assert_eq!((status, v2["error"].as_str()), (402, Some("invalid_payload")), "{body}");
+    assert_eq!(
+        (status, v2["error"].as_str()),
+        (402, Some("invalid_payload")),
+        "{body}"
+    );
     assert_eq!(s.runs.load(Ordering::SeqCst), 0);
     assert_eq!(s.d.chain.token_balance(s.vault).await.unwrap(), U256::ZERO);
 }
@@ -280,14 +347,23 @@ async fn prepaid_vouchers_are_checked_locally_stepped_atomically_and_redeemed() 
         .await
         .unwrap();
     let req = required(&s.url).await;
-    let offer = req.accepts.iter().find(|o| o.scheme == "prepaid").unwrap().clone();
-    let voucher = |n: u64| client::pay_prepaid(payer, &req, &offer, salt, U256::from(n * PRICE)).unwrap();
+    let offer = req
+        .accepts
+        .iter()
+        .find(|o| o.scheme == "prepaid")
+        .unwrap()
+        .clone();
+    let voucher =
+        |n: u64| client::pay_prepaid(payer, &req, &offer, salt, U256::from(n * PRICE)).unwrap();
     let (status, body, settle, _) = send(&s.url, &voucher(1), "go").await;
     assert_eq!(status, 200, "{body}");
     assert!(settle.unwrap().success);
     // The same voucher again adds nothing: refused.
     let (status, _, _, v2) = send(&s.url, &voucher(1), "go").await;
-    assert_eq!((status, v2["error"].as_str()), (402, Some("invalid_prepaid_voucher_amount")));
+    assert_eq!(
+        (status, v2["error"].as_str()),
+        (402, Some("invalid_prepaid_voucher_amount"))
+    );
     // A failing route gives the step back.
     let (status, _, _, _) = send(&s.url, &voucher(2), "fail").await;
     assert_eq!(status, 400);
@@ -295,22 +371,43 @@ async fn prepaid_vouchers_are_checked_locally_stepped_atomically_and_redeemed() 
     assert_eq!(status, 200);
     // Past the deposit: refused.
     let (status, _, _, v2) = send(&s.url, &voucher(11), "go").await;
-    assert_eq!((status, v2["error"].as_str()), (402, Some("invalid_prepaid_insufficient_deposit")));
+    assert_eq!(
+        (status, v2["error"].as_str()),
+        (402, Some("invalid_prepaid_insufficient_deposit"))
+    );
     // A voucher signed by someone else for this payer: refused.
-    let forged = client::pay_prepaid(&dev_signer(8), &req, &offer, salt, U256::from(3 * PRICE)).unwrap();
+    let forged =
+        client::pay_prepaid(&dev_signer(8), &req, &offer, salt, U256::from(3 * PRICE)).unwrap();
     let mut env: serde_json::Value = decode_header("PAYMENT-SIGNATURE", forged.as_bytes()).unwrap();
     env["payload"]["voucher"]["payer"] = serde_json::Value::String(payer.address().to_string());
     let (status, _, _, v2) = send(&s.url, &crate::wire::encode_header(&env), "go").await;
-    assert_eq!((status, v2["error"].as_str()), (402, Some("invalid_prepaid_signature")));
+    assert_eq!(
+        (status, v2["error"].as_str()),
+        (402, Some("invalid_prepaid_signature"))
+    );
     assert_eq!(s.runs.load(Ordering::SeqCst), 3);
     // Redemption pays the vault what was accepted, once.
-    let pre = Prepaid::new(s.d.chain.clone(), s.d.facilitator.store().clone(), dev_signer(2), s.vault);
+    let pre = Prepaid::new(
+        s.d.chain.clone(),
+        s.d.facilitator.store().clone(),
+        dev_signer(2),
+        s.vault,
+    );
     assert_eq!(pre.redeem_due().await.unwrap(), 1);
     assert_eq!(pre.redeem_due().await.unwrap(), 0);
-    assert_eq!(s.d.chain.token_balance(s.vault).await.unwrap(), U256::from(2 * PRICE));
+    assert_eq!(
+        s.d.chain.token_balance(s.vault).await.unwrap(),
+        U256::from(2 * PRICE)
+    );
     // After the payer asks to withdraw, the node takes no new vouchers on the channel.
-    s.d.chain.request_withdrawal(payer, s.vault, salt).await.unwrap();
+    s.d.chain
+        .request_withdrawal(payer, s.vault, salt)
+        .await
+        .unwrap();
     pre.redeem_due().await.unwrap();
     let (status, _, _, v2) = send(&s.url, &voucher(3), "go").await;
-    assert_eq!((status, v2["error"].as_str()), (402, Some("invalid_prepaid_channel_closing")));
+    assert_eq!(
+        (status, v2["error"].as_str()),
+        (402, Some("invalid_prepaid_channel_closing"))
+    );
 }

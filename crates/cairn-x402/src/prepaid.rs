@@ -183,7 +183,12 @@ fn invalid(code: &'static str, msg: String) -> X402Error {
 
 impl Prepaid {
     /// Vouchers to `payee` (the node's vault), redeemed by `signer` (the node's key).
-    pub fn new(chain: Chain, store: PaymentStore, signer: PrivateKeySigner, payee: Address) -> Self {
+    pub fn new(
+        chain: Chain,
+        store: PaymentStore,
+        signer: PrivateKeySigner,
+        payee: Address,
+    ) -> Self {
         let domain = chain.escrow_domain();
         let start = chain.deployment().block;
         Self {
@@ -232,11 +237,18 @@ impl Prepaid {
         if v.payee != self.payee {
             return Err(invalid(
                 "invalid_prepaid_payee",
-                format!("the voucher pays {}, not this node's vault {}", v.payee, self.payee),
+                format!(
+                    "the voucher pays {}, not this node's vault {}",
+                    v.payee, self.payee
+                ),
             ));
         }
-        let sig = Signature::try_from(p.signature.as_ref())
-            .map_err(|e| invalid("invalid_prepaid_signature", format!("the signature does not parse: {e}")))?;
+        let sig = Signature::try_from(p.signature.as_ref()).map_err(|e| {
+            invalid(
+                "invalid_prepaid_signature",
+                format!("the signature does not parse: {e}"),
+            )
+        })?;
         let msg = Voucher {
             payer: v.payer,
             payee: v.payee,
@@ -245,11 +257,19 @@ impl Prepaid {
         };
         let signer = sig
             .recover_address_from_prehash(&msg.eip712_signing_hash(&self.domain))
-            .map_err(|e| invalid("invalid_prepaid_signature", format!("no signer recovers: {e}")))?;
+            .map_err(|e| {
+                invalid(
+                    "invalid_prepaid_signature",
+                    format!("no signer recovers: {e}"),
+                )
+            })?;
         if signer != v.payer {
             return Err(invalid(
                 "invalid_prepaid_signature",
-                format!("the voucher is signed by {signer}, not by its payer {}", v.payer),
+                format!(
+                    "the voucher is signed by {signer}, not by its payer {}",
+                    v.payer
+                ),
             ));
         }
         let id = Chain::channel_id(v.payer, v.payee, v.salt);
@@ -273,11 +293,15 @@ impl Prepaid {
             }),
             Err(VoucherRefusal::UnknownChannel) => Err(invalid(
                 "invalid_prepaid_no_deposit",
-                format!("{} has no deposit for this node; deposit first (cairn pay deposit)", v.payer),
+                format!(
+                    "{} has no deposit for this node; deposit first (cairn pay deposit)",
+                    v.payer
+                ),
             )),
             Err(VoucherRefusal::Closing) => Err(invalid(
                 "invalid_prepaid_channel_closing",
-                "the payer asked to withdraw this channel; deposit on a new salt or pay with exact".to_string(),
+                "the payer asked to withdraw this channel; deposit on a new salt or pay with exact"
+                    .to_string(),
             )),
             Err(VoucherRefusal::OverDeposit { deposited }) => Err(invalid(
                 "invalid_prepaid_insufficient_deposit",
@@ -299,7 +323,10 @@ impl Prepaid {
 
     /// Gives back a voucher whose request failed (not charged).
     pub fn release(&self, a: &Accepted) {
-        if let Err(e) = self.store.unaccept_voucher(a.channel, a.cumulative, a.previous) {
+        if let Err(e) = self
+            .store
+            .unaccept_voucher(a.channel, a.cumulative, a.previous)
+        {
             tracing::warn!(error = %e, "releasing a voucher");
         }
     }
@@ -318,7 +345,10 @@ impl Prepaid {
             ));
         }
         let sig = Signature::try_from(d.signature.as_ref()).map_err(|e| {
-            invalid("invalid_prepaid_signature", format!("the signature does not parse: {e}"))
+            invalid(
+                "invalid_prepaid_signature",
+                format!("the signature does not parse: {e}"),
+            )
         })?;
         self.chain
             .deposit_with_authorization(
@@ -404,7 +434,11 @@ impl Prepaid {
         }
         let mut redeemed = 0;
         for c in self.store.unredeemed()? {
-            let Some(sig) = c.signature.as_deref().and_then(|s| Signature::try_from(s).ok()) else {
+            let Some(sig) = c
+                .signature
+                .as_deref()
+                .and_then(|s| Signature::try_from(s).ok())
+            else {
                 continue;
             };
             match self

@@ -35,19 +35,30 @@ fn spec_domain() -> Eip712Domain {
 
 #[test]
 fn spec_headers_decode_as_documented() {
-    let req: PaymentRequired = decode_header("PAYMENT-REQUIRED", SPEC_PAYMENT_REQUIRED.as_bytes()).unwrap();
+    let req: PaymentRequired =
+        decode_header("PAYMENT-REQUIRED", SPEC_PAYMENT_REQUIRED.as_bytes()).unwrap();
     assert_eq!(req.x402_version, 2);
-    assert_eq!(req.error.as_deref(), Some("PAYMENT-SIGNATURE header is required"));
+    assert_eq!(
+        req.error.as_deref(),
+        Some("PAYMENT-SIGNATURE header is required")
+    );
     assert_eq!(req.resource.url, "https://api.example.com/premium-data");
     let o = &req.accepts[0];
-    assert_eq!((o.scheme.as_str(), o.network.as_str()), ("exact", "eip155:84532"));
+    assert_eq!(
+        (o.scheme.as_str(), o.network.as_str()),
+        ("exact", "eip155:84532")
+    );
     assert_eq!(o.amount, U256::from(10_000));
     assert_eq!(o.asset, SPEC_USDC);
-    assert_eq!(o.pay_to, address!("0x209693Bc6afc0C5328bA36FaF03C514EF312287C"));
+    assert_eq!(
+        o.pay_to,
+        address!("0x209693Bc6afc0C5328bA36FaF03C514EF312287C")
+    );
     assert_eq!(o.max_timeout_seconds, 60);
     assert_eq!(o.extra, json!({"name": "USDC", "version": "2"}));
 
-    let pay: PaymentPayload = decode_header("PAYMENT-SIGNATURE", SPEC_PAYMENT_SIGNATURE.as_bytes()).unwrap();
+    let pay: PaymentPayload =
+        decode_header("PAYMENT-SIGNATURE", SPEC_PAYMENT_SIGNATURE.as_bytes()).unwrap();
     assert!(pay.accepted.same_offer(o));
     let p = exact::parse(&pay.payload).unwrap();
     assert_eq!(p.authorization.from, SPEC_PAYER);
@@ -58,11 +69,13 @@ fn spec_headers_decode_as_documented() {
         b256!("0xf3746613c2d920b5fdabc0856f2aeb2d4f88ee6037b8cc5d04a71a4462f13480")
     );
 
-    let ok: SettleResponse = decode_header("PAYMENT-RESPONSE", SPEC_PAYMENT_RESPONSE_OK.as_bytes()).unwrap();
+    let ok: SettleResponse =
+        decode_header("PAYMENT-RESPONSE", SPEC_PAYMENT_RESPONSE_OK.as_bytes()).unwrap();
     assert!(ok.success);
     assert_eq!(ok.payer, Some(SPEC_PAYER));
     assert_eq!(ok.network, "eip155:84532");
-    let fail: SettleResponse = decode_header("PAYMENT-RESPONSE", SPEC_PAYMENT_RESPONSE_FAIL.as_bytes()).unwrap();
+    let fail: SettleResponse =
+        decode_header("PAYMENT-RESPONSE", SPEC_PAYMENT_RESPONSE_FAIL.as_bytes()).unwrap();
     assert!(!fail.success);
     assert_eq!(fail.error_reason.as_deref(), Some("insufficient_funds"));
     assert_eq!(fail.transaction, "");
@@ -70,22 +83,30 @@ fn spec_headers_decode_as_documented() {
 
 #[test]
 fn spec_authorization_recovers_to_its_payer_and_is_expired_today() {
-    let pay: PaymentPayload = decode_header("PAYMENT-SIGNATURE", SPEC_PAYMENT_SIGNATURE.as_bytes()).unwrap();
+    let pay: PaymentPayload =
+        decode_header("PAYMENT-SIGNATURE", SPEC_PAYMENT_SIGNATURE.as_bytes()).unwrap();
     let p = exact::parse(&pay.payload).unwrap();
     // Inside its validity window the signature checks out and recovers to `from`.
     let checked = verify_local(&p, &pay.accepted, &spec_domain(), 1_740_672_100).unwrap();
     assert_eq!(checked.authorization.from, SPEC_PAYER);
     // Today it is refused as expired.
     let e = verify_local(&p, &pay.accepted, &spec_domain(), now_secs()).unwrap_err();
-    assert_eq!(e.code(), "invalid_exact_evm_payload_authorization_valid_before");
+    assert_eq!(
+        e.code(),
+        "invalid_exact_evm_payload_authorization_valid_before"
+    );
     // Before validAfter it is refused too.
     let e = verify_local(&p, &pay.accepted, &spec_domain(), 1_740_672_000).unwrap_err();
-    assert_eq!(e.code(), "invalid_exact_evm_payload_authorization_valid_after");
+    assert_eq!(
+        e.code(),
+        "invalid_exact_evm_payload_authorization_valid_after"
+    );
 }
 
 #[test]
 fn tampered_spec_authorizations_are_refused_with_their_reason() {
-    let pay: PaymentPayload = decode_header("PAYMENT-SIGNATURE", SPEC_PAYMENT_SIGNATURE.as_bytes()).unwrap();
+    let pay: PaymentPayload =
+        decode_header("PAYMENT-SIGNATURE", SPEC_PAYMENT_SIGNATURE.as_bytes()).unwrap();
     let p = exact::parse(&pay.payload).unwrap();
     let t = 1_740_672_100;
     // A different recipient in the offer: the money would go elsewhere.
@@ -97,7 +118,10 @@ fn tampered_spec_authorizations_are_refused_with_their_reason() {
     let mut dearer = pay.accepted.clone();
     dearer.amount = U256::from(10_001);
     let e = verify_local(&p, &dearer, &spec_domain(), t).unwrap_err();
-    assert_eq!(e.code(), "invalid_exact_evm_payload_authorization_value_mismatch");
+    assert_eq!(
+        e.code(),
+        "invalid_exact_evm_payload_authorization_value_mismatch"
+    );
     // Forged: the value raised after signing (offer raised to match) no longer recovers.
     let mut forged = p.clone();
     forged.authorization.value = U256::from(10_001);
@@ -122,7 +146,11 @@ fn hostile_headers_are_refused_before_parsing() {
     assert!(e.to_string().contains("at most"), "{e}");
     let e = decode_header::<PaymentPayload>("PAYMENT-SIGNATURE", b"%%%").unwrap_err();
     assert!(e.to_string().contains("not base64"), "{e}");
-    let e = decode_header::<PaymentPayload>("PAYMENT-SIGNATURE", encode_header(&json!({"x402Version": 2})).as_bytes()).unwrap_err();
+    let e = decode_header::<PaymentPayload>(
+        "PAYMENT-SIGNATURE",
+        encode_header(&json!({"x402Version": 2})).as_bytes(),
+    )
+    .unwrap_err();
     assert!(e.to_string().contains("JSON"), "{e}");
     // Amounts must be decimal integers.
     let bad = json!({"scheme":"exact","network":"eip155:1","amount":"1e3","asset":SPEC_USDC,"payTo":SPEC_USDC,"maxTimeoutSeconds":1});
@@ -160,7 +188,9 @@ fn a_payment_is_reserved_once_even_in_parallel() {
     });
     assert_eq!(winners, 1);
     // A released payment (its request failed) can be used again; a settled one cannot.
-    store.set_state(key, PaymentState::Released, None, None, None).unwrap();
+    store
+        .set_state(key, PaymentState::Released, None, None, None)
+        .unwrap();
     let again = |store: &PaymentStore| {
         store
             .reserve(&NewPayment {
@@ -175,7 +205,9 @@ fn a_payment_is_reserved_once_even_in_parallel() {
             .unwrap()
     };
     assert!(matches!(again(&store), Reserve::Reserved));
-    store.set_state(key, PaymentState::Settled, Some("0xabc"), None, None).unwrap();
+    store
+        .set_state(key, PaymentState::Settled, Some("0xabc"), None, None)
+        .unwrap();
     match again(&store) {
         Reserve::Seen(r) => {
             assert_eq!(r.state, PaymentState::Settled);
@@ -186,7 +218,10 @@ fn a_payment_is_reserved_once_even_in_parallel() {
     // It survives reopening.
     drop(store);
     let store = PaymentStore::open(&dir.path().join("payments.sqlite")).unwrap();
-    assert_eq!(store.get(key).unwrap().unwrap().state, PaymentState::Settled);
+    assert_eq!(
+        store.get(key).unwrap().unwrap().state,
+        PaymentState::Settled
+    );
 }
 
 // ---- the facilitator on the embedded chain ----
@@ -204,14 +239,25 @@ pub(crate) async fn devnet() -> Devnet {
     let gov = dev_signer(0);
     let ledger: Arc<dyn Ledger> =
         Arc::new(EmbeddedLedger::open(&dir.path().join("chain.sqlite"), 31337, &[]).unwrap());
-    let d = deploy(ledger.as_ref(), &gov, &DeployParams::devnet(gov.address(), dev_signer(1).address()))
-        .await
-        .unwrap();
+    let d = deploy(
+        ledger.as_ref(),
+        &gov,
+        &DeployParams::devnet(gov.address(), dev_signer(1).address()),
+    )
+    .await
+    .unwrap();
     let chain = Chain::new(ledger, d).unwrap();
     let payer = dev_signer(6);
-    chain.mint(&gov, payer.address(), U256::from(100 * TOKEN_UNIT)).await.unwrap();
+    chain
+        .mint(&gov, payer.address(), U256::from(100 * TOKEN_UNIT))
+        .await
+        .unwrap();
     let store = PaymentStore::open(&dir.path().join("payments.sqlite")).unwrap();
-    let facilitator = Arc::new(Facilitator::new(chain.clone(), dev_signer(2), store).await.unwrap());
+    let facilitator = Arc::new(
+        Facilitator::new(chain.clone(), dev_signer(2), store)
+            .await
+            .unwrap(),
+    );
     Devnet {
         _dir: dir,
         chain,
@@ -226,7 +272,10 @@ fn request(d: &Devnet, amount: u64) -> FacilitatorRequest {
     let required = PaymentRequired {
         x402_version: 2,
         error: None,
-        resource: ResourceInfo { url: "http://x/y".into(), ..Default::default() },
+        resource: ResourceInfo {
+            url: "http://x/y".into(),
+            ..Default::default()
+        },
         accepts: vec![offer.clone()],
     };
     let header = client::pay_exact(&d.payer, &required, &offer).unwrap();
@@ -256,10 +305,16 @@ async fn facilitator_verifies_settles_once_and_answers_retries_with_the_first_ou
         d.chain.token_balance(d.payer.address()).await.unwrap(),
         before - U256::from(1_500)
     );
-    assert_eq!(d.chain.token_balance(d.payee).await.unwrap(), U256::from(1_500));
+    assert_eq!(
+        d.chain.token_balance(d.payee).await.unwrap(),
+        U256::from(1_500)
+    );
     // Verifying a spent authorization says so.
     let v = d.facilitator.verify(&req).await;
-    assert_eq!(v.invalid_reason.as_deref(), Some("invalid_exact_evm_nonce_already_used"));
+    assert_eq!(
+        v.invalid_reason.as_deref(),
+        Some("invalid_exact_evm_nonce_already_used")
+    );
 }
 
 #[tokio::test]
@@ -268,27 +323,49 @@ async fn facilitator_refuses_with_reasons() {
     // More than the payer holds.
     let rich = request(&d, 1_000 * TOKEN_UNIT);
     let v = d.facilitator.verify(&rich).await;
-    assert_eq!(v.invalid_reason.as_deref(), Some("invalid_exact_evm_insufficient_balance"));
+    assert_eq!(
+        v.invalid_reason.as_deref(),
+        Some("invalid_exact_evm_insufficient_balance")
+    );
     let s = d.facilitator.settle(&rich).await;
-    assert_eq!(s.error_reason.as_deref(), Some("invalid_exact_evm_insufficient_balance"));
+    assert_eq!(
+        s.error_reason.as_deref(),
+        Some("invalid_exact_evm_insufficient_balance")
+    );
     // Requirements that are not what the payment accepted.
     let mut req = request(&d, 10);
     req.payment_requirements["amount"] = json!("11");
     let v = d.facilitator.verify(&req).await;
-    assert_eq!(v.invalid_reason.as_deref(), Some("invalid_payment_requirements"));
+    assert_eq!(
+        v.invalid_reason.as_deref(),
+        Some("invalid_payment_requirements")
+    );
     // Another network.
     let mut req = request(&d, 10);
     req.payment_requirements["network"] = json!("eip155:1");
     req.payment_payload["accepted"]["network"] = json!("eip155:1");
     let v = d.facilitator.verify(&req).await;
-    assert_eq!(v.invalid_reason.as_deref(), Some("invalid_exact_evm_network_mismatch"));
+    assert_eq!(
+        v.invalid_reason.as_deref(),
+        Some("invalid_exact_evm_network_mismatch")
+    );
     // A forged signature (one byte flipped).
     let mut req = request(&d, 10);
-    let sig = req.payment_payload["payload"]["signature"].as_str().unwrap().to_string();
-    let flipped = format!("{}{}", &sig[..10], if &sig[10..11] == "0" { "1" } else { "0" }) + &sig[11..];
+    let sig = req.payment_payload["payload"]["signature"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let flipped = format!(
+        "{}{}",
+        &sig[..10],
+        if &sig[10..11] == "0" { "1" } else { "0" }
+    ) + &sig[11..];
     req.payment_payload["payload"]["signature"] = Value::String(flipped);
     let v = d.facilitator.verify(&req).await;
-    assert_eq!(v.invalid_reason.as_deref(), Some("invalid_exact_evm_payload_signature"));
+    assert_eq!(
+        v.invalid_reason.as_deref(),
+        Some("invalid_exact_evm_payload_signature")
+    );
     // Nothing moved.
     assert_eq!(d.chain.token_balance(d.payee).await.unwrap(), U256::ZERO);
 }
@@ -301,7 +378,10 @@ async fn parallel_settlements_all_land_without_nonce_errors() {
     for o in &outcomes {
         assert!(o.success, "{o:?}");
     }
-    assert_eq!(d.chain.token_balance(d.payee).await.unwrap(), U256::from(7 * 16));
+    assert_eq!(
+        d.chain.token_balance(d.payee).await.unwrap(),
+        U256::from(7 * 16)
+    );
 }
 
 #[tokio::test]
@@ -315,6 +395,12 @@ async fn expired_authorization_is_not_sent() {
         .unwrap();
     let mut expired = c.clone();
     expired.authorization.valid_before = U256::from(now_secs() - 1);
-    let out = d.facilitator.settle_reserved(B256::repeat_byte(9), &expired).await;
-    assert!(matches!(out, Settlement::Failed(ref r) if r.code == "invalid_exact_evm_payload_authorization_valid_before"), "{out:?}");
+    let out = d
+        .facilitator
+        .settle_reserved(B256::repeat_byte(9), &expired)
+        .await;
+    assert!(
+        matches!(out, Settlement::Failed(ref r) if r.code == "invalid_exact_evm_payload_authorization_valid_before"),
+        "{out:?}"
+    );
 }

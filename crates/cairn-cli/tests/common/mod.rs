@@ -76,20 +76,36 @@ impl Server {
         )
     }
 
+    /// Another long-running program (`node script …`); waits for a line starting with `marker`.
+    pub fn spawn_program(program: &str, args: &[String], marker: &str) -> Self {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Self::spawn_with(program, &args, &[], &[marker], tempfile::tempdir().unwrap())
+    }
+
     fn spawn(
         args: &[&str],
         env: &[(&str, String)],
         markers: &[&str],
         dir: tempfile::TempDir,
     ) -> Self {
-        let mut cmd = Command::new(BIN);
+        Self::spawn_with(BIN, args, env, markers, dir)
+    }
+
+    fn spawn_with(
+        program: &str,
+        args: &[&str],
+        env: &[(&str, String)],
+        markers: &[&str],
+        dir: tempfile::TempDir,
+    ) -> Self {
+        let mut cmd = Command::new(program);
         cmd.args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let mut child = cmd.spawn().expect("start cairn");
+        let mut child = cmd.spawn().expect("start the server process");
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         let wanted: Vec<String> = markers.iter().map(|m| m.to_string()).collect();

@@ -1,0 +1,620 @@
+//! Payments end to end: `cairn infer` and the official x402 clients pay real nodes (the devnet's
+//! embedded chain, and anvil), balances move by exactly the price, receipts carry the payment,
+//! and replays, bad payments and failing requests cost nothing.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+
+use alloy_primitives::{Address, B256, U256, keccak256};
+use alloy_sol_types::{SolEvent, SolValue};
+use cairn_ledger::contracts::CairnToken;
+use cairn_ledger::{Chain, Deployment, EmbeddedLedger, LogFilter, dev_signer};
+use common::{BIN, Server, examples, stdout};
+use serde_json::Value;
+
+const PRICE: u64 = 1_500;
+
+/// A read-only view of a running devnet's chain (a fresh snapshot each call).
+fn devnet_chain(data: &Path) -> Chain {
+    let d = Deployment::load(&data.join("chain/deployment.json")).unwrap();
+    let l = EmbeddedLedger::open_read_only(&data.join("chain/ledger.sqlite"), d.chain_id).unwrap();
+    Chain::new(Arc::new(l), d).unwrap()
+}
+
+fn block<T>(f: impl std::future::Future<Output = T>) -> T {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
+fn balance(chain: &Chain, who: Address) -> U256 {
+    block(chain.token_balance(who)).unwrap()
+}
+
+fn get(url: &str) -> Value {
+    block(async { reqwest::get(url).await.unwrap().json().await.unwrap() })
+}
+
+/// The payment reference of every EIP-3009 authorization `payer` has used on `chain`.
+fn used_refs(chain: &Chain, payer: Address) -> Vec<B256> {
+    let token = chain.deployment().token;
+    let logs = block(chain.ledger().logs(LogFilter {
+        address: Some(token),
+        topic0: Some(CairnToken::AuthorizationUsed::SIGNATURE_HASH),
+        from_block: 0,
+    }))
+    .unwrap();
+    logs.iter()
+        .filter_map(|l| CairnToken::AuthorizationUsed::decode_log(&l.log).ok())
+        .filter(|e| e.authorizer == payer)
+        .map(|e| keccak256((token, payer, e.nonce).abi_encode()))
+        .collect()
+}
+
+fn payment_ref(receipt: &Value) -> B256 {
+    receipt["typedData"]["message"]["paymentRef"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+fn cairn(args: &[&str]) -> String {
+    stdout(&Command::new(BIN).args(args).output().unwrap())
+}
+
+fn infer(node: &str, payer: &Path, receipt: &Path) -> String {
+    cairn(&[
+        "infer",
+        "digits@1.0",
+        "--input",
+        examples().join("digit.json").to_str().unwrap(),
+        "--node",
+        node,
+        "--payer-key",
+        payer.to_str().unwrap(),
+        "--receipt-out",
+        receipt.to_str().unwrap(),
+    ])
+}
+
+fn read(path: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// The official Python client (`x402[evm,httpx]`, installed by scripts/test-deps.sh) pays
+/// `url`; returns its JSON report `{status, body, paymentResponse}`.
+fn python_pay(url: &str, key_hex: &str, extra: &[&str]) -> Value {
+    let py = std::env::var("CAIRN_PY").expect("CAIRN_PY (scripts/test.sh sets it)");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/x402_pay.py");
+    let out = Command::new(py)
+        .arg(script)
+        .args([
+            url,
+            key_hex,
+            examples().join("digit.json").to_str().unwrap(),
+        ])
+        .args(extra)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(out.stdout.trim_ascii()).unwrap()
+}
+
+fn key_hex(i: usize) -> String {
+    format!(
+        "0x{}",
+        alloy_primitives::hex::encode(dev_signer(i).to_bytes())
+    )
+}
+
+#[test]
+fn devnet_cli_and_official_python_client_pay_exactly_the_price() {
+    if std::env::var("CAIRN_PY").is_err() && std::env::var("CAIRN_TEST_REQUIRE_SERVICES").is_err() {
+        eprintln!("SKIP: CAIRN_PY not set (run scripts/test.sh)");
+        return;
+    }
+    // Batches are sealed late, so the vault holds what was paid while we look.
+    let net = Server::devnet_with(&[
+        "--price",
+        &PRICE.to_string(),
+        "--batch-max-age-secs",
+        "3600",
+    ]);
+    let dir = net.dir.path();
+    let data = dir.join("data");
+    let payer_key = data.join("chain/payer.key");
+    let payer = dev_signer(6).address();
+    let info = get(&format!("{}/v1/node", net.node_url));
+    let vault: Address = info["payments"]["payTo"].as_str().unwrap().parse().unwrap();
+
+    // Unpaid: a 402 whose message says how to pay.
+    let out = Command::new(BIN)
+        .args([
+            "infer",
+            "digits@1.0",
+            "--input",
+            examples().join("digit.json").to_str().unwrap(),
+        ])
+        .args(["--node", &net.node_url])
+        .env_remove("CAIRN_PAYER_KEY")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("payment_required") && err.contains("--payer-key"),
+        "{err}"
+    );
+
+    // `cairn infer` pays with `exact`.
+    let chain = devnet_chain(&data);
+    let (p0, v0) = (balance(&chain, payer), balance(&chain, vault));
+    let receipt_file = dir.join("r-exact.json");
+    let out = infer(&net.node_url, &payer_key, &receipt_file);
+    assert!(out.contains("label INT64 [1]: [2]"), "{out}");
+    assert!(
+        out.contains(&format!("paid:     {PRICE} token units (exact)")),
+        "{out}"
+    );
+    let chain = devnet_chain(&data);
+    assert_eq!(balance(&chain, payer), p0 - U256::from(PRICE));
+    assert_eq!(balance(&chain, vault), v0 + U256::from(PRICE));
+    let receipt = read(&receipt_file);
+    assert_eq!(receipt["typedData"]["message"]["price"], PRICE.to_string());
+    assert_eq!(used_refs(&chain, payer), vec![payment_ref(&receipt)]);
+
+    // The official Python client pays with `exact` too (dev account 7).
+    let py_payer = dev_signer(7).address();
+    let (p0, v0) = (balance(&chain, py_payer), balance(&chain, vault));
+    let url = format!("{}/v2/models/digits@1.0/infer", net.node_url);
+    let r = python_pay(&url, &key_hex(7), &[]);
+    assert_eq!(r["status"], 200, "{r}");
+    assert_eq!(r["body"]["outputs"][0]["data"][0], 2);
+    let pr = &r["paymentResponse"];
+    assert_eq!(pr["success"], true, "{r}");
+    assert_eq!(pr["network"], "eip155:31337");
+    assert!(
+        pr["payer"]
+            .as_str()
+            .unwrap()
+            .eq_ignore_ascii_case(&py_payer.to_string())
+    );
+    let chain = devnet_chain(&data);
+    assert_eq!(balance(&chain, py_payer), p0 - U256::from(PRICE));
+    assert_eq!(balance(&chain, vault), v0 + U256::from(PRICE));
+    let receipt = &r["body"]["parameters"]["receipt"];
+    assert_eq!(used_refs(&chain, py_payer), vec![payment_ref(receipt)]);
+
+    // Prepaid: one gasless deposit, then vouchers the node checks without the chain.
+    let out = cairn(&[
+        "pay",
+        "deposit",
+        "--node",
+        &net.node_url,
+        "--payer-key",
+        payer_key.to_str().unwrap(),
+        "--amount",
+        "30000",
+    ]);
+    assert!(out.contains("available: 30000"), "{out}");
+    let chain = devnet_chain(&data);
+    let p0 = balance(&chain, payer);
+    for i in 0..3 {
+        let out = infer(
+            &net.node_url,
+            &payer_key,
+            &dir.join(format!("r-pre-{i}.json")),
+        );
+        assert!(
+            out.contains(&format!("paid:     {PRICE} token units (prepaid)")),
+            "{out}"
+        );
+    }
+    let out = cairn(&[
+        "pay",
+        "balance",
+        "--node",
+        &net.node_url,
+        "--payer-key",
+        payer_key.to_str().unwrap(),
+    ]);
+    assert!(out.contains(&format!("spent:     {}", 3 * PRICE)), "{out}");
+    assert!(
+        out.contains(&format!("available: {}", 30000 - 3 * PRICE)),
+        "{out}"
+    );
+    // No chain transaction per request: the payer's balance did not move.
+    assert_eq!(balance(&devnet_chain(&data), payer), p0);
+    // The node redeems the latest voucher (every 5 s on the devnet): the vault gets it.
+    let v_before = balance(&devnet_chain(&data), vault);
+    common::eventually(30, || {
+        balance(&devnet_chain(&data), vault) == v_before + U256::from(3 * PRICE)
+    });
+    let receipt = read(&dir.join("r-pre-2.json"));
+    assert_ne!(payment_ref(&receipt), B256::ZERO);
+}
+
+/// Builds an `exact` payment header for the node's current offer, signed by dev account `i`.
+fn exact_header(infer_url: &str, i: usize) -> String {
+    block(async {
+        let r = reqwest::Client::new()
+            .post(infer_url)
+            .body(std::fs::read(examples().join("digit.json")).unwrap())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 402);
+        let req = cairn_x402::client::offers(r.headers()).unwrap();
+        let offer = req.accepts.iter().find(|o| o.scheme == "exact").unwrap();
+        cairn_x402::client::pay_exact(&dev_signer(i), &req, offer).unwrap()
+    })
+}
+
+async fn post(url: &str, header: &str, body: Vec<u8>) -> (u16, Value) {
+    let r = reqwest::Client::new()
+        .post(url)
+        .header("PAYMENT-SIGNATURE", header)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let v2 = r
+        .headers()
+        .get("payment-required")
+        .and_then(|h| {
+            cairn_x402::wire::decode_header::<Value>("PAYMENT-REQUIRED", h.as_bytes()).ok()
+        })
+        .unwrap_or_default();
+    (status, v2)
+}
+
+#[test]
+fn a_node_runs_a_replayed_payment_once_and_charges_nothing_for_failures() {
+    let net = Server::devnet_with(&["--price", &PRICE.to_string()]);
+    let data = net.dir.path().join("data");
+    let url = format!("{}/v2/models/digits@1.0/infer", net.node_url);
+    let good = std::fs::read(examples().join("digit.json")).unwrap();
+    let receipts = || {
+        get(&format!("{}/v1/node", net.node_url))["receipts"]
+            .as_u64()
+            .unwrap()
+    };
+    let payer = dev_signer(8).address();
+    let start = receipts();
+
+    // Sequential replay: the second use is refused and nothing runs.
+    let h = exact_header(&url, 8);
+    let (first, _) = block(post(&url, &h, good.clone()));
+    assert_eq!(first, 200);
+    let (again, v2) = block(post(&url, &h, good.clone()));
+    assert_eq!(
+        (again, v2["error"].as_str()),
+        (402, Some("invalid_exact_evm_nonce_already_used"))
+    );
+    assert_eq!(receipts(), start + 1);
+
+    // Parallel replay of a fresh payment: exactly one runs.
+    let h = exact_header(&url, 8);
+    let all = block(futures::future::join_all(
+        (0..8).map(|_| post(&url, &h, good.clone())),
+    ));
+    assert_eq!(all.iter().filter(|r| r.0 == 200).count(), 1, "{all:?}");
+    assert_eq!(receipts(), start + 2);
+
+    // A request that fails (bad input) is not charged, and its payment stays usable.
+    let p0 = balance(&devnet_chain(&data), payer);
+    let h = exact_header(&url, 8);
+    let bad =
+        br#"{"inputs":[{"name":"nope","shape":[1,64],"datatype":"FP32","data":[0]}]}"#.to_vec();
+    let (status, _) = block(post(&url, &h, bad));
+    assert_eq!(status, 400);
+    assert_eq!(balance(&devnet_chain(&data), payer), p0);
+    let (status, _) = block(post(&url, &h, good.clone()));
+    assert_eq!(status, 200);
+    assert_eq!(balance(&devnet_chain(&data), payer), p0 - U256::from(PRICE));
+
+    // Twelve paid requests in parallel all settle, with no nonce errors.
+    let p0 = balance(&devnet_chain(&data), payer);
+    let headers: Vec<String> = (0..12).map(|_| exact_header(&url, 8)).collect();
+    let all = block(futures::future::join_all(
+        headers.iter().map(|h| post(&url, h, good.clone())),
+    ));
+    assert!(all.iter().all(|r| r.0 == 200), "{all:?}");
+    assert_eq!(
+        balance(&devnet_chain(&data), payer),
+        p0 - U256::from(12 * PRICE)
+    );
+}
+
+/// A fresh key file funded with ETH on anvil.
+fn funded_key(anvil: &str, dir: &Path, name: &str) -> (PathBuf, String) {
+    let path = dir.join(name);
+    let addr = cairn(&["key", "address", "--key", path.to_str().unwrap()])
+        .trim()
+        .to_owned();
+    block(async {
+        let ledger = cairn_ledger::RpcLedger::connect(anvil, std::time::Duration::from_secs(30))
+            .await
+            .unwrap();
+        ledger
+            .dev_set_balance(addr.parse().unwrap(), U256::from(10u128.pow(22)))
+            .await
+            .unwrap();
+    });
+    (path, addr)
+}
+
+/// A node settling on anvil with chain id 84532 ("base-sepolia", so v1 clients know it); the
+/// devnet serves the hub. Returns (anvil, devnet, node, deployment file, scratch dir, gov key).
+struct AnvilNode {
+    _anvil: cairn_ledger::anvil::Anvil,
+    anvil_url: String,
+    _net: Server,
+    node: Server,
+    dep: PathBuf,
+    gov: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+fn anvil_node(test: &str) -> Option<AnvilNode> {
+    let anvil = cairn_ledger::anvil::Anvil::for_test(test, 84532)?;
+    let anvil_url = anvil.url().to_owned();
+    let net = Server::devnet();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (gov, _) = funded_key(&anvil_url, d, "gov.key");
+    let (node_key, node_addr) = funded_key(&anvil_url, d, "node.key");
+    let dep = d.join("deployment.json");
+    cairn(&[
+        "chain",
+        "deploy",
+        "--rpc",
+        &anvil_url,
+        "--key",
+        gov.to_str().unwrap(),
+        "--out",
+        dep.to_str().unwrap(),
+    ]);
+    let chain = [
+        "--rpc",
+        anvil_url.as_str(),
+        "--deployment",
+        dep.to_str().unwrap(),
+    ];
+    let mut args = vec![
+        "chain",
+        "mint",
+        "--key",
+        gov.to_str().unwrap(),
+        "--to",
+        &node_addr,
+    ];
+    args.extend_from_slice(&["--amount", "1000000000000"]);
+    args.extend_from_slice(&chain);
+    cairn(&args);
+    let node = Server::node(
+        &net.url,
+        &[
+            "--key",
+            node_key.to_str().unwrap(),
+            "--price",
+            &PRICE.to_string(),
+            "--rpc",
+            &anvil_url,
+            "--deployment",
+            dep.to_str().unwrap(),
+        ],
+    );
+    let mut reg = vec![
+        "chain",
+        "register",
+        "--key",
+        node_key.to_str().unwrap(),
+        "--role",
+    ];
+    reg.extend_from_slice(&[
+        "inference",
+        "--stake",
+        "1000000000",
+        "--endpoint",
+        &node.node_url,
+    ]);
+    reg.extend_from_slice(&chain);
+    cairn(&reg);
+    Some(AnvilNode {
+        _anvil: anvil,
+        anvil_url,
+        _net: net,
+        node,
+        dep,
+        gov,
+        dir,
+    })
+}
+
+impl AnvilNode {
+    fn chain(&self) -> Chain {
+        block(async {
+            let l = cairn_ledger::RpcLedger::connect(
+                &self.anvil_url,
+                std::time::Duration::from_secs(30),
+            )
+            .await
+            .unwrap();
+            Chain::new(Arc::new(l), Deployment::load(&self.dep).unwrap()).unwrap()
+        })
+    }
+
+    /// Mints tokens to dev account `i` and returns its address.
+    fn fund(&self, i: usize) -> Address {
+        let who = dev_signer(i).address().to_string();
+        let mut args = vec![
+            "chain",
+            "mint",
+            "--key",
+            self.gov.to_str().unwrap(),
+            "--to",
+            &who,
+        ];
+        args.extend_from_slice(&["--amount", "1000000000", "--rpc", &self.anvil_url]);
+        args.extend_from_slice(&["--deployment", self.dep.to_str().unwrap()]);
+        cairn(&args);
+        dev_signer(i).address()
+    }
+}
+
+/// An official TypeScript client (`crates/cairn-cli/tests/npm`, installed by
+/// scripts/npm-deps.sh) run in `mode`; returns its JSON report.
+fn npm(mode: &str, args: &[&str]) -> Value {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/npm/interop.mjs");
+    let out = Command::new("node")
+        .arg(script)
+        .arg(mode)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(out.stdout.trim_ascii()).unwrap()
+}
+
+fn clients_present() -> bool {
+    let have = std::env::var("CAIRN_PY").is_ok() && std::env::var("CAIRN_NPM_INTEROP").is_ok();
+    if !have {
+        assert!(
+            std::env::var("CAIRN_TEST_REQUIRE_SERVICES").is_err(),
+            "CAIRN_PY and CAIRN_NPM_INTEROP are required (scripts/test.sh sets them)"
+        );
+        eprintln!("SKIP: the official x402 clients are not installed (run scripts/test.sh)");
+    }
+    have
+}
+
+#[test]
+fn official_python_and_typescript_clients_v2_and_v1_pay_a_node_settling_on_anvil() {
+    let Some(a) = anvil_node("x402 clients on anvil") else {
+        return;
+    };
+    if !clients_present() {
+        return;
+    }
+    let chain = a.chain();
+    let node_addr: Address = get(&format!("{}/v1/node", a.node.node_url))["address"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let vault = block(chain.vault_of(node_addr)).unwrap();
+    let url = format!("{}/v2/models/digits@1.0/infer", a.node.node_url);
+    let request = examples().join("digit.json");
+    let request = request.to_str().unwrap();
+    let clients: [(usize, &str, &str); 3] = [
+        (6, "python x402 2.25.0 (v2)", "eip155:84532"),
+        (7, "@x402/fetch 2.27.0 (v2)", "eip155:84532"),
+        (8, "x402-fetch 1.2.0 (v1)", "base-sepolia"),
+    ];
+    for (i, client, network) in clients {
+        let payer = a.fund(i);
+        let (p0, v0) = (balance(&chain, payer), balance(&chain, vault));
+        let key = key_hex(i);
+        let r = match i {
+            6 => python_pay(&url, &key, &[]),
+            7 => npm("pay2", &[&url, &key, request]),
+            _ => npm("pay1", &[&url, &key, request]),
+        };
+        assert_eq!(r["status"], 200, "{client}: {r}");
+        assert_eq!(r["body"]["outputs"][0]["data"][0], 2, "{client}");
+        let pr = &r["paymentResponse"];
+        assert_eq!(pr["success"], true, "{client}: {r}");
+        assert_eq!(pr["network"], network, "{client}: {r}");
+        assert_eq!(balance(&chain, payer), p0 - U256::from(PRICE), "{client}");
+        assert_eq!(balance(&chain, vault), v0 + U256::from(PRICE), "{client}");
+        let receipt = &r["body"]["parameters"]["receipt"];
+        assert_eq!(
+            used_refs(&chain, payer),
+            vec![payment_ref(receipt)],
+            "{client}"
+        );
+    }
+}
+
+#[test]
+fn cairn_facilitator_behind_the_official_express_server() {
+    let Some(a) = anvil_node("facilitator behind @x402/express") else {
+        return;
+    };
+    if !clients_present() {
+        return;
+    }
+    let d = a.dir.path();
+    let (fkey, _) = funded_key(&a.anvil_url, d, "facilitator.key");
+    let chain = [
+        "--rpc",
+        a.anvil_url.as_str(),
+        "--deployment",
+        a.dep.to_str().unwrap(),
+    ];
+    let mut args = vec!["facilitator", "serve", "--listen", "127.0.0.1:0", "--key"];
+    args.extend_from_slice(&[fkey.to_str().unwrap(), "--data-dir", d.to_str().unwrap()]);
+    args.extend_from_slice(&chain);
+    let fac = Server::command(&args, "facilitator:");
+    let supported = get(&format!("{}/supported", fac.url));
+    assert_eq!(
+        supported["kinds"][0]["network"], "eip155:84532",
+        "{supported}"
+    );
+
+    let c = a.chain();
+    let shop = Address::repeat_byte(0x5a);
+    let token = c.deployment().token;
+    let domain = block(c.token_domain()).unwrap();
+    let server_args = [
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/npm/interop.mjs")
+            .to_string_lossy()
+            .into_owned(),
+        "express".to_string(),
+        fac.url.clone(),
+        shop.to_string(),
+        token.to_string(),
+        PRICE.to_string(),
+        domain.name.clone().unwrap().to_string(),
+        domain.version.clone().unwrap().to_string(),
+    ];
+    let express = Server::spawn_program("node", &server_args, "express:");
+    let payer = a.fund(7);
+    let p0 = balance(&c, payer);
+    // @x402/fetch pays the express server, which verifies and settles through Cairn.
+    let r = npm("get2", &[&express.url, &key_hex(7)]);
+    assert_eq!(r["status"], 200, "{r}");
+    assert_eq!(r["body"]["hello"], "paid world");
+    assert_eq!(r["paymentResponse"]["success"], true, "{r}");
+    assert_eq!(balance(&c, payer), p0 - U256::from(PRICE));
+    assert_eq!(balance(&c, shop), U256::from(PRICE));
+    // A body that is not a facilitator request gets a JSON error.
+    let verify = block(async {
+        reqwest::Client::new()
+            .post(format!("{}/verify", fac.url))
+            .body("{not json")
+            .send()
+            .await
+            .unwrap()
+    });
+    assert_eq!(verify.status(), 400);
+}
