@@ -3,6 +3,12 @@
 //! Usage: loadgen URL INPUT.safetensors CONCURRENCY SECONDS
 //! Sends the tensors in KServe binary form over keep-alive connections, CONCURRENCY requests in
 //! flight, and prints JSON `{"rps", "p50_us", "p99_us", "ok", "errors"}`.
+//!
+//! LOADGEN_PAY=exact|prepaid (with LOADGEN_PAYER_KEY, a hex secret key) pays every request:
+//! `exact` signs a fresh EIP-3009 authorization per request, `prepaid` deposits once per
+//! connection (its own channel salt) and then sends a cumulative voucher per request. Payments
+//! are signed ahead of the run (the client's signing would compete with the node for the CPU):
+//! the latency is the node's.
 
 use std::time::{Duration, Instant};
 
@@ -21,6 +27,13 @@ fn main() {
     let body = bytes::Bytes::from(body);
     // LOADGEN_GET=1 measures a bare GET on URL instead: the HTTP floor of this machine.
     let get = std::env::var_os("LOADGEN_GET").is_some();
+    let pay = std::env::var("LOADGEN_PAY").ok();
+    let payer: Option<alloy_signer_local::PrivateKeySigner> =
+        std::env::var("LOADGEN_PAYER_KEY").ok().map(|k| {
+            k.trim_start_matches("0x")
+                .parse()
+                .expect("LOADGEN_PAYER_KEY")
+        });
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -30,34 +43,66 @@ fn main() {
             .pool_max_idle_per_host(conc)
             .build()
             .unwrap();
+        let payment = match (&pay, &payer) {
+            (Some(mode), Some(payer)) => {
+                Some(Payment::setup(&client, &url, &body, json_len, mode, payer, conc).await)
+            }
+            _ => None,
+        };
         // Warm up: load the model, open connections.
-        for _ in 0..conc.max(4) {
-            let _ = client
+        for i in 0..conc.max(4) {
+            let mut req = client
                 .post(&url)
                 .header("inference-header-content-length", json_len)
-                .body(body.clone())
-                .send()
-                .await;
+                .body(body.clone());
+            if let Some(p) = &payment {
+                req = req.header("payment-signature", p.header(i % conc));
+            }
+            let _ = req.send().await;
         }
         let start = Instant::now();
         let until = start + Duration::from_secs_f64(secs);
+        // Sign ahead (vouchers in order per connection): the client's signing would otherwise
+        // compete with the node for this machine's two cores.
+        let presigned: Vec<std::sync::Mutex<std::collections::VecDeque<String>>> = (0..conc)
+            .map(|task| {
+                let n = match &payment {
+                    Some(_) => ((secs * 1500.0) as usize / conc).min(20_000),
+                    None => 0,
+                };
+                let q = (0..n)
+                    .map(|_| payment.as_ref().unwrap().header(task))
+                    .collect();
+                std::sync::Mutex::new(q)
+            })
+            .collect();
+        let presigned = std::sync::Arc::new(presigned);
+        let payment = std::sync::Arc::new(payment);
         let tasks: Vec<_> = (0..conc)
-            .map(|_| {
+            .map(|task| {
                 let (client, url, body, hl) = (client.clone(), url.clone(), body.clone(), json_len);
+                let payment = payment.clone();
+                let presigned = presigned.clone();
                 tokio::spawn(async move {
                     let mut lat = Vec::new();
                     let mut errors = 0u64;
                     while Instant::now() < until {
+                        let header = payment.as_ref().as_ref().map(|p| {
+                            let next = presigned[task].lock().unwrap().pop_front();
+                            next.unwrap_or_else(|| p.header(task))
+                        });
                         let t = Instant::now();
                         let r = if get {
                             client.get(&url).send().await
                         } else {
-                            client
+                            let mut req = client
                                 .post(&url)
                                 .header("inference-header-content-length", hl)
-                                .body(body.clone())
-                                .send()
-                                .await
+                                .body(body.clone());
+                            if let Some(h) = header {
+                                req = req.header("payment-signature", h);
+                            }
+                            req.send().await
                         };
                         match r {
                             Ok(r) if r.status().is_success() => {
@@ -93,4 +138,111 @@ fn main() {
             "errors": errors,
         })
     );
+}
+
+/// What a paying load generator needs: the node's offers and, for prepaid, one channel per
+/// connection with its running cumulative amount.
+struct Payment {
+    payer: alloy_signer_local::PrivateKeySigner,
+    required: cairn_x402::wire::PaymentRequired,
+    offer: cairn_x402::wire::PaymentRequirements,
+    prepaid: bool,
+    cumulative: Vec<std::sync::Mutex<alloy_primitives::U256>>,
+}
+
+impl Payment {
+    async fn setup(
+        client: &reqwest::Client,
+        url: &str,
+        body: &bytes::Bytes,
+        json_len: usize,
+        mode: &str,
+        payer: &alloy_signer_local::PrivateKeySigner,
+        conc: usize,
+    ) -> Self {
+        use alloy_primitives::{B256, U256};
+        let r = client
+            .post(url)
+            .header("inference-header-content-length", json_len)
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 402, "the node does not ask for payment");
+        let required = cairn_x402::client::offers(r.headers()).unwrap();
+        let prepaid = mode == "prepaid";
+        let offer = required
+            .accepts
+            .iter()
+            .find(|o| o.scheme == mode)
+            .unwrap_or_else(|| panic!("the node offers no {mode}"))
+            .clone();
+        let mut cumulative = Vec::new();
+        if prepaid {
+            let base = url.split("/v2/").next().unwrap();
+            let info: serde_json::Value = client
+                .get(format!("{base}/v1/node"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let t = &info["payments"];
+            let domain = alloy_sol_types::Eip712Domain::new(
+                Some(t["tokenName"].as_str().unwrap().to_string().into()),
+                Some(t["tokenVersion"].as_str().unwrap().to_string().into()),
+                Some(U256::from(
+                    cairn_x402::wire::chain_id_of(t["network"].as_str().unwrap()).unwrap(),
+                )),
+                Some(t["asset"].as_str().unwrap().parse().unwrap()),
+                None,
+            );
+            let escrow = t["escrow"].as_str().unwrap().parse().unwrap();
+            for i in 0..conc {
+                let salt = B256::from(U256::from(i as u64 + 1));
+                let d = cairn_x402::prepaid::sign_deposit(
+                    payer,
+                    escrow,
+                    salt,
+                    offer.amount * U256::from(10_000_000u64),
+                    u64::MAX / 2,
+                    &domain,
+                )
+                .unwrap();
+                let r = client
+                    .post(format!("{base}/v1/prepaid/deposits"))
+                    .json(&d)
+                    .send()
+                    .await
+                    .unwrap();
+                assert!(r.status().is_success(), "deposit refused: {}", r.status());
+                let ch: serde_json::Value = r.json().await.unwrap();
+                // Go on from what the node already accepted on this channel (earlier runs).
+                let accepted = U256::from_str_radix(ch["accepted"].as_str().unwrap(), 10).unwrap();
+                cumulative.push(std::sync::Mutex::new(accepted));
+            }
+        }
+        Self {
+            payer: payer.clone(),
+            required,
+            offer,
+            prepaid,
+            cumulative,
+        }
+    }
+
+    /// A fresh payment header for connection `task`.
+    fn header(&self, task: usize) -> String {
+        use alloy_primitives::{B256, U256};
+        if self.prepaid {
+            let mut c = self.cumulative[task].lock().unwrap();
+            *c += self.offer.amount;
+            let salt = B256::from(U256::from(task as u64 + 1));
+            cairn_x402::client::pay_prepaid(&self.payer, &self.required, &self.offer, salt, *c)
+                .unwrap()
+        } else {
+            cairn_x402::client::pay_exact(&self.payer, &self.required, &self.offer).unwrap()
+        }
+    }
 }

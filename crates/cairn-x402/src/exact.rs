@@ -145,10 +145,10 @@ pub fn verify_local(
         ))
     })?;
     let hash = a.message().eip712_signing_hash(domain);
-    let signer = signature.recover_address_from_prehash(&hash).map_err(|e| {
+    let signer = crate::ecrecover::recover(&hash, &signature).ok_or_else(|| {
         X402Error::Invalid(Reason::new(
             "invalid_exact_evm_payload_signature",
-            format!("no signer recovers from the signature: {e}"),
+            "no signer recovers from the signature (malformed or high-s)",
         ))
     })?;
     if signer != a.from {

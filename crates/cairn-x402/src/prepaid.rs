@@ -255,12 +255,11 @@ impl Prepaid {
             salt: v.salt,
             cumulativeAmount: v.cumulative_amount,
         };
-        let signer = sig
-            .recover_address_from_prehash(&msg.eip712_signing_hash(&self.domain))
-            .map_err(|e| {
+        let signer = crate::ecrecover::recover(&msg.eip712_signing_hash(&self.domain), &sig)
+            .ok_or_else(|| {
                 invalid(
                     "invalid_prepaid_signature",
-                    format!("no signer recovers: {e}"),
+                    "no signer recovers from the signature (malformed or high-s)".into(),
                 )
             })?;
         if signer != v.payer {
@@ -273,18 +272,21 @@ impl Prepaid {
             ));
         }
         let id = Chain::channel_id(v.payer, v.payee, v.salt);
-        let known = self.store.channel(id)?;
-        let stale = match &known {
-            None => true,
-            Some(c) => v.cumulative_amount > c.deposited,
-        };
-        if stale {
+        let mut outcome =
+            self.store
+                .accept_voucher(id, v.cumulative_amount, price, &p.signature)?;
+        // A channel new to the node, or a voucher past the cached deposit (a top-up): read the
+        // chain once and try again.
+        if matches!(
+            outcome,
+            Err(VoucherRefusal::UnknownChannel | VoucherRefusal::OverDeposit { .. })
+        ) {
             self.refresh(v.payer, v.payee, v.salt).await?;
+            outcome = self
+                .store
+                .accept_voucher(id, v.cumulative_amount, price, &p.signature)?;
         }
-        match self
-            .store
-            .accept_voucher(id, v.cumulative_amount, price, &p.signature)?
-        {
+        match outcome {
             Ok(previous) => Ok(Accepted {
                 channel: id,
                 payer: v.payer,

@@ -173,7 +173,7 @@ pub enum Reserve {
     /// Reserved now.
     Reserved,
     /// The payment was seen before.
-    Seen(PaymentRecord),
+    Seen(Box<PaymentRecord>),
 }
 
 impl PaymentStore {
@@ -217,11 +217,12 @@ impl PaymentStore {
                 }
                 _ => {}
             }
-            tx.execute(
+            tx.prepare_cached(
                 "INSERT INTO payments (key, chain, scheme, payer, amount, state, resource, payload, created_at, updated_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, 'reserved', ?6, ?7, ?8, ?8)
                  ON CONFLICT (key) DO UPDATE SET state = 'reserved', resource = ?6, payload = ?7, updated_at = ?8",
-                params![
+            )?
+            .execute(params![
                     p.key.as_slice(),
                     p.chain as i64,
                     p.scheme,
@@ -230,13 +231,12 @@ impl PaymentStore {
                     p.resource,
                     p.payload,
                     now()
-                ],
-            )?;
+                ])?;
             tx.commit()?;
             Ok(None)
         })?;
         Ok(match seen {
-            Some(r) => Reserve::Seen(r),
+            Some(r) => Reserve::Seen(Box::new(r)),
             None => Reserve::Reserved,
         })
     }
@@ -251,10 +251,10 @@ impl PaymentStore {
         response: Option<&[u8]>,
     ) -> Result<(), X402Error> {
         self.with(|c| {
-            c.execute(
+            c.prepare_cached(
                 "UPDATE payments SET state = ?2, tx = COALESCE(?3, tx), reason = ?4, response = ?5, updated_at = ?6 WHERE key = ?1",
-                params![key.as_slice(), state.as_str(), tx, reason, response, now()],
-            )
+            )?
+            .execute(params![key.as_slice(), state.as_str(), tx, reason, response, now()])
             .map(drop)
         })
     }
@@ -348,10 +348,15 @@ impl PaymentStore {
                     accepted: ch.accepted,
                 }));
             }
-            tx.execute(
+            tx.prepare_cached(
                 "UPDATE channels SET accepted = ?2, signature = ?3, updated_at = ?4 WHERE id = ?1",
-                params![id.as_slice(), cumulative.to_string(), signature, now()],
-            )?;
+            )?
+            .execute(params![
+                id.as_slice(),
+                cumulative.to_string(),
+                signature,
+                now()
+            ])?;
             tx.commit()?;
             Ok(Ok(ch.accepted))
         })
@@ -435,11 +440,11 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<PaymentRecord> {
 }
 
 fn get(c: &Connection, key: B256) -> rusqlite::Result<Option<PaymentRecord>> {
-    c.query_row(
-        &format!("SELECT {COLUMNS} FROM payments WHERE key = ?1"),
-        [key.as_slice()],
-        row,
-    )
+    c.prepare_cached(
+        "SELECT key, scheme, payer, amount, state, resource, payload, tx, reason, response
+         FROM payments WHERE key = ?1",
+    )?
+    .query_row([key.as_slice()], row)
     .optional()
 }
 
@@ -462,10 +467,10 @@ fn channel_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ChannelRecord> {
 }
 
 fn channel(c: &Connection, id: B256) -> rusqlite::Result<Option<ChannelRecord>> {
-    c.query_row(
-        &format!("SELECT {CHANNEL_COLUMNS} FROM channels WHERE id = ?1"),
-        [id.as_slice()],
-        channel_row,
-    )
+    c.prepare_cached(
+        "SELECT id, payer, payee, salt, deposited, closing, accepted, signature, redeemed
+         FROM channels WHERE id = ?1",
+    )?
+    .query_row([id.as_slice()], channel_row)
     .optional()
 }
