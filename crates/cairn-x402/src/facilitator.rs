@@ -454,13 +454,7 @@ impl Facilitator {
             };
         }
         if let Err(e) = self.check_chain(&c).await {
-            let _ = self.store.set_state(
-                key,
-                PaymentState::Released,
-                None,
-                Some(&e.to_string()),
-                None,
-            );
+            self.store.release(key, Some(&e.to_string()));
             return fail(e.code(), payer);
         }
         match self.settle_reserved(key, &c).await {

@@ -382,13 +382,7 @@ pub async fn middleware(State(p): State<Arc<Paywall>>, req: Request, next: Next)
         ));
     }
     if let Err(e) = f.check_chain(&checked).await {
-        let _ = f.store().set_state(
-            key,
-            PaymentState::Released,
-            None,
-            Some(&e.to_string()),
-            None,
-        );
+        f.store().release(key, Some(&e.to_string()));
         return refuse_err(e);
     }
     parts.extensions.insert(Paid {
@@ -399,18 +393,15 @@ pub async fn middleware(State(p): State<Arc<Paywall>>, req: Request, next: Next)
     });
     let resp = next.run(Request::from_parts(parts, body)).await;
     if !resp.status().is_success() {
-        let _ = f
-            .store()
-            .set_state(key, PaymentState::Released, None, None, None);
+        f.store().release(key, None);
         return resp;
     }
     let (rparts, rbody) = resp.into_parts();
     let bytes = match axum::body::to_bytes(rbody, usize::MAX).await {
         Ok(b) => b,
         Err(e) => {
-            let _ = f
-                .store()
-                .set_state(key, PaymentState::Released, None, None, None);
+            f.store()
+                .release(key, Some("the response could not be read"));
             return (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 axum::Json(

@@ -259,6 +259,15 @@ impl PaymentStore {
         })
     }
 
+    /// Gives a reserved payment back (its request failed or was refused before settlement: the
+    /// authorization was never used, so it may be presented again). A store failure is logged:
+    /// the payment then stays reserved and the payer signs a new one.
+    pub fn release(&self, key: B256, why: Option<&str>) {
+        if let Err(e) = self.set_state(key, PaymentState::Released, None, why, None) {
+            tracing::error!(%key, error = %e, "releasing a payment");
+        }
+    }
+
     /// One payment.
     pub fn get(&self, key: B256) -> Result<Option<PaymentRecord>, X402Error> {
         self.with(|c| get(c, key))
