@@ -368,7 +368,7 @@ struct AnvilNode {
     dir: tempfile::TempDir,
 }
 
-fn anvil_node(test: &str) -> Option<AnvilNode> {
+fn anvil_node(test: &str, extra: &[&str]) -> Option<AnvilNode> {
     let anvil = cairn_ledger::anvil::Anvil::for_test(test, 84532)?;
     let anvil_url = anvil.url().to_owned();
     let net = Server::devnet();
@@ -404,19 +404,17 @@ fn anvil_node(test: &str) -> Option<AnvilNode> {
     args.extend_from_slice(&["--amount", "1000000000000"]);
     args.extend_from_slice(&chain);
     cairn(&args);
-    let node = Server::node(
-        &net.url,
-        &[
-            "--key",
-            node_key.to_str().unwrap(),
-            "--price",
-            &PRICE.to_string(),
-            "--rpc",
-            &anvil_url,
-            "--deployment",
-            dep.to_str().unwrap(),
-        ],
-    );
+    let price = PRICE.to_string();
+    let mut node_args = vec![
+        "--key",
+        node_key.to_str().unwrap(),
+        "--price",
+        &price,
+        "--rpc",
+    ];
+    node_args.extend_from_slice(&[&anvil_url, "--deployment", dep.to_str().unwrap()]);
+    node_args.extend_from_slice(extra);
+    let node = Server::node(&net.url, &node_args);
     let mut reg = vec![
         "chain",
         "register",
@@ -508,7 +506,7 @@ fn clients_present() -> bool {
 
 #[test]
 fn official_python_and_typescript_clients_v2_and_v1_pay_a_node_settling_on_anvil() {
-    let Some(a) = anvil_node("x402 clients on anvil") else {
+    let Some(a) = anvil_node("x402 clients on anvil", &[]) else {
         return;
     };
     if !clients_present() {
@@ -556,7 +554,7 @@ fn official_python_and_typescript_clients_v2_and_v1_pay_a_node_settling_on_anvil
 
 #[test]
 fn cairn_facilitator_behind_the_official_express_server() {
-    let Some(a) = anvil_node("facilitator behind @x402/express") else {
+    let Some(a) = anvil_node("facilitator behind @x402/express", &[]) else {
         return;
     };
     if !clients_present() {
@@ -617,4 +615,77 @@ fn cairn_facilitator_behind_the_official_express_server() {
             .unwrap()
     });
     assert_eq!(verify.status(), 400);
+}
+
+#[test]
+fn a_settlement_still_pending_keeps_the_output_until_it_is_confirmed() {
+    // The node waits at most 2 s for a receipt; anvil stops mining on its own.
+    let Some(a) = anvil_node("settlement_pending on anvil", &["--rpc-wait-secs", "2"]) else {
+        return;
+    };
+    let chain = a.chain();
+    let payer = a.fund(6);
+    let url = format!("{}/v2/models/digits@1.0/infer", a.node.node_url);
+    let good = std::fs::read(examples().join("digit.json")).unwrap();
+    let receipts = || {
+        get(&format!("{}/v1/node", a.node.node_url))["receipts"]
+            .as_u64()
+            .unwrap()
+    };
+    let start = receipts();
+    let p0 = balance(&chain, payer);
+    let rpc = block(cairn_ledger::RpcLedger::connect(
+        &a.anvil_url,
+        std::time::Duration::from_secs(30),
+    ))
+    .unwrap();
+    block(rpc.dev_rpc("evm_setAutomine", serde_json::json!([false]))).unwrap();
+
+    let h = exact_header(&url, 6);
+    // The transfer is sent but not mined: the output is withheld as settlement_pending.
+    let (status, v2) = block(post(&url, &h, good.clone()));
+    assert_eq!(
+        (status, v2["error"].as_str()),
+        (402, Some("settlement_pending")),
+        "{v2}"
+    );
+    // Presented again while still unmined: the same answer, and the model does not run again.
+    let (status, v2) = block(post(&url, &h, good.clone()));
+    assert_eq!(
+        (status, v2["error"].as_str()),
+        (402, Some("settlement_pending")),
+        "{v2}"
+    );
+    assert_eq!(receipts(), start + 1);
+
+    // Once mined, the same payment fetches the kept output; the payer paid exactly once.
+    block(rpc.dev_rpc("evm_mine", serde_json::json!([]))).unwrap();
+    block(rpc.dev_rpc("evm_setAutomine", serde_json::json!([true]))).unwrap();
+    let r = block(async {
+        reqwest::Client::new()
+            .post(&url)
+            .header("PAYMENT-SIGNATURE", &h)
+            .body(good.clone())
+            .send()
+            .await
+            .unwrap()
+    });
+    assert_eq!(r.status(), 200);
+    let settle = cairn_x402::client::settle_response(r.headers()).unwrap();
+    assert!(settle.success, "{settle:?}");
+    assert!(settle.transaction.starts_with("0x"), "{settle:?}");
+    let body: Value = block(r.json()).unwrap();
+    assert_eq!(body["outputs"][0]["data"][0], 2, "{body}");
+    assert_eq!(
+        payment_ref(&body["parameters"]["receipt"]),
+        used_refs(&chain, payer)[0]
+    );
+    assert_eq!(receipts(), start + 1);
+    assert_eq!(balance(&chain, payer), p0 - U256::from(PRICE));
+    // Presented once more it hands the same kept output over (a client whose connection dropped
+    // gets what it paid for): no new run, no new charge.
+    let (status, _) = block(post(&url, &h, good));
+    assert_eq!(status, 200);
+    assert_eq!(receipts(), start + 1);
+    assert_eq!(balance(&chain, payer), p0 - U256::from(PRICE));
 }

@@ -185,7 +185,13 @@ impl Ledger for RpcLedger {
 
     async fn call(&self, to: Address, data: Bytes) -> Result<Bytes, LedgerError> {
         let req = TransactionRequest::default().with_to(to).with_input(data);
-        self.provider.call(req).await.map_err(rpc_error)
+        // Mined state only: without a block tag some nodes (anvil) answer from the pending
+        // block, which would count an unmined transfer as done.
+        self.provider
+            .call(req)
+            .block(BlockNumberOrTag::Latest.into())
+            .await
+            .map_err(rpc_error)
     }
 
     async fn send(
