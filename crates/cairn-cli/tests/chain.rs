@@ -5,13 +5,10 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::Duration;
 
 use alloy_primitives::U256;
-use cairn_ledger::RpcLedger;
 use cairn_receipt::SignedReceipt;
-use common::{BIN, Server, eventually, infer_digit, stdout};
+use common::{Server, cairn_ok as cairn, eventually, funded_key, infer_digit};
 use serde_json::{Value, json};
 
 fn get(url: &str) -> Value {
@@ -20,10 +17,6 @@ fn get(url: &str) -> Value {
         .build()
         .unwrap();
     rt.block_on(async { reqwest::get(url).await.unwrap().json().await.unwrap() })
-}
-
-fn cairn(args: &[&str]) -> String {
-    stdout(&Command::new(BIN).args(args).output().unwrap())
 }
 
 /// Infers the example digit on `node` (`receipt-{n}.json` in `dir`); returns the receipt JSON.
@@ -235,28 +228,6 @@ fn devnet_resumes_after_kill_9_with_the_same_chain() {
         .unwrap()
         .clone();
     assert_eq!(node["endpoint"], net.node_url.as_str());
-}
-
-/// A fresh key file funded with ETH on anvil; returns (path, address).
-fn funded_key(anvil: &str, dir: &Path, name: &str) -> (PathBuf, String) {
-    let path = dir.join(name);
-    let addr = cairn(&["key", "address", "--key", path.to_str().unwrap()])
-        .trim()
-        .to_owned();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let ledger = RpcLedger::connect(anvil, Duration::from_secs(30))
-            .await
-            .unwrap();
-        ledger
-            .dev_set_balance(addr.parse().unwrap(), U256::from(10u128.pow(22)))
-            .await
-            .unwrap();
-    });
-    (path, addr)
 }
 
 #[test]

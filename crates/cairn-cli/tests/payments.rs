@@ -12,7 +12,7 @@ use alloy_primitives::{Address, B256, U256, keccak256};
 use alloy_sol_types::{SolEvent, SolValue};
 use cairn_ledger::contracts::CairnToken;
 use cairn_ledger::{Chain, Deployment, EmbeddedLedger, LogFilter, dev_signer};
-use common::{BIN, Server, examples, stdout};
+use common::{BIN, Server, cairn_ok as cairn, examples, funded_key, json_report};
 use serde_json::Value;
 
 const PRICE: u64 = 1_500;
@@ -64,10 +64,6 @@ fn payment_ref(receipt: &Value) -> B256 {
         .unwrap()
 }
 
-fn cairn(args: &[&str]) -> String {
-    stdout(&Command::new(BIN).args(args).output().unwrap())
-}
-
 fn infer(node: &str, payer: &Path, receipt: &Path) -> String {
     cairn(&[
         "infer",
@@ -92,23 +88,16 @@ fn read(path: &Path) -> Value {
 fn python_pay(url: &str, key_hex: &str, extra: &[&str]) -> Value {
     let py = std::env::var("CAIRN_PY").expect("CAIRN_PY (scripts/test.sh sets it)");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/x402_pay.py");
-    let out = Command::new(py)
-        .arg(script)
-        .args([
-            url,
-            key_hex,
-            examples().join("digit.json").to_str().unwrap(),
-        ])
-        .args(extra)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(out.stdout.trim_ascii()).unwrap()
+    json_report(
+        Command::new(py)
+            .arg(script)
+            .args([
+                url,
+                key_hex,
+                examples().join("digit.json").to_str().unwrap(),
+            ])
+            .args(extra),
+    )
 }
 
 fn key_hex(i: usize) -> String {
@@ -338,24 +327,6 @@ fn a_node_runs_a_replayed_payment_once_and_charges_nothing_for_failures() {
     );
 }
 
-/// A fresh key file funded with ETH on anvil.
-fn funded_key(anvil: &str, dir: &Path, name: &str) -> (PathBuf, String) {
-    let path = dir.join(name);
-    let addr = cairn(&["key", "address", "--key", path.to_str().unwrap()])
-        .trim()
-        .to_owned();
-    block(async {
-        let ledger = cairn_ledger::RpcLedger::connect(anvil, std::time::Duration::from_secs(30))
-            .await
-            .unwrap();
-        ledger
-            .dev_set_balance(addr.parse().unwrap(), U256::from(10u128.pow(22)))
-            .await
-            .unwrap();
-    });
-    (path, addr)
-}
-
 /// A node settling on anvil with chain id 84532 ("base-sepolia", so v1 clients know it); the
 /// devnet serves the hub. Returns (anvil, devnet, node, deployment file, scratch dir, gov key).
 struct AnvilNode {
@@ -477,19 +448,7 @@ impl AnvilNode {
 /// scripts/npm-deps.sh) run in `mode`; returns its JSON report.
 fn npm(mode: &str, args: &[&str]) -> Value {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/npm/interop.mjs");
-    let out = Command::new("node")
-        .arg(script)
-        .arg(mode)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(out.stdout.trim_ascii()).unwrap()
+    json_report(Command::new("node").arg(script).arg(mode).args(args))
 }
 
 fn clients_present() -> bool {

@@ -271,3 +271,46 @@ pub fn infer_digit(hub: &str, node: &str, dir: &Path, tag: &str) -> (PathBuf, Pa
     assert!(out.contains("label INT64 [1]: [2]"), "{out}");
     (receipt, output)
 }
+
+/// Runs `cairn args…`, which must succeed; its stdout.
+pub fn cairn_ok(args: &[&str]) -> String {
+    stdout(&Command::new(BIN).args(args).output().unwrap())
+}
+
+/// Runs a client script that must succeed and print one JSON line; that JSON.
+pub fn json_report(cmd: &mut Command) -> serde_json::Value {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(out.stdout.trim_ascii()).unwrap()
+}
+
+/// A fresh key file funded with ETH on anvil; returns (path, address).
+pub fn funded_key(anvil: &str, dir: &Path, name: &str) -> (PathBuf, String) {
+    let path = dir.join(name);
+    let addr = cairn_ok(&["key", "address", "--key", path.to_str().unwrap()])
+        .trim()
+        .to_owned();
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            let ledger =
+                cairn_ledger::RpcLedger::connect(anvil, std::time::Duration::from_secs(30))
+                    .await
+                    .unwrap();
+            ledger
+                .dev_set_balance(
+                    addr.parse().unwrap(),
+                    alloy_primitives::U256::from(10u128.pow(22)),
+                )
+                .await
+                .unwrap();
+        });
+    (path, addr)
+}
