@@ -322,6 +322,9 @@ fn is_onnx(media_type: &str, path: &FilePath) -> bool {
     media_type == ONNX_MEDIA_TYPE || path.as_str().ends_with(".onnx")
 }
 
+/// Most of an unread upload body the hub reads and drops before answering a refusal.
+const DRAIN_BEFORE_REFUSING: usize = 16 << 20;
+
 #[utoipa::path(put, path = "/v1/repos/{name}/releases/{version}/files/{path}",
     request_body(content = Vec<u8>, content_type = "application/octet-stream",
         description = "The file. `cairn-content-sha256` declares its digest (= its CID); a mismatch stores nothing."),
@@ -334,13 +337,23 @@ async fn upload_file(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    let mut body = Some(body);
     let result = match signer {
-        Ok(signer) => store_upload(state, (name, version, path), signer, headers, body).await,
+        Ok(signer) => store_upload(state, (name, version, path), signer, headers, &mut body).await,
         Err(e) => Err(e),
     };
     match result {
         Ok(created) => created.into_response(),
         Err(e) => {
+            // Refused before the body was read: read (and drop) a bounded part of it first, so a
+            // client still sending a modest file reads this answer instead of a reset.
+            if let Some(unread) = body {
+                let _ = tokio::time::timeout(
+                    std::time::Duration::from_secs(5),
+                    axum::body::to_bytes(unread, DRAIN_BEFORE_REFUSING),
+                )
+                .await;
+            }
             // The body may be unread: make sure no client reuses this connection.
             let mut response = e.into_response();
             response
@@ -356,7 +369,7 @@ async fn store_upload(
     (name, version, path): (String, String, String),
     signer: Signer,
     headers: HeaderMap,
-    body: Body,
+    body: &mut Option<Body>,
 ) -> Result<(StatusCode, Json<FileEntry>), ApiError> {
     let (name, version, path): (RepoName, Version, FilePath) =
         (parse(&name)?, parse(&version)?, parse(&path)?);
@@ -377,6 +390,13 @@ async fn store_upload(
         media_type
     };
 
+    let body = body.take().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "the upload body was already taken",
+        )
+    })?;
     let stream = body.into_data_stream().map_err(io::Error::other);
     let limit = state.inner.max_upload_bytes;
     let (stored, signature) = if onnx {
