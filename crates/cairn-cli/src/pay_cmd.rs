@@ -79,19 +79,24 @@ pub enum FacilitatorCommand {
     },
 }
 
-async fn get_json(url: &str) -> anyhow::Result<Value> {
-    let resp = reqwest::get(url)
-        .await
-        .with_context(|| format!("cannot reach {url}"))?;
+/// The JSON of a successful answer; else an error with the node's message.
+async fn answer(what: &str, resp: reqwest::Response) -> anyhow::Result<Value> {
     let status = resp.status();
     let body: Value = resp.json().await.unwrap_or(Value::Null);
     if !status.is_success() {
         bail!(
-            "{url}: {status}: {}",
+            "{what} ({status}): {}",
             body["message"].as_str().unwrap_or("")
         );
     }
     Ok(body)
+}
+
+async fn get_json(url: &str) -> anyhow::Result<Value> {
+    let resp = reqwest::get(url)
+        .await
+        .with_context(|| format!("cannot reach {url}"))?;
+    answer(url, resp).await
 }
 
 /// The node's payment terms (`/v1/node` → `payments`).
@@ -184,14 +189,7 @@ pub async fn run(c: PayCommand) -> anyhow::Result<()> {
                     .send()
                     .await
                     .with_context(|| format!("cannot reach {url}"))?;
-                let status = resp.status();
-                let body: Value = resp.json().await.unwrap_or(Value::Null);
-                if !status.is_success() {
-                    bail!(
-                        "the node refused the deposit ({status}): {}",
-                        body["message"].as_str().unwrap_or("")
-                    );
-                }
+                answer("the node refused the deposit", resp).await?;
             }
             println!("deposited {amount} token units with {}", payer.node);
             balance(&payer, key.address()).await

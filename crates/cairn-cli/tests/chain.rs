@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use alloy_primitives::U256;
 use cairn_receipt::SignedReceipt;
-use common::{Server, cairn_ok as cairn, eventually, funded_key, infer_digit};
+use common::{AnvilChain, Server, cairn_ok as cairn, eventually, funded_key, infer_digit};
 use serde_json::{Value, json};
 
 fn get(url: &str) -> Value {
@@ -240,33 +240,15 @@ fn node_settles_on_anvil_with_separate_verifier_processes() {
     let net = Server::devnet();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let (gov, _) = funded_key(&anvil_url, d, "gov.key");
     let (node_key, node_addr) = funded_key(&anvil_url, d, "node.key");
     let verifiers: Vec<(PathBuf, String)> = (0..2)
         .map(|i| funded_key(&anvil_url, d, &format!("verifier{i}.key")))
         .collect();
-    let deployment = d.join("deployment.json");
-    let dep = deployment.to_str().unwrap();
-    cairn(&[
-        "chain",
-        "deploy",
-        "--rpc",
-        &anvil_url,
-        "--key",
-        gov.to_str().unwrap(),
-        "--out",
-        dep,
-        "--quorum",
-        "2",
-        "--challenge-window",
-        "2",
-    ]);
-    let chain = ["--rpc", anvil_url.as_str(), "--deployment", dep];
+    let anv = AnvilChain::deploy(&anvil_url, d, &["--quorum", "2", "--challenge-window", "2"]);
+    let dep = anv.dep.to_str().unwrap();
+    let chain = anv.args();
     for who in std::iter::once(&node_addr).chain(verifiers.iter().map(|v| &v.1)) {
-        let mut args = vec!["chain", "mint", "--key", gov.to_str().unwrap(), "--to", who];
-        args.extend_from_slice(&["--amount", "1000000000000"]);
-        args.extend_from_slice(&chain);
-        cairn(&args);
+        anv.mint(who, "1000000000000");
     }
     let node = Server::node(
         &net.url,
@@ -284,30 +266,10 @@ fn node_settles_on_anvil_with_separate_verifier_processes() {
             dep,
         ],
     );
-    let mut reg = vec![
-        "chain",
-        "register",
-        "--key",
-        node_key.to_str().unwrap(),
-        "--role",
-        "inference",
-    ];
-    reg.extend_from_slice(&["--stake", "1000000000", "--endpoint", &node.node_url]);
-    reg.extend_from_slice(&chain);
-    cairn(&reg);
+    anv.register(&node_key, "inference", "1000000000", &node.node_url);
     let mut running = Vec::new();
     for (key, _) in &verifiers {
-        let mut reg = vec![
-            "chain",
-            "register",
-            "--key",
-            key.to_str().unwrap(),
-            "--role",
-            "verifier",
-        ];
-        reg.extend_from_slice(&["--stake", "100000000", "--endpoint", "test:verifier"]);
-        reg.extend_from_slice(&chain);
-        cairn(&reg);
+        anv.register(key, "verifier", "100000000", "test:verifier");
         let mut run = vec![
             "verifier",
             "run",

@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 
@@ -12,7 +12,7 @@ use alloy_primitives::{Address, B256, U256, keccak256};
 use alloy_sol_types::{SolEvent, SolValue};
 use cairn_ledger::contracts::CairnToken;
 use cairn_ledger::{Chain, Deployment, EmbeddedLedger, LogFilter, dev_signer};
-use common::{BIN, Server, cairn_ok as cairn, examples, funded_key, json_report};
+use common::{AnvilChain, BIN, Server, cairn_ok as cairn, examples, funded_key, json_report};
 use serde_json::Value;
 
 const PRICE: u64 = 1_500;
@@ -328,14 +328,13 @@ fn a_node_runs_a_replayed_payment_once_and_charges_nothing_for_failures() {
 }
 
 /// A node settling on anvil with chain id 84532 ("base-sepolia", so v1 clients know it); the
-/// devnet serves the hub. Returns (anvil, devnet, node, deployment file, scratch dir, gov key).
+/// devnet serves the hub.
 struct AnvilNode {
     _anvil: cairn_ledger::anvil::Anvil,
     anvil_url: String,
     _net: Server,
     node: Server,
-    dep: PathBuf,
-    gov: PathBuf,
+    anv: AnvilChain,
     dir: tempfile::TempDir,
 }
 
@@ -345,70 +344,21 @@ fn anvil_node(test: &str, extra: &[&str]) -> Option<AnvilNode> {
     let net = Server::devnet();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let (gov, _) = funded_key(&anvil_url, d, "gov.key");
     let (node_key, node_addr) = funded_key(&anvil_url, d, "node.key");
-    let dep = d.join("deployment.json");
-    cairn(&[
-        "chain",
-        "deploy",
-        "--rpc",
-        &anvil_url,
-        "--key",
-        gov.to_str().unwrap(),
-        "--out",
-        dep.to_str().unwrap(),
-    ]);
-    let chain = [
-        "--rpc",
-        anvil_url.as_str(),
-        "--deployment",
-        dep.to_str().unwrap(),
-    ];
-    let mut args = vec![
-        "chain",
-        "mint",
-        "--key",
-        gov.to_str().unwrap(),
-        "--to",
-        &node_addr,
-    ];
-    args.extend_from_slice(&["--amount", "1000000000000"]);
-    args.extend_from_slice(&chain);
-    cairn(&args);
+    let anv = AnvilChain::deploy(&anvil_url, d, &[]);
+    anv.mint(&node_addr, "1000000000000");
     let price = PRICE.to_string();
-    let mut node_args = vec![
-        "--key",
-        node_key.to_str().unwrap(),
-        "--price",
-        &price,
-        "--rpc",
-    ];
-    node_args.extend_from_slice(&[&anvil_url, "--deployment", dep.to_str().unwrap()]);
+    let mut node_args = vec!["--key", node_key.to_str().unwrap(), "--price", &price];
+    node_args.extend_from_slice(&anv.args());
     node_args.extend_from_slice(extra);
     let node = Server::node(&net.url, &node_args);
-    let mut reg = vec![
-        "chain",
-        "register",
-        "--key",
-        node_key.to_str().unwrap(),
-        "--role",
-    ];
-    reg.extend_from_slice(&[
-        "inference",
-        "--stake",
-        "1000000000",
-        "--endpoint",
-        &node.node_url,
-    ]);
-    reg.extend_from_slice(&chain);
-    cairn(&reg);
+    anv.register(&node_key, "inference", "1000000000", &node.node_url);
     Some(AnvilNode {
         _anvil: anvil,
         anvil_url,
         _net: net,
         node,
-        dep,
-        gov,
+        anv,
         dir,
     })
 }
@@ -422,24 +372,14 @@ impl AnvilNode {
             )
             .await
             .unwrap();
-            Chain::new(Arc::new(l), Deployment::load(&self.dep).unwrap()).unwrap()
+            Chain::new(Arc::new(l), Deployment::load(&self.anv.dep).unwrap()).unwrap()
         })
     }
 
     /// Mints tokens to dev account `i` and returns its address.
     fn fund(&self, i: usize) -> Address {
-        let who = dev_signer(i).address().to_string();
-        let mut args = vec![
-            "chain",
-            "mint",
-            "--key",
-            self.gov.to_str().unwrap(),
-            "--to",
-            &who,
-        ];
-        args.extend_from_slice(&["--amount", "1000000000", "--rpc", &self.anvil_url]);
-        args.extend_from_slice(&["--deployment", self.dep.to_str().unwrap()]);
-        cairn(&args);
+        self.anv
+            .mint(&dev_signer(i).address().to_string(), "1000000000");
         dev_signer(i).address()
     }
 }
@@ -521,12 +461,7 @@ fn cairn_facilitator_behind_the_official_express_server() {
     }
     let d = a.dir.path();
     let (fkey, _) = funded_key(&a.anvil_url, d, "facilitator.key");
-    let chain = [
-        "--rpc",
-        a.anvil_url.as_str(),
-        "--deployment",
-        a.dep.to_str().unwrap(),
-    ];
+    let chain = a.anv.args();
     let mut args = vec!["facilitator", "serve", "--listen", "127.0.0.1:0", "--key"];
     args.extend_from_slice(&[fkey.to_str().unwrap(), "--data-dir", d.to_str().unwrap()]);
     args.extend_from_slice(&chain);

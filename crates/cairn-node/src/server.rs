@@ -606,7 +606,12 @@ async fn prepaid_deposit(
             cairn_x402::X402Error::Invalid(r) => NodeError::PaymentRefused(r.to_string()),
             other => NodeError::ChainUnavailable(other.to_string()),
         })?;
-    Ok(Json(json!({
+    Ok(Json(channel_json(&c)))
+}
+
+/// A prepaid channel as the node accounts it.
+fn channel_json(c: &cairn_x402::store::ChannelRecord) -> Value {
+    json!({
         "payer": c.payer.to_checksum(None),
         "payee": c.payee.to_checksum(None),
         "salt": c.salt.to_string(),
@@ -615,7 +620,7 @@ async fn prepaid_deposit(
         "accepted": c.accepted.to_string(),
         "redeemed": c.redeemed.to_string(),
         "closing": c.closing,
-    })))
+    })
 }
 
 /// `GET /v1/prepaid/{payer}?salt=0x…`: the payer's prepaid channel with this node, as the node
@@ -643,16 +648,7 @@ async fn prepaid_channel(
         .status(payer, salt)
         .map_err(|e| NodeError::Internal(e.to_string()))?;
     Ok(Json(match rec {
-        Some(c) => json!({
-            "payer": payer.to_checksum(None),
-            "payee": c.payee.to_checksum(None),
-            "salt": salt.to_string(),
-            "known": true,
-            "deposited": c.deposited.to_string(),
-            "accepted": c.accepted.to_string(),
-            "redeemed": c.redeemed.to_string(),
-            "closing": c.closing,
-        }),
+        Some(c) => channel_json(&c),
         None => json!({
             "payer": payer.to_checksum(None),
             "payee": pre.payee().to_checksum(None),

@@ -293,7 +293,9 @@ impl Facilitator {
         }
     }
 
-    fn reserve(
+    /// Reserves a checked payment in the store for a request on `resource`; its key is the
+    /// payment reference.
+    pub fn reserve(
         &self,
         c: &CheckedExact,
         resource: &str,
@@ -311,16 +313,6 @@ impl Facilitator {
             payload: &payload,
         })?;
         Ok((key, r))
-    }
-
-    /// Reserves a checked payment for a request on `resource`.
-    pub fn reserve_exact(
-        &self,
-        c: &CheckedExact,
-        resource: &str,
-        payload: &Value,
-    ) -> Result<(B256, Reserve), X402Error> {
-        self.reserve(c, resource, payload)
     }
 
     // ---- the HTTP API's operations ----

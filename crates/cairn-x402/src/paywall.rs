@@ -337,7 +337,7 @@ pub async fn middleware(State(p): State<Arc<Paywall>>, req: Request, next: Next)
             network: network.clone(),
             payer: Some(checked.authorization.from),
         };
-    let (key, reserved) = match f.reserve_exact(&checked, &resource.url, &payload) {
+    let (key, reserved) = match f.reserve(&checked, &resource.url, &payload) {
         Ok(x) => x,
         Err(e) => return refuse_err(e),
     };

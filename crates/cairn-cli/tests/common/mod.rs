@@ -314,3 +314,79 @@ pub fn funded_key(anvil: &str, dir: &Path, name: &str) -> (PathBuf, String) {
         });
     (path, addr)
 }
+
+/// Cairn's contracts deployed on a running anvil by a funded governor key, and the CLI against it.
+pub struct AnvilChain {
+    /// The JSON-RPC URL.
+    pub url: String,
+    /// The deployment file.
+    pub dep: PathBuf,
+    /// The governor's key file (deployer and token minter).
+    pub gov: PathBuf,
+}
+
+impl AnvilChain {
+    /// `cairn chain deploy` on `url` (with `extra` deploy options), files in `dir`.
+    pub fn deploy(url: &str, dir: &Path, extra: &[&str]) -> Self {
+        let (gov, _) = funded_key(url, dir, "gov.key");
+        let dep = dir.join("deployment.json");
+        let mut args = vec![
+            "chain",
+            "deploy",
+            "--rpc",
+            url,
+            "--key",
+            gov.to_str().unwrap(),
+        ];
+        args.extend_from_slice(&["--out", dep.to_str().unwrap()]);
+        args.extend_from_slice(extra);
+        cairn_ok(&args);
+        Self {
+            url: url.to_owned(),
+            dep,
+            gov,
+        }
+    }
+
+    /// `--rpc URL --deployment FILE`.
+    pub fn args(&self) -> [&str; 4] {
+        [
+            "--rpc",
+            &self.url,
+            "--deployment",
+            self.dep.to_str().unwrap(),
+        ]
+    }
+
+    /// `cairn ARGS --rpc URL --deployment FILE`, which must succeed; its stdout.
+    pub fn cairn(&self, args: &[&str]) -> String {
+        let mut all = args.to_vec();
+        all.extend_from_slice(&self.args());
+        cairn_ok(&all)
+    }
+
+    /// Mints `amount` token units to `to`.
+    pub fn mint(&self, to: &str, amount: &str) {
+        let gov = self.gov.to_str().unwrap();
+        self.cairn(&[
+            "chain", "mint", "--key", gov, "--to", to, "--amount", amount,
+        ]);
+    }
+
+    /// Registers `key` as `role` with `stake` at `endpoint`.
+    pub fn register(&self, key: &Path, role: &str, stake: &str, endpoint: &str) {
+        let key = key.to_str().unwrap();
+        self.cairn(&[
+            "chain",
+            "register",
+            "--key",
+            key,
+            "--role",
+            role,
+            "--stake",
+            stake,
+            "--endpoint",
+            endpoint,
+        ]);
+    }
+}
