@@ -5,12 +5,19 @@ import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
 import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol";
 import {AccessControl} from "@openzeppelin/contracts/access/AccessControl.sol";
 import {ReentrancyGuard} from "@openzeppelin/contracts/utils/ReentrancyGuard.sol";
+import {EIP712} from "@openzeppelin/contracts/utils/cryptography/EIP712.sol";
+import {ECDSA} from "@openzeppelin/contracts/utils/cryptography/ECDSA.sol";
 
 /// @title Registry of inference nodes and verifiers: endpoint, stake, attestation, liveness.
 /// @dev Stake is held here. It leaves only through an unbonding delay, so a node that
 /// misbehaved can still be slashed (by the settlement contract, holding SLASHER_ROLE) after
 /// it asks to leave.
-contract NodeRegistry is AccessControl, ReentrancyGuard {
+/// A registration (and any later change of attestation) carries the signatures of a quorum of
+/// active verifiers over an EIP-712 `Registration`: each checked the node's TEE evidence, that it
+/// binds the node's key, and that its measurement is approved. A node counts as active only
+/// while its measurement stays approved for its role, so revoking a measurement retires every
+/// node running it.
+contract NodeRegistry is EIP712, AccessControl, ReentrancyGuard {
     using SafeERC20 for IERC20;
 
     enum Role {
@@ -34,6 +41,9 @@ contract NodeRegistry is AccessControl, ReentrancyGuard {
 
     bytes32 public constant GOVERNOR_ROLE = keccak256("GOVERNOR_ROLE");
     bytes32 public constant SLASHER_ROLE = keccak256("SLASHER_ROLE");
+    bytes32 public constant REGISTRATION_TYPEHASH = keccak256(
+        "Registration(address node,uint8 role,string endpoint,bytes32 measurement,bytes32 evidenceDigest,uint64 deadline)"
+    );
 
     IERC20 public immutable stakeToken;
     /// Minimum active stake per role, in token units.
@@ -42,6 +52,11 @@ contract NodeRegistry is AccessControl, ReentrancyGuard {
     uint64 public unbondingDelay;
     /// A node whose last heartbeat is older than this is not active; 0 disables the check.
     uint64 public heartbeatTimeout;
+
+    /// Verifier signatures a registration needs; 0 while the first verifiers are admitted.
+    uint16 public registrationQuorum;
+    /// Measurements (code identities) governance approves per role.
+    mapping(Role role => mapping(bytes32 measurement => bool)) public approvedMeasurement;
 
     mapping(address node => Node) private _nodes;
     address[] private _all;
@@ -54,6 +69,11 @@ contract NodeRegistry is AccessControl, ReentrancyGuard {
     error InsufficientStake(uint256 stake, uint256 requested);
     error UnbondingNotOver(uint64 endsAt);
     error NothingUnbonding();
+    error MeasurementNotApproved(Role role, bytes32 measurement);
+    error RegistrationExpired(uint64 deadline);
+    error QuorumNotMet(uint256 signers, uint256 quorum);
+    error SignersNotAscending();
+    error NotActiveVerifier(address signer);
 
     event NodeRegistered(address indexed node, Role role, string endpoint, uint256 stake);
     event StakeAdded(address indexed node, uint256 amount, uint256 stake);
@@ -67,6 +87,8 @@ contract NodeRegistry is AccessControl, ReentrancyGuard {
     event MinStakeSet(Role role, uint256 amount);
     event UnbondingDelaySet(uint64 delay);
     event HeartbeatTimeoutSet(uint64 timeout);
+    event MeasurementSet(Role role, bytes32 measurement, bool approved);
+    event RegistrationQuorumSet(uint16 quorum);
 
     constructor(
         IERC20 stakeToken_,
@@ -74,7 +96,7 @@ contract NodeRegistry is AccessControl, ReentrancyGuard {
         uint256 minInferenceStake,
         uint256 minVerifierStake,
         uint64 unbondingDelay_
-    ) {
+    ) EIP712("CairnRegistry", "1") {
         stakeToken = stakeToken_;
         _grantRole(DEFAULT_ADMIN_ROLE, governor);
         _grantRole(GOVERNOR_ROLE, governor);
@@ -86,17 +108,22 @@ contract NodeRegistry is AccessControl, ReentrancyGuard {
     // ---- nodes ----
 
     /// @notice Registers the caller in `role`, pulling `stake` tokens (approve first).
+    /// `verifierSignatures`: at least `registrationQuorum` distinct active verifiers (ascending
+    /// addresses) signing the EIP-712 `Registration` of exactly these values before `deadline`.
     function register(
         Role role,
         string calldata endpoint,
         uint256 stake,
         bytes32 attestationDigest,
-        bytes32 measurement
+        bytes32 measurement,
+        uint64 deadline,
+        bytes[] calldata verifierSignatures
     ) external nonReentrant {
         if (role == Role.None) revert InvalidRole();
         Node storage n = _nodes[msg.sender];
         if (n.role != Role.None) revert AlreadyRegistered(msg.sender);
         if (stake < minStake[role]) revert StakeTooLow(stake, minStake[role]);
+        _checkRegistration(msg.sender, role, endpoint, measurement, attestationDigest, deadline, verifierSignatures);
         n.role = role;
         n.enabled = true;
         n.registeredAt = uint64(block.timestamp);
@@ -107,6 +134,7 @@ contract NodeRegistry is AccessControl, ReentrancyGuard {
         n.endpoint = endpoint;
         _all.push(msg.sender);
         emit NodeRegistered(msg.sender, role, endpoint, stake);
+        emit AttestationUpdated(msg.sender, attestationDigest, measurement);
         stakeToken.safeTransferFrom(msg.sender, address(this), stake);
     }
 
@@ -154,8 +182,13 @@ contract NodeRegistry is AccessControl, ReentrancyGuard {
         emit EndpointUpdated(msg.sender, endpoint);
     }
 
-    function setAttestation(bytes32 digest, bytes32 measurement) external {
+    /// @notice Replaces the caller's evidence (a new enclave image, a renewed report), approved by a
+    /// verifier quorum exactly as at registration (the endpoint signed is the current one).
+    function setAttestation(bytes32 digest, bytes32 measurement, uint64 deadline, bytes[] calldata verifierSignatures)
+        external
+    {
         Node storage n = _registered(msg.sender);
+        _checkRegistration(msg.sender, n.role, n.endpoint, measurement, digest, deadline, verifierSignatures);
         n.attestationDigest = digest;
         n.measurement = measurement;
         emit AttestationUpdated(msg.sender, digest, measurement);
@@ -184,6 +217,18 @@ contract NodeRegistry is AccessControl, ReentrancyGuard {
         emit HeartbeatTimeoutSet(timeout);
     }
 
+    /// @notice Approves or revokes a measurement for `role`; nodes running a revoked one stop being active.
+    function setMeasurement(Role role, bytes32 measurement, bool approved) external onlyRole(GOVERNOR_ROLE) {
+        if (role == Role.None) revert InvalidRole();
+        approvedMeasurement[role][measurement] = approved;
+        emit MeasurementSet(role, measurement, approved);
+    }
+
+    function setRegistrationQuorum(uint16 quorum) external onlyRole(GOVERNOR_ROLE) {
+        registrationQuorum = quorum;
+        emit RegistrationQuorumSet(quorum);
+    }
+
     /// @notice Takes up to `amount` from the node's stake (active first, then unbonding) and
     /// sends it to `to`. Returns what was taken.
     function slash(address node, uint256 amount, address to)
@@ -209,10 +254,12 @@ contract NodeRegistry is AccessControl, ReentrancyGuard {
         return _nodes[node];
     }
 
-    /// @notice Registered, enabled, staked at least the role's minimum, and heard from recently.
+    /// @notice Registered, enabled, staked at least the role's minimum, running an approved
+    /// measurement, and heard from recently.
     function isActive(address node, Role role) public view returns (bool) {
         Node storage n = _nodes[node];
         return n.role == role && role != Role.None && n.enabled && n.stake >= minStake[role]
+            && approvedMeasurement[role][n.measurement]
             && (heartbeatTimeout == 0 || block.timestamp <= uint256(n.lastHeartbeat) + heartbeatTimeout);
     }
 
@@ -233,6 +280,57 @@ contract NodeRegistry is AccessControl, ReentrancyGuard {
         out = new address[](found);
         for (uint256 i; i < found; ++i) {
             out[i] = buf[i];
+        }
+    }
+
+    /// @notice The EIP-712 digest verifiers sign to approve a registration.
+    function registrationDigest(
+        address node,
+        Role role,
+        string memory endpoint,
+        bytes32 measurement,
+        bytes32 evidenceDigest,
+        uint64 deadline
+    ) public view returns (bytes32) {
+        return _hashTypedDataV4(
+            keccak256(
+                abi.encode(
+                    REGISTRATION_TYPEHASH,
+                    node,
+                    uint8(role),
+                    keccak256(bytes(endpoint)),
+                    measurement,
+                    evidenceDigest,
+                    deadline
+                )
+            )
+        );
+    }
+
+    function domainSeparator() external view returns (bytes32) {
+        return _domainSeparatorV4();
+    }
+
+    function _checkRegistration(
+        address node,
+        Role role,
+        string memory endpoint,
+        bytes32 measurement,
+        bytes32 evidenceDigest,
+        uint64 deadline,
+        bytes[] calldata signatures
+    ) private view {
+        if (!approvedMeasurement[role][measurement]) revert MeasurementNotApproved(role, measurement);
+        if (block.timestamp > deadline) revert RegistrationExpired(deadline);
+        uint256 count = signatures.length;
+        if (count < registrationQuorum) revert QuorumNotMet(count, registrationQuorum);
+        bytes32 digest = registrationDigest(node, role, endpoint, measurement, evidenceDigest, deadline);
+        address previous;
+        for (uint256 i; i < count; ++i) {
+            address signer = ECDSA.recover(digest, signatures[i]);
+            if (signer <= previous) revert SignersNotAscending();
+            if (!isActive(signer, Role.Verifier)) revert NotActiveVerifier(signer);
+            previous = signer;
         }
     }
 

@@ -72,7 +72,10 @@ contract Settlement is EIP712, AccessControl, ReentrancyGuard {
     /// Shares of a batch's fees; the node gets the rest.
     uint16 public verifierBps;
     uint16 public treasuryBps;
-    /// Share of the node's active stake taken on a proven fraud, and the challenger's share of it.
+    /// Share of the node's stake taken on a proven fraud, and the share of that paid to the
+    /// verifiers who signed the fraud verdict (equally; the rest goes to the treasury). The reward
+    /// goes to the verdict's signers, not to the transaction's sender, so copying a challenge out
+    /// of the mempool earns nothing.
     uint16 public slashBps;
     uint16 public challengerRewardBps;
 
@@ -228,7 +231,7 @@ contract Settlement is EIP712, AccessControl, ReentrancyGuard {
         if (receipt.node != b.node) revert ReceiptNotFromBatchNode(receipt.node, b.node);
         bytes32 rh = receiptHash(receipt);
         if (!MerkleProof.verifyCalldata(proof, b.root, leaf(rh))) revert InvalidProof();
-        _quorumSigners(verdictDigest(id, rh, evidenceHash), verdictSignatures);
+        address[] memory signers = _quorumSigners(verdictDigest(id, rh, evidenceHash), verdictSignatures);
 
         b.status = Status.Voided;
         uint256 fees = b.fees;
@@ -237,8 +240,12 @@ contract Settlement is EIP712, AccessControl, ReentrancyGuard {
         uint256 reward = (slashAmount * challengerRewardBps) / BPS;
         emit BatchChallenged(id, rh, msg.sender, slashAmount, reward);
 
-        uint256 takenForChallenger = registry.slash(b.node, reward, msg.sender);
-        registry.slash(b.node, slashAmount - takenForChallenger, treasury);
+        uint256 perSigner = reward / signers.length;
+        uint256 paid;
+        for (uint256 i; i < signers.length; ++i) {
+            paid += registry.slash(b.node, perSigner, signers[i]);
+        }
+        registry.slash(b.node, slashAmount - paid, treasury);
         if (fees > 0) feeToken.safeTransfer(treasury, fees);
     }
 

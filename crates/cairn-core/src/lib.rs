@@ -2,6 +2,7 @@
 //! canonical hash, execution profiles, and the signed-request scheme every write to a Cairn
 //! service uses.
 
+pub mod attestation;
 pub mod auth;
 mod blob_id;
 mod names;
@@ -9,6 +10,7 @@ mod profile;
 pub mod tensor;
 
 pub use alloy_primitives::{Address, B256};
+pub use attestation::DEV_MEASUREMENT;
 pub use blob_id::{BlobHasher, BlobId, ParseBlobIdError};
 pub use names::{FilePath, ModelRef, NameError, RepoName, Version};
 pub use profile::{ExecutionProfile, Reproducibility};

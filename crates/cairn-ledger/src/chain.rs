@@ -44,6 +44,15 @@ sol! {
         uint256 validBefore;
         bytes32 nonce;
     }
+    /// A verifier's approval of a node's registration (or new evidence) in the registry.
+    struct Registration {
+        address node;
+        uint8 role;
+        string endpoint;
+        bytes32 measurement;
+        bytes32 evidenceDigest;
+        uint64 deadline;
+    }
     /// A payer's cumulative promise to a payee in the escrow.
     struct Voucher {
         address payer;
@@ -69,10 +78,76 @@ pub enum Role {
 }
 
 impl Role {
-    fn code(self) -> u8 {
+    /// The registry's numeric role.
+    pub fn code(self) -> u8 {
         match self {
             Role::Inference => 1,
             Role::Verifier => 2,
+        }
+    }
+
+    /// The role of a registry code; `None` for 0 (unregistered) or unknown codes.
+    pub fn from_code(code: u8) -> Option<Self> {
+        match code {
+            1 => Some(Role::Inference),
+            2 => Some(Role::Verifier),
+            _ => None,
+        }
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "inference" => Ok(Role::Inference),
+            "verifier" => Ok(Role::Verifier),
+            other => Err(format!("unknown role `{other}` (inference | verifier)")),
+        }
+    }
+}
+
+/// What a quorum of verifiers approves before a node enters the registry: the node, its role and
+/// endpoint, the measurement its evidence reports and the evidence's digest, until `deadline`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RegistrationRequest {
+    /// The registering node's address (its signing key).
+    pub node: Address,
+    /// The role it registers in.
+    pub role: Role,
+    /// Where it is reached.
+    pub endpoint: String,
+    /// The code identity its evidence reports (approved per role by governance).
+    pub measurement: B256,
+    /// SHA-256 of the evidence the verifiers checked.
+    pub evidence_digest: B256,
+    /// Unix seconds after which the approval is void.
+    pub deadline: u64,
+}
+
+impl RegistrationRequest {
+    /// A registration on the dev measurement with no evidence digest and no deadline: for chains
+    /// whose registration quorum is 0 (the first verifiers, tests of the contracts).
+    pub fn dev(node: Address, role: Role, endpoint: &str) -> Self {
+        Self {
+            node,
+            role,
+            endpoint: endpoint.into(),
+            measurement: cairn_core::DEV_MEASUREMENT,
+            evidence_digest: B256::ZERO,
+            deadline: u64::MAX,
+        }
+    }
+
+    fn typed(&self) -> Registration {
+        Registration {
+            node: self.node,
+            role: self.role.code(),
+            endpoint: self.endpoint.clone(),
+            measurement: self.measurement,
+            evidenceDigest: self.evidence_digest,
+            deadline: self.deadline,
         }
     }
 }
@@ -97,7 +172,13 @@ pub struct NodeInfo {
     pub unbonding: U256,
     /// Unix seconds of its last heartbeat.
     pub last_heartbeat: u64,
-    /// Registered, enabled, staked enough and alive.
+    /// The code identity its evidence reported.
+    pub measurement: B256,
+    /// SHA-256 of the evidence the verifiers approved.
+    pub evidence_digest: B256,
+    /// Whether governance still approves `measurement` for its role.
+    pub measurement_approved: bool,
+    /// Registered, enabled, staked enough, running an approved measurement, and alive.
     pub active: bool,
 }
 
@@ -367,13 +448,50 @@ impl Chain {
 
     // ---- registry ----
 
-    /// Approves and registers `signer` with `stake`.
+    /// The registry's EIP-712 domain (registration approvals are signed under it).
+    pub fn registry_domain(&self) -> Eip712Domain {
+        Eip712Domain::new(
+            Some("CairnRegistry".into()),
+            Some("1".into()),
+            Some(U256::from(self.deployment.chain_id)),
+            Some(self.deployment.registry),
+            None,
+        )
+    }
+
+    /// The digest a verifier signs to approve `r`.
+    pub fn registration_hash(&self, r: &RegistrationRequest) -> B256 {
+        r.typed().eip712_signing_hash(&self.registry_domain())
+    }
+
+    /// Signs an approval of `r` as `verifier`.
+    pub fn sign_registration(
+        &self,
+        verifier: &PrivateKeySigner,
+        r: &RegistrationRequest,
+    ) -> Result<Signature, LedgerError> {
+        sign(verifier, self.registration_hash(r))
+    }
+
+    /// Who signed an approval of `r`.
+    pub fn registration_signer(
+        &self,
+        r: &RegistrationRequest,
+        signature: &Signature,
+    ) -> Result<Address, LedgerError> {
+        signature
+            .recover_address_from_prehash(&self.registration_hash(r))
+            .map_err(|e| LedgerError::Invalid(format!("registration signature: {e}")))
+    }
+
+    /// Approves the stake and registers `signer` as `r` describes, with the verifiers' approvals
+    /// (sorted by signer as the contract requires; none while the registration quorum is 0).
     pub async fn register(
         &self,
         signer: &PrivateKeySigner,
-        role: Role,
-        endpoint: &str,
+        r: &RegistrationRequest,
         stake: U256,
+        approvals: Vec<(Address, Signature)>,
     ) -> Result<TxOutcome, LedgerError> {
         self.approve(signer, self.deployment.registry, stake)
             .await?;
@@ -381,12 +499,108 @@ impl Chain {
             signer,
             self.deployment.registry,
             NodeRegistry::registerCall {
-                role: role.code(),
-                endpoint: endpoint.into(),
+                role: r.role.code(),
+                endpoint: r.endpoint.clone(),
                 stake,
-                attestationDigest: B256::ZERO,
-                measurement: B256::ZERO,
+                attestationDigest: r.evidence_digest,
+                measurement: r.measurement,
+                deadline: r.deadline,
+                verifierSignatures: sorted_signatures(approvals),
             },
+        )
+        .await
+    }
+
+    /// Replaces the signer's evidence with `r`'s (same role and endpoint), approved by verifiers.
+    pub async fn set_attestation(
+        &self,
+        signer: &PrivateKeySigner,
+        r: &RegistrationRequest,
+        approvals: Vec<(Address, Signature)>,
+    ) -> Result<TxOutcome, LedgerError> {
+        self.exec(
+            signer,
+            self.deployment.registry,
+            NodeRegistry::setAttestationCall {
+                digest: r.evidence_digest,
+                measurement: r.measurement,
+                deadline: r.deadline,
+                verifierSignatures: sorted_signatures(approvals),
+            },
+        )
+        .await
+    }
+
+    /// Governance: approves or revokes `measurement` for `role`.
+    pub async fn set_measurement(
+        &self,
+        governor: &PrivateKeySigner,
+        role: Role,
+        measurement: B256,
+        approved: bool,
+    ) -> Result<TxOutcome, LedgerError> {
+        self.exec(
+            governor,
+            self.deployment.registry,
+            NodeRegistry::setMeasurementCall {
+                role: role.code(),
+                measurement,
+                approved,
+            },
+        )
+        .await
+    }
+
+    /// Whether governance approves `measurement` for `role`.
+    pub async fn measurement_approved(
+        &self,
+        role: Role,
+        measurement: B256,
+    ) -> Result<bool, LedgerError> {
+        self.view(
+            self.deployment.registry,
+            NodeRegistry::approvedMeasurementCall {
+                role: role.code(),
+                measurement,
+            },
+        )
+        .await
+    }
+
+    /// Governance: the number of verifier approvals a registration needs.
+    pub async fn set_registration_quorum(
+        &self,
+        governor: &PrivateKeySigner,
+        quorum: u16,
+    ) -> Result<TxOutcome, LedgerError> {
+        self.exec(
+            governor,
+            self.deployment.registry,
+            NodeRegistry::setRegistrationQuorumCall { quorum },
+        )
+        .await
+    }
+
+    /// The number of verifier approvals a registration needs.
+    pub async fn registration_quorum(&self) -> Result<u16, LedgerError> {
+        self.view(
+            self.deployment.registry,
+            NodeRegistry::registrationQuorumCall {},
+        )
+        .await
+    }
+
+    /// Governance: enables or disables a registered node.
+    pub async fn set_enabled(
+        &self,
+        governor: &PrivateKeySigner,
+        node: Address,
+        enabled: bool,
+    ) -> Result<TxOutcome, LedgerError> {
+        self.exec(
+            governor,
+            self.deployment.registry,
+            NodeRegistry::setEnabledCall { node, enabled },
         )
         .await
     }
@@ -434,13 +648,9 @@ impl Chain {
                 NodeRegistry::getNodeCall { node: who },
             )
             .await?;
-        let role = match n.role {
-            1 => Some(Role::Inference),
-            2 => Some(Role::Verifier),
-            _ => None,
-        };
-        let active = match role {
-            Some(r) => {
+        let role = Role::from_code(n.role);
+        let (active, measurement_approved) = match role {
+            Some(r) => (
                 self.view(
                     self.deployment.registry,
                     NodeRegistry::isActiveCall {
@@ -448,9 +658,10 @@ impl Chain {
                         role: r.code(),
                     },
                 )
-                .await?
-            }
-            None => false,
+                .await?,
+                self.measurement_approved(r, n.measurement).await?,
+            ),
+            None => (false, false),
         };
         Ok(NodeInfo {
             address: who,
@@ -460,6 +671,9 @@ impl Chain {
             stake: n.stake,
             unbonding: n.unbonding,
             last_heartbeat: n.lastHeartbeat,
+            measurement: n.measurement,
+            evidence_digest: n.attestationDigest,
+            measurement_approved,
             active,
         })
     }

@@ -54,6 +54,8 @@ pub struct DeployParams {
     pub challenger_reward_bps: u16,
     /// Seconds between a payer's withdrawal request and its refund in the escrow.
     pub escrow_withdraw_delay: u64,
+    /// Measurements approved per role at deployment (governance changes them later).
+    pub approved_measurements: Vec<(crate::Role, alloy_primitives::B256)>,
 }
 
 impl DeployParams {
@@ -73,6 +75,11 @@ impl DeployParams {
             slash_bps: 5_000,
             challenger_reward_bps: 2_000,
             escrow_withdraw_delay: 3_600,
+            // Software-key evidence: only a local network should approve it.
+            approved_measurements: vec![
+                (crate::Role::Inference, cairn_core::DEV_MEASUREMENT),
+                (crate::Role::Verifier, cairn_core::DEV_MEASUREMENT),
+            ],
         }
     }
 }
@@ -254,6 +261,20 @@ pub async fn deploy(
         .abi_encode(),
     )
     .await?;
+    for (role, measurement) in &params.approved_measurements {
+        block = call(
+            ledger,
+            deployer,
+            registry,
+            NodeRegistry::setMeasurementCall {
+                role: role.code(),
+                measurement: *measurement,
+                approved: true,
+            }
+            .abi_encode(),
+        )
+        .await?;
+    }
     if params.governor != me {
         for role in [alloy_primitives::B256::ZERO, governor_role] {
             call(

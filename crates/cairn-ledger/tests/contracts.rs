@@ -14,7 +14,8 @@ use cairn_ledger::anvil::Anvil;
 use cairn_ledger::contracts::Settlement;
 use cairn_ledger::deploy::{TOKEN_UNIT, deploy};
 use cairn_ledger::{
-    BatchStatus, Chain, DeployParams, EmbeddedLedger, Ledger, LedgerError, Role, RpcLedger,
+    BatchStatus, Chain, DeployParams, EmbeddedLedger, Ledger, LedgerError, RegistrationRequest,
+    Role, RpcLedger,
     dev_signer,
 };
 use cairn_receipt::merkle::ReceiptTree;
@@ -65,13 +66,24 @@ async fn setup(ledger: Arc<dyn Ledger>, a: &Actors) -> Chain {
     for who in all(a) {
         chain.mint(&a.gov, who, units(10_000)).await.unwrap();
     }
+    let dev = |s: &PrivateKeySigner, role, url| RegistrationRequest::dev(s.address(), role, url);
     chain
-        .register(&a.node, Role::Inference, "http://node", units(1_000))
+        .register(
+            &a.node,
+            &dev(&a.node, Role::Inference, "http://node"),
+            units(1_000),
+            vec![],
+        )
         .await
         .unwrap();
     for v in &a.verifiers {
         chain
-            .register(v, Role::Verifier, "http://verifier", units(100))
+            .register(
+                v,
+                &dev(v, Role::Verifier, "http://verifier"),
+                units(100),
+                vec![],
+            )
             .await
             .unwrap();
     }
@@ -345,6 +357,8 @@ async fn challenge_slashes(ledger: Arc<dyn Ledger>) {
 
     let stake = chain.node(a.node.address()).await.unwrap().stake;
     let before_c = chain.token_balance(a.payer.address()).await.unwrap();
+    let before_v0 = chain.token_balance(a.verifiers[0].address()).await.unwrap();
+    let before_v2 = chain.token_balance(a.verifiers[2].address()).await.unwrap();
     let before_t = chain.token_balance(a.treasury.address()).await.unwrap();
     chain
         .challenge(
@@ -364,13 +378,23 @@ async fn challenge_slashes(ledger: Arc<dyn Ledger>) {
         chain.node(a.node.address()).await.unwrap().stake,
         stake - slashed
     );
+    // The reward goes to the verdict's signers, not to whoever sent the transaction.
+    let per_signer = reward / U256::from(2u64);
     assert_eq!(
         chain.token_balance(a.payer.address()).await.unwrap(),
-        before_c + reward
+        before_c
+    );
+    assert_eq!(
+        chain.token_balance(a.verifiers[0].address()).await.unwrap(),
+        before_v0 + per_signer
+    );
+    assert_eq!(
+        chain.token_balance(a.verifiers[2].address()).await.unwrap(),
+        before_v2 + per_signer
     );
     assert_eq!(
         chain.token_balance(a.treasury.address()).await.unwrap(),
-        before_t + (slashed - reward) + fees
+        before_t + (slashed - per_signer * U256::from(2u64)) + fees
     );
     ledger.advance_time(60).await.unwrap();
     let e = chain.finalize(&a.node, id).await.unwrap_err();
@@ -738,7 +762,122 @@ async fn token_governance_and_unbonding(ledger: Arc<dyn Ledger>) {
     assert!(!active.contains(&v.address()));
 }
 
+/// Registration needs a verifier quorum's approval of exactly what is registered, before its
+/// deadline, on an approved measurement; revoking the measurement retires the node.
+async fn registration_quorum(ledger: Arc<dyn Ledger>) {
+    let a = actors(450);
+    let chain = setup(ledger.clone(), &a).await;
+    let gov = &a.gov;
+    chain.set_registration_quorum(gov, 2).await.unwrap();
+    assert_eq!(chain.registration_quorum().await.unwrap(), 2);
+    let tee = keccak256("an approved enclave image");
+    chain
+        .set_measurement(gov, Role::Inference, tee, true)
+        .await
+        .unwrap();
+    let newcomer = &a.outsider;
+    let now = ledger.head().await.unwrap().timestamp;
+    let req = RegistrationRequest {
+        node: newcomer.address(),
+        role: Role::Inference,
+        endpoint: "http://newcomer".into(),
+        measurement: tee,
+        evidence_digest: keccak256("evidence"),
+        deadline: now + 600,
+    };
+    let approve = |signers: &[&PrivateKeySigner], r: &RegistrationRequest| {
+        signers
+            .iter()
+            .map(|s| (s.address(), chain.sign_registration(s, r).unwrap()))
+            .collect::<Vec<_>>()
+    };
+    let stake = units(1_000);
+    // One approval is not a quorum.
+    let e = chain
+        .register(newcomer, &req, stake, approve(&[&a.verifiers[0]], &req))
+        .await
+        .unwrap_err();
+    assert!(reason(e).contains("QuorumNotMet"));
+    // Approvals by non-verifiers are refused.
+    let e = chain
+        .register(newcomer, &req, stake, approve(&[&a.payer, &a.treasury], &req))
+        .await
+        .unwrap_err();
+    assert!(reason(e).contains("NotActiveVerifier"), "forged quorum");
+    // Approvals of another endpoint do not register this one.
+    let other = RegistrationRequest {
+        endpoint: "http://elsewhere".into(),
+        ..req.clone()
+    };
+    let e = chain
+        .register(
+            newcomer,
+            &req,
+            stake,
+            approve(&[&a.verifiers[0], &a.verifiers[1]], &other),
+        )
+        .await
+        .unwrap_err();
+    assert!(reason(e).contains("NotActiveVerifier"), "approval of other values");
+    // An unapproved measurement is refused whatever the verifiers say.
+    let rogue = RegistrationRequest {
+        measurement: keccak256("rogue image"),
+        ..req.clone()
+    };
+    let e = chain
+        .register(
+            newcomer,
+            &rogue,
+            stake,
+            approve(&[&a.verifiers[0], &a.verifiers[1]], &rogue),
+        )
+        .await
+        .unwrap_err();
+    assert!(reason(e).contains("MeasurementNotApproved"));
+    // Expired approvals are refused.
+    let stale = RegistrationRequest {
+        deadline: now.saturating_sub(1),
+        ..req.clone()
+    };
+    let e = chain
+        .register(
+            newcomer,
+            &stale,
+            stake,
+            approve(&[&a.verifiers[0], &a.verifiers[1]], &stale),
+        )
+        .await
+        .unwrap_err();
+    assert!(reason(e).contains("RegistrationExpired"));
+    chain
+        .register(
+            newcomer,
+            &req,
+            stake,
+            approve(&[&a.verifiers[2], &a.verifiers[0]], &req),
+        )
+        .await
+        .unwrap();
+    let info = chain.node(newcomer.address()).await.unwrap();
+    assert!(info.active);
+    assert_eq!(info.measurement, tee);
+    assert_eq!(info.evidence_digest, req.evidence_digest);
+    // Revoking the measurement retires the node.
+    chain
+        .set_measurement(gov, Role::Inference, tee, false)
+        .await
+        .unwrap();
+    let info = chain.node(newcomer.address()).await.unwrap();
+    assert!(!info.active && !info.measurement_approved);
+    let e = chain
+        .set_measurement(&a.payer, Role::Inference, tee, true)
+        .await
+        .unwrap_err();
+    assert!(reason(e).contains("AccessControl"), "only governance approves");
+}
+
 async fn run_all(ledger: Arc<dyn Ledger>) {
+    registration_quorum(ledger.clone()).await;
     batches_split_fees(ledger.clone()).await;
     challenge_slashes(ledger.clone()).await;
     escrow_vouchers(ledger.clone()).await;
