@@ -62,7 +62,9 @@ pub(crate) fn verify(e: &Evidence) -> Result<Verified, AttestError> {
         reason: reason.into(),
     };
     if d.len() != LEN || &d[..MAGIC.len()] != MAGIC {
-        return Err(malformed("not a CAIRN-DEV-EVIDENCE-1 statement of 149 bytes"));
+        return Err(malformed(
+            "not a CAIRN-DEV-EVIDENCE-1 statement of 149 bytes",
+        ));
     }
     let report_data = &d[MAGIC.len()..MAGIC.len() + 64];
     let sig = Signature::from_raw(&d[MAGIC.len() + 64..])

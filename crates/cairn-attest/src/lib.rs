@@ -24,9 +24,9 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 pub use dev::DevAttester;
-pub use nitro::{Nsm, NsmAttester};
 #[cfg(feature = "nitro")]
 pub use nitro::NsmDevice;
+pub use nitro::{Nsm, NsmAttester};
 
 /// Which kind of evidence.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -186,7 +186,9 @@ pub enum AttestError {
         reason: String,
     },
     /// Dev evidence where the policy wants a TEE.
-    #[error("dev evidence is not a TEE, and this verifier's policy does not accept it (only a devnet does)")]
+    #[error(
+        "dev evidence is not a TEE, and this verifier's policy does not accept it (only a devnet does)"
+    )]
     DevNotAllowed,
     /// The evidence does not bind the node's key.
     #[error("the evidence does not bind node {node}: {reason}")]

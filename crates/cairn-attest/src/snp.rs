@@ -41,8 +41,8 @@ pub(crate) fn verify(e: &Evidence, now: u64) -> Result<Verified, AttestError> {
             "no VCEK: put the chip's VCEK (DER, from AMD's KDS) in `endorsements`".into(),
         ));
     }
-    let vcek = Certificate::from_der(&e.endorsements)
-        .map_err(|err| malformed(format!("VCEK: {err}")))?;
+    let vcek =
+        Certificate::from_der(&e.endorsements).map_err(|err| malformed(format!("VCEK: {err}")))?;
     let mut found = None;
     for (name, ark, ask) in PRODUCTS {
         let (Ok(ark), Ok(ask)) = (ark(), ask()) else {

@@ -32,7 +32,9 @@ pub(crate) fn verify(e: &Evidence, now: u64) -> Result<Verified, AttestError> {
                 now,
                 reason,
             }
-        } else if lower.contains("decode") || lower.contains("parse") || lower.contains("unsupported")
+        } else if lower.contains("decode")
+            || lower.contains("parse")
+            || lower.contains("unsupported")
         {
             AttestError::Malformed { kind: KIND, reason }
         } else {

@@ -214,7 +214,10 @@ fn tdx_sample_verifies_with_its_collateral_and_tampered_copies_fail() {
     assert_eq!(e.code(), "evidence_forged", "{e}");
     // Collateral whose TCB info was edited no longer matches Intel's signature over it.
     let mut c: serde_json::Value = serde_json::from_slice(TDX_COLLATERAL).unwrap();
-    let tcb = c["tcb_info"].as_str().unwrap().replacen("\"tcbLevels\"", "\"tcbLevels\" ", 1);
+    let tcb = c["tcb_info"]
+        .as_str()
+        .unwrap()
+        .replacen("\"tcbLevels\"", "\"tcbLevels\" ", 1);
     c["tcb_info"] = tcb.into();
     let e = verify(
         &Evidence {
@@ -242,7 +245,9 @@ fn tdx_sample_verifies_with_its_collateral_and_tampered_copies_fail() {
 fn dev_evidence_binds_its_key_and_needs_a_permissive_policy() {
     let key = PrivateKeySigner::random();
     let node = key.address();
-    let e = DevAttester::new(key).evidence(&report_data(node, None)).unwrap();
+    let e = DevAttester::new(key)
+        .evidence(&report_data(node, None))
+        .unwrap();
     let e2: Evidence = serde_json::from_str(&serde_json::to_string(&e).unwrap()).unwrap();
     assert_eq!(e, e2);
     assert_eq!(
@@ -263,7 +268,12 @@ fn dev_evidence_binds_its_key_and_needs_a_permissive_policy() {
         .evidence(&report_data(node, None))
         .unwrap();
     let v = verify(&other, TODAY, dev).unwrap();
-    assert!(check_binding(&v, node, None).unwrap_err().to_string().contains("signed by"));
+    assert!(
+        check_binding(&v, node, None)
+            .unwrap_err()
+            .to_string()
+            .contains("signed by")
+    );
     // A changed byte of the statement changes its signer, so the binding fails.
     let tampered = Evidence {
         document: flip(e.document.clone(), 30),

@@ -4,13 +4,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use alloy_primitives::{Address, U256};
-use alloy_sol_types::SolEvent;
+use alloy_primitives::{Address, B256, U256};
 use anyhow::{Context, bail};
-use cairn_ledger::contracts::NodeRegistry;
 use cairn_ledger::deploy::deploy;
 use cairn_ledger::{
-    Chain, DeployParams, Deployment, EmbeddedLedger, LogFilter, Role, RpcLedger, dev_signer,
+    Chain, DeployParams, Deployment, EmbeddedLedger, RegistrationRequest, Role, RpcLedger,
+    dev_signer,
 };
 use clap::{Args, Subcommand, ValueEnum};
 use serde_json::{Value, json};
@@ -45,6 +44,12 @@ impl ChainArgs {
         let d = Deployment::load(deployment)?;
         Ok(Chain::new(Arc::new(ledger), d)?)
     }
+}
+
+fn parse_measurement(s: &str) -> Result<(Role, B256), String> {
+    let (role, m) = s.split_once('=').ok_or("ROLE=0xHEX, e.g. inference=0x…")?;
+    let m = m.parse().map_err(|e| format!("measurement: {e}"))?;
+    Ok((role.parse()?, m))
 }
 
 /// Paths of a devnet's embedded chain inside its data dir.
@@ -102,6 +107,13 @@ pub enum ChainCommand {
         unbonding_delay: u64,
         #[arg(long, default_value_t = 60)]
         rpc_wait_secs: u64,
+        /// Approve `dev` (software-key, not a TEE) evidence for both roles: local and test
+        /// networks only.
+        #[arg(long)]
+        approve_dev_evidence: bool,
+        /// Approve a TEE measurement for a role at deployment: ROLE=0xHEX (repeatable).
+        #[arg(long = "approve-measurement", value_parser = parse_measurement)]
+        approve_measurements: Vec<(Role, B256)>,
     },
     /// Show contracts, parameters, balances, registered nodes and recent batches.
     Status {
@@ -114,7 +126,32 @@ pub enum ChainCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Register the key's address as an inference node or a verifier, staking tokens.
+    /// Governance: approve (or --revoke) a TEE measurement for a role; nodes running a revoked
+    /// one stop being active.
+    Measurement {
+        #[command(flatten)]
+        chain: ChainArgs,
+        /// The governor's key file.
+        #[arg(long)]
+        key: PathBuf,
+        #[arg(long, value_enum)]
+        role: RoleArg,
+        /// The measurement (0x + 64 hex digits), or `dev` for software-key evidence.
+        #[arg(long)]
+        measurement: String,
+        #[arg(long)]
+        revoke: bool,
+    },
+    /// Governance: how many verifier approvals a registration needs.
+    RegistrationQuorum {
+        #[command(flatten)]
+        chain: ChainArgs,
+        /// The governor's key file.
+        #[arg(long)]
+        key: PathBuf,
+        quorum: u16,
+    },
+    /// Register with dev evidence (the same as `cairn node register --attester dev`).
     Register {
         #[command(flatten)]
         chain: ChainArgs,
@@ -156,6 +193,8 @@ pub async fn run(cmd: ChainCommand) -> anyhow::Result<()> {
             challenge_window,
             unbonding_delay,
             rpc_wait_secs,
+            approve_dev_evidence,
+            approve_measurements,
         } => {
             let signer = crate::keyfile::load_or_create(&key)?;
             let ledger = RpcLedger::connect(&rpc, Duration::from_secs(rpc_wait_secs))
@@ -168,6 +207,15 @@ pub async fn run(cmd: ChainCommand) -> anyhow::Result<()> {
                 challenge_window,
                 unbonding_delay,
                 escrow_withdraw_delay: unbonding_delay,
+                approved_measurements: approve_measurements
+                    .into_iter()
+                    .chain(
+                        [Role::Inference, Role::Verifier]
+                            .into_iter()
+                            .filter(|_| approve_dev_evidence)
+                            .map(|r| (r, cairn_core::DEV_MEASUREMENT)),
+                    )
+                    .collect(),
                 ..DeployParams::devnet(governor.unwrap_or(me), treasury.unwrap_or(me))
             };
             let d = deploy(&ledger, &signer, &params).await?;
@@ -198,17 +246,45 @@ pub async fn run(cmd: ChainCommand) -> anyhow::Result<()> {
             stake,
             endpoint,
         } => {
-            let signer = crate::keyfile::load_or_create(&key)?;
+            crate::verify_cmd::register_cmd(crate::verify_cmd::RegisterArgs {
+                chain,
+                key,
+                role,
+                stake,
+                endpoint,
+                attester: crate::verify_cmd::AttesterArg::Dev,
+            })
+            .await
+        }
+        ChainCommand::Measurement {
+            chain,
+            key,
+            role,
+            measurement,
+            revoke,
+        } => {
+            let gov = crate::keyfile::load_or_create(&key)?;
             let chain = chain.connect().await?;
-            let out = chain
-                .register(&signer, role.into(), &endpoint, stake)
-                .await?;
+            let m = if measurement == "dev" {
+                cairn_core::DEV_MEASUREMENT
+            } else {
+                measurement
+                    .parse()
+                    .context("--measurement: a 0x-prefixed 32-byte hex value, or `dev`")?
+            };
+            chain.set_measurement(&gov, role.into(), m, !revoke).await?;
             println!(
-                "registered {} as {:?} (tx {})",
-                signer.address(),
-                Role::from(role),
-                out.hash
+                "{} measurement {m} for {:?}",
+                if revoke { "revoked" } else { "approved" },
+                Role::from(role)
             );
+            Ok(())
+        }
+        ChainCommand::RegistrationQuorum { chain, key, quorum } => {
+            let gov = crate::keyfile::load_or_create(&key)?;
+            let chain = chain.connect().await?;
+            chain.set_registration_quorum(&gov, quorum).await?;
+            println!("registrations now need {quorum} verifier approvals");
             Ok(())
         }
         ChainCommand::Mint {
@@ -317,24 +393,14 @@ pub async fn status(chain: &Chain) -> anyhow::Result<Value> {
     let d = chain.deployment();
     let ledger = chain.ledger();
     let head = ledger.head().await?;
-    let registered = ledger
-        .logs(LogFilter {
-            address: Some(d.registry),
-            topic0: Some(NodeRegistry::NodeRegistered::SIGNATURE_HASH),
-            from_block: 0,
-        })
-        .await?;
     let mut nodes = Vec::new();
-    for l in registered {
-        let Ok(e) = NodeRegistry::NodeRegistered::decode_log(&l.log) else {
-            continue;
-        };
-        let n = chain.node(e.node).await?;
+    for who in chain.registered_nodes().await? {
+        let n = chain.node(who).await?;
         let mut v = serde_json::to_value(&n)?;
-        v["tokenBalance"] = json!(chain.token_balance(e.node).await?.to_string());
+        v["tokenBalance"] = json!(chain.token_balance(who).await?.to_string());
         if n.role == Some(Role::Inference) {
             // Where callers' payments wait until they become batch fees.
-            let vault = chain.vault_of(e.node).await?;
+            let vault = chain.vault_of(who).await?;
             v["vault"] = json!(vault);
             v["vaultBalance"] = json!(chain.token_balance(vault).await?.to_string());
         }
@@ -420,28 +486,6 @@ fn print_status(s: &Value) {
     }
 }
 
-/// `cairn verifier run`.
-pub async fn verifier(chain: ChainArgs, key: &Path, tick: Duration) -> anyhow::Result<()> {
-    let signer = crate::keyfile::load_or_create(key)?;
-    let chain = chain.connect().await?;
-    if !chain.is_active(signer.address(), Role::Verifier).await? {
-        bail!(
-            "{} is not an active verifier on this deployment; register it with `cairn chain register --role verifier`",
-            signer.address()
-        );
-    }
-    println!(
-        "verifier {} watching {}",
-        signer.address(),
-        chain.ledger().describe()
-    );
-    let v = cairn_verifier::BatchVerifier::new(chain, signer);
-    tokio::select! {
-        _ = v.run(tick) => Ok(()),
-        _ = crate::shutdown_signal() => Ok(()),
-    }
-}
-
 /// The devnet's well-known accounts: (index, role).
 pub const DEVNET_ACCOUNTS: [(usize, &str); 10] = [
     (0, "governor, deployer, token minter"),
@@ -497,34 +541,23 @@ pub async fn devnet_chain(
             )
             .await?;
     }
+    // The genesis verifiers join while registrations need no approvals; from then on every
+    // registration (the node's included) needs two of them.
     for i in DEVNET_VERIFIERS {
+        let key = dev_signer(i);
         chain
             .register(
-                &dev_signer(i),
-                Role::Verifier,
-                "devnet:in-process",
+                &key,
+                &RegistrationRequest::dev(key.address(), Role::Verifier, "devnet:starting"),
                 U256::from(100u64) * unit,
+                vec![],
             )
             .await?;
     }
+    chain.set_registration_quorum(&gov, 2).await?;
     // Written last: its presence means the chain is fully set up.
     d.save(&deployment_path)?;
     Ok(chain)
-}
-
-/// Registers the devnet node at `url`, or points its registration there.
-pub async fn devnet_register_node(chain: &Chain, url: &str) -> anyhow::Result<()> {
-    let key = dev_signer(DEVNET_NODE);
-    let info = chain.node(key.address()).await?;
-    let unit = U256::from(cairn_ledger::deploy::TOKEN_UNIT);
-    if info.role.is_none() {
-        chain
-            .register(&key, Role::Inference, url, U256::from(1_000u64) * unit)
-            .await?;
-    } else if info.endpoint != url {
-        chain.set_endpoint(&key, url).await?;
-    }
-    Ok(())
 }
 
 /// Prints the devnet's contracts and accounts (keys are public dev keys).

@@ -5,6 +5,7 @@ mod chain_cmd;
 mod keyfile;
 mod node_cmd;
 mod pay_cmd;
+mod verify_cmd;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -58,6 +59,10 @@ enum Command {
         /// escrows their fees itself).
         #[arg(long)]
         free: bool,
+        #[command(flatten)]
+        verifiers: DevnetVerifiers,
+        #[command(flatten)]
+        faults: node_cmd::FaultArgs,
     },
     /// The inference node.
     #[command(subcommand)]
@@ -110,24 +115,17 @@ enum Command {
     /// The settlement contracts: deploy, inspect, register.
     #[command(subcommand)]
     Chain(chain_cmd::ChainCommand),
-    /// A verifier: co-signs the batches whose receipts hold up.
+    /// A verifier: checks batches, re-executes a sample, co-signs or proves fraud.
     #[command(subcommand)]
     Verifier(VerifierCommand),
+    /// Registered nodes and verifiers with their evidence status (active ones unless --all).
+    Nodes(verify_cmd::NodesArgs),
 }
 
 #[derive(Subcommand)]
 enum VerifierCommand {
-    /// Watch a deployment and co-sign batches.
-    Run {
-        #[command(flatten)]
-        chain: chain_cmd::ChainArgs,
-        /// The verifier's key file (registered with `cairn chain register --role verifier`).
-        #[arg(long)]
-        key: PathBuf,
-        /// Milliseconds between passes.
-        #[arg(long, default_value_t = 1_000)]
-        tick_ms: u64,
-    },
+    /// Follow a deployment: check and sample batches, co-sign or challenge, serve verdicts.
+    Serve(Box<verify_cmd::VerifierServeArgs>),
 }
 
 #[derive(Args, Clone)]
@@ -239,6 +237,8 @@ enum HubCommand {
 enum NodeCommand {
     /// Serve an inference node.
     Serve(node_cmd::NodeServeArgs),
+    /// Register in the registry: fresh evidence, approved by a quorum of verifiers.
+    Register(verify_cmd::RegisterArgs),
 }
 
 #[derive(Subcommand)]
@@ -337,7 +337,7 @@ fn main() -> std::process::ExitCode {
         cli.command,
         Command::Devnet { .. }
             | Command::Hub(HubCommand::Serve { .. })
-            | Command::Node(_)
+            | Command::Node(NodeCommand::Serve(_))
             | Command::Verifier(_)
     );
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
@@ -377,6 +377,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             batch_max_age_secs,
             challenge_window,
             free,
+            verifiers,
+            faults,
         } => {
             devnet(
                 data_dir,
@@ -389,6 +391,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     batch_max_age_secs,
                     challenge_window,
                     free,
+                    verifiers,
+                    faults,
                 },
             )
             .await
@@ -445,11 +449,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             node_cmd::reexec(&receipt, &input, output.as_deref(), &hub, &cache).await
         }
         Command::Chain(cmd) => chain_cmd::run(cmd).await,
-        Command::Verifier(VerifierCommand::Run {
-            chain,
-            key,
-            tick_ms,
-        }) => chain_cmd::verifier(chain, &key, std::time::Duration::from_millis(tick_ms)).await,
+        Command::Verifier(VerifierCommand::Serve(args)) => verify_cmd::serve(*args).await,
+        Command::Node(NodeCommand::Register(args)) => verify_cmd::register_cmd(args).await,
+        Command::Nodes(args) => verify_cmd::nodes_cmd(args).await,
         Command::Key(KeyCommand::Address { key }) => {
             println!(
                 "{}",
@@ -488,6 +490,22 @@ struct DevnetChain {
     batch_max_age_secs: u64,
     challenge_window: u64,
     free: bool,
+    verifiers: DevnetVerifiers,
+    faults: node_cmd::FaultArgs,
+}
+
+/// The devnet's verifiers.
+#[derive(clap::Args, Clone, Debug)]
+struct DevnetVerifiers {
+    /// Fraction of each batch's receipts each verifier re-executes.
+    #[arg(long, default_value_t = 0.25)]
+    sample_rate: f64,
+    /// Seconds after submission within which the node must hand over sampled payloads.
+    #[arg(long, default_value_t = 10)]
+    payload_deadline_secs: u64,
+    /// How many of the three registered verifiers run (quorum stays two).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(0..=3))]
+    verifiers: u8,
 }
 
 async fn devnet(
@@ -539,19 +557,58 @@ async fn devnet(
         batch_max_age_secs: c.batch_max_age_secs,
         redeem_every_secs: 5,
         free: c.free,
+        faults: c.faults.clone(),
         ..node_cmd::NodeServeArgs::defaults()?
     };
     let node_listener = cairn_node::bind(node_listen)
         .await
         .with_context(|| format!("binding {node_listen}"))?;
     let node_url = format!("http://{}", node_listener.local_addr()?);
-    chain_cmd::devnet_register_node(&chain, &node_url).await?;
+    // Three verifiers in this process, each with its own API (verdicts, fraud confirmations,
+    // registration approvals) and state dir; dev evidence is accepted (devnet only).
+    let check = verify_cmd::CheckArgs {
+        sample_rate: c.verifiers.sample_rate,
+        payload_deadline_secs: c.verifiers.payload_deadline_secs,
+        tolerance: 1e-4,
+        allow_dev_evidence: true,
+    };
+    // Verifiers re-execute on tract: bit-exact for tract receipts, a tolerance check otherwise.
+    let v_engine: std::sync::Arc<dyn cairn_engine::Engine> =
+        std::sync::Arc::new(cairn_engine::TractEngine::new());
+    let mut verifier_urls = Vec::new();
+    for i in chain_cmd::DEVNET_VERIFIERS
+        .into_iter()
+        .take(c.verifiers.verifiers as usize)
+    {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let v_url = format!("http://{}", l.local_addr()?);
+        let v = verify_cmd::start_verifier(
+            chain.clone(),
+            cairn_ledger::dev_signer(i),
+            &data_dir.join(format!("verifier-{i}")),
+            &url,
+            &check,
+            v_engine.clone(),
+            l,
+            &v_url,
+            std::time::Duration::from_millis(500),
+        )
+        .await?;
+        verifier_urls.push((v.address(), v_url));
+    }
+    // The node registers like any other: dev evidence approved by two verifiers.
+    verify_cmd::register(
+        &chain,
+        &cairn_ledger::dev_signer(chain_cmd::DEVNET_NODE),
+        cairn_ledger::Role::Inference,
+        &node_url,
+        alloy_primitives::U256::from(1_000u64 * cairn_ledger::deploy::TOKEN_UNIT),
+        &cairn_attest::DevAttester::new(cairn_ledger::dev_signer(chain_cmd::DEVNET_NODE)),
+    )
+    .await
+    .context("registering the devnet node through its verifiers")?;
     let node_state =
         node_cmd::open_node(&node_args, &data_dir.join("node"), Some(chain.clone())).await?;
-    for i in chain_cmd::DEVNET_VERIFIERS {
-        let v = cairn_verifier::BatchVerifier::new(chain.clone(), cairn_ledger::dev_signer(i));
-        tokio::spawn(v.run(std::time::Duration::from_millis(500)));
-    }
     println!("Cairn devnet");
     println!("  data dir: {}", data_dir.display());
     println!("  hub:      {url}");
@@ -560,6 +617,12 @@ async fn devnet(
     println!("  node key: {}", node_state.address());
     println!("  profile:  {}", node_state.profile());
     println!("  demo:     digits@1.0 = {demo}");
+    for (a, u) in &verifier_urls {
+        println!("  verifier: {u} ({a}), samples {}", c.verifiers.sample_rate);
+    }
+    if c.faults.any() {
+        println!("  FAULTS:   the node cheats on purpose: {:?}", c.faults);
+    }
     if c.free {
         println!(
             "  price:    {} token units per inference (not charged: --free)",

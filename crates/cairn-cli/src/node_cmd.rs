@@ -118,6 +118,26 @@ pub struct NodeServeArgs {
     /// Seconds between voucher redemptions (and reconciliations of pending settlements).
     #[arg(long, default_value_t = 30)]
     pub redeem_every_secs: u64,
+    #[command(flatten)]
+    pub faults: FaultArgs,
+}
+
+/// Deliberate misbehaviour, to show the verification network catching it (hidden flags).
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct FaultArgs {
+    /// Alter the output of this fraction of inferences (the receipt lies about it).
+    #[arg(long, hide = true, default_value_t = 0.0)]
+    pub fault_wrong_output: f64,
+    /// Refuse to hand out kept payloads, so samples cannot be re-executed.
+    #[arg(long, hide = true)]
+    pub fault_withhold_payloads: bool,
+}
+
+impl FaultArgs {
+    /// Whether any fault is on.
+    pub fn any(&self) -> bool {
+        self.fault_wrong_output > 0.0 || self.fault_withhold_payloads
+    }
 }
 
 fn parse_model_price(s: &str) -> Result<(String, U256), String> {
@@ -231,6 +251,10 @@ pub async fn open_node(
         fsync_receipts: args.fsync_receipts,
         settlement,
         payments,
+        faults: cairn_node::Faults {
+            wrong_output_rate: args.faults.fault_wrong_output,
+            withhold_payloads: args.faults.fault_withhold_payloads,
+        },
     })
     .await?;
     Ok(state)

@@ -241,7 +241,7 @@ fn node_settles_on_anvil_with_separate_verifier_processes() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let (node_key, node_addr) = funded_key(&anvil_url, d, "node.key");
-    let verifiers: Vec<(PathBuf, String)> = (0..2)
+    let verifiers: Vec<(PathBuf, String)> = (0..3)
         .map(|i| funded_key(&anvil_url, d, &format!("verifier{i}.key")))
         .collect();
     let anv = AnvilChain::deploy(&anvil_url, d, &["--quorum", "2", "--challenge-window", "2"]);
@@ -250,6 +250,38 @@ fn node_settles_on_anvil_with_separate_verifier_processes() {
     for who in std::iter::once(&node_addr).chain(verifiers.iter().map(|v| &v.1)) {
         anv.mint(who, "1000000000000");
     }
+    // Genesis verifiers join while registrations need no approvals, then governance asks for two.
+    let mut running = Vec::new();
+    for (i, (key, _)) in verifiers.iter().enumerate() {
+        anv.register(key, "verifier", "100000000", "test:verifier");
+        let vdir = d.join(format!("verifier{i}"));
+        let mut run = vec![
+            "verifier",
+            "serve",
+            "--key",
+            key.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--hub",
+            &net.url,
+            "--data-dir",
+            vdir.to_str().unwrap(),
+            "--allow-dev-evidence",
+            "--sample-rate",
+            "1",
+            "--tick-ms",
+            "300",
+        ];
+        run.extend_from_slice(&chain);
+        running.push(Server::command(&run, "verifier:"));
+    }
+    anv.cairn(&[
+        "chain",
+        "registration-quorum",
+        "--key",
+        anv.gov.to_str().unwrap(),
+        "2",
+    ]);
     let node = Server::node(
         &net.url,
         &[
@@ -266,21 +298,20 @@ fn node_settles_on_anvil_with_separate_verifier_processes() {
             dep,
         ],
     );
-    anv.register(&node_key, "inference", "1000000000", &node.node_url);
-    let mut running = Vec::new();
-    for (key, _) in &verifiers {
-        anv.register(key, "verifier", "100000000", "test:verifier");
-        let mut run = vec![
-            "verifier",
-            "run",
-            "--key",
-            key.to_str().unwrap(),
-            "--tick-ms",
-            "300",
-        ];
-        run.extend_from_slice(&chain);
-        running.push(Server::command(&run, "verifier"));
-    }
+    // The node registers through the verifiers: each checks its evidence and signs.
+    let out = anv.cairn(&[
+        "node",
+        "register",
+        "--key",
+        node_key.to_str().unwrap(),
+        "--stake",
+        "1000000000",
+        "--endpoint",
+        &node.node_url,
+    ]);
+    assert!(out.contains("with dev evidence"), "{out}");
+    let listed = anv.cairn(&["nodes"]);
+    assert!(listed.contains("dev (software key, not a TEE)"), "{listed}");
 
     let receipts: Vec<Value> = (0..2)
         .map(|i| infer(&net.url, &node.node_url, d, i))
@@ -290,6 +321,35 @@ fn node_settles_on_anvil_with_separate_verifier_processes() {
     for r in &receipts {
         wait_finalized(&node.node_url, r);
     }
+    // Every verifier re-executed the receipts (sample rate 1) and kept its verdict.
+    let v0 = running[0].url.clone();
+    let id = SignedReceipt::verify_json(&receipts[0]).unwrap().id();
+    let found = get(&format!("{v0}/v1/verdicts/receipts/{id}"));
+    assert_eq!(found["verdicts"][0]["outcome"], "confirmed", "{found}");
+    assert_eq!(found["verdicts"][0]["comparison"], "bit-exact", "{found}");
+
+    // One verifier down: the other two still make the quorum.
+    drop(running.remove(2));
+    let later = infer(&net.url, &node.node_url, d, 2);
+    let settled = wait_finalized(&node.node_url, &later);
+    assert_eq!(settled["batch"]["status"], "finalized");
+
+    // Governance revokes the dev measurement for inference nodes: the node is no longer offered.
+    anv.cairn(&[
+        "chain",
+        "measurement",
+        "--key",
+        anv.gov.to_str().unwrap(),
+        "--role",
+        "inference",
+        "--measurement",
+        "dev",
+        "--revoke",
+    ]);
+    let listed = anv.cairn(&["nodes"]);
+    assert!(!listed.contains(&node_addr), "{listed}");
+    let all = anv.cairn(&["nodes", "--all"]);
+    assert!(all.contains("measurement revoked"), "{all}");
     let receipt_file = d.join("receipt-1.json");
     let mut args = vec!["receipt", "settled", receipt_file.to_str().unwrap()];
     args.extend_from_slice(&["--node", &node.node_url]);

@@ -12,7 +12,8 @@ use alloy_sol_types::SolCall;
 use cairn_ledger::anvil::Anvil;
 use cairn_ledger::deploy::{TOKEN_UNIT, deploy};
 use cairn_ledger::{
-    Chain, DeployParams, EmbeddedLedger, Ledger, Role, RpcLedger, TxRequest, dev_signer,
+    Chain, DeployParams, EmbeddedLedger, Ledger, RegistrationRequest, Role, RpcLedger, TxRequest,
+    dev_signer,
 };
 use cairn_receipt::merkle::ReceiptTree;
 
@@ -49,9 +50,9 @@ async fn setup(ledger: Arc<dyn Ledger>) -> Chain {
     chain
         .register(
             &dev_signer(2),
-            Role::Inference,
-            "bench",
+            &RegistrationRequest::dev(dev_signer(2).address(), Role::Inference, "bench"),
             U256::from(1_000u64) * unit,
+            vec![],
         )
         .await
         .unwrap();
@@ -59,9 +60,9 @@ async fn setup(ledger: Arc<dyn Ledger>) -> Chain {
         chain
             .register(
                 &dev_signer(i),
-                Role::Verifier,
-                "bench",
+                &RegistrationRequest::dev(dev_signer(i).address(), Role::Verifier, "bench"),
                 U256::from(100u64) * unit,
+                vec![],
             )
             .await
             .unwrap();

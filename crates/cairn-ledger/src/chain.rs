@@ -733,6 +733,23 @@ impl Chain {
         Ok((id, out))
     }
 
+    /// Every node ever registered (its `NodeRegistered` events), in registration order.
+    pub async fn registered_nodes(&self) -> Result<Vec<Address>, LedgerError> {
+        let logs = self
+            .ledger
+            .logs(crate::LogFilter {
+                address: Some(self.deployment.registry),
+                topic0: Some(NodeRegistry::NodeRegistered::SIGNATURE_HASH),
+                from_block: self.deployment.block,
+            })
+            .await?;
+        Ok(logs
+            .iter()
+            .filter_map(|l| NodeRegistry::NodeRegistered::decode_log(&l.log).ok())
+            .map(|e| e.node)
+            .collect())
+    }
+
     /// Every `BatchSubmitted` from block `from_block` on (at the earliest the deployment's):
     /// (batch id, node, root, transaction).
     pub async fn submitted_batches(
@@ -939,6 +956,25 @@ impl Chain {
         let hash = self
             .attestation(batch)
             .eip712_signing_hash(&self.settlement_domain());
+        signature
+            .recover_address_from_prehash(&hash)
+            .map_err(|e| LedgerError::Invalid(format!("unrecoverable signature: {e}")))
+    }
+
+    /// Who signed a fraud verdict on receipt `receipt_hash` of batch `batch_id`.
+    pub fn verdict_signer(
+        &self,
+        batch_id: u64,
+        receipt_hash: B256,
+        evidence_hash: B256,
+        signature: &Signature,
+    ) -> Result<Address, LedgerError> {
+        let hash = FraudVerdict {
+            batchId: U256::from(batch_id),
+            receiptHash: receipt_hash,
+            evidenceHash: evidence_hash,
+        }
+        .eip712_signing_hash(&self.settlement_domain());
         signature
             .recover_address_from_prehash(&hash)
             .map_err(|e| LedgerError::Invalid(format!("unrecoverable signature: {e}")))

@@ -16,9 +16,7 @@ use alloy_primitives::{Address, B256, Bytes, Log, U256};
 use alloy_signer_local::PrivateKeySigner;
 use async_trait::async_trait;
 
-pub use chain::{
-    BatchInfo, BatchStatus, Chain, ChannelState, NodeInfo, RegistrationRequest, Role,
-};
+pub use chain::{BatchInfo, BatchStatus, Chain, ChannelState, NodeInfo, RegistrationRequest, Role};
 pub use deploy::{DeployParams, Deployment, dev_signer, dev_signers};
 pub use embedded::EmbeddedLedger;
 pub use rpc::RpcLedger;

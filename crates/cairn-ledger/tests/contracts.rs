@@ -15,8 +15,7 @@ use cairn_ledger::contracts::Settlement;
 use cairn_ledger::deploy::{TOKEN_UNIT, deploy};
 use cairn_ledger::{
     BatchStatus, Chain, DeployParams, EmbeddedLedger, Ledger, LedgerError, RegistrationRequest,
-    Role, RpcLedger,
-    dev_signer,
+    Role, RpcLedger, dev_signer,
 };
 use cairn_receipt::merkle::ReceiptTree;
 use cairn_receipt::{Claims, ReceiptDomain, SignedReceipt};
@@ -800,7 +799,12 @@ async fn registration_quorum(ledger: Arc<dyn Ledger>) {
     assert!(reason(e).contains("QuorumNotMet"));
     // Approvals by non-verifiers are refused.
     let e = chain
-        .register(newcomer, &req, stake, approve(&[&a.payer, &a.treasury], &req))
+        .register(
+            newcomer,
+            &req,
+            stake,
+            approve(&[&a.payer, &a.treasury], &req),
+        )
         .await
         .unwrap_err();
     assert!(reason(e).contains("NotActiveVerifier"), "forged quorum");
@@ -818,7 +822,10 @@ async fn registration_quorum(ledger: Arc<dyn Ledger>) {
         )
         .await
         .unwrap_err();
-    assert!(reason(e).contains("NotActiveVerifier"), "approval of other values");
+    assert!(
+        reason(e).contains("NotActiveVerifier"),
+        "approval of other values"
+    );
     // An unapproved measurement is refused whatever the verifiers say.
     let rogue = RegistrationRequest {
         measurement: keccak256("rogue image"),
@@ -873,7 +880,10 @@ async fn registration_quorum(ledger: Arc<dyn Ledger>) {
         .set_measurement(&a.payer, Role::Inference, tee, true)
         .await
         .unwrap_err();
-    assert!(reason(e).contains("AccessControl"), "only governance approves");
+    assert!(
+        reason(e).contains("AccessControl"),
+        "only governance approves"
+    );
 }
 
 async fn run_all(ledger: Arc<dyn Ledger>) {

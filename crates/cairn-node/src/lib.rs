@@ -88,6 +88,27 @@ pub struct NodeConfig {
     pub settlement: Option<batcher::SettlementConfig>,
     /// x402 payments (needs `settlement`); `None` serves without asking for payment.
     pub payments: Option<PaymentConfig>,
+    /// Deliberate misbehaviour, for showing that the verification network catches it. Off
+    /// unless asked for; `/v1/node` reports it.
+    pub faults: Faults,
+}
+
+/// Ways a node can be told to cheat (tests and demonstrations of slashing).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Faults {
+    /// Fraction of inferences whose output is altered (the lowest bit of the last output; a subtle lie) before it
+    /// is hashed, signed and returned: a receipt that lies about the model's output.
+    pub wrong_output_rate: f64,
+    /// Refuse to hand out kept payloads (`/v1/receipts/{id}/input|output`), so samples cannot
+    /// be re-executed.
+    pub withhold_payloads: bool,
+}
+
+impl Faults {
+    /// Whether any fault is on.
+    pub fn any(&self) -> bool {
+        self.wrong_output_rate > 0.0 || self.withhold_payloads
+    }
 }
 
 /// How the node is paid.

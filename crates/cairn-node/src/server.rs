@@ -48,6 +48,7 @@ struct Inner {
     total: Arc<Semaphore>,
     per_model: Mutex<HashMap<BlobId, Arc<Semaphore>>>,
     workers: Arc<Semaphore>,
+    faults: crate::Faults,
 }
 
 pub(crate) async fn open(c: NodeConfig) -> Result<NodeState, NodeError> {
@@ -107,6 +108,7 @@ pub(crate) async fn open(c: NodeConfig) -> Result<NodeState, NodeError> {
         total: Arc::new(Semaphore::new(c.limits.queue_total)),
         per_model: Mutex::new(HashMap::new()),
         workers: Arc::new(Semaphore::new(c.limits.workers.max(1))),
+        faults: c.faults,
     })))
 }
 
@@ -254,6 +256,10 @@ async fn node_info(State(s): State<NodeState>) -> Result<Json<Value>, NodeError>
         "price": i.price.to_string(),
         "settlement": i.settlement,
         "payments": i.payments,
+        "faults": i.faults.any().then(|| json!({
+            "wrongOutputRate": i.faults.wrong_output_rate,
+            "withholdPayloads": i.faults.withhold_payloads,
+        })),
         "modelsLoaded": i.cache.loaded(),
         "receipts": i.log.count().await?,
         "limits": {
@@ -442,6 +448,11 @@ async fn batch(State(s): State<NodeState>, Path(id): Path<u64>) -> Result<Json<V
 }
 
 async fn payload(s: &NodeState, id: &str, output: bool) -> Result<Response, NodeError> {
+    if s.0.faults.withhold_payloads {
+        return Err(NodeError::Overloaded(
+            "payloads are not available right now; retry later".into(),
+        ));
+    }
     let bytes =
         s.0.log
             .payload(&id.to_ascii_lowercase(), output)
@@ -452,6 +463,27 @@ async fn payload(s: &NodeState, id: &str, output: bool) -> Result<Response, Node
                 ))
             })?;
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
+}
+
+/// A uniform draw in [0, 1).
+fn unit_random() -> f64 {
+    let r = B256::random();
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&r[..8]);
+    (u64::from_be_bytes(b) >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// Flips the lowest bit of the last output's first byte (the `wrong_output_rate` fault).
+fn corrupt_last_output(outputs: &mut [Tensor]) {
+    if let Some(t) = outputs.last_mut()
+        && !t.data().is_empty()
+    {
+        let mut data = t.data().to_vec();
+        data[0] ^= 1;
+        if let Ok(altered) = Tensor::new(t.name(), t.dtype(), t.shape().to_vec(), data) {
+            *t = altered;
+        }
+    }
 }
 
 async fn receipt_input(
@@ -761,13 +793,17 @@ async fn run_infer(
     };
     let profile = i.cache.engine().profile().clone();
     let model_cid = loaded.cid;
+    let cheat = i.faults.wrong_output_rate > 0.0 && unit_random() < i.faults.wrong_output_rate;
     let work = move || {
         let _worker = worker;
-        let outputs = loaded.plan.run(&inputs).map_err(|e| match e {
+        let mut outputs = loaded.plan.run(&inputs).map_err(|e| match e {
             EngineError::Input(m) => NodeError::WrongInput(m),
             EngineError::Run(m) => NodeError::ModelFailed(m),
             other => NodeError::ModelFailed(other.to_string()),
         })?;
+        if cheat {
+            corrupt_last_output(&mut outputs);
+        }
         let claims = Claims {
             request_id: B256::random(),
             model: model_cid,

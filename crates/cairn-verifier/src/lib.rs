@@ -1,22 +1,48 @@
-//! Verifier: watches the settlement contract for submitted batches, fetches each batch's receipts
-//! from the node that submitted it, checks them, and hands its EIP-712 attestation to the node
-//! (which puts a quorum of them on chain).
+//! Verifier: follows the registry and the settlement contract, checks every receipt of every
+//! submitted batch, re-executes a secret random sample on the receipts' execution profile,
+//! co-signs the batches that hold up, and proves the ones that do not.
 //!
-//! What a batch must satisfy to be co-signed: every receipt is a valid EIP-712 receipt signed by
-//! the batch's node under the settlement contract's domain, the receipts rebuild the submitted
-//! Merkle root, and their count and summed prices equal the batch's count and fees. Re-executing
-//! a sample on the pinned profile and attestation checks come on top of this.
+//! Per batch:
+//! 1. Every receipt is a valid EIP-712 receipt signed by the batch's node under the settlement
+//!    contract's domain; the receipts rebuild the committed Merkle root; their count and summed
+//!    prices equal the batch's; every model they name exists on the hub.
+//! 2. A [`Sampler`] picks receipts from a per-verifier secret and the batch root. Each sampled
+//!    receipt is re-executed ([`Reexecutor`]): input fetched from the node and checked against
+//!    the input hash, model fetched by CID and hashed, outputs compared bit for bit (tract
+//!    profiles) or within a stated tolerance (onnxruntime profiles). A node that does not hand
+//!    over a sampled payload within the payload deadline (counted from the batch's submission)
+//!    fails that sample.
+//! 3. No fault: sign the `BatchAttestation` and hand it to the node (which lands a quorum).
+//!    A fault: sign a `FraudVerdict`, ask the other active verifiers to re-check that receipt
+//!    themselves (`POST /v1/challenges`), and with a quorum of identical verdicts submit
+//!    `Settlement.challenge` (receipt, inclusion proof, verdicts): the batch is voided, the node
+//!    slashed, and the verdict's signers rewarded.
+//!
+//! Every verdict and its evidence are kept ([`VerdictStore`]) and served over HTTP
+//! ([`server::router`]), which also approves registrations ([`Verifier::approve_registration`]).
+
+pub mod economics;
+mod reexec;
+pub mod server;
+mod store;
 
 use std::collections::{BTreeSet, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use alloy_primitives::{B256, U256};
+use alloy_primitives::{Address, B256, Signature, U256};
 use alloy_signer_local::PrivateKeySigner;
-use cairn_ledger::{BatchInfo, BatchStatus, Chain};
+use cairn_attest::{Evidence, Verified};
+use cairn_ledger::contracts::Settlement;
+use cairn_ledger::{BatchInfo, BatchStatus, Chain, RegistrationRequest, Role};
 use cairn_receipt::SignedReceipt;
 use cairn_receipt::merkle::ReceiptTree;
+use serde_json::{Value, json};
 
-/// Why a batch was not co-signed.
+pub use reexec::{Outcome, Reexecutor, Sampler, max_abs_diff};
+pub use store::{StoreError, VerdictStore};
+
+/// Why a batch was not co-signed, or a request was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
     /// The batch's receipts do not hold up; the verifier refuses to sign.
@@ -27,7 +53,8 @@ pub enum VerifyError {
         /// What was wrong.
         reason: String,
     },
-    /// The node or the chain could not be reached; try again later.
+    /// The node, a peer or the chain could not be reached, or a deadline has not passed; try
+    /// again later.
     #[error("batch {batch}: {reason}")]
     Unavailable {
         /// On-chain batch id.
@@ -35,106 +62,230 @@ pub enum VerifyError {
         /// What failed.
         reason: String,
     },
+    /// A request to this verifier is wrong (bad receipt, proof, evidence...).
+    #[error("{reason}")]
+    BadRequest {
+        /// Stable machine code.
+        code: &'static str,
+        /// What was wrong and what to do.
+        reason: String,
+    },
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
-/// One verifier identity watching one deployment.
-pub struct BatchVerifier {
+/// How a verifier behaves.
+#[derive(Clone, Debug)]
+pub struct VerifierConfig {
+    /// Fraction of each batch's receipts re-executed (0..=1).
+    pub sample_rate: f64,
+    /// The sampling secret (never shared, so nodes cannot predict samples).
+    pub secret: B256,
+    /// How long after a batch's submission a node may take to hand over a sampled payload.
+    pub payload_deadline: Duration,
+    /// Which TEE evidence registrations may carry.
+    pub attestation: cairn_attest::Policy,
+    /// Longest validity a registration approval is given.
+    pub approval_ttl: Duration,
+    /// The hub that must hold every model a receipt names.
+    pub hub_url: String,
+}
+
+/// One verifier identity watching one deployment. Cheap to clone (shared state).
+#[derive(Clone)]
+pub struct Verifier(Arc<Core>);
+
+struct Core {
     chain: Chain,
     key: PrivateKeySigner,
     http: reqwest::Client,
-    /// Batches handled (co-signed, refused, or past needing a signature).
+    reexec: Reexecutor,
+    sampler: Sampler,
+    store: VerdictStore,
+    config: VerifierConfig,
+    /// Models known to exist on the hub.
+    on_hub: Mutex<HashSet<cairn_core::BlobId>>,
+}
+
+/// A fraud finding: what was wrong with which receipt.
+struct Finding {
+    receipt: SignedReceipt,
+    outcome: Outcome,
+    evidence: B256,
+}
+
+/// The follower state of [`Verifier::run`].
+#[derive(Default)]
+struct Follow {
+    /// Batches handled (co-signed, refused, challenged, or past needing anything).
     done: HashSet<u64>,
-    /// Where the next event scan starts; batches that could not be handled yet are retried
-    /// from `retry`, so each scan only reads new blocks.
+    /// Where the next event scan starts.
     next_block: u64,
+    /// Batches to look at again.
     retry: BTreeSet<u64>,
 }
 
-impl BatchVerifier {
-    /// A verifier signing with `key` (which must be registered as a verifier to count).
-    pub fn new(chain: Chain, key: PrivateKeySigner) -> Self {
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// The receipt as the settlement contract takes it.
+pub fn as_settlement(r: &SignedReceipt) -> Settlement::Receipt {
+    let m = r.message();
+    Settlement::Receipt {
+        requestId: m.requestId,
+        model: m.model,
+        inputHash: m.inputHash,
+        outputHash: m.outputHash,
+        profileHash: m.profileHash,
+        node: m.node,
+        timestamp: m.timestamp,
+        price: m.price,
+        paymentRef: m.paymentRef,
+    }
+}
+
+impl Verifier {
+    /// A verifier signing with `key` (registered as a verifier to count), re-executing with
+    /// `reexec`, keeping verdicts in `store`.
+    pub fn new(
+        chain: Chain,
+        key: PrivateKeySigner,
+        reexec: Reexecutor,
+        store: VerdictStore,
+        config: VerifierConfig,
+    ) -> Self {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
             .build()
             .expect("a plain HTTP client builds");
-        Self {
+        Self(Arc::new(Core {
+            sampler: Sampler::new(config.secret, config.sample_rate),
             chain,
             key,
             http,
-            done: HashSet::new(),
-            next_block: 0,
-            retry: BTreeSet::new(),
-        }
+            reexec,
+            store,
+            config,
+            on_hub: Mutex::new(HashSet::new()),
+        }))
     }
 
-    /// Watches forever, one pass every `tick`.
-    pub async fn run(mut self, tick: Duration) {
+    /// This verifier's address.
+    pub fn address(&self) -> Address {
+        self.0.key.address()
+    }
+
+    /// The chain it follows.
+    pub fn chain(&self) -> &Chain {
+        &self.0.chain
+    }
+
+    /// Its verdicts.
+    pub fn store(&self) -> &VerdictStore {
+        &self.0.store
+    }
+
+    /// What `GET /v1/verifier` says.
+    pub fn info(&self) -> Value {
+        json!({
+            "address": self.address().to_checksum(None),
+            "profile": self.0.reexec.profile(),
+            "sampleRate": self.0.sampler.rate(),
+            "payloadDeadlineSecs": self.0.config.payload_deadline.as_secs(),
+            "acceptsDevEvidence": self.0.config.attestation.allow_dev,
+            "settlement": self.0.chain.deployment().settlement.to_checksum(None),
+        })
+    }
+
+    /// Follows the chain forever, one pass every `tick`.
+    pub async fn run(self, tick: Duration) {
+        let mut follow = Follow::default();
         loop {
-            if let Err(e) = self.step().await {
-                tracing::warn!(verifier = %self.key.address(), error = %e, "verifier pass failed");
+            if let Err(e) = self.step(&mut follow).await {
+                tracing::warn!(verifier = %self.address(), error = %e, "verifier pass failed");
             }
             tokio::time::sleep(tick).await;
         }
     }
 
-    /// One pass over submitted batches not yet handled. Returns the batches co-signed.
-    pub async fn step(&mut self) -> Result<Vec<u64>, cairn_ledger::LedgerError> {
-        // Head first: every event up to it is in the scan below, so the next scan starts after it.
-        let head = self.chain.ledger().head().await?.number;
+    /// One pass over submitted batches not yet handled.
+    async fn step(&self, f: &mut Follow) -> Result<(), cairn_ledger::LedgerError> {
+        let chain = &self.0.chain;
+        let head = chain.ledger().head().await?.number;
         // Nodes refuse a log range that starts past their head: scan only when there is news.
-        let submitted = if head >= self.next_block {
-            let found = self.chain.submitted_batches(self.next_block).await?;
-            self.next_block = head + 1;
+        let submitted = if head >= f.next_block {
+            let found = chain.submitted_batches(f.next_block).await?;
+            f.next_block = head + 1;
             found
         } else {
             Vec::new()
         };
-        let mut ids: BTreeSet<u64> = std::mem::take(&mut self.retry);
+        let mut ids: BTreeSet<u64> = std::mem::take(&mut f.retry);
         ids.extend(submitted.into_iter().map(|(id, _, _, _)| id));
-        let mut signed = Vec::new();
         for id in ids {
-            if self.done.contains(&id) {
+            if f.done.contains(&id) {
                 continue;
             }
-            match self.co_sign(id).await {
-                Ok(true) => {
-                    signed.push(id);
-                    self.done.insert(id);
-                }
-                Ok(false) => {
-                    self.done.insert(id);
-                }
-                Err(e @ VerifyError::Refused { .. }) => {
-                    tracing::error!(verifier = %self.key.address(), error = %e, "refusing to attest");
-                    self.done.insert(id);
+            match self.handle(id).await {
+                Ok(()) => {
+                    f.done.insert(id);
                 }
                 Err(e @ VerifyError::Unavailable { .. }) => {
-                    tracing::warn!(verifier = %self.key.address(), error = %e, "will retry");
-                    self.retry.insert(id);
+                    tracing::info!(verifier = %self.address(), error = %e, "will retry");
+                    f.retry.insert(id);
+                }
+                Err(e) => {
+                    tracing::error!(verifier = %self.address(), error = %e, "batch handled with an error");
+                    f.done.insert(id);
                 }
             }
         }
-        Ok(signed)
+        Ok(())
     }
 
-    /// Checks batch `id` and hands in the signature; `false` when it no longer needs one.
-    pub async fn co_sign(&self, id: u64) -> Result<bool, VerifyError> {
+    /// Checks batch `id` and acts on it: attest, refuse, or prove fraud. `Unavailable` means
+    /// "look again later".
+    pub async fn handle(&self, id: u64) -> Result<(), VerifyError> {
         let unavailable = |reason: String| VerifyError::Unavailable { batch: id, reason };
-        let batch = self
+        let c = &self.0;
+        if matches!(
+            c.store.outcome(id)?.as_deref(),
+            Some("attested" | "refused" | "challenged" | "confirmed")
+        ) {
+            return Ok(());
+        }
+        let batch = c
             .chain
             .batch(id)
             .await
             .map_err(|e| unavailable(e.to_string()))?;
-        if batch.status != BatchStatus::Submitted {
-            return Ok(false);
+        let window_open = match batch.status {
+            BatchStatus::Submitted => true,
+            BatchStatus::Attested => {
+                let w = c
+                    .chain
+                    .challenge_window()
+                    .await
+                    .map_err(|e| unavailable(e.to_string()))?;
+                now_secs() < batch.attested_at + w
+            }
+            _ => false,
+        };
+        if !window_open {
+            return Ok(());
         }
-        let node = self
+        let node = c
             .chain
             .node(batch.node)
             .await
             .map_err(|e| unavailable(e.to_string()))?;
-        let base = node.endpoint.trim_end_matches('/');
-        let listing: serde_json::Value = self
+        let base = node.endpoint.trim_end_matches('/').to_string();
+        let listing: Value = c
             .http
             .get(format!("{base}/v1/batches/{id}"))
             .send()
@@ -144,35 +295,116 @@ impl BatchVerifier {
             .json()
             .await
             .map_err(|e| unavailable(format!("reading the batch from {base}: {e}")))?;
-        self.check(&batch, &listing)?;
-        let signature = self
-            .chain
-            .sign_attestation(&self.key, &batch)
-            .map_err(|e| unavailable(e.to_string()))?;
-        self.http
-            .post(format!("{base}/v1/batches/{id}/attestations"))
-            .json(&serde_json::json!({"signature": signature.to_string()}))
-            .send()
-            .await
-            .and_then(|r| r.error_for_status())
-            .map_err(|e| unavailable(format!("handing the attestation to {base}: {e}")))?;
-        tracing::info!(verifier = %self.key.address(), batch = id, "attested");
-        Ok(true)
+        let mut verdict = json!({
+            "batchId": id,
+            "node": batch.node.to_checksum(None),
+            "root": batch.root.to_string(),
+            "count": batch.count,
+            "verifier": self.address().to_checksum(None),
+            "sampleRate": c.sampler.rate(),
+            "profile": c.reexec.profile().to_string(),
+        });
+        let (receipts, tree) = match self.check(&batch, &listing) {
+            Ok(x) => x,
+            Err(VerifyError::Refused { reason, .. }) => {
+                verdict["outcome"] = "refused".into();
+                verdict["reason"] = reason.clone().into();
+                c.store.put_batch(id, "refused", &verdict)?;
+                return Err(VerifyError::Refused { batch: id, reason });
+            }
+            Err(e) => return Err(e),
+        };
+        if let Err(reason) = self.models_on_hub(&receipts).await {
+            verdict["outcome"] = "refused".into();
+            verdict["reason"] = reason.clone().into();
+            c.store.put_batch(id, "refused", &verdict)?;
+            return Err(VerifyError::Refused { batch: id, reason });
+        }
+
+        // Re-execute the sample.
+        let deadline_passed =
+            now_secs() >= batch.submitted_at + c.config.payload_deadline.as_secs();
+        let mut samples = Vec::new();
+        let mut finding: Option<Finding> = None;
+        for r in &receipts {
+            let rh = r.signing_hash();
+            if !c.sampler.sampled(batch.root, rh) {
+                continue;
+            }
+            let outcome = c.reexec.check(&base, r).await;
+            if matches!(outcome, Outcome::Withheld { .. }) && !deadline_passed {
+                return Err(unavailable(format!(
+                    "receipt {}: payload not handed over yet (deadline {} s after submission)",
+                    r.id(),
+                    c.config.payload_deadline.as_secs()
+                )));
+            }
+            let mut s = serde_json::to_value(&outcome).unwrap_or_default();
+            s["requestId"] = r.id().to_string().into();
+            s["receiptHash"] = rh.to_string().into();
+            samples.push(s);
+            if finding.is_none()
+                && let Some(evidence) = outcome.evidence_hash(rh)
+            {
+                finding = Some(Finding {
+                    receipt: r.clone(),
+                    outcome,
+                    evidence,
+                });
+            }
+        }
+        verdict["samples"] = samples.into();
+        verdict["sampled"] = verdict["samples"].as_array().map_or(0, Vec::len).into();
+        // A fraud this verifier signed for a peer counts too: never attest a batch it accused.
+        let accused = !c.store.frauds(id)?.is_empty();
+
+        match finding {
+            None if accused => Ok(()),
+            None if batch.status == BatchStatus::Submitted => {
+                let signature = c
+                    .chain
+                    .sign_attestation(&c.key, &batch)
+                    .map_err(|e| unavailable(e.to_string()))?;
+                c.http
+                    .post(format!("{base}/v1/batches/{id}/attestations"))
+                    .json(&json!({"signature": signature.to_string()}))
+                    .send()
+                    .await
+                    .and_then(|r| r.error_for_status())
+                    .map_err(|e| unavailable(format!("handing the attestation to {base}: {e}")))?;
+                verdict["outcome"] = "attested".into();
+                verdict["attestation"] = signature.to_string().into();
+                c.store.put_batch(id, "attested", &verdict)?;
+                tracing::info!(verifier = %self.address(), batch = id, "attested");
+                Ok(())
+            }
+            None => {
+                verdict["outcome"] = "confirmed".into();
+                c.store.put_batch(id, "confirmed", &verdict)?;
+                Ok(())
+            }
+            Some(f) => self.prove_fraud(&batch, &tree, f, verdict).await,
+        }
     }
 
-    /// The checks a batch must pass (see the crate docs).
-    pub fn check(&self, batch: &BatchInfo, listing: &serde_json::Value) -> Result<(), VerifyError> {
+    /// The static checks of a batch (see the crate docs); the receipts and their tree.
+    pub fn check(
+        &self,
+        batch: &BatchInfo,
+        listing: &Value,
+    ) -> Result<(Vec<SignedReceipt>, ReceiptTree), VerifyError> {
         let refuse = |reason: String| VerifyError::Refused {
             batch: batch.id,
             reason,
         };
-        let receipts = listing["receipts"]
+        let list = listing["receipts"]
             .as_array()
             .ok_or_else(|| refuse("the node's listing has no `receipts` array".into()))?;
-        let d = self.chain.deployment();
-        let mut digests: Vec<B256> = Vec::with_capacity(receipts.len());
+        let d = self.0.chain.deployment();
+        let mut receipts = Vec::with_capacity(list.len());
+        let mut digests: Vec<B256> = Vec::with_capacity(list.len());
         let mut fees = U256::ZERO;
-        for (i, r) in receipts.iter().enumerate() {
+        for (i, r) in list.iter().enumerate() {
             let r = SignedReceipt::verify_json(r)
                 .map_err(|e| refuse(format!("receipt {i} does not verify: {e}")))?;
             if r.signer != batch.node {
@@ -190,6 +422,7 @@ impl BatchVerifier {
             }
             fees += r.claims.price;
             digests.push(r.signing_hash());
+            receipts.push(r);
         }
         if digests.len() != batch.count as usize {
             return Err(refuse(format!(
@@ -212,7 +445,373 @@ impl BatchVerifier {
                 batch.fees
             )));
         }
+        Ok((receipts, tree))
+    }
+
+    /// Every model the receipts name is on the hub (HEAD /v1/blobs/{cid}, remembered).
+    async fn models_on_hub(&self, receipts: &[SignedReceipt]) -> Result<(), String> {
+        let c = &self.0;
+        let wanted: BTreeSet<_> = receipts.iter().map(|r| r.claims.model).collect();
+        for cid in wanted {
+            if c.on_hub.lock().expect("hub set").contains(&cid) {
+                continue;
+            }
+            let url = format!("{}/v1/blobs/{cid}", c.config.hub_url.trim_end_matches('/'));
+            let resp = c.http.head(&url).send().await.map_err(|e| {
+                // The hub being down is not the node's fault, but the batch waits for it.
+                format!("cannot reach the hub to check model {cid}: {e}")
+            })?;
+            if resp.status() == reqwest::StatusCode::NOT_FOUND {
+                return Err(format!("model {cid} named by a receipt is not on the hub"));
+            }
+            if !resp.status().is_success() {
+                return Err(format!("the hub answers {} for model {cid}", resp.status()));
+            }
+            c.on_hub.lock().expect("hub set").insert(cid);
+        }
         Ok(())
+    }
+
+    async fn prove_fraud(
+        &self,
+        batch: &BatchInfo,
+        tree: &ReceiptTree,
+        f: Finding,
+        mut verdict: Value,
+    ) -> Result<(), VerifyError> {
+        let c = &self.0;
+        let id = batch.id;
+        let unavailable = |reason: String| VerifyError::Unavailable { batch: id, reason };
+        let rh = f.receipt.signing_hash();
+        let proof = tree
+            .proof(rh)
+            .ok_or_else(|| unavailable("the receipt is not in its own tree".into()))?;
+        let mine = c
+            .chain
+            .sign_verdict(&c.key, id, rh, f.evidence)
+            .map_err(|e| unavailable(e.to_string()))?;
+        let claim = claim_of(&f.outcome);
+        let fraud = json!({
+            "batchId": id,
+            "requestId": f.receipt.id().to_string(),
+            "receiptHash": rh.to_string(),
+            "evidenceHash": f.evidence.to_string(),
+            "claim": claim,
+            "finding": f.outcome,
+            "signature": mine.to_string(),
+            "origin": "own sample",
+        });
+        c.store.put_fraud(id, &fraud)?;
+        verdict["outcome"] = "fraud".into();
+        verdict["fraud"] = fraud;
+
+        // Ask the other active verifiers to check the same receipt themselves.
+        let quorum = c
+            .chain
+            .quorum()
+            .await
+            .map_err(|e| unavailable(e.to_string()))? as usize;
+        let mut signed: Vec<(Address, Signature)> = vec![(self.address(), mine)];
+        let peers = c
+            .chain
+            .active_nodes(Role::Verifier)
+            .await
+            .map_err(|e| unavailable(e.to_string()))?;
+        let request = json!({
+            "batchId": id,
+            "receipt": f.receipt.to_json(),
+            "proof": proof.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
+            "claim": claim,
+        });
+        let mut answers = Vec::new();
+        for peer in peers.into_iter().filter(|p| *p != self.address()) {
+            if signed.len() >= quorum {
+                break;
+            }
+            let endpoint = match c.chain.node(peer).await {
+                Ok(n) => n.endpoint,
+                Err(e) => {
+                    answers
+                        .push(json!({"verifier": peer.to_checksum(None), "error": e.to_string()}));
+                    continue;
+                }
+            };
+            match self.ask_peer(&endpoint, &request).await {
+                Ok((addr, sig, evidence))
+                    if addr == peer
+                        && evidence == f.evidence
+                        && c.chain.verdict_signer(id, rh, evidence, &sig).ok() == Some(peer) =>
+                {
+                    answers.push(json!({"verifier": peer.to_checksum(None), "agreed": true}));
+                    signed.push((peer, sig));
+                }
+                Ok((_, _, evidence)) => answers.push(json!({
+                    "verifier": peer.to_checksum(None),
+                    "agreed": false,
+                    "error": format!("answered with evidence {evidence} or a signature not its own"),
+                })),
+                Err(e) => answers.push(json!({"verifier": peer.to_checksum(None), "error": e})),
+            }
+        }
+        verdict["peers"] = answers.into();
+        if signed.len() < quorum {
+            c.store.put_batch(id, "fraud", &verdict)?;
+            return Err(unavailable(format!(
+                "fraud on receipt {} confirmed by {} of the {quorum} verifiers needed; asking again",
+                f.receipt.id(),
+                signed.len()
+            )));
+        }
+        let signers: Vec<String> = signed.iter().map(|(a, _)| a.to_checksum(None)).collect();
+        match c
+            .chain
+            .challenge(
+                &c.key,
+                id,
+                as_settlement(&f.receipt),
+                proof,
+                f.evidence,
+                signed,
+            )
+            .await
+        {
+            Ok(tx) => {
+                verdict["outcome"] = "challenged".into();
+                verdict["challenge"] = json!({
+                    "tx": tx.hash.to_string(),
+                    "signers": signers,
+                    "evidenceHash": f.evidence.to_string(),
+                });
+                c.store.put_batch(id, "challenged", &verdict)?;
+                tracing::warn!(verifier = %self.address(), batch = id, receipt = %f.receipt.id(), "fraud proven on chain");
+                Ok(())
+            }
+            Err(e) => {
+                // Another verifier may have landed the same challenge first.
+                let voided = matches!(
+                    c.chain.batch(id).await.map(|b| b.status),
+                    Ok(BatchStatus::Voided)
+                );
+                verdict["outcome"] = "challenged".into();
+                verdict["challenge"] =
+                    json!({"signers": signers, "error": e.to_string(), "voided": voided});
+                if voided {
+                    c.store.put_batch(id, "challenged", &verdict)?;
+                    Ok(())
+                } else {
+                    c.store.put_batch(id, "fraud", &verdict)?;
+                    Err(unavailable(format!("submitting the challenge: {e}")))
+                }
+            }
+        }
+    }
+
+    async fn ask_peer(
+        &self,
+        endpoint: &str,
+        request: &Value,
+    ) -> Result<(Address, Signature, B256), String> {
+        let url = format!("{}/v1/challenges", endpoint.trim_end_matches('/'));
+        let resp = self
+            .0
+            .http
+            .post(&url)
+            .json(request)
+            .send()
+            .await
+            .map_err(|e| format!("POST {url}: {e}"))?;
+        let status = resp.status();
+        let body: Value = resp.json().await.map_err(|e| format!("POST {url}: {e}"))?;
+        if !status.is_success() {
+            return Err(format!(
+                "{status} {}: {}",
+                body["code"].as_str().unwrap_or("?"),
+                body["message"].as_str().unwrap_or("")
+            ));
+        }
+        let parse = || -> Option<(Address, Signature, B256)> {
+            Some((
+                body["verifier"].as_str()?.parse().ok()?,
+                body["signature"].as_str()?.parse().ok()?,
+                body["evidenceHash"].as_str()?.parse().ok()?,
+            ))
+        };
+        parse().ok_or_else(|| format!("{url} answered {body}"))
+    }
+
+    /// A peer's request: re-check receipt `receipt` of batch `batch_id` (included under `proof`)
+    /// and, when this verifier finds the same kind of fault itself, sign the fraud verdict.
+    pub async fn confirm_fraud(
+        &self,
+        batch_id: u64,
+        receipt: &Value,
+        proof: Vec<B256>,
+        claim: &str,
+    ) -> Result<Value, VerifyError> {
+        let c = &self.0;
+        let bad = |code: &'static str, reason: String| VerifyError::BadRequest { code, reason };
+        let unavailable = |reason: String| VerifyError::Unavailable {
+            batch: batch_id,
+            reason,
+        };
+        let r = SignedReceipt::verify_json(receipt).map_err(|e| {
+            bad(
+                "invalid_receipt",
+                format!("the receipt does not verify: {e}"),
+            )
+        })?;
+        let rh = r.signing_hash();
+        let batch = c
+            .chain
+            .batch(batch_id)
+            .await
+            .map_err(|e| unavailable(e.to_string()))?;
+        if !matches!(batch.status, BatchStatus::Submitted | BatchStatus::Attested) {
+            return Err(bad(
+                "batch_closed",
+                format!(
+                    "batch {batch_id} is {:?}: nothing to challenge",
+                    batch.status
+                ),
+            ));
+        }
+        if r.signer != batch.node {
+            return Err(bad(
+                "wrong_node",
+                "the receipt is not signed by the batch's node".into(),
+            ));
+        }
+        let included = c
+            .chain
+            .verify_inclusion(batch_id, rh, proof)
+            .await
+            .map_err(|e| unavailable(e.to_string()))?;
+        if !included {
+            return Err(bad(
+                "not_in_batch",
+                "the proof does not put the receipt in the batch's root".into(),
+            ));
+        }
+        let node = c
+            .chain
+            .node(batch.node)
+            .await
+            .map_err(|e| unavailable(e.to_string()))?;
+        let outcome = c.reexec.check(&node.endpoint, &r).await;
+        if matches!(outcome, Outcome::Withheld { .. })
+            && now_secs() < batch.submitted_at + c.config.payload_deadline.as_secs()
+        {
+            return Err(bad(
+                "too_early",
+                "the node's payload deadline has not passed; ask again later".into(),
+            ));
+        }
+        let Some(evidence) = outcome.evidence_hash(rh) else {
+            return Err(bad(
+                "claim_refuted",
+                format!(
+                    "re-checked receipt {} myself: {}",
+                    r.id(),
+                    serde_json::to_string(&outcome).unwrap_or_default()
+                ),
+            ));
+        };
+        let signature = c
+            .chain
+            .sign_verdict(&c.key, batch_id, rh, evidence)
+            .map_err(|e| unavailable(e.to_string()))?;
+        let fraud = json!({
+            "batchId": batch_id,
+            "requestId": r.id().to_string(),
+            "receiptHash": rh.to_string(),
+            "evidenceHash": evidence.to_string(),
+            "claim": claim_of(&outcome),
+            "claimed": claim,
+            "finding": outcome,
+            "signature": signature.to_string(),
+            "origin": "peer request",
+        });
+        c.store.put_fraud(batch_id, &fraud)?;
+        Ok(json!({
+            "verifier": self.address().to_checksum(None),
+            "signature": signature.to_string(),
+            "evidenceHash": evidence.to_string(),
+            "finding": fraud["finding"],
+        }))
+    }
+
+    /// Checks a node's evidence for registration `req` and signs the approval: the evidence
+    /// verifies (at this verifier's clock and policy), reports `req.measurement`, hashes to
+    /// `req.evidence_digest`, binds `req.node`, the measurement is approved for the role on
+    /// chain, and the deadline is near.
+    pub async fn approve_registration(
+        &self,
+        req: &RegistrationRequest,
+        evidence: &Evidence,
+    ) -> Result<(Signature, Verified), VerifyError> {
+        let c = &self.0;
+        let bad = |code: &'static str, reason: String| VerifyError::BadRequest { code, reason };
+        let now = now_secs();
+        let attest = |e: cairn_attest::AttestError| VerifyError::BadRequest {
+            code: e.code(),
+            reason: e.to_string(),
+        };
+        let v = cairn_attest::verify(evidence, now, c.config.attestation).map_err(attest)?;
+        if evidence.digest() != req.evidence_digest {
+            return Err(bad(
+                "evidence_digest_mismatch",
+                format!(
+                    "the evidence hashes to {}, the registration names {}",
+                    evidence.digest(),
+                    req.evidence_digest
+                ),
+            ));
+        }
+        if v.measurement.0 != req.measurement {
+            return Err(bad(
+                "measurement_mismatch",
+                format!(
+                    "the evidence reports measurement {}, the registration names {}",
+                    v.measurement, req.measurement
+                ),
+            ));
+        }
+        cairn_attest::check_binding(&v, req.node, None).map_err(attest)?;
+        let approved = c
+            .chain
+            .measurement_approved(req.role, req.measurement)
+            .await
+            .map_err(|e| bad("chain_unavailable", e.to_string()))?;
+        if !approved {
+            return Err(attest(cairn_attest::AttestError::NotApproved {
+                measurement: v.measurement,
+                role: format!("{:?}", req.role).to_ascii_lowercase(),
+            }));
+        }
+        if req.deadline <= now || req.deadline > now + c.config.approval_ttl.as_secs() {
+            return Err(bad(
+                "bad_deadline",
+                format!(
+                    "the deadline must be in the next {} s",
+                    c.config.approval_ttl.as_secs()
+                ),
+            ));
+        }
+        let sig = c
+            .chain
+            .sign_registration(&c.key, req)
+            .map_err(|e| bad("signing_failed", e.to_string()))?;
+        tracing::info!(verifier = %self.address(), node = %req.node, kind = %v.kind, "approved a registration");
+        Ok((sig, v))
+    }
+}
+
+fn claim_of(o: &Outcome) -> &'static str {
+    match o {
+        Outcome::Mismatch { .. } => "output_mismatch",
+        Outcome::Withheld { .. } => "payload_withheld",
+        Outcome::WrongPayload { .. } => "wrong_payload",
+        _ => "none",
     }
 }
 

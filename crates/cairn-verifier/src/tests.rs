@@ -7,9 +7,14 @@ use cairn_ledger::{BatchInfo, BatchStatus, DeployParams, EmbeddedLedger, dev_sig
 use cairn_receipt::{Claims, ReceiptDomain, SignedReceipt};
 use serde_json::{Value, json};
 
+use std::time::Duration;
+
+use alloy_primitives::Signature;
+use cairn_ledger::{RegistrationRequest, Role};
+
 use super::*;
 
-async fn verifier() -> (BatchVerifier, tempfile::TempDir) {
+async fn verifier() -> (Verifier, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let gov = dev_signer(0);
     let ledger = EmbeddedLedger::open(
@@ -26,7 +31,23 @@ async fn verifier() -> (BatchVerifier, tempfile::TempDir) {
     .await
     .unwrap();
     let chain = Chain::new(Arc::new(ledger), d).unwrap();
-    (BatchVerifier::new(chain, dev_signer(3)), dir)
+    let hub = cairn_hub::HubClient::new("http://127.0.0.1:9", None).unwrap();
+    let engine: Arc<dyn cairn_engine::Engine> = Arc::new(cairn_engine::TractEngine::new());
+    let cache = cairn_node::cache::ModelCache::new(dir.path().join("models"), hub, engine, 1 << 26);
+    let store = VerdictStore::open(&dir.path().join("verdicts.sqlite")).unwrap();
+    let config = VerifierConfig {
+        sample_rate: 0.05,
+        secret: B256::repeat_byte(7),
+        payload_deadline: Duration::from_secs(30),
+        attestation: cairn_attest::Policy { allow_dev: true },
+        approval_ttl: Duration::from_secs(600),
+        hub_url: "http://127.0.0.1:9".into(),
+    };
+    let reexec = Reexecutor::new(cache, 1e-4);
+    (
+        Verifier::new(chain, dev_signer(3), reexec, store, config),
+        dir,
+    )
 }
 
 fn receipt(domain: ReceiptDomain, node: &PrivateKeySigner, i: u64) -> SignedReceipt {
@@ -66,7 +87,7 @@ fn batch_of(node: Address, rs: &[SignedReceipt]) -> (BatchInfo, Value) {
     (info, listing)
 }
 
-fn refused(v: &BatchVerifier, b: &BatchInfo, l: &Value) -> String {
+fn refused(v: &Verifier, b: &BatchInfo, l: &Value) -> String {
     match v.check(b, l) {
         Err(VerifyError::Refused { reason, .. }) => reason,
         other => panic!("expected a refusal, got {other:?}"),
@@ -76,7 +97,7 @@ fn refused(v: &BatchVerifier, b: &BatchInfo, l: &Value) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn co_signs_only_batches_whose_receipts_hold_up() {
     let (v, _dir) = verifier().await;
-    let d = v.chain.deployment().clone();
+    let d = v.chain().deployment().clone();
     let domain = ReceiptDomain {
         chain_id: d.chain_id,
         verifying_contract: d.settlement,
@@ -117,4 +138,122 @@ async fn co_signs_only_batches_whose_receipts_hold_up() {
     tampered["receipts"][1]["typedData"]["message"]["price"] = json!("11");
     assert!(refused(&v, &good, &tampered).contains("does not verify"));
     assert!(refused(&v, &good, &json!({})).contains("no `receipts`"));
+}
+
+#[test]
+fn sampling_hits_its_rate_and_depends_on_secret_and_root() {
+    let a = Sampler::new(B256::repeat_byte(1), 0.05);
+    let b = Sampler::new(B256::repeat_byte(2), 0.05);
+    let root = keccak256("root");
+    let n = 40_000;
+    let hits = (0..n)
+        .filter(|i| a.sampled(root, keccak256(format!("{i}"))))
+        .count();
+    let rate = hits as f64 / n as f64;
+    assert!((rate - 0.05).abs() < 0.005, "sampled {rate}");
+    // Two secrets pick different receipts; the same secret under another root too.
+    let picks = |s: &Sampler, root| -> Vec<usize> {
+        (0..2_000)
+            .filter(|i| s.sampled(root, keccak256(format!("{i}"))))
+            .collect()
+    };
+    assert_ne!(picks(&a, root), picks(&b, root));
+    assert_ne!(picks(&a, root), picks(&a, keccak256("other root")));
+    assert!(Sampler::new(B256::ZERO, 1.0).sampled(root, root));
+    assert!(!Sampler::new(B256::ZERO, 0.0).sampled(root, root));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registrations_are_approved_only_for_sound_bound_approved_evidence() {
+    use cairn_attest::{Attester, DevAttester, report_data};
+    let (v, _dir) = verifier().await;
+    let node = PrivateKeySigner::random();
+    let evidence = DevAttester::new(node.clone())
+        .evidence(&report_data(node.address(), None))
+        .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let req = RegistrationRequest {
+        node: node.address(),
+        role: Role::Inference,
+        endpoint: "http://node".into(),
+        measurement: cairn_core::DEV_MEASUREMENT,
+        evidence_digest: evidence.digest(),
+        deadline: now + 300,
+    };
+    let (sig, verified) = v.approve_registration(&req, &evidence).await.unwrap();
+    assert!(!verified.tee);
+    assert_eq!(
+        v.chain().registration_signer(&req, &sig).unwrap(),
+        v.address()
+    );
+    let code = |r: Result<(Signature, cairn_attest::Verified), VerifyError>| match r {
+        Err(VerifyError::BadRequest { code, .. }) => code,
+        other => panic!("expected a refusal, got {other:?}"),
+    };
+    // Evidence bound to another key.
+    let other = PrivateKeySigner::random();
+    let foreign = DevAttester::new(other.clone())
+        .evidence(&report_data(other.address(), None))
+        .unwrap();
+    let r = RegistrationRequest {
+        evidence_digest: foreign.digest(),
+        ..req.clone()
+    };
+    assert_eq!(
+        code(v.approve_registration(&r, &foreign).await),
+        "evidence_wrongly_bound"
+    );
+    // Evidence other than the one named.
+    assert_eq!(
+        code(v.approve_registration(&req, &foreign).await),
+        "evidence_digest_mismatch"
+    );
+    // A measurement the evidence does not report.
+    let r = RegistrationRequest {
+        measurement: keccak256("other"),
+        ..req.clone()
+    };
+    assert_eq!(
+        code(v.approve_registration(&r, &evidence).await),
+        "measurement_mismatch"
+    );
+    // Tampered evidence (a flipped signature byte).
+    let mut tampered = evidence.clone();
+    let last = tampered.document.len() - 2;
+    tampered.document[last] ^= 1;
+    let r = RegistrationRequest {
+        evidence_digest: tampered.digest(),
+        ..req.clone()
+    };
+    let c = code(v.approve_registration(&r, &tampered).await);
+    assert!(
+        c == "evidence_wrongly_bound" || c == "evidence_forged",
+        "{c}"
+    );
+    // A far deadline.
+    let r = RegistrationRequest {
+        deadline: now + 100_000,
+        ..req.clone()
+    };
+    assert_eq!(
+        code(v.approve_registration(&r, &evidence).await),
+        "bad_deadline"
+    );
+    // Revoked measurement.
+    v.chain()
+        .set_measurement(
+            &dev_signer(0),
+            Role::Inference,
+            cairn_core::DEV_MEASUREMENT,
+            false,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        code(v.approve_registration(&req, &evidence).await),
+        "measurement_not_approved"
+    );
 }

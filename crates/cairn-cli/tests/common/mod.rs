@@ -338,7 +338,7 @@ impl AnvilChain {
             "--key",
             gov.to_str().unwrap(),
         ];
-        args.extend_from_slice(&["--out", dep.to_str().unwrap()]);
+        args.extend_from_slice(&["--out", dep.to_str().unwrap(), "--approve-dev-evidence"]);
         args.extend_from_slice(extra);
         cairn_ok(&args);
         Self {

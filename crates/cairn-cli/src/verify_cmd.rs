@@ -1,0 +1,437 @@
+//! `cairn verifier serve`, `cairn node register`, `cairn nodes`, and the pieces the devnet
+//! shares with them.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use alloy_primitives::{Address, B256, Signature, U256};
+use alloy_signer_local::PrivateKeySigner;
+use anyhow::{Context, bail};
+use cairn_attest::{Attester, DevAttester, EvidenceKind};
+use cairn_ledger::{Chain, RegistrationRequest, Role, TxOutcome};
+use cairn_verifier::{Reexecutor, VerdictStore, Verifier, VerifierConfig};
+use serde_json::{Value, json};
+
+use crate::chain_cmd::{ChainArgs, RoleArg};
+
+/// How a verifier checks (shared by `verifier serve` and the devnet).
+#[derive(clap::Args, Clone, Debug)]
+pub struct CheckArgs {
+    /// Fraction of each batch's receipts re-executed.
+    #[arg(long, default_value_t = 0.05)]
+    pub sample_rate: f64,
+    /// Seconds after a batch's submission within which a node must hand over sampled payloads.
+    #[arg(long, default_value_t = 60)]
+    pub payload_deadline_secs: u64,
+    /// Largest |difference| accepted when re-checking tolerance (onnxruntime) receipts.
+    #[arg(long, default_value_t = 1e-4)]
+    pub tolerance: f64,
+    /// Accept `dev` (software-key, not a TEE) evidence in registrations: for local networks only.
+    #[arg(long)]
+    pub allow_dev_evidence: bool,
+}
+
+/// `cairn verifier serve`.
+#[derive(clap::Args)]
+pub struct VerifierServeArgs {
+    #[command(flatten)]
+    pub chain: ChainArgs,
+    /// The verifier's key file (registered as a verifier).
+    #[arg(long)]
+    pub key: PathBuf,
+    /// Listen address of the verdict/challenge/registration API; port 0 picks a free one.
+    #[arg(long, default_value = "127.0.0.1:7402")]
+    pub listen: SocketAddr,
+    /// The URL peers and nodes reach this verifier at (default: http:// + the bound address);
+    /// the registry's endpoint is updated to it.
+    #[arg(long)]
+    pub advertise: Option<String>,
+    /// The hub models are fetched from.
+    #[arg(long, env = "CAIRN_HUB", default_value = crate::DEFAULT_HUB)]
+    pub hub: String,
+    /// Where verdicts, the sampling secret and the model cache live.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub check: CheckArgs,
+    /// Milliseconds between passes over the chain.
+    #[arg(long, default_value_t = 1_000)]
+    pub tick_ms: u64,
+}
+
+/// Reads the sampling secret at `path`, creating a random one (mode 0600) on first use.
+fn sampling_secret(path: &Path) -> anyhow::Result<B256> {
+    if let Ok(b) = std::fs::read(path) {
+        if b.len() != 32 {
+            bail!("{} is not a 32-byte sampling secret", path.display());
+        }
+        return Ok(B256::from_slice(&b));
+    }
+    let s = B256::random();
+    if let Some(p) = path.parent() {
+        std::fs::create_dir_all(p)?;
+    }
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    f.write_all(s.as_slice())?;
+    f.sync_all()?;
+    Ok(s)
+}
+
+/// Builds a verifier over `chain` keeping its state in `dir`, serves its API on `listener`
+/// (advertised as `url`, which becomes its registry endpoint), and follows the chain.
+pub async fn start_verifier(
+    chain: Chain,
+    key: PrivateKeySigner,
+    dir: &Path,
+    hub: &str,
+    check: &CheckArgs,
+    engine: Arc<dyn cairn_engine::Engine>,
+    listener: tokio::net::TcpListener,
+    url: &str,
+    tick: Duration,
+) -> anyhow::Result<Verifier> {
+    std::fs::create_dir_all(dir)?;
+    let me = key.address();
+    let info = chain.node(me).await?;
+    if !info.active || info.role != Some(Role::Verifier) {
+        bail!(
+            "{me} is not an active verifier on this deployment; register it with `cairn node register --role verifier`"
+        );
+    }
+    if info.endpoint != url {
+        chain.set_endpoint(&key, url).await?;
+    }
+    let hub_client = cairn_hub::HubClient::new(hub, None)?;
+    let cache = cairn_node::cache::ModelCache::new(dir.join("models"), hub_client, engine, 1 << 30);
+    let config = VerifierConfig {
+        sample_rate: check.sample_rate,
+        secret: sampling_secret(&dir.join("sampling.secret"))?,
+        payload_deadline: Duration::from_secs(check.payload_deadline_secs),
+        attestation: cairn_attest::Policy {
+            allow_dev: check.allow_dev_evidence,
+        },
+        approval_ttl: Duration::from_secs(600),
+        hub_url: hub.to_string(),
+    };
+    let store = VerdictStore::open(&dir.join("verdicts.sqlite"))?;
+    let v = Verifier::new(
+        chain,
+        key,
+        Reexecutor::new(cache, check.tolerance),
+        store,
+        config,
+    );
+    let app = cairn_verifier::server::router(v.clone());
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "verifier API stopped");
+        }
+    });
+    tokio::spawn(v.clone().run(tick));
+    Ok(v)
+}
+
+/// `cairn verifier serve`.
+pub async fn serve(args: VerifierServeArgs) -> anyhow::Result<()> {
+    let key = crate::keyfile::load_or_create(&args.key)?;
+    let chain = args.chain.connect().await?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    let url = args
+        .advertise
+        .clone()
+        .unwrap_or(format!("http://{}", listener.local_addr()?));
+    let dir = args.data_dir.clone().unwrap_or_else(|| {
+        dirs::data_dir()
+            .unwrap_or_else(|| PathBuf::from("."))
+            .join("cairn")
+            .join(format!("verifier-{}", key.address()))
+    });
+    // Tract: bit-exact for tract receipts of this machine's tier, a tolerance check otherwise.
+    let engine: Arc<dyn cairn_engine::Engine> = Arc::new(cairn_engine::TractEngine::new());
+    let v = start_verifier(
+        chain,
+        key,
+        &dir,
+        &args.hub,
+        &args.check,
+        engine,
+        listener,
+        &url,
+        Duration::from_millis(args.tick_ms),
+    )
+    .await?;
+    println!("verifier: {url}");
+    println!("address:  {}", v.address());
+    println!("checks:   {}", v.info());
+    crate::shutdown_signal().await;
+    Ok(())
+}
+
+/// Which attester a node uses.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum AttesterArg {
+    /// The node's own software key: not a TEE; only devnets approve it.
+    Dev,
+    /// AWS Nitro Enclaves (through /dev/nsm; needs the `nitro` build feature).
+    Nitro,
+}
+
+/// `cairn node register`.
+#[derive(clap::Args)]
+pub struct RegisterArgs {
+    #[command(flatten)]
+    pub chain: ChainArgs,
+    /// The node's key file.
+    #[arg(long)]
+    pub key: PathBuf,
+    #[arg(long, value_enum, default_value = "inference")]
+    pub role: RoleArg,
+    /// Stake in the token's smallest unit.
+    #[arg(long)]
+    pub stake: U256,
+    /// Where the node is reached.
+    #[arg(long)]
+    pub endpoint: String,
+    /// Where the node's evidence comes from.
+    #[arg(long, value_enum, default_value = "dev")]
+    pub attester: AttesterArg,
+}
+
+fn attester(kind: AttesterArg, key: &PrivateKeySigner) -> anyhow::Result<Box<dyn Attester>> {
+    match kind {
+        AttesterArg::Dev => Ok(Box::new(DevAttester::new(key.clone()))),
+        #[cfg(feature = "nitro")]
+        AttesterArg::Nitro => Ok(Box::new(cairn_attest::NsmAttester::new(
+            cairn_attest::NsmDevice::open()?,
+        ))),
+        #[cfg(not(feature = "nitro"))]
+        AttesterArg::Nitro => bail!(
+            "this cairn was built without the `nitro` feature; build with `--features nitro` inside the enclave image"
+        ),
+    }
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Registers `key` in `role` at `endpoint`: fresh evidence binding the key, approved by as many
+/// active verifiers as the registry's quorum asks (each checks it over `POST /v1/registrations`),
+/// then `NodeRegistry.register`. An already registered node gets its endpoint updated.
+pub async fn register(
+    chain: &Chain,
+    key: &PrivateKeySigner,
+    role: Role,
+    endpoint: &str,
+    stake: U256,
+    attester: &dyn Attester,
+) -> anyhow::Result<Option<TxOutcome>> {
+    let me = key.address();
+    let info = chain.node(me).await?;
+    if info.role.is_some() {
+        if info.endpoint != endpoint {
+            chain.set_endpoint(key, endpoint).await?;
+        }
+        return Ok(None);
+    }
+    let evidence = attester.evidence(&cairn_attest::report_data(me, None))?;
+    // The node reads its own evidence for the measurement it claims; verifiers check it again.
+    let verified = cairn_attest::verify(
+        &evidence,
+        now_secs(),
+        cairn_attest::Policy { allow_dev: true },
+    )
+    .context("the attester's own evidence does not verify")?;
+    let req = RegistrationRequest {
+        node: me,
+        role,
+        endpoint: endpoint.to_string(),
+        measurement: verified.measurement.0,
+        evidence_digest: evidence.digest(),
+        deadline: now_secs() + 300,
+    };
+    let quorum = chain.registration_quorum().await? as usize;
+    let mut approvals: Vec<(Address, Signature)> = Vec::new();
+    let mut refusals = Vec::new();
+    if quorum > 0 {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()?;
+        let mut body = serde_json::to_value(&req)?;
+        body["role"] = json!(format!("{role:?}").to_ascii_lowercase());
+        body["deadline"] = json!(req.deadline);
+        body["evidence"] = serde_json::to_value(&evidence)?;
+        for v in chain.active_nodes(Role::Verifier).await? {
+            if approvals.len() >= quorum {
+                break;
+            }
+            let ep = chain.node(v).await?.endpoint;
+            let url = format!("{}/v1/registrations", ep.trim_end_matches('/'));
+            let answer = async {
+                let r = http.post(&url).json(&body).send().await?;
+                let status = r.status();
+                let b: Value = r.json().await?;
+                anyhow::Ok((status, b))
+            }
+            .await;
+            match answer {
+                Ok((s, b)) if s.is_success() => {
+                    let sig: Signature = b["signature"]
+                        .as_str()
+                        .and_then(|s| s.parse().ok())
+                        .context("an approval without a signature")?;
+                    if chain.registration_signer(&req, &sig)? == v {
+                        approvals.push((v, sig));
+                    } else {
+                        refusals.push(format!("{v}: signature is not its own"));
+                    }
+                }
+                Ok((s, b)) => refusals.push(format!(
+                    "{v}: {s} {}: {}",
+                    b["code"].as_str().unwrap_or("?"),
+                    b["message"].as_str().unwrap_or("")
+                )),
+                Err(e) => refusals.push(format!("{v} ({url}): {e:#}")),
+            }
+        }
+        if approvals.len() < quorum {
+            bail!(
+                "registration needs {quorum} verifier approvals, got {}:\n  {}",
+                approvals.len(),
+                refusals.join("\n  ")
+            );
+        }
+    }
+    Ok(Some(chain.register(key, &req, stake, approvals).await?))
+}
+
+/// `cairn node register`.
+pub async fn register_cmd(args: RegisterArgs) -> anyhow::Result<()> {
+    let key = crate::keyfile::load_or_create(&args.key)?;
+    let chain = args.chain.connect().await?;
+    let att = attester(args.attester, &key)?;
+    let role: Role = args.role.into();
+    match register(&chain, &key, role, &args.endpoint, args.stake, att.as_ref()).await? {
+        Some(tx) => println!(
+            "registered {} as {role:?} with {} evidence (tx {})",
+            key.address(),
+            att.kind(),
+            tx.hash
+        ),
+        None => println!(
+            "{} is already registered; endpoint is {}",
+            key.address(),
+            args.endpoint
+        ),
+    }
+    Ok(())
+}
+
+/// `cairn nodes`.
+#[derive(clap::Args)]
+pub struct NodesArgs {
+    #[command(flatten)]
+    pub chain: ChainArgs,
+    /// Read a devnet's embedded chain instead.
+    #[arg(long, conflicts_with = "rpc")]
+    pub devnet_dir: Option<PathBuf>,
+    /// Also list nodes that are not active (with why).
+    #[arg(long)]
+    pub all: bool,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Registered nodes with their evidence status and, for inactive ones, why.
+pub async fn nodes(chain: &Chain, all: bool) -> anyhow::Result<Vec<Value>> {
+    let head = chain.ledger().head().await?;
+    let timeout = chain.heartbeat_timeout().await?;
+    let mut out = Vec::new();
+    for who in chain.registered_nodes().await? {
+        let n = chain.node(who).await?;
+        if !all && !n.active {
+            continue;
+        }
+        let evidence = if n.measurement == cairn_core::DEV_MEASUREMENT {
+            format!("{} (software key, not a TEE)", EvidenceKind::Dev)
+        } else {
+            format!("TEE measurement {}", n.measurement)
+        };
+        let mut why = Vec::new();
+        if !n.enabled {
+            why.push("disabled by governance");
+        }
+        if !n.measurement_approved {
+            why.push("measurement revoked");
+        }
+        if timeout > 0 && head.timestamp > n.last_heartbeat + timeout {
+            why.push("heartbeat lapsed");
+        }
+        if !n.active && why.is_empty() {
+            why.push("stake below the minimum");
+        }
+        let mut v = serde_json::to_value(&n)?;
+        v["evidence"] = evidence.into();
+        v["inactiveBecause"] = json!(why);
+        out.push(v);
+    }
+    Ok(out)
+}
+
+/// `cairn nodes`.
+pub async fn nodes_cmd(args: NodesArgs) -> anyhow::Result<()> {
+    let chain = crate::chain_cmd::open_chain(&args.chain, args.devnet_dir.as_deref()).await?;
+    let list = nodes(&chain, args.all).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&list)?);
+        return Ok(());
+    }
+    if list.is_empty() {
+        println!("no {}nodes", if args.all { "" } else { "active " });
+    }
+    for n in &list {
+        let why = n["inactiveBecause"]
+            .as_array()
+            .map(|w| {
+                w.iter()
+                    .filter_map(|x| x.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or_default();
+        println!(
+            "{} {:<9} {:<8} stake {:>14} {} evidence: {}{}",
+            n["address"].as_str().unwrap_or("?"),
+            n["role"].as_str().unwrap_or("-"),
+            if n["active"].as_bool() == Some(true) {
+                "active"
+            } else {
+                "inactive"
+            },
+            n["stake"].as_str().unwrap_or("?"),
+            n["endpoint"].as_str().unwrap_or(""),
+            n["evidence"].as_str().unwrap_or(""),
+            if why.is_empty() {
+                String::new()
+            } else {
+                format!(" [{why}]")
+            }
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,251 @@
+//! The verification network end to end on the devnet (one node, three verifiers, quorum two):
+//! an honest node is never slashed and its batches finalize; a node that lies about outputs is
+//! caught by re-execution, challenged and slashed, and the verdict's signers are paid; a node
+//! that withholds sampled payloads fails its samples the same way.
+
+mod common;
+
+use std::path::Path;
+
+use alloy_primitives::U256;
+use cairn_receipt::SignedReceipt;
+use common::{Server, cairn_ok as cairn, eventually, infer_digit};
+use serde_json::Value;
+
+fn get(url: &str) -> Value {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async { reqwest::get(url).await.unwrap().json().await.unwrap() })
+}
+
+fn status(net: &Server) -> Value {
+    let dir = net.dir.path().join("data");
+    let out = cairn(&[
+        "chain",
+        "status",
+        "--json",
+        "--devnet-dir",
+        dir.to_str().unwrap(),
+    ]);
+    serde_json::from_str(&out).unwrap()
+}
+
+fn nodes(net: &Server) -> Vec<Value> {
+    let dir = net.dir.path().join("data");
+    let out = cairn(&[
+        "nodes",
+        "--all",
+        "--json",
+        "--devnet-dir",
+        dir.to_str().unwrap(),
+    ]);
+    serde_json::from_str(&out).unwrap()
+}
+
+fn dec(v: &Value) -> U256 {
+    v.as_str().unwrap().parse().unwrap()
+}
+
+fn role<'a>(nodes: &'a [Value], r: &str) -> Vec<&'a Value> {
+    nodes.iter().filter(|n| n["role"] == r).collect()
+}
+
+/// Runs `n` inferences; their receipts.
+fn calls(net: &Server, dir: &Path, n: usize) -> Vec<SignedReceipt> {
+    (0..n)
+        .map(|i| {
+            let (r, _) = infer_digit(&net.url, &net.node_url, dir, &format!("-{i}"));
+            let v: Value = serde_json::from_str(&std::fs::read_to_string(r).unwrap()).unwrap();
+            SignedReceipt::verify_json(&v).unwrap()
+        })
+        .collect()
+}
+
+fn batch_status(net: &Server, r: &SignedReceipt) -> String {
+    let v = get(&format!("{}/v1/receipts/{}", net.node_url, r.id()));
+    v["batch"]["status"].as_str().unwrap_or("").to_string()
+}
+
+#[test]
+fn an_honest_node_is_never_slashed_with_two_of_three_verifiers_up() {
+    // One of the three registered verifiers is down; the other two re-execute every receipt.
+    let net = Server::devnet_with(&["--free", "--sample-rate", "1", "--verifiers", "2"]);
+    let dir = tempfile::tempdir().unwrap();
+    let before = nodes(&net);
+    let stake = dec(&role(&before, "inference")[0]["stake"]);
+    let rs = calls(&net, dir.path(), 12);
+    for r in &rs {
+        eventually(90, || batch_status(&net, r) == "finalized");
+    }
+    let after = nodes(&net);
+    let node = role(&after, "inference")[0];
+    assert_eq!(dec(&node["stake"]), stake, "an honest node lost stake");
+    assert!(node["active"].as_bool().unwrap());
+    // Each running verifier confirmed the receipts bit for bit and says so.
+    let mut confirming = 0;
+    for v in role(&after, "verifier") {
+        let url = v["endpoint"].as_str().unwrap();
+        if url.starts_with("devnet:") {
+            continue;
+        }
+        let Ok(found) =
+            std::panic::catch_unwind(|| get(&format!("{url}/v1/verdicts/receipts/{}", rs[0].id())))
+        else {
+            continue; // the stopped verifier's last endpoint
+        };
+        if found["verdicts"][0]["outcome"] == "confirmed" {
+            assert_eq!(found["verdicts"][0]["comparison"], "bit-exact");
+            confirming += 1;
+        }
+    }
+    assert_eq!(confirming, 2, "two verifiers running, two confirmations");
+    let s = status(&net);
+    assert!(
+        s["batches"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|b| b["status"] == "finalized"),
+        "{s}"
+    );
+}
+
+/// Waits for the node's batch holding `r` to be voided by a challenge; returns the chain status.
+fn wait_voided(net: &Server, r: &SignedReceipt) -> Value {
+    let mut s = Value::Null;
+    eventually(120, || {
+        s = status(net);
+        s["batches"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|b| b["status"] == "voided")
+            && batch_status(net, r) != ""
+    });
+    s
+}
+
+fn check_slashed(net: &Server, before: &[Value], claim: &str) {
+    let after = nodes(net);
+    let stake_before = dec(&role(before, "inference")[0]["stake"]);
+    let stake_after = dec(&role(&after, "inference")[0]["stake"]);
+    // Devnet: 50% of stake slashed, 20% of that to the verdict's signers.
+    assert_eq!(stake_after, stake_before / U256::from(2u64), "slash");
+    let reward = stake_before / U256::from(2u64) * U256::from(2_000u64) / U256::from(10_000u64);
+    let s = status(net);
+    let balance = |addr: &str| -> U256 {
+        let n = s["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["address"] == addr)
+            .unwrap();
+        dec(&n["tokenBalance"])
+    };
+    let mut paid = Vec::new();
+    let mut challenged = 0;
+    for v in role(before, "verifier") {
+        let addr = v["address"].as_str().unwrap();
+        let gained = balance(addr) - dec(&v["tokenBalance"]);
+        paid.push(gained);
+        let url = role(&after, "verifier")
+            .into_iter()
+            .find(|x| x["address"] == addr)
+            .unwrap()["endpoint"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let recent = get(&format!("{url}/v1/verdicts"));
+        for verdict in recent["verdicts"].as_array().unwrap() {
+            if verdict["outcome"] == "challenged" {
+                challenged += 1;
+                let f = &verdict["fraud"];
+                assert_eq!(f["claim"], claim, "{verdict}");
+            }
+        }
+    }
+    assert!(challenged >= 1, "no verifier recorded the challenge");
+    // The reward is split equally among the verdict's signers (a quorum of two or all three).
+    let signers = paid.iter().filter(|g| !g.is_zero()).count() as u64;
+    assert!(signers >= 2, "{paid:?}");
+    let share = reward / U256::from(signers);
+    for g in paid.iter().filter(|g| !g.is_zero()) {
+        assert_eq!(*g, share, "{paid:?}");
+    }
+}
+
+fn tokens(nodes: &[Value], net: &Server) -> Vec<Value> {
+    // Attach each node's token balance (from chain status) to the listing.
+    let s = status(net);
+    nodes
+        .iter()
+        .map(|n| {
+            let mut n = n.clone();
+            let b = s["nodes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|x| x["address"] == n["address"])
+                .unwrap()["tokenBalance"]
+                .clone();
+            n["tokenBalance"] = b;
+            n
+        })
+        .collect()
+}
+
+#[test]
+fn a_node_that_lies_about_outputs_is_caught_challenged_and_slashed() {
+    let net = Server::devnet_with(&[
+        "--free",
+        "--sample-rate",
+        "1",
+        "--fault-wrong-output",
+        "0.5",
+        "--batch-max-age-secs",
+        "20",
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let before = tokens(&nodes(&net), &net);
+    // The same input every call, so honest outputs hash alike: call until one differs (a lie).
+    let mut rs = Vec::new();
+    let mut hashes = std::collections::BTreeSet::new();
+    while hashes.len() < 2 {
+        assert!(rs.len() < 30, "the node never lied in 30 calls at rate 0.5");
+        let r = calls(&net, dir.path(), 1).remove(0);
+        hashes.insert(r.claims.output_hash);
+        rs.push(r);
+    }
+    let info = get(&format!("{}/v1/node", net.node_url));
+    assert_eq!(info["faults"]["wrongOutputRate"], 0.5);
+    let s = wait_voided(&net, &rs[0]);
+    assert!(
+        s["batches"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|b| b["status"] == "voided")
+    );
+    check_slashed(&net, &before, "output_mismatch");
+}
+
+#[test]
+fn a_node_that_withholds_payloads_fails_its_samples() {
+    let net = Server::devnet_with(&[
+        "--free",
+        "--sample-rate",
+        "1",
+        "--payload-deadline-secs",
+        "3",
+        "--fault-withhold-payloads",
+        "--batch-max-age-secs",
+        "10",
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let before = tokens(&nodes(&net), &net);
+    let rs = calls(&net, dir.path(), 2);
+    wait_voided(&net, &rs[0]);
+    check_slashed(&net, &before, "payload_withheld");
+}

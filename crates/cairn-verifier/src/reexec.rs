@@ -1,0 +1,304 @@
+//! Re-execution of a receipt: fetch the input the node kept, check it is the one the receipt
+//! binds, run the model (fetched by CID and hashed) on this verifier's engine, and compare.
+
+use std::time::Duration;
+
+use alloy_primitives::{B256, keccak256};
+use cairn_core::tensor::tensors_hash;
+use cairn_core::{DataType, Reproducibility, Tensor};
+use cairn_node::cache::ModelCache;
+use cairn_receipt::SignedReceipt;
+use serde::Serialize;
+
+/// How a sampled receipt fared.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum Outcome {
+    /// Re-executed and the output agrees (bit for bit, or within the tolerance stated).
+    Confirmed {
+        /// `bit-exact` or `tolerance <t>, max |difference| <d>`.
+        comparison: String,
+    },
+    /// Re-executed and the output differs: the receipt is wrong.
+    Mismatch {
+        /// How it was compared and what differed.
+        comparison: String,
+        /// The output hash this verifier computed.
+        recomputed: B256,
+    },
+    /// The node did not hand over the payload.
+    Withheld {
+        /// What the node answered.
+        reason: String,
+    },
+    /// The node's payload does not hash to what the receipt binds.
+    WrongPayload {
+        /// Which payload.
+        reason: String,
+    },
+    /// This verifier cannot re-execute this profile (another kernel tier, another engine it
+    /// lacks): neither confirmation nor fault.
+    Unverifiable {
+        /// Why.
+        reason: String,
+    },
+}
+
+impl Outcome {
+    /// Whether the outcome is evidence against the node.
+    pub fn is_fault(&self) -> bool {
+        matches!(
+            self,
+            Outcome::Mismatch { .. } | Outcome::Withheld { .. } | Outcome::WrongPayload { .. }
+        )
+    }
+
+    /// The fraud evidence hash verifiers sign for this outcome on receipt `rh`: the same for
+    /// every honest verifier that observes the same fault (the recomputed hash is bit-exact).
+    pub fn evidence_hash(&self, rh: B256) -> Option<B256> {
+        let (label, extra): (&[u8], &[u8]) = match self {
+            Outcome::Mismatch { recomputed, .. } => {
+                (b"cairn.fraud.output-mismatch.v1", recomputed.as_slice())
+            }
+            Outcome::Withheld { .. } => (b"cairn.fraud.payload-withheld.v1", &[]),
+            Outcome::WrongPayload { .. } => (b"cairn.fraud.wrong-payload.v1", &[]),
+            _ => return None,
+        };
+        let mut m = Vec::with_capacity(label.len() + 64);
+        m.extend_from_slice(label);
+        m.extend_from_slice(rh.as_slice());
+        m.extend_from_slice(extra);
+        Some(keccak256(m))
+    }
+}
+
+/// Re-executes receipts on this verifier's engine.
+pub struct Reexecutor {
+    cache: ModelCache,
+    http: reqwest::Client,
+    /// Largest |difference| accepted for tolerance profiles.
+    tolerance: f64,
+}
+
+impl Reexecutor {
+    /// A re-executor loading models through `cache` (fetched from its hub, hashed to the CID).
+    pub fn new(cache: ModelCache, tolerance: f64) -> Self {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(20))
+            .build()
+            .expect("a plain HTTP client builds");
+        Self {
+            cache,
+            http,
+            tolerance,
+        }
+    }
+
+    /// The profile this verifier re-executes on.
+    pub fn profile(&self) -> &cairn_core::ExecutionProfile {
+        self.cache.engine().profile()
+    }
+
+    async fn payload(&self, node: &str, id: B256, which: &str) -> Result<Vec<Tensor>, String> {
+        let url = format!("{}/v1/receipts/{id}/{which}", node.trim_end_matches('/'));
+        let resp = self
+            .http
+            .get(&url)
+            .send()
+            .await
+            .map_err(|e| format!("GET {url}: {e}"))?;
+        let status = resp.status();
+        if !status.is_success() {
+            let body = resp.text().await.unwrap_or_default();
+            return Err(format!(
+                "GET {url}: {status} {}",
+                body.chars().take(200).collect::<String>()
+            ));
+        }
+        let bytes = resp.bytes().await.map_err(|e| format!("GET {url}: {e}"))?;
+        cairn_node::safetensors_io::decode(&bytes).map_err(|e| format!("{which} payload: {e}"))
+    }
+
+    /// Re-executes `r`, whose node serves payloads at `node`.
+    pub async fn check(&self, node: &str, r: &SignedReceipt) -> Outcome {
+        let here = self.profile().clone();
+        let exact = r.claims.profile.reproducibility() == Reproducibility::Exact;
+        if exact && here != r.claims.profile {
+            return Outcome::Unverifiable {
+                reason: format!(
+                    "bit-exact profile {} is not this verifier's ({here})",
+                    r.claims.profile
+                ),
+            };
+        }
+        let inputs = match self.payload(node, r.id(), "input").await {
+            Ok(t) => t,
+            Err(reason) => return Outcome::Withheld { reason },
+        };
+        if tensors_hash(&inputs) != r.claims.input_hash {
+            return Outcome::WrongPayload {
+                reason: "the input the node kept does not hash to the receipt's input hash".into(),
+            };
+        }
+        let loaded = match self.cache.get(r.claims.model).await {
+            Ok(l) => l,
+            Err(e) => {
+                return Outcome::Unverifiable {
+                    reason: format!("model {}: {e}", r.claims.model),
+                };
+            }
+        };
+        let plan = loaded.plan.clone();
+        let ran = tokio::task::spawn_blocking(move || plan.run(&inputs)).await;
+        let outputs = match ran {
+            Ok(Ok(o)) => o,
+            // The receipt says this input ran; a model that refuses it did not produce the output.
+            Ok(Err(e)) => {
+                return Outcome::Mismatch {
+                    comparison: format!("the model refuses the kept input: {e}"),
+                    recomputed: B256::ZERO,
+                };
+            }
+            Err(e) => {
+                return Outcome::Unverifiable {
+                    reason: format!("re-execution panicked: {e}"),
+                };
+            }
+        };
+        let recomputed = tensors_hash(&outputs);
+        if exact {
+            return if recomputed == r.claims.output_hash {
+                Outcome::Confirmed {
+                    comparison: "bit-exact".into(),
+                }
+            } else {
+                Outcome::Mismatch {
+                    comparison: format!(
+                        "bit-exact profile: output hash {recomputed}, the receipt binds {}",
+                        r.claims.output_hash
+                    ),
+                    recomputed,
+                }
+            };
+        }
+        // A tolerance profile (onnxruntime): compare values with the node's own output.
+        let claimed = match self.payload(node, r.id(), "output").await {
+            Ok(t) => t,
+            Err(reason) => return Outcome::Withheld { reason },
+        };
+        if tensors_hash(&claimed) != r.claims.output_hash {
+            return Outcome::WrongPayload {
+                reason: "the output the node kept does not hash to the receipt's output hash"
+                    .into(),
+            };
+        }
+        match max_abs_diff(&claimed, &outputs) {
+            Ok(d) if d <= self.tolerance => Outcome::Confirmed {
+                comparison: format!("tolerance {:e}, max |difference| {d:e}", self.tolerance),
+            },
+            Ok(d) => Outcome::Mismatch {
+                comparison: format!(
+                    "tolerance {:e} exceeded: max |difference| {d:e}",
+                    self.tolerance
+                ),
+                recomputed,
+            },
+            Err(e) => Outcome::Mismatch {
+                comparison: e,
+                recomputed,
+            },
+        }
+    }
+}
+
+/// Largest absolute difference between same-named tensors: floats by value, other types must be
+/// equal (any difference is infinite).
+pub fn max_abs_diff(a: &[Tensor], b: &[Tensor]) -> Result<f64, String> {
+    let mut max = 0f64;
+    for x in a {
+        let y = b
+            .iter()
+            .find(|y| y.name() == x.name())
+            .ok_or_else(|| format!("re-execution produced no `{}`", x.name()))?;
+        if x.dtype() != y.dtype() || x.shape() != y.shape() {
+            return Err(format!("`{}` differs in type or shape", x.name()));
+        }
+        let vals = |t: &Tensor| -> Option<Vec<f64>> {
+            let d = t.data();
+            match t.dtype() {
+                DataType::Fp32 => Some(
+                    d.chunks_exact(4)
+                        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64)
+                        .collect(),
+                ),
+                DataType::Fp64 => Some(
+                    d.chunks_exact(8)
+                        .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")))
+                        .collect(),
+                ),
+                _ => None,
+            }
+        };
+        match (vals(x), vals(y)) {
+            (Some(p), Some(q)) => {
+                for (u, v) in p.iter().zip(&q) {
+                    let d = (u - v).abs();
+                    if d.is_nan() {
+                        return Ok(f64::INFINITY);
+                    }
+                    max = max.max(d);
+                }
+            }
+            _ if x.data() != y.data() => return Ok(f64::INFINITY),
+            _ => {}
+        }
+    }
+    Ok(max)
+}
+
+/// Decides which receipts of a batch a verifier re-executes: keccak(secret ‖ batch root ‖
+/// receipt hash) below `rate`. The node learns the secret never and the root only after
+/// committing, so it cannot tell which receipts will be checked; verifiers sample independently.
+#[derive(Clone)]
+pub struct Sampler {
+    secret: B256,
+    threshold: u64,
+    rate: f64,
+}
+
+impl Sampler {
+    /// Samples a fraction `rate` (0..=1) with `secret`.
+    pub fn new(secret: B256, rate: f64) -> Self {
+        let rate = rate.clamp(0.0, 1.0);
+        let threshold = if rate >= 1.0 {
+            u64::MAX
+        } else {
+            (rate * u64::MAX as f64) as u64
+        };
+        Self {
+            secret,
+            threshold,
+            rate,
+        }
+    }
+
+    /// The sampling rate.
+    pub fn rate(&self) -> f64 {
+        self.rate
+    }
+
+    /// Whether receipt `rh` of the batch with `root` is re-executed.
+    pub fn sampled(&self, root: B256, rh: B256) -> bool {
+        if self.rate <= 0.0 {
+            return false;
+        }
+        let mut m = [0u8; 96];
+        m[..32].copy_from_slice(self.secret.as_slice());
+        m[32..64].copy_from_slice(root.as_slice());
+        m[64..].copy_from_slice(rh.as_slice());
+        let h = keccak256(m);
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&h[..8]);
+        u64::from_be_bytes(b) <= self.threshold
+    }
+}

@@ -1,0 +1,174 @@
+//! The verifier's HTTP API: its verdicts, fraud confirmations for peers, and registration
+//! approvals. Errors are JSON `{code, message}`.
+
+use alloy_primitives::B256;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use cairn_attest::Evidence;
+use cairn_ledger::RegistrationRequest;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::{Verifier, VerifyError};
+
+impl IntoResponse for VerifyError {
+    fn into_response(self) -> Response {
+        let (status, code) = match &self {
+            VerifyError::BadRequest { code, .. } => {
+                let status = match *code {
+                    "claim_refuted" | "too_early" | "batch_closed" => StatusCode::CONFLICT,
+                    "chain_unavailable" => StatusCode::SERVICE_UNAVAILABLE,
+                    _ => StatusCode::UNPROCESSABLE_ENTITY,
+                };
+                (status, *code)
+            }
+            VerifyError::Refused { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "batch_refused"),
+            VerifyError::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            VerifyError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        };
+        (
+            status,
+            Json(json!({"code": code, "message": self.to_string()})),
+        )
+            .into_response()
+    }
+}
+
+fn not_found(what: String) -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        Json(json!({"code": "not_found", "message": what})),
+    )
+        .into_response()
+}
+
+/// The routes: `GET /v1/verifier`, `GET /v1/verdicts?limit=`, `GET /v1/verdicts/batches/{id}`,
+/// `GET /v1/verdicts/receipts/{requestId}`, `POST /v1/challenges`, `POST /v1/registrations`.
+pub fn router(v: Verifier) -> Router {
+    Router::new()
+        .route("/health", get(|| async { "ok" }))
+        .route("/v1/verifier", get(info))
+        .route("/v1/verdicts", get(recent))
+        .route("/v1/verdicts/batches/{id}", get(batch))
+        .route("/v1/verdicts/receipts/{id}", get(receipt))
+        .route("/v1/challenges", post(challenge))
+        .route("/v1/registrations", post(registration))
+        .layer(DefaultBodyLimit::max(1 << 20))
+        .with_state(v)
+}
+
+async fn info(State(v): State<Verifier>) -> Json<Value> {
+    Json(v.info())
+}
+
+#[derive(Deserialize)]
+struct Limit {
+    limit: Option<u32>,
+}
+
+async fn recent(
+    State(v): State<Verifier>,
+    Query(q): Query<Limit>,
+) -> Result<Json<Value>, VerifyError> {
+    let verdicts = v.store().recent(q.limit.unwrap_or(50).min(500))?;
+    Ok(Json(json!({"verdicts": verdicts})))
+}
+
+async fn batch(State(v): State<Verifier>, Path(id): Path<u64>) -> Result<Response, VerifyError> {
+    match v.store().batch(id)? {
+        Some(mut b) => {
+            b["frauds"] = v.store().frauds(id)?.into();
+            Ok(Json(b).into_response())
+        }
+        None => {
+            let frauds = v.store().frauds(id)?;
+            if frauds.is_empty() {
+                Ok(not_found(format!(
+                    "no verdict on batch {id} (not seen yet, or not this deployment's)"
+                )))
+            } else {
+                Ok(Json(json!({"batchId": id, "frauds": frauds})).into_response())
+            }
+        }
+    }
+}
+
+async fn receipt(
+    State(v): State<Verifier>,
+    Path(id): Path<String>,
+) -> Result<Response, VerifyError> {
+    let found = v.store().receipt(&id)?;
+    if found.is_empty() {
+        return Ok(not_found(format!(
+            "receipt {id} was not sampled by this verifier (or its batch is not checked yet)"
+        )));
+    }
+    Ok(Json(json!({"requestId": id, "verdicts": found})).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ChallengeRequest {
+    batch_id: u64,
+    receipt: Value,
+    proof: Vec<B256>,
+    claim: String,
+}
+
+async fn challenge(
+    State(v): State<Verifier>,
+    body: Result<Json<ChallengeRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<Value>, VerifyError> {
+    let Json(req) = body.map_err(|e| VerifyError::BadRequest {
+        code: "invalid_request",
+        reason: format!("{e}: send {{batchId, receipt, proof, claim}}"),
+    })?;
+    Ok(Json(
+        v.confirm_fraud(req.batch_id, &req.receipt, req.proof, &req.claim)
+            .await?,
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RegistrationBody {
+    node: alloy_primitives::Address,
+    role: String,
+    endpoint: String,
+    measurement: B256,
+    evidence_digest: B256,
+    deadline: u64,
+    evidence: Evidence,
+}
+
+async fn registration(
+    State(v): State<Verifier>,
+    body: Result<Json<RegistrationBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<Value>, VerifyError> {
+    let bad = |reason: String| VerifyError::BadRequest {
+        code: "invalid_request",
+        reason,
+    };
+    let Json(b) = body.map_err(|e| {
+        bad(format!(
+            "{e}: send {{node, role, endpoint, measurement, evidenceDigest, deadline, evidence}}"
+        ))
+    })?;
+    let req = RegistrationRequest {
+        node: b.node,
+        role: b.role.parse().map_err(bad)?,
+        endpoint: b.endpoint,
+        measurement: b.measurement,
+        evidence_digest: b.evidence_digest,
+        deadline: b.deadline,
+    };
+    let (sig, verified) = v.approve_registration(&req, &b.evidence).await?;
+    Ok(Json(json!({
+        "verifier": v.address().to_checksum(None),
+        "signature": sig.to_string(),
+        "verified": verified,
+    })))
+}

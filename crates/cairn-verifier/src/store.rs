@@ -1,0 +1,161 @@
+//! Verdicts and their evidence, kept in SQLite so they survive restarts and can be queried.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde_json::Value;
+
+/// Errors of the verdict store.
+#[derive(Debug, thiserror::Error)]
+#[error("verdict store: {0}")]
+pub struct StoreError(String);
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError(e.to_string())
+    }
+}
+
+/// One verifier's verdicts: per batch (JSON), per sampled receipt, and fraud verdicts it signed.
+pub struct VerdictStore {
+    db: Mutex<Connection>,
+}
+
+impl VerdictStore {
+    /// Opens (creating) the store at `path`; `:memory:` for a throwaway one.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let db = Connection::open(path)?;
+        db.execute_batch(
+            "PRAGMA journal_mode=WAL;
+             CREATE TABLE IF NOT EXISTS batch_verdicts (
+               batch_id INTEGER PRIMARY KEY, outcome TEXT NOT NULL, body TEXT NOT NULL,
+               updated_at INTEGER NOT NULL);
+             CREATE TABLE IF NOT EXISTS receipt_verdicts (
+               request_id TEXT NOT NULL, batch_id INTEGER NOT NULL, body TEXT NOT NULL,
+               PRIMARY KEY (request_id, batch_id));
+             CREATE TABLE IF NOT EXISTS fraud_signed (
+               batch_id INTEGER NOT NULL, receipt_hash TEXT NOT NULL, evidence_hash TEXT NOT NULL,
+               body TEXT NOT NULL, PRIMARY KEY (batch_id, receipt_hash));",
+        )?;
+        Ok(Self { db: Mutex::new(db) })
+    }
+
+    fn db(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.db.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records (replaces) the verdict on a batch and its per-receipt findings.
+    pub fn put_batch(&self, batch: u64, outcome: &str, body: &Value) -> Result<(), StoreError> {
+        let mut db = self.db();
+        let tx = db.transaction()?;
+        tx.execute(
+            "INSERT INTO batch_verdicts (batch_id, outcome, body, updated_at) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (batch_id) DO UPDATE SET outcome = ?2, body = ?3, updated_at = ?4",
+            params![batch as i64, outcome, body.to_string(), now()],
+        )?;
+        if let Some(samples) = body["samples"].as_array() {
+            for s in samples {
+                if let Some(id) = s["requestId"].as_str() {
+                    tx.execute(
+                        "INSERT OR REPLACE INTO receipt_verdicts (request_id, batch_id, body)
+                         VALUES (?1, ?2, ?3)",
+                        params![id, batch as i64, s.to_string()],
+                    )?;
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The verdict on `batch`.
+    pub fn batch(&self, batch: u64) -> Result<Option<Value>, StoreError> {
+        let body: Option<String> = self
+            .db()
+            .query_row(
+                "SELECT body FROM batch_verdicts WHERE batch_id = ?1",
+                params![batch as i64],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(body.and_then(|b| serde_json::from_str(&b).ok()))
+    }
+
+    /// The outcome recorded for `batch`, if any.
+    pub fn outcome(&self, batch: u64) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .db()
+            .query_row(
+                "SELECT outcome FROM batch_verdicts WHERE batch_id = ?1",
+                params![batch as i64],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    /// The most recent batch verdicts, newest first.
+    pub fn recent(&self, limit: u32) -> Result<Vec<Value>, StoreError> {
+        let db = self.db();
+        let mut q = db.prepare(
+            "SELECT body FROM batch_verdicts ORDER BY updated_at DESC, batch_id DESC LIMIT ?1",
+        )?;
+        let rows = q.query_map(params![limit], |r| r.get::<_, String>(0))?;
+        Ok(rows
+            .filter_map(|r| r.ok())
+            .filter_map(|b| serde_json::from_str(&b).ok())
+            .collect())
+    }
+
+    /// What this verifier found about receipt `request_id` (one entry per batch it was in).
+    pub fn receipt(&self, request_id: &str) -> Result<Vec<Value>, StoreError> {
+        let db = self.db();
+        let mut q = db.prepare(
+            "SELECT batch_id, body FROM receipt_verdicts WHERE request_id = ?1 ORDER BY batch_id",
+        )?;
+        let rows = q.query_map(params![request_id.to_ascii_lowercase()], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+        })?;
+        Ok(rows
+            .filter_map(|r| r.ok())
+            .filter_map(|(b, s)| {
+                let mut v: Value = serde_json::from_str(&s).ok()?;
+                v["batchId"] = b.into();
+                Some(v)
+            })
+            .collect())
+    }
+
+    /// Records a fraud verdict this verifier signed (its own finding or a peer's it confirmed).
+    pub fn put_fraud(&self, batch: u64, body: &Value) -> Result<(), StoreError> {
+        self.db().execute(
+            "INSERT OR REPLACE INTO fraud_signed (batch_id, receipt_hash, evidence_hash, body)
+             VALUES (?1, ?2, ?3, ?4)",
+            params![
+                batch as i64,
+                body["receiptHash"].as_str().unwrap_or_default(),
+                body["evidenceHash"].as_str().unwrap_or_default(),
+                body.to_string()
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// The fraud verdicts signed on `batch`.
+    pub fn frauds(&self, batch: u64) -> Result<Vec<Value>, StoreError> {
+        let db = self.db();
+        let mut q = db.prepare("SELECT body FROM fraud_signed WHERE batch_id = ?1")?;
+        let rows = q.query_map(params![batch as i64], |r| r.get::<_, String>(0))?;
+        Ok(rows
+            .filter_map(|r| r.ok())
+            .filter_map(|b| serde_json::from_str(&b).ok())
+            .collect())
+    }
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
