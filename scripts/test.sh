@@ -55,4 +55,6 @@ export CAIRN_TEST_REQUIRE_SERVICES=1
 node contracts/compile.mjs --check --modules "$CAIRN_NODE_MODULES"
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# The Nitro attester's device path compiles only with its feature (it runs only in an enclave).
+cargo clippy -p cairn-attest --features nitro --locked -- -D warnings
 cargo test --workspace --locked

@@ -233,6 +233,8 @@ enum HubCommand {
     },
 }
 
+// Parsed once per process: boxing the serve arguments would only complicate matching on them.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum NodeCommand {
     /// Serve an inference node.
@@ -582,17 +584,17 @@ async fn devnet(
     {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let v_url = format!("http://{}", l.local_addr()?);
-        let v = verify_cmd::start_verifier(
-            chain.clone(),
-            cairn_ledger::dev_signer(i),
-            &data_dir.join(format!("verifier-{i}")),
-            &url,
-            &check,
-            v_engine.clone(),
-            l,
-            &v_url,
-            std::time::Duration::from_millis(500),
-        )
+        let v = verify_cmd::start_verifier(verify_cmd::VerifierSetup {
+            chain: chain.clone(),
+            key: cairn_ledger::dev_signer(i),
+            dir: &data_dir.join(format!("verifier-{i}")),
+            hub: &url,
+            check: &check,
+            engine: v_engine.clone(),
+            listener: l,
+            url: &v_url,
+            tick: std::time::Duration::from_millis(500),
+        })
         .await?;
         verifier_urls.push((v.address(), v_url));
     }

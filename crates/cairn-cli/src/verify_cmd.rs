@@ -86,19 +86,42 @@ fn sampling_secret(path: &Path) -> anyhow::Result<B256> {
     Ok(s)
 }
 
-/// Builds a verifier over `chain` keeping its state in `dir`, serves its API on `listener`
-/// (advertised as `url`, which becomes its registry endpoint), and follows the chain.
-pub async fn start_verifier(
-    chain: Chain,
-    key: PrivateKeySigner,
-    dir: &Path,
-    hub: &str,
-    check: &CheckArgs,
-    engine: Arc<dyn cairn_engine::Engine>,
-    listener: tokio::net::TcpListener,
-    url: &str,
-    tick: Duration,
-) -> anyhow::Result<Verifier> {
+/// A verifier to start: it keeps its state in `dir`, serves its API on `listener` (advertised as
+/// `url`, which becomes its registry endpoint), and follows the chain.
+pub struct VerifierSetup<'a> {
+    /// The deployment followed.
+    pub chain: Chain,
+    /// The verifier's key.
+    pub key: PrivateKeySigner,
+    /// Its state dir.
+    pub dir: &'a Path,
+    /// The hub models come from.
+    pub hub: &'a str,
+    /// How it checks.
+    pub check: &'a CheckArgs,
+    /// The engine it re-executes on.
+    pub engine: Arc<dyn cairn_engine::Engine>,
+    /// Where its API listens.
+    pub listener: tokio::net::TcpListener,
+    /// Where it is reached (its registry endpoint).
+    pub url: &'a str,
+    /// Time between passes over the chain.
+    pub tick: Duration,
+}
+
+/// Starts the verifier `s` describes.
+pub async fn start_verifier(s: VerifierSetup<'_>) -> anyhow::Result<Verifier> {
+    let VerifierSetup {
+        chain,
+        key,
+        dir,
+        hub,
+        check,
+        engine,
+        listener,
+        url,
+        tick,
+    } = s;
     std::fs::create_dir_all(dir)?;
     let me = key.address();
     let info = chain.node(me).await?;
@@ -159,17 +182,17 @@ pub async fn serve(args: VerifierServeArgs) -> anyhow::Result<()> {
     });
     // Tract: bit-exact for tract receipts of this machine's tier, a tolerance check otherwise.
     let engine: Arc<dyn cairn_engine::Engine> = Arc::new(cairn_engine::TractEngine::new());
-    let v = start_verifier(
+    let v = start_verifier(VerifierSetup {
         chain,
         key,
-        &dir,
-        &args.hub,
-        &args.check,
+        dir: &dir,
+        hub: &args.hub,
+        check: &args.check,
         engine,
         listener,
-        &url,
-        Duration::from_millis(args.tick_ms),
-    )
+        url: &url,
+        tick: Duration::from_millis(args.tick_ms),
+    })
     .await?;
     println!("verifier: {url}");
     println!("address:  {}", v.address());

@@ -122,7 +122,7 @@ fn wait_voided(net: &Server, r: &SignedReceipt) -> Value {
             .unwrap()
             .iter()
             .any(|b| b["status"] == "voided")
-            && batch_status(net, r) != ""
+            && !batch_status(net, r).is_empty()
     });
     s
 }
