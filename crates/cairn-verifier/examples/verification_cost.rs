@@ -1,0 +1,159 @@
+//! What verification costs, measured side by side with what the node does (single thread):
+//!
+//! 1. receipt checks per second per core (parse the JSON receipt strictly, recover the signer,
+//!    compare node and domain, hash it for the tree), against the node signing the same receipts;
+//! 2. for the digits MLP and MiniLM-L3: the verifier's work per call at sampling rate p
+//!    (check every receipt + p × [decode the kept input, hash it, re-execute, hash the output])
+//!    as a fraction of the node's inference work per call (run + hash inputs and outputs + sign
+//!    + encode the payloads it keeps).
+//!
+//! `cargo run --release -p cairn-verifier --example verification_cost -- [MODELS_DIR] [RATE]`
+//! (MODELS_DIR defaults to $CAIRN_TEST_MODELS, which `scripts/test.sh` fills.)
+
+use std::hint::black_box;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use alloy_primitives::{Address, B256, U256};
+use alloy_signer_local::PrivateKeySigner;
+use cairn_core::tensor::tensors_hash;
+use cairn_core::{BlobId, DataType, Tensor};
+use cairn_engine::{Engine, TractEngine};
+use cairn_receipt::{Claims, ReceiptDomain, SignedReceipt};
+
+fn claims(i: u64, profile: cairn_core::ExecutionProfile) -> Claims {
+    Claims {
+        request_id: B256::random(),
+        model: BlobId::of(b"model"),
+        input_hash: B256::random(),
+        output_hash: B256::random(),
+        profile,
+        timestamp: 1_790_000_000 + i,
+        price: U256::from(1_000u64),
+        payment_ref: B256::ZERO,
+    }
+}
+
+/// Median of `runs` timings of `f` repeated `n` times, per call, in microseconds.
+fn per_call(runs: usize, n: usize, mut f: impl FnMut()) -> f64 {
+    let mut t: Vec<f64> = (0..runs)
+        .map(|_| {
+            let s = Instant::now();
+            for _ in 0..n {
+                f();
+            }
+            s.elapsed().as_secs_f64() * 1e6 / n as f64
+        })
+        .collect();
+    t.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    t[runs / 2]
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let dir = args
+        .next()
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("CAIRN_TEST_MODELS").map(PathBuf::from))
+        .expect("give the models dir (or set CAIRN_TEST_MODELS)");
+    let rate: f64 = args.next().map(|r| r.parse().unwrap()).unwrap_or(0.05);
+    let engine = TractEngine::new();
+    let profile = engine.profile().clone();
+    let key = PrivateKeySigner::random();
+    let domain = ReceiptDomain {
+        chain_id: 31337,
+        verifying_contract: Address::repeat_byte(0x11),
+    };
+
+    // 1. Receipt checks per second per core.
+    let n = 4_000;
+    let cs: Vec<Claims> = (0..n).map(|i| claims(i, profile.clone())).collect();
+    let sign_us = {
+        let mut i = 0;
+        per_call(5, n as usize, || {
+            black_box(cs[i % cs.len()].clone().sign(domain, &key).unwrap());
+            i += 1;
+        })
+    };
+    let jsons: Vec<_> = cs
+        .iter()
+        .map(|c| c.clone().sign(domain, &key).unwrap().to_json())
+        .collect();
+    let node = key.address();
+    let check_us = {
+        let mut i = 0;
+        per_call(5, n as usize, || {
+            let r = SignedReceipt::verify_json(&jsons[i % jsons.len()]).unwrap();
+            assert!(r.signer == node && r.domain == domain);
+            black_box(r.signing_hash());
+            i += 1;
+        })
+    };
+    println!("receipts (single thread, {n} distinct receipts, median of 5 runs):");
+    println!("  node signs one:        {sign_us:>8.1} µs");
+    println!(
+        "  verifier checks one:   {check_us:>8.1} µs  = {:.0} checks/s/core  ({:.2}x the node's signing)",
+        1e6 / check_us,
+        check_us / sign_us
+    );
+
+    // 2. Verification cost at `rate` against the node's inference cost.
+    println!("verification at sampling rate {rate} vs the node's work per call ({profile}):");
+    let digits_x = {
+        let v: Vec<u8> = (0..64)
+            .flat_map(|i| ((i % 17) as f32).to_le_bytes())
+            .collect();
+        vec![Tensor::new("X", DataType::Fp32, vec![1, 64], v).unwrap()]
+    };
+    let minilm_x = {
+        let ids: Vec<i64> = vec![101, 7592, 2088, 2003, 1037, 3231, 102, 0];
+        let mask: Vec<i64> = vec![1, 1, 1, 1, 1, 1, 1, 0];
+        let b = |v: &[i64]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+        vec![
+            Tensor::new("input_ids", DataType::Int64, vec![1, 8], b(&ids)).unwrap(),
+            Tensor::new("attention_mask", DataType::Int64, vec![1, 8], b(&mask)).unwrap(),
+        ]
+    };
+    for (name, file, inputs, iters) in [
+        ("digits MLP", "digits_mlp.onnx", digits_x, 4_000usize),
+        ("MiniLM-L3", "minilm_l3.onnx", minilm_x, 40),
+    ] {
+        let path = dir.join(file);
+        let Ok(bytes) = std::fs::read(&path) else {
+            println!("  {name}: {} missing, skipped", path.display());
+            continue;
+        };
+        let plan = engine.load(&bytes).unwrap();
+        let inputs = if name == "digits MLP" {
+            // The digits graph's input name, whatever skl2onnx called it.
+            let n = plan.input_names()[0].clone();
+            vec![Tensor::new(n, DataType::Fp32, vec![1, 64], inputs[0].data().to_vec()).unwrap()]
+        } else {
+            inputs
+        };
+        let node_us = per_call(5, iters, || {
+            let out = plan.run(&inputs).unwrap();
+            let c = Claims {
+                input_hash: tensors_hash(&inputs),
+                output_hash: tensors_hash(&out),
+                ..cs[0].clone()
+            };
+            black_box(c.sign(domain, &key).unwrap());
+            black_box(cairn_node::safetensors_io::encode(&inputs));
+            black_box(cairn_node::safetensors_io::encode(&out));
+        });
+        let kept = cairn_node::safetensors_io::encode(&inputs);
+        let reexec_us = per_call(5, iters, || {
+            let x = cairn_node::safetensors_io::decode(&kept).unwrap();
+            black_box(tensors_hash(&x));
+            let out = plan.run(&x).unwrap();
+            black_box(tensors_hash(&out));
+        });
+        let verifier_us = check_us + rate * reexec_us;
+        println!(
+            "  {name:<10}: node {node_us:>9.1} µs/call; verifier {verifier_us:>8.1} µs/call \
+             (check {check_us:.1} + {rate} x re-exec {reexec_us:.1}) = {:.1}% of the node's",
+            100.0 * verifier_us / node_us
+        );
+    }
+}
