@@ -295,8 +295,6 @@ pub async fn register(
             .timeout(Duration::from_secs(30))
             .build()?;
         let mut body = serde_json::to_value(&req)?;
-        body["role"] = json!(format!("{role:?}").to_ascii_lowercase());
-        body["deadline"] = json!(req.deadline);
         body["evidence"] = serde_json::to_value(&evidence)?;
         for v in chain.active_nodes(Role::Verifier).await? {
             if approvals.len() >= quorum {
