@@ -75,7 +75,9 @@ contract Escrow is EIP712, ReentrancyGuard {
     }
 
     /// @notice Deposits with an EIP-3009 `ReceiveWithAuthorization` signed by `payer` (to this
-    /// contract), so the payer needs no approve transaction and no gas.
+    /// contract), so the payer needs no approve transaction and no gas. The authorization's nonce
+    /// must be `depositNonce(channelId(payer, payee, salt), entropy)`: the payer's signature then
+    /// covers the channel too, so whoever submits it cannot send the deposit to another payee.
     function depositWithAuthorization(
         address payer,
         address payee,
@@ -83,14 +85,14 @@ contract Escrow is EIP712, ReentrancyGuard {
         uint256 amount,
         uint256 validAfter,
         uint256 validBefore,
-        bytes32 nonce,
+        bytes32 entropy,
         uint8 v,
         bytes32 r,
         bytes32 s
     ) external nonReentrant {
         bytes32 id = _credit(payer, payee, salt, amount);
         IERC3009Receive(address(token)).receiveWithAuthorization(
-            payer, address(this), amount, validAfter, validBefore, nonce, v, r, s
+            payer, address(this), amount, validAfter, validBefore, depositNonce(id, entropy), v, r, s
         );
         emit Deposited(id, payer, payee, salt, amount);
     }
@@ -137,6 +139,11 @@ contract Escrow is EIP712, ReentrancyGuard {
         c.withdrawableAt = 0;
         emit Withdrawn(id, msg.sender, amount);
         token.safeTransfer(msg.sender, amount);
+    }
+
+    /// @notice The EIP-3009 nonce a payer signs to deposit into channel `id`.
+    function depositNonce(bytes32 id, bytes32 entropy) public pure returns (bytes32) {
+        return keccak256(abi.encode(id, entropy));
     }
 
     function getChannel(address payer, address payee, bytes32 salt) external view returns (Channel memory) {

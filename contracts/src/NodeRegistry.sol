@@ -11,10 +11,13 @@ import {ECDSA} from "@openzeppelin/contracts/utils/cryptography/ECDSA.sol";
 /// @title Registry of inference nodes and verifiers: endpoint, stake, attestation, liveness.
 /// @dev Stake is held here. It leaves only through an unbonding delay, so a node that
 /// misbehaved can still be slashed (by the settlement contract, holding SLASHER_ROLE) after
-/// it asks to leave.
-/// A registration (and any later change of attestation) carries the signatures of a quorum of
-/// active verifiers over an EIP-712 `Registration`: each checked the node's TEE evidence, that it
-/// binds the node's key, and that its measurement is approved. A node counts as active only
+/// it asks to leave; and never while a batch it submitted is still open (the settlement
+/// contract locks the stake per open batch), so stake backing an open batch stays slashable
+/// until that batch is final.
+/// A registration (and any later change of attestation or endpoint) carries the signatures of a
+/// quorum of active verifiers over an EIP-712 `Registration`: each checked the node's TEE
+/// evidence, that it binds the node's key, that its measurement is approved, and that its
+/// endpoint is a public address. A node counts as active only
 /// while its measurement stays approved for its role, so revoking a measurement retires every
 /// node running it.
 contract NodeRegistry is EIP712, AccessControl, ReentrancyGuard {
@@ -58,6 +61,14 @@ contract NodeRegistry is EIP712, AccessControl, ReentrancyGuard {
     /// Measurements (code identities) governance approves per role.
     mapping(Role role => mapping(bytes32 measurement => bool)) public approvedMeasurement;
 
+    /// Execution profiles (hashes) governance says the network can re-execute; verifiers attest
+    /// only batches whose receipts run on one of them.
+    mapping(bytes32 profileHash => bool) public approvedProfile;
+    /// The execution profile each verifier re-executes on (declared by the verifier).
+    mapping(address verifier => bytes32) public verifierProfile;
+    /// Batches of a node still open (submitted or attested, not final): its stake stays put.
+    mapping(address node => uint256) public openBatches;
+
     mapping(address node => Node) private _nodes;
     address[] private _all;
 
@@ -74,6 +85,8 @@ contract NodeRegistry is EIP712, AccessControl, ReentrancyGuard {
     error QuorumNotMet(uint256 signers, uint256 quorum);
     error SignersNotAscending();
     error NotActiveVerifier(address signer);
+    error StakeLocked(uint256 openBatches);
+    error NotAVerifier(address node);
 
     event NodeRegistered(address indexed node, Role role, string endpoint, uint256 stake);
     event StakeAdded(address indexed node, uint256 amount, uint256 stake);
@@ -89,6 +102,9 @@ contract NodeRegistry is EIP712, AccessControl, ReentrancyGuard {
     event HeartbeatTimeoutSet(uint64 timeout);
     event MeasurementSet(Role role, bytes32 measurement, bool approved);
     event RegistrationQuorumSet(uint16 quorum);
+    event ProfileSet(bytes32 profileHash, bool approved);
+    event VerifierProfileDeclared(address indexed verifier, bytes32 profileHash);
+    event StakeLockChanged(address indexed node, uint256 openBatches);
 
     constructor(
         IERC20 stakeToken_,
@@ -159,12 +175,14 @@ contract NodeRegistry is EIP712, AccessControl, ReentrancyGuard {
         emit UnbondRequested(msg.sender, amount, n.unbondingEnds);
     }
 
-    /// @notice Pays out the caller's unbonded stake once the delay has passed.
+    /// @notice Pays out the caller's unbonded stake once the delay has passed and no batch the
+    /// caller submitted is still open.
     function withdrawUnbonded() external nonReentrant {
         Node storage n = _registered(msg.sender);
         uint256 amount = n.unbonding;
         if (amount == 0) revert NothingUnbonding();
         if (block.timestamp < n.unbondingEnds) revert UnbondingNotOver(n.unbondingEnds);
+        if (openBatches[msg.sender] > 0) revert StakeLocked(openBatches[msg.sender]);
         n.unbonding = 0;
         emit UnbondWithdrawn(msg.sender, amount);
         stakeToken.safeTransfer(msg.sender, amount);
@@ -177,9 +195,31 @@ contract NodeRegistry is EIP712, AccessControl, ReentrancyGuard {
         emit Heartbeat(msg.sender, n.lastHeartbeat);
     }
 
-    function setEndpoint(string calldata endpoint) external {
-        _registered(msg.sender).endpoint = endpoint;
+    /// @notice Moves the caller to a new endpoint with (possibly fresh) evidence, approved by a
+    /// verifier quorum exactly as at registration, so verifiers never follow a node to an
+    /// address no quorum checked.
+    function setEndpoint(
+        string calldata endpoint,
+        bytes32 attestationDigest,
+        bytes32 measurement,
+        uint64 deadline,
+        bytes[] calldata verifierSignatures
+    ) external {
+        Node storage n = _registered(msg.sender);
+        _checkRegistration(msg.sender, n.role, endpoint, measurement, attestationDigest, deadline, verifierSignatures);
+        n.endpoint = endpoint;
+        n.attestationDigest = attestationDigest;
+        n.measurement = measurement;
         emit EndpointUpdated(msg.sender, endpoint);
+        emit AttestationUpdated(msg.sender, attestationDigest, measurement);
+    }
+
+    /// @notice Declares the execution profile (hash) this verifier re-executes on.
+    function declareProfile(bytes32 profileHash) external {
+        Node storage n = _registered(msg.sender);
+        if (n.role != Role.Verifier) revert NotAVerifier(msg.sender);
+        verifierProfile[msg.sender] = profileHash;
+        emit VerifierProfileDeclared(msg.sender, profileHash);
     }
 
     /// @notice Replaces the caller's evidence (a new enclave image, a renewed report), approved by a
@@ -195,6 +235,19 @@ contract NodeRegistry is EIP712, AccessControl, ReentrancyGuard {
     }
 
     // ---- governance ----
+
+    /// @notice Governance moves a node's endpoint (a local network's restarts; an operator's
+    /// recovery).
+    function setEndpointFor(address node, string calldata endpoint) external onlyRole(GOVERNOR_ROLE) {
+        _registered(node).endpoint = endpoint;
+        emit EndpointUpdated(node, endpoint);
+    }
+
+    /// @notice Approves or withdraws an execution profile the network can re-execute.
+    function setProfile(bytes32 profileHash, bool approved) external onlyRole(GOVERNOR_ROLE) {
+        approvedProfile[profileHash] = approved;
+        emit ProfileSet(profileHash, approved);
+    }
 
     function setEnabled(address node, bool enabled) external onlyRole(GOVERNOR_ROLE) {
         _registered(node).enabled = enabled;
@@ -248,6 +301,20 @@ contract NodeRegistry is EIP712, AccessControl, ReentrancyGuard {
         if (taken > 0) stakeToken.safeTransfer(to, taken);
     }
 
+    /// @notice The settlement contract opens a batch of `node`: its stake stays until it closes.
+    function lockStake(address node) external onlyRole(SLASHER_ROLE) {
+        _registered(node);
+        uint256 open = ++openBatches[node];
+        emit StakeLockChanged(node, open);
+    }
+
+    /// @notice The settlement contract closes (finalizes, voids or expires) a batch of `node`.
+    function unlockStake(address node) external onlyRole(SLASHER_ROLE) {
+        uint256 open = openBatches[node];
+        if (open > 0) openBatches[node] = --open;
+        emit StakeLockChanged(node, open);
+    }
+
     // ---- queries ----
 
     function getNode(address node) external view returns (Node memory) {
@@ -265,6 +332,17 @@ contract NodeRegistry is EIP712, AccessControl, ReentrancyGuard {
 
     function nodeCount() external view returns (uint256) {
         return _all.length;
+    }
+
+    /// @notice Active verifiers among registrations [offset, offset + limit) that declared
+    /// `profileHash`.
+    function profileVerifiers(bytes32 profileHash, uint256 offset, uint256 limit) external view returns (uint256 count) {
+        uint256 end = offset + limit;
+        if (end > _all.length) end = _all.length;
+        for (uint256 i = offset; i < end; ++i) {
+            address a = _all[i];
+            if (verifierProfile[a] == profileHash && isActive(a, Role.Verifier)) ++count;
+        }
     }
 
     /// @notice Active nodes of `role` among registrations [offset, offset + limit).

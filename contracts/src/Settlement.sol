@@ -13,6 +13,8 @@ import {PaymentVault} from "./PaymentVault.sol";
 
 /// @title Receipt batches: Merkle roots submitted by inference nodes, attested by k verifiers,
 /// finalized after a challenge window with the fees split between node, verifiers and treasury.
+/// A batch no quorum attests within `attestationTimeout` expires: its fees go back to the node's
+/// payment vault (to be batched again) and it stops locking the node's stake.
 /// @dev This contract is the receipts' EIP-712 `verifyingContract` (domain "Cairn", "1"). A leaf is
 /// OpenZeppelin's standard leaf over one value: keccak256(bytes.concat(keccak256(abi.encode(digest))))
 /// where `digest` is the receipt's EIP-712 signing hash.
@@ -24,7 +26,8 @@ contract Settlement is EIP712, AccessControl, ReentrancyGuard {
         Submitted,
         Attested,
         Finalized,
-        Voided
+        Voided,
+        Expired
     }
 
     struct Batch {
@@ -69,6 +72,8 @@ contract Settlement is EIP712, AccessControl, ReentrancyGuard {
     uint16 public verifierQuorum;
     /// Seconds after attestation during which the batch can be challenged.
     uint64 public challengeWindow;
+    /// Seconds after submission within which a batch must be attested, else anyone may expire it.
+    uint64 public attestationTimeout;
     /// Shares of a batch's fees; the node gets the rest.
     uint16 public verifierBps;
     uint16 public treasuryBps;
@@ -95,11 +100,14 @@ contract Settlement is EIP712, AccessControl, ReentrancyGuard {
     error InvalidProof();
     error InvalidBps();
     error ZeroAddress();
+    error NotExpired(uint64 expiresAt);
 
     event BatchSubmitted(uint256 indexed id, address indexed node, bytes32 root, uint32 count, uint256 fees);
     event VaultDeployed(address indexed node, address vault);
     event BatchAttested(uint256 indexed id, address[] verifiers);
     event BatchFinalized(uint256 indexed id, uint256 toNode, uint256 toVerifiers, uint256 toTreasury);
+    event BatchExpired(uint256 indexed id, uint256 refunded);
+    event AttestationTimeoutSet(uint64 timeout);
     event BatchChallenged(
         uint256 indexed id, bytes32 indexed receiptHash, address indexed challenger, uint256 slashed, uint256 reward
     );
@@ -113,6 +121,7 @@ contract Settlement is EIP712, AccessControl, ReentrancyGuard {
         address treasury;
         uint16 verifierQuorum;
         uint64 challengeWindow;
+        uint64 attestationTimeout;
         uint16 verifierBps;
         uint16 treasuryBps;
         uint16 slashBps;
@@ -127,6 +136,7 @@ contract Settlement is EIP712, AccessControl, ReentrancyGuard {
         _setTreasury(p.treasury);
         _setQuorum(p.verifierQuorum);
         challengeWindow = p.challengeWindow;
+        attestationTimeout = p.attestationTimeout;
         _setFeeSplit(p.verifierBps, p.treasuryBps);
         _setSlashing(p.slashBps, p.challengerRewardBps);
     }
@@ -148,6 +158,7 @@ contract Settlement is EIP712, AccessControl, ReentrancyGuard {
         b.fees = fees;
         b.status = Status.Submitted;
         emit BatchSubmitted(id, msg.sender, root, count, fees);
+        registry.lockStake(msg.sender);
         if (fees == 0) return id;
         address vault = vaultOf(msg.sender);
         uint256 fromVault = feeToken.balanceOf(vault);
@@ -191,6 +202,7 @@ contract Settlement is EIP712, AccessControl, ReentrancyGuard {
         uint64 endsAt = b.attestedAt + challengeWindow;
         if (block.timestamp < endsAt) revert ChallengeWindowOpen(endsAt);
         b.status = Status.Finalized;
+        registry.unlockStake(b.node);
 
         uint256 fees = b.fees;
         uint256 n = b.verifiers.length;
@@ -210,6 +222,21 @@ contract Settlement is EIP712, AccessControl, ReentrancyGuard {
             }
         }
         if (toTreasury > 0) feeToken.safeTransfer(treasury, toTreasury);
+    }
+
+    /// @notice Closes a batch no verifier quorum attested within `attestationTimeout` of its
+    /// submission: its fees go back to the node's payment vault (the node batches its receipts
+    /// again) and it no longer locks the node's stake. Anyone may call it.
+    function expire(uint256 id) external nonReentrant {
+        Batch storage b = _batch(id);
+        if (b.status != Status.Submitted) revert WrongStatus(id, b.status);
+        uint64 expiresAt = b.submittedAt + attestationTimeout;
+        if (block.timestamp < expiresAt) revert NotExpired(expiresAt);
+        b.status = Status.Expired;
+        registry.unlockStake(b.node);
+        uint256 fees = b.fees;
+        emit BatchExpired(id, fees);
+        if (fees > 0) feeToken.safeTransfer(vaultOf(b.node), fees);
     }
 
     /// @notice Proves that `receipt` is in batch `id` and that a verifier quorum signed a fraud verdict
@@ -234,9 +261,11 @@ contract Settlement is EIP712, AccessControl, ReentrancyGuard {
         address[] memory signers = _quorumSigners(verdictDigest(id, rh, evidenceHash), verdictSignatures);
 
         b.status = Status.Voided;
+        registry.unlockStake(b.node);
         uint256 fees = b.fees;
         NodeRegistry.Node memory node = registry.getNode(b.node);
-        uint256 slashAmount = (node.stake * slashBps) / BPS;
+        // Unbonding stake backs the batches submitted before the unbond request just the same.
+        uint256 slashAmount = ((node.stake + node.unbonding) * slashBps) / BPS;
         uint256 reward = (slashAmount * challengerRewardBps) / BPS;
         emit BatchChallenged(id, rh, msg.sender, slashAmount, reward);
 
@@ -319,6 +348,11 @@ contract Settlement is EIP712, AccessControl, ReentrancyGuard {
     function setChallengeWindow(uint64 window) external onlyRole(GOVERNOR_ROLE) {
         challengeWindow = window;
         emit ChallengeWindowSet(window);
+    }
+
+    function setAttestationTimeout(uint64 timeout) external onlyRole(GOVERNOR_ROLE) {
+        attestationTimeout = timeout;
+        emit AttestationTimeoutSet(timeout);
     }
 
     function setTreasury(address treasury_) external onlyRole(GOVERNOR_ROLE) {

@@ -13,7 +13,7 @@ use std::str::FromStr;
 use std::sync::Once;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use cairn_core::{Address, FilePath, RepoName, Version};
+use cairn_core::{Address, BlobId, FilePath, RepoName, Version};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Executor, Row};
 
@@ -589,6 +589,63 @@ impl Catalog {
             version,
             file,
         })
+    }
+
+    /// Bytes of every file in repositories `owner` owns (drafts included): what counts against
+    /// the owner's quota.
+    pub async fn owner_usage(&self, owner: Address) -> Result<u64> {
+        let row = sqlx::query(
+            "SELECT CAST(COALESCE(SUM(f.size), 0) AS BIGINT) AS used FROM files f
+             JOIN releases r ON r.id = f.release_id JOIN repos p ON p.id = r.repo_id
+             WHERE p.owner = $1",
+        )
+        .bind(owner.to_checksum(None))
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(u64::try_from(row.try_get::<i64, _>("used")?).unwrap_or(0))
+    }
+
+    /// Whether `cid` is a file of some published release (only those are served to anyone).
+    pub async fn blob_published(&self, cid: &BlobId) -> Result<bool> {
+        let row = sqlx::query(
+            "SELECT 1 AS one FROM files f JOIN releases r ON r.id = f.release_id
+             WHERE f.cid = $1 AND r.published_at IS NOT NULL LIMIT 1",
+        )
+        .bind(cid.to_string())
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.is_some())
+    }
+
+    /// Every CID some release (draft or published) holds.
+    pub async fn referenced_cids(&self) -> Result<std::collections::HashSet<String>> {
+        let rows = sqlx::query("SELECT DISTINCT cid FROM files")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| r.try_get::<String, _>("cid").map_err(Into::into))
+            .collect()
+    }
+
+    /// Deletes draft releases created before `before` (Unix seconds) with their files: an
+    /// abandoned upload holds no storage forever. Returns how many drafts went.
+    pub async fn expire_drafts(&self, before: i64) -> Result<u64> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "DELETE FROM files WHERE release_id IN
+               (SELECT id FROM releases WHERE published_at IS NULL AND created_at < $1)",
+        )
+        .bind(before)
+        .execute(&mut *tx)
+        .await?;
+        let gone =
+            sqlx::query("DELETE FROM releases WHERE published_at IS NULL AND created_at < $1")
+                .bind(before)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+        tx.commit().await?;
+        Ok(gone)
     }
 
     /// Records a request nonce; false if `signer` used it before (a replay). Nonces are kept

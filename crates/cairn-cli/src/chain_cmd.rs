@@ -102,6 +102,15 @@ pub enum ChainCommand {
         /// Seconds a batch can be challenged after attestation.
         #[arg(long, default_value_t = 86_400)]
         challenge_window: u64,
+        /// Seconds a batch may wait for a verifier quorum's attestation; after that anyone may
+        /// expire it (its fees go back to the node's vault).
+        #[arg(long, default_value_t = 86_400)]
+        attestation_timeout: u64,
+        /// Approve an execution profile verifiers re-execute: a profile hash (0x…) or its
+        /// canonical form (`engine=tract;version=…;isa=…;threads=1`); repeatable. The portable
+        /// tract profile of this build is always approved.
+        #[arg(long = "approve-profile", value_parser = parse_profile)]
+        approve_profiles: Vec<B256>,
         /// Seconds before unbonded stake (and an escrow refund) can leave.
         #[arg(long, default_value_t = 7 * 86_400)]
         unbonding_delay: u64,
@@ -139,6 +148,19 @@ pub enum ChainCommand {
         /// The measurement (0x + 64 hex digits), or `dev` for software-key evidence.
         #[arg(long)]
         measurement: String,
+        #[arg(long)]
+        revoke: bool,
+    },
+    /// Governance: approve (or --revoke) an execution profile verifiers re-execute.
+    Profile {
+        #[command(flatten)]
+        chain: ChainArgs,
+        /// The governor's key file.
+        #[arg(long)]
+        key: PathBuf,
+        /// A profile hash (0x…), its canonical form, or `portable` (this build's generic tract).
+        #[arg(value_parser = parse_profile)]
+        profile: B256,
         #[arg(long)]
         revoke: bool,
     },
@@ -191,6 +213,8 @@ pub async fn run(cmd: ChainCommand) -> anyhow::Result<()> {
             treasury,
             quorum,
             challenge_window,
+            attestation_timeout,
+            approve_profiles,
             unbonding_delay,
             rpc_wait_secs,
             approve_dev_evidence,
@@ -205,6 +229,12 @@ pub async fn run(cmd: ChainCommand) -> anyhow::Result<()> {
                 token,
                 verifier_quorum: quorum,
                 challenge_window,
+                attestation_timeout,
+                approved_profiles: std::iter::once(
+                    cairn_engine::TractEngine::portable_profile().hash(),
+                )
+                .chain(approve_profiles)
+                .collect(),
                 unbonding_delay,
                 escrow_withdraw_delay: unbonding_delay,
                 approved_measurements: approve_measurements
@@ -280,6 +310,22 @@ pub async fn run(cmd: ChainCommand) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        ChainCommand::Profile {
+            chain,
+            key,
+            profile,
+            revoke,
+        } => {
+            let gov = crate::keyfile::load_or_create(&key)?;
+            let chain = chain.connect().await?;
+            chain.set_profile(&gov, profile, !revoke).await?;
+            let checkers = chain.profile_verifiers(profile).await?;
+            println!(
+                "{} profile {profile}; {checkers} active verifier(s) declare it",
+                if revoke { "revoked" } else { "approved" }
+            );
+            Ok(())
+        }
         ChainCommand::RegistrationQuorum { chain, key, quorum } => {
             let gov = crate::keyfile::load_or_create(&key)?;
             let chain = chain.connect().await?;
@@ -300,6 +346,24 @@ pub async fn run(cmd: ChainCommand) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// A profile as `--approve-profile` / `chain profile` take it.
+fn parse_profile(s: &str) -> Result<B256, String> {
+    if s == "portable" {
+        return Ok(cairn_engine::TractEngine::portable_profile().hash());
+    }
+    if s.starts_with("0x") {
+        return s
+            .parse()
+            .map_err(|e| format!("{s:?} is not a 32-byte hex profile hash: {e}"));
+    }
+    if s.starts_with("engine=") {
+        return Ok(alloy_primitives::keccak256(s.as_bytes()));
+    }
+    Err(format!(
+        "{s:?} is not a profile: give its hash (0x…), its canonical form (engine=…;version=…;isa=…;threads=…) or `portable`"
+    ))
 }
 
 /// The chain named by `--rpc/--deployment`, or a devnet's embedded chain read-only.
@@ -511,6 +575,7 @@ pub async fn devnet_chain(
     data_dir: &Path,
     chain_id: u64,
     challenge_window: u64,
+    attestation_timeout: u64,
 ) -> anyhow::Result<Chain> {
     let (ledger_path, deployment_path) = devnet_paths(data_dir);
     let genesis: Vec<(Address, U256)> = DEVNET_ACCOUNTS
@@ -525,6 +590,8 @@ pub async fn devnet_chain(
     let gov = dev_signer(0);
     let params = DeployParams {
         challenge_window,
+        attestation_timeout,
+        approved_profiles: vec![cairn_engine::TractEngine::portable_profile().hash()],
         ..DeployParams::devnet(gov.address(), dev_signer(1).address())
     };
     let d = deploy(ledger.as_ref(), &gov, &params)

@@ -89,6 +89,14 @@ fn alloy_primitives_hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Where the payer with key file `key` keeps its own prepaid accounts (beside the key that
+/// signs the vouchers): `KEYFILE.prepaid/`.
+pub fn prepaid_accounts(key: &Path) -> PathBuf {
+    let mut p = key.as_os_str().to_owned();
+    p.push(".prepaid");
+    PathBuf::from(p)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

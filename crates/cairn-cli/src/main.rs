@@ -55,6 +55,10 @@ enum Command {
         /// Challenge window of batches in seconds (fixed when the chain is first deployed).
         #[arg(long, default_value_t = 10)]
         challenge_window: u64,
+        /// Seconds a batch may wait for its attestation before anyone may expire it (its fees
+        /// go back to the node's vault; fixed when the chain is first deployed).
+        #[arg(long, default_value_t = 300)]
+        attestation_timeout: u64,
         /// Serve inference without asking for payment (receipts still carry --price; the node
         /// escrows their fees itself).
         #[arg(long)]
@@ -155,8 +159,14 @@ enum HubCommand {
         #[arg(long, env = "CAIRN_S3_ENDPOINT")]
         s3_endpoint: Option<String>,
         /// Largest accepted file, in bytes.
-        #[arg(long, default_value_t = 64 << 30)]
+        #[arg(long, default_value_t = 16 << 30)]
         max_upload_bytes: u64,
+        /// Most bytes one owner's repositories may hold, drafts included.
+        #[arg(long, default_value_t = 64 << 30)]
+        owner_quota_bytes: u64,
+        /// Seconds a draft release may stay unpublished before it and its files are deleted.
+        #[arg(long, default_value_t = 7 * 24 * 3600)]
+        draft_ttl_secs: u64,
     },
     /// Print a file's CID, offline (streams; constant memory).
     Id {
@@ -307,6 +317,9 @@ fn pin_cpu_isa(cli: &Cli) -> anyhow::Result<()> {
         | Command::Node(NodeCommand::Serve(node_cmd::NodeServeArgs { engine, .. })) => {
             node_cmd::wanted_isa_env(&engine.cpu_tier)?
         }
+        Command::Verifier(VerifierCommand::Serve(args)) => {
+            node_cmd::wanted_isa_env(&args.cpu_tier)?
+        }
         Command::Receipt(ReceiptCommand::Reexec { receipt, .. }) => {
             node_cmd::reexec_isa_env(receipt)
         }
@@ -378,6 +391,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             price,
             batch_max_age_secs,
             challenge_window,
+            attestation_timeout,
             free,
             verifiers,
             faults,
@@ -392,6 +406,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     price,
                     batch_max_age_secs,
                     challenge_window,
+                    attestation_timeout,
                     free,
                     verifiers,
                     faults,
@@ -491,6 +506,7 @@ struct DevnetChain {
     price: alloy_primitives::U256,
     batch_max_age_secs: u64,
     challenge_window: u64,
+    attestation_timeout: u64,
     free: bool,
     verifiers: DevnetVerifiers,
     faults: node_cmd::FaultArgs,
@@ -502,9 +518,13 @@ struct DevnetVerifiers {
     /// Fraction of each batch's receipts each verifier re-executes.
     #[arg(long, default_value_t = 0.25)]
     sample_rate: f64,
-    /// Seconds after submission within which the node must hand over sampled payloads.
-    #[arg(long, default_value_t = 10)]
-    payload_deadline_secs: u64,
+    /// Seconds over which each verifier keeps trying to fetch a sampled payload before it holds
+    /// the node to have withheld it.
+    #[arg(long, default_value_t = 20)]
+    payload_window_secs: u64,
+    /// Fetch attempts spread over that window (all must fail).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(2..=100))]
+    payload_attempts: u32,
     /// How many of the three registered verifiers run (quorum stays two).
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(0..=3))]
     verifiers: u8,
@@ -525,11 +545,10 @@ async fn devnet(
     });
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("creating {}", data_dir.display()))?;
-    let config = HubConfig {
-        catalog_url: format!("sqlite://{}", data_dir.join("catalog.db").display()),
-        blobs: Location::Dir(data_dir.join("blobs")),
-        max_upload_bytes: 64 << 30,
-    };
+    let config = HubConfig::new(
+        format!("sqlite://{}", data_dir.join("catalog.db").display()),
+        Location::Dir(data_dir.join("blobs")),
+    );
     let (listener, state) = serve_hub(config, listen).await?;
     let url = format!("http://{}", listener.local_addr()?);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -541,7 +560,14 @@ async fn devnet(
     let demo = publish_demo(&url, &data_dir)
         .await
         .context("publishing the demo model")?;
-    let chain = chain_cmd::devnet_chain(&data_dir, c.chain_id, c.challenge_window).await?;
+    let chain = chain_cmd::devnet_chain(
+        &data_dir,
+        c.chain_id,
+        c.challenge_window,
+        c.attestation_timeout,
+    )
+    .await?;
+    let gov = cairn_ledger::dev_signer(0);
     let node_key = data_dir.join("chain").join("node.key");
     keyfile::write(&node_key, &cairn_ledger::dev_signer(chain_cmd::DEVNET_NODE))?;
     // The first user account, ready to pay with `cairn infer --payer-key`.
@@ -570,7 +596,10 @@ async fn devnet(
     // registration approvals) and state dir; dev evidence is accepted (devnet only).
     let check = verify_cmd::CheckArgs {
         sample_rate: c.verifiers.sample_rate,
-        payload_deadline_secs: c.verifiers.payload_deadline_secs,
+        payload_window_secs: c.verifiers.payload_window_secs,
+        payload_attempts: c.verifiers.payload_attempts,
+        allow_private_endpoints: true,
+        max_model_bytes: 2 << 30,
         tolerance: 1e-4,
         allow_dev_evidence: true,
     };
@@ -594,6 +623,7 @@ async fn devnet(
             listener: l,
             url: &v_url,
             tick: std::time::Duration::from_millis(500),
+            endpoint_update: verify_cmd::EndpointUpdate::Governor(&gov),
         })
         .await?;
         verifier_urls.push((v.address(), v_url));
@@ -609,8 +639,13 @@ async fn devnet(
     )
     .await
     .context("registering the devnet node through its verifiers")?;
-    let node_state =
-        node_cmd::open_node(&node_args, &data_dir.join("node"), Some(chain.clone())).await?;
+    let node_state = node_cmd::open_node(
+        &node_args,
+        &data_dir.join("node"),
+        Some(chain.clone()),
+        Some(&gov),
+    )
+    .await?;
     println!("Cairn devnet");
     println!("  data dir: {}", data_dir.display());
     println!("  hub:      {url}");
@@ -744,11 +779,14 @@ async fn hub(cmd: HubCommand) -> anyhow::Result<()> {
             blobs,
             s3_endpoint,
             max_upload_bytes,
+            owner_quota_bytes,
+            draft_ttl_secs,
         } => {
             let config = HubConfig {
-                catalog_url: catalog,
-                blobs: Location::parse(&blobs, s3_endpoint),
                 max_upload_bytes,
+                owner_quota_bytes,
+                draft_ttl: std::time::Duration::from_secs(draft_ttl_secs),
+                ..HubConfig::new(catalog, Location::parse(&blobs, s3_endpoint))
             };
             let (listener, state) = serve_hub(config, listen).await?;
             println!("hub: http://{}", listener.local_addr()?);

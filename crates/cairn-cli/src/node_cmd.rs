@@ -29,9 +29,10 @@ pub struct EngineArgs {
     /// Engine.
     #[arg(long, value_enum, default_value = "tract")]
     pub engine: EngineKind,
-    /// CPU kernel tier for tract: native, generic (portable), avx2, avx512. Pinned at process
-    /// start (the process re-executes itself with TRACT_CPU_ISA set).
-    #[arg(long, default_value = "native", env = "CAIRN_CPU_TIER")]
+    /// CPU kernel tier for tract: generic (portable: any verifier reproduces it), avx2,
+    /// avx512, native (fastest; reproducible only on CPUs with the same features). Pinned at
+    /// process start (the process re-executes itself with TRACT_CPU_ISA set).
+    #[arg(long, default_value = "generic", env = "CAIRN_CPU_TIER")]
     pub cpu_tier: String,
     /// ONNX Runtime shared library (from scripts/install-onnxruntime.sh).
     #[arg(long, env = "ORT_DYLIB_PATH")]
@@ -70,12 +71,17 @@ pub struct NodeServeArgs {
     /// Model cache size in bytes.
     #[arg(long, default_value_t = 4 << 30)]
     pub cache_bytes: u64,
+    /// Largest model file fetched and loaded, in bytes (larger ones are refused while
+    /// downloading).
+    #[arg(long, default_value_t = 2 << 30)]
+    pub max_model_bytes: u64,
     /// Seconds request/response payloads are kept for verifiers.
     #[arg(long, default_value_t = 7 * 24 * 3600)]
     pub retention_secs: u64,
-    /// fsync the receipt log on every commit (survives power loss; costs a disk flush per
-    /// group commit). Without it a committed receipt survives the node process dying.
-    #[arg(long)]
+    /// fsync the receipt log on every group commit, so a receipt (and the payment it counts)
+    /// survives power loss; `false`: a committed receipt survives the node process dying but
+    /// not the machine losing power.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub fsync_receipts: bool,
     /// Largest request body in bytes.
     #[arg(long, default_value_t = 64 << 20)]
@@ -95,6 +101,13 @@ pub struct NodeServeArgs {
     /// Inferences running at once (default: CPU count).
     #[arg(long)]
     pub workers: Option<usize>,
+    /// Milliseconds a request body may take to arrive (a slow sender is cut off with 504).
+    #[arg(long, default_value_t = 10_000)]
+    pub body_timeout_ms: u64,
+    /// Bytes of request bodies read at once; more wait with 503 (a body without a length
+    /// counts as --max-body-bytes).
+    #[arg(long, default_value_t = 256 << 20)]
+    pub body_budget_bytes: usize,
     /// Settle receipts on this chain (with --deployment; the receipt domain then comes from the
     /// deployment and --chain-id/--verifying-contract are ignored).
     #[command(flatten)]
@@ -131,12 +144,17 @@ pub struct FaultArgs {
     /// Refuse to hand out kept payloads, so samples cannot be re-executed.
     #[arg(long, hide = true)]
     pub fault_withhold_payloads: bool,
+    /// Refuse a batch's payloads for this many seconds after it is sealed, then serve them.
+    #[arg(long, hide = true, default_value_t = 0)]
+    pub fault_payload_outage_secs: u64,
 }
 
 impl FaultArgs {
     /// Whether any fault is on.
     pub fn any(&self) -> bool {
-        self.fault_wrong_output > 0.0 || self.fault_withhold_payloads
+        self.fault_wrong_output > 0.0
+            || self.fault_withhold_payloads
+            || self.fault_payload_outage_secs > 0
     }
 }
 
@@ -200,6 +218,7 @@ pub async fn open_node(
     args: &NodeServeArgs,
     data_dir: &Path,
     chain: Option<cairn_ledger::Chain>,
+    governor: Option<&alloy_signer_local::PrivateKeySigner>,
 ) -> anyhow::Result<cairn_node::NodeState> {
     let key_path = args
         .key
@@ -213,8 +232,26 @@ pub async fn open_node(
         queue_per_model: args.queue_per_model,
         queue_total: args.queue_total,
         workers: args.workers.unwrap_or_else(|| Limits::default().workers),
+        body_timeout: Duration::from_millis(args.body_timeout_ms),
+        body_budget_bytes: args.body_budget_bytes.max(args.max_body_bytes),
     };
     let engine = engine(&args.engine, limits.workers)?;
+    if let Some(c) = &chain {
+        // Verifiers attest only receipts on approved profiles: settling on another one would
+        // escrow fees that can never be attested.
+        let profile = engine.profile();
+        if !c.profile_approved(profile.hash()).await? {
+            match governor {
+                Some(gov) => {
+                    c.set_profile(gov, profile.hash(), true).await?;
+                }
+                None => bail!(
+                    "execution profile {profile} ({}) is not approved on this deployment, so no verifier would attest its receipts; run on an approved profile (--cpu-tier generic) or ask governance (`cairn chain profile`)",
+                    profile.hash()
+                ),
+            }
+        }
+    }
     let domain = match &chain {
         Some(c) => ReceiptDomain {
             chain_id: c.deployment().chain_id,
@@ -247,6 +284,7 @@ pub async fn open_node(
         price: args.price,
         limits,
         cache_bytes: args.cache_bytes,
+        max_model_bytes: args.max_model_bytes,
         retention: Duration::from_secs(args.retention_secs),
         fsync_receipts: args.fsync_receipts,
         settlement,
@@ -254,6 +292,7 @@ pub async fn open_node(
         faults: cairn_node::Faults {
             wrong_output_rate: args.faults.fault_wrong_output,
             withhold_payloads: args.faults.fault_withhold_payloads,
+            payload_outage: Duration::from_secs(args.faults.fault_payload_outage_secs),
         },
     })
     .await?;
@@ -272,7 +311,7 @@ pub async fn serve(args: NodeServeArgs) -> anyhow::Result<()> {
         (None, None) => None,
         _ => Some(args.chain.connect().await?),
     };
-    let state = open_node(&args, &data_dir, chain).await?;
+    let state = open_node(&args, &data_dir, chain, None).await?;
     let listener = cairn_node::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
@@ -331,7 +370,9 @@ pub async fn infer(
     let inputs = read_tensors(input)?;
     let mut client = NodeClient::new(node);
     if let Some(path) = &pay.payer_key {
-        client = client.with_payer(crate::keyfile::load(path)?, pay.salt);
+        client = client
+            .with_payer(crate::keyfile::load(path)?, pay.salt)
+            .with_accounts(crate::keyfile::prepaid_accounts(path));
     }
     let outcome = match client.infer(reference, &inputs, json_body).await {
         Err(cairn_node::client::NodeClientError::Api {

@@ -76,7 +76,51 @@ pub enum FacilitatorCommand {
         data_dir: PathBuf,
         #[command(flatten)]
         chain: ChainArgs,
+        /// The API key resource servers send (`Authorization: Bearer …`): one token per line;
+        /// created with a random token (mode 0600) when missing. Default: DATA_DIR/api-keys.
+        #[arg(long)]
+        api_keys: Option<PathBuf>,
+        /// The only payees it settles to (your resource servers' payTo; repeatable, required):
+        /// it pays the gas, so nobody may point it elsewhere.
+        #[arg(long = "pay-to", required = true)]
+        pay_to: Vec<Address>,
+        /// The smallest amount it settles, in token units.
+        #[arg(long, default_value = "1000")]
+        min_amount: U256,
     },
+}
+
+/// The facilitator's API keys file: tokens one per line; a random one is created when missing.
+fn api_keys(path: &std::path::Path) -> anyhow::Result<Vec<[u8; 32]>> {
+    use sha2::Digest;
+    if !path.exists() {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        if let Some(d) = path.parent() {
+            std::fs::create_dir_all(d)?;
+        }
+        let token = B256::random().to_string();
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .with_context(|| format!("creating {}", path.display()))?;
+        writeln!(f, "{}", token.trim_start_matches("0x"))?;
+        f.sync_all()?;
+    }
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let keys: Vec<[u8; 32]> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| sha2::Sha256::digest(l.as_bytes()).into())
+        .collect();
+    if keys.is_empty() {
+        bail!("{} holds no API key", path.display());
+    }
+    Ok(keys)
 }
 
 /// The JSON of a successful answer; else an error with the node's message.
@@ -177,6 +221,10 @@ pub async fn run(c: PayCommand) -> anyhow::Result<()> {
                 let d = cairn_x402::prepaid::sign_deposit(
                     &key,
                     escrow,
+                    t["payTo"]
+                        .as_str()
+                        .and_then(|a| a.parse().ok())
+                        .context("the node names no payTo")?,
                     payer.salt,
                     amount,
                     valid_before,
@@ -192,6 +240,17 @@ pub async fn run(c: PayCommand) -> anyhow::Result<()> {
                 answer("the node refused the deposit", resp).await?;
             }
             println!("deposited {amount} token units with {}", payer.node);
+            // This machine's own account of the channel: vouchers are signed from it, never from
+            // the node's word. A new channel starts from what the node reports as owed.
+            let path = account_path(&payer, key.address(), &t)?;
+            if cairn_x402::client::PrepaidAccount::load(&path)?.is_none() {
+                let c = channel(&payer, key.address()).await?;
+                let owed = c["accepted"]
+                    .as_str()
+                    .and_then(|v| U256::from_str_radix(v, 10).ok())
+                    .unwrap_or_default();
+                cairn_x402::client::PrepaidAccount::create(&path, owed)?;
+            }
             balance(&payer, key.address()).await
         }
         PayCommand::Balance { payer } => {
@@ -228,14 +287,51 @@ pub async fn run(c: PayCommand) -> anyhow::Result<()> {
     }
 }
 
-async fn balance(payer: &PayerArgs, who: Address) -> anyhow::Result<()> {
-    let c = get_json(&format!(
+async fn channel(payer: &PayerArgs, who: Address) -> anyhow::Result<Value> {
+    get_json(&format!(
         "{}/v1/prepaid/{who}?salt={}",
         payer.node.trim_end_matches('/'),
         payer.salt
     ))
-    .await?;
+    .await
+}
+
+/// The payer's own account file of its channel with the node whose terms are `t`.
+fn account_path(payer: &PayerArgs, who: Address, t: &Value) -> anyhow::Result<PathBuf> {
+    let chain_id = cairn_x402::wire::chain_id_of(t["network"].as_str().unwrap_or(""))
+        .context("the node's network is not an EVM chain")?;
+    let channel = cairn_ledger::Chain::channel_id(who, addr(&t["payTo"], "payTo")?, payer.salt);
+    Ok(cairn_x402::client::PrepaidAccount::path(
+        &crate::keyfile::prepaid_accounts(&payer.payer_key),
+        chain_id,
+        addr(&t["escrow"], "escrow")?,
+        channel,
+    ))
+}
+
+async fn balance(payer: &PayerArgs, who: Address) -> anyhow::Result<()> {
+    let c = channel(payer, who).await?;
     print_channel(&c);
+    let t = terms(&payer.node).await?;
+    let path = account_path(payer, who, &t)?;
+    match cairn_x402::client::PrepaidAccount::load(&path)? {
+        Some(a) => {
+            println!("your account: {} paid ({})", a.paid, path.display());
+            let node = c["accepted"]
+                .as_str()
+                .and_then(|v| U256::from_str_radix(v, 10).ok())
+                .unwrap_or_default();
+            if node > a.paid {
+                println!(
+                    "warning: the node counts {node}, more than your own account; your next vouchers follow your account"
+                );
+            }
+        }
+        None => println!(
+            "your account: none on this machine ({}); `cairn infer` pays this node with exact until you deposit from here",
+            path.display()
+        ),
+    }
     Ok(())
 }
 
@@ -245,16 +341,30 @@ pub async fn facilitator(c: FacilitatorCommand) -> anyhow::Result<()> {
         key,
         data_dir,
         chain,
+        api_keys: keys_path,
+        pay_to,
+        min_amount,
     } = c;
     let key = crate::keyfile::load(&key)?;
     let chain = chain.connect().await?;
     let store = cairn_x402::PaymentStore::open(&data_dir.join("payments.sqlite"))?;
-    let f = Arc::new(cairn_x402::Facilitator::new(chain, key, store).await?);
+    let keys_path = keys_path.unwrap_or_else(|| data_dir.join("api-keys"));
+    let policy = cairn_x402::facilitator::Policy {
+        api_key_hashes: api_keys(&keys_path)?,
+        pay_to,
+        min_amount,
+    };
+    let f = Arc::new(
+        cairn_x402::Facilitator::new(chain, key, store)
+            .await?
+            .with_policy(policy),
+    );
     tokio::spawn(f.clone().reconcile_loop(Duration::from_secs(5)));
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding {listen}"))?;
     println!("facilitator: http://{}", listener.local_addr()?);
+    println!("  api keys: {}", keys_path.display());
     println!("  network:  {}", f.network());
     println!("  asset:    {}", f.token());
     axum::serve(listener, f.router())

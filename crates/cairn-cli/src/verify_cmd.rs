@@ -22,12 +22,24 @@ pub struct CheckArgs {
     /// Fraction of each batch's receipts re-executed.
     #[arg(long, default_value_t = 0.05)]
     pub sample_rate: f64,
-    /// Seconds after a batch's submission within which a node must hand over sampled payloads.
-    #[arg(long, default_value_t = 60)]
-    pub payload_deadline_secs: u64,
+    /// Seconds over which a verifier keeps trying to fetch a sampled payload before it holds
+    /// the node to have withheld it (a node restart or overload shorter than this costs the
+    /// node nothing).
+    #[arg(long, default_value_t = 600)]
+    pub payload_window_secs: u64,
+    /// Fetch attempts spread evenly over the window; all must fail (at least 2).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(2..=100))]
+    pub payload_attempts: u32,
+    /// Let node endpoints be loopback or private addresses: local test networks only.
+    #[arg(long)]
+    pub allow_private_endpoints: bool,
     /// Largest |difference| accepted when re-checking tolerance (onnxruntime) receipts.
     #[arg(long, default_value_t = 1e-4)]
     pub tolerance: f64,
+    /// Largest model file re-executed, in bytes (a receipt naming a larger one is abstained
+    /// from).
+    #[arg(long, default_value_t = 2 << 30)]
+    pub max_model_bytes: u64,
     /// Accept `dev` (software-key, not a TEE) evidence in registrations: for local networks only.
     #[arg(long)]
     pub allow_dev_evidence: bool,
@@ -51,6 +63,10 @@ pub struct VerifierServeArgs {
     /// The hub models are fetched from.
     #[arg(long, env = "CAIRN_HUB", default_value = crate::DEFAULT_HUB)]
     pub hub: String,
+    /// CPU kernel tier tract re-executes on (receipts of other bit-exact tiers are abstained
+    /// from): generic (portable), avx2, avx512, native.
+    #[arg(long, default_value = "generic", env = "CAIRN_CPU_TIER")]
+    pub cpu_tier: String,
     /// Where verdicts, the sampling secret and the model cache live.
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
@@ -59,6 +75,10 @@ pub struct VerifierServeArgs {
     /// Milliseconds between passes over the chain.
     #[arg(long, default_value_t = 1_000)]
     pub tick_ms: u64,
+    /// Where the verifier's evidence comes from, when its endpoint changes and other verifiers
+    /// must approve the move.
+    #[arg(long, value_enum, default_value = "dev")]
+    pub attester: AttesterArg,
 }
 
 /// Reads the sampling secret at `path`, creating a random one (mode 0600) on first use.
@@ -107,6 +127,17 @@ pub struct VerifierSetup<'a> {
     pub url: &'a str,
     /// Time between passes over the chain.
     pub tick: Duration,
+    /// How a changed endpoint gets into the registry: governance's key (a local network), or
+    /// the verifier's own evidence approved by the other verifiers.
+    pub endpoint_update: EndpointUpdate<'a>,
+}
+
+/// How a node's new endpoint gets into the registry.
+pub enum EndpointUpdate<'a> {
+    /// Governance moves it (the devnet holds the governor's key).
+    Governor(&'a PrivateKeySigner),
+    /// Fresh evidence approved by a quorum of verifiers, like a registration.
+    Approved(&'a dyn Attester),
 }
 
 /// Starts the verifier `s` describes.
@@ -121,6 +152,7 @@ pub async fn start_verifier(s: VerifierSetup<'_>) -> anyhow::Result<Verifier> {
         listener,
         url,
         tick,
+        endpoint_update,
     } = s;
     std::fs::create_dir_all(dir)?;
     let me = key.address();
@@ -131,14 +163,35 @@ pub async fn start_verifier(s: VerifierSetup<'_>) -> anyhow::Result<Verifier> {
         );
     }
     if info.endpoint != url {
-        chain.set_endpoint(&key, url).await?;
+        match endpoint_update {
+            EndpointUpdate::Governor(gov) => {
+                chain.set_endpoint_for(gov, me, url).await?;
+            }
+            EndpointUpdate::Approved(attester) => {
+                move_endpoint(&chain, &key, Role::Verifier, url, attester).await?;
+            }
+        }
+    }
+    // Declare the profile this verifier re-executes on, so the network can count who checks what.
+    let profile = engine.profile().hash();
+    if chain.verifier_profile(me).await? != profile {
+        chain.declare_profile(&key, profile).await?;
     }
     let hub_client = cairn_hub::HubClient::new(hub, None)?;
-    let cache = cairn_node::cache::ModelCache::new(dir.join("models"), hub_client, engine, 1 << 30);
+    let cache = cairn_node::cache::ModelCache::new(
+        dir.join("models"),
+        hub_client,
+        engine,
+        4 << 30,
+        check.max_model_bytes,
+    );
     let config = VerifierConfig {
         sample_rate: check.sample_rate,
         secret: sampling_secret(&dir.join("sampling.secret"))?,
-        payload_deadline: Duration::from_secs(check.payload_deadline_secs),
+        payload_window: Duration::from_secs(check.payload_window_secs),
+        payload_attempts: check.payload_attempts,
+        max_fetch_bytes: 256 << 20,
+        allow_private_endpoints: check.allow_private_endpoints,
         attestation: cairn_attest::Policy {
             allow_dev: check.allow_dev_evidence,
         },
@@ -182,6 +235,7 @@ pub async fn serve(args: VerifierServeArgs) -> anyhow::Result<()> {
     });
     // Tract: bit-exact for tract receipts of this machine's tier, a tolerance check otherwise.
     let engine: Arc<dyn cairn_engine::Engine> = Arc::new(cairn_engine::TractEngine::new());
+    let att = attester(args.attester, &key)?;
     let v = start_verifier(VerifierSetup {
         chain,
         key,
@@ -192,6 +246,7 @@ pub async fn serve(args: VerifierServeArgs) -> anyhow::Result<()> {
         listener,
         url: &url,
         tick: Duration::from_millis(args.tick_ms),
+        endpoint_update: EndpointUpdate::Approved(att.as_ref()),
     })
     .await?;
     println!("verifier: {url}");
@@ -254,7 +309,8 @@ fn now_secs() -> u64 {
 
 /// Registers `key` in `role` at `endpoint`: fresh evidence binding the key, approved by as many
 /// active verifiers as the registry's quorum asks (each checks it over `POST /v1/registrations`),
-/// then `NodeRegistry.register`. An already registered node gets its endpoint updated.
+/// then `NodeRegistry.register`. An already registered node moves to `endpoint` the same way
+/// (`setEndpoint` needs the same approvals).
 pub async fn register(
     chain: &Chain,
     key: &PrivateKeySigner,
@@ -263,14 +319,41 @@ pub async fn register(
     stake: U256,
     attester: &dyn Attester,
 ) -> anyhow::Result<Option<TxOutcome>> {
-    let me = key.address();
-    let info = chain.node(me).await?;
-    if info.role.is_some() {
-        if info.endpoint != endpoint {
-            chain.set_endpoint(key, endpoint).await?;
+    let info = chain.node(key.address()).await?;
+    if let Some(current) = info.role {
+        if info.endpoint == endpoint {
+            return Ok(None);
         }
-        return Ok(None);
+        return Ok(Some(
+            move_endpoint(chain, key, current, endpoint, attester).await?,
+        ));
     }
+    let (req, approvals) = approved(chain, key, role, endpoint, attester).await?;
+    Ok(Some(chain.register(key, &req, stake, approvals).await?))
+}
+
+/// Moves a registered node to `endpoint` with fresh evidence approved by the verifiers.
+pub async fn move_endpoint(
+    chain: &Chain,
+    key: &PrivateKeySigner,
+    role: Role,
+    endpoint: &str,
+    attester: &dyn Attester,
+) -> anyhow::Result<TxOutcome> {
+    let (req, approvals) = approved(chain, key, role, endpoint, attester).await?;
+    Ok(chain.set_endpoint(key, &req, approvals).await?)
+}
+
+/// A registration of `key` in `role` at `endpoint` on fresh evidence, with as many verifier
+/// approvals as the registry asks for (each asked with a request signed by `key`).
+async fn approved(
+    chain: &Chain,
+    key: &PrivateKeySigner,
+    role: Role,
+    endpoint: &str,
+    attester: &dyn Attester,
+) -> anyhow::Result<(RegistrationRequest, Vec<(Address, Signature)>)> {
+    let me = key.address();
     let evidence = attester.evidence(&cairn_attest::report_data(me, None))?;
     // The node reads its own evidence for the measurement it claims; verifiers check it again.
     let verified = cairn_attest::verify(
@@ -289,55 +372,70 @@ pub async fn register(
     };
     let quorum = chain.registration_quorum().await? as usize;
     let mut approvals: Vec<(Address, Signature)> = Vec::new();
+    if quorum == 0 {
+        return Ok((req, approvals));
+    }
     let mut refusals = Vec::new();
-    if quorum > 0 {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .build()?;
-        let mut body = serde_json::to_value(&req)?;
-        body["evidence"] = serde_json::to_value(&evidence)?;
-        for v in chain.active_nodes(Role::Verifier).await? {
-            if approvals.len() >= quorum {
-                break;
-            }
-            let ep = chain.node(v).await?.endpoint;
-            let url = format!("{}/v1/registrations", ep.trim_end_matches('/'));
-            let answer = async {
-                let r = http.post(&url).json(&body).send().await?;
-                let status = r.status();
-                let b: Value = r.json().await?;
-                anyhow::Ok((status, b))
-            }
-            .await;
-            match answer {
-                Ok((s, b)) if s.is_success() => {
-                    let sig: Signature = b["signature"]
-                        .as_str()
-                        .and_then(|s| s.parse().ok())
-                        .context("an approval without a signature")?;
-                    if chain.registration_signer(&req, &sig)? == v {
-                        approvals.push((v, sig));
-                    } else {
-                        refusals.push(format!("{v}: signature is not its own"));
-                    }
-                }
-                Ok((s, b)) => refusals.push(format!(
-                    "{v}: {s} {}: {}",
-                    b["code"].as_str().unwrap_or("?"),
-                    b["message"].as_str().unwrap_or("")
-                )),
-                Err(e) => refusals.push(format!("{v} ({url}): {e:#}")),
-            }
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?;
+    let mut body = serde_json::to_value(&req)?;
+    body["evidence"] = serde_json::to_value(&evidence)?;
+    let body = serde_json::to_vec(&body)?;
+    for v in chain.active_nodes(Role::Verifier).await? {
+        if approvals.len() >= quorum {
+            break;
         }
-        if approvals.len() < quorum {
-            bail!(
-                "registration needs {quorum} verifier approvals, got {}:\n  {}",
-                approvals.len(),
-                refusals.join("\n  ")
-            );
+        if v == me {
+            continue;
+        }
+        let ep = chain.node(v).await?.endpoint;
+        let url = format!("{}/v1/registrations", ep.trim_end_matches('/'));
+        let answer = async {
+            let signed = cairn_core::auth::sign_url(key, "POST", &url, &body)
+                .with_context(|| format!("{url} is not an http(s) URL"))?;
+            let mut r = http
+                .post(&url)
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body.clone());
+            for (k, val) in signed.to_pairs() {
+                r = r.header(k, val);
+            }
+            let r = r.send().await?;
+            let status = r.status();
+            let b: Value = r.json().await?;
+            anyhow::Ok((status, b))
+        }
+        .await;
+        match answer {
+            Ok((s, b)) if s.is_success() => {
+                let sig: Signature = b["signature"]
+                    .as_str()
+                    .and_then(|s| s.parse().ok())
+                    .context("an approval without a signature")?;
+                if chain.registration_signer(&req, &sig).ok() == Some(v) {
+                    approvals.push((v, sig));
+                } else {
+                    refusals.push(format!("{v}: signature is not its own (or not canonical)"));
+                }
+            }
+            Ok((s, b)) => refusals.push(format!(
+                "{v}: {s} {}: {}",
+                b["code"].as_str().unwrap_or("?"),
+                b["message"].as_str().unwrap_or("")
+            )),
+            Err(e) => refusals.push(format!("{v} ({url}): {e:#}")),
         }
     }
-    Ok(Some(chain.register(key, &req, stake, approvals).await?))
+    if approvals.len() < quorum {
+        bail!(
+            "registration needs {quorum} verifier approvals, got {}:\n  {}",
+            approvals.len(),
+            refusals.join("\n  ")
+        );
+    }
+    Ok((req, approvals))
 }
 
 /// `cairn node register`.
@@ -348,8 +446,9 @@ pub async fn register_cmd(args: RegisterArgs) -> anyhow::Result<()> {
     let role: Role = args.role.into();
     match register(&chain, &key, role, &args.endpoint, args.stake, att.as_ref()).await? {
         Some(tx) => println!(
-            "registered {} as {role:?} with {} evidence (tx {})",
+            "registered {} as {role:?} at {} with {} evidence (tx {})",
             key.address(),
+            args.endpoint,
             att.kind(),
             tx.hash
         ),

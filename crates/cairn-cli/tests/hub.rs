@@ -265,6 +265,7 @@ fn only_the_owner_writes() {
 
 /// Signed headers for a hand-made request.
 fn sign(
+    hub: &str,
     key: &PrivateKeySigner,
     method: &str,
     target: &str,
@@ -273,7 +274,9 @@ fn sign(
 ) -> Vec<(&'static str, String)> {
     let mut nonce = [0u8; 16];
     getrandom::fill(&mut nonce).unwrap();
+    let (host, _) = cairn_core::auth::host_and_target(hub).unwrap();
     RequestToSign {
+        host: &host,
         method,
         target,
         body_sha256,
@@ -352,7 +355,7 @@ fn forged_stale_replayed_and_tampered_signatures_are_refused() {
         )
         .await;
 
-        let stale = sign(&key, "POST", "/v1/repos", digest, now() - 3600);
+        let stale = sign(&hub.url, &key, "POST", "/v1/repos", digest, now() - 3600);
         refused(
             (401, "signature_stale"),
             &hub.url,
@@ -363,7 +366,7 @@ fn forged_stale_replayed_and_tampered_signatures_are_refused() {
         )
         .await;
 
-        let mut forged = sign(&key, "POST", "/v1/repos", digest, now());
+        let mut forged = sign(&hub.url, &key, "POST", "/v1/repos", digest, now());
         forged[0].1 = PrivateKeySigner::random().address().to_string();
         refused(
             (401, "signature_invalid"),
@@ -375,7 +378,7 @@ fn forged_stale_replayed_and_tampered_signatures_are_refused() {
         )
         .await;
 
-        let good = sign(&key, "POST", "/v1/repos", digest, now());
+        let good = sign(&hub.url, &key, "POST", "/v1/repos", digest, now());
         let tampered = serde_json::to_vec(&serde_json::json!({"name": "sig-evil"})).unwrap();
         refused(
             (401, "body_digest_mismatch"),
@@ -387,7 +390,7 @@ fn forged_stale_replayed_and_tampered_signatures_are_refused() {
         )
         .await;
 
-        let good = sign(&key, "POST", "/v1/repos", digest, now());
+        let good = sign(&hub.url, &key, "POST", "/v1/repos", digest, now());
         let (status, repo) =
             raw_json(&hub.url, post.clone(), "/v1/repos", &good, body.clone()).await;
         assert_eq!(status, 201, "{repo}");
@@ -405,7 +408,14 @@ fn forged_stale_replayed_and_tampered_signatures_are_refused() {
         )
         .await;
         // Signed for one path, sent to another.
-        let other = sign(&key, "POST", "/v1/repos/sig-test/releases", digest, now());
+        let other = sign(
+            &hub.url,
+            &key,
+            "POST",
+            "/v1/repos/sig-test/releases",
+            digest,
+            now(),
+        );
         refused(
             (401, "signature_invalid"),
             &hub.url,
@@ -498,7 +508,7 @@ fn bad_uploads_store_nothing_and_say_why() {
         // Truncated: the connection closes halfway through the declared length.
         let bytes = std::fs::read(&file).unwrap();
         let target = "/v1/repos/uploads/releases/1.0/files/data.bin";
-        let headers = sign(&key, "PUT", target, *real.digest(), now());
+        let headers = sign(&hub.url, &key, "PUT", target, *real.digest(), now());
         let addr = hub.url.trim_start_matches("http://");
         let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
         let mut head = format!(
@@ -569,7 +579,14 @@ fn bad_uploads_store_nothing_and_say_why() {
             "/v1/repos/uploads/releases/1.0/files/%2Fetc%2Fpasswd",
             "/v1/repos/uploads/releases/1.0/files/a%5C..%5Cb",
         ] {
-            let h = sign(&key, "PUT", target, *BlobId::of(b"x").digest(), now());
+            let h = sign(
+                &hub.url,
+                &key,
+                "PUT",
+                target,
+                *BlobId::of(b"x").digest(),
+                now(),
+            );
             let (status, body) = raw_http(&hub.url, "PUT", target, &h, b"x").await;
             assert_eq!(status, 400, "{target}: {body}");
             assert!(body.contains("invalid_path"), "{target}: {body}");

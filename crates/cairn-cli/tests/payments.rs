@@ -462,8 +462,13 @@ fn cairn_facilitator_behind_the_official_express_server() {
     let d = a.dir.path();
     let (fkey, _) = funded_key(&a.anvil_url, d, "facilitator.key");
     let chain = a.anv.args();
+    let shop = Address::repeat_byte(0x5a);
+    let shop_arg = shop.to_string();
+    let keys = d.join("facilitator-api-keys");
+    std::fs::write(&keys, "test-api-key\n").unwrap();
     let mut args = vec!["facilitator", "serve", "--listen", "127.0.0.1:0", "--key"];
     args.extend_from_slice(&[fkey.to_str().unwrap(), "--data-dir", d.to_str().unwrap()]);
+    args.extend_from_slice(&["--pay-to", &shop_arg, "--api-keys", keys.to_str().unwrap()]);
     args.extend_from_slice(&chain);
     let fac = Server::command(&args, "facilitator:");
     let supported = get(&format!("{}/supported", fac.url));
@@ -473,7 +478,6 @@ fn cairn_facilitator_behind_the_official_express_server() {
     );
 
     let c = a.chain();
-    let shop = Address::repeat_byte(0x5a);
     let token = c.deployment().token;
     let domain = block(c.token_domain()).unwrap();
     let server_args = [
@@ -488,6 +492,7 @@ fn cairn_facilitator_behind_the_official_express_server() {
         PRICE.to_string(),
         domain.name.clone().unwrap().to_string(),
         domain.version.clone().unwrap().to_string(),
+        "test-api-key".to_string(),
     ];
     let express = Server::spawn_program("node", &server_args, "express:");
     let payer = a.fund(7);
@@ -499,16 +504,56 @@ fn cairn_facilitator_behind_the_official_express_server() {
     assert_eq!(r["paymentResponse"]["success"], true, "{r}");
     assert_eq!(balance(&c, payer), p0 - U256::from(PRICE));
     assert_eq!(balance(&c, shop), U256::from(PRICE));
+    let post = |path: &str, auth: Option<&str>, body: String| {
+        block(async {
+            let mut r = reqwest::Client::new()
+                .post(format!("{}{path}", fac.url))
+                .body(body);
+            if let Some(a) = auth {
+                r = r.header("authorization", format!("Bearer {a}"));
+            }
+            let r = r.send().await.unwrap();
+            (
+                r.status().as_u16(),
+                r.json::<serde_json::Value>().await.unwrap(),
+            )
+        })
+    };
     // A body that is not a facilitator request gets a JSON error.
-    let verify = block(async {
-        reqwest::Client::new()
-            .post(format!("{}/verify", fac.url))
-            .body("{not json")
-            .send()
-            .await
-            .unwrap()
+    let (status, _) = post("/verify", Some("test-api-key"), "{not json".into());
+    assert_eq!(status, 400);
+    // Attack: a stranger makes the facilitator pay gas for its own 1-unit transfers.
+    let stranger = a.fund(8);
+    let dust = serde_json::json!({
+        "x402Version": 2,
+        "paymentRequirements": {"scheme": "exact", "network": "eip155:84532", "amount": "1",
+            "asset": token.to_string(), "payTo": stranger.to_string(), "maxTimeoutSeconds": 60,
+            "extra": {"name": domain.name.clone().unwrap(), "version": domain.version.clone().unwrap()}},
+        "paymentPayload": {},
     });
-    assert_eq!(verify.status(), 400);
+    // Without the API key: refused before anything is parsed or read from the chain.
+    for path in ["/verify", "/settle"] {
+        let (status, body) = post(path, None, dust.to_string());
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (401, Some("unauthorized")),
+            "{body}"
+        );
+        let (status, body) = post(path, Some("a-guess"), dust.to_string());
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (401, Some("unauthorized")),
+            "{body}"
+        );
+    }
+    // With it, another payee or a dust amount is still refused.
+    let (status, body) = post("/settle", Some("test-api-key"), dust.to_string());
+    assert_eq!(status, 200);
+    assert_eq!(body["success"], false, "{body}");
+    assert_eq!(
+        body["errorReason"], "invalid_payment_requirements",
+        "{body}"
+    );
 }
 
 #[test]
@@ -582,4 +627,68 @@ fn a_settlement_still_pending_keeps_the_output_until_it_is_confirmed() {
     assert_eq!(status, 200);
     assert_eq!(receipts(), start + 1);
     assert_eq!(balance(&chain, payer), p0 - U256::from(PRICE));
+}
+
+/// Attack: a payer who can cover one payment sends two at once. Both pass the local checks and
+/// run; one transfer reverts. That one must leave no billable receipt (the node would escrow
+/// its fee from its own pocket) and no output anyone can fetch.
+#[test]
+fn a_failed_settlement_is_neither_billed_nor_served() {
+    let Some(a) = anvil_node("failed settlement on anvil", &["--batch-max-age-secs", "1"]) else {
+        return;
+    };
+    let chain = a.chain();
+    let payer = dev_signer(9).address();
+    a.anv.mint(&payer.to_string(), &PRICE.to_string());
+    let node_addr: Address = get(&format!("{}/v1/node", a.node.node_url))["address"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let url = format!("{}/v2/models/digits@1.0/infer", a.node.node_url);
+    let good = std::fs::read(examples().join("digit.json")).unwrap();
+    let headers = [exact_header(&url, 9), exact_header(&url, 9)];
+    let all = block(futures::future::join_all(
+        headers.iter().map(|h| post(&url, h, good.clone())),
+    ));
+    let statuses: Vec<u16> = all.iter().map(|r| r.0).collect();
+    assert_eq!(
+        (
+            statuses.iter().filter(|s| **s == 200).count(),
+            statuses.iter().filter(|s| **s == 402).count()
+        ),
+        (1, 1),
+        "{all:?}"
+    );
+    let node_before = balance(&chain, node_addr);
+    // Both requests ran and signed a receipt; the unpaid one is voided, payloads gone.
+    let db = rusqlite::Connection::open(a.node.dir.path().join("node/receipts.sqlite")).unwrap();
+    let rows = || -> Vec<(String, String, bool)> {
+        db.prepare("SELECT id, billing, input IS NOT NULL FROM receipts ORDER BY id")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    };
+    common::eventually(20, || rows().iter().all(|r| r.1 != "awaiting_payment"));
+    let r = rows();
+    assert_eq!(r.len(), 2, "{r:?}");
+    let void = r.iter().find(|x| x.1 == "void").expect("a voided receipt");
+    assert!(!void.2, "the unpaid output is still kept: {r:?}");
+    assert!(r.iter().any(|x| x.1 == "final" && x.2), "{r:?}");
+    // Its output is not served, not even to its payer's token holder.
+    let resp = block(async {
+        reqwest::get(format!("{}/v1/receipts/{}/output", a.node.node_url, void.0))
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    });
+    assert!(resp == 401 || resp == 404, "{resp}");
+    // The batch holds exactly the paid receipt, its fees come from the vault, not the node.
+    common::eventually(30, || block(chain.batch_count()).unwrap() >= 1);
+    let b = block(chain.batch(1)).unwrap();
+    assert_eq!((b.count, b.fees), (1, U256::from(PRICE)));
+    assert_eq!(balance(&chain, node_addr), node_before);
 }

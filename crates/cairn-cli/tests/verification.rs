@@ -219,11 +219,14 @@ fn a_node_that_lies_about_outputs_is_caught_challenged_and_slashed() {
 
 #[test]
 fn a_node_that_withholds_payloads_fails_its_samples() {
+    // Each verifier tries 3 times over 4 s, on its own, before it holds the payload withheld.
     let net = Server::devnet_with(&[
         "--free",
         "--sample-rate",
         "1",
-        "--payload-deadline-secs",
+        "--payload-window-secs",
+        "4",
+        "--payload-attempts",
         "3",
         "--fault-withhold-payloads",
         "--batch-max-age-secs",
@@ -234,4 +237,43 @@ fn a_node_that_withholds_payloads_fails_its_samples() {
     let rs = calls(&net, dir.path(), 2);
     wait_voided(&net, &rs[0]);
     check_slashed(&net, &before, "payload_withheld");
+}
+
+#[test]
+fn a_node_down_for_longer_than_an_attempt_but_shorter_than_the_window_is_not_slashed() {
+    // The node refuses every payload for 6 s after its batch is sealed (a restart, an
+    // overload); verifiers try 3 times over 12 s. Before the fix one failed fetch after the
+    // deadline was a verdict, and a quorum of them slashed an honest node.
+    let net = Server::devnet_with(&[
+        "--free",
+        "--sample-rate",
+        "1",
+        "--payload-window-secs",
+        "12",
+        "--payload-attempts",
+        "3",
+        "--fault-payload-outage-secs",
+        "6",
+        "--batch-max-age-secs",
+        "1",
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let before = nodes(&net);
+    let stake = dec(&role(&before, "inference")[0]["stake"]);
+    let rs = calls(&net, dir.path(), 2);
+    for r in &rs {
+        eventually(120, || batch_status(&net, r) == "finalized");
+    }
+    let after = nodes(&net);
+    assert_eq!(dec(&role(&after, "inference")[0]["stake"]), stake, "an honest node lost stake");
+    // Every running verifier met the outage (at least one failed attempt) and then confirmed.
+    for v in role(&after, "verifier") {
+        let url = v["endpoint"].as_str().unwrap();
+        for r in &rs {
+            let found = get(&format!("{url}/v1/verdicts/receipts/{}", r.id()));
+            let verdict = &found["verdicts"][0];
+            assert_eq!(verdict["outcome"], "confirmed", "{found}");
+            assert!(verdict["payloadFailures"].as_u64().unwrap() >= 1, "{found}");
+        }
+    }
 }

@@ -1,14 +1,20 @@
 //! Signed write requests: who may write is decided by an Ethereum key, not an account.
 //!
-//! A write carries five headers. The signature is an EIP-191 `personal_sign` over a canonical text
-//! that binds the method, the request target (path and query as sent), the SHA-256 of the body, a
-//! timestamp and a random nonce, so any Ethereum wallet can produce it. The server checks the
-//! signature and the clock here; replay (the same nonce twice) is checked against shared state by
-//! the caller, because it needs storage.
+//! A signed request carries five headers. The signature is an EIP-191 `personal_sign` over a
+//! canonical text that binds the host the request was sent to, the method, the request target
+//! (path and query as sent), the SHA-256 of the body, a timestamp and a random nonce, so any
+//! Ethereum wallet can produce it and a request signed for one service is refused by every other.
+//! The server checks the signature (low-s only) and the clock here; replay (the same nonce twice)
+//! is checked by the caller against shared state ([`ReplayGuard`] in memory, or a database).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
 
 use alloy_primitives::{Address, Signature};
 use alloy_signer::SignerSync;
 use alloy_signer_local::PrivateKeySigner;
+
+use crate::sig::{SigError, recover_message};
 
 /// Header carrying the signer's address (`0x…`, 20 bytes).
 pub const HEADER_ADDRESS: &str = "cairn-address";
@@ -44,6 +50,15 @@ pub enum AuthError {
     /// The signature bytes are not a valid secp256k1 signature.
     #[error("signature is not a valid secp256k1 signature")]
     InvalidSignature,
+    /// The signature is the high-s twin of a valid one.
+    #[error("{0}")]
+    NotCanonical(SigError),
+    /// The body does not hash to the signed `cairn-content-sha256`.
+    #[error("the body does not match the signed cairn-content-sha256")]
+    BodyMismatch,
+    /// The same signed request was presented before.
+    #[error("this signed request was already used; sign each request with a fresh nonce")]
+    Replayed,
     /// The timestamp is too far from the server's clock.
     #[error(
         "stale signature: signed at {timestamp}, server time {now}; requests are valid for {MAX_CLOCK_SKEW_SECS} s (check the clock and sign again)"
@@ -59,6 +74,8 @@ pub enum AuthError {
 /// The parts of a request that a signature covers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestToSign<'a> {
+    /// The `Host` the request is sent to (`host[:port]`, as in the URL).
+    pub host: &'a str,
     /// HTTP method, upper case.
     pub method: &'a str,
     /// Path and query exactly as sent on the request line.
@@ -75,7 +92,8 @@ impl RequestToSign<'_> {
     /// The text that is signed with EIP-191 `personal_sign`.
     pub fn message(&self) -> String {
         format!(
-            "Cairn signed request v1\nmethod: {}\ntarget: {}\nbody-sha256: {}\ntimestamp: {}\nnonce: {}",
+            "Cairn signed request v2\nhost: {}\nmethod: {}\ntarget: {}\nbody-sha256: {}\ntimestamp: {}\nnonce: {}",
+            self.host.to_ascii_lowercase(),
             self.method.to_ascii_uppercase(),
             self.target,
             hex(&self.body_sha256),
@@ -160,9 +178,15 @@ impl SignedHeaders {
         })
     }
 
-    /// Checks the signature over `method` and `target` and the clock; returns the signer.
-    /// The body digest is checked by the caller once the body has been read.
-    pub fn verify(&self, method: &str, target: &str, now: u64) -> Result<Address, AuthError> {
+    /// Checks the signature over `host`, `method` and `target` and the clock; returns the
+    /// signer. The body digest is checked by the caller once the body has been read.
+    pub fn verify(
+        &self,
+        host: &str,
+        method: &str,
+        target: &str,
+        now: u64,
+    ) -> Result<Address, AuthError> {
         if self.timestamp.abs_diff(now) > MAX_CLOCK_SKEW_SECS {
             return Err(AuthError::Stale {
                 timestamp: self.timestamp,
@@ -170,6 +194,7 @@ impl SignedHeaders {
             });
         }
         let message = RequestToSign {
+            host,
             method,
             target,
             body_sha256: self.body_sha256,
@@ -177,10 +202,11 @@ impl SignedHeaders {
             nonce: self.nonce,
         }
         .message();
-        let recovered = self
-            .signature
-            .recover_address_from_msg(message.as_bytes())
-            .map_err(|_| AuthError::InvalidSignature)?;
+        let recovered =
+            recover_message(&self.signature, message.as_bytes()).map_err(|e| match e {
+                SigError::HighS => AuthError::NotCanonical(e),
+                SigError::Unrecoverable => AuthError::InvalidSignature,
+            })?;
         if recovered != self.address {
             return Err(AuthError::WrongSigner {
                 claimed: self.address,
@@ -188,6 +214,143 @@ impl SignedHeaders {
             });
         }
         Ok(recovered)
+    }
+}
+
+/// Checks a whole signed request whose body is in hand: headers (through `lookup`), signature
+/// over `host`/`method`/`target`, clock, body digest, and (with `guard`) replay. Returns the
+/// signer.
+pub fn verify_request<'h>(
+    lookup: impl Fn(&'static str) -> Option<&'h str>,
+    host: &str,
+    method: &str,
+    target: &str,
+    body: &[u8],
+    guard: Option<&ReplayGuard>,
+) -> Result<Address, AuthError> {
+    use sha2::Digest;
+    let h = SignedHeaders::from_lookup(lookup)?;
+    let now = unix_now();
+    let signer = h.verify(host, method, target, now)?;
+    if <[u8; 32]>::from(sha2::Sha256::digest(body)) != h.body_sha256 {
+        return Err(AuthError::BodyMismatch);
+    }
+    if let Some(g) = guard {
+        g.check(&h, now)?;
+    }
+    Ok(signer)
+}
+
+/// Signs a request to `host` (`host[:port]`) with a fresh nonce at the current time.
+pub fn sign_request(
+    signer: &PrivateKeySigner,
+    host: &str,
+    method: &str,
+    target: &str,
+    body_sha256: [u8; 32],
+) -> SignedHeaders {
+    let nonce: [u8; 16] = alloy_primitives::B128::random().0;
+    RequestToSign {
+        host,
+        method,
+        target,
+        body_sha256,
+        timestamp: unix_now(),
+        nonce,
+    }
+    .sign(signer)
+}
+
+/// Signs a request to the absolute `url` carrying `body`; `None` when the URL is not plain
+/// `http(s)://host[:port]/path`.
+pub fn sign_url(
+    signer: &PrivateKeySigner,
+    method: &str,
+    url: &str,
+    body: &[u8],
+) -> Option<SignedHeaders> {
+    use sha2::Digest;
+    let (host, target) = host_and_target(url)?;
+    Some(sign_request(
+        signer,
+        &host,
+        method,
+        &target,
+        sha2::Sha256::digest(body).into(),
+    ))
+}
+
+/// The `host[:port]` and the target (path and query) of an absolute `http(s)://` URL, as a
+/// signature covers them. `None` for anything else (user info, fragments, other schemes).
+pub fn host_and_target(url: &str) -> Option<(String, String)> {
+    let rest = url
+        .strip_prefix("http://")
+        .map(|r| (r, ":80"))
+        .or_else(|| url.strip_prefix("https://").map(|r| (r, ":443")));
+    let (rest, default_port) = rest?;
+    if rest.contains('#') {
+        return None;
+    }
+    let split = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, target) = rest.split_at(split);
+    if authority.is_empty() || authority.contains('@') {
+        return None;
+    }
+    // A default port is not part of the Host header clients send.
+    let host = authority
+        .strip_suffix(default_port)
+        .unwrap_or(authority)
+        .to_ascii_lowercase();
+    let target = match target {
+        "" => "/".to_string(),
+        t if t.starts_with('?') => format!("/{t}"),
+        t => t.to_string(),
+    };
+    Some((host, target))
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Remembers the (signer, nonce) pairs seen within the clock window, so each signed request is
+/// accepted once. In memory: bounded by `capacity`; when full of unexpired entries it refuses
+/// (fails closed) rather than forgetting.
+pub struct ReplayGuard {
+    seen: Mutex<HashMap<(Address, [u8; 16]), u64>>,
+    capacity: usize,
+}
+
+impl ReplayGuard {
+    /// A guard remembering at most `capacity` requests.
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            seen: Mutex::new(HashMap::new()),
+            capacity,
+        }
+    }
+
+    /// Records `h` as used at `now`; `Err(Replayed)` when it was seen before (or the guard is
+    /// full of live entries).
+    pub fn check(&self, h: &SignedHeaders, now: u64) -> Result<(), AuthError> {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.len() >= self.capacity {
+            seen.retain(|_, expires| *expires > now);
+            if seen.len() >= self.capacity {
+                return Err(AuthError::Replayed);
+            }
+        }
+        let expires = h.timestamp + MAX_CLOCK_SKEW_SECS + 1;
+        match seen.entry((h.address, h.nonce)) {
+            std::collections::hash_map::Entry::Occupied(_) => Err(AuthError::Replayed),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(expires);
+                Ok(())
+            }
+        }
     }
 }
 
@@ -210,6 +373,7 @@ mod tests {
 
     fn signed(signer: &PrivateKeySigner, target: &str, body: &[u8], ts: u64) -> SignedHeaders {
         RequestToSign {
+            host: "hub.example:7400",
             method: "POST",
             target,
             body_sha256: Sha256::digest(body).into(),
@@ -228,7 +392,11 @@ mod tests {
     fn sign_then_verify_through_headers() {
         let key = PrivateKeySigner::random();
         let h = round_trip(&signed(&key, "/v1/repos", b"{}", 1_000));
-        assert_eq!(h.verify("POST", "/v1/repos", 1_000).unwrap(), key.address());
+        assert_eq!(
+            h.verify("hub.example:7400", "POST", "/v1/repos", 1_000)
+                .unwrap(),
+            key.address()
+        );
         assert_eq!(h.body_sha256, <[u8; 32]>::from(Sha256::digest(b"{}")));
     }
 
@@ -237,30 +405,88 @@ mod tests {
         let key = PrivateKeySigner::random();
         let h = signed(&key, "/v1/repos/a/releases", b"x", 1_000);
         assert!(matches!(
-            h.verify("PUT", "/v1/repos/a/releases", 1_000),
+            h.verify("hub.example:7400", "PUT", "/v1/repos/a/releases", 1_000),
             Err(AuthError::WrongSigner { .. })
         ));
-        assert!(h.verify("POST", "/v1/repos/b/releases", 1_000).is_err());
+        assert!(
+            h.verify("hub.example:7400", "POST", "/v1/repos/b/releases", 1_000)
+                .is_err()
+        );
         let mut other_body = h.clone();
         other_body.body_sha256[0] ^= 1;
         assert!(
             other_body
-                .verify("POST", "/v1/repos/a/releases", 1_000)
+                .verify("hub.example:7400", "POST", "/v1/repos/a/releases", 1_000)
                 .is_err()
         );
         let mut other_nonce = h.clone();
         other_nonce.nonce[3] ^= 1;
         assert!(
             other_nonce
-                .verify("POST", "/v1/repos/a/releases", 1_000)
+                .verify("hub.example:7400", "POST", "/v1/repos/a/releases", 1_000)
                 .is_err()
         );
         let mut forged = h.clone();
         forged.address = PrivateKeySigner::random().address();
         assert!(matches!(
-            forged.verify("POST", "/v1/repos/a/releases", 1_000),
+            forged.verify("hub.example:7400", "POST", "/v1/repos/a/releases", 1_000),
             Err(AuthError::WrongSigner { .. })
         ));
+    }
+
+    #[test]
+    fn a_request_signed_for_another_host_is_refused() {
+        let key = PrivateKeySigner::random();
+        let h = signed(&key, "/v1/repos", b"{}", 1_000);
+        assert!(matches!(
+            h.verify("other-hub.example", "POST", "/v1/repos", 1_000),
+            Err(AuthError::WrongSigner { .. })
+        ));
+    }
+
+    #[test]
+    fn the_high_s_twin_is_refused() {
+        let key = PrivateKeySigner::random();
+        let mut h = signed(&key, "/v1/repos", b"{}", 1_000);
+        h.signature = crate::sig::malleate(&h.signature);
+        assert!(matches!(
+            h.verify("hub.example:7400", "POST", "/v1/repos", 1_000),
+            Err(AuthError::NotCanonical(_))
+        ));
+    }
+
+    #[test]
+    fn urls_split_into_host_and_target() {
+        let h = |u| host_and_target(u);
+        assert_eq!(
+            h("http://127.0.0.1:7401/v1/receipts/0x1/input?x=1"),
+            Some(("127.0.0.1:7401".into(), "/v1/receipts/0x1/input?x=1".into()))
+        );
+        assert_eq!(
+            h("https://Node.Example:443"),
+            Some(("node.example".into(), "/".into()))
+        );
+        assert_eq!(h("http://a?q"), Some(("a".into(), "/?q".into())));
+        assert_eq!(h("http://user@a/"), None);
+        assert_eq!(h("ftp://a/"), None);
+    }
+
+    #[test]
+    fn the_replay_guard_accepts_a_request_once() {
+        let key = PrivateKeySigner::random();
+        let guard = ReplayGuard::new(2);
+        let a = signed(&key, "/a", b"", 1_000);
+        assert!(guard.check(&a, 1_000).is_ok());
+        assert_eq!(guard.check(&a, 1_000), Err(AuthError::Replayed));
+        let mut b = a.clone();
+        b.nonce[0] ^= 1;
+        assert!(guard.check(&b, 1_000).is_ok());
+        // Full of live entries: refuse rather than forget one.
+        let mut c = a.clone();
+        c.nonce[1] ^= 1;
+        assert_eq!(guard.check(&c, 1_000), Err(AuthError::Replayed));
+        // Once the first two have expired there is room again.
+        assert!(guard.check(&c, 1_000 + MAX_CLOCK_SKEW_SECS + 2).is_ok());
     }
 
     #[test]
@@ -268,15 +494,30 @@ mod tests {
         let key = PrivateKeySigner::random();
         let h = signed(&key, "/v1/repos", b"", 10_000);
         assert!(
-            h.verify("POST", "/v1/repos", 10_000 + MAX_CLOCK_SKEW_SECS)
-                .is_ok()
+            h.verify(
+                "hub.example:7400",
+                "POST",
+                "/v1/repos",
+                10_000 + MAX_CLOCK_SKEW_SECS
+            )
+            .is_ok()
         );
         assert!(matches!(
-            h.verify("POST", "/v1/repos", 10_001 + MAX_CLOCK_SKEW_SECS),
+            h.verify(
+                "hub.example:7400",
+                "POST",
+                "/v1/repos",
+                10_001 + MAX_CLOCK_SKEW_SECS
+            ),
             Err(AuthError::Stale { .. })
         ));
         assert!(matches!(
-            h.verify("POST", "/v1/repos", 10_000 - MAX_CLOCK_SKEW_SECS - 1),
+            h.verify(
+                "hub.example:7400",
+                "POST",
+                "/v1/repos",
+                10_000 - MAX_CLOCK_SKEW_SECS - 1
+            ),
             Err(AuthError::Stale { .. })
         ));
     }
@@ -299,6 +540,7 @@ mod tests {
     fn message_is_stable() {
         // The signed text is part of the wire protocol: changing it breaks every client.
         let m = RequestToSign {
+            host: "Hub.Example:7400",
             method: "put",
             target: "/v1/x?y=1",
             body_sha256: [0; 32],
@@ -309,7 +551,7 @@ mod tests {
         assert_eq!(
             m,
             format!(
-                "Cairn signed request v1\nmethod: PUT\ntarget: /v1/x?y=1\nbody-sha256: {}\ntimestamp: 5\nnonce: {}",
+                "Cairn signed request v2\nhost: hub.example:7400\nmethod: PUT\ntarget: /v1/x?y=1\nbody-sha256: {}\ntimestamp: 5\nnonce: {}",
                 "0".repeat(64),
                 "ab".repeat(16)
             )

@@ -7,6 +7,7 @@ pub mod auth;
 mod blob_id;
 mod names;
 mod profile;
+pub mod sig;
 pub mod tensor;
 
 pub use alloy_primitives::{Address, B256};

@@ -81,6 +81,9 @@ impl crate::Engine for OrtEngine {
     }
 
     fn load(&self, model: &[u8]) -> Result<Arc<dyn Plan>, EngineError> {
+        // ONNX Runtime reads external data from paths the file names (relative to the working
+        // directory when loading from memory): never hand it such a model.
+        cairn_onnx::ensure_self_contained(model).map_err(|e| EngineError::Load(e.to_string()))?;
         let load = |e: ort::Error| EngineError::Load(e.to_string());
         let mut sessions = Vec::with_capacity(self.options.parallel.max(1));
         for _ in 0..self.options.parallel.max(1) {

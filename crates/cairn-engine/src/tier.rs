@@ -121,6 +121,16 @@ fn pin_exactly(keep: &[Isa], wanted: &str) -> Result<String, TierError> {
         .join(","))
 }
 
+/// The instruction-set list of the generic tier on this architecture (the architecture alone),
+/// as a profile names it.
+pub(crate) fn portable_isa() -> String {
+    let arch = probed().arch();
+    Isa::ALL
+        .iter()
+        .find(|i| i.is_arch() && Some(i.arch()) == arch)
+        .map_or_else(|| "-".to_string(), |i| i.name().to_string())
+}
+
 /// The instruction-set list tract dispatches on in this process, as the profile names it.
 pub(crate) fn effective_isa() -> String {
     format!("{:?}", tract_linalg::isa::native())

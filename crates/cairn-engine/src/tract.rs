@@ -39,6 +39,19 @@ impl TractEngine {
     }
 }
 
+impl TractEngine {
+    /// The profile of the generic (portable) tier on this architecture: what any verifier of
+    /// the architecture reproduces, whatever its CPU.
+    pub fn portable_profile() -> ExecutionProfile {
+        ExecutionProfile {
+            engine: "tract".into(),
+            engine_version: TRACT_VERSION.into(),
+            isa: crate::tier::portable_isa(),
+            threads: 1,
+        }
+    }
+}
+
 impl Default for TractEngine {
     fn default() -> Self {
         Self::new()
@@ -51,6 +64,7 @@ impl crate::Engine for TractEngine {
     }
 
     fn load(&self, model: &[u8]) -> Result<Arc<dyn Plan>, EngineError> {
+        cairn_onnx::ensure_self_contained(model).map_err(|e| EngineError::Load(e.to_string()))?;
         let load = |e: tract_onnx::prelude::TractError| EngineError::Load(format!("{e:#}"));
         let mut model = self
             .onnx

@@ -52,6 +52,16 @@ pub enum ClientError {
     /// A bad base URL.
     #[error("invalid hub URL `{0}`")]
     BadUrl(String),
+    /// The blob is larger than the caller accepts.
+    #[error("{cid} is {size} bytes or more, over the {max} byte limit; nothing was kept")]
+    TooLarge {
+        /// The blob.
+        cid: BlobId,
+        /// Its size, or as much as was read.
+        size: u64,
+        /// The limit.
+        max: u64,
+    },
 }
 
 type Result<T> = std::result::Result<T, ClientError>;
@@ -122,7 +132,12 @@ impl HubClient {
         let timestamp = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
+        let host = match url.port() {
+            Some(p) => format!("{}:{p}", url.host_str().unwrap_or_default()),
+            None => url.host_str().unwrap_or_default().to_owned(),
+        };
         let headers = RequestToSign {
+            host: &host,
             method: method.as_str(),
             target: &target,
             body_sha256,
@@ -305,6 +320,18 @@ impl HubClient {
         out: &Path,
         progress: impl Fn(u64, u64),
     ) -> Result<u64> {
+        self.download_at_most(cid, out, u64::MAX, progress).await
+    }
+
+    /// [`HubClient::download`], refusing a blob over `max` bytes (by its length, and while
+    /// streaming whatever the length says).
+    pub async fn download_at_most(
+        &self,
+        cid: &BlobId,
+        out: &Path,
+        max: u64,
+        progress: impl Fn(u64, u64),
+    ) -> Result<u64> {
         let id = cid.to_string();
         let url = self.url(&["v1", "blobs", &id]);
         let resp = self
@@ -317,6 +344,13 @@ impl HubClient {
             return Err(api_error(resp).await);
         }
         let total = resp.content_length().unwrap_or(0);
+        if total > max {
+            return Err(ClientError::TooLarge {
+                cid: *cid,
+                size: total,
+                max,
+            });
+        }
         let file_name = out
             .file_name()
             .map_or_else(|| "download".into(), |n| n.to_string_lossy().into_owned());
@@ -328,6 +362,13 @@ impl HubClient {
             while let Some(chunk) = body.next().await {
                 let chunk = chunk.map_err(self.http_err(&url))?;
                 hasher.update(&chunk);
+                if hasher.len() > max {
+                    return Err(ClientError::TooLarge {
+                        cid: *cid,
+                        size: hasher.len(),
+                        max,
+                    });
+                }
                 file.write_all(&chunk).await?;
                 progress(hasher.len(), total);
             }

@@ -93,8 +93,12 @@ impl From<AuthError> for ApiError {
         let code = match &e {
             AuthError::Missing(_) => "signature_missing",
             AuthError::Malformed(..) => "signature_malformed",
-            AuthError::WrongSigner { .. } | AuthError::InvalidSignature => "signature_invalid",
+            AuthError::WrongSigner { .. }
+            | AuthError::InvalidSignature
+            | AuthError::NotCanonical(_)
+            | AuthError::BodyMismatch => "signature_invalid",
             AuthError::Stale { .. } => "signature_stale",
+            AuthError::Replayed => "signature_replayed",
         };
         Self::new(StatusCode::UNAUTHORIZED, code, e.to_string())
     }

@@ -22,6 +22,23 @@ pub struct HubConfig {
     pub blobs: Location,
     /// Largest file accepted.
     pub max_upload_bytes: u64,
+    /// Most bytes the files of one owner's repositories may take, drafts included.
+    pub owner_quota_bytes: u64,
+    /// A draft release not published within this is deleted with its files.
+    pub draft_ttl: std::time::Duration,
+}
+
+impl HubConfig {
+    /// Defaults for a hub at `catalog_url` with blobs at `blobs`.
+    pub fn new(catalog_url: String, blobs: Location) -> Self {
+        Self {
+            catalog_url,
+            blobs,
+            max_upload_bytes: 16 << 30,
+            owner_quota_bytes: 64 << 30,
+            draft_ttl: std::time::Duration::from_secs(7 * 24 * 3600),
+        }
+    }
 }
 
 /// Hub start-up failures.
@@ -46,7 +63,20 @@ pub async fn open(config: &HubConfig) -> Result<HubState, HubError> {
     if swept > 0 {
         tracing::info!(swept, "removed leftovers of interrupted uploads");
     }
-    Ok(HubState::new(catalog, store, config.max_upload_bytes))
+    Ok(HubState::new(catalog, store, config))
+}
+
+/// How long a blob no release holds may stay (an upload whose catalog write has not happened
+/// yet looks the same for a moment).
+const ORPHAN_GRACE: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// One collection pass: deletes expired drafts (with their files), then every blob no release
+/// holds that is older than `grace`. Returns (drafts, blobs) removed.
+pub async fn collect_garbage(
+    state: &HubState,
+    grace: std::time::Duration,
+) -> Result<(u64, usize), HubError> {
+    state.collect(grace).await
 }
 
 /// Serves the hub on `listener` until `shutdown` resolves.
@@ -55,6 +85,23 @@ pub async fn serve(
     state: HubState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), HubError> {
+    let collector = state.clone();
+    tokio::spawn(async move {
+        loop {
+            match collector.collect(ORPHAN_GRACE).await {
+                Ok((0, 0)) => {}
+                Ok((drafts, blobs)) => {
+                    tracing::info!(
+                        drafts,
+                        blobs,
+                        "collected expired drafts and unattached blobs"
+                    )
+                }
+                Err(e) => tracing::warn!(error = %e, "garbage collection failed"),
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(600)).await;
+        }
+    });
     let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)

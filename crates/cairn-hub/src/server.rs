@@ -39,18 +39,44 @@ struct Inner {
     catalog: Catalog,
     store: BlobStore,
     max_upload_bytes: u64,
+    owner_quota_bytes: u64,
+    draft_ttl: std::time::Duration,
 }
 
 impl HubState {
-    /// State over a catalog and a blob store, refusing uploads over `max_upload_bytes`.
-    pub fn new(catalog: Catalog, store: BlobStore, max_upload_bytes: u64) -> Self {
+    /// State over a catalog and a blob store, with `config`'s bounds.
+    pub fn new(catalog: Catalog, store: BlobStore, config: &crate::HubConfig) -> Self {
         Self {
             inner: Arc::new(Inner {
                 catalog,
                 store,
-                max_upload_bytes,
+                max_upload_bytes: config.max_upload_bytes,
+                owner_quota_bytes: config.owner_quota_bytes,
+                draft_ttl: config.draft_ttl,
             }),
         }
+    }
+
+    /// Deletes expired drafts, then the blobs no release holds that are older than `grace`.
+    pub(crate) async fn collect(
+        &self,
+        grace: std::time::Duration,
+    ) -> Result<(u64, usize), crate::HubError> {
+        let i = &self.inner;
+        let drafts = i
+            .catalog
+            .expire_drafts(now_secs() - i.draft_ttl.as_secs() as i64)
+            .await?;
+        let held = i.catalog.referenced_cids().await?;
+        let cutoff = std::time::SystemTime::now() - grace;
+        let mut blobs = 0;
+        for (id, written) in i.store.list().await? {
+            if written < cutoff && !held.contains(&id.to_string()) {
+                i.store.delete(&id).await?;
+                blobs += 1;
+            }
+        }
+        Ok((drafts, blobs))
     }
 }
 
@@ -91,7 +117,7 @@ pub fn router(state: HubState) -> Router {
         description = "Content-addressed, versioned model registry. Reads are public. Writes are signed: \
         send `cairn-address`, `cairn-timestamp` (Unix seconds), `cairn-nonce` (16 random bytes, hex), \
         `cairn-content-sha256` (SHA-256 of the body, hex; for uploads the file's digest) and \
-        `cairn-signature`: an EIP-191 personal_sign of \"Cairn signed request v1\\nmethod: M\\ntarget: \
+        `cairn-signature`: an EIP-191 personal_sign of \"Cairn signed request v2\\nhost: HOST[:PORT]\\nmethod: M\\ntarget: \
         PATH?QUERY\\nbody-sha256: HEX\\ntimestamp: T\\nnonce: HEX\". Every error is JSON {code, message}."
     ),
     paths(
@@ -142,7 +168,7 @@ impl FromRequestParts<HubState> for Signer {
         })?;
         let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         let now = now_secs().max(0) as u64;
-        let address = headers.verify(parts.method.as_str(), target, now)?;
+        let address = headers.verify(request_host(parts), parts.method.as_str(), target, now)?;
         let expires = (headers.timestamp + MAX_CLOCK_SKEW_SECS + 1) as i64;
         if !state
             .inner
@@ -161,6 +187,16 @@ impl FromRequestParts<HubState> for Signer {
             body_sha256: headers.body_sha256,
         })
     }
+}
+
+/// The host a request was sent to, as its signature must name it.
+fn request_host(parts: &Parts) -> &str {
+    parts
+        .headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| parts.uri.authority().map(|a| a.as_str()))
+        .unwrap_or("")
 }
 
 /// A signed request with a JSON body whose digest matches the signature.
@@ -376,6 +412,22 @@ async fn store_upload(
     owned_repo(&state, &name, signer.address).await?;
     // Refuse early when the release is not an open draft, before any bytes are stored.
     state.inner.catalog.ensure_draft(&name, version).await?;
+    // Each owner gets a bounded share of the store; a fresh key gets no more than any other.
+    let used = state.inner.catalog.owner_usage(signer.address).await?;
+    let left = state.inner.owner_quota_bytes.saturating_sub(used);
+    let declared_len = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if left == 0 || declared_len.is_some_and(|n| n > left) {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "quota_exceeded",
+            format!(
+                "{} may store {} bytes and uses {used}; this file does not fit (delete drafts or ask the hub's operator)",
+                signer.address, state.inner.owner_quota_bytes
+            ),
+        ));
+    }
     let declared = BlobId::from_digest(signer.body_sha256);
     let media_type = headers
         .get(header::CONTENT_TYPE)
@@ -398,7 +450,7 @@ async fn store_upload(
         )
     })?;
     let stream = body.into_data_stream().map_err(io::Error::other);
-    let limit = state.inner.max_upload_bytes;
+    let limit = state.inner.max_upload_bytes.min(left);
     let (stored, signature) = if onnx {
         // Tee the stream into the ONNX reader on a blocking thread: one pass, bounded memory.
         let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(8);
@@ -549,6 +601,11 @@ async fn download_blob(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let id: BlobId = parse(&cid)?;
+    // Only files of published releases are served: a draft's bytes are the uploader's own
+    // business, and nobody can make a node fetch what no release vouches for.
+    if !state.inner.catalog.blob_published(&id).await? {
+        return Err(StoreError::NotFound(id).into());
+    }
     let etag = format!("\"{id}\"");
     let common = [
         (header::ETAG, etag.clone()),

@@ -196,6 +196,15 @@ pub enum BatchStatus {
     Finalized,
     /// Proven wrong by a challenge; fees went to the treasury.
     Voided,
+    /// Not attested within the attestation timeout; fees went back to the node's vault.
+    Expired,
+}
+
+impl BatchStatus {
+    /// Whether the batch can still change (and so still locks the node's stake and payloads).
+    pub fn is_open(self) -> bool {
+        matches!(self, BatchStatus::Submitted | BatchStatus::Attested)
+    }
 }
 
 /// A batch as the settlement contract holds it.
@@ -479,8 +488,7 @@ impl Chain {
         r: &RegistrationRequest,
         signature: &Signature,
     ) -> Result<Address, LedgerError> {
-        signature
-            .recover_address_from_prehash(&self.registration_hash(r))
+        cairn_core::sig::recover_prehash(signature, &self.registration_hash(r))
             .map_err(|e| LedgerError::Invalid(format!("registration signature: {e}")))
     }
 
@@ -605,20 +613,126 @@ impl Chain {
         .await
     }
 
-    /// Updates where the signer's node is reached.
+    /// Moves the signer's node to `r.endpoint` with `r`'s evidence, approved by verifiers.
     pub async fn set_endpoint(
         &self,
         signer: &PrivateKeySigner,
-        endpoint: &str,
+        r: &RegistrationRequest,
+        approvals: Vec<(Address, Signature)>,
     ) -> Result<TxOutcome, LedgerError> {
         self.exec(
             signer,
             self.deployment.registry,
             NodeRegistry::setEndpointCall {
+                endpoint: r.endpoint.clone(),
+                attestationDigest: r.evidence_digest,
+                measurement: r.measurement,
+                deadline: r.deadline,
+                verifierSignatures: sorted_signatures(approvals),
+            },
+        )
+        .await
+    }
+
+    /// Governance: moves `node` to `endpoint` without verifier approvals.
+    pub async fn set_endpoint_for(
+        &self,
+        governor: &PrivateKeySigner,
+        node: Address,
+        endpoint: &str,
+    ) -> Result<TxOutcome, LedgerError> {
+        self.exec(
+            governor,
+            self.deployment.registry,
+            NodeRegistry::setEndpointForCall {
+                node,
                 endpoint: endpoint.into(),
             },
         )
         .await
+    }
+
+    /// Governance: approves or withdraws an execution profile (by hash) the network re-executes.
+    pub async fn set_profile(
+        &self,
+        governor: &PrivateKeySigner,
+        profile_hash: B256,
+        approved: bool,
+    ) -> Result<TxOutcome, LedgerError> {
+        self.exec(
+            governor,
+            self.deployment.registry,
+            NodeRegistry::setProfileCall {
+                profileHash: profile_hash,
+                approved,
+            },
+        )
+        .await
+    }
+
+    /// Whether governance approves execution profile `profile_hash`.
+    pub async fn profile_approved(&self, profile_hash: B256) -> Result<bool, LedgerError> {
+        self.view(
+            self.deployment.registry,
+            NodeRegistry::approvedProfileCall {
+                profileHash: profile_hash,
+            },
+        )
+        .await
+    }
+
+    /// A verifier declares the execution profile it re-executes on.
+    pub async fn declare_profile(
+        &self,
+        verifier: &PrivateKeySigner,
+        profile_hash: B256,
+    ) -> Result<TxOutcome, LedgerError> {
+        self.exec(
+            verifier,
+            self.deployment.registry,
+            NodeRegistry::declareProfileCall {
+                profileHash: profile_hash,
+            },
+        )
+        .await
+    }
+
+    /// The profile verifier `who` declared (zero: none).
+    pub async fn verifier_profile(&self, who: Address) -> Result<B256, LedgerError> {
+        self.view(
+            self.deployment.registry,
+            NodeRegistry::verifierProfileCall { verifier: who },
+        )
+        .await
+    }
+
+    /// How many active verifiers declared `profile_hash`.
+    pub async fn profile_verifiers(&self, profile_hash: B256) -> Result<u64, LedgerError> {
+        let total: U256 = self
+            .view(self.deployment.registry, NodeRegistry::nodeCountCall {})
+            .await?;
+        let n: U256 = self
+            .view(
+                self.deployment.registry,
+                NodeRegistry::profileVerifiersCall {
+                    profileHash: profile_hash,
+                    offset: U256::ZERO,
+                    limit: total,
+                },
+            )
+            .await?;
+        Ok(n.saturating_to())
+    }
+
+    /// Batches of `node` still open (locking its stake).
+    pub async fn open_batches(&self, node: Address) -> Result<u64, LedgerError> {
+        let n: U256 = self
+            .view(
+                self.deployment.registry,
+                NodeRegistry::openBatchesCall { node },
+            )
+            .await?;
+        Ok(n.saturating_to())
     }
 
     /// Seconds after its last heartbeat a node stops being active (0: never).
@@ -849,6 +963,31 @@ impl Chain {
         .await
     }
 
+    /// Expires a batch no quorum attested in time: its fees go back to the node's vault.
+    pub async fn expire(
+        &self,
+        sender: &PrivateKeySigner,
+        batch_id: u64,
+    ) -> Result<TxOutcome, LedgerError> {
+        self.exec(
+            sender,
+            self.deployment.settlement,
+            Settlement::expireCall {
+                id: U256::from(batch_id),
+            },
+        )
+        .await
+    }
+
+    /// Seconds after submission within which a batch must be attested.
+    pub async fn attestation_timeout(&self) -> Result<u64, LedgerError> {
+        self.view(
+            self.deployment.settlement,
+            Settlement::attestationTimeoutCall {},
+        )
+        .await
+    }
+
     /// Challenges a receipt in a batch with its inclusion proof and a verifier quorum's verdict.
     pub async fn challenge(
         &self,
@@ -894,6 +1033,7 @@ impl Chain {
                 2 => BatchStatus::Attested,
                 3 => BatchStatus::Finalized,
                 4 => BatchStatus::Voided,
+                5 => BatchStatus::Expired,
                 _ => BatchStatus::Unknown,
             },
             verifiers: b.verifiers,
@@ -956,9 +1096,8 @@ impl Chain {
         let hash = self
             .attestation(batch)
             .eip712_signing_hash(&self.settlement_domain());
-        signature
-            .recover_address_from_prehash(&hash)
-            .map_err(|e| LedgerError::Invalid(format!("unrecoverable signature: {e}")))
+        cairn_core::sig::recover_prehash(signature, &hash)
+            .map_err(|e| LedgerError::Invalid(format!("attestation or verdict signature: {e}")))
     }
 
     /// Who signed a fraud verdict on receipt `receipt_hash` of batch `batch_id`.
@@ -975,9 +1114,8 @@ impl Chain {
             evidenceHash: evidence_hash,
         }
         .eip712_signing_hash(&self.settlement_domain());
-        signature
-            .recover_address_from_prehash(&hash)
-            .map_err(|e| LedgerError::Invalid(format!("unrecoverable signature: {e}")))
+        cairn_core::sig::recover_prehash(signature, &hash)
+            .map_err(|e| LedgerError::Invalid(format!("attestation or verdict signature: {e}")))
     }
 
     /// Seconds a batch can be challenged after attestation.
@@ -1012,8 +1150,18 @@ impl Chain {
         .await
     }
 
+    /// The EIP-3009 nonce a payer signs to deposit into channel (payer, payee, salt) with
+    /// `entropy`: it binds the channel, so the deposit cannot be redirected.
+    pub fn deposit_nonce(payer: Address, payee: Address, salt: B256, entropy: B256) -> B256 {
+        alloy_primitives::keccak256(alloy_sol_types::SolValue::abi_encode(&(
+            Self::channel_id(payer, payee, salt),
+            entropy,
+        )))
+    }
+
     /// Deposits into the (payer, payee, salt) channel with the payer's EIP-3009
-    /// `ReceiveWithAuthorization` to the escrow: anyone may send it, the payer pays no gas.
+    /// `ReceiveWithAuthorization` to the escrow, whose nonce is [`Chain::deposit_nonce`] of
+    /// `entropy`: anyone may send it, the payer pays no gas.
     #[allow(clippy::too_many_arguments)]
     pub async fn deposit_with_authorization(
         &self,
@@ -1023,7 +1171,7 @@ impl Chain {
         salt: B256,
         amount: U256,
         valid_before: U256,
-        nonce: B256,
+        entropy: B256,
         signature: &Signature,
     ) -> Result<TxOutcome, LedgerError> {
         self.exec(
@@ -1036,7 +1184,7 @@ impl Chain {
                 amount,
                 validAfter: U256::ZERO,
                 validBefore: valid_before,
-                nonce,
+                entropy,
                 v: 27 + signature.v() as u8,
                 r: signature.r().into(),
                 s: signature.s().into(),

@@ -44,6 +44,8 @@ pub struct DeployParams {
     pub verifier_quorum: u16,
     /// Seconds a batch can be challenged after attestation.
     pub challenge_window: u64,
+    /// Seconds after submission within which a batch must be attested, else it expires.
+    pub attestation_timeout: u64,
     /// Verifiers' share of a batch's fees, basis points (the node gets the rest).
     pub verifier_bps: u16,
     /// Treasury's share of a batch's fees, basis points.
@@ -56,6 +58,8 @@ pub struct DeployParams {
     pub escrow_withdraw_delay: u64,
     /// Measurements approved per role at deployment (governance changes them later).
     pub approved_measurements: Vec<(crate::Role, alloy_primitives::B256)>,
+    /// Execution profiles (hashes) approved at deployment: the ones the verifiers re-execute.
+    pub approved_profiles: Vec<alloy_primitives::B256>,
 }
 
 impl DeployParams {
@@ -70,6 +74,7 @@ impl DeployParams {
             unbonding_delay: 3_600,
             verifier_quorum: 2,
             challenge_window: 10,
+            attestation_timeout: 600,
             verifier_bps: 1_000,
             treasury_bps: 500,
             slash_bps: 5_000,
@@ -80,6 +85,7 @@ impl DeployParams {
                 (crate::Role::Inference, cairn_core::DEV_MEASUREMENT),
                 (crate::Role::Verifier, cairn_core::DEV_MEASUREMENT),
             ],
+            approved_profiles: Vec::new(),
         }
     }
 }
@@ -228,6 +234,7 @@ pub async fn deploy(
                 treasury: params.treasury,
                 verifierQuorum: params.verifier_quorum,
                 challengeWindow: params.challenge_window,
+                attestationTimeout: params.attestation_timeout,
                 verifierBps: params.verifier_bps,
                 treasuryBps: params.treasury_bps,
                 slashBps: params.slash_bps,
@@ -269,6 +276,19 @@ pub async fn deploy(
             NodeRegistry::setMeasurementCall {
                 role: role.code(),
                 measurement: *measurement,
+                approved: true,
+            }
+            .abi_encode(),
+        )
+        .await?;
+    }
+    for profile in &params.approved_profiles {
+        block = call(
+            ledger,
+            deployer,
+            registry,
+            NodeRegistry::setProfileCall {
+                profileHash: *profile,
                 approved: true,
             }
             .abi_encode(),

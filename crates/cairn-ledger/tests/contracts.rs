@@ -499,7 +499,7 @@ sol! {
     }
     function permit(address owner, address spender, uint256 value, uint256 deadline, uint8 v, bytes32 r, bytes32 s);
     function allowance(address owner, address spender) returns (uint256);
-    function depositWithAuthorization(address payer, address payee, bytes32 salt, uint256 amount, uint256 validAfter, uint256 validBefore, bytes32 nonce, uint8 v, bytes32 r, bytes32 s);
+    function depositWithAuthorization(address payer, address payee, bytes32 salt, uint256 amount, uint256 validAfter, uint256 validBefore, bytes32 entropy, uint8 v, bytes32 r, bytes32 s);
     function setFeeSplit(uint16 verifierBps_, uint16 treasuryBps_);
     function setHeartbeatTimeout(uint64 timeout);
     function withdrawUnbonded();
@@ -614,13 +614,15 @@ async fn token_governance_and_unbonding(ledger: Arc<dyn Ledger>) {
 
     // Escrow deposit by EIP-3009 ReceiveWithAuthorization: the payer sends nothing.
     let salt = keccak256("gasless channel");
+    let entropy = keccak256("deposit auth");
+    // The nonce the payer signs binds the channel: payee and salt.
     let recv = ReceiveWithAuthorization {
         from: a.payer.address(),
         to: d.escrow,
         value: U256::from(5_000u64),
         validAfter: U256::ZERO,
         validBefore: U256::from(now + 600),
-        nonce: keccak256("deposit auth"),
+        nonce: Chain::deposit_nonce(a.payer.address(), a.node.address(), salt, entropy),
     };
     let sig = a
         .payer
@@ -633,11 +635,28 @@ async fn token_governance_and_unbonding(ledger: Arc<dyn Ledger>) {
         amount: recv.value,
         validAfter: recv.validAfter,
         validBefore: recv.validBefore,
-        nonce: recv.nonce,
+        entropy,
         v: 27 + sig.v() as u8,
         r: sig.r().into(),
         s: sig.s().into(),
     };
+    // Attack: a front-runner submits the payer's authorization into its own channel (another
+    // payee, another salt). The signature no longer covers the nonce: refused.
+    for (payee, salt) in [
+        (a.outsider.address(), salt),
+        (a.node.address(), keccak256("mine")),
+    ] {
+        let mut stolen = deposit.clone();
+        stolen.payee = payee;
+        stolen.salt = salt;
+        let e = send_call(&chain, &a.outsider, d.escrow, stolen)
+            .await
+            .unwrap_err();
+        assert!(
+            reason(e).contains("ERC3009InvalidSignature"),
+            "a redirected deposit went through"
+        );
+    }
     send_call(&chain, &a.node, d.escrow, deposit.clone())
         .await
         .unwrap();
@@ -886,7 +905,177 @@ async fn registration_quorum(ledger: Arc<dyn Ledger>) {
     );
 }
 
+/// A batch no quorum attests expires (fees back to the node's vault, stake unlocked); stake
+/// backing an open batch stays slashable through an unbonding; moving an endpoint needs the
+/// verifiers' approval; profiles are governance's.
+async fn open_batches_bind_stake(ledger: Arc<dyn Ledger>) {
+    let a = actors(470);
+    let chain = setup(ledger.clone(), &a).await;
+    let node = a.node.address();
+    let rs = receipts(&chain, &a.node, 2, 1_000);
+    let digests: Vec<B256> = rs.iter().map(|r| r.signing_hash()).collect();
+    let tree = ReceiptTree::new(&digests).unwrap();
+    let fees = U256::from(2_000u64);
+
+    // Expiry: not before the timeout; after it, anyone closes the batch and the fees go to the
+    // node's vault, from which its next batch pays.
+    let (id, _) = chain
+        .submit_batch(&a.node, tree.root(), 2, fees)
+        .await
+        .unwrap();
+    assert_eq!(chain.open_batches(node).await.unwrap(), 1);
+    let e = chain.expire(&a.outsider, id).await.unwrap_err();
+    assert!(reason(e).contains("NotExpired"));
+    let vault = chain.vault_of(node).await.unwrap();
+    let v0 = chain.token_balance(vault).await.unwrap();
+    ledger
+        .advance_time(chain.attestation_timeout().await.unwrap() + 1)
+        .await
+        .unwrap();
+    chain.expire(&a.outsider, id).await.unwrap();
+    assert_eq!(chain.batch(id).await.unwrap().status, BatchStatus::Expired);
+    assert_eq!(chain.token_balance(vault).await.unwrap(), v0 + fees);
+    assert_eq!(chain.open_batches(node).await.unwrap(), 0);
+    // An expired batch can be neither attested nor challenged nor expired again.
+    let batch = chain.batch(id).await.unwrap();
+    let e = chain
+        .attest_batch(&a.node, id, sign_all(&chain, &a.verifiers, &batch))
+        .await
+        .unwrap_err();
+    assert!(reason(e).contains("WrongStatus"));
+    let e = chain.expire(&a.outsider, id).await.unwrap_err();
+    assert!(reason(e).contains("WrongStatus"));
+
+    // Attack: submit a batch, unbond all stake, wait out the delay and leave before the batch
+    // is final. The stake stays (withdrawal refused) and a proven fraud still slashes it.
+    let node_before = chain.token_balance(node).await.unwrap();
+    let (id, _) = chain
+        .submit_batch(&a.node, tree.root(), 2, fees)
+        .await
+        .unwrap();
+    // The vault paid the fees: the node's own balance did not move.
+    assert_eq!(chain.token_balance(node).await.unwrap(), node_before);
+    let stake = chain.node(node).await.unwrap().stake;
+    send_call(
+        &chain,
+        &a.node,
+        chain.deployment().registry,
+        requestUnbondCall { amount: stake },
+    )
+    .await
+    .unwrap();
+    ledger.advance_time(3_601).await.unwrap();
+    let e = send_call(
+        &chain,
+        &a.node,
+        chain.deployment().registry,
+        withdrawUnbondedCall {},
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        reason(e).contains("StakeLocked"),
+        "stake left with a batch open"
+    );
+    let bad = &rs[0];
+    let evidence = keccak256("fraud");
+    let verdicts: Vec<(Address, Signature)> = a.verifiers[..2]
+        .iter()
+        .map(|v| {
+            (
+                v.address(),
+                chain
+                    .sign_verdict(v, id, bad.signing_hash(), evidence)
+                    .unwrap(),
+            )
+        })
+        .collect();
+    chain
+        .challenge(
+            &a.payer,
+            id,
+            as_settlement(bad),
+            tree.proof(bad.signing_hash()).unwrap(),
+            evidence,
+            verdicts,
+        )
+        .await
+        .unwrap();
+    let after = chain.node(node).await.unwrap();
+    let slashed = stake * U256::from(5_000u64) / U256::from(10_000u64);
+    assert_eq!(
+        (after.stake, after.unbonding),
+        (U256::ZERO, stake - slashed)
+    );
+    // Closed by the challenge: what is left may go now.
+    assert_eq!(chain.open_batches(node).await.unwrap(), 0);
+    send_call(
+        &chain,
+        &a.node,
+        chain.deployment().registry,
+        withdrawUnbondedCall {},
+    )
+    .await
+    .unwrap();
+
+    // Endpoints: a move needs the registration quorum's approval (here 2), or governance.
+    chain.set_registration_quorum(&a.gov, 2).await.unwrap();
+    let v = &a.verifiers[2];
+    let info = chain.node(v.address()).await.unwrap();
+    let now = ledger.head().await.unwrap().timestamp;
+    let req = RegistrationRequest {
+        node: v.address(),
+        role: Role::Verifier,
+        endpoint: "http://attacker.internal:8080".into(),
+        measurement: info.measurement,
+        evidence_digest: info.evidence_digest,
+        deadline: now + 300,
+    };
+    let e = chain.set_endpoint(v, &req, vec![]).await.unwrap_err();
+    assert!(
+        reason(e).contains("QuorumNotMet"),
+        "an unapproved move went through"
+    );
+    let approvals: Vec<(Address, Signature)> = a.verifiers[..2]
+        .iter()
+        .map(|w| (w.address(), chain.sign_registration(w, &req).unwrap()))
+        .collect();
+    chain.set_endpoint(v, &req, approvals).await.unwrap();
+    assert_eq!(
+        chain.node(v.address()).await.unwrap().endpoint,
+        req.endpoint
+    );
+    let e = chain
+        .set_endpoint_for(&a.outsider, v.address(), "http://x")
+        .await
+        .unwrap_err();
+    assert!(reason(e).contains("AccessControl"));
+    chain
+        .set_endpoint_for(&a.gov, v.address(), "http://verifier")
+        .await
+        .unwrap();
+    assert_eq!(
+        chain.node(v.address()).await.unwrap().endpoint,
+        "http://verifier"
+    );
+
+    // Profiles: governance approves; verifiers declare theirs and are counted.
+    let p = keccak256("engine=tract;version=x;isa=x86_64;threads=1");
+    assert!(!chain.profile_approved(p).await.unwrap());
+    let e = chain.set_profile(&a.outsider, p, true).await.unwrap_err();
+    assert!(reason(e).contains("AccessControl"));
+    chain.set_profile(&a.gov, p, true).await.unwrap();
+    assert!(chain.profile_approved(p).await.unwrap());
+    assert_eq!(chain.profile_verifiers(p).await.unwrap(), 0);
+    chain.declare_profile(&a.verifiers[0], p).await.unwrap();
+    chain.declare_profile(&a.verifiers[1], p).await.unwrap();
+    assert_eq!(chain.profile_verifiers(p).await.unwrap(), 2);
+    let e = chain.declare_profile(&a.node, p).await.unwrap_err();
+    assert!(reason(e).contains("NotAVerifier"));
+}
+
 async fn run_all(ledger: Arc<dyn Ledger>) {
+    open_batches_bind_stake(ledger.clone()).await;
     registration_quorum(ledger.clone()).await;
     batches_split_fees(ledger.clone()).await;
     challenge_slashes(ledger.clone()).await;

@@ -204,6 +204,7 @@ impl Payment {
                 let d = cairn_x402::prepaid::sign_deposit(
                     payer,
                     escrow,
+                    t["payTo"].as_str().unwrap().parse().unwrap(),
                     salt,
                     offer.amount * U256::from(10_000_000u64),
                     u64::MAX / 2,

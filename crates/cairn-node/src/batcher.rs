@@ -4,8 +4,15 @@
 //!
 //! Sealing is local and durable first (the batch row and every receipt's proof commit in one
 //! SQLite transaction), submission second. A batch whose submission may have gone out (an RPC
-//! timeout) is looked up by its root in the contract's `BatchSubmitted` events before anything
-//! is sent again, so a root is never submitted (and its fees escrowed) twice.
+//! timeout) is looked up by its root in the contract's `BatchSubmitted` events (from the block
+//! it was sealed at) before anything is sent again, so a root is never submitted (and its fees
+//! escrowed) twice.
+//!
+//! Only receipts that count are sealed: a paid receipt waits until its payment settled (looked
+//! up in the payment store each pass) and is voided, payloads dropped, when it failed. A batch
+//! no verifier quorum attests in time is expired (its fees return to the node's vault) and its
+//! receipts are sealed again. Each step runs on its own: one that fails (a batch whose fees the
+//! node cannot cover, say) never stops the others.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -18,6 +25,7 @@ use cairn_receipt::merkle::ReceiptTree;
 use rusqlite::{Connection, params};
 
 use crate::error::NodeError;
+use crate::log::Billing;
 
 /// When a batch is sealed.
 #[derive(Clone, Copy, Debug)]
@@ -57,6 +65,8 @@ struct Sealed {
     root: B256,
     count: u32,
     fees: U256,
+    /// The chain head when it was sealed: its submission cannot be older.
+    sealed_block: u64,
 }
 
 /// The settler task's state.
@@ -66,6 +76,8 @@ pub(crate) struct Settler {
     key: PrivateKeySigner,
     policy: BatchPolicy,
     liveness_checked: Mutex<Option<std::time::Instant>>,
+    log: crate::log::ReceiptLog,
+    payments: Option<cairn_x402::PaymentStore>,
 }
 
 fn internal(e: impl std::fmt::Display) -> NodeError {
@@ -77,16 +89,28 @@ impl Settler {
         log_path: &Path,
         cfg: SettlementConfig,
         key: PrivateKeySigner,
+        log: crate::log::ReceiptLog,
+        payments: Option<cairn_x402::PaymentStore>,
     ) -> Result<Self, NodeError> {
         let conn = Connection::open(PathBuf::from(log_path)).map_err(internal)?;
         conn.busy_timeout(Duration::from_secs(10))
             .map_err(internal)?;
+        let have: Vec<String> = conn
+            .prepare("SELECT name FROM pragma_table_info('batches')")
+            .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+            .map_err(internal)?;
+        if !have.iter().any(|c| c == "sealed_block") {
+            conn.execute("ALTER TABLE batches ADD COLUMN sealed_block INTEGER", [])
+                .map_err(internal)?;
+        }
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
             chain: cfg.chain,
             key,
             policy: cfg.policy,
             liveness_checked: Mutex::new(None),
+            log,
+            payments,
         })
     }
 
@@ -111,14 +135,50 @@ impl Settler {
         }
     }
 
-    /// One pass: seal what is due, submit sealed batches, put collected attestations on chain,
-    /// finalize what is ripe.
+    /// One pass: settle the billing of paid receipts, seal what is due, submit sealed
+    /// batches, put collected attestations on chain, finalize (or expire) what is ripe. Each
+    /// step runs whatever the others did; the first error is reported.
     pub(crate) async fn step(&self) -> Result<(), NodeError> {
-        while self.seal().await? {}
-        self.submit_sealed().await?;
-        self.attest_collected().await?;
-        self.finalize_ripe().await?;
-        self.keep_alive().await
+        let results = [
+            self.resolve_billing().await,
+            async {
+                while self.seal().await? {}
+                Ok(())
+            }
+            .await,
+            self.submit_sealed().await,
+            self.attest_collected().await,
+            self.finalize_ripe().await,
+            self.keep_alive().await,
+        ];
+        results.into_iter().collect()
+    }
+
+    /// Receipts whose payment settled become batchable; those whose payment failed are voided
+    /// (payloads dropped: no output without payment, no fee for the node to escrow).
+    async fn resolve_billing(&self) -> Result<(), NodeError> {
+        let Some(store) = &self.payments else {
+            return Ok(());
+        };
+        let waiting = self.log.awaiting_payment(1_000).await?;
+        if waiting.is_empty() {
+            return Ok(());
+        }
+        let store = store.clone();
+        let outcomes = tokio::task::spawn_blocking(move || {
+            waiting
+                .into_iter()
+                .filter_map(|(id, payment)| match store.outcome(payment) {
+                    Ok(cairn_x402::store::Outcome::Paid) => Some(Ok((id, Billing::Final))),
+                    Ok(cairn_x402::store::Outcome::Failed) => Some(Ok((id, Billing::Void))),
+                    Ok(cairn_x402::store::Outcome::Open) => None,
+                    Err(e) => Some(Err(internal(e))),
+                })
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .await
+        .map_err(internal)??;
+        self.log.resolve_billing(outcomes).await
     }
 
     /// Sends a registry heartbeat once half the heartbeat timeout has passed (checked at most
@@ -185,6 +245,7 @@ impl Settler {
             if sigs.len() < quorum {
                 continue;
             }
+            let batch = self.chain.batch(id).await.map_err(internal)?;
             let mut signed = Vec::new();
             for (signer, sig) in &sigs {
                 let (Ok(sig), signer) = (
@@ -193,6 +254,12 @@ impl Settler {
                 ) else {
                     continue;
                 };
+                // Only a canonical signature over this very batch by its stored signer goes on
+                // chain: one bad entry would make the whole attestBatch revert.
+                if self.chain.attestation_signer(&batch, &sig).ok() != Some(signer) {
+                    tracing::warn!(batch = id, %signer, "dropping an attestation that does not verify");
+                    continue;
+                }
                 // Still active? A verifier may have left since it signed.
                 if self
                     .chain
@@ -220,13 +287,16 @@ impl Settler {
     /// Seals one batch if one is due; returns whether it did.
     async fn seal(&self) -> Result<bool, NodeError> {
         let policy = self.policy;
+        let head = self.chain.ledger().head().await.map_err(internal)?.number;
         self.db(move |c| {
             let now = crate::now_secs() as i64;
-            // Receipts from before settlement existed have no digest and stay out of batches.
+            // Receipts from before settlement existed have no digest and stay out of batches;
+            // paid ones wait for their payment.
             let rows: Vec<(String, Vec<u8>, String, i64)> = {
                 let mut stmt = c.prepare_cached(
                     "SELECT id, digest, price, created_at FROM receipts
                      WHERE batch IS NULL AND length(digest) = 32 AND price IS NOT NULL
+                       AND billing = 'final'
                      ORDER BY created_at, id LIMIT ?1",
                 )?;
                 stmt.query_map(params![policy.max_receipts as i64], |r| {
@@ -254,8 +324,9 @@ impl Settler {
             }
             let tx = c.transaction()?;
             tx.execute(
-                "INSERT INTO batches (root, count, fees, status, sealed_at) VALUES (?1, ?2, ?3, 'sealed', ?4)",
-                params![tree.root().as_slice(), rows.len() as i64, fees.to_string(), now],
+                "INSERT INTO batches (root, count, fees, status, sealed_at, sealed_block)
+                 VALUES (?1, ?2, ?3, 'sealed', ?4, ?5)",
+                params![tree.root().as_slice(), rows.len() as i64, fees.to_string(), now, head as i64],
             )?;
             let local = tx.last_insert_rowid();
             {
@@ -281,7 +352,8 @@ impl Settler {
     async fn sealed(&self) -> Result<Vec<Sealed>, NodeError> {
         self.db(|c| {
             let mut stmt = c.prepare_cached(
-                "SELECT local, root, count, fees FROM batches WHERE status = 'sealed' ORDER BY local",
+                "SELECT local, root, count, fees, sealed_block FROM batches
+                 WHERE status = 'sealed' ORDER BY local",
             )?;
             stmt.query_map([], |r| {
                 Ok(Sealed {
@@ -298,6 +370,7 @@ impl Settler {
                             )
                         })?
                     },
+                    sealed_block: r.get::<_, Option<i64>>(4)?.unwrap_or(0).max(0) as u64,
                 })
             })?
             .collect()
@@ -305,12 +378,16 @@ impl Settler {
         .await
     }
 
-    /// The on-chain batch this node already submitted under `root`, if any.
-    async fn find_submitted(&self, root: B256) -> Result<Option<(u64, B256)>, NodeError> {
+    /// The on-chain batch this node already submitted under `root` since block `from`, if any.
+    async fn find_submitted(
+        &self,
+        root: B256,
+        from: u64,
+    ) -> Result<Option<(u64, B256)>, NodeError> {
         let me = self.key.address();
         Ok(self
             .chain
-            .submitted_batches(0)
+            .submitted_batches(from)
             .await
             .map_err(internal)?
             .into_iter()
@@ -340,9 +417,26 @@ impl Settler {
         .await
     }
 
+    /// Marks an expired batch and frees its receipts to be sealed into a new one.
+    async fn reopen(&self, local: i64) -> Result<(), NodeError> {
+        self.db(move |c| {
+            let tx = c.transaction()?;
+            tx.execute(
+                "UPDATE batches SET status = 'expired' WHERE local = ?1",
+                params![local],
+            )?;
+            tx.execute(
+                "UPDATE receipts SET batch = NULL, proof = NULL WHERE batch = ?1",
+                params![local],
+            )?;
+            tx.commit()
+        })
+        .await
+    }
+
     async fn submit_sealed(&self) -> Result<(), NodeError> {
         for b in self.sealed().await? {
-            if let Some(found) = self.find_submitted(b.root).await? {
+            if let Some(found) = self.find_submitted(b.root, b.sealed_block).await? {
                 self.mark(b.local, "submitted", Some(found)).await?;
                 continue;
             }
@@ -380,6 +474,7 @@ impl Settler {
             return Ok(());
         }
         let window = self.chain.challenge_window().await.map_err(internal)?;
+        let attestation_timeout = self.chain.attestation_timeout().await.map_err(internal)?;
         // The next block's time: the head's, or the wall clock when no block was mined lately.
         let now = self
             .chain
@@ -404,6 +499,20 @@ impl Settler {
                     }
                 }
                 BatchStatus::Attested => self.mark(local, "attested", None).await?,
+                BatchStatus::Submitted if now >= b.submitted_at + attestation_timeout => {
+                    // No quorum attested it in time: take the fees back to the vault and seal
+                    // its receipts again.
+                    match self.chain.expire(&self.key, id).await {
+                        Ok(out) => {
+                            tracing::warn!(batch = id, tx = %out.hash, "expired an unattested batch; its receipts are sealed again");
+                            self.reopen(local).await?;
+                        }
+                        Err(e) => {
+                            tracing::warn!(batch = id, error = %e, "expire failed; will retry")
+                        }
+                    }
+                }
+                BatchStatus::Expired => self.reopen(local).await?,
                 BatchStatus::Finalized => self.mark(local, "finalized", None).await?,
                 BatchStatus::Voided => self.mark(local, "voided", None).await?,
                 _ => {}

@@ -1,5 +1,10 @@
 //! The model cache: blobs on disk by CID, prepared plans in memory, bounded in bytes (LRU), and
 //! one load per model however many requests ask for it at once.
+//!
+//! Everything a stranger can make it fetch is bounded: a model over `max_model_bytes` is refused
+//! while downloading, a file that is not a loadable model is deleted at once, and a failed load
+//! is remembered for a minute (so calling it again costs nothing). Metadata routes read the
+//! signature the hub recorded and never download.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -33,7 +38,12 @@ pub struct Resolution {
     pub cid: BlobId,
     /// The release version, when the reference was a name.
     pub version: Option<Version>,
+    /// The signature the hub recorded for the file, when the reference was a name.
+    pub signature: Option<OnnxSignature>,
 }
+
+/// How long a failed load is remembered.
+const FAILED_TTL: Duration = Duration::from_secs(60);
 
 /// The cache.
 #[derive(Clone)]
@@ -43,11 +53,28 @@ pub struct ModelCache {
     engine: Arc<dyn Engine>,
     plans: Cache<BlobId, Arc<LoadedModel>>,
     names: Cache<String, Resolution>,
+    /// Loads that failed recently, with their error.
+    failed: Cache<BlobId, Arc<NodeError>>,
+    max_model_bytes: u64,
 }
 
 impl ModelCache {
-    /// A cache keeping at most `max_bytes` of model files (on disk and as loaded plans).
-    pub fn new(dir: PathBuf, hub: HubClient, engine: Arc<dyn Engine>, max_bytes: u64) -> Self {
+    /// A cache keeping at most `max_bytes` of model files (on disk and as loaded plans), each
+    /// at most `max_model_bytes`. Leftover partial downloads in `dir` are removed.
+    pub fn new(
+        dir: PathBuf,
+        hub: HubClient,
+        engine: Arc<dyn Engine>,
+        max_bytes: u64,
+        max_model_bytes: u64,
+    ) -> Self {
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            for e in entries.flatten() {
+                if e.file_name().to_string_lossy().ends_with(".partial") {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
         let evict_dir = dir.clone();
         let plans = Cache::builder()
             .eviction_policy(EvictionPolicy::lru())
@@ -72,7 +99,17 @@ impl ModelCache {
             engine,
             plans,
             names,
+            failed: Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(FAILED_TTL)
+                .build(),
+            max_model_bytes,
         }
+    }
+
+    /// The model `cid` if it is loaded (never loads).
+    pub async fn loaded_model(&self, cid: &BlobId) -> Option<Arc<LoadedModel>> {
+        self.plans.get(cid).await
     }
 
     /// The engine plans are prepared with.
@@ -94,7 +131,11 @@ impl ModelCache {
         })?;
         let (repo, version, path) = match parsed {
             ModelRef::Blob(cid) => {
-                return Ok(Resolution { cid, version: None });
+                return Ok(Resolution {
+                    cid,
+                    version: None,
+                    signature: None,
+                });
             }
             ModelRef::Named {
                 repo,
@@ -113,6 +154,7 @@ impl ModelCache {
         let r = Resolution {
             cid: resolved.file.cid,
             version: Some(resolved.version),
+            signature: resolved.file.onnx,
         };
         self.names.insert(reference.to_owned(), r.clone()).await;
         Ok(r)
@@ -121,15 +163,26 @@ impl ModelCache {
     /// The loaded model for `cid`: from memory, else from disk (re-verified), else from the hub
     /// (verified while downloading). Concurrent callers for one CID share a single load.
     pub async fn get(&self, cid: BlobId) -> Result<Arc<LoadedModel>, NodeError> {
-        self.plans
-            .try_get_with(cid, self.load(cid))
-            .await
-            .map_err(|e: Arc<NodeError>| match &*e {
-                NodeError::ModelNotFound(m) => NodeError::ModelNotFound(m.clone()),
-                NodeError::InvalidModel(m) => NodeError::InvalidModel(m.clone()),
-                NodeError::HubUnavailable(m) => NodeError::HubUnavailable(m.clone()),
-                other => NodeError::Internal(other.to_string()),
-            })
+        let copy = |e: &NodeError| match e {
+            NodeError::ModelNotFound(m) => NodeError::ModelNotFound(m.clone()),
+            NodeError::InvalidModel(m) => NodeError::InvalidModel(m.clone()),
+            NodeError::HubUnavailable(m) => NodeError::HubUnavailable(m.clone()),
+            other => NodeError::Internal(other.to_string()),
+        };
+        if let Some(e) = self.failed.get(&cid).await {
+            return Err(copy(&e));
+        }
+        match self.plans.try_get_with(cid, self.load(cid)).await {
+            Ok(m) => Ok(m),
+            Err(e) => {
+                // A missing or broken model stays so for a while: remember it, so a flood of
+                // calls for it costs one download, not one each. A hub outage is not remembered.
+                if !matches!(*e, NodeError::HubUnavailable(_)) {
+                    self.failed.insert(cid, e.clone()).await;
+                }
+                Err(copy(&e))
+            }
+        }
     }
 
     async fn load(&self, cid: BlobId) -> Result<Arc<LoadedModel>, NodeError> {
@@ -157,7 +210,7 @@ impl ModelCache {
                     .await
                     .map_err(|e| NodeError::Internal(format!("model cache dir: {e}")))?;
                 self.hub
-                    .download(&cid, &path, |_, _| {})
+                    .download_at_most(&cid, &path, self.max_model_bytes, |_, _| {})
                     .await
                     .map_err(|e| hub_error(&cid.to_string(), e))?;
                 tokio::fs::read(&path)
@@ -165,6 +218,14 @@ impl ModelCache {
                     .map_err(|e| NodeError::Internal(format!("model cache read: {e}")))?
             }
         };
+        if bytes.len() as u64 > self.max_model_bytes {
+            let _ = tokio::fs::remove_file(&path).await;
+            return Err(NodeError::InvalidModel(format!(
+                "{cid} is {} bytes, over this node's {} byte model limit",
+                bytes.len(),
+                self.max_model_bytes
+            )));
+        }
         let engine = self.engine.clone();
         let loaded = tokio::task::spawn_blocking(move || {
             let signature = cairn_onnx::read_signature(&bytes[..], cairn_onnx::Limits::default())
@@ -185,7 +246,15 @@ impl ModelCache {
             })
         })
         .await
-        .map_err(|e| NodeError::Internal(format!("model load task: {e}")))??;
+        .map_err(|e| NodeError::Internal(format!("model load task: {e}")));
+        let loaded = match loaded {
+            Ok(Ok(l)) => l,
+            Ok(Err(e)) | Err(e) => {
+                // Not a model this engine runs: keep nothing of it on disk.
+                let _ = tokio::fs::remove_file(&path).await;
+                return Err(e);
+            }
+        };
         tracing::info!(%cid, bytes = loaded.size, "model loaded");
         Ok(Arc::new(loaded))
     }
@@ -202,6 +271,7 @@ fn hub_error(reference: &str, e: ClientError) -> NodeError {
             NodeError::ModelNotFound(format!("the hub refused `{reference}`: {message}"))
         }
         ClientError::DigestMismatch { .. } => NodeError::HubUnavailable(e.to_string()),
+        ClientError::TooLarge { .. } => NodeError::InvalidModel(e.to_string()),
         other => NodeError::HubUnavailable(other.to_string()),
     }
 }

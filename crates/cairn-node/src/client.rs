@@ -57,6 +57,9 @@ pub struct PaymentMade {
     pub pay_to: alloy_primitives::Address,
     /// The node's settlement answer (`PAYMENT-RESPONSE`).
     pub settlement: Option<cairn_x402::wire::SettleResponse>,
+    /// For `prepaid`: the voucher's cumulative amount and the payer's account file it goes
+    /// into once the request succeeded.
+    pub cumulative: Option<(alloy_primitives::U256, std::path::PathBuf)>,
 }
 
 /// A node client.
@@ -66,6 +69,8 @@ pub struct NodeClient {
     http: reqwest::Client,
     payer: Option<alloy_signer_local::PrivateKeySigner>,
     salt: alloy_primitives::B256,
+    /// Where the payer's own prepaid accounts live (`None`: never pays prepaid).
+    accounts: Option<std::path::PathBuf>,
 }
 
 impl NodeClient {
@@ -76,7 +81,31 @@ impl NodeClient {
             http: reqwest::Client::new(),
             payer: None,
             salt: alloy_primitives::B256::ZERO,
+            accounts: None,
         }
+    }
+
+    /// Keeps the payer's own prepaid accounts in `dir` ([`cairn_x402::client::PrepaidAccount`]):
+    /// prepaid is used only on channels with an account there.
+    pub fn with_accounts(mut self, dir: std::path::PathBuf) -> Self {
+        self.accounts = Some(dir);
+        self
+    }
+
+    /// The account file of the payer's channel for a prepaid `offer`.
+    pub fn account_path(
+        &self,
+        payer: alloy_primitives::Address,
+        offer: &cairn_x402::wire::PaymentRequirements,
+    ) -> Option<std::path::PathBuf> {
+        let dir = self.accounts.as_ref()?;
+        let escrow: alloy_primitives::Address =
+            offer.extra.get("escrow")?.as_str()?.parse().ok()?;
+        let chain_id = cairn_x402::wire::chain_id_of(&offer.network)?;
+        let channel = cairn_ledger::Chain::channel_id(payer, offer.pay_to, self.salt);
+        Some(cairn_x402::client::PrepaidAccount::path(
+            dir, chain_id, escrow, channel,
+        ))
     }
 
     /// Pays the node's 402 answers with `payer`: prepaid (channel `salt`) when the payer has a
@@ -100,7 +129,15 @@ impl NodeClient {
         use cairn_x402::client as pay;
         let p = |m: String| NodeClientError::Protocol(m);
         let required = pay::offers(headers).map_err(|e| p(e.to_string()))?;
-        if let Some(offer) = required.accepts.iter().find(|o| o.scheme == "prepaid") {
+        let prepaid = required
+            .accepts
+            .iter()
+            .find(|o| o.scheme == "prepaid")
+            .and_then(|o| Some((o, self.account_path(payer.address(), o)?)));
+        if let Some((offer, path)) = prepaid
+            && let Some(account) =
+                cairn_x402::client::PrepaidAccount::load(&path).map_err(|e| p(e.to_string()))?
+        {
             let ch = self
                 .get_json(&format!(
                     "/v1/prepaid/{}?salt={}",
@@ -114,11 +151,14 @@ impl NodeClient {
                     .and_then(|v| alloy_primitives::U256::from_str_radix(v, 10).ok())
                     .unwrap_or_default()
             };
-            let next = num("accepted") + offer.amount;
+            // Our own account, not the node's word, says what the next voucher is worth.
+            let next = account.paid + offer.amount;
             if ch["known"] == true && ch["closing"] != true && next <= num("deposited") {
                 let header = pay::pay_prepaid(payer, &required, offer, self.salt, next)
                     .map_err(|e| p(e.to_string()))?;
-                return Ok((header, made(offer)));
+                let mut m = made(offer);
+                m.cumulative = Some((next, path));
+                return Ok((header, m));
             }
         }
         let offer = required
@@ -224,6 +264,14 @@ impl NodeClient {
             payment = Some(made);
         }
         let resp = self.check(&url, resp).await?;
+        // The voucher paid for a request that succeeded: it is what we owe from now on.
+        if let Some((cumulative, path)) = payment.as_ref().and_then(|m| m.cumulative.as_ref())
+            && let Some(mut a) = cairn_x402::client::PrepaidAccount::load(path)
+                .map_err(|e| NodeClientError::Protocol(e.to_string()))?
+        {
+            a.record(*cumulative)
+                .map_err(|e| NodeClientError::Protocol(e.to_string()))?;
+        }
         let json_len = resp
             .headers()
             .get(HEADER_LENGTH)
@@ -244,6 +292,7 @@ fn made(offer: &cairn_x402::wire::PaymentRequirements) -> PaymentMade {
         amount: offer.amount,
         pay_to: offer.pay_to,
         settlement: None,
+        cumulative: None,
     }
 }
 

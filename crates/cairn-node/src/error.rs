@@ -64,6 +64,15 @@ pub enum NodeError {
     /// An attestation whose signer is not an active verifier (or unrecoverable).
     #[error("{0}")]
     NotAVerifier(String),
+    /// A signature in its malleable high-s form.
+    #[error("{0}")]
+    SignatureNotCanonical(String),
+    /// A route that needs a signed request (or a capability) got none, or a bad one.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// A signed request from someone who may not do this.
+    #[error("{0}")]
+    Forbidden(String),
     /// A payment or deposit the node refuses (reason code first).
     #[error("{0}")]
     PaymentRefused(String),
@@ -99,6 +108,9 @@ impl NodeError {
             E::HubUnavailable(_) => "hub_unavailable",
             E::NotFound(_) => "not_found",
             E::NotAVerifier(_) => "not_a_verifier",
+            E::SignatureNotCanonical(_) => "signature_not_canonical",
+            E::Unauthorized(_) => "unauthorized",
+            E::Forbidden(_) => "forbidden",
             E::ChainUnavailable(_) => "chain_unavailable",
             E::PaymentRefused(_) => "payment_refused",
             E::Internal(_) => "internal",
@@ -117,7 +129,10 @@ impl NodeError {
             | E::WrongDatatype(_)
             | E::UnknownOutput(_)
             | E::TooManyElements(_)
-            | E::BadModelRef(_) => StatusCode::BAD_REQUEST,
+            | E::BadModelRef(_)
+            | E::SignatureNotCanonical(_) => StatusCode::BAD_REQUEST,
+            E::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            E::Forbidden(_) => StatusCode::FORBIDDEN,
             E::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             E::ModelNotFound(_) | E::ReceiptNotFound(_) | E::NotFound(_) => StatusCode::NOT_FOUND,
             E::InvalidModel(_) | E::ModelFailed(_) => StatusCode::UNPROCESSABLE_ENTITY,

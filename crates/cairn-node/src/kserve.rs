@@ -38,9 +38,11 @@ pub struct RequestInput {
     /// `binary_data_size` when the data follows the JSON.
     #[serde(default)]
     pub parameters: Option<Map<String, Value>>,
-    /// Row-major values, flat or nested.
+    /// Row-major values, flat or nested: kept as text and converted straight into the
+    /// tensor's bytes once its type and size are known (never a tree of JSON values, which
+    /// would take many times the body's size).
     #[serde(default)]
-    pub data: Option<Value>,
+    pub data: Option<Box<serde_json::value::RawValue>>,
 }
 
 /// One requested output.
@@ -180,7 +182,7 @@ pub fn decode(
                 binary = rest;
                 this.to_vec()
             }
-            (None, Some(values)) => json_values_to_bytes(&input.name, dtype, &values, count)?,
+            (None, Some(values)) => raw_values_to_bytes(&input.name, dtype, &values, count)?,
             (None, None) => {
                 return Err(NodeError::BadRequest(format!(
                     "input `{}` has no data",
@@ -222,6 +224,183 @@ pub fn decode(
     })
 }
 
+/// One JSON scalar of a `data` array.
+#[derive(Clone, Copy)]
+enum Scalar {
+    U(u64),
+    I(i64),
+    F(f64),
+    B(bool),
+}
+
+impl std::fmt::Display for Scalar {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Scalar::U(v) => write!(f, "{v}"),
+            Scalar::I(v) => write!(f, "{v}"),
+            Scalar::F(v) => write!(f, "{v}"),
+            Scalar::B(v) => write!(f, "{v}"),
+        }
+    }
+}
+
+/// Streams the scalars of a (nested) JSON array into the bytes of one tensor.
+struct Sink<'n> {
+    name: &'n str,
+    dtype: DataType,
+    count: usize,
+    seen: usize,
+    out: Vec<u8>,
+    err: Option<NodeError>,
+}
+
+impl Sink<'_> {
+    fn push(&mut self, v: Scalar) -> Result<(), NodeError> {
+        let i = self.seen;
+        self.seen += 1;
+        if self.seen > self.count {
+            return Err(NodeError::InvalidShape(format!(
+                "input `{}`: its shape holds {} elements but `data` has more than {}",
+                self.name, self.count, self.count
+            )));
+        }
+        let (name, dtype) = (self.name, self.dtype);
+        let bad = || {
+            NodeError::InvalidData(format!(
+                "input `{name}`: element {i} ({v}) is not a valid {dtype} value"
+            ))
+        };
+        macro_rules! int {
+            ($t:ty) => {{
+                let x: $t = match v {
+                    Scalar::U(u) => <$t>::try_from(u).map_err(|_| bad())?,
+                    Scalar::I(s) => <$t>::try_from(s).map_err(|_| bad())?,
+                    _ => return Err(bad()),
+                };
+                self.out.extend_from_slice(&x.to_le_bytes());
+            }};
+        }
+        let float = || match v {
+            Scalar::U(u) => Ok(u as f64),
+            Scalar::I(s) => Ok(s as f64),
+            Scalar::F(f) => Ok(f),
+            Scalar::B(_) => Err(bad()),
+        };
+        match dtype {
+            DataType::Bool => self.out.push(match v {
+                Scalar::B(b) => b as u8,
+                Scalar::U(0) | Scalar::I(0) => 0,
+                Scalar::U(1) | Scalar::I(1) => 1,
+                _ => return Err(bad()),
+            }),
+            DataType::Uint8 => int!(u8),
+            DataType::Uint16 => int!(u16),
+            DataType::Uint32 => int!(u32),
+            DataType::Uint64 => int!(u64),
+            DataType::Int8 => int!(i8),
+            DataType::Int16 => int!(i16),
+            DataType::Int32 => int!(i32),
+            DataType::Int64 => int!(i64),
+            DataType::Fp16 => {
+                let x = float()?;
+                self.out
+                    .extend_from_slice(&half::f16::from_f64(x).to_le_bytes())
+            }
+            DataType::Fp32 => {
+                let x = float()?;
+                self.out.extend_from_slice(&(x as f32).to_le_bytes())
+            }
+            DataType::Fp64 => {
+                let x = float()?;
+                self.out.extend_from_slice(&x.to_le_bytes())
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for &mut Sink<'_> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for &mut Sink<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("numbers or booleans, in flat or nested arrays")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element_seed(&mut *self)?.is_some() {}
+        Ok(())
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<(), E> {
+        self.scalar(Scalar::U(v))
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<(), E> {
+        self.scalar(Scalar::I(v))
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<(), E> {
+        self.scalar(Scalar::F(v))
+    }
+
+    fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<(), E> {
+        self.scalar(Scalar::B(v))
+    }
+}
+
+impl Sink<'_> {
+    fn scalar<E: serde::de::Error>(&mut self, v: Scalar) -> Result<(), E> {
+        self.push(v).map_err(|e| {
+            let m = e.to_string();
+            self.err = Some(e);
+            E::custom(m)
+        })
+    }
+}
+
+/// Converts the JSON text of a `data` field (flat or nested arrays) to raw little-endian bytes
+/// of `dtype`, in one pass and with memory bounded by the tensor's own size.
+pub(crate) fn raw_values_to_bytes(
+    name: &str,
+    dtype: DataType,
+    raw: &serde_json::value::RawValue,
+    count: usize,
+) -> Result<Vec<u8>, NodeError> {
+    let mut sink = Sink {
+        name,
+        dtype,
+        count,
+        seen: 0,
+        out: Vec::with_capacity(count.saturating_mul(dtype.size()).min(64 << 20)),
+        err: None,
+    };
+    let mut de = serde_json::Deserializer::from_str(raw.get());
+    let parsed = serde::de::DeserializeSeed::deserialize(&mut sink, &mut de);
+    if let Some(e) = sink.err.take() {
+        return Err(e);
+    }
+    if let Err(e) = parsed {
+        return Err(NodeError::InvalidData(format!(
+            "input `{name}`: `data` must hold numbers or booleans in (nested) arrays: {e}"
+        )));
+    }
+    if sink.seen != count {
+        return Err(NodeError::InvalidShape(format!(
+            "input `{name}`: its shape holds {count} elements but `data` has {}",
+            sink.seen
+        )));
+    }
+    Ok(sink.out)
+}
+
 fn flatten<'a>(v: &'a Value, out: &mut Vec<&'a Value>, limit: usize) -> bool {
     match v {
         Value::Array(items) => items.iter().all(|i| flatten(i, out, limit)),
@@ -250,58 +429,32 @@ pub(crate) fn json_values_to_bytes(
             }
         )));
     }
-    let mut out = Vec::with_capacity(count * dtype.size());
-    let bad = |i: usize, v: &Value| {
-        NodeError::InvalidData(format!(
-            "input `{name}`: element {i} ({v}) is not a valid {dtype} value"
-        ))
+    let mut sink = Sink {
+        name,
+        dtype,
+        count,
+        seen: 0,
+        out: Vec::with_capacity(count * dtype.size()),
+        err: None,
     };
-    macro_rules! ints {
-        ($t:ty) => {
-            for (i, v) in flat.iter().enumerate() {
-                let x: $t = if let Some(u) = v.as_u64() {
-                    <$t>::try_from(u).map_err(|_| bad(i, v))?
-                } else if let Some(s) = v.as_i64() {
-                    <$t>::try_from(s).map_err(|_| bad(i, v))?
-                } else {
-                    return Err(bad(i, v));
-                };
-                out.extend_from_slice(&x.to_le_bytes());
+    for (i, v) in flat.iter().enumerate() {
+        let scalar = match v {
+            Value::Bool(b) => Scalar::B(*b),
+            Value::Number(n) => match (n.as_u64(), n.as_i64(), n.as_f64()) {
+                (Some(u), _, _) => Scalar::U(u),
+                (_, Some(x), _) => Scalar::I(x),
+                (_, _, Some(f)) => Scalar::F(f),
+                _ => unreachable!("a JSON number is one of the three"),
+            },
+            other => {
+                return Err(NodeError::InvalidData(format!(
+                    "input `{name}`: element {i} ({other}) is not a valid {dtype} value"
+                )));
             }
         };
+        sink.push(scalar)?;
     }
-    match dtype {
-        DataType::Bool => {
-            for (i, v) in flat.iter().enumerate() {
-                let b = match v {
-                    Value::Bool(b) => *b,
-                    Value::Number(n) if n.as_u64() == Some(0) => false,
-                    Value::Number(n) if n.as_u64() == Some(1) => true,
-                    _ => return Err(bad(i, v)),
-                };
-                out.push(b as u8);
-            }
-        }
-        DataType::Uint8 => ints!(u8),
-        DataType::Uint16 => ints!(u16),
-        DataType::Uint32 => ints!(u32),
-        DataType::Uint64 => ints!(u64),
-        DataType::Int8 => ints!(i8),
-        DataType::Int16 => ints!(i16),
-        DataType::Int32 => ints!(i32),
-        DataType::Int64 => ints!(i64),
-        DataType::Fp16 | DataType::Fp32 | DataType::Fp64 => {
-            for (i, v) in flat.iter().enumerate() {
-                let x = v.as_f64().ok_or_else(|| bad(i, v))?;
-                match dtype {
-                    DataType::Fp16 => out.extend_from_slice(&half::f16::from_f64(x).to_le_bytes()),
-                    DataType::Fp32 => out.extend_from_slice(&(x as f32).to_le_bytes()),
-                    _ => out.extend_from_slice(&x.to_le_bytes()),
-                }
-            }
-        }
-    }
-    Ok(out)
+    Ok(sink.out)
 }
 
 /// Raw little-endian bytes of `dtype` as a flat JSON array (non-finite floats become `null`,

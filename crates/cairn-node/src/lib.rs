@@ -46,6 +46,11 @@ pub struct Limits {
     pub queue_total: usize,
     /// Inferences running at once.
     pub workers: usize,
+    /// Longest a request body may take to arrive.
+    pub body_timeout: Duration,
+    /// Memory for request bodies being read at once (a body without a length counts as
+    /// `max_body_bytes`).
+    pub body_budget_bytes: usize,
 }
 
 impl Default for Limits {
@@ -57,6 +62,8 @@ impl Default for Limits {
             queue_per_model: 256,
             queue_total: 1024,
             workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            body_timeout: Duration::from_secs(10),
+            body_budget_bytes: 256 << 20,
         }
     }
 }
@@ -79,10 +86,12 @@ pub struct NodeConfig {
     pub limits: Limits,
     /// Model cache size in bytes (files on disk and plans in memory).
     pub cache_bytes: u64,
+    /// Largest model file the node fetches and loads.
+    pub max_model_bytes: u64,
     /// How long request/response payloads are kept beside their receipts.
     pub retention: Duration,
-    /// Wait for the disk on every receipt-log commit (power-loss durable, slower); otherwise a
-    /// committed receipt survives the process but not the machine losing power.
+    /// Wait for the disk on every receipt-log commit (power-loss durable; the default);
+    /// otherwise a committed receipt survives the process but not the machine losing power.
     pub fsync_receipts: bool,
     /// Where receipts are settled; `None` keeps them local (no batches).
     pub settlement: Option<batcher::SettlementConfig>,
@@ -102,12 +111,23 @@ pub struct Faults {
     /// Refuse to hand out kept payloads (`/v1/receipts/{id}/input|output`), so samples cannot
     /// be re-executed.
     pub withhold_payloads: bool,
+    /// Refuse a batch's payloads for this long after it is sealed (a node "down" or
+    /// overloaded just when verifiers first ask), then serve them.
+    pub payload_outage: Duration,
 }
 
 impl Faults {
     /// Whether any fault is on.
     pub fn any(&self) -> bool {
-        self.wrong_output_rate > 0.0 || self.withhold_payloads
+        self.wrong_output_rate > 0.0 || self.withhold_payloads || !self.payload_outage.is_zero()
+    }
+
+    /// Whether the payloads of a batch sealed at `sealed_at` (Unix seconds) are in the
+    /// deliberate outage now.
+    pub fn in_outage(&self, sealed_at: Option<i64>) -> bool {
+        !self.payload_outage.is_zero()
+            && sealed_at
+                .is_some_and(|t| now_secs() < t.max(0) as u64 + self.payload_outage.as_secs())
     }
 }
 

@@ -11,10 +11,40 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
+use alloy_primitives::B256;
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::oneshot;
 
 use crate::error::NodeError;
+
+/// Whether a logged receipt counts (is batched, its payloads served).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Billing {
+    /// Unpaid node, or its payment settled: it is batched and its payloads are served.
+    Final,
+    /// Paid with a payment not settled yet: neither batched nor served until it is.
+    AwaitingPayment,
+    /// Its payment failed: never batched, payloads dropped.
+    Void,
+}
+
+impl Billing {
+    fn as_str(self) -> &'static str {
+        match self {
+            Billing::Final => "final",
+            Billing::AwaitingPayment => "awaiting_payment",
+            Billing::Void => "void",
+        }
+    }
+
+    fn parse(s: &str) -> Self {
+        match s {
+            "final" => Billing::Final,
+            "awaiting_payment" => Billing::AwaitingPayment,
+            _ => Billing::Void,
+        }
+    }
+}
 
 /// One logged inference.
 pub struct Entry {
@@ -34,6 +64,12 @@ pub struct Entry {
     pub digest: [u8; 32],
     /// The receipt's price, decimal.
     pub price: String,
+    /// Whether it counts yet.
+    pub billing: Billing,
+    /// Who paid (may read the payloads with a signed request).
+    pub payer: Option<[u8; 20]>,
+    /// The payment's reference (looked up to settle [`Billing::AwaitingPayment`]).
+    pub payment_ref: [u8; 32],
 }
 
 /// A stored receipt as served back.
@@ -46,6 +82,10 @@ pub struct Stored {
     pub payloads: bool,
     /// The batch it was committed in, once sealed.
     pub batch: Option<BatchRef>,
+    /// Whether it counts.
+    pub billing: Billing,
+    /// Who paid for it.
+    pub payer: Option<[u8; 20]>,
 }
 
 /// Where a receipt sits in a batch.
@@ -61,6 +101,8 @@ pub struct BatchRef {
     pub status: String,
     /// The submitting transaction.
     pub tx: Option<[u8; 32]>,
+    /// Unix seconds it was sealed.
+    pub sealed_at: i64,
 }
 
 type Job = (Entry, oneshot::Sender<Result<(), String>>);
@@ -106,11 +148,20 @@ CREATE TABLE IF NOT EXISTS attestations (
 ";
 
 /// Columns added after the first release; added in place to an older log.
-const MIGRATIONS: [(&str, &str); 4] = [
+const MIGRATIONS: [(&str, &str); 7] = [
     ("digest", "ALTER TABLE receipts ADD COLUMN digest BLOB"),
     ("price", "ALTER TABLE receipts ADD COLUMN price TEXT"),
     ("batch", "ALTER TABLE receipts ADD COLUMN batch INTEGER"),
     ("proof", "ALTER TABLE receipts ADD COLUMN proof BLOB"),
+    (
+        "billing",
+        "ALTER TABLE receipts ADD COLUMN billing TEXT NOT NULL DEFAULT 'final'",
+    ),
+    ("payer", "ALTER TABLE receipts ADD COLUMN payer BLOB"),
+    (
+        "payment_ref",
+        "ALTER TABLE receipts ADD COLUMN payment_ref BLOB",
+    ),
 ];
 
 fn migrate(conn: &Connection) -> rusqlite::Result<()> {
@@ -128,7 +179,9 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     }
     conn.execute_batch(
         "CREATE INDEX IF NOT EXISTS receipts_unbatched ON receipts (created_at) WHERE batch IS NULL;
-         CREATE INDEX IF NOT EXISTS receipts_by_batch ON receipts (batch);",
+         CREATE INDEX IF NOT EXISTS receipts_by_batch ON receipts (batch);
+         CREATE INDEX IF NOT EXISTS receipts_awaiting ON receipts (created_at)
+           WHERE billing = 'awaiting_payment';",
     )
 }
 
@@ -145,11 +198,13 @@ fn connect(path: &Path) -> rusqlite::Result<Connection> {
 
 impl ReceiptLog {
     /// Opens (creating) the log at `path` and starts its writer thread, which also drops
-    /// payloads older than `retention`.
+    /// payloads older than `retention` once nothing can still ask for them (with
+    /// `settles`: only receipts whose batch is final).
     pub async fn open(
         path: &Path,
         retention: Duration,
         fsync_each_commit: bool,
+        settles: bool,
     ) -> Result<Self, NodeError> {
         let conn = connect(path).map_err(internal)?;
         conn.pragma_update(
@@ -164,7 +219,7 @@ impl ReceiptLog {
         let (tx, rx) = mpsc::sync_channel(4096);
         std::thread::Builder::new()
             .name("cairn-receipt-log".into())
-            .spawn(move || writer(conn, rx, retention))
+            .spawn(move || writer(conn, rx, retention, settles))
             .map_err(internal)?;
         let reader = Arc::new(Mutex::new(connect(path).map_err(internal)?));
         Ok(Self { reader, tx })
@@ -208,7 +263,7 @@ impl ReceiptLog {
         self.read(move |c| {
             c.query_row(
                 "SELECT r.receipt, r.created_at, r.input IS NOT NULL, r.proof, b.root, b.status,
-                        b.chain_batch, b.tx
+                        b.chain_batch, b.tx, b.sealed_at, r.billing, r.payer
                  FROM receipts r LEFT JOIN batches b ON b.local = r.batch WHERE r.id = ?1",
                 params![id],
                 |r| {
@@ -225,6 +280,7 @@ impl ReceiptLog {
                             status: r.get(5)?,
                             chain_batch: r.get::<_, Option<i64>>(6)?.map(|n| n as u64),
                             tx: r.get::<_, Option<Vec<u8>>>(7)?.map(|t| to32(&t)),
+                            sealed_at: r.get(8)?,
                         }),
                         None => None,
                     };
@@ -233,6 +289,10 @@ impl ReceiptLog {
                         created_at: r.get(1)?,
                         payloads: r.get(2)?,
                         batch,
+                        billing: Billing::parse(&r.get::<_, String>(9)?),
+                        payer: r
+                            .get::<_, Option<Vec<u8>>>(10)?
+                            .and_then(|p| p.try_into().ok()),
                     })
                 },
             )
@@ -241,13 +301,13 @@ impl ReceiptLog {
         .await
     }
 
-    /// A kept payload (`input` or `output`) as safetensors.
+    /// A kept payload (`input` or `output`) as safetensors, of a receipt that counts.
     pub async fn payload(&self, id: &str, output: bool) -> Result<Option<Vec<u8>>, NodeError> {
         let id = id.to_owned();
         let sql = if output {
-            "SELECT output FROM receipts WHERE id = ?1"
+            "SELECT output FROM receipts WHERE id = ?1 AND billing = 'final'"
         } else {
-            "SELECT input FROM receipts WHERE id = ?1"
+            "SELECT input FROM receipts WHERE id = ?1 AND billing = 'final'"
         };
         self.read(move |c| {
             c.query_row(sql, params![id], |r| r.get::<_, Option<Vec<u8>>>(0))
@@ -282,7 +342,9 @@ impl ReceiptLog {
             let Some((local, root, count, fees, status, tx)) = head else {
                 return Ok(None);
             };
-            let mut stmt = c.prepare_cached("SELECT receipt FROM receipts WHERE batch = ?1 ORDER BY id")?;
+            let mut stmt = c.prepare_cached(
+                "SELECT receipt FROM receipts WHERE batch = ?1 ORDER BY id",
+            )?;
             let receipts = stmt
                 .query_map(params![local], |r| r.get::<_, String>(0))?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
@@ -310,7 +372,8 @@ impl ReceiptLog {
         // Writes go through the reader connection: rare, tiny, and SQLite serializes them.
         self.read(move |c| {
             c.execute(
-                "INSERT OR REPLACE INTO attestations (chain_batch, signer, signature) VALUES (?1, ?2, ?3)",
+                "INSERT INTO attestations (chain_batch, signer, signature) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (chain_batch, signer) DO NOTHING",
                 params![chain_batch as i64, signer.as_slice(), signature],
             )?;
             c.query_row(
@@ -318,6 +381,51 @@ impl ReceiptLog {
                 params![chain_batch as i64],
                 |r| r.get::<_, i64>(0).map(|n| n as u64),
             )
+        })
+        .await
+    }
+
+    /// Receipts waiting for their payment to settle: (id, payment reference), oldest first.
+    pub async fn awaiting_payment(&self, limit: usize) -> Result<Vec<(String, B256)>, NodeError> {
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT id, payment_ref FROM receipts WHERE billing = 'awaiting_payment'
+                 ORDER BY created_at LIMIT ?1",
+            )?;
+            stmt.query_map(params![limit as i64], |r| {
+                let p: Option<Vec<u8>> = r.get(1)?;
+                Ok((r.get(0)?, B256::from(to32(&p.unwrap_or_default()))))
+            })?
+            .collect()
+        })
+        .await
+    }
+
+    /// Settles the billing of receipts whose payments resolved: `Final` ones become batchable,
+    /// `Void` ones lose their payloads at once (no output without payment).
+    pub async fn resolve_billing(&self, outcomes: Vec<(String, Billing)>) -> Result<(), NodeError> {
+        if outcomes.is_empty() {
+            return Ok(());
+        }
+        self.read(move |c| {
+            let tx = c.unchecked_transaction()?;
+            {
+                let mut fin = tx.prepare_cached(
+                    "UPDATE receipts SET billing = 'final' WHERE id = ?1 AND billing = 'awaiting_payment'",
+                )?;
+                let mut void = tx.prepare_cached(
+                    "UPDATE receipts SET billing = 'void', input = NULL, output = NULL
+                     WHERE id = ?1 AND billing = 'awaiting_payment'",
+                )?;
+                for (id, b) in &outcomes {
+                    match b {
+                        Billing::Final => fin.execute(params![id])?,
+                        Billing::Void => void.execute(params![id])?,
+                        Billing::AwaitingPayment => 0,
+                    };
+                }
+            }
+            tx.commit()
         })
         .await
     }
@@ -356,7 +464,7 @@ fn to32(b: &[u8]) -> [u8; 32] {
 
 /// The writer thread: commits whatever has queued (up to 512 entries) in one transaction, and
 /// drops payloads older than the retention window (receipts stay).
-fn writer(mut conn: Connection, rx: mpsc::Receiver<Job>, retention: Duration) {
+fn writer(mut conn: Connection, rx: mpsc::Receiver<Job>, retention: Duration, settles: bool) {
     let mut last_sweep = Instant::now();
     let sweep_every = Duration::from_secs(60).min(retention.max(Duration::from_secs(1)));
     loop {
@@ -384,10 +492,16 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<Job>, retention: Duration) {
         if last_sweep.elapsed() >= sweep_every {
             last_sweep = Instant::now();
             let cutoff = crate::now_secs() as i64 - retention.as_secs() as i64;
-            if let Err(e) = conn.execute(
-                "UPDATE receipts SET input = NULL, output = NULL WHERE created_at < ?1 AND input IS NOT NULL",
-                params![cutoff],
-            ) {
+            // A verifier may ask for any payload of an open batch (and of a receipt not yet
+            // batched): those stay until their batch is final, however old.
+            let sql = if settles {
+                "UPDATE receipts SET input = NULL, output = NULL
+                 WHERE created_at < ?1 AND input IS NOT NULL AND batch IN
+                   (SELECT local FROM batches WHERE status IN ('finalized', 'voided'))"
+            } else {
+                "UPDATE receipts SET input = NULL, output = NULL WHERE created_at < ?1 AND input IS NOT NULL"
+            };
+            if let Err(e) = conn.execute(sql, params![cutoff]) {
                 tracing::warn!(error = %e, "receipt payload sweep failed");
             }
         }
@@ -398,7 +512,9 @@ fn commit(conn: &mut Connection, batch: &[Job]) -> rusqlite::Result<()> {
     let tx = conn.transaction()?;
     {
         let mut stmt = tx.prepare_cached(
-            "INSERT INTO receipts (id, created_at, model, receipt, input, output, digest, price) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            "INSERT INTO receipts (id, created_at, model, receipt, input, output, digest, price,
+                                   billing, payer, payment_ref)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
         )?;
         for (e, _) in batch {
             stmt.execute(params![
@@ -409,7 +525,10 @@ fn commit(conn: &mut Connection, batch: &[Job]) -> rusqlite::Result<()> {
                 e.input,
                 e.output,
                 e.digest.as_slice(),
-                e.price
+                e.price,
+                e.billing.as_str(),
+                e.payer.as_ref().map(|p| p.as_slice()),
+                e.payment_ref.as_slice(),
             ])?;
         }
     }
@@ -427,6 +546,7 @@ mod tests {
             &dir.path().join("r.sqlite"),
             Duration::from_secs(3600),
             true,
+            false,
         )
         .await
         .unwrap();
@@ -439,6 +559,9 @@ mod tests {
             output: vec![2],
             digest: [7; 32],
             price: "0".into(),
+            billing: Billing::Final,
+            payer: None,
+            payment_ref: [0; 32],
         };
         log.append(entry("a")).await.unwrap();
         assert!(log.append(entry("a")).await.is_err());

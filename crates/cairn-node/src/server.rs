@@ -24,7 +24,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::cache::{LoadedModel, ModelCache};
 use crate::error::NodeError;
 use crate::kserve::{self, DecodeLimits, HEADER_LENGTH, ResponseOutput};
-use crate::log::{Entry, ReceiptLog};
+use crate::log::{Billing, Entry, ReceiptLog};
 use crate::{Limits, NodeConfig, now_secs, safetensors_io};
 
 /// Shared node state.
@@ -48,7 +48,14 @@ struct Inner {
     total: Arc<Semaphore>,
     per_model: Mutex<HashMap<BlobId, Arc<Semaphore>>>,
     workers: Arc<Semaphore>,
+    body_budget: BodyBudget,
     faults: crate::Faults,
+    /// Keys the capability tokens that let a caller read its own payloads.
+    token_key: B256,
+    /// Signed requests already seen.
+    replay: cairn_core::auth::ReplayGuard,
+    /// Recent registry answers on who is an active verifier: (active, checked at).
+    verifiers: Mutex<HashMap<alloy_primitives::Address, (bool, u64)>>,
 }
 
 pub(crate) async fn open(c: NodeConfig) -> Result<NodeState, NodeError> {
@@ -56,10 +63,35 @@ pub(crate) async fn open(c: NodeConfig) -> Result<NodeState, NodeError> {
         .map_err(|e| NodeError::Internal(format!("data dir {}: {e}", c.data_dir.display())))?;
     let hub = cairn_hub::HubClient::new(&c.hub_url, None)
         .map_err(|e| NodeError::Internal(e.to_string()))?;
-    let cache = ModelCache::new(c.data_dir.join("models"), hub, c.engine, c.cache_bytes);
+    let cache = ModelCache::new(
+        c.data_dir.join("models"),
+        hub,
+        c.engine,
+        c.cache_bytes,
+        c.max_model_bytes,
+    );
     let log_path = c.data_dir.join("receipts.sqlite");
-    let log = ReceiptLog::open(&log_path, c.retention, c.fsync_receipts).await?;
+    let log = ReceiptLog::open(
+        &log_path,
+        c.retention,
+        c.fsync_receipts,
+        c.settlement.is_some(),
+    )
+    .await?;
     let chain = c.settlement.as_ref().map(|cfg| cfg.chain.clone());
+    let (paywall, payments, payment_store) = match (&chain, c.payments) {
+        (Some(chain), Some(pc)) => {
+            let (p, info, store) =
+                open_paywall(&c.data_dir, chain, &c.key, &cache, c.price, pc).await?;
+            (Some(p), Some(info), Some(store))
+        }
+        (None, Some(_)) => {
+            return Err(NodeError::Internal(
+                "payments need a settlement chain (--rpc/--deployment, or the devnet)".into(),
+            ));
+        }
+        _ => (None, None, None),
+    };
     let settlement = match c.settlement {
         Some(cfg) => {
             let d = cfg.chain.deployment();
@@ -75,24 +107,25 @@ pub(crate) async fn open(c: NodeConfig) -> Result<NodeState, NodeError> {
                 "batchMaxReceipts": cfg.policy.max_receipts,
                 "batchMaxAgeSecs": cfg.policy.max_age.as_secs(),
             });
-            let settler = crate::batcher::Settler::open(&log_path, cfg, c.key.clone())?;
+            let settler = crate::batcher::Settler::open(
+                &log_path,
+                cfg,
+                c.key.clone(),
+                log.clone(),
+                payment_store,
+            )?;
             tokio::spawn(settler.run());
             Some(info)
         }
         None => None,
     };
-    let (paywall, payments) = match (&chain, c.payments) {
-        (Some(chain), Some(pc)) => {
-            let (p, info) = open_paywall(&c.data_dir, chain, &c.key, &cache, c.price, pc).await?;
-            (Some(p), Some(info))
-        }
-        (None, Some(_)) => {
-            return Err(NodeError::Internal(
-                "payments need a settlement chain (--rpc/--deployment, or the devnet)".into(),
-            ));
-        }
-        _ => (None, None),
-    };
+    let token_key = alloy_primitives::keccak256(
+        [
+            b"cairn.payload-token.v1".as_slice(),
+            c.key.to_bytes().as_slice(),
+        ]
+        .concat(),
+    );
     Ok(NodeState(Arc::new(Inner {
         cache,
         log,
@@ -108,7 +141,11 @@ pub(crate) async fn open(c: NodeConfig) -> Result<NodeState, NodeError> {
         total: Arc::new(Semaphore::new(c.limits.queue_total)),
         per_model: Mutex::new(HashMap::new()),
         workers: Arc::new(Semaphore::new(c.limits.workers.max(1))),
+        body_budget: BodyBudget::new(c.limits.body_budget_bytes),
         faults: c.faults,
+        token_key,
+        replay: cairn_core::auth::ReplayGuard::new(100_000),
+        verifiers: Mutex::new(HashMap::new()),
     })))
 }
 
@@ -126,7 +163,7 @@ async fn open_paywall(
     cache: &ModelCache,
     default_price: U256,
     pc: crate::PaymentConfig,
-) -> Result<(Arc<cairn_x402::Paywall>, Value), NodeError> {
+) -> Result<(Arc<cairn_x402::Paywall>, Value, cairn_x402::PaymentStore), NodeError> {
     let x = |e: cairn_x402::X402Error| NodeError::ChainUnavailable(format!("payments: {e}"));
     let store = cairn_x402::PaymentStore::open(&data_dir.join("payments.sqlite")).map_err(x)?;
     let facilitator = Arc::new(
@@ -141,7 +178,7 @@ async fn open_paywall(
     let prepaid = pc.prepaid.then(|| {
         Arc::new(cairn_x402::prepaid::Prepaid::new(
             chain.clone(),
-            store,
+            store.clone(),
             key.clone(),
             vault,
         ))
@@ -169,7 +206,7 @@ async fn open_paywall(
         "redeemEverySecs": pc.redeem_every.as_secs(),
     });
     let paywall = cairn_x402::Paywall::new(facilitator, prepaid, pricing, vault);
-    Ok((Arc::new(paywall), info))
+    Ok((Arc::new(paywall), info, store))
 }
 
 impl NodeState {
@@ -259,6 +296,7 @@ async fn node_info(State(s): State<NodeState>) -> Result<Json<Value>, NodeError>
         "faults": i.faults.any().then(|| json!({
             "wrongOutputRate": i.faults.wrong_output_rate,
             "withholdPayloads": i.faults.withhold_payloads,
+            "payloadOutageSecs": i.faults.payload_outage.as_secs(),
         })),
         "modelsLoaded": i.cache.loaded(),
         "receipts": i.log.count().await?,
@@ -301,16 +339,28 @@ fn describe(values: &[cairn_onnx::ValueInfo]) -> Vec<Value> {
         .collect()
 }
 
+/// Model metadata from the loaded model or the signature the hub recorded: a free route never
+/// makes the node download anything.
 async fn metadata(s: &NodeState, reference: &str) -> Result<Json<Value>, NodeError> {
     let r = s.0.cache.resolve(reference).await?;
-    let m = s.0.cache.get(r.cid).await?;
+    let loaded = s.0.cache.loaded_model(&r.cid).await;
+    let signature = match (&loaded, &r.signature) {
+        (Some(m), _) => &m.signature,
+        (None, Some(sig)) => sig,
+        (None, None) => {
+            return Err(NodeError::ModelNotFound(format!(
+                "{} is not loaded on this node; ask by name@version for the hub's description, or run it once",
+                r.cid
+            )));
+        }
+    };
     Ok(Json(json!({
         "name": reference,
         "versions": r.version.map(|v| vec![v.to_string()]).unwrap_or_default(),
         "platform": "onnx",
-        "cid": m.cid.to_string(),
-        "inputs": describe(&m.signature.inputs),
-        "outputs": describe(&m.signature.outputs),
+        "cid": r.cid.to_string(),
+        "inputs": describe(&signature.inputs),
+        "outputs": describe(&signature.outputs),
     })))
 }
 
@@ -332,8 +382,14 @@ async fn model_ready(
     State(s): State<NodeState>,
     Path(model): Path<String>,
 ) -> Result<Json<Value>, NodeError> {
+    // Ready means loaded: asking never loads (that is what a paid inference does).
     let r = s.0.cache.resolve(&model).await?;
-    s.0.cache.get(r.cid).await?;
+    if s.0.cache.loaded_model(&r.cid).await.is_none() {
+        // KServe v2: a 4xx status says "not ready".
+        return Err(NodeError::BadRequest(format!(
+            "{model} is not loaded on this node yet; it loads on its first inference"
+        )));
+    }
     Ok(Json(json!({"name": model, "ready": true})))
 }
 
@@ -389,6 +445,13 @@ async fn add_attestation(
         .map_err(|e| NodeError::BadRequest(format!("signature is not hex: {e}")))?;
     let signature = alloy_primitives::Signature::try_from(bytes.as_slice())
         .map_err(|e| NodeError::BadRequest(format!("not a 65-byte signature: {e}")))?;
+    // The contract refuses high-s signatures: storing one would let anyone swap a verifier's
+    // good signature for its twin and block the batch's attestation.
+    if !cairn_core::sig::is_low_s(&signature) {
+        return Err(NodeError::SignatureNotCanonical(
+            "the signature's s is in the upper half of the curve order; send the low-s form".into(),
+        ));
+    }
     let batch = chain
         .batch(id)
         .await
@@ -417,6 +480,7 @@ async fn add_attestation(
              (a signature over other batch fields recovers to a stranger)"
         )));
     }
+    // A signer's first valid signature stays: a later one (even a valid one) never replaces it.
     let collected =
         s.0.log
             .add_attestation(id, signer.0.0, signature.as_bytes().to_vec())
@@ -447,21 +511,128 @@ async fn batch(State(s): State<NodeState>, Path(id): Path<u64>) -> Result<Json<V
     })))
 }
 
-async fn payload(s: &NodeState, id: &str, output: bool) -> Result<Response, NodeError> {
-    if s.0.faults.withhold_payloads {
+/// The capability token that lets whoever holds it read receipt `id`'s payloads (handed to the
+/// caller with the response).
+fn payload_token(key: &B256, id: B256) -> B256 {
+    alloy_primitives::keccak256([key.as_slice(), id.as_slice()].concat())
+}
+
+/// Header carrying the payload capability token in a response (and accepted in a request).
+pub const PAYLOAD_TOKEN_HEADER: &str = "cairn-payload-token";
+
+impl NodeState {
+    /// Whether `who` is an active verifier (the registry's answer, kept for 30 s).
+    async fn is_active_verifier(&self, who: alloy_primitives::Address) -> Result<bool, NodeError> {
+        let Some(chain) = &self.0.chain else {
+            return Ok(false);
+        };
+        let now = now_secs();
+        if let Some((active, at)) = self
+            .0
+            .verifiers
+            .lock()
+            .expect("verifiers")
+            .get(&who)
+            .copied()
+            && now < at + 30
+        {
+            return Ok(active);
+        }
+        let active = chain
+            .is_active(who, cairn_ledger::Role::Verifier)
+            .await
+            .map_err(|e| NodeError::ChainUnavailable(e.to_string()))?;
+        let mut cache = self.0.verifiers.lock().expect("verifiers");
+        if cache.len() > 10_000 {
+            cache.retain(|_, (_, at)| now < *at + 30);
+        }
+        cache.insert(who, (active, now));
+        Ok(active)
+    }
+
+    /// Who may read receipt `id`'s payloads: the holder of its capability token, its payer and
+    /// active verifiers (signed requests). Anyone else learns nothing, not even whether it
+    /// exists.
+    async fn authorize_payload(
+        &self,
+        id: B256,
+        payer: Option<[u8; 20]>,
+        parts: &axum::http::request::Parts,
+    ) -> Result<(), NodeError> {
+        let token = parts
+            .headers
+            .get(PAYLOAD_TOKEN_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .or_else(|| {
+                parts
+                    .uri
+                    .query()
+                    .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("token=")))
+            });
+        if let Some(t) = token {
+            if t.parse::<B256>().ok() == Some(payload_token(&self.0.token_key, id)) {
+                return Ok(());
+            }
+            return Err(NodeError::Forbidden(
+                "this payload token is not the one issued with the receipt".into(),
+            ));
+        }
+        let host = parts
+            .headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("");
+        let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let signer = cairn_core::auth::verify_request(
+            |name| parts.headers.get(name).and_then(|v| v.to_str().ok()),
+            host,
+            parts.method.as_str(),
+            target,
+            b"",
+            Some(&self.0.replay),
+        )
+        .map_err(|e| {
+            NodeError::Unauthorized(format!(
+                "payloads go only to the caller who paid (its payload token, or a request signed by the payer) and to active verifiers (signed requests): {e}"
+            ))
+        })?;
+        if payer == Some(signer.0.0) || self.is_active_verifier(signer).await? {
+            return Ok(());
+        }
+        Err(NodeError::Forbidden(format!(
+            "{signer} neither paid for this receipt nor is an active verifier"
+        )))
+    }
+}
+
+async fn payload(
+    s: &NodeState,
+    id: &str,
+    output: bool,
+    parts: &axum::http::request::Parts,
+) -> Result<Response, NodeError> {
+    let hidden = || {
+        NodeError::ReceiptNotFound(format!(
+            "no retrievable payload for receipt `{id}` (unknown, unpaid, or past retention)"
+        ))
+    };
+    let rid: B256 = id.parse().map_err(|_| hidden())?;
+    let key = rid.to_string();
+    let stored = s.0.log.get(&key).await?;
+    // Authorize before saying anything about the receipt.
+    s.authorize_payload(rid, stored.as_ref().and_then(|r| r.payer), parts)
+        .await?;
+    let stored = stored.ok_or_else(hidden)?;
+    if s.0.faults.withhold_payloads
+        || s.0
+            .faults
+            .in_outage(stored.batch.as_ref().map(|b| b.sealed_at))
+    {
         return Err(NodeError::Overloaded(
             "payloads are not available right now; retry later".into(),
         ));
     }
-    let bytes =
-        s.0.log
-            .payload(&id.to_ascii_lowercase(), output)
-            .await?
-            .ok_or_else(|| {
-                NodeError::ReceiptNotFound(format!(
-                    "no kept payload for receipt `{id}` (unknown, or past retention)"
-                ))
-            })?;
+    let bytes = s.0.log.payload(&key, output).await?.ok_or_else(hidden)?;
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
 }
 
@@ -489,15 +660,38 @@ fn corrupt_last_output(outputs: &mut [Tensor]) {
 async fn receipt_input(
     State(s): State<NodeState>,
     Path(id): Path<String>,
+    req: axum::extract::Request,
 ) -> Result<Response, NodeError> {
-    payload(&s, &id, false).await
+    let (parts, _) = req.into_parts();
+    payload(&s, &id, false, &parts).await
 }
 
 async fn receipt_output(
     State(s): State<NodeState>,
     Path(id): Path<String>,
+    req: axum::extract::Request,
 ) -> Result<Response, NodeError> {
-    payload(&s, &id, true).await
+    let (parts, _) = req.into_parts();
+    payload(&s, &id, true, &parts).await
+}
+
+/// Memory for request bodies being read, in KiB permits.
+struct BodyBudget(Arc<Semaphore>);
+
+impl BodyBudget {
+    fn new(bytes: usize) -> Self {
+        Self(Arc::new(Semaphore::new((bytes / 1024).max(1))))
+    }
+
+    /// Reserves room for a body of `bytes`, or refuses with 503 when bodies in flight hold it.
+    fn admit(&self, bytes: usize) -> Result<OwnedSemaphorePermit, NodeError> {
+        let kib = u32::try_from(bytes / 1024 + 1).unwrap_or(u32::MAX);
+        self.0.clone().try_acquire_many_owned(kib).map_err(|_| {
+            NodeError::Overloaded(
+                "the node is reading as many request bodies as it has memory for; retry after a moment".into(),
+            )
+        })
+    }
 }
 
 impl Inner {
@@ -695,6 +889,8 @@ async fn prepaid_channel(
 struct Ran {
     outputs: Vec<Tensor>,
     receipt: Value,
+    /// The capability to read this receipt's payloads.
+    token: B256,
 }
 
 async fn run_infer(
@@ -706,7 +902,6 @@ async fn run_infer(
 ) -> Result<Response, NodeError> {
     let i = &s.0;
     let resolved = i.cache.resolve(&reference).await?;
-    let _permits = i.admit(resolved.cid)?;
 
     let max = i.limits.max_body_bytes;
     let too_large = || {
@@ -714,21 +909,32 @@ async fn run_infer(
             "the body is over {max} bytes; send smaller tensors"
         ))
     };
-    if let Some(len) = headers
+    let declared = headers
         .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
-        && len > max
-    {
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    if declared.is_some_and(|len| len > max) {
         return Err(too_large());
     }
-    let body: Bytes = axum::body::to_bytes(body, max).await.map_err(|e| {
-        if std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
-        {
-            too_large()
-        } else {
-            NodeError::BadRequest(format!("the body could not be read: {e}"))
-        }
-    })?;
+    // Bodies being read hold memory, not inference slots: a budget of bytes (a body without a
+    // length is charged the maximum), and a deadline, so a slow sender ties up neither for long.
+    let reading = i.body_budget.admit(declared.unwrap_or(max))?;
+    let body: Bytes = tokio::time::timeout(i.limits.body_timeout, axum::body::to_bytes(body, max))
+        .await
+        .map_err(|_| {
+            NodeError::Timeout(format!(
+                "the request body did not arrive within {:?}; send it at once",
+                i.limits.body_timeout
+            ))
+        })?
+        .map_err(|e| {
+            if std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+            {
+                too_large()
+            } else {
+                NodeError::BadRequest(format!("the body could not be read: {e}"))
+            }
+        })?;
     let json_len = match headers.get(HEADER_LENGTH) {
         Some(v) => Some(
             v.to_str()
@@ -748,6 +954,9 @@ async fn run_infer(
         },
     )?;
     drop(body);
+    drop(reading);
+    // Admitted only with a whole, decoded request in hand.
+    let _permits = i.admit(resolved.cid)?;
 
     let deadline = tokio::time::Instant::now() + i.limits.timeout;
     let timeout = || {
@@ -793,7 +1002,14 @@ async fn run_infer(
     };
     let profile = i.cache.engine().profile().clone();
     let model_cid = loaded.cid;
+    // A paid receipt counts only once its payment settles (the paywall settles after this
+    // route); until then it is neither batched nor are its payloads served.
+    let (billing, payer) = match &paid {
+        Some(p) => (Billing::AwaitingPayment, Some(p.payer.0.0)),
+        None => (Billing::Final, None),
+    };
     let cheat = i.faults.wrong_output_rate > 0.0 && unit_random() < i.faults.wrong_output_rate;
+    let token_key = i.token_key;
     let work = move || {
         let _worker = worker;
         let mut outputs = loaded.plan.run(&inputs).map_err(|e| match e {
@@ -827,11 +1043,15 @@ async fn run_infer(
             output: safetensors_io::encode(&outputs),
             digest: receipt.signing_hash().0,
             price: price.to_string(),
+            billing,
+            payer,
+            payment_ref: payment_ref.0,
         };
         Ok::<_, NodeError>((
             Ran {
                 outputs,
                 receipt: receipt_json,
+                token: payload_token(&token_key, receipt.id()),
             },
             entry,
         ))
@@ -890,19 +1110,22 @@ fn respond(
         "model_name": resolved.cid.to_string(),
         "model_version": resolved.version.map(|v| v.to_string()).unwrap_or_default(),
         "outputs": outputs,
-        "parameters": {"receipt": ran.receipt},
+        "parameters": {"receipt": ran.receipt, "payload_token": ran.token.to_string()},
     });
     if let Some(id) = id {
         body["id"] = Value::String(id);
     }
     let head = serde_json::to_vec(&body).expect("response serializes");
+    let token = HeaderValue::from_str(&ran.token.to_string()).expect("hex is a header value");
     if binary.is_empty() {
-        return (
+        let mut resp = (
             StatusCode::OK,
             [(header::CONTENT_TYPE, "application/json")],
             head,
         )
             .into_response();
+        resp.headers_mut().insert(PAYLOAD_TOKEN_HEADER, token);
+        return resp;
     }
     let json_len = head.len();
     let mut all = head;
@@ -915,5 +1138,6 @@ fn respond(
         .into_response();
     resp.headers_mut()
         .insert(HEADER_LENGTH, HeaderValue::from(json_len));
+    resp.headers_mut().insert(PAYLOAD_TOKEN_HEADER, token);
     resp
 }

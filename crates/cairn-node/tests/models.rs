@@ -243,3 +243,88 @@ fn operator_coverage() {
 
 /// Cases passing when this suite was written; raise it when tract improves.
 const FLOOR: usize = 117;
+
+/// Protobuf by hand (no ONNX writer in the workspace): a length-delimited field.
+fn field(n: u64, bytes: &[u8]) -> Vec<u8> {
+    let mut out = varint(n << 3 | 2);
+    out.extend(varint(bytes.len() as u64));
+    out.extend_from_slice(bytes);
+    out
+}
+
+fn varint(mut v: u64) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let b = (v & 0x7f) as u8;
+        v >>= 7;
+        if v == 0 {
+            out.push(b);
+            return out;
+        }
+        out.push(b | 0x80);
+    }
+}
+
+fn int_field(n: u64, v: u64) -> Vec<u8> {
+    let mut out = varint(n << 3);
+    out.extend(varint(v));
+    out
+}
+
+/// `y = Identity(w)`, where the initializer `w` (2 floats) keeps its data in the file at
+/// `location`: a runtime that honours ONNX external data returns that file's bytes as output.
+fn model_reading(location: &str) -> Vec<u8> {
+    let entry = [field(1, b"location"), field(2, location.as_bytes())].concat();
+    let init = [
+        int_field(1, 2),   // dims
+        int_field(2, 1),   // float
+        field(8, b"w"),    // name
+        field(13, &entry), // external_data
+        int_field(14, 1),  // data_location = EXTERNAL
+    ]
+    .concat();
+    let node = [field(1, b"w"), field(2, b"y"), field(4, b"Identity")].concat();
+    let dim = field(1, &int_field(1, 2));
+    let ty = field(1, &[int_field(1, 1), field(2, &dim)].concat());
+    let output = [field(1, b"y"), field(2, &ty)].concat();
+    let graph = [
+        field(1, &node),
+        field(2, b"g"),
+        field(5, &init),
+        field(12, &output),
+    ]
+    .concat();
+    [
+        int_field(1, 8),
+        field(7, &graph),
+        field(8, &int_field(2, 13)),
+    ]
+    .concat()
+}
+
+#[test]
+fn no_engine_loads_a_model_that_reads_files_beside_it() {
+    // The attack: a model whose weight is "the node's key file", run to get it back as output.
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("node.key");
+    std::fs::write(&secret, [0x5au8; 8]).unwrap();
+    let bytes = model_reading(secret.to_str().unwrap());
+    let mut engines: Vec<(&str, Arc<dyn Engine>)> = vec![("tract", Arc::new(TractEngine::new()))];
+    match ort() {
+        Some(o) => engines.push(("onnxruntime", o)),
+        None => assert!(
+            std::env::var_os("CAIRN_TEST_REQUIRE_SERVICES").is_none() || cfg!(not(feature = "ort")),
+            "ORT_DYLIB_PATH is not set"
+        ),
+    }
+    for (name, engine) in engines {
+        let err = match engine.load(&bytes) {
+            Ok(plan) => panic!(
+                "{name} loaded it; running it gives {:?}",
+                plan.run(&[]).map(|o| o[0].data().to_vec())
+            ),
+            Err(e) => e.to_string(),
+        };
+        assert!(err.contains("not self-contained"), "{name}: {err}");
+    }
+}

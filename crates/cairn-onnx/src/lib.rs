@@ -63,6 +63,12 @@ pub enum OnnxError {
     /// Over one of the [`Limits`].
     #[error("ONNX model exceeds a limit: {0}")]
     Limit(String),
+    /// A tensor keeps its data in a file beside the model (ONNX external data): a runtime would
+    /// read that path on the machine that loads the model.
+    #[error(
+        "the model is not self-contained: tensor `{0}` keeps its data in an external file; Cairn runs only models with their weights inside (save with onnx.save(..., save_as_external_data=False))"
+    )]
+    ExternalData(String),
 }
 
 /// An opset the model imports.
@@ -273,6 +279,115 @@ impl<R: Read> Walker<R> {
         })
     }
 
+    /// Walks a `GraphProto` that is not the main graph's signature (a subgraph, a training
+    /// graph): only to refuse external data in it.
+    fn scan_graph(&mut self, end: u64, depth: u32) -> Result<(), OnnxError> {
+        let depth = self.deeper(depth)?;
+        while let Some((field, wire)) = self.next_field(Some(end))? {
+            match (field, wire) {
+                (1, LEN) => {
+                    let e = self.len_end(Some(end))?;
+                    self.scan_node(e, depth)?;
+                }
+                (5, LEN) => {
+                    let e = self.len_end(Some(end))?;
+                    self.tensor_name(e)?;
+                }
+                (15, LEN) => {
+                    let e = self.len_end(Some(end))?;
+                    self.scan_sparse(e)?;
+                }
+                _ => self.skip(wire, Some(end))?,
+            }
+        }
+        Ok(())
+    }
+
+    /// A `NodeProto` (field 5: attributes) or a `FunctionProto` (field 7: nodes).
+    fn scan_node(&mut self, end: u64, depth: u32) -> Result<(), OnnxError> {
+        let depth = self.deeper(depth)?;
+        while let Some((field, wire)) = self.next_field(Some(end))? {
+            if field == 5 && wire == LEN {
+                let e = self.len_end(Some(end))?;
+                self.scan_attribute(e, depth)?;
+            } else {
+                self.skip(wire, Some(end))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn scan_function(&mut self, end: u64, depth: u32) -> Result<(), OnnxError> {
+        let depth = self.deeper(depth)?;
+        while let Some((field, wire)) = self.next_field(Some(end))? {
+            if field == 7 && wire == LEN {
+                let e = self.len_end(Some(end))?;
+                self.scan_node(e, depth)?;
+            } else {
+                self.skip(wire, Some(end))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// An `AttributeProto`: tensors (5, 10), graphs (6, 11), sparse tensors (22, 23).
+    fn scan_attribute(&mut self, end: u64, depth: u32) -> Result<(), OnnxError> {
+        let depth = self.deeper(depth)?;
+        while let Some((field, wire)) = self.next_field(Some(end))? {
+            match (field, wire) {
+                (5 | 10, LEN) => {
+                    let e = self.len_end(Some(end))?;
+                    self.tensor_name(e)?;
+                }
+                (6 | 11, LEN) => {
+                    let e = self.len_end(Some(end))?;
+                    self.scan_graph(e, depth)?;
+                }
+                (22 | 23, LEN) => {
+                    let e = self.len_end(Some(end))?;
+                    self.scan_sparse(e)?;
+                }
+                _ => self.skip(wire, Some(end))?,
+            }
+        }
+        Ok(())
+    }
+
+    /// A `SparseTensorProto`: values (1) and indices (2) are tensors.
+    fn scan_sparse(&mut self, end: u64) -> Result<(), OnnxError> {
+        while let Some((field, wire)) = self.next_field(Some(end))? {
+            if (field == 1 || field == 2) && wire == LEN {
+                let e = self.len_end(Some(end))?;
+                self.tensor_name(e)?;
+            } else {
+                self.skip(wire, Some(end))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A `TrainingInfoProto`: its initialization (1) and algorithm (2) graphs.
+    fn scan_training(&mut self, end: u64, depth: u32) -> Result<(), OnnxError> {
+        while let Some((field, wire)) = self.next_field(Some(end))? {
+            if (field == 1 || field == 2) && wire == LEN {
+                let e = self.len_end(Some(end))?;
+                self.scan_graph(e, depth)?;
+            } else {
+                self.skip(wire, Some(end))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn deeper(&self, depth: u32) -> Result<u32, OnnxError> {
+        if depth >= 64 {
+            return Err(OnnxError::Limit(
+                "subgraphs nested more than 64 deep".into(),
+            ));
+        }
+        Ok(depth + 1)
+    }
+
     fn model(&mut self) -> Result<OnnxSignature, OnnxError> {
         let mut ir_version = None;
         let mut producer_name = String::new();
@@ -300,6 +415,16 @@ impl<R: Read> Walker<R> {
                     }
                     let end = self.len_end(None)?;
                     graph = Some(self.graph(end)?);
+                }
+                20 => {
+                    self.expect(field, wire, LEN)?;
+                    let end = self.len_end(None)?;
+                    self.scan_training(end, 0)?;
+                }
+                25 => {
+                    self.expect(field, wire, LEN)?;
+                    let end = self.len_end(None)?;
+                    self.scan_function(end, 0)?;
                 }
                 8 => {
                     self.expect(field, wire, LEN)?;
@@ -343,6 +468,14 @@ impl<R: Read> Walker<R> {
         let (mut inputs, mut outputs, mut initializers) = (Vec::new(), Vec::new(), HashSet::new());
         while let Some((field, wire)) = self.next_field(Some(end))? {
             match field {
+                1 if wire == LEN => {
+                    let node_end = self.len_end(Some(end))?;
+                    self.scan_node(node_end, 0)?;
+                }
+                15 if wire == LEN => {
+                    let sparse_end = self.len_end(Some(end))?;
+                    self.scan_sparse(sparse_end)?;
+                }
                 5 => {
                     self.expect(field, wire, LEN)?;
                     let tensor_end = self.len_end(Some(end))?;
@@ -379,15 +512,26 @@ impl<R: Read> Walker<R> {
         Ok((inputs, outputs, initializers))
     }
 
-    /// Streams through a `TensorProto`, keeping only its name (field 8).
+    /// Streams through a `TensorProto`, keeping only its name (field 8), and refuses one whose
+    /// data lives in an external file (`data_location` 14 = EXTERNAL, or `external_data` 13).
     fn tensor_name(&mut self, end: u64) -> Result<Option<String>, OnnxError> {
         let mut name = None;
+        let mut external = false;
         while let Some((field, wire)) = self.next_field(Some(end))? {
-            if field == 8 && wire == LEN {
-                name = Some(self.string(Some(end), "initializer name")?);
-            } else {
-                self.skip(wire, Some(end))?;
+            match (field, wire) {
+                (8, LEN) => name = Some(self.string(Some(end), "tensor name")?),
+                (14, VARINT) => external |= self.varint()? != 0,
+                (13, LEN) => {
+                    external = true;
+                    self.skip(wire, Some(end))?;
+                }
+                _ => self.skip(wire, Some(end))?,
             }
+        }
+        if external {
+            return Err(OnnxError::ExternalData(
+                name.unwrap_or_else(|| "(unnamed)".into()),
+            ));
         }
         Ok(name)
     }
@@ -502,6 +646,17 @@ pub fn read_signature(reader: impl Read, limits: Limits) -> Result<OnnxSignature
         limits,
     };
     walker.model()
+}
+
+/// Checks that the model in `bytes` keeps all its tensor data inside (no ONNX external data
+/// anywhere: initializers, constants, subgraphs, functions), as an engine must before it loads
+/// a model whose runtime would otherwise open paths named by the file.
+pub fn ensure_self_contained(bytes: &[u8]) -> Result<(), OnnxError> {
+    match read_signature(bytes, Limits::default()) {
+        // A model missing a part was still walked to its end: nothing external in it.
+        Ok(_) | Err(OnnxError::Incomplete(_)) => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 #[cfg(test)]

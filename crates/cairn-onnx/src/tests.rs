@@ -38,6 +38,26 @@ struct NodeProto {
     output: Vec<String>,
     #[prost(string, tag = "4")]
     op_type: String,
+    #[prost(message, repeated, tag = "5")]
+    attribute: Vec<AttributeProto>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct AttributeProto {
+    #[prost(string, tag = "1")]
+    name: String,
+    #[prost(message, optional, tag = "5")]
+    t: Option<TensorProto>,
+    #[prost(message, optional, tag = "6")]
+    g: Option<GraphProto>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct StringStringEntryProto {
+    #[prost(string, tag = "1")]
+    key: String,
+    #[prost(string, tag = "2")]
+    value: String,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -50,6 +70,10 @@ struct TensorProto {
     name: String,
     #[prost(bytes = "vec", tag = "9")]
     raw_data: Vec<u8>,
+    #[prost(message, repeated, tag = "13")]
+    external_data: Vec<StringStringEntryProto>,
+    #[prost(int32, tag = "14")]
+    data_location: i32,
 }
 
 fn tensor(name: &str, elem: i32, dims: &[Option<i64>], params: &[&str]) -> ValueInfoProto {
@@ -88,6 +112,7 @@ fn model(weights: usize) -> ModelProto {
                 input: vec!["x".into(), "w".into()],
                 output: vec!["y".into()],
                 op_type: "MatMul".into(),
+                attribute: vec![],
             }],
             name: "g".into(),
             initializer: vec![TensorProto {
@@ -95,6 +120,7 @@ fn model(weights: usize) -> ModelProto {
                 data_type: 1,
                 name: "w".into(),
                 raw_data: vec![0x5a; weights],
+                ..Default::default()
             }],
             // An initializer listed as an input (IR < 4 style) is a weight, not a real input.
             input: vec![
@@ -266,4 +292,63 @@ fn sequence_and_map_types_use_onnxruntime_spelling() {
     let sig = read(&m.encode_to_vec()).unwrap();
     assert_eq!(sig.outputs[1].type_name, "seq(map(int64,tensor(float)))");
     assert_eq!(sig.outputs[1].elem_type, None);
+}
+
+/// A tensor whose data a runtime would read from `location` beside the model.
+fn external(name: &str, location: &str, flag: bool) -> TensorProto {
+    TensorProto {
+        dims: vec![4, 3],
+        data_type: 1,
+        name: name.into(),
+        external_data: vec![StringStringEntryProto {
+            key: "location".into(),
+            value: location.into(),
+        }],
+        data_location: i32::from(flag),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn tensors_with_external_data_are_refused_wherever_they_hide() {
+    let refused = |m: &ModelProto| match read(&m.encode_to_vec()) {
+        Err(OnnxError::ExternalData(name)) => name,
+        other => panic!("expected external data to be refused, got {other:?}"),
+    };
+    // An initializer pointing at a file outside the model (the node's key, say).
+    let mut m = model(0);
+    m.graph.as_mut().unwrap().initializer[0] = external("w", "../../chain/node.key", true);
+    assert_eq!(refused(&m), "w");
+    // `external_data` alone, without the location flag, is refused as well.
+    m.graph.as_mut().unwrap().initializer[0] = external("w", "key", false);
+    assert_eq!(refused(&m), "w");
+    // In a Constant node's value attribute.
+    let mut m = model(48);
+    m.graph.as_mut().unwrap().node.push(NodeProto {
+        output: vec!["c".into()],
+        op_type: "Constant".into(),
+        attribute: vec![AttributeProto {
+            name: "value".into(),
+            t: Some(external("c", "/etc/passwd", true)),
+            g: None,
+        }],
+        ..Default::default()
+    });
+    assert_eq!(refused(&m), "c");
+    // In a subgraph's initializer (an If branch).
+    let mut m = model(48);
+    let mut branch = model(0).graph.unwrap();
+    branch.initializer[0] = external("deep", "secret", true);
+    m.graph.as_mut().unwrap().node.push(NodeProto {
+        op_type: "If".into(),
+        attribute: vec![AttributeProto {
+            name: "then_branch".into(),
+            t: None,
+            g: Some(branch),
+        }],
+        ..Default::default()
+    });
+    assert_eq!(refused(&m), "deep");
+    // The same models with their data inside are fine.
+    assert!(read(&model(48).encode_to_vec()).is_ok());
 }

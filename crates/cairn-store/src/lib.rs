@@ -361,6 +361,30 @@ impl BlobStore {
         })
     }
 
+    /// Every stored blob with when it was written.
+    pub async fn list(&self) -> Result<Vec<(BlobId, SystemTime)>, StoreError> {
+        let metas: Vec<_> = self
+            .inner
+            .list(Some(&Path::from("blobs")))
+            .try_collect()
+            .await?;
+        Ok(metas
+            .into_iter()
+            .filter_map(|m| {
+                let id: BlobId = m.location.filename()?.parse().ok()?;
+                Some((id, SystemTime::from(m.last_modified)))
+            })
+            .collect())
+    }
+
+    /// Deletes a blob (absent is fine).
+    pub async fn delete(&self, id: &BlobId) -> Result<(), StoreError> {
+        match self.inner.delete(&Self::blob_path(id)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Deletes leftovers of uploads interrupted by a crash (staging objects, and for a local
     /// directory the hidden `…#n` part files) older than `age`. Returns how many were removed.
     /// Incomplete S3 multipart uploads are invisible and are best expired by a bucket lifecycle

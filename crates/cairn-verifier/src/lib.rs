@@ -9,12 +9,17 @@
 //! 2. A [`Sampler`] picks receipts from a per-verifier secret and the batch root. Each sampled
 //!    receipt is re-executed ([`Reexecutor`]): input fetched from the node and checked against
 //!    the input hash, model fetched by CID and hashed, outputs compared bit for bit (tract
-//!    profiles) or within a stated tolerance (onnxruntime profiles). A node that does not hand
-//!    over a sampled payload within the payload deadline (counted from the batch's submission)
-//!    fails that sample.
+//!    profiles) or within a stated tolerance (onnxruntime profiles). Payloads are fetched with
+//!    signed requests (nodes hand them only to active verifiers and the payer). A failed fetch is
+//!    never a verdict by itself: withholding is established only when every one of this
+//!    verifier's own attempts, spread over its payload window, failed (a node restart or an
+//!    overload shorter than the window costs the node nothing). A receipt this verifier cannot
+//!    re-execute (a profile it does not run) makes it abstain: it never attests what it could
+//!    not check.
 //! 3. No fault: sign the `BatchAttestation` and hand it to the node (which lands a quorum).
 //!    A fault: sign a `FraudVerdict`, ask the other active verifiers to re-check that receipt
-//!    themselves (`POST /v1/challenges`), and with a quorum of identical verdicts submit
+//!    themselves (`POST /v1/challenges`, signed; only active verifiers are heard), and with a
+//!    quorum of identical verdicts submit
 //!    `Settlement.challenge` (receipt, inclusion proof, verdicts): the batch is voided, the node
 //!    slashed, and the verdict's signers rewarded.
 //!
@@ -22,11 +27,12 @@
 //! ([`server::router`]), which also approves registrations ([`Verifier::approve_registration`]).
 
 pub mod economics;
+pub mod fetch;
 mod reexec;
 pub mod server;
 mod store;
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -39,8 +45,9 @@ use cairn_receipt::SignedReceipt;
 use cairn_receipt::merkle::ReceiptTree;
 use serde_json::{Value, json};
 
-pub use reexec::{Outcome, Reexecutor, Sampler, max_abs_diff};
-pub use store::{StoreError, VerdictStore};
+pub use fetch::Fetcher;
+pub use reexec::{Outcome, Payloads, Reexecutor, Sampler, max_abs_diff};
+pub use store::{Attempts, StoreError, VerdictStore};
 
 /// Why a batch was not co-signed, or a request was refused.
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +67,15 @@ pub enum VerifyError {
         /// On-chain batch id.
         batch: u64,
         /// What failed.
+        reason: String,
+    },
+    /// A request without a valid signature (401), or signed by someone who may not make it
+    /// (403).
+    #[error("{reason}")]
+    Unauthorized {
+        /// `unauthorized` or `forbidden`.
+        code: &'static str,
+        /// What was wrong and what to do.
         reason: String,
     },
     /// A request to this verifier is wrong (bad receipt, proof, evidence...).
@@ -82,8 +98,15 @@ pub struct VerifierConfig {
     pub sample_rate: f64,
     /// The sampling secret (never shared, so nodes cannot predict samples).
     pub secret: B256,
-    /// How long after a batch's submission a node may take to hand over a sampled payload.
-    pub payload_deadline: Duration,
+    /// Over how long this verifier keeps trying to fetch a sampled payload before it holds the
+    /// node to have withheld it: a restart or an overload shorter than this costs nothing.
+    pub payload_window: Duration,
+    /// How many attempts, evenly spread over the window, must all fail (at least 2).
+    pub payload_attempts: u32,
+    /// Largest payload or listing fetched from a node, in bytes.
+    pub max_fetch_bytes: usize,
+    /// Let node endpoints be loopback or private addresses (a local network only).
+    pub allow_private_endpoints: bool,
     /// Which TEE evidence registrations may carry.
     pub attestation: cairn_attest::Policy,
     /// Longest validity a registration approval is given.
@@ -99,13 +122,30 @@ pub struct Verifier(Arc<Core>);
 struct Core {
     chain: Chain,
     key: PrivateKeySigner,
-    http: reqwest::Client,
+    fetch: Fetcher,
     reexec: Reexecutor,
     sampler: Sampler,
     store: VerdictStore,
     config: VerifierConfig,
     /// Models known to exist on the hub.
     on_hub: Mutex<HashSet<cairn_core::BlobId>>,
+    /// Profiles the registry approves (a profile once approved is trusted for this process;
+    /// revocations apply on restart).
+    approved_profiles: Mutex<HashSet<B256>>,
+    /// Recent answers of the registry on who is an active verifier: (active, checked at).
+    active: Mutex<HashMap<Address, (bool, u64)>>,
+    /// Signed requests already seen.
+    replay: cairn_core::auth::ReplayGuard,
+    /// What this verifier found re-checking receipts for peers (one re-execution per receipt).
+    rechecked: Mutex<HashMap<B256, Outcome>>,
+}
+
+/// What sampling one receipt gave.
+enum Sampled {
+    /// A finding (confirmation, fault or abstention), after `failures` failed fetch attempts.
+    Done(Outcome, u32),
+    /// The payload did not come yet; the series of attempts goes on.
+    Pending(String),
 }
 
 /// A fraud finding: what was wrong with which receipt.
@@ -159,19 +199,24 @@ impl Verifier {
         store: VerdictStore,
         config: VerifierConfig,
     ) -> Self {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .build()
-            .expect("a plain HTTP client builds");
+        let fetch = Fetcher::new(
+            Duration::from_secs(20),
+            config.max_fetch_bytes,
+            config.allow_private_endpoints,
+        );
         Self(Arc::new(Core {
             sampler: Sampler::new(config.secret, config.sample_rate),
             chain,
             key,
-            http,
+            fetch,
             reexec,
             store,
             config,
             on_hub: Mutex::new(HashSet::new()),
+            approved_profiles: Mutex::new(HashSet::new()),
+            active: Mutex::new(HashMap::new()),
+            replay: cairn_core::auth::ReplayGuard::new(100_000),
+            rechecked: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -196,7 +241,9 @@ impl Verifier {
             "address": self.address().to_checksum(None),
             "profile": self.0.reexec.profile(),
             "sampleRate": self.0.sampler.rate(),
-            "payloadDeadlineSecs": self.0.config.payload_deadline.as_secs(),
+            "profileHash": self.0.reexec.profile().hash().to_string(),
+            "payloadWindowSecs": self.0.config.payload_window.as_secs(),
+            "payloadAttempts": self.0.config.payload_attempts,
             "acceptsDevEvidence": self.0.config.attestation.allow_dev,
             "settlement": self.0.chain.deployment().settlement.to_checksum(None),
         })
@@ -285,16 +332,17 @@ impl Verifier {
             .await
             .map_err(|e| unavailable(e.to_string()))?;
         let base = node.endpoint.trim_end_matches('/').to_string();
-        let listing: Value = c
-            .http
-            .get(format!("{base}/v1/batches/{id}"))
-            .send()
-            .await
-            .and_then(|r| r.error_for_status())
-            .map_err(|e| unavailable(format!("fetching the batch from {base}: {e}")))?
-            .json()
-            .await
-            .map_err(|e| unavailable(format!("reading the batch from {base}: {e}")))?;
+        let url = format!("{base}/v1/batches/{id}");
+        let listing: Value = match c.fetch.signed_get(&c.key, &url).await {
+            Ok((status, body)) if status.is_success() => serde_json::from_slice(&body)
+                .map_err(|e| unavailable(format!("reading the batch from {base}: {e}")))?,
+            Ok((status, _)) => {
+                return Err(unavailable(format!(
+                    "fetching the batch from {base}: {status}"
+                )));
+            }
+            Err(e) => return Err(unavailable(format!("fetching the batch: {e}"))),
+        };
         let mut verdict = json!({
             "batchId": id,
             "node": batch.node.to_checksum(None),
@@ -304,45 +352,51 @@ impl Verifier {
             "sampleRate": c.sampler.rate(),
             "profile": c.reexec.profile().to_string(),
         });
+        let refuse = |verdict: &mut Value, reason: String| {
+            verdict["outcome"] = "refused".into();
+            verdict["reason"] = reason.clone().into();
+            c.store.put_batch(id, "refused", verdict)?;
+            Err(VerifyError::Refused { batch: id, reason })
+        };
         let (receipts, tree) = match self.check(&batch, &listing) {
             Ok(x) => x,
-            Err(VerifyError::Refused { reason, .. }) => {
-                verdict["outcome"] = "refused".into();
-                verdict["reason"] = reason.clone().into();
-                c.store.put_batch(id, "refused", &verdict)?;
-                return Err(VerifyError::Refused { batch: id, reason });
-            }
+            Err(VerifyError::Refused { reason, .. }) => return refuse(&mut verdict, reason),
             Err(e) => return Err(e),
         };
         if let Err(reason) = self.models_on_hub(&receipts).await {
-            verdict["outcome"] = "refused".into();
-            verdict["reason"] = reason.clone().into();
-            c.store.put_batch(id, "refused", &verdict)?;
-            return Err(VerifyError::Refused { batch: id, reason });
+            return refuse(&mut verdict, reason);
+        }
+        match self.profiles_approved(&receipts).await {
+            Ok(Ok(())) => {}
+            Ok(Err(reason)) => return refuse(&mut verdict, reason),
+            Err(e) => return Err(unavailable(e)),
         }
 
         // Re-execute the sample.
-        let deadline_passed =
-            now_secs() >= batch.submitted_at + c.config.payload_deadline.as_secs();
         let mut samples = Vec::new();
         let mut finding: Option<Finding> = None;
+        let mut pending = None;
+        let mut abstain = None;
         for r in &receipts {
             let rh = r.signing_hash();
             if !c.sampler.sampled(batch.root, rh) {
                 continue;
             }
-            let outcome = c.reexec.check(&base, r).await;
-            if matches!(outcome, Outcome::Withheld { .. }) && !deadline_passed {
-                return Err(unavailable(format!(
-                    "receipt {}: payload not handed over yet (deadline {} s after submission)",
-                    r.id(),
-                    c.config.payload_deadline.as_secs()
-                )));
-            }
+            let (outcome, failures) = match self.sample(&base, r).await? {
+                Sampled::Done(o, f) => (o, f),
+                Sampled::Pending(why) => {
+                    pending.get_or_insert(why);
+                    continue;
+                }
+            };
             let mut s = serde_json::to_value(&outcome).unwrap_or_default();
             s["requestId"] = r.id().to_string().into();
             s["receiptHash"] = rh.to_string().into();
+            s["payloadFailures"] = failures.into();
             samples.push(s);
+            if let Outcome::Unverifiable { reason } = &outcome {
+                abstain.get_or_insert(format!("receipt {}: {reason}", r.id()));
+            }
             if finding.is_none()
                 && let Some(evidence) = outcome.evidence_hash(rh)
             {
@@ -355,36 +409,161 @@ impl Verifier {
         }
         verdict["samples"] = samples.into();
         verdict["sampled"] = verdict["samples"].as_array().map_or(0, Vec::len).into();
-        // A fraud this verifier signed for a peer counts too: never attest a batch it accused.
-        let accused = !c.store.frauds(id)?.is_empty();
-
-        match finding {
-            None if accused => Ok(()),
-            None if batch.status == BatchStatus::Submitted => {
-                let signature = c
-                    .chain
-                    .sign_attestation(&c.key, &batch)
-                    .map_err(|e| unavailable(e.to_string()))?;
-                c.http
-                    .post(format!("{base}/v1/batches/{id}/attestations"))
-                    .json(&json!({"signature": signature.to_string()}))
-                    .send()
-                    .await
-                    .and_then(|r| r.error_for_status())
-                    .map_err(|e| unavailable(format!("handing the attestation to {base}: {e}")))?;
-                verdict["outcome"] = "attested".into();
-                verdict["attestation"] = signature.to_string().into();
-                c.store.put_batch(id, "attested", &verdict)?;
-                tracing::info!(verifier = %self.address(), batch = id, "attested");
-                Ok(())
-            }
-            None => {
-                verdict["outcome"] = "confirmed".into();
-                c.store.put_batch(id, "confirmed", &verdict)?;
-                Ok(())
-            }
-            Some(f) => self.prove_fraud(&batch, &tree, f, verdict).await,
+        if let Some(f) = finding {
+            return self.prove_fraud(&batch, &tree, f, verdict).await;
         }
+        if let Some(why) = pending {
+            return Err(unavailable(why));
+        }
+        // A fraud this verifier signed for a peer counts too: never attest a batch it accused.
+        if !c.store.frauds(id)?.is_empty() {
+            return Ok(());
+        }
+        if let Some(reason) = abstain {
+            // Never attest what could not be checked; the batch waits for verifiers that can.
+            verdict["outcome"] = "abstained".into();
+            verdict["reason"] = reason.into();
+            c.store.put_batch(id, "abstained", &verdict)?;
+            return Ok(());
+        }
+        if batch.status != BatchStatus::Submitted {
+            verdict["outcome"] = "confirmed".into();
+            c.store.put_batch(id, "confirmed", &verdict)?;
+            return Ok(());
+        }
+        let signature = c
+            .chain
+            .sign_attestation(&c.key, &batch)
+            .map_err(|e| unavailable(e.to_string()))?;
+        let body =
+            serde_json::to_vec(&json!({"signature": signature.to_string()})).expect("serializes");
+        let url = format!("{base}/v1/batches/{id}/attestations");
+        match c.fetch.signed_post(&c.key, &url, body).await {
+            Ok((status, _)) if status.is_success() => {}
+            Ok((status, body)) => {
+                return Err(unavailable(format!(
+                    "handing the attestation to {base}: {status} {}",
+                    String::from_utf8_lossy(&body[..body.len().min(200)])
+                )));
+            }
+            Err(e) => return Err(unavailable(format!("handing the attestation: {e}"))),
+        }
+        verdict["outcome"] = "attested".into();
+        verdict["attestation"] = signature.to_string().into();
+        c.store.put_batch(id, "attested", &verdict)?;
+        tracing::info!(verifier = %self.address(), batch = id, "attested");
+        Ok(())
+    }
+
+    /// Samples receipt `r` of a node reached at `base`: the payloads (one attempt at most per
+    /// attempt interval), then the re-execution.
+    async fn sample(&self, base: &str, r: &SignedReceipt) -> Result<Sampled, VerifyError> {
+        let c = &self.0;
+        if let Some(o) = c.reexec.unverifiable(r) {
+            return Ok(Sampled::Done(o, 0));
+        }
+        let rh = r.signing_hash();
+        let now = now_secs();
+        let window = c.config.payload_window.as_secs();
+        let attempts = c.config.payload_attempts.max(2);
+        let spacing = window / u64::from(attempts - 1);
+        let withheld = |a: &Attempts| {
+            (a.failures >= attempts && a.last_at.saturating_sub(a.first_at) >= window).then(|| {
+                Outcome::Withheld {
+                    reason: format!(
+                        "{} attempts over {} s failed; the last: {}",
+                        a.failures,
+                        a.last_at - a.first_at,
+                        a.last_reason
+                    ),
+                }
+            })
+        };
+        if let Some(a) = c.store.attempts(&rh.0)? {
+            if let Some(o) = withheld(&a) {
+                return Ok(Sampled::Done(o, a.failures));
+            }
+            if now < a.last_at + spacing {
+                return Ok(Sampled::Pending(format!(
+                    "receipt {}: payload not handed over yet ({} of {attempts} attempts failed; next in {} s)",
+                    r.id(),
+                    a.failures,
+                    a.last_at + spacing - now
+                )));
+            }
+        }
+        match self.fetch_payloads(base, r).await {
+            Ok(p) => {
+                let failures = c.store.clear_failures(&rh.0)?;
+                Ok(Sampled::Done(c.reexec.check(r, p).await, failures))
+            }
+            Err(reason) => {
+                let a = c.store.record_failure(&rh.0, now, &reason)?;
+                tracing::info!(verifier = %self.address(), receipt = %r.id(), failures = a.failures, %reason, "payload fetch failed");
+                Ok(match withheld(&a) {
+                    Some(o) => Sampled::Done(o, a.failures),
+                    None => Sampled::Pending(format!(
+                        "receipt {}: payload not handed over ({} of {attempts} attempts failed): {reason}",
+                        r.id(),
+                        a.failures
+                    )),
+                })
+            }
+        }
+    }
+
+    /// The payloads of `r` from its node (input; output too for tolerance profiles). Any failure
+    /// (unreachable, slow, an error status, an undecodable body) is one failed attempt.
+    async fn fetch_payloads(&self, base: &str, r: &SignedReceipt) -> Result<Payloads, String> {
+        let get = |which: &'static str| async move {
+            let url = format!("{base}/v1/receipts/{}/{which}", r.id());
+            let (status, body) = self.0.fetch.signed_get(&self.0.key, &url).await?;
+            if !status.is_success() {
+                return Err(format!(
+                    "GET {url}: {status} {}",
+                    String::from_utf8_lossy(&body[..body.len().min(200)])
+                ));
+            }
+            cairn_node::safetensors_io::decode(&body).map_err(|e| format!("{which} payload: {e}"))
+        };
+        let inputs = get("input").await?;
+        let outputs = if Reexecutor::needs_output(r) {
+            Some(get("output").await?)
+        } else {
+            None
+        };
+        Ok(Payloads { inputs, outputs })
+    }
+
+    /// Every receipt runs on a profile the registry approves (read once per profile).
+    async fn profiles_approved(
+        &self,
+        receipts: &[SignedReceipt],
+    ) -> Result<Result<(), String>, String> {
+        let c = &self.0;
+        let wanted: BTreeSet<B256> = receipts.iter().map(|r| r.claims.profile.hash()).collect();
+        for h in wanted {
+            if c.approved_profiles.lock().expect("profiles").contains(&h) {
+                continue;
+            }
+            if !c
+                .chain
+                .profile_approved(h)
+                .await
+                .map_err(|e| e.to_string())?
+            {
+                let p = receipts
+                    .iter()
+                    .find(|r| r.claims.profile.hash() == h)
+                    .map(|r| r.claims.profile.to_string())
+                    .unwrap_or_default();
+                return Ok(Err(format!(
+                    "receipts run on profile {p} ({h}), which the registry does not approve: no verifier quorum is known to re-execute it"
+                )));
+            }
+            c.approved_profiles.lock().expect("profiles").insert(h);
+        }
+        Ok(Ok(()))
     }
 
     /// The static checks of a batch (see the crate docs); the receipts and their tree.
@@ -457,7 +636,7 @@ impl Verifier {
                 continue;
             }
             let url = format!("{}/v1/blobs/{cid}", c.config.hub_url.trim_end_matches('/'));
-            let resp = c.http.head(&url).send().await.map_err(|e| {
+            let resp = c.fetch.client().head(&url).send().await.map_err(|e| {
                 // The hub being down is not the node's fault, but the batch waits for it.
                 format!("cannot reach the hub to check model {cid}: {e}")
             })?;
@@ -612,16 +791,10 @@ impl Verifier {
         request: &Value,
     ) -> Result<(Address, Signature, B256), String> {
         let url = format!("{}/v1/challenges", endpoint.trim_end_matches('/'));
-        let resp = self
-            .0
-            .http
-            .post(&url)
-            .json(request)
-            .send()
-            .await
-            .map_err(|e| format!("POST {url}: {e}"))?;
-        let status = resp.status();
-        let body: Value = resp.json().await.map_err(|e| format!("POST {url}: {e}"))?;
+        let body = serde_json::to_vec(request).expect("serializes");
+        let (status, answer) = self.0.fetch.signed_post(&self.0.key, &url, body).await?;
+        let body: Value =
+            serde_json::from_slice(&answer).map_err(|e| format!("POST {url}: {e}"))?;
         if !status.is_success() {
             return Err(format!(
                 "{status} {}: {}",
@@ -637,6 +810,48 @@ impl Verifier {
             ))
         };
         parse().ok_or_else(|| format!("{url} answered {body}"))
+    }
+
+    /// Whether `who` is an active verifier (the registry's answer, kept for 30 s).
+    pub async fn is_active_verifier(&self, who: Address) -> Result<bool, VerifyError> {
+        let c = &self.0;
+        let now = now_secs();
+        if let Some((active, at)) = c.active.lock().expect("active cache").get(&who).copied()
+            && now < at + 30
+        {
+            return Ok(active);
+        }
+        let active =
+            c.chain
+                .is_active(who, Role::Verifier)
+                .await
+                .map_err(|e| VerifyError::BadRequest {
+                    code: "chain_unavailable",
+                    reason: e.to_string(),
+                })?;
+        let mut cache = c.active.lock().expect("active cache");
+        if cache.len() > 10_000 {
+            cache.retain(|_, (_, at)| now < *at + 30);
+        }
+        cache.insert(who, (active, now));
+        Ok(active)
+    }
+
+    /// Checks a signed request (`lookup` reads its headers) to this verifier at `host`:
+    /// signature, clock, body digest and replay. Returns the signer; anything else is 401.
+    pub fn authenticate<'h>(
+        &self,
+        lookup: impl Fn(&'static str) -> Option<&'h str>,
+        host: &str,
+        method: &str,
+        target: &str,
+        body: &[u8],
+    ) -> Result<Address, VerifyError> {
+        cairn_core::auth::verify_request(lookup, host, method, target, body, Some(&self.0.replay))
+            .map_err(|e| VerifyError::Unauthorized {
+                code: "unauthorized",
+                reason: format!("{e} (this route takes requests signed with the cairn-* headers)"),
+            })
     }
 
     /// A peer's request: re-check receipt `receipt` of batch `batch_id` (included under `proof`)
@@ -692,20 +907,37 @@ impl Verifier {
                 "the proof does not put the receipt in the batch's root".into(),
             ));
         }
-        let node = c
-            .chain
-            .node(batch.node)
-            .await
-            .map_err(|e| unavailable(e.to_string()))?;
-        let outcome = c.reexec.check(&node.endpoint, &r).await;
-        if matches!(outcome, Outcome::Withheld { .. })
-            && now_secs() < batch.submitted_at + c.config.payload_deadline.as_secs()
-        {
-            return Err(bad(
-                "too_early",
-                "the node's payload deadline has not passed; ask again later".into(),
-            ));
-        }
+        // One re-execution per receipt, whoever asks how often; a withholding series goes on
+        // at its own pace (one attempt per interval).
+        let cached = c.rechecked.lock().expect("rechecked").get(&rh).cloned();
+        let outcome = match cached {
+            Some(o) => o,
+            None => {
+                let node = c
+                    .chain
+                    .node(batch.node)
+                    .await
+                    .map_err(|e| unavailable(e.to_string()))?;
+                match self.sample(node.endpoint.trim_end_matches('/'), &r).await? {
+                    Sampled::Pending(why) => {
+                        return Err(bad(
+                            "too_early",
+                            format!(
+                                "{why}; this verifier establishes withholding itself over its own window: ask again later"
+                            ),
+                        ));
+                    }
+                    Sampled::Done(o, _) => {
+                        let mut cache = c.rechecked.lock().expect("rechecked");
+                        if cache.len() > 10_000 {
+                            cache.clear();
+                        }
+                        cache.insert(rh, o.clone());
+                        o
+                    }
+                }
+            }
+        };
         let Some(evidence) = outcome.evidence_hash(rh) else {
             return Err(bad(
                 "claim_refuted",
@@ -777,6 +1009,8 @@ impl Verifier {
             ));
         }
         cairn_attest::check_binding(&v, req.node, None).map_err(attest)?;
+        fetch::check_url(&req.endpoint, c.config.allow_private_endpoints)
+            .map_err(|e| bad("endpoint_not_public", e))?;
         let approved = c
             .chain
             .measurement_approved(req.role, req.measurement)

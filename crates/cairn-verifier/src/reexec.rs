@@ -1,8 +1,6 @@
 //! Re-execution of a receipt: fetch the input the node kept, check it is the one the receipt
 //! binds, run the model (fetched by CID and hashed) on this verifier's engine, and compare.
 
-use std::time::Duration;
-
 use alloy_primitives::{B256, keccak256};
 use cairn_core::tensor::tensors_hash;
 use cairn_core::{DataType, Reproducibility, Tensor};
@@ -26,9 +24,10 @@ pub enum Outcome {
         /// The output hash this verifier computed.
         recomputed: B256,
     },
-    /// The node did not hand over the payload.
+    /// The node did not hand over the payload: every one of this verifier's own attempts,
+    /// spread over its payload window, failed.
     Withheld {
-        /// What the node answered.
+        /// How many attempts failed, over how long, and what the node last answered.
         reason: String,
     },
     /// The node's payload does not hash to what the receipt binds.
@@ -72,10 +71,17 @@ impl Outcome {
     }
 }
 
+/// The payloads of a receipt as its node handed them over.
+pub struct Payloads {
+    /// The inputs the node kept.
+    pub inputs: Vec<Tensor>,
+    /// The outputs it kept (fetched only for tolerance profiles).
+    pub outputs: Option<Vec<Tensor>>,
+}
+
 /// Re-executes receipts on this verifier's engine.
 pub struct Reexecutor {
     cache: ModelCache,
-    http: reqwest::Client,
     /// Largest |difference| accepted for tolerance profiles.
     tolerance: f64,
 }
@@ -83,15 +89,7 @@ pub struct Reexecutor {
 impl Reexecutor {
     /// A re-executor loading models through `cache` (fetched from its hub, hashed to the CID).
     pub fn new(cache: ModelCache, tolerance: f64) -> Self {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(20))
-            .build()
-            .expect("a plain HTTP client builds");
-        Self {
-            cache,
-            http,
-            tolerance,
-        }
+        Self { cache, tolerance }
     }
 
     /// The profile this verifier re-executes on.
@@ -99,47 +97,50 @@ impl Reexecutor {
         self.cache.engine().profile()
     }
 
-    async fn payload(&self, node: &str, id: B256, which: &str) -> Result<Vec<Tensor>, String> {
-        let url = format!("{}/v1/receipts/{id}/{which}", node.trim_end_matches('/'));
-        let resp = self
-            .http
-            .get(&url)
-            .send()
-            .await
-            .map_err(|e| format!("GET {url}: {e}"))?;
-        let status = resp.status();
-        if !status.is_success() {
-            let body = resp.text().await.unwrap_or_default();
-            return Err(format!(
-                "GET {url}: {status} {}",
-                body.chars().take(200).collect::<String>()
-            ));
-        }
-        let bytes = resp.bytes().await.map_err(|e| format!("GET {url}: {e}"))?;
-        cairn_node::safetensors_io::decode(&bytes).map_err(|e| format!("{which} payload: {e}"))
+    /// Why this verifier cannot check `r` at all (a bit-exact profile it does not run), if so.
+    pub fn unverifiable(&self, r: &SignedReceipt) -> Option<Outcome> {
+        let here = self.profile();
+        let exact = r.claims.profile.reproducibility() == Reproducibility::Exact;
+        (exact && *here != r.claims.profile).then(|| Outcome::Unverifiable {
+            reason: format!(
+                "bit-exact profile {} is not this verifier's ({here})",
+                r.claims.profile
+            ),
+        })
     }
 
-    /// Re-executes `r`, whose node serves payloads at `node`.
-    pub async fn check(&self, node: &str, r: &SignedReceipt) -> Outcome {
-        let here = self.profile().clone();
-        let exact = r.claims.profile.reproducibility() == Reproducibility::Exact;
-        if exact && here != r.claims.profile {
-            return Outcome::Unverifiable {
-                reason: format!(
-                    "bit-exact profile {} is not this verifier's ({here})",
-                    r.claims.profile
-                ),
-            };
+    /// Whether checking `r` needs the node's kept output too (tolerance profiles).
+    pub fn needs_output(r: &SignedReceipt) -> bool {
+        r.claims.profile.reproducibility() != Reproducibility::Exact
+    }
+
+    /// Re-executes `r` on `p`, the payloads its node handed over.
+    pub async fn check(&self, r: &SignedReceipt, p: Payloads) -> Outcome {
+        if let Some(o) = self.unverifiable(r) {
+            return o;
         }
-        let inputs = match self.payload(node, r.id(), "input").await {
-            Ok(t) => t,
-            Err(reason) => return Outcome::Withheld { reason },
-        };
+        let exact = !Self::needs_output(r);
+        let Payloads { inputs, outputs } = p;
         if tensors_hash(&inputs) != r.claims.input_hash {
             return Outcome::WrongPayload {
                 reason: "the input the node kept does not hash to the receipt's input hash".into(),
             };
         }
+        let claimed = match outputs {
+            Some(o) if tensors_hash(&o) != r.claims.output_hash => {
+                return Outcome::WrongPayload {
+                    reason: "the output the node kept does not hash to the receipt's output hash"
+                        .into(),
+                };
+            }
+            Some(o) => Some(o),
+            None if exact => None,
+            None => {
+                return Outcome::Unverifiable {
+                    reason: "a tolerance profile needs the node's kept output".into(),
+                };
+            }
+        };
         let loaded = match self.cache.get(r.claims.model).await {
             Ok(l) => l,
             Err(e) => {
@@ -166,7 +167,7 @@ impl Reexecutor {
             }
         };
         let recomputed = tensors_hash(&outputs);
-        if exact {
+        let Some(claimed) = claimed else {
             return if recomputed == r.claims.output_hash {
                 Outcome::Confirmed {
                     comparison: "bit-exact".into(),
@@ -180,18 +181,8 @@ impl Reexecutor {
                     recomputed,
                 }
             };
-        }
-        // A tolerance profile (onnxruntime): compare values with the node's own output.
-        let claimed = match self.payload(node, r.id(), "output").await {
-            Ok(t) => t,
-            Err(reason) => return Outcome::Withheld { reason },
         };
-        if tensors_hash(&claimed) != r.claims.output_hash {
-            return Outcome::WrongPayload {
-                reason: "the output the node kept does not hash to the receipt's output hash"
-                    .into(),
-            };
-        }
+        // A tolerance profile (onnxruntime): compare values with the node's own output.
         match max_abs_diff(&claimed, &outputs) {
             Ok(d) if d <= self.tolerance => Outcome::Confirmed {
                 comparison: format!("tolerance {:e}, max |difference| {d:e}", self.tolerance),

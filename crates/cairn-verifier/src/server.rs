@@ -25,6 +25,14 @@ impl IntoResponse for VerifyError {
                 };
                 (status, *code)
             }
+            VerifyError::Unauthorized { code, .. } => (
+                if *code == "forbidden" {
+                    StatusCode::FORBIDDEN
+                } else {
+                    StatusCode::UNAUTHORIZED
+                },
+                *code,
+            ),
             VerifyError::Refused { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "batch_refused"),
             VerifyError::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             VerifyError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
@@ -109,6 +117,29 @@ async fn receipt(
     Ok(Json(json!({"requestId": id, "verdicts": found})).into_response())
 }
 
+/// The signer of a signed request (401 when it is missing or does not verify).
+fn signer(
+    v: &Verifier,
+    method: &axum::http::Method,
+    uri: &axum::http::Uri,
+    headers: &axum::http::HeaderMap,
+    body: &[u8],
+) -> Result<alloy_primitives::Address, VerifyError> {
+    let host = headers
+        .get(axum::http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| uri.authority().map(|a| a.as_str()))
+        .unwrap_or("");
+    let target = uri.path_and_query().map_or("/", |p| p.as_str());
+    v.authenticate(
+        |name| headers.get(name).and_then(|h| h.to_str().ok()),
+        host,
+        method.as_str(),
+        target,
+        body,
+    )
+}
+
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct ChallengeRequest {
@@ -118,14 +149,29 @@ struct ChallengeRequest {
     claim: String,
 }
 
+/// `POST /v1/challenges`: only active verifiers are heard (a signed request), so nobody else
+/// can make this verifier re-execute anything or obtain its signature.
 async fn challenge(
     State(v): State<Verifier>,
-    body: Result<Json<ChallengeRequest>, axum::extract::rejection::JsonRejection>,
+    method: axum::http::Method,
+    uri: axum::http::Uri,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
 ) -> Result<Json<Value>, VerifyError> {
-    let Json(req) = body.map_err(|e| VerifyError::BadRequest {
-        code: "invalid_request",
-        reason: format!("{e}: send {{batchId, receipt, proof, claim}}"),
-    })?;
+    let caller = signer(&v, &method, &uri, &headers, &body)?;
+    if !v.is_active_verifier(caller).await? {
+        return Err(VerifyError::Unauthorized {
+            code: "forbidden",
+            reason: format!(
+                "{caller} is not an active verifier; only verifiers ask for fraud confirmations"
+            ),
+        });
+    }
+    let req: ChallengeRequest =
+        serde_json::from_slice(&body).map_err(|e| VerifyError::BadRequest {
+            code: "invalid_request",
+            reason: format!("{e}: send {{batchId, receipt, proof, claim}}"),
+        })?;
     Ok(Json(
         v.confirm_fraud(req.batch_id, &req.receipt, req.proof, &req.claim)
             .await?,
@@ -144,19 +190,34 @@ struct RegistrationBody {
     evidence: Evidence,
 }
 
+/// `POST /v1/registrations`: signed by the registering node's own key (it proves it holds the
+/// key its evidence binds before any evidence is checked).
 async fn registration(
     State(v): State<Verifier>,
-    body: Result<Json<RegistrationBody>, axum::extract::rejection::JsonRejection>,
+    method: axum::http::Method,
+    uri: axum::http::Uri,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
 ) -> Result<Json<Value>, VerifyError> {
+    let caller = signer(&v, &method, &uri, &headers, &body)?;
     let bad = |reason: String| VerifyError::BadRequest {
         code: "invalid_request",
         reason,
     };
-    let Json(b) = body.map_err(|e| {
+    let b: RegistrationBody = serde_json::from_slice(&body).map_err(|e| {
         bad(format!(
             "{e}: send {{node, role, endpoint, measurement, evidenceDigest, deadline, evidence}}"
         ))
     })?;
+    if caller != b.node {
+        return Err(VerifyError::Unauthorized {
+            code: "forbidden",
+            reason: format!(
+                "the request is signed by {caller}, not by the registering node {}",
+                b.node
+            ),
+        });
+    }
     let req = RegistrationRequest {
         node: b.node,
         role: b.role.parse().map_err(bad)?,

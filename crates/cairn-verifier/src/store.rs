@@ -36,7 +36,10 @@ impl VerdictStore {
                PRIMARY KEY (request_id, batch_id));
              CREATE TABLE IF NOT EXISTS fraud_signed (
                batch_id INTEGER NOT NULL, receipt_hash TEXT NOT NULL, evidence_hash TEXT NOT NULL,
-               body TEXT NOT NULL, PRIMARY KEY (batch_id, receipt_hash));",
+               body TEXT NOT NULL, PRIMARY KEY (batch_id, receipt_hash));
+             CREATE TABLE IF NOT EXISTS payload_attempts (
+               receipt_hash BLOB PRIMARY KEY, failures INTEGER NOT NULL,
+               first_at INTEGER NOT NULL, last_at INTEGER NOT NULL, last_reason TEXT NOT NULL);",
         )?;
         Ok(Self { db: Mutex::new(db) })
     }
@@ -150,6 +153,71 @@ impl VerdictStore {
             .filter_map(|r| r.ok())
             .filter_map(|b| serde_json::from_str(&b).ok())
             .collect())
+    }
+}
+
+/// This verifier's failed attempts to fetch one receipt's payloads.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Attempts {
+    /// Failed attempts so far (reset by a success).
+    pub failures: u32,
+    /// Unix seconds of the first failed attempt.
+    pub first_at: u64,
+    /// Unix seconds of the latest failed attempt.
+    pub last_at: u64,
+    /// What the node answered last.
+    pub last_reason: String,
+}
+
+impl VerdictStore {
+    /// The failed payload attempts recorded for receipt `rh`.
+    pub fn attempts(&self, rh: &[u8; 32]) -> Result<Option<Attempts>, StoreError> {
+        Ok(self
+            .db()
+            .query_row(
+                "SELECT failures, first_at, last_at, last_reason FROM payload_attempts
+                 WHERE receipt_hash = ?1",
+                params![rh.as_slice()],
+                |r| {
+                    Ok(Attempts {
+                        failures: r.get::<_, i64>(0)? as u32,
+                        first_at: r.get::<_, i64>(1)? as u64,
+                        last_at: r.get::<_, i64>(2)? as u64,
+                        last_reason: r.get(3)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    /// Records a failed attempt at `now`; returns the updated record.
+    pub fn record_failure(
+        &self,
+        rh: &[u8; 32],
+        now: u64,
+        reason: &str,
+    ) -> Result<Attempts, StoreError> {
+        let reason: String = reason.chars().take(300).collect();
+        self.db().execute(
+            "INSERT INTO payload_attempts (receipt_hash, failures, first_at, last_at, last_reason)
+             VALUES (?1, 1, ?2, ?2, ?3)
+             ON CONFLICT (receipt_hash) DO UPDATE SET failures = failures + 1, last_at = ?2,
+               last_reason = ?3",
+            params![rh.as_slice(), now as i64, reason],
+        )?;
+        Ok(self.attempts(rh)?.expect("just written"))
+    }
+
+    /// Forgets the failures of receipt `rh` (the payload came); returns how many there were.
+    pub fn clear_failures(&self, rh: &[u8; 32]) -> Result<u32, StoreError> {
+        let had = self.attempts(rh)?.map_or(0, |a| a.failures);
+        if had > 0 {
+            self.db().execute(
+                "DELETE FROM payload_attempts WHERE receipt_hash = ?1",
+                params![rh.as_slice()],
+            )?;
+        }
+        Ok(had)
     }
 }
 

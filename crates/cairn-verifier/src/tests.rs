@@ -33,12 +33,21 @@ async fn verifier() -> (Verifier, tempfile::TempDir) {
     let chain = Chain::new(Arc::new(ledger), d).unwrap();
     let hub = cairn_hub::HubClient::new("http://127.0.0.1:9", None).unwrap();
     let engine: Arc<dyn cairn_engine::Engine> = Arc::new(cairn_engine::TractEngine::new());
-    let cache = cairn_node::cache::ModelCache::new(dir.path().join("models"), hub, engine, 1 << 26);
+    let cache = cairn_node::cache::ModelCache::new(
+        dir.path().join("models"),
+        hub,
+        engine,
+        1 << 26,
+        1 << 26,
+    );
     let store = VerdictStore::open(&dir.path().join("verdicts.sqlite")).unwrap();
     let config = VerifierConfig {
         sample_rate: 0.05,
         secret: B256::repeat_byte(7),
-        payload_deadline: Duration::from_secs(30),
+        payload_window: Duration::from_secs(30),
+        payload_attempts: 3,
+        max_fetch_bytes: 1 << 20,
+        allow_private_endpoints: true,
         attestation: cairn_attest::Policy { allow_dev: true },
         approval_ttl: Duration::from_secs(600),
         hub_url: "http://127.0.0.1:9".into(),

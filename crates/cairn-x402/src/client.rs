@@ -89,3 +89,98 @@ fn envelope(
         extensions: None,
     })
 }
+
+/// The payer's own account of one prepaid channel: how much its requests that succeeded cost
+/// in total. The next voucher is this plus the price, whatever the node claims, so a node that
+/// misreports what it accepted cannot obtain a larger voucher (at worst it refuses service).
+/// One small JSON file per channel, replaced atomically.
+#[derive(Clone, Debug)]
+pub struct PrepaidAccount {
+    path: std::path::PathBuf,
+    /// Everything paid on the channel by requests that succeeded (the last voucher counted).
+    pub paid: U256,
+}
+
+impl PrepaidAccount {
+    /// The account file of the channel (`escrow` on `chain_id`, `channel` id) under `dir`.
+    pub fn path(
+        dir: &std::path::Path,
+        chain_id: u64,
+        escrow: alloy_primitives::Address,
+        channel: B256,
+    ) -> std::path::PathBuf {
+        dir.join(format!("{chain_id}-{escrow}-{channel}.json"))
+    }
+
+    /// Reads the account at `path`; `None` when this machine keeps none for the channel.
+    pub fn load(path: &std::path::Path) -> Result<Option<Self>, X402Error> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(X402Error::Store(format!("{}: {e}", path.display()))),
+        };
+        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+            X402Error::Store(format!("{} is not an account file: {e}", path.display()))
+        })?;
+        let paid = v["paid"]
+            .as_str()
+            .and_then(|s| U256::from_str_radix(s, 10).ok())
+            .ok_or_else(|| X402Error::Store(format!("{} has no `paid` amount", path.display())))?;
+        Ok(Some(Self {
+            path: path.to_owned(),
+            paid,
+        }))
+    }
+
+    /// A new account at `path` starting from `paid`, written at once.
+    pub fn create(path: &std::path::Path, paid: U256) -> Result<Self, X402Error> {
+        let a = Self {
+            path: path.to_owned(),
+            paid,
+        };
+        a.save()?;
+        Ok(a)
+    }
+
+    /// Records that the voucher for `cumulative` paid for a request that succeeded.
+    pub fn record(&mut self, cumulative: U256) -> Result<(), X402Error> {
+        if cumulative > self.paid {
+            self.paid = cumulative;
+            self.save()?;
+        }
+        Ok(())
+    }
+
+    fn save(&self) -> Result<(), X402Error> {
+        let io = |e: std::io::Error| X402Error::Store(format!("{}: {e}", self.path.display()));
+        if let Some(d) = self.path.parent() {
+            std::fs::create_dir_all(d).map_err(io)?;
+        }
+        let tmp = self.path.with_extension("tmp");
+        std::fs::write(
+            &tmp,
+            serde_json::json!({"paid": self.paid.to_string()}).to_string(),
+        )
+        .map_err(io)?;
+        std::fs::rename(&tmp, &self.path).map_err(io)
+    }
+}
+
+#[cfg(test)]
+mod account_tests {
+    use super::*;
+
+    #[test]
+    fn the_account_only_grows_and_survives_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = PrepaidAccount::path(dir.path(), 1, alloy_primitives::Address::ZERO, B256::ZERO);
+        assert!(PrepaidAccount::load(&path).unwrap().is_none());
+        let mut a = PrepaidAccount::create(&path, U256::from(5u64)).unwrap();
+        a.record(U256::from(9u64)).unwrap();
+        a.record(U256::from(7u64)).unwrap();
+        assert_eq!(
+            PrepaidAccount::load(&path).unwrap().unwrap().paid,
+            U256::from(9u64)
+        );
+    }
+}

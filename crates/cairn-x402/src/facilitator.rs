@@ -48,6 +48,33 @@ pub struct Facilitator {
     domain: Eip712Domain,
     token_name: String,
     token_version: String,
+    policy: Option<Policy>,
+}
+
+/// Who may use a facilitator served over HTTP and for what: it pays the gas of every
+/// settlement, so only its operator's resource servers (holders of an API key) may ask, only to
+/// pay the operator's own addresses, and not for dust.
+#[derive(Clone, Debug)]
+pub struct Policy {
+    /// SHA-256 of each accepted bearer token (`Authorization: Bearer <token>`).
+    pub api_key_hashes: Vec<[u8; 32]>,
+    /// The only `payTo` addresses it settles to.
+    pub pay_to: Vec<Address>,
+    /// The smallest amount it settles.
+    pub min_amount: U256,
+}
+
+impl Policy {
+    /// Whether `authorization` (the header's value) carries an accepted token.
+    pub fn admits(&self, authorization: Option<&str>) -> bool {
+        use sha2::Digest;
+        let Some(token) = authorization.and_then(|h| h.strip_prefix("Bearer ")) else {
+            return false;
+        };
+        // Compare digests: the time taken says nothing about the token's prefix.
+        let h: [u8; 32] = sha2::Sha256::digest(token.trim().as_bytes()).into();
+        self.api_key_hashes.contains(&h)
+    }
 }
 
 impl Facilitator {
@@ -67,7 +94,37 @@ impl Facilitator {
             domain,
             token_name,
             token_version,
+            policy: None,
         })
+    }
+
+    /// Serves only under `policy` (see [`Policy`]).
+    pub fn with_policy(mut self, policy: Policy) -> Self {
+        self.policy = Some(policy);
+        self
+    }
+
+    /// Refuses requirements outside the policy (another payee, a dust amount).
+    fn allowed(&self, r: &PaymentRequirements) -> Result<(), X402Error> {
+        let Some(p) = &self.policy else {
+            return Ok(());
+        };
+        if !p.pay_to.contains(&r.pay_to) {
+            return Err(X402Error::Invalid(Reason::new(
+                "invalid_payment_requirements",
+                format!("this facilitator does not settle payments to {}", r.pay_to),
+            )));
+        }
+        if r.amount < p.min_amount {
+            return Err(X402Error::Invalid(Reason::new(
+                "invalid_payment_requirements",
+                format!(
+                    "this facilitator settles amounts of at least {} token units",
+                    p.min_amount
+                ),
+            )));
+        }
+        Ok(())
     }
 
     /// The chain.
@@ -324,11 +381,12 @@ impl Facilitator {
         let bad = |m: String| X402Error::Malformed(m);
         match req.x402_version {
             2 => {
-                let p: PaymentPayload = serde_json::from_value(req.payment_payload.clone())
-                    .map_err(|e| bad(format!("paymentPayload: {e}")))?;
                 let r: PaymentRequirements =
                     serde_json::from_value(req.payment_requirements.clone())
                         .map_err(|e| bad(format!("paymentRequirements: {e}")))?;
+                self.allowed(&r)?;
+                let p: PaymentPayload = serde_json::from_value(req.payment_payload.clone())
+                    .map_err(|e| bad(format!("paymentPayload: {e}")))?;
                 if !r.same_offer(&p.accepted) {
                     return Err(X402Error::Invalid(Reason::new(
                         "invalid_payment_requirements",
@@ -350,18 +408,17 @@ impl Facilitator {
                     )));
                 }
                 let network = chain_id_of(&r.network).map(caip2).unwrap_or(r.network);
-                Ok((
-                    p.payload,
-                    PaymentRequirements {
-                        scheme: r.scheme,
-                        network,
-                        amount: r.max_amount_required,
-                        asset: r.asset,
-                        pay_to: r.pay_to,
-                        max_timeout_seconds: r.max_timeout_seconds,
-                        extra: r.extra,
-                    },
-                ))
+                let r = PaymentRequirements {
+                    scheme: r.scheme,
+                    network,
+                    amount: r.max_amount_required,
+                    asset: r.asset,
+                    pay_to: r.pay_to,
+                    max_timeout_seconds: r.max_timeout_seconds,
+                    extra: r.extra,
+                };
+                self.allowed(&r)?;
+                Ok((p.payload, r))
             }
             v => Err(bad(format!("x402Version {v} is not supported; use 1 or 2"))),
         }
@@ -544,18 +601,48 @@ fn parse_body(body: &[u8]) -> Result<FacilitatorRequest, (axum::http::StatusCode
     })
 }
 
+/// Refuses a request without an accepted API key (when the facilitator has a policy), before
+/// anything is parsed or read from the chain.
+fn admit(
+    f: &Facilitator,
+    headers: &axum::http::HeaderMap,
+) -> Result<(), (axum::http::StatusCode, Json<Value>)> {
+    let Some(p) = &f.policy else { return Ok(()) };
+    let auth = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    if p.admits(auth) {
+        return Ok(());
+    }
+    Err((
+        axum::http::StatusCode::UNAUTHORIZED,
+        Json(json!({
+            "code": "unauthorized",
+            "message": "this facilitator serves its operator's resource servers: send `Authorization: Bearer <api key>`",
+            "isValid": false,
+            "success": false,
+            "invalidReason": "unauthorized",
+            "errorReason": "unauthorized",
+        })),
+    ))
+}
+
 async fn http_verify(
     State(f): State<Shared>,
+    headers: axum::http::HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Json<VerifyResponse>, (axum::http::StatusCode, Json<Value>)> {
+    admit(&f, &headers)?;
     let req = parse_body(&body)?;
     Ok(Json(f.verify(&req).await))
 }
 
 async fn http_settle(
     State(f): State<Shared>,
+    headers: axum::http::HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Json<SettleResponse>, (axum::http::StatusCode, Json<Value>)> {
+    admit(&f, &headers)?;
     let req = parse_body(&body)?;
     Ok(Json(f.settle(&req).await))
 }

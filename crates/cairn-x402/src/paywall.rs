@@ -204,7 +204,23 @@ fn resource_of(parts: &Parts, price: &Price) -> ResourceInfo {
 
 /// The middleware. Use it as
 /// `router.layer(axum::middleware::from_fn_with_state(paywall, cairn_x402::paywall::middleware))`.
+///
+/// A paid request runs to its end (route, settlement, store) in a task of its own: a client
+/// that hangs up mid-way cannot leave a payment half settled or a voucher half counted.
 pub async fn middleware(State(p): State<Arc<Paywall>>, req: Request, next: Next) -> Response {
+    match tokio::spawn(paid_request(p, req, next)).await {
+        Ok(resp) => resp,
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            axum::Json(
+                json!({"code": "internal", "message": format!("the paid request failed: {e}")}),
+            ),
+        )
+            .into_response(),
+    }
+}
+
+async fn paid_request(p: Arc<Paywall>, req: Request, next: Next) -> Response {
     let (mut parts, body) = req.into_parts();
     let price = match p.pricing.price(&parts).await {
         Ok(Some(price)) => price,
@@ -304,6 +320,16 @@ pub async fn middleware(State(p): State<Arc<Paywall>>, req: Request, next: Next)
         if !resp.status().is_success() {
             pre.release(&accepted);
             return resp;
+        }
+        // Counted before the output leaves: an answer the store did not count is withheld.
+        if let Err(e) = pre.commit(&accepted) {
+            tracing::error!(error = %e, "counting a prepaid voucher");
+            pre.release(&accepted);
+            return (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                axum::Json(json!({"code": e.code(), "message": format!("the payment could not be recorded: {e}; retry with the same voucher")})),
+            )
+                .into_response();
         }
         let s = SettleResponse {
             success: true,

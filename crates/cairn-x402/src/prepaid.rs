@@ -51,7 +51,7 @@ pub struct PrepaidPayload {
     pub signature: Bytes,
 }
 
-/// A voucher the node accepted for one request.
+/// A voucher the node took for one request.
 #[derive(Clone, Debug)]
 pub struct Accepted {
     /// The escrow channel.
@@ -60,8 +60,6 @@ pub struct Accepted {
     pub payer: Address,
     /// The voucher's cumulative amount.
     pub cumulative: U256,
-    /// What was accepted before it.
-    pub previous: U256,
 }
 
 impl Accepted {
@@ -102,7 +100,8 @@ pub fn sign_voucher(
 
 /// A gasless deposit: the payer's EIP-3009 `ReceiveWithAuthorization` of `amount` to the escrow,
 /// which the node submits (`Escrow.depositWithAuthorization`). Valid from 0 until
-/// `valid_before`.
+/// `valid_before`. Its EIP-3009 nonce is `keccak256(abi.encode(channelId, entropy))`, so the
+/// signature binds the channel (payee and salt): nobody who sees it can redirect the deposit.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DepositAuthorization {
@@ -116,8 +115,8 @@ pub struct DepositAuthorization {
     /// Not valid from (Unix seconds).
     #[serde(with = "decimal")]
     pub valid_before: U256,
-    /// The payer's random EIP-3009 nonce.
-    pub nonce: B256,
+    /// The payer's random entropy (the EIP-3009 nonce is derived from it and the channel).
+    pub entropy: B256,
     /// The payer's signature over the `ReceiveWithAuthorization` (token domain).
     pub signature: Bytes,
 }
@@ -126,13 +125,15 @@ pub struct DepositAuthorization {
 pub fn sign_deposit(
     payer: &PrivateKeySigner,
     escrow: Address,
+    payee: Address,
     salt: B256,
     amount: U256,
     valid_before: u64,
     token_domain: &Eip712Domain,
 ) -> Result<DepositAuthorization, X402Error> {
     use alloy_signer::SignerSync;
-    let nonce = B256::random();
+    let entropy = B256::random();
+    let nonce = Chain::deposit_nonce(payer.address(), payee, salt, entropy);
     let msg = cairn_ledger::chain::ReceiveWithAuthorization {
         from: payer.address(),
         to: escrow,
@@ -149,7 +150,7 @@ pub fn sign_deposit(
         salt,
         amount,
         valid_before: U256::from(valid_before),
-        nonce,
+        entropy,
         signature: Bytes::from(sig.as_bytes().to_vec()),
     })
 }
@@ -272,27 +273,35 @@ impl Prepaid {
             ));
         }
         let id = Chain::channel_id(v.payer, v.payee, v.salt);
+        let accepted = Accepted {
+            channel: id,
+            payer: v.payer,
+            cumulative: v.cumulative_amount,
+        };
+        let key = accepted.payment_ref();
         let mut outcome =
             self.store
-                .accept_voucher(id, v.cumulative_amount, price, &p.signature)?;
-        // A channel new to the node, or a voucher past the cached deposit (a top-up): read the
-        // chain once and try again.
+                .accept_voucher(id, key, v.cumulative_amount, price, &p.signature)?;
+        // A channel new to the node, a voucher past the cached deposit (a top-up) or a channel
+        // marked closing (a new deposit cancels a withdrawal request): read the chain once and
+        // try again.
         if matches!(
             outcome,
-            Err(VoucherRefusal::UnknownChannel | VoucherRefusal::OverDeposit { .. })
+            Err(VoucherRefusal::UnknownChannel
+                | VoucherRefusal::OverDeposit { .. }
+                | VoucherRefusal::Closing)
         ) {
             self.refresh(v.payer, v.payee, v.salt).await?;
-            outcome = self
-                .store
-                .accept_voucher(id, v.cumulative_amount, price, &p.signature)?;
+            outcome =
+                self.store
+                    .accept_voucher(id, key, v.cumulative_amount, price, &p.signature)?;
         }
         match outcome {
-            Ok(previous) => Ok(Accepted {
-                channel: id,
-                payer: v.payer,
-                cumulative: v.cumulative_amount,
-                previous,
-            }),
+            Ok(()) => Ok(accepted),
+            Err(VoucherRefusal::AlreadyUsed) => Err(invalid(
+                "invalid_prepaid_voucher_already_used",
+                "this voucher was already taken for another request; sign the next one".into(),
+            )),
             Err(VoucherRefusal::UnknownChannel) => Err(invalid(
                 "invalid_prepaid_no_deposit",
                 format!(
@@ -315,7 +324,7 @@ impl Prepaid {
             Err(VoucherRefusal::TooLow { accepted }) => Err(invalid(
                 "invalid_prepaid_voucher_amount",
                 format!(
-                    "the voucher promises {} in total; {accepted} is already accepted and the price is {price}, so it must be at least {}",
+                    "the voucher promises {} in total; {accepted} is already owed or in flight and the price is {price}, so it must be at least {}",
                     v.cumulative_amount,
                     accepted + price
                 ),
@@ -325,12 +334,14 @@ impl Prepaid {
 
     /// Gives back a voucher whose request failed (not charged).
     pub fn release(&self, a: &Accepted) {
-        if let Err(e) = self
-            .store
-            .unaccept_voucher(a.channel, a.cumulative, a.previous)
-        {
+        if let Err(e) = self.store.release_voucher(a.payment_ref()) {
             tracing::warn!(error = %e, "releasing a voucher");
         }
+    }
+
+    /// Counts a voucher whose request succeeded.
+    pub fn commit(&self, a: &Accepted) -> Result<(), X402Error> {
+        self.store.commit_voucher(a.payment_ref())
     }
 
     /// Submits a payer's gasless deposit into its channel with this node (the node pays the
@@ -360,7 +371,7 @@ impl Prepaid {
                 d.salt,
                 d.amount,
                 d.valid_before,
-                d.nonce,
+                d.entropy,
                 &sig,
             )
             .await
@@ -396,7 +407,7 @@ impl Prepaid {
             deposited: st.deposited,
             closing: st.withdrawable_at != 0,
             accepted: st.claimed,
-            signature: None,
+            pending: U256::ZERO,
             redeemed: st.claimed,
         };
         self.store.refresh_channel(
@@ -436,26 +447,28 @@ impl Prepaid {
         }
         let mut redeemed = 0;
         for c in self.store.unredeemed()? {
-            let Some(sig) = c
-                .signature
-                .as_deref()
-                .and_then(|s| Signature::try_from(s).ok())
+            // The largest counted voucher not above what is owed: never one that also promised
+            // a failed or still-running request.
+            let Some((cumulative, sig)) = self.store.redeemable(c.id, c.accepted, c.redeemed)?
             else {
+                continue;
+            };
+            let Ok(sig) = Signature::try_from(sig.as_slice()) else {
                 continue;
             };
             match self
                 .chain
-                .redeem(&self.signer, c.payer, c.payee, c.salt, c.accepted, &sig)
+                .redeem(&self.signer, c.payer, c.payee, c.salt, cumulative, &sig)
                 .await
             {
                 Ok(_) => {
-                    self.store.set_redeemed(c.id, c.accepted)?;
+                    self.store.set_redeemed(c.id, cumulative)?;
                     redeemed += 1;
                 }
                 Err(e) => {
                     // Someone else may have redeemed it (anyone may): take the chain's word.
                     let st = self.chain.channel_state(c.payer, c.payee, c.salt).await?;
-                    if st.claimed >= c.accepted {
+                    if st.claimed >= cumulative {
                         self.store.set_redeemed(c.id, st.claimed)?;
                     } else {
                         tracing::warn!(channel = %c.id, error = %e, "redeeming a voucher");

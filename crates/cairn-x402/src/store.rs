@@ -3,6 +3,14 @@
 //!
 //! A payment is *reserved* (one SQLite transaction) before anything runs, so the same
 //! authorization presented twice, in sequence or in parallel, finds the first reservation.
+//!
+//! A prepaid channel counts what its payer owes in `accepted` (requests that succeeded) and
+//! `pending` (requests running now). A voucher for price `p` is taken when its cumulative
+//! amount is at least `accepted + pending + p`; the request's success moves `p` from pending to
+//! accepted, its failure gives `p` back. Every taken voucher is kept with its signature, and the
+//! node redeems the largest one not above `accepted`: a failed request is never charged, and a
+//! voucher that promised it is never the one redeemed. The store runs `synchronous=FULL`: an
+//! accepted voucher or a reservation survives power loss (else it could be replayed).
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -42,6 +50,16 @@ CREATE TABLE IF NOT EXISTS channels (
     redeemed   TEXT NOT NULL,     -- claimed on chain
     updated_at INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS vouchers (
+    key        BLOB PRIMARY KEY,  -- its payment reference: keccak(channel, cumulative)
+    channel    BLOB NOT NULL,
+    cumulative BLOB NOT NULL,     -- 32 bytes big-endian, so BLOB order is numeric order
+    price      TEXT NOT NULL,
+    signature  BLOB NOT NULL,
+    state      TEXT NOT NULL,     -- reserved | settled | released
+    created_at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS vouchers_by_channel ON vouchers (channel, state, cumulative);
 ";
 
 /// A payment's state.
@@ -139,12 +157,23 @@ pub struct ChannelRecord {
     pub deposited: U256,
     /// The payer asked for a withdrawal.
     pub closing: bool,
-    /// Highest cumulative voucher accepted.
+    /// What the payer owes for requests that succeeded (cumulative, from the channel's start).
     pub accepted: U256,
-    /// Its signature.
-    pub signature: Option<Vec<u8>>,
+    /// What requests running now will add when they succeed.
+    pub pending: U256,
     /// Claimed on chain.
     pub redeemed: U256,
+}
+
+/// How a payment ended, as far as the store knows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Settled (exact) or counted (prepaid): its receipt is billable.
+    Paid,
+    /// Failed or given back: its receipt must never be billed or served.
+    Failed,
+    /// Still running or settling.
+    Open,
 }
 
 /// The store (SQLite, WAL). Cheap to clone.
@@ -186,11 +215,32 @@ impl PaymentStore {
         let conn = Connection::open(path).map_err(store_err)?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(store_err)?;
-        conn.pragma_update(None, "synchronous", "NORMAL")
+        // Power-loss durable: a rolled-back reservation or voucher step could be replayed.
+        conn.pragma_update(None, "synchronous", "FULL")
             .map_err(store_err)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(store_err)?;
         conn.execute_batch(SCHEMA).map_err(store_err)?;
+        let have: Vec<String> = conn
+            .prepare("SELECT name FROM pragma_table_info('channels')")
+            .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+            .map_err(store_err)?;
+        if !have.iter().any(|c| c == "pending") {
+            conn.execute(
+                "ALTER TABLE channels ADD COLUMN pending TEXT NOT NULL DEFAULT '0'",
+                [],
+            )
+            .map_err(store_err)?;
+        }
+        // Requests that were running when the process stopped did not answer: give their
+        // vouchers back. Exact payments reserved then may have a transfer out: the reconciler
+        // decides them from the token's record.
+        conn.execute_batch(
+            "UPDATE vouchers SET state = 'released' WHERE state = 'reserved';
+             UPDATE channels SET pending = '0';
+             UPDATE payments SET state = 'pending' WHERE state = 'reserved' AND scheme = 'exact';",
+        )
+        .map_err(store_err)?;
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
         })
@@ -283,6 +333,28 @@ impl PaymentStore {
         })
     }
 
+    /// How the payment with reference `key` (an `exact` key or a voucher's reference) ended.
+    pub fn outcome(&self, key: B256) -> Result<Outcome, X402Error> {
+        self.with(|c| {
+            let state: Option<String> = c
+                .prepare_cached("SELECT state FROM payments WHERE key = ?1")?
+                .query_row([key.as_slice()], |r| r.get(0))
+                .optional()?;
+            let state = match state {
+                Some(s) => Some(s),
+                None => c
+                    .prepare_cached("SELECT state FROM vouchers WHERE key = ?1")?
+                    .query_row([key.as_slice()], |r| r.get(0))
+                    .optional()?,
+            };
+            Ok(match state.as_deref() {
+                Some("settled") => Outcome::Paid,
+                Some("reserved" | "pending") => Outcome::Open,
+                _ => Outcome::Failed,
+            })
+        })
+    }
+
     /// How many payments are in each state.
     pub fn counts(&self) -> Result<Vec<(String, i64)>, X402Error> {
         self.with(|c| {
@@ -330,15 +402,18 @@ impl PaymentStore {
         })
     }
 
-    /// Accepts a cumulative voucher if it adds at least `price` to what was accepted and stays
-    /// within the deposit. Atomic: of two vouchers racing for the same step, one wins.
+    /// Takes voucher `key` (cumulative `cumulative`, signed `signature`) for a request at
+    /// `price`, if it covers what is owed and in flight plus the price and stays within the
+    /// deposit. Atomic: of two vouchers racing for the same step, one wins; a voucher is taken
+    /// once (unless its request failed and gave it back).
     pub fn accept_voucher(
         &self,
         id: B256,
+        key: B256,
         cumulative: U256,
         price: U256,
         signature: &[u8],
-    ) -> Result<Result<U256, VoucherRefusal>, X402Error> {
+    ) -> Result<Result<(), VoucherRefusal>, X402Error> {
         self.with(|c| {
             let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let Some(ch) = channel(&tx, id)? else {
@@ -352,38 +427,112 @@ impl PaymentStore {
                     deposited: ch.deposited,
                 }));
             }
-            if cumulative < ch.accepted + price {
-                return Ok(Err(VoucherRefusal::TooLow {
-                    accepted: ch.accepted,
-                }));
+            let owed = ch.accepted + ch.pending;
+            if cumulative < owed + price {
+                return Ok(Err(VoucherRefusal::TooLow { accepted: owed }));
+            }
+            let seen: Option<String> = tx
+                .prepare_cached("SELECT state FROM vouchers WHERE key = ?1")?
+                .query_row([key.as_slice()], |r| r.get(0))
+                .optional()?;
+            if seen.as_deref().is_some_and(|s| s != "released") {
+                return Ok(Err(VoucherRefusal::AlreadyUsed));
             }
             tx.prepare_cached(
-                "UPDATE channels SET accepted = ?2, signature = ?3, updated_at = ?4 WHERE id = ?1",
+                "INSERT INTO vouchers (key, channel, cumulative, price, signature, state, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, 'reserved', ?6)
+                 ON CONFLICT (key) DO UPDATE SET price = ?4, signature = ?5, state = 'reserved'",
             )?
             .execute(params![
+                key.as_slice(),
                 id.as_slice(),
-                cumulative.to_string(),
+                cumulative.to_be_bytes::<32>().as_slice(),
+                price.to_string(),
                 signature,
                 now()
             ])?;
+            tx.prepare_cached("UPDATE channels SET pending = ?2, updated_at = ?3 WHERE id = ?1")?
+                .execute(params![id.as_slice(), (ch.pending + price).to_string(), now()])?;
             tx.commit()?;
-            Ok(Ok(ch.accepted))
+            Ok(Ok(()))
         })
     }
 
-    /// Undoes an accepted voucher whose request failed (only if nothing later was accepted).
-    pub fn unaccept_voucher(
+    /// The request a taken voucher paid for succeeded: its price now counts as owed.
+    pub fn commit_voucher(&self, key: B256) -> Result<(), X402Error> {
+        self.finish_voucher(key, true)
+    }
+
+    /// The request failed: its price is given back and the voucher may be presented again.
+    pub fn release_voucher(&self, key: B256) -> Result<(), X402Error> {
+        self.finish_voucher(key, false)
+    }
+
+    fn finish_voucher(&self, key: B256, succeeded: bool) -> Result<(), X402Error> {
+        self.with(|c| {
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let row: Option<(Vec<u8>, String)> = tx
+                .prepare_cached(
+                    "SELECT channel, price FROM vouchers WHERE key = ?1 AND state = 'reserved'",
+                )?
+                .query_row([key.as_slice()], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?;
+            let Some((id, price)) = row else {
+                return Ok(());
+            };
+            let price = u256(price);
+            let id = B256::try_from(id.as_slice()).unwrap_or_default();
+            if let Some(ch) = channel(&tx, id)? {
+                let accepted = if succeeded {
+                    ch.accepted + price
+                } else {
+                    ch.accepted
+                };
+                tx.prepare_cached(
+                    "UPDATE channels SET accepted = ?2, pending = ?3, updated_at = ?4 WHERE id = ?1",
+                )?
+                .execute(params![
+                    id.as_slice(),
+                    accepted.to_string(),
+                    ch.pending.saturating_sub(price).to_string(),
+                    now()
+                ])?;
+            }
+            tx.prepare_cached("UPDATE vouchers SET state = ?2 WHERE key = ?1")?
+                .execute(params![
+                    key.as_slice(),
+                    if succeeded { "settled" } else { "released" }
+                ])?;
+            tx.commit()
+        })
+    }
+
+    /// The voucher to redeem for a channel: the largest counted one not above what is owed
+    /// (`accepted`) and above what was already claimed. (cumulative, signature).
+    pub fn redeemable(
         &self,
         id: B256,
-        cumulative: U256,
-        previous: U256,
-    ) -> Result<(), X402Error> {
+        accepted: U256,
+        redeemed: U256,
+    ) -> Result<Option<(U256, Vec<u8>)>, X402Error> {
         self.with(|c| {
-            c.execute(
-                "UPDATE channels SET accepted = ?3 WHERE id = ?1 AND accepted = ?2",
-                params![id.as_slice(), cumulative.to_string(), previous.to_string()],
+            c.prepare_cached(
+                "SELECT cumulative, signature FROM vouchers
+                 WHERE channel = ?1 AND state = 'settled' AND cumulative <= ?2 AND cumulative > ?3
+                 ORDER BY cumulative DESC LIMIT 1",
+            )?
+            .query_row(
+                params![
+                    id.as_slice(),
+                    accepted.to_be_bytes::<32>().as_slice(),
+                    redeemed.to_be_bytes::<32>().as_slice()
+                ],
+                |r| {
+                    let b: Vec<u8> = r.get(0)?;
+                    Ok((U256::from_be_slice(&b), r.get(1)?))
+                },
             )
-            .map(drop)
+            .optional()
         })
     }
 
@@ -421,11 +570,13 @@ pub enum VoucherRefusal {
         /// The deposit.
         deposited: U256,
     },
-    /// The voucher does not add the price to what was already accepted.
+    /// The voucher does not add the price to what is owed and in flight.
     TooLow {
-        /// Accepted so far.
+        /// Owed and in flight so far.
         accepted: U256,
     },
+    /// This very voucher was already taken.
+    AlreadyUsed,
 }
 
 const COLUMNS: &str = "key, scheme, payer, amount, state, resource, payload, tx, reason, response";
@@ -458,7 +609,7 @@ fn get(c: &Connection, key: B256) -> rusqlite::Result<Option<PaymentRecord>> {
 }
 
 const CHANNEL_COLUMNS: &str =
-    "id, payer, payee, salt, deposited, closing, accepted, signature, redeemed";
+    "id, payer, payee, salt, deposited, closing, accepted, pending, redeemed";
 
 fn channel_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ChannelRecord> {
     let b = |i: usize| -> rusqlite::Result<Vec<u8>> { r.get(i) };
@@ -470,14 +621,14 @@ fn channel_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ChannelRecord> {
         deposited: u256(r.get(4)?),
         closing: r.get(5)?,
         accepted: u256(r.get(6)?),
-        signature: r.get(7)?,
+        pending: u256(r.get(7)?),
         redeemed: u256(r.get(8)?),
     })
 }
 
 fn channel(c: &Connection, id: B256) -> rusqlite::Result<Option<ChannelRecord>> {
     c.prepare_cached(
-        "SELECT id, payer, payee, salt, deposited, closing, accepted, signature, redeemed
+        "SELECT id, payer, payee, salt, deposited, closing, accepted, pending, redeemed
          FROM channels WHERE id = ?1",
     )?
     .query_row([id.as_slice()], channel_row)

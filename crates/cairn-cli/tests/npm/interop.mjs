@@ -61,14 +61,16 @@ if (mode === "pay2" || mode === "get2") {
   const pay = wrapFetchWithPayment(fetch, wallet, 1000000n);
   await report(await pay(url, { method: "POST", headers: { "content-type": "application/json" }, body: fs.readFileSync(request) }));
 } else if (mode === "express") {
-  const [facilitator, payTo, asset, amount, name, version] = args;
+  const [facilitator, payTo, asset, amount, name, version, apiKey] = args;
   const express = require("express");
   const { paymentMiddleware, x402ResourceServer } = require("@x402/express");
   const { ExactEvmScheme } = require("@x402/evm/exact/server");
   const { HTTPFacilitatorClient } = require("@x402/core/server");
   const supported = await (await fetch(`${facilitator}/supported`)).json();
   const network = supported.kinds.find((k) => k.x402Version === 2).network;
-  const server = new x402ResourceServer(new HTTPFacilitatorClient({ url: facilitator }))
+  const auth = { Authorization: `Bearer ${apiKey}` };
+  const createAuthHeaders = async () => ({ verify: auth, settle: auth, supported: auth });
+  const server = new x402ResourceServer(new HTTPFacilitatorClient({ url: facilitator, createAuthHeaders }))
     .register(network, new ExactEvmScheme());
   const app = express();
   app.use(paymentMiddleware({
