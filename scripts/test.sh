@@ -57,4 +57,4 @@ cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 # The Nitro attester's device path compiles only with its feature (it runs only in an enclave).
 cargo clippy -p cairn-attest --features nitro --locked -- -D warnings
-cargo test --workspace --locked
+cargo test --workspace --locked --no-fail-fast

@@ -14,7 +14,9 @@ import {PaymentVault} from "./PaymentVault.sol";
 /// @title Receipt batches: Merkle roots submitted by inference nodes, attested by k verifiers,
 /// finalized after a challenge window with the fees split between node, verifiers and treasury.
 /// A batch no quorum attests within `attestationTimeout` expires: its fees go back to the node's
-/// payment vault (to be batched again) and it stops locking the node's stake.
+/// payment vault (to be batched again); it can still be challenged for `challengeWindow` after
+/// expiring (so expiring cannot outrun a fraud proof), after which it lapses and stops locking
+/// the node's stake.
 /// @dev This contract is the receipts' EIP-712 `verifyingContract` (domain "Cairn", "1"). A leaf is
 /// OpenZeppelin's standard leaf over one value: keccak256(bytes.concat(keccak256(abi.encode(digest))))
 /// where `digest` is the receipt's EIP-712 signing hash.
@@ -27,7 +29,8 @@ contract Settlement is EIP712, AccessControl, ReentrancyGuard {
         Attested,
         Finalized,
         Voided,
-        Expired
+        Expired,
+        Lapsed
     }
 
     struct Batch {
@@ -107,6 +110,7 @@ contract Settlement is EIP712, AccessControl, ReentrancyGuard {
     event BatchAttested(uint256 indexed id, address[] verifiers);
     event BatchFinalized(uint256 indexed id, uint256 toNode, uint256 toVerifiers, uint256 toTreasury);
     event BatchExpired(uint256 indexed id, uint256 refunded);
+    event BatchLapsed(uint256 indexed id);
     event AttestationTimeoutSet(uint64 timeout);
     event BatchChallenged(
         uint256 indexed id, bytes32 indexed receiptHash, address indexed challenger, uint256 slashed, uint256 reward
@@ -226,17 +230,31 @@ contract Settlement is EIP712, AccessControl, ReentrancyGuard {
 
     /// @notice Closes a batch no verifier quorum attested within `attestationTimeout` of its
     /// submission: its fees go back to the node's payment vault (the node batches its receipts
-    /// again) and it no longer locks the node's stake. Anyone may call it.
+    /// again). It stays open to challenges for `challengeWindow` (recorded as `attestedAt`),
+    /// and keeps the node's stake locked until it lapses. Anyone may call it.
     function expire(uint256 id) external nonReentrant {
         Batch storage b = _batch(id);
         if (b.status != Status.Submitted) revert WrongStatus(id, b.status);
         uint64 expiresAt = b.submittedAt + attestationTimeout;
         if (block.timestamp < expiresAt) revert NotExpired(expiresAt);
         b.status = Status.Expired;
-        registry.unlockStake(b.node);
+        b.attestedAt = uint64(block.timestamp);
         uint256 fees = b.fees;
+        b.fees = 0;
         emit BatchExpired(id, fees);
         if (fees > 0) feeToken.safeTransfer(vaultOf(b.node), fees);
+    }
+
+    /// @notice Ends an expired batch once its challenge window has passed: it no longer locks
+    /// the node's stake. Anyone may call it.
+    function lapse(uint256 id) external {
+        Batch storage b = _batch(id);
+        if (b.status != Status.Expired) revert WrongStatus(id, b.status);
+        uint64 endsAt = b.attestedAt + challengeWindow;
+        if (block.timestamp < endsAt) revert ChallengeWindowOpen(endsAt);
+        b.status = Status.Lapsed;
+        registry.unlockStake(b.node);
+        emit BatchLapsed(id);
     }
 
     /// @notice Proves that `receipt` is in batch `id` and that a verifier quorum signed a fraud verdict
@@ -250,7 +268,7 @@ contract Settlement is EIP712, AccessControl, ReentrancyGuard {
         bytes[] calldata verdictSignatures
     ) external nonReentrant {
         Batch storage b = _batch(id);
-        if (b.status == Status.Attested) {
+        if (b.status == Status.Attested || b.status == Status.Expired) {
             if (block.timestamp >= uint256(b.attestedAt) + challengeWindow) revert ChallengeWindowClosed();
         } else if (b.status != Status.Submitted) {
             revert WrongStatus(id, b.status);

@@ -617,6 +617,29 @@ impl Catalog {
         Ok(row.is_some())
     }
 
+    /// Whether a draft of a repository `owner` owns holds `cid`.
+    pub async fn blob_in_drafts_of(&self, cid: &BlobId, owner: Address) -> Result<bool> {
+        let row = sqlx::query(
+            "SELECT 1 AS one FROM files f JOIN releases r ON r.id = f.release_id
+             JOIN repos p ON p.id = r.repo_id
+             WHERE f.cid = $1 AND r.published_at IS NULL AND p.owner = $2 LIMIT 1",
+        )
+        .bind(cid.to_string())
+        .bind(owner.to_checksum(None))
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.is_some())
+    }
+
+    /// Whether some release (draft or published) holds `cid`.
+    pub async fn cid_held(&self, cid: &BlobId) -> Result<bool> {
+        let row = sqlx::query("SELECT 1 AS one FROM files WHERE cid = $1 LIMIT 1")
+            .bind(cid.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.is_some())
+    }
+
     /// Every CID some release (draft or published) holds.
     pub async fn referenced_cids(&self) -> Result<std::collections::HashSet<String>> {
         let rows = sqlx::query("SELECT DISTINCT cid FROM files")

@@ -167,6 +167,16 @@ enum HubCommand {
         /// Seconds a draft release may stay unpublished before it and its files are deleted.
         #[arg(long, default_value_t = 7 * 24 * 3600)]
         draft_ttl_secs: u64,
+        /// The `host[:port]` clients reach this hub by (repeatable): signed writes must name
+        /// one. Default: the listen address when it is a concrete one.
+        #[arg(long = "public-host")]
+        public_hosts: Vec<String>,
+        /// Seconds between collections of expired drafts and unattached blobs.
+        #[arg(long, hide = true, default_value_t = 600)]
+        gc_every_secs: u64,
+        /// Seconds a blob no release holds is kept before it is collected.
+        #[arg(long, hide = true, default_value_t = 3600)]
+        orphan_grace_secs: u64,
     },
     /// Print a file's CID, offline (streams; constant memory).
     Id {
@@ -490,13 +500,28 @@ pub(crate) async fn shutdown_signal() {
 }
 
 async fn serve_hub(
-    config: HubConfig,
+    mut config: HubConfig,
     listen: SocketAddr,
 ) -> anyhow::Result<(tokio::net::TcpListener, cairn_hub::HubState)> {
-    let state = cairn_hub::open(&config).await.context("opening the hub")?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding {listen}"))?;
+    // Without --public-host, a hub on a concrete address is known by it (and `localhost`).
+    let bound = listener.local_addr()?;
+    if config.public_hosts.is_empty() && !bound.ip().is_unspecified() {
+        config.public_hosts.push(bound.to_string());
+        if bound.ip().is_loopback() {
+            config
+                .public_hosts
+                .push(format!("localhost:{}", bound.port()));
+        }
+    }
+    if config.public_hosts.is_empty() {
+        tracing::warn!(
+            "the hub does not know its public names (--public-host): a signed write relayed from another hub with a forged Host header would be taken"
+        );
+    }
+    let state = cairn_hub::open(&config).await.context("opening the hub")?;
     Ok((listener, state))
 }
 
@@ -781,11 +806,17 @@ async fn hub(cmd: HubCommand) -> anyhow::Result<()> {
             max_upload_bytes,
             owner_quota_bytes,
             draft_ttl_secs,
+            gc_every_secs,
+            orphan_grace_secs,
+            public_hosts,
         } => {
             let config = HubConfig {
                 max_upload_bytes,
                 owner_quota_bytes,
                 draft_ttl: std::time::Duration::from_secs(draft_ttl_secs),
+                gc_every: std::time::Duration::from_secs(gc_every_secs.max(1)),
+                orphan_grace: std::time::Duration::from_secs(orphan_grace_secs),
+                public_hosts,
                 ..HubConfig::new(catalog, Location::parse(&blobs, s3_endpoint))
             };
             let (listener, state) = serve_hub(config, listen).await?;

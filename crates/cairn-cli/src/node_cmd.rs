@@ -232,6 +232,7 @@ pub async fn open_node(
         queue_per_model: args.queue_per_model,
         queue_total: args.queue_total,
         workers: args.workers.unwrap_or_else(|| Limits::default().workers),
+        max_output_bytes: Limits::default().max_output_bytes,
         body_timeout: Duration::from_millis(args.body_timeout_ms),
         body_budget_bytes: args.body_budget_bytes.max(args.max_body_bytes),
     };

@@ -190,8 +190,9 @@ pub async fn start_verifier(s: VerifierSetup<'_>) -> anyhow::Result<Verifier> {
         secret: sampling_secret(&dir.join("sampling.secret"))?,
         payload_window: Duration::from_secs(check.payload_window_secs),
         payload_attempts: check.payload_attempts,
-        max_fetch_bytes: 256 << 20,
+        max_fetch_bytes: 512 << 20,
         allow_private_endpoints: check.allow_private_endpoints,
+        endpoint: url.to_string(),
         attestation: cairn_attest::Policy {
             allow_dev: check.allow_dev_evidence,
         },

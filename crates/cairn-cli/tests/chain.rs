@@ -267,6 +267,7 @@ fn node_settles_on_anvil_with_separate_verifier_processes() {
             "--data-dir",
             vdir.to_str().unwrap(),
             "--allow-dev-evidence",
+            "--allow-private-endpoints",
             "--sample-rate",
             "1",
             "--tick-ms",
@@ -333,6 +334,76 @@ fn node_settles_on_anvil_with_separate_verifier_processes() {
     let later = infer(&net.url, &node.node_url, d, 2);
     let settled = wait_finalized(&node.node_url, &later);
     assert_eq!(settled["batch"]["status"], "finalized");
+
+    // A batch whose fees the node cannot cover never stops its settler: batch A is out when the
+    // node's tokens go; batch B cannot be submitted, and A is attested and finalized all the
+    // same (before, the failed submission ended every settler pass early).
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let api = rt.block_on(async {
+        let l = cairn_ledger::RpcLedger::connect(&anvil_url, std::time::Duration::from_secs(30))
+            .await
+            .unwrap();
+        cairn_ledger::Chain::new(
+            std::sync::Arc::new(l),
+            cairn_ledger::Deployment::load(&anv.dep).unwrap(),
+        )
+        .unwrap()
+    });
+    let key_of = |p: &Path| -> alloy_signer_local::PrivateKeySigner {
+        let hex = std::fs::read_to_string(p).unwrap();
+        hex.trim().trim_start_matches("0x").parse().unwrap()
+    };
+    let (node_signer, gov_signer) = (key_of(&node_key), key_of(&anv.gov));
+    let batch_of = |r: &Value| {
+        let id = SignedReceipt::verify_json(r).unwrap().id();
+        get(&format!("{}/v1/receipts/{id}", node.node_url))["batch"].clone()
+    };
+    let a = infer(&net.url, &node.node_url, d, 3);
+    eventually(30, || batch_of(&a)["id"].is_u64());
+    let all_tokens = rt
+        .block_on(api.token_balance(node_signer.address()))
+        .unwrap();
+    rt.block_on(api.transfer(&node_signer, gov_signer.address(), all_tokens))
+        .unwrap();
+    let b = infer(&net.url, &node.node_url, d, 4);
+    wait_finalized(&node.node_url, &a);
+    eventually(20, || batch_of(&b)["status"] == "sealed");
+    assert!(
+        batch_of(&b)["id"].is_null(),
+        "B was submitted without funds"
+    );
+    // Funds back: B goes out and settles too.
+    rt.block_on(api.transfer(&gov_signer, node_signer.address(), all_tokens))
+        .unwrap();
+    wait_finalized(&node.node_url, &b);
+
+    // A node on a profile governance has not approved refuses to settle: no verifier would
+    // attest its receipts, and it would escrow fees for nothing.
+    let mut args = vec![
+        "node",
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--hub",
+        &net.url,
+        "--key",
+        node_key.to_str().unwrap(),
+        "--cpu-tier",
+        "native",
+    ];
+    args.extend_from_slice(&chain);
+    let refused = std::process::Command::new(common::BIN)
+        .args(&args)
+        .arg("--data-dir")
+        .arg(d.join("native-node"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{err}");
+    assert!(err.contains("is not approved on this deployment"), "{err}");
 
     // Governance revokes the dev measurement for inference nodes: the node is no longer offered.
     anv.cairn(&[

@@ -482,9 +482,25 @@ fn bad_uploads_store_nothing_and_say_why() {
         let (name, v) = ("uploads".parse().unwrap(), "1.0".parse().unwrap());
         let file = random_file(dir.path(), "data.bin", 2 << 20);
         let real = BlobId::of(&std::fs::read(&file).unwrap());
+        // Drafts' blobs are served only to their owner (a signed request): what is stored.
         let blob_status = |id: BlobId| {
-            let url = format!("{}/v1/blobs/{id}", hub.url);
-            async move { reqwest::get(url).await.unwrap().status().as_u16() }
+            let target = format!("/v1/blobs/{id}");
+            let url = format!("{}{target}", hub.url);
+            let h = sign(
+                &hub.url,
+                &key,
+                "GET",
+                &target,
+                Sha256::digest(b"").into(),
+                now(),
+            );
+            async move {
+                let mut r = reqwest::Client::new().get(url);
+                for (k, v) in h {
+                    r = r.header(k, v);
+                }
+                r.send().await.unwrap().status().as_u16()
+            }
         };
 
         // Declared CID differs from the bytes (a corrupted upload): nothing stored or listed.
@@ -637,6 +653,11 @@ fn blobs_are_served_with_ranges_etags_and_immutable_caching() {
                 "application/octet-stream",
                 |_| {},
             )
+            .await
+            .unwrap();
+        // Anyone reads the files of a published release.
+        client
+            .publish(&"ranges".parse().unwrap(), "1.0".parse().unwrap())
             .await
             .unwrap();
         let url = format!("{}/v1/blobs/{}", hub.url, entry.cid);

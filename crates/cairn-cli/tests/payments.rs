@@ -250,7 +250,8 @@ fn exact_header(infer_url: &str, i: usize) -> String {
     })
 }
 
-async fn post(url: &str, header: &str, body: Vec<u8>) -> (u16, Value) {
+/// Like [`post`], with the answer's JSON body too.
+async fn post_answer(url: &str, header: &str, body: Vec<u8>) -> (u16, Value, Value) {
     let r = reqwest::Client::new()
         .post(url)
         .header("PAYMENT-SIGNATURE", header)
@@ -266,6 +267,11 @@ async fn post(url: &str, header: &str, body: Vec<u8>) -> (u16, Value) {
             cairn_x402::wire::decode_header::<Value>("PAYMENT-REQUIRED", h.as_bytes()).ok()
         })
         .unwrap_or_default();
+    (status, v2, r.json().await.unwrap_or_default())
+}
+
+async fn post(url: &str, header: &str, body: Vec<u8>) -> (u16, Value) {
+    let (status, v2, _) = post_answer(url, header, body).await;
     (status, v2)
 }
 
@@ -283,23 +289,39 @@ fn a_node_runs_a_replayed_payment_once_and_charges_nothing_for_failures() {
     let payer = dev_signer(8).address();
     let start = receipts();
 
-    // Sequential replay: the second use is refused and nothing runs.
+    // Sequential replay: nothing runs again and nothing is charged again; the same payment for
+    // the same resource gets the answer it already bought (a client that lost it to a cut
+    // connection must not pay twice).
     let h = exact_header(&url, 8);
-    let (first, _) = block(post(&url, &h, good.clone()));
+    let p0 = balance(&devnet_chain(&data), payer);
+    let (first, _, r1) = block(post_answer(&url, &h, good.clone()));
     assert_eq!(first, 200);
-    let (again, v2) = block(post(&url, &h, good.clone()));
+    let (again, _, r2) = block(post_answer(&url, &h, good.clone()));
+    assert_eq!(again, 200);
+    assert_eq!(r1["parameters"]["receipt"], r2["parameters"]["receipt"]);
+    assert_eq!(receipts(), start + 1);
+    assert_eq!(balance(&devnet_chain(&data), payer), p0 - U256::from(PRICE));
+    // The same payment for another model is a replay: refused.
+    let other = url.replace("digits@1.0", "digits");
+    let (status, v2, _) = block(post_answer(&other, &h, good.clone()));
     assert_eq!(
-        (again, v2["error"].as_str()),
+        (status, v2["error"].as_str()),
         (402, Some("invalid_exact_evm_nonce_already_used"))
     );
-    assert_eq!(receipts(), start + 1);
 
-    // Parallel replay of a fresh payment: exactly one runs.
+    // Parallel replay of a fresh payment: exactly one runs; the others are refused while it
+    // runs or get its answer after.
     let h = exact_header(&url, 8);
     let all = block(futures::future::join_all(
-        (0..8).map(|_| post(&url, &h, good.clone())),
+        (0..8).map(|_| post_answer(&url, &h, good.clone())),
     ));
-    assert_eq!(all.iter().filter(|r| r.0 == 200).count(), 1, "{all:?}");
+    let ok: Vec<&Value> = all.iter().filter(|r| r.0 == 200).map(|r| &r.2).collect();
+    assert!(!ok.is_empty(), "{all:?}");
+    assert!(
+        ok.iter()
+            .all(|r| r["parameters"]["receipt"] == ok[0]["parameters"]["receipt"])
+    );
+    assert!(all.iter().all(|r| r.0 == 200 || r.0 == 402), "{all:?}");
     assert_eq!(receipts(), start + 2);
 
     // A request that fails (bad input) is not charged, and its payment stays usable.
@@ -677,15 +699,17 @@ fn a_failed_settlement_is_neither_billed_nor_served() {
     let void = r.iter().find(|x| x.1 == "void").expect("a voided receipt");
     assert!(!void.2, "the unpaid output is still kept: {r:?}");
     assert!(r.iter().any(|x| x.1 == "final" && x.2), "{r:?}");
-    // Its output is not served, not even to its payer's token holder.
+    // Its output is not served, not even to its payer (a signed request).
+    let url_out = format!("{}/v1/receipts/{}/output", a.node.node_url, void.0);
+    let h = cairn_core::auth::sign_url(&dev_signer(9), "GET", &url_out, b"").unwrap();
     let resp = block(async {
-        reqwest::get(format!("{}/v1/receipts/{}/output", a.node.node_url, void.0))
-            .await
-            .unwrap()
-            .status()
-            .as_u16()
+        let mut r = reqwest::Client::new().get(&url_out);
+        for (k, v) in h.to_pairs() {
+            r = r.header(k, v);
+        }
+        r.send().await.unwrap().status().as_u16()
     });
-    assert!(resp == 401 || resp == 404, "{resp}");
+    assert_eq!(resp, 404);
     // The batch holds exactly the paid receipt, its fees come from the vault, not the node.
     common::eventually(30, || block(chain.batch_count()).unwrap() >= 1);
     let b = block(chain.batch(1)).unwrap();

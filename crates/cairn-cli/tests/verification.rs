@@ -241,19 +241,19 @@ fn a_node_that_withholds_payloads_fails_its_samples() {
 
 #[test]
 fn a_node_down_for_longer_than_an_attempt_but_shorter_than_the_window_is_not_slashed() {
-    // The node refuses every payload for 6 s after its batch is sealed (a restart, an
-    // overload); verifiers try 3 times over 12 s. Before the fix one failed fetch after the
+    // The node refuses every payload for 7 s after its batch is sealed (a restart, an
+    // overload); verifiers try 4 times over 15 s (every 5 s). Before the fix one failed fetch after the
     // deadline was a verdict, and a quorum of them slashed an honest node.
     let net = Server::devnet_with(&[
         "--free",
         "--sample-rate",
         "1",
         "--payload-window-secs",
-        "12",
+        "15",
         "--payload-attempts",
-        "3",
+        "4",
         "--fault-payload-outage-secs",
-        "6",
+        "7",
         "--batch-max-age-secs",
         "1",
     ]);
@@ -265,7 +265,11 @@ fn a_node_down_for_longer_than_an_attempt_but_shorter_than_the_window_is_not_sla
         eventually(120, || batch_status(&net, r) == "finalized");
     }
     let after = nodes(&net);
-    assert_eq!(dec(&role(&after, "inference")[0]["stake"]), stake, "an honest node lost stake");
+    assert_eq!(
+        dec(&role(&after, "inference")[0]["stake"]),
+        stake,
+        "an honest node lost stake"
+    );
     // Every running verifier met the outage (at least one failed attempt) and then confirmed.
     for v in role(&after, "verifier") {
         let url = v["endpoint"].as_str().unwrap();

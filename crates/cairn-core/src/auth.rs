@@ -218,27 +218,22 @@ impl SignedHeaders {
 }
 
 /// Checks a whole signed request whose body is in hand: headers (through `lookup`), signature
-/// over `host`/`method`/`target`, clock, body digest, and (with `guard`) replay. Returns the
-/// signer.
+/// over `host`/`method`/`target`, clock and body digest. Returns the headers (the caller checks
+/// the signer is authorized, then replay with [`ReplayGuard::check`]) and the signer.
 pub fn verify_request<'h>(
     lookup: impl Fn(&'static str) -> Option<&'h str>,
     host: &str,
     method: &str,
     target: &str,
     body: &[u8],
-    guard: Option<&ReplayGuard>,
-) -> Result<Address, AuthError> {
+) -> Result<(SignedHeaders, Address), AuthError> {
     use sha2::Digest;
     let h = SignedHeaders::from_lookup(lookup)?;
-    let now = unix_now();
-    let signer = h.verify(host, method, target, now)?;
+    let signer = h.verify(host, method, target, unix_now())?;
     if <[u8; 32]>::from(sha2::Sha256::digest(body)) != h.body_sha256 {
         return Err(AuthError::BodyMismatch);
     }
-    if let Some(g) = guard {
-        g.check(&h, now)?;
-    }
-    Ok(signer)
+    Ok((h, signer))
 }
 
 /// Signs a request to `host` (`host[:port]`) with a fresh nonce at the current time.
@@ -317,34 +312,47 @@ pub fn unix_now() -> u64 {
 }
 
 /// Remembers the (signer, nonce) pairs seen within the clock window, so each signed request is
-/// accepted once. In memory: bounded by `capacity`; when full of unexpired entries it refuses
-/// (fails closed) rather than forgetting.
+/// accepted once. In memory and bounded per signer: a signer that fills its share (or the table
+/// of signers when it is full) is refused, never anyone else. Check it only for signers already
+/// known to be authorized, so strangers cannot fill it at all.
 pub struct ReplayGuard {
-    seen: Mutex<HashMap<(Address, [u8; 16]), u64>>,
-    capacity: usize,
+    seen: Mutex<HashMap<Address, HashMap<[u8; 16], u64>>>,
+    per_signer: usize,
+    signers: usize,
 }
 
 impl ReplayGuard {
-    /// A guard remembering at most `capacity` requests.
-    pub fn new(capacity: usize) -> Self {
+    /// A guard remembering at most `per_signer` requests of each of at most `signers` signers.
+    pub fn new(per_signer: usize, signers: usize) -> Self {
         Self {
             seen: Mutex::new(HashMap::new()),
-            capacity,
+            per_signer,
+            signers,
         }
     }
 
-    /// Records `h` as used at `now`; `Err(Replayed)` when it was seen before (or the guard is
-    /// full of live entries).
+    /// Records `h` as used at `now`; `Err(Replayed)` when it was seen before (or its signer's
+    /// share is full of live entries).
     pub fn check(&self, h: &SignedHeaders, now: u64) -> Result<(), AuthError> {
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        if seen.len() >= self.capacity {
-            seen.retain(|_, expires| *expires > now);
-            if seen.len() >= self.capacity {
+        if !seen.contains_key(&h.address) && seen.len() >= self.signers {
+            seen.retain(|_, nonces| {
+                nonces.retain(|_, expires| *expires > now);
+                !nonces.is_empty()
+            });
+            if seen.len() >= self.signers {
+                return Err(AuthError::Replayed);
+            }
+        }
+        let nonces = seen.entry(h.address).or_default();
+        if nonces.len() >= self.per_signer {
+            nonces.retain(|_, expires| *expires > now);
+            if nonces.len() >= self.per_signer {
                 return Err(AuthError::Replayed);
             }
         }
         let expires = h.timestamp + MAX_CLOCK_SKEW_SECS + 1;
-        match seen.entry((h.address, h.nonce)) {
+        match nonces.entry(h.nonce) {
             std::collections::hash_map::Entry::Occupied(_) => Err(AuthError::Replayed),
             std::collections::hash_map::Entry::Vacant(v) => {
                 v.insert(expires);
@@ -472,21 +480,27 @@ mod tests {
     }
 
     #[test]
-    fn the_replay_guard_accepts_a_request_once() {
+    fn the_replay_guard_accepts_a_request_once_and_bounds_each_signer() {
         let key = PrivateKeySigner::random();
-        let guard = ReplayGuard::new(2);
+        let guard = ReplayGuard::new(2, 2);
         let a = signed(&key, "/a", b"", 1_000);
         assert!(guard.check(&a, 1_000).is_ok());
         assert_eq!(guard.check(&a, 1_000), Err(AuthError::Replayed));
         let mut b = a.clone();
         b.nonce[0] ^= 1;
         assert!(guard.check(&b, 1_000).is_ok());
-        // Full of live entries: refuse rather than forget one.
+        // This signer's share is full of live entries: it is refused, nobody else is.
         let mut c = a.clone();
         c.nonce[1] ^= 1;
         assert_eq!(guard.check(&c, 1_000), Err(AuthError::Replayed));
-        // Once the first two have expired there is room again.
-        assert!(guard.check(&c, 1_000 + MAX_CLOCK_SKEW_SECS + 2).is_ok());
+        let other = signed(&PrivateKeySigner::random(), "/a", b"", 1_000);
+        assert!(guard.check(&other, 1_000).is_ok());
+        // The table of signers is full: a third signer waits until entries expire.
+        let third = signed(&PrivateKeySigner::random(), "/a", b"", 1_000);
+        assert_eq!(guard.check(&third, 1_000), Err(AuthError::Replayed));
+        let later = 1_000 + MAX_CLOCK_SKEW_SECS + 2;
+        assert!(guard.check(&c, later).is_ok());
+        assert!(guard.check(&third, later).is_ok());
     }
 
     #[test]

@@ -26,6 +26,14 @@ pub struct HubConfig {
     pub owner_quota_bytes: u64,
     /// A draft release not published within this is deleted with its files.
     pub draft_ttl: std::time::Duration,
+    /// How often expired drafts and unattached blobs are collected.
+    pub gc_every: std::time::Duration,
+    /// How old a blob no release holds must be before it is collected (an upload's catalog
+    /// write follows its store write by a moment).
+    pub orphan_grace: std::time::Duration,
+    /// The `host[:port]` names clients reach this hub by: signed writes must name one. Empty:
+    /// the `Host` each request arrives with (a hub that does not know its names).
+    pub public_hosts: Vec<String>,
 }
 
 impl HubConfig {
@@ -37,6 +45,9 @@ impl HubConfig {
             max_upload_bytes: 16 << 30,
             owner_quota_bytes: 64 << 30,
             draft_ttl: std::time::Duration::from_secs(7 * 24 * 3600),
+            gc_every: std::time::Duration::from_secs(600),
+            orphan_grace: std::time::Duration::from_secs(3600),
+            public_hosts: Vec::new(),
         }
     }
 }
@@ -66,10 +77,6 @@ pub async fn open(config: &HubConfig) -> Result<HubState, HubError> {
     Ok(HubState::new(catalog, store, config))
 }
 
-/// How long a blob no release holds may stay (an upload whose catalog write has not happened
-/// yet looks the same for a moment).
-const ORPHAN_GRACE: std::time::Duration = std::time::Duration::from_secs(3600);
-
 /// One collection pass: deletes expired drafts (with their files), then every blob no release
 /// holds that is older than `grace`. Returns (drafts, blobs) removed.
 pub async fn collect_garbage(
@@ -86,9 +93,10 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), HubError> {
     let collector = state.clone();
+    let (every, grace) = state.gc_schedule();
     tokio::spawn(async move {
         loop {
-            match collector.collect(ORPHAN_GRACE).await {
+            match collector.collect(grace).await {
                 Ok((0, 0)) => {}
                 Ok((drafts, blobs)) => {
                     tracing::info!(
@@ -99,7 +107,7 @@ pub async fn serve(
                 }
                 Err(e) => tracing::warn!(error = %e, "garbage collection failed"),
             }
-            tokio::time::sleep(std::time::Duration::from_secs(600)).await;
+            tokio::time::sleep(every).await;
         }
     });
     let app = router(state).into_make_service_with_connect_info::<SocketAddr>();

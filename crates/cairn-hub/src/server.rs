@@ -41,6 +41,8 @@ struct Inner {
     max_upload_bytes: u64,
     owner_quota_bytes: u64,
     draft_ttl: std::time::Duration,
+    gc: (std::time::Duration, std::time::Duration),
+    public_hosts: Vec<String>,
 }
 
 impl HubState {
@@ -53,8 +55,19 @@ impl HubState {
                 max_upload_bytes: config.max_upload_bytes,
                 owner_quota_bytes: config.owner_quota_bytes,
                 draft_ttl: config.draft_ttl,
+                gc: (config.gc_every, config.orphan_grace),
+                public_hosts: config
+                    .public_hosts
+                    .iter()
+                    .map(|h| h.to_ascii_lowercase())
+                    .collect(),
             }),
         }
+    }
+
+    /// (how often to collect, how old an unattached blob must be).
+    pub(crate) fn gc_schedule(&self) -> (std::time::Duration, std::time::Duration) {
+        self.inner.gc
     }
 
     /// Deletes expired drafts, then the blobs no release holds that are older than `grace`.
@@ -71,7 +84,12 @@ impl HubState {
         let cutoff = std::time::SystemTime::now() - grace;
         let mut blobs = 0;
         for (id, written) in i.store.list().await? {
-            if written < cutoff && !held.contains(&id.to_string()) {
+            // Asked again right before deleting: an upload of the same bytes may have attached
+            // it since the snapshot.
+            if written < cutoff
+                && !held.contains(&id.to_string())
+                && !i.catalog.cid_held(&id).await?
+            {
                 i.store.delete(&id).await?;
                 blobs += 1;
             }
@@ -168,7 +186,8 @@ impl FromRequestParts<HubState> for Signer {
         })?;
         let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         let now = now_secs().max(0) as u64;
-        let address = headers.verify(request_host(parts), parts.method.as_str(), target, now)?;
+        let host = request_host(parts, &state.inner.public_hosts);
+        let address = headers.verify(host, parts.method.as_str(), target, now)?;
         let expires = (headers.timestamp + MAX_CLOCK_SKEW_SECS + 1) as i64;
         if !state
             .inner
@@ -189,14 +208,43 @@ impl FromRequestParts<HubState> for Signer {
     }
 }
 
-/// The host a request was sent to, as its signature must name it.
-fn request_host(parts: &Parts) -> &str {
-    parts
+/// An unsigned request has no signer; a signed one must verify.
+impl axum::extract::OptionalFromRequestParts<HubState> for Signer {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &HubState,
+    ) -> Result<Option<Self>, ApiError> {
+        if !parts
+            .headers
+            .contains_key(cairn_core::auth::HEADER_SIGNATURE)
+        {
+            return Ok(None);
+        }
+        <Self as FromRequestParts<HubState>>::from_request_parts(parts, state)
+            .await
+            .map(Some)
+    }
+}
+
+/// The host a request's signature must name: one of the hub's public hosts (the one the
+/// request was sent to, when it is one), so a write signed for another hub and relayed here
+/// with a forged `Host` is refused; the request's own `Host` when none is configured.
+fn request_host<'a>(parts: &'a Parts, public: &'a [String]) -> &'a str {
+    let sent = parts
         .headers
         .get(header::HOST)
         .and_then(|v| v.to_str().ok())
         .or_else(|| parts.uri.authority().map(|a| a.as_str()))
-        .unwrap_or("")
+        .unwrap_or("");
+    match public.first() {
+        None => sent,
+        Some(first) => public
+            .iter()
+            .find(|h| h.eq_ignore_ascii_case(sent))
+            .unwrap_or(first),
+    }
 }
 
 /// A signed request with a JSON body whose digest matches the signature.
@@ -598,12 +646,25 @@ async fn download_blob(
     State(state): State<HubState>,
     method: Method,
     Path(cid): Path<String>,
+    signer: Option<Signer>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let id: BlobId = parse(&cid)?;
-    // Only files of published releases are served: a draft's bytes are the uploader's own
-    // business, and nobody can make a node fetch what no release vouches for.
-    if !state.inner.catalog.blob_published(&id).await? {
+    // Only files of published releases are served to anyone: a draft's bytes are its owner's
+    // (a request signed by the owner reads them), and nobody can make a node fetch what no
+    // release vouches for.
+    let visible = state.inner.catalog.blob_published(&id).await?
+        || match &signer {
+            Some(s) => {
+                state
+                    .inner
+                    .catalog
+                    .blob_in_drafts_of(&id, s.address)
+                    .await?
+            }
+            None => false,
+        };
+    if !visible {
         return Err(StoreError::NotFound(id).into());
     }
     let etag = format!("\"{id}\"");

@@ -196,14 +196,20 @@ pub enum BatchStatus {
     Finalized,
     /// Proven wrong by a challenge; fees went to the treasury.
     Voided,
-    /// Not attested within the attestation timeout; fees went back to the node's vault.
+    /// Not attested within the attestation timeout; fees went back to the node's vault. Still
+    /// challengeable for the challenge window (from `attested_at`, its expiry time).
     Expired,
+    /// Expired and past its challenge window: closed.
+    Lapsed,
 }
 
 impl BatchStatus {
     /// Whether the batch can still change (and so still locks the node's stake and payloads).
     pub fn is_open(self) -> bool {
-        matches!(self, BatchStatus::Submitted | BatchStatus::Attested)
+        matches!(
+            self,
+            BatchStatus::Submitted | BatchStatus::Attested | BatchStatus::Expired
+        )
     }
 }
 
@@ -979,6 +985,22 @@ impl Chain {
         .await
     }
 
+    /// Closes an expired batch past its challenge window (unlocks the node's stake).
+    pub async fn lapse(
+        &self,
+        sender: &PrivateKeySigner,
+        batch_id: u64,
+    ) -> Result<TxOutcome, LedgerError> {
+        self.exec(
+            sender,
+            self.deployment.settlement,
+            Settlement::lapseCall {
+                id: U256::from(batch_id),
+            },
+        )
+        .await
+    }
+
     /// Seconds after submission within which a batch must be attested.
     pub async fn attestation_timeout(&self) -> Result<u64, LedgerError> {
         self.view(
@@ -1034,6 +1056,7 @@ impl Chain {
                 3 => BatchStatus::Finalized,
                 4 => BatchStatus::Voided,
                 5 => BatchStatus::Expired,
+                6 => BatchStatus::Lapsed,
                 _ => BatchStatus::Unknown,
             },
             verifiers: b.verifiers,

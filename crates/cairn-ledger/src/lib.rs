@@ -5,6 +5,7 @@
 //! transaction) and [`RpcLedger`] (any EVM JSON-RPC endpoint through alloy). [`Chain`] puts the
 //! contract bindings ([`contracts`]) on top of either.
 
+pub mod active;
 pub mod anvil;
 pub mod chain;
 pub mod contracts;
@@ -16,6 +17,7 @@ use alloy_primitives::{Address, B256, Bytes, Log, U256};
 use alloy_signer_local::PrivateKeySigner;
 use async_trait::async_trait;
 
+pub use active::ActiveVerifiers;
 pub use chain::{BatchInfo, BatchStatus, Chain, ChannelState, NodeInfo, RegistrationRequest, Role};
 pub use deploy::{DeployParams, Deployment, dev_signer, dev_signers};
 pub use embedded::EmbeddedLedger;

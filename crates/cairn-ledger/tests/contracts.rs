@@ -935,8 +935,8 @@ async fn open_batches_bind_stake(ledger: Arc<dyn Ledger>) {
     chain.expire(&a.outsider, id).await.unwrap();
     assert_eq!(chain.batch(id).await.unwrap().status, BatchStatus::Expired);
     assert_eq!(chain.token_balance(vault).await.unwrap(), v0 + fees);
-    assert_eq!(chain.open_batches(node).await.unwrap(), 0);
-    // An expired batch can be neither attested nor challenged nor expired again.
+    // Still challengeable for a window, so the stake stays locked until it lapses.
+    assert_eq!(chain.open_batches(node).await.unwrap(), 1);
     let batch = chain.batch(id).await.unwrap();
     let e = chain
         .attest_batch(&a.node, id, sign_all(&chain, &a.verifiers, &batch))
@@ -945,6 +945,57 @@ async fn open_batches_bind_stake(ledger: Arc<dyn Ledger>) {
     assert!(reason(e).contains("WrongStatus"));
     let e = chain.expire(&a.outsider, id).await.unwrap_err();
     assert!(reason(e).contains("WrongStatus"));
+    let e = chain.lapse(&a.outsider, id).await.unwrap_err();
+    assert!(reason(e).contains("ChallengeWindowOpen"));
+    ledger
+        .advance_time(chain.challenge_window().await.unwrap() + 1)
+        .await
+        .unwrap();
+    chain.lapse(&a.outsider, id).await.unwrap();
+    assert_eq!(chain.batch(id).await.unwrap().status, BatchStatus::Lapsed);
+    assert_eq!(chain.open_batches(node).await.unwrap(), 0);
+
+    // Attack: a node front-runs a pending fraud proof by expiring its batch. The proof still
+    // lands within the window after expiry: voided and slashed.
+    let (id, _) = chain
+        .submit_batch(&a.node, tree.root(), 2, fees)
+        .await
+        .unwrap();
+    ledger
+        .advance_time(chain.attestation_timeout().await.unwrap() + 1)
+        .await
+        .unwrap();
+    chain.expire(&a.node, id).await.unwrap();
+    let staked = chain.node(node).await.unwrap().stake;
+    let evidence = keccak256("fraud");
+    let verdicts: Vec<(Address, Signature)> = a.verifiers[..2]
+        .iter()
+        .map(|v| {
+            (
+                v.address(),
+                chain
+                    .sign_verdict(v, id, rs[1].signing_hash(), evidence)
+                    .unwrap(),
+            )
+        })
+        .collect();
+    chain
+        .challenge(
+            &a.payer,
+            id,
+            as_settlement(&rs[1]),
+            tree.proof(rs[1].signing_hash()).unwrap(),
+            evidence,
+            verdicts,
+        )
+        .await
+        .unwrap();
+    assert_eq!(chain.batch(id).await.unwrap().status, BatchStatus::Voided);
+    assert_eq!(
+        chain.node(node).await.unwrap().stake,
+        staked / U256::from(2u64)
+    );
+    assert_eq!(chain.open_batches(node).await.unwrap(), 0);
 
     // Attack: submit a batch, unbond all stake, wait out the delay and leave before the batch
     // is final. The stake stays (withdrawal refused) and a proven fraud still slashes it.

@@ -464,7 +464,8 @@ impl Settler {
         let open: Vec<(i64, u64)> = self
             .db(|c| {
                 let mut stmt = c.prepare_cached(
-                    "SELECT local, chain_batch FROM batches WHERE status IN ('submitted', 'attested') ORDER BY local",
+                    "SELECT local, chain_batch FROM batches
+                     WHERE status IN ('submitted', 'attested', 'expired') ORDER BY local",
                 )?;
                 stmt.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?
                     .collect()
@@ -512,7 +513,20 @@ impl Settler {
                         }
                     }
                 }
-                BatchStatus::Expired => self.reopen(local).await?,
+                BatchStatus::Expired => {
+                    // Its receipts go into a new batch at once; the old one lapses (unlocking
+                    // the stake) once nobody can challenge it any more.
+                    self.reopen(local).await?;
+                    if now >= b.attested_at + window {
+                        match self.chain.lapse(&self.key, id).await {
+                            Ok(_) => self.mark(local, "lapsed", None).await?,
+                            Err(e) => {
+                                tracing::warn!(batch = id, error = %e, "lapse failed; will retry")
+                            }
+                        }
+                    }
+                }
+                BatchStatus::Lapsed => self.mark(local, "lapsed", None).await?,
                 BatchStatus::Finalized => self.mark(local, "finalized", None).await?,
                 BatchStatus::Voided => self.mark(local, "voided", None).await?,
                 _ => {}

@@ -275,3 +275,23 @@ fn hub_error(reference: &str, e: ClientError) -> NodeError {
         other => NodeError::HubUnavailable(other.to_string()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partial_downloads_left_by_a_crash_are_swept() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(".bafkreiabc.bafkreiabc.partial"), b"half").unwrap();
+        std::fs::write(dir.path().join("bafkreikeep"), b"whole").unwrap();
+        let hub = HubClient::new("http://127.0.0.1:9", None).unwrap();
+        let engine: Arc<dyn Engine> = Arc::new(cairn_engine::TractEngine::new());
+        ModelCache::new(dir.path().to_owned(), hub, engine, 1 << 20, 1 << 20);
+        let left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(left, ["bafkreikeep"]);
+    }
+}

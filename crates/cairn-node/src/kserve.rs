@@ -3,7 +3,7 @@
 
 use cairn_core::{DataType, Tensor, tensor::element_count};
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use crate::error::NodeError;
 
@@ -21,9 +21,34 @@ pub struct InferRequest {
     /// Outputs wanted (all when absent).
     #[serde(default)]
     pub outputs: Option<Vec<RequestOutput>>,
-    /// Request parameters (`binary_data_output`).
+    /// Request parameters (`binary_data_output`; others are skipped unread).
     #[serde(default)]
-    pub parameters: Option<Map<String, Value>>,
+    pub parameters: Option<RequestParams>,
+}
+
+/// The request parameters Cairn reads. Every other key is skipped without being built into a
+/// value (a body of parameters costs no more memory than its text).
+#[derive(Debug, Default, Deserialize)]
+pub struct RequestParams {
+    /// Outputs in binary unless listed otherwise.
+    #[serde(default)]
+    pub binary_data_output: Option<bool>,
+}
+
+/// The input parameters Cairn reads.
+#[derive(Debug, Default, Deserialize)]
+pub struct InputParams {
+    /// The input's bytes follow the JSON part.
+    #[serde(default)]
+    pub binary_data_size: Option<u64>,
+}
+
+/// The output parameters Cairn reads.
+#[derive(Debug, Default, Deserialize)]
+pub struct OutputParams {
+    /// This output in binary.
+    #[serde(default)]
+    pub binary_data: Option<bool>,
 }
 
 /// One input tensor on the wire.
@@ -37,7 +62,7 @@ pub struct RequestInput {
     pub datatype: String,
     /// `binary_data_size` when the data follows the JSON.
     #[serde(default)]
-    pub parameters: Option<Map<String, Value>>,
+    pub parameters: Option<InputParams>,
     /// Row-major values, flat or nested: kept as text and converted straight into the
     /// tensor's bytes once its type and size are known (never a tree of JSON values, which
     /// would take many times the body's size).
@@ -52,7 +77,7 @@ pub struct RequestOutput {
     pub name: String,
     /// `binary_data: true` asks for the binary form.
     #[serde(default)]
-    pub parameters: Option<Map<String, Value>>,
+    pub parameters: Option<OutputParams>,
 }
 
 /// A response output.
@@ -70,13 +95,6 @@ pub struct ResponseOutput {
     /// Values (JSON form).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub data: Option<Value>,
-}
-
-fn param_bool(p: &Option<Map<String, Value>>, key: &str) -> bool {
-    p.as_ref()
-        .and_then(|m| m.get(key))
-        .and_then(Value::as_bool)
-        .unwrap_or(false)
 }
 
 /// Limits applied while decoding.
@@ -143,19 +161,7 @@ pub fn decode(
             )));
         }
         let count = count as usize;
-        let binary_size = input
-            .parameters
-            .as_ref()
-            .and_then(|p| p.get("binary_data_size"))
-            .map(|v| {
-                v.as_u64().ok_or_else(|| {
-                    NodeError::BadRequest(format!(
-                        "input `{}`: binary_data_size must be an integer",
-                        input.name
-                    ))
-                })
-            })
-            .transpose()?;
+        let binary_size = input.parameters.as_ref().and_then(|p| p.binary_data_size);
         let data = match (binary_size, input.data) {
             (Some(_), Some(_)) => {
                 return Err(NodeError::BadRequest(format!(
@@ -202,15 +208,18 @@ pub fn decode(
     }
     cairn_core::tensor::check_unique_names(&inputs)
         .map_err(|e| NodeError::BadRequest(e.to_string()))?;
-    let binary_output = param_bool(&req.parameters, "binary_data_output");
+    let binary_output = req
+        .parameters
+        .as_ref()
+        .and_then(|p| p.binary_data_output)
+        .unwrap_or(false);
     let outputs = req.outputs.map(|outs| {
         outs.into_iter()
             .map(|o| {
                 let bin = o
                     .parameters
                     .as_ref()
-                    .and_then(|p| p.get("binary_data"))
-                    .and_then(Value::as_bool)
+                    .and_then(|p| p.binary_data)
                     .unwrap_or(binary_output);
                 (o.name, bin)
             })
@@ -244,7 +253,8 @@ impl std::fmt::Display for Scalar {
     }
 }
 
-/// Streams the scalars of a (nested) JSON array into the bytes of one tensor.
+/// Streams the scalars of a (nested) JSON array into the bytes of one tensor. A value of the
+/// wrong kind is remembered and counting goes on: a wrong element count is reported first.
 struct Sink<'n> {
     name: &'n str,
     dtype: DataType,
@@ -252,18 +262,30 @@ struct Sink<'n> {
     seen: usize,
     out: Vec<u8>,
     err: Option<NodeError>,
+    bad: Option<NodeError>,
 }
 
 impl Sink<'_> {
+    /// Takes the next value; `Err` only when there are more values than the shape holds.
     fn push(&mut self, v: Scalar) -> Result<(), NodeError> {
-        let i = self.seen;
-        self.seen += 1;
-        if self.seen > self.count {
+        if self.seen >= self.count {
+            self.seen += 1;
             return Err(NodeError::InvalidShape(format!(
                 "input `{}`: its shape holds {} elements but `data` has more than {}",
                 self.name, self.count, self.count
             )));
         }
+        if self.bad.is_none()
+            && let Err(e) = self.convert(v)
+        {
+            self.bad = Some(e);
+        }
+        self.seen += 1;
+        Ok(())
+    }
+
+    fn convert(&mut self, v: Scalar) -> Result<(), NodeError> {
+        let i = self.seen;
         let (name, dtype) = (self.name, self.dtype);
         let bad = || {
             NodeError::InvalidData(format!(
@@ -381,6 +403,7 @@ pub(crate) fn raw_values_to_bytes(
         seen: 0,
         out: Vec::with_capacity(count.saturating_mul(dtype.size()).min(64 << 20)),
         err: None,
+        bad: None,
     };
     let mut de = serde_json::Deserializer::from_str(raw.get());
     let parsed = serde::de::DeserializeSeed::deserialize(&mut sink, &mut de);
@@ -398,7 +421,10 @@ pub(crate) fn raw_values_to_bytes(
             sink.seen
         )));
     }
-    Ok(sink.out)
+    match sink.bad {
+        Some(e) => Err(e),
+        None => Ok(sink.out),
+    }
 }
 
 fn flatten<'a>(v: &'a Value, out: &mut Vec<&'a Value>, limit: usize) -> bool {
@@ -436,6 +462,7 @@ pub(crate) fn json_values_to_bytes(
         seen: 0,
         out: Vec::with_capacity(count * dtype.size()),
         err: None,
+        bad: None,
     };
     for (i, v) in flat.iter().enumerate() {
         let scalar = match v {
@@ -454,7 +481,10 @@ pub(crate) fn json_values_to_bytes(
         };
         sink.push(scalar)?;
     }
-    Ok(sink.out)
+    match sink.bad {
+        Some(e) => Err(e),
+        None => Ok(sink.out),
+    }
 }
 
 /// Raw little-endian bytes of `dtype` as a flat JSON array (non-finite floats become `null`,

@@ -46,6 +46,8 @@ pub struct Limits {
     pub queue_total: usize,
     /// Inferences running at once.
     pub workers: usize,
+    /// Largest outputs of one inference (kept for verifiers, who fetch at most 512 MiB).
+    pub max_output_bytes: usize,
     /// Longest a request body may take to arrive.
     pub body_timeout: Duration,
     /// Memory for request bodies being read at once (a body without a length counts as
@@ -62,6 +64,7 @@ impl Default for Limits {
             queue_per_model: 256,
             queue_total: 1024,
             workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            max_output_bytes: 256 << 20,
             body_timeout: Duration::from_secs(10),
             body_budget_bytes: 256 << 20,
         }

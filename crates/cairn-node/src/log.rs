@@ -181,7 +181,8 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
         "CREATE INDEX IF NOT EXISTS receipts_unbatched ON receipts (created_at) WHERE batch IS NULL;
          CREATE INDEX IF NOT EXISTS receipts_by_batch ON receipts (batch);
          CREATE INDEX IF NOT EXISTS receipts_awaiting ON receipts (created_at)
-           WHERE billing = 'awaiting_payment';",
+           WHERE billing = 'awaiting_payment';
+         CREATE INDEX IF NOT EXISTS receipts_by_payment ON receipts (payment_ref);",
     )
 }
 
@@ -381,6 +382,24 @@ impl ReceiptLog {
                 params![chain_batch as i64],
                 |r| r.get::<_, i64>(0).map(|n| n as u64),
             )
+        })
+        .await
+    }
+
+    /// The receipt (JSON) and kept output of the request paid by `payment_ref`, unless its
+    /// payment failed.
+    pub async fn by_payment(
+        &self,
+        payment_ref: B256,
+    ) -> Result<Option<(String, Vec<u8>)>, NodeError> {
+        self.read(move |c| {
+            c.query_row(
+                "SELECT receipt, output FROM receipts
+                 WHERE payment_ref = ?1 AND billing != 'void' AND output IS NOT NULL LIMIT 1",
+                params![payment_ref.as_slice()],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
         })
         .await
     }

@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use alloy_primitives::{B256, U256};
 use alloy_signer_local::PrivateKeySigner;
@@ -52,10 +53,14 @@ struct Inner {
     faults: crate::Faults,
     /// Keys the capability tokens that let a caller read its own payloads.
     token_key: B256,
-    /// Signed requests already seen.
-    replay: cairn_core::auth::ReplayGuard,
-    /// Recent registry answers on who is an active verifier: (active, checked at).
-    verifiers: Mutex<HashMap<alloy_primitives::Address, (bool, u64)>>,
+    /// Signed requests already seen, from payers and from verifiers (apart: payers cannot
+    /// crowd verifiers out).
+    payer_replay: cairn_core::auth::ReplayGuard,
+    verifier_replay: cairn_core::auth::ReplayGuard,
+    /// The registry's active verifiers (`None` without a chain).
+    verifiers: Option<cairn_ledger::ActiveVerifiers>,
+    /// The host of this node's registered endpoint, with when it was read.
+    own_host: tokio::sync::Mutex<Option<(String, std::time::Instant)>>,
 }
 
 pub(crate) async fn open(c: NodeConfig) -> Result<NodeState, NodeError> {
@@ -79,10 +84,21 @@ pub(crate) async fn open(c: NodeConfig) -> Result<NodeState, NodeError> {
     )
     .await?;
     let chain = c.settlement.as_ref().map(|cfg| cfg.chain.clone());
+    let token_key = alloy_primitives::keccak256(
+        [
+            b"cairn.payload-token.v1".as_slice(),
+            c.key.to_bytes().as_slice(),
+        ]
+        .concat(),
+    );
     let (paywall, payments, payment_store) = match (&chain, c.payments) {
         (Some(chain), Some(pc)) => {
+            let kept = Arc::new(KeptFromLog {
+                log: log.clone(),
+                token_key,
+            });
             let (p, info, store) =
-                open_paywall(&c.data_dir, chain, &c.key, &cache, c.price, pc).await?;
+                open_paywall(&c.data_dir, chain, &c.key, &cache, c.price, pc, kept).await?;
             (Some(p), Some(info), Some(store))
         }
         (None, Some(_)) => {
@@ -119,13 +135,7 @@ pub(crate) async fn open(c: NodeConfig) -> Result<NodeState, NodeError> {
         }
         None => None,
     };
-    let token_key = alloy_primitives::keccak256(
-        [
-            b"cairn.payload-token.v1".as_slice(),
-            c.key.to_bytes().as_slice(),
-        ]
-        .concat(),
-    );
+    let verifiers = chain.clone().map(cairn_ledger::ActiveVerifiers::new);
     Ok(NodeState(Arc::new(Inner {
         cache,
         log,
@@ -144,8 +154,10 @@ pub(crate) async fn open(c: NodeConfig) -> Result<NodeState, NodeError> {
         body_budget: BodyBudget::new(c.limits.body_budget_bytes),
         faults: c.faults,
         token_key,
-        replay: cairn_core::auth::ReplayGuard::new(100_000),
-        verifiers: Mutex::new(HashMap::new()),
+        payer_replay: cairn_core::auth::ReplayGuard::new(10_000, 100_000),
+        verifier_replay: cairn_core::auth::ReplayGuard::new(100_000, 1_000),
+        verifiers,
+        own_host: tokio::sync::Mutex::new(None),
     })))
 }
 
@@ -163,6 +175,7 @@ async fn open_paywall(
     cache: &ModelCache,
     default_price: U256,
     pc: crate::PaymentConfig,
+    kept: Arc<KeptFromLog>,
 ) -> Result<(Arc<cairn_x402::Paywall>, Value, cairn_x402::PaymentStore), NodeError> {
     let x = |e: cairn_x402::X402Error| NodeError::ChainUnavailable(format!("payments: {e}"));
     let store = cairn_x402::PaymentStore::open(&data_dir.join("payments.sqlite")).map_err(x)?;
@@ -205,7 +218,8 @@ async fn open_paywall(
         "modelPrices": pc.model_prices.iter().map(|(m, p)| json!({"model": m, "price": p.to_string()})).collect::<Vec<_>>(),
         "redeemEverySecs": pc.redeem_every.as_secs(),
     });
-    let paywall = cairn_x402::Paywall::new(facilitator, prepaid, pricing, vault);
+    let paywall =
+        cairn_x402::Paywall::new(facilitator, prepaid, pricing, vault).with_kept_answers(kept);
     Ok((Arc::new(paywall), info, store))
 }
 
@@ -384,7 +398,9 @@ async fn model_ready(
 ) -> Result<Json<Value>, NodeError> {
     // Ready means loaded: asking never loads (that is what a paid inference does).
     let r = s.0.cache.resolve(&model).await?;
-    if s.0.cache.loaded_model(&r.cid).await.is_none() {
+    // Ready: loaded, or a published model the hub describes (it loads on its first paid
+    // inference). A bare CID not loaded yet is not: asking never downloads anything.
+    if r.signature.is_none() && s.0.cache.loaded_model(&r.cid).await.is_none() {
         // KServe v2: a 4xx status says "not ready".
         return Err(NodeError::BadRequest(format!(
             "{model} is not loaded on this node yet; it loads on its first inference"
@@ -470,10 +486,13 @@ async fn add_attestation(
     let signer = chain
         .attestation_signer(&batch, &signature)
         .map_err(|e| NodeError::NotAVerifier(e.to_string()))?;
-    let active = chain
-        .is_active(signer, cairn_ledger::Role::Verifier)
-        .await
-        .map_err(|e| NodeError::ChainUnavailable(e.to_string()))?;
+    let active = match &s.0.verifiers {
+        Some(v) => v
+            .contains(signer)
+            .await
+            .map_err(|e| NodeError::ChainUnavailable(e.to_string()))?,
+        None => false,
+    };
     if !active {
         return Err(NodeError::NotAVerifier(format!(
             "the signature recovers to {signer}, which is not an active verifier for batch {id} \
@@ -521,33 +540,32 @@ fn payload_token(key: &B256, id: B256) -> B256 {
 pub const PAYLOAD_TOKEN_HEADER: &str = "cairn-payload-token";
 
 impl NodeState {
-    /// Whether `who` is an active verifier (the registry's answer, kept for 30 s).
-    async fn is_active_verifier(&self, who: alloy_primitives::Address) -> Result<bool, NodeError> {
-        let Some(chain) = &self.0.chain else {
-            return Ok(false);
-        };
-        let now = now_secs();
-        if let Some((active, at)) = self
-            .0
-            .verifiers
-            .lock()
-            .expect("verifiers")
-            .get(&who)
-            .copied()
-            && now < at + 30
-        {
-            return Ok(active);
+    /// The host signed requests to this node must name: its registered endpoint's (a request
+    /// signed for another node and relayed here is refused); the request's own `Host` while the
+    /// node is not registered on a chain.
+    async fn signed_host(&self, parts: &axum::http::request::Parts) -> String {
+        if let Some(chain) = &self.0.chain {
+            let mut cached = self.0.own_host.lock().await;
+            let stale = cached
+                .as_ref()
+                .is_none_or(|(_, at)| at.elapsed() >= Duration::from_secs(60));
+            if stale
+                && let Ok(n) = chain.node(self.address()).await
+                && let Some((host, _)) = cairn_core::auth::host_and_target(&n.endpoint)
+            {
+                *cached = Some((host, std::time::Instant::now()));
+            }
+            if let Some((host, _)) = cached.as_ref() {
+                return host.clone();
+            }
         }
-        let active = chain
-            .is_active(who, cairn_ledger::Role::Verifier)
-            .await
-            .map_err(|e| NodeError::ChainUnavailable(e.to_string()))?;
-        let mut cache = self.0.verifiers.lock().expect("verifiers");
-        if cache.len() > 10_000 {
-            cache.retain(|_, (_, at)| now < *at + 30);
-        }
-        cache.insert(who, (active, now));
-        Ok(active)
+        parts
+            .headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| parts.uri.authority().map(|a| a.as_str()))
+            .unwrap_or("")
+            .to_ascii_lowercase()
     }
 
     /// Who may read receipt `id`'s payloads: the holder of its capability token, its payer and
@@ -577,31 +595,42 @@ impl NodeState {
                 "this payload token is not the one issued with the receipt".into(),
             ));
         }
-        let host = parts
-            .headers
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .unwrap_or("");
+        let host = self.signed_host(parts).await;
         let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        let signer = cairn_core::auth::verify_request(
-            |name| parts.headers.get(name).and_then(|v| v.to_str().ok()),
-            host,
-            parts.method.as_str(),
-            target,
-            b"",
-            Some(&self.0.replay),
-        )
-        .map_err(|e| {
+        let unauthorized = |e: cairn_core::auth::AuthError| {
             NodeError::Unauthorized(format!(
                 "payloads go only to the caller who paid (its payload token, or a request signed by the payer) and to active verifiers (signed requests): {e}"
             ))
-        })?;
-        if payer == Some(signer.0.0) || self.is_active_verifier(signer).await? {
-            return Ok(());
-        }
-        Err(NodeError::Forbidden(format!(
-            "{signer} neither paid for this receipt nor is an active verifier"
-        )))
+        };
+        let (headers, signer) = cairn_core::auth::verify_request(
+            |name| parts.headers.get(name).and_then(|v| v.to_str().ok()),
+            &host,
+            parts.method.as_str(),
+            target,
+            b"",
+        )
+        .map_err(unauthorized)?;
+        // Who it is first, replay second: strangers never reach (or fill) the replay guards.
+        let guard = if payer == Some(signer.0.0) {
+            &self.0.payer_replay
+        } else {
+            let known = match &self.0.verifiers {
+                Some(v) => v
+                    .contains(signer)
+                    .await
+                    .map_err(|e| NodeError::ChainUnavailable(e.to_string()))?,
+                None => false,
+            };
+            if !known {
+                return Err(NodeError::Forbidden(format!(
+                    "{signer} neither paid for this receipt nor is an active verifier"
+                )));
+            }
+            &self.0.verifier_replay
+        };
+        guard
+            .check(&headers, cairn_core::auth::unix_now())
+            .map_err(unauthorized)
     }
 }
 
@@ -675,23 +704,67 @@ async fn receipt_output(
     payload(&s, &id, true, &parts).await
 }
 
-/// Memory for request bodies being read, in KiB permits.
+/// Memory for request bodies being read, in KiB permits, taken as the bytes arrive: a slow
+/// sender holds only what it has sent, and only until the body deadline.
 struct BodyBudget(Arc<Semaphore>);
 
 impl BodyBudget {
     fn new(bytes: usize) -> Self {
         Self(Arc::new(Semaphore::new((bytes / 1024).max(1))))
     }
+}
 
-    /// Reserves room for a body of `bytes`, or refuses with 503 when bodies in flight hold it.
-    fn admit(&self, bytes: usize) -> Result<OwnedSemaphorePermit, NodeError> {
-        let kib = u32::try_from(bytes / 1024 + 1).unwrap_or(u32::MAX);
-        self.0.clone().try_acquire_many_owned(kib).map_err(|_| {
-            NodeError::Overloaded(
-                "the node is reading as many request bodies as it has memory for; retry after a moment".into(),
-            )
-        })
-    }
+/// Why a body could not be read.
+enum ReadError {
+    TooLarge,
+    Slow,
+    Budget,
+    Broken(String),
+}
+
+/// Reads a request body of at most `max` bytes within `deadline`, holding budget for every
+/// byte received; returns the body and the budget it holds.
+async fn read_body(
+    body: Body,
+    max: usize,
+    deadline: Duration,
+    budget: &BodyBudget,
+) -> Result<(Bytes, Option<OwnedSemaphorePermit>), ReadError> {
+    use http_body_util::BodyExt;
+    let read = async {
+        let mut body = body;
+        let mut buf = Vec::new();
+        let mut held: Option<OwnedSemaphorePermit> = None;
+        let mut held_kib = 0usize;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| ReadError::Broken(e.to_string()))?;
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            if buf.len() + data.len() > max {
+                return Err(ReadError::TooLarge);
+            }
+            buf.extend_from_slice(&data);
+            let want = buf.len().div_ceil(1024);
+            if want > held_kib {
+                let more = u32::try_from(want - held_kib).map_err(|_| ReadError::Budget)?;
+                let p = budget
+                    .0
+                    .clone()
+                    .try_acquire_many_owned(more)
+                    .map_err(|_| ReadError::Budget)?;
+                match held.as_mut() {
+                    Some(h) => h.merge(p),
+                    None => held = Some(p),
+                }
+                held_kib = want;
+            }
+        }
+        Ok((Bytes::from(buf), held))
+    };
+    tokio::time::timeout(deadline, read)
+        .await
+        .map_err(|_| ReadError::Slow)?
 }
 
 impl Inner {
@@ -885,6 +958,65 @@ async fn prepaid_channel(
     }))
 }
 
+/// Answers a paid request presented again from the receipt log: the receipt and the kept
+/// outputs (JSON), so a client that lost the answer to a crash gets it without paying twice.
+struct KeptFromLog {
+    log: ReceiptLog,
+    token_key: B256,
+}
+
+impl cairn_x402::KeptAnswers for KeptFromLog {
+    fn answer<'a>(
+        &'a self,
+        payment_ref: B256,
+        headers: &'a HeaderMap,
+        body: &'a [u8],
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<Response>> + Send + 'a>> {
+        Box::pin(async move {
+            let (receipt, output) = self.log.by_payment(payment_ref).await.ok()??;
+            let receipt: Value = serde_json::from_str(&receipt).ok()?;
+            // Only a request carrying the very inputs paid for gets the answer (the payment's
+            // signature is public on chain; the inputs are not).
+            let json_len = match headers.get(HEADER_LENGTH) {
+                Some(v) => Some(v.to_str().ok()?.parse::<usize>().ok()?),
+                None => None,
+            };
+            let limits = DecodeLimits {
+                max_elements: u64::MAX,
+            };
+            let asked = kserve::decode(body, json_len, limits).ok()?;
+            let paid_for: B256 = receipt["typedData"]["message"]["inputHash"]
+                .as_str()?
+                .parse()
+                .ok()?;
+            if tensors_hash(&asked.inputs) != paid_for {
+                return None;
+            }
+            let outputs = safetensors_io::decode(&output).ok()?;
+            let id: B256 = receipt["typedData"]["message"]["requestId"]
+                .as_str()?
+                .parse()
+                .ok()?;
+            let cid: BlobId = receipt["modelCid"].as_str()?.parse().ok()?;
+            let wanted = outputs
+                .iter()
+                .map(|t| (t.name().to_string(), false))
+                .collect();
+            let resolved = crate::cache::Resolution {
+                cid,
+                version: None,
+                signature: None,
+            };
+            let ran = Ran {
+                outputs,
+                receipt,
+                token: payload_token(&self.token_key, id),
+            };
+            Some(respond(&resolved, None, wanted, ran))
+        })
+    }
+}
+
 /// What the worker hands back.
 struct Ran {
     outputs: Vec<Tensor>,
@@ -915,23 +1047,20 @@ async fn run_infer(
     if declared.is_some_and(|len| len > max) {
         return Err(too_large());
     }
-    // Bodies being read hold memory, not inference slots: a budget of bytes (a body without a
-    // length is charged the maximum), and a deadline, so a slow sender ties up neither for long.
-    let reading = i.body_budget.admit(declared.unwrap_or(max))?;
-    let body: Bytes = tokio::time::timeout(i.limits.body_timeout, axum::body::to_bytes(body, max))
+    // Bodies being read hold memory (as their bytes arrive), not inference slots, and only
+    // until the body deadline: a slow sender ties up neither for long.
+    let (body, reading) = read_body(body, max, i.limits.body_timeout, &i.body_budget)
         .await
-        .map_err(|_| {
-            NodeError::Timeout(format!(
+        .map_err(|e| match e {
+            ReadError::TooLarge => too_large(),
+            ReadError::Slow => NodeError::Timeout(format!(
                 "the request body did not arrive within {:?}; send it at once",
                 i.limits.body_timeout
-            ))
-        })?
-        .map_err(|e| {
-            if std::error::Error::source(&e)
-                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
-            {
-                too_large()
-            } else {
+            )),
+            ReadError::Budget => NodeError::Overloaded(
+                "the node is reading as many request bodies as it has memory for; retry after a moment".into(),
+            ),
+            ReadError::Broken(e) => {
                 NodeError::BadRequest(format!("the body could not be read: {e}"))
             }
         })?;
@@ -958,6 +1087,11 @@ async fn run_infer(
     // Admitted only with a whole, decoded request in hand.
     let _permits = i.admit(resolved.cid)?;
 
+    // Inputs that cannot fit the model are refused before it is fetched or loaded (from the
+    // signature the hub recorded, for a name): a bad request costs no download.
+    if let Some(sig) = &resolved.signature {
+        check_inputs(sig, &decoded.inputs)?;
+    }
     let deadline = tokio::time::Instant::now() + i.limits.timeout;
     let timeout = || {
         NodeError::Timeout(format!(
@@ -1010,6 +1144,7 @@ async fn run_infer(
     };
     let cheat = i.faults.wrong_output_rate > 0.0 && unit_random() < i.faults.wrong_output_rate;
     let token_key = i.token_key;
+    let max_output = i.limits.max_output_bytes;
     let work = move || {
         let _worker = worker;
         let mut outputs = loaded.plan.run(&inputs).map_err(|e| match e {
@@ -1017,6 +1152,13 @@ async fn run_infer(
             EngineError::Run(m) => NodeError::ModelFailed(m),
             other => NodeError::ModelFailed(other.to_string()),
         })?;
+        // Verifiers must be able to fetch what is kept: outputs past the bound get no receipt.
+        let out_bytes: usize = outputs.iter().map(|t| t.data().len()).sum();
+        if out_bytes > max_output {
+            return Err(NodeError::ModelFailed(format!(
+                "the outputs take {out_bytes} bytes, over this node's {max_output} byte limit"
+            )));
+        }
         if cheat {
             corrupt_last_output(&mut outputs);
         }

@@ -23,17 +23,23 @@ fn models() -> Option<PathBuf> {
     }
 }
 
+/// One ONNX Runtime engine for the whole test process (its environment is per process).
 #[cfg(feature = "ort")]
 fn ort() -> Option<Arc<dyn Engine>> {
-    let lib = std::env::var_os("ORT_DYLIB_PATH")?;
-    Some(Arc::new(
-        cairn_engine::OrtEngine::new(cairn_engine::OrtOptions {
-            library: lib.into(),
-            threads: 1,
-            parallel: 1,
+    static ENGINE: std::sync::OnceLock<Option<Arc<dyn Engine>>> = std::sync::OnceLock::new();
+    ENGINE
+        .get_or_init(|| {
+            let lib = std::env::var_os("ORT_DYLIB_PATH")?;
+            Some(Arc::new(
+                cairn_engine::OrtEngine::new(cairn_engine::OrtOptions {
+                    library: lib.into(),
+                    threads: 1,
+                    parallel: 1,
+                })
+                .unwrap(),
+            ) as Arc<dyn Engine>)
         })
-        .unwrap(),
-    ))
+        .clone()
 }
 
 #[cfg(not(feature = "ort"))]

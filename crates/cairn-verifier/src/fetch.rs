@@ -27,6 +27,8 @@ pub fn is_public(ip: IpAddr) -> bool {
                 || (s[0] & 0xfe00) == 0xfc00 // unique local
                 || (s[0] & 0xffc0) == 0xfe80 // link local
                 || (s[0] == 0x2001 && s[1] == 0x0db8) // documentation
+                || (s[0] == 0x0064 && s[1] == 0xff9b) // NAT64: an IPv4 address inside
+                || s[0] == 0x2002 // 6to4: an IPv4 address inside
                 || v6 == Ipv6Addr::new(0, 0, 0, 0, 0, 0xffff, 0, 0))
         }
     }
@@ -76,12 +78,16 @@ pub struct Fetcher {
 }
 
 impl Fetcher {
-    /// A client with `timeout` per request and bodies of at most `max_bytes`; `allow_private`
-    /// (a local network) lets it reach loopback and private addresses.
-    pub fn new(timeout: Duration, max_bytes: usize, allow_private: bool) -> Self {
+    /// A client whose requests may sit idle for `idle` (a transfer that keeps moving is never
+    /// cut short, up to 10 minutes) with bodies of at most `max_bytes`; `allow_private` (a local
+    /// network) lets it reach loopback and private addresses. Proxies from the environment are
+    /// ignored (they would skip the address check).
+    pub fn new(idle: Duration, max_bytes: usize, allow_private: bool) -> Self {
         let mut b = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout.min(Duration::from_secs(10)))
+            .timeout(Duration::from_secs(600))
+            .read_timeout(idle)
+            .connect_timeout(idle.min(Duration::from_secs(10)))
+            .no_proxy()
             .redirect(reqwest::redirect::Policy::none());
         if !allow_private {
             b = b.dns_resolver(Arc::new(PublicOnly));
@@ -228,5 +234,59 @@ mod tests {
             assert!(check_url(good, false).is_ok(), "{good}");
         }
         assert!(check_url("http://127.0.0.1:7401/", true).is_ok());
+    }
+
+    /// A local server answering every request with `status`, `headers` and `body`; counts hits.
+    async fn serve(
+        status: u16,
+        headers: Vec<(&'static str, String)>,
+        body: Vec<u8>,
+    ) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let h = hits.clone();
+        let app = axum::Router::new().fallback(move || {
+            let (headers, body) = (headers.clone(), body.clone());
+            h.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async move {
+                let mut r = axum::response::Response::new(axum::body::Body::from(body));
+                *r.status_mut() = axum::http::StatusCode::from_u16(status).unwrap();
+                for (k, v) in headers {
+                    r.headers_mut().insert(k, v.parse().unwrap());
+                }
+                r
+            }
+        });
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", l.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(l, app).await });
+        (url, hits)
+    }
+
+    #[tokio::test]
+    async fn redirects_are_not_followed_and_answers_are_capped() {
+        let key = PrivateKeySigner::random();
+        let f = Fetcher::new(Duration::from_secs(5), 1 << 10, true);
+        // A node redirecting the verifier elsewhere gets its redirect back, nothing more.
+        let (inner, inner_hits) = serve(200, vec![], b"secret".to_vec()).await;
+        let (outer, _) = serve(302, vec![("location", format!("{inner}/x"))], vec![]).await;
+        let (status, _) = f.signed_get(&key, &format!("{outer}/v1/x")).await.unwrap();
+        assert_eq!(status.as_u16(), 302);
+        assert_eq!(inner_hits.load(std::sync::atomic::Ordering::SeqCst), 0);
+        // An answer over the cap is refused, whether or not it says its length up front.
+        let (big, _) = serve(200, vec![], vec![7; 4096]).await;
+        let err = f.signed_get(&key, &format!("{big}/y")).await.unwrap_err();
+        assert!(err.contains("byte limit"), "{err}");
+        let (ok, _) = serve(200, vec![], vec![7; 512]).await;
+        assert_eq!(
+            f.signed_get(&key, &format!("{ok}/z"))
+                .await
+                .unwrap()
+                .1
+                .len(),
+            512
+        );
+        // Outside a local network, a loopback node is not reached at all.
+        let strict = Fetcher::new(Duration::from_secs(5), 1 << 10, false);
+        assert!(strict.signed_get(&key, &format!("{ok}/z")).await.is_err());
     }
 }

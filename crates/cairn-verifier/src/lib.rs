@@ -32,7 +32,7 @@ mod reexec;
 pub mod server;
 mod store;
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -107,6 +107,8 @@ pub struct VerifierConfig {
     pub max_fetch_bytes: usize,
     /// Let node endpoints be loopback or private addresses (a local network only).
     pub allow_private_endpoints: bool,
+    /// This verifier's own endpoint (registered): the host signed requests to it must name.
+    pub endpoint: String,
     /// Which TEE evidence registrations may carry.
     pub attestation: cairn_attest::Policy,
     /// Longest validity a registration approval is given.
@@ -129,15 +131,16 @@ struct Core {
     config: VerifierConfig,
     /// Models known to exist on the hub.
     on_hub: Mutex<HashSet<cairn_core::BlobId>>,
-    /// Profiles the registry approves (a profile once approved is trusted for this process;
-    /// revocations apply on restart).
-    approved_profiles: Mutex<HashSet<B256>>,
-    /// Recent answers of the registry on who is an active verifier: (active, checked at).
-    active: Mutex<HashMap<Address, (bool, u64)>>,
-    /// Signed requests already seen.
-    replay: cairn_core::auth::ReplayGuard,
-    /// What this verifier found re-checking receipts for peers (one re-execution per receipt).
-    rechecked: Mutex<HashMap<B256, Outcome>>,
+    /// Profiles found checkable, with when (re-read after a minute, so revocations apply).
+    approved_profiles: Mutex<HashMap<B256, u64>>,
+    /// The registry's active verifiers.
+    active: cairn_ledger::ActiveVerifiers,
+    /// Signed requests already seen: peers' and registrants'.
+    peer_replay: cairn_core::auth::ReplayGuard,
+    registration_replay: cairn_core::auth::ReplayGuard,
+    /// Samples finished (by receipt hash): one fetch and re-execution per receipt, however
+    /// often its batch is looked at again or a peer asks.
+    finished: Mutex<HashMap<B256, (Outcome, u32)>>,
 }
 
 /// What sampling one receipt gave.
@@ -204,6 +207,7 @@ impl Verifier {
             config.max_fetch_bytes,
             config.allow_private_endpoints,
         );
+        let active = cairn_ledger::ActiveVerifiers::new(chain.clone());
         Self(Arc::new(Core {
             sampler: Sampler::new(config.secret, config.sample_rate),
             chain,
@@ -213,10 +217,11 @@ impl Verifier {
             store,
             config,
             on_hub: Mutex::new(HashSet::new()),
-            approved_profiles: Mutex::new(HashSet::new()),
-            active: Mutex::new(HashMap::new()),
-            replay: cairn_core::auth::ReplayGuard::new(100_000),
-            rechecked: Mutex::new(HashMap::new()),
+            approved_profiles: Mutex::new(HashMap::new()),
+            active,
+            peer_replay: cairn_core::auth::ReplayGuard::new(100_000, 1_000),
+            registration_replay: cairn_core::auth::ReplayGuard::new(100, 100_000),
+            finished: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -302,7 +307,7 @@ impl Verifier {
         let c = &self.0;
         if matches!(
             c.store.outcome(id)?.as_deref(),
-            Some("attested" | "refused" | "challenged" | "confirmed")
+            Some("attested" | "refused" | "challenged" | "confirmed" | "abstained")
         ) {
             return Ok(());
         }
@@ -313,6 +318,16 @@ impl Verifier {
             .map_err(|e| unavailable(e.to_string()))?;
         let window_open = match batch.status {
             BatchStatus::Submitted => true,
+            // An expired batch can still be challenged for a window: a fraud already found
+            // goes on to its proof (its receipts are listed in their new batch).
+            BatchStatus::Expired if !c.store.frauds(id)?.is_empty() => {
+                let w = c
+                    .chain
+                    .challenge_window()
+                    .await
+                    .map_err(|e| unavailable(e.to_string()))?;
+                now_secs() < batch.attested_at + w
+            }
             BatchStatus::Attested => {
                 let w = c
                     .chain
@@ -463,6 +478,9 @@ impl Verifier {
             return Ok(Sampled::Done(o, 0));
         }
         let rh = r.signing_hash();
+        if let Some((o, f)) = c.finished.lock().expect("finished").get(&rh).cloned() {
+            return Ok(Sampled::Done(o, f));
+        }
         let now = now_secs();
         let window = c.config.payload_window.as_secs();
         let attempts = c.config.payload_attempts.max(2);
@@ -494,8 +512,22 @@ impl Verifier {
         }
         match self.fetch_payloads(base, r).await {
             Ok(p) => {
+                let outcome = match c.reexec.check(r, p).await {
+                    Ok(o) => o,
+                    Err(why) => {
+                        return Ok(Sampled::Pending(format!(
+                            "receipt {}: could not re-execute here yet: {why}",
+                            r.id()
+                        )));
+                    }
+                };
                 let failures = c.store.clear_failures(&rh.0)?;
-                Ok(Sampled::Done(c.reexec.check(r, p).await, failures))
+                let mut done = c.finished.lock().expect("finished");
+                if done.len() > 100_000 {
+                    done.clear();
+                }
+                done.insert(rh, (outcome.clone(), failures));
+                Ok(Sampled::Done(outcome, failures))
             }
             Err(reason) => {
                 let a = c.store.record_failure(&rh.0, now, &reason)?;
@@ -535,33 +567,62 @@ impl Verifier {
         Ok(Payloads { inputs, outputs })
     }
 
-    /// Every receipt runs on a profile the registry approves (read once per profile).
+    /// Every receipt runs on a profile the network can check: approved by governance and, for
+    /// a bit-exact profile, declared by at least a quorum of active verifiers (any verifier
+    /// compares tolerance profiles). Read from the chain at most once a minute per profile.
     async fn profiles_approved(
         &self,
         receipts: &[SignedReceipt],
     ) -> Result<Result<(), String>, String> {
         let c = &self.0;
-        let wanted: BTreeSet<B256> = receipts.iter().map(|r| r.claims.profile.hash()).collect();
-        for h in wanted {
-            if c.approved_profiles.lock().expect("profiles").contains(&h) {
+        let now = now_secs();
+        let wanted: BTreeMap<B256, &SignedReceipt> = receipts
+            .iter()
+            .map(|r| (r.claims.profile.hash(), r))
+            .collect();
+        let mut quorum = None;
+        for (h, r) in wanted {
+            let fresh = c
+                .approved_profiles
+                .lock()
+                .expect("profiles")
+                .get(&h)
+                .is_some_and(|at| now < at + 60);
+            if fresh {
                 continue;
             }
+            let p = &r.claims.profile;
             if !c
                 .chain
                 .profile_approved(h)
                 .await
                 .map_err(|e| e.to_string())?
             {
-                let p = receipts
-                    .iter()
-                    .find(|r| r.claims.profile.hash() == h)
-                    .map(|r| r.claims.profile.to_string())
-                    .unwrap_or_default();
                 return Ok(Err(format!(
                     "receipts run on profile {p} ({h}), which the registry does not approve: no verifier quorum is known to re-execute it"
                 )));
             }
-            c.approved_profiles.lock().expect("profiles").insert(h);
+            if p.reproducibility() == cairn_core::Reproducibility::Exact {
+                let q = match quorum {
+                    Some(q) => q,
+                    None => {
+                        let q = u64::from(c.chain.quorum().await.map_err(|e| e.to_string())?);
+                        quorum = Some(q);
+                        q
+                    }
+                };
+                let declared = c
+                    .chain
+                    .profile_verifiers(h)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if declared < q {
+                    return Ok(Err(format!(
+                        "receipts run on profile {p} ({h}), which {declared} active verifier(s) re-execute; a quorum of {q} must"
+                    )));
+                }
+            }
+            c.approved_profiles.lock().expect("profiles").insert(h, now);
         }
         Ok(Ok(()))
     }
@@ -812,45 +873,58 @@ impl Verifier {
         parse().ok_or_else(|| format!("{url} answered {body}"))
     }
 
-    /// Whether `who` is an active verifier (the registry's answer, kept for 30 s).
+    /// Whether `who` is an active verifier (the registry's set, read at most every 30 s; the
+    /// last known set while the chain is unreachable).
     pub async fn is_active_verifier(&self, who: Address) -> Result<bool, VerifyError> {
-        let c = &self.0;
-        let now = now_secs();
-        if let Some((active, at)) = c.active.lock().expect("active cache").get(&who).copied()
-            && now < at + 30
-        {
-            return Ok(active);
-        }
-        let active =
-            c.chain
-                .is_active(who, Role::Verifier)
-                .await
-                .map_err(|e| VerifyError::BadRequest {
-                    code: "chain_unavailable",
-                    reason: e.to_string(),
-                })?;
-        let mut cache = c.active.lock().expect("active cache");
-        if cache.len() > 10_000 {
-            cache.retain(|_, (_, at)| now < *at + 30);
-        }
-        cache.insert(who, (active, now));
-        Ok(active)
+        self.0
+            .active
+            .contains(who)
+            .await
+            .map_err(|e| VerifyError::BadRequest {
+                code: "chain_unavailable",
+                reason: e.to_string(),
+            })
     }
 
-    /// Checks a signed request (`lookup` reads its headers) to this verifier at `host`:
-    /// signature, clock, body digest and replay. Returns the signer; anything else is 401.
+    /// Checks a signed request (`lookup` reads its headers) to this verifier: signature over
+    /// this verifier's own host (its registered endpoint's; `request_host` when it has none),
+    /// clock and body digest. Returns the headers and the signer; anything wrong is 401. The
+    /// caller checks who the signer is, then replay ([`Verifier::replay`]).
     pub fn authenticate<'h>(
         &self,
         lookup: impl Fn(&'static str) -> Option<&'h str>,
-        host: &str,
+        request_host: &str,
         method: &str,
         target: &str,
         body: &[u8],
-    ) -> Result<Address, VerifyError> {
-        cairn_core::auth::verify_request(lookup, host, method, target, body, Some(&self.0.replay))
-            .map_err(|e| VerifyError::Unauthorized {
+    ) -> Result<(cairn_core::auth::SignedHeaders, Address), VerifyError> {
+        let host = cairn_core::auth::host_and_target(&self.0.config.endpoint)
+            .map_or_else(|| request_host.to_ascii_lowercase(), |(h, _)| h);
+        cairn_core::auth::verify_request(lookup, &host, method, target, body).map_err(|e| {
+            VerifyError::Unauthorized {
                 code: "unauthorized",
                 reason: format!("{e} (this route takes requests signed with the cairn-* headers)"),
+            }
+        })
+    }
+
+    /// Accepts an authorized signed request once: peers' and registrants' apart, so neither
+    /// can crowd out the other.
+    pub fn replay(
+        &self,
+        h: &cairn_core::auth::SignedHeaders,
+        peer: bool,
+    ) -> Result<(), VerifyError> {
+        let guard = if peer {
+            &self.0.peer_replay
+        } else {
+            &self.0.registration_replay
+        };
+        guard
+            .check(h, cairn_core::auth::unix_now())
+            .map_err(|e| VerifyError::Unauthorized {
+                code: "unauthorized",
+                reason: e.to_string(),
             })
     }
 
@@ -881,7 +955,10 @@ impl Verifier {
             .batch(batch_id)
             .await
             .map_err(|e| unavailable(e.to_string()))?;
-        if !matches!(batch.status, BatchStatus::Submitted | BatchStatus::Attested) {
+        if !matches!(
+            batch.status,
+            BatchStatus::Submitted | BatchStatus::Attested | BatchStatus::Expired
+        ) {
             return Err(bad(
                 "batch_closed",
                 format!(
@@ -907,36 +984,23 @@ impl Verifier {
                 "the proof does not put the receipt in the batch's root".into(),
             ));
         }
-        // One re-execution per receipt, whoever asks how often; a withholding series goes on
-        // at its own pace (one attempt per interval).
-        let cached = c.rechecked.lock().expect("rechecked").get(&rh).cloned();
-        let outcome = match cached {
-            Some(o) => o,
-            None => {
-                let node = c
-                    .chain
-                    .node(batch.node)
-                    .await
-                    .map_err(|e| unavailable(e.to_string()))?;
-                match self.sample(node.endpoint.trim_end_matches('/'), &r).await? {
-                    Sampled::Pending(why) => {
-                        return Err(bad(
-                            "too_early",
-                            format!(
-                                "{why}; this verifier establishes withholding itself over its own window: ask again later"
-                            ),
-                        ));
-                    }
-                    Sampled::Done(o, _) => {
-                        let mut cache = c.rechecked.lock().expect("rechecked");
-                        if cache.len() > 10_000 {
-                            cache.clear();
-                        }
-                        cache.insert(rh, o.clone());
-                        o
-                    }
-                }
+        // One re-execution per receipt however often a peer asks (`sample` remembers it); a
+        // withholding series goes on at its own pace (one attempt per interval).
+        let node = c
+            .chain
+            .node(batch.node)
+            .await
+            .map_err(|e| unavailable(e.to_string()))?;
+        let outcome = match self.sample(node.endpoint.trim_end_matches('/'), &r).await? {
+            Sampled::Pending(why) => {
+                return Err(bad(
+                    "too_early",
+                    format!(
+                        "{why}; this verifier establishes withholding itself over its own window: ask again later"
+                    ),
+                ));
             }
+            Sampled::Done(o, _) => o,
         };
         let Some(evidence) = outcome.evidence_hash(rh) else {
             return Err(bad(

@@ -52,21 +52,18 @@ impl Outcome {
         )
     }
 
-    /// The fraud evidence hash verifiers sign for this outcome on receipt `rh`: the same for
-    /// every honest verifier that observes the same fault (the recomputed hash is bit-exact).
+    /// The fraud evidence hash verifiers sign for a fault on receipt `rh`: one value for any
+    /// kind of fault, so a node cannot split the verifiers by showing each a different one
+    /// (withholding from one, a wrong input to another, the true input to a third) and keep
+    /// every quorum from forming. Each verifier still signs only a fault it observed itself;
+    /// which fault is kept in its verdict.
     pub fn evidence_hash(&self, rh: B256) -> Option<B256> {
-        let (label, extra): (&[u8], &[u8]) = match self {
-            Outcome::Mismatch { recomputed, .. } => {
-                (b"cairn.fraud.output-mismatch.v1", recomputed.as_slice())
-            }
-            Outcome::Withheld { .. } => (b"cairn.fraud.payload-withheld.v1", &[]),
-            Outcome::WrongPayload { .. } => (b"cairn.fraud.wrong-payload.v1", &[]),
-            _ => return None,
-        };
-        let mut m = Vec::with_capacity(label.len() + 64);
-        m.extend_from_slice(label);
+        if !self.is_fault() {
+            return None;
+        }
+        let mut m = Vec::with_capacity(64);
+        m.extend_from_slice(b"cairn.fraud.v2");
         m.extend_from_slice(rh.as_slice());
-        m.extend_from_slice(extra);
         Some(keccak256(m))
     }
 }
@@ -114,61 +111,70 @@ impl Reexecutor {
         r.claims.profile.reproducibility() != Reproducibility::Exact
     }
 
-    /// Re-executes `r` on `p`, the payloads its node handed over.
-    pub async fn check(&self, r: &SignedReceipt, p: Payloads) -> Outcome {
+    /// Re-executes `r` on `p`, the payloads its node handed over. `Err`: a transient failure on
+    /// this verifier's side (the hub unreachable, a failed task): ask again later.
+    pub async fn check(&self, r: &SignedReceipt, p: Payloads) -> Result<Outcome, String> {
         if let Some(o) = self.unverifiable(r) {
-            return o;
+            return Ok(o);
         }
         let exact = !Self::needs_output(r);
         let Payloads { inputs, outputs } = p;
         if tensors_hash(&inputs) != r.claims.input_hash {
-            return Outcome::WrongPayload {
+            return Ok(Outcome::WrongPayload {
                 reason: "the input the node kept does not hash to the receipt's input hash".into(),
-            };
+            });
         }
         let claimed = match outputs {
             Some(o) if tensors_hash(&o) != r.claims.output_hash => {
-                return Outcome::WrongPayload {
+                return Ok(Outcome::WrongPayload {
                     reason: "the output the node kept does not hash to the receipt's output hash"
                         .into(),
-                };
+                });
             }
             Some(o) => Some(o),
             None if exact => None,
             None => {
-                return Outcome::Unverifiable {
+                return Ok(Outcome::Unverifiable {
                     reason: "a tolerance profile needs the node's kept output".into(),
-                };
+                });
             }
         };
         let loaded = match self.cache.get(r.claims.model).await {
             Ok(l) => l,
+            // The hub down, or this verifier's own trouble: not the node's fault; again later.
+            Err(
+                e @ (cairn_node::NodeError::HubUnavailable(_) | cairn_node::NodeError::Internal(_)),
+            ) => {
+                return Err(format!("model {}: {e}", r.claims.model));
+            }
             Err(e) => {
-                return Outcome::Unverifiable {
+                return Ok(Outcome::Unverifiable {
                     reason: format!("model {}: {e}", r.claims.model),
-                };
+                });
             }
         };
         let plan = loaded.plan.clone();
         let ran = tokio::task::spawn_blocking(move || plan.run(&inputs)).await;
         let outputs = match ran {
             Ok(Ok(o)) => o,
-            // The receipt says this input ran; a model that refuses it did not produce the output.
-            Ok(Err(e)) => {
-                return Outcome::Mismatch {
+            // On a bit-exact profile the node ran this very engine: a model that refuses the
+            // kept input did not produce the output. Another engine refusing it proves nothing.
+            Ok(Err(e)) if exact => {
+                return Ok(Outcome::Mismatch {
                     comparison: format!("the model refuses the kept input: {e}"),
                     recomputed: B256::ZERO,
-                };
+                });
             }
-            Err(e) => {
-                return Outcome::Unverifiable {
-                    reason: format!("re-execution panicked: {e}"),
-                };
+            Ok(Err(e)) => {
+                return Ok(Outcome::Unverifiable {
+                    reason: format!("this verifier's engine refuses the kept input: {e}"),
+                });
             }
+            Err(e) => return Err(format!("re-execution task: {e}")),
         };
         let recomputed = tensors_hash(&outputs);
         let Some(claimed) = claimed else {
-            return if recomputed == r.claims.output_hash {
+            return Ok(if recomputed == r.claims.output_hash {
                 Outcome::Confirmed {
                     comparison: "bit-exact".into(),
                 }
@@ -180,25 +186,25 @@ impl Reexecutor {
                     ),
                     recomputed,
                 }
-            };
+            });
         };
-        // A tolerance profile (onnxruntime): compare values with the node's own output.
-        match max_abs_diff(&claimed, &outputs) {
+        // A tolerance profile (onnxruntime): compare values with the node's own output. Two
+        // engines can differ past any tolerance on a model built to amplify their differences,
+        // so a difference is not proof of fraud: this verifier abstains (never attests it).
+        Ok(match max_abs_diff(&claimed, &outputs) {
             Ok(d) if d <= self.tolerance => Outcome::Confirmed {
                 comparison: format!("tolerance {:e}, max |difference| {d:e}", self.tolerance),
             },
-            Ok(d) => Outcome::Mismatch {
-                comparison: format!(
-                    "tolerance {:e} exceeded: max |difference| {d:e}",
+            Ok(d) => Outcome::Unverifiable {
+                reason: format!(
+                    "tolerance {:e} exceeded across engines (max |difference| {d:e}): not proof, no attestation",
                     self.tolerance
                 ),
-                recomputed,
             },
-            Err(e) => Outcome::Mismatch {
-                comparison: e,
-                recomputed,
+            Err(e) => Outcome::Unverifiable {
+                reason: format!("outputs differ across engines ({e}): not proof, no attestation"),
             },
-        }
+        })
     }
 }
 

@@ -117,14 +117,14 @@ async fn receipt(
     Ok(Json(json!({"requestId": id, "verdicts": found})).into_response())
 }
 
-/// The signer of a signed request (401 when it is missing or does not verify).
+/// The headers and signer of a signed request (401 when it is missing or does not verify).
 fn signer(
     v: &Verifier,
     method: &axum::http::Method,
     uri: &axum::http::Uri,
     headers: &axum::http::HeaderMap,
     body: &[u8],
-) -> Result<alloy_primitives::Address, VerifyError> {
+) -> Result<(cairn_core::auth::SignedHeaders, alloy_primitives::Address), VerifyError> {
     let host = headers
         .get(axum::http::header::HOST)
         .and_then(|h| h.to_str().ok())
@@ -158,7 +158,7 @@ async fn challenge(
     headers: axum::http::HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Json<Value>, VerifyError> {
-    let caller = signer(&v, &method, &uri, &headers, &body)?;
+    let (signed, caller) = signer(&v, &method, &uri, &headers, &body)?;
     if !v.is_active_verifier(caller).await? {
         return Err(VerifyError::Unauthorized {
             code: "forbidden",
@@ -167,6 +167,7 @@ async fn challenge(
             ),
         });
     }
+    v.replay(&signed, true)?;
     let req: ChallengeRequest =
         serde_json::from_slice(&body).map_err(|e| VerifyError::BadRequest {
             code: "invalid_request",
@@ -199,7 +200,7 @@ async fn registration(
     headers: axum::http::HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Json<Value>, VerifyError> {
-    let caller = signer(&v, &method, &uri, &headers, &body)?;
+    let (signed, caller) = signer(&v, &method, &uri, &headers, &body)?;
     let bad = |reason: String| VerifyError::BadRequest {
         code: "invalid_request",
         reason,
@@ -218,6 +219,7 @@ async fn registration(
             ),
         });
     }
+    v.replay(&signed, false)?;
     let req = RegistrationRequest {
         node: b.node,
         role: b.role.parse().map_err(bad)?,

@@ -15,12 +15,20 @@ use cairn_ledger::{RegistrationRequest, Role};
 use super::*;
 
 async fn verifier() -> (Verifier, tempfile::TempDir) {
+    verifier_with(true).await
+}
+
+async fn verifier_with(allow_private_endpoints: bool) -> (Verifier, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let gov = dev_signer(0);
     let ledger = EmbeddedLedger::open(
         &dir.path().join("chain.sqlite"),
         31337,
-        &[(gov.address(), U256::from(10u128.pow(22)))],
+        &[3, 4]
+            .map(|i| (dev_signer(i).address(), U256::from(10u128.pow(22))))
+            .into_iter()
+            .chain([(gov.address(), U256::from(10u128.pow(22)))])
+            .collect::<Vec<_>>(),
     )
     .unwrap();
     let d = deploy(
@@ -47,7 +55,8 @@ async fn verifier() -> (Verifier, tempfile::TempDir) {
         payload_window: Duration::from_secs(30),
         payload_attempts: 3,
         max_fetch_bytes: 1 << 20,
-        allow_private_endpoints: true,
+        allow_private_endpoints,
+        endpoint: "http://127.0.0.1:1".into(),
         attestation: cairn_attest::Policy { allow_dev: true },
         approval_ttl: Duration::from_secs(600),
         hub_url: "http://127.0.0.1:9".into(),
@@ -265,4 +274,87 @@ async fn registrations_are_approved_only_for_sound_bound_approved_evidence() {
         code(v.approve_registration(&req, &evidence).await),
         "measurement_not_approved"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_endpoints_must_be_public_outside_a_local_network() {
+    use cairn_attest::{Attester, DevAttester, report_data};
+    // A node that registers an internal address would have verifiers fetch from inside their
+    // own network (cloud metadata, admin ports): no approval for it.
+    let (v, _dir) = verifier_with(false).await;
+    let node = PrivateKeySigner::random();
+    let evidence = DevAttester::new(node.clone())
+        .evidence(&report_data(node.address(), None))
+        .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let req = |endpoint: &str| RegistrationRequest {
+        node: node.address(),
+        role: Role::Inference,
+        endpoint: endpoint.into(),
+        measurement: cairn_core::DEV_MEASUREMENT,
+        evidence_digest: evidence.digest(),
+        deadline: now + 300,
+    };
+    for bad in [
+        "http://127.0.0.1:7401",
+        "http://169.254.169.254/latest",
+        "http://10.0.0.8",
+        "file:///etc/passwd",
+    ] {
+        match v.approve_registration(&req(bad), &evidence).await {
+            Err(VerifyError::BadRequest { code, .. }) => {
+                assert_eq!(code, "endpoint_not_public", "{bad}")
+            }
+            other => panic!("{bad}: {other:?}"),
+        }
+    }
+    v.approve_registration(&req("https://node.example.com:8443"), &evidence)
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receipts_on_a_profile_governance_did_not_approve_are_refused() {
+    let (v, _dir) = verifier().await;
+    let d = v.chain().deployment().clone();
+    let domain = ReceiptDomain {
+        chain_id: d.chain_id,
+        verifying_contract: d.settlement,
+    };
+    let rs: Vec<SignedReceipt> = (0..2).map(|i| receipt(domain, &dev_signer(2), i)).collect();
+    // A node claiming a profile no verifier is known to run gets no attestation.
+    match v.profiles_approved(&rs).await {
+        Ok(Err(reason)) => assert!(reason.contains("does not approve"), "{reason}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    let h = rs[0].claims.profile.hash();
+    v.chain()
+        .set_profile(&dev_signer(0), h, true)
+        .await
+        .unwrap();
+    // Approved, but no quorum of verifiers re-executes it: still no attestation.
+    match v.profiles_approved(&rs).await {
+        Ok(Err(reason)) => assert!(reason.contains("0 active verifier(s)"), "{reason}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    let c = v.chain();
+    for i in [3, 4] {
+        let k = dev_signer(i);
+        c.mint(&dev_signer(0), k.address(), U256::from(10u64.pow(9)))
+            .await
+            .unwrap();
+        c.register(
+            &k,
+            &RegistrationRequest::dev(k.address(), Role::Verifier, "http://v"),
+            U256::from(10u64.pow(8)),
+            vec![],
+        )
+        .await
+        .unwrap();
+        c.declare_profile(&k, h).await.unwrap();
+    }
+    assert_eq!(v.profiles_approved(&rs).await, Ok(Ok(())));
 }

@@ -67,6 +67,25 @@ pub struct Paid {
     pub payment_ref: B256,
 }
 
+/// The answers a route already gave, by payment: a payment that was charged is answered again
+/// when presented again with the same request (the client lost the first answer to a crash or a
+/// cut connection), so no payer pays for an answer it never received. A payment's signature is
+/// public once it is settled on chain, so the answer goes only to a request carrying the same
+/// inputs as the one paid for.
+pub trait KeptAnswers: Send + Sync + 'static {
+    /// The answer already given to the request paid by `payment_ref`, if `body` (with
+    /// `headers`) asks for the same thing.
+    fn answer<'a>(
+        &'a self,
+        payment_ref: B256,
+        headers: &'a HeaderMap,
+        body: &'a [u8],
+    ) -> Pin<Box<dyn Future<Output = Option<Response>> + Send + 'a>>;
+}
+
+/// Largest request body read to look up a kept answer.
+const MAX_REPLAY_BODY: usize = 64 << 20;
+
 /// The paywall's configuration and parts.
 pub struct Paywall {
     facilitator: Arc<Facilitator>,
@@ -74,6 +93,7 @@ pub struct Paywall {
     pricing: Arc<dyn Pricing>,
     pay_to: Address,
     max_timeout_seconds: u64,
+    kept: Option<Arc<dyn KeptAnswers>>,
 }
 
 impl Paywall {
@@ -90,7 +110,26 @@ impl Paywall {
             pricing,
             pay_to,
             max_timeout_seconds: 300,
+            kept: None,
         }
+    }
+
+    /// Answers a charged payment presented again from `kept`.
+    pub fn with_kept_answers(mut self, kept: Arc<dyn KeptAnswers>) -> Self {
+        self.kept = Some(kept);
+        self
+    }
+
+    /// The kept answer of `payment_ref` for this request (`body` is read, bounded).
+    async fn kept_answer(
+        &self,
+        payment_ref: B256,
+        headers: &HeaderMap,
+        body: Body,
+    ) -> Option<Response> {
+        let kept = self.kept.as_ref()?;
+        let bytes = axum::body::to_bytes(body, MAX_REPLAY_BODY).await.ok()?;
+        kept.answer(payment_ref, headers, &bytes).await
     }
 
     /// The offers for `price`: `prepaid` first when enabled (the cheap path), then `exact`.
@@ -307,6 +346,23 @@ async fn paid_request(p: Arc<Paywall>, req: Request, next: Next) -> Response {
         };
         let accepted = match pre.accept(&payload, offer.amount).await {
             Ok(a) => a,
+            Err(X402Error::Invalid(r)) if r.code == "invalid_prepaid_voucher_already_used" => {
+                // This voucher paid for a request already: if it was counted, answer it again.
+                if let Some(key) = pre.counted(&payload)
+                    && let Some(mut resp) = p.kept_answer(key, &parts.headers, body).await
+                {
+                    let s = SettleResponse {
+                        success: true,
+                        error_reason: None,
+                        transaction: key.to_string(),
+                        network: offer.network.clone(),
+                        payer: None,
+                    };
+                    insert_settle(resp.headers_mut(), &s, version);
+                    return resp;
+                }
+                return refuse(r);
+            }
             Err(e) => return refuse_err(e),
         };
         let paid = Paid {
@@ -344,10 +400,6 @@ async fn paid_request(p: Arc<Paywall>, req: Request, next: Next) -> Response {
 
     // exact
     let f = &p.facilitator;
-    let checked: CheckedExact = match f.check_exact(&payload, &offer, now_secs()) {
-        Ok(c) => c,
-        Err(e) => return refuse_err(e),
-    };
     let network = match version {
         Version::V2 => offer.network.clone(),
         Version::V1 => crate::wire::chain_id_of(&offer.network)
@@ -356,20 +408,61 @@ async fn paid_request(p: Arc<Paywall>, req: Request, next: Next) -> Response {
             .to_string(),
     };
     let settle_response =
-        |success: bool, reason: Option<&str>, tx: Option<String>| SettleResponse {
+        |success: bool, reason: Option<&str>, tx: Option<String>, payer: Address| SettleResponse {
             success,
             error_reason: reason.map(str::to_string),
             transaction: tx.unwrap_or_default(),
             network: network.clone(),
-            payer: Some(checked.authorization.from),
+            payer: Some(payer),
         };
+    // A payment already charged for this resource is answered from what was kept, whatever the
+    // clock says of its authorization now (the client is retrying a lost answer).
+    if let Ok(parsed) = crate::exact::parse(&payload) {
+        let a = &parsed.authorization;
+        let key = crate::exact::payment_ref(offer.asset, a.from, a.nonce);
+        if let Ok(Some(mut rec)) = f.store().get(key)
+            && rec.resource == resource.url
+            && rec.response.is_none()
+            && matches!(rec.state, PaymentState::Settled | PaymentState::Pending)
+        {
+            if rec.state == PaymentState::Pending {
+                rec.state = f.reconcile(&rec).await.unwrap_or(rec.state);
+            }
+            if rec.state == PaymentState::Settled
+                && let Some(mut resp) = p.kept_answer(key, &parts.headers, body).await
+            {
+                let s = settle_response(true, None, rec.tx.clone(), rec.payer);
+                insert_settle(resp.headers_mut(), &s, version);
+                return resp;
+            }
+            let r = if rec.state == PaymentState::Pending {
+                Reason::new(
+                    "settlement_pending",
+                    "the payment's transfer is sent and not confirmed yet; retry with the same payment shortly (you will not be charged twice)",
+                )
+            } else {
+                Reason::new(
+                    "invalid_exact_evm_nonce_already_used",
+                    "this payment was spent on another request; sign a new one",
+                )
+            };
+            let s = settle_response(false, Some(r.code), rec.tx.clone(), rec.payer);
+            return payment_required(&resource, &offers, Some(&r), Some((&s, version)));
+        }
+    }
+    let checked: CheckedExact = match f.check_exact(&payload, &offer, now_secs()) {
+        Ok(c) => c,
+        Err(e) => return refuse_err(e),
+    };
+    let payer = checked.authorization.from;
     let (key, reserved) = match f.reserve(&checked, &resource.url, &payload) {
         Ok(x) => x,
         Err(e) => return refuse_err(e),
     };
     if let Reserve::Seen(mut rec) = reserved {
-        // The same payment again. Only a withheld response of this very resource is handed
-        // over, once its transfer is confirmed; anything else is a replay.
+        // The same payment again: a withheld response of this very resource is handed over
+        // once its transfer is confirmed (a paywall without kept answers); anything else is a
+        // replay.
         if rec.response.is_some() && rec.resource == resource.url {
             if rec.state == PaymentState::Pending {
                 rec.state = f.reconcile(&rec).await.unwrap_or(rec.state);
@@ -377,7 +470,7 @@ async fn paid_request(p: Arc<Paywall>, req: Request, next: Next) -> Response {
             match rec.state {
                 PaymentState::Settled => {
                     if let Some(mut resp) = rec.response.as_deref().and_then(thaw) {
-                        let s = settle_response(true, None, rec.tx.clone());
+                        let s = settle_response(true, None, rec.tx.clone(), payer);
                         insert_settle(resp.headers_mut(), &s, version);
                         return resp;
                     }
@@ -387,7 +480,7 @@ async fn paid_request(p: Arc<Paywall>, req: Request, next: Next) -> Response {
                         "settlement_pending",
                         "the payment's transfer is sent and not confirmed yet; retry with the same payment shortly (you will not be charged twice)",
                     );
-                    let s = settle_response(false, Some(r.code), rec.tx.clone());
+                    let s = settle_response(false, Some(r.code), rec.tx.clone(), payer);
                     return payment_required(&resource, &offers, Some(&r), Some((&s, version)));
                 }
                 _ => {}
@@ -440,18 +533,20 @@ async fn paid_request(p: Arc<Paywall>, req: Request, next: Next) -> Response {
     match f.settle_reserved(key, &checked).await {
         Settlement::Settled(tx) => {
             let mut resp = Response::from_parts(rparts, Body::from(bytes));
-            let s = settle_response(true, None, Some(tx));
+            let s = settle_response(true, None, Some(tx), payer);
             insert_settle(resp.headers_mut(), &s, version);
             resp
         }
         Settlement::Pending(tx) => {
-            let frozen = freeze(&rparts, &bytes);
+            // With kept answers the retry is answered from them (inputs checked); without, the
+            // response itself is kept.
+            let frozen = p.kept.is_none().then(|| freeze(&rparts, &bytes));
             if let Err(e) = f.store().set_state(
                 key,
                 PaymentState::Pending,
                 tx.as_deref(),
                 None,
-                Some(&frozen),
+                frozen.as_deref(),
             ) {
                 tracing::error!(error = %e, "keeping a withheld response");
             }
@@ -459,11 +554,11 @@ async fn paid_request(p: Arc<Paywall>, req: Request, next: Next) -> Response {
                 "settlement_pending",
                 "the payment's transfer is sent and not confirmed yet; the result is kept: retry with the same payment shortly (you will not be charged twice)",
             );
-            let s = settle_response(false, Some(r.code), tx);
+            let s = settle_response(false, Some(r.code), tx, payer);
             payment_required(&resource, &offers, Some(&r), Some((&s, version)))
         }
         Settlement::Failed(r) => {
-            let s = settle_response(false, Some(r.code), None);
+            let s = settle_response(false, Some(r.code), None, payer);
             payment_required(&resource, &offers, Some(&r), Some((&s, version)))
         }
     }

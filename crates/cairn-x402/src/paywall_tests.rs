@@ -358,8 +358,16 @@ async fn prepaid_vouchers_are_checked_locally_stepped_atomically_and_redeemed() 
     let (status, body, settle, _) = send(&s.url, &voucher(1), "go").await;
     assert_eq!(status, 200, "{body}");
     assert!(settle.unwrap().success);
-    // The same voucher again adds nothing: refused.
+    // The same voucher again: it was taken (nothing runs, nothing more is owed).
     let (status, _, _, v2) = send(&s.url, &voucher(1), "go").await;
+    assert_eq!(
+        (status, v2["error"].as_str()),
+        (402, Some("invalid_prepaid_voucher_already_used"))
+    );
+    // A voucher promising more than the next step: refused. (Taking it, the node could never
+    // redeem it, since redemption takes one not above what is owed, and the payer would
+    // withdraw the deposit after using the service.)
+    let (status, _, _, v2) = send(&s.url, &voucher(5), "go").await;
     assert_eq!(
         (status, v2["error"].as_str()),
         (402, Some("invalid_prepaid_voucher_amount"))
@@ -410,4 +418,64 @@ async fn prepaid_vouchers_are_checked_locally_stepped_atomically_and_redeemed() 
         (status, v2["error"].as_str()),
         (402, Some("invalid_prepaid_channel_closing"))
     );
+    // A new deposit cancels the withdrawal on chain; the node takes vouchers again (before, its
+    // cached `closing` flag stayed set forever).
+    s.d.chain
+        .deposit(payer, s.vault, salt, U256::from(PRICE))
+        .await
+        .unwrap();
+    let (status, body, _, _) = send(&s.url, &voucher(3), "go").await;
+    assert_eq!(status, 200, "{body}");
+}
+
+#[tokio::test]
+async fn a_failed_last_request_leaves_the_vouchers_redeemable() {
+    let s = site(true).await;
+    let payer = &s.d.payer;
+    let salt = B256::repeat_byte(5);
+    s.d.chain
+        .deposit(payer, s.vault, salt, U256::from(10 * PRICE))
+        .await
+        .unwrap();
+    let req = required(&s.url).await;
+    let offer = req
+        .accepts
+        .iter()
+        .find(|o| o.scheme == "prepaid")
+        .unwrap()
+        .clone();
+    let voucher =
+        |n: u64| client::pay_prepaid(payer, &req, &offer, salt, U256::from(n * PRICE)).unwrap();
+    assert_eq!(send(&s.url, &voucher(1), "go").await.0, 200);
+    // The last request fails. Before the fix the node rolled its count back to 1 but kept the
+    // signature of the voucher for 2: redeeming (1, sig of 2) reverted, every time.
+    assert_eq!(send(&s.url, &voucher(2), "fail").await.0, 400);
+    let before = s.d.chain.token_balance(s.vault).await.unwrap();
+    let pre = Prepaid::new(
+        s.d.chain.clone(),
+        s.d.facilitator.store().clone(),
+        dev_signer(2),
+        s.vault,
+    );
+    assert_eq!(pre.redeem_due().await.unwrap(), 1);
+    assert_eq!(
+        s.d.chain.token_balance(s.vault).await.unwrap(),
+        before + U256::from(PRICE)
+    );
+    let (_, claimed) =
+        s.d.chain
+            .channel(payer.address(), s.vault, salt)
+            .await
+            .unwrap();
+    assert_eq!(claimed, U256::from(PRICE), "the failed request was charged");
+    // The payer's next call (its own account says one call paid) presents the voucher for 2
+    // again: taken, counted, redeemed.
+    assert_eq!(send(&s.url, &voucher(2), "go").await.0, 200);
+    assert_eq!(pre.redeem_due().await.unwrap(), 1);
+    let (_, claimed) =
+        s.d.chain
+            .channel(payer.address(), s.vault, salt)
+            .await
+            .unwrap();
+    assert_eq!(claimed, U256::from(2 * PRICE));
 }

@@ -321,15 +321,28 @@ impl Prepaid {
                     v.cumulative_amount
                 ),
             )),
-            Err(VoucherRefusal::TooLow { accepted }) => Err(invalid(
+            Err(VoucherRefusal::NotNext { owed }) => Err(invalid(
                 "invalid_prepaid_voucher_amount",
                 format!(
-                    "the voucher promises {} in total; {accepted} is already owed or in flight and the price is {price}, so it must be at least {}",
+                    "the voucher promises {} in total; {owed} is owed or in flight and the price is {price}, so it must be exactly {}",
                     v.cumulative_amount,
-                    accepted + price
+                    owed + price
                 ),
             )),
         }
+    }
+
+    /// The payment reference of a voucher payload that was counted (its request succeeded).
+    pub fn counted(&self, payload: &Value) -> Option<B256> {
+        let p: PrepaidPayload = serde_json::from_value(payload.clone()).ok()?;
+        let v = &p.voucher;
+        let key = Accepted {
+            channel: Chain::channel_id(v.payer, v.payee, v.salt),
+            payer: v.payer,
+            cumulative: v.cumulative_amount,
+        }
+        .payment_ref();
+        (self.store.outcome(key).ok()? == crate::store::Outcome::Paid).then_some(key)
     }
 
     /// Gives back a voucher whose request failed (not charged).

@@ -6,7 +6,7 @@
 //!
 //! A prepaid channel counts what its payer owes in `accepted` (requests that succeeded) and
 //! `pending` (requests running now). A voucher for price `p` is taken when its cumulative
-//! amount is at least `accepted + pending + p`; the request's success moves `p` from pending to
+//! amount is exactly `accepted + pending + p`; the request's success moves `p` from pending to
 //! accepted, its failure gives `p` back. Every taken voucher is kept with its signature, and the
 //! node redeems the largest one not above `accepted`: a failed request is never charged, and a
 //! voucher that promised it is never the one redeemed. The store runs `synchronous=FULL`: an
@@ -416,6 +416,13 @@ impl PaymentStore {
     ) -> Result<Result<(), VoucherRefusal>, X402Error> {
         self.with(|c| {
             let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let seen: Option<String> = tx
+                .prepare_cached("SELECT state FROM vouchers WHERE key = ?1")?
+                .query_row([key.as_slice()], |r| r.get(0))
+                .optional()?;
+            if seen.as_deref().is_some_and(|s| s != "released") {
+                return Ok(Err(VoucherRefusal::AlreadyUsed));
+            }
             let Some(ch) = channel(&tx, id)? else {
                 return Ok(Err(VoucherRefusal::UnknownChannel));
             };
@@ -427,16 +434,12 @@ impl PaymentStore {
                     deposited: ch.deposited,
                 }));
             }
+            // Exactly the next step: a voucher promising more would never be the one redeemed
+            // (redemption takes one not above what is owed), so a payer could use the service
+            // on vouchers the node can never cash and withdraw the deposit.
             let owed = ch.accepted + ch.pending;
-            if cumulative < owed + price {
-                return Ok(Err(VoucherRefusal::TooLow { accepted: owed }));
-            }
-            let seen: Option<String> = tx
-                .prepare_cached("SELECT state FROM vouchers WHERE key = ?1")?
-                .query_row([key.as_slice()], |r| r.get(0))
-                .optional()?;
-            if seen.as_deref().is_some_and(|s| s != "released") {
-                return Ok(Err(VoucherRefusal::AlreadyUsed));
+            if cumulative != owed + price {
+                return Ok(Err(VoucherRefusal::NotNext { owed }));
             }
             tx.prepare_cached(
                 "INSERT INTO vouchers (key, channel, cumulative, price, signature, state, created_at)
@@ -570,10 +573,10 @@ pub enum VoucherRefusal {
         /// The deposit.
         deposited: U256,
     },
-    /// The voucher does not add the price to what is owed and in flight.
-    TooLow {
+    /// The voucher is not what is owed and in flight plus the price.
+    NotNext {
         /// Owed and in flight so far.
-        accepted: U256,
+        owed: U256,
     },
     /// This very voucher was already taken.
     AlreadyUsed,

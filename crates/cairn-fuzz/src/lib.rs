@@ -1,0 +1,169 @@
+//! Fuzz targets: every parser that takes bytes from outside (a client, a node, a peer, a
+//! file), each a plain function that must never panic, hang or allocate without bound,
+//! whatever it is given.
+//!
+//! `fuzz/` (cargo-fuzz, libFuzzer) calls them with coverage guidance (`scripts/fuzz.sh`); the
+//! committed seed corpus in `fuzz/corpus/<target>/` is replayed through them by `cargo test`,
+//! so every input a fuzzer ever found interesting stays a regression test.
+
+use alloy_primitives::{B256, Signature};
+
+/// A target: its name (the corpus directory) and the function.
+pub type Target = (&'static str, fn(&[u8]));
+
+/// Every target.
+pub const TARGETS: &[Target] = &[
+    ("receipt_json", receipt_json),
+    ("x402_v2", x402_v2),
+    ("x402_v1", x402_v1),
+    ("x402_required", x402_required),
+    ("prepaid_voucher", prepaid_voucher),
+    ("kserve_json", kserve_json),
+    ("kserve_binary", kserve_binary),
+    ("safetensors", safetensors),
+    ("onnx", onnx),
+    ("signed_request", signed_request),
+    ("attestation", attestation),
+];
+
+/// A receipt as nodes serve it and clients, verifiers and settlement read it.
+pub fn receipt_json(data: &[u8]) {
+    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(data)
+        && let Ok(r) = cairn_receipt::SignedReceipt::verify_json(&v)
+    {
+        // Whatever verifies must round-trip to itself.
+        let again = cairn_receipt::SignedReceipt::verify_json(&r.to_json()).expect("round trip");
+        assert_eq!(again, r);
+        let _ = r.signing_hash();
+    }
+}
+
+/// `PAYMENT-SIGNATURE` (x402 v2) with its `exact` and `prepaid` payloads.
+pub fn x402_v2(data: &[u8]) {
+    use cairn_x402::wire::{PaymentPayload, decode_header};
+    if let Ok(p) = decode_header::<PaymentPayload>("PAYMENT-SIGNATURE", data) {
+        payloads(&p.payload);
+    }
+}
+
+/// `X-PAYMENT` (x402 v1).
+pub fn x402_v1(data: &[u8]) {
+    use cairn_x402::wire::{PaymentPayloadV1, decode_header};
+    if let Ok(p) = decode_header::<PaymentPayloadV1>("X-PAYMENT", data) {
+        payloads(&p.payload);
+    }
+}
+
+/// `PAYMENT-REQUIRED`, as a paying client reads a node's 402.
+pub fn x402_required(data: &[u8]) {
+    use cairn_x402::wire::{PaymentRequired, decode_header};
+    if let Ok(r) = decode_header::<PaymentRequired>("PAYMENT-REQUIRED", data) {
+        for o in &r.accepts {
+            let _ = cairn_x402::prepaid::domain_from_offer(o);
+            let _ = cairn_x402::wire::chain_id_of(&o.network);
+        }
+    }
+}
+
+fn payloads(v: &serde_json::Value) {
+    if let Ok(e) = cairn_x402::exact::parse(v) {
+        let _ = e.authorization.message();
+        if let Ok(sig) = Signature::try_from(e.signature.as_ref()) {
+            let _ = cairn_x402::ecrecover::recover(&B256::ZERO, &sig);
+        }
+    }
+    prepaid_value(v);
+}
+
+/// A `prepaid` voucher payload (JSON).
+pub fn prepaid_voucher(data: &[u8]) {
+    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(data) {
+        prepaid_value(&v);
+    }
+}
+
+fn prepaid_value(v: &serde_json::Value) {
+    if let Ok(p) = serde_json::from_value::<cairn_x402::prepaid::PrepaidPayload>(v.clone())
+        && let Ok(sig) = Signature::try_from(p.signature.as_ref())
+    {
+        let _ = cairn_x402::ecrecover::recover(&B256::repeat_byte(1), &sig);
+    }
+}
+
+const LIMITS: cairn_node::kserve::DecodeLimits = cairn_node::kserve::DecodeLimits {
+    max_elements: 1 << 16,
+};
+
+/// A KServe v2 JSON request body.
+pub fn kserve_json(data: &[u8]) {
+    let _ = cairn_node::kserve::decode(data, None, LIMITS);
+}
+
+/// A KServe v2 binary-extension body: the first two bytes give the JSON part's length.
+pub fn kserve_binary(data: &[u8]) {
+    if data.len() < 2 {
+        return;
+    }
+    let n = u16::from_le_bytes([data[0], data[1]]) as usize;
+    let _ = cairn_node::kserve::decode(&data[2..], Some(n), LIMITS);
+}
+
+/// A safetensors payload (inputs and outputs a node hands to verifiers).
+pub fn safetensors(data: &[u8]) {
+    if let Ok(t) = cairn_node::safetensors_io::decode(data) {
+        let again = cairn_node::safetensors_io::decode(&cairn_node::safetensors_io::encode(&t))
+            .expect("round trip");
+        assert_eq!(again, t);
+    }
+}
+
+/// An uploaded model file.
+pub fn onnx(data: &[u8]) {
+    let _ = cairn_onnx::read_signature(data, cairn_onnx::Limits::default());
+    let _ = cairn_onnx::ensure_self_contained(data);
+}
+
+/// A signed request's headers: five lines (address, timestamp, nonce, signature, body digest)
+/// and a sixth with the target.
+pub fn signed_request(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let lines: Vec<&str> = text.splitn(6, '\n').collect();
+    let get = |name: &str| {
+        let i = [
+            cairn_core::auth::HEADER_ADDRESS,
+            cairn_core::auth::HEADER_TIMESTAMP,
+            cairn_core::auth::HEADER_NONCE,
+            cairn_core::auth::HEADER_SIGNATURE,
+            cairn_core::auth::HEADER_CONTENT_SHA256,
+        ]
+        .iter()
+        .position(|h| *h == name)?;
+        lines.get(i).copied()
+    };
+    let target = lines.get(5).copied().unwrap_or("/");
+    let _ = cairn_core::auth::verify_request(get, "node.example", "GET", target, b"");
+    let _ = cairn_core::auth::host_and_target(target);
+}
+
+/// TEE evidence as a registering node presents it (JSON), and each kind's raw document.
+pub fn attestation(data: &[u8]) {
+    use cairn_attest::{Evidence, EvidenceKind, Policy};
+    const NOW: u64 = 1_700_000_000;
+    let policy = Policy { allow_dev: true };
+    if let Ok(e) = serde_json::from_slice::<Evidence>(data) {
+        let _ = cairn_attest::verify(&e, NOW, policy);
+    }
+    for kind in [
+        EvidenceKind::Nitro,
+        EvidenceKind::SevSnp,
+        EvidenceKind::Tdx,
+        EvidenceKind::Dev,
+    ] {
+        let e = Evidence {
+            kind,
+            document: data.to_vec(),
+            endorsements: Vec::new(),
+        };
+        let _ = cairn_attest::verify(&e, NOW, policy);
+    }
+}

@@ -1,0 +1,140 @@
+//! Attack: a node lies about what it accepted on a payer's prepaid channel ("you have spent
+//! everything but one price"), hoping the client signs a voucher for the whole deposit. The
+//! client signs from its own account: each voucher is what its own successful calls cost plus
+//! the price, whatever the node says.
+
+use std::sync::{Arc, Mutex};
+
+use alloy_primitives::{Address, U256};
+use alloy_signer_local::PrivateKeySigner;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use cairn_core::{DataType, Tensor};
+use cairn_node::NodeClient;
+use cairn_x402::client::PrepaidAccount;
+use cairn_x402::wire::{
+    PaymentPayload, PaymentRequired, PaymentRequirements, ResourceInfo, decode_header,
+    encode_header,
+};
+use serde_json::json;
+
+const PRICE: u64 = 1_000;
+
+fn offer(scheme: &str) -> PaymentRequirements {
+    PaymentRequirements {
+        scheme: scheme.into(),
+        network: "eip155:31337".into(),
+        amount: U256::from(PRICE),
+        asset: Address::repeat_byte(1),
+        pay_to: Address::repeat_byte(2),
+        max_timeout_seconds: 300,
+        extra: json!({"name": "Cairn USD", "version": "1", "escrow": Address::repeat_byte(3)}),
+    }
+}
+
+/// A lying node: every channel "has spent" all but one price of a large deposit. Records the
+/// payments it is sent.
+async fn liar() -> (String, Arc<Mutex<Vec<serde_json::Value>>>) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s = seen.clone();
+    let infer = move |headers: HeaderMap| {
+        let s = s.clone();
+        async move {
+            let Some(h) = headers.get("payment-signature") else {
+                let required = PaymentRequired {
+                    x402_version: 2,
+                    error: None,
+                    resource: ResourceInfo {
+                        url: "http://node/v2/models/m/infer".into(),
+                        description: String::new(),
+                        mime_type: String::new(),
+                    },
+                    accepts: vec![offer("prepaid"), offer("exact")],
+                };
+                return (
+                    StatusCode::PAYMENT_REQUIRED,
+                    [("payment-required", encode_header(&required))],
+                    "{}",
+                )
+                    .into_response();
+            };
+            let p: PaymentPayload = decode_header("PAYMENT-SIGNATURE", h.as_bytes()).unwrap();
+            s.lock()
+                .unwrap()
+                .push(json!({"scheme": p.accepted.scheme, "payload": p.payload}));
+            axum::Json(json!({
+                "model_name": "m", "model_version": "",
+                "outputs": [{"name": "y", "datatype": "FP32", "shape": [1], "data": [1.0]}],
+                "parameters": {"receipt": {}},
+            }))
+            .into_response()
+        }
+    };
+    let app = axum::Router::new()
+        .route("/v2/models/m/infer", post(infer))
+        .route(
+            "/v1/prepaid/{payer}",
+            get(|| async {
+                axum::Json(json!({
+                    "known": true, "closing": false,
+                    "deposited": "1000000", "accepted": "999000",
+                }))
+            }),
+        );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(l, app).await });
+    (url, seen)
+}
+
+#[tokio::test]
+async fn vouchers_follow_the_payers_own_account_not_the_nodes_word() {
+    let (url, seen) = liar().await;
+    let dir = tempfile::tempdir().unwrap();
+    let payer = PrivateKeySigner::random();
+    let x = Tensor::new("x", DataType::Fp32, vec![1], vec![0; 4]).unwrap();
+    let client = NodeClient::new(&url)
+        .with_payer(payer.clone(), Default::default())
+        .with_accounts(dir.path().to_owned());
+    // No account on this machine for the channel: the client does not take the node's word for
+    // where the channel stands; it pays this call with `exact` (one price, at most).
+    let out = client
+        .infer("m", std::slice::from_ref(&x), true)
+        .await
+        .unwrap();
+    assert_eq!(out.payment.unwrap().scheme, "exact");
+    // With an account (3,000 paid so far), the vouchers are 4,000 then 5,000.
+    let path = client
+        .account_path(payer.address(), &offer("prepaid"))
+        .unwrap();
+    PrepaidAccount::create(&path, U256::from(3_000u64)).unwrap();
+    for _ in 0..2 {
+        let out = client
+            .infer("m", std::slice::from_ref(&x), true)
+            .await
+            .unwrap();
+        assert_eq!(out.payment.unwrap().scheme, "prepaid");
+    }
+    let vouchers: Vec<String> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|p| p["scheme"] == "prepaid")
+        .map(|p| {
+            p["payload"]["voucher"]["cumulativeAmount"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(
+        vouchers,
+        ["4000", "5000"],
+        "the node's claim of 999,000 leaked into a voucher"
+    );
+    assert_eq!(
+        PrepaidAccount::load(&path).unwrap().unwrap().paid,
+        U256::from(5_000u64)
+    );
+}
