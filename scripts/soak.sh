@@ -20,7 +20,7 @@ work="$(mktemp -d /tmp/cairn-soak.XXXXXX)"
 declare -A pids=()
 cleanup() {
   status=$?
-  for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do { kill -9 "$p" && wait "$p"; } 2>/dev/null || true; done
   [ "${KEEP:-}" = 1 ] || rm -rf "$work"
   exit $status
 }

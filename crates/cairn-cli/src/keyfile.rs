@@ -64,14 +64,24 @@ pub fn write(path: &Path, signer: &PrivateKeySigner) -> anyhow::Result<()> {
 
 /// Creates `path` (which must not exist) with mode 0600 holding `signer`'s key.
 fn write_new(path: &Path, signer: &PrivateKeySigner) -> anyhow::Result<()> {
+    let key = format!("0x{}\n", alloy_primitives_hex(&signer.to_bytes().0));
+    create_secret(path, key.as_bytes())
+}
+
+/// Creates `path` (which must not exist; its directory is made) readable by its owner only,
+/// holding `contents`, flushed to disk.
+pub fn create_secret(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .open(path)
-        .with_context(|| format!("creating key file {}", path.display()))?;
-    writeln!(file, "0x{}", alloy_primitives_hex(&signer.to_bytes().0))?;
+        .with_context(|| format!("creating {}", path.display()))?;
+    file.write_all(contents)?;
     file.sync_all()?;
     Ok(())
 }

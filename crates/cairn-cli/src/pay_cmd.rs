@@ -94,20 +94,9 @@ pub enum FacilitatorCommand {
 fn api_keys(path: &std::path::Path) -> anyhow::Result<Vec<[u8; 32]>> {
     use sha2::Digest;
     if !path.exists() {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        if let Some(d) = path.parent() {
-            std::fs::create_dir_all(d)?;
-        }
         let token = B256::random().to_string();
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
-            .with_context(|| format!("creating {}", path.display()))?;
-        writeln!(f, "{}", token.trim_start_matches("0x"))?;
-        f.sync_all()?;
+        let line = format!("{}\n", token.trim_start_matches("0x"));
+        crate::keyfile::create_secret(path, line.as_bytes())?;
     }
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;

@@ -90,19 +90,7 @@ fn sampling_secret(path: &Path) -> anyhow::Result<B256> {
         return Ok(B256::from_slice(&b));
     }
     let s = B256::random();
-    if let Some(p) = path.parent() {
-        std::fs::create_dir_all(p)?;
-    }
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("creating {}", path.display()))?;
-    f.write_all(s.as_slice())?;
-    f.sync_all()?;
+    crate::keyfile::create_secret(path, s.as_slice())?;
     Ok(s)
 }
 

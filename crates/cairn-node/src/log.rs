@@ -530,6 +530,18 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<Job>, retention: Duration, se
 fn commit(conn: &mut Connection, batch: &[Job]) -> rusqlite::Result<()> {
     let tx = conn.transaction()?;
     {
+        // A payment is held by one request at a time: an earlier receipt under the same
+        // reference is from a run whose payment was given back (the process stopped, or the
+        // answer was lost) and must never bill it too.
+        let mut stale = tx.prepare_cached(
+            "UPDATE receipts SET billing = 'void', input = NULL, output = NULL
+             WHERE payment_ref = ?1 AND billing = 'awaiting_payment'",
+        )?;
+        for (e, _) in batch {
+            if e.billing == Billing::AwaitingPayment {
+                stale.execute(params![e.payment_ref.as_slice()])?;
+            }
+        }
         let mut stmt = tx.prepare_cached(
             "INSERT INTO receipts (id, created_at, model, receipt, input, output, digest, price,
                                    billing, payer, payment_ref)
@@ -589,5 +601,47 @@ mod tests {
         assert_eq!(log.payload("a", true).await.unwrap(), Some(vec![2]));
         assert!(log.get("b").await.unwrap().is_none());
         assert_eq!(log.count().await.unwrap(), 1);
+    }
+
+    /// A payment given back and presented again runs again: only the new run's receipt may
+    /// bill it, so the earlier one is voided (else one payment would pay two fees).
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_rerun_under_the_same_payment_voids_the_earlier_receipt() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = ReceiptLog::open(
+            &dir.path().join("r.sqlite"),
+            Duration::from_secs(3600),
+            true,
+            true,
+        )
+        .await
+        .unwrap();
+        let entry = |id: &str, payment: u8| Entry {
+            id: id.into(),
+            created_at: 1,
+            model: "m".into(),
+            receipt: format!("receipt {id}"),
+            input: vec![1],
+            output: vec![2],
+            digest: [7; 32],
+            price: "5".into(),
+            billing: Billing::AwaitingPayment,
+            payer: Some([1; 20]),
+            payment_ref: [payment; 32],
+        };
+        log.append(entry("first", 9)).await.unwrap();
+        log.append(entry("other", 8)).await.unwrap();
+        log.append(entry("again", 9)).await.unwrap();
+        let waiting: Vec<String> = log
+            .awaiting_payment(10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|w| w.0)
+            .collect();
+        assert_eq!(waiting, ["other", "again"]);
+        assert!(!log.get("first").await.unwrap().unwrap().payloads);
+        let (receipt, _) = log.by_payment(B256::repeat_byte(9)).await.unwrap().unwrap();
+        assert_eq!(receipt, "receipt again");
     }
 }

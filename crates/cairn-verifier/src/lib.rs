@@ -318,17 +318,11 @@ impl Verifier {
             .map_err(|e| unavailable(e.to_string()))?;
         let window_open = match batch.status {
             BatchStatus::Submitted => true,
-            // An expired batch can still be challenged for a window: a fraud already found
-            // goes on to its proof (its receipts are listed in their new batch).
-            BatchStatus::Expired if !c.store.frauds(id)?.is_empty() => {
-                let w = c
-                    .chain
-                    .challenge_window()
-                    .await
-                    .map_err(|e| unavailable(e.to_string()))?;
-                now_secs() < batch.attested_at + w
-            }
-            BatchStatus::Attested => {
+            // An expired batch can still be challenged for a window (from its expiry): a fraud
+            // already found goes on to its proof.
+            BatchStatus::Attested | BatchStatus::Expired
+                if batch.status == BatchStatus::Attested || !c.store.frauds(id)?.is_empty() =>
+            {
                 let w = c
                     .chain
                     .challenge_window()

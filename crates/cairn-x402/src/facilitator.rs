@@ -4,9 +4,15 @@
 //! `GET /supported`).
 //!
 //! Every settlement goes through the [`PaymentStore`] first, so an authorization is sent at most
-//! once; a transaction that is out but not confirmed is `settlement_pending` and reconciled from
-//! the token's own record (`authorizationState`), never sent again.
+//! once by this process; a transaction that is out but not confirmed is `settlement_pending` and
+//! reconciled from the token's own record (`authorizationState`). A payment is marked pending
+//! (durably, with any withheld answer) *before* its transfer is sent, so a restart knows which
+//! reservations may have a transfer out (pending) and which never did (released); a pending
+//! payment with no transaction on record is one whose sender died mid-send, and the reconciler
+//! sends it again (EIP-3009's nonce lets at most one transfer through).
 
+use std::collections::HashSet;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use alloy_primitives::{Address, B256, U256};
@@ -49,6 +55,20 @@ pub struct Facilitator {
     token_name: String,
     token_version: String,
     policy: Option<Policy>,
+    /// Payments whose transfer this process is sending right now (the reconciler leaves them).
+    sending: Mutex<HashSet<B256>>,
+}
+
+/// Removes a payment from the in-flight set when its send ends (or its task is dropped).
+struct Sending<'a>(&'a Mutex<HashSet<B256>>, B256);
+
+impl Drop for Sending<'_> {
+    fn drop(&mut self) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.1);
+    }
 }
 
 /// Who may use a facilitator served over HTTP and for what: it pays the gas of every
@@ -95,6 +115,7 @@ impl Facilitator {
             token_name,
             token_version,
             policy: None,
+            sending: Mutex::new(HashSet::new()),
         })
     }
 
@@ -239,9 +260,48 @@ impl Facilitator {
         Ok(())
     }
 
-    /// Sends the transfer of a reserved payment (key `key`) and records the outcome. Never sends
-    /// an authorization the store does not hold as reserved by this caller.
-    pub async fn settle_reserved(&self, key: B256, c: &CheckedExact) -> Settlement {
+    /// Sends the transfer of a reserved payment (key `key`) and records the outcome; `withheld`
+    /// is the answer kept while the transfer is unconfirmed (a paywall without kept answers).
+    /// Never sends an authorization the store does not hold as reserved by this caller.
+    pub async fn settle_reserved(
+        &self,
+        key: B256,
+        c: &CheckedExact,
+        withheld: Option<&[u8]>,
+    ) -> Settlement {
+        let Some(_sending) = self.begin_send(key) else {
+            return Settlement::Pending(None);
+        };
+        // Durably pending before anything leaves: a crash from here on may have a transfer out.
+        if let Err(e) = self
+            .store
+            .set_state(key, PaymentState::Pending, None, None, withheld)
+        {
+            tracing::error!(%key, error = %e, "marking a payment pending");
+            self.store.release(key, Some("the payment store failed"));
+            return Settlement::Failed(Reason::new(
+                "unexpected_settle_error",
+                "the payment could not be recorded; nothing was sent, retry with the same payment",
+            ));
+        }
+        self.send(key, c, withheld, false).await
+    }
+
+    /// Claims `key` for one sender in this process.
+    fn begin_send(&self, key: B256) -> Option<Sending<'_>> {
+        let mut set = self.sending.lock().unwrap_or_else(|p| p.into_inner());
+        set.insert(key).then(|| Sending(&self.sending, key))
+    }
+
+    /// Sends a pending payment's transfer and records the outcome. `resumed`: a transfer of
+    /// ours may already be out (a sender died mid-send), so a revert over a used nonce is ours.
+    async fn send(
+        &self,
+        key: B256,
+        c: &CheckedExact,
+        withheld: Option<&[u8]>,
+        resumed: bool,
+    ) -> Settlement {
         let a = &c.authorization;
         let outcome = if a.valid_before <= U256::from(now_secs()) {
             Settlement::Failed(Reason::new(
@@ -272,7 +332,11 @@ impl Facilitator {
                         .authorization_used(a.from, a.nonce)
                         .await
                         .unwrap_or(false);
-                    if used {
+                    if used && resumed {
+                        // Our own earlier transfer (its sender died before recording it) went
+                        // through first; failing here would charge an honest payer for nothing.
+                        Settlement::Settled(String::new())
+                    } else if used {
                         Settlement::Failed(Reason::new(
                             "invalid_exact_evm_nonce_already_used",
                             "the authorization was used by another transaction",
@@ -295,13 +359,23 @@ impl Facilitator {
             }
         };
         let (state, tx, reason) = match &outcome {
-            Settlement::Settled(tx) => (PaymentState::Settled, Some(tx.as_str()), None),
+            Settlement::Settled(tx) => (
+                PaymentState::Settled,
+                Some(tx.as_str()).filter(|t| !t.is_empty()),
+                None,
+            ),
             Settlement::Pending(tx) => (PaymentState::Pending, tx.as_deref(), None),
             Settlement::Failed(r) => (PaymentState::Failed, None, Some(r.to_string())),
         };
+        // The answer stays kept while the transfer is unconfirmed, and after a resumed one
+        // settles (its payer was never handed it); a live sender hands it over itself.
+        let keep = match (&outcome, resumed) {
+            (Settlement::Pending(_), _) | (Settlement::Settled(_), true) => withheld,
+            _ => None,
+        };
         if let Err(e) = self
             .store
-            .set_state(key, state, tx, reason.as_deref(), None)
+            .set_state(key, state, tx, reason.as_deref(), keep)
         {
             tracing::error!(%key, error = %e, "recording a settlement outcome");
         }
@@ -333,21 +407,62 @@ impl Facilitator {
         Ok(state)
     }
 
-    /// Reconciles pending payments every `every`, forever.
+    /// Reconciles pending payments every `every`, forever: see [`Facilitator::resume`].
     pub async fn reconcile_loop(self: std::sync::Arc<Self>, every: Duration) {
         loop {
             tokio::time::sleep(every).await;
-            match self.store.pending() {
-                Ok(list) => {
-                    for rec in list {
-                        if let Err(e) = self.reconcile(&rec).await {
-                            tracing::warn!(key = %rec.key, error = %e, "reconciling a payment");
-                        }
+            self.reconcile_all().await;
+        }
+    }
+
+    /// One pass of the reconciler over every pending payment.
+    pub async fn reconcile_all(&self) {
+        match self.store.pending() {
+            Ok(list) => {
+                tracing::debug!(pending = list.len(), "reconciling payments");
+                for rec in list {
+                    if let Err(e) = self.resume(&rec).await {
+                        tracing::warn!(key = %rec.key, error = %e, "reconciling a payment");
                     }
                 }
-                Err(e) => tracing::warn!(error = %e, "listing pending payments"),
             }
+            Err(e) => tracing::warn!(error = %e, "listing pending payments"),
         }
+    }
+
+    /// Reconciles a pending payment and, when its sender died before a transaction was on
+    /// record and the authorization is still unused and valid, sends its transfer again (the
+    /// payer was answered, or the answer is kept: they must not lose it for our crash).
+    pub async fn resume(&self, rec: &PaymentRecord) -> Result<PaymentState, X402Error> {
+        let Some(_sending) = self.begin_send(rec.key) else {
+            return Ok(rec.state);
+        };
+        let state = self.reconcile(rec).await?;
+        tracing::debug!(key = %rec.key, ?state, tx = ?rec.tx, "reconciled a payment");
+        if state != PaymentState::Pending || rec.tx.is_some() || rec.scheme != "exact" {
+            return Ok(state);
+        }
+        let p = exact::parse(&serde_json::from_str(&rec.payload).unwrap_or(Value::Null))
+            .map_err(X402Error::Invalid)?;
+        let signature =
+            alloy_primitives::Signature::try_from(p.signature.as_ref()).map_err(|e| {
+                X402Error::Invalid(Reason::new(
+                    "invalid_exact_evm_payload_signature",
+                    format!("the kept signature does not parse: {e}"),
+                ))
+            })?;
+        let c = CheckedExact {
+            authorization: p.authorization,
+            signature,
+        };
+        tracing::info!(key = %rec.key, "sending the transfer of a payment whose sender stopped mid-send");
+        Ok(
+            match self.send(rec.key, &c, rec.response.as_deref(), true).await {
+                Settlement::Settled(_) => PaymentState::Settled,
+                Settlement::Pending(_) => PaymentState::Pending,
+                Settlement::Failed(_) => PaymentState::Failed,
+            },
+        )
     }
 
     /// Reserves a checked payment in the store for a request on `resource`; its key is the
@@ -506,7 +621,7 @@ impl Facilitator {
             self.store.release(key, Some(&e.to_string()));
             return fail(e.code(), payer);
         }
-        match self.settle_reserved(key, &c).await {
+        match self.settle_reserved(key, &c, None).await {
             Settlement::Settled(tx) => SettleResponse {
                 success: true,
                 error_reason: None,

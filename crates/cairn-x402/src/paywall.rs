@@ -530,7 +530,10 @@ async fn paid_request(p: Arc<Paywall>, req: Request, next: Next) -> Response {
                 .into_response();
         }
     };
-    match f.settle_reserved(key, &checked).await {
+    // With kept answers a retry is answered from them (inputs checked); without, the response
+    // itself is kept while the transfer is unconfirmed.
+    let frozen = p.kept.is_none().then(|| freeze(&rparts, &bytes));
+    match f.settle_reserved(key, &checked, frozen.as_deref()).await {
         Settlement::Settled(tx) => {
             let mut resp = Response::from_parts(rparts, Body::from(bytes));
             let s = settle_response(true, None, Some(tx), payer);
@@ -538,18 +541,6 @@ async fn paid_request(p: Arc<Paywall>, req: Request, next: Next) -> Response {
             resp
         }
         Settlement::Pending(tx) => {
-            // With kept answers the retry is answered from them (inputs checked); without, the
-            // response itself is kept.
-            let frozen = p.kept.is_none().then(|| freeze(&rparts, &bytes));
-            if let Err(e) = f.store().set_state(
-                key,
-                PaymentState::Pending,
-                tx.as_deref(),
-                None,
-                frozen.as_deref(),
-            ) {
-                tracing::error!(error = %e, "keeping a withheld response");
-            }
             let r = Reason::new(
                 "settlement_pending",
                 "the payment's transfer is sent and not confirmed yet; the result is kept: retry with the same payment shortly (you will not be charged twice)",

@@ -233,12 +233,14 @@ impl PaymentStore {
             .map_err(store_err)?;
         }
         // Requests that were running when the process stopped did not answer: give their
-        // vouchers back. Exact payments reserved then may have a transfer out: the reconciler
-        // decides them from the token's record.
+        // vouchers and payments back. An exact payment is marked pending before its transfer
+        // is sent, so one still reserved never had a transfer out.
         conn.execute_batch(
             "UPDATE vouchers SET state = 'released' WHERE state = 'reserved';
              UPDATE channels SET pending = '0';
-             UPDATE payments SET state = 'pending' WHERE state = 'reserved' AND scheme = 'exact';",
+             UPDATE payments SET state = 'released',
+                    reason = 'the process stopped before this payment was settled'
+              WHERE state = 'reserved';",
         )
         .map_err(store_err)?;
         Ok(Self {

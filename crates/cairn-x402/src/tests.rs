@@ -397,10 +397,84 @@ async fn expired_authorization_is_not_sent() {
     expired.authorization.valid_before = U256::from(now_secs() - 1);
     let out = d
         .facilitator
-        .settle_reserved(B256::repeat_byte(9), &expired)
+        .settle_reserved(B256::repeat_byte(9), &expired, None)
         .await;
     assert!(
         matches!(out, Settlement::Failed(ref r) if r.code == "invalid_exact_evm_payload_authorization_valid_before"),
         "{out:?}"
+    );
+}
+
+/// A process that stops mid-request: a payment still reserved never had a transfer out and is
+/// given back; one marked pending with no transaction on record (the sender died mid-send) is
+/// sent again by the next process's reconciler, once, and keeps the withheld answer; one whose
+/// transfer got through before the crash is settled without a second send.
+#[tokio::test]
+async fn a_restart_releases_unsent_payments_and_finishes_a_send_cut_off() {
+    let d = devnet().await;
+    let reserve = |req: &FacilitatorRequest| {
+        let p: PaymentPayload = serde_json::from_value(req.payment_payload.clone()).unwrap();
+        let c = d
+            .facilitator
+            .check_exact(&p.payload, &p.accepted, now_secs())
+            .unwrap();
+        let (key, r) = d.facilitator.reserve(&c, "http://x/y", &p.payload).unwrap();
+        assert!(matches!(r, Reserve::Reserved));
+        (key, c)
+    };
+    let (running, _) = reserve(&request(&d, 700));
+    let (cut_off, _) = reserve(&request(&d, 800));
+    let (through, c) = reserve(&request(&d, 900));
+    let store = d.facilitator.store();
+    for key in [cut_off, through] {
+        store
+            .set_state(key, PaymentState::Pending, None, None, Some(b"the answer"))
+            .unwrap();
+    }
+    let a = &c.authorization;
+    d.chain
+        .send_authorization(
+            &dev_signer(3),
+            cairn_ledger::contracts::CairnToken::transferWithAuthorizationCall {
+                from: a.from,
+                to: a.to,
+                value: a.value,
+                validAfter: a.valid_after,
+                validBefore: a.valid_before,
+                nonce: a.nonce,
+                v: 27 + c.signature.v() as u8,
+                r: c.signature.r().into(),
+                s: c.signature.s().into(),
+            },
+        )
+        .await
+        .unwrap();
+    let payer_before = d.chain.token_balance(d.payer.address()).await.unwrap();
+
+    // The next process.
+    let store = PaymentStore::open(&d._dir.path().join("payments.sqlite")).unwrap();
+    let f = Facilitator::new(d.chain.clone(), dev_signer(2), store)
+        .await
+        .unwrap();
+    assert_eq!(
+        f.store().get(running).unwrap().unwrap().state,
+        PaymentState::Released
+    );
+    for _ in 0..2 {
+        f.reconcile_all().await;
+    }
+    for key in [cut_off, through] {
+        let rec = f.store().get(key).unwrap().unwrap();
+        assert_eq!(rec.state, PaymentState::Settled, "{rec:?}");
+        assert_eq!(rec.response.as_deref(), Some(&b"the answer"[..]));
+    }
+    assert_eq!(
+        d.chain.token_balance(d.payer.address()).await.unwrap(),
+        payer_before - U256::from(800),
+        "only the cut-off transfer is sent, and once"
+    );
+    assert_eq!(
+        d.chain.token_balance(d.payee).await.unwrap(),
+        U256::from(800 + 900)
     );
 }
