@@ -58,6 +58,24 @@ impl CheckedExact {
     pub fn payment_ref(&self, token: Address) -> B256 {
         payment_ref(token, self.authorization.from, self.authorization.nonce)
     }
+
+    /// The token call that moves this payment (anyone may send it; the payer pays no gas).
+    pub fn transfer_call(
+        &self,
+    ) -> cairn_ledger::contracts::CairnToken::transferWithAuthorizationCall {
+        let (a, sig) = (&self.authorization, &self.signature);
+        cairn_ledger::contracts::CairnToken::transferWithAuthorizationCall {
+            from: a.from,
+            to: a.to,
+            value: a.value,
+            validAfter: a.valid_after,
+            validBefore: a.valid_before,
+            nonce: a.nonce,
+            v: 27 + sig.v() as u8,
+            r: sig.r().into(),
+            s: sig.s().into(),
+        }
+    }
 }
 
 /// keccak256(abi.encode(token, payer, nonce)): one EIP-3009 authorization, chain-wide.

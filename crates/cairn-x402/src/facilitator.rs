@@ -22,7 +22,6 @@ use axum::Json;
 use axum::Router;
 use axum::extract::State;
 use axum::routing::{get, post};
-use cairn_ledger::contracts::CairnToken;
 use cairn_ledger::{Chain, LedgerError};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -309,18 +308,11 @@ impl Facilitator {
                 "the authorization expired before it could be settled; sign a new one",
             ))
         } else {
-            let call = CairnToken::transferWithAuthorizationCall {
-                from: a.from,
-                to: a.to,
-                value: a.value,
-                validAfter: a.valid_after,
-                validBefore: a.valid_before,
-                nonce: a.nonce,
-                v: 27 + c.signature.v() as u8,
-                r: c.signature.r().into(),
-                s: c.signature.s().into(),
-            };
-            match self.chain.send_authorization(&self.signer, call).await {
+            match self
+                .chain
+                .send_authorization(&self.signer, c.transfer_call())
+                .await
+            {
                 Ok(out) => Settlement::Settled(out.hash.to_string()),
                 Err(LedgerError::Pending { hash, .. }) => {
                     Settlement::Pending(Some(hash.to_string()))

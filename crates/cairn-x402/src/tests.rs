@@ -431,22 +431,8 @@ async fn a_restart_releases_unsent_payments_and_finishes_a_send_cut_off() {
             .set_state(key, PaymentState::Pending, None, None, Some(b"the answer"))
             .unwrap();
     }
-    let a = &c.authorization;
     d.chain
-        .send_authorization(
-            &dev_signer(3),
-            cairn_ledger::contracts::CairnToken::transferWithAuthorizationCall {
-                from: a.from,
-                to: a.to,
-                value: a.value,
-                validAfter: a.valid_after,
-                validBefore: a.valid_before,
-                nonce: a.nonce,
-                v: 27 + c.signature.v() as u8,
-                r: c.signature.r().into(),
-                s: c.signature.s().into(),
-            },
-        )
+        .send_authorization(&dev_signer(3), c.transfer_call())
         .await
         .unwrap();
     let payer_before = d.chain.token_balance(d.payer.address()).await.unwrap();
