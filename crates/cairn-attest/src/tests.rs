@@ -76,14 +76,9 @@ fn tampered_nitro_documents_fail() {
             document: flip(NITRO_DOC.to_vec(), at),
             ..nitro()
         };
+        // Still well-formed COSE, so the only thing wrong is that AWS did not sign these bytes.
         let err = verify(&e, NITRO_ISSUED, TEE).unwrap_err();
-        assert!(
-            matches!(
-                err,
-                AttestError::Forged { .. } | AttestError::Malformed { .. }
-            ),
-            "byte {at}: {err}"
-        );
+        assert_eq!(err.code(), "evidence_forged", "byte {at}: {err}");
     }
     let truncated = Evidence {
         document: NITRO_DOC[..len / 3].to_vec(),
@@ -93,8 +88,11 @@ fn tampered_nitro_documents_fail() {
 }
 
 /// A module that answers like the NSM: it returns the sample document for an attestation
-/// request carrying user data, and an error otherwise.
-struct RecordedNsm;
+/// request carrying user data (which it records), and an error otherwise.
+#[derive(Default)]
+struct RecordedNsm {
+    asked: std::sync::Mutex<Vec<Vec<u8>>>,
+}
 
 impl Nsm for RecordedNsm {
     fn process(&self, request: Request) -> Response {
@@ -103,11 +101,20 @@ impl Nsm for RecordedNsm {
                 user_data: Some(d),
                 nonce: None,
                 public_key: None,
-            } if d.len() == 64 => Response::Attestation {
-                document: NITRO_DOC.to_vec(),
-            },
+            } => {
+                self.asked.lock().unwrap().push(d.to_vec());
+                Response::Attestation {
+                    document: NITRO_DOC.to_vec(),
+                }
+            }
             _ => Response::Error(ErrorCode::InvalidArgument),
         }
+    }
+}
+
+impl Nsm for std::sync::Arc<RecordedNsm> {
+    fn process(&self, request: Request) -> Response {
+        self.as_ref().process(request)
     }
 }
 
@@ -122,8 +129,12 @@ impl Nsm for RefusingNsm {
 #[test]
 fn the_nsm_attester_asks_for_the_report_data_and_returns_the_document() {
     let rd = report_data(any_node(), None);
-    let e = NsmAttester::new(RecordedNsm).evidence(&rd).unwrap();
+    let nsm = std::sync::Arc::new(RecordedNsm::default());
+    let e = NsmAttester::new(nsm.clone()).evidence(&rd).unwrap();
+    // One request, carrying exactly the binding as user data (no nonce, no public key).
+    assert_eq!(*nsm.asked.lock().unwrap(), vec![rd.to_vec()]);
     assert_eq!(e.kind, EvidenceKind::Nitro);
+    assert_eq!(e.document, NITRO_DOC);
     assert!(verify(&e, NITRO_ISSUED, TEE).is_ok());
     let err = NsmAttester::new(RefusingNsm).evidence(&rd).unwrap_err();
     assert!(err.to_string().contains("InternalError"), "{err}");
@@ -274,16 +285,26 @@ fn dev_evidence_binds_its_key_and_needs_a_permissive_policy() {
             .to_string()
             .contains("signed by")
     );
-    // A changed byte of the statement changes its signer, so the binding fails.
+    // A changed byte in the key half of the report data: it names another key.
     let tampered = Evidence {
-        document: flip(e.document.clone(), 30),
+        document: flip(e.document.clone(), 20 + 5),
         ..e.clone()
     };
-    match verify(&tampered, TODAY, dev) {
-        Ok(v) => assert!(check_binding(&v, node, None).is_err()),
-        Err(err) => assert_eq!(err.code(), "evidence_forged"),
-    }
-    assert_ne!(tampered.digest(), e.digest());
+    let v = verify(&tampered, TODAY, dev).unwrap();
+    let err = check_binding(&v, node, None).unwrap_err();
+    assert_eq!(err.code(), "evidence_wrongly_bound");
+    assert!(err.to_string().contains("names another key"), "{err}");
+    // A changed byte in the reserved half: the binding still reads right, but the signature no
+    // longer covers the statement, so it recovers to a stranger.
+    let tampered = Evidence {
+        document: flip(e.document.clone(), 20 + 40),
+        ..e.clone()
+    };
+    let v = verify(&tampered, TODAY, dev).unwrap();
+    assert_ne!(v.dev_signer, Some(node));
+    let err = check_binding(&v, node, None).unwrap_err();
+    assert_eq!(err.code(), "evidence_wrongly_bound");
+    assert!(err.to_string().contains("signed by"), "{err}");
 }
 
 #[test]

@@ -346,14 +346,30 @@ async fn concurrent_hubs_on_one_postgres_act_as_one() {
         a.create_repo(Address::repeat_byte(1), &race, 1),
         b.create_repo(Address::repeat_byte(2), &race, 1)
     );
-    assert!(ra.is_ok() != rb.is_ok(), "exactly one creator wins");
+    // Exactly one wins; the loser is told the name is taken (not a deadlock or database error).
+    let lost = match (ra, rb) {
+        (Ok(_), Err(e)) | (Err(e), Ok(_)) => e,
+        other => panic!("exactly one creator must win: {other:?}"),
+    };
+    assert!(
+        matches!(&lost, CatalogError::RepoExists(n) if n.to_string() == "race"),
+        "{lost:?}"
+    );
     let name: RepoName = "race".parse().unwrap();
     a.create_release(&name, v("1.0"), "", 1).await.unwrap();
     a.put_file(&name, v("1.0"), &file("m.onnx", b"m"))
         .await
         .unwrap();
     let (pa, pb) = tokio::join!(a.publish(&name, v("1.0"), 2), b.publish(&name, v("1.0"), 2));
-    assert!(pa.is_ok() != pb.is_ok(), "exactly one publish wins");
+    let lost = match (pa, pb) {
+        (Ok(_), Err(e)) | (Err(e), Ok(_)) => e,
+        other => panic!("exactly one publish must win: {other:?}"),
+    };
+    assert!(
+        matches!(&lost, CatalogError::ReleasePublished { repo, version }
+            if repo.to_string() == "race" && version.to_string() == "1.0"),
+        "{lost:?}"
+    );
     assert_eq!(
         b.resolve(&name, None, None).await.unwrap().file.cid,
         BlobId::of(b"m")

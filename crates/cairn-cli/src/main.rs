@@ -303,6 +303,9 @@ enum ReceiptCommand {
         /// The node's outputs, to report the largest difference when profiles differ.
         #[arg(long)]
         output: Option<PathBuf>,
+        /// Largest |difference| accepted when profiles differ (as a verifier's `--tolerance`).
+        #[arg(long, default_value_t = 1e-4)]
+        tolerance: f64,
         /// The hub to fetch the model from.
         #[arg(long, env = "CAIRN_HUB", default_value = DEFAULT_HUB)]
         hub: String,
@@ -467,13 +470,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             receipt,
             input,
             output,
+            tolerance,
             hub,
         }) => {
             let cache = dirs::cache_dir()
                 .unwrap_or_else(|| PathBuf::from("."))
                 .join("cairn")
                 .join("models");
-            node_cmd::reexec(&receipt, &input, output.as_deref(), &hub, &cache).await
+            node_cmd::reexec(&receipt, &input, output.as_deref(), tolerance, &hub, &cache).await
         }
         Command::Chain(cmd) => chain_cmd::run(cmd).await,
         Command::Verifier(VerifierCommand::Serve(args)) => verify_cmd::serve(*args).await,

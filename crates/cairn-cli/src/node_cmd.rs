@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use alloy_primitives::{Address, U256};
-use anyhow::{Context, bail};
+use anyhow::{Context, anyhow, bail};
 use cairn_core::tensor::tensors_hash;
 use cairn_core::{BlobId, Reproducibility, Tensor};
 use cairn_engine::{CpuTier, Engine, TractEngine};
@@ -535,6 +535,7 @@ pub async fn reexec(
     receipt: &Path,
     input: &Path,
     output: Option<&Path>,
+    tolerance: f64,
     hub: &str,
     cache: &Path,
 ) -> anyhow::Result<()> {
@@ -593,11 +594,17 @@ pub async fn reexec(
                 p.display()
             );
         }
-        let diff = max_abs_diff(&claimed, &outputs)?;
+        let diff = cairn_verifier::max_abs_diff(&claimed, &outputs).map_err(|e| anyhow!(e))?;
         println!(
             "result: not bit-identical (profiles differ: {kind}); max |difference| = {diff:e}"
         );
-        return Ok(());
+        if diff <= tolerance {
+            println!("within tolerance {tolerance:e}");
+            return Ok(());
+        }
+        bail!(
+            "the node's output differs from this re-execution by {diff:e}, more than the tolerance {tolerance:e}"
+        );
     }
     println!(
         "result: not bit-identical; the receipt comes from {kind}, so only a tolerance check is possible here. \
@@ -605,37 +612,4 @@ pub async fn reexec(
         r.id()
     );
     bail!("cannot confirm bit-exactly on this machine's profile")
-}
-
-/// Largest absolute difference between same-named float tensors (integers compared exactly).
-fn max_abs_diff(a: &[Tensor], b: &[Tensor]) -> anyhow::Result<f64> {
-    use cairn_core::DataType;
-    let mut max = 0f64;
-    for x in a {
-        let y = b
-            .iter()
-            .find(|y| y.name() == x.name())
-            .with_context(|| format!("re-execution produced no `{}`", x.name()))?;
-        if x.dtype() != y.dtype() || x.shape() != y.shape() {
-            bail!("`{}` differs in type or shape", x.name());
-        }
-        let vals = |t: &Tensor| -> Vec<f64> {
-            let d = t.data();
-            match t.dtype() {
-                DataType::Fp32 => d
-                    .chunks_exact(4)
-                    .map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64)
-                    .collect(),
-                DataType::Fp64 => d
-                    .chunks_exact(8)
-                    .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
-                    .collect(),
-                _ => d.iter().map(|&b| b as f64).collect(),
-            }
-        };
-        for (p, q) in vals(x).into_iter().zip(vals(y)) {
-            max = max.max((p - q).abs());
-        }
-    }
-    Ok(max)
 }

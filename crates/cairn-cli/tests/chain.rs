@@ -54,42 +54,83 @@ fn dec(v: &Value) -> U256 {
     v.as_str().unwrap().parse().unwrap()
 }
 
-/// Every finalized batch's fees are split exactly: verifiers 10% (equal parts, dust to the
-/// treasury), treasury 5%, node the rest; the settlement contract keeps nothing. `paid`: whether
-/// callers paid the fees (x402, into the node's vault) or the node escrowed them itself.
-fn check_split(status: &Value, node: &str, node_before: U256, treasury_before: U256, paid: bool) {
-    let (mut to_node, mut to_treasury, mut fees_total) = (U256::ZERO, U256::ZERO, U256::ZERO);
+/// A party's token balance in a `chain status` JSON (zero when it is not listed).
+fn balance_of(status: &Value, who: &str) -> U256 {
+    status["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["address"].as_str().unwrap().eq_ignore_ascii_case(who))
+        .map_or(U256::ZERO, |n| dec(&n["tokenBalance"]))
+}
+
+/// Between two `chain status` snapshots, `receipts` receipts at `price` each were settled and
+/// every batch's fees split exactly: each attesting verifier gains its equal part of 10% (dust
+/// to the treasury), the treasury 5%, the node the rest; nobody else gains, the settlement
+/// contract and the node's vault keep nothing. `paid`: callers paid the fees (x402, into the
+/// node's vault, then into the batch) rather than the node escrowing them from its own tokens.
+fn check_split(before: &Value, after: &Value, node: &str, price: u64, receipts: u64, paid: bool) {
     let bps = |f: U256, b: u64| f * U256::from(b) / U256::from(10_000u64);
-    for b in status["batches"].as_array().unwrap() {
+    let (mut to_node, mut to_treasury, mut fees_total, mut count) =
+        (U256::ZERO, U256::ZERO, U256::ZERO, 0u64);
+    let mut to_verifier: std::collections::HashMap<String, U256> = Default::default();
+    for b in after["batches"].as_array().unwrap() {
         assert_eq!(b["status"], "finalized", "{b}");
+        assert!(
+            b["node"].as_str().unwrap().eq_ignore_ascii_case(node),
+            "{b}"
+        );
         let f = dec(&b["fees"]);
-        let n = U256::from(b["verifiers"].as_array().unwrap().len());
+        let c = b["count"].as_u64().unwrap();
+        assert_eq!(
+            f,
+            U256::from(c * price),
+            "batch fees are its receipts' prices: {b}"
+        );
+        let signers = b["verifiers"].as_array().unwrap();
+        assert!(!signers.is_empty(), "{b}");
+        let n = U256::from(signers.len());
         let per = bps(f, 1_000) / n;
+        for v in signers {
+            *to_verifier
+                .entry(v.as_str().unwrap().to_ascii_lowercase())
+                .or_default() += per;
+        }
+        count += c;
         fees_total += f;
         to_treasury += bps(f, 500) + (bps(f, 1_000) - per * n);
         to_node += f - bps(f, 1_000) - bps(f, 500);
     }
-    assert!(fees_total > U256::ZERO);
-    assert_eq!(dec(&status["settlementBalance"]), U256::ZERO);
+    assert_eq!(count, receipts, "receipts settled");
+    assert_eq!(fees_total, U256::from(receipts * price));
+    assert_eq!(dec(&after["settlementBalance"]), U256::ZERO);
     assert_eq!(
-        dec(&status["treasuryBalance"]),
-        treasury_before + to_treasury
+        dec(&after["treasuryBalance"]),
+        dec(&before["treasuryBalance"]) + to_treasury
     );
-    let entry = status["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|n| n["address"].as_str().unwrap().eq_ignore_ascii_case(node))
-        .unwrap();
-    let node_now = dec(&entry["tokenBalance"]);
-    // Paid calls put exactly the fees in the node's vault; a batch takes its fees from the vault
-    // first, so what the node escrowed itself is what still waits in the vault.
-    let own_fees = if paid {
-        dec(&entry["vaultBalance"])
-    } else {
-        fees_total
-    };
-    assert_eq!(node_now, node_before - own_fees + to_node);
+    for p in after["nodes"].as_array().unwrap() {
+        let who = p["address"].as_str().unwrap();
+        let (was, now) = (balance_of(before, who), dec(&p["tokenBalance"]));
+        if who.eq_ignore_ascii_case(node) {
+            // Paid calls reach the batch through the vault, which is empty again.
+            assert_eq!(dec(&p["vaultBalance"]), U256::ZERO, "{p}");
+            if paid {
+                assert_eq!(now, was + to_node, "node {who}");
+            } else {
+                // The node escrowed the fees itself and got its share back.
+                assert_eq!(now + fees_total, was + to_node, "node {who}");
+            }
+        } else {
+            let share = to_verifier
+                .remove(&who.to_ascii_lowercase())
+                .unwrap_or_default();
+            assert_eq!(now, was + share, "verifier {who}");
+        }
+    }
+    assert!(
+        to_verifier.is_empty(),
+        "unlisted signers paid: {to_verifier:?}"
+    );
 }
 
 #[test]
@@ -103,6 +144,8 @@ fn devnet_call_ends_in_a_finalized_batch_that_pays_everyone() {
         "2500",
     ]);
     let dir = net.dir.path();
+    let data = dir.join("data");
+    let before = devnet_status(&data);
     let receipts: Vec<Value> = (0..3)
         .map(|i| infer(&net.url, &net.node_url, dir, i))
         .collect();
@@ -115,21 +158,13 @@ fn devnet_call_ends_in_a_finalized_batch_that_pays_everyone() {
         info["domain"]["verifyingContract"],
         info["settlement"]["deployment"]["settlement"]
     );
-    let data = dir.join("data");
-    let status: Value = serde_json::from_str(&cairn(&[
-        "chain",
-        "status",
-        "--devnet-dir",
-        data.to_str().unwrap(),
-        "--json",
-    ]))
-    .unwrap();
-    // Dev node: minted 1,000,000 cUSD, staked 1,000.
+    let status = devnet_status(&data);
     check_split(
+        &before,
         &status,
         info["address"].as_str().unwrap(),
-        U256::from(999_000_000_000u64),
-        U256::ZERO,
+        2500,
+        3,
         true,
     );
     // Anyone can check a receipt's settlement: the node's proof against the root on chain.
@@ -153,11 +188,35 @@ fn devnet_call_ends_in_a_finalized_batch_that_pays_everyone() {
         "{}/v1/batches/{}",
         net.node_url, first["batch"]["id"]
     ));
+    let digests: Vec<_> = listing["receipts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| SignedReceipt::verify_json(r).unwrap().signing_hash())
+        .collect();
+    let on_chain = status["batches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["id"] == first["batch"]["id"])
+        .unwrap();
     assert_eq!(
-        listing["receipts"].as_array().unwrap().len() as u64,
-        listing["count"].as_u64().unwrap()
+        cairn_receipt::merkle::ReceiptTree::new(&digests)
+            .unwrap()
+            .root()
+            .to_string(),
+        on_chain["root"].as_str().unwrap(),
+        "the listing rebuilds the root on chain"
     );
-    // A signature from a non-verifier is refused with a JSON error.
+    // A well-formed signature from a key that is no verifier is refused with a JSON error.
+    let stranger = {
+        use alloy_signer::SignerSync;
+        let key = alloy_signer_local::PrivateKeySigner::random();
+        let sig = key
+            .sign_hash_sync(&alloy_primitives::B256::repeat_byte(7))
+            .unwrap();
+        format!("0x{}", alloy_primitives::hex::encode(sig.as_bytes()))
+    };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -168,15 +227,22 @@ fn devnet_call_ends_in_a_finalized_batch_that_pays_everyone() {
                 "{}/v1/batches/{}/attestations",
                 net.node_url, first["batch"]["id"]
             ))
-            .json(&json!({"signature": format!("0x{}", "11".repeat(64) + "1b")}))
+            .json(&json!({"signature": stranger}))
             .send()
             .await
             .unwrap();
         (r.status().as_u16(), r.json().await.unwrap())
     });
-    assert!(code == 403 || code == 400, "{code} {body}");
+    assert_eq!(
+        (code, body["code"].as_str()),
+        (403, Some("not_a_verifier")),
+        "{body}"
+    );
     assert!(
-        body["code"].is_string() && body["message"].is_string(),
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("which is not an active verifier"),
         "{body}"
     );
 }
@@ -196,6 +262,7 @@ fn devnet_status(data: &Path) -> Value {
 fn devnet_resumes_after_kill_9_with_the_same_chain() {
     let fast = ["--batch-max-age-secs", "1", "--challenge-window", "2"];
     let net = Server::devnet_with(&fast);
+    let genesis = devnet_status(&net.dir.path().join("data"));
     let first = infer(&net.url, &net.node_url, net.dir.path(), 0);
     wait_finalized(&net.node_url, &first);
     let data = net.dir.path().join("data");
@@ -213,11 +280,13 @@ fn devnet_resumes_after_kill_9_with_the_same_chain() {
     let status = devnet_status(&net.dir.path().join("data"));
     assert_eq!(status["contracts"], before["contracts"]);
     let info = get(&format!("{}/v1/node", net.node_url));
+    let price = second["typedData"]["message"]["price"].as_str().unwrap();
     check_split(
+        &genesis,
         &status,
         info["address"].as_str().unwrap(),
-        U256::from(999_000_000_000u64),
-        U256::ZERO,
+        price.parse().unwrap(),
+        2,
         true,
     );
     let node = status["nodes"]
@@ -313,6 +382,9 @@ fn node_settles_on_anvil_with_separate_verifier_processes() {
     assert!(out.contains("with dev evidence"), "{out}");
     let listed = anv.cairn(&["nodes"]);
     assert!(listed.contains("dev (software key, not a TEE)"), "{listed}");
+    let mut args = vec!["chain", "status", "--json"];
+    args.extend_from_slice(&chain);
+    let registered: Value = serde_json::from_str(&cairn(&args)).unwrap();
 
     let receipts: Vec<Value> = (0..2)
         .map(|i| infer(&net.url, &node.node_url, d, i))
@@ -322,12 +394,17 @@ fn node_settles_on_anvil_with_separate_verifier_processes() {
     for r in &receipts {
         wait_finalized(&node.node_url, r);
     }
-    // Every verifier re-executed the receipts (sample rate 1) and kept its verdict.
-    let v0 = running[0].url.clone();
-    let id = SignedReceipt::verify_json(&receipts[0]).unwrap().id();
-    let found = get(&format!("{v0}/v1/verdicts/receipts/{id}"));
-    assert_eq!(found["verdicts"][0]["outcome"], "confirmed", "{found}");
-    assert_eq!(found["verdicts"][0]["comparison"], "bit-exact", "{found}");
+    // Every verifier re-executed every receipt (sample rate 1) and kept its verdict.
+    for v in &running {
+        for r in &receipts {
+            let id = SignedReceipt::verify_json(r).unwrap().id();
+            let found = get(&format!("{}/v1/verdicts/receipts/{id}", v.url));
+            let verdicts = found["verdicts"].as_array().unwrap();
+            assert_eq!(verdicts.len(), 1, "{} on {id}: {found}", v.url);
+            assert_eq!(verdicts[0]["outcome"], "confirmed", "{found}");
+            assert_eq!(verdicts[0]["comparison"], "bit-exact", "{found}");
+        }
+    }
 
     // One verifier down: the other two still make the quorum.
     drop(running.remove(2));
@@ -406,6 +483,8 @@ fn node_settles_on_anvil_with_separate_verifier_processes() {
     assert!(err.contains("is not approved on this deployment"), "{err}");
 
     // Governance revokes the dev measurement for inference nodes: the node is no longer offered.
+    let listed = anv.cairn(&["nodes"]).to_lowercase();
+    assert!(listed.contains(&node_addr.to_lowercase()), "{listed}");
     anv.cairn(&[
         "chain",
         "measurement",
@@ -417,8 +496,8 @@ fn node_settles_on_anvil_with_separate_verifier_processes() {
         "dev",
         "--revoke",
     ]);
-    let listed = anv.cairn(&["nodes"]);
-    assert!(!listed.contains(&node_addr), "{listed}");
+    let listed = anv.cairn(&["nodes"]).to_lowercase();
+    assert!(!listed.contains(&node_addr.to_lowercase()), "{listed}");
     let all = anv.cairn(&["nodes", "--all"]);
     assert!(all.contains("measurement revoked"), "{all}");
     let receipt_file = d.join("receipt-1.json");
@@ -429,11 +508,5 @@ fn node_settles_on_anvil_with_separate_verifier_processes() {
     let mut args = vec!["chain", "status", "--json"];
     args.extend_from_slice(&chain);
     let status: Value = serde_json::from_str(&cairn(&args)).unwrap();
-    check_split(
-        &status,
-        &node_addr,
-        U256::from(999_000_000_000u64),
-        U256::ZERO,
-        false,
-    );
+    check_split(&registered, &status, &node_addr, 4000, 5, false);
 }

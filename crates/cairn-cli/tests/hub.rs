@@ -428,6 +428,18 @@ fn forged_stale_replayed_and_tampered_signatures_are_refused() {
     });
 }
 
+/// A new, empty database `name` on the PostgreSQL server of `admin`; its URL.
+async fn fresh_database(admin: &str, name: &str) -> String {
+    use sqlx::Executor;
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(admin).await.unwrap();
+    pool.execute(format!("CREATE DATABASE {name}").as_str())
+        .await
+        .unwrap();
+    let (base, _) = admin.rsplit_once('/').unwrap();
+    format!("{base}/{name}")
+}
+
 /// One HTTP/1.1 request on a raw socket, target sent exactly as given; returns status and body.
 async fn raw_http(
     hub: &str,
@@ -539,8 +551,21 @@ fn bad_uploads_store_nothing_and_say_why() {
         sock.write_all(&bytes[..bytes.len() / 2]).await.unwrap();
         sock.shutdown().await.unwrap();
         let mut answer = Vec::new();
-        let _ = sock.read_to_end(&mut answer).await;
+        sock.read_to_end(&mut answer).await.unwrap();
         drop(sock);
+        // The hub says what went wrong, as JSON, and that nothing was kept.
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+        let body: serde_json::Value =
+            serde_json::from_str(answer.split("\r\n\r\n").nth(1).unwrap_or("")).unwrap();
+        assert_eq!(body["code"], "upload_interrupted", "{answer}");
+        assert!(
+            body["message"]
+                .as_str()
+                .unwrap()
+                .contains("nothing was stored"),
+            "{answer}"
+        );
         assert_eq!(blob_status(real).await, 404);
         assert!(
             client.repo(&name).await.unwrap().releases[0]
@@ -918,12 +943,25 @@ fn two_hubs_on_one_postgres_and_one_s3_bucket_act_as_one() {
     let prefix: String = suffix.iter().map(|b| format!("{b:02x}")).collect();
     let blobs = format!("s3://{bucket}/e2e-{prefix}");
     let env = [("CAIRN_S3_ENDPOINT", s3)];
-    // Both start at once: the catalog migration must be taken by exactly one.
+    // Both start at once on a fresh database: the catalog migration must be taken by exactly
+    // one (the other waits on the lock, then finds the schema current).
+    let pg = runtime().block_on(fresh_database(&pg, &format!("e2e_{prefix}")));
     let (a, b) = std::thread::scope(|s| {
-        let a = s.spawn(|| Server::hub(&pg, &blobs, &env));
-        let b = s.spawn(|| Server::hub(&pg, &blobs, &env));
+        let a = s.spawn(|| Server::hub_logged(&pg, &blobs, &env));
+        let b = s.spawn(|| Server::hub_logged(&pg, &blobs, &env));
         (a.join().unwrap(), b.join().unwrap())
     });
+    let migrated: Vec<bool> = [&a, &b]
+        .iter()
+        .map(|h| h.log().contains("applying catalog migration"))
+        .collect();
+    assert_eq!(
+        migrated.iter().filter(|m| **m).count(),
+        1,
+        "hub a:\n{}\nhub b:\n{}",
+        a.log(),
+        b.log()
+    );
     let dir = tempfile::tempdir().unwrap();
     let key = dir.path().join("key");
     let repo = format!("shared-{prefix}");

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use alloy_primitives::{Address, B256, U256, keccak256};
 use alloy_sol_types::{SolEvent, SolValue};
-use cairn_ledger::contracts::CairnToken;
+use cairn_ledger::contracts::{CairnToken, Escrow};
 use cairn_ledger::{Chain, Deployment, EmbeddedLedger, LogFilter, dev_signer};
 use common::{AnvilChain, BIN, Server, cairn_ok as cairn, examples, funded_key, json_report};
 use serde_json::Value;
@@ -186,6 +186,14 @@ fn devnet_cli_and_official_python_client_pay_exactly_the_price() {
     assert_eq!(used_refs(&chain, py_payer), vec![payment_ref(receipt)]);
 
     // Prepaid: one gasless deposit, then vouchers the node checks without the chain.
+    let chain = devnet_chain(&data);
+    let p0 = balance(&chain, payer);
+    let salt = B256::ZERO;
+    let channel = Chain::channel_id(payer, vault, salt);
+    assert_eq!(
+        block(chain.channel(payer, vault, salt)).unwrap(),
+        (U256::ZERO, U256::ZERO)
+    );
     let out = cairn(&[
         "pay",
         "deposit",
@@ -198,16 +206,23 @@ fn devnet_cli_and_official_python_client_pay_exactly_the_price() {
     ]);
     assert!(out.contains("available: 30000"), "{out}");
     let chain = devnet_chain(&data);
-    let p0 = balance(&chain, payer);
+    assert_eq!(balance(&chain, payer), p0 - U256::from(30_000u64));
+    assert_eq!(
+        block(chain.channel(payer, vault, salt)).unwrap(),
+        (U256::from(30_000u64), U256::ZERO)
+    );
     for i in 0..3 {
-        let out = infer(
-            &net.node_url,
-            &payer_key,
-            &dir.join(format!("r-pre-{i}.json")),
-        );
+        let file = dir.join(format!("r-pre-{i}.json"));
+        let out = infer(&net.node_url, &payer_key, &file);
         assert!(
             out.contains(&format!("paid:     {PRICE} token units (prepaid)")),
             "{out}"
+        );
+        // Each receipt names the voucher that paid it: (channel, cumulative amount).
+        let cumulative = U256::from((i + 1) * PRICE);
+        assert_eq!(
+            payment_ref(&read(&file)),
+            keccak256((channel, cumulative).abi_encode())
         );
     }
     let out = cairn(&[
@@ -224,14 +239,45 @@ fn devnet_cli_and_official_python_client_pay_exactly_the_price() {
         "{out}"
     );
     // No chain transaction per request: the payer's balance did not move.
-    assert_eq!(balance(&devnet_chain(&data), payer), p0);
-    // The node redeems the latest voucher (every 5 s on the devnet): the vault gets it.
+    assert_eq!(
+        balance(&devnet_chain(&data), payer),
+        p0 - U256::from(30_000u64)
+    );
+    // The node redeems the latest voucher (every 5 s on the devnet): the vault gets it, the
+    // channel records it, and the redemption is the voucher the last receipt names.
     let v_before = balance(&devnet_chain(&data), vault);
     common::eventually(30, || {
         balance(&devnet_chain(&data), vault) == v_before + U256::from(3 * PRICE)
     });
-    let receipt = read(&dir.join("r-pre-2.json"));
-    assert_ne!(payment_ref(&receipt), B256::ZERO);
+    let chain = devnet_chain(&data);
+    assert_eq!(
+        block(chain.channel(payer, vault, salt)).unwrap(),
+        (U256::from(30_000u64), U256::from(3 * PRICE))
+    );
+    let redeemed: Vec<U256> = block(chain.ledger().logs(LogFilter {
+        address: Some(chain.deployment().escrow),
+        topic0: Some(Escrow::Redeemed::SIGNATURE_HASH),
+        from_block: 0,
+    }))
+    .unwrap()
+    .iter()
+    .filter_map(|l| Escrow::Redeemed::decode_log(&l.log).ok())
+    .filter(|e| e.channel == channel)
+    .map(|e| e.cumulativeAmount)
+    .collect();
+    // Redemptions may land between calls; each redeems a voucher a receipt names, in order.
+    assert!(redeemed.windows(2).all(|w| w[0] < w[1]), "{redeemed:?}");
+    assert!(
+        redeemed
+            .iter()
+            .all(|c| (1..=3).any(|k| *c == U256::from(k * PRICE))),
+        "{redeemed:?}"
+    );
+    let last = read(&dir.join("r-pre-2.json"));
+    assert_eq!(
+        payment_ref(&last),
+        keccak256((channel, *redeemed.last().unwrap()).abi_encode())
+    );
 }
 
 /// Builds an `exact` payment header for the node's current offer, signed by dev account `i`.
@@ -329,8 +375,12 @@ fn a_node_runs_a_replayed_payment_once_and_charges_nothing_for_failures() {
     let h = exact_header(&url, 8);
     let bad =
         br#"{"inputs":[{"name":"nope","shape":[1,64],"datatype":"FP32","data":[0]}]}"#.to_vec();
-    let (status, _) = block(post(&url, &h, bad));
-    assert_eq!(status, 400);
+    let (status, _, body) = block(post_answer(&url, &h, bad));
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (400, Some("invalid_shape")),
+        "{body}"
+    );
     assert_eq!(balance(&devnet_chain(&data), payer), p0);
     let (status, _) = block(post(&url, &h, good.clone()));
     assert_eq!(status, 200);
@@ -542,8 +592,13 @@ fn cairn_facilitator_behind_the_official_express_server() {
         })
     };
     // A body that is not a facilitator request gets a JSON error.
-    let (status, _) = post("/verify", Some("test-api-key"), "{not json".into());
-    assert_eq!(status, 400);
+    let (status, body) = post("/verify", Some("test-api-key"), "{not json".into());
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (400, Some("invalid_request")),
+        "{body}"
+    );
+    assert!(body["message"].is_string(), "{body}");
     // Attack: a stranger makes the facilitator pay gas for its own 1-unit transfers.
     let stranger = a.fund(8);
     let dust = serde_json::json!({

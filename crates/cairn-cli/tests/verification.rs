@@ -90,9 +90,13 @@ fn an_honest_node_is_never_slashed_with_two_of_three_verifiers_up() {
         if url.starts_with("devnet:") {
             continue; // the verifier not started keeps its genesis placeholder
         }
-        let found = get(&format!("{url}/v1/verdicts/receipts/{}", rs[0].id()));
-        assert_eq!(found["verdicts"][0]["outcome"], "confirmed", "{found}");
-        assert_eq!(found["verdicts"][0]["comparison"], "bit-exact");
+        for r in &rs {
+            let found = get(&format!("{url}/v1/verdicts/receipts/{}", r.id()));
+            let verdicts = found["verdicts"].as_array().unwrap();
+            assert_eq!(verdicts.len(), 1, "{url} on {}: {found}", r.id());
+            assert_eq!(verdicts[0]["outcome"], "confirmed", "{found}");
+            assert_eq!(verdicts[0]["comparison"], "bit-exact", "{found}");
+        }
         confirming += 1;
     }
     assert_eq!(confirming, 2, "two verifiers running, two confirmations");
@@ -113,6 +117,9 @@ fn wait_voided(net: &Server, r: &SignedReceipt) -> Value {
     status(net)
 }
 
+/// The node lost half its stake to exactly one challenge, whose verdict (`claim`) names its
+/// signers; exactly those verifiers gained their equal part of the reward (beside any fee shares
+/// of finalized batches they attested) and no other verifier gained anything.
 fn check_slashed(net: &Server, before: &[Value], claim: &str) {
     let after = nodes(net);
     let stake_before = dec(&role(before, "inference")[0]["stake"]);
@@ -121,7 +128,49 @@ fn check_slashed(net: &Server, before: &[Value], claim: &str) {
     assert_eq!(stake_after, stake_before / U256::from(2u64), "slash");
     let reward = stake_before / U256::from(2u64) * U256::from(2_000u64) / U256::from(10_000u64);
     let s = status(net);
-    let balance = |addr: &str| -> U256 {
+    // What each verifier earned from finalized batches' fees (10%, equal parts).
+    let mut expected: std::collections::HashMap<String, U256> = Default::default();
+    for b in s["batches"].as_array().unwrap() {
+        if b["status"] != "finalized" {
+            continue;
+        }
+        let signers = b["verifiers"].as_array().unwrap();
+        let part = dec(&b["fees"]) * U256::from(1_000u64)
+            / U256::from(10_000u64)
+            / U256::from(signers.len());
+        for v in signers {
+            *expected
+                .entry(v.as_str().unwrap().to_ascii_lowercase())
+                .or_default() += part;
+        }
+    }
+    // The challenge that landed (the verifier that sent it records its transaction).
+    let mut landed = Vec::new();
+    for v in role(&after, "verifier") {
+        let url = v["endpoint"].as_str().unwrap();
+        let recent = get(&format!("{url}/v1/verdicts"));
+        for verdict in recent["verdicts"].as_array().unwrap() {
+            if verdict["outcome"] == "challenged" {
+                assert_eq!(verdict["fraud"]["claim"], claim, "{verdict}");
+                if verdict["challenge"]["tx"].is_string() {
+                    landed.push(verdict["challenge"]["signers"].clone());
+                }
+            }
+        }
+    }
+    assert_eq!(landed.len(), 1, "exactly one challenge landed: {landed:?}");
+    let signers: Vec<String> = landed[0]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_ascii_lowercase())
+        .collect();
+    assert!(signers.len() >= 2, "a quorum signed: {signers:?}");
+    let share = reward / U256::from(signers.len());
+    for a in &signers {
+        *expected.entry(a.clone()).or_default() += share;
+    }
+    let now = |addr: &str| -> U256 {
         let n = s["nodes"]
             .as_array()
             .unwrap()
@@ -130,36 +179,21 @@ fn check_slashed(net: &Server, before: &[Value], claim: &str) {
             .unwrap();
         dec(&n["tokenBalance"])
     };
-    let mut paid = Vec::new();
-    let mut challenged = 0;
     for v in role(before, "verifier") {
         let addr = v["address"].as_str().unwrap();
-        let gained = balance(addr) - dec(&v["tokenBalance"]);
-        paid.push(gained);
-        let url = role(&after, "verifier")
-            .into_iter()
-            .find(|x| x["address"] == addr)
-            .unwrap()["endpoint"]
-            .as_str()
-            .unwrap()
-            .to_string();
-        let recent = get(&format!("{url}/v1/verdicts"));
-        for verdict in recent["verdicts"].as_array().unwrap() {
-            if verdict["outcome"] == "challenged" {
-                challenged += 1;
-                let f = &verdict["fraud"];
-                assert_eq!(f["claim"], claim, "{verdict}");
-            }
-        }
+        let gain = expected
+            .remove(&addr.to_ascii_lowercase())
+            .unwrap_or_default();
+        assert_eq!(
+            now(addr),
+            dec(&v["tokenBalance"]) + gain,
+            "verifier {addr} (signers {signers:?})"
+        );
     }
-    assert!(challenged >= 1, "no verifier recorded the challenge");
-    // The reward is split equally among the verdict's signers (a quorum of two or all three).
-    let signers = paid.iter().filter(|g| !g.is_zero()).count() as u64;
-    assert!(signers >= 2, "{paid:?}");
-    let share = reward / U256::from(signers);
-    for g in paid.iter().filter(|g| !g.is_zero()) {
-        assert_eq!(*g, share, "{paid:?}");
-    }
+    assert!(
+        expected.is_empty(),
+        "paid someone not a verifier: {expected:?}"
+    );
 }
 
 fn tokens(nodes: &[Value], net: &Server) -> Vec<Value> {

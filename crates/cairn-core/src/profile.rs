@@ -32,11 +32,28 @@ pub struct ExecutionProfile {
 
 impl ExecutionProfile {
     /// The canonical one-line form that [`ExecutionProfile::hash`] covers:
-    /// `engine=tract;version=0.23.9;isa=x86_64,avx2;threads=1`.
+    /// `engine=tract;version=0.23.9;isa=x86_64,avx2;threads=1`. `\`, `;` and `=` inside a field
+    /// are escaped with `\`, so two different profiles never share a form (and a hash).
     pub fn canonical(&self) -> String {
+        fn esc(s: &str) -> std::borrow::Cow<'_, str> {
+            if !s.contains(['\\', ';', '=']) {
+                return s.into();
+            }
+            let mut out = String::with_capacity(s.len() + 4);
+            for c in s.chars() {
+                if matches!(c, '\\' | ';' | '=') {
+                    out.push('\\');
+                }
+                out.push(c);
+            }
+            out.into()
+        }
         format!(
             "engine={};version={};isa={};threads={}",
-            self.engine, self.engine_version, self.isa, self.threads
+            esc(&self.engine),
+            esc(&self.engine_version),
+            esc(&self.isa),
+            self.threads
         )
     }
 
@@ -85,7 +102,23 @@ mod tests {
         q.threads = 2;
         assert_ne!(p.hash(), q.hash());
         q = p.clone();
+        q.engine_version = "0.23.10".into();
+        assert_ne!(p.hash(), q.hash());
+        q = p.clone();
         q.engine = "onnxruntime".into();
+        assert_ne!(p.hash(), q.hash());
         assert_eq!(q.reproducibility(), Reproducibility::Tolerance);
+        // Field boundaries are unambiguous: moving text between fields changes the hash.
+        let a = ExecutionProfile {
+            engine: "tract;version=1".into(),
+            engine_version: "2".into(),
+            ..p.clone()
+        };
+        let b = ExecutionProfile {
+            engine: "tract".into(),
+            engine_version: "1;version=2".into(),
+            ..p.clone()
+        };
+        assert_ne!(a.hash(), b.hash(), "{} vs {}", a.canonical(), b.canonical());
     }
 }

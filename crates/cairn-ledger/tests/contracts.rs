@@ -676,6 +676,28 @@ async fn token_governance_and_unbonding(ledger: Arc<dyn Ledger>) {
     );
 
     // Governance: only the governor changes the fee split.
+    let fee_split = async || {
+        let read = async |data: Vec<u8>| {
+            let out = chain
+                .ledger()
+                .call(d.settlement, data.into())
+                .await
+                .unwrap();
+            U256::from_be_slice(&out)
+        };
+        (
+            read(alloy_sol_types::SolCall::abi_encode(
+                &Settlement::verifierBpsCall {},
+            ))
+            .await,
+            read(alloy_sol_types::SolCall::abi_encode(
+                &Settlement::treasuryBpsCall {},
+            ))
+            .await,
+        )
+    };
+    let split_before = fee_split().await;
+    assert_eq!(split_before, (U256::from(1_000u64), U256::from(500u64)));
     let e = send_call(
         &chain,
         &a.outsider,
@@ -700,6 +722,11 @@ async fn token_governance_and_unbonding(ledger: Arc<dyn Ledger>) {
     .await
     .unwrap_err();
     assert!(reason(e).contains("InvalidBps"));
+    assert_eq!(
+        fee_split().await,
+        split_before,
+        "refused calls changed the split"
+    );
     send_call(
         &chain,
         &a.gov,
@@ -711,6 +738,10 @@ async fn token_governance_and_unbonding(ledger: Arc<dyn Ledger>) {
     )
     .await
     .unwrap();
+    assert_eq!(
+        fee_split().await,
+        (U256::from(2_000u64), U256::from(1_000u64))
+    );
 
     // Liveness: with a heartbeat timeout, a silent node drops out until it beats again.
     send_call(

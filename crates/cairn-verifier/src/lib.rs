@@ -440,10 +440,7 @@ impl Verifier {
             c.store.put_batch(id, "confirmed", &verdict)?;
             return Ok(());
         }
-        let signature = c
-            .chain
-            .sign_attestation(&c.key, &batch)
-            .map_err(|e| unavailable(e.to_string()))?;
+        let signature = self.attestation(&batch)?;
         let body =
             serde_json::to_vec(&json!({"signature": signature.to_string()})).expect("serializes");
         let url = format!("{base}/v1/batches/{id}/attestations");
@@ -619,6 +616,18 @@ impl Verifier {
             c.approved_profiles.lock().expect("profiles").insert(h, now);
         }
         Ok(Ok(()))
+    }
+
+    /// This verifier's attestation of `batch` (the EIP-712 signature `Settlement.attestBatch`
+    /// takes), handed to the batch's node once the batch holds up.
+    pub fn attestation(&self, batch: &BatchInfo) -> Result<Signature, VerifyError> {
+        self.0
+            .chain
+            .sign_attestation(&self.0.key, batch)
+            .map_err(|e| VerifyError::Unavailable {
+                batch: batch.id,
+                reason: e.to_string(),
+            })
     }
 
     /// The static checks of a batch (see the crate docs); the receipts and their tree.

@@ -123,7 +123,25 @@ async fn co_signs_only_batches_whose_receipts_hold_up() {
     let node = dev_signer(2);
     let rs: Vec<SignedReceipt> = (0..5).map(|i| receipt(domain, &node, i)).collect();
     let (good, listing) = batch_of(node.address(), &rs);
-    v.check(&good, &listing).unwrap();
+    let (checked, tree) = v.check(&good, &listing).unwrap();
+    assert_eq!(tree.root(), good.root);
+    assert_eq!(
+        checked.iter().map(|r| r.id()).collect::<Vec<_>>(),
+        rs.iter().map(|r| r.id()).collect::<Vec<_>>()
+    );
+    // What it hands the node: an attestation of exactly this batch, by this verifier, low-s.
+    let sig = v.attestation(&good).unwrap();
+    assert_eq!(
+        v.chain().attestation_signer(&good, &sig).unwrap(),
+        v.address()
+    );
+    assert!(sig.normalize_s().is_none(), "high-s attestation");
+    let mut other_root = good.clone();
+    other_root.root = keccak256("other");
+    assert_ne!(
+        v.chain().attestation_signer(&other_root, &sig).ok(),
+        Some(v.address())
+    );
 
     // A receipt signed by another key.
     let mut other = rs.clone();
@@ -246,11 +264,14 @@ async fn registrations_are_approved_only_for_sound_bound_approved_evidence() {
         evidence_digest: tampered.digest(),
         ..req.clone()
     };
-    let c = code(v.approve_registration(&r, &tampered).await);
-    assert!(
-        c == "evidence_wrongly_bound" || c == "evidence_forged",
-        "{c}"
-    );
+    // The flipped byte is in `s`: the signature still recovers, to a key that is not the node's.
+    match v.approve_registration(&r, &tampered).await {
+        Err(VerifyError::BadRequest { code, reason }) => {
+            assert_eq!(code, "evidence_wrongly_bound", "{reason}");
+            assert!(reason.contains("signed by"), "{reason}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
     // A far deadline.
     let r = RegistrationRequest {
         deadline: now + 100_000,

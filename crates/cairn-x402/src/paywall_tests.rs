@@ -355,9 +355,21 @@ async fn prepaid_vouchers_are_checked_locally_stepped_atomically_and_redeemed() 
         .clone();
     let voucher =
         |n: u64| client::pay_prepaid(payer, &req, &offer, salt, U256::from(n * PRICE)).unwrap();
-    let (status, body, settle, _) = send(&s.url, &voucher(1), "go").await;
-    assert_eq!(status, 200, "{body}");
-    assert!(settle.unwrap().success);
+    // The same voucher eight times at once: the step is taken once, so one runs and is paid,
+    // the other seven are refused as used.
+    let v1 = voucher(1);
+    let all = futures::future::join_all((0..8).map(|_| send(&s.url, &v1, "go"))).await;
+    let ok: Vec<_> = all.iter().filter(|r| r.0 == 200).collect();
+    assert_eq!(ok.len(), 1, "{all:?}");
+    assert!(ok[0].2.as_ref().unwrap().success);
+    for r in all.iter().filter(|r| r.0 != 200) {
+        assert_eq!(
+            (r.0, r.3["error"].as_str()),
+            (402, Some("invalid_prepaid_voucher_already_used")),
+            "{all:?}"
+        );
+    }
+    assert_eq!(s.runs.load(Ordering::SeqCst), 1);
     // The same voucher again: it was taken (nothing runs, nothing more is owed).
     let (status, _, _, v2) = send(&s.url, &voucher(1), "go").await;
     assert_eq!(

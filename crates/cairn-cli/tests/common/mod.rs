@@ -58,8 +58,19 @@ impl Server {
 
     /// `cairn hub serve` against the given catalog and blob location.
     pub fn hub(catalog: &str, blobs: &str, env: &[(&str, String)]) -> Self {
+        Self::hub_with(catalog, blobs, env, false)
+    }
+
+    /// Like [`Server::hub`], with the hub's log (stderr) kept in a file read by [`Server::log`].
+    pub fn hub_logged(catalog: &str, blobs: &str, env: &[(&str, String)]) -> Self {
+        Self::hub_with(catalog, blobs, env, true)
+    }
+
+    fn hub_with(catalog: &str, blobs: &str, env: &[(&str, String)], keep_log: bool) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        Self::spawn(
+        let log = keep_log.then(|| dir.path().join("stderr.log"));
+        Self::spawn_with(
+            BIN,
             &[
                 "hub",
                 "serve",
@@ -73,13 +84,26 @@ impl Server {
             env,
             &["hub:"],
             dir,
+            log.as_deref(),
         )
+    }
+
+    /// What the process wrote to stderr so far (servers started with a kept log only).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
     }
 
     /// Another long-running program (`node script …`); waits for a line starting with `marker`.
     pub fn spawn_program(program: &str, args: &[String], marker: &str) -> Self {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        Self::spawn_with(program, &args, &[], &[marker], tempfile::tempdir().unwrap())
+        Self::spawn_with(
+            program,
+            &args,
+            &[],
+            &[marker],
+            tempfile::tempdir().unwrap(),
+            None,
+        )
     }
 
     fn spawn(
@@ -88,7 +112,7 @@ impl Server {
         markers: &[&str],
         dir: tempfile::TempDir,
     ) -> Self {
-        Self::spawn_with(BIN, args, env, markers, dir)
+        Self::spawn_with(BIN, args, env, markers, dir, None)
     }
 
     fn spawn_with(
@@ -97,11 +121,14 @@ impl Server {
         env: &[(&str, String)],
         markers: &[&str],
         dir: tempfile::TempDir,
+        stderr_to: Option<&Path>,
     ) -> Self {
         let mut cmd = Command::new(program);
-        cmd.args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+        cmd.args(args).stdout(Stdio::piped());
+        match stderr_to {
+            Some(p) => cmd.stderr(std::fs::File::create(p).unwrap()),
+            None => cmd.stderr(Stdio::inherit()),
+        };
         for (k, v) in env {
             cmd.env(k, v);
         }

@@ -5,8 +5,10 @@
 - hashlib recomputes the receipt's input hash from the documented canonical encoding.
 """
 import hashlib
+import json
 import struct
 import sys
+import urllib.request
 from urllib.parse import urlparse
 
 import numpy as np
@@ -36,11 +38,19 @@ for binary in (False, True):
     receipts.append(res.get_response()["parameters"]["receipt"])
     print(f"tritonclient: {'binary' if binary else 'json'} ok, label {int(label[0])}")
 
+# Who the node says it is, and whose contract its receipts are addressed to.
+with urllib.request.urlopen(sys.argv[1].rstrip("/") + "/v1/node") as resp:
+    node = json.load(resp)
 for r in receipts:
     signable = encode_typed_data(full_message=r["typedData"])
     signer = Account.recover_message(signable, signature=bytes.fromhex(r["signature"][2:]))
+    # The key that signed is the node's own key, not just the one the receipt names.
+    assert signer.lower() == node["address"].lower(), (signer, node["address"])
     assert signer == r["signer"] == r["typedData"]["message"]["node"], (signer, r["signer"])
-    print(f"eth_account: recovered {signer}")
+    domain = r["typedData"]["domain"]
+    assert int(domain["chainId"]) == int(node["domain"]["chainId"]), (domain, node["domain"])
+    assert domain["verifyingContract"].lower() == node["domain"]["verifyingContract"].lower()
+    print(f"eth_account: recovered {signer}, the node's address")
 
 
 def tensors_hash(tensors):
