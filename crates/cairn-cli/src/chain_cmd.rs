@@ -107,7 +107,8 @@ pub enum ChainCommand {
         #[arg(long, default_value_t = 86_400)]
         attestation_timeout: u64,
         /// Approve an execution profile verifiers re-execute: a profile hash (0x…) or its
-        /// canonical form (`engine=tract;version=…;isa=…;threads=1`); repeatable. The portable
+        /// canonical form (`engine=tract;version=…;isa=…;threads=1`, `\`, `;` and `=` in a field
+        /// escaped with `\`); repeatable. The portable
         /// tract profile of this build is always approved.
         #[arg(long = "approve-profile", value_parser = parse_profile)]
         approve_profiles: Vec<B256>,

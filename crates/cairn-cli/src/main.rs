@@ -304,7 +304,7 @@ enum ReceiptCommand {
         #[arg(long)]
         output: Option<PathBuf>,
         /// Largest |difference| accepted when profiles differ (as a verifier's `--tolerance`).
-        #[arg(long, default_value_t = 1e-4)]
+        #[arg(long, default_value_t = 1e-4, value_parser = parse_tolerance)]
         tolerance: f64,
         /// The hub to fetch the model from.
         #[arg(long, env = "CAIRN_HUB", default_value = DEFAULT_HUB)]
@@ -1049,5 +1049,15 @@ async fn ensure_repo(hub: &HubClient, new: NewRepo) -> anyhow::Result<()> {
             Ok(())
         }
         Err(e) => Err(e.into()),
+    }
+}
+
+/// A tolerance: a finite, non-negative number.
+fn parse_tolerance(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(t) if t.is_finite() && t >= 0.0 => Ok(t),
+        _ => Err(format!(
+            "{s:?} is not a tolerance: give a finite number ≥ 0, e.g. 1e-4"
+        )),
     }
 }

@@ -942,7 +942,8 @@ fn two_hubs_on_one_postgres_and_one_s3_bucket_act_as_one() {
     getrandom::fill(&mut suffix).unwrap();
     let prefix: String = suffix.iter().map(|b| format!("{b:02x}")).collect();
     let blobs = format!("s3://{bucket}/e2e-{prefix}");
-    let env = [("CAIRN_S3_ENDPOINT", s3)];
+    // The migration line is logged at `info`, whatever the caller's RUST_LOG.
+    let env = [("CAIRN_S3_ENDPOINT", s3), ("RUST_LOG", "info".to_string())];
     // Both start at once on a fresh database: the catalog migration must be taken by exactly
     // one (the other waits on the lock, then finds the schema current).
     let pg = runtime().block_on(fresh_database(&pg, &format!("e2e_{prefix}")));

@@ -120,7 +120,7 @@ fn wait_voided(net: &Server, r: &SignedReceipt) -> Value {
 /// The node lost half its stake to exactly one challenge, whose verdict (`claim`) names its
 /// signers; exactly those verifiers gained their equal part of the reward (beside any fee shares
 /// of finalized batches they attested) and no other verifier gained anything.
-fn check_slashed(net: &Server, before: &[Value], claim: &str) {
+fn check_slashed(net: &Server, before: &[Value], before_status: &Value, claim: &str) {
     let after = nodes(net);
     let stake_before = dec(&role(before, "inference")[0]["stake"]);
     let stake_after = dec(&role(&after, "inference")[0]["stake"]);
@@ -144,20 +144,25 @@ fn check_slashed(net: &Server, before: &[Value], claim: &str) {
                 .or_default() += part;
         }
     }
-    // The challenge that landed (the verifier that sent it records its transaction).
+    // The challenge that landed (the verifier that sent it records its transaction once the
+    // transaction is mined, which may be just after the node sees the batch voided).
     let mut landed = Vec::new();
-    for v in role(&after, "verifier") {
-        let url = v["endpoint"].as_str().unwrap();
-        let recent = get(&format!("{url}/v1/verdicts"));
-        for verdict in recent["verdicts"].as_array().unwrap() {
-            if verdict["outcome"] == "challenged" {
-                assert_eq!(verdict["fraud"]["claim"], claim, "{verdict}");
-                if verdict["challenge"]["tx"].is_string() {
-                    landed.push(verdict["challenge"]["signers"].clone());
+    eventually(30, || {
+        landed.clear();
+        for v in role(&after, "verifier") {
+            let url = v["endpoint"].as_str().unwrap();
+            let recent = get(&format!("{url}/v1/verdicts"));
+            for verdict in recent["verdicts"].as_array().unwrap() {
+                if verdict["outcome"] == "challenged" {
+                    assert_eq!(verdict["fraud"]["claim"], claim, "{verdict}");
+                    if verdict["challenge"]["tx"].is_string() {
+                        landed.push(verdict["challenge"]["signers"].clone());
+                    }
                 }
             }
         }
-    }
+        !landed.is_empty()
+    });
     assert_eq!(landed.len(), 1, "exactly one challenge landed: {landed:?}");
     let signers: Vec<String> = landed[0]
         .as_array()
@@ -194,6 +199,31 @@ fn check_slashed(net: &Server, before: &[Value], claim: &str) {
         expected.is_empty(),
         "paid someone not a verifier: {expected:?}"
     );
+    // The treasury: the slash less the reward paid out, a voided batch's fees, and its part of
+    // finalized batches' fees (5%, plus the verifiers' rounding dust).
+    let slash = stake_before / U256::from(2u64);
+    let mut to_treasury = slash - share * U256::from(signers.len());
+    let mut held = U256::ZERO;
+    for b in s["batches"].as_array().unwrap() {
+        let f = dec(&b["fees"]);
+        match b["status"].as_str().unwrap() {
+            "voided" => to_treasury += f,
+            "finalized" => {
+                let n = U256::from(b["verifiers"].as_array().unwrap().len());
+                let v = f * U256::from(1_000u64) / U256::from(10_000u64);
+                to_treasury += f * U256::from(500u64) / U256::from(10_000u64) + (v - v / n * n);
+            }
+            "submitted" | "attested" => held += f,
+            _ => {}
+        }
+    }
+    assert_eq!(
+        dec(&s["treasuryBalance"]),
+        dec(&before_status["treasuryBalance"]) + to_treasury,
+        "treasury"
+    );
+    // Only open batches' fees wait in the settlement contract.
+    assert_eq!(dec(&s["settlementBalance"]), held, "settlement");
 }
 
 fn tokens(nodes: &[Value], net: &Server) -> Vec<Value> {
@@ -229,6 +259,7 @@ fn a_node_that_lies_about_outputs_is_caught_challenged_and_slashed() {
     ]);
     let dir = tempfile::tempdir().unwrap();
     let before = tokens(&nodes(&net), &net);
+    let before_status = status(&net);
     // The same input every call, so honest outputs hash alike: call until one differs (a lie).
     let mut rs = Vec::new();
     let mut hashes = std::collections::BTreeSet::new();
@@ -248,7 +279,7 @@ fn a_node_that_lies_about_outputs_is_caught_challenged_and_slashed() {
             .iter()
             .any(|b| b["status"] == "voided")
     );
-    check_slashed(&net, &before, "output_mismatch");
+    check_slashed(&net, &before, &before_status, "output_mismatch");
 }
 
 #[test]
@@ -268,9 +299,10 @@ fn a_node_that_withholds_payloads_fails_its_samples() {
     ]);
     let dir = tempfile::tempdir().unwrap();
     let before = tokens(&nodes(&net), &net);
+    let before_status = status(&net);
     let rs = calls(&net, dir.path(), 2);
     wait_voided(&net, &rs[0]);
-    check_slashed(&net, &before, "payload_withheld");
+    check_slashed(&net, &before, &before_status, "payload_withheld");
 }
 
 #[test]

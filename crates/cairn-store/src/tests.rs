@@ -66,7 +66,8 @@ fn s3_place(test: &str) -> Option<S3Place> {
 /// listings: the way failed uploads leak storage), as the S3 server itself lists them (boto3,
 /// from the test venv).
 fn incomplete_uploads(p: &S3Place) -> usize {
-    let py = std::env::var("CAIRN_PY").expect("CAIRN_PY (scripts/test.sh sets it)");
+    // Required wherever the S3 half runs: scripts/test.sh sets both.
+    let py = std::env::var("CAIRN_PY").expect("CAIRN_PY is needed to list S3 multipart uploads");
     let out = std::process::Command::new(py)
         .args([
             "-c",

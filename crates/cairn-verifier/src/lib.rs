@@ -620,7 +620,7 @@ impl Verifier {
 
     /// This verifier's attestation of `batch` (the EIP-712 signature `Settlement.attestBatch`
     /// takes), handed to the batch's node once the batch holds up.
-    pub fn attestation(&self, batch: &BatchInfo) -> Result<Signature, VerifyError> {
+    pub(crate) fn attestation(&self, batch: &BatchInfo) -> Result<Signature, VerifyError> {
         self.0
             .chain
             .sign_attestation(&self.0.key, batch)
