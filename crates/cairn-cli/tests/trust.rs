@@ -548,6 +548,55 @@ fn a_slow_body_holds_no_inference_slot() {
 }
 
 #[test]
+fn bodies_share_a_memory_budget_and_a_full_one_answers_503() {
+    // 8 KiB of body memory in all (and per request); a sender holding 6 KiB of it leaves too
+    // little for a 4 KiB body, which is refused at once rather than queued.
+    let net = Server::devnet();
+    let node = Server::node(
+        &net.url,
+        &[
+            "--free",
+            "--max-body-bytes",
+            "8192",
+            "--body-budget-bytes",
+            "8192",
+            "--body-timeout-ms",
+            "3000",
+        ],
+    );
+    let addr = node.node_url.trim_start_matches("http://").to_string();
+    let mut body = std::fs::read(examples().join("digit.json")).unwrap();
+    body.extend(std::iter::repeat_n(b' ', 4096 - body.len()));
+    let url = format!("{}/v2/models/digits@1.0/infer", node.node_url);
+    let (status, v, _) = send("POST", &url, &body, None, &[]);
+    assert_eq!(status, 200, "{v}");
+    let mut slow = std::net::TcpStream::connect(&addr).unwrap();
+    write!(
+        slow,
+        "POST /v2/models/digits@1.0/infer HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: 7168\r\n\r\n{}",
+        " ".repeat(6144)
+    )
+    .unwrap();
+    slow.flush().unwrap();
+    // The node has read the 6 KiB once a request behind it sees the budget spent.
+    let mut refused = (0, Value::Null);
+    common::eventually(10, || {
+        let (status, v, _) = send("POST", &url, &body, None, &[]);
+        refused = (status, v);
+        status != 200
+    });
+    assert_eq!(
+        (refused.0, refused.1["code"].as_str()),
+        (503, Some("overloaded")),
+        "{}",
+        refused.1
+    );
+    // The slow body is cut off at its deadline and its budget comes back.
+    drop(slow);
+    common::eventually(10, || send("POST", &url, &body, None, &[]).0 == 200);
+}
+
+#[test]
 fn hub_uploads_are_bounded_per_owner_and_drafts_are_not_served() {
     let dir = tempfile::tempdir().unwrap();
     let catalog = format!("sqlite://{}", dir.path().join("catalog.db").display());

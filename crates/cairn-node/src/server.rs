@@ -588,7 +588,11 @@ impl NodeState {
                     .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("token=")))
             });
         if let Some(t) = token {
-            if t.parse::<B256>().ok() == Some(payload_token(&self.0.token_key, id)) {
+            // Compared in constant time: how far a guess matches must not show in the timing.
+            let want = payload_token(&self.0.token_key, id);
+            if t.parse::<B256>().is_ok_and(|got| {
+                subtle::ConstantTimeEq::ct_eq(got.as_slice(), want.as_slice()).into()
+            }) {
                 return Ok(());
             }
             return Err(NodeError::Forbidden(
