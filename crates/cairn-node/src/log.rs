@@ -570,6 +570,23 @@ fn commit(conn: &mut Connection, batch: &[Job]) -> rusqlite::Result<()> {
 mod tests {
     use super::*;
 
+    /// A log entry for receipt `id`, billed as `billing`, paid by payment reference `payment`.
+    fn entry(id: &str, billing: Billing, payment: u8) -> Entry {
+        Entry {
+            id: id.into(),
+            created_at: 1,
+            model: "m".into(),
+            receipt: format!("receipt {id}"),
+            input: vec![1],
+            output: vec![2],
+            digest: [7; 32],
+            price: "0".into(),
+            billing,
+            payer: None,
+            payment_ref: [payment; 32],
+        }
+    }
+
     #[tokio::test(flavor = "multi_thread")]
     async fn appends_reads_and_refuses_duplicates() {
         let dir = tempfile::tempdir().unwrap();
@@ -582,17 +599,8 @@ mod tests {
         .await
         .unwrap();
         let entry = |id: &str| Entry {
-            id: id.into(),
-            created_at: 1,
-            model: "m".into(),
             receipt: "{}".into(),
-            input: vec![1],
-            output: vec![2],
-            digest: [7; 32],
-            price: "0".into(),
-            billing: Billing::Final,
-            payer: None,
-            payment_ref: [0; 32],
+            ..entry(id, Billing::Final, 0)
         };
         log.append(entry("a")).await.unwrap();
         assert!(log.append(entry("a")).await.is_err());
@@ -617,17 +625,9 @@ mod tests {
         .await
         .unwrap();
         let entry = |id: &str, payment: u8| Entry {
-            id: id.into(),
-            created_at: 1,
-            model: "m".into(),
-            receipt: format!("receipt {id}"),
-            input: vec![1],
-            output: vec![2],
-            digest: [7; 32],
             price: "5".into(),
-            billing: Billing::AwaitingPayment,
             payer: Some([1; 20]),
-            payment_ref: [payment; 32],
+            ..entry(id, Billing::AwaitingPayment, payment)
         };
         log.append(entry("first", 9)).await.unwrap();
         log.append(entry("other", 8)).await.unwrap();
