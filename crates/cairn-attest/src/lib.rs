@@ -126,7 +126,7 @@ impl std::fmt::Display for Measurement {
 }
 
 /// What a verifier learned from evidence that checked out.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Verified {
     /// Its kind.
@@ -143,7 +143,7 @@ pub struct Verified {
     /// Vendor status worth showing (TDX TCB status, SEV-SNP TCB version, Nitro module id).
     pub detail: String,
     /// The key that signed dev evidence (dev only).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dev_signer: Option<Address>,
 }
 
@@ -317,10 +317,15 @@ mod b64 {
 }
 
 mod hex_bytes {
-    use serde::Serializer;
+    use serde::{Deserialize, Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&alloy_primitives::hex::encode_prefixed(v))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let text = String::deserialize(d)?;
+        alloy_primitives::hex::decode(&text).map_err(serde::de::Error::custom)
     }
 }
 

@@ -6,7 +6,6 @@
 //! versions, and "no file joins a published release" via a row lock on PostgreSQL and the
 //! single-writer lock on SQLite.
 
-mod model;
 mod schema;
 
 use std::str::FromStr;
@@ -17,7 +16,7 @@ use cairn_core::{Address, BlobId, FilePath, RepoName, Version};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Executor, Row};
 
-pub use model::{FileEntry, NewRepo, Release, Repo, RepoDetail, Resolved, Search};
+pub use cairn_hub_api::types::{FileEntry, NewRepo, Release, Repo, RepoDetail, Resolved, Search};
 
 /// Catalog failures, each meaning one thing to a client.
 #[derive(Debug, thiserror::Error)]

@@ -396,28 +396,17 @@ pub async fn settled(
             d.chain_id
         );
     }
-    let stored = cairn_node::NodeClient::new(node)
-        .receipt(&receipt.id().to_string())
+    let stored = cairn_node_api::NodeClient::new(node)
+        .receipt(receipt.id())
         .await
         .with_context(|| format!("asking {node} for the receipt's batch"))?;
-    let batch = &stored["batch"];
-    if batch.is_null() {
+    let Some(batch) = stored.batch else {
         bail!("the node has not put this receipt in a batch yet; try again after its batch age");
-    }
-    let id = batch["id"]
-        .as_u64()
+    };
+    let id = batch
+        .id
         .context("the node sealed the batch but has not submitted it yet; try again shortly")?;
-    let root: alloy_primitives::B256 = batch["root"]
-        .as_str()
-        .and_then(|r| r.parse().ok())
-        .context("the node's batch has no valid root")?;
-    let proof: Vec<alloy_primitives::B256> = batch["proof"]
-        .as_array()
-        .context("the node's batch has no proof")?
-        .iter()
-        .map(|p| p.as_str().and_then(|p| p.parse().ok()))
-        .collect::<Option<_>>()
-        .context("the node's proof is not a list of 32-byte hashes")?;
+    let (root, proof) = (batch.root, batch.proof);
     let digest = receipt.signing_hash();
     if !cairn_receipt::merkle::verify(root, digest, &proof) {
         bail!("the node's proof does not lead from the receipt to its root");

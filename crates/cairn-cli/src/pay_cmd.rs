@@ -9,8 +9,8 @@ use std::time::Duration;
 use alloy_primitives::{Address, B256, U256};
 use alloy_sol_types::Eip712Domain;
 use anyhow::{Context, bail};
+use cairn_node_api::{NodeClient, PaymentTerms, PrepaidChannel};
 use clap::{Args, Subcommand};
-use serde_json::Value;
 
 use crate::chain_cmd::ChainArgs;
 
@@ -112,68 +112,32 @@ fn api_keys(path: &std::path::Path) -> anyhow::Result<Vec<[u8; 32]>> {
     Ok(keys)
 }
 
-/// The JSON of a successful answer; else an error with the node's message.
-async fn answer(what: &str, resp: reqwest::Response) -> anyhow::Result<Value> {
-    let status = resp.status();
-    let body: Value = resp.json().await.unwrap_or(Value::Null);
-    if !status.is_success() {
-        bail!(
-            "{what} ({status}): {}",
-            body["message"].as_str().unwrap_or("")
-        );
-    }
-    Ok(body)
-}
-
-async fn get_json(url: &str) -> anyhow::Result<Value> {
-    let resp = reqwest::get(url)
-        .await
-        .with_context(|| format!("cannot reach {url}"))?;
-    answer(url, resp).await
-}
-
 /// The node's payment terms (`/v1/node` → `payments`).
-async fn terms(node: &str) -> anyhow::Result<Value> {
-    let info = get_json(&format!("{}/v1/node", node.trim_end_matches('/'))).await?;
-    let p = info["payments"].clone();
-    if p.is_null() {
-        bail!("the node at {node} does not take payments");
-    }
-    Ok(p)
+async fn terms(node: &str) -> anyhow::Result<PaymentTerms> {
+    let info = NodeClient::new(node)
+        .info()
+        .await
+        .with_context(|| format!("asking {node} for its payment terms"))?;
+    info.payments
+        .with_context(|| format!("the node at {node} does not take payments"))
 }
 
-fn addr(v: &Value, what: &str) -> anyhow::Result<Address> {
-    v.as_str()
-        .and_then(|s| s.parse().ok())
-        .with_context(|| format!("the node's {what} is not an address"))
-}
-
-fn print_channel(c: &Value) {
-    let n = |k: &str| {
-        c[k].as_str()
-            .and_then(|v| U256::from_str_radix(v, 10).ok())
-            .unwrap_or_default()
-    };
-    if c["known"] != true {
-        println!(
-            "no deposit with this node yet (payee {})",
-            c["payee"].as_str().unwrap_or("")
-        );
+fn print_channel(c: &PrepaidChannel) {
+    if !c.known {
+        println!("no deposit with this node yet (payee {})", c.payee);
         return;
     }
-    println!("payer:     {}", c["payer"].as_str().unwrap_or(""));
+    let deposited = c.deposited.unwrap_or_default();
+    println!("payer:     {}", c.payer);
+    println!("payee:     {} (the node's payment vault)", c.payee);
+    println!("deposited: {deposited}");
+    println!("spent:     {} (vouchers the node accepted)", c.accepted);
     println!(
-        "payee:     {} (the node's payment vault)",
-        c["payee"].as_str().unwrap_or("")
+        "redeemed:  {} (claimed on chain so far)",
+        c.redeemed.unwrap_or_default()
     );
-    println!("deposited: {}", n("deposited"));
-    println!("spent:     {} (vouchers the node accepted)", n("accepted"));
-    println!("redeemed:  {} (claimed on chain so far)", n("redeemed"));
-    println!(
-        "available: {}",
-        n("deposited").saturating_sub(n("accepted"))
-    );
-    if c["closing"] == true {
+    println!("available: {}", deposited.saturating_sub(c.accepted));
+    if c.closing == Some(true) {
         println!("closing:   a withdrawal was requested; the node takes no more vouchers on it");
     }
 }
@@ -187,20 +151,18 @@ pub async fn run(c: PayCommand) -> anyhow::Result<()> {
         } => {
             let key = crate::keyfile::load(&payer.payer_key)?;
             let t = terms(&payer.node).await?;
-            let payee = addr(&t["payTo"], "payTo")?;
+            let payee = t.pay_to;
             if chain.rpc.is_some() {
                 let chain = chain.connect().await?;
                 chain.deposit(&key, payee, payer.salt, amount).await?;
             } else {
-                let escrow = addr(&t["escrow"], "escrow")?;
-                let asset = addr(&t["asset"], "asset")?;
-                let chain_id = cairn_x402::wire::chain_id_of(t["network"].as_str().unwrap_or(""))
+                let chain_id = cairn_x402::wire::chain_id_of(&t.network)
                     .context("the node's network is not an EVM chain")?;
                 let domain = Eip712Domain::new(
-                    Some(t["tokenName"].as_str().unwrap_or("").to_string().into()),
-                    Some(t["tokenVersion"].as_str().unwrap_or("").to_string().into()),
+                    Some(t.token_name.clone().into()),
+                    Some(t.token_version.clone().into()),
                     Some(U256::from(chain_id)),
-                    Some(asset),
+                    Some(t.asset),
                     None,
                 );
                 let valid_before = std::time::SystemTime::now()
@@ -209,24 +171,17 @@ pub async fn run(c: PayCommand) -> anyhow::Result<()> {
                     + 600;
                 let d = cairn_x402::prepaid::sign_deposit(
                     &key,
-                    escrow,
-                    t["payTo"]
-                        .as_str()
-                        .and_then(|a| a.parse().ok())
-                        .context("the node names no payTo")?,
+                    t.escrow,
+                    t.pay_to,
                     payer.salt,
                     amount,
                     valid_before,
                     &domain,
                 )?;
-                let url = format!("{}/v1/prepaid/deposits", payer.node.trim_end_matches('/'));
-                let resp = reqwest::Client::new()
-                    .post(&url)
-                    .json(&d)
-                    .send()
+                NodeClient::new(&payer.node)
+                    .prepaid_deposit(&d)
                     .await
-                    .with_context(|| format!("cannot reach {url}"))?;
-                answer("the node refused the deposit", resp).await?;
+                    .context("the node refused the deposit")?;
             }
             println!("deposited {amount} token units with {}", payer.node);
             // This machine's own account of the channel: vouchers are signed from it, never from
@@ -234,11 +189,7 @@ pub async fn run(c: PayCommand) -> anyhow::Result<()> {
             let path = account_path(&payer, key.address(), &t)?;
             if cairn_x402::client::PrepaidAccount::load(&path)?.is_none() {
                 let c = channel(&payer, key.address()).await?;
-                let owed = c["accepted"]
-                    .as_str()
-                    .and_then(|v| U256::from_str_radix(v, 10).ok())
-                    .unwrap_or_default();
-                cairn_x402::client::PrepaidAccount::create(&path, owed)?;
+                cairn_x402::client::PrepaidAccount::create(&path, c.accepted)?;
             }
             balance(&payer, key.address()).await
         }
@@ -248,7 +199,7 @@ pub async fn run(c: PayCommand) -> anyhow::Result<()> {
         }
         PayCommand::Withdraw { payer, chain } => {
             let key = crate::keyfile::load(&payer.payer_key)?;
-            let payee = addr(&terms(&payer.node).await?["payTo"], "payTo")?;
+            let payee = terms(&payer.node).await?.pay_to;
             let chain = chain.connect().await?;
             let st = chain
                 .channel_state(key.address(), payee, payer.salt)
@@ -276,24 +227,22 @@ pub async fn run(c: PayCommand) -> anyhow::Result<()> {
     }
 }
 
-async fn channel(payer: &PayerArgs, who: Address) -> anyhow::Result<Value> {
-    get_json(&format!(
-        "{}/v1/prepaid/{who}?salt={}",
-        payer.node.trim_end_matches('/'),
-        payer.salt
-    ))
-    .await
+async fn channel(payer: &PayerArgs, who: Address) -> anyhow::Result<PrepaidChannel> {
+    NodeClient::new(&payer.node)
+        .prepaid_channel(who, payer.salt)
+        .await
+        .with_context(|| format!("asking {} for the channel", payer.node))
 }
 
 /// The payer's own account file of its channel with the node whose terms are `t`.
-fn account_path(payer: &PayerArgs, who: Address, t: &Value) -> anyhow::Result<PathBuf> {
-    let chain_id = cairn_x402::wire::chain_id_of(t["network"].as_str().unwrap_or(""))
+fn account_path(payer: &PayerArgs, who: Address, t: &PaymentTerms) -> anyhow::Result<PathBuf> {
+    let chain_id = cairn_x402::wire::chain_id_of(&t.network)
         .context("the node's network is not an EVM chain")?;
-    let channel = cairn_ledger::Chain::channel_id(who, addr(&t["payTo"], "payTo")?, payer.salt);
+    let channel = cairn_ledger::Chain::channel_id(who, t.pay_to, payer.salt);
     Ok(cairn_x402::client::PrepaidAccount::path(
         &crate::keyfile::prepaid_accounts(&payer.payer_key),
         chain_id,
-        addr(&t["escrow"], "escrow")?,
+        t.escrow,
         channel,
     ))
 }
@@ -306,10 +255,7 @@ async fn balance(payer: &PayerArgs, who: Address) -> anyhow::Result<()> {
     match cairn_x402::client::PrepaidAccount::load(&path)? {
         Some(a) => {
             println!("your account: {} paid ({})", a.paid, path.display());
-            let node = c["accepted"]
-                .as_str()
-                .and_then(|v| U256::from_str_radix(v, 10).ok())
-                .unwrap_or_default();
+            let node = c.accepted;
             if node > a.paid {
                 println!(
                     "warning: the node counts {node}, more than your own account; your next vouchers follow your account"

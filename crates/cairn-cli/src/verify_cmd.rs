@@ -240,7 +240,7 @@ pub async fn serve(args: VerifierServeArgs) -> anyhow::Result<()> {
     .await?;
     println!("verifier: {url}");
     println!("address:  {}", v.address());
-    println!("checks:   {}", v.info());
+    println!("checks:   {}", serde_json::to_string(&v.info())?);
     crate::shutdown_signal().await;
     Ok(())
 }
@@ -369,9 +369,19 @@ async fn approved(
         .timeout(Duration::from_secs(30))
         .redirect(reqwest::redirect::Policy::none())
         .build()?;
-    let mut body = serde_json::to_value(&req)?;
-    body["evidence"] = serde_json::to_value(&evidence)?;
-    let body = serde_json::to_vec(&body)?;
+    let body = serde_json::to_vec(&cairn_verifier_api::RegistrationBody {
+        node: req.node,
+        role: match req.role {
+            Role::Inference => "inference",
+            Role::Verifier => "verifier",
+        }
+        .into(),
+        endpoint: req.endpoint.clone(),
+        measurement: req.measurement,
+        evidence_digest: req.evidence_digest,
+        deadline: req.deadline,
+        evidence: evidence.clone(),
+    })?;
     for v in chain.active_nodes(Role::Verifier).await? {
         if approvals.len() >= quorum {
             break;
@@ -380,7 +390,7 @@ async fn approved(
             continue;
         }
         let ep = chain.node(v).await?.endpoint;
-        let url = format!("{}/v1/registrations", ep.trim_end_matches('/'));
+        let url = cairn_verifier_api::VerifierUrls::new(&ep).registrations();
         let answer = async {
             let signed = cairn_core::auth::sign_url(key, "POST", &url, &body)
                 .with_context(|| format!("{url} is not an http(s) URL"))?;
@@ -393,27 +403,29 @@ async fn approved(
             }
             let r = r.send().await?;
             let status = r.status();
-            let b: Value = r.json().await?;
-            anyhow::Ok((status, b))
+            anyhow::Ok((status, r.bytes().await?))
         }
         .await;
         match answer {
             Ok((s, b)) if s.is_success() => {
-                let sig: Signature = b["signature"]
-                    .as_str()
-                    .and_then(|s| s.parse().ok())
-                    .context("an approval without a signature")?;
+                let sig = serde_json::from_slice::<cairn_verifier_api::RegistrationApproval>(&b)
+                    .ok()
+                    .and_then(|a| a.signature.parse::<Signature>().ok());
+                let Some(sig) = sig else {
+                    refusals.push(format!("{v}: an approval without a signature"));
+                    continue;
+                };
                 if chain.registration_signer(&req, &sig).ok() == Some(v) {
                     approvals.push((v, sig));
                 } else {
                     refusals.push(format!("{v}: signature is not its own (or not canonical)"));
                 }
             }
-            Ok((s, b)) => refusals.push(format!(
-                "{v}: {s} {}: {}",
-                b["code"].as_str().unwrap_or("?"),
-                b["message"].as_str().unwrap_or("")
-            )),
+            Ok((s, b)) => {
+                let e = cairn_core::ErrorBody::parse(&b)
+                    .unwrap_or_else(|| cairn_core::ErrorBody::new("?", ""));
+                refusals.push(format!("{v}: {s} {}: {}", e.code, e.message))
+            }
             Err(e) => refusals.push(format!("{v} ({url}): {e:#}")),
         }
     }

@@ -527,3 +527,46 @@ fn onnxruntime_engine_receipts_are_marked_tolerance() {
     let err = failure(&reexec(&tight));
     assert!(err.contains("more than the tolerance"), "{err}");
 }
+
+#[test]
+fn node_api_is_documented_and_answers_its_documented_types() {
+    let net = Server::devnet();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let spec: Value = reqwest::get(format!("{}/openapi.json", net.node_url))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let paths = spec["paths"].as_object().unwrap();
+        for p in [
+            "/v2/models/{model}/infer",
+            "/v1/node",
+            "/v1/receipts/{id}/input",
+            "/v1/batches/{id}/attestations",
+            "/v1/prepaid/{payer}",
+        ] {
+            assert!(paths.contains_key(p), "{p} undocumented");
+        }
+        let docs = reqwest::get(format!("{}/docs/", net.node_url))
+            .await
+            .unwrap();
+        assert_eq!(docs.status(), 200);
+        assert!(docs.text().await.unwrap().contains("swagger"));
+        // The typed client reads the devnet node's info: it settles on the devnet's chain.
+        let info = cairn_node_api::NodeClient::new(&net.node_url)
+            .info()
+            .await
+            .unwrap();
+        let settlement = info.settlement.as_ref().expect("the devnet node settles");
+        assert_eq!(
+            settlement.deployment.settlement,
+            info.domain.verifying_contract
+        );
+        assert_eq!(info.domain.name, "Cairn");
+    });
+}

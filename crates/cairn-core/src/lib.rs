@@ -2,6 +2,7 @@
 //! canonical hash, execution profiles, and the signed-request scheme every write to a Cairn
 //! service uses.
 
+pub mod api;
 pub mod attestation;
 pub mod auth;
 mod blob_id;
@@ -11,6 +12,7 @@ pub mod sig;
 pub mod tensor;
 
 pub use alloy_primitives::{Address, B256};
+pub use api::ErrorBody;
 pub use attestation::DEV_MEASUREMENT;
 pub use blob_id::{BlobHasher, BlobId, ParseBlobIdError};
 pub use names::{FilePath, ModelRef, NameError, RepoName, Version};

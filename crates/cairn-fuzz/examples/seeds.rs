@@ -133,7 +133,7 @@ fn main() {
         .unwrap(),
         Tensor::new("ids", DataType::Int64, vec![3], vec![0; 24]).unwrap(),
     ];
-    let (body, n) = cairn_node::client::binary_request(&tensors);
+    let (body, n) = cairn_node_api::client::binary_request(&tensors);
     let mut framed = (n as u16).to_le_bytes().to_vec();
     framed.extend_from_slice(&body);
     write(&root, "kserve_binary", "two_inputs", &framed);
@@ -141,7 +141,7 @@ fn main() {
         &root,
         "safetensors",
         "two_tensors",
-        &cairn_node::safetensors_io::encode(&tensors),
+        &cairn_node_api::safetensors_io::encode(&tensors),
     );
 
     write(

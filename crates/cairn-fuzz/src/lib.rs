@@ -90,13 +90,13 @@ fn prepaid_value(v: &serde_json::Value) {
     }
 }
 
-const LIMITS: cairn_node::kserve::DecodeLimits = cairn_node::kserve::DecodeLimits {
+const LIMITS: cairn_node_api::kserve::DecodeLimits = cairn_node_api::kserve::DecodeLimits {
     max_elements: 1 << 16,
 };
 
 /// A KServe v2 JSON request body.
 pub fn kserve_json(data: &[u8]) {
-    let _ = cairn_node::kserve::decode(data, None, LIMITS);
+    let _ = cairn_node_api::kserve::decode(data, None, LIMITS);
 }
 
 /// A KServe v2 binary-extension body: the first two bytes give the JSON part's length.
@@ -105,14 +105,15 @@ pub fn kserve_binary(data: &[u8]) {
         return;
     }
     let n = u16::from_le_bytes([data[0], data[1]]) as usize;
-    let _ = cairn_node::kserve::decode(&data[2..], Some(n), LIMITS);
+    let _ = cairn_node_api::kserve::decode(&data[2..], Some(n), LIMITS);
 }
 
 /// A safetensors payload (inputs and outputs a node hands to verifiers).
 pub fn safetensors(data: &[u8]) {
-    if let Ok(t) = cairn_node::safetensors_io::decode(data) {
-        let again = cairn_node::safetensors_io::decode(&cairn_node::safetensors_io::encode(&t))
-            .expect("round trip");
+    if let Ok(t) = cairn_node_api::safetensors_io::decode(data) {
+        let again =
+            cairn_node_api::safetensors_io::decode(&cairn_node_api::safetensors_io::encode(&t))
+                .expect("round trip");
         assert_eq!(again, t);
     }
 }

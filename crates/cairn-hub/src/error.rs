@@ -4,19 +4,10 @@ use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use cairn_catalog::CatalogError;
+pub use cairn_core::ErrorBody;
 use cairn_core::auth::AuthError;
 use cairn_core::{NameError, ParseBlobIdError};
 use cairn_store::StoreError;
-use serde::{Deserialize, Serialize};
-
-/// The body of every error response.
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct ErrorBody {
-    /// Stable machine-readable code, e.g. `cid_mismatch`.
-    pub code: String,
-    /// What went wrong and what to do.
-    pub message: String,
-}
 
 /// An error with its HTTP status.
 #[derive(Debug)]
@@ -45,10 +36,7 @@ impl IntoResponse for ApiError {
         if self.status.is_server_error() {
             tracing::error!(code = self.code, message = %self.message, "request failed");
         }
-        let body = ErrorBody {
-            code: self.code.to_owned(),
-            message: self.message,
-        };
+        let body = ErrorBody::new(self.code, self.message);
         (self.status, Json(body)).into_response()
     }
 }

@@ -1,7 +1,6 @@
 //! The Model Hub: a content-addressed, versioned model registry served over HTTP, and the
 //! client that talks to it.
 
-pub mod client;
 pub mod error;
 pub mod server;
 
@@ -10,7 +9,7 @@ use std::net::SocketAddr;
 use cairn_catalog::Catalog;
 use cairn_store::{BlobStore, Location};
 
-pub use client::{ClientError, HubClient};
+pub use cairn_hub_api::{ClientError, HubClient, client};
 pub use server::{HubState, router};
 
 /// Where a hub keeps its state.

@@ -11,16 +11,17 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use bytes::Bytes;
-use cairn_catalog::{
-    Catalog, FileEntry, NewRepo, Release, Repo, RepoDetail, Resolved, Search, now_secs,
-};
+use cairn_catalog::{Catalog, now_secs};
 use cairn_core::auth::{MAX_CLOCK_SKEW_SECS, SignedHeaders};
 use cairn_core::{Address, BlobId, FilePath, ModelRef, RepoName, Version};
+use cairn_hub_api::types::{
+    CreateRelease, FileEntry, Health, NewRepo, Release, Repo, RepoDetail, RepoList, Resolved,
+    Search,
+};
 use cairn_store::{BlobStore, StoreError};
 use futures::{StreamExt, TryStreamExt};
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use utoipa::{OpenApi, ToSchema};
+use utoipa::OpenApi;
 
 use crate::error::{ApiError, ErrorBody};
 
@@ -152,15 +153,6 @@ pub fn router(state: HubState) -> Router {
     components(schemas(ErrorBody, Health, CreateRelease, cairn_onnx::OnnxSignature))
 )]
 pub struct ApiDoc;
-
-/// `GET /health` answer.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct Health {
-    /// `ok`.
-    pub status: String,
-    /// Hub version.
-    pub version: String,
-}
 
 #[utoipa::path(get, path = "/health", responses((status = 200, body = Health)))]
 async fn health() -> Json<Health> {
@@ -325,13 +317,6 @@ async fn create_repo(
     Ok((StatusCode::CREATED, Json(repo)))
 }
 
-/// Matching repositories.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct RepoList {
-    /// Repositories, by name.
-    pub repos: Vec<Repo>,
-}
-
 #[utoipa::path(get, path = "/v1/repos", params(Search), responses((status = 200, body = RepoList)))]
 async fn list_repos(
     State(state): State<HubState>,
@@ -348,16 +333,6 @@ async fn show_repo(
     Path(name): Path<String>,
 ) -> Result<Json<RepoDetail>, ApiError> {
     Ok(Json(state.inner.catalog.repo_detail(&parse(&name)?).await?))
-}
-
-/// A new release.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct CreateRelease {
-    /// `MAJOR.MINOR`.
-    pub version: Version,
-    /// Markdown release notes.
-    #[serde(default)]
-    pub notes: String,
 }
 
 #[utoipa::path(post, path = "/v1/repos/{name}/releases", request_body = CreateRelease,
@@ -745,6 +720,15 @@ async fn download_blob(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn every_route_is_in_the_openapi_document() {
+        use utoipa::OpenApi;
+        cairn_core::api::assert_routes_documented(
+            include_str!("server.rs"),
+            &super::ApiDoc::openapi(),
+        );
+    }
+
     use super::*;
 
     fn range(v: &str, size: u64) -> Result<Option<std::ops::Range<u64>>, ()> {

@@ -40,7 +40,7 @@ fn main() {
         let mut per = serde_json::Map::new();
         for (name, n) in CASES {
             let bytes = std::fs::read(format!("{models}/{name}.onnx")).unwrap();
-            let feeds = cairn_node::safetensors_io::decode(
+            let feeds = cairn_node_api::safetensors_io::decode(
                 &std::fs::read(format!("{inputs}/{name}.safetensors")).unwrap(),
             )
             .unwrap();

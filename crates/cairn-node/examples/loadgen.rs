@@ -22,8 +22,8 @@ fn main() {
         args[3].parse::<usize>().unwrap(),
         args[4].parse::<f64>().unwrap(),
     );
-    let tensors = cairn_node::safetensors_io::decode(&std::fs::read(input).unwrap()).unwrap();
-    let (body, json_len) = cairn_node::client::binary_request(&tensors);
+    let tensors = cairn_node_api::safetensors_io::decode(&std::fs::read(input).unwrap()).unwrap();
+    let (body, json_len) = cairn_node_api::client::binary_request(&tensors);
     let body = bytes::Bytes::from(body);
     // LOADGEN_GET=1 measures a bare GET on URL instead: the HTTP floor of this machine.
     let get = std::env::var_os("LOADGEN_GET").is_some();

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use cairn_core::{BlobId, ModelRef, Version};
 use cairn_engine::{Engine, EngineError, Plan};
-use cairn_hub::{ClientError, HubClient};
+use cairn_hub_api::{ClientError, HubClient};
 use cairn_onnx::OnnxSignature;
 use moka::future::Cache;
 use moka::policy::EvictionPolicy;

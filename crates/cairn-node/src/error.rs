@@ -3,6 +3,8 @@
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use cairn_core::ErrorBody;
+use cairn_node_api::kserve::KserveError;
 
 /// Everything a node request can fail with. Each variant has a stable machine code.
 #[derive(Debug, thiserror::Error)]
@@ -146,6 +148,26 @@ impl NodeError {
     }
 }
 
+/// Cairn's error body plus `error`, which is what KServe clients (tritonclient) print.
+#[derive(serde::Serialize)]
+struct KserveErrorBody {
+    #[serde(flatten)]
+    body: ErrorBody,
+    error: String,
+}
+
+impl From<KserveError> for NodeError {
+    fn from(e: KserveError) -> Self {
+        match e {
+            KserveError::BadRequest(m) => NodeError::BadRequest(m),
+            KserveError::InvalidDatatype(m) => NodeError::InvalidDatatype(m),
+            KserveError::InvalidShape(m) => NodeError::InvalidShape(m),
+            KserveError::InvalidData(m) => NodeError::InvalidData(m),
+            KserveError::TooManyElements(m) => NodeError::TooManyElements(m),
+        }
+    }
+}
+
 impl IntoResponse for NodeError {
     fn into_response(self) -> Response {
         let status = self.status();
@@ -153,8 +175,10 @@ impl IntoResponse for NodeError {
             tracing::error!(code = self.code(), message = %self, "request failed");
         }
         let message = self.to_string();
-        // `error` is what KServe clients (tritonclient) print; `code`/`message` are Cairn's.
-        let body = serde_json::json!({"code": self.code(), "message": message, "error": message});
+        let body = KserveErrorBody {
+            error: message.clone(),
+            body: ErrorBody::new(self.code(), message),
+        };
         let mut resp = (status, Json(body)).into_response();
         if status == StatusCode::SERVICE_UNAVAILABLE {
             resp.headers_mut()

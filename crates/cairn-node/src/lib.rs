@@ -18,16 +18,12 @@ use cairn_receipt::ReceiptDomain;
 
 pub mod batcher;
 pub mod cache;
-pub mod client;
 pub mod error;
-pub mod kserve;
 pub mod log;
 mod pricing;
-pub mod safetensors_io;
 mod server;
 
 pub use batcher::{BatchPolicy, SettlementConfig};
-pub use client::{InferOutcome, NodeClient, PaymentMade};
 pub use error::NodeError;
 pub use server::{NodeState, router};
 

@@ -19,14 +19,21 @@ use cairn_engine::EngineError;
 use cairn_onnx::{Dim, OnnxSignature};
 use cairn_receipt::{Claims, ReceiptDomain};
 use cairn_x402::Paid;
-use serde_json::{Value, json};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::cache::{LoadedModel, ModelCache};
 use crate::error::NodeError;
-use crate::kserve::{self, DecodeLimits, HEADER_LENGTH, ResponseOutput};
 use crate::log::{Billing, Entry, ReceiptLog};
-use crate::{Limits, NodeConfig, now_secs, safetensors_io};
+use crate::{Limits, NodeConfig, now_secs};
+use cairn_core::ErrorBody;
+use cairn_node_api::kserve::{self, DecodeLimits, HEADER_LENGTH, OutputBinary, ResponseOutput};
+use cairn_node_api::{
+    AttestationAccepted, AttestationRequest, BatchView, DomainInfo, FaultsInfo, Inclusion,
+    InferParameters, InferResponse, LimitsInfo, Live, ModelMetadata, ModelPrice, ModelReady,
+    NodeInfo, PaymentTerms, PrepaidChannel, Ready, ServerMetadata, SettlementInfo, StoredReceipt,
+    TensorSpec, safetensors_io,
+};
+use utoipa::OpenApi;
 
 /// Shared node state.
 #[derive(Clone)]
@@ -36,11 +43,11 @@ struct Inner {
     cache: ModelCache,
     log: ReceiptLog,
     /// What `/v1/node` says about settlement (`None`: receipts stay local).
-    settlement: Option<Value>,
+    settlement: Option<SettlementInfo>,
     chain: Option<cairn_ledger::Chain>,
     paywall: Option<Arc<cairn_x402::Paywall>>,
     /// What `/v1/node` says about payments.
-    payments: Option<Value>,
+    payments: Option<PaymentTerms>,
     key: PrivateKeySigner,
     domain: ReceiptDomain,
     price: U256,
@@ -66,7 +73,7 @@ struct Inner {
 pub(crate) async fn open(c: NodeConfig) -> Result<NodeState, NodeError> {
     std::fs::create_dir_all(&c.data_dir)
         .map_err(|e| NodeError::Internal(format!("data dir {}: {e}", c.data_dir.display())))?;
-    let hub = cairn_hub::HubClient::new(&c.hub_url, None)
+    let hub = cairn_hub_api::HubClient::new(&c.hub_url, None)
         .map_err(|e| NodeError::Internal(e.to_string()))?;
     let cache = ModelCache::new(
         c.data_dir.join("models"),
@@ -117,12 +124,12 @@ pub(crate) async fn open(c: NodeConfig) -> Result<NodeState, NodeError> {
                     c.domain.chain_id, c.domain.verifying_contract, d.chain_id, d.settlement
                 )));
             }
-            let info = json!({
-                "ledger": cfg.chain.ledger().describe(),
-                "deployment": d,
-                "batchMaxReceipts": cfg.policy.max_receipts,
-                "batchMaxAgeSecs": cfg.policy.max_age.as_secs(),
-            });
+            let info = SettlementInfo {
+                ledger: cfg.chain.ledger().describe(),
+                deployment: d.clone(),
+                batch_max_receipts: cfg.policy.max_receipts,
+                batch_max_age_secs: cfg.policy.max_age.as_secs(),
+            };
             let settler = crate::batcher::Settler::open(
                 &log_path,
                 cfg,
@@ -176,7 +183,14 @@ async fn open_paywall(
     default_price: U256,
     pc: crate::PaymentConfig,
     kept: Arc<KeptFromLog>,
-) -> Result<(Arc<cairn_x402::Paywall>, Value, cairn_x402::PaymentStore), NodeError> {
+) -> Result<
+    (
+        Arc<cairn_x402::Paywall>,
+        PaymentTerms,
+        cairn_x402::PaymentStore,
+    ),
+    NodeError,
+> {
     let x = |e: cairn_x402::X402Error| NodeError::ChainUnavailable(format!("payments: {e}"));
     let store = cairn_x402::PaymentStore::open(&data_dir.join("payments.sqlite")).map_err(x)?;
     let facilitator = Arc::new(
@@ -205,19 +219,41 @@ async fn open_paywall(
         default: default_price,
         models: pc.model_prices.clone(),
     });
-    let info = json!({
-        "payTo": vault.to_checksum(None),
-        "asset": chain.deployment().token.to_checksum(None),
-        "network": cairn_x402::wire::caip2(chain.deployment().chain_id),
-        "schemes": if prepaid.is_some() { vec!["prepaid", "exact"] } else { vec!["exact"] },
-        "escrow": chain.deployment().escrow.to_checksum(None),
-        "tokenName": facilitator.token_domain().name.as_deref().unwrap_or_default(),
-        "tokenVersion": facilitator.token_domain().version.as_deref().unwrap_or_default(),
-        "minDeposit": min_deposit(default_price).to_string(),
-        "defaultPrice": default_price.to_string(),
-        "modelPrices": pc.model_prices.iter().map(|(m, p)| json!({"model": m, "price": p.to_string()})).collect::<Vec<_>>(),
-        "redeemEverySecs": pc.redeem_every.as_secs(),
-    });
+    let schemes: &[&str] = if prepaid.is_some() {
+        &["prepaid", "exact"]
+    } else {
+        &["exact"]
+    };
+    let info = PaymentTerms {
+        pay_to: vault,
+        asset: chain.deployment().token,
+        network: cairn_x402::wire::caip2(chain.deployment().chain_id),
+        schemes: schemes.iter().map(|s| s.to_string()).collect(),
+        escrow: chain.deployment().escrow,
+        token_name: facilitator
+            .token_domain()
+            .name
+            .as_deref()
+            .unwrap_or_default()
+            .into(),
+        token_version: facilitator
+            .token_domain()
+            .version
+            .as_deref()
+            .unwrap_or_default()
+            .into(),
+        min_deposit: min_deposit(default_price),
+        default_price,
+        model_prices: pc
+            .model_prices
+            .iter()
+            .map(|(m, p)| ModelPrice {
+                model: m.clone(),
+                price: *p,
+            })
+            .collect(),
+        redeem_every_secs: pc.redeem_every.as_secs(),
+    };
     let paywall =
         cairn_x402::Paywall::new(facilitator, prepaid, pricing, vault).with_kept_answers(kept);
     Ok((Arc::new(paywall), info, store))
@@ -268,69 +304,103 @@ pub fn router(state: NodeState) -> Router {
         .route("/v1/batches/{id}/attestations", post(add_attestation))
         .route("/v1/receipts/{id}/input", get(receipt_input))
         .route("/v1/receipts/{id}/output", get(receipt_output))
-        .fallback(|| async {
-            NodeError::NotFound("no such endpoint; see /v2 (KServe v2) and /v1/node".into())
-        })
+        .fallback(|| async { NodeError::NotFound("no such endpoint; see /openapi.json".into()) })
         .with_state(state)
+        .merge(utoipa_swagger_ui::SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()))
 }
 
-async fn server_metadata() -> Json<Value> {
-    Json(json!({
-        "name": "cairn",
-        "version": env!("CARGO_PKG_VERSION"),
-        "extensions": ["binary_tensor_data"],
-    }))
+/// The OpenAPI description of the node's routes.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "Cairn inference node",
+        description = "KServe v2 inference under `/v2` with an EIP-712 receipt for every call; Cairn's own routes \
+        under `/v1`. Every error is JSON {code, message} (plus `error` for KServe clients)."
+    ),
+    paths(
+        server_metadata,
+        live,
+        ready,
+        model_metadata,
+        model_metadata_versioned,
+        model_ready,
+        infer,
+        infer_versioned,
+        node_info,
+        receipt,
+        receipt_input,
+        receipt_output,
+        batch,
+        add_attestation,
+        prepaid_channel,
+        prepaid_deposit
+    ),
+    components(schemas(ErrorBody))
+)]
+pub struct ApiDoc;
+
+#[utoipa::path(get, path = "/v2", tag = "kserve", responses((status = 200, body = ServerMetadata)))]
+async fn server_metadata() -> Json<ServerMetadata> {
+    Json(ServerMetadata {
+        name: "cairn".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        extensions: vec!["binary_tensor_data".into()],
+    })
 }
 
-async fn live() -> Json<Value> {
-    Json(json!({"live": true}))
+#[utoipa::path(get, path = "/v2/health/live", tag = "kserve", responses((status = 200, body = Live)))]
+async fn live() -> Json<Live> {
+    Json(Live { live: true })
 }
 
-async fn ready() -> Json<Value> {
-    Json(json!({"ready": true}))
+#[utoipa::path(get, path = "/v2/health/ready", tag = "kserve", responses((status = 200, body = Ready)))]
+async fn ready() -> Json<Ready> {
+    Json(Ready { ready: true })
 }
 
-async fn node_info(State(s): State<NodeState>) -> Result<Json<Value>, NodeError> {
+#[utoipa::path(get, path = "/v1/node", tag = "node", responses((status = 200, body = NodeInfo)))]
+async fn node_info(State(s): State<NodeState>) -> Result<Json<NodeInfo>, NodeError> {
     let i = &s.0;
     let profile = i.cache.engine().profile();
-    Ok(Json(json!({
-        "address": i.key.address().to_checksum(None),
-        "profile": profile,
-        "reproducibility": profile.reproducibility(),
-        "profileHash": profile.hash().to_string(),
-        "domain": {
-            "name": "Cairn", "version": "1",
-            "chainId": i.domain.chain_id,
-            "verifyingContract": i.domain.verifying_contract.to_checksum(None),
+    Ok(Json(NodeInfo {
+        address: i.key.address(),
+        profile: profile.clone(),
+        reproducibility: profile.reproducibility(),
+        profile_hash: profile.hash(),
+        domain: DomainInfo {
+            name: "Cairn".into(),
+            version: "1".into(),
+            chain_id: i.domain.chain_id,
+            verifying_contract: i.domain.verifying_contract,
         },
-        "hub": i.hub_url,
-        "price": i.price.to_string(),
-        "settlement": i.settlement,
-        "payments": i.payments,
-        "faults": i.faults.any().then(|| json!({
-            "wrongOutputRate": i.faults.wrong_output_rate,
-            "withholdPayloads": i.faults.withhold_payloads,
-            "payloadOutageSecs": i.faults.payload_outage.as_secs(),
-        })),
-        "modelsLoaded": i.cache.loaded(),
-        "receipts": i.log.count().await?,
-        "limits": {
-            "maxBodyBytes": i.limits.max_body_bytes,
-            "maxElements": i.limits.max_elements,
-            "timeoutMs": i.limits.timeout.as_millis() as u64,
-            "queuePerModel": i.limits.queue_per_model,
-            "queueTotal": i.limits.queue_total,
-            "workers": i.limits.workers,
+        hub: i.hub_url.clone(),
+        price: i.price,
+        settlement: i.settlement.clone(),
+        payments: i.payments.clone(),
+        faults: i.faults.any().then(|| FaultsInfo {
+            wrong_output_rate: i.faults.wrong_output_rate,
+            withhold_payloads: i.faults.withhold_payloads,
+            payload_outage_secs: i.faults.payload_outage.as_secs(),
+        }),
+        models_loaded: i.cache.loaded(),
+        receipts: i.log.count().await?,
+        limits: LimitsInfo {
+            max_body_bytes: i.limits.max_body_bytes,
+            max_elements: i.limits.max_elements,
+            timeout_ms: i.limits.timeout.as_millis() as u64,
+            queue_per_model: i.limits.queue_per_model,
+            queue_total: i.limits.queue_total,
+            workers: i.limits.workers,
         },
-        "version": env!("CARGO_PKG_VERSION"),
-    })))
+        version: env!("CARGO_PKG_VERSION").into(),
+    }))
 }
 
 fn onnx_datatype(elem: Option<&str>) -> Option<DataType> {
     elem.and_then(DataType::from_onnx_name)
 }
 
-fn describe(values: &[cairn_onnx::ValueInfo]) -> Vec<Value> {
+fn describe(values: &[cairn_onnx::ValueInfo]) -> Vec<TensorSpec> {
     values
         .iter()
         .map(|v| {
@@ -344,18 +414,20 @@ fn describe(values: &[cairn_onnx::ValueInfo]) -> Vec<Value> {
                     _ => -1,
                 })
                 .collect();
-            json!({
-                "name": v.name,
-                "datatype": onnx_datatype(v.elem_type.as_deref()).map_or(v.type_name.as_str(), |d| d.name()),
-                "shape": shape,
-            })
+            TensorSpec {
+                name: v.name.clone(),
+                datatype: onnx_datatype(v.elem_type.as_deref())
+                    .map_or(v.type_name.as_str(), |d| d.name())
+                    .into(),
+                shape,
+            }
         })
         .collect()
 }
 
 /// Model metadata from the loaded model or the signature the hub recorded: a free route never
 /// makes the node download anything.
-async fn metadata(s: &NodeState, reference: &str) -> Result<Json<Value>, NodeError> {
+async fn metadata(s: &NodeState, reference: &str) -> Result<Json<ModelMetadata>, NodeError> {
     let r = s.0.cache.resolve(reference).await?;
     let loaded = s.0.cache.loaded_model(&r.cid).await;
     let signature = match (&loaded, &r.signature) {
@@ -368,34 +440,43 @@ async fn metadata(s: &NodeState, reference: &str) -> Result<Json<Value>, NodeErr
             )));
         }
     };
-    Ok(Json(json!({
-        "name": reference,
-        "versions": r.version.map(|v| vec![v.to_string()]).unwrap_or_default(),
-        "platform": "onnx",
-        "cid": r.cid.to_string(),
-        "inputs": describe(&signature.inputs),
-        "outputs": describe(&signature.outputs),
-    })))
+    Ok(Json(ModelMetadata {
+        name: reference.into(),
+        versions: r.version.map(|v| vec![v.to_string()]).unwrap_or_default(),
+        platform: "onnx".into(),
+        cid: r.cid,
+        inputs: describe(&signature.inputs),
+        outputs: describe(&signature.outputs),
+    }))
 }
 
+#[utoipa::path(get, path = "/v2/models/{model}", tag = "kserve",
+    params(("model" = String, Path, description = "a CID or `name@version`")),
+    responses((status = 200, body = ModelMetadata), (status = 404, body = ErrorBody)))]
 async fn model_metadata(
     State(s): State<NodeState>,
     Path(model): Path<String>,
-) -> Result<Json<Value>, NodeError> {
+) -> Result<Json<ModelMetadata>, NodeError> {
     metadata(&s, &model).await
 }
 
+#[utoipa::path(get, path = "/v2/models/{model}/versions/{version}", tag = "kserve",
+    params(("model" = String, Path), ("version" = String, Path)),
+    responses((status = 200, body = ModelMetadata), (status = 404, body = ErrorBody)))]
 async fn model_metadata_versioned(
     State(s): State<NodeState>,
     Path((model, version)): Path<(String, String)>,
-) -> Result<Json<Value>, NodeError> {
+) -> Result<Json<ModelMetadata>, NodeError> {
     metadata(&s, &format!("{model}@{version}")).await
 }
 
+#[utoipa::path(get, path = "/v2/models/{model}/ready", tag = "kserve",
+    params(("model" = String, Path)),
+    responses((status = 200, body = ModelReady), (status = 400, description = "not loaded yet", body = ErrorBody)))]
 async fn model_ready(
     State(s): State<NodeState>,
     Path(model): Path<String>,
-) -> Result<Json<Value>, NodeError> {
+) -> Result<Json<ModelReady>, NodeError> {
     // Ready means loaded: asking never loads (that is what a paid inference does).
     let r = s.0.cache.resolve(&model).await?;
     // Ready: loaded, or a published model the hub describes (it loads on its first paid
@@ -406,56 +487,58 @@ async fn model_ready(
             "{model} is not loaded on this node yet; it loads on its first inference"
         )));
     }
-    Ok(Json(json!({"name": model, "ready": true})))
+    Ok(Json(ModelReady {
+        name: model,
+        ready: true,
+    }))
 }
 
+#[utoipa::path(get, path = "/v1/receipts/{id}", tag = "node",
+    params(("id" = String, Path, description = "the receipt's request id, hex")),
+    responses((status = 200, body = StoredReceipt), (status = 404, body = ErrorBody)))]
 async fn receipt(
     State(s): State<NodeState>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, NodeError> {
+) -> Result<Json<StoredReceipt>, NodeError> {
     let stored =
         s.0.log
             .get(&id.to_ascii_lowercase())
             .await?
             .ok_or_else(|| NodeError::ReceiptNotFound(format!("no receipt `{id}` on this node")))?;
-    let receipt: Value =
-        serde_json::from_str(&stored.receipt).map_err(|e| NodeError::Internal(e.to_string()))?;
-    let batch = stored.batch.map(|b| {
-        json!({
-            "id": b.chain_batch,
-            "status": b.status,
-            "root": B256::from(b.root).to_string(),
-            "proof": b.proof.iter().map(|p| B256::from(*p).to_string()).collect::<Vec<_>>(),
-            "tx": b.tx.map(|t| B256::from(t).to_string()),
-            "leaf": "keccak256(keccak256(abi.encode(signingHash))), OpenZeppelin StandardMerkleTree",
-        })
+    let receipt = cairn_receipt::ReceiptJson::from_text(stored.receipt)
+        .map_err(|e| NodeError::Internal(e.to_string()))?;
+    let batch = stored.batch.map(|b| Inclusion {
+        id: b.chain_batch,
+        status: b.status,
+        root: B256::from(b.root),
+        proof: b.proof.iter().map(|p| B256::from(*p)).collect(),
+        tx: b.tx.map(B256::from),
+        leaf: cairn_node_api::LEAF_RULE.into(),
     });
-    Ok(Json(json!({
-        "receipt": receipt,
-        "createdAt": stored.created_at,
-        "payloadsKept": stored.payloads,
-        "batch": batch,
-    })))
-}
-
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AttestationBody {
-    /// 65-byte `r || s || v` signature over the batch's EIP-712 `BatchAttestation`, hex.
-    signature: String,
+    Ok(Json(StoredReceipt {
+        receipt,
+        created_at: stored.created_at,
+        payloads_kept: stored.payloads,
+        batch,
+    }))
 }
 
 /// A verifier hands in its signature over one of this node's batches; the node puts a quorum
 /// of them on chain.
+#[utoipa::path(post, path = "/v1/batches/{id}/attestations", tag = "node",
+    params(("id" = u64, Path, description = "the batch's id on chain")),
+    request_body = AttestationRequest,
+    responses((status = 200, body = AttestationAccepted), (status = 403, description = "not an active verifier", body = ErrorBody),
+              (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn add_attestation(
     State(s): State<NodeState>,
     Path(id): Path<u64>,
     body: axum::body::Bytes,
-) -> Result<Json<Value>, NodeError> {
+) -> Result<Json<AttestationAccepted>, NodeError> {
     let chain = s.0.chain.as_ref().ok_or_else(|| {
         NodeError::NotFound("this node does not settle receipts on a chain".into())
     })?;
-    let body: AttestationBody = serde_json::from_slice(&body)
+    let body: AttestationRequest = serde_json::from_slice(&body)
         .map_err(|e| NodeError::BadRequest(format!("expected {{\"signature\": \"0x…\"}}: {e}")))?;
     let bytes = alloy_primitives::hex::decode(body.signature.trim_start_matches("0x"))
         .map_err(|e| NodeError::BadRequest(format!("signature is not hex: {e}")))?;
@@ -504,30 +587,38 @@ async fn add_attestation(
         s.0.log
             .add_attestation(id, signer.0.0, signature.as_bytes().to_vec())
             .await?;
-    Ok(Json(
-        json!({"batch": id, "signer": signer.to_checksum(None), "collected": collected}),
-    ))
+    Ok(Json(AttestationAccepted {
+        batch: id,
+        signer,
+        collected,
+    }))
 }
 
-async fn batch(State(s): State<NodeState>, Path(id): Path<u64>) -> Result<Json<Value>, NodeError> {
+#[utoipa::path(get, path = "/v1/batches/{id}", tag = "node",
+    params(("id" = u64, Path, description = "the batch's id on chain")),
+    responses((status = 200, body = BatchView), (status = 404, body = ErrorBody)))]
+async fn batch(
+    State(s): State<NodeState>,
+    Path(id): Path<u64>,
+) -> Result<Json<BatchView>, NodeError> {
     let b = s.0.log.batch_receipts(id).await?.ok_or_else(|| {
         NodeError::ReceiptNotFound(format!("no submitted batch {id} from this node"))
     })?;
     let receipts = b
         .receipts
-        .iter()
-        .map(|r| serde_json::from_str::<Value>(r))
+        .into_iter()
+        .map(cairn_receipt::ReceiptJson::from_text)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| NodeError::Internal(e.to_string()))?;
-    Ok(Json(json!({
-        "id": b.chain_batch,
-        "root": B256::from(b.root).to_string(),
-        "count": b.count,
-        "fees": b.fees,
-        "status": b.status,
-        "tx": b.tx.map(|t| B256::from(t).to_string()),
-        "receipts": receipts,
-    })))
+    Ok(Json(BatchView {
+        id: b.chain_batch,
+        root: B256::from(b.root),
+        count: b.count,
+        fees: b.fees,
+        status: b.status,
+        tx: b.tx.map(B256::from),
+        receipts,
+    }))
 }
 
 /// The capability token that lets whoever holds it read receipt `id`'s payloads (handed to the
@@ -536,8 +627,7 @@ fn payload_token(key: &B256, id: B256) -> B256 {
     alloy_primitives::keccak256([key.as_slice(), id.as_slice()].concat())
 }
 
-/// Header carrying the payload capability token in a response (and accepted in a request).
-pub const PAYLOAD_TOKEN_HEADER: &str = "cairn-payload-token";
+pub use cairn_node_api::PAYLOAD_TOKEN_HEADER;
 
 impl NodeState {
     /// The host signed requests to this node must name: its registered endpoint's (a request
@@ -690,6 +780,12 @@ fn corrupt_last_output(outputs: &mut [Tensor]) {
     }
 }
 
+#[utoipa::path(get, path = "/v1/receipts/{id}/input", tag = "node",
+    params(("id" = String, Path)),
+    description = "The inputs the node kept, as safetensors: for the holder of the call's `cairn-payload-token`, \
+    or a request signed by the payer or an active verifier. Anyone else learns nothing about the receipt.",
+    responses((status = 200, content_type = "application/octet-stream", body = Vec<u8>),
+              (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn receipt_input(
     State(s): State<NodeState>,
     Path(id): Path<String>,
@@ -699,6 +795,11 @@ async fn receipt_input(
     payload(&s, &id, false, &parts).await
 }
 
+#[utoipa::path(get, path = "/v1/receipts/{id}/output", tag = "node",
+    params(("id" = String, Path)),
+    description = "The outputs the node kept, as safetensors; who may read them as for the input.",
+    responses((status = 200, content_type = "application/octet-stream", body = Vec<u8>),
+              (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn receipt_output(
     State(s): State<NodeState>,
     Path(id): Path<String>,
@@ -862,6 +963,15 @@ fn check_inputs(sig: &OnnxSignature, inputs: &[Tensor]) -> Result<(), NodeError>
     Ok(())
 }
 
+#[utoipa::path(post, path = "/v2/models/{model}/infer", tag = "kserve",
+    params(("model" = String, Path, description = "a CID or `name@version`")),
+    description = "KServe v2 inference: JSON tensors, or the binary extension (`Inference-Header-Content-Length`). \
+    The answer carries the signed receipt in `parameters.receipt`. A paid node answers 402 with x402 offers \
+    in `PAYMENT-REQUIRED`; send `PAYMENT-SIGNATURE`.",
+    request_body(content = Object, description = "KServe v2 inference request"),
+    responses((status = 200, body = InferResponse), (status = 402, description = "payment required (x402)", body = ErrorBody),
+              (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 413, body = ErrorBody),
+              (status = 422, body = ErrorBody), (status = 503, body = ErrorBody), (status = 504, body = ErrorBody)))]
 async fn infer(
     State(s): State<NodeState>,
     Path(model): Path<String>,
@@ -872,6 +982,10 @@ async fn infer(
     run_infer(s, model, paid.map(|p| p.0), headers, body).await
 }
 
+#[utoipa::path(post, path = "/v2/models/{model}/versions/{version}/infer", tag = "kserve",
+    params(("model" = String, Path), ("version" = String, Path)),
+    request_body(content = Object, description = "KServe v2 inference request"),
+    responses((status = 200, body = InferResponse), (status = 402, body = ErrorBody), (status = 400, body = ErrorBody)))]
 async fn infer_versioned(
     State(s): State<NodeState>,
     Path((model, version)): Path<(String, String)>,
@@ -891,10 +1005,14 @@ async fn infer_versioned(
 
 /// `POST /v1/prepaid/deposits`: submits a payer's gasless deposit (EIP-3009
 /// `ReceiveWithAuthorization` to the escrow) into its channel with this node.
+#[utoipa::path(post, path = "/v1/prepaid/deposits", tag = "payments",
+    request_body(content = Object, description = "a deposit authorization {payer, salt, amount, validBefore, nonce, signature}"),
+    responses((status = 200, body = PrepaidChannel), (status = 422, description = "payment_refused", body = ErrorBody),
+              (status = 404, description = "no prepaid on this node", body = ErrorBody)))]
 async fn prepaid_deposit(
     State(s): State<NodeState>,
     body: Bytes,
-) -> Result<Json<Value>, NodeError> {
+) -> Result<Json<PrepaidChannel>, NodeError> {
     let Some(pre) = s.0.paywall.as_ref().and_then(|p| p.prepaid()) else {
         return Err(NodeError::NotFound(
             "this node does not take prepaid vouchers".into(),
@@ -909,30 +1027,34 @@ async fn prepaid_deposit(
             cairn_x402::X402Error::Invalid(r) => NodeError::PaymentRefused(r.to_string()),
             other => NodeError::ChainUnavailable(other.to_string()),
         })?;
-    Ok(Json(channel_json(&c)))
+    Ok(Json(channel(&c)))
 }
 
 /// A prepaid channel as the node accounts it.
-fn channel_json(c: &cairn_x402::store::ChannelRecord) -> Value {
-    json!({
-        "payer": c.payer.to_checksum(None),
-        "payee": c.payee.to_checksum(None),
-        "salt": c.salt.to_string(),
-        "known": true,
-        "deposited": c.deposited.to_string(),
-        "accepted": c.accepted.to_string(),
-        "redeemed": c.redeemed.to_string(),
-        "closing": c.closing,
-    })
+fn channel(c: &cairn_x402::store::ChannelRecord) -> PrepaidChannel {
+    PrepaidChannel {
+        payer: c.payer,
+        payee: c.payee,
+        salt: c.salt,
+        known: true,
+        deposited: Some(c.deposited),
+        accepted: c.accepted,
+        redeemed: Some(c.redeemed),
+        closing: Some(c.closing),
+    }
 }
 
 /// `GET /v1/prepaid/{payer}?salt=0x…`: the payer's prepaid channel with this node, as the node
 /// accounts it (what a client needs to sign its next cumulative voucher).
+#[utoipa::path(get, path = "/v1/prepaid/{payer}", tag = "payments",
+    params(("payer" = String, Path, description = "the payer's address"),
+           ("salt" = Option<String>, Query, description = "the channel's salt (32 bytes hex; default zero)")),
+    responses((status = 200, body = PrepaidChannel), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn prepaid_channel(
     State(s): State<NodeState>,
     Path(payer): Path<String>,
     axum::extract::Query(q): axum::extract::Query<HashMap<String, String>>,
-) -> Result<Json<Value>, NodeError> {
+) -> Result<Json<PrepaidChannel>, NodeError> {
     let Some(pre) = s.0.paywall.as_ref().and_then(|p| p.prepaid()) else {
         return Err(NodeError::NotFound(
             "this node does not take prepaid vouchers".into(),
@@ -951,14 +1073,17 @@ async fn prepaid_channel(
         .status(payer, salt)
         .map_err(|e| NodeError::Internal(e.to_string()))?;
     Ok(Json(match rec {
-        Some(c) => channel_json(&c),
-        None => json!({
-            "payer": payer.to_checksum(None),
-            "payee": pre.payee().to_checksum(None),
-            "salt": salt.to_string(),
-            "known": false,
-            "accepted": "0",
-        }),
+        Some(c) => channel(&c),
+        None => PrepaidChannel {
+            payer,
+            payee: pre.payee(),
+            salt,
+            known: false,
+            deposited: None,
+            accepted: U256::ZERO,
+            redeemed: None,
+            closing: None,
+        },
     }))
 }
 
@@ -978,7 +1103,10 @@ impl cairn_x402::KeptAnswers for KeptFromLog {
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<Response>> + Send + 'a>> {
         Box::pin(async move {
             let (receipt, output) = self.log.by_payment(payment_ref).await.ok()??;
-            let receipt: Value = serde_json::from_str(&receipt).ok()?;
+            let receipt = cairn_receipt::ReceiptJson::from_text(receipt)
+                .ok()?
+                .verify()
+                .ok()?;
             // Only a request carrying the very inputs paid for gets the answer (the payment's
             // signature is public on chain; the inputs are not).
             let json_len = match headers.get(HEADER_LENGTH) {
@@ -989,19 +1117,12 @@ impl cairn_x402::KeptAnswers for KeptFromLog {
                 max_elements: u64::MAX,
             };
             let asked = kserve::decode(body, json_len, limits).ok()?;
-            let paid_for: B256 = receipt["typedData"]["message"]["inputHash"]
-                .as_str()?
-                .parse()
-                .ok()?;
-            if tensors_hash(&asked.inputs) != paid_for {
+            if tensors_hash(&asked.inputs) != receipt.claims.input_hash {
                 return None;
             }
             let outputs = safetensors_io::decode(&output).ok()?;
-            let id: B256 = receipt["typedData"]["message"]["requestId"]
-                .as_str()?
-                .parse()
-                .ok()?;
-            let cid: BlobId = receipt["modelCid"].as_str()?.parse().ok()?;
+            let id = receipt.id();
+            let cid = receipt.claims.model;
             let wanted = outputs
                 .iter()
                 .map(|t| (t.name().to_string(), false))
@@ -1024,7 +1145,7 @@ impl cairn_x402::KeptAnswers for KeptFromLog {
 /// What the worker hands back.
 struct Ran {
     outputs: Vec<Tensor>,
-    receipt: Value,
+    receipt: cairn_receipt::SignedReceipt,
     /// The capability to read this receipt's payloads.
     token: B256,
 }
@@ -1179,12 +1300,11 @@ async fn run_infer(
         let receipt = claims
             .sign(domain, &key)
             .map_err(|e| NodeError::Internal(e.to_string()))?;
-        let receipt_json = receipt.to_json();
         let entry = Entry {
             id: receipt.id().to_string(),
             created_at: receipt.claims.timestamp as i64,
             model: model_cid.to_string(),
-            receipt: receipt_json.to_string(),
+            receipt: receipt.to_json().to_string(),
             input: safetensors_io::encode(&inputs),
             output: safetensors_io::encode(&outputs),
             digest: receipt.signing_hash().0,
@@ -1195,9 +1315,9 @@ async fn run_infer(
         };
         Ok::<_, NodeError>((
             Ran {
-                outputs,
-                receipt: receipt_json,
                 token: payload_token(&token_key, receipt.id()),
+                outputs,
+                receipt,
             },
             entry,
         ))
@@ -1237,30 +1357,33 @@ fn respond(
             binary.extend_from_slice(t.data());
             outputs.push(ResponseOutput {
                 name,
-                datatype: t.dtype().name(),
+                datatype: t.dtype().name().into(),
                 shape: t.shape().to_vec(),
-                parameters: Some(json!({"binary_data_size": t.data().len()})),
+                parameters: Some(OutputBinary {
+                    binary_data_size: t.data().len() as u64,
+                }),
                 data: None,
             });
         } else {
             outputs.push(ResponseOutput {
                 name,
-                datatype: t.dtype().name(),
+                datatype: t.dtype().name().into(),
                 shape: t.shape().to_vec(),
                 parameters: None,
                 data: Some(kserve::bytes_to_json(t.dtype(), t.data())),
             });
         }
     }
-    let mut body = json!({
-        "model_name": resolved.cid.to_string(),
-        "model_version": resolved.version.map(|v| v.to_string()).unwrap_or_default(),
-        "outputs": outputs,
-        "parameters": {"receipt": ran.receipt, "payload_token": ran.token.to_string()},
-    });
-    if let Some(id) = id {
-        body["id"] = Value::String(id);
-    }
+    let body = InferResponse {
+        model_name: resolved.cid,
+        model_version: resolved.version.map(|v| v.to_string()).unwrap_or_default(),
+        outputs,
+        parameters: InferParameters {
+            receipt: ran.receipt,
+            payload_token: ran.token,
+        },
+        id,
+    };
     let head = serde_json::to_vec(&body).expect("response serializes");
     let token = HeaderValue::from_str(&ran.token.to_string()).expect("hex is a header value");
     if binary.is_empty() {
@@ -1286,4 +1409,17 @@ fn respond(
         .insert(HEADER_LENGTH, HeaderValue::from(json_len));
     resp.headers_mut().insert(PAYLOAD_TOKEN_HEADER, token);
     resp
+}
+
+#[cfg(test)]
+mod docs_tests {
+    use utoipa::OpenApi;
+
+    #[test]
+    fn every_route_is_in_the_openapi_document() {
+        cairn_core::api::assert_routes_documented(
+            include_str!("server.rs"),
+            &super::ApiDoc::openapi(),
+        );
+    }
 }

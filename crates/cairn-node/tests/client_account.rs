@@ -5,13 +5,14 @@
 
 use std::sync::{Arc, Mutex};
 
-use alloy_primitives::{Address, U256};
+use alloy_primitives::{Address, B256, U256};
 use alloy_signer_local::PrivateKeySigner;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
-use cairn_core::{DataType, Tensor};
-use cairn_node::NodeClient;
+use cairn_core::{BlobId, DataType, ExecutionProfile, Tensor};
+use cairn_node_api::NodeClient;
+use cairn_receipt::{Claims, ReceiptDomain};
 use cairn_x402::client::PrepaidAccount;
 use cairn_x402::wire::{
     PaymentPayload, PaymentRequired, PaymentRequirements, ResourceInfo, decode_header,
@@ -31,6 +32,33 @@ fn offer(scheme: &str) -> PaymentRequirements {
         max_timeout_seconds: 300,
         extra: json!({"name": "Cairn USD", "version": "1", "escrow": Address::repeat_byte(3)}),
     }
+}
+
+fn receipt() -> serde_json::Value {
+    Claims {
+        request_id: B256::repeat_byte(9),
+        model: BlobId::of(b"m"),
+        input_hash: B256::ZERO,
+        output_hash: B256::ZERO,
+        profile: ExecutionProfile {
+            engine: "tract".into(),
+            engine_version: "0.23.9".into(),
+            isa: "generic".into(),
+            threads: 1,
+        },
+        timestamp: 1_700_000_000,
+        price: U256::from(PRICE),
+        payment_ref: B256::ZERO,
+    }
+    .sign(
+        ReceiptDomain {
+            chain_id: 31337,
+            verifying_contract: Address::repeat_byte(5),
+        },
+        &PrivateKeySigner::random(),
+    )
+    .unwrap()
+    .to_json()
 }
 
 /// A lying node: every channel "has spent" all but one price of a large deposit. Records the
@@ -63,10 +91,12 @@ async fn liar() -> (String, Arc<Mutex<Vec<serde_json::Value>>>) {
             s.lock()
                 .unwrap()
                 .push(json!({"scheme": p.accepted.scheme, "payload": p.payload}));
+            // A well-formed answer (the client reads only receipts that verify): the lie is
+            // in the channel state alone.
             axum::Json(json!({
-                "model_name": "m", "model_version": "",
+                "model_name": BlobId::of(b"m"), "model_version": "",
                 "outputs": [{"name": "y", "datatype": "FP32", "shape": [1], "data": [1.0]}],
-                "parameters": {"receipt": {}},
+                "parameters": {"receipt": receipt(), "payload_token": B256::ZERO},
             }))
             .into_response()
         }
@@ -77,7 +107,8 @@ async fn liar() -> (String, Arc<Mutex<Vec<serde_json::Value>>>) {
             "/v1/prepaid/{payer}",
             get(|| async {
                 axum::Json(json!({
-                    "known": true, "closing": false,
+                    "payer": Address::repeat_byte(4), "payee": Address::repeat_byte(2),
+                    "salt": B256::ZERO, "known": true, "closing": false,
                     "deposited": "1000000", "accepted": "999000",
                 }))
             }),

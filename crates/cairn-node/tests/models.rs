@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use cairn_core::{DataType, Tensor};
 use cairn_engine::{Engine, TractEngine};
-use cairn_node::safetensors_io;
+use cairn_node_api::safetensors_io;
 
 fn models() -> Option<PathBuf> {
     match std::env::var_os("CAIRN_TEST_MODELS") {

@@ -235,6 +235,62 @@ fn parse_address(field: &str, s: &str) -> Result<Address, ReceiptError> {
     })
 }
 
+/// A receipt's JSON form as a node stored or sent it, not checked yet: what crosses a trust
+/// boundary before [`ReceiptJson::verify`] makes it a [`SignedReceipt`]. Serving one costs no
+/// signature recovery.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ReceiptJson(Box<serde_json::value::RawValue>);
+
+impl ReceiptJson {
+    /// Wraps stored JSON text (it must be JSON; it is not verified).
+    pub fn from_text(text: String) -> Result<Self, ReceiptError> {
+        serde_json::value::RawValue::from_string(text)
+            .map(Self)
+            .map_err(|e| ReceiptError::Malformed(e.to_string()))
+    }
+
+    /// The JSON text.
+    pub fn as_str(&self) -> &str {
+        self.0.get()
+    }
+
+    /// Parses and checks it ([`SignedReceipt::verify_json`]).
+    pub fn verify(&self) -> Result<SignedReceipt, ReceiptError> {
+        let value: Value = serde_json::from_str(self.0.get())
+            .map_err(|e| ReceiptError::Malformed(e.to_string()))?;
+        SignedReceipt::verify_json(&value)
+    }
+}
+
+impl PartialEq for ReceiptJson {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl From<&SignedReceipt> for ReceiptJson {
+    fn from(r: &SignedReceipt) -> Self {
+        Self(serde_json::value::to_raw_value(&r.to_json()).expect("receipt serializes"))
+    }
+}
+
+/// The JSON form ([`SignedReceipt::to_json`]).
+impl Serialize for SignedReceipt {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.to_json().serialize(s)
+    }
+}
+
+/// Reads only receipts that verify ([`SignedReceipt::verify_json`]): a typed receipt is one
+/// whose signature and stated fields were checked.
+impl<'de> Deserialize<'de> for SignedReceipt {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let value = Value::deserialize(d)?;
+        Self::verify_json(&value).map_err(serde::de::Error::custom)
+    }
+}
+
 impl SignedReceipt {
     /// The receipt's id (its request id).
     pub fn id(&self) -> B256 {

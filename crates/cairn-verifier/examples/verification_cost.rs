@@ -139,12 +139,12 @@ fn main() {
                 ..cs[0].clone()
             };
             black_box(c.sign(domain, &key).unwrap());
-            black_box(cairn_node::safetensors_io::encode(&inputs));
-            black_box(cairn_node::safetensors_io::encode(&out));
+            black_box(cairn_node_api::safetensors_io::encode(&inputs));
+            black_box(cairn_node_api::safetensors_io::encode(&out));
         });
-        let kept = cairn_node::safetensors_io::encode(&inputs);
+        let kept = cairn_node_api::safetensors_io::encode(&inputs);
         let reexec_us = per_call(5, iters, || {
-            let x = cairn_node::safetensors_io::decode(&kept).unwrap();
+            let x = cairn_node_api::safetensors_io::decode(&kept).unwrap();
             black_box(tensors_hash(&x));
             let out = plan.run(&x).unwrap();
             black_box(tensors_hash(&out));

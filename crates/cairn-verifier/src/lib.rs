@@ -41,8 +41,12 @@ use alloy_signer_local::PrivateKeySigner;
 use cairn_attest::{Evidence, Verified};
 use cairn_ledger::contracts::Settlement;
 use cairn_ledger::{BatchInfo, BatchStatus, Chain, RegistrationRequest, Role};
+use cairn_node_api::{AttestationRequest, BatchReceipts, NodeUrls, Payload, safetensors_io};
 use cairn_receipt::SignedReceipt;
 use cairn_receipt::merkle::ReceiptTree;
+use cairn_verifier_api::{
+    ChallengeAnswer, ChallengeRequest, ErrorBody, VerifierInfo, VerifierUrls,
+};
 use serde_json::{Value, json};
 
 pub use fetch::Fetcher;
@@ -241,17 +245,17 @@ impl Verifier {
     }
 
     /// What `GET /v1/verifier` says.
-    pub fn info(&self) -> Value {
-        json!({
-            "address": self.address().to_checksum(None),
-            "profile": self.0.reexec.profile(),
-            "sampleRate": self.0.sampler.rate(),
-            "profileHash": self.0.reexec.profile().hash().to_string(),
-            "payloadWindowSecs": self.0.config.payload_window.as_secs(),
-            "payloadAttempts": self.0.config.payload_attempts,
-            "acceptsDevEvidence": self.0.config.attestation.allow_dev,
-            "settlement": self.0.chain.deployment().settlement.to_checksum(None),
-        })
+    pub fn info(&self) -> VerifierInfo {
+        VerifierInfo {
+            address: self.address(),
+            profile: self.0.reexec.profile().clone(),
+            sample_rate: self.0.sampler.rate(),
+            profile_hash: self.0.reexec.profile().hash(),
+            payload_window_secs: self.0.config.payload_window.as_secs(),
+            payload_attempts: self.0.config.payload_attempts,
+            accepts_dev_evidence: self.0.config.attestation.allow_dev,
+            settlement: self.0.chain.deployment().settlement,
+        }
     }
 
     /// Follows the chain forever, one pass every `tick`.
@@ -340,11 +344,17 @@ impl Verifier {
             .node(batch.node)
             .await
             .map_err(|e| unavailable(e.to_string()))?;
-        let base = node.endpoint.trim_end_matches('/').to_string();
-        let url = format!("{base}/v1/batches/{id}");
-        let listing: Value = match c.fetch.signed_get(&c.key, &url).await {
-            Ok((status, body)) if status.is_success() => serde_json::from_slice(&body)
-                .map_err(|e| unavailable(format!("reading the batch from {base}: {e}")))?,
+        let urls = NodeUrls::new(&node.endpoint);
+        let base = urls.base().to_string();
+        let url = urls.batch(id);
+        let listing = match c.fetch.signed_get(&c.key, &url).await {
+            Ok((status, body)) if status.is_success() => {
+                // Not JSON at all (a proxy's page): ask again; JSON that is not a listing is the
+                // node's answer, checked below.
+                serde_json::from_slice::<serde::de::IgnoredAny>(&body)
+                    .map_err(|e| unavailable(format!("reading the batch from {base}: {e}")))?;
+                body
+            }
             Ok((status, _)) => {
                 return Err(unavailable(format!(
                     "fetching the batch from {base}: {status}"
@@ -441,9 +451,11 @@ impl Verifier {
             return Ok(());
         }
         let signature = self.attestation(&batch)?;
-        let body =
-            serde_json::to_vec(&json!({"signature": signature.to_string()})).expect("serializes");
-        let url = format!("{base}/v1/batches/{id}/attestations");
+        let body = serde_json::to_vec(&AttestationRequest {
+            signature: signature.to_string(),
+        })
+        .expect("serializes");
+        let url = urls.attestations(id);
         match c.fetch.signed_post(&c.key, &url, body).await {
             Ok((status, _)) if status.is_success() => {}
             Ok((status, body)) => {
@@ -538,8 +550,10 @@ impl Verifier {
     /// The payloads of `r` from its node (input; output too for tolerance profiles). Any failure
     /// (unreachable, slow, an error status, an undecodable body) is one failed attempt.
     async fn fetch_payloads(&self, base: &str, r: &SignedReceipt) -> Result<Payloads, String> {
-        let get = |which: &'static str| async move {
-            let url = format!("{base}/v1/receipts/{}/{which}", r.id());
+        let urls = NodeUrls::new(base);
+        let urls = &urls;
+        let get = |which: Payload| async move {
+            let url = urls.payload(r.id(), which);
             let (status, body) = self.0.fetch.signed_get(&self.0.key, &url).await?;
             if !status.is_success() {
                 return Err(format!(
@@ -547,11 +561,11 @@ impl Verifier {
                     String::from_utf8_lossy(&body[..body.len().min(200)])
                 ));
             }
-            cairn_node::safetensors_io::decode(&body).map_err(|e| format!("{which} payload: {e}"))
+            safetensors_io::decode(&body).map_err(|e| format!("{} payload: {e}", which.as_str()))
         };
-        let inputs = get("input").await?;
+        let inputs = get(Payload::Input).await?;
         let outputs = if Reexecutor::needs_output(r) {
-            Some(get("output").await?)
+            Some(get(Payload::Output).await?)
         } else {
             None
         };
@@ -634,21 +648,22 @@ impl Verifier {
     pub fn check(
         &self,
         batch: &BatchInfo,
-        listing: &Value,
+        listing: &[u8],
     ) -> Result<(Vec<SignedReceipt>, ReceiptTree), VerifyError> {
         let refuse = |reason: String| VerifyError::Refused {
             batch: batch.id,
             reason,
         };
-        let list = listing["receipts"]
-            .as_array()
-            .ok_or_else(|| refuse("the node's listing has no `receipts` array".into()))?;
+        let list = serde_json::from_slice::<BatchReceipts>(listing)
+            .map_err(|e| refuse(format!("the node's listing has no `receipts` array: {e}")))?
+            .receipts;
         let d = self.0.chain.deployment();
         let mut receipts = Vec::with_capacity(list.len());
         let mut digests: Vec<B256> = Vec::with_capacity(list.len());
         let mut fees = U256::ZERO;
         for (i, r) in list.iter().enumerate() {
-            let r = SignedReceipt::verify_json(r)
+            let r = r
+                .verify()
                 .map_err(|e| refuse(format!("receipt {i} does not verify: {e}")))?;
             if r.signer != batch.node {
                 return Err(refuse(format!(
@@ -760,12 +775,12 @@ impl Verifier {
             .active_nodes(Role::Verifier)
             .await
             .map_err(|e| unavailable(e.to_string()))?;
-        let request = json!({
-            "batchId": id,
-            "receipt": f.receipt.to_json(),
-            "proof": proof.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
-            "claim": claim,
-        });
+        let request = ChallengeRequest {
+            batch_id: id,
+            receipt: (&f.receipt).into(),
+            proof: proof.clone(),
+            claim: claim.into(),
+        };
         let mut answers = Vec::new();
         for peer in peers.into_iter().filter(|p| *p != self.address()) {
             if signed.len() >= quorum {
@@ -852,28 +867,26 @@ impl Verifier {
     async fn ask_peer(
         &self,
         endpoint: &str,
-        request: &Value,
+        request: &ChallengeRequest,
     ) -> Result<(Address, Signature, B256), String> {
-        let url = format!("{}/v1/challenges", endpoint.trim_end_matches('/'));
+        let url = VerifierUrls::new(endpoint).challenges();
         let body = serde_json::to_vec(request).expect("serializes");
         let (status, answer) = self.0.fetch.signed_post(&self.0.key, &url, body).await?;
-        let body: Value =
-            serde_json::from_slice(&answer).map_err(|e| format!("POST {url}: {e}"))?;
         if !status.is_success() {
-            return Err(format!(
-                "{status} {}: {}",
-                body["code"].as_str().unwrap_or("?"),
-                body["message"].as_str().unwrap_or("")
-            ));
+            let e = ErrorBody::parse(&answer).unwrap_or_else(|| ErrorBody::new("?", ""));
+            return Err(format!("{status} {}: {}", e.code, e.message));
         }
-        let parse = || -> Option<(Address, Signature, B256)> {
-            Some((
-                body["verifier"].as_str()?.parse().ok()?,
-                body["signature"].as_str()?.parse().ok()?,
-                body["evidenceHash"].as_str()?.parse().ok()?,
-            ))
-        };
-        parse().ok_or_else(|| format!("{url} answered {body}"))
+        let a: ChallengeAnswer = serde_json::from_slice(&answer).map_err(|e| {
+            format!(
+                "{url} answered {}: {e}",
+                String::from_utf8_lossy(&answer[..answer.len().min(200)])
+            )
+        })?;
+        let signature = a
+            .signature
+            .parse()
+            .map_err(|e| format!("{url} answered a signature that does not parse: {e}"))?;
+        Ok((a.verifier, signature, a.evidence_hash))
     }
 
     /// Whether `who` is an active verifier (the registry's set, read at most every 30 s; the
@@ -936,17 +949,17 @@ impl Verifier {
     pub async fn confirm_fraud(
         &self,
         batch_id: u64,
-        receipt: &Value,
+        receipt: &cairn_receipt::ReceiptJson,
         proof: Vec<B256>,
         claim: &str,
-    ) -> Result<Value, VerifyError> {
+    ) -> Result<ChallengeAnswer, VerifyError> {
         let c = &self.0;
         let bad = |code: &'static str, reason: String| VerifyError::BadRequest { code, reason };
         let unavailable = |reason: String| VerifyError::Unavailable {
             batch: batch_id,
             reason,
         };
-        let r = SignedReceipt::verify_json(receipt).map_err(|e| {
+        let r = receipt.verify().map_err(|e| {
             bad(
                 "invalid_receipt",
                 format!("the receipt does not verify: {e}"),
@@ -1031,12 +1044,12 @@ impl Verifier {
             "origin": "peer request",
         });
         c.store.put_fraud(batch_id, &fraud)?;
-        Ok(json!({
-            "verifier": self.address().to_checksum(None),
-            "signature": signature.to_string(),
-            "evidenceHash": evidence.to_string(),
-            "finding": fraud["finding"],
-        }))
+        Ok(ChallengeAnswer {
+            verifier: self.address(),
+            signature: signature.to_string(),
+            evidence_hash: evidence,
+            finding: fraud["finding"].clone(),
+        })
     }
 
     /// Checks a node's evidence for registration `req` and signs the approval: the evidence

@@ -1,16 +1,20 @@
 //! The verifier's HTTP API: its verdicts, fraud confirmations for peers, and registration
 //! approvals. Errors are JSON `{code, message}`.
 
-use alloy_primitives::B256;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use cairn_attest::Evidence;
+use cairn_core::ErrorBody;
 use cairn_ledger::RegistrationRequest;
+use cairn_verifier_api::{
+    ChallengeAnswer, ChallengeRequest, ReceiptVerdicts, RegistrationApproval, RegistrationBody,
+    VerdictList, VerifierInfo,
+};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::json;
+use utoipa::OpenApi;
 
 use crate::{Verifier, VerifyError};
 
@@ -37,18 +41,14 @@ impl IntoResponse for VerifyError {
             VerifyError::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             VerifyError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         };
-        (
-            status,
-            Json(json!({"code": code, "message": self.to_string()})),
-        )
-            .into_response()
+        (status, Json(ErrorBody::new(code, self.to_string()))).into_response()
     }
 }
 
 fn not_found(what: String) -> Response {
     (
         StatusCode::NOT_FOUND,
-        Json(json!({"code": "not_found", "message": what})),
+        Json(ErrorBody::new("not_found", what)),
     )
         .into_response()
 }
@@ -57,7 +57,7 @@ fn not_found(what: String) -> Response {
 /// `GET /v1/verdicts/receipts/{requestId}`, `POST /v1/challenges`, `POST /v1/registrations`.
 pub fn router(v: Verifier) -> Router {
     Router::new()
-        .route("/health", get(|| async { "ok" }))
+        .route("/health", get(health))
         .route("/v1/verifier", get(info))
         .route("/v1/verdicts", get(recent))
         .route("/v1/verdicts/batches/{id}", get(batch))
@@ -66,25 +66,52 @@ pub fn router(v: Verifier) -> Router {
         .route("/v1/registrations", post(registration))
         .layer(DefaultBodyLimit::max(1 << 20))
         .with_state(v)
+        .merge(utoipa_swagger_ui::SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()))
 }
 
-async fn info(State(v): State<Verifier>) -> Json<Value> {
+/// The OpenAPI description of the verifier's routes.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Cairn verifier",
+        description = "A verifier's verdicts on receipt batches, fraud confirmations for its peers and registration \
+        approvals. `/v1/challenges` hears only requests signed by an active verifier, `/v1/registrations` only the \
+        registering node's own key (`cairn-*` signed-request headers, host-bound). Every error is JSON {code, message}."
+    ),
+    paths(health, info, recent, batch, receipt, challenge, registration),
+    components(schemas(ErrorBody))
+)]
+pub struct ApiDoc;
+
+#[utoipa::path(get, path = "/health", responses((status = 200, body = String, description = "`ok`")))]
+async fn health() -> &'static str {
+    "ok"
+}
+
+#[utoipa::path(get, path = "/v1/verifier", responses((status = 200, body = VerifierInfo)))]
+async fn info(State(v): State<Verifier>) -> Json<VerifierInfo> {
     Json(v.info())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct Limit {
+    /// How many (default 50, at most 500).
     limit: Option<u32>,
 }
 
+#[utoipa::path(get, path = "/v1/verdicts", params(Limit), responses((status = 200, body = VerdictList)))]
 async fn recent(
     State(v): State<Verifier>,
     Query(q): Query<Limit>,
-) -> Result<Json<Value>, VerifyError> {
+) -> Result<Json<VerdictList>, VerifyError> {
     let verdicts = v.store().recent(q.limit.unwrap_or(50).min(500))?;
-    Ok(Json(json!({"verdicts": verdicts})))
+    Ok(Json(VerdictList { verdicts }))
 }
 
+#[utoipa::path(get, path = "/v1/verdicts/batches/{id}", params(("id" = u64, Path, description = "the batch's id on chain")),
+    responses((status = 200, body = Object, description = "the verdict record with the frauds signed on the batch"),
+              (status = 404, body = ErrorBody)))]
 async fn batch(State(v): State<Verifier>, Path(id): Path<u64>) -> Result<Response, VerifyError> {
     match v.store().batch(id)? {
         Some(mut b) => {
@@ -104,6 +131,8 @@ async fn batch(State(v): State<Verifier>, Path(id): Path<u64>) -> Result<Respons
     }
 }
 
+#[utoipa::path(get, path = "/v1/verdicts/receipts/{id}", params(("id" = String, Path, description = "the receipt's request id")),
+    responses((status = 200, body = ReceiptVerdicts), (status = 404, body = ErrorBody)))]
 async fn receipt(
     State(v): State<Verifier>,
     Path(id): Path<String>,
@@ -114,7 +143,11 @@ async fn receipt(
             "receipt {id} was not sampled by this verifier (or its batch is not checked yet)"
         )));
     }
-    Ok(Json(json!({"requestId": id, "verdicts": found})).into_response())
+    Ok(Json(ReceiptVerdicts {
+        request_id: id,
+        verdicts: found,
+    })
+    .into_response())
 }
 
 /// The headers and signer of a signed request (401 when it is missing or does not verify).
@@ -140,24 +173,19 @@ fn signer(
     )
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct ChallengeRequest {
-    batch_id: u64,
-    receipt: Value,
-    proof: Vec<B256>,
-    claim: String,
-}
-
 /// `POST /v1/challenges`: only active verifiers are heard (a signed request), so nobody else
 /// can make this verifier re-execute anything or obtain its signature.
+#[utoipa::path(post, path = "/v1/challenges", request_body = ChallengeRequest,
+    responses((status = 200, body = ChallengeAnswer), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+              (status = 409, description = "claim_refuted, too_early or batch_closed", body = ErrorBody),
+              (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn challenge(
     State(v): State<Verifier>,
     method: axum::http::Method,
     uri: axum::http::Uri,
     headers: axum::http::HeaderMap,
     body: axum::body::Bytes,
-) -> Result<Json<Value>, VerifyError> {
+) -> Result<Json<ChallengeAnswer>, VerifyError> {
     let (signed, caller) = signer(&v, &method, &uri, &headers, &body)?;
     if !v.is_active_verifier(caller).await? {
         return Err(VerifyError::Unauthorized {
@@ -179,27 +207,18 @@ async fn challenge(
     ))
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct RegistrationBody {
-    node: alloy_primitives::Address,
-    role: String,
-    endpoint: String,
-    measurement: B256,
-    evidence_digest: B256,
-    deadline: u64,
-    evidence: Evidence,
-}
-
 /// `POST /v1/registrations`: signed by the registering node's own key (it proves it holds the
 /// key its evidence binds before any evidence is checked).
+#[utoipa::path(post, path = "/v1/registrations", request_body = RegistrationBody,
+    responses((status = 200, body = RegistrationApproval), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+              (status = 422, body = ErrorBody)))]
 async fn registration(
     State(v): State<Verifier>,
     method: axum::http::Method,
     uri: axum::http::Uri,
     headers: axum::http::HeaderMap,
     body: axum::body::Bytes,
-) -> Result<Json<Value>, VerifyError> {
+) -> Result<Json<RegistrationApproval>, VerifyError> {
     let (signed, caller) = signer(&v, &method, &uri, &headers, &body)?;
     let bad = |reason: String| VerifyError::BadRequest {
         code: "invalid_request",
@@ -229,9 +248,9 @@ async fn registration(
         deadline: b.deadline,
     };
     let (sig, verified) = v.approve_registration(&req, &b.evidence).await?;
-    Ok(Json(json!({
-        "verifier": v.address().to_checksum(None),
-        "signature": sig.to_string(),
-        "verified": verified,
-    })))
+    Ok(Json(RegistrationApproval {
+        verifier: v.address(),
+        signature: sig.to_string(),
+        verified,
+    }))
 }

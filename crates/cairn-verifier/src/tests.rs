@@ -39,7 +39,7 @@ async fn verifier_with(allow_private_endpoints: bool) -> (Verifier, tempfile::Te
     .await
     .unwrap();
     let chain = Chain::new(Arc::new(ledger), d).unwrap();
-    let hub = cairn_hub::HubClient::new("http://127.0.0.1:9", None).unwrap();
+    let hub = cairn_hub_api::HubClient::new("http://127.0.0.1:9", None).unwrap();
     let engine: Arc<dyn cairn_engine::Engine> = Arc::new(cairn_engine::TractEngine::new());
     let cache = cairn_node::cache::ModelCache::new(
         dir.path().join("models"),
@@ -106,7 +106,7 @@ fn batch_of(node: Address, rs: &[SignedReceipt]) -> (BatchInfo, Value) {
 }
 
 fn refused(v: &Verifier, b: &BatchInfo, l: &Value) -> String {
-    match v.check(b, l) {
+    match v.check(b, &serde_json::to_vec(l).unwrap()) {
         Err(VerifyError::Refused { reason, .. }) => reason,
         other => panic!("expected a refusal, got {other:?}"),
     }
@@ -123,7 +123,9 @@ async fn co_signs_only_batches_whose_receipts_hold_up() {
     let node = dev_signer(2);
     let rs: Vec<SignedReceipt> = (0..5).map(|i| receipt(domain, &node, i)).collect();
     let (good, listing) = batch_of(node.address(), &rs);
-    let (checked, tree) = v.check(&good, &listing).unwrap();
+    let (checked, tree) = v
+        .check(&good, &serde_json::to_vec(&listing).unwrap())
+        .unwrap();
     assert_eq!(tree.root(), good.root);
     assert_eq!(
         checked.iter().map(|r| r.id()).collect::<Vec<_>>(),
@@ -378,4 +380,42 @@ async fn receipts_on_a_profile_governance_did_not_approve_are_refused() {
         c.declare_profile(&k, h).await.unwrap();
     }
     assert_eq!(v.profiles_approved(&rs).await, Ok(Ok(())));
+}
+
+#[test]
+fn every_route_is_in_the_openapi_document() {
+    use utoipa::OpenApi;
+    cairn_core::api::assert_routes_documented(
+        include_str!("server.rs"),
+        &crate::server::ApiDoc::openapi(),
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serves_its_openapi_document_and_swagger_ui() {
+    let (v, _dir) = verifier().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, crate::server::router(v)).await });
+    let spec: Value = reqwest::get(format!("{url}/openapi.json"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let paths = spec["paths"].as_object().unwrap();
+    for p in ["/v1/verifier", "/v1/challenges", "/v1/registrations"] {
+        assert!(paths.contains_key(p), "{p} undocumented");
+    }
+    let docs = reqwest::get(format!("{url}/docs/")).await.unwrap();
+    assert_eq!(docs.status(), 200);
+    assert!(docs.text().await.unwrap().contains("swagger"));
+    // The info route answers its documented type.
+    let info: cairn_verifier_api::VerifierInfo = reqwest::get(format!("{url}/v1/verifier"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(info.payload_attempts, 3);
 }

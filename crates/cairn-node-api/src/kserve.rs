@@ -5,7 +5,38 @@ use cairn_core::{DataType, Tensor, tensor::element_count};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::error::NodeError;
+/// Why a body is not a KServe v2 request this node can run. Each variant is one machine code.
+#[derive(Debug, thiserror::Error)]
+pub enum KserveError {
+    /// Malformed body or parameters (`bad_request`).
+    #[error("{0}")]
+    BadRequest(String),
+    /// Unknown datatype (`invalid_datatype`).
+    #[error("{0}")]
+    InvalidDatatype(String),
+    /// Shape does not fit the data (`invalid_shape`).
+    #[error("{0}")]
+    InvalidShape(String),
+    /// A value the datatype cannot hold (`invalid_data`).
+    #[error("{0}")]
+    InvalidData(String),
+    /// Too many tensor elements (`too_many_elements`).
+    #[error("{0}")]
+    TooManyElements(String),
+}
+
+impl KserveError {
+    /// The stable machine code the node answers with.
+    pub fn code(&self) -> &'static str {
+        match self {
+            KserveError::BadRequest(_) => "bad_request",
+            KserveError::InvalidDatatype(_) => "invalid_datatype",
+            KserveError::InvalidShape(_) => "invalid_shape",
+            KserveError::InvalidData(_) => "invalid_data",
+            KserveError::TooManyElements(_) => "too_many_elements",
+        }
+    }
+}
 
 /// Header naming the JSON part's length in a binary-extension body.
 pub const HEADER_LENGTH: &str = "inference-header-content-length";
@@ -81,20 +112,28 @@ pub struct RequestOutput {
 }
 
 /// A response output.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ResponseOutput {
     /// Name.
     pub name: String,
     /// KServe datatype.
-    pub datatype: &'static str,
+    pub datatype: String,
     /// Dimensions.
     pub shape: Vec<u64>,
     /// `binary_data_size` when the data is appended in binary.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub parameters: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parameters: Option<OutputBinary>,
     /// Values (JSON form).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<Object>>)]
     pub data: Option<Value>,
+}
+
+/// The parameters of an output sent in binary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct OutputBinary {
+    /// Bytes of this output after the JSON part, in output order.
+    pub binary_data_size: u64,
 }
 
 /// Limits applied while decoding.
@@ -121,10 +160,10 @@ pub fn decode(
     body: &[u8],
     json_len: Option<usize>,
     limits: DecodeLimits,
-) -> Result<Decoded, NodeError> {
+) -> Result<Decoded, KserveError> {
     let (head, mut binary) = match json_len {
         Some(n) if n > body.len() => {
-            return Err(NodeError::BadRequest(format!(
+            return Err(KserveError::BadRequest(format!(
                 "{HEADER_LENGTH} is {n} but the body has only {} bytes",
                 body.len()
             )));
@@ -133,7 +172,7 @@ pub fn decode(
         None => (body, &[][..]),
     };
     let req: InferRequest = serde_json::from_slice(head).map_err(|e| {
-        NodeError::BadRequest(format!("the request is not valid KServe v2 JSON: {e}"))
+        KserveError::BadRequest(format!("the request is not valid KServe v2 JSON: {e}"))
     })?;
     let mut total: u128 = 0;
     let mut inputs = Vec::with_capacity(req.inputs.len());
@@ -142,7 +181,7 @@ pub fn decode(
             .datatype
             .parse()
             .map_err(|e: cairn_core::TensorError| {
-                NodeError::InvalidDatatype(format!("input `{}`: {e}", input.name))
+                KserveError::InvalidDatatype(format!("input `{}`: {e}", input.name))
             })?;
         let shape = input
             .shape
@@ -150,12 +189,15 @@ pub fn decode(
             .map(|&d| u64::try_from(d))
             .collect::<Result<Vec<u64>, _>>()
             .map_err(|_| {
-                NodeError::InvalidShape(format!("input `{}` has a negative dimension", input.name))
+                KserveError::InvalidShape(format!(
+                    "input `{}` has a negative dimension",
+                    input.name
+                ))
             })?;
         let count = element_count(&shape);
         total = total.saturating_add(count);
         if total > limits.max_elements as u128 {
-            return Err(NodeError::TooManyElements(format!(
+            return Err(KserveError::TooManyElements(format!(
                 "the inputs hold more than {} elements; send fewer or smaller tensors",
                 limits.max_elements
             )));
@@ -164,21 +206,21 @@ pub fn decode(
         let binary_size = input.parameters.as_ref().and_then(|p| p.binary_data_size);
         let data = match (binary_size, input.data) {
             (Some(_), Some(_)) => {
-                return Err(NodeError::BadRequest(format!(
+                return Err(KserveError::BadRequest(format!(
                     "input `{}` has both `data` and binary_data_size",
                     input.name
                 )));
             }
             (Some(size), None) => {
                 if json_len.is_none() {
-                    return Err(NodeError::BadRequest(format!(
+                    return Err(KserveError::BadRequest(format!(
                         "input `{}` declares binary data but the request has no {HEADER_LENGTH} header",
                         input.name
                     )));
                 }
                 let size = size as usize;
                 if size > binary.len() {
-                    return Err(NodeError::BadRequest(format!(
+                    return Err(KserveError::BadRequest(format!(
                         "input `{}` declares {size} binary bytes but only {} remain: the body is truncated",
                         input.name,
                         binary.len()
@@ -190,24 +232,24 @@ pub fn decode(
             }
             (None, Some(values)) => raw_values_to_bytes(&input.name, dtype, &values, count)?,
             (None, None) => {
-                return Err(NodeError::BadRequest(format!(
+                return Err(KserveError::BadRequest(format!(
                     "input `{}` has no data",
                     input.name
                 )));
             }
         };
         let t = Tensor::new(input.name, dtype, shape, data)
-            .map_err(|e| NodeError::InvalidShape(e.to_string()))?;
+            .map_err(|e| KserveError::InvalidShape(e.to_string()))?;
         inputs.push(t);
     }
     if !binary.is_empty() {
-        return Err(NodeError::BadRequest(format!(
+        return Err(KserveError::BadRequest(format!(
             "{} binary bytes follow the JSON that no input claims",
             binary.len()
         )));
     }
     cairn_core::tensor::check_unique_names(&inputs)
-        .map_err(|e| NodeError::BadRequest(e.to_string()))?;
+        .map_err(|e| KserveError::BadRequest(e.to_string()))?;
     let binary_output = req
         .parameters
         .as_ref()
@@ -261,16 +303,16 @@ struct Sink<'n> {
     count: usize,
     seen: usize,
     out: Vec<u8>,
-    err: Option<NodeError>,
-    bad: Option<NodeError>,
+    err: Option<KserveError>,
+    bad: Option<KserveError>,
 }
 
 impl Sink<'_> {
     /// Takes the next value; `Err` only when there are more values than the shape holds.
-    fn push(&mut self, v: Scalar) -> Result<(), NodeError> {
+    fn push(&mut self, v: Scalar) -> Result<(), KserveError> {
         if self.seen >= self.count {
             self.seen += 1;
-            return Err(NodeError::InvalidShape(format!(
+            return Err(KserveError::InvalidShape(format!(
                 "input `{}`: its shape holds {} elements but `data` has more than {}",
                 self.name, self.count, self.count
             )));
@@ -284,11 +326,11 @@ impl Sink<'_> {
         Ok(())
     }
 
-    fn convert(&mut self, v: Scalar) -> Result<(), NodeError> {
+    fn convert(&mut self, v: Scalar) -> Result<(), KserveError> {
         let i = self.seen;
         let (name, dtype) = (self.name, self.dtype);
         let bad = || {
-            NodeError::InvalidData(format!(
+            KserveError::InvalidData(format!(
                 "input `{name}`: element {i} ({v}) is not a valid {dtype} value"
             ))
         };
@@ -395,7 +437,7 @@ pub(crate) fn raw_values_to_bytes(
     dtype: DataType,
     raw: &serde_json::value::RawValue,
     count: usize,
-) -> Result<Vec<u8>, NodeError> {
+) -> Result<Vec<u8>, KserveError> {
     let mut sink = Sink {
         name,
         dtype,
@@ -411,12 +453,12 @@ pub(crate) fn raw_values_to_bytes(
         return Err(e);
     }
     if let Err(e) = parsed {
-        return Err(NodeError::InvalidData(format!(
+        return Err(KserveError::InvalidData(format!(
             "input `{name}`: `data` must hold numbers or booleans in (nested) arrays: {e}"
         )));
     }
     if sink.seen != count {
-        return Err(NodeError::InvalidShape(format!(
+        return Err(KserveError::InvalidShape(format!(
             "input `{name}`: its shape holds {count} elements but `data` has {}",
             sink.seen
         )));
@@ -443,10 +485,10 @@ pub(crate) fn json_values_to_bytes(
     dtype: DataType,
     values: &Value,
     count: usize,
-) -> Result<Vec<u8>, NodeError> {
+) -> Result<Vec<u8>, KserveError> {
     let mut flat = Vec::with_capacity(count.min(1 << 20));
     if !flatten(values, &mut flat, count) || flat.len() != count {
-        return Err(NodeError::InvalidShape(format!(
+        return Err(KserveError::InvalidShape(format!(
             "input `{name}`: its shape holds {count} elements but `data` has {}",
             if flat.len() > count {
                 format!("more than {count}")
@@ -474,7 +516,7 @@ pub(crate) fn json_values_to_bytes(
                 _ => unreachable!("a JSON number is one of the three"),
             },
             other => {
-                return Err(NodeError::InvalidData(format!(
+                return Err(KserveError::InvalidData(format!(
                     "input `{name}`: element {i} ({other}) is not a valid {dtype} value"
                 )));
             }

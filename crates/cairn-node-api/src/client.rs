@@ -1,10 +1,15 @@
 //! A Rust client for a node's KServe v2 API (what `cairn infer` uses).
 
-use cairn_core::{DataType, Tensor};
+use alloy_primitives::{Address, B256};
+use cairn_core::{BlobId, DataType, ErrorBody, Tensor};
+use cairn_receipt::SignedReceipt;
 use reqwest::StatusCode;
-use serde_json::{Value, json};
+use serde::de::DeserializeOwned;
+use serde_json::json;
 
-use crate::kserve::{HEADER_LENGTH, bytes_to_json};
+use crate::kserve::{HEADER_LENGTH, ResponseOutput, bytes_to_json};
+use crate::types::{InferResponse, NodeInfo, PrepaidChannel, StoredReceipt};
+use crate::urls::NodeUrls;
 
 /// Client failures.
 #[derive(Debug, thiserror::Error)]
@@ -36,10 +41,10 @@ pub enum NodeClientError {
 pub struct InferOutcome {
     /// Outputs, in the node's order.
     pub outputs: Vec<Tensor>,
-    /// The receipt JSON.
-    pub receipt: Value,
+    /// The receipt, verified.
+    pub receipt: SignedReceipt,
     /// The model's CID as the node ran it.
-    pub model_name: String,
+    pub model_name: BlobId,
     /// Release version when called by name.
     pub model_version: String,
     /// What was paid, when the node asked for payment.
@@ -65,7 +70,7 @@ pub struct PaymentMade {
 /// A node client.
 #[derive(Clone)]
 pub struct NodeClient {
-    base: String,
+    urls: NodeUrls,
     http: reqwest::Client,
     payer: Option<alloy_signer_local::PrivateKeySigner>,
     salt: alloy_primitives::B256,
@@ -77,7 +82,7 @@ impl NodeClient {
     /// A client for the node at `base` (`http://127.0.0.1:7401`).
     pub fn new(base: &str) -> Self {
         Self {
-            base: base.trim_end_matches('/').to_owned(),
+            urls: NodeUrls::new(base),
             http: reqwest::Client::new(),
             payer: None,
             salt: alloy_primitives::B256::ZERO,
@@ -138,22 +143,10 @@ impl NodeClient {
             && let Some(account) =
                 cairn_x402::client::PrepaidAccount::load(&path).map_err(|e| p(e.to_string()))?
         {
-            let ch = self
-                .get_json(&format!(
-                    "/v1/prepaid/{}?salt={}",
-                    payer.address(),
-                    self.salt
-                ))
-                .await?;
-            let num = |k: &str| {
-                ch[k]
-                    .as_str()
-                    .and_then(|v| alloy_primitives::U256::from_str_radix(v, 10).ok())
-                    .unwrap_or_default()
-            };
+            let ch = self.prepaid_channel(payer.address(), self.salt).await?;
             // Our own account, not the node's word, says what the next voucher is worth.
             let next = account.paid + offer.amount;
-            if ch["known"] == true && ch["closing"] != true && next <= num("deposited") {
+            if ch.known && ch.closing != Some(true) && next <= ch.deposited.unwrap_or_default() {
                 let header = pay::pay_prepaid(payer, &required, offer, self.salt, next)
                     .map_err(|e| p(e.to_string()))?;
                 let mut m = made(offer);
@@ -179,40 +172,65 @@ impl NodeClient {
             return Ok(resp);
         }
         let status = resp.status();
-        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        let body = resp.bytes().await.ok().and_then(|b| ErrorBody::parse(&b));
+        let body = body.unwrap_or_else(|| ErrorBody::new("unknown", url));
         Err(NodeClientError::Api {
             status,
-            code: body["code"].as_str().unwrap_or("unknown").to_owned(),
-            message: body["message"].as_str().unwrap_or(url).to_owned(),
+            code: body.code,
+            message: body.message,
         })
     }
 
-    async fn get_json(&self, path: &str) -> Result<Value, NodeClientError> {
-        let url = format!("{}{path}", self.base);
-        let resp = self
-            .http
-            .get(&url)
-            .send()
-            .await
-            .map_err(|source| NodeClientError::Http {
-                url: url.clone(),
-                source,
-            })?;
-        self.check(&url, resp)
+    async fn read<T: DeserializeOwned>(
+        &self,
+        url: &str,
+        req: reqwest::RequestBuilder,
+    ) -> Result<T, NodeClientError> {
+        let resp = req.send().await.map_err(|source| NodeClientError::Http {
+            url: url.to_owned(),
+            source,
+        })?;
+        self.check(url, resp)
             .await?
             .json()
             .await
-            .map_err(|e| NodeClientError::Protocol(e.to_string()))
+            .map_err(|e| NodeClientError::Protocol(format!("{url}: {e}")))
+    }
+
+    /// The node's URLs.
+    pub fn urls(&self) -> &NodeUrls {
+        &self.urls
     }
 
     /// `GET /v1/node`.
-    pub async fn info(&self) -> Result<Value, NodeClientError> {
-        self.get_json("/v1/node").await
+    pub async fn info(&self) -> Result<NodeInfo, NodeClientError> {
+        let url = self.urls.info();
+        self.read(&url, self.http.get(&url)).await
     }
 
     /// `GET /v1/receipts/{id}`.
-    pub async fn receipt(&self, id: &str) -> Result<Value, NodeClientError> {
-        self.get_json(&format!("/v1/receipts/{id}")).await
+    pub async fn receipt(&self, id: B256) -> Result<StoredReceipt, NodeClientError> {
+        let url = self.urls.receipt(id);
+        self.read(&url, self.http.get(&url)).await
+    }
+
+    /// `GET /v1/prepaid/{payer}?salt=`: the payer's channel as the node accounts it.
+    pub async fn prepaid_channel(
+        &self,
+        payer: Address,
+        salt: B256,
+    ) -> Result<PrepaidChannel, NodeClientError> {
+        let url = self.urls.prepaid_channel(payer, salt);
+        self.read(&url, self.http.get(&url)).await
+    }
+
+    /// `POST /v1/prepaid/deposits`: hands the node a gasless deposit to submit.
+    pub async fn prepaid_deposit(
+        &self,
+        deposit: &cairn_x402::prepaid::DepositAuthorization,
+    ) -> Result<PrepaidChannel, NodeClientError> {
+        let url = self.urls.prepaid_deposits();
+        self.read(&url, self.http.post(&url).json(deposit)).await
     }
 
     /// Runs `model` on `inputs`, sending tensors in binary (or as JSON numbers when `json`).
@@ -222,7 +240,7 @@ impl NodeClient {
         inputs: &[Tensor],
         json_body: bool,
     ) -> Result<InferOutcome, NodeClientError> {
-        let url = format!("{}/v2/models/{model}/infer", self.base);
+        let url = self.urls.infer(model);
         let mut req = self.http.post(&url);
         if json_body {
             let body = json!({
@@ -321,29 +339,48 @@ pub fn parse_response(
     json_len: Option<usize>,
 ) -> Result<InferOutcome, NodeClientError> {
     let p = |m: String| NodeClientError::Protocol(m);
-    let (head, mut rest) = match json_len {
+    let (head, rest) = match json_len {
         Some(n) if n <= bytes.len() => bytes.split_at(n),
         Some(_) => return Err(p("binary header length exceeds the body".into())),
         None => (bytes, &[][..]),
     };
-    let body: Value = serde_json::from_slice(head).map_err(|e| p(e.to_string()))?;
-    let mut outputs = Vec::new();
-    for o in body["outputs"]
-        .as_array()
-        .ok_or_else(|| p("no outputs".into()))?
-    {
-        let name = o["name"]
-            .as_str()
-            .ok_or_else(|| p("output without a name".into()))?;
-        let dtype: DataType = o["datatype"]
-            .as_str()
-            .unwrap_or("")
+    let body: InferResponse = serde_json::from_slice(head).map_err(|e| p(e.to_string()))?;
+    let outputs = output_tensors(body.outputs, rest)?;
+    Ok(InferOutcome {
+        outputs,
+        receipt: body.parameters.receipt,
+        model_name: body.model_name,
+        model_version: body.model_version,
+        payment: None,
+    })
+}
+
+/// The tensors of an outputs file `cairn infer --output x.json` wrote (`{"outputs": [...]}`).
+pub fn parse_outputs(bytes: &[u8]) -> Result<Vec<Tensor>, NodeClientError> {
+    #[derive(serde::Deserialize)]
+    struct Outputs {
+        outputs: Vec<ResponseOutput>,
+    }
+    let body: Outputs =
+        serde_json::from_slice(bytes).map_err(|e| NodeClientError::Protocol(e.to_string()))?;
+    output_tensors(body.outputs, &[])
+}
+
+/// Outputs as tensors: JSON `data`, or their share of `rest`, the binary part, in order.
+fn output_tensors(
+    outputs: Vec<ResponseOutput>,
+    mut rest: &[u8],
+) -> Result<Vec<Tensor>, NodeClientError> {
+    let p = |m: String| NodeClientError::Protocol(m);
+    let mut tensors = Vec::with_capacity(outputs.len());
+    for o in outputs {
+        let name = o.name;
+        let dtype: DataType = o
+            .datatype
             .parse()
             .map_err(|e: cairn_core::TensorError| p(e.to_string()))?;
-        let shape: Vec<u64> =
-            serde_json::from_value(o["shape"].clone()).map_err(|e| p(e.to_string()))?;
-        let data = if let Some(size) = o["parameters"]["binary_data_size"].as_u64() {
-            let size = size as usize;
+        let data = if let Some(b) = o.parameters {
+            let size = usize::try_from(b.binary_data_size).unwrap_or(usize::MAX);
             if size > rest.len() {
                 return Err(p(format!("output `{name}` is truncated")));
             }
@@ -351,17 +388,12 @@ pub fn parse_response(
             rest = r;
             this.to_vec()
         } else {
-            let count = cairn_core::tensor::element_count(&shape) as usize;
-            crate::kserve::json_values_to_bytes(name, dtype, &o["data"], count)
+            let count = cairn_core::tensor::element_count(&o.shape) as usize;
+            let values = o.data.unwrap_or_default();
+            crate::kserve::json_values_to_bytes(&name, dtype, &values, count)
                 .map_err(|e| p(e.to_string()))?
         };
-        outputs.push(Tensor::new(name, dtype, shape, data).map_err(|e| p(e.to_string()))?);
+        tensors.push(Tensor::new(name, dtype, o.shape, data).map_err(|e| p(e.to_string()))?);
     }
-    Ok(InferOutcome {
-        outputs,
-        receipt: body["parameters"]["receipt"].clone(),
-        model_name: body["model_name"].as_str().unwrap_or("").to_owned(),
-        model_version: body["model_version"].as_str().unwrap_or("").to_owned(),
-        payment: None,
-    })
+    Ok(tensors)
 }

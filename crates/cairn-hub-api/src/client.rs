@@ -2,8 +2,11 @@
 
 use std::path::Path;
 
+use crate::types::{
+    CreateRelease, FileEntry, Health, NewRepo, Release, Repo, RepoDetail, RepoList, Resolved,
+    Search,
+};
 use alloy_signer_local::PrivateKeySigner;
-use cairn_catalog::{FileEntry, NewRepo, Release, Repo, RepoDetail, Resolved, Search};
 use cairn_core::auth::RequestToSign;
 use cairn_core::{BlobHasher, BlobId, FilePath, RepoName, Version};
 use futures::StreamExt;
@@ -11,8 +14,7 @@ use reqwest::{Method, StatusCode, Url};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
-use crate::error::ErrorBody;
-use crate::server::{CreateRelease, Health, RepoList};
+use cairn_core::ErrorBody;
 
 /// Client failures.
 #[derive(Debug, thiserror::Error)]

@@ -1,4 +1,4 @@
-//! Catalog records, which are also the hub API's JSON bodies.
+//! The hub API's JSON bodies (the catalog's records are these too).
 
 use cairn_core::{Address, BlobId, FilePath, RepoName, Version};
 use cairn_onnx::OnnxSignature;
@@ -148,4 +148,30 @@ pub struct Search {
 /// Addresses go out in EIP-55 checksum form, as wallets show them.
 fn checksummed<S: serde::Serializer>(a: &Address, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&a.to_checksum(None))
+}
+
+/// `GET /health` answer.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Health {
+    /// `ok`.
+    pub status: String,
+    /// Hub version.
+    pub version: String,
+}
+
+/// Matching repositories.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct RepoList {
+    /// Repositories, by name.
+    pub repos: Vec<Repo>,
+}
+
+/// A new release.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CreateRelease {
+    /// `MAJOR.MINOR`.
+    pub version: Version,
+    /// Markdown release notes.
+    #[serde(default)]
+    pub notes: String,
 }
