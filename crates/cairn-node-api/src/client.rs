@@ -8,7 +8,7 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 
 use crate::kserve::{HEADER_LENGTH, ResponseOutput, bytes_to_json};
-use crate::types::{InferResponse, NodeInfo, PrepaidChannel, StoredReceipt};
+use crate::types::{InferResponse, NodeInfo, PaymentTerms, PrepaidChannel, StoredReceipt};
 use crate::urls::NodeUrls;
 
 /// Client failures.
@@ -206,6 +206,18 @@ impl NodeClient {
     pub async fn info(&self) -> Result<NodeInfo, NodeClientError> {
         let url = self.urls.info();
         self.read(&url, self.http.get(&url)).await
+    }
+
+    /// The payment terms of `GET /v1/node` (`None`: the node is free). Reads that field
+    /// alone, so a node that adds to the rest of its info is still paid.
+    pub async fn payment_terms(&self) -> Result<Option<PaymentTerms>, NodeClientError> {
+        #[derive(serde::Deserialize)]
+        struct Payments {
+            payments: Option<PaymentTerms>,
+        }
+        let url = self.urls.info();
+        let p: Payments = self.read(&url, self.http.get(&url)).await?;
+        Ok(p.payments)
     }
 
     /// `GET /v1/receipts/{id}`.
