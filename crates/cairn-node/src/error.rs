@@ -12,15 +12,9 @@ pub enum NodeError {
     /// Malformed request body or parameters.
     #[error("{0}")]
     BadRequest(String),
-    /// Unknown KServe datatype.
-    #[error("{0}")]
-    InvalidDatatype(String),
-    /// Shape does not fit the data or the model.
-    #[error("{0}")]
-    InvalidShape(String),
-    /// A value that the datatype cannot hold (a fraction or NaN for an integer input, …).
-    #[error("{0}")]
-    InvalidData(String),
+    /// A body that is not a KServe v2 request this node can run (its own machine codes).
+    #[error(transparent)]
+    Kserve(#[from] KserveError),
     /// Input names do not match the model's.
     #[error("{0}")]
     WrongInput(String),
@@ -30,9 +24,6 @@ pub enum NodeError {
     /// An output name the model does not have.
     #[error("{0}")]
     UnknownOutput(String),
-    /// Too many tensor elements.
-    #[error("{0}")]
-    TooManyElements(String),
     /// Body over the size limit.
     #[error("{0}")]
     BodyTooLarge(String),
@@ -92,13 +83,10 @@ impl NodeError {
         use NodeError as E;
         match self {
             E::BadRequest(_) => "bad_request",
-            E::InvalidDatatype(_) => "invalid_datatype",
-            E::InvalidShape(_) => "invalid_shape",
-            E::InvalidData(_) => "invalid_data",
+            E::Kserve(e) => e.code(),
             E::WrongInput(_) => "wrong_input",
             E::WrongDatatype(_) => "wrong_datatype",
             E::UnknownOutput(_) => "unknown_output",
-            E::TooManyElements(_) => "too_many_elements",
             E::BodyTooLarge(_) => "body_too_large",
             E::ModelNotFound(_) => "model_not_found",
             E::BadModelRef(_) => "bad_model_ref",
@@ -124,13 +112,10 @@ impl NodeError {
         use NodeError as E;
         match self {
             E::BadRequest(_)
-            | E::InvalidDatatype(_)
-            | E::InvalidShape(_)
-            | E::InvalidData(_)
+            | E::Kserve(_)
             | E::WrongInput(_)
             | E::WrongDatatype(_)
             | E::UnknownOutput(_)
-            | E::TooManyElements(_)
             | E::BadModelRef(_)
             | E::SignatureNotCanonical(_) => StatusCode::BAD_REQUEST,
             E::Unauthorized(_) => StatusCode::UNAUTHORIZED,
@@ -154,18 +139,6 @@ struct KserveErrorBody {
     #[serde(flatten)]
     body: ErrorBody,
     error: String,
-}
-
-impl From<KserveError> for NodeError {
-    fn from(e: KserveError) -> Self {
-        match e {
-            KserveError::BadRequest(m) => NodeError::BadRequest(m),
-            KserveError::InvalidDatatype(m) => NodeError::InvalidDatatype(m),
-            KserveError::InvalidShape(m) => NodeError::InvalidShape(m),
-            KserveError::InvalidData(m) => NodeError::InvalidData(m),
-            KserveError::TooManyElements(m) => NodeError::TooManyElements(m),
-        }
-    }
 }
 
 impl IntoResponse for NodeError {

@@ -1,0 +1,426 @@
+//! The inference route: admission, decoding, the model, signing, the log, the answer; and the
+//! fault injection tests use to make a node lie.
+
+use super::*;
+
+impl Inner {
+    /// Admits a request for `cid` or refuses it with 503 when a queue is full.
+    fn admit(
+        &self,
+        cid: BlobId,
+    ) -> Result<(OwnedSemaphorePermit, OwnedSemaphorePermit), NodeError> {
+        let full = || NodeError::Overloaded("the node is at capacity; retry after a moment".into());
+        let total = self.total.clone().try_acquire_owned().map_err(|_| full())?;
+        let sem = {
+            let mut map = self.per_model.lock().expect("per-model queues");
+            if map.len() > 10_000 {
+                let cap = self.limits.queue_per_model;
+                map.retain(|_, s| s.available_permits() < cap);
+            }
+            map.entry(cid)
+                .or_insert_with(|| Arc::new(Semaphore::new(self.limits.queue_per_model)))
+                .clone()
+        };
+        let model = sem.try_acquire_owned().map_err(|_| {
+            NodeError::Overloaded(format!("the queue for {cid} is full; retry after a moment"))
+        })?;
+        Ok((total, model))
+    }
+}
+
+/// Checks inputs against the model's signature, before anything runs.
+pub(super) fn check_inputs(sig: &OnnxSignature, inputs: &[Tensor]) -> Result<(), NodeError> {
+    let expected = || {
+        sig.inputs
+            .iter()
+            .map(|v| format!("{} ({})", v.name, v.type_name))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    for t in inputs {
+        if !sig.inputs.iter().any(|v| v.name == t.name()) {
+            return Err(NodeError::WrongInput(format!(
+                "the model has no input `{}`; it takes {}",
+                t.name(),
+                expected()
+            )));
+        }
+    }
+    for v in &sig.inputs {
+        let Some(t) = inputs.iter().find(|t| t.name() == v.name) else {
+            return Err(NodeError::WrongInput(format!(
+                "input `{}` is missing; the model takes {}",
+                v.name,
+                expected()
+            )));
+        };
+        let Some(dt) = onnx_datatype(v.elem_type.as_deref()) else {
+            return Err(NodeError::WrongDatatype(format!(
+                "input `{}` is {}, which Cairn cannot feed",
+                v.name, v.type_name
+            )));
+        };
+        if t.dtype() != dt {
+            return Err(NodeError::WrongDatatype(format!(
+                "input `{}` must be {dt}, got {}",
+                v.name,
+                t.dtype()
+            )));
+        }
+        if let Some(dims) = &v.shape {
+            let fits = dims.len() == t.shape().len()
+                && dims.iter().zip(t.shape()).all(|(d, &n)| match d {
+                    Dim::Fixed(f) => *f < 0 || *f as u64 == n,
+                    _ => true,
+                });
+            if !fits {
+                let want: Vec<String> = dims
+                    .iter()
+                    .map(|d| match d {
+                        Dim::Fixed(n) => n.to_string(),
+                        Dim::Symbolic(s) => s.clone(),
+                        Dim::Unknown => "?".into(),
+                    })
+                    .collect();
+                return Err(KserveError::InvalidShape(format!(
+                    "input `{}` must have shape [{}], got {:?}",
+                    v.name,
+                    want.join(", "),
+                    t.shape()
+                ))
+                .into());
+            }
+        }
+    }
+    Ok(())
+}
+
+#[utoipa::path(post, path = "/v2/models/{model}/infer", tag = "kserve",
+    params(("model" = String, Path, description = "a CID or `name@version`")),
+    description = "KServe v2 inference: JSON tensors, or the binary extension (`Inference-Header-Content-Length`). \
+    The answer carries the signed receipt in `parameters.receipt`. A paid node answers 402 with x402 offers \
+    in `PAYMENT-REQUIRED`; send `PAYMENT-SIGNATURE`.",
+    request_body(content = Object, description = "KServe v2 inference request"),
+    responses((status = 200, body = InferResponse), (status = 402, description = "payment required (x402)", body = ErrorBody),
+              (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 413, body = ErrorBody),
+              (status = 422, body = ErrorBody), (status = 503, body = ErrorBody), (status = 504, body = ErrorBody)))]
+pub(super) async fn infer(
+    State(s): State<NodeState>,
+    Path(model): Path<String>,
+    paid: Option<Extension<Paid>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, NodeError> {
+    run_infer(s, model, paid.map(|p| p.0), headers, body).await
+}
+
+#[utoipa::path(post, path = "/v2/models/{model}/versions/{version}/infer", tag = "kserve",
+    params(("model" = String, Path), ("version" = String, Path)),
+    request_body(content = Object, description = "KServe v2 inference request"),
+    responses((status = 200, body = InferResponse), (status = 402, body = ErrorBody), (status = 400, body = ErrorBody)))]
+pub(super) async fn infer_versioned(
+    State(s): State<NodeState>,
+    Path((model, version)): Path<(String, String)>,
+    paid: Option<Extension<Paid>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, NodeError> {
+    run_infer(
+        s,
+        format!("{model}@{version}"),
+        paid.map(|p| p.0),
+        headers,
+        body,
+    )
+    .await
+}
+
+/// What the worker hands back.
+pub(super) struct Ran {
+    pub(super) outputs: Vec<Tensor>,
+    pub(super) receipt: cairn_receipt::SignedReceipt,
+    /// The capability to read this receipt's payloads.
+    pub(super) token: B256,
+}
+
+pub(super) async fn run_infer(
+    s: NodeState,
+    reference: String,
+    paid: Option<Paid>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, NodeError> {
+    let i = &s.0;
+    let resolved = i.cache.resolve(&reference).await?;
+
+    let max = i.limits.max_body_bytes;
+    let too_large = || {
+        NodeError::BodyTooLarge(format!(
+            "the body is over {max} bytes; send smaller tensors"
+        ))
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    if declared.is_some_and(|len| len > max) {
+        return Err(too_large());
+    }
+    // Bodies being read hold memory (as their bytes arrive), not inference slots, and only
+    // until the body deadline: a slow sender ties up neither for long.
+    let (body, reading) = read_body(body, max, i.limits.body_timeout, &i.body_budget)
+        .await
+        .map_err(|e| match e {
+            ReadError::TooLarge => too_large(),
+            ReadError::Slow => NodeError::Timeout(format!(
+                "the request body did not arrive within {:?}; send it at once",
+                i.limits.body_timeout
+            )),
+            ReadError::Budget => NodeError::Overloaded(
+                "the node is reading as many request bodies as it has memory for; retry after a moment".into(),
+            ),
+            ReadError::Broken(e) => {
+                NodeError::BadRequest(format!("the body could not be read: {e}"))
+            }
+        })?;
+    let json_len = match headers.get(HEADER_LENGTH) {
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|v| v.parse::<usize>().ok())
+                .ok_or_else(|| {
+                    NodeError::BadRequest(format!("{HEADER_LENGTH} must be a byte count"))
+                })?,
+        ),
+        None => None,
+    };
+    let decoded = kserve::decode(
+        &body,
+        json_len,
+        DecodeLimits {
+            max_elements: i.limits.max_elements,
+        },
+    )?;
+    drop(body);
+    drop(reading);
+    // Admitted only with a whole, decoded request in hand.
+    let _permits = i.admit(resolved.cid)?;
+
+    // Inputs that cannot fit the model are refused before it is fetched or loaded (from the
+    // signature the hub recorded, for a name): a bad request costs no download.
+    if let Some(sig) = &resolved.signature {
+        check_inputs(sig, &decoded.inputs)?;
+    }
+    let deadline = tokio::time::Instant::now() + i.limits.timeout;
+    let timeout = || {
+        NodeError::Timeout(format!(
+            "the inference did not finish within {:?}",
+            i.limits.timeout
+        ))
+    };
+    let loaded: Arc<LoadedModel> = tokio::time::timeout_at(deadline, i.cache.get(resolved.cid))
+        .await
+        .map_err(|_| timeout())??;
+    check_inputs(&loaded.signature, &decoded.inputs)?;
+    let names = loaded.plan.output_names();
+    let wanted: Vec<(String, bool)> = match decoded.outputs {
+        Some(list) => {
+            for (n, _) in &list {
+                if !names.iter().any(|m| m == n) {
+                    return Err(NodeError::UnknownOutput(format!(
+                        "the model has no output `{n}`; its outputs are {names:?}"
+                    )));
+                }
+            }
+            list
+        }
+        None => names
+            .iter()
+            .map(|n| (n.clone(), decoded.binary_output))
+            .collect(),
+    };
+
+    let worker = tokio::time::timeout_at(deadline, i.workers.clone().acquire_owned())
+        .await
+        .map_err(|_| timeout())?
+        .map_err(|_| NodeError::Internal("worker pool closed".into()))?;
+    let inputs = decoded.inputs;
+    let key = i.key.clone();
+    let domain = i.domain;
+    // A paid request's receipt carries what was paid and the payment's reference.
+    let (price, payment_ref) = match &paid {
+        Some(p) => (p.amount, p.payment_ref),
+        None if i.paywall.is_some() => (U256::ZERO, B256::ZERO),
+        None => (i.price, B256::ZERO),
+    };
+    let profile = i.cache.engine().profile().clone();
+    let model_cid = loaded.cid;
+    // A paid receipt counts only once its payment settles (the paywall settles after this
+    // route); until then it is neither batched nor are its payloads served.
+    let (billing, payer) = match &paid {
+        Some(p) => (Billing::AwaitingPayment, Some(p.payer.0.0)),
+        None => (Billing::Final, None),
+    };
+    let cheat = i.faults.wrong_output_rate > 0.0 && unit_random() < i.faults.wrong_output_rate;
+    let token_key = i.token_key;
+    let max_output = i.limits.max_output_bytes;
+    let work = move || {
+        let _worker = worker;
+        let mut outputs = loaded.plan.run(&inputs).map_err(|e| match e {
+            EngineError::Input(m) => NodeError::WrongInput(m),
+            EngineError::Run(m) => NodeError::ModelFailed(m),
+            other => NodeError::ModelFailed(other.to_string()),
+        })?;
+        // Verifiers must be able to fetch what is kept: outputs past the bound get no receipt.
+        let out_bytes: usize = outputs.iter().map(|t| t.data().len()).sum();
+        if out_bytes > max_output {
+            return Err(NodeError::ModelFailed(format!(
+                "the outputs take {out_bytes} bytes, over this node's {max_output} byte limit"
+            )));
+        }
+        if cheat {
+            corrupt_last_output(&mut outputs);
+        }
+        let claims = Claims {
+            request_id: B256::random(),
+            model: model_cid,
+            input_hash: tensors_hash(&inputs),
+            output_hash: tensors_hash(&outputs),
+            profile,
+            timestamp: now_secs(),
+            price,
+            payment_ref,
+        };
+        let receipt = claims
+            .sign(domain, &key)
+            .map_err(|e| NodeError::Internal(e.to_string()))?;
+        let entry = Entry {
+            id: receipt.id().to_string(),
+            created_at: receipt.claims.timestamp as i64,
+            model: model_cid.to_string(),
+            receipt: receipt.to_json().to_string(),
+            input: safetensors_io::encode(&inputs),
+            output: safetensors_io::encode(&outputs),
+            digest: receipt.signing_hash().0,
+            price: price.to_string(),
+            billing,
+            payer,
+            payment_ref: payment_ref.0,
+        };
+        Ok::<_, NodeError>((
+            Ran {
+                token: payload_token(&token_key, receipt.id()),
+                outputs,
+                receipt,
+            },
+            entry,
+        ))
+    };
+    // On the multi-threaded runtime the model runs in place: the worker permit already bounds
+    // how many run at once, and it saves two thread hops per request. Elsewhere it goes to the
+    // blocking pool.
+    let (ran, entry) = if tokio::runtime::Handle::current().runtime_flavor()
+        == tokio::runtime::RuntimeFlavor::MultiThread
+    {
+        tokio::task::block_in_place(work)?
+    } else {
+        tokio::time::timeout_at(deadline, tokio::task::spawn_blocking(work))
+            .await
+            .map_err(|_| timeout())?
+            .map_err(|e| NodeError::Internal(format!("inference task: {e}")))??
+    };
+    i.log.append(entry).await?;
+    Ok(respond(&resolved, decoded.id, wanted, ran))
+}
+
+pub(super) fn respond(
+    resolved: &crate::cache::Resolution,
+    id: Option<String>,
+    wanted: Vec<(String, bool)>,
+    ran: Ran,
+) -> Response {
+    let mut binary: Vec<u8> = Vec::new();
+    let mut outputs = Vec::with_capacity(wanted.len());
+    for (name, bin) in wanted {
+        let t = ran
+            .outputs
+            .iter()
+            .find(|t| t.name() == name)
+            .expect("checked output name");
+        if bin {
+            binary.extend_from_slice(t.data());
+            outputs.push(ResponseOutput {
+                name,
+                datatype: t.dtype().name().into(),
+                shape: t.shape().to_vec(),
+                parameters: Some(OutputBinary {
+                    binary_data_size: t.data().len() as u64,
+                }),
+                data: None,
+            });
+        } else {
+            outputs.push(ResponseOutput {
+                name,
+                datatype: t.dtype().name().into(),
+                shape: t.shape().to_vec(),
+                parameters: None,
+                data: Some(kserve::bytes_to_json(t.dtype(), t.data())),
+            });
+        }
+    }
+    let body = InferResponse {
+        model_name: resolved.cid,
+        model_version: resolved.version.map(|v| v.to_string()).unwrap_or_default(),
+        outputs,
+        parameters: InferParameters {
+            receipt: ran.receipt,
+            payload_token: ran.token,
+        },
+        id,
+    };
+    let head = serde_json::to_vec(&body).expect("response serializes");
+    let token = HeaderValue::from_str(&ran.token.to_string()).expect("hex is a header value");
+    if binary.is_empty() {
+        let mut resp = (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/json")],
+            head,
+        )
+            .into_response();
+        resp.headers_mut().insert(PAYLOAD_TOKEN_HEADER, token);
+        return resp;
+    }
+    let json_len = head.len();
+    let mut all = head;
+    all.extend_from_slice(&binary);
+    let mut resp = (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/octet-stream")],
+        all,
+    )
+        .into_response();
+    resp.headers_mut()
+        .insert(HEADER_LENGTH, HeaderValue::from(json_len));
+    resp.headers_mut().insert(PAYLOAD_TOKEN_HEADER, token);
+    resp
+}
+
+/// A uniform draw in [0, 1).
+pub(super) fn unit_random() -> f64 {
+    let r = B256::random();
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&r[..8]);
+    (u64::from_be_bytes(b) >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// Flips the lowest bit of the last output's first byte (the `wrong_output_rate` fault).
+pub(super) fn corrupt_last_output(outputs: &mut [Tensor]) {
+    if let Some(t) = outputs.last_mut()
+        && !t.data().is_empty()
+    {
+        let mut data = t.data().to_vec();
+        data[0] ^= 1;
+        if let Ok(altered) = Tensor::new(t.name(), t.dtype(), t.shape().to_vec(), data) {
+            *t = altered;
+        }
+    }
+}

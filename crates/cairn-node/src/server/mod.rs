@@ -1,0 +1,367 @@
+//! The node's HTTP API: KServe v2 under `/v2`, Cairn's own under `/v1`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use alloy_primitives::{B256, U256};
+use alloy_signer_local::PrivateKeySigner;
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json};
+use cairn_core::tensor::tensors_hash;
+use cairn_core::{BlobId, DataType, Tensor};
+use cairn_engine::EngineError;
+use cairn_onnx::{Dim, OnnxSignature};
+use cairn_receipt::{Claims, ReceiptDomain};
+use cairn_x402::Paid;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::cache::{LoadedModel, ModelCache};
+use crate::error::NodeError;
+use crate::log::{Billing, Entry, ReceiptLog};
+use crate::{Limits, NodeConfig, now_secs};
+use cairn_core::ErrorBody;
+use cairn_node_api::kserve::{
+    self, DecodeLimits, HEADER_LENGTH, KserveError, OutputBinary, ResponseOutput,
+};
+use cairn_node_api::{
+    AttestationAccepted, AttestationRequest, BatchView, DomainInfo, FaultsInfo, Inclusion,
+    InferParameters, InferResponse, LimitsInfo, Live, ModelMetadata, ModelPrice, ModelReady,
+    NodeInfo, PaymentTerms, PrepaidChannel, Ready, ServerMetadata, SettlementInfo, StoredReceipt,
+    TensorSpec, safetensors_io,
+};
+use utoipa::OpenApi;
+
+mod body;
+mod infer;
+mod meta;
+mod prepaid;
+mod receipts;
+
+use body::*;
+use infer::*;
+use meta::*;
+use prepaid::*;
+use receipts::*;
+
+/// Shared node state.
+#[derive(Clone)]
+pub struct NodeState(Arc<Inner>);
+
+struct Inner {
+    cache: ModelCache,
+    log: ReceiptLog,
+    /// What `/v1/node` says about settlement (`None`: receipts stay local).
+    settlement: Option<SettlementInfo>,
+    chain: Option<cairn_ledger::Chain>,
+    paywall: Option<Arc<cairn_x402::Paywall>>,
+    /// What `/v1/node` says about payments.
+    payments: Option<PaymentTerms>,
+    key: PrivateKeySigner,
+    domain: ReceiptDomain,
+    price: U256,
+    limits: Limits,
+    hub_url: String,
+    total: Arc<Semaphore>,
+    per_model: Mutex<HashMap<BlobId, Arc<Semaphore>>>,
+    workers: Arc<Semaphore>,
+    body_budget: BodyBudget,
+    faults: crate::Faults,
+    /// Keys the capability tokens that let a caller read its own payloads.
+    token_key: B256,
+    /// Signed requests already seen, from payers and from verifiers (apart: payers cannot
+    /// crowd verifiers out).
+    payer_replay: cairn_core::auth::ReplayGuard,
+    verifier_replay: cairn_core::auth::ReplayGuard,
+    /// The registry's active verifiers (`None` without a chain).
+    verifiers: Option<cairn_ledger::ActiveVerifiers>,
+    /// The host of this node's registered endpoint, with when it was read.
+    own_host: tokio::sync::Mutex<Option<(String, std::time::Instant)>>,
+}
+
+pub(crate) async fn open(c: NodeConfig) -> Result<NodeState, NodeError> {
+    std::fs::create_dir_all(&c.data_dir)
+        .map_err(|e| NodeError::Internal(format!("data dir {}: {e}", c.data_dir.display())))?;
+    let hub = cairn_hub_api::HubClient::new(&c.hub_url, None)
+        .map_err(|e| NodeError::Internal(e.to_string()))?;
+    let cache = ModelCache::new(
+        c.data_dir.join("models"),
+        hub,
+        c.engine,
+        c.cache_bytes,
+        c.max_model_bytes,
+    );
+    let log_path = c.data_dir.join("receipts.sqlite");
+    let log = ReceiptLog::open(
+        &log_path,
+        c.retention,
+        c.fsync_receipts,
+        c.settlement.is_some(),
+    )
+    .await?;
+    let chain = c.settlement.as_ref().map(|cfg| cfg.chain.clone());
+    let token_key = alloy_primitives::keccak256(
+        [
+            b"cairn.payload-token.v1".as_slice(),
+            c.key.to_bytes().as_slice(),
+        ]
+        .concat(),
+    );
+    let (paywall, payments, payment_store) = match (&chain, c.payments) {
+        (Some(chain), Some(pc)) => {
+            let kept = Arc::new(KeptFromLog {
+                log: log.clone(),
+                token_key,
+            });
+            let (p, info, store) =
+                open_paywall(&c.data_dir, chain, &c.key, &cache, c.price, pc, kept).await?;
+            (Some(p), Some(info), Some(store))
+        }
+        (None, Some(_)) => {
+            return Err(NodeError::Internal(
+                "payments need a settlement chain (--rpc/--deployment, or the devnet)".into(),
+            ));
+        }
+        _ => (None, None, None),
+    };
+    let settlement = match c.settlement {
+        Some(cfg) => {
+            let d = cfg.chain.deployment();
+            if c.domain.chain_id != d.chain_id || c.domain.verifying_contract != d.settlement {
+                return Err(NodeError::Internal(format!(
+                    "receipt domain (chain {}, contract {}) is not the settlement contract (chain {}, {})",
+                    c.domain.chain_id, c.domain.verifying_contract, d.chain_id, d.settlement
+                )));
+            }
+            let info = SettlementInfo {
+                ledger: cfg.chain.ledger().describe(),
+                deployment: d.clone(),
+                batch_max_receipts: cfg.policy.max_receipts,
+                batch_max_age_secs: cfg.policy.max_age.as_secs(),
+            };
+            let settler = crate::batcher::Settler::open(
+                &log_path,
+                cfg,
+                c.key.clone(),
+                log.clone(),
+                payment_store,
+            )?;
+            tokio::spawn(settler.run());
+            Some(info)
+        }
+        None => None,
+    };
+    let verifiers = chain.clone().map(cairn_ledger::ActiveVerifiers::new);
+    Ok(NodeState(Arc::new(Inner {
+        cache,
+        log,
+        settlement,
+        chain,
+        paywall,
+        payments,
+        key: c.key,
+        domain: c.domain,
+        price: c.price,
+        limits: c.limits,
+        hub_url: c.hub_url,
+        total: Arc::new(Semaphore::new(c.limits.queue_total)),
+        per_model: Mutex::new(HashMap::new()),
+        workers: Arc::new(Semaphore::new(c.limits.workers.max(1))),
+        body_budget: BodyBudget::new(c.limits.body_budget_bytes),
+        faults: c.faults,
+        token_key,
+        payer_replay: cairn_core::auth::ReplayGuard::new(10_000, 100_000),
+        verifier_replay: cairn_core::auth::ReplayGuard::new(100_000, 1_000),
+        verifiers,
+        own_host: tokio::sync::Mutex::new(None),
+    })))
+}
+
+/// Smallest gasless deposit the node relays (it pays the gas): ten inferences, at least 1.
+fn min_deposit(price: U256) -> U256 {
+    (price * U256::from(10)).max(U256::from(1))
+}
+
+/// The paywall in front of inference: `exact` through the in-process facilitator (the node's
+/// key pays the gas), `prepaid` vouchers to the node's payment vault.
+async fn open_paywall(
+    data_dir: &std::path::Path,
+    chain: &cairn_ledger::Chain,
+    key: &PrivateKeySigner,
+    cache: &ModelCache,
+    default_price: U256,
+    pc: crate::PaymentConfig,
+    kept: Arc<KeptFromLog>,
+) -> Result<
+    (
+        Arc<cairn_x402::Paywall>,
+        PaymentTerms,
+        cairn_x402::PaymentStore,
+    ),
+    NodeError,
+> {
+    let x = |e: cairn_x402::X402Error| NodeError::ChainUnavailable(format!("payments: {e}"));
+    let store = cairn_x402::PaymentStore::open(&data_dir.join("payments.sqlite")).map_err(x)?;
+    let facilitator = Arc::new(
+        cairn_x402::Facilitator::new(chain.clone(), key.clone(), store.clone())
+            .await
+            .map_err(x)?,
+    );
+    let vault = chain
+        .vault_of(key.address())
+        .await
+        .map_err(|e| NodeError::ChainUnavailable(format!("reading the payment vault: {e}")))?;
+    let prepaid = pc.prepaid.then(|| {
+        Arc::new(cairn_x402::prepaid::Prepaid::new(
+            chain.clone(),
+            store.clone(),
+            key.clone(),
+            vault,
+        ))
+    });
+    tokio::spawn(facilitator.clone().reconcile_loop(pc.redeem_every));
+    if let Some(p) = &prepaid {
+        tokio::spawn(p.clone().run(pc.redeem_every));
+    }
+    let pricing = Arc::new(crate::pricing::ModelPricing {
+        cache: cache.clone(),
+        default: default_price,
+        models: pc.model_prices.clone(),
+    });
+    let schemes: &[&str] = if prepaid.is_some() {
+        &["prepaid", "exact"]
+    } else {
+        &["exact"]
+    };
+    let info = PaymentTerms {
+        pay_to: vault,
+        asset: chain.deployment().token,
+        network: cairn_x402::wire::caip2(chain.deployment().chain_id),
+        schemes: schemes.iter().map(|s| s.to_string()).collect(),
+        escrow: chain.deployment().escrow,
+        token_name: facilitator
+            .token_domain()
+            .name
+            .as_deref()
+            .unwrap_or_default()
+            .into(),
+        token_version: facilitator
+            .token_domain()
+            .version
+            .as_deref()
+            .unwrap_or_default()
+            .into(),
+        min_deposit: min_deposit(default_price),
+        default_price,
+        model_prices: pc
+            .model_prices
+            .iter()
+            .map(|(m, p)| ModelPrice {
+                model: m.clone(),
+                price: *p,
+            })
+            .collect(),
+        redeem_every_secs: pc.redeem_every.as_secs(),
+    };
+    let paywall =
+        cairn_x402::Paywall::new(facilitator, prepaid, pricing, vault).with_kept_answers(kept);
+    Ok((Arc::new(paywall), info, store))
+}
+
+impl NodeState {
+    /// The node's address (the receipts' signer).
+    pub fn address(&self) -> alloy_primitives::Address {
+        self.0.key.address()
+    }
+
+    /// The engine's profile.
+    pub fn profile(&self) -> &cairn_core::ExecutionProfile {
+        self.0.cache.engine().profile()
+    }
+}
+
+/// The node's routes.
+pub fn router(state: NodeState) -> Router {
+    let mut paid = Router::new()
+        .route("/v2/models/{model}/infer", post(infer))
+        .route(
+            "/v2/models/{model}/versions/{version}/infer",
+            post(infer_versioned),
+        );
+    if let Some(p) = &state.0.paywall {
+        paid = paid.route_layer(axum::middleware::from_fn_with_state(
+            p.clone(),
+            cairn_x402::paywall::middleware,
+        ));
+    }
+    Router::new()
+        .merge(paid)
+        .route("/v2", get(server_metadata))
+        .route("/v2/health/live", get(live))
+        .route("/v2/health/ready", get(ready))
+        .route("/v2/models/{model}", get(model_metadata))
+        .route("/v2/models/{model}/ready", get(model_ready))
+        .route(
+            "/v2/models/{model}/versions/{version}",
+            get(model_metadata_versioned),
+        )
+        .route("/v1/prepaid/{payer}", get(prepaid_channel))
+        .route("/v1/prepaid/deposits", post(prepaid_deposit))
+        .route("/v1/node", get(node_info))
+        .route("/v1/receipts/{id}", get(receipt))
+        .route("/v1/batches/{id}", get(batch))
+        .route("/v1/batches/{id}/attestations", post(add_attestation))
+        .route("/v1/receipts/{id}/input", get(receipt_input))
+        .route("/v1/receipts/{id}/output", get(receipt_output))
+        .fallback(|| async { NodeError::NotFound("no such endpoint; see /openapi.json".into()) })
+        .with_state(state)
+        .merge(utoipa_swagger_ui::SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()))
+}
+
+/// The OpenAPI description of the node's routes.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "Cairn inference node",
+        description = "KServe v2 inference under `/v2` with an EIP-712 receipt for every call; Cairn's own routes \
+        under `/v1`. Every error is JSON {code, message} (plus `error` for KServe clients)."
+    ),
+    paths(
+        server_metadata,
+        live,
+        ready,
+        model_metadata,
+        model_metadata_versioned,
+        model_ready,
+        infer,
+        infer_versioned,
+        node_info,
+        receipt,
+        receipt_input,
+        receipt_output,
+        batch,
+        add_attestation,
+        prepaid_channel,
+        prepaid_deposit
+    ),
+    components(schemas(ErrorBody))
+)]
+pub struct ApiDoc;
+
+#[cfg(test)]
+mod docs_tests {
+    use utoipa::OpenApi;
+
+    #[test]
+    fn every_route_is_in_the_openapi_document() {
+        cairn_core::api::assert_routes_documented(
+            include_str!("mod.rs"),
+            &super::ApiDoc::openapi(),
+        );
+    }
+}
