@@ -19,12 +19,15 @@ use cairn_receipt::ReceiptDomain;
 pub mod batcher;
 pub mod cache;
 pub mod error;
+pub mod faults;
+pub mod inference;
 pub mod log;
 mod pricing;
 mod server;
 
 pub use batcher::{BatchPolicy, SettlementConfig};
 pub use error::NodeError;
+pub use faults::Faults;
 pub use server::{NodeState, router};
 
 /// Bounds on what one request and the node as a whole may use.
@@ -99,35 +102,6 @@ pub struct NodeConfig {
     /// Deliberate misbehaviour, for showing that the verification network catches it. Off
     /// unless asked for; `/v1/node` reports it.
     pub faults: Faults,
-}
-
-/// Ways a node can be told to cheat (tests and demonstrations of slashing).
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub struct Faults {
-    /// Fraction of inferences whose output is altered (the lowest bit of the last output; a subtle lie) before it
-    /// is hashed, signed and returned: a receipt that lies about the model's output.
-    pub wrong_output_rate: f64,
-    /// Refuse to hand out kept payloads (`/v1/receipts/{id}/input|output`), so samples cannot
-    /// be re-executed.
-    pub withhold_payloads: bool,
-    /// Refuse a batch's payloads for this long after it is sealed (a node "down" or
-    /// overloaded just when verifiers first ask), then serve them.
-    pub payload_outage: Duration,
-}
-
-impl Faults {
-    /// Whether any fault is on.
-    pub fn any(&self) -> bool {
-        self.wrong_output_rate > 0.0 || self.withhold_payloads || !self.payload_outage.is_zero()
-    }
-
-    /// Whether the payloads of a batch sealed at `sealed_at` (Unix seconds) are in the
-    /// deliberate outage now.
-    pub fn in_outage(&self, sealed_at: Option<i64>) -> bool {
-        !self.payload_outage.is_zero()
-            && sealed_at
-                .is_some_and(|t| now_secs() < t.max(0) as u64 + self.payload_outage.as_secs())
-    }
 }
 
 /// How the node is paid.

@@ -135,14 +135,6 @@ pub(super) async fn infer_versioned(
     .await
 }
 
-/// What the worker hands back.
-pub(super) struct Ran {
-    pub(super) outputs: Vec<Tensor>,
-    pub(super) receipt: cairn_receipt::SignedReceipt,
-    /// The capability to read this receipt's payloads.
-    pub(super) token: B256,
-}
-
 pub(super) async fn run_infer(
     s: NodeState,
     reference: String,
@@ -153,55 +145,7 @@ pub(super) async fn run_infer(
     let i = &s.0;
     let resolved = i.cache.resolve(&reference).await?;
 
-    let max = i.limits.max_body_bytes;
-    let too_large = || {
-        NodeError::BodyTooLarge(format!(
-            "the body is over {max} bytes; send smaller tensors"
-        ))
-    };
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
-    if declared.is_some_and(|len| len > max) {
-        return Err(too_large());
-    }
-    // Bodies being read hold memory (as their bytes arrive), not inference slots, and only
-    // until the body deadline: a slow sender ties up neither for long.
-    let (body, reading) = read_body(body, max, i.limits.body_timeout, &i.body_budget)
-        .await
-        .map_err(|e| match e {
-            ReadError::TooLarge => too_large(),
-            ReadError::Slow => NodeError::Timeout(format!(
-                "the request body did not arrive within {:?}; send it at once",
-                i.limits.body_timeout
-            )),
-            ReadError::Budget => NodeError::Overloaded(
-                "the node is reading as many request bodies as it has memory for; retry after a moment".into(),
-            ),
-            ReadError::Broken(e) => {
-                NodeError::BadRequest(format!("the body could not be read: {e}"))
-            }
-        })?;
-    let json_len = match headers.get(HEADER_LENGTH) {
-        Some(v) => Some(
-            v.to_str()
-                .ok()
-                .and_then(|v| v.parse::<usize>().ok())
-                .ok_or_else(|| {
-                    NodeError::BadRequest(format!("{HEADER_LENGTH} must be a byte count"))
-                })?,
-        ),
-        None => None,
-    };
-    let decoded = kserve::decode(
-        &body,
-        json_len,
-        DecodeLimits {
-            max_elements: i.limits.max_elements,
-        },
-    )?;
-    drop(body);
-    drop(reading);
+    let decoded = i.read_request(&headers, body).await?;
     // Admitted only with a whole, decoded request in hand.
     let _permits = i.admit(resolved.cid)?;
 
@@ -221,99 +165,23 @@ pub(super) async fn run_infer(
         .await
         .map_err(|_| timeout())??;
     check_inputs(&loaded.signature, &decoded.inputs)?;
-    let names = loaded.plan.output_names();
-    let wanted: Vec<(String, bool)> = match decoded.outputs {
-        Some(list) => {
-            for (n, _) in &list {
-                if !names.iter().any(|m| m == n) {
-                    return Err(NodeError::UnknownOutput(format!(
-                        "the model has no output `{n}`; its outputs are {names:?}"
-                    )));
-                }
-            }
-            list
-        }
-        None => names
-            .iter()
-            .map(|n| (n.clone(), decoded.binary_output))
-            .collect(),
-    };
+    let wanted = wanted_outputs(
+        loaded.plan.output_names(),
+        decoded.outputs,
+        decoded.binary_output,
+    )?;
 
     let worker = tokio::time::timeout_at(deadline, i.workers.clone().acquire_owned())
         .await
         .map_err(|_| timeout())?
         .map_err(|_| NodeError::Internal("worker pool closed".into()))?;
     let inputs = decoded.inputs;
-    let key = i.key.clone();
-    let domain = i.domain;
-    // A paid request's receipt carries what was paid and the payment's reference.
-    let (price, payment_ref) = match &paid {
-        Some(p) => (p.amount, p.payment_ref),
-        None if i.paywall.is_some() => (U256::ZERO, B256::ZERO),
-        None => (i.price, B256::ZERO),
-    };
+    let charge = Charge::of(paid.as_ref(), i.paywall.is_some(), i.price);
     let profile = i.cache.engine().profile().clone();
-    let model_cid = loaded.cid;
-    // A paid receipt counts only once its payment settles (the paywall settles after this
-    // route); until then it is neither batched nor are its payloads served.
-    let (billing, payer) = match &paid {
-        Some(p) => (Billing::AwaitingPayment, Some(p.payer.0.0)),
-        None => (Billing::Final, None),
-    };
-    let cheat = i.faults.wrong_output_rate > 0.0 && unit_random() < i.faults.wrong_output_rate;
-    let token_key = i.token_key;
-    let max_output = i.limits.max_output_bytes;
+    let signer = i.signer.clone();
     let work = move || {
         let _worker = worker;
-        let mut outputs = loaded.plan.run(&inputs).map_err(|e| match e {
-            EngineError::Input(m) => NodeError::WrongInput(m),
-            EngineError::Run(m) => NodeError::ModelFailed(m),
-            other => NodeError::ModelFailed(other.to_string()),
-        })?;
-        // Verifiers must be able to fetch what is kept: outputs past the bound get no receipt.
-        let out_bytes: usize = outputs.iter().map(|t| t.data().len()).sum();
-        if out_bytes > max_output {
-            return Err(NodeError::ModelFailed(format!(
-                "the outputs take {out_bytes} bytes, over this node's {max_output} byte limit"
-            )));
-        }
-        if cheat {
-            corrupt_last_output(&mut outputs);
-        }
-        let claims = Claims {
-            request_id: B256::random(),
-            model: model_cid,
-            input_hash: tensors_hash(&inputs),
-            output_hash: tensors_hash(&outputs),
-            profile,
-            timestamp: now_secs(),
-            price,
-            payment_ref,
-        };
-        let receipt = claims
-            .sign(domain, &key)
-            .map_err(|e| NodeError::Internal(e.to_string()))?;
-        let entry = Entry {
-            id: receipt.id().to_string(),
-            created_at: receipt.claims.timestamp as i64,
-            model: model_cid.to_string(),
-            receipt: receipt.to_json().to_string(),
-            input: safetensors_io::encode(&inputs),
-            output: safetensors_io::encode(&outputs),
-            digest: receipt.signing_hash().0,
-            price: price.to_string(),
-            billing,
-            payer,
-            payment_ref: payment_ref.0,
-        };
-        Ok::<_, NodeError>((
-            Ran {
-                token: payload_token(&token_key, receipt.id()),
-                outputs,
-                receipt,
-            },
-            entry,
-        ))
+        crate::inference::run(&*loaded.plan, loaded.cid, profile, &inputs, charge, &signer)
     };
     // On the multi-threaded runtime the model runs in place: the worker permit already bounds
     // how many run at once, and it saves two thread hops per request. Elsewhere it goes to the
@@ -336,7 +204,7 @@ pub(super) fn respond(
     resolved: &crate::cache::Resolution,
     id: Option<String>,
     wanted: Vec<(String, bool)>,
-    ran: Ran,
+    ran: Inference,
 ) -> Response {
     let mut binary: Vec<u8> = Vec::new();
     let mut outputs = Vec::with_capacity(wanted.len());
@@ -404,23 +272,81 @@ pub(super) fn respond(
     resp
 }
 
-/// A uniform draw in [0, 1).
-pub(super) fn unit_random() -> f64 {
-    let r = B256::random();
-    let mut b = [0u8; 8];
-    b.copy_from_slice(&r[..8]);
-    (u64::from_be_bytes(b) >> 11) as f64 / (1u64 << 53) as f64
+impl Inner {
+    /// Reads the body within the node's size, time and memory bounds and decodes it. The body's
+    /// bytes and its memory budget are released before the request queues for a model.
+    async fn read_request(
+        &self,
+        headers: &HeaderMap,
+        body: Body,
+    ) -> Result<kserve::Decoded, NodeError> {
+        let i = self;
+        let max = i.limits.max_body_bytes;
+        let too_large = || {
+            NodeError::BodyTooLarge(format!(
+                "the body is over {max} bytes; send smaller tensors"
+            ))
+        };
+        let declared = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+        if declared.is_some_and(|len| len > max) {
+            return Err(too_large());
+        }
+        // Bodies being read hold memory (as their bytes arrive), not inference slots, and only
+        // until the body deadline: a slow sender ties up neither for long.
+        // Held until the body is decoded: its bytes count against the memory budget.
+        let (body, _reading) = read_body(body, max, i.limits.body_timeout, &i.body_budget)
+            .await
+            .map_err(|e| match e {
+                ReadError::TooLarge => too_large(),
+                ReadError::Slow => NodeError::Timeout(format!(
+                    "the request body did not arrive within {:?}; send it at once",
+                    i.limits.body_timeout
+                )),
+                ReadError::Budget => NodeError::Overloaded(
+                    "the node is reading as many request bodies as it has memory for; retry after a moment".into(),
+                ),
+                ReadError::Broken(e) => {
+                    NodeError::BadRequest(format!("the body could not be read: {e}"))
+                }
+            })?;
+        let json_len = match headers.get(HEADER_LENGTH) {
+            Some(v) => Some(
+                v.to_str()
+                    .ok()
+                    .and_then(|v| v.parse::<usize>().ok())
+                    .ok_or_else(|| {
+                        NodeError::BadRequest(format!("{HEADER_LENGTH} must be a byte count"))
+                    })?,
+            ),
+            None => None,
+        };
+        let decoded = kserve::decode(
+            &body,
+            json_len,
+            DecodeLimits {
+                max_elements: i.limits.max_elements,
+            },
+        )?;
+        Ok(decoded)
+    }
 }
 
-/// Flips the lowest bit of the last output's first byte (the `wrong_output_rate` fault).
-pub(super) fn corrupt_last_output(outputs: &mut [Tensor]) {
-    if let Some(t) = outputs.last_mut()
-        && !t.data().is_empty()
-    {
-        let mut data = t.data().to_vec();
-        data[0] ^= 1;
-        if let Ok(altered) = Tensor::new(t.name(), t.dtype(), t.shape().to_vec(), data) {
-            *t = altered;
-        }
+/// The outputs to answer with, each with whether it goes in binary: those `asked` (each must
+/// exist), else all of them with the request's default.
+fn wanted_outputs(
+    names: &[String],
+    asked: Option<Vec<(String, bool)>>,
+    binary: bool,
+) -> Result<Vec<(String, bool)>, NodeError> {
+    let Some(list) = asked else {
+        return Ok(names.iter().map(|n| (n.clone(), binary)).collect());
+    };
+    if let Some((n, _)) = list.iter().find(|(n, _)| !names.iter().any(|m| m == n)) {
+        return Err(NodeError::UnknownOutput(format!(
+            "the model has no output `{n}`; its outputs are {names:?}"
+        )));
     }
+    Ok(list)
 }

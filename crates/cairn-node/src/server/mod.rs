@@ -15,16 +15,15 @@ use axum::routing::{get, post};
 use axum::{Extension, Json};
 use cairn_core::tensor::tensors_hash;
 use cairn_core::{BlobId, DataType, Tensor};
-use cairn_engine::EngineError;
 use cairn_onnx::{Dim, OnnxSignature};
-use cairn_receipt::{Claims, ReceiptDomain};
 use cairn_x402::Paid;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::cache::{LoadedModel, ModelCache};
 use crate::error::NodeError;
-use crate::log::{Billing, Entry, ReceiptLog};
-use crate::{Limits, NodeConfig, now_secs};
+use crate::inference::{Charge, Inference, Signer, payload_token};
+use crate::log::ReceiptLog;
+use crate::{Limits, NodeConfig};
 use cairn_core::ErrorBody;
 use cairn_node_api::kserve::{
     self, DecodeLimits, HEADER_LENGTH, KserveError, OutputBinary, ResponseOutput,
@@ -62,8 +61,8 @@ struct Inner {
     paywall: Option<Arc<cairn_x402::Paywall>>,
     /// What `/v1/node` says about payments.
     payments: Option<PaymentTerms>,
-    key: PrivateKeySigner,
-    domain: ReceiptDomain,
+    /// Signs receipts (the node's key, the receipt domain, the payload-token key).
+    signer: Arc<Signer>,
     price: U256,
     limits: Limits,
     hub_url: String,
@@ -72,8 +71,6 @@ struct Inner {
     workers: Arc<Semaphore>,
     body_budget: BodyBudget,
     faults: crate::Faults,
-    /// Keys the capability tokens that let a caller read its own payloads.
-    token_key: B256,
     /// Signed requests already seen, from payers and from verifiers (apart: payers cannot
     /// crowd verifiers out).
     payer_replay: cairn_core::auth::ReplayGuard,
@@ -92,7 +89,7 @@ pub(crate) async fn open(c: NodeConfig) -> Result<NodeState, NodeError> {
     let cache = ModelCache::new(
         c.data_dir.join("models"),
         hub,
-        c.engine,
+        crate::faults::LyingEngine::wrap(c.engine, c.faults.wrong_output_rate),
         c.cache_bytes,
         c.max_model_bytes,
     );
@@ -164,8 +161,12 @@ pub(crate) async fn open(c: NodeConfig) -> Result<NodeState, NodeError> {
         chain,
         paywall,
         payments,
-        key: c.key,
-        domain: c.domain,
+        signer: Arc::new(Signer {
+            key: c.key,
+            domain: c.domain,
+            token_key,
+            max_output_bytes: c.limits.max_output_bytes,
+        }),
         price: c.price,
         limits: c.limits,
         hub_url: c.hub_url,
@@ -174,7 +175,6 @@ pub(crate) async fn open(c: NodeConfig) -> Result<NodeState, NodeError> {
         workers: Arc::new(Semaphore::new(c.limits.workers.max(1))),
         body_budget: BodyBudget::new(c.limits.body_budget_bytes),
         faults: c.faults,
-        token_key,
         payer_replay: cairn_core::auth::ReplayGuard::new(10_000, 100_000),
         verifier_replay: cairn_core::auth::ReplayGuard::new(100_000, 1_000),
         verifiers,
@@ -276,7 +276,7 @@ async fn open_paywall(
 impl NodeState {
     /// The node's address (the receipts' signer).
     pub fn address(&self) -> alloy_primitives::Address {
-        self.0.key.address()
+        self.0.signer.key.address()
     }
 
     /// The engine's profile.

@@ -131,7 +131,7 @@ impl cairn_x402::KeptAnswers for KeptFromLog {
                 version: None,
                 signature: None,
             };
-            let ran = Ran {
+            let ran = Inference {
                 outputs,
                 receipt,
                 token: payload_token(&self.token_key, id),

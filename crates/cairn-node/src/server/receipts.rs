@@ -131,12 +131,6 @@ pub(super) async fn batch(
     }))
 }
 
-/// The capability token that lets whoever holds it read receipt `id`'s payloads (handed to the
-/// caller with the response).
-pub(super) fn payload_token(key: &B256, id: B256) -> B256 {
-    alloy_primitives::keccak256([key.as_slice(), id.as_slice()].concat())
-}
-
 pub use cairn_node_api::PAYLOAD_TOKEN_HEADER;
 
 impl NodeState {
@@ -189,7 +183,7 @@ impl NodeState {
             });
         if let Some(t) = token {
             // Compared in constant time: how far a guess matches must not show in the timing.
-            let want = payload_token(&self.0.token_key, id);
+            let want = payload_token(&self.0.signer.token_key, id);
             if t.parse::<B256>().is_ok_and(|got| {
                 subtle::ConstantTimeEq::ct_eq(got.as_slice(), want.as_slice()).into()
             }) {

@@ -1,0 +1,114 @@
+//! Ways a node can be told to lie, for tests and demonstrations of slashing. The output lie
+//! wraps the engine ([`LyingEngine`]), so the request path has no fault code in it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use alloy_primitives::B256;
+use cairn_core::{ExecutionProfile, Tensor};
+use cairn_engine::{Engine, EngineError, Plan};
+
+/// Ways a node can be told to cheat (tests and demonstrations of slashing).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Faults {
+    /// Fraction of inferences whose output is altered (the lowest bit of the last output; a subtle lie) before it
+    /// is hashed, signed and returned: a receipt that lies about the model's output.
+    pub wrong_output_rate: f64,
+    /// Refuse to hand out kept payloads (`/v1/receipts/{id}/input|output`), so samples cannot
+    /// be re-executed.
+    pub withhold_payloads: bool,
+    /// Refuse a batch's payloads for this long after it is sealed (a node "down" or
+    /// overloaded just when verifiers first ask), then serve them.
+    pub payload_outage: Duration,
+}
+
+impl Faults {
+    /// Whether any fault is on.
+    pub fn any(&self) -> bool {
+        self.wrong_output_rate > 0.0 || self.withhold_payloads || !self.payload_outage.is_zero()
+    }
+
+    /// Whether the payloads of a batch sealed at `sealed_at` (Unix seconds) are in the
+    /// deliberate outage now.
+    pub fn in_outage(&self, sealed_at: Option<i64>) -> bool {
+        !self.payload_outage.is_zero()
+            && sealed_at.is_some_and(|t| {
+                crate::now_secs() < t.max(0) as u64 + self.payload_outage.as_secs()
+            })
+    }
+}
+
+/// An engine whose plans alter the last output of a `rate` fraction of runs (its first byte's
+/// lowest bit: a subtle lie), which the node then hashes and signs as if honest.
+pub struct LyingEngine {
+    inner: Arc<dyn Engine>,
+    rate: f64,
+}
+
+impl LyingEngine {
+    /// `inner`, lying on a `rate` fraction of runs; `inner` itself when `rate` is zero.
+    pub fn wrap(inner: Arc<dyn Engine>, rate: f64) -> Arc<dyn Engine> {
+        if rate > 0.0 {
+            Arc::new(Self { inner, rate })
+        } else {
+            inner
+        }
+    }
+}
+
+impl Engine for LyingEngine {
+    fn profile(&self) -> &ExecutionProfile {
+        self.inner.profile()
+    }
+
+    fn load(&self, model: &[u8]) -> Result<Arc<dyn Plan>, EngineError> {
+        Ok(Arc::new(LyingPlan {
+            inner: self.inner.load(model)?,
+            rate: self.rate,
+        }))
+    }
+}
+
+struct LyingPlan {
+    inner: Arc<dyn Plan>,
+    rate: f64,
+}
+
+impl Plan for LyingPlan {
+    fn input_names(&self) -> &[String] {
+        self.inner.input_names()
+    }
+
+    fn output_names(&self) -> &[String] {
+        self.inner.output_names()
+    }
+
+    fn run(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, EngineError> {
+        let mut outputs = self.inner.run(inputs)?;
+        if unit_random() < self.rate {
+            corrupt_last_output(&mut outputs);
+        }
+        Ok(outputs)
+    }
+}
+
+/// A uniform draw in [0, 1).
+fn unit_random() -> f64 {
+    let r = B256::random();
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&r[..8]);
+    (u64::from_be_bytes(b) >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// Flips the lowest bit of the last output's first byte.
+fn corrupt_last_output(outputs: &mut [Tensor]) {
+    if let Some(t) = outputs.last_mut()
+        && !t.data().is_empty()
+    {
+        let mut data = t.data().to_vec();
+        data[0] ^= 1;
+        if let Ok(altered) = Tensor::new(t.name(), t.dtype(), t.shape().to_vec(), data) {
+            *t = altered;
+        }
+    }
+}

@@ -1,0 +1,133 @@
+//! The inference core: runs a prepared model on inputs and signs what came out, with the log
+//! entry that must be committed before the answer goes out. It knows nothing of HTTP, queues or
+//! payments' wire forms; the KServe route adapts it.
+
+use alloy_primitives::{B256, U256};
+use alloy_signer_local::PrivateKeySigner;
+use cairn_core::tensor::tensors_hash;
+use cairn_core::{BlobId, ExecutionProfile, Tensor};
+use cairn_engine::{EngineError, Plan};
+use cairn_node_api::safetensors_io;
+use cairn_receipt::{Claims, ReceiptDomain, SignedReceipt};
+
+use crate::NodeError;
+use crate::log::{Billing, Entry};
+
+/// What signs receipts, and the bounds on what it signs.
+pub struct Signer {
+    /// The node's key.
+    pub key: PrivateKeySigner,
+    /// The receipts' EIP-712 domain.
+    pub domain: ReceiptDomain,
+    /// Keys the payload capability tokens.
+    pub token_key: B256,
+    /// Largest outputs signed: verifiers must be able to fetch what is kept.
+    pub max_output_bytes: usize,
+}
+
+/// What a call is charged, and how its receipt is billed.
+#[derive(Clone, Copy, Debug)]
+pub struct Charge {
+    /// The receipt's price.
+    pub price: U256,
+    /// The payment's reference (zero when unpaid).
+    pub payment_ref: B256,
+    /// `AwaitingPayment` until a payment settles; `Final` for a node that is not paid.
+    pub billing: Billing,
+    /// Who paid.
+    pub payer: Option<[u8; 20]>,
+}
+
+impl Charge {
+    /// The charge of a call: what `paid` paid; on a node that takes payments, nothing without
+    /// one; else the node's own `price`. A paid receipt counts only once its payment settles.
+    pub fn of(paid: Option<&cairn_x402::Paid>, takes_payments: bool, price: U256) -> Self {
+        match paid {
+            Some(p) => Self {
+                price: p.amount,
+                payment_ref: p.payment_ref,
+                billing: Billing::AwaitingPayment,
+                payer: Some(p.payer.0.0),
+            },
+            None => Self {
+                price: if takes_payments { U256::ZERO } else { price },
+                payment_ref: B256::ZERO,
+                billing: Billing::Final,
+                payer: None,
+            },
+        }
+    }
+}
+
+/// One inference, signed.
+pub struct Inference {
+    /// Every output of the model, in graph order.
+    pub outputs: Vec<Tensor>,
+    /// The receipt over them.
+    pub receipt: SignedReceipt,
+    /// The capability to read this receipt's payloads.
+    pub token: B256,
+}
+
+/// Runs `plan` (the model `model`, on `profile`) and signs the result. Blocking and CPU-bound.
+pub fn run(
+    plan: &dyn Plan,
+    model: BlobId,
+    profile: ExecutionProfile,
+    inputs: &[Tensor],
+    charge: Charge,
+    signer: &Signer,
+) -> Result<(Inference, Entry), NodeError> {
+    let outputs = plan.run(inputs).map_err(|e| match e {
+        EngineError::Input(m) => NodeError::WrongInput(m),
+        EngineError::Run(m) => NodeError::ModelFailed(m),
+        other => NodeError::ModelFailed(other.to_string()),
+    })?;
+    let out_bytes: usize = outputs.iter().map(|t| t.data().len()).sum();
+    if out_bytes > signer.max_output_bytes {
+        return Err(NodeError::ModelFailed(format!(
+            "the outputs take {out_bytes} bytes, over this node's {} byte limit",
+            signer.max_output_bytes
+        )));
+    }
+    let receipt = Claims {
+        request_id: B256::random(),
+        model,
+        input_hash: tensors_hash(inputs),
+        output_hash: tensors_hash(&outputs),
+        profile,
+        timestamp: crate::now_secs(),
+        price: charge.price,
+        payment_ref: charge.payment_ref,
+    }
+    .sign(signer.domain, &signer.key)
+    .map_err(|e| NodeError::Internal(e.to_string()))?;
+    let entry = Entry {
+        id: receipt.id().to_string(),
+        created_at: receipt.claims.timestamp as i64,
+        model: model.to_string(),
+        receipt: receipt.to_json().to_string(),
+        input: safetensors_io::encode(inputs),
+        output: safetensors_io::encode(&outputs),
+        digest: receipt.signing_hash().0,
+        price: charge.price.to_string(),
+        billing: charge.billing,
+        payer: charge.payer,
+        payment_ref: charge.payment_ref.0,
+    };
+    let token = payload_token(&signer.token_key, receipt.id());
+    Ok((
+        Inference {
+            outputs,
+            receipt,
+            token,
+        },
+        entry,
+    ))
+}
+
+/// The capability token that lets whoever holds it read receipt `id`'s payloads (handed to the
+/// caller with the response).
+pub fn payload_token(key: &B256, id: B256) -> B256 {
+    alloy_primitives::keccak256([key.as_slice(), id.as_slice()].concat())
+}
