@@ -141,13 +141,8 @@ pub(crate) async fn open(c: NodeConfig) -> Result<NodeState, NodeError> {
                 batch_max_receipts: cfg.policy.max_receipts,
                 batch_max_age_secs: cfg.policy.max_age.as_secs(),
             };
-            let settler = crate::batcher::Settler::open(
-                &log_path,
-                cfg,
-                c.key.clone(),
-                log.clone(),
-                payment_store,
-            )?;
+            let settler =
+                crate::batcher::Settler::open(cfg, c.key.clone(), log.clone(), payment_store)?;
             tokio::spawn(settler.run());
             Some(info)
         }

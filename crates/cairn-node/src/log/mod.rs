@@ -17,6 +17,10 @@ use tokio::sync::oneshot;
 
 use crate::error::NodeError;
 
+mod batches;
+
+pub use batches::{BatchListing, BatchState, SealedBatch};
+
 /// Whether a logged receipt counts (is batched, its payloads served).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Billing {
@@ -177,6 +181,7 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
             conn.execute(sql, [])?;
         }
     }
+    batches::migrate(conn)?;
     conn.execute_batch(
         "CREATE INDEX IF NOT EXISTS receipts_unbatched ON receipts (created_at) WHERE batch IS NULL;
          CREATE INDEX IF NOT EXISTS receipts_by_batch ON receipts (batch);
@@ -186,7 +191,7 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     )
 }
 
-fn internal(e: impl std::fmt::Display) -> NodeError {
+pub(crate) fn internal(e: impl std::fmt::Display) -> NodeError {
     NodeError::Internal(format!("receipt log: {e}"))
 }
 
@@ -247,7 +252,7 @@ impl ReceiptLog {
             .map_err(|e| NodeError::Internal(format!("receipt log write failed: {e}")))
     }
 
-    async fn read<T: Send + 'static>(
+    pub(crate) async fn read<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T, NodeError> {
@@ -314,74 +319,6 @@ impl ReceiptLog {
             c.query_row(sql, params![id], |r| r.get::<_, Option<Vec<u8>>>(0))
                 .optional()
                 .map(Option::flatten)
-        })
-        .await
-    }
-
-    /// The receipts (JSON, in leaf order of nothing in particular) of a batch by its on-chain id.
-    pub async fn batch_receipts(
-        &self,
-        chain_batch: u64,
-    ) -> Result<Option<BatchListing>, NodeError> {
-        self.read(move |c| {
-            let head = c
-                .query_row(
-                    "SELECT local, root, count, fees, status, tx FROM batches WHERE chain_batch = ?1",
-                    params![chain_batch as i64],
-                    |r| {
-                        Ok((
-                            r.get::<_, i64>(0)?,
-                            r.get::<_, Vec<u8>>(1)?,
-                            r.get::<_, i64>(2)?,
-                            r.get::<_, String>(3)?,
-                            r.get::<_, String>(4)?,
-                            r.get::<_, Option<Vec<u8>>>(5)?,
-                        ))
-                    },
-                )
-                .optional()?;
-            let Some((local, root, count, fees, status, tx)) = head else {
-                return Ok(None);
-            };
-            let mut stmt = c.prepare_cached(
-                "SELECT receipt FROM receipts WHERE batch = ?1 ORDER BY id",
-            )?;
-            let receipts = stmt
-                .query_map(params![local], |r| r.get::<_, String>(0))?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-            Ok(Some(BatchListing {
-                chain_batch,
-                root: to32(&root),
-                count: count as u64,
-                fees,
-                status,
-                tx: tx.map(|t| to32(&t)),
-                receipts,
-            }))
-        })
-        .await
-    }
-
-    /// Records a verifier's attestation signature for an on-chain batch; returns how many
-    /// distinct signers the batch now has.
-    pub async fn add_attestation(
-        &self,
-        chain_batch: u64,
-        signer: [u8; 20],
-        signature: Vec<u8>,
-    ) -> Result<u64, NodeError> {
-        // Writes go through the reader connection: rare, tiny, and SQLite serializes them.
-        self.read(move |c| {
-            c.execute(
-                "INSERT INTO attestations (chain_batch, signer, signature) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (chain_batch, signer) DO NOTHING",
-                params![chain_batch as i64, signer.as_slice(), signature],
-            )?;
-            c.query_row(
-                "SELECT COUNT(*) FROM attestations WHERE chain_batch = ?1",
-                params![chain_batch as i64],
-                |r| r.get::<_, i64>(0).map(|n| n as u64),
-            )
         })
         .await
     }
@@ -456,25 +393,7 @@ impl ReceiptLog {
     }
 }
 
-/// A submitted batch with its receipts.
-pub struct BatchListing {
-    /// On-chain batch id.
-    pub chain_batch: u64,
-    /// Merkle root.
-    pub root: [u8; 32],
-    /// Receipts in it.
-    pub count: u64,
-    /// Sum of their prices, decimal.
-    pub fees: String,
-    /// Local state.
-    pub status: String,
-    /// The submitting transaction.
-    pub tx: Option<[u8; 32]>,
-    /// Each receipt's JSON.
-    pub receipts: Vec<String>,
-}
-
-fn to32(b: &[u8]) -> [u8; 32] {
+pub(crate) fn to32(b: &[u8]) -> [u8; 32] {
     let mut out = [0u8; 32];
     let n = b.len().min(32);
     out[..n].copy_from_slice(&b[..n]);
