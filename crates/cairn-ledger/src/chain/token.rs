@@ -1,0 +1,136 @@
+//! `CairnToken`: balances, minting, transfers and EIP-3009 authorizations; the nodes' vaults.
+
+use super::*;
+
+impl Chain {
+    /// Payment-token balance of `who`.
+    pub async fn token_balance(&self, who: Address) -> Result<U256, LedgerError> {
+        self.view(
+            self.deployment.token,
+            CairnToken::balanceOfCall { account: who },
+        )
+        .await
+    }
+
+    /// Mints devnet tokens (the signer needs the minter role).
+    pub async fn mint(
+        &self,
+        minter: &PrivateKeySigner,
+        to: Address,
+        amount: U256,
+    ) -> Result<TxOutcome, LedgerError> {
+        self.exec(
+            minter,
+            self.deployment.token,
+            CairnToken::mintCall { to, amount },
+        )
+        .await
+    }
+
+    /// Plain token transfer.
+    pub async fn transfer(
+        &self,
+        from: &PrivateKeySigner,
+        to: Address,
+        amount: U256,
+    ) -> Result<TxOutcome, LedgerError> {
+        self.exec(
+            from,
+            self.deployment.token,
+            CairnToken::transferCall { to, value: amount },
+        )
+        .await
+    }
+
+    /// Lets `spender` move up to `amount` of the owner's tokens.
+    pub async fn approve(
+        &self,
+        owner: &PrivateKeySigner,
+        spender: Address,
+        amount: U256,
+    ) -> Result<TxOutcome, LedgerError> {
+        self.exec(
+            owner,
+            self.deployment.token,
+            CairnToken::approveCall {
+                spender,
+                value: amount,
+            },
+        )
+        .await
+    }
+
+    /// The payment token's EIP-712 domain, as it reports it (ERC-5267 `eip712Domain()`).
+    pub async fn token_domain(&self) -> Result<Eip712Domain, LedgerError> {
+        let d = self
+            .view(self.deployment.token, CairnToken::eip712DomainCall {})
+            .await?;
+        Ok(Eip712Domain::new(
+            Some(d.name.into()),
+            Some(d.version.into()),
+            Some(d.chainId),
+            Some(d.verifyingContract),
+            None,
+        ))
+    }
+
+    /// An EIP-3009 `transferWithAuthorization` call signed by `from` (anyone may send it).
+    pub async fn transfer_authorization(
+        &self,
+        from: &PrivateKeySigner,
+        to: Address,
+        value: U256,
+        valid_before: u64,
+        nonce: B256,
+    ) -> Result<CairnToken::transferWithAuthorizationCall, LedgerError> {
+        let msg = TransferWithAuthorization {
+            from: from.address(),
+            to,
+            value,
+            validAfter: U256::ZERO,
+            validBefore: U256::from(valid_before),
+            nonce,
+        };
+        let sig = sign(from, msg.eip712_signing_hash(&self.token_domain().await?))?;
+        Ok(CairnToken::transferWithAuthorizationCall {
+            from: msg.from,
+            to,
+            value,
+            validAfter: msg.validAfter,
+            validBefore: msg.validBefore,
+            nonce,
+            v: 27 + sig.v() as u8,
+            r: sig.r().into(),
+            s: sig.s().into(),
+        })
+    }
+
+    /// Whether `authorizer` has used (or cancelled) EIP-3009 `nonce`.
+    pub async fn authorization_used(
+        &self,
+        authorizer: Address,
+        nonce: B256,
+    ) -> Result<bool, LedgerError> {
+        self.view(
+            self.deployment.token,
+            CairnToken::authorizationStateCall { authorizer, nonce },
+        )
+        .await
+    }
+
+    /// Sends a signed EIP-3009 transfer (any sender may; the payer pays no gas).
+    pub async fn send_authorization(
+        &self,
+        sender: &PrivateKeySigner,
+        call: CairnToken::transferWithAuthorizationCall,
+    ) -> Result<TxOutcome, LedgerError> {
+        self.exec(sender, self.deployment.token, call).await
+    }
+
+    /// The payment vault of inference node `node`: its x402 `payTo` and voucher payee, whose
+    /// funds can only become that node's batch fees.
+    pub async fn vault_of(&self, node: Address) -> Result<Address, LedgerError> {
+        self.view(self.deployment.settlement, Settlement::vaultOfCall { node })
+            .await
+    }
+}
