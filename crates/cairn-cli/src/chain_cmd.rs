@@ -7,10 +7,7 @@ use std::time::Duration;
 use alloy_primitives::{Address, B256, U256};
 use anyhow::{Context, bail};
 use cairn_ledger::deploy::deploy;
-use cairn_ledger::{
-    Chain, DeployParams, Deployment, EmbeddedLedger, RegistrationRequest, Role, RpcLedger,
-    dev_signer,
-};
+use cairn_ledger::{Chain, DeployParams, Deployment, EmbeddedLedger, Role, RpcLedger, dev_signer};
 use clap::{Args, Subcommand, ValueEnum};
 use serde_json::{Value, json};
 
@@ -540,81 +537,25 @@ fn print_status(s: &Value) {
     }
 }
 
-/// The devnet's well-known accounts: (index, role).
-pub const DEVNET_ACCOUNTS: [(usize, &str); 10] = [
-    (0, "governor, deployer, token minter"),
-    (1, "treasury"),
-    (2, "inference node"),
-    (3, "verifier"),
-    (4, "verifier"),
-    (5, "verifier"),
-    (6, "user"),
-    (7, "user"),
-    (8, "user"),
-    (9, "user"),
-];
-/// The devnet's verifiers.
-pub const DEVNET_VERIFIERS: [usize; 3] = [3, 4, 5];
-/// The devnet's inference node account.
-pub const DEVNET_NODE: usize = 2;
-/// The devnet account whose key file `cairn devnet` writes for paying.
-pub const DEVNET_PAYER: usize = 6;
-
-/// Opens (or creates: genesis, deploy, fund, register verifiers) the devnet's embedded chain.
+/// Opens (or creates) the devnet's embedded chain in `data_dir`, approving the portable tract
+/// profile at genesis.
 pub async fn devnet_chain(
     data_dir: &Path,
     chain_id: u64,
     challenge_window: u64,
     attestation_timeout: u64,
 ) -> anyhow::Result<Chain> {
-    let (ledger_path, deployment_path) = devnet_paths(data_dir);
-    let genesis: Vec<(Address, U256)> = DEVNET_ACCOUNTS
-        .iter()
-        .map(|(i, _)| (dev_signer(*i).address(), U256::from(10u128.pow(22))))
-        .collect();
-    let ledger = Arc::new(EmbeddedLedger::open(&ledger_path, chain_id, &genesis)?);
-    if deployment_path.exists() {
-        let d = Deployment::load(&deployment_path)?;
-        return Ok(Chain::new(ledger, d)?);
-    }
-    let gov = dev_signer(0);
-    let params = DeployParams {
+    let (ledger, deployment) = devnet_paths(data_dir);
+    cairn_ledger::devnet::open(&cairn_ledger::devnet::Genesis {
+        ledger_path: ledger,
+        deployment_path: deployment,
+        chain_id,
         challenge_window,
         attestation_timeout,
         approved_profiles: vec![cairn_engine::TractEngine::portable_profile().hash()],
-        ..DeployParams::devnet(gov.address(), dev_signer(1).address())
-    };
-    let d = deploy(ledger.as_ref(), &gov, &params)
-        .await
-        .context("deploying the contracts on the embedded chain")?;
-    let chain = Chain::new(ledger, d.clone())?;
-    let unit = U256::from(cairn_ledger::deploy::TOKEN_UNIT);
-    for (i, _) in DEVNET_ACCOUNTS.iter().skip(2) {
-        chain
-            .mint(
-                &gov,
-                dev_signer(*i).address(),
-                U256::from(1_000_000u64) * unit,
-            )
-            .await?;
-    }
-    // The genesis verifiers join while registrations need no approvals; from then on every
-    // registration (the node's included) needs two of them.
-    for i in DEVNET_VERIFIERS {
-        let key = dev_signer(i);
-        chain
-            .register(
-                &key,
-                &RegistrationRequest::dev(key.address(), Role::Verifier, "devnet:starting"),
-                U256::from(100u64) * unit,
-                vec![],
-            )
-            .await?;
-    }
-    chain.set_registration_quorum(&gov, 2).await?;
-    // Written last: its presence means the chain is fully set up.
-    d.save(&deployment_path)?;
-    Ok(chain)
+    })
+    .await
+    .context("setting up the devnet's chain")
 }
 
 /// Prints the devnet's contracts and accounts (keys are public dev keys).
@@ -633,7 +574,7 @@ pub async fn print_devnet(chain: &Chain) -> anyhow::Result<()> {
     println!("  settlement (receipt domain): {}", d.settlement);
     println!("  escrow:   {}", d.escrow);
     println!("  accounts (public dev keys: never use them on a real chain):");
-    for (i, role) in DEVNET_ACCOUNTS {
+    for (i, role) in cairn_ledger::devnet::ACCOUNTS {
         let s = dev_signer(i);
         let balance = chain.token_balance(s.address()).await?;
         println!(

@@ -6,11 +6,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use alloy_primitives::{Address, B256, Signature, U256};
+use alloy_primitives::{B256, U256};
 use alloy_signer_local::PrivateKeySigner;
 use anyhow::{Context, bail};
 use cairn_attest::{Attester, DevAttester, EvidenceKind};
-use cairn_ledger::{Chain, RegistrationRequest, Role, TxOutcome};
+use cairn_ledger::{Chain, Role};
 use cairn_verifier::{Reexecutor, VerdictStore, Verifier, VerifierConfig};
 use serde_json::{Value, json};
 
@@ -156,7 +156,14 @@ pub async fn start_verifier(s: VerifierSetup<'_>) -> anyhow::Result<Verifier> {
                 chain.set_endpoint_for(gov, me, url).await?;
             }
             EndpointUpdate::Approved(attester) => {
-                move_endpoint(&chain, &key, Role::Verifier, url, attester).await?;
+                cairn_node::registration::move_endpoint(
+                    &chain,
+                    &key,
+                    Role::Verifier,
+                    url,
+                    attester,
+                )
+                .await?;
             }
         }
     }
@@ -289,163 +296,22 @@ fn attester(kind: AttesterArg, key: &PrivateKeySigner) -> anyhow::Result<Box<dyn
     }
 }
 
-fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
-/// Registers `key` in `role` at `endpoint`: fresh evidence binding the key, approved by as many
-/// active verifiers as the registry's quorum asks (each checks it over `POST /v1/registrations`),
-/// then `NodeRegistry.register`. An already registered node moves to `endpoint` the same way
-/// (`setEndpoint` needs the same approvals).
-pub async fn register(
-    chain: &Chain,
-    key: &PrivateKeySigner,
-    role: Role,
-    endpoint: &str,
-    stake: U256,
-    attester: &dyn Attester,
-) -> anyhow::Result<Option<TxOutcome>> {
-    let info = chain.node(key.address()).await?;
-    if let Some(current) = info.role {
-        if info.endpoint == endpoint {
-            return Ok(None);
-        }
-        return Ok(Some(
-            move_endpoint(chain, key, current, endpoint, attester).await?,
-        ));
-    }
-    let (req, approvals) = approved(chain, key, role, endpoint, attester).await?;
-    Ok(Some(chain.register(key, &req, stake, approvals).await?))
-}
-
-/// Moves a registered node to `endpoint` with fresh evidence approved by the verifiers.
-pub async fn move_endpoint(
-    chain: &Chain,
-    key: &PrivateKeySigner,
-    role: Role,
-    endpoint: &str,
-    attester: &dyn Attester,
-) -> anyhow::Result<TxOutcome> {
-    let (req, approvals) = approved(chain, key, role, endpoint, attester).await?;
-    Ok(chain.set_endpoint(key, &req, approvals).await?)
-}
-
-/// A registration of `key` in `role` at `endpoint` on fresh evidence, with as many verifier
-/// approvals as the registry asks for (each asked with a request signed by `key`).
-async fn approved(
-    chain: &Chain,
-    key: &PrivateKeySigner,
-    role: Role,
-    endpoint: &str,
-    attester: &dyn Attester,
-) -> anyhow::Result<(RegistrationRequest, Vec<(Address, Signature)>)> {
-    let me = key.address();
-    let evidence = attester.evidence(&cairn_attest::report_data(me, None))?;
-    // The node reads its own evidence for the measurement it claims; verifiers check it again.
-    let verified = cairn_attest::verify(
-        &evidence,
-        now_secs(),
-        cairn_attest::Policy { allow_dev: true },
-    )
-    .context("the attester's own evidence does not verify")?;
-    let req = RegistrationRequest {
-        node: me,
-        role,
-        endpoint: endpoint.to_string(),
-        measurement: verified.measurement.0,
-        evidence_digest: evidence.digest(),
-        deadline: now_secs() + 300,
-    };
-    let quorum = chain.registration_quorum().await? as usize;
-    let mut approvals: Vec<(Address, Signature)> = Vec::new();
-    if quorum == 0 {
-        return Ok((req, approvals));
-    }
-    let mut refusals = Vec::new();
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .redirect(reqwest::redirect::Policy::none())
-        .build()?;
-    let body = serde_json::to_vec(&cairn_verifier_api::RegistrationBody {
-        node: req.node,
-        role: match req.role {
-            Role::Inference => "inference",
-            Role::Verifier => "verifier",
-        }
-        .into(),
-        endpoint: req.endpoint.clone(),
-        measurement: req.measurement,
-        evidence_digest: req.evidence_digest,
-        deadline: req.deadline,
-        evidence: evidence.clone(),
-    })?;
-    for v in chain.active_nodes(Role::Verifier).await? {
-        if approvals.len() >= quorum {
-            break;
-        }
-        if v == me {
-            continue;
-        }
-        let ep = chain.node(v).await?.endpoint;
-        let url = cairn_verifier_api::VerifierUrls::new(&ep).registrations();
-        let answer = async {
-            let signed = cairn_core::auth::sign_url(key, "POST", &url, &body)
-                .with_context(|| format!("{url} is not an http(s) URL"))?;
-            let mut r = http
-                .post(&url)
-                .header(reqwest::header::CONTENT_TYPE, "application/json")
-                .body(body.clone());
-            for (k, val) in signed.to_pairs() {
-                r = r.header(k, val);
-            }
-            let r = r.send().await?;
-            let status = r.status();
-            anyhow::Ok((status, r.bytes().await?))
-        }
-        .await;
-        match answer {
-            Ok((s, b)) if s.is_success() => {
-                let sig = serde_json::from_slice::<cairn_verifier_api::RegistrationApproval>(&b)
-                    .ok()
-                    .and_then(|a| a.signature.parse::<Signature>().ok());
-                let Some(sig) = sig else {
-                    refusals.push(format!("{v}: an approval without a signature"));
-                    continue;
-                };
-                if chain.registration_signer(&req, &sig).ok() == Some(v) {
-                    approvals.push((v, sig));
-                } else {
-                    refusals.push(format!("{v}: signature is not its own (or not canonical)"));
-                }
-            }
-            Ok((s, b)) => {
-                let e = cairn_core::ErrorBody::parse(&b)
-                    .unwrap_or_else(|| cairn_core::ErrorBody::new("?", ""));
-                refusals.push(format!("{v}: {s} {}: {}", e.code, e.message))
-            }
-            Err(e) => refusals.push(format!("{v} ({url}): {e:#}")),
-        }
-    }
-    if approvals.len() < quorum {
-        bail!(
-            "registration needs {quorum} verifier approvals, got {}:\n  {}",
-            approvals.len(),
-            refusals.join("\n  ")
-        );
-    }
-    Ok((req, approvals))
-}
-
 /// `cairn node register`.
 pub async fn register_cmd(args: RegisterArgs) -> anyhow::Result<()> {
     let key = crate::keyfile::load_or_create(&args.key)?;
     let chain = args.chain.connect().await?;
     let att = attester(args.attester, &key)?;
     let role: Role = args.role.into();
-    match register(&chain, &key, role, &args.endpoint, args.stake, att.as_ref()).await? {
+    match cairn_node::registration::register(
+        &chain,
+        &key,
+        role,
+        &args.endpoint,
+        args.stake,
+        att.as_ref(),
+    )
+    .await?
+    {
         Some(tx) => println!(
             "registered {} as {role:?} at {} with {} evidence (tx {})",
             key.address(),
@@ -493,19 +359,7 @@ pub async fn nodes(chain: &Chain, all: bool) -> anyhow::Result<Vec<Value>> {
         } else {
             format!("TEE measurement {}", n.measurement)
         };
-        let mut why = Vec::new();
-        if !n.enabled {
-            why.push("disabled by governance");
-        }
-        if !n.measurement_approved {
-            why.push("measurement revoked");
-        }
-        if timeout > 0 && head.timestamp > n.last_heartbeat + timeout {
-            why.push("heartbeat lapsed");
-        }
-        if !n.active && why.is_empty() {
-            why.push("stake below the minimum");
-        }
+        let why = n.inactive_because(head.timestamp, timeout);
         let mut v = serde_json::to_value(&n)?;
         v["evidence"] = evidence.into();
         v["inactiveBecause"] = json!(why);

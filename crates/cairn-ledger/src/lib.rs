@@ -10,6 +10,7 @@ pub mod anvil;
 pub mod chain;
 pub mod contracts;
 pub mod deploy;
+pub mod devnet;
 pub mod embedded;
 pub mod rpc;
 

@@ -23,6 +23,7 @@ pub mod faults;
 pub mod inference;
 pub mod log;
 mod pricing;
+pub mod registration;
 mod server;
 
 pub use batcher::{BatchPolicy, SettlementConfig};

@@ -187,6 +187,28 @@ pub struct NodeInfo {
     pub active: bool,
 }
 
+impl NodeInfo {
+    /// Why the registry does not count this node as active, at chain time `now` under a
+    /// `heartbeat_timeout` (0: none). An active node normally has none; a node the contract
+    /// counts inactive with no visible cause lacks stake.
+    pub fn inactive_because(&self, now: u64, heartbeat_timeout: u64) -> Vec<&'static str> {
+        let mut why = Vec::new();
+        if !self.enabled {
+            why.push("disabled by governance");
+        }
+        if !self.measurement_approved {
+            why.push("measurement revoked");
+        }
+        if heartbeat_timeout > 0 && now > self.last_heartbeat + heartbeat_timeout {
+            why.push("heartbeat lapsed");
+        }
+        if !self.active && why.is_empty() {
+            why.push("stake below the minimum");
+        }
+        why
+    }
+}
+
 /// A batch's lifecycle state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]

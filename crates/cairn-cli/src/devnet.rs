@@ -1,0 +1,243 @@
+//! `cairn devnet`: the whole network in one process on embedded defaults, and the demo model
+//! it publishes.
+
+use super::*;
+
+/// The devnet's chain settings.
+pub(crate) struct DevnetChain {
+    pub(crate) chain_id: u64,
+    pub(crate) price: alloy_primitives::U256,
+    pub(crate) batch_max_age_secs: u64,
+    pub(crate) challenge_window: u64,
+    pub(crate) attestation_timeout: u64,
+    pub(crate) free: bool,
+    pub(crate) verifiers: DevnetVerifiers,
+    pub(crate) faults: node_cmd::FaultArgs,
+}
+
+/// The devnet's verifiers.
+#[derive(clap::Args, Clone, Debug)]
+pub(crate) struct DevnetVerifiers {
+    /// Fraction of each batch's receipts each verifier re-executes.
+    #[arg(long, default_value_t = 0.25)]
+    pub(crate) sample_rate: f64,
+    /// Seconds over which each verifier keeps trying to fetch a sampled payload before it holds
+    /// the node to have withheld it.
+    #[arg(long, default_value_t = 20)]
+    pub(crate) payload_window_secs: u64,
+    /// Fetch attempts spread over that window (all must fail).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(2..=100))]
+    pub(crate) payload_attempts: u32,
+    /// How many of the three registered verifiers run (quorum stays two).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(0..=3))]
+    pub(crate) verifiers: u8,
+}
+
+pub(crate) async fn devnet(
+    data_dir: Option<PathBuf>,
+    listen: SocketAddr,
+    node_listen: SocketAddr,
+    engine: node_cmd::EngineArgs,
+    c: DevnetChain,
+) -> anyhow::Result<()> {
+    let data_dir = data_dir.unwrap_or_else(|| {
+        dirs::data_dir()
+            .unwrap_or_else(|| PathBuf::from("."))
+            .join("cairn")
+            .join("devnet")
+    });
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("creating {}", data_dir.display()))?;
+    let config = HubConfig::new(
+        format!("sqlite://{}", data_dir.join("catalog.db").display()),
+        Location::Dir(data_dir.join("blobs")),
+    );
+    let (listener, state) = serve_hub(config, listen).await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let hub_task = tokio::spawn(cairn_hub::serve(listener, state, stopped(stop_rx.clone())));
+
+    let demo = publish_demo(&url, &data_dir)
+        .await
+        .context("publishing the demo model")?;
+    let chain = chain_cmd::devnet_chain(
+        &data_dir,
+        c.chain_id,
+        c.challenge_window,
+        c.attestation_timeout,
+    )
+    .await?;
+    let gov = cairn_ledger::dev_signer(0);
+    let node_key = data_dir.join("chain").join("node.key");
+    keyfile::write(
+        &node_key,
+        &cairn_ledger::dev_signer(cairn_ledger::devnet::NODE),
+    )?;
+    // The first user account, ready to pay with `cairn infer --payer-key`.
+    let payer_key = data_dir.join("chain").join("payer.key");
+    keyfile::write(
+        &payer_key,
+        &cairn_ledger::dev_signer(cairn_ledger::devnet::PAYER),
+    )?;
+    let node_args = node_cmd::NodeServeArgs {
+        listen: node_listen,
+        hub: url.clone(),
+        engine,
+        key: Some(node_key),
+        price: c.price,
+        batch_max_age_secs: c.batch_max_age_secs,
+        redeem_every_secs: 5,
+        free: c.free,
+        faults: c.faults.clone(),
+        ..node_cmd::NodeServeArgs::defaults()?
+    };
+    let node_listener = cairn_node::bind(node_listen)
+        .await
+        .with_context(|| format!("binding {node_listen}"))?;
+    let node_url = format!("http://{}", node_listener.local_addr()?);
+    // Three verifiers in this process, each with its own API (verdicts, fraud confirmations,
+    // registration approvals) and state dir; dev evidence is accepted (devnet only).
+    let check = verify_cmd::CheckArgs {
+        sample_rate: c.verifiers.sample_rate,
+        payload_window_secs: c.verifiers.payload_window_secs,
+        payload_attempts: c.verifiers.payload_attempts,
+        allow_private_endpoints: true,
+        max_model_bytes: 2 << 30,
+        tolerance: 1e-4,
+        allow_dev_evidence: true,
+    };
+    // Verifiers re-execute on tract: bit-exact for tract receipts, a tolerance check otherwise.
+    let v_engine: std::sync::Arc<dyn cairn_engine::Engine> =
+        std::sync::Arc::new(cairn_engine::TractEngine::new());
+    let mut verifier_urls = Vec::new();
+    for i in cairn_ledger::devnet::VERIFIERS
+        .into_iter()
+        .take(c.verifiers.verifiers as usize)
+    {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let v_url = format!("http://{}", l.local_addr()?);
+        let v = verify_cmd::start_verifier(verify_cmd::VerifierSetup {
+            chain: chain.clone(),
+            key: cairn_ledger::dev_signer(i),
+            dir: &data_dir.join(format!("verifier-{i}")),
+            hub: &url,
+            check: &check,
+            engine: v_engine.clone(),
+            listener: l,
+            url: &v_url,
+            tick: std::time::Duration::from_millis(500),
+            endpoint_update: verify_cmd::EndpointUpdate::Governor(&gov),
+        })
+        .await?;
+        verifier_urls.push((v.address(), v_url));
+    }
+    // The node registers like any other: dev evidence approved by two verifiers.
+    cairn_node::registration::register(
+        &chain,
+        &cairn_ledger::dev_signer(cairn_ledger::devnet::NODE),
+        cairn_ledger::Role::Inference,
+        &node_url,
+        alloy_primitives::U256::from(1_000u64 * cairn_ledger::deploy::TOKEN_UNIT),
+        &cairn_attest::DevAttester::new(cairn_ledger::dev_signer(cairn_ledger::devnet::NODE)),
+    )
+    .await
+    .context("registering the devnet node through its verifiers")?;
+    let node_state = node_cmd::open_node(
+        &node_args,
+        &data_dir.join("node"),
+        Some(chain.clone()),
+        Some(&gov),
+    )
+    .await?;
+    println!("Cairn devnet");
+    println!("  data dir: {}", data_dir.display());
+    println!("  hub:      {url}");
+    println!("  API docs: {url}/docs");
+    println!("  node:     {node_url}");
+    println!("  node key: {}", node_state.address());
+    println!("  profile:  {}", node_state.profile());
+    println!("  demo:     digits@1.0 = {demo}");
+    for (a, u) in &verifier_urls {
+        println!("  verifier: {u} ({a}), samples {}", c.verifiers.sample_rate);
+    }
+    if c.faults.any() {
+        println!("  FAULTS:   the node cheats on purpose: {:?}", c.faults);
+    }
+    if c.free {
+        println!(
+            "  price:    {} token units per inference (not charged: --free)",
+            c.price
+        );
+    } else {
+        println!(
+            "  price:    {} token units per inference (x402: exact or prepaid)",
+            c.price
+        );
+    }
+    chain_cmd::print_devnet(&chain).await?;
+    println!(
+        "  payer:    {} (account {}, key file {})",
+        cairn_ledger::dev_signer(cairn_ledger::devnet::PAYER).address(),
+        cairn_ledger::devnet::PAYER,
+        payer_key.display()
+    );
+    println!(
+        "Try: cairn infer digits@1.0 --input examples/digit.json --node {node_url} --payer-key {} --receipt-out receipt.json",
+        payer_key.display()
+    );
+    let node_task = tokio::spawn(cairn_node::serve(
+        node_listener,
+        node_state,
+        stopped(stop_rx),
+    ));
+    shutdown_signal().await;
+    let _ = stop_tx.send(true);
+    hub_task.await??;
+    node_task.await??;
+    Ok(())
+}
+
+/// The digits MLP shipped in the binary, published as `digits@1.0` by the devnet's own key.
+pub(crate) const DEMO_MODEL: &[u8] = include_bytes!("../assets/digits_mlp.onnx");
+
+pub(crate) async fn publish_demo(
+    hub_url: &str,
+    data_dir: &Path,
+) -> anyhow::Result<cairn_core::BlobId> {
+    let key = keyfile::load_or_create(&data_dir.join("devnet.key"))?;
+    let hub = HubClient::new(hub_url, Some(key))?;
+    let repo: RepoName = "digits".parse()?;
+    let version: Version = "1.0".parse()?;
+    if let Ok(r) = hub.resolve(&repo, Some(version), None).await {
+        return Ok(r.file.cid);
+    }
+    ensure_repo(
+        &hub,
+        NewRepo {
+            name: repo.clone(),
+            description: "Handwritten digit classifier (8x8 images, 64 floats 0-16): a scikit-learn MLP trained on sklearn's digits, converted with skl2onnx. Cairn's demo model.".into(),
+            task: Some("image-classification".into()),
+            license: Some("BSD-3-Clause".into()),
+            tags: vec!["demo".into(), "sklearn".into()],
+        },
+    )
+    .await?;
+    hub.create_release(&repo, version, "demo model").await?;
+    let file = data_dir.join("digits_mlp.onnx");
+    std::fs::write(&file, DEMO_MODEL)?;
+    let entry = hub
+        .upload_file(
+            &repo,
+            version,
+            &"digits_mlp.onnx".parse()?,
+            &file,
+            cairn_hub::server::ONNX_MEDIA_TYPE,
+            |_| {},
+        )
+        .await?;
+    hub.publish(&repo, version).await?;
+    Ok(entry.cid)
+}

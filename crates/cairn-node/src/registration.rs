@@ -1,0 +1,187 @@
+//! Joining the registry: fresh evidence binding the node's key, approved by as many active
+//! verifiers as the registry's quorum asks (each checks it over `POST /v1/registrations`, asked
+//! with a request the node signs), then `NodeRegistry.register` (or `setEndpoint` for a node
+//! that moves).
+
+use std::time::Duration;
+
+use alloy_primitives::{Address, Signature, U256};
+use alloy_signer_local::PrivateKeySigner;
+use cairn_attest::Attester;
+use cairn_ledger::{Chain, LedgerError, RegistrationRequest, Role, TxOutcome};
+
+use crate::now_secs;
+
+/// Why a registration did not go through.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistrationError {
+    /// The node's own evidence could not be made or does not verify.
+    #[error("{0}")]
+    Evidence(String),
+    /// Fewer verifiers approved than the registry asks for.
+    #[error("registration needs {needed} verifier approvals, got {got}:\n  {refusals}")]
+    Quorum {
+        /// The registry's quorum.
+        needed: usize,
+        /// Approvals received.
+        got: usize,
+        /// Each verifier that did not approve, and why.
+        refusals: String,
+    },
+    /// The chain refused or could not be read.
+    #[error(transparent)]
+    Chain(#[from] LedgerError),
+    /// No HTTP client.
+    #[error("HTTP client: {0}")]
+    Http(String),
+}
+
+/// Registers `key` in `role` at `endpoint`: fresh evidence binding the key, approved by as many
+/// active verifiers as the registry's quorum asks (each checks it over `POST /v1/registrations`),
+/// then `NodeRegistry.register`. An already registered node moves to `endpoint` the same way
+/// (`setEndpoint` needs the same approvals).
+pub async fn register(
+    chain: &Chain,
+    key: &PrivateKeySigner,
+    role: Role,
+    endpoint: &str,
+    stake: U256,
+    attester: &dyn Attester,
+) -> Result<Option<TxOutcome>, RegistrationError> {
+    let info = chain.node(key.address()).await?;
+    if let Some(current) = info.role {
+        if info.endpoint == endpoint {
+            return Ok(None);
+        }
+        return Ok(Some(
+            move_endpoint(chain, key, current, endpoint, attester).await?,
+        ));
+    }
+    let (req, approvals) = approved(chain, key, role, endpoint, attester).await?;
+    Ok(Some(chain.register(key, &req, stake, approvals).await?))
+}
+
+/// Moves a registered node to `endpoint` with fresh evidence approved by the verifiers.
+pub async fn move_endpoint(
+    chain: &Chain,
+    key: &PrivateKeySigner,
+    role: Role,
+    endpoint: &str,
+    attester: &dyn Attester,
+) -> Result<TxOutcome, RegistrationError> {
+    let (req, approvals) = approved(chain, key, role, endpoint, attester).await?;
+    Ok(chain.set_endpoint(key, &req, approvals).await?)
+}
+
+/// A registration of `key` in `role` at `endpoint` on fresh evidence, with as many verifier
+/// approvals as the registry asks for (each asked with a request signed by `key`).
+async fn approved(
+    chain: &Chain,
+    key: &PrivateKeySigner,
+    role: Role,
+    endpoint: &str,
+    attester: &dyn Attester,
+) -> Result<(RegistrationRequest, Vec<(Address, Signature)>), RegistrationError> {
+    let me = key.address();
+    let evidence = attester
+        .evidence(&cairn_attest::report_data(me, None))
+        .map_err(|e| RegistrationError::Evidence(e.to_string()))?;
+    // The node reads its own evidence for the measurement it claims; verifiers check it again.
+    let verified = cairn_attest::verify(
+        &evidence,
+        now_secs(),
+        cairn_attest::Policy { allow_dev: true },
+    )
+    .map_err(|e| {
+        RegistrationError::Evidence(format!("the attester's own evidence does not verify: {e}"))
+    })?;
+    let req = RegistrationRequest {
+        node: me,
+        role,
+        endpoint: endpoint.to_string(),
+        measurement: verified.measurement.0,
+        evidence_digest: evidence.digest(),
+        deadline: now_secs() + 300,
+    };
+    let quorum = chain.registration_quorum().await? as usize;
+    let mut approvals: Vec<(Address, Signature)> = Vec::new();
+    if quorum == 0 {
+        return Ok((req, approvals));
+    }
+    let mut refusals = Vec::new();
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .map_err(|e| RegistrationError::Http(e.to_string()))?;
+    let body = serde_json::to_vec(&cairn_verifier_api::RegistrationBody {
+        node: req.node,
+        role: match req.role {
+            Role::Inference => "inference",
+            Role::Verifier => "verifier",
+        }
+        .into(),
+        endpoint: req.endpoint.clone(),
+        measurement: req.measurement,
+        evidence_digest: req.evidence_digest,
+        deadline: req.deadline,
+        evidence: evidence.clone(),
+    })
+    .expect("a registration body serializes");
+    for v in chain.active_nodes(Role::Verifier).await? {
+        if approvals.len() >= quorum {
+            break;
+        }
+        if v == me {
+            continue;
+        }
+        let ep = chain.node(v).await?.endpoint;
+        let url = cairn_verifier_api::VerifierUrls::new(&ep).registrations();
+        let answer = async {
+            let signed = cairn_core::auth::sign_url(key, "POST", &url, &body)
+                .ok_or_else(|| format!("{url} is not an http(s) URL"))?;
+            let mut r = http
+                .post(&url)
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body.clone());
+            for (k, val) in signed.to_pairs() {
+                r = r.header(k, val);
+            }
+            let r = r.send().await.map_err(|e| e.to_string())?;
+            let status = r.status();
+            let body = r.bytes().await.map_err(|e| e.to_string())?;
+            Ok::<_, String>((status, body))
+        }
+        .await;
+        match answer {
+            Ok((s, b)) if s.is_success() => {
+                let sig = serde_json::from_slice::<cairn_verifier_api::RegistrationApproval>(&b)
+                    .ok()
+                    .and_then(|a| a.signature.parse::<Signature>().ok());
+                let Some(sig) = sig else {
+                    refusals.push(format!("{v}: an approval without a signature"));
+                    continue;
+                };
+                if chain.registration_signer(&req, &sig).ok() == Some(v) {
+                    approvals.push((v, sig));
+                } else {
+                    refusals.push(format!("{v}: signature is not its own (or not canonical)"));
+                }
+            }
+            Ok((s, b)) => {
+                let e = cairn_core::ErrorBody::parse(&b)
+                    .unwrap_or_else(|| cairn_core::ErrorBody::new("?", ""));
+                refusals.push(format!("{v}: {s} {}: {}", e.code, e.message))
+            }
+            Err(e) => refusals.push(format!("{v} ({url}): {e}")),
+        }
+    }
+    if approvals.len() < quorum {
+        return Err(RegistrationError::Quorum {
+            needed: quorum,
+            got: approvals.len(),
+            refusals: refusals.join("\n  "),
+        });
+    }
+    Ok((req, approvals))
+}
