@@ -6,67 +6,8 @@ use cairn_core::tensor::tensors_hash;
 use cairn_core::{DataType, Reproducibility, Tensor};
 use cairn_node::cache::ModelCache;
 use cairn_receipt::SignedReceipt;
-use serde::Serialize;
 
-/// How a sampled receipt fared.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-#[serde(tag = "outcome", rename_all = "snake_case")]
-pub enum Outcome {
-    /// Re-executed and the output agrees (bit for bit, or within the tolerance stated).
-    Confirmed {
-        /// `bit-exact` or `tolerance <t>, max |difference| <d>`.
-        comparison: String,
-    },
-    /// Re-executed and the output differs: the receipt is wrong.
-    Mismatch {
-        /// How it was compared and what differed.
-        comparison: String,
-        /// The output hash this verifier computed.
-        recomputed: B256,
-    },
-    /// The node did not hand over the payload: every one of this verifier's own attempts,
-    /// spread over its payload window, failed.
-    Withheld {
-        /// How many attempts failed, over how long, and what the node last answered.
-        reason: String,
-    },
-    /// The node's payload does not hash to what the receipt binds.
-    WrongPayload {
-        /// Which payload.
-        reason: String,
-    },
-    /// This verifier cannot re-execute this profile (another kernel tier, another engine it
-    /// lacks): neither confirmation nor fault.
-    Unverifiable {
-        /// Why.
-        reason: String,
-    },
-}
-
-impl Outcome {
-    /// Whether the outcome is evidence against the node.
-    pub fn is_fault(&self) -> bool {
-        matches!(
-            self,
-            Outcome::Mismatch { .. } | Outcome::Withheld { .. } | Outcome::WrongPayload { .. }
-        )
-    }
-
-    /// The fraud evidence hash verifiers sign for a fault on receipt `rh`: one value for any
-    /// kind of fault, so a node cannot split the verifiers by showing each a different one
-    /// (withholding from one, a wrong input to another, the true input to a third) and keep
-    /// every quorum from forming. Each verifier still signs only a fault it observed itself;
-    /// which fault is kept in its verdict.
-    pub fn evidence_hash(&self, rh: B256) -> Option<B256> {
-        if !self.is_fault() {
-            return None;
-        }
-        let mut m = Vec::with_capacity(64);
-        m.extend_from_slice(b"cairn.fraud.v2");
-        m.extend_from_slice(rh.as_slice());
-        Some(keccak256(m))
-    }
-}
+pub use cairn_verifier_api::Outcome;
 
 /// The payloads of a receipt as its node handed them over.
 pub struct Payloads {

@@ -9,11 +9,10 @@ use axum::{Json, Router};
 use cairn_core::ErrorBody;
 use cairn_ledger::RegistrationRequest;
 use cairn_verifier_api::{
-    ChallengeAnswer, ChallengeRequest, ReceiptVerdicts, RegistrationApproval, RegistrationBody,
-    VerdictList, VerifierInfo,
+    BatchVerdict, ChallengeAnswer, ChallengeRequest, FraudsOnly, ReceiptVerdicts,
+    RegistrationApproval, RegistrationBody, VerdictList, VerifierInfo,
 };
 use serde::Deserialize;
-use serde_json::json;
 use utoipa::OpenApi;
 
 use crate::{Verifier, VerifyError};
@@ -110,12 +109,12 @@ async fn recent(
 }
 
 #[utoipa::path(get, path = "/v1/verdicts/batches/{id}", params(("id" = u64, Path, description = "the batch's id on chain")),
-    responses((status = 200, body = Object, description = "the verdict record with the frauds signed on the batch"),
+    responses((status = 200, body = BatchVerdict, description = "the verdict with every fraud signed on the batch (or only the frauds, `FraudsOnly`, when this verifier signed one for a peer)"),
               (status = 404, body = ErrorBody)))]
 async fn batch(State(v): State<Verifier>, Path(id): Path<u64>) -> Result<Response, VerifyError> {
     match v.store().batch(id)? {
         Some(mut b) => {
-            b["frauds"] = v.store().frauds(id)?.into();
+            b.frauds = Some(v.store().frauds(id)?);
             Ok(Json(b).into_response())
         }
         None => {
@@ -125,7 +124,11 @@ async fn batch(State(v): State<Verifier>, Path(id): Path<u64>) -> Result<Respons
                     "no verdict on batch {id} (not seen yet, or not this deployment's)"
                 )))
             } else {
-                Ok(Json(json!({"batchId": id, "frauds": frauds})).into_response())
+                Ok(Json(FraudsOnly {
+                    batch_id: id,
+                    frauds,
+                })
+                .into_response())
             }
         }
     }

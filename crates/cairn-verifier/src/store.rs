@@ -3,8 +3,8 @@
 use std::path::Path;
 use std::sync::Mutex;
 
+use cairn_verifier_api::{BatchVerdict, FraudRecord, ReceiptVerdict, SampleRecord, VerdictOutcome};
 use rusqlite::{Connection, OptionalExtension, params};
-use serde_json::Value;
 
 /// Errors of the verdict store.
 #[derive(Debug, thiserror::Error)]
@@ -49,31 +49,32 @@ impl VerdictStore {
     }
 
     /// Records (replaces) the verdict on a batch and its per-receipt findings.
-    pub fn put_batch(&self, batch: u64, outcome: &str, body: &Value) -> Result<(), StoreError> {
+    pub fn put_batch(&self, v: &BatchVerdict) -> Result<(), StoreError> {
+        let outcome = v
+            .outcome
+            .ok_or_else(|| StoreError("a verdict without an outcome".into()))?;
+        let body = serde_json::to_string(v).map_err(|e| StoreError(e.to_string()))?;
         let mut db = self.db();
         let tx = db.transaction()?;
         tx.execute(
             "INSERT INTO batch_verdicts (batch_id, outcome, body, updated_at) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT (batch_id) DO UPDATE SET outcome = ?2, body = ?3, updated_at = ?4",
-            params![batch as i64, outcome, body.to_string(), now()],
+            params![v.batch_id as i64, outcome.as_str(), body, now()],
         )?;
-        if let Some(samples) = body["samples"].as_array() {
-            for s in samples {
-                if let Some(id) = s["requestId"].as_str() {
-                    tx.execute(
-                        "INSERT OR REPLACE INTO receipt_verdicts (request_id, batch_id, body)
-                         VALUES (?1, ?2, ?3)",
-                        params![id, batch as i64, s.to_string()],
-                    )?;
-                }
-            }
+        for s in v.samples.iter().flatten() {
+            let body = serde_json::to_string(s).map_err(|e| StoreError(e.to_string()))?;
+            tx.execute(
+                "INSERT OR REPLACE INTO receipt_verdicts (request_id, batch_id, body)
+                 VALUES (?1, ?2, ?3)",
+                params![s.request_id.to_string(), v.batch_id as i64, body],
+            )?;
         }
         tx.commit()?;
         Ok(())
     }
 
     /// The verdict on `batch`.
-    pub fn batch(&self, batch: u64) -> Result<Option<Value>, StoreError> {
+    pub fn batch(&self, batch: u64) -> Result<Option<BatchVerdict>, StoreError> {
         let body: Option<String> = self
             .db()
             .query_row(
@@ -86,19 +87,25 @@ impl VerdictStore {
     }
 
     /// The outcome recorded for `batch`, if any.
-    pub fn outcome(&self, batch: u64) -> Result<Option<String>, StoreError> {
-        Ok(self
+    pub fn outcome(&self, batch: u64) -> Result<Option<VerdictOutcome>, StoreError> {
+        let stored: Option<String> = self
             .db()
             .query_row(
                 "SELECT outcome FROM batch_verdicts WHERE batch_id = ?1",
                 params![batch as i64],
                 |r| r.get(0),
             )
-            .optional()?)
+            .optional()?;
+        stored
+            .map(|s| {
+                serde_json::from_value(serde_json::Value::String(s))
+                    .map_err(|e| StoreError(format!("stored outcome: {e}")))
+            })
+            .transpose()
     }
 
     /// The most recent batch verdicts, newest first.
-    pub fn recent(&self, limit: u32) -> Result<Vec<Value>, StoreError> {
+    pub fn recent(&self, limit: u32) -> Result<Vec<BatchVerdict>, StoreError> {
         let db = self.db();
         let mut q = db.prepare(
             "SELECT body FROM batch_verdicts ORDER BY updated_at DESC, batch_id DESC LIMIT ?1",
@@ -111,7 +118,7 @@ impl VerdictStore {
     }
 
     /// What this verifier found about receipt `request_id` (one entry per batch it was in).
-    pub fn receipt(&self, request_id: &str) -> Result<Vec<Value>, StoreError> {
+    pub fn receipt(&self, request_id: &str) -> Result<Vec<ReceiptVerdict>, StoreError> {
         let db = self.db();
         let mut q = db.prepare(
             "SELECT batch_id, body FROM receipt_verdicts WHERE request_id = ?1 ORDER BY batch_id",
@@ -122,30 +129,33 @@ impl VerdictStore {
         Ok(rows
             .filter_map(|r| r.ok())
             .filter_map(|(b, s)| {
-                let mut v: Value = serde_json::from_str(&s).ok()?;
-                v["batchId"] = b.into();
-                Some(v)
+                let sample: SampleRecord = serde_json::from_str(&s).ok()?;
+                Some(ReceiptVerdict {
+                    sample,
+                    batch_id: b as u64,
+                })
             })
             .collect())
     }
 
     /// Records a fraud verdict this verifier signed (its own finding or a peer's it confirmed).
-    pub fn put_fraud(&self, batch: u64, body: &Value) -> Result<(), StoreError> {
+    pub fn put_fraud(&self, f: &FraudRecord) -> Result<(), StoreError> {
+        let body = serde_json::to_string(f).map_err(|e| StoreError(e.to_string()))?;
         self.db().execute(
             "INSERT OR REPLACE INTO fraud_signed (batch_id, receipt_hash, evidence_hash, body)
              VALUES (?1, ?2, ?3, ?4)",
             params![
-                batch as i64,
-                body["receiptHash"].as_str().unwrap_or_default(),
-                body["evidenceHash"].as_str().unwrap_or_default(),
-                body.to_string()
+                f.batch_id as i64,
+                f.receipt_hash.to_string(),
+                f.evidence_hash.to_string(),
+                body
             ],
         )?;
         Ok(())
     }
 
     /// The fraud verdicts signed on `batch`.
-    pub fn frauds(&self, batch: u64) -> Result<Vec<Value>, StoreError> {
+    pub fn frauds(&self, batch: u64) -> Result<Vec<FraudRecord>, StoreError> {
         let db = self.db();
         let mut q = db.prepare("SELECT body FROM fraud_signed WHERE batch_id = ?1")?;
         let rows = q.query_map(params![batch as i64], |r| r.get::<_, String>(0))?;

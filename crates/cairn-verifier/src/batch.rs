@@ -1,0 +1,421 @@
+//! Checking a batch: the static checks every receipt must pass, the sample re-executed, and
+//! the verdict (attest, refuse, abstain, or on to a fraud proof).
+
+use super::*;
+
+/// What re-executing a batch's sample found.
+pub(crate) struct SampleRun {
+    /// Every sample re-executed.
+    samples: Vec<SampleRecord>,
+    /// The first fault, if any.
+    finding: Option<Finding>,
+    /// Why a sample is still waiting for its payloads, if one is.
+    pending: Option<String>,
+    /// Why a sample could not be checked here, if one could not.
+    abstain: Option<String>,
+}
+
+impl Verifier {
+    /// Checks batch `id` and acts on it: attest, refuse, or prove fraud. `Unavailable` means
+    /// "look again later".
+    pub async fn handle(&self, id: u64) -> Result<(), VerifyError> {
+        let unavailable = |reason: String| VerifyError::Unavailable { batch: id, reason };
+        let c = &self.0;
+        if c.store.outcome(id)?.is_some_and(VerdictOutcome::is_final) {
+            return Ok(());
+        }
+        let batch = c
+            .chain
+            .batch(id)
+            .await
+            .map_err(|e| unavailable(e.to_string()))?;
+        if !self.still_open(&batch).await? {
+            return Ok(());
+        }
+        let node = c
+            .chain
+            .node(batch.node)
+            .await
+            .map_err(|e| unavailable(e.to_string()))?;
+        let urls = NodeUrls::new(&node.endpoint);
+        let base = urls.base().to_string();
+        let listing = self.fetch_listing(&urls, id).await?;
+        let mut verdict = self.fresh_verdict(&batch);
+        let (receipts, tree) = match self.checked(&batch, &listing).await? {
+            Ok(x) => x,
+            Err(reason) => {
+                verdict.outcome = Some(VerdictOutcome::Refused);
+                verdict.reason = Some(reason.clone());
+                c.store.put_batch(&verdict)?;
+                return Err(VerifyError::Refused { batch: id, reason });
+            }
+        };
+        let SampleRun {
+            samples,
+            finding,
+            pending,
+            abstain,
+        } = self.sample_batch(&batch, &receipts, &base).await?;
+        verdict.sampled = Some(samples.len());
+        verdict.samples = Some(samples);
+        if let Some(f) = finding {
+            return self.prove_fraud(&batch, &tree, f, verdict).await;
+        }
+        if let Some(why) = pending {
+            return Err(unavailable(why));
+        }
+        // A fraud this verifier signed for a peer counts too: never attest a batch it accused.
+        if !c.store.frauds(id)?.is_empty() {
+            return Ok(());
+        }
+        if let Some(reason) = abstain {
+            // Never attest what could not be checked; the batch waits for verifiers that can.
+            verdict.outcome = Some(VerdictOutcome::Abstained);
+            verdict.reason = Some(reason);
+            c.store.put_batch(&verdict)?;
+            return Ok(());
+        }
+        if batch.status != BatchStatus::Submitted {
+            verdict.outcome = Some(VerdictOutcome::Confirmed);
+            c.store.put_batch(&verdict)?;
+            return Ok(());
+        }
+        let signature = self.hand_in_attestation(&batch, &urls).await?;
+        verdict.outcome = Some(VerdictOutcome::Attested);
+        verdict.attestation = Some(signature.to_string());
+        c.store.put_batch(&verdict)?;
+        tracing::info!(verifier = %self.address(), batch = id, "attested");
+        Ok(())
+    }
+
+    /// Every receipt runs on a profile the network can check: approved by governance and, for
+    /// a bit-exact profile, declared by at least a quorum of active verifiers (any verifier
+    /// compares tolerance profiles). Read from the chain at most once a minute per profile.
+    pub(crate) async fn profiles_approved(
+        &self,
+        receipts: &[SignedReceipt],
+    ) -> Result<Result<(), String>, String> {
+        let c = &self.0;
+        let now = now_secs();
+        let wanted: BTreeMap<B256, &SignedReceipt> = receipts
+            .iter()
+            .map(|r| (r.claims.profile.hash(), r))
+            .collect();
+        let mut quorum = None;
+        for (h, r) in wanted {
+            let fresh = c
+                .approved_profiles
+                .lock()
+                .expect("profiles")
+                .get(&h)
+                .is_some_and(|at| now < at + 60);
+            if fresh {
+                continue;
+            }
+            let p = &r.claims.profile;
+            if !c
+                .chain
+                .profile_approved(h)
+                .await
+                .map_err(|e| e.to_string())?
+            {
+                return Ok(Err(format!(
+                    "receipts run on profile {p} ({h}), which the registry does not approve: no verifier quorum is known to re-execute it"
+                )));
+            }
+            if p.reproducibility() == cairn_core::Reproducibility::Exact {
+                let q = match quorum {
+                    Some(q) => q,
+                    None => {
+                        let q = u64::from(c.chain.quorum().await.map_err(|e| e.to_string())?);
+                        quorum = Some(q);
+                        q
+                    }
+                };
+                let declared = c
+                    .chain
+                    .profile_verifiers(h)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if declared < q {
+                    return Ok(Err(format!(
+                        "receipts run on profile {p} ({h}), which {declared} active verifier(s) re-execute; a quorum of {q} must"
+                    )));
+                }
+            }
+            c.approved_profiles.lock().expect("profiles").insert(h, now);
+        }
+        Ok(Ok(()))
+    }
+
+    /// This verifier's attestation of `batch` (the EIP-712 signature `Settlement.attestBatch`
+    /// takes), handed to the batch's node once the batch holds up.
+    pub(crate) fn attestation(&self, batch: &BatchInfo) -> Result<Signature, VerifyError> {
+        self.0
+            .chain
+            .sign_attestation(&self.0.key, batch)
+            .map_err(|e| VerifyError::Unavailable {
+                batch: batch.id,
+                reason: e.to_string(),
+            })
+    }
+
+    /// The static checks of a batch (see the crate docs); the receipts and their tree.
+    pub fn check(
+        &self,
+        batch: &BatchInfo,
+        listing: &[u8],
+    ) -> Result<(Vec<SignedReceipt>, ReceiptTree), VerifyError> {
+        let refuse = |reason: String| VerifyError::Refused {
+            batch: batch.id,
+            reason,
+        };
+        let list = serde_json::from_slice::<BatchReceipts>(listing)
+            .map_err(|e| refuse(format!("the node's listing has no `receipts` array: {e}")))?
+            .receipts;
+        let d = self.0.chain.deployment();
+        let mut receipts = Vec::with_capacity(list.len());
+        let mut digests: Vec<B256> = Vec::with_capacity(list.len());
+        let mut fees = U256::ZERO;
+        for (i, r) in list.iter().enumerate() {
+            let r = r
+                .verify()
+                .map_err(|e| refuse(format!("receipt {i} does not verify: {e}")))?;
+            if r.signer != batch.node {
+                return Err(refuse(format!(
+                    "receipt {} is signed by {}, not the batch's node",
+                    r.id(),
+                    r.signer
+                )));
+            }
+            if r.domain.chain_id != d.chain_id || r.domain.verifying_contract != d.settlement {
+                return Err(refuse(format!(
+                    "receipt {} is not addressed to this settlement contract",
+                    r.id()
+                )));
+            }
+            fees += r.claims.price;
+            digests.push(r.signing_hash());
+            receipts.push(r);
+        }
+        if digests.len() != batch.count as usize {
+            return Err(refuse(format!(
+                "{} receipts listed, the batch claims {}",
+                digests.len(),
+                batch.count
+            )));
+        }
+        let tree = ReceiptTree::new(&digests).map_err(|e| refuse(e.to_string()))?;
+        if tree.root() != batch.root {
+            return Err(refuse(format!(
+                "the receipts rebuild root {}, the batch committed {}",
+                tree.root(),
+                batch.root
+            )));
+        }
+        if fees != batch.fees {
+            return Err(refuse(format!(
+                "the receipts' prices sum to {fees}, the batch escrowed {}",
+                batch.fees
+            )));
+        }
+        Ok((receipts, tree))
+    }
+
+    /// Every model the receipts name is on the hub (HEAD /v1/blobs/{cid}, remembered).
+    pub(crate) async fn models_on_hub(&self, receipts: &[SignedReceipt]) -> Result<(), String> {
+        let c = &self.0;
+        let wanted: BTreeSet<_> = receipts.iter().map(|r| r.claims.model).collect();
+        for cid in wanted {
+            if c.on_hub.lock().expect("hub set").contains(&cid) {
+                continue;
+            }
+            let url = format!("{}/v1/blobs/{cid}", c.config.hub_url.trim_end_matches('/'));
+            let resp = c.fetch.client().head(&url).send().await.map_err(|e| {
+                // The hub being down is not the node's fault, but the batch waits for it.
+                format!("cannot reach the hub to check model {cid}: {e}")
+            })?;
+            if resp.status() == reqwest::StatusCode::NOT_FOUND {
+                return Err(format!("model {cid} named by a receipt is not on the hub"));
+            }
+            if !resp.status().is_success() {
+                return Err(format!("the hub answers {} for model {cid}", resp.status()));
+            }
+            c.on_hub.lock().expect("hub set").insert(cid);
+        }
+        Ok(())
+    }
+
+    /// A verdict on `batch` with nothing concluded yet.
+    fn fresh_verdict(&self, batch: &BatchInfo) -> BatchVerdict {
+        BatchVerdict {
+            batch_id: batch.id,
+            node: batch.node,
+            root: batch.root,
+            count: batch.count,
+            verifier: self.address(),
+            sample_rate: self.0.sampler.rate(),
+            profile: self.0.reexec.profile().to_string(),
+            samples: None,
+            sampled: None,
+            outcome: None,
+            reason: None,
+            attestation: None,
+            fraud: None,
+            peers: None,
+            challenge: None,
+            frauds: None,
+        }
+    }
+
+    /// Every rule a batch must keep before any sampling: its listing ([`Verifier::check`]), its
+    /// models on the hub, its profiles approved. `Ok(Err(reason))`: refused.
+    async fn checked(
+        &self,
+        batch: &BatchInfo,
+        listing: &[u8],
+    ) -> Result<Result<(Vec<SignedReceipt>, ReceiptTree), String>, VerifyError> {
+        let (receipts, tree) = match self.check(batch, listing) {
+            Ok(x) => x,
+            Err(VerifyError::Refused { reason, .. }) => return Ok(Err(reason)),
+            Err(e) => return Err(e),
+        };
+        if let Err(reason) = self.models_on_hub(&receipts).await {
+            return Ok(Err(reason));
+        }
+        match self.profiles_approved(&receipts).await {
+            Ok(Ok(())) => Ok(Ok((receipts, tree))),
+            Ok(Err(reason)) => Ok(Err(reason)),
+            Err(e) => Err(VerifyError::Unavailable {
+                batch: batch.id,
+                reason: e,
+            }),
+        }
+    }
+
+    /// Whether batch `batch` is still worth checking: submitted, or attested (or expired with a
+    /// fraud already found) and inside its challenge window.
+    async fn still_open(&self, batch: &BatchInfo) -> Result<bool, VerifyError> {
+        let c = &self.0;
+        Ok(match batch.status {
+            BatchStatus::Submitted => true,
+            // An expired batch can still be challenged for a window (from its expiry): a fraud
+            // already found goes on to its proof.
+            BatchStatus::Attested | BatchStatus::Expired
+                if batch.status == BatchStatus::Attested
+                    || !c.store.frauds(batch.id)?.is_empty() =>
+            {
+                let w = c
+                    .chain
+                    .challenge_window()
+                    .await
+                    .map_err(|e| VerifyError::Unavailable {
+                        batch: batch.id,
+                        reason: e.to_string(),
+                    })?;
+                now_secs() < batch.attested_at + w
+            }
+            _ => false,
+        })
+    }
+
+    /// The node's listing of batch `id` (`GET /v1/batches/{id}`, signed). Not JSON at all (a
+    /// proxy's page) is "ask again"; JSON that is not a listing is the node's answer, checked
+    /// by [`Verifier::check`].
+    async fn fetch_listing(&self, urls: &NodeUrls, id: u64) -> Result<Vec<u8>, VerifyError> {
+        let c = &self.0;
+        let unavailable = |reason: String| VerifyError::Unavailable { batch: id, reason };
+        let base = urls.base();
+        match c.fetch.signed_get(&c.key, &urls.batch(id)).await {
+            Ok((status, body)) if status.is_success() => {
+                serde_json::from_slice::<serde::de::IgnoredAny>(&body)
+                    .map_err(|e| unavailable(format!("reading the batch from {base}: {e}")))?;
+                Ok(body)
+            }
+            Ok((status, _)) => Err(unavailable(format!(
+                "fetching the batch from {base}: {status}"
+            ))),
+            Err(e) => Err(unavailable(format!("fetching the batch: {e}"))),
+        }
+    }
+
+    /// Re-executes the receipts of `batch` this verifier's secret sample picks.
+    async fn sample_batch(
+        &self,
+        batch: &BatchInfo,
+        receipts: &[SignedReceipt],
+        base: &str,
+    ) -> Result<SampleRun, VerifyError> {
+        let c = &self.0;
+        let mut samples = Vec::new();
+        let mut finding: Option<Finding> = None;
+        let mut pending = None;
+        let mut abstain = None;
+        for r in receipts {
+            let rh = r.signing_hash();
+            if !c.sampler.sampled(batch.root, rh) {
+                continue;
+            }
+            let (outcome, failures) = match self.sample(base, r).await? {
+                Sampled::Done(o, f) => (o, f),
+                Sampled::Pending(why) => {
+                    pending.get_or_insert(why);
+                    continue;
+                }
+            };
+            samples.push(SampleRecord {
+                outcome: outcome.clone(),
+                request_id: r.id(),
+                receipt_hash: rh,
+                payload_failures: failures,
+            });
+            if let Outcome::Unverifiable { reason } = &outcome {
+                abstain.get_or_insert(format!("receipt {}: {reason}", r.id()));
+            }
+            if finding.is_none()
+                && let Some(evidence) = outcome.evidence_hash(rh)
+            {
+                finding = Some(Finding {
+                    receipt: r.clone(),
+                    outcome,
+                    evidence,
+                });
+            }
+        }
+        Ok(SampleRun {
+            samples,
+            finding,
+            pending,
+            abstain,
+        })
+    }
+
+    /// Signs the attestation of `batch` and hands it to its node, which puts a quorum on chain.
+    async fn hand_in_attestation(
+        &self,
+        batch: &BatchInfo,
+        urls: &NodeUrls,
+    ) -> Result<alloy_primitives::Signature, VerifyError> {
+        let c = &self.0;
+        let id = batch.id;
+        let unavailable = |reason: String| VerifyError::Unavailable { batch: id, reason };
+        let base = urls.base();
+        let signature = self.attestation(batch)?;
+        let body = serde_json::to_vec(&AttestationRequest {
+            signature: signature.to_string(),
+        })
+        .expect("serializes");
+        let url = urls.attestations(id);
+        match c.fetch.signed_post(&c.key, &url, body).await {
+            Ok((status, _)) if status.is_success() => {}
+            Ok((status, body)) => {
+                return Err(unavailable(format!(
+                    "handing the attestation to {base}: {status} {}",
+                    String::from_utf8_lossy(&body[..body.len().min(200)])
+                )));
+            }
+            Err(e) => return Err(unavailable(format!("handing the attestation: {e}"))),
+        }
+        Ok(signature)
+    }
+}
