@@ -35,7 +35,7 @@ pub struct Charge {
     /// `AwaitingPayment` until a payment settles; `Final` for a node that is not paid.
     pub billing: Billing,
     /// Who paid.
-    pub payer: Option<[u8; 20]>,
+    pub payer: Option<alloy_primitives::Address>,
 }
 
 impl Charge {
@@ -47,7 +47,7 @@ impl Charge {
                 price: p.amount,
                 payment_ref: p.payment_ref,
                 billing: Billing::AwaitingPayment,
-                payer: Some(p.payer.0.0),
+                payer: Some(p.payer),
             },
             None => Self {
                 price: if takes_payments { U256::ZERO } else { price },
@@ -102,19 +102,13 @@ pub fn run(
     }
     .sign(signer.domain, &signer.key)
     .map_err(|e| NodeError::Internal(e.to_string()))?;
-    let entry = Entry {
-        id: receipt.id().to_string(),
-        created_at: receipt.claims.timestamp as i64,
-        model: model.to_string(),
-        receipt: receipt.to_json().to_string(),
-        input: safetensors_io::encode(inputs),
-        output: safetensors_io::encode(&outputs),
-        digest: receipt.signing_hash().0,
-        price: charge.price.to_string(),
-        billing: charge.billing,
-        payer: charge.payer,
-        payment_ref: charge.payment_ref.0,
-    };
+    let entry = Entry::new(
+        &receipt,
+        safetensors_io::encode(inputs),
+        safetensors_io::encode(&outputs),
+        charge.billing,
+        charge.payer,
+    );
     let token = payload_token(&signer.token_key, receipt.id());
     Ok((
         Inference {

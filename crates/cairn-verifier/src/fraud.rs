@@ -55,49 +55,9 @@ impl Verifier {
             proof: proof.clone(),
             claim: claim.into(),
         };
-        let mut answers = Vec::new();
-        for peer in peers.into_iter().filter(|p| *p != self.address()) {
-            if signed.len() >= quorum {
-                break;
-            }
-            let endpoint = match c.chain.node(peer).await {
-                Ok(n) => n.endpoint,
-                Err(e) => {
-                    answers.push(PeerAnswer {
-                        verifier: peer,
-                        agreed: None,
-                        error: Some(e.to_string()),
-                    });
-                    continue;
-                }
-            };
-            match self.ask_peer(&endpoint, &request).await {
-                Ok((addr, sig, evidence))
-                    if addr == peer
-                        && evidence == f.evidence
-                        && c.chain.verdict_signer(id, rh, evidence, &sig).ok() == Some(peer) =>
-                {
-                    answers.push(PeerAnswer {
-                        verifier: peer,
-                        agreed: Some(true),
-                        error: None,
-                    });
-                    signed.push((peer, sig));
-                }
-                Ok((_, _, evidence)) => answers.push(PeerAnswer {
-                    verifier: peer,
-                    agreed: Some(false),
-                    error: Some(format!(
-                        "answered with evidence {evidence} or a signature not its own"
-                    )),
-                }),
-                Err(e) => answers.push(PeerAnswer {
-                    verifier: peer,
-                    agreed: None,
-                    error: Some(e),
-                }),
-            }
-        }
+        let answers = self
+            .gather_confirmations(peers, &request, f.evidence, rh, quorum, &mut signed)
+            .await;
         verdict.peers = Some(answers);
         if signed.len() < quorum {
             c.store.put_batch(&verdict)?;
@@ -157,6 +117,66 @@ impl Verifier {
                 }
             }
         }
+    }
+
+    /// Asks the other active verifiers, one by one until `signed` holds a quorum, to check the
+    /// receipt of `request` themselves; each valid signature over the same evidence joins
+    /// `signed`. Returns every peer's answer.
+    async fn gather_confirmations(
+        &self,
+        peers: Vec<Address>,
+        request: &ChallengeRequest,
+        evidence: B256,
+        rh: B256,
+        quorum: usize,
+        signed: &mut Vec<(Address, Signature)>,
+    ) -> Vec<PeerAnswer> {
+        let c = &self.0;
+        let id = request.batch_id;
+        let mut answers = Vec::new();
+        for peer in peers.into_iter().filter(|p| *p != self.address()) {
+            if signed.len() >= quorum {
+                break;
+            }
+            let endpoint = match c.chain.node(peer).await {
+                Ok(n) => n.endpoint,
+                Err(e) => {
+                    answers.push(PeerAnswer {
+                        verifier: peer,
+                        agreed: None,
+                        error: Some(e.to_string()),
+                    });
+                    continue;
+                }
+            };
+            match self.ask_peer(&endpoint, request).await {
+                Ok((addr, sig, answered))
+                    if addr == peer
+                        && answered == evidence
+                        && c.chain.verdict_signer(id, rh, answered, &sig).ok() == Some(peer) =>
+                {
+                    answers.push(PeerAnswer {
+                        verifier: peer,
+                        agreed: Some(true),
+                        error: None,
+                    });
+                    signed.push((peer, sig));
+                }
+                Ok((_, _, answered)) => answers.push(PeerAnswer {
+                    verifier: peer,
+                    agreed: Some(false),
+                    error: Some(format!(
+                        "answered with evidence {answered} or a signature not its own"
+                    )),
+                }),
+                Err(e) => answers.push(PeerAnswer {
+                    verifier: peer,
+                    agreed: None,
+                    error: Some(e),
+                }),
+            }
+        }
+        answers
     }
 
     pub(crate) async fn ask_peer(

@@ -87,7 +87,7 @@ pub struct BatchListing {
     /// The submitting transaction.
     pub tx: Option<[u8; 32]>,
     /// Each receipt's JSON.
-    pub receipts: Vec<String>,
+    pub receipts: Vec<cairn_receipt::ReceiptJson>,
 }
 
 impl ReceiptLog {
@@ -120,7 +120,7 @@ impl ReceiptLog {
                 "SELECT receipt FROM receipts WHERE batch = ?1 ORDER BY id",
             )?;
             let receipts = stmt
-                .query_map(params![local], |r| r.get::<_, String>(0))?
+                .query_map(params![local], |r| super::stored_json(r.get(0)?))?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             Ok(Some(BatchListing {
                 chain_batch,

@@ -11,7 +11,8 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
-use alloy_primitives::B256;
+use alloy_primitives::{Address, B256};
+use cairn_receipt::{ReceiptJson, SignedReceipt};
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::oneshot;
 
@@ -50,36 +51,53 @@ impl Billing {
     }
 }
 
-/// One logged inference.
+/// One logged inference: a row of the log, built from its signed receipt by [`Entry::new`].
 pub struct Entry {
-    /// `0x…` request id.
-    pub id: String,
-    /// Unix seconds.
-    pub created_at: i64,
-    /// Model CID.
-    pub model: String,
-    /// The receipt JSON.
-    pub receipt: String,
-    /// Inputs as safetensors.
-    pub input: Vec<u8>,
-    /// Outputs as safetensors.
-    pub output: Vec<u8>,
+    id: String,
+    created_at: i64,
+    model: String,
+    receipt: String,
+    input: Vec<u8>,
+    output: Vec<u8>,
     /// The receipt's EIP-712 signing hash (its Merkle leaf value).
-    pub digest: [u8; 32],
-    /// The receipt's price, decimal.
-    pub price: String,
-    /// Whether it counts yet.
-    pub billing: Billing,
-    /// Who paid (may read the payloads with a signed request).
-    pub payer: Option<[u8; 20]>,
+    digest: [u8; 32],
+    price: String,
+    billing: Billing,
+    payer: Option<[u8; 20]>,
     /// The payment's reference (looked up to settle [`Billing::AwaitingPayment`]).
-    pub payment_ref: [u8; 32],
+    payment_ref: [u8; 32],
+}
+
+impl Entry {
+    /// The row of `receipt`, with the payloads it binds (safetensors) and whether it counts yet;
+    /// `payer`: who paid (may read the payloads with a signed request).
+    pub fn new(
+        receipt: &SignedReceipt,
+        input: Vec<u8>,
+        output: Vec<u8>,
+        billing: Billing,
+        payer: Option<Address>,
+    ) -> Self {
+        Self {
+            id: receipt.id().to_string(),
+            created_at: receipt.claims.timestamp as i64,
+            model: receipt.claims.model.to_string(),
+            receipt: receipt.to_json().to_string(),
+            input,
+            output,
+            digest: receipt.signing_hash().0,
+            price: receipt.claims.price.to_string(),
+            billing,
+            payer: payer.map(|p| p.0.0),
+            payment_ref: receipt.claims.payment_ref.0,
+        }
+    }
 }
 
 /// A stored receipt as served back.
 pub struct Stored {
-    /// Receipt JSON.
-    pub receipt: String,
+    /// The receipt, as stored (verify it to use it).
+    pub receipt: ReceiptJson,
     /// Unix seconds.
     pub created_at: i64,
     /// Whether the payloads are still kept.
@@ -191,6 +209,13 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     )
 }
 
+/// A receipt column as the JSON it holds.
+pub(crate) fn stored_json(text: String) -> rusqlite::Result<ReceiptJson> {
+    ReceiptJson::from_text(text).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+    })
+}
+
 pub(crate) fn internal(e: impl std::fmt::Display) -> NodeError {
     NodeError::Internal(format!("receipt log: {e}"))
 }
@@ -291,7 +316,7 @@ impl ReceiptLog {
                         None => None,
                     };
                     Ok(Stored {
-                        receipt: r.get(0)?,
+                        receipt: stored_json(r.get(0)?)?,
                         created_at: r.get(1)?,
                         payloads: r.get(2)?,
                         batch,
@@ -328,13 +353,13 @@ impl ReceiptLog {
     pub async fn by_payment(
         &self,
         payment_ref: B256,
-    ) -> Result<Option<(String, Vec<u8>)>, NodeError> {
+    ) -> Result<Option<(ReceiptJson, Vec<u8>)>, NodeError> {
         self.read(move |c| {
             c.query_row(
                 "SELECT receipt, output FROM receipts
                  WHERE payment_ref = ?1 AND billing != 'void' AND output IS NOT NULL LIMIT 1",
                 params![payment_ref.as_slice()],
-                |r| Ok((r.get(0)?, r.get(1)?)),
+                |r| Ok((stored_json(r.get(0)?)?, r.get(1)?)),
             )
             .optional()
         })
@@ -495,7 +520,7 @@ mod tests {
             id: id.into(),
             created_at: 1,
             model: "m".into(),
-            receipt: format!("receipt {id}"),
+            receipt: format!("\"receipt {id}\""),
             input: vec![1],
             output: vec![2],
             digest: [7; 32],
@@ -561,6 +586,6 @@ mod tests {
         assert_eq!(waiting, ["other", "again"]);
         assert!(!log.get("first").await.unwrap().unwrap().payloads);
         let (receipt, _) = log.by_payment(B256::repeat_byte(9)).await.unwrap().unwrap();
-        assert_eq!(receipt, "receipt again");
+        assert_eq!(receipt.as_str(), "\"receipt again\"");
     }
 }

@@ -102,10 +102,7 @@ impl cairn_x402::KeptAnswers for KeptFromLog {
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<Response>> + Send + 'a>> {
         Box::pin(async move {
             let (receipt, output) = self.log.by_payment(payment_ref).await.ok()??;
-            let receipt = cairn_receipt::ReceiptJson::from_text(receipt)
-                .ok()?
-                .verify()
-                .ok()?;
+            let receipt = receipt.verify().ok()?;
             // Only a request carrying the very inputs paid for gets the answer (the payment's
             // signature is public on chain; the inputs are not).
             let json_len = match headers.get(HEADER_LENGTH) {

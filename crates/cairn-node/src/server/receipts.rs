@@ -15,8 +15,7 @@ pub(super) async fn receipt(
             .get(&id.to_ascii_lowercase())
             .await?
             .ok_or_else(|| NodeError::ReceiptNotFound(format!("no receipt `{id}` on this node")))?;
-    let receipt = cairn_receipt::ReceiptJson::from_text(stored.receipt)
-        .map_err(|e| NodeError::Internal(e.to_string()))?;
+    let receipt = stored.receipt;
     let batch = stored.batch.map(|b| Inclusion {
         id: b.chain_batch,
         status: b.status,
@@ -114,12 +113,6 @@ pub(super) async fn batch(
     let b = s.0.log.batch_receipts(id).await?.ok_or_else(|| {
         NodeError::ReceiptNotFound(format!("no submitted batch {id} from this node"))
     })?;
-    let receipts = b
-        .receipts
-        .into_iter()
-        .map(cairn_receipt::ReceiptJson::from_text)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| NodeError::Internal(e.to_string()))?;
     Ok(Json(BatchView {
         id: b.chain_batch,
         root: B256::from(b.root),
@@ -127,7 +120,7 @@ pub(super) async fn batch(
         fees: b.fees,
         status: b.status,
         tx: b.tx.map(B256::from),
-        receipts,
+        receipts: b.receipts,
     }))
 }
 
