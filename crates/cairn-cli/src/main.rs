@@ -3,7 +3,7 @@
 
 mod chain_cmd;
 mod devnet;
-mod hub_cmd;
+mod hub;
 mod keyfile;
 mod node_cmd;
 mod pay_cmd;
@@ -21,7 +21,7 @@ use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use devnet::*;
-use hub_cmd::*;
+use hub::*;
 
 const DEFAULT_NODE: &str = "http://127.0.0.1:7401";
 const DEFAULT_HUB: &str = "http://127.0.0.1:7400";
@@ -248,7 +248,7 @@ fn main() -> std::process::ExitCode {
     let serving = matches!(
         cli.command,
         Command::Devnet { .. }
-            | Command::Hub(HubCommand::Serve { .. })
+            | Command::Hub(HubCommand::Serve(_))
             | Command::Node(NodeCommand::Serve(_))
             | Command::Verifier(_)
     );
