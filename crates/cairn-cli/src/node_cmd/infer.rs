@@ -1,0 +1,130 @@
+//! `cairn infer`: tensors read from files, sent to a node, paid for, and the receipt checked.
+
+use super::*;
+
+/// Reads tensors from a KServe JSON request file or a safetensors file.
+pub fn read_tensors(path: &Path) -> anyhow::Result<Vec<Tensor>> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let is_json = bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+    if !is_json {
+        return safetensors_io::decode(&bytes)
+            .with_context(|| format!("reading {}", path.display()));
+    }
+    // A request file holds `inputs`; an output file written by `cairn infer --output x.json`
+    // holds `outputs`.
+    let head: serde_json::Value = serde_json::from_slice(&bytes)
+        .with_context(|| format!("{} is not JSON", path.display()))?;
+    let tensors = if head.get("inputs").is_none() && head.get("outputs").is_some() {
+        cairn_node_api::client::parse_outputs(&bytes)
+            .with_context(|| format!("reading {}", path.display()))?
+    } else {
+        let limits = cairn_node_api::kserve::DecodeLimits {
+            max_elements: u64::MAX,
+        };
+        cairn_node_api::kserve::decode(&bytes, None, limits)
+            .with_context(|| format!("reading {}", path.display()))?
+            .inputs
+    };
+    Ok(tensors)
+}
+
+/// `cairn infer`.
+/// How `cairn infer` pays.
+pub struct PayArgs {
+    /// The payer's key file, if any.
+    pub payer_key: Option<PathBuf>,
+    /// The prepaid channel's salt.
+    pub salt: alloy_primitives::B256,
+}
+
+pub async fn infer(
+    node: &str,
+    reference: &str,
+    input: &Path,
+    json_body: bool,
+    output: Option<PathBuf>,
+    receipt_out: Option<PathBuf>,
+    pay: PayArgs,
+) -> anyhow::Result<()> {
+    let inputs = read_tensors(input)?;
+    let mut client = NodeClient::new(node);
+    if let Some(path) = &pay.payer_key {
+        client = client
+            .with_payer(crate::keyfile::load(path)?, pay.salt)
+            .with_accounts(crate::keyfile::prepaid_accounts(path));
+    }
+    let outcome = match client.infer(reference, &inputs, json_body).await {
+        Err(cairn_node_api::client::NodeClientError::Api {
+            status,
+            code,
+            message,
+        }) if status == reqwest::StatusCode::PAYMENT_REQUIRED && pay.payer_key.is_none() => {
+            bail!(
+                "the node asks for payment ({code}): {message}\n  pass --payer-key FILE (env CAIRN_PAYER_KEY) to pay automatically; on the devnet: DATA_DIR/chain/payer.key"
+            )
+        }
+        other => other?,
+    };
+    for t in &outcome.outputs {
+        let values = cairn_node_api::kserve::bytes_to_json(t.dtype(), t.data());
+        let shown = match &values {
+            serde_json::Value::Array(a) if a.len() > 16 => {
+                format!(
+                    "{} … ({} values)",
+                    serde_json::Value::Array(a[..16].to_vec()),
+                    a.len()
+                )
+            }
+            v => v.to_string(),
+        };
+        println!("{} {} {:?}: {shown}", t.name(), t.dtype(), t.shape());
+    }
+    // The client reads only receipts that verify.
+    let receipt = &outcome.receipt;
+    if receipt.claims.output_hash != tensors_hash(&outcome.outputs) {
+        eprintln!(
+            "note: the receipt's output hash covers every model output; this call returned a subset"
+        );
+    }
+    if let Some(p) = &outcome.payment {
+        let how = match &p.settlement {
+            Some(s) if s.success && p.scheme == "exact" => {
+                format!("settled in transaction {}", s.transaction)
+            }
+            Some(s) if s.success => format!("voucher accepted, payment ref {}", s.transaction),
+            Some(s) => format!(
+                "not settled: {}",
+                s.error_reason.as_deref().unwrap_or("unknown")
+            ),
+            None => "no settlement answer".to_string(),
+        };
+        println!(
+            "paid:     {} token units ({}) to {}, {how}",
+            p.amount, p.scheme, p.pay_to
+        );
+    }
+    println!("model:    {}", outcome.model_name);
+    println!("receipt:  {} signed by {}", receipt.id(), receipt.signer);
+    if let Some(path) = output {
+        let bytes = if path.extension().is_some_and(|e| e == "json") {
+            let outs: Vec<_> = outcome
+                .outputs
+                .iter()
+                .map(|t| serde_json::json!({"name": t.name(), "datatype": t.dtype().name(), "shape": t.shape(), "data": cairn_node_api::kserve::bytes_to_json(t.dtype(), t.data())}))
+                .collect();
+            serde_json::to_vec_pretty(&serde_json::json!({"outputs": outs}))?
+        } else {
+            safetensors_io::encode(&outcome.outputs)
+        };
+        std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = receipt_out {
+        std::fs::write(
+            &path,
+            serde_json::to_string_pretty(&outcome.receipt)? + "\n",
+        )
+        .with_context(|| format!("writing {}", path.display()))?;
+        println!("receipt written to {}", path.display());
+    }
+    Ok(())
+}

@@ -1,0 +1,166 @@
+//! `cairn receipt verify|reexec`: a receipt checked alone, against files, or by running its model again.
+
+use super::*;
+
+pub fn load_receipt(path: &Path) -> anyhow::Result<SignedReceipt> {
+    let text = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let value: serde_json::Value =
+        serde_json::from_slice(&text).with_context(|| format!("{} is not JSON", path.display()))?;
+    // Accept the bare receipt, or what GET /v1/receipts/{id} and the infer response wrap it in.
+    let inner = if value.get("typedData").is_some() {
+        value
+    } else if let Some(r) = value.get("receipt") {
+        r.clone()
+    } else if let Some(r) = value.pointer("/parameters/receipt") {
+        r.clone()
+    } else {
+        value
+    };
+    Ok(SignedReceipt::verify_json(&inner)?)
+}
+
+/// `cairn receipt verify`.
+pub fn verify(
+    receipt: &Path,
+    input: Option<&Path>,
+    output: Option<&Path>,
+    model: Option<&Path>,
+) -> anyhow::Result<()> {
+    let r =
+        load_receipt(receipt).with_context(|| format!("{} does not verify", receipt.display()))?;
+    println!("signature: ok, signed by {}", r.signer);
+    println!("model:     {}", r.claims.model);
+    println!(
+        "profile:   {} ({:?})",
+        r.claims.profile,
+        r.claims.profile.reproducibility()
+    );
+    if let Some(p) = input {
+        let h = tensors_hash(&read_tensors(p)?);
+        if h != r.claims.input_hash {
+            bail!(
+                "input hash mismatch: {} hashes to {h}, the receipt binds {}",
+                p.display(),
+                r.claims.input_hash
+            );
+        }
+        println!("input:     ok ({h})");
+    }
+    if let Some(p) = output {
+        let h = tensors_hash(&read_tensors(p)?);
+        if h != r.claims.output_hash {
+            bail!(
+                "output hash mismatch: {} hashes to {h}, the receipt binds {}",
+                p.display(),
+                r.claims.output_hash
+            );
+        }
+        println!("output:    ok ({h})");
+    }
+    if let Some(p) = model {
+        let f = std::fs::File::open(p).with_context(|| format!("opening {}", p.display()))?;
+        let (cid, _) = cairn_core::BlobHasher::hash_reader(std::io::BufReader::new(f))?;
+        if cid != r.claims.model {
+            bail!(
+                "model mismatch: {} is {cid}, the receipt names {}",
+                p.display(),
+                r.claims.model
+            );
+        }
+        println!("model:     ok ({cid})");
+    }
+    Ok(())
+}
+
+/// The `TRACT_CPU_ISA` a re-execution of `receipt` needs, when this machine can provide it.
+pub fn reexec_isa_env(receipt: &Path) -> Option<String> {
+    let r = load_receipt(receipt).ok()?;
+    if r.claims.profile.engine != "tract" {
+        return None;
+    }
+    cairn_engine::isa_env_for(&r.claims.profile.isa).ok()
+}
+
+/// `cairn receipt reexec`.
+pub async fn reexec(
+    receipt: &Path,
+    input: &Path,
+    output: Option<&Path>,
+    tolerance: f64,
+    hub: &str,
+    cache: &Path,
+) -> anyhow::Result<()> {
+    let r =
+        load_receipt(receipt).with_context(|| format!("{} does not verify", receipt.display()))?;
+    let inputs = read_tensors(input)?;
+    if tensors_hash(&inputs) != r.claims.input_hash {
+        bail!(
+            "{} is not the input this receipt binds (input hash mismatch)",
+            input.display()
+        );
+    }
+    let engine = TractEngine::new();
+    let here = engine.profile().clone();
+    let model_path = cache.join(r.claims.model.to_string());
+    let bytes = match std::fs::read(&model_path) {
+        Ok(b) if BlobId::of(&b) == r.claims.model => b,
+        _ => {
+            std::fs::create_dir_all(cache)?;
+            cairn_hub::HubClient::new(hub, None)?
+                .download(&r.claims.model, &model_path, |_, _| {})
+                .await
+                .with_context(|| format!("fetching {} from {hub}", r.claims.model))?;
+            std::fs::read(&model_path)?
+        }
+    };
+    let plan = tokio::task::spawn_blocking(move || engine.load(&bytes)).await??;
+    let outputs = tokio::task::spawn_blocking(move || plan.run(&inputs)).await??;
+    let outputs: Vec<Tensor> = outputs;
+    let h = tensors_hash(&outputs);
+    println!("receipt profile: {}", r.claims.profile);
+    println!("this run:        {here}");
+    if here == r.claims.profile {
+        if h == r.claims.output_hash {
+            println!("result: bit-identical (output hash {h})");
+            return Ok(());
+        }
+        bail!(
+            "re-execution on the receipt's own profile gives output hash {h}, but the receipt binds {}: the receipt's output is wrong",
+            r.claims.output_hash
+        );
+    }
+    if h == r.claims.output_hash {
+        println!("result: bit-identical although the profiles differ (output hash {h})");
+        return Ok(());
+    }
+    let kind = match r.claims.profile.reproducibility() {
+        Reproducibility::Exact => "a different kernel tier",
+        Reproducibility::Tolerance => "a tolerance-checked engine",
+    };
+    if let Some(p) = output {
+        let claimed = read_tensors(p)?;
+        if tensors_hash(&claimed) != r.claims.output_hash {
+            bail!(
+                "{} is not the output this receipt binds (output hash mismatch)",
+                p.display()
+            );
+        }
+        let diff = cairn_verifier::max_abs_diff(&claimed, &outputs).map_err(|e| anyhow!(e))?;
+        println!(
+            "result: not bit-identical (profiles differ: {kind}); max |difference| = {diff:e}"
+        );
+        if diff <= tolerance {
+            println!("within tolerance {tolerance:e}");
+            return Ok(());
+        }
+        bail!(
+            "the node's output differs from this re-execution by {diff:e}, more than the tolerance {tolerance:e}"
+        );
+    }
+    println!(
+        "result: not bit-identical; the receipt comes from {kind}, so only a tolerance check is possible here. \
+         Fetch the node's output (GET /v1/receipts/{}/output) and compare values.",
+        r.id()
+    );
+    bail!("cannot confirm bit-exactly on this machine's profile")
+}

@@ -1,0 +1,93 @@
+//! The writer thread: group commits of queued entries, and the payload sweep.
+
+use super::*;
+
+/// The writer thread: commits whatever has queued (up to 512 entries) in one transaction, and
+/// drops payloads older than the retention window (receipts stay).
+pub(super) fn writer(
+    mut conn: Connection,
+    rx: mpsc::Receiver<Job>,
+    retention: Duration,
+    settles: bool,
+) {
+    let mut last_sweep = Instant::now();
+    let sweep_every = Duration::from_secs(60).min(retention.max(Duration::from_secs(1)));
+    loop {
+        let first = match rx.recv_timeout(sweep_every) {
+            Ok(job) => Some(job),
+            Err(mpsc::RecvTimeoutError::Timeout) => None,
+            Err(mpsc::RecvTimeoutError::Disconnected) => return,
+        };
+        if let Some(first) = first {
+            let mut batch = vec![first];
+            while batch.len() < 512 {
+                match rx.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
+            }
+            let result = commit(&mut conn, &batch).map_err(|e| e.to_string());
+            if let Err(e) = &result {
+                tracing::error!(error = %e, "receipt log commit failed");
+            }
+            for (_, done) in batch {
+                let _ = done.send(result.clone());
+            }
+        }
+        if last_sweep.elapsed() >= sweep_every {
+            last_sweep = Instant::now();
+            let cutoff = crate::now_secs() as i64 - retention.as_secs() as i64;
+            // A verifier may ask for any payload of an open batch (and of a receipt not yet
+            // batched): those stay until their batch is final, however old.
+            let sql = if settles {
+                "UPDATE receipts SET input = NULL, output = NULL
+                 WHERE created_at < ?1 AND input IS NOT NULL AND batch IN
+                   (SELECT local FROM batches WHERE status IN ('finalized', 'voided'))"
+            } else {
+                "UPDATE receipts SET input = NULL, output = NULL WHERE created_at < ?1 AND input IS NOT NULL"
+            };
+            if let Err(e) = conn.execute(sql, params![cutoff]) {
+                tracing::warn!(error = %e, "receipt payload sweep failed");
+            }
+        }
+    }
+}
+
+pub(super) fn commit(conn: &mut Connection, batch: &[Job]) -> rusqlite::Result<()> {
+    let tx = conn.transaction()?;
+    {
+        // A payment is held by one request at a time: an earlier receipt under the same
+        // reference is from a run whose payment was given back (the process stopped, or the
+        // answer was lost) and must never bill it too.
+        let mut stale = tx.prepare_cached(
+            "UPDATE receipts SET billing = 'void', input = NULL, output = NULL
+             WHERE payment_ref = ?1 AND billing = 'awaiting_payment'",
+        )?;
+        for (e, _) in batch {
+            if e.billing == Billing::AwaitingPayment {
+                stale.execute(params![e.payment_ref.as_slice()])?;
+            }
+        }
+        let mut stmt = tx.prepare_cached(
+            "INSERT INTO receipts (id, created_at, model, receipt, input, output, digest, price,
+                                   billing, payer, payment_ref)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+        )?;
+        for (e, _) in batch {
+            stmt.execute(params![
+                e.id,
+                e.created_at,
+                e.model,
+                e.receipt,
+                e.input,
+                e.output,
+                e.digest.as_slice(),
+                e.price,
+                e.billing.as_str(),
+                e.payer.as_ref().map(|p| p.as_slice()),
+                e.payment_ref.as_slice(),
+            ])?;
+        }
+    }
+    tx.commit()
+}

@@ -1,0 +1,225 @@
+//! The facilitator's face: `verify`, `settle` and `supported` as the x402 specification words
+//! them, and their HTTP API.
+
+use super::*;
+
+impl Facilitator {
+    /// `POST /verify`: would this payment settle now? Reserves nothing.
+    pub async fn verify(&self, req: &FacilitatorRequest) -> VerifyResponse {
+        let checked = self
+            .normalize(req)
+            .and_then(|(payload, r)| self.check_exact(&payload, &r, now_secs()));
+        let result = match checked {
+            Ok(c) => self.check_chain(&c).await.map(|()| c),
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(c) => VerifyResponse {
+                is_valid: true,
+                invalid_reason: None,
+                payer: Some(c.authorization.from),
+            },
+            Err(e) => VerifyResponse {
+                is_valid: false,
+                invalid_reason: Some(e.code().to_string()),
+                payer: payer_of(req),
+            },
+        }
+    }
+
+    /// `POST /settle`: verifies, reserves and settles. Idempotent for the same authorization: a
+    /// retry after a timeout gets the first outcome, never a second transfer.
+    pub async fn settle(&self, req: &FacilitatorRequest) -> SettleResponse {
+        let network = self.network_for(req.x402_version);
+        let fail = |code: &str, payer: Option<Address>| SettleResponse {
+            success: false,
+            error_reason: Some(code.to_string()),
+            transaction: String::new(),
+            network: network.clone(),
+            payer,
+        };
+        let (payload, r) = match self.normalize(req) {
+            Ok(x) => x,
+            Err(e) => return fail(e.code(), payer_of(req)),
+        };
+        let c = match self.check_exact(&payload, &r, now_secs()) {
+            Ok(c) => c,
+            Err(e) => return fail(e.code(), payer_of(req)),
+        };
+        let payer = Some(c.authorization.from);
+        let (key, reserved) = match self.reserve(&c, "facilitator", &payload) {
+            Ok(x) => x,
+            Err(e) => return fail(e.code(), payer),
+        };
+        if let Reserve::Seen(mut rec) = reserved {
+            if rec.state == PaymentState::Pending {
+                rec.state = self.reconcile(&rec).await.unwrap_or(rec.state);
+            }
+            return match rec.state {
+                PaymentState::Settled => SettleResponse {
+                    success: true,
+                    error_reason: None,
+                    transaction: rec.tx.unwrap_or_default(),
+                    network,
+                    payer,
+                },
+                PaymentState::Pending | PaymentState::Reserved => SettleResponse {
+                    transaction: rec.tx.unwrap_or_default(),
+                    ..fail("settlement_pending", payer)
+                },
+                _ => fail(
+                    reason_code(rec.reason.as_deref()).unwrap_or("transaction_failed"),
+                    payer,
+                ),
+            };
+        }
+        if let Err(e) = self.check_chain(&c).await {
+            self.store.release(key, Some(&e.to_string()));
+            return fail(e.code(), payer);
+        }
+        match self.settle_reserved(key, &c, None).await {
+            Settlement::Settled(tx) => SettleResponse {
+                success: true,
+                error_reason: None,
+                transaction: tx,
+                network,
+                payer,
+            },
+            Settlement::Pending(tx) => SettleResponse {
+                transaction: tx.unwrap_or_default(),
+                ..fail("settlement_pending", payer)
+            },
+            Settlement::Failed(r) => fail(r.code, payer),
+        }
+    }
+
+    /// `GET /supported`.
+    pub fn supported(&self) -> Value {
+        let mut kinds =
+            vec![json!({"x402Version": 2, "scheme": "exact", "network": self.network()})];
+        if let Some(n) = v1_network(self.chain_id()) {
+            kinds.push(json!({"x402Version": 1, "scheme": "exact", "network": n}));
+        }
+        json!({
+            "kinds": kinds,
+            "extensions": [],
+            "signers": {"eip155:*": [self.signer.address().to_checksum(None)]},
+        })
+    }
+
+    /// The facilitator's HTTP API.
+    pub fn router(self: std::sync::Arc<Self>) -> Router {
+        Router::new()
+            .route("/verify", post(http_verify))
+            .route("/settle", post(http_settle))
+            .route("/supported", get(http_supported))
+            .with_state(self)
+    }
+}
+
+/// The reason code at the front of a stored `code: message` reason.
+pub(super) fn reason_code(stored: Option<&str>) -> Option<&'static str> {
+    let code = stored?.split(':').next()?.trim();
+    KNOWN_CODES.iter().copied().find(|c| *c == code)
+}
+
+pub(super) const KNOWN_CODES: &[&str] = &[
+    "invalid_exact_evm_nonce_already_used",
+    "invalid_exact_evm_transaction_simulation_failed",
+    "invalid_exact_evm_payload_authorization_valid_before",
+    "invalid_exact_evm_insufficient_balance",
+    "transaction_failed",
+];
+
+pub(super) fn payer_of(req: &FacilitatorRequest) -> Option<Address> {
+    let p = &req.payment_payload["payload"]["authorization"]["from"];
+    p.as_str()?.parse().ok()
+}
+
+/// The body of `POST /verify` and `POST /settle`.
+#[derive(Clone, Debug, Deserialize, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FacilitatorRequest {
+    /// 1 or 2.
+    #[serde(default = "two")]
+    pub x402_version: u8,
+    /// The client's payment (v2 `PaymentPayload` or v1 `PaymentPayloadV1`).
+    pub payment_payload: Value,
+    /// The requirements it answers.
+    pub payment_requirements: Value,
+}
+
+pub(super) fn two() -> u8 {
+    2
+}
+
+pub(super) type Shared = std::sync::Arc<Facilitator>;
+
+/// JSON bodies that do not parse get a JSON error, not axum's plain text.
+pub(super) fn parse_body(
+    body: &[u8],
+) -> Result<FacilitatorRequest, (axum::http::StatusCode, Json<Value>)> {
+    serde_json::from_slice(body).map_err(|e| {
+        (
+            axum::http::StatusCode::BAD_REQUEST,
+            Json(json!({
+                "code": "invalid_request",
+                "message": format!("the body must be {{x402Version, paymentPayload, paymentRequirements}}: {e}"),
+                "isValid": false,
+                "success": false,
+                "invalidReason": "invalid_payload",
+                "errorReason": "invalid_payload",
+            })),
+        )
+    })
+}
+
+/// Refuses a request without an accepted API key (when the facilitator has a policy), before
+/// anything is parsed or read from the chain.
+pub(super) fn admit(
+    f: &Facilitator,
+    headers: &axum::http::HeaderMap,
+) -> Result<(), (axum::http::StatusCode, Json<Value>)> {
+    let Some(p) = &f.policy else { return Ok(()) };
+    let auth = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    if p.admits(auth) {
+        return Ok(());
+    }
+    Err((
+        axum::http::StatusCode::UNAUTHORIZED,
+        Json(json!({
+            "code": "unauthorized",
+            "message": "this facilitator serves its operator's resource servers: send `Authorization: Bearer <api key>`",
+            "isValid": false,
+            "success": false,
+            "invalidReason": "unauthorized",
+            "errorReason": "unauthorized",
+        })),
+    ))
+}
+
+pub(super) async fn http_verify(
+    State(f): State<Shared>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Json<VerifyResponse>, (axum::http::StatusCode, Json<Value>)> {
+    admit(&f, &headers)?;
+    let req = parse_body(&body)?;
+    Ok(Json(f.verify(&req).await))
+}
+
+pub(super) async fn http_settle(
+    State(f): State<Shared>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Json<SettleResponse>, (axum::http::StatusCode, Json<Value>)> {
+    admit(&f, &headers)?;
+    let req = parse_body(&body)?;
+    Ok(Json(f.settle(&req).await))
+}
+
+pub(super) async fn http_supported(State(f): State<Shared>) -> Json<Value> {
+    Json(f.supported())
+}

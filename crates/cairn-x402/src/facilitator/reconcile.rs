@@ -1,0 +1,89 @@
+//! Settlements left in flight by a crash or a timeout, finished or released from what the chain
+//! says.
+
+use super::*;
+
+impl Facilitator {
+    /// Looks at a pending payment again: settled once the token records its nonce as used;
+    /// failed once it expired unused; else still pending.
+    pub async fn reconcile(&self, rec: &PaymentRecord) -> Result<PaymentState, X402Error> {
+        if rec.state != PaymentState::Pending {
+            return Ok(rec.state);
+        }
+        let p = exact::parse(&serde_json::from_str(&rec.payload).unwrap_or(Value::Null))
+            .map_err(X402Error::Invalid)?;
+        let a = &p.authorization;
+        let state = if self.chain.authorization_used(a.from, a.nonce).await? {
+            PaymentState::Settled
+        } else if a.valid_before <= U256::from(now_secs()) {
+            PaymentState::Failed
+        } else {
+            PaymentState::Pending
+        };
+        if state != PaymentState::Pending {
+            let reason = (state == PaymentState::Failed)
+                .then_some("the authorization expired before its transfer was mined");
+            self.store
+                .set_state(rec.key, state, None, reason, rec.response.as_deref())?;
+        }
+        Ok(state)
+    }
+
+    /// Reconciles pending payments every `every`, forever: see [`Facilitator::resume`].
+    pub async fn reconcile_loop(self: std::sync::Arc<Self>, every: Duration) {
+        loop {
+            tokio::time::sleep(every).await;
+            self.reconcile_all().await;
+        }
+    }
+
+    /// One pass of the reconciler over every pending payment.
+    pub async fn reconcile_all(&self) {
+        match self.store.pending() {
+            Ok(list) => {
+                tracing::debug!(pending = list.len(), "reconciling payments");
+                for rec in list {
+                    if let Err(e) = self.resume(&rec).await {
+                        tracing::warn!(key = %rec.key, error = %e, "reconciling a payment");
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "listing pending payments"),
+        }
+    }
+
+    /// Reconciles a pending payment and, when its sender died before a transaction was on
+    /// record and the authorization is still unused and valid, sends its transfer again (the
+    /// payer was answered, or the answer is kept: they must not lose it for our crash).
+    pub async fn resume(&self, rec: &PaymentRecord) -> Result<PaymentState, X402Error> {
+        let Some(_sending) = self.begin_send(rec.key) else {
+            return Ok(rec.state);
+        };
+        let state = self.reconcile(rec).await?;
+        tracing::debug!(key = %rec.key, ?state, tx = ?rec.tx, "reconciled a payment");
+        if state != PaymentState::Pending || rec.tx.is_some() || rec.scheme != "exact" {
+            return Ok(state);
+        }
+        let p = exact::parse(&serde_json::from_str(&rec.payload).unwrap_or(Value::Null))
+            .map_err(X402Error::Invalid)?;
+        let signature =
+            alloy_primitives::Signature::try_from(p.signature.as_ref()).map_err(|e| {
+                X402Error::Invalid(Reason::new(
+                    "invalid_exact_evm_payload_signature",
+                    format!("the kept signature does not parse: {e}"),
+                ))
+            })?;
+        let c = CheckedExact {
+            authorization: p.authorization,
+            signature,
+        };
+        tracing::info!(key = %rec.key, "sending the transfer of a payment whose sender stopped mid-send");
+        Ok(
+            match self.send(rec.key, &c, rec.response.as_deref(), true).await {
+                Settlement::Settled(_) => PaymentState::Settled,
+                Settlement::Pending(_) => PaymentState::Pending,
+                Settlement::Failed(_) => PaymentState::Failed,
+            },
+        )
+    }
+}
