@@ -19,8 +19,10 @@ use tokio::sync::oneshot;
 use crate::error::NodeError;
 
 mod batches;
+mod writer;
 
 pub use batches::{BatchListing, BatchState, SealedBatch};
+use writer::*;
 
 /// Whether a logged receipt counts (is batched, its payloads served).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -427,6 +429,3 @@ pub(crate) fn to32(b: &[u8]) -> [u8; 32] {
 
 #[cfg(test)]
 mod tests;
-
-mod writer;
-use writer::*;
