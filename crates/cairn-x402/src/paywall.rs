@@ -34,6 +34,10 @@ use crate::wire::{
 };
 use crate::{Reason, X402Error, now_secs};
 
+mod exact_flow;
+mod prepaid_flow;
+mod presented;
+
 /// What a request costs.
 #[derive(Clone, Debug)]
 pub struct Price {
@@ -260,7 +264,7 @@ pub async fn middleware(State(p): State<Arc<Paywall>>, req: Request, next: Next)
 }
 
 async fn paid_request(p: Arc<Paywall>, req: Request, next: Next) -> Response {
-    let (mut parts, body) = req.into_parts();
+    let (parts, body) = req.into_parts();
     let price = match p.pricing.price(&parts).await {
         Ok(Some(price)) => price,
         Ok(None) => return next.run(Request::from_parts(parts, body)).await,
@@ -268,291 +272,69 @@ async fn paid_request(p: Arc<Paywall>, req: Request, next: Next) -> Response {
     };
     let resource = resource_of(&parts, &price);
     let offers = p.offers(&price);
-    let (version, raw) = match (
-        parts.headers.get(PAYMENT_SIGNATURE),
-        parts.headers.get(X_PAYMENT),
-    ) {
-        (Some(v), _) => (Version::V2, v.as_bytes().to_vec()),
-        (None, Some(v)) => (Version::V1, v.as_bytes().to_vec()),
-        (None, None) => return payment_required(&resource, &offers, None, None),
+    let refusal = Refusal {
+        resource: &resource,
+        offers: &offers,
     };
-    let refuse = |r: Reason| payment_required(&resource, &offers, Some(&r), None);
-    let refuse_err = |e: X402Error| match e {
-        X402Error::Invalid(r) => refuse(r),
-        X402Error::Malformed(m) => refuse(Reason::new("invalid_payload", m)),
-        other => {
-            tracing::error!(error = %other, "payment check failed on our side");
-            let code = other.code();
-            (
-                StatusCode::BAD_GATEWAY,
-                axum::Json(json!({"code": code, "message": format!("the payment could not be checked: {other}; retry")})),
-            )
-                .into_response()
-        }
-    };
-    let (offer, payload) = match version {
-        Version::V2 => {
-            let pp: PaymentPayload = match decode_header("PAYMENT-SIGNATURE", &raw) {
-                Ok(pp) => pp,
-                Err(e) => return refuse_err(e),
-            };
-            if pp.x402_version != 2 {
-                return refuse(Reason::new(
-                    "invalid_x402_version",
-                    format!(
-                        "PAYMENT-SIGNATURE carries x402Version {}; it must be 2 (v1 uses X-PAYMENT)",
-                        pp.x402_version
-                    ),
-                ));
-            }
-            match offers.iter().find(|o| o.same_offer(&pp.accepted)) {
-                Some(o) => (o.clone(), pp.payload),
-                None => {
-                    return refuse(Reason::new(
-                        "invalid_payment_requirements",
-                        "the payment answers no current offer (scheme, network, amount, asset, payTo); fetch the 402 again",
-                    ));
-                }
-            }
-        }
-        Version::V1 => {
-            let pp: PaymentPayloadV1 = match decode_header("X-PAYMENT", &raw) {
-                Ok(pp) => pp,
-                Err(e) => return refuse_err(e),
-            };
-            let found = offers.iter().find(|o| {
-                o.scheme == pp.scheme
-                    && crate::wire::chain_id_of(&o.network).and_then(v1_network)
-                        == Some(pp.network.as_str())
-            });
-            match found {
-                Some(o) => (o.clone(), pp.payload),
-                None => {
-                    return refuse(Reason::new(
-                        "invalid_payment_requirements",
-                        format!(
-                            "no offer for scheme {:?} on network {:?}",
-                            pp.scheme, pp.network
-                        ),
-                    ));
-                }
-            }
-        }
-    };
-
-    if offer.scheme == prepaid::SCHEME {
-        let Some(pre) = p.prepaid.clone() else {
-            return refuse(Reason::new("unsupported_scheme", "prepaid is not enabled"));
-        };
-        let accepted = match pre.accept(&payload, offer.amount).await {
-            Ok(a) => a,
-            Err(X402Error::Invalid(r)) if r.code == "invalid_prepaid_voucher_already_used" => {
-                // This voucher paid for a request already: if it was counted, answer it again.
-                if let Some(key) = pre.counted(&payload)
-                    && let Some(mut resp) = p.kept_answer(key, &parts.headers, body).await
-                {
-                    let s = SettleResponse {
-                        success: true,
-                        error_reason: None,
-                        transaction: key.to_string(),
-                        network: offer.network.clone(),
-                        payer: None,
-                    };
-                    insert_settle(resp.headers_mut(), &s, version);
-                    return resp;
-                }
-                return refuse(r);
-            }
-            Err(e) => return refuse_err(e),
-        };
-        let paid = Paid {
-            scheme: "prepaid",
-            payer: accepted.payer,
-            amount: offer.amount,
-            payment_ref: accepted.payment_ref(),
-        };
-        parts.extensions.insert(paid.clone());
-        let mut resp = next.run(Request::from_parts(parts, body)).await;
-        if !resp.status().is_success() {
-            pre.release(&accepted);
-            return resp;
-        }
-        // Counted before the output leaves: an answer the store did not count is withheld.
-        if let Err(e) = pre.commit(&accepted) {
-            tracing::error!(error = %e, "counting a prepaid voucher");
-            pre.release(&accepted);
-            return (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                axum::Json(json!({"code": e.code(), "message": format!("the payment could not be recorded: {e}; retry with the same voucher")})),
-            )
-                .into_response();
-        }
-        let s = SettleResponse {
-            success: true,
-            error_reason: None,
-            transaction: paid.payment_ref.to_string(),
-            network: offer.network.clone(),
-            payer: Some(paid.payer),
-        };
-        insert_settle(resp.headers_mut(), &s, version);
-        return resp;
-    }
-
-    // exact
-    let f = &p.facilitator;
-    let network = match version {
-        Version::V2 => offer.network.clone(),
-        Version::V1 => crate::wire::chain_id_of(&offer.network)
-            .and_then(v1_network)
-            .unwrap_or_default()
-            .to_string(),
-    };
-    let settle_response =
-        |success: bool, reason: Option<&str>, tx: Option<String>, payer: Address| SettleResponse {
-            success,
-            error_reason: reason.map(str::to_string),
-            transaction: tx.unwrap_or_default(),
-            network: network.clone(),
-            payer: Some(payer),
-        };
-    // A payment already charged for this resource is answered from what was kept, whatever the
-    // clock says of its authorization now (the client is retrying a lost answer).
-    if let Ok(parsed) = crate::exact::parse(&payload) {
-        let a = &parsed.authorization;
-        let key = crate::exact::payment_ref(offer.asset, a.from, a.nonce);
-        if let Ok(Some(mut rec)) = f.store().get(key)
-            && rec.resource == resource.url
-            && rec.response.is_none()
-            && matches!(rec.state, PaymentState::Settled | PaymentState::Pending)
-        {
-            if rec.state == PaymentState::Pending {
-                rec.state = f.reconcile(&rec).await.unwrap_or(rec.state);
-            }
-            if rec.state == PaymentState::Settled
-                && let Some(mut resp) = p.kept_answer(key, &parts.headers, body).await
-            {
-                let s = settle_response(true, None, rec.tx.clone(), rec.payer);
-                insert_settle(resp.headers_mut(), &s, version);
-                return resp;
-            }
-            let r = if rec.state == PaymentState::Pending {
-                Reason::new(
-                    "settlement_pending",
-                    "the payment's transfer is sent and not confirmed yet; retry with the same payment shortly (you will not be charged twice)",
-                )
-            } else {
-                Reason::new(
-                    "invalid_exact_evm_nonce_already_used",
-                    "this payment was spent on another request; sign a new one",
-                )
-            };
-            let s = settle_response(false, Some(r.code), rec.tx.clone(), rec.payer);
-            return payment_required(&resource, &offers, Some(&r), Some((&s, version)));
-        }
-    }
-    let checked: CheckedExact = match f.check_exact(&payload, &offer, now_secs()) {
-        Ok(c) => c,
-        Err(e) => return refuse_err(e),
-    };
-    let payer = checked.authorization.from;
-    let (key, reserved) = match f.reserve(&checked, &resource.url, &payload) {
+    let presented = match presented::read(&parts.headers, &refusal) {
         Ok(x) => x,
-        Err(e) => return refuse_err(e),
+        Err(resp) => return resp,
     };
-    if let Reserve::Seen(mut rec) = reserved {
-        // The same payment again: a withheld response of this very resource is handed over
-        // once its transfer is confirmed (a paywall without kept answers); anything else is a
-        // replay.
-        if rec.response.is_some() && rec.resource == resource.url {
-            if rec.state == PaymentState::Pending {
-                rec.state = f.reconcile(&rec).await.unwrap_or(rec.state);
+    let run = Run { parts, body, next };
+    if presented.offer.scheme == prepaid::SCHEME {
+        prepaid_flow::pay(&p, run, presented, &refusal).await
+    } else {
+        exact_flow::pay(&p, run, presented, &refusal).await
+    }
+}
+
+/// How a request that pays for `resource` is refused: 402 with the current `offers`.
+struct Refusal<'a> {
+    resource: &'a ResourceInfo,
+    offers: &'a [PaymentRequirements],
+}
+
+impl Refusal<'_> {
+    /// A payment refused for `r`.
+    fn refuse(&self, r: Reason) -> Response {
+        payment_required(self.resource, self.offers, Some(&r), None)
+    }
+
+    /// A payment refused for `e`; a fault on this side is 502, "retry", not a refusal.
+    fn refuse_err(&self, e: X402Error) -> Response {
+        match e {
+            X402Error::Invalid(r) => self.refuse(r),
+            X402Error::Malformed(m) => self.refuse(Reason::new("invalid_payload", m)),
+            other => {
+                tracing::error!(error = %other, "payment check failed on our side");
+                let code = other.code();
+                (
+                    StatusCode::BAD_GATEWAY,
+                    axum::Json(json!({"code": code, "message": format!("the payment could not be checked: {other}; retry")})),
+                )
+                    .into_response()
             }
-            match rec.state {
-                PaymentState::Settled => {
-                    if let Some(mut resp) = rec.response.as_deref().and_then(thaw) {
-                        let s = settle_response(true, None, rec.tx.clone(), payer);
-                        insert_settle(resp.headers_mut(), &s, version);
-                        return resp;
-                    }
-                }
-                PaymentState::Pending => {
-                    let r = Reason::new(
-                        "settlement_pending",
-                        "the payment's transfer is sent and not confirmed yet; retry with the same payment shortly (you will not be charged twice)",
-                    );
-                    let s = settle_response(false, Some(r.code), rec.tx.clone(), payer);
-                    return payment_required(&resource, &offers, Some(&r), Some((&s, version)));
-                }
-                _ => {}
-            }
-        }
-        return refuse(Reason::new(
-            "invalid_exact_evm_nonce_already_used",
-            format!(
-                "this payment (nonce {}) was already presented ({}); sign a new one",
-                checked.authorization.nonce,
-                match rec.state {
-                    PaymentState::Reserved => "it is in use by a request running now",
-                    PaymentState::Settled => "it is spent",
-                    PaymentState::Pending => "its settlement is pending",
-                    _ => "its settlement failed",
-                }
-            ),
-        ));
-    }
-    if let Err(e) = f.check_chain(&checked).await {
-        f.store().release(key, Some(&e.to_string()));
-        return refuse_err(e);
-    }
-    parts.extensions.insert(Paid {
-        scheme: "exact",
-        payer: checked.authorization.from,
-        amount: checked.authorization.value,
-        payment_ref: key,
-    });
-    let resp = next.run(Request::from_parts(parts, body)).await;
-    if !resp.status().is_success() {
-        f.store().release(key, None);
-        return resp;
-    }
-    let (rparts, rbody) = resp.into_parts();
-    let bytes = match axum::body::to_bytes(rbody, usize::MAX).await {
-        Ok(b) => b,
-        Err(e) => {
-            f.store()
-                .release(key, Some("the response could not be read"));
-            return (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                axum::Json(
-                    json!({"code": "internal", "message": format!("reading the response: {e}")}),
-                ),
-            )
-                .into_response();
-        }
-    };
-    // With kept answers a retry is answered from them (inputs checked); without, the response
-    // itself is kept while the transfer is unconfirmed.
-    let frozen = p.kept.is_none().then(|| freeze(&rparts, &bytes));
-    match f.settle_reserved(key, &checked, frozen.as_deref()).await {
-        Settlement::Settled(tx) => {
-            let mut resp = Response::from_parts(rparts, Body::from(bytes));
-            let s = settle_response(true, None, Some(tx), payer);
-            insert_settle(resp.headers_mut(), &s, version);
-            resp
-        }
-        Settlement::Pending(tx) => {
-            let r = Reason::new(
-                "settlement_pending",
-                "the payment's transfer is sent and not confirmed yet; the result is kept: retry with the same payment shortly (you will not be charged twice)",
-            );
-            let s = settle_response(false, Some(r.code), tx, payer);
-            payment_required(&resource, &offers, Some(&r), Some((&s, version)))
-        }
-        Settlement::Failed(r) => {
-            let s = settle_response(false, Some(r.code), None, payer);
-            payment_required(&resource, &offers, Some(&r), Some((&s, version)))
         }
     }
+
+    /// A payment not (yet) settled: 402 for `r`, with the settlement answer `s`.
+    fn unsettled(&self, r: &Reason, s: &SettleResponse, v: Version) -> Response {
+        payment_required(self.resource, self.offers, Some(r), Some((s, v)))
+    }
+}
+
+/// The request a payment pays for, until it runs.
+struct Run {
+    parts: Parts,
+    body: Body,
+    next: Next,
+}
+
+/// A payment as presented: which header carried it, the offer it answers, its payload.
+struct Presented {
+    version: Version,
+    offer: PaymentRequirements,
+    payload: Value,
 }
 
 /// A response kept while its payment settles: JSON head (status, headers), a newline, the body.

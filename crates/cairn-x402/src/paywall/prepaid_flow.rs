@@ -1,0 +1,78 @@
+//! A request paid with a prepaid voucher: accepted atomically before the run, counted before the
+//! answer leaves, released when the route fails.
+
+use super::*;
+
+/// Runs `run` paid by the voucher `presented` carries.
+pub(super) async fn pay(
+    p: &Paywall,
+    run: Run,
+    presented: Presented,
+    refusal: &Refusal<'_>,
+) -> Response {
+    let Run {
+        mut parts,
+        body,
+        next,
+    } = run;
+    let Presented {
+        version,
+        offer,
+        payload,
+    } = presented;
+    let Some(pre) = p.prepaid.clone() else {
+        return refusal.refuse(Reason::new("unsupported_scheme", "prepaid is not enabled"));
+    };
+    let accepted = match pre.accept(&payload, offer.amount).await {
+        Ok(a) => a,
+        Err(X402Error::Invalid(r)) if r.code == "invalid_prepaid_voucher_already_used" => {
+            // This voucher paid for a request already: if it was counted, answer it again.
+            if let Some(key) = pre.counted(&payload)
+                && let Some(mut resp) = p.kept_answer(key, &parts.headers, body).await
+            {
+                let s = SettleResponse {
+                    success: true,
+                    error_reason: None,
+                    transaction: key.to_string(),
+                    network: offer.network.clone(),
+                    payer: None,
+                };
+                insert_settle(resp.headers_mut(), &s, version);
+                return resp;
+            }
+            return refusal.refuse(r);
+        }
+        Err(e) => return refusal.refuse_err(e),
+    };
+    let paid = Paid {
+        scheme: "prepaid",
+        payer: accepted.payer,
+        amount: offer.amount,
+        payment_ref: accepted.payment_ref(),
+    };
+    parts.extensions.insert(paid.clone());
+    let mut resp = next.run(Request::from_parts(parts, body)).await;
+    if !resp.status().is_success() {
+        pre.release(&accepted);
+        return resp;
+    }
+    // Counted before the output leaves: an answer the store did not count is withheld.
+    if let Err(e) = pre.commit(&accepted) {
+        tracing::error!(error = %e, "counting a prepaid voucher");
+        pre.release(&accepted);
+        return (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            axum::Json(json!({"code": e.code(), "message": format!("the payment could not be recorded: {e}; retry with the same voucher")})),
+        )
+            .into_response();
+    }
+    let s = SettleResponse {
+        success: true,
+        error_reason: None,
+        transaction: paid.payment_ref.to_string(),
+        network: offer.network.clone(),
+        payer: Some(paid.payer),
+    };
+    insert_settle(resp.headers_mut(), &s, version);
+    resp
+}
