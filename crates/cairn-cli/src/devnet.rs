@@ -71,17 +71,7 @@ pub(crate) async fn devnet(
     )
     .await?;
     let gov = cairn_ledger::dev_signer(0);
-    let node_key = data_dir.join("chain").join("node.key");
-    keyfile::write(
-        &node_key,
-        &cairn_ledger::dev_signer(cairn_ledger::devnet::NODE),
-    )?;
-    // The first user account, ready to pay with `cairn infer --payer-key`.
-    let payer_key = data_dir.join("chain").join("payer.key");
-    keyfile::write(
-        &payer_key,
-        &cairn_ledger::dev_signer(cairn_ledger::devnet::PAYER),
-    )?;
+    let (node_key, payer_key) = write_keys(&data_dir)?;
     let node_args = node_cmd::NodeServeArgs {
         listen: node_listen,
         hub: url.clone(),
@@ -98,42 +88,7 @@ pub(crate) async fn devnet(
         .await
         .with_context(|| format!("binding {node_listen}"))?;
     let node_url = format!("http://{}", node_listener.local_addr()?);
-    // Three verifiers in this process, each with its own API (verdicts, fraud confirmations,
-    // registration approvals) and state dir; dev evidence is accepted (devnet only).
-    let check = verify_cmd::CheckArgs {
-        sample_rate: c.verifiers.sample_rate,
-        payload_window_secs: c.verifiers.payload_window_secs,
-        payload_attempts: c.verifiers.payload_attempts,
-        allow_private_endpoints: true,
-        max_model_bytes: 2 << 30,
-        tolerance: 1e-4,
-        allow_dev_evidence: true,
-    };
-    // Verifiers re-execute on tract: bit-exact for tract receipts, a tolerance check otherwise.
-    let v_engine: std::sync::Arc<dyn cairn_engine::Engine> =
-        std::sync::Arc::new(cairn_engine::TractEngine::new());
-    let mut verifier_urls = Vec::new();
-    for i in cairn_ledger::devnet::VERIFIERS
-        .into_iter()
-        .take(c.verifiers.verifiers as usize)
-    {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let v_url = format!("http://{}", l.local_addr()?);
-        let v = verify_cmd::start_verifier(verify_cmd::VerifierSetup {
-            chain: chain.clone(),
-            key: cairn_ledger::dev_signer(i),
-            dir: &data_dir.join(format!("verifier-{i}")),
-            hub: &url,
-            check: &check,
-            engine: v_engine.clone(),
-            listener: l,
-            url: &v_url,
-            tick: std::time::Duration::from_millis(500),
-            endpoint_update: verify_cmd::EndpointUpdate::Governor(&gov),
-        })
-        .await?;
-        verifier_urls.push((v.address(), v_url));
-    }
+    let verifier_urls = start_verifiers(&chain, &data_dir, &url, &c.verifiers, &gov).await?;
     // The node registers like any other: dev evidence approved by two verifiers.
     cairn_node::registration::register(
         &chain,
@@ -152,31 +107,15 @@ pub(crate) async fn devnet(
         Some(&gov),
     )
     .await?;
-    println!("Cairn devnet");
-    println!("  data dir: {}", data_dir.display());
-    println!("  hub:      {url}");
-    println!("  API docs: {url}/docs");
-    println!("  node:     {node_url}");
-    println!("  node key: {}", node_state.address());
-    println!("  profile:  {}", node_state.profile());
-    println!("  demo:     digits@1.0 = {demo}");
-    for (a, u) in &verifier_urls {
-        println!("  verifier: {u} ({a}), samples {}", c.verifiers.sample_rate);
-    }
-    if c.faults.any() {
-        println!("  FAULTS:   the node cheats on purpose: {:?}", c.faults);
-    }
-    if c.free {
-        println!(
-            "  price:    {} token units per inference (not charged: --free)",
-            c.price
-        );
-    } else {
-        println!(
-            "  price:    {} token units per inference (x402: exact or prepaid)",
-            c.price
-        );
-    }
+    print_banner(&Banner {
+        data_dir: &data_dir,
+        hub: &url,
+        node: &node_url,
+        node_state: &node_state,
+        demo,
+        verifiers: &verifier_urls,
+        c: &c,
+    });
     chain_cmd::print_devnet(&chain).await?;
     println!(
         "  payer:    {} (account {}, key file {})",
@@ -198,6 +137,109 @@ pub(crate) async fn devnet(
     hub_task.await??;
     node_task.await??;
     Ok(())
+}
+
+/// Writes the devnet node's key and the first user's (ready to pay with `cairn infer
+/// --payer-key`) into the data dir.
+fn write_keys(data_dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let node_key = data_dir.join("chain").join("node.key");
+    keyfile::write(
+        &node_key,
+        &cairn_ledger::dev_signer(cairn_ledger::devnet::NODE),
+    )?;
+    let payer_key = data_dir.join("chain").join("payer.key");
+    keyfile::write(
+        &payer_key,
+        &cairn_ledger::dev_signer(cairn_ledger::devnet::PAYER),
+    )?;
+    Ok((node_key, payer_key))
+}
+
+/// Starts the devnet's verifiers in this process; returns each one's address and URL.
+async fn start_verifiers(
+    chain: &cairn_ledger::Chain,
+    data_dir: &Path,
+    url: &str,
+    c: &DevnetVerifiers,
+    gov: &alloy_signer_local::PrivateKeySigner,
+) -> anyhow::Result<Vec<(alloy_primitives::Address, String)>> {
+    // Three verifiers in this process, each with its own API (verdicts, fraud confirmations,
+    // registration approvals) and state dir; dev evidence is accepted (devnet only).
+    let check = verify_cmd::CheckArgs {
+        sample_rate: c.sample_rate,
+        payload_window_secs: c.payload_window_secs,
+        payload_attempts: c.payload_attempts,
+        allow_private_endpoints: true,
+        max_model_bytes: 2 << 30,
+        tolerance: 1e-4,
+        allow_dev_evidence: true,
+    };
+    // Verifiers re-execute on tract: bit-exact for tract receipts, a tolerance check otherwise.
+    let v_engine: std::sync::Arc<dyn cairn_engine::Engine> =
+        std::sync::Arc::new(cairn_engine::TractEngine::new());
+    let mut verifier_urls = Vec::new();
+    for i in cairn_ledger::devnet::VERIFIERS
+        .into_iter()
+        .take(c.verifiers as usize)
+    {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let v_url = format!("http://{}", l.local_addr()?);
+        let v = verify_cmd::start_verifier(verify_cmd::VerifierSetup {
+            chain: chain.clone(),
+            key: cairn_ledger::dev_signer(i),
+            dir: &data_dir.join(format!("verifier-{i}")),
+            hub: url,
+            check: &check,
+            engine: v_engine.clone(),
+            listener: l,
+            url: &v_url,
+            tick: std::time::Duration::from_millis(500),
+            endpoint_update: verify_cmd::EndpointUpdate::Governor(gov),
+        })
+        .await?;
+        verifier_urls.push((v.address(), v_url));
+    }
+    Ok(verifier_urls)
+}
+
+/// What the devnet prints about itself.
+struct Banner<'a> {
+    data_dir: &'a Path,
+    hub: &'a str,
+    node: &'a str,
+    node_state: &'a cairn_node::NodeState,
+    demo: cairn_core::BlobId,
+    verifiers: &'a [(alloy_primitives::Address, String)],
+    c: &'a DevnetChain,
+}
+
+fn print_banner(b: &Banner<'_>) {
+    let c = b.c;
+    println!("Cairn devnet");
+    println!("  data dir: {}", b.data_dir.display());
+    println!("  hub:      {}", b.hub);
+    println!("  API docs: {}/docs", b.hub);
+    println!("  node:     {}", b.node);
+    println!("  node key: {}", b.node_state.address());
+    println!("  profile:  {}", b.node_state.profile());
+    println!("  demo:     digits@1.0 = {}", b.demo);
+    for (a, u) in b.verifiers {
+        println!("  verifier: {u} ({a}), samples {}", c.verifiers.sample_rate);
+    }
+    if c.faults.any() {
+        println!("  FAULTS:   the node cheats on purpose: {:?}", c.faults);
+    }
+    if c.free {
+        println!(
+            "  price:    {} token units per inference (not charged: --free)",
+            c.price
+        );
+    } else {
+        println!(
+            "  price:    {} token units per inference (x402: exact or prepaid)",
+            c.price
+        );
+    }
 }
 
 /// The digits MLP shipped in the binary, published as `digits@1.0` by the devnet's own key.
