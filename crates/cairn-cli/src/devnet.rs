@@ -165,7 +165,7 @@ async fn start_verifiers(
 ) -> anyhow::Result<Vec<(alloy_primitives::Address, String)>> {
     // Three verifiers in this process, each with its own API (verdicts, fraud confirmations,
     // registration approvals) and state dir; dev evidence is accepted (devnet only).
-    let check = verify_cmd::CheckArgs {
+    let checks = cairn_verifier::assemble::Checks {
         sample_rate: c.sample_rate,
         payload_window_secs: c.payload_window_secs,
         payload_attempts: c.payload_attempts,
@@ -184,17 +184,19 @@ async fn start_verifiers(
     {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let v_url = format!("http://{}", l.local_addr()?);
-        let v = verify_cmd::start_verifier(verify_cmd::VerifierSetup {
+        let dir = data_dir.join(format!("verifier-{i}"));
+        let v = cairn_verifier::assemble::start(cairn_verifier::assemble::Setup {
             chain: chain.clone(),
             key: cairn_ledger::dev_signer(i),
-            dir: &data_dir.join(format!("verifier-{i}")),
+            dir: &dir,
             hub: url,
-            check: &check,
+            checks: &checks,
+            secret: verify_cmd::dir_secret(&dir)?,
             engine: v_engine.clone(),
             listener: l,
             url: &v_url,
             tick: std::time::Duration::from_millis(500),
-            endpoint_update: verify_cmd::EndpointUpdate::Governor(gov),
+            endpoint_update: cairn_verifier::assemble::EndpointUpdate::Governor(gov),
         })
         .await?;
         verifier_urls.push((v.address(), v_url));

@@ -11,7 +11,6 @@ use alloy_signer_local::PrivateKeySigner;
 use anyhow::{Context, bail};
 use cairn_attest::{Attester, DevAttester, EvidenceKind};
 use cairn_ledger::{Chain, Role};
-use cairn_verifier::{Reexecutor, VerdictStore, Verifier, VerifierConfig};
 use serde_json::{Value, json};
 
 use crate::chain_cmd::{ChainArgs, RoleArg};
@@ -94,122 +93,25 @@ fn sampling_secret(path: &Path) -> anyhow::Result<B256> {
     Ok(s)
 }
 
-/// A verifier to start: it keeps its state in `dir`, serves its API on `listener` (advertised as
-/// `url`, which becomes its registry endpoint), and follows the chain.
-pub struct VerifierSetup<'a> {
-    /// The deployment followed.
-    pub chain: Chain,
-    /// The verifier's key.
-    pub key: PrivateKeySigner,
-    /// Its state dir.
-    pub dir: &'a Path,
-    /// The hub models come from.
-    pub hub: &'a str,
-    /// How it checks.
-    pub check: &'a CheckArgs,
-    /// The engine it re-executes on.
-    pub engine: Arc<dyn cairn_engine::Engine>,
-    /// Where its API listens.
-    pub listener: tokio::net::TcpListener,
-    /// Where it is reached (its registry endpoint).
-    pub url: &'a str,
-    /// Time between passes over the chain.
-    pub tick: Duration,
-    /// How a changed endpoint gets into the registry: governance's key (a local network), or
-    /// the verifier's own evidence approved by the other verifiers.
-    pub endpoint_update: EndpointUpdate<'a>,
+/// How `cairn verifier serve` and the devnet's verifiers check.
+impl From<&CheckArgs> for cairn_verifier::assemble::Checks {
+    fn from(c: &CheckArgs) -> Self {
+        Self {
+            sample_rate: c.sample_rate,
+            payload_window_secs: c.payload_window_secs,
+            payload_attempts: c.payload_attempts,
+            allow_private_endpoints: c.allow_private_endpoints,
+            tolerance: c.tolerance,
+            max_model_bytes: c.max_model_bytes,
+            allow_dev_evidence: c.allow_dev_evidence,
+        }
+    }
 }
 
-/// How a node's new endpoint gets into the registry.
-pub enum EndpointUpdate<'a> {
-    /// Governance moves it (the devnet holds the governor's key).
-    Governor(&'a PrivateKeySigner),
-    /// Fresh evidence approved by a quorum of verifiers, like a registration.
-    Approved(&'a dyn Attester),
-}
-
-/// Starts the verifier `s` describes.
-pub async fn start_verifier(s: VerifierSetup<'_>) -> anyhow::Result<Verifier> {
-    let VerifierSetup {
-        chain,
-        key,
-        dir,
-        hub,
-        check,
-        engine,
-        listener,
-        url,
-        tick,
-        endpoint_update,
-    } = s;
+/// The sampling secret kept in `dir` (created on first use).
+pub fn dir_secret(dir: &Path) -> anyhow::Result<B256> {
     std::fs::create_dir_all(dir)?;
-    let me = key.address();
-    let info = chain.node(me).await?;
-    if !info.active || info.role != Some(Role::Verifier) {
-        bail!(
-            "{me} is not an active verifier on this deployment; register it with `cairn node register --role verifier`"
-        );
-    }
-    if info.endpoint != url {
-        match endpoint_update {
-            EndpointUpdate::Governor(gov) => {
-                chain.set_endpoint_for(gov, me, url).await?;
-            }
-            EndpointUpdate::Approved(attester) => {
-                cairn_node::registration::move_endpoint(
-                    &chain,
-                    &key,
-                    Role::Verifier,
-                    url,
-                    attester,
-                )
-                .await?;
-            }
-        }
-    }
-    // Declare the profile this verifier re-executes on, so the network can count who checks what.
-    let profile = engine.profile().hash();
-    if chain.verifier_profile(me).await? != profile {
-        chain.declare_profile(&key, profile).await?;
-    }
-    let hub_client = cairn_hub::HubClient::new(hub, None)?;
-    let cache = cairn_node::cache::ModelCache::new(
-        dir.join("models"),
-        hub_client,
-        engine,
-        4 << 30,
-        check.max_model_bytes,
-    );
-    let config = VerifierConfig {
-        sample_rate: check.sample_rate,
-        secret: sampling_secret(&dir.join("sampling.secret"))?,
-        payload_window: Duration::from_secs(check.payload_window_secs),
-        payload_attempts: check.payload_attempts,
-        max_fetch_bytes: 512 << 20,
-        allow_private_endpoints: check.allow_private_endpoints,
-        endpoint: url.to_string(),
-        attestation: cairn_attest::Policy {
-            allow_dev: check.allow_dev_evidence,
-        },
-        approval_ttl: Duration::from_secs(600),
-        hub_url: hub.to_string(),
-    };
-    let store = VerdictStore::open(&dir.join("verdicts.sqlite"))?;
-    let v = Verifier::new(
-        chain,
-        key,
-        Reexecutor::new(cache, check.tolerance),
-        store,
-        config,
-    );
-    let app = cairn_verifier::server::router(v.clone());
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(error = %e, "verifier API stopped");
-        }
-    });
-    tokio::spawn(v.clone().run(tick));
-    Ok(v)
+    sampling_secret(&dir.join("sampling.secret"))
 }
 
 /// `cairn verifier serve`.
@@ -232,17 +134,18 @@ pub async fn serve(args: VerifierServeArgs) -> anyhow::Result<()> {
     // Tract: bit-exact for tract receipts of this machine's tier, a tolerance check otherwise.
     let engine: Arc<dyn cairn_engine::Engine> = Arc::new(cairn_engine::TractEngine::new());
     let att = attester(args.attester, &key)?;
-    let v = start_verifier(VerifierSetup {
+    let v = cairn_verifier::assemble::start(cairn_verifier::assemble::Setup {
         chain,
         key,
         dir: &dir,
         hub: &args.hub,
-        check: &args.check,
+        checks: &(&args.check).into(),
+        secret: dir_secret(&dir)?,
         engine,
         listener,
         url: &url,
         tick: Duration::from_millis(args.tick_ms),
-        endpoint_update: EndpointUpdate::Approved(att.as_ref()),
+        endpoint_update: cairn_verifier::assemble::EndpointUpdate::Approved(att.as_ref()),
     })
     .await?;
     println!("verifier: {url}");

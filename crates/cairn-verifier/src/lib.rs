@@ -26,6 +26,7 @@
 //! Every verdict and its evidence are kept ([`VerdictStore`]) and served over HTTP
 //! ([`server::router`]), which also approves registrations ([`Verifier::approve_registration`]).
 
+pub mod assemble;
 mod batch;
 pub mod economics;
 pub mod fetch;
