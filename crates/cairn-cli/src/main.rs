@@ -1,6 +1,7 @@
 //! `cairn`: the one binary. `cairn devnet` runs the network on embedded defaults; each role also
 //! runs alone (`cairn hub serve`), and the client commands talk to a running hub.
 
+mod args;
 mod chain_cmd;
 mod devnet;
 mod hub;

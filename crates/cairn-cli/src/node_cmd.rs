@@ -13,41 +13,15 @@ use cairn_engine::{CpuTier, Engine, TractEngine};
 use cairn_node::{Limits, NodeConfig};
 use cairn_node_api::{NodeClient, safetensors_io};
 use cairn_receipt::{ReceiptDomain, SignedReceipt};
-use clap::{Args, ValueEnum};
+use clap::Args;
+
+pub use crate::args::{EngineArgs, EngineKind};
 
 mod receipt;
 pub use receipt::*;
 
 mod infer;
 pub use infer::*;
-
-/// Which engine runs models.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum EngineKind {
-    /// tract: bit-exact per profile (the verifiable default).
-    Tract,
-    /// ONNX Runtime, loaded from --ort-library (results checked with a tolerance).
-    Onnxruntime,
-}
-
-/// Engine choice, shared by `node serve`, `devnet` and `receipt reexec`.
-#[derive(Args, Clone, Debug)]
-pub struct EngineArgs {
-    /// Engine.
-    #[arg(long, value_enum, default_value = "tract")]
-    pub engine: EngineKind,
-    /// CPU kernel tier for tract: generic (portable: any verifier reproduces it), avx2,
-    /// avx512, native (fastest; reproducible only on CPUs with the same features). Pinned at
-    /// process start (the process re-executes itself with TRACT_CPU_ISA set).
-    #[arg(long, default_value = "generic", env = "CAIRN_CPU_TIER")]
-    pub cpu_tier: String,
-    /// ONNX Runtime shared library (from scripts/install-onnxruntime.sh).
-    #[arg(long, env = "ORT_DYLIB_PATH")]
-    pub ort_library: Option<PathBuf>,
-    /// Threads per inference for ONNX Runtime (tract always uses one).
-    #[arg(long, default_value_t = 1)]
-    pub threads: usize,
-}
 
 /// `cairn node serve` options.
 #[derive(Args, Clone, Debug)]

@@ -12,7 +12,7 @@ use anyhow::{Context, bail};
 use cairn_node_api::{NodeClient, NodeClientError, PaymentTerms, PrepaidChannel};
 use clap::{Args, Subcommand};
 
-use crate::chain_cmd::ChainArgs;
+use crate::args::ChainArgs;
 
 /// Who pays and with which node.
 #[derive(Args, Clone, Debug)]

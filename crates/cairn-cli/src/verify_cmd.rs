@@ -13,7 +13,7 @@ use cairn_attest::{Attester, DevAttester, EvidenceKind};
 use cairn_ledger::{Chain, Role};
 use serde_json::{Value, json};
 
-use crate::chain_cmd::{ChainArgs, RoleArg};
+use crate::args::{ChainArgs, RoleArg};
 
 /// How a verifier checks (shared by `verifier serve` and the devnet).
 #[derive(clap::Args, Clone, Debug)]
@@ -273,7 +273,7 @@ pub async fn nodes(chain: &Chain, all: bool) -> anyhow::Result<Vec<Value>> {
 
 /// `cairn nodes`.
 pub async fn nodes_cmd(args: NodesArgs) -> anyhow::Result<()> {
-    let chain = crate::chain_cmd::open_chain(&args.chain, args.devnet_dir.as_deref()).await?;
+    let chain = crate::args::open_chain(&args.chain, args.devnet_dir.as_deref()).await?;
     let list = nodes(&chain, args.all).await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&list)?);
