@@ -398,9 +398,7 @@ fn file_from_row(row: &AnyRow) -> Result<FileEntry> {
 
 /// Unix seconds now.
 pub fn now_secs() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
+    cairn_core::clock::now_secs() as i64
 }
 
 #[cfg(test)]

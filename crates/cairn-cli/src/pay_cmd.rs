@@ -164,10 +164,7 @@ pub async fn run(c: PayCommand) -> anyhow::Result<()> {
                     Some(t.asset),
                     None,
                 );
-                let valid_before = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)?
-                    .as_secs()
-                    + 600;
+                let valid_before = cairn_core::clock::now_secs() + 600;
                 let d = cairn_x402::prepaid::sign_deposit(
                     &key,
                     t.escrow,

@@ -304,12 +304,8 @@ pub fn host_and_target(url: &str) -> Option<(String, String)> {
     Some((host, target))
 }
 
-/// Seconds since the Unix epoch.
-pub fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
+/// Seconds since the Unix epoch ([`crate::clock::now_secs`]).
+pub use crate::clock::now_secs as unix_now;
 
 /// Remembers the (signer, nonce) pairs seen within the clock window, so each signed request is
 /// accepted once. In memory and bounded per signer: a signer that fills its share (or the table

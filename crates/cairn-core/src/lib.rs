@@ -6,6 +6,7 @@ pub mod api;
 pub mod attestation;
 pub mod auth;
 mod blob_id;
+pub mod clock;
 mod names;
 mod profile;
 pub mod sig;

@@ -8,7 +8,6 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use alloy_primitives::{Address, B256, Bytes, Log, TxKind, U256, keccak256};
 use alloy_signer_local::PrivateKeySigner;
@@ -56,7 +55,6 @@ struct Head {
 }
 
 const SCHEMA: &str = "
-PRAGMA journal_mode = WAL;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS blocks (
   number INTEGER PRIMARY KEY, timestamp INTEGER NOT NULL, hash BLOB NOT NULL, tx BLOB);
@@ -76,12 +74,7 @@ CREATE TABLE IF NOT EXISTS storage (
   WITHOUT ROWID;
 ";
 
-fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
+use cairn_core::clock::now_secs;
 
 impl EmbeddedLedger {
     /// Opens the chain stored at `path`, or creates it with `genesis` native balances.
@@ -126,11 +119,10 @@ impl EmbeddedLedger {
         chain_id: u64,
         genesis: &[(Address, U256)],
     ) -> Result<Self, LedgerError> {
-        let conn = Connection::open(path)?;
-        conn.execute_batch(SCHEMA)?;
         // WAL + NORMAL: a committed block survives a process kill; only an OS crash can cost the
         // last blocks.
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        let conn = cairn_sqlite::open(path, cairn_sqlite::Durability::Normal)?;
+        conn.execute_batch(SCHEMA)?;
 
         let stored: Option<Vec<u8>> = conn
             .query_row("SELECT value FROM meta WHERE key = 'chain_id'", [], |r| {

@@ -147,9 +147,9 @@ async fn approved(
             for (k, val) in signed.to_pairs() {
                 r = r.header(k, val);
             }
-            let r = r.send().await.map_err(|e| e.to_string())?;
+            let r = r.send().await.map_err(|e| with_causes(&e))?;
             let status = r.status();
-            let body = r.bytes().await.map_err(|e| e.to_string())?;
+            let body = r.bytes().await.map_err(|e| with_causes(&e))?;
             Ok::<_, String>((status, body))
         }
         .await;
@@ -184,4 +184,16 @@ async fn approved(
         });
     }
     Ok((req, approvals))
+}
+
+/// An error with its causes, `outer: inner: …`, so a refusal says why a connection failed.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cause = c.source();
+    }
+    out
 }

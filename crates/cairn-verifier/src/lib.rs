@@ -178,12 +178,7 @@ struct Follow {
     retry: BTreeSet<u64>,
 }
 
-fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
+use cairn_core::clock::now_secs;
 
 /// The receipt as the settlement contract takes it.
 pub fn as_settlement(r: &SignedReceipt) -> Settlement::Receipt {

@@ -1,7 +1,6 @@
 //! Verdicts and their evidence, kept in SQLite so they survive restarts and can be queried.
 
 use std::path::Path;
-use std::sync::Mutex;
 
 use cairn_verifier_api::{BatchVerdict, FraudRecord, ReceiptVerdict, SampleRecord, VerdictOutcome};
 use rusqlite::{Connection, OptionalExtension, params};
@@ -19,16 +18,15 @@ impl From<rusqlite::Error> for StoreError {
 
 /// One verifier's verdicts: per batch (JSON), per sampled receipt, and fraud verdicts it signed.
 pub struct VerdictStore {
-    db: Mutex<Connection>,
+    db: cairn_sqlite::Shared,
 }
 
 impl VerdictStore {
     /// Opens (creating) the store at `path`; `:memory:` for a throwaway one.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let db = Connection::open(path)?;
+        let db = cairn_sqlite::open(path, cairn_sqlite::Durability::Full)?;
         db.execute_batch(
-            "PRAGMA journal_mode=WAL;
-             CREATE TABLE IF NOT EXISTS batch_verdicts (
+            "CREATE TABLE IF NOT EXISTS batch_verdicts (
                batch_id INTEGER PRIMARY KEY, outcome TEXT NOT NULL, body TEXT NOT NULL,
                updated_at INTEGER NOT NULL);
              CREATE TABLE IF NOT EXISTS receipt_verdicts (
@@ -41,11 +39,13 @@ impl VerdictStore {
                receipt_hash BLOB PRIMARY KEY, failures INTEGER NOT NULL,
                first_at INTEGER NOT NULL, last_at INTEGER NOT NULL, last_reason TEXT NOT NULL);",
         )?;
-        Ok(Self { db: Mutex::new(db) })
+        Ok(Self {
+            db: cairn_sqlite::Shared::new(db),
+        })
     }
 
     fn db(&self) -> std::sync::MutexGuard<'_, Connection> {
-        self.db.lock().unwrap_or_else(|p| p.into_inner())
+        self.db.lock()
     }
 
     /// Records (replaces) the verdict on a batch and its per-receipt findings.
@@ -232,8 +232,5 @@ impl VerdictStore {
 }
 
 fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    cairn_core::clock::now_millis() as i64
 }

@@ -78,11 +78,7 @@ impl X402Error {
     }
 }
 
-pub(crate) fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
+pub(crate) use cairn_core::clock::now_secs;
 
 #[cfg(test)]
 mod paywall_tests;

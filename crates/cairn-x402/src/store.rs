@@ -13,7 +13,7 @@
 //! accepted voucher or a reservation survives power loss (else it could be replayed).
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use alloy_primitives::{Address, B256, U256};
 use rusqlite::{Connection, OptionalExtension, params};
@@ -181,13 +181,11 @@ pub enum Outcome {
 /// The store (SQLite, WAL). Cheap to clone.
 #[derive(Clone)]
 pub struct PaymentStore {
-    conn: Arc<Mutex<Connection>>,
+    conn: Arc<cairn_sqlite::Shared>,
 }
 
 fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
+    cairn_core::clock::now_secs() as i64
 }
 
 fn store_err(e: rusqlite::Error) -> X402Error {
@@ -214,14 +212,8 @@ impl PaymentStore {
             std::fs::create_dir_all(dir)
                 .map_err(|e| X402Error::Store(format!("{}: {e}", dir.display())))?;
         }
-        let conn = Connection::open(path).map_err(store_err)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(store_err)?;
         // Power-loss durable: a rolled-back reservation or voucher step could be replayed.
-        conn.pragma_update(None, "synchronous", "FULL")
-            .map_err(store_err)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))
-            .map_err(store_err)?;
+        let conn = cairn_sqlite::open(path, cairn_sqlite::Durability::Full).map_err(store_err)?;
         conn.execute_batch(SCHEMA).map_err(store_err)?;
         let have: Vec<String> = conn
             .prepare("SELECT name FROM pragma_table_info('channels')")
@@ -246,7 +238,7 @@ impl PaymentStore {
         )
         .map_err(store_err)?;
         Ok(Self {
-            conn: Arc::new(Mutex::new(conn)),
+            conn: Arc::new(cairn_sqlite::Shared::new(conn)),
         })
     }
 
@@ -254,7 +246,7 @@ impl PaymentStore {
         &self,
         f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>,
     ) -> Result<T, X402Error> {
-        let mut c = self.conn.lock().expect("payment store lock");
+        let mut c = self.conn.lock();
         f(&mut c).map_err(store_err)
     }
 

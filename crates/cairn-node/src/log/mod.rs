@@ -8,11 +8,12 @@
 //! the disk. Reads share one connection of their own, so they never wait behind the writer.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use alloy_primitives::{Address, B256};
 use cairn_receipt::{ReceiptJson, SignedReceipt};
+use cairn_sqlite::Durability;
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::oneshot;
 
@@ -135,7 +136,7 @@ type Job = (Entry, oneshot::Sender<Result<(), String>>);
 #[derive(Clone)]
 pub struct ReceiptLog {
     /// The read connection (WAL: reads never wait behind the writer).
-    reader: Arc<Mutex<Connection>>,
+    reader: Arc<cairn_sqlite::Shared>,
     tx: mpsc::SyncSender<Job>,
 }
 
@@ -222,13 +223,6 @@ pub(crate) fn internal(e: impl std::fmt::Display) -> NodeError {
     NodeError::Internal(format!("receipt log: {e}"))
 }
 
-fn connect(path: &Path) -> rusqlite::Result<Connection> {
-    let conn = Connection::open(path)?;
-    conn.busy_timeout(Duration::from_secs(10))?;
-    conn.pragma_update(None, "journal_mode", "WAL")?;
-    Ok(conn)
-}
-
 impl ReceiptLog {
     /// Opens (creating) the log at `path` and starts its writer thread, which also drops
     /// payloads older than `retention` once nothing can still ask for them (with
@@ -239,13 +233,12 @@ impl ReceiptLog {
         fsync_each_commit: bool,
         settles: bool,
     ) -> Result<Self, NodeError> {
-        let conn = connect(path).map_err(internal)?;
-        conn.pragma_update(
-            None,
-            "synchronous",
-            if fsync_each_commit { "FULL" } else { "NORMAL" },
-        )
-        .map_err(internal)?;
+        let durability = if fsync_each_commit {
+            Durability::Full
+        } else {
+            Durability::Normal
+        };
+        let conn = cairn_sqlite::open(path, durability).map_err(internal)?;
         conn.execute_batch(SCHEMA).map_err(internal)?;
         migrate(&conn).map_err(internal)?;
         conn.execute_batch(ATTESTATIONS).map_err(internal)?;
@@ -254,7 +247,9 @@ impl ReceiptLog {
             .name("cairn-receipt-log".into())
             .spawn(move || writer(conn, rx, retention, settles))
             .map_err(internal)?;
-        let reader = Arc::new(Mutex::new(connect(path).map_err(internal)?));
+        let reader = Arc::new(cairn_sqlite::Shared::new(
+            cairn_sqlite::open(path, Durability::Full).map_err(internal)?,
+        ));
         Ok(Self { reader, tx })
     }
 
@@ -284,7 +279,7 @@ impl ReceiptLog {
         f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T, NodeError> {
         let reader = self.reader.clone();
-        tokio::task::spawn_blocking(move || f(&reader.lock().unwrap_or_else(|p| p.into_inner())))
+        tokio::task::spawn_blocking(move || f(&reader.lock()))
             .await
             .map_err(internal)?
             .map_err(internal)
