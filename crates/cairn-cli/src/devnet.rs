@@ -48,17 +48,11 @@ pub(crate) async fn devnet(
     });
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("creating {}", data_dir.display()))?;
-    let config = HubConfig::new(
-        format!("sqlite://{}", data_dir.join("catalog.db").display()),
-        Location::Dir(data_dir.join("blobs")),
-    );
-    let (listener, state) = serve_hub(config, listen).await?;
-    let url = format!("http://{}", listener.local_addr()?);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    let hub_task = tokio::spawn(cairn_hub::serve(listener, state, stopped(stop_rx.clone())));
+    let (url, hub_task) = start_hub(&data_dir, listen, stopped(stop_rx.clone())).await?;
 
     let demo = publish_demo(&url, &data_dir)
         .await
@@ -89,17 +83,7 @@ pub(crate) async fn devnet(
         .with_context(|| format!("binding {node_listen}"))?;
     let node_url = format!("http://{}", node_listener.local_addr()?);
     let verifier_urls = start_verifiers(&chain, &data_dir, &url, &c.verifiers, &gov).await?;
-    // The node registers like any other: dev evidence approved by two verifiers.
-    cairn_node::registration::register(
-        &chain,
-        &cairn_ledger::dev_signer(cairn_ledger::devnet::NODE),
-        cairn_ledger::Role::Inference,
-        &node_url,
-        alloy_primitives::U256::from(1_000u64 * cairn_ledger::deploy::TOKEN_UNIT),
-        &cairn_attest::DevAttester::new(cairn_ledger::dev_signer(cairn_ledger::devnet::NODE)),
-    )
-    .await
-    .context("registering the devnet node through its verifiers")?;
+    register_node(&chain, &node_url).await?;
     let node_state = node_cmd::open_node(
         &node_args,
         &data_dir.join("node"),
@@ -117,16 +101,7 @@ pub(crate) async fn devnet(
         c: &c,
     });
     chain_cmd::print_devnet(&chain).await?;
-    println!(
-        "  payer:    {} (account {}, key file {})",
-        cairn_ledger::dev_signer(cairn_ledger::devnet::PAYER).address(),
-        cairn_ledger::devnet::PAYER,
-        payer_key.display()
-    );
-    println!(
-        "Try: cairn infer digits@1.0 --input examples/digit.json --node {node_url} --payer-key {} --receipt-out receipt.json",
-        payer_key.display()
-    );
+    print_try(&payer_key, &node_url);
     let node_task = tokio::spawn(cairn_node::serve(
         node_listener,
         node_state,
@@ -137,6 +112,54 @@ pub(crate) async fn devnet(
     hub_task.await??;
     node_task.await??;
     Ok(())
+}
+
+/// Starts the hub on SQLite and a blob dir under `data_dir`; its URL and task.
+async fn start_hub(
+    data_dir: &Path,
+    listen: SocketAddr,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<(
+    String,
+    tokio::task::JoinHandle<Result<(), cairn_hub::HubError>>,
+)> {
+    let config = HubConfig::new(
+        format!("sqlite://{}", data_dir.join("catalog.db").display()),
+        Location::Dir(data_dir.join("blobs")),
+    );
+    let (listener, state) = serve_hub(config, listen).await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    Ok((url, tokio::spawn(cairn_hub::serve(listener, state, stop))))
+}
+
+/// The node registers like any other: dev evidence approved by two verifiers.
+async fn register_node(chain: &cairn_ledger::Chain, node_url: &str) -> anyhow::Result<()> {
+    let key = cairn_ledger::dev_signer(cairn_ledger::devnet::NODE);
+    cairn_node::registration::register(
+        chain,
+        &key,
+        cairn_ledger::Role::Inference,
+        node_url,
+        alloy_primitives::U256::from(1_000u64 * cairn_ledger::deploy::TOKEN_UNIT),
+        &cairn_attest::DevAttester::new(key.clone()),
+    )
+    .await
+    .context("registering the devnet node through its verifiers")?;
+    Ok(())
+}
+
+/// The first user's account and a command to try.
+fn print_try(payer_key: &Path, node_url: &str) {
+    println!(
+        "  payer:    {} (account {}, key file {})",
+        cairn_ledger::dev_signer(cairn_ledger::devnet::PAYER).address(),
+        cairn_ledger::devnet::PAYER,
+        payer_key.display()
+    );
+    println!(
+        "Try: cairn infer digits@1.0 --input examples/digit.json --node {node_url} --payer-key {} --receipt-out receipt.json",
+        payer_key.display()
+    );
 }
 
 /// Writes the devnet node's key and the first user's (ready to pay with `cairn infer

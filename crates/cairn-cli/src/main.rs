@@ -329,41 +329,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Pay(c) => pay_cmd::run(c).await,
         Command::Facilitator(c) => pay_cmd::facilitator(c).await,
-        Command::Receipt(ReceiptCommand::Verify {
-            receipt,
-            input,
-            output,
-            model,
-        }) => node_cmd::verify(
-            &receipt,
-            input.as_deref(),
-            output.as_deref(),
-            model.as_deref(),
-        ),
-        Command::Receipt(ReceiptCommand::Settled {
-            receipt,
-            node,
-            chain,
-            devnet_dir,
-        }) => {
-            let r = node_cmd::load_receipt(&receipt)
-                .with_context(|| format!("{} does not verify", receipt.display()))?;
-            let chain = chain_cmd::open_chain(&chain, devnet_dir.as_deref()).await?;
-            chain_cmd::settled(&chain, &node, &r).await
-        }
-        Command::Receipt(ReceiptCommand::Reexec {
-            receipt,
-            input,
-            output,
-            tolerance,
-            hub,
-        }) => {
-            let cache = dirs::cache_dir()
-                .unwrap_or_else(|| PathBuf::from("."))
-                .join("cairn")
-                .join("models");
-            node_cmd::reexec(&receipt, &input, output.as_deref(), tolerance, &hub, &cache).await
-        }
+        Command::Receipt(cmd) => receipt_cmd(cmd).await,
         Command::Chain(cmd) => chain_cmd::run(cmd).await,
         Command::Verifier(VerifierCommand::Serve(args)) => verify_cmd::serve(*args).await,
         Command::Node(NodeCommand::Register(args)) => verify_cmd::register_cmd(args).await,
@@ -374,6 +340,47 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 keyfile::load_or_create(&key.unwrap_or_else(keyfile::default_path))?.address()
             );
             Ok(())
+        }
+    }
+}
+
+/// `cairn receipt …`.
+async fn receipt_cmd(cmd: ReceiptCommand) -> anyhow::Result<()> {
+    match cmd {
+        ReceiptCommand::Verify {
+            receipt,
+            input,
+            output,
+            model,
+        } => node_cmd::verify(
+            &receipt,
+            input.as_deref(),
+            output.as_deref(),
+            model.as_deref(),
+        ),
+        ReceiptCommand::Settled {
+            receipt,
+            node,
+            chain,
+            devnet_dir,
+        } => {
+            let r = node_cmd::load_receipt(&receipt)
+                .with_context(|| format!("{} does not verify", receipt.display()))?;
+            let chain = chain_cmd::open_chain(&chain, devnet_dir.as_deref()).await?;
+            chain_cmd::settled(&chain, &node, &r).await
+        }
+        ReceiptCommand::Reexec {
+            receipt,
+            input,
+            output,
+            tolerance,
+            hub,
+        } => {
+            let cache = dirs::cache_dir()
+                .unwrap_or_else(|| PathBuf::from("."))
+                .join("cairn")
+                .join("models");
+            node_cmd::reexec(&receipt, &input, output.as_deref(), tolerance, &hub, &cache).await
         }
     }
 }

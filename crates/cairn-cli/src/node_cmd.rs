@@ -8,7 +8,7 @@ use std::time::Duration;
 use alloy_primitives::{Address, U256};
 use anyhow::{Context, anyhow, bail};
 use cairn_core::tensor::tensors_hash;
-use cairn_core::{BlobId, Reproducibility, Tensor};
+use cairn_core::{Reproducibility, Tensor};
 use cairn_engine::{CpuTier, Engine, TractEngine};
 use cairn_node::{Limits, NodeConfig};
 use cairn_node_api::{NodeClient, safetensors_io};
@@ -194,6 +194,44 @@ pub fn wanted_isa_env(tier: &str) -> anyhow::Result<Option<String>> {
     Ok(cairn_engine::tier_env(tier)?)
 }
 
+/// Verifiers attest only receipts on approved profiles: settling on another one would escrow
+/// fees that can never be attested. With the governor's key (the devnet) it is approved.
+async fn ensure_profile_approved(
+    c: &cairn_ledger::Chain,
+    profile: &cairn_core::ExecutionProfile,
+    governor: Option<&alloy_signer_local::PrivateKeySigner>,
+) -> anyhow::Result<()> {
+    if !c.profile_approved(profile.hash()).await? {
+        match governor {
+            Some(gov) => {
+                c.set_profile(gov, profile.hash(), true).await?;
+            }
+            None => bail!(
+                "execution profile {profile} ({}) is not approved on this deployment, so no verifier would attest its receipts; run on an approved profile (--cpu-tier generic) or ask governance (`cairn chain profile`)",
+                profile.hash()
+            ),
+        }
+    }
+    Ok(())
+}
+
+impl NodeServeArgs {
+    /// The request limits these flags set.
+    fn limits(&self) -> Limits {
+        Limits {
+            max_body_bytes: self.max_body_bytes,
+            max_elements: self.max_elements,
+            timeout: Duration::from_millis(self.timeout_ms),
+            queue_per_model: self.queue_per_model,
+            queue_total: self.queue_total,
+            workers: self.workers.unwrap_or_else(|| Limits::default().workers),
+            max_output_bytes: Limits::default().max_output_bytes,
+            body_timeout: Duration::from_millis(self.body_timeout_ms),
+            body_budget_bytes: self.body_budget_bytes.max(self.max_body_bytes),
+        }
+    }
+}
+
 /// Starts a node on `listener`; returns its state (the caller serves it).
 pub async fn open_node(
     args: &NodeServeArgs,
@@ -206,33 +244,10 @@ pub async fn open_node(
         .clone()
         .unwrap_or_else(|| data_dir.join("node.key"));
     let key = crate::keyfile::load_or_create(&key_path)?;
-    let limits = Limits {
-        max_body_bytes: args.max_body_bytes,
-        max_elements: args.max_elements,
-        timeout: Duration::from_millis(args.timeout_ms),
-        queue_per_model: args.queue_per_model,
-        queue_total: args.queue_total,
-        workers: args.workers.unwrap_or_else(|| Limits::default().workers),
-        max_output_bytes: Limits::default().max_output_bytes,
-        body_timeout: Duration::from_millis(args.body_timeout_ms),
-        body_budget_bytes: args.body_budget_bytes.max(args.max_body_bytes),
-    };
+    let limits = args.limits();
     let engine = engine(&args.engine, limits.workers)?;
     if let Some(c) = &chain {
-        // Verifiers attest only receipts on approved profiles: settling on another one would
-        // escrow fees that can never be attested.
-        let profile = engine.profile();
-        if !c.profile_approved(profile.hash()).await? {
-            match governor {
-                Some(gov) => {
-                    c.set_profile(gov, profile.hash(), true).await?;
-                }
-                None => bail!(
-                    "execution profile {profile} ({}) is not approved on this deployment, so no verifier would attest its receipts; run on an approved profile (--cpu-tier generic) or ask governance (`cairn chain profile`)",
-                    profile.hash()
-                ),
-            }
-        }
+        ensure_profile_approved(c, engine.profile(), governor).await?;
     }
     let domain = match &chain {
         Some(c) => ReceiptDomain {

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use alloy_primitives::{Address, B256, U256};
+use alloy_signer_local::PrivateKeySigner;
 use alloy_sol_types::Eip712Domain;
 use anyhow::{Context, bail};
 use cairn_node_api::{NodeClient, NodeClientError, PaymentTerms, PrepaidChannel};
@@ -147,84 +148,101 @@ pub async fn run(c: PayCommand) -> anyhow::Result<()> {
             payer,
             amount,
             chain,
-        } => {
-            let key = crate::keyfile::load(&payer.payer_key)?;
-            let t = terms(&payer.node).await?;
-            let payee = t.pay_to;
-            if chain.rpc.is_some() {
-                let chain = chain.connect().await?;
-                chain.deposit(&key, payee, payer.salt, amount).await?;
-            } else {
-                let chain_id = cairn_x402::wire::chain_id_of(&t.network)
-                    .context("the node's network is not an EVM chain")?;
-                let domain = Eip712Domain::new(
-                    Some(t.token_name.clone().into()),
-                    Some(t.token_version.clone().into()),
-                    Some(U256::from(chain_id)),
-                    Some(t.asset),
-                    None,
-                );
-                let valid_before = cairn_core::clock::now_secs() + 600;
-                let d = cairn_x402::prepaid::sign_deposit(
-                    &key,
-                    t.escrow,
-                    t.pay_to,
-                    payer.salt,
-                    amount,
-                    valid_before,
-                    &domain,
-                )?;
-                match NodeClient::new(&payer.node).prepaid_deposit(&d).await {
-                    Ok(_) => {}
-                    // Taken, but the answer does not read as a channel: the deposit stands.
-                    Err(NodeClientError::Protocol(m)) => {
-                        eprintln!("note: the node took the deposit; its answer did not read: {m}")
-                    }
-                    Err(e) => return Err(e).context("the node refused the deposit"),
-                }
-            }
-            println!("deposited {amount} token units with {}", payer.node);
-            // This machine's own account of the channel: vouchers are signed from it, never from
-            // the node's word. A new channel starts from what the node reports as owed.
-            let path = account_path(&payer, key.address(), &t)?;
-            if cairn_x402::client::PrepaidAccount::load(&path)?.is_none() {
-                let c = channel(&payer, key.address()).await?;
-                cairn_x402::client::PrepaidAccount::create(&path, c.accepted)?;
-            }
-            balance(&payer, key.address()).await
-        }
+        } => deposit(payer, amount, chain).await,
         PayCommand::Balance { payer } => {
             let key = crate::keyfile::load(&payer.payer_key)?;
             balance(&payer, key.address()).await
         }
-        PayCommand::Withdraw { payer, chain } => {
-            let key = crate::keyfile::load(&payer.payer_key)?;
-            let payee = terms(&payer.node).await?.pay_to;
-            let chain = chain.connect().await?;
-            let st = chain
-                .channel_state(key.address(), payee, payer.salt)
-                .await?;
-            if st.deposited == st.claimed {
-                bail!("nothing to withdraw: everything deposited was paid out");
-            }
-            if st.withdrawable_at == 0 {
-                chain.request_withdrawal(&key, payee, payer.salt).await?;
-                let st = chain
-                    .channel_state(key.address(), payee, payer.salt)
-                    .await?;
-                println!(
-                    "withdrawal requested: run this again after Unix time {} to take back what the node has not redeemed",
-                    st.withdrawable_at
-                );
-                return Ok(());
-            }
-            let before = chain.token_balance(key.address()).await?;
-            chain.withdraw(&key, payee, payer.salt).await?;
-            let after = chain.token_balance(key.address()).await?;
-            println!("withdrew {} token units", after - before);
-            Ok(())
-        }
+        PayCommand::Withdraw { payer, chain } => withdraw(payer, chain).await,
     }
+}
+
+/// `cairn pay deposit`: on chain with --rpc, else gasless through the node.
+async fn deposit(payer: PayerArgs, amount: U256, chain: ChainArgs) -> anyhow::Result<()> {
+    let key = crate::keyfile::load(&payer.payer_key)?;
+    let t = terms(&payer.node).await?;
+    let payee = t.pay_to;
+    if chain.rpc.is_some() {
+        let chain = chain.connect().await?;
+        chain.deposit(&key, payee, payer.salt, amount).await?;
+    } else {
+        deposit_gasless(&key, &t, &payer, amount).await?;
+    }
+    println!("deposited {amount} token units with {}", payer.node);
+    // This machine's own account of the channel: vouchers are signed from it, never from
+    // the node's word. A new channel starts from what the node reports as owed.
+    let path = account_path(&payer, key.address(), &t)?;
+    if cairn_x402::client::PrepaidAccount::load(&path)?.is_none() {
+        let c = channel(&payer, key.address()).await?;
+        cairn_x402::client::PrepaidAccount::create(&path, c.accepted)?;
+    }
+    balance(&payer, key.address()).await
+}
+
+/// A deposit signed as an EIP-3009 authorization that the node relays (and pays the gas for).
+async fn deposit_gasless(
+    key: &PrivateKeySigner,
+    t: &PaymentTerms,
+    payer: &PayerArgs,
+    amount: U256,
+) -> anyhow::Result<()> {
+    let chain_id = cairn_x402::wire::chain_id_of(&t.network)
+        .context("the node's network is not an EVM chain")?;
+    let domain = Eip712Domain::new(
+        Some(t.token_name.clone().into()),
+        Some(t.token_version.clone().into()),
+        Some(U256::from(chain_id)),
+        Some(t.asset),
+        None,
+    );
+    let valid_before = cairn_core::clock::now_secs() + 600;
+    let d = cairn_x402::prepaid::sign_deposit(
+        key,
+        t.escrow,
+        t.pay_to,
+        payer.salt,
+        amount,
+        valid_before,
+        &domain,
+    )?;
+    match NodeClient::new(&payer.node).prepaid_deposit(&d).await {
+        Ok(_) => {}
+        // Taken, but the answer does not read as a channel: the deposit stands.
+        Err(NodeClientError::Protocol(m)) => {
+            eprintln!("note: the node took the deposit; its answer did not read: {m}")
+        }
+        Err(e) => return Err(e).context("the node refused the deposit"),
+    }
+    Ok(())
+}
+
+/// `cairn pay withdraw`: request, then after the delay take back what was not redeemed.
+async fn withdraw(payer: PayerArgs, chain: ChainArgs) -> anyhow::Result<()> {
+    let key = crate::keyfile::load(&payer.payer_key)?;
+    let payee = terms(&payer.node).await?.pay_to;
+    let chain = chain.connect().await?;
+    let st = chain
+        .channel_state(key.address(), payee, payer.salt)
+        .await?;
+    if st.deposited == st.claimed {
+        bail!("nothing to withdraw: everything deposited was paid out");
+    }
+    if st.withdrawable_at == 0 {
+        chain.request_withdrawal(&key, payee, payer.salt).await?;
+        let st = chain
+            .channel_state(key.address(), payee, payer.salt)
+            .await?;
+        println!(
+            "withdrawal requested: run this again after Unix time {} to take back what the node has not redeemed",
+            st.withdrawable_at
+        );
+        return Ok(());
+    }
+    let before = chain.token_balance(key.address()).await?;
+    chain.withdraw(&key, payee, payer.salt).await?;
+    let after = chain.token_balance(key.address()).await?;
+    println!("withdrew {} token units", after - before);
+    Ok(())
 }
 
 async fn channel(payer: &PayerArgs, who: Address) -> anyhow::Result<PrepaidChannel> {

@@ -188,6 +188,101 @@ async fn call(
     Ok(out.block)
 }
 
+/// Lets the settlement slash, approves the initial measurements and profiles, and hands the
+/// registry's governance to `params.governor` when the deployer is someone else. Returns the
+/// block of the last transaction.
+async fn configure_registry(
+    ledger: &dyn Ledger,
+    deployer: &PrivateKeySigner,
+    params: &DeployParams,
+    registry: Address,
+    settlement: Address,
+) -> Result<u64, LedgerError> {
+    let me = deployer.address();
+    let slasher = keccak256("SLASHER_ROLE");
+    let mut block = call(
+        ledger,
+        deployer,
+        registry,
+        NodeRegistry::grantRoleCall {
+            role: slasher,
+            account: settlement,
+        }
+        .abi_encode(),
+    )
+    .await?;
+    for (role, measurement) in &params.approved_measurements {
+        block = call(
+            ledger,
+            deployer,
+            registry,
+            NodeRegistry::setMeasurementCall {
+                role: role.code(),
+                measurement: *measurement,
+                approved: true,
+            }
+            .abi_encode(),
+        )
+        .await?;
+    }
+    for profile in &params.approved_profiles {
+        block = call(
+            ledger,
+            deployer,
+            registry,
+            NodeRegistry::setProfileCall {
+                profileHash: *profile,
+                approved: true,
+            }
+            .abi_encode(),
+        )
+        .await?;
+    }
+    if params.governor != me {
+        block = hand_over(ledger, deployer, registry, params.governor).await?;
+    }
+    Ok(block)
+}
+
+/// Gives `governor` the registry's admin and governor roles and renounces the deployer's.
+async fn hand_over(
+    ledger: &dyn Ledger,
+    deployer: &PrivateKeySigner,
+    registry: Address,
+    governor: Address,
+) -> Result<u64, LedgerError> {
+    let me = deployer.address();
+    let governor_role = keccak256("GOVERNOR_ROLE");
+    let mut last = 0;
+    for role in [alloy_primitives::B256::ZERO, governor_role] {
+        call(
+            ledger,
+            deployer,
+            registry,
+            NodeRegistry::grantRoleCall {
+                role,
+                account: governor,
+            }
+            .abi_encode(),
+        )
+        .await?;
+    }
+    for role in [governor_role, alloy_primitives::B256::ZERO] {
+        last = call(
+            ledger,
+            deployer,
+            registry,
+            NodeRegistry::renounceRoleCall {
+                role,
+                callerConfirmation: me,
+            }
+            .abi_encode(),
+        )
+        .await?;
+    }
+    Ok(last)
+}
+
 /// Deploys token (unless given), registry, settlement and escrow; lets the settlement slash;
 /// hands governance to `params.governor` when the deployer is someone else.
 pub async fn deploy(
@@ -255,74 +350,7 @@ pub async fn deploy(
         .abi_encode(),
     )
     .await?;
-    let slasher = keccak256("SLASHER_ROLE");
-    let governor_role = keccak256("GOVERNOR_ROLE");
-    let mut block = call(
-        ledger,
-        deployer,
-        registry,
-        NodeRegistry::grantRoleCall {
-            role: slasher,
-            account: settlement,
-        }
-        .abi_encode(),
-    )
-    .await?;
-    for (role, measurement) in &params.approved_measurements {
-        block = call(
-            ledger,
-            deployer,
-            registry,
-            NodeRegistry::setMeasurementCall {
-                role: role.code(),
-                measurement: *measurement,
-                approved: true,
-            }
-            .abi_encode(),
-        )
-        .await?;
-    }
-    for profile in &params.approved_profiles {
-        block = call(
-            ledger,
-            deployer,
-            registry,
-            NodeRegistry::setProfileCall {
-                profileHash: *profile,
-                approved: true,
-            }
-            .abi_encode(),
-        )
-        .await?;
-    }
-    if params.governor != me {
-        for role in [alloy_primitives::B256::ZERO, governor_role] {
-            call(
-                ledger,
-                deployer,
-                registry,
-                NodeRegistry::grantRoleCall {
-                    role,
-                    account: params.governor,
-                }
-                .abi_encode(),
-            )
-            .await?;
-        }
-        for role in [governor_role, alloy_primitives::B256::ZERO] {
-            block = call(
-                ledger,
-                deployer,
-                registry,
-                NodeRegistry::renounceRoleCall {
-                    role,
-                    callerConfirmation: me,
-                }
-                .abi_encode(),
-            )
-            .await?;
-        }
-    }
+    let block = configure_registry(ledger, deployer, params, registry, settlement).await?;
     Ok(Deployment {
         chain_id: ledger.chain_id(),
         token,

@@ -5,9 +5,8 @@ use cairn_core::{BlobId, DataType, ErrorBody, Tensor};
 use cairn_receipt::SignedReceipt;
 use reqwest::StatusCode;
 use serde::de::DeserializeOwned;
-use serde_json::json;
 
-use crate::kserve::{HEADER_LENGTH, ResponseOutput, bytes_to_json};
+use crate::kserve::{HEADER_LENGTH, InferRequest, ResponseOutput};
 use crate::types::{InferResponse, NodeInfo, PaymentTerms, PrepaidChannel, StoredReceipt};
 use crate::urls::NodeUrls;
 
@@ -255,16 +254,8 @@ impl NodeClient {
         let url = self.urls.infer(model);
         let mut req = self.http.post(&url);
         if json_body {
-            let body = json!({
-                "inputs": inputs.iter().map(|t| json!({
-                    "name": t.name(), "shape": t.shape(), "datatype": t.dtype().name(),
-                    "data": bytes_to_json(t.dtype(), t.data()),
-                })).collect::<Vec<_>>(),
-                "parameters": {"binary_data_output": true},
-            });
-            req = req
-                .header("content-type", "application/json")
-                .body(body.to_string());
+            let body = serde_json::to_vec(&InferRequest::json(inputs)).expect("serializes");
+            req = req.header("content-type", "application/json").body(body);
         } else {
             let (body, json_len) = binary_request(inputs);
             req = req
@@ -329,14 +320,7 @@ fn made(offer: &cairn_x402::wire::PaymentRequirements) -> PaymentMade {
 /// A KServe v2 binary-extension request body for `inputs` (outputs asked in binary too), and the
 /// length of its JSON part (the `Inference-Header-Content-Length` value).
 pub fn binary_request(inputs: &[Tensor]) -> (Vec<u8>, usize) {
-    let head = json!({
-        "inputs": inputs.iter().map(|t| json!({
-            "name": t.name(), "shape": t.shape(), "datatype": t.dtype().name(),
-            "parameters": {"binary_data_size": t.data().len()},
-        })).collect::<Vec<_>>(),
-        "parameters": {"binary_data_output": true},
-    })
-    .to_string();
+    let head = serde_json::to_string(&InferRequest::binary(inputs)).expect("serializes");
     let json_len = head.len();
     let mut body = head.into_bytes();
     for t in inputs {

@@ -45,48 +45,88 @@ impl KserveError {
 pub const HEADER_LENGTH: &str = "inference-header-content-length";
 
 /// An inference request.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct InferRequest {
     /// Client's request id, echoed back.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
     /// Input tensors.
     pub inputs: Vec<RequestInput>,
     /// Outputs wanted (all when absent).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outputs: Option<Vec<RequestOutput>>,
     /// Request parameters (`binary_data_output`; others are skipped unread).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parameters: Option<RequestParams>,
+}
+
+impl InferRequest {
+    /// A request carrying `inputs` as JSON numbers, outputs asked in binary.
+    pub fn json(inputs: &[Tensor]) -> Self {
+        Self::new(inputs, |t| RequestInput {
+            name: t.name().to_owned(),
+            shape: t.shape().iter().map(|&d| d as i64).collect(),
+            datatype: t.dtype().name().to_owned(),
+            parameters: None,
+            data: Some(
+                serde_json::value::to_raw_value(&bytes_to_json(t.dtype(), t.data()))
+                    .expect("a JSON value serializes"),
+            ),
+        })
+    }
+
+    /// The JSON part of a binary-extension request: each input's bytes follow it in order.
+    pub fn binary(inputs: &[Tensor]) -> Self {
+        Self::new(inputs, |t| RequestInput {
+            name: t.name().to_owned(),
+            shape: t.shape().iter().map(|&d| d as i64).collect(),
+            datatype: t.dtype().name().to_owned(),
+            parameters: Some(InputParams {
+                binary_data_size: Some(t.data().len() as u64),
+            }),
+            data: None,
+        })
+    }
+
+    fn new(inputs: &[Tensor], input: impl Fn(&Tensor) -> RequestInput) -> Self {
+        Self {
+            id: None,
+            inputs: inputs.iter().map(input).collect(),
+            outputs: None,
+            parameters: Some(RequestParams {
+                binary_data_output: Some(true),
+            }),
+        }
+    }
 }
 
 /// The request parameters Cairn reads. Every other key is skipped without being built into a
 /// value (a body of parameters costs no more memory than its text).
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub struct RequestParams {
     /// Outputs in binary unless listed otherwise.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub binary_data_output: Option<bool>,
 }
 
 /// The input parameters Cairn reads.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub struct InputParams {
     /// The input's bytes follow the JSON part.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub binary_data_size: Option<u64>,
 }
 
 /// The output parameters Cairn reads.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub struct OutputParams {
     /// This output in binary.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub binary_data: Option<bool>,
 }
 
 /// One input tensor on the wire.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct RequestInput {
     /// Graph input name.
     pub name: String,
@@ -95,22 +135,22 @@ pub struct RequestInput {
     /// KServe datatype (`FP32`, …).
     pub datatype: String,
     /// `binary_data_size` when the data follows the JSON.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parameters: Option<InputParams>,
     /// Row-major values, flat or nested: kept as text and converted straight into the
     /// tensor's bytes once its type and size are known (never a tree of JSON values, which
     /// would take many times the body's size).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data: Option<Box<serde_json::value::RawValue>>,
 }
 
 /// One requested output.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct RequestOutput {
     /// Graph output name.
     pub name: String,
     /// `binary_data: true` asks for the binary form.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parameters: Option<OutputParams>,
 }
 
@@ -180,23 +220,7 @@ pub fn decode(
     let mut total: u128 = 0;
     let mut inputs = Vec::with_capacity(req.inputs.len());
     for input in req.inputs {
-        let dtype: DataType = input
-            .datatype
-            .parse()
-            .map_err(|e: cairn_core::TensorError| {
-                KserveError::InvalidDatatype(format!("input `{}`: {e}", input.name))
-            })?;
-        let shape = input
-            .shape
-            .iter()
-            .map(|&d| u64::try_from(d))
-            .collect::<Result<Vec<u64>, _>>()
-            .map_err(|_| {
-                KserveError::InvalidShape(format!(
-                    "input `{}` has a negative dimension",
-                    input.name
-                ))
-            })?;
+        let (dtype, shape) = dtype_and_shape(&input)?;
         let count = element_count(&shape);
         total = total.saturating_add(count);
         if total > limits.max_elements as u128 {
@@ -205,42 +229,13 @@ pub fn decode(
                 limits.max_elements
             )));
         }
-        let count = count as usize;
-        let binary_size = input.parameters.as_ref().and_then(|p| p.binary_data_size);
-        let data = match (binary_size, input.data) {
-            (Some(_), Some(_)) => {
-                return Err(KserveError::BadRequest(format!(
-                    "input `{}` has both `data` and binary_data_size",
-                    input.name
-                )));
-            }
-            (Some(size), None) => {
-                if json_len.is_none() {
-                    return Err(KserveError::BadRequest(format!(
-                        "input `{}` declares binary data but the request has no {HEADER_LENGTH} header",
-                        input.name
-                    )));
-                }
-                let size = size as usize;
-                if size > binary.len() {
-                    return Err(KserveError::BadRequest(format!(
-                        "input `{}` declares {size} binary bytes but only {} remain: the body is truncated",
-                        input.name,
-                        binary.len()
-                    )));
-                }
-                let (this, rest) = binary.split_at(size);
-                binary = rest;
-                this.to_vec()
-            }
-            (None, Some(values)) => raw_values_to_bytes(&input.name, dtype, &values, count)?,
-            (None, None) => {
-                return Err(KserveError::BadRequest(format!(
-                    "input `{}` has no data",
-                    input.name
-                )));
-            }
-        };
+        let data = input_data(
+            &input,
+            dtype,
+            count as usize,
+            json_len.is_some(),
+            &mut binary,
+        )?;
         let t = Tensor::new(input.name, dtype, shape, data)
             .map_err(|e| KserveError::InvalidShape(e.to_string()))?;
         inputs.push(t);
@@ -276,6 +271,63 @@ pub fn decode(
         outputs,
         binary_output,
     })
+}
+
+fn dtype_and_shape(input: &RequestInput) -> Result<(DataType, Vec<u64>), KserveError> {
+    let dtype: DataType = input
+        .datatype
+        .parse()
+        .map_err(|e: cairn_core::TensorError| {
+            KserveError::InvalidDatatype(format!("input `{}`: {e}", input.name))
+        })?;
+    let shape = input
+        .shape
+        .iter()
+        .map(|&d| u64::try_from(d))
+        .collect::<Result<Vec<u64>, _>>()
+        .map_err(|_| {
+            KserveError::InvalidShape(format!("input `{}` has a negative dimension", input.name))
+        })?;
+    Ok((dtype, shape))
+}
+
+/// An input's bytes: its JSON `data`, or its share of the binary tail (taken off `binary`).
+fn input_data(
+    input: &RequestInput,
+    dtype: DataType,
+    count: usize,
+    has_binary: bool,
+    binary: &mut &[u8],
+) -> Result<Vec<u8>, KserveError> {
+    let binary_size = input.parameters.as_ref().and_then(|p| p.binary_data_size);
+    match (binary_size, &input.data) {
+        (Some(_), Some(_)) => Err(KserveError::BadRequest(format!(
+            "input `{}` has both `data` and binary_data_size",
+            input.name
+        ))),
+        (Some(_), None) if !has_binary => Err(KserveError::BadRequest(format!(
+            "input `{}` declares binary data but the request has no {HEADER_LENGTH} header",
+            input.name
+        ))),
+        (Some(size), None) => {
+            let size = size as usize;
+            if size > binary.len() {
+                return Err(KserveError::BadRequest(format!(
+                    "input `{}` declares {size} binary bytes but only {} remain: the body is truncated",
+                    input.name,
+                    binary.len()
+                )));
+            }
+            let (this, rest) = binary.split_at(size);
+            *binary = rest;
+            Ok(this.to_vec())
+        }
+        (None, Some(values)) => raw_values_to_bytes(&input.name, dtype, values, count),
+        (None, None) => Err(KserveError::BadRequest(format!(
+            "input `{}` has no data",
+            input.name
+        ))),
+    }
 }
 
 #[cfg(test)]

@@ -21,8 +21,7 @@ use alloy_primitives::B256;
 use alloy_signer_local::PrivateKeySigner;
 use cairn_ledger::{BatchStatus, Chain, LedgerError};
 
-use crate::error::NodeError;
-use crate::log::{BatchState, Billing};
+use crate::log::{BatchState, Billing, LogError};
 
 /// When a batch is sealed.
 #[derive(Clone, Copy, Debug)]
@@ -64,8 +63,29 @@ pub(crate) struct Settler {
     payments: Option<cairn_x402::PaymentStore>,
 }
 
-fn internal(e: impl std::fmt::Display) -> NodeError {
-    NodeError::Internal(format!("settler: {e}"))
+/// Why a settlement step failed; the settler logs it and tries again on the next tick.
+#[derive(Debug, thiserror::Error)]
+pub enum SettleError {
+    /// The receipt log.
+    #[error(transparent)]
+    Log(#[from] LogError),
+    /// A chain read or transaction.
+    #[error("chain: {0}")]
+    Chain(#[from] LedgerError),
+    /// The payment store.
+    #[error("payments: {0}")]
+    Payments(#[from] cairn_x402::X402Error),
+    /// A batch the chain would not take.
+    #[error("submitting batch {local}: {source}")]
+    Submit {
+        /// The batch's local id.
+        local: i64,
+        /// What the chain said.
+        source: LedgerError,
+    },
+    /// A blocking task could not run.
+    #[error("settler task: {0}")]
+    Task(#[from] tokio::task::JoinError),
 }
 
 impl Settler {
@@ -74,15 +94,15 @@ impl Settler {
         key: PrivateKeySigner,
         log: crate::log::ReceiptLog,
         payments: Option<cairn_x402::PaymentStore>,
-    ) -> Result<Self, NodeError> {
-        Ok(Self {
+    ) -> Self {
+        Self {
             chain: cfg.chain,
             key,
             policy: cfg.policy,
             liveness_checked: Mutex::new(None),
             log,
             payments,
-        })
+        }
     }
 
     /// Runs until the process ends; errors are logged and retried on the next tick.
@@ -98,7 +118,7 @@ impl Settler {
     /// One pass: settle the billing of paid receipts, seal what is due, submit sealed
     /// batches, put collected attestations on chain, finalize (or expire) what is ripe. Each
     /// step runs whatever the others did; the first error is reported.
-    pub(crate) async fn step(&self) -> Result<(), NodeError> {
+    pub(crate) async fn step(&self) -> Result<(), SettleError> {
         let results = [
             self.resolve_billing().await,
             async {
@@ -116,7 +136,7 @@ impl Settler {
 
     /// Receipts whose payment settled become batchable; those whose payment failed are voided
     /// (payloads dropped: no output without payment, no fee for the node to escrow).
-    async fn resolve_billing(&self) -> Result<(), NodeError> {
+    async fn resolve_billing(&self) -> Result<(), SettleError> {
         let Some(store) = &self.payments else {
             return Ok(());
         };
@@ -132,18 +152,17 @@ impl Settler {
                     Ok(cairn_x402::store::Outcome::Paid) => Some(Ok((id, Billing::Final))),
                     Ok(cairn_x402::store::Outcome::Failed) => Some(Ok((id, Billing::Void))),
                     Ok(cairn_x402::store::Outcome::Open) => None,
-                    Err(e) => Some(Err(internal(e))),
+                    Err(e) => Some(Err(e)),
                 })
                 .collect::<Result<Vec<_>, _>>()
         })
-        .await
-        .map_err(internal)??;
-        self.log.resolve_billing(outcomes).await
+        .await??;
+        Ok(self.log.resolve_billing(outcomes).await?)
     }
 
     /// Sends a registry heartbeat once half the heartbeat timeout has passed (checked at most
     /// once a minute), so a governance-set timeout never makes a working node inactive.
-    async fn keep_alive(&self) -> Result<(), NodeError> {
+    async fn keep_alive(&self) -> Result<(), SettleError> {
         {
             let mut last = self
                 .liveness_checked
@@ -154,38 +173,34 @@ impl Settler {
             }
             *last = Some(std::time::Instant::now());
         }
-        let timeout = self.chain.heartbeat_timeout().await.map_err(internal)?;
+        let timeout = self.chain.heartbeat_timeout().await?;
         if timeout == 0 {
             return Ok(());
         }
-        let me = self
-            .chain
-            .node(self.key.address())
-            .await
-            .map_err(internal)?;
+        let me = self.chain.node(self.key.address()).await?;
         if me.role.is_none() {
             return Ok(());
         }
         let now = crate::now_secs();
         if now.saturating_sub(me.last_heartbeat) >= timeout / 2 {
-            let out = self.chain.heartbeat(&self.key).await.map_err(internal)?;
+            let out = self.chain.heartbeat(&self.key).await?;
             tracing::info!(tx = %out.hash, "sent a registry heartbeat");
         }
         Ok(())
     }
 
     /// Submits `attestBatch` for every submitted batch that holds a quorum of signatures.
-    async fn attest_collected(&self) -> Result<(), NodeError> {
+    async fn attest_collected(&self) -> Result<(), SettleError> {
         let collected = self.log.submitted_with_attestations().await?;
         if collected.iter().all(|(_, _, s)| s.is_empty()) {
             return Ok(());
         }
-        let quorum = self.chain.quorum().await.map_err(internal)? as usize;
+        let quorum = self.chain.quorum().await? as usize;
         for (local, id, sigs) in collected {
             if sigs.len() < quorum {
                 continue;
             }
-            let batch = self.chain.batch(id).await.map_err(internal)?;
+            let batch = self.chain.batch(id).await?;
             let mut signed = Vec::new();
             for (signer, sig) in &sigs {
                 let (Ok(sig), signer) = (
@@ -204,8 +219,7 @@ impl Settler {
                 if self
                     .chain
                     .is_active(signer, cairn_ledger::Role::Verifier)
-                    .await
-                    .map_err(internal)?
+                    .await?
                 {
                     signed.push((signer, sig));
                 }
@@ -227,8 +241,8 @@ impl Settler {
     }
 
     /// Seals one batch if one is due; returns whether it did.
-    async fn seal(&self) -> Result<bool, NodeError> {
-        let head = self.chain.ledger().head().await.map_err(internal)?.number;
+    async fn seal(&self) -> Result<bool, SettleError> {
+        let head = self.chain.ledger().head().await?.number;
         let p = self.policy;
         let sealed = self
             .log
@@ -245,19 +259,18 @@ impl Settler {
         &self,
         root: B256,
         from: u64,
-    ) -> Result<Option<(u64, B256)>, NodeError> {
+    ) -> Result<Option<(u64, B256)>, SettleError> {
         let me = self.key.address();
         Ok(self
             .chain
             .submitted_batches(from)
-            .await
-            .map_err(internal)?
+            .await?
             .into_iter()
             .find(|(_, node, r, _)| *node == me && *r == root)
             .map(|(id, _, _, tx)| (id, tx)))
     }
 
-    async fn submit_sealed(&self) -> Result<(), NodeError> {
+    async fn submit_sealed(&self) -> Result<(), SettleError> {
         for b in self.log.sealed_batches().await? {
             if let Some(found) = self.find_submitted(b.root, b.sealed_block).await? {
                 self.log
@@ -280,30 +293,34 @@ impl Settler {
                     tracing::warn!(tx = %hash, "batch submission not mined yet; will reconcile");
                     return Ok(());
                 }
-                Err(e) => return Err(internal(format!("submitting batch {}: {e}", b.local))),
+                Err(source) => {
+                    return Err(SettleError::Submit {
+                        local: b.local,
+                        source,
+                    });
+                }
             }
         }
         Ok(())
     }
 
-    async fn finalize_ripe(&self) -> Result<(), NodeError> {
+    async fn finalize_ripe(&self) -> Result<(), SettleError> {
         let open = self.log.open_batches().await?;
         if open.is_empty() {
             return Ok(());
         }
-        let window = self.chain.challenge_window().await.map_err(internal)?;
-        let attestation_timeout = self.chain.attestation_timeout().await.map_err(internal)?;
+        let window = self.chain.challenge_window().await?;
+        let attestation_timeout = self.chain.attestation_timeout().await?;
         // The next block's time: the head's, or the wall clock when no block was mined lately.
         let now = self
             .chain
             .ledger()
             .head()
-            .await
-            .map_err(internal)?
+            .await?
             .timestamp
             .max(crate::now_secs());
         for (local, id) in open {
-            let b = self.chain.batch(id).await.map_err(internal)?;
+            let b = self.chain.batch(id).await?;
             match b.status {
                 BatchStatus::Attested if now >= b.attested_at + window => {
                     match self.chain.finalize(&self.key, id).await {

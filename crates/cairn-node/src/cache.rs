@@ -17,7 +17,34 @@ use cairn_onnx::OnnxSignature;
 use moka::future::Cache;
 use moka::policy::EvictionPolicy;
 
-use crate::error::NodeError;
+/// Why a model could not be resolved or loaded. Cloned because a failed load is remembered.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum CacheError {
+    /// Not a model reference.
+    #[error("{0}")]
+    BadRef(String),
+    /// The hub knows no such model (or refused it).
+    #[error("{0}")]
+    NotFound(String),
+    /// The file is too large or not a model this engine runs.
+    #[error("{0}")]
+    Invalid(String),
+    /// The hub could not be reached or sent bytes that do not match the CID: not the model's
+    /// fault, so never remembered.
+    #[error("{0}")]
+    HubUnavailable(String),
+    /// This node's own disk or task trouble.
+    #[error("model cache: {0}")]
+    Local(String),
+}
+
+impl CacheError {
+    /// Whether the fault lies with this side (hub down, our disk), not the model or reference:
+    /// a verifier must not hold it against a node.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::HubUnavailable(_) | Self::Local(_))
+    }
+}
 
 /// A model ready to run.
 pub struct LoadedModel {
@@ -54,7 +81,7 @@ pub struct ModelCache {
     plans: Cache<BlobId, Arc<LoadedModel>>,
     names: Cache<String, Resolution>,
     /// Loads that failed recently, with their error.
-    failed: Cache<BlobId, Arc<NodeError>>,
+    failed: Cache<BlobId, CacheError>,
     max_model_bytes: u64,
 }
 
@@ -123,9 +150,9 @@ impl ModelCache {
     }
 
     /// Resolves a reference (`bafkrei…`, `sha256:…`, `name`, `name@1.0`) to a CID.
-    pub async fn resolve(&self, reference: &str) -> Result<Resolution, NodeError> {
+    pub async fn resolve(&self, reference: &str) -> Result<Resolution, CacheError> {
         let parsed: ModelRef = reference.parse().map_err(|e| {
-            NodeError::BadModelRef(format!(
+            CacheError::BadRef(format!(
                 "`{reference}` is not a model reference ({e}); use a CID or name@version"
             ))
         })?;
@@ -162,30 +189,26 @@ impl ModelCache {
 
     /// The loaded model for `cid`: from memory, else from disk (re-verified), else from the hub
     /// (verified while downloading). Concurrent callers for one CID share a single load.
-    pub async fn get(&self, cid: BlobId) -> Result<Arc<LoadedModel>, NodeError> {
-        let copy = |e: &NodeError| match e {
-            NodeError::ModelNotFound(m) => NodeError::ModelNotFound(m.clone()),
-            NodeError::InvalidModel(m) => NodeError::InvalidModel(m.clone()),
-            NodeError::HubUnavailable(m) => NodeError::HubUnavailable(m.clone()),
-            other => NodeError::Internal(other.to_string()),
-        };
+    pub async fn get(&self, cid: BlobId) -> Result<Arc<LoadedModel>, CacheError> {
         if let Some(e) = self.failed.get(&cid).await {
-            return Err(copy(&e));
+            return Err(e);
         }
         match self.plans.try_get_with(cid, self.load(cid)).await {
             Ok(m) => Ok(m),
             Err(e) => {
                 // A missing or broken model stays so for a while: remember it, so a flood of
-                // calls for it costs one download, not one each. A hub outage is not remembered.
-                if !matches!(*e, NodeError::HubUnavailable(_)) {
+                // calls for it costs one download, not one each (a loader that crashes on it included).
+                // A hub outage is not remembered.
+                let e = CacheError::clone(&e);
+                if !matches!(e, CacheError::HubUnavailable(_)) {
                     self.failed.insert(cid, e.clone()).await;
                 }
-                Err(copy(&e))
+                Err(e)
             }
         }
     }
 
-    async fn load(&self, cid: BlobId) -> Result<Arc<LoadedModel>, NodeError> {
+    async fn load(&self, cid: BlobId) -> Result<Arc<LoadedModel>, CacheError> {
         let path = self.dir.join(cid.to_string());
         let mut bytes = None;
         if let Ok(b) = tokio::fs::read(&path).await {
@@ -195,7 +218,7 @@ impl ModelCache {
                 (b, ok)
             })
             .await
-            .map_err(|e| NodeError::Internal(format!("model hash task: {e}")))?;
+            .map_err(|e| CacheError::Local(format!("hash task: {e}")))?;
             if ok {
                 bytes = Some(b);
             } else {
@@ -208,19 +231,19 @@ impl ModelCache {
             None => {
                 tokio::fs::create_dir_all(&self.dir)
                     .await
-                    .map_err(|e| NodeError::Internal(format!("model cache dir: {e}")))?;
+                    .map_err(|e| CacheError::Local(format!("dir: {e}")))?;
                 self.hub
                     .download_at_most(&cid, &path, self.max_model_bytes, |_, _| {})
                     .await
                     .map_err(|e| hub_error(&cid.to_string(), e))?;
                 tokio::fs::read(&path)
                     .await
-                    .map_err(|e| NodeError::Internal(format!("model cache read: {e}")))?
+                    .map_err(|e| CacheError::Local(format!("read: {e}")))?
             }
         };
         if bytes.len() as u64 > self.max_model_bytes {
             let _ = tokio::fs::remove_file(&path).await;
-            return Err(NodeError::InvalidModel(format!(
+            return Err(CacheError::Invalid(format!(
                 "{cid} is {} bytes, over this node's {} byte model limit",
                 bytes.len(),
                 self.max_model_bytes
@@ -230,15 +253,13 @@ impl ModelCache {
         let loaded = tokio::task::spawn_blocking(move || {
             let signature = cairn_onnx::read_signature(&bytes[..], cairn_onnx::Limits::default())
                 .map_err(|e| {
-                NodeError::InvalidModel(format!("{cid} is not a valid ONNX model: {e}"))
+                CacheError::Invalid(format!("{cid} is not a valid ONNX model: {e}"))
             })?;
             let plan = engine.load(&bytes).map_err(|e| match e {
-                EngineError::Load(m) => {
-                    NodeError::InvalidModel(format!("{cid} cannot be loaded: {m}"))
-                }
-                other => NodeError::InvalidModel(format!("{cid}: {other}")),
+                EngineError::Load(m) => CacheError::Invalid(format!("{cid} cannot be loaded: {m}")),
+                other => CacheError::Invalid(format!("{cid}: {other}")),
             })?;
-            Ok::<_, NodeError>(LoadedModel {
+            Ok::<_, CacheError>(LoadedModel {
                 cid,
                 size: bytes.len() as u64,
                 signature,
@@ -246,7 +267,7 @@ impl ModelCache {
             })
         })
         .await
-        .map_err(|e| NodeError::Internal(format!("model load task: {e}")));
+        .map_err(|e| CacheError::Local(format!("load task: {e}")));
         let loaded = match loaded {
             Ok(Ok(l)) => l,
             Ok(Err(e)) | Err(e) => {
@@ -260,19 +281,23 @@ impl ModelCache {
     }
 }
 
-fn hub_error(reference: &str, e: ClientError) -> NodeError {
+fn hub_error(reference: &str, e: ClientError) -> CacheError {
     match e {
         ClientError::Api {
             status, message, ..
         } if status.as_u16() == 404 => {
-            NodeError::ModelNotFound(format!("the hub has no model `{reference}`: {message}"))
+            CacheError::NotFound(format!("the hub has no model `{reference}`: {message}"))
+        }
+        // The hub's own trouble (5xx, rate limit) says nothing about the model: try again later.
+        ClientError::Api { status, .. } if status.is_server_error() || status.as_u16() == 429 => {
+            CacheError::HubUnavailable(e.to_string())
         }
         ClientError::Api { message, .. } => {
-            NodeError::ModelNotFound(format!("the hub refused `{reference}`: {message}"))
+            CacheError::NotFound(format!("the hub refused `{reference}`: {message}"))
         }
-        ClientError::DigestMismatch { .. } => NodeError::HubUnavailable(e.to_string()),
-        ClientError::TooLarge { .. } => NodeError::InvalidModel(e.to_string()),
-        other => NodeError::HubUnavailable(other.to_string()),
+        ClientError::DigestMismatch { .. } => CacheError::HubUnavailable(e.to_string()),
+        ClientError::TooLarge { .. } => CacheError::Invalid(e.to_string()),
+        other => CacheError::HubUnavailable(other.to_string()),
     }
 }
 
@@ -293,5 +318,62 @@ mod tests {
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         assert_eq!(left, ["bafkreikeep"]);
+    }
+
+    /// A hub that answers every request with `status` and an error body.
+    async fn hub_answering(status: u16) -> HubClient {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let status = axum::http::StatusCode::from_u16(status).unwrap();
+        let app = axum::Router::new().fallback(move || async move {
+            (
+                status,
+                axum::Json(cairn_core::ErrorBody::new("busy", "the hub is busy")),
+            )
+        });
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        HubClient::new(&url, None).unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_hub_in_trouble_is_transient_not_a_missing_model() {
+        let cid = BlobId::of(b"a model the hub cannot serve right now");
+        for status in [500, 502, 503, 429] {
+            let dir = tempfile::tempdir().unwrap();
+            let engine: Arc<dyn Engine> = Arc::new(cairn_engine::TractEngine::new());
+            let cache = ModelCache::new(
+                dir.path().to_owned(),
+                hub_answering(status).await,
+                engine,
+                1 << 20,
+                1 << 20,
+            );
+            let e = cache.resolve("digits@1.0").await.unwrap_err();
+            assert!(
+                matches!(e, CacheError::HubUnavailable(_)),
+                "{status}: {e:?}"
+            );
+            let Err(e) = cache.get(cid).await else {
+                panic!("{status}: loaded a model the hub never served")
+            };
+            assert!(e.is_transient(), "{status}: {e:?}");
+            // Not remembered: the next call asks the hub again.
+            assert!(cache.failed.get(&cid).await.is_none(), "{status}");
+        }
+        // A hub that has no such model: that is the model's fault, and remembered.
+        let dir = tempfile::tempdir().unwrap();
+        let engine: Arc<dyn Engine> = Arc::new(cairn_engine::TractEngine::new());
+        let cache = ModelCache::new(
+            dir.path().to_owned(),
+            hub_answering(404).await,
+            engine,
+            1 << 20,
+            1 << 20,
+        );
+        let Err(e) = cache.get(cid).await else {
+            panic!("loaded a model the hub does not have")
+        };
+        assert!(matches!(e, CacheError::NotFound(_)), "{e:?}");
+        assert!(cache.failed.get(&cid).await.is_some());
     }
 }

@@ -160,3 +160,34 @@ impl IntoResponse for NodeError {
         resp
     }
 }
+
+impl From<crate::log::LogError> for NodeError {
+    fn from(e: crate::log::LogError) -> Self {
+        Self::Internal(e.to_string())
+    }
+}
+
+impl From<crate::cache::CacheError> for NodeError {
+    fn from(e: crate::cache::CacheError) -> Self {
+        use crate::cache::CacheError as C;
+        match e {
+            C::BadRef(m) => Self::BadModelRef(m),
+            C::NotFound(m) => Self::ModelNotFound(m),
+            C::Invalid(m) => Self::InvalidModel(m),
+            C::HubUnavailable(m) => Self::HubUnavailable(m),
+            C::Local(_) => Self::Internal(e.to_string()),
+        }
+    }
+}
+
+impl From<crate::inference::InferenceError> for NodeError {
+    fn from(e: crate::inference::InferenceError) -> Self {
+        use crate::inference::InferenceError as I;
+        match e {
+            I::Input(m) => Self::WrongInput(m),
+            I::Model(m) => Self::ModelFailed(m),
+            I::OutputTooLarge { .. } => Self::ModelFailed(e.to_string()),
+            I::Sign(_) => Self::Internal(e.to_string()),
+        }
+    }
+}

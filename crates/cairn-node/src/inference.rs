@@ -10,7 +10,6 @@ use cairn_engine::{EngineError, Plan};
 use cairn_node_api::safetensors_io;
 use cairn_receipt::{Claims, ReceiptDomain, SignedReceipt};
 
-use crate::NodeError;
 use crate::log::{Billing, Entry};
 
 /// What signs receipts, and the bounds on what it signs.
@@ -59,6 +58,28 @@ impl Charge {
     }
 }
 
+/// Why an inference produced no receipt.
+#[derive(Debug, thiserror::Error)]
+pub enum InferenceError {
+    /// The inputs do not fit the model (the caller's fault).
+    #[error("{0}")]
+    Input(String),
+    /// The model failed on inputs it accepted.
+    #[error("{0}")]
+    Model(String),
+    /// The outputs are larger than this node signs and keeps.
+    #[error("the outputs take {bytes} bytes, over this node's {limit} byte limit")]
+    OutputTooLarge {
+        /// Their size.
+        bytes: usize,
+        /// The node's limit.
+        limit: usize,
+    },
+    /// The receipt could not be signed.
+    #[error("signing the receipt: {0}")]
+    Sign(String),
+}
+
 /// One inference, signed.
 pub struct Inference {
     /// Every output of the model, in graph order.
@@ -77,18 +98,18 @@ pub fn run(
     inputs: &[Tensor],
     charge: Charge,
     signer: &Signer,
-) -> Result<(Inference, Entry), NodeError> {
+) -> Result<(Inference, Entry), InferenceError> {
     let outputs = plan.run(inputs).map_err(|e| match e {
-        EngineError::Input(m) => NodeError::WrongInput(m),
-        EngineError::Run(m) => NodeError::ModelFailed(m),
-        other => NodeError::ModelFailed(other.to_string()),
+        EngineError::Input(m) => InferenceError::Input(m),
+        EngineError::Run(m) => InferenceError::Model(m),
+        other => InferenceError::Model(other.to_string()),
     })?;
     let out_bytes: usize = outputs.iter().map(|t| t.data().len()).sum();
     if out_bytes > signer.max_output_bytes {
-        return Err(NodeError::ModelFailed(format!(
-            "the outputs take {out_bytes} bytes, over this node's {} byte limit",
-            signer.max_output_bytes
-        )));
+        return Err(InferenceError::OutputTooLarge {
+            bytes: out_bytes,
+            limit: signer.max_output_bytes,
+        });
     }
     let receipt = Claims {
         request_id: B256::random(),
@@ -101,7 +122,7 @@ pub fn run(
         payment_ref: charge.payment_ref,
     }
     .sign(signer.domain, &signer.key)
-    .map_err(|e| NodeError::Internal(e.to_string()))?;
+    .map_err(|e| InferenceError::Sign(e.to_string()))?;
     let entry = Entry::new(
         &receipt,
         safetensors_io::encode(inputs),

@@ -49,7 +49,7 @@ impl Pricing for ModelPricing {
                 .cache
                 .resolve(&reference)
                 .await
-                .map_err(IntoResponse::into_response)?;
+                .map_err(|e| crate::NodeError::from(e).into_response())?;
             let mut amount = self.default;
             for (key, price) in &self.models {
                 if let Ok(r) = self.cache.resolve(key).await

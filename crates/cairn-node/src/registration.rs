@@ -83,26 +83,7 @@ async fn approved(
     attester: &dyn Attester,
 ) -> Result<(RegistrationRequest, Vec<(Address, Signature)>), RegistrationError> {
     let me = key.address();
-    let evidence = attester
-        .evidence(&cairn_attest::report_data(me, None))
-        .map_err(|e| RegistrationError::Evidence(e.to_string()))?;
-    // The node reads its own evidence for the measurement it claims; verifiers check it again.
-    let verified = cairn_attest::verify(
-        &evidence,
-        now_secs(),
-        cairn_attest::Policy { allow_dev: true },
-    )
-    .map_err(|e| {
-        RegistrationError::Evidence(format!("the attester's own evidence does not verify: {e}"))
-    })?;
-    let req = RegistrationRequest {
-        node: me,
-        role,
-        endpoint: endpoint.to_string(),
-        measurement: verified.measurement.0,
-        evidence_digest: evidence.digest(),
-        deadline: now_secs() + 300,
-    };
+    let (req, evidence) = fresh_request(key, role, endpoint, attester)?;
     let quorum = chain.registration_quorum().await? as usize;
     let mut approvals: Vec<(Address, Signature)> = Vec::new();
     if quorum == 0 {
@@ -137,22 +118,7 @@ async fn approved(
         }
         let ep = chain.node(v).await?.endpoint;
         let url = cairn_verifier_api::VerifierUrls::new(&ep).registrations();
-        let answer = async {
-            let signed = cairn_core::auth::sign_url(key, "POST", &url, &body)
-                .ok_or_else(|| format!("{url} is not an http(s) URL"))?;
-            let mut r = http
-                .post(&url)
-                .header(reqwest::header::CONTENT_TYPE, "application/json")
-                .body(body.clone());
-            for (k, val) in signed.to_pairs() {
-                r = r.header(k, val);
-            }
-            let r = r.send().await.map_err(|e| with_causes(&e))?;
-            let status = r.status();
-            let body = r.bytes().await.map_err(|e| with_causes(&e))?;
-            Ok::<_, String>((status, body))
-        }
-        .await;
+        let answer = post_signed(&http, key, &url, &body).await;
         match answer {
             Ok((s, b)) if s.is_success() => {
                 let sig = serde_json::from_slice::<cairn_verifier_api::RegistrationApproval>(&b)
@@ -184,6 +150,59 @@ async fn approved(
         });
     }
     Ok((req, approvals))
+}
+
+/// A registration request of `key` in `role` at `endpoint`, on fresh evidence from `attester`
+/// (checked here first: verifiers check it again).
+fn fresh_request(
+    key: &PrivateKeySigner,
+    role: Role,
+    endpoint: &str,
+    attester: &dyn Attester,
+) -> Result<(RegistrationRequest, cairn_attest::Evidence), RegistrationError> {
+    let me = key.address();
+    let evidence = attester
+        .evidence(&cairn_attest::report_data(me, None))
+        .map_err(|e| RegistrationError::Evidence(e.to_string()))?;
+    let verified = cairn_attest::verify(
+        &evidence,
+        now_secs(),
+        cairn_attest::Policy { allow_dev: true },
+    )
+    .map_err(|e| {
+        RegistrationError::Evidence(format!("the attester's own evidence does not verify: {e}"))
+    })?;
+    let req = RegistrationRequest {
+        node: me,
+        role,
+        endpoint: endpoint.to_string(),
+        measurement: verified.measurement.0,
+        evidence_digest: evidence.digest(),
+        deadline: now_secs() + 300,
+    };
+    Ok((req, evidence))
+}
+
+/// POSTs `body` to `url` signed by `key`; the status and body, or why nothing came back.
+async fn post_signed(
+    http: &reqwest::Client,
+    key: &PrivateKeySigner,
+    url: &str,
+    body: &[u8],
+) -> Result<(reqwest::StatusCode, axum::body::Bytes), String> {
+    let signed = cairn_core::auth::sign_url(key, "POST", url, body)
+        .ok_or_else(|| format!("{url} is not an http(s) URL"))?;
+    let mut r = http
+        .post(url)
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .body(body.to_vec());
+    for (k, val) in signed.to_pairs() {
+        r = r.header(k, val);
+    }
+    let r = r.send().await.map_err(|e| with_causes(&e))?;
+    let status = r.status();
+    let body = r.bytes().await.map_err(|e| with_causes(&e))?;
+    Ok((status, body))
 }
 
 /// An error with its causes, `outer: inner: …`, so a refusal says why a connection failed.

@@ -349,64 +349,9 @@ impl SignedReceipt {
     pub fn verify_json(value: &Value) -> Result<SignedReceipt, ReceiptError> {
         let wire: Wire = serde_json::from_value(value.clone())
             .map_err(|e| ReceiptError::Malformed(e.to_string()))?;
-        let td = &wire.typed_data;
-        if td.types != types() {
-            return Err(ReceiptError::Malformed(
-                "`types` is not the Cairn receipt type".into(),
-            ));
-        }
-        if td.primary_type != "Receipt" || td.domain.name != "Cairn" || td.domain.version != "1" {
-            return Err(ReceiptError::Malformed(
-                "not a Cairn v1 receipt (primaryType/domain)".into(),
-            ));
-        }
-        let m = &td.message;
-        let price = if m.price.starts_with('0') && m.price != "0"
-            || !m.price.bytes().all(|b| b.is_ascii_digit())
-        {
-            return Err(ReceiptError::Malformed(
-                "`price` must be a decimal integer without leading zeros".into(),
-            ));
-        } else {
-            U256::from_str_radix(&m.price, 10)
-                .map_err(|e| ReceiptError::Malformed(format!("`price`: {e}")))?
-        };
-        let message = Receipt {
-            requestId: parse_b256("requestId", &m.request_id)?,
-            model: parse_b256("model", &m.model)?,
-            inputHash: parse_b256("inputHash", &m.input_hash)?,
-            outputHash: parse_b256("outputHash", &m.output_hash)?,
-            profileHash: parse_b256("profileHash", &m.profile_hash)?,
-            node: parse_address("node", &m.node)?,
-            timestamp: m.timestamp,
-            price,
-            paymentRef: parse_b256("paymentRef", &m.payment_ref)?,
-        };
-        let domain = ReceiptDomain {
-            chain_id: td.domain.chain_id,
-            verifying_contract: parse_address("verifyingContract", &td.domain.verifying_contract)?,
-        };
+        let (message, domain) = parse_typed_data(&wire.typed_data)?;
         let signer = parse_address("signer", &wire.signer)?;
-        let sig_hex = wire.signature.strip_prefix("0x").unwrap_or("");
-        if sig_hex.len() != 130 || sig_hex.bytes().any(|b| b.is_ascii_uppercase()) {
-            return Err(ReceiptError::Malformed(
-                "`signature` must be 0x and 130 lower-case hex digits".into(),
-            ));
-        }
-        let mut signature = [0u8; 65];
-        alloy_primitives::hex::decode_to_slice(sig_hex, &mut signature)
-            .map_err(|e| ReceiptError::Malformed(format!("`signature`: {e}")))?;
-        if !(27..=28).contains(&signature[64]) {
-            return Err(ReceiptError::Signature("v must be 27 or 28".into()));
-        }
-        let sig =
-            Signature::from_raw(&signature).map_err(|e| ReceiptError::Signature(e.to_string()))?;
-        // Refuse the malleable twin (high s) so one signature has one form.
-        if sig.normalize_s().is_some() {
-            return Err(ReceiptError::Signature(
-                "s is not in the lower half order".into(),
-            ));
-        }
+        let (signature, sig) = parse_signature(&wire.signature)?;
         let hash = message.eip712_signing_hash(&domain.eip712());
         let recovered = sig
             .recover_address_from_prehash(&hash)
@@ -422,30 +367,7 @@ impl SignedReceipt {
                 message.node
             )));
         }
-        let model: BlobId = wire
-            .model_cid
-            .parse()
-            .map_err(|e| ReceiptError::Malformed(format!("`modelCid`: {e}")))?;
-        if model.to_string() != wire.model_cid {
-            return Err(ReceiptError::Malformed(
-                "`modelCid` must be the bafkrei… spelling".into(),
-            ));
-        }
-        if B256::from(*model.digest()) != message.model {
-            return Err(ReceiptError::Inconsistent(
-                "`modelCid` is not the signed model digest".into(),
-            ));
-        }
-        if wire.profile.hash() != message.profileHash {
-            return Err(ReceiptError::Inconsistent(
-                "`profile` does not hash to the signed profileHash".into(),
-            ));
-        }
-        if wire.reproducibility != wire.profile.reproducibility() {
-            return Err(ReceiptError::Inconsistent(
-                "`reproducibility` does not follow from the profile's engine".into(),
-            ));
-        }
+        let model = check_unsigned_fields(&wire, &message)?;
         Ok(SignedReceipt {
             claims: Claims {
                 request_id: message.requestId,
@@ -462,6 +384,99 @@ impl SignedReceipt {
             signature,
         })
     }
+}
+
+/// The signed message and domain of a receipt's `typedData`, in their one canonical spelling.
+fn parse_typed_data(td: &TypedData) -> Result<(Receipt, ReceiptDomain), ReceiptError> {
+    if td.types != types() {
+        return Err(ReceiptError::Malformed(
+            "`types` is not the Cairn receipt type".into(),
+        ));
+    }
+    if td.primary_type != "Receipt" || td.domain.name != "Cairn" || td.domain.version != "1" {
+        return Err(ReceiptError::Malformed(
+            "not a Cairn v1 receipt (primaryType/domain)".into(),
+        ));
+    }
+    let m = &td.message;
+    if m.price.starts_with('0') && m.price != "0" || !m.price.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(ReceiptError::Malformed(
+            "`price` must be a decimal integer without leading zeros".into(),
+        ));
+    }
+    let price = U256::from_str_radix(&m.price, 10)
+        .map_err(|e| ReceiptError::Malformed(format!("`price`: {e}")))?;
+    let message = Receipt {
+        requestId: parse_b256("requestId", &m.request_id)?,
+        model: parse_b256("model", &m.model)?,
+        inputHash: parse_b256("inputHash", &m.input_hash)?,
+        outputHash: parse_b256("outputHash", &m.output_hash)?,
+        profileHash: parse_b256("profileHash", &m.profile_hash)?,
+        node: parse_address("node", &m.node)?,
+        timestamp: m.timestamp,
+        price,
+        paymentRef: parse_b256("paymentRef", &m.payment_ref)?,
+    };
+    let domain = ReceiptDomain {
+        chain_id: td.domain.chain_id,
+        verifying_contract: parse_address("verifyingContract", &td.domain.verifying_contract)?,
+    };
+    Ok((message, domain))
+}
+
+/// A 65-byte `r ‖ s ‖ v` signature in lower-case hex, v 27 or 28, s in the lower half order
+/// (the malleable high-s twin is refused so one signature has one form).
+fn parse_signature(text: &str) -> Result<([u8; 65], Signature), ReceiptError> {
+    let sig_hex = text.strip_prefix("0x").unwrap_or("");
+    if sig_hex.len() != 130 || sig_hex.bytes().any(|b| b.is_ascii_uppercase()) {
+        return Err(ReceiptError::Malformed(
+            "`signature` must be 0x and 130 lower-case hex digits".into(),
+        ));
+    }
+    let mut signature = [0u8; 65];
+    alloy_primitives::hex::decode_to_slice(sig_hex, &mut signature)
+        .map_err(|e| ReceiptError::Malformed(format!("`signature`: {e}")))?;
+    if !(27..=28).contains(&signature[64]) {
+        return Err(ReceiptError::Signature("v must be 27 or 28".into()));
+    }
+    let sig =
+        Signature::from_raw(&signature).map_err(|e| ReceiptError::Signature(e.to_string()))?;
+    if sig.normalize_s().is_some() {
+        return Err(ReceiptError::Signature(
+            "s is not in the lower half order".into(),
+        ));
+    }
+    Ok((signature, sig))
+}
+
+/// The fields beside the signed message (`modelCid`, `profile`, `reproducibility`) must say
+/// what the message signs; returns the model's CID.
+fn check_unsigned_fields(wire: &Wire, message: &Receipt) -> Result<BlobId, ReceiptError> {
+    let model: BlobId = wire
+        .model_cid
+        .parse()
+        .map_err(|e| ReceiptError::Malformed(format!("`modelCid`: {e}")))?;
+    if model.to_string() != wire.model_cid {
+        return Err(ReceiptError::Malformed(
+            "`modelCid` must be the bafkrei… spelling".into(),
+        ));
+    }
+    if B256::from(*model.digest()) != message.model {
+        return Err(ReceiptError::Inconsistent(
+            "`modelCid` is not the signed model digest".into(),
+        ));
+    }
+    if wire.profile.hash() != message.profileHash {
+        return Err(ReceiptError::Inconsistent(
+            "`profile` does not hash to the signed profileHash".into(),
+        ));
+    }
+    if wire.reproducibility != wire.profile.reproducibility() {
+        return Err(ReceiptError::Inconsistent(
+            "`reproducibility` does not follow from the profile's engine".into(),
+        ));
+    }
+    Ok(model)
 }
 
 #[cfg(test)]

@@ -235,31 +235,7 @@ impl BlobStore {
                 CHUNK_BYTES,
             )),
         };
-        let mut hasher = BlobHasher::new();
-        let failure = loop {
-            let chunk = match body.next().await {
-                None => break None,
-                Some(Err(source)) => {
-                    break Some(StoreError::Body {
-                        received: hasher.len(),
-                        source,
-                    });
-                }
-                Some(Ok(chunk)) => chunk,
-            };
-            if hasher.len() + chunk.len() as u64 > max_size {
-                break Some(StoreError::TooLarge { limit: max_size });
-            }
-            hasher.update(&chunk);
-            if let Some(w) = writer.as_mut()
-                && let Err(e) = w.wait_for_capacity(PARTS_IN_FLIGHT).await
-            {
-                break Some(e.into());
-            }
-            if let Some(w) = writer.as_mut() {
-                w.put(chunk);
-            }
-        };
+        let (hasher, failure) = Self::stream_into(&mut body, writer.as_mut(), max_size).await;
         // Closing the stream tells anything fed from it (e.g. a parser behind `check`) it ended.
         drop(body);
         let size = hasher.len();
@@ -292,24 +268,65 @@ impl BlobStore {
             });
         };
         writer.finish().await?;
-        if expected.is_some() {
-            return Ok(StoredBlob {
-                id,
-                size,
-                newly_stored: !already,
-            });
-        }
-        let newly_stored = self.size(&id).await?.is_none();
-        if newly_stored {
-            self.inner.rename(&target, &Self::blob_path(&id)).await?;
-        } else {
-            self.inner.delete(&target).await?;
-        }
+        let newly_stored = match expected {
+            Some(_) => !already,
+            None => self.move_staged(&target, &id).await?,
+        };
         Ok(StoredBlob {
             id,
             size,
             newly_stored,
         })
+    }
+
+    /// Moves a staged upload to its blob's key, or drops it when the blob is already there;
+    /// returns whether it was new.
+    async fn move_staged(&self, staged: &Path, id: &BlobId) -> Result<bool, StoreError> {
+        let newly_stored = self.size(id).await?.is_none();
+        if newly_stored {
+            self.inner.rename(staged, &Self::blob_path(id)).await?;
+        } else {
+            self.inner.delete(staged).await?;
+        }
+        Ok(newly_stored)
+    }
+
+    /// Hashes `body` into `writer` (when there is one) up to `max_size` bytes; the hash so far
+    /// and what stopped it early, if anything.
+    async fn stream_into<S>(
+        body: &mut S,
+        mut writer: Option<&mut WriteMultipart>,
+        max_size: u64,
+    ) -> (BlobHasher, Option<StoreError>)
+    where
+        S: Stream<Item = Result<Bytes, io::Error>> + Send + Unpin,
+    {
+        let mut hasher = BlobHasher::new();
+        let failure = loop {
+            let chunk = match body.next().await {
+                None => break None,
+                Some(Err(source)) => {
+                    break Some(StoreError::Body {
+                        received: hasher.len(),
+                        source,
+                    });
+                }
+                Some(Ok(chunk)) => chunk,
+            };
+            if hasher.len() + chunk.len() as u64 > max_size {
+                break Some(StoreError::TooLarge { limit: max_size });
+            }
+            hasher.update(&chunk);
+            if let Some(w) = writer.as_deref_mut()
+                && let Err(e) = w.wait_for_capacity(PARTS_IN_FLIGHT).await
+            {
+                break Some(e.into());
+            }
+            if let Some(w) = writer.as_deref_mut() {
+                w.put(chunk);
+            }
+        };
+        (hasher, failure)
     }
 
     /// The size of a stored blob, or `None`.

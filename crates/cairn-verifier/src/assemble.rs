@@ -92,6 +92,38 @@ pub enum StartError {
     Io(#[from] std::io::Error),
 }
 
+/// Checks `key` is an active verifier, moves its registered endpoint to `url` when it moved,
+/// and declares the profile it re-executes on, so the network can count who checks what.
+async fn take_seat(
+    chain: &Chain,
+    key: &PrivateKeySigner,
+    url: &str,
+    endpoint_update: EndpointUpdate<'_>,
+    profile: &cairn_core::ExecutionProfile,
+) -> Result<(), StartError> {
+    let me = key.address();
+    let info = chain.node(me).await?;
+    if !info.active || info.role != Some(Role::Verifier) {
+        return Err(StartError::NotAVerifier(me));
+    }
+    if info.endpoint != url {
+        match endpoint_update {
+            EndpointUpdate::Governor(gov) => {
+                chain.set_endpoint_for(gov, me, url).await?;
+            }
+            EndpointUpdate::Approved(attester) => {
+                cairn_node::registration::move_endpoint(chain, key, Role::Verifier, url, attester)
+                    .await?;
+            }
+        }
+    }
+    let profile = profile.hash();
+    if chain.verifier_profile(me).await? != profile {
+        chain.declare_profile(key, profile).await?;
+    }
+    Ok(())
+}
+
 /// Starts the verifier `s` describes.
 pub async fn start(s: Setup<'_>) -> Result<Verifier, StartError> {
     let Setup {
@@ -108,33 +140,7 @@ pub async fn start(s: Setup<'_>) -> Result<Verifier, StartError> {
         endpoint_update,
     } = s;
     std::fs::create_dir_all(dir)?;
-    let me = key.address();
-    let info = chain.node(me).await?;
-    if !info.active || info.role != Some(Role::Verifier) {
-        return Err(StartError::NotAVerifier(me));
-    }
-    if info.endpoint != url {
-        match endpoint_update {
-            EndpointUpdate::Governor(gov) => {
-                chain.set_endpoint_for(gov, me, url).await?;
-            }
-            EndpointUpdate::Approved(attester) => {
-                cairn_node::registration::move_endpoint(
-                    &chain,
-                    &key,
-                    Role::Verifier,
-                    url,
-                    attester,
-                )
-                .await?;
-            }
-        }
-    }
-    // Declare the profile this verifier re-executes on, so the network can count who checks what.
-    let profile = engine.profile().hash();
-    if chain.verifier_profile(me).await? != profile {
-        chain.declare_profile(&key, profile).await?;
-    }
+    take_seat(&chain, &key, url, endpoint_update, engine.profile()).await?;
     let hub_client =
         cairn_hub_api::HubClient::new(hub, None).map_err(|e| StartError::Hub(e.to_string()))?;
     let cache = cairn_node::cache::ModelCache::new(

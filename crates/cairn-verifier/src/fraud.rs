@@ -67,6 +67,21 @@ impl Verifier {
                 signed.len()
             )));
         }
+        self.submit_challenge(&f, proof, signed, verdict).await
+    }
+
+    /// Puts a quorum-signed fraud verdict on chain and records how it went: landed, or
+    /// already voided by another verifier's identical challenge, or failed (asked again).
+    async fn submit_challenge(
+        &self,
+        f: &Finding,
+        proof: Vec<B256>,
+        signed: Vec<(Address, Signature)>,
+        mut verdict: BatchVerdict,
+    ) -> Result<(), VerifyError> {
+        let c = &self.0;
+        let id = verdict.batch_id;
+        let unavailable = |reason: String| VerifyError::Unavailable { batch: id, reason };
         let signers: Vec<String> = signed.iter().map(|(a, _)| a.to_checksum(None)).collect();
         match c
             .chain
@@ -226,40 +241,7 @@ impl Verifier {
             )
         })?;
         let rh = r.signing_hash();
-        let batch = c
-            .chain
-            .batch(batch_id)
-            .await
-            .map_err(|e| unavailable(e.to_string()))?;
-        if !matches!(
-            batch.status,
-            BatchStatus::Submitted | BatchStatus::Attested | BatchStatus::Expired
-        ) {
-            return Err(bad(
-                "batch_closed",
-                format!(
-                    "batch {batch_id} is {:?}: nothing to challenge",
-                    batch.status
-                ),
-            ));
-        }
-        if r.signer != batch.node {
-            return Err(bad(
-                "wrong_node",
-                "the receipt is not signed by the batch's node".into(),
-            ));
-        }
-        let included = c
-            .chain
-            .verify_inclusion(batch_id, rh, proof)
-            .await
-            .map_err(|e| unavailable(e.to_string()))?;
-        if !included {
-            return Err(bad(
-                "not_in_batch",
-                "the proof does not put the receipt in the batch's root".into(),
-            ));
-        }
+        let batch = self.challengeable(batch_id, &r, proof).await?;
         // One re-execution per receipt however often a peer asks (`sample` remembers it); a
         // withholding series goes on at its own pace (one attempt per interval).
         let node = c
@@ -310,5 +292,57 @@ impl Verifier {
             evidence_hash: evidence,
             finding: outcome,
         })
+    }
+
+    /// The batch `batch_id` when a challenge against receipt `r` (under `proof`) can still
+    /// land: open, signed by its node, and included in its root.
+    async fn challengeable(
+        &self,
+        batch_id: u64,
+        r: &SignedReceipt,
+        proof: Vec<B256>,
+    ) -> Result<BatchInfo, VerifyError> {
+        let c = &self.0;
+        let bad = |code: &'static str, reason: String| VerifyError::BadRequest { code, reason };
+        let unavailable = |reason: String| VerifyError::Unavailable {
+            batch: batch_id,
+            reason,
+        };
+        let rh = r.signing_hash();
+        let batch = c
+            .chain
+            .batch(batch_id)
+            .await
+            .map_err(|e| unavailable(e.to_string()))?;
+        if !matches!(
+            batch.status,
+            BatchStatus::Submitted | BatchStatus::Attested | BatchStatus::Expired
+        ) {
+            return Err(bad(
+                "batch_closed",
+                format!(
+                    "batch {batch_id} is {:?}: nothing to challenge",
+                    batch.status
+                ),
+            ));
+        }
+        if r.signer != batch.node {
+            return Err(bad(
+                "wrong_node",
+                "the receipt is not signed by the batch's node".into(),
+            ));
+        }
+        let included = c
+            .chain
+            .verify_inclusion(batch_id, rh, proof)
+            .await
+            .map_err(|e| unavailable(e.to_string()))?;
+        if !included {
+            return Err(bad(
+                "not_in_batch",
+                "the proof does not put the receipt in the batch's root".into(),
+            ));
+        }
+        Ok(batch)
     }
 }

@@ -60,32 +60,14 @@ impl Reexecutor {
         }
         let exact = !Self::needs_output(r);
         let Payloads { inputs, outputs } = p;
-        if tensors_hash(&inputs) != r.claims.input_hash {
-            return Ok(Outcome::WrongPayload {
-                reason: "the input the node kept does not hash to the receipt's input hash".into(),
-            });
-        }
-        let claimed = match outputs {
-            Some(o) if tensors_hash(&o) != r.claims.output_hash => {
-                return Ok(Outcome::WrongPayload {
-                    reason: "the output the node kept does not hash to the receipt's output hash"
-                        .into(),
-                });
-            }
-            Some(o) => Some(o),
-            None if exact => None,
-            None => {
-                return Ok(Outcome::Unverifiable {
-                    reason: "a tolerance profile needs the node's kept output".into(),
-                });
-            }
+        let claimed = match Self::kept_payloads(r, &inputs, outputs) {
+            Ok(claimed) => claimed,
+            Err(o) => return Ok(o),
         };
         let loaded = match self.cache.get(r.claims.model).await {
             Ok(l) => l,
             // The hub down, or this verifier's own trouble: not the node's fault; again later.
-            Err(
-                e @ (cairn_node::NodeError::HubUnavailable(_) | cairn_node::NodeError::Internal(_)),
-            ) => {
+            Err(e) if e.is_transient() => {
                 return Err(format!("model {}: {e}", r.claims.model));
             }
             Err(e) => {
@@ -113,26 +95,60 @@ impl Reexecutor {
             }
             Err(e) => return Err(format!("re-execution task: {e}")),
         };
-        let recomputed = tensors_hash(&outputs);
-        let Some(claimed) = claimed else {
-            return Ok(if recomputed == r.claims.output_hash {
-                Outcome::Confirmed {
-                    comparison: "bit-exact".into(),
-                }
-            } else {
-                Outcome::Mismatch {
-                    comparison: format!(
-                        "bit-exact profile: output hash {recomputed}, the receipt binds {}",
-                        r.claims.output_hash
-                    ),
-                    recomputed,
-                }
+        Ok(match claimed {
+            None => Self::compare_exact(r, &outputs),
+            Some(claimed) => self.compare_tolerance(&claimed, &outputs),
+        })
+    }
+
+    /// Checks the kept payloads against the receipt's hashes; returns the kept output a
+    /// tolerance profile is compared with (`None` for bit-exact profiles), or the verdict.
+    fn kept_payloads(
+        r: &SignedReceipt,
+        inputs: &[Tensor],
+        outputs: Option<Vec<Tensor>>,
+    ) -> Result<Option<Vec<Tensor>>, Outcome> {
+        if tensors_hash(inputs) != r.claims.input_hash {
+            return Err(Outcome::WrongPayload {
+                reason: "the input the node kept does not hash to the receipt's input hash".into(),
             });
-        };
-        // A tolerance profile (onnxruntime): compare values with the node's own output. Two
-        // engines can differ past any tolerance on a model built to amplify their differences,
-        // so a difference is not proof of fraud: this verifier abstains (never attests it).
-        Ok(match max_abs_diff(&claimed, &outputs) {
+        }
+        match outputs {
+            Some(o) if tensors_hash(&o) != r.claims.output_hash => Err(Outcome::WrongPayload {
+                reason: "the output the node kept does not hash to the receipt's output hash"
+                    .into(),
+            }),
+            Some(o) => Ok(Some(o)),
+            None if !Self::needs_output(r) => Ok(None),
+            None => Err(Outcome::Unverifiable {
+                reason: "a tolerance profile needs the node's kept output".into(),
+            }),
+        }
+    }
+
+    /// A bit-exact profile: the recomputed output must hash to what the receipt binds.
+    fn compare_exact(r: &SignedReceipt, outputs: &[Tensor]) -> Outcome {
+        let recomputed = tensors_hash(outputs);
+        if recomputed == r.claims.output_hash {
+            Outcome::Confirmed {
+                comparison: "bit-exact".into(),
+            }
+        } else {
+            Outcome::Mismatch {
+                comparison: format!(
+                    "bit-exact profile: output hash {recomputed}, the receipt binds {}",
+                    r.claims.output_hash
+                ),
+                recomputed,
+            }
+        }
+    }
+
+    /// A tolerance profile (onnxruntime): compare values with the node's own output. Two
+    /// engines can differ past any tolerance on a model built to amplify their differences,
+    /// so a difference is not proof of fraud: this verifier abstains (never attests it).
+    fn compare_tolerance(&self, claimed: &[Tensor], outputs: &[Tensor]) -> Outcome {
+        match max_abs_diff(claimed, outputs) {
             Ok(d) if d <= self.tolerance => Outcome::Confirmed {
                 comparison: format!("tolerance {:e}, max |difference| {d:e}", self.tolerance),
             },
@@ -145,7 +161,7 @@ impl Reexecutor {
             Err(e) => Outcome::Unverifiable {
                 reason: format!("outputs differ across engines ({e}): not proof, no attestation"),
             },
-        })
+        }
     }
 }
 

@@ -255,9 +255,10 @@ pub async fn middleware(State(p): State<Arc<Paywall>>, req: Request, next: Next)
         Ok(resp) => resp,
         Err(e) => (
             StatusCode::INTERNAL_SERVER_ERROR,
-            axum::Json(
-                json!({"code": "internal", "message": format!("the paid request failed: {e}")}),
-            ),
+            axum::Json(cairn_core::ErrorBody::new(
+                "internal",
+                format!("the paid request failed: {e}"),
+            )),
         )
             .into_response(),
     }
@@ -310,7 +311,10 @@ impl Refusal<'_> {
                 let code = other.code();
                 (
                     StatusCode::BAD_GATEWAY,
-                    axum::Json(json!({"code": code, "message": format!("the payment could not be checked: {other}; retry")})),
+                    axum::Json(cairn_core::ErrorBody::new(
+                        code,
+                        format!("the payment could not be checked: {other}; retry"),
+                    )),
                 )
                     .into_response()
             }

@@ -132,6 +132,37 @@ impl Prepaid {
     /// Checks a voucher and accepts it for one request at `price`. No chain call unless the
     /// channel is new to the node or the voucher goes past the cached deposit (a top-up).
     pub async fn accept(&self, payload: &Value, price: U256) -> Result<Accepted, X402Error> {
+        let p = self.signed_voucher(payload)?;
+        let v = &p.voucher;
+        let id = Chain::channel_id(v.payer, v.payee, v.salt);
+        let accepted = Accepted {
+            channel: id,
+            payer: v.payer,
+            cumulative: v.cumulative_amount,
+        };
+        let key = accepted.payment_ref();
+        let mut outcome =
+            self.store
+                .accept_voucher(id, key, v.cumulative_amount, price, &p.signature)?;
+        // A channel new to the node, a voucher past the cached deposit (a top-up) or a channel
+        // marked closing (a new deposit cancels a withdrawal request): read the chain once and
+        // try again.
+        if matches!(
+            outcome,
+            Err(VoucherRefusal::UnknownChannel
+                | VoucherRefusal::OverDeposit { .. }
+                | VoucherRefusal::Closing)
+        ) {
+            self.refresh(v.payer, v.payee, v.salt).await?;
+            outcome =
+                self.store
+                    .accept_voucher(id, key, v.cumulative_amount, price, &p.signature)?;
+        }
+        outcome.map(|()| accepted).map_err(|r| refusal(r, v, price))
+    }
+
+    /// The voucher in `payload`, to this node's vault and signed by its payer.
+    fn signed_voucher(&self, payload: &Value) -> Result<PrepaidPayload, X402Error> {
         let p: PrepaidPayload = serde_json::from_value(payload.clone()).map_err(|e| {
             invalid(
                 "invalid_prepaid_payload",
@@ -176,64 +207,7 @@ impl Prepaid {
                 ),
             ));
         }
-        let id = Chain::channel_id(v.payer, v.payee, v.salt);
-        let accepted = Accepted {
-            channel: id,
-            payer: v.payer,
-            cumulative: v.cumulative_amount,
-        };
-        let key = accepted.payment_ref();
-        let mut outcome =
-            self.store
-                .accept_voucher(id, key, v.cumulative_amount, price, &p.signature)?;
-        // A channel new to the node, a voucher past the cached deposit (a top-up) or a channel
-        // marked closing (a new deposit cancels a withdrawal request): read the chain once and
-        // try again.
-        if matches!(
-            outcome,
-            Err(VoucherRefusal::UnknownChannel
-                | VoucherRefusal::OverDeposit { .. }
-                | VoucherRefusal::Closing)
-        ) {
-            self.refresh(v.payer, v.payee, v.salt).await?;
-            outcome =
-                self.store
-                    .accept_voucher(id, key, v.cumulative_amount, price, &p.signature)?;
-        }
-        match outcome {
-            Ok(()) => Ok(accepted),
-            Err(VoucherRefusal::AlreadyUsed) => Err(invalid(
-                "invalid_prepaid_voucher_already_used",
-                "this voucher was already taken for another request; sign the next one".into(),
-            )),
-            Err(VoucherRefusal::UnknownChannel) => Err(invalid(
-                "invalid_prepaid_no_deposit",
-                format!(
-                    "{} has no deposit for this node; deposit first (cairn pay deposit)",
-                    v.payer
-                ),
-            )),
-            Err(VoucherRefusal::Closing) => Err(invalid(
-                "invalid_prepaid_channel_closing",
-                "the payer asked to withdraw this channel; deposit on a new salt or pay with exact"
-                    .to_string(),
-            )),
-            Err(VoucherRefusal::OverDeposit { deposited }) => Err(invalid(
-                "invalid_prepaid_insufficient_deposit",
-                format!(
-                    "the voucher promises {} but {deposited} is deposited; top up the deposit",
-                    v.cumulative_amount
-                ),
-            )),
-            Err(VoucherRefusal::NotNext { owed }) => Err(invalid(
-                "invalid_prepaid_voucher_amount",
-                format!(
-                    "the voucher promises {} in total; {owed} is owed or in flight and the price is {price}, so it must be exactly {}",
-                    v.cumulative_amount,
-                    owed + price
-                ),
-            )),
-        }
+        Ok(p)
     }
 
     /// The payment reference of a voucher payload that was counted (its request succeeded).
@@ -404,5 +378,42 @@ impl Prepaid {
                 tracing::warn!(error = %e, "prepaid redemption round");
             }
         }
+    }
+}
+
+/// What the node answers a voucher the payment store refused.
+fn refusal(r: VoucherRefusal, v: &VoucherWire, price: U256) -> X402Error {
+    match r {
+        VoucherRefusal::AlreadyUsed => invalid(
+            "invalid_prepaid_voucher_already_used",
+            "this voucher was already taken for another request; sign the next one".into(),
+        ),
+        VoucherRefusal::UnknownChannel => invalid(
+            "invalid_prepaid_no_deposit",
+            format!(
+                "{} has no deposit for this node; deposit first (cairn pay deposit)",
+                v.payer
+            ),
+        ),
+        VoucherRefusal::Closing => invalid(
+            "invalid_prepaid_channel_closing",
+            "the payer asked to withdraw this channel; deposit on a new salt or pay with exact"
+                .to_string(),
+        ),
+        VoucherRefusal::OverDeposit { deposited } => invalid(
+            "invalid_prepaid_insufficient_deposit",
+            format!(
+                "the voucher promises {} but {deposited} is deposited; top up the deposit",
+                v.cumulative_amount
+            ),
+        ),
+        VoucherRefusal::NotNext { owed } => invalid(
+            "invalid_prepaid_voucher_amount",
+            format!(
+                "the voucher promises {} in total; {owed} is owed or in flight and the price is {price}, so it must be exactly {}",
+                v.cumulative_amount,
+                owed + price
+            ),
+        ),
     }
 }

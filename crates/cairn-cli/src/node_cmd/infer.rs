@@ -28,7 +28,6 @@ pub fn read_tensors(path: &Path) -> anyhow::Result<Vec<Tensor>> {
     Ok(tensors)
 }
 
-/// `cairn infer`.
 /// How `cairn infer` pays.
 pub struct PayArgs {
     /// The payer's key file, if any.
@@ -37,6 +36,7 @@ pub struct PayArgs {
     pub salt: alloy_primitives::B256,
 }
 
+/// `cairn infer`.
 pub async fn infer(
     node: &str,
     reference: &str,
@@ -65,7 +65,36 @@ pub async fn infer(
         }
         other => other?,
     };
-    for t in &outcome.outputs {
+    print_outputs(&outcome.outputs);
+    // The client reads only receipts that verify.
+    let receipt = &outcome.receipt;
+    if receipt.claims.output_hash != tensors_hash(&outcome.outputs) {
+        eprintln!(
+            "note: the receipt's output hash covers every model output; this call returned a subset"
+        );
+    }
+    if let Some(p) = &outcome.payment {
+        println!("{}", describe_payment(p));
+    }
+    println!("model:    {}", outcome.model_name);
+    println!("receipt:  {} signed by {}", receipt.id(), receipt.signer);
+    if let Some(path) = output {
+        write_outputs(&path, &outcome.outputs)?;
+    }
+    if let Some(path) = receipt_out {
+        std::fs::write(
+            &path,
+            serde_json::to_string_pretty(&outcome.receipt)? + "\n",
+        )
+        .with_context(|| format!("writing {}", path.display()))?;
+        println!("receipt written to {}", path.display());
+    }
+    Ok(())
+}
+
+/// Each output, its first values.
+fn print_outputs(outputs: &[Tensor]) {
+    for t in outputs {
         let values = cairn_node_api::kserve::bytes_to_json(t.dtype(), t.data());
         let shown = match &values {
             serde_json::Value::Array(a) if a.len() > 16 => {
@@ -79,52 +108,38 @@ pub async fn infer(
         };
         println!("{} {} {:?}: {shown}", t.name(), t.dtype(), t.shape());
     }
-    // The client reads only receipts that verify.
-    let receipt = &outcome.receipt;
-    if receipt.claims.output_hash != tensors_hash(&outcome.outputs) {
-        eprintln!(
-            "note: the receipt's output hash covers every model output; this call returned a subset"
-        );
-    }
-    if let Some(p) = &outcome.payment {
-        let how = match &p.settlement {
-            Some(s) if s.success && p.scheme == "exact" => {
-                format!("settled in transaction {}", s.transaction)
-            }
-            Some(s) if s.success => format!("voucher accepted, payment ref {}", s.transaction),
-            Some(s) => format!(
-                "not settled: {}",
-                s.error_reason.as_deref().unwrap_or("unknown")
-            ),
-            None => "no settlement answer".to_string(),
-        };
-        println!(
-            "paid:     {} token units ({}) to {}, {how}",
-            p.amount, p.scheme, p.pay_to
-        );
-    }
-    println!("model:    {}", outcome.model_name);
-    println!("receipt:  {} signed by {}", receipt.id(), receipt.signer);
-    if let Some(path) = output {
-        let bytes = if path.extension().is_some_and(|e| e == "json") {
-            let outs: Vec<_> = outcome
-                .outputs
-                .iter()
-                .map(|t| serde_json::json!({"name": t.name(), "datatype": t.dtype().name(), "shape": t.shape(), "data": cairn_node_api::kserve::bytes_to_json(t.dtype(), t.data())}))
-                .collect();
-            serde_json::to_vec_pretty(&serde_json::json!({"outputs": outs}))?
-        } else {
-            safetensors_io::encode(&outcome.outputs)
-        };
-        std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))?;
-    }
-    if let Some(path) = receipt_out {
-        std::fs::write(
-            &path,
-            serde_json::to_string_pretty(&outcome.receipt)? + "\n",
-        )
-        .with_context(|| format!("writing {}", path.display()))?;
-        println!("receipt written to {}", path.display());
-    }
+}
+
+/// One line on what the call cost and how it was paid.
+fn describe_payment(p: &cairn_node_api::client::PaymentMade) -> String {
+    let how = match &p.settlement {
+        Some(s) if s.success && p.scheme == "exact" => {
+            format!("settled in transaction {}", s.transaction)
+        }
+        Some(s) if s.success => format!("voucher accepted, payment ref {}", s.transaction),
+        Some(s) => format!(
+            "not settled: {}",
+            s.error_reason.as_deref().unwrap_or("unknown")
+        ),
+        None => "no settlement answer".to_string(),
+    };
+    format!(
+        "paid:     {} token units ({}) to {}, {how}",
+        p.amount, p.scheme, p.pay_to
+    )
+}
+
+/// Writes the outputs as KServe JSON (`.json`) or safetensors.
+fn write_outputs(path: &Path, outputs: &[Tensor]) -> anyhow::Result<()> {
+    let bytes = if path.extension().is_some_and(|e| e == "json") {
+        let outs: Vec<_> = outputs
+            .iter()
+            .map(|t| serde_json::json!({"name": t.name(), "datatype": t.dtype().name(), "shape": t.shape(), "data": cairn_node_api::kserve::bytes_to_json(t.dtype(), t.data())}))
+            .collect();
+        serde_json::to_vec_pretty(&serde_json::json!({"outputs": outs}))?
+    } else {
+        safetensors_io::encode(outputs)
+    };
+    std::fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }

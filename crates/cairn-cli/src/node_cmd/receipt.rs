@@ -99,21 +99,21 @@ pub async fn reexec(
             input.display()
         );
     }
-    let engine = TractEngine::new();
+    let engine: Arc<dyn Engine> = Arc::new(TractEngine::new());
     let here = engine.profile().clone();
-    let model_path = cache.join(r.claims.model.to_string());
-    let bytes = match std::fs::read(&model_path) {
-        Ok(b) if BlobId::of(&b) == r.claims.model => b,
-        _ => {
-            std::fs::create_dir_all(cache)?;
-            cairn_hub::HubClient::new(hub, None)?
-                .download(&r.claims.model, &model_path, |_, _| {})
-                .await
-                .with_context(|| format!("fetching {} from {hub}", r.claims.model))?;
-            std::fs::read(&model_path)?
-        }
-    };
-    let plan = tokio::task::spawn_blocking(move || engine.load(&bytes)).await??;
+    // The loader verifiers use: the file hashed to the receipt's CID, parsed, prepared once.
+    let models = cairn_node::cache::ModelCache::new(
+        cache.to_path_buf(),
+        cairn_hub::HubClient::new(hub, None)?,
+        engine,
+        u64::MAX,
+        u64::MAX,
+    );
+    let loaded = models
+        .get(r.claims.model)
+        .await
+        .with_context(|| format!("loading model {} (from {hub})", r.claims.model))?;
+    let plan = loaded.plan.clone();
     let outputs = tokio::task::spawn_blocking(move || plan.run(&inputs)).await??;
     let outputs: Vec<Tensor> = outputs;
     let h = tensors_hash(&outputs);
@@ -133,6 +133,16 @@ pub async fn reexec(
         println!("result: bit-identical although the profiles differ (output hash {h})");
         return Ok(());
     }
+    compare_across_profiles(&r, output, &outputs, tolerance)
+}
+
+/// Profiles differ and the bytes do too: with the node's output, how far apart the values are.
+fn compare_across_profiles(
+    r: &SignedReceipt,
+    output: Option<&Path>,
+    outputs: &[Tensor],
+    tolerance: f64,
+) -> anyhow::Result<()> {
     let kind = match r.claims.profile.reproducibility() {
         Reproducibility::Exact => "a different kernel tier",
         Reproducibility::Tolerance => "a tolerance-checked engine",
@@ -145,7 +155,7 @@ pub async fn reexec(
                 p.display()
             );
         }
-        let diff = cairn_verifier::max_abs_diff(&claimed, &outputs).map_err(|e| anyhow!(e))?;
+        let diff = cairn_verifier::max_abs_diff(&claimed, outputs).map_err(|e| anyhow!(e))?;
         println!(
             "result: not bit-identical (profiles differ: {kind}); max |difference| = {diff:e}"
         );

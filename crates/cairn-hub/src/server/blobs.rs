@@ -74,23 +74,7 @@ pub(super) async fn download_blob(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let id: BlobId = parse(&cid)?;
-    // Only files of published releases are served to anyone: a draft's bytes are its owner's
-    // (a request signed by the owner reads them), and nobody can make a node fetch what no
-    // release vouches for.
-    let visible = state.inner.catalog.blob_published(&id).await?
-        || match &signer {
-            Some(s) => {
-                state
-                    .inner
-                    .catalog
-                    .blob_in_drafts_of(&id, s.address)
-                    .await?
-            }
-            None => false,
-        };
-    if !visible {
-        return Err(StoreError::NotFound(id).into());
-    }
+    ensure_visible(&state, &id, signer.as_ref()).await?;
     let etag = format!("\"{id}\"");
     let common = [
         (header::ETAG, etag.clone()),
@@ -113,22 +97,9 @@ pub(super) async fn download_blob(
     if not_modified {
         return Ok((StatusCode::NOT_MODIFIED, common).into_response());
     }
-    let range = byte_range(&headers, size).map_err(|()| {
-        let mut e = ApiError::new(
-            StatusCode::RANGE_NOT_SATISFIABLE,
-            "range_not_satisfiable",
-            format!("the requested range is outside the blob's {size} bytes"),
-        )
-        .into_response();
-        e.headers_mut().insert(
-            header::CONTENT_RANGE,
-            HeaderValue::from_str(&format!("bytes */{size}")).expect("ascii"),
-        );
-        e
-    });
-    let range = match range {
+    let range = match byte_range(&headers, size) {
         Ok(r) => r,
-        Err(resp) => return Ok(resp),
+        Err(()) => return Ok(unsatisfiable(size)),
     };
     let (status, span) = match &range {
         Some(r) => (StatusCode::PARTIAL_CONTENT, r.clone()),
@@ -165,4 +136,38 @@ pub(super) async fn download_blob(
         );
     }
     Ok(response)
+}
+
+/// Only files of published releases are served to anyone: a draft's bytes are its owner's
+/// (a request signed by the owner reads them), and nobody can make a node fetch what no
+/// release vouches for.
+async fn ensure_visible(
+    state: &HubState,
+    id: &BlobId,
+    signer: Option<&Signer>,
+) -> Result<(), ApiError> {
+    let visible = state.inner.catalog.blob_published(id).await?
+        || match signer {
+            Some(s) => state.inner.catalog.blob_in_drafts_of(id, s.address).await?,
+            None => false,
+        };
+    if !visible {
+        return Err(StoreError::NotFound(*id).into());
+    }
+    Ok(())
+}
+
+/// 416 with the blob's size, as RFC 9110 asks.
+fn unsatisfiable(size: u64) -> Response {
+    let mut e = ApiError::new(
+        StatusCode::RANGE_NOT_SATISFIABLE,
+        "range_not_satisfiable",
+        format!("the requested range is outside the blob's {size} bytes"),
+    )
+    .into_response();
+    e.headers_mut().insert(
+        header::CONTENT_RANGE,
+        HeaderValue::from_str(&format!("bytes */{size}")).expect("ascii"),
+    );
+    e
 }

@@ -101,41 +101,7 @@ pub(super) async fn store_upload(
     let stream = body.into_data_stream().map_err(io::Error::other);
     let limit = state.inner.max_upload_bytes.min(left);
     let (stored, signature) = if onnx {
-        // Tee the stream into the ONNX reader on a blocking thread: one pass, bounded memory.
-        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(8);
-        let parser = tokio::task::spawn_blocking(move || {
-            cairn_onnx::read_signature(ChannelReader::new(rx), cairn_onnx::Limits::default())
-        });
-        let stream = stream
-            .and_then(move |chunk| {
-                let tx = tx.clone();
-                async move {
-                    // A parser that already failed has hung up; its verdict is collected below.
-                    let _ = tx.send(chunk.clone()).await;
-                    Ok(chunk)
-                }
-            })
-            .boxed();
-        let (verdict_tx, verdict_rx) = tokio::sync::oneshot::channel();
-        let shown = path.clone();
-        let check = async move {
-            let result = parser
-                .await
-                .map_err(|e| format!("ONNX reader crashed: {e}"))?;
-            match result {
-                Ok(sig) => {
-                    let _ = verdict_tx.send(sig);
-                    Ok(())
-                }
-                Err(e) => Err(format!("file `{shown}` is declared as ONNX but {e}")),
-            }
-        };
-        let stored = state
-            .inner
-            .store
-            .put_checked(stream, Some(declared), limit, check)
-            .await?;
-        (stored, verdict_rx.await.ok())
+        store_onnx(&state, stream, declared, limit, path.clone()).await?
     } else {
         (
             state.inner.store.put(stream, Some(declared), limit).await?,
@@ -151,6 +117,52 @@ pub(super) async fn store_upload(
     };
     state.inner.catalog.put_file(&name, version, &entry).await?;
     Ok((StatusCode::CREATED, Json(entry)))
+}
+
+/// Stores an ONNX upload while its signature is read from the same stream: one pass, and a
+/// file that does not parse is never stored.
+async fn store_onnx(
+    state: &HubState,
+    stream: impl futures::Stream<Item = Result<Bytes, io::Error>> + Send + 'static,
+    declared: BlobId,
+    limit: u64,
+    path: FilePath,
+) -> Result<(cairn_store::StoredBlob, Option<cairn_onnx::OnnxSignature>), ApiError> {
+    // Tee the stream into the ONNX reader on a blocking thread: one pass, bounded memory.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(8);
+    let parser = tokio::task::spawn_blocking(move || {
+        cairn_onnx::read_signature(ChannelReader::new(rx), cairn_onnx::Limits::default())
+    });
+    let stream = stream
+        .and_then(move |chunk| {
+            let tx = tx.clone();
+            async move {
+                // A parser that already failed has hung up; its verdict is collected below.
+                let _ = tx.send(chunk.clone()).await;
+                Ok(chunk)
+            }
+        })
+        .boxed();
+    let (verdict_tx, verdict_rx) = tokio::sync::oneshot::channel();
+    let shown = path;
+    let check = async move {
+        let result = parser
+            .await
+            .map_err(|e| format!("ONNX reader crashed: {e}"))?;
+        match result {
+            Ok(sig) => {
+                let _ = verdict_tx.send(sig);
+                Ok(())
+            }
+            Err(e) => Err(format!("file `{shown}` is declared as ONNX but {e}")),
+        }
+    };
+    let stored = state
+        .inner
+        .store
+        .put_checked(stream, Some(declared), limit, check)
+        .await?;
+    Ok((stored, verdict_rx.await.ok()))
 }
 
 /// A blocking `Read` over chunks arriving on a channel; end of stream when the sender is gone.

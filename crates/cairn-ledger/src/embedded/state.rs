@@ -120,65 +120,8 @@ impl Inner {
                 contract.map(|c| c.to_vec())
             ],
         )?;
-        for (idx, log) in logs.iter().enumerate() {
-            let topics: Vec<u8> = log.topics().iter().flat_map(|t| t.0).collect();
-            tx.execute(
-                "INSERT INTO logs (block, idx, tx, address, topic0, topics, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![
-                    number as i64,
-                    idx as i64,
-                    tx_hash.as_slice(),
-                    log.address.as_slice(),
-                    log.topics().first().map(|t| t.to_vec()),
-                    topics,
-                    log.data.data.to_vec()
-                ],
-            )?;
-        }
-        for (address, account) in &state {
-            if !account.is_touched() {
-                continue;
-            }
-            let a = address.as_slice();
-            if account.is_selfdestructed() || account.is_created() {
-                tx.execute("DELETE FROM storage WHERE address = ?1", params![a])?;
-            }
-            if account.is_selfdestructed() {
-                tx.execute("DELETE FROM accounts WHERE address = ?1", params![a])?;
-                continue;
-            }
-            let info = &account.info;
-            tx.execute(
-                "INSERT OR REPLACE INTO accounts (address, nonce, balance, code_hash) VALUES (?1, ?2, ?3, ?4)",
-                params![a, info.nonce as i64, info.balance.to_be_bytes::<32>().to_vec(), info.code_hash.as_slice()],
-            )?;
-            if let Some(code) = &info.code
-                && info.code_hash != KECCAK_EMPTY
-            {
-                tx.execute(
-                    "INSERT OR IGNORE INTO code (hash, code) VALUES (?1, ?2)",
-                    params![info.code_hash.as_slice(), code.original_bytes().to_vec()],
-                )?;
-            }
-            for (slot, value) in &account.storage {
-                if !value.is_changed() {
-                    continue;
-                }
-                let slot = slot.to_be_bytes::<32>();
-                let present = value.present_value();
-                if present.is_zero() {
-                    tx.execute(
-                        "DELETE FROM storage WHERE address = ?1 AND slot = ?2",
-                        params![a, slot.to_vec()],
-                    )?;
-                } else {
-                    tx.execute(
-                        "INSERT OR REPLACE INTO storage (address, slot, value) VALUES (?1, ?2, ?3)",
-                        params![a, slot.to_vec(), present.to_be_bytes::<32>().to_vec()],
-                    )?;
-                }
-            }
-        }
+        write_logs(&tx, number, tx_hash, logs)?;
+        write_state(&tx, &state)?;
         tx.commit()?;
         self.db.commit(state);
         self.head = Head {
@@ -188,4 +131,78 @@ impl Inner {
         };
         Ok(self.head)
     }
+}
+
+/// The transaction's logs, in order.
+fn write_logs(
+    tx: &rusqlite::Transaction<'_>,
+    number: u64,
+    tx_hash: B256,
+    logs: &[Log],
+) -> rusqlite::Result<()> {
+    for (idx, log) in logs.iter().enumerate() {
+        let topics: Vec<u8> = log.topics().iter().flat_map(|t| t.0).collect();
+        tx.execute(
+            "INSERT INTO logs (block, idx, tx, address, topic0, topics, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                number as i64,
+                idx as i64,
+                tx_hash.as_slice(),
+                log.address.as_slice(),
+                log.topics().first().map(|t| t.to_vec()),
+                topics,
+                log.data.data.to_vec()
+            ],
+        )?;
+    }
+    Ok(())
+}
+
+/// The accounts, code and storage slots the transaction touched (cleared ones deleted).
+fn write_state(tx: &rusqlite::Transaction<'_>, state: &EvmState) -> rusqlite::Result<()> {
+    for (address, account) in state {
+        if !account.is_touched() {
+            continue;
+        }
+        let a = address.as_slice();
+        if account.is_selfdestructed() || account.is_created() {
+            tx.execute("DELETE FROM storage WHERE address = ?1", params![a])?;
+        }
+        if account.is_selfdestructed() {
+            tx.execute("DELETE FROM accounts WHERE address = ?1", params![a])?;
+            continue;
+        }
+        let info = &account.info;
+        tx.execute(
+            "INSERT OR REPLACE INTO accounts (address, nonce, balance, code_hash) VALUES (?1, ?2, ?3, ?4)",
+            params![a, info.nonce as i64, info.balance.to_be_bytes::<32>().to_vec(), info.code_hash.as_slice()],
+        )?;
+        if let Some(code) = &info.code
+            && info.code_hash != KECCAK_EMPTY
+        {
+            tx.execute(
+                "INSERT OR IGNORE INTO code (hash, code) VALUES (?1, ?2)",
+                params![info.code_hash.as_slice(), code.original_bytes().to_vec()],
+            )?;
+        }
+        for (slot, value) in &account.storage {
+            if !value.is_changed() {
+                continue;
+            }
+            let slot = slot.to_be_bytes::<32>();
+            let present = value.present_value();
+            if present.is_zero() {
+                tx.execute(
+                    "DELETE FROM storage WHERE address = ?1 AND slot = ?2",
+                    params![a, slot.to_vec()],
+                )?;
+            } else {
+                tx.execute(
+                    "INSERT OR REPLACE INTO storage (address, slot, value) VALUES (?1, ?2, ?3)",
+                    params![a, slot.to_vec(), present.to_be_bytes::<32>().to_vec()],
+                )?;
+            }
+        }
+    }
+    Ok(())
 }

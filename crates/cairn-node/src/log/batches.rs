@@ -6,8 +6,7 @@ use alloy_primitives::{B256, U256};
 use cairn_receipt::merkle::ReceiptTree;
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{ReceiptLog, to32};
-use crate::error::NodeError;
+use super::{LogError, ReceiptLog, to32};
 
 /// Columns of `batches` added after the first release.
 pub(super) fn migrate(conn: &Connection) -> rusqlite::Result<()> {
@@ -92,10 +91,7 @@ pub struct BatchListing {
 
 impl ReceiptLog {
     /// The receipts (JSON, in leaf order of nothing in particular) of a batch by its on-chain id.
-    pub async fn batch_receipts(
-        &self,
-        chain_batch: u64,
-    ) -> Result<Option<BatchListing>, NodeError> {
+    pub async fn batch_receipts(&self, chain_batch: u64) -> Result<Option<BatchListing>, LogError> {
         self.read(move |c| {
             let head = c
                 .query_row(
@@ -142,7 +138,7 @@ impl ReceiptLog {
         chain_batch: u64,
         signer: [u8; 20],
         signature: Vec<u8>,
-    ) -> Result<u64, NodeError> {
+    ) -> Result<u64, LogError> {
         // Writes go through the reader connection: rare, tiny, and SQLite serializes them.
         self.read(move |c| {
             c.execute(
@@ -167,7 +163,7 @@ impl ReceiptLog {
         max_receipts: usize,
         max_age_secs: u64,
         head: u64,
-    ) -> Result<Option<(i64, usize, B256)>, NodeError> {
+    ) -> Result<Option<(i64, usize, B256)>, LogError> {
         self.read(move |c| {
             let now = crate::now_secs() as i64;
             // Receipts from before settlement existed have no digest and stay out of batches;
@@ -235,7 +231,7 @@ impl ReceiptLog {
     }
 
     /// Batches sealed and not yet known to be submitted, oldest first.
-    pub async fn sealed_batches(&self) -> Result<Vec<SealedBatch>, NodeError> {
+    pub async fn sealed_batches(&self) -> Result<Vec<SealedBatch>, LogError> {
         self.read(|c| {
             let mut stmt = c.prepare_cached(
                 "SELECT local, root, count, fees, sealed_block FROM batches
@@ -268,7 +264,7 @@ impl ReceiptLog {
     /// (local id, on-chain id, signatures).
     pub async fn submitted_with_attestations(
         &self,
-    ) -> Result<Vec<(i64, u64, Vec<SignerSig>)>, NodeError> {
+    ) -> Result<Vec<(i64, u64, Vec<SignerSig>)>, LogError> {
         self.read(|c| {
             let mut stmt = c.prepare_cached(
                 "SELECT local, chain_batch FROM batches WHERE status = 'submitted' ORDER BY local",
@@ -293,7 +289,7 @@ impl ReceiptLog {
 
     /// Batches on chain and not settled yet (submitted, attested or expired):
     /// (local id, on-chain id).
-    pub async fn open_batches(&self) -> Result<Vec<(i64, u64)>, NodeError> {
+    pub async fn open_batches(&self) -> Result<Vec<(i64, u64)>, LogError> {
         self.read(|c| {
             let mut stmt = c.prepare_cached(
                 "SELECT local, chain_batch FROM batches
@@ -311,7 +307,7 @@ impl ReceiptLog {
         local: i64,
         state: BatchState,
         chain: Option<(u64, B256)>,
-    ) -> Result<(), NodeError> {
+    ) -> Result<(), LogError> {
         self.read(move |c| {
             match chain {
                 Some((id, tx)) => c.execute(
@@ -329,7 +325,7 @@ impl ReceiptLog {
     }
 
     /// Marks an expired batch and frees its receipts to be sealed into a new one.
-    pub async fn reopen_batch(&self, local: i64) -> Result<(), NodeError> {
+    pub async fn reopen_batch(&self, local: i64) -> Result<(), LogError> {
         self.read(move |c| {
             let tx = c.unchecked_transaction()?;
             tx.execute(

@@ -17,8 +17,6 @@ use cairn_sqlite::Durability;
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::oneshot;
 
-use crate::error::NodeError;
-
 mod batches;
 mod writer;
 
@@ -219,8 +217,27 @@ pub(crate) fn stored_json(text: String) -> rusqlite::Result<ReceiptJson> {
     })
 }
 
-pub(crate) fn internal(e: impl std::fmt::Display) -> NodeError {
-    NodeError::Internal(format!("receipt log: {e}"))
+/// What the receipt log can fail with. None of it is the caller's fault: the node answers 500.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    /// SQLite refused a statement (disk full, corrupt file, schema drift).
+    #[error("receipt log: {0}")]
+    Db(#[from] rusqlite::Error),
+    /// The writer thread is gone (it panicked or the node is shutting down).
+    #[error("the receipt log writer stopped")]
+    WriterStopped,
+    /// The writer could not commit the group this entry was in.
+    #[error("receipt log write failed: {0}")]
+    WriteFailed(String),
+    /// A blocking task or thread could not run.
+    #[error("receipt log task: {0}")]
+    Task(String),
+}
+
+impl From<tokio::task::JoinError> for LogError {
+    fn from(e: tokio::task::JoinError) -> Self {
+        Self::Task(e.to_string())
+    }
 }
 
 impl ReceiptLog {
@@ -232,61 +249,57 @@ impl ReceiptLog {
         retention: Duration,
         fsync_each_commit: bool,
         settles: bool,
-    ) -> Result<Self, NodeError> {
+    ) -> Result<Self, LogError> {
         let durability = if fsync_each_commit {
             Durability::Full
         } else {
             Durability::Normal
         };
-        let conn = cairn_sqlite::open(path, durability).map_err(internal)?;
-        conn.execute_batch(SCHEMA).map_err(internal)?;
-        migrate(&conn).map_err(internal)?;
-        conn.execute_batch(ATTESTATIONS).map_err(internal)?;
+        let conn = cairn_sqlite::open(path, durability)?;
+        conn.execute_batch(SCHEMA)?;
+        migrate(&conn)?;
+        conn.execute_batch(ATTESTATIONS)?;
         let (tx, rx) = mpsc::sync_channel(4096);
         std::thread::Builder::new()
             .name("cairn-receipt-log".into())
             .spawn(move || writer(conn, rx, retention, settles))
-            .map_err(internal)?;
-        let reader = Arc::new(cairn_sqlite::Shared::new(
-            cairn_sqlite::open(path, Durability::Full).map_err(internal)?,
-        ));
+            .map_err(|e| LogError::Task(e.to_string()))?;
+        let reader = Arc::new(cairn_sqlite::Shared::new(cairn_sqlite::open(
+            path,
+            Durability::Full,
+        )?));
         Ok(Self { reader, tx })
     }
 
     /// Appends an entry; returns once it is committed.
-    pub async fn append(&self, entry: Entry) -> Result<(), NodeError> {
+    pub async fn append(&self, entry: Entry) -> Result<(), LogError> {
         let (done, wait) = oneshot::channel();
-        let stopped = || NodeError::Internal("the receipt log writer stopped".into());
         match self.tx.try_send((entry, done)) {
             Ok(()) => {}
             Err(mpsc::TrySendError::Full(job)) => {
                 // The writer is behind: wait for room off the async threads.
                 let tx = self.tx.clone();
                 tokio::task::spawn_blocking(move || tx.send(job).map_err(|_| ()))
-                    .await
-                    .map_err(internal)?
-                    .map_err(|_| stopped())?;
+                    .await?
+                    .map_err(|_| LogError::WriterStopped)?;
             }
-            Err(mpsc::TrySendError::Disconnected(_)) => return Err(stopped()),
+            Err(mpsc::TrySendError::Disconnected(_)) => return Err(LogError::WriterStopped),
         }
         wait.await
-            .map_err(|_| stopped())?
-            .map_err(|e| NodeError::Internal(format!("receipt log write failed: {e}")))
+            .map_err(|_| LogError::WriterStopped)?
+            .map_err(|e| LogError::WriteFailed(e.to_string()))
     }
 
     pub(crate) async fn read<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
-    ) -> Result<T, NodeError> {
+    ) -> Result<T, LogError> {
         let reader = self.reader.clone();
-        tokio::task::spawn_blocking(move || f(&reader.lock()))
-            .await
-            .map_err(internal)?
-            .map_err(internal)
+        Ok(tokio::task::spawn_blocking(move || f(&reader.lock())).await??)
     }
 
     /// A receipt by id.
-    pub async fn get(&self, id: &str) -> Result<Option<Stored>, NodeError> {
+    pub async fn get(&self, id: &str) -> Result<Option<Stored>, LogError> {
         let id = id.to_owned();
         self.read(move |c| {
             c.query_row(
@@ -330,7 +343,7 @@ impl ReceiptLog {
     }
 
     /// A kept payload (`input` or `output`) as safetensors, of a receipt that counts.
-    pub async fn payload(&self, id: &str, output: bool) -> Result<Option<Vec<u8>>, NodeError> {
+    pub async fn payload(&self, id: &str, output: bool) -> Result<Option<Vec<u8>>, LogError> {
         let id = id.to_owned();
         let sql = if output {
             "SELECT output FROM receipts WHERE id = ?1 AND billing = 'final'"
@@ -350,7 +363,7 @@ impl ReceiptLog {
     pub async fn by_payment(
         &self,
         payment_ref: B256,
-    ) -> Result<Option<(ReceiptJson, Vec<u8>)>, NodeError> {
+    ) -> Result<Option<(ReceiptJson, Vec<u8>)>, LogError> {
         self.read(move |c| {
             c.query_row(
                 "SELECT receipt, output FROM receipts
@@ -364,7 +377,7 @@ impl ReceiptLog {
     }
 
     /// Receipts waiting for their payment to settle: (id, payment reference), oldest first.
-    pub async fn awaiting_payment(&self, limit: usize) -> Result<Vec<(String, B256)>, NodeError> {
+    pub async fn awaiting_payment(&self, limit: usize) -> Result<Vec<(String, B256)>, LogError> {
         self.read(move |c| {
             let mut stmt = c.prepare_cached(
                 "SELECT id, payment_ref FROM receipts WHERE billing = 'awaiting_payment'
@@ -381,7 +394,7 @@ impl ReceiptLog {
 
     /// Settles the billing of receipts whose payments resolved: `Final` ones become batchable,
     /// `Void` ones lose their payloads at once (no output without payment).
-    pub async fn resolve_billing(&self, outcomes: Vec<(String, Billing)>) -> Result<(), NodeError> {
+    pub async fn resolve_billing(&self, outcomes: Vec<(String, Billing)>) -> Result<(), LogError> {
         if outcomes.is_empty() {
             return Ok(());
         }
@@ -409,7 +422,7 @@ impl ReceiptLog {
     }
 
     /// Number of receipts.
-    pub async fn count(&self) -> Result<i64, NodeError> {
+    pub async fn count(&self) -> Result<i64, LogError> {
         self.read(|c| c.query_row("SELECT COUNT(*) FROM receipts", [], |r| r.get(0)))
             .await
     }

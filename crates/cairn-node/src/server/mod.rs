@@ -126,28 +126,7 @@ pub(crate) async fn open(c: NodeConfig) -> Result<NodeState, NodeError> {
         }
         _ => (None, None, None),
     };
-    let settlement = match c.settlement {
-        Some(cfg) => {
-            let d = cfg.chain.deployment();
-            if c.domain.chain_id != d.chain_id || c.domain.verifying_contract != d.settlement {
-                return Err(NodeError::Internal(format!(
-                    "receipt domain (chain {}, contract {}) is not the settlement contract (chain {}, {})",
-                    c.domain.chain_id, c.domain.verifying_contract, d.chain_id, d.settlement
-                )));
-            }
-            let info = SettlementInfo {
-                ledger: cfg.chain.ledger().describe(),
-                deployment: d.clone(),
-                batch_max_receipts: cfg.policy.max_receipts,
-                batch_max_age_secs: cfg.policy.max_age.as_secs(),
-            };
-            let settler =
-                crate::batcher::Settler::open(cfg, c.key.clone(), log.clone(), payment_store)?;
-            tokio::spawn(settler.run());
-            Some(info)
-        }
-        None => None,
-    };
+    let settlement = start_settler(c.settlement, &c.domain, &c.key, &log, payment_store)?;
     let verifiers = chain.clone().map(cairn_ledger::ActiveVerifiers::new);
     Ok(NodeState(Arc::new(Inner {
         cache,
@@ -175,6 +154,38 @@ pub(crate) async fn open(c: NodeConfig) -> Result<NodeState, NodeError> {
         verifiers,
         own_host: tokio::sync::Mutex::new(None),
     })))
+}
+
+/// Checks that receipts are signed for the settlement contract and starts the settler.
+fn start_settler(
+    settlement: Option<crate::batcher::SettlementConfig>,
+    domain: &cairn_receipt::ReceiptDomain,
+    key: &PrivateKeySigner,
+    log: &ReceiptLog,
+    payment_store: Option<cairn_x402::PaymentStore>,
+) -> Result<Option<SettlementInfo>, NodeError> {
+    Ok(match settlement {
+        Some(cfg) => {
+            let d = cfg.chain.deployment();
+            if domain.chain_id != d.chain_id || domain.verifying_contract != d.settlement {
+                return Err(NodeError::Internal(format!(
+                    "receipt domain (chain {}, contract {}) is not the settlement contract (chain {}, {})",
+                    domain.chain_id, domain.verifying_contract, d.chain_id, d.settlement
+                )));
+            }
+            let info = SettlementInfo {
+                ledger: cfg.chain.ledger().describe(),
+                deployment: d.clone(),
+                batch_max_receipts: cfg.policy.max_receipts,
+                batch_max_age_secs: cfg.policy.max_age.as_secs(),
+            };
+            let settler =
+                crate::batcher::Settler::open(cfg, key.clone(), log.clone(), payment_store);
+            tokio::spawn(settler.run());
+            Some(info)
+        }
+        None => None,
+    })
 }
 
 /// Smallest gasless deposit the node relays (it pays the gas): ten inferences, at least 1.
@@ -228,12 +239,34 @@ async fn open_paywall(
         default: default_price,
         models: pc.model_prices.clone(),
     });
-    let schemes: &[&str] = if prepaid.is_some() {
+    let info = payment_terms(
+        chain,
+        &facilitator,
+        vault,
+        prepaid.is_some(),
+        &pc,
+        default_price,
+    );
+    let paywall =
+        cairn_x402::Paywall::new(facilitator, prepaid, pricing, vault).with_kept_answers(kept);
+    Ok((Arc::new(paywall), info, store))
+}
+
+/// What the node's 402 answers and `/v1/payments` tell a payer.
+fn payment_terms(
+    chain: &cairn_ledger::Chain,
+    facilitator: &cairn_x402::Facilitator,
+    vault: alloy_primitives::Address,
+    prepaid: bool,
+    pc: &crate::PaymentConfig,
+    default_price: U256,
+) -> PaymentTerms {
+    let schemes: &[&str] = if prepaid {
         &["prepaid", "exact"]
     } else {
         &["exact"]
     };
-    let info = PaymentTerms {
+    PaymentTerms {
         pay_to: vault,
         asset: chain.deployment().token,
         network: cairn_x402::wire::caip2(chain.deployment().chain_id),
@@ -262,10 +295,7 @@ async fn open_paywall(
             })
             .collect(),
         redeem_every_secs: pc.redeem_every.as_secs(),
-    };
-    let paywall =
-        cairn_x402::Paywall::new(facilitator, prepaid, pricing, vault).with_kept_answers(kept);
-    Ok((Arc::new(paywall), info, store))
+    }
 }
 
 impl NodeState {

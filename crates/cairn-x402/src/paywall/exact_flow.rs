@@ -53,9 +53,10 @@ pub(super) async fn pay(p: &Paywall, run: Run, pr: Presented, refusal: &Refusal<
                 .release(key, Some("the response could not be read"));
             return (
                 StatusCode::INTERNAL_SERVER_ERROR,
-                axum::Json(
-                    json!({"code": "internal", "message": format!("reading the response: {e}")}),
-                ),
+                axum::Json(cairn_core::ErrorBody::new(
+                    "internal",
+                    format!("reading the response: {e}"),
+                )),
             )
                 .into_response();
         }

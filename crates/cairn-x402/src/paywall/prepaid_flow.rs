@@ -62,7 +62,10 @@ pub(super) async fn pay(
         pre.release(&accepted);
         return (
             StatusCode::INTERNAL_SERVER_ERROR,
-            axum::Json(json!({"code": e.code(), "message": format!("the payment could not be recorded: {e}; retry with the same voucher")})),
+            axum::Json(cairn_core::ErrorBody::new(
+                e.code(),
+                format!("the payment could not be recorded: {e}; retry with the same voucher"),
+            )),
         )
             .into_response();
     }
