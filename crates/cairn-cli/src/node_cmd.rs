@@ -59,11 +59,14 @@ pub struct NodeServeArgs {
     /// Seconds request/response payloads are kept for verifiers.
     #[arg(long, default_value_t = 7 * 24 * 3600)]
     pub retention_secs: u64,
-    /// fsync the receipt log on every group commit, so a receipt (and the payment it counts)
-    /// survives power loss; `false`: a committed receipt survives the node process dying but
-    /// not the machine losing power.
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
-    pub fsync_receipts: bool,
+    /// What a receipt (and the payment it counts) survives once the answer has left: `process`
+    /// (the node process dying, kill -9 included; no fsync per commit) or `power` (the machine
+    /// losing power too: every group commit waits for the disk, which costs latency). With
+    /// `process`, a power cut may lose the last receipts of payments the payment store (always
+    /// fsynced) kept: the payers keep their answers and receipts, the node cannot batch those
+    /// receipts and forgoes their fees.
+    #[arg(long, value_enum, default_value_t = ReceiptDurability::Process)]
+    pub receipt_durability: ReceiptDurability,
     /// Largest request body in bytes.
     #[arg(long, default_value_t = 64 << 20)]
     pub max_body_bytes: usize,
@@ -82,6 +85,10 @@ pub struct NodeServeArgs {
     /// Inferences running at once (default: CPU count).
     #[arg(long)]
     pub workers: Option<usize>,
+    /// Milliseconds a request refused for a full queue waits before its 503 (with
+    /// `Retry-After`): clients that re-send at once cannot make refusing the node's main work.
+    #[arg(long, default_value_t = 250)]
+    pub overload_hold_ms: u64,
     /// Milliseconds a request body may take to arrive (a slow sender is cut off with 504).
     #[arg(long, default_value_t = 10_000)]
     pub body_timeout_ms: u64,
@@ -225,6 +232,7 @@ impl NodeServeArgs {
             queue_per_model: self.queue_per_model,
             queue_total: self.queue_total,
             workers: self.workers.unwrap_or_else(|| Limits::default().workers),
+            overload_hold: Duration::from_millis(self.overload_hold_ms),
             max_output_bytes: Limits::default().max_output_bytes,
             body_timeout: Duration::from_millis(self.body_timeout_ms),
             body_budget_bytes: self.body_budget_bytes.max(self.max_body_bytes),
@@ -283,7 +291,10 @@ pub async fn open_node(
         cache_bytes: args.cache_bytes,
         max_model_bytes: args.max_model_bytes,
         retention: Duration::from_secs(args.retention_secs),
-        fsync_receipts: args.fsync_receipts,
+        receipt_durability: match args.receipt_durability {
+            ReceiptDurability::Process => cairn_node::Durability::Normal,
+            ReceiptDurability::Power => cairn_node::Durability::Full,
+        },
         settlement,
         payments,
         faults: cairn_node::Faults {
@@ -317,4 +328,13 @@ pub async fn serve(args: NodeServeArgs) -> anyhow::Result<()> {
     println!("profile:  {}", state.profile());
     cairn_node::serve(listener, state, crate::shutdown_signal()).await?;
     Ok(())
+}
+
+/// What a committed receipt survives (`--receipt-durability`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReceiptDurability {
+    /// The node process dying (kill -9): SQLite WAL, no fsync per commit.
+    Process,
+    /// The machine losing power: every group commit is fsynced.
+    Power,
 }

@@ -8,16 +8,8 @@ use std::path::{Path, PathBuf};
 
 use alloy_primitives::U256;
 use cairn_receipt::SignedReceipt;
-use common::{AnvilChain, Server, cairn_ok as cairn, eventually, funded_key, infer_digit};
+use common::{AnvilChain, Server, cairn_ok as cairn, eventually, funded_key, get, infer_digit};
 use serde_json::{Value, json};
-
-fn get(url: &str) -> Value {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async { reqwest::get(url).await.unwrap().json().await.unwrap() })
-}
 
 /// Infers the example digit on `node` (`receipt-{n}.json` in `dir`); returns the receipt JSON.
 fn infer(hub: &str, node: &str, dir: &Path, n: usize) -> Value {

@@ -7,7 +7,7 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::{Server, cairn, examples, failure, infer_digit, models_dir, run, stdout};
+use common::{Server, cairn, examples, failure, get, infer_digit, models_dir, run, stdout};
 use serde_json::{Value, json};
 
 fn post(
@@ -276,6 +276,29 @@ fn same_profile_is_bit_identical_across_processes_and_tiers_differ() {
         ],
     ));
     assert!(out.contains("result: bit-identical (output hash"), "{out}");
+}
+
+/// The default receipt durability (`process`): an answer leaves only once its receipt is
+/// committed, and a commit survives the process being killed (SIGKILL, no shutdown).
+#[test]
+fn an_answered_receipt_survives_kill_9_of_the_node() {
+    let net = Server::devnet();
+    let node = Server::node(&net.url, &[]);
+    let body = json!({"inputs": [{"name": "X", "shape": [1, 64], "datatype": "FP32", "data": vec![3.0; 64]}]});
+    let ids: Vec<String> = (0..20)
+        .map(|_| {
+            let (s, v) = infer_json(&node.node_url, "digits@1.0", body.clone());
+            assert_eq!(s, 200, "{v}");
+            let receipt = cairn_receipt::SignedReceipt::verify_json(&v["parameters"]["receipt"]);
+            receipt.unwrap().id().to_string()
+        })
+        .collect();
+    let node = Server::node_resume(&net.url, node.kill_9(), &[]);
+    for id in ids {
+        let kept = get(&format!("{}/v1/receipts/{id}", node.node_url));
+        let receipt = cairn_receipt::SignedReceipt::verify_json(&kept["receipt"]).unwrap();
+        assert_eq!(receipt.id().to_string(), id, "{kept}");
+    }
 }
 
 #[test]

@@ -9,16 +9,8 @@ use std::path::Path;
 
 use alloy_primitives::U256;
 use cairn_receipt::SignedReceipt;
-use common::{Server, cairn_ok as cairn, eventually, infer_digit};
+use common::{Server, cairn_ok as cairn, eventually, get, infer_digit};
 use serde_json::Value;
-
-fn get(url: &str) -> Value {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async { reqwest::get(url).await.unwrap().json().await.unwrap() })
-}
 
 fn status(net: &Server) -> Value {
     let dir = net.dir.path().join("data");

@@ -1,4 +1,6 @@
-//! secp256k1 signatures as Cairn accepts them: only in canonical (low-s) form.
+//! secp256k1 signatures as Cairn accepts them: only in canonical (low-s) form, signed and
+//! recovered with libsecp256k1 (the `secp256k1` crate; several times faster than k256 here, and
+//! every receipt, payment and signed request goes through it).
 //!
 //! For every valid signature `(r, s, v)` the twin `(r, n − s, v ^ 1)` recovers to the same
 //! signer. OpenZeppelin's `ECDSA.recover` (and so every contract here) reverts on the high-s twin,
@@ -6,7 +8,13 @@
 //! and anyone could swap a good signature for its twin. Every place that accepts a signature goes
 //! through [`recover_prehash`] or [`recover_message`], which refuse the high-s form.
 
-use alloy_primitives::{Address, B256, Signature};
+use std::sync::LazyLock;
+
+use alloy_primitives::{Address, B256, Signature, eip191_hash_message, keccak256};
+use secp256k1::ecdsa::{RecoverableSignature, RecoveryId};
+use secp256k1::{All, Message, PublicKey, Secp256k1, SecretKey};
+
+static CTX: LazyLock<Secp256k1<All>> = LazyLock::new(Secp256k1::new);
 
 /// Why a signature was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -26,22 +34,76 @@ pub fn is_low_s(sig: &Signature) -> bool {
     sig.normalize_s().is_none()
 }
 
+/// The address of a public key: the last 20 bytes of the Keccak-256 of its uncompressed form.
+fn address_of(key: &PublicKey) -> Address {
+    let uncompressed = key.serialize_uncompressed();
+    Address::from_slice(&keccak256(&uncompressed[1..])[12..])
+}
+
 /// The signer of a 32-byte digest, refusing high-s signatures.
 pub fn recover_prehash(sig: &Signature, hash: &B256) -> Result<Address, SigError> {
     if !is_low_s(sig) {
         return Err(SigError::HighS);
     }
-    sig.recover_address_from_prehash(hash)
-        .map_err(|_| SigError::Unrecoverable)
+    let id = RecoveryId::try_from(i32::from(sig.v())).map_err(|_| SigError::Unrecoverable)?;
+    let mut compact = [0u8; 64];
+    compact[..32].copy_from_slice(&sig.r().to_be_bytes::<32>());
+    compact[32..].copy_from_slice(&sig.s().to_be_bytes::<32>());
+    let rs =
+        RecoverableSignature::from_compact(&compact, id).map_err(|_| SigError::Unrecoverable)?;
+    let key = CTX
+        .recover_ecdsa(Message::from_digest(hash.0), &rs)
+        .map_err(|_| SigError::Unrecoverable)?;
+    Ok(address_of(&key))
 }
 
 /// The signer of an EIP-191 `personal_sign` message, refusing high-s signatures.
 pub fn recover_message(sig: &Signature, message: &[u8]) -> Result<Address, SigError> {
-    if !is_low_s(sig) {
-        return Err(SigError::HighS);
+    recover_prehash(sig, &eip191_hash_message(message))
+}
+
+/// A secp256k1 key that signs 32-byte digests the way Ethereum tools expect (RFC 6979
+/// deterministic nonces, low-s, `v` from the recovery id), with libsecp256k1.
+#[derive(Clone)]
+pub struct SigningKey {
+    secret: SecretKey,
+    address: Address,
+}
+
+impl std::fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SigningKey")
+            .field("address", &self.address)
+            .finish_non_exhaustive()
     }
-    sig.recover_address_from_msg(message)
-        .map_err(|_| SigError::Unrecoverable)
+}
+
+impl SigningKey {
+    /// The key with secret scalar `bytes`; `None` when it is zero or not below the curve order.
+    pub fn from_bytes(bytes: &B256) -> Option<Self> {
+        let secret = SecretKey::from_byte_array(bytes.0).ok()?;
+        let address = address_of(&secret.public_key(&CTX));
+        Some(Self { secret, address })
+    }
+
+    /// The same key as an alloy signer's.
+    pub fn from_signer(signer: &alloy_signer_local::PrivateKeySigner) -> Self {
+        Self::from_bytes(&signer.to_bytes()).expect("an alloy signer holds a valid secret key")
+    }
+
+    /// The key's Ethereum address.
+    pub fn address(&self) -> Address {
+        self.address
+    }
+
+    /// Signs `hash`: a low-s signature with `v` as parity (27/28 in [`Signature::as_bytes`]).
+    pub fn sign_prehash(&self, hash: &B256) -> Signature {
+        let rs = CTX.sign_ecdsa_recoverable(Message::from_digest(hash.0), &self.secret);
+        let (id, compact) = rs.serialize_compact();
+        let r = alloy_primitives::U256::from_be_slice(&compact[..32]);
+        let s = alloy_primitives::U256::from_be_slice(&compact[32..]);
+        Signature::new(r, s, i32::from(id) & 1 == 1)
+    }
 }
 
 /// The high-s twin of a signature (for tests of the refusal: it recovers to the same signer).
@@ -75,5 +137,26 @@ mod tests {
         let sig = key.sign_message_sync(msg).unwrap();
         assert_eq!(recover_message(&sig, msg), Ok(key.address()));
         assert_eq!(recover_message(&malleate(&sig), msg), Err(SigError::HighS));
+    }
+
+    #[test]
+    fn libsecp256k1_agrees_with_k256_both_ways() {
+        for i in 0..32u8 {
+            let key = PrivateKeySigner::random();
+            let fast = SigningKey::from_signer(&key);
+            assert_eq!(fast.address(), key.address());
+            let hash = alloy_primitives::keccak256([i]);
+            // The same deterministic (RFC 6979) signature as k256's, so either may sign.
+            let ours = fast.sign_prehash(&hash);
+            assert_eq!(ours, key.sign_hash_sync(&hash).unwrap());
+            assert!(is_low_s(&ours));
+            assert_eq!(
+                ours.recover_address_from_prehash(&hash).unwrap(),
+                key.address()
+            );
+            assert_eq!(recover_prehash(&ours, &hash), Ok(key.address()));
+        }
+        assert!(SigningKey::from_bytes(&B256::ZERO).is_none());
+        assert!(SigningKey::from_bytes(&B256::repeat_byte(0xff)).is_none());
     }
 }

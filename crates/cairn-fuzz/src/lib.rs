@@ -28,6 +28,19 @@ pub const TARGETS: &[Target] = &[
 
 /// A receipt as nodes serve it and clients, verifiers and settlement read it.
 pub fn receipt_json(data: &[u8]) {
+    // The text path (batch listings, answers): whatever it accepts, the JSON-value path accepts
+    // as the same receipt with the same digest.
+    if let Ok(text) = std::str::from_utf8(data)
+        && let Ok(raw) = cairn_receipt::ReceiptJson::from_text(text.to_owned())
+        && let Ok((r, digest)) = raw.verify_with_digest()
+    {
+        assert_eq!(digest, r.signing_hash());
+        let v: serde_json::Value = serde_json::from_str(text).expect("verified text is JSON");
+        assert_eq!(
+            cairn_receipt::SignedReceipt::verify_json(&v).expect("value path"),
+            r
+        );
+    }
     if let Ok(v) = serde_json::from_slice::<serde_json::Value>(data)
         && let Ok(r) = cairn_receipt::SignedReceipt::verify_json(&v)
     {
@@ -69,7 +82,7 @@ fn payloads(v: &serde_json::Value) {
     if let Ok(e) = cairn_x402::exact::parse(v) {
         let _ = e.authorization.message();
         if let Ok(sig) = Signature::try_from(e.signature.as_ref()) {
-            let _ = cairn_x402::ecrecover::recover(&B256::ZERO, &sig);
+            let _ = cairn_core::sig::recover_prehash(&sig, &B256::ZERO);
         }
     }
     prepaid_value(v);
@@ -86,7 +99,7 @@ fn prepaid_value(v: &serde_json::Value) {
     if let Ok(p) = serde_json::from_value::<cairn_x402::prepaid::PrepaidPayload>(v.clone())
         && let Ok(sig) = Signature::try_from(p.signature.as_ref())
     {
-        let _ = cairn_x402::ecrecover::recover(&B256::repeat_byte(1), &sig);
+        let _ = cairn_core::sig::recover_prehash(&sig, &B256::repeat_byte(1));
     }
 }
 

@@ -344,7 +344,11 @@ pub fn parse_response(
     let outputs = output_tensors(body.outputs, rest)?;
     Ok(InferOutcome {
         outputs,
-        receipt: body.parameters.receipt,
+        receipt: body
+            .parameters
+            .receipt
+            .verify()
+            .map_err(|e| p(format!("the node's receipt: {e}")))?,
         model_name: body.model_name,
         model_version: body.model_version,
         payment: None,
@@ -385,7 +389,10 @@ fn output_tensors(
             this.to_vec()
         } else {
             let count = cairn_core::tensor::element_count(&o.shape) as usize;
-            let values = o.data.unwrap_or_default();
+            let values = match o.data {
+                Some(raw) => raw.value().map_err(|e| p(e.to_string()))?,
+                None => serde_json::Value::Null,
+            };
             crate::kserve::json_values_to_bytes(&name, dtype, &values, count)
                 .map_err(|e| p(e.to_string()))?
         };

@@ -68,10 +68,7 @@ impl InferRequest {
             shape: t.shape().iter().map(|&d| d as i64).collect(),
             datatype: t.dtype().name().to_owned(),
             parameters: None,
-            data: Some(
-                serde_json::value::to_raw_value(&bytes_to_json(t.dtype(), t.data()))
-                    .expect("a JSON value serializes"),
-            ),
+            data: Some(json_array(t.dtype(), t.data()).0),
         })
     }
 
@@ -169,7 +166,7 @@ pub struct ResponseOutput {
     /// Values (JSON form).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Vec<Object>>)]
-    pub data: Option<Value>,
+    pub data: Option<RawJson>,
 }
 
 /// The parameters of an output sent in binary.

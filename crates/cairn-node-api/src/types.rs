@@ -3,7 +3,7 @@
 use alloy_primitives::{Address, B256, U256};
 use cairn_core::api::wire::{checksummed, decimal};
 use cairn_core::{BlobId, ExecutionProfile, Reproducibility};
-use cairn_receipt::{ReceiptJson, SignedReceipt};
+use cairn_receipt::ReceiptJson;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -74,10 +74,10 @@ pub struct ModelReady {
 /// `parameters` of an inference answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct InferParameters {
-    /// The signed receipt (EIP-712 typed data, signature, signer); read back only when it
-    /// verifies.
+    /// The signed receipt (EIP-712 typed data, signature, signer), as the node serialized it:
+    /// [`ReceiptJson::verify`] makes it a `SignedReceipt`.
     #[schema(value_type = Object)]
-    pub receipt: SignedReceipt,
+    pub receipt: ReceiptJson,
     /// The capability to read this call's payloads (also in the `cairn-payload-token` header).
     #[schema(value_type = String)]
     pub payload_token: B256,

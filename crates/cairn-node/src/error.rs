@@ -187,7 +187,6 @@ impl From<crate::inference::InferenceError> for NodeError {
             I::Input(m) => Self::WrongInput(m),
             I::Model(m) => Self::ModelFailed(m),
             I::OutputTooLarge { .. } => Self::ModelFailed(e.to_string()),
-            I::Sign(_) => Self::Internal(e.to_string()),
         }
     }
 }

@@ -3,21 +3,18 @@
 //! payments' wire forms; the KServe route adapts it.
 
 use alloy_primitives::{B256, U256};
-use alloy_signer_local::PrivateKeySigner;
 use cairn_core::tensor::tensors_hash;
 use cairn_core::{BlobId, ExecutionProfile, Tensor};
 use cairn_engine::{EngineError, Plan};
 use cairn_node_api::safetensors_io;
-use cairn_receipt::{Claims, ReceiptDomain, SignedReceipt};
+use cairn_receipt::{Claims, ReceiptJson, ReceiptSigner, SignedReceipt};
 
 use crate::log::{Billing, Entry};
 
 /// What signs receipts, and the bounds on what it signs.
 pub struct Signer {
-    /// The node's key.
-    pub key: PrivateKeySigner,
-    /// The receipts' EIP-712 domain.
-    pub domain: ReceiptDomain,
+    /// The node's key and the receipts' EIP-712 domain.
+    pub receipts: ReceiptSigner,
     /// Keys the payload capability tokens.
     pub token_key: B256,
     /// Largest outputs signed: verifiers must be able to fetch what is kept.
@@ -75,9 +72,6 @@ pub enum InferenceError {
         /// The node's limit.
         limit: usize,
     },
-    /// The receipt could not be signed.
-    #[error("signing the receipt: {0}")]
-    Sign(String),
 }
 
 /// One inference, signed.
@@ -86,6 +80,8 @@ pub struct Inference {
     pub outputs: Vec<Tensor>,
     /// The receipt over them.
     pub receipt: SignedReceipt,
+    /// Its JSON form, serialized once for both the log and the answer.
+    pub receipt_json: ReceiptJson,
     /// The capability to read this receipt's payloads.
     pub token: B256,
 }
@@ -111,7 +107,7 @@ pub fn run(
             limit: signer.max_output_bytes,
         });
     }
-    let receipt = Claims {
+    let claims = Claims {
         request_id: B256::random(),
         model,
         input_hash: tensors_hash(inputs),
@@ -120,11 +116,13 @@ pub fn run(
         timestamp: crate::now_secs(),
         price: charge.price,
         payment_ref: charge.payment_ref,
-    }
-    .sign(signer.domain, &signer.key)
-    .map_err(|e| InferenceError::Sign(e.to_string()))?;
+    };
+    let (receipt, digest) = signer.receipts.sign_with_digest(claims);
+    let receipt_json = ReceiptJson::from(&receipt);
     let entry = Entry::new(
         &receipt,
+        &receipt_json,
+        digest,
         safetensors_io::encode(inputs),
         safetensors_io::encode(&outputs),
         charge.billing,
@@ -135,6 +133,7 @@ pub fn run(
         Inference {
             outputs,
             receipt,
+            receipt_json,
             token,
         },
         entry,

@@ -27,6 +27,7 @@ pub mod registration;
 mod server;
 
 pub use batcher::{BatchPolicy, SettlementConfig};
+pub use cairn_sqlite::Durability;
 pub use error::NodeError;
 pub use faults::Faults;
 pub use server::{NodeState, router};
@@ -46,6 +47,9 @@ pub struct Limits {
     pub queue_total: usize,
     /// Inferences running at once.
     pub workers: usize,
+    /// How long a request refused for a full queue waits before its 503: a flood of clients
+    /// that re-send at once would otherwise make refusing the node's main work.
+    pub overload_hold: Duration,
     /// Largest outputs of one inference (kept for verifiers, who fetch at most 512 MiB).
     pub max_output_bytes: usize,
     /// Longest a request body may take to arrive.
@@ -64,6 +68,7 @@ impl Default for Limits {
             queue_per_model: 256,
             queue_total: 1024,
             workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            overload_hold: Duration::from_millis(250),
             max_output_bytes: 256 << 20,
             body_timeout: Duration::from_secs(10),
             body_budget_bytes: 256 << 20,
@@ -93,9 +98,9 @@ pub struct NodeConfig {
     pub max_model_bytes: u64,
     /// How long request/response payloads are kept beside their receipts.
     pub retention: Duration,
-    /// Wait for the disk on every receipt-log commit (power-loss durable; the default);
-    /// otherwise a committed receipt survives the process but not the machine losing power.
-    pub fsync_receipts: bool,
+    /// What a committed receipt survives: the process dying (`Normal`, the default: WAL, no
+    /// fsync) or the machine losing power too (`Full`: every group commit waits for the disk).
+    pub receipt_durability: Durability,
     /// Where receipts are settled; `None` keeps them local (no batches).
     pub settlement: Option<batcher::SettlementConfig>,
     /// x402 payments (needs `settlement`); `None` serves without asking for payment.

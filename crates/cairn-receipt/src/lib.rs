@@ -7,14 +7,17 @@
 //! the model's CID, the full execution profile and the output names, each of which must match
 //! the signed hashes for [`SignedReceipt::verify`] to pass.
 
-use alloy_primitives::{Address, B256, Signature, U256};
-use alloy_signer::SignerSync;
+use alloy_primitives::{Address, B256, Signature, U256, keccak256};
 use alloy_signer_local::PrivateKeySigner;
 use alloy_sol_types::{Eip712Domain, SolStruct, sol};
+use cairn_core::sig::SigningKey;
 
 use cairn_core::{BlobId, ExecutionProfile, Reproducibility};
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
+use std::borrow::Cow;
+use std::sync::LazyLock;
 
 pub mod merkle;
 
@@ -44,6 +47,23 @@ pub struct ReceiptDomain {
 }
 
 impl ReceiptDomain {
+    /// The EIP-712 domain separator. Every receipt a verifier checks has one of very few
+    /// domains, so the last one computed on each thread is kept.
+    pub fn separator(&self) -> B256 {
+        thread_local! {
+            static LAST: std::cell::Cell<Option<(ReceiptDomain, B256)>> =
+                const { std::cell::Cell::new(None) };
+        }
+        LAST.with(|last| match last.get() {
+            Some((d, sep)) if d == *self => sep,
+            _ => {
+                let sep = self.eip712().separator();
+                last.set(Some((*self, sep)));
+                sep
+            }
+        })
+    }
+
     fn eip712(&self) -> Eip712Domain {
         Eip712Domain::new(
             Some("Cairn".into()),
@@ -122,23 +142,92 @@ impl Claims {
         }
     }
 
-    /// Signs the claims as `signer`.
+    /// Signs the claims as `signer` (a node signing many receipts keeps a [`ReceiptSigner`]).
     pub fn sign(
         self,
         domain: ReceiptDomain,
         signer: &PrivateKeySigner,
     ) -> Result<SignedReceipt, ReceiptError> {
-        let node = signer.address();
-        let hash = self.message(node).eip712_signing_hash(&domain.eip712());
-        let sig = signer
-            .sign_hash_sync(&hash)
-            .map_err(|e| ReceiptError::Sign(e.to_string()))?;
-        Ok(SignedReceipt {
-            claims: self,
+        Ok(ReceiptSigner::new(SigningKey::from_signer(signer), domain).sign(self))
+    }
+}
+
+/// `keccak256("\x19\x01" ‖ domainSeparator ‖ structHash)`: the EIP-712 digest.
+fn typed_digest(separator: &B256, message: &Receipt) -> B256 {
+    let mut buf = [0u8; 66];
+    buf[..2].copy_from_slice(&[0x19, 0x01]);
+    buf[2..34].copy_from_slice(separator.as_slice());
+    buf[34..].copy_from_slice(struct_hash(message).as_slice());
+    keccak256(buf)
+}
+
+/// EIP-712 `hashStruct` of a receipt: every field is one static 32-byte word, so its encoding is
+/// ten words under a type hash computed once (the value alloy's `eip712_hash_struct` gives,
+/// without re-deriving the type string per receipt).
+fn struct_hash(m: &Receipt) -> B256 {
+    static TYPE_HASH: LazyLock<B256> =
+        LazyLock::new(|| keccak256(Receipt::eip712_encode_type().as_bytes()));
+    let mut buf = [0u8; 320];
+    buf[..32].copy_from_slice(TYPE_HASH.as_slice());
+    buf[32..64].copy_from_slice(m.requestId.as_slice());
+    buf[64..96].copy_from_slice(m.model.as_slice());
+    buf[96..128].copy_from_slice(m.inputHash.as_slice());
+    buf[128..160].copy_from_slice(m.outputHash.as_slice());
+    buf[160..192].copy_from_slice(m.profileHash.as_slice());
+    buf[204..224].copy_from_slice(m.node.as_slice());
+    buf[248..256].copy_from_slice(&m.timestamp.to_be_bytes());
+    buf[256..288].copy_from_slice(&m.price.to_be_bytes::<32>());
+    buf[288..320].copy_from_slice(m.paymentRef.as_slice());
+    keccak256(buf)
+}
+
+/// A node's receipt signer: its key (libsecp256k1) and the domain, with the domain separator
+/// hashed once. Signing a receipt costs one struct hash and one ECDSA signature.
+#[derive(Clone, Debug)]
+pub struct ReceiptSigner {
+    key: SigningKey,
+    domain: ReceiptDomain,
+    separator: B256,
+}
+
+impl ReceiptSigner {
+    /// Signs with `key` under `domain`.
+    pub fn new(key: SigningKey, domain: ReceiptDomain) -> Self {
+        Self {
+            separator: domain.separator(),
+            key,
             domain,
+        }
+    }
+
+    /// The signing node's address.
+    pub fn address(&self) -> Address {
+        self.key.address()
+    }
+
+    /// The domain receipts are signed under.
+    pub fn domain(&self) -> ReceiptDomain {
+        self.domain
+    }
+
+    /// Signs `claims`.
+    pub fn sign(&self, claims: Claims) -> SignedReceipt {
+        self.sign_with_digest(claims).0
+    }
+
+    /// Signs `claims`, returning the signed digest too ([`SignedReceipt::signing_hash`], the
+    /// receipt's Merkle leaf) so the caller need not hash it again.
+    pub fn sign_with_digest(&self, claims: Claims) -> (SignedReceipt, B256) {
+        let node = self.key.address();
+        let hash = typed_digest(&self.separator, &claims.message(node));
+        let sig = self.key.sign_prehash(&hash);
+        let receipt = SignedReceipt {
+            claims,
+            domain: self.domain,
             signer: node,
             signature: sig.as_bytes(),
-        })
+        };
+        (receipt, hash)
     }
 }
 
@@ -157,7 +246,8 @@ struct Wire {
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct TypedData {
-    types: Value,
+    /// Compared as text first (what every Cairn node writes), as JSON only when the text differs.
+    types: Cow<'static, RawValue>,
     primary_type: String,
     domain: WireDomain,
     message: WireMessage,
@@ -186,7 +276,20 @@ struct WireMessage {
     payment_ref: String,
 }
 
-fn types() -> Value {
+/// The receipt's EIP-712 `types`, built once.
+fn types() -> &'static Value {
+    static TYPES: LazyLock<Value> = LazyLock::new(build_types);
+    &TYPES
+}
+
+/// The same, as the compact JSON text nodes write.
+fn types_raw() -> &'static RawValue {
+    static RAW: LazyLock<Box<RawValue>> =
+        LazyLock::new(|| serde_json::value::to_raw_value(types()).expect("types serialize"));
+    &RAW
+}
+
+fn build_types() -> Value {
     let field = |name: &str, ty: &str| json!({"name": name, "type": ty});
     json!({
         "EIP712Domain": [
@@ -257,9 +360,15 @@ impl ReceiptJson {
 
     /// Parses and checks it ([`SignedReceipt::verify_json`]).
     pub fn verify(&self) -> Result<SignedReceipt, ReceiptError> {
-        let value: Value = serde_json::from_str(self.0.get())
+        Ok(self.verify_with_digest()?.0)
+    }
+
+    /// [`ReceiptJson::verify`], also returning the EIP-712 digest the signature covers (the
+    /// receipt's Merkle leaf), which the check computed anyway.
+    pub fn verify_with_digest(&self) -> Result<(SignedReceipt, B256), ReceiptError> {
+        let wire: Wire = serde_json::from_str(self.0.get())
             .map_err(|e| ReceiptError::Malformed(e.to_string()))?;
-        SignedReceipt::verify_json(&value)
+        SignedReceipt::verify_wire(wire)
     }
 }
 
@@ -269,16 +378,18 @@ impl PartialEq for ReceiptJson {
     }
 }
 
+impl Eq for ReceiptJson {}
+
 impl From<&SignedReceipt> for ReceiptJson {
     fn from(r: &SignedReceipt) -> Self {
-        Self(serde_json::value::to_raw_value(&r.to_json()).expect("receipt serializes"))
+        Self(serde_json::value::to_raw_value(&r.wire()).expect("receipt serializes"))
     }
 }
 
 /// The JSON form ([`SignedReceipt::to_json`]).
 impl Serialize for SignedReceipt {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        self.to_json().serialize(s)
+        self.wire().serialize(s)
     }
 }
 
@@ -304,17 +415,19 @@ impl SignedReceipt {
 
     /// The EIP-712 signing hash (what the signature covers; its batch's Merkle leaf).
     pub fn signing_hash(&self) -> B256 {
-        self.claims
-            .message(self.signer)
-            .eip712_signing_hash(&self.domain.eip712())
+        typed_digest(&self.domain.separator(), &self.claims.message(self.signer))
     }
 
     /// The JSON form.
     pub fn to_json(&self) -> Value {
+        serde_json::to_value(self.wire()).expect("receipt serializes")
+    }
+
+    fn wire(&self) -> Wire {
         let m = self.claims.message(self.signer);
-        let wire = Wire {
+        Wire {
             typed_data: TypedData {
-                types: types(),
+                types: Cow::Borrowed(types_raw()),
                 primary_type: "Receipt".into(),
                 domain: WireDomain {
                     name: "Cairn".into(),
@@ -339,22 +452,22 @@ impl SignedReceipt {
             model_cid: self.claims.model.to_string(),
             profile: self.claims.profile.clone(),
             reproducibility: self.claims.profile.reproducibility(),
-        };
-        serde_json::to_value(wire).expect("receipt serializes")
+        }
     }
 
     /// Parses the JSON form and checks everything a receipt alone can prove: canonical
     /// spelling, the signature recovering to the signer, the signer being the message's node,
     /// and the stated CID and profile matching the signed hashes.
     pub fn verify_json(value: &Value) -> Result<SignedReceipt, ReceiptError> {
-        let wire: Wire = serde_json::from_value(value.clone())
-            .map_err(|e| ReceiptError::Malformed(e.to_string()))?;
+        ReceiptJson::from_text(value.to_string())?.verify()
+    }
+
+    fn verify_wire(wire: Wire) -> Result<(SignedReceipt, B256), ReceiptError> {
         let (message, domain) = parse_typed_data(&wire.typed_data)?;
         let signer = parse_address("signer", &wire.signer)?;
         let (signature, sig) = parse_signature(&wire.signature)?;
-        let hash = message.eip712_signing_hash(&domain.eip712());
-        let recovered = sig
-            .recover_address_from_prehash(&hash)
+        let hash = typed_digest(&domain.separator(), &message);
+        let recovered = cairn_core::sig::recover_prehash(&sig, &hash)
             .map_err(|e| ReceiptError::Signature(e.to_string()))?;
         if recovered != signer {
             return Err(ReceiptError::Signature(format!(
@@ -368,7 +481,7 @@ impl SignedReceipt {
             )));
         }
         let model = check_unsigned_fields(&wire, &message)?;
-        Ok(SignedReceipt {
+        let receipt = SignedReceipt {
             claims: Claims {
                 request_id: message.requestId,
                 model,
@@ -382,13 +495,16 @@ impl SignedReceipt {
             domain,
             signer,
             signature,
-        })
+        };
+        Ok((receipt, hash))
     }
 }
 
 /// The signed message and domain of a receipt's `typedData`, in their one canonical spelling.
 fn parse_typed_data(td: &TypedData) -> Result<(Receipt, ReceiptDomain), ReceiptError> {
-    if td.types != types() {
+    if td.types.get() != types_raw().get()
+        && serde_json::from_str::<Value>(td.types.get()).ok().as_ref() != Some(types())
+    {
         return Err(ReceiptError::Malformed(
             "`types` is not the Cairn receipt type".into(),
         ));

@@ -67,3 +67,55 @@ fn refuses_a_signature_by_another_key() {
     let err = SignedReceipt::verify_json(&json).unwrap_err();
     assert!(matches!(err, ReceiptError::Signature(_)), "{err}");
 }
+
+#[test]
+fn the_hand_rolled_digest_is_alloys_eip712_signing_hash() {
+    // Every field non-zero and distinct, the wide ones (price, timestamp) over their low bytes,
+    // so a field dropped, swapped or padded on the wrong side changes the digest.
+    for i in 1..=8u8 {
+        let mut r = sample();
+        r.claims.request_id = B256::repeat_byte(i);
+        r.claims.input_hash = B256::repeat_byte(i ^ 0x20);
+        r.claims.output_hash = B256::repeat_byte(i ^ 0x40);
+        r.claims.payment_ref = B256::repeat_byte(i ^ 0x80);
+        r.claims.timestamp = u64::MAX - u64::from(i);
+        r.claims.price = U256::MAX - U256::from(i);
+        r.domain.chain_id = u64::from(i) << 40;
+        let m = r.message();
+        assert_eq!(struct_hash(&m), m.eip712_hash_struct());
+        assert_eq!(r.signing_hash(), m.eip712_signing_hash(&r.domain.eip712()));
+    }
+    let r = sample();
+    let alloy = r.message().eip712_signing_hash(&r.domain.eip712());
+    assert_eq!(r.signing_hash(), alloy);
+    // The separator cache follows the domain.
+    let other = ReceiptDomain {
+        chain_id: 1,
+        verifying_contract: Address::repeat_byte(1),
+    };
+    assert_eq!(other.separator(), other.eip712().separator());
+    assert_eq!(r.domain.separator(), r.domain.eip712().separator());
+    let (checked, digest) = ReceiptJson::from(&r).verify_with_digest().unwrap();
+    assert_eq!((checked, digest), (r.clone(), alloy));
+}
+
+#[test]
+fn types_in_another_spelling_still_verify_and_other_types_do_not() {
+    let r = sample();
+    let text = ReceiptJson::from(&r).as_str().to_string();
+    // Another tool's whitespace around the same `types` is the same typed data.
+    let spaced = text.replacen("{\"EIP712Domain\":", "{ \"EIP712Domain\" : ", 1);
+    assert_ne!(spaced, text);
+    assert_eq!(ReceiptJson::from_text(spaced).unwrap().verify().unwrap(), r);
+    let renamed = text.replacen(
+        "\"paymentRef\",\"type\":\"bytes32\"",
+        "\"paymentRef\",\"type\":\"bytes31\"",
+        1,
+    );
+    assert_ne!(renamed, text);
+    let err = ReceiptJson::from_text(renamed)
+        .unwrap()
+        .verify()
+        .unwrap_err();
+    assert!(err.to_string().contains("`types`"), "{err}");
+}

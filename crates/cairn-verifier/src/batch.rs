@@ -178,8 +178,8 @@ impl Verifier {
         let mut digests: Vec<B256> = Vec::with_capacity(list.len());
         let mut fees = U256::ZERO;
         for (i, r) in list.iter().enumerate() {
-            let r = r
-                .verify()
+            let (r, digest) = r
+                .verify_with_digest()
                 .map_err(|e| refuse(format!("receipt {i} does not verify: {e}")))?;
             if r.signer != batch.node {
                 return Err(refuse(format!(
@@ -195,7 +195,7 @@ impl Verifier {
                 )));
             }
             fees += r.claims.price;
-            digests.push(r.signing_hash());
+            digests.push(digest);
             receipts.push(r);
         }
         if digests.len() != batch.count as usize {
@@ -275,7 +275,18 @@ impl Verifier {
         batch: &BatchInfo,
         listing: &[u8],
     ) -> Result<Result<(Vec<SignedReceipt>, ReceiptTree), String>, VerifyError> {
-        let (receipts, tree) = match self.check(batch, listing) {
+        // A batch holds up to thousands of signatures to recover: CPU work that must not stall
+        // the async workers (or, in one process, the node beside them).
+        let checked = {
+            let (v, b, l) = (self.clone(), batch.clone(), listing.to_vec());
+            tokio::task::spawn_blocking(move || v.check(&b, &l))
+                .await
+                .map_err(|e| VerifyError::Unavailable {
+                    batch: batch.id,
+                    reason: format!("the check task failed: {e}"),
+                })?
+        };
+        let (receipts, tree) = match checked {
             Ok(x) => x,
             Err(VerifyError::Refused { reason, .. }) => return Ok(Err(reason)),
             Err(e) => return Err(e),

@@ -66,7 +66,7 @@ fn main() {
         std::hint::black_box(sig.recover_address_from_prehash(&hash).unwrap());
     });
     let floor = time(n, || {
-        std::hint::black_box(cairn_x402::ecrecover::recover(&hash, &sig).unwrap());
+        std::hint::black_box(cairn_core::sig::recover_prehash(&sig, &hash).unwrap());
     });
 
     let header = client::pay_exact(&payer, &required, &offer).unwrap();
@@ -96,7 +96,7 @@ fn main() {
         };
         let s = alloy_primitives::Signature::try_from(v.signature.as_ref()).unwrap();
         let who =
-            cairn_x402::ecrecover::recover(&msg.eip712_signing_hash(&pre_domain), &s).unwrap();
+            cairn_core::sig::recover_prehash(&s, &msg.eip712_signing_hash(&pre_domain)).unwrap();
         assert_eq!(who, v.voucher.payer);
     });
     println!(

@@ -163,12 +163,14 @@ pub fn verify_local(
         ))
     })?;
     let hash = a.message().eip712_signing_hash(domain);
-    let signer = crate::ecrecover::recover(&hash, &signature).ok_or_else(|| {
-        X402Error::Invalid(Reason::new(
-            "invalid_exact_evm_payload_signature",
-            "no signer recovers from the signature (malformed or high-s)",
-        ))
-    })?;
+    let signer = cairn_core::sig::recover_prehash(&signature, &hash)
+        .ok()
+        .ok_or_else(|| {
+            X402Error::Invalid(Reason::new(
+                "invalid_exact_evm_payload_signature",
+                "no signer recovers from the signature (malformed or high-s)",
+            ))
+        })?;
     if signer != a.from {
         return fail(
             "invalid_exact_evm_payload_signature",

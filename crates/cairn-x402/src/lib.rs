@@ -12,7 +12,6 @@
 //! - [`client`]: the paying side (choose an offer, sign, build the header).
 
 pub mod client;
-pub mod ecrecover;
 pub mod exact;
 pub mod facilitator;
 pub mod paywall;

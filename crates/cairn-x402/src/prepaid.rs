@@ -191,7 +191,8 @@ impl Prepaid {
             salt: v.salt,
             cumulativeAmount: v.cumulative_amount,
         };
-        let signer = crate::ecrecover::recover(&msg.eip712_signing_hash(&self.domain), &sig)
+        let signer = cairn_core::sig::recover_prehash(&sig, &msg.eip712_signing_hash(&self.domain))
+            .ok()
             .ok_or_else(|| {
                 invalid(
                     "invalid_prepaid_signature",

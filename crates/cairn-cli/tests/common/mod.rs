@@ -38,7 +38,11 @@ impl Server {
 
     /// `cairn node serve` against `hub`, with extra arguments.
     pub fn node(hub: &str, extra: &[&str]) -> Self {
-        let dir = tempfile::tempdir().unwrap();
+        Self::node_resume(hub, tempfile::tempdir().unwrap(), extra)
+    }
+
+    /// `cairn node serve` on the state a killed node left in `dir` ([`Server::kill_9`]).
+    pub fn node_resume(hub: &str, dir: tempfile::TempDir, extra: &[&str]) -> Self {
         let data = dir.path().join("node");
         let mut args = vec![
             "node",
@@ -416,4 +420,13 @@ impl AnvilChain {
             endpoint,
         ]);
     }
+}
+
+/// GETs `url` and reads its JSON body.
+pub fn get(url: &str) -> serde_json::Value {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async { reqwest::get(url).await.unwrap().json().await.unwrap() })
 }

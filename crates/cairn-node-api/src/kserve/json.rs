@@ -1,6 +1,7 @@
 //! JSON tensor data: a `data` array streamed straight into tensor bytes (never a tree of values), and bytes back to JSON.
 
 use super::*;
+use serde_json::value::RawValue;
 
 /// One JSON scalar of a `data` array.
 #[derive(Clone, Copy)]
@@ -259,33 +260,73 @@ pub(crate) fn json_values_to_bytes(
 /// Raw little-endian bytes of `dtype` as a flat JSON array (non-finite floats become `null`,
 /// which JSON cannot otherwise carry; ask for binary output to get them exactly).
 pub fn bytes_to_json(dtype: DataType, data: &[u8]) -> Value {
+    json_array(dtype, data).value().expect("a JSON array")
+}
+
+/// [`bytes_to_json`] as JSON text, written straight from the bytes: what an answer carries.
+/// Floats take their shortest round-tripping form for their own width (an f32 prints as the
+/// f32 it is, so parsing it back as f32 is exact), integers their decimal form.
+pub fn json_array(dtype: DataType, data: &[u8]) -> RawJson {
+    let mut out = String::with_capacity(2 + data.len() * 4);
+    out.push('[');
+    let mut floats = ryu::Buffer::new();
+    let mut ints = itoa::Buffer::new();
     macro_rules! each {
-        ($t:ty, $f:expr) => {
-            Value::Array(
-                data.chunks_exact(size_of::<$t>())
-                    .map(|c| $f(<$t>::from_le_bytes(c.try_into().expect("chunk"))))
-                    .collect(),
-            )
+        ($t:ty, |$x:ident| $text:expr) => {
+            for (i, c) in data.chunks_exact(size_of::<$t>()).enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                let $x = <$t>::from_le_bytes(c.try_into().expect("chunk"));
+                out.push_str($text);
+            }
         };
     }
-    let float = |x: f64| serde_json::Number::from_f64(x).map_or(Value::Null, Value::Number);
     match dtype {
-        DataType::Bool => Value::Array(data.iter().map(|&b| Value::Bool(b != 0)).collect()),
-        DataType::Uint8 => each!(u8, Value::from),
-        DataType::Uint16 => each!(u16, Value::from),
-        DataType::Uint32 => each!(u32, Value::from),
-        DataType::Uint64 => each!(u64, Value::from),
-        DataType::Int8 => each!(i8, Value::from),
-        DataType::Int16 => each!(i16, Value::from),
-        DataType::Int32 => each!(i32, Value::from),
-        DataType::Int64 => each!(i64, Value::from),
-        DataType::Fp16 => each!(half::f16, |x: half::f16| float(x.to_f64())),
-        // f32 through its shortest decimal form, so that parsing it back as f32 is exact.
-        DataType::Fp32 => each!(f32, |x: f32| if x.is_finite() {
-            serde_json::from_str(&x.to_string()).unwrap_or(Value::Null)
+        DataType::Bool => each!(u8, |x| if x != 0 { "true" } else { "false" }),
+        DataType::Uint8 => each!(u8, |x| ints.format(x)),
+        DataType::Uint16 => each!(u16, |x| ints.format(x)),
+        DataType::Uint32 => each!(u32, |x| ints.format(x)),
+        DataType::Uint64 => each!(u64, |x| ints.format(x)),
+        DataType::Int8 => each!(i8, |x| ints.format(x)),
+        DataType::Int16 => each!(i16, |x| ints.format(x)),
+        DataType::Int32 => each!(i32, |x| ints.format(x)),
+        DataType::Int64 => each!(i64, |x| ints.format(x)),
+        DataType::Fp16 => each!(half::f16, |x| if x.is_finite() {
+            floats.format_finite(x.to_f64())
         } else {
-            Value::Null
+            "null"
         }),
-        DataType::Fp64 => each!(f64, float),
+        DataType::Fp32 => each!(f32, |x| if x.is_finite() {
+            floats.format_finite(x)
+        } else {
+            "null"
+        }),
+        DataType::Fp64 => each!(f64, |x| if x.is_finite() {
+            floats.format_finite(x)
+        } else {
+            "null"
+        }),
+    }
+    out.push(']');
+    RawJson(RawValue::from_string(out).expect("a JSON array"))
+}
+
+/// JSON text kept as it was written or received (a tensor's `data`): serialized verbatim,
+/// compared as text.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RawJson(pub Box<RawValue>);
+
+impl RawJson {
+    /// The JSON value it holds.
+    pub fn value(&self) -> Result<Value, serde_json::Error> {
+        serde_json::from_str(self.0.get())
+    }
+}
+
+impl PartialEq for RawJson {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.get() == other.0.get()
     }
 }

@@ -84,3 +84,47 @@ fn f32_json_round_trips_exactly() {
     let back = json_values_to_bytes("x", DataType::Fp32, &json, 4).unwrap();
     assert_eq!(raw, back);
 }
+
+#[test]
+fn json_arrays_are_written_exactly_for_every_dtype() {
+    let f32s: Vec<u8> = [0.1f32, -2.5, f32::NAN, 1e-40]
+        .iter()
+        .flat_map(|x| x.to_le_bytes())
+        .collect();
+    // f32 in its own shortest form (not the f64 widening 0.10000000149011612).
+    assert_eq!(
+        json_array(DataType::Fp32, &f32s).0.get(),
+        "[0.1,-2.5,null,1e-40]"
+    );
+    let f64s: Vec<u8> = [0.1f64, f64::INFINITY]
+        .iter()
+        .flat_map(|x| x.to_le_bytes())
+        .collect();
+    assert_eq!(json_array(DataType::Fp64, &f64s).0.get(), "[0.1,null]");
+    let i64s: Vec<u8> = [i64::MIN, 0, 7]
+        .iter()
+        .flat_map(|x| x.to_le_bytes())
+        .collect();
+    assert_eq!(
+        json_array(DataType::Int64, &i64s).0.get(),
+        "[-9223372036854775808,0,7]"
+    );
+    assert_eq!(
+        json_array(DataType::Bool, &[1, 0, 2]).0.get(),
+        "[true,false,true]"
+    );
+    assert_eq!(json_array(DataType::Uint8, &[]).0.get(), "[]");
+    let halves: Vec<u8> = [half::f16::from_f32(0.5)]
+        .iter()
+        .flat_map(|x| x.to_le_bytes())
+        .collect();
+    assert_eq!(json_array(DataType::Fp16, &halves).0.get(), "[0.5]");
+    // What it writes reads back to the same bytes.
+    let back = json_values_to_bytes(
+        "x",
+        DataType::Int64,
+        &bytes_to_json(DataType::Int64, &i64s),
+        3,
+    );
+    assert_eq!(back.unwrap(), i64s);
+}

@@ -3,9 +3,9 @@
 //!
 //! One writer thread owns the write connection and commits whatever has queued up in one
 //! transaction (group commit); a response is released only after its receipt is committed. The
-//! log is SQLite in WAL mode: by default a commit survives the node process dying (kill -9) but
-//! may be lost with the machine's power; `fsync_each_commit` makes every group commit wait for
-//! the disk. Reads share one connection of their own, so they never wait behind the writer.
+//! log is SQLite in WAL mode and its durability is the operator's choice: by default
+//! ([`Durability::Normal`]) a commit survives the node process dying (kill -9) but may be lost with
+//! the machine's power; [`Durability::Full`] makes every group commit wait for the disk. Reads share one connection of their own, so they never wait behind the writer.
 
 use std::path::Path;
 use std::sync::{Arc, mpsc};
@@ -74,6 +74,8 @@ impl Entry {
     /// `payer`: who paid (may read the payloads with a signed request).
     pub fn new(
         receipt: &SignedReceipt,
+        json: &ReceiptJson,
+        digest: B256,
         input: Vec<u8>,
         output: Vec<u8>,
         billing: Billing,
@@ -83,10 +85,10 @@ impl Entry {
             id: receipt.id().to_string(),
             created_at: receipt.claims.timestamp as i64,
             model: receipt.claims.model.to_string(),
-            receipt: receipt.to_json().to_string(),
+            receipt: json.as_str().to_owned(),
             input,
             output,
-            digest: receipt.signing_hash().0,
+            digest: digest.0,
             price: receipt.claims.price.to_string(),
             billing,
             payer: payer.map(|p| p.0.0),
@@ -247,14 +249,9 @@ impl ReceiptLog {
     pub async fn open(
         path: &Path,
         retention: Duration,
-        fsync_each_commit: bool,
+        durability: Durability,
         settles: bool,
     ) -> Result<Self, LogError> {
-        let durability = if fsync_each_commit {
-            Durability::Full
-        } else {
-            Durability::Normal
-        };
         let conn = cairn_sqlite::open(path, durability)?;
         conn.execute_batch(SCHEMA)?;
         migrate(&conn)?;

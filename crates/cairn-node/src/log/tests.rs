@@ -23,7 +23,7 @@ async fn appends_reads_and_refuses_duplicates() {
     let log = ReceiptLog::open(
         &dir.path().join("r.sqlite"),
         Duration::from_secs(3600),
-        true,
+        Durability::Full,
         false,
     )
     .await
@@ -49,7 +49,7 @@ async fn a_rerun_under_the_same_payment_voids_the_earlier_receipt() {
     let log = ReceiptLog::open(
         &dir.path().join("r.sqlite"),
         Duration::from_secs(3600),
-        true,
+        Durability::Full,
         true,
     )
     .await

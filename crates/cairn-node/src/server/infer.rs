@@ -145,9 +145,32 @@ pub(super) async fn run_infer(
     let i = &s.0;
     let resolved = i.cache.resolve(&reference).await?;
 
-    let decoded = i.read_request(&headers, body).await?;
-    // Admitted only with a whole, decoded request in hand.
-    let _permits = i.admit(resolved.cid)?;
+    let read = i.read_request(&headers, body).await?;
+    // Admitted only with a whole request in hand (a slow sender holds no slot), and before it is
+    // decoded: under a flood, a refusal costs no parsing.
+    let _permits = match i.admit(resolved.cid) {
+        Ok(p) => p,
+        Err(e) => {
+            // Held before it is answered: a client that re-sends at once (a flood's
+            // connections do) cannot turn refusals into the node's main work. A held request
+            // keeps only its task (body and headers go first), and at most `MAX_HELD` are held:
+            // past that the refusal is immediate.
+            drop((read, headers));
+            if let Ok(_held) = i.held.clone().try_acquire_owned() {
+                tokio::time::sleep(i.limits.overload_hold).await;
+            }
+            return Err(e);
+        }
+    };
+    let decoded = kserve::decode(
+        &read.body,
+        read.json_len,
+        DecodeLimits {
+            max_elements: i.limits.max_elements,
+        },
+    )?;
+    // The body's bytes and their share of the memory budget go before the request queues.
+    drop(read);
 
     // Inputs that cannot fit the model are refused before it is fetched or loaded (from the
     // signature the hub recorded, for a name): a bad request costs no download.
@@ -231,7 +254,7 @@ pub(super) fn respond(
                 datatype: t.dtype().name().into(),
                 shape: t.shape().to_vec(),
                 parameters: None,
-                data: Some(kserve::bytes_to_json(t.dtype(), t.data())),
+                data: Some(kserve::json_array(t.dtype(), t.data())),
             });
         }
     }
@@ -240,7 +263,7 @@ pub(super) fn respond(
         model_version: resolved.version.map(|v| v.to_string()).unwrap_or_default(),
         outputs,
         parameters: InferParameters {
-            receipt: ran.receipt,
+            receipt: ran.receipt_json,
             payload_token: ran.token,
         },
         id,
@@ -272,14 +295,22 @@ pub(super) fn respond(
     resp
 }
 
+/// A request body read whole, holding its share of the body memory budget until dropped.
+struct ReadRequest {
+    body: axum::body::Bytes,
+    /// The length of the JSON part when binary tensors follow it.
+    json_len: Option<usize>,
+    _reading: Option<OwnedSemaphorePermit>,
+}
+
 impl Inner {
-    /// Reads the body within the node's size, time and memory bounds and decodes it. The body's
-    /// bytes and its memory budget are released before the request queues for a model.
+    /// Reads the body within the node's size, time and memory bounds, with the length of its
+    /// JSON part when binary tensors follow.
     async fn read_request(
         &self,
         headers: &HeaderMap,
         body: Body,
-    ) -> Result<kserve::Decoded, NodeError> {
+    ) -> Result<ReadRequest, NodeError> {
         let i = self;
         let max = i.limits.max_body_bytes;
         let too_large = || {
@@ -296,7 +327,7 @@ impl Inner {
         // Bodies being read hold memory (as their bytes arrive), not inference slots, and only
         // until the body deadline: a slow sender ties up neither for long.
         // Held until the body is decoded: its bytes count against the memory budget.
-        let (body, _reading) = read_body(body, max, i.limits.body_timeout, &i.body_budget)
+        let (body, reading) = read_body(body, max, i.limits.body_timeout, &i.body_budget)
             .await
             .map_err(|e| match e {
                 ReadError::TooLarge => too_large(),
@@ -322,14 +353,11 @@ impl Inner {
             ),
             None => None,
         };
-        let decoded = kserve::decode(
-            &body,
+        Ok(ReadRequest {
+            body,
             json_len,
-            DecodeLimits {
-                max_elements: i.limits.max_elements,
-            },
-        )?;
-        Ok(decoded)
+            _reading: reading,
+        })
     }
 }
 

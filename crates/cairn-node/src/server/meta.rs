@@ -26,15 +26,15 @@ pub(super) async fn node_info(State(s): State<NodeState>) -> Result<Json<NodeInf
     let i = &s.0;
     let profile = i.cache.engine().profile();
     Ok(Json(NodeInfo {
-        address: i.signer.key.address(),
+        address: i.signer.receipts.address(),
         profile: profile.clone(),
         reproducibility: profile.reproducibility(),
         profile_hash: profile.hash(),
         domain: DomainInfo {
             name: "Cairn".into(),
             version: "1".into(),
-            chain_id: i.signer.domain.chain_id,
-            verifying_contract: i.signer.domain.verifying_contract,
+            chain_id: i.signer.receipts.domain().chain_id,
+            verifying_contract: i.signer.receipts.domain().verifying_contract,
         },
         hub: i.hub_url.clone(),
         price: i.price,

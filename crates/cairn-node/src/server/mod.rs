@@ -52,6 +52,10 @@ use receipts::*;
 #[derive(Clone)]
 pub struct NodeState(Arc<Inner>);
 
+/// Most refused requests held before their 503 at once: each holds a task and its connection,
+/// so the hold stays cheap under any flood.
+const MAX_HELD: usize = 8192;
+
 struct Inner {
     cache: ModelCache,
     log: ReceiptLog,
@@ -69,6 +73,8 @@ struct Inner {
     total: Arc<Semaphore>,
     per_model: Mutex<HashMap<BlobId, Arc<Semaphore>>>,
     workers: Arc<Semaphore>,
+    /// Refused requests being held before their 503 ([`MAX_HELD`] at most).
+    held: Arc<Semaphore>,
     body_budget: BodyBudget,
     faults: crate::Faults,
     /// Signed requests already seen, from payers and from verifiers (apart: payers cannot
@@ -97,7 +103,7 @@ pub(crate) async fn open(c: NodeConfig) -> Result<NodeState, NodeError> {
     let log = ReceiptLog::open(
         &log_path,
         c.retention,
-        c.fsync_receipts,
+        c.receipt_durability,
         c.settlement.is_some(),
     )
     .await?;
@@ -136,8 +142,10 @@ pub(crate) async fn open(c: NodeConfig) -> Result<NodeState, NodeError> {
         paywall,
         payments,
         signer: Arc::new(Signer {
-            key: c.key,
-            domain: c.domain,
+            receipts: cairn_receipt::ReceiptSigner::new(
+                cairn_core::sig::SigningKey::from_signer(&c.key),
+                c.domain,
+            ),
             token_key,
             max_output_bytes: c.limits.max_output_bytes,
         }),
@@ -147,6 +155,7 @@ pub(crate) async fn open(c: NodeConfig) -> Result<NodeState, NodeError> {
         total: Arc::new(Semaphore::new(c.limits.queue_total)),
         per_model: Mutex::new(HashMap::new()),
         workers: Arc::new(Semaphore::new(c.limits.workers.max(1))),
+        held: Arc::new(Semaphore::new(MAX_HELD)),
         body_budget: BodyBudget::new(c.limits.body_budget_bytes),
         faults: c.faults,
         payer_replay: cairn_core::auth::ReplayGuard::new(10_000, 100_000),
@@ -301,7 +310,7 @@ fn payment_terms(
 impl NodeState {
     /// The node's address (the receipts' signer).
     pub fn address(&self) -> alloy_primitives::Address {
-        self.0.signer.key.address()
+        self.0.signer.receipts.address()
     }
 
     /// The engine's profile.

@@ -101,8 +101,8 @@ impl cairn_x402::KeptAnswers for KeptFromLog {
         body: &'a [u8],
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<Response>> + Send + 'a>> {
         Box::pin(async move {
-            let (receipt, output) = self.log.by_payment(payment_ref).await.ok()??;
-            let receipt = receipt.verify().ok()?;
+            let (receipt_json, output) = self.log.by_payment(payment_ref).await.ok()??;
+            let receipt = receipt_json.verify().ok()?;
             // Only a request carrying the very inputs paid for gets the answer (the payment's
             // signature is public on chain; the inputs are not).
             let json_len = match headers.get(HEADER_LENGTH) {
@@ -131,6 +131,7 @@ impl cairn_x402::KeptAnswers for KeptFromLog {
             let ran = Inference {
                 outputs,
                 receipt,
+                receipt_json,
                 token: payload_token(&self.token_key, id),
             };
             Some(respond(&resolved, None, wanted, ran))
