@@ -69,11 +69,13 @@ pub(crate) fn verify(e: &Evidence) -> Result<Verified, AttestError> {
     let report_data = &d[MAGIC.len()..MAGIC.len() + 64];
     let sig = Signature::from_raw(&d[MAGIC.len() + 64..])
         .map_err(|e| malformed(&format!("signature: {e}")))?;
-    let signer = sig
-        .recover_address_from_prehash(&statement_hash(report_data))
-        .map_err(|e| AttestError::Forged {
-            kind: EvidenceKind::Dev,
-            reason: e.to_string(),
+    // Only the canonical (low-s) form: the high-s twin would be a second spelling of one statement.
+    let signer =
+        cairn_core::sig::recover_prehash(&sig, &statement_hash(report_data)).map_err(|e| {
+            AttestError::Forged {
+                kind: EvidenceKind::Dev,
+                reason: e.to_string(),
+            }
         })?;
     Ok(Verified {
         kind: EvidenceKind::Dev,

@@ -340,3 +340,29 @@ fn measurements_differ_by_kind_and_registers() {
         Measurement::of(EvidenceKind::Nitro, &[b"a", b"bc"])
     );
 }
+
+#[test]
+fn dev_evidence_with_the_high_s_twin_signature_is_refused() {
+    let key = PrivateKeySigner::random();
+    let node = key.address();
+    let e = DevAttester::new(key)
+        .evidence(&report_data(node, None))
+        .unwrap();
+    let at = e.document.len() - 65;
+    let sig = alloy_primitives::Signature::from_raw(&e.document[at..]).unwrap();
+    let mut twin = e.document.clone();
+    twin[at..].copy_from_slice(&cairn_core::sig::malleate(&sig).as_bytes());
+    let twin = Evidence {
+        document: twin,
+        ..e.clone()
+    };
+    // The twin recovers to the same key: a lax check would take a second form of one statement.
+    let dev = Policy { allow_dev: true };
+    let err = verify(&twin, TODAY, dev).unwrap_err();
+    assert_eq!(err.code(), "evidence_forged", "{err}");
+    assert!(
+        err.to_string().contains("low-s") || err.to_string().contains("canonical"),
+        "{err}"
+    );
+    verify(&e, TODAY, dev).unwrap();
+}
