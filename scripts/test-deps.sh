@@ -14,13 +14,8 @@ mkdir -p "$CAIRN_CACHE_DIR"
 req="$here/requirements-test.txt"
 stamp="$(cat "$req" "$here/make_test_models.py" "$here/tensorfile.py" | sha256sum | cut -c1-16)"
 venv="$CAIRN_CACHE_DIR/venv-$stamp"
-if [ ! -x "$venv/bin/python" ] || [ ! -f "$venv/.complete" ]; then
-  echo "test-deps: creating $venv" >&2
-  rm -rf "$venv"
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$req"
-  touch "$venv/.complete"
-fi
+source "$here/venv.sh"
+cairn_venv "$venv" "$req"
 export CAIRN_PY="$venv/bin/python"
 
 models="$CAIRN_CACHE_DIR/models-$stamp"

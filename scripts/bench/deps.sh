@@ -7,13 +7,8 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 export CAIRN_CACHE_DIR="${CAIRN_CACHE_DIR:-$HOME/.cache/cairn}"
 stamp="$(sha256sum "$here/requirements.txt" | cut -c1-16)"
 venv="$CAIRN_CACHE_DIR/peer-venv-$stamp"
-if [ ! -f "$venv/.complete" ]; then
-  echo "bench deps: creating $venv" >&2
-  rm -rf "$venv"
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$here/requirements.txt"
-  touch "$venv/.complete"
-fi
+source "$here/../venv.sh"
+cairn_venv "$venv" "$here/requirements.txt"
 export CAIRN_PEER_PY="$venv/bin/python"
 if ! command -v wrk >/dev/null 2>&1; then
   echo "bench deps: installing wrk from Debian" >&2

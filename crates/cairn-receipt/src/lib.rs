@@ -181,23 +181,19 @@ fn struct_hash(m: &Receipt) -> B256 {
     keccak256(buf)
 }
 
-/// A node's receipt signer: its key (libsecp256k1) and the domain, with the domain separator
-/// hashed once. Signing a receipt costs one struct hash and one ECDSA signature.
+/// A node's receipt signer: its key (libsecp256k1) and the domain. Signing a receipt costs one
+/// struct hash and one ECDSA signature (the domain separator is kept, see
+/// [`ReceiptDomain::separator`]).
 #[derive(Clone, Debug)]
 pub struct ReceiptSigner {
     key: SigningKey,
     domain: ReceiptDomain,
-    separator: B256,
 }
 
 impl ReceiptSigner {
     /// Signs with `key` under `domain`.
     pub fn new(key: SigningKey, domain: ReceiptDomain) -> Self {
-        Self {
-            separator: domain.separator(),
-            key,
-            domain,
-        }
+        Self { key, domain }
     }
 
     /// The signing node's address.
@@ -219,7 +215,7 @@ impl ReceiptSigner {
     /// receipt's Merkle leaf) so the caller need not hash it again.
     pub fn sign_with_digest(&self, claims: Claims) -> (SignedReceipt, B256) {
         let node = self.key.address();
-        let hash = typed_digest(&self.separator, &claims.message(node));
+        let hash = typed_digest(&self.domain.separator(), &claims.message(node));
         let sig = self.key.sign_prehash(&hash);
         let receipt = SignedReceipt {
             claims,
