@@ -108,6 +108,11 @@ enum Command {
             default_value = "0x0000000000000000000000000000000000000000000000000000000000000000"
         )]
         salt: alloy_primitives::B256,
+        /// How the receipt is signed: `own` (a signature over it alone) or `batch` (one
+        /// signature over the root of the receipts the node committed with it, plus its Merkle
+        /// proof; cheaper for the node and for verifiers).
+        #[arg(long, default_value = "own")]
+        receipt_seal: cairn_node_api::SealChoice,
     },
     /// Prepaid balances with a node: deposit, show, withdraw.
     #[command(subcommand)]
@@ -325,8 +330,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             receipt_out,
             payer_key,
             salt,
+            receipt_seal,
         } => {
-            let pay = node_cmd::PayArgs { payer_key, salt };
+            let pay = node_cmd::CallArgs {
+                payer_key,
+                salt,
+                seal: receipt_seal,
+            };
             node_cmd::infer(&node, &reference, &input, json, output, receipt_out, pay).await
         }
         Command::Pay(c) => pay_cmd::run(c).await,

@@ -8,12 +8,22 @@ use std::path::{Path, PathBuf};
 
 use alloy_primitives::U256;
 use cairn_receipt::SignedReceipt;
-use common::{AnvilChain, Server, cairn_ok as cairn, eventually, funded_key, get, infer_digit};
+use common::{
+    AnvilChain, Server, cairn_ok as cairn, eventually, funded_key, get, infer_digit,
+    infer_digit_with,
+};
 use serde_json::{Value, json};
 
 /// Infers the example digit on `node` (`receipt-{n}.json` in `dir`); returns the receipt JSON.
 fn infer(hub: &str, node: &str, dir: &Path, n: usize) -> Value {
     let (receipt, _) = infer_digit(hub, node, dir, &format!("-{n}"));
+    serde_json::from_str(&std::fs::read_to_string(receipt).unwrap()).unwrap()
+}
+
+/// [`infer`] with a batch-signed receipt.
+fn infer_batch_signed(hub: &str, node: &str, dir: &Path, n: usize) -> Value {
+    let extra = ["--receipt-seal", "batch"];
+    let (receipt, _) = infer_digit_with(hub, node, dir, &format!("-{n}"), &extra);
     serde_json::from_str(&std::fs::read_to_string(receipt).unwrap()).unwrap()
 }
 
@@ -138,9 +148,16 @@ fn devnet_call_ends_in_a_finalized_batch_that_pays_everyone() {
     let dir = net.dir.path();
     let data = dir.join("data");
     let before = devnet_status(&data);
+    // The last call's receipt is batch-signed: the verifiers check its root's signature and
+    // it settles in the same batches as the others.
     let receipts: Vec<Value> = (0..3)
-        .map(|i| infer(&net.url, &net.node_url, dir, i))
+        .map(|i| match i {
+            2 => infer_batch_signed(&net.url, &net.node_url, dir, i),
+            _ => infer(&net.url, &net.node_url, dir, i),
+        })
         .collect();
+    assert!(receipts[2].get("signature").is_none(), "{}", receipts[2]);
+    assert!(receipts[2]["batchSignature"]["proof"].is_array());
     for r in &receipts {
         assert_eq!(r["typedData"]["message"]["price"], "2500");
         wait_finalized(&net.node_url, r);

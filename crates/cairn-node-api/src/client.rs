@@ -75,6 +75,8 @@ pub struct NodeClient {
     salt: alloy_primitives::B256,
     /// Where the payer's own prepaid accounts live (`None`: never pays prepaid).
     accounts: Option<std::path::PathBuf>,
+    /// How receipts are asked to be signed.
+    seal: crate::SealChoice,
 }
 
 impl NodeClient {
@@ -86,7 +88,14 @@ impl NodeClient {
             payer: None,
             salt: alloy_primitives::B256::ZERO,
             accounts: None,
+            seal: crate::SealChoice::Own,
         }
+    }
+
+    /// Asks for receipts sealed as `seal` ([`crate::RECEIPT_SEAL_HEADER`]).
+    pub fn with_seal(mut self, seal: crate::SealChoice) -> Self {
+        self.seal = seal;
+        self
     }
 
     /// Keeps the payer's own prepaid accounts in `dir` ([`cairn_x402::client::PrepaidAccount`]):
@@ -253,6 +262,9 @@ impl NodeClient {
     ) -> Result<InferOutcome, NodeClientError> {
         let url = self.urls.infer(model);
         let mut req = self.http.post(&url);
+        if self.seal != crate::SealChoice::Own {
+            req = req.header(crate::RECEIPT_SEAL_HEADER, self.seal.as_str());
+        }
         if json_body {
             let body = serde_json::to_vec(&InferRequest::json(inputs)).expect("serializes");
             req = req.header("content-type", "application/json").body(body);

@@ -16,3 +16,41 @@ pub use urls::{NodeUrls, Payload};
 
 /// Header carrying the payload capability token in a response (and accepted in a request).
 pub const PAYLOAD_TOKEN_HEADER: &str = "cairn-payload-token";
+
+/// Request header choosing how the answer's receipt is signed: `own` (the default: a signature
+/// over the receipt alone) or `batch` (one signature over the root of the receipts committed
+/// together, with this receipt's Merkle proof; see `cairn_receipt::Seal`).
+pub const RECEIPT_SEAL_HEADER: &str = "cairn-receipt-seal";
+
+/// How a caller asks for its receipt to be signed ([`RECEIPT_SEAL_HEADER`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SealChoice {
+    /// The receipt's own signature.
+    #[default]
+    Own,
+    /// One signature over the root of the micro-batch it was committed in.
+    Batch,
+}
+
+impl SealChoice {
+    /// The header value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SealChoice::Own => "own",
+            SealChoice::Batch => "batch",
+        }
+    }
+}
+
+impl std::str::FromStr for SealChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "own" => Ok(SealChoice::Own),
+            "batch" => Ok(SealChoice::Batch),
+            other => Err(format!(
+                "{RECEIPT_SEAL_HEADER} must be `own` or `batch`, not `{other}`"
+            )),
+        }
+    }
+}

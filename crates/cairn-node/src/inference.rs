@@ -6,8 +6,9 @@ use alloy_primitives::{B256, U256};
 use cairn_core::tensor::tensors_hash;
 use cairn_core::{BlobId, ExecutionProfile, Tensor};
 use cairn_engine::{EngineError, Plan};
+use cairn_node_api::SealChoice;
 use cairn_node_api::safetensors_io;
-use cairn_receipt::{Claims, ReceiptJson, ReceiptSigner, SignedReceipt};
+use cairn_receipt::{Claims, ReceiptJson, ReceiptSigner};
 
 use crate::log::{Billing, Entry};
 
@@ -74,19 +75,17 @@ pub enum InferenceError {
     },
 }
 
-/// One inference, signed.
+/// One inference; its receipt is in the log [`Entry`] (signed there for a batch seal), and
+/// [`crate::log::ReceiptLog::append`] hands it back committed.
 pub struct Inference {
     /// Every output of the model, in graph order.
     pub outputs: Vec<Tensor>,
-    /// The receipt over them.
-    pub receipt: SignedReceipt,
-    /// Its JSON form, serialized once for both the log and the answer.
-    pub receipt_json: ReceiptJson,
     /// The capability to read this receipt's payloads.
     pub token: B256,
 }
 
-/// Runs `plan` (the model `model`, on `profile`) and signs the result. Blocking and CPU-bound.
+/// Runs `plan` (the model `model`, on `profile`) and signs the result (`seal`: here, or with the
+/// other receipts the log commits with it). Blocking and CPU-bound.
 pub fn run(
     plan: &dyn Plan,
     model: BlobId,
@@ -94,6 +93,7 @@ pub fn run(
     inputs: &[Tensor],
     charge: Charge,
     signer: &Signer,
+    seal: SealChoice,
 ) -> Result<(Inference, Entry), InferenceError> {
     let outputs = plan.run(inputs).map_err(|e| match e {
         EngineError::Input(m) => InferenceError::Input(m),
@@ -117,27 +117,28 @@ pub fn run(
         price: charge.price,
         payment_ref: charge.payment_ref,
     };
-    let (receipt, digest) = signer.receipts.sign_with_digest(claims);
-    let receipt_json = ReceiptJson::from(&receipt);
+    let token = payload_token(&signer.token_key, claims.request_id);
+    let (claims, signed, digest) = match seal {
+        SealChoice::Own => {
+            let (receipt, digest) = signer.receipts.sign_with_digest(claims);
+            let json = ReceiptJson::from(&receipt);
+            (receipt.claims, Some(json), digest)
+        }
+        SealChoice::Batch => {
+            let digest = signer.receipts.digest(&claims);
+            (claims, None, digest)
+        }
+    };
     let entry = Entry::new(
-        &receipt,
-        &receipt_json,
+        claims,
+        signed,
         digest,
         safetensors_io::encode(inputs),
         safetensors_io::encode(&outputs),
         charge.billing,
         charge.payer,
     );
-    let token = payload_token(&signer.token_key, receipt.id());
-    Ok((
-        Inference {
-            outputs,
-            receipt,
-            receipt_json,
-            token,
-        },
-        entry,
-    ))
+    Ok((Inference { outputs, token }, entry))
 }
 
 /// The capability token that lets whoever holds it read receipt `id`'s payloads (handed to the

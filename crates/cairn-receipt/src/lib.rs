@@ -6,6 +6,14 @@
 //! so `eth_account`, viem or alloy verify it with no Cairn code. Beside the signed part it names
 //! the model's CID, the full execution profile and the output names, each of which must match
 //! the signed hashes for [`SignedReceipt::verify`] to pass.
+//!
+//! A receipt is sealed one of two ways ([`Seal`]): its own signature over its EIP-712 digest, or
+//! (batch-signed) one signature over the EIP-712 [`ReceiptRoot`] of a micro-batch of receipts,
+//! with the receipt's OpenZeppelin Merkle proof to that root. The leaves are the receipts'
+//! EIP-712 digests under the same OpenZeppelin `StandardMerkleTree` layout the settlement
+//! batches use ([`merkle`]), so a batch-signed receipt carries the same leaf a settlement
+//! challenge proves; `eth_account` recovers the root's signer and any OpenZeppelin
+//! `MerkleProof` implementation checks the proof.
 
 use alloy_primitives::{Address, B256, Signature, U256, keccak256};
 use alloy_signer_local::PrivateKeySigner;
@@ -34,6 +42,14 @@ sol! {
         uint64 timestamp;
         uint256 price;
         bytes32 paymentRef;
+    }
+
+    /// What a node signs for a micro-batch of receipts: the OpenZeppelin `StandardMerkleTree`
+    /// root over their EIP-712 digests, and how many there are.
+    #[derive(Debug, PartialEq, Eq)]
+    struct ReceiptRoot {
+        bytes32 root;
+        uint32 count;
     }
 }
 
@@ -106,8 +122,45 @@ pub struct SignedReceipt {
     pub domain: ReceiptDomain,
     /// The node that signed it.
     pub signer: Address,
-    /// 65-byte `r || s || v` signature, `v` in {27, 28}.
+    /// How the node signed it.
+    pub seal: Seal,
+}
+
+/// How a receipt is signed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Seal {
+    /// The node signed this receipt's EIP-712 digest: 65 bytes `r ‖ s ‖ v`, `v` in {27, 28}.
+    Own([u8; 65]),
+    /// The node signed the root of a micro-batch that holds this receipt.
+    Batch(BatchSeal),
+}
+
+/// A batch-signed receipt's evidence: the signed [`ReceiptRoot`] and the receipt's path to it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BatchSeal {
+    /// The micro-batch's Merkle root (OpenZeppelin `StandardMerkleTree` over receipt digests).
+    pub root: B256,
+    /// How many receipts the micro-batch holds.
+    pub count: u32,
+    /// The node's 65-byte signature over the root's EIP-712 digest.
     pub signature: [u8; 65],
+    /// The receipt's sibling path to `root` (OpenZeppelin `MerkleProof`).
+    pub proof: Vec<B256>,
+}
+
+/// Root signatures already recovered: receipts checked through one cache cost one signature
+/// recovery per micro-batch, not per receipt.
+#[derive(Debug, Default)]
+pub struct SealCache {
+    /// (the root's EIP-712 digest, the signature) → the address it recovers to.
+    recovered: std::collections::HashMap<(B256, [u8; 65]), Address>,
+}
+
+impl SealCache {
+    /// How many distinct root signatures were recovered.
+    pub fn roots(&self) -> usize {
+        self.recovered.len()
+    }
 }
 
 /// Why a receipt is refused.
@@ -154,11 +207,26 @@ impl Claims {
 
 /// `keccak256("\x19\x01" ‖ domainSeparator ‖ structHash)`: the EIP-712 digest.
 fn typed_digest(separator: &B256, message: &Receipt) -> B256 {
+    eip712_digest(separator, &struct_hash(message))
+}
+
+fn eip712_digest(separator: &B256, struct_hash: &B256) -> B256 {
     let mut buf = [0u8; 66];
     buf[..2].copy_from_slice(&[0x19, 0x01]);
     buf[2..34].copy_from_slice(separator.as_slice());
-    buf[34..].copy_from_slice(struct_hash(message).as_slice());
+    buf[34..].copy_from_slice(struct_hash.as_slice());
     keccak256(buf)
+}
+
+/// The EIP-712 digest of a micro-batch root under `domain`.
+pub fn root_digest(domain: &ReceiptDomain, root: B256, count: u32) -> B256 {
+    static TYPE_HASH: LazyLock<B256> =
+        LazyLock::new(|| keccak256(ReceiptRoot::eip712_encode_type().as_bytes()));
+    let mut buf = [0u8; 96];
+    buf[..32].copy_from_slice(TYPE_HASH.as_slice());
+    buf[32..64].copy_from_slice(root.as_slice());
+    buf[92..96].copy_from_slice(&count.to_be_bytes());
+    eip712_digest(&domain.separator(), &keccak256(buf))
 }
 
 /// EIP-712 `hashStruct` of a receipt: every field is one static 32-byte word, so its encoding is
@@ -221,9 +289,50 @@ impl ReceiptSigner {
             claims,
             domain: self.domain,
             signer: node,
-            signature: sig.as_bytes(),
+            seal: Seal::Own(sig.as_bytes()),
         };
         (receipt, hash)
+    }
+
+    /// The EIP-712 digest `claims` will be signed under (a batch's Merkle leaf value), for
+    /// [`ReceiptSigner::sign_batch`].
+    pub fn digest(&self, claims: &Claims) -> B256 {
+        typed_digest(
+            &self.domain.separator(),
+            &claims.message(self.key.address()),
+        )
+    }
+
+    /// Signs a micro-batch with one signature: the [`ReceiptRoot`] of the tree over the
+    /// receipts' digests (each from [`ReceiptSigner::digest`]), every receipt sealed with the
+    /// signed root and its proof. Receipts come back in the order given.
+    pub fn sign_batch(
+        &self,
+        batch: Vec<(Claims, B256)>,
+    ) -> Result<Vec<SignedReceipt>, merkle::TreeError> {
+        let digests: Vec<B256> = batch.iter().map(|(_, d)| *d).collect();
+        let tree = merkle::ReceiptTree::new(&digests)?;
+        let count = u32::try_from(batch.len()).map_err(|_| merkle::TreeError::TooLarge)?;
+        let root = tree.root();
+        let signature = self
+            .key
+            .sign_prehash(&root_digest(&self.domain, root, count))
+            .as_bytes();
+        let node = self.key.address();
+        Ok(batch
+            .into_iter()
+            .map(|(claims, digest)| SignedReceipt {
+                claims,
+                domain: self.domain,
+                signer: node,
+                seal: Seal::Batch(BatchSeal {
+                    root,
+                    count,
+                    signature,
+                    proof: tree.proof(digest).expect("a leaf of the tree"),
+                }),
+            })
+            .collect())
     }
 }
 
@@ -231,8 +340,13 @@ impl ReceiptSigner {
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct Wire {
-    typed_data: TypedData,
-    signature: String,
+    typed_data: TypedData<WireMessage>,
+    /// The receipt's own signature (absent when batch-signed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    signature: Option<String>,
+    /// The signed micro-batch root and the receipt's proof (absent when signed on its own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    batch_signature: Option<WireBatchSeal>,
     signer: String,
     model_cid: String,
     profile: ExecutionProfile,
@@ -241,12 +355,27 @@ struct Wire {
 
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct TypedData {
+struct TypedData<M> {
     /// Compared as text first (what every Cairn node writes), as JSON only when the text differs.
     types: Cow<'static, RawValue>,
     primary_type: String,
     domain: WireDomain,
-    message: WireMessage,
+    message: M,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct WireBatchSeal {
+    typed_data: TypedData<WireRoot>,
+    signature: String,
+    proof: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct WireRoot {
+    root: String,
+    count: u32,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -285,15 +414,41 @@ fn types_raw() -> &'static RawValue {
     &RAW
 }
 
+/// The micro-batch root's EIP-712 `types`, built once.
+fn root_types() -> &'static Value {
+    static TYPES: LazyLock<Value> = LazyLock::new(|| {
+        json!({
+            "EIP712Domain": domain_fields(),
+            "ReceiptRoot": [
+                {"name": "root", "type": "bytes32"},
+                {"name": "count", "type": "uint32"},
+            ],
+        })
+    });
+    &TYPES
+}
+
+/// The same, as the compact JSON text nodes write.
+fn root_types_raw() -> &'static RawValue {
+    static RAW: LazyLock<Box<RawValue>> =
+        LazyLock::new(|| serde_json::value::to_raw_value(root_types()).expect("types serialize"));
+    &RAW
+}
+
+fn domain_fields() -> Value {
+    let field = |name: &str, ty: &str| json!({"name": name, "type": ty});
+    json!([
+        field("name", "string"),
+        field("version", "string"),
+        field("chainId", "uint256"),
+        field("verifyingContract", "address"),
+    ])
+}
+
 fn build_types() -> Value {
     let field = |name: &str, ty: &str| json!({"name": name, "type": ty});
     json!({
-        "EIP712Domain": [
-            field("name", "string"),
-            field("version", "string"),
-            field("chainId", "uint256"),
-            field("verifyingContract", "address"),
-        ],
+        "EIP712Domain": domain_fields(),
         "Receipt": [
             field("requestId", "bytes32"),
             field("model", "bytes32"),
@@ -362,9 +517,18 @@ impl ReceiptJson {
     /// [`ReceiptJson::verify`], also returning the EIP-712 digest the signature covers (the
     /// receipt's Merkle leaf), which the check computed anyway.
     pub fn verify_with_digest(&self) -> Result<(SignedReceipt, B256), ReceiptError> {
+        self.verify_cached(&mut SealCache::default())
+    }
+
+    /// [`ReceiptJson::verify_with_digest`] for one of many receipts: a micro-batch root whose
+    /// signature `cache` has already recovered is not recovered again.
+    pub fn verify_cached(
+        &self,
+        cache: &mut SealCache,
+    ) -> Result<(SignedReceipt, B256), ReceiptError> {
         let wire: Wire = serde_json::from_str(self.0.get())
             .map_err(|e| ReceiptError::Malformed(e.to_string()))?;
-        SignedReceipt::verify_wire(wire)
+        SignedReceipt::verify_wire(wire, cache)
     }
 }
 
@@ -419,18 +583,22 @@ impl SignedReceipt {
         serde_json::to_value(self.wire()).expect("receipt serializes")
     }
 
+    fn wire_domain(&self) -> WireDomain {
+        WireDomain {
+            name: "Cairn".into(),
+            version: "1".into(),
+            chain_id: self.domain.chain_id,
+            verifying_contract: self.domain.verifying_contract.to_checksum(None),
+        }
+    }
+
     fn wire(&self) -> Wire {
         let m = self.claims.message(self.signer);
         Wire {
             typed_data: TypedData {
                 types: Cow::Borrowed(types_raw()),
                 primary_type: "Receipt".into(),
-                domain: WireDomain {
-                    name: "Cairn".into(),
-                    version: "1".into(),
-                    chain_id: self.domain.chain_id,
-                    verifying_contract: self.domain.verifying_contract.to_checksum(None),
-                },
+                domain: self.wire_domain(),
                 message: WireMessage {
                     request_id: m.requestId.to_string(),
                     model: m.model.to_string(),
@@ -443,7 +611,26 @@ impl SignedReceipt {
                     payment_ref: m.paymentRef.to_string(),
                 },
             },
-            signature: format!("0x{}", alloy_primitives::hex::encode(self.signature)),
+            signature: match &self.seal {
+                Seal::Own(sig) => Some(sig_hex(sig)),
+                Seal::Batch(_) => None,
+            },
+            batch_signature: match &self.seal {
+                Seal::Own(_) => None,
+                Seal::Batch(b) => Some(WireBatchSeal {
+                    typed_data: TypedData {
+                        types: Cow::Borrowed(root_types_raw()),
+                        primary_type: "ReceiptRoot".into(),
+                        domain: self.wire_domain(),
+                        message: WireRoot {
+                            root: b.root.to_string(),
+                            count: b.count,
+                        },
+                    },
+                    signature: sig_hex(&b.signature),
+                    proof: b.proof.iter().map(|p| p.to_string()).collect(),
+                }),
+            },
             signer: self.signer.to_checksum(None),
             model_cid: self.claims.model.to_string(),
             profile: self.claims.profile.clone(),
@@ -458,13 +645,45 @@ impl SignedReceipt {
         ReceiptJson::from_text(value.to_string())?.verify()
     }
 
-    fn verify_wire(wire: Wire) -> Result<(SignedReceipt, B256), ReceiptError> {
+    fn verify_wire(
+        wire: Wire,
+        cache: &mut SealCache,
+    ) -> Result<(SignedReceipt, B256), ReceiptError> {
         let (message, domain) = parse_typed_data(&wire.typed_data)?;
         let signer = parse_address("signer", &wire.signer)?;
-        let (signature, sig) = parse_signature(&wire.signature)?;
         let hash = typed_digest(&domain.separator(), &message);
-        let recovered = cairn_core::sig::recover_prehash(&sig, &hash)
-            .map_err(|e| ReceiptError::Signature(e.to_string()))?;
+        let (seal, recovered) = match (&wire.signature, &wire.batch_signature) {
+            (Some(text), None) => {
+                let (signature, sig) = parse_signature("signature", text)?;
+                let recovered = cairn_core::sig::recover_prehash(&sig, &hash)
+                    .map_err(|e| ReceiptError::Signature(e.to_string()))?;
+                (Seal::Own(signature), recovered)
+            }
+            (None, Some(b)) => {
+                let (seal, digest, sig) = parse_batch_seal(b, &domain)?;
+                if !merkle::verify(seal.root, hash, &seal.proof) {
+                    return Err(ReceiptError::Inconsistent(
+                        "the receipt is not in the signed batch root under its proof".into(),
+                    ));
+                }
+                let key = (digest, seal.signature);
+                let recovered = match cache.recovered.get(&key) {
+                    Some(a) => *a,
+                    None => {
+                        let a = cairn_core::sig::recover_prehash(&sig, &digest)
+                            .map_err(|e| ReceiptError::Signature(e.to_string()))?;
+                        cache.recovered.insert(key, a);
+                        a
+                    }
+                };
+                (Seal::Batch(seal), recovered)
+            }
+            _ => {
+                return Err(ReceiptError::Malformed(
+                    "a receipt carries exactly one of `signature` and `batchSignature`".into(),
+                ));
+            }
+        };
         if recovered != signer {
             return Err(ReceiptError::Signature(format!(
                 "signed by {recovered}, not by the stated signer {signer}"
@@ -490,26 +709,21 @@ impl SignedReceipt {
             },
             domain,
             signer,
-            signature,
+            seal,
         };
         Ok((receipt, hash))
     }
 }
 
 /// The signed message and domain of a receipt's `typedData`, in their one canonical spelling.
-fn parse_typed_data(td: &TypedData) -> Result<(Receipt, ReceiptDomain), ReceiptError> {
-    if td.types.get() != types_raw().get()
-        && serde_json::from_str::<Value>(td.types.get()).ok().as_ref() != Some(types())
-    {
-        return Err(ReceiptError::Malformed(
-            "`types` is not the Cairn receipt type".into(),
-        ));
-    }
-    if td.primary_type != "Receipt" || td.domain.name != "Cairn" || td.domain.version != "1" {
-        return Err(ReceiptError::Malformed(
-            "not a Cairn v1 receipt (primaryType/domain)".into(),
-        ));
-    }
+fn parse_typed_data(td: &TypedData<WireMessage>) -> Result<(Receipt, ReceiptDomain), ReceiptError> {
+    check_types(
+        td,
+        types_raw(),
+        types(),
+        "Receipt",
+        "the Cairn receipt type",
+    )?;
     let m = &td.message;
     if m.price.starts_with('0') && m.price != "0" || !m.price.bytes().all(|b| b.is_ascii_digit()) {
         return Err(ReceiptError::Malformed(
@@ -529,25 +743,103 @@ fn parse_typed_data(td: &TypedData) -> Result<(Receipt, ReceiptDomain), ReceiptE
         price,
         paymentRef: parse_b256("paymentRef", &m.payment_ref)?,
     };
-    let domain = ReceiptDomain {
-        chain_id: td.domain.chain_id,
-        verifying_contract: parse_address("verifyingContract", &td.domain.verifying_contract)?,
+    Ok((message, parse_domain(&td.domain)?))
+}
+
+/// `types`, `primaryType` and the domain's name and version are the ones Cairn signs under.
+fn check_types<M>(
+    td: &TypedData<M>,
+    raw: &RawValue,
+    parsed: &Value,
+    primary: &str,
+    what: &str,
+) -> Result<(), ReceiptError> {
+    if td.types.get() != raw.get()
+        && serde_json::from_str::<Value>(td.types.get()).ok().as_ref() != Some(parsed)
+    {
+        return Err(ReceiptError::Malformed(format!("`types` is not {what}")));
+    }
+    if td.primary_type != primary || td.domain.name != "Cairn" || td.domain.version != "1" {
+        return Err(ReceiptError::Malformed(format!(
+            "not a Cairn v1 {primary} (primaryType/domain)"
+        )));
+    }
+    Ok(())
+}
+
+fn parse_domain(d: &WireDomain) -> Result<ReceiptDomain, ReceiptError> {
+    Ok(ReceiptDomain {
+        chain_id: d.chain_id,
+        verifying_contract: parse_address("verifyingContract", &d.verifying_contract)?,
+    })
+}
+
+/// A batch seal in its one canonical spelling, with its root's EIP-712 digest. The root must be
+/// signed under the receipt's own domain, and the proof can be no longer than a tree of
+/// `count` leaves is deep.
+fn parse_batch_seal(
+    b: &WireBatchSeal,
+    receipt_domain: &ReceiptDomain,
+) -> Result<(BatchSeal, B256, Signature), ReceiptError> {
+    let td = &b.typed_data;
+    check_types(
+        td,
+        root_types_raw(),
+        root_types(),
+        "ReceiptRoot",
+        "the Cairn receipt root type",
+    )
+    .map_err(|e| ReceiptError::Malformed(format!("`batchSignature`: {e}")))?;
+    if parse_domain(&td.domain)? != *receipt_domain {
+        return Err(ReceiptError::Inconsistent(
+            "the batch root is signed under another domain than the receipt".into(),
+        ));
+    }
+    let root = parse_b256("batchSignature.root", &td.message.root)?;
+    let count = td.message.count;
+    // A tree of n leaves is at most ceil(log2 n) deep.
+    let depth = if count <= 1 {
+        0
+    } else {
+        32 - (count - 1).leading_zeros() as usize
     };
-    Ok((message, domain))
+    if count == 0 || b.proof.len() > depth {
+        return Err(ReceiptError::Malformed(format!(
+            "a proof of {} hashes cannot belong to a batch of {count} receipts",
+            b.proof.len()
+        )));
+    }
+    let proof = b
+        .proof
+        .iter()
+        .map(|p| parse_b256("batchSignature.proof", p))
+        .collect::<Result<Vec<_>, _>>()?;
+    let (signature, sig) = parse_signature("batchSignature.signature", &b.signature)?;
+    let seal = BatchSeal {
+        root,
+        count,
+        signature,
+        proof,
+    };
+    Ok((seal, root_digest(receipt_domain, root, count), sig))
+}
+
+fn sig_hex(sig: &[u8; 65]) -> String {
+    format!("0x{}", alloy_primitives::hex::encode(sig))
 }
 
 /// A 65-byte `r ‖ s ‖ v` signature in lower-case hex, v 27 or 28, s in the lower half order
 /// (the malleable high-s twin is refused so one signature has one form).
-fn parse_signature(text: &str) -> Result<([u8; 65], Signature), ReceiptError> {
+fn parse_signature(field: &str, text: &str) -> Result<([u8; 65], Signature), ReceiptError> {
     let sig_hex = text.strip_prefix("0x").unwrap_or("");
     if sig_hex.len() != 130 || sig_hex.bytes().any(|b| b.is_ascii_uppercase()) {
-        return Err(ReceiptError::Malformed(
-            "`signature` must be 0x and 130 lower-case hex digits".into(),
-        ));
+        return Err(ReceiptError::Malformed(format!(
+            "`{field}` must be 0x and 130 lower-case hex digits"
+        )));
     }
     let mut signature = [0u8; 65];
     alloy_primitives::hex::decode_to_slice(sig_hex, &mut signature)
-        .map_err(|e| ReceiptError::Malformed(format!("`signature`: {e}")))?;
+        .map_err(|e| ReceiptError::Malformed(format!("`{field}`: {e}")))?;
     if !(27..=28).contains(&signature[64]) {
         return Err(ReceiptError::Signature("v must be 27 or 28".into()));
     }

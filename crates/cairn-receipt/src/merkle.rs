@@ -39,6 +39,9 @@ pub enum TreeError {
     /// The same receipt twice.
     #[error("receipt {0} appears twice in the batch")]
     Duplicate(B256),
+    /// More receipts than a batch counts (2^32).
+    #[error("a batch holds at most 2^32 - 1 receipts")]
+    TooLarge,
 }
 
 impl ReceiptTree {

@@ -119,3 +119,144 @@ fn types_in_another_spelling_still_verify_and_other_types_do_not() {
         .unwrap_err();
     assert!(err.to_string().contains("`types`"), "{err}");
 }
+
+fn signer() -> ReceiptSigner {
+    let key = PrivateKeySigner::from_bytes(&B256::repeat_byte(7)).unwrap();
+    ReceiptSigner::new(SigningKey::from_signer(&key), sample().domain)
+}
+
+/// `n` batch-signed receipts, one signature over their root.
+fn batch(n: u8) -> Vec<SignedReceipt> {
+    let s = signer();
+    let claims: Vec<(Claims, B256)> = (0..n)
+        .map(|i| {
+            let mut c = sample().claims;
+            c.request_id = B256::repeat_byte(i + 10);
+            let d = s.digest(&c);
+            (c, d)
+        })
+        .collect();
+    s.sign_batch(claims).unwrap()
+}
+
+#[test]
+fn batch_signed_receipts_verify_with_one_recovery_per_root() {
+    for n in [1u8, 2, 3, 5, 16] {
+        let receipts = batch(n);
+        let mut cache = SealCache::default();
+        for r in &receipts {
+            let json = ReceiptJson::from(r);
+            let (back, digest) = json.verify_cached(&mut cache).unwrap();
+            assert_eq!(&back, r);
+            assert_eq!(digest, r.signing_hash());
+            // The same check without a cache, and through the Value path.
+            assert_eq!(json.verify().unwrap(), *r);
+            assert_eq!(SignedReceipt::verify_json(&r.to_json()).unwrap(), *r);
+            let Seal::Batch(seal) = &r.seal else {
+                panic!("batch-signed")
+            };
+            assert_eq!(seal.count, u32::from(n));
+            assert!(merkle::verify(seal.root, digest, &seal.proof));
+        }
+        assert_eq!(cache.roots(), 1, "n={n}");
+    }
+}
+
+#[test]
+fn the_root_digest_is_alloys_eip712_signing_hash() {
+    let d = sample().domain;
+    for (root, count) in [
+        (B256::repeat_byte(9), 1u32),
+        (B256::repeat_byte(0xfe), u32::MAX),
+    ] {
+        let m = ReceiptRoot { root, count };
+        assert_eq!(
+            root_digest(&d, root, count),
+            m.eip712_signing_hash(&d.eip712())
+        );
+    }
+}
+
+#[test]
+fn batch_seals_that_do_not_hold_are_refused() {
+    let receipts = batch(4);
+    let good = receipts[1].to_json();
+    let refused = |mut f: Box<dyn FnMut(&mut Value)>| {
+        let mut v = good.clone();
+        f(&mut v);
+        SignedReceipt::verify_json(&v).unwrap_err().to_string()
+    };
+    // Another receipt's proof.
+    let other = receipts[2].to_json()["batchSignature"]["proof"].clone();
+    let e = refused(Box::new(move |v| {
+        v["batchSignature"]["proof"] = other.clone()
+    }));
+    assert!(e.contains("not in the signed batch"), "{e}");
+    // A changed claim no longer reaches the root.
+    let e = refused(Box::new(|v| {
+        v["typedData"]["message"]["price"] = "1001".into()
+    }));
+    assert!(e.contains("not in the signed batch"), "{e}");
+    // A count the root was not signed with.
+    let e = refused(Box::new(|v| {
+        v["batchSignature"]["typedData"]["message"]["count"] = 5.into()
+    }));
+    assert!(e.contains("signed by"), "{e}");
+    // A proof too long for the count.
+    let e = refused(Box::new(|v| {
+        v["batchSignature"]["typedData"]["message"]["count"] = 1.into()
+    }));
+    assert!(e.contains("cannot belong"), "{e}");
+    // Both seals, or neither.
+    let own = sample().to_json()["signature"].clone();
+    let e = refused(Box::new(move |v| v["signature"] = own.clone()));
+    assert!(e.contains("exactly one"), "{e}");
+    let e = refused(Box::new(|v| {
+        v.as_object_mut().unwrap().remove("batchSignature");
+    }));
+    assert!(e.contains("exactly one"), "{e}");
+    // The root signed under another contract's domain.
+    let e = refused(Box::new(|v| {
+        v["batchSignature"]["typedData"]["domain"]["chainId"] = 1.into()
+    }));
+    assert!(e.contains("another domain"), "{e}");
+    // The high-s twin of the root's signature.
+    let sig = good["batchSignature"]["signature"].as_str().unwrap();
+    let parsed: Signature = sig.parse().unwrap();
+    let twin = sig_hex(&cairn_core::sig::malleate(&parsed).as_bytes());
+    let e = refused(Box::new(move |v| {
+        v["batchSignature"]["signature"] = twin.clone().into()
+    }));
+    assert!(e.contains("lower half"), "{e}");
+    // A root signed by another key.
+    let other_key = PrivateKeySigner::from_bytes(&B256::repeat_byte(8)).unwrap();
+    let forger = ReceiptSigner::new(SigningKey::from_signer(&other_key), sample().domain);
+    let c = receipts[1].claims.clone();
+    let d = signer().digest(&c);
+    let forged = forger.sign_batch(vec![(c, d)]).unwrap();
+    let mut v = forged[0].to_json();
+    v["signer"] = good["signer"].clone();
+    v["typedData"]["message"]["node"] = good["signer"].clone();
+    let e = SignedReceipt::verify_json(&v).unwrap_err().to_string();
+    assert!(e.contains("signed by"), "{e}");
+}
+
+#[test]
+fn every_flipped_bit_of_a_batch_signed_receipt_is_refused() {
+    let text = serde_json::to_string_pretty(&batch(3)[2].to_json()).unwrap();
+    let bytes = text.as_bytes();
+    let mut accepted = Vec::new();
+    for i in 0..bytes.len() {
+        for bit in 0..8 {
+            let mut b = bytes.to_vec();
+            b[i] ^= 1 << bit;
+            let ok = serde_json::from_slice::<Value>(&b)
+                .ok()
+                .is_some_and(|v| SignedReceipt::verify_json(&v).is_ok());
+            if ok {
+                accepted.push((i, bit));
+            }
+        }
+    }
+    assert!(accepted.is_empty(), "flips accepted at {accepted:?}");
+}

@@ -177,9 +177,11 @@ impl Verifier {
         let mut receipts = Vec::with_capacity(list.len());
         let mut digests: Vec<B256> = Vec::with_capacity(list.len());
         let mut fees = U256::ZERO;
+        // Batch-signed receipts: one signature recovery per micro-batch root.
+        let mut seals = cairn_receipt::SealCache::default();
         for (i, r) in list.iter().enumerate() {
             let (r, digest) = r
-                .verify_with_digest()
+                .verify_cached(&mut seals)
                 .map_err(|e| refuse(format!("receipt {i} does not verify: {e}")))?;
             if r.signer != batch.node {
                 return Err(refuse(format!(

@@ -28,12 +28,14 @@ pub fn read_tensors(path: &Path) -> anyhow::Result<Vec<Tensor>> {
     Ok(tensors)
 }
 
-/// How `cairn infer` pays.
-pub struct PayArgs {
+/// How `cairn infer` calls: how it pays and how its receipt is signed.
+pub struct CallArgs {
     /// The payer's key file, if any.
     pub payer_key: Option<PathBuf>,
     /// The prepaid channel's salt.
     pub salt: alloy_primitives::B256,
+    /// The receipt's seal.
+    pub seal: cairn_node_api::SealChoice,
 }
 
 /// `cairn infer`.
@@ -44,10 +46,10 @@ pub async fn infer(
     json_body: bool,
     output: Option<PathBuf>,
     receipt_out: Option<PathBuf>,
-    pay: PayArgs,
+    pay: CallArgs,
 ) -> anyhow::Result<()> {
     let inputs = read_tensors(input)?;
-    let mut client = NodeClient::new(node);
+    let mut client = NodeClient::new(node).with_seal(pay.seal);
     if let Some(path) = &pay.payer_key {
         client = client
             .with_payer(crate::keyfile::load(path)?, pay.salt)

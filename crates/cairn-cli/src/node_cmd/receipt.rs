@@ -28,7 +28,16 @@ pub fn verify(
 ) -> anyhow::Result<()> {
     let r =
         load_receipt(receipt).with_context(|| format!("{} does not verify", receipt.display()))?;
-    println!("signature: ok, signed by {}", r.signer);
+    match &r.seal {
+        cairn_receipt::Seal::Own(_) => println!("signature: ok, signed by {}", r.signer),
+        cairn_receipt::Seal::Batch(b) => println!(
+            "signature: ok, signed by {} over batch root {} ({} receipts; proof of {} hashes)",
+            r.signer,
+            b.root,
+            b.count,
+            b.proof.len()
+        ),
+    }
     println!("model:     {}", r.claims.model);
     println!(
         "profile:   {} ({:?})",

@@ -277,6 +277,17 @@ pub fn run(hub: &str, args: &[&str]) -> Output {
 /// `cairn infer digits@1.0` with the example digit on `node`, writing `receipt{tag}.json` and
 /// `out{tag}.safetensors` into `dir`; checks the label and returns (receipt, output) paths.
 pub fn infer_digit(hub: &str, node: &str, dir: &Path, tag: &str) -> (PathBuf, PathBuf) {
+    infer_digit_with(hub, node, dir, tag, &[])
+}
+
+/// [`infer_digit`] with `extra` arguments to `cairn infer`.
+pub fn infer_digit_with(
+    hub: &str,
+    node: &str,
+    dir: &Path,
+    tag: &str,
+    extra: &[&str],
+) -> (PathBuf, PathBuf) {
     let receipt = dir.join(format!("receipt{tag}.json"));
     let output = dir.join(format!("out{tag}.safetensors"));
     let input = examples().join("digit.json");
@@ -298,6 +309,7 @@ pub fn infer_digit(hub: &str, node: &str, dir: &Path, tag: &str) -> (PathBuf, Pa
     if payer.exists() {
         args.extend_from_slice(&["--payer-key", payer.to_str().unwrap()]);
     }
+    args.extend_from_slice(extra);
     let out = stdout(&run(hub, &args));
     assert!(out.contains("label INT64 [1]: [2]"), "{out}");
     (receipt, output)

@@ -3,7 +3,11 @@
 - tritonclient[http] (a real KServe v2 client) runs the devnet's demo model, JSON and binary.
 - eth_account recovers the receipt's signer from the typed data alone, with no Cairn code.
 - hashlib recomputes the receipt's input hash from the documented canonical encoding.
+- Batch-signed receipts (header `cairn-receipt-seal: batch`): eth_account recovers the node from
+  the signed root's typed data, and the receipt's EIP-712 digest reaches that root under its
+  OpenZeppelin Merkle proof (sorted-pair keccak, leaf = keccak(keccak(digest))).
 """
+import concurrent.futures
 import hashlib
 import json
 import struct
@@ -15,6 +19,7 @@ import numpy as np
 import tritonclient.http as httpclient
 from eth_account import Account
 from eth_account.messages import encode_typed_data
+from eth_utils import keccak
 
 url = urlparse(sys.argv[1]).netloc
 client = httpclient.InferenceServerClient(url=url)
@@ -68,3 +73,52 @@ want = tensors_hash([("X", "FP32", x)])
 for r in receipts:
     assert r["typedData"]["message"]["inputHash"] == want, (r["typedData"]["message"]["inputHash"], want)
 print("canonical input hash: matches")
+
+
+def typed_digest(typed_data):
+    m = encode_typed_data(full_message=typed_data)
+    return keccak(b"\x19" + m.version + m.header + m.body)
+
+
+def reaches_root(digest, proof, root):
+    h = keccak(keccak(digest))
+    for p in proof:
+        a, b = sorted([h, p])
+        h = keccak(a + b)
+    return h == root
+
+
+def batch_call(i):
+    body = json.dumps({"inputs": [{"name": "X", "datatype": "FP32", "shape": [1, 64],
+                                   "data": [float((j + i) % 17) for j in range(64)]}]}).encode()
+    req = urllib.request.Request(
+        sys.argv[1].rstrip("/") + "/v2/models/digits@1.0/infer", data=body, method="POST",
+        headers={"content-type": "application/json", "cairn-receipt-seal": "batch"})
+    with urllib.request.urlopen(req) as resp:
+        return json.load(resp)["parameters"]["receipt"]
+
+
+# Concurrent calls are committed, and so signed, together: keep calling until a root holds more
+# than one receipt (each receipt is checked either way).
+largest = 0
+with concurrent.futures.ThreadPoolExecutor(8) as pool:
+    for _ in range(25):
+        for r in pool.map(batch_call, range(16)):
+            assert "signature" not in r, r
+            seal = r["batchSignature"]
+            assert seal["typedData"]["domain"] == r["typedData"]["domain"]
+            root_signer = Account.recover_message(
+                encode_typed_data(full_message=seal["typedData"]),
+                signature=bytes.fromhex(seal["signature"][2:]))
+            assert root_signer.lower() == node["address"].lower(), (root_signer, node["address"])
+            assert root_signer == r["signer"] == r["typedData"]["message"]["node"]
+            root = bytes.fromhex(seal["typedData"]["message"]["root"][2:])
+            proof = [bytes.fromhex(p[2:]) for p in seal["proof"]]
+            assert reaches_root(typed_digest(r["typedData"]), proof, root), r
+            # Another receipt's digest does not reach the root under this proof.
+            assert not reaches_root(keccak(b"another receipt"), proof, root)
+            largest = max(largest, seal["typedData"]["message"]["count"])
+        if largest > 1:
+            break
+assert largest > 1, "no two concurrent calls were ever signed under one root"
+print(f"batch-signed: eth_account recovered the node from the roots; proofs reach them (largest batch {largest})")

@@ -12,7 +12,7 @@ use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use alloy_primitives::{Address, B256};
-use cairn_receipt::{ReceiptJson, SignedReceipt};
+use cairn_receipt::{Claims, ReceiptJson, ReceiptSigner};
 use cairn_sqlite::Durability;
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::oneshot;
@@ -52,12 +52,12 @@ impl Billing {
     }
 }
 
-/// One logged inference: a row of the log, built from its signed receipt by [`Entry::new`].
+/// One logged inference: a row of the log, built from its receipt by [`Entry::new`].
 pub struct Entry {
     id: String,
     created_at: i64,
     model: String,
-    receipt: String,
+    receipt: EntryReceipt,
     input: Vec<u8>,
     output: Vec<u8>,
     /// The receipt's EIP-712 signing hash (its Merkle leaf value).
@@ -69,12 +69,32 @@ pub struct Entry {
     payment_ref: [u8; 32],
 }
 
+/// An entry's receipt: signed already, or to be signed by the writer with the other receipts
+/// of its group commit under one root ([`ReceiptSigner::sign_batch`]).
+enum EntryReceipt {
+    /// The receipt's JSON, signed on its own.
+    Signed(ReceiptJson),
+    /// Claims the writer signs in a batch.
+    ToSign(Box<Claims>),
+}
+
+impl EntryReceipt {
+    fn claims(&self) -> Option<&Claims> {
+        match self {
+            EntryReceipt::Signed(_) => None,
+            EntryReceipt::ToSign(c) => Some(c),
+        }
+    }
+}
+
 impl Entry {
-    /// The row of `receipt`, with the payloads it binds (safetensors) and whether it counts yet;
-    /// `payer`: who paid (may read the payloads with a signed request).
+    /// The row of the receipt over `claims` (its EIP-712 `digest` too): `signed`, its JSON when
+    /// signed already, else the writer signs it in a batch. With the payloads it binds
+    /// (safetensors) and whether it counts yet; `payer`: who paid (may read the payloads with a
+    /// signed request).
     pub fn new(
-        receipt: &SignedReceipt,
-        json: &ReceiptJson,
+        claims: Claims,
+        signed: Option<ReceiptJson>,
         digest: B256,
         input: Vec<u8>,
         output: Vec<u8>,
@@ -82,17 +102,20 @@ impl Entry {
         payer: Option<Address>,
     ) -> Self {
         Self {
-            id: receipt.id().to_string(),
-            created_at: receipt.claims.timestamp as i64,
-            model: receipt.claims.model.to_string(),
-            receipt: json.as_str().to_owned(),
+            id: claims.request_id.to_string(),
+            created_at: claims.timestamp as i64,
+            model: claims.model.to_string(),
             input,
             output,
             digest: digest.0,
-            price: receipt.claims.price.to_string(),
+            price: claims.price.to_string(),
             billing,
             payer: payer.map(|p| p.0.0),
-            payment_ref: receipt.claims.payment_ref.0,
+            payment_ref: claims.payment_ref.0,
+            receipt: match signed {
+                Some(json) => EntryReceipt::Signed(json),
+                None => EntryReceipt::ToSign(Box::new(claims)),
+            },
         }
     }
 }
@@ -130,7 +153,8 @@ pub struct BatchRef {
     pub sealed_at: i64,
 }
 
-type Job = (Entry, oneshot::Sender<Result<(), String>>);
+/// An entry and where its committed receipt goes.
+type Job = (Entry, oneshot::Sender<Result<ReceiptJson, String>>);
 
 /// Handle to the log.
 #[derive(Clone)]
@@ -243,14 +267,16 @@ impl From<tokio::task::JoinError> for LogError {
 }
 
 impl ReceiptLog {
-    /// Opens (creating) the log at `path` and starts its writer thread, which also drops
-    /// payloads older than `retention` once nothing can still ask for them (with
+    /// Opens (creating) the log at `path` and starts its writer thread, which signs the
+    /// batch-sealed receipts of each group commit with `sealer` (one signature per group) and
+    /// drops payloads older than `retention` once nothing can still ask for them (with
     /// `settles`: only receipts whose batch is final).
     pub async fn open(
         path: &Path,
         retention: Duration,
         durability: Durability,
         settles: bool,
+        sealer: Option<ReceiptSigner>,
     ) -> Result<Self, LogError> {
         let conn = cairn_sqlite::open(path, durability)?;
         conn.execute_batch(SCHEMA)?;
@@ -259,7 +285,7 @@ impl ReceiptLog {
         let (tx, rx) = mpsc::sync_channel(4096);
         std::thread::Builder::new()
             .name("cairn-receipt-log".into())
-            .spawn(move || writer(conn, rx, retention, settles))
+            .spawn(move || writer(conn, rx, retention, settles, sealer))
             .map_err(|e| LogError::Task(e.to_string()))?;
         let reader = Arc::new(cairn_sqlite::Shared::new(cairn_sqlite::open(
             path,
@@ -268,8 +294,8 @@ impl ReceiptLog {
         Ok(Self { reader, tx })
     }
 
-    /// Appends an entry; returns once it is committed.
-    pub async fn append(&self, entry: Entry) -> Result<(), LogError> {
+    /// Appends an entry; returns its receipt once it is committed.
+    pub async fn append(&self, entry: Entry) -> Result<ReceiptJson, LogError> {
         let (done, wait) = oneshot::channel();
         match self.tx.try_send((entry, done)) {
             Ok(()) => {}

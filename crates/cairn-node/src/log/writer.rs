@@ -2,13 +2,16 @@
 
 use super::*;
 
-/// The writer thread: commits whatever has queued (up to 512 entries) in one transaction, and
-/// drops payloads older than the retention window (receipts stay).
+/// The writer thread: commits whatever has queued (up to 512 entries) in one transaction, the
+/// batch-sealed receipts among them signed under one root first (the group is the micro-batch:
+/// nothing waits for it to fill), and drops payloads older than the retention window (receipts
+/// stay).
 pub(super) fn writer(
     mut conn: Connection,
     rx: mpsc::Receiver<Job>,
     retention: Duration,
     settles: bool,
+    sealer: Option<ReceiptSigner>,
 ) {
     let mut last_sweep = Instant::now();
     let sweep_every = Duration::from_secs(60).min(retention.max(Duration::from_secs(1)));
@@ -26,12 +29,16 @@ pub(super) fn writer(
                     Err(_) => break,
                 }
             }
+            seal(sealer.as_ref(), &mut batch);
             let result = commit(&mut conn, &batch).map_err(|e| e.to_string());
             if let Err(e) = &result {
                 tracing::error!(error = %e, "receipt log commit failed");
             }
-            for (_, done) in batch {
-                let _ = done.send(result.clone());
+            for (entry, done) in batch {
+                let _ = done.send(result.clone().and_then(|()| match entry.receipt {
+                    EntryReceipt::Signed(json) => Ok(json),
+                    EntryReceipt::ToSign(_) => Err("the receipt was not signed".into()),
+                }));
             }
         }
         if last_sweep.elapsed() >= sweep_every {
@@ -48,6 +55,43 @@ pub(super) fn writer(
             };
             if let Err(e) = conn.execute(sql, params![cutoff]) {
                 tracing::warn!(error = %e, "receipt payload sweep failed");
+            }
+        }
+    }
+}
+
+/// Signs the group's batch-sealed receipts under one root; if that fails, their jobs get the
+/// error and leave the group.
+fn seal(sealer: Option<&ReceiptSigner>, batch: &mut Vec<Job>) {
+    let to_sign: Vec<(Claims, B256)> = batch
+        .iter()
+        .filter_map(|(e, _)| Some((e.receipt.claims()?.clone(), B256::from(e.digest))))
+        .collect();
+    if to_sign.is_empty() {
+        return;
+    }
+    let signed = match sealer {
+        Some(s) => s.sign_batch(to_sign).map_err(|e| e.to_string()),
+        None => Err("this receipt log signs no batches".into()),
+    };
+    match signed {
+        Ok(receipts) => {
+            let mut receipts = receipts.into_iter();
+            for (e, _) in batch.iter_mut() {
+                if e.receipt.claims().is_some() {
+                    let r = receipts.next().expect("one receipt per claim");
+                    e.receipt = EntryReceipt::Signed(ReceiptJson::from(&r));
+                }
+            }
+        }
+        Err(reason) => {
+            tracing::error!(error = %reason, "signing a receipt batch failed");
+            let (fail, keep): (Vec<Job>, Vec<Job>) = std::mem::take(batch)
+                .into_iter()
+                .partition(|(e, _)| e.receipt.claims().is_some());
+            *batch = keep;
+            for (_, done) in fail {
+                let _ = done.send(Err(reason.clone()));
             }
         }
     }
@@ -74,11 +118,17 @@ pub(super) fn commit(conn: &mut Connection, batch: &[Job]) -> rusqlite::Result<(
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
         )?;
         for (e, _) in batch {
+            let EntryReceipt::Signed(receipt) = &e.receipt else {
+                return Err(rusqlite::Error::InvalidParameterName(format!(
+                    "receipt {} is not signed",
+                    e.id
+                )));
+            };
             stmt.execute(params![
                 e.id,
                 e.created_at,
                 e.model,
-                e.receipt,
+                receipt.as_str(),
                 e.input,
                 e.output,
                 e.digest.as_slice(),

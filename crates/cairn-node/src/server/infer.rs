@@ -143,6 +143,14 @@ pub(super) async fn run_infer(
     body: Body,
 ) -> Result<Response, NodeError> {
     let i = &s.0;
+    let seal = match headers.get(RECEIPT_SEAL_HEADER) {
+        None => SealChoice::Own,
+        Some(v) => v
+            .to_str()
+            .map_err(|_| NodeError::BadRequest(format!("{RECEIPT_SEAL_HEADER} is not text")))?
+            .parse()
+            .map_err(NodeError::BadRequest)?,
+    };
     let resolved = i.cache.resolve(&reference).await?;
 
     let read = i.read_request(&headers, body).await?;
@@ -204,7 +212,15 @@ pub(super) async fn run_infer(
     let signer = i.signer.clone();
     let work = move || {
         let _worker = worker;
-        crate::inference::run(&*loaded.plan, loaded.cid, profile, &inputs, charge, &signer)
+        crate::inference::run(
+            &*loaded.plan,
+            loaded.cid,
+            profile,
+            &inputs,
+            charge,
+            &signer,
+            seal,
+        )
     };
     // On the multi-threaded runtime the model runs in place: the worker permit already bounds
     // how many run at once, and it saves two thread hops per request. Elsewhere it goes to the
@@ -219,8 +235,8 @@ pub(super) async fn run_infer(
             .map_err(|_| timeout())?
             .map_err(|e| NodeError::Internal(format!("inference task: {e}")))??
     };
-    i.log.append(entry).await?;
-    Ok(respond(&resolved, decoded.id, wanted, ran))
+    let receipt = i.log.append(entry).await?;
+    Ok(respond(&resolved, decoded.id, wanted, ran, receipt))
 }
 
 pub(super) fn respond(
@@ -228,6 +244,7 @@ pub(super) fn respond(
     id: Option<String>,
     wanted: Vec<(String, bool)>,
     ran: Inference,
+    receipt: ReceiptJson,
 ) -> Response {
     let mut binary: Vec<u8> = Vec::new();
     let mut outputs = Vec::with_capacity(wanted.len());
@@ -263,7 +280,7 @@ pub(super) fn respond(
         model_version: resolved.version.map(|v| v.to_string()).unwrap_or_default(),
         outputs,
         parameters: InferParameters {
-            receipt: ran.receipt_json,
+            receipt,
             payload_token: ran.token,
         },
         id,

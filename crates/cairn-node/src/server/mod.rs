@@ -15,7 +15,9 @@ use axum::routing::{get, post};
 use axum::{Extension, Json};
 use cairn_core::tensor::tensors_hash;
 use cairn_core::{BlobId, DataType, Tensor};
+use cairn_node_api::{RECEIPT_SEAL_HEADER, SealChoice};
 use cairn_onnx::{Dim, OnnxSignature};
+use cairn_receipt::ReceiptJson;
 use cairn_x402::Paid;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -99,12 +101,17 @@ pub(crate) async fn open(c: NodeConfig) -> Result<NodeState, NodeError> {
         c.cache_bytes,
         c.max_model_bytes,
     );
+    let receipts = cairn_receipt::ReceiptSigner::new(
+        cairn_core::sig::SigningKey::from_signer(&c.key),
+        c.domain,
+    );
     let log_path = c.data_dir.join("receipts.sqlite");
     let log = ReceiptLog::open(
         &log_path,
         c.retention,
         c.receipt_durability,
         c.settlement.is_some(),
+        Some(receipts.clone()),
     )
     .await?;
     let chain = c.settlement.as_ref().map(|cfg| cfg.chain.clone());
@@ -142,10 +149,7 @@ pub(crate) async fn open(c: NodeConfig) -> Result<NodeState, NodeError> {
         paywall,
         payments,
         signer: Arc::new(Signer {
-            receipts: cairn_receipt::ReceiptSigner::new(
-                cairn_core::sig::SigningKey::from_signer(&c.key),
-                c.domain,
-            ),
+            receipts,
             token_key,
             max_output_bytes: c.limits.max_output_bytes,
         }),

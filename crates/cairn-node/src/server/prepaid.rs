@@ -130,11 +130,9 @@ impl cairn_x402::KeptAnswers for KeptFromLog {
             };
             let ran = Inference {
                 outputs,
-                receipt,
-                receipt_json,
                 token: payload_token(&self.token_key, id),
             };
-            Some(respond(&resolved, None, wanted, ran))
+            Some(respond(&resolved, None, wanted, ran, receipt_json))
         })
     }
 }
