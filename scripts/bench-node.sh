@@ -4,8 +4,10 @@
 # request and committed to the node's log before the answer leaves) and the peer
 # (scripts/bench/peer.py: FastAPI + onnxruntime, one worker, one ORT thread, no signature, no
 # log), with the same model files, the same KServe v2 JSON bodies and the same load generator
-# (wrk, closed loop, on loopback, so it shares this machine's cores). Peer and node alternate per
-# row, RUNS times over. Prints per row p50/p99/answers per second and the ratios Cairn/peer, the
+# (wrk, closed loop, on loopback, so it shares this machine's cores). Cairn runs twice per row:
+# with per-request receipts (the default) and with batch-signed receipts (header
+# `cairn-receipt-seal: batch`: one signature per group commit). Peer and node alternate per row,
+# RUNS times over. Prints per row p50/p99/answers per second and the ratios Cairn/peer, the
 # CPU time each server spent per answer, the overload rows (completed inferences/s and 503s/s at
 # 512 and 2,048 connections), the node's peak RSS, and how much CPU the hypervisor stole meanwhile
 # (on a shared VM the figures swing with it; compare within a run). The node runs its default
@@ -53,8 +55,9 @@ node="$(awk '/^node:/ {print $2}' "$work/node.log")"
 peer="http://127.0.0.1:$(cat "$work/peer.port")"
 
 body_of() { case "$1" in digits) echo "$work/in/digits_mlp.json" ;; minilm) echo "$work/in/minilm_l3.json" ;; esac; }
-url_of() { case "$1" in cairn) echo "$node/v2/models/$2@1.0/infer" ;; peer) echo "$peer/v2/models/$2/infer" ;; esac; }
-pid_of() { case "$1" in cairn) echo "$node_pid" ;; peer) echo "$peer_pid" ;; esac; }
+url_of() { case "$1" in cairn*) echo "$node/v2/models/$2@1.0/infer" ;; peer) echo "$peer/v2/models/$2/infer" ;; esac; }
+pid_of() { case "$1" in cairn*) echo "$node_pid" ;; peer) echo "$peer_pid" ;; esac; }
+seal_of() { case "$1" in cairnb) echo batch ;; *) echo own ;; esac; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 steal_ticks() { awk '/^cpu / {print $9}' /proc/stat; }
 warm() { # MODEL: the node loads a model on its first use
@@ -66,7 +69,7 @@ warm() { # MODEL: the node loads a model on its first use
 load() { # WHO MODEL CONNECTIONS RUN
   local threads=$(( $3 < 2 ? 1 : 2 )) p c0 s0
   p="$(pid_of "$1")"; c0="$(cpu_ticks "$p")"; s0="$(steal_ticks)"
-  WRK_BODY="$(body_of "$2")" wrk -t"$threads" -c"$3" -d"$secs"s --timeout 10s -s scripts/bench/post.lua \
+  WRK_SEAL="$(seal_of "$1")" WRK_BODY="$(body_of "$2")" wrk -t"$threads" -c"$3" -d"$secs"s --timeout 10s -s scripts/bench/post.lua \
     "$(url_of "$1" "$2")" | tail -n 1 >"$work/$1-$2-$3-$4.json"
   echo "{\"cpu_ticks\": $(( $(cpu_ticks "$p") - c0 )), \"steal_ticks\": $(( $(steal_ticks) - s0 ))}" >"$work/$1-$2-$3-$4.cpu.json"
 }
@@ -81,6 +84,7 @@ for run in $(seq "$runs"); do
     set -- $row
     load peer "$1" "$2" "$run"
     load cairn "$1" "$2" "$run"
+    if [ "$2" -le 64 ]; then load cairnb "$1" "$2" "$run"; fi
   done
   grep VmHWM "/proc/$node_pid/status" | awk '{print $2}' >"$work/rss-$run"
 done
@@ -96,15 +100,17 @@ def r(who, m, c, run):
     return d
 for run in range(1, runs + 1):
     print(f"run {run}")
-    print(f"  {'model':6} {'conc':>4} | {'peer p50':>8} {'p99':>8} {'ans/s':>6} {'cpu/ans':>7} | {'cairn p50':>9} {'p99':>8} {'ans/s':>6} {'cpu/ans':>7} | {'p50 x':>5} {'p99 x':>5} {'ans/s x':>7} | steal")
+    print(f"  {'model':6} {'conc':>4} | {'peer p50':>8} {'p99':>8} {'ans/s':>6} {'cpu/ans':>7} | {'cairn p50':>9} {'p99':>8} {'ans/s':>6} {'cpu/ans':>7} | {'p50 x':>5} {'p99 x':>5} {'ans/s x':>7} | {'batch p50':>9} {'p99':>8} {'ans/s':>6} {'cpu/ans':>7} | {'p50 x':>5} {'p99 x':>5} {'ans/s x':>7} | steal")
     for m, c in [("digits", 1), ("digits", 16), ("digits", 64), ("minilm", 1), ("minilm", 16)]:
-        p, n = r("peer", m, c, run), r("cairn", m, c, run)
-        bad = "" if p["non2xx"] + n["non2xx"] + p["socket_errors"] + n["socket_errors"] == 0 else \
-            f"  errors peer={p['non2xx']}+{p['socket_errors']} cairn={n['non2xx']}+{n['socket_errors']}"
+        p, n, b = r("peer", m, c, run), r("cairn", m, c, run), r("cairnb", m, c, run)
+        errs = sum(x["non2xx"] + x["socket_errors"] for x in (p, n, b))
+        bad = "" if errs == 0 else \
+            f"  errors peer={p['non2xx']}+{p['socket_errors']} cairn={n['non2xx']}+{n['socket_errors']} batch={b['non2xx']}+{b['socket_errors']}"
+        cols = lambda x: f"{x['p50_us']:>6.0f} µs {x['p99_us']/1e3:>5.1f} ms {x['ok_rps']:>6.0f} {x['cpu_us']:>4.0f} µs"
+        ratios = lambda x: f"{x['p50_us']/p['p50_us']:>5.2f} {x['p99_us']/p['p99_us']:>5.2f} {x['ok_rps']/p['ok_rps']:>7.2f}"
         print(f"  {m:6} {c:>4} | {p['p50_us']:>5.0f} µs {p['p99_us']/1e3:>5.1f} ms {p['ok_rps']:>6.0f} {p['cpu_us']:>4.0f} µs | "
-              f"{n['p50_us']:>6.0f} µs {n['p99_us']/1e3:>5.1f} ms {n['ok_rps']:>6.0f} {n['cpu_us']:>4.0f} µs | "
-              f"{n['p50_us']/p['p50_us']:>5.2f} {n['p99_us']/p['p99_us']:>5.2f} {n['ok_rps']/p['ok_rps']:>7.2f} | "
-              f"{p['steal']:.0%}/{n['steal']:.0%}{bad}")
+              f"{cols(n)} | {ratios(n)} | {cols(b)} | {ratios(b)} | "
+              f"{p['steal']:.0%}/{n['steal']:.0%}/{b['steal']:.0%}{bad}")
     base = r("cairn", "digits", 16, run)["ok_rps"]
     print("  overload, digits (done = 200 answers; p99 over every answer, 503s included):")
     for c in [512, 2048]:

@@ -6,6 +6,10 @@ wrk.method = "POST"
 wrk.body = f:read("*a")
 f:close()
 wrk.headers["Content-Type"] = "application/json"
+-- $WRK_SEAL, when set, asks a Cairn node for that receipt seal (`batch`).
+if os.getenv("WRK_SEAL") then
+  wrk.headers["cairn-receipt-seal"] = os.getenv("WRK_SEAL")
+end
 
 function done(summary, latency, requests)
   local e = summary.errors

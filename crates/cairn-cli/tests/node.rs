@@ -498,7 +498,10 @@ fn python_eth_account_and_tritonclient() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("the node's address"), "{text}");
     assert!(text.contains("tritonclient: binary ok"), "{text}");
-    assert!(text.contains("batch-signed: eth_account recovered"), "{text}");
+    assert!(
+        text.contains("batch-signed: eth_account recovered"),
+        "{text}"
+    );
 }
 
 /// The onnxruntime engine serves the same API; its receipts say they are tolerance-checked, and

@@ -54,7 +54,7 @@ sol! {
 }
 
 /// The chain half of the EIP-712 domain (from configuration; the settlement contract later).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ReceiptDomain {
     /// EIP-155 chain id.
     pub chain_id: u64,
@@ -152,8 +152,8 @@ pub struct BatchSeal {
 /// recovery per micro-batch, not per receipt.
 #[derive(Debug, Default)]
 pub struct SealCache {
-    /// (the root's EIP-712 digest, the signature) → the address it recovers to.
-    recovered: std::collections::HashMap<(B256, [u8; 65]), Address>,
+    /// (the domain, root and count signed, the signature) → the address it recovers to.
+    recovered: std::collections::HashMap<(ReceiptDomain, B256, u32, [u8; 65]), Address>,
 }
 
 impl SealCache {
@@ -480,12 +480,50 @@ fn parse_b256(field: &str, s: &str) -> Result<B256, ReceiptError> {
         .map_err(|e| ReceiptError::Malformed(format!("`{field}`: {e}")))
 }
 
-/// An EIP-55 checksummed address, nothing else.
+/// An EIP-55 checksummed address, nothing else. A receipt names a few addresses (node,
+/// contract) that repeat across every receipt a verifier reads, so the last spellings that
+/// passed on this thread are remembered (checking a checksum costs a Keccak).
 fn parse_address(field: &str, s: &str) -> Result<Address, ReceiptError> {
-    Address::parse_checksummed(s, None).map_err(|e| {
+    const KEPT: usize = 4;
+    thread_local! {
+        static PASSED: std::cell::RefCell<[Option<(String, Address)>; KEPT]> =
+            const { std::cell::RefCell::new([const { None }; KEPT]) };
+    }
+    let hit = PASSED.with_borrow(|kept| {
+        kept.iter()
+            .flatten()
+            .find(|(text, _)| text == s)
+            .map(|(_, a)| *a)
+    });
+    if let Some(a) = hit {
+        return Ok(a);
+    }
+    let a = Address::parse_checksummed(s, None).map_err(|e| {
         ReceiptError::Malformed(format!(
             "`{field}` must be an EIP-55 checksummed address: {e}"
         ))
+    })?;
+    PASSED.with_borrow_mut(|kept| {
+        kept.rotate_right(1);
+        kept[0] = Some((s.to_owned(), a));
+    });
+    Ok(a)
+}
+
+/// [`ExecutionProfile::hash`], remembering the last profile hashed on this thread (a node's
+/// receipts all name the same one).
+fn profile_hash(profile: &ExecutionProfile) -> B256 {
+    thread_local! {
+        static LAST: std::cell::RefCell<Option<(ExecutionProfile, B256)>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    LAST.with_borrow_mut(|last| match last {
+        Some((p, h)) if p == profile => *h,
+        _ => {
+            let h = profile.hash();
+            *last = Some((profile.clone(), h));
+            h
+        }
     })
 }
 
@@ -660,16 +698,17 @@ impl SignedReceipt {
                 (Seal::Own(signature), recovered)
             }
             (None, Some(b)) => {
-                let (seal, digest, sig) = parse_batch_seal(b, &domain)?;
+                let (seal, sig) = parse_batch_seal(b, &domain)?;
                 if !merkle::verify(seal.root, hash, &seal.proof) {
                     return Err(ReceiptError::Inconsistent(
                         "the receipt is not in the signed batch root under its proof".into(),
                     ));
                 }
-                let key = (digest, seal.signature);
+                let key = (domain, seal.root, seal.count, seal.signature);
                 let recovered = match cache.recovered.get(&key) {
                     Some(a) => *a,
                     None => {
+                        let digest = root_digest(&domain, seal.root, seal.count);
                         let a = cairn_core::sig::recover_prehash(&sig, &digest)
                             .map_err(|e| ReceiptError::Signature(e.to_string()))?;
                         cache.recovered.insert(key, a);
@@ -774,13 +813,13 @@ fn parse_domain(d: &WireDomain) -> Result<ReceiptDomain, ReceiptError> {
     })
 }
 
-/// A batch seal in its one canonical spelling, with its root's EIP-712 digest. The root must be
+/// A batch seal in its one canonical spelling, with its parsed signature. The root must be
 /// signed under the receipt's own domain, and the proof can be no longer than a tree of
 /// `count` leaves is deep.
 fn parse_batch_seal(
     b: &WireBatchSeal,
     receipt_domain: &ReceiptDomain,
-) -> Result<(BatchSeal, B256, Signature), ReceiptError> {
+) -> Result<(BatchSeal, Signature), ReceiptError> {
     let td = &b.typed_data;
     check_types(
         td,
@@ -821,7 +860,7 @@ fn parse_batch_seal(
         signature,
         proof,
     };
-    Ok((seal, root_digest(receipt_domain, root, count), sig))
+    Ok((seal, sig))
 }
 
 fn sig_hex(sig: &[u8; 65]) -> String {
@@ -870,7 +909,7 @@ fn check_unsigned_fields(wire: &Wire, message: &Receipt) -> Result<BlobId, Recei
             "`modelCid` is not the signed model digest".into(),
         ));
     }
-    if wire.profile.hash() != message.profileHash {
+    if profile_hash(&wire.profile) != message.profileHash {
         return Err(ReceiptError::Inconsistent(
             "`profile` does not hash to the signed profileHash".into(),
         ));
