@@ -294,8 +294,7 @@ impl ReceiptSigner {
         (receipt, hash)
     }
 
-    /// The EIP-712 digest `claims` will be signed under (a batch's Merkle leaf value), for
-    /// [`ReceiptSigner::sign_batch`].
+    /// The EIP-712 digest `claims` will be signed under (a batch's Merkle leaf value).
     pub fn digest(&self, claims: &Claims) -> B256 {
         typed_digest(
             &self.domain.separator(),
@@ -304,13 +303,10 @@ impl ReceiptSigner {
     }
 
     /// Signs a micro-batch with one signature: the [`ReceiptRoot`] of the tree over the
-    /// receipts' digests (each from [`ReceiptSigner::digest`]), every receipt sealed with the
-    /// signed root and its proof. Receipts come back in the order given.
-    pub fn sign_batch(
-        &self,
-        batch: Vec<(Claims, B256)>,
-    ) -> Result<Vec<SignedReceipt>, merkle::TreeError> {
-        let digests: Vec<B256> = batch.iter().map(|(_, d)| *d).collect();
+    /// receipts' digests (computed here: the key commits only to receipts it has seen), every
+    /// receipt sealed with the signed root and its proof. Receipts come back in the order given.
+    pub fn sign_batch(&self, batch: Vec<Claims>) -> Result<Vec<SignedReceipt>, merkle::TreeError> {
+        let digests: Vec<B256> = batch.iter().map(|c| self.digest(c)).collect();
         let tree = merkle::ReceiptTree::new(&digests)?;
         let count = u32::try_from(batch.len()).map_err(|_| merkle::TreeError::TooLarge)?;
         let root = tree.root();
@@ -321,6 +317,7 @@ impl ReceiptSigner {
         let node = self.key.address();
         Ok(batch
             .into_iter()
+            .zip(digests)
             .map(|(claims, digest)| SignedReceipt {
                 claims,
                 domain: self.domain,
@@ -517,11 +514,15 @@ fn profile_hash(profile: &ExecutionProfile) -> B256 {
         static LAST: std::cell::RefCell<Option<(ExecutionProfile, B256)>> =
             const { std::cell::RefCell::new(None) };
     }
+    // A profile of real size only: a hostile one is hashed, not kept.
+    let small = profile.engine.len() + profile.engine_version.len() + profile.isa.len() <= 1024;
     LAST.with_borrow_mut(|last| match last {
         Some((p, h)) if p == profile => *h,
         _ => {
             let h = profile.hash();
-            *last = Some((profile.clone(), h));
+            if small {
+                *last = Some((profile.clone(), h));
+            }
             h
         }
     })

@@ -128,12 +128,11 @@ fn signer() -> ReceiptSigner {
 /// `n` batch-signed receipts, one signature over their root.
 fn batch(n: u8) -> Vec<SignedReceipt> {
     let s = signer();
-    let claims: Vec<(Claims, B256)> = (0..n)
+    let claims: Vec<Claims> = (0..n)
         .map(|i| {
             let mut c = sample().claims;
             c.request_id = B256::repeat_byte(i + 10);
-            let d = s.digest(&c);
-            (c, d)
+            c
         })
         .collect();
     s.sign_batch(claims).unwrap()
@@ -230,14 +229,18 @@ fn batch_seals_that_do_not_hold_are_refused() {
     assert!(e.contains("lower half"), "{e}");
     // A root signed by another key.
     let other_key = PrivateKeySigner::from_bytes(&B256::repeat_byte(8)).unwrap();
-    let forger = ReceiptSigner::new(SigningKey::from_signer(&other_key), sample().domain);
-    let c = receipts[1].claims.clone();
-    let d = signer().digest(&c);
-    let forged = forger.sign_batch(vec![(c, d)]).unwrap();
-    let mut v = forged[0].to_json();
-    v["signer"] = good["signer"].clone();
-    v["typedData"]["message"]["node"] = good["signer"].clone();
-    let e = SignedReceipt::verify_json(&v).unwrap_err().to_string();
+    let Seal::Batch(seal) = &receipts[1].seal else {
+        panic!("batch-signed")
+    };
+    let forged = SigningKey::from_signer(&other_key).sign_prehash(&root_digest(
+        &receipts[1].domain,
+        seal.root,
+        seal.count,
+    ));
+    let forged = sig_hex(&forged.as_bytes());
+    let e = refused(Box::new(move |v| {
+        v["batchSignature"]["signature"] = forged.clone().into()
+    }));
     assert!(e.contains("signed by"), "{e}");
 }
 
@@ -259,4 +262,36 @@ fn every_flipped_bit_of_a_batch_signed_receipt_is_refused() {
         }
     }
     assert!(accepted.is_empty(), "flips accepted at {accepted:?}");
+}
+
+/// A root already recovered in a cache does not carry a receipt whose seal names another count
+/// or whose root is signed under another domain.
+#[test]
+fn a_cache_hit_does_not_carry_a_tampered_seal() {
+    let receipts = batch(4);
+    let mut cache = SealCache::default();
+    for r in &receipts {
+        ReceiptJson::from(r).verify_cached(&mut cache).unwrap();
+    }
+    assert_eq!(cache.roots(), 1);
+    let mut v = receipts[0].to_json();
+    v["batchSignature"]["typedData"]["message"]["count"] = 3.into();
+    let tampered = ReceiptJson::from_text(v.to_string()).unwrap();
+    let e = tampered.verify_cached(&mut cache).unwrap_err().to_string();
+    assert!(e.contains("signed by"), "{e}");
+    let mut v = receipts[0].to_json();
+    v["batchSignature"]["typedData"]["domain"]["chainId"] = 1.into();
+    v["typedData"]["domain"]["chainId"] = 1.into();
+    let e = ReceiptJson::from_text(v.to_string())
+        .unwrap()
+        .verify_cached(&mut cache)
+        .unwrap_err()
+        .to_string();
+    // Another domain changes the receipt's digest: it no longer reaches the root.
+    assert!(e.contains("not in the signed batch"), "{e}");
+    assert_eq!(
+        cache.roots(),
+        2,
+        "the tampered count was recovered, not taken from the cache"
+    );
 }

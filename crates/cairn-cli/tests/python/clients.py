@@ -8,6 +8,7 @@
   OpenZeppelin Merkle proof (sorted-pair keccak, leaf = keccak(keccak(digest))).
 """
 import concurrent.futures
+import math
 import hashlib
 import json
 import struct
@@ -103,6 +104,7 @@ def batch_call(i):
 largest = 0
 with concurrent.futures.ThreadPoolExecutor(8) as pool:
     for _ in range(25):
+        by_root = {}
         for r in pool.map(batch_call, range(16)):
             assert "signature" not in r, r
             seal = r["batchSignature"]
@@ -113,11 +115,18 @@ with concurrent.futures.ThreadPoolExecutor(8) as pool:
             assert root_signer.lower() == node["address"].lower(), (root_signer, node["address"])
             assert root_signer == r["signer"] == r["typedData"]["message"]["node"]
             root = bytes.fromhex(seal["typedData"]["message"]["root"][2:])
+            count = seal["typedData"]["message"]["count"]
             proof = [bytes.fromhex(p[2:]) for p in seal["proof"]]
-            assert reaches_root(typed_digest(r["typedData"]), proof, root), r
-            # Another receipt's digest does not reach the root under this proof.
-            assert not reaches_root(keccak(b"another receipt"), proof, root)
-            largest = max(largest, seal["typedData"]["message"]["count"])
+            assert len(proof) <= math.ceil(math.log2(count)) if count > 1 else not proof, seal
+            digest = typed_digest(r["typedData"])
+            assert reaches_root(digest, proof, root), r
+            by_root.setdefault(root, []).append((digest, proof))
+            largest = max(largest, count)
+        # A neighbour's receipt does not reach the root under another receipt's proof.
+        for root, members in by_root.items():
+            if len(members) > 1:
+                (d0, p0), (d1, p1) = members[0], members[1]
+                assert not reaches_root(d1, p0, root) and not reaches_root(d0, p1, root)
         if largest > 1:
             break
 assert largest > 1, "no two concurrent calls were ever signed under one root"

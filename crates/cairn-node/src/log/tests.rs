@@ -95,19 +95,76 @@ fn claims(i: u8) -> Claims {
     }
 }
 
-/// Batch-sealed entries are signed by the writer, one root per group commit: every receipt
-/// handed back verifies, is what the log stored, and names a root signed once for its group.
-#[tokio::test(flavor = "multi_thread")]
-async fn the_writer_signs_batch_sealed_receipts_one_root_per_group() {
-    let dir = tempfile::tempdir().unwrap();
-    let key = alloy_signer_local::PrivateKeySigner::random();
-    let signer = ReceiptSigner::new(
-        cairn_core::sig::SigningKey::from_signer(&key),
+fn test_signer() -> ReceiptSigner {
+    ReceiptSigner::new(
+        cairn_core::sig::SigningKey::from_bytes(&B256::repeat_byte(5)).unwrap(),
         cairn_receipt::ReceiptDomain {
             chain_id: 31337,
             verifying_contract: Address::repeat_byte(9),
         },
-    );
+    )
+}
+
+fn unsigned(signer: &ReceiptSigner, i: u8) -> Entry {
+    let c = claims(i);
+    let digest = signer.digest(&c);
+    Entry::new(c, None, digest, vec![1], vec![2], Billing::Final, None)
+}
+
+/// One group: its batch-sealed entries are signed under one root (count = how many), each with
+/// its own proof, and an entry signed alone is left as it was.
+#[test]
+fn a_group_is_signed_under_one_root() {
+    let signer = test_signer();
+    let mut jobs: Vec<Job> = (1..=10u8)
+        .map(|i| (unsigned(&signer, i), oneshot::channel().0))
+        .collect();
+    jobs.insert(4, (entry("own", Billing::Final, 0), oneshot::channel().0));
+    seal(Some(&signer), &mut jobs);
+    assert_eq!(jobs.len(), 11);
+    let mut cache = cairn_receipt::SealCache::default();
+    for (e, _) in &jobs {
+        let EntryReceipt::Signed(json) = &e.receipt else {
+            panic!("every entry is signed after seal")
+        };
+        if e.id == "own" {
+            assert_eq!(json.as_str(), "\"receipt own\"");
+            continue;
+        }
+        let (r, digest) = json.verify_cached(&mut cache).unwrap();
+        assert_eq!(digest.0, e.digest);
+        assert_eq!(r.id().to_string(), e.id);
+        let cairn_receipt::Seal::Batch(b) = &r.seal else {
+            panic!("batch-sealed")
+        };
+        assert_eq!(b.count, 10);
+    }
+    assert_eq!(cache.roots(), 1);
+}
+
+/// A log that signs nothing refuses batch-sealed entries with a reason, and the rest of the
+/// group still commits.
+#[test]
+fn without_a_sealer_batch_sealed_entries_leave_the_group_with_a_reason() {
+    let signer = test_signer();
+    let (done, mut failed) = oneshot::channel();
+    let mut jobs: Vec<Job> = vec![
+        (unsigned(&signer, 1), done),
+        (entry("own", Billing::Final, 0), oneshot::channel().0),
+    ];
+    seal(None, &mut jobs);
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(jobs[0].0.id, "own");
+    let reason = failed.try_recv().unwrap().unwrap_err();
+    assert!(reason.contains("signs no batches"), "{reason}");
+}
+
+/// Through the writer: every batch-sealed receipt handed back verifies and is what the log
+/// stored; concurrent appends share roots when they commit together.
+#[tokio::test(flavor = "multi_thread")]
+async fn appended_batch_sealed_receipts_verify_and_are_what_was_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let signer = test_signer();
     let log = ReceiptLog::open(
         &dir.path().join("r.sqlite"),
         Duration::from_secs(3600),
@@ -117,56 +174,22 @@ async fn the_writer_signs_batch_sealed_receipts_one_root_per_group() {
     )
     .await
     .unwrap();
-    let appends = (1..=40u8).map(|i| {
-        let c = claims(i);
-        let digest = signer.digest(&c);
-        let log = log.clone();
-        tokio::spawn(async move {
-            let e = Entry::new(c, None, digest, vec![1], vec![2], Billing::Final, None);
-            (digest, log.append(e).await.unwrap())
+    let appends: Vec<_> = (1..=40u8)
+        .map(|i| {
+            let e = unsigned(&signer, i);
+            let digest = B256::from(e.digest);
+            let log = log.clone();
+            tokio::spawn(async move { (digest, log.append(e).await.unwrap()) })
         })
-    });
+        .collect();
     let mut cache = cairn_receipt::SealCache::default();
-    for a in appends.collect::<Vec<_>>() {
+    for a in appends {
         let (digest, json) = a.await.unwrap();
         let (r, d) = json.verify_cached(&mut cache).unwrap();
         assert_eq!(d, digest);
-        assert_eq!(r.signer, key.address());
-        assert!(matches!(r.seal, cairn_receipt::Seal::Batch(_)));
+        assert_eq!(r.signer, signer.address());
         let stored = log.get(&r.id().to_string()).await.unwrap().unwrap();
         assert_eq!(stored.receipt, json);
     }
-    assert!((1..=40).contains(&cache.roots()), "{}", cache.roots());
-}
-
-/// A log that signs nothing refuses batch-sealed entries with a reason, and the rest of the
-/// group still commits.
-#[tokio::test(flavor = "multi_thread")]
-async fn without_a_sealer_batch_sealed_entries_fail_alone() {
-    let dir = tempfile::tempdir().unwrap();
-    let log = ReceiptLog::open(
-        &dir.path().join("r.sqlite"),
-        Duration::from_secs(3600),
-        Durability::Normal,
-        false,
-        None,
-    )
-    .await
-    .unwrap();
-    let unsigned = Entry::new(
-        claims(1),
-        None,
-        B256::ZERO,
-        vec![],
-        vec![],
-        Billing::Final,
-        None,
-    );
-    let (a, b) = tokio::join!(
-        log.append(unsigned),
-        log.append(entry("own", Billing::Final, 0))
-    );
-    assert!(a.unwrap_err().to_string().contains("signs no batches"));
-    assert_eq!(b.unwrap().as_str(), "\"receipt own\"");
-    assert_eq!(log.count().await.unwrap(), 1);
+    assert_eq!(log.count().await.unwrap(), 40);
 }

@@ -62,10 +62,10 @@ pub(super) fn writer(
 
 /// Signs the group's batch-sealed receipts under one root; if that fails, their jobs get the
 /// error and leave the group.
-fn seal(sealer: Option<&ReceiptSigner>, batch: &mut Vec<Job>) {
-    let to_sign: Vec<(Claims, B256)> = batch
+pub(super) fn seal(sealer: Option<&ReceiptSigner>, batch: &mut Vec<Job>) {
+    let to_sign: Vec<Claims> = batch
         .iter()
-        .filter_map(|(e, _)| Some((e.receipt.claims()?.clone(), B256::from(e.digest))))
+        .filter_map(|(e, _)| e.receipt.claims().cloned())
         .collect();
     if to_sign.is_empty() {
         return;

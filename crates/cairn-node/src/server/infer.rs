@@ -98,7 +98,9 @@ pub(super) fn check_inputs(sig: &OnnxSignature, inputs: &[Tensor]) -> Result<(),
 #[utoipa::path(post, path = "/v2/models/{model}/infer", tag = "kserve",
     params(("model" = String, Path, description = "a CID or `name@version`")),
     description = "KServe v2 inference: JSON tensors, or the binary extension (`Inference-Header-Content-Length`). \
-    The answer carries the signed receipt in `parameters.receipt`. A paid node answers 402 with x402 offers \
+    The answer carries the signed receipt in `parameters.receipt`: signed alone, or with header \
+    `cairn-receipt-seal: batch` sealed by one signature over the root of the receipts committed with it \
+    (`batchSignature`: the signed root's typed data and the receipt's Merkle proof). A paid node answers 402 with x402 offers \
     in `PAYMENT-REQUIRED`; send `PAYMENT-SIGNATURE`.",
     request_body(content = Object, description = "KServe v2 inference request"),
     responses((status = 200, body = InferResponse), (status = 402, description = "payment required (x402)", body = ErrorBody),
