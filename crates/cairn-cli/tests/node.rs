@@ -389,6 +389,24 @@ fn bad_input_gets_clear_errors_and_the_node_survives() {
         (413, "body_too_large"),
         "{v}"
     );
+    // A receipt seal the node does not know, refused before anything runs.
+    let (s, v, _) = post(
+        &format!("{n}/v2/models/digits@1.0/infer"),
+        ok.to_string().into_bytes(),
+        &[
+            ("content-type", "application/json".into()),
+            ("cairn-receipt-seal", "both".into()),
+        ],
+    );
+    assert_eq!(
+        (s, v["code"].as_str().unwrap()),
+        (400, "bad_request"),
+        "{v}"
+    );
+    assert!(
+        v["message"].as_str().unwrap().contains("`own` or `batch`"),
+        "{v}"
+    );
     // A file on the hub that is not ONNX.
     let key = net.dir.path().join("key");
     let junk = common::random_file(net.dir.path(), "junk.bin", 1000);
