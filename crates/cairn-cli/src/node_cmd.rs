@@ -59,12 +59,12 @@ pub struct NodeServeArgs {
     /// Seconds request/response payloads are kept for verifiers.
     #[arg(long, default_value_t = 7 * 24 * 3600)]
     pub retention_secs: u64,
-    /// What a receipt (and the payment it counts) survives once the answer has left: `process`
-    /// (the node process dying, kill -9 included; no fsync per commit) or `power` (the machine
-    /// losing power too: every group commit waits for the disk, which costs latency). With
-    /// `process`, a power cut may lose the last receipts of payments the payment store (always
-    /// fsynced) kept: the payers keep their answers and receipts, the node cannot batch those
-    /// receipts and forgoes their fees.
+    /// What a receipt (and the prepaid voucher that paid for it) survives once the answer has
+    /// left: `process` (the node process dying, kill -9 included; no fsync per commit) or
+    /// `power` (the machine losing power too: every commit waits for the disk, which costs
+    /// latency). With `process`, a power cut may lose the last receipts and voucher counts: the
+    /// payers keep their answers and receipts, those vouchers are given back, and the node
+    /// forgoes their fees. `exact` payments are fsynced either way.
     #[arg(long, value_enum, default_value_t = ReceiptDurability::Process)]
     pub receipt_durability: ReceiptDurability,
     /// Largest request body in bytes.

@@ -300,7 +300,10 @@ pub async fn facilitator(c: FacilitatorCommand) -> anyhow::Result<()> {
     } = c;
     let key = crate::keyfile::load(&key)?;
     let chain = chain.connect().await?;
-    let store = cairn_x402::PaymentStore::open(&data_dir.join("payments.sqlite"))?;
+    let store = cairn_x402::PaymentStore::open(
+        &data_dir.join("payments.sqlite"),
+        cairn_node::Durability::Full,
+    )?;
     let keys_path = keys_path.unwrap_or_else(|| data_dir.join("api-keys"));
     let policy = cairn_x402::facilitator::Policy {
         api_key_hashes: api_keys(&keys_path)?,

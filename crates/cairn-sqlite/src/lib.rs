@@ -12,6 +12,9 @@ use rusqlite::Connection;
 /// How long a statement waits for another connection's lock before it fails.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long [`open_exclusive`] waits for another owner of the file (a process still stopping).
+pub const EXCLUSIVE_WAIT: Duration = Duration::from_secs(1);
+
 /// What a commit survives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Durability {
@@ -23,8 +26,28 @@ pub enum Durability {
 
 /// Opens (creating) the database at `path` in WAL mode with [`BUSY_TIMEOUT`] and `durability`.
 pub fn open(path: &Path, durability: Durability) -> rusqlite::Result<Connection> {
+    open_with(path, durability, false)
+}
+
+/// Like [`open`], for a store that keeps state in memory beside the file and so must be its only
+/// user: the connection locks the file for as long as it is open (`locking_mode=EXCLUSIVE`, set
+/// before WAL so the WAL index lives in the process's memory and no lock is taken per
+/// transaction). A second connection, from this process or another, fails with
+/// `SQLITE_BUSY`; opening waits [`EXCLUSIVE_WAIT`] for a previous owner to let go.
+pub fn open_exclusive(path: &Path, durability: Durability) -> rusqlite::Result<Connection> {
+    open_with(path, durability, true)
+}
+
+fn open_with(path: &Path, durability: Durability, exclusive: bool) -> rusqlite::Result<Connection> {
     let conn = Connection::open(path)?;
-    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.busy_timeout(if exclusive {
+        EXCLUSIVE_WAIT
+    } else {
+        BUSY_TIMEOUT
+    })?;
+    if exclusive {
+        conn.pragma_update(None, "locking_mode", "EXCLUSIVE")?;
+    }
     conn.pragma_update(None, "journal_mode", "WAL")?;
     let synchronous = match durability {
         Durability::Full => "FULL",
@@ -72,6 +95,31 @@ mod tests {
                 .unwrap();
             assert_eq!(busy, BUSY_TIMEOUT.as_millis() as i64);
         }
+    }
+
+    #[test]
+    fn an_exclusive_store_keeps_out_a_second_connection_until_it_closes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.sqlite");
+        let a = open_exclusive(&path, Durability::Normal).unwrap();
+        a.execute_batch("CREATE TABLE t (x); INSERT INTO t VALUES (1);")
+            .unwrap();
+        let b = Connection::open(&path).unwrap();
+        b.busy_timeout(Duration::from_millis(50)).unwrap();
+        let e = b
+            .query_row("SELECT x FROM t", [], |r| r.get::<_, i64>(0))
+            .unwrap_err();
+        assert_eq!(
+            e.sqlite_error_code(),
+            Some(rusqlite::ErrorCode::DatabaseBusy),
+            "{e}"
+        );
+        drop(a);
+        let again = open_exclusive(&path, Durability::Normal).unwrap();
+        let x: i64 = again
+            .query_row("SELECT x FROM t", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(x, 1);
     }
 
     #[test]

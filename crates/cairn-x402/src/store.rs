@@ -7,13 +7,25 @@
 //! A prepaid channel counts what its payer owes in `accepted` (requests that succeeded) and
 //! `pending` (requests running now). A voucher for price `p` is taken when its cumulative
 //! amount is exactly `accepted + pending + p`; the request's success moves `p` from pending to
-//! accepted, its failure gives `p` back. Every taken voucher is kept with its signature, and the
-//! node redeems the largest one not above `accepted`: a failed request is never charged, and a
-//! voucher that promised it is never the one redeemed. The store runs `synchronous=FULL`: an
-//! accepted voucher or a reservation survives power loss (else it could be replayed).
+//! accepted and keeps the voucher with its signature, its failure gives `p` back. The node
+//! redeems the largest kept voucher not above `accepted`: a failed request is never charged,
+//! and a voucher that promised it is never the one redeemed.
+//!
+//! Taken vouchers live in memory only: a voucher whose request is still running when the
+//! process stops is given back anyway, so writing it down would protect nothing. That makes
+//! the process the file's only user (it is opened with an exclusive lock), and the one write
+//! on a voucher's hot path is its count.
+//!
+//! What survives what: `exact` reservations and their states, channel refreshes and redemptions
+//! are fsynced (`synchronous=FULL`): an `exact` authorization must not be usable twice after a
+//! power cut. A voucher's count follows the store's [`Durability`](cairn_sqlite::Durability):
+//! `Full` fsyncs it before the answer leaves; `Normal` survives the process dying, and a power
+//! cut may forget the last counts, whose vouchers are then given back (the node forgoes those
+//! fees; a payer is never charged twice).
 
+use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use alloy_primitives::{Address, B256, U256};
 use rusqlite::{Connection, OptionalExtension, params};
@@ -182,6 +194,25 @@ pub enum Outcome {
 #[derive(Clone)]
 pub struct PaymentStore {
     conn: Arc<cairn_sqlite::Shared>,
+    counts: cairn_sqlite::Durability,
+    /// Vouchers taken for requests running now. Lock order: this, then `conn`.
+    taken: Arc<Mutex<Taken>>,
+}
+
+/// Vouchers whose requests are running.
+#[derive(Default)]
+struct Taken {
+    vouchers: HashMap<B256, TakenVoucher>,
+    /// Per channel, the sum of its taken vouchers' prices.
+    pending: HashMap<B256, U256>,
+}
+
+#[derive(Clone)]
+struct TakenVoucher {
+    channel: B256,
+    cumulative: U256,
+    price: U256,
+    signature: Vec<u8>,
 }
 
 fn now() -> i64 {
@@ -206,15 +237,28 @@ pub enum Reserve {
 }
 
 impl PaymentStore {
-    /// Opens (or creates) the store at `path`.
-    pub fn open(path: &Path) -> Result<Self, X402Error> {
+    /// Opens (or creates) the store at `path`; counted vouchers survive `counts` (see the
+    /// module's doc for what the other steps survive).
+    pub fn open(path: &Path, counts: cairn_sqlite::Durability) -> Result<Self, X402Error> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)
                 .map_err(|e| X402Error::Store(format!("{}: {e}", dir.display())))?;
         }
-        // Power-loss durable: a rolled-back reservation or voucher step could be replayed.
-        let conn = cairn_sqlite::open(path, cairn_sqlite::Durability::Full).map_err(store_err)?;
-        conn.execute_batch(SCHEMA).map_err(store_err)?;
+        // Commits follow `counts`; the steps that must survive power loss whatever `counts` is
+        // say so (`durable`).
+        let busy = |e: rusqlite::Error| {
+            if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy) {
+                X402Error::Store(format!(
+                    "{} is in use by another process (is another node running on this data \
+                     directory?); stop it first",
+                    path.display()
+                ))
+            } else {
+                store_err(e)
+            }
+        };
+        let conn = cairn_sqlite::open_exclusive(path, counts).map_err(busy)?;
+        conn.execute_batch(SCHEMA).map_err(busy)?;
         let have: Vec<String> = conn
             .prepare("SELECT name FROM pragma_table_info('channels')")
             .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
@@ -227,8 +271,9 @@ impl PaymentStore {
             .map_err(store_err)?;
         }
         // Requests that were running when the process stopped did not answer: give their
-        // vouchers and payments back. An exact payment is marked pending before its transfer
-        // is sent, so one still reserved never had a transfer out.
+        // payments (and vouchers an earlier version kept while taken) back. An exact payment
+        // is marked pending before its transfer is sent, so one still reserved never had a
+        // transfer out.
         conn.execute_batch(
             "UPDATE vouchers SET state = 'released' WHERE state = 'reserved';
              UPDATE channels SET pending = '0';
@@ -239,7 +284,23 @@ impl PaymentStore {
         .map_err(store_err)?;
         Ok(Self {
             conn: Arc::new(cairn_sqlite::Shared::new(conn)),
+            counts,
+            taken: Arc::default(),
         })
+    }
+
+    fn taken(&self) -> MutexGuard<'_, Taken> {
+        // The map is consistent between statements: a panic cannot leave half an update.
+        self.taken.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The connection's `synchronous` level now (1 is `NORMAL`, 2 is `FULL`).
+    #[cfg(test)]
+    pub(crate) fn synchronous(&self) -> i64 {
+        self.conn
+            .lock()
+            .pragma_query_value(None, "synchronous", |r| r.get(0))
+            .unwrap()
     }
 
     fn with<T>(
@@ -250,10 +311,27 @@ impl PaymentStore {
         f(&mut c).map_err(store_err)
     }
 
+    /// Runs `f` with its commits waiting for the disk, whatever the store's durability.
+    fn durable<T>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, X402Error> {
+        if self.counts == cairn_sqlite::Durability::Full {
+            return self.with(f);
+        }
+        let mut c = self.conn.lock();
+        c.execute_batch("PRAGMA synchronous = FULL")
+            .map_err(store_err)?;
+        let out = f(&mut c);
+        // Back to the store's level; a failure here leaves the connection safer, not weaker.
+        let _ = c.execute_batch("PRAGMA synchronous = NORMAL");
+        out.map_err(store_err)
+    }
+
     /// Reserves a payment, unless its key was seen before. A `released` payment (its request
     /// failed, the authorization was never used) can be reserved again.
     pub fn reserve(&self, p: &NewPayment<'_>) -> Result<Reserve, X402Error> {
-        let seen = self.with(|c| {
+        let seen = self.durable(|c| {
             let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let existing = get(&tx, p.key)?;
             match existing {
@@ -296,7 +374,7 @@ impl PaymentStore {
         reason: Option<&str>,
         response: Option<&[u8]>,
     ) -> Result<(), X402Error> {
-        self.with(|c| {
+        self.durable(|c| {
             c.prepare_cached(
                 "UPDATE payments SET state = ?2, tx = COALESCE(?3, tx), reason = ?4, response = ?5, updated_at = ?6 WHERE key = ?1",
             )?
@@ -331,6 +409,10 @@ impl PaymentStore {
 
     /// How the payment with reference `key` (an `exact` key or a voucher's reference) ended.
     pub fn outcome(&self, key: B256) -> Result<Outcome, X402Error> {
+        let taken = self.taken();
+        if taken.vouchers.contains_key(&key) {
+            return Ok(Outcome::Open);
+        }
         self.with(|c| {
             let state: Option<String> = c
                 .prepare_cached("SELECT state FROM payments WHERE key = ?1")?

@@ -9,9 +9,10 @@ use serde_json::{Value, json};
 
 use crate::exact::{self, verify_local};
 use crate::facilitator::{FacilitatorRequest, Settlement};
-use crate::store::{NewPayment, PaymentState, Reserve};
+use crate::store::{ChannelRecord, NewPayment, Outcome, PaymentState, Reserve, VoucherRefusal};
 use crate::wire::*;
 use crate::*;
+use cairn_sqlite::Durability;
 
 // ---- known answers from the x402 v2 specification ----
 
@@ -162,7 +163,7 @@ fn hostile_headers_are_refused_before_parsing() {
 #[test]
 fn a_payment_is_reserved_once_even_in_parallel() {
     let dir = tempfile::tempdir().unwrap();
-    let store = PaymentStore::open(&dir.path().join("payments.sqlite")).unwrap();
+    let store = PaymentStore::open(&dir.path().join("payments.sqlite"), Durability::Full).unwrap();
     let key = B256::repeat_byte(1);
     let winners: usize = std::thread::scope(|s| {
         let handles: Vec<_> = (0..8)
@@ -217,11 +218,92 @@ fn a_payment_is_reserved_once_even_in_parallel() {
     }
     // It survives reopening.
     drop(store);
-    let store = PaymentStore::open(&dir.path().join("payments.sqlite")).unwrap();
+    let store = PaymentStore::open(&dir.path().join("payments.sqlite"), Durability::Full).unwrap();
     assert_eq!(
         store.get(key).unwrap().unwrap().state,
         PaymentState::Settled
     );
+}
+
+#[test]
+fn vouchers_are_taken_in_memory_counted_on_disk_and_given_back_by_a_restart() {
+    for counts in [Durability::Normal, Durability::Full] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("payments.sqlite");
+        let store = PaymentStore::open(&path, counts).unwrap();
+        let id = B256::repeat_byte(7);
+        let rec = ChannelRecord {
+            id,
+            payer: Address::repeat_byte(1),
+            payee: Address::repeat_byte(2),
+            salt: B256::ZERO,
+            deposited: U256::ZERO,
+            closing: false,
+            accepted: U256::ZERO,
+            pending: U256::ZERO,
+            redeemed: U256::ZERO,
+        };
+        store
+            .refresh_channel(1, &rec, U256::from(100), false, U256::ZERO)
+            .unwrap();
+        let price = U256::from(10);
+        let (k1, k2, k3) = (
+            B256::repeat_byte(0x11),
+            B256::repeat_byte(0x22),
+            B256::repeat_byte(0x33),
+        );
+        let take = |k: B256, cumulative: u64, sig: u8| {
+            store.accept_voucher(id, k, U256::from(cumulative), price, &[sig; 65])
+        };
+        take(k1, 10, 1).unwrap().unwrap();
+        // Taken twice, or a second voucher for the same step: refused while the first runs.
+        assert_eq!(take(k1, 10, 1).unwrap(), Err(VoucherRefusal::AlreadyUsed));
+        assert_eq!(
+            take(k3, 10, 3).unwrap(),
+            Err(VoucherRefusal::NotNext { owed: price })
+        );
+        assert_eq!(store.channel(id).unwrap().unwrap().pending, price);
+        assert_eq!(store.outcome(k1).unwrap(), Outcome::Open);
+        store.commit_voucher(k1).unwrap();
+        // Counted: presented again it is "used" (the paywall answers it again), not "not next".
+        assert_eq!(take(k1, 10, 1).unwrap(), Err(VoucherRefusal::AlreadyUsed));
+        take(k2, 20, 2).unwrap().unwrap();
+        store.release_voucher(k2).unwrap();
+        // Given back: the same voucher may come again.
+        take(k2, 20, 2).unwrap().unwrap();
+        // Over the deposit, whatever the step.
+        assert_eq!(
+            take(k3, 200, 3).unwrap(),
+            Err(VoucherRefusal::OverDeposit {
+                deposited: U256::from(100)
+            })
+        );
+        // Voucher steps leave the connection at the store's level; `exact` steps and channel
+        // refreshes raise it for their own commits only.
+        let level = if counts == Durability::Full { 2 } else { 1 };
+        assert_eq!(store.synchronous(), level, "{counts:?}");
+        // The file has one user: a second store on it is refused with the reason.
+        let e = PaymentStore::open(&path, counts)
+            .err()
+            .expect("a second store");
+        assert!(e.to_string().contains("in use by another process"), "{e}");
+        // k2 was still running when the process stopped: it is given back by the restart.
+        drop(store);
+        let store = PaymentStore::open(&path, counts).unwrap();
+        let ch = store.channel(id).unwrap().unwrap();
+        assert_eq!((ch.accepted, ch.pending), (price, U256::ZERO));
+        assert_eq!(store.outcome(k1).unwrap(), Outcome::Paid);
+        assert_eq!(store.outcome(k2).unwrap(), Outcome::Failed);
+        // The counted voucher is the one to redeem; the given-back one can be taken again.
+        assert_eq!(
+            store.redeemable(id, ch.accepted, U256::ZERO).unwrap(),
+            Some((U256::from(10), vec![1; 65]))
+        );
+        store
+            .accept_voucher(id, k2, U256::from(20), price, &[2; 65])
+            .unwrap()
+            .unwrap();
+    }
 }
 
 // ---- the facilitator on the embedded chain ----
@@ -252,7 +334,7 @@ pub(crate) async fn devnet() -> Devnet {
         .mint(&gov, payer.address(), U256::from(100 * TOKEN_UNIT))
         .await
         .unwrap();
-    let store = PaymentStore::open(&dir.path().join("payments.sqlite")).unwrap();
+    let store = PaymentStore::open(&dir.path().join("payments.sqlite"), Durability::Full).unwrap();
     let facilitator = Arc::new(
         Facilitator::new(chain.clone(), dev_signer(2), store)
             .await
@@ -437,9 +519,17 @@ async fn a_restart_releases_unsent_payments_and_finishes_a_send_cut_off() {
         .unwrap();
     let payer_before = d.chain.token_balance(d.payer.address()).await.unwrap();
 
-    // The next process.
-    let store = PaymentStore::open(&d._dir.path().join("payments.sqlite")).unwrap();
-    let f = Facilitator::new(d.chain.clone(), dev_signer(2), store)
+    // The next process (the store has one user at a time: this one stops first).
+    let Devnet {
+        _dir: dir,
+        chain,
+        facilitator,
+        payer,
+        payee,
+    } = d;
+    drop(facilitator);
+    let store = PaymentStore::open(&dir.path().join("payments.sqlite"), Durability::Full).unwrap();
+    let f = Facilitator::new(chain.clone(), dev_signer(2), store)
         .await
         .unwrap();
     assert_eq!(
@@ -455,12 +545,12 @@ async fn a_restart_releases_unsent_payments_and_finishes_a_send_cut_off() {
         assert_eq!(rec.response.as_deref(), Some(&b"the answer"[..]));
     }
     assert_eq!(
-        d.chain.token_balance(d.payer.address()).await.unwrap(),
+        chain.token_balance(payer.address()).await.unwrap(),
         payer_before - U256::from(800),
         "only the cut-off transfer is sent, and once"
     );
     assert_eq!(
-        d.chain.token_balance(d.payee).await.unwrap(),
+        chain.token_balance(payee).await.unwrap(),
         U256::from(800 + 900)
     );
 }

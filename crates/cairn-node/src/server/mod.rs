@@ -128,8 +128,13 @@ pub(crate) async fn open(c: NodeConfig) -> Result<NodeState, NodeError> {
                 log: log.clone(),
                 token_key,
             });
+            let store = cairn_x402::PaymentStore::open(
+                &c.data_dir.join("payments.sqlite"),
+                c.receipt_durability,
+            )
+            .map_err(|e| NodeError::ChainUnavailable(format!("payments: {e}")))?;
             let (p, info, store) =
-                open_paywall(&c.data_dir, chain, &c.key, &cache, c.price, pc, kept).await?;
+                open_paywall(store, chain, &c.key, &cache, c.price, pc, kept).await?;
             (Some(p), Some(info), Some(store))
         }
         (None, Some(_)) => {
@@ -209,7 +214,7 @@ fn min_deposit(price: U256) -> U256 {
 /// The paywall in front of inference: `exact` through the in-process facilitator (the node's
 /// key pays the gas), `prepaid` vouchers to the node's payment vault.
 async fn open_paywall(
-    data_dir: &std::path::Path,
+    store: cairn_x402::PaymentStore,
     chain: &cairn_ledger::Chain,
     key: &PrivateKeySigner,
     cache: &ModelCache,
@@ -225,7 +230,6 @@ async fn open_paywall(
     NodeError,
 > {
     let x = |e: cairn_x402::X402Error| NodeError::ChainUnavailable(format!("payments: {e}"));
-    let store = cairn_x402::PaymentStore::open(&data_dir.join("payments.sqlite")).map_err(x)?;
     let facilitator = Arc::new(
         cairn_x402::Facilitator::new(chain.clone(), key.clone(), store.clone())
             .await

@@ -3,9 +3,13 @@
 use super::*;
 
 impl PaymentStore {
-    /// A channel.
+    /// A channel, with what its running requests have taken.
     pub fn channel(&self, id: B256) -> Result<Option<ChannelRecord>, X402Error> {
-        self.with(|c| channel(c, id))
+        let taken = self.taken();
+        let pending = taken.pending.get(&id).copied().unwrap_or_default();
+        Ok(self
+            .with(|c| channel(c, id))?
+            .map(|ch| ChannelRecord { pending, ..ch }))
     }
 
     /// Records what the chain says of a channel (deposit, withdrawal request, claimed).
@@ -17,7 +21,7 @@ impl PaymentStore {
         closing: bool,
         claimed: U256,
     ) -> Result<(), X402Error> {
-        self.with(|c| {
+        self.durable(|c| {
             c.execute(
                 "INSERT INTO channels (id, chain, payer, payee, salt, deposited, closing, accepted, redeemed, updated_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8, ?9)
@@ -41,7 +45,7 @@ impl PaymentStore {
     /// Takes voucher `key` (cumulative `cumulative`, signed `signature`) for a request at
     /// `price`, if it covers what is owed and in flight plus the price and stays within the
     /// deposit. Atomic: of two vouchers racing for the same step, one wins; a voucher is taken
-    /// once (unless its request failed and gave it back).
+    /// once (unless its request failed and gave it back). Writes nothing: see the module doc.
     pub fn accept_voucher(
         &self,
         id: B256,
@@ -50,54 +54,60 @@ impl PaymentStore {
         price: U256,
         signature: &[u8],
     ) -> Result<Result<(), VoucherRefusal>, X402Error> {
-        self.with(|c| {
-            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            let seen: Option<String> = tx
-                .prepare_cached("SELECT state FROM vouchers WHERE key = ?1")?
-                .query_row([key.as_slice()], |r| r.get(0))
-                .optional()?;
-            if seen.as_deref().is_some_and(|s| s != "released") {
-                return Ok(Err(VoucherRefusal::AlreadyUsed));
-            }
-            let Some(ch) = channel(&tx, id)? else {
-                return Ok(Err(VoucherRefusal::UnknownChannel));
-            };
-            if ch.closing {
-                return Ok(Err(VoucherRefusal::Closing));
-            }
-            if cumulative > ch.deposited {
-                return Ok(Err(VoucherRefusal::OverDeposit {
+        let mut taken = self.taken();
+        if taken.vouchers.contains_key(&key) {
+            return Ok(Err(VoucherRefusal::AlreadyUsed));
+        }
+        let pending = taken.pending.get(&id).copied().unwrap_or_default();
+        let refusal = self.with(|c| {
+            let refusal = match channel(c, id)? {
+                None => Some(VoucherRefusal::UnknownChannel),
+                Some(ch) if ch.closing => Some(VoucherRefusal::Closing),
+                Some(ch) if cumulative > ch.deposited => Some(VoucherRefusal::OverDeposit {
                     deposited: ch.deposited,
-                }));
+                }),
+                // Exactly the next step: a voucher promising more would never be the one
+                // redeemed (redemption takes one not above what is owed), so a payer could use
+                // the service on vouchers the node can never cash and withdraw the deposit.
+                Some(ch) if cumulative != ch.accepted + pending + price => {
+                    Some(VoucherRefusal::NotNext {
+                        owed: ch.accepted + pending,
+                    })
+                }
+                Some(_) => None,
+            };
+            // A counted voucher is at most `accepted`, so with a price it can only fail the
+            // step above; say it was used (the paywall then answers it again) rather than why.
+            if refusal.is_some() || price.is_zero() {
+                let kept: Option<String> = c
+                    .prepare_cached("SELECT state FROM vouchers WHERE key = ?1")?
+                    .query_row([key.as_slice()], |r| r.get(0))
+                    .optional()?;
+                if kept.as_deref().is_some_and(|s| s != "released") {
+                    return Ok(Some(VoucherRefusal::AlreadyUsed));
+                }
             }
-            // Exactly the next step: a voucher promising more would never be the one redeemed
-            // (redemption takes one not above what is owed), so a payer could use the service
-            // on vouchers the node can never cash and withdraw the deposit.
-            let owed = ch.accepted + ch.pending;
-            if cumulative != owed + price {
-                return Ok(Err(VoucherRefusal::NotNext { owed }));
-            }
-            tx.prepare_cached(
-                "INSERT INTO vouchers (key, channel, cumulative, price, signature, state, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, 'reserved', ?6)
-                 ON CONFLICT (key) DO UPDATE SET price = ?4, signature = ?5, state = 'reserved'",
-            )?
-            .execute(params![
-                key.as_slice(),
-                id.as_slice(),
-                cumulative.to_be_bytes::<32>().as_slice(),
-                price.to_string(),
-                signature,
-                now()
-            ])?;
-            tx.prepare_cached("UPDATE channels SET pending = ?2, updated_at = ?3 WHERE id = ?1")?
-                .execute(params![id.as_slice(), (ch.pending + price).to_string(), now()])?;
-            tx.commit()?;
-            Ok(Ok(()))
-        })
+            Ok(refusal)
+        })?;
+        if let Some(r) = refusal {
+            return Ok(Err(r));
+        }
+        taken.vouchers.insert(
+            key,
+            TakenVoucher {
+                channel: id,
+                cumulative,
+                price,
+                signature: signature.to_vec(),
+            },
+        );
+        taken.pending.insert(id, pending + price);
+        Ok(Ok(()))
     }
 
-    /// The request a taken voucher paid for succeeded: its price now counts as owed.
+    /// The request a taken voucher paid for succeeded: its price now counts as owed and the
+    /// voucher is kept for redemption (durable as the store's `counts` say). On an error the
+    /// voucher stays taken: the caller gives it back.
     pub fn commit_voucher(&self, key: B256) -> Result<(), X402Error> {
         self.finish_voucher(key, true)
     }
@@ -108,42 +118,53 @@ impl PaymentStore {
     }
 
     pub(super) fn finish_voucher(&self, key: B256, succeeded: bool) -> Result<(), X402Error> {
-        self.with(|c| {
-            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            let row: Option<(Vec<u8>, String)> = tx
-                .prepare_cached(
-                    "SELECT channel, price FROM vouchers WHERE key = ?1 AND state = 'reserved'",
-                )?
-                .query_row([key.as_slice()], |r| Ok((r.get(0)?, r.get(1)?)))
-                .optional()?;
-            let Some((id, price)) = row else {
-                return Ok(());
-            };
-            let price = u256(price);
-            let id = B256::try_from(id.as_slice()).unwrap_or_default();
-            if let Some(ch) = channel(&tx, id)? {
-                let accepted = if succeeded {
-                    ch.accepted + price
-                } else {
-                    ch.accepted
-                };
+        let mut taken = self.taken();
+        let Some(v) = taken.vouchers.get(&key).cloned() else {
+            return Ok(());
+        };
+        if succeeded {
+            self.with(|c| {
+                let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+                let accepted: String = tx
+                    .prepare_cached("SELECT accepted FROM channels WHERE id = ?1")?
+                    .query_row([v.channel.as_slice()], |r| r.get(0))?;
                 tx.prepare_cached(
-                    "UPDATE channels SET accepted = ?2, pending = ?3, updated_at = ?4 WHERE id = ?1",
+                    "UPDATE channels SET accepted = ?2, updated_at = ?3 WHERE id = ?1",
                 )?
                 .execute(params![
-                    id.as_slice(),
-                    accepted.to_string(),
-                    ch.pending.saturating_sub(price).to_string(),
+                    v.channel.as_slice(),
+                    (u256(accepted) + v.price).to_string(),
                     now()
                 ])?;
-            }
-            tx.prepare_cached("UPDATE vouchers SET state = ?2 WHERE key = ?1")?
+                tx.prepare_cached(
+                    "INSERT INTO vouchers (key, channel, cumulative, price, signature, state, created_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, 'settled', ?6)
+                     ON CONFLICT (key) DO UPDATE SET price = ?4, signature = ?5, state = 'settled'",
+                )?
                 .execute(params![
                     key.as_slice(),
-                    if succeeded { "settled" } else { "released" }
+                    v.channel.as_slice(),
+                    v.cumulative.to_be_bytes::<32>().as_slice(),
+                    v.price.to_string(),
+                    v.signature,
+                    now()
                 ])?;
-            tx.commit()
-        })
+                tx.commit()
+            })?;
+        }
+        taken.vouchers.remove(&key);
+        let left = taken
+            .pending
+            .get(&v.channel)
+            .copied()
+            .unwrap_or_default()
+            .saturating_sub(v.price);
+        if left.is_zero() {
+            taken.pending.remove(&v.channel);
+        } else {
+            taken.pending.insert(v.channel, left);
+        }
+        Ok(())
     }
 
     /// The voucher to redeem for a channel: the largest counted one not above what is owed
@@ -187,7 +208,7 @@ impl PaymentStore {
 
     /// Records a redemption.
     pub fn set_redeemed(&self, id: B256, redeemed: U256) -> Result<(), X402Error> {
-        self.with(|c| {
+        self.durable(|c| {
             c.execute(
                 "UPDATE channels SET redeemed = ?2, updated_at = ?3 WHERE id = ?1",
                 params![id.as_slice(), redeemed.to_string(), now()],
