@@ -62,9 +62,9 @@ pub struct NodeServeArgs {
     /// What a receipt (and the prepaid voucher that paid for it) survives once the answer has
     /// left: `process` (the node process dying, kill -9 included; no fsync per commit) or
     /// `power` (the machine losing power too: every commit waits for the disk, which costs
-    /// latency). With `process`, a power cut may lose the last receipts and voucher counts: the
-    /// payers keep their answers and receipts, those vouchers are given back, and the node
-    /// forgoes their fees. `exact` payments are fsynced either way.
+    /// latency). With `process`, a power cut may lose the last receipts and the voucher counts
+    /// since the last billing round: the payers keep their answers and receipts, those vouchers
+    /// are given back, and the node forgoes their fees. `exact` payments are fsynced either way.
     #[arg(long, value_enum, default_value_t = ReceiptDurability::Process)]
     pub receipt_durability: ReceiptDurability,
     /// Largest request body in bytes.

@@ -152,8 +152,15 @@ impl NodeClient {
                 cairn_x402::client::PrepaidAccount::load(&path).map_err(|e| p(e.to_string()))?
         {
             let ch = self.prepaid_channel(payer.address(), self.salt).await?;
-            // Our own account, not the node's word, says what the next voucher is worth.
-            let next = account.paid + offer.amount;
+            // Our own account, not the node's word, says what the next voucher is worth, unless
+            // the node counts less (it lost counts to a power cut): then its figure, which only
+            // ever costs us less.
+            let paid = if ch.known {
+                account.paid.min(ch.accepted)
+            } else {
+                account.paid
+            };
+            let next = paid + offer.amount;
             if ch.known && ch.closing != Some(true) && next <= ch.deposited.unwrap_or_default() {
                 let header = pay::pay_prepaid(payer, &required, offer, self.salt, next)
                     .map_err(|e| p(e.to_string()))?;

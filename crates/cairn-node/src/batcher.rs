@@ -146,7 +146,7 @@ impl Settler {
         }
         let store = store.clone();
         let outcomes = tokio::task::spawn_blocking(move || {
-            waiting
+            let outcomes = waiting
                 .into_iter()
                 .filter_map(|(id, payment)| match store.outcome(payment) {
                     Ok(cairn_x402::store::Outcome::Paid) => Some(Ok((id, Billing::Final))),
@@ -154,7 +154,10 @@ impl Settler {
                     Ok(cairn_x402::store::Outcome::Open) => None,
                     Err(e) => Some(Err(e)),
                 })
-                .collect::<Result<Vec<_>, _>>()
+                .collect::<Result<Vec<_>, _>>()?;
+            // Every count just read as paid survives power loss before its receipt is billed.
+            store.sync()?;
+            Ok::<_, cairn_x402::X402Error>(outcomes)
         })
         .await??;
         Ok(self.log.resolve_billing(outcomes).await?)

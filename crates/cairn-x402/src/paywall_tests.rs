@@ -41,7 +41,8 @@ impl Pricing for Fixed {
     }
 }
 
-/// The route: counts its runs, takes a while, fails on body "fail", echoes the payment.
+/// The route: counts its runs, takes a while, fails on body "fail", panics on "panic", echoes
+/// the payment.
 async fn run(
     State(runs): State<Arc<AtomicUsize>>,
     paid: Option<axum::Extension<Paid>>,
@@ -51,6 +52,9 @@ async fn run(
     tokio::time::sleep(Duration::from_millis(150)).await;
     if body == "fail" {
         return (StatusCode::BAD_REQUEST, "{\"code\":\"bad\"}".into());
+    }
+    if body == "panic" {
+        panic!("the route panics");
     }
     let paid = paid.expect("the paywall put the payment in");
     (StatusCode::OK, format!("ran for {}", paid.0.payer))
@@ -393,6 +397,10 @@ async fn prepaid_vouchers_are_checked_locally_stepped_atomically_and_redeemed() 
     // A failing route gives the step back.
     let (status, _, _, _) = send(&s.url, &voucher(2), "fail").await;
     assert_eq!(status, 400);
+    // So does a route that panics (a voucher left taken would block the channel's next step
+    // until the node restarts).
+    let (status, _, _, _) = send(&s.url, &voucher(2), "panic").await;
+    assert_eq!(status, 500);
     let (status, _, _, _) = send(&s.url, &voucher(2), "go").await;
     assert_eq!(status, 200);
     // Past the deposit: refused.
@@ -411,7 +419,7 @@ async fn prepaid_vouchers_are_checked_locally_stepped_atomically_and_redeemed() 
         (status, v2["error"].as_str()),
         (402, Some("invalid_prepaid_signature"))
     );
-    assert_eq!(s.runs.load(Ordering::SeqCst), 3);
+    assert_eq!(s.runs.load(Ordering::SeqCst), 4);
     // Redemption pays the vault what was accepted, once.
     let pre = Prepaid::new(
         s.d.chain.clone(),

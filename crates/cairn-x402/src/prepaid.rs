@@ -337,6 +337,8 @@ impl Prepaid {
             }
             self.scanned.store(head + 1, Ordering::Relaxed);
         }
+        // Never redeem on a count a power cut could still undo.
+        self.store.sync()?;
         let mut redeemed = 0;
         for c in self.store.unredeemed()? {
             // The largest counted voucher not above what is owed: never one that also promised

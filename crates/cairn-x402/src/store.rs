@@ -312,7 +312,7 @@ impl PaymentStore {
     }
 
     /// Runs `f` with its commits waiting for the disk, whatever the store's durability.
-    fn durable<T>(
+    pub(crate) fn durable<T>(
         &self,
         f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>,
     ) -> Result<T, X402Error> {
@@ -326,6 +326,19 @@ impl PaymentStore {
         // Back to the store's level; a failure here leaves the connection safer, not weaker.
         let _ = c.execute_batch("PRAGMA synchronous = NORMAL");
         out.map_err(store_err)
+    }
+
+    /// Makes every count so far survive power loss (a checkpoint syncs the write-ahead log
+    /// first); a no-op when every commit already waits for the disk. Called before counts are
+    /// billed or redeemed, so nothing is billed or redeemed on a count a power cut could undo.
+    pub fn sync(&self) -> Result<(), X402Error> {
+        if self.counts == cairn_sqlite::Durability::Full {
+            return Ok(());
+        }
+        self.with(|c| {
+            c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(0))
+                .map(drop)
+        })
     }
 
     /// Reserves a payment, unless its key was seen before. A `released` payment (its request

@@ -278,10 +278,15 @@ fn vouchers_are_taken_in_memory_counted_on_disk_and_given_back_by_a_restart() {
                 deposited: U256::from(100)
             })
         );
-        // Voucher steps leave the connection at the store's level; `exact` steps and channel
-        // refreshes raise it for their own commits only.
+        // Voucher steps leave the connection at the store's level; `exact` steps, channel
+        // refreshes and redemptions raise it to FULL for their own commits only.
         let level = if counts == Durability::Full { 2 } else { 1 };
         assert_eq!(store.synchronous(), level, "{counts:?}");
+        let inside: i64 = store
+            .durable(|c| c.pragma_query_value(None, "synchronous", |r| r.get(0)))
+            .unwrap();
+        assert_eq!((inside, store.synchronous()), (2, level), "{counts:?}");
+        store.sync().unwrap();
         // The file has one user: a second store on it is refused with the reason.
         let e = PaymentStore::open(&path, counts)
             .err()
@@ -304,6 +309,53 @@ fn vouchers_are_taken_in_memory_counted_on_disk_and_given_back_by_a_restart() {
             .unwrap()
             .unwrap();
     }
+}
+
+/// Two vouchers run at once, the cheaper one fails: the dearer one is counted and is then
+/// exactly the next step again. Presented again it is "used", never taken and charged twice.
+#[test]
+fn a_counted_voucher_is_never_taken_again_even_when_it_is_the_next_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let store =
+        PaymentStore::open(&dir.path().join("payments.sqlite"), Durability::Normal).unwrap();
+    let id = B256::repeat_byte(7);
+    let rec = ChannelRecord {
+        id,
+        payer: Address::repeat_byte(1),
+        payee: Address::repeat_byte(2),
+        salt: B256::ZERO,
+        deposited: U256::ZERO,
+        closing: false,
+        accepted: U256::ZERO,
+        pending: U256::ZERO,
+        redeemed: U256::ZERO,
+    };
+    store
+        .refresh_channel(1, &rec, U256::from(100), false, U256::ZERO)
+        .unwrap();
+    let price = U256::from(10);
+    let (a, b) = (B256::repeat_byte(0xa), B256::repeat_byte(0xb));
+    store
+        .accept_voucher(id, a, U256::from(10), price, &[1; 65])
+        .unwrap()
+        .unwrap();
+    store
+        .accept_voucher(id, b, U256::from(20), price, &[2; 65])
+        .unwrap()
+        .unwrap();
+    store.release_voucher(a).unwrap();
+    store.commit_voucher(b).unwrap();
+    assert_eq!(store.channel(id).unwrap().unwrap().accepted, price);
+    assert_eq!(
+        store
+            .accept_voucher(id, b, U256::from(20), price, &[2; 65])
+            .unwrap(),
+        Err(VoucherRefusal::AlreadyUsed)
+    );
+    // Counting a voucher that is not taken is an error (the answer would leave unpaid);
+    // giving one back twice is harmless.
+    assert!(store.commit_voucher(a).is_err());
+    store.release_voucher(a).unwrap();
 }
 
 // ---- the facilitator on the embedded chain ----

@@ -2,6 +2,7 @@
 //! answer leaves, released when the route fails.
 
 use super::*;
+use crate::prepaid::Accepted;
 
 /// Runs `run` paid by the voucher `presented` carries.
 pub(super) async fn pay(
@@ -51,15 +52,16 @@ pub(super) async fn pay(
         payment_ref: accepted.payment_ref(),
     };
     parts.extensions.insert(paid.clone());
+    // Given back however this ends short of being counted, a panic in the route included: a
+    // voucher left taken would block its channel's next step until the node restarts.
+    let taken = GiveBack(&pre, &accepted);
     let mut resp = next.run(Request::from_parts(parts, body)).await;
     if !resp.status().is_success() {
-        pre.release(&accepted);
         return resp;
     }
     // Counted before the output leaves: an answer the store did not count is withheld.
     if let Err(e) = pre.commit(&accepted) {
         tracing::error!(error = %e, "counting a prepaid voucher");
-        pre.release(&accepted);
         return (
             StatusCode::INTERNAL_SERVER_ERROR,
             axum::Json(cairn_core::ErrorBody::new(
@@ -69,6 +71,8 @@ pub(super) async fn pay(
         )
             .into_response();
     }
+    // Counted: giving it back now is a no-op, skip it.
+    std::mem::forget(taken);
     let s = SettleResponse {
         success: true,
         error_reason: None,
@@ -78,4 +82,13 @@ pub(super) async fn pay(
     };
     insert_settle(resp.headers_mut(), &s, version);
     resp
+}
+
+/// Gives a taken voucher back when dropped.
+struct GiveBack<'a>(&'a Prepaid, &'a Accepted);
+
+impl Drop for GiveBack<'_> {
+    fn drop(&mut self) {
+        self.0.release(self.1);
+    }
 }

@@ -76,16 +76,14 @@ impl PaymentStore {
                 }
                 Some(_) => None,
             };
-            // A counted voucher is at most `accepted`, so with a price it can only fail the
-            // step above; say it was used (the paywall then answers it again) rather than why.
-            if refusal.is_some() || price.is_zero() {
-                let kept: Option<String> = c
-                    .prepare_cached("SELECT state FROM vouchers WHERE key = ?1")?
-                    .query_row([key.as_slice()], |r| r.get(0))
-                    .optional()?;
-                if kept.as_deref().is_some_and(|s| s != "released") {
-                    return Ok(Some(VoucherRefusal::AlreadyUsed));
-                }
+            // A counted voucher can still be the next step (a cheaper one before it failed
+            // while it ran), so look it up every time: used, the paywall answers it again.
+            let kept: Option<String> = c
+                .prepare_cached("SELECT state FROM vouchers WHERE key = ?1")?
+                .query_row([key.as_slice()], |r| r.get(0))
+                .optional()?;
+            if kept.as_deref().is_some_and(|s| s != "released") {
+                return Ok(Some(VoucherRefusal::AlreadyUsed));
             }
             Ok(refusal)
         })?;
@@ -120,7 +118,13 @@ impl PaymentStore {
     pub(super) fn finish_voucher(&self, key: B256, succeeded: bool) -> Result<(), X402Error> {
         let mut taken = self.taken();
         let Some(v) = taken.vouchers.get(&key).cloned() else {
-            return Ok(());
+            // Giving back twice is harmless; counting what was not taken would let an answer
+            // out unpaid.
+            return if succeeded {
+                Err(X402Error::Store(format!("voucher {key} is not taken")))
+            } else {
+                Ok(())
+            };
         };
         if succeeded {
             self.with(|c| {
