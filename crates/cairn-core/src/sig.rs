@@ -78,6 +78,14 @@ impl std::fmt::Debug for SigningKey {
     }
 }
 
+impl Drop for SigningKey {
+    /// Overwrites the secret scalar (volatile writes), so a freed key does not linger in memory
+    /// a later bug or a core dump could show.
+    fn drop(&mut self) {
+        self.secret.non_secure_erase();
+    }
+}
+
 impl SigningKey {
     /// The key with secret scalar `bytes`; `None` when it is zero or not below the curve order.
     pub fn from_bytes(bytes: &B256) -> Option<Self> {

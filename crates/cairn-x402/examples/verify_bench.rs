@@ -3,7 +3,9 @@
 //! - `ecrecover`: recovering one secp256k1 signer from a prehash with libsecp256k1 (the floor:
 //!   every scheme does one), and `ecrecover_k256` the same with the pure-Rust k256;
 //! - `exact`: base64 header → JSON → offer match → EIP-712 hash → recover → compare;
-//! - `prepaid`: the same for a voucher, minus the store step.
+//! - `prepaid`: the same for a voucher, minus the store step;
+//! - `prepaid_store`: the store step of one prepaid call (take the voucher, then count it), with
+//!   counts surviving the process (`process`, the default) and power loss (`power`).
 //!
 //! Usage: verify_bench [ITERATIONS]
 
@@ -99,9 +101,44 @@ fn main() {
             cairn_core::sig::recover_prehash(&s, &msg.eip712_signing_hash(&pre_domain)).unwrap();
         assert_eq!(who, v.voucher.payer);
     });
+    let store_t = |counts: cairn_sqlite::Durability, n: usize| {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            cairn_x402::PaymentStore::open(&dir.path().join("payments.sqlite"), counts).unwrap();
+        let id = B256::repeat_byte(7);
+        let rec = cairn_x402::store::ChannelRecord {
+            id,
+            payer: payer.address(),
+            payee: escrow,
+            salt: B256::ZERO,
+            deposited: U256::ZERO,
+            closing: false,
+            accepted: U256::ZERO,
+            pending: U256::ZERO,
+            redeemed: U256::ZERO,
+        };
+        store
+            .refresh_channel(1, &rec, U256::MAX >> 1, false, U256::ZERO)
+            .unwrap();
+        let price = U256::from(10);
+        let mut i = 0u64;
+        time(n, || {
+            i += 1;
+            let key = alloy_primitives::keccak256(i.to_be_bytes());
+            store
+                .accept_voucher(id, key, price * U256::from(i), price, &[1; 65])
+                .unwrap()
+                .unwrap();
+            store.commit_voucher(key).unwrap();
+        })
+    };
+    let store_process = store_t(cairn_sqlite::Durability::Normal, n.min(20_000));
+    let store_power = store_t(cairn_sqlite::Durability::Full, n.min(2_000));
     println!(
         "{}",
         json!({
+            "prepaid_store": {"process": {"p50_us": store_process.0, "p99_us": store_process.1},
+                              "power": {"p50_us": store_power.0, "p99_us": store_power.1}},
             "iterations": n,
             "ecrecover_k256": {"p50_us": k256.0, "p99_us": k256.1},
             "ecrecover": {"p50_us": floor.0, "p99_us": floor.1, "k256_over_libsecp256k1_p50": k256.0 / floor.0},

@@ -159,6 +159,45 @@ fn without_a_sealer_batch_sealed_entries_leave_the_group_with_a_reason() {
     assert!(reason.contains("signs no batches"), "{reason}");
 }
 
+/// A group whose signing or commit panics fails with the reason; what it had written is rolled
+/// back and the next group commits on the same connection.
+#[test]
+fn a_panicking_group_fails_alone_and_leaves_the_log_writable() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut conn = cairn_sqlite::open(&dir.path().join("r.sqlite"), Durability::Normal).unwrap();
+    conn.execute_batch(SCHEMA).unwrap();
+    migrate(&conn).unwrap();
+    let count = |c: &Connection| -> i64 {
+        c.query_row("SELECT COUNT(*) FROM receipts", [], |r| r.get(0))
+            .unwrap()
+    };
+    let first: Vec<Job> = vec![(entry("a", Billing::Final, 0), oneshot::channel().0)];
+    let err = guarded(|| {
+        commit(&mut conn, &first).unwrap();
+        let tx = conn.transaction().unwrap();
+        tx.execute(
+            "UPDATE receipts SET model = 'half-written' WHERE id = 'a'",
+            [],
+        )
+        .unwrap();
+        panic!("signing blew up");
+    })
+    .unwrap_err();
+    assert!(
+        err.contains("signing blew up") && err.contains("retry"),
+        "{err}"
+    );
+    let model: String = conn
+        .query_row("SELECT model FROM receipts WHERE id = 'a'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(model, "m", "the panicking transaction was rolled back");
+    let next: Vec<Job> = vec![(entry("b", Billing::Final, 0), oneshot::channel().0)];
+    guarded(|| commit(&mut conn, &next).map_err(|e| e.to_string())).unwrap();
+    assert_eq!(count(&conn), 2);
+}
+
 /// Through the writer: every batch-sealed receipt handed back verifies and is what the log
 /// stored; concurrent appends share roots when they commit together.
 #[tokio::test(flavor = "multi_thread")]

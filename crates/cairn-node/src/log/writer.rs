@@ -29,8 +29,10 @@ pub(super) fn writer(
                     Err(_) => break,
                 }
             }
-            seal(sealer.as_ref(), &mut batch);
-            let result = commit(&mut conn, &batch).map_err(|e| e.to_string());
+            let result = guarded(|| {
+                seal(sealer.as_ref(), &mut batch);
+                commit(&mut conn, &batch).map_err(|e| e.to_string())
+            });
             if let Err(e) = &result {
                 tracing::error!(error = %e, "receipt log commit failed");
             }
@@ -95,6 +97,22 @@ pub(super) fn seal(sealer: Option<&ReceiptSigner>, batch: &mut Vec<Job>) {
             }
         }
     }
+}
+
+/// Runs one group's signing and commit so that a panic in it (a bug) fails that group's
+/// requests with the reason instead of stopping the writer and with it every later append. A
+/// transaction open when it panicked is rolled back as it unwinds.
+pub(super) fn guarded(group: impl FnOnce() -> Result<(), String>) -> Result<(), String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(group)).unwrap_or_else(|p| {
+        let why = p
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic".into());
+        Err(format!(
+            "the receipt log failed on this group ({why}); none of it was kept, retry"
+        ))
+    })
 }
 
 pub(super) fn commit(conn: &mut Connection, batch: &[Job]) -> rusqlite::Result<()> {
