@@ -5,7 +5,9 @@
 //!
 //! Every settlement goes through the [`PaymentStore`] first, so an authorization is sent at most
 //! once by this process; a transaction that is out but not confirmed is `settlement_pending` and
-//! reconciled from the token's own record (`authorizationState`). A payment is marked pending
+//! reconciled from the token's own record (`authorizationState`, and the `AuthorizationUsed` and
+//! `Transfer` events of the transaction that used the nonce: the payer may have signed another
+//! transfer with the same nonce, so a used nonce alone is no payment). A payment is marked pending
 //! (durably, with any withheld answer) *before* its transfer is sent, so a restart knows which
 //! reservations may have a transfer out (pending) and which never did (released); a pending
 //! payment with no transaction on record is one whose sender died mid-send, and the reconciler
@@ -61,6 +63,10 @@ pub struct Facilitator {
     policy: Option<Policy>,
     /// Payments whose transfer this process is sending right now (the reconciler leaves them).
     sending: Mutex<HashSet<B256>>,
+    /// The chain's head as last read: a block at or before any transfer sent from now on, kept
+    /// with each pending payment so its transfer is looked for from there (no extra call per
+    /// payment; a stale value only widens the search).
+    head: std::sync::atomic::AtomicU64,
 }
 
 /// Removes a payment from the in-flight set when its send ends (or its task is dropped).
@@ -111,6 +117,7 @@ impl Facilitator {
         let domain = chain.token_domain().await?;
         let token_name = domain.name.as_deref().unwrap_or_default().to_string();
         let token_version = domain.version.as_deref().unwrap_or_default().to_string();
+        let head = chain.ledger().head().await?.number;
         Ok(Self {
             chain,
             signer,
@@ -120,6 +127,7 @@ impl Facilitator {
             token_version,
             policy: None,
             sending: Mutex::new(HashSet::new()),
+            head: head.into(),
         })
     }
 
@@ -277,10 +285,8 @@ impl Facilitator {
             return Settlement::Pending(None);
         };
         // Durably pending before anything leaves: a crash from here on may have a transfer out.
-        if let Err(e) = self
-            .store
-            .set_state(key, PaymentState::Pending, None, None, withheld)
-        {
+        let from_block = self.head.load(std::sync::atomic::Ordering::Relaxed);
+        if let Err(e) = self.store.mark_pending(key, withheld, from_block) {
             tracing::error!(%key, error = %e, "marking a payment pending");
             self.store.release(key, Some("the payment store failed"));
             return Settlement::Failed(Reason::new(
@@ -289,6 +295,20 @@ impl Facilitator {
             ));
         }
         self.send(key, c, withheld, false).await
+    }
+
+    /// Whether the transfer that used authorization `a` paid `a.to` its `a.value` (see
+    /// [`Chain::authorization_paid`]); `None` when no use is on record yet.
+    pub(crate) async fn paid_to_us(
+        &self,
+        key: B256,
+        a: &exact::Authorization,
+    ) -> Result<Option<bool>, X402Error> {
+        let from_block = self.store.get(key)?.and_then(|r| r.from_block).unwrap_or(0);
+        Ok(self
+            .chain
+            .authorization_paid(a.from, a.nonce, a.to, a.value, from_block)
+            .await?)
     }
 
     /// Claims `key` for one sender in this process.
@@ -323,26 +343,31 @@ impl Facilitator {
                     Settlement::Pending(Some(hash.to_string()))
                 }
                 Err(LedgerError::Reverted { reason, .. }) => {
-                    // Tell a used nonce apart from other reverts (balance moved, expired, …).
+                    // Tell a used nonce apart from other reverts (balance moved, expired, …),
+                    // and our own earlier transfer from the payer's other one with that nonce.
                     let used = self
                         .chain
                         .authorization_used(a.from, a.nonce)
                         .await
                         .unwrap_or(false);
-                    if used && resumed {
-                        // Our own earlier transfer (its sender died before recording it) went
-                        // through first; failing here would charge an honest payer for nothing.
-                        Settlement::Settled(String::new())
-                    } else if used {
-                        Settlement::Failed(Reason::new(
-                            "invalid_exact_evm_nonce_already_used",
-                            "the authorization was used by another transaction",
-                        ))
-                    } else {
+                    if !used {
                         Settlement::Failed(Reason::new(
                             "invalid_exact_evm_transaction_simulation_failed",
                             format!("the transfer reverted: {reason}"),
                         ))
+                    } else {
+                        match self.paid_to_us(key, a).await {
+                            // Our own earlier transfer (a sender died before recording it), or
+                            // the same authorization relayed by someone else: we are paid, and
+                            // failing here would charge the payer for nothing.
+                            Ok(Some(true)) => Settlement::Settled(String::new()),
+                            Ok(Some(false)) => Settlement::Failed(Reason::new(
+                                "invalid_exact_evm_nonce_already_used",
+                                "the authorization's nonce was used by another transfer",
+                            )),
+                            // Not readable yet: the reconciler looks again.
+                            Ok(None) | Err(_) => Settlement::Pending(None),
+                        }
                     }
                 }
                 // Not sent (refused before broadcast) but unknown: check the token's record.

@@ -136,6 +136,8 @@ pub struct PaymentRecord {
     pub reason: Option<String>,
     /// The withheld response (status, headers JSON, body) while pending.
     pub response: Option<Vec<u8>>,
+    /// A block at or before the one that may hold its transfer (where to look for it).
+    pub from_block: Option<u64>,
 }
 
 /// A new payment to reserve.
@@ -263,6 +265,14 @@ impl PaymentStore {
             .prepare("SELECT name FROM pragma_table_info('channels')")
             .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
             .map_err(store_err)?;
+        let have_payments: Vec<String> = conn
+            .prepare("SELECT name FROM pragma_table_info('payments')")
+            .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+            .map_err(store_err)?;
+        if !have_payments.iter().any(|c| c == "from_block") {
+            conn.execute("ALTER TABLE payments ADD COLUMN from_block INTEGER", [])
+                .map_err(store_err)?;
+        }
         if !have.iter().any(|c| c == "pending") {
             conn.execute(
                 "ALTER TABLE channels ADD COLUMN pending TEXT NOT NULL DEFAULT '0'",
@@ -396,6 +406,25 @@ impl PaymentStore {
         })
     }
 
+    /// Marks a reserved payment pending before its transfer is sent (fsynced), with the answer
+    /// withheld meanwhile and `from_block`, a block at or before the one that will hold the
+    /// transfer.
+    pub fn mark_pending(
+        &self,
+        key: B256,
+        withheld: Option<&[u8]>,
+        from_block: u64,
+    ) -> Result<(), X402Error> {
+        self.durable(|c| {
+            c.prepare_cached(
+                "UPDATE payments SET state = 'pending', reason = NULL, response = ?2,
+                        from_block = COALESCE(from_block, ?3), updated_at = ?4 WHERE key = ?1",
+            )?
+            .execute(params![key.as_slice(), withheld, from_block as i64, now()])
+            .map(drop)
+        })
+    }
+
     /// Gives a reserved payment back (its request failed or was refused before settlement: the
     /// authorization was never used, so it may be presented again). A store failure is logged:
     /// the payment then stays reserved and the payer signs a new one.
@@ -480,7 +509,8 @@ pub enum VoucherRefusal {
     AlreadyUsed,
 }
 
-const COLUMNS: &str = "key, scheme, payer, amount, state, resource, payload, tx, reason, response";
+const COLUMNS: &str =
+    "key, scheme, payer, amount, state, resource, payload, tx, reason, response, from_block";
 
 fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<PaymentRecord> {
     let key: Vec<u8> = r.get(0)?;
@@ -497,12 +527,14 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<PaymentRecord> {
         tx: r.get(7)?,
         reason: r.get(8)?,
         response: r.get(9)?,
+        from_block: r.get::<_, Option<i64>>(10)?.map(|b| b.max(0) as u64),
     })
 }
 
 fn get(c: &Connection, key: B256) -> rusqlite::Result<Option<PaymentRecord>> {
     c.prepare_cached(
-        "SELECT key, scheme, payer, amount, state, resource, payload, tx, reason, response
+        "SELECT key, scheme, payer, amount, state, resource, payload, tx, reason, response,
+                from_block
          FROM payments WHERE key = ?1",
     )?
     .query_row([key.as_slice()], row)

@@ -421,6 +421,93 @@ fn request(d: &Devnet, amount: u64) -> FacilitatorRequest {
     }
 }
 
+/// The payer signs a second authorization with the same nonce to another address and gets it
+/// mined first (a front-run; on a public chain anyone sees the node's transfer coming). The
+/// nonce is then used but the node was never paid: a payment left pending by a crash must fail,
+/// not settle and hand over its kept answer.
+#[tokio::test]
+async fn a_nonce_used_by_the_payers_other_transfer_is_not_a_payment() {
+    let d = devnet().await;
+    let req = request(&d, 700);
+    let p: PaymentPayload = serde_json::from_value(req.payment_payload.clone()).unwrap();
+    let c = d
+        .facilitator
+        .check_exact(&p.payload, &p.accepted, now_secs())
+        .unwrap();
+    let (key, r) = d.facilitator.reserve(&c, "http://x/y", &p.payload).unwrap();
+    assert!(matches!(r, Reserve::Reserved));
+    // Marked pending, then the sender "died" before its transfer was out.
+    d.facilitator
+        .store()
+        .set_state(key, PaymentState::Pending, None, None, Some(b"the answer"))
+        .unwrap();
+    // The payer's own transfer with the same nonce, to an address of theirs.
+    let elsewhere = address!("0x00000000000000000000000000000000000000e1");
+    let offer = d.facilitator.exact_offer(elsewhere, U256::from(700), 60);
+    let authorization = crate::exact::Authorization {
+        to: elsewhere,
+        ..c.authorization.clone()
+    };
+    let hash = alloy_sol_types::SolStruct::eip712_signing_hash(
+        &authorization.message(),
+        &crate::exact::domain_from_offer(&offer, d.chain.ledger().chain_id()),
+    );
+    let signature = alloy_signer::SignerSync::sign_hash_sync(&d.payer, &hash).unwrap();
+    let theirs = crate::exact::CheckedExact {
+        authorization,
+        signature,
+    };
+    d.chain
+        .send_authorization(&dev_signer(3), theirs.transfer_call())
+        .await
+        .unwrap();
+    assert!(
+        d.chain
+            .authorization_used(d.payer.address(), c.authorization.nonce)
+            .await
+            .unwrap()
+    );
+    d.facilitator.reconcile_all().await;
+    let rec = d.facilitator.store().get(key).unwrap().unwrap();
+    assert_eq!(rec.state, PaymentState::Failed, "{rec:?}");
+    assert!(
+        rec.response.is_none(),
+        "the kept answer must not stay to be handed over"
+    );
+    assert_eq!(d.chain.token_balance(d.payee).await.unwrap(), U256::ZERO);
+    assert_eq!(d.facilitator.store().outcome(key).unwrap(), Outcome::Failed);
+}
+
+/// The same authorization relayed by someone else between the check and the node's send (anyone
+/// may submit it): the node's transfer reverts on the used nonce, but the node was paid, so the
+/// payment settles and the payer gets the answer it paid for.
+#[tokio::test]
+async fn an_authorization_relayed_by_someone_else_first_still_pays_the_node() {
+    let d = devnet().await;
+    let req = request(&d, 900);
+    let p: PaymentPayload = serde_json::from_value(req.payment_payload.clone()).unwrap();
+    let c = d
+        .facilitator
+        .check_exact(&p.payload, &p.accepted, now_secs())
+        .unwrap();
+    let (key, r) = d.facilitator.reserve(&c, "http://x/y", &p.payload).unwrap();
+    assert!(matches!(r, Reserve::Reserved));
+    d.chain
+        .send_authorization(&dev_signer(4), c.transfer_call())
+        .await
+        .unwrap();
+    let s = d.facilitator.settle_reserved(key, &c, None).await;
+    assert!(matches!(s, Settlement::Settled(_)), "{s:?}");
+    assert_eq!(
+        d.facilitator.store().get(key).unwrap().unwrap().state,
+        PaymentState::Settled
+    );
+    assert_eq!(
+        d.chain.token_balance(d.payee).await.unwrap(),
+        U256::from(900)
+    );
+}
+
 #[tokio::test]
 async fn facilitator_verifies_settles_once_and_answers_retries_with_the_first_outcome() {
     let d = devnet().await;

@@ -118,6 +118,52 @@ impl Chain {
         .await
     }
 
+    /// Whether EIP-3009 authorization (`authorizer`, `nonce`) was used by a transfer of `value`
+    /// to `to`, from the token's events since block `from_block`: `None` when no use is on
+    /// record yet, `Some(false)` when the nonce went to another transfer (the payer signed two
+    /// with one nonce and the other was mined first). A used nonce alone proves no payment.
+    pub async fn authorization_paid(
+        &self,
+        authorizer: Address,
+        nonce: B256,
+        to: Address,
+        value: U256,
+        from_block: u64,
+    ) -> Result<Option<bool>, LedgerError> {
+        let token = self.deployment.token;
+        let used = self
+            .ledger
+            .logs(crate::LogFilter {
+                address: Some(token),
+                topic0: Some(CairnToken::AuthorizationUsed::SIGNATURE_HASH),
+                from_block,
+            })
+            .await?
+            .into_iter()
+            .find(|l| {
+                CairnToken::AuthorizationUsed::decode_log(&l.log)
+                    .is_ok_and(|e| e.authorizer == authorizer && e.nonce == nonce)
+            });
+        let Some(used) = used else {
+            return Ok(None);
+        };
+        let paid = self
+            .ledger
+            .logs(crate::LogFilter {
+                address: Some(token),
+                topic0: Some(CairnToken::Transfer::SIGNATURE_HASH),
+                from_block: used.block,
+            })
+            .await?
+            .into_iter()
+            .filter(|l| l.tx == used.tx)
+            .any(|l| {
+                CairnToken::Transfer::decode_log(&l.log)
+                    .is_ok_and(|e| e.from == authorizer && e.to == to && e.value == value)
+            });
+        Ok(Some(paid))
+    }
+
     /// Sends a signed EIP-3009 transfer (any sender may; the payer pays no gas).
     pub async fn send_authorization(
         &self,

@@ -4,8 +4,9 @@
 use super::*;
 
 impl Facilitator {
-    /// Looks at a pending payment again: settled once the token records its nonce as used;
-    /// failed once it expired unused; else still pending.
+    /// Looks at a pending payment again: settled once the token records its nonce as used by
+    /// a transfer to the payee of the amount; failed when the nonce went to another transfer
+    /// (the payer signed two with one nonce) or expired unused; else still pending.
     pub async fn reconcile(&self, rec: &PaymentRecord) -> Result<PaymentState, X402Error> {
         if rec.state != PaymentState::Pending {
             return Ok(rec.state);
@@ -13,18 +14,36 @@ impl Facilitator {
         let p = exact::parse(&serde_json::from_str(&rec.payload).unwrap_or(Value::Null))
             .map_err(X402Error::Invalid)?;
         let a = &p.authorization;
-        let state = if self.chain.authorization_used(a.from, a.nonce).await? {
-            PaymentState::Settled
+        let (state, reason) = if self.chain.authorization_used(a.from, a.nonce).await? {
+            match self.paid_to_us(rec.key, a).await? {
+                Some(true) => (PaymentState::Settled, None),
+                Some(false) => (
+                    PaymentState::Failed,
+                    Some("the payer's nonce was used by another transfer, not this payment"),
+                ),
+                // Ours is sent after the payment's `from_block` was taken, so once the
+                // authorization has expired a use not found since then is not ours.
+                None if a.valid_before <= U256::from(now_secs()) => (
+                    PaymentState::Failed,
+                    Some("the payer's nonce was used, by no transfer to this payee on record"),
+                ),
+                // Used, but its transfer is not readable yet: look again next round.
+                None => (PaymentState::Pending, None),
+            }
         } else if a.valid_before <= U256::from(now_secs()) {
-            PaymentState::Failed
+            (
+                PaymentState::Failed,
+                Some("the authorization expired before its transfer was mined"),
+            )
         } else {
-            PaymentState::Pending
+            (PaymentState::Pending, None)
         };
         if state != PaymentState::Pending {
-            let reason = (state == PaymentState::Failed)
-                .then_some("the authorization expired before its transfer was mined");
-            self.store
-                .set_state(rec.key, state, None, reason, rec.response.as_deref())?;
+            // A failed payment's withheld answer is dropped: it was never paid for.
+            let keep = (state == PaymentState::Settled)
+                .then_some(rec.response.as_deref())
+                .flatten();
+            self.store.set_state(rec.key, state, None, reason, keep)?;
         }
         Ok(state)
     }
@@ -39,6 +58,12 @@ impl Facilitator {
 
     /// One pass of the reconciler over every pending payment.
     pub async fn reconcile_all(&self) {
+        match self.chain.ledger().head().await {
+            Ok(h) => self
+                .head
+                .store(h.number, std::sync::atomic::Ordering::Relaxed),
+            Err(e) => tracing::warn!(error = %e, "reading the chain head"),
+        }
         match self.store.pending() {
             Ok(list) => {
                 tracing::debug!(pending = list.len(), "reconciling payments");
