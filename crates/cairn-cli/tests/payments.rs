@@ -47,6 +47,7 @@ fn used_refs(chain: &Chain, payer: Address) -> Vec<B256> {
         address: Some(token),
         topic0: Some(CairnToken::AuthorizationUsed::SIGNATURE_HASH),
         from_block: 0,
+        ..Default::default()
     }))
     .unwrap();
     logs.iter()
@@ -258,6 +259,7 @@ fn devnet_cli_and_official_python_client_pay_exactly_the_price() {
         address: Some(chain.deployment().escrow),
         topic0: Some(Escrow::Redeemed::SIGNATURE_HASH),
         from_block: 0,
+        ..Default::default()
     }))
     .unwrap()
     .iter()

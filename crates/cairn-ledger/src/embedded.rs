@@ -436,15 +436,19 @@ impl Ledger for EmbeddedLedger {
     async fn logs(&self, filter: LogFilter) -> Result<Vec<LogRecord>, LedgerError> {
         let inner = self.lock();
         let mut stmt = inner.conn.prepare_cached(
-            "SELECT block, tx, address, topics, data FROM logs
-             WHERE block >= ?1 AND (?2 IS NULL OR address = ?2) AND (?3 IS NULL OR topic0 = ?3)
+            "SELECT block, tx, address, topics, data, idx FROM logs
+             WHERE block >= ?1 AND block <= ?4 AND (?2 IS NULL OR address = ?2)
+               AND (?3 IS NULL OR topic0 = ?3)
              ORDER BY block, idx",
         )?;
         let rows = stmt.query_map(
             params![
                 filter.from_block as i64,
                 filter.address.map(|a| a.to_vec()),
-                filter.topic0.map(|t| t.to_vec())
+                filter.topic0.map(|t| t.to_vec()),
+                filter
+                    .to_block
+                    .map_or(i64::MAX, |b| b.min(i64::MAX as u64) as i64)
             ],
             |r| {
                 Ok((
@@ -453,18 +457,24 @@ impl Ledger for EmbeddedLedger {
                     r.get::<_, Vec<u8>>(2)?,
                     r.get::<_, Vec<u8>>(3)?,
                     r.get::<_, Vec<u8>>(4)?,
+                    r.get::<_, i64>(5)?,
                 ))
             },
         )?;
         let mut out = Vec::new();
         for row in rows {
-            let (block, tx, address, topics, data) = row?;
-            let topics = topics.chunks_exact(32).map(B256::from_slice).collect();
+            let (block, tx, address, topics, data, index) = row?;
+            let topics: Vec<B256> = topics.chunks_exact(32).map(B256::from_slice).collect();
+            let wanted = |i: usize, t: Option<B256>| t.is_none_or(|t| topics.get(i) == Some(&t));
+            if !(wanted(1, filter.topic1) && wanted(2, filter.topic2)) {
+                continue;
+            }
             let log = Log::new(Address::from_slice(&address), topics, data.into())
                 .ok_or_else(|| LedgerError::Invalid("corrupt log in ledger store".into()))?;
             out.push(LogRecord {
                 block: block as u64,
                 tx: B256::from_slice(&tx),
+                index: index as u64,
                 log,
             });
         }

@@ -55,6 +55,8 @@ pub struct LogRecord {
     pub block: u64,
     /// Transaction hash.
     pub tx: B256,
+    /// Its position among the block's logs.
+    pub index: u64,
     /// The log itself.
     pub log: Log,
 }
@@ -126,8 +128,14 @@ pub struct LogFilter {
     pub address: Option<Address>,
     /// Only logs with this first topic (event signature).
     pub topic0: Option<B256>,
+    /// Only logs with this second topic (an event's first indexed field).
+    pub topic1: Option<B256>,
+    /// Only logs with this third topic (an event's second indexed field).
+    pub topic2: Option<B256>,
     /// From this block on (inclusive).
     pub from_block: u64,
+    /// Up to this block (inclusive); the head when `None`.
+    pub to_block: Option<u64>,
 }
 
 /// The chain as every Cairn role sees it: read, send, list events.

@@ -282,6 +282,7 @@ impl Ledger for RpcLedger {
 
     async fn logs(&self, filter: LogFilter) -> Result<Vec<LogRecord>, LedgerError> {
         let head = self.provider.get_block_number().await.map_err(rpc_error)?;
+        let head = filter.to_block.map_or(head, |t| t.min(head));
         let mut out = Vec::new();
         let mut start = filter.from_block;
         // Nodes refuse ranges past their head and public ones cap the span: walk in windows.
@@ -294,10 +295,17 @@ impl Ledger for RpcLedger {
             if let Some(t) = filter.topic0 {
                 f = f.event_signature(t);
             }
+            if let Some(t) = filter.topic1 {
+                f = f.topic1(t);
+            }
+            if let Some(t) = filter.topic2 {
+                f = f.topic2(t);
+            }
             let logs = self.provider.get_logs(&f).await.map_err(rpc_error)?;
             out.extend(logs.into_iter().map(|l| LogRecord {
                 block: l.block_number.unwrap_or_default(),
                 tx: l.transaction_hash.unwrap_or_default(),
+                index: l.log_index.unwrap_or_default(),
                 log: l.inner,
             }));
             start = end + 1;

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use alloy_primitives::{Address, U256};
+use alloy_primitives::{Address, B256, U256};
 use cairn_ledger::anvil::Anvil;
 use cairn_ledger::{Ledger, LedgerError, RpcLedger, TxRequest, dev_signer};
 use serde_json::json;
@@ -106,6 +106,7 @@ async fn logs_are_read_in_windows() {
             address: Some(d.token),
             topic0: Some(transfer),
             from_block: 0,
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -120,4 +121,32 @@ async fn logs_are_read_in_windows() {
         .await
         .unwrap();
     assert!(none.is_empty());
+    // Topic and block-range filters reach the node: mints come from the zero address, so
+    // topic1 = 0 keeps all seven, topic2 = someone else keeps none, and a range of the first
+    // three mint blocks keeps three.
+    let by = |topic1: Option<B256>, topic2: Option<B256>, to_block: Option<u64>| {
+        let ledger = ledger.clone();
+        let token = d.token;
+        let first = logs[0].block;
+        async move {
+            ledger
+                .logs(cairn_ledger::LogFilter {
+                    address: Some(token),
+                    topic0: Some(transfer),
+                    topic1,
+                    topic2,
+                    from_block: first,
+                    to_block,
+                })
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(by(Some(B256::ZERO), None, None).await.len(), 7);
+    let to = dev_signer(1).address().into_word();
+    assert_eq!(by(None, Some(to), None).await.len(), 7);
+    assert!(by(None, Some(B256::repeat_byte(1)), None).await.is_empty());
+    assert_eq!(by(None, None, Some(logs[2].block)).await.len(), 3);
+    // One mint per block: each is its block's first log.
+    assert!(logs.iter().all(|l| l.index == 0));
 }

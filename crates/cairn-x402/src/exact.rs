@@ -14,6 +14,10 @@ use crate::{Reason, X402Error};
 /// time to land.
 pub const SETTLE_MARGIN_SECS: u64 = 6;
 
+/// How far past `now + maxTimeoutSeconds` an authorization may stay valid (clients' clocks
+/// differ; the official clients sign `now + maxTimeoutSeconds`).
+pub const VALID_BEFORE_SLACK_SECS: u64 = 600;
+
 /// The authorization as it travels (decimal strings, 0x-hex).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -51,6 +55,11 @@ pub struct CheckedExact {
     pub authorization: Authorization,
     /// The signature, parsed.
     pub signature: Signature,
+    /// A block at or before any use of the authorization that [`check_chain`] did not see (the
+    /// head as known before that check): where a later search for its transfer starts.
+    ///
+    /// [`check_chain`]: crate::Facilitator::check_chain
+    pub from_block: u64,
 }
 
 impl CheckedExact {
@@ -147,6 +156,18 @@ pub fn verify_local(
             ),
         );
     }
+    // An authorization valid for long would keep a payment the payer cancelled (or used
+    // elsewhere) open, and searched for, until then.
+    let latest = now + req.max_timeout_seconds.max(60) + VALID_BEFORE_SLACK_SECS;
+    if a.valid_before > U256::from(latest) {
+        return fail(
+            "invalid_exact_evm_payload_authorization_valid_before",
+            format!(
+                "the authorization is valid until {}, past now + maxTimeoutSeconds + {VALID_BEFORE_SLACK_SECS} s ({latest}); sign one that expires sooner",
+                a.valid_before
+            ),
+        );
+    }
     if payload.signature.len() != 65 {
         return fail(
             "invalid_exact_evm_payload_signature",
@@ -183,6 +204,7 @@ pub fn verify_local(
     Ok(CheckedExact {
         authorization: a.clone(),
         signature,
+        from_block: 0,
     })
 }
 

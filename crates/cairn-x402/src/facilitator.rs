@@ -242,8 +242,12 @@ impl Facilitator {
                 ),
             )));
         }
+        // Read before `check_chain` looks at the nonce: any use it does not see is later.
+        let from_block = self.head.load(std::sync::atomic::Ordering::Relaxed);
         let parsed = exact::parse(payload).map_err(X402Error::Invalid)?;
-        exact::verify_local(&parsed, req, &self.domain, now)
+        let mut c = exact::verify_local(&parsed, req, &self.domain, now)?;
+        c.from_block = from_block;
+        Ok(c)
     }
 
     /// The chain state a signature cannot prove: the nonce is unused and the payer holds the
@@ -345,12 +349,14 @@ impl Facilitator {
                 Err(LedgerError::Reverted { reason, .. }) => {
                     // Tell a used nonce apart from other reverts (balance moved, expired, …),
                     // and our own earlier transfer from the payer's other one with that nonce.
-                    let used = self
-                        .chain
-                        .authorization_used(a.from, a.nonce)
-                        .await
-                        .unwrap_or(false);
-                    if !used {
+                    let used = self.chain.authorization_used(a.from, a.nonce).await;
+                    if let Err(e) = &used {
+                        tracing::warn!(%key, error = %e, "reading an authorization's state");
+                    }
+                    if used.is_err() {
+                        // Unknown: the reconciler looks again.
+                        Settlement::Pending(None)
+                    } else if used.is_ok_and(|u| !u) {
                         Settlement::Failed(Reason::new(
                             "invalid_exact_evm_transaction_simulation_failed",
                             format!("the transfer reverted: {reason}"),
@@ -422,6 +428,7 @@ impl Facilitator {
             amount: c.authorization.value,
             resource,
             payload: &payload,
+            from_block: c.from_block,
         })?;
         Ok((key, r))
     }

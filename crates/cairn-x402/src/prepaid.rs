@@ -325,6 +325,7 @@ impl Prepaid {
                     address: Some(self.chain.deployment().escrow),
                     topic0: Some(Escrow::WithdrawalRequested::SIGNATURE_HASH),
                     from_block: from,
+                    ..Default::default()
                 })
                 .await?;
             for l in logs {
@@ -337,8 +338,6 @@ impl Prepaid {
             }
             self.scanned.store(head + 1, Ordering::Relaxed);
         }
-        // Never redeem on a count a power cut could still undo.
-        self.store.sync()?;
         let mut redeemed = 0;
         for c in self.store.unredeemed()? {
             // The largest counted voucher not above what is owed: never one that also promised
@@ -350,6 +349,8 @@ impl Prepaid {
             let Ok(sig) = Signature::try_from(sig.as_slice()) else {
                 continue;
             };
+            // Never redeem on a count a power cut could still undo (read just above).
+            self.store.sync()?;
             match self
                 .chain
                 .redeem(&self.signer, c.payer, c.payee, c.salt, cumulative, &sig)

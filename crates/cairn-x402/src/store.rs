@@ -156,6 +156,8 @@ pub struct NewPayment<'a> {
     pub resource: &'a str,
     /// The scheme payload (JSON).
     pub payload: &'a str,
+    /// A block at or before any use of it the checks did not see.
+    pub from_block: u64,
 }
 
 /// A prepaid channel as the node knows it.
@@ -365,9 +367,10 @@ impl PaymentStore {
                 _ => {}
             }
             tx.prepare_cached(
-                "INSERT INTO payments (key, chain, scheme, payer, amount, state, resource, payload, created_at, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, 'reserved', ?6, ?7, ?8, ?8)
-                 ON CONFLICT (key) DO UPDATE SET state = 'reserved', resource = ?6, payload = ?7, updated_at = ?8",
+                "INSERT INTO payments (key, chain, scheme, payer, amount, state, resource, payload, created_at, updated_at, from_block)
+                 VALUES (?1, ?2, ?3, ?4, ?5, 'reserved', ?6, ?7, ?8, ?8, ?9)
+                 ON CONFLICT (key) DO UPDATE SET state = 'reserved', resource = ?6, payload = ?7, updated_at = ?8,
+                                                 from_block = ?9",
             )?
             .execute(params![
                     p.key.as_slice(),
@@ -377,7 +380,8 @@ impl PaymentStore {
                     p.amount.to_string(),
                     p.resource,
                     p.payload,
-                    now()
+                    now(),
+                    p.from_block as i64
                 ])?;
             tx.commit()?;
             Ok(None)

@@ -82,6 +82,43 @@ fn spec_headers_decode_as_documented() {
     assert_eq!(fail.transaction, "");
 }
 
+/// An authorization valid for long would keep a payment the payer cancels open (and searched
+/// for) until then: refused past now + maxTimeoutSeconds + the slack.
+#[test]
+fn an_authorization_valid_for_too_long_is_refused() {
+    let pay: PaymentPayload =
+        decode_header("PAYMENT-SIGNATURE", SPEC_PAYMENT_SIGNATURE.as_bytes()).unwrap();
+    let payer = PrivateKeySigner::random();
+    let now = now_secs();
+    let sign = |valid_before: u64| {
+        let authorization = exact::Authorization {
+            from: payer.address(),
+            to: pay.accepted.pay_to,
+            value: pay.accepted.amount,
+            valid_after: U256::ZERO,
+            valid_before: U256::from(valid_before),
+            nonce: B256::repeat_byte(9),
+        };
+        let hash = alloy_sol_types::SolStruct::eip712_signing_hash(
+            &authorization.message(),
+            &spec_domain(),
+        );
+        let sig = alloy_signer::SignerSync::sign_hash_sync(&payer, &hash).unwrap();
+        exact::ExactPayload {
+            signature: sig.as_bytes().to_vec().into(),
+            authorization,
+        }
+    };
+    let limit = now + pay.accepted.max_timeout_seconds.max(60) + exact::VALID_BEFORE_SLACK_SECS;
+    assert!(verify_local(&sign(limit), &pay.accepted, &spec_domain(), now).is_ok());
+    let e = verify_local(&sign(limit + 1), &pay.accepted, &spec_domain(), now).unwrap_err();
+    assert_eq!(
+        e.code(),
+        "invalid_exact_evm_payload_authorization_valid_before"
+    );
+    assert!(e.to_string().contains("expires sooner"), "{e}");
+}
+
 #[test]
 fn spec_authorization_recovers_to_its_payer_and_is_expired_today() {
     let pay: PaymentPayload =
@@ -179,6 +216,7 @@ fn a_payment_is_reserved_once_even_in_parallel() {
                             amount: U256::from(1),
                             resource: "r",
                             payload: "{}",
+                            from_block: 0,
                         })
                         .unwrap();
                     matches!(r, Reserve::Reserved) as usize
@@ -202,6 +240,7 @@ fn a_payment_is_reserved_once_even_in_parallel() {
                 amount: U256::from(1),
                 resource: "r",
                 payload: "{}",
+                from_block: 0,
             })
             .unwrap()
     };
@@ -439,7 +478,7 @@ async fn a_nonce_used_by_the_payers_other_transfer_is_not_a_payment() {
     // Marked pending, then the sender "died" before its transfer was out.
     d.facilitator
         .store()
-        .set_state(key, PaymentState::Pending, None, None, Some(b"the answer"))
+        .mark_pending(key, Some(b"the answer"), c.from_block)
         .unwrap();
     // The payer's own transfer with the same nonce, to an address of theirs.
     let elsewhere = address!("0x00000000000000000000000000000000000000e1");
@@ -456,6 +495,7 @@ async fn a_nonce_used_by_the_payers_other_transfer_is_not_a_payment() {
     let theirs = crate::exact::CheckedExact {
         authorization,
         signature,
+        from_block: 0,
     };
     d.chain
         .send_authorization(&dev_signer(3), theirs.transfer_call())
@@ -496,6 +536,10 @@ async fn an_authorization_relayed_by_someone_else_first_still_pays_the_node() {
         .send_authorization(&dev_signer(4), c.transfer_call())
         .await
         .unwrap();
+    // More blocks, and a reconciler round that reads the new head before the node sends: the
+    // search for the transfer still starts from the head known at the check.
+    d.chain.ledger().advance_time(5).await.unwrap();
+    d.facilitator.reconcile_all().await;
     let s = d.facilitator.settle_reserved(key, &c, None).await;
     assert!(matches!(s, Settlement::Settled(_)), "{s:?}");
     assert_eq!(

@@ -38,6 +38,7 @@ impl Chain {
                 address: Some(self.deployment.registry),
                 topic0: Some(NodeRegistry::NodeRegistered::SIGNATURE_HASH),
                 from_block: self.deployment.block,
+                ..Default::default()
             })
             .await?;
         Ok(logs
@@ -59,6 +60,7 @@ impl Chain {
                 address: Some(self.deployment.settlement),
                 topic0: Some(Settlement::BatchSubmitted::SIGNATURE_HASH),
                 from_block: from_block.max(self.deployment.block),
+                ..Default::default()
             })
             .await?;
         Ok(logs

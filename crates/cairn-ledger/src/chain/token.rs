@@ -121,7 +121,10 @@ impl Chain {
     /// Whether EIP-3009 authorization (`authorizer`, `nonce`) was used by a transfer of `value`
     /// to `to`, from the token's events since block `from_block`: `None` when no use is on
     /// record yet, `Some(false)` when the nonce went to another transfer (the payer signed two
-    /// with one nonce and the other was mined first). A used nonce alone proves no payment.
+    /// with one nonce and the other was mined first). A used nonce alone proves no payment, and
+    /// neither does some transfer to `to` in the same transaction: the token emits a use's
+    /// `Transfer` right after its `AuthorizationUsed`, so only that log counts, and one transfer
+    /// can never vouch for two authorizations.
     pub async fn authorization_paid(
         &self,
         authorizer: Address,
@@ -136,7 +139,10 @@ impl Chain {
             .logs(crate::LogFilter {
                 address: Some(token),
                 topic0: Some(CairnToken::AuthorizationUsed::SIGNATURE_HASH),
+                topic1: Some(authorizer.into_word()),
+                topic2: Some(nonce),
                 from_block,
+                ..Default::default()
             })
             .await?
             .into_iter()
@@ -152,11 +158,14 @@ impl Chain {
             .logs(crate::LogFilter {
                 address: Some(token),
                 topic0: Some(CairnToken::Transfer::SIGNATURE_HASH),
+                topic1: Some(authorizer.into_word()),
+                topic2: Some(to.into_word()),
                 from_block: used.block,
+                to_block: Some(used.block),
             })
             .await?
             .into_iter()
-            .filter(|l| l.tx == used.tx)
+            .filter(|l| l.tx == used.tx && l.index == used.index + 1)
             .any(|l| {
                 CairnToken::Transfer::decode_log(&l.log)
                     .is_ok_and(|e| e.from == authorizer && e.to == to && e.value == value)

@@ -101,6 +101,7 @@ impl Facilitator {
         let c = CheckedExact {
             authorization: p.authorization,
             signature,
+            from_block: rec.from_block.unwrap_or(0),
         };
         tracing::info!(key = %rec.key, "sending the transfer of a payment whose sender stopped mid-send");
         Ok(
