@@ -259,12 +259,13 @@ impl Ledger for RpcLedger {
             Err(_) => return Err(LedgerError::Pending { hash, nonce }),
         }
         st.next_nonce = Some(nonce + 1);
-        match self.wait_receipt(hash).await? {
-            Some(r) => {
+        // It is out: whatever goes wrong while waiting, the outcome is unknown, not a refusal.
+        match self.wait_receipt(hash).await {
+            Ok(Some(r)) => {
                 st.pending = None;
                 outcome(r)
             }
-            None => Err(LedgerError::Pending { hash, nonce }),
+            Ok(None) | Err(_) => Err(LedgerError::Pending { hash, nonce }),
         }
     }
 

@@ -158,7 +158,9 @@ pub fn verify_local(
     }
     // An authorization valid for long would keep a payment the payer cancelled (or used
     // elsewhere) open, and searched for, until then.
-    let latest = now + req.max_timeout_seconds.max(60) + VALID_BEFORE_SLACK_SECS;
+    let latest = now
+        .saturating_add(req.max_timeout_seconds.max(60))
+        .saturating_add(VALID_BEFORE_SLACK_SECS);
     if a.valid_before > U256::from(latest) {
         return fail(
             "invalid_exact_evm_payload_authorization_valid_before",

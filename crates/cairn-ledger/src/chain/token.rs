@@ -119,8 +119,8 @@ impl Chain {
     }
 
     /// Whether EIP-3009 authorization (`authorizer`, `nonce`) was used by a transfer of `value`
-    /// to `to`, from the token's events since block `from_block`: `None` when no use is on
-    /// record yet, `Some(false)` when the nonce went to another transfer (the payer signed two
+    /// to `to`, from the token's events since block `from_block`: `None` when no use (or not
+    /// its transfer) is on record yet, `Some(false)` when the nonce went to another transfer (the payer signed two
     /// with one nonce and the other was mined first). A used nonce alone proves no payment, and
     /// neither does some transfer to `to` in the same transaction: the token emits a use's
     /// `Transfer` right after its `AuthorizationUsed`, so only that log counts, and one transfer
@@ -141,7 +141,8 @@ impl Chain {
                 topic0: Some(CairnToken::AuthorizationUsed::SIGNATURE_HASH),
                 topic1: Some(authorizer.into_word()),
                 topic2: Some(nonce),
-                from_block,
+                // Nothing of ours is older than the deployment.
+                from_block: from_block.max(self.deployment.block),
                 ..Default::default()
             })
             .await?
@@ -153,24 +154,22 @@ impl Chain {
         let Some(used) = used else {
             return Ok(None);
         };
-        let paid = self
+        // The use's own Transfer, wherever it went; not readable (yet) is unknown, not unpaid.
+        let transfer = self
             .ledger
             .logs(crate::LogFilter {
                 address: Some(token),
                 topic0: Some(CairnToken::Transfer::SIGNATURE_HASH),
                 topic1: Some(authorizer.into_word()),
-                topic2: Some(to.into_word()),
                 from_block: used.block,
                 to_block: Some(used.block),
+                ..Default::default()
             })
             .await?
             .into_iter()
-            .filter(|l| l.tx == used.tx && l.index == used.index + 1)
-            .any(|l| {
-                CairnToken::Transfer::decode_log(&l.log)
-                    .is_ok_and(|e| e.from == authorizer && e.to == to && e.value == value)
-            });
-        Ok(Some(paid))
+            .find(|l| l.tx == used.tx && l.index == used.index + 1)
+            .and_then(|l| CairnToken::Transfer::decode_log(&l.log).ok());
+        Ok(transfer.map(|e| e.from == authorizer && e.to == to && e.value == value))
     }
 
     /// Sends a signed EIP-3009 transfer (any sender may; the payer pays no gas).

@@ -3,6 +3,10 @@
 
 use super::*;
 
+/// How long past its expiry a used authorization whose transfer is not found stays pending
+/// (clocks differ from the chain's; logs are indexed after the state changes).
+const UNSEEN_USE_GRACE_SECS: u64 = 300;
+
 impl Facilitator {
     /// Looks at a pending payment again: settled once the token records its nonce as used by
     /// a transfer to the payee of the amount; failed when the nonce went to another transfer
@@ -22,11 +26,18 @@ impl Facilitator {
                     Some("the payer's nonce was used by another transfer, not this payment"),
                 ),
                 // Ours is sent after the payment's `from_block` was taken, so once the
-                // authorization has expired a use not found since then is not ours.
-                None if a.valid_before <= U256::from(now_secs()) => (
-                    PaymentState::Failed,
-                    Some("the payer's nonce was used, by no transfer to this payee on record"),
-                ),
+                // authorization has expired (with a grace for clocks and log indexing) a use
+                // not found since then is not ours.
+                None if a
+                    .valid_before
+                    .saturating_add(U256::from(UNSEEN_USE_GRACE_SECS))
+                    <= U256::from(now_secs()) =>
+                {
+                    (
+                        PaymentState::Failed,
+                        Some("the payer's nonce was used, by no transfer to this payee on record"),
+                    )
+                }
                 // Used, but its transfer is not readable yet: look again next round.
                 None => (PaymentState::Pending, None),
             }
