@@ -83,6 +83,17 @@ pub enum LedgerError {
         /// Its nonce.
         nonce: u64,
     },
+    /// Nothing was sent: the signer's earlier transaction is still unmined (sending another
+    /// would race its nonce). Retry once it is mined.
+    #[error(
+        "nothing was sent: the signer's earlier transaction {hash} (nonce {nonce}) is not mined yet; retry once it is"
+    )]
+    Busy {
+        /// The earlier transaction's hash.
+        hash: B256,
+        /// Its nonce.
+        nonce: u64,
+    },
     /// The endpoint could not be reached or answered badly.
     #[error("rpc: {0}")]
     Rpc(String),

@@ -202,7 +202,11 @@ impl Ledger for RpcLedger {
         let from = signer.address();
         let state = self.state_for(from);
         let mut st = state.lock().await;
-        self.reconcile_locked(&mut st).await?;
+        // The earlier transaction's hash is not this one's: say nothing was sent.
+        self.reconcile_locked(&mut st).await.map_err(|e| match e {
+            LedgerError::Pending { hash, nonce } => LedgerError::Busy { hash, nonce },
+            e => e,
+        })?;
 
         let nonce = match st.next_nonce {
             Some(n) => n,

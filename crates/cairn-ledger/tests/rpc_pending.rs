@@ -43,10 +43,11 @@ async fn unmined_transactions_are_tracked_not_resent() {
         other => panic!("expected pending, got {other:?}"),
     };
     assert_eq!(nonce, 1);
-    // The next send from alice is refused without sending anything.
+    // The next send from alice is refused without sending anything, naming the earlier one
+    // (not as if it were this send's own transaction).
     match ledger.send(&alice, pay(bob)).await {
-        Err(LedgerError::Pending { hash: h, .. }) => assert_eq!(h, hash),
-        other => panic!("expected the same pending transaction, got {other:?}"),
+        Err(LedgerError::Busy { hash: h, .. }) => assert_eq!(h, hash),
+        other => panic!("expected busy behind the same pending transaction, got {other:?}"),
     }
     let pool = ledger.dev_rpc("txpool_status", json!([])).await.unwrap();
     assert_eq!(pool["pending"], "0x1", "a transaction was re-sent: {pool}");

@@ -292,7 +292,7 @@ impl Settler {
                         .mark_batch(b.local, BatchState::Submitted, Some((id, out.hash)))
                         .await?;
                 }
-                Err(LedgerError::Pending { hash, .. }) => {
+                Err(LedgerError::Pending { hash, .. } | LedgerError::Busy { hash, .. }) => {
                     tracing::warn!(tx = %hash, "batch submission not mined yet; will reconcile");
                     return Ok(());
                 }
