@@ -264,27 +264,33 @@ fn a_payment_is_reserved_once_even_in_parallel() {
     );
 }
 
+/// A channel the store knows, with 100 deposited.
+fn open_channel(store: &PaymentStore) -> B256 {
+    let id = B256::repeat_byte(7);
+    let rec = ChannelRecord {
+        id,
+        payer: Address::repeat_byte(1),
+        payee: Address::repeat_byte(2),
+        salt: B256::ZERO,
+        deposited: U256::ZERO,
+        closing: false,
+        accepted: U256::ZERO,
+        pending: U256::ZERO,
+        redeemed: U256::ZERO,
+    };
+    store
+        .refresh_channel(1, &rec, U256::from(100), false, U256::ZERO)
+        .unwrap();
+    id
+}
+
 #[test]
 fn vouchers_are_taken_in_memory_counted_on_disk_and_given_back_by_a_restart() {
     for counts in [Durability::Normal, Durability::Full] {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("payments.sqlite");
         let store = PaymentStore::open(&path, counts).unwrap();
-        let id = B256::repeat_byte(7);
-        let rec = ChannelRecord {
-            id,
-            payer: Address::repeat_byte(1),
-            payee: Address::repeat_byte(2),
-            salt: B256::ZERO,
-            deposited: U256::ZERO,
-            closing: false,
-            accepted: U256::ZERO,
-            pending: U256::ZERO,
-            redeemed: U256::ZERO,
-        };
-        store
-            .refresh_channel(1, &rec, U256::from(100), false, U256::ZERO)
-            .unwrap();
+        let id = open_channel(&store);
         let price = U256::from(10);
         let (k1, k2, k3) = (
             B256::repeat_byte(0x11),
@@ -357,21 +363,7 @@ fn a_counted_voucher_is_never_taken_again_even_when_it_is_the_next_step() {
     let dir = tempfile::tempdir().unwrap();
     let store =
         PaymentStore::open(&dir.path().join("payments.sqlite"), Durability::Normal).unwrap();
-    let id = B256::repeat_byte(7);
-    let rec = ChannelRecord {
-        id,
-        payer: Address::repeat_byte(1),
-        payee: Address::repeat_byte(2),
-        salt: B256::ZERO,
-        deposited: U256::ZERO,
-        closing: false,
-        accepted: U256::ZERO,
-        pending: U256::ZERO,
-        redeemed: U256::ZERO,
-    };
-    store
-        .refresh_channel(1, &rec, U256::from(100), false, U256::ZERO)
-        .unwrap();
+    let id = open_channel(&store);
     let price = U256::from(10);
     let (a, b) = (B256::repeat_byte(0xa), B256::repeat_byte(0xb));
     store
