@@ -189,6 +189,15 @@ fn devnet_demo_model_infers_verifies_and_reexecutes() {
         let o = run(&["receipt", "verify", tampered.to_str().unwrap()]);
         assert!(!o.status.success(), "flip at byte {i} verified");
     }
+    // A key given twice is refused, not settled by whichever copy a JSON reader keeps.
+    let value: serde_json::Value = serde_json::from_slice(&text).unwrap();
+    let compact = serde_json::to_string(&value).unwrap();
+    let signer = format!("\"signer\":{}", value["signer"]);
+    let twice = compact.replacen(&signer, &format!("{signer},{signer}"), 1);
+    assert_ne!(twice, compact);
+    std::fs::write(&tampered, twice).unwrap();
+    let err = failure(&run(&["receipt", "verify", tampered.to_str().unwrap()]));
+    assert!(err.contains("duplicate field"), "{err}");
 
     // A validly signed receipt that lies about the output fails re-execution.
     let mut lie = cairn_receipt::SignedReceipt::verify_json(&bin_receipt).unwrap();

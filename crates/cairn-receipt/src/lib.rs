@@ -592,12 +592,13 @@ impl Serialize for SignedReceipt {
     }
 }
 
-/// Reads only receipts that verify ([`SignedReceipt::verify_json`]): a typed receipt is one
-/// whose signature and stated fields were checked.
+/// Reads only receipts that verify ([`ReceiptJson::verify`]): a typed receipt is one whose
+/// signature and stated fields were checked. From the JSON text as written, so a key given
+/// twice is refused (a JSON value would keep one of them silently, and readers differ in which).
 impl<'de> Deserialize<'de> for SignedReceipt {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let value = Value::deserialize(d)?;
-        Self::verify_json(&value).map_err(serde::de::Error::custom)
+        let raw = Box::<RawValue>::deserialize(d)?;
+        ReceiptJson(raw).verify().map_err(serde::de::Error::custom)
     }
 }
 
@@ -679,7 +680,9 @@ impl SignedReceipt {
 
     /// Parses the JSON form and checks everything a receipt alone can prove: canonical
     /// spelling, the signature recovering to the signer, the signer being the message's node,
-    /// and the stated CID and profile matching the signed hashes.
+    /// and the stated CID and profile matching the signed hashes. A `Value` has already kept
+    /// one copy of any key given twice: read untrusted text with [`ReceiptJson`] (or serde
+    /// into [`SignedReceipt`]), which refuses it.
     pub fn verify_json(value: &Value) -> Result<SignedReceipt, ReceiptError> {
         ReceiptJson::from_text(value.to_string())?.verify()
     }

@@ -37,6 +37,35 @@ fn round_trips_and_verifies() {
     assert_eq!(json["typedData"]["message"]["price"], "1000");
 }
 
+/// A key given twice is refused when a receipt is read from text, at the top level and inside
+/// the typed data: a JSON value would keep one silently, and readers differ in which.
+#[test]
+fn a_key_given_twice_is_refused() {
+    let r = sample();
+    let text = serde_json::to_string(&r).unwrap();
+    assert_eq!(serde_json::from_str::<SignedReceipt>(&text).unwrap(), r);
+    let signer = format!("\"signer\":\"{}\"", r.signer);
+    for (what, twice) in [
+        (
+            "signer",
+            text.replacen(&signer, &format!("{signer},{signer}"), 1),
+        ),
+        (
+            "primaryType",
+            text.replacen(
+                "\"primaryType\":\"Receipt\"",
+                "\"primaryType\":\"Receipt\",\"primaryType\":\"Receipt\"",
+                1,
+            ),
+        ),
+    ] {
+        assert_ne!(twice, text, "{what} was not doubled");
+        let e = serde_json::from_str::<SignedReceipt>(&twice).unwrap_err();
+        assert!(e.to_string().contains("duplicate field"), "{what}: {e}");
+        assert!(ReceiptJson::from_text(twice).unwrap().verify().is_err());
+    }
+}
+
 /// Flips every bit of `r`'s pretty JSON in turn: no flipped text may verify.
 fn assert_every_flipped_bit_is_refused(r: &SignedReceipt) {
     let text = serde_json::to_string_pretty(&r.to_json()).unwrap();

@@ -3,20 +3,36 @@
 use super::*;
 
 pub fn load_receipt(path: &Path) -> anyhow::Result<SignedReceipt> {
-    let text = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let value: serde_json::Value =
-        serde_json::from_slice(&text).with_context(|| format!("{} is not JSON", path.display()))?;
-    // Accept the bare receipt, or what GET /v1/receipts/{id} and the infer response wrap it in.
-    let inner = if value.get("typedData").is_some() {
-        value
-    } else if let Some(r) = value.get("receipt") {
-        r.clone()
-    } else if let Some(r) = value.pointer("/parameters/receipt") {
-        r.clone()
-    } else {
-        value
+    use serde_json::value::RawValue;
+    /// The bare receipt, or what GET /v1/receipts/{id} and the infer response wrap it in; kept
+    /// as the text written, so the receipt is checked as text (a key given twice is refused).
+    #[derive(serde::Deserialize)]
+    struct Wrapped<'a> {
+        #[serde(borrow, rename = "typedData")]
+        typed_data: Option<&'a RawValue>,
+        #[serde(borrow)]
+        receipt: Option<&'a RawValue>,
+        #[serde(borrow)]
+        parameters: Option<Parameters<'a>>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Parameters<'a> {
+        #[serde(borrow)]
+        receipt: Option<&'a RawValue>,
+    }
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let w: Wrapped<'_> = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a JSON object", path.display()))?;
+    let inner = match (
+        w.typed_data,
+        w.receipt,
+        w.parameters.and_then(|p| p.receipt),
+    ) {
+        (None, Some(r), _) | (None, None, Some(r)) => r.get(),
+        _ => text.as_str(),
     };
-    Ok(SignedReceipt::verify_json(&inner)?)
+    Ok(cairn_receipt::ReceiptJson::from_text(inner.to_owned())?.verify()?)
 }
 
 /// `cairn receipt verify`.
