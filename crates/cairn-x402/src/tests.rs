@@ -452,14 +452,8 @@ fn request(d: &Devnet, amount: u64) -> FacilitatorRequest {
     }
 }
 
-/// The payer signs a second authorization with the same nonce to another address and gets it
-/// mined first (a front-run; on a public chain anyone sees the node's transfer coming). The
-/// nonce is then used but the node was never paid: a payment left pending by a crash must fail,
-/// not settle and hand over its kept answer.
-#[tokio::test]
-async fn a_nonce_used_by_the_payers_other_transfer_is_not_a_payment() {
-    let d = devnet().await;
-    let req = request(&d, 700);
+/// `req`'s payment checked and reserved, as the paywall does before a route runs.
+fn reserved(d: &Devnet, req: &FacilitatorRequest) -> (B256, crate::exact::CheckedExact) {
     let p: PaymentPayload = serde_json::from_value(req.payment_payload.clone()).unwrap();
     let c = d
         .facilitator
@@ -467,6 +461,17 @@ async fn a_nonce_used_by_the_payers_other_transfer_is_not_a_payment() {
         .unwrap();
     let (key, r) = d.facilitator.reserve(&c, "http://x/y", &p.payload).unwrap();
     assert!(matches!(r, Reserve::Reserved));
+    (key, c)
+}
+
+/// The payer signs a second authorization with the same nonce to another address and gets it
+/// mined first (a front-run; on a public chain anyone sees the node's transfer coming). The
+/// nonce is then used but the node was never paid: a payment left pending by a crash must fail,
+/// not settle and hand over its kept answer.
+#[tokio::test]
+async fn a_nonce_used_by_the_payers_other_transfer_is_not_a_payment() {
+    let d = devnet().await;
+    let (key, c) = reserved(&d, &request(&d, 700));
     // Marked pending, then the sender "died" before its transfer was out.
     d.facilitator
         .store()
@@ -516,14 +521,7 @@ async fn a_nonce_used_by_the_payers_other_transfer_is_not_a_payment() {
 #[tokio::test]
 async fn an_authorization_relayed_by_someone_else_first_still_pays_the_node() {
     let d = devnet().await;
-    let req = request(&d, 900);
-    let p: PaymentPayload = serde_json::from_value(req.payment_payload.clone()).unwrap();
-    let c = d
-        .facilitator
-        .check_exact(&p.payload, &p.accepted, now_secs())
-        .unwrap();
-    let (key, r) = d.facilitator.reserve(&c, "http://x/y", &p.payload).unwrap();
-    assert!(matches!(r, Reserve::Reserved));
+    let (key, c) = reserved(&d, &request(&d, 900));
     d.chain
         .send_authorization(&dev_signer(4), c.transfer_call())
         .await
@@ -669,16 +667,7 @@ async fn expired_authorization_is_not_sent() {
 #[tokio::test]
 async fn a_restart_releases_unsent_payments_and_finishes_a_send_cut_off() {
     let d = devnet().await;
-    let reserve = |req: &FacilitatorRequest| {
-        let p: PaymentPayload = serde_json::from_value(req.payment_payload.clone()).unwrap();
-        let c = d
-            .facilitator
-            .check_exact(&p.payload, &p.accepted, now_secs())
-            .unwrap();
-        let (key, r) = d.facilitator.reserve(&c, "http://x/y", &p.payload).unwrap();
-        assert!(matches!(r, Reserve::Reserved));
-        (key, c)
-    };
+    let reserve = |req: &FacilitatorRequest| reserved(&d, req);
     let (running, _) = reserve(&request(&d, 700));
     let (cut_off, _) = reserve(&request(&d, 800));
     let (through, c) = reserve(&request(&d, 900));
