@@ -63,9 +63,9 @@ pub struct Facilitator {
     policy: Option<Policy>,
     /// Payments whose transfer this process is sending right now (the reconciler leaves them).
     sending: Mutex<HashSet<B256>>,
-    /// The chain's head as last read: a block at or before any transfer sent from now on, kept
-    /// with each pending payment so its transfer is looked for from there (no extra call per
-    /// payment; a stale value only widens the search).
+    /// The chain's head as last read: a block at or before any use of an authorization checked
+    /// from now on, kept with each reserved payment so its transfer is looked for from there
+    /// (no extra call per payment; a stale value only widens the search).
     head: std::sync::atomic::AtomicU64,
 }
 
@@ -289,8 +289,7 @@ impl Facilitator {
             return Settlement::Pending(None);
         };
         // Durably pending before anything leaves: a crash from here on may have a transfer out.
-        let from_block = self.head.load(std::sync::atomic::Ordering::Relaxed);
-        if let Err(e) = self.store.mark_pending(key, withheld, from_block) {
+        if let Err(e) = self.store.mark_pending(key, withheld) {
             tracing::error!(%key, error = %e, "marking a payment pending");
             self.store.release(key, Some("the payment store failed"));
             return Settlement::Failed(Reason::new(
@@ -349,20 +348,17 @@ impl Facilitator {
                 Err(LedgerError::Reverted { reason, .. }) => {
                     // Tell a used nonce apart from other reverts (balance moved, expired, …),
                     // and our own earlier transfer from the payer's other one with that nonce.
-                    let used = self.chain.authorization_used(a.from, a.nonce).await;
-                    if let Err(e) = &used {
-                        tracing::warn!(%key, error = %e, "reading an authorization's state");
-                    }
-                    if used.is_err() {
-                        // Unknown: the reconciler looks again.
-                        Settlement::Pending(None)
-                    } else if used.is_ok_and(|u| !u) {
-                        Settlement::Failed(Reason::new(
+                    match self.chain.authorization_used(a.from, a.nonce).await {
+                        Err(e) => {
+                            // Unknown: the reconciler looks again.
+                            tracing::warn!(%key, error = %e, "reading an authorization's state");
+                            Settlement::Pending(None)
+                        }
+                        Ok(false) => Settlement::Failed(Reason::new(
                             "invalid_exact_evm_transaction_simulation_failed",
                             format!("the transfer reverted: {reason}"),
-                        ))
-                    } else {
-                        match self.paid_to_us(key, a).await {
+                        )),
+                        Ok(true) => match self.paid_to_us(key, a).await {
                             // Our own earlier transfer (a sender died before recording it), or
                             // the same authorization relayed by someone else: we are paid, and
                             // failing here would charge the payer for nothing.
@@ -372,8 +368,12 @@ impl Facilitator {
                                 "the authorization's nonce was used by another transfer",
                             )),
                             // Not readable yet: the reconciler looks again.
-                            Ok(None) | Err(_) => Settlement::Pending(None),
-                        }
+                            Ok(None) => Settlement::Pending(None),
+                            Err(e) => {
+                                tracing::warn!(%key, error = %e, "looking for a payment's transfer");
+                                Settlement::Pending(None)
+                            }
+                        },
                     }
                 }
                 // Not sent (refused before broadcast) but unknown: check the token's record.

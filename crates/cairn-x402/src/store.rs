@@ -347,10 +347,16 @@ impl PaymentStore {
         if self.counts == cairn_sqlite::Durability::Full {
             return Ok(());
         }
-        self.with(|c| {
-            c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(0))
-                .map(drop)
-        })
+        let busy = self
+            .with(|c| c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(0)))?;
+        // The store has one connection, so nothing should hold the checkpoint back; if
+        // something did, the counts are not known to be on disk.
+        if busy != 0 {
+            return Err(X402Error::Store(
+                "the payment store's checkpoint was held back; counts not yet synced".into(),
+            ));
+        }
+        Ok(())
     }
 
     /// Reserves a payment, unless its key was seen before. A `released` payment (its request
@@ -411,20 +417,14 @@ impl PaymentStore {
     }
 
     /// Marks a reserved payment pending before its transfer is sent (fsynced), with the answer
-    /// withheld meanwhile and `from_block`, a block at or before the one that will hold the
-    /// transfer.
-    pub fn mark_pending(
-        &self,
-        key: B256,
-        withheld: Option<&[u8]>,
-        from_block: u64,
-    ) -> Result<(), X402Error> {
+    /// withheld meanwhile. Where its transfer is searched from was set at `reserve`.
+    pub fn mark_pending(&self, key: B256, withheld: Option<&[u8]>) -> Result<(), X402Error> {
         self.durable(|c| {
             c.prepare_cached(
                 "UPDATE payments SET state = 'pending', reason = NULL, response = ?2,
-                        from_block = COALESCE(from_block, ?3), updated_at = ?4 WHERE key = ?1",
+                        updated_at = ?3 WHERE key = ?1",
             )?
-            .execute(params![key.as_slice(), withheld, from_block as i64, now()])
+            .execute(params![key.as_slice(), withheld, now()])
             .map(drop)
         })
     }

@@ -475,7 +475,7 @@ async fn a_nonce_used_by_the_payers_other_transfer_is_not_a_payment() {
     // Marked pending, then the sender "died" before its transfer was out.
     d.facilitator
         .store()
-        .mark_pending(key, Some(b"the answer"), c.from_block)
+        .mark_pending(key, Some(b"the answer"))
         .unwrap();
     // The payer's own transfer with the same nonce, to an address of theirs.
     let elsewhere = address!("0x00000000000000000000000000000000000000e1");
