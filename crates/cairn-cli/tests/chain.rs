@@ -217,6 +217,35 @@ fn devnet_call_ends_in_a_finalized_batch_that_pays_everyone() {
         on_chain["root"].as_str().unwrap(),
         "the listing rebuilds the root on chain"
     );
+    // Asked for in binary form (what verifiers read): the same receipts, checked as a whole.
+    let binary = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            let r = reqwest::Client::new()
+                .get(format!(
+                    "{}/v1/batches/{}",
+                    net.node_url, first["batch"]["id"]
+                ))
+                .header("accept", cairn_node_api::RECEIPT_LISTING_TYPE)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(
+                r.headers()["content-type"],
+                cairn_node_api::RECEIPT_LISTING_TYPE
+            );
+            r.bytes().await.unwrap()
+        });
+    let entries = cairn_receipt::compact::listing_entries(&binary).unwrap();
+    let checked =
+        cairn_receipt::compact::verify_entries(&entries, &mut Default::default()).unwrap();
+    assert_eq!(
+        checked.iter().map(|v| v.digest).collect::<Vec<_>>(),
+        digests,
+        "the binary listing holds the JSON listing's receipts, in the same order"
+    );
     // A well-formed signature from a key that is no verifier is refused with a JSON error.
     let stranger = {
         use alloy_signer::SignerSync;

@@ -54,6 +54,31 @@ fn main() {
         receipt.to_json().to_string().as_bytes(),
     );
 
+    let signer = cairn_receipt::ReceiptSigner::new(
+        cairn_core::sig::SigningKey::from_signer(&key),
+        receipt.domain,
+    );
+    let batch = signer
+        .sign_batch(
+            (0..3u8)
+                .map(|i| Claims {
+                    request_id: keccak256([i]),
+                    ..receipt.claims.clone()
+                })
+                .collect(),
+        )
+        .unwrap();
+    let compact: Vec<cairn_receipt::CompactReceipt> = std::iter::once(&receipt)
+        .chain(&batch)
+        .map(cairn_receipt::CompactReceipt::from)
+        .collect();
+    write(
+        &root,
+        "receipt_listing",
+        "own-and-batch-signed",
+        &cairn_receipt::compact::encode_listing(compact.iter().map(|c| c.as_bytes())),
+    );
+
     let offer = |scheme: &str| PaymentRequirements {
         scheme: scheme.into(),
         network: "eip155:31337".into(),

@@ -14,6 +14,7 @@ pub type Target = (&'static str, fn(&[u8]));
 /// Every target.
 pub const TARGETS: &[Target] = &[
     ("receipt_json", receipt_json),
+    ("receipt_listing", receipt_listing),
     ("x402_v2", x402_v2),
     ("x402_v1", x402_v1),
     ("x402_required", x402_required),
@@ -48,6 +49,47 @@ pub fn receipt_json(data: &[u8]) {
         let again = cairn_receipt::SignedReceipt::verify_json(&r.to_json()).expect("round trip");
         assert_eq!(again, r);
         let _ = r.signing_hash();
+    }
+}
+
+/// A binary batch listing as verifiers read it (`cairn_receipt::compact`): whatever verifies in
+/// binary form verifies as the same receipt, with the same digest, from the JSON it renders to,
+/// and encodes back to the very bytes it was read from (one spelling).
+pub fn receipt_listing(data: &[u8]) {
+    let Ok(entries) = cairn_receipt::compact::listing_entries(data) else {
+        return;
+    };
+    // The listing check and the one-by-one check agree.
+    let whole = cairn_receipt::compact::verify_entries(&entries, &mut Default::default());
+    let mut cache = cairn_receipt::SealCache::default();
+    let one_by_one: Vec<_> = entries
+        .iter()
+        .map(|b| cairn_receipt::compact::verify_compact(b, &mut cache))
+        .collect();
+    match &whole {
+        Ok(v) => {
+            assert!(one_by_one.iter().all(Result::is_ok));
+            for (v, (r, d)) in v.iter().zip(one_by_one.iter().flatten()) {
+                assert_eq!(
+                    (&v.receipt, v.digest, v.leaf),
+                    (r, *d, cairn_receipt::merkle::leaf(*d))
+                );
+            }
+        }
+        Err((i, _)) => assert!(
+            one_by_one[*i].is_err(),
+            "receipt {i}: only the listing check refused it"
+        ),
+    }
+    for (b, checked) in entries.iter().zip(one_by_one) {
+        let Ok((r, digest)) = checked else {
+            continue;
+        };
+        assert_eq!(digest, r.signing_hash());
+        let compact = cairn_receipt::CompactReceipt::from(&r);
+        assert_eq!(compact.as_bytes(), *b, "one binary spelling");
+        let json = compact.to_json().expect("renders");
+        assert_eq!(json.verify().expect("the JSON verifies"), r);
     }
 }
 

@@ -17,6 +17,10 @@ pub use urls::{NodeUrls, Payload};
 /// Header carrying the payload capability token in a response (and accepted in a request).
 pub const PAYLOAD_TOKEN_HEADER: &str = "cairn-payload-token";
 
+/// Media type of a batch listing in binary form (`cairn_receipt::compact`): what verifiers ask
+/// `GET /v1/batches/{id}` for with `Accept`, since checking it costs a fraction of the JSON.
+pub const RECEIPT_LISTING_TYPE: &str = "application/vnd.cairn.receipt-listing";
+
 /// Request header choosing how the answer's receipt is signed: `own` (the default: a signature
 /// over the receipt alone) or `batch` (one signature over the root of the receipts committed
 /// together, with this receipt's Merkle proof; see `cairn_receipt::Seal`).

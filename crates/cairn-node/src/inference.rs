@@ -8,7 +8,7 @@ use cairn_core::{BlobId, ExecutionProfile, Tensor};
 use cairn_engine::{EngineError, Plan};
 use cairn_node_api::SealChoice;
 use cairn_node_api::safetensors_io;
-use cairn_receipt::{Claims, ReceiptJson, ReceiptSigner};
+use cairn_receipt::{Claims, ReceiptSigner};
 
 use crate::log::{Billing, Entry};
 
@@ -121,8 +121,7 @@ pub fn run(
     let (claims, signed, digest) = match seal {
         SealChoice::Own => {
             let (receipt, digest) = signer.receipts.sign_with_digest(claims);
-            let json = ReceiptJson::from(&receipt);
-            (receipt.claims, Some(json), digest)
+            (receipt.claims.clone(), Some(receipt), digest)
         }
         SealChoice::Batch => {
             let digest = signer.receipts.digest(&claims);
@@ -131,7 +130,7 @@ pub fn run(
     };
     let entry = Entry::new(
         claims,
-        signed,
+        signed.as_ref(),
         digest,
         safetensors_io::encode(inputs),
         safetensors_io::encode(&outputs),

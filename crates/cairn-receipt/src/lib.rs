@@ -27,7 +27,10 @@ use serde_json::{Value, json};
 use std::borrow::Cow;
 use std::sync::LazyLock;
 
+pub mod compact;
 pub mod merkle;
+
+pub use compact::CompactReceipt;
 
 sol! {
     /// The signed message.
@@ -161,6 +164,52 @@ impl SealCache {
     pub fn roots(&self) -> usize {
         self.recovered.len()
     }
+
+    /// Who signed `seal`'s root under `domain`, recovered once per distinct root signature.
+    fn recover_root(
+        &mut self,
+        domain: &ReceiptDomain,
+        seal: &BatchSeal,
+    ) -> Result<Address, ReceiptError> {
+        let key = (*domain, seal.root, seal.count, seal.signature);
+        if let Some(a) = self.recovered.get(&key) {
+            return Ok(*a);
+        }
+        let sig = parse_sig("batchSignature.signature", &seal.signature)?;
+        let a = recover(&sig, &root_digest(domain, seal.root, seal.count))?;
+        self.recovered.insert(key, a);
+        Ok(a)
+    }
+}
+
+/// How deep a tree of `count` leaves is: ceil(log2 count), the longest proof it has.
+fn tree_depth(count: u32) -> usize {
+    if count <= 1 {
+        0
+    } else {
+        32 - (count - 1).leading_zeros() as usize
+    }
+}
+
+/// A 65-byte `r ‖ s ‖ v` signature with v 27 or 28 and s in the lower half order (the malleable
+/// high-s twin is refused so one signature has one form).
+fn parse_sig(field: &str, signature: &[u8; 65]) -> Result<Signature, ReceiptError> {
+    if !(27..=28).contains(&signature[64]) {
+        return Err(ReceiptError::Signature(format!(
+            "`{field}`: v must be 27 or 28"
+        )));
+    }
+    let sig = Signature::from_raw(signature).map_err(|e| ReceiptError::Signature(e.to_string()))?;
+    if sig.normalize_s().is_some() {
+        return Err(ReceiptError::Signature(format!(
+            "`{field}`: s is not in the lower half order"
+        )));
+    }
+    Ok(sig)
+}
+
+fn recover(sig: &Signature, hash: &B256) -> Result<Address, ReceiptError> {
+    cairn_core::sig::recover_prehash(sig, hash).map_err(|e| ReceiptError::Signature(e.to_string()))
 }
 
 /// Why a receipt is refused.
@@ -697,28 +746,16 @@ impl SignedReceipt {
         let (seal, recovered) = match (&wire.signature, &wire.batch_signature) {
             (Some(text), None) => {
                 let (signature, sig) = parse_signature("signature", text)?;
-                let recovered = cairn_core::sig::recover_prehash(&sig, &hash)
-                    .map_err(|e| ReceiptError::Signature(e.to_string()))?;
-                (Seal::Own(signature), recovered)
+                (Seal::Own(signature), recover(&sig, &hash)?)
             }
             (None, Some(b)) => {
-                let (seal, sig) = parse_batch_seal(b, &domain)?;
+                let seal = parse_batch_seal(b, &domain)?;
                 if !merkle::verify(seal.root, hash, &seal.proof) {
                     return Err(ReceiptError::Inconsistent(
                         "the receipt is not in the signed batch root under its proof".into(),
                     ));
                 }
-                let key = (domain, seal.root, seal.count, seal.signature);
-                let recovered = match cache.recovered.get(&key) {
-                    Some(a) => *a,
-                    None => {
-                        let digest = root_digest(&domain, seal.root, seal.count);
-                        let a = cairn_core::sig::recover_prehash(&sig, &digest)
-                            .map_err(|e| ReceiptError::Signature(e.to_string()))?;
-                        cache.recovered.insert(key, a);
-                        a
-                    }
-                };
+                let recovered = cache.recover_root(&domain, &seal)?;
                 (Seal::Batch(seal), recovered)
             }
             _ => {
@@ -817,13 +854,13 @@ fn parse_domain(d: &WireDomain) -> Result<ReceiptDomain, ReceiptError> {
     })
 }
 
-/// A batch seal in its one canonical spelling, with its parsed signature. The root must be
+/// A batch seal in its one canonical spelling, its signature in canonical form. The root must be
 /// signed under the receipt's own domain, and the proof can be no longer than a tree of
 /// `count` leaves is deep.
 fn parse_batch_seal(
     b: &WireBatchSeal,
     receipt_domain: &ReceiptDomain,
-) -> Result<(BatchSeal, Signature), ReceiptError> {
+) -> Result<BatchSeal, ReceiptError> {
     let td = &b.typed_data;
     check_types(
         td,
@@ -840,13 +877,7 @@ fn parse_batch_seal(
     }
     let root = parse_b256("batchSignature.root", &td.message.root)?;
     let count = td.message.count;
-    // A tree of n leaves is at most ceil(log2 n) deep.
-    let depth = if count <= 1 {
-        0
-    } else {
-        32 - (count - 1).leading_zeros() as usize
-    };
-    if count == 0 || b.proof.len() > depth {
+    if count == 0 || b.proof.len() > tree_depth(count) {
         return Err(ReceiptError::Malformed(format!(
             "a proof of {} hashes cannot belong to a batch of {count} receipts",
             b.proof.len()
@@ -857,14 +888,13 @@ fn parse_batch_seal(
         .iter()
         .map(|p| parse_b256("batchSignature.proof", p))
         .collect::<Result<Vec<_>, _>>()?;
-    let (signature, sig) = parse_signature("batchSignature.signature", &b.signature)?;
-    let seal = BatchSeal {
+    let (signature, _) = parse_signature("batchSignature.signature", &b.signature)?;
+    Ok(BatchSeal {
         root,
         count,
         signature,
         proof,
-    };
-    Ok((seal, sig))
+    })
 }
 
 fn sig_hex(sig: &[u8; 65]) -> String {
@@ -883,16 +913,7 @@ fn parse_signature(field: &str, text: &str) -> Result<([u8; 65], Signature), Rec
     let mut signature = [0u8; 65];
     alloy_primitives::hex::decode_to_slice(sig_hex, &mut signature)
         .map_err(|e| ReceiptError::Malformed(format!("`{field}`: {e}")))?;
-    if !(27..=28).contains(&signature[64]) {
-        return Err(ReceiptError::Signature("v must be 27 or 28".into()));
-    }
-    let sig =
-        Signature::from_raw(&signature).map_err(|e| ReceiptError::Signature(e.to_string()))?;
-    if sig.normalize_s().is_some() {
-        return Err(ReceiptError::Signature(
-            "s is not in the lower half order".into(),
-        ));
-    }
+    let sig = parse_sig(field, &signature)?;
     Ok((signature, sig))
 }
 

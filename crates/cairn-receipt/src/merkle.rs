@@ -47,10 +47,16 @@ pub enum TreeError {
 impl ReceiptTree {
     /// Builds the tree over `digests` (any order; duplicates refused).
     pub fn new(digests: &[B256]) -> Result<Self, TreeError> {
-        if digests.is_empty() {
+        Self::from_leaves(digests.iter().map(|d| (leaf(*d), *d)).collect())
+    }
+
+    /// [`ReceiptTree::new`] from (leaf, digest) pairs whose leaves were computed already; each
+    /// leaf must be [`leaf`] of its digest.
+    pub fn from_leaves(mut leaves: Vec<(B256, B256)>) -> Result<Self, TreeError> {
+        if leaves.is_empty() {
             return Err(TreeError::Empty);
         }
-        let mut leaves: Vec<(B256, B256)> = digests.iter().map(|d| (leaf(*d), *d)).collect();
+        debug_assert!(leaves.iter().all(|(l, d)| *l == leaf(*d)));
         leaves.sort_by_key(|a| a.0);
         let n = leaves.len();
         let mut nodes = vec![B256::ZERO; 2 * n - 1];
@@ -85,20 +91,37 @@ impl ReceiptTree {
 
     /// The sibling path from `digest`'s leaf to the root, or `None` if it is not in the tree.
     pub fn proof(&self, digest: B256) -> Option<Vec<B256>> {
-        let mut i = *self.index.get(&digest)?;
-        let mut proof = Vec::new();
-        while i > 0 {
-            let sibling = if i % 2 == 1 { i + 1 } else { i - 1 };
-            proof.push(self.nodes[sibling]);
-            i = (i - 1) / 2;
-        }
-        Some(proof)
+        let i = *self.index.get(&digest)?;
+        Some(self.path(i).collect())
+    }
+
+    /// Whether `proof` is exactly `digest`'s path in this tree (so it verifies against the
+    /// root), without hashing.
+    pub fn has_proof(&self, digest: B256, proof: &[B256]) -> bool {
+        self.index
+            .get(&digest)
+            .is_some_and(|&i| self.path(i).eq(proof.iter().copied()))
+    }
+
+    fn path(&self, mut i: usize) -> impl Iterator<Item = B256> + '_ {
+        std::iter::from_fn(move || {
+            (i > 0).then(|| {
+                let sibling = if i % 2 == 1 { i + 1 } else { i - 1 };
+                i = (i - 1) / 2;
+                self.nodes[sibling]
+            })
+        })
     }
 }
 
 /// Checks `proof` for `digest` against `root` (what `MerkleProof.verify` does on chain).
 pub fn verify(root: B256, digest: B256, proof: &[B256]) -> bool {
-    proof.iter().fold(leaf(digest), |acc, p| hash_pair(acc, *p)) == root
+    verify_leaf(root, leaf(digest), proof)
+}
+
+/// [`verify`] from the digest's leaf, computed already.
+pub fn verify_leaf(root: B256, leaf: B256, proof: &[B256]) -> bool {
+    proof.iter().fold(leaf, |acc, p| hash_pair(acc, *p)) == root
 }
 
 #[cfg(test)]

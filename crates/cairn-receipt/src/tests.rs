@@ -314,3 +314,152 @@ fn a_cache_hit_does_not_carry_a_tampered_seal() {
         "the tampered count was recovered, not taken from the cache"
     );
 }
+
+/// The binary form holds the same receipt: it verifies to the same value with the same digest,
+/// renders the same JSON, and both seal kinds come back.
+#[test]
+fn the_binary_form_round_trips_both_seals() {
+    let mut all = vec![sample()];
+    all.extend(batch(5));
+    let mut cache = SealCache::default();
+    for r in &all {
+        let c = CompactReceipt::from(r);
+        let (back, digest) = compact::verify_compact(c.as_bytes(), &mut cache).unwrap();
+        assert_eq!(&back, r);
+        assert_eq!(digest, r.signing_hash());
+        assert_eq!(c.verify().unwrap(), *r);
+        assert_eq!(c.to_json().unwrap(), ReceiptJson::from(r));
+    }
+    assert_eq!(cache.roots(), 1);
+    // A receipt signed on its own is ~340 bytes against the JSON's ~2 KB.
+    let own = CompactReceipt::from(&all[0]).as_bytes().len();
+    let json = ReceiptJson::from(&all[0]).as_str().len();
+    assert!(own * 4 < json, "{own} bytes against {json}");
+}
+
+/// No flipped bit of either binary form verifies: every byte is bound by the signature or
+/// checked (lengths, kinds, version).
+#[test]
+fn every_flipped_bit_of_a_binary_receipt_is_refused() {
+    for r in [sample(), batch(3)[2].clone()] {
+        let bytes = CompactReceipt::from(&r).as_bytes().to_vec();
+        let mut accepted = Vec::new();
+        for i in 0..bytes.len() {
+            for bit in 0..8 {
+                let mut b = bytes.clone();
+                b[i] ^= 1 << bit;
+                if CompactReceipt::from_bytes(b).verify().is_ok() {
+                    accepted.push((i, bit));
+                }
+            }
+        }
+        assert!(accepted.is_empty(), "flips accepted at {accepted:?}");
+    }
+}
+
+/// Truncated, padded or hostile binary receipts and listings are refused with a reason, and a
+/// hostile count does not size an allocation.
+#[test]
+fn hostile_binary_forms_are_refused_with_a_reason() {
+    let r = sample();
+    let bytes = CompactReceipt::from(&r).as_bytes().to_vec();
+    for n in 0..bytes.len() {
+        let e = CompactReceipt::from_bytes(bytes[..n].to_vec())
+            .verify()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("truncated") || e.contains("version"), "{n}: {e}");
+    }
+    let mut long = bytes.clone();
+    long.push(0);
+    let e = CompactReceipt::from_bytes(long).verify().unwrap_err();
+    assert!(e.to_string().contains("after the end"), "{e}");
+    // High-s twin of the same signature: refused, in the binary form as in JSON.
+    let Seal::Own(sig) = r.seal else { panic!() };
+    let s = Signature::from_raw(&sig).unwrap();
+    let n = U256::from_be_slice(&alloy_primitives::hex!(
+        "fffffffffffffffffffffffffffffffebaaedce6af48a03bbfd25e8cd0364141"
+    ));
+    let mut high = sig;
+    high[32..64].copy_from_slice(&(n - s.s()).to_be_bytes::<32>());
+    high[64] = 55 - high[64];
+    let mut b = bytes.clone();
+    let at = b.len() - 65;
+    b[at..].copy_from_slice(&high);
+    let e = CompactReceipt::from_bytes(b)
+        .verify()
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("lower half order"), "{e}");
+
+    let list = compact::encode_listing([bytes.as_slice(), bytes.as_slice()].into_iter());
+    assert_eq!(compact::listing_entries(&list).unwrap().len(), 2);
+    for n in 0..list.len() {
+        assert!(compact::listing_entries(&list[..n]).is_err(), "{n}");
+    }
+    let mut huge = list[..5].to_vec();
+    huge.extend_from_slice(&u32::MAX.to_be_bytes());
+    let e = compact::listing_entries(&huge).unwrap_err().to_string();
+    assert!(e.contains("more than any batch"), "{e}");
+    let e = compact::listing_entries(br#"{"receipts":[]}"#)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("magic"), "{e}");
+}
+
+/// A listing checked as a whole agrees with its receipts checked one by one: complete
+/// micro-batches (rebuilt once), partial ones (proofs hashed), receipts signed alone.
+#[test]
+fn a_listing_checks_as_its_receipts_do() {
+    let whole = batch(5);
+    let other = {
+        let s = signer();
+        let claims: Vec<Claims> = (0..4u8)
+            .map(|i| {
+                let mut c = sample().claims;
+                c.request_id = B256::repeat_byte(i + 100);
+                c
+            })
+            .collect();
+        s.sign_batch(claims).unwrap()
+    };
+    // All of the first micro-batch, half of the second, one receipt signed alone.
+    let mut rs: Vec<SignedReceipt> = whole.clone();
+    rs.extend(other[..2].iter().cloned());
+    rs.push(sample());
+    let bytes: Vec<CompactReceipt> = rs.iter().map(CompactReceipt::from).collect();
+    let entries: Vec<&[u8]> = bytes.iter().map(|b| b.as_bytes()).collect();
+    let mut cache = SealCache::default();
+    let v = compact::verify_entries(&entries, &mut cache).unwrap();
+    assert_eq!(cache.roots(), 2);
+    for (v, r) in v.iter().zip(&rs) {
+        assert_eq!(&v.receipt, r);
+        assert_eq!(v.digest, r.signing_hash());
+        assert_eq!(v.leaf, merkle::leaf(v.digest));
+    }
+
+    // A complete group with one proof swapped for a sibling's: refused at that receipt.
+    let mut bad = rs.clone();
+    let Seal::Batch(s1) = bad[1].seal.clone() else {
+        panic!()
+    };
+    let Seal::Batch(s0) = &mut bad[0].seal else {
+        panic!()
+    };
+    s0.proof = s1.proof;
+    let bytes: Vec<CompactReceipt> = bad.iter().map(CompactReceipt::from).collect();
+    let entries: Vec<&[u8]> = bytes.iter().map(|b| b.as_bytes()).collect();
+    let (i, e) = compact::verify_entries(&entries, &mut SealCache::default()).unwrap_err();
+    assert_eq!(i, 0);
+    assert!(e.to_string().contains("not in the signed batch"), "{e}");
+
+    // A forged receipt in place of a real one, under the real seal: the group no longer
+    // rebuilds its root, and the forgery is refused on its own proof.
+    let mut forged = whole.clone();
+    forged[3].claims.price = U256::from(1u64);
+    let bytes: Vec<CompactReceipt> = forged.iter().map(CompactReceipt::from).collect();
+    let entries: Vec<&[u8]> = bytes.iter().map(|b| b.as_bytes()).collect();
+    let (i, e) = compact::verify_entries(&entries, &mut SealCache::default()).unwrap_err();
+    assert_eq!(i, 3);
+    assert!(e.to_string().contains("not in the signed batch"), "{e}");
+}

@@ -1,7 +1,8 @@
 //! What verification costs, measured side by side with what the node does (single thread):
 //!
-//! 1. receipt checks per second per core (parse the JSON receipt strictly, recover the signer,
-//!    compare node and domain, hash it for the tree), against the node signing the same receipts;
+//! 1. receipt checks per second per core (parse the JSON receipt strictly, or the binary listing
+//!    verifiers read, recover the signer, compare node and domain, hash it for the tree), against
+//!    the node signing the same receipts;
 //!    for receipts signed on their own and for batch-signed ones (micro-batches of 16 and 64, the
 //!    verifier recovering each root once);
 //! 2. for the digits MLP and MiniLM-L3: the verifier's work per call at sampling rate p
@@ -21,7 +22,9 @@ use alloy_signer_local::PrivateKeySigner;
 use cairn_core::tensor::tensors_hash;
 use cairn_core::{BlobId, DataType, Tensor};
 use cairn_engine::{Engine, TractEngine};
-use cairn_receipt::{Claims, ReceiptDomain, ReceiptJson, ReceiptSigner};
+use cairn_receipt::compact::{encode_listing, listing_entries, verify_entries};
+use cairn_receipt::merkle::ReceiptTree;
+use cairn_receipt::{Claims, CompactReceipt, ReceiptDomain, ReceiptJson, ReceiptSigner};
 
 fn claims(i: u64, profile: cairn_core::ExecutionProfile) -> Claims {
     Claims {
@@ -49,6 +52,27 @@ fn per_call(runs: usize, n: usize, mut f: impl FnMut()) -> f64 {
         .collect();
     t.sort_by(|a, b| a.partial_cmp(b).unwrap());
     t[runs / 2]
+}
+
+/// Median time to check a whole binary listing as the verifier does: split it, verify every
+/// receipt (one recovery per micro-batch root, complete micro-batches rebuilt once), compare
+/// node and domain, build the settlement tree from the leaves and draw the secret sample.
+fn check_listing(listing: &[u8], node: Address, domain: ReceiptDomain) -> f64 {
+    let sampler = cairn_verifier::Sampler::new(B256::repeat_byte(3), 0.05);
+    per_call(5, 1, || {
+        let mut cache = cairn_receipt::SealCache::default();
+        let entries = listing_entries(listing).unwrap();
+        let checked = verify_entries(&entries, &mut cache).unwrap();
+        let mut leaves = Vec::with_capacity(checked.len());
+        for v in &checked {
+            assert!(v.receipt.signer == node && v.receipt.domain == domain);
+            leaves.push((v.leaf, v.digest));
+        }
+        let tree = ReceiptTree::from_leaves(leaves).unwrap();
+        for v in &checked {
+            black_box(sampler.sampled(tree.root(), v.digest));
+        }
+    })
 }
 
 fn main() {
@@ -94,13 +118,26 @@ fn main() {
             i += 1;
         })
     };
+    // The same receipts as a verifier reads a batch: one binary listing.
+    let compact: Vec<CompactReceipt> = jsons
+        .iter()
+        .map(|j| CompactReceipt::from(&j.verify().unwrap()))
+        .collect();
+    let listing = encode_listing(compact.iter().map(|c| c.as_bytes()));
+    let check_bin_us = check_listing(&listing, node, domain) / n as f64;
     println!("receipts (single thread, {n} distinct receipts, median of 5 runs):");
     println!("  node signs one:        {sign_us:>8.1} µs");
     println!(
-        "  verifier checks one:   {check_us:>8.1} µs  = {:.0} checks/s/core  ({:.2}x the node's signing)",
+        "  verifier checks one:   {check_us:>8.1} µs  = {:.0} checks/s/core  ({:.2}x the node's signing) [JSON]",
         1e6 / check_us,
         check_us / sign_us
     );
+    println!(
+        "                         {check_bin_us:>8.1} µs  = {:.0} checks/s/core  ({:.2}x the node's signing) [binary listing: verify + settlement tree + sample draw]",
+        1e6 / check_bin_us,
+        check_bin_us / sign_us
+    );
+    let check_us = check_bin_us;
     // Batch-signed: the node signs one root per micro-batch (its group commit); the verifier
     // checks a listing of them with one recovery per root.
     let mut batch_costs = Vec::new();
@@ -124,11 +161,18 @@ fn main() {
                 black_box(digest);
             }
         }) / n as f64;
+        let bin: Vec<CompactReceipt> = listing
+            .iter()
+            .map(|j| CompactReceipt::from(&j.verify().unwrap()))
+            .collect();
+        let bin = encode_listing(bin.iter().map(|c| c.as_bytes()));
+        let check_bin_us = check_listing(&bin, node, domain) / n as f64;
         println!(
-            "  batch-signed by {size:>2}:    node {sign_batch_us:>5.1} µs/receipt; verifier {check_batch_us:>5.1} µs/receipt = {:.0} receipts/s/core",
-            1e6 / check_batch_us
+            "  batch-signed by {size:>2}:    node {sign_batch_us:>5.1} µs/receipt; verifier {check_batch_us:>5.1} µs/receipt = {:.0} receipts/s/core [JSON]; {check_bin_us:>5.1} µs = {:.0}/s [binary listing: verify + settlement tree + sample draw]",
+            1e6 / check_batch_us,
+            1e6 / check_bin_us
         );
-        batch_costs.push((size, sign_batch_us, check_batch_us));
+        batch_costs.push((size, sign_batch_us, check_bin_us));
     }
 
     // 2. Verification cost at `rate` against the node's inference cost.

@@ -41,7 +41,7 @@ impl Verifier {
         let base = urls.base().to_string();
         let listing = self.fetch_listing(&urls, id).await?;
         let mut verdict = self.fresh_verdict(&batch);
-        let (receipts, tree) = match self.checked(&batch, &listing).await? {
+        let (receipts, digests, tree) = match self.checked(&batch, &listing).await? {
             Ok(x) => x,
             Err(reason) => {
                 verdict.outcome = Some(VerdictOutcome::Refused);
@@ -55,7 +55,9 @@ impl Verifier {
             finding,
             pending,
             abstain,
-        } = self.sample_batch(&batch, &receipts, &base).await?;
+        } = self
+            .sample_batch(&batch, &receipts, &digests, &base)
+            .await?;
         verdict.sampled = Some(samples.len());
         verdict.samples = Some(samples);
         if let Some(f) = finding {
@@ -160,29 +162,69 @@ impl Verifier {
             })
     }
 
-    /// The static checks of a batch (see the crate docs); the receipts and their tree.
+    /// The static checks of a batch (see the crate docs): the receipts, their digests (the
+    /// tree's leaves, in the same order) and their tree. The listing is binary
+    /// ([`cairn_receipt::compact`], what this verifier asks for) or the JSON `BatchView`.
     pub fn check(
         &self,
         batch: &BatchInfo,
         listing: &[u8],
-    ) -> Result<(Vec<SignedReceipt>, ReceiptTree), VerifyError> {
+    ) -> Result<(Vec<SignedReceipt>, Vec<B256>, ReceiptTree), VerifyError> {
         let refuse = |reason: String| VerifyError::Refused {
             batch: batch.id,
             reason,
         };
-        let list = serde_json::from_slice::<BatchReceipts>(listing)
-            .map_err(|e| refuse(format!("the node's listing has no `receipts` array: {e}")))?
-            .receipts;
-        let d = self.0.chain.deployment();
-        let mut receipts = Vec::with_capacity(list.len());
-        let mut digests: Vec<B256> = Vec::with_capacity(list.len());
-        let mut fees = U256::ZERO;
-        // Batch-signed receipts: one signature recovery per micro-batch root.
+        let listed_vs_count = |listed: usize| {
+            (listed != batch.count as usize).then(|| {
+                refuse(format!(
+                    "{listed} receipts listed, the batch claims {}",
+                    batch.count
+                ))
+            })
+        };
+        let does_not_verify = |i: usize, e: cairn_receipt::ReceiptError| {
+            refuse(format!("receipt {i} does not verify: {e}"))
+        };
+        // Batch-signed receipts: one signature recovery per micro-batch root. A listing of
+        // another size than the batch is refused before any signature is recovered (a node
+        // cannot make this verifier recover a million).
         let mut seals = cairn_receipt::SealCache::default();
-        for (i, r) in list.iter().enumerate() {
-            let (r, digest) = r
-                .verify_cached(&mut seals)
-                .map_err(|e| refuse(format!("receipt {i} does not verify: {e}")))?;
+        let verified: Vec<cairn_receipt::compact::Verified> = if listing.starts_with(b"CRNL") {
+            let entries = cairn_receipt::compact::listing_entries(listing)
+                .map_err(|e| refuse(format!("the node's binary listing is unreadable: {e}")))?;
+            if let Some(e) = listed_vs_count(entries.len()) {
+                return Err(e);
+            }
+            cairn_receipt::compact::verify_entries(&entries, &mut seals)
+                .map_err(|(i, e)| does_not_verify(i, e))?
+        } else {
+            let list = serde_json::from_slice::<BatchReceipts>(listing)
+                .map_err(|e| refuse(format!("the node's listing has no `receipts` array: {e}")))?
+                .receipts;
+            if let Some(e) = listed_vs_count(list.len()) {
+                return Err(e);
+            }
+            list.iter()
+                .enumerate()
+                .map(|(i, j)| {
+                    let (receipt, digest) = j
+                        .verify_cached(&mut seals)
+                        .map_err(|e| does_not_verify(i, e))?;
+                    Ok(cairn_receipt::compact::Verified {
+                        receipt,
+                        digest,
+                        leaf: cairn_receipt::merkle::leaf(digest),
+                    })
+                })
+                .collect::<Result<_, VerifyError>>()?
+        };
+        let d = self.0.chain.deployment();
+        let mut receipts = Vec::with_capacity(verified.len());
+        let mut digests: Vec<B256> = Vec::with_capacity(verified.len());
+        let mut leaves = Vec::with_capacity(verified.len());
+        let mut fees = U256::ZERO;
+        for v in verified {
+            let r = v.receipt;
             if r.signer != batch.node {
                 return Err(refuse(format!(
                     "receipt {} is signed by {}, not the batch's node",
@@ -197,17 +239,11 @@ impl Verifier {
                 )));
             }
             fees += r.claims.price;
-            digests.push(digest);
+            digests.push(v.digest);
+            leaves.push((v.leaf, v.digest));
             receipts.push(r);
         }
-        if digests.len() != batch.count as usize {
-            return Err(refuse(format!(
-                "{} receipts listed, the batch claims {}",
-                digests.len(),
-                batch.count
-            )));
-        }
-        let tree = ReceiptTree::new(&digests).map_err(|e| refuse(e.to_string()))?;
+        let tree = ReceiptTree::from_leaves(leaves).map_err(|e| refuse(e.to_string()))?;
         if tree.root() != batch.root {
             return Err(refuse(format!(
                 "the receipts rebuild root {}, the batch committed {}",
@@ -221,7 +257,7 @@ impl Verifier {
                 batch.fees
             )));
         }
-        Ok((receipts, tree))
+        Ok((receipts, digests, tree))
     }
 
     /// Every model the receipts name is on the hub (HEAD /v1/blobs/{cid}, remembered).
@@ -276,7 +312,7 @@ impl Verifier {
         &self,
         batch: &BatchInfo,
         listing: &[u8],
-    ) -> Result<Result<(Vec<SignedReceipt>, ReceiptTree), String>, VerifyError> {
+    ) -> Result<Result<(Vec<SignedReceipt>, Vec<B256>, ReceiptTree), String>, VerifyError> {
         // A batch holds up to thousands of signatures to recover: CPU work that must not stall
         // the async workers (or, in one process, the node beside them).
         let checked = {
@@ -288,7 +324,7 @@ impl Verifier {
                     reason: format!("the check task failed: {e}"),
                 })?
         };
-        let (receipts, tree) = match checked {
+        let (receipts, digests, tree) = match checked {
             Ok(x) => x,
             Err(VerifyError::Refused { reason, .. }) => return Ok(Err(reason)),
             Err(e) => return Err(e),
@@ -297,7 +333,7 @@ impl Verifier {
             return Ok(Err(reason));
         }
         match self.profiles_approved(&receipts).await {
-            Ok(Ok(())) => Ok(Ok((receipts, tree))),
+            Ok(Ok(())) => Ok(Ok((receipts, digests, tree))),
             Ok(Err(reason)) => Ok(Err(reason)),
             Err(e) => Err(VerifyError::Unavailable {
                 batch: batch.id,
@@ -332,14 +368,24 @@ impl Verifier {
         })
     }
 
-    /// The node's listing of batch `id` (`GET /v1/batches/{id}`, signed). Not JSON at all (a
-    /// proxy's page) is "ask again"; JSON that is not a listing is the node's answer, checked
-    /// by [`Verifier::check`].
+    /// The node's listing of batch `id` (`GET /v1/batches/{id}`, signed), asked for in binary
+    /// form ([`cairn_node_api::RECEIPT_LISTING_TYPE`]; a node that only speaks JSON answers
+    /// JSON). Neither binary nor JSON (a proxy's page) is "ask again"; a listing that does not
+    /// hold up is the node's answer, checked by [`Verifier::check`].
     async fn fetch_listing(&self, urls: &NodeUrls, id: u64) -> Result<Vec<u8>, VerifyError> {
         let c = &self.0;
         let unavailable = |reason: String| VerifyError::Unavailable { batch: id, reason };
         let base = urls.base();
-        match c.fetch.signed_get(&c.key, &urls.batch(id)).await {
+        let accept = format!(
+            "{}, application/json;q=0.5",
+            cairn_node_api::RECEIPT_LISTING_TYPE
+        );
+        match c
+            .fetch
+            .signed_get_as(&c.key, &urls.batch(id), &accept)
+            .await
+        {
+            Ok((status, body)) if status.is_success() && body.starts_with(b"CRNL") => Ok(body),
             Ok((status, body)) if status.is_success() => {
                 serde_json::from_slice::<serde::de::IgnoredAny>(&body)
                     .map_err(|e| unavailable(format!("reading the batch from {base}: {e}")))?;
@@ -357,6 +403,7 @@ impl Verifier {
         &self,
         batch: &BatchInfo,
         receipts: &[SignedReceipt],
+        digests: &[B256],
         base: &str,
     ) -> Result<SampleRun, VerifyError> {
         let c = &self.0;
@@ -364,8 +411,7 @@ impl Verifier {
         let mut finding: Option<Finding> = None;
         let mut pending = None;
         let mut abstain = None;
-        for r in receipts {
-            let rh = r.signing_hash();
+        for (r, &rh) in receipts.iter().zip(digests) {
             if !c.sampler.sampled(batch.root, rh) {
                 continue;
             }

@@ -143,8 +143,21 @@ impl Fetcher {
         key: &PrivateKeySigner,
         url: &str,
     ) -> Result<(reqwest::StatusCode, Vec<u8>), String> {
+        self.signed_get_as(key, url, "*/*").await
+    }
+
+    /// [`Fetcher::signed_get`] asking for the media types in `accept`.
+    pub async fn signed_get_as(
+        &self,
+        key: &PrivateKeySigner,
+        url: &str,
+        accept: &str,
+    ) -> Result<(reqwest::StatusCode, Vec<u8>), String> {
         let parsed = self.check_url(url)?;
-        let mut req = self.http.get(parsed);
+        let mut req = self
+            .http
+            .get(parsed)
+            .header(reqwest::header::ACCEPT, accept);
         if let Some(h) = cairn_core::auth::sign_url(key, "GET", url, b"") {
             for (k, v) in h.to_pairs() {
                 req = req.header(k, v);

@@ -123,9 +123,24 @@ async fn co_signs_only_batches_whose_receipts_hold_up() {
     let node = dev_signer(2);
     let rs: Vec<SignedReceipt> = (0..5).map(|i| receipt(domain, &node, i)).collect();
     let (good, listing) = batch_of(node.address(), &rs);
-    let (checked, tree) = v
+    let (checked, digests, tree) = v
         .check(&good, &serde_json::to_vec(&listing).unwrap())
         .unwrap();
+    assert_eq!(
+        digests,
+        rs.iter().map(|r| r.signing_hash()).collect::<Vec<_>>()
+    );
+    // The binary listing of the same receipts checks to the same.
+    let binary = cairn_receipt::compact::encode_listing(
+        rs.iter()
+            .map(cairn_receipt::CompactReceipt::from)
+            .collect::<Vec<_>>()
+            .iter()
+            .map(|c| c.as_bytes()),
+    );
+    let (again, digests_again, tree_again) = v.check(&good, &binary).unwrap();
+    assert_eq!((again, digests_again), (checked.clone(), digests));
+    assert_eq!(tree_again.root(), good.root);
     assert_eq!(tree.root(), good.root);
     assert_eq!(
         checked.iter().map(|r| r.id()).collect::<Vec<_>>(),

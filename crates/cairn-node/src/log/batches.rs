@@ -85,12 +85,12 @@ pub struct BatchListing {
     pub status: String,
     /// The submitting transaction.
     pub tx: Option<[u8; 32]>,
-    /// Each receipt's JSON.
-    pub receipts: Vec<cairn_receipt::ReceiptJson>,
+    /// Each receipt, as its row holds it.
+    pub(crate) receipts: Vec<super::StoredReceipt>,
 }
 
 impl ReceiptLog {
-    /// The receipts (JSON, in leaf order of nothing in particular) of a batch by its on-chain id.
+    /// The receipts (in leaf order of nothing in particular) of a batch by its on-chain id.
     pub async fn batch_receipts(&self, chain_batch: u64) -> Result<Option<BatchListing>, LogError> {
         self.read(move |c| {
             let head = c
@@ -113,10 +113,10 @@ impl ReceiptLog {
                 return Ok(None);
             };
             let mut stmt = c.prepare_cached(
-                "SELECT receipt FROM receipts WHERE batch = ?1 ORDER BY id",
+                "SELECT receipt, compact FROM receipts WHERE batch = ?1 ORDER BY id",
             )?;
             let receipts = stmt
-                .query_map(params![local], |r| super::stored_json(r.get(0)?))?
+                .query_map(params![local], |r| super::StoredReceipt::from_row(r, 0, 1))?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             Ok(Some(BatchListing {
                 chain_batch,

@@ -12,7 +12,7 @@ use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use alloy_primitives::{Address, B256};
-use cairn_receipt::{Claims, ReceiptJson, ReceiptSigner};
+use cairn_receipt::{Claims, CompactReceipt, ReceiptJson, ReceiptSigner, SignedReceipt};
 use cairn_sqlite::Durability;
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::oneshot;
@@ -72,29 +72,35 @@ pub struct Entry {
 /// An entry's receipt: signed already, or to be signed by the writer with the other receipts
 /// of its group commit under one root ([`ReceiptSigner::sign_batch`]).
 enum EntryReceipt {
-    /// The receipt's JSON, signed on its own.
-    Signed(ReceiptJson),
+    /// The receipt signed: its JSON (for the caller) and binary form (what the log keeps).
+    Signed(ReceiptJson, CompactReceipt),
     /// Claims the writer signs in a batch.
     ToSign(Box<Claims>),
 }
 
 impl EntryReceipt {
+    fn signed(r: &SignedReceipt) -> Self {
+        EntryReceipt::Signed(ReceiptJson::from(r), CompactReceipt::from(r))
+    }
+}
+
+impl EntryReceipt {
     fn claims(&self) -> Option<&Claims> {
         match self {
-            EntryReceipt::Signed(_) => None,
+            EntryReceipt::Signed(..) => None,
             EntryReceipt::ToSign(c) => Some(c),
         }
     }
 }
 
 impl Entry {
-    /// The row of the receipt over `claims` (its EIP-712 `digest` too): `signed`, its JSON when
-    /// signed already, else the writer signs it in a batch. With the payloads it binds
+    /// The row of the receipt over `claims` (its EIP-712 `digest` too): `signed`, the receipt
+    /// when signed already, else the writer signs it in a batch. With the payloads it binds
     /// (safetensors) and whether it counts yet; `payer`: who paid (may read the payloads with a
     /// signed request).
     pub fn new(
         claims: Claims,
-        signed: Option<ReceiptJson>,
+        signed: Option<&SignedReceipt>,
         digest: B256,
         input: Vec<u8>,
         output: Vec<u8>,
@@ -113,7 +119,7 @@ impl Entry {
             payer: payer.map(|p| p.0.0),
             payment_ref: claims.payment_ref.0,
             receipt: match signed {
-                Some(json) => EntryReceipt::Signed(json),
+                Some(r) => EntryReceipt::signed(r),
                 None => EntryReceipt::ToSign(Box::new(claims)),
             },
         }
@@ -197,7 +203,7 @@ CREATE TABLE IF NOT EXISTS attestations (
 ";
 
 /// Columns added after the first release; added in place to an older log.
-const MIGRATIONS: [(&str, &str); 7] = [
+const MIGRATIONS: [(&str, &str); 8] = [
     ("digest", "ALTER TABLE receipts ADD COLUMN digest BLOB"),
     ("price", "ALTER TABLE receipts ADD COLUMN price TEXT"),
     ("batch", "ALTER TABLE receipts ADD COLUMN batch INTEGER"),
@@ -211,6 +217,9 @@ const MIGRATIONS: [(&str, &str); 7] = [
         "payment_ref",
         "ALTER TABLE receipts ADD COLUMN payment_ref BLOB",
     ),
+    // The receipt's binary form (`cairn_receipt::compact`), ~1/6 of its JSON; `receipt` is
+    // empty where it is set. Rows written before it keep their JSON text.
+    ("compact", "ALTER TABLE receipts ADD COLUMN compact BLOB"),
 ];
 
 fn migrate(conn: &Connection) -> rusqlite::Result<()> {
@@ -237,10 +246,57 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
 }
 
 /// A receipt column as the JSON it holds.
-pub(crate) fn stored_json(text: String) -> rusqlite::Result<ReceiptJson> {
-    ReceiptJson::from_text(text).map_err(|e| {
-        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
-    })
+/// A receipt as a row holds it: its binary form (rows written since the `compact` column), or
+/// its JSON text (older rows).
+pub(crate) enum StoredReceipt {
+    /// JSON text, as older versions wrote it.
+    Json(ReceiptJson),
+    /// The binary form.
+    Compact(CompactReceipt),
+}
+
+impl StoredReceipt {
+    /// Reads columns `receipt` and `compact` of a row.
+    fn from_row(r: &rusqlite::Row<'_>, text: usize, compact: usize) -> rusqlite::Result<Self> {
+        let bad = |i, e: cairn_receipt::ReceiptError| {
+            rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e))
+        };
+        Ok(match r.get::<_, Option<Vec<u8>>>(compact)? {
+            Some(b) => StoredReceipt::Compact(CompactReceipt::from_bytes(b)),
+            None => {
+                StoredReceipt::Json(ReceiptJson::from_text(r.get(text)?).map_err(|e| bad(text, e))?)
+            }
+        })
+    }
+
+    /// The JSON form (rendered, not checked: whoever reads it verifies it).
+    pub(crate) fn json(self) -> Result<ReceiptJson, cairn_receipt::ReceiptError> {
+        match self {
+            StoredReceipt::Json(j) => Ok(j),
+            StoredReceipt::Compact(c) => c.to_json(),
+        }
+    }
+
+    /// The binary form; an older row's JSON is verified to be re-encoded.
+    pub(crate) fn compact(self) -> Result<CompactReceipt, cairn_receipt::ReceiptError> {
+        match self {
+            StoredReceipt::Json(j) => Ok(CompactReceipt::from(&j.verify()?)),
+            StoredReceipt::Compact(c) => Ok(c),
+        }
+    }
+}
+
+/// [`StoredReceipt::from_row`] as JSON.
+fn row_json(r: &rusqlite::Row<'_>, text: usize, compact: usize) -> rusqlite::Result<ReceiptJson> {
+    StoredReceipt::from_row(r, text, compact)?
+        .json()
+        .map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(
+                compact,
+                rusqlite::types::Type::Blob,
+                Box::new(e),
+            )
+        })
 }
 
 /// What the receipt log can fail with. None of it is the caller's fault: the node answers 500.
@@ -327,7 +383,7 @@ impl ReceiptLog {
         self.read(move |c| {
             c.query_row(
                 "SELECT r.receipt, r.created_at, r.input IS NOT NULL, r.proof, b.root, b.status,
-                        b.chain_batch, b.tx, b.sealed_at, r.billing, r.payer
+                        b.chain_batch, b.tx, b.sealed_at, r.billing, r.payer, r.compact
                  FROM receipts r LEFT JOIN batches b ON b.local = r.batch WHERE r.id = ?1",
                 params![id],
                 |r| {
@@ -349,7 +405,7 @@ impl ReceiptLog {
                         None => None,
                     };
                     Ok(Stored {
-                        receipt: stored_json(r.get(0)?)?,
+                        receipt: row_json(r, 0, 11)?,
                         created_at: r.get(1)?,
                         payloads: r.get(2)?,
                         batch,
@@ -389,10 +445,10 @@ impl ReceiptLog {
     ) -> Result<Option<(ReceiptJson, Vec<u8>)>, LogError> {
         self.read(move |c| {
             c.query_row(
-                "SELECT receipt, output FROM receipts
+                "SELECT receipt, output, compact FROM receipts
                  WHERE payment_ref = ?1 AND billing != 'void' AND output IS NOT NULL LIMIT 1",
                 params![payment_ref.as_slice()],
-                |r| Ok((stored_json(r.get(0)?)?, r.get(1)?)),
+                |r| Ok((row_json(r, 0, 2)?, r.get(1)?)),
             )
             .optional()
         })

@@ -1,12 +1,19 @@
 use super::*;
 
+/// The receipt of log entry `id` ([`entry`]), signed on its own.
+fn own_receipt(id: &str) -> SignedReceipt {
+    let mut c = claims(0);
+    c.request_id = alloy_primitives::keccak256(id);
+    test_signer().sign(c)
+}
+
 /// A log entry for receipt `id`, billed as `billing`, paid by payment reference `payment`.
 fn entry(id: &str, billing: Billing, payment: u8) -> Entry {
     Entry {
         id: id.into(),
         created_at: 1,
         model: "m".into(),
-        receipt: EntryReceipt::Signed(ReceiptJson::from_text(format!("\"receipt {id}\"")).unwrap()),
+        receipt: EntryReceipt::signed(&own_receipt(id)),
         input: vec![1],
         output: vec![2],
         digest: [7; 32],
@@ -29,14 +36,13 @@ async fn appends_reads_and_refuses_duplicates() {
     )
     .await
     .unwrap();
-    let entry = |id: &str| Entry {
-        receipt: EntryReceipt::Signed(ReceiptJson::from_text("{}".into()).unwrap()),
-        ..entry(id, Billing::Final, 0)
-    };
+    let entry = |id: &str| entry(id, Billing::Final, 0);
     log.append(entry("a")).await.unwrap();
     assert!(log.append(entry("a")).await.is_err());
     let got = log.get("a").await.unwrap().unwrap();
     assert!(got.payloads);
+    // Kept in binary form, served as the same JSON.
+    assert_eq!(got.receipt, ReceiptJson::from(&own_receipt("a")));
     assert_eq!(log.payload("a", true).await.unwrap(), Some(vec![2]));
     assert!(log.get("b").await.unwrap().is_none());
     assert_eq!(log.count().await.unwrap(), 1);
@@ -74,7 +80,7 @@ async fn a_rerun_under_the_same_payment_voids_the_earlier_receipt() {
     assert_eq!(waiting, ["other", "again"]);
     assert!(!log.get("first").await.unwrap().unwrap().payloads);
     let (receipt, _) = log.by_payment(B256::repeat_byte(9)).await.unwrap().unwrap();
-    assert_eq!(receipt.as_str(), "\"receipt again\"");
+    assert_eq!(receipt, ReceiptJson::from(&own_receipt("again")));
 }
 
 fn claims(i: u8) -> Claims {
@@ -124,13 +130,14 @@ fn a_group_is_signed_under_one_root() {
     assert_eq!(jobs.len(), 11);
     let mut cache = cairn_receipt::SealCache::default();
     for (e, _) in &jobs {
-        let EntryReceipt::Signed(json) = &e.receipt else {
+        let EntryReceipt::Signed(json, compact) = &e.receipt else {
             panic!("every entry is signed after seal")
         };
         if e.id == "own" {
-            assert_eq!(json.as_str(), "\"receipt own\"");
+            assert_eq!(*json, ReceiptJson::from(&own_receipt("own")));
             continue;
         }
+        assert_eq!(compact.to_json().unwrap(), *json);
         let (r, digest) = json.verify_cached(&mut cache).unwrap();
         assert_eq!(digest.0, e.digest);
         assert_eq!(r.id().to_string(), e.id);
@@ -231,4 +238,39 @@ async fn appended_batch_sealed_receipts_verify_and_are_what_was_stored() {
         assert_eq!(stored.receipt, json);
     }
     assert_eq!(log.count().await.unwrap(), 40);
+}
+
+/// A row written before receipts were kept in binary form (JSON text, no `compact`) is read
+/// as before, and re-encoded for a binary listing.
+#[tokio::test(flavor = "multi_thread")]
+async fn rows_from_before_the_binary_form_still_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("r.sqlite");
+    let log = ReceiptLog::open(
+        &path,
+        Duration::from_secs(3600),
+        Durability::Full,
+        false,
+        None,
+    )
+    .await
+    .unwrap();
+    log.append(entry("new", Billing::Final, 0)).await.unwrap();
+    let old = own_receipt("old");
+    let json = ReceiptJson::from(&old);
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .execute(
+            "INSERT INTO receipts (id, created_at, model, receipt, digest, price)
+             VALUES ('old', 1, 'm', ?1, ?2, '0')",
+            params![json.as_str(), old.signing_hash().as_slice()],
+        )
+        .unwrap();
+    assert_eq!(log.get("old").await.unwrap().unwrap().receipt, json);
+    let stored = StoredReceipt::Json(json);
+    assert_eq!(stored.compact().unwrap(), CompactReceipt::from(&old));
+    assert_eq!(
+        log.get("new").await.unwrap().unwrap().receipt,
+        ReceiptJson::from(&own_receipt("new"))
+    );
 }

@@ -38,7 +38,7 @@ pub(super) fn writer(
             }
             for (entry, done) in batch {
                 let _ = done.send(result.clone().and_then(|()| match entry.receipt {
-                    EntryReceipt::Signed(json) => Ok(json),
+                    EntryReceipt::Signed(json, _) => Ok(json),
                     EntryReceipt::ToSign(_) => Err("the receipt was not signed".into()),
                 }));
             }
@@ -82,7 +82,7 @@ pub(super) fn seal(sealer: Option<&ReceiptSigner>, batch: &mut Vec<Job>) {
             for (e, _) in batch.iter_mut() {
                 if e.receipt.claims().is_some() {
                     let r = receipts.next().expect("one receipt per claim");
-                    e.receipt = EntryReceipt::Signed(ReceiptJson::from(&r));
+                    e.receipt = EntryReceipt::signed(&r);
                 }
             }
         }
@@ -131,12 +131,12 @@ pub(super) fn commit(conn: &mut Connection, batch: &[Job]) -> rusqlite::Result<(
             }
         }
         let mut stmt = tx.prepare_cached(
-            "INSERT INTO receipts (id, created_at, model, receipt, input, output, digest, price,
-                                   billing, payer, payment_ref)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            "INSERT INTO receipts (id, created_at, model, receipt, compact, input, output, digest,
+                                   price, billing, payer, payment_ref)
+             VALUES (?1, ?2, ?3, '', ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
         )?;
         for (e, _) in batch {
-            let EntryReceipt::Signed(receipt) = &e.receipt else {
+            let EntryReceipt::Signed(_, receipt) = &e.receipt else {
                 return Err(rusqlite::Error::InvalidParameterName(format!(
                     "receipt {} is not signed",
                     e.id
@@ -146,7 +146,7 @@ pub(super) fn commit(conn: &mut Connection, batch: &[Job]) -> rusqlite::Result<(
                 e.id,
                 e.created_at,
                 e.model,
-                receipt.as_str(),
+                receipt.as_bytes(),
                 e.input,
                 e.output,
                 e.digest.as_slice(),

@@ -104,15 +104,51 @@ pub(super) async fn add_attestation(
 }
 
 #[utoipa::path(get, path = "/v1/batches/{id}", tag = "node",
-    params(("id" = u64, Path, description = "the batch's id on chain")),
-    responses((status = 200, body = BatchView), (status = 404, body = ErrorBody)))]
+    params(("id" = u64, Path, description = "the batch's id on chain"),
+           ("accept" = Option<String>, Header, description = "`application/vnd.cairn.receipt-listing` for the receipts alone in binary form (what verifiers read)")),
+    responses((status = 200, body = BatchView,
+               description = "the batch as JSON, or its receipts as `application/vnd.cairn.receipt-listing`"),
+              (status = 404, body = ErrorBody)))]
 pub(super) async fn batch(
     State(s): State<NodeState>,
     Path(id): Path<u64>,
-) -> Result<Json<BatchView>, NodeError> {
+    headers: axum::http::HeaderMap,
+) -> Result<axum::response::Response, NodeError> {
     let b = s.0.log.batch_receipts(id).await?.ok_or_else(|| {
         NodeError::ReceiptNotFound(format!("no submitted batch {id} from this node"))
     })?;
+    let corrupt = |e: cairn_receipt::ReceiptError| {
+        NodeError::Internal(format!("a stored receipt of batch {id} is unreadable: {e}"))
+    };
+    let binary = headers
+        .get_all(axum::http::header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.split(';').next().unwrap_or("").trim() == cairn_node_api::RECEIPT_LISTING_TYPE);
+    if binary {
+        let receipts = b
+            .receipts
+            .into_iter()
+            .map(|r| r.compact())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(corrupt)?;
+        let body = cairn_receipt::compact::encode_listing(receipts.iter().map(|r| r.as_bytes()));
+        return Ok((
+            [(
+                axum::http::header::CONTENT_TYPE,
+                cairn_node_api::RECEIPT_LISTING_TYPE,
+            )],
+            body,
+        )
+            .into_response());
+    }
+    let receipts = b
+        .receipts
+        .into_iter()
+        .map(|r| r.json())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(corrupt)?;
     Ok(Json(BatchView {
         id: b.chain_batch,
         root: B256::from(b.root),
@@ -120,8 +156,9 @@ pub(super) async fn batch(
         fees: b.fees,
         status: b.status,
         tx: b.tx.map(B256::from),
-        receipts: b.receipts,
-    }))
+        receipts,
+    })
+    .into_response())
 }
 
 pub use cairn_node_api::PAYLOAD_TOKEN_HEADER;

@@ -1,0 +1,409 @@
+//! A receipt's binary form, and batch listings made of them.
+//!
+//! The JSON form carries the full EIP-712 typed data so standard tools verify it; a verifier that
+//! checks every receipt of every batch pays for parsing ~2.5 KB of it per receipt. The binary form
+//! holds the same evidence in fixed-width fields (~250 bytes for a receipt signed on its own):
+//! what the message signs is derived, not restated (`node` is the signer, `model` the CID's
+//! digest, `profileHash` the profile's hash), so there is one spelling and nothing to compare.
+//! It is how the node keeps receipts and how verifiers read batch listings; clients get JSON.
+//!
+//! Layout (version 1; integers big-endian):
+//!
+//! ```text
+//! u8 version = 1 ‖ u8 seal: 0 own, 1 batch
+//! u64 chainId ‖ address verifyingContract ‖ address signer
+//! bytes32 requestId ‖ bytes32 model (SHA-256) ‖ bytes32 inputHash ‖ bytes32 outputHash
+//! u64 timestamp ‖ uint256 price ‖ bytes32 paymentRef
+//! profile: u32 threads ‖ (u16 length ‖ UTF-8) × engine, engineVersion, isa
+//! seal 0: 65-byte signature r ‖ s ‖ v
+//! seal 1: bytes32 root ‖ u32 count ‖ 65-byte signature ‖ u8 n ‖ n × bytes32 proof
+//! ```
+//!
+//! A listing is `"CRNL" ‖ u8 version = 1 ‖ u32 n ‖ n × (u32 length ‖ receipt)`.
+
+use super::*;
+
+const VERSION: u8 = 1;
+const OWN: u8 = 0;
+const BATCH: u8 = 1;
+const LISTING_MAGIC: &[u8; 4] = b"CRNL";
+/// The most receipts a listing may announce (a settlement batch holds far fewer): a hostile
+/// count must not size an allocation.
+const MAX_LISTED: u32 = 1 << 20;
+
+/// A receipt's binary form as a node stored or sent it, not checked yet: what crosses a trust
+/// boundary before [`CompactReceipt::verify`] makes it a [`SignedReceipt`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CompactReceipt(Vec<u8>);
+
+impl CompactReceipt {
+    /// Wraps stored bytes (not checked).
+    pub fn from_bytes(bytes: Vec<u8>) -> Self {
+        Self(bytes)
+    }
+
+    /// The bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// Parses and checks it as [`ReceiptJson::verify`] checks the JSON form.
+    pub fn verify(&self) -> Result<SignedReceipt, ReceiptError> {
+        Ok(verify_compact(&self.0, &mut SealCache::default())?.0)
+    }
+
+    /// The JSON form of the same receipt, not checked (a node serving its own log renders
+    /// what it stored; whoever reads it verifies it). Fails only on bytes that do not parse.
+    pub fn to_json(&self) -> Result<ReceiptJson, ReceiptError> {
+        Ok(ReceiptJson::from(&parse(&self.0)?))
+    }
+}
+
+impl From<&SignedReceipt> for CompactReceipt {
+    fn from(r: &SignedReceipt) -> Self {
+        let c = &r.claims;
+        let p = &c.profile;
+        let mut out =
+            Vec::with_capacity(256 + p.engine.len() + p.engine_version.len() + p.isa.len() + 200);
+        out.push(VERSION);
+        out.push(match r.seal {
+            Seal::Own(_) => OWN,
+            Seal::Batch(_) => BATCH,
+        });
+        out.extend_from_slice(&r.domain.chain_id.to_be_bytes());
+        out.extend_from_slice(r.domain.verifying_contract.as_slice());
+        out.extend_from_slice(r.signer.as_slice());
+        out.extend_from_slice(c.request_id.as_slice());
+        out.extend_from_slice(c.model.digest());
+        out.extend_from_slice(c.input_hash.as_slice());
+        out.extend_from_slice(c.output_hash.as_slice());
+        out.extend_from_slice(&c.timestamp.to_be_bytes());
+        out.extend_from_slice(&c.price.to_be_bytes::<32>());
+        out.extend_from_slice(c.payment_ref.as_slice());
+        out.extend_from_slice(&p.threads.to_be_bytes());
+        for s in [&p.engine, &p.engine_version, &p.isa] {
+            // A profile's fields are short names; one that is not cannot be written (and a
+            // receipt carrying it is refused when read back, never misread).
+            let n = u16::try_from(s.len()).unwrap_or(u16::MAX);
+            out.extend_from_slice(&n.to_be_bytes());
+            out.extend_from_slice(&s.as_bytes()[..usize::from(n).min(s.len())]);
+        }
+        match &r.seal {
+            Seal::Own(sig) => out.extend_from_slice(sig),
+            Seal::Batch(b) => {
+                out.extend_from_slice(b.root.as_slice());
+                out.extend_from_slice(&b.count.to_be_bytes());
+                out.extend_from_slice(&b.signature);
+                out.push(u8::try_from(b.proof.len()).unwrap_or(u8::MAX));
+                for h in &b.proof {
+                    out.extend_from_slice(h.as_slice());
+                }
+            }
+        }
+        Self(out)
+    }
+}
+
+/// A listing of receipts in binary form: what a verifier reads for a settlement batch.
+pub fn encode_listing<'a>(receipts: impl ExactSizeIterator<Item = &'a [u8]>) -> Vec<u8> {
+    let n = receipts.len();
+    let mut out = Vec::with_capacity(9 + n * 300);
+    out.extend_from_slice(LISTING_MAGIC);
+    out.push(VERSION);
+    out.extend_from_slice(&(n as u32).to_be_bytes());
+    for r in receipts {
+        out.extend_from_slice(&(r.len() as u32).to_be_bytes());
+        out.extend_from_slice(r);
+    }
+    out
+}
+
+/// The receipts of a binary listing, each still to be verified ([`verify_compact`]).
+pub fn listing_entries(bytes: &[u8]) -> Result<Vec<&[u8]>, ReceiptError> {
+    let mut r = Reader::new(bytes);
+    if r.take(4)? != LISTING_MAGIC {
+        return Err(ReceiptError::Malformed(
+            "not a binary receipt listing (no CRNL magic)".into(),
+        ));
+    }
+    let v = r.u8()?;
+    if v != VERSION {
+        return Err(ReceiptError::Malformed(format!(
+            "receipt listing version {v}; this reader knows {VERSION}"
+        )));
+    }
+    let n = r.u32()?;
+    if n > MAX_LISTED {
+        return Err(ReceiptError::Malformed(format!(
+            "a listing of {n} receipts is more than any batch holds ({MAX_LISTED})"
+        )));
+    }
+    let mut out = Vec::with_capacity(n as usize);
+    for _ in 0..n {
+        let len = r.u32()? as usize;
+        out.push(r.take(len)?);
+    }
+    r.end("the listing")?;
+    Ok(out)
+}
+
+/// Parses and checks one receipt's binary form; the digest returned is its EIP-712 signing hash
+/// (its Merkle leaf). A micro-batch root whose signature `cache` has recovered is not recovered
+/// again.
+pub fn verify_compact(
+    bytes: &[u8],
+    cache: &mut SealCache,
+) -> Result<(SignedReceipt, B256), ReceiptError> {
+    let (r, hash) = parse_with_digest(bytes)?;
+    let recovered = match &r.seal {
+        Seal::Own(sig) => recover(&parse_sig("signature", sig)?, &hash)?,
+        Seal::Batch(b) => {
+            if !merkle::verify(b.root, hash, &b.proof) {
+                return Err(not_in_root());
+            }
+            cache.recover_root(&r.domain, b)?
+        }
+    };
+    same_signer(&r, recovered)?;
+    Ok((r, hash))
+}
+
+/// One receipt of a listing, checked ([`verify_entries`]).
+#[derive(Debug)]
+pub struct Verified {
+    /// The receipt.
+    pub receipt: SignedReceipt,
+    /// Its EIP-712 signing hash.
+    pub digest: B256,
+    /// Its OpenZeppelin leaf ([`merkle::leaf`] of the digest): what a settlement tree over the
+    /// listing needs ([`merkle::ReceiptTree::from_leaves`]), computed once.
+    pub leaf: B256,
+}
+
+/// Checks every receipt of a listing ([`listing_entries`]) as [`verify_compact`] does, for less:
+/// a micro-batch whose receipts are all listed is rebuilt once and each receipt's proof compared
+/// with its path there (instead of hashing every proof), and each leaf is kept for the caller's
+/// tree. Fails with the index of a receipt that does not verify.
+pub fn verify_entries(
+    entries: &[&[u8]],
+    cache: &mut SealCache,
+) -> Result<Vec<Verified>, (usize, ReceiptError)> {
+    type SealKey = (ReceiptDomain, B256, u32, [u8; 65]);
+    let mut out = Vec::with_capacity(entries.len());
+    let mut groups: std::collections::HashMap<SealKey, Vec<usize>> = Default::default();
+    for (i, b) in entries.iter().enumerate() {
+        let (receipt, digest) = parse_with_digest(b).map_err(|e| (i, e))?;
+        match &receipt.seal {
+            Seal::Own(sig) => parse_sig("signature", sig)
+                .and_then(|s| recover(&s, &digest))
+                .and_then(|a| same_signer(&receipt, a))
+                .map_err(|e| (i, e))?,
+            Seal::Batch(s) => groups
+                .entry((receipt.domain, s.root, s.count, s.signature))
+                .or_default()
+                .push(i),
+        }
+        out.push(Verified {
+            receipt,
+            digest,
+            leaf: merkle::leaf(digest),
+        });
+    }
+    for ((domain, root, count, _), members) in groups {
+        let rebuilt = (members.len() == count as usize)
+            .then(|| {
+                merkle::ReceiptTree::from_leaves(
+                    members
+                        .iter()
+                        .map(|&i| (out[i].leaf, out[i].digest))
+                        .collect(),
+                )
+            })
+            .and_then(Result::ok)
+            .filter(|t| t.root() == root);
+        for i in members {
+            let v = &out[i];
+            let Seal::Batch(s) = &v.receipt.seal else {
+                unreachable!("grouped by batch seal")
+            };
+            let held = match &rebuilt {
+                Some(t) => t.has_proof(v.digest, &s.proof),
+                None => merkle::verify_leaf(root, v.leaf, &s.proof),
+            };
+            if !held {
+                return Err((i, not_in_root()));
+            }
+            cache
+                .recover_root(&domain, s)
+                .and_then(|a| same_signer(&v.receipt, a))
+                .map_err(|e| (i, e))?;
+        }
+    }
+    Ok(out)
+}
+
+fn not_in_root() -> ReceiptError {
+    ReceiptError::Inconsistent("the receipt is not in the signed batch root under its proof".into())
+}
+
+fn same_signer(r: &SignedReceipt, recovered: Address) -> Result<(), ReceiptError> {
+    if recovered == r.signer {
+        Ok(())
+    } else {
+        Err(ReceiptError::Signature(format!(
+            "signed by {recovered}, not by the stated signer {}",
+            r.signer
+        )))
+    }
+}
+
+/// [`parse`], with the EIP-712 digest the seal must cover.
+fn parse_with_digest(bytes: &[u8]) -> Result<(SignedReceipt, B256), ReceiptError> {
+    let r = parse(bytes)?;
+    let c = &r.claims;
+    let message = Receipt {
+        requestId: c.request_id,
+        model: B256::from(*c.model.digest()),
+        inputHash: c.input_hash,
+        outputHash: c.output_hash,
+        profileHash: profile_hash(&c.profile),
+        node: r.signer,
+        timestamp: c.timestamp,
+        price: c.price,
+        paymentRef: c.payment_ref,
+    };
+    let hash = typed_digest(&r.domain.separator(), &message);
+    Ok((r, hash))
+}
+
+/// The receipt the bytes spell, not verified: every field in range, nothing left over.
+fn parse(bytes: &[u8]) -> Result<SignedReceipt, ReceiptError> {
+    let mut r = Reader::new(bytes);
+    let v = r.u8()?;
+    if v != VERSION {
+        return Err(ReceiptError::Malformed(format!(
+            "binary receipt version {v}; this reader knows {VERSION}"
+        )));
+    }
+    let kind = r.u8()?;
+    let domain = ReceiptDomain {
+        chain_id: r.u64()?,
+        verifying_contract: Address::from(r.array::<20>()?),
+    };
+    let signer = Address::from(r.array::<20>()?);
+    let request_id = B256::from(r.array::<32>()?);
+    let model = BlobId::from_digest(r.array::<32>()?);
+    let input_hash = B256::from(r.array::<32>()?);
+    let output_hash = B256::from(r.array::<32>()?);
+    let timestamp = r.u64()?;
+    let price = U256::from_be_bytes(r.array::<32>()?);
+    let payment_ref = B256::from(r.array::<32>()?);
+    let threads = r.u32()?;
+    let mut text = || -> Result<String, ReceiptError> {
+        let n = usize::from(r.u16()?);
+        String::from_utf8(r.take(n)?.to_vec())
+            .map_err(|_| ReceiptError::Malformed("a profile field is not UTF-8".into()))
+    };
+    let profile = ExecutionProfile {
+        engine: text()?,
+        engine_version: text()?,
+        isa: text()?,
+        threads,
+    };
+    let seal = match kind {
+        OWN => Seal::Own(r.array::<65>()?),
+        BATCH => {
+            let root = B256::from(r.array::<32>()?);
+            let count = r.u32()?;
+            let signature = r.array::<65>()?;
+            let n = usize::from(r.u8()?);
+            if count == 0 || n > tree_depth(count) {
+                return Err(ReceiptError::Malformed(format!(
+                    "a proof of {n} hashes cannot belong to a batch of {count} receipts"
+                )));
+            }
+            let proof = (0..n)
+                .map(|_| r.array::<32>().map(B256::from))
+                .collect::<Result<Vec<_>, _>>()?;
+            Seal::Batch(BatchSeal {
+                root,
+                count,
+                signature,
+                proof,
+            })
+        }
+        k => {
+            return Err(ReceiptError::Malformed(format!(
+                "unknown seal kind {k} (0 own signature, 1 batch)"
+            )));
+        }
+    };
+    r.end("the receipt")?;
+    Ok(SignedReceipt {
+        claims: Claims {
+            request_id,
+            model,
+            input_hash,
+            output_hash,
+            profile,
+            timestamp,
+            price,
+            payment_ref,
+        },
+        domain,
+        signer,
+        seal,
+    })
+}
+
+/// Reads fixed-width fields off the front of a byte string; running short is a clear error.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn new(bytes: &'a [u8]) -> Self {
+        Self(bytes)
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], ReceiptError> {
+        if self.0.len() < n {
+            return Err(ReceiptError::Malformed(format!(
+                "truncated: {n} more bytes expected, {} left",
+                self.0.len()
+            )));
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], ReceiptError> {
+        Ok(self.take(N)?.try_into().expect("N bytes"))
+    }
+
+    fn u8(&mut self) -> Result<u8, ReceiptError> {
+        Ok(self.array::<1>()?[0])
+    }
+
+    fn u16(&mut self) -> Result<u16, ReceiptError> {
+        Ok(u16::from_be_bytes(self.array()?))
+    }
+
+    fn u32(&mut self) -> Result<u32, ReceiptError> {
+        Ok(u32::from_be_bytes(self.array()?))
+    }
+
+    fn u64(&mut self) -> Result<u64, ReceiptError> {
+        Ok(u64::from_be_bytes(self.array()?))
+    }
+
+    fn end(&self, what: &str) -> Result<(), ReceiptError> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(ReceiptError::Malformed(format!(
+                "{} bytes after the end of {what}",
+                self.0.len()
+            )))
+        }
+    }
+}
