@@ -100,9 +100,11 @@ pub struct NodeServeArgs {
     /// deployment and --chain-id/--verifying-contract are ignored).
     #[command(flatten)]
     pub chain: crate::chain_cmd::ChainArgs,
-    /// Seal a receipt batch once this many receipts wait.
-    #[arg(long, default_value_t = 1_000)]
-    pub batch_max_receipts: usize,
+    /// Seal a receipt batch once this many receipts wait (at most 65,536: verifiers refuse
+    /// larger batches).
+    #[arg(long, default_value_t = 1_000,
+          value_parser = clap::value_parser!(u64).range(1..=cairn_node_api::MAX_BATCH_RECEIPTS))]
+    pub batch_max_receipts: u64,
     /// Seal whatever waits once the oldest receipt is this many seconds old.
     #[arg(long, default_value_t = 60)]
     pub batch_max_age_secs: u64,
@@ -275,7 +277,7 @@ pub async fn open_node(
     let settlement = chain.map(|chain| cairn_node::SettlementConfig {
         chain,
         policy: cairn_node::BatchPolicy {
-            max_receipts: args.batch_max_receipts.max(1),
+            max_receipts: args.batch_max_receipts as usize,
             max_age: Duration::from_secs(args.batch_max_age_secs),
             tick: Duration::from_millis(500),
         },

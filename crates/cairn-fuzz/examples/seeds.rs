@@ -70,7 +70,7 @@ fn main() {
         .unwrap();
     let compact: Vec<cairn_receipt::CompactReceipt> = std::iter::once(&receipt)
         .chain(&batch)
-        .map(cairn_receipt::CompactReceipt::from)
+        .map(|r| cairn_receipt::CompactReceipt::try_from(r).unwrap())
         .collect();
     write(
         &root,

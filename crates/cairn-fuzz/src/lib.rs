@@ -86,7 +86,7 @@ pub fn receipt_listing(data: &[u8]) {
             continue;
         };
         assert_eq!(digest, r.signing_hash());
-        let compact = cairn_receipt::CompactReceipt::from(&r);
+        let compact = cairn_receipt::CompactReceipt::try_from(&r).unwrap();
         assert_eq!(compact.as_bytes(), *b, "one binary spelling");
         let json = compact.to_json().expect("renders");
         assert_eq!(json.verify().expect("the JSON verifies"), r);

@@ -21,6 +21,11 @@ pub const PAYLOAD_TOKEN_HEADER: &str = "cairn-payload-token";
 /// `GET /v1/batches/{id}` for with `Accept`, since checking it costs a fraction of the JSON.
 pub const RECEIPT_LISTING_TYPE: &str = "application/vnd.cairn.receipt-listing";
 
+/// The most receipts a settlement batch may hold: a node seals no larger batch, and a verifier
+/// refuses a larger one before fetching it (checking a batch costs a verifier one signature
+/// recovery per receipt signed on its own, and the node names the count).
+pub const MAX_BATCH_RECEIPTS: u64 = 65_536;
+
 /// Request header choosing how the answer's receipt is signed: `own` (the default: a signature
 /// over the receipt alone) or `batch` (one signature over the root of the receipts committed
 /// together, with this receipt's Merkle proof; see `cairn_receipt::Seal`).

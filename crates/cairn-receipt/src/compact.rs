@@ -59,8 +59,13 @@ impl CompactReceipt {
     }
 }
 
-impl From<&SignedReceipt> for CompactReceipt {
-    fn from(r: &SignedReceipt) -> Self {
+/// Why a receipt has no binary form: a field longer than the form's length prefix holds (a
+/// profile name over 65,535 bytes; no engine names itself so, and no proof is over 32 hashes).
+/// Such a receipt is kept as JSON.
+impl TryFrom<&SignedReceipt> for CompactReceipt {
+    type Error = ReceiptError;
+
+    fn try_from(r: &SignedReceipt) -> Result<Self, ReceiptError> {
         let c = &r.claims;
         let p = &c.profile;
         let mut out =
@@ -82,25 +87,34 @@ impl From<&SignedReceipt> for CompactReceipt {
         out.extend_from_slice(c.payment_ref.as_slice());
         out.extend_from_slice(&p.threads.to_be_bytes());
         for s in [&p.engine, &p.engine_version, &p.isa] {
-            // A profile's fields are short names; one that is not cannot be written (and a
-            // receipt carrying it is refused when read back, never misread).
-            let n = u16::try_from(s.len()).unwrap_or(u16::MAX);
+            let n = u16::try_from(s.len()).map_err(|_| {
+                ReceiptError::Malformed(format!(
+                    "a profile field of {} bytes has no binary form (at most 65,535)",
+                    s.len()
+                ))
+            })?;
             out.extend_from_slice(&n.to_be_bytes());
-            out.extend_from_slice(&s.as_bytes()[..usize::from(n).min(s.len())]);
+            out.extend_from_slice(s.as_bytes());
         }
         match &r.seal {
             Seal::Own(sig) => out.extend_from_slice(sig),
             Seal::Batch(b) => {
+                let n = u8::try_from(b.proof.len()).map_err(|_| {
+                    ReceiptError::Malformed(format!(
+                        "a proof of {} hashes has no binary form",
+                        b.proof.len()
+                    ))
+                })?;
                 out.extend_from_slice(b.root.as_slice());
                 out.extend_from_slice(&b.count.to_be_bytes());
                 out.extend_from_slice(&b.signature);
-                out.push(u8::try_from(b.proof.len()).unwrap_or(u8::MAX));
+                out.push(n);
                 for h in &b.proof {
                     out.extend_from_slice(h.as_slice());
                 }
             }
         }
-        Self(out)
+        Ok(Self(out))
     }
 }
 
@@ -138,7 +152,8 @@ pub fn listing_entries(bytes: &[u8]) -> Result<Vec<&[u8]>, ReceiptError> {
             "a listing of {n} receipts is more than any batch holds ({MAX_LISTED})"
         )));
     }
-    let mut out = Vec::with_capacity(n as usize);
+    // Every entry takes at least its 4-byte length: a count the bytes cannot hold sizes nothing.
+    let mut out = Vec::with_capacity((n as usize).min(r.0.len() / 4));
     for _ in 0..n {
         let len = r.u32()? as usize;
         out.push(r.take(len)?);
@@ -190,7 +205,10 @@ pub fn verify_entries(
 ) -> Result<Vec<Verified>, (usize, ReceiptError)> {
     type SealKey = (ReceiptDomain, B256, u32, [u8; 65]);
     let mut out = Vec::with_capacity(entries.len());
-    let mut groups: std::collections::HashMap<SealKey, Vec<usize>> = Default::default();
+    // Batch-sealed receipts by seal, the groups in the order their first receipt is listed (so
+    // the receipt a failure names does not depend on hashing).
+    let mut group_of: std::collections::HashMap<SealKey, usize> = Default::default();
+    let mut groups: Vec<(SealKey, Vec<usize>)> = Vec::new();
     for (i, b) in entries.iter().enumerate() {
         let (receipt, digest) = parse_with_digest(b).map_err(|e| (i, e))?;
         match &receipt.seal {
@@ -198,10 +216,14 @@ pub fn verify_entries(
                 .and_then(|s| recover(&s, &digest))
                 .and_then(|a| same_signer(&receipt, a))
                 .map_err(|e| (i, e))?,
-            Seal::Batch(s) => groups
-                .entry((receipt.domain, s.root, s.count, s.signature))
-                .or_default()
-                .push(i),
+            Seal::Batch(s) => {
+                let key = (receipt.domain, s.root, s.count, s.signature);
+                let g = *group_of.entry(key).or_insert_with(|| {
+                    groups.push((key, Vec::new()));
+                    groups.len() - 1
+                });
+                groups[g].1.push(i);
+            }
         }
         out.push(Verified {
             receipt,

@@ -323,7 +323,7 @@ fn the_binary_form_round_trips_both_seals() {
     all.extend(batch(5));
     let mut cache = SealCache::default();
     for r in &all {
-        let c = CompactReceipt::from(r);
+        let c = CompactReceipt::try_from(r).unwrap();
         let (back, digest) = compact::verify_compact(c.as_bytes(), &mut cache).unwrap();
         assert_eq!(&back, r);
         assert_eq!(digest, r.signing_hash());
@@ -332,7 +332,7 @@ fn the_binary_form_round_trips_both_seals() {
     }
     assert_eq!(cache.roots(), 1);
     // A receipt signed on its own is ~340 bytes against the JSON's ~2 KB.
-    let own = CompactReceipt::from(&all[0]).as_bytes().len();
+    let own = CompactReceipt::try_from(&all[0]).unwrap().as_bytes().len();
     let json = ReceiptJson::from(&all[0]).as_str().len();
     assert!(own * 4 < json, "{own} bytes against {json}");
 }
@@ -342,7 +342,7 @@ fn the_binary_form_round_trips_both_seals() {
 #[test]
 fn every_flipped_bit_of_a_binary_receipt_is_refused() {
     for r in [sample(), batch(3)[2].clone()] {
-        let bytes = CompactReceipt::from(&r).as_bytes().to_vec();
+        let bytes = CompactReceipt::try_from(&r).unwrap().as_bytes().to_vec();
         let mut accepted = Vec::new();
         for i in 0..bytes.len() {
             for bit in 0..8 {
@@ -362,7 +362,7 @@ fn every_flipped_bit_of_a_binary_receipt_is_refused() {
 #[test]
 fn hostile_binary_forms_are_refused_with_a_reason() {
     let r = sample();
-    let bytes = CompactReceipt::from(&r).as_bytes().to_vec();
+    let bytes = CompactReceipt::try_from(&r).unwrap().as_bytes().to_vec();
     for n in 0..bytes.len() {
         let e = CompactReceipt::from_bytes(bytes[..n].to_vec())
             .verify()
@@ -401,6 +401,13 @@ fn hostile_binary_forms_are_refused_with_a_reason() {
     huge.extend_from_slice(&u32::MAX.to_be_bytes());
     let e = compact::listing_entries(&huge).unwrap_err().to_string();
     assert!(e.contains("more than any batch"), "{e}");
+    // The largest count a listing may announce, with nothing behind it: refused as short.
+    let mut announced = list[..5].to_vec();
+    announced.extend_from_slice(&(1u32 << 20).to_be_bytes());
+    let e = compact::listing_entries(&announced)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("truncated"), "{e}");
     let e = compact::listing_entries(br#"{"receipts":[]}"#)
         .unwrap_err()
         .to_string();
@@ -427,7 +434,10 @@ fn a_listing_checks_as_its_receipts_do() {
     let mut rs: Vec<SignedReceipt> = whole.clone();
     rs.extend(other[..2].iter().cloned());
     rs.push(sample());
-    let bytes: Vec<CompactReceipt> = rs.iter().map(CompactReceipt::from).collect();
+    let bytes: Vec<CompactReceipt> = rs
+        .iter()
+        .map(|r| CompactReceipt::try_from(r).unwrap())
+        .collect();
     let entries: Vec<&[u8]> = bytes.iter().map(|b| b.as_bytes()).collect();
     let mut cache = SealCache::default();
     let v = compact::verify_entries(&entries, &mut cache).unwrap();
@@ -447,7 +457,10 @@ fn a_listing_checks_as_its_receipts_do() {
         panic!()
     };
     s0.proof = s1.proof;
-    let bytes: Vec<CompactReceipt> = bad.iter().map(CompactReceipt::from).collect();
+    let bytes: Vec<CompactReceipt> = bad
+        .iter()
+        .map(|r| CompactReceipt::try_from(r).unwrap())
+        .collect();
     let entries: Vec<&[u8]> = bytes.iter().map(|b| b.as_bytes()).collect();
     let (i, e) = compact::verify_entries(&entries, &mut SealCache::default()).unwrap_err();
     assert_eq!(i, 0);
@@ -457,7 +470,10 @@ fn a_listing_checks_as_its_receipts_do() {
     // rebuilds its root, and the forgery is refused on its own proof.
     let mut forged = whole.clone();
     forged[3].claims.price = U256::from(1u64);
-    let bytes: Vec<CompactReceipt> = forged.iter().map(CompactReceipt::from).collect();
+    let bytes: Vec<CompactReceipt> = forged
+        .iter()
+        .map(|r| CompactReceipt::try_from(r).unwrap())
+        .collect();
     let entries: Vec<&[u8]> = bytes.iter().map(|b| b.as_bytes()).collect();
     let (i, e) = compact::verify_entries(&entries, &mut SealCache::default()).unwrap_err();
     assert_eq!(i, 3);

@@ -121,7 +121,7 @@ fn main() {
     // The same receipts as a verifier reads a batch: one binary listing.
     let compact: Vec<CompactReceipt> = jsons
         .iter()
-        .map(|j| CompactReceipt::from(&j.verify().unwrap()))
+        .map(|j| CompactReceipt::try_from(&j.verify().unwrap()).unwrap())
         .collect();
     let listing = encode_listing(compact.iter().map(|c| c.as_bytes()));
     let check_bin_us = check_listing(&listing, node, domain) / n as f64;
@@ -163,7 +163,7 @@ fn main() {
         }) / n as f64;
         let bin: Vec<CompactReceipt> = listing
             .iter()
-            .map(|j| CompactReceipt::from(&j.verify().unwrap()))
+            .map(|j| CompactReceipt::try_from(&j.verify().unwrap()).unwrap())
             .collect();
         let bin = encode_listing(bin.iter().map(|c| c.as_bytes()));
         let check_bin_us = check_listing(&bin, node, domain) / n as f64;

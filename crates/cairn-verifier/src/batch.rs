@@ -39,8 +39,21 @@ impl Verifier {
             .map_err(|e| unavailable(e.to_string()))?;
         let urls = NodeUrls::new(&node.endpoint);
         let base = urls.base().to_string();
-        let listing = self.fetch_listing(&urls, id).await?;
         let mut verdict = self.fresh_verdict(&batch);
+        // The node names the count, and checking costs this verifier per receipt: a batch over
+        // the network's bound is refused before anything is fetched.
+        if u64::from(batch.count) > cairn_node_api::MAX_BATCH_RECEIPTS {
+            let reason = format!(
+                "the batch claims {} receipts; batches hold at most {}",
+                batch.count,
+                cairn_node_api::MAX_BATCH_RECEIPTS
+            );
+            verdict.outcome = Some(VerdictOutcome::Refused);
+            verdict.reason = Some(reason.clone());
+            c.store.put_batch(&verdict)?;
+            return Err(VerifyError::Refused { batch: id, reason });
+        }
+        let listing = self.fetch_listing(&urls, id).await?;
         let (receipts, digests, tree) = match self.checked(&batch, &listing).await? {
             Ok(x) => x,
             Err(reason) => {
@@ -186,8 +199,8 @@ impl Verifier {
             refuse(format!("receipt {i} does not verify: {e}"))
         };
         // Batch-signed receipts: one signature recovery per micro-batch root. A listing of
-        // another size than the batch is refused before any signature is recovered (a node
-        // cannot make this verifier recover a million).
+        // another size than the batch is refused before any signature is recovered (and
+        // `handle` refused a batch over `MAX_BATCH_RECEIPTS` before fetching it).
         let mut seals = cairn_receipt::SealCache::default();
         let verified: Vec<cairn_receipt::compact::Verified> = if listing.starts_with(b"CRNL") {
             let entries = cairn_receipt::compact::listing_entries(listing)

@@ -133,7 +133,7 @@ async fn co_signs_only_batches_whose_receipts_hold_up() {
     // The binary listing of the same receipts checks to the same.
     let binary = cairn_receipt::compact::encode_listing(
         rs.iter()
-            .map(cairn_receipt::CompactReceipt::from)
+            .map(|r| cairn_receipt::CompactReceipt::try_from(r).unwrap())
             .collect::<Vec<_>>()
             .iter()
             .map(|c| c.as_bytes()),
@@ -191,6 +191,106 @@ async fn co_signs_only_batches_whose_receipts_hold_up() {
     tampered["receipts"][1]["typedData"]["message"]["price"] = json!("11");
     assert!(refused(&v, &good, &tampered).contains("does not verify"));
     assert!(refused(&v, &good, &json!({})).contains("no `receipts`"));
+}
+
+/// The binary listing of a set of receipts.
+fn binary_of(rs: &[SignedReceipt]) -> Vec<u8> {
+    let c: Vec<_> = rs
+        .iter()
+        .map(|r| cairn_receipt::CompactReceipt::try_from(r).unwrap())
+        .collect();
+    cairn_receipt::compact::encode_listing(c.iter().map(|c| c.as_bytes()))
+}
+
+fn refused_binary(v: &Verifier, b: &BatchInfo, listing: &[u8]) -> String {
+    match v.check(b, listing) {
+        Err(VerifyError::Refused { reason, .. }) => reason,
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+/// Binary listings are held to what JSON ones are: batch-signed receipts (whole micro-batches
+/// and parts of one) check, and a foreign signer, another domain, a short listing, a tampered
+/// byte or an unreadable listing are refused with the same reasons.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_listings_are_checked_as_json_ones_are() {
+    let (v, _dir) = verifier().await;
+    let d = v.chain().deployment().clone();
+    let domain = ReceiptDomain {
+        chain_id: d.chain_id,
+        verifying_contract: d.settlement,
+    };
+    let node = dev_signer(2);
+    let signer =
+        cairn_receipt::ReceiptSigner::new(cairn_core::sig::SigningKey::from_signer(&node), domain);
+    let claims = |from: u64, n: u64| -> Vec<Claims> {
+        (from..from + n)
+            .map(|i| receipt(domain, &node, i).claims)
+            .collect()
+    };
+    // A whole micro-batch of 4, two of another of 4, and one receipt signed alone.
+    let mut rs = signer.sign_batch(claims(0, 4)).unwrap();
+    rs.extend(
+        signer
+            .sign_batch(claims(10, 4))
+            .unwrap()
+            .into_iter()
+            .take(2),
+    );
+    rs.push(receipt(domain, &node, 20));
+    let (good, json) = batch_of(node.address(), &rs);
+    let (from_json, digests, _) = v.check(&good, &serde_json::to_vec(&json).unwrap()).unwrap();
+    let (from_binary, digests_b, tree) = v.check(&good, &binary_of(&rs)).unwrap();
+    assert_eq!((&from_binary, &digests_b), (&from_json, &digests));
+    assert_eq!(tree.root(), good.root);
+
+    let mut other = rs.clone();
+    other[5] = receipt(domain, &dev_signer(7), 5);
+    let (b, _) = batch_of(node.address(), &other);
+    assert!(refused_binary(&v, &b, &binary_of(&other)).contains("not the batch's node"));
+    let mut foreign = rs.clone();
+    foreign[6] = receipt(
+        ReceiptDomain {
+            chain_id: d.chain_id,
+            verifying_contract: Address::ZERO,
+        },
+        &node,
+        6,
+    );
+    let (b, _) = batch_of(node.address(), &foreign);
+    assert!(
+        refused_binary(&v, &b, &binary_of(&foreign))
+            .contains("not addressed to this settlement contract")
+    );
+    assert!(refused_binary(&v, &good, &binary_of(&rs[..4])).contains("receipts listed"));
+    // The price of receipt 1 (a batch-sealed one) raised by one unit.
+    let mut tampered = cairn_receipt::CompactReceipt::try_from(&rs[1])
+        .unwrap()
+        .as_bytes()
+        .to_vec();
+    tampered[217] ^= 1;
+    let mut entries: Vec<Vec<u8>> = rs
+        .iter()
+        .map(|r| {
+            cairn_receipt::CompactReceipt::try_from(r)
+                .unwrap()
+                .as_bytes()
+                .to_vec()
+        })
+        .collect();
+    entries[1] = tampered;
+    let listing = cairn_receipt::compact::encode_listing(entries.iter().map(|e| e.as_slice()));
+    let why = refused_binary(&v, &good, &listing);
+    assert!(why.contains("receipt 1 does not verify"), "{why}");
+    // A receipt listed twice (in place of its micro-batch sibling): each copy verifies, the
+    // settlement tree refuses the pair.
+    let mut twice = rs.clone();
+    twice[3] = twice[2].clone();
+    let why = refused_binary(&v, &good, &binary_of(&twice));
+    assert!(why.contains("appears twice"), "{why}");
+    let mut cut = binary_of(&rs);
+    cut.pop();
+    assert!(refused_binary(&v, &good, &cut).contains("binary listing is unreadable"));
 }
 
 #[test]

@@ -72,15 +72,16 @@ pub struct Entry {
 /// An entry's receipt: signed already, or to be signed by the writer with the other receipts
 /// of its group commit under one root ([`ReceiptSigner::sign_batch`]).
 enum EntryReceipt {
-    /// The receipt signed: its JSON (for the caller) and binary form (what the log keeps).
-    Signed(ReceiptJson, CompactReceipt),
+    /// The receipt signed: its JSON (for the caller) and binary form (what the log keeps; a
+    /// receipt without one, see [`CompactReceipt`]'s `TryFrom`, is kept as JSON text).
+    Signed(ReceiptJson, Option<CompactReceipt>),
     /// Claims the writer signs in a batch.
     ToSign(Box<Claims>),
 }
 
 impl EntryReceipt {
     fn signed(r: &SignedReceipt) -> Self {
-        EntryReceipt::Signed(ReceiptJson::from(r), CompactReceipt::from(r))
+        EntryReceipt::Signed(ReceiptJson::from(r), CompactReceipt::try_from(r).ok())
     }
 }
 
@@ -247,7 +248,8 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
 
 /// A receipt column as the JSON it holds.
 /// A receipt as a row holds it: its binary form (rows written since the `compact` column), or
-/// its JSON text (older rows).
+/// its JSON text (older rows, and a receipt with no binary form). A log written by this version
+/// cannot be read by an older one (its rows' `receipt` text is empty).
 pub(crate) enum StoredReceipt {
     /// JSON text, as older versions wrote it.
     Json(ReceiptJson),
@@ -277,11 +279,11 @@ impl StoredReceipt {
         }
     }
 
-    /// The binary form; an older row's JSON is verified to be re-encoded.
-    pub(crate) fn compact(self) -> Result<CompactReceipt, cairn_receipt::ReceiptError> {
+    /// The binary form, when the row holds it.
+    pub(crate) fn compact(&self) -> Option<&CompactReceipt> {
         match self {
-            StoredReceipt::Json(j) => Ok(CompactReceipt::from(&j.verify()?)),
-            StoredReceipt::Compact(c) => Ok(c),
+            StoredReceipt::Json(_) => None,
+            StoredReceipt::Compact(c) => Some(c),
         }
     }
 }

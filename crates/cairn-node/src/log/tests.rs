@@ -137,7 +137,7 @@ fn a_group_is_signed_under_one_root() {
             assert_eq!(*json, ReceiptJson::from(&own_receipt("own")));
             continue;
         }
-        assert_eq!(compact.to_json().unwrap(), *json);
+        assert_eq!(compact.as_ref().unwrap().to_json().unwrap(), *json);
         let (r, digest) = json.verify_cached(&mut cache).unwrap();
         assert_eq!(digest.0, e.digest);
         assert_eq!(r.id().to_string(), e.id);
@@ -241,7 +241,7 @@ async fn appended_batch_sealed_receipts_verify_and_are_what_was_stored() {
 }
 
 /// A row written before receipts were kept in binary form (JSON text, no `compact`) is read
-/// as before, and re-encoded for a binary listing.
+/// as before.
 #[tokio::test(flavor = "multi_thread")]
 async fn rows_from_before_the_binary_form_still_read() {
     let dir = tempfile::tempdir().unwrap();
@@ -267,8 +267,6 @@ async fn rows_from_before_the_binary_form_still_read() {
         )
         .unwrap();
     assert_eq!(log.get("old").await.unwrap().unwrap().receipt, json);
-    let stored = StoredReceipt::Json(json);
-    assert_eq!(stored.compact().unwrap(), CompactReceipt::from(&old));
     assert_eq!(
         log.get("new").await.unwrap().unwrap().receipt,
         ReceiptJson::from(&own_receipt("new"))

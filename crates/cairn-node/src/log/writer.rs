@@ -133,10 +133,10 @@ pub(super) fn commit(conn: &mut Connection, batch: &[Job]) -> rusqlite::Result<(
         let mut stmt = tx.prepare_cached(
             "INSERT INTO receipts (id, created_at, model, receipt, compact, input, output, digest,
                                    price, billing, payer, payment_ref)
-             VALUES (?1, ?2, ?3, '', ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
         )?;
         for (e, _) in batch {
-            let EntryReceipt::Signed(_, receipt) = &e.receipt else {
+            let EntryReceipt::Signed(json, compact) = &e.receipt else {
                 return Err(rusqlite::Error::InvalidParameterName(format!(
                     "receipt {} is not signed",
                     e.id
@@ -146,7 +146,9 @@ pub(super) fn commit(conn: &mut Connection, batch: &[Job]) -> rusqlite::Result<(
                 e.id,
                 e.created_at,
                 e.model,
-                receipt.as_bytes(),
+                // The JSON text only for a receipt with no binary form.
+                if compact.is_some() { "" } else { json.as_str() },
+                compact.as_ref().map(|c| c.as_bytes()),
                 e.input,
                 e.output,
                 e.digest.as_slice(),

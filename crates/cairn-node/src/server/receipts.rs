@@ -120,45 +120,73 @@ pub(super) async fn batch(
     let corrupt = |e: cairn_receipt::ReceiptError| {
         NodeError::Internal(format!("a stored receipt of batch {id} is unreadable: {e}"))
     };
-    let binary = headers
-        .get_all(axum::http::header::ACCEPT)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.split(';').next().unwrap_or("").trim() == cairn_node_api::RECEIPT_LISTING_TYPE);
+    // Binary when asked for and every row holds it (a batch with rows from before the binary
+    // form is served as JSON, which verifiers read too: nothing is re-encoded here).
+    let binary = accepts(&headers, cairn_node_api::RECEIPT_LISTING_TYPE)
+        && b.receipts.iter().all(|r| r.compact().is_some());
+    let vary = (axum::http::header::VARY, "accept");
+    let head = (b.chain_batch, b.root, b.count, b.fees, b.status, b.tx);
     if binary {
-        let receipts = b
-            .receipts
-            .into_iter()
-            .map(|r| r.compact())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(corrupt)?;
-        let body = cairn_receipt::compact::encode_listing(receipts.iter().map(|r| r.as_bytes()));
+        let body = cairn_receipt::compact::encode_listing(
+            b.receipts
+                .iter()
+                .filter_map(|r| r.compact().map(|c| c.as_bytes()))
+                .collect::<Vec<_>>()
+                .into_iter(),
+        );
         return Ok((
-            [(
-                axum::http::header::CONTENT_TYPE,
-                cairn_node_api::RECEIPT_LISTING_TYPE,
-            )],
+            [
+                (
+                    axum::http::header::CONTENT_TYPE,
+                    cairn_node_api::RECEIPT_LISTING_TYPE,
+                ),
+                vary,
+            ],
             body,
         )
             .into_response());
     }
-    let receipts = b
-        .receipts
-        .into_iter()
-        .map(|r| r.json())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(corrupt)?;
-    Ok(Json(BatchView {
-        id: b.chain_batch,
-        root: B256::from(b.root),
-        count: b.count,
-        fees: b.fees,
-        status: b.status,
-        tx: b.tx.map(B256::from),
-        receipts,
+    // Rendering JSON from the binary form is CPU work (no signature is recovered): off the
+    // async workers.
+    let receipts = tokio::task::spawn_blocking(move || {
+        b.receipts
+            .into_iter()
+            .map(|r| r.json())
+            .collect::<Result<Vec<_>, _>>()
     })
-    .into_response())
+    .await
+    .map_err(|e| NodeError::Internal(format!("rendering batch {id}: {e}")))?
+    .map_err(corrupt)?;
+    let view = Json(BatchView {
+        id: head.0,
+        root: B256::from(head.1),
+        count: head.2,
+        fees: head.3,
+        status: head.4,
+        tx: head.5.map(B256::from),
+        receipts,
+    });
+    Ok(([vary], view).into_response())
+}
+
+/// Whether `Accept` names `media_type` (any case) with a non-zero quality.
+fn accepts(headers: &axum::http::HeaderMap, media_type: &str) -> bool {
+    headers
+        .get_all(axum::http::header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|range| {
+            let mut parts = range.split(';').map(str::trim);
+            parts
+                .next()
+                .is_some_and(|t| t.eq_ignore_ascii_case(media_type))
+                && !parts.any(|p| {
+                    p.strip_prefix("q=")
+                        .and_then(|q| q.parse::<f32>().ok())
+                        .is_some_and(|q| q <= 0.0)
+                })
+        })
 }
 
 pub use cairn_node_api::PAYLOAD_TOKEN_HEADER;
