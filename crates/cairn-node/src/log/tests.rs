@@ -272,3 +272,62 @@ async fn rows_from_before_the_binary_form_still_read() {
         ReceiptJson::from(&own_receipt("new"))
     );
 }
+
+/// The lookups by batch and by payment use their (partial) indexes, and an unpaid, unbatched
+/// receipt is in neither: its commit writes no page of them.
+#[tokio::test(flavor = "multi_thread")]
+async fn lookups_use_the_partial_indexes_that_unpaid_receipts_stay_out_of() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("r.sqlite");
+    let log = ReceiptLog::open(
+        &path,
+        Duration::from_secs(3600),
+        Durability::Full,
+        false,
+        None,
+    )
+    .await
+    .unwrap();
+    log.append(entry("unpaid", Billing::Final, 0))
+        .await
+        .unwrap();
+    log.append(entry("paid", Billing::AwaitingPayment, 9))
+        .await
+        .unwrap();
+    let c = rusqlite::Connection::open(&path).unwrap();
+    let plan = |sql: &str| -> String {
+        let mut stmt = c.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        stmt.query_map([1i64], |r| r.get::<_, String>(3))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    let p = plan("SELECT receipt FROM receipts WHERE batch = ?1 ORDER BY id");
+    assert!(p.contains("receipts_in_batch"), "{p}");
+    let p = plan("SELECT receipt FROM receipts WHERE payment_ref = ?1 AND billing != 'void'");
+    assert!(p.contains("receipts_paid_by"), "{p}");
+    let in_index = |index: &str| -> i64 {
+        c.query_row(
+            &format!(
+                "SELECT COUNT(*) FROM receipts INDEXED BY {index} WHERE {}",
+                if index == "receipts_in_batch" {
+                    "batch IS NOT NULL"
+                } else {
+                    "payment_ref IS NOT NULL"
+                }
+            ),
+            [],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    assert_eq!(in_index("receipts_paid_by"), 1, "only the paid receipt");
+    assert_eq!(in_index("receipts_in_batch"), 0, "nothing is batched yet");
+    let (r, _) = log.by_payment(B256::repeat_byte(9)).await.unwrap().unwrap();
+    assert_eq!(r, ReceiptJson::from(&own_receipt("paid")));
+    assert!(
+        log.by_payment(B256::ZERO).await.unwrap().is_none(),
+        "no payment is no reference"
+    );
+}

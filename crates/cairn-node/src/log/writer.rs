@@ -155,7 +155,8 @@ pub(super) fn commit(conn: &mut Connection, batch: &[Job]) -> rusqlite::Result<(
                 e.price,
                 e.billing.as_str(),
                 e.payer.as_ref().map(|p| p.as_slice()),
-                e.payment_ref.as_slice(),
+                // No payment, no reference (and no entry in the index of references).
+                (e.payment_ref != [0; 32]).then_some(e.payment_ref.as_slice()),
             ])?;
         }
     }
