@@ -240,16 +240,32 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     // Every index an insert touches is a page the commit writes (and a WAL frame a checkpoint
     // copies and syncs): an unbatched receipt is in no batch and an unpaid one has no payment,
     // so neither index holds them (`batch = ?` and `payment_ref = ?` imply IS NOT NULL, so
-    // lookups still use them). Older logs lose their full indexes for these.
+    // lookups still use them). An older log's full indexes are replaced once, its unpaid rows'
+    // zero references cleared first so the new index does not hold them either.
+    let had_full_payment_index: i64 = conn.query_row(
+        "SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' AND name = 'receipts_by_payment'",
+        [],
+        |r| r.get(0),
+    )?;
+    if had_full_payment_index > 0 {
+        tracing::info!("receipt log: rebuilding the payment index (once)");
+        conn.execute_batch(
+            "BEGIN IMMEDIATE;
+             DROP INDEX receipts_by_payment;
+             UPDATE receipts SET payment_ref = NULL WHERE payment_ref = zeroblob(32);
+             COMMIT;",
+        )?;
+    }
     conn.execute_batch(
-        "CREATE INDEX IF NOT EXISTS receipts_unbatched ON receipts (created_at) WHERE batch IS NULL;
+        "BEGIN IMMEDIATE;
+         CREATE INDEX IF NOT EXISTS receipts_unbatched ON receipts (created_at) WHERE batch IS NULL;
          DROP INDEX IF EXISTS receipts_by_batch;
          CREATE INDEX IF NOT EXISTS receipts_in_batch ON receipts (batch) WHERE batch IS NOT NULL;
          CREATE INDEX IF NOT EXISTS receipts_awaiting ON receipts (created_at)
            WHERE billing = 'awaiting_payment';
-         DROP INDEX IF EXISTS receipts_by_payment;
          CREATE INDEX IF NOT EXISTS receipts_paid_by ON receipts (payment_ref)
-           WHERE payment_ref IS NOT NULL;",
+           WHERE payment_ref IS NOT NULL;
+         COMMIT;",
     )
 }
 
@@ -451,6 +467,10 @@ impl ReceiptLog {
         &self,
         payment_ref: B256,
     ) -> Result<Option<(ReceiptJson, Vec<u8>)>, LogError> {
+        // No payment is no reference: nothing was paid by it.
+        if payment_ref == B256::ZERO {
+            return Ok(None);
+        }
         self.read(move |c| {
             c.query_row(
                 "SELECT receipt, output, compact FROM receipts

@@ -267,6 +267,51 @@ async fn rows_from_before_the_binary_form_still_read() {
         )
         .unwrap();
     assert_eq!(log.get("old").await.unwrap().unwrap().receipt, json);
+    drop(log);
+    // An older log's schema: the full payment index, an unpaid row with a zero reference. At
+    // the next open both are gone and the zero reference finds nothing.
+    let c = rusqlite::Connection::open(&path).unwrap();
+    c.execute_batch(
+        "DROP INDEX receipts_paid_by;
+         CREATE INDEX receipts_by_payment ON receipts (payment_ref);
+         UPDATE receipts SET payment_ref = zeroblob(32), output = x'02' WHERE id = 'old';",
+    )
+    .unwrap();
+    drop(c);
+    let log = ReceiptLog::open(
+        &path,
+        Duration::from_secs(3600),
+        Durability::Full,
+        false,
+        None,
+    )
+    .await
+    .unwrap();
+    let c = rusqlite::Connection::open(&path).unwrap();
+    let indexes: Vec<String> = c
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND name LIKE 'receipts_%'")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert!(
+        indexes.contains(&"receipts_paid_by".to_string()),
+        "{indexes:?}"
+    );
+    assert!(
+        !indexes.contains(&"receipts_by_payment".to_string()),
+        "{indexes:?}"
+    );
+    let zero: i64 = c
+        .query_row(
+            "SELECT COUNT(*) FROM receipts WHERE payment_ref = zeroblob(32)",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(zero, 0, "old zero references cleared");
+    assert!(log.by_payment(B256::ZERO).await.unwrap().is_none());
     assert_eq!(
         log.get("new").await.unwrap().unwrap().receipt,
         ReceiptJson::from(&own_receipt("new"))

@@ -126,7 +126,7 @@ pub(super) fn commit(conn: &mut Connection, batch: &[Job]) -> rusqlite::Result<(
              WHERE payment_ref = ?1 AND billing = 'awaiting_payment'",
         )?;
         for (e, _) in batch {
-            if e.billing == Billing::AwaitingPayment {
+            if e.billing == Billing::AwaitingPayment && e.payment_ref != [0; 32] {
                 stale.execute(params![e.payment_ref.as_slice()])?;
             }
         }
