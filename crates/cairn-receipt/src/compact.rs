@@ -2,7 +2,7 @@
 //!
 //! The JSON form carries the full EIP-712 typed data so standard tools verify it; a verifier that
 //! checks every receipt of every batch pays for parsing ~2.5 KB of it per receipt. The binary form
-//! holds the same evidence in fixed-width fields (~250 bytes for a receipt signed on its own):
+//! holds the same evidence in fixed-width fields (~340 bytes for a receipt signed on its own):
 //! what the message signs is derived, not restated (`node` is the signer, `model` the CID's
 //! digest, `profileHash` the profile's hash), so there is one spelling and nothing to compare.
 //! It is how the node keeps receipts and how verifiers read batch listings; clients get JSON.
@@ -59,7 +59,7 @@ impl CompactReceipt {
     }
 }
 
-/// Why a receipt has no binary form: a field longer than the form's length prefix holds (a
+/// The binary form of a receipt. Fails for a field longer than the form's length prefix holds (a
 /// profile name over 65,535 bytes; no engine names itself so, and no proof is over 32 hashes).
 /// Such a receipt is kept as JSON.
 impl TryFrom<&SignedReceipt> for CompactReceipt {

@@ -161,11 +161,16 @@ fn signer() -> ReceiptSigner {
 
 /// `n` batch-signed receipts, one signature over their root.
 fn batch(n: u8) -> Vec<SignedReceipt> {
+    batch_from(10, n)
+}
+
+/// `n` batch-signed receipts whose request ids start at byte `first`.
+fn batch_from(first: u8, n: u8) -> Vec<SignedReceipt> {
     let s = signer();
     let claims: Vec<Claims> = (0..n)
         .map(|i| {
             let mut c = sample().claims;
-            c.request_id = B256::repeat_byte(i + 10);
+            c.request_id = B256::repeat_byte(i + first);
             c
         })
         .collect();
@@ -419,17 +424,7 @@ fn hostile_binary_forms_are_refused_with_a_reason() {
 #[test]
 fn a_listing_checks_as_its_receipts_do() {
     let whole = batch(5);
-    let other = {
-        let s = signer();
-        let claims: Vec<Claims> = (0..4u8)
-            .map(|i| {
-                let mut c = sample().claims;
-                c.request_id = B256::repeat_byte(i + 100);
-                c
-            })
-            .collect();
-        s.sign_batch(claims).unwrap()
-    };
+    let other = batch_from(100, 4);
     // All of the first micro-batch, half of the second, one receipt signed alone.
     let mut rs: Vec<SignedReceipt> = whole.clone();
     rs.extend(other[..2].iter().cloned());

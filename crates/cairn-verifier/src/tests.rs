@@ -106,10 +106,7 @@ fn batch_of(node: Address, rs: &[SignedReceipt]) -> (BatchInfo, Value) {
 }
 
 fn refused(v: &Verifier, b: &BatchInfo, l: &Value) -> String {
-    match v.check(b, &serde_json::to_vec(l).unwrap()) {
-        Err(VerifyError::Refused { reason, .. }) => reason,
-        other => panic!("expected a refusal, got {other:?}"),
-    }
+    refused_bytes(v, b, &serde_json::to_vec(l).unwrap())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -202,7 +199,8 @@ fn binary_of(rs: &[SignedReceipt]) -> Vec<u8> {
     cairn_receipt::compact::encode_listing(c.iter().map(|c| c.as_bytes()))
 }
 
-fn refused_binary(v: &Verifier, b: &BatchInfo, listing: &[u8]) -> String {
+/// Why `v` refuses batch `b` given `listing` (JSON or binary).
+fn refused_bytes(v: &Verifier, b: &BatchInfo, listing: &[u8]) -> String {
     match v.check(b, listing) {
         Err(VerifyError::Refused { reason, .. }) => reason,
         other => panic!("expected a refusal, got {other:?}"),
@@ -247,7 +245,7 @@ async fn binary_listings_are_checked_as_json_ones_are() {
     let mut other = rs.clone();
     other[5] = receipt(domain, &dev_signer(7), 5);
     let (b, _) = batch_of(node.address(), &other);
-    assert!(refused_binary(&v, &b, &binary_of(&other)).contains("not the batch's node"));
+    assert!(refused_bytes(&v, &b, &binary_of(&other)).contains("not the batch's node"));
     let mut foreign = rs.clone();
     foreign[6] = receipt(
         ReceiptDomain {
@@ -259,10 +257,10 @@ async fn binary_listings_are_checked_as_json_ones_are() {
     );
     let (b, _) = batch_of(node.address(), &foreign);
     assert!(
-        refused_binary(&v, &b, &binary_of(&foreign))
+        refused_bytes(&v, &b, &binary_of(&foreign))
             .contains("not addressed to this settlement contract")
     );
-    assert!(refused_binary(&v, &good, &binary_of(&rs[..4])).contains("receipts listed"));
+    assert!(refused_bytes(&v, &good, &binary_of(&rs[..4])).contains("receipts listed"));
     // The price of receipt 1 (a batch-sealed one) raised by one unit.
     let mut tampered = cairn_receipt::CompactReceipt::try_from(&rs[1])
         .unwrap()
@@ -280,17 +278,17 @@ async fn binary_listings_are_checked_as_json_ones_are() {
         .collect();
     entries[1] = tampered;
     let listing = cairn_receipt::compact::encode_listing(entries.iter().map(|e| e.as_slice()));
-    let why = refused_binary(&v, &good, &listing);
+    let why = refused_bytes(&v, &good, &listing);
     assert!(why.contains("receipt 1 does not verify"), "{why}");
     // A receipt listed twice (in place of its micro-batch sibling): each copy verifies, the
     // settlement tree refuses the pair.
     let mut twice = rs.clone();
     twice[3] = twice[2].clone();
-    let why = refused_binary(&v, &good, &binary_of(&twice));
+    let why = refused_bytes(&v, &good, &binary_of(&twice));
     assert!(why.contains("appears twice"), "{why}");
     let mut cut = binary_of(&rs);
     cut.pop();
-    assert!(refused_binary(&v, &good, &cut).contains("binary listing is unreadable"));
+    assert!(refused_bytes(&v, &good, &cut).contains("binary listing is unreadable"));
 }
 
 #[test]

@@ -1,5 +1,18 @@
 use super::*;
 
+/// A log that keeps payloads an hour, fsyncs, settles nothing and signs no batches.
+async fn plain_log(path: &std::path::Path) -> ReceiptLog {
+    ReceiptLog::open(
+        path,
+        Duration::from_secs(3600),
+        Durability::Full,
+        false,
+        None,
+    )
+    .await
+    .unwrap()
+}
+
 /// The receipt of log entry `id` ([`entry`]), signed on its own.
 fn own_receipt(id: &str) -> SignedReceipt {
     let mut c = claims(0);
@@ -27,15 +40,7 @@ fn entry(id: &str, billing: Billing, payment: u8) -> Entry {
 #[tokio::test(flavor = "multi_thread")]
 async fn appends_reads_and_refuses_duplicates() {
     let dir = tempfile::tempdir().unwrap();
-    let log = ReceiptLog::open(
-        &dir.path().join("r.sqlite"),
-        Duration::from_secs(3600),
-        Durability::Full,
-        false,
-        None,
-    )
-    .await
-    .unwrap();
+    let log = plain_log(&dir.path().join("r.sqlite")).await;
     let entry = |id: &str| entry(id, Billing::Final, 0);
     log.append(entry("a")).await.unwrap();
     assert!(log.append(entry("a")).await.is_err());
@@ -246,15 +251,7 @@ async fn appended_batch_sealed_receipts_verify_and_are_what_was_stored() {
 async fn rows_from_before_the_binary_form_still_read() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("r.sqlite");
-    let log = ReceiptLog::open(
-        &path,
-        Duration::from_secs(3600),
-        Durability::Full,
-        false,
-        None,
-    )
-    .await
-    .unwrap();
+    let log = plain_log(&path).await;
     log.append(entry("new", Billing::Final, 0)).await.unwrap();
     let old = own_receipt("old");
     let json = ReceiptJson::from(&old);
@@ -278,15 +275,7 @@ async fn rows_from_before_the_binary_form_still_read() {
     )
     .unwrap();
     drop(c);
-    let log = ReceiptLog::open(
-        &path,
-        Duration::from_secs(3600),
-        Durability::Full,
-        false,
-        None,
-    )
-    .await
-    .unwrap();
+    let log = plain_log(&path).await;
     let c = rusqlite::Connection::open(&path).unwrap();
     let indexes: Vec<String> = c
         .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND name LIKE 'receipts_%'")
@@ -324,15 +313,7 @@ async fn rows_from_before_the_binary_form_still_read() {
 async fn lookups_use_the_partial_indexes_that_unpaid_receipts_stay_out_of() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("r.sqlite");
-    let log = ReceiptLog::open(
-        &path,
-        Duration::from_secs(3600),
-        Durability::Full,
-        false,
-        None,
-    )
-    .await
-    .unwrap();
+    let log = plain_log(&path).await;
     log.append(entry("unpaid", Billing::Final, 0))
         .await
         .unwrap();
