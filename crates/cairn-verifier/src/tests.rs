@@ -24,7 +24,7 @@ async fn verifier_with(allow_private_endpoints: bool) -> (Verifier, tempfile::Te
     let ledger = EmbeddedLedger::open(
         &dir.path().join("chain.sqlite"),
         31337,
-        &[3, 4]
+        &[2, 3, 4]
             .map(|i| (dev_signer(i).address(), U256::from(10u128.pow(22))))
             .into_iter()
             .chain([(gov.address(), U256::from(10u128.pow(22)))])
@@ -289,6 +289,39 @@ async fn binary_listings_are_checked_as_json_ones_are() {
     let mut cut = binary_of(&rs);
     cut.pop();
     assert!(refused_bytes(&v, &good, &cut).contains("binary listing is unreadable"));
+}
+
+/// A node names its batch's count, and a verifier's check costs it per receipt: a batch over
+/// `MAX_BATCH_RECEIPTS` is refused, and recorded so, without its listing being fetched (the
+/// node's endpoint here answers nothing: a fetch would have left it "unavailable").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_over_the_bound_is_refused_before_its_listing_is_fetched() {
+    let (v, _dir) = verifier().await;
+    let chain = v.chain();
+    let gov = dev_signer(0);
+    let node = dev_signer(2);
+    let stake = U256::from(100 * cairn_ledger::deploy::TOKEN_UNIT);
+    chain.mint(&gov, node.address(), stake).await.unwrap();
+    chain
+        .register(
+            &node,
+            &RegistrationRequest::dev(node.address(), Role::Inference, "http://127.0.0.1:1"),
+            stake,
+            vec![],
+        )
+        .await
+        .unwrap();
+    let count = u32::try_from(cairn_node_api::MAX_BATCH_RECEIPTS + 1).unwrap();
+    let (id, _) = chain
+        .submit_batch(&node, keccak256("a root"), count, U256::ZERO)
+        .await
+        .unwrap();
+    match v.handle(id).await {
+        Err(VerifyError::Refused { reason, .. }) => {
+            assert!(reason.contains("at most 65536"), "{reason}")
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
 }
 
 #[test]
