@@ -68,15 +68,12 @@ fn main() {
                 .collect(),
         )
         .unwrap();
-    let compact: Vec<cairn_receipt::CompactReceipt> = std::iter::once(&receipt)
-        .chain(&batch)
-        .map(|r| cairn_receipt::CompactReceipt::try_from(r).unwrap())
-        .collect();
+    let listed: Vec<_> = std::iter::once(receipt.clone()).chain(batch).collect();
     write(
         &root,
         "receipt_listing",
         "own-and-batch-signed",
-        &cairn_receipt::compact::encode_listing(compact.iter().map(|c| c.as_bytes())),
+        &cairn_receipt::compact::encode_receipts(&listed).unwrap(),
     );
 
     let offer = |scheme: &str| PaymentRequirements {

@@ -132,6 +132,15 @@ pub fn encode_listing<'a>(receipts: impl ExactSizeIterator<Item = &'a [u8]>) -> 
     out
 }
 
+/// The binary listing of signed receipts (what a node serves from what it signed).
+pub fn encode_receipts(receipts: &[SignedReceipt]) -> Result<Vec<u8>, ReceiptError> {
+    let compact = receipts
+        .iter()
+        .map(CompactReceipt::try_from)
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(encode_listing(compact.iter().map(|c| c.as_bytes())))
+}
+
 /// The receipts of a binary listing, each still to be verified ([`verify_compact`]).
 pub fn listing_entries(bytes: &[u8]) -> Result<Vec<&[u8]>, ReceiptError> {
     let mut r = Reader::new(bytes);

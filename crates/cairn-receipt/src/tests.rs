@@ -419,6 +419,15 @@ fn hostile_binary_forms_are_refused_with_a_reason() {
     assert!(e.contains("magic"), "{e}");
 }
 
+/// `rs` as a binary listing, checked as a whole.
+fn verify_listing(
+    rs: &[SignedReceipt],
+    cache: &mut SealCache,
+) -> Result<Vec<compact::Verified>, (usize, ReceiptError)> {
+    let bytes = compact::encode_receipts(rs).unwrap();
+    compact::verify_entries(&compact::listing_entries(&bytes).unwrap(), cache)
+}
+
 /// A listing checked as a whole agrees with its receipts checked one by one: complete
 /// micro-batches (rebuilt once), partial ones (proofs hashed), receipts signed alone.
 #[test]
@@ -429,13 +438,8 @@ fn a_listing_checks_as_its_receipts_do() {
     let mut rs: Vec<SignedReceipt> = whole.clone();
     rs.extend(other[..2].iter().cloned());
     rs.push(sample());
-    let bytes: Vec<CompactReceipt> = rs
-        .iter()
-        .map(|r| CompactReceipt::try_from(r).unwrap())
-        .collect();
-    let entries: Vec<&[u8]> = bytes.iter().map(|b| b.as_bytes()).collect();
     let mut cache = SealCache::default();
-    let v = compact::verify_entries(&entries, &mut cache).unwrap();
+    let v = verify_listing(&rs, &mut cache).unwrap();
     assert_eq!(cache.roots(), 2);
     for (v, r) in v.iter().zip(&rs) {
         assert_eq!(&v.receipt, r);
@@ -452,12 +456,7 @@ fn a_listing_checks_as_its_receipts_do() {
         panic!()
     };
     s0.proof = s1.proof;
-    let bytes: Vec<CompactReceipt> = bad
-        .iter()
-        .map(|r| CompactReceipt::try_from(r).unwrap())
-        .collect();
-    let entries: Vec<&[u8]> = bytes.iter().map(|b| b.as_bytes()).collect();
-    let (i, e) = compact::verify_entries(&entries, &mut SealCache::default()).unwrap_err();
+    let (i, e) = verify_listing(&bad, &mut SealCache::default()).unwrap_err();
     assert_eq!(i, 0);
     assert!(e.to_string().contains("not in the signed batch"), "{e}");
 
@@ -465,12 +464,7 @@ fn a_listing_checks_as_its_receipts_do() {
     // rebuilds its root, and the forgery is refused on its own proof.
     let mut forged = whole.clone();
     forged[3].claims.price = U256::from(1u64);
-    let bytes: Vec<CompactReceipt> = forged
-        .iter()
-        .map(|r| CompactReceipt::try_from(r).unwrap())
-        .collect();
-    let entries: Vec<&[u8]> = bytes.iter().map(|b| b.as_bytes()).collect();
-    let (i, e) = compact::verify_entries(&entries, &mut SealCache::default()).unwrap_err();
+    let (i, e) = verify_listing(&forged, &mut SealCache::default()).unwrap_err();
     assert_eq!(i, 3);
     assert!(e.to_string().contains("not in the signed batch"), "{e}");
 }

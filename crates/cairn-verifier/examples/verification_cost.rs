@@ -22,9 +22,9 @@ use alloy_signer_local::PrivateKeySigner;
 use cairn_core::tensor::tensors_hash;
 use cairn_core::{BlobId, DataType, Tensor};
 use cairn_engine::{Engine, TractEngine};
-use cairn_receipt::compact::{encode_listing, listing_entries, verify_entries};
+use cairn_receipt::compact::{encode_receipts, listing_entries, verify_entries};
 use cairn_receipt::merkle::ReceiptTree;
-use cairn_receipt::{Claims, CompactReceipt, ReceiptDomain, ReceiptJson, ReceiptSigner};
+use cairn_receipt::{Claims, ReceiptDomain, ReceiptJson, ReceiptSigner};
 
 fn claims(i: u64, profile: cairn_core::ExecutionProfile) -> Claims {
     Claims {
@@ -119,11 +119,8 @@ fn main() {
         })
     };
     // The same receipts as a verifier reads a batch: one binary listing.
-    let compact: Vec<CompactReceipt> = jsons
-        .iter()
-        .map(|j| CompactReceipt::try_from(&j.verify().unwrap()).unwrap())
-        .collect();
-    let listing = encode_listing(compact.iter().map(|c| c.as_bytes()));
+    let signed: Vec<_> = jsons.iter().map(|j| j.verify().unwrap()).collect();
+    let listing = encode_receipts(&signed).unwrap();
     let check_bin_us = check_listing(&listing, node, domain) / n as f64;
     println!("receipts (single thread, {n} distinct receipts, median of 5 runs):");
     println!("  node signs one:        {sign_us:>8.1} µs");
@@ -161,11 +158,8 @@ fn main() {
                 black_box(digest);
             }
         }) / n as f64;
-        let bin: Vec<CompactReceipt> = listing
-            .iter()
-            .map(|j| CompactReceipt::try_from(&j.verify().unwrap()).unwrap())
-            .collect();
-        let bin = encode_listing(bin.iter().map(|c| c.as_bytes()));
+        let signed: Vec<_> = listing.iter().map(|j| j.verify().unwrap()).collect();
+        let bin = encode_receipts(&signed).unwrap();
         let check_bin_us = check_listing(&bin, node, domain) / n as f64;
         println!(
             "  batch-signed by {size:>2}:    node {sign_batch_us:>5.1} µs/receipt; verifier {check_batch_us:>5.1} µs/receipt = {:.0} receipts/s/core [JSON]; {check_bin_us:>5.1} µs = {:.0}/s [binary listing: verify + settlement tree + sample draw]",

@@ -128,13 +128,7 @@ async fn co_signs_only_batches_whose_receipts_hold_up() {
         rs.iter().map(|r| r.signing_hash()).collect::<Vec<_>>()
     );
     // The binary listing of the same receipts checks to the same.
-    let binary = cairn_receipt::compact::encode_listing(
-        rs.iter()
-            .map(|r| cairn_receipt::CompactReceipt::try_from(r).unwrap())
-            .collect::<Vec<_>>()
-            .iter()
-            .map(|c| c.as_bytes()),
-    );
+    let binary = binary_of(&rs);
     let (again, digests_again, tree_again) = v.check(&good, &binary).unwrap();
     assert_eq!((again, digests_again), (checked.clone(), digests));
     assert_eq!(tree_again.root(), good.root);
@@ -164,14 +158,7 @@ async fn co_signs_only_batches_whose_receipts_hold_up() {
     assert!(refused(&v, &b, &l).contains("not the batch's node"));
     // A receipt addressed to another contract.
     let mut foreign = rs.clone();
-    foreign[0] = receipt(
-        ReceiptDomain {
-            chain_id: d.chain_id,
-            verifying_contract: Address::ZERO,
-        },
-        &node,
-        0,
-    );
+    foreign[0] = misaddressed(d.chain_id, &node, 0);
     let (b, l) = batch_of(node.address(), &foreign);
     assert!(refused(&v, &b, &l).contains("not addressed to this settlement contract"));
     // Fewer receipts than claimed, a different root, other fees.
@@ -192,11 +179,16 @@ async fn co_signs_only_batches_whose_receipts_hold_up() {
 
 /// The binary listing of a set of receipts.
 fn binary_of(rs: &[SignedReceipt]) -> Vec<u8> {
-    let c: Vec<_> = rs
-        .iter()
-        .map(|r| cairn_receipt::CompactReceipt::try_from(r).unwrap())
-        .collect();
-    cairn_receipt::compact::encode_listing(c.iter().map(|c| c.as_bytes()))
+    cairn_receipt::compact::encode_receipts(rs).unwrap()
+}
+
+/// Receipt `i` by `node`, addressed to another contract than the deployment's.
+fn misaddressed(chain_id: u64, node: &PrivateKeySigner, i: u64) -> SignedReceipt {
+    let elsewhere = ReceiptDomain {
+        chain_id,
+        verifying_contract: Address::ZERO,
+    };
+    receipt(elsewhere, node, i)
 }
 
 /// Why `v` refuses batch `b` given `listing` (JSON or binary).
@@ -247,14 +239,7 @@ async fn binary_listings_are_checked_as_json_ones_are() {
     let (b, _) = batch_of(node.address(), &other);
     assert!(refused_bytes(&v, &b, &binary_of(&other)).contains("not the batch's node"));
     let mut foreign = rs.clone();
-    foreign[6] = receipt(
-        ReceiptDomain {
-            chain_id: d.chain_id,
-            verifying_contract: Address::ZERO,
-        },
-        &node,
-        6,
-    );
+    foreign[6] = misaddressed(d.chain_id, &node, 6);
     let (b, _) = batch_of(node.address(), &foreign);
     assert!(
         refused_bytes(&v, &b, &binary_of(&foreign))
