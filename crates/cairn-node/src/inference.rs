@@ -10,7 +10,7 @@ use cairn_node_api::SealChoice;
 use cairn_node_api::safetensors_io;
 use cairn_receipt::{Claims, ReceiptSigner};
 
-use crate::log::{Billing, Entry};
+use crate::log::{Billing, Entry, ToLog};
 
 /// What signs receipts, and the bounds on what it signs.
 pub struct Signer {
@@ -118,19 +118,18 @@ pub fn run(
         payment_ref: charge.payment_ref,
     };
     let token = payload_token(&signer.token_key, claims.request_id);
-    let (claims, signed, digest) = match seal {
+    let (receipt, digest) = match seal {
         SealChoice::Own => {
             let (receipt, digest) = signer.receipts.sign_with_digest(claims);
-            (receipt.claims.clone(), Some(receipt), digest)
+            (ToLog::Signed(receipt), digest)
         }
         SealChoice::Batch => {
             let digest = signer.receipts.digest(&claims);
-            (claims, None, digest)
+            (ToLog::ToSign(claims), digest)
         }
     };
     let entry = Entry::new(
-        claims,
-        signed.as_ref(),
+        receipt,
         digest,
         safetensors_io::encode(inputs),
         safetensors_io::encode(&outputs),

@@ -94,20 +94,30 @@ impl EntryReceipt {
     }
 }
 
+/// A receipt on its way to the log.
+pub enum ToLog {
+    /// Signed on its own already.
+    Signed(SignedReceipt),
+    /// Claims the writer signs with the rest of their group commit.
+    ToSign(Claims),
+}
+
 impl Entry {
-    /// The row of the receipt over `claims` (its EIP-712 `digest` too): `signed`, the receipt
-    /// when signed already, else the writer signs it in a batch. With the payloads it binds
-    /// (safetensors) and whether it counts yet; `payer`: who paid (may read the payloads with a
-    /// signed request).
+    /// The row of `receipt` (its EIP-712 `digest` too): signed already, or claims the writer
+    /// signs in a batch. With the payloads it binds (safetensors) and whether it counts yet;
+    /// `payer`: who paid (may read the payloads with a signed request).
     pub fn new(
-        claims: Claims,
-        signed: Option<&SignedReceipt>,
+        receipt: ToLog,
         digest: B256,
         input: Vec<u8>,
         output: Vec<u8>,
         billing: Billing,
         payer: Option<Address>,
     ) -> Self {
+        let claims = match &receipt {
+            ToLog::Signed(r) => &r.claims,
+            ToLog::ToSign(c) => c,
+        };
         Self {
             id: claims.request_id.to_string(),
             created_at: claims.timestamp as i64,
@@ -119,9 +129,9 @@ impl Entry {
             billing,
             payer: payer.map(|p| p.0.0),
             payment_ref: claims.payment_ref.0,
-            receipt: match signed {
-                Some(r) => EntryReceipt::signed(r),
-                None => EntryReceipt::ToSign(Box::new(claims)),
+            receipt: match receipt {
+                ToLog::Signed(r) => EntryReceipt::signed(&r),
+                ToLog::ToSign(c) => EntryReceipt::ToSign(Box::new(c)),
             },
         }
     }

@@ -119,7 +119,14 @@ fn test_signer() -> ReceiptSigner {
 fn unsigned(signer: &ReceiptSigner, i: u8) -> Entry {
     let c = claims(i);
     let digest = signer.digest(&c);
-    Entry::new(c, None, digest, vec![1], vec![2], Billing::Final, None)
+    Entry::new(
+        ToLog::ToSign(c),
+        digest,
+        vec![1],
+        vec![2],
+        Billing::Final,
+        None,
+    )
 }
 
 /// One group: its batch-sealed entries are signed under one root (count = how many), each with
