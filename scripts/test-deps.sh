@@ -5,7 +5,8 @@
 #     of their signatures
 #   - a PostgreSQL server (Debian's package when none is installed)
 #   - the ONNX Runtime library (scripts/install-onnxruntime.sh)
-# Source it: it exports CAIRN_CACHE_DIR, CAIRN_PY, CAIRN_TEST_MODELS and ORT_DYLIB_PATH.
+#   - the devnet's language model, SmolLM2-135M-Instruct GGUF (scripts/llm-model.sh)
+# Source it: it exports CAIRN_CACHE_DIR, CAIRN_PY, CAIRN_TEST_MODELS, ORT_DYLIB_PATH and CAIRN_LLM_MODEL.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 export CAIRN_CACHE_DIR="${CAIRN_CACHE_DIR:-$HOME/.cache/cairn}"
@@ -28,6 +29,7 @@ if [ ! -f "$models/.complete" ]; then
 fi
 export CAIRN_TEST_MODELS="$models"
 export ORT_DYLIB_PATH="$("$here/install-onnxruntime.sh")"
+export CAIRN_LLM_MODEL="$("$here/llm-model.sh")"
 
 if ! command -v initdb >/dev/null 2>&1; then
   pgbin="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)"

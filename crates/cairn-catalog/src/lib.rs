@@ -320,7 +320,7 @@ impl Catalog {
 
     async fn files(&self, release_id: i64) -> Result<Vec<FileEntry>> {
         let rows = sqlx::query(
-            "SELECT path, cid, size, media_type, onnx FROM files WHERE release_id = $1 ORDER BY path",
+            "SELECT path, cid, size, media_type, onnx, gguf FROM files WHERE release_id = $1 ORDER BY path",
         )
         .bind(release_id)
         .fetch_all(&self.pool)
@@ -358,18 +358,21 @@ impl Catalog {
     }
 }
 
-/// The only file, or the only `.onnx` file; otherwise the candidates.
+/// The only file, or the only model file (`.onnx` or `.gguf`); otherwise the candidates.
 fn pick_main_file(files: Vec<FileEntry>) -> std::result::Result<FileEntry, Vec<String>> {
     if files.len() == 1 {
         return Ok(files.into_iter().next().expect("one file"));
     }
-    let mut onnx: Vec<_> = files
+    let mut models: Vec<_> = files
         .iter()
-        .filter(|f| f.path.as_str().ends_with(".onnx"))
+        .filter(|f| {
+            let p = f.path.as_str();
+            p.ends_with(".onnx") || p.ends_with(".gguf")
+        })
         .cloned()
         .collect();
-    if onnx.len() == 1 {
-        return Ok(onnx.remove(0));
+    if models.len() == 1 {
+        return Ok(models.remove(0));
     }
     Err(files.iter().map(|f| f.path.to_string()).collect())
 }
@@ -384,12 +387,17 @@ fn version_from_row(row: &AnyRow) -> Result<Version> {
 
 fn file_from_row(row: &AnyRow) -> Result<FileEntry> {
     let onnx: Option<String> = row.try_get("onnx")?;
+    let gguf: Option<String> = row.try_get("gguf")?;
     Ok(FileEntry {
         path: parse(&row.try_get::<String, _>("path")?)?,
         cid: parse(&row.try_get::<String, _>("cid")?)?,
         size: u64::try_from(row.try_get::<i64, _>("size")?).map_err(corrupt)?,
         media_type: row.try_get("media_type")?,
         onnx: match onnx {
+            Some(s) => Some(serde_json::from_str(&s).map_err(corrupt)?),
+            None => None,
+        },
+        gguf: match gguf {
             Some(s) => Some(serde_json::from_str(&s).map_err(corrupt)?),
             None => None,
         },

@@ -101,6 +101,10 @@ impl Catalog {
             Some(sig) => Some(serde_json::to_string(sig).map_err(corrupt)?),
             None => None,
         };
+        let gguf = match &file.gguf {
+            Some(meta) => Some(serde_json::to_string(meta).map_err(corrupt)?),
+            None => None,
+        };
         let size = i64::try_from(file.size).map_err(corrupt)?;
         let mut tx = self.pool.begin().await?;
         // Lock the release row so a concurrent publish (possibly from another hub) either sees
@@ -130,9 +134,10 @@ impl Catalog {
         }
         let release_id: i64 = row.try_get("id")?;
         sqlx::query(
-            "INSERT INTO files (release_id, path, cid, size, media_type, onnx) VALUES ($1, $2, $3, $4, $5, $6)
+            "INSERT INTO files (release_id, path, cid, size, media_type, onnx, gguf) VALUES ($1, $2, $3, $4, $5, $6, $7)
              ON CONFLICT (release_id, path) DO UPDATE
-             SET cid = excluded.cid, size = excluded.size, media_type = excluded.media_type, onnx = excluded.onnx",
+             SET cid = excluded.cid, size = excluded.size, media_type = excluded.media_type,
+                 onnx = excluded.onnx, gguf = excluded.gguf",
         )
         .bind(release_id)
         .bind(file.path.as_str())
@@ -140,6 +145,7 @@ impl Catalog {
         .bind(size)
         .bind(&file.media_type)
         .bind(onnx)
+        .bind(gguf)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -186,7 +192,7 @@ impl Catalog {
     }
 
     /// Resolves `repo[@version][/path]` to a file of a published release. Without a version, the
-    /// highest published one; without a path, the release's only file or its only `.onnx` file.
+    /// highest published one; without a path, the release's only file or its only model file (`.onnx`, `.gguf`).
     pub async fn resolve(
         &self,
         repo: &RepoName,

@@ -2,9 +2,10 @@
 //! `AUTO_ID` becomes each one's auto-increment primary key.
 
 /// `(version, DDL)`.
-pub(crate) const MIGRATIONS: &[(i64, &str)] = &[(
-    1,
-    r#"
+pub(crate) const MIGRATIONS: &[(i64, &str)] = &[
+    (
+        1,
+        r#"
 CREATE TABLE repos (
     id AUTO_ID,
     name TEXT NOT NULL UNIQUE,
@@ -49,7 +50,10 @@ CREATE TABLE request_nonces (
 );
 CREATE INDEX request_nonces_expiry ON request_nonces(expires_at);
 "#,
-)];
+    ),
+    // GGUF language models: their metadata as read on upload, beside ONNX signatures.
+    (2, "ALTER TABLE files ADD COLUMN gguf TEXT;"),
+];
 
 /// The DDL for one backend.
 pub(crate) fn ddl(sql: &str, backend: crate::Backend) -> String {

@@ -58,6 +58,7 @@ fn file(path: &str, content: &[u8]) -> FileEntry {
         size: content.len() as u64,
         media_type: "application/octet-stream".into(),
         onnx: None,
+        gguf: None,
     }
 }
 
@@ -287,6 +288,54 @@ async fn resolve_by_path_and_main_file() {
             cat.resolve(&"ghost".parse().unwrap(), None, None).await,
             Err(CatalogError::RepoNotFound(_))
         ));
+
+        // A language model's release: its GGUF file is the main file, and its metadata is kept.
+        let llm: RepoName = "llm".parse().unwrap();
+        cat.create_repo(Address::ZERO, &new_repo("llm"), 1)
+            .await
+            .unwrap();
+        cat.create_release(&llm, v("1.0"), "", 1).await.unwrap();
+        let meta = cairn_gguf::GgufMetadata {
+            version: 3,
+            architecture: "llama".into(),
+            name: Some("tiny".into()),
+            size_label: None,
+            license: Some("apache-2.0".into()),
+            parameter_count: 176,
+            quantization: "Q4_1".into(),
+            tensor_types: [("F32".into(), 2), ("Q4_1".into(), 1)].into(),
+            tensor_count: 3,
+            context_length: Some(2048),
+            embedding_length: Some(8),
+            block_count: Some(1),
+            head_count: Some(2),
+            head_count_kv: Some(1),
+            vocab_size: Some(5),
+            tokenizer: Some(cairn_gguf::GgufTokenizer {
+                model: "gpt2".into(),
+                pre: None,
+                tokens: 5,
+                merges: 1,
+                bos_token_id: Some(1),
+                eos_token_id: Some(2),
+                add_bos_token: Some(false),
+            }),
+            chat_template: Some("{{ messages }}".into()),
+            data_offset: 1024,
+            data_bytes: 288,
+        };
+        let gguf = FileEntry {
+            media_type: cairn_gguf::GGUF_MEDIA_TYPE.into(),
+            gguf: Some(meta),
+            ..file("model.Q4_1.gguf", b"g")
+        };
+        cat.put_file(&llm, v("1.0"), &gguf).await.unwrap();
+        cat.put_file(&llm, v("1.0"), &file("README.md", b"r"))
+            .await
+            .unwrap();
+        cat.publish(&llm, v("1.0"), 2).await.unwrap();
+        let main = cat.resolve(&llm, None, None).await.unwrap();
+        assert_eq!(main.file, gguf);
 
         cat.create_release(&name, v("1.1"), "", 3).await.unwrap();
         cat.put_file(&name, v("1.1"), &file("a.onnx", b"a"))

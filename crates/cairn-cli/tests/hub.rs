@@ -894,6 +894,99 @@ fn real_models_publish_with_signatures_matching_onnxruntime() {
 }
 
 #[test]
+fn a_language_model_publishes_with_its_gguf_metadata_and_a_cut_one_is_refused() {
+    let test = "a_language_model_publishes_with_its_gguf_metadata_and_a_cut_one_is_refused";
+    let Some(model) = llm_model(test) else {
+        return;
+    };
+    let hub = Server::devnet();
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("key");
+    let push = |file: &std::path::Path, repo: &str| {
+        cairn(
+            &hub.url,
+            &key,
+            &[
+                "hub",
+                "push",
+                file.to_str().unwrap(),
+                "--repo",
+                repo,
+                "--version",
+                "1.0",
+                "--task",
+                "text-generation",
+            ],
+        )
+    };
+    stdout(&push(&model, "smollm2"));
+    let show = stdout(&cairn(
+        &hub.url,
+        &key,
+        &["hub", "show", "smollm2", "--json"],
+    ));
+    let detail: cairn_catalog::RepoDetail = serde_json::from_str(&show).unwrap();
+    let entry = &detail.releases[0].files[0];
+    assert_eq!(entry.media_type, "application/x-gguf");
+    assert_eq!(entry.onnx, None);
+    let meta = entry.gguf.as_ref().expect("GGUF metadata extracted");
+    assert_eq!(
+        (
+            meta.architecture.as_str(),
+            meta.parameter_count,
+            meta.quantization.as_str()
+        ),
+        ("llama", 134_515_008, "Q4_1")
+    );
+    assert_eq!(
+        (meta.context_length, meta.vocab_size),
+        (Some(8192), Some(49152))
+    );
+    let tokenizer = meta.tokenizer.as_ref().expect("the tokenizer is embedded");
+    assert_eq!(
+        (tokenizer.model.as_str(), tokenizer.eos_token_id),
+        ("gpt2", Some(2))
+    );
+    assert!(
+        meta.chat_template
+            .as_ref()
+            .unwrap()
+            .contains("<|im_start|>")
+    );
+    let text = stdout(&cairn(&hub.url, &key, &["hub", "show", "smollm2"]));
+    for line in [
+        "llama Smollm2 135M 8k Lc100K Mix1 Ep2, 134515008 parameters, Q4_1 (GGUF v3)",
+        "context 8192 tokens, 30 layers, width 576, 9 heads (3 key/value), vocabulary 49152",
+        "tensors: 61 F32, 210 Q4_1, 1 Q8_0",
+        "tokenizer: embedded (gpt2/smollm, 49152 tokens, 48900 merges, bos 1, eos 2)",
+    ] {
+        assert!(text.contains(line), "`{line}` missing from:\n{text}");
+    }
+
+    // Cut inside the tensor data: nothing is stored, and the reason names the shortfall.
+    let bytes = std::fs::read(&model).unwrap();
+    let cut = dir.path().join("cut.gguf");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    let err = failure(&push(&cut, "cut"));
+    assert!(
+        err.contains("invalid_gguf") && err.contains("is truncated"),
+        "{err}"
+    );
+    assert!(err.contains("needs bytes up to"), "{err}");
+    let status = runtime().block_on(async {
+        reqwest::get(format!(
+            "{}/v1/blobs/{}",
+            hub.url,
+            BlobId::of(&bytes[..bytes.len() / 2])
+        ))
+        .await
+        .unwrap()
+        .status()
+    });
+    assert_eq!(status, 404);
+}
+
+#[test]
 fn a_truncated_real_model_is_refused() {
     let Some(models) = models_dir("a_truncated_real_model_is_refused") else {
         return;

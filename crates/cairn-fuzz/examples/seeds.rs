@@ -173,6 +173,8 @@ fn main() {
         &std::fs::read(repo.join("crates/cairn-cli/assets/digits_mlp.onnx")).unwrap(),
     );
 
+    write(&root, "gguf", "tiny_llama.gguf", &tiny_gguf());
+
     let body_digest: [u8; 32] = sha2::Sha256::digest(b"").into();
     let h = cairn_core::auth::sign_request(
         &key,
@@ -214,4 +216,58 @@ fn main() {
         serde_json::to_string(&dev_evidence).unwrap().as_bytes(),
     );
     println!("seeds written to {}", root.display());
+}
+
+/// A small llama-shaped GGUF: metadata of each kind the reader keeps, a tokenizer, and two
+/// tensors (F32 and Q4_1) laid out at 32-byte alignment.
+fn tiny_gguf() -> Vec<u8> {
+    fn s(b: &mut Vec<u8>, v: &str) {
+        b.extend((v.len() as u64).to_le_bytes());
+        b.extend(v.as_bytes());
+    }
+    let mut kv: Vec<u8> = Vec::new();
+    let mut n_kv = 0u64;
+    let mut text = |kv: &mut Vec<u8>, k: &str, v: &str| {
+        s(kv, k);
+        kv.extend(8u32.to_le_bytes());
+        s(kv, v);
+        n_kv += 1;
+    };
+    text(&mut kv, "general.architecture", "llama");
+    text(&mut kv, "tokenizer.ggml.model", "gpt2");
+    text(&mut kv, "tokenizer.chat_template", "{{ messages }}");
+    s(&mut kv, "llama.context_length");
+    kv.extend(4u32.to_le_bytes());
+    kv.extend(2048u32.to_le_bytes());
+    s(&mut kv, "tokenizer.ggml.tokens");
+    kv.extend(9u32.to_le_bytes());
+    kv.extend(8u32.to_le_bytes());
+    kv.extend(3u64.to_le_bytes());
+    for t in ["<|im_start|>", "<|im_end|>", "a"] {
+        s(&mut kv, t);
+    }
+    s(&mut kv, "tokenizer.ggml.eos_token_id");
+    kv.extend(4u32.to_le_bytes());
+    kv.extend(1u32.to_le_bytes());
+    let n_kv = n_kv + 3;
+    let mut b = b"GGUF".to_vec();
+    b.extend(3u32.to_le_bytes());
+    b.extend(2u64.to_le_bytes());
+    b.extend(n_kv.to_le_bytes());
+    b.extend(kv);
+    for (name, dims, ty, offset) in [
+        ("token_embd.weight", [8u64, 3], 0u32, 0u64),
+        ("blk.0.attn_q.weight", [32, 2], 3, 96),
+    ] {
+        s(&mut b, name);
+        b.extend(2u32.to_le_bytes());
+        for d in dims {
+            b.extend(d.to_le_bytes());
+        }
+        b.extend(ty.to_le_bytes());
+        b.extend(offset.to_le_bytes());
+    }
+    b.resize(b.len().next_multiple_of(32), 0);
+    b.extend((0..96 + 40).map(|i| i as u8));
+    b
 }

@@ -23,6 +23,7 @@ pub const TARGETS: &[Target] = &[
     ("kserve_binary", kserve_binary),
     ("safetensors", safetensors),
     ("onnx", onnx),
+    ("gguf", gguf),
     ("signed_request", signed_request),
     ("attestation", attestation),
 ];
@@ -177,6 +178,18 @@ pub fn safetensors(data: &[u8]) {
 pub fn onnx(data: &[u8]) {
     let _ = cairn_onnx::read_signature(data, cairn_onnx::Limits::default());
     let _ = cairn_onnx::ensure_self_contained(data);
+}
+
+/// An uploaded language model file: whatever the reader accepts describes itself consistently
+/// and survives the catalog's JSON round trip.
+pub fn gguf(data: &[u8]) {
+    if let Ok(m) = cairn_gguf::read_metadata(data, cairn_gguf::Limits::default()) {
+        assert_eq!(m.data_offset + m.data_bytes, data.len() as u64);
+        assert_eq!(m.tensor_types.values().sum::<u64>(), m.tensor_count);
+        let json = serde_json::to_string(&m).expect("serializes");
+        let again: cairn_gguf::GgufMetadata = serde_json::from_str(&json).expect("parses");
+        assert_eq!(again, m);
+    }
 }
 
 /// A signed request's headers: five lines (address, timestamp, nonce, signature, body digest)

@@ -1,6 +1,7 @@
 //! The hub API's JSON bodies (the catalog's records are these too).
 
 use cairn_core::{Address, BlobId, FilePath, RepoName, Version};
+use cairn_gguf::GgufMetadata;
 use cairn_onnx::OnnxSignature;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -89,6 +90,9 @@ pub struct FileEntry {
     pub media_type: String,
     /// For ONNX files, the model's signature as read on upload.
     pub onnx: Option<OnnxSignature>,
+    /// For GGUF files, the language model's metadata as read on upload.
+    #[serde(default)]
+    pub gguf: Option<GgufMetadata>,
 }
 
 /// A release: immutable once published.

@@ -69,7 +69,7 @@ impl From<StoreError> for ApiError {
             E::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
             E::Body { .. } => (StatusCode::BAD_REQUEST, "upload_interrupted"),
             E::BadRange { .. } => (StatusCode::RANGE_NOT_SATISFIABLE, "range_not_satisfiable"),
-            E::Rejected(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_onnx"),
+            E::Rejected(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_file"),
             E::Backend(_) | E::Io(_) => (StatusCode::INTERNAL_SERVER_ERROR, "storage_error"),
         };
         Self::new(status, code, e.to_string())

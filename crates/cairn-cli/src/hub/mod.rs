@@ -86,6 +86,7 @@ pub(crate) fn media_type_for(path: &Path) -> &'static str {
         .as_deref()
     {
         Some("onnx") => cairn_hub::server::ONNX_MEDIA_TYPE,
+        Some("gguf") => cairn_gguf::GGUF_MEDIA_TYPE,
         Some("json") => "application/json",
         Some("md") => "text/markdown",
         Some("txt") => "text/plain",

@@ -77,7 +77,64 @@ pub(crate) async fn run(a: ShowArgs) -> anyhow::Result<()> {
                     }
                 }
             }
+            if let Some(m) = &f.gguf {
+                for line in gguf_lines(m) {
+                    println!("      {line}");
+                }
+            }
         }
     }
     Ok(())
+}
+
+/// A GGUF model's metadata as `cairn hub show` prints it.
+fn gguf_lines(m: &cairn_gguf::GgufMetadata) -> Vec<String> {
+    let opt = |v: Option<u64>| v.map_or("-".to_owned(), |v| v.to_string());
+    let mut lines = vec![
+        format!(
+            "{} {}, {} parameters, {} (GGUF v{})",
+            m.architecture,
+            m.name.as_deref().unwrap_or("(unnamed)"),
+            m.parameter_count,
+            m.quantization,
+            m.version
+        ),
+        format!(
+            "context {} tokens, {} layers, width {}, {} heads ({} key/value), vocabulary {}",
+            opt(m.context_length),
+            opt(m.block_count),
+            opt(m.embedding_length),
+            opt(m.head_count),
+            opt(m.head_count_kv),
+            opt(m.vocab_size)
+        ),
+        format!(
+            "tensors: {}",
+            m.tensor_types
+                .iter()
+                .map(|(t, n)| format!("{n} {t}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    ];
+    lines.push(match &m.tokenizer {
+        Some(t) => format!(
+            "tokenizer: embedded ({}{}, {} tokens, {} merges, bos {}, eos {})",
+            t.model,
+            t.pre
+                .as_deref()
+                .map(|p| format!("/{p}"))
+                .unwrap_or_default(),
+            t.tokens,
+            t.merges,
+            t.bos_token_id.map_or("-".into(), |i| i.to_string()),
+            t.eos_token_id.map_or("-".into(), |i| i.to_string()),
+        ),
+        None => "tokenizer: none embedded".into(),
+    });
+    lines.push(match &m.chat_template {
+        Some(t) => format!("chat template: {} bytes", t.len()),
+        None => "chat template: none".into(),
+    });
+    lines
 }

@@ -251,6 +251,21 @@ pub fn models_dir(test: &str) -> Option<PathBuf> {
     }
 }
 
+/// The devnet's language model (SmolLM2-135M-Instruct GGUF, fetched by `scripts/llm-model.sh`).
+pub fn llm_model(test: &str) -> Option<PathBuf> {
+    match std::env::var_os("CAIRN_LLM_MODEL") {
+        Some(path) => Some(PathBuf::from(path)),
+        None => {
+            assert!(
+                std::env::var_os("CAIRN_TEST_REQUIRE_SERVICES").is_none(),
+                "CAIRN_LLM_MODEL is not set but services are required (run scripts/test.sh)"
+            );
+            eprintln!("SKIPPED {test}: CAIRN_LLM_MODEL not set (scripts/test.sh sets it)");
+            None
+        }
+    }
+}
+
 /// Waits until `f` is true or panics after `secs`.
 pub fn eventually(secs: u64, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(secs);

@@ -1,10 +1,55 @@
-//! Uploads: a file's bytes streamed to the blob store while hashed and, for ONNX, parsed.
+//! Uploads: a file's bytes streamed to the blob store while hashed and, for a model format the
+//! hub reads (ONNX, GGUF), parsed.
 
 use super::*;
 
-/// An ONNX file is one whose media type says so or whose name ends in `.onnx`.
-pub(super) fn is_onnx(media_type: &str, path: &FilePath) -> bool {
-    media_type == ONNX_MEDIA_TYPE || path.as_str().ends_with(".onnx")
+/// A model format the hub reads on upload: a file of it that does not parse is never stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum ModelFormat {
+    Onnx,
+    Gguf,
+}
+
+impl ModelFormat {
+    /// The format a file is declared as: by its media type, else by its name.
+    pub(super) fn of(media_type: &str, path: &FilePath) -> Option<Self> {
+        let path = path.as_str();
+        if media_type == ONNX_MEDIA_TYPE || path.ends_with(".onnx") {
+            Some(Self::Onnx)
+        } else if media_type == cairn_gguf::GGUF_MEDIA_TYPE || path.ends_with(".gguf") {
+            Some(Self::Gguf)
+        } else {
+            None
+        }
+    }
+
+    fn media_type(self) -> &'static str {
+        match self {
+            Self::Onnx => ONNX_MEDIA_TYPE,
+            Self::Gguf => cairn_gguf::GGUF_MEDIA_TYPE,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Onnx => "ONNX",
+            Self::Gguf => "GGUF",
+        }
+    }
+
+    /// The machine code of a refusal.
+    fn invalid(self) -> &'static str {
+        match self {
+            Self::Onnx => "invalid_onnx",
+            Self::Gguf => "invalid_gguf",
+        }
+    }
+}
+
+/// What the hub read from a model file.
+enum Parsed {
+    Onnx(cairn_onnx::OnnxSignature),
+    Gguf(Box<cairn_gguf::GgufMetadata>),
 }
 
 /// Most of an unread upload body the hub reads and drops before answering a refusal.
@@ -13,7 +58,7 @@ pub(super) const DRAIN_BEFORE_REFUSING: usize = 16 << 20;
 #[utoipa::path(put, path = "/v1/repos/{name}/releases/{version}/files/{path}",
     request_body(content = Vec<u8>, content_type = "application/octet-stream",
         description = "The file. `cairn-content-sha256` declares its digest (= its CID); a mismatch stores nothing."),
-    responses((status = 201, body = FileEntry), (status = 422, description = "cid_mismatch or invalid_onnx", body = ErrorBody),
+    responses((status = 201, body = FileEntry), (status = 422, description = "cid_mismatch, invalid_onnx or invalid_gguf", body = ErrorBody),
               (status = 409, body = ErrorBody), (status = 413, body = ErrorBody)))]
 pub(super) async fn upload_file(
     State(state): State<HubState>,
@@ -84,11 +129,10 @@ pub(super) async fn store_upload(
         .filter(|v| !v.is_empty() && v.len() <= 128)
         .unwrap_or("application/octet-stream")
         .to_owned();
-    let onnx = is_onnx(&media_type, &path);
-    let media_type = if onnx {
-        ONNX_MEDIA_TYPE.to_owned()
-    } else {
-        media_type
+    let format = ModelFormat::of(&media_type, &path);
+    let media_type = match format {
+        Some(f) => f.media_type().to_owned(),
+        None => media_type,
     };
 
     let body = body.take().ok_or_else(|| {
@@ -100,38 +144,52 @@ pub(super) async fn store_upload(
     })?;
     let stream = body.into_data_stream().map_err(io::Error::other);
     let limit = state.inner.max_upload_bytes.min(left);
-    let (stored, signature) = if onnx {
-        store_onnx(&state, stream, declared, limit, path.clone()).await?
-    } else {
-        (
+    let (stored, parsed) = match format {
+        Some(format) => store_model(&state, stream, declared, limit, path.clone(), format).await?,
+        None => (
             state.inner.store.put(stream, Some(declared), limit).await?,
             None,
-        )
+        ),
+    };
+    let (onnx, gguf) = match parsed {
+        Some(Parsed::Onnx(sig)) => (Some(sig), None),
+        Some(Parsed::Gguf(meta)) => (None, Some(*meta)),
+        None => (None, None),
     };
     let entry = FileEntry {
         path,
         cid: stored.id,
         size: stored.size,
         media_type,
-        onnx: signature,
+        onnx,
+        gguf,
     };
     state.inner.catalog.put_file(&name, version, &entry).await?;
     Ok((StatusCode::CREATED, Json(entry)))
 }
 
-/// Stores an ONNX upload while its signature is read from the same stream: one pass, and a
-/// file that does not parse is never stored.
-async fn store_onnx(
+/// Stores a model upload while it is parsed from the same stream: one pass, and a file that
+/// does not parse is never stored.
+async fn store_model(
     state: &HubState,
     stream: impl futures::Stream<Item = Result<Bytes, io::Error>> + Send + 'static,
     declared: BlobId,
     limit: u64,
     path: FilePath,
-) -> Result<(cairn_store::StoredBlob, Option<cairn_onnx::OnnxSignature>), ApiError> {
-    // Tee the stream into the ONNX reader on a blocking thread: one pass, bounded memory.
+    format: ModelFormat,
+) -> Result<(cairn_store::StoredBlob, Option<Parsed>), ApiError> {
+    // Tee the stream into the reader on a blocking thread: one pass, bounded memory.
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(8);
     let parser = tokio::task::spawn_blocking(move || {
-        cairn_onnx::read_signature(ChannelReader::new(rx), cairn_onnx::Limits::default())
+        let reader = ChannelReader::new(rx);
+        match format {
+            ModelFormat::Onnx => cairn_onnx::read_signature(reader, cairn_onnx::Limits::default())
+                .map(Parsed::Onnx)
+                .map_err(|e| e.to_string()),
+            ModelFormat::Gguf => cairn_gguf::read_metadata(reader, cairn_gguf::Limits::default())
+                .map(|m| Parsed::Gguf(Box::new(m)))
+                .map_err(|e| e.to_string()),
+        }
     });
     let stream = stream
         .and_then(move |chunk| {
@@ -148,20 +206,29 @@ async fn store_onnx(
     let check = async move {
         let result = parser
             .await
-            .map_err(|e| format!("ONNX reader crashed: {e}"))?;
+            .map_err(|e| format!("{} reader crashed: {e}", format.name()))?;
         match result {
-            Ok(sig) => {
-                let _ = verdict_tx.send(sig);
+            Ok(parsed) => {
+                let _ = verdict_tx.send(parsed);
                 Ok(())
             }
-            Err(e) => Err(format!("file `{shown}` is declared as ONNX but {e}")),
+            Err(e) => Err(format!(
+                "file `{shown}` is declared as {} but {e}",
+                format.name()
+            )),
         }
     };
     let stored = state
         .inner
         .store
         .put_checked(stream, Some(declared), limit, check)
-        .await?;
+        .await
+        .map_err(|e| match e {
+            StoreError::Rejected(reason) => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, format.invalid(), reason)
+            }
+            e => e.into(),
+        })?;
     Ok((stored, verdict_rx.await.ok()))
 }
 
