@@ -163,30 +163,63 @@ mod vt {
     pub const F64: u32 = 12;
 }
 
-/// A metadata value, as much of it as the reader keeps: arrays only by type and length.
-#[derive(Debug, Clone)]
-enum Value {
+/// A metadata value. [`read_metadata`] keeps arrays only by element type and length (`items`
+/// empty) and drops strings it does not report; [`read_model`] keeps everything.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MetaValue {
+    /// An unsigned integer of any width.
     Uint(u64),
+    /// A signed integer of any width.
     Int(i64),
-    /// A float, or a string not kept.
-    Other,
+    /// An `f32` or `f64`.
+    Float(f64),
+    /// A bool.
     Bool(bool),
+    /// A UTF-8 string.
     Str(String),
+    /// A string the reader validated and did not keep.
+    Dropped,
+    /// An array: its GGUF element type, length, and (when kept) its items.
     Array {
+        /// GGUF value type of the elements.
         elem: u32,
+        /// Elements.
         len: u64,
+        /// The elements, when kept.
+        items: Vec<MetaValue>,
     },
 }
 
-impl Value {
-    fn as_u64(&self) -> Option<u64> {
+impl MetaValue {
+    /// A non-negative integer.
+    pub fn as_u64(&self) -> Option<u64> {
         match *self {
-            Value::Uint(v) => Some(v),
-            Value::Int(v) => u64::try_from(v).ok(),
+            MetaValue::Uint(v) => Some(v),
+            MetaValue::Int(v) => u64::try_from(v).ok(),
+            _ => None,
+        }
+    }
+
+    /// A number as `f64` (integers too).
+    pub fn as_f64(&self) -> Option<f64> {
+        match *self {
+            MetaValue::Float(v) => Some(v),
+            MetaValue::Uint(v) => Some(v as f64),
+            MetaValue::Int(v) => Some(v as f64),
+            _ => None,
+        }
+    }
+
+    /// A string.
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            MetaValue::Str(s) => Some(s),
             _ => None,
         }
     }
 }
+
+use MetaValue as Value;
 
 /// String values the reader keeps; every other string is validated and dropped.
 const KEPT_STRINGS: &[&str] = &[
@@ -204,6 +237,8 @@ struct Cursor<R> {
     pos: u64,
     limits: Limits,
     scratch: Vec<u8>,
+    /// Keep every string and array item ([`read_model`]).
+    keep_all: bool,
 }
 
 impl<R: Read> Cursor<R> {
@@ -277,14 +312,8 @@ impl<R: Read> Cursor<R> {
             vt::I32 => Value::Int(i32::from_le_bytes(self.array(&what())?).into()),
             vt::U64 => Value::Uint(self.u64(&what())?),
             vt::I64 => Value::Int(i64::from_le_bytes(self.array(&what())?)),
-            vt::F32 => {
-                self.array::<4>(&what())?;
-                Value::Other
-            }
-            vt::F64 => {
-                self.array::<8>(&what())?;
-                Value::Other
-            }
+            vt::F32 => Value::Float(f32::from_le_bytes(self.array(&what())?).into()),
+            vt::F64 => Value::Float(f64::from_le_bytes(self.array(&what())?)),
             vt::BOOL => match self.array::<1>(&what())?[0] {
                 0 => Value::Bool(false),
                 1 => Value::Bool(true),
@@ -292,11 +321,11 @@ impl<R: Read> Cursor<R> {
             },
             vt::STRING => {
                 let max = self.limits.max_string_bytes;
-                if keep {
+                if keep || self.keep_all {
                     Value::Str(self.string(&what(), max)?)
                 } else {
                     self.string_bytes(&what(), max)?;
-                    Value::Other
+                    Value::Dropped
                 }
             }
             vt::ARRAY => {
@@ -313,11 +342,15 @@ impl<R: Read> Cursor<R> {
                         "`{key}` is an array of arrays, which GGUF readers do not support"
                     )));
                 }
+                let mut items = Vec::new();
                 for _ in 0..len {
-                    self.value(elem, key, false)?;
+                    let item = self.value(elem, key, false)?;
+                    if self.keep_all {
+                        items.push(item);
+                    }
                     self.check_header_size()?;
                 }
-                Value::Array { elem, len }
+                Value::Array { elem, len, items }
             }
             other => {
                 return Err(self.malformed(format!("`{key}` has unknown value type {other}")));
@@ -336,21 +369,67 @@ impl<R: Read> Cursor<R> {
     }
 }
 
-/// One tensor's description, as far as the layout check needs it.
-struct TensorSpan {
-    name: String,
-    offset: u64,
-    bytes: u64,
+/// One tensor as the file describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TensorInfo {
+    /// Its name, e.g. `blk.0.attn_q.weight`.
+    pub name: String,
+    /// Its shape, innermost (contiguous) dimension first, as ggml orders it.
+    pub dims: Vec<u64>,
+    /// Its element type.
+    pub ty: GgmlType,
+    /// Offset of its bytes from the start of the tensor data.
+    pub offset: u64,
+    /// Its bytes.
+    pub bytes: u64,
+}
+
+/// A whole GGUF model read from memory: its metadata report, every metadata value, and every
+/// tensor's place in the file.
+#[derive(Debug, Clone)]
+pub struct GgufModel {
+    /// What [`read_metadata`] reports.
+    pub metadata: GgufMetadata,
+    /// Every metadata value, arrays with their items.
+    pub values: HashMap<String, MetaValue>,
+    /// Tensors, in file order.
+    pub tensors: Vec<TensorInfo>,
+}
+
+impl GgufModel {
+    /// The bytes of `tensor` inside `file` (the bytes this model was read from).
+    pub fn tensor_bytes<'a>(&self, file: &'a [u8], tensor: &TensorInfo) -> &'a [u8] {
+        let start = (self.metadata.data_offset + tensor.offset) as usize;
+        &file[start..start + tensor.bytes as usize]
+    }
+}
+
+/// Reads a whole GGUF file held in memory, keeping every value (vocabularies included) and every
+/// tensor's description; the same checks as [`read_metadata`] apply.
+pub fn read_model(file: &[u8], limits: Limits) -> Result<GgufModel, GgufError> {
+    let (metadata, values, tensors) = read(file, limits, true)?;
+    Ok(GgufModel {
+        metadata,
+        values,
+        tensors,
+    })
 }
 
 /// Reads the metadata of the GGUF file `reader` yields, to its end: the whole stream is read,
 /// since a file whose tensor data is cut short is refused too.
 pub fn read_metadata<R: Read>(reader: R, limits: Limits) -> Result<GgufMetadata, GgufError> {
+    read(reader, limits, false).map(|(metadata, _, _)| metadata)
+}
+
+type Read3 = (GgufMetadata, HashMap<String, MetaValue>, Vec<TensorInfo>);
+
+fn read<R: Read>(reader: R, limits: Limits, keep_all: bool) -> Result<Read3, GgufError> {
     let mut c = Cursor {
         inner: BufReader::with_capacity(64 << 10, reader),
         pos: 0,
         limits,
         scratch: Vec::new(),
+        keep_all,
     };
     let magic: [u8; 4] = c.array("the magic number")?;
     if &magic != MAGIC {
@@ -434,6 +513,7 @@ pub fn read_metadata<R: Read>(reader: R, limits: Limits) -> Result<GgufMetadata,
         }
         let mut elements = 1u64;
         let mut first = 0;
+        let mut dims = Vec::with_capacity(n_dims as usize);
         for d in 0..n_dims {
             let dim = c.u64(&format!("the shape of `{name}`"))?;
             if dim == 0 || dim > i64::MAX as u64 {
@@ -442,6 +522,7 @@ pub fn read_metadata<R: Read>(reader: R, limits: Limits) -> Result<GgufMetadata,
             if d == 0 {
                 first = dim;
             }
+            dims.push(dim);
             elements = elements
                 .checked_mul(dim)
                 .filter(|&n| n <= i64::MAX as u64)
@@ -473,8 +554,10 @@ pub fn read_metadata<R: Read>(reader: R, limits: Limits) -> Result<GgufMetadata,
         let entry = types.entry(ty.name).or_default();
         entry.0 += 1;
         entry.1 = entry.1.saturating_add(bytes);
-        spans.push(TensorSpan {
+        spans.push(TensorInfo {
             name,
+            dims,
+            ty,
             offset,
             bytes,
         });
@@ -510,7 +593,7 @@ pub fn read_metadata<R: Read>(reader: R, limits: Limits) -> Result<GgufMetadata,
         });
     }
 
-    build(
+    let metadata = build(
         version,
         &kv,
         types,
@@ -518,7 +601,8 @@ pub fn read_metadata<R: Read>(reader: R, limits: Limits) -> Result<GgufMetadata,
         n_tensors,
         data_offset,
         data_len,
-    )
+    )?;
+    Ok((metadata, kv, spans))
 }
 
 /// The metadata from what the pass kept, checked for consistency.
@@ -606,7 +690,7 @@ fn tokenizer(
     let array = |key: &str, elem: u32| -> Result<Option<u64>, GgufError> {
         match kv.get(key) {
             None => Ok(None),
-            Some(Value::Array { elem: e, len }) if *e == elem => Ok(Some(*len)),
+            Some(Value::Array { elem: e, len, .. }) if *e == elem => Ok(Some(*len)),
             Some(_) => Err(GgufError::Inconsistent(format!(
                 "`{key}` is not an array of the type GGUF tokenizers use"
             ))),

@@ -515,3 +515,39 @@ fn reads_smollm2_135m_instruct() {
         }
     );
 }
+
+#[test]
+fn read_model_keeps_every_value_and_tensor() {
+    let bytes = small().bytes();
+    let model = read_model(&bytes, Limits::default()).unwrap();
+    assert_eq!(model.metadata, read(&bytes).unwrap());
+    let tokens = match &model.values["tokenizer.ggml.tokens"] {
+        MetaValue::Array { items, .. } => items
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect::<Vec<_>>(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        tokens,
+        ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "a", "b"]
+    );
+    assert_eq!(model.values["llama.context_length"].as_u64(), Some(2048));
+    let names: Vec<_> = model
+        .tensors
+        .iter()
+        .map(|t| (t.name.as_str(), t.ty.name, t.dims.clone()))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            ("token_embd.weight", "F32", vec![8, 5]),
+            ("blk.0.attn_q.weight", "Q4_1", vec![32, 4]),
+            ("output_norm.weight", "F32", vec![8]),
+        ]
+    );
+    let q = model.tensor_bytes(&bytes, &model.tensors[1]);
+    assert_eq!(q.len(), 80);
+    // The builder fills the data section with i % 251 from its start.
+    assert_eq!(q[0], 160);
+}

@@ -1,0 +1,90 @@
+//! Language models from GGUF files, run so that a verifier can reproduce a node's tokens bit for
+//! bit: a tokenizer that gives llama.cpp's token ids, a llama forward pass on quantized weights
+//! whose floating-point operations happen in one fixed order on one thread, and sampling that is
+//! greedy with a defined tie-break or seeded with a named generator (ChaCha20).
+
+mod llama;
+mod quant;
+mod sample;
+mod tokenizer;
+
+use std::sync::Arc;
+
+pub use llama::{Config, Session, Weights};
+pub use sample::{Sampler, Sampling, argmax};
+pub use tokenizer::Tokenizer;
+
+/// What went wrong loading or running a model.
+#[derive(Debug, thiserror::Error)]
+pub enum LlmError {
+    /// The file is not a GGUF model.
+    #[error(transparent)]
+    Gguf(#[from] cairn_gguf::GgufError),
+    /// The model uses something the engine does not implement.
+    #[error("unsupported model: {0}")]
+    Unsupported(String),
+    /// The model's parts contradict each other.
+    #[error("inconsistent model: {0}")]
+    Model(String),
+}
+
+/// A loaded language model: tokenizer and weights.
+pub struct Model {
+    /// Its tokenizer.
+    pub tokenizer: Tokenizer,
+    /// Its weights, shared by sessions.
+    pub weights: Arc<Weights>,
+    /// What the hub reports of it.
+    pub metadata: cairn_gguf::GgufMetadata,
+}
+
+impl Model {
+    /// Loads a GGUF model from its bytes.
+    pub fn load(file: &[u8]) -> Result<Self, LlmError> {
+        let gguf = cairn_gguf::read_model(file, cairn_gguf::Limits::default())?;
+        let tokenizer = Tokenizer::from_gguf(&gguf)?;
+        let weights = Weights::from_gguf(&gguf, file)?;
+        if tokenizer.vocab_size() != weights.config.vocab {
+            return Err(LlmError::Model(format!(
+                "the tokenizer has {} tokens and the output layer {}",
+                tokenizer.vocab_size(),
+                weights.config.vocab
+            )));
+        }
+        Ok(Self {
+            tokenizer,
+            weights: Arc::new(weights),
+            metadata: gguf.metadata,
+        })
+    }
+
+    /// Generates up to `max_tokens` after `prompt`, stopping after the end-of-sequence token;
+    /// `on_token` sees each token as it is chosen and may stop the generation by returning false.
+    pub fn generate(
+        &self,
+        prompt: &[u32],
+        max_tokens: usize,
+        sampling: Sampling,
+        mut on_token: impl FnMut(u32) -> bool,
+    ) -> Vec<u32> {
+        let mut session = Session::new(Arc::clone(&self.weights));
+        let mut sampler = Sampler::new(sampling);
+        let mut logits = Vec::new();
+        for t in prompt {
+            logits = session.step(*t);
+        }
+        let mut out = Vec::new();
+        while out.len() < max_tokens && !logits.is_empty() {
+            let next = sampler.sample(&logits);
+            out.push(next);
+            if Some(next) == self.tokenizer.eos || !on_token(next) {
+                break;
+            }
+            logits = session.step(next);
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests;

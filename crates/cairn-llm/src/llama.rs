@@ -1,0 +1,341 @@
+//! The llama architecture's forward pass, one token at a time on one thread, in a fixed order
+//! of floating-point operations (and `libm`'s exp/sin/cos, which are the same bits everywhere).
+
+use std::sync::Arc;
+
+use cairn_gguf::{GgufModel, MetaValue};
+
+use crate::LlmError;
+use crate::quant::{Matrix, Quantized, WeightType};
+
+/// The shape of a llama model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Hidden width.
+    pub embedding: usize,
+    /// Transformer blocks.
+    pub layers: usize,
+    /// Attention heads.
+    pub heads: usize,
+    /// Key/value heads.
+    pub kv_heads: usize,
+    /// Feed-forward width.
+    pub ffn: usize,
+    /// Longest context trained for.
+    pub context: usize,
+    /// Vocabulary (rows of the output matrix).
+    pub vocab: usize,
+    /// RMS norm epsilon.
+    pub norm_eps: f32,
+    /// RoPE base frequency.
+    pub rope_base: f64,
+}
+
+impl Config {
+    fn head_dim(&self) -> usize {
+        self.embedding / self.heads
+    }
+}
+
+struct Layer {
+    attn_norm: Vec<f32>,
+    wq: Matrix,
+    wk: Matrix,
+    wv: Matrix,
+    wo: Matrix,
+    ffn_norm: Vec<f32>,
+    gate: Matrix,
+    up: Matrix,
+    down: Matrix,
+}
+
+/// A tensor's type, shape and bytes in the file.
+type Tensor<'a> = (WeightType, Vec<usize>, &'a [u8]);
+
+/// A loaded model's weights, shared by every generation.
+pub struct Weights {
+    /// The model's shape.
+    pub config: Config,
+    embed: Matrix,
+    layers: Vec<Layer>,
+    norm: Vec<f32>,
+    output: Matrix,
+    /// Per pair of head dimensions, the RoPE inverse frequency.
+    inv_freq: Vec<f64>,
+}
+
+impl Weights {
+    /// The weights of a llama-architecture GGUF model held in `file`.
+    pub fn from_gguf(model: &GgufModel, file: &[u8]) -> Result<Self, LlmError> {
+        let arch = model.metadata.architecture.as_str();
+        if arch != "llama" {
+            return Err(LlmError::Unsupported(format!(
+                "architecture `{arch}`: the engine runs llama-architecture models"
+            )));
+        }
+        let num = |key: &str| -> Result<usize, LlmError> {
+            model
+                .values
+                .get(&format!("llama.{key}"))
+                .and_then(MetaValue::as_u64)
+                .map(|v| v as usize)
+                .ok_or_else(|| LlmError::Model(format!("`llama.{key}` is missing")))
+        };
+        let float = |key: &str, default: f64| {
+            model
+                .values
+                .get(&format!("llama.{key}"))
+                .and_then(MetaValue::as_f64)
+                .unwrap_or(default)
+        };
+        let embedding = num("embedding_length")?;
+        let heads = num("attention.head_count")?;
+        let kv_heads = model
+            .values
+            .get("llama.attention.head_count_kv")
+            .and_then(MetaValue::as_u64)
+            .map_or(heads, |v| v as usize);
+        if heads == 0 || kv_heads == 0 || embedding % heads != 0 || heads % kv_heads != 0 {
+            return Err(LlmError::Model(format!(
+                "{heads} heads, {kv_heads} key/value heads and width {embedding} do not divide"
+            )));
+        }
+        if (embedding / heads) % 2 != 0 {
+            return Err(LlmError::Model("the head width is odd".into()));
+        }
+        if let Some(rope) = model
+            .values
+            .get("llama.rope.dimension_count")
+            .and_then(MetaValue::as_u64)
+            && rope as usize != embedding / heads
+        {
+            return Err(LlmError::Unsupported(
+                "partial rotary embeddings (rope.dimension_count below the head width)".into(),
+            ));
+        }
+        let tensor = |name: &str| -> Result<Tensor<'_>, LlmError> {
+            let t = model
+                .tensors
+                .iter()
+                .find(|t| t.name == name)
+                .ok_or_else(|| LlmError::Model(format!("tensor `{name}` is missing")))?;
+            let ty = WeightType::from_ggml(t.ty, name)?;
+            let dims = t.dims.iter().map(|d| *d as usize).collect();
+            Ok((ty, dims, model.tensor_bytes(file, t)))
+        };
+        let matrix = |name: &str, cols: usize| -> Result<Matrix, LlmError> {
+            let (ty, dims, data) = tensor(name)?;
+            if dims.len() != 2 || dims[0] != cols {
+                return Err(LlmError::Model(format!(
+                    "tensor `{name}` has shape {dims:?}; expected {cols} columns"
+                )));
+            }
+            Matrix::new(ty, dims[1], cols, data, name)
+        };
+        let vector = |name: &str, len: usize| -> Result<Vec<f32>, LlmError> {
+            let (ty, dims, data) = tensor(name)?;
+            if ty != WeightType::F32 || dims != [len] {
+                return Err(LlmError::Model(format!(
+                    "tensor `{name}` is {ty:?} {dims:?}; expected F32 [{len}]"
+                )));
+            }
+            Ok(data
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect())
+        };
+        let layers_n = num("block_count")?;
+        let embed = matrix("token_embd.weight", embedding)?;
+        let head_dim = embedding / heads;
+        let kv_dim = head_dim * kv_heads;
+        let mut layers = Vec::with_capacity(layers_n);
+        let mut ffn = 0;
+        for i in 0..layers_n {
+            let n = |part: &str| format!("blk.{i}.{part}.weight");
+            let gate = matrix(&n("ffn_gate"), embedding)?;
+            ffn = gate.rows;
+            let layer = Layer {
+                attn_norm: vector(&n("attn_norm"), embedding)?,
+                wq: matrix(&n("attn_q"), embedding)?,
+                wk: matrix(&n("attn_k"), embedding)?,
+                wv: matrix(&n("attn_v"), embedding)?,
+                wo: matrix(&n("attn_output"), embedding)?,
+                ffn_norm: vector(&n("ffn_norm"), embedding)?,
+                up: matrix(&n("ffn_up"), embedding)?,
+                down: matrix(&n("ffn_down"), ffn)?,
+                gate,
+            };
+            for (m, rows) in [
+                (&layer.wq, embedding),
+                (&layer.wk, kv_dim),
+                (&layer.wv, kv_dim),
+                (&layer.wo, embedding),
+                (&layer.up, ffn),
+                (&layer.down, embedding),
+            ] {
+                if m.rows != rows {
+                    return Err(LlmError::Model(format!(
+                        "block {i} has a matrix of {} rows where {rows} belong",
+                        m.rows
+                    )));
+                }
+            }
+            layers.push(layer);
+        }
+        // Tied embeddings: without `output.weight` the embedding matrix projects to logits.
+        let output = match model.tensors.iter().any(|t| t.name == "output.weight") {
+            true => matrix("output.weight", embedding)?,
+            false => embed.clone(),
+        };
+        let rope_base = float("rope.freq_base", 10_000.0);
+        let inv_freq = (0..head_dim / 2)
+            .map(|i| libm::pow(rope_base, -2.0 * i as f64 / head_dim as f64))
+            .collect();
+        Ok(Self {
+            config: Config {
+                embedding,
+                layers: layers_n,
+                heads,
+                kv_heads,
+                ffn,
+                context: num("context_length")?,
+                vocab: output.rows,
+                norm_eps: float("attention.layer_norm_rms_epsilon", 1e-5) as f32,
+                rope_base,
+            },
+            norm: vector("output_norm.weight", embedding)?,
+            embed,
+            layers,
+            output,
+            inv_freq,
+        })
+    }
+}
+
+/// One generation's state: the keys and values of every position so far.
+pub struct Session {
+    weights: Arc<Weights>,
+    /// Per layer: `positions × kv_dim` keys, then values.
+    keys: Vec<Vec<f32>>,
+    values: Vec<Vec<f32>>,
+    /// Positions processed.
+    pub position: usize,
+}
+
+fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    let sum: f64 = x.iter().map(|v| f64::from(*v) * f64::from(*v)).sum();
+    let mean = (sum / x.len() as f64) as f32;
+    let scale = 1.0 / (mean + eps).sqrt();
+    for ((o, v), w) in out.iter_mut().zip(x).zip(w) {
+        *o = v * scale * w;
+    }
+}
+
+impl Session {
+    /// A fresh session over shared weights.
+    pub fn new(weights: Arc<Weights>) -> Self {
+        let n = weights.config.layers;
+        Self {
+            weights,
+            keys: vec![Vec::new(); n],
+            values: vec![Vec::new(); n],
+            position: 0,
+        }
+    }
+
+    /// Feeds `token` at the next position and returns the logits for the one after it.
+    pub fn step(&mut self, token: u32) -> Vec<f32> {
+        let w = Arc::clone(&self.weights);
+        let c = &w.config;
+        let (dim, hd) = (c.embedding, c.head_dim());
+        let kv_dim = hd * c.kv_heads;
+        let group = c.heads / c.kv_heads;
+        let pos = self.position;
+        let mut x = vec![0f32; dim];
+        w.embed.dequantize_row(token as usize, &mut x);
+        let mut h = vec![0f32; dim];
+        let (mut q, mut k, mut v) = (vec![0f32; dim], vec![0f32; kv_dim], vec![0f32; kv_dim]);
+        let mut att = vec![0f32; dim];
+        let mut o = vec![0f32; dim];
+        let (mut g, mut u) = (vec![0f32; c.ffn], vec![0f32; c.ffn]);
+        let mut scores = vec![0f32; pos + 1];
+        let (sin, cos): (Vec<f32>, Vec<f32>) = w
+            .inv_freq
+            .iter()
+            .map(|f| {
+                let a = pos as f64 * f;
+                (libm::sin(a) as f32, libm::cos(a) as f32)
+            })
+            .unzip();
+        let rope = |x: &mut [f32]| {
+            for head in x.chunks_exact_mut(hd) {
+                for (i, pair) in head.chunks_exact_mut(2).enumerate() {
+                    let (a, b) = (pair[0], pair[1]);
+                    pair[0] = a * cos[i] - b * sin[i];
+                    pair[1] = a * sin[i] + b * cos[i];
+                }
+            }
+        };
+        let scale = 1.0 / (hd as f32).sqrt();
+        for (l, layer) in w.layers.iter().enumerate() {
+            rms_norm(&x, &layer.attn_norm, c.norm_eps, &mut h);
+            let hq = Quantized::new(&h);
+            layer.wq.matvec(&hq, &mut q);
+            layer.wk.matvec(&hq, &mut k);
+            layer.wv.matvec(&hq, &mut v);
+            rope(&mut q);
+            rope(&mut k);
+            self.keys[l].extend_from_slice(&k);
+            self.values[l].extend_from_slice(&v);
+            let (keys, values) = (&self.keys[l], &self.values[l]);
+            for head in 0..c.heads {
+                let qh = &q[head * hd..(head + 1) * hd];
+                let kvh = head / group;
+                let mut max = f32::NEG_INFINITY;
+                for (t, s) in scores.iter_mut().enumerate() {
+                    let kt = &keys[t * kv_dim + kvh * hd..t * kv_dim + (kvh + 1) * hd];
+                    let mut dot = 0f32;
+                    for (a, b) in qh.iter().zip(kt) {
+                        dot += a * b;
+                    }
+                    *s = dot * scale;
+                    max = max.max(*s);
+                }
+                let mut total = 0f32;
+                for s in scores.iter_mut() {
+                    *s = libm::expf(*s - max);
+                    total += *s;
+                }
+                let out = &mut att[head * hd..(head + 1) * hd];
+                out.fill(0.0);
+                for (t, s) in scores.iter().enumerate() {
+                    let weight = s / total;
+                    let vt = &values[t * kv_dim + kvh * hd..t * kv_dim + (kvh + 1) * hd];
+                    for (o, v) in out.iter_mut().zip(vt) {
+                        *o += weight * v;
+                    }
+                }
+            }
+            layer.wo.matvec(&Quantized::new(&att), &mut o);
+            for (x, o) in x.iter_mut().zip(&o) {
+                *x += o;
+            }
+            rms_norm(&x, &layer.ffn_norm, c.norm_eps, &mut h);
+            let hq = Quantized::new(&h);
+            layer.gate.matvec(&hq, &mut g);
+            layer.up.matvec(&hq, &mut u);
+            for (g, u) in g.iter_mut().zip(&u) {
+                *g = *g / (1.0 + libm::expf(-*g)) * u;
+            }
+            layer.down.matvec(&Quantized::new(&g), &mut o);
+            for (x, o) in x.iter_mut().zip(&o) {
+                *x += o;
+            }
+        }
+        rms_norm(&x, &w.norm, c.norm_eps, &mut h);
+        let mut logits = vec![0f32; c.vocab];
+        w.output.matvec(&Quantized::new(&h), &mut logits);
+        self.position += 1;
+        logits
+    }
+}
