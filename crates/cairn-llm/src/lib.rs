@@ -69,10 +69,7 @@ impl Model {
     ) -> Vec<u32> {
         let mut session = Session::new(Arc::clone(&self.weights));
         let mut sampler = Sampler::new(sampling);
-        let mut logits = Vec::new();
-        for t in prompt {
-            logits = session.step(*t);
-        }
+        let mut logits = session.feed(prompt);
         let mut out = Vec::new();
         while out.len() < max_tokens && !logits.is_empty() {
             let next = sampler.sample(&logits);

@@ -245,29 +245,45 @@ impl Session {
 
     /// Feeds `token` at the next position and returns the logits for the one after it.
     pub fn step(&mut self, token: u32) -> Vec<f32> {
+        self.feed(&[token])
+    }
+
+    /// Feeds `tokens` at the next positions and returns the logits after the last one (empty
+    /// for no tokens). Each weight row is read once for all of them; every number computed is
+    /// the one feeding them one at a time computes, in the same order.
+    pub fn feed(&mut self, tokens: &[u32]) -> Vec<f32> {
+        let n = tokens.len();
+        if n == 0 {
+            return Vec::new();
+        }
         let w = Arc::clone(&self.weights);
         let c = &w.config;
         let (dim, hd) = (c.embedding, c.head_dim());
         let kv_dim = hd * c.kv_heads;
         let group = c.heads / c.kv_heads;
-        let pos = self.position;
-        let mut x = vec![0f32; dim];
-        w.embed.dequantize_row(token as usize, &mut x);
-        let mut h = vec![0f32; dim];
-        let (mut q, mut k, mut v) = (vec![0f32; dim], vec![0f32; kv_dim], vec![0f32; kv_dim]);
-        let mut att = vec![0f32; dim];
-        let mut o = vec![0f32; dim];
-        let (mut g, mut u) = (vec![0f32; c.ffn], vec![0f32; c.ffn]);
-        let mut scores = vec![0f32; pos + 1];
-        let (sin, cos): (Vec<f32>, Vec<f32>) = w
-            .inv_freq
-            .iter()
-            .map(|f| {
-                let a = pos as f64 * f;
-                (libm::sin(a) as f32, libm::cos(a) as f32)
+        let start = self.position;
+        let buf = |len: usize| vec![vec![0f32; len]; n];
+        let mut x = buf(dim);
+        for (x, t) in x.iter_mut().zip(tokens) {
+            w.embed.dequantize_row(*t as usize, x);
+        }
+        let (mut h, mut q, mut att, mut o) = (buf(dim), buf(dim), buf(dim), buf(dim));
+        let (mut k, mut v) = (buf(kv_dim), buf(kv_dim));
+        let (mut g, mut u) = (buf(c.ffn), buf(c.ffn));
+        let mut scores = vec![0f32; start + n];
+        // Per position: the rotation of each pair of head dimensions.
+        let rotations: Vec<(Vec<f32>, Vec<f32>)> = (start..start + n)
+            .map(|pos| {
+                w.inv_freq
+                    .iter()
+                    .map(|f| {
+                        let a = pos as f64 * f;
+                        (libm::sin(a) as f32, libm::cos(a) as f32)
+                    })
+                    .unzip()
             })
-            .unzip();
-        let rope = |x: &mut [f32]| {
+            .collect();
+        let rope = |x: &mut [f32], (sin, cos): &(Vec<f32>, Vec<f32>)| {
             for head in x.chunks_exact_mut(hd) {
                 for (i, pair) in head.chunks_exact_mut(2).enumerate() {
                     let (a, b) = (pair[0], pair[1]);
@@ -276,66 +292,86 @@ impl Session {
                 }
             }
         };
+        let quantize =
+            |vs: &[Vec<f32>]| -> Vec<Quantized> { vs.iter().map(|v| Quantized::new(v)).collect() };
         let scale = 1.0 / (hd as f32).sqrt();
         for (l, layer) in w.layers.iter().enumerate() {
-            rms_norm(&x, &layer.attn_norm, c.norm_eps, &mut h);
-            let hq = Quantized::new(&h);
-            layer.wq.matvec(&hq, &mut q);
-            layer.wk.matvec(&hq, &mut k);
-            layer.wv.matvec(&hq, &mut v);
-            rope(&mut q);
-            rope(&mut k);
-            self.keys[l].extend_from_slice(&k);
-            self.values[l].extend_from_slice(&v);
+            for (x, h) in x.iter().zip(h.iter_mut()) {
+                rms_norm(x, &layer.attn_norm, c.norm_eps, h);
+            }
+            let hq = quantize(&h);
+            layer.wq.matmul(&hq, &mut q);
+            layer.wk.matmul(&hq, &mut k);
+            layer.wv.matmul(&hq, &mut v);
+            for t in 0..n {
+                rope(&mut q[t], &rotations[t]);
+                rope(&mut k[t], &rotations[t]);
+                self.keys[l].extend_from_slice(&k[t]);
+                self.values[l].extend_from_slice(&v[t]);
+            }
             let (keys, values) = (&self.keys[l], &self.values[l]);
-            for head in 0..c.heads {
-                let qh = &q[head * hd..(head + 1) * hd];
-                let kvh = head / group;
-                let mut max = f32::NEG_INFINITY;
-                for (t, s) in scores.iter_mut().enumerate() {
-                    let kt = &keys[t * kv_dim + kvh * hd..t * kv_dim + (kvh + 1) * hd];
-                    let mut dot = 0f32;
-                    for (a, b) in qh.iter().zip(kt) {
-                        dot += a * b;
+            for t in 0..n {
+                // Causal: position start + t sees the keys up to its own.
+                let scores = &mut scores[..start + t + 1];
+                for head in 0..c.heads {
+                    let qh = &q[t][head * hd..(head + 1) * hd];
+                    let kvh = head / group;
+                    let mut max = f32::NEG_INFINITY;
+                    for (p, s) in scores.iter_mut().enumerate() {
+                        let kp = &keys[p * kv_dim + kvh * hd..p * kv_dim + (kvh + 1) * hd];
+                        let mut dot = 0f32;
+                        for (a, b) in qh.iter().zip(kp) {
+                            dot += a * b;
+                        }
+                        *s = dot * scale;
+                        max = max.max(*s);
                     }
-                    *s = dot * scale;
-                    max = max.max(*s);
-                }
-                let mut total = 0f32;
-                for s in scores.iter_mut() {
-                    *s = libm::expf(*s - max);
-                    total += *s;
-                }
-                let out = &mut att[head * hd..(head + 1) * hd];
-                out.fill(0.0);
-                for (t, s) in scores.iter().enumerate() {
-                    let weight = s / total;
-                    let vt = &values[t * kv_dim + kvh * hd..t * kv_dim + (kvh + 1) * hd];
-                    for (o, v) in out.iter_mut().zip(vt) {
-                        *o += weight * v;
+                    let mut total = 0f32;
+                    for s in scores.iter_mut() {
+                        *s = libm::expf(*s - max);
+                        total += *s;
+                    }
+                    let out = &mut att[t][head * hd..(head + 1) * hd];
+                    out.fill(0.0);
+                    for (p, s) in scores.iter().enumerate() {
+                        let weight = s / total;
+                        let vp = &values[p * kv_dim + kvh * hd..p * kv_dim + (kvh + 1) * hd];
+                        for (o, v) in out.iter_mut().zip(vp) {
+                            *o += weight * v;
+                        }
                     }
                 }
             }
-            layer.wo.matvec(&Quantized::new(&att), &mut o);
+            layer.wo.matmul(&quantize(&att), &mut o);
             for (x, o) in x.iter_mut().zip(&o) {
-                *x += o;
+                for (x, o) in x.iter_mut().zip(o) {
+                    *x += o;
+                }
             }
-            rms_norm(&x, &layer.ffn_norm, c.norm_eps, &mut h);
-            let hq = Quantized::new(&h);
-            layer.gate.matvec(&hq, &mut g);
-            layer.up.matvec(&hq, &mut u);
+            for (x, h) in x.iter().zip(h.iter_mut()) {
+                rms_norm(x, &layer.ffn_norm, c.norm_eps, h);
+            }
+            let hq = quantize(&h);
+            layer.gate.matmul(&hq, &mut g);
+            layer.up.matmul(&hq, &mut u);
             for (g, u) in g.iter_mut().zip(&u) {
-                *g = *g / (1.0 + libm::expf(-*g)) * u;
+                for (g, u) in g.iter_mut().zip(u) {
+                    *g = *g / (1.0 + libm::expf(-*g)) * u;
+                }
             }
-            layer.down.matvec(&Quantized::new(&g), &mut o);
+            layer.down.matmul(&quantize(&g), &mut o);
             for (x, o) in x.iter_mut().zip(&o) {
-                *x += o;
+                for (x, o) in x.iter_mut().zip(o) {
+                    *x += o;
+                }
             }
         }
-        rms_norm(&x, &w.norm, c.norm_eps, &mut h);
-        let mut logits = vec![0f32; c.vocab];
-        w.output.matvec(&Quantized::new(&h), &mut logits);
-        self.position += 1;
-        logits
+        // Only the last position's logits are asked for.
+        let mut last = vec![0f32; dim];
+        rms_norm(&x[n - 1], &w.norm, c.norm_eps, &mut last);
+        let mut logits = vec![vec![0f32; c.vocab]];
+        w.output.matmul(&[Quantized::new(&last)], &mut logits);
+        self.position += n;
+        logits.pop().expect("one row")
     }
 }

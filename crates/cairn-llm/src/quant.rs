@@ -202,13 +202,16 @@ impl Matrix {
         }
     }
 
-    /// `out[r] = row r · x` for every row.
-    pub(crate) fn matvec(&self, x: &Quantized, out: &mut [f32]) {
-        debug_assert_eq!(out.len(), self.rows);
+    /// `outs[t][r] = row r · xs[t]` for every row and input: each row is read once for all
+    /// inputs, and each product is the same number whatever else is computed beside it.
+    pub(crate) fn matmul(&self, xs: &[Quantized], outs: &mut [Vec<f32>]) {
+        debug_assert!(outs.iter().all(|o| o.len() == self.rows));
         let blocks = self.cols / QK;
         let mut sums = vec![0i32; blocks];
-        for (r, o) in out.iter_mut().enumerate() {
-            *o = self.dot(r, x, &mut sums);
+        for r in 0..self.rows {
+            for (x, out) in xs.iter().zip(outs.iter_mut()) {
+                out[r] = self.dot(r, x, &mut sums);
+            }
         }
     }
 

@@ -235,3 +235,25 @@ fn generation_is_bit_identical_across_processes_and_cpu_paths() {
         assert_eq!(line, here, "{cpu}");
     }
 }
+
+#[test]
+fn feeding_a_prompt_at_once_equals_feeding_it_token_by_token() {
+    let Some(m) = model() else { return };
+    let prompt = m
+        .tokenizer
+        .encode("The verifier re-executes the sampled receipt and compares.");
+    let mut one = Session::new(Arc::clone(&m.weights));
+    let mut stepped = Vec::new();
+    for t in &prompt {
+        stepped = one.step(*t);
+    }
+    let mut all = Session::new(Arc::clone(&m.weights));
+    let (head, tail) = prompt.split_at(5);
+    all.feed(head);
+    let fed = all.feed(tail);
+    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&fed), bits(&stepped));
+    assert_eq!(all.feed(&[]), Vec::<f32>::new());
+    // And the next step after either agrees too.
+    assert_eq!(bits(&one.step(13)), bits(&all.step(13)));
+}

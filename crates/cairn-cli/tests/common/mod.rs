@@ -129,6 +129,8 @@ impl Server {
     ) -> Self {
         let mut cmd = Command::new(program);
         cmd.args(args).stdout(Stdio::piped());
+        // A devnet publishes no language model unless the test asks for one (`env` may).
+        cmd.env("CAIRN_DEVNET_LLM", "none");
         match stderr_to {
             Some(p) => cmd.stderr(std::fs::File::create(p).unwrap()),
             None => cmd.stderr(Stdio::inherit()),
