@@ -72,13 +72,13 @@ fn control_tokens_come_only_from_the_template() {
 
 /// llama.cpp's greedy continuations, fed to our forward pass one token at a time: at every step
 /// llama.cpp's token must be our highest logit, or within `NEAR_TIE` of it (different kernels
-/// round differently; llama.cpp keeps its KV cache in f16). The first prompt has no near tie,
-/// so our own greedy run must reproduce it whole.
+/// round differently; llama.cpp keeps its KV cache in f16). Our own greedy run must then follow
+/// llama.cpp's tokens up to the first near tie.
 #[test]
 fn greedy_tokens_match_llama_cpp() {
     const NEAR_TIE: f32 = 0.05;
     let Some(m) = model() else { return };
-    let mut near_ties = 0;
+    let mut near_ties = Vec::new();
     for (n, case) in reference()["greedy"].as_array().unwrap().iter().enumerate() {
         let prompt = m
             .tokenizer
@@ -86,10 +86,8 @@ fn greedy_tokens_match_llama_cpp() {
         assert_eq!(prompt, ids(&case["prompt_ids"]));
         let expected = ids(&case["completion_ids"]);
         let mut session = Session::new(Arc::clone(&m.weights));
-        let mut logits = Vec::new();
-        for t in &prompt {
-            logits = session.step(*t);
-        }
+        let mut logits = session.feed(&prompt);
+        let mut first_tie = expected.len();
         for (i, want) in expected.iter().enumerate() {
             let ours = argmax(&logits);
             if ours != *want {
@@ -98,17 +96,22 @@ fn greedy_tokens_match_llama_cpp() {
                     gap < NEAR_TIE,
                     "prompt {n} step {i}: ours {ours}, llama.cpp {want}, gap {gap}"
                 );
-                near_ties += 1;
+                near_ties.push((n, i, gap));
+                first_tie = first_tie.min(i);
             }
             logits = session.step(*want);
         }
-        if n == 0 {
-            let out = m.generate(&prompt, expected.len(), Sampling::greedy(), |_| true);
-            assert_eq!(out, expected, "{}", m.tokenizer.decode(&out));
-        }
+        let out = m.generate(&prompt, expected.len(), Sampling::greedy(), |_| true);
+        assert_eq!(
+            out[..first_tie],
+            expected[..first_tie],
+            "{}",
+            m.tokenizer.decode(&out)
+        );
     }
-    // Measured: one near tie (step 5 of the second prompt, 0.028 apart).
-    assert!(near_ties <= 1, "{near_ties} near ties");
+    eprintln!("near ties (prompt, step, gap): {near_ties:?}");
+    // Measured: one near tie over the 63 steps (prompt 1, step 5, 0.028 apart).
+    assert!(near_ties.len() <= 1, "{near_ties:?}");
 }
 
 #[test]
