@@ -3,6 +3,7 @@
 //! whose floating-point operations happen in one fixed order on one thread, and sampling that is
 //! greedy with a defined tie-break or seeded with a named generator (ChaCha20).
 
+mod chat;
 mod llama;
 mod quant;
 mod sample;
@@ -10,6 +11,7 @@ mod tokenizer;
 
 use std::sync::Arc;
 
+pub use chat::{ChatMessage, ChatTemplate};
 pub use llama::{Config, Session, Weights};
 pub use sample::{Sampler, Sampling, argmax};
 pub use tokenizer::Tokenizer;
@@ -26,6 +28,9 @@ pub enum LlmError {
     /// The model's parts contradict each other.
     #[error("inconsistent model: {0}")]
     Model(String),
+    /// The chat template does not compile, or fails on a conversation.
+    #[error("chat template: {0}")]
+    Template(String),
 }
 
 /// A loaded language model: tokenizer and weights.
@@ -36,6 +41,8 @@ pub struct Model {
     pub weights: Arc<Weights>,
     /// What the hub reports of it.
     pub metadata: cairn_gguf::GgufMetadata,
+    /// Its chat template, when it has one.
+    pub chat_template: Option<ChatTemplate>,
 }
 
 impl Model {
@@ -51,10 +58,15 @@ impl Model {
                 weights.config.vocab
             )));
         }
+        let chat_template = match &gguf.metadata.chat_template {
+            Some(source) => Some(ChatTemplate::new(source)?),
+            None => None,
+        };
         Ok(Self {
             tokenizer,
             weights: Arc::new(weights),
             metadata: gguf.metadata,
+            chat_template,
         })
     }
 
