@@ -43,6 +43,8 @@ pub struct Model {
     pub metadata: cairn_gguf::GgufMetadata,
     /// Its chat template, when it has one.
     pub chat_template: Option<ChatTemplate>,
+    /// Threads generation runs on (see [`Model::set_threads`]).
+    pool: Option<Arc<rayon::ThreadPool>>,
 }
 
 impl Model {
@@ -67,7 +69,29 @@ impl Model {
             weights: Arc::new(weights),
             metadata: gguf.metadata,
             chat_template,
+            pool: None,
         })
+    }
+
+    /// Runs each generation's matrix products on `threads` threads (1: the calling thread).
+    /// Rows are split among threads whole, so the tokens and logits are the same bits.
+    pub fn set_threads(&mut self, threads: usize) -> Result<(), LlmError> {
+        self.pool = match threads {
+            0 | 1 => None,
+            n => Some(Arc::new(
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(n)
+                    .thread_name(|i| format!("cairn-llm-{i}"))
+                    .build()
+                    .map_err(|e| LlmError::Unsupported(format!("{threads} threads: {e}")))?,
+            )),
+        };
+        Ok(())
+    }
+
+    /// A fresh generation session on this model's threads.
+    pub fn session(&self) -> Session {
+        Session::with_pool(Arc::clone(&self.weights), self.pool.clone())
     }
 
     /// Generates up to `max_tokens` after `prompt`, stopping after the end-of-sequence token;
@@ -79,7 +103,7 @@ impl Model {
         sampling: Sampling,
         mut on_token: impl FnMut(u32) -> bool,
     ) -> Vec<u32> {
-        let mut session = Session::new(Arc::clone(&self.weights));
+        let mut session = self.session();
         let mut sampler = Sampler::new(sampling);
         let mut logits = session.feed(prompt);
         let mut out = Vec::new();

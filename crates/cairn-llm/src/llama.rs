@@ -220,6 +220,8 @@ pub struct Session {
     values: Vec<Vec<f32>>,
     /// Positions processed.
     pub position: usize,
+    /// Threads the matrix products run on (none: the calling thread).
+    pool: Option<Arc<rayon::ThreadPool>>,
 }
 
 fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
@@ -240,6 +242,16 @@ impl Session {
             keys: vec![Vec::new(); n],
             values: vec![Vec::new(); n],
             position: 0,
+            pool: None,
+        }
+    }
+
+    /// A fresh session whose matrix products run on `pool`; every number is the one a
+    /// single-threaded session computes.
+    pub fn with_pool(weights: Arc<Weights>, pool: Option<Arc<rayon::ThreadPool>>) -> Self {
+        Self {
+            pool,
+            ..Self::new(weights)
         }
     }
 
@@ -262,6 +274,7 @@ impl Session {
         let kv_dim = hd * c.kv_heads;
         let group = c.heads / c.kv_heads;
         let start = self.position;
+        let pool = self.pool.as_deref();
         let buf = |len: usize| vec![vec![0f32; len]; n];
         let mut x = buf(dim);
         for (x, t) in x.iter_mut().zip(tokens) {
@@ -300,9 +313,9 @@ impl Session {
                 rms_norm(x, &layer.attn_norm, c.norm_eps, h);
             }
             let hq = quantize(&h);
-            layer.wq.matmul(&hq, &mut q);
-            layer.wk.matmul(&hq, &mut k);
-            layer.wv.matmul(&hq, &mut v);
+            layer.wq.matmul(&hq, &mut q, pool);
+            layer.wk.matmul(&hq, &mut k, pool);
+            layer.wv.matmul(&hq, &mut v, pool);
             for t in 0..n {
                 rope(&mut q[t], &rotations[t]);
                 rope(&mut k[t], &rotations[t]);
@@ -342,7 +355,7 @@ impl Session {
                     }
                 }
             }
-            layer.wo.matmul(&quantize(&att), &mut o);
+            layer.wo.matmul(&quantize(&att), &mut o, pool);
             for (x, o) in x.iter_mut().zip(&o) {
                 for (x, o) in x.iter_mut().zip(o) {
                     *x += o;
@@ -352,14 +365,14 @@ impl Session {
                 rms_norm(x, &layer.ffn_norm, c.norm_eps, h);
             }
             let hq = quantize(&h);
-            layer.gate.matmul(&hq, &mut g);
-            layer.up.matmul(&hq, &mut u);
+            layer.gate.matmul(&hq, &mut g, pool);
+            layer.up.matmul(&hq, &mut u, pool);
             for (g, u) in g.iter_mut().zip(&u) {
                 for (g, u) in g.iter_mut().zip(u) {
                     *g = *g / (1.0 + libm::expf(-*g)) * u;
                 }
             }
-            layer.down.matmul(&quantize(&g), &mut o);
+            layer.down.matmul(&quantize(&g), &mut o, pool);
             for (x, o) in x.iter_mut().zip(&o) {
                 for (x, o) in x.iter_mut().zip(o) {
                     *x += o;
@@ -370,7 +383,7 @@ impl Session {
         let mut last = vec![0f32; dim];
         rms_norm(&x[n - 1], &w.norm, c.norm_eps, &mut last);
         let mut logits = vec![vec![0f32; c.vocab]];
-        w.output.matmul(&[Quantized::new(&last)], &mut logits);
+        w.output.matmul(&[Quantized::new(&last)], &mut logits, pool);
         self.position += n;
         logits.pop().expect("one row")
     }

@@ -204,9 +204,42 @@ impl Matrix {
 
     /// `outs[t][r] = row r · xs[t]` for every row and input: each row is read once for all
     /// inputs, and each product is the same number whatever else is computed beside it.
-    pub(crate) fn matmul(&self, xs: &[Quantized], outs: &mut [Vec<f32>]) {
+    pub(crate) fn matmul(
+        &self,
+        xs: &[Quantized],
+        outs: &mut [Vec<f32>],
+        pool: Option<&rayon::ThreadPool>,
+    ) {
         debug_assert!(outs.iter().all(|o| o.len() == self.rows));
         let blocks = self.cols / QK;
+        // Rows split among threads: a row is computed whole by one thread, so the split changes
+        // no number.
+        let threads = pool.map_or(1, |p| p.current_num_threads());
+        if threads > 1 && self.rows >= 64 {
+            let n = xs.len();
+            let chunk = self.rows.div_ceil(threads);
+            let mut parts: Vec<Vec<f32>> = vec![Vec::new(); self.rows.div_ceil(chunk)];
+            pool.expect("threads > 1").scope(|s| {
+                for (k, part) in parts.iter_mut().enumerate() {
+                    s.spawn(move |_| {
+                        let mut sums = vec![0i32; blocks];
+                        let rows = k * chunk..((k + 1) * chunk).min(self.rows);
+                        part.reserve(rows.len() * n);
+                        for r in rows {
+                            for x in xs {
+                                part.push(self.dot(r, x, &mut sums));
+                            }
+                        }
+                    });
+                }
+            });
+            for (k, part) in parts.iter().enumerate() {
+                for (i, v) in part.iter().enumerate() {
+                    outs[i % n][k * chunk + i / n] = *v;
+                }
+            }
+            return;
+        }
         let mut sums = vec![0i32; blocks];
         for r in 0..self.rows {
             for (x, out) in xs.iter().zip(outs.iter_mut()) {

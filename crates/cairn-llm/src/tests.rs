@@ -336,3 +336,20 @@ fn hostile_or_broken_templates_fail_with_a_reason() {
     assert!(err("{{ messages[0].content[:2] }}").contains("cut a message"));
     assert!(err("{% if %}").contains("chat template"));
 }
+
+#[test]
+fn threads_change_no_bit() {
+    let Some(mut m) = model() else { return };
+    let prompt = m.tokenizer.encode("Threads split rows, never sums.");
+    let run = |m: &Model| {
+        let mut s = m.session();
+        let mut logits = s.feed(&prompt);
+        for t in [11u32, 905, 30] {
+            logits = s.step(t);
+        }
+        logits.iter().map(|f| f.to_bits()).collect::<Vec<_>>()
+    };
+    let one = run(&m);
+    m.set_threads(3).unwrap();
+    assert_eq!(run(&m), one);
+}
