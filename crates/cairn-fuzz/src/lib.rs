@@ -181,8 +181,15 @@ pub fn onnx(data: &[u8]) {
 }
 
 /// An uploaded language model file: whatever the reader accepts describes itself consistently
-/// and survives the catalog's JSON round trip.
+/// and survives the catalog's JSON round trip; the engine loads it or refuses it (never panics),
+/// and a model it loads runs a token.
 pub fn gguf(data: &[u8]) {
+    if let Ok(mut model) = cairn_llm::Model::load(data)
+        && model.weights.config.context > 0
+    {
+        let _ = model.set_threads(1);
+        let _ = model.session().feed(&[0]);
+    }
     if let Ok(m) = cairn_gguf::read_metadata(data, cairn_gguf::Limits::default()) {
         assert_eq!(m.data_offset + m.data_bytes, data.len() as u64);
         assert_eq!(m.tensor_types.values().sum::<u64>(), m.tensor_count);

@@ -2,11 +2,12 @@
 //! context length, vocabulary, chat template, whether a tokenizer is embedded — from a byte
 //! stream in one forward pass, and checks that every tensor the header describes is present.
 //!
-//! An uploaded file is untrusted and may be gigabytes: nothing is buffered but the few values
-//! the metadata needs. Every length is checked against [`Limits`] before it sizes anything,
+//! An uploaded file is untrusted and may be gigabytes: what is kept is the (short) keys and the
+//! scalar values, never array items ([`read_model`] keeps the tokenizer's arrays, within a
+//! budget). Every length and count is checked against [`Limits`] before it sizes anything,
 //! arrays (a vocabulary of 250,000 strings) are validated as they stream past, and the tensor
 //! layout is held to the rules llama.cpp's loader enforces (known types, whole blocks, tensors in
-//! order at aligned offsets), so a file accepted here is one the engine can map.
+//! order at aligned offsets). Whether an engine can run the model is the engine's check.
 
 mod ggml;
 
@@ -31,6 +32,12 @@ pub struct Limits {
     pub max_tensors: u64,
     /// Most bytes before the tensor data (metadata and tensor descriptions).
     pub max_header_bytes: u64,
+    /// Longest metadata key (real keys are short dotted names).
+    pub max_key_bytes: u64,
+    /// Largest `general.alignment` accepted.
+    pub max_alignment: u64,
+    /// Most array items [`read_model`] keeps in memory (it keeps the tokenizer's arrays only).
+    pub max_kept_items: u64,
 }
 
 impl Default for Limits {
@@ -41,6 +48,9 @@ impl Default for Limits {
             max_entries: 1 << 16,
             max_tensors: 1 << 16,
             max_header_bytes: 512 << 20,
+            max_key_bytes: 256,
+            max_alignment: 1 << 20,
+            max_kept_items: 4 << 20,
         }
     }
 }
@@ -237,8 +247,10 @@ struct Cursor<R> {
     pos: u64,
     limits: Limits,
     scratch: Vec<u8>,
-    /// Keep every string and array item ([`read_model`]).
+    /// Keep every string value and the tokenizer's array items ([`read_model`]).
     keep_all: bool,
+    /// Array items kept so far.
+    kept_items: u64,
 }
 
 impl<R: Read> Cursor<R> {
@@ -302,35 +314,35 @@ impl<R: Read> Cursor<R> {
 
     /// One value of type `ty`; strings are kept only when `keep`.
     fn value(&mut self, ty: u32, key: &str, keep: bool) -> Result<Value, GgufError> {
-        let what = || format!("the value of `{key}`");
+        const WHAT: &str = "a metadata value";
         Ok(match ty {
-            vt::U8 => Value::Uint(self.array::<1>(&what())?[0].into()),
-            vt::I8 => Value::Int(i8::from_le_bytes(self.array(&what())?).into()),
-            vt::U16 => Value::Uint(u16::from_le_bytes(self.array(&what())?).into()),
-            vt::I16 => Value::Int(i16::from_le_bytes(self.array(&what())?).into()),
-            vt::U32 => Value::Uint(self.u32(&what())?.into()),
-            vt::I32 => Value::Int(i32::from_le_bytes(self.array(&what())?).into()),
-            vt::U64 => Value::Uint(self.u64(&what())?),
-            vt::I64 => Value::Int(i64::from_le_bytes(self.array(&what())?)),
-            vt::F32 => Value::Float(f32::from_le_bytes(self.array(&what())?).into()),
-            vt::F64 => Value::Float(f64::from_le_bytes(self.array(&what())?)),
-            vt::BOOL => match self.array::<1>(&what())?[0] {
+            vt::U8 => Value::Uint(self.array::<1>(WHAT)?[0].into()),
+            vt::I8 => Value::Int(i8::from_le_bytes(self.array(WHAT)?).into()),
+            vt::U16 => Value::Uint(u16::from_le_bytes(self.array(WHAT)?).into()),
+            vt::I16 => Value::Int(i16::from_le_bytes(self.array(WHAT)?).into()),
+            vt::U32 => Value::Uint(self.u32(WHAT)?.into()),
+            vt::I32 => Value::Int(i32::from_le_bytes(self.array(WHAT)?).into()),
+            vt::U64 => Value::Uint(self.u64(WHAT)?),
+            vt::I64 => Value::Int(i64::from_le_bytes(self.array(WHAT)?)),
+            vt::F32 => Value::Float(f32::from_le_bytes(self.array(WHAT)?).into()),
+            vt::F64 => Value::Float(f64::from_le_bytes(self.array(WHAT)?)),
+            vt::BOOL => match self.array::<1>(WHAT)?[0] {
                 0 => Value::Bool(false),
                 1 => Value::Bool(true),
                 b => return Err(self.malformed(format!("`{key}` is a bool stored as {b}"))),
             },
             vt::STRING => {
                 let max = self.limits.max_string_bytes;
-                if keep || self.keep_all {
-                    Value::Str(self.string(&what(), max)?)
+                if keep {
+                    Value::Str(self.string(WHAT, max)?)
                 } else {
-                    self.string_bytes(&what(), max)?;
+                    self.string_bytes(WHAT, max)?;
                     Value::Dropped
                 }
             }
             vt::ARRAY => {
-                let elem = self.u32(&what())?;
-                let len = self.u64(&what())?;
+                let elem = self.u32(WHAT)?;
+                let len = self.u64(WHAT)?;
                 if len > self.limits.max_array_len {
                     return Err(GgufError::Limit(format!(
                         "`{key}` is an array of {len} elements; at most {} are accepted",
@@ -342,10 +354,21 @@ impl<R: Read> Cursor<R> {
                         "`{key}` is an array of arrays, which GGUF readers do not support"
                     )));
                 }
+                // The engine needs the tokenizer's arrays; other arrays are read and not kept.
+                let keep_items = self.keep_all && key.starts_with("tokenizer.ggml.");
+                if keep_items {
+                    self.kept_items = self.kept_items.saturating_add(len);
+                    if self.kept_items > self.limits.max_kept_items {
+                        return Err(GgufError::Limit(format!(
+                            "the tokenizer's arrays hold more than {} items",
+                            self.limits.max_kept_items
+                        )));
+                    }
+                }
                 let mut items = Vec::new();
                 for _ in 0..len {
-                    let item = self.value(elem, key, false)?;
-                    if self.keep_all {
+                    let item = self.value(elem, key, keep_items)?;
+                    if keep_items {
                         items.push(item);
                     }
                     self.check_header_size()?;
@@ -430,6 +453,7 @@ fn read<R: Read>(reader: R, limits: Limits, keep_all: bool) -> Result<Read3, Ggu
         limits,
         scratch: Vec::new(),
         keep_all,
+        kept_items: 0,
     };
     let magic: [u8; 4] = c.array("the magic number")?;
     if &magic != MAGIC {
@@ -469,7 +493,7 @@ fn read<R: Read>(reader: R, limits: Limits, keep_all: bool) -> Result<Read3, Ggu
 
     let mut kv: HashMap<String, Value> = HashMap::new();
     for _ in 0..n_kv {
-        let key = c.string("a metadata key", limits.max_string_bytes)?;
+        let key = c.string("a metadata key", limits.max_key_bytes)?;
         if key.is_empty() {
             return Err(c.malformed("a metadata key is empty"));
         }
@@ -477,22 +501,32 @@ fn read<R: Read>(reader: R, limits: Limits, keep_all: bool) -> Result<Read3, Ggu
             return Err(c.malformed(format!("metadata key `{key}` appears twice")));
         }
         let ty = c.u32(&format!("the type of `{key}`"))?;
-        let keep = KEPT_STRINGS.contains(&key.as_str());
-        let value = c.value(ty, &key, keep)?;
+        let keep = keep_all || KEPT_STRINGS.contains(&key.as_str());
+        let value = c.value(ty, &key, keep).map_err(|e| match e {
+            GgufError::Truncated(msg) => {
+                GgufError::Truncated(format!("{msg}, the value of `{key}`"))
+            }
+            e => e,
+        })?;
         c.check_header_size()?;
         kv.insert(key, value);
     }
 
+    // llama.cpp reads the alignment as a u32; anything else is refused, as is an alignment
+    // whose padding would be larger than any real file's.
     let alignment = match kv.get("general.alignment") {
         None => DEFAULT_ALIGNMENT,
-        Some(v) => match v.as_u64() {
-            Some(a) if a.is_power_of_two() => a,
-            _ => {
-                return Err(GgufError::Inconsistent(format!(
-                    "general.alignment is {v:?}; it must be a power of two"
-                )));
-            }
-        },
+        Some(Value::Uint(a))
+            if a.is_power_of_two() && *a <= limits.max_alignment.min(u32::MAX.into()) =>
+        {
+            *a
+        }
+        Some(v) => {
+            return Err(GgufError::Inconsistent(format!(
+                "general.alignment is {v:?}; it must be a power of two of at most {} bytes",
+                limits.max_alignment
+            )));
+        }
     };
 
     let mut names = HashSet::new();
@@ -535,10 +569,13 @@ fn read<R: Read>(reader: R, limits: Limits, keep_all: bool) -> Result<Read3, Ggu
             ))
         })?;
         let bytes = ty.bytes(first, elements).ok_or_else(|| {
-            c.malformed(format!(
-                "tensor `{name}` of type {} has a first dimension of {first}, not a whole number of {}-element blocks",
-                ty.name, ty.block
-            ))
+            c.malformed(match first.is_multiple_of(ty.block) {
+                false => format!(
+                    "tensor `{name}` of type {} has a first dimension of {first}, not a whole number of {}-element blocks",
+                    ty.name, ty.block
+                ),
+                true => format!("tensor `{name}` is larger than 2^64 bytes"),
+            })
         })?;
         let offset = c.u64(&format!("the offset of `{name}`"))?;
         if offset != expected_offset {
@@ -569,17 +606,25 @@ fn read<R: Read>(reader: R, limits: Limits, keep_all: bool) -> Result<Read3, Ggu
         .pos
         .checked_next_multiple_of(alignment)
         .ok_or_else(|| c.malformed("the header ends past 2^64 bytes"))?;
-    let mut padding = vec![0u8; (data_offset - c.pos) as usize];
-    c.exact(&mut padding, "the padding before the tensor data")?;
+    let padding = data_offset - c.pos;
+    let skipped =
+        io::copy(&mut (&mut c.inner).take(padding), &mut io::sink()).map_err(GgufError::Io)?;
+    if skipped < padding {
+        return Err(GgufError::Truncated(format!(
+            "the file ends inside the padding before the tensor data, near byte {}",
+            c.pos + skipped
+        )));
+    }
+    c.pos = data_offset;
     let data_len = io::copy(&mut c.inner, &mut io::sink()).map_err(GgufError::Io)?;
     if let Some(last) = spans.last() {
-        let needed = last.offset + last.bytes;
+        let needed = last.offset.saturating_add(last.bytes);
         if data_len < needed {
             return Err(GgufError::Truncated(format!(
                 "the tensor data holds {data_len} bytes, but tensor `{}` needs bytes up to {needed}; the file is {} bytes and should be at least {}",
                 last.name,
-                data_offset + data_len,
-                data_offset + needed
+                data_offset.saturating_add(data_len),
+                data_offset.saturating_add(needed)
             )));
         }
     }

@@ -289,6 +289,9 @@ fn hostile_lengths_are_refused_before_they_size_anything() {
     let mut b = small().header().0[..24].to_vec();
     b.extend(u64::MAX.to_le_bytes());
     let err = read(&b).unwrap_err().to_string();
+    assert!(err.contains("at most 256 are accepted"), "{err}");
+    // A string value claiming 2^64-1 bytes.
+    let err = refused(&small().raw("x", vt::STRING, u64::MAX.to_le_bytes().to_vec()));
     assert!(err.contains("at most 1048576 are accepted"), "{err}");
 
     // An array claiming 2^40 strings.
@@ -322,6 +325,38 @@ fn hostile_lengths_are_refused_before_they_size_anything() {
     };
     let err = read_metadata(small().bytes().as_slice(), limits).unwrap_err();
     assert!(matches!(err, GgufError::Limit(_)), "{err}");
+}
+
+#[test]
+fn an_alignment_that_would_pad_beyond_reason_is_refused_without_allocating() {
+    // 0 tensors, one entry: general.alignment = 2^63 as a u64 (61 bytes in all).
+    let g = Gguf::new().raw(
+        "general.alignment",
+        vt::U64,
+        (1u64 << 63).to_le_bytes().to_vec(),
+    );
+    let bytes = g.header().0;
+    assert!(bytes.len() < 64);
+    let err = read(&bytes).unwrap_err().to_string();
+    assert!(err.contains("at most 1048576 bytes"), "{err}");
+    // A permitted large alignment pads by reading, not by allocating.
+    let g = Gguf {
+        alignment: 1 << 20,
+        ..small().raw(
+            "general.alignment",
+            vt::U32,
+            (1u32 << 20).to_le_bytes().to_vec(),
+        )
+    };
+    let m = read(&g.bytes()).unwrap();
+    assert_eq!(m.data_offset, 1 << 20);
+}
+
+#[test]
+fn long_keys_are_refused() {
+    let err = refused(&small().str(&"k".repeat(257), "v"));
+    assert!(err.contains("at most 256 are accepted"), "{err}");
+    read(&small().str(&"k".repeat(256), "v").bytes()).unwrap();
 }
 
 #[test]
@@ -366,7 +401,7 @@ fn malformed_metadata_is_refused_with_the_key() {
         ),
         (
             small().raw("general.alignment", vt::U32, 48u32.to_le_bytes().to_vec()),
-            "must be a power of two",
+            "must be a power of two of at most",
         ),
         (
             small().without("tokenizer.ggml.tokens"),

@@ -26,7 +26,7 @@ fn main() {
 
     let mut session = model.session();
     let t = Instant::now();
-    let logits = session.feed(&prompt);
+    let logits = session.feed(&prompt).unwrap();
     let prompt_s = t.elapsed().as_secs_f64();
     assert_eq!(logits.len(), model.weights.config.vocab);
 
@@ -36,7 +36,7 @@ fn main() {
     let mut logits = logits;
     for _ in 0..gen_len {
         let next = sampler.sample(&logits);
-        logits = session.step(next);
+        logits = session.step(next).unwrap();
     }
     let gen_s = t.elapsed().as_secs_f64();
     println!(

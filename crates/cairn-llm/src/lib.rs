@@ -28,6 +28,10 @@ pub enum LlmError {
     /// The model's parts contradict each other.
     #[error("inconsistent model: {0}")]
     Model(String),
+    /// A request the model cannot take (a token outside its vocabulary, more tokens than its
+    /// context).
+    #[error("{0}")]
+    Input(String),
     /// The chat template does not compile, or fails on a conversation.
     #[error("chat template: {0}")]
     Template(String),
@@ -94,28 +98,30 @@ impl Model {
         Session::with_pool(Arc::clone(&self.weights), self.pool.clone())
     }
 
-    /// Generates up to `max_tokens` after `prompt`, stopping after the end-of-sequence token;
-    /// `on_token` sees each token as it is chosen and may stop the generation by returning false.
+    /// Generates up to `max_tokens` after `prompt`, stopping after the end-of-sequence token or
+    /// at the end of the model's context; `on_token` sees each token as it is chosen and may
+    /// stop the generation by returning false.
     pub fn generate(
         &self,
         prompt: &[u32],
         max_tokens: usize,
         sampling: Sampling,
         mut on_token: impl FnMut(u32) -> bool,
-    ) -> Vec<u32> {
+    ) -> Result<Vec<u32>, LlmError> {
         let mut session = self.session();
         let mut sampler = Sampler::new(sampling);
-        let mut logits = session.feed(prompt);
+        let mut logits = session.feed(prompt)?;
         let mut out = Vec::new();
+        let context = self.weights.config.context;
         while out.len() < max_tokens && !logits.is_empty() {
             let next = sampler.sample(&logits);
             out.push(next);
-            if Some(next) == self.tokenizer.eos || !on_token(next) {
+            if Some(next) == self.tokenizer.eos || !on_token(next) || session.position >= context {
                 break;
             }
-            logits = session.step(next);
+            logits = session.step(next)?;
         }
-        out
+        Ok(out)
     }
 }
 

@@ -1,5 +1,5 @@
-//! The llama architecture's forward pass, one token at a time on one thread, in a fixed order
-//! of floating-point operations (and `libm`'s exp/sin/cos, which are the same bits everywhere).
+//! The llama architecture's forward pass, in a fixed order of floating-point operations whatever
+//! the batching of the prompt or the thread count (and `libm`'s exp/sin/cos, which are the same bits everywhere).
 
 use std::sync::Arc;
 
@@ -113,11 +113,11 @@ impl Weights {
                 "partial rotary embeddings (rope.dimension_count below the head width)".into(),
             ));
         }
+        let by_name: std::collections::HashMap<&str, &cairn_gguf::TensorInfo> =
+            model.tensors.iter().map(|t| (t.name.as_str(), t)).collect();
         let tensor = |name: &str| -> Result<Tensor<'_>, LlmError> {
-            let t = model
-                .tensors
-                .iter()
-                .find(|t| t.name == name)
+            let t = by_name
+                .get(name)
                 .ok_or_else(|| LlmError::Model(format!("tensor `{name}` is missing")))?;
             let ty = WeightType::from_ggml(t.ty, name)?;
             let dims = t.dims.iter().map(|d| *d as usize).collect();
@@ -145,6 +145,13 @@ impl Weights {
                 .collect())
         };
         let layers_n = num("block_count")?;
+        // Nine tensors a block: a count the file cannot back is refused before it sizes anything.
+        if layers_n == 0 || layers_n > model.tensors.len() / 9 {
+            return Err(LlmError::Model(format!(
+                "{layers_n} blocks, but the file holds {} tensors",
+                model.tensors.len()
+            )));
+        }
         let embed = matrix("token_embd.weight", embedding)?;
         let head_dim = embedding / heads;
         let kv_dim = head_dim * kv_heads;
@@ -153,6 +160,12 @@ impl Weights {
         for i in 0..layers_n {
             let n = |part: &str| format!("blk.{i}.{part}.weight");
             let gate = matrix(&n("ffn_gate"), embedding)?;
+            if i > 0 && gate.rows != ffn {
+                return Err(LlmError::Model(format!(
+                    "block {i} has a feed-forward width of {}, block 0 of {ffn}",
+                    gate.rows
+                )));
+            }
             ffn = gate.rows;
             let layer = Layer {
                 attn_norm: vector(&n("attn_norm"), embedding)?,
@@ -187,6 +200,12 @@ impl Weights {
             true => matrix("output.weight", embedding)?,
             false => embed.clone(),
         };
+        if output.rows != embed.rows {
+            return Err(LlmError::Model(format!(
+                "the embedding has {} rows and the output layer {}",
+                embed.rows, output.rows
+            )));
+        }
         let rope_base = float("rope.freq_base", 10_000.0);
         let inv_freq = (0..head_dim / 2)
             .map(|i| libm::pow(rope_base, -2.0 * i as f64 / head_dim as f64))
@@ -256,20 +275,32 @@ impl Session {
     }
 
     /// Feeds `token` at the next position and returns the logits for the one after it.
-    pub fn step(&mut self, token: u32) -> Vec<f32> {
+    pub fn step(&mut self, token: u32) -> Result<Vec<f32>, LlmError> {
         self.feed(&[token])
     }
 
     /// Feeds `tokens` at the next positions and returns the logits after the last one (empty
     /// for no tokens). Each weight row is read once for all of them; every number computed is
     /// the one feeding them one at a time computes, in the same order.
-    pub fn feed(&mut self, tokens: &[u32]) -> Vec<f32> {
+    pub fn feed(&mut self, tokens: &[u32]) -> Result<Vec<f32>, LlmError> {
         let n = tokens.len();
         if n == 0 {
-            return Vec::new();
+            return Ok(Vec::new());
         }
         let w = Arc::clone(&self.weights);
         let c = &w.config;
+        if let Some(t) = tokens.iter().find(|t| **t as usize >= c.vocab) {
+            return Err(LlmError::Input(format!(
+                "token {t} is outside the vocabulary of {}",
+                c.vocab
+            )));
+        }
+        if self.position + n > c.context {
+            return Err(LlmError::Input(format!(
+                "{} tokens after {} exceed the model's context of {}",
+                n, self.position, c.context
+            )));
+        }
         let (dim, hd) = (c.embedding, c.head_dim());
         let kv_dim = hd * c.kv_heads;
         let group = c.heads / c.kv_heads;
@@ -385,6 +416,6 @@ impl Session {
         let mut logits = vec![vec![0f32; c.vocab]];
         w.output.matmul(&[Quantized::new(&last)], &mut logits, pool);
         self.position += n;
-        logits.pop().expect("one row")
+        Ok(logits.pop().expect("one row"))
     }
 }

@@ -102,7 +102,9 @@ impl Quantized {
             let id = if d != 0.0 { 1.0 / d } else { 0.0 };
             let mut sum = 0i32;
             for (j, v) in xs.iter().enumerate() {
-                let qv = (v * id).round() as i8;
+                // ±127 by construction (an overflowing 1/d would give −128): the AVX2 product
+                // takes |x| ≤ 127.
+                let qv = (v * id).round().clamp(-127.0, 127.0) as i8;
                 q.qs[b * QK + j] = qv;
                 sum += i32::from(qv);
             }
@@ -356,13 +358,18 @@ mod x86 {
     use std::arch::x86_64::*;
 
     /// One block's eight partial sums (i32 lanes).
+    ///
+    /// # Safety
+    /// AVX2 must be present; `w` must hold at least 16 (`q4`) or 32 bytes and `x` 32.
     #[inline]
     #[target_feature(enable = "avx2")]
-    fn block(w: &[u8], x: &[i8], q4: bool) -> __m256i {
-        // SAFETY (loads): callers pass at least 16 (q4) or 32 weight bytes and 32 inputs.
+    unsafe fn block(w: &[u8], x: &[i8], q4: bool) -> __m256i {
+        debug_assert!(w.len() >= if q4 { 16 } else { 32 } && x.len() >= 32);
+        // SAFETY: the caller guarantees the lengths; loads are unaligned.
         let xv = unsafe { _mm256_loadu_si256(x.as_ptr().cast()) };
         let ones = _mm256_set1_epi16(1);
         if q4 {
+            // SAFETY: as above (16 weight bytes).
             let raw = unsafe { _mm_loadu_si128(w.as_ptr().cast()) };
             let mask = _mm_set1_epi8(0x0F);
             let lo = _mm_and_si128(raw, mask);
@@ -370,6 +377,7 @@ mod x86 {
             let wv = _mm256_set_m128i(hi, lo);
             _mm256_madd_epi16(_mm256_maddubs_epi16(wv, xv), ones)
         } else {
+            // SAFETY: as above (32 weight bytes).
             let wv = unsafe { _mm256_loadu_si256(w.as_ptr().cast()) };
             // |w| × (x with w's sign): unsigned × signed, as maddubs needs; |−128| is 128
             // unsigned and |x| ≤ 127, so no pair sum saturates.
@@ -405,16 +413,19 @@ mod x86 {
             let (w5, x5) = b(5);
             let (w6, x6) = b(6);
             let (w7, x7) = b(7);
-            let p = [
-                block(w0, x0, q4),
-                block(w1, x1, q4),
-                block(w2, x2, q4),
-                block(w3, x3, q4),
-                block(w4, x4, q4),
-                block(w5, x5, q4),
-                block(w6, x6, q4),
-                block(w7, x7, q4),
-            ];
+            // SAFETY: the assert above covers blocks i..i + 8.
+            let p = unsafe {
+                [
+                    block(w0, x0, q4),
+                    block(w1, x1, q4),
+                    block(w2, x2, q4),
+                    block(w3, x3, q4),
+                    block(w4, x4, q4),
+                    block(w5, x5, q4),
+                    block(w6, x6, q4),
+                    block(w7, x7, q4),
+                ]
+            };
             let s01 = _mm256_hadd_epi32(p[0], p[1]);
             let s23 = _mm256_hadd_epi32(p[2], p[3]);
             let s45 = _mm256_hadd_epi32(p[4], p[5]);
@@ -430,7 +441,8 @@ mod x86 {
             i += 8;
         }
         while i < n {
-            out[i] = hsum(block(&w[i * wb..], &x[i * 32..], q4));
+            // SAFETY: the assert above covers block i.
+            out[i] = hsum(unsafe { block(&w[i * wb..], &x[i * 32..], q4) });
             i += 1;
         }
     }

@@ -86,7 +86,7 @@ fn greedy_tokens_match_llama_cpp() {
         assert_eq!(prompt, ids(&case["prompt_ids"]));
         let expected = ids(&case["completion_ids"]);
         let mut session = Session::new(Arc::clone(&m.weights));
-        let mut logits = session.feed(&prompt);
+        let mut logits = session.feed(&prompt).unwrap();
         let mut first_tie = expected.len();
         for (i, want) in expected.iter().enumerate() {
             let ours = argmax(&logits);
@@ -99,9 +99,11 @@ fn greedy_tokens_match_llama_cpp() {
                 near_ties.push((n, i, gap));
                 first_tie = first_tie.min(i);
             }
-            logits = session.step(*want);
+            logits = session.step(*want).unwrap();
         }
-        let out = m.generate(&prompt, expected.len(), Sampling::greedy(), |_| true);
+        let out = m
+            .generate(&prompt, expected.len(), Sampling::greedy(), |_| true)
+            .unwrap();
         assert_eq!(
             out[..first_tie],
             expected[..first_tie],
@@ -126,9 +128,9 @@ fn seeded_sampling_is_reproducible_and_the_seed_matters() {
         top_k: 40,
         seed: [seed; 32],
     };
-    let a = m.generate(&prompt, 12, sampling(1), |_| true);
-    let b = m.generate(&prompt, 12, sampling(1), |_| true);
-    let c = m.generate(&prompt, 12, sampling(2), |_| true);
+    let a = m.generate(&prompt, 12, sampling(1), |_| true).unwrap();
+    let b = m.generate(&prompt, 12, sampling(1), |_| true).unwrap();
+    let c = m.generate(&prompt, 12, sampling(2), |_| true).unwrap();
     assert_eq!(a, b);
     assert_ne!(a, c);
 }
@@ -187,11 +189,11 @@ fn fingerprint(m: &Model) -> String {
         top_k: 50,
         seed: [7; 32],
     };
-    let out = m.generate(&prompt, 8, sampling, |_| true);
+    let out = m.generate(&prompt, 8, sampling, |_| true).unwrap();
     let mut session = Session::new(Arc::clone(&m.weights));
     let mut logits = Vec::new();
     for t in prompt.iter().chain(&out) {
-        logits = session.step(*t);
+        logits = session.step(*t).unwrap();
     }
     let bits: u64 = logits.iter().fold(0xcbf2_9ce4_8422_2325, |h, v| {
         (h ^ u64::from(v.to_bits())).wrapping_mul(0x100_0000_01b3)
@@ -248,17 +250,17 @@ fn feeding_a_prompt_at_once_equals_feeding_it_token_by_token() {
     let mut one = Session::new(Arc::clone(&m.weights));
     let mut stepped = Vec::new();
     for t in &prompt {
-        stepped = one.step(*t);
+        stepped = one.step(*t).unwrap();
     }
     let mut all = Session::new(Arc::clone(&m.weights));
     let (head, tail) = prompt.split_at(5);
-    all.feed(head);
-    let fed = all.feed(tail);
+    all.feed(head).unwrap();
+    let fed = all.feed(tail).unwrap();
     let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
     assert_eq!(bits(&fed), bits(&stepped));
-    assert_eq!(all.feed(&[]), Vec::<f32>::new());
+    assert_eq!(all.feed(&[]).unwrap(), Vec::<f32>::new());
     // And the next step after either agrees too.
-    assert_eq!(bits(&one.step(13)), bits(&all.step(13)));
+    assert_eq!(bits(&one.step(13).unwrap()), bits(&all.step(13).unwrap()));
 }
 
 fn chat(role: &str, content: &str) -> ChatMessage {
@@ -338,18 +340,47 @@ fn hostile_or_broken_templates_fail_with_a_reason() {
 }
 
 #[test]
+fn tokens_outside_the_vocabulary_or_context_are_refused() {
+    let Some(m) = model() else { return };
+    let mut s = m.session();
+    let err = s.feed(&[1, 49152]).unwrap_err().to_string();
+    assert!(
+        err.contains("token 49152 is outside the vocabulary of 49152"),
+        "{err}"
+    );
+    assert_eq!(s.position, 0, "nothing was fed");
+    let err = s.feed(&vec![13; 8193]).unwrap_err().to_string();
+    assert!(err.contains("exceed the model's context of 8192"), "{err}");
+}
+
+#[test]
 fn threads_change_no_bit() {
     let Some(mut m) = model() else { return };
     let prompt = m.tokenizer.encode("Threads split rows, never sums.");
     let run = |m: &Model| {
         let mut s = m.session();
-        let mut logits = s.feed(&prompt);
+        let mut logits = s.feed(&prompt).unwrap();
         for t in [11u32, 905, 30] {
-            logits = s.step(t);
+            logits = s.step(t).unwrap();
         }
         logits.iter().map(|f| f.to_bits()).collect::<Vec<_>>()
     };
     let one = run(&m);
     m.set_threads(3).unwrap();
     assert_eq!(run(&m), one);
+}
+
+#[test]
+fn a_long_unbroken_word_tokenizes_in_near_linear_time() {
+    let Some(m) = model() else { return };
+    // One pre-token piece of 200,000 letters: quadratic merging would take minutes.
+    let text = "verifiable".repeat(20_000);
+    let t = std::time::Instant::now();
+    let ids = m.tokenizer.encode(&text);
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(20),
+        "{:?}",
+        t.elapsed()
+    );
+    assert_eq!(m.tokenizer.decode(&ids), text);
 }

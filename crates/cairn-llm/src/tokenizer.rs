@@ -53,6 +53,8 @@ pub struct Tokenizer {
     control: Vec<bool>,
     /// Control tokens by text, longest first (for [`Tokenizer::encode_with_control`]).
     control_texts: Vec<(String, u32)>,
+    /// The byte each byte-level character stands for.
+    byte_of: HashMap<char, u8>,
     pre: PreTokenizer,
     /// End-of-sequence token.
     pub eos: Option<u32>,
@@ -177,6 +179,11 @@ impl Tokenizer {
             byte_ids,
             control,
             control_texts,
+            byte_of: table
+                .iter()
+                .enumerate()
+                .map(|(b, c)| (*c, b as u8))
+                .collect(),
             pre,
         })
     }
@@ -255,21 +262,56 @@ impl Tokenizer {
         out
     }
 
-    /// Merges adjacent symbols by rank, lowest first and leftmost on ties, until none applies.
+    /// Merges adjacent symbols by rank, lowest first and leftmost on ties, until none applies:
+    /// llama.cpp's order, kept in a heap over a linked list so a long piece costs n log n.
     fn merge(&self, symbols: &mut Vec<u32>) {
-        loop {
-            let mut best: Option<(u32, usize, u32)> = None;
-            for i in 0..symbols.len().saturating_sub(1) {
-                if let Some(&(rank, joined)) = self.merges.get(&(symbols[i], symbols[i + 1]))
-                    && best.is_none_or(|(r, _, _)| rank < r)
-                {
-                    best = Some((rank, i, joined));
-                }
-            }
-            let Some((_, i, joined)) = best else { return };
-            symbols[i] = joined;
-            symbols.remove(i + 1);
+        use std::cmp::Reverse;
+        use std::collections::BinaryHeap;
+        let n = symbols.len();
+        if n < 2 {
+            return;
         }
+        const NONE: usize = usize::MAX;
+        let mut prev: Vec<usize> = (0..n).map(|i| i.checked_sub(1).unwrap_or(NONE)).collect();
+        let mut next: Vec<usize> = (1..=n).map(|i| if i < n { i } else { NONE }).collect();
+        let mut alive = vec![true; n];
+        // (rank, left position, left id, right id): a popped pair is acted on only if both
+        // symbols are still what they were when it was pushed.
+        let mut heap = BinaryHeap::new();
+        let pair = |heap: &mut BinaryHeap<_>, symbols: &[u32], i: usize, j: usize| {
+            if let Some(&(rank, _)) = self.merges.get(&(symbols[i], symbols[j])) {
+                heap.push(Reverse((rank, i, symbols[i], symbols[j])));
+            }
+        };
+        for i in 0..n - 1 {
+            pair(&mut heap, symbols, i, i + 1);
+        }
+        while let Some(Reverse((_, i, l, r))) = heap.pop() {
+            let j = next[i];
+            if !alive[i] || j == NONE || symbols[i] != l || symbols[j] != r {
+                continue;
+            }
+            symbols[i] = self.merges[&(l, r)].1;
+            alive[j] = false;
+            next[i] = next[j];
+            if next[j] != NONE {
+                prev[next[j]] = i;
+            }
+            if prev[i] != NONE {
+                pair(&mut heap, symbols, prev[i], i);
+            }
+            if next[i] != NONE {
+                pair(&mut heap, symbols, i, next[i]);
+            }
+        }
+        let mut k = 0;
+        for i in 0..n {
+            if alive[i] {
+                symbols[k] = symbols[i];
+                k += 1;
+            }
+        }
+        symbols.truncate(k);
     }
 
     /// The bytes token `id` stands for; control tokens stand for none.
@@ -280,14 +322,16 @@ impl Tokenizer {
         let Some(text) = self.tokens.get(id as usize) else {
             return Vec::new();
         };
-        let table = byte_chars();
-        text.chars()
-            .flat_map(|c| match table.iter().position(|t| *t == c) {
-                Some(b) => vec![b as u8],
+        let mut out = Vec::with_capacity(text.len());
+        let mut buf = [0u8; 4];
+        for c in text.chars() {
+            match self.byte_of.get(&c) {
+                Some(b) => out.push(*b),
                 // Not a byte-level character: the token is plain text.
-                None => c.to_string().into_bytes(),
-            })
-            .collect()
+                None => out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes()),
+            }
+        }
+        out
     }
 
     /// The text of `ids` (invalid UTF-8 from a cut multi-byte character shown as U+FFFD).

@@ -46,7 +46,18 @@ pub(crate) async fn run(a: ShowArgs) -> anyhow::Result<()> {
         r.tags.join(",")
     );
     if !r.description.is_empty() {
-        println!("  {}", r.description.replace('\n', "\n  "));
+        let description: String = r
+            .description
+            .chars()
+            .map(|c| {
+                if c.is_control() && c != '\n' {
+                    '\u{FFFD}'
+                } else {
+                    c
+                }
+            })
+            .collect();
+        println!("  {}", description.replace('\n', "\n  "));
     }
     for rel in &detail.releases {
         let state = if rel.published_at.is_some() {
@@ -63,15 +74,18 @@ pub(crate) async fn run(a: ShowArgs) -> anyhow::Result<()> {
         for f in &rel.files {
             println!(
                 "    {}  {}  {} bytes  {}",
-                f.cid, f.path, f.size, f.media_type
+                f.cid,
+                f.path,
+                f.size,
+                shown(&f.media_type)
             );
             if let Some(sig) = &f.onnx {
                 for (dir, list) in [("in ", &sig.inputs), ("out", &sig.outputs)] {
                     for v in list {
                         println!(
                             "      {dir} {} {} {}",
-                            v.name,
-                            v.type_name,
+                            shown(&v.name),
+                            shown(&v.type_name),
                             serde_json::to_string(&v.shape)?
                         );
                     }
@@ -87,16 +101,30 @@ pub(crate) async fn run(a: ShowArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// An uploader's string made safe for a terminal: control characters (escape sequences
+/// included) become U+FFFD and it is cut at 120 characters.
+fn shown(s: &str) -> String {
+    let mut out: String = s
+        .chars()
+        .take(120)
+        .map(|c| if c.is_control() { '\u{FFFD}' } else { c })
+        .collect();
+    if s.chars().count() > 120 {
+        out.push('…');
+    }
+    out
+}
+
 /// A GGUF model's metadata as `cairn hub show` prints it.
 fn gguf_lines(m: &cairn_gguf::GgufMetadata) -> Vec<String> {
     let opt = |v: Option<u64>| v.map_or("-".to_owned(), |v| v.to_string());
     let mut lines = vec![
         format!(
             "{} {}, {} parameters, {} (GGUF v{})",
-            m.architecture,
-            m.name.as_deref().unwrap_or("(unnamed)"),
+            shown(&m.architecture),
+            shown(m.name.as_deref().unwrap_or("(unnamed)")),
             m.parameter_count,
-            m.quantization,
+            shown(&m.quantization),
             m.version
         ),
         format!(

@@ -11,12 +11,19 @@ pub(super) enum ModelFormat {
 }
 
 impl ModelFormat {
-    /// The format a file is declared as: by its media type, else by its name.
+    /// The format a file is declared as: by its media type (parameters ignored), else by its
+    /// name's extension in any case.
     pub(super) fn of(media_type: &str, path: &FilePath) -> Option<Self> {
-        let path = path.as_str();
-        if media_type == ONNX_MEDIA_TYPE || path.ends_with(".onnx") {
+        let path = path.as_str().to_ascii_lowercase();
+        let essence = media_type
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        if essence == ONNX_MEDIA_TYPE || path.ends_with(".onnx") {
             Some(Self::Onnx)
-        } else if media_type == cairn_gguf::GGUF_MEDIA_TYPE || path.ends_with(".gguf") {
+        } else if essence == cairn_gguf::GGUF_MEDIA_TYPE || path.ends_with(".gguf") {
             Some(Self::Gguf)
         } else {
             None
