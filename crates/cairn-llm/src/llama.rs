@@ -206,6 +206,10 @@ impl Weights {
                 embed.rows, output.rows
             )));
         }
+        let context = num("context_length")?;
+        if context == 0 {
+            return Err(LlmError::Model("the context length is 0".into()));
+        }
         let rope_base = float("rope.freq_base", 10_000.0);
         let inv_freq = (0..head_dim / 2)
             .map(|i| libm::pow(rope_base, -2.0 * i as f64 / head_dim as f64))
@@ -217,7 +221,7 @@ impl Weights {
                 heads,
                 kv_heads,
                 ffn,
-                context: num("context_length")?,
+                context,
                 vocab: output.rows,
                 norm_eps: float("attention.layer_norm_rms_epsilon", 1e-5) as f32,
                 rope_base,

@@ -384,3 +384,54 @@ fn a_long_unbroken_word_tokenizes_in_near_linear_time() {
     );
     assert_eq!(m.tokenizer.decode(&ids), text);
 }
+
+/// The devnet model's bytes with the u32 value of metadata key `key` replaced.
+fn patched(file: &[u8], key: &str, value: u32) -> Vec<u8> {
+    let mut needle = (key.len() as u64).to_le_bytes().to_vec();
+    needle.extend_from_slice(key.as_bytes());
+    let at = file
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .unwrap_or_else(|| panic!("{key} not in the file"));
+    let value_at = at + needle.len() + 4;
+    assert_eq!(
+        file[at + needle.len()..value_at],
+        4u32.to_le_bytes(),
+        "{key} is a u32"
+    );
+    let mut out = file.to_vec();
+    out[value_at..value_at + 4].copy_from_slice(&value.to_le_bytes());
+    out
+}
+
+#[test]
+fn hostile_hyperparameters_are_refused_at_load() {
+    let Some(path) = std::env::var_os("CAIRN_LLM_MODEL") else {
+        return;
+    };
+    let file = std::fs::read(path).unwrap();
+    for (key, value, says) in [
+        (
+            "llama.block_count",
+            u32::MAX,
+            "blocks, but the file holds 272 tensors",
+        ),
+        ("llama.block_count", 0, "0 blocks"),
+        ("llama.attention.head_count", 7, "do not divide"),
+        ("llama.attention.head_count_kv", 0, "do not divide"),
+        ("llama.embedding_length", 577, "do not divide"),
+        ("llama.rope.dimension_count", 32, "partial rotary"),
+        ("llama.context_length", 0, "context"),
+        (
+            "llama.block_count",
+            31,
+            "tensor `blk.30.ffn_gate.weight` is missing",
+        ),
+    ] {
+        let err = match Model::load(&patched(&file, key, value)) {
+            Ok(_) => panic!("{key} = {value} loaded"),
+            Err(e) => e.to_string(),
+        };
+        assert!(err.contains(says), "{key} = {value}: {err}");
+    }
+}
