@@ -984,6 +984,15 @@ fn a_language_model_publishes_with_its_gguf_metadata_and_a_cut_one_is_refused() 
         .status()
     });
     assert_eq!(status, 404);
+
+    // Refused by its first bytes and 64 MiB long: the hub stops reading soon after the
+    // refusal, and the client still gets the reason, not a reset.
+    let mut fake = b"GGUX".to_vec();
+    fake.resize(64 << 20, 0);
+    let fake_path = dir.path().join("fake.gguf");
+    std::fs::write(&fake_path, &fake).unwrap();
+    let err = failure(&push(&fake_path, "fake"));
+    assert!(err.contains("invalid_gguf") && err.contains("not the magic `GGUF`"), "{err}");
 }
 
 #[test]

@@ -185,31 +185,65 @@ async fn store_model(
     path: FilePath,
     format: ModelFormat,
 ) -> Result<(cairn_store::StoredBlob, Option<Parsed>), ApiError> {
-    // Tee the stream into the reader on a blocking thread: one pass, bounded memory.
+    // Tee the stream into the reader on a blocking thread: one pass, bounded memory. A reader
+    // that refuses the file says so at once (`refusal`), and the upload stops there instead of
+    // streaming the rest of a file that will not be kept.
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(8);
-    let parser = tokio::task::spawn_blocking(move || {
-        let reader = ChannelReader::new(rx);
-        match format {
-            ModelFormat::Onnx => cairn_onnx::read_signature(reader, cairn_onnx::Limits::default())
-                .map(Parsed::Onnx)
-                .map_err(|e| e.to_string()),
-            ModelFormat::Gguf => cairn_gguf::read_metadata(reader, cairn_gguf::Limits::default())
-                .map(|m| Parsed::Gguf(Box::new(m)))
-                .map_err(|e| e.to_string()),
-        }
-    });
-    let stream = stream
-        .and_then(move |chunk| {
-            let tx = tx.clone();
-            async move {
-                // A parser that already failed has hung up; its verdict is collected below.
-                let _ = tx.send(chunk.clone()).await;
-                Ok(chunk)
-            }
-        })
-        .boxed();
-    let (verdict_tx, verdict_rx) = tokio::sync::oneshot::channel();
+    let refusal: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
     let shown = path;
+    let describe =
+        move |e: String| format!("file `{shown}` is declared as {} but {e}", format.name());
+    let parser = {
+        let refusal = Arc::clone(&refusal);
+        let describe = describe.clone();
+        tokio::task::spawn_blocking(move || {
+            let reader = ChannelReader::new(rx);
+            let result = match format {
+                ModelFormat::Onnx => {
+                    cairn_onnx::read_signature(reader, cairn_onnx::Limits::default())
+                        .map(Parsed::Onnx)
+                        .map_err(|e| e.to_string())
+                }
+                ModelFormat::Gguf => {
+                    cairn_gguf::read_metadata(reader, cairn_gguf::Limits::default())
+                        .map(|m| Parsed::Gguf(Box::new(m)))
+                        .map_err(|e| e.to_string())
+                }
+            };
+            if let Err(e) = &result {
+                *refusal.lock().expect("not poisoned") = Some(describe(e.clone()));
+            }
+            result
+        })
+    };
+    let stream = {
+        let refusal = Arc::clone(&refusal);
+        // After a refusal, a bounded part of the rest is still read, so a client that is still
+        // sending reads the answer rather than a reset.
+        let after = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        stream
+            .and_then(move |chunk| {
+                let tx = tx.clone();
+                let refusal = Arc::clone(&refusal);
+                let after = Arc::clone(&after);
+                async move {
+                    // A reader that has hung up either finished early (an ONNX signature is
+                    // read before the weights) or refused the file: stop only for the latter.
+                    if tx.send(chunk.clone()).await.is_err()
+                        && refusal.lock().expect("not poisoned").is_some()
+                    {
+                        let read =
+                            after.fetch_add(chunk.len(), std::sync::atomic::Ordering::Relaxed);
+                        if read + chunk.len() > DRAIN_BEFORE_REFUSING {
+                            return Err(io::Error::other("the file was refused"));
+                        }
+                    }
+                    Ok(chunk)
+                }
+            })
+            .boxed()
+    };
+    let (verdict_tx, verdict_rx) = tokio::sync::oneshot::channel();
     let check = async move {
         let result = parser
             .await
@@ -219,23 +253,24 @@ async fn store_model(
                 let _ = verdict_tx.send(parsed);
                 Ok(())
             }
-            Err(e) => Err(format!(
-                "file `{shown}` is declared as {} but {e}",
-                format.name()
-            )),
+            Err(e) => Err(describe(e)),
         }
     };
+    let refused =
+        |reason: String| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, format.invalid(), reason);
     let stored = state
         .inner
         .store
         .put_checked(stream, Some(declared), limit, check)
         .await
-        .map_err(|e| match e {
-            StoreError::Rejected(reason) => {
-                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, format.invalid(), reason)
-            }
-            e => e.into(),
-        })?;
+        .map_err(
+            |e| match (e, refusal.lock().expect("not poisoned").take()) {
+                // The upload was stopped because the reader refused the file: its reason.
+                (_, Some(reason)) => refused(reason),
+                (StoreError::Rejected(reason), None) => refused(reason),
+                (e, None) => e.into(),
+            },
+        )?;
     Ok((stored, verdict_rx.await.ok()))
 }
 
