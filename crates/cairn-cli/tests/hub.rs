@@ -992,7 +992,10 @@ fn a_language_model_publishes_with_its_gguf_metadata_and_a_cut_one_is_refused() 
     let fake_path = dir.path().join("fake.gguf");
     std::fs::write(&fake_path, &fake).unwrap();
     let err = failure(&push(&fake_path, "fake"));
-    assert!(err.contains("invalid_gguf") && err.contains("not the magic `GGUF`"), "{err}");
+    assert!(
+        err.contains("invalid_gguf") && err.contains("not the magic `GGUF`"),
+        "{err}"
+    );
 }
 
 #[test]
