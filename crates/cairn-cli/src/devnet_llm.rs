@@ -207,6 +207,9 @@ async fn try_publish(
             |_| {},
         )
         .await?;
+    if entry.cid != expected_cid() {
+        bail!("{} changed while it was uploaded", path.display());
+    }
     hub.publish(&repo, version).await?;
     Ok(Some(entry.cid))
 }

@@ -501,6 +501,12 @@ fn read<R: Read>(reader: R, limits: Limits, keep_all: bool) -> Result<Read3, Ggu
             return Err(c.malformed(format!("metadata key `{key}` appears twice")));
         }
         let ty = c.u32(&format!("the type of `{key}`"))?;
+        // llama.cpp reads the alignment as a u32 and aborts on any other type.
+        if key == "general.alignment" && ty != vt::U32 {
+            return Err(GgufError::Inconsistent(format!(
+                "general.alignment has value type {ty}; llama.cpp requires a u32"
+            )));
+        }
         let keep = keep_all || KEPT_STRINGS.contains(&key.as_str());
         let value = c.value(ty, &key, keep).map_err(|e| match e {
             GgufError::Truncated(msg) => {

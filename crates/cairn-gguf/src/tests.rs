@@ -338,6 +338,13 @@ fn an_alignment_that_would_pad_beyond_reason_is_refused_without_allocating() {
     let bytes = g.header().0;
     assert!(bytes.len() < 64);
     let err = read(&bytes).unwrap_err().to_string();
+    assert!(err.contains("requires a u32"), "{err}");
+    let g = Gguf::new().raw(
+        "general.alignment",
+        vt::U32,
+        (1u32 << 31).to_le_bytes().to_vec(),
+    );
+    let err = read(&g.header().0).unwrap_err().to_string();
     assert!(err.contains("at most 1048576 bytes"), "{err}");
     // A permitted large alignment pads by reading, not by allocating.
     let g = Gguf {

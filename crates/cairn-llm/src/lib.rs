@@ -55,6 +55,20 @@ impl Model {
     /// Loads a GGUF model from its bytes.
     pub fn load(file: &[u8]) -> Result<Self, LlmError> {
         let gguf = cairn_gguf::read_model(file, cairn_gguf::Limits::default())?;
+        // A vocabulary the embedding cannot back is refused before the tokenizer is built.
+        let rows = gguf
+            .tensors
+            .iter()
+            .find(|t| t.name == "token_embd.weight")
+            .and_then(|t| t.dims.get(1).copied());
+        let tokens = gguf.metadata.tokenizer.as_ref().map(|t| t.tokens);
+        if rows.is_none() || tokens != rows {
+            return Err(LlmError::Model(format!(
+                "the tokenizer has {} tokens and the embedding {} rows",
+                tokens.map_or("no".into(), |t| t.to_string()),
+                rows.map_or("no".into(), |r| r.to_string())
+            )));
+        }
         let tokenizer = Tokenizer::from_gguf(&gguf)?;
         let weights = Weights::from_gguf(&gguf, file)?;
         if tokenizer.vocab_size() != weights.config.vocab {

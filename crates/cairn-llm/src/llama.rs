@@ -35,6 +35,12 @@ impl Config {
     fn head_dim(&self) -> usize {
         self.embedding / self.heads
     }
+
+    /// Bytes of keys and values a session keeps per position: what a server budgets a
+    /// session's context by (a file's claimed context is no budget).
+    pub fn kv_bytes_per_token(&self) -> usize {
+        self.layers * self.head_dim() * self.kv_heads * 2 * std::mem::size_of::<f32>()
+    }
 }
 
 struct Layer {

@@ -349,6 +349,8 @@ fn tokens_outside_the_vocabulary_or_context_are_refused() {
         "{err}"
     );
     assert_eq!(s.position, 0, "nothing was fed");
+    // 30 layers × 3 heads × 64 × (keys + values) × 4 bytes.
+    assert_eq!(m.weights.config.kv_bytes_per_token(), 30 * 192 * 2 * 4);
     let err = s.feed(&vec![13; 8193]).unwrap_err().to_string();
     assert!(err.contains("exceed the model's context of 8192"), "{err}");
 }

@@ -186,8 +186,7 @@ async fn store_model(
     format: ModelFormat,
 ) -> Result<(cairn_store::StoredBlob, Option<Parsed>), ApiError> {
     // Tee the stream into the reader on a blocking thread: one pass, bounded memory. A reader
-    // that refuses the file says so at once (`refusal`), and the upload stops there instead of
-    // streaming the rest of a file that will not be kept.
+    // that refuses the file records why at once (`refusal`).
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(8);
     let refusal: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
     let shown = path;
@@ -216,25 +215,23 @@ async fn store_model(
             result
         })
     };
+    // Both readers read to the end of the file, so a reader that hangs up early has refused
+    // the file (or crashed): the upload stops there, after a bounded part of the rest is read
+    // so a client still sending reads the answer rather than a reset.
+    let stopped = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let stream = {
-        let refusal = Arc::clone(&refusal);
-        // After a refusal, a bounded part of the rest is still read, so a client that is still
-        // sending reads the answer rather than a reset.
+        let stopped = Arc::clone(&stopped);
         let after = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         stream
             .and_then(move |chunk| {
                 let tx = tx.clone();
-                let refusal = Arc::clone(&refusal);
-                let after = Arc::clone(&after);
+                let (stopped, after) = (Arc::clone(&stopped), Arc::clone(&after));
                 async move {
-                    // A reader that has hung up either finished early (an ONNX signature is
-                    // read before the weights) or refused the file: stop only for the latter.
-                    if tx.send(chunk.clone()).await.is_err()
-                        && refusal.lock().expect("not poisoned").is_some()
-                    {
+                    if tx.send(chunk.clone()).await.is_err() {
                         let read =
                             after.fetch_add(chunk.len(), std::sync::atomic::Ordering::Relaxed);
                         if read + chunk.len() > DRAIN_BEFORE_REFUSING {
+                            stopped.store(true, std::sync::atomic::Ordering::Relaxed);
                             return Err(io::Error::other("the file was refused"));
                         }
                     }
