@@ -238,34 +238,30 @@ pub fn random_file(dir: &Path, name: &str, len: usize) -> PathBuf {
     path
 }
 
-/// The test models directory built by scripts/test-deps.sh, or `None` (loudly).
-pub fn models_dir(test: &str) -> Option<PathBuf> {
-    match std::env::var_os("CAIRN_TEST_MODELS") {
-        Some(dir) => Some(PathBuf::from(dir)),
+/// The path in environment variable `var` (set by scripts/test.sh), or `None` (loudly; a
+/// failure when the services are required).
+fn test_input(var: &str, test: &str) -> Option<PathBuf> {
+    match std::env::var_os(var) {
+        Some(path) => Some(PathBuf::from(path)),
         None => {
             assert!(
                 std::env::var_os("CAIRN_TEST_REQUIRE_SERVICES").is_none(),
-                "CAIRN_TEST_MODELS is not set but services are required (run scripts/test.sh)"
+                "{var} is not set but services are required (run scripts/test.sh)"
             );
-            eprintln!("SKIPPED {test}: CAIRN_TEST_MODELS not set (scripts/test.sh sets it)");
+            eprintln!("SKIPPED {test}: {var} not set (scripts/test.sh sets it)");
             None
         }
     }
 }
 
+/// The test models directory built by scripts/test-deps.sh, or `None` (loudly).
+pub fn models_dir(test: &str) -> Option<PathBuf> {
+    test_input("CAIRN_TEST_MODELS", test)
+}
+
 /// The devnet's language model (SmolLM2-135M-Instruct GGUF, fetched by `scripts/llm-model.sh`).
 pub fn llm_model(test: &str) -> Option<PathBuf> {
-    match std::env::var_os("CAIRN_LLM_MODEL") {
-        Some(path) => Some(PathBuf::from(path)),
-        None => {
-            assert!(
-                std::env::var_os("CAIRN_TEST_REQUIRE_SERVICES").is_none(),
-                "CAIRN_LLM_MODEL is not set but services are required (run scripts/test.sh)"
-            );
-            eprintln!("SKIPPED {test}: CAIRN_LLM_MODEL not set (scripts/test.sh sets it)");
-            None
-        }
-    }
+    test_input("CAIRN_LLM_MODEL", test)
 }
 
 /// Waits until `f` is true or panics after `secs`.
