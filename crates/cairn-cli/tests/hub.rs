@@ -998,6 +998,81 @@ fn a_language_model_publishes_with_its_gguf_metadata_and_a_cut_one_is_refused() 
     );
 }
 
+/// A model upload holds a blocking thread while its body arrives: a client that sends half a
+/// body and waits would otherwise pin one thread per connection until the pool is gone.
+#[test]
+fn model_uploads_read_at_once_are_bounded_and_the_next_is_told_to_retry() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = format!("sqlite://{}", dir.path().join("catalog.db").display());
+    let blobs = dir.path().join("blobs");
+    let hub = Server::hub(
+        &catalog,
+        blobs.to_str().unwrap(),
+        &[("CAIRN_HUB_MAX_MODEL_PARSES", "1".into())],
+    );
+    runtime().block_on(async {
+        let key = PrivateKeySigner::random();
+        let client = draft(&hub.url, &key, "slow").await;
+        // The slow upload: headers and half of a 1 MiB body, then nothing. Its start is a
+        // well-formed GGUF header, so the reader waits for the rest.
+        let mut body = b"GGUF".to_vec();
+        body.extend(3u32.to_le_bytes());
+        body.extend([0u8; 16]);
+        body.resize(1 << 20, 0);
+        let target = "/v1/repos/slow/releases/1.0/files/slow.gguf";
+        let headers = sign(&hub.url, &key, "PUT", target, Sha256::digest(&body).into(), now());
+        let addr = hub.url.trim_start_matches("http://").to_owned();
+        let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let mut head = format!(
+            "PUT {target} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/x-gguf\r\ncontent-length: {}\r\n",
+            body.len()
+        );
+        for (k, v) in &headers {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        head.push_str("\r\n");
+        slow.write_all(head.as_bytes()).await.unwrap();
+        slow.write_all(&body[..body.len() / 2]).await.unwrap();
+
+        // Another model upload is told to retry, at once and before its body is read.
+        let small = dir.path().join("other.gguf");
+        std::fs::write(&small, b"not a model").unwrap();
+        let (name, v) = ("slow".parse().unwrap(), "1.0".parse().unwrap());
+        let other: cairn_core::FilePath = "other.gguf".parse().unwrap();
+        let upload = || client.upload_file(&name, v, &other, &small, "application/x-gguf", |_| {});
+        let mut answer = None;
+        for _ in 0..50 {
+            let (status, code) = api_code(upload().await.unwrap_err());
+            if status == 503 {
+                answer = Some(code);
+                break;
+            }
+            // The slow upload has not taken its permit yet.
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        assert_eq!(answer.as_deref(), Some("busy"));
+        // Other files are not held up.
+        let text = dir.path().join("notes.txt");
+        std::fs::write(&text, b"plain").unwrap();
+        client
+            .upload_file(&name, v, &"notes.txt".parse().unwrap(), &text, "text/plain", |_| {})
+            .await
+            .unwrap();
+
+        // The slow client gives up: its permit comes back.
+        drop(slow);
+        let mut code = String::new();
+        for _ in 0..50 {
+            code = api_code(upload().await.unwrap_err()).1;
+            if code != "busy" {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        assert_eq!(code, "invalid_gguf");
+    });
+}
+
 #[test]
 fn a_truncated_real_model_is_refused() {
     let Some(models) = models_dir("a_truncated_real_model_is_refused") else {

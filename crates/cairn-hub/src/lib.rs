@@ -33,6 +33,9 @@ pub struct HubConfig {
     /// The `host[:port]` names clients reach this hub by: signed writes must name one. Empty:
     /// the `Host` each request arrives with (a hub that does not know its names).
     pub public_hosts: Vec<String>,
+    /// Model uploads (ONNX, GGUF) read at once: each holds a blocking thread for as long as
+    /// its body takes to arrive, so more are refused with 503 until one ends.
+    pub max_model_parses: usize,
 }
 
 impl HubConfig {
@@ -47,6 +50,7 @@ impl HubConfig {
             gc_every: std::time::Duration::from_secs(600),
             orphan_grace: std::time::Duration::from_secs(3600),
             public_hosts: Vec::new(),
+            max_model_parses: 32,
         }
     }
 }

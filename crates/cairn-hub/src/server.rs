@@ -52,6 +52,9 @@ struct Inner {
     draft_ttl: std::time::Duration,
     gc: (std::time::Duration, std::time::Duration),
     public_hosts: Vec<String>,
+    /// Permits to read a model upload (see `HubConfig::max_model_parses`).
+    model_parses: Arc<tokio::sync::Semaphore>,
+    max_model_parses: usize,
 }
 
 impl HubState {
@@ -65,6 +68,8 @@ impl HubState {
                 owner_quota_bytes: config.owner_quota_bytes,
                 draft_ttl: config.draft_ttl,
                 gc: (config.gc_every, config.orphan_grace),
+                model_parses: Arc::new(tokio::sync::Semaphore::new(config.max_model_parses)),
+                max_model_parses: config.max_model_parses,
                 public_hosts: config
                     .public_hosts
                     .iter()

@@ -30,6 +30,9 @@ pub(crate) struct ServeArgs {
     /// one. Default: the listen address when it is a concrete one.
     #[arg(long = "public-host")]
     pub(crate) public_hosts: Vec<String>,
+    /// Model uploads (ONNX, GGUF) read at once; more are answered 503 until one ends.
+    #[arg(long, env = "CAIRN_HUB_MAX_MODEL_PARSES", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub(crate) max_model_parses: u32,
     /// Seconds between collections of expired drafts and unattached blobs.
     #[arg(long, hide = true, default_value_t = 600)]
     pub(crate) gc_every_secs: u64,
@@ -51,6 +54,7 @@ pub(crate) async fn run(a: ServeArgs) -> anyhow::Result<()> {
         gc_every_secs,
         orphan_grace_secs,
         public_hosts,
+        max_model_parses,
     } = a;
     let config = HubConfig {
         max_upload_bytes,
@@ -59,6 +63,7 @@ pub(crate) async fn run(a: ServeArgs) -> anyhow::Result<()> {
         gc_every: std::time::Duration::from_secs(gc_every_secs.max(1)),
         orphan_grace: std::time::Duration::from_secs(orphan_grace_secs),
         public_hosts,
+        max_model_parses: max_model_parses as usize,
         ..HubConfig::new(catalog, Location::parse(&blobs, s3_endpoint))
     };
     let (listener, state) = serve_hub(config, listen).await?;

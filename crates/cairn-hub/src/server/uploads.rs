@@ -141,6 +141,26 @@ pub(super) async fn store_upload(
         Some(f) => f.media_type().to_owned(),
         None => media_type,
     };
+    // A model upload holds a blocking thread while its body arrives: a bounded number at once,
+    // refused before any byte is read.
+    let permit = match format {
+        Some(f) => Some(
+            Arc::clone(&state.inner.model_parses)
+                .try_acquire_owned()
+                .map_err(|_| {
+                    ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "busy",
+                        format!(
+                            "the hub is reading {} {} uploads already; retry in a few seconds",
+                            state.inner.max_model_parses,
+                            f.name()
+                        ),
+                    )
+                })?,
+        ),
+        None => None,
+    };
 
     let body = body.take().ok_or_else(|| {
         ApiError::new(
@@ -152,7 +172,19 @@ pub(super) async fn store_upload(
     let stream = body.into_data_stream().map_err(io::Error::other);
     let limit = state.inner.max_upload_bytes.min(left);
     let (stored, parsed) = match format {
-        Some(format) => store_model(&state, stream, declared, limit, path.clone(), format).await?,
+        Some(format) => {
+            let permit = permit.expect("taken for every model upload");
+            store_model(
+                &state,
+                stream,
+                declared,
+                limit,
+                path.clone(),
+                format,
+                permit,
+            )
+            .await?
+        }
         None => (
             state.inner.store.put(stream, Some(declared), limit).await?,
             None,
@@ -184,6 +216,7 @@ async fn store_model(
     limit: u64,
     path: FilePath,
     format: ModelFormat,
+    permit: tokio::sync::OwnedSemaphorePermit,
 ) -> Result<(cairn_store::StoredBlob, Option<Parsed>), ApiError> {
     // Tee the stream into the reader on a blocking thread: one pass, bounded memory. A reader
     // that refuses the file records why at once (`refusal`).
@@ -196,6 +229,8 @@ async fn store_model(
         let refusal = Arc::clone(&refusal);
         let describe = describe.clone();
         tokio::task::spawn_blocking(move || {
+            // Held until the reader is done with the blocking thread.
+            let _permit = permit;
             let reader = ChannelReader::new(rx);
             let result = match format {
                 ModelFormat::Onnx => {
