@@ -999,16 +999,20 @@ fn a_language_model_publishes_with_its_gguf_metadata_and_a_cut_one_is_refused() 
 }
 
 /// A model upload holds a blocking thread while its body arrives: a client that sends half a
-/// body and waits would otherwise pin one thread per connection until the pool is gone.
+/// body and waits would otherwise pin one thread per connection until the pool is gone. Reads
+/// are bounded in number, and an upload that goes quiet is cut off.
 #[test]
-fn model_uploads_read_at_once_are_bounded_and_the_next_is_told_to_retry() {
+fn model_uploads_read_at_once_are_bounded_and_an_idle_one_is_cut_off() {
     let dir = tempfile::tempdir().unwrap();
     let catalog = format!("sqlite://{}", dir.path().join("catalog.db").display());
     let blobs = dir.path().join("blobs");
     let hub = Server::hub(
         &catalog,
         blobs.to_str().unwrap(),
-        &[("CAIRN_HUB_MAX_MODEL_PARSES", "1".into())],
+        &[
+            ("CAIRN_HUB_MAX_MODEL_PARSES", "1".into()),
+            ("CAIRN_HUB_UPLOAD_IDLE_SECS", "2".into()),
+        ],
     );
     runtime().block_on(async {
         let key = PrivateKeySigner::random();
@@ -1059,8 +1063,16 @@ fn model_uploads_read_at_once_are_bounded_and_the_next_is_told_to_retry() {
             .await
             .unwrap();
 
-        // The slow client gives up: its permit comes back.
-        drop(slow);
+        // The slow client sends nothing more: it is cut off after the idle time, told why, and
+        // its permit comes back.
+        let mut answer = Vec::new();
+        tokio::time::timeout(std::time::Duration::from_secs(20), slow.read_to_end(&mut answer))
+            .await
+            .expect("the idle upload is answered")
+            .unwrap();
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+        assert!(answer.contains("upload_interrupted") && answer.contains("no upload data for 2 s"), "{answer}");
         let mut code = String::new();
         for _ in 0..50 {
             code = api_code(upload().await.unwrap_err()).1;

@@ -36,6 +36,9 @@ pub struct HubConfig {
     /// Model uploads (ONNX, GGUF) read at once: each holds a blocking thread for as long as
     /// its body takes to arrive, so more are refused with 503 until one ends.
     pub max_model_parses: usize,
+    /// An upload that sends nothing for this long is cut off (it holds a connection, a store
+    /// upload and, for a model, a reader).
+    pub upload_idle: std::time::Duration,
 }
 
 impl HubConfig {
@@ -51,6 +54,7 @@ impl HubConfig {
             orphan_grace: std::time::Duration::from_secs(3600),
             public_hosts: Vec::new(),
             max_model_parses: 32,
+            upload_idle: std::time::Duration::from_secs(60),
         }
     }
 }

@@ -55,6 +55,7 @@ struct Inner {
     /// Permits to read a model upload (see `HubConfig::max_model_parses`).
     model_parses: Arc<tokio::sync::Semaphore>,
     max_model_parses: usize,
+    upload_idle: std::time::Duration,
 }
 
 impl HubState {
@@ -70,6 +71,7 @@ impl HubState {
                 gc: (config.gc_every, config.orphan_grace),
                 model_parses: Arc::new(tokio::sync::Semaphore::new(config.max_model_parses)),
                 max_model_parses: config.max_model_parses,
+                upload_idle: config.upload_idle,
                 public_hosts: config
                     .public_hosts
                     .iter()

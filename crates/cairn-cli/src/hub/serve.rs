@@ -33,6 +33,9 @@ pub(crate) struct ServeArgs {
     /// Model uploads (ONNX, GGUF) read at once; more are answered 503 until one ends.
     #[arg(long, env = "CAIRN_HUB_MAX_MODEL_PARSES", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub(crate) max_model_parses: u32,
+    /// Seconds an upload may send nothing before it is cut off.
+    #[arg(long, env = "CAIRN_HUB_UPLOAD_IDLE_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) upload_idle_secs: u64,
     /// Seconds between collections of expired drafts and unattached blobs.
     #[arg(long, hide = true, default_value_t = 600)]
     pub(crate) gc_every_secs: u64,
@@ -55,6 +58,7 @@ pub(crate) async fn run(a: ServeArgs) -> anyhow::Result<()> {
         orphan_grace_secs,
         public_hosts,
         max_model_parses,
+        upload_idle_secs,
     } = a;
     let config = HubConfig {
         max_upload_bytes,
@@ -64,6 +68,7 @@ pub(crate) async fn run(a: ServeArgs) -> anyhow::Result<()> {
         orphan_grace: std::time::Duration::from_secs(orphan_grace_secs),
         public_hosts,
         max_model_parses: max_model_parses as usize,
+        upload_idle: std::time::Duration::from_secs(upload_idle_secs),
         ..HubConfig::new(catalog, Location::parse(&blobs, s3_endpoint))
     };
     let (listener, state) = serve_hub(config, listen).await?;

@@ -169,7 +169,10 @@ pub(super) async fn store_upload(
             "the upload body was already taken",
         )
     })?;
-    let stream = body.into_data_stream().map_err(io::Error::other);
+    let stream = idle_cut(
+        body.into_data_stream().map_err(io::Error::other),
+        state.inner.upload_idle,
+    );
     let limit = state.inner.max_upload_bytes.min(left);
     let (stored, parsed) = match format {
         Some(format) => {
@@ -295,15 +298,50 @@ async fn store_model(
         .store
         .put_checked(stream, Some(declared), limit, check)
         .await
-        .map_err(
-            |e| match (e, refusal.lock().expect("not poisoned").take()) {
-                // The upload was stopped because the reader refused the file: its reason.
-                (_, Some(reason)) => refused(reason),
-                (StoreError::Rejected(reason), None) => refused(reason),
-                (e, None) => e.into(),
-            },
-        )?;
+        .map_err(|e| {
+            let reason = refusal.lock().expect("not poisoned").take();
+            let stopped = stopped.load(std::sync::atomic::Ordering::Relaxed);
+            match (e, reason) {
+                (StoreError::Rejected(reason), _) => refused(reason),
+                // Stopped because the reader hung up: its reason, or its crash.
+                (_, Some(reason)) if stopped => refused(reason),
+                (_, None) if stopped => ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    format!(
+                        "the {} reader stopped before the end of the file",
+                        format.name()
+                    ),
+                ),
+                // The store's or the stream's own failure (too large, over quota, CID mismatch,
+                // a client gone quiet) comes first: the reader it cut off would only say
+                // "truncated".
+                (e, _) => e.into(),
+            }
+        })?;
     Ok((stored, verdict_rx.await.ok()))
+}
+
+/// `stream`, ended with an error when no chunk arrives for `idle`.
+fn idle_cut(
+    stream: impl futures::Stream<Item = Result<Bytes, io::Error>> + Send + 'static,
+    idle: std::time::Duration,
+) -> futures::stream::BoxStream<'static, Result<Bytes, io::Error>> {
+    futures::stream::unfold(Some(stream.boxed()), move |stream| async move {
+        let mut stream = stream?;
+        match tokio::time::timeout(idle, stream.next()).await {
+            Ok(Some(item)) => Some((item, Some(stream))),
+            Ok(None) => None,
+            Err(_) => Some((
+                Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("no upload data for {} s", idle.as_secs()),
+                )),
+                None,
+            )),
+        }
+    })
+    .boxed()
 }
 
 /// A blocking `Read` over chunks arriving on a channel; end of stream when the sender is gone.
