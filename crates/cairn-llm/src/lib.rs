@@ -1,7 +1,8 @@
 //! Language models from GGUF files, run so that a verifier can reproduce a node's tokens bit for
 //! bit: a tokenizer that gives llama.cpp's token ids, a llama forward pass on quantized weights
-//! whose floating-point operations happen in one fixed order on one thread, and sampling that is
-//! greedy with a defined tie-break or seeded with a named generator (ChaCha20).
+//! whose floating-point operations happen in one fixed order whatever the CPU path, the thread
+//! count or the batching of the prompt, and sampling that is greedy with a defined tie-break or
+//! seeded with a named generator (ChaCha20).
 
 mod chat;
 mod llama;
