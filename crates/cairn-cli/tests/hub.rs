@@ -467,6 +467,34 @@ async fn raw_http(
     (status, answer)
 }
 
+/// A signed `PUT` of `body` to `target` that sends its headers and only the first half of the
+/// body; the open connection.
+async fn half_upload(
+    hub: &str,
+    key: &PrivateKeySigner,
+    target: &str,
+    body: &[u8],
+    content_type: Option<&str>,
+) -> tokio::net::TcpStream {
+    let headers = sign(hub, key, "PUT", target, Sha256::digest(body).into(), now());
+    let addr = hub.trim_start_matches("http://");
+    let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut head = format!(
+        "PUT {target} HTTP/1.1\r\nhost: {addr}\r\ncontent-length: {}\r\n",
+        body.len()
+    );
+    if let Some(t) = content_type {
+        head.push_str(&format!("content-type: {t}\r\n"));
+    }
+    for (k, v) in &headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    sock.write_all(head.as_bytes()).await.unwrap();
+    sock.write_all(&body[..body.len() / 2]).await.unwrap();
+    sock
+}
+
 async fn draft(hub: &str, key: &PrivateKeySigner, name: &str) -> HubClient {
     let client = HubClient::new(hub, Some(key.clone())).unwrap();
     let new = NewRepo {
@@ -536,19 +564,7 @@ fn bad_uploads_store_nothing_and_say_why() {
         // Truncated: the connection closes halfway through the declared length.
         let bytes = std::fs::read(&file).unwrap();
         let target = "/v1/repos/uploads/releases/1.0/files/data.bin";
-        let headers = sign(&hub.url, &key, "PUT", target, *real.digest(), now());
-        let addr = hub.url.trim_start_matches("http://");
-        let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let mut head = format!(
-            "PUT {target} HTTP/1.1\r\nhost: {addr}\r\ncontent-length: {}\r\n",
-            bytes.len()
-        );
-        for (k, val) in &headers {
-            head.push_str(&format!("{k}: {val}\r\n"));
-        }
-        head.push_str("\r\n");
-        sock.write_all(head.as_bytes()).await.unwrap();
-        sock.write_all(&bytes[..bytes.len() / 2]).await.unwrap();
+        let mut sock = half_upload(&hub.url, &key, target, &bytes, None).await;
         sock.shutdown().await.unwrap();
         let mut answer = Vec::new();
         sock.read_to_end(&mut answer).await.unwrap();
@@ -1024,19 +1040,7 @@ fn model_uploads_read_at_once_are_bounded_and_an_idle_one_is_cut_off() {
         body.extend([0u8; 16]);
         body.resize(1 << 20, 0);
         let target = "/v1/repos/slow/releases/1.0/files/slow.gguf";
-        let headers = sign(&hub.url, &key, "PUT", target, Sha256::digest(&body).into(), now());
-        let addr = hub.url.trim_start_matches("http://").to_owned();
-        let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
-        let mut head = format!(
-            "PUT {target} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/x-gguf\r\ncontent-length: {}\r\n",
-            body.len()
-        );
-        for (k, v) in &headers {
-            head.push_str(&format!("{k}: {v}\r\n"));
-        }
-        head.push_str("\r\n");
-        slow.write_all(head.as_bytes()).await.unwrap();
-        slow.write_all(&body[..body.len() / 2]).await.unwrap();
+        let mut slow = half_upload(&hub.url, &key, target, &body, Some("application/x-gguf")).await;
 
         // Another model upload is told to retry, at once and before its body is read.
         let small = dir.path().join("other.gguf");
@@ -1059,20 +1063,33 @@ fn model_uploads_read_at_once_are_bounded_and_an_idle_one_is_cut_off() {
         let text = dir.path().join("notes.txt");
         std::fs::write(&text, b"plain").unwrap();
         client
-            .upload_file(&name, v, &"notes.txt".parse().unwrap(), &text, "text/plain", |_| {})
+            .upload_file(
+                &name,
+                v,
+                &"notes.txt".parse().unwrap(),
+                &text,
+                "text/plain",
+                |_| {},
+            )
             .await
             .unwrap();
 
         // The slow client sends nothing more: it is cut off after the idle time, told why, and
         // its permit comes back.
         let mut answer = Vec::new();
-        tokio::time::timeout(std::time::Duration::from_secs(20), slow.read_to_end(&mut answer))
-            .await
-            .expect("the idle upload is answered")
-            .unwrap();
+        tokio::time::timeout(
+            std::time::Duration::from_secs(20),
+            slow.read_to_end(&mut answer),
+        )
+        .await
+        .expect("the idle upload is answered")
+        .unwrap();
         let answer = String::from_utf8_lossy(&answer);
         assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
-        assert!(answer.contains("upload_interrupted") && answer.contains("no upload data for 2 s"), "{answer}");
+        assert!(
+            answer.contains("upload_interrupted") && answer.contains("no upload data for 2 s"),
+            "{answer}"
+        );
         let mut code = String::new();
         for _ in 0..50 {
             code = api_code(upload().await.unwrap_err()).1;
