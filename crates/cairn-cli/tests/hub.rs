@@ -1040,25 +1040,28 @@ fn model_uploads_read_at_once_are_bounded_and_an_idle_one_is_cut_off() {
         body.extend([0u8; 16]);
         body.resize(1 << 20, 0);
         let target = "/v1/repos/slow/releases/1.0/files/slow.gguf";
-        let mut slow = half_upload(&hub.url, &key, target, &body, Some("application/x-gguf")).await;
 
-        // Another model upload is told to retry, at once and before its body is read.
+        // Another model upload is told to retry, at once and before its body is read. Which of
+        // two requests the hub takes up first is not ours to order: if the probe got there
+        // first (and held the one permit), the slow upload starts over.
         let small = dir.path().join("other.gguf");
         std::fs::write(&small, b"not a model").unwrap();
         let (name, v) = ("slow".parse().unwrap(), "1.0".parse().unwrap());
         let other: cairn_core::FilePath = "other.gguf".parse().unwrap();
         let upload = || client.upload_file(&name, v, &other, &small, "application/x-gguf", |_| {});
         let mut answer = None;
-        for _ in 0..50 {
+        let mut slow = None;
+        for _ in 0..20 {
+            let sock = half_upload(&hub.url, &key, target, &body, Some("application/x-gguf")).await;
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
             let (status, code) = api_code(upload().await.unwrap_err());
             if status == 503 {
-                answer = Some(code);
+                (answer, slow) = (Some(code), Some(sock));
                 break;
             }
-            // The slow upload has not taken its permit yet.
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
         assert_eq!(answer.as_deref(), Some("busy"));
+        let mut slow = slow.expect("the slow upload holds the permit");
         // Other files are not held up.
         let text = dir.path().join("notes.txt");
         std::fs::write(&text, b"plain").unwrap();
