@@ -57,9 +57,29 @@ contract Settlement is EIP712, AccessControl, ReentrancyGuard {
         bytes32 paymentRef;
     }
 
+    /// A language-model call's receipt, exactly as nodes sign it: the SHA-256 of the exact request
+    /// and response bytes, the tokens counted, and whether the answer was delivered whole.
+    struct LlmReceipt {
+        bytes32 requestId;
+        bytes32 model;
+        bytes32 requestHash;
+        bytes32 responseHash;
+        uint32 promptTokens;
+        uint32 completionTokens;
+        bool complete;
+        bytes32 profileHash;
+        address node;
+        uint64 timestamp;
+        uint256 price;
+        bytes32 paymentRef;
+    }
+
     bytes32 public constant GOVERNOR_ROLE = keccak256("GOVERNOR_ROLE");
     bytes32 public constant RECEIPT_TYPEHASH = keccak256(
         "Receipt(bytes32 requestId,bytes32 model,bytes32 inputHash,bytes32 outputHash,bytes32 profileHash,address node,uint64 timestamp,uint256 price,bytes32 paymentRef)"
+    );
+    bytes32 public constant LLM_RECEIPT_TYPEHASH = keccak256(
+        "LlmReceipt(bytes32 requestId,bytes32 model,bytes32 requestHash,bytes32 responseHash,uint32 promptTokens,uint32 completionTokens,bool complete,bytes32 profileHash,address node,uint64 timestamp,uint256 price,bytes32 paymentRef)"
     );
     bytes32 public constant ATTESTATION_TYPEHASH =
         keccak256("BatchAttestation(uint256 batchId,bytes32 root,uint32 count,uint256 fees)");
@@ -267,14 +287,36 @@ contract Settlement is EIP712, AccessControl, ReentrancyGuard {
         bytes32 evidenceHash,
         bytes[] calldata verdictSignatures
     ) external nonReentrant {
+        _challenge(id, receipt.node, receiptHash(receipt), proof, evidenceHash, verdictSignatures);
+    }
+
+    /// @notice `challenge` for a language-model receipt in batch `id`.
+    function challengeLlm(
+        uint256 id,
+        LlmReceipt calldata receipt,
+        bytes32[] calldata proof,
+        bytes32 evidenceHash,
+        bytes[] calldata verdictSignatures
+    ) external nonReentrant {
+        _challenge(id, receipt.node, llmReceiptHash(receipt), proof, evidenceHash, verdictSignatures);
+    }
+
+    /// A receipt (signing hash `rh`, naming `receiptNode`) proven in batch `id` with a fraud verdict.
+    function _challenge(
+        uint256 id,
+        address receiptNode,
+        bytes32 rh,
+        bytes32[] calldata proof,
+        bytes32 evidenceHash,
+        bytes[] calldata verdictSignatures
+    ) private {
         Batch storage b = _batch(id);
         if (b.status == Status.Attested || b.status == Status.Expired) {
             if (block.timestamp >= uint256(b.attestedAt) + challengeWindow) revert ChallengeWindowClosed();
         } else if (b.status != Status.Submitted) {
             revert WrongStatus(id, b.status);
         }
-        if (receipt.node != b.node) revert ReceiptNotFromBatchNode(receipt.node, b.node);
-        bytes32 rh = receiptHash(receipt);
+        if (receiptNode != b.node) revert ReceiptNotFromBatchNode(receiptNode, b.node);
         if (!MerkleProof.verifyCalldata(proof, b.root, leaf(rh))) revert InvalidProof();
         address[] memory signers = _quorumSigners(verdictDigest(id, rh, evidenceHash), verdictSignatures);
 
@@ -320,6 +362,12 @@ contract Settlement is EIP712, AccessControl, ReentrancyGuard {
                 )
             )
         );
+    }
+
+    /// @notice A language-model receipt's EIP-712 signing hash under this contract's domain. Every
+    /// field is static, so `abi.encode` of the struct is its EIP-712 `encodeData`.
+    function llmReceiptHash(LlmReceipt calldata r) public view returns (bytes32) {
+        return _hashTypedDataV4(keccak256(abi.encode(LLM_RECEIPT_TYPEHASH, r)));
     }
 
     /// @notice OpenZeppelin StandardMerkleTree leaf of a receipt hash (type "bytes32").

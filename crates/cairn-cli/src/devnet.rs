@@ -78,6 +78,9 @@ pub(crate) async fn devnet(
         redeem_every_secs: 5,
         free: c.free,
         faults: c.faults.clone(),
+        llm_models: llm
+            .map(|_| vec![crate::devnet_llm::LLM_REF.to_owned()])
+            .unwrap_or_default(),
         ..node_cmd::NodeServeArgs::defaults()?
     };
     let node_listener = cairn_node::bind(node_listen)
@@ -254,7 +257,8 @@ fn print_banner(b: &Banner<'_>) {
     println!("  demo:     digits@1.0 = {}", b.demo);
     if let Some(llm) = b.llm {
         println!(
-            "  llm:      smollm2-135m-instruct@1.0 = {llm} (on the hub; the node's LLM API comes next)"
+            "  llm:      smollm2-135m-instruct@1.0 = {llm} ({}/v1/chat/completions, OpenAI-compatible; free until per-token payment lands)",
+            b.node
         );
     }
     for (a, u) in b.verifiers {

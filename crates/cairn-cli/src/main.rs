@@ -167,10 +167,12 @@ enum ReceiptCommand {
     Verify {
         /// Receipt JSON file.
         receipt: PathBuf,
-        /// The inputs (KServe JSON or safetensors).
+        /// The inputs (KServe JSON or safetensors); for a language-model receipt, the exact
+        /// request body.
         #[arg(long)]
         input: Option<PathBuf>,
-        /// The outputs (as written by `cairn infer --output`).
+        /// The outputs (as written by `cairn infer --output`); for a language-model receipt,
+        /// the exact response bytes (a stream's whole SSE transcript).
         #[arg(long)]
         output: Option<PathBuf>,
         /// The model file.

@@ -5,10 +5,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use alloy_primitives::{Address, U256};
+use alloy_primitives::{Address, B256, U256};
 use anyhow::{Context, anyhow, bail};
 use cairn_core::tensor::tensors_hash;
-use cairn_core::{Reproducibility, Tensor};
+use cairn_core::{BlobId, Reproducibility, Tensor};
 use cairn_engine::{CpuTier, Engine, TractEngine};
 use cairn_node::{Limits, NodeConfig};
 use cairn_node_api::{NodeClient, safetensors_io};
@@ -96,6 +96,14 @@ pub struct NodeServeArgs {
     /// counts as --max-body-bytes).
     #[arg(long, default_value_t = 256 << 20)]
     pub body_budget_bytes: usize,
+    /// Most positions (prompt and answer) one language-model call may use; each holds the
+    /// model's keys and values in memory (46 KiB a position for SmolLM2-135M).
+    #[arg(long, default_value_t = 4096)]
+    pub llm_context: usize,
+    /// A language model `GET /v1/models` lists (a CID or name@version; repeatable). Any other
+    /// GGUF model on the hub can still be called by name.
+    #[arg(long = "llm-model")]
+    pub llm_models: Vec<String>,
     /// Settle receipts on this chain (with --deployment; the receipt domain then comes from the
     /// deployment and --chain-id/--verifying-contract are ignored).
     #[command(flatten)]
@@ -238,6 +246,7 @@ impl NodeServeArgs {
             max_output_bytes: Limits::default().max_output_bytes,
             body_timeout: Duration::from_millis(self.body_timeout_ms),
             body_budget_bytes: self.body_budget_bytes.max(self.max_body_bytes),
+            llm_context: self.llm_context.max(1),
         }
     }
 }
@@ -299,6 +308,7 @@ pub async fn open_node(
         },
         settlement,
         payments,
+        llm_models: args.llm_models.clone(),
         faults: cairn_node::Faults {
             wrong_output_rate: args.faults.fault_wrong_output,
             withhold_payloads: args.faults.fault_withhold_payloads,

@@ -67,6 +67,113 @@ fn push(hub: &str, key: &Path, file: &Path, repo: &str) -> String {
     out.trim().to_owned()
 }
 
+/// The official `openai` Python client lists, chats (whole and streamed), completes and gets
+/// errors from the devnet's language model, and each answer's LLM receipt, recovered by
+/// eth_account, binds the exact bytes the client sent and received. A client that leaves
+/// mid-stream gets a receipt that says so, counting only the tokens it was sent, and the node
+/// serves the next call.
+#[test]
+fn openai_clients_call_the_devnet_language_model_and_receipts_bind_every_byte() {
+    let test = "openai_clients_call_the_devnet_language_model_and_receipts_bind_every_byte";
+    let Some(model) = llm_model(test) else { return };
+    let py = std::env::var("CAIRN_PY").expect("CAIRN_PY (scripts/test.sh sets it)");
+    let net = Server::devnet_with(&["--free", "--llm", model.to_str().unwrap()]);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/openai_clients.py");
+    let out = Command::new(py)
+        .arg(script)
+        .arg(&net.node_url)
+        .arg("smollm2-135m-instruct@1.0")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for step in [
+        "models:",
+        "chat:",
+        "stream:",
+        "openai stream parser",
+        "seeded:",
+        "completion:",
+        "errors:",
+    ] {
+        assert!(text.contains(step), "{step} missing from:\n{text}");
+    }
+
+    // A client that reads two events of a long stream and leaves (its runtime, and with it the
+    // connection, is gone when the block ends).
+    let url = format!("{}/v1/chat/completions", net.node_url);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let receipt_id = rt.block_on(async {
+        let body = json!({
+            "model": "smollm2-135m-instruct@1.0",
+            "messages": [{"role": "user", "content": "Write a long story about a lighthouse."}],
+            "max_tokens": 400,
+            "temperature": 0,
+            "stream": true,
+        });
+        let mut resp = reqwest::Client::new()
+            .post(&url)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 200);
+        let id = resp.headers()["cairn-receipt-id"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let mut events = 0;
+        while events < 2 {
+            let chunk = resp.chunk().await.unwrap().expect("the stream goes on");
+            events += chunk.windows(2).filter(|w| w == b"\n\n").count();
+        }
+        drop(resp);
+        id
+    });
+    drop(rt);
+    let receipt_url = format!("{}/v1/receipts/{receipt_id}", net.node_url);
+    let mut stored = Value::Null;
+    common::eventually(60, || {
+        stored = get(&receipt_url);
+        stored.get("receipt").is_some()
+    });
+    let receipt: cairn_receipt::SignedReceipt =
+        serde_json::from_value(stored["receipt"].clone()).unwrap();
+    let usage = receipt.claims.llm.expect("an LLM receipt");
+    assert!(!usage.complete, "{stored}");
+    assert!(
+        usage.completion_tokens >= 1 && usage.completion_tokens < 400,
+        "{usage:?}"
+    );
+    // The worker it held is free again: the next call is answered.
+    let (status, v, _) = post(
+        &url,
+        json!({"model": "smollm2-135m-instruct@1.0", "prompt": "Hi", "max_tokens": 2})
+            .to_string()
+            .into_bytes(),
+        &[("content-type", "application/json".into())],
+    );
+    assert_eq!(status, 400, "{v}");
+    assert_eq!(v["error"]["param"], "prompt", "{v}");
+    let (status, v, _) = post(
+        &url,
+        json!({"model": "smollm2-135m-instruct@1.0",
+               "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2})
+        .to_string()
+        .into_bytes(),
+        &[("content-type", "application/json".into())],
+    );
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["usage"]["completion_tokens"], 2, "{v}");
+}
+
 #[test]
 fn devnet_publishes_its_language_model_once_and_starts_without_one_it_cannot_have() {
     let test = "devnet_publishes_its_language_model_once_and_starts_without_one_it_cannot_have";

@@ -14,6 +14,9 @@ pub enum Reproducibility {
     Tolerance,
 }
 
+/// The language-model engine's name in a profile (`cairn-llm`).
+pub const LLM_ENGINE: &str = "cairn-llm";
+
 /// Which engine ran a model and how: engine and version, the CPU kernel set it dispatched to, and
 /// the thread count. Receipts bind [`ExecutionProfile::hash`].
 #[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -62,9 +65,12 @@ impl ExecutionProfile {
         keccak256(self.canonical().as_bytes())
     }
 
-    /// Whether results from this profile are bit-exact (tract) or tolerance-checked (onnxruntime).
+    /// Whether results from this profile are bit-exact (tract, cairn-llm) or tolerance-checked
+    /// (onnxruntime).
     pub fn reproducibility(&self) -> Reproducibility {
-        if self.engine == "tract" {
+        // tract pins its kernels per CPU tier; cairn-llm's float operations happen in one order
+        // on every CPU path.
+        if self.engine == "tract" || self.engine == LLM_ENGINE {
             Reproducibility::Exact
         } else {
             Reproducibility::Tolerance

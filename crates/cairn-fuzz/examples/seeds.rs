@@ -38,6 +38,7 @@ fn main() {
         timestamp: 1_700_000_000,
         price: U256::from(1000u64),
         payment_ref: B256::ZERO,
+        llm: None,
     }
     .sign(
         ReceiptDomain {

@@ -19,7 +19,9 @@ use alloy_signer_local::PrivateKeySigner;
 use async_trait::async_trait;
 
 pub use active::ActiveVerifiers;
-pub use chain::{BatchInfo, BatchStatus, Chain, ChannelState, NodeInfo, RegistrationRequest, Role};
+pub use chain::{
+    BatchInfo, BatchStatus, Chain, Challenged, ChannelState, NodeInfo, RegistrationRequest, Role,
+};
 pub use deploy::{DeployParams, Deployment, dev_signer, dev_signers};
 pub use embedded::EmbeddedLedger;
 pub use rpc::RpcLedger;

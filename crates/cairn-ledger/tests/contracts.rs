@@ -111,6 +111,7 @@ fn receipts(chain: &Chain, node: &PrivateKeySigner, n: usize, price: u64) -> Vec
                 timestamp: 1_700_000_000 + i as u64,
                 price: U256::from(price),
                 payment_ref: B256::ZERO,
+                llm: None,
             }
             .sign(domain, node)
             .unwrap()
@@ -119,7 +120,9 @@ fn receipts(chain: &Chain, node: &PrivateKeySigner, n: usize, price: u64) -> Vec
 }
 
 fn as_settlement(r: &SignedReceipt) -> Settlement::Receipt {
-    let m = r.message();
+    let cairn_receipt::Message::Tensor(m) = r.message() else {
+        panic!("a tensor receipt")
+    };
     Settlement::Receipt {
         requestId: m.requestId,
         model: m.model,
@@ -1156,7 +1159,122 @@ async fn open_batches_bind_stake(ledger: Arc<dyn Ledger>) {
     assert!(reason(e).contains("NotAVerifier"));
 }
 
+/// A batch holds tensor and language-model receipts side by side; the contract hashes an
+/// `LlmReceipt` as the node signs it, and a fraud verdict on one slashes through `challengeLlm`
+/// (its leaf cannot be passed off as a tensor receipt's).
+async fn llm_receipts_are_challenged(ledger: Arc<dyn Ledger>) {
+    let a = actors(480);
+    let chain = setup(ledger.clone(), &a).await;
+    let mut rs = receipts(&chain, &a.node, 4, 250);
+    let domain = rs[0].domain;
+    for r in rs.iter_mut().skip(2) {
+        let mut c = r.claims.clone();
+        c.profile.engine = "cairn-llm".into();
+        c.llm = Some(cairn_receipt::LlmUsage {
+            prompt_tokens: 40,
+            completion_tokens: 7,
+            complete: false,
+        });
+        *r = c.sign(domain, &a.node).unwrap();
+    }
+    let digests: Vec<B256> = rs.iter().map(|r| r.signing_hash()).collect();
+    let tree = ReceiptTree::new(&digests).unwrap();
+    let (id, _) = chain
+        .submit_batch(&a.node, tree.root(), 4, U256::from(1_000u64))
+        .await
+        .unwrap();
+    let bad = &rs[3];
+    let cairn_ledger::Challenged::Llm(onchain_form) = llm_settlement_form(bad) else {
+        panic!("an LLM receipt")
+    };
+    let out = ledger
+        .call(
+            chain.deployment().settlement,
+            alloy_sol_types::SolCall::abi_encode(&Settlement::llmReceiptHashCall {
+                r: onchain_form.clone(),
+            })
+            .into(),
+        )
+        .await
+        .unwrap();
+    let onchain =
+        <Settlement::llmReceiptHashCall as alloy_sol_types::SolCall>::abi_decode_returns(&out)
+            .unwrap();
+    assert_eq!(onchain, bad.signing_hash());
+
+    let evidence = keccak256("the tokens differ at position 3");
+    let verdicts: Vec<(Address, Signature)> = a.verifiers[..2]
+        .iter()
+        .map(|s| {
+            (
+                s.address(),
+                chain
+                    .sign_verdict(s, id, bad.signing_hash(), evidence)
+                    .unwrap(),
+            )
+        })
+        .collect();
+    let proof = tree.proof(bad.signing_hash()).unwrap();
+    // The same fields read as a tensor receipt hash to another leaf: not in the batch.
+    let as_tensor = Settlement::Receipt {
+        requestId: onchain_form.requestId,
+        model: onchain_form.model,
+        inputHash: onchain_form.requestHash,
+        outputHash: onchain_form.responseHash,
+        profileHash: onchain_form.profileHash,
+        node: onchain_form.node,
+        timestamp: onchain_form.timestamp,
+        price: onchain_form.price,
+        paymentRef: onchain_form.paymentRef,
+    };
+    let e = chain
+        .challenge(
+            &a.payer,
+            id,
+            as_tensor,
+            proof.clone(),
+            evidence,
+            verdicts.clone(),
+        )
+        .await
+        .unwrap_err();
+    assert!(reason(e).contains("InvalidProof"));
+    let stake = chain.node(a.node.address()).await.unwrap().stake;
+    chain
+        .challenge(&a.payer, id, onchain_form, proof, evidence, verdicts)
+        .await
+        .unwrap();
+    assert_eq!(chain.batch(id).await.unwrap().status, BatchStatus::Voided);
+    assert_eq!(
+        chain.node(a.node.address()).await.unwrap().stake,
+        stake - stake * U256::from(5_000u64) / U256::from(10_000u64)
+    );
+}
+
+/// The settlement form of an LLM receipt, field by field from its signed message.
+fn llm_settlement_form(r: &SignedReceipt) -> cairn_ledger::Challenged {
+    match r.message() {
+        cairn_receipt::Message::Llm(m) => Settlement::LlmReceipt {
+            requestId: m.requestId,
+            model: m.model,
+            requestHash: m.requestHash,
+            responseHash: m.responseHash,
+            promptTokens: m.promptTokens,
+            completionTokens: m.completionTokens,
+            complete: m.complete,
+            profileHash: m.profileHash,
+            node: m.node,
+            timestamp: m.timestamp,
+            price: m.price,
+            paymentRef: m.paymentRef,
+        }
+        .into(),
+        cairn_receipt::Message::Tensor(_) => panic!("a tensor receipt"),
+    }
+}
+
 async fn run_all(ledger: Arc<dyn Ledger>) {
+    llm_receipts_are_challenged(ledger.clone()).await;
     open_batches_bind_stake(ledger.clone()).await;
     registration_quorum(ledger.clone()).await;
     batches_split_fees(ledger.clone()).await;

@@ -17,6 +17,15 @@ pub use llama::{Config, Session, Weights};
 pub use sample::{Sampler, Sampling, argmax};
 pub use tokenizer::Tokenizer;
 
+/// The engine's version and the rules a generation follows, as an execution profile names them:
+/// the tokenizer (llama.cpp's byte-level BPE), batch size 1, no prefix cache kept across
+/// requests, greedy decoding with the lowest id winning ties, and sampling by top-k then top-p in
+/// f64 with ChaCha20 keyed by a 32-byte seed, one 53-bit draw per token.
+pub const ENGINE_VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    "+bpe-llamacpp.batch1.no-prefix-cache.greedy-lowest-id.chacha20-topk-topp-f64"
+);
+
 /// What went wrong loading or running a model.
 #[derive(Debug, thiserror::Error)]
 pub enum LlmError {

@@ -5,6 +5,7 @@
 
 pub mod client;
 pub mod kserve;
+pub mod openai;
 pub mod safetensors_io;
 pub mod types;
 pub mod urls;

@@ -36,6 +36,10 @@ pub enum CacheError {
     /// This node's own disk or task trouble.
     #[error("model cache: {0}")]
     Local(String),
+    /// A model of the other kind than the route runs (a language model asked for tensors, or
+    /// the reverse).
+    #[error("{0}")]
+    WrongKind(String),
 }
 
 impl CacheError {
@@ -52,10 +56,46 @@ pub struct LoadedModel {
     pub cid: BlobId,
     /// File size in bytes.
     pub size: u64,
-    /// Inputs and outputs as the hub's parser reads them.
-    pub signature: OnnxSignature,
-    /// The engine's prepared plan.
-    pub plan: Arc<dyn Plan>,
+    /// What runs it.
+    pub runs: Runs,
+}
+
+/// What a loaded model runs on: the ONNX engine or the language-model engine (the file says
+/// which: a GGUF file starts with `GGUF`).
+pub enum Runs {
+    /// An ONNX graph.
+    Onnx {
+        /// Inputs and outputs as the hub's parser reads them.
+        signature: OnnxSignature,
+        /// The engine's prepared plan.
+        plan: Arc<dyn Plan>,
+    },
+    /// A GGUF language model.
+    Llm(Arc<cairn_llm::Model>),
+}
+
+impl LoadedModel {
+    /// The ONNX signature and plan, or why this model has none (it is a language model).
+    pub fn onnx(&self) -> Result<(&OnnxSignature, &Arc<dyn Plan>), CacheError> {
+        match &self.runs {
+            Runs::Onnx { signature, plan } => Ok((signature, plan)),
+            Runs::Llm(_) => Err(CacheError::WrongKind(format!(
+                "{} is a language model: call it through /v1/chat/completions or /v1/completions",
+                self.cid
+            ))),
+        }
+    }
+
+    /// The language model, or why this model is none (it is an ONNX graph).
+    pub fn llm(&self) -> Result<&Arc<cairn_llm::Model>, CacheError> {
+        match &self.runs {
+            Runs::Llm(m) => Ok(m),
+            Runs::Onnx { .. } => Err(CacheError::WrongKind(format!(
+                "{} is an ONNX model, not a language model: call it through /v2/models/{{model}}/infer",
+                self.cid
+            ))),
+        }
+    }
 }
 
 /// What a reference resolved to.
@@ -67,6 +107,9 @@ pub struct Resolution {
     pub version: Option<Version>,
     /// The signature the hub recorded for the file, when the reference was a name.
     pub signature: Option<OnnxSignature>,
+    /// The language-model metadata the hub recorded, when the reference was a name of a GGUF
+    /// file.
+    pub gguf: Option<cairn_gguf::GgufMetadata>,
 }
 
 /// How long a failed load is remembered.
@@ -162,6 +205,7 @@ impl ModelCache {
                     cid,
                     version: None,
                     signature: None,
+                    gguf: None,
                 });
             }
             ModelRef::Named {
@@ -182,6 +226,7 @@ impl ModelCache {
             cid: resolved.file.cid,
             version: Some(resolved.version),
             signature: resolved.file.onnx,
+            gguf: resolved.file.gguf,
         };
         self.names.insert(reference.to_owned(), r.clone()).await;
         Ok(r)
@@ -251,6 +296,18 @@ impl ModelCache {
         }
         let engine = self.engine.clone();
         let loaded = tokio::task::spawn_blocking(move || {
+            if bytes.starts_with(b"GGUF") {
+                let model = cairn_llm::Model::load(&bytes).map_err(|e| {
+                    CacheError::Invalid(format!(
+                        "{cid} is not a language model this node runs: {e}"
+                    ))
+                })?;
+                return Ok(LoadedModel {
+                    cid,
+                    size: bytes.len() as u64,
+                    runs: Runs::Llm(Arc::new(model)),
+                });
+            }
             let signature = cairn_onnx::read_signature(&bytes[..], cairn_onnx::Limits::default())
                 .map_err(|e| {
                 CacheError::Invalid(format!("{cid} is not a valid ONNX model: {e}"))
@@ -262,8 +319,7 @@ impl ModelCache {
             Ok::<_, CacheError>(LoadedModel {
                 cid,
                 size: bytes.len() as u64,
-                signature,
-                plan,
+                runs: Runs::Onnx { signature, plan },
             })
         })
         .await

@@ -72,6 +72,12 @@ pub enum NodeError {
     /// The chain could not be reached or refused a read.
     #[error("{0}")]
     ChainUnavailable(String),
+    /// A model of the other kind than the route runs.
+    #[error("{0}")]
+    WrongModelKind(String),
+    /// A language-model request this node cannot serve as asked.
+    #[error(transparent)]
+    Llm(#[from] crate::llm::CallError),
     /// Something on the node's side.
     #[error("{0}")]
     Internal(String),
@@ -103,6 +109,10 @@ impl NodeError {
             E::Forbidden(_) => "forbidden",
             E::ChainUnavailable(_) => "chain_unavailable",
             E::PaymentRefused(_) => "payment_refused",
+            E::WrongModelKind(_) => "wrong_model_kind",
+            E::Llm(crate::llm::CallError::Invalid { .. }) => "invalid_request",
+            E::Llm(crate::llm::CallError::ContextLength(_)) => "context_length_exceeded",
+            E::Llm(crate::llm::CallError::Model(_)) => "model_failed",
             E::Internal(_) => "internal",
         }
     }
@@ -117,6 +127,9 @@ impl NodeError {
             | E::WrongDatatype(_)
             | E::UnknownOutput(_)
             | E::BadModelRef(_)
+            | E::WrongModelKind(_)
+            | E::Llm(crate::llm::CallError::Invalid { .. })
+            | E::Llm(crate::llm::CallError::ContextLength(_))
             | E::SignatureNotCanonical(_) => StatusCode::BAD_REQUEST,
             E::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             E::Forbidden(_) => StatusCode::FORBIDDEN,
@@ -128,7 +141,9 @@ impl NodeError {
             E::HubUnavailable(_) | E::ChainUnavailable(_) => StatusCode::BAD_GATEWAY,
             E::NotAVerifier(_) => StatusCode::FORBIDDEN,
             E::PaymentRefused(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            E::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            E::Internal(_) | E::Llm(crate::llm::CallError::Model(_)) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
         }
     }
 }
@@ -176,6 +191,7 @@ impl From<crate::cache::CacheError> for NodeError {
             C::Invalid(m) => Self::InvalidModel(m),
             C::HubUnavailable(m) => Self::HubUnavailable(m),
             C::Local(_) => Self::Internal(e.to_string()),
+            C::WrongKind(m) => Self::WrongModelKind(m),
         }
     }
 }
@@ -188,5 +204,57 @@ impl From<crate::inference::InferenceError> for NodeError {
             I::Model(m) => Self::ModelFailed(m),
             I::OutputTooLarge { .. } => Self::ModelFailed(e.to_string()),
         }
+    }
+}
+
+impl NodeError {
+    /// The request field at fault, when the error names one.
+    pub fn param(&self) -> Option<&str> {
+        match self {
+            NodeError::Llm(crate::llm::CallError::Invalid { param, .. }) => param.as_deref(),
+            NodeError::Llm(crate::llm::CallError::ContextLength(_)) => Some("messages"),
+            NodeError::ModelNotFound(_)
+            | NodeError::BadModelRef(_)
+            | NodeError::WrongModelKind(_)
+            | NodeError::InvalidModel(_) => Some("model"),
+            _ => None,
+        }
+    }
+
+    /// The error as OpenAI's API spells it: `{"error": {message, type, param, code}}`, with
+    /// Cairn's `code` and `message` beside it (what the OpenAI-compatible routes answer).
+    pub fn openai_body(&self) -> cairn_node_api::openai::OpenAiErrorBody {
+        let status = self.status();
+        let kind = match status.as_u16() {
+            401 => "authentication_error",
+            402 => "payment_required",
+            403 => "permission_error",
+            404 => "not_found_error",
+            413 => "invalid_request_error",
+            429 => "rate_limit_error",
+            503 => "overloaded_error",
+            400..=499 => "invalid_request_error",
+            _ => "server_error",
+        };
+        cairn_node_api::openai::OpenAiErrorBody::new(
+            kind,
+            self.code(),
+            self.param(),
+            self.to_string(),
+        )
+    }
+
+    /// [`NodeError::openai_body`] as a response.
+    pub fn into_openai_response(self) -> Response {
+        let status = self.status();
+        if status.is_server_error() && status != StatusCode::SERVICE_UNAVAILABLE {
+            tracing::error!(code = self.code(), message = %self, "request failed");
+        }
+        let mut resp = (status, Json(self.openai_body())).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        resp
     }
 }

@@ -116,6 +116,7 @@ pub fn run(
         timestamp: crate::now_secs(),
         price: charge.price,
         payment_ref: charge.payment_ref,
+        llm: None,
     };
     let token = payload_token(&signer.token_key, claims.request_id);
     let (receipt, digest) = match seal {

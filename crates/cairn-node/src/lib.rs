@@ -21,6 +21,7 @@ pub mod cache;
 pub mod error;
 pub mod faults;
 pub mod inference;
+pub mod llm;
 pub mod log;
 mod pricing;
 pub mod registration;
@@ -57,6 +58,10 @@ pub struct Limits {
     /// Memory for request bodies being read at once (a body without a length counts as
     /// `max_body_bytes`).
     pub body_budget_bytes: usize,
+    /// Most positions (prompt and answer) one language-model call may use, whatever the
+    /// model's file claims: each position holds keys and values in memory
+    /// (`cairn_llm::Config::kv_bytes_per_token`, 46 KiB for SmolLM2-135M).
+    pub llm_context: usize,
 }
 
 impl Default for Limits {
@@ -72,6 +77,7 @@ impl Default for Limits {
             max_output_bytes: 256 << 20,
             body_timeout: Duration::from_secs(10),
             body_budget_bytes: 256 << 20,
+            llm_context: 4096,
         }
     }
 }
@@ -105,6 +111,9 @@ pub struct NodeConfig {
     pub settlement: Option<batcher::SettlementConfig>,
     /// x402 payments (needs `settlement`); `None` serves without asking for payment.
     pub payments: Option<PaymentConfig>,
+    /// Language models `GET /v1/models` lists (CIDs or `name@version`); any other hub model
+    /// can still be called by name.
+    pub llm_models: Vec<String>,
     /// Deliberate misbehaviour, for showing that the verification network catches it. Off
     /// unless asked for; `/v1/node` reports it.
     pub faults: Faults,

@@ -49,6 +49,7 @@ fn receipt() -> serde_json::Value {
         timestamp: 1_700_000_000,
         price: U256::from(PRICE),
         payment_ref: B256::ZERO,
+        llm: None,
     }
     .sign(
         ReceiptDomain {

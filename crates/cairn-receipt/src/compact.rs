@@ -19,11 +19,17 @@
 //! seal 1: bytes32 root ‖ u32 count ‖ 65-byte signature ‖ u8 n ‖ n × bytes32 proof
 //! ```
 //!
+//! Version 2 is a language-model receipt: the same layout with `inputHash`/`outputHash` the
+//! request's and response's SHA-256 and, after `paymentRef`, `u32 promptTokens ‖
+//! u32 completionTokens ‖ u8 complete (0 or 1)`.
+//!
 //! A listing is `"CRNL" ‖ u8 version = 1 ‖ u32 n ‖ n × (u32 length ‖ receipt)`.
 
 use super::*;
 
 const VERSION: u8 = 1;
+/// The binary form of a language-model receipt.
+const VERSION_LLM: u8 = 2;
 const OWN: u8 = 0;
 const BATCH: u8 = 1;
 const LISTING_MAGIC: &[u8; 4] = b"CRNL";
@@ -70,7 +76,11 @@ impl TryFrom<&SignedReceipt> for CompactReceipt {
         let p = &c.profile;
         let mut out =
             Vec::with_capacity(256 + p.engine.len() + p.engine_version.len() + p.isa.len() + 200);
-        out.push(VERSION);
+        out.push(if c.llm.is_some() {
+            VERSION_LLM
+        } else {
+            VERSION
+        });
         out.push(match r.seal {
             Seal::Own(_) => OWN,
             Seal::Batch(_) => BATCH,
@@ -85,6 +95,11 @@ impl TryFrom<&SignedReceipt> for CompactReceipt {
         out.extend_from_slice(&c.timestamp.to_be_bytes());
         out.extend_from_slice(&c.price.to_be_bytes::<32>());
         out.extend_from_slice(c.payment_ref.as_slice());
+        if let Some(u) = &c.llm {
+            out.extend_from_slice(&u.prompt_tokens.to_be_bytes());
+            out.extend_from_slice(&u.completion_tokens.to_be_bytes());
+            out.push(u8::from(u.complete));
+        }
         out.extend_from_slice(&p.threads.to_be_bytes());
         for s in [&p.engine, &p.engine_version, &p.isa] {
             let n = u16::try_from(s.len()).map_err(|_| {
@@ -291,19 +306,7 @@ fn same_signer(r: &SignedReceipt, recovered: Address) -> Result<(), ReceiptError
 /// [`parse`], with the EIP-712 digest the seal must cover.
 fn parse_with_digest(bytes: &[u8]) -> Result<(SignedReceipt, B256), ReceiptError> {
     let r = parse(bytes)?;
-    let c = &r.claims;
-    let message = Receipt {
-        requestId: c.request_id,
-        model: B256::from(*c.model.digest()),
-        inputHash: c.input_hash,
-        outputHash: c.output_hash,
-        profileHash: profile_hash(&c.profile),
-        node: r.signer,
-        timestamp: c.timestamp,
-        price: c.price,
-        paymentRef: c.payment_ref,
-    };
-    let hash = typed_digest(&r.domain.separator(), &message);
+    let hash = r.claims.digest(&r.domain.separator(), r.signer);
     Ok((r, hash))
 }
 
@@ -311,9 +314,9 @@ fn parse_with_digest(bytes: &[u8]) -> Result<(SignedReceipt, B256), ReceiptError
 fn parse(bytes: &[u8]) -> Result<SignedReceipt, ReceiptError> {
     let mut r = Reader::new(bytes);
     let v = r.u8()?;
-    if v != VERSION {
+    if v != VERSION && v != VERSION_LLM {
         return Err(ReceiptError::Malformed(format!(
-            "binary receipt version {v}; this reader knows {VERSION}"
+            "binary receipt version {v}; this reader knows {VERSION} and {VERSION_LLM}"
         )));
     }
     let kind = r.u8()?;
@@ -329,6 +332,26 @@ fn parse(bytes: &[u8]) -> Result<SignedReceipt, ReceiptError> {
     let timestamp = r.u64()?;
     let price = U256::from_be_bytes(r.array::<32>()?);
     let payment_ref = B256::from(r.array::<32>()?);
+    let llm = if v == VERSION_LLM {
+        let prompt_tokens = r.u32()?;
+        let completion_tokens = r.u32()?;
+        let complete = match r.u8()? {
+            0 => false,
+            1 => true,
+            b => {
+                return Err(ReceiptError::Malformed(format!(
+                    "`complete` is {b}; it is 0 or 1"
+                )));
+            }
+        };
+        Some(LlmUsage {
+            prompt_tokens,
+            completion_tokens,
+            complete,
+        })
+    } else {
+        None
+    };
     let threads = r.u32()?;
     let mut text = || -> Result<String, ReceiptError> {
         let n = usize::from(r.u16()?);
@@ -380,6 +403,7 @@ fn parse(bytes: &[u8]) -> Result<SignedReceipt, ReceiptError> {
             timestamp,
             price,
             payment_ref,
+            llm,
         },
         domain,
         signer,

@@ -47,6 +47,25 @@ sol! {
         bytes32 paymentRef;
     }
 
+    /// The signed message of a language-model call: the exact request and response bytes
+    /// (SHA-256; for a stream, the whole event-stream transcript), the tokens counted, and
+    /// whether the answer was delivered whole.
+    #[derive(Debug, PartialEq, Eq)]
+    struct LlmReceipt {
+        bytes32 requestId;
+        bytes32 model;
+        bytes32 requestHash;
+        bytes32 responseHash;
+        uint32 promptTokens;
+        uint32 completionTokens;
+        bool complete;
+        bytes32 profileHash;
+        address node;
+        uint64 timestamp;
+        uint256 price;
+        bytes32 paymentRef;
+    }
+
     /// What a node signs for a micro-batch of receipts: the OpenZeppelin `StandardMerkleTree`
     /// root over their EIP-712 digests, and how many there are.
     #[derive(Debug, PartialEq, Eq)]
@@ -114,6 +133,22 @@ pub struct Claims {
     pub price: U256,
     /// The payment this inference was paid with (zero when unpaid).
     pub payment_ref: B256,
+    /// A language-model call's usage: the receipt is then an [`LlmReceipt`], `input_hash` the
+    /// SHA-256 of the exact request body and `output_hash` that of the exact response bytes.
+    pub llm: Option<LlmUsage>,
+}
+
+/// What a language-model receipt counts beside its hashes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LlmUsage {
+    /// Tokens of the prompt as the model saw it (chat template applied).
+    pub prompt_tokens: u32,
+    /// Tokens generated and delivered.
+    pub completion_tokens: u32,
+    /// Whether the answer was delivered whole (false: the stream broke off, and the response
+    /// bytes are what was sent before it did).
+    pub complete: bool,
 }
 
 /// A signed receipt.
@@ -230,13 +265,43 @@ pub enum ReceiptError {
 }
 
 impl Claims {
+    /// The EIP-712 `hashStruct` of the message these claims sign as `node`.
+    fn struct_hash(&self, node: Address) -> B256 {
+        match &self.llm {
+            None => struct_hash(&self.message(node)),
+            Some(u) => llm_struct_hash(&self.llm_message(node, u)),
+        }
+    }
+
+    /// The EIP-712 digest these claims are signed under as `node`.
+    fn digest(&self, separator: &B256, node: Address) -> B256 {
+        eip712_digest(separator, &self.struct_hash(node))
+    }
+
+    fn llm_message(&self, node: Address, u: &LlmUsage) -> LlmReceipt {
+        LlmReceipt {
+            requestId: self.request_id,
+            model: B256::from(*self.model.digest()),
+            requestHash: self.input_hash,
+            responseHash: self.output_hash,
+            promptTokens: u.prompt_tokens,
+            completionTokens: u.completion_tokens,
+            complete: u.complete,
+            profileHash: profile_hash(&self.profile),
+            node,
+            timestamp: self.timestamp,
+            price: self.price,
+            paymentRef: self.payment_ref,
+        }
+    }
+
     fn message(&self, node: Address) -> Receipt {
         Receipt {
             requestId: self.request_id,
             model: B256::from(*self.model.digest()),
             inputHash: self.input_hash,
             outputHash: self.output_hash,
-            profileHash: self.profile.hash(),
+            profileHash: profile_hash(&self.profile),
             node,
             timestamp: self.timestamp,
             price: self.price,
@@ -252,11 +317,6 @@ impl Claims {
     ) -> Result<SignedReceipt, ReceiptError> {
         Ok(ReceiptSigner::new(SigningKey::from_signer(signer), domain).sign(self))
     }
-}
-
-/// `keccak256("\x19\x01" ‖ domainSeparator ‖ structHash)`: the EIP-712 digest.
-fn typed_digest(separator: &B256, message: &Receipt) -> B256 {
-    eip712_digest(separator, &struct_hash(message))
 }
 
 fn eip712_digest(separator: &B256, struct_hash: &B256) -> B256 {
@@ -298,6 +358,27 @@ fn struct_hash(m: &Receipt) -> B256 {
     keccak256(buf)
 }
 
+/// EIP-712 `hashStruct` of a language-model receipt: twelve static words under its type hash.
+fn llm_struct_hash(m: &LlmReceipt) -> B256 {
+    static TYPE_HASH: LazyLock<B256> =
+        LazyLock::new(|| keccak256(LlmReceipt::eip712_encode_type().as_bytes()));
+    let mut buf = [0u8; 416];
+    buf[..32].copy_from_slice(TYPE_HASH.as_slice());
+    buf[32..64].copy_from_slice(m.requestId.as_slice());
+    buf[64..96].copy_from_slice(m.model.as_slice());
+    buf[96..128].copy_from_slice(m.requestHash.as_slice());
+    buf[128..160].copy_from_slice(m.responseHash.as_slice());
+    buf[188..192].copy_from_slice(&m.promptTokens.to_be_bytes());
+    buf[220..224].copy_from_slice(&m.completionTokens.to_be_bytes());
+    buf[255] = u8::from(m.complete);
+    buf[256..288].copy_from_slice(m.profileHash.as_slice());
+    buf[300..320].copy_from_slice(m.node.as_slice());
+    buf[344..352].copy_from_slice(&m.timestamp.to_be_bytes());
+    buf[352..384].copy_from_slice(&m.price.to_be_bytes::<32>());
+    buf[384..416].copy_from_slice(m.paymentRef.as_slice());
+    keccak256(buf)
+}
+
 /// A node's receipt signer: its key (libsecp256k1) and the domain. Signing a receipt costs one
 /// struct hash and one ECDSA signature (the domain separator is kept, see
 /// [`ReceiptDomain::separator`]).
@@ -332,7 +413,7 @@ impl ReceiptSigner {
     /// receipt's Merkle leaf) so the caller need not hash it again.
     pub fn sign_with_digest(&self, claims: Claims) -> (SignedReceipt, B256) {
         let node = self.key.address();
-        let hash = typed_digest(&self.domain.separator(), &claims.message(node));
+        let hash = claims.digest(&self.domain.separator(), node);
         let sig = self.key.sign_prehash(&hash);
         let receipt = SignedReceipt {
             claims,
@@ -345,10 +426,7 @@ impl ReceiptSigner {
 
     /// The EIP-712 digest `claims` will be signed under (a batch's Merkle leaf value).
     pub fn digest(&self, claims: &Claims) -> B256 {
-        typed_digest(
-            &self.domain.separator(),
-            &claims.message(self.key.address()),
-        )
+        claims.digest(&self.domain.separator(), self.key.address())
     }
 
     /// Signs a micro-batch with one signature: the [`ReceiptRoot`] of the tree over the
@@ -438,8 +516,22 @@ struct WireDomain {
 struct WireMessage {
     request_id: String,
     model: String,
-    input_hash: String,
-    output_hash: String,
+    /// A tensor receipt's (`Receipt`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    input_hash: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    output_hash: Option<String>,
+    /// A language-model receipt's (`LlmReceipt`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    request_hash: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    response_hash: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    prompt_tokens: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    completion_tokens: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    complete: Option<bool>,
     profile_hash: String,
     node: String,
     timestamp: u64,
@@ -457,6 +549,38 @@ fn types() -> &'static Value {
 fn types_raw() -> &'static RawValue {
     static RAW: LazyLock<Box<RawValue>> =
         LazyLock::new(|| serde_json::value::to_raw_value(types()).expect("types serialize"));
+    &RAW
+}
+
+/// The language-model receipt's EIP-712 `types`, built once.
+fn llm_types() -> &'static Value {
+    static TYPES: LazyLock<Value> = LazyLock::new(|| {
+        let field = |name: &str, ty: &str| json!({"name": name, "type": ty});
+        json!({
+            "EIP712Domain": domain_fields(),
+            "LlmReceipt": [
+                field("requestId", "bytes32"),
+                field("model", "bytes32"),
+                field("requestHash", "bytes32"),
+                field("responseHash", "bytes32"),
+                field("promptTokens", "uint32"),
+                field("completionTokens", "uint32"),
+                field("complete", "bool"),
+                field("profileHash", "bytes32"),
+                field("node", "address"),
+                field("timestamp", "uint64"),
+                field("price", "uint256"),
+                field("paymentRef", "bytes32"),
+            ],
+        })
+    });
+    &TYPES
+}
+
+/// The same, as the compact JSON text nodes write.
+fn llm_types_raw() -> &'static RawValue {
+    static RAW: LazyLock<Box<RawValue>> =
+        LazyLock::new(|| serde_json::value::to_raw_value(llm_types()).expect("types serialize"));
     &RAW
 }
 
@@ -577,6 +701,15 @@ fn profile_hash(profile: &ExecutionProfile) -> B256 {
     })
 }
 
+/// A receipt's signed message, by kind.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Message {
+    /// An inference on tensors.
+    Tensor(Receipt),
+    /// A language-model call.
+    Llm(LlmReceipt),
+}
+
 /// A receipt's JSON form as a node stored or sent it, not checked yet: what crosses a trust
 /// boundary before [`ReceiptJson::verify`] makes it a [`SignedReceipt`]. Serving one costs no
 /// signature recovery.
@@ -657,14 +790,18 @@ impl SignedReceipt {
         self.claims.request_id
     }
 
-    /// The signed EIP-712 message (what a settlement challenge carries).
-    pub fn message(&self) -> Receipt {
-        self.claims.message(self.signer)
+    /// The signed EIP-712 message (what a settlement challenge carries): a tensor receipt's
+    /// [`Receipt`] or a language-model call's [`LlmReceipt`].
+    pub fn message(&self) -> Message {
+        match &self.claims.llm {
+            None => Message::Tensor(self.claims.message(self.signer)),
+            Some(u) => Message::Llm(self.claims.llm_message(self.signer, u)),
+        }
     }
 
     /// The EIP-712 signing hash (what the signature covers; its batch's Merkle leaf).
     pub fn signing_hash(&self) -> B256 {
-        typed_digest(&self.domain.separator(), &self.claims.message(self.signer))
+        self.claims.digest(&self.domain.separator(), self.signer)
     }
 
     /// The JSON form.
@@ -682,22 +819,47 @@ impl SignedReceipt {
     }
 
     fn wire(&self) -> Wire {
-        let m = self.claims.message(self.signer);
+        let c = &self.claims;
+        let hash = |h: &B256| Some(h.to_string());
+        let (types, primary_type, input_hash, output_hash, request_hash, response_hash) =
+            match &c.llm {
+                None => (
+                    types_raw(),
+                    "Receipt",
+                    hash(&c.input_hash),
+                    hash(&c.output_hash),
+                    None,
+                    None,
+                ),
+                Some(_) => (
+                    llm_types_raw(),
+                    "LlmReceipt",
+                    None,
+                    None,
+                    hash(&c.input_hash),
+                    hash(&c.output_hash),
+                ),
+            };
         Wire {
             typed_data: TypedData {
-                types: Cow::Borrowed(types_raw()),
-                primary_type: "Receipt".into(),
+                types: Cow::Borrowed(types),
+                primary_type: primary_type.into(),
                 domain: self.wire_domain(),
                 message: WireMessage {
-                    request_id: m.requestId.to_string(),
-                    model: m.model.to_string(),
-                    input_hash: m.inputHash.to_string(),
-                    output_hash: m.outputHash.to_string(),
-                    profile_hash: m.profileHash.to_string(),
-                    node: m.node.to_checksum(None),
-                    timestamp: m.timestamp,
-                    price: m.price.to_string(),
-                    payment_ref: m.paymentRef.to_string(),
+                    request_id: c.request_id.to_string(),
+                    model: B256::from(*c.model.digest()).to_string(),
+                    input_hash,
+                    output_hash,
+                    request_hash,
+                    response_hash,
+                    prompt_tokens: c.llm.map(|u| u.prompt_tokens),
+                    completion_tokens: c.llm.map(|u| u.completion_tokens),
+                    complete: c.llm.map(|u| u.complete),
+                    profile_hash: profile_hash(&c.profile).to_string(),
+                    node: self.signer.to_checksum(None),
+                    timestamp: c.timestamp,
+                    price: c.price.to_string(),
+                    payment_ref: c.payment_ref.to_string(),
                 },
             },
             signature: match &self.seal {
@@ -742,7 +904,20 @@ impl SignedReceipt {
     ) -> Result<(SignedReceipt, B256), ReceiptError> {
         let (message, domain) = parse_typed_data(&wire.typed_data)?;
         let signer = parse_address("signer", &wire.signer)?;
-        let hash = typed_digest(&domain.separator(), &message);
+        let model = check_unsigned_fields(&wire, &message)?;
+        let claims = Claims {
+            request_id: message.request_id,
+            model,
+            input_hash: message.input_hash,
+            output_hash: message.output_hash,
+            profile: wire.profile,
+            timestamp: message.timestamp,
+            price: message.price,
+            payment_ref: message.payment_ref,
+            llm: message.llm,
+        };
+        let node = message.node;
+        let hash = claims.digest(&domain.separator(), node);
         let (seal, recovered) = match (&wire.signature, &wire.batch_signature) {
             (Some(text), None) => {
                 let (signature, sig) = parse_signature("signature", text)?;
@@ -769,24 +944,13 @@ impl SignedReceipt {
                 "signed by {recovered}, not by the stated signer {signer}"
             )));
         }
-        if message.node != signer {
+        if node != signer {
             return Err(ReceiptError::Inconsistent(format!(
-                "the message names node {} but {signer} signed it",
-                message.node
+                "the message names node {node} but {signer} signed it"
             )));
         }
-        let model = check_unsigned_fields(&wire, &message)?;
         let receipt = SignedReceipt {
-            claims: Claims {
-                request_id: message.requestId,
-                model,
-                input_hash: message.inputHash,
-                output_hash: message.outputHash,
-                profile: wire.profile,
-                timestamp: message.timestamp,
-                price: message.price,
-                payment_ref: message.paymentRef,
-            },
+            claims,
             domain,
             signer,
             seal,
@@ -795,16 +959,89 @@ impl SignedReceipt {
     }
 }
 
+/// A receipt's signed message as its `typedData` spells it (either kind).
+struct Parsed {
+    request_id: B256,
+    model: B256,
+    input_hash: B256,
+    output_hash: B256,
+    profile_hash: B256,
+    node: Address,
+    timestamp: u64,
+    price: U256,
+    payment_ref: B256,
+    llm: Option<LlmUsage>,
+}
+
 /// The signed message and domain of a receipt's `typedData`, in their one canonical spelling.
-fn parse_typed_data(td: &TypedData<WireMessage>) -> Result<(Receipt, ReceiptDomain), ReceiptError> {
-    check_types(
-        td,
-        types_raw(),
-        types(),
-        "Receipt",
-        "the Cairn receipt type",
-    )?;
+fn parse_typed_data(td: &TypedData<WireMessage>) -> Result<(Parsed, ReceiptDomain), ReceiptError> {
     let m = &td.message;
+    let llm = td.primary_type == "LlmReceipt";
+    if llm {
+        check_types(
+            td,
+            llm_types_raw(),
+            llm_types(),
+            "LlmReceipt",
+            "the Cairn language-model receipt type",
+        )?;
+    } else {
+        check_types(
+            td,
+            types_raw(),
+            types(),
+            "Receipt",
+            "the Cairn receipt type",
+        )?;
+    }
+    // Each kind spells exactly its own fields.
+    let fields = |name: &str, v: &Option<String>| {
+        v.as_deref()
+            .ok_or_else(|| ReceiptError::Malformed(format!("`{name}` is missing")))
+            .and_then(|s| parse_b256(name, s))
+    };
+    let stray = |name: &str, present: bool| {
+        if present {
+            Err(ReceiptError::Malformed(format!(
+                "`{name}` is not a field of a {}",
+                td.primary_type
+            )))
+        } else {
+            Ok(())
+        }
+    };
+    let (input_hash, output_hash, usage) = if llm {
+        stray("inputHash", m.input_hash.is_some())?;
+        stray("outputHash", m.output_hash.is_some())?;
+        let (Some(prompt_tokens), Some(completion_tokens), Some(complete)) =
+            (m.prompt_tokens, m.completion_tokens, m.complete)
+        else {
+            return Err(ReceiptError::Malformed(
+                "an LlmReceipt names promptTokens, completionTokens and complete".into(),
+            ));
+        };
+        (
+            fields("requestHash", &m.request_hash)?,
+            fields("responseHash", &m.response_hash)?,
+            Some(LlmUsage {
+                prompt_tokens,
+                completion_tokens,
+                complete,
+            }),
+        )
+    } else {
+        stray("requestHash", m.request_hash.is_some())?;
+        stray("responseHash", m.response_hash.is_some())?;
+        stray(
+            "promptTokens/completionTokens/complete",
+            m.prompt_tokens.is_some() || m.completion_tokens.is_some() || m.complete.is_some(),
+        )?;
+        (
+            fields("inputHash", &m.input_hash)?,
+            fields("outputHash", &m.output_hash)?,
+            None,
+        )
+    };
     if m.price.starts_with('0') && m.price != "0" || !m.price.bytes().all(|b| b.is_ascii_digit()) {
         return Err(ReceiptError::Malformed(
             "`price` must be a decimal integer without leading zeros".into(),
@@ -812,16 +1049,17 @@ fn parse_typed_data(td: &TypedData<WireMessage>) -> Result<(Receipt, ReceiptDoma
     }
     let price = U256::from_str_radix(&m.price, 10)
         .map_err(|e| ReceiptError::Malformed(format!("`price`: {e}")))?;
-    let message = Receipt {
-        requestId: parse_b256("requestId", &m.request_id)?,
+    let message = Parsed {
+        request_id: parse_b256("requestId", &m.request_id)?,
         model: parse_b256("model", &m.model)?,
-        inputHash: parse_b256("inputHash", &m.input_hash)?,
-        outputHash: parse_b256("outputHash", &m.output_hash)?,
-        profileHash: parse_b256("profileHash", &m.profile_hash)?,
+        input_hash,
+        output_hash,
+        profile_hash: parse_b256("profileHash", &m.profile_hash)?,
         node: parse_address("node", &m.node)?,
         timestamp: m.timestamp,
         price,
-        paymentRef: parse_b256("paymentRef", &m.payment_ref)?,
+        payment_ref: parse_b256("paymentRef", &m.payment_ref)?,
+        llm: usage,
     };
     Ok((message, parse_domain(&td.domain)?))
 }
@@ -919,7 +1157,7 @@ fn parse_signature(field: &str, text: &str) -> Result<([u8; 65], Signature), Rec
 
 /// The fields beside the signed message (`modelCid`, `profile`, `reproducibility`) must say
 /// what the message signs; returns the model's CID.
-fn check_unsigned_fields(wire: &Wire, message: &Receipt) -> Result<BlobId, ReceiptError> {
+fn check_unsigned_fields(wire: &Wire, message: &Parsed) -> Result<BlobId, ReceiptError> {
     let model: BlobId = wire
         .model_cid
         .parse()
@@ -934,7 +1172,7 @@ fn check_unsigned_fields(wire: &Wire, message: &Receipt) -> Result<BlobId, Recei
             "`modelCid` is not the signed model digest".into(),
         ));
     }
-    if profile_hash(&wire.profile) != message.profileHash {
+    if profile_hash(&wire.profile) != message.profile_hash {
         return Err(ReceiptError::Inconsistent(
             "`profile` does not hash to the signed profileHash".into(),
         ));

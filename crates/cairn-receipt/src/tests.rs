@@ -16,6 +16,7 @@ fn sample() -> SignedReceipt {
         timestamp: 1_763_700_000,
         price: U256::from(1000u64),
         payment_ref: B256::ZERO,
+        llm: None,
     }
     .sign(
         ReceiptDomain {
@@ -115,12 +116,17 @@ fn the_hand_rolled_digest_is_alloys_eip712_signing_hash() {
         r.claims.timestamp = u64::MAX - u64::from(i);
         r.claims.price = U256::MAX - U256::from(i);
         r.domain.chain_id = u64::from(i) << 40;
-        let m = r.message();
+        let Message::Tensor(m) = r.message() else {
+            panic!("a tensor receipt")
+        };
         assert_eq!(struct_hash(&m), m.eip712_hash_struct());
         assert_eq!(r.signing_hash(), m.eip712_signing_hash(&r.domain.eip712()));
     }
     let r = sample();
-    let alloy = r.message().eip712_signing_hash(&r.domain.eip712());
+    let Message::Tensor(m) = r.message() else {
+        panic!("a tensor receipt")
+    };
+    let alloy = m.eip712_signing_hash(&r.domain.eip712());
     assert_eq!(r.signing_hash(), alloy);
     // The separator cache follows the domain.
     let other = ReceiptDomain {
@@ -467,4 +473,149 @@ fn a_listing_checks_as_its_receipts_do() {
     let (i, e) = verify_listing(&forged, &mut SealCache::default()).unwrap_err();
     assert_eq!(i, 3);
     assert!(e.to_string().contains("not in the signed batch"), "{e}");
+}
+
+fn llm_sample() -> SignedReceipt {
+    let mut c = sample().claims;
+    c.profile.engine = "cairn-llm".into();
+    c.llm = Some(LlmUsage {
+        prompt_tokens: 31,
+        completion_tokens: 64,
+        complete: true,
+    });
+    signer().sign(c)
+}
+
+/// A language-model receipt is its own EIP-712 type: it round-trips through JSON and the binary
+/// form, names its hashes as the request's and response's, and its hand-rolled digest is
+/// alloy's for `LlmReceipt` with every field distinct.
+#[test]
+fn an_llm_receipt_is_its_own_typed_message() {
+    let r = llm_sample();
+    let json = r.to_json();
+    assert_eq!(json["typedData"]["primaryType"], "LlmReceipt");
+    let m = &json["typedData"]["message"];
+    assert_eq!(m["requestHash"], B256::repeat_byte(2).to_string());
+    assert_eq!(m["responseHash"], B256::repeat_byte(3).to_string());
+    assert_eq!(
+        (m["promptTokens"].clone(), m["completionTokens"].clone()),
+        (31.into(), 64.into())
+    );
+    assert_eq!(m["complete"], true);
+    assert!(m.get("inputHash").is_none() && m.get("outputHash").is_none());
+    assert_eq!(json["reproducibility"], "exact");
+    assert_eq!(SignedReceipt::verify_json(&json).unwrap(), r);
+    let c = CompactReceipt::try_from(&r).unwrap();
+    assert_eq!(c.as_bytes()[0], 2);
+    assert_eq!(c.verify().unwrap(), r);
+    assert_eq!(c.to_json().unwrap(), ReceiptJson::from(&r));
+    for i in 1..=8u8 {
+        let mut r = llm_sample();
+        r.claims.request_id = B256::repeat_byte(i);
+        r.claims.input_hash = B256::repeat_byte(i ^ 0x20);
+        r.claims.output_hash = B256::repeat_byte(i ^ 0x40);
+        r.claims.payment_ref = B256::repeat_byte(i ^ 0x80);
+        r.claims.timestamp = u64::MAX - u64::from(i);
+        r.claims.price = U256::MAX - U256::from(i);
+        r.claims.llm = Some(LlmUsage {
+            prompt_tokens: u32::MAX - u32::from(i),
+            completion_tokens: u32::MAX - 2 * u32::from(i),
+            complete: i % 2 == 0,
+        });
+        let Message::Llm(m) = r.message() else {
+            panic!("an LLM receipt")
+        };
+        assert_eq!(llm_struct_hash(&m), m.eip712_hash_struct());
+        assert_eq!(r.signing_hash(), m.eip712_signing_hash(&r.domain.eip712()));
+    }
+}
+
+#[test]
+fn every_flipped_bit_of_an_llm_receipt_is_refused() {
+    let r = llm_sample();
+    assert_every_flipped_bit_is_refused(&r);
+    let bytes = CompactReceipt::try_from(&r).unwrap().as_bytes().to_vec();
+    let mut accepted = Vec::new();
+    for i in 0..bytes.len() {
+        for bit in 0..8 {
+            let mut b = bytes.clone();
+            b[i] ^= 1 << bit;
+            if CompactReceipt::from_bytes(b).verify().is_ok() {
+                accepted.push((i, bit));
+            }
+        }
+    }
+    assert!(accepted.is_empty(), "flips accepted at {accepted:?}");
+}
+
+/// One kind's fields cannot be passed off as the other's: a tensor receipt relabelled
+/// `LlmReceipt` (or the reverse), or one carrying the other kind's fields, is refused.
+#[test]
+fn the_two_kinds_do_not_mix() {
+    let tensor = ReceiptJson::from(&sample()).as_str().to_string();
+    let llm = ReceiptJson::from(&llm_sample()).as_str().to_string();
+    let verify = |t: String| {
+        ReceiptJson::from_text(t)
+            .unwrap()
+            .verify()
+            .unwrap_err()
+            .to_string()
+    };
+    let relabelled = tensor.replacen(
+        "\"primaryType\":\"Receipt\"",
+        "\"primaryType\":\"LlmReceipt\"",
+        1,
+    );
+    assert_ne!(relabelled, tensor);
+    assert!(verify(relabelled).contains("`types`"));
+    let relabelled = llm.replacen(
+        "\"primaryType\":\"LlmReceipt\"",
+        "\"primaryType\":\"Receipt\"",
+        1,
+    );
+    assert_ne!(relabelled, llm);
+    assert!(verify(relabelled).contains("`types`"));
+    let extra = llm.replacen(
+        "\"requestHash\":\"0x",
+        &format!("\"inputHash\":\"{}\",\"requestHash\":\"0x", B256::ZERO),
+        1,
+    );
+    assert_ne!(extra, llm);
+    assert!(verify(extra).contains("`inputHash` is not a field of a LlmReceipt"));
+    let extra = tensor.replacen(
+        "\"profileHash\":\"0x",
+        "\"promptTokens\":1,\"profileHash\":\"0x",
+        1,
+    );
+    assert_ne!(extra, tensor);
+    assert!(verify(extra).contains("not a field of a Receipt"));
+}
+
+/// Both kinds share a micro-batch and a listing: one root, each leaf its own typed digest.
+#[test]
+fn a_batch_holds_both_kinds() {
+    let s = signer();
+    let claims: Vec<Claims> = (0..4u8)
+        .map(|i| {
+            let mut c = if i % 2 == 0 {
+                sample().claims
+            } else {
+                llm_sample().claims
+            };
+            c.request_id = B256::repeat_byte(0x10 + i);
+            c
+        })
+        .collect();
+    let batch = s.sign_batch(claims).unwrap();
+    let listing = compact::encode_receipts(&batch).unwrap();
+    let entries = compact::listing_entries(&listing).unwrap();
+    let mut cache = SealCache::default();
+    let verified = compact::verify_entries(&entries, &mut cache).unwrap();
+    assert_eq!(cache.roots(), 1);
+    for (v, r) in verified.iter().zip(&batch) {
+        assert_eq!(&v.receipt, r);
+        assert_eq!(v.digest, r.signing_hash());
+        assert_eq!(ReceiptJson::from(r).verify().unwrap(), *r);
+    }
+    assert!(verified[1].receipt.claims.llm.is_some() && verified[0].receipt.claims.llm.is_none());
 }

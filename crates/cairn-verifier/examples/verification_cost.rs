@@ -36,6 +36,7 @@ fn claims(i: u64, profile: cairn_core::ExecutionProfile) -> Claims {
         timestamp: 1_790_000_000 + i,
         price: U256::from(1_000u64),
         payment_ref: B256::ZERO,
+        llm: None,
     }
 }
 

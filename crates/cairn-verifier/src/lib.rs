@@ -180,19 +180,36 @@ struct Follow {
 
 use cairn_core::clock::now_secs;
 
-/// The receipt as the settlement contract takes it.
-pub fn as_settlement(r: &SignedReceipt) -> Settlement::Receipt {
-    let m = r.message();
-    Settlement::Receipt {
-        requestId: m.requestId,
-        model: m.model,
-        inputHash: m.inputHash,
-        outputHash: m.outputHash,
-        profileHash: m.profileHash,
-        node: m.node,
-        timestamp: m.timestamp,
-        price: m.price,
-        paymentRef: m.paymentRef,
+/// The receipt as the settlement contract takes it in a challenge.
+pub fn as_settlement(r: &SignedReceipt) -> cairn_ledger::Challenged {
+    match r.message() {
+        cairn_receipt::Message::Tensor(m) => Settlement::Receipt {
+            requestId: m.requestId,
+            model: m.model,
+            inputHash: m.inputHash,
+            outputHash: m.outputHash,
+            profileHash: m.profileHash,
+            node: m.node,
+            timestamp: m.timestamp,
+            price: m.price,
+            paymentRef: m.paymentRef,
+        }
+        .into(),
+        cairn_receipt::Message::Llm(m) => Settlement::LlmReceipt {
+            requestId: m.requestId,
+            model: m.model,
+            requestHash: m.requestHash,
+            responseHash: m.responseHash,
+            promptTokens: m.promptTokens,
+            completionTokens: m.completionTokens,
+            complete: m.complete,
+            profileHash: m.profileHash,
+            node: m.node,
+            timestamp: m.timestamp,
+            price: m.price,
+            paymentRef: m.paymentRef,
+        }
+        .into(),
     }
 }
 

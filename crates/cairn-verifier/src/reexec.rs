@@ -76,7 +76,14 @@ impl Reexecutor {
                 });
             }
         };
-        let plan = loaded.plan.clone();
+        let plan = match loaded.onnx() {
+            Ok((_, plan)) => plan.clone(),
+            Err(e) => {
+                return Ok(Outcome::Unverifiable {
+                    reason: e.to_string(),
+                });
+            }
+        };
         let ran = tokio::task::spawn_blocking(move || plan.run(&inputs)).await;
         let outputs = match ran {
             Ok(Ok(o)) => o,

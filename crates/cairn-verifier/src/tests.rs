@@ -83,6 +83,7 @@ fn receipt(domain: ReceiptDomain, node: &PrivateKeySigner, i: u64) -> SignedRece
         timestamp: 1_700_000_000,
         price: U256::from(10u64),
         payment_ref: B256::ZERO,
+        llm: None,
     }
     .sign(domain, node)
     .unwrap()

@@ -60,8 +60,30 @@ pub fn verify(
         r.claims.profile,
         r.claims.profile.reproducibility()
     );
+    if let Some(u) = &r.claims.llm {
+        println!(
+            "tokens:    {} prompt, {} completion; {}",
+            u.prompt_tokens,
+            u.completion_tokens,
+            if u.complete {
+                "delivered whole"
+            } else {
+                "the answer broke off: the response is what was sent before it did"
+            }
+        );
+    }
+    // A language-model receipt binds the SHA-256 of the exact request and response bytes; a
+    // tensor receipt the canonical hash of the tensors.
+    let hash_of = |p: &Path| -> anyhow::Result<B256> {
+        if r.claims.llm.is_some() {
+            let bytes = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
+            Ok(B256::from(*BlobId::of(&bytes).digest()))
+        } else {
+            Ok(tensors_hash(&read_tensors(p)?))
+        }
+    };
     if let Some(p) = input {
-        let h = tensors_hash(&read_tensors(p)?);
+        let h = hash_of(p)?;
         if h != r.claims.input_hash {
             bail!(
                 "input hash mismatch: {} hashes to {h}, the receipt binds {}",
@@ -72,7 +94,7 @@ pub fn verify(
         println!("input:     ok ({h})");
     }
     if let Some(p) = output {
-        let h = tensors_hash(&read_tensors(p)?);
+        let h = hash_of(p)?;
         if h != r.claims.output_hash {
             bail!(
                 "output hash mismatch: {} hashes to {h}, the receipt binds {}",
@@ -138,7 +160,7 @@ pub async fn reexec(
         .get(r.claims.model)
         .await
         .with_context(|| format!("loading model {} (from {hub})", r.claims.model))?;
-    let plan = loaded.plan.clone();
+    let plan = loaded.onnx()?.1.clone();
     let outputs = tokio::task::spawn_blocking(move || plan.run(&inputs)).await??;
     let outputs: Vec<Tensor> = outputs;
     let h = tensors_hash(&outputs);

@@ -71,6 +71,7 @@ mod escrow;
 mod registry;
 mod settlement;
 mod token;
+pub use settlement::Challenged;
 
 /// A registry role.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]

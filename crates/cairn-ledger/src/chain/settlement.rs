@@ -189,28 +189,50 @@ impl Chain {
         .await
     }
 
-    /// Challenges a receipt in a batch with its inclusion proof and a verifier quorum's verdict.
+    /// Challenges a receipt (either kind) in a batch with its inclusion proof and a verifier
+    /// quorum's verdict.
     pub async fn challenge(
         &self,
         challenger: &PrivateKeySigner,
         batch_id: u64,
-        receipt: Settlement::Receipt,
+        receipt: impl Into<Challenged>,
         proof: Vec<B256>,
         evidence_hash: B256,
         verdicts: Vec<(Address, Signature)>,
     ) -> Result<TxOutcome, LedgerError> {
-        self.exec(
-            challenger,
-            self.deployment.settlement,
-            Settlement::challengeCall {
-                id: U256::from(batch_id),
-                receipt,
-                proof,
-                evidenceHash: evidence_hash,
-                verdictSignatures: sorted_signatures(verdicts),
-            },
-        )
-        .await
+        let id = U256::from(batch_id);
+        let verdict_signatures = sorted_signatures(verdicts);
+        let to = self.deployment.settlement;
+        match receipt.into() {
+            Challenged::Tensor(receipt) => {
+                self.exec(
+                    challenger,
+                    to,
+                    Settlement::challengeCall {
+                        id,
+                        receipt,
+                        proof,
+                        evidenceHash: evidence_hash,
+                        verdictSignatures: verdict_signatures,
+                    },
+                )
+                .await
+            }
+            Challenged::Llm(receipt) => {
+                self.exec(
+                    challenger,
+                    to,
+                    Settlement::challengeLlmCall {
+                        id,
+                        receipt,
+                        proof,
+                        evidenceHash: evidence_hash,
+                        verdictSignatures: verdict_signatures,
+                    },
+                )
+                .await
+            }
+        }
     }
 
     /// A batch as the settlement contract holds it.
@@ -327,5 +349,27 @@ impl Chain {
             Settlement::challengeWindowCall {},
         )
         .await
+    }
+}
+
+/// A receipt as `Settlement` takes it in a challenge: a tensor inference's or a language-model
+/// call's.
+#[derive(Clone, Debug)]
+pub enum Challenged {
+    /// `challenge(…, Receipt, …)`.
+    Tensor(Settlement::Receipt),
+    /// `challengeLlm(…, LlmReceipt, …)`.
+    Llm(Settlement::LlmReceipt),
+}
+
+impl From<Settlement::Receipt> for Challenged {
+    fn from(r: Settlement::Receipt) -> Self {
+        Self::Tensor(r)
+    }
+}
+
+impl From<Settlement::LlmReceipt> for Challenged {
+    fn from(r: Settlement::LlmReceipt) -> Self {
+        Self::Llm(r)
     }
 }

@@ -32,6 +32,10 @@ pub enum Billing {
     AwaitingPayment,
     /// Its payment failed: never batched, payloads dropped.
     Void,
+    /// Kept and served but not batched: a language-model receipt, which the verification
+    /// network does not re-execute yet (a batch holding one would be refused, the node's honest
+    /// receipts with it).
+    Local,
 }
 
 impl Billing {
@@ -40,6 +44,7 @@ impl Billing {
             Billing::Final => "final",
             Billing::AwaitingPayment => "awaiting_payment",
             Billing::Void => "void",
+            Billing::Local => "local",
         }
     }
 
@@ -47,6 +52,7 @@ impl Billing {
         match s {
             "final" => Billing::Final,
             "awaiting_payment" => Billing::AwaitingPayment,
+            "local" => Billing::Local,
             _ => Billing::Void,
         }
     }
@@ -459,9 +465,9 @@ impl ReceiptLog {
     pub async fn payload(&self, id: &str, output: bool) -> Result<Option<Vec<u8>>, LogError> {
         let id = id.to_owned();
         let sql = if output {
-            "SELECT output FROM receipts WHERE id = ?1 AND billing = 'final'"
+            "SELECT output FROM receipts WHERE id = ?1 AND billing IN ('final', 'local')"
         } else {
-            "SELECT input FROM receipts WHERE id = ?1 AND billing = 'final'"
+            "SELECT input FROM receipts WHERE id = ?1 AND billing IN ('final', 'local')"
         };
         self.read(move |c| {
             c.query_row(sql, params![id], |r| r.get::<_, Option<Vec<u8>>>(0))
@@ -529,7 +535,7 @@ impl ReceiptLog {
                     match b {
                         Billing::Final => fin.execute(params![id])?,
                         Billing::Void => void.execute(params![id])?,
-                        Billing::AwaitingPayment => 0,
+                        Billing::AwaitingPayment | Billing::Local => 0,
                     };
                 }
             }

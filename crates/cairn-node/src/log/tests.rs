@@ -103,6 +103,7 @@ fn claims(i: u8) -> Claims {
         timestamp: 1,
         price: alloy_primitives::U256::from(4u8),
         payment_ref: B256::ZERO,
+        llm: None,
     }
 }
 

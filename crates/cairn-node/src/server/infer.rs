@@ -5,7 +5,7 @@ use super::*;
 
 impl Inner {
     /// Admits a request for `cid` or refuses it with 503 when a queue is full.
-    fn admit(
+    pub(super) fn admit(
         &self,
         cid: BlobId,
     ) -> Result<(OwnedSemaphorePermit, OwnedSemaphorePermit), NodeError> {
@@ -197,12 +197,9 @@ pub(super) async fn run_infer(
     let loaded: Arc<LoadedModel> = tokio::time::timeout_at(deadline, i.cache.get(resolved.cid))
         .await
         .map_err(|_| timeout())??;
-    check_inputs(&loaded.signature, &decoded.inputs)?;
-    let wanted = wanted_outputs(
-        loaded.plan.output_names(),
-        decoded.outputs,
-        decoded.binary_output,
-    )?;
+    let (signature, plan) = loaded.onnx()?;
+    check_inputs(signature, &decoded.inputs)?;
+    let wanted = wanted_outputs(plan.output_names(), decoded.outputs, decoded.binary_output)?;
 
     let worker = tokio::time::timeout_at(deadline, i.workers.clone().acquire_owned())
         .await
@@ -214,15 +211,10 @@ pub(super) async fn run_infer(
     let signer = i.signer.clone();
     let work = move || {
         let _worker = worker;
-        crate::inference::run(
-            &*loaded.plan,
-            loaded.cid,
-            profile,
-            &inputs,
-            charge,
-            &signer,
-            seal,
-        )
+        let (_, plan) = loaded
+            .onnx()
+            .map_err(|e| crate::inference::InferenceError::Input(e.to_string()))?;
+        crate::inference::run(&**plan, loaded.cid, profile, &inputs, charge, &signer, seal)
     };
     // On the multi-threaded runtime the model runs in place: the worker permit already bounds
     // how many run at once, and it saves two thread hops per request. Elsewhere it goes to the
@@ -315,8 +307,8 @@ pub(super) fn respond(
 }
 
 /// A request body read whole, holding its share of the body memory budget until dropped.
-struct ReadRequest {
-    body: axum::body::Bytes,
+pub(super) struct ReadRequest {
+    pub(super) body: axum::body::Bytes,
     /// The length of the JSON part when binary tensors follow it.
     json_len: Option<usize>,
     _reading: Option<OwnedSemaphorePermit>,
@@ -325,7 +317,7 @@ struct ReadRequest {
 impl Inner {
     /// Reads the body within the node's size, time and memory bounds, with the length of its
     /// JSON part when binary tensors follow.
-    async fn read_request(
+    pub(super) async fn read_request(
         &self,
         headers: &HeaderMap,
         body: Body,

@@ -97,7 +97,7 @@ pub(super) async fn metadata(
     let r = s.0.cache.resolve(reference).await?;
     let loaded = s.0.cache.loaded_model(&r.cid).await;
     let signature = match (&loaded, &r.signature) {
-        (Some(m), _) => &m.signature,
+        (Some(m), _) => m.onnx()?.0,
         (None, Some(sig)) => sig,
         (None, None) => {
             return Err(NodeError::ModelNotFound(format!(

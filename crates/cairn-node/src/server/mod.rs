@@ -41,12 +41,14 @@ use utoipa::OpenApi;
 mod body;
 mod infer;
 mod meta;
+mod openai;
 mod prepaid;
 mod receipts;
 
 use body::*;
 use infer::*;
 use meta::*;
+use openai::*;
 use prepaid::*;
 use receipts::*;
 
@@ -87,6 +89,8 @@ struct Inner {
     verifiers: Option<cairn_ledger::ActiveVerifiers>,
     /// The host of this node's registered endpoint, with when it was read.
     own_host: tokio::sync::Mutex<Option<(String, std::time::Instant)>>,
+    /// Language models `GET /v1/models` lists.
+    llm_models: Vec<String>,
 }
 
 pub(crate) async fn open(c: NodeConfig) -> Result<NodeState, NodeError> {
@@ -171,6 +175,7 @@ pub(crate) async fn open(c: NodeConfig) -> Result<NodeState, NodeError> {
         verifier_replay: cairn_core::auth::ReplayGuard::new(100_000, 1_000),
         verifiers,
         own_host: tokio::sync::Mutex::new(None),
+        llm_models: c.llm_models,
     })))
 }
 
@@ -355,6 +360,9 @@ pub fn router(state: NodeState) -> Router {
         .route("/v1/prepaid/{payer}", get(prepaid_channel))
         .route("/v1/prepaid/deposits", post(prepaid_deposit))
         .route("/v1/node", get(node_info))
+        .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/completions", post(completions))
+        .route("/v1/models", get(models))
         .route("/v1/receipts/{id}", get(receipt))
         .route("/v1/batches/{id}", get(batch))
         .route("/v1/batches/{id}/attestations", post(add_attestation))
@@ -389,7 +397,10 @@ pub fn router(state: NodeState) -> Router {
         batch,
         add_attestation,
         prepaid_channel,
-        prepaid_deposit
+        prepaid_deposit,
+        chat_completions,
+        completions,
+        models
     ),
     components(schemas(ErrorBody))
 )]

@@ -127,6 +127,7 @@ impl cairn_x402::KeptAnswers for KeptFromLog {
                 cid,
                 version: None,
                 signature: None,
+                gguf: None,
             };
             let ran = Inference {
                 outputs,

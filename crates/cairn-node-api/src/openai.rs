@@ -1,0 +1,448 @@
+//! The OpenAI-compatible API's bodies: what `POST /v1/chat/completions`, `POST /v1/completions`
+//! and `GET /v1/models` take and give, as the official `openai` clients spell them.
+//!
+//! Requests are read strictly: a field this node does not implement is refused by name rather
+//! than ignored, so a caller never believes a parameter was honored when it was not. Responses
+//! are serialized from these structs in field order, so the same generation always gives the
+//! same bytes (what an LLM receipt's `responseHash` covers and a verifier rebuilds).
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Header naming the receipt of an OpenAI-compatible call (sent before the body, so a stream's
+/// caller knows it from the start); the receipt is at `GET /v1/receipts/{id}` once the answer
+/// is complete.
+pub const RECEIPT_ID_HEADER: &str = "cairn-receipt-id";
+
+/// A message's content: text, or an array of parts of which only `text` parts are taken.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(untagged)]
+pub enum Content {
+    /// Plain text.
+    Text(String),
+    /// Typed parts (`{"type": "text", "text": …}`).
+    Parts(Vec<ContentPart>),
+}
+
+/// One part of a message's content.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ContentPart {
+    /// `text` (the only kind a text model takes).
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The text.
+    #[serde(default)]
+    pub text: Option<String>,
+}
+
+/// One message of a chat request.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RequestMessage {
+    /// `system`, `developer`, `user`, `assistant` or `tool`.
+    pub role: String,
+    /// The text (absent or null only for an assistant message that called tools).
+    #[serde(default)]
+    pub content: Option<Content>,
+    /// A participant's name (kept out of the prompt; the chat template has no place for it).
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// `stop`: one string or up to four.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum Stop {
+    /// One stop string.
+    One(String),
+    /// Several.
+    Many(Vec<String>),
+}
+
+/// `stream_options`.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StreamOptions {
+    /// Send a last chunk with the usage (and `"usage": null` on every other chunk).
+    #[serde(default)]
+    pub include_usage: Option<bool>,
+}
+
+/// The sampling parameters both endpoints share.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+pub struct SamplingParams {
+    /// Most tokens to generate (the older name).
+    #[serde(default)]
+    pub max_tokens: Option<u32>,
+    /// 0 to 2; 0 is greedy (the default is 1, as OpenAI's).
+    #[serde(default)]
+    pub temperature: Option<f64>,
+    /// Nucleus sampling's mass, in (0, 1].
+    #[serde(default)]
+    pub top_p: Option<f64>,
+    /// Keep at most this many most likely tokens (0: all). Not in OpenAI's API; llama.cpp's
+    /// and vLLM's servers take it.
+    #[serde(default)]
+    pub top_k: Option<u32>,
+    /// The sampler's seed: the same request and seed give the same tokens.
+    #[serde(default)]
+    pub seed: Option<i64>,
+    /// Up to four strings that end the answer (not included in it).
+    #[serde(default)]
+    pub stop: Option<Stop>,
+    /// Answer as server-sent events.
+    #[serde(default)]
+    pub stream: Option<bool>,
+    /// Streaming options.
+    #[serde(default)]
+    pub stream_options: Option<StreamOptions>,
+    /// Choices to generate: only 1.
+    #[serde(default)]
+    pub n: Option<u32>,
+    /// An end-user id (not used; never logged).
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Must be 0 or absent: penalties are not implemented.
+    #[serde(default)]
+    pub frequency_penalty: Option<f64>,
+    /// Must be 0 or absent.
+    #[serde(default)]
+    pub presence_penalty: Option<f64>,
+    /// Must be false or absent.
+    #[serde(default)]
+    pub logprobs: Option<bool>,
+}
+
+/// `POST /v1/chat/completions` (read through [`parse_request`]).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+pub struct ChatCompletionRequest {
+    /// A model on the hub: its CID or `name@version`.
+    pub model: String,
+    /// The conversation.
+    pub messages: Vec<RequestMessage>,
+    /// Most tokens to generate (the newer name; wins over `max_tokens`).
+    #[serde(default)]
+    pub max_completion_tokens: Option<u32>,
+    /// `{"type": "text"}` only, for now.
+    #[serde(default)]
+    pub response_format: Option<Value>,
+    /// Not implemented yet: refused.
+    #[serde(default)]
+    pub tools: Option<Value>,
+    /// Not implemented yet: refused unless `none`.
+    #[serde(default)]
+    pub tool_choice: Option<Value>,
+    /// Must be false or absent.
+    #[serde(default)]
+    pub parallel_tool_calls: Option<bool>,
+    /// Must be absent: `logprobs` is not implemented.
+    #[serde(default)]
+    pub top_logprobs: Option<u32>,
+    /// Sampling and streaming.
+    #[serde(flatten)]
+    pub sampling: SamplingParams,
+}
+
+/// `POST /v1/completions` (read through [`parse_request`]).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+pub struct CompletionRequest {
+    /// A model on the hub: its CID or `name@version`.
+    pub model: String,
+    /// The text to continue (one string).
+    pub prompt: Value,
+    /// Must be false or absent.
+    #[serde(default)]
+    pub echo: Option<bool>,
+    /// Must be absent.
+    #[serde(default)]
+    pub suffix: Option<String>,
+    /// Must be 1 or absent.
+    #[serde(default)]
+    pub best_of: Option<u32>,
+    /// Sampling and streaming.
+    #[serde(flatten)]
+    pub sampling: SamplingParams,
+}
+
+/// The fields [`SamplingParams`] reads.
+const SAMPLING_FIELDS: &[&str] = &[
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "seed",
+    "stop",
+    "stream",
+    "stream_options",
+    "n",
+    "user",
+    "frequency_penalty",
+    "presence_penalty",
+    "logprobs",
+];
+
+/// A request body that names only fields this node implements (serde's `deny_unknown_fields`
+/// does not hold across a flattened struct): the JSON object, or which field is unknown.
+pub trait KnownFields {
+    /// The top-level fields besides [`SamplingParams`]'s.
+    const FIELDS: &'static [&'static str];
+}
+
+impl KnownFields for ChatCompletionRequest {
+    const FIELDS: &'static [&'static str] = &[
+        "model",
+        "messages",
+        "max_completion_tokens",
+        "response_format",
+        "tools",
+        "tool_choice",
+        "parallel_tool_calls",
+        "top_logprobs",
+    ];
+}
+
+impl KnownFields for CompletionRequest {
+    const FIELDS: &'static [&'static str] = &["model", "prompt", "echo", "suffix", "best_of"];
+}
+
+/// Why a request body was not read: the message, and the field at fault when there is one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RequestError {
+    /// What is wrong and what to do.
+    pub message: String,
+    /// The field.
+    pub param: Option<String>,
+}
+
+/// Reads a request body: a JSON object naming only the fields `T` implements.
+pub fn parse_request<T: KnownFields + serde::de::DeserializeOwned>(
+    body: &[u8],
+) -> Result<T, RequestError> {
+    let value: Value = serde_json::from_slice(body).map_err(|e| RequestError {
+        message: format!("the body is not JSON: {e}"),
+        param: None,
+    })?;
+    let Some(object) = value.as_object() else {
+        return Err(RequestError {
+            message: "the body must be a JSON object".into(),
+            param: None,
+        });
+    };
+    if let Some(k) = object
+        .keys()
+        .find(|k| !T::FIELDS.contains(&k.as_str()) && !SAMPLING_FIELDS.contains(&k.as_str()))
+    {
+        return Err(RequestError {
+            message: format!(
+                "unrecognized request argument `{k}`: this node does not implement it"
+            ),
+            param: Some(k.clone()),
+        });
+    }
+    serde_json::from_value(value).map_err(|e| RequestError {
+        message: format!("the request is malformed: {e}"),
+        param: None,
+    })
+}
+
+/// Token counts.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Usage {
+    /// Tokens of the prompt as the model saw it.
+    pub prompt_tokens: u32,
+    /// Tokens generated.
+    pub completion_tokens: u32,
+    /// Their sum.
+    pub total_tokens: u32,
+}
+
+/// The assistant's message in a chat completion.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct AssistantMessage {
+    /// `assistant`.
+    pub role: String,
+    /// The generated text.
+    pub content: String,
+    /// Always null (no refusals are generated separately).
+    pub refusal: Option<String>,
+}
+
+/// One choice of a chat completion.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ChatChoice {
+    /// 0.
+    pub index: u32,
+    /// The answer.
+    pub message: AssistantMessage,
+    /// Always null.
+    pub logprobs: Option<Value>,
+    /// `stop` (end of turn or a stop string) or `length` (max tokens or the context's end).
+    pub finish_reason: String,
+}
+
+/// `chat.completion`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ChatCompletion {
+    /// `chatcmpl-` and the receipt's request id.
+    pub id: String,
+    /// `chat.completion`.
+    pub object: String,
+    /// Unix seconds (the receipt's timestamp).
+    pub created: u64,
+    /// The model as the request named it.
+    pub model: String,
+    /// The execution profile's hash: the same fingerprint, the same engine and rules.
+    pub system_fingerprint: String,
+    /// One choice.
+    pub choices: Vec<ChatChoice>,
+    /// Token counts.
+    pub usage: Usage,
+}
+
+/// A streamed delta.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Default)]
+pub struct Delta {
+    /// `assistant`, in the first chunk only.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub role: Option<String>,
+    /// New text.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub content: Option<String>,
+}
+
+/// One choice of a streamed chunk.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ChunkChoice {
+    /// 0.
+    pub index: u32,
+    /// What is new.
+    pub delta: Delta,
+    /// Always null.
+    pub logprobs: Option<Value>,
+    /// Null until the last choice chunk.
+    pub finish_reason: Option<String>,
+}
+
+/// `chat.completion.chunk`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ChatCompletionChunk {
+    /// The same for every chunk of a stream.
+    pub id: String,
+    /// `chat.completion.chunk`.
+    pub object: String,
+    /// Unix seconds.
+    pub created: u64,
+    /// The model as the request named it.
+    pub model: String,
+    /// As in [`ChatCompletion`].
+    pub system_fingerprint: String,
+    /// One choice, or none in the usage chunk.
+    pub choices: Vec<ChunkChoice>,
+    /// With `include_usage`: null, then the counts in the last chunk. Absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub usage: Option<Option<Usage>>,
+}
+
+/// One choice of a text completion (or of one of its chunks).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct TextChoice {
+    /// The generated text (for a chunk: what is new).
+    pub text: String,
+    /// 0.
+    pub index: u32,
+    /// Always null.
+    pub logprobs: Option<Value>,
+    /// Null until the end.
+    pub finish_reason: Option<String>,
+}
+
+/// `text_completion` (the whole answer, or a chunk of a stream).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct TextCompletion {
+    /// `cmpl-` and the receipt's request id.
+    pub id: String,
+    /// `text_completion`.
+    pub object: String,
+    /// Unix seconds.
+    pub created: u64,
+    /// The model as the request named it.
+    pub model: String,
+    /// As in [`ChatCompletion`].
+    pub system_fingerprint: String,
+    /// One choice, or none in a stream's usage chunk.
+    pub choices: Vec<TextChoice>,
+    /// Token counts (a stream: as in [`ChatCompletionChunk::usage`]).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub usage: Option<Option<Usage>>,
+}
+
+/// One model of `GET /v1/models`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
+pub struct ModelCard {
+    /// How to name it in a request: `name@version` (or the CID).
+    pub id: String,
+    /// `model`.
+    pub object: String,
+    /// Unix seconds of its release (0 when unknown).
+    pub created: u64,
+    /// The repository's owner.
+    pub owned_by: String,
+    /// The exact file (its content ID).
+    pub cid: String,
+    /// What the hub read from the file: architecture, parameters, quantization, context,
+    /// vocabulary, chat template.
+    #[schema(value_type = Object)]
+    pub gguf: Value,
+}
+
+/// `GET /v1/models`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
+pub struct ModelList {
+    /// `list`.
+    pub object: String,
+    /// The language models this node serves.
+    pub data: Vec<ModelCard>,
+}
+
+/// An OpenAI-shaped error (`{"error": {…}}`), with Cairn's own `code` and `message` beside it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
+pub struct OpenAiErrorBody {
+    /// Stable machine code (the same as `error.code`).
+    pub code: String,
+    /// What went wrong and what to do.
+    pub message: String,
+    /// The error as OpenAI's clients read it.
+    pub error: OpenAiError,
+}
+
+/// The inner error object.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
+pub struct OpenAiError {
+    /// What went wrong and what to do.
+    pub message: String,
+    /// `invalid_request_error`, `not_found_error`, `server_error`, …
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The request field at fault, when one is.
+    pub param: Option<String>,
+    /// Stable machine code.
+    pub code: String,
+}
+
+impl OpenAiErrorBody {
+    /// An error from its parts.
+    pub fn new(kind: &str, code: &str, param: Option<&str>, message: impl Into<String>) -> Self {
+        let message = message.into();
+        Self {
+            code: code.into(),
+            message: message.clone(),
+            error: OpenAiError {
+                message,
+                kind: kind.into(),
+                param: param.map(str::to_owned),
+                code: code.into(),
+            },
+        }
+    }
+}

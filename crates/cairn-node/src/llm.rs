@@ -1,0 +1,885 @@
+//! Language-model calls, the same on the node and on a verifier: an OpenAI-compatible request
+//! read into what the model runs (prompt tokens, sampling, limits), the generation, and the
+//! exact bytes answered. The answer is a function of the request bytes, the model, the
+//! receipt's request id and timestamp and nothing else, so a verifier given the request and the
+//! receipt rebuilds the bytes the receipt's `responseHash` covers.
+//!
+//! The seed: with the request's `seed`, Keccak-256 of `"cairn.llm.seed.v1" ‖ 0x01 ‖ seed (i64
+//! big-endian)` (the same request and seed give the same tokens on any node); without one, of
+//! `"cairn.llm.seed.v1" ‖ 0x00 ‖ requestId` (fresh per call, and still reproducible from the
+//! receipt).
+
+use alloy_primitives::{B256, keccak256};
+use cairn_core::ExecutionProfile;
+use cairn_llm::{ChatMessage, Model, Sampler, Sampling};
+use cairn_node_api::openai::{
+    AssistantMessage, ChatChoice, ChatCompletion, ChatCompletionChunk, ChatCompletionRequest,
+    ChunkChoice, CompletionRequest, Content, Delta, RequestError, SamplingParams, Stop, TextChoice,
+    TextCompletion, Usage, parse_request,
+};
+use serde_json::Value;
+
+/// The execution profile every language-model receipt names: cairn-llm's version and rules,
+/// one thread. `isa` is `any`: the engine's float operations are the same bits on every CPU
+/// path (AVX2 or portable), so verifiers need not share the node's CPU tier.
+pub fn profile() -> ExecutionProfile {
+    ExecutionProfile {
+        engine: cairn_core::LLM_ENGINE.into(),
+        engine_version: cairn_llm::ENGINE_VERSION.into(),
+        isa: "any".into(),
+        threads: 1,
+    }
+}
+
+/// Which route a call came through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `POST /v1/chat/completions`.
+    Chat,
+    /// `POST /v1/completions`.
+    Completion,
+}
+
+/// What was asked of the model, before a model is at hand.
+#[derive(Clone, Debug)]
+pub struct LlmRequest {
+    /// Which route.
+    pub endpoint: Endpoint,
+    /// The model as the request names it (a CID or `name@version`).
+    pub model: String,
+    /// The conversation (chat) or the text to continue (completion).
+    prompt: PromptSource,
+    /// Most tokens to generate, when the request says.
+    max_tokens: Option<u32>,
+    temperature: f64,
+    top_p: f64,
+    top_k: u32,
+    seed: Option<i64>,
+    stop: Vec<String>,
+    /// Answer as server-sent events.
+    pub stream: bool,
+    include_usage: bool,
+}
+
+#[derive(Clone, Debug)]
+enum PromptSource {
+    Chat(Vec<ChatMessage>),
+    Text(String),
+}
+
+/// Why a call cannot be served.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum CallError {
+    /// The request is malformed or asks for something not implemented (400).
+    #[error("{message}")]
+    Invalid {
+        /// What is wrong and what to do.
+        message: String,
+        /// The field at fault.
+        param: Option<String>,
+    },
+    /// The prompt and the tokens asked for do not fit the context (400).
+    #[error("{0}")]
+    ContextLength(String),
+    /// The model failed on a request it accepted (500).
+    #[error("{0}")]
+    Model(String),
+}
+
+fn invalid(param: &str, message: impl Into<String>) -> CallError {
+    CallError::Invalid {
+        message: message.into(),
+        param: Some(param.into()),
+    }
+}
+
+impl From<RequestError> for CallError {
+    fn from(e: RequestError) -> Self {
+        CallError::Invalid {
+            message: e.message,
+            param: e.param,
+        }
+    }
+}
+
+impl LlmRequest {
+    /// Reads a request body for `endpoint`, checking every parameter.
+    pub fn parse(endpoint: Endpoint, body: &[u8]) -> Result<Self, CallError> {
+        match endpoint {
+            Endpoint::Chat => {
+                let r: ChatCompletionRequest = parse_request(body)?;
+                if let Some(f) = &r.response_format
+                    && f.get("type").and_then(Value::as_str) != Some("text")
+                {
+                    return Err(invalid(
+                        "response_format",
+                        "only {\"type\": \"text\"} is implemented on this node; structured output (json_object, json_schema) is not yet",
+                    ));
+                }
+                if r.tools.as_ref().is_some_and(|t| !t.is_null()) {
+                    return Err(invalid(
+                        "tools",
+                        "tool calls are not implemented on this node yet; send the request without `tools`",
+                    ));
+                }
+                if r.tool_choice
+                    .as_ref()
+                    .is_some_and(|t| !t.is_null() && t.as_str() != Some("none"))
+                {
+                    return Err(invalid("tool_choice", "only `none` is implemented"));
+                }
+                if r.parallel_tool_calls == Some(true) {
+                    return Err(invalid(
+                        "parallel_tool_calls",
+                        "tool calls are not implemented",
+                    ));
+                }
+                if r.top_logprobs.is_some() {
+                    return Err(invalid("top_logprobs", "logprobs are not implemented"));
+                }
+                if r.messages.is_empty() {
+                    return Err(invalid("messages", "at least one message is needed"));
+                }
+                let mut messages = Vec::with_capacity(r.messages.len());
+                for (i, m) in r.messages.iter().enumerate() {
+                    let param = format!("messages[{i}]");
+                    if !matches!(
+                        m.role.as_str(),
+                        "system" | "developer" | "user" | "assistant" | "tool"
+                    ) {
+                        return Err(invalid(
+                            &format!("{param}.role"),
+                            format!(
+                                "role `{}` is not one of system, developer, user, assistant, tool",
+                                m.role
+                            ),
+                        ));
+                    }
+                    let content = match &m.content {
+                        None => String::new(),
+                        Some(Content::Text(t)) => t.clone(),
+                        Some(Content::Parts(parts)) => {
+                            let mut text = String::new();
+                            for p in parts {
+                                match (p.kind.as_str(), &p.text) {
+                                    ("text", Some(t)) => text.push_str(t),
+                                    (kind, _) => {
+                                        return Err(invalid(
+                                            &format!("{param}.content"),
+                                            format!(
+                                                "a `{kind}` part cannot be given to a text model; send text parts"
+                                            ),
+                                        ));
+                                    }
+                                }
+                            }
+                            text
+                        }
+                    };
+                    // The templates know `system`; a developer message is the same instruction.
+                    let role = if m.role == "developer" {
+                        "system".to_owned()
+                    } else {
+                        m.role.clone()
+                    };
+                    messages.push(ChatMessage { role, content });
+                }
+                let max = r.max_completion_tokens.or(r.sampling.max_tokens);
+                Self::from_sampling(
+                    endpoint,
+                    r.model,
+                    PromptSource::Chat(messages),
+                    max,
+                    r.sampling,
+                )
+            }
+            Endpoint::Completion => {
+                let r: CompletionRequest = parse_request(body)?;
+                if r.echo == Some(true) {
+                    return Err(invalid("echo", "echo is not implemented"));
+                }
+                if r.suffix.is_some() {
+                    return Err(invalid("suffix", "suffix is not implemented"));
+                }
+                if r.best_of.is_some_and(|b| b != 1) {
+                    return Err(invalid("best_of", "only best_of = 1 is implemented"));
+                }
+                let text = match &r.prompt {
+                    Value::String(s) => s.clone(),
+                    Value::Array(a) if a.len() == 1 && a[0].is_string() => {
+                        a[0].as_str().unwrap_or_default().to_owned()
+                    }
+                    _ => {
+                        return Err(invalid(
+                            "prompt",
+                            "the prompt must be one string (batches of prompts and token arrays are not implemented)",
+                        ));
+                    }
+                };
+                let max = r.sampling.max_tokens.or(Some(16));
+                Self::from_sampling(endpoint, r.model, PromptSource::Text(text), max, r.sampling)
+            }
+        }
+    }
+
+    fn from_sampling(
+        endpoint: Endpoint,
+        model: String,
+        prompt: PromptSource,
+        max_tokens: Option<u32>,
+        s: SamplingParams,
+    ) -> Result<Self, CallError> {
+        if s.n.is_some_and(|n| n != 1) {
+            return Err(invalid("n", "only n = 1 is implemented"));
+        }
+        if s.frequency_penalty.is_some_and(|p| p != 0.0) {
+            return Err(invalid(
+                "frequency_penalty",
+                "penalties are not implemented",
+            ));
+        }
+        if s.presence_penalty.is_some_and(|p| p != 0.0) {
+            return Err(invalid("presence_penalty", "penalties are not implemented"));
+        }
+        if s.logprobs == Some(true) {
+            return Err(invalid("logprobs", "logprobs are not implemented"));
+        }
+        let temperature = s.temperature.unwrap_or(1.0);
+        if !(0.0..=2.0).contains(&temperature) {
+            return Err(invalid(
+                "temperature",
+                "temperature must be between 0 and 2",
+            ));
+        }
+        let top_p = s.top_p.unwrap_or(1.0);
+        if !(top_p > 0.0 && top_p <= 1.0) {
+            return Err(invalid("top_p", "top_p must be in (0, 1]"));
+        }
+        if max_tokens == Some(0) {
+            return Err(invalid("max_tokens", "max_tokens must be at least 1"));
+        }
+        let stop = match s.stop {
+            None => Vec::new(),
+            Some(Stop::One(s)) => vec![s],
+            Some(Stop::Many(v)) => v,
+        };
+        if stop.len() > 4 || stop.iter().any(|s| s.is_empty() || s.len() > 256) {
+            return Err(invalid(
+                "stop",
+                "at most 4 stop strings, each 1 to 256 bytes",
+            ));
+        }
+        let stream = s.stream.unwrap_or(false);
+        if s.stream_options.is_some() && !stream {
+            return Err(invalid(
+                "stream_options",
+                "stream_options needs stream: true",
+            ));
+        }
+        Ok(Self {
+            endpoint,
+            model,
+            prompt,
+            max_tokens,
+            temperature,
+            top_p,
+            top_k: s.top_k.unwrap_or(0),
+            seed: s.seed,
+            stop,
+            stream,
+            include_usage: s
+                .stream_options
+                .and_then(|o| o.include_usage)
+                .unwrap_or(false),
+        })
+    }
+
+    /// The prompt's token ids for `model` (its chat template for a chat).
+    pub fn prompt_tokens(&self, model: &Model) -> Result<Vec<u32>, CallError> {
+        match &self.prompt {
+            PromptSource::Text(t) => Ok(model.tokenizer.encode(t)),
+            PromptSource::Chat(messages) => {
+                let template = model.chat_template.as_ref().ok_or_else(|| {
+                    invalid(
+                        "model",
+                        "the model has no chat template; use /v1/completions with a prompt",
+                    )
+                })?;
+                template
+                    .render(messages, true, &model.tokenizer)
+                    .map_err(|e| invalid("messages", e.to_string()))
+            }
+        }
+    }
+
+    /// The sampler's settings for the call with receipt id `request_id`.
+    pub fn sampling(&self, request_id: B256) -> Sampling {
+        let mut pre = b"cairn.llm.seed.v1".to_vec();
+        match self.seed {
+            Some(s) => {
+                pre.push(1);
+                pre.extend_from_slice(&s.to_be_bytes());
+            }
+            None => {
+                pre.push(0);
+                pre.extend_from_slice(request_id.as_slice());
+            }
+        }
+        Sampling {
+            temperature: self.temperature as f32,
+            top_p: self.top_p as f32,
+            top_k: self.top_k as usize,
+            seed: keccak256(pre).0,
+        }
+    }
+}
+
+/// Who the answer says it is from: the receipt's id and time, and the profile's fingerprint.
+#[derive(Clone, Debug)]
+pub struct Identity {
+    /// The receipt's request id.
+    pub request_id: B256,
+    /// The receipt's timestamp.
+    pub created: u64,
+    /// The execution profile's hash.
+    pub fingerprint: B256,
+}
+
+/// A generation's outcome.
+#[derive(Clone, Debug)]
+pub struct Generated {
+    /// The tokens sampled.
+    pub tokens: Vec<u32>,
+    /// The prompt's length in tokens.
+    pub prompt_tokens: u32,
+    /// Tokens counted (for a stream cut short: those whose text reached the sink).
+    pub completion_tokens: u32,
+    /// Whether the answer was delivered whole.
+    pub complete: bool,
+    /// Bytes still to send: the whole body (not streamed), or the stream's last events (the
+    /// finish chunk, the usage chunk, `[DONE]`); empty for a stream cut short.
+    pub tail: Vec<u8>,
+    /// Every byte of the answer: what the sink took, then `tail`. The receipt's `responseHash`
+    /// is its SHA-256.
+    pub transcript: Vec<u8>,
+}
+
+/// How many tokens `request` may generate after a prompt of `prompt` tokens within `context`
+/// positions: what it asks for (all the room left when it does not say), or why it cannot.
+pub fn max_tokens(request: &LlmRequest, prompt: usize, context: usize) -> Result<usize, CallError> {
+    let room = context.saturating_sub(prompt);
+    if room == 0 {
+        return Err(CallError::ContextLength(format!(
+            "the prompt is {prompt} tokens; this node serves at most {context} tokens of context for this model. Shorten the prompt"
+        )));
+    }
+    match request.max_tokens {
+        Some(m) if m as usize > room => Err(CallError::ContextLength(format!(
+            "the prompt ({prompt} tokens) and max_tokens ({m}) exceed this node's {context}-token context for this model; ask for at most {room} tokens"
+        ))),
+        Some(m) => Ok(m as usize),
+        None => Ok(room),
+    }
+}
+
+/// Runs `request` on `model` with prompt `prompt` (from [`LlmRequest::prompt_tokens`]), at most
+/// `context` positions in all. A stream's events go to `sink` as they are made, except the last
+/// ones (in [`Generated::tail`], sent once the receipt is committed); `sink` returns false when
+/// the client is gone, which ends the generation.
+pub fn generate(
+    model: &Model,
+    request: &LlmRequest,
+    prompt: &[u32],
+    context: usize,
+    id: &Identity,
+    mut sink: impl FnMut(&[u8]) -> bool,
+) -> Result<Generated, CallError> {
+    let max_tokens = max_tokens(request, prompt.len(), context)?;
+    let render = Render {
+        request,
+        id,
+        model_name: &request.model,
+    };
+    let mut transcript = Vec::new();
+    let mut text = TextStream::new(&request.stop);
+    let mut sent_tokens = 0u32;
+    let mut complete = true;
+    if request.stream {
+        let first = render.first_event();
+        if !first.is_empty() {
+            if !sink(&first) {
+                return Ok(Generated {
+                    tokens: Vec::new(),
+                    prompt_tokens: prompt.len() as u32,
+                    completion_tokens: 0,
+                    complete: false,
+                    tail: Vec::new(),
+                    transcript: Vec::new(),
+                });
+            }
+            transcript.extend_from_slice(&first);
+        }
+    }
+    let mut session = model.session();
+    let mut sampler = Sampler::new(request.sampling(id.request_id));
+    let mut logits = session
+        .feed(prompt)
+        .map_err(|e| CallError::Model(e.to_string()))?;
+    let mut tokens = Vec::new();
+    let mut finish = "length";
+    while tokens.len() < max_tokens {
+        let next = sampler.sample(&logits);
+        tokens.push(next);
+        // The end of the turn: the model's end token or any other control token.
+        if Some(next) == model.tokenizer.eos || model.tokenizer.is_control(next) {
+            finish = "stop";
+            break;
+        }
+        let stopped = text.push(&model.tokenizer.token_bytes(next));
+        if request.stream {
+            let piece = text.take_ready();
+            if !piece.is_empty() {
+                let event = render.piece_event(&piece);
+                if !sink(&event) {
+                    complete = false;
+                    break;
+                }
+                transcript.extend_from_slice(&event);
+                sent_tokens = tokens.len() as u32;
+            }
+        }
+        if stopped {
+            finish = "stop";
+            break;
+        }
+        if tokens.len() == max_tokens {
+            break;
+        }
+        logits = session
+            .step(next)
+            .map_err(|e| CallError::Model(e.to_string()))?;
+    }
+    let prompt_tokens = prompt.len() as u32;
+    if !complete {
+        return Ok(Generated {
+            tokens,
+            prompt_tokens,
+            completion_tokens: sent_tokens,
+            complete: false,
+            tail: Vec::new(),
+            transcript,
+        });
+    }
+    let completion_tokens = tokens.len() as u32;
+    let usage = Usage {
+        prompt_tokens,
+        completion_tokens,
+        total_tokens: prompt_tokens + completion_tokens,
+    };
+    let tail = if request.stream {
+        let rest = text.finish();
+        let mut tail = Vec::new();
+        if !rest.is_empty() {
+            tail.extend(render.piece_event(&rest));
+        }
+        tail.extend(render.finish_events(finish, usage));
+        tail
+    } else {
+        render.whole(&text.finish_all(), finish, usage)
+    };
+    transcript.extend_from_slice(&tail);
+    Ok(Generated {
+        tokens,
+        prompt_tokens,
+        completion_tokens,
+        complete: true,
+        tail,
+        transcript,
+    })
+}
+
+/// The answer's bytes.
+struct Render<'a> {
+    request: &'a LlmRequest,
+    id: &'a Identity,
+    model_name: &'a str,
+}
+
+fn sse(value: &impl serde::Serialize) -> Vec<u8> {
+    let mut out = b"data: ".to_vec();
+    serde_json::to_writer(&mut out, value).expect("serializes");
+    out.extend_from_slice(b"\n\n");
+    out
+}
+
+impl Render<'_> {
+    fn chat_id(&self) -> String {
+        let prefix = match self.request.endpoint {
+            Endpoint::Chat => "chatcmpl-",
+            Endpoint::Completion => "cmpl-",
+        };
+        format!(
+            "{prefix}{}",
+            alloy_primitives::hex::encode(self.id.request_id)
+        )
+    }
+
+    fn fingerprint(&self) -> String {
+        format!(
+            "cairn-{}",
+            alloy_primitives::hex::encode(&self.id.fingerprint[..8])
+        )
+    }
+
+    /// `null` on every chunk when the usage comes last; absent otherwise.
+    fn chunk_usage(&self) -> Option<Option<Usage>> {
+        self.request.include_usage.then_some(None)
+    }
+
+    fn chat_chunk(&self, delta: Delta, finish: Option<&str>) -> Vec<u8> {
+        sse(&ChatCompletionChunk {
+            id: self.chat_id(),
+            object: "chat.completion.chunk".into(),
+            created: self.id.created,
+            model: self.model_name.into(),
+            system_fingerprint: self.fingerprint(),
+            choices: vec![ChunkChoice {
+                index: 0,
+                delta,
+                logprobs: None,
+                finish_reason: finish.map(str::to_owned),
+            }],
+            usage: self.chunk_usage(),
+        })
+    }
+
+    fn text_chunk(&self, text: &str, finish: Option<&str>) -> Vec<u8> {
+        sse(&TextCompletion {
+            id: self.chat_id(),
+            object: "text_completion".into(),
+            created: self.id.created,
+            model: self.model_name.into(),
+            system_fingerprint: self.fingerprint(),
+            choices: vec![TextChoice {
+                text: text.into(),
+                index: 0,
+                logprobs: None,
+                finish_reason: finish.map(str::to_owned),
+            }],
+            usage: self.chunk_usage(),
+        })
+    }
+
+    /// A chat stream opens with the assistant's role.
+    fn first_event(&self) -> Vec<u8> {
+        match self.request.endpoint {
+            Endpoint::Chat => self.chat_chunk(
+                Delta {
+                    role: Some("assistant".into()),
+                    content: Some(String::new()),
+                },
+                None,
+            ),
+            Endpoint::Completion => Vec::new(),
+        }
+    }
+
+    fn piece_event(&self, text: &str) -> Vec<u8> {
+        match self.request.endpoint {
+            Endpoint::Chat => self.chat_chunk(
+                Delta {
+                    role: None,
+                    content: Some(text.into()),
+                },
+                None,
+            ),
+            Endpoint::Completion => self.text_chunk(text, None),
+        }
+    }
+
+    fn finish_events(&self, finish: &str, usage: Usage) -> Vec<u8> {
+        let mut out = match self.request.endpoint {
+            Endpoint::Chat => self.chat_chunk(Delta::default(), Some(finish)),
+            Endpoint::Completion => self.text_chunk("", Some(finish)),
+        };
+        if self.request.include_usage {
+            out.extend(match self.request.endpoint {
+                Endpoint::Chat => sse(&ChatCompletionChunk {
+                    id: self.chat_id(),
+                    object: "chat.completion.chunk".into(),
+                    created: self.id.created,
+                    model: self.model_name.into(),
+                    system_fingerprint: self.fingerprint(),
+                    choices: Vec::new(),
+                    usage: Some(Some(usage)),
+                }),
+                Endpoint::Completion => sse(&TextCompletion {
+                    id: self.chat_id(),
+                    object: "text_completion".into(),
+                    created: self.id.created,
+                    model: self.model_name.into(),
+                    system_fingerprint: self.fingerprint(),
+                    choices: Vec::new(),
+                    usage: Some(Some(usage)),
+                }),
+            });
+        }
+        out.extend_from_slice(b"data: [DONE]\n\n");
+        out
+    }
+
+    fn whole(&self, text: &str, finish: &str, usage: Usage) -> Vec<u8> {
+        match self.request.endpoint {
+            Endpoint::Chat => serde_json::to_vec(&ChatCompletion {
+                id: self.chat_id(),
+                object: "chat.completion".into(),
+                created: self.id.created,
+                model: self.model_name.into(),
+                system_fingerprint: self.fingerprint(),
+                choices: vec![ChatChoice {
+                    index: 0,
+                    message: AssistantMessage {
+                        role: "assistant".into(),
+                        content: text.into(),
+                        refusal: None,
+                    },
+                    logprobs: None,
+                    finish_reason: finish.into(),
+                }],
+                usage,
+            }),
+            Endpoint::Completion => serde_json::to_vec(&TextCompletion {
+                id: self.chat_id(),
+                object: "text_completion".into(),
+                created: self.id.created,
+                model: self.model_name.into(),
+                system_fingerprint: self.fingerprint(),
+                choices: vec![TextChoice {
+                    text: text.into(),
+                    index: 0,
+                    logprobs: None,
+                    finish_reason: Some(finish.into()),
+                }],
+                usage: Some(Some(usage)),
+            }),
+        }
+        .expect("serializes")
+    }
+}
+
+/// Generated text as it grows: bytes decoded as UTF-8 (a character cut between tokens waits for
+/// its rest; bytes that can never be UTF-8 become U+FFFD), cut at the first stop string, and
+/// released only when no stop string could still begin in it.
+struct TextStream<'a> {
+    stops: &'a [String],
+    text: String,
+    pending: Vec<u8>,
+    /// Bytes of `text` released.
+    released: usize,
+    /// `text` was cut at a stop string: nothing more comes.
+    stopped: bool,
+}
+
+impl<'a> TextStream<'a> {
+    fn new(stops: &'a [String]) -> Self {
+        Self {
+            stops,
+            text: String::new(),
+            pending: Vec::new(),
+            released: 0,
+            stopped: false,
+        }
+    }
+
+    /// Adds a token's bytes; true when a stop string has now appeared (the text ends before it).
+    fn push(&mut self, bytes: &[u8]) -> bool {
+        self.pending.extend_from_slice(bytes);
+        loop {
+            match std::str::from_utf8(&self.pending) {
+                Ok(s) => {
+                    self.text.push_str(s);
+                    self.pending.clear();
+                    break;
+                }
+                Err(e) => {
+                    let ok = e.valid_up_to();
+                    self.text
+                        .push_str(std::str::from_utf8(&self.pending[..ok]).expect("valid prefix"));
+                    match e.error_len() {
+                        Some(bad) => {
+                            self.text.push('\u{FFFD}');
+                            self.pending.drain(..ok + bad);
+                        }
+                        None => {
+                            self.pending.drain(..ok);
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        // A stop string wholly after the released text (released text holds none, nor the
+        // start of one).
+        let from = self.released;
+        if let Some(at) = self
+            .stops
+            .iter()
+            .filter_map(|s| self.text[from..].find(s.as_str()).map(|p| from + p))
+            .min()
+        {
+            self.text.truncate(at);
+            self.pending.clear();
+            self.stopped = true;
+        }
+        self.stopped
+    }
+
+    /// Text that can be released now: up to the end, less a tail that could begin a stop string.
+    fn take_ready(&mut self) -> String {
+        let mut end = self.text.len();
+        if !self.stopped {
+            for (k, _) in self.text[self.released..].char_indices() {
+                let k = self.released + k;
+                let tail = &self.text[k..];
+                if self
+                    .stops
+                    .iter()
+                    .any(|s| s.len() > tail.len() && s.starts_with(tail))
+                {
+                    end = k;
+                    break;
+                }
+            }
+        }
+        let out = self.text[self.released..end].to_owned();
+        self.released = end;
+        out
+    }
+
+    /// Everything not released yet, at the end (a cut character as U+FFFD).
+    fn finish(&mut self) -> String {
+        if !self.pending.is_empty() && !self.stopped {
+            self.text.push('\u{FFFD}');
+            self.pending.clear();
+        }
+        let out = self.text[self.released..].to_owned();
+        self.released = self.text.len();
+        out
+    }
+
+    /// The whole text, at the end.
+    fn finish_all(&mut self) -> String {
+        self.finish();
+        std::mem::take(&mut self.text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_is_released_only_when_no_stop_string_can_begin_in_it() {
+        let stops = vec!["END".to_string()];
+        let mut t = TextStream::new(&stops);
+        assert!(!t.push(b"hello E"));
+        assert_eq!(t.take_ready(), "hello ");
+        assert!(!t.push(b"N"));
+        assert_eq!(t.take_ready(), "");
+        assert!(!t.push(b"x"));
+        assert_eq!(t.take_ready(), "ENx");
+        assert!(t.push(b" and END more"));
+        assert_eq!(t.take_ready(), " and ");
+        assert_eq!(t.finish(), "");
+    }
+
+    #[test]
+    fn a_character_cut_between_tokens_waits_for_its_rest() {
+        let mut t = TextStream::new(&[]);
+        let e = "é".as_bytes();
+        t.push(&e[..1]);
+        assert_eq!(t.take_ready(), "");
+        t.push(&e[1..]);
+        assert_eq!(t.take_ready(), "é");
+        t.push(&[0xff, b'a']);
+        assert_eq!(t.take_ready(), "\u{FFFD}a");
+        t.push(&e[..1]);
+        assert_eq!(t.finish(), "\u{FFFD}");
+    }
+
+    #[test]
+    fn parameters_the_node_does_not_implement_are_refused_by_name() {
+        let chat = |body: &str| LlmRequest::parse(Endpoint::Chat, body.as_bytes());
+        let param = |r: Result<LlmRequest, CallError>| match r {
+            Err(CallError::Invalid { param, .. }) => param,
+            other => panic!("{other:?}"),
+        };
+        let m = r#""model":"m","messages":[{"role":"user","content":"hi"}]"#;
+        assert!(chat(&format!("{{{m}}}")).is_ok());
+        for (extra, field) in [
+            (r#""logit_bias":{}"#, "logit_bias"),
+            (r#""n":2"#, "n"),
+            (r#""tools":[{"type":"function"}]"#, "tools"),
+            (
+                r#""response_format":{"type":"json_object"}"#,
+                "response_format",
+            ),
+            (r#""temperature":3"#, "temperature"),
+            (r#""top_p":0"#, "top_p"),
+            (r#""stop":["a","b","c","d","e"]"#, "stop"),
+            (r#""presence_penalty":0.5"#, "presence_penalty"),
+            (r#""max_tokens":0"#, "max_tokens"),
+            (
+                r#""stream_options":{"include_usage":true}"#,
+                "stream_options",
+            ),
+        ] {
+            assert_eq!(
+                param(chat(&format!("{{{m},{extra}}}"))).as_deref(),
+                Some(field),
+                "{extra}"
+            );
+        }
+        assert_eq!(
+            param(chat(
+                r#"{"model":"m","messages":[{"role":"robot","content":"hi"}]}"#
+            ))
+            .as_deref(),
+            Some("messages[0].role")
+        );
+        assert_eq!(
+            param(chat(
+                r#"{"model":"m","messages":[{"role":"user","content":[{"type":"image_url"}]}]}"#
+            ))
+            .as_deref(),
+            Some("messages[0].content")
+        );
+        assert!(matches!(
+            chat("{not json"),
+            Err(CallError::Invalid { param: None, .. })
+        ));
+        let c = LlmRequest::parse(
+            Endpoint::Completion,
+            br#"{"model":"m","prompt":["one"],"max_tokens":3}"#,
+        )
+        .unwrap();
+        assert_eq!(c.max_tokens, Some(3));
+        assert!(
+            LlmRequest::parse(Endpoint::Completion, br#"{"model":"m","prompt":[1,2]}"#).is_err()
+        );
+    }
+
+    #[test]
+    fn the_seed_comes_from_the_request_seed_or_the_receipt_id() {
+        let parse = |body: &str| LlmRequest::parse(Endpoint::Chat, body.as_bytes()).unwrap();
+        let m = r#""model":"m","messages":[{"role":"user","content":"hi"}]"#;
+        let seeded = parse(&format!("{{{m},\"seed\":7}}"));
+        let a = B256::repeat_byte(1);
+        let b = B256::repeat_byte(2);
+        assert_eq!(seeded.sampling(a).seed, seeded.sampling(b).seed);
+        let unseeded = parse(&format!("{{{m}}}"));
+        assert_ne!(unseeded.sampling(a).seed, unseeded.sampling(b).seed);
+        assert_ne!(unseeded.sampling(a).seed, seeded.sampling(a).seed);
+        assert_eq!(unseeded.sampling(a).temperature, 1.0);
+    }
+}

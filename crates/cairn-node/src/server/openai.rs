@@ -1,0 +1,251 @@
+//! The OpenAI-compatible routes: `POST /v1/chat/completions`, `POST /v1/completions` and
+//! `GET /v1/models`. A call is admitted like an inference (the same queues, a worker for the
+//! whole generation), runs on the language-model engine ([`crate::llm`]) and is answered
+//! whole or as server-sent events; its LLM receipt binds the exact request body and every
+//! byte answered, and is committed before the answer's last bytes leave. The receipt's id is
+//! in the `cairn-receipt-id` header; the receipt is at `GET /v1/receipts/{id}`.
+
+use super::*;
+use crate::llm::{Endpoint, Identity, LlmRequest};
+use crate::log::{Billing, Entry, ToLog};
+use cairn_node_api::openai::{ModelCard, ModelList, OpenAiErrorBody, RECEIPT_ID_HEADER};
+use cairn_receipt::{Claims, LlmUsage};
+use sha2::Digest;
+
+#[utoipa::path(post, path = "/v1/chat/completions", tag = "openai",
+    description = "OpenAI-compatible chat completion on a hub language model (`model`: its CID or `name@version`), \
+    whole or streamed (`stream: true`, server-sent events ending `data: [DONE]`). Parameters this node does not \
+    implement are refused by name. The answer's `cairn-receipt-id` header names its LLM receipt (EIP-712 \
+    `LlmReceipt`: the request body's and the answer's SHA-256, token counts, profile), at `GET /v1/receipts/{id}` once \
+    the answer is complete. Language-model calls are not charged yet (price 0).",
+    request_body(content = Object, description = "an OpenAI chat completion request"),
+    responses((status = 200, description = "`chat.completion`, or `text/event-stream` of `chat.completion.chunk`"),
+              (status = 400, body = OpenAiErrorBody), (status = 404, body = OpenAiErrorBody),
+              (status = 413, body = OpenAiErrorBody), (status = 503, body = OpenAiErrorBody)))]
+pub(super) async fn chat_completions(
+    State(s): State<NodeState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    llm_call(s, Endpoint::Chat, headers, body)
+        .await
+        .unwrap_or_else(NodeError::into_openai_response)
+}
+
+#[utoipa::path(post, path = "/v1/completions", tag = "openai",
+    description = "OpenAI-compatible text completion (one string `prompt`), whole or streamed; receipts as for chat completions.",
+    request_body(content = Object, description = "an OpenAI completion request"),
+    responses((status = 200, description = "`text_completion`, or `text/event-stream` of them"),
+              (status = 400, body = OpenAiErrorBody), (status = 404, body = OpenAiErrorBody)))]
+pub(super) async fn completions(
+    State(s): State<NodeState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    llm_call(s, Endpoint::Completion, headers, body)
+        .await
+        .unwrap_or_else(NodeError::into_openai_response)
+}
+
+#[utoipa::path(get, path = "/v1/models", tag = "openai",
+    description = "The language models this node lists (`--llm-model`), with the metadata the hub read from each file.",
+    responses((status = 200, body = ModelList), (status = 502, body = OpenAiErrorBody)))]
+pub(super) async fn models(State(s): State<NodeState>) -> Response {
+    let mut data = Vec::new();
+    for reference in &s.0.llm_models {
+        match s.0.cache.resolve(reference).await {
+            Ok(r) => data.push(ModelCard {
+                id: reference.clone(),
+                object: "model".into(),
+                created: 0,
+                owned_by: "cairn-hub".into(),
+                cid: r.cid.to_string(),
+                gguf: serde_json::to_value(&r.gguf).unwrap_or_default(),
+            }),
+            Err(e) => return NodeError::from(e).into_openai_response(),
+        }
+    }
+    Json(ModelList {
+        object: "list".into(),
+        data,
+    })
+    .into_response()
+}
+
+fn sha256(bytes: &[u8]) -> B256 {
+    B256::from_slice(&sha2::Sha256::digest(bytes))
+}
+
+/// Reads, admits and runs one call.
+async fn llm_call(
+    s: NodeState,
+    endpoint: Endpoint,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, NodeError> {
+    let i = &s.0;
+    let read = i.read_request(&headers, body).await?;
+    let request = LlmRequest::parse(endpoint, &read.body)?;
+    let resolved = i.cache.resolve(&request.model).await?;
+    if resolved.signature.is_some() {
+        return Err(NodeError::WrongModelKind(format!(
+            "`{}` is an ONNX model; call it through /v2/models/{{model}}/infer",
+            request.model
+        )));
+    }
+    let permits = i.admit(resolved.cid)?;
+    let loaded = tokio::time::timeout(i.limits.timeout, i.cache.get(resolved.cid))
+        .await
+        .map_err(|_| {
+            NodeError::Timeout(format!(
+                "the model did not load within {:?}",
+                i.limits.timeout
+            ))
+        })??;
+    let model = Arc::clone(loaded.llm()?);
+    let context = model.weights.config.context.min(i.limits.llm_context);
+    // The prompt is tokenized (and its length checked) before anything is answered, so a call
+    // that cannot fit is an HTTP error, not a broken stream.
+    let (model, request, prompt) = tokio::task::spawn_blocking(move || {
+        let prompt = request.prompt_tokens(&model);
+        (model, request, prompt)
+    })
+    .await
+    .map_err(|e| NodeError::Internal(format!("tokenizer task: {e}")))?;
+    let prompt = prompt?;
+    crate::llm::max_tokens(&request, prompt.len(), context)?;
+    let worker = i
+        .workers
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|_| NodeError::Internal("worker pool closed".into()))?;
+    let profile = crate::llm::profile();
+    let id = Identity {
+        request_id: B256::random(),
+        created: crate::now_secs(),
+        fingerprint: profile.hash(),
+    };
+    let call = Call {
+        state: s.clone(),
+        cid: resolved.cid,
+        request_body: read.body.to_vec(),
+        profile,
+        id,
+    };
+    drop(read);
+    let receipt_id =
+        HeaderValue::from_str(&call.id.request_id.to_string()).expect("hex is a header value");
+    if !request.stream {
+        let (generated, call) = tokio::task::spawn_blocking(move || {
+            let _held = (worker, permits);
+            let g = crate::llm::generate(&model, &request, &prompt, context, &call.id, |_| true);
+            (g, call)
+        })
+        .await
+        .map_err(|e| NodeError::Internal(format!("generation task: {e}")))?;
+        let generated = generated?;
+        call.commit(&generated).await?;
+        let mut resp = (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/json")],
+            generated.tail,
+        )
+            .into_response();
+        resp.headers_mut().insert(RECEIPT_ID_HEADER, receipt_id);
+        return Ok(resp);
+    }
+    // A stream: events go out as they are made, through a one-slot channel, so a client that
+    // stops reading stops the generation (and is charged for what it was sent).
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(1);
+    let handle = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || {
+        let _held = (worker, permits);
+        let sent = tx.clone();
+        let generated = crate::llm::generate(&model, &request, &prompt, context, &call.id, |b| {
+            sent.blocking_send(Bytes::copy_from_slice(b)).is_ok()
+        });
+        match generated {
+            Ok(g) => {
+                // The receipt is committed before the last events leave.
+                match handle.block_on(call.commit(&g)) {
+                    Ok(()) => {
+                        if !g.tail.is_empty() {
+                            let _ = tx.blocking_send(Bytes::from(g.tail));
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.blocking_send(error_event(&e));
+                    }
+                }
+            }
+            Err(e) => {
+                let _ = tx.blocking_send(error_event(&NodeError::Llm(e)));
+            }
+        }
+    });
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|b| (Ok::<_, std::convert::Infallible>(b), rx))
+    });
+    let mut resp = Response::new(Body::from_stream(stream));
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert(RECEIPT_ID_HEADER, receipt_id);
+    Ok(resp)
+}
+
+/// An error after the stream began: an event with the OpenAI error object (the `openai`
+/// clients raise it), then the end of the stream.
+fn error_event(e: &NodeError) -> Bytes {
+    let mut out = b"data: ".to_vec();
+    serde_json::to_writer(&mut out, &e.openai_body()).expect("serializes");
+    out.extend_from_slice(b"\n\n");
+    Bytes::from(out)
+}
+
+/// What a call's receipt needs besides the generation.
+struct Call {
+    state: NodeState,
+    cid: BlobId,
+    request_body: Vec<u8>,
+    profile: cairn_core::ExecutionProfile,
+    id: Identity,
+}
+
+impl Call {
+    /// Signs the receipt of `g` and commits it with the request and the answer's bytes.
+    async fn commit(&self, g: &crate::llm::Generated) -> Result<(), NodeError> {
+        let claims = Claims {
+            request_id: self.id.request_id,
+            model: self.cid,
+            input_hash: sha256(&self.request_body),
+            output_hash: sha256(&g.transcript),
+            profile: self.profile.clone(),
+            timestamp: self.id.created,
+            price: U256::ZERO,
+            payment_ref: B256::ZERO,
+            llm: Some(LlmUsage {
+                prompt_tokens: g.prompt_tokens,
+                completion_tokens: g.completion_tokens,
+                complete: g.complete,
+            }),
+        };
+        let (receipt, digest) = self.state.0.signer.receipts.sign_with_digest(claims);
+        let entry = Entry::new(
+            ToLog::Signed(receipt),
+            digest,
+            self.request_body.clone(),
+            g.transcript.clone(),
+            Billing::Local,
+            None,
+        );
+        self.state.0.log.append(entry).await?;
+        Ok(())
+    }
+}
