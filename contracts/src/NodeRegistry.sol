@@ -64,8 +64,9 @@ contract NodeRegistry is EIP712, AccessControl, ReentrancyGuard {
     /// Execution profiles (hashes) governance says the network can re-execute; verifiers attest
     /// only batches whose receipts run on one of them.
     mapping(bytes32 profileHash => bool) public approvedProfile;
-    /// The execution profile each verifier re-executes on (declared by the verifier).
-    mapping(address verifier => bytes32) public verifierProfile;
+    /// The execution profiles each verifier re-executes on (declared by the verifier: a tensor
+    /// engine's and a language-model engine's, say).
+    mapping(address verifier => mapping(bytes32 profileHash => bool)) public verifiesProfile;
     /// Batches of a node still open (submitted or attested, not final): its stake stays put.
     mapping(address node => uint256) public openBatches;
 
@@ -103,7 +104,7 @@ contract NodeRegistry is EIP712, AccessControl, ReentrancyGuard {
     event MeasurementSet(Role role, bytes32 measurement, bool approved);
     event RegistrationQuorumSet(uint16 quorum);
     event ProfileSet(bytes32 profileHash, bool approved);
-    event VerifierProfileDeclared(address indexed verifier, bytes32 profileHash);
+    event VerifierProfileDeclared(address indexed verifier, bytes32 profileHash, bool declared);
     event StakeLockChanged(address indexed node, uint256 openBatches);
 
     constructor(
@@ -214,12 +215,18 @@ contract NodeRegistry is EIP712, AccessControl, ReentrancyGuard {
         emit AttestationUpdated(msg.sender, attestationDigest, measurement);
     }
 
-    /// @notice Declares the execution profile (hash) this verifier re-executes on.
+    /// @notice Declares an execution profile (hash) this verifier re-executes on (one of several).
     function declareProfile(bytes32 profileHash) external {
         Node storage n = _registered(msg.sender);
         if (n.role != Role.Verifier) revert NotAVerifier(msg.sender);
-        verifierProfile[msg.sender] = profileHash;
-        emit VerifierProfileDeclared(msg.sender, profileHash);
+        verifiesProfile[msg.sender][profileHash] = true;
+        emit VerifierProfileDeclared(msg.sender, profileHash, true);
+    }
+
+    /// @notice Withdraws a profile this verifier declared.
+    function withdrawProfile(bytes32 profileHash) external {
+        verifiesProfile[msg.sender][profileHash] = false;
+        emit VerifierProfileDeclared(msg.sender, profileHash, false);
     }
 
     /// @notice Replaces the caller's evidence (a new enclave image, a renewed report), approved by a
@@ -341,7 +348,7 @@ contract NodeRegistry is EIP712, AccessControl, ReentrancyGuard {
         if (end > _all.length) end = _all.length;
         for (uint256 i = offset; i < end; ++i) {
             address a = _all[i];
-            if (verifierProfile[a] == profileHash && isActive(a, Role.Verifier)) ++count;
+            if (verifiesProfile[a][profileHash] && isActive(a, Role.Verifier)) ++count;
         }
     }
 

@@ -267,6 +267,14 @@ pub async fn open_node(
     let engine = engine(&args.engine, limits.workers)?;
     if let Some(c) = &chain {
         ensure_profile_approved(c, engine.profile(), governor).await?;
+        // The language-model profile: approved by a governor at hand (the devnet); elsewhere
+        // the node settles its LLM receipts only once governance has approved it.
+        let llm = cairn_node::llm::profile();
+        if let Some(gov) = governor
+            && !c.profile_approved(llm.hash()).await?
+        {
+            c.set_profile(gov, llm.hash(), true).await?;
+        }
     }
     let domain = match &chain {
         Some(c) => ReceiptDomain {

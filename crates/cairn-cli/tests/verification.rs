@@ -274,6 +274,111 @@ fn a_node_that_lies_about_outputs_is_caught_challenged_and_slashed() {
     check_slashed(&net, &before, &before_status, "output_mismatch");
 }
 
+/// Runs `n` chat completions on the devnet's language model (greedy, then seeded sampling);
+/// their receipts.
+fn llm_calls(net: &Server, n: usize) -> Vec<SignedReceipt> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let url = format!("{}/v1/chat/completions", net.node_url);
+    (0..n)
+        .map(|i| {
+            let body = serde_json::json!({
+                "model": "smollm2-135m-instruct@1.0",
+                "messages": [{"role": "user", "content": format!("Name a colour ({i}).")}],
+                "max_tokens": 8,
+                "temperature": if i % 2 == 0 { 0.0 } else { 0.8 },
+            });
+            let id = rt.block_on(async {
+                let resp = reqwest::Client::new()
+                    .post(&url)
+                    .json(&body)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(resp.status().as_u16(), 200);
+                resp.headers()["cairn-receipt-id"]
+                    .to_str()
+                    .unwrap()
+                    .to_owned()
+            });
+            let stored = get(&format!("{}/v1/receipts/{id}", net.node_url));
+            let r: SignedReceipt = serde_json::from_value(stored["receipt"].clone()).unwrap();
+            assert!(r.claims.llm.is_some());
+            r
+        })
+        .collect()
+}
+
+/// Language-model calls go through the same loop as inferences: verifiers replay every sampled
+/// LLM receipt's kept request and, from an honest node, get the same tokens and answer bytes,
+/// so its batches finalize and it keeps its stake; a node that alters the model's answer is
+/// caught by the replay, challenged through `challengeLlm` and slashed.
+#[test]
+fn verifiers_replay_language_model_receipts_and_a_node_that_alters_answers_is_slashed() {
+    let test = "verifiers_replay_language_model_receipts_and_a_node_that_alters_answers_is_slashed";
+    let Some(model) = common::llm_model(test) else {
+        return;
+    };
+    let model = model.to_str().unwrap();
+    let net = Server::devnet_with(&[
+        "--free",
+        "--sample-rate",
+        "1",
+        "--llm",
+        model,
+        "--batch-max-age-secs",
+        "5",
+    ]);
+    let before = nodes(&net);
+    let stake = dec(&role(&before, "inference")[0]["stake"]);
+    let rs = llm_calls(&net, 3);
+    for r in &rs {
+        eventually(120, || batch_status(&net, r) == "finalized");
+    }
+    let after = nodes(&net);
+    assert_eq!(
+        dec(&role(&after, "inference")[0]["stake"]),
+        stake,
+        "an honest node lost stake"
+    );
+    for v in role(&after, "verifier") {
+        let url = v["endpoint"].as_str().unwrap();
+        for r in &rs {
+            let found = get(&format!("{url}/v1/verdicts/receipts/{}", r.id()));
+            let verdicts = found["verdicts"].as_array().unwrap();
+            assert_eq!(verdicts.len(), 1, "{url} on {}: {found}", r.id());
+            assert_eq!(verdicts[0]["outcome"], "confirmed", "{found}");
+            assert!(
+                verdicts[0]["comparison"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("bit-exact: the same"),
+                "{found}"
+            );
+        }
+    }
+    drop(net);
+
+    let net = Server::devnet_with(&[
+        "--free",
+        "--sample-rate",
+        "1",
+        "--llm",
+        model,
+        "--fault-wrong-output",
+        "1",
+        "--batch-max-age-secs",
+        "5",
+    ]);
+    let before = tokens(&nodes(&net), &net);
+    let before_status = status(&net);
+    let rs = llm_calls(&net, 1);
+    wait_voided(&net, &rs[0]);
+    check_slashed(&net, &before, &before_status, "output_mismatch");
+}
+
 #[test]
 fn a_node_that_withholds_payloads_fails_its_samples() {
     // Each verifier tries 3 times over 4 s, on its own, before it holds the payload withheld.

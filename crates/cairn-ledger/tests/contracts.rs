@@ -1155,6 +1155,23 @@ async fn open_batches_bind_stake(ledger: Arc<dyn Ledger>) {
     chain.declare_profile(&a.verifiers[0], p).await.unwrap();
     chain.declare_profile(&a.verifiers[1], p).await.unwrap();
     assert_eq!(chain.profile_verifiers(p).await.unwrap(), 2);
+    // A verifier declares several profiles (a tensor engine's and a language model's): each counts.
+    let llm = keccak256("engine=cairn-llm;version=x;isa=any;threads=1");
+    chain.declare_profile(&a.verifiers[0], llm).await.unwrap();
+    assert_eq!(chain.profile_verifiers(p).await.unwrap(), 2);
+    assert_eq!(chain.profile_verifiers(llm).await.unwrap(), 1);
+    assert!(
+        chain
+            .verifies_profile(a.verifiers[0].address(), llm)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !chain
+            .verifies_profile(a.verifiers[1].address(), llm)
+            .await
+            .unwrap()
+    );
     let e = chain.declare_profile(&a.node, p).await.unwrap_err();
     assert!(reason(e).contains("NotAVerifier"));
 }

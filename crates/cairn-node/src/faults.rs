@@ -1,5 +1,6 @@
-//! Ways a node can be told to lie, for tests and demonstrations of slashing. The output lie
-//! wraps the engine ([`LyingEngine`]), so the request path has no fault code in it.
+//! Ways a node can be told to lie, for tests and demonstrations of slashing. The tensor lie
+//! wraps the engine ([`LyingEngine`]), so the KServe path has no fault code in it; the
+//! language-model lie ([`alter_answer`]) is one call on the OpenAI routes' whole answers.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -89,6 +90,28 @@ impl Plan for LyingPlan {
             corrupt_last_output(&mut outputs);
         }
         Ok(outputs)
+    }
+}
+
+/// On a `rate` fraction of calls, alters a whole (not streamed) language-model answer before it
+/// is hashed and signed: " (altered)" appended to its text, the lie a node that edits the
+/// model's tokens tells.
+pub fn alter_answer(rate: f64, body: &mut Vec<u8>) {
+    if rate <= 0.0 || unit_random() >= rate {
+        return;
+    }
+    let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return;
+    };
+    for path in ["/choices/0/message/content", "/choices/0/text"] {
+        if let Some(text) = v.pointer_mut(path)
+            && let Some(s) = text.as_str()
+        {
+            *text = format!("{s} (altered)").into();
+        }
+    }
+    if let Ok(b) = serde_json::to_vec(&v) {
+        *body = b;
     }
 }
 

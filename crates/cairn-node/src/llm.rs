@@ -498,6 +498,145 @@ pub fn generate(
     })
 }
 
+/// SHA-256, as a receipt's request and response hashes are.
+pub fn sha256(bytes: &[u8]) -> B256 {
+    use sha2::Digest;
+    B256::from_slice(&sha2::Sha256::digest(bytes))
+}
+
+/// Which route a kept request body was sent to: a chat names `messages`, a completion
+/// `prompt`, and each route refuses the other's field.
+pub fn endpoint_of(body: &[u8]) -> Option<Endpoint> {
+    let v: Value = serde_json::from_slice(body).ok()?;
+    let o = v.as_object()?;
+    match (o.contains_key("messages"), o.contains_key("prompt")) {
+        (true, false) => Some(Endpoint::Chat),
+        (false, true) => Some(Endpoint::Completion),
+        _ => None,
+    }
+}
+
+/// What running a language-model receipt's request again found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Replay {
+    /// The same prompt, the same tokens counted and the same answer bytes.
+    Same {
+        /// Tokens generated.
+        tokens: u32,
+    },
+    /// The receipt says something this request and model do not give.
+    Differs {
+        /// What differs.
+        what: String,
+        /// The SHA-256 of the answer rebuilt here.
+        recomputed: B256,
+    },
+    /// The request cannot be run here: not evidence either way.
+    CannotRun(String),
+}
+
+/// Runs a receipt's kept `request` on `model` again, as the node that signed `claims` must
+/// have, and compares: prompt tokens, tokens generated, whether the answer was whole, and the
+/// answer's bytes (their SHA-256 with the receipt's; an answer that broke off is rebuilt up to
+/// the bytes the node kept, `kept_response`, which the caller has checked against the receipt).
+/// A request without `max_tokens` ran until the node's own context budget or the end of the
+/// turn: it is replayed for the receipt's count of tokens, which gives the same bytes either way.
+pub fn replay(
+    model: &Model,
+    request: &[u8],
+    claims: &cairn_receipt::Claims,
+    kept_response: Option<&[u8]>,
+) -> Replay {
+    let Some(usage) = claims.llm else {
+        return Replay::CannotRun("not a language-model receipt".into());
+    };
+    let Some(endpoint) = endpoint_of(request) else {
+        return Replay::CannotRun("the kept request names neither `messages` nor `prompt`".into());
+    };
+    let parsed = match LlmRequest::parse(endpoint, request) {
+        Ok(p) => p,
+        Err(e) => return Replay::CannotRun(format!("the kept request does not parse here: {e}")),
+    };
+    let prompt = match parsed.prompt_tokens(model) {
+        Ok(p) => p,
+        Err(e) => {
+            return Replay::CannotRun(format!("the kept request cannot be prompted here: {e}"));
+        }
+    };
+    let recomputed = B256::ZERO;
+    if prompt.len() != usage.prompt_tokens as usize {
+        return Replay::Differs {
+            what: format!(
+                "the prompt is {} tokens, the receipt counts {}",
+                prompt.len(),
+                usage.prompt_tokens
+            ),
+            recomputed,
+        };
+    }
+    let budget = match parsed.max_tokens {
+        Some(m) => m as usize,
+        None => (usage.completion_tokens as usize).max(1),
+    };
+    let context = (prompt.len() + budget).min(model.weights.config.context);
+    let id = Identity {
+        request_id: claims.request_id,
+        created: claims.timestamp,
+        fingerprint: claims.profile.hash(),
+    };
+    let limit = kept_response.map(<[u8]>::len);
+    let mut sent = 0usize;
+    let generated = generate(model, &parsed, &prompt, context, &id, |b| match limit {
+        Some(l) if sent + b.len() > l => false,
+        _ => {
+            sent += b.len();
+            true
+        }
+    });
+    let g = match generated {
+        Ok(g) => g,
+        Err(e) => return Replay::CannotRun(format!("the generation failed here: {e}")),
+    };
+    let recomputed = sha256(&g.transcript);
+    if g.complete != usage.complete || g.completion_tokens != usage.completion_tokens {
+        return Replay::Differs {
+            what: format!(
+                "{} tokens{} here; the receipt counts {}{}",
+                g.completion_tokens,
+                if g.complete { "" } else { " before the cut" },
+                usage.completion_tokens,
+                if usage.complete {
+                    ""
+                } else {
+                    " before the cut"
+                }
+            ),
+            recomputed,
+        };
+    }
+    if recomputed != claims.output_hash {
+        let at = kept_response
+            .map(|k| {
+                k.iter()
+                    .zip(&g.transcript)
+                    .position(|(a, b)| a != b)
+                    .unwrap_or(k.len().min(g.transcript.len()))
+            })
+            .map(|i| format!(" (first difference at byte {i})"))
+            .unwrap_or_default();
+        return Replay::Differs {
+            what: format!(
+                "the answer hashes to {recomputed} here, the receipt binds {}{at}",
+                claims.output_hash
+            ),
+            recomputed,
+        };
+    }
+    Replay::Same {
+        tokens: g.completion_tokens,
+    }
+}
+
 /// The answer's bytes.
 struct Render<'a> {
     request: &'a LlmRequest,

@@ -93,7 +93,7 @@ pub enum StartError {
 }
 
 /// Checks `key` is an active verifier, moves its registered endpoint to `url` when it moved,
-/// and declares the profile it re-executes on, so the network can count who checks what.
+/// and declares the profiles it re-executes on, so the network can count who checks what.
 async fn take_seat(
     chain: &Chain,
     key: &PrivateKeySigner,
@@ -117,9 +117,11 @@ async fn take_seat(
             }
         }
     }
-    let profile = profile.hash();
-    if chain.verifier_profile(me).await? != profile {
-        chain.declare_profile(key, profile).await?;
+    // The tensor engine's profile, and the language-model engine's (the same on every CPU).
+    for profile in [profile.hash(), cairn_node::llm::profile().hash()] {
+        if !chain.verifies_profile(me, profile).await? {
+            chain.declare_profile(key, profile).await?;
+        }
     }
     Ok(())
 }

@@ -10,11 +10,21 @@ use cairn_receipt::SignedReceipt;
 pub use cairn_verifier_api::Outcome;
 
 /// The payloads of a receipt as its node handed them over.
-pub struct Payloads {
-    /// The inputs the node kept.
-    pub inputs: Vec<Tensor>,
-    /// The outputs it kept (fetched only for tolerance profiles).
-    pub outputs: Option<Vec<Tensor>>,
+pub enum Payloads {
+    /// A tensor inference's.
+    Tensors {
+        /// The inputs the node kept.
+        inputs: Vec<Tensor>,
+        /// The outputs it kept (fetched only for tolerance profiles).
+        outputs: Option<Vec<Tensor>>,
+    },
+    /// A language-model call's.
+    Llm {
+        /// The exact request body.
+        request: Vec<u8>,
+        /// The bytes answered (fetched only for an answer that broke off).
+        response: Option<Vec<u8>>,
+    },
 }
 
 /// Re-executes receipts on this verifier's engine.
@@ -37,6 +47,15 @@ impl Reexecutor {
 
     /// Why this verifier cannot check `r` at all (a bit-exact profile it does not run), if so.
     pub fn unverifiable(&self, r: &SignedReceipt) -> Option<Outcome> {
+        if r.claims.llm.is_some() {
+            let here = cairn_node::llm::profile();
+            return (r.claims.profile != here).then(|| Outcome::Unverifiable {
+                reason: format!(
+                    "language-model profile {} is not this verifier's ({here})",
+                    r.claims.profile
+                ),
+            });
+        }
         let here = self.profile();
         let exact = r.claims.profile.reproducibility() == Reproducibility::Exact;
         (exact && *here != r.claims.profile).then(|| Outcome::Unverifiable {
@@ -47,9 +66,13 @@ impl Reexecutor {
         })
     }
 
-    /// Whether checking `r` needs the node's kept output too (tolerance profiles).
+    /// Whether checking `r` needs the node's kept output too (tolerance profiles, and a
+    /// language-model answer that broke off: it is replayed up to what was sent).
     pub fn needs_output(r: &SignedReceipt) -> bool {
-        r.claims.profile.reproducibility() != Reproducibility::Exact
+        match r.claims.llm {
+            Some(u) => !u.complete,
+            None => r.claims.profile.reproducibility() != Reproducibility::Exact,
+        }
     }
 
     /// Re-executes `r` on `p`, the payloads its node handed over. `Err`: a transient failure on
@@ -59,7 +82,12 @@ impl Reexecutor {
             return Ok(o);
         }
         let exact = !Self::needs_output(r);
-        let Payloads { inputs, outputs } = p;
+        let (inputs, outputs) = match p {
+            Payloads::Tensors { inputs, outputs } => (inputs, outputs),
+            Payloads::Llm { request, response } => {
+                return self.check_llm(r, request, response).await;
+            }
+        };
         let claimed = match Self::kept_payloads(r, &inputs, outputs) {
             Ok(claimed) => claimed,
             Err(o) => return Ok(o),
@@ -105,6 +133,73 @@ impl Reexecutor {
         Ok(match claimed {
             None => Self::compare_exact(r, &outputs),
             Some(claimed) => self.compare_tolerance(&claimed, &outputs),
+        })
+    }
+
+    /// A language-model receipt: the kept request (and a broken-off answer) must hash to what
+    /// the receipt binds, then the request is run again ([`cairn_node::llm::replay`]). Only a
+    /// request that runs here and gives other counts or bytes is evidence.
+    async fn check_llm(
+        &self,
+        r: &SignedReceipt,
+        request: Vec<u8>,
+        response: Option<Vec<u8>>,
+    ) -> Result<Outcome, String> {
+        use cairn_node::llm::{Replay, sha256};
+        if sha256(&request) != r.claims.input_hash {
+            return Ok(Outcome::WrongPayload {
+                reason: "the request the node kept does not hash to the receipt's requestHash"
+                    .into(),
+            });
+        }
+        match &response {
+            Some(b) if sha256(b) != r.claims.output_hash => {
+                return Ok(Outcome::WrongPayload {
+                    reason: "the answer the node kept does not hash to the receipt's responseHash"
+                        .into(),
+                });
+            }
+            None if Self::needs_output(r) => {
+                return Ok(Outcome::Unverifiable {
+                    reason: "an answer that broke off needs the bytes the node sent".into(),
+                });
+            }
+            _ => {}
+        }
+        let loaded = match self.cache.get(r.claims.model).await {
+            Ok(l) => l,
+            Err(e) if e.is_transient() => return Err(format!("model {}: {e}", r.claims.model)),
+            Err(e) => {
+                return Ok(Outcome::Unverifiable {
+                    reason: format!("model {}: {e}", r.claims.model),
+                });
+            }
+        };
+        let model = match loaded.llm() {
+            Ok(m) => m.clone(),
+            // An honest node signs language-model receipts only for language models.
+            Err(e) => {
+                return Ok(Outcome::Mismatch {
+                    comparison: e.to_string(),
+                    recomputed: B256::ZERO,
+                });
+            }
+        };
+        let claims = r.claims.clone();
+        let replay = tokio::task::spawn_blocking(move || {
+            cairn_node::llm::replay(&model, &request, &claims, response.as_deref())
+        })
+        .await
+        .map_err(|e| format!("re-execution task: {e}"))?;
+        Ok(match replay {
+            Replay::Same { tokens } => Outcome::Confirmed {
+                comparison: format!("bit-exact: the same {tokens} tokens and answer bytes"),
+            },
+            Replay::Differs { what, recomputed } => Outcome::Mismatch {
+                comparison: what,
+                recomputed,
+            },
+            Replay::CannotRun(why) => Outcome::Unverifiable { reason: why },
         })
     }
 

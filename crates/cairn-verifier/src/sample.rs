@@ -91,7 +91,7 @@ impl Verifier {
     ) -> Result<Payloads, String> {
         let urls = NodeUrls::new(base);
         let urls = &urls;
-        let get = |which: Payload| async move {
+        let raw = |which: Payload| async move {
             let url = urls.payload(r.id(), which);
             let (status, body) = self.0.fetch.signed_get(&self.0.key, &url).await?;
             if !status.is_success() {
@@ -100,6 +100,19 @@ impl Verifier {
                     String::from_utf8_lossy(&body[..body.len().min(200)])
                 ));
             }
+            Ok(body.to_vec())
+        };
+        if r.claims.llm.is_some() {
+            let request = raw(Payload::Input).await?;
+            let response = if Reexecutor::needs_output(r) {
+                Some(raw(Payload::Output).await?)
+            } else {
+                None
+            };
+            return Ok(Payloads::Llm { request, response });
+        }
+        let get = |which: Payload| async move {
+            let body = raw(which).await?;
             safetensors_io::decode(&body).map_err(|e| format!("{} payload: {e}", which.as_str()))
         };
         let inputs = get(Payload::Input).await?;
@@ -108,6 +121,6 @@ impl Verifier {
         } else {
             None
         };
-        Ok(Payloads { inputs, outputs })
+        Ok(Payloads::Tensors { inputs, outputs })
     }
 }

@@ -244,11 +244,18 @@ impl Chain {
         .await
     }
 
-    /// The profile verifier `who` declared (zero: none).
-    pub async fn verifier_profile(&self, who: Address) -> Result<B256, LedgerError> {
+    /// Whether verifier `who` declared it re-executes `profile_hash`.
+    pub async fn verifies_profile(
+        &self,
+        who: Address,
+        profile_hash: B256,
+    ) -> Result<bool, LedgerError> {
         self.view(
             self.deployment.registry,
-            NodeRegistry::verifierProfileCall { verifier: who },
+            NodeRegistry::verifiesProfileCall {
+                verifier: who,
+                profileHash: profile_hash,
+            },
         )
         .await
     }

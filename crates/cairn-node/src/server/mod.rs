@@ -91,6 +91,8 @@ struct Inner {
     own_host: tokio::sync::Mutex<Option<(String, std::time::Instant)>>,
     /// Language models `GET /v1/models` lists.
     llm_models: Vec<String>,
+    /// How LLM receipts are logged: `Final` (batched) once their profile is approved.
+    llm_billing: crate::log::Billing,
 }
 
 pub(crate) async fn open(c: NodeConfig) -> Result<NodeState, NodeError> {
@@ -148,6 +150,23 @@ pub(crate) async fn open(c: NodeConfig) -> Result<NodeState, NodeError> {
         }
         _ => (None, None, None),
     };
+    // Language-model receipts are batched once the network can check them: their profile
+    // approved (a batch holding a receipt on an unapproved profile is refused whole).
+    let llm_billing = match &chain {
+        Some(ch) => {
+            let approved = ch
+                .profile_approved(crate::llm::profile().hash())
+                .await
+                .map_err(|e| NodeError::ChainUnavailable(format!("reading profiles: {e}")))?;
+            if approved {
+                crate::log::Billing::Final
+            } else {
+                tracing::warn!(profile = %crate::llm::profile(), "the language-model profile is not approved on this chain: LLM receipts are kept but not settled");
+                crate::log::Billing::Local
+            }
+        }
+        None => crate::log::Billing::Final,
+    };
     let settlement = start_settler(c.settlement, &c.domain, &c.key, &log, payment_store)?;
     let verifiers = chain.clone().map(cairn_ledger::ActiveVerifiers::new);
     Ok(NodeState(Arc::new(Inner {
@@ -176,6 +195,7 @@ pub(crate) async fn open(c: NodeConfig) -> Result<NodeState, NodeError> {
         verifiers,
         own_host: tokio::sync::Mutex::new(None),
         llm_models: c.llm_models,
+        llm_billing,
     })))
 }
 

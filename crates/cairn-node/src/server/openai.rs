@@ -6,11 +6,10 @@
 //! in the `cairn-receipt-id` header; the receipt is at `GET /v1/receipts/{id}`.
 
 use super::*;
-use crate::llm::{Endpoint, Identity, LlmRequest};
-use crate::log::{Billing, Entry, ToLog};
+use crate::llm::{Endpoint, Identity, LlmRequest, sha256};
+use crate::log::{Entry, ToLog};
 use cairn_node_api::openai::{ModelCard, ModelList, OpenAiErrorBody, RECEIPT_ID_HEADER};
 use cairn_receipt::{Claims, LlmUsage};
-use sha2::Digest;
 
 #[utoipa::path(post, path = "/v1/chat/completions", tag = "openai",
     description = "OpenAI-compatible chat completion on a hub language model (`model`: its CID or `name@version`), \
@@ -70,10 +69,6 @@ pub(super) async fn models(State(s): State<NodeState>) -> Response {
         data,
     })
     .into_response()
-}
-
-fn sha256(bytes: &[u8]) -> B256 {
-    B256::from_slice(&sha2::Sha256::digest(bytes))
 }
 
 /// Reads, admits and runs one call.
@@ -144,7 +139,12 @@ async fn llm_call(
         })
         .await
         .map_err(|e| NodeError::Internal(format!("generation task: {e}")))?;
-        let generated = generated?;
+        let mut generated = generated?;
+        let lie = s.0.faults.wrong_output_rate;
+        if lie > 0.0 {
+            crate::faults::alter_answer(lie, &mut generated.tail);
+            generated.transcript = generated.tail.clone();
+        }
         call.commit(&generated).await?;
         let mut resp = (
             StatusCode::OK,
@@ -242,7 +242,7 @@ impl Call {
             digest,
             self.request_body.clone(),
             g.transcript.clone(),
-            Billing::Local,
+            self.state.0.llm_billing,
             None,
         );
         self.state.0.log.append(entry).await?;
