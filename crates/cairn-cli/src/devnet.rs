@@ -81,6 +81,8 @@ pub(crate) async fn devnet(
         llm_models: llm
             .map(|_| vec![crate::devnet_llm::LLM_REF.to_owned()])
             .unwrap_or_default(),
+        // The devnet's language model answers unpaid until per-token payment exists.
+        llm_free: true,
         ..node_cmd::NodeServeArgs::defaults()?
     };
     let node_listener = cairn_node::bind(node_listen)

@@ -96,14 +96,18 @@ pub struct NodeServeArgs {
     /// counts as --max-body-bytes).
     #[arg(long, default_value_t = 256 << 20)]
     pub body_budget_bytes: usize,
-    /// Most positions (prompt and answer) one language-model call may use; each holds the
-    /// model's keys and values in memory (46 KiB a position for SmolLM2-135M).
-    #[arg(long, default_value_t = 4096)]
-    pub llm_context: usize,
+    /// Language-model calls generating at once (each also takes a worker; the rest wait up to
+    /// --timeout-ms, then get 503).
+    #[arg(long, default_value_t = 1)]
+    pub llm_sessions: usize,
     /// A language model `GET /v1/models` lists (a CID or name@version; repeatable). Any other
     /// GGUF model on the hub can still be called by name.
     #[arg(long = "llm-model")]
     pub llm_models: Vec<String>,
+    /// Serve language-model calls unpaid (price 0) on a node that takes payments (per-token
+    /// payment is not implemented yet; without this a paid node answers them 402).
+    #[arg(long)]
+    pub llm_free: bool,
     /// Settle receipts on this chain (with --deployment; the receipt domain then comes from the
     /// deployment and --chain-id/--verifying-contract are ignored).
     #[command(flatten)]
@@ -246,7 +250,7 @@ impl NodeServeArgs {
             max_output_bytes: Limits::default().max_output_bytes,
             body_timeout: Duration::from_millis(self.body_timeout_ms),
             body_budget_bytes: self.body_budget_bytes.max(self.max_body_bytes),
-            llm_context: self.llm_context.max(1),
+            llm_sessions: self.llm_sessions.max(1),
         }
     }
 }
@@ -317,6 +321,7 @@ pub async fn open_node(
         settlement,
         payments,
         llm_models: args.llm_models.clone(),
+        llm_free: args.llm_free,
         faults: cairn_node::Faults {
             wrong_output_rate: args.faults.fault_wrong_output,
             withhold_payloads: args.faults.fault_withhold_payloads,

@@ -67,8 +67,8 @@ fn push(hub: &str, key: &Path, file: &Path, repo: &str) -> String {
     out.trim().to_owned()
 }
 
-/// The official `openai` Python client lists, chats (whole and streamed), completes and gets
-/// errors from the devnet's language model, and each answer's LLM receipt, recovered by
+/// The official `openai` Python and TypeScript clients list, chat (whole and streamed),
+/// complete and get errors from the devnet's language model, and each answer's LLM receipt, recovered by
 /// eth_account, binds the exact bytes the client sent and received. A client that leaves
 /// mid-stream gets a receipt that says so, counting only the tokens it was sent, and the node
 /// serves the next call.
@@ -102,6 +102,45 @@ fn openai_clients_call_the_devnet_language_model_and_receipts_bind_every_byte() 
     ] {
         assert!(text.contains(step), "{step} missing from:\n{text}");
     }
+
+    // The official TypeScript package on the same node.
+    let modules =
+        std::env::var("CAIRN_NPM_INTEROP").expect("CAIRN_NPM_INTEROP (scripts/test.sh sets it)");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/npm/openai.mjs");
+    let out = Command::new("node")
+        .arg(script)
+        .arg(&net.node_url)
+        .arg("smollm2-135m-instruct@1.0")
+        .env("CAIRN_NPM_INTEROP", modules)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ts: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(ts["models"], json!(["smollm2-135m-instruct@1.0"]), "{ts}");
+    assert!(ts["chat"].as_str().unwrap().contains("Paris"), "{ts}");
+    assert_eq!(ts["streamed"], ts["chat"], "{ts}");
+    assert_eq!(ts["streamFirstRole"], "assistant", "{ts}");
+    assert_eq!(ts["streamUsage"], ts["usage"], "{ts}");
+    assert_eq!(ts["streamFinish"], ts["finishReason"], "{ts}");
+    assert!(
+        ts["completion"].as_str().unwrap().starts_with(" 5, 6,"),
+        "{ts}"
+    );
+    assert_eq!(ts["notFound"]["status"], 404, "{ts}");
+    assert_eq!(ts["notFound"]["code"], "model_not_found", "{ts}");
+    let receipt_id = ts["receiptId"].as_str().unwrap();
+    let stored = get(&format!("{}/v1/receipts/{receipt_id}", net.node_url));
+    let r: cairn_receipt::SignedReceipt =
+        serde_json::from_value(stored["receipt"].clone()).unwrap();
+    assert_eq!(
+        u64::from(r.claims.llm.unwrap().completion_tokens),
+        ts["usage"]["completion_tokens"].as_u64().unwrap()
+    );
 
     // A client that reads two events of a long stream and leaves (its runtime, and with it the
     // connection, is gone when the block ends).

@@ -533,6 +533,20 @@ fn official_python_and_typescript_clients_v2_and_v1_pay_a_node_settling_on_anvil
             "{client}"
         );
     }
+    // A node that takes payments does not serve language-model calls for free: per-token
+    // payment does not exist yet, so they are refused before anything is read or run.
+    let (status, body) = block(async {
+        let resp = reqwest::Client::new()
+            .post(format!("{}/v1/chat/completions", a.node.node_url))
+            .json(&serde_json::json!({"model": "any@1.0", "messages": []}))
+            .send()
+            .await
+            .unwrap();
+        (resp.status().as_u16(), resp.json::<Value>().await.unwrap())
+    });
+    assert_eq!(status, 402, "{body}");
+    assert_eq!(body["error"]["code"], "payment_required", "{body}");
+    assert_eq!(body["error"]["type"], "payment_required", "{body}");
 }
 
 #[test]

@@ -66,6 +66,9 @@ pub enum NodeError {
     /// A signed request from someone who may not do this.
     #[error("{0}")]
     Forbidden(String),
+    /// A call this node charges for without a way to pay it yet.
+    #[error("{0}")]
+    PaymentRequired(String),
     /// A payment or deposit the node refuses (reason code first).
     #[error("{0}")]
     PaymentRefused(String),
@@ -109,6 +112,7 @@ impl NodeError {
             E::Forbidden(_) => "forbidden",
             E::ChainUnavailable(_) => "chain_unavailable",
             E::PaymentRefused(_) => "payment_refused",
+            E::PaymentRequired(_) => "payment_required",
             E::WrongModelKind(_) => "wrong_model_kind",
             E::Llm(crate::llm::CallError::Invalid { .. }) => "invalid_request",
             E::Llm(crate::llm::CallError::ContextLength(_)) => "context_length_exceeded",
@@ -141,6 +145,7 @@ impl NodeError {
             E::HubUnavailable(_) | E::ChainUnavailable(_) => StatusCode::BAD_GATEWAY,
             E::NotAVerifier(_) => StatusCode::FORBIDDEN,
             E::PaymentRefused(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            E::PaymentRequired(_) => StatusCode::PAYMENT_REQUIRED,
             E::Internal(_) | E::Llm(crate::llm::CallError::Model(_)) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
@@ -212,7 +217,6 @@ impl NodeError {
     pub fn param(&self) -> Option<&str> {
         match self {
             NodeError::Llm(crate::llm::CallError::Invalid { param, .. }) => param.as_deref(),
-            NodeError::Llm(crate::llm::CallError::ContextLength(_)) => Some("messages"),
             NodeError::ModelNotFound(_)
             | NodeError::BadModelRef(_)
             | NodeError::WrongModelKind(_)

@@ -58,10 +58,10 @@ pub struct Limits {
     /// Memory for request bodies being read at once (a body without a length counts as
     /// `max_body_bytes`).
     pub body_budget_bytes: usize,
-    /// Most positions (prompt and answer) one language-model call may use, whatever the
-    /// model's file claims: each position holds keys and values in memory
-    /// (`cairn_llm::Config::kv_bytes_per_token`, 46 KiB for SmolLM2-135M).
-    pub llm_context: usize,
+    /// Language-model calls generating at once (each also holds a worker): the rest wait up to
+    /// `timeout`, then get 503. A call holds its session for its whole generation, so this
+    /// keeps tensor inference from being starved by long answers.
+    pub llm_sessions: usize,
 }
 
 impl Default for Limits {
@@ -77,7 +77,7 @@ impl Default for Limits {
             max_output_bytes: 256 << 20,
             body_timeout: Duration::from_secs(10),
             body_budget_bytes: 256 << 20,
-            llm_context: 4096,
+            llm_sessions: 1,
         }
     }
 }
@@ -114,6 +114,9 @@ pub struct NodeConfig {
     /// Language models `GET /v1/models` lists (CIDs or `name@version`); any other hub model
     /// can still be called by name.
     pub llm_models: Vec<String>,
+    /// Serve language-model calls unpaid (price 0) even when the node takes payments: per-token
+    /// payment is not implemented yet, so a paid node refuses them (402) unless this is set.
+    pub llm_free: bool,
     /// Deliberate misbehaviour, for showing that the verification network catches it. Off
     /// unless asked for; `/v1/node` reports it.
     pub faults: Faults,

@@ -19,16 +19,35 @@ use cairn_node_api::openai::{
 };
 use serde_json::Value;
 
+/// Most positions (prompt and answer) a call may use, whatever the model's file claims: a
+/// protocol constant, so a call without `max_tokens` ends at the same token on every node and
+/// verifier (each position holds keys and values in memory: 46 KiB for SmolLM2-135M).
+pub const MAX_CONTEXT: usize = 4096;
+
+/// Largest request body a language-model call may have (a protocol constant, like the
+/// context: a verifier refuses to replay more).
+pub const MAX_REQUEST_BYTES: usize = 1 << 20;
+
+/// The version of what this module makes of a request: the parameters read, the answer's
+/// bytes whole and streamed, the context. Part of the profile, so a change here is a new
+/// profile, never a false mismatch between versions.
+const RULES: &str = "openai-v1.ctx4096";
+
 /// The execution profile every language-model receipt names: cairn-llm's version and rules,
-/// one thread. `isa` is `any`: the engine's float operations are the same bits on every CPU
-/// path (AVX2 or portable), so verifiers need not share the node's CPU tier.
+/// this module's, one thread. `isa` is `any`: the engine's float operations are the same bits
+/// on every CPU path (AVX2 or portable), so verifiers need not share the node's CPU tier.
 pub fn profile() -> ExecutionProfile {
     ExecutionProfile {
         engine: cairn_core::LLM_ENGINE.into(),
-        engine_version: cairn_llm::ENGINE_VERSION.into(),
+        engine_version: format!("{}+{RULES}", cairn_llm::ENGINE_VERSION),
         isa: "any".into(),
         threads: 1,
     }
+}
+
+/// The context a call on `model` runs in: [`MAX_CONTEXT`], or less when the model's is.
+pub fn context_of(model: &Model) -> usize {
+    model.weights.config.context.min(MAX_CONTEXT)
 }
 
 /// Which route a call came through.
@@ -229,6 +248,25 @@ impl LlmRequest {
         max_tokens: Option<u32>,
         s: SamplingParams,
     ) -> Result<Self, CallError> {
+        // A receipt names the exact model, and a verifier checks the request asked for it: the
+        // request must pin it (a bare name follows new releases).
+        match model.parse::<cairn_core::ModelRef>() {
+            Ok(cairn_core::ModelRef::Named { version: None, .. }) => {
+                return Err(invalid(
+                    "model",
+                    format!(
+                        "`{model}` is not pinned: name a release (`{model}@1.0`) or a CID; GET /v1/models lists them"
+                    ),
+                ));
+            }
+            Ok(_) => {}
+            Err(e) => {
+                return Err(invalid(
+                    "model",
+                    format!("`{model}` is not a model reference ({e}); use name@version or a CID"),
+                ));
+            }
+        }
         if s.n.is_some_and(|n| n != 1) {
             return Err(invalid("n", "only n = 1 is implemented"));
         }
@@ -296,8 +334,8 @@ impl LlmRequest {
 
     /// The prompt's token ids for `model` (its chat template for a chat).
     pub fn prompt_tokens(&self, model: &Model) -> Result<Vec<u32>, CallError> {
-        match &self.prompt {
-            PromptSource::Text(t) => Ok(model.tokenizer.encode(t)),
+        let tokens = match &self.prompt {
+            PromptSource::Text(t) => model.tokenizer.encode(t),
             PromptSource::Chat(messages) => {
                 let template = model.chat_template.as_ref().ok_or_else(|| {
                     invalid(
@@ -307,9 +345,16 @@ impl LlmRequest {
                 })?;
                 template
                     .render(messages, true, &model.tokenizer)
-                    .map_err(|e| invalid("messages", e.to_string()))
+                    .map_err(|e| invalid("messages", e.to_string()))?
             }
+        };
+        if tokens.is_empty() {
+            return Err(invalid(
+                "prompt",
+                "the prompt is empty; give the model something to continue",
+            ));
         }
+        Ok(tokens)
     }
 
     /// The sampler's settings for the call with receipt id `request_id`.
@@ -385,7 +430,8 @@ pub fn max_tokens(request: &LlmRequest, prompt: usize, context: usize) -> Result
 /// Runs `request` on `model` with prompt `prompt` (from [`LlmRequest::prompt_tokens`]), at most
 /// `context` positions in all. A stream's events go to `sink` as they are made, except the last
 /// ones (in [`Generated::tail`], sent once the receipt is committed); `sink` returns false when
-/// the client is gone, which ends the generation.
+/// the client is gone, which ends the generation (for a whole answer it is called with no
+/// bytes after each token, to ask just that).
 pub fn generate(
     model: &Model,
     request: &LlmRequest,
@@ -447,6 +493,10 @@ pub fn generate(
                 transcript.extend_from_slice(&event);
                 sent_tokens = tokens.len() as u32;
             }
+        } else if !sink(&[]) {
+            // A whole answer's caller is asked between tokens whether it is still there.
+            complete = false;
+            break;
         }
         if stopped {
             finish = "stop";
@@ -539,8 +589,7 @@ pub enum Replay {
 /// have, and compares: prompt tokens, tokens generated, whether the answer was whole, and the
 /// answer's bytes (their SHA-256 with the receipt's; an answer that broke off is rebuilt up to
 /// the bytes the node kept, `kept_response`, which the caller has checked against the receipt).
-/// A request without `max_tokens` ran until the node's own context budget or the end of the
-/// turn: it is replayed for the receipt's count of tokens, which gives the same bytes either way.
+/// The work is bounded as the node's was: [`MAX_REQUEST_BYTES`] and [`MAX_CONTEXT`].
 pub fn replay(
     model: &Model,
     request: &[u8],
@@ -550,6 +599,12 @@ pub fn replay(
     let Some(usage) = claims.llm else {
         return Replay::CannotRun("not a language-model receipt".into());
     };
+    if request.len() > MAX_REQUEST_BYTES {
+        return Replay::CannotRun(format!(
+            "the kept request is {} bytes, over the {MAX_REQUEST_BYTES} any node takes",
+            request.len()
+        ));
+    }
     let Some(endpoint) = endpoint_of(request) else {
         return Replay::CannotRun("the kept request names neither `messages` nor `prompt`".into());
     };
@@ -574,11 +629,8 @@ pub fn replay(
             recomputed,
         };
     }
-    let budget = match parsed.max_tokens {
-        Some(m) => m as usize,
-        None => (usage.completion_tokens as usize).max(1),
-    };
-    let context = (prompt.len() + budget).min(model.weights.config.context);
+    // The node's own context: a call without `max_tokens` ran until its end (or the turn's).
+    let context = context_of(model);
     let id = Identity {
         request_id: claims.request_id,
         created: claims.timestamp,
@@ -815,6 +867,8 @@ struct TextStream<'a> {
     pending: Vec<u8>,
     /// Bytes of `text` released.
     released: usize,
+    /// Bytes of `text` already searched for stop strings.
+    searched: usize,
     /// `text` was cut at a stop string: nothing more comes.
     stopped: bool,
 }
@@ -826,6 +880,7 @@ impl<'a> TextStream<'a> {
             text: String::new(),
             pending: Vec::new(),
             released: 0,
+            searched: 0,
             stopped: false,
         }
     }
@@ -858,8 +913,13 @@ impl<'a> TextStream<'a> {
             }
         }
         // A stop string wholly after the released text (released text holds none, nor the
-        // start of one).
-        let from = self.released;
+        // start of one), and not wholly in text searched before.
+        let longest = self.stops.iter().map(String::len).max().unwrap_or(0);
+        let mut from = self.released.max(self.searched.saturating_sub(longest));
+        while !self.text.is_char_boundary(from) {
+            from -= 1;
+        }
+        self.searched = self.text.len();
         if let Some(at) = self
             .stops
             .iter()
@@ -953,7 +1013,7 @@ mod tests {
             Err(CallError::Invalid { param, .. }) => param,
             other => panic!("{other:?}"),
         };
-        let m = r#""model":"m","messages":[{"role":"user","content":"hi"}]"#;
+        let m = r#""model":"m@1.0","messages":[{"role":"user","content":"hi"}]"#;
         assert!(chat(&format!("{{{m}}}")).is_ok());
         for (extra, field) in [
             (r#""logit_bias":{}"#, "logit_bias"),
@@ -981,14 +1041,14 @@ mod tests {
         }
         assert_eq!(
             param(chat(
-                r#"{"model":"m","messages":[{"role":"robot","content":"hi"}]}"#
+                r#"{"model":"m@1.0","messages":[{"role":"robot","content":"hi"}]}"#
             ))
             .as_deref(),
             Some("messages[0].role")
         );
         assert_eq!(
             param(chat(
-                r#"{"model":"m","messages":[{"role":"user","content":[{"type":"image_url"}]}]}"#
+                r#"{"model":"m@1.0","messages":[{"role":"user","content":[{"type":"image_url"}]}]}"#
             ))
             .as_deref(),
             Some("messages[0].content")
@@ -999,19 +1059,139 @@ mod tests {
         ));
         let c = LlmRequest::parse(
             Endpoint::Completion,
-            br#"{"model":"m","prompt":["one"],"max_tokens":3}"#,
+            br#"{"model":"m@1.0","prompt":["one"],"max_tokens":3}"#,
         )
         .unwrap();
         assert_eq!(c.max_tokens, Some(3));
         assert!(
-            LlmRequest::parse(Endpoint::Completion, br#"{"model":"m","prompt":[1,2]}"#).is_err()
+            LlmRequest::parse(Endpoint::Completion, br#"{"model":"m@1.0","prompt":[1,2]}"#)
+                .is_err()
         );
+    }
+
+    /// The devnet's model, when the test environment has it (scripts/test-deps.sh).
+    fn model() -> Option<Model> {
+        let Some(path) = std::env::var_os("CAIRN_LLM_MODEL") else {
+            assert!(
+                std::env::var_os("CAIRN_TEST_REQUIRE_SERVICES").is_none(),
+                "CAIRN_LLM_MODEL is not set; run scripts/test.sh"
+            );
+            eprintln!("SKIPPED: CAIRN_LLM_MODEL is not set");
+            return None;
+        };
+        Some(Model::load(&std::fs::read(path).unwrap()).unwrap())
+    }
+
+    /// A call as the node makes it: its claims (as the receipt signs them) and the bytes it sent,
+    /// cut after `cut` events when given (a reader that left).
+    fn call(model: &Model, body: &str, cut: Option<usize>) -> (cairn_receipt::Claims, Vec<u8>) {
+        let endpoint = endpoint_of(body.as_bytes()).unwrap();
+        let request = LlmRequest::parse(endpoint, body.as_bytes()).unwrap();
+        let prompt = request.prompt_tokens(model).unwrap();
+        let id = Identity {
+            request_id: B256::repeat_byte(9),
+            created: 1_800_000_000,
+            fingerprint: profile().hash(),
+        };
+        let mut events = 0;
+        let g = generate(model, &request, &prompt, context_of(model), &id, |b| {
+            if b.is_empty() {
+                return true;
+            }
+            events += 1;
+            cut.is_none_or(|c| events <= c)
+        })
+        .unwrap();
+        let claims = cairn_receipt::Claims {
+            request_id: id.request_id,
+            model: cairn_core::BlobId::of(b"the model"),
+            input_hash: sha256(body.as_bytes()),
+            output_hash: sha256(&g.transcript),
+            profile: profile(),
+            timestamp: id.created,
+            price: alloy_primitives::U256::ZERO,
+            payment_ref: B256::ZERO,
+            llm: Some(cairn_receipt::LlmUsage {
+                prompt_tokens: g.prompt_tokens,
+                completion_tokens: g.completion_tokens,
+                complete: g.complete,
+            }),
+        };
+        (claims, g.transcript)
+    }
+
+    /// A verifier's replay confirms an honest call, whole or streamed, cut short or not, with
+    /// or without `max_tokens`; it catches altered bytes and altered counts.
+    #[test]
+    fn replay_confirms_honest_calls_and_catches_altered_ones() {
+        let Some(m) = model() else { return };
+        let chat = |extra: &str| {
+            format!(
+                r#"{{"model":"m@1.0","messages":[{{"role":"user","content":"Count to twenty."}}]{extra}}}"#
+            )
+        };
+        for (body, cut) in [
+            (chat(r#","max_tokens":12,"temperature":0"#), None),
+            (chat(r#","max_tokens":12,"temperature":0.9,"seed":3"#), None),
+            (chat(r#","max_tokens":12,"stream":true,"stream_options":{"include_usage":true}"#), None),
+            (chat(r#","max_tokens":40,"stream":true,"temperature":0"#), Some(4)),
+            // No max_tokens, the reader gone after 3 events: replayed up to the bytes sent.
+            (chat(r#","stream":true,"temperature":0"#), Some(3)),
+            (
+                r#"{"model":"m@1.0","prompt":"1, 2, 3,","max_tokens":10,"temperature":0,"stop":[" 6"]}"#.to_string(),
+                None,
+            ),
+        ] {
+            let (claims, sent) = call(&m, &body, cut);
+            let kept = (!claims.llm.unwrap().complete).then_some(sent.as_slice());
+            assert!(
+                matches!(replay(&m, body.as_bytes(), &claims, kept), Replay::Same { .. }),
+                "{body} cut {cut:?}: {:?}",
+                replay(&m, body.as_bytes(), &claims, kept)
+            );
+            // Other answer bytes.
+            let mut lied = claims.clone();
+            lied.output_hash = sha256(b"another answer");
+            assert!(matches!(
+                replay(&m, body.as_bytes(), &lied, kept),
+                Replay::Differs { .. }
+            ), "{body}");
+            // Other counts.
+            let mut lied = claims.clone();
+            let mut u = lied.llm.unwrap();
+            u.completion_tokens += 1;
+            lied.llm = Some(u);
+            assert!(matches!(
+                replay(&m, body.as_bytes(), &lied, kept),
+                Replay::Differs { .. }
+            ), "{body}");
+        }
+    }
+
+    #[test]
+    fn a_model_must_be_pinned_and_a_prompt_not_empty() {
+        let e = LlmRequest::parse(
+            Endpoint::Chat,
+            br#"{"model":"smollm2","messages":[{"role":"user","content":"hi"}]}"#,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(e, CallError::Invalid { ref param, .. } if param.as_deref() == Some("model")),
+            "{e:?}"
+        );
+        let Some(m) = model() else { return };
+        let r =
+            LlmRequest::parse(Endpoint::Completion, br#"{"model":"m@1.0","prompt":""}"#).unwrap();
+        assert!(matches!(
+            r.prompt_tokens(&m),
+            Err(CallError::Invalid { param: Some(p), .. }) if p == "prompt"
+        ));
     }
 
     #[test]
     fn the_seed_comes_from_the_request_seed_or_the_receipt_id() {
         let parse = |body: &str| LlmRequest::parse(Endpoint::Chat, body.as_bytes()).unwrap();
-        let m = r#""model":"m","messages":[{"role":"user","content":"hi"}]"#;
+        let m = r#""model":"m@1.0","messages":[{"role":"user","content":"hi"}]"#;
         let seeded = parse(&format!("{{{m},\"seed\":7}}"));
         let a = B256::repeat_byte(1);
         let b = B256::repeat_byte(2);

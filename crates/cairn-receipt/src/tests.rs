@@ -589,6 +589,16 @@ fn the_two_kinds_do_not_mix() {
     );
     assert_ne!(extra, tensor);
     assert!(verify(extra).contains("not a field of a Receipt"));
+    // `null` is not another spelling of an absent field.
+    for (text, field) in [(&tensor, "requestHash"), (&llm, "inputHash")] {
+        let spelled = text.replacen(
+            "\"profileHash\":\"0x",
+            &format!("\"{field}\":null,\"profileHash\":\"0x"),
+            1,
+        );
+        assert_ne!(&spelled, text);
+        assert!(ReceiptJson::from_text(spelled).unwrap().verify().is_err());
+    }
 }
 
 /// Both kinds share a micro-batch and a listing: one root, each leaf its own typed digest.

@@ -166,6 +166,41 @@ impl Reexecutor {
             }
             _ => {}
         }
+        // The model the request asked for must be the one the receipt names (a node that
+        // answers with another model is caught here, however well that model replays).
+        let asked = serde_json::from_slice::<serde_json::Value>(&request)
+            .ok()
+            .and_then(|v| v.get("model")?.as_str().map(str::to_owned));
+        let Some(asked) = asked else {
+            return Ok(Outcome::Unverifiable {
+                reason: "the kept request names no model".into(),
+            });
+        };
+        match asked.parse::<cairn_core::ModelRef>() {
+            Ok(cairn_core::ModelRef::Named { version: None, .. }) | Err(_) => {
+                return Ok(Outcome::Unverifiable {
+                    reason: format!("the kept request's model `{asked}` is not pinned"),
+                });
+            }
+            Ok(_) => match self.cache.resolve(&asked).await {
+                Ok(res) if res.cid != r.claims.model => {
+                    return Ok(Outcome::Mismatch {
+                        comparison: format!(
+                            "the request asked for `{asked}` ({}), the receipt names {}",
+                            res.cid, r.claims.model
+                        ),
+                        recomputed: B256::ZERO,
+                    });
+                }
+                Ok(_) => {}
+                Err(e) if e.is_transient() => return Err(format!("resolving `{asked}`: {e}")),
+                Err(e) => {
+                    return Ok(Outcome::Unverifiable {
+                        reason: format!("resolving `{asked}`: {e}"),
+                    });
+                }
+            },
+        }
         let loaded = match self.cache.get(r.claims.model).await {
             Ok(l) => l,
             Err(e) if e.is_transient() => return Err(format!("model {}: {e}", r.claims.model)),

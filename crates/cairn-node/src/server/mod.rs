@@ -93,6 +93,10 @@ struct Inner {
     llm_models: Vec<String>,
     /// How LLM receipts are logged: `Final` (batched) once their profile is approved.
     llm_billing: crate::log::Billing,
+    /// Serve language-model calls unpaid on a node that takes payments.
+    llm_free: bool,
+    /// Language-model calls generating at once.
+    llm_sessions: Arc<Semaphore>,
 }
 
 pub(crate) async fn open(c: NodeConfig) -> Result<NodeState, NodeError> {
@@ -196,6 +200,8 @@ pub(crate) async fn open(c: NodeConfig) -> Result<NodeState, NodeError> {
         own_host: tokio::sync::Mutex::new(None),
         llm_models: c.llm_models,
         llm_billing,
+        llm_free: c.llm_free,
+        llm_sessions: Arc::new(Semaphore::new(c.limits.llm_sessions.max(1))),
     })))
 }
 

@@ -16,11 +16,13 @@ use cairn_receipt::{Claims, LlmUsage};
     whole or streamed (`stream: true`, server-sent events ending `data: [DONE]`). Parameters this node does not \
     implement are refused by name. The answer's `cairn-receipt-id` header names its LLM receipt (EIP-712 \
     `LlmReceipt`: the request body's and the answer's SHA-256, token counts, profile), at `GET /v1/receipts/{id}` once \
-    the answer is complete. Language-model calls are not charged yet (price 0).",
+    the answer is complete. Language-model calls are not charged yet (price 0): a node that takes payments answers 402 \
+    unless run with `--llm-free`. A stream's reader that takes no event for the node's timeout is treated as gone.",
     request_body(content = Object, description = "an OpenAI chat completion request"),
     responses((status = 200, description = "`chat.completion`, or `text/event-stream` of `chat.completion.chunk`"),
-              (status = 400, body = OpenAiErrorBody), (status = 404, body = OpenAiErrorBody),
-              (status = 413, body = OpenAiErrorBody), (status = 503, body = OpenAiErrorBody)))]
+              (status = 400, body = OpenAiErrorBody), (status = 402, body = OpenAiErrorBody),
+              (status = 404, body = OpenAiErrorBody), (status = 413, body = OpenAiErrorBody),
+              (status = 503, body = OpenAiErrorBody)))]
 pub(super) async fn chat_completions(
     State(s): State<NodeState>,
     headers: HeaderMap,
@@ -79,7 +81,19 @@ async fn llm_call(
     body: Body,
 ) -> Result<Response, NodeError> {
     let i = &s.0;
+    if i.paywall.is_some() && !i.llm_free {
+        return Err(NodeError::PaymentRequired(
+            "this node takes payments, and per-token payment for language-model calls is not implemented yet; its operator can serve them unpaid with --llm-free".into(),
+        ));
+    }
     let read = i.read_request(&headers, body).await?;
+    // The protocol's bound (verifiers replay no more), checked before anything is parsed.
+    let most = crate::llm::MAX_REQUEST_BYTES;
+    if read.body.len() > most {
+        return Err(NodeError::BodyTooLarge(format!(
+            "a language-model request is at most {most} bytes; shorten the prompt"
+        )));
+    }
     let request = LlmRequest::parse(endpoint, &read.body)?;
     let resolved = i.cache.resolve(&request.model).await?;
     if resolved.signature.is_some() {
@@ -98,7 +112,18 @@ async fn llm_call(
             ))
         })??;
     let model = Arc::clone(loaded.llm()?);
-    let context = model.weights.config.context.min(i.limits.llm_context);
+    let context = crate::llm::context_of(&model);
+    // A session, then a worker, each waited for at most the node's timeout: long answers
+    // cannot starve tensor inference, nor queue without end.
+    let busy = || {
+        NodeError::Overloaded(
+            "the node's language-model sessions are busy; retry after a moment".into(),
+        )
+    };
+    let session = tokio::time::timeout(i.limits.timeout, i.llm_sessions.clone().acquire_owned())
+        .await
+        .map_err(|_| busy())?
+        .map_err(|_| NodeError::Internal("session pool closed".into()))?;
     // The prompt is tokenized (and its length checked) before anything is answered, so a call
     // that cannot fit is an HTTP error, not a broken stream.
     let (model, request, prompt) = tokio::task::spawn_blocking(move || {
@@ -109,12 +134,11 @@ async fn llm_call(
     .map_err(|e| NodeError::Internal(format!("tokenizer task: {e}")))?;
     let prompt = prompt?;
     crate::llm::max_tokens(&request, prompt.len(), context)?;
-    let worker = i
-        .workers
-        .clone()
-        .acquire_owned()
+    let worker = tokio::time::timeout(i.limits.timeout, i.workers.clone().acquire_owned())
         .await
+        .map_err(|_| busy())?
         .map_err(|_| NodeError::Internal("worker pool closed".into()))?;
+    let worker = (worker, session);
     let profile = crate::llm::profile();
     let id = Identity {
         request_id: B256::random(),
@@ -132,9 +156,14 @@ async fn llm_call(
     let receipt_id =
         HeaderValue::from_str(&call.id.request_id.to_string()).expect("hex is a header value");
     if !request.stream {
+        // A caller that hangs up stops the generation: this handler is dropped with it.
+        let gone = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let _hung_up = HangUp(gone.clone());
         let (generated, call) = tokio::task::spawn_blocking(move || {
             let _held = (worker, permits);
-            let g = crate::llm::generate(&model, &request, &prompt, context, &call.id, |_| true);
+            let g = crate::llm::generate(&model, &request, &prompt, context, &call.id, |_| {
+                !gone.load(std::sync::atomic::Ordering::Relaxed)
+            });
             (g, call)
         })
         .await
@@ -159,11 +188,19 @@ async fn llm_call(
     // stops reading stops the generation (and is charged for what it was sent).
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(1);
     let handle = tokio::runtime::Handle::current();
+    // A reader that takes no event for 10 s (or the node's timeout, if shorter) is gone.
+    let stall = i.limits.timeout.min(Duration::from_secs(10));
     tokio::task::spawn_blocking(move || {
         let _held = (worker, permits);
         let sent = tx.clone();
+        // A reader that takes no event for this long is gone: it does not hold a worker.
+        let patience = stall;
         let generated = crate::llm::generate(&model, &request, &prompt, context, &call.id, |b| {
-            sent.blocking_send(Bytes::copy_from_slice(b)).is_ok()
+            let event = Bytes::copy_from_slice(b);
+            matches!(
+                handle.block_on(tokio::time::timeout(patience, sent.send(event))),
+                Ok(Ok(()))
+            )
         });
         match generated {
             Ok(g) => {
@@ -198,6 +235,15 @@ async fn llm_call(
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert(RECEIPT_ID_HEADER, receipt_id);
     Ok(resp)
+}
+
+/// Raises its flag when dropped: the request handler holding it is gone.
+struct HangUp(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for HangUp {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// An error after the stream began: an event with the OpenAI error object (the `openai`
