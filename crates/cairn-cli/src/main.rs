@@ -197,10 +197,11 @@ enum ReceiptCommand {
     Reexec {
         /// Receipt JSON file.
         receipt: PathBuf,
-        /// The inputs the receipt binds.
+        /// The inputs the receipt binds (a language-model receipt: the exact request body).
         #[arg(long)]
         input: PathBuf,
-        /// The node's outputs, to report the largest difference when profiles differ.
+        /// The node's outputs, to report the largest difference when profiles differ (a
+        /// language-model receipt whose answer broke off: the bytes the node sent).
         #[arg(long)]
         output: Option<PathBuf>,
         /// Largest |difference| accepted when profiles differ (as a verifier's `--tolerance`).

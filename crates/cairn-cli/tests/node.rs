@@ -211,6 +211,89 @@ fn openai_clients_call_the_devnet_language_model_and_receipts_bind_every_byte() 
     );
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["usage"]["completion_tokens"], 2, "{v}");
+
+    // Another process replays a seeded call from its receipt and request alone, bit for bit,
+    // and `cairn receipt verify` checks the saved bytes against the receipt.
+    let dir = tempfile::tempdir().unwrap();
+    let request = json!({
+        "model": "smollm2-135m-instruct@1.0",
+        "messages": [{"role": "user", "content": "Name three birds."}],
+        "max_tokens": 16, "temperature": 0.8, "top_p": 0.9, "seed": 11,
+    })
+    .to_string();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (answer, id) = rt.block_on(async {
+        let resp = reqwest::Client::new()
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(request.clone())
+            .send()
+            .await
+            .unwrap();
+        let id = resp.headers()["cairn-receipt-id"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        (resp.bytes().await.unwrap().to_vec(), id)
+    });
+    drop(rt);
+    let files = [
+        ("request.json", request.into_bytes()),
+        ("answer.json", answer),
+        (
+            "receipt.json",
+            get(&format!("{}/v1/receipts/{id}", net.node_url))
+                .to_string()
+                .into_bytes(),
+        ),
+    ];
+    for (name, bytes) in &files {
+        std::fs::write(dir.path().join(name), bytes).unwrap();
+    }
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+    let out = stdout(&run(
+        &net.url,
+        &[
+            "receipt",
+            "verify",
+            &path("receipt.json"),
+            "--input",
+            &path("request.json"),
+            "--output",
+            &path("answer.json"),
+        ],
+    ));
+    assert!(
+        out.contains("output:    ok") && out.contains("delivered whole"),
+        "{out}"
+    );
+    let out = stdout(&run(
+        &net.url,
+        &[
+            "receipt",
+            "reexec",
+            &path("receipt.json"),
+            "--input",
+            &path("request.json"),
+        ],
+    ));
+    assert!(out.contains("result: bit-identical"), "{out}");
+    // A request other than the one signed is refused.
+    std::fs::write(dir.path().join("other.json"), b"{}").unwrap();
+    let e = failure(&run(
+        &net.url,
+        &[
+            "receipt",
+            "reexec",
+            &path("receipt.json"),
+            "--input",
+            &path("other.json"),
+        ],
+    ));
+    assert!(e.contains("requestHash mismatch"), "{e}");
 }
 
 #[test]

@@ -128,6 +128,78 @@ pub fn reexec_isa_env(receipt: &Path) -> Option<String> {
     cairn_engine::isa_env_for(&r.claims.profile.isa).ok()
 }
 
+/// `cairn receipt reexec` on a language-model receipt: the request body (`input`) run again as a
+/// verifier replays it; `output`, the bytes the node sent, is needed for an answer that broke off.
+async fn reexec_llm(
+    r: &SignedReceipt,
+    input: &Path,
+    output: Option<&Path>,
+    hub: &str,
+    cache: &Path,
+) -> anyhow::Result<()> {
+    let sha = |b: &[u8]| B256::from(*BlobId::of(b).digest());
+    let request = std::fs::read(input).with_context(|| format!("reading {}", input.display()))?;
+    if sha(&request) != r.claims.input_hash {
+        bail!(
+            "{} is not the request this receipt binds (requestHash mismatch)",
+            input.display()
+        );
+    }
+    let kept = match output {
+        Some(p) => {
+            let b = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
+            if sha(&b) != r.claims.output_hash {
+                bail!(
+                    "{} is not the answer this receipt binds (responseHash mismatch)",
+                    p.display()
+                );
+            }
+            Some(b)
+        }
+        None => None,
+    };
+    let usage = r.claims.llm.expect("an LLM receipt");
+    if !usage.complete && kept.is_none() {
+        bail!("the answer broke off: pass the bytes the node sent with --output");
+    }
+    let here = cairn_node::llm::profile();
+    println!("receipt profile: {}", r.claims.profile);
+    println!("this run:        {here}");
+    if here != r.claims.profile {
+        bail!("this cairn runs another language-model profile; replay with the receipt's version");
+    }
+    let models = cairn_node::cache::ModelCache::new(
+        cache.to_path_buf(),
+        cairn_hub::HubClient::new(hub, None)?,
+        Arc::new(TractEngine::new()),
+        u64::MAX,
+        u64::MAX,
+    );
+    let loaded = models
+        .get(r.claims.model)
+        .await
+        .with_context(|| format!("loading model {} (from {hub})", r.claims.model))?;
+    let model = loaded.llm()?.clone();
+    let claims = r.claims.clone();
+    let replay = tokio::task::spawn_blocking(move || {
+        cairn_node::llm::replay(&model, &request, &claims, kept.as_deref())
+    })
+    .await?;
+    match replay {
+        cairn_node::llm::Replay::Same { tokens } => {
+            println!(
+                "result: bit-identical ({} prompt tokens, the same {tokens} tokens and answer bytes)",
+                usage.prompt_tokens
+            );
+            Ok(())
+        }
+        cairn_node::llm::Replay::Differs { what, .. } => {
+            bail!("the replay differs from the receipt: {what}")
+        }
+        cairn_node::llm::Replay::CannotRun(why) => bail!("cannot replay here: {why}"),
+    }
+}
+
 /// `cairn receipt reexec`.
 pub async fn reexec(
     receipt: &Path,
@@ -139,6 +211,9 @@ pub async fn reexec(
 ) -> anyhow::Result<()> {
     let r =
         load_receipt(receipt).with_context(|| format!("{} does not verify", receipt.display()))?;
+    if r.claims.llm.is_some() {
+        return reexec_llm(&r, input, output, hub, cache).await;
+    }
     let inputs = read_tensors(input)?;
     if tensors_hash(&inputs) != r.claims.input_hash {
         bail!(
