@@ -192,15 +192,15 @@ async fn llm_call(
     let stall = i.limits.timeout.min(Duration::from_secs(10));
     tokio::task::spawn_blocking(move || {
         let _held = (worker, permits);
-        let sent = tx.clone();
-        // A reader that takes no event for this long is gone: it does not hold a worker.
-        let patience = stall;
-        let generated = crate::llm::generate(&model, &request, &prompt, context, &call.id, |b| {
-            let event = Bytes::copy_from_slice(b);
+        // Every event, the last ones included, waits at most `stall` for the reader.
+        let send = |event: Bytes| {
             matches!(
-                handle.block_on(tokio::time::timeout(patience, sent.send(event))),
+                handle.block_on(tokio::time::timeout(stall, tx.send(event))),
                 Ok(Ok(()))
             )
+        };
+        let generated = crate::llm::generate(&model, &request, &prompt, context, &call.id, |b| {
+            send(Bytes::copy_from_slice(b))
         });
         match generated {
             Ok(g) => {
@@ -208,16 +208,16 @@ async fn llm_call(
                 match handle.block_on(call.commit(&g)) {
                     Ok(()) => {
                         if !g.tail.is_empty() {
-                            let _ = tx.blocking_send(Bytes::from(g.tail));
+                            send(Bytes::from(g.tail));
                         }
                     }
                     Err(e) => {
-                        let _ = tx.blocking_send(error_event(&e));
+                        send(error_event(&e));
                     }
                 }
             }
             Err(e) => {
-                let _ = tx.blocking_send(error_event(&NodeError::Llm(e)));
+                send(error_event(&NodeError::Llm(e)));
             }
         }
     });
