@@ -71,6 +71,29 @@ pub struct Weights {
 }
 
 impl Weights {
+    /// Bytes the weights hold in memory: what a cache of loaded models must count (more than
+    /// the file's for F16 tensors, widened to f32, and for an output layer tied to the
+    /// embedding, which is held twice).
+    pub fn memory_bytes(&self) -> usize {
+        let f = std::mem::size_of::<f32>();
+        let layers: usize = self
+            .layers
+            .iter()
+            .map(|l| {
+                [&l.wq, &l.wk, &l.wv, &l.wo, &l.gate, &l.up, &l.down]
+                    .iter()
+                    .map(|m| m.memory_bytes())
+                    .sum::<usize>()
+                    + (l.attn_norm.len() + l.ffn_norm.len()) * f
+            })
+            .sum();
+        self.embed.memory_bytes()
+            + self.output.memory_bytes()
+            + layers
+            + self.norm.len() * f
+            + self.inv_freq.len() * std::mem::size_of::<f64>()
+    }
+
     /// The weights of a llama-architecture GGUF model held in `file`.
     pub fn from_gguf(model: &GgufModel, file: &[u8]) -> Result<Self, LlmError> {
         let arch = model.metadata.architecture.as_str();

@@ -117,6 +117,11 @@ impl Quantized {
 }
 
 impl Matrix {
+    /// Bytes the matrix holds in memory (scales as f32, F16 weights widened to f32).
+    pub(crate) fn memory_bytes(&self) -> usize {
+        (self.d.len() + self.m.len() + self.f.len()) * std::mem::size_of::<f32>() + self.q.len()
+    }
+
     /// Unpacks `data`, a ggml tensor of `rows` rows of `cols` elements of type `ty`.
     pub(crate) fn new(
         ty: WeightType,

@@ -433,3 +433,16 @@ fn hostile_hyperparameters_are_refused_at_load() {
         assert!(err.contains(says), "{key} = {value}: {err}");
     }
 }
+
+/// What a cache must count for a loaded model: every matrix's bytes as held (the Q4_1 file's
+/// half-precision scales are held as f32, so memory is more than the file's tensor bytes).
+#[test]
+fn the_weights_memory_is_counted_whole() {
+    let Some(m) = model() else { return };
+    let path = std::env::var_os("CAIRN_LLM_MODEL").unwrap();
+    let file = std::fs::metadata(path).unwrap().len() as usize;
+    let held = m.weights.memory_bytes();
+    assert!(held > file, "{held} bytes held for a {file}-byte file");
+    // Bounded too: scales widened and the tied output layer held twice, no more.
+    assert!(held < 3 * file, "{held} bytes held for a {file}-byte file");
+}

@@ -54,7 +54,8 @@ impl CacheError {
 pub struct LoadedModel {
     /// The exact file.
     pub cid: BlobId,
-    /// File size in bytes.
+    /// Bytes it takes: the file's size, or a language model's weights in memory when they are
+    /// more (what the cache's bound counts).
     pub size: u64,
     /// What runs it.
     pub runs: Runs,
@@ -302,9 +303,10 @@ impl ModelCache {
                         "{cid} is not a language model this node runs: {e}"
                     ))
                 })?;
+                let size = (bytes.len() as u64).max(model.weights.memory_bytes() as u64);
                 return Ok(LoadedModel {
                     cid,
-                    size: bytes.len() as u64,
+                    size,
                     runs: Runs::Llm(Arc::new(model)),
                 });
             }
