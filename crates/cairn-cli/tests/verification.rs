@@ -103,6 +103,20 @@ fn an_honest_node_is_never_slashed_with_two_of_three_verifiers_up() {
     );
 }
 
+/// Waits for every receipt's batch to finalize; the node kept `stake`. The registry after.
+fn finalized_keeping_stake(net: &Server, rs: &[SignedReceipt], stake: U256) -> Vec<Value> {
+    for r in rs {
+        eventually(120, || batch_status(net, r) == "finalized");
+    }
+    let after = nodes(net);
+    assert_eq!(
+        dec(&role(&after, "inference")[0]["stake"]),
+        stake,
+        "an honest node lost stake"
+    );
+    after
+}
+
 /// Waits for the batch holding `r` to be voided by a challenge; returns the chain status.
 fn wait_voided(net: &Server, r: &SignedReceipt) -> Value {
     eventually(120, || batch_status(net, r) == "voided");
@@ -334,15 +348,7 @@ fn verifiers_replay_language_model_receipts_and_a_node_that_alters_answers_is_sl
     let before = nodes(&net);
     let stake = dec(&role(&before, "inference")[0]["stake"]);
     let rs = llm_calls(&net, 3);
-    for r in &rs {
-        eventually(120, || batch_status(&net, r) == "finalized");
-    }
-    let after = nodes(&net);
-    assert_eq!(
-        dec(&role(&after, "inference")[0]["stake"]),
-        stake,
-        "an honest node lost stake"
-    );
+    let after = finalized_keeping_stake(&net, &rs, stake);
     for v in role(&after, "verifier") {
         let url = v["endpoint"].as_str().unwrap();
         for r in &rs {
@@ -424,15 +430,7 @@ fn a_node_down_for_longer_than_an_attempt_but_shorter_than_the_window_is_not_sla
     let before = nodes(&net);
     let stake = dec(&role(&before, "inference")[0]["stake"]);
     let rs = calls(&net, dir.path(), 2);
-    for r in &rs {
-        eventually(120, || batch_status(&net, r) == "finalized");
-    }
-    let after = nodes(&net);
-    assert_eq!(
-        dec(&role(&after, "inference")[0]["stake"]),
-        stake,
-        "an honest node lost stake"
-    );
+    let after = finalized_keeping_stake(&net, &rs, stake);
     // Every running verifier met the outage (at least one failed attempt) and then confirmed.
     for v in role(&after, "verifier") {
         let url = v["endpoint"].as_str().unwrap();

@@ -727,38 +727,48 @@ impl Render<'_> {
         self.request.include_usage.then_some(None)
     }
 
-    fn chat_chunk(&self, delta: Delta, finish: Option<&str>) -> Vec<u8> {
-        sse(&ChatCompletionChunk {
+    /// A `chat.completion.chunk` with these choices and usage.
+    fn chunk(
+        &self,
+        choices: Vec<ChunkChoice>,
+        usage: Option<Option<Usage>>,
+    ) -> ChatCompletionChunk {
+        ChatCompletionChunk {
             id: self.chat_id(),
             object: "chat.completion.chunk".into(),
             created: self.id.created,
             model: self.model_name.into(),
             system_fingerprint: self.fingerprint(),
-            choices: vec![ChunkChoice {
-                index: 0,
-                delta,
-                logprobs: None,
-                finish_reason: finish.map(str::to_owned),
-            }],
-            usage: self.chunk_usage(),
-        })
+            choices,
+            usage,
+        }
     }
 
-    fn text_chunk(&self, text: &str, finish: Option<&str>) -> Vec<u8> {
-        sse(&TextCompletion {
+    /// A `text_completion` (whole, or a chunk of a stream) with these choices and usage.
+    fn text(&self, choices: Vec<TextChoice>, usage: Option<Option<Usage>>) -> TextCompletion {
+        TextCompletion {
             id: self.chat_id(),
             object: "text_completion".into(),
             created: self.id.created,
             model: self.model_name.into(),
             system_fingerprint: self.fingerprint(),
-            choices: vec![TextChoice {
-                text: text.into(),
-                index: 0,
-                logprobs: None,
-                finish_reason: finish.map(str::to_owned),
-            }],
-            usage: self.chunk_usage(),
-        })
+            choices,
+            usage,
+        }
+    }
+
+    fn chat_chunk(&self, delta: Delta, finish: Option<&str>) -> Vec<u8> {
+        let choice = ChunkChoice {
+            index: 0,
+            delta,
+            logprobs: None,
+            finish_reason: finish.map(str::to_owned),
+        };
+        sse(&self.chunk(vec![choice], self.chunk_usage()))
+    }
+
+    fn text_chunk(&self, text: &str, finish: Option<&str>) -> Vec<u8> {
+        sse(&self.text(vec![text_choice(text, finish)], self.chunk_usage()))
     }
 
     /// A chat stream opens with the assistant's role.
@@ -795,24 +805,8 @@ impl Render<'_> {
         };
         if self.request.include_usage {
             out.extend(match self.request.endpoint {
-                Endpoint::Chat => sse(&ChatCompletionChunk {
-                    id: self.chat_id(),
-                    object: "chat.completion.chunk".into(),
-                    created: self.id.created,
-                    model: self.model_name.into(),
-                    system_fingerprint: self.fingerprint(),
-                    choices: Vec::new(),
-                    usage: Some(Some(usage)),
-                }),
-                Endpoint::Completion => sse(&TextCompletion {
-                    id: self.chat_id(),
-                    object: "text_completion".into(),
-                    created: self.id.created,
-                    model: self.model_name.into(),
-                    system_fingerprint: self.fingerprint(),
-                    choices: Vec::new(),
-                    usage: Some(Some(usage)),
-                }),
+                Endpoint::Chat => sse(&self.chunk(Vec::new(), Some(Some(usage)))),
+                Endpoint::Completion => sse(&self.text(Vec::new(), Some(Some(usage)))),
             });
         }
         out.extend_from_slice(b"data: [DONE]\n\n");
@@ -839,22 +833,20 @@ impl Render<'_> {
                 }],
                 usage,
             }),
-            Endpoint::Completion => serde_json::to_vec(&TextCompletion {
-                id: self.chat_id(),
-                object: "text_completion".into(),
-                created: self.id.created,
-                model: self.model_name.into(),
-                system_fingerprint: self.fingerprint(),
-                choices: vec![TextChoice {
-                    text: text.into(),
-                    index: 0,
-                    logprobs: None,
-                    finish_reason: Some(finish.into()),
-                }],
-                usage: Some(Some(usage)),
-            }),
+            Endpoint::Completion => serde_json::to_vec(
+                &self.text(vec![text_choice(text, Some(finish))], Some(Some(usage))),
+            ),
         }
         .expect("serializes")
+    }
+}
+
+fn text_choice(text: &str, finish: Option<&str>) -> TextChoice {
+    TextChoice {
+        text: text.into(),
+        index: 0,
+        logprobs: None,
+        finish_reason: finish.map(str::to_owned),
     }
 }
 
@@ -1186,6 +1178,92 @@ mod tests {
             r.prompt_tokens(&m),
             Err(CallError::Invalid { param: Some(p), .. }) if p == "prompt"
         ));
+    }
+
+    /// The answer's bytes are part of the profile (`RULES`): pinned here, byte for byte, so a
+    /// change to them cannot slip in without a new profile.
+    #[test]
+    fn the_answer_bytes_are_pinned() {
+        let id = Identity {
+            request_id: B256::repeat_byte(0xab),
+            created: 1_800_000_000,
+            fingerprint: B256::repeat_byte(0xcd),
+        };
+        let usage = Usage {
+            prompt_tokens: 3,
+            completion_tokens: 2,
+            total_tokens: 5,
+        };
+        let head = |object: &str, prefix: &str| {
+            format!(
+                r#""id":"{prefix}-{}","object":"{object}","created":1800000000,"model":"m@1.0","system_fingerprint":"cairn-cdcdcdcdcdcdcdcd""#,
+                "ab".repeat(32)
+            )
+        };
+        let completion = LlmRequest::parse(
+            Endpoint::Completion,
+            br#"{"model":"m@1.0","prompt":"x","stream":true,"stream_options":{"include_usage":true}}"#,
+        )
+        .unwrap();
+        let r = Render {
+            request: &completion,
+            id: &id,
+            model_name: "m@1.0",
+        };
+        let h = head("text_completion", "cmpl");
+        assert_eq!(r.first_event(), b"");
+        assert_eq!(
+            String::from_utf8(r.piece_event("hi")).unwrap(),
+            format!(
+                r#"data: {{{h},"choices":[{{"text":"hi","index":0,"logprobs":null,"finish_reason":null}}],"usage":null}}"#
+            ) + "\n\n"
+        );
+        assert_eq!(
+            String::from_utf8(r.finish_events("stop", usage)).unwrap(),
+            format!(
+                r#"data: {{{h},"choices":[{{"text":"","index":0,"logprobs":null,"finish_reason":"stop"}}],"usage":null}}"#
+            ) + "\n\n"
+                + &format!(
+                    r#"data: {{{h},"choices":[],"usage":{{"prompt_tokens":3,"completion_tokens":2,"total_tokens":5}}}}"#
+                )
+                + "\n\ndata: [DONE]\n\n"
+        );
+        assert_eq!(
+            String::from_utf8(r.whole("hi", "length", usage)).unwrap(),
+            format!(
+                r#"{{{h},"choices":[{{"text":"hi","index":0,"logprobs":null,"finish_reason":"length"}}],"usage":{{"prompt_tokens":3,"completion_tokens":2,"total_tokens":5}}}}"#
+            )
+        );
+        let chat = LlmRequest::parse(
+            Endpoint::Chat,
+            br#"{"model":"m@1.0","messages":[{"role":"user","content":"x"}]}"#,
+        )
+        .unwrap();
+        let r = Render {
+            request: &chat,
+            id: &id,
+            model_name: "m@1.0",
+        };
+        let h = head("chat.completion.chunk", "chatcmpl");
+        assert_eq!(
+            String::from_utf8(r.first_event()).unwrap(),
+            format!(
+                r#"data: {{{h},"choices":[{{"index":0,"delta":{{"role":"assistant","content":""}},"logprobs":null,"finish_reason":null}}]}}"#
+            ) + "\n\n"
+        );
+        assert_eq!(
+            String::from_utf8(r.finish_events("stop", usage)).unwrap(),
+            format!(
+                r#"data: {{{h},"choices":[{{"index":0,"delta":{{}},"logprobs":null,"finish_reason":"stop"}}]}}"#
+            ) + "\n\ndata: [DONE]\n\n"
+        );
+        let h = head("chat.completion", "chatcmpl");
+        assert_eq!(
+            String::from_utf8(r.whole("hi", "stop", usage)).unwrap(),
+            format!(
+                r#"{{{h},"choices":[{{"index":0,"message":{{"role":"assistant","content":"hi","refusal":null}},"logprobs":null,"finish_reason":"stop"}}],"usage":{{"prompt_tokens":3,"completion_tokens":2,"total_tokens":5}}}}"#
+            )
+        );
     }
 
     #[test]
