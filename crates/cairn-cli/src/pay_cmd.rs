@@ -323,7 +323,7 @@ pub async fn facilitator(c: FacilitatorCommand) -> anyhow::Result<()> {
     println!("  api keys: {}", keys_path.display());
     println!("  network:  {}", f.network());
     println!("  asset:    {}", f.token());
-    axum::serve(listener, f.router())
+    axum::serve(cairn_serve::LingeringListener::new(listener), f.router())
         .with_graceful_shutdown(crate::shutdown_signal())
         .await?;
     Ok(())

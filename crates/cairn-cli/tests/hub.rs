@@ -1001,8 +1001,9 @@ fn a_language_model_publishes_with_its_gguf_metadata_and_a_cut_one_is_refused() 
     });
     assert_eq!(status, 404);
 
-    // Refused by its first bytes and 64 MiB long: the hub stops reading soon after the
-    // refusal, and the client still gets the reason, not a reset.
+    // Refused by its first bytes and 64 MiB long: the hub stops storing and parsing soon after
+    // the refusal and lingers on the connection (cairn-serve), so the client still sending
+    // reads the reason, not a reset.
     let mut fake = b"GGUX".to_vec();
     fake.resize(64 << 20, 0);
     let fake_path = dir.path().join("fake.gguf");

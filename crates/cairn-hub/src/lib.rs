@@ -118,6 +118,9 @@ pub async fn serve(
         }
     });
     let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+    // The no-op tap gives the lingering listener axum's `ConnectInfo<SocketAddr>`.
+    let listener =
+        axum::serve::ListenerExt::tap_io(cairn_serve::LingeringListener::new(listener), |_| {});
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await?;

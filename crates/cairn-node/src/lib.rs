@@ -155,7 +155,7 @@ pub async fn serve(
     state: NodeState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
+    axum::serve(cairn_serve::LingeringListener::new(listener), router(state))
         .with_graceful_shutdown(shutdown)
         .await
 }

@@ -176,7 +176,7 @@ pub async fn start(s: Setup<'_>) -> Result<Verifier, StartError> {
     );
     let app = crate::server::router(v.clone());
     tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
+        if let Err(e) = axum::serve(cairn_serve::LingeringListener::new(listener), app).await {
             tracing::error!(error = %e, "verifier API stopped");
         }
     });

@@ -1,0 +1,235 @@
+//! The TCP edge every Cairn HTTP service listens on.
+//!
+//! A server that answers before it has read a request's whole body (a refused upload, an
+//! oversized tensor, a missing payment) and then closes the socket makes the kernel reset the
+//! connection, because unread bytes are still queued. The reset can reach the client before it
+//! has read the answer, so the client reports "broken pipe" instead of the reason. HTTP/1.1
+//! (RFC 9112 §9.6) asks servers to close in stages instead: half-close, keep reading (and
+//! dropping) what the client still sends, then close. [`LingeringListener`] does that for every
+//! connection hyper drops with unread bytes, bounded in time, bytes and number of sockets.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+
+/// How long a closed connection keeps reading what its client still sends.
+pub const LINGER_FOR: Duration = Duration::from_secs(5);
+/// Most bytes a lingering connection reads (and drops) before it closes anyway.
+pub const LINGER_BYTES: u64 = 256 << 20;
+/// Most connections lingering at once; beyond it a connection closes at once (a reset).
+pub const MAX_LINGERING: usize = 256;
+
+static LINGERING: AtomicUsize = AtomicUsize::new(0);
+
+/// A [`TcpListener`] whose connections linger on close; serve it with `axum::serve`.
+#[derive(Debug)]
+pub struct LingeringListener(TcpListener);
+
+impl LingeringListener {
+    /// Wraps a bound listener.
+    pub fn new(listener: TcpListener) -> Self {
+        Self(listener)
+    }
+}
+
+impl From<TcpListener> for LingeringListener {
+    fn from(listener: TcpListener) -> Self {
+        Self(listener)
+    }
+}
+
+impl axum::serve::Listener for LingeringListener {
+    type Io = Lingering;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Lingering, SocketAddr) {
+        loop {
+            match self.0.accept().await {
+                Ok((stream, addr)) => return (Lingering(Some(stream)), addr),
+                // The peer gave up before we accepted: nothing to do.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::ConnectionRefused
+                            | io::ErrorKind::ConnectionAborted
+                            | io::ErrorKind::ConnectionReset
+                    ) => {}
+                // Out of file descriptors, mostly: wait rather than spin.
+                Err(e) => {
+                    tracing::error!(error = %e, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.0.local_addr()
+    }
+}
+
+/// An accepted connection; dropped with unread bytes queued, it lingers (see the crate docs).
+#[derive(Debug)]
+pub struct Lingering(Option<TcpStream>);
+
+impl Lingering {
+    fn stream(&mut self) -> Pin<&mut TcpStream> {
+        Pin::new(self.0.as_mut().expect("present until dropped"))
+    }
+}
+
+impl AsyncRead for Lingering {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        self.stream().poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Lingering {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.stream().poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.stream().poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.0.as_ref().is_some_and(|s| s.is_write_vectored())
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.stream().poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.stream().poll_shutdown(cx)
+    }
+}
+
+impl Drop for Lingering {
+    fn drop(&mut self) {
+        let Some(stream) = self.0.take() else {
+            return;
+        };
+        // Only unread bytes make the close a reset; a drained or idle connection closes now.
+        let mut probe = [0u8; 1];
+        if !matches!(stream.try_read(&mut probe), Ok(n) if n > 0) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if LINGERING.fetch_add(1, Ordering::AcqRel) >= MAX_LINGERING {
+            LINGERING.fetch_sub(1, Ordering::AcqRel);
+            return;
+        }
+        runtime.spawn(async move {
+            linger(stream).await;
+            LINGERING.fetch_sub(1, Ordering::AcqRel);
+        });
+    }
+}
+
+/// Half-closes `stream`, then reads and drops until the client closes or a bound is reached.
+async fn linger(mut stream: TcpStream) {
+    let _ = tokio::time::timeout(LINGER_FOR, async {
+        let _ = stream.shutdown().await;
+        let mut buf = vec![0u8; 64 << 10];
+        let mut read = 0u64;
+        while read < LINGER_BYTES {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => read += n as u64,
+            }
+        }
+    })
+    .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A server that answers a large upload after reading a little of it, then closes: with
+    /// a plain listener the client's writes meet a reset (often before it reads the answer);
+    /// with a lingering one the client finishes writing and reads the answer every time.
+    async fn upload_refused_early(lingering: bool) -> io::Result<Vec<u8>> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let server = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let mut conn = Lingering(Some(stream));
+            let mut head = vec![0u8; 4096];
+            let _ = conn.read(&mut head).await.unwrap();
+            conn.write_all(b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 4\r\nconnection: close\r\n\r\nbig!")
+                .await
+                .unwrap();
+            conn.shutdown().await.unwrap();
+            if !lingering {
+                // What a plain TcpStream's drop does: close with unread bytes queued.
+                let stream = conn.0.take().unwrap();
+                drop(stream);
+            }
+        });
+        let mut client = TcpStream::connect(addr).await?;
+        let body = vec![7u8; 32 << 20];
+        client
+            .write_all(
+                format!("PUT /x HTTP/1.1\r\ncontent-length: {}\r\n\r\n", body.len()).as_bytes(),
+            )
+            .await?;
+        // Write the whole body first, as a client that reads only at the end does.
+        let written = client.write_all(&body).await;
+        server.await.unwrap();
+        written?;
+        client.shutdown().await?;
+        let mut answer = Vec::new();
+        client.read_to_end(&mut answer).await?;
+        Ok(answer)
+    }
+
+    #[tokio::test]
+    async fn a_client_still_sending_reads_the_answer_instead_of_a_reset() {
+        let answer = upload_refused_early(true).await.expect("no reset");
+        assert!(answer.starts_with(b"HTTP/1.1 413"), "{answer:?}");
+        assert!(answer.ends_with(b"big!"));
+        // The lingering task ends at the client's close.
+        for _ in 0..100 {
+            if LINGERING.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("the lingering connection outlived its client");
+    }
+
+    #[tokio::test]
+    async fn without_lingering_the_same_client_meets_a_reset() {
+        let err = upload_refused_early(false).await.expect_err("a reset");
+        assert!(
+            matches!(
+                err.kind(),
+                io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+            ),
+            "{err}"
+        );
+    }
+}
