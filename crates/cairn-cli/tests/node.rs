@@ -99,6 +99,12 @@ fn openai_clients_call_the_devnet_language_model_and_receipts_bind_every_byte() 
         "seeded:",
         "completion:",
         "errors:",
+        "parse:",
+        "json_object: parses",
+        "tool call:",
+        "streamed tool call:",
+        "after the tool:",
+        "structured: done",
     ] {
         assert!(text.contains(step), "{step} missing from:\n{text}");
     }
@@ -129,6 +135,20 @@ fn openai_clients_call_the_devnet_language_model_and_receipts_bind_every_byte() 
     assert_eq!(ts["streamFinish"], ts["finishReason"], "{ts}");
     assert!(
         ts["completion"].as_str().unwrap().starts_with(" 5, 6,"),
+        "{ts}"
+    );
+    // The schema held: its keys in its order, the year in range; the forced call validates.
+    assert_eq!(ts["filmKeys"], json!(["title", "year"]), "{ts}");
+    assert!(
+        (1900..=2030).contains(&ts["film"]["year"].as_i64().unwrap()),
+        "{ts}"
+    );
+    assert_eq!(ts["toolFinish"], "tool_calls", "{ts}");
+    assert_eq!(ts["toolName"], "get_weather", "{ts}");
+    let args = ts["toolArguments"].as_object().unwrap();
+    assert!(args["city"].is_string() && args.len() == 2, "{ts}");
+    assert!(
+        matches!(args["unit"].as_str(), Some("celsius" | "fahrenheit")),
         "{ts}"
     );
     assert_eq!(ts["notFound"]["status"], 404, "{ts}");

@@ -5,6 +5,7 @@
 //! seeded with a named generator (ChaCha20).
 
 mod chat;
+mod grammar;
 mod llama;
 mod quant;
 mod sample;
@@ -13,6 +14,7 @@ mod tokenizer;
 use std::sync::Arc;
 
 pub use chat::{ChatMessage, ChatTemplate};
+pub use grammar::{Constraint, GRAMMAR_ENGINE, Grammar, laid_out};
 pub use llama::{Config, Session, Weights};
 pub use sample::{Sampler, Sampling, argmax};
 pub use tokenizer::Tokenizer;
@@ -20,10 +22,11 @@ pub use tokenizer::Tokenizer;
 /// The engine's version and the rules a generation follows, as an execution profile names them:
 /// the tokenizer (llama.cpp's byte-level BPE), batch size 1, no prefix cache kept across
 /// requests, greedy decoding with the lowest id winning ties, and sampling by top-k then top-p in
-/// f64 with ChaCha20 keyed by a 32-byte seed, one 53-bit draw per token.
+/// f64 with ChaCha20 keyed by a 32-byte seed, one 53-bit draw per token; grammars masked by
+/// [`GRAMMAR_ENGINE`].
 pub const ENGINE_VERSION: &str = concat!(
     env!("CARGO_PKG_VERSION"),
-    "+bpe-llamacpp.batch1.no-prefix-cache.greedy-lowest-id.chacha20-topk-topp-f64"
+    "+bpe-llamacpp.batch1.no-prefix-cache.greedy-lowest-id.chacha20-topk-topp-f64.llguidance-1.9.1"
 );
 
 /// What went wrong loading or running a model.
@@ -45,6 +48,9 @@ pub enum LlmError {
     /// The chat template does not compile, or fails on a conversation.
     #[error("chat template: {0}")]
     Template(String),
+    /// A grammar (a JSON schema, a Lark grammar) does not compile, or its parser gave up.
+    #[error("grammar: {0}")]
+    Grammar(String),
 }
 
 /// A loaded language model: tokenizer and weights.
@@ -59,6 +65,8 @@ pub struct Model {
     pub chat_template: Option<ChatTemplate>,
     /// Threads generation runs on (see [`Model::set_threads`]).
     pool: Option<Arc<rayon::ThreadPool>>,
+    /// The vocabulary as grammars see it, built at the first constrained call.
+    grammars: std::sync::OnceLock<Result<grammar::Grammars, String>>,
 }
 
 impl Model {
@@ -98,6 +106,7 @@ impl Model {
             metadata: gguf.metadata,
             chat_template,
             pool: None,
+            grammars: std::sync::OnceLock::new(),
         })
     }
 
@@ -117,6 +126,15 @@ impl Model {
         Ok(())
     }
 
+    /// `grammar` compiled against this model's vocabulary, ready to mask a generation.
+    pub fn constraint(&self, grammar: &Grammar) -> Result<Constraint, LlmError> {
+        self.grammars
+            .get_or_init(|| grammar::Grammars::new(&self.tokenizer).map_err(|e| e.to_string()))
+            .as_ref()
+            .map_err(|e| LlmError::Unsupported(e.clone()))?
+            .constraint(grammar)
+    }
+
     /// A fresh generation session on this model's threads.
     pub fn session(&self) -> Session {
         Session::with_pool(Arc::clone(&self.weights), self.pool.clone())
@@ -130,6 +148,19 @@ impl Model {
         prompt: &[u32],
         max_tokens: usize,
         sampling: Sampling,
+        on_token: impl FnMut(u32) -> bool,
+    ) -> Result<Vec<u32>, LlmError> {
+        self.generate_constrained(prompt, max_tokens, sampling, None, on_token)
+    }
+
+    /// [`Model::generate`] held to `constraint`: only tokens it allows are sampled, and the
+    /// generation also ends where the grammar is complete.
+    pub fn generate_constrained(
+        &self,
+        prompt: &[u32],
+        max_tokens: usize,
+        sampling: Sampling,
+        mut constraint: Option<Constraint>,
         mut on_token: impl FnMut(u32) -> bool,
     ) -> Result<Vec<u32>, LlmError> {
         let mut session = self.session();
@@ -138,10 +169,19 @@ impl Model {
         let mut out = Vec::new();
         let context = self.weights.config.context;
         while out.len() < max_tokens && !logits.is_empty() {
+            if let Some(c) = constraint.as_mut() {
+                c.mask(&mut logits)?;
+            }
             let next = sampler.sample(&logits);
             out.push(next);
             if Some(next) == self.tokenizer.eos || !on_token(next) || session.position >= context {
                 break;
+            }
+            if let Some(c) = constraint.as_mut() {
+                c.accept(next)?;
+                if c.is_done() {
+                    break;
+                }
             }
             logits = session.step(next)?;
         }

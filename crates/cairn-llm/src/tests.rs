@@ -446,3 +446,105 @@ fn the_weights_memory_is_counted_whole() {
     // Bounded too: scales widened and the tied output layer held twice, no more.
     assert!(held < 3 * file, "{held} bytes held for a {file}-byte file");
 }
+
+fn chat_prompt(m: &Model, user: &str) -> Vec<u32> {
+    let messages = [ChatMessage {
+        role: "user".into(),
+        content: user.into(),
+    }];
+    m.chat_template
+        .as_ref()
+        .unwrap()
+        .render(&messages, true, &m.tokenizer)
+        .unwrap()
+}
+
+fn hot(seed: u8) -> Sampling {
+    Sampling {
+        temperature: 1.8,
+        top_p: 1.0,
+        top_k: 0,
+        seed: [seed; 32],
+    }
+}
+
+/// Held to a schema, even a model sampled far too hot answers with JSON that validates; the
+/// same model unconstrained does not, so the grammar is what makes it so.
+#[test]
+fn a_schema_constrained_answer_always_parses_and_validates() {
+    let Some(m) = model() else { return };
+    let schema = serde_json::json!({
+        "type": "object",
+        "properties": {
+            "city": {"type": "string", "maxLength": 24},
+            "population": {"type": "integer", "minimum": 0},
+            "coastal": {"type": "boolean"},
+            "rivers": {"type": "array", "items": {"type": "string", "maxLength": 16}, "maxItems": 3}
+        },
+        "required": ["city", "population", "coastal", "rivers"],
+        "additionalProperties": false
+    });
+    let prompt = chat_prompt(&m, "Describe Lisbon.");
+    let free = m.generate(&prompt, 48, hot(1), |_| true).unwrap();
+    assert!(
+        serde_json::from_str::<serde_json::Value>(&m.tokenizer.decode(&free)).is_err(),
+        "unconstrained, the model answers in prose"
+    );
+    for seed in 0..4u8 {
+        let sampling = sampling_for(seed);
+        let c = m.constraint(&Grammar::JsonSchema(schema.clone())).unwrap();
+        let out = m
+            .generate_constrained(&prompt, 400, sampling, Some(c), |_| true)
+            .unwrap();
+        let text = m.tokenizer.decode(&out);
+        let v: serde_json::Value =
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("seed {seed}: {e} in {text:?}"));
+        let o = v.as_object().unwrap();
+        assert_eq!(o.len(), 4, "{text}");
+        assert!(o["city"].as_str().unwrap().chars().count() <= 24, "{text}");
+        assert!(o["population"].as_u64().is_some(), "{text}");
+        assert!(o["coastal"].is_boolean(), "{text}");
+        assert!(o["rivers"].as_array().unwrap().len() <= 3, "{text}");
+        // One layout: Python's `json.dumps` separators and no other whitespace.
+        assert!(text.starts_with("{\"city\": \""), "{text}");
+        assert!(!text.contains('\n') && !text.ends_with(' '), "{text}");
+        // The same call again gives the same tokens (the masks are re-computable).
+        let c = m.constraint(&Grammar::JsonSchema(schema.clone())).unwrap();
+        let again = m
+            .generate_constrained(&prompt, 400, sampling_for(seed), Some(c), |_| true)
+            .unwrap();
+        assert_eq!(again, out, "seed {seed}");
+    }
+}
+
+fn sampling_for(seed: u8) -> Sampling {
+    if seed == 0 {
+        Sampling::greedy()
+    } else {
+        hot(seed)
+    }
+}
+
+#[test]
+fn a_grammar_that_does_not_compile_is_refused_with_its_reason() {
+    let Some(m) = model() else { return };
+    for (grammar, says) in [
+        (
+            Grammar::JsonSchema(
+                serde_json::json!({"type": "object", "required": ["a"], "properties": {"a": false}}),
+            ),
+            "nsatisfiable",
+        ),
+        (
+            Grammar::JsonSchema(serde_json::json!({"type": "strnig"})),
+            "strnig",
+        ),
+        (Grammar::Lark("start: (".into()), ""),
+    ] {
+        match m.constraint(&grammar) {
+            Err(LlmError::Grammar(e)) => assert!(e.contains(says), "{e}"),
+            Err(e) => panic!("{grammar:?}: {e}"),
+            Ok(_) => panic!("{grammar:?} compiled"),
+        }
+    }
+}

@@ -314,6 +314,11 @@ impl Tokenizer {
         symbols.truncate(k);
     }
 
+    /// The vocabulary's spelling of token `id` (a control token's name, `<|im_end|>`).
+    pub fn token_text(&self, id: u32) -> Option<&str> {
+        self.tokens.get(id as usize).map(String::as_str)
+    }
+
     /// The bytes token `id` stands for; control tokens stand for none.
     pub fn token_bytes(&self, id: u32) -> Vec<u8> {
         if self.is_control(id) {

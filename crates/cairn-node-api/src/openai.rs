@@ -48,6 +48,138 @@ pub struct RequestMessage {
     /// A participant's name (kept out of the prompt; the chat template has no place for it).
     #[serde(default)]
     pub name: Option<String>,
+    /// The calls an assistant message made (echoed back in a conversation that goes on).
+    #[serde(default)]
+    pub tool_calls: Option<Vec<ToolCall>>,
+    /// The call a `tool` message answers.
+    #[serde(default)]
+    pub tool_call_id: Option<String>,
+}
+
+/// `response_format`: what the answer must be.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ResponseFormat {
+    /// Any text (the default).
+    Text,
+    /// One JSON object.
+    JsonObject,
+    /// One JSON value valid against a schema.
+    JsonSchema {
+        /// The schema and its name.
+        json_schema: JsonSchemaFormat,
+    },
+}
+
+/// `response_format.json_schema`.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct JsonSchemaFormat {
+    /// `[a-zA-Z0-9_-]{1,64}`.
+    pub name: String,
+    /// What the format is for (not shown to the model).
+    #[serde(default)]
+    pub description: Option<String>,
+    /// The JSON schema (absent: any JSON value).
+    #[serde(default)]
+    pub schema: Option<Value>,
+    /// Accepted either way: every answer is held to the schema.
+    #[serde(default)]
+    pub strict: Option<bool>,
+}
+
+/// One tool the model may call.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Tool {
+    /// `function`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The function.
+    pub function: FunctionDefinition,
+}
+
+/// A function the model may call.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FunctionDefinition {
+    /// `[a-zA-Z0-9_-]{1,64}`.
+    pub name: String,
+    /// What it does (shown to the model).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Its arguments, a JSON schema for an object (absent: no arguments).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parameters: Option<Value>,
+    /// Accepted either way: every call is held to `parameters`.
+    #[serde(default, skip_serializing)]
+    pub strict: Option<bool>,
+}
+
+/// `tool_choice`: `none`, `auto`, `required`, or one function by name.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum ToolChoice {
+    /// `none`, `auto` or `required`.
+    Mode(String),
+    /// `{"type": "function", "function": {"name": …}}`.
+    Function(NamedToolChoice),
+}
+
+/// A `tool_choice` naming one function.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct NamedToolChoice {
+    /// `function`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Which.
+    pub function: NamedFunction,
+}
+
+/// A function by name.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct NamedFunction {
+    /// Its name.
+    pub name: String,
+}
+
+/// A call the model made.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ToolCall {
+    /// `call_` and 24 hex digits, derived from the receipt's request id.
+    pub id: String,
+    /// `function`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Which function, with what.
+    pub function: FunctionCall,
+}
+
+/// A function call's name and arguments.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FunctionCall {
+    /// The function.
+    pub name: String,
+    /// Its arguments: a JSON object, as text.
+    pub arguments: String,
+}
+
+/// A call in a stream: sent whole, once its arguments are complete.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ToolCallDelta {
+    /// Its position among the answer's calls.
+    pub index: u32,
+    /// As in [`ToolCall`].
+    pub id: String,
+    /// `function`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Which function, with what.
+    pub function: FunctionCall,
 }
 
 /// `stop`: one string or up to four.
@@ -124,16 +256,17 @@ pub struct ChatCompletionRequest {
     /// Most tokens to generate (the newer name; wins over `max_tokens`).
     #[serde(default)]
     pub max_completion_tokens: Option<u32>,
-    /// `{"type": "text"}` only, for now.
+    /// Text (the default), a JSON object, or JSON valid against a schema: enforced token by
+    /// token, so the answer always parses.
     #[serde(default)]
-    pub response_format: Option<Value>,
-    /// Not implemented yet: refused.
+    pub response_format: Option<ResponseFormat>,
+    /// Functions the model may call (at most 64).
     #[serde(default)]
-    pub tools: Option<Value>,
-    /// Not implemented yet: refused unless `none`.
+    pub tools: Option<Vec<Tool>>,
+    /// Whether and which tools must be called (default `auto` with tools, `none` without).
     #[serde(default)]
-    pub tool_choice: Option<Value>,
-    /// Must be false or absent.
+    pub tool_choice: Option<ToolChoice>,
+    /// Whether an answer may make several calls (default true).
     #[serde(default)]
     pub parallel_tool_calls: Option<bool>,
     /// Must be absent: `logprobs` is not implemented.
@@ -262,10 +395,13 @@ pub struct Usage {
 pub struct AssistantMessage {
     /// `assistant`.
     pub role: String,
-    /// The generated text.
-    pub content: String,
+    /// The generated text (null when the answer is tool calls).
+    pub content: Option<String>,
     /// Always null (no refusals are generated separately).
     pub refusal: Option<String>,
+    /// The calls the answer makes.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub tool_calls: Option<Vec<ToolCall>>,
 }
 
 /// One choice of a chat completion.
@@ -277,7 +413,8 @@ pub struct ChatChoice {
     pub message: AssistantMessage,
     /// Always null.
     pub logprobs: Option<Value>,
-    /// `stop` (end of turn or a stop string) or `length` (max tokens or the context's end).
+    /// `stop` (end of turn, a stop string, a complete structured answer), `tool_calls` or
+    /// `length` (max tokens or the context's end).
     pub finish_reason: String,
 }
 
@@ -309,6 +446,9 @@ pub struct Delta {
     /// New text.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub content: Option<String>,
+    /// Calls completed since the last chunk.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub tool_calls: Option<Vec<ToolCallDelta>>,
 }
 
 /// One choice of a streamed chunk.

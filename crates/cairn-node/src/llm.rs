@@ -11,11 +11,12 @@
 
 use alloy_primitives::{B256, keccak256};
 use cairn_core::ExecutionProfile;
-use cairn_llm::{ChatMessage, Model, Sampler, Sampling};
+use cairn_llm::{ChatMessage, Grammar, Model, Sampler, Sampling, laid_out};
 use cairn_node_api::openai::{
     AssistantMessage, ChatChoice, ChatCompletion, ChatCompletionChunk, ChatCompletionRequest,
-    ChunkChoice, CompletionRequest, Content, Delta, RequestError, SamplingParams, Stop, TextChoice,
-    TextCompletion, Usage, parse_request,
+    ChunkChoice, CompletionRequest, Content, Delta, FunctionCall, FunctionDefinition, RequestError,
+    ResponseFormat, SamplingParams, Stop, TextChoice, TextCompletion, ToolCall, ToolCallDelta,
+    ToolChoice, Usage, parse_request,
 };
 use serde_json::Value;
 
@@ -31,7 +32,7 @@ pub const MAX_REQUEST_BYTES: usize = 1 << 20;
 /// The version of what this module makes of a request: the parameters read, the answer's
 /// bytes whole and streamed, the context. Part of the profile, so a change here is a new
 /// profile, never a false mismatch between versions.
-const RULES: &str = "openai-v1.ctx4096";
+const RULES: &str = "openai-v2.ctx4096.tools-hermes";
 
 /// The execution profile every language-model receipt names: cairn-llm's version and rules,
 /// this module's, one thread. `isa` is `any`: the engine's float operations are the same bits
@@ -78,6 +79,112 @@ pub struct LlmRequest {
     /// Answer as server-sent events.
     pub stream: bool,
     include_usage: bool,
+    /// What the answer must be.
+    shape: Shape,
+}
+
+/// What an answer must be: enforced by constrained decoding, so it always parses.
+#[derive(Clone, Debug, PartialEq)]
+enum Shape {
+    /// Any text.
+    Text,
+    /// One JSON value valid against this schema.
+    Json(Value),
+    /// Calls to these functions (or, with `auto`, an answer that is not a call).
+    Tools {
+        functions: Vec<FunctionDefinition>,
+        choice: Choice,
+        parallel: bool,
+        /// What a non-call answer must be (`auto` only): text, or JSON by a schema.
+        otherwise: Option<Value>,
+    },
+}
+
+/// Which calls an answer with tools makes.
+#[derive(Clone, Debug, PartialEq)]
+enum Choice {
+    /// The model decides: calls, or an answer.
+    Auto,
+    /// At least one call, to any of the functions.
+    Required,
+    /// One call, to this function.
+    Named(String),
+}
+
+/// Most tools a request may offer.
+const MAX_TOOLS: usize = 64;
+
+/// How a call is written in the answer (and in the prompt, for a conversation's past calls):
+/// the Hermes form that Qwen, Hermes and SmolLM3 are trained on, with the layout the grammar
+/// fixes (`", "` and `": "`, no other whitespace).
+const CALL_OPEN: &str = "<tool_call>";
+const CALL_CLOSE: &str = "</tool_call>";
+
+/// A name OpenAI accepts for a function or a response format: `[a-zA-Z0-9_-]{1,64}`.
+fn valid_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// The system text that offers `functions` to the model.
+fn tools_prompt(functions: &[FunctionDefinition]) -> String {
+    let mut text = String::from(
+        "You may call functions to answer. They are described by these JSON schemas:\n<tools>\n",
+    );
+    for f in functions {
+        let described = serde_json::json!({"type": "function", "function": f});
+        text.push_str(&spaced_json(&described));
+        text.push('\n');
+    }
+    text.push_str(
+        "</tools>\nTo call a function, answer with <tool_call>{\"name\": <function name>, \"arguments\": <arguments object>}</tool_call> for each call, and nothing else.",
+    );
+    text
+}
+
+/// JSON in the layout answers are written in (`", "` and `": "`, as Python's `json.dumps`).
+fn spaced_json(value: &Value) -> String {
+    struct Spaced;
+    impl serde_json::ser::Formatter for Spaced {
+        fn begin_array_value<W: ?Sized + std::io::Write>(
+            &mut self,
+            writer: &mut W,
+            first: bool,
+        ) -> std::io::Result<()> {
+            writer.write_all(if first { b"" } else { b", " })
+        }
+        fn begin_object_key<W: ?Sized + std::io::Write>(
+            &mut self,
+            writer: &mut W,
+            first: bool,
+        ) -> std::io::Result<()> {
+            writer.write_all(if first { b"" } else { b", " })
+        }
+        fn begin_object_value<W: ?Sized + std::io::Write>(
+            &mut self,
+            writer: &mut W,
+        ) -> std::io::Result<()> {
+            writer.write_all(b": ")
+        }
+    }
+    let mut out = Vec::new();
+    serde::Serialize::serialize(
+        value,
+        &mut serde_json::Serializer::with_formatter(&mut out, Spaced),
+    )
+    .expect("serializes");
+    String::from_utf8(out).expect("JSON is UTF-8")
+}
+
+/// A past call, as the model would have written it.
+fn call_text(call: &ToolCall) -> String {
+    format!(
+        "{CALL_OPEN}{{\"name\": {}, \"arguments\": {}}}{CALL_CLOSE}",
+        Value::String(call.function.name.clone()),
+        call.function.arguments
+    )
 }
 
 #[derive(Clone, Debug)]
@@ -121,38 +228,168 @@ impl From<RequestError> for CallError {
     }
 }
 
+/// What a chat request's `response_format`, `tools`, `tool_choice` and `parallel_tool_calls`
+/// ask the answer to be.
+fn chat_shape(r: &ChatCompletionRequest) -> Result<Shape, CallError> {
+    let format = match &r.response_format {
+        None | Some(ResponseFormat::Text) => None,
+        Some(ResponseFormat::JsonObject) => Some(serde_json::json!({"type": "object"})),
+        Some(ResponseFormat::JsonSchema { json_schema }) => {
+            if !valid_name(&json_schema.name) {
+                return Err(invalid(
+                    "response_format.json_schema.name",
+                    "the name must be 1 to 64 of a-z, A-Z, 0-9, `_` and `-`",
+                ));
+            }
+            let schema = json_schema
+                .schema
+                .clone()
+                .unwrap_or_else(|| serde_json::json!({}));
+            if !schema.is_object() {
+                return Err(invalid(
+                    "response_format.json_schema.schema",
+                    "the schema must be a JSON object",
+                ));
+            }
+            Some(schema)
+        }
+    };
+    let tools = r.tools.as_deref().unwrap_or_default();
+    if tools.len() > MAX_TOOLS {
+        return Err(invalid(
+            "tools",
+            format!("at most {MAX_TOOLS} tools may be offered"),
+        ));
+    }
+    let mut functions: Vec<FunctionDefinition> = Vec::with_capacity(tools.len());
+    for (i, t) in tools.iter().enumerate() {
+        if t.kind != "function" {
+            return Err(invalid(
+                &format!("tools[{i}].type"),
+                format!("`{}` is not a tool type; use `function`", t.kind),
+            ));
+        }
+        let f = &t.function;
+        if !valid_name(&f.name) {
+            return Err(invalid(
+                &format!("tools[{i}].function.name"),
+                "a function's name must be 1 to 64 of a-z, A-Z, 0-9, `_` and `-`",
+            ));
+        }
+        if functions.iter().any(|g| g.name == f.name) {
+            return Err(invalid(
+                &format!("tools[{i}].function.name"),
+                format!("two tools are named `{}`", f.name),
+            ));
+        }
+        if f.parameters.as_ref().is_some_and(|p| !p.is_object()) {
+            return Err(invalid(
+                &format!("tools[{i}].function.parameters"),
+                "parameters must be a JSON schema object",
+            ));
+        }
+        functions.push(f.clone());
+    }
+    let choice = match &r.tool_choice {
+        None => (!functions.is_empty()).then_some(Choice::Auto),
+        Some(ToolChoice::Mode(m)) => match m.as_str() {
+            "none" => None,
+            "auto" => Some(Choice::Auto),
+            "required" => Some(Choice::Required),
+            other => {
+                return Err(invalid(
+                    "tool_choice",
+                    format!("`{other}` is not none, auto, required or a function"),
+                ));
+            }
+        },
+        Some(ToolChoice::Function(named)) => {
+            if named.kind != "function" {
+                return Err(invalid(
+                    "tool_choice.type",
+                    format!("`{}` is not a tool type; use `function`", named.kind),
+                ));
+            }
+            if !functions.iter().any(|f| f.name == named.function.name) {
+                return Err(invalid(
+                    "tool_choice.function.name",
+                    format!("`{}` is not among the tools offered", named.function.name),
+                ));
+            }
+            Some(Choice::Named(named.function.name.clone()))
+        }
+    };
+    if functions.is_empty() && (choice.is_some() || r.tool_choice.is_some()) {
+        return Err(invalid("tool_choice", "tool_choice needs `tools`"));
+    }
+    if functions.is_empty() && r.parallel_tool_calls.is_some() {
+        return Err(invalid(
+            "parallel_tool_calls",
+            "parallel_tool_calls needs `tools`",
+        ));
+    }
+    Ok(match choice {
+        None => format.map_or(Shape::Text, Shape::Json),
+        Some(choice) => Shape::Tools {
+            functions,
+            choice,
+            parallel: r.parallel_tool_calls.unwrap_or(true),
+            otherwise: format,
+        },
+    })
+}
+
+/// The Lark grammar of an answer with tools: calls written `<tool_call>{"name": …,
+/// "arguments": …}</tool_call>` (one per line when several are allowed), each call's
+/// arguments valid against its function's parameters; with `auto`, or instead an answer that
+/// does not begin with `<` (text, or JSON by `otherwise`).
+fn tools_grammar(
+    functions: &[FunctionDefinition],
+    choice: &Choice,
+    parallel: bool,
+    otherwise: &Option<Value>,
+) -> String {
+    let callable = functions
+        .iter()
+        .filter(|f| !matches!(choice, Choice::Named(n) if *n != f.name));
+    let alternatives: Vec<Value> = callable
+        .map(|f| {
+            let arguments = f.parameters.clone().unwrap_or_else(
+                || serde_json::json!({"type": "object", "properties": {}, "additionalProperties": false}),
+            );
+            serde_json::json!({
+                "type": "object",
+                "properties": {"name": {"const": f.name}, "arguments": arguments},
+                "required": ["name", "arguments"],
+                "additionalProperties": false,
+            })
+        })
+        .collect();
+    let call = laid_out(&serde_json::json!({"anyOf": alternatives}));
+    let calls = if parallel && !matches!(choice, Choice::Named(_)) {
+        "call (\"\\n\" call)*"
+    } else {
+        "call"
+    };
+    let start = match (choice, otherwise) {
+        (Choice::Auto, None) => "start: calls | ANSWER?\nANSWER: /[^<][\\s\\S]*/".to_owned(),
+        (Choice::Auto, Some(schema)) => format!("start: calls | %json {}", laid_out(schema)),
+        _ => "start: calls".to_owned(),
+    };
+    format!(
+        "{start}\ncalls: {calls}\ncall: {} %json {call} {}\n",
+        Value::String(CALL_OPEN.into()),
+        Value::String(CALL_CLOSE.into())
+    )
+}
+
 impl LlmRequest {
     /// Reads a request body for `endpoint`, checking every parameter.
     pub fn parse(endpoint: Endpoint, body: &[u8]) -> Result<Self, CallError> {
         match endpoint {
             Endpoint::Chat => {
                 let r: ChatCompletionRequest = parse_request(body)?;
-                if let Some(f) = &r.response_format
-                    && f.get("type").and_then(Value::as_str) != Some("text")
-                {
-                    return Err(invalid(
-                        "response_format",
-                        "only {\"type\": \"text\"} is implemented on this node; structured output (json_object, json_schema) is not yet",
-                    ));
-                }
-                if r.tools.as_ref().is_some_and(|t| !t.is_null()) {
-                    return Err(invalid(
-                        "tools",
-                        "tool calls are not implemented on this node yet; send the request without `tools`",
-                    ));
-                }
-                if r.tool_choice
-                    .as_ref()
-                    .is_some_and(|t| !t.is_null() && t.as_str() != Some("none"))
-                {
-                    return Err(invalid("tool_choice", "only `none` is implemented"));
-                }
-                if r.parallel_tool_calls == Some(true) {
-                    return Err(invalid(
-                        "parallel_tool_calls",
-                        "tool calls are not implemented",
-                    ));
-                }
+                let shape = chat_shape(&r)?;
                 if r.top_logprobs.is_some() {
                     return Err(invalid("top_logprobs", "logprobs are not implemented"));
                 }
@@ -174,7 +411,7 @@ impl LlmRequest {
                             ),
                         ));
                     }
-                    let content = match &m.content {
+                    let mut content = match &m.content {
                         None => String::new(),
                         Some(Content::Text(t)) => t.clone(),
                         Some(Content::Parts(parts)) => {
@@ -195,22 +432,64 @@ impl LlmRequest {
                             text
                         }
                     };
+                    if m.tool_calls.is_some() && m.role != "assistant" {
+                        return Err(invalid(
+                            &format!("{param}.tool_calls"),
+                            "only an assistant message makes tool calls",
+                        ));
+                    }
+                    if m.tool_call_id.is_some() != (m.role == "tool") {
+                        return Err(invalid(
+                            &format!("{param}.tool_call_id"),
+                            "a `tool` message names the call it answers (`tool_call_id`); no other message does",
+                        ));
+                    }
+                    // Past calls are written as the model writes them.
+                    for call in m.tool_calls.iter().flatten() {
+                        if !content.is_empty() {
+                            content.push('\n');
+                        }
+                        content.push_str(&call_text(call));
+                    }
                     // The templates know `system`; a developer message is the same instruction.
-                    let role = if m.role == "developer" {
-                        "system".to_owned()
-                    } else {
-                        m.role.clone()
+                    // A tool's result goes back as the user's turn, marked (templates differ
+                    // on a `tool` role; every one has `user`).
+                    let role = match m.role.as_str() {
+                        "developer" => "system".to_owned(),
+                        "tool" => {
+                            content = format!("<tool_response>\n{content}\n</tool_response>");
+                            "user".to_owned()
+                        }
+                        other => other.to_owned(),
                     };
                     messages.push(ChatMessage { role, content });
                 }
+                // Offered tools go in the system message (the first, or a new one).
+                if let Shape::Tools { functions, .. } = &shape {
+                    let offer = tools_prompt(functions);
+                    match messages.first_mut() {
+                        Some(first) if first.role == "system" => {
+                            first.content = format!("{}\n\n{offer}", first.content);
+                        }
+                        _ => messages.insert(
+                            0,
+                            ChatMessage {
+                                role: "system".into(),
+                                content: offer,
+                            },
+                        ),
+                    }
+                }
                 let max = r.max_completion_tokens.or(r.sampling.max_tokens);
-                Self::from_sampling(
+                let mut request = Self::from_sampling(
                     endpoint,
                     r.model,
                     PromptSource::Chat(messages),
                     max,
                     r.sampling,
-                )
+                )?;
+                request.shape = shape;
+                Ok(request)
             }
             Endpoint::Completion => {
                 let r: CompletionRequest = parse_request(body)?;
@@ -329,7 +608,32 @@ impl LlmRequest {
                 .stream_options
                 .and_then(|o| o.include_usage)
                 .unwrap_or(false),
+            shape: Shape::Text,
         })
+    }
+
+    /// The request field a format that cannot be enforced came from.
+    fn shape_param(&self) -> &'static str {
+        match self.shape {
+            Shape::Tools { .. } => "tools",
+            _ => "response_format",
+        }
+    }
+
+    /// The grammar the answer is held to, if any.
+    fn grammar(&self) -> Option<Grammar> {
+        match &self.shape {
+            Shape::Text => None,
+            Shape::Json(schema) => Some(Grammar::JsonSchema(schema.clone())),
+            Shape::Tools {
+                functions,
+                choice,
+                parallel,
+                otherwise,
+            } => Some(Grammar::Lark(tools_grammar(
+                functions, choice, *parallel, otherwise,
+            ))),
+        }
     }
 
     /// The prompt's token ids for `model` (its chat template for a chat).
@@ -441,6 +745,18 @@ pub fn generate(
     mut sink: impl FnMut(&[u8]) -> bool,
 ) -> Result<Generated, CallError> {
     let max_tokens = max_tokens(request, prompt.len(), context)?;
+    let model_error = |e: cairn_llm::LlmError| CallError::Model(e.to_string());
+    // A grammar that does not compile is the request's fault: refused before any byte.
+    let mut constraint = match request.grammar() {
+        None => None,
+        Some(grammar) => Some(model.constraint(&grammar).map_err(|e| match e {
+            cairn_llm::LlmError::Grammar(why) => invalid(
+                request.shape_param(),
+                format!("the answer's format cannot be enforced: {why}"),
+            ),
+            other => model_error(other),
+        })?),
+    };
     let render = Render {
         request,
         id,
@@ -448,6 +764,15 @@ pub fn generate(
     };
     let mut transcript = Vec::new();
     let mut text = TextStream::new(&request.stop);
+    let mut calls = CallStream::new(id.request_id);
+    let mut mode = match &request.shape {
+        Shape::Tools {
+            choice: Choice::Auto,
+            ..
+        } => Mode::Undecided,
+        Shape::Tools { .. } => Mode::Calls,
+        _ => Mode::Text,
+    };
     let mut sent_tokens = 0u32;
     let mut complete = true;
     if request.stream {
@@ -468,12 +793,13 @@ pub fn generate(
     }
     let mut session = model.session();
     let mut sampler = Sampler::new(request.sampling(id.request_id));
-    let mut logits = session
-        .feed(prompt)
-        .map_err(|e| CallError::Model(e.to_string()))?;
+    let mut logits = session.feed(prompt).map_err(model_error)?;
     let mut tokens = Vec::new();
     let mut finish = "length";
     while tokens.len() < max_tokens {
+        if let Some(c) = constraint.as_mut() {
+            c.mask(&mut logits).map_err(model_error)?;
+        }
         let next = sampler.sample(&logits);
         tokens.push(next);
         // The end of the turn: the model's end token or any other control token.
@@ -481,11 +807,42 @@ pub fn generate(
             finish = "stop";
             break;
         }
-        let stopped = text.push(&model.tokenizer.token_bytes(next));
+        let mut done = false;
+        if let Some(c) = constraint.as_mut() {
+            c.accept(next).map_err(model_error)?;
+            done = c.is_done();
+        }
+        let bytes = model.tokenizer.token_bytes(next);
+        let mut stopped = false;
+        match mode {
+            Mode::Text => stopped = text.push(&bytes),
+            Mode::Calls => calls.push(&bytes).map_err(CallError::Model)?,
+            Mode::Undecided => {
+                calls.push(&bytes).map_err(CallError::Model)?;
+                // An answer with tools is calls when it begins with `<` (the grammar allows
+                // nothing else there), text otherwise.
+                if let Some(first) = calls.raw.first() {
+                    if *first == b'<' {
+                        mode = Mode::Calls;
+                    } else {
+                        mode = Mode::Text;
+                        stopped = text.push(&std::mem::take(&mut calls.raw));
+                    }
+                }
+            }
+        }
         if request.stream {
-            let piece = text.take_ready();
-            if !piece.is_empty() {
-                let event = render.piece_event(&piece);
+            let event = match mode {
+                Mode::Text => {
+                    let piece = text.take_ready();
+                    (!piece.is_empty()).then(|| render.piece_event(&piece))
+                }
+                Mode::Calls => calls
+                    .take_ready()
+                    .map(|(at, new)| render.calls_event(at, new)),
+                Mode::Undecided => None,
+            };
+            if let Some(event) = event {
                 if !sink(&event) {
                     complete = false;
                     break;
@@ -498,16 +855,14 @@ pub fn generate(
             complete = false;
             break;
         }
-        if stopped {
+        if stopped || done {
             finish = "stop";
             break;
         }
         if tokens.len() == max_tokens {
             break;
         }
-        logits = session
-            .step(next)
-            .map_err(|e| CallError::Model(e.to_string()))?;
+        logits = session.step(next).map_err(model_error)?;
     }
     let prompt_tokens = prompt.len() as u32;
     if !complete {
@@ -520,6 +875,11 @@ pub fn generate(
             transcript,
         });
     }
+    // Calls that ran to their end (not cut by the length) are the answer.
+    let called = mode == Mode::Calls && finish == "stop";
+    if called {
+        finish = "tool_calls";
+    }
     let completion_tokens = tokens.len() as u32;
     let usage = Usage {
         prompt_tokens,
@@ -527,15 +887,20 @@ pub fn generate(
         total_tokens: prompt_tokens + completion_tokens,
     };
     let tail = if request.stream {
-        let rest = text.finish();
         let mut tail = Vec::new();
-        if !rest.is_empty() {
-            tail.extend(render.piece_event(&rest));
+        if mode == Mode::Text {
+            let rest = text.finish();
+            if !rest.is_empty() {
+                tail.extend(render.piece_event(&rest));
+            }
         }
         tail.extend(render.finish_events(finish, usage));
         tail
+    } else if mode == Mode::Calls {
+        // Cut by the length: the calls complete by then, as a stream sends them.
+        render.whole(Answer::Calls(calls.calls), finish, usage)
     } else {
-        render.whole(&text.finish_all(), finish, usage)
+        render.whole(Answer::Text(text.finish_all()), finish, usage)
     };
     transcript.extend_from_slice(&tail);
     Ok(Generated {
@@ -546,6 +911,98 @@ pub fn generate(
         tail,
         transcript,
     })
+}
+
+/// What an answer with tools turned out to be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    /// Nothing written yet (`auto`).
+    Undecided,
+    /// Text (stop strings apply).
+    Text,
+    /// Tool calls (stop strings do not apply: they could cut a call in half).
+    Calls,
+}
+
+/// The answer of a whole (not streamed) call.
+enum Answer {
+    Text(String),
+    Calls(Vec<ToolCall>),
+}
+
+/// Tool calls as they are written: the bytes so far, and the calls already complete.
+struct CallStream {
+    request_id: B256,
+    raw: Vec<u8>,
+    /// Bytes of `raw` read into `calls`.
+    read: usize,
+    calls: Vec<ToolCall>,
+    /// Calls already released.
+    released: usize,
+}
+
+impl CallStream {
+    fn new(request_id: B256) -> Self {
+        Self {
+            request_id,
+            raw: Vec::new(),
+            read: 0,
+            calls: Vec::new(),
+            released: 0,
+        }
+    }
+
+    /// Adds a token's bytes, reading every call they complete.
+    fn push(&mut self, bytes: &[u8]) -> Result<(), String> {
+        self.raw.extend_from_slice(bytes);
+        while let Some(end) = find(&self.raw[self.read..], CALL_CLOSE.as_bytes()) {
+            let segment = &self.raw[self.read..self.read + end];
+            let start = find(segment, CALL_OPEN.as_bytes())
+                .ok_or("a tool call closed that never opened")?
+                + CALL_OPEN.len();
+            let call = self.read_call(&segment[start..])?;
+            self.calls.push(call);
+            self.read += end + CALL_CLOSE.len();
+        }
+        Ok(())
+    }
+
+    /// One call's `{"name": …, "arguments": …}`; the arguments' bytes are kept as written.
+    fn read_call(&self, json: &[u8]) -> Result<ToolCall, String> {
+        #[derive(serde::Deserialize)]
+        struct Written<'a> {
+            name: String,
+            #[serde(borrow)]
+            arguments: &'a serde_json::value::RawValue,
+        }
+        let written: Written<'_> = serde_json::from_slice(json)
+            .map_err(|e| format!("a tool call the grammar allowed does not parse: {e}"))?;
+        let mut pre = b"cairn.llm.call.v1".to_vec();
+        pre.extend_from_slice(self.request_id.as_slice());
+        pre.extend_from_slice(&(self.calls.len() as u32).to_be_bytes());
+        Ok(ToolCall {
+            id: format!(
+                "call_{}",
+                alloy_primitives::hex::encode(&keccak256(pre)[..12])
+            ),
+            kind: "function".into(),
+            function: FunctionCall {
+                name: written.name,
+                arguments: written.arguments.get().to_owned(),
+            },
+        })
+    }
+
+    /// Calls complete since the last release, with the index of the first.
+    fn take_ready(&mut self) -> Option<(usize, &[ToolCall])> {
+        let at = self.released;
+        self.released = self.calls.len();
+        (at < self.calls.len()).then(|| (at, &self.calls[at..]))
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
 }
 
 /// SHA-256, as a receipt's request and response hashes are.
@@ -778,6 +1235,7 @@ impl Render<'_> {
                 Delta {
                     role: Some("assistant".into()),
                     content: Some(String::new()),
+                    tool_calls: None,
                 },
                 None,
             ),
@@ -791,11 +1249,34 @@ impl Render<'_> {
                 Delta {
                     role: None,
                     content: Some(text.into()),
+                    tool_calls: None,
                 },
                 None,
             ),
             Endpoint::Completion => self.text_chunk(text, None),
         }
+    }
+
+    /// Calls complete since the last event, the first at index `at`, each sent whole.
+    fn calls_event(&self, at: usize, calls: &[ToolCall]) -> Vec<u8> {
+        let deltas = calls
+            .iter()
+            .enumerate()
+            .map(|(i, c)| ToolCallDelta {
+                index: (at + i) as u32,
+                id: c.id.clone(),
+                kind: c.kind.clone(),
+                function: c.function.clone(),
+            })
+            .collect();
+        self.chat_chunk(
+            Delta {
+                role: None,
+                content: None,
+                tool_calls: Some(deltas),
+            },
+            None,
+        )
     }
 
     fn finish_events(&self, finish: &str, usage: Usage) -> Vec<u8> {
@@ -813,7 +1294,11 @@ impl Render<'_> {
         out
     }
 
-    fn whole(&self, text: &str, finish: &str, usage: Usage) -> Vec<u8> {
+    fn whole(&self, answer: Answer, finish: &str, usage: Usage) -> Vec<u8> {
+        let (content, tool_calls) = match answer {
+            Answer::Text(text) => (Some(text), None),
+            Answer::Calls(calls) => (None, Some(calls)),
+        };
         match self.request.endpoint {
             Endpoint::Chat => serde_json::to_vec(&ChatCompletion {
                 id: self.chat_id(),
@@ -825,17 +1310,22 @@ impl Render<'_> {
                     index: 0,
                     message: AssistantMessage {
                         role: "assistant".into(),
-                        content: text.into(),
+                        content,
                         refusal: None,
+                        tool_calls,
                     },
                     logprobs: None,
                     finish_reason: finish.into(),
                 }],
                 usage,
             }),
-            Endpoint::Completion => serde_json::to_vec(
-                &self.text(vec![text_choice(text, Some(finish))], Some(Some(usage))),
-            ),
+            Endpoint::Completion => serde_json::to_vec(&self.text(
+                vec![text_choice(
+                    content.as_deref().unwrap_or_default(),
+                    Some(finish),
+                )],
+                Some(Some(usage)),
+            )),
         }
         .expect("serializes")
     }
@@ -1010,10 +1500,35 @@ mod tests {
         for (extra, field) in [
             (r#""logit_bias":{}"#, "logit_bias"),
             (r#""n":2"#, "n"),
-            (r#""tools":[{"type":"function"}]"#, "tools"),
             (
-                r#""response_format":{"type":"json_object"}"#,
-                "response_format",
+                r#""tools":[{"type":"retrieval","function":{"name":"f"}}]"#,
+                "tools[0].type",
+            ),
+            (
+                r#""tools":[{"type":"function","function":{"name":"get weather"}}]"#,
+                "tools[0].function.name",
+            ),
+            (
+                r#""tools":[{"type":"function","function":{"name":"f","parameters":[]}}]"#,
+                "tools[0].function.parameters",
+            ),
+            (r#""tool_choice":"required""#, "tool_choice"),
+            (r#""parallel_tool_calls":false"#, "parallel_tool_calls"),
+            (
+                r#""tools":[{"type":"function","function":{"name":"f"}}],"tool_choice":"sometimes""#,
+                "tool_choice",
+            ),
+            (
+                r#""tools":[{"type":"function","function":{"name":"f"}}],"tool_choice":{"type":"function","function":{"name":"g"}}"#,
+                "tool_choice.function.name",
+            ),
+            (
+                r#""response_format":{"type":"json_schema","json_schema":{"name":"a b"}}"#,
+                "response_format.json_schema.name",
+            ),
+            (
+                r#""response_format":{"type":"json_schema","json_schema":{"name":"a","schema":true}}"#,
+                "response_format.json_schema.schema",
             ),
             (r#""temperature":3"#, "temperature"),
             (r#""top_p":0"#, "top_p"),
@@ -1229,7 +1744,7 @@ mod tests {
                 + "\n\ndata: [DONE]\n\n"
         );
         assert_eq!(
-            String::from_utf8(r.whole("hi", "length", usage)).unwrap(),
+            String::from_utf8(r.whole(Answer::Text("hi".into()), "length", usage)).unwrap(),
             format!(
                 r#"{{{h},"choices":[{{"text":"hi","index":0,"logprobs":null,"finish_reason":"length"}}],"usage":{{"prompt_tokens":3,"completion_tokens":2,"total_tokens":5}}}}"#
             )
@@ -1257,11 +1772,31 @@ mod tests {
                 r#"data: {{{h},"choices":[{{"index":0,"delta":{{}},"logprobs":null,"finish_reason":"stop"}}]}}"#
             ) + "\n\ndata: [DONE]\n\n"
         );
+        let call = ToolCall {
+            id: "call_1".into(),
+            kind: "function".into(),
+            function: FunctionCall {
+                name: "f".into(),
+                arguments: r#"{"x": 1}"#.into(),
+            },
+        };
+        assert_eq!(
+            String::from_utf8(r.calls_event(1, std::slice::from_ref(&call))).unwrap(),
+            format!(
+                r#"data: {{{h},"choices":[{{"index":0,"delta":{{"tool_calls":[{{"index":1,"id":"call_1","type":"function","function":{{"name":"f","arguments":"{{\"x\": 1}}"}}}}]}},"logprobs":null,"finish_reason":null}}]}}"#
+            ) + "\n\n"
+        );
         let h = head("chat.completion", "chatcmpl");
         assert_eq!(
-            String::from_utf8(r.whole("hi", "stop", usage)).unwrap(),
+            String::from_utf8(r.whole(Answer::Text("hi".into()), "stop", usage)).unwrap(),
             format!(
                 r#"{{{h},"choices":[{{"index":0,"message":{{"role":"assistant","content":"hi","refusal":null}},"logprobs":null,"finish_reason":"stop"}}],"usage":{{"prompt_tokens":3,"completion_tokens":2,"total_tokens":5}}}}"#
+            )
+        );
+        assert_eq!(
+            String::from_utf8(r.whole(Answer::Calls(vec![call]), "tool_calls", usage)).unwrap(),
+            format!(
+                r#"{{{h},"choices":[{{"index":0,"message":{{"role":"assistant","content":null,"refusal":null,"tool_calls":[{{"id":"call_1","type":"function","function":{{"name":"f","arguments":"{{\"x\": 1}}"}}}}]}},"logprobs":null,"finish_reason":"tool_calls"}}],"usage":{{"prompt_tokens":3,"completion_tokens":2,"total_tokens":5}}}}"#
             )
         );
     }
@@ -1278,5 +1813,218 @@ mod tests {
         assert_ne!(unseeded.sampling(a).seed, unseeded.sampling(b).seed);
         assert_ne!(unseeded.sampling(a).seed, seeded.sampling(a).seed);
         assert_eq!(unseeded.sampling(a).temperature, 1.0);
+    }
+
+    /// The answer a call gave: a whole body, or a stream's events put back together (content
+    /// and tool calls), with its finish reason.
+    fn answer(sent: &[u8], stream: bool) -> (Option<String>, Vec<ToolCall>, String) {
+        if !stream {
+            let c: ChatCompletion = serde_json::from_slice(sent).unwrap();
+            let m = c.choices[0].message.clone();
+            return (
+                m.content,
+                m.tool_calls.unwrap_or_default(),
+                c.choices[0].finish_reason.clone(),
+            );
+        }
+        let (mut content, mut calls, mut finish) = (None::<String>, Vec::new(), String::new());
+        for event in std::str::from_utf8(sent).unwrap().split("\n\n") {
+            let Some(data) = event.strip_prefix("data: ") else {
+                continue;
+            };
+            if data == "[DONE]" {
+                continue;
+            }
+            let chunk: ChatCompletionChunk = serde_json::from_str(data).unwrap();
+            for choice in chunk.choices {
+                if let Some(t) = choice.delta.content {
+                    content.get_or_insert_default().push_str(&t);
+                }
+                for d in choice.delta.tool_calls.unwrap_or_default() {
+                    assert_eq!(d.index as usize, calls.len());
+                    calls.push(ToolCall {
+                        id: d.id,
+                        kind: d.kind,
+                        function: d.function,
+                    });
+                }
+                if let Some(f) = choice.finish_reason {
+                    finish = f;
+                }
+            }
+        }
+        (content.filter(|c| !c.is_empty()), calls, finish)
+    }
+
+    fn replays(m: &Model, body: &str, claims: &cairn_receipt::Claims) {
+        assert!(
+            matches!(
+                replay(m, body.as_bytes(), claims, None),
+                Replay::Same { .. }
+            ),
+            "{body}: {:?}",
+            replay(m, body.as_bytes(), claims, None)
+        );
+    }
+
+    /// `response_format` holds the answer to JSON (any object, or valid against a schema, its
+    /// properties in the schema's order), whole or streamed, greedy or sampled hot; a verifier
+    /// replays it to the same bytes.
+    #[test]
+    fn structured_answers_always_parse_and_replay() {
+        let Some(m) = model() else { return };
+        let schema = serde_json::json!({
+            "type": "object",
+            "properties": {
+                "title": {"type": "string", "maxLength": 30},
+                "year": {"type": "integer", "minimum": 1800, "maximum": 2100},
+                "genres": {"type": "array", "items": {"enum": ["drama", "comedy", "crime"]}, "minItems": 1, "maxItems": 2}
+            },
+            "required": ["title", "year", "genres"],
+            "additionalProperties": false
+        });
+        let formats = [
+            serde_json::json!({"type": "json_object"}),
+            serde_json::json!({"type": "json_schema", "json_schema": {"name": "film", "schema": schema, "strict": true}}),
+        ];
+        for (i, format) in formats.iter().enumerate() {
+            for extra in [
+                r#""temperature":0"#,
+                r#""temperature":1.5,"seed":11,"stream":true"#,
+            ] {
+                let body = format!(
+                    r#"{{"model":"m@1.0","messages":[{{"role":"user","content":"Name a film as JSON."}}],"max_tokens":160,"response_format":{format},{extra}}}"#
+                );
+                let stream = extra.contains("stream");
+                let (claims, sent) = call(&m, &body, None);
+                let (content, calls, finish) = answer(&sent, stream);
+                assert!(calls.is_empty());
+                assert_eq!(finish, "stop", "{body}: {content:?}");
+                let content = content.unwrap();
+                let v: Value = serde_json::from_str(&content)
+                    .unwrap_or_else(|e| panic!("{body}: {e}: {content}"));
+                assert!(v.is_object(), "{content}");
+                if i == 1 {
+                    let keys: Vec<&String> = v.as_object().unwrap().keys().collect();
+                    assert_eq!(keys, ["title", "year", "genres"], "{content}");
+                    assert!((1800..=2100).contains(&v["year"].as_i64().unwrap()));
+                    let genres = v["genres"].as_array().unwrap();
+                    assert!((1..=2).contains(&genres.len()), "{content}");
+                    assert!(content.starts_with(r#"{"title": ""#), "{content}");
+                }
+                replays(&m, &body, &claims);
+            }
+        }
+    }
+
+    /// Tools: `required` and a named choice always give calls whose arguments validate against
+    /// the function's parameters (finish `tool_calls`, content null), whole or streamed (each
+    /// call sent whole); `auto` gives calls or text; a conversation goes on with the calls'
+    /// results; every answer replays to the same bytes.
+    #[test]
+    fn tool_calls_always_validate_and_replay() {
+        let Some(m) = model() else { return };
+        let tools = r#"[{"type":"function","function":{"name":"get_weather","description":"The weather in a city now.","parameters":{"type":"object","properties":{"city":{"type":"string","maxLength":40},"unit":{"enum":["celsius","fahrenheit"]}},"required":["city","unit"],"additionalProperties":false}}},{"type":"function","function":{"name":"get_time","description":"The local time in a city.","parameters":{"type":"object","properties":{"city":{"type":"string","maxLength":40}},"required":["city"],"additionalProperties":false}}}]"#;
+        let ask = r#"[{"role":"user","content":"What is the weather in Paris?"}]"#;
+        for (choice, extra) in [
+            (
+                r#""required""#,
+                r#""temperature":0,"parallel_tool_calls":false"#,
+            ),
+            (
+                r#""required""#,
+                r#""temperature":1.2,"seed":5,"stream":true"#,
+            ),
+            (
+                r#"{"type":"function","function":{"name":"get_time"}}"#,
+                r#""temperature":0,"stream":true"#,
+            ),
+            (r#""auto""#, r#""temperature":1,"seed":2,"stream":true"#),
+        ] {
+            let body = format!(
+                r#"{{"model":"m@1.0","messages":{ask},"tools":{tools},"tool_choice":{choice},"max_tokens":60,{extra}}}"#
+            );
+            let stream = extra.contains("stream");
+            let (claims, sent) = call(&m, &body, None);
+            let (content, calls, finish) = answer(&sent, stream);
+            if choice == r#""auto""# && calls.is_empty() {
+                assert!(finish == "stop" || finish == "length", "{body}");
+                assert!(!content.unwrap_or_default().starts_with('<'));
+            } else {
+                // Several calls may run into the length: those complete are the answer.
+                let parallel =
+                    !body.contains("parallel_tool_calls") && !choice.contains("get_time");
+                if !(parallel && finish == "length") {
+                    assert_eq!(finish, "tool_calls", "{body}: {content:?}");
+                }
+                assert_eq!(content, None, "{body}");
+                assert!(!calls.is_empty());
+                for c in &calls {
+                    assert!(c.id.starts_with("call_") && c.id.len() == 29, "{}", c.id);
+                    let args: Value = serde_json::from_str(&c.function.arguments).unwrap();
+                    let args = args.as_object().unwrap();
+                    assert!(args["city"].is_string(), "{args:?}");
+                    match c.function.name.as_str() {
+                        "get_weather" => {
+                            assert!(!choice.contains("get_time"));
+                            assert!(matches!(
+                                args["unit"].as_str(),
+                                Some("celsius" | "fahrenheit")
+                            ));
+                            assert_eq!(args.len(), 2);
+                        }
+                        "get_time" => assert_eq!(args.len(), 1),
+                        other => panic!("{other}"),
+                    }
+                }
+                if !parallel {
+                    assert_eq!(calls.len(), 1);
+                }
+            }
+            replays(&m, &body, &claims);
+        }
+        // The conversation goes on: the call and its result in the prompt.
+        let body = format!(
+            r#"{{"model":"m@1.0","messages":[{{"role":"user","content":"Weather in Paris?"}},{{"role":"assistant","content":null,"tool_calls":[{{"id":"call_1","type":"function","function":{{"name":"get_weather","arguments":"{{\"city\": \"Paris\", \"unit\": \"celsius\"}}"}}}}]}},{{"role":"tool","tool_call_id":"call_1","content":"18 degrees, sunny"}}],"tools":{tools},"max_tokens":24,"temperature":0}}"#
+        );
+        let request = LlmRequest::parse(Endpoint::Chat, body.as_bytes()).unwrap();
+        let prompt = m.tokenizer.decode(&request.prompt_tokens(&m).unwrap());
+        for part in [
+            "<tools>\n{\"type\": \"function\"",
+            "<tool_call>{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\", \"unit\": \"celsius\"}}</tool_call>",
+            "<tool_response>\n18 degrees, sunny\n</tool_response>",
+        ] {
+            assert!(prompt.contains(part), "{part} not in {prompt}");
+        }
+        let (claims, _) = call(&m, &body, None);
+        replays(&m, &body, &claims);
+    }
+
+    /// A schema that cannot be enforced is refused before any byte is sent, with the reason.
+    #[test]
+    fn a_format_that_cannot_be_enforced_is_refused_before_any_byte() {
+        let Some(m) = model() else { return };
+        let body = r#"{"model":"m@1.0","messages":[{"role":"user","content":"x"}],"stream":true,"response_format":{"type":"json_schema","json_schema":{"name":"n","schema":{"type":"object","properties":{"a":false},"required":["a"]}}}}"#;
+        let request = LlmRequest::parse(Endpoint::Chat, body.as_bytes()).unwrap();
+        let prompt = request.prompt_tokens(&m).unwrap();
+        let id = Identity {
+            request_id: B256::repeat_byte(1),
+            created: 1,
+            fingerprint: B256::ZERO,
+        };
+        let mut sent = 0;
+        let e = generate(&m, &request, &prompt, context_of(&m), &id, |_| {
+            sent += 1;
+            true
+        })
+        .unwrap_err();
+        assert_eq!(sent, 0);
+        match e {
+            CallError::Invalid { param, message } => {
+                assert_eq!(param.as_deref(), Some("response_format"));
+                assert!(message.contains("nsatisfiable"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

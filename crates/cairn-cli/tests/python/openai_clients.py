@@ -6,14 +6,21 @@
   eth_account from its typed data alone, and binds the SHA-256 of the exact request bytes the
   client sent and of the exact bytes it received (for a stream: the whole SSE transcript).
 - The same seeded request gives the same tokens; errors come back as OpenAI error objects.
+- Structured output: the client's own `parse` helper with a Pydantic model (its strict JSON
+  schema) and `json_object` give JSON that parses and validates; tools (`pydantic_function_tool`,
+  `tool_choice` required and named) give `tool_calls` whose arguments validate, whole and
+  streamed, each with its receipt.
 """
 import hashlib
 import json
 import sys
 import urllib.request
 
+from typing import Annotated, Literal
+
 import httpx
 import openai
+import pydantic
 from eth_account import Account
 from eth_account.messages import encode_typed_data
 
@@ -140,3 +147,92 @@ try:
 except openai.BadRequestError as e:
     assert e.body["code"] == "wrong_model_kind", e.body
 print("errors: not found, context length, unknown parameter, wrong model kind")
+
+# Structured output through the client's own helper: a Pydantic model becomes a strict JSON
+# schema; the node holds the answer to it token by token, so it always parses and validates.
+class City(pydantic.BaseModel):
+    name: str = pydantic.Field(max_length=40)
+    country: str = pydantic.Field(max_length=40)
+    population_millions: int = pydantic.Field(ge=0, le=100)
+    landmarks: list[Annotated[str, pydantic.Field(max_length=30)]] = pydantic.Field(max_length=3)
+
+
+ask = [{"role": "user", "content": "Describe Paris as JSON."}]
+for extra in ({"temperature": 0}, {"temperature": 1.5, "seed": 7}):
+    raw = client.chat.completions.with_raw_response.parse(
+        model=model, messages=ask, response_format=City, max_tokens=200, **extra)
+    parsed = raw.parse()
+    city = parsed.choices[0].message.parsed
+    assert isinstance(city, City), parsed
+    assert parsed.choices[0].finish_reason == "stop", parsed
+    check_receipt(raw.headers["cairn-receipt-id"], sent[-1], raw.content)
+    print(f"parse: {city!r}")
+obj = client.chat.completions.create(model=model, messages=ask, temperature=1.2, seed=3,
+                                     max_tokens=120, response_format={"type": "json_object"})
+assert isinstance(json.loads(obj.choices[0].message.content), dict), obj
+print("json_object: parses")
+
+
+# Tools: the client's Pydantic tool helper, calls forced (required, or one function by name).
+class GetWeather(pydantic.BaseModel):
+    """The weather in a city now."""
+    city: str = pydantic.Field(max_length=40)
+    unit: Literal["celsius", "fahrenheit"]
+
+
+class GetTime(pydantic.BaseModel):
+    """The local time in a city."""
+    city: str = pydantic.Field(max_length=40)
+
+
+tools = [openai.pydantic_function_tool(GetWeather), openai.pydantic_function_tool(GetTime)]
+weather = [{"role": "user", "content": "What is the weather in Paris right now?"}]
+raw = client.chat.completions.with_raw_response.parse(
+    model=model, messages=weather, tools=tools, tool_choice="required",
+    parallel_tool_calls=False, temperature=0, max_tokens=80)
+called = raw.parse()
+choice = called.choices[0]
+assert choice.finish_reason == "tool_calls" and choice.message.content is None, choice
+[tc] = choice.message.tool_calls
+assert tc.type == "function" and tc.id.startswith("call_"), tc
+args = tc.function.parsed_arguments
+assert isinstance(args, (GetWeather, GetTime)), tc
+check_receipt(raw.headers["cairn-receipt-id"], sent[-1], raw.content)
+print(f"tool call: {tc.function.name}({tc.function.arguments})")
+
+named = {"type": "function", "function": {"name": "GetTime"}}
+stream = client.chat.completions.create(model=model, messages=weather, tools=tools,
+                                        tool_choice=named, temperature=0.8, seed=1,
+                                        max_tokens=80, stream=True)
+calls, finish = {}, None
+for chunk in stream:
+    for c in chunk.choices:
+        for d in c.delta.tool_calls or []:
+            calls[d.index] = d
+        finish = c.finish_reason or finish
+assert finish == "tool_calls" and len(calls) == 1, (finish, calls)
+GetTime.model_validate_json(calls[0].function.arguments)
+assert calls[0].function.name == "GetTime", calls
+print(f"streamed tool call: {calls[0].function.name}({calls[0].function.arguments})")
+
+# The conversation goes on with the call's result.
+follow = weather + [choice.message.model_dump(exclude_none=True, exclude={"parsed"}),
+                    {"role": "tool", "tool_call_id": tc.id, "content": "18 C, sunny"}]
+for m in follow:
+    for t in m.get("tool_calls", []):
+        t["function"].pop("parsed_arguments", None)
+after = client.chat.completions.create(model=model, messages=follow, tools=tools,
+                                       tool_choice="none", temperature=0, max_tokens=30)
+assert after.choices[0].message.content, after
+print(f"after the tool: {after.choices[0].message.content!r}")
+
+try:
+    client.chat.completions.create(
+        model=model, messages=ask, response_format={
+            "type": "json_schema",
+            "json_schema": {"name": "x", "schema": {"type": "object", "properties": {"a": False},
+                                                    "required": ["a"]}}})
+    raise AssertionError("an unsatisfiable schema was served")
+except openai.BadRequestError as e:
+    assert e.body["param"] == "response_format", e.body
+print("structured: done")
