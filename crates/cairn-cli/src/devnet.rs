@@ -83,6 +83,7 @@ pub(crate) async fn devnet(
             .unwrap_or_default(),
         // The devnet's language model answers unpaid until per-token payment exists.
         llm_free: true,
+        upstreams: Vec::new(),
         ..node_cmd::NodeServeArgs::defaults()?
     };
     let node_listener = cairn_node::bind(node_listen)

@@ -108,6 +108,12 @@ pub struct NodeServeArgs {
     /// payment is not implemented yet; without this a paid node answers them 402).
     #[arg(long)]
     pub llm_free: bool,
+    /// Relay calls naming model NAME to another OpenAI-compatible server (llama.cpp's server,
+    /// vLLM, Ollama, a hosted API, another Cairn node): `NAME=URL[,key-env=VAR]`, URL its API
+    /// base (`http://127.0.0.1:8080/v1`), VAR an environment variable holding its bearer key
+    /// (repeatable). Their receipts say `relayed` and are never batched.
+    #[arg(long = "upstream", value_name = "NAME=URL[,key-env=VAR]")]
+    pub upstreams: Vec<String>,
     /// Settle receipts on this chain (with --deployment; the receipt domain then comes from the
     /// deployment and --chain-id/--verifying-contract are ignored).
     #[command(flatten)]
@@ -321,6 +327,14 @@ pub async fn open_node(
         settlement,
         payments,
         llm_models: args.llm_models.clone(),
+        llm_upstreams: args
+            .upstreams
+            .iter()
+            .map(|spec| {
+                cairn_node::upstream::Upstream::parse(spec, |var| std::env::var(var).ok())
+                    .map_err(|e| anyhow::anyhow!("--upstream {spec}: {e}"))
+            })
+            .collect::<anyhow::Result<_>>()?,
         llm_free: args.llm_free,
         faults: cairn_node::Faults {
             wrong_output_rate: args.faults.fault_wrong_output,

@@ -919,3 +919,152 @@ fn node_api_is_documented_and_answers_its_documented_types() {
         assert_eq!(info.domain.name, "Cairn");
     });
 }
+
+/// POSTs JSON `body` and returns the status, the headers and the raw answer bytes.
+fn post_raw(url: &str, body: &Value) -> (u16, reqwest::header::HeaderMap, Vec<u8>) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let resp = reqwest::Client::new()
+            .post(url)
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        (status, headers, resp.bytes().await.unwrap().to_vec())
+    })
+}
+
+fn sha256(bytes: &[u8]) -> alloy_primitives::B256 {
+    alloy_primitives::B256::from(*BlobId::of(bytes).digest())
+}
+
+/// A node relays a model name to another OpenAI-compatible server (here a real Cairn node):
+/// the bytes go up and come back unchanged, whole and streamed; its receipt says `relayed`,
+/// binds exactly those bytes (the upstream's own receipt binds the same) and cannot be
+/// re-executed; the upstream's refusals pass through, and an upstream that is down is a 502.
+#[test]
+fn a_node_relays_model_names_upstream_under_relayed_receipts() {
+    let test = "a_node_relays_model_names_upstream_under_relayed_receipts";
+    let Some(model) = llm_model(test) else { return };
+    let net = Server::devnet_with(&["--free", "--llm", model.to_str().unwrap()]);
+    let name = "smollm2-135m-instruct@1.0";
+    let relay = Server::node(
+        &net.url,
+        &[
+            "--upstream",
+            &format!("{name}={}/v1/", net.node_url),
+            "--upstream",
+            "down=http://127.0.0.1:9/v1",
+        ],
+    );
+    let models = get(&format!("{}/v1/models", relay.node_url));
+    let ids: Vec<&str> = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [name, "down"], "{models}");
+    assert_eq!(models["data"][0]["owned_by"], "upstream");
+
+    let chat = format!("{}/v1/chat/completions", relay.node_url);
+    let receipt = |node: &str, headers: &reqwest::header::HeaderMap, header: &str| {
+        let id = headers[header].to_str().unwrap().to_owned();
+        let url = format!("{node}/v1/receipts/{id}");
+        let mut stored = Value::Null;
+        common::eventually(30, || {
+            stored = get(&url);
+            stored.get("receipt").is_some()
+        });
+        serde_json::from_value::<cairn_receipt::SignedReceipt>(stored["receipt"].clone()).unwrap()
+    };
+    for stream in [false, true] {
+        let body = json!({
+            "model": name,
+            "messages": [{"role": "user", "content": "Name two rivers."}],
+            "max_tokens": 12, "temperature": 0, "stream": stream,
+            "stream_options": if stream { json!({"include_usage": true}) } else { Value::Null },
+        });
+        let (status, headers, answer) = post_raw(&chat, &body);
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&answer));
+        if stream {
+            assert!(answer.ends_with(b"data: [DONE]\n\n"));
+        }
+        let ours = receipt(&relay.node_url, &headers, "cairn-receipt-id");
+        let theirs = receipt(&net.node_url, &headers, "cairn-upstream-receipt-id");
+        let c = &ours.claims;
+        assert_eq!(c.profile.engine, "relayed");
+        assert_eq!(
+            c.profile.reproducibility(),
+            cairn_core::Reproducibility::Relayed
+        );
+        // Exactly the bytes sent and received, which the upstream's own receipt binds too.
+        assert_eq!(c.input_hash, sha256(body.to_string().as_bytes()));
+        assert_eq!(c.output_hash, sha256(&answer));
+        assert_eq!(c.output_hash, theirs.claims.output_hash);
+        assert_eq!(c.input_hash, theirs.claims.input_hash);
+        let (u, t) = (c.llm.unwrap(), theirs.claims.llm.unwrap());
+        assert!(u.complete);
+        assert_eq!(
+            (u.prompt_tokens, u.completion_tokens),
+            (t.prompt_tokens, t.completion_tokens)
+        );
+    }
+
+    // Nothing to re-execute.
+    let (_, headers, _) = post_raw(
+        &chat,
+        &json!({"model": name, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}),
+    );
+    let id = headers["cairn-receipt-id"].to_str().unwrap().to_owned();
+    let dir = tempfile::tempdir().unwrap();
+    let saved = dir.path().join("receipt.json");
+    std::fs::write(
+        &saved,
+        get(&format!("{}/v1/receipts/{id}", relay.node_url)).to_string(),
+    )
+    .unwrap();
+    let e = failure(&run(
+        &net.url,
+        &[
+            "receipt",
+            "reexec",
+            saved.to_str().unwrap(),
+            "--input",
+            saved.to_str().unwrap(),
+        ],
+    ));
+    assert!(
+        e.contains("relayed") && e.contains("nothing to re-execute"),
+        "{e}"
+    );
+
+    // The upstream's refusal, as it gave it.
+    let (status, _, answer) = post_raw(
+        &chat,
+        &json!({"model": name, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 100000}),
+    );
+    let v: Value = serde_json::from_slice(&answer).unwrap();
+    assert_eq!(status, 400, "{v}");
+    assert_eq!(v["error"]["code"], "context_length_exceeded", "{v}");
+    // An upstream that is down: 502 with the reason, not its address.
+    let (status, _, answer) = post_raw(
+        &chat,
+        &json!({"model": "down", "messages": [{"role": "user", "content": "Hi"}]}),
+    );
+    let v: Value = serde_json::from_slice(&answer).unwrap();
+    assert_eq!(status, 502, "{v}");
+    assert_eq!(v["error"]["code"], "upstream_failed", "{v}");
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("upstream `down`: not reachable"),
+        "{message}"
+    );
+    assert!(!message.contains("127.0.0.1:9"), "{message}");
+}

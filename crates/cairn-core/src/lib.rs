@@ -17,5 +17,5 @@ pub use api::ErrorBody;
 pub use attestation::DEV_MEASUREMENT;
 pub use blob_id::{BlobHasher, BlobId, ParseBlobIdError};
 pub use names::{FilePath, ModelRef, NameError, RepoName, Version};
-pub use profile::{ExecutionProfile, LLM_ENGINE, Reproducibility};
+pub use profile::{ExecutionProfile, LLM_ENGINE, RELAYED_ENGINE, Reproducibility};
 pub use tensor::{DataType, Tensor, TensorError};

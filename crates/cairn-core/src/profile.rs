@@ -12,10 +12,16 @@ pub enum Reproducibility {
     Exact,
     /// Results vary within floating-point tolerance: compare values with a stated tolerance.
     Tolerance,
+    /// Not computed by the node: relayed to an upstream server. The receipt binds what was
+    /// sent and what came back; nothing can be re-executed.
+    Relayed,
 }
 
 /// The language-model engine's name in a profile (`cairn-llm`).
 pub const LLM_ENGINE: &str = "cairn-llm";
+
+/// The engine a relayed call's profile names: the node forwarded it to an upstream server.
+pub const RELAYED_ENGINE: &str = "relayed";
 
 /// Which engine ran a model and how: engine and version, the CPU kernel set it dispatched to, and
 /// the thread count. Receipts bind [`ExecutionProfile::hash`].
@@ -65,13 +71,15 @@ impl ExecutionProfile {
         keccak256(self.canonical().as_bytes())
     }
 
-    /// Whether results from this profile are bit-exact (tract, cairn-llm) or tolerance-checked
-    /// (onnxruntime).
+    /// Whether results from this profile are bit-exact (tract, cairn-llm), tolerance-checked
+    /// (onnxruntime) or relayed (not computed by the node at all).
     pub fn reproducibility(&self) -> Reproducibility {
         // tract pins its kernels per CPU tier; cairn-llm's float operations happen in one order
         // on every CPU path.
         if self.engine == "tract" || self.engine == LLM_ENGINE {
             Reproducibility::Exact
+        } else if self.engine == RELAYED_ENGINE {
+            Reproducibility::Relayed
         } else {
             Reproducibility::Tolerance
         }

@@ -17,6 +17,9 @@ use crate::{LlmError, Tokenizer};
 /// release may allow other tokens.
 pub const GRAMMAR_ENGINE: &str = "llguidance-1.9.1";
 
+/// Most lexer states one grammar may build (see [`Grammars::new`]).
+const MAX_LEXER_STATES: usize = 50_000;
+
 /// What a generation is held to.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Grammar {
@@ -83,9 +86,12 @@ impl Grammars {
         let mut factory =
             ParserFactory::new_simple(&env).map_err(|e| LlmError::Unsupported(e.to_string()))?;
         factory.quiet();
-        // The defaults bound each step's work by counts; errors name the grammar, not the
-        // parser's state (a request's own text is never echoed back in full).
+        // Every bound is a count, never a time, so a replay fails or succeeds as the call did:
+        // the defaults bound a step's work (~20 ms at most); lexer states (1-2 kB each) are
+        // capped at a fifth of the default so one hostile grammar holds at most ~100 MB.
+        // Errors name the grammar, not the parser's state (a request's text is not echoed).
         *factory.limits_mut() = ParserLimits {
+            max_lexer_states: MAX_LEXER_STATES,
             verbose_errors: false,
             ..ParserLimits::default()
         };

@@ -78,6 +78,9 @@ pub enum NodeError {
     /// A model of the other kind than the route runs.
     #[error("{0}")]
     WrongModelKind(String),
+    /// The upstream server a model is relayed to is down, slow or answered with a failure.
+    #[error("{0}")]
+    Upstream(String),
     /// A language-model request this node cannot serve as asked.
     #[error(transparent)]
     Llm(#[from] crate::llm::CallError),
@@ -114,6 +117,7 @@ impl NodeError {
             E::PaymentRefused(_) => "payment_refused",
             E::PaymentRequired(_) => "payment_required",
             E::WrongModelKind(_) => "wrong_model_kind",
+            E::Upstream(_) => "upstream_failed",
             E::Llm(crate::llm::CallError::Invalid { .. }) => "invalid_request",
             E::Llm(crate::llm::CallError::ContextLength(_)) => "context_length_exceeded",
             E::Llm(crate::llm::CallError::Model(_)) => "model_failed",
@@ -142,7 +146,9 @@ impl NodeError {
             E::InvalidModel(_) | E::ModelFailed(_) => StatusCode::UNPROCESSABLE_ENTITY,
             E::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
             E::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            E::HubUnavailable(_) | E::ChainUnavailable(_) => StatusCode::BAD_GATEWAY,
+            E::HubUnavailable(_) | E::ChainUnavailable(_) | E::Upstream(_) => {
+                StatusCode::BAD_GATEWAY
+            }
             E::NotAVerifier(_) => StatusCode::FORBIDDEN,
             E::PaymentRefused(_) => StatusCode::UNPROCESSABLE_ENTITY,
             E::PaymentRequired(_) => StatusCode::PAYMENT_REQUIRED,

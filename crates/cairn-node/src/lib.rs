@@ -26,6 +26,7 @@ pub mod log;
 mod pricing;
 pub mod registration;
 mod server;
+pub mod upstream;
 
 pub use batcher::{BatchPolicy, SettlementConfig};
 pub use cairn_sqlite::Durability;
@@ -114,6 +115,8 @@ pub struct NodeConfig {
     /// Language models `GET /v1/models` lists (CIDs or `name@version`); any other hub model
     /// can still be called by name.
     pub llm_models: Vec<String>,
+    /// Model names relayed to other OpenAI-compatible servers (receipts marked `relayed`).
+    pub llm_upstreams: Vec<upstream::Upstream>,
     /// Serve language-model calls unpaid (price 0) even when the node takes payments: per-token
     /// payment is not implemented yet, so a paid node refuses them (402) unless this is set.
     pub llm_free: bool,

@@ -211,6 +211,11 @@ pub async fn reexec(
 ) -> anyhow::Result<()> {
     let r =
         load_receipt(receipt).with_context(|| format!("{} does not verify", receipt.display()))?;
+    if r.claims.profile.reproducibility() == Reproducibility::Relayed {
+        bail!(
+            "this receipt is relayed: its node forwarded the call to an upstream server and computed nothing, so there is nothing to re-execute (`cairn receipt verify` checks the bytes it binds)"
+        );
+    }
     if r.claims.llm.is_some() {
         return reexec_llm(&r, input, output, hub, cache).await;
     }
@@ -268,6 +273,7 @@ fn compare_across_profiles(
     let kind = match r.claims.profile.reproducibility() {
         Reproducibility::Exact => "a different kernel tier",
         Reproducibility::Tolerance => "a tolerance-checked engine",
+        Reproducibility::Relayed => "a relayed call (nothing the node computed)",
     };
     if let Some(p) = output {
         let claimed = read_tensors(p)?;

@@ -97,6 +97,10 @@ struct Inner {
     llm_free: bool,
     /// Language-model calls generating at once.
     llm_sessions: Arc<Semaphore>,
+    /// Model names relayed upstream, the client that relays them, and the relays in flight.
+    upstreams: Vec<crate::upstream::Upstream>,
+    upstream_http: reqwest::Client,
+    relays: Arc<Semaphore>,
 }
 
 pub(crate) async fn open(c: NodeConfig) -> Result<NodeState, NodeError> {
@@ -202,6 +206,15 @@ pub(crate) async fn open(c: NodeConfig) -> Result<NodeState, NodeError> {
         llm_billing,
         llm_free: c.llm_free,
         llm_sessions: Arc::new(Semaphore::new(c.limits.llm_sessions.max(1))),
+        upstreams: c.llm_upstreams,
+        // Connecting is quick or never; an answer may take minutes (a whole one arrives at
+        // its end), but a stream that goes quiet for 2 minutes is dead.
+        upstream_http: reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .read_timeout(Duration::from_secs(120))
+            .build()
+            .map_err(|e| NodeError::Internal(format!("upstream client: {e}")))?,
+        relays: Arc::new(Semaphore::new(crate::upstream::MAX_RELAYS)),
     })))
 }
 

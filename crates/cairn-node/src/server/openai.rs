@@ -10,6 +10,7 @@ use crate::llm::{Endpoint, Identity, LlmRequest, sha256};
 use crate::log::{Entry, ToLog};
 use cairn_node_api::openai::{ModelCard, ModelList, OpenAiErrorBody, RECEIPT_ID_HEADER};
 use cairn_receipt::{Claims, LlmUsage};
+use futures::StreamExt;
 
 #[utoipa::path(post, path = "/v1/chat/completions", tag = "openai",
     description = "OpenAI-compatible chat completion on a hub language model (`model`: its CID or `name@version`), \
@@ -52,7 +53,18 @@ pub(super) async fn completions(
     description = "The language models this node lists (`--llm-model`), with the metadata the hub read from each file.",
     responses((status = 200, body = ModelList), (status = 502, body = OpenAiErrorBody)))]
 pub(super) async fn models(State(s): State<NodeState>) -> Response {
-    let mut data = Vec::new();
+    let mut data: Vec<ModelCard> =
+        s.0.upstreams
+            .iter()
+            .map(|u| ModelCard {
+                id: u.name.clone(),
+                object: "model".into(),
+                created: 0,
+                owned_by: "upstream".into(),
+                cid: u.model_id().to_string(),
+                gguf: serde_json::Value::Null,
+            })
+            .collect();
     for reference in &s.0.llm_models {
         match s.0.cache.resolve(reference).await {
             Ok(r) => data.push(ModelCard {
@@ -93,6 +105,14 @@ async fn llm_call(
         return Err(NodeError::BodyTooLarge(format!(
             "a language-model request is at most {most} bytes; shorten the prompt"
         )));
+    }
+    // A model name relayed upstream: the body goes there as it is.
+    if let Some((name, stream)) = crate::upstream::route_of(&read.body)
+        && let Some(up) = i.upstreams.iter().find(|u| u.name == name)
+    {
+        let body = read.body.to_vec();
+        drop(read);
+        return relay(s.clone(), up.clone(), endpoint, body, stream).await;
     }
     let request = LlmRequest::parse(endpoint, &read.body)?;
     let resolved = i.cache.resolve(&request.model).await?;
@@ -235,6 +255,219 @@ async fn llm_call(
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert(RECEIPT_ID_HEADER, receipt_id);
     Ok(resp)
+}
+
+/// Relays a call to `up`: the body as the client sent it, the answer as it came back (a stream
+/// as its chunks arrive, the last held until the receipt is committed), under a `relayed`
+/// receipt binding both. An upstream that cannot be reached, or answers with a failure, is a
+/// 502 with its reason; a request it refuses (4xx) gets its answer as it gave it.
+async fn relay(
+    s: NodeState,
+    up: crate::upstream::Upstream,
+    endpoint: Endpoint,
+    body: Vec<u8>,
+    stream: bool,
+) -> Result<Response, NodeError> {
+    let i = &s.0;
+    let permit = i.relays.clone().try_acquire_owned().map_err(|_| {
+        NodeError::Overloaded(format!(
+            "{} relayed calls are in flight; retry after a moment",
+            crate::upstream::MAX_RELAYS
+        ))
+    })?;
+    let mut req = i
+        .upstream_http
+        .post(up.url(endpoint))
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(body.clone());
+    if let Some(key) = &up.key {
+        req = req.bearer_auth(key);
+    }
+    let failed = |what: String| NodeError::Upstream(format!("upstream `{}`: {what}", up.name));
+    let resp = req.send().await.map_err(|e| {
+        failed(format!(
+            "not reachable ({}); retry later or call another node",
+            without_url(&e)
+        ))
+    })?;
+    let status = resp.status();
+    let upstream_receipt = resp.headers().get(RECEIPT_ID_HEADER).cloned();
+    let mut answer = resp.bytes_stream();
+    if !status.is_success() {
+        // The upstream's own refusal of the request, passed on; its failures are ours to name.
+        let mut text = Vec::new();
+        while let Some(Ok(chunk)) = answer.next().await {
+            text.extend_from_slice(&chunk);
+            if text.len() > 64 << 10 {
+                break;
+            }
+        }
+        if status.is_client_error() && !matches!(status.as_u16(), 401 | 402 | 403 | 407) {
+            return Ok((status, [(header::CONTENT_TYPE, "application/json")], text).into_response());
+        }
+        return Err(failed(format!(
+            "answered {status}: {}",
+            String::from_utf8_lossy(&text[..text.len().min(512)])
+        )));
+    }
+    let call = Relayed {
+        state: s.clone(),
+        model: up.model_id(),
+        request_body: body,
+        id: B256::random(),
+        created: crate::now_secs(),
+        stream,
+    };
+    let receipt_id = HeaderValue::from_str(&call.id.to_string()).expect("hex is a header value");
+    let mut headers = HeaderMap::new();
+    headers.insert(RECEIPT_ID_HEADER, receipt_id);
+    if let Some(theirs) = upstream_receipt {
+        headers.insert(UPSTREAM_RECEIPT_ID_HEADER, theirs);
+    }
+    if !stream {
+        let mut bytes = Vec::new();
+        while let Some(chunk) = answer.next().await {
+            let chunk = chunk.map_err(|e| failed(format!("broke off ({})", without_url(&e))))?;
+            if bytes.len() + chunk.len() > crate::upstream::MAX_ANSWER_BYTES {
+                return Err(failed(format!(
+                    "answered more than {} bytes",
+                    crate::upstream::MAX_ANSWER_BYTES
+                )));
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        drop(permit);
+        call.commit(&bytes, true).await?;
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        return Ok((StatusCode::OK, headers, bytes).into_response());
+    }
+    // A stream: each chunk goes on when the next arrives; the last once the receipt is in.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(1);
+    let stall = i.limits.timeout.min(Duration::from_secs(10));
+    tokio::spawn(async move {
+        let _held = permit;
+        let send = |event: Bytes| {
+            let tx = tx.clone();
+            async move {
+                matches!(
+                    tokio::time::timeout(stall, tx.send(event)).await,
+                    Ok(Ok(()))
+                )
+            }
+        };
+        let mut transcript = Vec::new();
+        let mut held: Option<Bytes> = None;
+        let mut broke = None;
+        let mut gone = false;
+        while let Some(chunk) = answer.next().await {
+            let chunk = match chunk {
+                Ok(c) => c,
+                Err(e) => {
+                    broke = Some(without_url(&e));
+                    break;
+                }
+            };
+            if let Some(prev) = held.replace(chunk) {
+                if !send(prev.clone()).await {
+                    gone = true;
+                    break;
+                }
+                transcript.extend_from_slice(&prev);
+            }
+        }
+        // The client gone or the upstream broken: the receipt binds what was delivered.
+        let complete = !gone && broke.is_none();
+        if complete && let Some(last) = &held {
+            transcript.extend_from_slice(last);
+        }
+        match call.commit(&transcript, complete).await {
+            Ok(()) if complete => {
+                if let Some(last) = held {
+                    send(last).await;
+                }
+            }
+            Ok(()) => {
+                if let Some(why) = broke {
+                    let e =
+                        NodeError::Upstream(format!("upstream `{}` broke off ({why})", up.name));
+                    send(error_event(&e)).await;
+                }
+            }
+            Err(e) => {
+                send(error_event(&e)).await;
+            }
+        }
+    });
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|b| (Ok::<_, std::convert::Infallible>(b), rx))
+    });
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    Ok((StatusCode::OK, headers, Body::from_stream(stream)).into_response())
+}
+
+/// Header naming, on a relayed answer, the receipt the upstream gave (when it is a Cairn node).
+pub const UPSTREAM_RECEIPT_ID_HEADER: &str = "cairn-upstream-receipt-id";
+
+/// A client error without its URL (which may name a private upstream).
+fn without_url(e: &reqwest::Error) -> String {
+    let mut e = e.to_string();
+    if let Some(at) = e.find(" for url (") {
+        e.truncate(at);
+    }
+    e
+}
+
+/// What a relayed call's receipt needs.
+struct Relayed {
+    state: NodeState,
+    model: BlobId,
+    request_body: Vec<u8>,
+    id: B256,
+    created: u64,
+    stream: bool,
+}
+
+impl Relayed {
+    /// Signs the `relayed` receipt over the request and `answer` (what the client was given)
+    /// and commits it; it is kept and served, never batched.
+    async fn commit(&self, answer: &[u8], complete: bool) -> Result<(), NodeError> {
+        let usage = crate::upstream::usage_of(answer, self.stream);
+        let claims = Claims {
+            request_id: self.id,
+            model: self.model,
+            input_hash: sha256(&self.request_body),
+            output_hash: sha256(answer),
+            profile: crate::upstream::Upstream::profile(),
+            timestamp: self.created,
+            price: U256::ZERO,
+            payment_ref: B256::ZERO,
+            llm: Some(LlmUsage {
+                prompt_tokens: usage.map_or(0, |u| u.prompt_tokens),
+                completion_tokens: usage.map_or(0, |u| u.completion_tokens),
+                complete,
+            }),
+        };
+        let (receipt, digest) = self.state.0.signer.receipts.sign_with_digest(claims);
+        let entry = Entry::new(
+            ToLog::Signed(receipt),
+            digest,
+            self.request_body.clone(),
+            answer.to_vec(),
+            crate::log::Billing::Local,
+            None,
+        );
+        self.state.0.log.append(entry).await?;
+        Ok(())
+    }
 }
 
 /// Raises its flag when dropped: the request handler holding it is gone.
