@@ -29,6 +29,11 @@ pub const MAX_CONTEXT: usize = 4096;
 /// context: a verifier refuses to replay more).
 pub const MAX_REQUEST_BYTES: usize = 1 << 20;
 
+/// A bound on an answer's bytes, whole or streamed, that no honest call reaches: one event per
+/// token of at most [`MAX_CONTEXT`], each under 1 KiB (ids, a pinned model's name, a token's
+/// text escaped). Verifiers read no more of a kept answer.
+pub const MAX_TRANSCRIPT_BYTES: usize = 16 << 20;
+
 /// The version of what this module makes of a request: the parameters read, the answer's
 /// bytes whole and streamed, the context. Part of the profile, so a change here is a new
 /// profile, never a false mismatch between versions.

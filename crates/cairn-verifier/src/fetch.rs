@@ -111,25 +111,31 @@ impl Fetcher {
         url: &str,
         req: reqwest::RequestBuilder,
     ) -> Result<(reqwest::StatusCode, Vec<u8>), String> {
+        self.send_at_most(url, req, self.max_bytes).await
+    }
+
+    /// [`Fetcher::send`] reading at most `max_bytes` (and never more than the byte cap).
+    async fn send_at_most(
+        &self,
+        url: &str,
+        req: reqwest::RequestBuilder,
+        max_bytes: usize,
+    ) -> Result<(reqwest::StatusCode, Vec<u8>), String> {
+        let max_bytes = max_bytes.min(self.max_bytes);
         let resp = req.send().await.map_err(|e| format!("{url}: {e}"))?;
         let status = resp.status();
-        if resp
-            .content_length()
-            .is_some_and(|n| n > self.max_bytes as u64)
-        {
+        if resp.content_length().is_some_and(|n| n > max_bytes as u64) {
             return Err(format!(
-                "{url}: the answer is over the {} byte limit",
-                self.max_bytes
+                "{url}: the answer is over the {max_bytes} byte limit"
             ));
         }
         let mut body = Vec::new();
         let mut stream = resp.bytes_stream();
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| format!("{url}: {e}"))?;
-            if body.len() + chunk.len() > self.max_bytes {
+            if body.len() + chunk.len() > max_bytes {
                 return Err(format!(
-                    "{url}: the answer is over the {} byte limit",
-                    self.max_bytes
+                    "{url}: the answer is over the {max_bytes} byte limit"
                 ));
             }
             body.extend_from_slice(&chunk);
@@ -146,6 +152,18 @@ impl Fetcher {
         self.signed_get_as(key, url, "*/*").await
     }
 
+    /// [`Fetcher::signed_get`] of a body that is at most `max_bytes` when its sender is honest
+    /// (a payload whose size a protocol bounds).
+    pub async fn signed_get_at_most(
+        &self,
+        key: &PrivateKeySigner,
+        url: &str,
+        max_bytes: usize,
+    ) -> Result<(reqwest::StatusCode, Vec<u8>), String> {
+        let req = self.signed_get_request(key, url, "*/*")?;
+        self.send_at_most(url, req, max_bytes).await
+    }
+
     /// [`Fetcher::signed_get`] asking for the media types in `accept`.
     pub async fn signed_get_as(
         &self,
@@ -153,6 +171,16 @@ impl Fetcher {
         url: &str,
         accept: &str,
     ) -> Result<(reqwest::StatusCode, Vec<u8>), String> {
+        let req = self.signed_get_request(key, url, accept)?;
+        self.send(url, req).await
+    }
+
+    fn signed_get_request(
+        &self,
+        key: &PrivateKeySigner,
+        url: &str,
+        accept: &str,
+    ) -> Result<reqwest::RequestBuilder, String> {
         let parsed = self.check_url(url)?;
         let mut req = self
             .http
@@ -163,7 +191,7 @@ impl Fetcher {
                 req = req.header(k, v);
             }
         }
-        self.send(url, req).await
+        Ok(req)
     }
 
     /// A signed POST of `body` (JSON) to `url`.
@@ -298,6 +326,12 @@ mod tests {
                 .len(),
             512
         );
+        // A payload the protocol bounds is read no further than its bound.
+        let err = f
+            .signed_get_at_most(&key, &format!("{ok}/z"), 256)
+            .await
+            .unwrap_err();
+        assert!(err.contains("over the 256 byte limit"), "{err}");
         // Outside a local network, a loopback node is not reached at all.
         let strict = Fetcher::new(Duration::from_secs(5), 1 << 10, false);
         assert!(strict.signed_get(&key, &format!("{ok}/z")).await.is_err());

@@ -91,9 +91,25 @@ impl Verifier {
     ) -> Result<Payloads, String> {
         let urls = NodeUrls::new(base);
         let urls = &urls;
+        // A language-model call's payloads are bounded by the protocol: more is never honest,
+        // and is not read.
+        let llm = r.claims.llm.is_some();
         let raw = |which: Payload| async move {
             let url = urls.payload(r.id(), which);
-            let (status, body) = self.0.fetch.signed_get(&self.0.key, &url).await?;
+            let cap = match (llm, which) {
+                (true, Payload::Input) => Some(cairn_node::llm::MAX_REQUEST_BYTES),
+                (true, Payload::Output) => Some(cairn_node::llm::MAX_TRANSCRIPT_BYTES),
+                (false, _) => None,
+            };
+            let (status, body) = match cap {
+                Some(cap) => {
+                    self.0
+                        .fetch
+                        .signed_get_at_most(&self.0.key, &url, cap)
+                        .await?
+                }
+                None => self.0.fetch.signed_get(&self.0.key, &url).await?,
+            };
             if !status.is_success() {
                 return Err(format!(
                     "GET {url}: {status} {}",

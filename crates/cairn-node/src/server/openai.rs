@@ -370,6 +370,14 @@ async fn relay(
                     break;
                 }
             };
+            // An upstream that never ends is cut off, as a whole answer that big would be.
+            if transcript.len() + chunk.len() > crate::upstream::MAX_ANSWER_BYTES {
+                broke = Some(format!(
+                    "sent more than {} bytes",
+                    crate::upstream::MAX_ANSWER_BYTES
+                ));
+                break;
+            }
             if let Some(prev) = held.replace(chunk) {
                 if !send(prev.clone()).await {
                     gone = true;
