@@ -264,6 +264,9 @@ impl Weights {
     }
 }
 
+/// Attention scores computed side by side (see [`Session::feed`]).
+const LANES: usize = 8;
+
 /// One generation's state: the keys and values of every position so far.
 pub struct Session {
     weights: Arc<Weights>,
@@ -393,11 +396,28 @@ impl Session {
                 for head in 0..c.heads {
                     let qh = &q[t][head * hd..(head + 1) * hd];
                     let kvh = head / group;
+                    let key = |p: usize| &keys[p * kv_dim + kvh * hd..][..hd];
                     let mut max = f32::NEG_INFINITY;
-                    for (p, s) in scores.iter_mut().enumerate() {
-                        let kp = &keys[p * kv_dim + kvh * hd..p * kv_dim + (kvh + 1) * hd];
+                    // Eight positions' dot products at once: each is still summed in dimension
+                    // order (the same bits), but eight independent sums keep the CPU busy.
+                    let mut p = 0;
+                    while p + LANES <= scores.len() {
+                        let ks: [&[f32]; LANES] = std::array::from_fn(|j| key(p + j));
+                        let mut dots = [0f32; LANES];
+                        for (i, a) in qh.iter().enumerate() {
+                            for (d, k) in dots.iter_mut().zip(&ks) {
+                                *d += a * k[i];
+                            }
+                        }
+                        for (s, d) in scores[p..p + LANES].iter_mut().zip(dots) {
+                            *s = d * scale;
+                            max = max.max(*s);
+                        }
+                        p += LANES;
+                    }
+                    for (p, s) in scores.iter_mut().enumerate().skip(p) {
                         let mut dot = 0f32;
-                        for (a, b) in qh.iter().zip(kp) {
+                        for (a, b) in qh.iter().zip(key(p)) {
                             dot += a * b;
                         }
                         *s = dot * scale;

@@ -13,6 +13,9 @@ use crate::LlmError;
 /// Elements per quantization block.
 pub(crate) const QK: usize = 32;
 
+/// Inputs whose products with one row are computed side by side (see [`Matrix::dots`]).
+const TOGETHER: usize = 8;
+
 /// A weight type the engine computes with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum WeightType {
@@ -83,6 +86,33 @@ pub(crate) struct Quantized {
     sum: Vec<i32>,
     qs: Vec<i8>,
     x: Vec<f32>,
+}
+
+/// [`TOGETHER`] inputs' per-block terms side by side (`[block * TOGETHER + input]`), so a
+/// row's float terms for all of them load as one vector per block.
+struct Lanes {
+    d: Vec<f32>,
+    s: Vec<f32>,
+    sum: Vec<i32>,
+}
+
+impl Lanes {
+    fn new(xs: &[Quantized]) -> Self {
+        let blocks = xs[0].d.len();
+        let mut l = Lanes {
+            d: Vec::with_capacity(blocks * TOGETHER),
+            s: Vec::with_capacity(blocks * TOGETHER),
+            sum: Vec::with_capacity(blocks * TOGETHER),
+        };
+        for i in 0..blocks {
+            for x in xs {
+                l.d.push(x.d[i]);
+                l.s.push(x.s[i]);
+                l.sum.push(x.sum[i]);
+            }
+        }
+        l
+    }
 }
 
 impl Quantized {
@@ -219,6 +249,14 @@ impl Matrix {
     ) {
         debug_assert!(outs.iter().all(|o| o.len() == self.rows));
         let blocks = self.cols / QK;
+        // Inputs [`TOGETHER`] at a time, their per-block terms laid side by side once.
+        let lanes: Vec<Lanes> = xs.chunks_exact(TOGETHER).map(Lanes::new).collect();
+        let scratch = || {
+            (
+                vec![vec![0i32; blocks]; TOGETHER],
+                vec![0i32; blocks * TOGETHER],
+            )
+        };
         // Rows split among threads: a row is computed whole by one thread, so the split changes
         // no number.
         let threads = pool.map_or(1, |p| p.current_num_threads());
@@ -226,16 +264,15 @@ impl Matrix {
             let n = xs.len();
             let chunk = self.rows.div_ceil(threads);
             let mut parts: Vec<Vec<f32>> = vec![Vec::new(); self.rows.div_ceil(chunk)];
+            let lanes = &lanes;
             pool.expect("threads > 1").scope(|s| {
                 for (k, part) in parts.iter_mut().enumerate() {
                     s.spawn(move |_| {
-                        let mut sums = vec![0i32; blocks];
+                        let mut scratch = scratch();
                         let rows = k * chunk..((k + 1) * chunk).min(self.rows);
-                        part.reserve(rows.len() * n);
-                        for r in rows {
-                            for x in xs {
-                                part.push(self.dot(r, x, &mut sums));
-                            }
+                        part.resize(rows.len() * n, 0.0);
+                        for (i, r) in rows.enumerate() {
+                            self.row(r, xs, lanes, &mut scratch, |t, v| part[i * n + t] = v);
                         }
                     });
                 }
@@ -247,12 +284,91 @@ impl Matrix {
             }
             return;
         }
-        let mut sums = vec![0i32; blocks];
-        for r in 0..self.rows {
-            for (x, out) in xs.iter().zip(outs.iter_mut()) {
-                out[r] = self.dot(r, x, &mut sums);
+        let mut scratch = scratch();
+        (0..self.rows).for_each(|r| self.row(r, xs, &lanes, &mut scratch, |t, v| outs[t][r] = v));
+    }
+
+    /// Row `r` · every input, given to `out(t, value)`: [`TOGETHER`] inputs at a time.
+    fn row(
+        &self,
+        r: usize,
+        xs: &[Quantized],
+        lanes: &[Lanes],
+        (sums, sums_t): &mut (Vec<Vec<i32>>, Vec<i32>),
+        mut out: impl FnMut(usize, f32),
+    ) {
+        for (g, lanes) in lanes.iter().enumerate() {
+            let t = g * TOGETHER;
+            let vs = self.dots(r, &xs[t..t + TOGETHER], lanes, sums, sums_t);
+            for (j, v) in vs.into_iter().enumerate() {
+                out(t + j, v);
             }
         }
+        for (t, x) in xs.iter().enumerate().skip(lanes.len() * TOGETHER) {
+            out(t, self.dot(r, x, &mut sums[0]));
+        }
+    }
+
+    /// Row `r` · each of [`TOGETHER`] inputs: each is exactly [`Matrix::dot`]'s number (its
+    /// float terms added in block order), but the sums run side by side: for 4-bit weights,
+    /// lane by lane in vector registers (the same operations on each lane), the weights
+    /// unpacked once for all inputs.
+    fn dots(
+        &self,
+        r: usize,
+        xs: &[Quantized],
+        lanes: &Lanes,
+        sums: &mut [Vec<i32>],
+        sums_t: &mut [i32],
+    ) -> [f32; TOGETHER] {
+        const N: usize = TOGETHER;
+        let blocks = self.cols / QK;
+        let b0 = r * blocks;
+        let mut acc = [0f32; N];
+        match self.ty {
+            WeightType::F32 | WeightType::F16 => {
+                return std::array::from_fn(|j| self.dot(r, &xs[j], &mut sums[j]));
+            }
+            WeightType::Q8_0 => {
+                for (x, s) in xs.iter().zip(sums.iter_mut()) {
+                    block_sums_i8(&self.q[b0 * QK..(b0 + blocks) * QK], &x.qs, s);
+                }
+                for (i, d) in self.d[b0..b0 + blocks].iter().enumerate() {
+                    for (j, a) in acc.iter_mut().enumerate() {
+                        *a += sums[j][i] as f32 * (d * xs[j].d[i]);
+                    }
+                }
+            }
+            WeightType::Q4_0 | WeightType::Q4_1 => {
+                let qs: [&[i8]; N] = std::array::from_fn(|j| xs[j].qs.as_slice());
+                block_sums_q4_x8(&self.q[b0 * 16..(b0 + blocks) * 16], &qs, sums_t);
+                let d = &self.d[b0..b0 + blocks];
+                if self.ty == WeightType::Q4_1 {
+                    let m = &self.m[b0..b0 + blocks];
+                    for i in 0..blocks {
+                        let (d, m) = (d[i], m[i]);
+                        let si: &[i32; N] = sums_t[i * N..][..N].try_into().expect("N lanes");
+                        let xd: &[f32; N] = lanes.d[i * N..][..N].try_into().expect("N lanes");
+                        let xs: &[f32; N] = lanes.s[i * N..][..N].try_into().expect("N lanes");
+                        for j in 0..N {
+                            acc[j] += (d * xd[j]) * si[j] as f32 + m * xs[j];
+                        }
+                    }
+                } else {
+                    for (i, d) in d.iter().enumerate() {
+                        let si: &[i32; N] = sums_t[i * N..][..N].try_into().expect("N lanes");
+                        let xd: &[f32; N] = lanes.d[i * N..][..N].try_into().expect("N lanes");
+                        let xsum: &[i32; N] = lanes.sum[i * N..][..N].try_into().expect("N lanes");
+                        for j in 0..N {
+                            // Σ (w − 8)·x = Σ w·x − 8·Σ x.
+                            let sumi = si[j] - 8 * xsum[j];
+                            acc[j] += sumi as f32 * (d * xd[j]);
+                        }
+                    }
+                }
+            }
+        }
+        acc
     }
 
     /// Row `r` · `x`: the blocks' exact integer products first, then their float terms added in
@@ -320,6 +436,24 @@ pub(crate) fn block_sums_q4(w: &[u8], x: &[i8], out: &mut [i32]) {
         .zip(w.chunks_exact(16).zip(x.chunks_exact(QK)))
     {
         *o = dot_q4_portable(w, x, 0);
+    }
+}
+
+/// [`block_sums_q4`] of one row with each of [`TOGETHER`] inputs, laid side by side:
+/// `out[block * TOGETHER + input]`; the row's weights are unpacked once for all of them.
+pub(crate) fn block_sums_q4_x8(w: &[u8], xs: &[&[i8]; TOGETHER], out: &mut [i32]) {
+    #[cfg(target_arch = "x86_64")]
+    if avx2() {
+        // SAFETY: AVX2 is present; the function checks the slices' lengths.
+        return unsafe { x86::block_sums_q4_x8(w, xs, out) };
+    }
+    let blocks = w.len() / 16;
+    let mut one = vec![0i32; blocks];
+    for (j, x) in xs.iter().enumerate() {
+        block_sums_q4(w, x, &mut one);
+        for (i, v) in one.iter().enumerate() {
+            out[i * TOGETHER + j] = *v;
+        }
     }
 }
 
@@ -398,6 +532,95 @@ mod x86 {
         let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
         let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
         _mm_cvtsi128_si32(s)
+    }
+
+    /// 16 bytes of 4-bit weights as 32 unsigned bytes (low nibbles first).
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn unpack_q4(w: &[u8]) -> __m256i {
+        debug_assert!(w.len() >= 16);
+        // SAFETY: the caller guarantees 16 bytes; the load is unaligned.
+        let raw = unsafe { _mm_loadu_si128(w.as_ptr().cast()) };
+        let mask = _mm_set1_epi8(0x0F);
+        let lo = _mm_and_si128(raw, mask);
+        let hi = _mm_and_si128(_mm_srli_epi16(raw, 4), mask);
+        _mm256_set_m128i(hi, lo)
+    }
+
+    /// [`super::block_sums_q4_x8`]: per eight blocks, each input's eight sums, then the 8×8
+    /// transposed so each block's sums for the eight inputs are stored together.
+    ///
+    /// # Safety
+    /// AVX2 must be present.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn block_sums_q4_x8(w: &[u8], xs: &[&[i8]; 8], out: &mut [i32]) {
+        let n = w.len() / 16;
+        assert!(xs.iter().all(|x| x.len() >= n * 32));
+        assert!(out.len() >= n * 8);
+        let ones = _mm256_set1_epi16(1);
+        let mut i = 0;
+        while i + 8 <= n {
+            // SAFETY: `w` holds blocks i..i + 8 (n = w.len() / 16).
+            let wv: [__m256i; 8] =
+                std::array::from_fn(|k| unsafe { unpack_q4(&w[(i + k) * 16..]) });
+            // Per input: its sums for blocks i..i + 8.
+            let v: [__m256i; 8] = std::array::from_fn(|j| {
+                // SAFETY: each input holds n blocks of 32 (asserted above).
+                let p: [__m256i; 8] = std::array::from_fn(|k| {
+                    let xv = unsafe { _mm256_loadu_si256(xs[j][(i + k) * 32..].as_ptr().cast()) };
+                    _mm256_madd_epi16(_mm256_maddubs_epi16(wv[k], xv), ones)
+                });
+                let s01 = _mm256_hadd_epi32(p[0], p[1]);
+                let s23 = _mm256_hadd_epi32(p[2], p[3]);
+                let s45 = _mm256_hadd_epi32(p[4], p[5]);
+                let s67 = _mm256_hadd_epi32(p[6], p[7]);
+                let s0123 = _mm256_hadd_epi32(s01, s23);
+                let s4567 = _mm256_hadd_epi32(s45, s67);
+                _mm256_add_epi32(
+                    _mm256_permute2x128_si256(s0123, s4567, 0x20),
+                    _mm256_permute2x128_si256(s0123, s4567, 0x31),
+                )
+            });
+            // Transposed: per block, the eight inputs' sums.
+            let t0 = _mm256_unpacklo_epi32(v[0], v[1]);
+            let t1 = _mm256_unpackhi_epi32(v[0], v[1]);
+            let t2 = _mm256_unpacklo_epi32(v[2], v[3]);
+            let t3 = _mm256_unpackhi_epi32(v[2], v[3]);
+            let t4 = _mm256_unpacklo_epi32(v[4], v[5]);
+            let t5 = _mm256_unpackhi_epi32(v[4], v[5]);
+            let t6 = _mm256_unpacklo_epi32(v[6], v[7]);
+            let t7 = _mm256_unpackhi_epi32(v[6], v[7]);
+            let u0 = _mm256_unpacklo_epi64(t0, t2);
+            let u1 = _mm256_unpackhi_epi64(t0, t2);
+            let u2 = _mm256_unpacklo_epi64(t1, t3);
+            let u3 = _mm256_unpackhi_epi64(t1, t3);
+            let u4 = _mm256_unpacklo_epi64(t4, t6);
+            let u5 = _mm256_unpackhi_epi64(t4, t6);
+            let u6 = _mm256_unpacklo_epi64(t5, t7);
+            let u7 = _mm256_unpackhi_epi64(t5, t7);
+            let rows = [
+                _mm256_permute2x128_si256(u0, u4, 0x20),
+                _mm256_permute2x128_si256(u1, u5, 0x20),
+                _mm256_permute2x128_si256(u2, u6, 0x20),
+                _mm256_permute2x128_si256(u3, u7, 0x20),
+                _mm256_permute2x128_si256(u0, u4, 0x31),
+                _mm256_permute2x128_si256(u1, u5, 0x31),
+                _mm256_permute2x128_si256(u2, u6, 0x31),
+                _mm256_permute2x128_si256(u3, u7, 0x31),
+            ];
+            for (k, row) in rows.into_iter().enumerate() {
+                // SAFETY: `out` holds n * 8 (asserted above).
+                unsafe { _mm256_storeu_si256(out[(i + k) * 8..].as_mut_ptr().cast(), row) };
+            }
+            i += 8;
+        }
+        while i < n {
+            for (j, x) in xs.iter().enumerate() {
+                // SAFETY: the asserts above cover block i.
+                out[i * 8 + j] = hsum(unsafe { block(&w[i * 16..], &x[i * 32..], true) });
+            }
+            i += 1;
+        }
     }
 
     /// # Safety

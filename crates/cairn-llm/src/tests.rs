@@ -175,6 +175,24 @@ fn block_products_are_the_same_integers_on_every_path() {
             .map(|b| quant::dot_q4_portable(&w[b * 16..][..16], &x[b * 32..][..32], 0))
             .collect();
         assert_eq!(fast, slow);
+        // Eight inputs against one row of 4-bit weights, laid side by side.
+        let inputs: Vec<Vec<i8>> = (0..8)
+            .map(|k| {
+                x.iter()
+                    .map(|v| v.wrapping_add(k as i8).max(-127))
+                    .collect()
+            })
+            .collect();
+        let refs: [&[i8]; 8] = std::array::from_fn(|k| inputs[k].as_slice());
+        let w4 = &w[..blocks * 16];
+        let mut side = vec![0; blocks * 8];
+        quant::block_sums_q4_x8(w4, &refs, &mut side);
+        for (k, input) in inputs.iter().enumerate() {
+            for b in 0..blocks {
+                let one = quant::dot_q4_portable(&w4[b * 16..][..16], &input[b * 32..][..32], 0);
+                assert_eq!(side[b * 8 + k], one, "block {b}, input {k}");
+            }
+        }
     }
 }
 
@@ -210,10 +228,19 @@ fn print_fingerprint() {
     }
 }
 
+/// The engine's numbers are part of its profile: a change to any of them (a kernel, an order
+/// of additions) must come with a new `ENGINE_VERSION`, or honest nodes' receipts would stop
+/// replaying. Pinned here.
+const PINNED_FINGERPRINT: &str = "run: [33, 30, 378, 11861, 3992, 42, 669, 13329] 766456a991cb42bf";
+
 #[test]
 fn generation_is_bit_identical_across_processes_and_cpu_paths() {
     let Some(m) = model() else { return };
     let here = fingerprint(&m);
+    assert_eq!(
+        here, PINNED_FINGERPRINT,
+        "the engine's numbers changed: bump ENGINE_VERSION"
+    );
     // The same run in another process, once on each integer path (AVX2 where the CPU has it,
     // and the portable loops): same tokens, same logits to the last bit.
     for cpu in ["auto", "portable"] {

@@ -65,6 +65,7 @@ fn main() {
             &prompt,
             llm::context_of(&model),
             &id,
+            None,
             |b| {
                 events += usize::from(!b.is_empty());
                 true

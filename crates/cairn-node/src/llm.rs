@@ -11,7 +11,7 @@
 
 use alloy_primitives::{B256, keccak256};
 use cairn_core::ExecutionProfile;
-use cairn_llm::{ChatMessage, Grammar, Model, Sampler, Sampling, laid_out};
+use cairn_llm::{ChatMessage, Constraint, Grammar, Model, Sampler, Sampling, laid_out};
 use cairn_node_api::openai::{
     AssistantMessage, ChatChoice, ChatCompletion, ChatCompletionChunk, ChatCompletionRequest,
     ChunkChoice, CompletionRequest, Content, Delta, FunctionCall, FunctionDefinition, RequestError,
@@ -617,6 +617,22 @@ impl LlmRequest {
         })
     }
 
+    /// The grammar the answer is held to, compiled for `model` (`None`: any text). A grammar
+    /// that does not compile is the request's fault; callers compile it before admitting the
+    /// call, so a stream never opens on a request that cannot run.
+    pub fn constraint(&self, model: &Model) -> Result<Option<Constraint>, CallError> {
+        let Some(grammar) = self.grammar() else {
+            return Ok(None);
+        };
+        model.constraint(&grammar).map(Some).map_err(|e| match e {
+            cairn_llm::LlmError::Grammar(why) => invalid(
+                self.shape_param(),
+                format!("the answer's format cannot be enforced: {why}"),
+            ),
+            other => CallError::Model(other.to_string()),
+        })
+    }
+
     /// The request field a format that cannot be enforced came from.
     fn shape_param(&self) -> &'static str {
         match self.shape {
@@ -747,21 +763,11 @@ pub fn generate(
     prompt: &[u32],
     context: usize,
     id: &Identity,
+    mut constraint: Option<Constraint>,
     mut sink: impl FnMut(&[u8]) -> bool,
 ) -> Result<Generated, CallError> {
     let max_tokens = max_tokens(request, prompt.len(), context)?;
     let model_error = |e: cairn_llm::LlmError| CallError::Model(e.to_string());
-    // A grammar that does not compile is the request's fault: refused before any byte.
-    let mut constraint = match request.grammar() {
-        None => None,
-        Some(grammar) => Some(model.constraint(&grammar).map_err(|e| match e {
-            cairn_llm::LlmError::Grammar(why) => invalid(
-                request.shape_param(),
-                format!("the answer's format cannot be enforced: {why}"),
-            ),
-            other => model_error(other),
-        })?),
-    };
     let render = Render {
         request,
         id,
@@ -823,12 +829,13 @@ pub fn generate(
             Mode::Text => stopped = text.push(&bytes),
             Mode::Calls => calls.push(&bytes).map_err(CallError::Model)?,
             Mode::Undecided => {
-                calls.push(&bytes).map_err(CallError::Model)?;
+                calls.raw.extend_from_slice(&bytes);
                 // An answer with tools is calls when it begins with `<` (the grammar allows
                 // nothing else there), text otherwise.
                 if let Some(first) = calls.raw.first() {
                     if *first == b'<' {
                         mode = Mode::Calls;
+                        calls.read_calls().map_err(CallError::Model)?;
                     } else {
                         mode = Mode::Text;
                         stopped = text.push(&std::mem::take(&mut calls.raw));
@@ -854,6 +861,11 @@ pub fn generate(
                 }
                 transcript.extend_from_slice(&event);
                 sent_tokens = tokens.len() as u32;
+            } else if !sink(&[]) {
+                // Nothing to send for this token (a call still being written, text held
+                // back): the reader is asked whether it is still there all the same.
+                complete = false;
+                break;
             }
         } else if !sink(&[]) {
             // A whole answer's caller is asked between tokens whether it is still there.
@@ -957,45 +969,70 @@ impl CallStream {
         }
     }
 
-    /// Adds a token's bytes, reading every call they complete.
+    /// Adds a token's bytes, reading every call they complete. A call is `<tool_call>`, one
+    /// JSON object read by a JSON parser (so `</tool_call>` inside an argument string is
+    /// text), then `</tool_call>`; calls are separated by a newline.
     fn push(&mut self, bytes: &[u8]) -> Result<(), String> {
         self.raw.extend_from_slice(bytes);
-        while let Some(end) = find(&self.raw[self.read..], CALL_CLOSE.as_bytes()) {
-            let segment = &self.raw[self.read..self.read + end];
-            let start = find(segment, CALL_OPEN.as_bytes())
-                .ok_or("a tool call closed that never opened")?
-                + CALL_OPEN.len();
-            let call = self.read_call(&segment[start..])?;
-            self.calls.push(call);
-            self.read += end + CALL_CLOSE.len();
+        // A call can only end on `>`: other bytes complete nothing.
+        if bytes.contains(&b'>') {
+            self.read_calls()?;
         }
         Ok(())
     }
 
-    /// One call's `{"name": …, "arguments": …}`; the arguments' bytes are kept as written.
-    fn read_call(&self, json: &[u8]) -> Result<ToolCall, String> {
-        #[derive(serde::Deserialize)]
-        struct Written<'a> {
-            name: String,
-            #[serde(borrow)]
-            arguments: &'a serde_json::value::RawValue,
+    /// Reads every call complete in the bytes so far.
+    fn read_calls(&mut self) -> Result<(), String> {
+        loop {
+            let mut at = self.read;
+            if !self.calls.is_empty() && self.raw.get(at) == Some(&b'\n') {
+                at += 1;
+            }
+            let rest = &self.raw[at..];
+            if rest.len() < CALL_OPEN.len() {
+                return Ok(());
+            }
+            if !rest.starts_with(CALL_OPEN.as_bytes()) {
+                return Err("the answer's calls are not in the tool-call form".into());
+            }
+            let json = &rest[CALL_OPEN.len()..];
+            let mut values = serde_json::Deserializer::from_slice(json).into_iter::<Written<'_>>();
+            let written = match values.next() {
+                Some(Ok(w)) => w,
+                Some(Err(e)) if e.is_eof() => return Ok(()),
+                None => return Ok(()),
+                Some(Err(e)) => {
+                    return Err(format!(
+                        "a tool call the grammar allowed does not parse: {e}"
+                    ));
+                }
+            };
+            let after = &json[values.byte_offset()..];
+            if after.len() < CALL_CLOSE.len() {
+                return Ok(());
+            }
+            if !after.starts_with(CALL_CLOSE.as_bytes()) {
+                return Err("a tool call's object is not followed by </tool_call>".into());
+            }
+            let call = self.call(written.name, written.arguments.get().to_owned());
+            self.calls.push(call);
+            self.read = self.raw.len() - (after.len() - CALL_CLOSE.len());
         }
-        let written: Written<'_> = serde_json::from_slice(json)
-            .map_err(|e| format!("a tool call the grammar allowed does not parse: {e}"))?;
+    }
+
+    /// The `index`-th call, its id derived from the receipt's request id.
+    fn call(&self, name: String, arguments: String) -> ToolCall {
         let mut pre = b"cairn.llm.call.v1".to_vec();
         pre.extend_from_slice(self.request_id.as_slice());
         pre.extend_from_slice(&(self.calls.len() as u32).to_be_bytes());
-        Ok(ToolCall {
+        ToolCall {
             id: format!(
                 "call_{}",
                 alloy_primitives::hex::encode(&keccak256(pre)[..12])
             ),
             kind: "function".into(),
-            function: FunctionCall {
-                name: written.name,
-                arguments: written.arguments.get().to_owned(),
-            },
-        })
+            function: FunctionCall { name, arguments },
+        }
     }
 
     /// Calls complete since the last release, with the index of the first.
@@ -1006,8 +1043,12 @@ impl CallStream {
     }
 }
 
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
+/// One call as the model writes it; the arguments' bytes are kept as written.
+#[derive(serde::Deserialize)]
+struct Written<'a> {
+    name: String,
+    #[serde(borrow)]
+    arguments: &'a serde_json::value::RawValue,
 }
 
 /// SHA-256, as a receipt's request and response hashes are.
@@ -1098,15 +1139,27 @@ pub fn replay(
         created: claims.timestamp,
         fingerprint: claims.profile.hash(),
     };
+    let constraint = match parsed.constraint(model) {
+        Ok(c) => c,
+        Err(e) => return Replay::CannotRun(format!("the kept request's format: {e}")),
+    };
     let limit = kept_response.map(<[u8]>::len);
     let mut sent = 0usize;
-    let generated = generate(model, &parsed, &prompt, context, &id, |b| match limit {
-        Some(l) if sent + b.len() > l => false,
-        _ => {
-            sent += b.len();
-            true
-        }
-    });
+    let generated = generate(
+        model,
+        &parsed,
+        &prompt,
+        context,
+        &id,
+        constraint,
+        |b| match limit {
+            Some(l) if sent + b.len() > l => false,
+            _ => {
+                sent += b.len();
+                true
+            }
+        },
+    );
     let g = match generated {
         Ok(g) => g,
         Err(e) => return Replay::CannotRun(format!("the generation failed here: {e}")),
@@ -1606,13 +1659,22 @@ mod tests {
             fingerprint: profile().hash(),
         };
         let mut events = 0;
-        let g = generate(model, &request, &prompt, context_of(model), &id, |b| {
-            if b.is_empty() {
-                return true;
-            }
-            events += 1;
-            cut.is_none_or(|c| events <= c)
-        })
+        let constraint = request.constraint(model).unwrap();
+        let g = generate(
+            model,
+            &request,
+            &prompt,
+            context_of(model),
+            &id,
+            constraint,
+            |b| {
+                if b.is_empty() {
+                    return true;
+                }
+                events += 1;
+                cut.is_none_or(|c| events <= c)
+            },
+        )
         .unwrap();
         let claims = cairn_receipt::Claims {
             request_id: id.request_id,
@@ -1803,6 +1865,50 @@ mod tests {
             format!(
                 r#"{{{h},"choices":[{{"index":0,"message":{{"role":"assistant","content":null,"refusal":null,"tool_calls":[{{"id":"call_1","type":"function","function":{{"name":"f","arguments":"{{\"x\": 1}}"}}}}]}},"logprobs":null,"finish_reason":"tool_calls"}}],"usage":{{"prompt_tokens":3,"completion_tokens":2,"total_tokens":5}}}}"#
             )
+        );
+    }
+
+    /// The tools text is part of the prompt (and so of every replay): a schema's keys keep
+    /// the request's order (serde_json's `preserve_order`, which llguidance needs too), in the
+    /// layout calls are written in.
+    #[test]
+    fn offered_tools_are_written_in_the_requests_order() {
+        let body = br#"{"model":"m@1.0","messages":[{"role":"user","content":"x"}],"tools":[{"type":"function","function":{"name":"f","parameters":{"type":"object","properties":{"zeta":{"type":"string"},"alpha":{"type":"integer"}}}}}]}"#;
+        let r = LlmRequest::parse(Endpoint::Chat, body).unwrap();
+        let PromptSource::Chat(messages) = &r.prompt else {
+            panic!("a chat")
+        };
+        assert_eq!(messages[0].role, "system");
+        assert!(
+            messages[0].content.contains(
+                r#"{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {"zeta": {"type": "string"}, "alpha": {"type": "integer"}}}}}"#
+            ),
+            "{}",
+            messages[0].content
+        );
+    }
+
+    /// `</tool_call>` inside an argument string is text: a call ends where its JSON object
+    /// does.
+    #[test]
+    fn a_closing_tag_inside_an_argument_is_text() {
+        let mut calls = CallStream::new(B256::ZERO);
+        let text = r#"<tool_call>{"name": "f", "arguments": {"html": "</tool_call>"}}</tool_call>
+<tool_call>{"name": "g", "arguments": {}}</tool_call>"#;
+        for b in text.as_bytes().chunks(3) {
+            calls.push(b).unwrap();
+        }
+        let got: Vec<(&str, &str)> = calls
+            .calls
+            .iter()
+            .map(|c| (c.function.name.as_str(), c.function.arguments.as_str()))
+            .collect();
+        assert_eq!(got, [("f", r#"{"html": "</tool_call>"}"#), ("g", "{}")]);
+        assert_ne!(calls.calls[0].id, calls.calls[1].id);
+        assert!(
+            CallStream::new(B256::ZERO)
+                .push(b"<tool_call>{}</tool_call>")
+                .is_err()
         );
     }
 
@@ -2005,25 +2111,17 @@ mod tests {
         replays(&m, &body, &claims);
     }
 
-    /// A schema that cannot be enforced is refused before any byte is sent, with the reason.
+    /// A schema that cannot be enforced is refused with the reason (the server compiles it
+    /// before admitting the call, so no stream opens).
     #[test]
-    fn a_format_that_cannot_be_enforced_is_refused_before_any_byte() {
+    fn a_format_that_cannot_be_enforced_is_refused_with_its_reason() {
         let Some(m) = model() else { return };
         let body = r#"{"model":"m@1.0","messages":[{"role":"user","content":"x"}],"stream":true,"response_format":{"type":"json_schema","json_schema":{"name":"n","schema":{"type":"object","properties":{"a":false},"required":["a"]}}}}"#;
         let request = LlmRequest::parse(Endpoint::Chat, body.as_bytes()).unwrap();
-        let prompt = request.prompt_tokens(&m).unwrap();
-        let id = Identity {
-            request_id: B256::repeat_byte(1),
-            created: 1,
-            fingerprint: B256::ZERO,
+        let e = match request.constraint(&m) {
+            Err(e) => e,
+            Ok(_) => panic!("an unsatisfiable schema compiled"),
         };
-        let mut sent = 0;
-        let e = generate(&m, &request, &prompt, context_of(&m), &id, |_| {
-            sent += 1;
-            true
-        })
-        .unwrap_err();
-        assert_eq!(sent, 0);
         match e {
             CallError::Invalid { param, message } => {
                 assert_eq!(param.as_deref(), Some("response_format"));

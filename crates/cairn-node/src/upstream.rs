@@ -10,8 +10,12 @@ use cairn_node_api::openai::Usage;
 
 use crate::llm::Endpoint;
 
-/// Relayed calls in flight at once (each holds two connections, no CPU).
-pub const MAX_RELAYS: usize = 64;
+/// Relayed calls in flight at once (each holds two connections and up to
+/// [`MAX_ANSWER_BYTES`] of answer).
+pub const MAX_RELAYS: usize = 16;
+
+/// Longest a relayed call may take, streamed or not.
+pub const RELAY_DEADLINE: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// Largest whole answer taken from an upstream.
 pub const MAX_ANSWER_BYTES: usize = 16 << 20;
@@ -80,10 +84,10 @@ impl Upstream {
         }
     }
 
-    /// What a relayed receipt names as its model: the content ID of
-    /// `cairn.upstream.v1\nNAME\nURL` (there is no model file to address).
+    /// What a relayed receipt names as its model: the content ID of `cairn.upstream.v1\nNAME`
+    /// (there is no model file to address; the upstream's address stays private).
     pub fn model_id(&self) -> BlobId {
-        BlobId::of(format!("cairn.upstream.v1\n{}\n{}", self.name, self.base_url).as_bytes())
+        BlobId::of(format!("cairn.upstream.v1\n{}", self.name).as_bytes())
     }
 
     /// Where a call through `endpoint` goes.

@@ -209,9 +209,11 @@ pub(crate) async fn open(c: NodeConfig) -> Result<NodeState, NodeError> {
         upstreams: c.llm_upstreams,
         // Connecting is quick or never; an answer may take minutes (a whole one arrives at
         // its end), but a stream that goes quiet for 2 minutes is dead.
+        // No redirects: an upstream must not point the node at another address.
         upstream_http: reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .read_timeout(Duration::from_secs(120))
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| NodeError::Internal(format!("upstream client: {e}")))?,
         relays: Arc::new(Semaphore::new(crate::upstream::MAX_RELAYS)),

@@ -144,15 +144,18 @@ async fn llm_call(
         .await
         .map_err(|_| busy())?
         .map_err(|_| NodeError::Internal("session pool closed".into()))?;
-    // The prompt is tokenized (and its length checked) before anything is answered, so a call
-    // that cannot fit is an HTTP error, not a broken stream.
-    let (model, request, prompt) = tokio::task::spawn_blocking(move || {
-        let prompt = request.prompt_tokens(&model);
-        (model, request, prompt)
+    // The prompt is tokenized (and its length checked) and the answer's grammar compiled
+    // before anything is answered, so a call that cannot run is an HTTP error, not a broken
+    // stream.
+    let (model, request, prepared) = tokio::task::spawn_blocking(move || {
+        let prepared = request
+            .prompt_tokens(&model)
+            .and_then(|p| Ok((p, request.constraint(&model)?)));
+        (model, request, prepared)
     })
     .await
     .map_err(|e| NodeError::Internal(format!("tokenizer task: {e}")))?;
-    let prompt = prompt?;
+    let (prompt, constraint) = prepared?;
     crate::llm::max_tokens(&request, prompt.len(), context)?;
     let worker = tokio::time::timeout(i.limits.timeout, i.workers.clone().acquire_owned())
         .await
@@ -181,9 +184,15 @@ async fn llm_call(
         let _hung_up = HangUp(gone.clone());
         let (generated, call) = tokio::task::spawn_blocking(move || {
             let _held = (worker, permits);
-            let g = crate::llm::generate(&model, &request, &prompt, context, &call.id, |_| {
-                !gone.load(std::sync::atomic::Ordering::Relaxed)
-            });
+            let g = crate::llm::generate(
+                &model,
+                &request,
+                &prompt,
+                context,
+                &call.id,
+                constraint,
+                |_| !gone.load(std::sync::atomic::Ordering::Relaxed),
+            );
             (g, call)
         })
         .await
@@ -219,9 +228,22 @@ async fn llm_call(
                 Ok(Ok(()))
             )
         };
-        let generated = crate::llm::generate(&model, &request, &prompt, context, &call.id, |b| {
-            send(Bytes::copy_from_slice(b))
-        });
+        // An empty slice asks whether the reader is still there, without sending.
+        let generated = crate::llm::generate(
+            &model,
+            &request,
+            &prompt,
+            context,
+            &call.id,
+            constraint,
+            |b| {
+                if b.is_empty() {
+                    !tx.is_closed()
+                } else {
+                    send(Bytes::copy_from_slice(b))
+                }
+            },
+        );
         match generated {
             Ok(g) => {
                 // The receipt is committed before the last events leave.
@@ -284,31 +306,40 @@ async fn relay(
         req = req.bearer_auth(key);
     }
     let failed = |what: String| NodeError::Upstream(format!("upstream `{}`: {what}", up.name));
-    let resp = req.send().await.map_err(|e| {
-        failed(format!(
-            "not reachable ({}); retry later or call another node",
-            without_url(&e)
-        ))
-    })?;
+    let deadline = tokio::time::Instant::now() + crate::upstream::RELAY_DEADLINE;
+    let resp = tokio::time::timeout_at(deadline, req.send())
+        .await
+        .map_err(|_| failed("did not answer in time".into()))?
+        .map_err(|e| {
+            failed(format!(
+                "not reachable ({}); retry later or call another node",
+                without_url(&e)
+            ))
+        })?;
     let status = resp.status();
     let upstream_receipt = resp.headers().get(RECEIPT_ID_HEADER).cloned();
     let mut answer = resp.bytes_stream();
     if !status.is_success() {
-        // The upstream's own refusal of the request, passed on; its failures are ours to name.
-        let mut text = Vec::new();
-        while let Some(Ok(chunk)) = answer.next().await {
-            text.extend_from_slice(&chunk);
-            if text.len() > 64 << 10 {
-                break;
+        // The upstream's refusal of the request itself is passed on as it gave it; anything
+        // else (its keys, limits, failures, redirects) is named by status only, since its
+        // words may carry the operator's account details.
+        if matches!(status.as_u16(), 400 | 404 | 413 | 422) {
+            let mut text = Vec::new();
+            while let Ok(Some(Ok(chunk))) = tokio::time::timeout_at(deadline, answer.next()).await {
+                text.extend_from_slice(&chunk);
+                if text.len() > 64 << 10 {
+                    return Err(failed(format!("refused the request ({status})")));
+                }
             }
-        }
-        if status.is_client_error() && !matches!(status.as_u16(), 401 | 402 | 403 | 407) {
             return Ok((status, [(header::CONTENT_TYPE, "application/json")], text).into_response());
         }
-        return Err(failed(format!(
-            "answered {status}: {}",
-            String::from_utf8_lossy(&text[..text.len().min(512)])
-        )));
+        if status.as_u16() == 429 {
+            return Err(NodeError::Overloaded(format!(
+                "upstream `{}` is limiting this node's calls; retry later",
+                up.name
+            )));
+        }
+        return Err(failed(format!("answered {status}")));
     }
     let call = Relayed {
         state: s.clone(),
@@ -326,7 +357,10 @@ async fn relay(
     }
     if !stream {
         let mut bytes = Vec::new();
-        while let Some(chunk) = answer.next().await {
+        while let Some(chunk) = tokio::time::timeout_at(deadline, answer.next())
+            .await
+            .map_err(|_| failed("did not finish its answer in time".into()))?
+        {
             let chunk = chunk.map_err(|e| failed(format!("broke off ({})", without_url(&e))))?;
             if bytes.len() + chunk.len() > crate::upstream::MAX_ANSWER_BYTES {
                 return Err(failed(format!(
@@ -362,7 +396,15 @@ async fn relay(
         let mut held: Option<Bytes> = None;
         let mut broke = None;
         let mut gone = false;
-        while let Some(chunk) = answer.next().await {
+        loop {
+            let chunk = match tokio::time::timeout_at(deadline, answer.next()).await {
+                Ok(Some(chunk)) => chunk,
+                Ok(None) => break,
+                Err(_) => {
+                    broke = Some("did not finish its answer in time".into());
+                    break;
+                }
+            };
             let chunk = match chunk {
                 Ok(c) => c,
                 Err(e) => {
@@ -386,11 +428,21 @@ async fn relay(
                 transcript.extend_from_slice(&prev);
             }
         }
-        // The client gone or the upstream broken: the receipt binds what was delivered.
-        let complete = !gone && broke.is_none();
-        if complete && let Some(last) = &held {
-            transcript.extend_from_slice(last);
+        // The client gone or the upstream broken: the receipt binds what was delivered. A
+        // stream is whole when it ended with `[DONE]`.
+        if !gone && broke.is_none() {
+            if let Some(last) = &held {
+                transcript.extend_from_slice(last);
+            }
+            if !transcript.ends_with(b"data: [DONE]\n\n") {
+                broke = Some("ended without `data: [DONE]`".into());
+                // What it sent is delivered: the receipt binds all of it.
+                if let Some(last) = held.take() {
+                    send(last).await;
+                }
+            }
         }
+        let complete = !gone && broke.is_none();
         match call.commit(&transcript, complete).await {
             Ok(()) if complete => {
                 if let Some(last) = held {
