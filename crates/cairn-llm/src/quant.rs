@@ -509,11 +509,7 @@ mod x86 {
         let ones = _mm256_set1_epi16(1);
         if q4 {
             // SAFETY: as above (16 weight bytes).
-            let raw = unsafe { _mm_loadu_si128(w.as_ptr().cast()) };
-            let mask = _mm_set1_epi8(0x0F);
-            let lo = _mm_and_si128(raw, mask);
-            let hi = _mm_and_si128(_mm_srli_epi16(raw, 4), mask);
-            let wv = _mm256_set_m128i(hi, lo);
+            let wv = unsafe { unpack_q4(w) };
             _mm256_madd_epi16(_mm256_maddubs_epi16(wv, xv), ones)
         } else {
             // SAFETY: as above (32 weight bytes).
@@ -523,6 +519,22 @@ mod x86 {
             let p = _mm256_maddubs_epi16(_mm256_sign_epi8(wv, wv), _mm256_sign_epi8(xv, wv));
             _mm256_madd_epi16(p, ones)
         }
+    }
+
+    /// Eight blocks' partial sums (one vector each) reduced to one vector of the eight sums.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn sums8(p: [__m256i; 8]) -> __m256i {
+        let s01 = _mm256_hadd_epi32(p[0], p[1]);
+        let s23 = _mm256_hadd_epi32(p[2], p[3]);
+        let s45 = _mm256_hadd_epi32(p[4], p[5]);
+        let s67 = _mm256_hadd_epi32(p[6], p[7]);
+        let s0123 = _mm256_hadd_epi32(s01, s23);
+        let s4567 = _mm256_hadd_epi32(s45, s67);
+        _mm256_add_epi32(
+            _mm256_permute2x128_si256(s0123, s4567, 0x20),
+            _mm256_permute2x128_si256(s0123, s4567, 0x31),
+        )
     }
 
     #[inline]
@@ -570,16 +582,7 @@ mod x86 {
                     let xv = unsafe { _mm256_loadu_si256(xs[j][(i + k) * 32..].as_ptr().cast()) };
                     _mm256_madd_epi16(_mm256_maddubs_epi16(wv[k], xv), ones)
                 });
-                let s01 = _mm256_hadd_epi32(p[0], p[1]);
-                let s23 = _mm256_hadd_epi32(p[2], p[3]);
-                let s45 = _mm256_hadd_epi32(p[4], p[5]);
-                let s67 = _mm256_hadd_epi32(p[6], p[7]);
-                let s0123 = _mm256_hadd_epi32(s01, s23);
-                let s4567 = _mm256_hadd_epi32(s45, s67);
-                _mm256_add_epi32(
-                    _mm256_permute2x128_si256(s0123, s4567, 0x20),
-                    _mm256_permute2x128_si256(s0123, s4567, 0x31),
-                )
+                sums8(p)
             });
             // Transposed: per block, the eight inputs' sums.
             let t0 = _mm256_unpacklo_epi32(v[0], v[1]);
@@ -654,16 +657,7 @@ mod x86 {
                     block(w7, x7, q4),
                 ]
             };
-            let s01 = _mm256_hadd_epi32(p[0], p[1]);
-            let s23 = _mm256_hadd_epi32(p[2], p[3]);
-            let s45 = _mm256_hadd_epi32(p[4], p[5]);
-            let s67 = _mm256_hadd_epi32(p[6], p[7]);
-            let s0123 = _mm256_hadd_epi32(s01, s23);
-            let s4567 = _mm256_hadd_epi32(s45, s67);
-            let sums = _mm256_add_epi32(
-                _mm256_permute2x128_si256(s0123, s4567, 0x20),
-                _mm256_permute2x128_si256(s0123, s4567, 0x31),
-            );
+            let sums = sums8(p);
             // SAFETY: `out[i..i + 8]` exists.
             unsafe { _mm256_storeu_si256(out[i..].as_mut_ptr().cast(), sums) };
             i += 8;
