@@ -1068,3 +1068,173 @@ fn a_node_relays_model_names_upstream_under_relayed_receipts() {
     );
     assert!(!message.contains("127.0.0.1:9"), "{message}");
 }
+
+/// An upstream that lies or misbehaves, served from this test: a redirect to an address of its
+/// choosing, a refusal whose words carry account details, a stream without `[DONE]`, and a
+/// stream that stalls after two events. Returns its base URL and how often the redirect's
+/// target was reached.
+fn hostile_upstream() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use axum::response::IntoResponse;
+    use futures::StreamExt;
+    let reached = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let hits = reached.clone();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let base = format!("http://{}", l.local_addr().unwrap());
+            let target = format!("{base}/internal");
+            let sse = |body: axum::body::Body| {
+                ([("content-type", "text/event-stream")], body).into_response()
+            };
+            let app = axum::Router::new()
+                .route(
+                    "/internal",
+                    axum::routing::any(move || {
+                        hits.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        async { "internal secret" }
+                    }),
+                )
+                .route(
+                    "/redirect/v1/chat/completions",
+                    axum::routing::post(move || {
+                        let target = target.clone();
+                        async move {
+                            (axum::http::StatusCode::FOUND, [("location", target)]).into_response()
+                        }
+                    }),
+                )
+                .route(
+                    "/key/v1/chat/completions",
+                    axum::routing::post(|| async {
+                        (
+                            axum::http::StatusCode::UNAUTHORIZED,
+                            r#"{"error":{"message":"Incorrect API key sk-live-1234 for org-SECRET"}}"#,
+                        )
+                    }),
+                )
+                .route(
+                    "/nodone/v1/chat/completions",
+                    axum::routing::post(move || async move {
+                        sse(axum::body::Body::from("data: {\"choices\":[]}\n\n"))
+                    }),
+                )
+                .route(
+                    "/stall/v1/chat/completions",
+                    axum::routing::post(move || async move {
+                        let events = futures::stream::iter([
+                            "data: {\"n\":1}\n\n".to_string(),
+                            "data: {\"n\":2}\n\n".to_string(),
+                        ])
+                        .map(Ok::<_, std::convert::Infallible>)
+                        .chain(futures::stream::pending());
+                        sse(axum::body::Body::from_stream(events))
+                    }),
+                );
+            tx.send(base).unwrap();
+            axum::serve(l, app).await.unwrap();
+        });
+    });
+    (rx.recv().unwrap(), reached)
+}
+
+/// A relaying node against a lying upstream: it follows no redirect, repeats none of the
+/// upstream's words about keys or accounts, signs no stream without `[DONE]` as whole, and a
+/// client that leaves a stalled stream frees the relay at once, its receipt binding only what
+/// was delivered.
+#[test]
+fn a_lying_upstream_cannot_redirect_the_node_leak_its_account_or_pass_off_a_broken_stream() {
+    use futures::StreamExt;
+    let (up, reached) = hostile_upstream();
+    let net = Server::devnet_with(&["--free", "--llm", "none"]);
+    let mut args = Vec::new();
+    for name in ["redirect", "key", "nodone", "stall"] {
+        args.push("--upstream".to_string());
+        args.push(format!("{name}={up}/{name}/v1"));
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let relay = Server::node(&net.url, &args);
+    let chat = format!("{}/v1/chat/completions", relay.node_url);
+    let ask = |model: &str, stream: bool| json!({"model": model, "messages": [{"role": "user", "content": "hi"}], "stream": stream});
+
+    let (status, _, answer) = post_raw(&chat, &ask("redirect", false));
+    let v: Value = serde_json::from_slice(&answer).unwrap();
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (502, Some("upstream_failed")),
+        "{v}"
+    );
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("302"),
+        "{v}"
+    );
+    assert_eq!(reached.load(std::sync::atomic::Ordering::SeqCst), 0);
+    assert!(!String::from_utf8_lossy(&answer).contains("internal secret"));
+
+    let (status, _, answer) = post_raw(&chat, &ask("key", false));
+    let text = String::from_utf8_lossy(&answer);
+    assert_eq!(status, 502, "{text}");
+    assert!(
+        !text.contains("sk-live") && !text.contains("org-SECRET"),
+        "{text}"
+    );
+
+    // No `[DONE]`: what came is delivered, then an error event; the receipt is not whole.
+    let (status, headers, answer) = post_raw(&chat, &ask("nodone", true));
+    assert_eq!(status, 200);
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("data: {\"choices\":[]}\n\n"), "{text}");
+    assert!(
+        text.contains("upstream_failed") && text.contains("[DONE]`"),
+        "{text}"
+    );
+    let id = headers["cairn-receipt-id"].to_str().unwrap().to_owned();
+    let url = format!("{}/v1/receipts/{id}", relay.node_url);
+    let mut stored = Value::Null;
+    common::eventually(30, || {
+        stored = get(&url);
+        stored.get("receipt").is_some()
+    });
+    let r: cairn_receipt::SignedReceipt =
+        serde_json::from_value(stored["receipt"].clone()).unwrap();
+    assert!(!r.claims.llm.unwrap().complete, "{stored}");
+    assert_eq!(r.claims.output_hash, sha256(b"data: {\"choices\":[]}\n\n"));
+
+    // A stalled stream: the client reads the first event and leaves; the relay notices at
+    // once (not at the upstream's deadline) and binds the one event it delivered.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let id = rt.block_on(async {
+        let resp = reqwest::Client::new()
+            .post(&chat)
+            .header("content-type", "application/json")
+            .body(ask("stall", true).to_string())
+            .send()
+            .await
+            .unwrap();
+        let id = resp.headers()["cairn-receipt-id"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let mut body = resp.bytes_stream();
+        let first = body.next().await.unwrap().unwrap();
+        assert_eq!(&first[..], b"data: {\"n\":1}\n\n");
+        id
+    });
+    drop(rt);
+    let url = format!("{}/v1/receipts/{id}", relay.node_url);
+    common::eventually(15, || {
+        stored = get(&url);
+        stored.get("receipt").is_some()
+    });
+    let r: cairn_receipt::SignedReceipt =
+        serde_json::from_value(stored["receipt"].clone()).unwrap();
+    assert!(!r.claims.llm.unwrap().complete, "{stored}");
+    assert_eq!(r.claims.output_hash, sha256(b"data: {\"n\":1}\n\n"));
+}

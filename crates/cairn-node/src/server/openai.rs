@@ -397,7 +397,16 @@ async fn relay(
         let mut broke = None;
         let mut gone = false;
         loop {
-            let chunk = match tokio::time::timeout_at(deadline, answer.next()).await {
+            // The upstream's next chunk, unless the client leaves first (an upstream that
+            // stalls must not hold the relay until the deadline for a client long gone).
+            let next = tokio::select! {
+                next = tokio::time::timeout_at(deadline, answer.next()) => next,
+                () = tx.closed() => {
+                    gone = true;
+                    break;
+                }
+            };
+            let chunk = match next {
                 Ok(Some(chunk)) => chunk,
                 Ok(None) => break,
                 Err(_) => {
