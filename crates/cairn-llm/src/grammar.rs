@@ -13,9 +13,10 @@ use llguidance::{Matcher, ParserFactory};
 
 use crate::{LlmError, Tokenizer};
 
-/// The llguidance release masks come from: part of the engine's version, since another
-/// release may allow other tokens.
-pub const GRAMMAR_ENGINE: &str = "llguidance-1.9.1";
+/// The releases masks come from (llguidance, its token trie, its regex parser's Unicode
+/// tables): part of the engine's version, since other releases may allow other tokens. The
+/// workspace pins each exactly.
+pub const GRAMMAR_ENGINE: &str = "llguidance-1.9.1.toktrie-1.9.1.regex-syntax-0.8.11";
 
 /// Most lexer states one grammar may build (see [`Grammars::new`]).
 const MAX_LEXER_STATES: usize = 50_000;

@@ -26,7 +26,7 @@ pub use tokenizer::Tokenizer;
 /// [`GRAMMAR_ENGINE`].
 pub const ENGINE_VERSION: &str = concat!(
     env!("CARGO_PKG_VERSION"),
-    "+bpe-llamacpp.batch1.no-prefix-cache.greedy-lowest-id.chacha20-topk-topp-f64.llguidance-1.9.1"
+    "+bpe-llamacpp.batch1.no-prefix-cache.greedy-lowest-id.chacha20-topk-topp-f64.llguidance-1.9.1.toktrie-1.9.1.regex-syntax-0.8.11"
 );
 
 /// What went wrong loading or running a model.

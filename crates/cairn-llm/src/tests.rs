@@ -575,3 +575,11 @@ fn a_grammar_that_does_not_compile_is_refused_with_its_reason() {
         }
     }
 }
+
+#[test]
+fn the_engine_version_names_the_grammar_engine() {
+    assert!(
+        ENGINE_VERSION.ends_with(&format!(".{GRAMMAR_ENGINE}")),
+        "{ENGINE_VERSION}"
+    );
+}
