@@ -14,7 +14,10 @@ use futures::StreamExt;
 
 #[utoipa::path(post, path = "/v1/chat/completions", tag = "openai",
     description = "OpenAI-compatible chat completion on a hub language model (`model`: its CID or `name@version`), \
-    whole or streamed (`stream: true`, server-sent events ending `data: [DONE]`). Parameters this node does not \
+    whole or streamed (`stream: true`, server-sent events ending `data: [DONE]`). `response_format` (`json_object`, \
+    `json_schema`) and `tools` with `tool_choice` (`none`, `auto`, `required`, a function) are enforced token by token \
+    (constrained decoding), so the answer always parses; calls come back as `tool_calls`. A model name the node relays \
+    (`--upstream`) goes to that server byte for byte under a `relayed` receipt. Parameters this node does not \
     implement are refused by name. The answer's `cairn-receipt-id` header names its LLM receipt (EIP-712 \
     `LlmReceipt`: the request body's and the answer's SHA-256, token counts, profile), at `GET /v1/receipts/{id}` once \
     the answer is complete. Language-model calls are not charged yet (price 0): a node that takes payments answers 402 \
