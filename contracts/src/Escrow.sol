@@ -21,12 +21,18 @@ interface IERC3009Receive {
     ) external;
 }
 
-/// @title Prepaid balances: a payer deposits for a payee (an inference node) into a channel, pays
-/// per request with gasless EIP-712 *cumulative* vouchers, and the payee redeems the latest voucher
-/// for many requests in one transaction.
-/// @dev Shaped like x402's batch settlement: deposit, voucher, claim, refund. The payer's unspent rest
-/// leaves only `withdrawDelay` seconds after a withdrawal request, which gives the payee time to
-/// redeem the vouchers it holds. A channel is (payer, payee, salt); its vouchers only ever grow.
+interface IVaults {
+    function vaultOf(address node) external view returns (address);
+}
+
+/// @title Prepaid balances: a payer deposits for a payee (an inference node's payment vault) into a
+/// channel, authorizes spending with gasless EIP-712 *cumulative* vouchers, and the payee redeems
+/// what it is owed for many requests in one transaction.
+/// @dev Shaped like x402's batch settlement: deposit, voucher, claim, refund. A voucher is a
+/// ceiling, not a bill: a call charged per token is authorized for its maximum and the payee claims
+/// only what it charged, so only the payee (or the node whose payment vault it is) may claim. The
+/// payer's unspent rest leaves only `withdrawDelay` seconds after a withdrawal request, which gives
+/// the payee time to redeem. A channel is (payer, payee, salt); its claims only ever grow.
 contract Escrow is EIP712, ReentrancyGuard {
     using SafeERC20 for IERC20;
 
@@ -41,11 +47,15 @@ contract Escrow is EIP712, ReentrancyGuard {
 
     IERC20 public immutable token;
     uint64 public immutable withdrawDelay;
+    /// Where each node's payment vault is (the settlement contract).
+    IVaults public immutable vaults;
 
     mapping(bytes32 channelId => Channel) private _channels;
 
     error ZeroAmount();
-    error VoucherNotIncreasing(uint256 cumulativeAmount, uint256 claimed);
+    error NotPayee(address caller, address payee);
+    error OverVoucher(uint256 amount, uint256 cumulativeAmount);
+    error VoucherNotIncreasing(uint256 amount, uint256 claimed);
     error InsufficientDeposit(uint256 cumulativeAmount, uint256 deposited);
     error InvalidVoucherSignature();
     error WithdrawalNotRequested();
@@ -53,13 +63,14 @@ contract Escrow is EIP712, ReentrancyGuard {
     error NothingToWithdraw();
 
     event Deposited(bytes32 indexed channel, address indexed payer, address indexed payee, bytes32 salt, uint256 amount);
-    event Redeemed(bytes32 indexed channel, address indexed payee, uint256 cumulativeAmount, uint256 paid);
+    event Redeemed(bytes32 indexed channel, address indexed payee, uint256 claimed, uint256 paid);
     event WithdrawalRequested(bytes32 indexed channel, address indexed payer, uint64 withdrawableAt);
     event Withdrawn(bytes32 indexed channel, address indexed payer, uint256 amount);
 
-    constructor(IERC20 token_, uint64 withdrawDelay_) EIP712("Cairn Escrow", "1") {
+    constructor(IERC20 token_, uint64 withdrawDelay_, IVaults vaults_) EIP712("Cairn Escrow", "1") {
         token = token_;
         withdrawDelay = withdrawDelay_;
+        vaults = vaults_;
     }
 
     function channelId(address payer, address payee, bytes32 salt) public pure returns (bytes32) {
@@ -97,23 +108,29 @@ contract Escrow is EIP712, ReentrancyGuard {
         emit Deposited(id, payer, payee, salt, amount);
     }
 
-    /// @notice Pays the payee the difference between `cumulativeAmount` (signed by the payer) and
-    /// what the channel already paid. Anyone may submit; the money only goes to the payee.
-    function redeem(address payer, address payee, bytes32 salt, uint256 cumulativeAmount, bytes calldata signature)
-        external
-        nonReentrant
-        returns (uint256 paid)
-    {
+    /// @notice Raises what the channel has paid the payee to `amount` (at most `cumulativeAmount`, the
+    /// ceiling the payer signed) and pays the difference. Only the payee, or the node whose payment
+    /// vault the payee is, may claim: anyone else holding a voucher could charge its whole ceiling.
+    function redeem(
+        address payer,
+        address payee,
+        bytes32 salt,
+        uint256 cumulativeAmount,
+        uint256 amount,
+        bytes calldata signature
+    ) external nonReentrant returns (uint256 paid) {
+        if (msg.sender != payee && vaults.vaultOf(msg.sender) != payee) revert NotPayee(msg.sender, payee);
+        if (amount > cumulativeAmount) revert OverVoucher(amount, cumulativeAmount);
         bytes32 id = channelId(payer, payee, salt);
         Channel storage c = _channels[id];
-        if (cumulativeAmount <= c.claimed) revert VoucherNotIncreasing(cumulativeAmount, c.claimed);
-        if (cumulativeAmount > c.deposited) revert InsufficientDeposit(cumulativeAmount, c.deposited);
+        if (amount <= c.claimed) revert VoucherNotIncreasing(amount, c.claimed);
+        if (amount > c.deposited) revert InsufficientDeposit(amount, c.deposited);
         if (!SignatureChecker.isValidSignatureNow(payer, voucherDigest(payer, payee, salt, cumulativeAmount), signature)) {
             revert InvalidVoucherSignature();
         }
-        paid = cumulativeAmount - c.claimed;
-        c.claimed = cumulativeAmount;
-        emit Redeemed(id, payee, cumulativeAmount, paid);
+        paid = amount - c.claimed;
+        c.claimed = amount;
+        emit Redeemed(id, payee, amount, paid);
         token.safeTransfer(payee, paid);
     }
 

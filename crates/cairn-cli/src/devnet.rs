@@ -7,6 +7,7 @@ use super::*;
 pub(crate) struct DevnetChain {
     pub(crate) chain_id: u64,
     pub(crate) price: alloy_primitives::U256,
+    pub(crate) llm_price: cairn_node::TokenPrice,
     pub(crate) batch_max_age_secs: u64,
     pub(crate) challenge_window: u64,
     pub(crate) attestation_timeout: u64,
@@ -81,8 +82,7 @@ pub(crate) async fn devnet(
         llm_models: llm
             .map(|_| vec![crate::devnet_llm::LLM_REF.to_owned()])
             .unwrap_or_default(),
-        // The devnet's language model answers unpaid until per-token payment exists.
-        llm_free: true,
+        llm_price: Some(c.llm_price),
         upstreams: Vec::new(),
         ..node_cmd::NodeServeArgs::defaults()?
     };
@@ -260,7 +260,7 @@ fn print_banner(b: &Banner<'_>) {
     println!("  demo:     digits@1.0 = {}", b.demo);
     if let Some(llm) = b.llm {
         println!(
-            "  llm:      smollm2-135m-instruct@1.0 = {llm} ({}/v1/chat/completions, OpenAI-compatible; free until per-token payment lands)",
+            "  llm:      smollm2-135m-instruct@1.0 = {llm} ({}/v1/chat/completions, OpenAI-compatible)",
             b.node
         );
     }
@@ -280,6 +280,12 @@ fn print_banner(b: &Banner<'_>) {
             "  price:    {} token units per inference (x402: exact or prepaid)",
             c.price
         );
+        if b.llm.is_some() {
+            println!(
+                "  llm price: {} token units per 1,000 prompt/completion tokens (prepaid: cairn pay deposit, then cairn chat)",
+                c.llm_price
+            );
+        }
     }
 }
 

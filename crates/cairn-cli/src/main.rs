@@ -59,6 +59,11 @@ enum Command {
         /// Price per inference in token units (cUSD has 6 decimals: 1000 = 0.001).
         #[arg(long, default_value = "1000")]
         price: alloy_primitives::U256,
+        /// Price of the language model: PROMPT/COMPLETION token units per 1,000 tokens, paid
+        /// with prepaid vouchers (a call's voucher covers its prompt and max_tokens; only its
+        /// signed usage is charged).
+        #[arg(long, default_value = "100/400", value_name = "PROMPT/COMPLETION")]
+        llm_price: cairn_node::TokenPrice,
         /// Seal a receipt batch once the oldest waiting receipt is this many seconds old.
         #[arg(long, default_value_t = 5)]
         batch_max_age_secs: u64,
@@ -119,6 +124,42 @@ enum Command {
         /// proof; cheaper for the node and for verifiers).
         #[arg(long, default_value = "own")]
         receipt_seal: cairn_node_api::SealChoice,
+    },
+    /// One chat completion from a node's language model, paid per token (prepaid) when the
+    /// node asks; prints the answer, its usage and charge, and the checked receipt.
+    Chat {
+        /// Model: a CID or name@version.
+        model: String,
+        /// The message.
+        message: String,
+        /// A system message before it.
+        #[arg(long)]
+        system: Option<String>,
+        /// Most tokens to generate.
+        #[arg(long)]
+        max_tokens: Option<u32>,
+        /// Sampling temperature (0: greedy).
+        #[arg(long)]
+        temperature: Option<f64>,
+        /// Sampling seed.
+        #[arg(long)]
+        seed: Option<u64>,
+        /// The node's URL.
+        #[arg(long, env = "CAIRN_NODE", default_value = DEFAULT_NODE)]
+        node: String,
+        /// Write the receipt here.
+        #[arg(long)]
+        receipt_out: Option<PathBuf>,
+        /// Pay with this key file's prepaid deposit at the node. On the devnet:
+        /// DATA_DIR/chain/payer.key.
+        #[arg(long, env = "CAIRN_PAYER_KEY")]
+        payer_key: Option<PathBuf>,
+        /// The prepaid channel's salt.
+        #[arg(
+            long,
+            default_value = "0x0000000000000000000000000000000000000000000000000000000000000000"
+        )]
+        salt: alloy_primitives::B256,
     },
     /// Prepaid balances with a node: deposit, show, withdraw.
     #[command(subcommand)]
@@ -303,6 +344,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             engine,
             chain_id,
             price,
+            llm_price,
             batch_max_age_secs,
             challenge_window,
             attestation_timeout,
@@ -319,6 +361,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 DevnetChain {
                     chain_id,
                     price,
+                    llm_price,
                     batch_max_age_secs,
                     challenge_window,
                     attestation_timeout,
@@ -349,6 +392,33 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 seal: receipt_seal,
             };
             node_cmd::infer(&node, &reference, &input, json, output, receipt_out, pay).await
+        }
+        Command::Chat {
+            model,
+            message,
+            system,
+            max_tokens,
+            temperature,
+            seed,
+            node,
+            receipt_out,
+            payer_key,
+            salt,
+        } => {
+            let args = node_cmd::ChatArgs {
+                model,
+                message,
+                system,
+                max_tokens,
+                temperature,
+                seed,
+            };
+            let pay = node_cmd::CallArgs {
+                payer_key,
+                salt,
+                seal: cairn_node_api::SealChoice::Own,
+            };
+            node_cmd::chat(&node, args, receipt_out, pay).await
         }
         Command::Pay(c) => pay_cmd::run(c).await,
         Command::Facilitator(c) => pay_cmd::facilitator(c).await,

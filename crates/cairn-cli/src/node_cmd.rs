@@ -23,6 +23,9 @@ pub use receipt::*;
 mod infer;
 pub use infer::*;
 
+mod chat;
+pub use chat::*;
+
 /// `cairn node serve` options.
 #[derive(Args, Clone, Debug)]
 pub struct NodeServeArgs {
@@ -104,10 +107,20 @@ pub struct NodeServeArgs {
     /// GGUF model on the hub can still be called by name.
     #[arg(long = "llm-model")]
     pub llm_models: Vec<String>,
-    /// Serve language-model calls unpaid (price 0) on a node that takes payments (per-token
-    /// payment is not implemented yet; without this a paid node answers them 402).
+    /// Serve language-model calls unpaid (price 0) on a node that takes payments. Relayed
+    /// calls (--upstream) are never charged per token, so a paid node relays only with this.
     #[arg(long)]
     pub llm_free: bool,
+    /// Price of language-model calls without their own: PROMPT/COMPLETION token units per
+    /// 1,000 tokens (`20/60`). Paid with prepaid vouchers: a call's voucher covers its prompt
+    /// and max_tokens, and only its signed usage is charged. Without it (or --llm-free) a node
+    /// that takes payments refuses language-model calls.
+    #[arg(long, value_name = "PROMPT/COMPLETION")]
+    pub llm_price: Option<cairn_node::TokenPrice>,
+    /// Price of one language model, MODEL=PROMPT/COMPLETION (a CID or name@version;
+    /// repeatable).
+    #[arg(long = "llm-model-price", value_parser = parse_llm_price, value_name = "MODEL=PROMPT/COMPLETION")]
+    pub llm_model_prices: Vec<(String, cairn_node::TokenPrice)>,
     /// Relay calls naming model NAME to another OpenAI-compatible server (llama.cpp's server,
     /// vLLM, Ollama, a hosted API, another Cairn node): `NAME=URL[,key-env=VAR]`, URL its API
     /// base (`http://127.0.0.1:8080/v1`), VAR an environment variable holding its bearer key
@@ -164,6 +177,13 @@ impl FaultArgs {
             || self.fault_withhold_payloads
             || self.fault_payload_outage_secs > 0
     }
+}
+
+fn parse_llm_price(s: &str) -> Result<(String, cairn_node::TokenPrice), String> {
+    let (model, price) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not MODEL=PROMPT/COMPLETION"))?;
+    Ok((model.to_string(), price.parse()?))
 }
 
 fn parse_model_price(s: &str) -> Result<(String, U256), String> {
@@ -298,6 +318,10 @@ pub async fn open_node(
     };
     let payments = (chain.is_some() && !args.free).then(|| cairn_node::PaymentConfig {
         model_prices: args.model_prices.clone(),
+        llm_prices: cairn_node::LlmPrices {
+            default: args.llm_price,
+            models: args.llm_model_prices.clone(),
+        },
         prepaid: !args.no_prepaid,
         redeem_every: Duration::from_secs(args.redeem_every_secs.max(1)),
     });

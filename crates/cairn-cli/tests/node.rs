@@ -197,7 +197,7 @@ fn openai_clients_call_the_devnet_language_model_and_receipts_bind_every_byte() 
         id
     });
     drop(rt);
-    let receipt = receipt_when_stored(&net.node_url, &receipt_id, 60);
+    let receipt = common::receipt_when_stored(&net.node_url, &receipt_id, 60);
     let usage = receipt.claims.llm.expect("an LLM receipt");
     assert!(!usage.complete, "{usage:?}");
     assert!(
@@ -913,17 +913,6 @@ fn node_api_is_documented_and_answers_its_documented_types() {
     });
 }
 
-/// Receipt `id` from `node` once it is stored (waiting at most `secs`).
-fn receipt_when_stored(node: &str, id: &str, secs: u64) -> cairn_receipt::SignedReceipt {
-    let url = format!("{node}/v1/receipts/{id}");
-    let mut stored = Value::Null;
-    common::eventually(secs, || {
-        stored = get(&url);
-        stored.get("receipt").is_some()
-    });
-    serde_json::from_value(stored["receipt"].clone()).unwrap()
-}
-
 /// POSTs JSON `body` and returns the status, the headers and the raw answer bytes.
 fn post_raw(url: &str, body: &Value) -> (u16, reqwest::header::HeaderMap, Vec<u8>) {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -979,7 +968,7 @@ fn a_node_relays_model_names_upstream_under_relayed_receipts() {
 
     let chat = format!("{}/v1/chat/completions", relay.node_url);
     let receipt = |node: &str, headers: &reqwest::header::HeaderMap, header: &str| {
-        receipt_when_stored(node, headers[header].to_str().unwrap(), 30)
+        common::receipt_when_stored(node, headers[header].to_str().unwrap(), 30)
     };
     for stream in [false, true] {
         let body = json!({
@@ -1190,7 +1179,7 @@ fn a_lying_upstream_cannot_redirect_the_node_leak_its_account_or_pass_off_a_brok
         "{text}"
     );
     let id = headers["cairn-receipt-id"].to_str().unwrap();
-    let r = receipt_when_stored(&relay.node_url, id, 30);
+    let r = common::receipt_when_stored(&relay.node_url, id, 30);
     assert!(!r.claims.llm.unwrap().complete);
     assert_eq!(r.claims.output_hash, sha256(b"data: {\"choices\":[]}\n\n"));
 
@@ -1218,7 +1207,7 @@ fn a_lying_upstream_cannot_redirect_the_node_leak_its_account_or_pass_off_a_brok
         id
     });
     drop(rt);
-    let r = receipt_when_stored(&relay.node_url, &id, 15);
+    let r = common::receipt_when_stored(&relay.node_url, &id, 15);
     assert!(!r.claims.llm.unwrap().complete);
     assert_eq!(r.claims.output_hash, sha256(b"data: {\"n\":1}\n\n"));
 }

@@ -265,7 +265,7 @@ fn devnet_cli_and_official_python_client_pay_exactly_the_price() {
     .iter()
     .filter_map(|l| Escrow::Redeemed::decode_log(&l.log).ok())
     .filter(|e| e.channel == channel)
-    .map(|e| e.cumulativeAmount)
+    .map(|e| e.claimed)
     .collect();
     // Redemptions may land between calls; each redeems a voucher a receipt names, in order.
     assert!(redeemed.windows(2).all(|w| w[0] < w[1]), "{redeemed:?}");
@@ -533,20 +533,25 @@ fn official_python_and_typescript_clients_v2_and_v1_pay_a_node_settling_on_anvil
             "{client}"
         );
     }
-    // A node that takes payments does not serve language-model calls for free: per-token
-    // payment does not exist yet, so they are refused before anything is read or run.
+    // A language-model call on a model the hub does not have is a 404 before any payment is
+    // asked (nobody pays for nothing); this node sets no per-token price, and says so.
+    let info = get(&format!("{}/v1/node", a.node.node_url));
+    assert_eq!(
+        info["payments"]["llmPrices"],
+        serde_json::json!([]),
+        "{info}"
+    );
     let (status, body) = block(async {
         let resp = reqwest::Client::new()
             .post(format!("{}/v1/chat/completions", a.node.node_url))
-            .json(&serde_json::json!({"model": "any@1.0", "messages": []}))
+            .json(&serde_json::json!({"model": "any@1.0", "messages": [{"role": "user", "content": "Hi"}]}))
             .send()
             .await
             .unwrap();
         (resp.status().as_u16(), resp.json::<Value>().await.unwrap())
     });
-    assert_eq!(status, 402, "{body}");
-    assert_eq!(body["error"]["code"], "payment_required", "{body}");
-    assert_eq!(body["error"]["type"], "payment_required", "{body}");
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(body["error"]["code"], "model_not_found", "{body}");
 }
 
 #[test]
@@ -796,4 +801,273 @@ fn a_failed_settlement_is_neither_billed_nor_served() {
     let b = block(chain.batch(1)).unwrap();
     assert_eq!((b.count, b.fees), (1, U256::from(PRICE)));
     assert_eq!(balance(&chain, node_addr), node_before);
+}
+
+/// POSTs JSON `body` to `url`, with a payment header when given: (status, headers, bytes).
+async fn post_json(
+    url: &str,
+    body: &Value,
+    payment: Option<&str>,
+) -> (u16, reqwest::header::HeaderMap, Vec<u8>) {
+    let mut req = reqwest::Client::new()
+        .post(url)
+        .header("content-type", "application/json")
+        .body(body.to_string());
+    if let Some(p) = payment {
+        req = req.header("PAYMENT-SIGNATURE", p);
+    }
+    let r = req.send().await.unwrap();
+    let status = r.status().as_u16();
+    let headers = r.headers().clone();
+    (status, headers, r.bytes().await.unwrap().to_vec())
+}
+
+/// The devnet's language-model price: 100 units per 1,000 prompt tokens, 400 per 1,000
+/// completion tokens, rounded up.
+fn llm_charge(prompt: u32, completion: u32) -> U256 {
+    U256::from((u64::from(prompt) * 100 + u64::from(completion) * 400).div_ceil(1_000))
+}
+
+fn channel_accepted(node: &str, payer: Address) -> U256 {
+    let c = get(&format!("{node}/v1/prepaid/{payer}"));
+    c["accepted"].as_str().unwrap().parse().unwrap()
+}
+
+/// Language-model calls cost their tokens. The 402 offers a prepaid voucher for the call's
+/// most (its prompt and `max_tokens`); `cairn chat` pays it, the receipt's price is what its
+/// signed usage costs, a stream the client leaves is charged what it delivered, replays and
+/// forged vouchers cost nothing, and the node claims exactly what was charged from the escrow.
+#[test]
+fn language_model_calls_are_charged_per_token_with_prepaid_vouchers() {
+    let test = "language_model_calls_are_charged_per_token_with_prepaid_vouchers";
+    let Some(model) = common::llm_model(test) else {
+        return;
+    };
+    let net = Server::devnet_with(&[
+        "--llm",
+        model.to_str().unwrap(),
+        "--llm-price",
+        "100/400",
+        "--batch-max-age-secs",
+        "3600",
+    ]);
+    let dir = net.dir.path();
+    let data = dir.join("data");
+    let payer_key = data.join("chain/payer.key");
+    let payer = dev_signer(6).address();
+    let info = get(&format!("{}/v1/node", net.node_url));
+    let vault: Address = info["payments"]["payTo"].as_str().unwrap().parse().unwrap();
+    assert_eq!(
+        info["payments"]["llmPrices"],
+        serde_json::json!([{"model": "*", "promptPer1k": "100", "completionPer1k": "400"}]),
+        "{info}"
+    );
+    let url = format!("{}/v1/chat/completions", net.node_url);
+    let llm = "smollm2-135m-instruct@1.0";
+    let ask = "Name three colors.";
+
+    // Unpaid: 402 with one offer, a prepaid voucher for the call's most.
+    let body = serde_json::json!({"model": llm, "messages": [{"role": "user", "content": ask}],
+                                  "max_tokens": 24, "temperature": 0});
+    let (status, headers, _) = block(post_json(&url, &body, None));
+    assert_eq!(status, 402);
+    let required = cairn_x402::client::offers(&headers).unwrap();
+    assert_eq!(required.accepts.len(), 1, "{required:?}");
+    assert_eq!(required.accepts[0].scheme, "prepaid");
+    let most = required.accepts[0].amount;
+
+    // `cairn chat` without a deposit says how to pay.
+    let chat = |max_tokens: &str, receipt: &Path| {
+        Command::new(BIN)
+            .args(["chat", llm, ask, "--max-tokens", max_tokens])
+            .args(["--temperature", "0", "--node", &net.node_url])
+            .args(["--payer-key", payer_key.to_str().unwrap()])
+            .args(["--receipt-out", receipt.to_str().unwrap()])
+            .output()
+            .unwrap()
+    };
+    let out = chat("24", &dir.join("r0.json"));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cairn pay deposit"), "{err}");
+
+    let out = cairn(&[
+        "pay",
+        "deposit",
+        "--node",
+        &net.node_url,
+        "--payer-key",
+        payer_key.to_str().unwrap(),
+        "--amount",
+        "100000",
+    ]);
+    assert!(out.contains("available: 100000"), "{out}");
+    let v0 = balance(&devnet_chain(&data), vault);
+
+    // Two paid calls: each charged its usage, not its most; the client's account follows the
+    // charges, so its second voucher is exactly the next step.
+    let mut spent = U256::ZERO;
+    for i in 1..=2 {
+        let file = dir.join(format!("r{i}.json"));
+        let out = chat("24", &file);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let r: cairn_receipt::SignedReceipt = serde_json::from_value(read(&file)).unwrap();
+        let usage = r.claims.llm.unwrap();
+        assert!(usage.completion_tokens <= 24 && usage.complete, "{usage:?}");
+        let price = llm_charge(usage.prompt_tokens, usage.completion_tokens);
+        assert_eq!(r.claims.price, price);
+        assert_eq!(llm_charge(usage.prompt_tokens, 24), most);
+        assert!(
+            stdout.contains(&format!("charged:  {price} token units of at most {most}")),
+            "{stdout}"
+        );
+        spent += price;
+        let channel = Chain::channel_id(payer, vault, B256::ZERO);
+        assert_eq!(
+            r.claims.payment_ref,
+            keccak256((channel, spent - price + most).abi_encode())
+        );
+        assert_eq!(channel_accepted(&net.node_url, payer), spent);
+    }
+
+    // A stream the client leaves after two events: charged what it was sent.
+    let long = serde_json::json!({"model": llm, "stream": true, "max_tokens": 400, "temperature": 0,
+        "messages": [{"role": "user", "content": "Write a long story about a lighthouse."}]});
+    let (status, headers, _) = block(post_json(&url, &long, None));
+    assert_eq!(status, 402);
+    let required = cairn_x402::client::offers(&headers).unwrap();
+    let offer = &required.accepts[0];
+    let most_long = offer.amount;
+    let header = cairn_x402::client::pay_prepaid(
+        &dev_signer(6),
+        &required,
+        offer,
+        B256::ZERO,
+        spent + most_long,
+    )
+    .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let receipt_id = rt.block_on(async {
+        let mut resp = reqwest::Client::new()
+            .post(&url)
+            .header("PAYMENT-SIGNATURE", &header)
+            .json(&long)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 200);
+        assert!(resp.headers().contains_key("payment-response"));
+        let id = resp.headers()["cairn-receipt-id"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let mut events = 0;
+        while events < 2 {
+            let chunk = resp.chunk().await.unwrap().expect("the stream goes on");
+            events += chunk.windows(2).filter(|w| w == b"\n\n").count();
+        }
+        id
+    });
+    drop(rt);
+    let r = common::receipt_when_stored(&net.node_url, &receipt_id, 60);
+    let usage = r.claims.llm.unwrap();
+    assert!(
+        !usage.complete && usage.completion_tokens < 400,
+        "{usage:?}"
+    );
+    let price = llm_charge(usage.prompt_tokens, usage.completion_tokens);
+    assert_eq!(r.claims.price, price);
+    assert!(price < most_long);
+    spent += price;
+    assert_eq!(channel_accepted(&net.node_url, payer), spent);
+
+    // The same voucher with the same request: the answer it paid for, again (a client that
+    // lost it), at no charge.
+    let (status, headers, again) = block(post_json(&url, &long, Some(&header)));
+    assert_eq!(status, 200);
+    assert_eq!(headers["cairn-receipt-id"].to_str().unwrap(), receipt_id);
+    assert_eq!(
+        alloy_primitives::B256::from(*cairn_core::BlobId::of(&again).digest()),
+        r.claims.output_hash
+    );
+    // The same voucher for another request, a voucher for more than the step, one signed by
+    // another key: each refused with its reason, nothing charged.
+    let mut other = long.clone();
+    other["temperature"] = serde_json::json!(0.5);
+    let (status, headers, _) = block(post_json(&url, &other, Some(&header)));
+    assert_eq!(status, 402);
+    let error = |h: &reqwest::header::HeaderMap| {
+        cairn_x402::client::offers(h)
+            .unwrap()
+            .error
+            .unwrap_or_default()
+    };
+    assert_eq!(error(&headers), "invalid_prepaid_voucher_already_used");
+    let over = cairn_x402::client::pay_prepaid(
+        &dev_signer(6),
+        &required,
+        offer,
+        B256::ZERO,
+        spent + most_long + U256::from(1u64),
+    )
+    .unwrap();
+    let (status, headers, _) = block(post_json(&url, &long, Some(&over)));
+    assert_eq!(status, 402);
+    assert_eq!(error(&headers), "invalid_prepaid_voucher_amount");
+    // Signed by dev account 7, naming the payer's channel.
+    let by_7 = cairn_x402::client::pay_prepaid(
+        &dev_signer(7),
+        &required,
+        offer,
+        B256::ZERO,
+        spent + most_long,
+    )
+    .unwrap();
+    let mut forged: Value =
+        cairn_x402::wire::decode_header("PAYMENT-SIGNATURE", by_7.as_bytes()).unwrap();
+    forged["payload"]["voucher"]["payer"] = Value::String(payer.to_string());
+    let forged = cairn_x402::wire::encode_header(&forged);
+    let (status, headers, _) = block(post_json(&url, &long, Some(&forged)));
+    assert_eq!(status, 402);
+    assert_eq!(error(&headers), "invalid_prepaid_signature");
+    assert_eq!(channel_accepted(&net.node_url, payer), spent);
+
+    // The client's own account learns the stream's charge (it paid it), and chats on.
+    let account = cairn_x402::client::PrepaidAccount::path(
+        &data.join("chain/payer.key.prepaid"),
+        31337,
+        devnet_chain(&data).deployment().escrow,
+        Chain::channel_id(payer, vault, B256::ZERO),
+    );
+    cairn_x402::client::PrepaidAccount::load(&account)
+        .unwrap()
+        .expect("cairn pay deposit made the account")
+        .record(spent)
+        .unwrap();
+    let out = chat("24", &dir.join("r3.json"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    spent += serde_json::from_value::<cairn_receipt::SignedReceipt>(read(&dir.join("r3.json")))
+        .unwrap()
+        .claims
+        .price;
+    assert_eq!(channel_accepted(&net.node_url, payer), spent);
+
+    // The node claims exactly what was charged (the vouchers allowed more).
+    common::eventually(30, || balance(&devnet_chain(&data), vault) == v0 + spent);
+    assert_eq!(
+        block(devnet_chain(&data).channel(payer, vault, B256::ZERO)).unwrap(),
+        (U256::from(100_000u64), spent)
+    );
 }

@@ -199,6 +199,7 @@ async fn voucher_gas(chain: &Chain, n: u64, salt: u64) -> (u64, u64) {
             payee,
             channel,
             total,
+            total,
             &latest.unwrap(),
         )
         .await

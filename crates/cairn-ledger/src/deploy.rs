@@ -346,6 +346,7 @@ pub async fn deploy(
         Escrow::constructorCall {
             token_: token,
             withdrawDelay_: params.escrow_withdraw_delay,
+            vaults_: settlement,
         }
         .abi_encode(),
     )

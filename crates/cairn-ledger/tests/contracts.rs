@@ -418,7 +418,7 @@ async fn escrow_vouchers(ledger: Arc<dyn Ledger>) {
             .sign_voucher(by, payee, salt, U256::from(cumulative))
             .unwrap()
     };
-    let redeem = async |by: &PrivateKeySigner, cumulative: u64, sig: &Signature| {
+    let redeem = async |by: &PrivateKeySigner, cumulative: u64, amount: u64, sig: &Signature| {
         chain
             .redeem(
                 by,
@@ -426,40 +426,87 @@ async fn escrow_vouchers(ledger: Arc<dyn Ledger>) {
                 payee,
                 salt,
                 U256::from(cumulative),
+                U256::from(amount),
                 sig,
             )
             .await
     };
     let v100 = voucher(&a.payer, 100);
     let before = chain.token_balance(payee).await.unwrap();
-    redeem(&a.node, 100, &v100).await.unwrap();
+    redeem(&a.node, 100, 100, &v100).await.unwrap();
     assert_eq!(
         chain.token_balance(payee).await.unwrap(),
         before + U256::from(100u64)
     );
-    // Replayed and lower vouchers are refused.
-    let e = redeem(&a.node, 100, &v100).await.unwrap_err();
+    // Replayed and lower claims are refused.
+    let e = redeem(&a.node, 100, 100, &v100).await.unwrap_err();
     assert!(reason(e).contains("VoucherNotIncreasing"));
-    let e = redeem(&a.node, 50, &voucher(&a.payer, 50))
+    let e = redeem(&a.node, 50, 50, &voucher(&a.payer, 50))
         .await
         .unwrap_err();
     assert!(reason(e).contains("VoucherNotIncreasing"));
-    // A voucher signed by someone else, or above the deposit, is refused.
-    let e = redeem(&a.node, 900, &voucher(&a.outsider, 900))
+    // A voucher signed by someone else, or a claim above the deposit, is refused.
+    let e = redeem(&a.node, 900, 900, &voucher(&a.outsider, 900))
         .await
         .unwrap_err();
     assert!(reason(e).contains("InvalidVoucherSignature"));
-    let e = redeem(&a.node, 10_001, &voucher(&a.payer, 10_001))
+    let e = redeem(&a.node, 10_001, 10_001, &voucher(&a.payer, 10_001))
         .await
         .unwrap_err();
     assert!(reason(e).contains("InsufficientDeposit"));
-    // The latest voucher covers many requests in one redemption, whoever submits it.
-    redeem(&a.outsider, 2_500, &voucher(&a.payer, 2_500))
+    // A voucher is a ceiling: a call authorized for 2,000 and charged 600 is claimed at 700 in
+    // all. Nobody but the payee may claim (anyone holding the voucher could charge the whole
+    // ceiling), and no claim goes above the voucher.
+    let ceiling = voucher(&a.payer, 2_000);
+    let e = redeem(&a.outsider, 2_000, 2_000, &ceiling)
+        .await
+        .unwrap_err();
+    assert!(reason(e).contains("NotPayee"), "an outsider claimed");
+    let e = redeem(&a.node, 2_000, 2_001, &ceiling).await.unwrap_err();
+    assert!(reason(e).contains("OverVoucher"));
+    redeem(&a.node, 2_000, 700, &ceiling).await.unwrap();
+    assert_eq!(
+        chain.token_balance(payee).await.unwrap(),
+        before + U256::from(700u64)
+    );
+    // The latest voucher covers many requests in one redemption.
+    redeem(&a.node, 2_500, 2_500, &voucher(&a.payer, 2_500))
         .await
         .unwrap();
     assert_eq!(
         chain.token_balance(payee).await.unwrap(),
         before + U256::from(2_500u64)
+    );
+
+    // A node's payment vault is claimed for by the node (the vault sends no transactions),
+    // and by no other node.
+    let vault = chain.vault_of(a.node.address()).await.unwrap();
+    chain
+        .deposit(&a.payer, vault, salt, U256::from(1_000u64))
+        .await
+        .unwrap();
+    let to_vault = chain
+        .sign_voucher(&a.payer, vault, salt, U256::from(400u64))
+        .unwrap();
+    let claim = async |by: &PrivateKeySigner| {
+        chain
+            .redeem(
+                by,
+                a.payer.address(),
+                vault,
+                salt,
+                U256::from(400u64),
+                U256::from(300u64),
+                &to_vault,
+            )
+            .await
+    };
+    let e = claim(&a.verifiers[0]).await.unwrap_err();
+    assert!(reason(e).contains("NotPayee"), "another node claimed");
+    claim(&a.node).await.unwrap();
+    assert_eq!(
+        chain.token_balance(vault).await.unwrap(),
+        U256::from(300u64)
     );
 
     // Withdrawal: not before a request, not before the delay, then exactly the unspent rest.

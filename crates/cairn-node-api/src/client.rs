@@ -173,7 +173,13 @@ impl NodeClient {
             .accepts
             .iter()
             .find(|o| o.scheme == "exact")
-            .ok_or_else(|| p("the node offers no payment scheme this client can pay".into()))?;
+            .ok_or_else(|| match required.accepts.iter().find(|o| o.scheme == "prepaid") {
+                Some(o) => p(format!(
+                    "the node takes only a prepaid voucher for this call (at most {} token units): deposit with it first (cairn pay deposit) so the channel covers that",
+                    o.amount
+                )),
+                None => p("the node offers no payment scheme this client can pay".into()),
+            })?;
         let header = pay::pay_exact(payer, &required, offer).map_err(|e| p(e.to_string()))?;
         Ok((header, made(offer)))
     }
@@ -323,6 +329,96 @@ impl NodeClient {
         let mut outcome = parse_response(&bytes, json_len)?;
         outcome.payment = payment;
         Ok(outcome)
+    }
+}
+
+/// A chat completion as [`NodeClient::chat`] got it.
+#[derive(Debug)]
+pub struct ChatOutcome {
+    /// The `chat.completion` answer.
+    pub answer: serde_json::Value,
+    /// Its receipt, verified and checked against the request and answer bytes.
+    pub receipt: SignedReceipt,
+    /// What was paid, when the node asked for payment (`amount`: the most the voucher
+    /// allowed; the charge is the receipt's price).
+    pub payment: Option<PaymentMade>,
+}
+
+impl NodeClient {
+    /// `POST /v1/chat/completions` with `request` (not streamed), paid per token with a prepaid
+    /// voucher when the node asks. The receipt is fetched and checked: signed by the node, over
+    /// these exact request and answer bytes; the payer's account then records what it charged.
+    pub async fn chat(&self, request: &serde_json::Value) -> Result<ChatOutcome, NodeClientError> {
+        use sha2::Digest;
+        let url = self.urls.chat_completions();
+        let body = serde_json::to_vec(request).expect("serializes");
+        let req = self
+            .http
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(body.clone());
+        let retry = req.try_clone();
+        let http = |source| NodeClientError::Http {
+            url: url.clone(),
+            source,
+        };
+        let mut resp = req.send().await.map_err(http)?;
+        let mut payment = None;
+        if resp.status() == StatusCode::PAYMENT_REQUIRED
+            && let (Some(payer), Some(retry)) = (&self.payer, retry)
+        {
+            let (header, mut made) = self.pay(payer, resp.headers()).await?;
+            resp = retry
+                .header(cairn_x402::wire::PAYMENT_SIGNATURE, header)
+                .send()
+                .await
+                .map_err(http)?;
+            made.settlement = cairn_x402::client::settle_response(resp.headers());
+            payment = Some(made);
+        }
+        let resp = self.check(&url, resp).await?;
+        let p = NodeClientError::Protocol;
+        let id: B256 = resp
+            .headers()
+            .get(crate::openai::RECEIPT_ID_HEADER)
+            .and_then(|v| v.to_str().ok()?.parse().ok())
+            .ok_or_else(|| p("the answer names no receipt".into()))?;
+        let bytes = resp.bytes().await.map_err(http)?;
+        let stored = self.receipt(id).await?;
+        let receipt = stored
+            .receipt
+            .verify()
+            .map_err(|e| p(format!("the node's receipt: {e}")))?;
+        let hash = |b: &[u8]| B256::from_slice(&sha2::Sha256::digest(b));
+        if receipt.id() != id
+            || receipt.claims.input_hash != hash(&body)
+            || receipt.claims.output_hash != hash(&bytes)
+        {
+            return Err(p(format!(
+                "receipt {id} does not bind this request and answer"
+            )));
+        }
+        // The voucher allowed up to its amount; the receipt says what was used.
+        if let Some(m) = &payment
+            && let Some((cumulative, path)) = &m.cumulative
+            && let Some(mut a) =
+                cairn_x402::client::PrepaidAccount::load(path).map_err(|e| p(e.to_string()))?
+        {
+            if receipt.claims.price > m.amount {
+                return Err(p(format!(
+                    "receipt {id} charges {} over the {} the voucher allowed",
+                    receipt.claims.price, m.amount
+                )));
+            }
+            a.record(*cumulative - m.amount + receipt.claims.price)
+                .map_err(|e| p(e.to_string()))?;
+        }
+        let answer = serde_json::from_slice(&bytes).map_err(|e| p(format!("{url}: {e}")))?;
+        Ok(ChatOutcome {
+            answer,
+            receipt,
+            payment,
+        })
     }
 }
 

@@ -176,8 +176,28 @@ pub struct PaymentTerms {
     pub default_price: U256,
     /// Models with their own price.
     pub model_prices: Vec<ModelPrice>,
+    /// Language-model prices per 1,000 tokens (paid with prepaid vouchers: a call's voucher
+    /// covers its most, `max_tokens` included, and only its signed usage is charged).
+    #[serde(default)]
+    pub llm_prices: Vec<LlmPrice>,
     /// How often vouchers are redeemed on chain.
     pub redeem_every_secs: u64,
+}
+
+/// A language model's price per 1,000 tokens.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LlmPrice {
+    /// A CID or name@version; `*` for models without a price of their own.
+    pub model: String,
+    /// Token units per 1,000 prompt tokens.
+    #[serde(with = "decimal")]
+    #[schema(value_type = String)]
+    pub prompt_per_1k: U256,
+    /// Token units per 1,000 completion tokens.
+    #[serde(with = "decimal")]
+    #[schema(value_type = String)]
+    pub completion_per_1k: U256,
 }
 
 /// The faults a node was told to inject (shown so nobody mistakes it for an honest node).

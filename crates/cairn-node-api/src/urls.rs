@@ -50,6 +50,11 @@ impl NodeUrls {
         format!("{}/v2/models/{model}", self.base)
     }
 
+    /// `POST /v1/chat/completions`.
+    pub fn chat_completions(&self) -> String {
+        format!("{}/v1/chat/completions", self.base)
+    }
+
     /// `GET /v1/node`.
     pub fn info(&self) -> String {
         format!("{}/v1/node", self.base)

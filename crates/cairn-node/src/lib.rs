@@ -32,6 +32,7 @@ pub use batcher::{BatchPolicy, SettlementConfig};
 pub use cairn_sqlite::Durability;
 pub use error::NodeError;
 pub use faults::Faults;
+pub use pricing::{LlmPrices, TokenPrice};
 pub use server::{NodeState, router};
 
 /// Bounds on what one request and the node as a whole may use.
@@ -117,8 +118,9 @@ pub struct NodeConfig {
     pub llm_models: Vec<String>,
     /// Model names relayed to other OpenAI-compatible servers (receipts marked `relayed`).
     pub llm_upstreams: Vec<upstream::Upstream>,
-    /// Serve language-model calls unpaid (price 0) even when the node takes payments: per-token
-    /// payment is not implemented yet, so a paid node refuses them (402) unless this is set.
+    /// Serve language-model calls unpaid (price 0) even when the node takes payments. Relayed
+    /// calls are never charged per token (the upstream's usage cannot be checked), so a paid
+    /// node relays only with this set.
     pub llm_free: bool,
     /// Deliberate misbehaviour, for showing that the verification network catches it. Off
     /// unless asked for; `/v1/node` reports it.
@@ -131,6 +133,8 @@ pub struct PaymentConfig {
     /// Prices of particular models (a CID or name@version as configured; resolved to the CID a
     /// request runs, so a name and its CID cost the same). Others cost [`NodeConfig::price`].
     pub model_prices: Vec<(String, U256)>,
+    /// What language-model calls cost, per 1,000 tokens (paid with prepaid vouchers only).
+    pub llm_prices: pricing::LlmPrices,
     /// Offer the prepaid (escrow voucher) scheme beside `exact`.
     pub prepaid: bool,
     /// How often accepted vouchers are redeemed and pending settlements reconciled.
@@ -141,6 +145,7 @@ impl Default for PaymentConfig {
     fn default() -> Self {
         Self {
             model_prices: Vec::new(),
+            llm_prices: pricing::LlmPrices::default(),
             prepaid: true,
             redeem_every: Duration::from_secs(30),
         }

@@ -129,7 +129,7 @@ fn main() {
                 .accept_voucher(id, key, price * U256::from(i), price, &[1; 65])
                 .unwrap()
                 .unwrap();
-            store.commit_voucher(key).unwrap();
+            store.commit_voucher(key, price).unwrap();
         })
     };
     let store_process = store_t(cairn_sqlite::Durability::Normal, n.min(20_000));

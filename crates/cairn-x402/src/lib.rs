@@ -20,7 +20,7 @@ pub mod store;
 pub mod wire;
 
 pub use facilitator::Facilitator;
-pub use paywall::{KeptAnswers, Paid, Paywall, Price, Pricing};
+pub use paywall::{KeptAnswers, Metered, Paid, Paywall, Price, Pricing};
 pub use store::PaymentStore;
 
 /// A refusal with a machine reason in the reference implementations' style and a human message.

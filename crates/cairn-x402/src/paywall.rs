@@ -35,7 +35,10 @@ use crate::wire::{
 use crate::{Reason, X402Error, now_secs};
 
 mod exact_flow;
+mod metered;
 mod prepaid_flow;
+
+pub use metered::Metered;
 mod presented;
 
 /// What a request costs.

@@ -386,9 +386,8 @@ async fn prepaid_vouchers_are_checked_locally_stepped_atomically_and_redeemed() 
         (status, v2["error"].as_str()),
         (402, Some("invalid_prepaid_voucher_already_used"))
     );
-    // A voucher promising more than the next step: refused. (Taking it, the node could never
-    // redeem it, since redemption takes one not above what is owed, and the payer would
-    // withdraw the deposit after using the service.)
+    // A voucher promising more than the next step: refused (the node could claim more than
+    // is owed with it).
     let (status, _, _, v2) = send(&s.url, &voucher(5), "go").await;
     assert_eq!(
         (status, v2["error"].as_str()),
@@ -424,7 +423,8 @@ async fn prepaid_vouchers_are_checked_locally_stepped_atomically_and_redeemed() 
     let pre = Prepaid::new(
         s.d.chain.clone(),
         s.d.facilitator.store().clone(),
-        dev_signer(2),
+        // The payee claims (here an account; a node claims for its payment vault).
+        dev_signer(9),
         s.vault,
     );
     assert_eq!(pre.redeem_due().await.unwrap(), 1);
@@ -480,7 +480,8 @@ async fn a_failed_last_request_leaves_the_vouchers_redeemable() {
     let pre = Prepaid::new(
         s.d.chain.clone(),
         s.d.facilitator.store().clone(),
-        dev_signer(2),
+        // The payee claims (here an account; a node claims for its payment vault).
+        dev_signer(9),
         s.vault,
     );
     assert_eq!(pre.redeem_due().await.unwrap(), 1);

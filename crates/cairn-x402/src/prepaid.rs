@@ -231,9 +231,10 @@ impl Prepaid {
         }
     }
 
-    /// Counts a voucher whose request succeeded.
-    pub fn commit(&self, a: &Accepted) -> Result<(), X402Error> {
-        self.store.commit_voucher(a.payment_ref())
+    /// Counts a voucher whose request succeeded and costs `charged` (at most what it was
+    /// accepted for; the rest is never claimed).
+    pub fn commit(&self, a: &Accepted, charged: U256) -> Result<(), X402Error> {
+        self.store.commit_voucher(a.payment_ref(), charged)
     }
 
     /// Submits a payer's gasless deposit into its channel with this node (the node pays the
@@ -313,7 +314,7 @@ impl Prepaid {
     }
 
     /// One round: marks channels whose payer asked to withdraw (so no new vouchers are taken),
-    /// then redeems every channel's latest unredeemed voucher. Returns how many were redeemed.
+    /// then claims what every channel owes. Returns how many channels were redeemed.
     pub async fn redeem_due(&self) -> Result<usize, X402Error> {
         let from = self.scanned.load(Ordering::Relaxed);
         let head = self.chain.ledger().head().await?.number;
@@ -340,12 +341,15 @@ impl Prepaid {
         }
         let mut redeemed = 0;
         for c in self.store.unredeemed()? {
-            // The largest counted voucher not above what is owed: never one that also promised
-            // a failed or still-running request.
-            let Some((cumulative, sig)) = self.store.redeemable(c.id, c.accepted, c.redeemed)?
-            else {
+            // What is owed, claimed with the largest counted voucher (a ceiling that covers it):
+            // never a failed request's price nor a per-token call's unused maximum.
+            let Some((cumulative, sig)) = self.store.redeemable(c.id, c.redeemed)? else {
                 continue;
             };
+            let amount = c.accepted.min(cumulative);
+            if amount <= c.redeemed {
+                continue;
+            }
             let Ok(sig) = Signature::try_from(sig.as_slice()) else {
                 continue;
             };
@@ -353,17 +357,25 @@ impl Prepaid {
             self.store.sync()?;
             match self
                 .chain
-                .redeem(&self.signer, c.payer, c.payee, c.salt, cumulative, &sig)
+                .redeem(
+                    &self.signer,
+                    c.payer,
+                    c.payee,
+                    c.salt,
+                    cumulative,
+                    amount,
+                    &sig,
+                )
                 .await
             {
                 Ok(_) => {
-                    self.store.set_redeemed(c.id, cumulative)?;
+                    self.store.set_redeemed(c.id, amount)?;
                     redeemed += 1;
                 }
                 Err(e) => {
-                    // Someone else may have redeemed it (anyone may): take the chain's word.
+                    // A redemption sent before a crash may have landed: take the chain's word.
                     let st = self.chain.channel_state(c.payer, c.payee, c.salt).await?;
-                    if st.claimed >= cumulative {
+                    if st.claimed >= amount {
                         self.store.set_redeemed(c.id, st.claimed)?;
                     } else {
                         tracing::warn!(channel = %c.id, error = %e, "redeeming a voucher");

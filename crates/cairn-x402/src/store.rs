@@ -5,11 +5,14 @@
 //! authorization presented twice, in sequence or in parallel, finds the first reservation.
 //!
 //! A prepaid channel counts what its payer owes in `accepted` (requests that succeeded) and
-//! `pending` (requests running now). A voucher for price `p` is taken when its cumulative
-//! amount is exactly `accepted + pending + p`; the request's success moves `p` from pending to
-//! accepted and keeps the voucher with its signature, its failure gives `p` back. The node
-//! redeems the largest kept voucher not above `accepted`: a failed request is never charged,
-//! and a voucher that promised it is never the one redeemed.
+//! `pending` (requests running now, at their most). A voucher for a request that costs at most
+//! `p` is taken when its cumulative amount is exactly `accepted + pending + p`; the request's
+//! success moves what it was charged (`p`, or less for a call charged per token) to accepted,
+//! frees the rest, and keeps the voucher with its signature; its failure gives `p` back. A
+//! voucher is a ceiling: the node claims `accepted` with its largest kept voucher, which is
+//! never below it (the last request counted promised everything counted before it, and at
+//! most as much as was then in flight), so a failed request or an unused maximum is never
+//! charged.
 //!
 //! Taken vouchers live in memory only: a voucher whose request is still running when the
 //! process stops is given back anyway, so writing it down would protect nothing. That makes
@@ -207,7 +210,7 @@ pub struct PaymentStore {
 #[derive(Default)]
 struct Taken {
     vouchers: HashMap<B256, TakenVoucher>,
-    /// Per channel, the sum of its taken vouchers' prices.
+    /// Per channel, the sum of its taken vouchers' prices (the most each may be charged).
     pending: HashMap<B256, U256>,
 }
 

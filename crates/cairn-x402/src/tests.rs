@@ -309,7 +309,7 @@ fn vouchers_are_taken_in_memory_counted_on_disk_and_given_back_by_a_restart() {
         );
         assert_eq!(store.channel(id).unwrap().unwrap().pending, price);
         assert_eq!(store.outcome(k1).unwrap(), Outcome::Open);
-        store.commit_voucher(k1).unwrap();
+        store.commit_voucher(k1, price).unwrap();
         // Counted: presented again it is "used" (the paywall answers it again), not "not next".
         assert_eq!(take(k1, 10, 1).unwrap(), Err(VoucherRefusal::AlreadyUsed));
         take(k2, 20, 2).unwrap().unwrap();
@@ -346,7 +346,7 @@ fn vouchers_are_taken_in_memory_counted_on_disk_and_given_back_by_a_restart() {
         assert_eq!(store.outcome(k2).unwrap(), Outcome::Failed);
         // The counted voucher is the one to redeem; the given-back one can be taken again.
         assert_eq!(
-            store.redeemable(id, ch.accepted, U256::ZERO).unwrap(),
+            store.redeemable(id, U256::ZERO).unwrap(),
             Some((U256::from(10), vec![1; 65]))
         );
         store
@@ -375,7 +375,7 @@ fn a_counted_voucher_is_never_taken_again_even_when_it_is_the_next_step() {
         .unwrap()
         .unwrap();
     store.release_voucher(a).unwrap();
-    store.commit_voucher(b).unwrap();
+    store.commit_voucher(b, price).unwrap();
     assert_eq!(store.channel(id).unwrap().unwrap().accepted, price);
     assert_eq!(
         store
@@ -385,8 +385,57 @@ fn a_counted_voucher_is_never_taken_again_even_when_it_is_the_next_step() {
     );
     // Counting a voucher that is not taken is an error (the answer would leave unpaid);
     // giving one back twice is harmless.
-    assert!(store.commit_voucher(a).is_err());
+    assert!(store.commit_voucher(a, price).is_err());
     store.release_voucher(a).unwrap();
+    // The voucher promised the failed request too: it is claimed only up to what is owed.
+    assert_eq!(
+        store.redeemable(id, U256::ZERO).unwrap(),
+        Some((U256::from(20), vec![2; 65]))
+    );
+}
+
+/// Calls charged per token: each voucher is a ceiling (what is owed and in flight plus the
+/// call's most); a call counts what it used, the rest is freed for the next voucher, and the
+/// largest kept voucher covers everything owed. A charge above the ceiling is refused.
+#[test]
+fn a_metered_call_counts_what_it_used_and_frees_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let store =
+        PaymentStore::open(&dir.path().join("payments.sqlite"), Durability::Normal).unwrap();
+    let id = open_channel(&store);
+    let most = U256::from(30);
+    let (a, b, c) = (
+        B256::repeat_byte(0xa),
+        B256::repeat_byte(0xb),
+        B256::repeat_byte(0xc),
+    );
+    let take = |k: B256, cumulative: u64, sig: u8| {
+        store.accept_voucher(id, k, U256::from(cumulative), most, &[sig; 65])
+    };
+    // Two calls at once: ceilings 30 and 60.
+    take(a, 30, 1).unwrap().unwrap();
+    take(b, 60, 2).unwrap().unwrap();
+    assert!(
+        store.commit_voucher(a, most + U256::from(1)).is_err(),
+        "charged over its ceiling"
+    );
+    store.commit_voucher(a, U256::from(7)).unwrap();
+    store.commit_voucher(b, U256::from(11)).unwrap();
+    let ch = store.channel(id).unwrap().unwrap();
+    assert_eq!((ch.accepted, ch.pending), (U256::from(18), U256::ZERO));
+    // The next ceiling starts from what was used, not from the ceilings signed.
+    assert_eq!(
+        take(c, 90, 3).unwrap(),
+        Err(VoucherRefusal::NotNext {
+            owed: U256::from(18)
+        })
+    );
+    take(c, 48, 3).unwrap().unwrap();
+    store.commit_voucher(c, U256::ZERO).unwrap();
+    // Claimed with the largest ceiling, up to the 18 owed.
+    let (cumulative, sig) = store.redeemable(id, U256::ZERO).unwrap().unwrap();
+    assert_eq!((cumulative, sig), (U256::from(60), vec![2; 65]));
+    assert_eq!(store.channel(id).unwrap().unwrap().accepted, U256::from(18));
 }
 
 // ---- the facilitator on the embedded chain ----

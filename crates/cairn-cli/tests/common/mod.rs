@@ -455,3 +455,14 @@ pub fn get(url: &str) -> serde_json::Value {
         .unwrap();
     rt.block_on(async { reqwest::get(url).await.unwrap().json().await.unwrap() })
 }
+
+/// The receipt `id` once the node at `node` has stored it (waits up to `secs`).
+pub fn receipt_when_stored(node: &str, id: &str, secs: u64) -> cairn_receipt::SignedReceipt {
+    let url = format!("{node}/v1/receipts/{id}");
+    let mut stored = serde_json::Value::Null;
+    eventually(secs, || {
+        stored = get(&url);
+        stored.get("receipt").is_some()
+    });
+    serde_json::from_value(stored["receipt"].clone()).unwrap()
+}

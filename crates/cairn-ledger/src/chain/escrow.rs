@@ -84,7 +84,9 @@ impl Chain {
         sign(payer, voucher.eip712_signing_hash(&self.escrow_domain()))
     }
 
-    /// Redeems a cumulative voucher; pays the payee what it adds.
+    /// Claims `amount` in total on a channel with a voucher signed for up to `cumulative`; pays
+    /// the payee what it adds. Only the payee, or the node whose vault the payee is, may send it.
+    #[allow(clippy::too_many_arguments)]
     pub async fn redeem(
         &self,
         sender: &PrivateKeySigner,
@@ -92,6 +94,7 @@ impl Chain {
         payee: Address,
         salt: B256,
         cumulative: U256,
+        amount: U256,
         signature: &Signature,
     ) -> Result<TxOutcome, LedgerError> {
         self.exec(
@@ -102,6 +105,7 @@ impl Chain {
                 payee,
                 salt,
                 cumulativeAmount: cumulative,
+                amount,
                 signature: Bytes::from(signature.as_bytes().to_vec()),
             },
         )

@@ -95,6 +95,8 @@ struct Inner {
     llm_billing: crate::log::Billing,
     /// Serve language-model calls unpaid on a node that takes payments.
     llm_free: bool,
+    /// What language-model calls cost (`None`: the node takes no payments).
+    llm_prices: Option<crate::LlmPrices>,
     /// Language-model calls generating at once.
     llm_sessions: Arc<Semaphore>,
     /// Model names relayed upstream, the client that relays them, and the relays in flight.
@@ -136,6 +138,7 @@ pub(crate) async fn open(c: NodeConfig) -> Result<NodeState, NodeError> {
         ]
         .concat(),
     );
+    let llm_prices = c.payments.as_ref().map(|p| p.llm_prices.clone());
     let (paywall, payments, payment_store) = match (&chain, c.payments) {
         (Some(chain), Some(pc)) => {
             let kept = Arc::new(KeptFromLog {
@@ -175,6 +178,7 @@ pub(crate) async fn open(c: NodeConfig) -> Result<NodeState, NodeError> {
         }
         None => crate::log::Billing::Final,
     };
+    let llm_prices = llm_prices.filter(|_| paywall.is_some());
     let settlement = start_settler(c.settlement, &c.domain, &c.key, &log, payment_store)?;
     let verifiers = chain.clone().map(cairn_ledger::ActiveVerifiers::new);
     Ok(NodeState(Arc::new(Inner {
@@ -205,6 +209,7 @@ pub(crate) async fn open(c: NodeConfig) -> Result<NodeState, NodeError> {
         llm_models: c.llm_models,
         llm_billing,
         llm_free: c.llm_free,
+        llm_prices,
         llm_sessions: Arc::new(Semaphore::new(c.limits.llm_sessions.max(1))),
         upstreams: c.llm_upstreams,
         // Connecting is quick or never; an answer may take minutes (a whole one arrives at
@@ -355,6 +360,18 @@ fn payment_terms(
             .map(|(m, p)| ModelPrice {
                 model: m.clone(),
                 price: *p,
+            })
+            .collect(),
+        llm_prices: pc
+            .llm_prices
+            .default
+            .iter()
+            .map(|p| ("*".to_string(), p))
+            .chain(pc.llm_prices.models.iter().map(|(m, p)| (m.clone(), p)))
+            .map(|(model, p)| cairn_node_api::LlmPrice {
+                model,
+                prompt_per_1k: p.prompt_per_1k,
+                completion_per_1k: p.completion_per_1k,
             })
             .collect(),
         redeem_every_secs: pc.redeem_every.as_secs(),

@@ -20,8 +20,10 @@ use futures::StreamExt;
     (`--upstream`) goes to that server byte for byte under a `relayed` receipt. Parameters this node does not \
     implement are refused by name. The answer's `cairn-receipt-id` header names its LLM receipt (EIP-712 \
     `LlmReceipt`: the request body's and the answer's SHA-256, token counts, profile), at `GET /v1/receipts/{id}` once \
-    the answer is complete. Language-model calls are not charged yet (price 0): a node that takes payments answers 402 \
-    unless run with `--llm-free`. A stream's reader that takes no event for the node's timeout is treated as gone.",
+    the answer is complete. On a node that takes payments a call is charged per token (`payments.llmPrices` in \
+    `GET /v1/node`): the 402 offers a prepaid voucher for its most (prompt and `max_tokens`), the receipt's price is \
+    what its usage costs (a stream the reader leaves: what it was sent), and the same voucher with the same request \
+    gets the answer it paid for again. A stream's reader that takes no event for the node's timeout is treated as gone.",
     request_body(content = Object, description = "an OpenAI chat completion request"),
     responses((status = 200, description = "`chat.completion`, or `text/event-stream` of `chat.completion.chunk`"),
               (status = 400, body = OpenAiErrorBody), (status = 402, body = OpenAiErrorBody),
@@ -29,10 +31,11 @@ use futures::StreamExt;
               (status = 503, body = OpenAiErrorBody)))]
 pub(super) async fn chat_completions(
     State(s): State<NodeState>,
+    uri: axum::http::Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    llm_call(s, Endpoint::Chat, headers, body)
+    llm_call(s, Endpoint::Chat, uri, headers, body)
         .await
         .unwrap_or_else(NodeError::into_openai_response)
 }
@@ -44,10 +47,11 @@ pub(super) async fn chat_completions(
               (status = 400, body = OpenAiErrorBody), (status = 404, body = OpenAiErrorBody)))]
 pub(super) async fn completions(
     State(s): State<NodeState>,
+    uri: axum::http::Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    llm_call(s, Endpoint::Completion, headers, body)
+    llm_call(s, Endpoint::Completion, uri, headers, body)
         .await
         .unwrap_or_else(NodeError::into_openai_response)
 }
@@ -92,15 +96,13 @@ pub(super) async fn models(State(s): State<NodeState>) -> Response {
 async fn llm_call(
     s: NodeState,
     endpoint: Endpoint,
+    uri: axum::http::Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, NodeError> {
     let i = &s.0;
-    if i.paywall.is_some() && !i.llm_free {
-        return Err(NodeError::PaymentRequired(
-            "this node takes payments, and per-token payment for language-model calls is not implemented yet; its operator can serve them unpaid with --llm-free".into(),
-        ));
-    }
+    // On a node that takes payments, calls are charged per token unless its operator said not.
+    let charged = i.paywall.is_some() && !i.llm_free;
     let read = i.read_request(&headers, body).await?;
     // The protocol's bound (verifiers replay no more), checked before anything is parsed.
     let most = crate::llm::MAX_REQUEST_BYTES;
@@ -113,6 +115,11 @@ async fn llm_call(
     if let Some((name, stream)) = crate::upstream::route_of(&read.body)
         && let Some(up) = i.upstreams.iter().find(|u| u.name == name)
     {
+        if charged {
+            return Err(NodeError::PaymentRequired(
+                "relayed calls are not charged per token (the upstream's usage cannot be checked), so a node that takes payments relays only when its operator serves them unpaid with --llm-free".into(),
+            ));
+        }
         let body = read.body.to_vec();
         drop(read);
         return relay(s.clone(), up.clone(), endpoint, body, stream).await;
@@ -125,6 +132,18 @@ async fn llm_call(
             request.model
         )));
     }
+    let price = match &i.llm_prices {
+        Some(prices) if charged => {
+            let p = prices.of(&i.cache, resolved.cid).await.ok_or_else(|| {
+                NodeError::PaymentRequired(format!(
+                    "this node takes payments and sets no price for `{}`; its operator sets one with --llm-price (or serves language models unpaid with --llm-free)",
+                    request.model
+                ))
+            })?;
+            Some(p).filter(|p| !p.is_free())
+        }
+        _ => None,
+    };
     let permits = i.admit(resolved.cid)?;
     let loaded = tokio::time::timeout(i.limits.timeout, i.cache.get(resolved.cid))
         .await
@@ -136,6 +155,38 @@ async fn llm_call(
         })??;
     let model = Arc::clone(loaded.llm()?);
     let context = crate::llm::context_of(&model);
+    // The prompt is tokenized (and its length checked), the call paid for its most, and the
+    // answer's grammar compiled before anything is answered, so a call that cannot run is an
+    // HTTP error, not a broken stream. A call that is not paid never waits for a session.
+    let (model, request, prompt) = tokio::task::spawn_blocking(move || {
+        let prompt = request.prompt_tokens(&model);
+        (model, request, prompt)
+    })
+    .await
+    .map_err(|e| NodeError::Internal(format!("tokenizer task: {e}")))?;
+    let prompt = prompt?;
+    let most_new = crate::llm::max_tokens(&request, prompt.len(), context)?;
+    // A voucher for the most the call can cost (its prompt and `max_tokens`): it is charged
+    // what the receipt's usage says, given back if the call fails.
+    let metered = match (price, &i.paywall) {
+        (Some(p), Some(wall)) => {
+            let most = p.charge(prompt.len() as u64, most_new as u64);
+            let what = format!(
+                "a language-model call on {} ({}): {} prompt tokens and at most {most_new} completion tokens at {p} token units per 1,000",
+                resolved.cid,
+                request.model,
+                prompt.len()
+            );
+            match wall
+                .take_metered(&uri, &headers, &read.body, most, what)
+                .await
+            {
+                Ok(m) => Some(m),
+                Err(refused) => return Ok(refused),
+            }
+        }
+        _ => None,
+    };
     // A session, then a worker, each waited for at most the node's timeout: long answers
     // cannot starve tensor inference, nor queue without end.
     let busy = || {
@@ -147,19 +198,13 @@ async fn llm_call(
         .await
         .map_err(|_| busy())?
         .map_err(|_| NodeError::Internal("session pool closed".into()))?;
-    // The prompt is tokenized (and its length checked) and the answer's grammar compiled
-    // before anything is answered, so a call that cannot run is an HTTP error, not a broken
-    // stream.
-    let (model, request, prepared) = tokio::task::spawn_blocking(move || {
-        let prepared = request
-            .prompt_tokens(&model)
-            .and_then(|p| Ok((p, request.constraint(&model)?)));
-        (model, request, prepared)
+    let (model, request, constraint) = tokio::task::spawn_blocking(move || {
+        let constraint = request.constraint(&model);
+        (model, request, constraint)
     })
     .await
-    .map_err(|e| NodeError::Internal(format!("tokenizer task: {e}")))?;
-    let (prompt, constraint) = prepared?;
-    crate::llm::max_tokens(&request, prompt.len(), context)?;
+    .map_err(|e| NodeError::Internal(format!("grammar task: {e}")))?;
+    let constraint = constraint?;
     let worker = tokio::time::timeout(i.limits.timeout, i.workers.clone().acquire_owned())
         .await
         .map_err(|_| busy())?
@@ -177,10 +222,13 @@ async fn llm_call(
         request_body: read.body.to_vec(),
         profile,
         id,
+        price: price.unwrap_or_default(),
+        paid: metered.as_ref().map(|m| m.paid().clone()),
     };
     drop(read);
     let receipt_id =
         HeaderValue::from_str(&call.id.request_id.to_string()).expect("hex is a header value");
+    let settle = metered.as_ref().map(|m| m.settle_headers().clone());
     if !request.stream {
         // A caller that hangs up stops the generation: this handler is dropped with it.
         let gone = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -206,7 +254,11 @@ async fn llm_call(
             crate::faults::alter_answer(lie, &mut generated.tail);
             generated.transcript = generated.tail.clone();
         }
-        call.commit(&generated).await?;
+        let charge = call.commit(&generated).await?;
+        // Counted before the answer leaves: an answer whose charge was not recorded is withheld.
+        if let Some(m) = metered {
+            m.charge(charge).map_err(uncounted)?;
+        }
         let mut resp = (
             StatusCode::OK,
             [(header::CONTENT_TYPE, "application/json")],
@@ -214,6 +266,7 @@ async fn llm_call(
         )
             .into_response();
         resp.headers_mut().insert(RECEIPT_ID_HEADER, receipt_id);
+        resp.headers_mut().extend(settle.unwrap_or_default());
         return Ok(resp);
     }
     // A stream: events go out as they are made, through a one-slot channel, so a client that
@@ -249,8 +302,15 @@ async fn llm_call(
         );
         match generated {
             Ok(g) => {
-                // The receipt is committed before the last events leave.
-                match handle.block_on(call.commit(&g)) {
+                // The receipt and the charge are committed before the last events leave; a
+                // stream cut short is charged what it delivered.
+                let committed = handle
+                    .block_on(call.commit(&g))
+                    .and_then(|charge| match metered {
+                        Some(m) => m.charge(charge).map_err(uncounted),
+                        None => Ok(()),
+                    });
+                match committed {
                     Ok(()) => {
                         if !g.tail.is_empty() {
                             send(Bytes::from(g.tail));
@@ -279,7 +339,15 @@ async fn llm_call(
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert(RECEIPT_ID_HEADER, receipt_id);
+    h.extend(settle.unwrap_or_default());
     Ok(resp)
+}
+
+/// A charge the payment store could not record: the answer is withheld, the voucher given back.
+fn uncounted(e: cairn_x402::X402Error) -> NodeError {
+    NodeError::Internal(format!(
+        "the payment could not be recorded: {e}; retry with the same voucher"
+    ))
 }
 
 /// Relays a call to `up`: the body as the client sent it, the answer as it came back (a stream
@@ -567,11 +635,19 @@ struct Call {
     request_body: Vec<u8>,
     profile: cairn_core::ExecutionProfile,
     id: Identity,
+    /// What its tokens cost (zero: unpaid).
+    price: crate::TokenPrice,
+    /// The voucher paying for it, when paid.
+    paid: Option<Paid>,
 }
 
 impl Call {
-    /// Signs the receipt of `g` and commits it with the request and the answer's bytes.
-    async fn commit(&self, g: &crate::llm::Generated) -> Result<(), NodeError> {
+    /// Signs the receipt of `g` (its price: what its usage costs) and commits it with the
+    /// request and the answer's bytes. Returns the charge.
+    async fn commit(&self, g: &crate::llm::Generated) -> Result<U256, NodeError> {
+        let charge = self
+            .price
+            .charge(g.prompt_tokens.into(), g.completion_tokens.into());
         let claims = Claims {
             request_id: self.id.request_id,
             model: self.cid,
@@ -579,8 +655,8 @@ impl Call {
             output_hash: sha256(&g.transcript),
             profile: self.profile.clone(),
             timestamp: self.id.created,
-            price: U256::ZERO,
-            payment_ref: B256::ZERO,
+            price: charge,
+            payment_ref: self.paid.as_ref().map_or(B256::ZERO, |p| p.payment_ref),
             llm: Some(LlmUsage {
                 prompt_tokens: g.prompt_tokens,
                 completion_tokens: g.completion_tokens,
@@ -593,10 +669,14 @@ impl Call {
             digest,
             self.request_body.clone(),
             g.transcript.clone(),
-            self.state.0.llm_billing,
-            None,
+            // A paid receipt is batched once its voucher is counted (or voided if never).
+            match (&self.paid, self.state.0.llm_billing) {
+                (Some(_), crate::log::Billing::Final) => crate::log::Billing::AwaitingPayment,
+                (_, billing) => billing,
+            },
+            self.paid.as_ref().map(|p| p.payer),
         );
         self.state.0.log.append(entry).await?;
-        Ok(())
+        Ok(charge)
     }
 }

@@ -105,6 +105,23 @@ impl cairn_x402::KeptAnswers for KeptFromLog {
             let receipt = receipt_json.verify().ok()?;
             // Only a request carrying the very inputs paid for gets the answer (the payment's
             // signature is public on chain; the inputs are not).
+            if receipt.claims.llm.is_some() {
+                // A language-model call: the same request bytes, the same answer bytes.
+                if crate::llm::sha256(body) != receipt.claims.input_hash {
+                    return None;
+                }
+                let kind = if output.starts_with(b"data: ") {
+                    "text/event-stream"
+                } else {
+                    "application/json"
+                };
+                let id = HeaderValue::from_str(&receipt.id().to_string()).ok()?;
+                let mut resp =
+                    (StatusCode::OK, [(header::CONTENT_TYPE, kind)], output).into_response();
+                resp.headers_mut()
+                    .insert(cairn_node_api::openai::RECEIPT_ID_HEADER, id);
+                return Some(resp);
+            }
             let json_len = match headers.get(HEADER_LENGTH) {
                 Some(v) => Some(v.to_str().ok()?.parse::<usize>().ok()?),
                 None => None,

@@ -60,7 +60,7 @@ pub(super) async fn pay(
         return resp;
     }
     // Counted before the output leaves: an answer the store did not count is withheld.
-    if let Err(e) = pre.commit(&accepted) {
+    if let Err(e) = pre.commit(&accepted, offer.amount) {
         tracing::error!(error = %e, "counting a prepaid voucher");
         return (
             StatusCode::INTERNAL_SERVER_ERROR,

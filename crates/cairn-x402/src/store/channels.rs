@@ -66,9 +66,9 @@ impl PaymentStore {
                 Some(ch) if cumulative > ch.deposited => Some(VoucherRefusal::OverDeposit {
                     deposited: ch.deposited,
                 }),
-                // Exactly the next step: a voucher promising more would never be the one
-                // redeemed (redemption takes one not above what is owed), so a payer could use
-                // the service on vouchers the node can never cash and withdraw the deposit.
+                // Exactly the next step: a higher ceiling would let more be claimed than the
+                // payer owes (a voucher is claimable up to its amount), a lower one would not
+                // cover what this request may cost.
                 Some(ch) if cumulative != ch.accepted + pending + price => {
                     Some(VoucherRefusal::NotNext {
                         owed: ch.accepted + pending,
@@ -103,30 +103,37 @@ impl PaymentStore {
         Ok(Ok(()))
     }
 
-    /// The request a taken voucher paid for succeeded: its price now counts as owed and the
-    /// voucher is kept for redemption (durable as the store's `counts` say). On an error the
-    /// voucher stays taken: the caller gives it back.
-    pub fn commit_voucher(&self, key: B256) -> Result<(), X402Error> {
-        self.finish_voucher(key, true)
+    /// The request a taken voucher paid for succeeded and costs `charged` (at most the price it
+    /// was taken for): that now counts as owed, the rest of the price is freed, and the voucher
+    /// is kept for redemption (durable as the store's `counts` say). On an error the voucher
+    /// stays taken: the caller gives it back.
+    pub fn commit_voucher(&self, key: B256, charged: U256) -> Result<(), X402Error> {
+        self.finish_voucher(key, Some(charged))
     }
 
     /// The request failed: its price is given back and the voucher may be presented again.
     pub fn release_voucher(&self, key: B256) -> Result<(), X402Error> {
-        self.finish_voucher(key, false)
+        self.finish_voucher(key, None)
     }
 
-    pub(super) fn finish_voucher(&self, key: B256, succeeded: bool) -> Result<(), X402Error> {
+    pub(super) fn finish_voucher(&self, key: B256, charged: Option<U256>) -> Result<(), X402Error> {
         let mut taken = self.taken();
         let Some(v) = taken.vouchers.get(&key).cloned() else {
             // Giving back twice is harmless; counting what was not taken would let an answer
             // out unpaid.
-            return if succeeded {
+            return if charged.is_some() {
                 Err(X402Error::Store(format!("voucher {key} is not taken")))
             } else {
                 Ok(())
             };
         };
-        if succeeded {
+        if let Some(charged) = charged {
+            if charged > v.price {
+                return Err(X402Error::Store(format!(
+                    "voucher {key} was taken for at most {} and cannot be charged {charged}",
+                    v.price
+                )));
+            }
             self.with(|c| {
                 let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
                 let accepted: String = tx
@@ -137,7 +144,7 @@ impl PaymentStore {
                 )?
                 .execute(params![
                     v.channel.as_slice(),
-                    (u256(accepted) + v.price).to_string(),
+                    (u256(accepted) + charged).to_string(),
                     now()
                 ])?;
                 tx.prepare_cached(
@@ -149,7 +156,7 @@ impl PaymentStore {
                     key.as_slice(),
                     v.channel.as_slice(),
                     v.cumulative.to_be_bytes::<32>().as_slice(),
-                    v.price.to_string(),
+                    charged.to_string(),
                     v.signature,
                     now()
                 ])?;
@@ -171,26 +178,22 @@ impl PaymentStore {
         Ok(())
     }
 
-    /// The voucher to redeem for a channel: the largest counted one not above what is owed
-    /// (`accepted`) and above what was already claimed. (cumulative, signature).
+    /// The voucher to claim `accepted` with on a channel that has `redeemed` so far: the
+    /// largest counted one, when it is above what was redeemed (cumulative, signature). It
+    /// covers `accepted` (see the module doc); the claim is `min(accepted, cumulative)`.
     pub fn redeemable(
         &self,
         id: B256,
-        accepted: U256,
         redeemed: U256,
     ) -> Result<Option<(U256, Vec<u8>)>, X402Error> {
         self.with(|c| {
             c.prepare_cached(
                 "SELECT cumulative, signature FROM vouchers
-                 WHERE channel = ?1 AND state = 'settled' AND cumulative <= ?2 AND cumulative > ?3
+                 WHERE channel = ?1 AND state = 'settled' AND cumulative > ?2
                  ORDER BY cumulative DESC LIMIT 1",
             )?
             .query_row(
-                params![
-                    id.as_slice(),
-                    accepted.to_be_bytes::<32>().as_slice(),
-                    redeemed.to_be_bytes::<32>().as_slice()
-                ],
+                params![id.as_slice(), redeemed.to_be_bytes::<32>().as_slice()],
                 |r| {
                     let b: Vec<u8> = r.get(0)?;
                     Ok((U256::from_be_slice(&b), r.get(1)?))
