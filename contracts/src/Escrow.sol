@@ -43,7 +43,7 @@ contract Escrow is EIP712, ReentrancyGuard {
     }
 
     bytes32 public constant VOUCHER_TYPEHASH =
-        keccak256("Voucher(address payer,address payee,bytes32 salt,uint256 cumulativeAmount)");
+        keccak256("Voucher(address payer,address payee,bytes32 salt,uint256 cumulativeAmount,bytes32 nonce)");
 
     IERC20 public immutable token;
     uint64 public immutable withdrawDelay;
@@ -111,11 +111,14 @@ contract Escrow is EIP712, ReentrancyGuard {
     /// @notice Raises what the channel has paid the payee to `amount` (at most `cumulativeAmount`, the
     /// ceiling the payer signed) and pays the difference. Only the payee, or the node whose payment
     /// vault the payee is, may claim: anyone else holding a voucher could charge its whole ceiling.
+    /// A voucher's `nonce` (the payer's random choice) makes every voucher a payer signs distinct,
+    /// even two with the same ceiling, so the payee can tell a new one from a replayed one.
     function redeem(
         address payer,
         address payee,
         bytes32 salt,
         uint256 cumulativeAmount,
+        bytes32 nonce,
         uint256 amount,
         bytes calldata signature
     ) external nonReentrant returns (uint256 paid) {
@@ -125,7 +128,7 @@ contract Escrow is EIP712, ReentrancyGuard {
         Channel storage c = _channels[id];
         if (amount <= c.claimed) revert VoucherNotIncreasing(amount, c.claimed);
         if (amount > c.deposited) revert InsufficientDeposit(amount, c.deposited);
-        if (!SignatureChecker.isValidSignatureNow(payer, voucherDigest(payer, payee, salt, cumulativeAmount), signature)) {
+        if (!SignatureChecker.isValidSignatureNow(payer, voucherDigest(payer, payee, salt, cumulativeAmount, nonce), signature)) {
             revert InvalidVoucherSignature();
         }
         paid = amount - c.claimed;
@@ -167,12 +170,12 @@ contract Escrow is EIP712, ReentrancyGuard {
         return _channels[channelId(payer, payee, salt)];
     }
 
-    function voucherDigest(address payer, address payee, bytes32 salt, uint256 cumulativeAmount)
+    function voucherDigest(address payer, address payee, bytes32 salt, uint256 cumulativeAmount, bytes32 nonce)
         public
         view
         returns (bytes32)
     {
-        return _hashTypedDataV4(keccak256(abi.encode(VOUCHER_TYPEHASH, payer, payee, salt, cumulativeAmount)));
+        return _hashTypedDataV4(keccak256(abi.encode(VOUCHER_TYPEHASH, payer, payee, salt, cumulativeAmount, nonce)));
     }
 
     function domainSeparator() external view returns (bytes32) {

@@ -60,7 +60,8 @@ enum Command {
         #[arg(long, default_value = "1000")]
         price: alloy_primitives::U256,
         /// Price of the language model: PROMPT/COMPLETION token units per 1,000 tokens, paid
-        /// with prepaid vouchers (a call's voucher covers its prompt and max_tokens; only its
+        /// with prepaid vouchers (a call's voucher covers its most, from its body's length and
+        /// max_tokens; only its
         /// signed usage is charged).
         #[arg(long, default_value = "100/400", value_name = "PROMPT/COMPLETION")]
         llm_price: cairn_node::TokenPrice,

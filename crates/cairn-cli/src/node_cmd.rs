@@ -112,9 +112,9 @@ pub struct NodeServeArgs {
     #[arg(long)]
     pub llm_free: bool,
     /// Price of language-model calls without their own: PROMPT/COMPLETION token units per
-    /// 1,000 tokens (`20/60`). Paid with prepaid vouchers: a call's voucher covers its prompt
-    /// and max_tokens, and only its signed usage is charged. Without it (or --llm-free) a node
-    /// that takes payments refuses language-model calls.
+    /// 1,000 tokens (`20/60`). Paid with prepaid vouchers: a call's voucher covers its most
+    /// (from its body's length and max_tokens), and only its signed usage is charged. Without
+    /// it (or --llm-free) a node that takes payments refuses language-model calls.
     #[arg(long, value_name = "PROMPT/COMPLETION")]
     pub llm_price: Option<cairn_node::TokenPrice>,
     /// Price of one language model, MODEL=PROMPT/COMPLETION (a CID or name@version;

@@ -192,16 +192,9 @@ async fn voucher_gas(chain: &Chain, n: u64, salt: u64) -> (u64, u64) {
                 .unwrap(),
         );
     }
+    let (voucher, sig) = latest.unwrap();
     let redeem = chain
-        .redeem(
-            &dev_signer(2),
-            payer.address(),
-            payee,
-            channel,
-            total,
-            total,
-            &latest.unwrap(),
-        )
+        .redeem(&dev_signer(2), &voucher, total, &sig)
         .await
         .unwrap()
         .gas_used;

@@ -418,18 +418,11 @@ async fn escrow_vouchers(ledger: Arc<dyn Ledger>) {
             .sign_voucher(by, payee, salt, U256::from(cumulative))
             .unwrap()
     };
-    let redeem = async |by: &PrivateKeySigner, cumulative: u64, amount: u64, sig: &Signature| {
-        chain
-            .redeem(
-                by,
-                a.payer.address(),
-                payee,
-                salt,
-                U256::from(cumulative),
-                U256::from(amount),
-                sig,
-            )
-            .await
+    let redeem = async |by: &PrivateKeySigner,
+                        _cumulative: u64,
+                        amount: u64,
+                        (v, sig): &(cairn_ledger::chain::Voucher, Signature)| {
+        chain.redeem(by, v, U256::from(amount), sig).await
     };
     let v100 = voucher(&a.payer, 100);
     let before = chain.token_balance(payee).await.unwrap();
@@ -446,7 +439,14 @@ async fn escrow_vouchers(ledger: Arc<dyn Ledger>) {
         .unwrap_err();
     assert!(reason(e).contains("VoucherNotIncreasing"));
     // A voucher signed by someone else, or a claim above the deposit, is refused.
-    let e = redeem(&a.node, 900, 900, &voucher(&a.outsider, 900))
+    let (mut forged, sig) = voucher(&a.outsider, 900);
+    forged.payer = a.payer.address();
+    let e = redeem(&a.node, 900, 900, &(forged, sig)).await.unwrap_err();
+    assert!(reason(e).contains("InvalidVoucherSignature"));
+    // The nonce is signed: the same voucher with another nonce is not the payer's.
+    let (mut renonced, sig) = voucher(&a.payer, 900);
+    renonced.nonce = B256::repeat_byte(7);
+    let e = redeem(&a.node, 900, 900, &(renonced, sig))
         .await
         .unwrap_err();
     assert!(reason(e).contains("InvalidVoucherSignature"));
@@ -490,15 +490,7 @@ async fn escrow_vouchers(ledger: Arc<dyn Ledger>) {
         .unwrap();
     let claim = async |by: &PrivateKeySigner| {
         chain
-            .redeem(
-                by,
-                a.payer.address(),
-                vault,
-                salt,
-                U256::from(400u64),
-                U256::from(300u64),
-                &to_vault,
-            )
+            .redeem(by, &to_vault.0, U256::from(300u64), &to_vault.1)
             .await
     };
     let e = claim(&a.verifiers[0]).await.unwrap_err();

@@ -148,20 +148,20 @@ impl NodeClient {
             .find(|o| o.scheme == "prepaid")
             .and_then(|o| Some((o, self.account_path(payer.address(), o)?)));
         if let Some((offer, path)) = prepaid
-            && let Some(account) =
+            && let Some(mut account) =
                 cairn_x402::client::PrepaidAccount::load(&path).map_err(|e| p(e.to_string()))?
         {
             let ch = self.prepaid_channel(payer.address(), self.salt).await?;
-            // Our own account, not the node's word, says what the next voucher is worth, unless
-            // the node counts less (it lost counts to a power cut): then its figure, which only
-            // ever costs us less.
+            // Our own account says what is owed; the node's count only within the ceilings we
+            // signed (see `PrepaidAccount::owed`).
             let paid = if ch.known {
-                account.paid.min(ch.accepted)
+                account.owed(ch.accepted)
             } else {
                 account.paid
             };
             let next = paid + offer.amount;
             if ch.known && ch.closing != Some(true) && next <= ch.deposited.unwrap_or_default() {
+                account.signing(next).map_err(|e| p(e.to_string()))?;
                 let header = pay::pay_prepaid(payer, &required, offer, self.salt, next)
                     .map_err(|e| p(e.to_string()))?;
                 let mut m = made(offer);
@@ -367,6 +367,8 @@ impl NodeClient {
         if resp.status() == StatusCode::PAYMENT_REQUIRED
             && let (Some(payer), Some(retry)) = (&self.payer, retry)
         {
+            self.check_ceiling(request, body.len(), resp.headers())
+                .await?;
             let (header, mut made) = self.pay(payer, resp.headers()).await?;
             resp = retry
                 .header(cairn_x402::wire::PAYMENT_SIGNATURE, header)
@@ -419,6 +421,62 @@ impl NodeClient {
             receipt,
             payment,
         })
+    }
+}
+
+impl NodeClient {
+    /// Refuses a chat call's 402 whose prepaid ceiling is over what the node's own published
+    /// per-token price allows for this request ([`crate::openai::TokenPrice::most`]): a node
+    /// that names a larger ceiling would be signed the right to claim it.
+    async fn check_ceiling(
+        &self,
+        request: &serde_json::Value,
+        body_bytes: usize,
+        headers: &reqwest::header::HeaderMap,
+    ) -> Result<(), NodeClientError> {
+        let p = NodeClientError::Protocol;
+        let required = cairn_x402::client::offers(headers).map_err(|e| p(e.to_string()))?;
+        let Some(offer) = required.accepts.iter().find(|o| o.scheme == "prepaid") else {
+            return Ok(());
+        };
+        let terms = self
+            .payment_terms()
+            .await?
+            .ok_or_else(|| p("the node asks for payment but publishes no terms".into()))?;
+        let model = request["model"].as_str().unwrap_or_default();
+        // The model's own price, else the dearest the node publishes.
+        let price = match terms.llm_prices.iter().find(|l| l.model == model) {
+            Some(l) => crate::openai::TokenPrice {
+                prompt_per_1k: l.prompt_per_1k,
+                completion_per_1k: l.completion_per_1k,
+            },
+            None => crate::openai::TokenPrice {
+                prompt_per_1k: terms
+                    .llm_prices
+                    .iter()
+                    .map(|l| l.prompt_per_1k)
+                    .max()
+                    .unwrap_or_default(),
+                completion_per_1k: terms
+                    .llm_prices
+                    .iter()
+                    .map(|l| l.completion_per_1k)
+                    .max()
+                    .unwrap_or_default(),
+            },
+        };
+        let asked = request["max_completion_tokens"]
+            .as_u64()
+            .or_else(|| request["max_tokens"].as_u64())
+            .map(|m| m.min(u64::from(u32::MAX)) as u32);
+        let allowed = price.most(body_bytes, asked);
+        if offer.amount > allowed {
+            return Err(p(format!(
+                "the node asks a ceiling of {} token units for this call; its published price ({}/{} per 1,000 tokens) allows at most {allowed}: not paying",
+                offer.amount, price.prompt_per_1k, price.completion_per_1k
+            )));
+        }
+        Ok(())
     }
 }
 

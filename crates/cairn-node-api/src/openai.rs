@@ -6,6 +6,7 @@
 //! are serialized from these structs in field order, so the same generation always gives the
 //! same bytes (what an LLM receipt's `responseHash` covers and a verifier rebuilds).
 
+use alloy_primitives::U256;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -584,5 +585,110 @@ impl OpenAiErrorBody {
                 code: code.into(),
             },
         }
+    }
+}
+
+/// A language model's price: token units per 1,000 prompt tokens and per 1,000 completion
+/// tokens. A call is charged from its signed usage, rounded up to a whole unit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TokenPrice {
+    /// Units per 1,000 prompt tokens.
+    pub prompt_per_1k: U256,
+    /// Units per 1,000 completion tokens.
+    pub completion_per_1k: U256,
+}
+
+/// Tokens a request body's bytes can render to beyond one per byte: the chat template's and
+/// the tool instructions' own text.
+pub const TEMPLATE_TOKENS: u64 = 1024;
+
+/// The context a language-model call runs in at most (a protocol constant; the node's
+/// `llm::MAX_CONTEXT`).
+pub const MAX_CONTEXT_TOKENS: u64 = 4096;
+
+impl TokenPrice {
+    /// The most a call with a `body_bytes`-byte request asking for `max_tokens` can cost,
+    /// known before its prompt is tokenized (so a call is priced without loading the model):
+    /// a prompt of at most one token per body byte plus [`TEMPLATE_TOKENS`], an answer of at
+    /// most `max_tokens`, each within [`MAX_CONTEXT_TOKENS`]. Payer and node compute the same.
+    pub fn most(&self, body_bytes: usize, max_tokens: Option<u32>) -> U256 {
+        let prompt = (body_bytes as u64)
+            .saturating_add(TEMPLATE_TOKENS)
+            .min(MAX_CONTEXT_TOKENS);
+        let answer =
+            max_tokens.map_or(MAX_CONTEXT_TOKENS, |m| u64::from(m).min(MAX_CONTEXT_TOKENS));
+        self.charge(prompt, answer)
+    }
+
+    /// What `prompt` and `completion` tokens cost.
+    pub fn charge(&self, prompt: u64, completion: u64) -> U256 {
+        let units = self
+            .prompt_per_1k
+            .saturating_mul(U256::from(prompt))
+            .saturating_add(
+                self.completion_per_1k
+                    .saturating_mul(U256::from(completion)),
+            );
+        units.div_ceil(U256::from(1_000u64))
+    }
+
+    /// Nothing to pay, whatever the usage.
+    pub fn is_free(&self) -> bool {
+        self.prompt_per_1k.is_zero() && self.completion_per_1k.is_zero()
+    }
+}
+
+impl std::str::FromStr for TokenPrice {
+    type Err = String;
+
+    /// `PROMPT/COMPLETION`, each in token units per 1,000 tokens (`20/60`).
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (p, c) = s.split_once('/').ok_or_else(|| {
+            format!("{s:?} is not PROMPT/COMPLETION (token units per 1,000 tokens, e.g. 20/60)")
+        })?;
+        let units = |v: &str| {
+            U256::from_str_radix(v.trim(), 10)
+                .map_err(|e| format!("{v:?} is not a whole number of token units: {e}"))
+        };
+        Ok(Self {
+            prompt_per_1k: units(p)?,
+            completion_per_1k: units(c)?,
+        })
+    }
+}
+
+impl std::fmt::Display for TokenPrice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.prompt_per_1k, self.completion_per_1k)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_price_charges_the_usage_rounded_up() {
+        let p: TokenPrice = "100/400".parse().unwrap();
+        // 20 body bytes: at most 1,044 prompt tokens; 24 answer tokens: 114 units.
+        assert_eq!(p.most(20, Some(24)), U256::from(114u64));
+        // Without max_tokens, and past the context, each part is the context.
+        assert_eq!(p.most(1 << 20, None), U256::from(2_048u64));
+        let p: TokenPrice = "20/60".parse().unwrap();
+        assert_eq!(p.charge(0, 0), U256::ZERO);
+        // 100 × 20 + 7 × 60 = 2,420 per 1,000: 2.42, charged 3.
+        assert_eq!(p.charge(100, 7), U256::from(3u64));
+        assert_eq!(p.charge(1_000, 1_000), U256::from(80u64));
+        assert_eq!(p.to_string(), "20/60");
+        assert!("0/0".parse::<TokenPrice>().unwrap().is_free());
+        for bad in ["20", "20/x", "-1/2", ""] {
+            assert!(bad.parse::<TokenPrice>().is_err(), "{bad}");
+        }
+        // A price too large to multiply saturates instead of wrapping to a small charge.
+        let huge = TokenPrice {
+            prompt_per_1k: U256::MAX,
+            completion_per_1k: U256::ZERO,
+        };
+        assert_eq!(huge.charge(2, 0), U256::MAX.div_ceil(U256::from(1_000u64)));
     }
 }

@@ -389,6 +389,11 @@ fn tools_grammar(
 }
 
 impl LlmRequest {
+    /// The most tokens the request asks to generate (absent: up to the context).
+    pub fn max_tokens_asked(&self) -> Option<u32> {
+        self.max_tokens
+    }
+
     /// Reads a request body for `endpoint`, checking every parameter.
     pub fn parse(endpoint: Endpoint, body: &[u8]) -> Result<Self, CallError> {
         match endpoint {

@@ -170,3 +170,90 @@ async fn vouchers_follow_the_payers_own_account_not_the_nodes_word() {
         U256::from(5_000u64)
     );
 }
+
+/// Attack: a node publishes a per-token price, then names a far larger ceiling in a chat
+/// call's 402, hoping the client signs it (it could then claim the whole ceiling). The client
+/// works the ceiling out from the published price and the request, and refuses to sign more.
+#[tokio::test]
+async fn a_ceiling_over_the_published_price_is_not_signed() {
+    let price = cairn_node_api::openai::TokenPrice {
+        prompt_per_1k: U256::from(100u64),
+        completion_per_1k: U256::from(400u64),
+    };
+    let terms = cairn_node_api::PaymentTerms {
+        pay_to: Address::repeat_byte(2),
+        asset: Address::repeat_byte(1),
+        network: "eip155:31337".into(),
+        schemes: vec!["prepaid".into()],
+        escrow: Address::repeat_byte(3),
+        token_name: "Cairn USD".into(),
+        token_version: "1".into(),
+        min_deposit: U256::from(1u64),
+        default_price: U256::ZERO,
+        model_prices: Vec::new(),
+        llm_prices: vec![cairn_node_api::LlmPrice {
+            model: "*".into(),
+            prompt_per_1k: price.prompt_per_1k,
+            completion_per_1k: price.completion_per_1k,
+        }],
+        redeem_every_secs: 5,
+    };
+    let asked = Arc::new(Mutex::new(U256::ZERO));
+    let a = asked.clone();
+    let chat = move |headers: HeaderMap| {
+        let a = a.clone();
+        async move {
+            assert!(
+                headers.get("payment-signature").is_none(),
+                "the client signed the inflated ceiling"
+            );
+            let mut o = offer("prepaid");
+            o.amount = *a.lock().unwrap();
+            let required = PaymentRequired {
+                x402_version: 2,
+                error: None,
+                resource: ResourceInfo {
+                    url: "http://node/v1/chat/completions".into(),
+                    description: String::new(),
+                    mime_type: String::new(),
+                },
+                accepts: vec![o],
+            };
+            (
+                StatusCode::PAYMENT_REQUIRED,
+                [("payment-required", encode_header(&required))],
+                "{}",
+            )
+                .into_response()
+        }
+    };
+    let app = axum::Router::new()
+        .route("/v1/chat/completions", post(chat))
+        .route(
+            "/v1/node",
+            get(move || async move { axum::Json(json!({"payments": terms})) }),
+        );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(l, app).await });
+
+    let dir = tempfile::tempdir().unwrap();
+    let payer = PrivateKeySigner::random();
+    let client = NodeClient::new(&url)
+        .with_payer(payer.clone(), Default::default())
+        .with_accounts(dir.path().to_owned());
+    let path = client
+        .account_path(payer.address(), &offer("prepaid"))
+        .unwrap();
+    PrepaidAccount::create(&path, U256::ZERO).unwrap();
+    let request = json!({"model": "m@1", "messages": [{"role": "user", "content": "Hi"}],
+                         "max_tokens": 8});
+    let body_len = serde_json::to_vec(&request).unwrap().len();
+    *asked.lock().unwrap() = price.most(body_len, Some(8)) * U256::from(1_000u64);
+    let e = client.chat(&request).await.unwrap_err().to_string();
+    assert!(e.contains("not paying"), "{e}");
+    assert_eq!(
+        PrepaidAccount::load(&path).unwrap().unwrap().signed,
+        U256::ZERO
+    );
+}

@@ -95,6 +95,7 @@ fn main() {
             payee: v.voucher.payee,
             salt: v.voucher.salt,
             cumulativeAmount: v.voucher.cumulative_amount,
+            nonce: v.voucher.nonce,
         };
         let s = alloy_primitives::Signature::try_from(v.signature.as_ref()).unwrap();
         let who =
@@ -126,7 +127,7 @@ fn main() {
             i += 1;
             let key = alloy_primitives::keccak256(i.to_be_bytes());
             store
-                .accept_voucher(id, key, price * U256::from(i), price, &[1; 65])
+                .accept_voucher(id, key, price * U256::from(i), B256::ZERO, price, &[1; 65])
                 .unwrap()
                 .unwrap();
             store.commit_voucher(key, price).unwrap();

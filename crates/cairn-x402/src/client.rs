@@ -91,14 +91,19 @@ fn envelope(
 }
 
 /// The payer's own account of one prepaid channel: how much its requests that succeeded cost
-/// in total. The next voucher is this plus the price, whatever the node claims, so a node that
-/// misreports what it accepted cannot obtain a larger voucher (at worst it refuses service).
-/// One small JSON file per channel, replaced atomically.
+/// in total, and the highest ceiling it ever signed. The next voucher is what is owed plus the
+/// price; what is owed is the node's count only when that is no more than the highest ceiling
+/// signed (a call counted whose charge this machine never learned: a cut connection, a crash),
+/// since the node can claim that much with a voucher it holds anyway; otherwise this account's
+/// figure. So a node that misreports what it accepted cannot obtain a larger voucher (at worst
+/// it refuses service). One small JSON file per channel, replaced atomically.
 #[derive(Clone, Debug)]
 pub struct PrepaidAccount {
     path: std::path::PathBuf,
-    /// Everything paid on the channel by requests that succeeded (the last voucher counted).
+    /// Everything paid on the channel by requests that succeeded, as this machine knows it.
     pub paid: U256,
+    /// The highest ceiling this machine signed a voucher for on the channel.
+    pub signed: U256,
 }
 
 impl PrepaidAccount {
@@ -122,13 +127,13 @@ impl PrepaidAccount {
         let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
             X402Error::Store(format!("{} is not an account file: {e}", path.display()))
         })?;
-        let paid = v["paid"]
-            .as_str()
-            .and_then(|s| U256::from_str_radix(s, 10).ok())
+        let amount = |k: &str| v[k].as_str().and_then(|s| U256::from_str_radix(s, 10).ok());
+        let paid = amount("paid")
             .ok_or_else(|| X402Error::Store(format!("{} has no `paid` amount", path.display())))?;
         Ok(Some(Self {
             path: path.to_owned(),
             paid,
+            signed: amount("signed").unwrap_or(paid).max(paid),
         }))
     }
 
@@ -137,15 +142,37 @@ impl PrepaidAccount {
         let a = Self {
             path: path.to_owned(),
             paid,
+            signed: paid,
         };
         a.save()?;
         Ok(a)
     }
 
-    /// Records that the voucher for `cumulative` paid for a request that succeeded.
+    /// What is owed on the channel when the node counts `node_count`: its count if it is no
+    /// more than the highest ceiling signed, else this account's figure (never more than the
+    /// node's count: a node that lost counts to a power cut only ever costs the payer less).
+    pub fn owed(&self, node_count: U256) -> U256 {
+        if node_count <= self.signed {
+            node_count
+        } else {
+            self.paid.min(node_count)
+        }
+    }
+
+    /// Records a voucher about to be signed for `ceiling`, before it leaves this machine.
+    pub fn signing(&mut self, ceiling: U256) -> Result<(), X402Error> {
+        if ceiling > self.signed {
+            self.signed = ceiling;
+            self.save()?;
+        }
+        Ok(())
+    }
+
+    /// Records that everything owed after a request that succeeded is `cumulative`.
     pub fn record(&mut self, cumulative: U256) -> Result<(), X402Error> {
         if cumulative > self.paid {
             self.paid = cumulative;
+            self.signed = self.signed.max(cumulative);
             self.save()?;
         }
         Ok(())
@@ -159,7 +186,8 @@ impl PrepaidAccount {
         let tmp = self.path.with_extension("tmp");
         std::fs::write(
             &tmp,
-            serde_json::json!({"paid": self.paid.to_string()}).to_string(),
+            serde_json::json!({"paid": self.paid.to_string(), "signed": self.signed.to_string()})
+                .to_string(),
         )
         .map_err(io)?;
         std::fs::rename(&tmp, &self.path).map_err(io)
@@ -169,6 +197,22 @@ impl PrepaidAccount {
 #[cfg(test)]
 mod account_tests {
     use super::*;
+
+    /// The node's count is taken only within the ceilings this machine signed: a call it was
+    /// charged for but never heard back from, yes; a count inflated past every signed ceiling,
+    /// no (this account's figure then, whatever the node says).
+    #[test]
+    fn the_nodes_count_is_owed_only_within_what_was_signed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = PrepaidAccount::path(dir.path(), 1, alloy_primitives::Address::ZERO, B256::ZERO);
+        let mut a = PrepaidAccount::create(&path, U256::from(10u64)).unwrap();
+        a.signing(U256::from(40u64)).unwrap();
+        let a = PrepaidAccount::load(&path).unwrap().unwrap();
+        assert_eq!(a.signed, U256::from(40u64));
+        assert_eq!(a.owed(U256::from(25u64)), U256::from(25u64));
+        assert_eq!(a.owed(U256::from(4u64)), U256::from(4u64));
+        assert_eq!(a.owed(U256::from(41u64)), U256::from(10u64));
+    }
 
     #[test]
     fn the_account_only_grows_and_survives_reopening() {

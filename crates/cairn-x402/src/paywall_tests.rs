@@ -381,7 +381,7 @@ async fn prepaid_vouchers_are_checked_locally_stepped_atomically_and_redeemed() 
     }
     assert_eq!(s.runs.load(Ordering::SeqCst), 1);
     // The same voucher again: it was taken (nothing runs, nothing more is owed).
-    let (status, _, _, v2) = send(&s.url, &voucher(1), "go").await;
+    let (status, _, _, v2) = send(&s.url, &v1, "go").await;
     assert_eq!(
         (status, v2["error"].as_str()),
         (402, Some("invalid_prepaid_voucher_already_used"))
@@ -505,4 +505,52 @@ async fn a_failed_last_request_leaves_the_vouchers_redeemable() {
             .await
             .unwrap();
     assert_eq!(claimed, U256::from(2 * PRICE));
+}
+
+/// Two vouchers with the same ceiling are two vouchers (their nonces differ). A call charged
+/// less than its most leaves the next call's ceiling where the last one's was: before nonces
+/// that voucher was byte for byte the first one, refused as used, and the payer could never pay
+/// again. The first voucher presented again is still refused; the claim is what was charged.
+#[tokio::test]
+async fn a_ceiling_met_again_is_a_new_voucher_not_a_replay() {
+    let s = site(true).await;
+    let payer = &s.d.payer;
+    let salt = B256::repeat_byte(9);
+    s.d.chain
+        .deposit(payer, s.vault, salt, U256::from(100u64))
+        .await
+        .unwrap();
+    let pre = Prepaid::new(
+        s.d.chain.clone(),
+        s.d.facilitator.store().clone(),
+        dev_signer(9),
+        s.vault,
+    );
+    let domain = s.d.chain.escrow_domain();
+    let sign = |ceiling: u64| {
+        serde_json::to_value(
+            crate::prepaid::sign_voucher(payer, s.vault, salt, U256::from(ceiling), &domain)
+                .unwrap(),
+        )
+        .unwrap()
+    };
+    // Most 30, charged 7; then most 23: the ceiling is 30 again.
+    let first = sign(30);
+    let a = pre.accept(&first, U256::from(30u64)).await.unwrap();
+    pre.commit(&a, U256::from(7u64)).unwrap();
+    let b = pre.accept(&sign(30), U256::from(23u64)).await.unwrap();
+    assert_ne!(a.payment_ref(), b.payment_ref());
+    pre.commit(&b, U256::from(23u64)).unwrap();
+    match pre.accept(&first, U256::from(23u64)).await {
+        Err(crate::X402Error::Invalid(r)) => {
+            assert_eq!(r.code, "invalid_prepaid_voucher_already_used")
+        }
+        other => panic!("a replayed voucher was {other:?}"),
+    }
+    let before = s.d.chain.token_balance(s.vault).await.unwrap();
+    assert_eq!(pre.redeem_due().await.unwrap(), 1);
+    assert_eq!(
+        s.d.chain.token_balance(s.vault).await.unwrap(),
+        before + U256::from(30u64)
+    );
 }

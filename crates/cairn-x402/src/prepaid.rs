@@ -1,8 +1,10 @@
 //! Scheme `prepaid`: the caller deposits into the Escrow contract once (channel = payer, payee,
-//! salt) and then sends, with each request, a cumulative EIP-712 voucher worth what was accepted
-//! so far plus the price. The node checks it without any chain call (signature, payee, the
-//! channel's cached deposit, and an atomic step over the last accepted voucher) and redeems the
-//! latest voucher periodically, which pays its payment vault (and so the fee split).
+//! salt) and then sends, with each request, a cumulative EIP-712 voucher whose ceiling is what
+//! was charged so far plus the most this request costs, with a random nonce that makes it
+//! distinct from every other voucher. The node checks it without any chain call (signature,
+//! payee, the channel's cached deposit, and an atomic step over what is owed), charges the
+//! request at most that, and periodically claims what is owed with the largest voucher, which
+//! pays its payment vault (and so the fee split).
 //!
 //! It has the deposit / voucher / refund shape of x402's `batch-settlement` scheme but runs
 //! against Cairn's own Escrow contract and typed data, so it is a scheme of its own.
@@ -40,9 +42,11 @@ pub struct VoucherWire {
     pub payee: Address,
     /// The payer's channel salt.
     pub salt: B256,
-    /// Everything promised on this channel so far, this request included.
+    /// The ceiling: everything charged on this channel so far plus this request's most.
     #[serde(with = "decimal")]
     pub cumulative_amount: U256,
+    /// The payer's random choice: two vouchers with the same ceiling are still two vouchers.
+    pub nonce: B256,
 }
 
 /// The `prepaid` payload.
@@ -63,12 +67,15 @@ pub struct Accepted {
     pub payer: Address,
     /// The voucher's cumulative amount.
     pub cumulative: U256,
+    /// The voucher's nonce.
+    pub nonce: B256,
 }
 
 impl Accepted {
-    /// The payment reference bound into receipts: keccak256(abi.encode(channel, cumulative)).
+    /// The payment reference bound into receipts:
+    /// keccak256(abi.encode(channel, cumulative, nonce)).
     pub fn payment_ref(&self) -> B256 {
-        keccak256((self.channel, self.cumulative).abi_encode())
+        keccak256((self.channel, self.cumulative, self.nonce).abi_encode())
     }
 }
 
@@ -139,11 +146,17 @@ impl Prepaid {
             channel: id,
             payer: v.payer,
             cumulative: v.cumulative_amount,
+            nonce: v.nonce,
         };
         let key = accepted.payment_ref();
-        let mut outcome =
-            self.store
-                .accept_voucher(id, key, v.cumulative_amount, price, &p.signature)?;
+        let mut outcome = self.store.accept_voucher(
+            id,
+            key,
+            v.cumulative_amount,
+            v.nonce,
+            price,
+            &p.signature,
+        )?;
         // A channel new to the node, a voucher past the cached deposit (a top-up) or a channel
         // marked closing (a new deposit cancels a withdrawal request): read the chain once and
         // try again.
@@ -154,9 +167,14 @@ impl Prepaid {
                 | VoucherRefusal::Closing)
         ) {
             self.refresh(v.payer, v.payee, v.salt).await?;
-            outcome =
-                self.store
-                    .accept_voucher(id, key, v.cumulative_amount, price, &p.signature)?;
+            outcome = self.store.accept_voucher(
+                id,
+                key,
+                v.cumulative_amount,
+                v.nonce,
+                price,
+                &p.signature,
+            )?;
         }
         outcome.map(|()| accepted).map_err(|r| refusal(r, v, price))
     }
@@ -190,6 +208,7 @@ impl Prepaid {
             payee: v.payee,
             salt: v.salt,
             cumulativeAmount: v.cumulative_amount,
+            nonce: v.nonce,
         };
         let signer = cairn_core::sig::recover_prehash(&sig, &msg.eip712_signing_hash(&self.domain))
             .ok()
@@ -219,6 +238,7 @@ impl Prepaid {
             channel: Chain::channel_id(v.payer, v.payee, v.salt),
             payer: v.payer,
             cumulative: v.cumulative_amount,
+            nonce: v.nonce,
         }
         .payment_ref();
         (self.store.outcome(key).ok()? == crate::store::Outcome::Paid).then_some(key)
@@ -343,7 +363,7 @@ impl Prepaid {
         for c in self.store.unredeemed()? {
             // What is owed, claimed with the largest counted voucher (a ceiling that covers it):
             // never a failed request's price nor a per-token call's unused maximum.
-            let Some((cumulative, sig)) = self.store.redeemable(c.id, c.redeemed)? else {
+            let Some((cumulative, nonce, sig)) = self.store.redeemable(c.id, c.redeemed)? else {
                 continue;
             };
             let amount = c.accepted.min(cumulative);
@@ -359,10 +379,13 @@ impl Prepaid {
                 .chain
                 .redeem(
                     &self.signer,
-                    c.payer,
-                    c.payee,
-                    c.salt,
-                    cumulative,
+                    &Voucher {
+                        payer: c.payer,
+                        payee: c.payee,
+                        salt: c.salt,
+                        cumulativeAmount: cumulative,
+                        nonce,
+                    },
                     amount,
                     &sig,
                 )

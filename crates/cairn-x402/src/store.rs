@@ -39,7 +39,7 @@ mod channels;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS payments (
-    key        BLOB PRIMARY KEY,  -- keccak(token, payer, nonce) (exact) or keccak(channel, cumulative)
+    key        BLOB PRIMARY KEY,  -- keccak(token, payer, nonce) (exact)
     chain      INTEGER NOT NULL,
     scheme     TEXT NOT NULL,
     payer      BLOB NOT NULL,
@@ -68,7 +68,7 @@ CREATE TABLE IF NOT EXISTS channels (
     updated_at INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS vouchers (
-    key        BLOB PRIMARY KEY,  -- its payment reference: keccak(channel, cumulative)
+    key        BLOB PRIMARY KEY,  -- its payment reference: keccak(channel, cumulative, nonce)
     channel    BLOB NOT NULL,
     cumulative BLOB NOT NULL,     -- 32 bytes big-endian, so BLOB order is numeric order
     price      TEXT NOT NULL,
@@ -218,6 +218,7 @@ struct Taken {
 struct TakenVoucher {
     channel: B256,
     cumulative: U256,
+    nonce: B256,
     price: U256,
     signature: Vec<u8>,
 }
@@ -274,6 +275,19 @@ impl PaymentStore {
             .prepare("SELECT name FROM pragma_table_info('payments')")
             .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
             .map_err(store_err)?;
+        let have_vouchers: Vec<String> = conn
+            .prepare("SELECT name FROM pragma_table_info('vouchers')")
+            .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+            .map_err(store_err)?;
+        // Vouchers before nonces: kept readable, never redeemable against an escrow that
+        // signs nonces (their zero nonce fails the signature, the payer is not charged).
+        if !have_vouchers.iter().any(|c| c == "nonce") {
+            conn.execute(
+                "ALTER TABLE vouchers ADD COLUMN nonce BLOB NOT NULL DEFAULT x''",
+                [],
+            )
+            .map_err(store_err)?;
+        }
         if !have_payments.iter().any(|c| c == "from_block") {
             conn.execute("ALTER TABLE payments ADD COLUMN from_block INTEGER", [])
                 .map_err(store_err)?;

@@ -298,7 +298,7 @@ fn vouchers_are_taken_in_memory_counted_on_disk_and_given_back_by_a_restart() {
             B256::repeat_byte(0x33),
         );
         let take = |k: B256, cumulative: u64, sig: u8| {
-            store.accept_voucher(id, k, U256::from(cumulative), price, &[sig; 65])
+            store.accept_voucher(id, k, U256::from(cumulative), B256::ZERO, price, &[sig; 65])
         };
         take(k1, 10, 1).unwrap().unwrap();
         // Taken twice, or a second voucher for the same step: refused while the first runs.
@@ -347,10 +347,10 @@ fn vouchers_are_taken_in_memory_counted_on_disk_and_given_back_by_a_restart() {
         // The counted voucher is the one to redeem; the given-back one can be taken again.
         assert_eq!(
             store.redeemable(id, U256::ZERO).unwrap(),
-            Some((U256::from(10), vec![1; 65]))
+            Some((U256::from(10), B256::ZERO, vec![1; 65]))
         );
         store
-            .accept_voucher(id, k2, U256::from(20), price, &[2; 65])
+            .accept_voucher(id, k2, U256::from(20), B256::ZERO, price, &[2; 65])
             .unwrap()
             .unwrap();
     }
@@ -367,11 +367,11 @@ fn a_counted_voucher_is_never_taken_again_even_when_it_is_the_next_step() {
     let price = U256::from(10);
     let (a, b) = (B256::repeat_byte(0xa), B256::repeat_byte(0xb));
     store
-        .accept_voucher(id, a, U256::from(10), price, &[1; 65])
+        .accept_voucher(id, a, U256::from(10), B256::ZERO, price, &[1; 65])
         .unwrap()
         .unwrap();
     store
-        .accept_voucher(id, b, U256::from(20), price, &[2; 65])
+        .accept_voucher(id, b, U256::from(20), B256::ZERO, price, &[2; 65])
         .unwrap()
         .unwrap();
     store.release_voucher(a).unwrap();
@@ -379,7 +379,7 @@ fn a_counted_voucher_is_never_taken_again_even_when_it_is_the_next_step() {
     assert_eq!(store.channel(id).unwrap().unwrap().accepted, price);
     assert_eq!(
         store
-            .accept_voucher(id, b, U256::from(20), price, &[2; 65])
+            .accept_voucher(id, b, U256::from(20), B256::ZERO, price, &[2; 65])
             .unwrap(),
         Err(VoucherRefusal::AlreadyUsed)
     );
@@ -390,7 +390,7 @@ fn a_counted_voucher_is_never_taken_again_even_when_it_is_the_next_step() {
     // The voucher promised the failed request too: it is claimed only up to what is owed.
     assert_eq!(
         store.redeemable(id, U256::ZERO).unwrap(),
-        Some((U256::from(20), vec![2; 65]))
+        Some((U256::from(20), B256::ZERO, vec![2; 65]))
     );
 }
 
@@ -410,7 +410,7 @@ fn a_metered_call_counts_what_it_used_and_frees_the_rest() {
         B256::repeat_byte(0xc),
     );
     let take = |k: B256, cumulative: u64, sig: u8| {
-        store.accept_voucher(id, k, U256::from(cumulative), most, &[sig; 65])
+        store.accept_voucher(id, k, U256::from(cumulative), B256::ZERO, most, &[sig; 65])
     };
     // Two calls at once: ceilings 30 and 60.
     take(a, 30, 1).unwrap().unwrap();
@@ -433,7 +433,7 @@ fn a_metered_call_counts_what_it_used_and_frees_the_rest() {
     take(c, 48, 3).unwrap().unwrap();
     store.commit_voucher(c, U256::ZERO).unwrap();
     // Claimed with the largest ceiling, up to the 18 owed.
-    let (cumulative, sig) = store.redeemable(id, U256::ZERO).unwrap().unwrap();
+    let (cumulative, _, sig) = store.redeemable(id, U256::ZERO).unwrap().unwrap();
     assert_eq!((cumulative, sig), (U256::from(60), vec![2; 65]));
     assert_eq!(store.channel(id).unwrap().unwrap().accepted, U256::from(18));
 }

@@ -67,33 +67,31 @@ impl Chain {
         .await
     }
 
-    /// Signs a cumulative voucher as `payer` (no transaction).
+    /// Signs a cumulative voucher as `payer` (no transaction), with a fresh random nonce.
     pub fn sign_voucher(
         &self,
         payer: &PrivateKeySigner,
         payee: Address,
         salt: B256,
         cumulative: U256,
-    ) -> Result<Signature, LedgerError> {
+    ) -> Result<(Voucher, Signature), LedgerError> {
         let voucher = Voucher {
             payer: payer.address(),
             payee,
             salt,
             cumulativeAmount: cumulative,
+            nonce: B256::random(),
         };
-        sign(payer, voucher.eip712_signing_hash(&self.escrow_domain()))
+        let sig = sign(payer, voucher.eip712_signing_hash(&self.escrow_domain()))?;
+        Ok((voucher, sig))
     }
 
-    /// Claims `amount` in total on a channel with a voucher signed for up to `cumulative`; pays
-    /// the payee what it adds. Only the payee, or the node whose vault the payee is, may send it.
-    #[allow(clippy::too_many_arguments)]
+    /// Claims `amount` in total on the voucher's channel (at most its ceiling); pays the payee
+    /// what it adds. Only the payee, or the node whose vault the payee is, may send it.
     pub async fn redeem(
         &self,
         sender: &PrivateKeySigner,
-        payer: Address,
-        payee: Address,
-        salt: B256,
-        cumulative: U256,
+        voucher: &Voucher,
         amount: U256,
         signature: &Signature,
     ) -> Result<TxOutcome, LedgerError> {
@@ -101,10 +99,11 @@ impl Chain {
             sender,
             self.deployment.escrow,
             Escrow::redeemCall {
-                payer,
-                payee,
-                salt,
-                cumulativeAmount: cumulative,
+                payer: voucher.payer,
+                payee: voucher.payee,
+                salt: voucher.salt,
+                cumulativeAmount: voucher.cumulativeAmount,
+                nonce: voucher.nonce,
                 amount,
                 signature: Bytes::from(signature.as_bytes().to_vec()),
             },

@@ -53,12 +53,14 @@ sol! {
         bytes32 evidenceDigest;
         uint64 deadline;
     }
-    /// A payer's cumulative promise to a payee in the escrow.
+    /// A payer's cumulative ceiling for a payee in the escrow; `nonce` (the payer's random
+    /// choice) makes each voucher distinct.
     struct Voucher {
         address payer;
         address payee;
         bytes32 salt;
         uint256 cumulativeAmount;
+        bytes32 nonce;
     }
 }
 

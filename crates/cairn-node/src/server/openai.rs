@@ -21,7 +21,8 @@ use futures::StreamExt;
     implement are refused by name. The answer's `cairn-receipt-id` header names its LLM receipt (EIP-712 \
     `LlmReceipt`: the request body's and the answer's SHA-256, token counts, profile), at `GET /v1/receipts/{id}` once \
     the answer is complete. On a node that takes payments a call is charged per token (`payments.llmPrices` in \
-    `GET /v1/node`): the 402 offers a prepaid voucher for its most (prompt and `max_tokens`), the receipt's price is \
+    `GET /v1/node`): the 402 offers a prepaid voucher for its most (`TokenPrice::most`: from the body's length and `max_tokens`, \
+    before anything is loaded), the receipt's price is \
     what its usage costs (a stream the reader leaves: what it was sent), and the same voucher with the same request \
     gets the answer it paid for again. A stream's reader that takes no event for the node's timeout is treated as gone.",
     request_body(content = Object, description = "an OpenAI chat completion request"),
@@ -144,38 +145,15 @@ async fn llm_call(
         }
         _ => None,
     };
-    let permits = i.admit(resolved.cid)?;
-    let loaded = tokio::time::timeout(i.limits.timeout, i.cache.get(resolved.cid))
-        .await
-        .map_err(|_| {
-            NodeError::Timeout(format!(
-                "the model did not load within {:?}",
-                i.limits.timeout
-            ))
-        })??;
-    let model = Arc::clone(loaded.llm()?);
-    let context = crate::llm::context_of(&model);
-    // The prompt is tokenized (and its length checked), the call paid for its most, and the
-    // answer's grammar compiled before anything is answered, so a call that cannot run is an
-    // HTTP error, not a broken stream. A call that is not paid never waits for a session.
-    let (model, request, prompt) = tokio::task::spawn_blocking(move || {
-        let prompt = request.prompt_tokens(&model);
-        (model, request, prompt)
-    })
-    .await
-    .map_err(|e| NodeError::Internal(format!("tokenizer task: {e}")))?;
-    let prompt = prompt?;
-    let most_new = crate::llm::max_tokens(&request, prompt.len(), context)?;
-    // A voucher for the most the call can cost (its prompt and `max_tokens`): it is charged
-    // what the receipt's usage says, given back if the call fails.
+    // A voucher for the most the call can cost, bounded from the body's length and
+    // `max_tokens` (nothing is loaded or tokenized for a caller that has not paid): it is
+    // charged what the receipt's usage costs, and given back if the call fails.
     let metered = match (price, &i.paywall) {
         (Some(p), Some(wall)) => {
-            let most = p.charge(prompt.len() as u64, most_new as u64);
+            let most = p.most(read.body.len(), request.max_tokens_asked());
             let what = format!(
-                "a language-model call on {} ({}): {} prompt tokens and at most {most_new} completion tokens at {p} token units per 1,000",
-                resolved.cid,
-                request.model,
-                prompt.len()
+                "a language-model call on {} ({}): at most {most} token units, {p} per 1,000 prompt/completion tokens, charged by its usage",
+                resolved.cid, request.model
             );
             match wall
                 .take_metered(&uri, &headers, &read.body, most, what)
@@ -187,6 +165,28 @@ async fn llm_call(
         }
         _ => None,
     };
+    let permits = i.admit(resolved.cid)?;
+    let loaded = tokio::time::timeout(i.limits.timeout, i.cache.get(resolved.cid))
+        .await
+        .map_err(|_| {
+            NodeError::Timeout(format!(
+                "the model did not load within {:?}",
+                i.limits.timeout
+            ))
+        })??;
+    let model = Arc::clone(loaded.llm()?);
+    let context = crate::llm::context_of(&model);
+    // The prompt is tokenized (and its length checked) and the answer's grammar compiled
+    // before anything is answered, so a call that cannot run is an HTTP error (its voucher
+    // given back), not a broken stream.
+    let (model, request, prompt) = tokio::task::spawn_blocking(move || {
+        let prompt = request.prompt_tokens(&model);
+        (model, request, prompt)
+    })
+    .await
+    .map_err(|e| NodeError::Internal(format!("tokenizer task: {e}")))?;
+    let prompt = prompt?;
+    crate::llm::max_tokens(&request, prompt.len(), context)?;
     // A session, then a worker, each waited for at most the node's timeout: long answers
     // cannot starve tensor inference, nor queue without end.
     let busy = || {
@@ -642,12 +642,16 @@ struct Call {
 }
 
 impl Call {
-    /// Signs the receipt of `g` (its price: what its usage costs) and commits it with the
-    /// request and the answer's bytes. Returns the charge.
+    /// Signs the receipt of `g` (its price: what its usage costs, never over the voucher's
+    /// step) and commits it with the request and the answer's bytes. Returns the charge.
     async fn commit(&self, g: &crate::llm::Generated) -> Result<U256, NodeError> {
-        let charge = self
+        let mut charge = self
             .price
             .charge(g.prompt_tokens.into(), g.completion_tokens.into());
+        if let Some(p) = &self.paid {
+            // Only a prompt rendering to more tokens than its body has bytes reaches this.
+            charge = charge.min(p.amount);
+        }
         let claims = Claims {
             request_id: self.id.request_id,
             model: self.cid,

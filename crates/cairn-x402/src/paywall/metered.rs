@@ -107,8 +107,16 @@ impl Paywall {
                 // answer again (the client lost it), else the refusal.
                 if let Some(key) = pre.counted(&presented.payload)
                     && let Some(kept) = &self.kept
-                    && let Some(resp) = kept.answer(key, headers, body).await
+                    && let Some(mut resp) = kept.answer(key, headers, body).await
                 {
+                    let s = SettleResponse {
+                        success: true,
+                        error_reason: None,
+                        transaction: key.to_string(),
+                        network: presented.offer.network.clone(),
+                        payer: None,
+                    };
+                    insert_settle(resp.headers_mut(), &s, presented.version);
                     return Err(resp);
                 }
                 return Err(refusal.refuse(r));

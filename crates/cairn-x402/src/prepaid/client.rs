@@ -2,7 +2,7 @@
 
 use super::*;
 
-/// Signs the voucher for `cumulative` (client side).
+/// Signs a voucher with ceiling `cumulative` and a fresh random nonce (client side).
 pub fn sign_voucher(
     payer: &PrivateKeySigner,
     payee: Address,
@@ -16,6 +16,7 @@ pub fn sign_voucher(
         payee,
         salt,
         cumulativeAmount: cumulative,
+        nonce: B256::random(),
     };
     let sig = payer
         .sign_hash_sync(&v.eip712_signing_hash(domain))
@@ -26,6 +27,7 @@ pub fn sign_voucher(
             payee,
             salt,
             cumulative_amount: cumulative,
+            nonce: v.nonce,
         },
         signature: Bytes::from(sig.as_bytes().to_vec()),
     })

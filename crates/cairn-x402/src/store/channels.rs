@@ -42,15 +42,16 @@ impl PaymentStore {
         })
     }
 
-    /// Takes voucher `key` (cumulative `cumulative`, signed `signature`) for a request at
-    /// `price`, if it covers what is owed and in flight plus the price and stays within the
-    /// deposit. Atomic: of two vouchers racing for the same step, one wins; a voucher is taken
+    /// Takes voucher `key` (cumulative `cumulative`, nonce `nonce`, signed `signature`) for a
+    /// request at `price`, if it covers what is owed and in flight plus the price and stays
+    /// within the deposit. Atomic: of two vouchers racing for the same step, one wins; a voucher is taken
     /// once (unless its request failed and gave it back). Writes nothing: see the module doc.
     pub fn accept_voucher(
         &self,
         id: B256,
         key: B256,
         cumulative: U256,
+        nonce: B256,
         price: U256,
         signature: &[u8],
     ) -> Result<Result<(), VoucherRefusal>, X402Error> {
@@ -95,6 +96,7 @@ impl PaymentStore {
             TakenVoucher {
                 channel: id,
                 cumulative,
+                nonce,
                 price,
                 signature: signature.to_vec(),
             },
@@ -148,9 +150,9 @@ impl PaymentStore {
                     now()
                 ])?;
                 tx.prepare_cached(
-                    "INSERT INTO vouchers (key, channel, cumulative, price, signature, state, created_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, 'settled', ?6)
-                     ON CONFLICT (key) DO UPDATE SET price = ?4, signature = ?5, state = 'settled'",
+                    "INSERT INTO vouchers (key, channel, cumulative, price, signature, state, created_at, nonce)
+                     VALUES (?1, ?2, ?3, ?4, ?5, 'settled', ?6, ?7)
+                     ON CONFLICT (key) DO UPDATE SET price = ?4, signature = ?5, state = 'settled', nonce = ?7",
                 )?
                 .execute(params![
                     key.as_slice(),
@@ -158,7 +160,8 @@ impl PaymentStore {
                     v.cumulative.to_be_bytes::<32>().as_slice(),
                     charged.to_string(),
                     v.signature,
-                    now()
+                    now(),
+                    v.nonce.as_slice()
                 ])?;
                 tx.commit()
             })?;
@@ -179,16 +182,16 @@ impl PaymentStore {
     }
 
     /// The voucher to claim `accepted` with on a channel that has `redeemed` so far: the
-    /// largest counted one, when it is above what was redeemed (cumulative, signature). It
-    /// covers `accepted` (see the module doc); the claim is `min(accepted, cumulative)`.
+    /// largest counted one, when it is above what was redeemed (cumulative, nonce, signature).
+    /// It covers `accepted` (see the module doc); the claim is `min(accepted, cumulative)`.
     pub fn redeemable(
         &self,
         id: B256,
         redeemed: U256,
-    ) -> Result<Option<(U256, Vec<u8>)>, X402Error> {
+    ) -> Result<Option<(U256, B256, Vec<u8>)>, X402Error> {
         self.with(|c| {
             c.prepare_cached(
-                "SELECT cumulative, signature FROM vouchers
+                "SELECT cumulative, nonce, signature FROM vouchers
                  WHERE channel = ?1 AND state = 'settled' AND cumulative > ?2
                  ORDER BY cumulative DESC LIMIT 1",
             )?
@@ -196,7 +199,12 @@ impl PaymentStore {
                 params![id.as_slice(), redeemed.to_be_bytes::<32>().as_slice()],
                 |r| {
                     let b: Vec<u8> = r.get(0)?;
-                    Ok((U256::from_be_slice(&b), r.get(1)?))
+                    let n: Vec<u8> = r.get(1)?;
+                    Ok((
+                        U256::from_be_slice(&b),
+                        B256::left_padding_from(&n),
+                        r.get(2)?,
+                    ))
                 },
             )
             .optional()
