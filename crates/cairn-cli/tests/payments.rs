@@ -80,6 +80,21 @@ fn infer(node: &str, payer: &Path, receipt: &Path) -> String {
     ])
 }
 
+/// `cairn pay deposit` of `amount` with the node at `node`: the channel then has it available.
+fn deposit(node: &str, payer_key: &Path, amount: u64) {
+    let out = cairn(&[
+        "pay",
+        "deposit",
+        "--node",
+        node,
+        "--payer-key",
+        payer_key.to_str().unwrap(),
+        "--amount",
+        &amount.to_string(),
+    ]);
+    assert!(out.contains(&format!("available: {amount}")), "{out}");
+}
+
 fn read(path: &Path) -> Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
@@ -195,17 +210,7 @@ fn devnet_cli_and_official_python_client_pay_exactly_the_price() {
         block(chain.channel(payer, vault, salt)).unwrap(),
         (U256::ZERO, U256::ZERO)
     );
-    let out = cairn(&[
-        "pay",
-        "deposit",
-        "--node",
-        &net.node_url,
-        "--payer-key",
-        payer_key.to_str().unwrap(),
-        "--amount",
-        "30000",
-    ]);
-    assert!(out.contains("available: 30000"), "{out}");
+    deposit(&net.node_url, &payer_key, 30000);
     let chain = devnet_chain(&data);
     assert_eq!(balance(&chain, payer), p0 - U256::from(30_000u64));
     assert_eq!(
@@ -897,17 +902,7 @@ fn language_model_calls_are_charged_per_token_with_prepaid_vouchers() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cairn pay deposit"), "{err}");
 
-    let out = cairn(&[
-        "pay",
-        "deposit",
-        "--node",
-        &net.node_url,
-        "--payer-key",
-        payer_key.to_str().unwrap(),
-        "--amount",
-        "100000",
-    ]);
-    assert!(out.contains("available: 100000"), "{out}");
+    deposit(&net.node_url, &payer_key, 100000);
     let v0 = balance(&devnet_chain(&data), vault);
 
     // Two paid calls: each charged its usage, not its most; the client's account follows the

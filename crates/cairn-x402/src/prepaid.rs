@@ -149,14 +149,11 @@ impl Prepaid {
             nonce: v.nonce,
         };
         let key = accepted.payment_ref();
-        let mut outcome = self.store.accept_voucher(
-            id,
-            key,
-            v.cumulative_amount,
-            v.nonce,
-            price,
-            &p.signature,
-        )?;
+        let take = || {
+            self.store
+                .accept_voucher(id, key, v.cumulative_amount, v.nonce, price, &p.signature)
+        };
+        let mut outcome = take()?;
         // A channel new to the node, a voucher past the cached deposit (a top-up) or a channel
         // marked closing (a new deposit cancels a withdrawal request): read the chain once and
         // try again.
@@ -167,14 +164,7 @@ impl Prepaid {
                 | VoucherRefusal::Closing)
         ) {
             self.refresh(v.payer, v.payee, v.salt).await?;
-            outcome = self.store.accept_voucher(
-                id,
-                key,
-                v.cumulative_amount,
-                v.nonce,
-                price,
-                &p.signature,
-            )?;
+            outcome = take()?;
         }
         outcome.map(|()| accepted).map_err(|r| refusal(r, v, price))
     }

@@ -41,12 +41,7 @@ pub async fn chat(
     if let Some(s) = args.seed {
         request["seed"] = s.into();
     }
-    let mut client = NodeClient::new(node);
-    if let Some(path) = &pay.payer_key {
-        client = client
-            .with_payer(crate::keyfile::load(path)?, pay.salt)
-            .with_accounts(crate::keyfile::prepaid_accounts(path));
-    }
+    let client = pay.client(node)?;
     let outcome = match client.chat(&request).await {
         Err(cairn_node_api::client::NodeClientError::Api {
             status,

@@ -38,6 +38,20 @@ pub struct CallArgs {
     pub seal: cairn_node_api::SealChoice,
 }
 
+impl CallArgs {
+    /// A client for `node` that pays with the payer key, when one is given (its prepaid
+    /// accounts beside it).
+    pub fn client(&self, node: &str) -> anyhow::Result<NodeClient> {
+        let mut client = NodeClient::new(node).with_seal(self.seal);
+        if let Some(path) = &self.payer_key {
+            client = client
+                .with_payer(crate::keyfile::load(path)?, self.salt)
+                .with_accounts(crate::keyfile::prepaid_accounts(path));
+        }
+        Ok(client)
+    }
+}
+
 /// `cairn infer`.
 pub async fn infer(
     node: &str,
@@ -49,12 +63,7 @@ pub async fn infer(
     pay: CallArgs,
 ) -> anyhow::Result<()> {
     let inputs = read_tensors(input)?;
-    let mut client = NodeClient::new(node).with_seal(pay.seal);
-    if let Some(path) = &pay.payer_key {
-        client = client
-            .with_payer(crate::keyfile::load(path)?, pay.salt)
-            .with_accounts(crate::keyfile::prepaid_accounts(path));
-    }
+    let client = pay.client(node)?;
     let outcome = match client.infer(reference, &inputs, json_body).await {
         Err(cairn_node_api::client::NodeClientError::Api {
             status,
