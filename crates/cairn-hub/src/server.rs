@@ -139,8 +139,14 @@ pub fn router(state: HubState) -> Router {
             )
         })
         .with_state(state);
-    api.merge(utoipa_swagger_ui::SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()))
-        .layer(tower_http::trace::TraceLayer::new_for_http())
+    let api = api
+        .merge(utoipa_swagger_ui::SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()));
+    // `GET /metrics`: requests by route template, method and status, and their latency.
+    cairn_serve::metrics::serve(
+        api,
+        std::sync::Arc::new(cairn_serve::metrics::Metrics::new("cairn_hub")),
+    )
+    .layer(tower_http::trace::TraceLayer::new_for_http())
 }
 
 /// The OpenAPI description of the hub.

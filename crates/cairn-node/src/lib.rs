@@ -23,6 +23,7 @@ pub mod faults;
 pub mod inference;
 pub mod llm;
 pub mod log;
+mod metrics;
 mod pricing;
 pub mod registration;
 mod server;

@@ -1,4 +1,5 @@
-//! The TCP edge every Cairn HTTP service listens on.
+//! What every Cairn HTTP service shares at its edge: the TCP listener (below) and Prometheus
+//! metrics ([`metrics`]).
 //!
 //! A server that answers before it has read a request's whole body (a refused upload, an
 //! oversized tensor, a missing payment) and then closes the socket makes the kernel reset the
@@ -7,6 +8,8 @@
 //! (RFC 9112 §9.6) asks servers to close in stages instead: half-close, keep reading (and
 //! dropping) what the client still sends, then close. [`LingeringListener`] does that for every
 //! connection hyper drops with unread bytes, bounded in time, bytes and number of sockets.
+
+pub mod metrics;
 
 use std::io;
 use std::net::SocketAddr;

@@ -8,11 +8,13 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use cairn_core::ErrorBody;
 use cairn_ledger::RegistrationRequest;
+use cairn_serve::metrics::{EncodeLabelSet, Family, Gauge, Metrics, track};
 use cairn_verifier_api::{
     BatchVerdict, ChallengeAnswer, ChallengeRequest, FraudsOnly, ReceiptVerdicts,
     RegistrationApproval, RegistrationBody, VerdictList, VerifierInfo,
 };
 use serde::Deserialize;
+use std::sync::Arc;
 use utoipa::OpenApi;
 
 use crate::{Verifier, VerifyError};
@@ -55,7 +57,42 @@ fn not_found(what: String) -> Response {
 /// The routes: `GET /v1/verifier`, `GET /v1/verdicts?limit=`, `GET /v1/verdicts/batches/{id}`,
 /// `GET /v1/verdicts/receipts/{requestId}`, `POST /v1/challenges`, `POST /v1/registrations`.
 pub fn router(v: Verifier) -> Router {
+    let mut m = Metrics::new("cairn_verifier");
+    let batches = Family::<OutcomeLabel, Gauge>::default();
+    m.registry().register(
+        "batch_verdicts",
+        "Batches this verifier holds a verdict on, by outcome",
+        batches.clone(),
+    );
+    let samples = Family::<OutcomeLabel, Gauge>::default();
+    m.registry().register(
+        "samples",
+        "Sampled receipts this verifier checked, by outcome",
+        samples.clone(),
+    );
+    let m = Arc::new(m);
+    // Read from the verdict store at each scrape (two grouped counts).
+    let scrape = {
+        let (m, v) = (m.clone(), v.clone());
+        move || {
+            let (m, v) = (m.clone(), v.clone());
+            async move {
+                if let Ok((b, s)) = v.0.store.counts() {
+                    for (family, counts) in [(&batches, b), (&samples, s)] {
+                        family.clear();
+                        for (outcome, n) in counts {
+                            family
+                                .get_or_create(&OutcomeLabel { outcome })
+                                .set(n as i64);
+                        }
+                    }
+                }
+                m.response()
+            }
+        }
+    };
     Router::new()
+        .route("/metrics", get(scrape))
         .route("/health", get(health))
         .route("/v1/verifier", get(info))
         .route("/v1/verdicts", get(recent))
@@ -66,6 +103,12 @@ pub fn router(v: Verifier) -> Router {
         .layer(DefaultBodyLimit::max(1 << 20))
         .with_state(v)
         .merge(utoipa_swagger_ui::SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()))
+        .layer(axum::middleware::from_fn_with_state(m, track))
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: String,
 }
 
 /// The OpenAPI description of the verifier's routes.

@@ -16,6 +16,9 @@ impl From<rusqlite::Error> for StoreError {
     }
 }
 
+/// Rows by a stored label, as `(label, count)`.
+pub type Counts = Vec<(String, u64)>;
+
 /// One verifier's verdicts: per batch (JSON), per sampled receipt, and fraud verdicts it signed.
 pub struct VerdictStore {
     db: cairn_sqlite::Shared,
@@ -46,6 +49,23 @@ impl VerdictStore {
 
     fn db(&self) -> std::sync::MutexGuard<'_, Connection> {
         self.db.lock()
+    }
+
+    /// Batches by verdict outcome, and sampled receipts by outcome (for `/metrics`).
+    pub fn counts(&self) -> Result<(Counts, Counts), StoreError> {
+        let db = self.db();
+        let group = |sql: &str| -> Result<Counts, StoreError> {
+            let mut stmt = db.prepare_cached(sql)?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        };
+        Ok((
+            group("SELECT outcome, COUNT(*) FROM batch_verdicts GROUP BY outcome")?,
+            group(
+                "SELECT COALESCE(json_extract(body, '$.outcome'), 'unknown'), COUNT(*)
+                 FROM receipt_verdicts GROUP BY 1",
+            )?,
+        ))
     }
 
     /// Records (replaces) the verdict on a batch and its per-receipt findings.

@@ -301,6 +301,17 @@ impl ReceiptLog {
         .await
     }
 
+    /// How many batches are in each state (for `/metrics`).
+    pub async fn batch_counts(&self) -> Result<Vec<(String, u64)>, LogError> {
+        self.read(|c| {
+            let mut stmt =
+                c.prepare_cached("SELECT status, COUNT(*) FROM batches GROUP BY status")?;
+            stmt.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?
+                .collect()
+        })
+        .await
+    }
+
     /// Records a batch's new state, with its on-chain id and submitting transaction once known.
     pub async fn mark_batch(
         &self,

@@ -208,6 +208,7 @@ pub(super) async fn run_infer(
     let inputs = decoded.inputs;
     let charge = Charge::of(paid.as_ref(), i.paywall.is_some(), i.price);
     let profile = i.cache.engine().profile().clone();
+    let engine = profile.engine.clone();
     let signer = i.signer.clone();
     let work = move || {
         let _worker = worker;
@@ -230,6 +231,12 @@ pub(super) async fn run_infer(
             .map_err(|e| NodeError::Internal(format!("inference task: {e}")))??
     };
     let receipt = i.log.append(entry).await?;
+    i.metrics.answered(
+        crate::metrics::CallKind::Onnx,
+        &resolved.cid,
+        &engine,
+        paid.as_ref().map(|p| p.scheme),
+    );
     Ok(respond(&resolved, decoded.id, wanted, ran, receipt))
 }
 

@@ -99,6 +99,8 @@ struct Inner {
     llm_prices: Option<crate::LlmPrices>,
     /// Language-model calls generating at once.
     llm_sessions: Arc<Semaphore>,
+    /// The node's metrics (`GET /metrics`).
+    metrics: crate::metrics::NodeMetrics,
     /// Model names relayed upstream, the client that relays them, and the relays in flight.
     upstreams: Vec<crate::upstream::Upstream>,
     upstream_http: reqwest::Client,
@@ -210,6 +212,7 @@ pub(crate) async fn open(c: NodeConfig) -> Result<NodeState, NodeError> {
         llm_billing,
         llm_free: c.llm_free,
         llm_prices,
+        metrics: crate::metrics::NodeMetrics::new(),
         llm_sessions: Arc::new(Semaphore::new(c.limits.llm_sessions.max(1))),
         upstreams: c.llm_upstreams,
         // Connecting is quick or never; an answer may take minutes (a whole one arrives at
@@ -426,9 +429,30 @@ pub fn router(state: NodeState) -> Router {
         .route("/v1/batches/{id}/attestations", post(add_attestation))
         .route("/v1/receipts/{id}/input", get(receipt_input))
         .route("/v1/receipts/{id}/output", get(receipt_output))
+        .route("/metrics", get(metrics))
         .fallback(|| async { NodeError::NotFound("no such endpoint; see /openapi.json".into()) })
-        .with_state(state)
+        .with_state(state.clone())
         .merge(utoipa_swagger_ui::SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()))
+        .layer(axum::middleware::from_fn_with_state(
+            state.0.metrics.http.clone(),
+            cairn_serve::metrics::track,
+        ))
+}
+
+/// `GET /metrics`: Prometheus metrics (OpenMetrics text). Unauthenticated and cheap: counters
+/// kept as calls are answered, the queues read, and one count of batches by state.
+async fn metrics(State(s): State<NodeState>) -> Response {
+    let i = &s.0;
+    let in_use = |cap: usize, sem: &Semaphore| cap.saturating_sub(sem.available_permits());
+    i.metrics.set_load(
+        in_use(i.limits.queue_total, &i.total),
+        in_use(i.limits.workers.max(1), &i.workers),
+        in_use(i.limits.llm_sessions.max(1), &i.llm_sessions),
+    );
+    if let Ok(counts) = i.log.batch_counts().await {
+        i.metrics.set_batches(&counts);
+    }
+    i.metrics.http.response()
 }
 
 /// The OpenAPI description of the node's routes.

@@ -606,6 +606,16 @@ impl Relayed {
             None,
         );
         self.state.0.log.append(entry).await?;
+        let m = &self.state.0.metrics;
+        m.answered(
+            crate::metrics::CallKind::Relayed,
+            &self.model,
+            crate::upstream::Upstream::profile().engine.as_str(),
+            None,
+        );
+        if let Some(u) = usage {
+            m.tokens(u.prompt_tokens, u.completion_tokens);
+        }
         Ok(())
     }
 }
@@ -681,6 +691,14 @@ impl Call {
             self.paid.as_ref().map(|p| p.payer),
         );
         self.state.0.log.append(entry).await?;
+        let m = &self.state.0.metrics;
+        m.answered(
+            crate::metrics::CallKind::Llm,
+            &self.cid,
+            &self.profile.engine,
+            self.paid.as_ref().map(|p| p.scheme),
+        );
+        m.tokens(g.prompt_tokens, g.completion_tokens);
         Ok(charge)
     }
 }

@@ -107,13 +107,18 @@ impl Facilitator {
         })
     }
 
-    /// The facilitator's HTTP API.
+    /// The facilitator's HTTP API, with `GET /metrics` (requests by route and status: a
+    /// settlement's outcome is its status).
     pub fn router(self: std::sync::Arc<Self>) -> Router {
-        Router::new()
+        let api = Router::new()
             .route("/verify", post(http_verify))
             .route("/settle", post(http_settle))
             .route("/supported", get(http_supported))
-            .with_state(self)
+            .with_state(self);
+        cairn_serve::metrics::serve(
+            api,
+            std::sync::Arc::new(cairn_serve::metrics::Metrics::new("cairn_facilitator")),
+        )
     }
 }
 

@@ -1,0 +1,186 @@
+//! The node's metrics at `GET /metrics`: its HTTP requests (from `cairn-serve`), the inferences
+//! it ran by model, engine and kind, the tokens it generated, the receipts it signed, the calls
+//! paid by scheme, and, read at each scrape, its queues and its batches by state.
+
+use std::sync::Arc;
+
+use cairn_serve::metrics::{BoundedLabels, Counter, EncodeLabelSet, Family, Gauge, Metrics};
+
+/// Distinct model CIDs that get series of their own (the rest count as `other`).
+const MAX_MODEL_LABELS: usize = 256;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct InferenceLabels {
+    model: String,
+    engine: String,
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SchemeLabel {
+    scheme: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusLabel {
+    status: String,
+}
+
+/// What kind of call a receipt is for.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum CallKind {
+    /// A tensor inference.
+    Onnx,
+    /// A language-model call run here.
+    Llm,
+    /// A language-model call relayed upstream.
+    Relayed,
+}
+
+impl CallKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            CallKind::Onnx => "onnx",
+            CallKind::Llm => "llm",
+            CallKind::Relayed => "relayed",
+        }
+    }
+}
+
+/// The node's metric families.
+pub(crate) struct NodeMetrics {
+    /// The registry and the HTTP families.
+    pub(crate) http: Arc<Metrics>,
+    inferences: Family<InferenceLabels, Counter>,
+    tokens: Family<KindLabel, Counter>,
+    receipts: Counter,
+    paid: Family<SchemeLabel, Counter>,
+    queued: Gauge,
+    workers_busy: Gauge,
+    llm_sessions_busy: Gauge,
+    batches: Family<StatusLabel, Gauge>,
+    models: BoundedLabels,
+}
+
+impl NodeMetrics {
+    pub(crate) fn new() -> Self {
+        let mut m = Metrics::new("cairn_node");
+        let r = m.registry();
+        let inferences = Family::default();
+        r.register(
+            "inferences",
+            "Calls answered with a signed receipt, by model CID, engine and kind (onnx, llm, relayed)",
+            inferences.clone(),
+        );
+        let tokens = Family::default();
+        r.register(
+            "llm_tokens",
+            "Language-model tokens in answered calls, by kind (prompt, completion)",
+            tokens.clone(),
+        );
+        let receipts = Counter::default();
+        r.register(
+            "receipts_signed",
+            "Receipts signed and committed",
+            receipts.clone(),
+        );
+        let paid = Family::default();
+        r.register(
+            "paid_receipts",
+            "Receipts signed for calls that carried an accepted payment, by x402 scheme",
+            paid.clone(),
+        );
+        let queued = Gauge::default();
+        r.register(
+            "queue_in_use",
+            "Admission slots taken (requests admitted and not yet answered)",
+            queued.clone(),
+        );
+        let workers_busy = Gauge::default();
+        r.register(
+            "workers_busy",
+            "Workers running a model",
+            workers_busy.clone(),
+        );
+        let llm_sessions_busy = Gauge::default();
+        r.register(
+            "llm_sessions_busy",
+            "Language-model sessions generating",
+            llm_sessions_busy.clone(),
+        );
+        let batches = Family::default();
+        r.register(
+            "batches",
+            "Receipt batches in the node's log, by state",
+            batches.clone(),
+        );
+        Self {
+            http: Arc::new(m),
+            inferences,
+            tokens,
+            receipts,
+            paid,
+            queued,
+            workers_busy,
+            llm_sessions_busy,
+            batches,
+            models: BoundedLabels::new(MAX_MODEL_LABELS),
+        }
+    }
+
+    /// One call answered under a committed receipt.
+    pub(crate) fn answered(
+        &self,
+        kind: CallKind,
+        model: &cairn_core::BlobId,
+        engine: &str,
+        paid: Option<&'static str>,
+    ) {
+        self.inferences
+            .get_or_create(&InferenceLabels {
+                model: self.models.label(&model.to_string()),
+                engine: engine.to_owned(),
+                kind: kind.as_str(),
+            })
+            .inc();
+        self.receipts.inc();
+        if let Some(scheme) = paid {
+            self.paid.get_or_create(&SchemeLabel { scheme }).inc();
+        }
+    }
+
+    /// A language-model call's usage.
+    pub(crate) fn tokens(&self, prompt: u32, completion: u32) {
+        self.tokens
+            .get_or_create(&KindLabel { kind: "prompt" })
+            .inc_by(prompt.into());
+        self.tokens
+            .get_or_create(&KindLabel { kind: "completion" })
+            .inc_by(completion.into());
+    }
+
+    /// The gauges read at a scrape.
+    pub(crate) fn set_load(&self, queued: usize, workers: usize, sessions: usize) {
+        self.queued.set(queued as i64);
+        self.workers_busy.set(workers as i64);
+        self.llm_sessions_busy.set(sessions as i64);
+    }
+
+    /// Batches by state, read at a scrape.
+    pub(crate) fn set_batches(&self, counts: &[(String, u64)]) {
+        // A batch moves between states: a state it left must not keep its old count.
+        self.batches.clear();
+        for (status, n) in counts {
+            self.batches
+                .get_or_create(&StatusLabel {
+                    status: status.clone(),
+                })
+                .set(*n as i64);
+        }
+    }
+}
