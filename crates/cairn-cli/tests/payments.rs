@@ -664,6 +664,16 @@ fn cairn_facilitator_behind_the_official_express_server() {
         body["errorReason"], "invalid_payment_requirements",
         "{body}"
     );
+    // Its metrics, read by Prometheus' parser: settlements and refusals by status.
+    let m = common::scrape_metrics(std::slice::from_ref(&fac.url));
+    let settle = |status: &str| {
+        common::metric_sum(
+            &m[&fac.url],
+            "cairn_facilitator_http_requests_total",
+            &[("route", "/settle"), ("method", "POST"), ("status", status)],
+        )
+    };
+    assert!(settle("200") >= 2.0 && settle("401") >= 1.0, "{m:?}");
 }
 
 #[test]

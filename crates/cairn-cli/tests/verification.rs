@@ -112,20 +112,23 @@ fn an_honest_node_is_never_slashed_with_two_of_three_verifiers_up() {
         .collect();
     let mut urls = vec![net.node_url.clone(), net.url.clone()];
     urls.extend(verifier_urls.iter().cloned());
-    let m = scrape(&urls);
+    let m = common::scrape_metrics(&urls);
     let node = &m[&net.node_url];
     assert_eq!(
-        sum(
+        common::metric_sum(
             node,
             "cairn_node_inferences_total",
             &[("kind", "onnx"), ("engine", "tract")]
         ),
         12.0
     );
-    assert_eq!(sum(node, "cairn_node_receipts_signed_total", &[]), 12.0);
+    assert_eq!(
+        common::metric_sum(node, "cairn_node_receipts_signed_total", &[]),
+        12.0
+    );
     let infer_route = [("route", "/v2/models/{model}/infer"), ("method", "POST")];
     assert_eq!(
-        sum(
+        common::metric_sum(
             node,
             "cairn_node_http_requests_total",
             &[infer_route[0], infer_route[1], ("status", "200")]
@@ -133,52 +136,38 @@ fn an_honest_node_is_never_slashed_with_two_of_three_verifiers_up() {
         12.0
     );
     assert_eq!(
-        sum(
+        common::metric_sum(
             node,
             "cairn_node_http_request_duration_seconds_count",
             &infer_route
         ),
         12.0
     );
-    assert!(sum(node, "cairn_node_batches", &[("status", "finalized")]) >= 1.0);
+    assert!(common::metric_sum(node, "cairn_node_batches", &[("status", "finalized")]) >= 1.0);
     assert!(
         !node
             .as_array()
             .unwrap()
             .iter()
             .any(|s| s["labels"].to_string().contains("0x")),
-        "an address or hash became a label"
+        "an address or a receipt id became a label"
     );
     let hub = &m[&net.url];
-    assert!(sum(hub, "cairn_hub_http_requests_total", &[("status", "200")]) >= 1.0);
+    assert!(
+        common::metric_sum(
+            hub,
+            "cairn_hub_http_requests_total",
+            &[("route", "/v1/blobs/{cid}"), ("status", "200")]
+        ) >= 1.0
+    );
     for u in &verifier_urls {
         let v = &m[u];
         assert_eq!(
-            sum(v, "cairn_verifier_samples", &[("outcome", "confirmed")]),
+            common::metric_sum(v, "cairn_verifier_samples", &[("outcome", "confirmed")]),
             12.0
         );
-        assert!(sum(v, "cairn_verifier_batch_verdicts", &[]) >= 1.0);
+        assert!(common::metric_sum(v, "cairn_verifier_batch_verdicts", &[]) >= 1.0);
     }
-}
-
-/// Each URL's `/metrics` as Prometheus' Python parser reads it: samples by URL.
-fn scrape(urls: &[String]) -> serde_json::Map<String, Value> {
-    let py = std::env::var("CAIRN_PY").expect("CAIRN_PY (scripts/test.sh sets it)");
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/metrics_parse.py");
-    let v = common::json_report(std::process::Command::new(py).arg(script).args(urls));
-    v.as_object().unwrap().clone()
-}
-
-/// The sum of the samples named `name` whose labels include `labels`.
-fn sum(samples: &Value, name: &str, labels: &[(&str, &str)]) -> f64 {
-    samples
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|s| s["name"] == name)
-        .filter(|s| labels.iter().all(|(k, v)| s["labels"][*k] == *v))
-        .map(|s| s["value"].as_f64().unwrap())
-        .sum()
 }
 
 /// Waits for every receipt's batch to finalize; the node kept `stake`. The registry after.

@@ -4,7 +4,9 @@
 
 use std::sync::Arc;
 
-use cairn_serve::metrics::{BoundedLabels, Counter, EncodeLabelSet, Family, Gauge, Metrics};
+use cairn_serve::metrics::{
+    BoundedLabels, Counter, EncodeLabelSet, Family, Gauge, Metrics, Recounted,
+};
 
 /// Distinct model CIDs that get series of their own (the rest count as `other`).
 const MAX_MODEL_LABELS: usize = 256;
@@ -64,6 +66,8 @@ pub(crate) struct NodeMetrics {
     workers_busy: Gauge,
     llm_sessions_busy: Gauge,
     batches: Family<StatusLabel, Gauge>,
+    /// Batches by state, recounted at most every 15 s.
+    pub(crate) batch_counts: Recounted<Vec<(String, u64)>>,
     models: BoundedLabels,
 }
 
@@ -91,8 +95,8 @@ impl NodeMetrics {
         );
         let paid = Family::default();
         r.register(
-            "paid_receipts",
-            "Receipts signed for calls that carried an accepted payment, by x402 scheme",
+            "receipts_with_payment",
+            "Receipts signed for calls carrying a payment the node accepted (checked locally; an exact payment settles after), by x402 scheme",
             paid.clone(),
         );
         let queued = Gauge::default();
@@ -129,6 +133,7 @@ impl NodeMetrics {
             workers_busy,
             llm_sessions_busy,
             batches,
+            batch_counts: Recounted::new(std::time::Duration::from_secs(15)),
             models: BoundedLabels::new(MAX_MODEL_LABELS),
         }
     }

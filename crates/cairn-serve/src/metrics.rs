@@ -159,6 +159,40 @@ pub fn serve(router: axum::Router, m: Arc<Metrics>) -> axum::Router {
         .layer(axum::middleware::from_fn_with_state(m, track))
 }
 
+/// A value a scrape reads from a store, recounted at most every `every`: an unauthenticated
+/// client scraping in a loop must not make a service recount its whole store each time.
+/// Concurrent scrapes wait for one recount.
+pub struct Recounted<T> {
+    every: std::time::Duration,
+    last: tokio::sync::Mutex<Option<(Instant, T)>>,
+}
+
+impl<T: Clone> Recounted<T> {
+    /// Recounted at most every `every`.
+    pub fn new(every: std::time::Duration) -> Self {
+        Self {
+            every,
+            last: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// The last count if it is recent, else `count()`'s (kept when it succeeds).
+    pub async fn get<E, F>(&self, count: impl FnOnce() -> F) -> Result<T, E>
+    where
+        F: std::future::Future<Output = Result<T, E>>,
+    {
+        let mut last = self.last.lock().await;
+        if let Some((at, v)) = last.as_ref()
+            && at.elapsed() < self.every
+        {
+            return Ok(v.clone());
+        }
+        let v = count().await?;
+        *last = Some((Instant::now(), v.clone()));
+        Ok(v)
+    }
+}
+
 /// Label values a caller can influence (a model's CID), kept to a fixed number of distinct
 /// values: past `max`, new ones are counted as `other`, so series stay bounded.
 #[derive(Debug)]
@@ -243,6 +277,22 @@ mod tests {
             "a raw path became a label: {text}"
         );
         assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn a_recount_happens_at_most_once_per_period() {
+        let r = Recounted::new(std::time::Duration::from_secs(60));
+        let mut counted = 0;
+        for _ in 0..3 {
+            let v: Result<u32, ()> = r
+                .get(|| {
+                    counted += 1;
+                    async { Ok(7) }
+                })
+                .await;
+            assert_eq!(v, Ok(7));
+        }
+        assert_eq!(counted, 1);
     }
 
     #[test]

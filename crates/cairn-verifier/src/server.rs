@@ -8,7 +8,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use cairn_core::ErrorBody;
 use cairn_ledger::RegistrationRequest;
-use cairn_serve::metrics::{EncodeLabelSet, Family, Gauge, Metrics, track};
+use cairn_serve::metrics::{EncodeLabelSet, Family, Gauge, Metrics, Recounted, track};
 use cairn_verifier_api::{
     BatchVerdict, ChallengeAnswer, ChallengeRequest, FraudsOnly, ReceiptVerdicts,
     RegistrationApproval, RegistrationBody, VerdictList, VerifierInfo,
@@ -71,13 +71,24 @@ pub fn router(v: Verifier) -> Router {
         samples.clone(),
     );
     let m = Arc::new(m);
-    // Read from the verdict store at each scrape (two grouped counts).
+    // Read from the verdict store (two grouped counts over every verdict kept) at most every
+    // 15 s, off the async workers: scrapes in a loop cost one recount per period.
+    let recounted = Arc::new(Recounted::new(std::time::Duration::from_secs(15)));
     let scrape = {
         let (m, v) = (m.clone(), v.clone());
         move || {
-            let (m, v) = (m.clone(), v.clone());
+            let (m, v, recounted) = (m.clone(), v.clone(), recounted.clone());
             async move {
-                if let Ok((b, s)) = v.0.store.counts() {
+                let counts = recounted
+                    .get(|| async {
+                        tokio::task::spawn_blocking(move || v.0.store.counts().ok())
+                            .await
+                            .ok()
+                            .flatten()
+                            .ok_or(())
+                    })
+                    .await;
+                if let Ok((b, s)) = counts {
                     for (family, counts) in [(&batches, b), (&samples, s)] {
                         family.clear();
                         for (outcome, n) in counts {

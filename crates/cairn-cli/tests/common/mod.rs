@@ -466,3 +466,24 @@ pub fn receipt_when_stored(node: &str, id: &str, secs: u64) -> cairn_receipt::Si
     });
     serde_json::from_value(stored["receipt"].clone()).unwrap()
 }
+
+/// Each URL's `/metrics` as Prometheus' Python parser reads it: samples by URL.
+pub fn scrape_metrics(urls: &[String]) -> serde_json::Map<String, serde_json::Value> {
+    let py = std::env::var("CAIRN_PY").expect("CAIRN_PY (scripts/test.sh sets it)");
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/metrics_parse.py");
+    let v = json_report(std::process::Command::new(py).arg(script).args(urls));
+    v.as_object().unwrap().clone()
+}
+
+/// The sum of the samples named `name` whose labels include `labels`.
+pub fn metric_sum(samples: &serde_json::Value, name: &str, labels: &[(&str, &str)]) -> f64 {
+    samples
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["name"] == name)
+        .filter(|s| labels.iter().all(|(k, v)| s["labels"][*k] == *v))
+        .map(|s| s["value"].as_f64().unwrap())
+        .sum()
+}

@@ -440,7 +440,8 @@ pub fn router(state: NodeState) -> Router {
 }
 
 /// `GET /metrics`: Prometheus metrics (OpenMetrics text). Unauthenticated and cheap: counters
-/// kept as calls are answered, the queues read, and one count of batches by state.
+/// kept as calls are answered, the queues read, and batches by state recounted at most every
+/// 15 s.
 async fn metrics(State(s): State<NodeState>) -> Response {
     let i = &s.0;
     let in_use = |cap: usize, sem: &Semaphore| cap.saturating_sub(sem.available_permits());
@@ -449,7 +450,7 @@ async fn metrics(State(s): State<NodeState>) -> Response {
         in_use(i.limits.workers.max(1), &i.workers),
         in_use(i.limits.llm_sessions.max(1), &i.llm_sessions),
     );
-    if let Ok(counts) = i.log.batch_counts().await {
+    if let Ok(counts) = i.metrics.batch_counts.get(|| i.log.batch_counts()).await {
         i.metrics.set_batches(&counts);
     }
     i.metrics.http.response()
