@@ -57,53 +57,9 @@ fn not_found(what: String) -> Response {
 /// The routes: `GET /v1/verifier`, `GET /v1/verdicts?limit=`, `GET /v1/verdicts/batches/{id}`,
 /// `GET /v1/verdicts/receipts/{requestId}`, `POST /v1/challenges`, `POST /v1/registrations`.
 pub fn router(v: Verifier) -> Router {
-    let mut m = Metrics::new("cairn_verifier");
-    let batches = Family::<OutcomeLabel, Gauge>::default();
-    m.registry().register(
-        "batch_verdicts",
-        "Batches this verifier holds a verdict on, by outcome",
-        batches.clone(),
-    );
-    let samples = Family::<OutcomeLabel, Gauge>::default();
-    m.registry().register(
-        "samples",
-        "Sampled receipts this verifier checked, by outcome",
-        samples.clone(),
-    );
-    let m = Arc::new(m);
-    // Read from the verdict store (two grouped counts over every verdict kept) at most every
-    // 15 s, off the async workers: scrapes in a loop cost one recount per period.
-    let recounted = Arc::new(Recounted::new(std::time::Duration::from_secs(15)));
-    let scrape = {
-        let (m, v) = (m.clone(), v.clone());
-        move || {
-            let (m, v, recounted) = (m.clone(), v.clone(), recounted.clone());
-            async move {
-                let counts = recounted
-                    .get(|| async {
-                        tokio::task::spawn_blocking(move || v.0.store.counts().ok())
-                            .await
-                            .ok()
-                            .flatten()
-                            .ok_or(())
-                    })
-                    .await;
-                if let Ok((b, s)) = counts {
-                    for (family, counts) in [(&batches, b), (&samples, s)] {
-                        family.clear();
-                        for (outcome, n) in counts {
-                            family
-                                .get_or_create(&OutcomeLabel { outcome })
-                                .set(n as i64);
-                        }
-                    }
-                }
-                m.response()
-            }
-        }
-    };
+    let m = Arc::new(VerifierMetrics::new());
     Router::new()
-        .route("/metrics", get(scrape))
+        .route("/metrics", get(metrics))
         .route("/health", get(health))
         .route("/v1/verifier", get(info))
         .route("/v1/verdicts", get(recent))
@@ -114,7 +70,72 @@ pub fn router(v: Verifier) -> Router {
         .layer(DefaultBodyLimit::max(1 << 20))
         .with_state(v)
         .merge(utoipa_swagger_ui::SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()))
-        .layer(axum::middleware::from_fn_with_state(m, track))
+        .layer(axum::middleware::from_fn_with_state(m.http.clone(), track))
+        .layer(axum::Extension(m))
+}
+
+/// The verifier's metric families.
+struct VerifierMetrics {
+    http: Arc<Metrics>,
+    batches: Family<OutcomeLabel, Gauge>,
+    samples: Family<OutcomeLabel, Gauge>,
+    /// Read from the verdict store (two grouped counts over every verdict kept) at most every
+    /// 15 s, off the async workers: scrapes in a loop cost one recount per period.
+    recounted: Recounted<(crate::store::Counts, crate::store::Counts)>,
+}
+
+impl VerifierMetrics {
+    fn new() -> Self {
+        let mut m = Metrics::new("cairn_verifier");
+        let batches = Family::<OutcomeLabel, Gauge>::default();
+        m.registry().register(
+            "batch_verdicts",
+            "Batches this verifier holds a verdict on, by outcome",
+            batches.clone(),
+        );
+        let samples = Family::<OutcomeLabel, Gauge>::default();
+        m.registry().register(
+            "samples",
+            "Sampled receipts this verifier checked, by outcome",
+            samples.clone(),
+        );
+        Self {
+            http: Arc::new(m),
+            batches,
+            samples,
+            recounted: Recounted::new(std::time::Duration::from_secs(15)),
+        }
+    }
+}
+
+#[utoipa::path(get, path = "/metrics",
+    description = "Prometheus metrics (OpenMetrics text): requests by route template, method and status, batch verdicts and samples by outcome.",
+    responses((status = 200, description = "OpenMetrics text", content_type = "application/openmetrics-text")))]
+async fn metrics(
+    State(v): State<Verifier>,
+    axum::Extension(m): axum::Extension<Arc<VerifierMetrics>>,
+) -> Response {
+    let counts = m
+        .recounted
+        .get(|| async {
+            tokio::task::spawn_blocking(move || v.0.store.counts().ok())
+                .await
+                .ok()
+                .flatten()
+                .ok_or(())
+        })
+        .await;
+    if let Ok((b, s)) = counts {
+        for (family, counts) in [(&m.batches, b), (&m.samples, s)] {
+            family.clear();
+            for (outcome, n) in counts {
+                family
+                    .get_or_create(&OutcomeLabel { outcome })
+                    .set(n as i64);
+            }
+        }
+    }
+    m.http.response()
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -131,7 +152,7 @@ struct OutcomeLabel {
         approvals. `/v1/challenges` hears only requests signed by an active verifier, `/v1/registrations` only the \
         registering node's own key (`cairn-*` signed-request headers, host-bound). Every error is JSON {code, message}."
     ),
-    paths(health, info, recent, batch, receipt, challenge, registration),
+    paths(health, info, recent, batch, receipt, challenge, registration, metrics),
     components(schemas(ErrorBody))
 )]
 pub struct ApiDoc;

@@ -442,6 +442,9 @@ pub fn router(state: NodeState) -> Router {
 /// `GET /metrics`: Prometheus metrics (OpenMetrics text). Unauthenticated and cheap: counters
 /// kept as calls are answered, the queues read, and batches by state recounted at most every
 /// 15 s.
+#[utoipa::path(get, path = "/metrics", tag = "node",
+    description = "Prometheus metrics (OpenMetrics text): requests by route template, method and status; calls by model, engine and kind; tokens; receipts; queues; batches by state.",
+    responses((status = 200, description = "OpenMetrics text", content_type = "application/openmetrics-text")))]
 async fn metrics(State(s): State<NodeState>) -> Response {
     let i = &s.0;
     let in_use = |cap: usize, sem: &Semaphore| cap.saturating_sub(sem.available_permits());
@@ -465,6 +468,7 @@ async fn metrics(State(s): State<NodeState>) -> Response {
         under `/v1`. Every error is JSON {code, message} (plus `error` for KServe clients)."
     ),
     paths(
+        metrics,
         server_metadata,
         live,
         ready,
