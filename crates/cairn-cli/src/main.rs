@@ -110,16 +110,9 @@ enum Command {
         /// Write the receipt here.
         #[arg(long)]
         receipt_out: Option<PathBuf>,
-        /// Pay the node's 402 answers with this key file (prepaid when you have a deposit with
-        /// the node, else an EIP-3009 `exact` payment). On the devnet: DATA_DIR/chain/payer.key.
-        #[arg(long, env = "CAIRN_PAYER_KEY")]
-        payer_key: Option<PathBuf>,
-        /// The prepaid channel's salt (one payer can hold several channels with a node).
-        #[arg(
-            long,
-            default_value = "0x0000000000000000000000000000000000000000000000000000000000000000"
-        )]
-        salt: alloy_primitives::B256,
+        /// Who pays the node's 402 answers.
+        #[command(flatten)]
+        payer: node_cmd::PayerArgs,
         /// How the receipt is signed: `own` (a signature over it alone) or `batch` (one
         /// signature over the root of the receipts the node committed with it, plus its Merkle
         /// proof; cheaper for the node and for verifiers).
@@ -151,16 +144,9 @@ enum Command {
         /// Write the receipt here.
         #[arg(long)]
         receipt_out: Option<PathBuf>,
-        /// Pay with this key file's prepaid deposit at the node. On the devnet:
-        /// DATA_DIR/chain/payer.key.
-        #[arg(long, env = "CAIRN_PAYER_KEY")]
-        payer_key: Option<PathBuf>,
-        /// The prepaid channel's salt.
-        #[arg(
-            long,
-            default_value = "0x0000000000000000000000000000000000000000000000000000000000000000"
-        )]
-        salt: alloy_primitives::B256,
+        /// Who pays the node's 402 answers (a language-model call: a prepaid deposit).
+        #[command(flatten)]
+        payer: node_cmd::PayerArgs,
     },
     /// Prepaid balances with a node: deposit, show, withdraw.
     #[command(subcommand)]
@@ -383,13 +369,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             json,
             output,
             receipt_out,
-            payer_key,
-            salt,
+            payer,
             receipt_seal,
         } => {
             let pay = node_cmd::CallArgs {
-                payer_key,
-                salt,
+                payer,
                 seal: receipt_seal,
             };
             node_cmd::infer(&node, &reference, &input, json, output, receipt_out, pay).await
@@ -403,8 +387,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             seed,
             node,
             receipt_out,
-            payer_key,
-            salt,
+            payer,
         } => {
             let args = node_cmd::ChatArgs {
                 model,
@@ -415,8 +398,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 seed,
             };
             let pay = node_cmd::CallArgs {
-                payer_key,
-                salt,
+                payer,
                 seal: cairn_node_api::SealChoice::Own,
             };
             node_cmd::chat(&node, args, receipt_out, pay).await

@@ -42,18 +42,10 @@ pub async fn chat(
         request["seed"] = s.into();
     }
     let client = pay.client(node)?;
-    let outcome = match client.chat(&request).await {
-        Err(cairn_node_api::client::NodeClientError::Api {
-            status,
-            code,
-            message,
-        }) if status == reqwest::StatusCode::PAYMENT_REQUIRED && pay.payer_key.is_none() => {
-            bail!(
-                "the node asks for payment ({code}): {message}\n  pass --payer-key FILE (env CAIRN_PAYER_KEY) with a prepaid deposit at the node (cairn pay deposit); on the devnet: DATA_DIR/chain/payer.key"
-            )
-        }
-        other => other?,
-    };
+    let outcome = client
+        .chat(&request)
+        .await
+        .map_err(|e| pay.explain(e, "with a prepaid deposit at the node (cairn pay deposit)"))?;
     let a = &outcome.answer;
     let choice = &a["choices"][0];
     match choice["message"]["content"].as_str() {

@@ -28,12 +28,26 @@ pub fn read_tensors(path: &Path) -> anyhow::Result<Vec<Tensor>> {
     Ok(tensors)
 }
 
-/// How `cairn infer` calls: how it pays and how its receipt is signed.
-pub struct CallArgs {
-    /// The payer's key file, if any.
+/// Who pays a node's 402 answers (`cairn infer`, `cairn chat`).
+#[derive(clap::Args, Clone, Debug)]
+pub struct PayerArgs {
+    /// Pay the node's 402 answers with this key file: prepaid when you have a deposit with the
+    /// node that covers the call, else an EIP-3009 `exact` payment (a language-model call is
+    /// paid only prepaid). On the devnet: DATA_DIR/chain/payer.key.
+    #[arg(long, env = "CAIRN_PAYER_KEY")]
     pub payer_key: Option<PathBuf>,
-    /// The prepaid channel's salt.
+    /// The prepaid channel's salt (one payer can hold several channels with a node).
+    #[arg(
+        long,
+        default_value = "0x0000000000000000000000000000000000000000000000000000000000000000"
+    )]
     pub salt: alloy_primitives::B256,
+}
+
+/// How a call is made: who pays and how its receipt is signed.
+pub struct CallArgs {
+    /// Who pays.
+    pub payer: PayerArgs,
     /// The receipt's seal.
     pub seal: cairn_node_api::SealChoice,
 }
@@ -43,12 +57,30 @@ impl CallArgs {
     /// accounts beside it).
     pub fn client(&self, node: &str) -> anyhow::Result<NodeClient> {
         let mut client = NodeClient::new(node).with_seal(self.seal);
-        if let Some(path) = &self.payer_key {
+        if let Some(path) = &self.payer.payer_key {
             client = client
-                .with_payer(crate::keyfile::load(path)?, self.salt)
+                .with_payer(crate::keyfile::load(path)?, self.payer.salt)
                 .with_accounts(crate::keyfile::prepaid_accounts(path));
         }
         Ok(client)
+    }
+
+    /// `e` as the CLI says it: a 402 without a payer key explains how to pay (`how`).
+    pub fn explain(&self, e: cairn_node_api::client::NodeClientError, how: &str) -> anyhow::Error {
+        match e {
+            cairn_node_api::client::NodeClientError::Api {
+                status,
+                code,
+                message,
+            } if status == reqwest::StatusCode::PAYMENT_REQUIRED
+                && self.payer.payer_key.is_none() =>
+            {
+                anyhow!(
+                    "the node asks for payment ({code}): {message}\n  pass --payer-key FILE (env CAIRN_PAYER_KEY) {how}; on the devnet: DATA_DIR/chain/payer.key"
+                )
+            }
+            other => other.into(),
+        }
     }
 }
 
@@ -64,18 +96,10 @@ pub async fn infer(
 ) -> anyhow::Result<()> {
     let inputs = read_tensors(input)?;
     let client = pay.client(node)?;
-    let outcome = match client.infer(reference, &inputs, json_body).await {
-        Err(cairn_node_api::client::NodeClientError::Api {
-            status,
-            code,
-            message,
-        }) if status == reqwest::StatusCode::PAYMENT_REQUIRED && pay.payer_key.is_none() => {
-            bail!(
-                "the node asks for payment ({code}): {message}\n  pass --payer-key FILE (env CAIRN_PAYER_KEY) to pay automatically; on the devnet: DATA_DIR/chain/payer.key"
-            )
-        }
-        other => other?,
-    };
+    let outcome = client
+        .infer(reference, &inputs, json_body)
+        .await
+        .map_err(|e| pay.explain(e, "to pay automatically"))?;
     print_outputs(&outcome.outputs);
     // The client reads only receipts that verify.
     let receipt = &outcome.receipt;
