@@ -116,32 +116,59 @@ fn method_label(m: &Method) -> &'static str {
     }
 }
 
+/// The status recorded for a request whose client left before it was answered (nginx's
+/// "client closed request").
+pub const CLIENT_CLOSED: u16 = 499;
+
 /// The middleware counting and timing requests. Add it with `Router::layer` (so the matched
 /// route template is known):
 /// `router.layer(axum::middleware::from_fn_with_state(metrics, cairn_serve::metrics::track))`.
+/// A request whose client leaves first is recorded too, as [`CLIENT_CLOSED`], with the time it
+/// had taken: slow requests that were given up on must not vanish from the latency.
 pub async fn track(State(m): State<Arc<Metrics>>, req: Request, next: Next) -> Response {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or("unmatched", |p| p.as_str())
-        .to_owned();
-    let method = method_label(req.method());
-    let start = Instant::now();
+    let mut seen = Seen {
+        m: &m,
+        route: req
+            .extensions()
+            .get::<MatchedPath>()
+            .map_or("unmatched", |p| p.as_str())
+            .to_owned(),
+        method: method_label(req.method()),
+        start: Instant::now(),
+        status: CLIENT_CLOSED,
+    };
     let resp = next.run(req).await;
-    m.latency
-        .get_or_create(&RouteLabels {
-            route: route.clone(),
-            method,
-        })
-        .observe(start.elapsed().as_secs_f64());
-    m.requests
-        .get_or_create(&RequestLabels {
-            route,
-            method,
-            status: resp.status().as_u16(),
-        })
-        .inc();
+    seen.status = resp.status().as_u16();
     resp
+}
+
+/// One request, recorded when it is dropped: answered, or abandoned by its client.
+struct Seen<'a> {
+    m: &'a Metrics,
+    route: String,
+    method: &'static str,
+    start: Instant,
+    status: u16,
+}
+
+impl Drop for Seen<'_> {
+    fn drop(&mut self) {
+        self.m
+            .latency
+            .get_or_create(&RouteLabels {
+                route: self.route.clone(),
+                method: self.method,
+            })
+            .observe(self.start.elapsed().as_secs_f64());
+        self.m
+            .requests
+            .get_or_create(&RequestLabels {
+                route: std::mem::take(&mut self.route),
+                method: self.method,
+                status: self.status,
+            })
+            .inc();
+    }
 }
 
 /// `router` with `GET /metrics` (the registry as it stands) and every request counted: for a
@@ -277,6 +304,39 @@ mod tests {
             "a raw path became a label: {text}"
         );
         assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn a_request_its_client_left_is_recorded_as_client_closed() {
+        let m = Arc::new(Metrics::new("test"));
+        let app = Router::new()
+            .route(
+                "/slow",
+                get(|| async {
+                    tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+                    "late"
+                }),
+            )
+            .layer(axum::middleware::from_fn_with_state(m.clone(), track));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        {
+            use tokio::io::AsyncWriteExt;
+            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            s.write_all(b"GET /slow HTTP/1.1\r\nhost: x\r\n\r\n")
+                .await
+                .unwrap();
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+        let want = r#"test_http_requests_total{route="/slow",method="GET",status="499"} 1"#;
+        for _ in 0..50 {
+            if m.render().contains(want) {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        panic!("{}", m.render());
     }
 
     #[tokio::test]
