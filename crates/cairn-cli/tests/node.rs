@@ -165,38 +165,14 @@ fn openai_clients_call_the_devnet_language_model_and_receipts_bind_every_byte() 
     // A client that reads two events of a long stream and leaves (its runtime, and with it the
     // connection, is gone when the block ends).
     let url = format!("{}/v1/chat/completions", net.node_url);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let receipt_id = rt.block_on(async {
-        let body = json!({
-            "model": "smollm2-135m-instruct@1.0",
-            "messages": [{"role": "user", "content": "Write a long story about a lighthouse."}],
-            "max_tokens": 400,
-            "temperature": 0,
-            "stream": true,
-        });
-        let mut resp = reqwest::Client::new()
-            .post(&url)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status().as_u16(), 200);
-        let id = resp.headers()["cairn-receipt-id"]
-            .to_str()
-            .unwrap()
-            .to_owned();
-        let mut events = 0;
-        while events < 2 {
-            let chunk = resp.chunk().await.unwrap().expect("the stream goes on");
-            events += chunk.windows(2).filter(|w| w == b"\n\n").count();
-        }
-        drop(resp);
-        id
+    let body = json!({
+        "model": "smollm2-135m-instruct@1.0",
+        "messages": [{"role": "user", "content": "Write a long story about a lighthouse."}],
+        "max_tokens": 400,
+        "temperature": 0,
+        "stream": true,
     });
-    drop(rt);
+    let (receipt_id, _) = common::leave_stream_after(&url, &body, &[], 2);
     let receipt = common::receipt_when_stored(&net.node_url, &receipt_id, 60);
     let usage = receipt.claims.llm.expect("an LLM receipt");
     assert!(!usage.complete, "{usage:?}");

@@ -964,32 +964,9 @@ fn language_model_calls_are_charged_per_token_with_prepaid_vouchers() {
         spent + most_long,
     )
     .unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let receipt_id = rt.block_on(async {
-        let mut resp = reqwest::Client::new()
-            .post(&url)
-            .header("PAYMENT-SIGNATURE", &header)
-            .json(&long)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status().as_u16(), 200);
-        assert!(resp.headers().contains_key("payment-response"));
-        let id = resp.headers()["cairn-receipt-id"]
-            .to_str()
-            .unwrap()
-            .to_owned();
-        let mut events = 0;
-        while events < 2 {
-            let chunk = resp.chunk().await.unwrap().expect("the stream goes on");
-            events += chunk.windows(2).filter(|w| w == b"\n\n").count();
-        }
-        id
-    });
-    drop(rt);
+    let (receipt_id, headers) =
+        common::leave_stream_after(&url, &long, &[("PAYMENT-SIGNATURE", header.as_str())], 2);
+    assert!(headers.contains_key("payment-response"));
     let r = common::receipt_when_stored(&net.node_url, &receipt_id, 60);
     let usage = r.claims.llm.unwrap();
     assert!(

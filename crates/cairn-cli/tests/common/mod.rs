@@ -487,3 +487,34 @@ pub fn metric_sum(samples: &serde_json::Value, name: &str, labels: &[(&str, &str
         .map(|s| s["value"].as_f64().unwrap())
         .sum()
 }
+
+/// A streaming client that POSTs `body` (JSON, with `headers`) to `url`, reads `events`
+/// server-sent events of a 200 answer and leaves (its runtime, and with it the connection, is
+/// gone on return). The receipt id the answer named, and the answer's headers.
+pub fn leave_stream_after(
+    url: &str,
+    body: &serde_json::Value,
+    headers: &[(&str, &str)],
+    events: usize,
+) -> (String, reqwest::header::HeaderMap) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut req = reqwest::Client::new().post(url).json(body);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let mut resp = req.send().await.unwrap();
+        assert_eq!(resp.status().as_u16(), 200);
+        let head = resp.headers().clone();
+        let id = head["cairn-receipt-id"].to_str().unwrap().to_owned();
+        let mut seen = 0;
+        while seen < events {
+            let chunk = resp.chunk().await.unwrap().expect("the stream goes on");
+            seen += chunk.windows(2).filter(|w| w == b"\n\n").count();
+        }
+        (id, head)
+    })
+}
