@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Installs the pinned npm tools (contracts/package-lock.json: solc-js, OpenZeppelin, anvil; and the
+# Installs the pinned npm tools (contracts/package-lock.json: solc-js, OpenZeppelin, anvil, cast; and the
 # x402 interop clients of crates/cairn-cli/tests/npm) into a
-# cache dir outside the clone, keyed by the lockfile. Source it: it exports CAIRN_NODE_MODULES and
-# CAIRN_ANVIL. `--ignore-scripts`: nothing runs at install time.
+# cache dir outside the clone, keyed by the lockfile. Source it: it exports CAIRN_NODE_MODULES,
+# CAIRN_ANVIL and CAIRN_CAST. `--ignore-scripts`: nothing runs at install time.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 export CAIRN_CACHE_DIR="${CAIRN_CACHE_DIR:-$HOME/.cache/cairn}"
@@ -19,6 +19,7 @@ if [ ! -f "$npm_dir/.complete" ]; then
 fi
 export CAIRN_NODE_MODULES="$npm_dir/node_modules"
 export CAIRN_ANVIL="$CAIRN_NODE_MODULES/@foundry-rs/anvil-linux-amd64/bin/anvil"
+export CAIRN_CAST="$CAIRN_NODE_MODULES/@foundry-rs/cast-linux-amd64/bin/cast"
 
 # The official x402 TypeScript clients and resource server the interop tests drive
 # (crates/cairn-cli/tests/npm/package-lock.json), in their own cache dir.

@@ -102,3 +102,36 @@ pub struct EngineArgs {
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
 }
+
+/// Where an embedded chain serves Ethereum JSON-RPC.
+#[derive(Args, Clone, Debug)]
+pub struct RpcServeArgs {
+    /// Address for the chain's Ethereum JSON-RPC (cast, web3.py, viem, wallets); port 0 picks
+    /// a free one. Keep it on loopback: the devnet's keys are public.
+    #[arg(long, default_value = "127.0.0.1:7402")]
+    pub rpc_listen: std::net::SocketAddr,
+    /// Also serve `evm_increaseTime` and `evm_mine` (lets any local process move the chain's
+    /// clock past challenge windows: tests and local tools only).
+    #[arg(long)]
+    pub rpc_dev_methods: bool,
+}
+
+impl RpcServeArgs {
+    /// Binds the port and serves `ledger` in a task; the URL it answers on.
+    pub async fn start(
+        &self,
+        ledger: Arc<EmbeddedLedger>,
+    ) -> anyhow::Result<(String, tokio::task::JoinHandle<std::io::Result<()>>)> {
+        let listener = tokio::net::TcpListener::bind(self.rpc_listen)
+            .await
+            .with_context(|| format!("binding the chain's JSON-RPC to {}", self.rpc_listen))?;
+        let url = format!("http://{}", listener.local_addr()?);
+        let config = cairn_chain_rpc::RpcConfig {
+            dev_methods: self.rpc_dev_methods,
+        };
+        Ok((
+            url,
+            tokio::spawn(cairn_chain_rpc::serve(listener, ledger, config)),
+        ))
+    }
+}

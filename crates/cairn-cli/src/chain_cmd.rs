@@ -1,4 +1,4 @@
-//! `cairn chain deploy|status|register|mint` and `cairn verifier run`.
+//! `cairn chain deploy|status|register|mint|serve|…`.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -19,6 +19,7 @@ mod mint;
 mod profile;
 mod register;
 mod registration_quorum;
+mod serve;
 mod status;
 pub(crate) use deploy::DeployArgs;
 pub(crate) use measurement::MeasurementArgs;
@@ -26,6 +27,7 @@ pub(crate) use mint::MintArgs;
 pub(crate) use profile::ProfileArgs;
 pub(crate) use register::RegisterArgs;
 pub(crate) use registration_quorum::RegistrationQuorumArgs;
+pub(crate) use serve::ServeArgs;
 pub(crate) use status::StatusArgs;
 
 pub use crate::args::{ChainArgs, RoleArg, devnet_paths, open_chain};
@@ -54,6 +56,8 @@ pub enum ChainCommand {
     Register(RegisterArgs),
     /// Mint devnet tokens (the key needs the token's minter role).
     Mint(MintArgs),
+    /// Serve the devnet's chain alone over Ethereum JSON-RPC (cast, web3.py, viem, wallets).
+    Serve(ServeArgs),
 }
 
 pub async fn run(cmd: ChainCommand) -> anyhow::Result<()> {
@@ -65,6 +69,7 @@ pub async fn run(cmd: ChainCommand) -> anyhow::Result<()> {
         ChainCommand::RegistrationQuorum(a) => registration_quorum::run(a).await,
         ChainCommand::Register(a) => register::run(a).await,
         ChainCommand::Mint(a) => mint::run(a).await,
+        ChainCommand::Serve(a) => serve::run(a).await,
     }
 }
 

@@ -15,6 +15,17 @@ pub(crate) struct DevnetChain {
     pub(crate) verifiers: DevnetVerifiers,
     pub(crate) faults: node_cmd::FaultArgs,
     pub(crate) llm: LlmSource,
+    pub(crate) rpc: crate::args::RpcServeArgs,
+}
+
+/// The data dir given, or `cairn devnet`'s default.
+pub(crate) fn data_dir_or_default(data_dir: Option<PathBuf>) -> PathBuf {
+    data_dir.unwrap_or_else(|| {
+        dirs::data_dir()
+            .unwrap_or_else(|| PathBuf::from("."))
+            .join("cairn")
+            .join("devnet")
+    })
 }
 
 /// The devnet's verifiers.
@@ -42,12 +53,7 @@ pub(crate) async fn devnet(
     engine: node_cmd::EngineArgs,
     c: DevnetChain,
 ) -> anyhow::Result<()> {
-    let data_dir = data_dir.unwrap_or_else(|| {
-        dirs::data_dir()
-            .unwrap_or_else(|| PathBuf::from("."))
-            .join("cairn")
-            .join("devnet")
-    });
+    let data_dir = data_dir_or_default(data_dir);
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("creating {}", data_dir.display()))?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -60,13 +66,14 @@ pub(crate) async fn devnet(
         .await
         .context("publishing the demo model")?;
     let llm = publish_llm(&url, &data_dir, &c.llm).await;
-    let chain = chain_cmd::devnet_chain(
+    let (chain, ledger) = chain_cmd::devnet_chain(
         &data_dir,
         c.chain_id,
         c.challenge_window,
         c.attestation_timeout,
     )
     .await?;
+    let (rpc_url, rpc_task) = c.rpc.start(ledger).await?;
     let gov = cairn_ledger::dev_signer(0);
     let (node_key, payer_key) = write_keys(&data_dir)?;
     let node_args = node_cmd::NodeServeArgs {
@@ -107,6 +114,7 @@ pub(crate) async fn devnet(
         demo,
         llm,
         verifiers: &verifier_urls,
+        rpc: &rpc_url,
         c: &c,
     });
     chain_cmd::print_devnet(&chain).await?;
@@ -116,7 +124,10 @@ pub(crate) async fn devnet(
         node_state,
         stopped(stop_rx),
     ));
-    shutdown_signal().await;
+    tokio::select! {
+        r = rpc_task => r?.context("serving the chain's JSON-RPC")?,
+        _ = shutdown_signal() => {}
+    }
     let _ = stop_tx.send(true);
     hub_task.await??;
     node_task.await??;
@@ -245,6 +256,7 @@ struct Banner<'a> {
     demo: cairn_core::BlobId,
     llm: Option<cairn_core::BlobId>,
     verifiers: &'a [(alloy_primitives::Address, String)],
+    rpc: &'a str,
     c: &'a DevnetChain,
 }
 
@@ -255,6 +267,10 @@ fn print_banner(b: &Banner<'_>) {
     println!("  hub:      {}", b.hub);
     println!("  API docs: {}/docs", b.hub);
     println!("  node:     {}", b.node);
+    println!(
+        "  chain rpc: Ethereum JSON-RPC for cast, web3.py, viem and wallets at {}",
+        b.rpc
+    );
     println!("  node key: {}", b.node_state.address());
     println!("  profile:  {}", b.node_state.profile());
     println!("  demo:     digits@1.0 = {}", b.demo);

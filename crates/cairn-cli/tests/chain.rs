@@ -317,6 +317,17 @@ fn devnet_resumes_after_kill_9_with_the_same_chain() {
     assert_eq!(settled["batch"]["id"], 2);
     let status = devnet_status(&net.dir.path().join("data"));
     assert_eq!(status["contracts"], before["contracts"]);
+    // The resumed devnet serves its chain over JSON-RPC: the same contracts' code.
+    let rpc = |method: &str, params: Value| common::json_rpc(&net.rpc_url, method, params);
+    assert_eq!(rpc("eth_chainId", json!([])), "0x7a69");
+    let token = status["contracts"]["token"].as_str().unwrap();
+    assert!(
+        rpc("eth_getCode", json!([token, "latest"]))
+            .as_str()
+            .unwrap()
+            .len()
+            > 1000
+    );
     let info = get(&format!("{}/v1/node", net.node_url));
     let price = second["typedData"]["message"]["price"].as_str().unwrap();
     check_split(
@@ -553,4 +564,109 @@ fn node_settles_on_anvil_with_separate_verifier_processes() {
     args.extend_from_slice(&chain);
     let status: Value = serde_json::from_str(&cairn(&args)).unwrap();
     check_split(&registered, &status, &node_addr, 4000, 5, false);
+}
+
+/// `cairn chain serve` over a fresh devnet chain: web3.py (PyPI `web3`) and foundry's `cast` (npm)
+/// read it and send signed transactions to it, unchanged, as to any Ethereum node.
+#[test]
+fn the_devnet_chain_speaks_ethereum_json_rpc_to_web3_py_and_cast() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let net = Server::command(
+        &[
+            "chain",
+            "serve",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--rpc-listen",
+            "127.0.0.1:0",
+        ],
+        "  chain rpc:",
+    );
+    let rpc = net.url.clone();
+    let deployment: Value =
+        serde_json::from_str(&std::fs::read_to_string(data.join("chain/deployment.json")).unwrap())
+            .unwrap();
+    let token = deployment["token"].as_str().unwrap().to_owned();
+    let payer = cairn_ledger::dev_signer(cairn_ledger::devnet::PAYER);
+    let key = alloy_primitives::hex::encode_prefixed(payer.to_bytes());
+
+    let py = std::env::var("CAIRN_PY").expect("CAIRN_PY (scripts/test.sh sets it)");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/web3_chain.py");
+    let report = common::json_report(
+        std::process::Command::new(py)
+            .arg(script)
+            .args([&rpc, &token, &key]),
+    );
+    assert_eq!(report["chainId"], 31337);
+
+    let Some(cast) = std::env::var_os("CAIRN_CAST") else {
+        assert!(
+            std::env::var_os("CAIRN_TEST_REQUIRE_SERVICES").is_none(),
+            "CAIRN_CAST is not set but services are required (run scripts/test.sh)"
+        );
+        eprintln!("SKIPPED the cast half: CAIRN_CAST not set");
+        return;
+    };
+    let cast_out = |args: &[&str]| -> String {
+        let out = std::process::Command::new(&cast)
+            .args(args)
+            .args(["--rpc-url", &rpc])
+            .env("FOUNDRY_DISABLE_NIGHTLY_WARNING", "1")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "cast {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    assert_eq!(cast_out(&["chain-id"]), "31337");
+    let recipient = report["recipient"].as_str().unwrap();
+    assert_eq!(cast_out(&["balance", recipient]), "1000000000000000");
+    let tokens = cast_out(&["call", &token, "balanceOf(address)(uint256)", recipient]);
+    assert_eq!(tokens, "1234");
+    // A transfer cast signs and sends itself; its receipt and the block it names.
+    let sent: Value = serde_json::from_str(&cast_out(&[
+        "send",
+        "--private-key",
+        &key,
+        "--json",
+        recipient,
+        "--value",
+        "5",
+    ]))
+    .unwrap();
+    assert_eq!(sent["status"], "0x1", "{sent}");
+    let receipt: Value = serde_json::from_str(&cast_out(&[
+        "receipt",
+        "--json",
+        sent["transactionHash"].as_str().unwrap(),
+    ]))
+    .unwrap();
+    assert_eq!(receipt["from"], payer.address().to_string().to_lowercase());
+    assert_eq!(cast_out(&["balance", recipient]), "1000000000000005");
+    let block: Value = serde_json::from_str(&cast_out(&[
+        "block",
+        "--json",
+        receipt["blockNumber"].as_str().unwrap(),
+    ]))
+    .unwrap();
+    assert_eq!(block["hash"], receipt["blockHash"]);
+    // The token transfer web3.py made, found again by cast through eth_getLogs.
+    let first = report["blocks"][0].as_u64().unwrap().to_string();
+    let logs: Value = serde_json::from_str(&cast_out(&[
+        "logs",
+        "--json",
+        "--from-block",
+        &first,
+        "--address",
+        &token,
+        "Transfer(address indexed,address indexed,uint256)",
+    ]))
+    .unwrap();
+    let logs = logs.as_array().unwrap();
+    assert_eq!(logs.len(), 1, "{logs:?}");
+    assert_eq!(logs[0]["transactionHash"], report["tokenTransfer"]);
 }

@@ -48,8 +48,9 @@ pub struct Genesis {
     pub approved_profiles: Vec<B256>,
 }
 
-/// Opens (or creates: genesis, deploy, fund, register verifiers) the devnet's embedded chain.
-pub async fn open(g: &Genesis) -> Result<Chain, LedgerError> {
+/// Opens (or creates: genesis, deploy, fund, register verifiers) the devnet's embedded chain: the
+/// contracts bound to it, and the ledger itself (what its JSON-RPC server serves).
+pub async fn open(g: &Genesis) -> Result<(Chain, Arc<EmbeddedLedger>), LedgerError> {
     let Genesis {
         ledger_path,
         deployment_path,
@@ -65,7 +66,7 @@ pub async fn open(g: &Genesis) -> Result<Chain, LedgerError> {
     let ledger = Arc::new(EmbeddedLedger::open(ledger_path, *chain_id, &genesis)?);
     if deployment_path.exists() {
         let d = Deployment::load(deployment_path)?;
-        return Chain::new(ledger, d);
+        return Ok((Chain::new(ledger.clone(), d)?, ledger));
     }
     let gov = dev_signer(0);
     let params = DeployParams {
@@ -75,7 +76,7 @@ pub async fn open(g: &Genesis) -> Result<Chain, LedgerError> {
         ..DeployParams::devnet(gov.address(), dev_signer(1).address())
     };
     let d = deploy(ledger.as_ref(), &gov, &params).await?;
-    let chain = Chain::new(ledger, d.clone())?;
+    let chain = Chain::new(ledger.clone(), d.clone())?;
     let unit = U256::from(crate::deploy::TOKEN_UNIT);
     for (i, _) in ACCOUNTS.iter().skip(2) {
         chain
@@ -102,5 +103,5 @@ pub async fn open(g: &Genesis) -> Result<Chain, LedgerError> {
     chain.set_registration_quorum(&gov, 2).await?;
     // Written last: its presence means the chain is fully set up.
     d.save(deployment_path)?;
-    Ok(chain)
+    Ok((chain, ledger))
 }

@@ -2,14 +2,19 @@
 //! and log is written to SQLite in one transaction per block before the in-memory state moves, so a
 //! `kill -9` loses nothing that was reported as mined.
 //!
-//! One transaction per block (like anvil's automine). Gas is metered but costs nothing (base fee
-//! and gas price 0). Block timestamps follow the wall clock plus an offset that
-//! [`Ledger::advance_time`] moves forward; they never go backwards.
+//! One transaction per block (like anvil's automine). Every transaction is a signed Ethereum
+//! transaction (EIP-2718), whether a Cairn role sent it through [`Ledger::send`] or a wallet
+//! through [`EmbeddedLedger::send_raw`], so its hash is the one every tool computes; blocks carry
+//! real headers (`keccak256(rlp(header))` is the block hash) except for the state root, which is
+//! zero (see [`query`]). Gas is metered; the base fee is 0, so a transaction pays only the priority
+//! fee it offers (Cairn's own pay none). A transaction that would revert is refused, not mined.
+//! Block timestamps follow the wall clock plus an offset that [`Ledger::advance_time`] moves
+//! forward; they never go backwards.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use alloy_primitives::{Address, B256, Bytes, Log, TxKind, U256, keccak256};
+use alloy_primitives::{Address, B256, Bytes, Log, TxKind, U256};
 use alloy_signer_local::PrivateKeySigner;
 use alloy_trie::{EMPTY_ROOT_HASH, KECCAK_EMPTY, TrieAccount};
 use async_trait::async_trait;
@@ -25,7 +30,13 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::{BlockInfo, Ledger, LedgerError, LogFilter, LogRecord, TxOutcome, TxRequest};
 
+pub mod query;
 mod state;
+#[cfg(test)]
+mod tests;
+mod tx;
+
+pub use query::{BlockRef, CallRequest};
 
 /// Gas available to one block (and so to one transaction).
 pub const BLOCK_GAS_LIMIT: u64 = 60_000_000;
@@ -57,10 +68,11 @@ struct Head {
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS blocks (
-  number INTEGER PRIMARY KEY, timestamp INTEGER NOT NULL, hash BLOB NOT NULL, tx BLOB);
+  number INTEGER PRIMARY KEY, timestamp INTEGER NOT NULL, hash BLOB NOT NULL UNIQUE, tx BLOB,
+  header BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS txs (
   hash BLOB PRIMARY KEY, block INTEGER NOT NULL, sender BLOB NOT NULL, gas_used INTEGER NOT NULL,
-  contract BLOB);
+  contract BLOB, raw BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS logs (
   block INTEGER NOT NULL, idx INTEGER NOT NULL, tx BLOB NOT NULL, address BLOB NOT NULL,
   topic0 BLOB, topics BLOB NOT NULL, data BLOB NOT NULL, PRIMARY KEY (block, idx)) WITHOUT ROWID;
@@ -75,6 +87,9 @@ CREATE TABLE IF NOT EXISTS storage (
 ";
 
 use cairn_core::clock::now_secs;
+
+/// The store's layout version: 2 = signed transactions and block headers are kept.
+const FORMAT: u64 = 2;
 
 impl EmbeddedLedger {
     /// Opens the chain stored at `path`, or creates it with `genesis` native balances.
@@ -140,7 +155,15 @@ impl EmbeddedLedger {
                         path.display()
                     )));
                 }
-                Inner::load(conn)?
+                let inner = Inner::load(conn)?;
+                if inner.meta_u64("format")? != Some(FORMAT) {
+                    return Err(LedgerError::Invalid(format!(
+                        "{} was made by an older Cairn that kept no signed transactions or block headers; \
+                         remove its data dir (or start the devnet with another --data-dir)",
+                        path.display()
+                    )));
+                }
+                inner
             }
             None => Inner::genesis(conn, chain_id, genesis)?,
         };
@@ -178,18 +201,15 @@ impl Inner {
     ) -> Result<Self, LedgerError> {
         let mut db = CacheDB::new(EmptyDB::default());
         let timestamp = now_secs();
-        let hash = keccak256(
-            [
-                b"cairn-genesis".as_slice(),
-                &chain_id.to_be_bytes(),
-                &timestamp.to_be_bytes(),
-            ]
-            .concat(),
-        );
+        let header = state::header(B256::ZERO, 0, timestamp, None);
+        let hash = header.hash_slow();
         let tx = conn.transaction()?;
         tx.execute(
-            "INSERT INTO meta (key, value) VALUES ('chain_id', ?1)",
-            params![chain_id.to_be_bytes().to_vec()],
+            "INSERT INTO meta (key, value) VALUES ('chain_id', ?1), ('format', ?2)",
+            params![
+                chain_id.to_be_bytes().to_vec(),
+                FORMAT.to_be_bytes().to_vec()
+            ],
         )?;
         for (address, balance) in alloc {
             tx.execute(
@@ -199,8 +219,12 @@ impl Inner {
             db.insert_account_info(*address, AccountInfo::from_balance(*balance));
         }
         tx.execute(
-            "INSERT INTO blocks (number, timestamp, hash, tx) VALUES (0, ?1, ?2, NULL)",
-            params![timestamp as i64, hash.as_slice()],
+            "INSERT INTO blocks (number, timestamp, hash, tx, header) VALUES (0, ?1, ?2, NULL, ?3)",
+            params![
+                timestamp as i64,
+                hash.as_slice(),
+                alloy_rlp::encode(&header)
+            ],
         )?;
         tx.commit()?;
         Ok(Self {
@@ -313,21 +337,6 @@ impl Inner {
     }
 }
 
-fn tx_hash(chain_id: u64, sender: Address, nonce: u64, tx: &TxRequest) -> B256 {
-    keccak256(
-        [
-            b"cairn-embedded-tx".as_slice(),
-            &chain_id.to_be_bytes(),
-            sender.as_slice(),
-            &nonce.to_be_bytes(),
-            tx.to.unwrap_or_default().as_slice(),
-            &tx.value.to_be_bytes::<32>(),
-            &tx.data,
-        ]
-        .concat(),
-    )
-}
-
 fn revert(output: Bytes) -> LedgerError {
     LedgerError::Reverted {
         reason: crate::contracts::decode_revert(&output),
@@ -350,20 +359,11 @@ impl Ledger for EmbeddedLedger {
     }
 
     async fn call(&self, to: Address, data: Bytes) -> Result<Bytes, LedgerError> {
-        let inner = self.lock();
-        let tx = TxRequest {
+        self.call_as(&CallRequest {
             to: Some(to),
             data,
-            value: U256::ZERO,
-        };
-        let out = inner.execute(self.chain_id, Address::ZERO, &tx, true)?;
-        match out.result {
-            ExecutionResult::Success { output, .. } => Ok(output.into_data()),
-            ExecutionResult::Revert { output, .. } => Err(revert(output)),
-            ExecutionResult::Halt { reason, .. } => {
-                Err(LedgerError::Evm(format!("halted: {reason:?}")))
-            }
-        }
+            ..CallRequest::default()
+        })
     }
 
     async fn send(
@@ -371,8 +371,6 @@ impl Ledger for EmbeddedLedger {
         signer: &PrivateKeySigner,
         tx: TxRequest,
     ) -> Result<TxOutcome, LedgerError> {
-        self.writable()?;
-        let sender = signer.address();
         if signer.chain_id().is_some_and(|id| id != self.chain_id) {
             return Err(LedgerError::Invalid(format!(
                 "signer is bound to chain {:?}, this ledger is chain {}",
@@ -380,38 +378,7 @@ impl Ledger for EmbeddedLedger {
                 self.chain_id
             )));
         }
-        let mut inner = self.lock();
-        let nonce = inner
-            .db
-            .cache
-            .accounts
-            .get(&sender)
-            .map(|a| a.info.nonce)
-            .unwrap_or(0);
-        let timestamp = inner.next_timestamp();
-        let out = inner.execute(self.chain_id, sender, &tx, false)?;
-        let gas_used = out.result.tx_gas_used();
-        let (logs, contract) = match out.result {
-            ExecutionResult::Success { logs, output, .. } => {
-                let contract = output.address().copied();
-                (logs, contract)
-            }
-            ExecutionResult::Revert { output, .. } => return Err(revert(output)),
-            ExecutionResult::Halt { reason, .. } => {
-                return Err(LedgerError::Evm(format!("halted: {reason:?}")));
-            }
-        };
-        let hash = tx_hash(self.chain_id, sender, nonce, &tx);
-        let head = inner.commit_block(
-            timestamp, hash, sender, gas_used, contract, &logs, out.state,
-        )?;
-        Ok(TxOutcome {
-            hash,
-            block: head.number,
-            gas_used,
-            logs,
-            contract_address: contract,
-        })
+        self.sign_and_mine(signer, &tx)
     }
 
     async fn head(&self) -> Result<BlockInfo, LedgerError> {

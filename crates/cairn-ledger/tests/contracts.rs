@@ -1352,6 +1352,23 @@ async fn contracts_on_the_embedded_ledger() {
     run_all(Arc::new(ledger)).await;
 }
 
+/// The same suite through the embedded chain's own JSON-RPC server (`cairn-chain-rpc`) and the RPC
+/// ledger: every transaction built, estimated and signed by alloy's wallet, sent raw, mined, and
+/// read back as standard receipts and logs; time moved with `evm_increaseTime`/`evm_mine`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn contracts_through_the_embedded_chains_json_rpc() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = EmbeddedLedger::open(&dir.path().join("chain.sqlite"), 31337, &genesis()).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let config = cairn_chain_rpc::RpcConfig { dev_methods: true };
+    tokio::spawn(cairn_chain_rpc::serve(listener, Arc::new(ledger), config));
+    let rpc = RpcLedger::connect(&url, Duration::from_secs(30))
+        .await
+        .unwrap();
+    run_all(Arc::new(rpc)).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn contracts_on_anvil() {
     let Some(anvil) = Anvil::for_test("contracts_on_anvil", 31337) else {

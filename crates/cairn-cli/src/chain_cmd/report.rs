@@ -170,7 +170,7 @@ pub async fn devnet_chain(
     chain_id: u64,
     challenge_window: u64,
     attestation_timeout: u64,
-) -> anyhow::Result<Chain> {
+) -> anyhow::Result<(Chain, std::sync::Arc<cairn_ledger::EmbeddedLedger>)> {
     let (ledger, deployment) = devnet_paths(data_dir);
     cairn_ledger::devnet::open(&cairn_ledger::devnet::Genesis {
         ledger_path: ledger,

@@ -14,6 +14,8 @@ pub struct Server {
     pub url: String,
     /// The inference node's URL (devnet and `node serve`).
     pub node_url: String,
+    /// The chain's Ethereum JSON-RPC URL (devnet).
+    pub rpc_url: String,
     pub dir: tempfile::TempDir,
 }
 
@@ -158,10 +160,12 @@ impl Server {
             urls[m] = url;
         }
         let node_url = urls.get(1).cloned().unwrap_or_default();
+        let rpc_url = urls.get(2).cloned().unwrap_or_default();
         Self {
             child,
             url: urls.swap_remove(0),
             node_url,
+            rpc_url,
             dir,
         }
     }
@@ -182,11 +186,13 @@ impl Server {
             "127.0.0.1:0",
             "--node-listen",
             "127.0.0.1:0",
+            "--rpc-listen",
+            "127.0.0.1:0",
             "--data-dir",
             data.to_str().unwrap(),
         ];
         args.extend_from_slice(extra);
-        Self::spawn(&args, &[], &["  hub:", "  node:"], dir)
+        Self::spawn(&args, &[], &["  hub:", "  node:", "  chain rpc:"], dir)
     }
 
     pub fn pid(&self) -> u32 {
@@ -454,6 +460,21 @@ pub fn get(url: &str) -> serde_json::Value {
         .build()
         .unwrap();
     rt.block_on(async { reqwest::get(url).await.unwrap().json().await.unwrap() })
+}
+
+/// One Ethereum JSON-RPC call to `url`; its result (panics on an error answer).
+pub fn json_rpc(url: &str, method: &str, params: serde_json::Value) -> serde_json::Value {
+    let body = serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let v: serde_json::Value = rt.block_on(async {
+        let r = reqwest::Client::new().post(url).json(&body).send().await;
+        r.unwrap().json().await.unwrap()
+    });
+    assert!(v.get("error").is_none(), "{method}: {v}");
+    v["result"].clone()
 }
 
 /// The receipt `id` once the node at `node` has stored it (waits up to `secs`).

@@ -1,36 +1,120 @@
-//! Executing a transaction in revm, the state root, and committing a block to SQLite.
+//! Executing a transaction in revm, block headers and receipts, the state root, and committing a
+//! block to SQLite.
+
+use alloy_consensus::{
+    EMPTY_OMMER_ROOT_HASH, Eip658Value, Header, Receipt, ReceiptEnvelope, TxEnvelope, TxType,
+};
+use alloy_primitives::Bloom;
 
 use super::*;
 
+/// A transaction that ran and is to be committed with its block.
+pub(super) struct Mined<'a> {
+    pub tx: &'a TxEnvelope,
+    pub sender: Address,
+    pub gas_used: u64,
+    pub contract: Option<Address>,
+    pub logs: &'a [Log],
+}
+
+/// The receipt of a block's one transaction (cumulative gas = its own gas; only successful
+/// transactions are mined).
+pub(super) fn receipt(tx_type: TxType, gas_used: u64, logs: &[Log]) -> ReceiptEnvelope {
+    let receipt = Receipt {
+        status: Eip658Value::Eip658(true),
+        cumulative_gas_used: gas_used,
+        logs: logs.to_vec(),
+    };
+    ReceiptEnvelope::from_typed(tx_type, receipt.with_bloom())
+}
+
+/// A block's header. The state root is zero: the state trie is not kept incrementally, and
+/// rebuilding it from every account and slot per block would make each transaction's cost grow
+/// with the chain's state (`Ledger::state_root` computes it on demand instead).
+pub(super) fn header(
+    parent: B256,
+    number: u64,
+    timestamp: u64,
+    mined: Option<&Mined<'_>>,
+) -> Header {
+    let (transactions_root, receipts_root, logs_bloom, gas_used) = match mined {
+        Some(m) => {
+            let r = receipt(m.tx.tx_type(), m.gas_used, m.logs);
+            (
+                alloy_consensus::proofs::calculate_transaction_root(std::slice::from_ref(m.tx)),
+                alloy_consensus::proofs::calculate_receipt_root(std::slice::from_ref(&r)),
+                *r.logs_bloom(),
+                m.gas_used,
+            )
+        }
+        None => (EMPTY_ROOT_HASH, EMPTY_ROOT_HASH, Bloom::ZERO, 0),
+    };
+    Header {
+        parent_hash: parent,
+        ommers_hash: EMPTY_OMMER_ROOT_HASH,
+        beneficiary: Address::ZERO,
+        state_root: B256::ZERO,
+        transactions_root,
+        receipts_root,
+        logs_bloom,
+        difficulty: U256::ZERO,
+        number,
+        gas_limit: BLOCK_GAS_LIMIT,
+        gas_used,
+        timestamp,
+        extra_data: Bytes::from_static(b"cairn embedded"),
+        // Post-merge this field is PREVRANDAO, which blocks here take from the parent's hash.
+        mix_hash: parent,
+        nonce: Default::default(),
+        base_fee_per_gas: Some(0),
+        withdrawals_root: Some(EMPTY_ROOT_HASH),
+        blob_gas_used: Some(0),
+        excess_blob_gas: Some(0),
+        parent_beacon_block_root: Some(B256::ZERO),
+        requests_hash: None,
+        block_access_list_hash: None,
+        slot_number: None,
+    }
+}
+
 impl Inner {
-    /// Runs `tx` on top of the current state without changing it.
-    pub(super) fn execute(
-        &self,
-        chain_id: u64,
-        caller: Address,
-        tx: &TxRequest,
-        read_only: bool,
-    ) -> Result<ResultAndState, LedgerError> {
-        let nonce = self
-            .db
-            .cache
-            .accounts
-            .get(&caller)
-            .map(|a| a.info.nonce)
-            .unwrap_or(0);
-        let env = TxEnv::builder()
+    /// A read-only call's environment: from `caller`, at most the block's gas, no fee.
+    pub(super) fn call_env(&self, chain_id: u64, req: &CallRequest) -> Result<TxEnv, LedgerError> {
+        let caller = req.from.unwrap_or_default();
+        TxEnv::builder()
             .caller(caller)
-            .kind(match tx.to {
+            .kind(match req.to {
                 Some(to) => TxKind::Call(to),
                 None => TxKind::Create,
             })
-            .data(tx.data.clone())
-            .value(tx.value)
-            .gas_limit(BLOCK_GAS_LIMIT)
+            .data(req.data.clone())
+            .value(req.value)
+            .gas_limit(req.gas.unwrap_or(BLOCK_GAS_LIMIT).min(BLOCK_GAS_LIMIT))
             .gas_price(0)
-            .nonce(nonce)
+            .nonce(self.nonce(caller))
             .chain_id(Some(chain_id))
-            .build_fill();
+            .build()
+            .map_err(|e| LedgerError::Invalid(format!("the call: {e:?}")))
+    }
+
+    /// The next nonce of `who`.
+    pub(super) fn nonce(&self, who: Address) -> u64 {
+        self.db
+            .cache
+            .accounts
+            .get(&who)
+            .map(|a| a.info.nonce)
+            .unwrap_or(0)
+    }
+
+    /// Runs `env` on top of the current state without changing it. `read_only` skips the nonce
+    /// check (a call, not a transaction).
+    pub(super) fn execute(
+        &self,
+        chain_id: u64,
+        env: TxEnv,
+        read_only: bool,
+    ) -> Result<ResultAndState, LedgerError> {
         let timestamp = self.next_timestamp();
         let ctx: MainnetContext<_> = Context::new(WrapDatabaseRef(&self.db), SpecId::CANCUN);
         let mut evm = ctx
@@ -79,48 +163,42 @@ impl Inner {
 
     /// Writes the block, the transaction, its logs and its state diff in one SQLite transaction,
     /// then applies the diff in memory.
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn commit_block(
         &mut self,
         timestamp: u64,
-        tx_hash: B256,
-        sender: Address,
-        gas_used: u64,
-        contract: Option<Address>,
-        logs: &[Log],
+        mined: Option<Mined<'_>>,
         state: EvmState,
     ) -> Result<Head, LedgerError> {
         let number = self.head.number + 1;
-        let hash = keccak256(
-            [
-                self.head.hash.as_slice(),
-                &number.to_be_bytes(),
-                &timestamp.to_be_bytes(),
-                tx_hash.as_slice(),
-            ]
-            .concat(),
-        );
+        let header = header(self.head.hash, number, timestamp, mined.as_ref());
+        let hash = header.hash_slow();
+        let tx_hash = mined.as_ref().map(|m| *m.tx.tx_hash());
         let tx = self.conn.transaction()?;
         tx.execute(
-            "INSERT INTO blocks (number, timestamp, hash, tx) VALUES (?1, ?2, ?3, ?4)",
+            "INSERT INTO blocks (number, timestamp, hash, tx, header) VALUES (?1, ?2, ?3, ?4, ?5)",
             params![
                 number as i64,
                 timestamp as i64,
                 hash.as_slice(),
-                tx_hash.as_slice()
+                tx_hash.map(|h| h.to_vec()),
+                alloy_rlp::encode(&header)
             ],
         )?;
-        tx.execute(
-            "INSERT INTO txs (hash, block, sender, gas_used, contract) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![
-                tx_hash.as_slice(),
-                number as i64,
-                sender.as_slice(),
-                gas_used as i64,
-                contract.map(|c| c.to_vec())
-            ],
-        )?;
-        write_logs(&tx, number, tx_hash, logs)?;
+        if let Some(m) = &mined {
+            let tx_hash = *m.tx.tx_hash();
+            tx.execute(
+                "INSERT INTO txs (hash, block, sender, gas_used, contract, raw) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    tx_hash.as_slice(),
+                    number as i64,
+                    m.sender.as_slice(),
+                    m.gas_used as i64,
+                    m.contract.map(|c| c.to_vec()),
+                    super::tx::encode(m.tx)
+                ],
+            )?;
+            write_logs(&tx, number, tx_hash, m.logs)?;
+        }
         write_state(&tx, &state)?;
         tx.commit()?;
         self.db.commit(state);

@@ -1,0 +1,314 @@
+//! The embedded chain over Ethereum JSON-RPC.
+//!
+//! `cairn devnet` keeps its chain in-process ([`EmbeddedLedger`]); this serves the same ledger
+//! (one writer: the devnet's own process) with the methods wallets and libraries use, so web3.py,
+//! viem, ethers, `cast` and the x402 packages' RPC paths can read it and send signed transactions
+//! to it. JSON-RPC 2.0 over HTTP POST, single calls and batches.
+//!
+//! What differs from a public chain, by design: one transaction per block, mined when it arrives
+//! (like anvil's automine); a transaction that would revert is refused with its revert data
+//! instead of being mined with status 0; only the head's state is kept (state queries at older
+//! blocks are refused); headers' `stateRoot` is zero. Dev methods (`evm_increaseTime`,
+//! `evm_mine`) are off unless [`RpcConfig::dev_methods`] is set, since they let any local
+//! process move the chain's clock past challenge windows.
+
+mod methods;
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use cairn_ledger::EmbeddedLedger;
+use cairn_serve::metrics::{Counter, EncodeLabelSet, Family, Metrics};
+use serde_json::{Value, json};
+
+/// The largest request body (a batch, or a call whose data is a contract's init code).
+pub const MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
+/// The most calls in one batch.
+pub const MAX_BATCH: usize = 100;
+
+/// What the server offers beyond the standard methods.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RpcConfig {
+    /// Serve `evm_increaseTime` and `evm_mine` (tests and local tools; never a shared chain).
+    pub dev_methods: bool,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CallLabels {
+    method: &'static str,
+    outcome: &'static str,
+}
+
+struct Rpc {
+    ledger: Arc<EmbeddedLedger>,
+    config: RpcConfig,
+    calls: Family<CallLabels, Counter>,
+}
+
+/// The JSON-RPC router (`POST /`) with `GET /metrics`.
+pub fn router(ledger: Arc<EmbeddedLedger>, config: RpcConfig) -> Router {
+    let mut metrics = Metrics::new("cairn_chain_rpc");
+    let calls = Family::<CallLabels, Counter>::default();
+    metrics.registry().register(
+        "calls",
+        "JSON-RPC calls answered, by method (unknown ones as `other`) and outcome",
+        calls.clone(),
+    );
+    let rpc = Arc::new(Rpc {
+        ledger,
+        config,
+        calls,
+    });
+    let app = Router::new()
+        .route("/", post(handle))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(rpc);
+    cairn_serve::metrics::serve(app, Arc::new(metrics))
+}
+
+/// Serves `router` on `listener` until the task is dropped.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    ledger: Arc<EmbeddedLedger>,
+    config: RpcConfig,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(ledger, config)).await
+}
+
+/// A JSON-RPC error object.
+#[derive(Debug)]
+pub(crate) struct RpcError {
+    code: i64,
+    message: String,
+    data: Option<Value>,
+}
+
+impl RpcError {
+    pub(crate) fn new(code: i64, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            data: None,
+        }
+    }
+
+    pub(crate) fn params(message: impl Into<String>) -> Self {
+        Self::new(-32602, message)
+    }
+
+    fn to_json(&self) -> Value {
+        let mut e = json!({"code": self.code, "message": self.message});
+        if let Some(d) = &self.data {
+            e["data"] = d.clone();
+        }
+        e
+    }
+}
+
+impl From<cairn_ledger::LedgerError> for RpcError {
+    fn from(e: cairn_ledger::LedgerError) -> Self {
+        use cairn_ledger::LedgerError as L;
+        match e {
+            // What eth_call and eth_estimateGas answer for a revert (code 3, data = revert bytes),
+            // which is what clients decode custom errors from.
+            L::Reverted { reason, data } => Self {
+                code: 3,
+                message: format!("execution reverted: {reason}"),
+                data: Some(Value::String(data.to_string())),
+            },
+            L::Invalid(m) | L::Evm(m) => Self::new(-32000, m),
+            L::Unsupported(m) => Self::new(-32000, m),
+            e => {
+                tracing::error!(error = %e, "chain rpc: the ledger failed");
+                Self::new(-32603, "internal error: the chain's store failed")
+            }
+        }
+    }
+}
+
+fn reply(id: Value, result: Result<Value, RpcError>) -> Value {
+    match result {
+        Ok(r) => json!({"jsonrpc": "2.0", "id": id, "result": r}),
+        Err(e) => json!({"jsonrpc": "2.0", "id": id, "error": e.to_json()}),
+    }
+}
+
+fn json_response(v: Value) -> Response {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        v.to_string(),
+    )
+        .into_response()
+}
+
+/// Refuses what a web page could send: a body that is not declared JSON (a page may POST
+/// `text/plain` cross-origin without asking; `application/json` needs a preflight this server
+/// never grants), and a `Host` that is neither `localhost` nor an IP address (a DNS-rebinding
+/// page reaches loopback under its own domain name). The devnet's keys are public: a page the
+/// user visits must not spend them.
+fn refused(headers: &HeaderMap) -> Option<Response> {
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .eq_ignore_ascii_case("application/json")
+        });
+    if !json {
+        return Some(refusal(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "send the request as Content-Type: application/json",
+        ));
+    }
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+    if let Some(host) = host
+        && !local_host(host)
+    {
+        return Some(refusal(
+            StatusCode::FORBIDDEN,
+            &format!(
+                "requests for host {host:?} are not served: address this chain as localhost or by IP"
+            ),
+        ));
+    }
+    None
+}
+
+/// `localhost` or an IP literal, with or without a port.
+fn local_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(v6) => {
+            return v6.split_once(']').is_some_and(|(a, port)| {
+                a.parse::<std::net::Ipv6Addr>().is_ok()
+                    && (port.is_empty() || port.starts_with(':'))
+            });
+        }
+        None => host.rsplit_once(':').map_or(host, |(h, _)| h),
+    };
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::Ipv4Addr>().is_ok()
+}
+
+fn refusal(status: StatusCode, message: &str) -> Response {
+    let body = reply(Value::Null, Err(RpcError::new(-32600, message)));
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+async fn handle(State(rpc): State<Arc<Rpc>>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Some(r) = refused(&headers) {
+        return r;
+    }
+    let parsed: Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => {
+            return json_response(reply(
+                Value::Null,
+                Err(RpcError::new(-32700, format!("parse error: {e}"))),
+            ));
+        }
+    };
+    // The ledger's work is synchronous (revm, SQLite): keep it off the async workers.
+    let out = tokio::task::spawn_blocking(move || match parsed {
+        Value::Array(calls) if calls.is_empty() => Some(reply(
+            Value::Null,
+            Err(RpcError::new(-32600, "invalid request: an empty batch")),
+        )),
+        Value::Array(calls) if calls.len() > MAX_BATCH => Some(reply(
+            Value::Null,
+            Err(RpcError::new(
+                -32600,
+                format!(
+                    "invalid request: a batch of {} calls; at most {MAX_BATCH}",
+                    calls.len()
+                ),
+            )),
+        )),
+        Value::Array(calls) => {
+            let answers: Vec<Value> = calls.into_iter().filter_map(|c| rpc.one(c)).collect();
+            // A batch of notifications only gets no answer at all.
+            (!answers.is_empty()).then_some(Value::Array(answers))
+        }
+        call => rpc.one(call),
+    })
+    .await;
+    match out {
+        Ok(Some(v)) => json_response(v),
+        Ok(None) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "chain rpc: a call panicked");
+            json_response(reply(
+                Value::Null,
+                Err(RpcError::new(-32603, "internal error")),
+            ))
+        }
+    }
+}
+
+impl Rpc {
+    /// One call; `None` for a notification (no `id`), which gets no answer.
+    fn one(&self, call: Value) -> Option<Value> {
+        let Value::Object(mut call) = call else {
+            return Some(reply(
+                Value::Null,
+                Err(RpcError::new(
+                    -32600,
+                    "invalid request: a call is a JSON object",
+                )),
+            ));
+        };
+        let id = call.remove("id");
+        let notification = id.is_none();
+        let id = id.unwrap_or(Value::Null);
+        if !matches!(id, Value::Null | Value::Number(_) | Value::String(_)) {
+            return Some(reply(
+                Value::Null,
+                Err(RpcError::new(
+                    -32600,
+                    "invalid request: id must be a number, a string or null",
+                )),
+            ));
+        }
+        let Some(Value::String(method)) = call.remove("method") else {
+            return Some(reply(
+                id,
+                Err(RpcError::new(
+                    -32600,
+                    "invalid request: method must be a string",
+                )),
+            ));
+        };
+        let params = match call.remove("params") {
+            None | Some(Value::Null) => vec![],
+            Some(Value::Array(p)) => p,
+            Some(_) => {
+                return Some(reply(
+                    id,
+                    Err(RpcError::params("params must be an array (by position)")),
+                ));
+            }
+        };
+        let (label, result) = methods::dispatch(self, &method, params);
+        self.calls
+            .get_or_create(&CallLabels {
+                method: label,
+                outcome: if result.is_ok() { "ok" } else { "error" },
+            })
+            .inc();
+        (!notification).then(|| reply(id, result))
+    }
+}
