@@ -9,7 +9,7 @@
 //! (like anvil's automine); a transaction that would revert is refused with its revert data
 //! instead of being mined with status 0; only the head's state is kept (state queries at older
 //! blocks are refused); headers' `stateRoot` is zero. Dev methods (`evm_increaseTime`,
-//! `evm_mine`) are off unless [`RpcConfig::dev_methods`] is set, since they let any local
+//! `evm_mine`, `anvil_setCode`) are off unless [`RpcConfig::dev_methods`] is set, since they let any local
 //! process move the chain's clock past challenge windows.
 
 mod methods;
@@ -36,7 +36,8 @@ pub const MAX_BATCH: usize = 100;
 /// What the server offers beyond the standard methods.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct RpcConfig {
-    /// Serve `evm_increaseTime` and `evm_mine` (tests and local tools; never a shared chain).
+    /// Serve `evm_increaseTime`, `evm_mine` and `anvil_setCode` (tests and local tools; never a
+    /// shared chain).
     pub dev_methods: bool,
 }
 
@@ -50,6 +51,9 @@ struct Rpc {
     ledger: Arc<EmbeddedLedger>,
     config: RpcConfig,
     calls: Family<CallLabels, Counter>,
+    /// One request runs at a time: the ledger's work is synchronous, and the devnet's own roles
+    /// share its lock, so a flood of calls queues here instead of taking every blocking thread.
+    running: tokio::sync::Semaphore,
 }
 
 /// The JSON-RPC router (`POST /`) with `GET /metrics`.
@@ -65,12 +69,14 @@ pub fn router(ledger: Arc<EmbeddedLedger>, config: RpcConfig) -> Router {
         ledger,
         config,
         calls,
+        running: tokio::sync::Semaphore::new(1),
     });
     let app = Router::new()
         .route("/", post(handle))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(rpc);
-    cairn_serve::metrics::serve(app, Arc::new(metrics))
+    // The Host check covers `/metrics` too.
+    cairn_serve::metrics::serve(app, Arc::new(metrics)).layer(axum::middleware::from_fn(local_only))
 }
 
 /// Serves `router` on `listener` until the task is dropped.
@@ -149,11 +155,28 @@ fn json_response(v: Value) -> Response {
         .into_response()
 }
 
-/// Refuses what a web page could send: a body that is not declared JSON (a page may POST
-/// `text/plain` cross-origin without asking; `application/json` needs a preflight this server
-/// never grants), and a `Host` that is neither `localhost` nor an IP address (a DNS-rebinding
-/// page reaches loopback under its own domain name). The devnet's keys are public: a page the
-/// user visits must not spend them.
+/// Refuses a request whose `Host` is absent, unreadable, or neither `localhost` nor an IP
+/// address: a DNS-rebinding page reaches loopback under its own domain name.
+async fn local_only(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok());
+    match host {
+        Some(h) if local_host(h) => next.run(req).await,
+        _ => refusal(
+            StatusCode::FORBIDDEN,
+            &format!(
+                "requests for host {:?} are not served: address this chain as localhost or by IP",
+                host.unwrap_or("(none)")
+            ),
+        ),
+    }
+}
+
+/// Refuses a body that is not declared JSON: a page may POST `text/plain` cross-origin without
+/// asking, while `application/json` needs a CORS preflight this server never grants. The
+/// devnet's keys are public: a page the user visits must not spend them.
 fn refused(headers: &HeaderMap) -> Option<Response> {
     let json = headers
         .get(header::CONTENT_TYPE)
@@ -165,24 +188,12 @@ fn refused(headers: &HeaderMap) -> Option<Response> {
                 .trim()
                 .eq_ignore_ascii_case("application/json")
         });
-    if !json {
-        return Some(refusal(
+    (!json).then(|| {
+        refusal(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "send the request as Content-Type: application/json",
-        ));
-    }
-    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
-    if let Some(host) = host
-        && !local_host(host)
-    {
-        return Some(refusal(
-            StatusCode::FORBIDDEN,
-            &format!(
-                "requests for host {host:?} are not served: address this chain as localhost or by IP"
-            ),
-        ));
-    }
-    None
+        )
+    })
 }
 
 /// `localhost` or an IP literal, with or without a port.
@@ -222,7 +233,11 @@ async fn handle(State(rpc): State<Arc<Rpc>>, headers: HeaderMap, body: Bytes) ->
             ));
         }
     };
+    let Ok(_turn) = rpc.running.acquire().await else {
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    };
     // The ledger's work is synchronous (revm, SQLite): keep it off the async workers.
+    let rpc = rpc.clone();
     let out = tokio::task::spawn_blocking(move || match parsed {
         Value::Array(calls) if calls.is_empty() => Some(reply(
             Value::Null,

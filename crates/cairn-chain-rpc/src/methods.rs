@@ -124,6 +124,13 @@ pub(crate) fn dispatch(rpc: &Rpc, method: &str, params: Vec<Value>) -> (&'static
             block_on(l.advance_time(secs))?;
             json(U64::from(secs))
         },
+        "anvil_setCode" => {
+            dev(rpc)?;
+            let who: Address = p.get(0, "address")?;
+            let code: Bytes = p.get(1, "code")?;
+            block_on(l.dev_set_code(who, code))?;
+            Ok(Value::Null)
+        },
         "evm_mine" => {
             dev(rpc)?;
             l.mine_empty()?;
@@ -213,14 +220,19 @@ fn by_number(n: BlockNumberOrTag) -> BlockRef {
     }
 }
 
-/// Refuses a state query at any block but the head (only its state is kept).
+/// Refuses a state query at a block named by number or hash other than the head (only its state
+/// is kept). A tag always means the head, and is never compared: the head may move between
+/// reading it and answering.
 fn state_at(rpc: &Rpc, p: &Params, i: usize) -> Result<(), RpcError> {
     let Some(id) = p.opt::<BlockId>(i, "block")? else {
         return Ok(());
     };
     let at = match id {
         BlockId::Hash(h) => BlockRef::Hash(h.block_hash),
-        BlockId::Number(n) => by_number(n),
+        BlockId::Number(n) => match by_number(n) {
+            BlockRef::Latest => return Ok(()),
+            at => at,
+        },
     };
     let head = head(rpc)?;
     match rpc.ledger.block_number(at)? {
@@ -334,11 +346,20 @@ fn get_logs(rpc: &Rpc, filter: Filter) -> Answer {
             (from, to)
         }
     };
-    let single = (filter.address.len() == 1)
+    let head = head(rpc)?;
+    if to > head {
+        return Err(RpcError::params(format!(
+            "block range extends beyond current head block: toBlock {to}, head {head}"
+        )));
+    }
+    let address = (filter.address.len() == 1)
         .then(|| filter.address.iter().next().copied())
+        .flatten();
+    let topic0 = (filter.topics[0].len() == 1)
+        .then(|| filter.topics[0].iter().next().copied())
         .flatten();
     json(
         rpc.ledger
-            .logs_matching(from, to, single, |log| filter.matches(log))?,
+            .logs_matching(from, to, (address, topic0), |log| filter.matches(log))?,
     )
 }

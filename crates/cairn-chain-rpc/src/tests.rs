@@ -235,6 +235,18 @@ async fn contract_logs_are_found_by_address_and_topic() {
         )
         .await;
     assert_eq!(bad["code"], -32602);
+    // Past the head is an error, not an empty answer (execution-apis).
+    let past = net
+        .error(
+            "eth_getLogs",
+            json!([{"fromBlock": "0x0", "toBlock": "0xffff"}]),
+        )
+        .await;
+    assert_eq!(past["code"], -32602);
+    assert!(
+        past["message"].as_str().unwrap().contains("beyond"),
+        "{past}"
+    );
 }
 
 #[tokio::test]
@@ -302,13 +314,13 @@ async fn hostile_transactions_are_refused_and_change_nothing() {
     let e = net
         .error("eth_sendRawTransaction", json!([hex(&later)]))
         .await;
-    refused(&e, "nonce");
+    refused(&e, "nonce too high");
     let broke = SigningKey::from_bytes(&B256::repeat_byte(0x77)).unwrap();
     let unfunded = eip1559(&broke, CHAIN, 0, to, one, &[], 0).encoded_2718();
     let e = net
         .error("eth_sendRawTransaction", json!([hex(&unfunded)]))
         .await;
-    assert_eq!(e["code"], -32000, "{e}");
+    refused(&e, "insufficient funds");
     // Init code that reverts with data 0x: refused with code 3, not mined, nonce unused.
     let reverting = eip1559(
         &k,
@@ -339,7 +351,7 @@ async fn hostile_transactions_are_refused_and_change_nothing() {
     let e = net
         .error("eth_sendRawTransaction", json!([hex(&good)]))
         .await;
-    refused(&e, "already mined");
+    refused(&e, "already known");
     assert_eq!(
         net.quantity(
             "eth_getBalance",
@@ -434,6 +446,24 @@ async fn bad_requests_get_json_rpc_errors() {
         .unwrap();
     assert_eq!(r.status(), 403);
     assert!(r.text().await.unwrap().contains("rebind.example"));
+    // No Host at all (HTTP/1.0), on /metrics too: refused, failing closed.
+    for path in ["/", "/metrics"] {
+        let addr = net.url.trim_start_matches("http://");
+        let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let body = r#"{"jsonrpc":"2.0","id":1,"method":"eth_chainId"}"#;
+        let req = format!(
+            "POST {path} HTTP/1.0\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        tokio::io::AsyncWriteExt::write_all(&mut sock, req.as_bytes())
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        tokio::io::AsyncReadExt::read_to_string(&mut sock, &mut answer)
+            .await
+            .unwrap();
+        assert!(answer.starts_with("HTTP/1.0 403"), "{answer}");
+    }
     for ok in ["localhost:1", "127.0.0.1", "[::1]:8545", "LOCALHOST"] {
         assert!(crate::local_host(ok), "{ok}");
     }

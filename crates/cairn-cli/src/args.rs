@@ -122,6 +122,12 @@ impl RpcServeArgs {
         &self,
         ledger: Arc<EmbeddedLedger>,
     ) -> anyhow::Result<(String, tokio::task::JoinHandle<std::io::Result<()>>)> {
+        if !self.rpc_listen.ip().is_loopback() {
+            anyhow::bail!(
+                "--rpc-listen {} is not a loopback address: the devnet's keys are public, so anyone who can reach its RPC can spend them; listen on 127.0.0.1 and forward the port if you must",
+                self.rpc_listen
+            );
+        }
         let listener = tokio::net::TcpListener::bind(self.rpc_listen)
             .await
             .with_context(|| format!("binding the chain's JSON-RPC to {}", self.rpc_listen))?;

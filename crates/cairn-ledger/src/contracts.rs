@@ -24,6 +24,32 @@ sol!(
     Escrow,
     "../../contracts/artifacts/Escrow.json"
 );
+sol!(
+    #[sol(all_derives)]
+    Permit2,
+    "../../contracts/artifacts/Permit2.json"
+);
+/// The `upto` proxy's bindings in their own module: its ABI names Permit2's structs, which
+/// the generated code declares beside it.
+pub mod upto_proxy {
+    alloy_sol_types::sol!(
+        #[sol(all_derives)]
+        X402UptoPermit2Proxy,
+        "../../contracts/artifacts/X402UptoPermit2Proxy.json"
+    );
+}
+pub use upto_proxy::X402UptoPermit2Proxy;
+
+/// Where the official x402 clients expect the contracts they sign for (the x402 package's
+/// `constants.py`): the same address on every chain.
+pub mod x402_addresses {
+    use alloy_primitives::{Address, address};
+
+    /// Permit2 (Uniswap's canonical deployment address).
+    pub const PERMIT2: Address = address!("0x000000000022D473030F116dDEE9F6B43aC78BA3");
+    /// The x402 `upto` scheme's Permit2 proxy.
+    pub const UPTO_PERMIT2_PROXY: Address = address!("0x4020A4f3b7b90ccA423B9fabCc0CE57C6C240002");
+}
 
 /// A compiled contract as committed under `contracts/artifacts`.
 #[derive(Debug, serde::Deserialize)]
@@ -31,10 +57,11 @@ sol!(
 struct Artifact {
     contract_name: String,
     bytecode: String,
+    deployed_bytecode: String,
 }
 
-/// The four artifacts, embedded at build time.
-pub const ARTIFACTS: [(&str, &str); 4] = [
+/// The artifacts, embedded at build time.
+pub const ARTIFACTS: [(&str, &str); 6] = [
     (
         "CairnToken",
         include_str!("../../../contracts/artifacts/CairnToken.json"),
@@ -51,20 +78,41 @@ pub const ARTIFACTS: [(&str, &str); 4] = [
         "Escrow",
         include_str!("../../../contracts/artifacts/Escrow.json"),
     ),
+    (
+        "Permit2",
+        include_str!("../../../contracts/artifacts/Permit2.json"),
+    ),
+    (
+        "X402UptoPermit2Proxy",
+        include_str!("../../../contracts/artifacts/X402UptoPermit2Proxy.json"),
+    ),
 ];
 
-/// The init code of the named contract (constructor arguments not included).
-pub fn init_code(name: &str) -> Bytes {
+fn artifact(name: &str) -> Artifact {
     let (_, text) = ARTIFACTS
         .iter()
         .find(|(n, _)| *n == name)
         .unwrap_or_else(|| panic!("no artifact named {name}"));
     let artifact: Artifact = serde_json::from_str(text).expect("committed artifact is valid JSON");
     assert_eq!(artifact.contract_name, name);
-    let hex = artifact.bytecode.trim_start_matches("0x");
-    alloy_primitives::hex::decode(hex)
+    artifact
+}
+
+fn hex_code(hex: &str) -> Bytes {
+    alloy_primitives::hex::decode(hex.trim_start_matches("0x"))
         .expect("committed artifact has hex bytecode")
         .into()
+}
+
+/// The init code of the named contract (constructor arguments not included).
+pub fn init_code(name: &str) -> Bytes {
+    hex_code(&artifact(name).bytecode)
+}
+
+/// The runtime code of the named contract, for one placed at a fixed address without a
+/// constructor (Permit2, the x402 proxies).
+pub fn runtime_code(name: &str) -> Bytes {
+    hex_code(&artifact(name).deployed_bytecode)
 }
 
 /// Names a revert: one of our contracts' custom errors, `Error(string)`, `Panic(uint256)`, or
@@ -84,6 +132,12 @@ pub fn decode_revert(data: &[u8]) -> String {
     }
     if let Ok(e) = CairnToken::CairnTokenErrors::abi_decode(data) {
         return format!("CairnToken.{e:?}");
+    }
+    if let Ok(e) = X402UptoPermit2Proxy::X402UptoPermit2ProxyErrors::abi_decode(data) {
+        return format!("X402UptoPermit2Proxy.{e:?}");
+    }
+    if let Ok(e) = Permit2::Permit2Errors::abi_decode(data) {
+        return format!("Permit2.{e:?}");
     }
     if let Ok(r) = alloy_sol_types::Revert::abi_decode(data) {
         return format!("Error({:?})", r.reason);

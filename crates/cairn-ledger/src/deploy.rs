@@ -120,6 +120,49 @@ pub struct Deployment {
     pub treasury: Address,
     /// Block of the last deployment transaction; event scans start here.
     pub block: u64,
+    /// The x402 `upto` scheme's contracts (Permit2 and its proxy, at their fixed addresses),
+    /// when this chain has them; absent (older files, or a chain without them), `upto` is not
+    /// offered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upto: Option<UptoContracts>,
+}
+
+/// Permit2 and the x402 `upto` proxy, where the official clients expect them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UptoContracts {
+    /// Permit2 (signature transfers).
+    #[serde(serialize_with = "checksummed")]
+    pub permit2: Address,
+    /// The x402 `upto` Permit2 proxy: the spender payers sign for.
+    #[serde(serialize_with = "checksummed")]
+    pub proxy: Address,
+}
+
+/// Makes sure Permit2 and the x402 `upto` proxy are at the addresses the official clients expect:
+/// code already there is used (on a public chain, Uniswap's Permit2 and the x402 project's proxy),
+/// and on a dev chain (embedded, anvil) ours is placed there. `Ok(None)` when the chain has
+/// neither and cannot be given them (a public chain without the proxy: `upto` is then not
+/// offered).
+pub async fn place_upto(ledger: &dyn Ledger) -> Result<Option<UptoContracts>, LedgerError> {
+    use crate::contracts::{runtime_code, x402_addresses};
+    for (address, name) in [
+        (x402_addresses::PERMIT2, "Permit2"),
+        (x402_addresses::UPTO_PERMIT2_PROXY, "X402UptoPermit2Proxy"),
+    ] {
+        if !ledger.code(address).await?.is_empty() {
+            continue;
+        }
+        match ledger.dev_set_code(address, runtime_code(name)).await {
+            Ok(()) => {}
+            Err(LedgerError::Unsupported(_)) => return Ok(None),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(Some(UptoContracts {
+        permit2: x402_addresses::PERMIT2,
+        proxy: x402_addresses::UPTO_PERMIT2_PROXY,
+    }))
 }
 
 impl Deployment {
@@ -352,6 +395,7 @@ pub async fn deploy(
     )
     .await?;
     let block = configure_registry(ledger, deployer, params, registry, settlement).await?;
+    let upto = place_upto(ledger).await?;
     Ok(Deployment {
         chain_id: ledger.chain_id(),
         token,
@@ -361,5 +405,6 @@ pub async fn deploy(
         governor: params.governor,
         treasury: params.treasury,
         block,
+        upto,
     })
 }

@@ -452,15 +452,53 @@ impl Ledger for EmbeddedLedger {
         Ok(self.lock().state_root())
     }
 
+    async fn code(&self, who: Address) -> Result<Bytes, LedgerError> {
+        Ok(self.account(who).code)
+    }
+
+    async fn dev_set_code(&self, who: Address, code: Bytes) -> Result<(), LedgerError> {
+        self.writable()?;
+        let mut inner = self.lock();
+        let mut info = inner
+            .db
+            .cache
+            .accounts
+            .get(&who)
+            .map(|a| a.info.clone())
+            .unwrap_or_default();
+        let bytecode = Bytecode::new_raw(code.clone());
+        info.code_hash = bytecode.hash_slow();
+        info.code = Some(bytecode);
+        // Stored first, then applied in memory, like a block.
+        let tx = inner.conn.transaction()?;
+        tx.execute(
+            "INSERT OR REPLACE INTO accounts (address, nonce, balance, code_hash) VALUES (?1, ?2, ?3, ?4)",
+            params![
+                who.as_slice(),
+                info.nonce as i64,
+                info.balance.to_be_bytes::<32>().to_vec(),
+                info.code_hash.as_slice()
+            ],
+        )?;
+        tx.execute(
+            "INSERT OR IGNORE INTO code (hash, code) VALUES (?1, ?2)",
+            params![info.code_hash.as_slice(), code.to_vec()],
+        )?;
+        tx.commit()?;
+        inner.db.insert_account_info(who, info);
+        Ok(())
+    }
+
     async fn advance_time(&self, secs: u64) -> Result<(), LedgerError> {
         self.writable()?;
         let mut inner = self.lock();
-        inner.time_offset += secs;
-        let offset = inner.time_offset;
+        let offset = inner.time_offset.saturating_add(secs);
+        // Stored first: memory moves only once the clock survives a restart.
         inner.conn.execute(
             "INSERT OR REPLACE INTO meta (key, value) VALUES ('time_offset', ?1)",
             params![offset.to_be_bytes().to_vec()],
         )?;
+        inner.time_offset = offset;
         Ok(())
     }
 }

@@ -21,8 +21,9 @@ use async_trait::async_trait;
 pub use active::ActiveVerifiers;
 pub use chain::{
     BatchInfo, BatchStatus, Chain, Challenged, ChannelState, NodeInfo, RegistrationRequest, Role,
+    TokenPermit, UptoAuthorization, permit2_domain,
 };
-pub use deploy::{DeployParams, Deployment, dev_signer, dev_signers};
+pub use deploy::{DeployParams, Deployment, UptoContracts, dev_signer, dev_signers};
 pub use embedded::EmbeddedLedger;
 pub use rpc::RpcLedger;
 
@@ -187,4 +188,12 @@ pub trait Ledger: Send + Sync {
 
     /// Moves the chain's clock forward (dev chains only); the next block and calls see it.
     async fn advance_time(&self, secs: u64) -> Result<(), LedgerError>;
+
+    /// The code at `who` (empty when none).
+    async fn code(&self, who: Address) -> Result<Bytes, LedgerError>;
+
+    /// Places runtime `code` at `who` without a transaction, as a genesis does (dev chains only:
+    /// the embedded chain, anvil's `anvil_setCode`); how contracts that must sit at fixed
+    /// addresses (Permit2, the x402 proxies) reach a dev chain.
+    async fn dev_set_code(&self, who: Address, code: Bytes) -> Result<(), LedgerError>;
 }

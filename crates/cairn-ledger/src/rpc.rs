@@ -323,6 +323,16 @@ impl Ledger for RpcLedger {
         Ok(block.header.state_root)
     }
 
+    async fn code(&self, who: Address) -> Result<Bytes, LedgerError> {
+        self.provider.get_code_at(who).await.map_err(rpc_error)
+    }
+
+    async fn dev_set_code(&self, who: Address, code: Bytes) -> Result<(), LedgerError> {
+        self.dev_rpc("anvil_setCode", serde_json::json!([who, code]))
+            .await
+            .map(drop)
+    }
+
     async fn advance_time(&self, secs: u64) -> Result<(), LedgerError> {
         self.dev_rpc("evm_increaseTime", serde_json::json!([secs]))
             .await?;

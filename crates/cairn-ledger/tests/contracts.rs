@@ -1329,7 +1329,280 @@ fn llm_settlement_form(r: &SignedReceipt) -> cairn_ledger::Challenged {
     }
 }
 
+/// The x402 `upto` scheme: Permit2 witness transfers settled through the `upto` proxy, at the
+/// addresses the official clients sign for.
+async fn upto_permit2(ledger: Arc<dyn Ledger>) {
+    use cairn_ledger::UptoAuthorization;
+    use cairn_ledger::contracts::x402_addresses;
+    let a = actors(10);
+    let chain = setup(ledger.clone(), &a).await;
+    let upto = chain.upto().unwrap();
+    assert_eq!(upto.permit2, x402_addresses::PERMIT2);
+    assert_eq!(upto.proxy, x402_addresses::UPTO_PERMIT2_PROXY);
+    let head = ledger.head().await.unwrap().timestamp;
+    let facilitator = &a.node;
+    let vault = a.treasury.address();
+    let auth = |nonce: u64, max: u64| UptoAuthorization {
+        owner: a.payer.address(),
+        token: chain.deployment().token,
+        max: U256::from(max),
+        nonce: U256::from(nonce),
+        deadline: U256::from(head + 3_600),
+        to: vault,
+        facilitator: facilitator.address(),
+        valid_after: U256::ZERO,
+    };
+    let signed = |au: &UptoAuthorization| -> alloy_primitives::Bytes {
+        chain
+            .sign_upto(&a.payer, au)
+            .unwrap()
+            .as_bytes()
+            .to_vec()
+            .into()
+    };
+    let balance = |who: Address| {
+        let chain = &chain;
+        async move { chain.token_balance(who).await.unwrap() }
+    };
+
+    // Without an approval of Permit2 nothing moves.
+    let first = auth(1, 1_000);
+    let e = chain
+        .settle_upto(facilitator, &first, U256::from(700u64), signed(&first))
+        .await
+        .unwrap_err();
+    assert!(reason(e).contains("ERC20InsufficientAllowance"));
+    chain
+        .approve(&a.payer, upto.permit2, U256::MAX)
+        .await
+        .unwrap();
+
+    // The facilitator settles what the call cost, once.
+    let (payer_before, vault_before) = (balance(a.payer.address()).await, balance(vault).await);
+    chain
+        .settle_upto(facilitator, &first, U256::from(700u64), signed(&first))
+        .await
+        .unwrap();
+    assert_eq!(
+        balance(a.payer.address()).await,
+        payer_before - U256::from(700u64)
+    );
+    assert_eq!(balance(vault).await, vault_before + U256::from(700u64));
+    assert!(
+        chain
+            .permit2_nonce_used(a.payer.address(), U256::from(1))
+            .await
+            .unwrap()
+    );
+    let e = chain
+        .settle_upto(facilitator, &first, U256::from(1u64), signed(&first))
+        .await
+        .unwrap_err();
+    assert!(reason(e).contains("InvalidNonce"), "a replay settled");
+
+    // Over the maximum, zero, by another facilitator, redirected, expired, too early: refused.
+    let second = auth(2, 1_000);
+    let sig = signed(&second);
+    let e = chain
+        .settle_upto(facilitator, &second, U256::from(1_001u64), sig.clone())
+        .await
+        .unwrap_err();
+    assert!(reason(e).contains("AmountExceedsPermitted"));
+    let e = chain
+        .settle_upto(facilitator, &second, U256::ZERO, sig.clone())
+        .await
+        .unwrap_err();
+    assert!(reason(e).contains("InvalidAmount"));
+    let e = chain
+        .settle_upto(&a.outsider, &second, U256::from(10u64), sig.clone())
+        .await
+        .unwrap_err();
+    assert!(reason(e).contains("UnauthorizedFacilitator"));
+    let claimed_by_outsider = UptoAuthorization {
+        facilitator: a.outsider.address(),
+        ..second.clone()
+    };
+    let e = chain
+        .settle_upto(
+            &a.outsider,
+            &claimed_by_outsider,
+            U256::from(10u64),
+            sig.clone(),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        reason(e).contains("InvalidSigner"),
+        "a facilitator was swapped"
+    );
+    let redirected = UptoAuthorization {
+        to: a.outsider.address(),
+        ..second.clone()
+    };
+    let e = chain
+        .settle_upto(facilitator, &redirected, U256::from(10u64), sig.clone())
+        .await
+        .unwrap_err();
+    assert!(
+        reason(e).contains("InvalidSigner"),
+        "a payment was redirected"
+    );
+    let raised = UptoAuthorization {
+        max: U256::from(5_000u64),
+        ..second.clone()
+    };
+    let e = chain
+        .settle_upto(facilitator, &raised, U256::from(2_000u64), sig.clone())
+        .await
+        .unwrap_err();
+    assert!(reason(e).contains("InvalidSigner"), "a maximum was raised");
+    let twin = cairn_core::sig::malleate(&chain.sign_upto(&a.payer, &second).unwrap());
+    let e = chain
+        .settle_upto(
+            facilitator,
+            &second,
+            U256::from(10u64),
+            twin.as_bytes().to_vec().into(),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        reason(e).contains("InvalidSigner"),
+        "a high-s signature settled"
+    );
+    let late = UptoAuthorization {
+        deadline: U256::from(head.saturating_sub(1)),
+        ..auth(3, 1_000)
+    };
+    let e = chain
+        .settle_upto(facilitator, &late, U256::from(10u64), signed(&late))
+        .await
+        .unwrap_err();
+    assert!(reason(e).contains("SignatureExpired"));
+    let early = UptoAuthorization {
+        valid_after: U256::from(head + 600),
+        ..auth(4, 1_000)
+    };
+    let e = chain
+        .settle_upto(facilitator, &early, U256::from(10u64), signed(&early))
+        .await
+        .unwrap_err();
+    assert!(reason(e).contains("PaymentTooEarly"));
+    // None of that moved a token; the untouched authorization still settles, up to its max.
+    assert_eq!(
+        balance(a.payer.address()).await,
+        payer_before - U256::from(700u64)
+    );
+    chain
+        .settle_upto(facilitator, &second, U256::from(1_000u64), sig)
+        .await
+        .unwrap();
+    assert_eq!(balance(vault).await, vault_before + U256::from(1_700u64));
+
+    // The payer revokes a signed authorization before it is settled.
+    let revoked = auth(5, 1_000);
+    let sig = signed(&revoked);
+    chain
+        .invalidate_permit2_nonce(&a.payer, U256::from(5))
+        .await
+        .unwrap();
+    let e = chain
+        .settle_upto(facilitator, &revoked, U256::from(10u64), sig)
+        .await
+        .unwrap_err();
+    assert!(reason(e).contains("InvalidNonce"));
+
+    // A payer who never approved Permit2 pays with an EIP-2612 approval inside the settlement;
+    // one whose approval was sent first by someone else (front-run) still pays.
+    let fresh = &a.verifiers[0];
+    let fresh_auth = UptoAuthorization {
+        owner: fresh.address(),
+        nonce: U256::from(77),
+        ..auth(0, 900)
+    };
+    let sig: alloy_primitives::Bytes = chain
+        .sign_upto(fresh, &fresh_auth)
+        .unwrap()
+        .as_bytes()
+        .to_vec()
+        .into();
+    let permit = chain
+        .sign_token_permit(
+            fresh,
+            upto.permit2,
+            U256::from(900u64),
+            U256::from(head + 3_600),
+        )
+        .await
+        .unwrap();
+    let short = cairn_ledger::TokenPermit {
+        value: U256::from(899u64),
+        ..permit
+    };
+    let e = chain
+        .settle_upto_with_permit(
+            facilitator,
+            &short,
+            &fresh_auth,
+            U256::from(400u64),
+            sig.clone(),
+        )
+        .await
+        .unwrap_err();
+    assert!(reason(e).contains("Permit2612AmountMismatch"));
+    let fresh_before = balance(fresh.address()).await;
+    chain
+        .settle_upto_with_permit(
+            facilitator,
+            &permit,
+            &fresh_auth,
+            U256::from(400u64),
+            sig.clone(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        balance(fresh.address()).await,
+        fresh_before - U256::from(400u64)
+    );
+    assert_eq!(
+        chain
+            .token_allowance(fresh.address(), upto.permit2)
+            .await
+            .unwrap(),
+        U256::from(500u64)
+    );
+    let again = UptoAuthorization {
+        nonce: U256::from(78),
+        ..fresh_auth.clone()
+    };
+    let sig = signed_by(&chain, fresh, &again);
+    // The same (now used) EIP-2612 approval is ignored; the remaining allowance pays.
+    chain
+        .settle_upto_with_permit(facilitator, &permit, &again, U256::from(500u64), sig)
+        .await
+        .unwrap();
+    assert_eq!(
+        balance(fresh.address()).await,
+        fresh_before - U256::from(900u64)
+    );
+}
+
+fn signed_by(
+    chain: &Chain,
+    who: &PrivateKeySigner,
+    auth: &cairn_ledger::UptoAuthorization,
+) -> alloy_primitives::Bytes {
+    chain
+        .sign_upto(who, auth)
+        .unwrap()
+        .as_bytes()
+        .to_vec()
+        .into()
+}
+
 async fn run_all(ledger: Arc<dyn Ledger>) {
+    upto_permit2(ledger.clone()).await;
     llm_receipts_are_challenged(ledger.clone()).await;
     open_batches_bind_stake(ledger.clone()).await;
     registration_quorum(ledger.clone()).await;

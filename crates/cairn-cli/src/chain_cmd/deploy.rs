@@ -103,5 +103,12 @@ pub(crate) async fn run(a: DeployArgs) -> anyhow::Result<()> {
     println!("deployed on chain {} ({rpc}):", d.chain_id);
     println!("{}", serde_json::to_string_pretty(&d)?);
     println!("wrote {}", out.display());
+    if d.upto.is_none() {
+        println!(
+            "x402 upto: not available on this chain: it has no Permit2 at {} or no x402 upto proxy at {} (the x402 project deploys them; on a dev chain `cairn chain deploy` places them)",
+            cairn_ledger::contracts::x402_addresses::PERMIT2,
+            cairn_ledger::contracts::x402_addresses::UPTO_PERMIT2_PROXY
+        );
+    }
     Ok(())
 }

@@ -199,6 +199,12 @@ pub async fn print_devnet(chain: &Chain) -> anyhow::Result<()> {
     println!("  registry: {}", d.registry);
     println!("  settlement (receipt domain): {}", d.settlement);
     println!("  escrow:   {}", d.escrow);
+    if let Some(u) = d.upto {
+        println!(
+            "  x402 upto: Permit2 {}, proxy {} (where the x402 clients expect them)",
+            u.permit2, u.proxy
+        );
+    }
     println!("  accounts (public dev keys: never use them on a real chain):");
     for (i, role) in cairn_ledger::devnet::ACCOUNTS {
         let s = dev_signer(i);

@@ -73,7 +73,9 @@ mod escrow;
 mod registry;
 mod settlement;
 mod token;
+mod upto;
 pub use settlement::Challenged;
+pub use upto::{TokenPermit, UptoAuthorization, permit2_domain};
 
 /// A registry role.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]

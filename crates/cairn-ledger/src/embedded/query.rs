@@ -145,23 +145,29 @@ impl Inner {
             .transpose()
     }
 
+    /// Logs of blocks `from..=to` (narrowed in SQL by one address and one first topic when
+    /// given) that `wanted` keeps, read row by row; more than `limit` is an error.
     fn logs_of(
         &self,
         from: u64,
         to: u64,
-        address: Option<Address>,
+        narrow: (Option<Address>, Option<B256>),
+        wanted: &dyn Fn(&Log) -> bool,
+        limit: usize,
     ) -> Result<Vec<rpc::Log>, LedgerError> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT l.block, l.idx, l.tx, l.address, l.topics, l.data, b.hash, b.timestamp
              FROM logs l JOIN blocks b ON b.number = l.block
              WHERE l.block >= ?1 AND l.block <= ?2 AND (?3 IS NULL OR l.address = ?3)
+               AND (?4 IS NULL OR l.topic0 = ?4)
              ORDER BY l.block, l.idx",
         )?;
         let rows = stmt.query_map(
             params![
                 from.min(i64::MAX as u64) as i64,
                 to.min(i64::MAX as u64) as i64,
-                address.map(|a| a.to_vec())
+                narrow.0.map(|a| a.to_vec()),
+                narrow.1.map(|t| t.to_vec())
             ],
             |r| {
                 Ok((
@@ -182,6 +188,14 @@ impl Inner {
             let topics = topics.chunks_exact(32).map(B256::from_slice).collect();
             let log = Log::new(Address::from_slice(&address), topics, data.into())
                 .ok_or_else(|| corrupt("log"))?;
+            if !wanted(&log) {
+                continue;
+            }
+            if out.len() == limit {
+                return Err(LedgerError::Invalid(format!(
+                    "query returned more than {limit} results; query a narrower block range"
+                )));
+            }
             out.push(rpc_log(
                 log,
                 block,
@@ -250,7 +264,8 @@ impl EmbeddedLedger {
     pub fn call_as(&self, req: &CallRequest) -> Result<Bytes, LedgerError> {
         let inner = self.lock();
         let env = inner.call_env(self.chain_id, req)?;
-        match inner.execute(self.chain_id, env, true)?.result {
+        let at = inner.next_timestamp();
+        match inner.execute(self.chain_id, env, true, at)?.result {
             ExecutionResult::Success { output, .. } => Ok(output.into_data()),
             ExecutionResult::Revert { output, .. } => Err(revert(output)),
             ExecutionResult::Halt { reason, .. } => {
@@ -260,10 +275,11 @@ impl EmbeddedLedger {
     }
 
     /// The least gas (within 1.5 %, as geth estimates) with which `req` succeeds on the head
-    /// state; its revert when it fails even with all the gas it may use.
+    /// state; its revert when it fails even with all the gas it may use. The lock is taken per
+    /// run, so the chain's writers are not held up for the whole search.
     pub fn estimate_gas(&self, req: &CallRequest) -> Result<u64, LedgerError> {
-        let inner = self.lock();
         let run = |gas: u64| -> Result<ExecutionResult, LedgerError> {
+            let inner = self.lock();
             let env = inner.call_env(
                 self.chain_id,
                 &CallRequest {
@@ -271,7 +287,8 @@ impl EmbeddedLedger {
                     ..req.clone()
                 },
             )?;
-            Ok(inner.execute(self.chain_id, env, true)?.result)
+            let at = inner.next_timestamp();
+            Ok(inner.execute(self.chain_id, env, true, at)?.result)
         };
         let cap = req.gas.unwrap_or(BLOCK_GAS_LIMIT).min(BLOCK_GAS_LIMIT);
         let first = run(cap)?;
@@ -380,7 +397,7 @@ impl EmbeddedLedger {
         let (_, block_hash, _) = inner
             .block_row(BlockRef::Number(t.block))?
             .ok_or_else(|| corrupt("transaction's block"))?;
-        let logs = inner.logs_of(t.block, t.block, None)?;
+        let logs = inner.logs_of(t.block, t.block, (None, None), &|_| true, usize::MAX)?;
         let bloom = alloy_primitives::logs_bloom(logs.iter().map(|l| &l.inner));
         let receipt = alloy_consensus::Receipt {
             status: alloy_consensus::Eip658Value::Eip658(true),
@@ -408,12 +425,12 @@ impl EmbeddedLedger {
     }
 
     /// Logs of blocks `from..=to` (clamped to the head) that `wanted` keeps, oldest first; at
-    /// most [`MAX_LOGS`]. `address` narrows the scan to one contract's logs.
+    /// most [`MAX_LOGS`]. `narrow` (one address, one first topic) lets SQL skip the rest.
     pub fn logs_matching(
         &self,
         from: u64,
         to: u64,
-        address: Option<Address>,
+        narrow: (Option<Address>, Option<B256>),
         wanted: impl Fn(&Log) -> bool,
     ) -> Result<Vec<rpc::Log>, LedgerError> {
         let inner = self.lock();
@@ -421,19 +438,7 @@ impl EmbeddedLedger {
         if from > to {
             return Ok(vec![]);
         }
-        let mut out = Vec::new();
-        for log in inner.logs_of(from, to, address)? {
-            if !wanted(&log.inner) {
-                continue;
-            }
-            if out.len() == MAX_LOGS {
-                return Err(LedgerError::Invalid(format!(
-                    "more than {MAX_LOGS} logs match; query a narrower block range"
-                )));
-            }
-            out.push(log);
-        }
-        Ok(out)
+        inner.logs_of(from, to, narrow, &wanted, MAX_LOGS)
     }
 
     /// Gas used by each of blocks `from..=to` (for `eth_feeHistory`).
@@ -441,11 +446,10 @@ impl EmbeddedLedger {
         let inner = self.lock();
         let mut out = Vec::new();
         for n in from..=to.min(inner.head.number) {
-            let used = match inner.block_tx_hash(n)? {
-                Some(h) => inner.stored_tx(h)?.map_or(0, |t| t.gas_used),
-                None => 0,
-            };
-            out.push(used);
+            let (_, _, header) = inner
+                .block_row(BlockRef::Number(n))?
+                .ok_or_else(|| corrupt("block"))?;
+            out.push(header.gas_used);
         }
         Ok(out)
     }

@@ -107,15 +107,16 @@ impl Inner {
             .unwrap_or(0)
     }
 
-    /// Runs `env` on top of the current state without changing it. `read_only` skips the nonce
-    /// check (a call, not a transaction).
+    /// Runs `env` on top of the current state, in the next block at `timestamp` (the one that
+    /// block will record), without changing it. `read_only` skips the nonce check (a call, not a
+    /// transaction).
     pub(super) fn execute(
         &self,
         chain_id: u64,
         env: TxEnv,
         read_only: bool,
+        timestamp: u64,
     ) -> Result<ResultAndState, LedgerError> {
-        let timestamp = self.next_timestamp();
         let ctx: MainnetContext<_> = Context::new(WrapDatabaseRef(&self.db), SpecId::CANCUN);
         let mut evm = ctx
             .with_block(self.block_env(self.head.number + 1, timestamp))
@@ -124,12 +125,11 @@ impl Inner {
                 cfg.disable_nonce_check = read_only;
             })
             .build_mainnet();
-        let out = evm
-            .transact(env)
-            .map_err(|e| LedgerError::Evm(e.to_string()))?;
+        let out = evm.transact(env).map_err(refusal)?;
         Ok(ResultAndState::new(out.result, out.state))
     }
 
+    /// The state root (built from every account and slot: on demand, never per block).
     pub(super) fn state_root(&self) -> B256 {
         let accounts = self.db.cache.accounts.iter().filter_map(|(address, acc)| {
             let storage: Vec<(B256, U256)> = acc
@@ -209,6 +209,25 @@ impl Inner {
         };
         Ok(self.head)
     }
+}
+
+/// Why revm refused to run a transaction, in the words geth uses (which wallets and libraries
+/// match on: "nonce too low", "insufficient funds").
+fn refusal<E: std::fmt::Display>(e: revm::context::result::EVMError<E>) -> LedgerError {
+    use revm::context::result::{EVMError, InvalidTransaction as I};
+    let m = match &e {
+        EVMError::Transaction(I::NonceTooLow { tx, state }) => {
+            format!("nonce too low: next nonce {state}, tx nonce {tx}")
+        }
+        EVMError::Transaction(I::NonceTooHigh { tx, state }) => format!(
+            "nonce too high: next nonce {state}, tx nonce {tx} (this chain mines each transaction at once and queues none)"
+        ),
+        EVMError::Transaction(I::LackOfFundForMaxFee { fee, balance }) => {
+            format!("insufficient funds for gas * price + value: balance {balance}, tx cost {fee}")
+        }
+        _ => e.to_string(),
+    };
+    LedgerError::Evm(m)
 }
 
 /// The transaction's logs, in order.

@@ -155,12 +155,12 @@ impl EmbeddedLedger {
             .optional()?;
         if let Some(block) = known {
             return Err(LedgerError::Invalid(format!(
-                "transaction {hash} is already mined (block {block})"
+                "already known: transaction {hash} is mined (block {block})"
             )));
         }
         let env = env_of(self.chain_id, &tx, sender)?;
         let timestamp = inner.next_timestamp();
-        let out = inner.execute(self.chain_id, env, false)?;
+        let out = inner.execute(self.chain_id, env, false, timestamp)?;
         let gas_used = out.result.tx_gas_used();
         let (logs, contract) = match out.result {
             ExecutionResult::Success { logs, output, .. } => {
