@@ -878,14 +878,16 @@ fn language_model_calls_are_charged_per_token_with_prepaid_vouchers() {
     let llm = "smollm2-135m-instruct@1.0";
     let ask = "Name three colors.";
 
-    // Unpaid: 402 with one offer, a prepaid voucher for the call's most.
+    // Unpaid: 402 with two offers for the call's most, a prepaid voucher and an x402 `upto`
+    // permit (an `exact` transfer cannot be for less than it names).
     let body = serde_json::json!({"model": llm, "messages": [{"role": "user", "content": ask}],
                                   "max_tokens": 24, "temperature": 0});
     let (status, headers, _) = block(post_json(&url, &body, None));
     assert_eq!(status, 402);
     let required = cairn_x402::client::offers(&headers).unwrap();
-    assert_eq!(required.accepts.len(), 1, "{required:?}");
-    assert_eq!(required.accepts[0].scheme, "prepaid");
+    let schemes: Vec<_> = required.accepts.iter().map(|o| o.scheme.as_str()).collect();
+    assert_eq!(schemes, ["prepaid", "upto"], "{required:?}");
+    assert_eq!(required.accepts[1].amount, required.accepts[0].amount);
     // The ceiling is known before anything is tokenized: a prompt of at most one token per
     // body byte plus the template's, and the 24 tokens asked.
     let price = cairn_node_api::openai::TokenPrice {
@@ -1060,4 +1062,90 @@ fn language_model_calls_are_charged_per_token_with_prepaid_vouchers() {
         block(devnet_chain(&data).channel(payer, vault, B256::ZERO)).unwrap(),
         (U256::from(100_000u64), spent)
     );
+}
+
+/// The official Python package's `upto` client (x402 2.25.0), unchanged, pays a devnet node
+/// for a tensor call (the fixed price) and a language-model call (its signed usage × the
+/// price, at most the offered maximum): the payer approves Permit2 once through the devnet's
+/// JSON-RPC, signs a Permit2 witness transfer per call, and the node settles exactly what each
+/// call cost through the x402 `upto` proxy at the address the client expects. Balances move by
+/// exactly those amounts; each receipt carries its permit's payment reference.
+#[test]
+fn the_official_upto_client_pays_what_each_call_costs() {
+    let test = "the_official_upto_client_pays_what_each_call_costs";
+    let Some(model) = common::llm_model(test) else {
+        return;
+    };
+    let net = Server::devnet_with(&[
+        "--llm",
+        model.to_str().unwrap(),
+        "--llm-price",
+        "100/400",
+        "--price",
+        &PRICE.to_string(),
+        "--batch-max-age-secs",
+        "3600",
+    ]);
+    let dir = net.dir.path();
+    let data = dir.join("data");
+    let payer = dev_signer(7);
+    let info = get(&format!("{}/v1/node", net.node_url));
+    let vault: Address = info["payments"]["payTo"].as_str().unwrap().parse().unwrap();
+    let chat = dir.join("chat.json");
+    std::fs::write(
+        &chat,
+        serde_json::json!({"model": "smollm2-135m-instruct@1.0", "max_tokens": 16,
+            "temperature": 0, "messages": [{"role": "user", "content": "Name a color."}]})
+        .to_string(),
+    )
+    .unwrap();
+    let (payer0, vault0) = {
+        let c = devnet_chain(&data);
+        (balance(&c, payer.address()), balance(&c, vault))
+    };
+
+    let py = std::env::var("CAIRN_PY").expect("CAIRN_PY (scripts/test.sh sets it)");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/x402_upto_pay.py");
+    let digit = examples().join("digit.json");
+    let report = json_report(Command::new(py).arg(script).args([
+        net.node_url.as_str(),
+        net.rpc_url.as_str(),
+        &key_hex(7),
+        "/v2/models/digits@1.0/infer",
+        digit.to_str().unwrap(),
+        "/v1/chat/completions",
+        chat.to_str().unwrap(),
+    ]));
+    let calls = report.as_array().unwrap();
+    let (onnx, llm) = (&calls[0], &calls[1]);
+    for c in calls {
+        assert_eq!(c["status"], 200, "{c}");
+        let pr = &c["paymentResponse"];
+        assert_eq!(pr["success"], true, "{c}");
+        assert!(pr["transaction"].as_str().unwrap().starts_with("0x"), "{c}");
+    }
+    assert_eq!(onnx["paymentResponse"]["amount"], PRICE.to_string());
+
+    // The language-model call: charged its signed usage, below the maximum it authorized.
+    let r = common::receipt_when_stored(&net.node_url, llm["receiptId"].as_str().unwrap(), 60);
+    let usage = r.claims.llm.unwrap();
+    let charged = llm_charge(usage.prompt_tokens, usage.completion_tokens);
+    assert_eq!(r.claims.price, charged);
+    assert_eq!(
+        llm["paymentResponse"]["amount"].as_str().unwrap(),
+        charged.to_string()
+    );
+    let onnx_receipt =
+        cairn_receipt::SignedReceipt::verify_json(&onnx["body"]["parameters"]["receipt"]).unwrap();
+    assert_eq!(onnx_receipt.claims.price, U256::from(PRICE));
+    for receipt in [&r, &onnx_receipt] {
+        assert!(!receipt.claims.payment_ref.is_zero());
+    }
+    assert_ne!(r.claims.payment_ref, onnx_receipt.claims.payment_ref);
+
+    // Balances moved by exactly what was charged: payer to the node's vault.
+    let c = devnet_chain(&data);
+    let total = U256::from(PRICE) + charged;
+    assert_eq!(balance(&c, payer.address()), payer0 - total);
+    assert_eq!(balance(&c, vault), vault0 + total);
 }

@@ -38,6 +38,7 @@ use crate::{Reason, X402Error, now_secs};
 
 mod http;
 mod reconcile;
+mod upto;
 
 pub use http::*;
 

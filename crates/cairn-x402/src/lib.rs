@@ -4,6 +4,8 @@
 //! - [`exact`]: scheme `exact` on EVM (EIP-3009), checked locally in microseconds.
 //! - [`prepaid`]: Cairn's prepaid scheme: cumulative EIP-712 vouchers against the Escrow
 //!   contract, checked without any chain call and redeemed periodically.
+//! - [`upto`]: scheme `upto` on EVM (Permit2 witness transfers through the x402 `upto` proxy):
+//!   the payer authorizes a maximum, the call is charged what it cost.
 //! - [`store`]: the durable payment store (no authorization runs twice).
 //! - [`facilitator`]: verify and settle `exact` payments on a [`cairn_ledger::Chain`], plus the
 //!   standard facilitator HTTP API (`/verify`, `/settle`, `/supported`).
@@ -17,6 +19,7 @@ pub mod facilitator;
 pub mod paywall;
 pub mod prepaid;
 pub mod store;
+pub mod upto;
 pub mod wire;
 
 pub use facilitator::Facilitator;

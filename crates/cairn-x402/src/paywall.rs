@@ -37,6 +37,7 @@ use crate::{Reason, X402Error, now_secs};
 mod exact_flow;
 mod metered;
 mod prepaid_flow;
+mod upto_flow;
 
 pub use metered::Metered;
 mod presented;
@@ -139,13 +140,19 @@ impl Paywall {
         kept.answer(payment_ref, headers, &bytes).await
     }
 
-    /// The offers for `price`: `prepaid` first when enabled (the cheap path), then `exact`.
+    /// The offers for `price`: `prepaid` first when enabled (the cheap path), then `exact`, then
+    /// `upto` when the chain has its contracts.
     pub fn offers(&self, price: &Price) -> Vec<PaymentRequirements> {
         let mut offers = Vec::new();
         if let Some(p) = &self.prepaid {
             offers.push(p.offer(price.amount, self.max_timeout_seconds));
         }
         offers.push(self.facilitator.exact_offer(
+            self.pay_to,
+            price.amount,
+            self.max_timeout_seconds,
+        ));
+        offers.extend(self.facilitator.upto_offer(
             self.pay_to,
             price.amount,
             self.max_timeout_seconds,
@@ -285,10 +292,10 @@ async fn paid_request(p: Arc<Paywall>, req: Request, next: Next) -> Response {
         Err(resp) => return resp,
     };
     let run = Run { parts, body, next };
-    if presented.offer.scheme == prepaid::SCHEME {
-        prepaid_flow::pay(&p, run, presented, &refusal).await
-    } else {
-        exact_flow::pay(&p, run, presented, &refusal).await
+    match presented.offer.scheme.as_str() {
+        prepaid::SCHEME => prepaid_flow::pay(&p, run, presented, &refusal).await,
+        crate::upto::SCHEME => upto_flow::pay(&p, run, presented, &refusal).await,
+        _ => exact_flow::pay(&p, run, presented, &refusal).await,
     }
 }
 

@@ -160,7 +160,7 @@ async fn unpaid_gets_both_versions_and_a_json_error() {
     let req = client::offers(r.headers()).unwrap();
     assert_eq!(req.x402_version, 2);
     let schemes: Vec<_> = req.accepts.iter().map(|o| o.scheme.as_str()).collect();
-    assert_eq!(schemes, ["prepaid", "exact"]);
+    assert_eq!(schemes, ["prepaid", "exact", "upto"]);
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["x402Version"], 1);
     assert_eq!(body["code"], "payment_required");
@@ -552,5 +552,205 @@ async fn a_ceiling_met_again_is_a_new_voucher_not_a_replay() {
     assert_eq!(
         s.d.chain.token_balance(s.vault).await.unwrap(),
         before + U256::from(30u64)
+    );
+}
+
+/// An `upto` payment for the site's offer, signed by `payer` over the terms `signed` leaves,
+/// then sent with the terms `sent` leaves (a forgery when they differ).
+async fn upto_header(
+    s: &Site,
+    payer: &PrivateKeySigner,
+    signed: impl FnOnce(&mut cairn_ledger::UptoAuthorization),
+    sent: impl FnOnce(&mut cairn_ledger::UptoAuthorization),
+) -> String {
+    let req = required(&s.url).await;
+    let offer = req
+        .accepts
+        .iter()
+        .find(|o| o.scheme == "upto")
+        .unwrap()
+        .clone();
+    let facilitator: Address = offer.extra["facilitatorAddress"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut auth = cairn_ledger::UptoAuthorization {
+        owner: payer.address(),
+        token: offer.asset,
+        max: offer.amount,
+        nonce: U256::from_be_bytes(B256::random().0),
+        deadline: U256::from(crate::now_secs() + 300),
+        to: offer.pay_to,
+        facilitator,
+        valid_after: U256::ZERO,
+    };
+    signed(&mut auth);
+    let sig = s.d.chain.sign_upto(payer, &auth).unwrap();
+    sent(&mut auth);
+    let upto = s.d.chain.upto().unwrap();
+    let payload = serde_json::json!({
+        "permit2Authorization": {
+            "from": auth.owner,
+            "permitted": {"token": auth.token, "amount": auth.max.to_string()},
+            "spender": upto.proxy,
+            "nonce": auth.nonce.to_string(),
+            "deadline": auth.deadline.to_string(),
+            "witness": {
+                "to": auth.to,
+                "facilitator": auth.facilitator,
+                "validAfter": auth.valid_after.to_string(),
+            },
+        },
+        "signature": alloy_primitives::Bytes::from(sig.as_bytes().to_vec()),
+    });
+    crate::wire::encode_header(&crate::wire::PaymentPayload {
+        x402_version: 2,
+        resource: None,
+        accepted: offer,
+        payload,
+        extensions: None,
+    })
+}
+
+async fn approve_permit2(s: &Site, payer: &PrivateKeySigner) {
+    let permit2 = s.d.chain.upto().unwrap().permit2;
+    s.d.chain.approve(payer, permit2, U256::MAX).await.unwrap();
+}
+
+#[tokio::test]
+async fn upto_pays_the_price_once_a_failed_run_charges_nothing_and_a_replay_is_refused() {
+    let s = site(false).await;
+    let payer = &s.d.payer;
+    approve_permit2(&s, payer).await;
+    let before = s.d.chain.token_balance(payer.address()).await.unwrap();
+    let h = upto_header(&s, payer, |_| {}, |_| {}).await;
+    // A route that fails: no transaction, and the permit is still good.
+    let (status, _, settle, _) = send(&s.url, &h, "fail").await;
+    assert_eq!(status, 400);
+    assert!(settle.is_none());
+    let (status, body, settle, _) = send(&s.url, &h, "go").await;
+    assert_eq!(status, 200, "{body}");
+    let settle = settle.unwrap();
+    assert!(settle.success, "{settle:?}");
+    assert_eq!(settle.amount.as_deref(), Some("1000"));
+    assert!(settle.transaction.starts_with("0x"), "{settle:?}");
+    assert_eq!(
+        s.d.chain.token_balance(payer.address()).await.unwrap(),
+        before - U256::from(PRICE)
+    );
+    assert_eq!(
+        s.d.chain.token_balance(s.vault).await.unwrap(),
+        U256::from(PRICE)
+    );
+    let (status, _, _, v2) = send(&s.url, &h, "go").await;
+    assert_eq!(status, 402);
+    assert_eq!(v2["error"], "permit2_invalid_nonce");
+    assert_eq!(s.runs.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn upto_refusals_run_nothing_and_charge_nothing() {
+    let s = site(false).await;
+    let payer = &s.d.payer;
+    let before = s.d.chain.token_balance(payer.address()).await.unwrap();
+    // Permit2 not approved yet.
+    let h = upto_header(&s, payer, |_| {}, |_| {}).await;
+    let (status, _, _, v2) = send(&s.url, &h, "go").await;
+    assert_eq!(
+        (status, v2["error"].as_str()),
+        (402, Some("permit2_allowance_required"))
+    );
+    approve_permit2(&s, payer).await;
+    let cases: Vec<(&str, String)> = vec![
+        (
+            "invalid_permit2_signature",
+            upto_header(&s, payer, |_| {}, |a| a.nonce += U256::from(1)).await,
+        ),
+        (
+            "upto_facilitator_mismatch",
+            upto_header(
+                &s,
+                payer,
+                |a| a.facilitator = dev_signer(7).address(),
+                |_| {},
+            )
+            .await,
+        ),
+        (
+            "invalid_permit2_recipient_mismatch",
+            upto_header(&s, payer, |a| a.to = dev_signer(7).address(), |_| {}).await,
+        ),
+        (
+            "permit2_amount_mismatch",
+            upto_header(&s, payer, |a| a.max = U256::from(PRICE - 1), |_| {}).await,
+        ),
+        (
+            "permit2_deadline_expired",
+            upto_header(
+                &s,
+                payer,
+                |a| a.deadline = U256::from(crate::now_secs()),
+                |_| {},
+            )
+            .await,
+        ),
+        (
+            "permit2_not_yet_valid",
+            upto_header(
+                &s,
+                payer,
+                |a| a.valid_after = U256::from(crate::now_secs() + 100),
+                |_| {},
+            )
+            .await,
+        ),
+    ];
+    for (code, h) in cases {
+        let (status, body, _, v2) = send(&s.url, &h, "go").await;
+        assert_eq!((status, v2["error"].as_str()), (402, Some(code)), "{body}");
+    }
+    // A payer who signs for more than they hold.
+    let poor = dev_signer(8);
+    approve_permit2(&s, &poor).await;
+    let h = upto_header(&s, &poor, |_| {}, |_| {}).await;
+    let (status, _, _, v2) = send(&s.url, &h, "go").await;
+    assert_eq!(
+        (status, v2["error"].as_str()),
+        (402, Some("permit2_insufficient_balance"))
+    );
+    assert_eq!(s.runs.load(Ordering::SeqCst), 0);
+    assert_eq!(
+        s.d.chain.token_balance(payer.address()).await.unwrap(),
+        before
+    );
+}
+
+#[tokio::test]
+async fn a_permit_revoked_while_its_call_runs_is_not_charged_and_its_answer_is_withheld() {
+    let s = site(false).await;
+    let payer = &s.d.payer;
+    approve_permit2(&s, payer).await;
+    let before = s.d.chain.token_balance(payer.address()).await.unwrap();
+    let nonce = U256::from(4242u64);
+    let h = upto_header(&s, payer, |a| a.nonce = nonce, |_| {}).await;
+    let call = tokio::spawn({
+        let url = s.url.clone();
+        async move { send(&url, &h, "go").await }
+    });
+    // The route takes 150 ms: the payer revokes the permit's nonce meanwhile.
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    s.d.chain
+        .invalidate_permit2_nonce(payer, nonce)
+        .await
+        .unwrap();
+    let (status, body, settle, v2) = call.await.unwrap();
+    assert_eq!(status, 402, "{body}");
+    assert_eq!(v2["error"], "permit2_invalid_nonce");
+    assert!(!settle.unwrap().success);
+    assert!(!body.contains("ran for"), "the answer leaked: {body}");
+    assert_eq!(
+        s.d.chain.token_balance(payer.address()).await.unwrap(),
+        before
     );
 }

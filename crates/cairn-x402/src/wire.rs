@@ -192,6 +192,10 @@ pub struct SettleResponse {
     /// The payer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub payer: Option<Address>,
+    /// The amount settled, in the asset's smallest unit (`upto`: what the call cost, up to the
+    /// signed maximum).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub amount: Option<String>,
 }
 
 /// The facilitator's `/verify` answer.

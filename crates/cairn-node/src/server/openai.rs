@@ -255,10 +255,11 @@ async fn llm_call(
             generated.transcript = generated.tail.clone();
         }
         let charge = call.commit(&generated).await?;
-        // Counted before the answer leaves: an answer whose charge was not recorded is withheld.
-        if let Some(m) = metered {
-            m.charge(charge).map_err(uncounted)?;
-        }
+        // Charged before the answer leaves: an answer whose charge was not made is withheld.
+        let settled = match metered {
+            Some(m) => Some(m.charge(charge).await.map_err(uncounted)?),
+            None => None,
+        };
         let mut resp = (
             StatusCode::OK,
             [(header::CONTENT_TYPE, "application/json")],
@@ -266,7 +267,7 @@ async fn llm_call(
         )
             .into_response();
         resp.headers_mut().insert(RECEIPT_ID_HEADER, receipt_id);
-        resp.headers_mut().extend(settle.unwrap_or_default());
+        resp.headers_mut().extend(settled.unwrap_or_default());
         return Ok(resp);
     }
     // A stream: events go out as they are made, through a one-slot channel, so a client that
@@ -304,12 +305,13 @@ async fn llm_call(
             Ok(g) => {
                 // The receipt and the charge are committed before the last events leave; a
                 // stream cut short is charged what it delivered.
-                let committed = handle
-                    .block_on(call.commit(&g))
-                    .and_then(|charge| match metered {
-                        Some(m) => m.charge(charge).map_err(uncounted),
-                        None => Ok(()),
-                    });
+                let committed = handle.block_on(async {
+                    let charge = call.commit(&g).await?;
+                    if let Some(m) = metered {
+                        m.charge(charge).await.map_err(uncounted)?;
+                    }
+                    Ok::<_, NodeError>(())
+                });
                 match committed {
                     Ok(()) => {
                         if !g.tail.is_empty() {
@@ -345,9 +347,16 @@ async fn llm_call(
 
 /// A charge the payment store could not record: the answer is withheld, the voucher given back.
 fn uncounted(e: cairn_x402::X402Error) -> NodeError {
-    NodeError::Internal(format!(
-        "the payment could not be recorded: {e}; retry with the same voucher"
-    ))
+    match e {
+        // The payer's permit could not be settled (revoked, funds moved): nothing was charged,
+        // and the answer is withheld.
+        cairn_x402::X402Error::Invalid(r) => NodeError::PaymentRefused(format!(
+            "the payment could not be settled ({r}); nothing was charged: sign a new payment"
+        )),
+        e => NodeError::Internal(format!(
+            "the payment could not be recorded: {e}; retry with the same payment"
+        )),
+    }
 }
 
 /// Relays a call to `up`: the body as the client sent it, the answer as it came back (a stream

@@ -37,6 +37,7 @@ impl Facilitator {
             transaction: String::new(),
             network: network.clone(),
             payer,
+            amount: None,
         };
         let (payload, r) = match self.normalize(req) {
             Ok(x) => x,
@@ -62,6 +63,7 @@ impl Facilitator {
                     transaction: rec.tx.unwrap_or_default(),
                     network,
                     payer,
+                    amount: None,
                 },
                 PaymentState::Pending | PaymentState::Reserved => SettleResponse {
                     transaction: rec.tx.unwrap_or_default(),
@@ -84,6 +86,7 @@ impl Facilitator {
                 transaction: tx,
                 network,
                 payer,
+                amount: None,
             },
             Settlement::Pending(tx) => SettleResponse {
                 transaction: tx.unwrap_or_default(),

@@ -15,6 +15,9 @@ impl Facilitator {
         if rec.state != PaymentState::Pending {
             return Ok(rec.state);
         }
+        if rec.scheme == crate::upto::SCHEME {
+            return self.reconcile_upto(rec).await;
+        }
         let p = exact::parse(&serde_json::from_str(&rec.payload).unwrap_or(Value::Null))
             .map_err(X402Error::Invalid)?;
         let a = &p.authorization;

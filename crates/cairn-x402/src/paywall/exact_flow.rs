@@ -107,6 +107,7 @@ fn settle_response(
         transaction: tx.unwrap_or_default(),
         network,
         payer: Some(payer),
+        amount: None,
     }
 }
 

@@ -1,19 +1,37 @@
 //! A request the route prices itself once it has read it, and charges what it used after it
 //! ran: a language-model call costs its tokens, whose most is known only once the prompt is
-//! tokenized and `max_tokens` read. Paid with a prepaid voucher for the most (a ceiling); the
-//! route counts the actual charge before its answer's last bytes leave.
+//! tokenized and `max_tokens` read. Paid with a prepaid voucher for the most (a ceiling) or an
+//! x402 `upto` permit of the most; the route charges the actual cost before its answer's last
+//! bytes leave (a voucher counted, a permit settled on chain for that amount).
 
 use super::*;
 use crate::prepaid::Accepted;
+use crate::upto::CheckedUpto;
 
-/// A metered request's payment: taken for the most the request may cost, counted at what it
-/// did cost ([`Metered::charge`]), given back if dropped uncounted (the request failed).
+/// A metered request's payment: taken for the most the request may cost, charged at what it
+/// did cost ([`Metered::charge`]), given back if dropped uncharged (the request failed).
 pub struct Metered {
-    prepaid: Arc<Prepaid>,
-    accepted: Accepted,
+    taken: Taken,
     paid: Paid,
     settle: HeaderMap,
-    counted: bool,
+    version: Version,
+    network: String,
+    charged: bool,
+}
+
+/// What pays a metered request.
+enum Taken {
+    /// A prepaid voucher for the most.
+    Prepaid {
+        prepaid: Arc<Prepaid>,
+        accepted: Accepted,
+    },
+    /// An `upto` permit of the most, reserved under `key`.
+    Upto {
+        facilitator: Arc<Facilitator>,
+        key: B256,
+        checked: CheckedUpto,
+    },
 }
 
 impl Metered {
@@ -22,35 +40,66 @@ impl Metered {
         &self.paid
     }
 
-    /// The `PAYMENT-RESPONSE` header (and its CORS exposure): the voucher taken, by its
-    /// reference.
+    /// The `PAYMENT-RESPONSE` header (and its CORS exposure) as known before the charge: the
+    /// voucher or permit taken, by its reference (a stream's head leaves with this one).
     pub fn settle_headers(&self) -> &HeaderMap {
         &self.settle
     }
 
-    /// Counts the request at `amount` (at most [`Paid::amount`]); the rest of the ceiling is
-    /// never claimed. Fails when the count cannot be recorded: the answer must then be withheld.
-    pub fn charge(mut self, amount: U256) -> Result<(), X402Error> {
-        self.prepaid.commit(&self.accepted, amount)?;
-        self.counted = true;
-        Ok(())
+    /// Charges the request `amount` (at most [`Paid::amount`]); the rest of the most is never
+    /// claimed. A voucher is counted; a permit is settled on chain for `amount` (0: no
+    /// transaction). The `PAYMENT-RESPONSE` header as settled, for an answer whose head has not
+    /// left yet. Fails when the charge cannot be made or recorded: the answer must then be
+    /// withheld (and the payer is charged nothing).
+    pub async fn charge(mut self, amount: U256) -> Result<HeaderMap, X402Error> {
+        let headers = match &self.taken {
+            Taken::Prepaid { prepaid, accepted } => {
+                prepaid.commit(accepted, amount)?;
+                self.settle.clone()
+            }
+            Taken::Upto {
+                facilitator,
+                key,
+                checked,
+            } => {
+                let outcome = facilitator.settle_upto(*key, checked, amount).await;
+                if let Settlement::Failed(r) = &outcome {
+                    // settle_upto recorded the failure: nothing is left to give back.
+                    self.charged = true;
+                    return Err(X402Error::Invalid(r.clone()));
+                }
+                let s =
+                    upto_flow::settle_response(&self.network, self.paid.payer, amount, &outcome);
+                let mut h = HeaderMap::new();
+                insert_settle(&mut h, &s, self.version);
+                h
+            }
+        };
+        self.charged = true;
+        Ok(headers)
     }
 }
 
 impl Drop for Metered {
     fn drop(&mut self) {
-        if !self.counted {
-            self.prepaid.release(&self.accepted);
+        if self.charged {
+            return;
+        }
+        match &self.taken {
+            Taken::Prepaid { prepaid, accepted } => prepaid.release(accepted),
+            Taken::Upto {
+                facilitator, key, ..
+            } => facilitator.store().release(*key, None),
         }
     }
 }
 
 impl Paywall {
     /// Takes the payment for a request to `uri` (`body`) that costs at most `most` (described
-    /// by `what`), or answers: 402 with the prepaid offer for `most` when `headers` carry no
-    /// payment or one that does not fit it; a voucher that already paid for this very request
-    /// gets its kept answer again. Only prepaid vouchers can pay a metered request: an `exact`
-    /// transfer cannot be for less than the amount it names.
+    /// by `what`), or answers: 402 with the prepaid and `upto` offers for `most` when `headers`
+    /// carry no payment or one that does not fit it; a voucher that already paid for this very
+    /// request gets its kept answer again. Only a prepaid voucher or an `upto` permit can pay a
+    /// metered request: an `exact` transfer cannot be for less than the amount it names.
     // The error is the answer itself, built once per request: boxing it buys nothing.
     #[allow(clippy::result_large_err)]
     pub async fn take_metered(
@@ -77,29 +126,74 @@ impl Paywall {
             description: price.description.clone(),
             mime_type: "application/json".into(),
         };
-        let Some(pre) = self.prepaid.clone() else {
+        let mut offers: Vec<PaymentRequirements> = self
+            .prepaid
+            .iter()
+            .map(|pre| pre.offer(most, self.max_timeout_seconds))
+            .collect();
+        offers.extend(
+            self.facilitator
+                .upto_offer(self.pay_to, most, self.max_timeout_seconds),
+        );
+        if offers.is_empty() {
             return Err(payment_required(
                 &resource,
                 &[],
                 Some(&Reason::new(
                     "unsupported_scheme",
-                    "this call is charged by what it uses, which only prepaid vouchers can pay, and this node does not take them; its operator can enable them with --prepaid",
+                    "this call is charged by what it uses, which only prepaid vouchers or x402 upto permits can pay, and this node takes neither; its operator can enable prepaid vouchers with --prepaid",
                 )),
                 None,
             ));
-        };
-        let offers = vec![pre.offer(most, self.max_timeout_seconds)];
+        }
         let refusal = Refusal {
             resource: &resource,
             offers: &offers,
         };
         let presented = presented::read(headers, &refusal)?;
-        if presented.offer.scheme != prepaid::SCHEME {
+        if presented.offer.scheme == crate::upto::SCHEME {
+            let f = self.facilitator.clone();
+            let (key, checked) =
+                upto_flow::take(&f, &presented.payload, &presented.offer, &refusal).await?;
+            let paid = Paid {
+                scheme: crate::upto::SCHEME,
+                payer: checked.authorization.owner,
+                amount: most,
+                payment_ref: key,
+            };
+            let s = SettleResponse {
+                success: true,
+                error_reason: None,
+                transaction: String::new(),
+                network: presented.offer.network.clone(),
+                payer: Some(paid.payer),
+                amount: None,
+            };
+            let mut settle = HeaderMap::new();
+            insert_settle(&mut settle, &s, presented.version);
+            return Ok(Metered {
+                taken: Taken::Upto {
+                    facilitator: f,
+                    key,
+                    checked,
+                },
+                paid,
+                settle,
+                version: presented.version,
+                network: presented.offer.network.clone(),
+                charged: false,
+            });
+        }
+        let Some(pre) = self
+            .prepaid
+            .clone()
+            .filter(|_| presented.offer.scheme == prepaid::SCHEME)
+        else {
             return Err(refusal.refuse(Reason::new(
                 "unsupported_scheme",
-                "this call is charged by what it uses: pay with a prepaid voucher for the offered most",
+                "this call is charged by what it uses: pay with a prepaid voucher or an upto permit for the offered most",
             )));
-        }
+        };
         let accepted = match pre.accept(&presented.payload, most).await {
             Ok(a) => a,
             Err(X402Error::Invalid(r)) if r.code == "invalid_prepaid_voucher_already_used" => {
@@ -115,6 +209,7 @@ impl Paywall {
                         transaction: key.to_string(),
                         network: presented.offer.network.clone(),
                         payer: None,
+                        amount: None,
                     };
                     insert_settle(resp.headers_mut(), &s, presented.version);
                     return Err(resp);
@@ -135,15 +230,20 @@ impl Paywall {
             transaction: paid.payment_ref.to_string(),
             network: presented.offer.network.clone(),
             payer: Some(paid.payer),
+            amount: None,
         };
         let mut settle = HeaderMap::new();
         insert_settle(&mut settle, &s, presented.version);
         Ok(Metered {
-            prepaid: pre,
-            accepted,
+            taken: Taken::Prepaid {
+                prepaid: pre,
+                accepted,
+            },
             paid,
             settle,
-            counted: false,
+            version: presented.version,
+            network: presented.offer.network.clone(),
+            charged: false,
         })
     }
 }

@@ -37,6 +37,7 @@ pub(super) async fn pay(
                     transaction: key.to_string(),
                     network: offer.network.clone(),
                     payer: None,
+                    amount: None,
                 };
                 insert_settle(resp.headers_mut(), &s, version);
                 return resp;
@@ -79,6 +80,7 @@ pub(super) async fn pay(
         transaction: paid.payment_ref.to_string(),
         network: offer.network.clone(),
         payer: Some(paid.payer),
+        amount: None,
     };
     insert_settle(resp.headers_mut(), &s, version);
     resp

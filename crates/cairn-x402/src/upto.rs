@@ -1,0 +1,240 @@
+//! Scheme `upto` on EVM (the official x402 package's): the payer signs a Permit2
+//! `PermitWitnessTransferFrom` of at most a maximum, with the x402 `upto` proxy as spender and a
+//! witness naming the recipient, the one facilitator that may settle it and when it becomes valid;
+//! the resource server charges what the call cost, any amount up to the maximum, settled once
+//! by that facilitator (0: no transaction). Checked here without the chain, in microseconds.
+
+use alloy_primitives::{Address, B256, Bytes, Signature, U256, keccak256};
+use alloy_sol_types::SolValue;
+use cairn_ledger::{UptoAuthorization, UptoContracts};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::wire::{PaymentRequirements, decimal};
+use crate::{Reason, X402Error};
+
+/// The scheme's name.
+pub const SCHEME: &str = "upto";
+
+/// Seconds an authorization must still be valid for when it is checked (the official
+/// facilitator's buffer), so that settlement has time to land.
+pub const DEADLINE_MARGIN_SECS: u64 = 6;
+
+/// How far past `now + maxTimeoutSeconds` a deadline may lie (clients' clocks differ).
+pub const DEADLINE_SLACK_SECS: u64 = 600;
+
+/// Permit2's token permission as it travels.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Permitted {
+    /// The token.
+    pub token: Address,
+    /// The maximum.
+    #[serde(with = "decimal")]
+    pub amount: U256,
+}
+
+/// The witness as it travels.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WitnessWire {
+    /// Who is paid.
+    pub to: Address,
+    /// Who may settle.
+    pub facilitator: Address,
+    /// Not valid before (Unix seconds).
+    #[serde(with = "decimal")]
+    pub valid_after: U256,
+}
+
+/// `permit2Authorization` as the official clients send it (decimal strings, 0x-hex).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Permit2Authorization {
+    /// The payer.
+    pub from: Address,
+    /// The token and the maximum.
+    pub permitted: Permitted,
+    /// The spender: the `upto` proxy.
+    pub spender: Address,
+    /// The Permit2 nonce.
+    #[serde(with = "decimal")]
+    pub nonce: U256,
+    /// Not valid after (Unix seconds).
+    #[serde(with = "decimal")]
+    pub deadline: U256,
+    /// The witness.
+    pub witness: WitnessWire,
+}
+
+/// The `upto` payload: `{permit2Authorization, signature}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UptoPayload {
+    /// What was signed.
+    pub permit2_authorization: Permit2Authorization,
+    /// 65-byte ECDSA signature, 0x-hex.
+    pub signature: Bytes,
+}
+
+/// An `upto` payment whose terms and signature are checked.
+#[derive(Clone, Debug)]
+pub struct CheckedUpto {
+    /// What the payer signed.
+    pub authorization: UptoAuthorization,
+    /// The signature as sent (what the proxy is handed).
+    pub signature: Bytes,
+}
+
+impl CheckedUpto {
+    /// The payment reference bound into receipts: keccak256(abi.encode(permit2, payer, nonce)),
+    /// one Permit2 authorization chain-wide.
+    pub fn payment_ref(&self, permit2: Address) -> B256 {
+        payment_ref(permit2, self.authorization.owner, self.authorization.nonce)
+    }
+}
+
+/// keccak256(abi.encode(permit2, owner, nonce)).
+pub fn payment_ref(permit2: Address, owner: Address, nonce: U256) -> B256 {
+    keccak256((permit2, owner, nonce).abi_encode())
+}
+
+/// Parses an `upto` payload.
+pub fn parse(payload: &Value) -> Result<UptoPayload, Reason> {
+    serde_json::from_value(payload.clone()).map_err(|e| {
+        Reason::new(
+            "invalid_permit2_payload_format",
+            format!("the upto payload is not {{permit2Authorization, signature}}: {e}"),
+        )
+    })
+}
+
+/// Checks `payload` against the offer `req` at Unix time `now`, for a settler `facilitator` on
+/// chain `chain_id`: spender, recipient, facilitator, time window, maximum, token, signature.
+/// No chain access.
+pub fn verify_local(
+    payload: &UptoPayload,
+    req: &PaymentRequirements,
+    upto: &UptoContracts,
+    facilitator: Address,
+    chain_id: u64,
+    now: u64,
+) -> Result<CheckedUpto, X402Error> {
+    let a = &payload.permit2_authorization;
+    let fail = |code: &'static str, msg: String| Err(X402Error::Invalid(Reason::new(code, msg)));
+    if a.spender != upto.proxy {
+        return fail(
+            "invalid_permit2_spender",
+            format!(
+                "the permit names spender {}, not the x402 upto proxy {}",
+                a.spender, upto.proxy
+            ),
+        );
+    }
+    if a.witness.to != req.pay_to {
+        return fail(
+            "invalid_permit2_recipient_mismatch",
+            format!("the permit pays {}, not {}", a.witness.to, req.pay_to),
+        );
+    }
+    if a.witness.facilitator != facilitator {
+        return fail(
+            "upto_facilitator_mismatch",
+            format!(
+                "the permit lets {} settle it; this server settles with {facilitator} (the offer's facilitatorAddress)",
+                a.witness.facilitator
+            ),
+        );
+    }
+    if a.deadline < U256::from(now + DEADLINE_MARGIN_SECS) {
+        return fail(
+            "permit2_deadline_expired",
+            format!(
+                "the permit expired (or expires within {DEADLINE_MARGIN_SECS} s) at {}; sign a new one",
+                a.deadline
+            ),
+        );
+    }
+    // A permit valid for long keeps a payment the payer may revoke open until then.
+    let latest = now
+        .saturating_add(req.max_timeout_seconds.max(60))
+        .saturating_add(DEADLINE_SLACK_SECS);
+    if a.deadline > U256::from(latest) {
+        return fail(
+            "permit2_deadline_expired",
+            format!(
+                "the permit is valid until {}, past now + maxTimeoutSeconds + {DEADLINE_SLACK_SECS} s ({latest}); sign one that expires sooner",
+                a.deadline
+            ),
+        );
+    }
+    if a.witness.valid_after > U256::from(now) {
+        return fail(
+            "permit2_not_yet_valid",
+            format!("the permit is not valid before {}", a.witness.valid_after),
+        );
+    }
+    if a.permitted.amount != req.amount {
+        return fail(
+            "permit2_amount_mismatch",
+            format!(
+                "the permit's maximum is {}, the offer's is {}",
+                a.permitted.amount, req.amount
+            ),
+        );
+    }
+    if a.permitted.token != req.asset {
+        return fail(
+            "permit2_token_mismatch",
+            format!(
+                "the permit is for token {}, the offer's is {}",
+                a.permitted.token, req.asset
+            ),
+        );
+    }
+    if payload.signature.len() != 65 {
+        return fail(
+            "invalid_permit2_signature",
+            format!(
+                "the signature is {} bytes; a 65-byte ECDSA signature is needed (smart-wallet signatures are not supported)",
+                payload.signature.len()
+            ),
+        );
+    }
+    let authorization = UptoAuthorization {
+        owner: a.from,
+        token: a.permitted.token,
+        max: a.permitted.amount,
+        nonce: a.nonce,
+        deadline: a.deadline,
+        to: a.witness.to,
+        facilitator: a.witness.facilitator,
+        valid_after: a.witness.valid_after,
+    };
+    let signature = Signature::try_from(payload.signature.as_ref()).map_err(|e| {
+        X402Error::Invalid(Reason::new(
+            "invalid_permit2_signature",
+            format!("the signature does not parse: {e}"),
+        ))
+    })?;
+    let hash = authorization.signing_hash(chain_id, upto);
+    let signer = cairn_core::sig::recover_prehash(&signature, &hash).map_err(|e| {
+        X402Error::Invalid(Reason::new(
+            "invalid_permit2_signature",
+            format!("no signer recovers from the signature: {e}"),
+        ))
+    })?;
+    if signer != a.from {
+        return fail(
+            "invalid_permit2_signature",
+            format!(
+                "the permit is signed by {signer}, not by its payer {}",
+                a.from
+            ),
+        );
+    }
+    Ok(CheckedUpto {
+        authorization,
+        signature: payload.signature.clone(),
+    })
+}
