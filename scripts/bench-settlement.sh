@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Gas per settled receipt (batches of 1 / 100 / 1,000 / 10,000), per prepaid request (one voucher
-# redemption for 1 / 100 / 10,000 requests), per-request EIP-3009 payment, and sequential
+# redemption for 1 / 100 / 10,000 requests), per-request EIP-3009 (`exact`) and Permit2 (`upto`)
+# payments, and sequential
 # transactions per second — on the embedded ledger and on anvil side by side.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -39,9 +39,14 @@ contract X402UptoPermit2Proxy {
         uint8 v;
     }
 
-    /// A payment was settled.
+    /// A payment was settled: the payer's Permit2 `nonce` paid `amount` of `token` to `to`.
     event Settled(
-        address indexed owner, address indexed to, address indexed facilitator, address token, uint256 amount
+        address indexed owner,
+        address indexed to,
+        address indexed facilitator,
+        address token,
+        uint256 amount,
+        uint256 nonce
     );
 
     /// The amount is zero (nothing to settle: send no transaction).
@@ -110,6 +115,6 @@ contract X402UptoPermit2Proxy {
             WITNESS_TYPE_STRING,
             signature
         );
-        emit Settled(owner, witness.to, witness.facilitator, permit.permitted.token, amount);
+        emit Settled(owner, witness.to, witness.facilitator, permit.permitted.token, amount, permit.nonce);
     }
 }

@@ -1149,3 +1149,58 @@ fn the_official_upto_client_pays_what_each_call_costs() {
     assert_eq!(balance(&c, payer.address()), payer0 - total);
     assert_eq!(balance(&c, vault), vault0 + total);
 }
+
+/// The same official `upto` client pays a node settling on anvil, where `cairn chain deploy`
+/// placed Permit2 and the `upto` proxy at the addresses the client signs for.
+#[test]
+fn the_official_upto_client_pays_a_node_settling_on_anvil() {
+    let Some(a) = anvil_node("upto client on anvil", &[]) else {
+        return;
+    };
+    if !clients_present() {
+        return;
+    }
+    let chain = a.chain();
+    assert!(
+        chain.deployment().upto.is_some(),
+        "{:?}",
+        chain.deployment()
+    );
+    let node_addr: Address = get(&format!("{}/v1/node", a.node.node_url))["address"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let vault = block(chain.vault_of(node_addr)).unwrap();
+    let payer = a.fund(9);
+    block(async {
+        let l = cairn_ledger::RpcLedger::connect(&a.anvil_url, std::time::Duration::from_secs(30))
+            .await
+            .unwrap();
+        // Gas for the one-time Permit2 approval.
+        l.dev_set_balance(payer, U256::from(10u128.pow(20)))
+            .await
+            .unwrap();
+    });
+    let (p0, v0) = (balance(&chain, payer), balance(&chain, vault));
+    let py = std::env::var("CAIRN_PY").expect("CAIRN_PY (scripts/test.sh sets it)");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/x402_upto_pay.py");
+    let digit = examples().join("digit.json");
+    let report = json_report(Command::new(py).arg(script).args([
+        a.node.node_url.as_str(),
+        a.anvil_url.as_str(),
+        &key_hex(9),
+        "/v2/models/digits@1.0/infer",
+        digit.to_str().unwrap(),
+    ]));
+    let r = &report[0];
+    assert_eq!(r["status"], 200, "{r}");
+    assert_eq!(r["paymentResponse"]["success"], true, "{r}");
+    assert_eq!(r["paymentResponse"]["amount"], PRICE.to_string(), "{r}");
+    assert_eq!(r["paymentResponse"]["network"], "eip155:84532", "{r}");
+    assert_eq!(balance(&chain, payer), p0 - U256::from(PRICE));
+    assert_eq!(balance(&chain, vault), v0 + U256::from(PRICE));
+    let receipt =
+        cairn_receipt::SignedReceipt::verify_json(&r["body"]["parameters"]["receipt"]).unwrap();
+    assert!(!receipt.claims.payment_ref.is_zero());
+}

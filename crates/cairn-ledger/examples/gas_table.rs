@@ -154,6 +154,47 @@ async fn exact_payment_gas(chain: &Chain) -> u64 {
         .gas_used
 }
 
+/// x402 `upto`: the payer's one-time approval of Permit2, then per request one settlement of a
+/// Permit2 witness transfer with a random 256-bit nonce (as the official clients pick them, so
+/// each lands in a fresh bitmap word): the first and the mean of the next ten.
+async fn upto_payment_gas(chain: &Chain) -> (u64, u64, u64) {
+    let payer = dev_signer(7);
+    let facilitator = dev_signer(2);
+    let upto = chain.upto().unwrap();
+    let approve = chain
+        .approve(&payer, upto.permit2, U256::MAX)
+        .await
+        .unwrap()
+        .gas_used;
+    let head = chain.ledger().head().await.unwrap().timestamp;
+    let mut gas = Vec::new();
+    for i in 0..11u64 {
+        let auth = cairn_ledger::UptoAuthorization {
+            owner: payer.address(),
+            token: chain.deployment().token,
+            max: U256::from(2_000u64),
+            nonce: U256::from_be_bytes(keccak256(format!("bench permit {i}")).0),
+            deadline: U256::from(head + 3_600),
+            to: facilitator.address(),
+            facilitator: facilitator.address(),
+            valid_after: U256::ZERO,
+        };
+        let sig = chain.sign_upto(&payer, &auth).unwrap();
+        let out = chain
+            .settle_upto(
+                &facilitator,
+                &auth,
+                U256::from(1_000u64),
+                sig.as_bytes().to_vec().into(),
+            )
+            .await
+            .unwrap();
+        gas.push(out.gas_used);
+    }
+    let steady = gas[1..].iter().sum::<u64>() / (gas.len() as u64 - 1);
+    (approve, gas[0], steady)
+}
+
 /// Gas of one redemption covering `n` requests of 1,000 units each.
 async fn voucher_gas(chain: &Chain, n: u64, salt: u64) -> (u64, u64) {
     let payer = dev_signer(8);
@@ -233,6 +274,10 @@ async fn report(name: &str, ledger: Arc<dyn Ledger>) -> f64 {
     let exact = exact_payment_gas(&chain).await;
     println!(
         "\nPer-request payment with EIP-3009 (x402 `exact`, one transaction per inference): {exact} gas per request."
+    );
+    let (approve, first, steady) = upto_payment_gas(&chain).await;
+    println!(
+        "Per-request payment with x402 `upto` (Permit2 witness transfer settled through the proxy, one transaction per call): {steady} gas per request ({first} for the payer's first; its one-time Permit2 approval: {approve})."
     );
     println!("\n| requests per voucher redemption | deposit | redeem | gas per request (redeem) |");
     println!("|---:|---:|---:|---:|");

@@ -68,6 +68,10 @@ pub struct Facilitator {
     /// from now on, kept with each reserved payment so its transfer is looked for from there
     /// (no extra call per payment; a stale value only widens the search).
     head: std::sync::atomic::AtomicU64,
+    /// `upto` maximums each payer has reserved and not settled yet: a payer's next permit must
+    /// be covered by their balance and Permit2 allowance beyond these, or permits whose
+    /// maximums together exceed what they hold would each pass alone.
+    open_upto: tokio::sync::Mutex<std::collections::HashMap<Address, U256>>,
 }
 
 /// Removes a payment from the in-flight set when its send ends (or its task is dropped).
@@ -129,6 +133,7 @@ impl Facilitator {
             policy: None,
             sending: Mutex::new(HashSet::new()),
             head: head.into(),
+            open_upto: Default::default(),
         })
     }
 

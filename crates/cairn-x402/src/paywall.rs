@@ -38,6 +38,7 @@ mod exact_flow;
 mod metered;
 mod prepaid_flow;
 mod upto_flow;
+pub(crate) use upto_flow::settle_response as upto_settle_response;
 
 pub use metered::Metered;
 mod presented;

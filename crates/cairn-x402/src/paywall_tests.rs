@@ -754,3 +754,232 @@ async fn a_permit_revoked_while_its_call_runs_is_not_charged_and_its_answer_is_w
         before
     );
 }
+
+#[tokio::test]
+async fn upto_signatures_the_contract_would_refuse_are_refused_before_the_call() {
+    let s = site(false).await;
+    let payer = &s.d.payer;
+    approve_permit2(&s, payer).await;
+    let h = upto_header(&s, payer, |_| {}, |_| {}).await;
+    // Rewrite the signature inside the header: v as 0/1 (alloy parses it, OpenZeppelin's ECDSA
+    // would not), and the high-s twin.
+    let with_sig = |f: &dyn Fn(&mut Vec<u8>)| {
+        let mut pp: crate::wire::PaymentPayload =
+            decode_header("PAYMENT-SIGNATURE", h.as_bytes()).unwrap();
+        let sig: alloy_primitives::Bytes =
+            serde_json::from_value(pp.payload["signature"].clone()).unwrap();
+        let mut sig = sig.to_vec();
+        f(&mut sig);
+        pp.payload["signature"] = serde_json::json!(alloy_primitives::Bytes::from(sig));
+        crate::wire::encode_header(&pp)
+    };
+    let low_v = with_sig(&|sig| sig[64] -= 27);
+    let twin = with_sig(&|sig| {
+        let parsed = alloy_primitives::Signature::try_from(&sig[..]).unwrap();
+        *sig = cairn_core::sig::malleate(&parsed).as_bytes().to_vec();
+    });
+    for h in [low_v, twin] {
+        let (status, body, _, v2) = send(&s.url, &h, "go").await;
+        assert_eq!(
+            (status, v2["error"].as_str()),
+            (402, Some("invalid_permit2_signature")),
+            "{body}"
+        );
+    }
+    // A permit that expires before a call could end and be settled.
+    let short = upto_header(
+        &s,
+        payer,
+        |a| a.deadline = U256::from(crate::now_secs() + 30),
+        |_| {},
+    )
+    .await;
+    let (status, _, _, v2) = send(&s.url, &short, "go").await;
+    assert_eq!(
+        (status, v2["error"].as_str()),
+        (402, Some("permit2_deadline_expired"))
+    );
+    assert_eq!(s.runs.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn upto_permits_at_once_never_promise_more_than_the_payer_holds() {
+    let s = site(false).await;
+    let payer = dev_signer(5);
+    s.d.chain
+        .mint(
+            &dev_signer(0),
+            payer.address(),
+            U256::from(PRICE + PRICE / 2),
+        )
+        .await
+        .unwrap();
+    approve_permit2(&s, &payer).await;
+    // Two permits of one price each, the payer holding one and a half: one runs; the other is
+    // refused while the first is open, however they interleave.
+    let (a, b) = (
+        upto_header(&s, &payer, |_| {}, |_| {}).await,
+        upto_header(&s, &payer, |_| {}, |_| {}).await,
+    );
+    let both = futures::future::join_all([send(&s.url, &a, "go"), send(&s.url, &b, "go")]).await;
+    let codes: Vec<_> = both
+        .iter()
+        .map(|r| (r.0, r.3["error"].as_str().map(str::to_string)))
+        .collect();
+    assert!(codes.contains(&(200, None)), "{codes:?}");
+    assert!(
+        codes.contains(&(402, Some("permit2_insufficient_balance".into()))),
+        "{codes:?}"
+    );
+    // One permit sent twice at once: it runs once.
+    let c = upto_header(&s, &s.d.payer, |_| {}, |_| {}).await;
+    approve_permit2(&s, &s.d.payer).await;
+    let twice = futures::future::join_all([send(&s.url, &c, "go"), send(&s.url, &c, "go")]).await;
+    let ok = twice.iter().filter(|r| r.0 == 200).count();
+    assert_eq!(
+        ok,
+        1,
+        "{:?}",
+        twice
+            .iter()
+            .map(|r| (r.0, r.3["error"].clone()))
+            .collect::<Vec<_>>()
+    );
+    for r in twice.iter().filter(|r| r.0 != 200) {
+        assert_eq!(r.3["error"], "permit2_invalid_nonce");
+    }
+    assert_eq!(s.runs.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        s.d.chain.token_balance(payer.address()).await.unwrap(),
+        U256::from(PRICE / 2)
+    );
+}
+
+/// A metered route (as a language-model call is): at most two prices, charged what the body
+/// says after the run (`charge N`, `slow N`: after 150 ms; `fail`: no charge).
+async fn metered(
+    State(w): State<Arc<Paywall>>,
+    uri: axum::http::Uri,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let m = match w
+        .take_metered(
+            &uri,
+            &headers,
+            &body,
+            U256::from(2 * PRICE),
+            "metered".into(),
+        )
+        .await
+    {
+        Ok(m) => m,
+        Err(r) => return r,
+    };
+    let text = String::from_utf8_lossy(&body).to_string();
+    if text == "fail" {
+        return (StatusCode::BAD_REQUEST, "failed").into_response();
+    }
+    if text.starts_with("slow") {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    let n: u64 = text.split_whitespace().last().unwrap().parse().unwrap();
+    match m.charge(U256::from(n)).await {
+        Ok(h) => {
+            let mut r = (StatusCode::OK, "charged").into_response();
+            r.headers_mut().extend(h);
+            r
+        }
+        Err(e) => (StatusCode::UNPROCESSABLE_ENTITY, e.to_string()).into_response(),
+    }
+}
+
+async fn metered_site() -> Site {
+    let d = devnet().await;
+    let vault = dev_signer(9).address();
+    let paywall = Arc::new(Paywall::new(
+        d.facilitator.clone(),
+        None,
+        Arc::new(Fixed),
+        vault,
+    ));
+    let app = Router::new()
+        .route("/metered", post(metered))
+        .with_state(paywall);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/metered", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Site {
+        url,
+        runs: Arc::new(AtomicUsize::new(0)),
+        d,
+        vault,
+    }
+}
+
+#[tokio::test]
+async fn a_metered_call_paid_with_upto_is_charged_what_it_used() {
+    let s = metered_site().await;
+    let payer = &s.d.payer;
+    approve_permit2(&s, payer).await;
+    let before = s.d.chain.token_balance(payer.address()).await.unwrap();
+    // Only upto can pay (this paywall takes no vouchers), for the most.
+    let req = required(&s.url).await;
+    assert_eq!(req.accepts.len(), 1);
+    assert_eq!(req.accepts[0].scheme, "upto");
+    assert_eq!(req.accepts[0].amount, U256::from(2 * PRICE));
+
+    let h = upto_header(&s, payer, |_| {}, |_| {}).await;
+    let (status, body, settle, _) = send(&s.url, &h, "charge 700").await;
+    assert_eq!(status, 200, "{body}");
+    let settle = settle.unwrap();
+    assert_eq!(
+        (settle.success, settle.amount.as_deref()),
+        (true, Some("700"))
+    );
+    assert_eq!(
+        s.d.chain.token_balance(payer.address()).await.unwrap(),
+        before - U256::from(700u64)
+    );
+    // More than the most is never settled.
+    let h = upto_header(&s, payer, |_| {}, |_| {}).await;
+    let (status, _, _, _) = send(&s.url, &h, "charge 2001").await;
+    assert_eq!(status, 422);
+    // A failed call charges nothing and leaves the permit usable; a charge of 0 sends nothing.
+    let h = upto_header(&s, payer, |a| a.nonce = U256::from(99u64), |_| {}).await;
+    let (status, _, _, _) = send(&s.url, &h, "fail").await;
+    assert_eq!(status, 400);
+    let (status, _, settle, _) = send(&s.url, &h, "charge 0").await;
+    assert_eq!(status, 200);
+    let settle = settle.unwrap();
+    assert_eq!(
+        (settle.amount.as_deref(), settle.transaction.as_str()),
+        (Some("0"), "")
+    );
+    assert!(
+        !s.d.chain
+            .permit2_nonce_used(payer.address(), U256::from(99u64))
+            .await
+            .unwrap()
+    );
+    // Revoked while the call runs: the charge fails, nothing moves, the answer is withheld.
+    let nonce = U256::from(7777u64);
+    let h = upto_header(&s, payer, |a| a.nonce = nonce, |_| {}).await;
+    let call = tokio::spawn({
+        let url = s.url.clone();
+        async move { send(&url, &h, "slow 500").await }
+    });
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    s.d.chain
+        .invalidate_permit2_nonce(payer, nonce)
+        .await
+        .unwrap();
+    let (status, body, _, _) = call.await.unwrap();
+    assert_eq!(status, 422, "{body}");
+    assert!(body.contains("permit2_invalid_nonce"), "{body}");
+    assert_eq!(
+        s.d.chain.token_balance(payer.address()).await.unwrap(),
+        before - U256::from(700u64)
+    );
+}

@@ -449,8 +449,18 @@ impl PaymentStore {
     /// Gives a reserved payment back (its request failed or was refused before settlement: the
     /// authorization was never used, so it may be presented again). A store failure is logged:
     /// the payment then stays reserved and the payer signs a new one.
+    /// Only a payment still reserved is given back: one whose settlement was sent (pending) or
+    /// recorded stays as it is, whoever drops it.
     pub fn release(&self, key: B256, why: Option<&str>) {
-        if let Err(e) = self.set_state(key, PaymentState::Released, None, why, None) {
+        let released = self.durable(|c| {
+            c.prepare_cached(
+                "UPDATE payments SET state = 'released', reason = ?2, response = NULL, updated_at = ?3
+                 WHERE key = ?1 AND state = 'reserved'",
+            )?
+            .execute(params![key.as_slice(), why, now()])
+            .map(drop)
+        });
+        if let Err(e) = released {
             tracing::error!(%key, error = %e, "releasing a payment");
         }
     }

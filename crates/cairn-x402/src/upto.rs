@@ -16,9 +16,10 @@ use crate::{Reason, X402Error};
 /// The scheme's name.
 pub const SCHEME: &str = "upto";
 
-/// Seconds an authorization must still be valid for when it is checked (the official
-/// facilitator's buffer), so that settlement has time to land.
-pub const DEADLINE_MARGIN_SECS: u64 = 6;
+/// Seconds a permit must still be valid for when it is checked: the call runs, then its
+/// settlement must land before the deadline, or the payer is served for free (the official
+/// facilitator asks for 6 s, for a settlement right away; its clients sign `maxTimeoutSeconds`).
+pub const DEADLINE_MARGIN_SECS: u64 = 120;
 
 /// How far past `now + maxTimeoutSeconds` a deadline may lie (clients' clocks differ).
 pub const DEADLINE_SLACK_SECS: u64 = 600;
@@ -198,6 +199,17 @@ pub fn verify_local(
             format!(
                 "the signature is {} bytes; a 65-byte ECDSA signature is needed (smart-wallet signatures are not supported)",
                 payload.signature.len()
+            ),
+        );
+    }
+    // The contract (OpenZeppelin's ECDSA) takes v = 27 or 28 only; any other form that parses
+    // here would pass this check and then fail to settle after the call ran.
+    if !matches!(payload.signature[64], 27 | 28) {
+        return fail(
+            "invalid_permit2_signature",
+            format!(
+                "the signature's v is {}; send it as 27 or 28",
+                payload.signature[64]
             ),
         );
     }

@@ -6,6 +6,9 @@ use super::*;
 impl Facilitator {
     /// `POST /verify`: would this payment settle now? Reserves nothing.
     pub async fn verify(&self, req: &FacilitatorRequest) -> VerifyResponse {
+        if is_upto(req) {
+            return self.verify_upto(req).await;
+        }
         let checked = self
             .normalize(req)
             .and_then(|(payload, r)| self.check_exact(&payload, &r, now_secs()));
@@ -30,6 +33,9 @@ impl Facilitator {
     /// `POST /settle`: verifies, reserves and settles. Idempotent for the same authorization: a
     /// retry after a timeout gets the first outcome, never a second transfer.
     pub async fn settle(&self, req: &FacilitatorRequest) -> SettleResponse {
+        if is_upto(req) {
+            return self.settle_upto_request(req).await;
+        }
         let network = self.network_for(req.x402_version);
         let fail = |code: &str, payer: Option<Address>| SettleResponse {
             success: false,
@@ -100,6 +106,12 @@ impl Facilitator {
     pub fn supported(&self) -> Value {
         let mut kinds =
             vec![json!({"x402Version": 2, "scheme": "exact", "network": self.network()})];
+        if self.upto_contracts().is_some() {
+            kinds.push(
+                json!({"x402Version": 2, "scheme": "upto", "network": self.network(),
+                "extra": {"facilitatorAddress": self.address()}}),
+            );
+        }
         if let Some(n) = v1_network(self.chain_id()) {
             kinds.push(json!({"x402Version": 1, "scheme": "exact", "network": n}));
         }
@@ -140,8 +152,17 @@ pub(super) const KNOWN_CODES: &[&str] = &[
 ];
 
 pub(super) fn payer_of(req: &FacilitatorRequest) -> Option<Address> {
-    let p = &req.payment_payload["payload"]["authorization"]["from"];
+    let payload = &req.payment_payload["payload"];
+    let p = match payload.get("permit2Authorization") {
+        Some(a) => &a["from"],
+        None => &payload["authorization"]["from"],
+    };
     p.as_str()?.parse().ok()
+}
+
+/// Whether the request is for scheme `upto` (v2 only).
+fn is_upto(req: &FacilitatorRequest) -> bool {
+    req.payment_requirements["scheme"] == crate::upto::SCHEME
 }
 
 /// The body of `POST /verify` and `POST /settle`.

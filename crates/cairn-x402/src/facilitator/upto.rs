@@ -94,12 +94,29 @@ impl Facilitator {
         )
     }
 
-    /// What a signature cannot prove: the Permit2 nonce is unused, Permit2 may move the
-    /// maximum, and the payer holds it. Three reads.
-    pub async fn check_upto_chain(&self, c: &CheckedUpto) -> Result<(), X402Error> {
+    /// What a signature cannot prove: the payer is a plain account (its ECDSA signature is what
+    /// the contract checks), the Permit2 nonce is unused, and Permit2 may move, and the payer
+    /// holds, the maximum beyond what their other open permits here may still take. `hold`:
+    /// count this maximum as open until [`Facilitator::settle_upto`] or
+    /// [`Facilitator::release_upto`] closes it.
+    pub async fn check_upto_chain(&self, c: &CheckedUpto, hold: bool) -> Result<(), X402Error> {
         let a = &c.authorization;
         let contracts = self.chain.upto()?;
         let invalid = |code, m: String| Err(X402Error::Invalid(Reason::new(code, m)));
+        if !self.chain.ledger().code(a.owner).await?.is_empty() {
+            return invalid(
+                "invalid_permit2_signature",
+                format!(
+                    "{} is a contract (or delegated) account; only plain accounts' ECDSA permits are taken here",
+                    a.owner
+                ),
+            );
+        }
+        // Held across the reads: two permits of one payer are never checked against the same
+        // balance at once.
+        let mut open = self.open_upto.lock().await;
+        let already = open.get(&a.owner).copied().unwrap_or_default();
+        let needed = already.saturating_add(a.max);
         if self.chain.permit2_nonce_used(a.owner, a.nonce).await? {
             return invalid(
                 "permit2_invalid_nonce",
@@ -113,26 +130,48 @@ impl Facilitator {
             .chain
             .token_allowance(a.owner, contracts.permit2)
             .await?;
-        if allowance < a.max {
+        if allowance < needed {
             return invalid(
                 "permit2_allowance_required",
                 format!(
-                    "{} lets Permit2 ({}) move {allowance} of the token and the maximum is {}; approve Permit2 on the token first",
+                    "{} lets Permit2 ({}) move {allowance} of the token; this maximum ({}) and the open ones ({already}) need {needed}: approve Permit2 on the token for more",
                     a.owner, contracts.permit2, a.max
                 ),
             );
         }
         let balance = self.chain.token_balance(a.owner).await?;
-        if balance < a.max {
+        if balance < needed {
             return invalid(
                 "permit2_insufficient_balance",
                 format!(
-                    "{} holds {balance} of the token and the maximum is {}; fund the account",
+                    "{} holds {balance} of the token; this maximum ({}) and the open ones ({already}) need {needed}: fund the account",
                     a.owner, a.max
                 ),
             );
         }
+        if hold {
+            open.insert(a.owner, needed);
+        }
         Ok(())
+    }
+
+    /// Closes a held permit's maximum (see [`Facilitator::check_upto_chain`]).
+    async fn close_upto(&self, c: &CheckedUpto) {
+        let a = &c.authorization;
+        let mut open = self.open_upto.lock().await;
+        if let Some(v) = open.get_mut(&a.owner) {
+            *v = v.saturating_sub(a.max);
+            if v.is_zero() {
+                open.remove(&a.owner);
+            }
+        }
+    }
+
+    /// Gives a reserved `upto` payment back uncharged (its call failed or was refused): the
+    /// permit may be presented again.
+    pub async fn release_upto(&self, key: B256, c: &CheckedUpto, why: Option<&str>) {
+        self.store.release(key, why);
+        self.close_upto(c).await;
     }
 
     /// Reserves a checked `upto` payment for a request on `resource`; its key is the payment
@@ -164,7 +203,21 @@ impl Facilitator {
     /// outcome. Nothing to settle (0) sends no transaction. Never settles a payment the store
     /// does not hold as reserved by this caller.
     pub async fn settle_upto(&self, key: B256, c: &CheckedUpto, amount: U256) -> Settlement {
+        let outcome = self.settle_upto_inner(key, c, amount).await;
+        self.close_upto(c).await;
+        outcome
+    }
+
+    async fn settle_upto_inner(&self, key: B256, c: &CheckedUpto, amount: U256) -> Settlement {
         let a = &c.authorization;
+        if a.deadline <= U256::from(now_secs()) {
+            self.store
+                .release(key, Some("the permit expired before the call ended"));
+            return Settlement::Failed(Reason::new(
+                "permit2_deadline_expired",
+                "the permit expired before the call ended; sign one valid for longer",
+            ));
+        }
         if amount > a.max {
             self.store
                 .release(key, Some("charged more than the signed maximum"));
@@ -204,14 +257,12 @@ impl Facilitator {
                 revert_code(&reason),
                 format!("the settlement reverted: {reason}"),
             )),
-            // Not sent (refused before broadcast): whether anything is out is read from Permit2.
-            Err(e) => match self.chain.permit2_nonce_used(a.owner, a.nonce).await {
-                Ok(false) => Settlement::Failed(Reason::new(
-                    "invalid_upto_evm_transaction_failed",
-                    format!("the settlement could not be sent: {e}"),
-                )),
-                _ => Settlement::Pending(None),
-            },
+            // Nothing was sent (refused before broadcast, or our sender was busy): a use of the
+            // nonce now would be someone else's, so this payment failed.
+            Err(e) => Settlement::Failed(Reason::new(
+                "invalid_upto_evm_transaction_failed",
+                format!("the settlement could not be sent: {e}"),
+            )),
         };
         let (state, tx, reason) = match &outcome {
             Settlement::Settled(tx) => (PaymentState::Settled, Some(tx.as_str()), None),
@@ -227,10 +278,10 @@ impl Facilitator {
         outcome
     }
 
-    /// A pending `upto` settlement looked at again: settled once its Permit2 nonce is used
-    /// (only the named facilitator, this one, can use it through the proxy; a payer who revoked
-    /// it instead costs this node the call, never the payer), failed once its deadline passed
-    /// unused, else still pending.
+    /// A pending `upto` settlement looked at again: settled once the proxy's `Settled` event
+    /// for this payer, this facilitator and this nonce is on chain (searched from the block
+    /// noted at reservation); failed when the nonce was used otherwise (the payer revoked it)
+    /// or the deadline passed unused; else still pending.
     pub(super) async fn reconcile_upto(
         &self,
         rec: &PaymentRecord,
@@ -239,7 +290,17 @@ impl Facilitator {
             .map_err(X402Error::Invalid)?;
         let a = &p.permit2_authorization;
         let (state, reason) = if self.chain.permit2_nonce_used(a.from, a.nonce).await? {
-            (PaymentState::Settled, None)
+            if self
+                .upto_settled(a.from, a.nonce, rec.from_block.unwrap_or(0))
+                .await?
+            {
+                (PaymentState::Settled, None)
+            } else {
+                (
+                    PaymentState::Failed,
+                    Some("the permit's nonce was used, by no settlement of this facilitator"),
+                )
+            }
         } else if a.deadline <= U256::from(now_secs()) {
             (
                 PaymentState::Failed,
@@ -252,6 +313,35 @@ impl Facilitator {
             self.store.set_state(rec.key, state, None, reason, None)?;
         }
         Ok(state)
+    }
+}
+
+impl Facilitator {
+    /// Whether the `upto` proxy logged a settlement of `owner`'s permit `nonce` by this
+    /// facilitator since `from_block`.
+    async fn upto_settled(
+        &self,
+        owner: Address,
+        nonce: U256,
+        from_block: u64,
+    ) -> Result<bool, X402Error> {
+        use alloy_sol_types::SolEvent;
+        use cairn_ledger::contracts::X402UptoPermit2Proxy::Settled;
+        let logs = self
+            .chain
+            .ledger()
+            .logs(cairn_ledger::LogFilter {
+                address: Some(self.chain.upto()?.proxy),
+                topic0: Some(Settled::SIGNATURE_HASH),
+                topic1: Some(owner.into_word()),
+                from_block,
+                ..Default::default()
+            })
+            .await?;
+        Ok(logs.iter().any(|l| {
+            Settled::decode_log_data(&l.log.data)
+                .is_ok_and(|e| e.nonce == nonce && e.facilitator == self.address())
+        }))
     }
 }
 
@@ -272,4 +362,114 @@ fn revert_code(reason: &str) -> &'static str {
     .iter()
     .find(|(name, _)| reason.contains(name))
     .map_or("invalid_upto_evm_transaction_failed", |(_, code)| code)
+}
+
+impl Facilitator {
+    /// The payload and requirements of an `upto` request, and the requirements as verified: the
+    /// signed maximum in place of the amount (a settle request names the amount to charge). The
+    /// payment must answer those requirements in everything else.
+    fn upto_request(
+        &self,
+        req: &FacilitatorRequest,
+    ) -> Result<(Value, PaymentRequirements, PaymentRequirements), X402Error> {
+        let bad = |m: String| X402Error::Malformed(m);
+        if req.x402_version != 2 {
+            return Err(bad("upto is an x402 version 2 scheme".into()));
+        }
+        let r: PaymentRequirements = serde_json::from_value(req.payment_requirements.clone())
+            .map_err(|e| bad(format!("paymentRequirements: {e}")))?;
+        let p: PaymentPayload = serde_json::from_value(req.payment_payload.clone())
+            .map_err(|e| bad(format!("paymentPayload: {e}")))?;
+        let max = p.accepted.amount;
+        let as_verified = PaymentRequirements {
+            amount: max,
+            ..r.clone()
+        };
+        if !as_verified.same_offer(&p.accepted) {
+            return Err(X402Error::Invalid(Reason::new(
+                "invalid_payment_requirements",
+                "the payment's accepted offer is not the requirements given",
+            )));
+        }
+        self.allowed(&PaymentRequirements {
+            amount: max,
+            ..r.clone()
+        })?;
+        Ok((p.payload, r, as_verified))
+    }
+
+    pub(super) async fn verify_upto(&self, req: &FacilitatorRequest) -> VerifyResponse {
+        let result = match self
+            .upto_request(req)
+            .and_then(|(payload, _, verified)| self.check_upto(&payload, &verified, now_secs()))
+        {
+            Ok(c) => self.check_upto_chain(&c, false).await.map(|()| c),
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(c) => VerifyResponse {
+                is_valid: true,
+                invalid_reason: None,
+                payer: Some(c.authorization.owner),
+            },
+            Err(e) => VerifyResponse {
+                is_valid: false,
+                invalid_reason: Some(e.code().to_string()),
+                payer: payer_of(req),
+            },
+        }
+    }
+
+    /// `POST /settle` for `upto`: charges the requirements' `amount` (at most the signed
+    /// maximum; 0 sends nothing). Idempotent for the same permit: a retry gets the first outcome.
+    pub(super) async fn settle_upto_request(&self, req: &FacilitatorRequest) -> SettleResponse {
+        let network = self.network();
+        let fail = |code: &str, payer: Option<Address>| SettleResponse {
+            success: false,
+            error_reason: Some(code.to_string()),
+            transaction: String::new(),
+            network: network.clone(),
+            payer,
+            amount: None,
+        };
+        let (payload, r, verified) = match self.upto_request(req) {
+            Ok(x) => x,
+            Err(e) => return fail(e.code(), payer_of(req)),
+        };
+        let c = match self.check_upto(&payload, &verified, now_secs()) {
+            Ok(c) => c,
+            Err(e) => return fail(e.code(), payer_of(req)),
+        };
+        let payer = Some(c.authorization.owner);
+        let (key, reserved) = match self.reserve_upto(&c, "facilitator", &payload) {
+            Ok(x) => x,
+            Err(e) => return fail(e.code(), payer),
+        };
+        if let Reserve::Seen(mut rec) = reserved {
+            if rec.state == PaymentState::Pending {
+                rec.state = self.reconcile(&rec).await.unwrap_or(rec.state);
+            }
+            return match rec.state {
+                PaymentState::Settled => SettleResponse {
+                    success: true,
+                    error_reason: None,
+                    transaction: rec.tx.unwrap_or_default(),
+                    network,
+                    payer,
+                    amount: None,
+                },
+                PaymentState::Pending | PaymentState::Reserved => SettleResponse {
+                    transaction: rec.tx.unwrap_or_default(),
+                    ..fail("settlement_pending", payer)
+                },
+                _ => fail("permit2_invalid_nonce", payer),
+            };
+        }
+        if let Err(e) = self.check_upto_chain(&c, true).await {
+            self.store.release(key, Some(&e.to_string()));
+            return fail(e.code(), payer);
+        }
+        let outcome = self.settle_upto(key, &c, r.amount).await;
+        crate::paywall::upto_settle_response(&network, c.authorization.owner, r.amount, &outcome)
+    }
 }

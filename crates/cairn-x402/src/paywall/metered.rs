@@ -62,10 +62,15 @@ impl Metered {
                 key,
                 checked,
             } => {
-                let outcome = facilitator.settle_upto(*key, checked, amount).await;
+                // From here the settlement owns the payment, in a task of its own: a request
+                // dropped while it is on its way (the client hung up) neither gives back a
+                // permit being settled nor leaves a settlement half recorded.
+                self.charged = true;
+                let (f, key, c) = (facilitator.clone(), *key, checked.clone());
+                let outcome = tokio::spawn(async move { f.settle_upto(key, &c, amount).await })
+                    .await
+                    .map_err(|e| X402Error::Store(format!("the settlement task failed: {e}")))?;
                 if let Settlement::Failed(r) = &outcome {
-                    // settle_upto recorded the failure: nothing is left to give back.
-                    self.charged = true;
                     return Err(X402Error::Invalid(r.clone()));
                 }
                 let s =
@@ -88,8 +93,18 @@ impl Drop for Metered {
         match &self.taken {
             Taken::Prepaid { prepaid, accepted } => prepaid.release(accepted),
             Taken::Upto {
-                facilitator, key, ..
-            } => facilitator.store().release(*key, None),
+                facilitator,
+                key,
+                checked,
+            } => {
+                // Its maximum is closed by a task (closing waits for a lock); the permit itself
+                // is given back now.
+                facilitator.store().release(*key, None);
+                if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                    let (f, key, c) = (facilitator.clone(), *key, checked.clone());
+                    rt.spawn(async move { f.release_upto(key, &c, None).await });
+                }
+            }
         }
     }
 }
@@ -153,24 +168,25 @@ impl Paywall {
         let presented = presented::read(headers, &refusal)?;
         if presented.offer.scheme == crate::upto::SCHEME {
             let f = self.facilitator.clone();
-            let (key, checked) =
-                upto_flow::take(&f, &presented.payload, &presented.offer, &refusal).await?;
+            let (key, checked) = match upto_flow::take(&f, &presented, &refusal).await? {
+                upto_flow::Taken::Fresh(key, checked) => (key, *checked),
+                upto_flow::Taken::Seen(key, rec) => {
+                    let kept = match &self.kept {
+                        Some(k) => k.answer(key, headers, body).await,
+                        None => None,
+                    };
+                    return Err(upto_flow::presented_again(&rec, kept, &presented, &refusal));
+                }
+            };
             let paid = Paid {
                 scheme: crate::upto::SCHEME,
                 payer: checked.authorization.owner,
                 amount: most,
                 payment_ref: key,
             };
-            let s = SettleResponse {
-                success: true,
-                error_reason: None,
-                transaction: String::new(),
-                network: presented.offer.network.clone(),
-                payer: Some(paid.payer),
-                amount: None,
-            };
-            let mut settle = HeaderMap::new();
-            insert_settle(&mut settle, &s, presented.version);
+            // Nothing is settled before the call ends: a stream's head, which leaves first,
+            // claims no settlement (an answer given whole carries the settled one).
+            let settle = HeaderMap::new();
             return Ok(Metered {
                 taken: Taken::Upto {
                     facilitator: f,

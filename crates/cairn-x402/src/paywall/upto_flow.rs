@@ -5,46 +5,84 @@
 use super::*;
 use crate::upto::CheckedUpto;
 
-/// Takes an `upto` payment for `offer`: checked, reserved, its chain state read. The key and
-/// the checked authorization, or the answer refusing it (a replay included).
+/// An `upto` payment as taken: fresh (checked, reserved, its maximum held) or presented before.
+pub(super) enum Taken {
+    /// Reserved now under its key.
+    Fresh(B256, Box<CheckedUpto>),
+    /// Presented before (this record): a lost answer's retry, or a replay.
+    Seen(B256, Box<crate::store::PaymentRecord>),
+}
+
+/// Takes an `upto` payment for `offer`: checked, reserved, its chain state read and its maximum
+/// held. Or the answer refusing it.
 // The error is the answer itself, built once per request: boxing it buys nothing.
 #[allow(clippy::result_large_err)]
 pub(super) async fn take(
     f: &Facilitator,
-    payload: &Value,
-    offer: &PaymentRequirements,
+    pr: &Presented,
     refusal: &Refusal<'_>,
-) -> Result<(B256, CheckedUpto), Response> {
-    let checked = f
-        .check_upto(payload, offer, now_secs())
-        .map_err(|e| refusal.refuse_err(e))?;
-    let (key, reserved) = f
-        .reserve_upto(&checked, &refusal.resource.url, payload)
-        .map_err(|e| refusal.refuse_err(e))?;
-    if let Reserve::Seen(rec) = reserved {
+) -> Result<Taken, Response> {
+    if pr.version == Version::V1 {
         return Err(refusal.refuse(Reason::new(
-            "permit2_invalid_nonce",
-            format!(
-                "this permit (nonce {}) was already presented ({}); sign a new one",
-                checked.authorization.nonce,
-                match rec.state {
-                    PaymentState::Reserved => "it is in use by a request running now",
-                    PaymentState::Settled => "it is spent",
-                    PaymentState::Pending => "its settlement is pending",
-                    _ => "its settlement failed",
-                }
-            ),
+            "invalid_x402_version",
+            "upto is an x402 version 2 scheme: send it in PAYMENT-SIGNATURE",
         )));
     }
-    if let Err(e) = f.check_upto_chain(&checked).await {
+    let checked = f
+        .check_upto(&pr.payload, &pr.offer, now_secs())
+        .map_err(|e| refusal.refuse_err(e))?;
+    let (key, reserved) = f
+        .reserve_upto(&checked, &refusal.resource.url, &pr.payload)
+        .map_err(|e| refusal.refuse_err(e))?;
+    if let Reserve::Seen(rec) = reserved {
+        return Ok(Taken::Seen(key, rec));
+    }
+    if let Err(e) = f.check_upto_chain(&checked, true).await {
         f.store().release(key, Some(&e.to_string()));
         return Err(refusal.refuse_err(e));
     }
-    Ok((key, checked))
+    Ok(Taken::Fresh(key, Box::new(checked)))
+}
+
+/// A permit presented again: the answer it paid for when it was charged for this very resource
+/// and the kept answer matches the request (the client lost it), else the refusal.
+pub(super) fn presented_again(
+    rec: &crate::store::PaymentRecord,
+    kept: Option<Response>,
+    pr: &Presented,
+    refusal: &Refusal<'_>,
+) -> Response {
+    let charged = matches!(rec.state, PaymentState::Settled | PaymentState::Pending);
+    if charged
+        && rec.resource == refusal.resource.url
+        && let Some(mut resp) = kept
+    {
+        let s = SettleResponse {
+            success: rec.state == PaymentState::Settled,
+            error_reason: (rec.state == PaymentState::Pending).then(|| "settlement_pending".into()),
+            transaction: rec.tx.clone().unwrap_or_default(),
+            network: pr.offer.network.clone(),
+            payer: Some(rec.payer),
+            amount: None,
+        };
+        insert_settle(resp.headers_mut(), &s, pr.version);
+        return resp;
+    }
+    refusal.refuse(Reason::new(
+        "permit2_invalid_nonce",
+        format!(
+            "this permit was already presented ({}); sign a new one",
+            match rec.state {
+                PaymentState::Reserved => "it is in use by a request running now",
+                PaymentState::Settled | PaymentState::Pending => "it paid for another request",
+                _ => "its settlement failed",
+            }
+        ),
+    ))
 }
 
 /// The `PAYMENT-RESPONSE` of an `upto` settlement of `amount`.
-pub(super) fn settle_response(
+pub(crate) fn settle_response(
     network: &str,
     payer: Address,
     amount: U256,
@@ -65,15 +103,20 @@ pub(super) fn settle_response(
         transaction,
         network: network.to_string(),
         payer: Some(payer),
-        amount: Some(amount.to_string()),
+        // What was charged; a failed settlement charged nothing and names no amount.
+        amount: (!matches!(outcome, Settlement::Failed(_))).then(|| amount.to_string()),
     }
 }
 
 /// Runs `run` paid by the `upto` payment `pr`, charging the offer's amount.
 pub(super) async fn pay(p: &Paywall, run: Run, pr: Presented, refusal: &Refusal<'_>) -> Response {
     let f = &p.facilitator;
-    let (key, checked) = match take(f, &pr.payload, &pr.offer, refusal).await {
-        Ok(x) => x,
+    let (key, checked) = match take(f, &pr, refusal).await {
+        Ok(Taken::Fresh(key, checked)) => (key, *checked),
+        Ok(Taken::Seen(key, rec)) => {
+            let kept = p.kept_answer(key, &run.parts.headers, run.body).await;
+            return presented_again(&rec, kept, &pr, refusal);
+        }
         Err(resp) => return resp,
     };
     let payer = checked.authorization.owner;
@@ -91,15 +134,15 @@ pub(super) async fn pay(p: &Paywall, run: Run, pr: Presented, refusal: &Refusal<
     });
     let resp = next.run(Request::from_parts(parts, body)).await;
     if !resp.status().is_success() {
-        f.store().release(key, None);
+        f.release_upto(key, &checked, None).await;
         return resp;
     }
     let (rparts, rbody) = resp.into_parts();
     let bytes = match axum::body::to_bytes(rbody, usize::MAX).await {
         Ok(b) => b,
         Err(e) => {
-            f.store()
-                .release(key, Some("the response could not be read"));
+            f.release_upto(key, &checked, Some("the response could not be read"))
+                .await;
             return (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 axum::Json(cairn_core::ErrorBody::new(
