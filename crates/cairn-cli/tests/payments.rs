@@ -609,6 +609,48 @@ fn cairn_facilitator_behind_the_official_express_server() {
     assert_eq!(r["paymentResponse"]["success"], true, "{r}");
     assert_eq!(balance(&c, payer), p0 - U256::from(PRICE));
     assert_eq!(balance(&c, shop), U256::from(PRICE));
+
+    // `upto` the other way round: the official Python package's resource-server side (its HTTP
+    // facilitator client and upto server scheme) builds requirements from Cairn's /supported,
+    // verifies a permit its own client signed for 2,000 through Cairn, then settles 1,234; a
+    // retried settle gets the first outcome, not a second transfer.
+    let upto_payer = a.fund(9);
+    block(async {
+        let l = cairn_ledger::RpcLedger::connect(&a.anvil_url, std::time::Duration::from_secs(30))
+            .await
+            .unwrap();
+        l.dev_set_balance(upto_payer, U256::from(10u128.pow(20)))
+            .await
+            .unwrap();
+    });
+    let (u0, s0) = (balance(&c, upto_payer), balance(&c, shop));
+    let py = std::env::var("CAIRN_PY").expect("CAIRN_PY (scripts/test.sh sets it)");
+    let script =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/x402_upto_facilitator.py");
+    let r = json_report(Command::new(py).arg(script).args([
+        fac.url.as_str(),
+        "test-api-key",
+        a.anvil_url.as_str(),
+        &key_hex(9),
+        &token.to_string(),
+        &shop.to_string(),
+        "eip155:84532",
+        domain.name.as_deref().unwrap(),
+        domain.version.as_deref().unwrap(),
+        "2000",
+        "1234",
+    ]));
+    assert_eq!(r["verify"]["isValid"], true, "{r}");
+    assert_eq!(r["settle"]["success"], true, "{r}");
+    assert_eq!(r["settle"]["amount"], "1234", "{r}");
+    assert_eq!(r["settleAgain"]["success"], true, "{r}");
+    assert_eq!(
+        r["settleAgain"]["transaction"], r["settle"]["transaction"],
+        "{r}"
+    );
+    assert_eq!(balance(&c, upto_payer), u0 - U256::from(1_234u64));
+    assert_eq!(balance(&c, shop), s0 + U256::from(1_234u64));
+
     let post = |path: &str, auth: Option<&str>, body: String| {
         block(async {
             let mut r = reqwest::Client::new()
