@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Benchmark: what payment costs on the node. The digits MLP end to end on loopback (receipts
-# signed and logged) three ways in one run: unpaid (a --free devnet), prepaid vouchers and
-# x402 `exact` (EIP-3009, settled on the devnet's embedded chain before the output leaves),
-# each at concurrency 1 and N; requests/s and p50/p99 as ratios to unpaid. Then the local
+# signed and logged) four ways in one run: unpaid (a --free devnet), prepaid vouchers, x402
+# `exact` (EIP-3009) and x402 `upto` (a Permit2 permit; the payer approves Permit2 once with
+# `cast` through the devnet's JSON-RPC), both settled on the devnet's embedded chain before the
+# output leaves, each at concurrency 1 and N; requests/s and p50/p99 as ratios to unpaid. Then the local
 # verification cost of one payment (verify_bench).
 # Usage: scripts/bench-payments.sh [SECONDS] [CONCURRENCY] [ROUNDS]
 set -euo pipefail
@@ -11,6 +12,7 @@ secs="${1:-10}"
 conc="${2:-8}"
 rounds="${3:-3}"
 source scripts/test-deps.sh
+source scripts/npm-deps.sh
 work="$(mktemp -d /tmp/cairn-bench-pay.XXXXXX)"
 pids=""
 trap '[ -n "$pids" ] && kill $pids 2>/dev/null; rm -rf "$work"' EXIT
@@ -45,8 +47,13 @@ for r in $(seq "$rounds"); do
   start_devnet paid
   paid="$(node_of paid)/v2/models/digits@1.0/infer"
   key="$(awk '$1 == "6" {print $3}' "$work/paid.log")"
+  rpc="$(awk '/  chain rpc:/ {print $NF}' "$work/paid.log")"
+  token="$(awk '/  token:/ {print $2}' "$work/paid.log")"
+  "$CAIRN_CAST" send --rpc-url "$rpc" --private-key "$key" "$token" \
+    "approve(address,uint256)" 0x000000000022D473030F116dDEE9F6B43aC78BA3 \
+    115792089237316195423570985008687907853269984665640564039457584007913129639935 >/dev/null
   for c in 1 "$conc"; do
-    for mode in prepaid exact; do
+    for mode in prepaid exact upto; do
       LOADGEN_PAY="$mode" LOADGEN_PAYER_KEY="$key" \
         "$bin/examples/loadgen" "$paid" "$input" "$c" "$secs" >"$work/$mode-$c-$r.json"
     done
@@ -62,7 +69,7 @@ load = lambda mode, c, r: json.load(open(f"{w}/{mode}-{c}-{r}.json"))
 print(f"{rounds} rounds, modes taking turns; figures are medians over the rounds, ratios the median of each round's ratio to unpaid")
 print(f"{'mode':8} {'conc':>4} {'req/s':>8} {'p50':>10} {'p99':>10}  {'rps/unpaid':>10} {'p50/unpaid':>10} {'p99/unpaid':>10}")
 for c in ["1", conc]:
-    for mode in ["unpaid", "prepaid", "exact"]:
+    for mode in ["unpaid", "prepaid", "exact", "upto"]:
         rs = [load(mode, c, r) for r in range(1, rounds + 1)]
         bs = [load("unpaid", c, r) for r in range(1, rounds + 1)]
         med = lambda k: statistics.median(x[k] for x in rs)

@@ -4,8 +4,9 @@
 //! Sends the tensors in KServe binary form over keep-alive connections, CONCURRENCY requests in
 //! flight, and prints JSON `{"rps", "p50_us", "p99_us", "ok", "errors"}`.
 //!
-//! LOADGEN_PAY=exact|prepaid (with LOADGEN_PAYER_KEY, a hex secret key) pays every request:
-//! `exact` signs a fresh EIP-3009 authorization per request, `prepaid` deposits once per
+//! LOADGEN_PAY=exact|upto|prepaid (with LOADGEN_PAYER_KEY, a hex secret key) pays every
+//! request: `exact` signs a fresh EIP-3009 authorization per request, `upto` a fresh Permit2
+//! permit (the payer has approved Permit2), `prepaid` deposits once per
 //! connection (its own channel salt) and then sends a cumulative voucher per request. Payments
 //! are signed ahead of the run (the client's signing would compete with the node for the CPU):
 //! the latency is the node's.
@@ -242,6 +243,8 @@ impl Payment {
             let salt = B256::from(U256::from(task as u64 + 1));
             cairn_x402::client::pay_prepaid(&self.payer, &self.required, &self.offer, salt, *c)
                 .unwrap()
+        } else if self.offer.scheme == "upto" {
+            cairn_x402::client::pay_upto(&self.payer, &self.required, &self.offer).unwrap()
         } else {
             cairn_x402::client::pay_exact(&self.payer, &self.required, &self.offer).unwrap()
         }

@@ -1,6 +1,6 @@
 //! The paying side: read a 402, pick an offer, sign, and build the retry header.
 
-use alloy_primitives::{B256, Bytes, U256};
+use alloy_primitives::{Address, B256, Bytes, U256};
 use alloy_signer::SignerSync;
 use alloy_signer_local::PrivateKeySigner;
 use alloy_sol_types::SolStruct;
@@ -56,6 +56,62 @@ pub fn pay_exact(
     let payload = ExactPayload {
         signature: Bytes::from(sig.as_bytes().to_vec()),
         authorization,
+    };
+    Ok(envelope(required, offer, serde_json::to_value(payload)))
+}
+
+/// Signs an `upto` permit for the offer's maximum, as the official clients do: a Permit2
+/// witness transfer to the offer's `payTo`, settleable only by its `facilitatorAddress`, with a
+/// random nonce, valid for `maxTimeoutSeconds`. The payer must have approved Permit2 on the token.
+pub fn pay_upto(
+    signer: &PrivateKeySigner,
+    required: &PaymentRequired,
+    offer: &PaymentRequirements,
+) -> Result<String, X402Error> {
+    use cairn_ledger::contracts::x402_addresses;
+    let chain_id = chain_id_of(&offer.network).ok_or_else(|| {
+        X402Error::Malformed(format!("network {:?} is not an EVM chain", offer.network))
+    })?;
+    let facilitator: Address = offer
+        .extra
+        .get("facilitatorAddress")
+        .and_then(|v| v.as_str())
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| X402Error::Malformed("the upto offer names no facilitatorAddress".into()))?;
+    let upto = cairn_ledger::UptoContracts {
+        permit2: x402_addresses::PERMIT2,
+        proxy: x402_addresses::UPTO_PERMIT2_PROXY,
+    };
+    let auth = cairn_ledger::UptoAuthorization {
+        owner: signer.address(),
+        token: offer.asset,
+        max: offer.amount,
+        nonce: U256::from_be_bytes(B256::random().0),
+        deadline: U256::from(now_secs() + offer.max_timeout_seconds.max(300)),
+        to: offer.pay_to,
+        facilitator,
+        valid_after: U256::ZERO,
+    };
+    let sig = signer
+        .sign_hash_sync(&auth.signing_hash(chain_id, &upto))
+        .map_err(|e| X402Error::Malformed(format!("signing: {e}")))?;
+    let payload = crate::upto::UptoPayload {
+        permit2_authorization: crate::upto::Permit2Authorization {
+            from: auth.owner,
+            permitted: crate::upto::Permitted {
+                token: auth.token,
+                amount: auth.max,
+            },
+            spender: upto.proxy,
+            nonce: auth.nonce,
+            deadline: auth.deadline,
+            witness: crate::upto::WitnessWire {
+                to: auth.to,
+                facilitator: auth.facilitator,
+                valid_after: auth.valid_after,
+            },
+        },
+        signature: Bytes::from(sig.as_bytes().to_vec()),
     };
     Ok(envelope(required, offer, serde_json::to_value(payload)))
 }
