@@ -40,8 +40,9 @@ impl Metered {
         &self.paid
     }
 
-    /// The `PAYMENT-RESPONSE` header (and its CORS exposure) as known before the charge: the
-    /// voucher or permit taken, by its reference (a stream's head leaves with this one).
+    /// The `PAYMENT-RESPONSE` header (and its CORS exposure) as known before the charge (a
+    /// stream's head leaves with this one): the voucher taken, by its reference; nothing for an
+    /// `upto` permit, which is settled only once the call has ended.
     pub fn settle_headers(&self) -> &HeaderMap {
         &self.settle
     }
