@@ -12,6 +12,7 @@
 //! `evm_mine`, `anvil_setCode`) are off unless [`RpcConfig::dev_methods`] is set, since they let any local
 //! process move the chain's clock past challenge windows.
 
+mod filters;
 mod methods;
 #[cfg(test)]
 mod tests;
@@ -54,6 +55,7 @@ struct Rpc {
     /// One request runs at a time: the ledger's work is synchronous, and the devnet's own roles
     /// share its lock, so a flood of calls queues here instead of taking every blocking thread.
     running: tokio::sync::Semaphore,
+    filters: filters::Filters,
 }
 
 /// The JSON-RPC router (`POST /`) with `GET /metrics`.
@@ -70,6 +72,7 @@ pub fn router(ledger: Arc<EmbeddedLedger>, config: RpcConfig) -> Router {
         config,
         calls,
         running: tokio::sync::Semaphore::new(1),
+        filters: Default::default(),
     });
     let app = Router::new()
         .route("/", post(handle))

@@ -8,6 +8,7 @@ use cairn_ledger::embedded::{BlockRef, CallRequest};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+use crate::filters::Watch;
 use crate::{Rpc, RpcError};
 
 type Answer = Result<Value, RpcError>;
@@ -115,6 +116,49 @@ pub(crate) fn dispatch(rpc: &Rpc, method: &str, params: Vec<Value>) -> (&'static
             }
         },
         "eth_getLogs" => get_logs(rpc, p.get(0, "filter")?),
+        "eth_newFilter" => {
+            let filter: Filter = p.get(0, "filter")?;
+            // Checked now, so a filter that can never answer is refused at once.
+            log_range(rpc, &filter)?;
+            new_filter(rpc, Watch::Logs(Box::new(filter)))
+        },
+        "eth_newBlockFilter" => new_filter(rpc, Watch::Blocks),
+        "eth_getFilterChanges" => {
+            let id = filter_id(&p)?;
+            let head = head(rpc)?;
+            let (watch, seen) = rpc.filters.poll(id, head).ok_or_else(filter_not_found)?;
+            match watch {
+                Watch::Blocks => {
+                    let hashes = ((seen + 1)..=head)
+                        .map(|n| Ok(l.block(BlockRef::Number(n), false)?.map(|b| b.header.hash)))
+                        .collect::<Result<Vec<_>, RpcError>>()?;
+                    json(hashes.into_iter().flatten().collect::<Vec<_>>())
+                }
+                Watch::Logs(filter) => {
+                    // New blocks since the last poll, within the filter's numbered bounds (a
+                    // tag bound means "as the chain grows").
+                    let (from, to) = match filter.block_option {
+                        FilterBlockOption::AtBlockHash(_) => log_range(rpc, &filter)?,
+                        FilterBlockOption::Range {
+                            from_block,
+                            to_block,
+                        } => (
+                            from_block.and_then(|b| b.as_number()).unwrap_or(0),
+                            to_block.and_then(|b| b.as_number()).unwrap_or(u64::MAX),
+                        ),
+                    };
+                    logs_in(rpc, &filter, from.max(seen + 1), to.min(head))
+                }
+            }
+        },
+        "eth_getFilterLogs" => {
+            let id = filter_id(&p)?;
+            match rpc.filters.get(id).ok_or_else(filter_not_found)? {
+                Watch::Logs(filter) => get_logs(rpc, *filter),
+                Watch::Blocks => Err(RpcError::new(-32000, "filter is a block filter; poll it with eth_getFilterChanges")),
+            }
+        },
+        "eth_uninstallFilter" => Ok(Value::Bool(rpc.filters.remove(filter_id(&p)?))),
         "evm_increaseTime" => {
             dev(rpc)?;
             let secs = p.quantity(0, "seconds")?;
@@ -321,8 +365,31 @@ fn fee_history(rpc: &Rpc, p: &Params) -> Answer {
     })
 }
 
-fn get_logs(rpc: &Rpc, filter: Filter) -> Answer {
-    let (from, to) = match filter.block_option {
+fn new_filter(rpc: &Rpc, watch: Watch) -> Answer {
+    let id = rpc.filters.install(watch, head(rpc)?).ok_or_else(|| {
+        RpcError::new(
+            -32005,
+            format!(
+                "{} filters are installed; uninstall some (or let them expire after {} s unpolled)",
+                crate::filters::MAX_FILTERS,
+                crate::filters::IDLE.as_secs()
+            ),
+        )
+    })?;
+    json(id)
+}
+
+fn filter_id(p: &Params) -> Result<U256, RpcError> {
+    p.get(0, "filter id")
+}
+
+fn filter_not_found() -> RpcError {
+    RpcError::new(-32000, "filter not found")
+}
+
+/// The blocks a log filter names (tags resolved at the head; a range past the head refused).
+fn log_range(rpc: &Rpc, filter: &Filter) -> Result<(u64, u64), RpcError> {
+    Ok(match filter.block_option {
         FilterBlockOption::AtBlockHash(h) => match rpc.ledger.block_number(BlockRef::Hash(h))? {
             Some(n) => (n, n),
             None => return Err(RpcError::new(-32000, "unknown block")),
@@ -345,12 +412,24 @@ fn get_logs(rpc: &Rpc, filter: Filter) -> Answer {
             }
             (from, to)
         }
-    };
+    })
+}
+
+fn get_logs(rpc: &Rpc, filter: Filter) -> Answer {
+    let (from, to) = log_range(rpc, &filter)?;
     let head = head(rpc)?;
     if to > head {
         return Err(RpcError::params(format!(
             "block range extends beyond current head block: toBlock {to}, head {head}"
         )));
+    }
+    logs_in(rpc, &filter, from, to)
+}
+
+/// The logs of blocks `from..=to` that `filter` matches (none when the range is empty).
+fn logs_in(rpc: &Rpc, filter: &Filter, from: u64, to: u64) -> Answer {
+    if from > to {
+        return json(Vec::<Value>::new());
     }
     let address = (filter.address.len() == 1)
         .then(|| filter.address.iter().next().copied())

@@ -536,3 +536,72 @@ async fn fees_gas_estimates_and_dev_methods_answer_as_tools_expect() {
     assert!(after.transactions.is_empty());
     assert_eq!(after.header.inner.hash_slow(), after.header.hash);
 }
+
+#[tokio::test]
+async fn polled_filters_report_what_is_new_once_and_expire_on_uninstall() {
+    let net = start(RpcConfig::default()).await;
+    let k = key(2);
+    let topic = B256::with_last_byte(0xaa);
+    let logs = net
+        .call(
+            "eth_newFilter",
+            json!([{"fromBlock": "0x0", "topics": [topic]}]),
+        )
+        .await;
+    let blocks = net.call("eth_newBlockFilter", json!([])).await;
+    assert_ne!(logs, blocks);
+    assert_eq!(
+        net.call("eth_getFilterChanges", json!([logs])).await,
+        json!([])
+    );
+    // Two contracts each emit LOG1(0xaa) from their init code.
+    let init = [0x60, 0xaa, 0x60, 0x00, 0x60, 0x00, 0xa1, 0x00];
+    let mut hashes = Vec::new();
+    for nonce in 0..2 {
+        let tx = eip1559(&k, CHAIN, nonce, TxKind::Create, U256::ZERO, &init, 0);
+        hashes.push(
+            net.call("eth_sendRawTransaction", json!([hex(&tx.encoded_2718())]))
+                .await,
+        );
+    }
+    let new = net.call("eth_getFilterChanges", json!([logs])).await;
+    let seen: Vec<_> = new
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["transactionHash"].clone())
+        .collect();
+    assert_eq!(seen, hashes);
+    // Reported once; the whole range is still there for eth_getFilterLogs.
+    assert_eq!(
+        net.call("eth_getFilterChanges", json!([logs])).await,
+        json!([])
+    );
+    assert_eq!(
+        net.call("eth_getFilterLogs", json!([logs]))
+            .await
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    let new_blocks = net.call("eth_getFilterChanges", json!([blocks])).await;
+    assert_eq!(new_blocks.as_array().unwrap().len(), 2);
+    let latest = net
+        .call("eth_getBlockByNumber", json!(["latest", false]))
+        .await;
+    assert_eq!(new_blocks[1], latest["hash"]);
+    // Uninstalled: gone; an unknown id is an error, not an empty answer.
+    assert_eq!(net.call("eth_uninstallFilter", json!([logs])).await, true);
+    assert_eq!(net.call("eth_uninstallFilter", json!([logs])).await, false);
+    let e = net.error("eth_getFilterChanges", json!([logs])).await;
+    assert!(e["message"].as_str().unwrap().contains("not found"), "{e}");
+    // Installing without end is refused.
+    for _ in 0..crate::filters::MAX_FILTERS - 1 {
+        net.call("eth_newBlockFilter", json!([])).await;
+    }
+    assert_eq!(
+        net.error("eth_newBlockFilter", json!([])).await["code"],
+        -32005
+    );
+}

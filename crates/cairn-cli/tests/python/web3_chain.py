@@ -1,7 +1,8 @@
 """Drives a devnet chain's JSON-RPC with web3.py as a user would: argv = RPC URL, token address,
 payer private key (hex). Reads balances, lets web3 fill and sign an ETH transfer and an ERC-20
 transfer (gas estimate, fees, nonce, chain id: web3's own defaults), waits for their receipts,
-decodes the token's Transfer log from the receipt and from eth_getLogs, and checks each block
+decodes the token's Transfer log from the receipt, from eth_getLogs and from a polled filter
+(eth_newFilter / eth_getFilterChanges), and checks each block
 hash is keccak256 of its RLP header. Prints a JSON summary.
 """
 import json
@@ -61,7 +62,8 @@ assert w3.eth.get_balance(payer.address) == eth_before - 10**15 - fee
 seen = w3.eth.get_transaction(tx)
 assert seen["from"] == payer.address and seen["hash"] == tx
 
-# An ERC-20 transfer: its receipt's log and eth_getLogs agree.
+# An ERC-20 transfer: its receipt's log, eth_getLogs and a polled filter agree.
+watch = token.events.Transfer.create_filter(from_block="latest", argument_filters={"to": recipient})
 tx2 = token.functions.transfer(recipient, 1234).transact({"from": payer.address})
 r2 = w3.eth.wait_for_transaction_receipt(tx2, timeout=30)
 assert r2["status"] == 1, r2
@@ -71,6 +73,9 @@ logs = token.events.Transfer().get_logs(
     from_block=r2["blockNumber"], to_block=r2["blockNumber"],
     argument_filters={"to": recipient})
 assert len(logs) == 1 and logs[0]["transactionHash"] == tx2, logs
+entries = watch.get_new_entries()
+assert len(entries) == 1 and entries[0]["args"]["value"] == 1234, entries
+assert watch.get_new_entries() == []
 assert token.functions.balanceOf(recipient).call() == 1234
 assert token.functions.balanceOf(payer.address).call() == tokens_before - 1234
 
