@@ -108,7 +108,7 @@ pub struct EngineArgs {
 pub struct RpcServeArgs {
     /// Address for the chain's Ethereum JSON-RPC (cast, web3.py, viem, wallets); port 0 picks
     /// a free one. Keep it on loopback: the devnet's keys are public.
-    #[arg(long, default_value = "127.0.0.1:7402")]
+    #[arg(long, default_value = "127.0.0.1:8545")]
     pub rpc_listen: std::net::SocketAddr,
     /// Also serve `evm_increaseTime` and `evm_mine` (lets any local process move the chain's
     /// clock past challenge windows: tests and local tools only).

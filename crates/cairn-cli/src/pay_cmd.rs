@@ -1,4 +1,5 @@
-//! `cairn pay deposit|balance|withdraw` (prepaid balances with a node) and
+//! `cairn pay deposit|balance|withdraw|approve-permit2` (prepaid balances with a node, the
+//! one-time approval `upto` needs) and
 //! `cairn facilitator serve`.
 
 use std::net::SocketAddr;
@@ -50,6 +51,15 @@ pub enum PayCommand {
     Balance {
         #[command(flatten)]
         payer: PayerArgs,
+    },
+    /// Let Permit2 move your tokens (once), so you can pay with x402 `upto` permits: a
+    /// transaction you send on the node's chain (the devnet's: its `chain rpc`).
+    ApprovePermit2 {
+        #[command(flatten)]
+        payer: PayerArgs,
+        /// The chain's JSON-RPC endpoint.
+        #[arg(long, env = "CAIRN_RPC")]
+        rpc: String,
     },
     /// Take back what the node has not earned: the first call asks (a delay starts, the node
     /// redeems its last vouchers meanwhile), a call after the delay withdraws. Sent by you, so it
@@ -154,7 +164,49 @@ pub async fn run(c: PayCommand) -> anyhow::Result<()> {
             balance(&payer, key.address()).await
         }
         PayCommand::Withdraw { payer, chain } => withdraw(payer, chain).await,
+        PayCommand::ApprovePermit2 { payer, rpc } => approve_permit2(payer, rpc).await,
     }
+}
+
+/// `cairn pay approve-permit2`: the token's `approve(Permit2, max)`, sent by the payer.
+async fn approve_permit2(payer: PayerArgs, rpc: String) -> anyhow::Result<()> {
+    use alloy_sol_types::SolCall;
+    use cairn_ledger::Ledger;
+    let key = crate::keyfile::load(&payer.payer_key)?;
+    let t = terms(&payer.node).await?;
+    let ledger = cairn_ledger::RpcLedger::connect(&rpc, Duration::from_secs(60))
+        .await
+        .with_context(|| format!("connecting to {rpc}"))?;
+    let network = cairn_x402::wire::caip2(ledger.chain_id());
+    if network != t.network {
+        bail!(
+            "{rpc} is chain {network}; the node at {} is paid on {}",
+            payer.node,
+            t.network
+        );
+    }
+    let permit2 = cairn_ledger::contracts::x402_addresses::PERMIT2;
+    let call = cairn_ledger::contracts::CairnToken::approveCall {
+        spender: permit2,
+        value: U256::MAX,
+    };
+    let out = ledger
+        .send(
+            &key,
+            cairn_ledger::TxRequest {
+                to: Some(t.asset),
+                data: call.abi_encode().into(),
+                value: U256::ZERO,
+            },
+        )
+        .await?;
+    println!(
+        "approved Permit2 ({permit2}) to move {}'s tokens ({}) on {network} (tx {}); the node's x402 upto offers are now payable",
+        key.address(),
+        t.asset,
+        out.hash
+    );
+    Ok(())
 }
 
 /// `cairn pay deposit`: on chain with --rpc, else gasless through the node.

@@ -1190,6 +1190,47 @@ fn the_official_upto_client_pays_what_each_call_costs() {
     let total = U256::from(PRICE) + charged;
     assert_eq!(balance(&c, payer.address()), payer0 - total);
     assert_eq!(balance(&c, vault), vault0 + total);
+
+    // `cairn chat` without a prepaid deposit pays with an upto permit, once its payer approved
+    // Permit2 (`cairn pay approve-permit2`, a transaction through the devnet's JSON-RPC).
+    let payer_key = data.join("chain/payer.key");
+    let chat = |receipt: &Path| {
+        Command::new(BIN)
+            .args(["chat", "smollm2-135m-instruct@1.0", "Name a color."])
+            .args(["--max-tokens", "8", "--temperature", "0"])
+            .args(["--node", &net.node_url])
+            .args(["--payer-key", payer_key.to_str().unwrap()])
+            .args(["--receipt-out", receipt.to_str().unwrap()])
+            .output()
+            .unwrap()
+    };
+    let out = chat(&dir.join("c0.json"));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cairn pay approve-permit2"), "{err}");
+    cairn(&[
+        "pay",
+        "approve-permit2",
+        "--node",
+        &net.node_url,
+        "--payer-key",
+        payer_key.to_str().unwrap(),
+        "--rpc",
+        &net.rpc_url,
+    ]);
+    let six = dev_signer(6).address();
+    let before = balance(&devnet_chain(&data), six);
+    let out = chat(&dir.join("c1.json"));
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: cairn_receipt::SignedReceipt =
+        serde_json::from_value(read(&dir.join("c1.json"))).unwrap();
+    assert_eq!(balance(&devnet_chain(&data), six), before - r.claims.price);
+    assert!(!r.claims.payment_ref.is_zero());
 }
 
 /// The same official `upto` client pays a node settling on anvil, where `cairn chain deploy`

@@ -122,7 +122,8 @@ impl NodeClient {
     }
 
     /// Pays the node's 402 answers with `payer`: prepaid (channel `salt`) when the payer has a
-    /// deposit with the node that covers the price, else `exact`.
+    /// deposit with the node that covers the price, else `exact`, else `upto` (a language-model
+    /// call, which `exact` cannot pay; the payer must have approved Permit2 on the token).
     pub fn with_payer(
         mut self,
         payer: alloy_signer_local::PrivateKeySigner,
@@ -169,19 +170,23 @@ impl NodeClient {
                 return Ok((header, m));
             }
         }
-        let offer = required
-            .accepts
-            .iter()
-            .find(|o| o.scheme == "exact")
-            .ok_or_else(|| match required.accepts.iter().find(|o| o.scheme == "prepaid") {
+        if let Some(offer) = required.accepts.iter().find(|o| o.scheme == "exact") {
+            let header = pay::pay_exact(payer, &required, offer).map_err(|e| p(e.to_string()))?;
+            return Ok((header, made(offer)));
+        }
+        if let Some(offer) = required.accepts.iter().find(|o| o.scheme == "upto") {
+            let header = pay::pay_upto(payer, &required, offer).map_err(|e| p(e.to_string()))?;
+            return Ok((header, made(offer)));
+        }
+        Err(
+            match required.accepts.iter().find(|o| o.scheme == "prepaid") {
                 Some(o) => p(format!(
                     "the node takes only a prepaid voucher for this call (at most {} token units): deposit with it first (cairn pay deposit) so the channel covers that",
                     o.amount
                 )),
                 None => p("the node offers no payment scheme this client can pay".into()),
-            })?;
-        let header = pay::pay_exact(payer, &required, offer).map_err(|e| p(e.to_string()))?;
-        Ok((header, made(offer)))
+            },
+        )
     }
 
     async fn check(
@@ -436,7 +441,13 @@ impl NodeClient {
     ) -> Result<(), NodeClientError> {
         let p = NodeClientError::Protocol;
         let required = cairn_x402::client::offers(headers).map_err(|e| p(e.to_string()))?;
-        let Some(offer) = required.accepts.iter().find(|o| o.scheme == "prepaid") else {
+        // A voucher's ceiling and a permit's maximum are both the most the node may charge.
+        let offers: Vec<_> = required
+            .accepts
+            .iter()
+            .filter(|o| o.scheme == "prepaid" || o.scheme == "upto")
+            .collect();
+        let Some(offer) = offers.iter().max_by_key(|o| o.amount) else {
             return Ok(());
         };
         let terms = self

@@ -79,6 +79,17 @@ impl CallArgs {
                     "the node asks for payment ({code}): {message}\n  pass --payer-key FILE (env CAIRN_PAYER_KEY) {how}; on the devnet: DATA_DIR/chain/payer.key"
                 )
             }
+            cairn_node_api::client::NodeClientError::Api {
+                status,
+                code,
+                message,
+            } if status == reqwest::StatusCode::PAYMENT_REQUIRED
+                && code == "permit2_allowance_required" =>
+            {
+                anyhow!(
+                    "the node refused the x402 upto permit ({code}): {message}\n  approve Permit2 once (cairn pay approve-permit2 --rpc URL; the devnet's chain RPC is printed as `chain rpc`), or deposit with the node (cairn pay deposit) to pay with prepaid vouchers"
+                )
+            }
             other => other.into(),
         }
     }
