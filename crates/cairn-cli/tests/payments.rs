@@ -1231,6 +1231,31 @@ fn the_official_upto_client_pays_what_each_call_costs() {
         serde_json::from_value(read(&dir.join("c1.json"))).unwrap();
     assert_eq!(balance(&devnet_chain(&data), six), before - r.claims.price);
     assert!(!r.claims.payment_ref.is_zero());
+
+    // A payer who never approved Permit2 and sends no transaction: the official client signs
+    // an EIP-2612 approval into the payment (the extension the node declares) and the node
+    // submits it with the settlement.
+    let eight = dev_signer(8).address();
+    let before = balance(&devnet_chain(&data), eight);
+    let py = std::env::var("CAIRN_PY").expect("CAIRN_PY (scripts/test.sh sets it)");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/x402_upto_pay.py");
+    let report = json_report(Command::new(py).arg(script).env("X402_GASLESS", "1").args([
+        net.node_url.as_str(),
+        net.rpc_url.as_str(),
+        &key_hex(8),
+        "/v2/models/digits@1.0/infer",
+        digit.to_str().unwrap(),
+    ]));
+    assert_eq!(report[0]["status"], 200, "{report}");
+    assert_eq!(report[0]["paymentResponse"]["success"], true, "{report}");
+    let c = devnet_chain(&data);
+    assert_eq!(balance(&c, eight), before - U256::from(PRICE));
+    // The approval was for the offered maximum, all of it used.
+    let permit2 = c.upto().unwrap().permit2;
+    assert_eq!(
+        block(c.token_allowance(eight, permit2)).unwrap(),
+        U256::ZERO
+    );
 }
 
 /// The same official `upto` client pays a node settling on anvil, where `cairn chain deploy`

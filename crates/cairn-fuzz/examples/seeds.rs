@@ -95,6 +95,7 @@ fn main() {
             mime_type: "application/json".into(),
         },
         accepts: vec![offer("prepaid"), offer("exact")],
+        extensions: None,
     };
     write(
         &root,

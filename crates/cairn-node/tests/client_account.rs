@@ -80,6 +80,7 @@ async fn liar() -> (String, Arc<Mutex<Vec<serde_json::Value>>>) {
                         mime_type: String::new(),
                     },
                     accepts: vec![offer("prepaid"), offer("exact")],
+                    extensions: None,
                 };
                 return (
                     StatusCode::PAYMENT_REQUIRED,
@@ -218,6 +219,7 @@ async fn a_ceiling_over_the_published_price_is_not_signed() {
                     mime_type: String::new(),
                 },
                 accepts: vec![o],
+                extensions: None,
             };
             (
                 StatusCode::PAYMENT_REQUIRED,

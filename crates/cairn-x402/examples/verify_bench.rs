@@ -55,6 +55,7 @@ fn main() {
         error: None,
         resource: ResourceInfo::default(),
         accepts: vec![offer.clone()],
+        extensions: None,
     };
     let domain = exact::domain_from_offer(&offer, 31337);
     let now = std::time::SystemTime::now()

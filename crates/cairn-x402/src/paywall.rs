@@ -192,6 +192,10 @@ fn payment_required(
         error: error.clone(),
         resource: resource.clone(),
         accepts: offers.to_vec(),
+        extensions: offers
+            .iter()
+            .any(|o| o.scheme == crate::upto::SCHEME)
+            .then(crate::upto::eip2612_extension_declaration),
     };
     let v1 = PaymentRequiredV1 {
         x402_version: 1,
@@ -350,6 +354,8 @@ struct Presented {
     version: Version,
     offer: PaymentRequirements,
     payload: Value,
+    /// The v2 payload's `extensions` (an `upto` payer's EIP-2612 approval of Permit2).
+    extensions: Option<Value>,
 }
 
 /// A response kept while its payment settles: JSON head (status, headers), a newline, the body.

@@ -983,3 +983,96 @@ async fn a_metered_call_paid_with_upto_is_charged_what_it_used() {
         before - U256::from(700u64)
     );
 }
+
+/// `upto_header` with the payer's EIP-2612 approval of Permit2 (`eip2612GasSponsoring`) in the
+/// payload's extensions, made by `signer` at `nonce` for `value`.
+async fn with_eip2612(
+    s: &Site,
+    header: &str,
+    signer: &PrivateKeySigner,
+    value: U256,
+    nonce_offset: u64,
+) -> String {
+    use alloy_sol_types::SolStruct;
+    let mut pp: crate::wire::PaymentPayload =
+        decode_header("PAYMENT-SIGNATURE", header.as_bytes()).unwrap();
+    let owner: Address = pp.payload["permit2Authorization"]["from"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let permit2 = s.d.chain.upto().unwrap().permit2;
+    let nonce = s.d.chain.token_nonce(owner).await.unwrap() + U256::from(nonce_offset);
+    let deadline = U256::from(crate::now_secs() + 600);
+    let message = cairn_ledger::chain::Permit {
+        owner,
+        spender: permit2,
+        value,
+        nonce,
+        deadline,
+    };
+    let hash = message.eip712_signing_hash(&s.d.chain.token_domain().await.unwrap());
+    let sig = alloy_signer::SignerSync::sign_hash_sync(signer, &hash).unwrap();
+    pp.extensions = Some(serde_json::json!({"eip2612GasSponsoring": {"info": {
+        "from": owner, "asset": s.d.chain.deployment().token, "spender": permit2,
+        "amount": value.to_string(), "nonce": nonce.to_string(), "deadline": deadline.to_string(),
+        "signature": alloy_primitives::Bytes::from(sig.as_bytes().to_vec()), "version": "1",
+    }}}));
+    crate::wire::encode_header(&pp)
+}
+
+#[tokio::test]
+async fn an_upto_payer_who_never_approved_permit2_pays_with_an_eip2612_approval_inside() {
+    let s = site(false).await;
+    // The 402 declares the extension beside the upto offer.
+    let r = reqwest::Client::new()
+        .post(&s.url)
+        .body("go")
+        .send()
+        .await
+        .unwrap();
+    let req = client::offers(r.headers()).unwrap();
+    assert!(
+        req.extensions.unwrap()["eip2612GasSponsoring"]["schema"].is_object(),
+        "no extension declared"
+    );
+    let payer = dev_signer(5);
+    s.d.chain
+        .mint(&dev_signer(0), payer.address(), U256::from(10 * PRICE))
+        .await
+        .unwrap();
+    let price = U256::from(PRICE);
+    // Refused: for less than the maximum, signed by someone else, at a stale nonce.
+    let base = upto_header(&s, &payer, |_| {}, |_| {}).await;
+    for (h, code) in [
+        (
+            with_eip2612(&s, &base, &payer, price - U256::from(1), 0).await,
+            "permit2_2612_amount_mismatch",
+        ),
+        (
+            with_eip2612(&s, &base, &dev_signer(7), price, 0).await,
+            "eip2612_signature_invalid",
+        ),
+        (
+            with_eip2612(&s, &base, &payer, price, 1).await,
+            "eip2612_nonce_mismatch",
+        ),
+    ] {
+        let (status, body, _, v2) = send(&s.url, &h, "go").await;
+        assert_eq!((status, v2["error"].as_str()), (402, Some(code)), "{body}");
+    }
+    // Approval and transfer in the one settlement: the payer sent no transaction.
+    let h = with_eip2612(&s, &base, &payer, price, 0).await;
+    let (status, body, settle, _) = send(&s.url, &h, "go").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(settle.unwrap().success);
+    assert_eq!(
+        s.d.chain.token_balance(payer.address()).await.unwrap(),
+        U256::from(9 * PRICE)
+    );
+    assert_eq!(
+        s.d.chain.token_nonce(payer.address()).await.unwrap(),
+        U256::from(1)
+    );
+    assert_eq!(s.runs.load(Ordering::SeqCst), 1);
+}

@@ -491,6 +491,7 @@ fn request(d: &Devnet, amount: u64) -> FacilitatorRequest {
             ..Default::default()
         },
         accepts: vec![offer.clone()],
+        extensions: None,
     };
     let header = client::pay_exact(&d.payer, &required, &offer).unwrap();
     let payload: PaymentPayload = decode_header("PAYMENT-SIGNATURE", header.as_bytes()).unwrap();

@@ -6,7 +6,7 @@
 
 use alloy_primitives::{Address, B256, Bytes, Signature, U256, keccak256};
 use alloy_sol_types::SolValue;
-use cairn_ledger::{UptoAuthorization, UptoContracts};
+use cairn_ledger::{TokenPermit, UptoAuthorization, UptoContracts};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -85,6 +85,164 @@ pub struct CheckedUpto {
     pub authorization: UptoAuthorization,
     /// The signature as sent (what the proxy is handed).
     pub signature: Bytes,
+    /// The payer's EIP-2612 approval of Permit2 for the maximum (the `eip2612GasSponsoring`
+    /// extension), with the token nonce it was signed at: settled in the same transaction, so
+    /// a payer who never approved Permit2 pays without sending one.
+    pub permit2612: Option<(TokenPermit, U256)>,
+}
+
+/// The extension key the official clients sign an EIP-2612 approval of Permit2 under.
+pub const EIP2612_GAS_SPONSORING: &str = "eip2612GasSponsoring";
+
+/// The 402's declaration that an EIP-2612 approval of Permit2 may ride along with an `upto`
+/// permit (the settlement then approves and transfers in one transaction).
+pub fn eip2612_extension_declaration() -> Value {
+    let address = serde_json::json!({"type": "string", "pattern": "^0x[a-fA-F0-9]{40}$"});
+    let number = serde_json::json!({"type": "string", "pattern": "^[0-9]+$"});
+    serde_json::json!({
+        EIP2612_GAS_SPONSORING: {
+            "info": {
+                "description": "An EIP-2612 permit approving the canonical Permit2 for the upto maximum is accepted and submitted with the settlement.",
+                "version": "1",
+            },
+            "schema": {
+                "$schema": "https://json-schema.org/draft/2020-12/schema",
+                "type": "object",
+                "properties": {
+                    "from": address, "asset": address, "spender": address,
+                    "amount": number, "nonce": number, "deadline": number,
+                    "signature": {"type": "string", "pattern": "^0x[a-fA-F0-9]+$"},
+                    "version": {"type": "string", "pattern": "^[0-9]+(\\.[0-9]+)*$"},
+                },
+                "required": ["from", "asset", "spender", "amount", "nonce", "deadline", "signature"],
+            },
+        }
+    })
+}
+
+/// The extension's `info` as the official clients send it.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Eip2612Info {
+    from: Address,
+    asset: Address,
+    spender: Address,
+    #[serde(with = "decimal")]
+    amount: U256,
+    #[serde(with = "decimal")]
+    nonce: U256,
+    #[serde(with = "decimal")]
+    deadline: U256,
+    signature: Bytes,
+}
+
+/// The payer's EIP-2612 approval in `extensions`, checked against the permit `a` (same payer
+/// and token, Permit2 as spender, the maximum as value, valid long enough, signed by the payer
+/// under the token's `domain`). `Ok(None)` when absent.
+fn eip2612_of(
+    extensions: Option<&Value>,
+    a: &UptoAuthorization,
+    upto: &UptoContracts,
+    domain: &alloy_sol_types::Eip712Domain,
+    now: u64,
+) -> Result<Option<(TokenPermit, U256)>, X402Error> {
+    use alloy_sol_types::SolStruct;
+    let Some(info) = extensions.and_then(|e| e.get(EIP2612_GAS_SPONSORING)?.get("info")) else {
+        return Ok(None);
+    };
+    // A declaration echoed back without a signature is no approval.
+    if info.get("signature").is_none() {
+        return Ok(None);
+    }
+    let bad = |code: &'static str, m: String| Err(X402Error::Invalid(Reason::new(code, m)));
+    let info: Eip2612Info = match serde_json::from_value(info.clone()) {
+        Ok(i) => i,
+        Err(e) => {
+            return bad(
+                "invalid_eip2612_extension_format",
+                format!("the eip2612GasSponsoring info: {e}"),
+            );
+        }
+    };
+    if info.from != a.owner {
+        return bad(
+            "eip2612_from_mismatch",
+            format!(
+                "the approval is from {}, the permit's payer is {}",
+                info.from, a.owner
+            ),
+        );
+    }
+    if info.asset != a.token {
+        return bad(
+            "eip2612_asset_mismatch",
+            format!(
+                "the approval is for token {}, the permit's is {}",
+                info.asset, a.token
+            ),
+        );
+    }
+    if info.spender != upto.permit2 {
+        return bad(
+            "eip2612_spender_not_permit2",
+            format!(
+                "the approval names spender {}, not Permit2 {}",
+                info.spender, upto.permit2
+            ),
+        );
+    }
+    if info.amount != a.max {
+        return bad(
+            "permit2_2612_amount_mismatch",
+            format!(
+                "the approval is for {}, the permit's maximum is {}",
+                info.amount, a.max
+            ),
+        );
+    }
+    if info.deadline < U256::from(now + DEADLINE_MARGIN_SECS) {
+        return bad(
+            "eip2612_deadline_expired",
+            format!(
+                "the approval expires at {}: too soon to settle",
+                info.deadline
+            ),
+        );
+    }
+    if info.signature.len() != 65 || !matches!(info.signature[64], 27 | 28) {
+        return bad(
+            "invalid_eip2612_extension_format",
+            "the approval's signature is not a 65-byte ECDSA signature with v 27 or 28".into(),
+        );
+    }
+    let signature = Signature::try_from(info.signature.as_ref()).map_err(|e| {
+        X402Error::Invalid(Reason::new(
+            "invalid_eip2612_extension_format",
+            format!("the approval's signature: {e}"),
+        ))
+    })?;
+    let message = cairn_ledger::chain::Permit {
+        owner: info.from,
+        spender: info.spender,
+        value: info.amount,
+        nonce: info.nonce,
+        deadline: info.deadline,
+    };
+    let signer = cairn_core::sig::recover_prehash(&signature, &message.eip712_signing_hash(domain));
+    if signer != Ok(a.owner) {
+        return bad(
+            "eip2612_signature_invalid",
+            "the approval is not signed by the payer (or is in high-s form)".into(),
+        );
+    }
+    Ok(Some((
+        TokenPermit {
+            value: info.amount,
+            deadline: info.deadline,
+            signature,
+        },
+        info.nonce,
+    )))
 }
 
 impl CheckedUpto {
@@ -110,17 +268,30 @@ pub fn parse(payload: &Value) -> Result<UptoPayload, Reason> {
     })
 }
 
-/// Checks `payload` against the offer `req` at Unix time `now`, for a settler `facilitator` on
-/// chain `chain_id`: spender, recipient, facilitator, time window, maximum, token, signature.
-/// No chain access.
+/// What [`verify_local`] checks a payment against besides its offer.
+pub struct Context<'a> {
+    /// Permit2 and the proxy.
+    pub upto: &'a UptoContracts,
+    /// Who settles here.
+    pub facilitator: Address,
+    /// The chain.
+    pub chain_id: u64,
+    /// The token's EIP-712 domain (as the token reports it), for an EIP-2612 approval.
+    pub token_domain: &'a alloy_sol_types::Eip712Domain,
+    /// Unix seconds.
+    pub now: u64,
+}
+
+/// Checks `payload` (and the EIP-2612 approval in `extensions`, if any) against the offer
+/// `req`: spender, recipient, facilitator, time window, maximum, token, signature. No chain
+/// access.
 pub fn verify_local(
     payload: &UptoPayload,
+    extensions: Option<&Value>,
     req: &PaymentRequirements,
-    upto: &UptoContracts,
-    facilitator: Address,
-    chain_id: u64,
-    now: u64,
+    cx: &Context<'_>,
 ) -> Result<CheckedUpto, X402Error> {
+    let (upto, facilitator, chain_id, now) = (cx.upto, cx.facilitator, cx.chain_id, cx.now);
     let a = &payload.permit2_authorization;
     let fail = |code: &'static str, msg: String| Err(X402Error::Invalid(Reason::new(code, msg)));
     if a.spender != upto.proxy {
@@ -245,8 +416,10 @@ pub fn verify_local(
             ),
         );
     }
+    let permit2612 = eip2612_of(extensions, &authorization, upto, cx.token_domain, now)?;
     Ok(CheckedUpto {
         authorization,
         signature: payload.signature.clone(),
+        permit2612,
     })
 }

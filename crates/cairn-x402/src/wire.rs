@@ -100,6 +100,9 @@ pub struct PaymentRequired {
     pub resource: ResourceInfo,
     /// The offers.
     pub accepts: Vec<PaymentRequirements>,
+    /// Extensions the server takes (`eip2612GasSponsoring` beside an `upto` offer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extensions: Option<Value>,
 }
 
 /// v1 `PaymentRequirements` (named networks, `maxAmountRequired`).

@@ -4,12 +4,15 @@ sent with web3.py through the chain's JSON-RPC, as a wallet would), then the cli
 Permit2 witness transfer of the offered maximum and the node settles what the call cost.
 
 usage: x402_upto_pay.py NODE_URL RPC_URL KEY_HEX PATH REQUEST_JSON [PATH REQUEST_JSON ...]
-Each PATH (e.g. /v1/chat/completions) is POSTed its REQUEST_JSON file in turn; prints one JSON
+With X402_GASLESS=1 the payer sends no approval: the client reads its token nonce over RPC and
+signs an EIP-2612 approval of Permit2 into the payment (the `eip2612GasSponsoring` extension the
+node declares), which the node submits with the settlement. Each PATH (e.g. /v1/chat/completions) is POSTed its REQUEST_JSON file in turn; prints one JSON
 line: [{status, body, paymentResponse}, ...].
 """
 import asyncio
 import base64
 import json
+import os
 import sys
 
 import httpx
@@ -19,6 +22,7 @@ from web3.middleware import SignAndSendRawMiddlewareBuilder
 from x402 import x402Client
 from x402.http.clients import x402HttpxClient
 from x402.mechanisms.evm.constants import PERMIT2_ADDRESS
+from x402.mechanisms.evm.signers import EthAccountSignerWithRPC
 from x402.mechanisms.evm.upto import UptoEvmClientScheme
 
 APPROVE_ABI = [
@@ -34,12 +38,15 @@ async def main() -> None:
     account = Account.from_key(key)
     terms = httpx.get(f"{node}/v1/node").json()["payments"]
 
-    # The one-time approval of Permit2, sent like any wallet transaction.
-    w3 = Web3(Web3.HTTPProvider(rpc))
-    w3.middleware_onion.inject(SignAndSendRawMiddlewareBuilder.build(account), layer=0)
-    token = w3.eth.contract(address=Web3.to_checksum_address(terms["asset"]), abi=APPROVE_ABI)
-    tx = token.functions.approve(PERMIT2_ADDRESS, 2**256 - 1).transact({"from": account.address})
-    assert w3.eth.wait_for_transaction_receipt(tx, timeout=30)["status"] == 1
+    gasless = os.environ.get("X402_GASLESS") == "1"
+    if not gasless:
+        # The one-time approval of Permit2, sent like any wallet transaction.
+        w3 = Web3(Web3.HTTPProvider(rpc))
+        w3.middleware_onion.inject(SignAndSendRawMiddlewareBuilder.build(account), layer=0)
+        token = w3.eth.contract(address=Web3.to_checksum_address(terms["asset"]), abi=APPROVE_ABI)
+        tx = token.functions.approve(PERMIT2_ADDRESS, 2**256 - 1).transact(
+            {"from": account.address})
+        assert w3.eth.wait_for_transaction_receipt(tx, timeout=30)["status"] == 1
 
     client = x402Client()
     # The official client pays only well-known tokens unless told otherwise: opt in to the
@@ -52,7 +59,8 @@ async def main() -> None:
             ]
         }
     )
-    client.register(terms["network"], UptoEvmClientScheme(account))
+    signer = EthAccountSignerWithRPC(account, rpc) if gasless else account
+    client.register(terms["network"], UptoEvmClientScheme(signer))
     out = []
     async with x402HttpxClient(client, timeout=120) as http:
         for path, request in calls:

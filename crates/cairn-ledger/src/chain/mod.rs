@@ -75,7 +75,7 @@ mod settlement;
 mod token;
 mod upto;
 pub use settlement::Challenged;
-pub use upto::{TokenPermit, UptoAuthorization, permit2_domain};
+pub use upto::{Permit, TokenPermit, UptoAuthorization, permit2_domain};
 
 /// A registry role.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]

@@ -262,6 +262,12 @@ impl Chain {
         .await
     }
 
+    /// `owner`'s current EIP-2612 nonce on the payment token.
+    pub async fn token_nonce(&self, owner: Address) -> Result<U256, LedgerError> {
+        self.view(self.deployment.token, CairnToken::noncesCall { owner })
+            .await
+    }
+
     /// Signs an EIP-2612 approval of `spender` for `value` as `owner` (no transaction), at the
     /// owner's current permit nonce.
     pub async fn sign_token_permit(

@@ -47,6 +47,7 @@ impl Facilitator {
     pub fn check_upto(
         &self,
         payload: &Value,
+        extensions: Option<&Value>,
         req: &PaymentRequirements,
         now: u64,
     ) -> Result<CheckedUpto, X402Error> {
@@ -86,11 +87,15 @@ impl Facilitator {
         let parsed = upto::parse(payload).map_err(X402Error::Invalid)?;
         upto::verify_local(
             &parsed,
+            extensions,
             req,
-            &contracts,
-            self.address(),
-            self.chain_id(),
-            now,
+            &upto::Context {
+                upto: &contracts,
+                facilitator: self.address(),
+                chain_id: self.chain_id(),
+                token_domain: &self.domain,
+                now,
+            },
         )
     }
 
@@ -130,7 +135,25 @@ impl Facilitator {
             .chain
             .token_allowance(a.owner, contracts.permit2)
             .await?;
-        if allowance < needed {
+        // An EIP-2612 approval riding along sets the allowance to the maximum when settled, if
+        // it is still the payer's next token nonce.
+        let approved = match &c.permit2612 {
+            Some((permit, nonce)) if allowance < needed => {
+                let current = self.chain.token_nonce(a.owner).await?;
+                if current != *nonce {
+                    return invalid(
+                        "eip2612_nonce_mismatch",
+                        format!(
+                            "the EIP-2612 approval was signed at nonce {nonce}; {}'s next is {current}: sign it again",
+                            a.owner
+                        ),
+                    );
+                }
+                permit.value
+            }
+            _ => allowance,
+        };
+        if approved < needed {
             return invalid(
                 "permit2_allowance_required",
                 format!(
@@ -246,11 +269,19 @@ impl Facilitator {
                 "the payment could not be recorded; nothing was sent, retry with the same payment",
             ));
         }
-        let outcome = match self
-            .chain
-            .settle_upto(&self.signer, a, amount, c.signature.clone())
-            .await
-        {
+        let sent = match &c.permit2612 {
+            Some((permit, _)) => {
+                self.chain
+                    .settle_upto_with_permit(&self.signer, permit, a, amount, c.signature.clone())
+                    .await
+            }
+            None => {
+                self.chain
+                    .settle_upto(&self.signer, a, amount, c.signature.clone())
+                    .await
+            }
+        };
+        let outcome = match sent {
             Ok(out) => Settlement::Settled(out.hash.to_string()),
             Err(LedgerError::Pending { hash, .. }) => Settlement::Pending(Some(hash.to_string())),
             Err(LedgerError::Reverted { reason, .. }) => Settlement::Failed(Reason::new(
@@ -399,10 +430,10 @@ impl Facilitator {
     }
 
     pub(super) async fn verify_upto(&self, req: &FacilitatorRequest) -> VerifyResponse {
-        let result = match self
-            .upto_request(req)
-            .and_then(|(payload, _, verified)| self.check_upto(&payload, &verified, now_secs()))
-        {
+        let extensions = req.payment_payload.get("extensions");
+        let result = match self.upto_request(req).and_then(|(payload, _, verified)| {
+            self.check_upto(&payload, extensions, &verified, now_secs())
+        }) {
             Ok(c) => self.check_upto_chain(&c, false).await.map(|()| c),
             Err(e) => Err(e),
         };
@@ -436,7 +467,8 @@ impl Facilitator {
             Ok(x) => x,
             Err(e) => return fail(e.code(), payer_of(req)),
         };
-        let c = match self.check_upto(&payload, &verified, now_secs()) {
+        let extensions = req.payment_payload.get("extensions");
+        let c = match self.check_upto(&payload, extensions, &verified, now_secs()) {
             Ok(c) => c,
             Err(e) => return fail(e.code(), payer_of(req)),
         };

@@ -30,7 +30,7 @@ enum Taken {
     Upto {
         facilitator: Arc<Facilitator>,
         key: B256,
-        checked: CheckedUpto,
+        checked: Box<CheckedUpto>,
     },
 }
 
@@ -170,7 +170,7 @@ impl Paywall {
         if presented.offer.scheme == crate::upto::SCHEME {
             let f = self.facilitator.clone();
             let (key, checked) = match upto_flow::take(&f, &presented, &refusal).await? {
-                upto_flow::Taken::Fresh(key, checked) => (key, *checked),
+                upto_flow::Taken::Fresh(key, checked) => (key, checked),
                 upto_flow::Taken::Seen(key, rec) => {
                     let kept = match &self.kept {
                         Some(k) => k.answer(key, headers, body).await,

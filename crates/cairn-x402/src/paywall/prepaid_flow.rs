@@ -20,6 +20,7 @@ pub(super) async fn pay(
         version,
         offer,
         payload,
+        ..
     } = presented;
     let Some(pre) = p.prepaid.clone() else {
         return refusal.refuse(Reason::new("unsupported_scheme", "prepaid is not enabled"));

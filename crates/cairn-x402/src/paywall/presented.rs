@@ -20,7 +20,7 @@ pub(super) fn read(headers: &HeaderMap, refusal: &Refusal<'_>) -> Result<Present
             ));
         }
     };
-    let (offer, payload) = match version {
+    let (offer, payload, extensions) = match version {
         Version::V2 => {
             let pp: PaymentPayload = match decode_header("PAYMENT-SIGNATURE", &raw) {
                 Ok(pp) => pp,
@@ -36,7 +36,7 @@ pub(super) fn read(headers: &HeaderMap, refusal: &Refusal<'_>) -> Result<Present
                 )));
             }
             match offers.iter().find(|o| o.same_offer(&pp.accepted)) {
-                Some(o) => (o.clone(), pp.payload),
+                Some(o) => (o.clone(), pp.payload, pp.extensions),
                 None => {
                     return Err(refusal.refuse(Reason::new(
                         "invalid_payment_requirements",
@@ -56,7 +56,7 @@ pub(super) fn read(headers: &HeaderMap, refusal: &Refusal<'_>) -> Result<Present
                         == Some(pp.network.as_str())
             });
             match found {
-                Some(o) => (o.clone(), pp.payload),
+                Some(o) => (o.clone(), pp.payload, None),
                 None => {
                     return Err(refusal.refuse(Reason::new(
                         "invalid_payment_requirements",
@@ -73,5 +73,6 @@ pub(super) fn read(headers: &HeaderMap, refusal: &Refusal<'_>) -> Result<Present
         version,
         offer,
         payload,
+        extensions,
     })
 }

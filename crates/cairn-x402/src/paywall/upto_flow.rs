@@ -29,7 +29,7 @@ pub(super) async fn take(
         )));
     }
     let checked = f
-        .check_upto(&pr.payload, &pr.offer, now_secs())
+        .check_upto(&pr.payload, pr.extensions.as_ref(), &pr.offer, now_secs())
         .map_err(|e| refusal.refuse_err(e))?;
     let (key, reserved) = f
         .reserve_upto(&checked, &refusal.resource.url, &pr.payload)
