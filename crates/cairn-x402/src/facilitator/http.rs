@@ -58,28 +58,9 @@ impl Facilitator {
             Ok(x) => x,
             Err(e) => return fail(e.code(), payer),
         };
-        if let Reserve::Seen(mut rec) = reserved {
-            if rec.state == PaymentState::Pending {
-                rec.state = self.reconcile(&rec).await.unwrap_or(rec.state);
-            }
-            return match rec.state {
-                PaymentState::Settled => SettleResponse {
-                    success: true,
-                    error_reason: None,
-                    transaction: rec.tx.unwrap_or_default(),
-                    network,
-                    payer,
-                    amount: None,
-                },
-                PaymentState::Pending | PaymentState::Reserved => SettleResponse {
-                    transaction: rec.tx.unwrap_or_default(),
-                    ..fail("settlement_pending", payer)
-                },
-                _ => fail(
-                    reason_code(rec.reason.as_deref()).unwrap_or("transaction_failed"),
-                    payer,
-                ),
-            };
+        if let Reserve::Seen(rec) = reserved {
+            let failed = reason_code(rec.reason.as_deref()).unwrap_or("transaction_failed");
+            return self.settled_before(*rec, network, payer, failed).await;
         }
         if let Err(e) = self.check_chain(&c).await {
             self.store.release(key, Some(&e.to_string()));
@@ -99,6 +80,38 @@ impl Facilitator {
                 ..fail("settlement_pending", payer)
             },
             Settlement::Failed(r) => fail(r.code, payer),
+        }
+    }
+
+    /// A `/settle` retry for a payment presented before: its first outcome (reconciled when it
+    /// was pending), never a second transfer; `failed` names a failure.
+    pub(super) async fn settled_before(
+        &self,
+        mut rec: PaymentRecord,
+        network: String,
+        payer: Option<Address>,
+        failed: &str,
+    ) -> SettleResponse {
+        if rec.state == PaymentState::Pending {
+            rec.state = self.reconcile(&rec).await.unwrap_or(rec.state);
+        }
+        let answer = |success: bool, error: Option<&str>| SettleResponse {
+            success,
+            error_reason: error.map(str::to_string),
+            transaction: rec.tx.clone().unwrap_or_default(),
+            network: network.clone(),
+            payer,
+            amount: None,
+        };
+        match rec.state {
+            PaymentState::Settled => answer(true, None),
+            PaymentState::Pending | PaymentState::Reserved => {
+                answer(false, Some("settlement_pending"))
+            }
+            _ => SettleResponse {
+                transaction: String::new(),
+                ..answer(false, Some(failed))
+            },
         }
     }
 

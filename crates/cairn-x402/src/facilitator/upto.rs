@@ -477,25 +477,10 @@ impl Facilitator {
             Ok(x) => x,
             Err(e) => return fail(e.code(), payer),
         };
-        if let Reserve::Seen(mut rec) = reserved {
-            if rec.state == PaymentState::Pending {
-                rec.state = self.reconcile(&rec).await.unwrap_or(rec.state);
-            }
-            return match rec.state {
-                PaymentState::Settled => SettleResponse {
-                    success: true,
-                    error_reason: None,
-                    transaction: rec.tx.unwrap_or_default(),
-                    network,
-                    payer,
-                    amount: None,
-                },
-                PaymentState::Pending | PaymentState::Reserved => SettleResponse {
-                    transaction: rec.tx.unwrap_or_default(),
-                    ..fail("settlement_pending", payer)
-                },
-                _ => fail("permit2_invalid_nonce", payer),
-            };
+        if let Reserve::Seen(rec) = reserved {
+            return self
+                .settled_before(*rec, network, payer, "permit2_invalid_nonce")
+                .await;
         }
         if let Err(e) = self.check_upto_chain(&c, true).await {
             self.store.release(key, Some(&e.to_string()));
