@@ -64,22 +64,20 @@ impl Filters {
         Some(id)
     }
 
-    /// The filter `id` and the last block it reported; then marks `head` as reported.
-    pub(crate) fn poll(&self, id: U256, head: u64) -> Option<(Watch, u64)> {
-        let mut map = self.lock();
-        let e = map.get_mut(&id).filter(|e| e.polled.elapsed() < IDLE)?;
-        let out = (e.watch.clone(), e.seen);
-        e.seen = head.max(e.seen);
-        e.polled = Instant::now();
-        Some(out)
+    /// The filter `id` and the last block it reported, without moving it: the caller
+    /// [`Filters::advance`]s it once its answer is made, so a poll that fails loses nothing.
+    pub(crate) fn peek(&self, id: U256) -> Option<(Watch, u64)> {
+        let map = self.lock();
+        let e = map.get(&id).filter(|e| e.polled.elapsed() < IDLE)?;
+        Some((e.watch.clone(), e.seen))
     }
 
-    /// The filter `id` without moving it.
-    pub(crate) fn get(&self, id: U256) -> Option<Watch> {
-        let mut map = self.lock();
-        let e = map.get_mut(&id).filter(|e| e.polled.elapsed() < IDLE)?;
-        e.polled = Instant::now();
-        Some(e.watch.clone())
+    /// Marks blocks up to `to` reported by a successful poll (and the filter as alive).
+    pub(crate) fn advance(&self, id: U256, to: u64) {
+        if let Some(e) = self.lock().get_mut(&id) {
+            e.seen = to.max(e.seen);
+            e.polled = Instant::now();
+        }
     }
 
     /// Removes `id`; whether it was there.

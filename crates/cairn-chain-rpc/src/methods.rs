@@ -13,6 +13,34 @@ use crate::{Rpc, RpcError};
 
 type Answer = Result<Value, RpcError>;
 
+/// The most blocks one `eth_getFilterChanges` poll covers (the filter catches up over polls).
+const MAX_FILTER_SPAN: u64 = 10_000;
+
+/// The most addresses, and topics per position, a filter may name.
+const MAX_FILTER_TERMS: usize = 100;
+
+/// A block bound as a number: `earliest` is 0, a number itself; other tags follow the head.
+fn bound(b: BlockNumberOrTag) -> Option<u64> {
+    match b {
+        BlockNumberOrTag::Earliest => Some(0),
+        BlockNumberOrTag::Number(n) => Some(n),
+        _ => None,
+    }
+}
+
+/// Refuses a filter naming more than [`MAX_FILTER_TERMS`] addresses or topics in a position
+/// (kept in memory for as long as it is polled).
+fn check_filter_size(filter: &Filter) -> Result<(), RpcError> {
+    if filter.address.len() > MAX_FILTER_TERMS
+        || filter.topics.iter().any(|t| t.len() > MAX_FILTER_TERMS)
+    {
+        return Err(RpcError::params(format!(
+            "a filter names at most {MAX_FILTER_TERMS} addresses and {MAX_FILTER_TERMS} topics per position"
+        )));
+    }
+    Ok(())
+}
+
 /// The most blocks one `eth_feeHistory` covers (geth's cap).
 const MAX_FEE_HISTORY: u64 = 1024;
 
@@ -118,16 +146,16 @@ pub(crate) fn dispatch(rpc: &Rpc, method: &str, params: Vec<Value>) -> (&'static
         "eth_getLogs" => get_logs(rpc, p.get(0, "filter")?),
         "eth_newFilter" => {
             let filter: Filter = p.get(0, "filter")?;
-            // Checked now, so a filter that can never answer is refused at once.
-            log_range(rpc, &filter)?;
+            check_filter_size(&filter)?;
             new_filter(rpc, Watch::Logs(Box::new(filter)))
         },
         "eth_newBlockFilter" => new_filter(rpc, Watch::Blocks),
         "eth_getFilterChanges" => {
             let id = filter_id(&p)?;
-            let head = head(rpc)?;
-            let (watch, seen) = rpc.filters.poll(id, head).ok_or_else(filter_not_found)?;
-            match watch {
+            let (watch, seen) = rpc.filters.peek(id).ok_or_else(filter_not_found)?;
+            // At most this many blocks per poll: the filter moves only past what it answered.
+            let head = head(rpc)?.min(seen.saturating_add(MAX_FILTER_SPAN));
+            let answer = match watch {
                 Watch::Blocks => {
                     let hashes = ((seen + 1)..=head)
                         .map(|n| Ok(l.block(BlockRef::Number(n), false)?.map(|b| b.header.hash)))
@@ -143,18 +171,23 @@ pub(crate) fn dispatch(rpc: &Rpc, method: &str, params: Vec<Value>) -> (&'static
                             from_block,
                             to_block,
                         } => (
-                            from_block.and_then(|b| b.as_number()).unwrap_or(0),
-                            to_block.and_then(|b| b.as_number()).unwrap_or(u64::MAX),
+                            from_block.and_then(bound).unwrap_or(0),
+                            to_block.and_then(bound).unwrap_or(u64::MAX),
                         ),
                     };
                     logs_in(rpc, &filter, from.max(seen + 1), to.min(head))
                 }
-            }
+            }?;
+            rpc.filters.advance(id, head);
+            Ok(answer)
         },
         "eth_getFilterLogs" => {
             let id = filter_id(&p)?;
-            match rpc.filters.get(id).ok_or_else(filter_not_found)? {
-                Watch::Logs(filter) => get_logs(rpc, *filter),
+            match rpc.filters.peek(id).ok_or_else(filter_not_found)?.0 {
+                Watch::Logs(filter) => {
+                    let (from, to) = log_range(rpc, &filter)?;
+                    logs_in(rpc, &filter, from, to.min(head(rpc)?))
+                }
                 Watch::Blocks => Err(RpcError::new(-32000, "filter is a block filter; poll it with eth_getFilterChanges")),
             }
         },

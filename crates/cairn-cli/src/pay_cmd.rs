@@ -60,6 +60,10 @@ pub enum PayCommand {
         /// The chain's JSON-RPC endpoint.
         #[arg(long, env = "CAIRN_RPC")]
         rpc: String,
+        /// The token you mean to approve Permit2 on; refused when the node names another (it
+        /// is the node's word otherwise: check what is printed).
+        #[arg(long)]
+        token: Option<Address>,
     },
     /// Take back what the node has not earned: the first call asks (a delay starts, the node
     /// redeems its last vouchers meanwhile), a call after the delay withdraws. Sent by you, so it
@@ -164,16 +168,31 @@ pub async fn run(c: PayCommand) -> anyhow::Result<()> {
             balance(&payer, key.address()).await
         }
         PayCommand::Withdraw { payer, chain } => withdraw(payer, chain).await,
-        PayCommand::ApprovePermit2 { payer, rpc } => approve_permit2(payer, rpc).await,
+        PayCommand::ApprovePermit2 { payer, rpc, token } => {
+            approve_permit2(payer, rpc, token).await
+        }
     }
 }
 
 /// `cairn pay approve-permit2`: the token's `approve(Permit2, max)`, sent by the payer.
-async fn approve_permit2(payer: PayerArgs, rpc: String) -> anyhow::Result<()> {
+async fn approve_permit2(
+    payer: PayerArgs,
+    rpc: String,
+    token: Option<Address>,
+) -> anyhow::Result<()> {
     use alloy_sol_types::SolCall;
     use cairn_ledger::Ledger;
     let key = crate::keyfile::load(&payer.payer_key)?;
     let t = terms(&payer.node).await?;
+    if let Some(token) = token
+        && token != t.asset
+    {
+        bail!(
+            "the node at {} is paid in {}, not the token {token} you named: nothing approved",
+            payer.node,
+            t.asset
+        );
+    }
     let ledger = cairn_ledger::RpcLedger::connect(&rpc, Duration::from_secs(60))
         .await
         .with_context(|| format!("connecting to {rpc}"))?;

@@ -53,7 +53,7 @@ pub struct InferOutcome {
 /// A payment `cairn infer` made.
 #[derive(Clone, Debug)]
 pub struct PaymentMade {
-    /// `exact` or `prepaid`.
+    /// `exact`, `prepaid` or `upto`.
     pub scheme: String,
     /// Token units.
     pub amount: alloy_primitives::U256,
@@ -135,10 +135,13 @@ impl NodeClient {
     }
 
     /// The payment header for a 402 answer: (header value, what is paid).
+    /// `metered`: a call charged by what it uses, which `exact` (a transfer of the whole
+    /// amount named) never pays.
     async fn pay(
         &self,
         payer: &alloy_signer_local::PrivateKeySigner,
         headers: &reqwest::header::HeaderMap,
+        metered: bool,
     ) -> Result<(String, PaymentMade), NodeClientError> {
         use cairn_x402::client as pay;
         let p = |m: String| NodeClientError::Protocol(m);
@@ -170,7 +173,11 @@ impl NodeClient {
                 return Ok((header, m));
             }
         }
-        if let Some(offer) = required.accepts.iter().find(|o| o.scheme == "exact") {
+        if let Some(offer) = required
+            .accepts
+            .iter()
+            .find(|o| o.scheme == "exact" && !metered)
+        {
             let header = pay::pay_exact(payer, &required, offer).map_err(|e| p(e.to_string()))?;
             return Ok((header, made(offer)));
         }
@@ -302,7 +309,7 @@ impl NodeClient {
         if resp.status() == StatusCode::PAYMENT_REQUIRED
             && let (Some(payer), Some(retry)) = (&self.payer, retry)
         {
-            let (header, mut made) = self.pay(payer, resp.headers()).await?;
+            let (header, mut made) = self.pay(payer, resp.headers(), false).await?;
             resp = retry
                 .header(cairn_x402::wire::PAYMENT_SIGNATURE, header)
                 .send()
@@ -374,7 +381,7 @@ impl NodeClient {
         {
             self.check_ceiling(request, body.len(), resp.headers())
                 .await?;
-            let (header, mut made) = self.pay(payer, resp.headers()).await?;
+            let (header, mut made) = self.pay(payer, resp.headers(), true).await?;
             resp = retry
                 .header(cairn_x402::wire::PAYMENT_SIGNATURE, header)
                 .send()
@@ -403,6 +410,17 @@ impl NodeClient {
         {
             return Err(p(format!(
                 "receipt {id} does not bind this request and answer"
+            )));
+        }
+        // A permit was settled for what the node says the call cost: the receipt's price.
+        if let Some(m) = &payment
+            && let Some(s) = &m.settlement
+            && let Some(amount) = &s.amount
+            && amount.parse::<alloy_primitives::U256>().ok() != Some(receipt.claims.price)
+        {
+            return Err(p(format!(
+                "the node settled {amount} for call {id}, whose receipt charges {}",
+                receipt.claims.price
             )));
         }
         // The voucher allowed up to its amount; the receipt says what was used.

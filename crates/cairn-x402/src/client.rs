@@ -87,7 +87,11 @@ pub fn pay_upto(
         token: offer.asset,
         max: offer.amount,
         nonce: U256::from_be_bytes(B256::random().0),
-        deadline: U256::from(now_secs() + offer.max_timeout_seconds.max(300)),
+        // The node names the timeout: at most an hour, so a permit whose call failed on our
+        // side is not settleable for long.
+        deadline: U256::from(
+            now_secs().saturating_add(offer.max_timeout_seconds.clamp(300, 3_600)),
+        ),
         to: offer.pay_to,
         facilitator,
         valid_after: U256::ZERO,

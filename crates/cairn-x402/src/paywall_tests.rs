@@ -992,6 +992,7 @@ async fn with_eip2612(
     signer: &PrivateKeySigner,
     value: U256,
     nonce_offset: u64,
+    valid_secs: u64,
 ) -> String {
     use alloy_sol_types::SolStruct;
     let mut pp: crate::wire::PaymentPayload =
@@ -1003,7 +1004,7 @@ async fn with_eip2612(
         .unwrap();
     let permit2 = s.d.chain.upto().unwrap().permit2;
     let nonce = s.d.chain.token_nonce(owner).await.unwrap() + U256::from(nonce_offset);
-    let deadline = U256::from(crate::now_secs() + 600);
+    let deadline = U256::from(crate::now_secs() + valid_secs);
     let message = cairn_ledger::chain::Permit {
         owner,
         spender: permit2,
@@ -1046,23 +1047,28 @@ async fn an_upto_payer_who_never_approved_permit2_pays_with_an_eip2612_approval_
     let base = upto_header(&s, &payer, |_| {}, |_| {}).await;
     for (h, code) in [
         (
-            with_eip2612(&s, &base, &payer, price - U256::from(1), 0).await,
+            with_eip2612(&s, &base, &payer, price - U256::from(1), 0, 600).await,
             "permit2_2612_amount_mismatch",
         ),
         (
-            with_eip2612(&s, &base, &dev_signer(7), price, 0).await,
+            with_eip2612(&s, &base, &dev_signer(7), price, 0, 600).await,
             "eip2612_signature_invalid",
         ),
         (
-            with_eip2612(&s, &base, &payer, price, 1).await,
+            with_eip2612(&s, &base, &payer, price, 1, 600).await,
             "eip2612_nonce_mismatch",
+        ),
+        // Expiring before the permit it approves for (signed for 300 s).
+        (
+            with_eip2612(&s, &base, &payer, price, 0, 200).await,
+            "eip2612_deadline_expired",
         ),
     ] {
         let (status, body, _, v2) = send(&s.url, &h, "go").await;
         assert_eq!((status, v2["error"].as_str()), (402, Some(code)), "{body}");
     }
     // Approval and transfer in the one settlement: the payer sent no transaction.
-    let h = with_eip2612(&s, &base, &payer, price, 0).await;
+    let h = with_eip2612(&s, &base, &payer, price, 0, 600).await;
     let (status, body, settle, _) = send(&s.url, &h, "go").await;
     assert_eq!(status, 200, "{body}");
     assert!(settle.unwrap().success);
@@ -1075,4 +1081,23 @@ async fn an_upto_payer_who_never_approved_permit2_pays_with_an_eip2612_approval_
         U256::from(1)
     );
     assert_eq!(s.runs.load(Ordering::SeqCst), 1);
+
+    // An approval replaces the allowance when settled: with another permit open, it must cover
+    // both, however large the allowance is now.
+    approve_permit2(&s, &payer).await;
+    let open = upto_header(&s, &payer, |_| {}, |_| {}).await;
+    let first = tokio::spawn({
+        let url = s.url.clone();
+        async move { send(&url, &open, "go").await }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let second = upto_header(&s, &payer, |_| {}, |_| {}).await;
+    let h = with_eip2612(&s, &second, &payer, price, 0, 600).await;
+    let (status, body, _, v2) = send(&s.url, &h, "go").await;
+    assert_eq!(
+        (status, v2["error"].as_str()),
+        (402, Some("permit2_allowance_required")),
+        "{body}"
+    );
+    assert_eq!(first.await.unwrap().0, 200);
 }

@@ -114,7 +114,7 @@ pub fn eip2612_extension_declaration() -> Value {
                     "signature": {"type": "string", "pattern": "^0x[a-fA-F0-9]+$"},
                     "version": {"type": "string", "pattern": "^[0-9]+(\\.[0-9]+)*$"},
                 },
-                "required": ["from", "asset", "spender", "amount", "nonce", "deadline", "signature"],
+                "required": ["from", "asset", "spender", "amount", "nonce", "deadline", "signature", "version"],
             },
         }
     })
@@ -200,12 +200,14 @@ fn eip2612_of(
             ),
         );
     }
-    if info.deadline < U256::from(now + DEADLINE_MARGIN_SECS) {
+    // Valid as long as the permit it approves for (the official client signs them alike): a
+    // settlement within the permit's time must not meet an expired approval.
+    if info.deadline < a.deadline || info.deadline < U256::from(now + DEADLINE_MARGIN_SECS) {
         return bad(
             "eip2612_deadline_expired",
             format!(
-                "the approval expires at {}: too soon to settle",
-                info.deadline
+                "the approval expires at {}, before the permit ({}): sign it for as long",
+                info.deadline, a.deadline
             ),
         );
     }

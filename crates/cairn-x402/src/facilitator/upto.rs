@@ -135,10 +135,11 @@ impl Facilitator {
             .chain
             .token_allowance(a.owner, contracts.permit2)
             .await?;
-        // An EIP-2612 approval riding along sets the allowance to the maximum when settled, if
-        // it is still the payer's next token nonce.
+        // An EIP-2612 approval riding along replaces the allowance with the maximum when the
+        // settlement submits it (whatever the allowance was), if it is still the payer's next
+        // token nonce: other open permits must then fit inside it too.
         let approved = match &c.permit2612 {
-            Some((permit, nonce)) if allowance < needed => {
+            Some((permit, nonce)) => {
                 let current = self.chain.token_nonce(a.owner).await?;
                 if current != *nonce {
                     return invalid(
@@ -151,7 +152,7 @@ impl Facilitator {
                 }
                 permit.value
             }
-            _ => allowance,
+            None => allowance,
         };
         if approved < needed {
             return invalid(
