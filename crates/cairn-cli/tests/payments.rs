@@ -116,6 +116,29 @@ fn python_pay(url: &str, key_hex: &str, extra: &[&str]) -> Value {
     )
 }
 
+/// The official Python `upto` client (`tests/python/x402_upto_pay.py`) pays `node` as dev
+/// account `payer`, POSTing each (path, request file) in turn; `gasless`: with an EIP-2612
+/// approval inside the payment instead of an approval transaction through `rpc`. Its report.
+fn python_upto(
+    node: &str,
+    rpc: &str,
+    payer: usize,
+    calls: &[(&str, &Path)],
+    gasless: bool,
+) -> Value {
+    let py = std::env::var("CAIRN_PY").expect("CAIRN_PY (scripts/test.sh sets it)");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/x402_upto_pay.py");
+    let mut cmd = Command::new(py);
+    cmd.arg(script).args([node, rpc, &key_hex(payer)]);
+    for (path, file) in calls {
+        cmd.arg(path).arg(file);
+    }
+    if gasless {
+        cmd.env("X402_GASLESS", "1");
+    }
+    json_report(&mut cmd)
+}
+
 fn key_hex(i: usize) -> String {
     format!(
         "0x{}",
@@ -1146,18 +1169,17 @@ fn the_official_upto_client_pays_what_each_call_costs() {
         (balance(&c, payer.address()), balance(&c, vault))
     };
 
-    let py = std::env::var("CAIRN_PY").expect("CAIRN_PY (scripts/test.sh sets it)");
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/x402_upto_pay.py");
     let digit = examples().join("digit.json");
-    let report = json_report(Command::new(py).arg(script).args([
-        net.node_url.as_str(),
-        net.rpc_url.as_str(),
-        &key_hex(7),
-        "/v2/models/digits@1.0/infer",
-        digit.to_str().unwrap(),
-        "/v1/chat/completions",
-        chat.to_str().unwrap(),
-    ]));
+    let report = python_upto(
+        &net.node_url,
+        &net.rpc_url,
+        7,
+        &[
+            ("/v2/models/digits@1.0/infer", &digit),
+            ("/v1/chat/completions", &chat),
+        ],
+        false,
+    );
     let calls = report.as_array().unwrap();
     let (onnx, llm) = (&calls[0], &calls[1]);
     for c in calls {
@@ -1237,15 +1259,13 @@ fn the_official_upto_client_pays_what_each_call_costs() {
     // submits it with the settlement.
     let eight = dev_signer(8).address();
     let before = balance(&devnet_chain(&data), eight);
-    let py = std::env::var("CAIRN_PY").expect("CAIRN_PY (scripts/test.sh sets it)");
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/x402_upto_pay.py");
-    let report = json_report(Command::new(py).arg(script).env("X402_GASLESS", "1").args([
-        net.node_url.as_str(),
-        net.rpc_url.as_str(),
-        &key_hex(8),
-        "/v2/models/digits@1.0/infer",
-        digit.to_str().unwrap(),
-    ]));
+    let report = python_upto(
+        &net.node_url,
+        &net.rpc_url,
+        8,
+        &[("/v2/models/digits@1.0/infer", &digit)],
+        true,
+    );
     assert_eq!(report[0]["status"], 200, "{report}");
     assert_eq!(report[0]["paymentResponse"]["success"], true, "{report}");
     let c = devnet_chain(&data);
@@ -1291,16 +1311,14 @@ fn the_official_upto_client_pays_a_node_settling_on_anvil() {
             .unwrap();
     });
     let (p0, v0) = (balance(&chain, payer), balance(&chain, vault));
-    let py = std::env::var("CAIRN_PY").expect("CAIRN_PY (scripts/test.sh sets it)");
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/x402_upto_pay.py");
     let digit = examples().join("digit.json");
-    let report = json_report(Command::new(py).arg(script).args([
-        a.node.node_url.as_str(),
-        a.anvil_url.as_str(),
-        &key_hex(9),
-        "/v2/models/digits@1.0/infer",
-        digit.to_str().unwrap(),
-    ]));
+    let report = python_upto(
+        &a.node.node_url,
+        &a.anvil_url,
+        9,
+        &[("/v2/models/digits@1.0/infer", &digit)],
+        false,
+    );
     let r = &report[0];
     assert_eq!(r["status"], 200, "{r}");
     assert_eq!(r["paymentResponse"]["success"], true, "{r}");

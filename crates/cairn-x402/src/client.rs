@@ -30,15 +30,20 @@ pub fn settle_response(headers: &HeaderMap) -> Option<SettleResponse> {
     decode_header("PAYMENT-RESPONSE", h.as_bytes()).ok()
 }
 
+/// The EVM chain id of `offer`'s network.
+fn evm_chain_id(offer: &PaymentRequirements) -> Result<u64, X402Error> {
+    chain_id_of(&offer.network).ok_or_else(|| {
+        X402Error::Malformed(format!("network {:?} is not an EVM chain", offer.network))
+    })
+}
+
 /// Signs an `exact` payment for `offer` and returns the `PAYMENT-SIGNATURE` value.
 pub fn pay_exact(
     signer: &PrivateKeySigner,
     required: &PaymentRequired,
     offer: &PaymentRequirements,
 ) -> Result<String, X402Error> {
-    let chain_id = chain_id_of(&offer.network).ok_or_else(|| {
-        X402Error::Malformed(format!("network {:?} is not an EVM chain", offer.network))
-    })?;
+    let chain_id = evm_chain_id(offer)?;
     let authorization = Authorization {
         from: signer.address(),
         to: offer.pay_to,
@@ -69,9 +74,7 @@ pub fn pay_upto(
     offer: &PaymentRequirements,
 ) -> Result<String, X402Error> {
     use cairn_ledger::contracts::x402_addresses;
-    let chain_id = chain_id_of(&offer.network).ok_or_else(|| {
-        X402Error::Malformed(format!("network {:?} is not an EVM chain", offer.network))
-    })?;
+    let chain_id = evm_chain_id(offer)?;
     let facilitator: Address = offer
         .extra
         .get("facilitatorAddress")

@@ -613,6 +613,27 @@ async fn upto_header(
     })
 }
 
+/// Sends `body` paid by an upto permit with `nonce`, which the payer revokes 60 ms into the
+/// call (routes taking 150 ms).
+async fn send_revoked_meanwhile(
+    s: &Site,
+    payer: &PrivateKeySigner,
+    nonce: U256,
+    body: &'static str,
+) -> (u16, String, Option<SettleResponse>, serde_json::Value) {
+    let h = upto_header(s, payer, |a| a.nonce = nonce, |_| {}).await;
+    let call = tokio::spawn({
+        let url = s.url.clone();
+        async move { send(&url, &h, body).await }
+    });
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    s.d.chain
+        .invalidate_permit2_nonce(payer, nonce)
+        .await
+        .unwrap();
+    call.await.unwrap()
+}
+
 async fn approve_permit2(s: &Site, payer: &PrivateKeySigner) {
     let permit2 = s.d.chain.upto().unwrap().permit2;
     s.d.chain.approve(payer, permit2, U256::MAX).await.unwrap();
@@ -733,18 +754,8 @@ async fn a_permit_revoked_while_its_call_runs_is_not_charged_and_its_answer_is_w
     approve_permit2(&s, payer).await;
     let before = s.d.chain.token_balance(payer.address()).await.unwrap();
     let nonce = U256::from(4242u64);
-    let h = upto_header(&s, payer, |a| a.nonce = nonce, |_| {}).await;
-    let call = tokio::spawn({
-        let url = s.url.clone();
-        async move { send(&url, &h, "go").await }
-    });
     // The route takes 150 ms: the payer revokes the permit's nonce meanwhile.
-    tokio::time::sleep(Duration::from_millis(60)).await;
-    s.d.chain
-        .invalidate_permit2_nonce(payer, nonce)
-        .await
-        .unwrap();
-    let (status, body, settle, v2) = call.await.unwrap();
+    let (status, body, settle, v2) = send_revoked_meanwhile(&s, payer, nonce, "go").await;
     assert_eq!(status, 402, "{body}");
     assert_eq!(v2["error"], "permit2_invalid_nonce");
     assert!(!settle.unwrap().success);
@@ -965,17 +976,7 @@ async fn a_metered_call_paid_with_upto_is_charged_what_it_used() {
     );
     // Revoked while the call runs: the charge fails, nothing moves, the answer is withheld.
     let nonce = U256::from(7777u64);
-    let h = upto_header(&s, payer, |a| a.nonce = nonce, |_| {}).await;
-    let call = tokio::spawn({
-        let url = s.url.clone();
-        async move { send(&url, &h, "slow 500").await }
-    });
-    tokio::time::sleep(Duration::from_millis(60)).await;
-    s.d.chain
-        .invalidate_permit2_nonce(payer, nonce)
-        .await
-        .unwrap();
-    let (status, body, _, _) = call.await.unwrap();
+    let (status, body, _, _) = send_revoked_meanwhile(&s, payer, nonce, "slow 500").await;
     assert_eq!(status, 422, "{body}");
     assert!(body.contains("permit2_invalid_nonce"), "{body}");
     assert_eq!(

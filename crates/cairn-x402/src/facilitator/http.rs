@@ -13,21 +13,10 @@ impl Facilitator {
             .normalize(req)
             .and_then(|(payload, r)| self.check_exact(&payload, &r, now_secs()));
         let result = match checked {
-            Ok(c) => self.check_chain(&c).await.map(|()| c),
+            Ok(c) => self.check_chain(&c).await.map(|()| c.authorization.from),
             Err(e) => Err(e),
         };
-        match result {
-            Ok(c) => VerifyResponse {
-                is_valid: true,
-                invalid_reason: None,
-                payer: Some(c.authorization.from),
-            },
-            Err(e) => VerifyResponse {
-                is_valid: false,
-                invalid_reason: Some(e.code().to_string()),
-                payer: payer_of(req),
-            },
-        }
+        verify_answer(result, req)
     }
 
     /// `POST /settle`: verifies, reserves and settles. Idempotent for the same authorization: a
@@ -147,6 +136,25 @@ impl Facilitator {
             api,
             std::sync::Arc::new(cairn_serve::metrics::Metrics::new("cairn_facilitator")),
         )
+    }
+}
+
+/// `/verify`'s answer: valid for the payer, or the reason and the payer the request names.
+pub(super) fn verify_answer(
+    result: Result<Address, X402Error>,
+    req: &FacilitatorRequest,
+) -> VerifyResponse {
+    match result {
+        Ok(payer) => VerifyResponse {
+            is_valid: true,
+            invalid_reason: None,
+            payer: Some(payer),
+        },
+        Err(e) => VerifyResponse {
+            is_valid: false,
+            invalid_reason: Some(e.code().to_string()),
+            payer: payer_of(req),
+        },
     }
 }
 

@@ -435,21 +435,13 @@ impl Facilitator {
         let result = match self.upto_request(req).and_then(|(payload, _, verified)| {
             self.check_upto(&payload, extensions, &verified, now_secs())
         }) {
-            Ok(c) => self.check_upto_chain(&c, false).await.map(|()| c),
+            Ok(c) => self
+                .check_upto_chain(&c, false)
+                .await
+                .map(|()| c.authorization.owner),
             Err(e) => Err(e),
         };
-        match result {
-            Ok(c) => VerifyResponse {
-                is_valid: true,
-                invalid_reason: None,
-                payer: Some(c.authorization.owner),
-            },
-            Err(e) => VerifyResponse {
-                is_valid: false,
-                invalid_reason: Some(e.code().to_string()),
-                payer: payer_of(req),
-            },
-        }
+        verify_answer(result, req)
     }
 
     /// `POST /settle` for `upto`: charges the requirements' `amount` (at most the signed
