@@ -39,6 +39,28 @@ pub mod upto_proxy {
     );
 }
 pub use upto_proxy::X402UptoPermit2Proxy;
+/// The x402 `batch-settlement` contract's bindings (its ABI names its own structs).
+pub mod batch_settlement {
+    alloy_sol_types::sol!(
+        #[sol(all_derives)]
+        X402BatchSettlement,
+        "../../contracts/artifacts/X402BatchSettlement.json"
+    );
+}
+pub use batch_settlement::X402BatchSettlement;
+/// The `batch-settlement` deposit collectors' bindings (errors and events, for decoding).
+pub mod deposit_collectors {
+    alloy_sol_types::sol!(
+        #[sol(all_derives)]
+        ERC3009DepositCollector,
+        "../../contracts/artifacts/ERC3009DepositCollector.json"
+    );
+    alloy_sol_types::sol!(
+        #[sol(all_derives)]
+        Permit2DepositCollector,
+        "../../contracts/artifacts/Permit2DepositCollector.json"
+    );
+}
 
 /// Where the official x402 clients expect the contracts they sign for (the x402 package's
 /// `constants.py`): the same address on every chain.
@@ -49,6 +71,14 @@ pub mod x402_addresses {
     pub const PERMIT2: Address = address!("0x000000000022D473030F116dDEE9F6B43aC78BA3");
     /// The x402 `upto` scheme's Permit2 proxy.
     pub const UPTO_PERMIT2_PROXY: Address = address!("0x4020A4f3b7b90ccA423B9fabCc0CE57C6C240002");
+    /// The x402 `batch-settlement` payment channels.
+    pub const BATCH_SETTLEMENT: Address = address!("0x4020074e9dF2ce1deE5A9C1b5c3f541D02a10003");
+    /// Its deposit collector for EIP-3009 tokens (`receiveWithAuthorization`).
+    pub const ERC3009_DEPOSIT_COLLECTOR: Address =
+        address!("0x4020806089470a89826cB9fB1f4059150b550004");
+    /// Its deposit collector through Permit2.
+    pub const PERMIT2_DEPOSIT_COLLECTOR: Address =
+        address!("0x4020425FAf3B746C082C2f942b4E5159887B0005");
 }
 
 /// A compiled contract as committed under `contracts/artifacts`.
@@ -61,7 +91,7 @@ struct Artifact {
 }
 
 /// The artifacts, embedded at build time.
-pub const ARTIFACTS: [(&str, &str); 6] = [
+pub const ARTIFACTS: [(&str, &str); 9] = [
     (
         "CairnToken",
         include_str!("../../../contracts/artifacts/CairnToken.json"),
@@ -85,6 +115,18 @@ pub const ARTIFACTS: [(&str, &str); 6] = [
     (
         "X402UptoPermit2Proxy",
         include_str!("../../../contracts/artifacts/X402UptoPermit2Proxy.json"),
+    ),
+    (
+        "X402BatchSettlement",
+        include_str!("../../../contracts/artifacts/X402BatchSettlement.json"),
+    ),
+    (
+        "ERC3009DepositCollector",
+        include_str!("../../../contracts/artifacts/ERC3009DepositCollector.json"),
+    ),
+    (
+        "Permit2DepositCollector",
+        include_str!("../../../contracts/artifacts/Permit2DepositCollector.json"),
     ),
 ];
 
@@ -135,6 +177,19 @@ pub fn decode_revert(data: &[u8]) -> String {
     }
     if let Ok(e) = X402UptoPermit2Proxy::X402UptoPermit2ProxyErrors::abi_decode(data) {
         return format!("X402UptoPermit2Proxy.{e:?}");
+    }
+    if let Ok(e) = X402BatchSettlement::X402BatchSettlementErrors::abi_decode(data) {
+        return format!("X402BatchSettlement.{e:?}");
+    }
+    if let Ok(e) =
+        deposit_collectors::Permit2DepositCollector::Permit2DepositCollectorErrors::abi_decode(data)
+    {
+        return format!("Permit2DepositCollector.{e:?}");
+    }
+    if let Ok(e) =
+        deposit_collectors::ERC3009DepositCollector::ERC3009DepositCollectorErrors::abi_decode(data)
+    {
+        return format!("ERC3009DepositCollector.{e:?}");
     }
     if let Ok(e) = Permit2::Permit2Errors::abi_decode(data) {
         return format!("Permit2.{e:?}");

@@ -125,6 +125,26 @@ pub struct Deployment {
     /// offered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upto: Option<UptoContracts>,
+    /// The x402 `batch-settlement` scheme's contracts (the channels and their deposit
+    /// collectors, at their fixed addresses), when this chain has them; absent, the scheme is
+    /// not offered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<BatchContracts>,
+}
+
+/// The x402 `batch-settlement` contracts, where the official clients expect them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BatchContracts {
+    /// The payment channels (also the vouchers' EIP-712 verifying contract).
+    #[serde(serialize_with = "checksummed")]
+    pub settlement: Address,
+    /// The deposit collector for EIP-3009 tokens.
+    #[serde(serialize_with = "checksummed")]
+    pub erc3009_collector: Address,
+    /// The deposit collector through Permit2.
+    #[serde(serialize_with = "checksummed")]
+    pub permit2_collector: Address,
 }
 
 /// Permit2 and the x402 `upto` proxy, where the official clients expect them.
@@ -145,23 +165,63 @@ pub struct UptoContracts {
 /// neither and cannot be given them (a public chain without the proxy: `upto` is then not
 /// offered).
 pub async fn place_upto(ledger: &dyn Ledger) -> Result<Option<UptoContracts>, LedgerError> {
-    use crate::contracts::{runtime_code, x402_addresses};
-    for (address, name) in [
-        (x402_addresses::PERMIT2, "Permit2"),
-        (x402_addresses::UPTO_PERMIT2_PROXY, "X402UptoPermit2Proxy"),
-    ] {
+    use crate::contracts::x402_addresses;
+    let placed = place(
+        ledger,
+        &[
+            (x402_addresses::PERMIT2, "Permit2"),
+            (x402_addresses::UPTO_PERMIT2_PROXY, "X402UptoPermit2Proxy"),
+        ],
+    )
+    .await?;
+    Ok(placed.then_some(UptoContracts {
+        permit2: x402_addresses::PERMIT2,
+        proxy: x402_addresses::UPTO_PERMIT2_PROXY,
+    }))
+}
+
+/// Makes sure each named contract's code is at its address: code already there is used, and
+/// on a dev chain ours is placed. `false` when one is missing and the chain cannot be given it.
+async fn place(ledger: &dyn Ledger, contracts: &[(Address, &str)]) -> Result<bool, LedgerError> {
+    for &(address, name) in contracts {
         if !ledger.code(address).await?.is_empty() {
             continue;
         }
-        match ledger.dev_set_code(address, runtime_code(name)).await {
+        match ledger
+            .dev_set_code(address, crate::contracts::runtime_code(name))
+            .await
+        {
             Ok(()) => {}
-            Err(LedgerError::Unsupported(_)) => return Ok(None),
+            Err(LedgerError::Unsupported(_)) => return Ok(false),
             Err(e) => return Err(e),
         }
     }
-    Ok(Some(UptoContracts {
-        permit2: x402_addresses::PERMIT2,
-        proxy: x402_addresses::UPTO_PERMIT2_PROXY,
+    Ok(true)
+}
+
+/// As [`place_upto`], for the x402 `batch-settlement` channels and their deposit collectors
+/// (the Permit2 collector needs Permit2, which [`place_upto`] places first).
+pub async fn place_batch(ledger: &dyn Ledger) -> Result<Option<BatchContracts>, LedgerError> {
+    use crate::contracts::x402_addresses;
+    let placed = place(
+        ledger,
+        &[
+            (x402_addresses::BATCH_SETTLEMENT, "X402BatchSettlement"),
+            (
+                x402_addresses::ERC3009_DEPOSIT_COLLECTOR,
+                "ERC3009DepositCollector",
+            ),
+            (
+                x402_addresses::PERMIT2_DEPOSIT_COLLECTOR,
+                "Permit2DepositCollector",
+            ),
+        ],
+    )
+    .await?;
+    Ok(placed.then_some(BatchContracts {
+        settlement: x402_addresses::BATCH_SETTLEMENT,
+        erc3009_collector: x402_addresses::ERC3009_DEPOSIT_COLLECTOR,
+        permit2_collector: x402_addresses::PERMIT2_DEPOSIT_COLLECTOR,
     }))
 }
 
@@ -396,6 +456,10 @@ pub async fn deploy(
     .await?;
     let block = configure_registry(ledger, deployer, params, registry, settlement).await?;
     let upto = place_upto(ledger).await?;
+    let batch = match upto {
+        Some(_) => place_batch(ledger).await?,
+        None => None,
+    };
     Ok(Deployment {
         chain_id: ledger.chain_id(),
         token,
@@ -406,5 +470,6 @@ pub async fn deploy(
         treasury: params.treasury,
         block,
         upto,
+        batch,
     })
 }

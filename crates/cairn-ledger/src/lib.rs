@@ -23,7 +23,9 @@ pub use chain::{
     BatchInfo, BatchStatus, Chain, Challenged, ChannelState, NodeInfo, RegistrationRequest, Role,
     TokenPermit, UptoAuthorization, permit2_domain,
 };
-pub use deploy::{DeployParams, Deployment, UptoContracts, dev_signer, dev_signers};
+pub use deploy::{
+    BatchContracts, DeployParams, Deployment, UptoContracts, dev_signer, dev_signers,
+};
 pub use embedded::EmbeddedLedger;
 pub use rpc::RpcLedger;
 

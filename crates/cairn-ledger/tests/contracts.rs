@@ -1588,6 +1588,457 @@ async fn upto_permit2(ledger: Arc<dyn Ledger>) {
     );
 }
 
+/// The x402 `batch-settlement` channels: deposits through both collectors, vouchers claimed in
+/// batches by the receiver side, the sweep to the receiver, the payer's withdrawal race and
+/// cooperative refunds, with every forged, replayed or over-limit step refused.
+async fn batch_settlement(ledger: Arc<dyn Ledger>) {
+    use alloy_primitives::aliases::U40;
+    use alloy_sol_types::SolCall;
+    use cairn_ledger::chain::{ChannelConfig, ClaimedVoucher, VoucherClaim};
+    use cairn_ledger::contracts::{X402BatchSettlement, x402_addresses};
+    let a = actors(20);
+    let chain = setup(ledger.clone(), &a).await;
+    let batch = chain.batch_contracts().unwrap();
+    assert_eq!(batch.settlement, x402_addresses::BATCH_SETTLEMENT);
+    let token = chain.deployment().token;
+    let receiver = a.treasury.address();
+    let authorizer = &a.node;
+    let config = |payer: &PrivateKeySigner, salt: u8| ChannelConfig {
+        payer: payer.address(),
+        payerAuthorizer: payer.address(),
+        receiver,
+        receiverAuthorizer: authorizer.address(),
+        token,
+        withdrawDelay: U40::from(900u64),
+        salt: B256::repeat_byte(salt),
+    };
+    let cfg = config(&a.payer, 1);
+    let id = chain.batch_channel_id(&cfg);
+    // The id the contract computes is the one every client computes off chain.
+    let on_chain = ledger
+        .call(
+            batch.settlement,
+            X402BatchSettlement::getChannelIdCall {
+                config: cfg.clone(),
+            }
+            .abi_encode()
+            .into(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(B256::from_slice(&on_chain), id);
+    let head = ledger.head().await.unwrap().timestamp;
+    let balance = |who: Address| {
+        let chain = &chain;
+        async move { chain.token_balance(who).await.unwrap() }
+    };
+    let payer_start = balance(a.payer.address()).await;
+
+    // An EIP-3009 deposit, sent by the facilitator (anyone); its authorization works once.
+    let data = chain
+        .sign_erc3009_deposit(
+            &a.payer,
+            &cfg,
+            U256::from(10_000u64),
+            U256::from(head + 3_600),
+            U256::from(7),
+        )
+        .await
+        .unwrap();
+    chain
+        .batch_deposit(
+            &a.outsider,
+            &cfg,
+            10_000,
+            batch.erc3009_collector,
+            data.clone(),
+        )
+        .await
+        .unwrap();
+    let e = chain
+        .batch_deposit(
+            &a.outsider,
+            &cfg,
+            10_000,
+            batch.erc3009_collector,
+            data.clone(),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        reason(e).contains("ERC3009"),
+        "a deposit authorization was replayed"
+    );
+    // The authorization funds its own channel only, and only through the contract.
+    let other = config(&a.payer, 2);
+    let e = chain
+        .batch_deposit(
+            &a.outsider,
+            &other,
+            10_000,
+            batch.erc3009_collector,
+            data.clone(),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        reason(e).contains("ERC3009"),
+        "a deposit went to another channel"
+    );
+    let direct =
+        cairn_ledger::contracts::deposit_collectors::ERC3009DepositCollector::collectCall {
+            payer: a.payer.address(),
+            token,
+            amount: U256::from(10_000u64),
+            channelId: id,
+            collectorData: data,
+        };
+    let e = ledger
+        .send(
+            &a.outsider,
+            cairn_ledger::TxRequest {
+                to: Some(batch.erc3009_collector),
+                data: direct.abi_encode().into(),
+                value: U256::ZERO,
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(reason(e).contains("OnlyX402BatchSettlement"));
+    // A Permit2 deposit tops the channel up (after the payer's one approval of Permit2).
+    chain
+        .approve(&a.payer, x402_addresses::PERMIT2, U256::MAX)
+        .await
+        .unwrap();
+    let p2 = |nonce: u64, amount: u64, c: &ChannelConfig| {
+        chain
+            .sign_permit2_deposit(
+                &a.payer,
+                c,
+                U256::from(amount),
+                U256::from(nonce),
+                U256::from(head + 3_600),
+            )
+            .unwrap()
+    };
+    let wrong_channel = p2(1, 5_000, &other);
+    let e = chain
+        .batch_deposit(
+            &a.outsider,
+            &cfg,
+            5_000,
+            batch.permit2_collector,
+            wrong_channel,
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        reason(e).contains("InvalidSigner"),
+        "a Permit2 deposit was redirected"
+    );
+    chain
+        .batch_deposit(
+            &a.outsider,
+            &cfg,
+            5_000,
+            batch.permit2_collector,
+            p2(1, 5_000, &cfg),
+        )
+        .await
+        .unwrap();
+    let e = chain
+        .batch_deposit(
+            &a.outsider,
+            &cfg,
+            5_000,
+            batch.permit2_collector,
+            p2(1, 5_000, &cfg),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        reason(e).contains("InvalidNonce"),
+        "a Permit2 deposit was replayed"
+    );
+    let st = chain.batch_channel(id).await.unwrap();
+    assert_eq!(st.balance, U256::from(15_000u64));
+    assert_eq!(
+        balance(a.payer.address()).await,
+        payer_start - U256::from(15_000u64)
+    );
+    let bad_config = ChannelConfig {
+        withdrawDelay: U40::from(899u64),
+        ..cfg.clone()
+    };
+    let e = chain
+        .batch_deposit(
+            &a.outsider,
+            &bad_config,
+            1,
+            batch.permit2_collector,
+            p2(2, 1, &bad_config),
+        )
+        .await
+        .unwrap_err();
+    assert!(reason(e).contains("WithdrawDelayOutOfRange"));
+
+    // Vouchers: the receiver side claims any total up to the latest ceiling and the balance.
+    let voucher = |max: u128, total: u128, signer: &PrivateKeySigner| VoucherClaim {
+        voucher: ClaimedVoucher {
+            channel: cfg.clone(),
+            maxClaimableAmount: max,
+        },
+        signature: chain
+            .sign_batch_voucher(signer, id, max)
+            .unwrap()
+            .as_bytes()
+            .to_vec()
+            .into(),
+        totalClaimed: total,
+    };
+    let e = chain
+        .batch_claim(&a.outsider, vec![voucher(3_000, 3_000, &a.payer)])
+        .await
+        .unwrap_err();
+    assert!(reason(e).contains("NotAuthorizedToClaim"));
+    let e = chain
+        .batch_claim(authorizer, vec![voucher(3_000, 3_001, &a.payer)])
+        .await
+        .unwrap_err();
+    assert!(reason(e).contains("ClaimExceedsCeiling"));
+    let e = chain
+        .batch_claim(authorizer, vec![voucher(3_000, 3_000, &a.outsider)])
+        .await
+        .unwrap_err();
+    assert!(
+        reason(e).contains("InvalidSignature"),
+        "a forged voucher was claimed"
+    );
+    let mut high_s = voucher(3_000, 3_000, &a.payer);
+    let sig = alloy_primitives::Signature::try_from(high_s.signature.as_ref()).unwrap();
+    high_s.signature = cairn_core::sig::malleate(&sig).as_bytes().to_vec().into();
+    let e = chain
+        .batch_claim(authorizer, vec![high_s])
+        .await
+        .unwrap_err();
+    assert!(
+        reason(e).contains("ECDSAInvalidSignatureS"),
+        "a high-s voucher was claimed"
+    );
+    let e = chain
+        .batch_claim(authorizer, vec![voucher(20_000, 15_001, &a.payer)])
+        .await
+        .unwrap_err();
+    assert!(reason(e).contains("ClaimExceedsBalance"));
+    chain
+        .batch_claim(authorizer, vec![voucher(3_000, 2_500, &a.payer)])
+        .await
+        .unwrap();
+    // A lower or equal total is skipped, not failed; a signed batch goes in by anyone.
+    let rows = vec![
+        voucher(3_000, 2_000, &a.payer),
+        voucher(5_000, 4_000, &a.payer),
+    ];
+    let e = chain
+        .batch_claim_with_signature(
+            &a.outsider,
+            rows.clone(),
+            chain
+                .sign_batch_claims(&a.outsider, &rows)
+                .unwrap()
+                .as_bytes()
+                .to_vec()
+                .into(),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        reason(e).contains("InvalidSignature"),
+        "a claim batch was forged"
+    );
+    let signed_rows: alloy_primitives::Bytes = chain
+        .sign_batch_claims(authorizer, &rows)
+        .unwrap()
+        .as_bytes()
+        .to_vec()
+        .into();
+    let mut raised = rows.clone();
+    raised[1].totalClaimed = 5_000;
+    let e = chain
+        .batch_claim_with_signature(&a.outsider, raised, signed_rows.clone())
+        .await
+        .unwrap_err();
+    assert!(
+        reason(e).contains("InvalidSignature"),
+        "a signed claim was raised"
+    );
+    chain
+        .batch_claim_with_signature(&a.outsider, rows, signed_rows)
+        .await
+        .unwrap();
+    assert_eq!(
+        chain.batch_channel(id).await.unwrap().total_claimed,
+        U256::from(4_000u64)
+    );
+    // The sweep pays the receiver exactly what was claimed, once; anyone may send it.
+    let before = balance(receiver).await;
+    chain
+        .batch_settle(&a.outsider, receiver, token)
+        .await
+        .unwrap();
+    assert_eq!(balance(receiver).await, before + U256::from(4_000u64));
+    chain
+        .batch_settle(&a.outsider, receiver, token)
+        .await
+        .unwrap();
+    assert_eq!(balance(receiver).await, before + U256::from(4_000u64));
+    assert_eq!(
+        chain.batch_receiver(receiver, token).await.unwrap(),
+        (U256::from(4_000u64), U256::from(4_000u64))
+    );
+
+    // The withdrawal race: the payer asks for everything unclaimed; during the delay the
+    // receiver still claims what it is owed, and the payer gets the rest.
+    let e = chain
+        .batch_initiate_withdraw(&a.outsider, &cfg, 1_000)
+        .await
+        .unwrap_err();
+    assert!(reason(e).contains("InvalidChannel"));
+    let e = chain
+        .batch_initiate_withdraw(&a.payer, &cfg, 11_001)
+        .await
+        .unwrap_err();
+    assert!(reason(e).contains("WithdrawAmountExceedsAvailable"));
+    chain
+        .batch_initiate_withdraw(&a.payer, &cfg, 11_000)
+        .await
+        .unwrap();
+    let e = chain
+        .batch_finalize_withdraw(&a.payer, &cfg)
+        .await
+        .unwrap_err();
+    assert!(reason(e).contains("WithdrawDelayNotElapsed"));
+    chain
+        .batch_claim(authorizer, vec![voucher(6_000, 6_000, &a.payer)])
+        .await
+        .unwrap();
+    ledger.advance_time(901).await.unwrap();
+    let e = chain
+        .batch_finalize_withdraw(&a.outsider, &cfg)
+        .await
+        .unwrap_err();
+    assert!(reason(e).contains("NotAuthorizedToFinalizeWithdraw"));
+    let payer_before = balance(a.payer.address()).await;
+    chain.batch_finalize_withdraw(&a.payer, &cfg).await.unwrap();
+    assert_eq!(
+        balance(a.payer.address()).await,
+        payer_before + U256::from(9_000u64)
+    );
+    let st = chain.batch_channel(id).await.unwrap();
+    assert_eq!(
+        (st.balance, st.total_claimed),
+        (U256::from(6_000u64), U256::from(6_000u64))
+    );
+    let e = chain
+        .batch_finalize_withdraw(&a.payer, &cfg)
+        .await
+        .unwrap_err();
+    assert!(reason(e).contains("WithdrawalNotPending"));
+
+    // Cooperative refunds: by the receiver side, or on its signature once (the refund nonce).
+    let cfg2 = config(&a.payer, 3);
+    let id2 = chain.batch_channel_id(&cfg2);
+    chain
+        .batch_deposit(
+            &a.outsider,
+            &cfg2,
+            2_000,
+            batch.permit2_collector,
+            p2(3, 2_000, &cfg2),
+        )
+        .await
+        .unwrap();
+    let e = chain
+        .batch_refund(&a.outsider, &cfg2, 500)
+        .await
+        .unwrap_err();
+    assert!(reason(e).contains("NotAuthorizedToRefund"));
+    let payer_before = balance(a.payer.address()).await;
+    chain.batch_refund(authorizer, &cfg2, 500).await.unwrap();
+    let nonce = chain.batch_channel(id2).await.unwrap().refund_nonce;
+    assert_eq!(nonce, U256::from(1));
+    let sig: alloy_primitives::Bytes = chain
+        .sign_batch_refund(authorizer, id2, nonce, 5_000)
+        .unwrap()
+        .as_bytes()
+        .to_vec()
+        .into();
+    let e = chain
+        .batch_refund_with_signature(&a.outsider, &cfg2, 5_000, nonce, Default::default())
+        .await
+        .unwrap_err();
+    assert!(reason(e).contains("InvalidSignature"));
+    chain
+        .batch_refund_with_signature(&a.outsider, &cfg2, 5_000, nonce, sig.clone())
+        .await
+        .unwrap();
+    let e = chain
+        .batch_refund_with_signature(&a.outsider, &cfg2, 5_000, nonce, sig)
+        .await
+        .unwrap_err();
+    assert!(
+        reason(e).contains("InvalidRefundNonce"),
+        "a refund was replayed"
+    );
+    // Capped at what was unclaimed: 500 + 1,500 back, nothing more.
+    assert_eq!(
+        balance(a.payer.address()).await,
+        payer_before + U256::from(2_000u64)
+    );
+    assert_eq!(chain.batch_channel(id2).await.unwrap().balance, U256::ZERO);
+
+    // A payer who never approved Permit2 deposits with an EIP-2612 approval in the data.
+    let fresh = &a.verifiers[0];
+    let cfg3 = config(fresh, 4);
+    let permit = chain
+        .sign_token_permit(
+            fresh,
+            x402_addresses::PERMIT2,
+            U256::from(700u64),
+            U256::from(head + 3_600),
+        )
+        .await
+        .unwrap();
+    let sig = cairn_ledger::chain::permit2_deposit_hash(
+        chain.deployment().chain_id,
+        token,
+        U256::from(700u64),
+        U256::from(9),
+        U256::from(head + 3_600),
+        chain.batch_channel_id(&cfg3),
+    );
+    let sig: alloy_primitives::Bytes = alloy_signer::SignerSync::sign_hash_sync(fresh, &sig)
+        .unwrap()
+        .as_bytes()
+        .to_vec()
+        .into();
+    let data = cairn_ledger::chain::permit2_collector_data(
+        U256::from(9),
+        U256::from(head + 3_600),
+        &sig,
+        Some(&permit),
+    );
+    let fresh_before = balance(fresh.address()).await;
+    chain
+        .batch_deposit(&a.outsider, &cfg3, 700, batch.permit2_collector, data)
+        .await
+        .unwrap();
+    assert_eq!(
+        balance(fresh.address()).await,
+        fresh_before - U256::from(700u64)
+    );
+}
+
 fn signed_by(
     chain: &Chain,
     who: &PrivateKeySigner,
@@ -1602,6 +2053,7 @@ fn signed_by(
 }
 
 async fn run_all(ledger: Arc<dyn Ledger>) {
+    batch_settlement(ledger.clone()).await;
     upto_permit2(ledger.clone()).await;
     llm_receipts_are_challenged(ledger.clone()).await;
     open_batches_bind_stake(ledger.clone()).await;

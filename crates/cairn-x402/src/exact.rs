@@ -71,9 +71,9 @@ impl CheckedExact {
     /// The token call that moves this payment (anyone may send it; the payer pays no gas).
     pub fn transfer_call(
         &self,
-    ) -> cairn_ledger::contracts::CairnToken::transferWithAuthorizationCall {
+    ) -> cairn_ledger::contracts::CairnToken::transferWithAuthorization_1Call {
         let (a, sig) = (&self.authorization, &self.signature);
-        cairn_ledger::contracts::CairnToken::transferWithAuthorizationCall {
+        cairn_ledger::contracts::CairnToken::transferWithAuthorization_1Call {
             from: a.from,
             to: a.to,
             value: a.value,

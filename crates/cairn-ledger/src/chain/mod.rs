@@ -69,11 +69,17 @@ fn decimal<S: serde::Serializer>(v: &U256, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&v.to_string())
 }
 
+mod batch;
 mod escrow;
 mod registry;
 mod settlement;
 mod token;
 mod upto;
+pub use batch::{
+    BatchChannelState, ChannelConfig, ClaimedVoucher, VoucherClaim, batch_channel_id,
+    batch_claims_hash, batch_domain, batch_refund_hash, batch_voucher_hash, erc3009_collector_data,
+    erc3009_deposit_nonce, permit2_collector_data, permit2_deposit_hash, typed as batch_typed,
+};
 pub use settlement::Challenged;
 pub use upto::{Permit, TokenPermit, UptoAuthorization, permit2_domain};
 

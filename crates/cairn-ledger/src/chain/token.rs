@@ -82,7 +82,7 @@ impl Chain {
         value: U256,
         valid_before: u64,
         nonce: B256,
-    ) -> Result<CairnToken::transferWithAuthorizationCall, LedgerError> {
+    ) -> Result<CairnToken::transferWithAuthorization_1Call, LedgerError> {
         let msg = TransferWithAuthorization {
             from: from.address(),
             to,
@@ -92,7 +92,7 @@ impl Chain {
             nonce,
         };
         let sig = sign(from, msg.eip712_signing_hash(&self.token_domain().await?))?;
-        Ok(CairnToken::transferWithAuthorizationCall {
+        Ok(CairnToken::transferWithAuthorization_1Call {
             from: msg.from,
             to,
             value,
@@ -176,7 +176,7 @@ impl Chain {
     pub async fn send_authorization(
         &self,
         sender: &PrivateKeySigner,
-        call: CairnToken::transferWithAuthorizationCall,
+        call: CairnToken::transferWithAuthorization_1Call,
     ) -> Result<TxOutcome, LedgerError> {
         self.exec(sender, self.deployment.token, call).await
     }
