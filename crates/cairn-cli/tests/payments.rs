@@ -126,17 +126,31 @@ fn python_upto(
     calls: &[(&str, &Path)],
     gasless: bool,
 ) -> Value {
+    let mut cmd = python_client("x402_upto_pay.py", node, rpc, payer, calls);
+    if gasless {
+        cmd.env("X402_GASLESS", "1");
+    }
+    json_report(&mut cmd)
+}
+
+/// The official Python client `script` paying `node` as dev account `payer`, POSTing `calls`.
+fn python_client(
+    script: &str,
+    node: &str,
+    rpc: &str,
+    payer: usize,
+    calls: &[(&str, &Path)],
+) -> Command {
     let py = std::env::var("CAIRN_PY").expect("CAIRN_PY (scripts/test.sh sets it)");
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/x402_upto_pay.py");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/python")
+        .join(script);
     let mut cmd = Command::new(py);
     cmd.arg(script).args([node, rpc, &key_hex(payer)]);
     for (path, file) in calls {
         cmd.arg(path).arg(file);
     }
-    if gasless {
-        cmd.env("X402_GASLESS", "1");
-    }
-    json_report(&mut cmd)
+    cmd
 }
 
 fn key_hex(i: usize) -> String {
@@ -908,6 +922,133 @@ fn llm_charge(prompt: u32, completion: u32) -> U256 {
 fn channel_accepted(node: &str, payer: Address) -> U256 {
     let c = get(&format!("{node}/v1/prepaid/{payer}"));
     c["accepted"].as_str().unwrap().parse().unwrap()
+}
+
+/// The official Python client's `batch-settlement` scheme pays a devnet node, unchanged: its
+/// first call deposits into a channel (an EIP-3009 authorization the node submits), every call
+/// carries a cumulative voucher, a language-model call is charged its signed usage (below the
+/// maximum the voucher allowed), and the node claims the channel in a batch and sweeps it to its
+/// vault. A second client process with no local record picks the channel up from the chain
+/// (and, when the node has counted more than was claimed, from the corrective 402).
+#[test]
+fn the_official_batch_settlement_client_pays_from_a_channel() {
+    let test = "the_official_batch_settlement_client_pays_from_a_channel";
+    let Some(model) = common::llm_model(test) else {
+        return;
+    };
+    let net = Server::devnet_with(&[
+        "--llm",
+        model.to_str().unwrap(),
+        "--llm-price",
+        "100/400",
+        "--price",
+        &PRICE.to_string(),
+        "--batch-max-age-secs",
+        "3600",
+    ]);
+    let dir = net.dir.path();
+    let data = dir.join("data");
+    let payer = dev_signer(9);
+    let info = get(&format!("{}/v1/node", net.node_url));
+    let vault: Address = info["payments"]["payTo"].as_str().unwrap().parse().unwrap();
+    assert!(
+        info["payments"]["schemes"]
+            .as_array()
+            .unwrap()
+            .contains(&Value::from("batch-settlement")),
+        "{info}"
+    );
+    let chat = dir.join("chat.json");
+    std::fs::write(
+        &chat,
+        serde_json::json!({"model": "smollm2-135m-instruct@1.0", "max_tokens": 16,
+            "temperature": 0, "messages": [{"role": "user", "content": "Name a color."}]})
+        .to_string(),
+    )
+    .unwrap();
+    let (payer0, vault0) = {
+        let c = devnet_chain(&data);
+        (balance(&c, payer.address()), balance(&c, vault))
+    };
+    let digit = examples().join("digit.json");
+    let run = |calls: &[(&str, &Path)]| {
+        json_report(&mut python_client(
+            "x402_batch_pay.py",
+            &net.node_url,
+            &net.rpc_url,
+            9,
+            calls,
+        ))
+    };
+    let onnx = ("/v2/models/digits@1.0/infer", digit.as_path());
+    let report = run(&[onnx, onnx, ("/v1/chat/completions", &chat), onnx]);
+    let calls = report.as_array().unwrap();
+    let mut cumulative = U256::ZERO;
+    let mut charges = Vec::new();
+    for c in calls {
+        assert_eq!(c["status"], 200, "{c}");
+        let pr = &c["paymentResponse"];
+        assert_eq!(pr["success"], true, "{c}");
+        let charged: U256 = pr["extra"]["chargedAmount"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        cumulative += charged;
+        assert_eq!(
+            pr["extra"]["channelState"]["chargedCumulativeAmount"],
+            cumulative.to_string(),
+            "{c}"
+        );
+        charges.push(charged);
+    }
+    assert_eq!(charges[0], U256::from(PRICE));
+    // The language-model call: charged its signed usage, below the maximum it authorized.
+    let r = common::receipt_when_stored(&net.node_url, calls[2]["receiptId"].as_str().unwrap(), 60);
+    let usage = r.claims.llm.unwrap();
+    let charged = llm_charge(usage.prompt_tokens, usage.completion_tokens);
+    assert_eq!(r.claims.price, charged);
+    assert_eq!(charges[2], charged);
+    let onnx_receipt =
+        cairn_receipt::SignedReceipt::verify_json(&calls[0]["body"]["parameters"]["receipt"])
+            .unwrap();
+    assert!(!onnx_receipt.claims.payment_ref.is_zero());
+    assert_ne!(r.claims.payment_ref, onnx_receipt.claims.payment_ref);
+
+    // The payer's money left once, into the channel: the deposit, nothing per call.
+    let c = devnet_chain(&data);
+    let batch = c.deployment().batch.unwrap();
+    let deposited = payer0 - balance(&c, payer.address());
+    assert!(
+        deposited >= cumulative,
+        "deposited {deposited}, charged {cumulative}"
+    );
+    assert_eq!(balance(&c, batch.settlement), deposited);
+
+    // A new client process (no local record) pays the next call on the same channel: it reads
+    // the claimed total from the chain, signs a voucher the node already counted, and takes the
+    // corrective 402's channel state (its own latest voucher) to sign the right one.
+    let mut other: Value = read(&digit);
+    other["inputs"][0]["data"][0] = Value::from(1.0);
+    let digit2 = dir.join("digit2.json");
+    std::fs::write(&digit2, other.to_string()).unwrap();
+    let again = run(&[("/v2/models/digits@1.0/infer", digit2.as_path())]);
+    assert_eq!(again[0]["status"], 200, "{again}");
+    cumulative += U256::from(PRICE);
+    assert_eq!(
+        again[0]["paymentResponse"]["extra"]["channelState"]["chargedCumulativeAmount"],
+        cumulative.to_string(),
+        "{again}"
+    );
+
+    // The node claims what was charged in a batch and sweeps it to its vault: balances moved
+    // by exactly the amounts charged; the rest of the deposit stays the payer's.
+    common::eventually(60, || {
+        balance(&devnet_chain(&data), vault) == vault0 + cumulative
+    });
+    let c = devnet_chain(&data);
+    assert_eq!(balance(&c, payer.address()), payer0 - deposited);
+    assert_eq!(balance(&c, batch.settlement), deposited - cumulative);
 }
 
 /// Language-model calls cost their tokens. The 402 offers a prepaid voucher for the call's

@@ -6,6 +6,9 @@
 //!   contract, checked without any chain call and redeemed periodically.
 //! - [`upto`]: scheme `upto` on EVM (Permit2 witness transfers through the x402 `upto` proxy):
 //!   the payer authorizes a maximum, the call is charged what it cost.
+//! - [`batch`]: scheme `batch-settlement` (the x402 project's payment channels): a deposit
+//!   once, then a cumulative voucher per request, checked without a chain call and claimed in
+//!   batches.
 //! - [`store`]: the durable payment store (no authorization runs twice).
 //! - [`facilitator`]: verify and settle `exact` payments on a [`cairn_ledger::Chain`], plus the
 //!   standard facilitator HTTP API (`/verify`, `/settle`, `/supported`).
@@ -13,6 +16,7 @@
 //!   runs the route, settles, and only then releases the response.
 //! - [`client`]: the paying side (choose an offer, sign, build the header).
 
+pub mod batch;
 pub mod client;
 pub mod exact;
 pub mod facilitator;

@@ -99,6 +99,7 @@ const MAX_REPLAY_BODY: usize = 64 << 20;
 pub struct Paywall {
     facilitator: Arc<Facilitator>,
     prepaid: Option<Arc<Prepaid>>,
+    batch: Option<Arc<crate::batch::Batch>>,
     pricing: Arc<dyn Pricing>,
     pay_to: Address,
     max_timeout_seconds: u64,
@@ -116,10 +117,26 @@ impl Paywall {
         Self {
             facilitator,
             prepaid,
+            batch: None,
             pricing,
             pay_to,
             max_timeout_seconds: 300,
             kept: None,
+        }
+    }
+
+    /// Takes x402 `batch-settlement` vouchers on `batch`'s channels.
+    pub fn with_batch(mut self, batch: Arc<crate::batch::Batch>) -> Self {
+        self.batch = Some(batch);
+        self
+    }
+
+    /// The voucher scheme named `scheme`, when enabled.
+    fn book(&self, scheme: &str) -> Option<prepaid_flow::Book> {
+        match scheme {
+            prepaid::SCHEME => self.prepaid.clone().map(prepaid_flow::Book::Prepaid),
+            crate::batch::SCHEME => self.batch.clone().map(prepaid_flow::Book::Batch),
+            _ => None,
         }
     }
 
@@ -142,7 +159,7 @@ impl Paywall {
     }
 
     /// The offers for `price`: `prepaid` first when enabled (the cheap path), then `exact`, then
-    /// `upto` when the chain has its contracts.
+    /// `upto` and `batch-settlement` when the chain has their contracts.
     pub fn offers(&self, price: &Price) -> Vec<PaymentRequirements> {
         let mut offers = Vec::new();
         if let Some(p) = &self.prepaid {
@@ -158,6 +175,11 @@ impl Paywall {
             price.amount,
             self.max_timeout_seconds,
         ));
+        offers.extend(
+            self.batch
+                .iter()
+                .map(|b| b.offer(price.amount, self.max_timeout_seconds)),
+        );
         offers
     }
 
@@ -169,6 +191,11 @@ impl Paywall {
     /// The prepaid side, when enabled.
     pub fn prepaid(&self) -> Option<&Arc<Prepaid>> {
         self.prepaid.as_ref()
+    }
+
+    /// The batch-settlement side, when the chain has its contracts.
+    pub fn batch(&self) -> Option<&Arc<crate::batch::Batch>> {
+        self.batch.as_ref()
     }
 }
 
@@ -298,7 +325,9 @@ async fn paid_request(p: Arc<Paywall>, req: Request, next: Next) -> Response {
     };
     let run = Run { parts, body, next };
     match presented.offer.scheme.as_str() {
-        prepaid::SCHEME => prepaid_flow::pay(&p, run, presented, &refusal).await,
+        prepaid::SCHEME | crate::batch::SCHEME => {
+            prepaid_flow::pay(&p, run, presented, &refusal).await
+        }
         crate::upto::SCHEME => upto_flow::pay(&p, run, presented, &refusal).await,
         _ => exact_flow::pay(&p, run, presented, &refusal).await,
     }

@@ -292,6 +292,12 @@ impl PaymentStore {
             conn.execute("ALTER TABLE payments ADD COLUMN from_block INTEGER", [])
                 .map_err(store_err)?;
         }
+        // A channel of the x402 `batch-settlement` contract keeps its whole config (ABI
+        // encoded) to claim with; a prepaid (Escrow) channel has none.
+        if !have.iter().any(|c| c == "config") {
+            conn.execute("ALTER TABLE channels ADD COLUMN config BLOB", [])
+                .map_err(store_err)?;
+        }
         if !have.iter().any(|c| c == "pending") {
             conn.execute(
                 "ALTER TABLE channels ADD COLUMN pending TEXT NOT NULL DEFAULT '0'",

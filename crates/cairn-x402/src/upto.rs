@@ -136,13 +136,26 @@ struct Eip2612Info {
     signature: Bytes,
 }
 
-/// The payer's EIP-2612 approval in `extensions`, checked against the permit `a` (same payer
-/// and token, Permit2 as spender, the maximum as value, valid long enough, signed by the payer
+/// What an EIP-2612 approval of Permit2 riding with a payment must approve.
+pub(crate) struct ApprovalTerms {
+    /// The payer.
+    pub owner: Address,
+    /// The token.
+    pub token: Address,
+    /// Permit2.
+    pub permit2: Address,
+    /// The value it must approve (the permit's maximum).
+    pub amount: U256,
+    /// It must not expire before this (the permit's deadline).
+    pub deadline: U256,
+}
+
+/// The payer's EIP-2612 approval in `extensions`, checked against the terms `a` (same payer
+/// and token, Permit2 as spender, the amount as value, valid long enough, signed by the payer
 /// under the token's `domain`). `Ok(None)` when absent.
-fn eip2612_of(
+pub(crate) fn eip2612_of(
     extensions: Option<&Value>,
-    a: &UptoAuthorization,
-    upto: &UptoContracts,
+    a: &ApprovalTerms,
     domain: &alloy_sol_types::Eip712Domain,
     now: u64,
 ) -> Result<Option<(TokenPermit, U256)>, X402Error> {
@@ -182,21 +195,21 @@ fn eip2612_of(
             ),
         );
     }
-    if info.spender != upto.permit2 {
+    if info.spender != a.permit2 {
         return bad(
             "eip2612_spender_not_permit2",
             format!(
                 "the approval names spender {}, not Permit2 {}",
-                info.spender, upto.permit2
+                info.spender, a.permit2
             ),
         );
     }
-    if info.amount != a.max {
+    if info.amount != a.amount {
         return bad(
             "permit2_2612_amount_mismatch",
             format!(
                 "the approval is for {}, the permit's maximum is {}",
-                info.amount, a.max
+                info.amount, a.amount
             ),
         );
     }
@@ -418,7 +431,14 @@ pub fn verify_local(
             ),
         );
     }
-    let permit2612 = eip2612_of(extensions, &authorization, upto, cx.token_domain, now)?;
+    let terms = ApprovalTerms {
+        owner: authorization.owner,
+        token: authorization.token,
+        permit2: upto.permit2,
+        amount: authorization.max,
+        deadline: authorization.deadline,
+    };
+    let permit2612 = eip2612_of(extensions, &terms, cx.token_domain, now)?;
     Ok(CheckedUpto {
         authorization,
         signature: payload.signature.clone(),

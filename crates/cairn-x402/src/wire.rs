@@ -199,6 +199,9 @@ pub struct SettleResponse {
     /// signed maximum).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub amount: Option<String>,
+    /// Scheme-specific results (`batch-settlement`: the amount charged and the channel's state).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extra: Option<Value>,
 }
 
 /// The facilitator's `/verify` answer.

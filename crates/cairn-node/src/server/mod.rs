@@ -301,9 +301,17 @@ async fn open_paywall(
             vault,
         ))
     });
+    // The x402 batch-settlement channels, wherever the chain has their contracts.
+    let batch = cairn_x402::batch::Batch::new(chain.clone(), store.clone(), key.clone(), vault)
+        .await
+        .map_err(x)?
+        .map(Arc::new);
     tokio::spawn(facilitator.clone().reconcile_loop(pc.redeem_every));
     if let Some(p) = &prepaid {
         tokio::spawn(p.clone().run(pc.redeem_every));
+    }
+    if let Some(b) = &batch {
+        tokio::spawn(b.clone().run(pc.redeem_every));
     }
     let pricing = Arc::new(crate::pricing::ModelPricing {
         cache: cache.clone(),
@@ -318,8 +326,11 @@ async fn open_paywall(
         &pc,
         default_price,
     );
-    let paywall =
+    let mut paywall =
         cairn_x402::Paywall::new(facilitator, prepaid, pricing, vault).with_kept_answers(kept);
+    if let Some(b) = batch {
+        paywall = paywall.with_batch(b);
+    }
     Ok((Arc::new(paywall), info, store))
 }
 
@@ -332,16 +343,22 @@ fn payment_terms(
     pc: &crate::PaymentConfig,
     default_price: U256,
 ) -> PaymentTerms {
-    let schemes: &[&str] = if prepaid {
-        &["prepaid", "exact"]
-    } else {
-        &["exact"]
-    };
+    let d = chain.deployment();
+    let schemes = [
+        (prepaid, "prepaid"),
+        (true, "exact"),
+        (d.upto.is_some(), cairn_x402::upto::SCHEME),
+        (d.batch.is_some(), cairn_x402::batch::SCHEME),
+    ];
     PaymentTerms {
         pay_to: vault,
         asset: chain.deployment().token,
         network: cairn_x402::wire::caip2(chain.deployment().chain_id),
-        schemes: schemes.iter().map(|s| s.to_string()).collect(),
+        schemes: schemes
+            .iter()
+            .filter(|(on, _)| *on)
+            .map(|(_, s)| s.to_string())
+            .collect(),
         escrow: chain.deployment().escrow,
         token_name: facilitator
             .token_domain()

@@ -33,6 +33,7 @@ impl Facilitator {
             network: network.clone(),
             payer,
             amount: None,
+            extra: None,
         };
         let (payload, r) = match self.normalize(req) {
             Ok(x) => x,
@@ -63,6 +64,7 @@ impl Facilitator {
                 network,
                 payer,
                 amount: None,
+                extra: None,
             },
             Settlement::Pending(tx) => SettleResponse {
                 transaction: tx.unwrap_or_default(),
@@ -91,6 +93,7 @@ impl Facilitator {
             network: network.clone(),
             payer,
             amount: None,
+            extra: None,
         };
         match rec.state {
             PaymentState::Settled => answer(true, None),

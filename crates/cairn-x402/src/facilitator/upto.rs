@@ -455,6 +455,7 @@ impl Facilitator {
             network: network.clone(),
             payer,
             amount: None,
+            extra: None,
         };
         let (payload, r, verified) = match self.upto_request(req) {
             Ok(x) => x,

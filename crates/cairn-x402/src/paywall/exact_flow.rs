@@ -108,6 +108,7 @@ fn settle_response(
         network,
         payer: Some(payer),
         amount: None,
+        extra: None,
     }
 }
 

@@ -7,6 +7,7 @@
 use super::*;
 use crate::prepaid::Accepted;
 use crate::upto::CheckedUpto;
+use prepaid_flow::Book;
 
 /// A metered request's payment: taken for the most the request may cost, charged at what it
 /// did cost ([`Metered::charge`]), given back if dropped uncharged (the request failed).
@@ -21,11 +22,8 @@ pub struct Metered {
 
 /// What pays a metered request.
 enum Taken {
-    /// A prepaid voucher for the most.
-    Prepaid {
-        prepaid: Arc<Prepaid>,
-        accepted: Accepted,
-    },
+    /// A voucher (prepaid or batch-settlement) for the most.
+    Voucher { book: Book, accepted: Accepted },
     /// An `upto` permit of the most, reserved under `key`.
     Upto {
         facilitator: Arc<Facilitator>,
@@ -54,9 +52,12 @@ impl Metered {
     /// withheld (and the payer is charged nothing).
     pub async fn charge(mut self, amount: U256) -> Result<HeaderMap, X402Error> {
         let headers = match &self.taken {
-            Taken::Prepaid { prepaid, accepted } => {
-                prepaid.commit(accepted, amount)?;
-                self.settle.clone()
+            Taken::Voucher { book, accepted } => {
+                book.commit(accepted, amount)?;
+                let s = book.settled(accepted, Some(amount), &self.network);
+                let mut h = HeaderMap::new();
+                insert_settle(&mut h, &s, self.version);
+                h
             }
             Taken::Upto {
                 facilitator,
@@ -92,7 +93,7 @@ impl Drop for Metered {
             return;
         }
         match &self.taken {
-            Taken::Prepaid { prepaid, accepted } => prepaid.release(accepted),
+            Taken::Voucher { book, accepted } => book.release(accepted),
             Taken::Upto {
                 facilitator,
                 key,
@@ -151,6 +152,11 @@ impl Paywall {
             self.facilitator
                 .upto_offer(self.pay_to, most, self.max_timeout_seconds),
         );
+        offers.extend(
+            self.batch
+                .iter()
+                .map(|b| b.offer(most, self.max_timeout_seconds)),
+        );
         if offers.is_empty() {
             return Err(payment_required(
                 &resource,
@@ -201,61 +207,30 @@ impl Paywall {
                 charged: false,
             });
         }
-        let Some(pre) = self
-            .prepaid
-            .clone()
-            .filter(|_| presented.offer.scheme == prepaid::SCHEME)
-        else {
+        let Some(book) = self.book(&presented.offer.scheme) else {
             return Err(refusal.refuse(Reason::new(
                 "unsupported_scheme",
-                "this call is charged by what it uses: pay with a prepaid voucher or an upto permit for the offered most",
+                "this call is charged by what it uses: pay with a prepaid or batch-settlement voucher or an upto permit for the offered most",
             )));
         };
-        let accepted = match pre.accept(&presented.payload, most).await {
-            Ok(a) => a,
-            Err(X402Error::Invalid(r)) if r.code == "invalid_prepaid_voucher_already_used" => {
-                // It paid for a call already: if that call was counted and was this one, its
-                // answer again (the client lost it), else the refusal.
-                if let Some(key) = pre.counted(&presented.payload)
-                    && let Some(kept) = &self.kept
-                    && let Some(mut resp) = kept.answer(key, headers, body).await
-                {
-                    let s = SettleResponse {
-                        success: true,
-                        error_reason: None,
-                        transaction: key.to_string(),
-                        network: presented.offer.network.clone(),
-                        payer: None,
-                        amount: None,
-                    };
-                    insert_settle(resp.headers_mut(), &s, presented.version);
-                    return Err(resp);
-                }
-                return Err(refusal.refuse(r));
-            }
-            Err(e) => return Err(refusal.refuse_err(e)),
-        };
+        let accepted = book
+            .take(&presented, most, &refusal, async |key| match &self.kept {
+                Some(kept) => kept.answer(key, headers, body).await,
+                None => None,
+            })
+            .await?;
         let paid = Paid {
-            scheme: prepaid::SCHEME,
+            scheme: book.scheme(),
             payer: accepted.payer,
             amount: most,
             payment_ref: accepted.payment_ref(),
         };
-        let s = SettleResponse {
-            success: true,
-            error_reason: None,
-            transaction: paid.payment_ref.to_string(),
-            network: presented.offer.network.clone(),
-            payer: Some(paid.payer),
-            amount: None,
-        };
+        // A stream's head leaves before the charge is known: it names the voucher taken.
+        let s = book.settled(&accepted, None, &presented.offer.network);
         let mut settle = HeaderMap::new();
         insert_settle(&mut settle, &s, presented.version);
         Ok(Metered {
-            taken: Taken::Prepaid {
-                prepaid: pre,
-                accepted,
-            },
+            taken: Taken::Voucher { book, accepted },
             paid,
             settle,
             version: presented.version,

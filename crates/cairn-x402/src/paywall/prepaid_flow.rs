@@ -1,8 +1,168 @@
-//! A request paid with a prepaid voucher: accepted atomically before the run, counted before the
-//! answer leaves, released when the route fails.
+//! A request paid with a voucher on a channel (Cairn's `prepaid`, or x402 `batch-settlement`):
+//! accepted atomically before the run, counted before the answer leaves, released when the
+//! route fails.
 
 use super::*;
+use crate::batch::Batch;
 use crate::prepaid::Accepted;
+
+/// A voucher scheme's side of the node.
+#[derive(Clone)]
+pub(crate) enum Book {
+    /// Cairn's prepaid vouchers against the Escrow contract.
+    Prepaid(Arc<Prepaid>),
+    /// The x402 batch-settlement channels.
+    Batch(Arc<Batch>),
+}
+
+impl Book {
+    pub(crate) fn scheme(&self) -> &'static str {
+        match self {
+            Self::Prepaid(_) => prepaid::SCHEME,
+            Self::Batch(_) => crate::batch::SCHEME,
+        }
+    }
+
+    /// Checks `payload` and takes its voucher for one request at `price`.
+    pub(crate) async fn accept(
+        &self,
+        payload: &Value,
+        extensions: Option<&Value>,
+        price: U256,
+    ) -> Result<Accepted, X402Error> {
+        match self {
+            Self::Prepaid(p) => p.accept(payload, price).await,
+            Self::Batch(b) => b.accept(payload, extensions, price).await,
+        }
+    }
+
+    /// Whether `r` says the voucher was presented before (its request may be answered again).
+    fn seen_before(&self, r: &Reason) -> bool {
+        match self {
+            Self::Prepaid(_) => r.code == "invalid_prepaid_voucher_already_used",
+            Self::Batch(_) => r.code == crate::batch::ERR_CUMULATIVE_MISMATCH,
+        }
+    }
+
+    /// The payment reference of a voucher payload that was counted.
+    fn counted(&self, payload: &Value) -> Option<B256> {
+        match self {
+            Self::Prepaid(p) => p.counted(payload),
+            Self::Batch(b) => b.counted(payload),
+        }
+    }
+
+    /// Gives a taken voucher back.
+    pub(crate) fn release(&self, a: &Accepted) {
+        match self {
+            Self::Prepaid(p) => p.release(a),
+            Self::Batch(b) => b.release(a),
+        }
+    }
+
+    /// Counts a taken voucher at `charged`.
+    pub(crate) fn commit(&self, a: &Accepted, charged: U256) -> Result<(), X402Error> {
+        match self {
+            Self::Prepaid(p) => p.commit(a, charged),
+            Self::Batch(b) => b.commit(a, charged),
+        }
+    }
+
+    /// The `PAYMENT-RESPONSE` of a voucher counted at `charged` (`None`: not yet charged).
+    pub(crate) fn settled(
+        &self,
+        a: &Accepted,
+        charged: Option<U256>,
+        network: &str,
+    ) -> SettleResponse {
+        let (transaction, extra) = match self {
+            // Prepaid: the payment reference stands for the transaction.
+            Self::Prepaid(_) => (a.payment_ref().to_string(), None),
+            // Batch-settlement: no transaction per request (the spec's empty one); the charge
+            // and the channel's state, which the official client counts with.
+            Self::Batch(b) => (
+                String::new(),
+                charged.map(|c| b.settled_extra(a.channel, c)),
+            ),
+        };
+        SettleResponse {
+            success: true,
+            error_reason: None,
+            transaction,
+            network: network.to_string(),
+            payer: Some(a.payer),
+            amount: None,
+            extra,
+        }
+    }
+
+    /// The refusal of `payload` for `r`: a batch-settlement voucher that is not the channel's
+    /// next step carries the channel's state in the offer (the corrective 402).
+    fn refuse(&self, refusal: &Refusal<'_>, payload: &Value, r: Reason) -> Response {
+        if let Self::Batch(b) = self
+            && r.code == crate::batch::ERR_CUMULATIVE_MISMATCH
+            && let Some(state) = b.corrective(payload)
+        {
+            let offers: Vec<PaymentRequirements> = refusal
+                .offers
+                .iter()
+                .cloned()
+                .map(|mut o| {
+                    if o.scheme == crate::batch::SCHEME
+                        && let (Some(extra), Some(state)) =
+                            (o.extra.as_object_mut(), state.as_object())
+                    {
+                        extra.extend(state.clone());
+                    }
+                    o
+                })
+                .collect();
+            return payment_required(refusal.resource, &offers, Some(&r), None);
+        }
+        refusal.refuse(r)
+    }
+
+    /// Takes the voucher `presented` carries for a request at `price`, or answers: the kept
+    /// answer of a counted voucher presented again with the same request (`kept`), else the
+    /// refusal.
+    // The error is the answer itself, built once per request: boxing it buys nothing.
+    #[allow(clippy::result_large_err)]
+    pub(crate) async fn take(
+        &self,
+        presented: &Presented,
+        price: U256,
+        refusal: &Refusal<'_>,
+        kept: impl AsyncFnOnce(B256) -> Option<Response>,
+    ) -> Result<Accepted, Response> {
+        match self
+            .accept(&presented.payload, presented.extensions.as_ref(), price)
+            .await
+        {
+            Ok(a) => Ok(a),
+            Err(X402Error::Invalid(r)) if self.seen_before(&r) => {
+                // This voucher paid for a request already: if it was counted, answer it again.
+                if let Some(key) = self.counted(&presented.payload)
+                    && let Some(mut resp) = kept(key).await
+                {
+                    let s = SettleResponse {
+                        success: true,
+                        error_reason: None,
+                        transaction: key.to_string(),
+                        network: presented.offer.network.clone(),
+                        payer: None,
+                        amount: None,
+                        extra: None,
+                    };
+                    insert_settle(resp.headers_mut(), &s, presented.version);
+                    return Err(resp);
+                }
+                Err(self.refuse(refusal, &presented.payload, r))
+            }
+            Err(X402Error::Invalid(r)) => Err(self.refuse(refusal, &presented.payload, r)),
+            Err(e) => Err(refusal.refuse_err(e)),
+        }
+    }
+}
 
 /// Runs `run` paid by the voucher `presented` carries.
 pub(super) async fn pay(
@@ -16,54 +176,51 @@ pub(super) async fn pay(
         body,
         next,
     } = run;
-    let Presented {
-        version,
-        offer,
-        payload,
-        ..
-    } = presented;
-    let Some(pre) = p.prepaid.clone() else {
-        return refusal.refuse(Reason::new("unsupported_scheme", "prepaid is not enabled"));
+    let Some(book) = p.book(&presented.offer.scheme) else {
+        return refusal.refuse(Reason::new(
+            "unsupported_scheme",
+            format!("{} is not enabled on this node", presented.offer.scheme),
+        ));
     };
-    let accepted = match pre.accept(&payload, offer.amount).await {
-        Ok(a) => a,
-        Err(X402Error::Invalid(r)) if r.code == "invalid_prepaid_voucher_already_used" => {
-            // This voucher paid for a request already: if it was counted, answer it again.
-            if let Some(key) = pre.counted(&payload)
-                && let Some(mut resp) = p.kept_answer(key, &parts.headers, body).await
-            {
-                let s = SettleResponse {
-                    success: true,
-                    error_reason: None,
-                    transaction: key.to_string(),
-                    network: offer.network.clone(),
-                    payer: None,
-                    amount: None,
-                };
-                insert_settle(resp.headers_mut(), &s, version);
-                return resp;
-            }
-            return refusal.refuse(r);
+    let headers = parts.headers.clone();
+    let (body, accepted) = {
+        // The body is read only when a voucher presented again may be answered from the kept
+        // answers; otherwise it goes to the route untouched.
+        let cell = std::sync::Mutex::new(Some(body));
+        let taken = book
+            .take(&presented, presented.offer.amount, refusal, async |key| {
+                let body = cell.lock().expect("not poisoned").take()?;
+                p.kept_answer(key, &headers, body).await
+            })
+            .await;
+        match taken {
+            Ok(a) => (cell.into_inner().expect("not poisoned"), a),
+            Err(resp) => return resp,
         }
-        Err(e) => return refusal.refuse_err(e),
+    };
+    let Some(body) = body else {
+        return refusal.refuse(Reason::new(
+            "internal",
+            "the request body was consumed; send the request again",
+        ));
     };
     let paid = Paid {
-        scheme: "prepaid",
+        scheme: book.scheme(),
         payer: accepted.payer,
-        amount: offer.amount,
+        amount: presented.offer.amount,
         payment_ref: accepted.payment_ref(),
     };
     parts.extensions.insert(paid.clone());
     // Given back however this ends short of being counted, a panic in the route included: a
     // voucher left taken would block its channel's next step until the node restarts.
-    let taken = GiveBack(&pre, &accepted);
+    let taken = GiveBack(&book, &accepted);
     let mut resp = next.run(Request::from_parts(parts, body)).await;
     if !resp.status().is_success() {
         return resp;
     }
     // Counted before the output leaves: an answer the store did not count is withheld.
-    if let Err(e) = pre.commit(&accepted, offer.amount) {
-        tracing::error!(error = %e, "counting a prepaid voucher");
+    if let Err(e) = book.commit(&accepted, presented.offer.amount) {
+        tracing::error!(error = %e, "counting a voucher");
         return (
             StatusCode::INTERNAL_SERVER_ERROR,
             axum::Json(cairn_core::ErrorBody::new(
@@ -75,20 +232,17 @@ pub(super) async fn pay(
     }
     // Counted: giving it back now is a no-op, skip it.
     std::mem::forget(taken);
-    let s = SettleResponse {
-        success: true,
-        error_reason: None,
-        transaction: paid.payment_ref.to_string(),
-        network: offer.network.clone(),
-        payer: Some(paid.payer),
-        amount: None,
-    };
-    insert_settle(resp.headers_mut(), &s, version);
+    let s = book.settled(
+        &accepted,
+        Some(presented.offer.amount),
+        &presented.offer.network,
+    );
+    insert_settle(resp.headers_mut(), &s, presented.version);
     resp
 }
 
 /// Gives a taken voucher back when dropped.
-struct GiveBack<'a>(&'a Prepaid, &'a Accepted);
+struct GiveBack<'a>(&'a Book, &'a Accepted);
 
 impl Drop for GiveBack<'_> {
     fn drop(&mut self) {

@@ -64,6 +64,7 @@ pub(super) fn presented_again(
             network: pr.offer.network.clone(),
             payer: Some(rec.payer),
             amount: None,
+            extra: None,
         };
         insert_settle(resp.headers_mut(), &s, pr.version);
         return resp;
@@ -105,6 +106,7 @@ pub(crate) fn settle_response(
         payer: Some(payer),
         // What was charged; a failed settlement charged nothing and names no amount.
         amount: (!matches!(outcome, Settlement::Failed(_))).then(|| amount.to_string()),
+        extra: None,
     }
 }
 

@@ -211,13 +211,76 @@ impl PaymentStore {
         })
     }
 
-    /// Channels with accepted vouchers not yet redeemed.
+    /// Prepaid (Escrow) channels with accepted vouchers not yet redeemed.
     pub fn unredeemed(&self) -> Result<Vec<ChannelRecord>, X402Error> {
         self.with(|c| {
             let mut stmt = c.prepare(&format!(
-                "SELECT {CHANNEL_COLUMNS} FROM channels WHERE accepted != redeemed"
+                "SELECT {CHANNEL_COLUMNS} FROM channels WHERE accepted != redeemed AND config IS NULL"
             ))?;
             stmt.query_map([], channel_row)?.collect()
+        })
+    }
+
+    /// Records what the chain says of an x402 `batch-settlement` channel (its ABI-encoded
+    /// `config` kept to claim with): balance and a pending withdrawal; a channel new to the node
+    /// starts at what the chain says was claimed.
+    pub fn refresh_batch_channel(
+        &self,
+        chain: u64,
+        rec: &ChannelRecord,
+        config: &[u8],
+    ) -> Result<(), X402Error> {
+        self.durable(|c| {
+            c.execute(
+                "INSERT INTO channels (id, chain, payer, payee, salt, deposited, closing, accepted, redeemed, updated_at, config)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8, ?9, ?10)
+                 ON CONFLICT (id) DO UPDATE SET deposited = ?6, closing = ?7, updated_at = ?9",
+                params![
+                    rec.id.as_slice(),
+                    chain as i64,
+                    rec.payer.as_slice(),
+                    rec.payee.as_slice(),
+                    rec.salt.as_slice(),
+                    rec.deposited.to_string(),
+                    rec.closing,
+                    rec.redeemed.to_string(),
+                    now(),
+                    config
+                ],
+            )
+            .map(drop)
+        })
+    }
+
+    /// Records a `batch-settlement` channel's balance and pending withdrawal as the chain has
+    /// them now.
+    pub fn mark_batch_channel(
+        &self,
+        id: B256,
+        st: &cairn_ledger::chain::BatchChannelState,
+    ) -> Result<(), X402Error> {
+        self.durable(|c| {
+            c.execute(
+                "UPDATE channels SET deposited = ?2, closing = ?3, updated_at = ?4 WHERE id = ?1",
+                params![
+                    id.as_slice(),
+                    st.balance.to_string(),
+                    st.withdraw_requested_at != 0,
+                    now()
+                ],
+            )
+            .map(drop)
+        })
+    }
+
+    /// `batch-settlement` channels with accepted vouchers not yet claimed, with their configs.
+    pub fn unclaimed_batch(&self) -> Result<Vec<(ChannelRecord, Vec<u8>)>, X402Error> {
+        self.with(|c| {
+            let mut stmt = c.prepare(&format!(
+                "SELECT {CHANNEL_COLUMNS}, config FROM channels WHERE accepted != redeemed AND config IS NOT NULL"
+            ))?;
+            stmt.query_map([], |r| Ok((channel_row(r)?, r.get::<_, Vec<u8>>(9)?)))?
+                .collect()
         })
     }
 
