@@ -139,6 +139,148 @@ pub fn pay_prepaid(
     Ok(envelope(required, offer, serde_json::to_value(payload)))
 }
 
+/// A payer's `batch-settlement` channel with the node behind `offer`: the channel config and
+/// id, and what the payer has been charged on it so far (as the node's `PAYMENT-RESPONSE`s
+/// said). Each payment signs a voucher for that plus the offer's amount; the first (or one past
+/// the balance) also deposits.
+#[derive(Clone, Debug)]
+pub struct BatchChannel {
+    /// The channel's identity.
+    pub config: cairn_ledger::chain::ChannelConfig,
+    /// Its id on the offer's chain.
+    pub id: B256,
+    /// Charged so far.
+    pub charged: U256,
+    /// Deposited so far.
+    pub balance: U256,
+}
+
+impl BatchChannel {
+    /// The channel `payer` has with the node behind `offer`, under `salt`.
+    pub fn new(payer: Address, offer: &PaymentRequirements, salt: B256) -> Result<Self, X402Error> {
+        let chain_id = evm_chain_id(offer)?;
+        let authorizer: Address = offer
+            .extra
+            .get("receiverAuthorizer")
+            .and_then(|v| v.as_str())
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| X402Error::Malformed("the offer names no receiverAuthorizer".into()))?;
+        let delay = offer
+            .extra
+            .get("withdrawDelay")
+            .and_then(|v| v.as_u64())
+            .unwrap_or(crate::batch::WITHDRAW_DELAY_SECS);
+        let config = cairn_ledger::chain::ChannelConfig {
+            payer,
+            payerAuthorizer: payer,
+            receiver: offer.pay_to,
+            receiverAuthorizer: authorizer,
+            token: offer.asset,
+            withdrawDelay: alloy_primitives::aliases::U40::from(delay),
+            salt,
+        };
+        let id = cairn_ledger::chain::batch_channel_id(chain_id, &config);
+        Ok(Self {
+            config,
+            id,
+            charged: U256::ZERO,
+            balance: U256::ZERO,
+        })
+    }
+
+    /// The `PAYMENT-SIGNATURE` value paying `offer` from this channel: a voucher for what was
+    /// charged plus the offer's amount, with an EIP-3009 deposit of `deposit` first when that
+    /// is more than the balance (the deposit is counted into the balance here).
+    pub fn pay(
+        &mut self,
+        signer: &PrivateKeySigner,
+        required: &PaymentRequired,
+        offer: &PaymentRequirements,
+        deposit: U256,
+    ) -> Result<String, X402Error> {
+        let payload = self.payload(signer, offer, deposit)?;
+        Ok(envelope(required, offer, Ok(payload)))
+    }
+
+    /// The payload itself (see [`BatchChannel::pay`]).
+    pub fn payload(
+        &mut self,
+        signer: &PrivateKeySigner,
+        offer: &PaymentRequirements,
+        deposit: U256,
+    ) -> Result<serde_json::Value, X402Error> {
+        let chain_id = evm_chain_id(offer)?;
+        let sign = |hash: B256| {
+            signer
+                .sign_hash_sync(&hash)
+                .map(|s| Bytes::from(s.as_bytes().to_vec()))
+                .map_err(|e| X402Error::Malformed(format!("signing: {e}")))
+        };
+        let max = self.charged + offer.amount;
+        let voucher = serde_json::json!({
+            "channelId": self.id,
+            "maxClaimableAmount": max.to_string(),
+            "signature": sign(cairn_ledger::chain::batch_voucher_hash(
+                chain_id,
+                self.id,
+                max.saturating_to::<u128>(),
+            ))?,
+        });
+        let config = serde_json::json!({
+            "payer": self.config.payer,
+            "payerAuthorizer": self.config.payerAuthorizer,
+            "receiver": self.config.receiver,
+            "receiverAuthorizer": self.config.receiverAuthorizer,
+            "token": self.config.token,
+            "withdrawDelay": self.config.withdrawDelay.to::<u64>(),
+            "salt": self.config.salt,
+        });
+        if max <= self.balance {
+            return Ok(serde_json::json!({
+                "type": "voucher", "channelConfig": config, "voucher": voucher,
+            }));
+        }
+        let deposit = deposit.max(max - self.balance);
+        let salt = U256::from_be_bytes(B256::random().0);
+        let valid_before = U256::from(now_secs() + offer.max_timeout_seconds.max(60));
+        let message = cairn_ledger::chain::ReceiveWithAuthorization {
+            from: signer.address(),
+            to: cairn_ledger::contracts::x402_addresses::ERC3009_DEPOSIT_COLLECTOR,
+            value: deposit,
+            validAfter: U256::ZERO,
+            validBefore: valid_before,
+            nonce: cairn_ledger::chain::erc3009_deposit_nonce(self.id, salt),
+        };
+        let signature = sign(message.eip712_signing_hash(&domain_from_offer(offer, chain_id)))?;
+        self.balance += deposit;
+        Ok(serde_json::json!({
+            "type": "deposit",
+            "channelConfig": config,
+            "voucher": voucher,
+            "deposit": {
+                "amount": deposit.to_string(),
+                "authorization": {"erc3009Authorization": {
+                    "validAfter": "0",
+                    "validBefore": valid_before.to_string(),
+                    "salt": B256::from(salt),
+                    "signature": signature,
+                }},
+            },
+        }))
+    }
+
+    /// Counts what the node's `PAYMENT-RESPONSE` says this payment was charged.
+    pub fn charged(&mut self, response: &SettleResponse) {
+        if let Some(c) = response
+            .extra
+            .as_ref()
+            .and_then(|e| e.get("chargedAmount")?.as_str()?.parse::<U256>().ok())
+        {
+            self.charged += c;
+        }
+    }
+}
+
 fn envelope(
     required: &PaymentRequired,
     offer: &PaymentRequirements,

@@ -68,6 +68,16 @@ struct Site {
 }
 
 async fn site(prepaid: bool) -> Site {
+    site_with(prepaid, None).await.0
+}
+
+/// A site whose paywall also takes x402 `batch-settlement` vouchers (the node's side returned).
+async fn batch_site() -> (Site, Arc<crate::batch::Batch>) {
+    let (s, b) = site_with(false, Some(())).await;
+    (s, b.unwrap())
+}
+
+async fn site_with(prepaid: bool, batch: Option<()>) -> (Site, Option<Arc<crate::batch::Batch>>) {
     let d = devnet().await;
     let vault = dev_signer(9).address();
     let pre = prepaid.then(|| {
@@ -78,12 +88,24 @@ async fn site(prepaid: bool) -> Site {
             vault,
         ))
     });
-    let paywall = Arc::new(Paywall::new(
-        d.facilitator.clone(),
-        pre,
-        Arc::new(Fixed),
-        vault,
-    ));
+    let mut paywall = Paywall::new(d.facilitator.clone(), pre, Arc::new(Fixed), vault);
+    let mut book = None;
+    if batch.is_some() {
+        let b = Arc::new(
+            crate::batch::Batch::new(
+                d.chain.clone(),
+                d.facilitator.store().clone(),
+                dev_signer(2),
+                vault,
+            )
+            .await
+            .unwrap()
+            .expect("the devnet has the batch-settlement contracts"),
+        );
+        paywall = paywall.with_batch(b.clone());
+        book = Some(b);
+    }
+    let paywall = Arc::new(paywall);
     let runs = Arc::new(AtomicUsize::new(0));
     let app = Router::new()
         .route("/run", post(run))
@@ -95,12 +117,15 @@ async fn site(prepaid: bool) -> Site {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/run", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await });
-    Site {
-        url,
-        runs,
-        d,
-        vault,
-    }
+    (
+        Site {
+            url,
+            runs,
+            d,
+            vault,
+        },
+        book,
+    )
 }
 
 async fn required(url: &str) -> PaymentRequired {
@@ -1101,4 +1126,186 @@ async fn an_upto_payer_who_never_approved_permit2_pays_with_an_eip2612_approval_
         "{body}"
     );
     assert_eq!(first.await.unwrap().0, 200);
+}
+
+/// x402 `batch-settlement`: a deposit once (submitted by the node), then a voucher per request
+/// counted without a chain call; every bad voucher is refused with its x402 reason and charges
+/// nothing; a payer's withdrawal stops new vouchers and the node claims what it is owed within
+/// the delay, sweeping it to its vault; the payer gets the rest back.
+#[tokio::test]
+async fn batch_settlement_channels_pay_and_refuse_bad_vouchers() {
+    use crate::client::BatchChannel;
+    let (s, batch) = batch_site().await;
+    let payer = &s.d.payer;
+    let chain = &s.d.chain;
+    let token_balance = |who: Address| async move { chain.token_balance(who).await.unwrap() };
+    let start = token_balance(payer.address()).await;
+    let req = required(&s.url).await;
+    let offer = req
+        .accepts
+        .iter()
+        .find(|o| o.scheme == "batch-settlement")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        offer.extra["receiverAuthorizer"],
+        dev_signer(2).address().to_checksum(None)
+    );
+    assert_eq!(offer.extra["minDeposit"], (10 * PRICE).to_string());
+    let mut ch = BatchChannel::new(payer.address(), &offer, B256::repeat_byte(5)).unwrap();
+    let reason = |v2: &serde_json::Value| v2["error"].as_str().unwrap_or_default().to_string();
+
+    // A deposit under the node's minimum is refused before any transaction.
+    let mut small = ch.clone();
+    let h = small.pay(payer, &req, &offer, U256::from(PRICE)).unwrap();
+    let (status, _, _, v2) = send(&s.url, &h, "go").await;
+    assert_eq!(status, 402);
+    assert_eq!(
+        reason(&v2),
+        "invalid_batch_settlement_evm_deposit_below_min_deposit"
+    );
+    assert_eq!(token_balance(payer.address()).await, start);
+
+    // The deposit and the first voucher, then a voucher alone: each call charged the price.
+    let deposit = U256::from(20 * PRICE);
+    for n in 1..=2u64 {
+        let h = ch.pay(payer, &req, &offer, deposit).unwrap();
+        let (status, body, settle, _) = send(&s.url, &h, "go").await;
+        assert_eq!(status, 200, "{body}");
+        let settle = settle.unwrap();
+        assert_eq!(settle.transaction, "");
+        let extra = settle.extra.clone().unwrap();
+        assert_eq!(extra["chargedAmount"], PRICE.to_string());
+        assert_eq!(
+            extra["channelState"]["chargedCumulativeAmount"],
+            (n * PRICE).to_string()
+        );
+        ch.charged(&settle);
+    }
+    assert_eq!(token_balance(payer.address()).await, start - deposit);
+    assert_eq!(s.runs.load(Ordering::SeqCst), 2);
+    let last = ch.clone();
+
+    // A voucher presented again for another request: the corrective 402 with the channel's
+    // state and the payer's own latest voucher; nothing runs.
+    let mut replay = ch.clone();
+    replay.charged -= U256::from(PRICE);
+    let h = replay.pay(payer, &req, &offer, deposit).unwrap();
+    let (status, _, _, v2) = send(&s.url, &h, "another").await;
+    assert_eq!(status, 402);
+    assert_eq!(
+        reason(&v2),
+        "invalid_batch_settlement_evm_cumulative_amount_mismatch"
+    );
+    let extra = &v2["accepts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["scheme"] == "batch-settlement")
+        .unwrap()["extra"];
+    assert_eq!(
+        extra["channelState"]["chargedCumulativeAmount"],
+        (2 * PRICE).to_string()
+    );
+    assert_eq!(
+        extra["voucherState"]["signedMaxClaimable"],
+        (2 * PRICE).to_string()
+    );
+
+    // Forged, high-s, over the balance, for another authorizer: each refused with its reason.
+    let h = ch.pay(&dev_signer(7), &req, &offer, deposit).unwrap();
+    let (status, _, _, v2) = send(&s.url, &h, "go").await;
+    assert_eq!(
+        (status, reason(&v2).as_str()),
+        (402, "invalid_batch_settlement_evm_voucher_signature")
+    );
+    let mut high_s: serde_json::Value = ch.clone().payload(payer, &offer, deposit).unwrap();
+    let sig: alloy_primitives::Signature = high_s["voucher"]["signature"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    high_s["voucher"]["signature"] = serde_json::json!(alloy_primitives::Bytes::from(
+        cairn_core::sig::malleate(&sig).as_bytes().to_vec()
+    ));
+    let h = crate::wire::encode_header(&crate::wire::PaymentPayload {
+        x402_version: 2,
+        resource: Some(req.resource.clone()),
+        accepted: offer.clone(),
+        payload: high_s,
+        extensions: None,
+    });
+    let (status, _, _, v2) = send(&s.url, &h, "go").await;
+    assert_eq!(
+        (status, reason(&v2).as_str()),
+        (402, "invalid_batch_settlement_evm_voucher_signature")
+    );
+    let mut over = ch.clone();
+    over.charged = deposit;
+    over.balance = U256::MAX;
+    let h = over.pay(payer, &req, &offer, deposit).unwrap();
+    let (status, _, _, v2) = send(&s.url, &h, "go").await;
+    assert_eq!(
+        (status, reason(&v2).as_str()),
+        (
+            402,
+            "invalid_batch_settlement_evm_cumulative_exceeds_balance"
+        )
+    );
+    let mut foreign = offer.clone();
+    foreign.extra["receiverAuthorizer"] = serde_json::json!(dev_signer(7).address());
+    let mut other = BatchChannel::new(payer.address(), &foreign, B256::repeat_byte(5)).unwrap();
+    other.balance = U256::MAX;
+    let h = other.pay(payer, &req, &offer, deposit).unwrap();
+    let (status, _, _, v2) = send(&s.url, &h, "go").await;
+    assert_eq!(
+        (status, reason(&v2).as_str()),
+        (
+            402,
+            "invalid_batch_settlement_evm_receiver_authorizer_mismatch"
+        )
+    );
+    // A failed request is not charged: the same next step pays the next request.
+    let h = ch.clone().pay(payer, &req, &offer, deposit).unwrap();
+    let (status, _, _, _) = send(&s.url, &h, "fail").await;
+    assert_eq!(status, 400);
+    let h = ch.pay(payer, &req, &offer, deposit).unwrap();
+    let (status, _, settle, _) = send(&s.url, &h, "go").await;
+    assert_eq!(status, 200);
+    ch.charged(&settle.unwrap());
+    assert_eq!(ch.charged, U256::from(3 * PRICE));
+    assert_eq!(token_balance(payer.address()).await, start - deposit);
+    assert_ne!(last.charged, ch.charged);
+
+    // The payer asks for all of its deposit back (nothing is claimed on chain yet): the node
+    // stops taking vouchers, claims what it is owed within the delay and sweeps it to its
+    // vault; after the delay the payer takes the rest.
+    chain
+        .batch_initiate_withdraw(payer, &ch.config, deposit.to::<u128>())
+        .await
+        .unwrap();
+    let vault_before = token_balance(s.vault).await;
+    assert_eq!(batch.claim_due().await.unwrap(), 1);
+    assert_eq!(
+        token_balance(s.vault).await,
+        vault_before + U256::from(3 * PRICE)
+    );
+    let h = ch.clone().pay(payer, &req, &offer, deposit).unwrap();
+    let (status, _, _, v2) = send(&s.url, &h, "go").await;
+    assert_eq!(
+        (status, reason(&v2).as_str()),
+        (402, "invalid_batch_settlement_evm_withdrawal_pending")
+    );
+    assert_eq!(s.runs.load(Ordering::SeqCst), 4);
+    chain.ledger().advance_time(901).await.unwrap();
+    chain
+        .batch_finalize_withdraw(payer, &ch.config)
+        .await
+        .unwrap();
+    assert_eq!(
+        token_balance(payer.address()).await,
+        start - U256::from(3 * PRICE)
+    );
+    // Nothing more to claim: a second round sends nothing.
+    assert_eq!(batch.claim_due().await.unwrap(), 0);
 }
