@@ -593,6 +593,62 @@ fn official_python_and_typescript_clients_v2_and_v1_pay_a_node_settling_on_anvil
     assert_eq!(body["error"]["code"], "model_not_found", "{body}");
 }
 
+/// The official `batch-settlement` client pays a node settling on anvil: the node submits the
+/// deposit, counts the vouchers, claims the channel and sweeps it to its vault; balances move by
+/// exactly what was charged.
+#[test]
+fn the_official_batch_settlement_client_pays_a_node_settling_on_anvil() {
+    let Some(a) = anvil_node(
+        "batch-settlement client on anvil",
+        &["--redeem-every-secs", "1"],
+    ) else {
+        return;
+    };
+    if !clients_present() {
+        return;
+    }
+    let chain = a.chain();
+    let batch = chain
+        .deployment()
+        .batch
+        .expect("anvil has the batch-settlement contracts");
+    let node_addr: Address = get(&format!("{}/v1/node", a.node.node_url))["address"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let vault = block(chain.vault_of(node_addr)).unwrap();
+    let payer = a.fund(10);
+    let (p0, v0) = (balance(&chain, payer), balance(&chain, vault));
+    let digit = examples().join("digit.json");
+    let onnx = ("/v2/models/digits@1.0/infer", digit.as_path());
+    let report = json_report(&mut python_client(
+        "x402_batch_pay.py",
+        &a.node.node_url,
+        &a.anvil_url,
+        10,
+        &[onnx, onnx],
+    ));
+    for (n, r) in report.as_array().unwrap().iter().enumerate() {
+        assert_eq!(r["status"], 200, "{r}");
+        let pr = &r["paymentResponse"];
+        assert_eq!(pr["success"], true, "{r}");
+        assert_eq!(pr["network"], "eip155:84532", "{r}");
+        assert_eq!(pr["extra"]["chargedAmount"], PRICE.to_string(), "{r}");
+        assert_eq!(
+            pr["extra"]["channelState"]["chargedCumulativeAmount"],
+            ((n as u64 + 1) * PRICE).to_string(),
+            "{r}"
+        );
+    }
+    let deposited = p0 - balance(&chain, payer);
+    assert!(deposited >= U256::from(2 * PRICE), "{deposited}");
+    let charged = U256::from(2 * PRICE);
+    common::eventually(60, || balance(&chain, vault) == v0 + charged);
+    assert_eq!(balance(&chain, payer), p0 - deposited);
+    assert_eq!(balance(&chain, batch.settlement), deposited - charged);
+}
+
 #[test]
 fn cairn_facilitator_behind_the_official_express_server() {
     let Some(a) = anvil_node("facilitator behind @x402/express", &[]) else {
