@@ -744,6 +744,50 @@ fn cairn_facilitator_behind_the_official_express_server() {
     assert_eq!(balance(&c, upto_payer), u0 - U256::from(1_234u64));
     assert_eq!(balance(&c, shop), s0 + U256::from(1_234u64));
 
+    // `batch-settlement` the other way round: the official server side (its server scheme and
+    // channel manager) takes Cairn's facilitator as its channels' receiver authorizer, verifies
+    // and settles the official client's deposit through it, counts two more vouchers itself,
+    // and claims and sweeps through it: the shop gets exactly what was charged.
+    let batch_payer = a.fund(11);
+    let (b0, s0) = (balance(&c, batch_payer), balance(&c, shop));
+    let py = std::env::var("CAIRN_PY").expect("CAIRN_PY (scripts/test.sh sets it)");
+    let script =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/x402_batch_facilitator.py");
+    let r = json_report(Command::new(py).arg(script).args([
+        fac.url.as_str(),
+        "test-api-key",
+        &key_hex(11),
+        &token.to_string(),
+        &shop.to_string(),
+        "eip155:84532",
+        domain.name.as_deref().unwrap(),
+        domain.version.as_deref().unwrap(),
+        &PRICE.to_string(),
+        "3",
+    ]));
+    let payments = r["payments"].as_array().unwrap();
+    assert_eq!(payments[0]["type"], "deposit", "{r}");
+    for p in payments {
+        assert_eq!(p["verify"]["isValid"], true, "{r}");
+        assert_eq!(p["settle"]["success"], true, "{r}");
+    }
+    assert!(
+        r["claims"][0].as_str().unwrap().contains("vouchers=1"),
+        "{r}"
+    );
+    assert!(
+        r["sweep"].as_str().unwrap().contains("transaction='0x"),
+        "{r}"
+    );
+    assert_eq!(balance(&c, shop), s0 + U256::from(3 * PRICE), "{r}");
+    let deposited = b0 - balance(&c, batch_payer);
+    let batch = c.deployment().batch.unwrap();
+    assert_eq!(
+        balance(&c, batch.settlement),
+        deposited - U256::from(3 * PRICE),
+        "{r}"
+    );
+
     let post = |path: &str, auth: Option<&str>, body: String| {
         block(async {
             let mut r = reqwest::Client::new()

@@ -60,6 +60,7 @@ const ERR_RECEIVER_AUTHORIZER_MISMATCH: &str =
     "invalid_batch_settlement_evm_receiver_authorizer_mismatch";
 const ERR_TOKEN_MISMATCH: &str = "invalid_batch_settlement_evm_token_mismatch";
 const ERR_WITHDRAW_DELAY_MISMATCH: &str = "invalid_batch_settlement_evm_withdraw_delay_mismatch";
+const ERR_WITHDRAW_DELAY_RANGE: &str = "invalid_batch_settlement_evm_withdraw_delay_out_of_range";
 const ERR_VOUCHER_SIGNATURE: &str = "invalid_batch_settlement_evm_voucher_signature";
 const ERR_CHANNEL_NOT_FOUND: &str = "invalid_batch_settlement_evm_channel_not_found";
 const ERR_EXCEEDS_BALANCE: &str = "invalid_batch_settlement_evm_cumulative_exceeds_balance";
@@ -112,7 +113,7 @@ mod uint {
 /// A channel's identity as it travels.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct ConfigWire {
+pub(crate) struct ConfigWire {
     payer: Address,
     payer_authorizer: Address,
     receiver: Address,
@@ -123,7 +124,13 @@ pub struct ConfigWire {
 }
 
 impl ConfigWire {
-    fn config(&self) -> ChannelConfig {
+    /// The payer.
+    pub(crate) fn payer(&self) -> Address {
+        self.payer
+    }
+
+    /// The config as the contract takes it.
+    pub(crate) fn config(&self) -> ChannelConfig {
         ChannelConfig {
             payer: self.payer,
             payerAuthorizer: self.payer_authorizer,
@@ -204,9 +211,9 @@ struct AuthorizationWire {
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct DepositWire {
+pub(crate) struct DepositWire {
     #[serde(with = "uint")]
-    amount: U256,
+    pub(crate) amount: U256,
     authorization: AuthorizationWire,
 }
 
@@ -229,12 +236,12 @@ enum Payload {
 }
 
 /// A voucher checked against the offer and its signer.
-struct Checked {
-    config: ConfigWire,
-    id: B256,
-    max: U256,
-    signature: Bytes,
-    deposit: Option<DepositWire>,
+pub(crate) struct Checked {
+    pub config: ConfigWire,
+    pub id: B256,
+    pub max: U256,
+    pub signature: Bytes,
+    pub deposit: Option<DepositWire>,
 }
 
 /// The node's side of `batch-settlement`.
@@ -341,128 +348,20 @@ impl Batch {
             .map_err(|r| refusal(r, c.max, price))
     }
 
+    /// What this node's channels must be.
+    fn terms(&self) -> Terms {
+        Terms {
+            chain_id: self.chain.deployment().chain_id,
+            receiver: self.receiver,
+            receiver_authorizer: self.signer.address(),
+            token: self.chain.deployment().token,
+            withdraw_delay: Some(WITHDRAW_DELAY_SECS),
+        }
+    }
+
     /// The payload's voucher, for this node's offers and signed by its channel's voucher signer.
     fn check(&self, payload: &Value) -> Result<Checked, X402Error> {
-        match payload.get("type").and_then(Value::as_str) {
-            Some("deposit" | "voucher" | "refund") => {}
-            other => {
-                return Err(invalid(
-                    ERR_PAYLOAD_TYPE,
-                    format!(
-                        "the payload's type is {other:?}; a paid request carries a deposit or voucher payload"
-                    ),
-                ));
-            }
-        }
-        let p: Payload = serde_json::from_value(payload.clone()).map_err(|e| {
-            invalid(
-                ERR_VOUCHER_PAYLOAD,
-                format!("the batch-settlement payload is not a deposit or voucher payload: {e}"),
-            )
-        })?;
-        let (config, voucher, deposit) = match p {
-            Payload::Deposit {
-                channel_config,
-                voucher,
-                deposit,
-            } => (channel_config, voucher, Some(*deposit)),
-            Payload::Voucher {
-                channel_config,
-                voucher,
-            } => (channel_config, voucher, None),
-            Payload::Refund {} => {
-                return Err(invalid(
-                    ERR_REFUND_UNSUPPORTED,
-                    "this node does not take cooperative refund requests on a paid route; the payer gets its unclaimed balance back with initiateWithdraw and, after the withdraw delay, finalizeWithdraw",
-                ));
-            }
-        };
-        if config.receiver != self.receiver {
-            return Err(invalid(
-                ERR_RECEIVER_MISMATCH,
-                format!(
-                    "the channel pays {}, not this node's vault {}",
-                    config.receiver, self.receiver
-                ),
-            ));
-        }
-        if config.receiver_authorizer != self.signer.address() {
-            return Err(invalid(
-                ERR_RECEIVER_AUTHORIZER_MISMATCH,
-                format!(
-                    "the channel's receiver authorizer is {}, not this node's {} (the offer's receiverAuthorizer)",
-                    config.receiver_authorizer,
-                    self.signer.address()
-                ),
-            ));
-        }
-        if config.token != self.chain.deployment().token {
-            return Err(invalid(
-                ERR_TOKEN_MISMATCH,
-                format!(
-                    "the channel is in token {}, the offer asks for {}",
-                    config.token,
-                    self.chain.deployment().token
-                ),
-            ));
-        }
-        if config.withdraw_delay != WITHDRAW_DELAY_SECS
-            || !(MIN_WITHDRAW_DELAY..=MAX_WITHDRAW_DELAY).contains(&config.withdraw_delay)
-        {
-            return Err(invalid(
-                ERR_WITHDRAW_DELAY_MISMATCH,
-                format!(
-                    "the channel's withdraw delay is {} s; this node's channels have {WITHDRAW_DELAY_SECS} s",
-                    config.withdraw_delay
-                ),
-            ));
-        }
-        let id = self.chain.batch_channel_id(&config.config());
-        if voucher.channel_id != id {
-            return Err(invalid(
-                ERR_CHANNEL_ID_MISMATCH,
-                format!(
-                    "the voucher is for channel {}, the channel config's id is {id}",
-                    voucher.channel_id
-                ),
-            ));
-        }
-        if voucher.max_claimable_amount > U256::from(u128::MAX) {
-            return Err(invalid(
-                ERR_VOUCHER_PAYLOAD,
-                "maxClaimableAmount does not fit a uint128",
-            ));
-        }
-        let max = voucher.max_claimable_amount.to::<u128>();
-        let sig = Signature::try_from(voucher.signature.as_ref()).map_err(|e| {
-            invalid(
-                ERR_VOUCHER_SIGNATURE,
-                format!("the voucher's signature does not parse: {e}"),
-            )
-        })?;
-        let hash = batch_voucher_hash(self.chain.deployment().chain_id, id, max);
-        let signer = cairn_core::sig::recover_prehash(&sig, &hash).map_err(|_| {
-            invalid(
-                ERR_VOUCHER_SIGNATURE,
-                "no signer recovers from the voucher's signature (malformed or high-s)",
-            )
-        })?;
-        if signer != config.voucher_signer() {
-            return Err(invalid(
-                ERR_VOUCHER_SIGNATURE,
-                format!(
-                    "the voucher is signed by {signer}, not by the channel's voucher signer {}",
-                    config.voucher_signer()
-                ),
-            ));
-        }
-        Ok(Checked {
-            config,
-            id,
-            max: voucher.max_claimable_amount,
-            signature: voucher.signature,
-            deposit,
-        })
+        check_payload(payload, &self.terms())
     }
 
     /// Checks a deposit's authorization and submits it (the node pays the gas), then records
@@ -489,27 +388,14 @@ impl Batch {
                 "the deposit does not fit a uint128",
             ));
         }
-        let now = now_secs();
         let config = c.config.config();
-        let (collector, data) = match (
-            &d.authorization.erc3009_authorization,
-            &d.authorization.permit2_authorization,
-        ) {
-            (Some(a), None) => (
-                self.contracts.erc3009_collector,
-                self.check_erc3009(c, d.amount, a, now)?,
-            ),
-            (None, Some(a)) => (
-                self.contracts.permit2_collector,
-                self.check_permit2(c, d.amount, a, extensions, now).await?,
-            ),
-            _ => {
-                return Err(invalid(
-                    ERR_DEPOSIT_PAYLOAD,
-                    "a deposit carries exactly one of erc3009Authorization and permit2Authorization",
-                ));
-            }
-        };
+        let (collector, data) = DepositCx {
+            chain: &self.chain,
+            contracts: self.contracts,
+            token_domain: &self.token_domain,
+        }
+        .collector_data(c, d, extensions, now_secs())
+        .await?;
         self.chain
             .batch_deposit(
                 &self.signer,
@@ -527,161 +413,6 @@ impl Batch {
                 other => X402Error::Chain(other),
             })?;
         self.refresh(&config, c.id).await
-    }
-
-    /// The `collectorData` of an EIP-3009 deposit, once its signature is the payer's.
-    fn check_erc3009(
-        &self,
-        c: &Checked,
-        amount: U256,
-        a: &Erc3009Wire,
-        now: u64,
-    ) -> Result<Bytes, X402Error> {
-        if a.valid_after > U256::from(now) {
-            return Err(invalid(
-                ERR_VALID_AFTER,
-                format!("the authorization is valid only after {}", a.valid_after),
-            ));
-        }
-        if a.valid_before < U256::from(now + VALIDITY_MARGIN_SECS) {
-            return Err(invalid(
-                ERR_VALID_BEFORE,
-                format!(
-                    "the authorization expired (or expires within {VALIDITY_MARGIN_SECS} s) at {}",
-                    a.valid_before
-                ),
-            ));
-        }
-        let msg = cairn_ledger::chain::ReceiveWithAuthorization {
-            from: c.config.payer,
-            to: self.contracts.erc3009_collector,
-            value: amount,
-            validAfter: a.valid_after,
-            validBefore: a.valid_before,
-            nonce: erc3009_deposit_nonce(c.id, a.salt),
-        };
-        let recovered = Signature::try_from(a.signature.as_ref())
-            .ok()
-            .and_then(|s| {
-                cairn_core::sig::recover_prehash(&s, &msg.eip712_signing_hash(&self.token_domain))
-                    .ok()
-            });
-        if recovered != Some(c.config.payer) {
-            return Err(invalid(
-                ERR_RECEIVE_SIGNATURE,
-                "the deposit's ReceiveWithAuthorization is not signed by the channel's payer for this channel and amount (or is in high-s form)",
-            ));
-        }
-        Ok(erc3009_collector_data(
-            a.valid_after,
-            a.valid_before,
-            a.salt,
-            &a.signature,
-        ))
-    }
-
-    /// The `collectorData` of a Permit2 deposit, once its terms and signature check out and
-    /// Permit2 may move the payer's tokens (an approval, or one riding in `extensions`).
-    async fn check_permit2(
-        &self,
-        c: &Checked,
-        amount: U256,
-        a: &Permit2Wire,
-        extensions: Option<&Value>,
-        now: u64,
-    ) -> Result<Bytes, X402Error> {
-        let chain_id = self.chain.deployment().chain_id;
-        if a.from != c.config.payer {
-            return Err(invalid(
-                ERR_PERMIT2_SIGNATURE,
-                format!(
-                    "the permit is from {}, the channel's payer is {}",
-                    a.from, c.config.payer
-                ),
-            ));
-        }
-        if a.spender != self.contracts.permit2_collector {
-            return Err(invalid(
-                ERR_PERMIT2_SPENDER,
-                format!(
-                    "the permit names spender {}, not the Permit2 deposit collector {}",
-                    a.spender, self.contracts.permit2_collector
-                ),
-            ));
-        }
-        if a.permitted.token != c.config.token {
-            return Err(invalid(
-                ERR_TOKEN_MISMATCH,
-                format!("the permit moves token {}", a.permitted.token),
-            ));
-        }
-        if a.permitted.amount != amount {
-            return Err(invalid(
-                ERR_PERMIT2_AMOUNT,
-                format!(
-                    "the permit is for {}, the deposit for {amount}",
-                    a.permitted.amount
-                ),
-            ));
-        }
-        if a.witness.channel_id != c.id {
-            return Err(invalid(
-                ERR_CHANNEL_ID_MISMATCH,
-                "the permit's witness names another channel",
-            ));
-        }
-        if a.deadline < U256::from(now + VALIDITY_MARGIN_SECS) {
-            return Err(invalid(
-                ERR_PERMIT2_DEADLINE,
-                format!("the permit expired at {}", a.deadline),
-            ));
-        }
-        let hash = permit2_deposit_hash(
-            chain_id,
-            a.permitted.token,
-            amount,
-            a.nonce,
-            a.deadline,
-            c.id,
-        );
-        let recovered = Signature::try_from(a.signature.as_ref())
-            .ok()
-            .and_then(|s| cairn_core::sig::recover_prehash(&s, &hash).ok());
-        if recovered != Some(c.config.payer) {
-            return Err(invalid(
-                ERR_PERMIT2_SIGNATURE,
-                "the permit is not signed by the channel's payer (or is in high-s form)",
-            ));
-        }
-        let terms = ApprovalTerms {
-            owner: c.config.payer,
-            token: c.config.token,
-            permit2: x402_addresses::PERMIT2,
-            amount,
-            deadline: a.deadline,
-        };
-        let permit = eip2612_of(extensions, &terms, &self.token_domain, now)?;
-        if permit.is_none()
-            && self
-                .chain
-                .token_allowance(c.config.payer, x402_addresses::PERMIT2)
-                .await?
-                < amount
-        {
-            return Err(invalid(
-                ERR_PERMIT2_ALLOWANCE,
-                format!(
-                    "{} has not approved Permit2 for {amount}; approve it once (cairn pay approve-permit2) or sign an EIP-2612 approval into the payment",
-                    c.config.payer
-                ),
-            ));
-        }
-        Ok(permit2_collector_data(
-            a.nonce,
-            a.deadline,
-            &a.signature,
-            permit.as_ref().map(|(p, _)| p),
-        ))
     }
 
     /// Reads the channel from the chain and records it.
@@ -897,6 +628,349 @@ impl Batch {
                 tracing::warn!(error = %e, "batch-settlement claim round");
             }
         }
+    }
+}
+
+/// What a channel must be to pay an offer.
+pub(crate) struct Terms {
+    /// The chain.
+    pub chain_id: u64,
+    /// Who is paid.
+    pub receiver: Address,
+    /// Who claims.
+    pub receiver_authorizer: Address,
+    /// The token.
+    pub token: Address,
+    /// The withdraw delay, when the offer names one.
+    pub withdraw_delay: Option<u64>,
+}
+
+/// The payload's voucher (with its deposit, if any), for a channel of terms `t` and signed by
+/// the channel's voucher signer. No chain access.
+pub(crate) fn check_payload(payload: &Value, t: &Terms) -> Result<Checked, X402Error> {
+    match payload.get("type").and_then(Value::as_str) {
+        Some("deposit" | "voucher" | "refund") => {}
+        other => {
+            return Err(invalid(
+                ERR_PAYLOAD_TYPE,
+                format!(
+                    "the payload's type is {other:?}; a paid request carries a deposit or voucher payload"
+                ),
+            ));
+        }
+    }
+    let p: Payload = serde_json::from_value(payload.clone()).map_err(|e| {
+        invalid(
+            ERR_VOUCHER_PAYLOAD,
+            format!("the batch-settlement payload is not a deposit or voucher payload: {e}"),
+        )
+    })?;
+    let (config, voucher, deposit) = match p {
+        Payload::Deposit {
+            channel_config,
+            voucher,
+            deposit,
+        } => (channel_config, voucher, Some(*deposit)),
+        Payload::Voucher {
+            channel_config,
+            voucher,
+        } => (channel_config, voucher, None),
+        Payload::Refund {} => {
+            return Err(invalid(
+                ERR_REFUND_UNSUPPORTED,
+                "cooperative refunds are not taken here; the payer gets its unclaimed balance back with initiateWithdraw and, after the withdraw delay, finalizeWithdraw",
+            ));
+        }
+    };
+    if config.receiver != t.receiver {
+        return Err(invalid(
+            ERR_RECEIVER_MISMATCH,
+            format!(
+                "the channel pays {}, not the offer's payTo {}",
+                config.receiver, t.receiver
+            ),
+        ));
+    }
+    if config.receiver_authorizer != t.receiver_authorizer {
+        return Err(invalid(
+            ERR_RECEIVER_AUTHORIZER_MISMATCH,
+            format!(
+                "the channel's receiver authorizer is {}, not the offer's receiverAuthorizer {}",
+                config.receiver_authorizer, t.receiver_authorizer
+            ),
+        ));
+    }
+    if config.token != t.token {
+        return Err(invalid(
+            ERR_TOKEN_MISMATCH,
+            format!(
+                "the channel is in token {}, the offer asks for {}",
+                config.token, t.token
+            ),
+        ));
+    }
+    if t.withdraw_delay.is_some_and(|d| d != config.withdraw_delay) {
+        return Err(invalid(
+            ERR_WITHDRAW_DELAY_MISMATCH,
+            format!(
+                "the channel's withdraw delay is {} s; the offer's is {:?} s",
+                config.withdraw_delay, t.withdraw_delay
+            ),
+        ));
+    }
+    if !(MIN_WITHDRAW_DELAY..=MAX_WITHDRAW_DELAY).contains(&config.withdraw_delay) {
+        return Err(invalid(
+            ERR_WITHDRAW_DELAY_RANGE,
+            format!(
+                "the channel's withdraw delay is {} s; it must be {MIN_WITHDRAW_DELAY} to {MAX_WITHDRAW_DELAY} s",
+                config.withdraw_delay
+            ),
+        ));
+    }
+    let id = cairn_ledger::chain::batch_channel_id(t.chain_id, &config.config());
+    if voucher.channel_id != id {
+        return Err(invalid(
+            ERR_CHANNEL_ID_MISMATCH,
+            format!(
+                "the voucher is for channel {}, the channel config's id is {id}",
+                voucher.channel_id
+            ),
+        ));
+    }
+    if voucher.max_claimable_amount > U256::from(u128::MAX) {
+        return Err(invalid(
+            ERR_VOUCHER_PAYLOAD,
+            "maxClaimableAmount does not fit a uint128",
+        ));
+    }
+    let max = voucher.max_claimable_amount.to::<u128>();
+    let sig = Signature::try_from(voucher.signature.as_ref()).map_err(|e| {
+        invalid(
+            ERR_VOUCHER_SIGNATURE,
+            format!("the voucher's signature does not parse: {e}"),
+        )
+    })?;
+    let hash = batch_voucher_hash(t.chain_id, id, max);
+    let signer = cairn_core::sig::recover_prehash(&sig, &hash).map_err(|_| {
+        invalid(
+            ERR_VOUCHER_SIGNATURE,
+            "no signer recovers from the voucher's signature (malformed or high-s)",
+        )
+    })?;
+    if signer != config.voucher_signer() {
+        return Err(invalid(
+            ERR_VOUCHER_SIGNATURE,
+            format!(
+                "the voucher is signed by {signer}, not by the channel's voucher signer {}",
+                config.voucher_signer()
+            ),
+        ));
+    }
+    Ok(Checked {
+        config,
+        id,
+        max: voucher.max_claimable_amount,
+        signature: voucher.signature,
+        deposit,
+    })
+}
+
+/// What checking a deposit needs: the chain (a Permit2 allowance), the collectors, and the
+/// token's EIP-712 domain (its EIP-3009 signatures).
+pub(crate) struct DepositCx<'a> {
+    pub chain: &'a Chain,
+    pub contracts: BatchContracts,
+    pub token_domain: &'a Eip712Domain,
+}
+
+impl DepositCx<'_> {
+    /// The collector and its `collectorData` for the deposit `d` of the checked voucher `c`,
+    /// once the payer's authorization checks out.
+    pub(crate) async fn collector_data(
+        &self,
+        c: &Checked,
+        d: &DepositWire,
+        extensions: Option<&Value>,
+        now: u64,
+    ) -> Result<(Address, Bytes), X402Error> {
+        if d.amount.is_zero() || d.amount > U256::from(u128::MAX) {
+            return Err(invalid(
+                ERR_DEPOSIT_PAYLOAD,
+                "the deposit must be more than 0 and fit a uint128",
+            ));
+        }
+        match (
+            &d.authorization.erc3009_authorization,
+            &d.authorization.permit2_authorization,
+        ) {
+            (Some(a), None) => Ok((
+                self.contracts.erc3009_collector,
+                self.check_erc3009(c, d.amount, a, now)?,
+            )),
+            (None, Some(a)) => Ok((
+                self.contracts.permit2_collector,
+                self.check_permit2(c, d.amount, a, extensions, now).await?,
+            )),
+            _ => Err(invalid(
+                ERR_DEPOSIT_PAYLOAD,
+                "a deposit carries exactly one of erc3009Authorization and permit2Authorization",
+            )),
+        }
+    }
+
+    /// The `collectorData` of an EIP-3009 deposit, once its signature is the payer's.
+    fn check_erc3009(
+        &self,
+        c: &Checked,
+        amount: U256,
+        a: &Erc3009Wire,
+        now: u64,
+    ) -> Result<Bytes, X402Error> {
+        if a.valid_after > U256::from(now) {
+            return Err(invalid(
+                ERR_VALID_AFTER,
+                format!("the authorization is valid only after {}", a.valid_after),
+            ));
+        }
+        if a.valid_before < U256::from(now + VALIDITY_MARGIN_SECS) {
+            return Err(invalid(
+                ERR_VALID_BEFORE,
+                format!(
+                    "the authorization expired (or expires within {VALIDITY_MARGIN_SECS} s) at {}",
+                    a.valid_before
+                ),
+            ));
+        }
+        let msg = cairn_ledger::chain::ReceiveWithAuthorization {
+            from: c.config.payer,
+            to: self.contracts.erc3009_collector,
+            value: amount,
+            validAfter: a.valid_after,
+            validBefore: a.valid_before,
+            nonce: erc3009_deposit_nonce(c.id, a.salt),
+        };
+        let recovered = Signature::try_from(a.signature.as_ref())
+            .ok()
+            .and_then(|s| {
+                cairn_core::sig::recover_prehash(&s, &msg.eip712_signing_hash(self.token_domain))
+                    .ok()
+            });
+        if recovered != Some(c.config.payer) {
+            return Err(invalid(
+                ERR_RECEIVE_SIGNATURE,
+                "the deposit's ReceiveWithAuthorization is not signed by the channel's payer for this channel and amount (or is in high-s form)",
+            ));
+        }
+        Ok(erc3009_collector_data(
+            a.valid_after,
+            a.valid_before,
+            a.salt,
+            &a.signature,
+        ))
+    }
+
+    /// The `collectorData` of a Permit2 deposit, once its terms and signature check out and
+    /// Permit2 may move the payer's tokens (an approval, or one riding in `extensions`).
+    async fn check_permit2(
+        &self,
+        c: &Checked,
+        amount: U256,
+        a: &Permit2Wire,
+        extensions: Option<&Value>,
+        now: u64,
+    ) -> Result<Bytes, X402Error> {
+        let chain_id = self.chain.deployment().chain_id;
+        if a.from != c.config.payer {
+            return Err(invalid(
+                ERR_PERMIT2_SIGNATURE,
+                format!(
+                    "the permit is from {}, the channel's payer is {}",
+                    a.from, c.config.payer
+                ),
+            ));
+        }
+        if a.spender != self.contracts.permit2_collector {
+            return Err(invalid(
+                ERR_PERMIT2_SPENDER,
+                format!(
+                    "the permit names spender {}, not the Permit2 deposit collector {}",
+                    a.spender, self.contracts.permit2_collector
+                ),
+            ));
+        }
+        if a.permitted.token != c.config.token {
+            return Err(invalid(
+                ERR_TOKEN_MISMATCH,
+                format!("the permit moves token {}", a.permitted.token),
+            ));
+        }
+        if a.permitted.amount != amount {
+            return Err(invalid(
+                ERR_PERMIT2_AMOUNT,
+                format!(
+                    "the permit is for {}, the deposit for {amount}",
+                    a.permitted.amount
+                ),
+            ));
+        }
+        if a.witness.channel_id != c.id {
+            return Err(invalid(
+                ERR_CHANNEL_ID_MISMATCH,
+                "the permit's witness names another channel",
+            ));
+        }
+        if a.deadline < U256::from(now + VALIDITY_MARGIN_SECS) {
+            return Err(invalid(
+                ERR_PERMIT2_DEADLINE,
+                format!("the permit expired at {}", a.deadline),
+            ));
+        }
+        let hash = permit2_deposit_hash(
+            chain_id,
+            a.permitted.token,
+            amount,
+            a.nonce,
+            a.deadline,
+            c.id,
+        );
+        let recovered = Signature::try_from(a.signature.as_ref())
+            .ok()
+            .and_then(|s| cairn_core::sig::recover_prehash(&s, &hash).ok());
+        if recovered != Some(c.config.payer) {
+            return Err(invalid(
+                ERR_PERMIT2_SIGNATURE,
+                "the permit is not signed by the channel's payer (or is in high-s form)",
+            ));
+        }
+        let terms = ApprovalTerms {
+            owner: c.config.payer,
+            token: c.config.token,
+            permit2: x402_addresses::PERMIT2,
+            amount,
+            deadline: a.deadline,
+        };
+        let permit = eip2612_of(extensions, &terms, self.token_domain, now)?;
+        if permit.is_none()
+            && self
+                .chain
+                .token_allowance(c.config.payer, x402_addresses::PERMIT2)
+                .await?
+                < amount
+        {
+            return Err(invalid(
+                ERR_PERMIT2_ALLOWANCE,
+                format!(
+                    "{} has not approved Permit2 for {amount}; approve it once (cairn pay approve-permit2) or sign an EIP-2612 approval into the payment",
+                    c.config.payer
+                ),
+            ));
+        }
+        Ok(permit2_collector_data(
+            a.nonce,
+            a.deadline,
+            &a.signature,
+            permit.as_ref().map(|(p, _)| p),
+        ))
     }
 }
 

@@ -36,6 +36,7 @@ use crate::wire::{
 };
 use crate::{Reason, X402Error, now_secs};
 
+mod batch;
 mod http;
 mod reconcile;
 mod upto;

@@ -768,3 +768,131 @@ async fn a_restart_releases_unsent_payments_and_finishes_a_send_cut_off() {
         U256::from(800 + 900)
     );
 }
+
+/// The facilitator's `batch-settlement` for another server: a deposit verified (simulated) and
+/// submitted, vouchers checked against the channel on chain, claims signed only for channels
+/// naming this facilitator as receiver authorizer, the sweep once; bad vouchers refused.
+#[tokio::test]
+async fn the_facilitator_deposits_claims_and_sweeps_batch_settlement_channels() {
+    use crate::client::BatchChannel;
+    let d = devnet().await;
+    let f = &d.facilitator;
+    let shop = Address::repeat_byte(0x5a);
+    let offer = PaymentRequirements {
+        scheme: "batch-settlement".into(),
+        network: f.network(),
+        amount: U256::from(1_000u64),
+        asset: f.token(),
+        pay_to: shop,
+        max_timeout_seconds: 300,
+        extra: serde_json::json!({
+            "receiverAuthorizer": f.address(),
+            "withdrawDelay": 900,
+            "name": f.token_domain().name.as_deref().unwrap(),
+            "version": f.token_domain().version.as_deref().unwrap(),
+        }),
+    };
+    let supported = f.supported();
+    assert!(
+        supported["kinds"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|k| k["scheme"] == "batch-settlement"
+                && k["extra"]["receiverAuthorizer"] == f.address().to_checksum(None)),
+        "{supported}"
+    );
+    let req_of = |payload: serde_json::Value, offer: &PaymentRequirements| FacilitatorRequest {
+        x402_version: 2,
+        payment_payload: serde_json::json!({"x402Version": 2, "accepted": offer, "payload": payload}),
+        payment_requirements: serde_json::to_value(offer).unwrap(),
+    };
+    let mut ch = BatchChannel::new(d.payer.address(), &offer, B256::repeat_byte(1)).unwrap();
+    let deposit = ch.payload(&d.payer, &offer, U256::from(5_000u64)).unwrap();
+    let v = f.verify(&req_of(deposit.clone(), &offer)).await;
+    assert!(v.is_valid, "{v:?}");
+    assert_eq!(v.extra.as_ref().unwrap()["balance"], "0");
+    let s = f.settle(&req_of(deposit.clone(), &offer)).await;
+    assert!(s.success, "{s:?}");
+    assert_eq!(s.extra.as_ref().unwrap()["channelState"]["balance"], "5000");
+    // The same deposit again: its authorization is used.
+    let again = f.settle(&req_of(deposit, &offer)).await;
+    assert!(!again.success);
+    ch.charged = U256::from(1_000u64);
+    let voucher = ch.payload(&d.payer, &offer, U256::ZERO).unwrap();
+    assert_eq!(voucher["type"], "voucher");
+    let v = f.verify(&req_of(voucher.clone(), &offer)).await;
+    assert!(v.is_valid, "{v:?}");
+    // Settled by itself, a voucher is refused (the server counts it, then claims).
+    let s = f.settle(&req_of(voucher.clone(), &offer)).await;
+    assert_eq!(
+        s.error_reason.as_deref(),
+        Some("invalid_batch_settlement_evm_payload_type")
+    );
+    // Over the balance, forged, another receiver: refused with their reasons.
+    let mut over = ch.clone();
+    over.charged = U256::from(4_500u64);
+    over.balance = U256::MAX;
+    let v = f
+        .verify(&req_of(
+            over.payload(&d.payer, &offer, U256::ZERO).unwrap(),
+            &offer,
+        ))
+        .await;
+    assert_eq!(
+        v.invalid_reason.as_deref(),
+        Some("invalid_batch_settlement_evm_cumulative_exceeds_balance")
+    );
+    let v = f
+        .verify(&req_of(
+            ch.clone()
+                .payload(&dev_signer(7), &offer, U256::ZERO)
+                .unwrap(),
+            &offer,
+        ))
+        .await;
+    assert_eq!(
+        v.invalid_reason.as_deref(),
+        Some("invalid_batch_settlement_evm_voucher_signature")
+    );
+    let mut elsewhere = offer.clone();
+    elsewhere.pay_to = Address::repeat_byte(0x77);
+    let v = f.verify(&req_of(voucher.clone(), &elsewhere)).await;
+    assert_eq!(
+        v.invalid_reason.as_deref(),
+        Some("invalid_batch_settlement_evm_receiver_mismatch")
+    );
+
+    // Claims: the facilitator signs only for channels that name it.
+    let claim = |authorizer: Address, total: u64| {
+        let mut config = serde_json::to_value(&voucher["channelConfig"]).unwrap();
+        config["receiverAuthorizer"] = serde_json::json!(authorizer);
+        serde_json::json!({"type": "claim", "claims": [{
+            "voucher": {"channel": config, "maxClaimableAmount": voucher["voucher"]["maxClaimableAmount"]},
+            "signature": voucher["voucher"]["signature"],
+            "totalClaimed": total.to_string(),
+        }]})
+    };
+    let s = f
+        .settle(&req_of(claim(Address::repeat_byte(9), 2_000), &offer))
+        .await;
+    assert_eq!(
+        s.error_reason.as_deref(),
+        Some("invalid_batch_settlement_evm_authorizer_address_mismatch")
+    );
+    let s = f.settle(&req_of(claim(f.address(), 2_000), &offer)).await;
+    assert!(s.success, "{s:?}");
+    let sweep = serde_json::json!({"type": "settle", "receiver": shop, "token": f.token()});
+    let s = f.settle(&req_of(sweep.clone(), &offer)).await;
+    assert!(s.success, "{s:?}");
+    assert_eq!(s.amount.as_deref(), Some("2000"));
+    assert_eq!(
+        d.chain.token_balance(shop).await.unwrap(),
+        U256::from(2_000u64)
+    );
+    let s = f.settle(&req_of(sweep, &offer)).await;
+    assert_eq!(
+        s.error_reason.as_deref(),
+        Some("invalid_batch_settlement_evm_nothing_to_settle")
+    );
+}

@@ -216,6 +216,9 @@ pub struct VerifyResponse {
     /// The payer, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub payer: Option<Address>,
+    /// Scheme-specific results (`batch-settlement`: the channel's state on chain).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extra: Option<Value>,
 }
 
 /// CAIP-2 network of an EVM chain.

@@ -9,6 +9,9 @@ impl Facilitator {
         if is_upto(req) {
             return self.verify_upto(req).await;
         }
+        if batch::is_batch(req) {
+            return self.verify_batch(req).await;
+        }
         let checked = self
             .normalize(req)
             .and_then(|(payload, r)| self.check_exact(&payload, &r, now_secs()));
@@ -24,6 +27,9 @@ impl Facilitator {
     pub async fn settle(&self, req: &FacilitatorRequest) -> SettleResponse {
         if is_upto(req) {
             return self.settle_upto_request(req).await;
+        }
+        if batch::is_batch(req) {
+            return self.settle_batch(req).await;
         }
         let network = self.network_for(req.x402_version);
         let fail = |code: &str, payer: Option<Address>| SettleResponse {
@@ -117,6 +123,7 @@ impl Facilitator {
                 "extra": {"facilitatorAddress": self.address()}}),
             );
         }
+        kinds.extend(self.batch_kind());
         if let Some(n) = v1_network(self.chain_id()) {
             kinds.push(json!({"x402Version": 1, "scheme": "exact", "network": n}));
         }
@@ -152,11 +159,13 @@ pub(super) fn verify_answer(
             is_valid: true,
             invalid_reason: None,
             payer: Some(payer),
+            extra: None,
         },
         Err(e) => VerifyResponse {
             is_valid: false,
             invalid_reason: Some(e.code().to_string()),
             payer: payer_of(req),
+            extra: None,
         },
     }
 }
