@@ -1149,6 +1149,25 @@ fn the_official_batch_settlement_client_pays_from_a_channel() {
     let c = devnet_chain(&data);
     assert_eq!(balance(&c, payer.address()), payer0 - deposited);
     assert_eq!(balance(&c, batch.settlement), deposited - cumulative);
+
+    // The payer asks for the rest back (the client's cooperative refund, a new process again):
+    // it gets every unit it was not charged, at once, without the withdraw delay.
+    let report = json_report(
+        python_client("x402_batch_pay.py", &net.node_url, &net.rpc_url, 9, &[]).env(
+            "X402_REFUND",
+            format!("{}/v2/models/digits@1.0/infer", net.node_url),
+        ),
+    );
+    assert_eq!(report["refund"]["success"], true, "{report}");
+    assert_eq!(
+        report["refund"]["amount"],
+        (deposited - cumulative).to_string(),
+        "{report}"
+    );
+    let c = devnet_chain(&data);
+    assert_eq!(balance(&c, payer.address()), payer0 - cumulative);
+    assert_eq!(balance(&c, batch.settlement), U256::ZERO);
+    assert_eq!(balance(&c, vault), vault0 + cumulative);
 }
 
 /// Language-model calls cost their tokens. The 402 offers a prepaid voucher for the call's

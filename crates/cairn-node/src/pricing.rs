@@ -19,7 +19,9 @@ pub(crate) struct ModelPricing {
 
 /// The model reference of `POST /v2/models/{model}[/versions/{v}]/infer`.
 fn model_of(parts: &Parts) -> Option<String> {
-    if parts.method != Method::POST {
+    // GET is priced too: the x402 batch-settlement client probes a paid URL by GET for its
+    // offers and sends its refund request there (the route itself answers only POST).
+    if parts.method != Method::POST && parts.method != Method::GET {
         return None;
     }
     let rest = parts.uri.path().strip_prefix("/v2/models/")?;

@@ -77,7 +77,9 @@ const ERR_PERMIT2_AMOUNT: &str = "invalid_batch_settlement_evm_permit2_amount_mi
 const ERR_PERMIT2_DEADLINE: &str = "invalid_batch_settlement_evm_permit2_deadline_expired";
 const ERR_PERMIT2_SIGNATURE: &str = "invalid_batch_settlement_evm_permit2_invalid_signature";
 const ERR_PERMIT2_ALLOWANCE: &str = "invalid_batch_settlement_evm_permit2_allowance_required";
-const ERR_REFUND_UNSUPPORTED: &str = "invalid_batch_settlement_evm_refund_payload";
+const ERR_REFUND_PAYLOAD: &str = "invalid_batch_settlement_evm_refund_payload";
+const ERR_REFUND_NO_BALANCE: &str = "invalid_batch_settlement_evm_refund_no_balance";
+const ERR_CHANNEL_BUSY: &str = "invalid_batch_settlement_evm_channel_busy";
 
 fn invalid(code: &'static str, msg: impl Into<String>) -> X402Error {
     X402Error::Invalid(Reason::new(code, msg))
@@ -232,7 +234,23 @@ enum Payload {
         channel_config: ConfigWire,
         voucher: VoucherWire,
     },
-    Refund {},
+    #[serde(rename_all = "camelCase")]
+    Refund {
+        channel_config: ConfigWire,
+        voucher: VoucherWire,
+        #[serde(default, with = "opt_uint")]
+        amount: Option<U256>,
+    },
+}
+
+/// An optional [`uint`].
+mod opt_uint {
+    use alloy_primitives::U256;
+    use serde::Deserializer;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<U256>, D::Error> {
+        super::uint::deserialize(d).map(Some)
+    }
 }
 
 /// A voucher checked against the offer and its signer.
@@ -242,6 +260,8 @@ pub(crate) struct Checked {
     pub max: U256,
     pub signature: Bytes,
     pub deposit: Option<DepositWire>,
+    /// A cooperative refund request (of at most this much, or all that is unclaimed).
+    pub refund: Option<Option<U256>>,
 }
 
 /// The node's side of `batch-settlement`.
@@ -319,6 +339,12 @@ impl Batch {
         price: U256,
     ) -> Result<Accepted, X402Error> {
         let c = self.check(payload)?;
+        if c.refund.is_some() {
+            return Err(invalid(
+                ERR_REFUND_PAYLOAD,
+                "a refund request pays for nothing",
+            ));
+        }
         if let Some(d) = &c.deposit {
             self.deposit(&c, d, extensions, price).await?;
         }
@@ -448,6 +474,114 @@ impl Batch {
         )
     }
 
+    /// A payer's cooperative refund (the official client's `refund`): with its voucher for what
+    /// it was charged (exactly the node's count), the node claims that and refunds up to `amount`
+    /// of the rest (all of it by default) in one transaction. New vouchers on the channel wait
+    /// meanwhile; a request running on it makes the refund wait (`channel_busy`).
+    pub async fn refund(&self, payload: &Value) -> Result<Refunded, X402Error> {
+        let c = self.check(payload)?;
+        let Some(asked) = c.refund else {
+            return Err(invalid(ERR_REFUND_PAYLOAD, "not a refund payload"));
+        };
+        let config = c.config.config();
+        if self.store.channel(c.id)?.is_none() {
+            self.refresh(&config, c.id).await?;
+        }
+        if self.store.channel(c.id)?.is_none() {
+            return Err(invalid(ERR_CHANNEL_NOT_FOUND, "the channel has no deposit"));
+        }
+        // Closed to new vouchers first, then checked idle: no voucher slips in between.
+        self.store.set_closing(c.id, true)?;
+        let out = self.refund_idle(&c, &config, asked).await;
+        // Reopened as the chain has it (a refund also shortens a pending withdrawal).
+        let reopened = match self.chain.batch_channel(c.id).await {
+            Ok(st) => self.store.mark_batch_channel(c.id, &st),
+            Err(e) => Err(e.into()),
+        };
+        if let Err(e) = reopened {
+            tracing::warn!(channel = %c.id, error = %e, "reopening a channel after a refund");
+        }
+        out
+    }
+
+    async fn refund_idle(
+        &self,
+        c: &Checked,
+        config: &ChannelConfig,
+        asked: Option<U256>,
+    ) -> Result<Refunded, X402Error> {
+        let Some(ch) = self.store.channel(c.id)? else {
+            return Err(invalid(ERR_CHANNEL_NOT_FOUND, "the channel has no deposit"));
+        };
+        if !ch.pending.is_zero() {
+            return Err(invalid(
+                ERR_CHANNEL_BUSY,
+                "a request paid from this channel is running; ask for the refund once it has answered",
+            ));
+        }
+        if c.max != ch.accepted {
+            return Err(invalid(
+                ERR_CUMULATIVE_MISMATCH,
+                format!(
+                    "the refund's voucher is for {}; {} was charged on this channel",
+                    c.max, ch.accepted
+                ),
+            ));
+        }
+        let st = self.chain.batch_channel(c.id).await?;
+        let available = st.balance.saturating_sub(ch.accepted.max(st.total_claimed));
+        let amount = match asked {
+            None => available,
+            Some(a) if a.is_zero() => {
+                return Err(invalid(
+                    "invalid_batch_settlement_evm_refund_amount_invalid",
+                    "a refund is of more than 0",
+                ));
+            }
+            Some(a) => a,
+        };
+        if available.is_zero() || amount > available {
+            return Err(invalid(
+                ERR_REFUND_NO_BALANCE,
+                format!("{available} of the channel is unclaimed; {amount} was asked for"),
+            ));
+        }
+        // The voucher the payer just signed covers what it owes: claim that with the refund.
+        let claims = if ch.accepted > st.total_claimed {
+            vec![VoucherClaim {
+                voucher: ClaimedVoucher {
+                    channel: config.clone(),
+                    maxClaimableAmount: c.max.saturating_to(),
+                },
+                signature: c.signature.clone(),
+                totalClaimed: ch.accepted.saturating_to(),
+            }]
+        } else {
+            Vec::new()
+        };
+        self.store.sync()?;
+        let tx = self
+            .chain
+            .batch_claim_and_refund(&self.signer, claims, config, amount.saturating_to())
+            .await
+            .map_err(|e| match e {
+                LedgerError::Reverted { reason, .. } => invalid(
+                    "invalid_batch_settlement_evm_refund_transaction_failed",
+                    format!("the refund was refused by the chain: {reason}"),
+                ),
+                other => X402Error::Chain(other),
+            })?;
+        if ch.accepted > ch.redeemed {
+            self.store.set_redeemed(c.id, ch.accepted)?;
+        }
+        Ok(Refunded {
+            payer: c.config.payer,
+            channel: c.id,
+            amount,
+            transaction: tx.hash,
+        })
+    }
+
     /// Gives back a voucher whose request failed (not charged).
     pub fn release(&self, a: &Accepted) {
         if let Err(e) = self.store.release_voucher(a.payment_ref()) {
@@ -470,7 +604,7 @@ impl Batch {
     }
 
     /// The channel's state as the node counts it (the official client's `channelState`).
-    fn channel_state(&self, id: B256) -> Value {
+    pub fn channel_state(&self, id: B256) -> Value {
         let Ok(Some(ch)) = self.store.channel(id) else {
             return json!({ "channelId": id });
         };
@@ -665,6 +799,7 @@ pub(crate) fn check_payload(payload: &Value, t: &Terms) -> Result<Checked, X402E
             format!("the batch-settlement payload is not a deposit or voucher payload: {e}"),
         )
     })?;
+    let mut refund = None;
     let (config, voucher, deposit) = match p {
         Payload::Deposit {
             channel_config,
@@ -675,11 +810,13 @@ pub(crate) fn check_payload(payload: &Value, t: &Terms) -> Result<Checked, X402E
             channel_config,
             voucher,
         } => (channel_config, voucher, None),
-        Payload::Refund {} => {
-            return Err(invalid(
-                ERR_REFUND_UNSUPPORTED,
-                "cooperative refunds are not taken here; the payer gets its unclaimed balance back with initiateWithdraw and, after the withdraw delay, finalizeWithdraw",
-            ));
+        Payload::Refund {
+            channel_config,
+            voucher,
+            amount,
+        } => {
+            refund = Some(amount);
+            (channel_config, voucher, None)
         }
     };
     if config.receiver != t.receiver {
@@ -772,6 +909,7 @@ pub(crate) fn check_payload(payload: &Value, t: &Terms) -> Result<Checked, X402E
         max: voucher.max_claimable_amount,
         signature: voucher.signature,
         deposit,
+        refund,
     })
 }
 
@@ -972,6 +1110,19 @@ impl DepositCx<'_> {
             permit.as_ref().map(|(p, _)| p),
         ))
     }
+}
+
+/// A cooperative refund made.
+#[derive(Clone, Debug)]
+pub struct Refunded {
+    /// Who got it.
+    pub payer: Address,
+    /// From which channel.
+    pub channel: B256,
+    /// How much.
+    pub amount: U256,
+    /// The transaction (claim and refund).
+    pub transaction: B256,
 }
 
 /// The smallest deposit the node submits for a request at `price`.

@@ -269,6 +269,31 @@ impl BatchChannel {
         }))
     }
 
+    /// A cooperative refund request of `amount` (all that is unclaimed when `None`): the
+    /// channel's config and a voucher for exactly what was charged.
+    pub fn refund_payload(
+        &self,
+        signer: &PrivateKeySigner,
+        offer: &PaymentRequirements,
+        amount: Option<U256>,
+    ) -> Result<serde_json::Value, X402Error> {
+        let mut zero = self.clone();
+        zero.balance = U256::MAX;
+        let mut p = zero.payload(
+            signer,
+            &PaymentRequirements {
+                amount: U256::ZERO,
+                ..offer.clone()
+            },
+            U256::ZERO,
+        )?;
+        p["type"] = "refund".into();
+        if let Some(a) = amount {
+            p["amount"] = a.to_string().into();
+        }
+        Ok(p)
+    }
+
     /// Counts what the node's `PAYMENT-RESPONSE` says this payment was charged.
     pub fn charged(&mut self, response: &SettleResponse) {
         if let Some(c) = response

@@ -1277,18 +1277,78 @@ async fn batch_settlement_channels_pay_and_refuse_bad_vouchers() {
     assert_eq!(token_balance(payer.address()).await, start - deposit);
     assert_ne!(last.charged, ch.charged);
 
-    // The payer asks for all of its deposit back (nothing is claimed on chain yet): the node
-    // stops taking vouchers, claims what it is owed within the delay and sweeps it to its
-    // vault; after the delay the payer takes the rest.
+    // A cooperative refund: not for a voucher other than the charged total, not for more than
+    // is unclaimed; then the node claims what it is owed and refunds 2,000 in one transaction.
+    let refund = |p: serde_json::Value| {
+        crate::wire::encode_header(&crate::wire::PaymentPayload {
+            x402_version: 2,
+            resource: Some(req.resource.clone()),
+            accepted: offer.clone(),
+            payload: p,
+            extensions: None,
+        })
+    };
+    let mut behind = ch.clone();
+    behind.charged -= U256::from(PRICE);
+    let h = refund(behind.refund_payload(payer, &offer, None).unwrap());
+    let (status, _, _, v2) = send(&s.url, &h, "go").await;
+    assert_eq!(
+        (status, reason(&v2).as_str()),
+        (
+            402,
+            "invalid_batch_settlement_evm_cumulative_amount_mismatch"
+        )
+    );
+    let h = refund(ch.refund_payload(payer, &offer, Some(deposit)).unwrap());
+    let (status, _, _, v2) = send(&s.url, &h, "go").await;
+    assert_eq!(
+        (status, reason(&v2).as_str()),
+        (402, "invalid_batch_settlement_evm_refund_no_balance")
+    );
+    let before = token_balance(payer.address()).await;
+    let h = refund(
+        ch.refund_payload(payer, &offer, Some(U256::from(2_000u64)))
+            .unwrap(),
+    );
+    let (status, body, settle, _) = send(&s.url, &h, "go").await;
+    assert_eq!(status, 200, "{body}");
+    let settle = settle.unwrap();
+    assert_eq!(settle.amount.as_deref(), Some("2000"));
+    assert_eq!(
+        token_balance(payer.address()).await,
+        before + U256::from(2_000u64)
+    );
+    assert_eq!(s.runs.load(Ordering::SeqCst), 4, "a refund ran the route");
+    let deposit = deposit - U256::from(2_000u64);
+    // The node's count is claimed with it; a channel refunded in part still pays. A refund
+    // asked while that call runs waits for it (nothing is refunded from under a request).
+    let h = ch.pay(payer, &req, &offer, deposit).unwrap();
+    let refund_now = refund(ch.refund_payload(payer, &offer, None).unwrap());
+    let url = s.url.clone();
+    let running = tokio::spawn(async move { send(&url, &h, "go").await });
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    let (status, _, _, v2) = send(&s.url, &refund_now, "go").await;
+    assert_eq!(
+        (status, reason(&v2).as_str()),
+        (402, "invalid_batch_settlement_evm_channel_busy")
+    );
+    let (status, _, settle, _) = running.await.unwrap();
+    assert_eq!(status, 200);
+    ch.charged(&settle.unwrap());
+
+    // The payer asks for all that is unclaimed on chain back (the node's last 1,000 included):
+    // the node stops taking vouchers, claims what it is owed within the delay and sweeps
+    // everything claimed to its vault; after the delay the payer takes the rest.
+    let unclaimed = deposit - U256::from(3 * PRICE);
     chain
-        .batch_initiate_withdraw(payer, &ch.config, deposit.to::<u128>())
+        .batch_initiate_withdraw(payer, &ch.config, unclaimed.to::<u128>())
         .await
         .unwrap();
     let vault_before = token_balance(s.vault).await;
     assert_eq!(batch.claim_due().await.unwrap(), 1);
     assert_eq!(
         token_balance(s.vault).await,
-        vault_before + U256::from(3 * PRICE)
+        vault_before + U256::from(4 * PRICE)
     );
     let h = ch.clone().pay(payer, &req, &offer, deposit).unwrap();
     let (status, _, _, v2) = send(&s.url, &h, "go").await;
@@ -1296,7 +1356,7 @@ async fn batch_settlement_channels_pay_and_refuse_bad_vouchers() {
         (status, reason(&v2).as_str()),
         (402, "invalid_batch_settlement_evm_withdrawal_pending")
     );
-    assert_eq!(s.runs.load(Ordering::SeqCst), 4);
+    assert_eq!(s.runs.load(Ordering::SeqCst), 5);
     chain.ledger().advance_time(901).await.unwrap();
     chain
         .batch_finalize_withdraw(payer, &ch.config)
@@ -1304,7 +1364,7 @@ async fn batch_settlement_channels_pay_and_refuse_bad_vouchers() {
         .unwrap();
     assert_eq!(
         token_balance(payer.address()).await,
-        start - U256::from(3 * PRICE)
+        start - U256::from(4 * PRICE)
     );
     // Nothing more to claim: a second round sends nothing.
     assert_eq!(batch.claim_due().await.unwrap(), 0);

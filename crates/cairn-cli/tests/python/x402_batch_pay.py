@@ -7,10 +7,13 @@ usage: x402_batch_pay.py NODE_URL RPC_URL KEY_HEX PATH REQUEST_JSON [PATH REQUES
 Each PATH (e.g. /v1/chat/completions) is POSTed its REQUEST_JSON file in turn; prints one JSON
 line: [{status, body, receiptId, paymentResponse}, ...]. The client reads the channel over RPC
 when it has no local record of it (a new process), as a restarted payer would.
+With X402_REFUND=URL it then asks the node behind URL for its unclaimed balance back (the
+client's cooperative refund) and prints {calls, refund} instead.
 """
 import asyncio
 import base64
 import json
+import os
 import sys
 
 import httpx
@@ -38,8 +41,8 @@ async def main() -> None:
             ]
         }
     )
-    client.register(terms["network"],
-                    BatchSettlementEvmScheme(EthAccountSignerWithRPC(account, rpc)))
+    scheme = BatchSettlementEvmScheme(EthAccountSignerWithRPC(account, rpc))
+    client.register(terms["network"], scheme)
     out = []
     async with x402HttpxClient(client, timeout=120) as http:
         for path, request in calls:
@@ -57,6 +60,11 @@ async def main() -> None:
                 "receiptId": resp.headers.get("cairn-receipt-id"),
                 "paymentResponse": json.loads(base64.b64decode(pr)) if pr else None,
             })
+    refund_url = os.environ.get("X402_REFUND")
+    if refund_url:
+        refunded = scheme.refund(refund_url)
+        print(json.dumps({"calls": out, "refund": refunded.model_dump(by_alias=True)}))
+        return
     print(json.dumps(out))
 
 

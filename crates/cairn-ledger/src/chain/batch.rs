@@ -453,6 +453,42 @@ impl Chain {
         .await
     }
 
+    /// Claims `claims` and refunds up to `amount` of `config`'s unclaimed balance to its payer,
+    /// in one transaction (`multicall`), sent by the receiver authorizer: what the receiver is
+    /// owed is claimed before the payer gets the rest.
+    pub async fn batch_claim_and_refund(
+        &self,
+        receiver_authorizer: &PrivateKeySigner,
+        claims: Vec<VoucherClaim>,
+        config: &ChannelConfig,
+        amount: u128,
+    ) -> Result<TxOutcome, LedgerError> {
+        let mut data: Vec<Bytes> = Vec::new();
+        if !claims.is_empty() {
+            data.push(
+                X402BatchSettlement::claimCall {
+                    voucherClaims: claims,
+                }
+                .abi_encode()
+                .into(),
+            );
+        }
+        data.push(
+            X402BatchSettlement::refundCall {
+                config: config.clone(),
+                amount,
+            }
+            .abi_encode()
+            .into(),
+        );
+        self.exec(
+            receiver_authorizer,
+            self.batch_contracts()?.settlement,
+            X402BatchSettlement::multicallCall { data },
+        )
+        .await
+    }
+
     /// A channel's state on chain.
     pub async fn batch_channel(&self, channel_id: B256) -> Result<BatchChannelState, LedgerError> {
         let at = self.batch_contracts()?.settlement;

@@ -116,6 +116,41 @@ pub(super) async fn infer(
     run_infer(s, model, paid.map(|p| p.0), headers, body).await
 }
 
+#[utoipa::path(get, path = "/v2/models/{model}/infer", tag = "kserve",
+    params(("model" = String, Path, description = "a CID or `name@version`")),
+    description = "Not an inference (that is a POST): on a paid node the paywall answers it, with the x402 offers \
+    (402) or, for an x402 `batch-settlement` cooperative refund request in `PAYMENT-SIGNATURE` (which the official client \
+    sends by GET to the paid URL), the refund (200 with `PAYMENT-RESPONSE`). Anything else is 405, and a payment it \
+    carried is not charged.",
+    responses((status = 200, description = "a batch-settlement refund made"), (status = 402, body = ErrorBody),
+              (status = 405, body = ErrorBody)))]
+pub(super) async fn infer_get() -> Response {
+    not_an_inference()
+}
+
+#[utoipa::path(get, path = "/v2/models/{model}/versions/{version}/infer", tag = "kserve",
+    params(("model" = String, Path), ("version" = String, Path)),
+    description = "As `GET /v2/models/{model}/infer`.",
+    responses((status = 200, description = "a batch-settlement refund made"), (status = 402, body = ErrorBody),
+              (status = 405, body = ErrorBody)))]
+pub(super) async fn infer_get_versioned() -> Response {
+    not_an_inference()
+}
+
+fn not_an_inference() -> Response {
+    let mut resp = (
+        StatusCode::METHOD_NOT_ALLOWED,
+        Json(ErrorBody::new(
+            "method_not_allowed",
+            "inference is a POST; a GET here only answers x402 batch-settlement refund requests",
+        )),
+    )
+        .into_response();
+    resp.headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static("POST"));
+    resp
+}
+
 #[utoipa::path(post, path = "/v2/models/{model}/versions/{version}/infer", tag = "kserve",
     params(("model" = String, Path), ("version" = String, Path)),
     request_body(content = Object, description = "KServe v2 inference request"),

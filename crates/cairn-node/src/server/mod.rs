@@ -413,10 +413,10 @@ impl NodeState {
 /// The node's routes.
 pub fn router(state: NodeState) -> Router {
     let mut paid = Router::new()
-        .route("/v2/models/{model}/infer", post(infer))
+        .route("/v2/models/{model}/infer", post(infer).get(infer_get))
         .route(
             "/v2/models/{model}/versions/{version}/infer",
-            post(infer_versioned),
+            post(infer_versioned).get(infer_get_versioned),
         );
     if let Some(p) = &state.0.paywall {
         paid = paid.route_layer(axum::middleware::from_fn_with_state(
@@ -494,6 +494,8 @@ async fn metrics(State(s): State<NodeState>) -> Response {
         model_ready,
         infer,
         infer_versioned,
+        infer_get,
+        infer_get_versioned,
         node_info,
         receipt,
         receipt_input,

@@ -213,6 +213,9 @@ impl Paywall {
                 "this call is charged by what it uses: pay with a prepaid or batch-settlement voucher or an upto permit for the offered most",
             )));
         };
+        if let Some(resp) = book.refund(&presented, &refusal).await {
+            return Err(resp);
+        }
         let accepted = book
             .take(&presented, most, &refusal, async |key| match &self.kept {
                 Some(kept) => kept.answer(key, headers, body).await,

@@ -122,6 +122,44 @@ impl Book {
         refusal.refuse(r)
     }
 
+    /// The answer to a `batch-settlement` refund request, which `presented` may be (the route
+    /// never runs for it): `None` when it is a payment.
+    pub(crate) async fn refund(
+        &self,
+        presented: &Presented,
+        refusal: &Refusal<'_>,
+    ) -> Option<Response> {
+        let Self::Batch(b) = self else {
+            return None;
+        };
+        if presented.payload.get("type").and_then(Value::as_str) != Some("refund") {
+            return None;
+        }
+        Some(match b.refund(&presented.payload).await {
+            Ok(r) => {
+                let s = SettleResponse {
+                    success: true,
+                    error_reason: None,
+                    transaction: r.transaction.to_string(),
+                    network: presented.offer.network.clone(),
+                    payer: Some(r.payer),
+                    amount: Some(r.amount.to_string()),
+                    extra: Some(json!({"channelState": b.channel_state(r.channel)})),
+                };
+                let mut resp = axum::Json(json!({
+                    "refunded": r.amount.to_string(),
+                    "channelId": r.channel,
+                    "transaction": r.transaction,
+                }))
+                .into_response();
+                insert_settle(resp.headers_mut(), &s, presented.version);
+                resp
+            }
+            Err(X402Error::Invalid(r)) => self.refuse(refusal, &presented.payload, r),
+            Err(e) => refusal.refuse_err(e),
+        })
+    }
+
     /// Takes the voucher `presented` carries for a request at `price`, or answers: the kept
     /// answer of a counted voucher presented again with the same request (`kept`), else the
     /// refusal.
@@ -182,6 +220,9 @@ pub(super) async fn pay(
             format!("{} is not enabled on this node", presented.offer.scheme),
         ));
     };
+    if let Some(resp) = book.refund(&presented, refusal).await {
+        return resp;
+    }
     let headers = parts.headers.clone();
     let (body, accepted) = {
         // The body is read only when a voucher presented again may be answered from the kept

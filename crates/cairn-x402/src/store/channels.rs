@@ -273,6 +273,17 @@ impl PaymentStore {
         })
     }
 
+    /// Marks a channel closed (or open) to new vouchers.
+    pub fn set_closing(&self, id: B256, closing: bool) -> Result<(), X402Error> {
+        self.durable(|c| {
+            c.execute(
+                "UPDATE channels SET closing = ?2, updated_at = ?3 WHERE id = ?1",
+                params![id.as_slice(), closing, now()],
+            )
+            .map(drop)
+        })
+    }
+
     /// `batch-settlement` channels with accepted vouchers not yet claimed, with their configs.
     pub fn unclaimed_batch(&self) -> Result<Vec<(ChannelRecord, Vec<u8>)>, X402Error> {
         self.with(|c| {
