@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Benchmark: what payment costs on the node. The digits MLP end to end on loopback (receipts
-# signed and logged) four ways in one run: unpaid (a --free devnet), prepaid vouchers, x402
-# `exact` (EIP-3009) and x402 `upto` (a Permit2 permit; the payer approves Permit2 once with
-# `cast` through the devnet's JSON-RPC), both settled on the devnet's embedded chain before the
-# output leaves, each at concurrency 1 and N; requests/s and p50/p99 as ratios to unpaid. Then the local
+# signed and logged) five ways in one run: unpaid (a --free devnet), prepaid vouchers, x402
+# `batch-settlement` vouchers (a channel deposit per connection first), x402 `exact`
+# (EIP-3009) and x402 `upto` (a Permit2 permit; the payer approves Permit2 once with `cast`
+# through the devnet's JSON-RPC), the last two settled on the devnet's embedded chain before
+# the output leaves, each at concurrency 1 and N; requests/s and p50/p99 as ratios to unpaid. Then the local
 # verification cost of one payment (verify_bench).
 # Usage: scripts/bench-payments.sh [SECONDS] [CONCURRENCY] [ROUNDS]
 set -euo pipefail
@@ -53,7 +54,7 @@ for r in $(seq "$rounds"); do
     "approve(address,uint256)" 0x000000000022D473030F116dDEE9F6B43aC78BA3 \
     115792089237316195423570985008687907853269984665640564039457584007913129639935 >/dev/null
   for c in 1 "$conc"; do
-    for mode in prepaid exact upto; do
+    for mode in prepaid batch-settlement exact upto; do
       LOADGEN_PAY="$mode" LOADGEN_PAYER_KEY="$key" \
         "$bin/examples/loadgen" "$paid" "$input" "$c" "$secs" >"$work/$mode-$c-$r.json"
     done
@@ -67,15 +68,15 @@ import json, statistics, sys
 w, conc, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3])
 load = lambda mode, c, r: json.load(open(f"{w}/{mode}-{c}-{r}.json"))
 print(f"{rounds} rounds, modes taking turns; figures are medians over the rounds, ratios the median of each round's ratio to unpaid")
-print(f"{'mode':8} {'conc':>4} {'req/s':>8} {'p50':>10} {'p99':>10}  {'rps/unpaid':>10} {'p50/unpaid':>10} {'p99/unpaid':>10}")
+print(f"{'mode':16} {'conc':>4} {'req/s':>8} {'p50':>10} {'p99':>10}  {'rps/unpaid':>10} {'p50/unpaid':>10} {'p99/unpaid':>10}")
 for c in ["1", conc]:
-    for mode in ["unpaid", "prepaid", "exact", "upto"]:
+    for mode in ["unpaid", "prepaid", "batch-settlement", "exact", "upto"]:
         rs = [load(mode, c, r) for r in range(1, rounds + 1)]
         bs = [load("unpaid", c, r) for r in range(1, rounds + 1)]
         med = lambda k: statistics.median(x[k] for x in rs)
         ratio = lambda k: statistics.median(x[k] / b[k] for x, b in zip(rs, bs))
         errors = sum(x["errors"] for x in rs)
-        print(f"{mode:8} {c:>4} {med('rps'):>8.0f} {med('p50_us'):>7.0f} µs {med('p99_us'):>7.0f} µs  "
+        print(f"{mode:16} {c:>4} {med('rps'):>8.0f} {med('p50_us'):>7.0f} µs {med('p99_us'):>7.0f} µs  "
               f"{ratio('rps'):>10.2f} {ratio('p50_us'):>10.2f} {ratio('p99_us'):>10.2f}  errors={errors}")
 v = json.load(open(f"{w}/verify.json"))
 print()

@@ -205,7 +205,7 @@ impl SignedHeaders {
         let recovered =
             recover_message(&self.signature, message.as_bytes()).map_err(|e| match e {
                 SigError::HighS => AuthError::NotCanonical(e),
-                SigError::Unrecoverable => AuthError::InvalidSignature,
+                SigError::Unrecoverable | SigError::Encoding => AuthError::InvalidSignature,
             })?;
         if recovered != self.address {
             return Err(AuthError::WrongSigner {

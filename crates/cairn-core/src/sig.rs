@@ -27,6 +27,19 @@ pub enum SigError {
     /// No public key recovers from it.
     #[error("the signature does not recover to any signer")]
     Unrecoverable,
+    /// Not 65 bytes `r ‖ s ‖ v` with `v` 27 or 28.
+    #[error("the signature is not 65 bytes r, s, v with v 27 or 28")]
+    Encoding,
+}
+
+/// A 65-byte `r ‖ s ‖ v` signature as a contract's `ecrecover` reads it, which takes `v` as sent:
+/// only 27 or 28 recovers. alloy's parser also accepts 0, 1 and EIP-155 values; a service that
+/// took one and kept its bytes would hold a signature the chain refuses.
+pub fn parse_rsv(bytes: &[u8]) -> Result<Signature, SigError> {
+    if bytes.len() != 65 || !matches!(bytes[64], 27 | 28) {
+        return Err(SigError::Encoding);
+    }
+    Signature::try_from(bytes).map_err(|_| SigError::Encoding)
 }
 
 /// Whether `sig` is in canonical low-s form.

@@ -242,6 +242,116 @@ async fn voucher_gas(chain: &Chain, n: u64, salt: u64) -> (u64, u64) {
     (deposit, redeem)
 }
 
+/// x402 `batch-settlement`: one channel's EIP-3009 deposit (its lifetime's first transaction),
+/// then `n` requests of 1,000 units each paid by vouchers off chain, claimed in one claim and
+/// swept to the receiver: (deposit, claim, sweep).
+async fn batch_channel_gas(chain: &Chain, n: u64, salt: u8) -> (u64, u64, u64) {
+    use cairn_ledger::chain::{ChannelConfig, ClaimedVoucher, VoucherClaim};
+    let payer = dev_signer(8);
+    let node = dev_signer(2);
+    let receiver = dev_signer(3).address();
+    let config = ChannelConfig {
+        payer: payer.address(),
+        payerAuthorizer: payer.address(),
+        receiver,
+        receiverAuthorizer: node.address(),
+        token: chain.deployment().token,
+        withdrawDelay: alloy_primitives::aliases::U40::from(900u64),
+        salt: B256::repeat_byte(salt),
+    };
+    let total = 1_000u128 * u128::from(n);
+    let head = chain.ledger().head().await.unwrap().timestamp;
+    let data = chain
+        .sign_erc3009_deposit(
+            &payer,
+            &config,
+            U256::from(total),
+            U256::from(head + 3_600),
+            U256::from(salt),
+        )
+        .await
+        .unwrap();
+    let batch = chain.batch_contracts().unwrap();
+    let deposit = chain
+        .batch_deposit(&node, &config, total, batch.erc3009_collector, data)
+        .await
+        .unwrap()
+        .gas_used;
+    // One voucher per request off chain; the claim needs only the latest.
+    let id = chain.batch_channel_id(&config);
+    let sig = chain.sign_batch_voucher(&payer, id, total).unwrap();
+    let claim = chain
+        .batch_claim(
+            &node,
+            vec![VoucherClaim {
+                voucher: ClaimedVoucher {
+                    channel: config,
+                    maxClaimableAmount: total,
+                },
+                signature: sig.as_bytes().to_vec().into(),
+                totalClaimed: total,
+            }],
+        )
+        .await
+        .unwrap()
+        .gas_used;
+    let sweep = chain
+        .batch_settle(&node, receiver, chain.deployment().token)
+        .await
+        .unwrap()
+        .gas_used;
+    (deposit, claim, sweep)
+}
+
+/// One claim transaction for `k` channels (their deposits made first): its gas per channel.
+async fn batch_claims_across(chain: &Chain, k: usize, base: u8) -> f64 {
+    use cairn_ledger::chain::{ChannelConfig, ClaimedVoucher, VoucherClaim};
+    let payer = dev_signer(8);
+    let node = dev_signer(2);
+    let batch = chain.batch_contracts().unwrap();
+    let head = chain.ledger().head().await.unwrap().timestamp;
+    let mut rows = Vec::new();
+    for i in 0..k {
+        let mut salt = [base; 32];
+        salt[..8].copy_from_slice(&(i as u64).to_be_bytes());
+        let config = ChannelConfig {
+            payer: payer.address(),
+            payerAuthorizer: payer.address(),
+            receiver: dev_signer(3).address(),
+            receiverAuthorizer: node.address(),
+            token: chain.deployment().token,
+            withdrawDelay: alloy_primitives::aliases::U40::from(900u64),
+            salt: B256::from(salt),
+        };
+        let data = chain
+            .sign_erc3009_deposit(
+                &payer,
+                &config,
+                U256::from(5_000u64),
+                U256::from(head + 3_600),
+                U256::from(i),
+            )
+            .await
+            .unwrap();
+        chain
+            .batch_deposit(&node, &config, 5_000, batch.erc3009_collector, data)
+            .await
+            .unwrap();
+        let id = chain.batch_channel_id(&config);
+        let sig = chain.sign_batch_voucher(&payer, id, 5_000).unwrap();
+        rows.push(VoucherClaim {
+            voucher: ClaimedVoucher {
+                channel: config,
+                maxClaimableAmount: 5_000,
+            },
+            signature: sig.as_bytes().to_vec().into(),
+            totalClaimed: 5_000,
+        });
+    }
+    let gas = chain.batch_claim(&node, rows).await.unwrap().gas_used;
+    gas as f64 / k as f64
+}
+
 async fn tps(chain: &Chain, n: u64) -> f64 {
     let from = dev_signer(9);
     let to = dev_signer(6).address();
@@ -287,6 +397,23 @@ async fn report(name: &str, ledger: Arc<dyn Ledger>) -> f64 {
             "| {n} | {deposit} | {redeem} | {:.2} |",
             redeem as f64 / n as f64
         );
+    }
+    println!(
+        "\n| requests per batch-settlement claim (one channel) | deposit (EIP-3009, once) | claim | sweep | gas per request (claim + sweep) |"
+    );
+    println!("|---:|---:|---:|---:|---:|");
+    for (k, n) in [1u64, 100, 10_000].into_iter().enumerate() {
+        let (deposit, claim, sweep) = batch_channel_gas(&chain, n, 0x40 + k as u8).await;
+        println!(
+            "| {n} | {deposit} | {claim} | {sweep} | {:.2} |",
+            (claim + sweep) as f64 / n as f64
+        );
+    }
+    println!("\n| channels per batch-settlement claim transaction | gas per channel claimed |");
+    println!("|---:|---:|");
+    for (j, k) in [1usize, 10, 100].into_iter().enumerate() {
+        let per = batch_claims_across(&chain, k, 0x60 + j as u8).await;
+        println!("| {k} | {per:.0} |");
     }
     let t = tps(&chain, 2_000).await;
     println!("\nToken transfers, one per block, sequential: {t:.0} tx/s");

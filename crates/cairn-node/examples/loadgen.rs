@@ -4,10 +4,12 @@
 //! Sends the tensors in KServe binary form over keep-alive connections, CONCURRENCY requests in
 //! flight, and prints JSON `{"rps", "p50_us", "p99_us", "ok", "errors"}`.
 //!
-//! LOADGEN_PAY=exact|upto|prepaid (with LOADGEN_PAYER_KEY, a hex secret key) pays every
-//! request: `exact` signs a fresh EIP-3009 authorization per request, `upto` a fresh Permit2
-//! permit (the payer has approved Permit2), `prepaid` deposits once per
-//! connection (its own channel salt) and then sends a cumulative voucher per request. Payments
+//! LOADGEN_PAY=exact|upto|prepaid|batch-settlement (with LOADGEN_PAYER_KEY, a hex secret key)
+//! pays every request: `exact` signs a fresh EIP-3009 authorization per request, `upto` a fresh
+//! Permit2 permit (the payer has approved Permit2), `prepaid` deposits once per connection (its
+//! own channel salt) and then sends a cumulative voucher per request, `batch-settlement` opens an
+//! x402 channel per connection with its first request (a deposit) and then sends a cumulative
+//! voucher per request. Payments
 //! are signed ahead of the run (the client's signing would compete with the node for the CPU):
 //! the latency is the node's.
 
@@ -149,6 +151,7 @@ struct Payment {
     offer: cairn_x402::wire::PaymentRequirements,
     prepaid: bool,
     cumulative: Vec<std::sync::Mutex<alloy_primitives::U256>>,
+    channels: Vec<std::sync::Mutex<cairn_x402::client::BatchChannel>>,
 }
 
 impl Payment {
@@ -225,12 +228,46 @@ impl Payment {
                 cumulative.push(std::sync::Mutex::new(accepted));
             }
         }
+        let mut channels = Vec::new();
+        if mode == cairn_x402::batch::SCHEME {
+            // A fresh channel per connection and run, opened by a paid request (its deposit).
+            let run = B256::random();
+            for i in 0..conc {
+                let mut salt = run;
+                salt.0[..8].copy_from_slice(&(i as u64).to_be_bytes());
+                let mut ch =
+                    cairn_x402::client::BatchChannel::new(payer.address(), &offer, salt).unwrap();
+                let header = ch
+                    .pay(
+                        payer,
+                        &required,
+                        &offer,
+                        offer.amount * U256::from(100_000u64),
+                    )
+                    .unwrap();
+                let r = client
+                    .post(url)
+                    .header("inference-header-content-length", json_len)
+                    .header("payment-signature", header)
+                    .body(body.clone())
+                    .send()
+                    .await
+                    .unwrap();
+                assert!(r.status().is_success(), "deposit refused: {}", r.status());
+                ch.charged(
+                    &cairn_x402::client::settle_response(r.headers()).unwrap(),
+                    offer.amount,
+                );
+                channels.push(std::sync::Mutex::new(ch));
+            }
+        }
         Self {
             payer: payer.clone(),
             required,
             offer,
             prepaid,
             cumulative,
+            channels,
         }
     }
 
@@ -243,6 +280,14 @@ impl Payment {
             let salt = B256::from(U256::from(task as u64 + 1));
             cairn_x402::client::pay_prepaid(&self.payer, &self.required, &self.offer, salt, *c)
                 .unwrap()
+        } else if let Some(ch) = self.channels.get(task) {
+            let mut ch = ch.lock().unwrap();
+            let h = ch
+                .pay(&self.payer, &self.required, &self.offer, U256::ZERO)
+                .unwrap();
+            // Each call costs the offer's price: the next voucher goes on from there.
+            ch.charged += self.offer.amount;
+            h
         } else if self.offer.scheme == "upto" {
             cairn_x402::client::pay_upto(&self.payer, &self.required, &self.offer).unwrap()
         } else {

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use alloy_primitives::{Address, B256, Bytes, Signature, U256, aliases::U40};
+use alloy_primitives::{Address, B256, Bytes, U256, aliases::U40};
 use alloy_signer_local::PrivateKeySigner;
 use alloy_sol_types::{Eip712Domain, SolEvent, SolStruct, SolType};
 use cairn_ledger::chain::{
@@ -69,6 +69,7 @@ pub const ERR_CUMULATIVE_MISMATCH: &str = "invalid_batch_settlement_evm_cumulati
 const ERR_WITHDRAWAL_PENDING: &str = "invalid_batch_settlement_evm_withdrawal_pending";
 const ERR_BELOW_MIN_DEPOSIT: &str = "invalid_batch_settlement_evm_deposit_below_min_deposit";
 const ERR_DEPOSIT_FAILED: &str = "invalid_batch_settlement_evm_deposit_transaction_failed";
+const ERR_DEPOSIT_SIMULATION: &str = "invalid_batch_settlement_evm_deposit_simulation_failed";
 const ERR_RECEIVE_SIGNATURE: &str = "invalid_batch_settlement_evm_receive_authorization_signature";
 const ERR_VALID_AFTER: &str = "invalid_batch_settlement_evm_payload_authorization_valid_after";
 const ERR_VALID_BEFORE: &str = "invalid_batch_settlement_evm_payload_authorization_valid_before";
@@ -80,6 +81,7 @@ const ERR_PERMIT2_ALLOWANCE: &str = "invalid_batch_settlement_evm_permit2_allowa
 const ERR_REFUND_PAYLOAD: &str = "invalid_batch_settlement_evm_refund_payload";
 const ERR_REFUND_NO_BALANCE: &str = "invalid_batch_settlement_evm_refund_no_balance";
 const ERR_CHANNEL_BUSY: &str = "invalid_batch_settlement_evm_channel_busy";
+const ERR_PAYER_AUTHORIZER: &str = "invalid_batch_settlement_evm_payer_authorizer_required";
 
 fn invalid(code: &'static str, msg: impl Into<String>) -> X402Error {
     X402Error::Invalid(Reason::new(code, msg))
@@ -129,6 +131,11 @@ impl ConfigWire {
     /// The payer.
     pub(crate) fn payer(&self) -> Address {
         self.payer
+    }
+
+    /// The receiver.
+    pub(crate) fn receiver(&self) -> Address {
+        self.receiver
     }
 
     /// The config as the contract takes it.
@@ -273,6 +280,9 @@ pub struct Batch {
     contracts: BatchContracts,
     token_domain: Eip712Domain,
     scanned: AtomicU64,
+    /// Channels whose refund was sent with no known outcome: their refund nonce before it, and
+    /// when (held shut until the chain says).
+    unsure: std::sync::Mutex<std::collections::HashMap<B256, (U256, std::time::Instant)>>,
 }
 
 impl Batch {
@@ -298,6 +308,7 @@ impl Batch {
             contracts,
             token_domain,
             scanned: AtomicU64::new(start),
+            unsure: Default::default(),
         }))
     }
 
@@ -355,9 +366,11 @@ impl Batch {
             nonce: B256::ZERO,
         };
         let key = accepted.payment_ref();
+        // Vouchers carry no nonce: a ceiling counted before recurs as the next step after a
+        // call charged less than its price, and is taken again then.
         let take = || {
             self.store
-                .accept_voucher(c.id, key, c.max, B256::ZERO, price, &c.signature)
+                .accept_voucher_again(c.id, key, c.max, B256::ZERO, price, &c.signature, true)
         };
         let mut outcome = take()?;
         if matches!(
@@ -415,13 +428,13 @@ impl Batch {
             ));
         }
         let config = c.config.config();
-        let (collector, data) = DepositCx {
+        let cx = DepositCx {
             chain: &self.chain,
             contracts: self.contracts,
             token_domain: &self.token_domain,
-        }
-        .collector_data(c, d, extensions, now_secs())
-        .await?;
+        };
+        let (collector, data) = cx.collector_data(c, d, extensions, now_secs()).await?;
+        cx.simulate(&config, d.amount, collector, &data).await?;
         self.chain
             .batch_deposit(
                 &self.signer,
@@ -490,18 +503,67 @@ impl Batch {
         if self.store.channel(c.id)?.is_none() {
             return Err(invalid(ERR_CHANNEL_NOT_FOUND, "the channel has no deposit"));
         }
-        // Closed to new vouchers first, then checked idle: no voucher slips in between.
-        self.store.set_closing(c.id, true)?;
-        let out = self.refund_idle(&c, &config, asked).await;
-        // Reopened as the chain has it (a refund also shortens a pending withdrawal).
-        let reopened = match self.chain.batch_channel(c.id).await {
-            Ok(st) => self.store.mark_batch_channel(c.id, &st),
-            Err(e) => Err(e.into()),
+        // Held shut to new vouchers, atomically with checking that none is taken: no request
+        // is served from under the refund.
+        if !self.store.lock_channel(c.id) {
+            return Err(invalid(
+                ERR_CHANNEL_BUSY,
+                "a request paid from this channel is running (or a refund is); ask for the refund once it has answered",
+            ));
+        }
+        let before = self.chain.batch_channel(c.id).await;
+        let out = match &before {
+            Ok(st) => self.refund_idle(&c, &config, asked, st).await,
+            Err(_) => Err(invalid(
+                ERR_CHANNEL_BUSY,
+                "the channel could not be read; retry",
+            )),
         };
-        if let Err(e) = reopened {
-            tracing::warn!(channel = %c.id, error = %e, "reopening a channel after a refund");
+        match (&out, before) {
+            // Sent, outcome unknown: shut until the chain says (the claim round looks).
+            (Err(X402Error::Chain(_)), Ok(st)) => {
+                self.unsure
+                    .lock()
+                    .expect("not poisoned")
+                    .insert(c.id, (st.refund_nonce, std::time::Instant::now()));
+            }
+            _ => self.reopen(c.id).await,
         }
         out
+    }
+
+    /// Records a channel as the chain has it now and opens it to vouchers again.
+    async fn reopen(&self, id: B256) {
+        let read = match self.chain.batch_channel(id).await {
+            Ok(st) => self.store.mark_batch_channel(id, &st),
+            Err(e) => Err(e.into()),
+        };
+        if let Err(e) = read {
+            tracing::warn!(channel = %id, error = %e, "reading a channel after a refund");
+        }
+        self.store.unlock_channel(id);
+    }
+
+    /// Opens the channels whose refund's outcome was unknown once the chain shows it landed
+    /// (its refund nonce moved on), or after ten minutes (it was dropped).
+    async fn settle_unsure(&self) {
+        let unsure: Vec<(B256, (U256, std::time::Instant))> = self
+            .unsure
+            .lock()
+            .expect("not poisoned")
+            .iter()
+            .map(|(k, v)| (*k, *v))
+            .collect();
+        for (id, (nonce, since)) in unsure {
+            let landed = match self.chain.batch_channel(id).await {
+                Ok(st) => st.refund_nonce > nonce,
+                Err(_) => continue,
+            };
+            if landed || since.elapsed() > Duration::from_secs(600) {
+                self.unsure.lock().expect("not poisoned").remove(&id);
+                self.reopen(id).await;
+            }
+        }
     }
 
     async fn refund_idle(
@@ -509,16 +571,11 @@ impl Batch {
         c: &Checked,
         config: &ChannelConfig,
         asked: Option<U256>,
+        st: &BatchChannelState,
     ) -> Result<Refunded, X402Error> {
         let Some(ch) = self.store.channel(c.id)? else {
             return Err(invalid(ERR_CHANNEL_NOT_FOUND, "the channel has no deposit"));
         };
-        if !ch.pending.is_zero() {
-            return Err(invalid(
-                ERR_CHANNEL_BUSY,
-                "a request paid from this channel is running; ask for the refund once it has answered",
-            ));
-        }
         if c.max != ch.accepted {
             return Err(invalid(
                 ERR_CUMULATIVE_MISMATCH,
@@ -528,7 +585,6 @@ impl Batch {
                 ),
             ));
         }
-        let st = self.chain.batch_channel(c.id).await?;
         let available = st.balance.saturating_sub(ch.accepted.max(st.total_claimed));
         let amount = match asked {
             None => available,
@@ -612,8 +668,6 @@ impl Batch {
             "channelId": id,
             "balance": ch.deposited.to_string(),
             "totalClaimed": ch.redeemed.to_string(),
-            "withdrawRequestedAt": u64::from(ch.closing),
-            "refundNonce": "0",
             "chargedCumulativeAmount": ch.accepted.to_string(),
         })
     }
@@ -658,7 +712,12 @@ impl Batch {
     /// [`MAX_CLAIMS_PER_TX`] channels a transaction, and the claimed total is swept to the
     /// vault. Returns how many channels were claimed.
     pub async fn claim_due(&self) -> Result<usize, X402Error> {
-        self.watch_withdrawals().await?;
+        self.settle_unsure().await;
+        // A failed look at withdrawals does not stop the claims: they are what protects the
+        // node within the delay.
+        if let Err(e) = self.watch_withdrawals().await {
+            tracing::warn!(error = %e, "looking for batch-settlement withdrawals");
+        }
         let mut due = Vec::new();
         for (c, config) in self.store.unclaimed_batch()? {
             let Some((cumulative, _, sig)) = self.store.redeemable(c.id, c.redeemed)? else {
@@ -705,7 +764,13 @@ impl Batch {
                     tracing::warn!(channel = %id, error = %e, "claiming a channel");
                 }
                 // Take the chain's word: a claim sent before a crash may have landed.
-                let st = self.chain.batch_channel(*id).await?;
+                let st = match self.chain.batch_channel(*id).await {
+                    Ok(st) => st,
+                    Err(e) => {
+                        tracing::warn!(channel = %id, error = %e, "reading a claimed channel");
+                        continue;
+                    }
+                };
                 if st.total_claimed >= *amount {
                     self.store
                         .set_redeemed(*id, st.total_claimed.min(*amount))?;
@@ -754,8 +819,10 @@ impl Batch {
         Ok(())
     }
 
-    /// Claims every `every`, forever.
+    /// Claims every `every` (at most a fifth of the withdraw delay: a payer's withdrawal must
+    /// meet several rounds), forever.
     pub async fn run(self: Arc<Self>, every: Duration) {
+        let every = every.min(Duration::from_secs(WITHDRAW_DELAY_SECS / 5));
         loop {
             tokio::time::sleep(every).await;
             if let Err(e) = self.claim_due().await {
@@ -819,6 +886,15 @@ pub(crate) fn check_payload(payload: &Value, t: &Terms) -> Result<Checked, X402E
             (channel_config, voucher, None)
         }
     };
+    // With no payer authorizer the contract checks the payer by ERC-1271 whenever it has code
+    // (a smart account, or an EOA that delegates with EIP-7702 later), which a local check
+    // cannot foresee: a voucher served now could be unclaimable then.
+    if config.payer_authorizer.is_zero() {
+        return Err(invalid(
+            ERR_PAYER_AUTHORIZER,
+            "the channel has no payerAuthorizer; name the key that signs the vouchers (the official client does so by default)",
+        ));
+    }
     if config.receiver != t.receiver {
         return Err(invalid(
             ERR_RECEIVER_MISMATCH,
@@ -881,10 +957,10 @@ pub(crate) fn check_payload(payload: &Value, t: &Terms) -> Result<Checked, X402E
         ));
     }
     let max = voucher.max_claimable_amount.to::<u128>();
-    let sig = Signature::try_from(voucher.signature.as_ref()).map_err(|e| {
+    let sig = cairn_core::sig::parse_rsv(&voucher.signature).map_err(|e| {
         invalid(
             ERR_VOUCHER_SIGNATURE,
-            format!("the voucher's signature does not parse: {e}"),
+            format!("the voucher's signature: {e}"),
         )
     })?;
     let hash = batch_voucher_hash(t.chain_id, id, max);
@@ -922,6 +998,37 @@ pub(crate) struct DepositCx<'a> {
 }
 
 impl DepositCx<'_> {
+    /// Runs the deposit as a call first (`eth_call`): a payer without the funds, a used or
+    /// foreign authorization, fails here, before anyone signs or pays for a transaction.
+    pub(crate) async fn simulate(
+        &self,
+        config: &ChannelConfig,
+        amount: U256,
+        collector: Address,
+        data: &Bytes,
+    ) -> Result<(), X402Error> {
+        use alloy_sol_types::SolCall;
+        let call = X402BatchSettlement::depositCall {
+            config: config.clone(),
+            amount: amount.saturating_to(),
+            collector,
+            collectorData: data.clone(),
+        };
+        match self
+            .chain
+            .ledger()
+            .call(self.contracts.settlement, call.abi_encode().into())
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(LedgerError::Reverted { reason, .. }) => Err(invalid(
+                ERR_DEPOSIT_SIMULATION,
+                format!("the deposit would fail: {reason}"),
+            )),
+            Err(e) => Err(X402Error::Chain(e)),
+        }
+    }
+
     /// The collector and its `collectorData` for the deposit `d` of the checked voucher `c`,
     /// once the payer's authorization checks out.
     pub(crate) async fn collector_data(
@@ -987,12 +1094,9 @@ impl DepositCx<'_> {
             validBefore: a.valid_before,
             nonce: erc3009_deposit_nonce(c.id, a.salt),
         };
-        let recovered = Signature::try_from(a.signature.as_ref())
-            .ok()
-            .and_then(|s| {
-                cairn_core::sig::recover_prehash(&s, &msg.eip712_signing_hash(self.token_domain))
-                    .ok()
-            });
+        let recovered = cairn_core::sig::parse_rsv(&a.signature).ok().and_then(|s| {
+            cairn_core::sig::recover_prehash(&s, &msg.eip712_signing_hash(self.token_domain)).ok()
+        });
         if recovered != Some(c.config.payer) {
             return Err(invalid(
                 ERR_RECEIVE_SIGNATURE,
@@ -1071,7 +1175,7 @@ impl DepositCx<'_> {
             a.deadline,
             c.id,
         );
-        let recovered = Signature::try_from(a.signature.as_ref())
+        let recovered = cairn_core::sig::parse_rsv(&a.signature)
             .ok()
             .and_then(|s| cairn_core::sig::recover_prehash(&s, &hash).ok());
         if recovered != Some(c.config.payer) {
@@ -1133,6 +1237,10 @@ pub fn min_deposit(price: U256) -> U256 {
 /// What the node answers a voucher the payment store refused.
 fn refusal(r: VoucherRefusal, max: U256, price: U256) -> X402Error {
     match r {
+        VoucherRefusal::Locked => invalid(
+            ERR_CHANNEL_BUSY,
+            "a cooperative refund is being made on this channel; retry once it is done",
+        ),
         VoucherRefusal::AlreadyUsed => invalid(
             ERR_CUMULATIVE_MISMATCH,
             format!(

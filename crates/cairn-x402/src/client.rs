@@ -294,14 +294,15 @@ impl BatchChannel {
         Ok(p)
     }
 
-    /// Counts what the node's `PAYMENT-RESPONSE` says this payment was charged.
-    pub fn charged(&mut self, response: &SettleResponse) {
+    /// Counts what the node's `PAYMENT-RESPONSE` says this payment of (at most) `most` was
+    /// charged; never more than `most`, whatever the node says.
+    pub fn charged(&mut self, response: &SettleResponse, most: U256) {
         if let Some(c) = response
             .extra
             .as_ref()
             .and_then(|e| e.get("chargedAmount")?.as_str()?.parse::<U256>().ok())
         {
-            self.charged += c;
+            self.charged += c.min(most);
         }
     }
 }

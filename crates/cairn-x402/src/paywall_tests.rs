@@ -1180,7 +1180,7 @@ async fn batch_settlement_channels_pay_and_refuse_bad_vouchers() {
             extra["channelState"]["chargedCumulativeAmount"],
             (n * PRICE).to_string()
         );
-        ch.charged(&settle);
+        ch.charged(&settle, offer.amount);
     }
     assert_eq!(token_balance(payer.address()).await, start - deposit);
     assert_eq!(s.runs.load(Ordering::SeqCst), 2);
@@ -1240,6 +1240,48 @@ async fn batch_settlement_channels_pay_and_refuse_bad_vouchers() {
         (status, reason(&v2).as_str()),
         (402, "invalid_batch_settlement_evm_voucher_signature")
     );
+    // A voucher whose v byte is 0 (alloy reads it, the contract's ecrecover does not): the
+    // node would serve it and never claim it.
+    let mut v0: serde_json::Value = ch.clone().payload(payer, &offer, deposit).unwrap();
+    let mut raw: Vec<u8> =
+        alloy_primitives::hex::decode(v0["voucher"]["signature"].as_str().unwrap()).unwrap();
+    raw[64] -= 27;
+    v0["voucher"]["signature"] = serde_json::json!(alloy_primitives::Bytes::from(raw));
+    let h = crate::wire::encode_header(&crate::wire::PaymentPayload {
+        x402_version: 2,
+        resource: Some(req.resource.clone()),
+        accepted: offer.clone(),
+        payload: v0,
+        extensions: None,
+    });
+    let (status, _, _, v2) = send(&s.url, &h, "go").await;
+    assert_eq!(
+        (status, reason(&v2).as_str()),
+        (402, "invalid_batch_settlement_evm_voucher_signature")
+    );
+    // A channel without a payer authorizer (its claims would depend on the payer's code later).
+    let mut bare = ch.clone();
+    bare.config.payerAuthorizer = Address::ZERO;
+    bare.id = cairn_ledger::chain::batch_channel_id(31337, &bare.config);
+    let h = bare.pay(payer, &req, &offer, deposit).unwrap();
+    let (status, _, _, v2) = send(&s.url, &h, "go").await;
+    assert_eq!(
+        (status, reason(&v2).as_str()),
+        (
+            402,
+            "invalid_batch_settlement_evm_payer_authorizer_required"
+        )
+    );
+    assert_eq!(token_balance(payer.address()).await, start - deposit);
+    // A channel held shut (a refund on its way) takes no voucher until it opens again.
+    assert!(s.d.facilitator.store().lock_channel(ch.id));
+    let h = ch.clone().pay(payer, &req, &offer, deposit).unwrap();
+    let (status, _, _, v2) = send(&s.url, &h, "go").await;
+    assert_eq!(
+        (status, reason(&v2).as_str()),
+        (402, "invalid_batch_settlement_evm_channel_busy")
+    );
+    s.d.facilitator.store().unlock_channel(ch.id);
     let mut over = ch.clone();
     over.charged = deposit;
     over.balance = U256::MAX;
@@ -1272,7 +1314,7 @@ async fn batch_settlement_channels_pay_and_refuse_bad_vouchers() {
     let h = ch.pay(payer, &req, &offer, deposit).unwrap();
     let (status, _, settle, _) = send(&s.url, &h, "go").await;
     assert_eq!(status, 200);
-    ch.charged(&settle.unwrap());
+    ch.charged(&settle.unwrap(), offer.amount);
     assert_eq!(ch.charged, U256::from(3 * PRICE));
     assert_eq!(token_balance(payer.address()).await, start - deposit);
     assert_ne!(last.charged, ch.charged);
@@ -1334,7 +1376,7 @@ async fn batch_settlement_channels_pay_and_refuse_bad_vouchers() {
     );
     let (status, _, settle, _) = running.await.unwrap();
     assert_eq!(status, 200);
-    ch.charged(&settle.unwrap());
+    ch.charged(&settle.unwrap(), offer.amount);
 
     // The payer asks for all that is unclaimed on chain back (the node's last 1,000 included):
     // the node stops taking vouchers, claims what it is owed within the delay and sweeps

@@ -187,12 +187,9 @@ impl Prepaid {
                 ),
             ));
         }
-        let sig = Signature::try_from(p.signature.as_ref()).map_err(|e| {
-            invalid(
-                "invalid_prepaid_signature",
-                format!("the signature does not parse: {e}"),
-            )
-        })?;
+        // Kept and redeemed as sent: only a v the escrow's ecrecover reads (27 or 28).
+        let sig = cairn_core::sig::parse_rsv(&p.signature)
+            .map_err(|e| invalid("invalid_prepaid_signature", format!("the signature: {e}")))?;
         let msg = Voucher {
             payer: v.payer,
             payee: v.payee,
@@ -413,6 +410,10 @@ impl Prepaid {
 /// What the node answers a voucher the payment store refused.
 fn refusal(r: VoucherRefusal, v: &VoucherWire, price: U256) -> X402Error {
     match r {
+        VoucherRefusal::Locked => invalid(
+            "invalid_prepaid_channel_busy",
+            "the channel is busy; retry".to_string(),
+        ),
         VoucherRefusal::AlreadyUsed => invalid(
             "invalid_prepaid_voucher_already_used",
             "this voucher was already taken for another request; sign the next one".into(),

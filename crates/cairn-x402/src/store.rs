@@ -212,6 +212,9 @@ struct Taken {
     vouchers: HashMap<B256, TakenVoucher>,
     /// Per channel, the sum of its taken vouchers' prices (the most each may be charged).
     pending: HashMap<B256, U256>,
+    /// Channels held shut to new vouchers (a cooperative refund on its way, or one whose
+    /// outcome is not known yet).
+    locked: std::collections::HashSet<B256>,
 }
 
 #[derive(Clone)]
@@ -544,6 +547,8 @@ pub enum VoucherRefusal {
     },
     /// This very voucher was already taken.
     AlreadyUsed,
+    /// The channel is held shut while something settles on it (a cooperative refund).
+    Locked,
 }
 
 const COLUMNS: &str =

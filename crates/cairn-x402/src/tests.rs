@@ -882,6 +882,12 @@ async fn the_facilitator_deposits_claims_and_sweeps_batch_settlement_channels() 
     );
     let s = f.settle(&req_of(claim(f.address(), 2_000), &offer)).await;
     assert!(s.success, "{s:?}");
+    // The same claim again would raise nothing: no transaction (no gas) for it.
+    let s = f.settle(&req_of(claim(f.address(), 2_000), &offer)).await;
+    assert_eq!(
+        s.error_reason.as_deref(),
+        Some("invalid_batch_settlement_evm_claim_payload")
+    );
     let sweep = serde_json::json!({"type": "settle", "receiver": shop, "token": f.token()});
     let s = f.settle(&req_of(sweep.clone(), &offer)).await;
     assert!(s.success, "{s:?}");
@@ -895,4 +901,45 @@ async fn the_facilitator_deposits_claims_and_sweeps_batch_settlement_channels() 
         s.error_reason.as_deref(),
         Some("invalid_batch_settlement_evm_nothing_to_settle")
     );
+}
+
+/// A batch-settlement voucher carries no nonce: after a call charged less than its price (0
+/// here) the same ceiling is the channel's next step again and is taken again (still within what
+/// the payer signed); a counted voucher that is not the next step stays refused.
+#[test]
+fn a_counted_nonceless_voucher_is_taken_again_only_as_the_next_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = PaymentStore::open(&dir.path().join("p.sqlite"), Durability::Full).unwrap();
+    let id = B256::repeat_byte(3);
+    let rec = crate::store::ChannelRecord {
+        id,
+        payer: Address::repeat_byte(1),
+        payee: Address::repeat_byte(2),
+        salt: B256::ZERO,
+        deposited: U256::from(10_000u64),
+        closing: false,
+        accepted: U256::ZERO,
+        pending: U256::ZERO,
+        redeemed: U256::ZERO,
+    };
+    store.refresh_batch_channel(31337, &rec, b"config").unwrap();
+    let price = U256::from(1_000u64);
+    let key = B256::repeat_byte(9);
+    let take = |again| {
+        store
+            .accept_voucher_again(id, key, price, B256::ZERO, price, b"sig", again)
+            .unwrap()
+    };
+    assert_eq!(take(true), Ok(()));
+    store.commit_voucher(key, U256::ZERO).unwrap();
+    assert_eq!(take(false), Err(crate::store::VoucherRefusal::AlreadyUsed));
+    assert_eq!(take(true), Ok(()));
+    store.commit_voucher(key, price).unwrap();
+    // Now 1,000 is owed: the same ceiling is no longer the next step.
+    assert!(matches!(
+        take(true),
+        Err(crate::store::VoucherRefusal::AlreadyUsed
+            | crate::store::VoucherRefusal::NotNext { .. })
+    ));
+    assert_eq!(store.channel(id).unwrap().unwrap().accepted, price);
 }

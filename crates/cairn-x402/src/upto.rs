@@ -409,10 +409,11 @@ pub fn verify_local(
         facilitator: a.witness.facilitator,
         valid_after: a.witness.valid_after,
     };
-    let signature = Signature::try_from(payload.signature.as_ref()).map_err(|e| {
+    // Settled as sent: only a v Permit2's ecrecover reads (27 or 28).
+    let signature = cairn_core::sig::parse_rsv(&payload.signature).map_err(|e| {
         X402Error::Invalid(Reason::new(
             "invalid_permit2_signature",
-            format!("the signature does not parse: {e}"),
+            format!("the signature: {e}"),
         ))
     })?;
     let hash = authorization.signing_hash(chain_id, upto);

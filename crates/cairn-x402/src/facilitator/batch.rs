@@ -4,9 +4,7 @@
 //! and sweeps; the server counts vouchers itself, as the scheme has it.
 
 use alloy_primitives::Bytes;
-use alloy_sol_types::SolCall;
 use cairn_ledger::chain::{ClaimedVoucher, VoucherClaim};
-use cairn_ledger::contracts::X402BatchSettlement;
 
 use super::*;
 use crate::batch::{self, Checked, ConfigWire, DepositCx, Terms, check_payload};
@@ -177,22 +175,25 @@ impl Facilitator {
             ));
         }
         if let (Some(d), Some((collector, data))) = (&c.deposit, &deposit) {
-            let call = X402BatchSettlement::depositCall {
-                config: c.config.config(),
-                amount: d.amount.to::<u128>(),
-                collector: *collector,
-                collectorData: data.clone(),
-            };
-            self.chain
-                .ledger()
-                .call(contracts.settlement, call.abi_encode().into())
-                .await
-                .map_err(|e| {
-                    invalid(
-                        "invalid_batch_settlement_evm_deposit_simulation_failed",
-                        format!("the deposit would fail: {e}"),
-                    )
-                })?;
+            // The gas of a deposit is this facilitator's: no dust (its policy's minimum).
+            if let Some(p) = &self.policy
+                && d.amount < p.min_amount
+            {
+                return Err(invalid(
+                    "invalid_batch_settlement_evm_deposit_below_min_deposit",
+                    format!(
+                        "this facilitator submits deposits of at least {} token units",
+                        p.min_amount
+                    ),
+                ));
+            }
+            DepositCx {
+                chain: &self.chain,
+                contracts,
+                token_domain: self.token_domain(),
+            }
+            .simulate(&c.config.config(), d.amount, *collector, data)
+            .await?;
         }
         Ok((c, BatchChannelView(st), deposit))
     }
@@ -319,6 +320,19 @@ impl Facilitator {
                         format!("a claim batch has 1 to {} rows", batch::MAX_CLAIMS_PER_TX),
                     ));
                 }
+                if let Some(p) = &self.policy
+                    && let Some(r) = claims
+                        .iter()
+                        .find(|r| !p.pay_to.contains(&r.voucher.channel.receiver()))
+                {
+                    return Err(invalid(
+                        "invalid_payment_requirements",
+                        format!(
+                            "this facilitator does not claim for {}",
+                            r.voucher.channel.receiver()
+                        ),
+                    ));
+                }
                 let rows: Vec<VoucherClaim> = claims
                     .into_iter()
                     .map(|r| VoucherClaim {
@@ -353,6 +367,23 @@ impl Facilitator {
                             .into()
                     }
                 };
+                // Gas for a batch that raises no channel's total buys nothing.
+                let mut raises = false;
+                for r in &rows {
+                    let id = self.chain.batch_channel_id(&r.voucher.channel);
+                    if U256::from(r.totalClaimed)
+                        > self.chain.batch_channel(id).await?.total_claimed
+                    {
+                        raises = true;
+                        break;
+                    }
+                }
+                if !raises {
+                    return Err(invalid(
+                        "invalid_batch_settlement_evm_claim_payload",
+                        "no row claims more than its channel's claimed total",
+                    ));
+                }
                 let tx = self
                     .chain
                     .batch_claim_with_signature(&self.signer, rows, signature)
@@ -371,6 +402,14 @@ impl Facilitator {
                 })
             }
             Action::Settle { receiver, token } => {
+                if let Some(p) = &self.policy
+                    && !p.pay_to.contains(&receiver)
+                {
+                    return Err(invalid(
+                        "invalid_payment_requirements",
+                        format!("this facilitator does not settle for {receiver}"),
+                    ));
+                }
                 let (claimed, settled) = self.chain.batch_receiver(receiver, token).await?;
                 if claimed <= settled {
                     return Err(invalid(

@@ -55,7 +55,28 @@ impl PaymentStore {
         price: U256,
         signature: &[u8],
     ) -> Result<Result<(), VoucherRefusal>, X402Error> {
+        self.accept_voucher_again(id, key, cumulative, nonce, price, signature, false)
+    }
+
+    /// As [`PaymentStore::accept_voucher`]; with `again`, a voucher counted before is taken
+    /// again when it is exactly the channel's next step (a scheme whose vouchers carry no nonce:
+    /// the same ceiling recurs after a call that was charged less than its price, and taking it
+    /// again still charges at most what the payer signed).
+    #[allow(clippy::too_many_arguments)]
+    pub fn accept_voucher_again(
+        &self,
+        id: B256,
+        key: B256,
+        cumulative: U256,
+        nonce: B256,
+        price: U256,
+        signature: &[u8],
+        again: bool,
+    ) -> Result<Result<(), VoucherRefusal>, X402Error> {
         let mut taken = self.taken();
+        if taken.locked.contains(&id) {
+            return Ok(Err(VoucherRefusal::Locked));
+        }
         if taken.vouchers.contains_key(&key) {
             return Ok(Err(VoucherRefusal::AlreadyUsed));
         }
@@ -83,7 +104,7 @@ impl PaymentStore {
                 .prepare_cached("SELECT state FROM vouchers WHERE key = ?1")?
                 .query_row([key.as_slice()], |r| r.get(0))
                 .optional()?;
-            if kept.as_deref().is_some_and(|s| s != "released") {
+            if kept.as_deref().is_some_and(|s| s != "released") && !(again && refusal.is_none()) {
                 return Ok(Some(VoucherRefusal::AlreadyUsed));
             }
             Ok(refusal)
@@ -273,15 +294,20 @@ impl PaymentStore {
         })
     }
 
-    /// Marks a channel closed (or open) to new vouchers.
-    pub fn set_closing(&self, id: B256, closing: bool) -> Result<(), X402Error> {
-        self.durable(|c| {
-            c.execute(
-                "UPDATE channels SET closing = ?2, updated_at = ?3 WHERE id = ?1",
-                params![id.as_slice(), closing, now()],
-            )
-            .map(drop)
-        })
+    /// Holds channel `id` shut to new vouchers, if no voucher is taken on it now (atomic with
+    /// taking one): `false` when one is (a request paid from it is running).
+    pub fn lock_channel(&self, id: B256) -> bool {
+        let mut taken = self.taken();
+        if taken.pending.get(&id).is_some_and(|p| !p.is_zero()) || taken.locked.contains(&id) {
+            return false;
+        }
+        taken.locked.insert(id);
+        true
+    }
+
+    /// Opens a channel [`PaymentStore::lock_channel`] held.
+    pub fn unlock_channel(&self, id: B256) {
+        self.taken().locked.remove(&id);
     }
 
     /// `batch-settlement` channels with accepted vouchers not yet claimed, with their configs.
