@@ -1141,14 +1141,85 @@ fn the_official_batch_settlement_client_pays_from_a_channel() {
         "{again}"
     );
 
+    // Cairn's own client pays from the same channel (`cairn infer --batch-deposit`). With no
+    // account of its own, its first voucher is refused; the corrective 402 (the payer's latest
+    // voucher, checked as its own signature) resynchronizes it. The next call is paid from its
+    // account, with no deposit: the channel still holds enough. (Its own input: a voucher the
+    // node counted, presented again with the request it paid for, gets that answer again.)
+    let key_file = dir.join("payer9.key");
+    std::fs::write(&key_file, key_hex(9)).unwrap();
+    other["inputs"][0]["data"][0] = Value::from(2.0);
+    let digit3 = dir.join("digit3.json");
+    std::fs::write(&digit3, other.to_string()).unwrap();
+    let cairn_batch = |salt: B256| {
+        cairn(&[
+            "infer",
+            "digits@1.0",
+            "--input",
+            digit3.to_str().unwrap(),
+            "--node",
+            &net.node_url,
+            "--payer-key",
+            key_file.to_str().unwrap(),
+            "--batch-deposit",
+            "20000",
+            "--salt",
+            &salt.to_string(),
+        ])
+    };
+    for _ in 0..2 {
+        let out = cairn_batch(B256::ZERO);
+        cumulative += U256::from(PRICE);
+        assert!(
+            out.contains(&format!(
+                "paid:     {PRICE} token units (batch-settlement) to {vault}, charged {PRICE}"
+            )),
+            "{out}"
+        );
+    }
+    assert_eq!(
+        balance(&devnet_chain(&data), payer.address()),
+        payer0 - deposited
+    );
+    // On a channel of its own (another salt), the first payment carries the deposit (the
+    // amount asked, above the node's minimum), the next one only a voucher.
+    let salt1 = B256::with_last_byte(1);
+    for _ in 0..2 {
+        let out = cairn_batch(salt1);
+        assert!(out.contains("(batch-settlement)"), "{out}");
+    }
+    let deposit1 = U256::from(20_000);
+    let charged1 = U256::from(2 * PRICE);
+    assert_eq!(
+        balance(&devnet_chain(&data), payer.address()),
+        payer0 - deposited - deposit1
+    );
+    // Its accounts: each channel's charge as the node counts it.
+    let mut paid: Vec<String> = std::fs::read_dir(dir.join("payer9.key.prepaid"))
+        .unwrap()
+        .map(|e| {
+            read(&e.unwrap().path())["paid"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    paid.sort();
+    let mut want = vec![cumulative.to_string(), charged1.to_string()];
+    want.sort();
+    assert_eq!(paid, want);
+
     // The node claims what was charged in a batch and sweeps it to its vault: balances moved
-    // by exactly the amounts charged; the rest of the deposit stays the payer's.
+    // by exactly the amounts charged; the rest of the deposits stays the payer's.
     common::eventually(60, || {
-        balance(&devnet_chain(&data), vault) == vault0 + cumulative
+        balance(&devnet_chain(&data), vault) == vault0 + cumulative + charged1
     });
     let c = devnet_chain(&data);
-    assert_eq!(balance(&c, payer.address()), payer0 - deposited);
-    assert_eq!(balance(&c, batch.settlement), deposited - cumulative);
+    assert_eq!(balance(&c, payer.address()), payer0 - deposited - deposit1);
+    assert_eq!(
+        balance(&c, batch.settlement),
+        deposited - cumulative + deposit1 - charged1
+    );
 
     // The payer asks for the rest back (the client's cooperative refund, a new process again):
     // it gets every unit it was not charged, at once, without the withdraw delay.
@@ -1165,9 +1236,9 @@ fn the_official_batch_settlement_client_pays_from_a_channel() {
         "{report}"
     );
     let c = devnet_chain(&data);
-    assert_eq!(balance(&c, payer.address()), payer0 - cumulative);
-    assert_eq!(balance(&c, batch.settlement), U256::ZERO);
-    assert_eq!(balance(&c, vault), vault0 + cumulative);
+    assert_eq!(balance(&c, payer.address()), payer0 - cumulative - deposit1);
+    assert_eq!(balance(&c, batch.settlement), deposit1 - charged1);
+    assert_eq!(balance(&c, vault), vault0 + cumulative + charged1);
 }
 
 /// Language-model calls cost their tokens. The 402 offers a prepaid voucher for the call's

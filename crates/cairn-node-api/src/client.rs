@@ -64,6 +64,9 @@ pub struct PaymentMade {
     /// For `prepaid`: the voucher's cumulative amount and the payer's account file it goes
     /// into once the request succeeded.
     pub cumulative: Option<(alloy_primitives::U256, std::path::PathBuf)>,
+    /// For `batch-settlement`: what the channel holds after this payment (its deposit counted),
+    /// as this client reckons it; the node's `channelState` replaces it once the call succeeds.
+    pub channel_balance: Option<alloy_primitives::U256>,
 }
 
 /// A node client.
@@ -75,6 +78,9 @@ pub struct NodeClient {
     salt: alloy_primitives::B256,
     /// Where the payer's own prepaid accounts live (`None`: never pays prepaid).
     accounts: Option<std::path::PathBuf>,
+    /// Pay from an x402 `batch-settlement` channel, depositing this much when it runs low
+    /// (`None`: never).
+    batch_deposit: Option<alloy_primitives::U256>,
     /// How receipts are asked to be signed.
     seal: crate::SealChoice,
 }
@@ -88,6 +94,7 @@ impl NodeClient {
             payer: None,
             salt: alloy_primitives::B256::ZERO,
             accounts: None,
+            batch_deposit: None,
             seal: crate::SealChoice::Own,
         }
     }
@@ -102,6 +109,15 @@ impl NodeClient {
     /// prepaid is used only on channels with an account there.
     pub fn with_accounts(mut self, dir: std::path::PathBuf) -> Self {
         self.accounts = Some(dir);
+        self
+    }
+
+    /// Pays from the payer's x402 `batch-settlement` channel with the node (channel `salt`,
+    /// its account kept with the prepaid ones) when the node offers it and no prepaid deposit
+    /// covers the call, depositing `amount` (at least the offer's `minDeposit`) with the payment
+    /// whenever the channel holds too little: a gasless EIP-3009 authorization the node submits.
+    pub fn with_batch_deposit(mut self, amount: alloy_primitives::U256) -> Self {
+        self.batch_deposit = Some(amount);
         self
     }
 
@@ -173,6 +189,9 @@ impl NodeClient {
                 return Ok((header, m));
             }
         }
+        if let Some(paid) = self.pay_batch(payer, &required).await? {
+            return Ok(paid);
+        }
         if let Some(offer) = required
             .accepts
             .iter()
@@ -194,6 +213,148 @@ impl NodeClient {
                 None => p("the node offers no payment scheme this client can pay".into()),
             },
         )
+    }
+
+    /// Pays from the payer's `batch-settlement` channel, when the client is set to
+    /// ([`NodeClient::with_batch_deposit`]) and the node offers it; `None` otherwise.
+    async fn pay_batch(
+        &self,
+        payer: &alloy_signer_local::PrivateKeySigner,
+        required: &cairn_x402::wire::PaymentRequired,
+    ) -> Result<Option<(String, PaymentMade)>, NodeClientError> {
+        use cairn_x402::batch;
+        use cairn_x402::client::{BatchChannel, PrepaidAccount};
+        let p = |e: cairn_x402::X402Error| NodeClientError::Protocol(e.to_string());
+        let (Some(deposit), Some(dir)) = (self.batch_deposit, &self.accounts) else {
+            return Ok(None);
+        };
+        let Some(offer) = required.accepts.iter().find(|o| o.scheme == batch::SCHEME) else {
+            return Ok(None);
+        };
+        let mut ch = BatchChannel::new(payer.address(), offer, self.salt).map_err(p)?;
+        let chain_id = cairn_x402::wire::chain_id_of(&offer.network).ok_or_else(|| {
+            NodeClientError::Protocol(format!("{} is not an EVM chain", offer.network))
+        })?;
+        let path = PrepaidAccount::path(
+            dir,
+            chain_id,
+            cairn_ledger::contracts::x402_addresses::BATCH_SETTLEMENT,
+            ch.id,
+        );
+        let (mut account, fresh) = match PrepaidAccount::load(&path).map_err(p)? {
+            Some(a) => (a, false),
+            None => (
+                PrepaidAccount::create(&path, alloy_primitives::U256::ZERO).map_err(p)?,
+                true,
+            ),
+        };
+        let mut owed = account.paid;
+        // The node refused our last voucher as not the channel's next step: its count, within
+        // the ceilings we are shown to have signed (see `PrepaidAccount::owed`).
+        if let Some(c) = ch.corrective(offer) {
+            if let Some(signed) = c.signed {
+                account.signing(signed).map_err(p)?;
+            }
+            owed = account.owed(c.charged);
+            account.set_deposited(c.balance).map_err(p)?;
+        }
+        if matches!(
+            required.error.as_deref(),
+            Some(batch::ERR_EXCEEDS_BALANCE | batch::ERR_CHANNEL_NOT_FOUND)
+        ) {
+            account
+                .set_deposited(alloy_primitives::U256::ZERO)
+                .map_err(p)?;
+        }
+        ch.charged = owed;
+        // New to this machine, the channel may well exist (another machine, another client):
+        // a voucher alone first; the node's refusal then says whether to deposit, and what
+        // the channel holds and has been charged.
+        ch.balance = if fresh {
+            alloy_primitives::U256::MAX
+        } else {
+            account.deposited
+        };
+        let next = owed + offer.amount;
+        account.signing(next).map_err(p)?;
+        let min: alloy_primitives::U256 = offer
+            .extra
+            .get("minDeposit")
+            .and_then(|v| v.as_str()?.parse().ok())
+            .unwrap_or_default();
+        let header = ch
+            .pay(payer, required, offer, deposit.max(min))
+            .map_err(p)?;
+        let mut m = made(offer);
+        m.cumulative = Some((next, path));
+        m.channel_balance = Some(if fresh {
+            alloy_primitives::U256::ZERO
+        } else {
+            ch.balance
+        });
+        Ok(Some((header, m)))
+    }
+
+    /// Sends `req`, paying a 402 with the payer's key when there is one. A `batch-settlement`
+    /// voucher the node refuses as not the channel's next step, or as more than the channel
+    /// holds, is paid once more from the channel's state as the refusal gives it. `ceiling`:
+    /// a metered call's request and body size, whose ceiling is checked before paying.
+    async fn send_paying(
+        &self,
+        url: &str,
+        req: reqwest::RequestBuilder,
+        metered: bool,
+        ceiling: Option<(&serde_json::Value, usize)>,
+    ) -> Result<(reqwest::Response, Option<PaymentMade>), NodeClientError> {
+        use cairn_x402::batch;
+        let http = |source| NodeClientError::Http {
+            url: url.to_owned(),
+            source,
+        };
+        let mut retry = req.try_clone();
+        let mut resp = req.send().await.map_err(http)?;
+        let mut payment: Option<PaymentMade> = None;
+        let Some(payer) = &self.payer else {
+            return Ok((resp, None));
+        };
+        while resp.status() == StatusCode::PAYMENT_REQUIRED
+            && let Some(again) = retry.take()
+        {
+            if let Some(m) = &payment {
+                let resync = m.scheme == batch::SCHEME
+                    && cairn_x402::client::offers(resp.headers()).is_ok_and(|r| {
+                        matches!(
+                            r.error.as_deref(),
+                            Some(
+                                batch::ERR_CUMULATIVE_MISMATCH
+                                    | batch::ERR_EXCEEDS_BALANCE
+                                    | batch::ERR_CHANNEL_NOT_FOUND
+                            )
+                        )
+                    });
+                if !resync {
+                    break;
+                }
+            }
+            if let Some((request, len)) = ceiling {
+                self.check_ceiling(request, len, resp.headers()).await?;
+            }
+            let (header, mut made) = self.pay(payer, resp.headers(), metered).await?;
+            // One more try only for a batch-settlement voucher, the first time.
+            retry = if payment.is_none() {
+                again.try_clone()
+            } else {
+                None
+            };
+            resp = again
+                .header(cairn_x402::wire::PAYMENT_SIGNATURE, header)
+                .send()
+                .await
+                .map_err(http)?;
+            made.settlement = cairn_x402::client::settle_response(resp.headers());
+            payment = Some(made);
+        }
+        Ok((resp, payment))
     }
 
     async fn check(
@@ -300,35 +461,13 @@ impl NodeClient {
                 .header(HEADER_LENGTH, json_len)
                 .body(body);
         }
-        let retry = req.try_clone();
-        let mut resp = req.send().await.map_err(|source| NodeClientError::Http {
-            url: url.clone(),
-            source,
-        })?;
-        let mut payment = None;
-        if resp.status() == StatusCode::PAYMENT_REQUIRED
-            && let (Some(payer), Some(retry)) = (&self.payer, retry)
-        {
-            let (header, mut made) = self.pay(payer, resp.headers(), false).await?;
-            resp = retry
-                .header(cairn_x402::wire::PAYMENT_SIGNATURE, header)
-                .send()
-                .await
-                .map_err(|source| NodeClientError::Http {
-                    url: url.clone(),
-                    source,
-                })?;
-            made.settlement = cairn_x402::client::settle_response(resp.headers());
-            payment = Some(made);
-        }
+        let (resp, payment) = self.send_paying(&url, req, false, None).await?;
         let resp = self.check(&url, resp).await?;
         // The voucher paid for a request that succeeded: it is what we owe from now on.
-        if let Some((cumulative, path)) = payment.as_ref().and_then(|m| m.cumulative.as_ref())
-            && let Some(mut a) = cairn_x402::client::PrepaidAccount::load(path)
-                .map_err(|e| NodeClientError::Protocol(e.to_string()))?
+        if let Some(m) = &payment
+            && let Some((cumulative, _)) = &m.cumulative
         {
-            a.record(*cumulative)
-                .map_err(|e| NodeClientError::Protocol(e.to_string()))?;
+            record(m, *cumulative)?;
         }
         let json_len = resp
             .headers()
@@ -369,27 +508,13 @@ impl NodeClient {
             .post(&url)
             .header("content-type", "application/json")
             .body(body.clone());
-        let retry = req.try_clone();
         let http = |source| NodeClientError::Http {
             url: url.clone(),
             source,
         };
-        let mut resp = req.send().await.map_err(http)?;
-        let mut payment = None;
-        if resp.status() == StatusCode::PAYMENT_REQUIRED
-            && let (Some(payer), Some(retry)) = (&self.payer, retry)
-        {
-            self.check_ceiling(request, body.len(), resp.headers())
-                .await?;
-            let (header, mut made) = self.pay(payer, resp.headers(), true).await?;
-            resp = retry
-                .header(cairn_x402::wire::PAYMENT_SIGNATURE, header)
-                .send()
-                .await
-                .map_err(http)?;
-            made.settlement = cairn_x402::client::settle_response(resp.headers());
-            payment = Some(made);
-        }
+        let (resp, payment) = self
+            .send_paying(&url, req, true, Some((request, body.len())))
+            .await?;
         let resp = self.check(&url, resp).await?;
         let p = NodeClientError::Protocol;
         let id: B256 = resp
@@ -425,9 +550,7 @@ impl NodeClient {
         }
         // The voucher allowed up to its amount; the receipt says what was used.
         if let Some(m) = &payment
-            && let Some((cumulative, path)) = &m.cumulative
-            && let Some(mut a) =
-                cairn_x402::client::PrepaidAccount::load(path).map_err(|e| p(e.to_string()))?
+            && let Some((cumulative, _)) = &m.cumulative
         {
             if receipt.claims.price > m.amount {
                 return Err(p(format!(
@@ -435,8 +558,7 @@ impl NodeClient {
                     receipt.claims.price, m.amount
                 )));
             }
-            a.record(*cumulative - m.amount + receipt.claims.price)
-                .map_err(|e| p(e.to_string()))?;
+            record(m, *cumulative - m.amount + receipt.claims.price)?;
         }
         let answer = serde_json::from_slice(&bytes).map_err(|e| p(format!("{url}: {e}")))?;
         Ok(ChatOutcome {
@@ -463,7 +585,9 @@ impl NodeClient {
         let offers: Vec<_> = required
             .accepts
             .iter()
-            .filter(|o| o.scheme == "prepaid" || o.scheme == "upto")
+            .filter(|o| {
+                o.scheme == "prepaid" || o.scheme == "upto" || o.scheme == cairn_x402::batch::SCHEME
+            })
             .collect();
         let Some(offer) = offers.iter().max_by_key(|o| o.amount) else {
             return Ok(());
@@ -509,6 +633,34 @@ impl NodeClient {
     }
 }
 
+/// Records in the payer's account of a voucher's channel that everything owed after a request
+/// that succeeded is `cumulative`, and (`batch-settlement`) what the channel now holds.
+fn record(m: &PaymentMade, cumulative: alloy_primitives::U256) -> Result<(), NodeClientError> {
+    let p = |e: cairn_x402::X402Error| NodeClientError::Protocol(e.to_string());
+    let Some((_, path)) = &m.cumulative else {
+        return Ok(());
+    };
+    let Some(mut a) = cairn_x402::client::PrepaidAccount::load(path).map_err(p)? else {
+        return Ok(());
+    };
+    a.record(cumulative).map_err(p)?;
+    if let Some(ours) = m.channel_balance {
+        // The node read the channel from the chain when it took a deposit; a node that says
+        // less than we reckon only makes us deposit sooner (into our own channel).
+        let theirs = m.settlement.as_ref().and_then(|s| {
+            s.extra
+                .as_ref()?
+                .get("channelState")?
+                .get("balance")?
+                .as_str()?
+                .parse()
+                .ok()
+        });
+        a.set_deposited(theirs.unwrap_or(ours)).map_err(p)?;
+    }
+    Ok(())
+}
+
 fn made(offer: &cairn_x402::wire::PaymentRequirements) -> PaymentMade {
     PaymentMade {
         scheme: offer.scheme.clone(),
@@ -516,6 +668,7 @@ fn made(offer: &cairn_x402::wire::PaymentRequirements) -> PaymentMade {
         pay_to: offer.pay_to,
         settlement: None,
         cumulative: None,
+        channel_balance: None,
     }
 }
 

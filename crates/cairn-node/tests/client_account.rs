@@ -6,6 +6,7 @@
 use std::sync::{Arc, Mutex};
 
 use alloy_primitives::{Address, B256, U256};
+use alloy_signer::SignerSync;
 use alloy_signer_local::PrivateKeySigner;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
@@ -258,4 +259,98 @@ async fn a_ceiling_over_the_published_price_is_not_signed() {
         PrepaidAccount::load(&path).unwrap().unwrap().signed,
         U256::ZERO
     );
+}
+
+/// Attack: a node answers a `batch-settlement` voucher with a corrective 402 that says the
+/// channel has been charged 999,000 already, backed by a "latest voucher" the payer never
+/// signed, hoping the client signs the next step from there. The client takes the node's count
+/// only within a ceiling the payer's own signature shows: its vouchers stay at one price.
+#[tokio::test]
+async fn a_corrective_402_with_a_forged_voucher_moves_no_ceiling() {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s = seen.clone();
+    let batch_offer = || {
+        let mut o = offer(cairn_x402::batch::SCHEME);
+        o.extra = json!({
+            "name": "Cairn USD", "version": "1",
+            "receiverAuthorizer": Address::repeat_byte(6),
+            "withdrawDelay": 900, "minDeposit": "10000",
+        });
+        o
+    };
+    let infer = move |headers: HeaderMap| {
+        let s = s.clone();
+        async move {
+            let mut o = batch_offer();
+            let mut error = None;
+            if let Some(h) = headers.get("payment-signature") {
+                let p: PaymentPayload = decode_header("PAYMENT-SIGNATURE", h.as_bytes()).unwrap();
+                let id = p.payload["voucher"]["channelId"].clone();
+                s.lock().unwrap().push(p.payload);
+                let forged = PrivateKeySigner::random()
+                    .sign_hash_sync(&B256::repeat_byte(7))
+                    .unwrap();
+                let extra = o.extra.as_object_mut().unwrap();
+                extra.insert(
+                    "channelState".into(),
+                    json!({"channelId": id, "balance": "1000000",
+                        "totalClaimed": "0", "chargedCumulativeAmount": "999000"}),
+                );
+                extra.insert(
+                    "voucherState".into(),
+                    json!({"signedMaxClaimable": "999000",
+                        "signature": alloy_primitives::Bytes::from(forged.as_bytes().to_vec())}),
+                );
+                error = Some(cairn_x402::batch::ERR_CUMULATIVE_MISMATCH.to_string());
+            }
+            let required = PaymentRequired {
+                x402_version: 2,
+                error,
+                resource: ResourceInfo {
+                    url: "http://node/v2/models/m/infer".into(),
+                    description: String::new(),
+                    mime_type: String::new(),
+                },
+                accepts: vec![o],
+                extensions: None,
+            };
+            (
+                StatusCode::PAYMENT_REQUIRED,
+                [("payment-required", encode_header(&required))],
+                "{}",
+            )
+                .into_response()
+        }
+    };
+    let app = axum::Router::new().route("/v2/models/m/infer", post(infer));
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(l, app).await });
+
+    let dir = tempfile::tempdir().unwrap();
+    let x = Tensor::new("x", DataType::Fp32, vec![1], vec![0; 4]).unwrap();
+    let client = NodeClient::new(&url)
+        .with_payer(PrivateKeySigner::random(), Default::default())
+        .with_accounts(dir.path().to_owned())
+        .with_batch_deposit(U256::from(5_000u64));
+    let err = client
+        .infer("m", std::slice::from_ref(&x), true)
+        .await
+        .err()
+        .expect("the lying node never answers");
+    assert!(err.to_string().contains("402"), "{err}");
+    let seen = seen.lock().unwrap();
+    let ceilings: Vec<&str> = seen
+        .iter()
+        .map(|p| p["voucher"]["maxClaimableAmount"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ceilings,
+        ["1000", "1000"],
+        "the forged count leaked into a voucher"
+    );
+    // New to this machine, the channel is tried with a voucher alone; the second payment takes
+    // the node's word on the balance (a lie there costs the payer nothing): no deposit either.
+    assert_eq!(seen[0]["type"], "voucher");
+    assert_eq!(seen[1]["type"], "voucher");
 }

@@ -62,8 +62,10 @@ const ERR_TOKEN_MISMATCH: &str = "invalid_batch_settlement_evm_token_mismatch";
 const ERR_WITHDRAW_DELAY_MISMATCH: &str = "invalid_batch_settlement_evm_withdraw_delay_mismatch";
 const ERR_WITHDRAW_DELAY_RANGE: &str = "invalid_batch_settlement_evm_withdraw_delay_out_of_range";
 const ERR_VOUCHER_SIGNATURE: &str = "invalid_batch_settlement_evm_voucher_signature";
-const ERR_CHANNEL_NOT_FOUND: &str = "invalid_batch_settlement_evm_channel_not_found";
-const ERR_EXCEEDS_BALANCE: &str = "invalid_batch_settlement_evm_cumulative_exceeds_balance";
+/// The channel has no deposit (yet): a deposit payload opens it.
+pub const ERR_CHANNEL_NOT_FOUND: &str = "invalid_batch_settlement_evm_channel_not_found";
+/// The voucher promises more than the channel holds: a deposit payload tops it up.
+pub const ERR_EXCEEDS_BALANCE: &str = "invalid_batch_settlement_evm_cumulative_exceeds_balance";
 /// The voucher is not the channel's next step: the corrective 402 carries the channel's state.
 pub const ERR_CUMULATIVE_MISMATCH: &str = "invalid_batch_settlement_evm_cumulative_amount_mismatch";
 const ERR_WITHDRAWAL_PENDING: &str = "invalid_batch_settlement_evm_withdrawal_pending";

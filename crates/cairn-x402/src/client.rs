@@ -294,6 +294,36 @@ impl BatchChannel {
         Ok(p)
     }
 
+    /// The node's state of this channel in `offer`, as a 402 that refused a voucher carries it
+    /// (the corrective 402), when it names this channel.
+    pub fn corrective(&self, offer: &PaymentRequirements) -> Option<Corrective> {
+        let state = offer.extra.get("channelState")?;
+        if state.get("channelId")?.as_str()?.parse::<B256>().ok()? != self.id {
+            return None;
+        }
+        let amount = |v: &serde_json::Value, k: &str| v.get(k)?.as_str()?.parse::<U256>().ok();
+        // The payer's own latest voucher as the node holds it: proof of a ceiling it signed
+        // (on another machine, or in a call whose answer never arrived), taken only when the
+        // signature is the payer authorizer's over this channel.
+        let signed = offer.extra.get("voucherState").and_then(|v| {
+            let max = amount(v, "signedMaxClaimable")?;
+            let sig: Bytes = v.get("signature")?.as_str()?.parse().ok()?;
+            let sig = cairn_core::sig::parse_rsv(&sig).ok()?;
+            let hash = cairn_ledger::chain::batch_voucher_hash(
+                evm_chain_id(offer).ok()?,
+                self.id,
+                u128::try_from(max).ok()?,
+            );
+            (cairn_core::sig::recover_prehash(&sig, &hash).ok()? == self.config.payerAuthorizer)
+                .then_some(max)
+        });
+        Some(Corrective {
+            charged: amount(state, "chargedCumulativeAmount")?,
+            balance: amount(state, "balance")?,
+            signed,
+        })
+    }
+
     /// Counts what the node's `PAYMENT-RESPONSE` says this payment of (at most) `most` was
     /// charged; never more than `most`, whatever the node says.
     pub fn charged(&mut self, response: &SettleResponse, most: U256) {
@@ -305,6 +335,17 @@ impl BatchChannel {
             self.charged += c.min(most);
         }
     }
+}
+
+/// A `batch-settlement` channel as the node's corrective 402 describes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Corrective {
+    /// What the node counts as charged on the channel.
+    pub charged: U256,
+    /// What the node says the channel holds.
+    pub balance: U256,
+    /// The ceiling of the payer's own latest voucher the node holds, when its signature checks.
+    pub signed: Option<U256>,
 }
 
 fn envelope(
@@ -335,6 +376,9 @@ pub struct PrepaidAccount {
     pub paid: U256,
     /// The highest ceiling this machine signed a voucher for on the channel.
     pub signed: U256,
+    /// What the channel holds as last learned (a `batch-settlement` channel, whose deposits
+    /// ride on payments: the node's `channelState`, or this machine's own deposit).
+    pub deposited: U256,
 }
 
 impl PrepaidAccount {
@@ -365,6 +409,7 @@ impl PrepaidAccount {
             path: path.to_owned(),
             paid,
             signed: amount("signed").unwrap_or(paid).max(paid),
+            deposited: amount("deposited").unwrap_or_default(),
         }))
     }
 
@@ -374,6 +419,7 @@ impl PrepaidAccount {
             path: path.to_owned(),
             paid,
             signed: paid,
+            deposited: U256::ZERO,
         };
         a.save()?;
         Ok(a)
@@ -409,6 +455,15 @@ impl PrepaidAccount {
         Ok(())
     }
 
+    /// Records what the channel holds, as last learned.
+    pub fn set_deposited(&mut self, deposited: U256) -> Result<(), X402Error> {
+        if deposited != self.deposited {
+            self.deposited = deposited;
+            self.save()?;
+        }
+        Ok(())
+    }
+
     fn save(&self) -> Result<(), X402Error> {
         let io = |e: std::io::Error| X402Error::Store(format!("{}: {e}", self.path.display()));
         if let Some(d) = self.path.parent() {
@@ -417,8 +472,12 @@ impl PrepaidAccount {
         let tmp = self.path.with_extension("tmp");
         std::fs::write(
             &tmp,
-            serde_json::json!({"paid": self.paid.to_string(), "signed": self.signed.to_string()})
-                .to_string(),
+            serde_json::json!({
+                "paid": self.paid.to_string(),
+                "signed": self.signed.to_string(),
+                "deposited": self.deposited.to_string(),
+            })
+            .to_string(),
         )
         .map_err(io)?;
         std::fs::rename(&tmp, &self.path).map_err(io)

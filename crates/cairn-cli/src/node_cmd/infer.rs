@@ -42,6 +42,13 @@ pub struct PayerArgs {
         default_value = "0x0000000000000000000000000000000000000000000000000000000000000000"
     )]
     pub salt: alloy_primitives::B256,
+    /// Pay from your x402 `batch-settlement` channel with the node (same salt) when it offers
+    /// one and no prepaid deposit covers the call, depositing this many token units (at least the
+    /// node's minDeposit) with a payment whenever the channel runs low: gasless, you sign an
+    /// EIP-3009 authorization the node submits. Take back what is left with any x402 client's
+    /// refund, or withdraw on chain.
+    #[arg(long)]
+    pub batch_deposit: Option<alloy_primitives::U256>,
 }
 
 /// How a call is made: who pays and how its receipt is signed.
@@ -61,6 +68,9 @@ impl CallArgs {
             client = client
                 .with_payer(crate::keyfile::load(path)?, self.payer.salt)
                 .with_accounts(crate::keyfile::prepaid_accounts(path));
+            if let Some(amount) = self.payer.batch_deposit {
+                client = client.with_batch_deposit(amount);
+            }
         }
         Ok(client)
     }
@@ -161,6 +171,16 @@ fn describe_payment(p: &cairn_node_api::client::PaymentMade) -> String {
     let how = match &p.settlement {
         Some(s) if s.success && p.scheme == "exact" => {
             format!("settled in transaction {}", s.transaction)
+        }
+        Some(s) if s.success && p.scheme == cairn_x402::batch::SCHEME => {
+            let extra = s.extra.clone().unwrap_or_default();
+            let field = |v: &serde_json::Value| v.as_str().unwrap_or("?").to_owned();
+            format!(
+                "charged {} from the channel (it holds {}, {} charged in all)",
+                field(&extra["chargedAmount"]),
+                field(&extra["channelState"]["balance"]),
+                field(&extra["channelState"]["chargedCumulativeAmount"]),
+            )
         }
         Some(s) if s.success => format!("voucher accepted, payment ref {}", s.transaction),
         Some(s) => format!(
