@@ -1274,16 +1274,22 @@ fn language_model_calls_are_charged_per_token_with_prepaid_vouchers() {
     let llm = "smollm2-135m-instruct@1.0";
     let ask = "Name three colors.";
 
-    // Unpaid: 402 with two offers for the call's most, a prepaid voucher and an x402 `upto`
-    // permit (an `exact` transfer cannot be for less than it names).
+    // Unpaid: 402 with three offers for the call's most, a prepaid voucher, an x402 `upto`
+    // permit and an x402 `batch-settlement` voucher (an `exact` transfer cannot be for less
+    // than it names).
     let body = serde_json::json!({"model": llm, "messages": [{"role": "user", "content": ask}],
                                   "max_tokens": 24, "temperature": 0});
     let (status, headers, _) = block(post_json(&url, &body, None));
     assert_eq!(status, 402);
     let required = cairn_x402::client::offers(&headers).unwrap();
     let schemes: Vec<_> = required.accepts.iter().map(|o| o.scheme.as_str()).collect();
-    assert_eq!(schemes, ["prepaid", "upto"], "{required:?}");
+    assert_eq!(
+        schemes,
+        ["prepaid", "upto", "batch-settlement"],
+        "{required:?}"
+    );
     assert_eq!(required.accepts[1].amount, required.accepts[0].amount);
+    assert_eq!(required.accepts[2].amount, required.accepts[0].amount);
     // The ceiling is known before anything is tokenized: a prompt of at most one token per
     // body byte plus the template's, and the 24 tokens asked.
     let price = cairn_node_api::openai::TokenPrice {

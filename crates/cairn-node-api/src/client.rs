@@ -67,6 +67,11 @@ pub struct PaymentMade {
     /// For `batch-settlement`: what the channel holds after this payment (its deposit counted),
     /// as this client reckons it; the node's `channelState` replaces it once the call succeeds.
     pub channel_balance: Option<alloy_primitives::U256>,
+    /// For `batch-settlement`: the deposit this payment carried, if any.
+    pub deposit: Option<alloy_primitives::U256>,
+    /// For `batch-settlement`: the highest ceiling signed on the channel before this voucher,
+    /// restored when the node refuses it.
+    pub signed_before: Option<alloy_primitives::U256>,
 }
 
 /// A node client.
@@ -189,7 +194,7 @@ impl NodeClient {
                 return Ok((header, m));
             }
         }
-        if let Some(paid) = self.pay_batch(payer, &required).await? {
+        if let Some(paid) = self.pay_batch(payer, &required, None)? {
             return Ok(paid);
         }
         if let Some(offer) = required
@@ -217,10 +222,12 @@ impl NodeClient {
 
     /// Pays from the payer's `batch-settlement` channel, when the client is set to
     /// ([`NodeClient::with_batch_deposit`]) and the node offers it; `None` otherwise.
-    async fn pay_batch(
+    /// `refused`: this call's voucher the node just refused, whose 402 `required` is.
+    fn pay_batch(
         &self,
         payer: &alloy_signer_local::PrivateKeySigner,
         required: &cairn_x402::wire::PaymentRequired,
+        refused: Option<&PaymentMade>,
     ) -> Result<Option<(String, PaymentMade)>, NodeClientError> {
         use cairn_x402::batch;
         use cairn_x402::client::{BatchChannel, PrepaidAccount};
@@ -248,11 +255,28 @@ impl NodeClient {
                 true,
             ),
         };
+        let min: alloy_primitives::U256 = offer
+            .extra
+            .get("minDeposit")
+            .and_then(|v| v.as_str()?.parse().ok())
+            .unwrap_or_default();
+        if min > deposit {
+            return Err(NodeClientError::Protocol(format!(
+                "the node takes deposits of at least {min} token units into a batch-settlement channel, more than the {deposit} you allow (--batch-deposit)"
+            )));
+        }
+        // The voucher just refused paid for nothing: it proves nothing about what is owed
+        // (a node could otherwise show it back as "your latest voucher" and move the count up
+        // one price per refusal).
+        // (`send_paying` has given its ceiling back already.)
+        let refused_ceiling = refused.and_then(|m| Some(m.cumulative.as_ref()?.0));
         let mut owed = account.paid;
         // The node refused our last voucher as not the channel's next step: its count, within
         // the ceilings we are shown to have signed (see `PrepaidAccount::owed`).
         if let Some(c) = ch.corrective(offer) {
-            if let Some(signed) = c.signed {
+            if let Some(signed) = c.signed
+                && Some(signed) != refused_ceiling
+            {
                 account.signing(signed).map_err(p)?;
             }
             owed = account.owed(c.charged);
@@ -276,17 +300,21 @@ impl NodeClient {
             account.deposited
         };
         let next = owed + offer.amount;
+        let signed_before = account.signed;
+        let balance = ch.balance;
+        // At most one deposit per call: a node refusing a deposit's voucher does not get another.
+        if refused.is_some_and(|m| m.deposit.is_some()) && next > balance {
+            return Err(NodeClientError::Protocol(
+                "the node refused a payment that carried a deposit; not depositing again for this call"
+                    .into(),
+            ));
+        }
         account.signing(next).map_err(p)?;
-        let min: alloy_primitives::U256 = offer
-            .extra
-            .get("minDeposit")
-            .and_then(|v| v.as_str()?.parse().ok())
-            .unwrap_or_default();
-        let header = ch
-            .pay(payer, required, offer, deposit.max(min))
-            .map_err(p)?;
+        let header = ch.pay(payer, required, offer, deposit).map_err(p)?;
         let mut m = made(offer);
         m.cumulative = Some((next, path));
+        m.signed_before = Some(signed_before);
+        m.deposit = (ch.balance > balance).then(|| ch.balance - balance);
         m.channel_balance = Some(if fresh {
             alloy_primitives::U256::ZERO
         } else {
@@ -320,26 +348,33 @@ impl NodeClient {
         while resp.status() == StatusCode::PAYMENT_REQUIRED
             && let Some(again) = retry.take()
         {
-            if let Some(m) = &payment {
-                let resync = m.scheme == batch::SCHEME
-                    && cairn_x402::client::offers(resp.headers()).is_ok_and(|r| {
-                        matches!(
-                            r.error.as_deref(),
-                            Some(
-                                batch::ERR_CUMULATIVE_MISMATCH
-                                    | batch::ERR_EXCEEDS_BALANCE
-                                    | batch::ERR_CHANNEL_NOT_FOUND
-                            )
-                        )
-                    });
-                if !resync {
-                    break;
-                }
-            }
             if let Some((request, len)) = ceiling {
                 self.check_ceiling(request, len, resp.headers()).await?;
             }
-            let (header, mut made) = self.pay(payer, resp.headers(), metered).await?;
+            let (header, mut made) = match &payment {
+                None => self.pay(payer, resp.headers(), metered).await?,
+                // Paid once more only from the same channel, from the state its refusal gives.
+                Some(m) if m.scheme == batch::SCHEME => {
+                    let Ok(required) = cairn_x402::client::offers(resp.headers()) else {
+                        break;
+                    };
+                    if !matches!(
+                        required.error.as_deref(),
+                        Some(
+                            batch::ERR_CUMULATIVE_MISMATCH
+                                | batch::ERR_EXCEEDS_BALANCE
+                                | batch::ERR_CHANNEL_NOT_FOUND
+                        )
+                    ) {
+                        break;
+                    }
+                    match self.pay_batch(payer, &required, Some(m))? {
+                        Some(paid) => paid,
+                        None => break,
+                    }
+                }
+                Some(_) => break,
+            };
             // One more try only for a batch-settlement voucher, the first time.
             retry = if payment.is_none() {
                 again.try_clone()
@@ -352,6 +387,9 @@ impl NodeClient {
                 .await
                 .map_err(http)?;
             made.settlement = cairn_x402::client::settle_response(resp.headers());
+            if resp.status() == StatusCode::PAYMENT_REQUIRED {
+                forget_refused(&made)?;
+            }
             payment = Some(made);
         }
         Ok((resp, payment))
@@ -366,6 +404,17 @@ impl NodeClient {
             return Ok(resp);
         }
         let status = resp.status();
+        // A refused payment: the x402 reason, which the 402's body does not carry.
+        if status == StatusCode::PAYMENT_REQUIRED
+            && let Ok(r) = cairn_x402::client::offers(resp.headers())
+            && let Some(reason) = r.error
+        {
+            return Err(NodeClientError::Api {
+                status,
+                code: reason.clone(),
+                message: format!("the node refused the payment: {reason}"),
+            });
+        }
         let body = resp.bytes().await.ok().and_then(|b| ErrorBody::parse(&b));
         let body = body.unwrap_or_else(|| ErrorBody::new("unknown", url));
         Err(NodeClientError::Api {
@@ -633,6 +682,19 @@ impl NodeClient {
     }
 }
 
+/// A `batch-settlement` voucher the node refused (402) paid for nothing: its ceiling is given
+/// back in the payer's account, so it never counts as a step the payer signed.
+fn forget_refused(m: &PaymentMade) -> Result<(), NodeClientError> {
+    let (Some((ceiling, path)), Some(before)) = (&m.cumulative, m.signed_before) else {
+        return Ok(());
+    };
+    let p = |e: cairn_x402::X402Error| NodeClientError::Protocol(e.to_string());
+    if let Some(mut a) = cairn_x402::client::PrepaidAccount::load(path).map_err(p)? {
+        a.refused(*ceiling, before).map_err(p)?;
+    }
+    Ok(())
+}
+
 /// Records in the payer's account of a voucher's channel that everything owed after a request
 /// that succeeded is `cumulative`, and (`batch-settlement`) what the channel now holds.
 fn record(m: &PaymentMade, cumulative: alloy_primitives::U256) -> Result<(), NodeClientError> {
@@ -669,6 +731,8 @@ fn made(offer: &cairn_x402::wire::PaymentRequirements) -> PaymentMade {
         settlement: None,
         cumulative: None,
         channel_balance: None,
+        deposit: None,
+        signed_before: None,
     }
 }
 

@@ -261,12 +261,11 @@ async fn a_ceiling_over_the_published_price_is_not_signed() {
     );
 }
 
-/// Attack: a node answers a `batch-settlement` voucher with a corrective 402 that says the
-/// channel has been charged 999,000 already, backed by a "latest voucher" the payer never
-/// signed, hoping the client signs the next step from there. The client takes the node's count
-/// only within a ceiling the payer's own signature shows: its vouchers stay at one price.
-#[tokio::test]
-async fn a_corrective_402_with_a_forged_voucher_moves_no_ceiling() {
+/// A lying node's `batch-settlement` side: every voucher is refused with a corrective 402 that
+/// says the channel has been charged `claim`, backed by `voucherState`: a voucher the payer
+/// never signed (`replay_own` false), or the very voucher it just sent (true; its ceiling is
+/// then the claimed count). Records the payloads it is sent.
+async fn batch_liar(replay_own: bool) -> (String, Arc<Mutex<Vec<serde_json::Value>>>) {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let s = seen.clone();
     let batch_offer = || {
@@ -285,21 +284,31 @@ async fn a_corrective_402_with_a_forged_voucher_moves_no_ceiling() {
             let mut error = None;
             if let Some(h) = headers.get("payment-signature") {
                 let p: PaymentPayload = decode_header("PAYMENT-SIGNATURE", h.as_bytes()).unwrap();
-                let id = p.payload["voucher"]["channelId"].clone();
+                let voucher = p.payload["voucher"].clone();
                 s.lock().unwrap().push(p.payload);
-                let forged = PrivateKeySigner::random()
-                    .sign_hash_sync(&B256::repeat_byte(7))
-                    .unwrap();
+                let (claim, signature) = if replay_own {
+                    (
+                        voucher["maxClaimableAmount"].clone(),
+                        voucher["signature"].clone(),
+                    )
+                } else {
+                    let forged = PrivateKeySigner::random()
+                        .sign_hash_sync(&B256::repeat_byte(7))
+                        .unwrap();
+                    (
+                        json!("999000"),
+                        json!(alloy_primitives::Bytes::from(forged.as_bytes().to_vec())),
+                    )
+                };
                 let extra = o.extra.as_object_mut().unwrap();
                 extra.insert(
                     "channelState".into(),
-                    json!({"channelId": id, "balance": "1000000",
-                        "totalClaimed": "0", "chargedCumulativeAmount": "999000"}),
+                    json!({"channelId": voucher["channelId"], "balance": "1000000",
+                        "totalClaimed": "0", "chargedCumulativeAmount": claim}),
                 );
                 extra.insert(
                     "voucherState".into(),
-                    json!({"signedMaxClaimable": "999000",
-                        "signature": alloy_primitives::Bytes::from(forged.as_bytes().to_vec())}),
+                    json!({"signedMaxClaimable": claim, "signature": signature}),
                 );
                 error = Some(cairn_x402::batch::ERR_CUMULATIVE_MISMATCH.to_string());
             }
@@ -326,31 +335,73 @@ async fn a_corrective_402_with_a_forged_voucher_moves_no_ceiling() {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", l.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(l, app).await });
+    (url, seen)
+}
 
+/// The ceilings of the `batch-settlement` vouchers a client with a fresh account signs for
+/// `runs` calls to `url`, each refused.
+async fn batch_ceilings(
+    url: &str,
+    seen: &Mutex<Vec<serde_json::Value>>,
+    runs: usize,
+) -> Vec<String> {
     let dir = tempfile::tempdir().unwrap();
     let x = Tensor::new("x", DataType::Fp32, vec![1], vec![0; 4]).unwrap();
-    let client = NodeClient::new(&url)
+    let client = NodeClient::new(url)
         .with_payer(PrivateKeySigner::random(), Default::default())
         .with_accounts(dir.path().to_owned())
-        .with_batch_deposit(U256::from(5_000u64));
-    let err = client
-        .infer("m", std::slice::from_ref(&x), true)
-        .await
-        .err()
-        .expect("the lying node never answers");
-    assert!(err.to_string().contains("402"), "{err}");
+        .with_batch_deposit(U256::from(50_000u64));
+    for _ in 0..runs {
+        let err = client
+            .infer("m", std::slice::from_ref(&x), true)
+            .await
+            .err()
+            .expect("the lying node never answers");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "node refused (402 Payment Required, {0}): the node refused the payment: {0}",
+                cairn_x402::batch::ERR_CUMULATIVE_MISMATCH
+            )
+        );
+    }
     let seen = seen.lock().unwrap();
-    let ceilings: Vec<&str> = seen
-        .iter()
-        .map(|p| p["voucher"]["maxClaimableAmount"].as_str().unwrap())
-        .collect();
+    // New to this machine, the channel is tried with a voucher alone, and the node's word on
+    // the balance (a lie there costs the payer nothing) makes no deposit either.
+    assert!(seen.iter().all(|p| p["type"] == "voucher"), "{seen:?}");
+    seen.iter()
+        .map(|p| {
+            p["voucher"]["maxClaimableAmount"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect()
+}
+
+/// Attack: the corrective 402 says the channel has been charged 999,000 already, backed by a
+/// "latest voucher" the payer never signed, hoping the client signs the next step from there.
+/// The client takes the node's count only within a ceiling the payer's own signature shows.
+#[tokio::test]
+async fn a_corrective_402_with_a_forged_voucher_moves_no_ceiling() {
+    let (url, seen) = batch_liar(false).await;
+    let ceilings = batch_ceilings(&url, &seen, 1).await;
     assert_eq!(
         ceilings,
         ["1000", "1000"],
         "the forged count leaked into a voucher"
     );
-    // New to this machine, the channel is tried with a voucher alone; the second payment takes
-    // the node's word on the balance (a lie there costs the payer nothing): no deposit either.
-    assert_eq!(seen[0]["type"], "voucher");
-    assert_eq!(seen[1]["type"], "voucher");
+}
+
+/// Attack: the node refuses each voucher and shows it back as the payer's latest one counted,
+/// hoping the client steps one price up per refusal (its count growing with no call served).
+/// A refused voucher proves nothing: every retry and every later call signs the same ceiling.
+#[tokio::test]
+async fn a_refused_voucher_shown_back_moves_no_ceiling() {
+    let (url, seen) = batch_liar(true).await;
+    let ceilings = batch_ceilings(&url, &seen, 3).await;
+    assert_eq!(
+        ceilings, ["1000"; 6],
+        "a refused voucher raised the next one"
+    );
 }

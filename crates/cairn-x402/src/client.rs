@@ -170,6 +170,14 @@ impl BatchChannel {
             .get("withdrawDelay")
             .and_then(|v| v.as_u64())
             .unwrap_or(crate::batch::WITHDRAW_DELAY_SECS);
+        // The payer's money is locked this long after asking for it back: the node names it,
+        // the payer bounds it.
+        if !(crate::batch::WITHDRAW_DELAY_SECS..=MAX_PAYER_WITHDRAW_DELAY).contains(&delay) {
+            return Err(X402Error::Malformed(format!(
+                "the offer's withdrawDelay of {delay} s is outside what this client accepts ({}–{MAX_PAYER_WITHDRAW_DELAY} s): your deposit would be locked that long",
+                crate::batch::WITHDRAW_DELAY_SECS
+            )));
+        }
         let config = cairn_ledger::chain::ChannelConfig {
             payer,
             payerAuthorizer: payer,
@@ -216,14 +224,20 @@ impl BatchChannel {
                 .map(|s| Bytes::from(s.as_bytes().to_vec()))
                 .map_err(|e| X402Error::Malformed(format!("signing: {e}")))
         };
-        let max = self.charged + offer.amount;
+        let max = self
+            .charged
+            .checked_add(offer.amount)
+            .filter(|m| *m <= U256::from(u128::MAX))
+            .ok_or_else(|| {
+                X402Error::Malformed("the voucher's total is past what a channel holds".into())
+            })?;
         let voucher = serde_json::json!({
             "channelId": self.id,
             "maxClaimableAmount": max.to_string(),
             "signature": sign(cairn_ledger::chain::batch_voucher_hash(
                 chain_id,
                 self.id,
-                max.saturating_to::<u128>(),
+                max.to::<u128>(),
             ))?,
         });
         let config = serde_json::json!({
@@ -242,7 +256,9 @@ impl BatchChannel {
         }
         let deposit = deposit.max(max - self.balance);
         let salt = U256::from_be_bytes(B256::random().0);
-        let valid_before = U256::from(now_secs() + offer.max_timeout_seconds.max(60));
+        // As for an `upto` permit: the node names the lifetime, at most an hour.
+        let valid_before =
+            U256::from(now_secs().saturating_add(offer.max_timeout_seconds.clamp(60, 3_600)));
         let message = cairn_ledger::chain::ReceiveWithAuthorization {
             from: signer.address(),
             to: cairn_ledger::contracts::x402_addresses::ERC3009_DEPOSIT_COLLECTOR,
@@ -336,6 +352,10 @@ impl BatchChannel {
         }
     }
 }
+
+/// The longest withdraw delay this client accepts in a node's offer (1 day; the scheme allows
+/// up to 30): how long a payer's unspent deposit can stay locked after asking for it back.
+pub const MAX_PAYER_WITHDRAW_DELAY: u64 = 86_400;
 
 /// A `batch-settlement` channel as the node's corrective 402 describes it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -455,6 +475,16 @@ impl PrepaidAccount {
         Ok(())
     }
 
+    /// Records that the voucher for `ceiling`, signed when the highest ceiling was `before`,
+    /// was refused: it paid for nothing, so it proves nothing about what is owed.
+    pub fn refused(&mut self, ceiling: U256, before: U256) -> Result<(), X402Error> {
+        if self.signed == ceiling && before < ceiling {
+            self.signed = before.max(self.paid);
+            self.save()?;
+        }
+        Ok(())
+    }
+
     /// Records what the channel holds, as last learned.
     pub fn set_deposited(&mut self, deposited: U256) -> Result<(), X402Error> {
         if deposited != self.deposited {
@@ -469,7 +499,10 @@ impl PrepaidAccount {
         if let Some(d) = self.path.parent() {
             std::fs::create_dir_all(d).map_err(io)?;
         }
-        let tmp = self.path.with_extension("tmp");
+        // Its own temporary file: two processes saving at once each rename a whole file.
+        let tmp = self
+            .path
+            .with_extension(format!("tmp.{}", std::process::id()));
         std::fs::write(
             &tmp,
             serde_json::json!({
@@ -502,6 +535,24 @@ mod account_tests {
         assert_eq!(a.owed(U256::from(25u64)), U256::from(25u64));
         assert_eq!(a.owed(U256::from(4u64)), U256::from(4u64));
         assert_eq!(a.owed(U256::from(41u64)), U256::from(10u64));
+    }
+
+    /// A refused voucher's ceiling is forgotten (it paid for nothing), unless something signed
+    /// since went higher.
+    #[test]
+    fn a_refused_voucher_gives_its_ceiling_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = PrepaidAccount::path(dir.path(), 1, alloy_primitives::Address::ZERO, B256::ZERO);
+        let mut a = PrepaidAccount::create(&path, U256::from(10u64)).unwrap();
+        a.signing(U256::from(20u64)).unwrap();
+        a.refused(U256::from(20u64), U256::from(10u64)).unwrap();
+        assert_eq!(
+            PrepaidAccount::load(&path).unwrap().unwrap().signed,
+            U256::from(10u64)
+        );
+        a.signing(U256::from(30u64)).unwrap();
+        a.refused(U256::from(20u64), U256::from(10u64)).unwrap();
+        assert_eq!(a.signed, U256::from(30u64));
     }
 
     #[test]
