@@ -35,6 +35,31 @@ fn offer(scheme: &str) -> PaymentRequirements {
     }
 }
 
+/// A 402 answer for `url` offering `accepts`, refusing a payment for `error` if any.
+fn payment_required(
+    url: &str,
+    accepts: Vec<PaymentRequirements>,
+    error: Option<String>,
+) -> axum::response::Response {
+    let required = PaymentRequired {
+        x402_version: 2,
+        error,
+        resource: ResourceInfo {
+            url: url.into(),
+            description: String::new(),
+            mime_type: String::new(),
+        },
+        accepts,
+        extensions: None,
+    };
+    (
+        StatusCode::PAYMENT_REQUIRED,
+        [("payment-required", encode_header(&required))],
+        "{}",
+    )
+        .into_response()
+}
+
 fn receipt() -> serde_json::Value {
     Claims {
         request_id: B256::repeat_byte(9),
@@ -72,23 +97,11 @@ async fn liar() -> (String, Arc<Mutex<Vec<serde_json::Value>>>) {
         let s = s.clone();
         async move {
             let Some(h) = headers.get("payment-signature") else {
-                let required = PaymentRequired {
-                    x402_version: 2,
-                    error: None,
-                    resource: ResourceInfo {
-                        url: "http://node/v2/models/m/infer".into(),
-                        description: String::new(),
-                        mime_type: String::new(),
-                    },
-                    accepts: vec![offer("prepaid"), offer("exact")],
-                    extensions: None,
-                };
-                return (
-                    StatusCode::PAYMENT_REQUIRED,
-                    [("payment-required", encode_header(&required))],
-                    "{}",
-                )
-                    .into_response();
+                return payment_required(
+                    "http://node/v2/models/m/infer",
+                    vec![offer("prepaid"), offer("exact")],
+                    None,
+                );
             };
             let p: PaymentPayload = decode_header("PAYMENT-SIGNATURE", h.as_bytes()).unwrap();
             s.lock()
@@ -211,23 +224,7 @@ async fn a_ceiling_over_the_published_price_is_not_signed() {
             );
             let mut o = offer("prepaid");
             o.amount = *a.lock().unwrap();
-            let required = PaymentRequired {
-                x402_version: 2,
-                error: None,
-                resource: ResourceInfo {
-                    url: "http://node/v1/chat/completions".into(),
-                    description: String::new(),
-                    mime_type: String::new(),
-                },
-                accepts: vec![o],
-                extensions: None,
-            };
-            (
-                StatusCode::PAYMENT_REQUIRED,
-                [("payment-required", encode_header(&required))],
-                "{}",
-            )
-                .into_response()
+            payment_required("http://node/v1/chat/completions", vec![o], None)
         }
     };
     let app = axum::Router::new()
@@ -312,23 +309,7 @@ async fn batch_liar(replay_own: bool) -> (String, Arc<Mutex<Vec<serde_json::Valu
                 );
                 error = Some(cairn_x402::batch::ERR_CUMULATIVE_MISMATCH.to_string());
             }
-            let required = PaymentRequired {
-                x402_version: 2,
-                error,
-                resource: ResourceInfo {
-                    url: "http://node/v2/models/m/infer".into(),
-                    description: String::new(),
-                    mime_type: String::new(),
-                },
-                accepts: vec![o],
-                extensions: None,
-            };
-            (
-                StatusCode::PAYMENT_REQUIRED,
-                [("payment-required", encode_header(&required))],
-                "{}",
-            )
-                .into_response()
+            payment_required("http://node/v2/models/m/infer", vec![o], error)
         }
     };
     let app = axum::Router::new().route("/v2/models/m/infer", post(infer));
