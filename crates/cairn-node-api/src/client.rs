@@ -404,17 +404,6 @@ impl NodeClient {
             return Ok(resp);
         }
         let status = resp.status();
-        // A refused payment: the x402 reason, which the 402's body does not carry.
-        if status == StatusCode::PAYMENT_REQUIRED
-            && let Ok(r) = cairn_x402::client::offers(resp.headers())
-            && let Some(reason) = r.error
-        {
-            return Err(NodeClientError::Api {
-                status,
-                code: reason.clone(),
-                message: format!("the node refused the payment: {reason}"),
-            });
-        }
         let body = resp.bytes().await.ok().and_then(|b| ErrorBody::parse(&b));
         let body = body.unwrap_or_else(|| ErrorBody::new("unknown", url));
         Err(NodeClientError::Api {
