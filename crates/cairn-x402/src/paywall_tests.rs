@@ -43,8 +43,30 @@ impl Pricing for Fixed {
 
 /// The route: counts its runs, takes a while, fails on body "fail", panics on "panic", echoes
 /// the payment.
+/// The answers the test route gave, by payment reference: what the node's receipt log is to
+/// its `KeptAnswers` (the same request's answer again; another request's, none).
+#[derive(Default)]
+struct Answered(std::sync::Mutex<std::collections::HashMap<B256, (String, String)>>);
+
+impl crate::KeptAnswers for Answered {
+    fn answer<'a>(
+        &'a self,
+        payment_ref: B256,
+        _: &'a axum::http::HeaderMap,
+        body: &'a [u8],
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Option<axum::response::Response>> + Send + 'a>,
+    > {
+        Box::pin(async move {
+            use axum::response::IntoResponse;
+            let (asked, answer) = self.0.lock().unwrap().get(&payment_ref)?.clone();
+            (asked.as_bytes() == body).then(|| (StatusCode::OK, answer).into_response())
+        })
+    }
+}
+
 async fn run(
-    State(runs): State<Arc<AtomicUsize>>,
+    State((runs, answered)): State<(Arc<AtomicUsize>, Arc<Answered>)>,
     paid: Option<axum::Extension<Paid>>,
     body: String,
 ) -> (StatusCode, String) {
@@ -57,7 +79,13 @@ async fn run(
         panic!("the route panics");
     }
     let paid = paid.expect("the paywall put the payment in");
-    (StatusCode::OK, format!("ran for {}", paid.0.payer))
+    let answer = format!("ran for {}", paid.0.payer);
+    answered
+        .0
+        .lock()
+        .unwrap()
+        .insert(paid.0.payment_ref, (body, answer.clone()));
+    (StatusCode::OK, answer)
 }
 
 struct Site {
@@ -90,7 +118,9 @@ async fn site_with(prepaid: bool, batch: Option<()>) -> (Site, Option<Arc<crate:
     });
     let mut paywall = Paywall::new(d.facilitator.clone(), pre, Arc::new(Fixed), vault);
     let mut book = None;
+    let answered = Arc::new(Answered::default());
     if batch.is_some() {
+        paywall = paywall.with_kept_answers(answered.clone());
         let b = Arc::new(
             crate::batch::Batch::new(
                 d.chain.clone(),
@@ -109,7 +139,7 @@ async fn site_with(prepaid: bool, batch: Option<()>) -> (Site, Option<Arc<crate:
     let runs = Arc::new(AtomicUsize::new(0));
     let app = Router::new()
         .route("/run", post(run))
-        .with_state(runs.clone())
+        .with_state((runs.clone(), answered))
         .layer(axum::middleware::from_fn_with_state(
             paywall,
             crate::paywall::middleware,
@@ -1168,8 +1198,10 @@ async fn batch_settlement_channels_pay_and_refuse_bad_vouchers() {
 
     // The deposit and the first voucher, then a voucher alone: each call charged the price.
     let deposit = U256::from(20 * PRICE);
+    let mut last_header = String::new();
     for n in 1..=2u64 {
         let h = ch.pay(payer, &req, &offer, deposit).unwrap();
+        last_header = h.clone();
         let (status, body, settle, _) = send(&s.url, &h, "go").await;
         assert_eq!(status, 200, "{body}");
         let settle = settle.unwrap();
@@ -1211,6 +1243,19 @@ async fn batch_settlement_channels_pay_and_refuse_bad_vouchers() {
         extra["voucherState"]["signedMaxClaimable"],
         (2 * PRICE).to_string()
     );
+
+    // The last voucher presented again with the request it paid for: that answer again, charged
+    // nothing more, and the response says so with the channel's state (a client new to the
+    // channel learns where it stands).
+    let (status, body, settle, _) = send(&s.url, &last_header, "go").await;
+    assert_eq!(status, 200, "{body}");
+    let extra = settle.unwrap().extra.expect("the channel's state");
+    assert_eq!(extra["chargedAmount"], "0");
+    assert_eq!(
+        extra["channelState"]["chargedCumulativeAmount"],
+        (2 * PRICE).to_string()
+    );
+    assert_eq!(s.runs.load(Ordering::SeqCst), 2);
 
     // Forged, high-s, over the balance, for another authorizer: each refused with its reason.
     let h = ch.pay(&dev_signer(7), &req, &offer, deposit).unwrap();

@@ -182,14 +182,27 @@ impl Book {
                 if let Some(key) = self.counted(&presented.payload)
                     && let Some(mut resp) = kept(key).await
                 {
+                    // Batch-settlement: nothing more charged, and where the channel stands (a
+                    // client new to the channel counts from it).
+                    let (transaction, extra) = match self {
+                        Self::Prepaid(_) => (key.to_string(), None),
+                        Self::Batch(b) => (
+                            String::new(),
+                            presented
+                                .payload
+                                .get("voucher")
+                                .and_then(|v| v.get("channelId")?.as_str()?.parse::<B256>().ok())
+                                .map(|id| b.settled_extra(id, U256::ZERO)),
+                        ),
+                    };
                     let s = SettleResponse {
                         success: true,
                         error_reason: None,
-                        transaction: key.to_string(),
+                        transaction,
                         network: presented.offer.network.clone(),
                         payer: None,
                         amount: None,
-                        extra: None,
+                        extra,
                     };
                     insert_settle(resp.headers_mut(), &s, presented.version);
                     return Err(resp);
