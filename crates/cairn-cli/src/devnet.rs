@@ -14,6 +14,8 @@ pub(crate) struct DevnetChain {
     pub(crate) free: bool,
     pub(crate) verifiers: DevnetVerifiers,
     pub(crate) faults: node_cmd::FaultArgs,
+    /// Where the devnet's Oblivious HTTP relay listens.
+    pub(crate) relay_listen: SocketAddr,
     pub(crate) llm: LlmSource,
     pub(crate) rpc: crate::args::RpcServeArgs,
 }
@@ -91,6 +93,7 @@ pub(crate) async fn devnet(
             .unwrap_or_default(),
         llm_price: Some(c.llm_price),
         upstreams: Vec::new(),
+        attester: Some(crate::verify_cmd::AttesterArg::Dev),
         ..node_cmd::NodeServeArgs::defaults()?
     };
     let node_listener = cairn_node::bind(node_listen)
@@ -118,7 +121,25 @@ pub(crate) async fn devnet(
         c: &c,
     });
     chain_cmd::print_devnet(&chain).await?;
-    print_try(&payer_key, &node_url);
+    // The relay private calls go through, forwarding to the node's gateway only.
+    let relay = cairn_relay::Relay::new(cairn_relay::RelayConfig {
+        gateways: vec![cairn_relay::Gateway {
+            name: "node".into(),
+            url: crate::relay_cmd::gateway_url(&node_url),
+        }],
+        ..Default::default()
+    })?;
+    let relay_listener = tokio::net::TcpListener::bind(c.relay_listen)
+        .await
+        .with_context(|| format!("binding {}", c.relay_listen))?;
+    let relay_url = format!("http://{}", relay_listener.local_addr()?);
+    println!("  relay:    {relay_url}");
+    let relay_task = tokio::spawn(cairn_relay::serve(
+        relay_listener,
+        relay,
+        stopped(stop_rx.clone()),
+    ));
+    print_try(&payer_key, &node_url, &relay_url, &rpc_url);
     let node_task = tokio::spawn(cairn_node::serve(
         node_listener,
         node_state,
@@ -131,6 +152,7 @@ pub(crate) async fn devnet(
     let _ = stop_tx.send(true);
     hub_task.await??;
     node_task.await??;
+    relay_task.await??;
     Ok(())
 }
 
@@ -162,6 +184,7 @@ async fn register_node(chain: &cairn_ledger::Chain, node_url: &str) -> anyhow::R
         node_url,
         alloy_primitives::U256::from(1_000u64 * cairn_ledger::deploy::TOKEN_UNIT),
         &cairn_attest::DevAttester::new(key.clone()),
+        Some(cairn_node::gateway_key(&key, 1).config().encoded()),
     )
     .await
     .context("registering the devnet node through its verifiers")?;
@@ -169,7 +192,7 @@ async fn register_node(chain: &cairn_ledger::Chain, node_url: &str) -> anyhow::R
 }
 
 /// The first user's account and a command to try.
-fn print_try(payer_key: &Path, node_url: &str) {
+fn print_try(payer_key: &Path, node_url: &str, relay_url: &str, rpc_url: &str) {
     println!(
         "  payer:    {} (account {}, key file {})",
         cairn_ledger::dev_signer(cairn_ledger::devnet::PAYER).address(),
@@ -179,6 +202,11 @@ fn print_try(payer_key: &Path, node_url: &str) {
     println!(
         "Try: cairn infer digits@1.0 --input examples/digit.json --node {node_url} --payer-key {} --receipt-out receipt.json",
         payer_key.display()
+    );
+    println!(
+        "Privately (sealed through the relay): cairn infer digits@1.0 --input examples/digit.json --payer-key {} --private --relay {relay_url} --allow-dev-evidence --rpc {rpc_url} --deployment {}",
+        payer_key.display(),
+        payer_key.with_file_name("deployment.json").display()
     );
 }
 

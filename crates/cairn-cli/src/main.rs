@@ -9,6 +9,7 @@ mod hub;
 mod keyfile;
 mod node_cmd;
 mod pay_cmd;
+mod relay_cmd;
 mod verify_cmd;
 
 use std::net::SocketAddr;
@@ -51,6 +52,9 @@ enum Command {
         /// Address for the inference node; port 0 picks a free one.
         #[arg(long, default_value = "127.0.0.1:7401")]
         node_listen: SocketAddr,
+        /// Address for the Oblivious HTTP relay (private calls); port 0 picks a free one.
+        #[arg(long, default_value = "127.0.0.1:7403")]
+        relay_listen: SocketAddr,
         #[command(flatten)]
         engine: node_cmd::EngineArgs,
         /// Chain id of the embedded chain (fixed when the data dir is first created).
@@ -120,6 +124,8 @@ enum Command {
         /// proof; cheaper for the node and for verifiers).
         #[arg(long, default_value = "own")]
         receipt_seal: cairn_node_api::SealChoice,
+        #[command(flatten)]
+        private: relay_cmd::PrivateArgs,
     },
     /// One chat completion from a node's language model, paid per token (prepaid) when the
     /// node asks; prints the answer, its usage and charge, and the checked receipt.
@@ -149,6 +155,8 @@ enum Command {
         /// Who pays the node's 402 answers (a language-model call: a prepaid deposit).
         #[command(flatten)]
         payer: node_cmd::PayerArgs,
+        #[command(flatten)]
+        private: relay_cmd::PrivateArgs,
     },
     /// Prepaid balances with a node: deposit, show, withdraw.
     #[command(subcommand)]
@@ -173,6 +181,9 @@ enum Command {
     Verifier(VerifierCommand),
     /// Registered nodes and verifiers with their evidence status (active ones unless --all).
     Nodes(verify_cmd::NodesArgs),
+    /// An Oblivious HTTP relay for private calls.
+    #[command(subcommand)]
+    Relay(relay_cmd::RelayCommand),
 }
 
 #[derive(Subcommand)]
@@ -330,6 +341,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             data_dir,
             listen,
             node_listen,
+            relay_listen,
             engine,
             chain_id,
             price,
@@ -358,6 +370,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     free,
                     verifiers,
                     faults,
+                    relay_listen,
                     llm,
                     rpc,
                 },
@@ -375,10 +388,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             receipt_out,
             payer,
             receipt_seal,
+            private,
         } => {
             let pay = node_cmd::CallArgs {
                 payer,
                 seal: receipt_seal,
+                private,
             };
             node_cmd::infer(&node, &reference, &input, json, output, receipt_out, pay).await
         }
@@ -392,6 +407,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             node,
             receipt_out,
             payer,
+            private,
         } => {
             let args = node_cmd::ChatArgs {
                 model,
@@ -404,6 +420,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let pay = node_cmd::CallArgs {
                 payer,
                 seal: cairn_node_api::SealChoice::Own,
+                private,
             };
             node_cmd::chat(&node, args, receipt_out, pay).await
         }
@@ -414,6 +431,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Verifier(VerifierCommand::Serve(args)) => verify_cmd::serve(*args).await,
         Command::Node(NodeCommand::Register(args)) => verify_cmd::register_cmd(args).await,
         Command::Nodes(args) => verify_cmd::nodes_cmd(args).await,
+        Command::Relay(cmd) => relay_cmd::run(cmd).await,
         Command::Key(KeyCommand::Address { key }) => {
             println!(
                 "{}",

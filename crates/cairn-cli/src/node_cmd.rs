@@ -152,6 +152,14 @@ pub struct NodeServeArgs {
     /// Seconds between voucher redemptions (and reconciliations of pending settlements).
     #[arg(long, default_value_t = 30)]
     pub redeem_every_secs: u64,
+    /// The key id of the node's Oblivious HTTP gateway key (derived from the node's key; a new
+    /// id is a rotation, which needs a new attestation: `cairn node register` with the same id).
+    #[arg(long, default_value_t = 1)]
+    pub ohttp_key_id: u8,
+    /// Serve evidence from this attester at `GET /v1/attestation`, binding the node's key and its
+    /// gateway key (what private clients check against the registry).
+    #[arg(long, value_enum)]
+    pub attester: Option<crate::verify_cmd::AttesterArg>,
     #[command(flatten)]
     pub faults: FaultArgs,
 }
@@ -333,6 +341,11 @@ pub async fn open_node(
             tick: Duration::from_millis(500),
         },
     });
+    let attester = args
+        .attester
+        .map(|a| crate::verify_cmd::attester(a, &key))
+        .transpose()?
+        .map(Arc::from);
     let state = cairn_node::open(NodeConfig {
         data_dir: data_dir.to_owned(),
         hub_url: args.hub.clone(),
@@ -360,6 +373,8 @@ pub async fn open_node(
             })
             .collect::<anyhow::Result<_>>()?,
         llm_free: args.llm_free,
+        ohttp_key_id: args.ohttp_key_id,
+        attester,
         faults: cairn_node::Faults {
             wrong_output_rate: args.faults.fault_wrong_output,
             withhold_payloads: args.faults.fault_withhold_payloads,

@@ -183,9 +183,16 @@ pub struct RegisterArgs {
     /// Where the node's evidence comes from.
     #[arg(long, value_enum, default_value = "dev")]
     pub attester: AttesterArg,
+    /// The key id of the inference node's Oblivious HTTP gateway key (`cairn node serve
+    /// --ohttp-key-id`): its key configuration is bound in the evidence.
+    #[arg(long, default_value_t = 1)]
+    pub ohttp_key_id: u8,
 }
 
-fn attester(kind: AttesterArg, key: &PrivateKeySigner) -> anyhow::Result<Box<dyn Attester>> {
+pub(crate) fn attester(
+    kind: AttesterArg,
+    key: &PrivateKeySigner,
+) -> anyhow::Result<Box<dyn Attester>> {
     match kind {
         AttesterArg::Dev => Ok(Box::new(DevAttester::new(key.clone()))),
         #[cfg(feature = "nitro")]
@@ -212,6 +219,10 @@ pub async fn register_cmd(args: RegisterArgs) -> anyhow::Result<()> {
         &args.endpoint,
         args.stake,
         att.as_ref(),
+        (role == Role::Inference)
+            .then(|| cairn_node::gateway_key(&key, args.ohttp_key_id))
+            .as_ref()
+            .map(|g| g.config().encoded()),
     )
     .await?
     {

@@ -269,6 +269,20 @@ pub struct NodeInfo {
     pub limits: LimitsInfo,
     /// The node's version.
     pub version: String,
+    /// Its Oblivious HTTP gateway (RFC 9458): requests sealed to this key configuration and
+    /// POSTed to `/.well-known/ohttp-gateway` (through a relay) are served by the node's own
+    /// routes. The configuration's SHA-256 is bound in the node's attestation report data.
+    pub ohttp: Option<OhttpInfo>,
+}
+
+/// A node's Oblivious HTTP gateway key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct OhttpInfo {
+    /// The key configuration (RFC 9458 §3), hex.
+    pub key_config: String,
+    /// SHA-256 of the key configuration: the second half of the attestation's report data.
+    #[schema(value_type = String)]
+    pub key_config_hash: B256,
 }
 
 /// A receipt's place in a settled batch.

@@ -54,6 +54,17 @@ pub enum NodeError {
     /// No such endpoint.
     #[error("{0}")]
     NotFound(String),
+    /// A body of a media type the route does not take.
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    /// An Oblivious HTTP envelope that does not open (its own machine codes).
+    #[error("{message}")]
+    Ohttp {
+        /// `ohttp_…`, from [`cairn_ohttp::OhttpError::code`].
+        code: &'static str,
+        /// What was wrong.
+        message: String,
+    },
     /// An attestation whose signer is not an active verifier (or unrecoverable).
     #[error("{0}")]
     NotAVerifier(String),
@@ -109,6 +120,8 @@ impl NodeError {
             E::ReceiptNotFound(_) => "receipt_not_found",
             E::HubUnavailable(_) => "hub_unavailable",
             E::NotFound(_) => "not_found",
+            E::UnsupportedMediaType(_) => "unsupported_media_type",
+            E::Ohttp { code, .. } => code,
             E::NotAVerifier(_) => "not_a_verifier",
             E::SignatureNotCanonical(_) => "signature_not_canonical",
             E::Unauthorized(_) => "unauthorized",
@@ -138,7 +151,9 @@ impl NodeError {
             | E::WrongModelKind(_)
             | E::Llm(crate::llm::CallError::Invalid { .. })
             | E::Llm(crate::llm::CallError::ContextLength(_))
-            | E::SignatureNotCanonical(_) => StatusCode::BAD_REQUEST,
+            | E::SignatureNotCanonical(_)
+            | E::Ohttp { .. } => StatusCode::BAD_REQUEST,
+            E::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             E::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             E::Forbidden(_) => StatusCode::FORBIDDEN,
             E::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,

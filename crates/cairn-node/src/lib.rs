@@ -126,6 +126,30 @@ pub struct NodeConfig {
     /// Deliberate misbehaviour, for showing that the verification network catches it. Off
     /// unless asked for; `/v1/node` reports it.
     pub faults: Faults,
+    /// The key id of the node's Oblivious HTTP gateway key ([`gateway_key`]); a new id is a
+    /// new key (rotation), which the node's attestation must then bind anew.
+    pub ohttp_key_id: u8,
+    /// Makes the evidence `GET /v1/attestation` serves (made once at start, binding the node's
+    /// key and its gateway key configuration); `None`: the route answers 404.
+    pub attester: Option<Arc<dyn cairn_attest::Attester>>,
+}
+
+/// The node's Oblivious HTTP gateway key: derived from the node's own key (HKDF-SHA256 under
+/// a label, then HPKE's DeriveKeyPair), so it needs no second secret to keep, and the same
+/// `key_id` always gives the same key configuration, the one its attestation binds.
+pub fn gateway_key(key: &PrivateKeySigner, key_id: u8) -> cairn_ohttp::GatewayKey {
+    use sha2::Digest;
+    // HKDF-Extract with a fixed label as salt is HMAC; SHA-256 over label, secret and id is
+    // enough here: the output only seeds DeriveKeyPair, which extracts again.
+    let ikm = sha2::Sha256::digest(
+        [
+            b"cairn.ohttp.gateway.v1\0".as_slice(),
+            key.to_bytes().as_slice(),
+            &[key_id],
+        ]
+        .concat(),
+    );
+    cairn_ohttp::GatewayKey::derive(key_id, &ikm)
 }
 
 /// How the node is paid.

@@ -36,7 +36,9 @@ pub enum RegistrationError {
     Http(String),
 }
 
-/// Registers `key` in `role` at `endpoint`: fresh evidence binding the key, approved by as many
+/// Registers `key` in `role` at `endpoint`: fresh evidence binding the key (and `ohttp_key`,
+/// the node's Oblivious HTTP key configuration, whose hash fills the report data's second
+/// half: the registry's evidence digest then pins the gateway key too), approved by as many
 /// active verifiers as the registry's quorum asks (each checks it over `POST /v1/registrations`),
 /// then `NodeRegistry.register`. An already registered node moves to `endpoint` the same way
 /// (`setEndpoint` needs the same approvals).
@@ -47,6 +49,7 @@ pub async fn register(
     endpoint: &str,
     stake: U256,
     attester: &dyn Attester,
+    ohttp_key: Option<&[u8]>,
 ) -> Result<Option<TxOutcome>, RegistrationError> {
     let info = chain.node(key.address()).await?;
     if let Some(current) = info.role {
@@ -54,10 +57,10 @@ pub async fn register(
             return Ok(None);
         }
         return Ok(Some(
-            move_endpoint(chain, key, current, endpoint, attester).await?,
+            move_endpoint(chain, key, current, endpoint, attester, ohttp_key).await?,
         ));
     }
-    let (req, approvals) = approved(chain, key, role, endpoint, attester).await?;
+    let (req, approvals) = approved(chain, key, role, endpoint, attester, ohttp_key).await?;
     Ok(Some(chain.register(key, &req, stake, approvals).await?))
 }
 
@@ -68,8 +71,9 @@ pub async fn move_endpoint(
     role: Role,
     endpoint: &str,
     attester: &dyn Attester,
+    ohttp_key: Option<&[u8]>,
 ) -> Result<TxOutcome, RegistrationError> {
-    let (req, approvals) = approved(chain, key, role, endpoint, attester).await?;
+    let (req, approvals) = approved(chain, key, role, endpoint, attester, ohttp_key).await?;
     Ok(chain.set_endpoint(key, &req, approvals).await?)
 }
 
@@ -81,9 +85,10 @@ async fn approved(
     role: Role,
     endpoint: &str,
     attester: &dyn Attester,
+    ohttp_key: Option<&[u8]>,
 ) -> Result<(RegistrationRequest, Vec<(Address, Signature)>), RegistrationError> {
     let me = key.address();
-    let (req, evidence) = fresh_request(key, role, endpoint, attester)?;
+    let (req, evidence) = fresh_request(key, role, endpoint, attester, ohttp_key)?;
     let quorum = chain.registration_quorum().await? as usize;
     let mut approvals: Vec<(Address, Signature)> = Vec::new();
     if quorum == 0 {
@@ -159,10 +164,11 @@ fn fresh_request(
     role: Role,
     endpoint: &str,
     attester: &dyn Attester,
+    ohttp_key: Option<&[u8]>,
 ) -> Result<(RegistrationRequest, cairn_attest::Evidence), RegistrationError> {
     let me = key.address();
     let evidence = attester
-        .evidence(&cairn_attest::report_data(me, None))
+        .evidence(&cairn_attest::report_data(me, ohttp_key))
         .map_err(|e| RegistrationError::Evidence(e.to_string()))?;
     let verified = cairn_attest::verify(
         &evidence,

@@ -112,8 +112,15 @@ async fn take_seat(
                 chain.set_endpoint_for(gov, me, url).await?;
             }
             EndpointUpdate::Approved(attester) => {
-                cairn_node::registration::move_endpoint(chain, key, Role::Verifier, url, attester)
-                    .await?;
+                cairn_node::registration::move_endpoint(
+                    chain,
+                    key,
+                    Role::Verifier,
+                    url,
+                    attester,
+                    None,
+                )
+                .await?;
             }
         }
     }

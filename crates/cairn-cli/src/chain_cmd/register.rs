@@ -35,6 +35,7 @@ pub(crate) async fn run(a: RegisterArgs) -> anyhow::Result<()> {
         stake,
         endpoint,
         attester: crate::verify_cmd::AttesterArg::Dev,
+        ohttp_key_id: 1,
     })
     .await
 }

@@ -41,7 +41,8 @@ pub async fn chat(
     if let Some(s) = args.seed {
         request["seed"] = s.into();
     }
-    let client = pay.client(node)?;
+    let (node, _proxy) = pay.private.route(node).await?;
+    let client = pay.client(&node)?;
     let outcome = client
         .chat(&request)
         .await

@@ -57,6 +57,8 @@ pub struct CallArgs {
     pub payer: PayerArgs,
     /// The receipt's seal.
     pub seal: cairn_node_api::SealChoice,
+    /// Whether (and how) the call goes sealed through a relay.
+    pub private: crate::relay_cmd::PrivateArgs,
 }
 
 impl CallArgs {
@@ -116,7 +118,8 @@ pub async fn infer(
     pay: CallArgs,
 ) -> anyhow::Result<()> {
     let inputs = read_tensors(input)?;
-    let client = pay.client(node)?;
+    let (node, _proxy) = pay.private.route(node).await?;
+    let client = pay.client(&node)?;
     let outcome = client
         .infer(reference, &inputs, json_body)
         .await

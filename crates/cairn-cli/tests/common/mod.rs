@@ -16,6 +16,8 @@ pub struct Server {
     pub node_url: String,
     /// The chain's Ethereum JSON-RPC URL (devnet).
     pub rpc_url: String,
+    /// The Oblivious HTTP relay's URL (devnet).
+    pub relay_url: String,
     pub dir: tempfile::TempDir,
 }
 
@@ -161,11 +163,13 @@ impl Server {
         }
         let node_url = urls.get(1).cloned().unwrap_or_default();
         let rpc_url = urls.get(2).cloned().unwrap_or_default();
+        let relay_url = urls.get(3).cloned().unwrap_or_default();
         Self {
             child,
             url: urls.swap_remove(0),
             node_url,
             rpc_url,
+            relay_url,
             dir,
         }
     }
@@ -188,11 +192,18 @@ impl Server {
             "127.0.0.1:0",
             "--rpc-listen",
             "127.0.0.1:0",
+            "--relay-listen",
+            "127.0.0.1:0",
             "--data-dir",
             data.to_str().unwrap(),
         ];
         args.extend_from_slice(extra);
-        Self::spawn(&args, &[], &["  hub:", "  node:", "  chain rpc:"], dir)
+        Self::spawn(
+            &args,
+            &[],
+            &["  hub:", "  node:", "  chain rpc:", "  relay:"],
+            dir,
+        )
     }
 
     pub fn pid(&self) -> u32 {

@@ -20,6 +20,25 @@ pub(super) enum ReadError {
     Broken(String),
 }
 
+/// The node's error for a body that could not be read.
+pub(super) fn read_error(e: ReadError, i: &Inner) -> NodeError {
+    match e {
+        ReadError::TooLarge => NodeError::BodyTooLarge(format!(
+            "the body is over the node's limit of {} bytes (plus the envelope); send less",
+            i.limits.max_body_bytes
+        )),
+        ReadError::Slow => NodeError::Timeout(format!(
+            "the request body did not arrive within {:?}; send it at once",
+            i.limits.body_timeout
+        )),
+        ReadError::Budget => NodeError::Overloaded(
+            "the node is reading as many request bodies as it has memory for; retry after a moment"
+                .into(),
+        ),
+        ReadError::Broken(e) => NodeError::BadRequest(format!("the body could not be read: {e}")),
+    }
+}
+
 /// Reads a request body of at most `max` bytes within `deadline`, holding budget for every
 /// byte received; returns the body and the budget it holds.
 pub(super) async fn read_body(

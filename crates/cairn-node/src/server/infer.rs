@@ -384,16 +384,7 @@ impl Inner {
             .await
             .map_err(|e| match e {
                 ReadError::TooLarge => too_large(),
-                ReadError::Slow => NodeError::Timeout(format!(
-                    "the request body did not arrive within {:?}; send it at once",
-                    i.limits.body_timeout
-                )),
-                ReadError::Budget => NodeError::Overloaded(
-                    "the node is reading as many request bodies as it has memory for; retry after a moment".into(),
-                ),
-                ReadError::Broken(e) => {
-                    NodeError::BadRequest(format!("the body could not be read: {e}"))
-                }
+                e => read_error(e, i),
             })?;
         let json_len = match headers.get(HEADER_LENGTH) {
             Some(v) => Some(

@@ -56,6 +56,10 @@ pub(super) async fn node_info(State(s): State<NodeState>) -> Result<Json<NodeInf
             workers: i.limits.workers,
         },
         version: env!("CARGO_PKG_VERSION").into(),
+        ohttp: Some(cairn_node_api::OhttpInfo {
+            key_config: data_encoding::HEXLOWER.encode(i.ohttp.config().encoded()),
+            key_config_hash: i.ohttp.config().hash().into(),
+        }),
     }))
 }
 
@@ -157,4 +161,17 @@ pub(super) async fn model_ready(
         name: model,
         ready: true,
     }))
+}
+
+/// `GET /v1/attestation`: the node's evidence, binding its key and its gateway's key
+/// configuration (report data: [`cairn_attest::report_data`]); the registry holds its digest.
+#[utoipa::path(get, path = "/v1/attestation", tag = "node",
+    description = "The node's TEE evidence (or dev evidence on a devnet): its report data binds the node's address and the SHA-256 of its OHTTP key configuration; the registry records the evidence's digest.",
+    responses((status = 200, description = "The evidence", body = Object), (status = 404, description = "The node has no attester", body = ErrorBody)))]
+pub(super) async fn attestation(
+    State(s): State<NodeState>,
+) -> Result<Json<cairn_attest::Evidence>, NodeError> {
+    s.0.evidence.clone().map(Json).ok_or_else(|| {
+        NodeError::NotFound("this node serves no evidence (started without an attester)".into())
+    })
 }

@@ -9,7 +9,7 @@ use alloy_signer_local::PrivateKeySigner;
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json};
@@ -39,6 +39,7 @@ use cairn_node_api::{
 use utoipa::OpenApi;
 
 mod body;
+mod gateway;
 mod infer;
 mod meta;
 mod openai;
@@ -105,6 +106,10 @@ struct Inner {
     upstreams: Vec<crate::upstream::Upstream>,
     upstream_http: reqwest::Client,
     relays: Arc<Semaphore>,
+    /// The Oblivious HTTP gateway's key.
+    ohttp: cairn_ohttp::GatewayKey,
+    /// Evidence binding the node's key and the gateway's key configuration.
+    evidence: Option<cairn_attest::Evidence>,
 }
 
 pub(crate) async fn open(c: NodeConfig) -> Result<NodeState, NodeError> {
@@ -183,7 +188,20 @@ pub(crate) async fn open(c: NodeConfig) -> Result<NodeState, NodeError> {
     let llm_prices = llm_prices.filter(|_| paywall.is_some());
     let settlement = start_settler(c.settlement, &c.domain, &c.key, &log, payment_store)?;
     let verifiers = chain.clone().map(cairn_ledger::ActiveVerifiers::new);
+    let ohttp = crate::gateway_key(&c.key, c.ohttp_key_id);
+    let evidence = match &c.attester {
+        Some(a) => Some(
+            a.evidence(&cairn_attest::report_data(
+                c.key.address(),
+                Some(ohttp.config().encoded()),
+            ))
+            .map_err(|e| NodeError::Internal(format!("the node's evidence: {e}")))?,
+        ),
+        None => None,
+    };
     Ok(NodeState(Arc::new(Inner {
+        ohttp,
+        evidence,
         cache,
         log,
         settlement,
@@ -412,6 +430,12 @@ impl NodeState {
 
 /// The node's routes.
 pub fn router(state: NodeState) -> Router {
+    let routes = routes(state.clone());
+    routes.clone().merge(gateway::routes(state, routes))
+}
+
+/// Every route but the gateway's (whose requests are served by these).
+fn routes(state: NodeState) -> Router {
     let mut paid = Router::new()
         .route("/v2/models/{model}/infer", post(infer).get(infer_get))
         .route(
@@ -438,6 +462,7 @@ pub fn router(state: NodeState) -> Router {
         .route("/v1/prepaid/{payer}", get(prepaid_channel))
         .route("/v1/prepaid/deposits", post(prepaid_deposit))
         .route("/v1/node", get(node_info))
+        .route("/v1/attestation", get(attestation))
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/completions", post(completions))
         .route("/v1/models", get(models))
@@ -487,6 +512,7 @@ async fn metrics(State(s): State<NodeState>) -> Response {
     paths(
         metrics,
         server_metadata,
+        attestation,
         live,
         ready,
         model_metadata,

@@ -1,0 +1,181 @@
+//! `cairn relay serve`, and the private route `cairn infer --private` / `cairn chat --private`
+//! take.
+
+use anyhow::{Context, anyhow, bail};
+use cairn_relay::client::PrivateRoute;
+use std::net::SocketAddr;
+
+/// `cairn relay …`.
+#[derive(clap::Subcommand)]
+pub enum RelayCommand {
+    /// An Oblivious HTTP relay: forwards sealed requests to the gateways named here, stripping
+    /// who sent them; learns who sends, never what.
+    Serve {
+        /// Where to listen.
+        #[arg(long, default_value = "127.0.0.1:7403")]
+        listen: SocketAddr,
+        /// A gateway, NAME=URL (a node's base URL, or its full `/.well-known/ohttp-gateway`);
+        /// clients send to `/gateways/NAME`. Repeatable.
+        #[arg(long = "gateway", value_parser = parse_gateway, required = true)]
+        gateways: Vec<cairn_relay::Gateway>,
+        /// Largest sealed request, bytes.
+        #[arg(long, default_value_t = (64 << 20) + (64 << 10))]
+        max_body_bytes: usize,
+        /// Requests forwarded at once per client address.
+        #[arg(long, default_value_t = 16)]
+        max_per_client: usize,
+    },
+}
+
+/// `NAME=URL`, the URL completed to the gateway resource.
+pub fn parse_gateway(s: &str) -> Result<cairn_relay::Gateway, String> {
+    let (name, url) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s}: expected NAME=URL"))?;
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        return Err(format!(
+            "{name:?}: a gateway name is letters, digits, '-', '_' or '.'"
+        ));
+    }
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Err(format!("{url}: not an http(s) URL"));
+    }
+    Ok(cairn_relay::Gateway {
+        name: name.to_owned(),
+        url: gateway_url(url),
+    })
+}
+
+/// A node's base URL completed to its gateway resource.
+pub fn gateway_url(base: &str) -> String {
+    let base = base.trim_end_matches('/');
+    if base.ends_with(cairn_ohttp::GATEWAY_PATH) {
+        base.to_owned()
+    } else {
+        format!("{base}{}", cairn_ohttp::GATEWAY_PATH)
+    }
+}
+
+/// `cairn relay serve`.
+pub async fn run(cmd: RelayCommand) -> anyhow::Result<()> {
+    let RelayCommand::Serve {
+        listen,
+        gateways,
+        max_body_bytes,
+        max_per_client,
+    } = cmd;
+    let relay = cairn_relay::Relay::new(cairn_relay::RelayConfig {
+        gateways: gateways.clone(),
+        max_body_bytes,
+        max_per_client,
+        ..Default::default()
+    })?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding {listen}"))?;
+    println!("relay: http://{}", listener.local_addr()?);
+    for g in &gateways {
+        println!("  /gateways/{} -> {}", g.name, g.url);
+    }
+    cairn_relay::serve(listener, relay, crate::shutdown_signal()).await?;
+    Ok(())
+}
+
+/// Sending a call privately (`--private`).
+#[derive(clap::Args, Clone, Debug)]
+pub struct PrivateArgs {
+    /// Send every request sealed to the node's gateway key (Oblivious HTTP, RFC 9458) through
+    /// --relay: the relay sees you but not what you ask, the node sees what you ask but not who
+    /// you are. The payment travels inside the envelope. The gateway key is checked against the
+    /// node's attestation before anything is sent.
+    #[arg(long, requires = "relay")]
+    pub private: bool,
+    /// The relay (`cairn relay serve`; the devnet prints its own).
+    #[arg(long, env = "CAIRN_RELAY")]
+    pub relay: Option<String>,
+    /// The node's gateway name at the relay.
+    #[arg(long, default_value = "node")]
+    pub gateway: String,
+    /// Accept the node's dev evidence (a software key, not a TEE): devnets only.
+    #[arg(long)]
+    pub allow_dev_evidence: bool,
+    /// The chain whose registry the node's evidence is checked against (`--private` needs it:
+    /// a gateway is trusted only as the registered node it attests to be).
+    #[command(flatten)]
+    pub chain: crate::args::ChainArgs,
+}
+
+/// A loopback proxy sealing every request through the relay; dropped with the call.
+pub struct Proxy(tokio::task::JoinHandle<std::io::Result<()>>);
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl PrivateArgs {
+    /// The URL to call `node` at: itself, or (`--private`) a loopback proxy that seals every
+    /// request through the relay, once the gateway's key is checked against the node's
+    /// evidence.
+    pub async fn route(&self, node: &str) -> anyhow::Result<(String, Option<Proxy>)> {
+        if !self.private {
+            return Ok((node.to_owned(), None));
+        }
+        let relay = self.relay.as_deref().expect("clap requires --relay");
+        let route = PrivateRoute::open(relay, &self.gateway)
+            .await
+            .context("fetching the gateway's key configuration through the relay")?;
+        let info: cairn_node_api::NodeInfo = get_json(&route, "/v1/node").await?;
+        let evidence: cairn_attest::Evidence = get_json(&route, "/v1/attestation").await?;
+        let chain = self
+            .chain
+            .connect()
+            .await
+            .context("--private checks the node against the registry")?;
+        let entry = chain.node(info.address).await?;
+        if !entry.active || entry.role != Some(cairn_ledger::Role::Inference) {
+            bail!(
+                "the gateway speaks for {}, which is not an active inference node in the registry",
+                info.address
+            );
+        }
+        cairn_relay::client::check_key(
+            route.key_config(),
+            info.address,
+            &evidence,
+            Some(entry.evidence_digest),
+            cairn_core::clock::now_secs(),
+            cairn_attest::Policy {
+                allow_dev: self.allow_dev_evidence,
+            },
+        )?;
+        let (addr, task) = route.local_proxy((64 << 20) + (64 << 10)).await?;
+        eprintln!(
+            "private: sealed to {}'s attested gateway key through {relay}",
+            info.address
+        );
+        Ok((format!("http://{addr}"), Some(Proxy(task))))
+    }
+}
+
+async fn get_json<T: serde::de::DeserializeOwned>(
+    route: &PrivateRoute,
+    path: &str,
+) -> anyhow::Result<T> {
+    let req = http::Request::get(path).body(bytes::Bytes::new())?;
+    let resp = route.send(req).await?;
+    if !resp.status().is_success() {
+        return Err(anyhow!(
+            "GET {path} through the relay: {} {}",
+            resp.status(),
+            String::from_utf8_lossy(resp.body())
+        ));
+    }
+    serde_json::from_slice(resp.body())
+        .with_context(|| format!("GET {path}: not the expected JSON"))
+}

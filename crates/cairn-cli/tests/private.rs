@@ -1,0 +1,405 @@
+//! Private calls end to end: `cairn infer --private` seals its requests to the devnet node's
+//! attested gateway key and sends them through a relay (a real `cairn relay serve` process);
+//! the call is paid (the x402 headers inside the envelope), receipted, and the relay's memory
+//! never holds the plaintext. A replayed envelope charges nothing; a gateway whose key the
+//! registry's evidence does not bind is refused before anything is sent.
+
+mod common;
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use common::{Server, cairn, examples, failure, stdout};
+use serde_json::Value;
+
+/// An input no other test sends: 64 distinctive floats, whose bytes are searched for.
+fn marked_input(dir: &Path) -> (std::path::PathBuf, Vec<u8>) {
+    let values: Vec<f32> = (0..64).map(|i| 5.432_1 + i as f32 * 0.013_579_1).collect();
+    let path = dir.join("marked.json");
+    let body = serde_json::json!({"inputs": [{"name": "X", "shape": [1, 64], "datatype": "FP32", "data": values}]});
+    std::fs::write(&path, body.to_string()).unwrap();
+    let bytes = values[..16].iter().flat_map(|v| v.to_le_bytes()).collect();
+    (path, bytes)
+}
+
+/// Whether `pattern` is anywhere in the readable memory of process `pid` (a child of this one).
+fn in_memory(pid: u32, pattern: &[u8]) -> bool {
+    use std::io::{Read, Seek, SeekFrom};
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    let mut mem = std::fs::File::open(format!("/proc/{pid}/mem")).unwrap();
+    for line in maps.lines() {
+        let mut f = line.split_whitespace();
+        let (range, perms) = (f.next().unwrap(), f.next().unwrap());
+        if !perms.starts_with('r') || line.ends_with("[vvar]") || line.ends_with("[vsyscall]") {
+            continue;
+        }
+        let (a, b) = range.split_once('-').unwrap();
+        let (a, b) = (
+            u64::from_str_radix(a, 16).unwrap(),
+            u64::from_str_radix(b, 16).unwrap(),
+        );
+        let mut buf = vec![0; (b - a) as usize];
+        if mem.seek(SeekFrom::Start(a)).is_err() || mem.read_exact(&mut buf).is_err() {
+            continue;
+        }
+        if buf.windows(pattern.len()).any(|w| w == pattern) {
+            return true;
+        }
+    }
+    false
+}
+
+/// A pass-through in front of `relay` that keeps every request body it forwards, as an
+/// on-path observer of the client's traffic would.
+type Kept = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
+
+fn recording_proxy(rt: &tokio::runtime::Runtime, relay: &str) -> (String, Kept) {
+    let seen: Kept = Default::default();
+    let (relay, kept) = (relay.to_owned(), seen.clone());
+    let url = rt.block_on(async move {
+        let http = reqwest::Client::new();
+        let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
+            let (http, relay, kept) = (http.clone(), relay.clone(), kept.clone());
+            async move {
+                let (parts, body) = req.into_parts();
+                let body = axum::body::to_bytes(body, 1 << 24).await.unwrap();
+                if parts.method == "POST" {
+                    let media = parts.headers["content-type"].to_str().unwrap().to_owned();
+                    kept.lock().unwrap().push((media, body.to_vec()));
+                }
+                let mut r = http.request(parts.method, format!("{relay}{}", parts.uri.path()));
+                if let Some(ct) = parts.headers.get("content-type") {
+                    r = r.header("content-type", ct);
+                }
+                let resp = r.body(body).send().await.unwrap();
+                let status = resp.status();
+                let ct = resp.headers().get("content-type").cloned();
+                let bytes = resp.bytes().await.unwrap();
+                let mut out = axum::response::Response::builder().status(status);
+                if let Some(ct) = ct {
+                    out = out.header("content-type", ct);
+                }
+                out.body(axum::body::Body::from(bytes)).unwrap()
+            }
+        });
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", l.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(l, app).await });
+        url
+    });
+    (url, seen)
+}
+
+/// One HTTP exchange: the status, the content type and the body.
+fn exchange(method: &str, url: &str, media: Option<&str>, body: Vec<u8>) -> (u16, String, Vec<u8>) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut r = reqwest::Client::new().request(method.parse().unwrap(), url);
+        if let Some(m) = media {
+            r = r.header("content-type", m);
+        }
+        let resp = r.body(body).send().await.unwrap();
+        let status = resp.status().as_u16();
+        let ct = resp
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        (status, ct, resp.bytes().await.unwrap().to_vec())
+    })
+}
+
+fn get_json(url: &str) -> Value {
+    serde_json::from_slice(&exchange("GET", url, None, Vec::new()).2).unwrap()
+}
+
+fn receipts(node: &str) -> i64 {
+    get_json(&format!("{node}/v1/node"))["receipts"]
+        .as_i64()
+        .unwrap()
+}
+
+fn private_infer(
+    dir: &Path,
+    data: &Path,
+    relay: &str,
+    rpc: &str,
+    input: &Path,
+    extra: &[&str],
+) -> std::process::Output {
+    let path = |p: &Path| p.to_str().unwrap().to_owned();
+    let mut args: Vec<String> = [
+        "infer",
+        "digits@1.0",
+        "--input",
+        &path(input),
+        "--payer-key",
+        &path(&data.join("chain/payer.key")),
+        "--private",
+        "--relay",
+        relay,
+        "--rpc",
+        rpc,
+        "--deployment",
+        &path(&data.join("chain/deployment.json")),
+        "--receipt-out",
+        &path(&dir.join("receipt.json")),
+    ]
+    .map(String::from)
+    .to_vec();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    cairn("", Path::new("/nonexistent"), &args)
+}
+
+#[test]
+fn a_private_call_is_paid_through_the_relay_which_never_holds_the_plaintext() {
+    let devnet = Server::devnet_with(&[]);
+    let data = devnet.dir.path().join("data");
+    let dir = tempfile::tempdir().unwrap();
+    let (input, pattern) = marked_input(dir.path());
+    let relay = Server::command(
+        &[
+            "relay",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--gateway",
+            &format!("node={}", devnet.node_url),
+        ],
+        "relay:",
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (observer, seen) = recording_proxy(&rt, &relay.url);
+    let before = receipts(&devnet.node_url);
+
+    // Paid, receipted, the receipt written and valid; the 402 and its payment went sealed.
+    let out = stdout(&private_infer(
+        dir.path(),
+        &data,
+        &observer,
+        &devnet.rpc_url,
+        &input,
+        &["--allow-dev-evidence"],
+    ));
+    assert!(out.contains("paid:     1000 token units (exact)"), "{out}");
+    assert!(out.contains("receipt:  0x"), "{out}");
+    let after = receipts(&devnet.node_url);
+    assert_eq!(after, before + 1);
+    stdout(&cairn(
+        "",
+        Path::new("/nonexistent"),
+        &[
+            "receipt",
+            "verify",
+            dir.path().join("receipt.json").to_str().unwrap(),
+        ],
+    ));
+
+    // What went over the wire was sealed: neither the tensor nor the payment's words show.
+    let kept = seen.lock().unwrap().clone();
+    assert!(
+        kept.len() >= 3,
+        "node info, evidence, the 402, the paid call: {}",
+        kept.len()
+    );
+    for (_, body) in &kept {
+        assert!(!body.windows(pattern.len()).any(|w| w == pattern));
+        assert!(!body.windows(7).any(|w| w == b"payload"));
+    }
+    // Nor does the relay's memory hold it.
+    assert!(
+        !in_memory(relay.pid(), &pattern),
+        "the relay's memory holds the plaintext input"
+    );
+
+    // A replayed envelope is opened again (OHTTP has no replay protection) but its payment is
+    // spent: nothing more is charged, no receipt is signed.
+    let relayed = format!("{}/gateways/node", relay.url);
+    for (media, body) in &kept {
+        let (status, ..) = exchange("POST", &relayed, Some(media), body.clone());
+        assert_eq!(status, 200, "the gateway opens a replayed envelope");
+    }
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_eq!(
+        receipts(&devnet.node_url),
+        after,
+        "a replayed envelope made the node sign again"
+    );
+
+    // The memory check can fail: plaintext sent to the relay is found there.
+    let plain: Vec<u8> = [b"not sealed ".as_slice(), &pattern].concat();
+    let (_, _, e) = exchange("POST", &relayed, Some(cairn_ohttp::REQUEST_TYPE), plain);
+    let e: Value = serde_json::from_slice(&e).unwrap();
+    assert_eq!(e["code"], "ohttp_key_id", "{e}");
+    assert!(
+        in_memory(relay.pid(), &pattern),
+        "the memory search finds what the relay held"
+    );
+}
+
+#[test]
+fn a_gateway_key_the_registry_does_not_bind_is_refused_before_anything_is_sent() {
+    let devnet = Server::devnet_with(&[]);
+    let data = devnet.dir.path().join("data");
+    let dir = tempfile::tempdir().unwrap();
+    let input = examples().join("digit.json");
+    // The devnet's node key serving a rotated gateway key (id 2): its evidence binds that key,
+    // not the one whose evidence the registry holds.
+    let stale = Server::node(
+        &devnet.url,
+        &[
+            "--key",
+            data.join("chain/node.key").to_str().unwrap(),
+            "--ohttp-key-id",
+            "2",
+            "--attester",
+            "dev",
+        ],
+    );
+    let relay = Server::command(
+        &[
+            "relay",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--gateway",
+            &format!("node={}", devnet.node_url),
+            "--gateway",
+            &format!("stale={}", stale.node_url),
+        ],
+        "relay:",
+    );
+    let before = receipts(&devnet.node_url);
+    let e = failure(&private_infer(
+        dir.path(),
+        &data,
+        &relay.url,
+        &devnet.rpc_url,
+        &input,
+        &["--allow-dev-evidence", "--gateway", "stale"],
+    ));
+    assert!(e.contains("not the one the registry records"), "{e}");
+    // Dev evidence is refused unless asked for.
+    let e = failure(&private_infer(
+        dir.path(),
+        &data,
+        &relay.url,
+        &devnet.rpc_url,
+        &input,
+        &[],
+    ));
+    assert!(e.contains("dev"), "{e}");
+    // The key configuration the node publishes is the one its evidence binds.
+    let info = get_json(&format!("{}/v1/node", devnet.node_url));
+    let (_, media, keys) = exchange(
+        "GET",
+        &format!("{}{}", devnet.node_url, cairn_ohttp::GATEWAY_PATH),
+        None,
+        Vec::new(),
+    );
+    assert_eq!(media, cairn_ohttp::KEYS_TYPE);
+    let config = cairn_ohttp::KeyConfig::decode_list(&keys)
+        .unwrap()
+        .remove(0);
+    assert_eq!(
+        info["ohttp"]["key_config_hash"].as_str().unwrap(),
+        format!("0x{}", data_encoding::HEXLOWER.encode(&config.hash()))
+    );
+    assert_eq!(
+        receipts(&devnet.node_url),
+        before,
+        "nothing was sent to the node"
+    );
+    // Through the good gateway it works (the devnet's own relay).
+    let out = stdout(&private_infer(
+        dir.path(),
+        &data,
+        &devnet.relay_url,
+        &devnet.rpc_url,
+        &input,
+        &["--allow-dev-evidence"],
+    ));
+    assert!(out.contains("label INT64 [1]: [2]"), "{out}");
+}
+
+#[test]
+fn bad_envelopes_get_clear_errors_and_cost_nothing() {
+    let devnet = Server::devnet();
+    let url = format!("{}{}", devnet.node_url, cairn_ohttp::GATEWAY_PATH);
+    let keys = exchange("GET", &url, None, Vec::new()).2;
+    let config = cairn_ohttp::KeyConfig::decode_list(&keys)
+        .unwrap()
+        .remove(0);
+    let req = cairn_ohttp::message::encode_request(
+        &http::Request::get("/v1/node")
+            .body(bytes::Bytes::new())
+            .unwrap(),
+    );
+    let (good, _) = cairn_ohttp::encapsulate(&config, &req).unwrap();
+    let post = |body: Vec<u8>, media: &str| -> (u16, Value) {
+        let (status, _, body) = exchange("POST", &url, Some(media), body);
+        (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+    };
+    let mut tampered = good.clone();
+    *tampered.last_mut().unwrap() ^= 1;
+    let mut wrong_id = good.clone();
+    wrong_id[0] ^= 0x80;
+    let mut suite = good.clone();
+    suite[5..7].copy_from_slice(&0x0002u16.to_be_bytes());
+    for (body, code) in [
+        (good[..20].to_vec(), "ohttp_truncated"),
+        (tampered, "ohttp_decrypt"),
+        (wrong_id, "ohttp_key_id"),
+        (suite, "ohttp_unsupported_suite"),
+    ] {
+        let (status, e) = post(body, cairn_ohttp::REQUEST_TYPE);
+        assert_eq!((status, e["code"].as_str().unwrap()), (400, code), "{e}");
+        assert!(!e["message"].as_str().unwrap().is_empty());
+    }
+    let (status, e) = post(good.clone(), "application/json");
+    assert_eq!(
+        (status, e["code"].as_str().unwrap()),
+        (415, "unsupported_media_type")
+    );
+    let (status, _) = post(vec![0; 80 << 20], cairn_ohttp::REQUEST_TYPE);
+    assert_eq!(status, 413);
+    // An envelope inside an envelope is not served.
+    let inner = cairn_ohttp::message::encode_request(
+        &http::Request::post(cairn_ohttp::GATEWAY_PATH)
+            .header("content-type", cairn_ohttp::REQUEST_TYPE)
+            .body(bytes::Bytes::from(good.clone()))
+            .unwrap(),
+    );
+    let (nested, opener) = cairn_ohttp::encapsulate(&config, &inner).unwrap();
+    let (_, _, sealed) = exchange("POST", &url, Some(cairn_ohttp::REQUEST_TYPE), nested);
+    let answer = cairn_ohttp::message::decode_response(&opener.open(&sealed).unwrap()).unwrap();
+    assert_eq!(answer.status(), 404);
+}
+
+/// A second implementation: a client on PyPI's pyhpke, with OHTTP's framing and Binary HTTP
+/// written apart from Cairn's, calls the node through the devnet's relay.
+#[test]
+fn an_independent_ohttp_client_calls_the_node_through_the_relay() {
+    let py = std::env::var("CAIRN_PY").expect("CAIRN_PY (scripts/test.sh sets it)");
+    let devnet = Server::devnet();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/ohttp_client.py");
+    let out = std::process::Command::new(py)
+        .arg(script)
+        .arg(&devnet.relay_url)
+        .arg("node")
+        .arg(examples().join("digit.json"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("pyhpke: node 0x"), "{text}");
+    assert!(text.contains("pyhpke: digits label 2"), "{text}");
+}

@@ -1,0 +1,339 @@
+//! The Oblivious HTTP relay (RFC 9458 §6.1): clients POST sealed requests here, the relay
+//! forwards each to the gateway it names and streams the sealed answer back.
+//!
+//! What the relay may and may not do, and how this one keeps to it:
+//! - It sees who sends (the client's address) and never what: bodies are sealed to the
+//!   gateway, and the relay passes them through as they stream, keeping none.
+//! - The gateway must not learn who sends: only the body, its media type and its length go on;
+//!   no client header is forwarded, none is added (no `Forwarded`, no `Via`).
+//! - It forwards only to the gateways it is configured for (no open proxy), only the OHTTP
+//!   media types, bodies of bounded size, and a bounded number of requests at once, overall
+//!   and per client address.
+//! - Key configurations (`GET`) are fetched through it too, so even that fetch does not show
+//!   the client's address to the gateway.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use cairn_core::ErrorBody;
+use futures::TryStreamExt;
+
+pub mod client;
+
+/// A gateway the relay forwards to.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct Gateway {
+    /// The name clients address it by (`POST /gateways/{name}`).
+    pub name: String,
+    /// The gateway's resource, e.g. `http://127.0.0.1:7401/.well-known/ohttp-gateway`.
+    pub url: String,
+}
+
+/// The relay's bounds.
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    /// The gateways it forwards to.
+    pub gateways: Vec<Gateway>,
+    /// Largest sealed request body.
+    pub max_body_bytes: usize,
+    /// Requests forwarded at once, over all clients.
+    pub max_in_flight: usize,
+    /// Requests forwarded at once for one client address.
+    pub max_per_client: usize,
+    /// How long a gateway may take to start answering, and to send each next piece.
+    pub gateway_timeout: Duration,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self {
+            gateways: Vec::new(),
+            max_body_bytes: (64 << 20) + (64 << 10),
+            max_in_flight: 256,
+            max_per_client: 16,
+            gateway_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Why the relay did not forward a request.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    /// The relay is configured for no gateway of that name.
+    #[error("this relay forwards to no gateway named {0:?}; GET /gateways lists them")]
+    UnknownGateway(String),
+    /// Not an OHTTP media type.
+    #[error("the relay forwards only {0} bodies")]
+    MediaType(String),
+    /// Body over the bound.
+    #[error("the sealed request is over {0} bytes")]
+    TooLarge(usize),
+    /// Too many requests at once from this client or overall.
+    #[error("{0}; retry in a moment")]
+    Busy(String),
+    /// The gateway could not be reached or failed.
+    #[error("the gateway did not answer: {0}")]
+    Gateway(String),
+}
+
+impl RelayError {
+    fn status(&self) -> StatusCode {
+        match self {
+            Self::UnknownGateway(_) => StatusCode::NOT_FOUND,
+            Self::MediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Busy(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::Gateway(_) => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    fn code(&self) -> &'static str {
+        match self {
+            Self::UnknownGateway(_) => "unknown_gateway",
+            Self::MediaType(_) => "unsupported_media_type",
+            Self::TooLarge(_) => "body_too_large",
+            Self::Busy(_) => "relay_busy",
+            Self::Gateway(_) => "gateway_unavailable",
+        }
+    }
+}
+
+impl IntoResponse for RelayError {
+    fn into_response(self) -> Response {
+        let mut r = (
+            self.status(),
+            axum::Json(ErrorBody::new(self.code(), self.to_string())),
+        )
+            .into_response();
+        if matches!(self, Self::Busy(_)) {
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        }
+        r
+    }
+}
+
+struct Inner {
+    config: RelayConfig,
+    gateways: HashMap<String, String>,
+    http: reqwest::Client,
+    in_flight: Arc<tokio::sync::Semaphore>,
+    per_client: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// The relay's state.
+#[derive(Clone)]
+pub struct Relay(Arc<Inner>);
+
+/// A request slot held for one client until its answer has been streamed.
+struct Slot {
+    relay: Relay,
+    ip: IpAddr,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut m = self.relay.0.per_client.lock().expect("not poisoned");
+        if let Some(n) = m.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.ip);
+            }
+        }
+    }
+}
+
+impl Relay {
+    /// A relay for `config`'s gateways.
+    pub fn new(config: RelayConfig) -> Result<Self, RelayError> {
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(Duration::from_secs(5))
+            .read_timeout(config.gateway_timeout)
+            .build()
+            .map_err(|e| RelayError::Gateway(e.to_string()))?;
+        let gateways = config
+            .gateways
+            .iter()
+            .map(|g| (g.name.clone(), g.url.clone()))
+            .collect();
+        Ok(Self(Arc::new(Inner {
+            in_flight: Arc::new(tokio::sync::Semaphore::new(config.max_in_flight)),
+            config,
+            gateways,
+            http,
+            per_client: Mutex::new(HashMap::new()),
+        })))
+    }
+
+    /// The relay's routes: `GET /gateways`, and per gateway `GET` (its key configurations)
+    /// and `POST` (a sealed request) at `/gateways/{name}`.
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/gateways", get(list))
+            .route("/gateways/{name}", get(keys).post(forward))
+            .with_state(self.clone())
+    }
+
+    fn gateway(&self, name: &str) -> Result<&str, RelayError> {
+        self.0
+            .gateways
+            .get(name)
+            .map(String::as_str)
+            .ok_or_else(|| RelayError::UnknownGateway(name.chars().take(64).collect()))
+    }
+
+    fn slot(&self, ip: IpAddr) -> Result<Slot, RelayError> {
+        let permit = self
+            .0
+            .in_flight
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| RelayError::Busy("the relay is forwarding all it can".into()))?;
+        let mut m = self.0.per_client.lock().expect("not poisoned");
+        let n = m.entry(ip).or_default();
+        if *n >= self.0.config.max_per_client {
+            return Err(RelayError::Busy(format!(
+                "{} requests from this address are in flight already",
+                self.0.config.max_per_client
+            )));
+        }
+        *n += 1;
+        Ok(Slot {
+            relay: self.clone(),
+            ip,
+            _permit: permit,
+        })
+    }
+}
+
+/// `GET /gateways`: the gateways this relay forwards to.
+async fn list(State(r): State<Relay>) -> axum::Json<Vec<Gateway>> {
+    axum::Json(r.0.config.gateways.clone())
+}
+
+/// `GET /gateways/{name}`: the gateway's key configurations, fetched for the client.
+async fn keys(
+    State(r): State<Relay>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(name): Path<String>,
+) -> Result<Response, RelayError> {
+    let url = r.gateway(&name)?.to_owned();
+    let slot = r.slot(peer.ip())?;
+    let resp =
+        r.0.http
+            .get(&url)
+            .send()
+            .await
+            .map_err(|e| RelayError::Gateway(e.without_url().to_string()))?;
+    pass_back(resp, slot, cairn_ohttp::KEYS_TYPE)
+}
+
+/// `POST /gateways/{name}`: forwards a sealed request, streams the sealed answer back.
+async fn forward(
+    State(r): State<Relay>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, RelayError> {
+    let url = r.gateway(&name)?.to_owned();
+    let media = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        });
+    let (media, answer_type) = match media.as_deref() {
+        Some(m @ cairn_ohttp::REQUEST_TYPE) => (m.to_owned(), cairn_ohttp::RESPONSE_TYPE),
+        Some(m @ cairn_ohttp::CHUNKED_REQUEST_TYPE) => {
+            (m.to_owned(), cairn_ohttp::CHUNKED_RESPONSE_TYPE)
+        }
+        _ => {
+            return Err(RelayError::MediaType(format!(
+                "{} and {}",
+                cairn_ohttp::REQUEST_TYPE,
+                cairn_ohttp::CHUNKED_REQUEST_TYPE
+            )));
+        }
+    };
+    let max = r.0.config.max_body_bytes;
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > max) {
+        return Err(RelayError::TooLarge(max));
+    }
+    let slot = r.slot(peer.ip())?;
+    // The request is read whole (bounded) before it goes on, so a slow client holds a slot,
+    // not a connection to the gateway.
+    let sealed = axum::body::to_bytes(body, max)
+        .await
+        .map_err(|_| RelayError::TooLarge(max))?;
+    let resp =
+        r.0.http
+            .post(&url)
+            .header(header::CONTENT_TYPE, media)
+            .body(sealed)
+            .send()
+            .await
+            .map_err(|e| RelayError::Gateway(e.without_url().to_string()))?;
+    pass_back(resp, slot, answer_type)
+}
+
+/// The gateway's answer, streamed back with only its status, media type and (for chunked
+/// answers) `Incremental`; the slot is held until the last byte has gone.
+fn pass_back(
+    resp: reqwest::Response,
+    slot: Slot,
+    expected: &'static str,
+) -> Result<Response, RelayError> {
+    let status = resp.status();
+    let media = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .cloned()
+        .unwrap_or_else(|| header::HeaderValue::from_static("application/octet-stream"));
+    let stream = resp.bytes_stream().map_ok(move |b| {
+        let _held = &slot;
+        b
+    });
+    let mut out = Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, media)
+        .header(header::CACHE_CONTROL, "no-store");
+    if expected == cairn_ohttp::CHUNKED_RESPONSE_TYPE {
+        out = out.header("incremental", "?1");
+    }
+    out.body(Body::from_stream(stream))
+        .map_err(|e| RelayError::Gateway(e.to_string()))
+}
+
+/// Serves the relay on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    relay: Relay,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = relay
+        .router()
+        .into_make_service_with_connect_info::<SocketAddr>();
+    let listener =
+        axum::serve::ListenerExt::tap_io(cairn_serve::LingeringListener::new(listener), |_| {});
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}

@@ -1,0 +1,196 @@
+//! The relay against a gateway that records what reaches it, over real sockets on 127.0.0.1.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use axum::http::HeaderMap;
+use cairn_ohttp::{GatewayKey, message};
+use cairn_relay::{Gateway, Relay, RelayConfig, client::PrivateRoute};
+
+/// What the gateway saw of each request: its headers and the address it came from.
+type Seen = Arc<Mutex<Vec<(HeaderMap, SocketAddr)>>>;
+
+/// A gateway (the real decapsulation) that answers every request with its own path and
+/// records what reached it.
+async fn recording_gateway() -> (String, Seen, GatewayKey) {
+    let key = GatewayKey::derive(1, &[9; 32]);
+    let seen: Seen = Default::default();
+    let (k, s) = (key.clone(), seen.clone());
+    let app = axum::Router::new().route(
+        cairn_ohttp::GATEWAY_PATH,
+        axum::routing::get({
+            let k = k.clone();
+            move || async move {
+                cairn_ohttp::KeyConfig::encode_list(&[k.config()])
+                    .into_response_with(cairn_ohttp::KEYS_TYPE)
+            }
+        })
+        .post(
+            move |axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<SocketAddr>,
+                  headers: HeaderMap,
+                  body: axum::body::Bytes| async move {
+                s.lock().unwrap().push((headers, peer));
+                let (plain, sealer) = k.decapsulate(&body).unwrap();
+                let req = message::decode_request(&plain).unwrap();
+                let answer = message::encode_response(
+                    axum::http::StatusCode::OK,
+                    &HeaderMap::new(),
+                    req.uri().path().as_bytes(),
+                );
+                sealer
+                    .seal(&answer)
+                    .into_response_with(cairn_ohttp::RESPONSE_TYPE)
+            },
+        ),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!(
+        "http://{}{}",
+        listener.local_addr().unwrap(),
+        cairn_ohttp::GATEWAY_PATH
+    );
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+    });
+    (url, seen, key)
+}
+
+trait IntoResponseWith {
+    fn into_response_with(self, media: &'static str) -> axum::response::Response;
+}
+
+impl IntoResponseWith for Vec<u8> {
+    fn into_response_with(self, media: &'static str) -> axum::response::Response {
+        use axum::response::IntoResponse;
+        ([(axum::http::header::CONTENT_TYPE, media)], self).into_response()
+    }
+}
+
+async fn relay(gateways: Vec<Gateway>, max_per_client: usize) -> String {
+    let relay = Relay::new(RelayConfig {
+        gateways,
+        max_body_bytes: 4096,
+        max_per_client,
+        ..Default::default()
+    })
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(cairn_relay::serve(listener, relay, std::future::pending()));
+    url
+}
+
+#[tokio::test]
+async fn the_gateway_gets_the_sealed_body_and_nothing_that_names_the_client() {
+    let (gw, seen, _) = recording_gateway().await;
+    let relay = relay(
+        vec![Gateway {
+            name: "g".into(),
+            url: gw,
+        }],
+        16,
+    )
+    .await;
+    let route = PrivateRoute::open(&relay, "g").await.unwrap();
+    let req = axum::http::Request::get("/v2/health/live")
+        .header("x-forwarded-for", "203.0.113.7")
+        .header("cookie", "session=secret")
+        .body(bytes::Bytes::new())
+        .unwrap();
+    let resp = route.send(req).await.unwrap();
+    assert_eq!(resp.body().as_ref(), b"/v2/health/live");
+    // Headers the client sends to the relay itself do not reach the gateway either.
+    let http = reqwest::Client::new();
+    let (sealed, _) = cairn_ohttp::encapsulate(
+        route.key_config(),
+        &message::encode_request(
+            &axum::http::Request::get("/x")
+                .body(bytes::Bytes::new())
+                .unwrap(),
+        ),
+    )
+    .unwrap();
+    let r = http
+        .post(format!("{relay}/gateways/g"))
+        .header("content-type", cairn_ohttp::REQUEST_TYPE)
+        .header("x-forwarded-for", "203.0.113.7")
+        .header("forwarded", "for=203.0.113.7")
+        .header("user-agent", "client-fingerprint/1.0")
+        .header("cookie", "session=secret")
+        .body(sealed)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 2);
+    for (headers, peer) in seen.iter() {
+        let mut names: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
+        names.sort();
+        assert_eq!(
+            names,
+            ["accept", "content-length", "content-type", "host"],
+            "{headers:?}"
+        );
+        assert_eq!(headers["accept"], "*/*");
+        assert!(peer.ip().is_loopback());
+    }
+}
+
+#[tokio::test]
+async fn the_relay_forwards_only_to_its_gateways_only_ohttp_and_only_so_much() {
+    let (gw, seen, key) = recording_gateway().await;
+    let relay = relay(
+        vec![Gateway {
+            name: "g".into(),
+            url: gw,
+        }],
+        16,
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let post = |path: &str, media: &str, body: Vec<u8>| {
+        http.post(format!("{relay}{path}"))
+            .header("content-type", media)
+            .body(body)
+            .send()
+    };
+    let (sealed, _) = cairn_ohttp::encapsulate(key.config(), b"x").unwrap();
+    let r = post("/gateways/other", cairn_ohttp::REQUEST_TYPE, sealed.clone())
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["code"], "unknown_gateway");
+    let r = post("/gateways/g", "application/json", sealed)
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 415);
+    let r = post("/gateways/g", cairn_ohttp::REQUEST_TYPE, vec![0; 5000])
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    // Nothing of these reached the gateway.
+    assert!(seen.lock().unwrap().is_empty());
+    let r = http.get(format!("{relay}/gateways")).send().await.unwrap();
+    let list: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(list[0]["name"], "g");
+}
+
+#[tokio::test]
+async fn a_gateway_that_is_down_is_a_clear_502() {
+    let relay = relay(
+        vec![Gateway {
+            name: "gone".into(),
+            url: "http://127.0.0.1:9/.well-known/ohttp-gateway".into(),
+        }],
+        16,
+    )
+    .await;
+    let e = PrivateRoute::open(&relay, "gone").await.err().unwrap();
+    assert!(e.to_string().contains("gateway_unavailable"), "{e}");
+}
