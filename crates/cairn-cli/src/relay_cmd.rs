@@ -89,9 +89,10 @@ pub async fn run(cmd: RelayCommand) -> anyhow::Result<()> {
 #[derive(clap::Args, Clone, Debug)]
 pub struct PrivateArgs {
     /// Send every request sealed to the node's gateway key (Oblivious HTTP, RFC 9458) through
-    /// --relay: the relay sees you but not what you ask, the node sees what you ask but not who
-    /// you are. The payment travels inside the envelope. The gateway key is checked against the
-    /// node's attestation before anything is sent.
+    /// --relay: the relay sees your address but not what you ask, the node sees what you ask
+    /// but not your address (a payment still names your account to the node). The node is the
+    /// one registered at --node; its gateway key is checked against the evidence the registry
+    /// records for it before anything is sent.
     #[arg(long, requires = "relay")]
     pub private: bool,
     /// The relay (`cairn relay serve`; the devnet prints its own).
@@ -127,16 +128,26 @@ impl PrivateArgs {
             return Ok((node.to_owned(), None));
         }
         let relay = self.relay.as_deref().expect("clap requires --relay");
-        let route = PrivateRoute::open(relay, &self.gateway)
-            .await
-            .context("fetching the gateway's key configuration through the relay")?;
-        let info: cairn_node_api::NodeInfo = get_json(&route, "/v1/node").await?;
-        let evidence: cairn_attest::Evidence = get_json(&route, "/v1/attestation").await?;
+        // The node meant is the one registered at `node`: the relay picks the gateway, so
+        // whatever answers there must prove to be that node, not just any registered one.
         let chain = self
             .chain
             .connect()
             .await
             .context("--private checks the node against the registry")?;
+        let expected = registered_at(&chain, node).await?;
+        let route = PrivateRoute::open(relay, &self.gateway)
+            .await
+            .context("fetching the gateway's key configuration through the relay")?;
+        let info: cairn_node_api::NodeInfo = get_json(&route, "/v1/node").await?;
+        let evidence: cairn_attest::Evidence = get_json(&route, "/v1/attestation").await?;
+        if info.address != expected {
+            bail!(
+                "the gateway `{}` at the relay speaks for {}, not for {expected}, the node registered at {node}",
+                self.gateway,
+                info.address
+            );
+        }
         let entry = chain.node(info.address).await?;
         if !entry.active || entry.role != Some(cairn_ledger::Role::Inference) {
             bail!(
@@ -161,6 +172,22 @@ impl PrivateArgs {
         );
         Ok((format!("http://{addr}"), Some(Proxy(task))))
     }
+}
+
+/// The active inference node whose registered endpoint is `node`.
+async fn registered_at(
+    chain: &cairn_ledger::Chain,
+    node: &str,
+) -> anyhow::Result<alloy_primitives::Address> {
+    let want = node.trim_end_matches('/');
+    for a in chain.active_nodes(cairn_ledger::Role::Inference).await? {
+        if chain.node(a).await?.endpoint.trim_end_matches('/') == want {
+            return Ok(a);
+        }
+    }
+    bail!(
+        "no active inference node is registered at {node}; pass --node as the registry lists it (cairn nodes)"
+    )
 }
 
 async fn get_json<T: serde::de::DeserializeOwned>(

@@ -125,6 +125,7 @@ fn receipts(node: &str) -> i64 {
 fn private_infer(
     dir: &Path,
     data: &Path,
+    node: &str,
     relay: &str,
     rpc: &str,
     input: &Path,
@@ -138,6 +139,8 @@ fn private_infer(
         &path(input),
         "--payer-key",
         &path(&data.join("chain/payer.key")),
+        "--node",
+        node,
         "--private",
         "--relay",
         relay,
@@ -180,6 +183,7 @@ fn a_private_call_is_paid_through_the_relay_which_never_holds_the_plaintext() {
     let out = stdout(&private_infer(
         dir.path(),
         &data,
+        &devnet.node_url,
         &observer,
         &devnet.rpc_url,
         &input,
@@ -274,9 +278,33 @@ fn a_gateway_key_the_registry_does_not_bind_is_refused_before_anything_is_sent()
         "relay:",
     );
     let before = receipts(&devnet.node_url);
+    // Another node's gateway (a key of its own) where the registered node's is expected.
+    let other = Server::node(&devnet.url, &["--attester", "dev"]);
+    let relay2 = Server::command(
+        &[
+            "relay",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--gateway",
+            &format!("node={}", other.node_url),
+        ],
+        "relay:",
+    );
     let e = failure(&private_infer(
         dir.path(),
         &data,
+        &devnet.node_url,
+        &relay2.url,
+        &devnet.rpc_url,
+        &input,
+        &["--allow-dev-evidence"],
+    ));
+    assert!(e.contains("speaks for"), "{e}");
+    let e = failure(&private_infer(
+        dir.path(),
+        &data,
+        &devnet.node_url,
         &relay.url,
         &devnet.rpc_url,
         &input,
@@ -287,6 +315,7 @@ fn a_gateway_key_the_registry_does_not_bind_is_refused_before_anything_is_sent()
     let e = failure(&private_infer(
         dir.path(),
         &data,
+        &devnet.node_url,
         &relay.url,
         &devnet.rpc_url,
         &input,
@@ -318,6 +347,7 @@ fn a_gateway_key_the_registry_does_not_bind_is_refused_before_anything_is_sent()
     let out = stdout(&private_infer(
         dir.path(),
         &data,
+        &devnet.node_url,
         &devnet.relay_url,
         &devnet.rpc_url,
         &input,

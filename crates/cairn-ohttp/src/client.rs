@@ -124,6 +124,10 @@ impl ChunkedOpener {
         self.buf.extend_from_slice(bytes);
         let mut out = Vec::new();
         if self.in_final {
+            // The final chunk is opened only at the end: what it may hold is bounded.
+            if self.buf.len() as u64 > MAX_RESPONSE_CHUNK + 16 {
+                return Err(OhttpError::Chunk("a final chunk longer than 1 MiB"));
+            }
             return Ok(out);
         }
         if self.ctx.is_none() {
@@ -154,6 +158,9 @@ impl ChunkedOpener {
             at += n + len;
         }
         self.buf.drain(..at);
+        if self.in_final && self.buf.len() as u64 > MAX_RESPONSE_CHUNK + 16 {
+            return Err(OhttpError::Chunk("a final chunk longer than 1 MiB"));
+        }
         Ok(out)
     }
 

@@ -138,6 +138,7 @@ pub enum Streamed {
 pub struct StreamedReader {
     buf: Vec<u8>,
     state: ReadState,
+    informational: u8,
 }
 
 #[derive(Default, PartialEq)]
@@ -207,6 +208,10 @@ impl StreamedReader {
                         if s < 200 {
                             // An informational response: its fields are dropped, the next
                             // status follows.
+                            self.informational += 1;
+                            if self.informational > 8 {
+                                return Err(bad("more than 8 informational responses"));
+                            }
                             self.state = ReadState::Status;
                         } else {
                             let status = StatusCode::from_u16(s).map_err(bad)?;
@@ -217,6 +222,9 @@ impl StreamedReader {
                     }
                     if name_len > MAX_FIELD {
                         return Err(bad("a field name longer than 64 KiB"));
+                    }
+                    if headers.len() >= 256 {
+                        return Err(bad("more than 256 header fields"));
                     }
                     let name_end = n + name_len as usize;
                     let Some((val_len, m)) = rest.get(name_end..).and_then(crate::get_varint)

@@ -36,6 +36,9 @@ pub enum PrivateError {
     Key(String),
 }
 
+/// The largest answer read (a node keeps at most 256 MiB of outputs; JSON takes more).
+const MAX_ANSWER_BYTES: usize = 1 << 30;
+
 /// A gateway reached through a relay, with the key configuration requests are sealed to.
 #[derive(Clone)]
 pub struct PrivateRoute {
@@ -62,6 +65,8 @@ impl PrivateRoute {
         let url = format!("{}/gateways/{name}", relay.trim_end_matches('/'));
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(std::time::Duration::from_secs(10))
+            .read_timeout(std::time::Duration::from_secs(120))
             .build()
             .map_err(|e| relay_error(&url, e))?;
         let resp = http
@@ -104,8 +109,14 @@ impl PrivateRoute {
             .send()
             .await
             .map_err(|e| relay_error(&self.url, e))?;
-        let resp = checked(&self.url, resp, cairn_ohttp::RESPONSE_TYPE).await?;
-        let body = resp.bytes().await.map_err(|e| relay_error(&self.url, e))?;
+        let mut resp = checked(&self.url, resp, cairn_ohttp::RESPONSE_TYPE).await?;
+        let mut body = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(|e| relay_error(&self.url, e))? {
+            body.extend_from_slice(&chunk);
+            if body.len() > MAX_ANSWER_BYTES {
+                return Err(OhttpError::Chunk("an answer over 1 GiB").into());
+            }
+        }
         Ok(message::decode_response(&opener.open(&body)?)?)
     }
 
@@ -188,18 +199,9 @@ impl PrivateRoute {
             .method(parts.method)
             .uri(parts.uri.path_and_query().map_or("/", |p| p.as_str()));
         for (name, value) in &parts.headers {
-            // Hop-by-hop and connection headers stay here; the rest is the caller's request.
-            if !matches!(
-                name.as_str(),
-                "host"
-                    | "connection"
-                    | "content-length"
-                    | "transfer-encoding"
-                    | "keep-alive"
-                    | "proxy-connection"
-                    | "te"
-                    | "upgrade"
-            ) {
+            // Only what the call needs goes inside: a client's user agent, cookies, bearer
+            // tokens or platform headers would let the node link its calls.
+            if forwarded(name.as_str()) {
                 inner = inner.header(name, value);
             }
         }
@@ -239,6 +241,19 @@ impl PrivateRoute {
             ),
         }
     }
+}
+
+/// The request headers the proxy seals into a call (allow-list): the body's type and framing,
+/// what answer is accepted, the x402 payment headers and Cairn's own.
+fn forwarded(name: &str) -> bool {
+    matches!(
+        name,
+        "content-type"
+            | "accept"
+            | "inference-header-content-length"
+            | "payment-signature"
+            | "x-payment"
+    ) || name.starts_with("cairn-")
 }
 
 fn error(status: http::StatusCode, code: &str, message: String) -> Response {

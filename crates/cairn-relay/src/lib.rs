@@ -50,6 +50,10 @@ pub struct RelayConfig {
     pub max_per_client: usize,
     /// How long a gateway may take to start answering, and to send each next piece.
     pub gateway_timeout: Duration,
+    /// Longest a client may take to send its sealed request.
+    pub body_timeout: Duration,
+    /// Memory for sealed requests being held at once, over all clients.
+    pub body_budget_bytes: usize,
 }
 
 impl Default for RelayConfig {
@@ -60,6 +64,8 @@ impl Default for RelayConfig {
             max_in_flight: 256,
             max_per_client: 16,
             gateway_timeout: Duration::from_secs(60),
+            body_timeout: Duration::from_secs(10),
+            body_budget_bytes: 256 << 20,
         }
     }
 }
@@ -82,6 +88,9 @@ pub enum RelayError {
     /// The gateway could not be reached or failed.
     #[error("the gateway did not answer: {0}")]
     Gateway(String),
+    /// The request did not arrive within the body deadline.
+    #[error("the request did not arrive within {0:?}; send it at once")]
+    Slow(Duration),
 }
 
 impl RelayError {
@@ -92,6 +101,7 @@ impl RelayError {
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Busy(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::Gateway(_) => StatusCode::BAD_GATEWAY,
+            Self::Slow(_) => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
@@ -102,6 +112,7 @@ impl RelayError {
             Self::TooLarge(_) => "body_too_large",
             Self::Busy(_) => "relay_busy",
             Self::Gateway(_) => "gateway_unavailable",
+            Self::Slow(_) => "request_timeout",
         }
     }
 }
@@ -127,6 +138,8 @@ struct Inner {
     http: reqwest::Client,
     in_flight: Arc<tokio::sync::Semaphore>,
     per_client: Mutex<HashMap<IpAddr, usize>>,
+    /// Sealed request bytes held, in KiB permits.
+    body_budget: Arc<tokio::sync::Semaphore>,
 }
 
 /// The relay's state.
@@ -168,6 +181,9 @@ impl Relay {
             .collect();
         Ok(Self(Arc::new(Inner {
             in_flight: Arc::new(tokio::sync::Semaphore::new(config.max_in_flight)),
+            body_budget: Arc::new(tokio::sync::Semaphore::new(
+                (config.body_budget_bytes / 1024).max(1),
+            )),
             config,
             gateways,
             http,
@@ -193,6 +209,7 @@ impl Relay {
     }
 
     fn slot(&self, ip: IpAddr) -> Result<Slot, RelayError> {
+        let ip = client_of(ip);
         let permit = self
             .0
             .in_flight
@@ -213,6 +230,21 @@ impl Relay {
             ip,
             _permit: permit,
         })
+    }
+}
+
+/// Whom a request counts against: its IPv4 address, or its IPv6 /64 (one host holds a /64,
+/// so counting single IPv6 addresses would be no bound).
+fn client_of(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
     }
 }
 
@@ -278,11 +310,9 @@ async fn forward(
         return Err(RelayError::TooLarge(max));
     }
     let slot = r.slot(peer.ip())?;
-    // The request is read whole (bounded) before it goes on, so a slow client holds a slot,
-    // not a connection to the gateway.
-    let sealed = axum::body::to_bytes(body, max)
-        .await
-        .map_err(|_| RelayError::TooLarge(max))?;
+    // The request is read whole (bounded in size, time and shared memory) before it goes on,
+    // so a slow client holds a slot for a while, never a connection to the gateway.
+    let (sealed, held) = read_body(&r, body, max).await?;
     let resp =
         r.0.http
             .post(&url)
@@ -291,7 +321,55 @@ async fn forward(
             .send()
             .await
             .map_err(|e| RelayError::Gateway(e.without_url().to_string()))?;
+    drop(held);
     pass_back(resp, slot, answer_type)
+}
+
+/// Reads a sealed request of at most `max` bytes within the body deadline, holding budget for
+/// its bytes as they arrive; the budget is given back once the request has gone on.
+async fn read_body(
+    r: &Relay,
+    body: Body,
+    max: usize,
+) -> Result<(bytes::Bytes, Option<tokio::sync::OwnedSemaphorePermit>), RelayError> {
+    use http_body_util::BodyExt;
+    let read = async {
+        let mut body = body;
+        let mut buf = Vec::new();
+        let mut held: Option<tokio::sync::OwnedSemaphorePermit> = None;
+        while let Some(frame) = body.frame().await {
+            let frame =
+                frame.map_err(|e| RelayError::Gateway(format!("reading the request: {e}")))?;
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            if buf.len() + data.len() > max {
+                return Err(RelayError::TooLarge(max));
+            }
+            buf.extend_from_slice(&data);
+            let want = buf.len().div_ceil(1024) as u32;
+            let have = held.as_ref().map_or(0, |p| p.num_permits() as u32);
+            if want > have {
+                let more =
+                    r.0.body_budget
+                        .clone()
+                        .try_acquire_many_owned(want - have)
+                        .map_err(|_| {
+                            RelayError::Busy(
+                                "the relay holds all the requests it has memory for".into(),
+                            )
+                        })?;
+                match held.as_mut() {
+                    Some(h) => h.merge(more),
+                    None => held = Some(more),
+                }
+            }
+        }
+        Ok((bytes::Bytes::from(buf), held))
+    };
+    tokio::time::timeout(r.0.config.body_timeout, read)
+        .await
+        .map_err(|_| RelayError::Slow(r.0.config.body_timeout))?
 }
 
 /// The gateway's answer, streamed back with only its status, media type and (for chunked
@@ -336,4 +414,21 @@ pub async fn serve(
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::client_of;
+    use std::net::IpAddr;
+
+    #[test]
+    fn ipv6_clients_count_by_their_64_and_mapped_v4_as_v4() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:bbbb::9".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(client_of(a), client_of(b));
+        assert_ne!(client_of(a), client_of(c));
+        let mapped: IpAddr = "::ffff:203.0.113.7".parse().unwrap();
+        assert_eq!(client_of(mapped), "203.0.113.7".parse::<IpAddr>().unwrap());
+    }
 }

@@ -29,13 +29,31 @@ async fn recording_gateway() -> (String, Seen, GatewayKey) {
             move |axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<SocketAddr>,
                   headers: HeaderMap,
                   body: axum::body::Bytes| async move {
+                let chunked = headers["content-type"] == cairn_ohttp::CHUNKED_REQUEST_TYPE;
                 s.lock().unwrap().push((headers, peer));
+                // The answer names the inner request's path and header names.
+                let answer = |req: axum::http::Request<bytes::Bytes>| {
+                    let mut names: Vec<&str> = req.headers().keys().map(|k| k.as_str()).collect();
+                    names.sort();
+                    format!("{} {}", req.uri().path(), names.join(",")).into_bytes()
+                };
+                if chunked {
+                    let (plain, mut sealer) = k.decapsulate_chunked(&body).unwrap();
+                    let content = answer(message::decode_request(&plain).unwrap());
+                    let mut out = sealer.chunk(&message::StreamedResponse::head(
+                        axum::http::StatusCode::OK,
+                        &HeaderMap::new(),
+                    ));
+                    out.extend(sealer.chunk(&message::StreamedResponse::content(&content)));
+                    out.extend(sealer.finish(&message::StreamedResponse::end()));
+                    return out.into_response_with(cairn_ohttp::CHUNKED_RESPONSE_TYPE);
+                }
                 let (plain, sealer) = k.decapsulate(&body).unwrap();
-                let req = message::decode_request(&plain).unwrap();
+                let content = answer(message::decode_request(&plain).unwrap());
                 let answer = message::encode_response(
                     axum::http::StatusCode::OK,
                     &HeaderMap::new(),
-                    req.uri().path().as_bytes(),
+                    &content,
                 );
                 sealer
                     .seal(&answer)
@@ -71,13 +89,17 @@ impl IntoResponseWith for Vec<u8> {
 }
 
 async fn relay(gateways: Vec<Gateway>, max_per_client: usize) -> String {
-    let relay = Relay::new(RelayConfig {
+    relay_with(RelayConfig {
         gateways,
         max_body_bytes: 4096,
         max_per_client,
         ..Default::default()
     })
-    .unwrap();
+    .await
+}
+
+async fn relay_with(config: RelayConfig) -> String {
+    let relay = Relay::new(config).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(cairn_relay::serve(listener, relay, std::future::pending()));
@@ -102,7 +124,11 @@ async fn the_gateway_gets_the_sealed_body_and_nothing_that_names_the_client() {
         .body(bytes::Bytes::new())
         .unwrap();
     let resp = route.send(req).await.unwrap();
-    assert_eq!(resp.body().as_ref(), b"/v2/health/live");
+    // The library sends what it is given: the caller chose these headers.
+    assert_eq!(
+        resp.body().as_ref(),
+        b"/v2/health/live cookie,x-forwarded-for"
+    );
     // Headers the client sends to the relay itself do not reach the gateway either.
     let http = reqwest::Client::new();
     let (sealed, _) = cairn_ohttp::encapsulate(
@@ -193,4 +219,69 @@ async fn a_gateway_that_is_down_is_a_clear_502() {
     .await;
     let e = PrivateRoute::open(&relay, "gone").await.err().unwrap();
     assert!(e.to_string().contains("gateway_unavailable"), "{e}");
+}
+
+#[tokio::test]
+async fn the_local_proxy_seals_only_what_a_call_needs() {
+    let (gw, _, _) = recording_gateway().await;
+    let relay = relay(
+        vec![Gateway {
+            name: "g".into(),
+            url: gw,
+        }],
+        16,
+    )
+    .await;
+    let route = PrivateRoute::open(&relay, "g").await.unwrap();
+    let (addr, _task) = route.local_proxy(1 << 20).await.unwrap();
+    let r = reqwest::Client::new()
+        .post(format!("http://{addr}/v2/models/m/infer"))
+        .header("content-type", "application/json")
+        .header("payment-signature", "abc")
+        .header("cairn-receipt-seal", "batch")
+        .header("user-agent", "fingerprint/1.0")
+        .header("authorization", "Bearer stable-token")
+        .header("cookie", "session=1")
+        .header("x-stainless-os", "Linux")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.text().await.unwrap(),
+        "/v2/models/m/infer accept,cairn-receipt-seal,content-type,payment-signature"
+    );
+}
+
+#[tokio::test]
+async fn a_request_that_trickles_in_is_cut_off_and_holds_nothing() {
+    let (gw, seen, _) = recording_gateway().await;
+    let relay = relay_with(RelayConfig {
+        gateways: vec![Gateway {
+            name: "g".into(),
+            url: gw,
+        }],
+        body_timeout: std::time::Duration::from_millis(300),
+        ..Default::default()
+    })
+    .await;
+    let slow = futures::stream::unfold(0, |i| async move {
+        if i == 3 {
+            return None;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        Some((Ok::<_, std::io::Error>(vec![0u8; 10]), i + 1))
+    });
+    let r = reqwest::Client::new()
+        .post(format!("{relay}/gateways/g"))
+        .header("content-type", cairn_ohttp::REQUEST_TYPE)
+        .body(reqwest::Body::wrap_stream(slow))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 408);
+    let e: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(e["code"], "request_timeout");
+    assert!(seen.lock().unwrap().is_empty());
 }

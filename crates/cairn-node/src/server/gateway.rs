@@ -12,8 +12,11 @@ use cairn_ohttp::message::{self, StreamedResponse};
 use cairn_ohttp::{ChunkedSealer, KeyConfig, OhttpError};
 use tower::ServiceExt;
 
-/// Room for the Binary HTTP framing and the encapsulation around the largest inner body.
-const ENVELOPE_OVERHEAD: usize = 64 << 10;
+/// Room for the Binary HTTP framing and the encapsulation around an inner body of `max` bytes:
+/// headers, and a chunk's length and tag per 16 KiB.
+fn envelope_overhead(max: usize) -> usize {
+    (64 << 10) + max.div_ceil(cairn_ohttp::MAX_CHUNK) * 32
+}
 
 /// The gateway's routes, serving inner requests with `inner`.
 pub(super) fn routes(state: NodeState, inner: Router) -> Router {
@@ -77,20 +80,36 @@ async fn gateway(
             )));
         }
     };
-    let max = i.limits.max_body_bytes + ENVELOPE_OVERHEAD;
-    let (sealed, _reading) = read_body(body, max, i.limits.body_timeout, &i.body_budget)
+    let max = i.limits.max_body_bytes + envelope_overhead(i.limits.max_body_bytes);
+    let (sealed, reading) = read_body(body, max, i.limits.body_timeout, &i.body_budget)
         .await
         .map_err(|e| read_error(e, i))?;
-    // Opening costs an X25519 and a few hashes: refused bodies cost no more than that.
+    // Opening costs an X25519 and a few hashes: refused bodies cost no more than that. The
+    // envelope and its budget go before the inner request is served (which reads its body
+    // against the budget again).
     if !chunked {
         let (plain, sealer) = i.ohttp.decapsulate(&sealed)?;
-        let resp = serve_inner(inner, &plain).await?;
+        drop((sealed, reading));
+        let resp = serve_inner(inner, plain).await?;
         let (parts, body) = resp.into_parts();
-        let limit = i.limits.max_output_bytes + ENVELOPE_OVERHEAD;
-        let body = axum::body::to_bytes(body, limit)
-            .await
-            .map_err(|e| NodeError::Internal(format!("the inner answer: {e}")))?;
-        let answer = message::encode_response(parts.status, &parts.headers, &body);
+        // A whole answer is held to be sealed: JSON tensors take a few times their bytes.
+        let limit = i.limits.max_output_bytes.saturating_mul(4) + (1 << 20);
+        let answer = match axum::body::to_bytes(body, limit).await {
+            Ok(body) => message::encode_response(parts.status, &parts.headers, &body),
+            // Said inside the envelope: the relay learns nothing of it.
+            Err(e) => {
+                let e = NodeError::Internal(format!(
+                    "the answer could not be sealed whole ({e}); send the request as {} to have it streamed",
+                    cairn_ohttp::CHUNKED_REQUEST_TYPE
+                ))
+                .into_response();
+                let (parts, body) = e.into_parts();
+                let body = axum::body::to_bytes(body, 1 << 16)
+                    .await
+                    .unwrap_or_default();
+                message::encode_response(parts.status, &parts.headers, &body)
+            }
+        };
         return Ok((
             [
                 (header::CONTENT_TYPE, cairn_ohttp::RESPONSE_TYPE),
@@ -101,7 +120,8 @@ async fn gateway(
             .into_response());
     }
     let (plain, sealer) = i.ohttp.decapsulate_chunked(&sealed)?;
-    let resp = serve_inner(inner, &plain).await?;
+    drop((sealed, reading));
+    let resp = serve_inner(inner, plain).await?;
     let (parts, body) = resp.into_parts();
     let head = StreamedResponse::head(parts.status, &parts.headers);
     Ok((
@@ -117,8 +137,9 @@ async fn gateway(
 
 /// Serves a Binary HTTP request with the node's routes. The inner request carries no client
 /// address and no gateway route: an envelope inside an envelope is a 404.
-async fn serve_inner(inner: Router, plain: &[u8]) -> Result<Response, NodeError> {
-    let req = message::decode_request(plain)?;
+async fn serve_inner(inner: Router, plain: Vec<u8>) -> Result<Response, NodeError> {
+    let req = message::decode_request(&plain)?;
+    drop(plain);
     let resp = inner
         .oneshot(req.map(Body::from))
         .await
@@ -143,7 +164,10 @@ fn sealed_stream(
     futures::stream::unfold(St::Head(sealer, head, body), |st| async move {
         match st {
             St::Head(mut sealer, head, body) => {
-                let out = sealer.chunk(&head);
+                let mut out = Vec::new();
+                for piece in head.chunks(cairn_ohttp::MAX_CHUNK) {
+                    out.extend(sealer.chunk(piece));
+                }
                 Some((Ok(Bytes::from(out)), St::Body(sealer, body)))
             }
             St::Body(mut sealer, mut body) => loop {
