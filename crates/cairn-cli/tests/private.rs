@@ -433,3 +433,96 @@ fn an_independent_ohttp_client_calls_the_node_through_the_relay() {
     assert!(text.contains("pyhpke: node 0x"), "{text}");
     assert!(text.contains("pyhpke: digits label 2"), "{text}");
 }
+
+/// Whether `pattern` is in any of the node's store files (the log and its WAL).
+fn on_disk(dir: &Path, pattern: &[u8]) -> bool {
+    std::fs::read_dir(dir).unwrap().any(|e| {
+        let bytes = std::fs::read(e.unwrap().path()).unwrap_or_default();
+        bytes.windows(pattern.len()).any(|w| w == pattern)
+    })
+}
+
+/// A private call's payloads are kept sealed to the verifiers: not on the node's disk, not
+/// served to anyone in the clear, and every verifier opens them and confirms the receipt.
+#[test]
+fn a_private_calls_payloads_are_sealed_to_the_verifiers_who_open_them_to_reexecute() {
+    let devnet =
+        Server::devnet_with(&["--free", "--sample-rate", "1", "--batch-max-age-secs", "2"]);
+    let data = devnet.dir.path().join("data");
+    let dir = tempfile::tempdir().unwrap();
+    let (input, pattern) = marked_input(dir.path());
+    let out = stdout(&private_infer(
+        dir.path(),
+        &data,
+        &devnet.node_url,
+        &devnet.relay_url,
+        &devnet.rpc_url,
+        &input,
+        &["--allow-dev-evidence"],
+    ));
+    assert!(out.contains("receipt:  0x"), "{out}");
+    let receipt: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("receipt.json")).unwrap())
+            .unwrap();
+    let receipt = cairn_receipt::SignedReceipt::verify_json(&receipt).unwrap();
+    let id = receipt.id();
+    // Served to no one in the clear (and to an unauthenticated caller, not at all).
+    let (status, ..) = exchange(
+        "GET",
+        &format!("{}/v1/receipts/{id}/input", devnet.node_url),
+        None,
+        Vec::new(),
+    );
+    assert!(status == 401 || status == 404, "{status}");
+    assert!(
+        !on_disk(&data.join("node"), &pattern),
+        "the node's disk holds the private input"
+    );
+
+    // Every verifier opens it and re-executes it bit for bit.
+    let nodes: Value = serde_json::from_str(&stdout(&cairn(
+        "",
+        Path::new("/nonexistent"),
+        &[
+            "nodes",
+            "--all",
+            "--json",
+            "--devnet-dir",
+            data.to_str().unwrap(),
+        ],
+    )))
+    .unwrap();
+    let verifiers: Vec<String> = nodes
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["role"] == "verifier")
+        .filter_map(|n| n["endpoint"].as_str().map(str::to_owned))
+        .filter(|u| u.starts_with("http"))
+        .collect();
+    assert_eq!(verifiers.len(), 3);
+    for v in &verifiers {
+        common::eventually(90, || {
+            let found = get_json(&format!("{v}/v1/verdicts/receipts/{id}"));
+            found["verdicts"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|x| x["outcome"] == "confirmed"))
+        });
+    }
+
+    // The disk check can fail: the same input sent directly is kept as it came.
+    let direct = stdout(&cairn(
+        "",
+        Path::new("/nonexistent"),
+        &[
+            "infer",
+            "digits@1.0",
+            "--input",
+            input.to_str().unwrap(),
+            "--node",
+            &devnet.node_url,
+        ],
+    ));
+    assert!(direct.contains("receipt:"), "{direct}");
+    common::eventually(10, || on_disk(&data.join("node"), &pattern));
+}

@@ -32,6 +32,10 @@ pub const MAX_BATCH_RECEIPTS: u64 = 65_536;
 /// together, with this receipt's Merkle proof; see `cairn_receipt::Seal`).
 pub const RECEIPT_SEAL_HEADER: &str = "cairn-receipt-seal";
 
+/// The media type of a private call's payload as a node keeps and serves it: sealed to the
+/// verifiers active at the call (`cairn_ohttp::sealed`), opened only by them.
+pub const SEALED_PAYLOAD_TYPE: &str = "application/vnd.cairn.sealed-payload";
+
 /// How a caller asks for its receipt to be signed ([`RECEIPT_SEAL_HEADER`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum SealChoice {

@@ -26,6 +26,7 @@ pub mod log;
 mod metrics;
 mod pricing;
 pub mod registration;
+pub mod sealing;
 mod server;
 pub mod upstream;
 
@@ -150,6 +151,21 @@ pub fn gateway_key(key: &PrivateKeySigner, key_id: u8) -> cairn_ohttp::GatewayKe
         .concat(),
     );
     cairn_ohttp::GatewayKey::derive(key_id, &ikm)
+}
+
+/// A verifier's payload key: what nodes seal private calls' payloads to
+/// ([`cairn_ohttp::sealed`]), derived from the verifier's key under its own label (so it is
+/// never a gateway key), announced in `GET /v1/verifier` with the verifier's signature.
+pub fn payload_key(key: &PrivateKeySigner) -> cairn_ohttp::GatewayKey {
+    use sha2::Digest;
+    let ikm = sha2::Sha256::digest(
+        [
+            b"cairn.payload-key.v1\0".as_slice(),
+            key.to_bytes().as_slice(),
+        ]
+        .concat(),
+    );
+    cairn_ohttp::GatewayKey::derive(1, &ikm)
 }
 
 /// How the node is paid.

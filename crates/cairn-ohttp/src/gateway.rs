@@ -73,6 +73,10 @@ impl GatewayKey {
         &self.config
     }
 
+    pub(crate) fn secret(&self) -> &PrivateKey {
+        &self.sk
+    }
+
     /// Reads the header and the encapsulated key: the suite, the HPKE context, the rest.
     fn open_header<'a>(&self, msg: &'a [u8], label: &[u8]) -> Result<Opened<'a>, OhttpError> {
         let header = msg

@@ -9,12 +9,15 @@
 //! - [`GatewayKey`]: the gateway's half: open a request, seal its answer (whole or chunked).
 //! - [`encapsulate`] / [`encapsulate_chunked`]: the client's half.
 //! - [`message`]: HTTP requests and responses as Binary HTTP.
+//! - [`sealed`]: payloads sealed to several recipients (a private call's payloads, to the
+//!   verifiers).
 
 mod client;
 mod config;
 mod ctx;
 mod gateway;
 pub mod message;
+pub mod sealed;
 #[cfg(test)]
 mod tests;
 

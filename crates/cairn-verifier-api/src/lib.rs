@@ -38,6 +38,26 @@ pub struct VerifierInfo {
     #[serde(serialize_with = "checksummed")]
     #[schema(value_type = String)]
     pub settlement: Address,
+    /// The key nodes seal private calls' payloads to, so that this verifier can open them to
+    /// re-execute (signed by the verifier's registered key).
+    pub payload_key: Option<PayloadKey>,
+}
+
+/// A verifier's payload key: an HPKE key configuration (RFC 9458 §3 form) and the verifier's
+/// EIP-191 signature over [`PayloadKey::message`], which ties it to the registered address.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PayloadKey {
+    /// The key configuration, hex.
+    pub key_config: String,
+    /// `personal_sign` of [`PayloadKey::message`] by the verifier's key, 0x-hex.
+    pub signature: String,
+}
+
+impl PayloadKey {
+    /// What the verifier signs: a label and the SHA-256 of the key configuration.
+    pub fn message(config_hash: &[u8; 32]) -> Vec<u8> {
+        [b"cairn.payload-key.v1\0".as_slice(), config_hash].concat()
+    }
 }
 
 /// `GET /v1/verdicts?limit=`: the latest batch verdicts.

@@ -150,6 +150,9 @@ struct Core {
     /// Samples finished (by receipt hash): one fetch and re-execution per receipt, however
     /// often its batch is looked at again or a peer asks.
     finished: Mutex<HashMap<B256, (Outcome, u32)>>,
+    /// The key private calls' payloads are sealed to, and its signed announcement.
+    payload_key: cairn_ohttp::GatewayKey,
+    payload_key_info: cairn_verifier_api::PayloadKey,
 }
 
 /// What sampling one receipt gave.
@@ -229,7 +232,22 @@ impl Verifier {
             config.allow_private_endpoints,
         );
         let active = cairn_ledger::ActiveVerifiers::new(chain.clone());
+        let payload_key = cairn_node::payload_key(&key);
+        let payload_key_info = {
+            use alloy_signer::SignerSync;
+            let message = cairn_verifier_api::PayloadKey::message(&payload_key.config().hash());
+            let signature = key.sign_message_sync(&message).expect("a local key signs");
+            cairn_verifier_api::PayloadKey {
+                key_config: data_encoding::HEXLOWER.encode(payload_key.config().encoded()),
+                signature: format!(
+                    "0x{}",
+                    data_encoding::HEXLOWER.encode(&signature.as_bytes())
+                ),
+            }
+        };
         Self(Arc::new(Core {
+            payload_key,
+            payload_key_info,
             sampler: Sampler::new(config.secret, config.sample_rate),
             chain,
             key,
@@ -272,6 +290,7 @@ impl Verifier {
             payload_attempts: self.0.config.payload_attempts,
             accepts_dev_evidence: self.0.config.attestation.allow_dev,
             settlement: self.0.chain.deployment().settlement,
+            payload_key: Some(self.0.payload_key_info.clone()),
         }
     }
 

@@ -49,6 +49,14 @@ impl Verifier {
             }
         }
         match self.fetch_payloads(base, r).await {
+            Err(FetchFailure::NotForMe(reason)) => {
+                let outcome = Outcome::Unverifiable { reason };
+                c.finished
+                    .lock()
+                    .expect("finished")
+                    .insert(rh, (outcome.clone(), 0));
+                Ok(Sampled::Done(outcome, 0))
+            }
             Ok(p) => {
                 let outcome = match c.reexec.check(r, p).await {
                     Ok(o) => o,
@@ -67,7 +75,7 @@ impl Verifier {
                 done.insert(rh, (outcome.clone(), failures));
                 Ok(Sampled::Done(outcome, failures))
             }
-            Err(reason) => {
+            Err(FetchFailure::Failed(reason)) => {
                 let a = c.store.record_failure(&rh.0, now, &reason)?;
                 tracing::info!(verifier = %self.address(), receipt = %r.id(), failures = a.failures, %reason, "payload fetch failed");
                 Ok(match withheld(&a) {
@@ -88,7 +96,7 @@ impl Verifier {
         &self,
         base: &str,
         r: &SignedReceipt,
-    ) -> Result<Payloads, String> {
+    ) -> Result<Payloads, FetchFailure> {
         let urls = NodeUrls::new(base);
         let urls = &urls;
         // A language-model call's payloads are bounded by the protocol: more is never honest,
@@ -111,10 +119,13 @@ impl Verifier {
                 None => self.0.fetch.signed_get(&self.0.key, &url).await?,
             };
             if !status.is_success() {
-                return Err(format!(
+                return Err(FetchFailure::Failed(format!(
                     "GET {url}: {status} {}",
                     String::from_utf8_lossy(&body[..body.len().min(200)])
-                ));
+                )));
+            }
+            if cairn_ohttp::sealed::is_sealed_payload(&body) {
+                return self.open_sealed(r, which, &body).await;
             }
             Ok(body.to_vec())
         };
@@ -129,7 +140,8 @@ impl Verifier {
         }
         let get = |which: Payload| async move {
             let body = raw(which).await?;
-            safetensors_io::decode(&body).map_err(|e| format!("{} payload: {e}", which.as_str()))
+            safetensors_io::decode(&body)
+                .map_err(|e| FetchFailure::Failed(format!("{} payload: {e}", which.as_str())))
         };
         let inputs = get(Payload::Input).await?;
         let outputs = if Reexecutor::needs_output(r) {
@@ -138,5 +150,74 @@ impl Verifier {
             None
         };
         Ok(Payloads::Tensors { inputs, outputs })
+    }
+}
+
+/// Why a sampled receipt's payloads were not had.
+pub(crate) enum FetchFailure {
+    /// One failed attempt (unreachable, an error, an undecodable or unopenable body).
+    Failed(String),
+    /// A private call's payload, sealed to enough other active verifiers but not to this one
+    /// (it joined later, or the node could not reach it): not this verifier's to check, and no
+    /// fault of the node's.
+    NotForMe(String),
+}
+
+impl From<String> for FetchFailure {
+    fn from(s: String) -> Self {
+        Self::Failed(s)
+    }
+}
+
+impl Verifier {
+    /// Opens a private call's payload sealed to this verifier. One sealed to others only is
+    /// not this verifier's to check when enough of them are active verifiers (the settlement
+    /// quorum); sealed to fewer, the node kept it from the network: a failed attempt.
+    async fn open_sealed(
+        &self,
+        r: &SignedReceipt,
+        which: Payload,
+        sealed: &[u8],
+    ) -> Result<Vec<u8>, FetchFailure> {
+        use cairn_ohttp::sealed;
+        let what = which.as_str();
+        let fail = |e: String| FetchFailure::Failed(format!("sealed {what} payload: {e}"));
+        let me = self.address();
+        let recipients = sealed::sealed_recipients(sealed).map_err(|e| fail(e.to_string()))?;
+        if recipients.contains(&me.0.0) {
+            let context =
+                cairn_node::sealing::context(&r.id().to_string(), which == Payload::Output);
+            return sealed::open_payload(&self.0.payload_key, me.0.0, &context, sealed)
+                .map_err(|e| fail(e.to_string()));
+        }
+        let quorum = usize::from(
+            self.0
+                .chain
+                .quorum()
+                .await
+                .map_err(|e| fail(e.to_string()))?
+                .max(1),
+        );
+        let mut active = 0;
+        for id in &recipients {
+            if self
+                .0
+                .active
+                .contains(Address::from(*id))
+                .await
+                .map_err(|e| fail(e.to_string()))?
+            {
+                active += 1;
+            }
+        }
+        if active >= quorum {
+            Err(FetchFailure::NotForMe(format!(
+                "a private call's {what} payload, sealed to {active} other active verifiers, not to this one"
+            )))
+        } else {
+            Err(fail(format!(
+                "sealed to {active} active verifiers, fewer than the quorum of {quorum}"
+            )))
+        }
     }
 }

@@ -109,6 +109,31 @@ pub enum ToLog {
 }
 
 impl Entry {
+    /// Keeps this call's payloads as a private call's are kept: sealed to `recipients` (the
+    /// verifiers; [`cairn_ohttp::sealed`]), each bound to this receipt and which payload it is;
+    /// with no recipients (no verification network), not at all.
+    pub fn seal_payloads(
+        &mut self,
+        recipients: &[cairn_ohttp::sealed::Recipient<'_>],
+    ) -> Result<(), cairn_ohttp::OhttpError> {
+        if recipients.is_empty() {
+            self.input = Vec::new();
+            self.output = Vec::new();
+            return Ok(());
+        }
+        let seal = |bytes: &[u8], output: bool| {
+            cairn_ohttp::sealed::seal_payload(
+                recipients,
+                &crate::sealing::context(&self.id, output),
+                bytes,
+            )
+        };
+        let (input, output) = (seal(&self.input, false)?, seal(&self.output, true)?);
+        self.input = input;
+        self.output = output;
+        Ok(())
+    }
+
     /// The row of `receipt` (its EIP-712 `digest` too): signed already, or claims the writer
     /// signs in a batch. With the payloads it binds (safetensors) and whether it counts yet;
     /// `payer`: who paid (may read the payloads with a signed request).

@@ -12,6 +12,54 @@ use cairn_ohttp::message::{self, StreamedResponse};
 use cairn_ohttp::{ChunkedSealer, KeyConfig, OhttpError};
 use tower::ServiceExt;
 
+/// Marks a request that came through the gateway: its payloads are kept sealed to the
+/// verifiers ([`crate::sealing`]), never in plaintext.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Oblivious;
+
+/// How a call's payloads are kept.
+pub(crate) enum Keeping {
+    /// As they are (a direct call).
+    Plain,
+    /// Sealed to these verifiers' keys (a private call; none: not kept, no verification).
+    Sealed(Option<Arc<crate::sealing::Keys>>),
+}
+
+impl Keeping {
+    /// Applies to `entry` before it is logged.
+    pub(crate) fn apply(&self, entry: &mut crate::log::Entry) -> Result<(), NodeError> {
+        let Keeping::Sealed(keys) = self else {
+            return Ok(());
+        };
+        let recipients: Vec<cairn_ohttp::sealed::Recipient> = keys
+            .iter()
+            .flat_map(|k| k.keys.iter())
+            .map(|(a, c)| cairn_ohttp::sealed::Recipient { id: a.0.0, key: c })
+            .collect();
+        entry
+            .seal_payloads(&recipients)
+            .map_err(|e| NodeError::Internal(format!("sealing the payloads: {e}")))
+    }
+}
+
+impl NodeState {
+    /// How a call is kept: a private one (`oblivious`) sealed to the verifiers, refused (503)
+    /// when the node cannot seal to enough of them, since its receipt could then not be checked.
+    pub(super) async fn keeping(&self, oblivious: bool) -> Result<Keeping, NodeError> {
+        if !oblivious {
+            return Ok(Keeping::Plain);
+        }
+        match &self.0.verifier_keys {
+            None => Ok(Keeping::Sealed(None)),
+            Some(v) => v
+                .current()
+                .await
+                .map(|k| Keeping::Sealed(Some(k)))
+                .map_err(NodeError::Overloaded),
+        }
+    }
+}
+
 /// Room for the Binary HTTP framing and the encapsulation around an inner body of `max` bytes:
 /// headers, and a chunk's length and tag per 16 KiB.
 fn envelope_overhead(max: usize) -> usize {
@@ -138,8 +186,9 @@ async fn gateway(
 /// Serves a Binary HTTP request with the node's routes. The inner request carries no client
 /// address and no gateway route: an envelope inside an envelope is a 404.
 async fn serve_inner(inner: Router, plain: Vec<u8>) -> Result<Response, NodeError> {
-    let req = message::decode_request(&plain)?;
+    let mut req = message::decode_request(&plain)?;
     drop(plain);
+    req.extensions_mut().insert(Oblivious);
     let resp = inner
         .oneshot(req.map(Body::from))
         .await

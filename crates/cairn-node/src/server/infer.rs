@@ -110,10 +110,12 @@ pub(super) async fn infer(
     State(s): State<NodeState>,
     Path(model): Path<String>,
     paid: Option<Extension<Paid>>,
+    oblivious: Option<Extension<super::gateway::Oblivious>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, NodeError> {
-    run_infer(s, model, paid.map(|p| p.0), headers, body).await
+    let keeping = s.keeping(oblivious.is_some()).await?;
+    run_infer(s, model, paid.map(|p| p.0), keeping, headers, body).await
 }
 
 #[utoipa::path(get, path = "/v2/models/{model}/infer", tag = "kserve",
@@ -159,13 +161,16 @@ pub(super) async fn infer_versioned(
     State(s): State<NodeState>,
     Path((model, version)): Path<(String, String)>,
     paid: Option<Extension<Paid>>,
+    oblivious: Option<Extension<super::gateway::Oblivious>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, NodeError> {
+    let keeping = s.keeping(oblivious.is_some()).await?;
     run_infer(
         s,
         format!("{model}@{version}"),
         paid.map(|p| p.0),
+        keeping,
         headers,
         body,
     )
@@ -176,6 +181,7 @@ pub(super) async fn run_infer(
     s: NodeState,
     reference: String,
     paid: Option<Paid>,
+    keeping: super::gateway::Keeping,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, NodeError> {
@@ -255,7 +261,7 @@ pub(super) async fn run_infer(
     // On the multi-threaded runtime the model runs in place: the worker permit already bounds
     // how many run at once, and it saves two thread hops per request. Elsewhere it goes to the
     // blocking pool.
-    let (ran, entry) = if tokio::runtime::Handle::current().runtime_flavor()
+    let (ran, mut entry) = if tokio::runtime::Handle::current().runtime_flavor()
         == tokio::runtime::RuntimeFlavor::MultiThread
     {
         tokio::task::block_in_place(work)?
@@ -265,6 +271,7 @@ pub(super) async fn run_infer(
             .map_err(|_| timeout())?
             .map_err(|e| NodeError::Internal(format!("inference task: {e}")))??
     };
+    keeping.apply(&mut entry)?;
     let receipt = i.log.append(entry).await?;
     i.metrics.answered(
         crate::metrics::CallKind::Onnx,

@@ -110,6 +110,9 @@ struct Inner {
     ohttp: cairn_ohttp::GatewayKey,
     /// Evidence binding the node's key and the gateway's key configuration.
     evidence: Option<cairn_attest::Evidence>,
+    /// The active verifiers' payload keys, which private calls' payloads are sealed to
+    /// (`None` without a chain: private calls' payloads are not kept).
+    verifier_keys: Option<crate::sealing::VerifierKeys>,
 }
 
 pub(crate) async fn open(c: NodeConfig) -> Result<NodeState, NodeError> {
@@ -199,9 +202,11 @@ pub(crate) async fn open(c: NodeConfig) -> Result<NodeState, NodeError> {
         ),
         None => None,
     };
+    let verifier_keys = chain.clone().map(crate::sealing::VerifierKeys::new);
     Ok(NodeState(Arc::new(Inner {
         ohttp,
         evidence,
+        verifier_keys,
         cache,
         log,
         settlement,

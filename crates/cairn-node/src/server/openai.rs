@@ -32,11 +32,12 @@ use futures::StreamExt;
               (status = 503, body = OpenAiErrorBody)))]
 pub(super) async fn chat_completions(
     State(s): State<NodeState>,
+    oblivious: Option<Extension<super::gateway::Oblivious>>,
     uri: axum::http::Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    llm_call(s, Endpoint::Chat, uri, headers, body)
+    llm_call(s, Endpoint::Chat, oblivious.is_some(), uri, headers, body)
         .await
         .unwrap_or_else(NodeError::into_openai_response)
 }
@@ -48,13 +49,21 @@ pub(super) async fn chat_completions(
               (status = 400, body = OpenAiErrorBody), (status = 404, body = OpenAiErrorBody)))]
 pub(super) async fn completions(
     State(s): State<NodeState>,
+    oblivious: Option<Extension<super::gateway::Oblivious>>,
     uri: axum::http::Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    llm_call(s, Endpoint::Completion, uri, headers, body)
-        .await
-        .unwrap_or_else(NodeError::into_openai_response)
+    llm_call(
+        s,
+        Endpoint::Completion,
+        oblivious.is_some(),
+        uri,
+        headers,
+        body,
+    )
+    .await
+    .unwrap_or_else(NodeError::into_openai_response)
 }
 
 #[utoipa::path(get, path = "/v1/models", tag = "openai",
@@ -97,11 +106,13 @@ pub(super) async fn models(State(s): State<NodeState>) -> Response {
 async fn llm_call(
     s: NodeState,
     endpoint: Endpoint,
+    oblivious: bool,
     uri: axum::http::Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, NodeError> {
     let i = &s.0;
+    let keeping = Arc::new(s.keeping(oblivious).await?);
     // On a node that takes payments, calls are charged per token unless its operator said not.
     let charged = i.paywall.is_some() && !i.llm_free;
     let read = i.read_request(&headers, body).await?;
@@ -123,7 +134,7 @@ async fn llm_call(
         }
         let body = read.body.to_vec();
         drop(read);
-        return relay(s.clone(), up.clone(), endpoint, body, stream).await;
+        return relay(s.clone(), up.clone(), endpoint, body, stream, keeping).await;
     }
     let request = LlmRequest::parse(endpoint, &read.body)?;
     let resolved = i.cache.resolve(&request.model).await?;
@@ -224,6 +235,7 @@ async fn llm_call(
         id,
         price: price.unwrap_or_default(),
         paid: metered.as_ref().map(|m| m.paid().clone()),
+        keeping,
     };
     drop(read);
     let receipt_id =
@@ -369,6 +381,7 @@ async fn relay(
     endpoint: Endpoint,
     body: Vec<u8>,
     stream: bool,
+    keeping: Arc<super::gateway::Keeping>,
 ) -> Result<Response, NodeError> {
     let i = &s.0;
     let permit = i.relays.clone().try_acquire_owned().map_err(|_| {
@@ -428,6 +441,7 @@ async fn relay(
         id: B256::random(),
         created: crate::now_secs(),
         stream,
+        keeping,
     };
     let receipt_id = HeaderValue::from_str(&call.id.to_string()).expect("hex is a header value");
     let mut headers = HeaderMap::new();
@@ -583,6 +597,8 @@ struct Relayed {
     id: B256,
     created: u64,
     stream: bool,
+    /// How its payloads are kept (sealed, for a private call).
+    keeping: Arc<super::gateway::Keeping>,
 }
 
 impl Relayed {
@@ -606,7 +622,7 @@ impl Relayed {
             }),
         };
         let (receipt, digest) = self.state.0.signer.receipts.sign_with_digest(claims);
-        let entry = Entry::new(
+        let mut entry = Entry::new(
             ToLog::Signed(receipt),
             digest,
             self.request_body.clone(),
@@ -614,6 +630,7 @@ impl Relayed {
             crate::log::Billing::Local,
             None,
         );
+        self.keeping.apply(&mut entry)?;
         self.state.0.log.append(entry).await?;
         let m = &self.state.0.metrics;
         m.answered(
@@ -658,6 +675,8 @@ struct Call {
     price: crate::TokenPrice,
     /// The voucher paying for it, when paid.
     paid: Option<Paid>,
+    /// How its payloads are kept (sealed, for a private call).
+    keeping: Arc<super::gateway::Keeping>,
 }
 
 impl Call {
@@ -687,7 +706,7 @@ impl Call {
             }),
         };
         let (receipt, digest) = self.state.0.signer.receipts.sign_with_digest(claims);
-        let entry = Entry::new(
+        let mut entry = Entry::new(
             ToLog::Signed(receipt),
             digest,
             self.request_body.clone(),
@@ -699,6 +718,7 @@ impl Call {
             },
             self.paid.as_ref().map(|p| p.payer),
         );
+        self.keeping.apply(&mut entry)?;
         self.state.0.log.append(entry).await?;
         let m = &self.state.0.metrics;
         m.answered(

@@ -318,7 +318,13 @@ pub(super) async fn payload(
         ));
     }
     let bytes = s.0.log.payload(&key, output).await?.ok_or_else(hidden)?;
-    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
+    // A private call's payload is kept sealed to the verifiers: anyone else gets ciphertext.
+    let media = if cairn_ohttp::sealed::is_sealed_payload(&bytes) {
+        cairn_node_api::SEALED_PAYLOAD_TYPE
+    } else {
+        "application/octet-stream"
+    };
+    Ok(([(header::CONTENT_TYPE, media)], bytes).into_response())
 }
 
 #[utoipa::path(get, path = "/v1/receipts/{id}/input", tag = "node",

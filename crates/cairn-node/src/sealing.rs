@@ -1,0 +1,153 @@
+//! A private call's payloads are kept sealed to the active verifiers' payload keys
+//! ([`cairn_ohttp::sealed`]), never in plaintext: the node's disk and its payload routes hold
+//! ciphertext only, and a verifier opens a payload only to re-execute it.
+//!
+//! Each verifier announces its key in `GET /v1/verifier`, signed by its registered address;
+//! keys are read again at most every minute. A private call is refused (503) unless the node
+//! can seal to at least the settlement quorum of active verifiers: with fewer, a batch holding
+//! its receipt could not be checked, and a verifier left out treats the receipt as not its to
+//! check only when enough others can (see the verifier's sampling).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use alloy_primitives::{Address, Signature};
+use cairn_ledger::{Chain, Role};
+use cairn_ohttp::KeyConfig;
+use cairn_verifier_api::{PayloadKey, VerifierInfo};
+
+/// How long a set of keys is used before it is read again.
+const REFRESH: Duration = Duration::from_secs(60);
+/// Largest `GET /v1/verifier` body read.
+const MAX_INFO_BYTES: usize = 64 << 10;
+
+/// The active verifiers' payload keys, as last read.
+pub struct VerifierKeys {
+    chain: Chain,
+    http: reqwest::Client,
+    cache: tokio::sync::Mutex<Option<(Instant, Arc<Keys>)>>,
+}
+
+/// Verifiers' keys and how many a payload must be sealed to.
+pub struct Keys {
+    /// Each active verifier reached, with its checked key.
+    pub keys: Vec<(Address, KeyConfig)>,
+    /// The settlement quorum: the fewest a private call's payloads are sealed to.
+    pub quorum: usize,
+}
+
+impl VerifierKeys {
+    /// Keys of `chain`'s active verifiers.
+    pub fn new(chain: Chain) -> Self {
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(Duration::from_secs(5))
+            .build()
+            .expect("a plain HTTP client builds");
+        Self {
+            chain,
+            http,
+            cache: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// The keys to seal to now; an error says why a private call cannot be served.
+    pub async fn current(&self) -> Result<Arc<Keys>, String> {
+        let mut cache = self.cache.lock().await;
+        if let Some((at, keys)) = cache.as_ref()
+            && at.elapsed() < REFRESH
+            && keys.keys.len() >= keys.quorum
+        {
+            return Ok(keys.clone());
+        }
+        let keys = Arc::new(self.read().await?);
+        *cache = Some((Instant::now(), keys.clone()));
+        if keys.keys.len() < keys.quorum {
+            return Err(format!(
+                "the node reached the payload keys of {} verifiers, fewer than the {} a private call's payloads must be sealed to; retry later",
+                keys.keys.len(),
+                keys.quorum
+            ));
+        }
+        Ok(keys)
+    }
+
+    async fn read(&self) -> Result<Keys, String> {
+        let quorum = self
+            .chain
+            .quorum()
+            .await
+            .map_err(|e| format!("reading the settlement quorum: {e}"))?;
+        let active = self
+            .chain
+            .active_nodes(Role::Verifier)
+            .await
+            .map_err(|e| format!("reading the active verifiers: {e}"))?;
+        let mut keys = Vec::new();
+        for v in active {
+            match self.key_of(v).await {
+                Ok(k) => keys.push((v, k)),
+                // A verifier that is down is left out: its own fault, not the node's.
+                Err(e) => tracing::warn!(verifier = %v, error = %e, "no payload key"),
+            }
+        }
+        Ok(Keys {
+            keys,
+            quorum: usize::from(quorum.max(1)),
+        })
+    }
+
+    /// Verifier `v`'s payload key, signed by `v`.
+    async fn key_of(&self, v: Address) -> Result<KeyConfig, String> {
+        let endpoint = self
+            .chain
+            .node(v)
+            .await
+            .map_err(|e| e.to_string())?
+            .endpoint;
+        let url = cairn_verifier_api::VerifierUrls::new(&endpoint).info();
+        let mut resp = self
+            .http
+            .get(&url)
+            .send()
+            .await
+            .map_err(|e| e.without_url().to_string())?;
+        let mut body = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(|e| e.to_string())? {
+            body.extend_from_slice(&chunk);
+            if body.len() > MAX_INFO_BYTES {
+                return Err("its info is too large".into());
+            }
+        }
+        let info: VerifierInfo = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
+        check_payload_key(v, info.payload_key.as_ref())
+    }
+}
+
+/// The key configuration `key` announces, if it is signed by `v`.
+pub fn check_payload_key(v: Address, key: Option<&PayloadKey>) -> Result<KeyConfig, String> {
+    let key = key.ok_or("it announces no payload key")?;
+    let bytes = data_encoding::HEXLOWER_PERMISSIVE
+        .decode(key.key_config.as_bytes())
+        .map_err(|e| format!("its key configuration: {e}"))?;
+    let config = KeyConfig::decode(&bytes).map_err(|e| e.to_string())?;
+    let sig: Signature = key
+        .signature
+        .parse()
+        .map_err(|e| format!("its key's signature: {e}"))?;
+    let signer = cairn_core::sig::recover_message(&sig, &PayloadKey::message(&config.hash()))
+        .map_err(|e| e.to_string())?;
+    if signer != v {
+        return Err(format!("its payload key is signed by {signer}, not by {v}"));
+    }
+    Ok(config)
+}
+
+/// What a sealed payload is bound to: its receipt and which payload it is.
+pub fn context(receipt: &str, output: bool) -> Vec<u8> {
+    [
+        receipt.as_bytes(),
+        if output { b"/output" } else { b"/input" },
+    ]
+    .concat()
+}
