@@ -188,6 +188,7 @@ async fn register_node(chain: &cairn_ledger::Chain, node_url: &str) -> anyhow::R
     )
     .await
     .context("registering the devnet node through its verifiers")?;
+    // Dev evidence is deterministic: what the node makes at start is what was registered.
     Ok(())
 }
 

@@ -160,6 +160,10 @@ pub struct NodeServeArgs {
     /// gateway key (what private clients check against the registry).
     #[arg(long, value_enum)]
     pub attester: Option<crate::verify_cmd::AttesterArg>,
+    /// Serve this evidence at `GET /v1/attestation` (written by `cairn node register
+    /// --evidence-out`): the one whose digest the registry records, which private clients check.
+    #[arg(long)]
+    pub evidence: Option<PathBuf>,
     #[command(flatten)]
     pub faults: FaultArgs,
 }
@@ -346,6 +350,15 @@ pub async fn open_node(
         .map(|a| crate::verify_cmd::attester(a, &key))
         .transpose()?
         .map(Arc::from);
+    let evidence = match &args.evidence {
+        Some(path) => Some(
+            serde_json::from_slice(
+                &std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
+            )
+            .with_context(|| format!("{} is not evidence JSON", path.display()))?,
+        ),
+        None => None,
+    };
     let state = cairn_node::open(NodeConfig {
         data_dir: data_dir.to_owned(),
         hub_url: args.hub.clone(),
@@ -375,6 +388,7 @@ pub async fn open_node(
         llm_free: args.llm_free,
         ohttp_key_id: args.ohttp_key_id,
         attester,
+        evidence,
         faults: cairn_node::Faults {
             wrong_output_rate: args.faults.fault_wrong_output,
             withhold_payloads: args.faults.fault_withhold_payloads,

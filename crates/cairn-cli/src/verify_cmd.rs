@@ -187,6 +187,10 @@ pub struct RegisterArgs {
     /// --ohttp-key-id`): its key configuration is bound in the evidence.
     #[arg(long, default_value_t = 1)]
     pub ohttp_key_id: u8,
+    /// Write the evidence the registry now records here, for `cairn node serve --evidence`
+    /// (TEE evidence differs each time it is made; clients check the registered one).
+    #[arg(long)]
+    pub evidence_out: Option<PathBuf>,
 }
 
 pub(crate) fn attester(
@@ -212,7 +216,7 @@ pub async fn register_cmd(args: RegisterArgs) -> anyhow::Result<()> {
     let chain = args.chain.connect().await?;
     let att = attester(args.attester, &key)?;
     let role: Role = args.role.into();
-    match cairn_node::registration::register(
+    let done = cairn_node::registration::register(
         &chain,
         &key,
         role,
@@ -224,8 +228,8 @@ pub async fn register_cmd(args: RegisterArgs) -> anyhow::Result<()> {
             .as_ref()
             .map(|g| g.config().encoded()),
     )
-    .await?
-    {
+    .await?;
+    match &done.tx {
         Some(tx) => println!(
             "registered {} as {role:?} at {} with {} evidence (tx {})",
             key.address(),
@@ -234,10 +238,19 @@ pub async fn register_cmd(args: RegisterArgs) -> anyhow::Result<()> {
             tx.hash
         ),
         None => println!(
-            "{} is already registered; endpoint is {}",
+            "{} is already registered at {} with this evidence",
             key.address(),
             args.endpoint
         ),
+    }
+    if let (Some(path), Some(evidence)) = (&args.evidence_out, &done.evidence) {
+        std::fs::write(path, serde_json::to_vec_pretty(evidence)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        println!(
+            "evidence written to {} (serve it: cairn node serve --evidence {})",
+            path.display(),
+            path.display()
+        );
     }
     Ok(())
 }

@@ -354,6 +354,46 @@ fn a_gateway_key_the_registry_does_not_bind_is_refused_before_anything_is_sent()
         &["--allow-dev-evidence"],
     ));
     assert!(out.contains("label INT64 [1]: [2]"), "{out}");
+    // Rotation: the node renews its evidence for key 2 through the verifiers (its endpoint
+    // now the rotated process's), and the same private call through `stale` goes through.
+    let evidence = dir.path().join("evidence.json");
+    let renewed = stdout(&cairn(
+        "",
+        Path::new("/nonexistent"),
+        &[
+            "node",
+            "register",
+            "--rpc",
+            &devnet.rpc_url,
+            "--deployment",
+            data.join("chain/deployment.json").to_str().unwrap(),
+            "--key",
+            data.join("chain/node.key").to_str().unwrap(),
+            "--stake",
+            "0",
+            "--endpoint",
+            &stale.node_url,
+            "--ohttp-key-id",
+            "2",
+            "--evidence-out",
+            evidence.to_str().unwrap(),
+        ],
+    ));
+    assert!(renewed.contains("registered"), "{renewed}");
+    let out = stdout(&private_infer(
+        dir.path(),
+        &data,
+        &stale.node_url,
+        &relay.url,
+        &devnet.rpc_url,
+        &input,
+        &["--allow-dev-evidence", "--gateway", "stale"],
+    ));
+    assert!(out.contains("label INT64 [1]: [2]"), "{out}");
+    // The evidence written is the one the node serves (dev evidence is deterministic).
+    let served = get_json(&format!("{}/v1/attestation", stale.node_url));
+    let written: Value = serde_json::from_slice(&std::fs::read(&evidence).unwrap()).unwrap();
+    assert_eq!(served, written);
 }
 
 #[test]
@@ -525,4 +565,122 @@ fn a_private_calls_payloads_are_sealed_to_the_verifiers_who_open_them_to_reexecu
     ));
     assert!(direct.contains("receipt:"), "{direct}");
     common::eventually(10, || on_disk(&data.join("node"), &pattern));
+}
+
+/// A streamed language-model call through the relay in chunked OHTTP: the answer arrives piece
+/// by piece as the node generates it, and its receipt (fetched privately too) binds the exact
+/// request and answer bytes.
+#[test]
+fn a_private_streamed_chat_arrives_in_pieces_and_its_receipt_binds_every_byte() {
+    let test = "a_private_streamed_chat_arrives_in_pieces_and_its_receipt_binds_every_byte";
+    let Some(model) = common::llm_model(test) else {
+        return;
+    };
+    let devnet = Server::devnet_with(&["--free", "--llm", model.to_str().unwrap()]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        use futures::StreamExt;
+        use sha2::Digest;
+        let route = cairn_relay::client::PrivateRoute::open(&devnet.relay_url, "node")
+            .await
+            .unwrap();
+        let body = serde_json::to_vec(&serde_json::json!({
+            "model": "smollm2-135m-instruct@1.0",
+            "messages": [{"role": "user", "content": "Count from one to ten."}],
+            "max_tokens": 24,
+            "temperature": 0,
+            "stream": true
+        }))
+        .unwrap();
+        let req = http::Request::post("/v1/chat/completions")
+            .header("content-type", "application/json")
+            .body(bytes::Bytes::from(body.clone()))
+            .unwrap();
+        let mut answer = route.send_streamed(req).await.unwrap();
+        assert_eq!(answer.status, 200);
+        assert_eq!(answer.headers["content-type"], "text/event-stream");
+        let id = answer.headers["cairn-receipt-id"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let mut pieces = 0;
+        let mut text = Vec::new();
+        while let Some(piece) = answer.body.next().await {
+            text.extend_from_slice(&piece.unwrap());
+            pieces += 1;
+        }
+        let text = String::from_utf8(text).unwrap();
+        assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+        assert!(
+            pieces > 3,
+            "the answer came in {pieces} pieces, not as it was generated"
+        );
+        // The receipt, through the relay as well.
+        let r = route
+            .send(
+                http::Request::get(format!("/v1/receipts/{id}"))
+                    .body(bytes::Bytes::new())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let stored: Value = serde_json::from_slice(r.body()).unwrap();
+        let receipt = cairn_receipt::SignedReceipt::verify_json(&stored["receipt"]).unwrap();
+        let hash = |b: &[u8]| {
+            format!(
+                "{:#x}",
+                alloy_primitives::B256::from_slice(&sha2::Sha256::digest(b))
+            )
+        };
+        assert_eq!(format!("{:#x}", receipt.claims.input_hash), hash(&body));
+        assert_eq!(
+            format!("{:#x}", receipt.claims.output_hash),
+            hash(text.as_bytes())
+        );
+    });
+}
+
+/// A paid private call asked again with the same payment gets its answer back (the node keeps
+/// it sealed for the caller as well as for the verifiers), and is not charged twice.
+#[test]
+fn a_paid_private_call_asked_again_gets_its_kept_answer_once_charged() {
+    let devnet = Server::devnet_with(&[]);
+    let body = std::fs::read(examples().join("digit.json")).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let before = receipts(&devnet.node_url);
+    rt.block_on(async {
+        let route = cairn_relay::client::PrivateRoute::open(&devnet.relay_url, "node")
+            .await
+            .unwrap();
+        let call = |payment: Option<String>| {
+            let mut r = http::Request::post("/v2/models/digits@1.0/infer")
+                .header("content-type", "application/json");
+            if let Some(p) = payment {
+                r = r.header("payment-signature", p);
+            }
+            r.body(bytes::Bytes::from(body.clone())).unwrap()
+        };
+        let asked = route.send(call(None)).await.unwrap();
+        assert_eq!(asked.status(), 402);
+        let required = cairn_x402::client::offers(asked.headers()).unwrap();
+        let offer = required
+            .accepts
+            .iter()
+            .find(|o| o.scheme == "exact")
+            .unwrap();
+        let payer = cairn_ledger::dev_signer(cairn_ledger::devnet::PAYER);
+        let payment = cairn_x402::client::pay_exact(&payer, &required, offer).unwrap();
+        let first = route.send(call(Some(payment.clone()))).await.unwrap();
+        assert_eq!(first.status(), 200, "{:?}", first.body());
+        let again = route.send(call(Some(payment))).await.unwrap();
+        assert_eq!(again.status(), 200, "{:?}", again.body());
+        let outputs = |b: &[u8]| serde_json::from_slice::<Value>(b).unwrap()["outputs"].clone();
+        assert_eq!(outputs(first.body()), outputs(again.body()));
+    });
+    assert_eq!(
+        receipts(&devnet.node_url),
+        before + 1,
+        "charged and signed once"
+    );
 }

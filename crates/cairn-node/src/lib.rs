@@ -133,6 +133,9 @@ pub struct NodeConfig {
     /// Makes the evidence `GET /v1/attestation` serves (made once at start, binding the node's
     /// key and its gateway key configuration); `None`: the route answers 404.
     pub attester: Option<Arc<dyn cairn_attest::Attester>>,
+    /// Serve this evidence instead (the one the registry records: `cairn node register
+    /// --evidence-out`); checked at start to bind the node's key and gateway key.
+    pub evidence: Option<cairn_attest::Evidence>,
 }
 
 /// The node's Oblivious HTTP gateway key: derived from the node's own key (HKDF-SHA256 under

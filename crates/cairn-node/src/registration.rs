@@ -41,7 +41,8 @@ pub enum RegistrationError {
 /// half: the registry's evidence digest then pins the gateway key too), approved by as many
 /// active verifiers as the registry's quorum asks (each checks it over `POST /v1/registrations`),
 /// then `NodeRegistry.register`. An already registered node moves to `endpoint` the same way
-/// (`setEndpoint` needs the same approvals).
+/// (`setEndpoint` needs the same approvals), and one whose evidence no longer binds what it
+/// serves (a rotated gateway key, a new image) renews it (`setAttestation`, the same approvals).
 pub async fn register(
     chain: &Chain,
     key: &PrivateKeySigner,
@@ -50,18 +51,50 @@ pub async fn register(
     stake: U256,
     attester: &dyn Attester,
     ohttp_key: Option<&[u8]>,
-) -> Result<Option<TxOutcome>, RegistrationError> {
+) -> Result<Registered, RegistrationError> {
     let info = chain.node(key.address()).await?;
     if let Some(current) = info.role {
-        if info.endpoint == endpoint {
-            return Ok(None);
+        if info.endpoint != endpoint {
+            let (req, approvals, evidence) =
+                approved(chain, key, current, endpoint, attester, ohttp_key).await?;
+            let tx = chain.set_endpoint(key, &req, approvals).await?;
+            return Ok(Registered::new(tx, evidence));
         }
-        return Ok(Some(
-            move_endpoint(chain, key, current, endpoint, attester, ohttp_key).await?,
-        ));
+        let (fresh, _) = fresh_request(key, current, endpoint, attester, ohttp_key)?;
+        if fresh.evidence_digest == info.evidence_digest {
+            return Ok(Registered {
+                tx: None,
+                evidence: None,
+            });
+        }
+        let (req, approvals, evidence) =
+            approved(chain, key, current, endpoint, attester, ohttp_key).await?;
+        let tx = chain.set_attestation(key, &req, approvals).await?;
+        return Ok(Registered::new(tx, evidence));
     }
-    let (req, approvals) = approved(chain, key, role, endpoint, attester, ohttp_key).await?;
-    Ok(Some(chain.register(key, &req, stake, approvals).await?))
+    let (req, approvals, evidence) =
+        approved(chain, key, role, endpoint, attester, ohttp_key).await?;
+    let tx = chain.register(key, &req, stake, approvals).await?;
+    Ok(Registered::new(tx, evidence))
+}
+
+/// What [`register`] did.
+#[derive(Debug)]
+pub struct Registered {
+    /// The transaction, when the registry changed.
+    pub tx: Option<TxOutcome>,
+    /// The evidence the registry now records the digest of (`None`: unchanged). A node serves
+    /// it at `GET /v1/attestation` (`cairn node serve --evidence`), so clients find the digest.
+    pub evidence: Option<cairn_attest::Evidence>,
+}
+
+impl Registered {
+    fn new(tx: TxOutcome, evidence: cairn_attest::Evidence) -> Self {
+        Self {
+            tx: Some(tx),
+            evidence: Some(evidence),
+        }
+    }
 }
 
 /// Moves a registered node to `endpoint` with fresh evidence approved by the verifiers.
@@ -73,7 +106,7 @@ pub async fn move_endpoint(
     attester: &dyn Attester,
     ohttp_key: Option<&[u8]>,
 ) -> Result<TxOutcome, RegistrationError> {
-    let (req, approvals) = approved(chain, key, role, endpoint, attester, ohttp_key).await?;
+    let (req, approvals, _) = approved(chain, key, role, endpoint, attester, ohttp_key).await?;
     Ok(chain.set_endpoint(key, &req, approvals).await?)
 }
 
@@ -86,13 +119,20 @@ async fn approved(
     endpoint: &str,
     attester: &dyn Attester,
     ohttp_key: Option<&[u8]>,
-) -> Result<(RegistrationRequest, Vec<(Address, Signature)>), RegistrationError> {
+) -> Result<
+    (
+        RegistrationRequest,
+        Vec<(Address, Signature)>,
+        cairn_attest::Evidence,
+    ),
+    RegistrationError,
+> {
     let me = key.address();
     let (req, evidence) = fresh_request(key, role, endpoint, attester, ohttp_key)?;
     let quorum = chain.registration_quorum().await? as usize;
     let mut approvals: Vec<(Address, Signature)> = Vec::new();
     if quorum == 0 {
-        return Ok((req, approvals));
+        return Ok((req, approvals, evidence));
     }
     let mut refusals = Vec::new();
     let http = reqwest::Client::builder()
@@ -154,7 +194,7 @@ async fn approved(
             refusals: refusals.join("\n  "),
         });
     }
-    Ok((req, approvals))
+    Ok((req, approvals, evidence))
 }
 
 /// A registration request of `key` in `role` at `endpoint`, on fresh evidence from `attester`

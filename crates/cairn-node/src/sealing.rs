@@ -18,6 +18,11 @@ use cairn_verifier_api::{PayloadKey, VerifierInfo};
 
 /// How long a set of keys is used before it is read again.
 const REFRESH: Duration = Duration::from_secs(60);
+/// How long a set short of the quorum is used before it is read again (calls are refused
+/// meanwhile, at no cost to the verifiers' endpoints).
+const RETRY: Duration = Duration::from_secs(10);
+/// The most verifiers a payload is sealed to.
+const MAX_RECIPIENTS: usize = 255;
 /// Largest `GET /v1/verifier` body read.
 const MAX_INFO_BYTES: usize = 64 << 10;
 
@@ -54,14 +59,23 @@ impl VerifierKeys {
     /// The keys to seal to now; an error says why a private call cannot be served.
     pub async fn current(&self) -> Result<Arc<Keys>, String> {
         let mut cache = self.cache.lock().await;
-        if let Some((at, keys)) = cache.as_ref()
-            && at.elapsed() < REFRESH
-            && keys.keys.len() >= keys.quorum
-        {
-            return Ok(keys.clone());
-        }
-        let keys = Arc::new(self.read().await?);
-        *cache = Some((Instant::now(), keys.clone()));
+        let fresh = |at: &Instant, keys: &Keys| {
+            let ttl = if keys.keys.len() >= keys.quorum {
+                REFRESH
+            } else {
+                RETRY
+            };
+            at.elapsed() < ttl
+        };
+        let keys = match cache.as_ref() {
+            Some((at, keys)) if fresh(at, keys) => keys.clone(),
+            _ => {
+                let keys = Arc::new(self.read().await?);
+                *cache = Some((Instant::now(), keys.clone()));
+                keys
+            }
+        };
+        drop(cache);
         if keys.keys.len() < keys.quorum {
             return Err(format!(
                 "the node reached the payload keys of {} verifiers, fewer than the {} a private call's payloads must be sealed to; retry later",
@@ -83,11 +97,21 @@ impl VerifierKeys {
             .active_nodes(Role::Verifier)
             .await
             .map_err(|e| format!("reading the active verifiers: {e}"))?;
+        // All at once, under one deadline: a slow verifier delays no call past it.
+        let reads = futures::future::join_all(active.into_iter().map(|v| async move {
+            let key = tokio::time::timeout(Duration::from_secs(5), self.key_of(v))
+                .await
+                .unwrap_or_else(|_| Err("no answer within 5 s".into()));
+            (v, key)
+        }))
+        .await;
         let mut keys = Vec::new();
-        for v in active {
-            match self.key_of(v).await {
-                Ok(k) => keys.push((v, k)),
-                // A verifier that is down is left out: its own fault, not the node's.
+        for (v, key) in reads {
+            match key {
+                Ok(k) if keys.len() < MAX_RECIPIENTS => keys.push((v, k)),
+                Ok(_) => {}
+                // A verifier that is down, or announces a key nothing can be sealed to, is
+                // left out: its own fault, not the node's.
                 Err(e) => tracing::warn!(verifier = %v, error = %e, "no payload key"),
             }
         }
@@ -131,6 +155,16 @@ pub fn check_payload_key(v: Address, key: Option<&PayloadKey>) -> Result<KeyConf
         .decode(key.key_config.as_bytes())
         .map_err(|e| format!("its key configuration: {e}"))?;
     let config = KeyConfig::decode(&bytes).map_err(|e| e.to_string())?;
+    // A key nothing can be sealed to (a low-order point) would fail every private call.
+    cairn_ohttp::sealed::seal_payload(
+        &[cairn_ohttp::sealed::Recipient {
+            id: v.0.0,
+            key: &config,
+        }],
+        b"probe",
+        b"",
+    )
+    .map_err(|e| format!("its payload key does not take a seal: {e}"))?;
     let sig: Signature = key
         .signature
         .parse()
@@ -150,4 +184,15 @@ pub fn context(receipt: &str, output: bool) -> Vec<u8> {
         if output { b"/output" } else { b"/input" },
     ]
     .concat()
+}
+
+/// The key a private call's answer is also kept under for its caller: derived from the
+/// request's plaintext (its inputs as the log encodes them, or a language-model call's body),
+/// which only the caller (and the node, while it serves the call) has; the receipt binds a
+/// different hash of it. A caller asking again with the same request and payment (a payment
+/// whose settlement was pending) gets its answer back.
+pub fn kept_key(input: &[u8]) -> cairn_ohttp::sealed::DataKey {
+    use sha2::Digest;
+    let h = sha2::Sha256::digest([b"cairn.kept-answer.v1\0".as_slice(), input].concat());
+    h[..16].try_into().expect("16 of 32 bytes")
 }

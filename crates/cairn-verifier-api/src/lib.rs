@@ -91,6 +91,19 @@ pub struct ChallengeRequest {
     pub proof: Vec<B256>,
     /// What the asking verifier found (`output_mismatch`, `payload_withheld`, …).
     pub claim: String,
+    /// For a private call's receipt: the data keys of its sealed payloads, which the asking
+    /// verifier (a recipient) opened, so that a peer the node did not seal to can check too.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub payload_keys: Vec<SharedPayloadKey>,
+}
+
+/// One sealed payload's data key, handed to a peer in a challenge.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SharedPayloadKey {
+    /// `input` or `output`.
+    pub payload: String,
+    /// The 16-byte AES-128-GCM data key, hex.
+    pub key: String,
 }
 
 /// `POST /v1/challenges` answer: this verifier's own signature over the fraud verdict.

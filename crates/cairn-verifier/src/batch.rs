@@ -428,7 +428,7 @@ impl Verifier {
             if !c.sampler.sampled(batch.root, rh) {
                 continue;
             }
-            let (outcome, failures) = match self.sample(base, r).await? {
+            let (outcome, failures) = match self.sample(base, r, &[]).await? {
                 Sampled::Done(o, f) => (o, f),
                 Sampled::Pending(why) => {
                     pending.get_or_insert(why);

@@ -54,6 +54,7 @@ impl Verifier {
             receipt: (&f.receipt).into(),
             proof: proof.clone(),
             claim: claim.into(),
+            payload_keys: self.shared_keys(rh),
         };
         let answers = self
             .gather_confirmations(peers, &request, f.evidence, rh, quorum, &mut signed)
@@ -227,6 +228,7 @@ impl Verifier {
         receipt: &cairn_receipt::ReceiptJson,
         proof: Vec<B256>,
         claim: &str,
+        payload_keys: &[cairn_verifier_api::SharedPayloadKey],
     ) -> Result<ChallengeAnswer, VerifyError> {
         let c = &self.0;
         let bad = |code: &'static str, reason: String| VerifyError::BadRequest { code, reason };
@@ -249,7 +251,23 @@ impl Verifier {
             .node(batch.node)
             .await
             .map_err(|e| unavailable(e.to_string()))?;
-        let outcome = match self.sample(node.endpoint.trim_end_matches('/'), &r).await? {
+        // Keys that do not parse are ignored: a peer's bad key never counts against the node.
+        let shared: Vec<(bool, cairn_ohttp::sealed::DataKey)> = payload_keys
+            .iter()
+            .filter_map(|k| {
+                let key = data_encoding::HEXLOWER_PERMISSIVE
+                    .decode(k.key.as_bytes())
+                    .ok()?
+                    .try_into()
+                    .ok()?;
+                Some((k.payload == "output", key))
+            })
+            .take(2)
+            .collect();
+        let outcome = match self
+            .sample(node.endpoint.trim_end_matches('/'), &r, &shared)
+            .await?
+        {
             Sampled::Pending(why) => {
                 return Err(bad(
                     "too_early",
@@ -344,5 +362,20 @@ impl Verifier {
             ));
         }
         Ok(batch)
+    }
+}
+
+impl Verifier {
+    /// The data keys of receipt `rh`'s sealed payloads this verifier opened, for a challenge.
+    pub(crate) fn shared_keys(&self, rh: B256) -> Vec<cairn_verifier_api::SharedPayloadKey> {
+        let keys = self.0.data_keys.lock().expect("data keys");
+        keys.get(&rh)
+            .into_iter()
+            .flatten()
+            .map(|(output, key)| cairn_verifier_api::SharedPayloadKey {
+                payload: if *output { "output" } else { "input" }.into(),
+                key: data_encoding::HEXLOWER.encode(key),
+            })
+            .collect()
     }
 }

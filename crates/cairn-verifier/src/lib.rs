@@ -152,6 +152,9 @@ struct Core {
     finished: Mutex<HashMap<B256, (Outcome, u32)>>,
     /// The key private calls' payloads are sealed to, and its signed announcement.
     payload_key: cairn_ohttp::GatewayKey,
+    /// Data keys of sealed payloads this verifier opened (by receipt hash; output or not), handed
+    /// to peers with a fraud challenge.
+    data_keys: Mutex<HashMap<B256, Vec<(bool, cairn_ohttp::sealed::DataKey)>>>,
     payload_key_info: cairn_verifier_api::PayloadKey,
 }
 
@@ -246,6 +249,7 @@ impl Verifier {
             }
         };
         Self(Arc::new(Core {
+            data_keys: Mutex::new(HashMap::new()),
             payload_key,
             payload_key_info,
             sampler: Sampler::new(config.secret, config.sample_rate),

@@ -10,6 +10,7 @@ impl Verifier {
         &self,
         base: &str,
         r: &SignedReceipt,
+        shared: &[(bool, cairn_ohttp::sealed::DataKey)],
     ) -> Result<Sampled, VerifyError> {
         let c = &self.0;
         if let Some(o) = c.reexec.unverifiable(r) {
@@ -48,14 +49,10 @@ impl Verifier {
                 )));
             }
         }
-        match self.fetch_payloads(base, r).await {
+        match self.fetch_payloads(base, r, shared).await {
+            // Not remembered: a peer may later hand over the data key.
             Err(FetchFailure::NotForMe(reason)) => {
-                let outcome = Outcome::Unverifiable { reason };
-                c.finished
-                    .lock()
-                    .expect("finished")
-                    .insert(rh, (outcome.clone(), 0));
-                Ok(Sampled::Done(outcome, 0))
+                Ok(Sampled::Done(Outcome::Unverifiable { reason }, 0))
             }
             Ok(p) => {
                 let outcome = match c.reexec.check(r, p).await {
@@ -96,6 +93,7 @@ impl Verifier {
         &self,
         base: &str,
         r: &SignedReceipt,
+        shared: &[(bool, cairn_ohttp::sealed::DataKey)],
     ) -> Result<Payloads, FetchFailure> {
         let urls = NodeUrls::new(base);
         let urls = &urls;
@@ -104,9 +102,11 @@ impl Verifier {
         let llm = r.claims.llm.is_some();
         let raw = |which: Payload| async move {
             let url = urls.payload(r.id(), which);
+            // A private call's payload comes sealed: room for what sealing adds.
+            let sealing = cairn_ohttp::sealed::MAX_OVERHEAD;
             let cap = match (llm, which) {
-                (true, Payload::Input) => Some(cairn_node::llm::MAX_REQUEST_BYTES),
-                (true, Payload::Output) => Some(cairn_node::llm::MAX_TRANSCRIPT_BYTES),
+                (true, Payload::Input) => Some(cairn_node::llm::MAX_REQUEST_BYTES + sealing),
+                (true, Payload::Output) => Some(cairn_node::llm::MAX_TRANSCRIPT_BYTES + sealing),
                 (false, _) => None,
             };
             let (status, body) = match cap {
@@ -125,7 +125,7 @@ impl Verifier {
                 )));
             }
             if cairn_ohttp::sealed::is_sealed_payload(&body) {
-                return self.open_sealed(r, which, &body).await;
+                return self.open_sealed(r, which, &body, shared).await;
             }
             Ok(body.to_vec())
         };
@@ -170,25 +170,45 @@ impl From<String> for FetchFailure {
 }
 
 impl Verifier {
-    /// Opens a private call's payload sealed to this verifier. One sealed to others only is
-    /// not this verifier's to check when enough of them are active verifiers (the settlement
-    /// quorum); sealed to fewer, the node kept it from the network: a failed attempt.
-    async fn open_sealed(
+    /// Opens a private call's payload: sealed to this verifier, or with a data key a peer handed
+    /// over in a challenge. One neither opens is not this verifier's to check (it joined after
+    /// the call, or the node could not reach it), never a fault of the node's, unless the node
+    /// sealed it to fewer distinct registered verifiers than the settlement quorum: then it kept
+    /// the payload from the network, a failed attempt as a withheld payload is.
+    pub(crate) async fn open_sealed(
         &self,
         r: &SignedReceipt,
         which: Payload,
         sealed: &[u8],
+        shared: &[(bool, cairn_ohttp::sealed::DataKey)],
     ) -> Result<Vec<u8>, FetchFailure> {
         use cairn_ohttp::sealed;
         let what = which.as_str();
+        let output = which == Payload::Output;
         let fail = |e: String| FetchFailure::Failed(format!("sealed {what} payload: {e}"));
         let me = self.address();
-        let recipients = sealed::sealed_recipients(sealed).map_err(|e| fail(e.to_string()))?;
+        let context = cairn_node::sealing::context(&r.id().to_string(), output);
+        let mut recipients = sealed::sealed_recipients(sealed).map_err(|e| fail(e.to_string()))?;
+        recipients.sort();
+        recipients.dedup();
         if recipients.contains(&me.0.0) {
-            let context =
-                cairn_node::sealing::context(&r.id().to_string(), which == Payload::Output);
-            return sealed::open_payload(&self.0.payload_key, me.0.0, &context, sealed)
-                .map_err(|e| fail(e.to_string()));
+            let key = sealed::unwrap_key(&self.0.payload_key, me.0.0, &context, sealed)
+                .map_err(|e| fail(e.to_string()))?;
+            let mut keys = self.0.data_keys.lock().expect("data keys");
+            if keys.len() > 100_000 {
+                keys.clear();
+            }
+            let entry = keys.entry(r.signing_hash()).or_default();
+            if !entry.iter().any(|(o, _)| *o == output) {
+                entry.push((output, key));
+            }
+            drop(keys);
+            return sealed::open_with_key(&key, &context, sealed).map_err(|e| fail(e.to_string()));
+        }
+        if let Some((_, key)) = shared.iter().find(|(o, _)| *o == output)
+            && let Ok(plain) = sealed::open_with_key(key, &context, sealed)
+        {
+            return Ok(plain);
         }
         let quorum = usize::from(
             self.0
@@ -198,25 +218,26 @@ impl Verifier {
                 .map_err(|e| fail(e.to_string()))?
                 .max(1),
         );
-        let mut active = 0;
+        let mut verifiers = 0;
         for id in &recipients {
-            if self
+            let role = self
                 .0
-                .active
-                .contains(Address::from(*id))
+                .chain
+                .node(Address::from(*id))
                 .await
                 .map_err(|e| fail(e.to_string()))?
-            {
-                active += 1;
+                .role;
+            if role == Some(cairn_ledger::Role::Verifier) {
+                verifiers += 1;
             }
         }
-        if active >= quorum {
+        if verifiers >= quorum {
             Err(FetchFailure::NotForMe(format!(
-                "a private call's {what} payload, sealed to {active} other active verifiers, not to this one"
+                "a private call's {what} payload, sealed to {verifiers} other verifiers, not to this one"
             )))
         } else {
             Err(fail(format!(
-                "sealed to {active} active verifiers, fewer than the quorum of {quorum}"
+                "sealed to {verifiers} registered verifiers, fewer than the quorum of {quorum}"
             )))
         }
     }

@@ -280,8 +280,14 @@ async fn challenge(
             reason: format!("{e}: send {{batchId, receipt, proof, claim}}"),
         })?;
     Ok(Json(
-        v.confirm_fraud(req.batch_id, &req.receipt, req.proof, &req.claim)
-            .await?,
+        v.confirm_fraud(
+            req.batch_id,
+            &req.receipt,
+            req.proof,
+            &req.claim,
+            &req.payload_keys,
+        )
+        .await?,
     ))
 }
 

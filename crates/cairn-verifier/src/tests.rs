@@ -13,6 +13,7 @@ use alloy_primitives::Signature;
 use cairn_ledger::{RegistrationRequest, Role};
 
 use super::*;
+use crate::sample::FetchFailure;
 
 async fn verifier() -> (Verifier, tempfile::TempDir) {
     verifier_with(true).await
@@ -550,4 +551,106 @@ async fn serves_its_openapi_document_and_swagger_ui() {
         .await
         .unwrap();
     assert_eq!(info.payload_attempts, 3);
+}
+
+/// A private call's payload: opened when sealed to this verifier (its data key kept for
+/// challenges) or with a peer's data key; not this verifier's to check when sealed to a quorum
+/// of other registered verifiers; a failed attempt when sealed to fewer, however often one id
+/// is repeated.
+#[tokio::test]
+async fn sealed_payloads_open_for_recipients_and_bind_the_node_to_a_quorum() {
+    use cairn_ohttp::sealed::{Recipient, seal_payload, sealed_recipients};
+    let (v, _dir) = verifier().await;
+    let chain = v.chain().clone();
+    let gov = dev_signer(0);
+    let unit = U256::from(cairn_ledger::deploy::TOKEN_UNIT);
+    // Two other registered verifiers: the quorum (2) of them.
+    let others = [dev_signer(2), dev_signer(4)];
+    for key in &others {
+        chain
+            .mint(&gov, key.address(), U256::from(1000u64) * unit)
+            .await
+            .unwrap();
+        chain
+            .register(
+                key,
+                &RegistrationRequest::dev(key.address(), Role::Verifier, "http://127.0.0.1:1"),
+                U256::from(100u64) * unit,
+                vec![],
+            )
+            .await
+            .unwrap();
+    }
+    let node = dev_signer(5);
+    let domain = ReceiptDomain {
+        chain_id: 31337,
+        verifying_contract: chain.deployment().settlement,
+    };
+    let r = receipt(domain, &node, 1);
+    let context = cairn_node::sealing::context(&r.id().to_string(), false);
+    let payload = b"the private input".to_vec();
+    let me = v.address().0.0;
+    let my_key = v.0.payload_key.config().clone();
+    let other_keys: Vec<_> = others.iter().map(cairn_node::payload_key).collect();
+    let to = |ids: &[([u8; 20], &cairn_ohttp::KeyConfig)]| {
+        let rs: Vec<Recipient> = ids
+            .iter()
+            .map(|(id, key)| Recipient { id: *id, key })
+            .collect();
+        seal_payload(&rs, &context, &payload).unwrap()
+    };
+    let open = |sealed: Vec<u8>, shared: Vec<(bool, cairn_ohttp::sealed::DataKey)>| {
+        let v = v.clone();
+        let r = r.clone();
+        async move { v.open_sealed(&r, Payload::Input, &sealed, &shared).await }
+    };
+
+    // Sealed to this verifier (and another): opened, and its data key kept for a challenge.
+    let mine = to(&[
+        (me, &my_key),
+        (others[0].address().0.0, other_keys[0].config()),
+    ]);
+    assert_eq!(open(mine.clone(), vec![]).await.ok().unwrap(), payload);
+    let shared = v.shared_keys(r.signing_hash());
+    assert_eq!(shared.len(), 1);
+
+    // Sealed to the two others only: not this verifier's to check...
+    let theirs = to(&[
+        (others[0].address().0.0, other_keys[0].config()),
+        (others[1].address().0.0, other_keys[1].config()),
+    ]);
+    assert!(matches!(
+        open(theirs.clone(), vec![]).await,
+        Err(FetchFailure::NotForMe(_))
+    ));
+    // ...unless a recipient hands over the data key in a challenge.
+    let dek =
+        cairn_ohttp::sealed::unwrap_key(&other_keys[0], others[0].address().0.0, &context, &theirs)
+            .unwrap();
+    assert_eq!(
+        open(theirs, vec![(false, dek)]).await.ok().unwrap(),
+        payload
+    );
+
+    // Sealed to one other verifier named three times: fewer than the quorum, a failed attempt.
+    let once = to(&[(others[0].address().0.0, other_keys[0].config())]);
+    let entry = once[6..6 + 85].to_vec();
+    let mut thrice = once[..5].to_vec();
+    thrice.push(3);
+    for _ in 0..3 {
+        thrice.extend_from_slice(&entry);
+    }
+    thrice.extend_from_slice(&once[6 + 85..]);
+    assert_eq!(sealed_recipients(&thrice).unwrap().len(), 3);
+    assert!(matches!(
+        open(thrice, vec![]).await,
+        Err(FetchFailure::Failed(_))
+    ));
+    // Sealed to strangers: a failed attempt too; a peer's wrong key changes nothing.
+    let stranger = cairn_ohttp::GatewayKey::derive(1, &[1; 32]);
+    let strangers = to(&[([9; 20], stranger.config()), ([8; 20], stranger.config())]);
+    assert!(matches!(
+        open(strangers, vec![(false, [0; 16])]).await,
+        Err(FetchFailure::Failed(_))
+    ));
 }

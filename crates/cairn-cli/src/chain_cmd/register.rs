@@ -36,6 +36,7 @@ pub(crate) async fn run(a: RegisterArgs) -> anyhow::Result<()> {
         endpoint,
         attester: crate::verify_cmd::AttesterArg::Dev,
         ohttp_key_id: 1,
+        evidence_out: None,
     })
     .await
 }

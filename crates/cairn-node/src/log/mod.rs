@@ -121,9 +121,12 @@ impl Entry {
             self.output = Vec::new();
             return Ok(());
         }
+        let caller = crate::sealing::kept_key(&self.input);
         let seal = |bytes: &[u8], output: bool| {
-            cairn_ohttp::sealed::seal_payload(
+            cairn_ohttp::sealed::seal_payload_for(
                 recipients,
+                // The answer is kept for its caller too (a retried payment gets it back).
+                output.then_some(&caller),
                 &crate::sealing::context(&self.id, output),
                 bytes,
             )

@@ -114,8 +114,15 @@ pub(super) async fn infer(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, NodeError> {
-    let keeping = s.keeping(oblivious.is_some()).await?;
-    run_infer(s, model, paid.map(|p| p.0), keeping, headers, body).await
+    run_infer(
+        s,
+        model,
+        paid.map(|p| p.0),
+        oblivious.is_some(),
+        headers,
+        body,
+    )
+    .await
 }
 
 #[utoipa::path(get, path = "/v2/models/{model}/infer", tag = "kserve",
@@ -165,12 +172,11 @@ pub(super) async fn infer_versioned(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, NodeError> {
-    let keeping = s.keeping(oblivious.is_some()).await?;
     run_infer(
         s,
         format!("{model}@{version}"),
         paid.map(|p| p.0),
-        keeping,
+        oblivious.is_some(),
         headers,
         body,
     )
@@ -181,7 +187,7 @@ pub(super) async fn run_infer(
     s: NodeState,
     reference: String,
     paid: Option<Paid>,
-    keeping: super::gateway::Keeping,
+    oblivious: bool,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, NodeError> {
@@ -197,6 +203,8 @@ pub(super) async fn run_infer(
     let resolved = i.cache.resolve(&reference).await?;
 
     let read = i.read_request(&headers, body).await?;
+    // After the body is read against the budget: waiting for keys holds no uncounted memory.
+    let keeping = s.keeping(oblivious).await?;
     // Admitted only with a whole request in hand (a slow sender holds no slot), and before it is
     // decoded: under a flood, a refusal costs no parsing.
     let _permits = match i.admit(resolved.cid) {

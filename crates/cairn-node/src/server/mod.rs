@@ -192,15 +192,31 @@ pub(crate) async fn open(c: NodeConfig) -> Result<NodeState, NodeError> {
     let settlement = start_settler(c.settlement, &c.domain, &c.key, &log, payment_store)?;
     let verifiers = chain.clone().map(cairn_ledger::ActiveVerifiers::new);
     let ohttp = crate::gateway_key(&c.key, c.ohttp_key_id);
-    let evidence = match &c.attester {
-        Some(a) => Some(
+    let evidence = match (c.evidence, &c.attester) {
+        (Some(e), _) => {
+            let binds = cairn_attest::verify(
+                &e,
+                crate::now_secs(),
+                cairn_attest::Policy { allow_dev: true },
+            )
+            .and_then(|v| {
+                cairn_attest::check_binding(&v, c.key.address(), Some(ohttp.config().encoded()))
+            });
+            binds.map_err(|e| {
+                NodeError::Internal(format!(
+                    "the evidence given does not bind this node's key and gateway key ({e}); register again (cairn node register --evidence-out) with the same --ohttp-key-id"
+                ))
+            })?;
+            Some(e)
+        }
+        (None, Some(a)) => Some(
             a.evidence(&cairn_attest::report_data(
                 c.key.address(),
                 Some(ohttp.config().encoded()),
             ))
             .map_err(|e| NodeError::Internal(format!("the node's evidence: {e}")))?,
         ),
-        None => None,
+        (None, None) => None,
     };
     let verifier_keys = chain.clone().map(crate::sealing::VerifierKeys::new);
     Ok(NodeState(Arc::new(Inner {

@@ -112,7 +112,6 @@ async fn llm_call(
     body: Body,
 ) -> Result<Response, NodeError> {
     let i = &s.0;
-    let keeping = Arc::new(s.keeping(oblivious).await?);
     // On a node that takes payments, calls are charged per token unless its operator said not.
     let charged = i.paywall.is_some() && !i.llm_free;
     let read = i.read_request(&headers, body).await?;
@@ -127,6 +126,11 @@ async fn llm_call(
     if let Some((name, stream)) = crate::upstream::route_of(&read.body)
         && let Some(up) = i.upstreams.iter().find(|u| u.name == name)
     {
+        if oblivious {
+            return Err(NodeError::BadRequest(format!(
+                "model `{name}` is relayed to another provider, which would see the request in the clear; a private call cannot use it"
+            )));
+        }
         if charged {
             return Err(NodeError::PaymentRequired(
                 "relayed calls are not charged per token (the upstream's usage cannot be checked), so a node that takes payments relays only when its operator serves them unpaid with --llm-free".into(),
@@ -134,8 +138,18 @@ async fn llm_call(
         }
         let body = read.body.to_vec();
         drop(read);
-        return relay(s.clone(), up.clone(), endpoint, body, stream, keeping).await;
+        return relay(
+            s.clone(),
+            up.clone(),
+            endpoint,
+            body,
+            stream,
+            Arc::new(super::gateway::Keeping::Plain),
+        )
+        .await;
     }
+    // After the body is read against the budget: waiting for keys holds no uncounted memory.
+    let keeping = Arc::new(s.keeping(oblivious).await?);
     let request = LlmRequest::parse(endpoint, &read.body)?;
     let resolved = i.cache.resolve(&request.model).await?;
     if resolved.signature.is_some() {

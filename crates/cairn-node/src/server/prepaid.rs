@@ -110,6 +110,7 @@ impl cairn_x402::KeptAnswers for KeptFromLog {
                 if crate::llm::sha256(body) != receipt.claims.input_hash {
                     return None;
                 }
+                let output = kept_output(output, body, &receipt)?;
                 let kind = if output.starts_with(b"data: ") {
                     "text/event-stream"
                 } else {
@@ -133,6 +134,7 @@ impl cairn_x402::KeptAnswers for KeptFromLog {
             if tensors_hash(&asked.inputs) != receipt.claims.input_hash {
                 return None;
             }
+            let output = kept_output(output, &safetensors_io::encode(&asked.inputs), &receipt)?;
             let outputs = safetensors_io::decode(&output).ok()?;
             let id = receipt.id();
             let cid = receipt.claims.model;
@@ -153,4 +155,22 @@ impl cairn_x402::KeptAnswers for KeptFromLog {
             Some(respond(&resolved, None, wanted, ran, receipt_json))
         })
     }
+}
+
+/// A kept output as the caller gets it back: as it is, or (a private call's, sealed) opened with
+/// the key the caller's own request gives.
+fn kept_output(
+    output: Vec<u8>,
+    input: &[u8],
+    receipt: &cairn_receipt::SignedReceipt,
+) -> Option<Vec<u8>> {
+    if !cairn_ohttp::sealed::is_sealed_payload(&output) {
+        return Some(output);
+    }
+    cairn_ohttp::sealed::open_as_caller(
+        &crate::sealing::kept_key(input),
+        &crate::sealing::context(&receipt.id().to_string(), true),
+        &output,
+    )
+    .ok()
 }
