@@ -9,7 +9,9 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cd "$here/.."
 calls="${1:-200}"
 runs="${2:-1}"
-cargo build --release --locked -p cairn-cli -p cairn-relay --example private_latency -p cairn-ohttp --example ohttp_cost >&2
+cargo build --release --locked -p cairn-cli --bin cairn >&2
+cargo build --release --locked -p cairn-relay --example private_latency >&2
+cargo build --release --locked -p cairn-ohttp --example ohttp_cost >&2
 target="${CARGO_TARGET_DIR:-target}/release"
 llm="${CAIRN_LLM_MODEL:-none}"
 data="$(mktemp -d)"
@@ -18,7 +20,8 @@ trap 'kill $pid 2>/dev/null || true; rm -rf "$data"' EXIT
 CAIRN_DEVNET_LLM="$llm" "$target/cairn" devnet --free --data-dir "$data/d" --listen 127.0.0.1:0 \
   --node-listen 127.0.0.1:0 --rpc-listen 127.0.0.1:0 --relay-listen 127.0.0.1:0 --llm "$llm" >"$log" 2>&1 &
 pid=$!
-for _ in $(seq 1 120); do grep -q "^  relay:" "$log" && break; sleep 1; done
+for _ in $(seq 1 300); do grep -q "^  relay:" "$log" && break; sleep 1; done
+grep -q "^  relay:" "$log" || { cat "$log" >&2; echo "the devnet did not start" >&2; exit 1; }
 node="$(grep '^  node:' "$log" | awk '{print $NF}')"
 relay="$(grep '^  relay:' "$log" | awk '{print $NF}')"
 model=""

@@ -5,8 +5,8 @@
 //!
 //! - tensor calls at c=1: direct, through the relay sealed whole (`message/ohttp-req`), and
 //!   sealed in chunks (what `--private` sends): p50 and p99, and their ratios to direct;
-//! - with LLM_MODEL: time to the first streamed piece of a chat answer, direct and through
-//!   the relay in chunked OHTTP.
+//! - with LLM_MODEL: time to the first token of a streamed chat answer (its second event), direct
+//!   and through the relay in chunked OHTTP.
 
 use std::time::{Duration, Instant};
 
@@ -17,6 +17,11 @@ use futures::StreamExt;
 fn percentile(v: &mut [Duration], p: f64) -> Duration {
     v.sort();
     v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// Complete SSE events in `b`.
+fn events(b: &[u8]) -> usize {
+    b.windows(2).filter(|w| w == b"\n\n").count()
 }
 
 fn micros(d: Duration) -> f64 {
@@ -105,7 +110,11 @@ async fn main() {
             .await
             .unwrap()
             .bytes_stream();
-        s.next().await.unwrap().unwrap();
+        // The first token: the second event (the first names the role only).
+        let mut seen = Vec::new();
+        while events(&seen) < 2 {
+            seen.extend_from_slice(&s.next().await.unwrap().unwrap());
+        }
         direct.push(t.elapsed());
         while s.next().await.is_some() {}
         let t = Instant::now();
@@ -114,7 +123,10 @@ async fn main() {
             .body(Bytes::from(chat.clone()))
             .unwrap();
         let mut a = route.send_streamed(req).await.unwrap();
-        a.body.next().await.unwrap().unwrap();
+        let mut seen = Vec::new();
+        while events(&seen) < 2 {
+            seen.extend_from_slice(&a.body.next().await.unwrap().unwrap());
+        }
         private.push(t.elapsed());
         while a.body.next().await.is_some() {}
     }
@@ -123,7 +135,7 @@ async fn main() {
         percentile(&mut private[2..], 0.5),
     );
     println!(
-        "LLM time to first piece, {rounds} calls: direct {:.1} ms, private chunked {:.1} ms ({:.2}x)",
+        "LLM time to the first token, {rounds} calls: direct {:.1} ms, private chunked {:.1} ms ({:.2}x)",
         d.as_secs_f64() * 1e3,
         p.as_secs_f64() * 1e3,
         p.as_secs_f64() / d.as_secs_f64()

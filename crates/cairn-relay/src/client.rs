@@ -180,6 +180,10 @@ impl PrivateRoute {
             let route = self.clone();
             async move { route.proxy(req, max_body).await }
         });
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            // A streamed answer is many small writes (see cairn_serve's listener).
+            let _ = tcp.set_nodelay(true);
+        });
         Ok((
             addr,
             tokio::spawn(async move { axum::serve(listener, app).await }),

@@ -54,7 +54,12 @@ impl axum::serve::Listener for LingeringListener {
     async fn accept(&mut self) -> (Lingering, SocketAddr) {
         loop {
             match self.0.accept().await {
-                Ok((stream, addr)) => return (Lingering(Some(stream)), addr),
+                Ok((stream, addr)) => {
+                    // Answers that stream (SSE tokens, chunked OHTTP) are many small writes:
+                    // with Nagle each waits for the peer's delayed ACK, up to 40 ms.
+                    let _ = stream.set_nodelay(true);
+                    return (Lingering(Some(stream)), addr);
+                }
                 // The peer gave up before we accepted: nothing to do.
                 Err(e)
                     if matches!(
