@@ -123,10 +123,15 @@ pub(crate) async fn devnet(
     chain_cmd::print_devnet(&chain).await?;
     // The relay private calls go through, forwarding to the node's gateway only.
     let relay = cairn_relay::Relay::new(cairn_relay::RelayConfig {
-        gateways: vec![cairn_relay::Gateway {
-            name: "node".into(),
+        gateways: [
+            "node".to_owned(),
+            crate::relay_cmd::gateway_name(node_state.address()),
+        ]
+        .map(|name| cairn_relay::Gateway {
+            name,
             url: crate::relay_cmd::gateway_url(&node_url),
-        }],
+        })
+        .to_vec(),
         ..Default::default()
     })?;
     let relay_listener = tokio::net::TcpListener::bind(c.relay_listen)
@@ -205,7 +210,7 @@ fn print_try(payer_key: &Path, node_url: &str, relay_url: &str, rpc_url: &str) {
         payer_key.display()
     );
     println!(
-        "Privately (sealed through the relay): cairn infer digits@1.0 --input examples/digit.json --payer-key {} --private --relay {relay_url} --allow-dev-evidence --rpc {rpc_url} --deployment {}",
+        "Privately (through the relay): cairn infer digits@1.0 --input examples/digit.json --payer-key {} --private --relay {relay_url} --allow-dev-evidence --rpc {rpc_url} --deployment {}",
         payer_key.display(),
         payer_key.with_file_name("deployment.json").display()
     );

@@ -16,8 +16,14 @@ pub enum RelayCommand {
         listen: SocketAddr,
         /// A gateway, NAME=URL (a node's base URL, or its full `/.well-known/ohttp-gateway`);
         /// clients send to `/gateways/NAME`. Repeatable.
-        #[arg(long = "gateway", value_parser = parse_gateway, required = true)]
+        #[arg(long = "gateway", value_parser = parse_gateway, required_unless_present = "registry")]
         gateways: Vec<cairn_relay::Gateway>,
+        /// Also forward to every active inference node in the registry (--rpc, --deployment),
+        /// named by its address (`/gateways/0x…`), the list read again every 30 s.
+        #[arg(long)]
+        registry: bool,
+        #[command(flatten)]
+        chain: crate::args::ChainArgs,
         /// Largest sealed request, bytes.
         #[arg(long, default_value_t = (64 << 20) + (64 << 10))]
         max_body_bytes: usize,
@@ -65,6 +71,8 @@ pub async fn run(cmd: RelayCommand) -> anyhow::Result<()> {
     let RelayCommand::Serve {
         listen,
         gateways,
+        registry,
+        chain,
         max_body_bytes,
         max_per_client,
     } = cmd;
@@ -77,12 +85,56 @@ pub async fn run(cmd: RelayCommand) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding {listen}"))?;
+    if registry {
+        let chain = chain
+            .connect()
+            .await
+            .context("--registry reads the active nodes from the chain")?;
+        let listed = registered_gateways(&chain).await?;
+        relay.set_gateways(gateways.iter().cloned().chain(listed).collect());
+        let (relay, fixed) = (relay.clone(), gateways.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+                match registered_gateways(&chain).await {
+                    Ok(listed) => relay.set_gateways(fixed.iter().cloned().chain(listed).collect()),
+                    // The last list stays: a chain that is down does not empty the relay.
+                    Err(e) => tracing::warn!(error = %e, "reading the registry's nodes"),
+                }
+            }
+        });
+    }
     println!("relay: http://{}", listener.local_addr()?);
     for g in &gateways {
         println!("  /gateways/{} -> {}", g.name, g.url);
     }
+    if registry {
+        println!("  /gateways/0x… -> each active inference node in the registry");
+    }
     cairn_relay::serve(listener, relay, crate::shutdown_signal()).await?;
     Ok(())
+}
+
+/// The active inference nodes' gateways, named by address.
+pub async fn registered_gateways(
+    chain: &cairn_ledger::Chain,
+) -> anyhow::Result<Vec<cairn_relay::Gateway>> {
+    let mut out = Vec::new();
+    for a in chain.active_nodes(cairn_ledger::Role::Inference).await? {
+        let endpoint = chain.node(a).await?.endpoint;
+        if endpoint.starts_with("http://") || endpoint.starts_with("https://") {
+            out.push(cairn_relay::Gateway {
+                name: gateway_name(a),
+                url: gateway_url(&endpoint),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// A node's gateway name at a relay that reads the registry: its address, lower-case hex.
+pub fn gateway_name(node: alloy_primitives::Address) -> String {
+    format!("{node:#x}")
 }
 
 /// Sending a call privately (`--private`).
@@ -98,9 +150,10 @@ pub struct PrivateArgs {
     /// The relay (`cairn relay serve`; the devnet prints its own).
     #[arg(long, env = "CAIRN_RELAY")]
     pub relay: Option<String>,
-    /// The node's gateway name at the relay.
-    #[arg(long, default_value = "node")]
-    pub gateway: String,
+    /// The node's gateway name at the relay (default: the node's address, as relays that read
+    /// the registry name it; the devnet's relay names it both that and `node`).
+    #[arg(long)]
+    pub gateway: Option<String>,
     /// Accept the node's dev evidence (a software key, not a TEE): devnets only.
     #[arg(long)]
     pub allow_dev_evidence: bool,
@@ -136,15 +189,18 @@ impl PrivateArgs {
             .await
             .context("--private checks the node against the registry")?;
         let expected = registered_at(&chain, node).await?;
-        let route = PrivateRoute::open(relay, &self.gateway)
+        let gateway = self
+            .gateway
+            .clone()
+            .unwrap_or_else(|| gateway_name(expected));
+        let route = PrivateRoute::open(relay, &gateway)
             .await
             .context("fetching the gateway's key configuration through the relay")?;
         let info: cairn_node_api::NodeInfo = get_json(&route, "/v1/node").await?;
         let evidence: cairn_attest::Evidence = get_json(&route, "/v1/attestation").await?;
         if info.address != expected {
             bail!(
-                "the gateway `{}` at the relay speaks for {}, not for {expected}, the node registered at {node}",
-                self.gateway,
+                "the gateway `{gateway}` at the relay speaks for {}, not for {expected}, the node registered at {node}",
                 info.address
             );
         }

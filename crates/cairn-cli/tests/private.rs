@@ -187,7 +187,7 @@ fn a_private_call_is_paid_through_the_relay_which_never_holds_the_plaintext() {
         &observer,
         &devnet.rpc_url,
         &input,
-        &["--allow-dev-evidence"],
+        &["--allow-dev-evidence", "--gateway", "node"],
     ));
     assert!(out.contains("paid:     1000 token units (exact)"), "{out}");
     assert!(out.contains("receipt:  0x"), "{out}");
@@ -298,7 +298,7 @@ fn a_gateway_key_the_registry_does_not_bind_is_refused_before_anything_is_sent()
         &relay2.url,
         &devnet.rpc_url,
         &input,
-        &["--allow-dev-evidence"],
+        &["--allow-dev-evidence", "--gateway", "node"],
     ));
     assert!(e.contains("speaks for"), "{e}");
     let e = failure(&private_infer(
@@ -319,7 +319,7 @@ fn a_gateway_key_the_registry_does_not_bind_is_refused_before_anything_is_sent()
         &relay.url,
         &devnet.rpc_url,
         &input,
-        &[],
+        &["--gateway", "node"],
     ));
     assert!(e.contains("dev"), "{e}");
     // The key configuration the node publishes is the one its evidence binds.
@@ -343,6 +343,31 @@ fn a_gateway_key_the_registry_does_not_bind_is_refused_before_anything_is_sent()
         before,
         "nothing was sent to the node"
     );
+    // A relay that reads the registry names the node by its address, the client's default.
+    let listed = Server::command(
+        &[
+            "relay",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--registry",
+            "--rpc",
+            &devnet.rpc_url,
+            "--deployment",
+            data.join("chain/deployment.json").to_str().unwrap(),
+        ],
+        "relay:",
+    );
+    let out = stdout(&private_infer(
+        dir.path(),
+        &data,
+        &devnet.node_url,
+        &listed.url,
+        &devnet.rpc_url,
+        &input,
+        &["--allow-dev-evidence"],
+    ));
+    assert!(out.contains("label INT64 [1]: [2]"), "{out}");
     // Through the good gateway it works (the devnet's own relay).
     let out = stdout(&private_infer(
         dir.path(),
@@ -550,6 +575,14 @@ fn a_private_calls_payloads_are_sealed_to_the_verifiers_who_open_them_to_reexecu
         });
     }
 
+    // And its batch is attested on chain by them.
+    common::eventually(90, || {
+        let stored = get_json(&format!("{}/v1/receipts/{id}", devnet.node_url));
+        matches!(
+            stored["batch"]["status"].as_str(),
+            Some("attested" | "finalized")
+        )
+    });
     // The disk check can fail: the same input sent directly is kept as it came.
     let direct = stdout(&cairn(
         "",

@@ -54,6 +54,8 @@ pub struct RelayConfig {
     pub body_timeout: Duration,
     /// Memory for sealed requests being held at once, over all clients.
     pub body_budget_bytes: usize,
+    /// Requests a second one client address may send (bursts of twice that).
+    pub max_rate_per_client: f64,
 }
 
 impl Default for RelayConfig {
@@ -66,6 +68,7 @@ impl Default for RelayConfig {
             gateway_timeout: Duration::from_secs(60),
             body_timeout: Duration::from_secs(10),
             body_budget_bytes: 256 << 20,
+            max_rate_per_client: 50.0,
         }
     }
 }
@@ -134,7 +137,10 @@ impl IntoResponse for RelayError {
 
 struct Inner {
     config: RelayConfig,
-    gateways: HashMap<String, String>,
+    /// Name → gateway resource; replaced whole when the registry's list is read again.
+    gateways: std::sync::RwLock<Arc<Vec<Gateway>>>,
+    /// Per client: tokens left and when they were last counted.
+    rates: Mutex<HashMap<IpAddr, (f64, std::time::Instant)>>,
     http: reqwest::Client,
     in_flight: Arc<tokio::sync::Semaphore>,
     per_client: Mutex<HashMap<IpAddr, usize>>,
@@ -174,12 +180,9 @@ impl Relay {
             .read_timeout(config.gateway_timeout)
             .build()
             .map_err(|e| RelayError::Gateway(e.to_string()))?;
-        let gateways = config
-            .gateways
-            .iter()
-            .map(|g| (g.name.clone(), g.url.clone()))
-            .collect();
+        let gateways = std::sync::RwLock::new(Arc::new(config.gateways.clone()));
         Ok(Self(Arc::new(Inner {
+            rates: Mutex::new(HashMap::new()),
             in_flight: Arc::new(tokio::sync::Semaphore::new(config.max_in_flight)),
             body_budget: Arc::new(tokio::sync::Semaphore::new(
                 (config.body_budget_bytes / 1024).max(1),
@@ -200,16 +203,50 @@ impl Relay {
             .with_state(self.clone())
     }
 
-    fn gateway(&self, name: &str) -> Result<&str, RelayError> {
-        self.0
-            .gateways
-            .get(name)
-            .map(String::as_str)
+    /// Replaces the gateways forwarded to (a registry's active nodes, read again).
+    pub fn set_gateways(&self, gateways: Vec<Gateway>) {
+        *self.0.gateways.write().expect("not poisoned") = Arc::new(gateways);
+    }
+
+    /// The gateways forwarded to.
+    pub fn gateways(&self) -> Arc<Vec<Gateway>> {
+        self.0.gateways.read().expect("not poisoned").clone()
+    }
+
+    fn gateway(&self, name: &str) -> Result<String, RelayError> {
+        self.gateways()
+            .iter()
+            .find(|g| g.name.eq_ignore_ascii_case(name))
+            .map(|g| g.url.clone())
             .ok_or_else(|| RelayError::UnknownGateway(name.chars().take(64).collect()))
+    }
+
+    /// Takes one request from `ip`'s allowance (a token bucket: `max_rate_per_client` a
+    /// second, bursts of twice that).
+    fn rate(&self, ip: IpAddr) -> Result<(), RelayError> {
+        let rate = self.0.config.max_rate_per_client;
+        let burst = rate * 2.0;
+        let now = std::time::Instant::now();
+        let mut m = self.0.rates.lock().expect("not poisoned");
+        if m.len() > 100_000 {
+            // Forget the clients whose bucket has filled again: they hold nothing back.
+            m.retain(|_, (tokens, at)| *tokens + at.elapsed().as_secs_f64() * rate < burst);
+        }
+        let (tokens, at) = m.entry(ip).or_insert((burst, now));
+        *tokens = (*tokens + (now - *at).as_secs_f64() * rate).min(burst);
+        *at = now;
+        if *tokens < 1.0 {
+            return Err(RelayError::Busy(format!(
+                "more than {rate} requests a second from this address"
+            )));
+        }
+        *tokens -= 1.0;
+        Ok(())
     }
 
     fn slot(&self, ip: IpAddr) -> Result<Slot, RelayError> {
         let ip = client_of(ip);
+        self.rate(ip)?;
         let permit = self
             .0
             .in_flight
@@ -250,7 +287,7 @@ fn client_of(ip: IpAddr) -> IpAddr {
 
 /// `GET /gateways`: the gateways this relay forwards to.
 async fn list(State(r): State<Relay>) -> axum::Json<Vec<Gateway>> {
-    axum::Json(r.0.config.gateways.clone())
+    axum::Json(r.gateways().to_vec())
 }
 
 /// `GET /gateways/{name}`: the gateway's key configurations, fetched for the client.
@@ -259,7 +296,7 @@ async fn keys(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(name): Path<String>,
 ) -> Result<Response, RelayError> {
-    let url = r.gateway(&name)?.to_owned();
+    let url = r.gateway(&name)?;
     let slot = r.slot(peer.ip())?;
     let resp =
         r.0.http
@@ -278,7 +315,7 @@ async fn forward(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, RelayError> {
-    let url = r.gateway(&name)?.to_owned();
+    let url = r.gateway(&name)?;
     let media = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())

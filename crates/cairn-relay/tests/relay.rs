@@ -285,3 +285,47 @@ async fn a_request_that_trickles_in_is_cut_off_and_holds_nothing() {
     assert_eq!(e["code"], "request_timeout");
     assert!(seen.lock().unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn a_client_sending_faster_than_its_rate_is_told_to_wait() {
+    let (gw, _, key) = recording_gateway().await;
+    let relay = relay_with(RelayConfig {
+        gateways: vec![Gateway {
+            name: "g".into(),
+            url: gw,
+        }],
+        max_rate_per_client: 1.0,
+        ..Default::default()
+    })
+    .await;
+    let http = reqwest::Client::new();
+    let mut statuses = Vec::new();
+    let start = std::time::Instant::now();
+    for _ in 0..8 {
+        let (sealed, _) = cairn_ohttp::encapsulate(
+            key.config(),
+            &message::encode_request(
+                &axum::http::Request::get("/x")
+                    .body(bytes::Bytes::new())
+                    .unwrap(),
+            ),
+        )
+        .unwrap();
+        let r = http
+            .post(format!("{relay}/gateways/g"))
+            .header("content-type", cairn_ohttp::REQUEST_TYPE)
+            .body(sealed)
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 429 {
+            assert_eq!(r.headers()["retry-after"], "1");
+        }
+        statuses.push(r.status().as_u16());
+    }
+    // A burst of twice the rate goes through, then only what the rate refilled meanwhile.
+    let refilled = start.elapsed().as_secs_f64().ceil() as usize;
+    let passed = statuses.iter().filter(|s| **s == 200).count();
+    assert!(passed >= 2 && passed <= 2 + refilled, "{statuses:?}");
+    assert_eq!(passed + statuses.iter().filter(|s| **s == 429).count(), 8);
+}
