@@ -183,8 +183,8 @@ pub struct RegisterArgs {
     /// Where the node's evidence comes from.
     #[arg(long, value_enum, default_value = "dev")]
     pub attester: AttesterArg,
-    /// The key id of the inference node's Oblivious HTTP gateway key (`cairn node serve
-    /// --ohttp-key-id`): its key configuration is bound in the evidence.
+    /// The key id of the Oblivious HTTP gateway key (`cairn node serve --ohttp-key-id`; a
+    /// verifier's is 1): its key configuration is bound in the evidence.
     #[arg(long, default_value_t = 1)]
     pub ohttp_key_id: u8,
     /// Write the evidence the registry now records here, for `cairn node serve --evidence`
@@ -223,10 +223,11 @@ pub async fn register_cmd(args: RegisterArgs) -> anyhow::Result<()> {
         &args.endpoint,
         args.stake,
         att.as_ref(),
-        (role == Role::Inference)
-            .then(|| cairn_node::gateway_key(&key, args.ohttp_key_id))
-            .as_ref()
-            .map(|g| g.config().encoded()),
+        Some(
+            cairn_node::gateway_key(&key, args.ohttp_key_id)
+                .config()
+                .encoded(),
+        ),
     )
     .await?;
     match &done.tx {

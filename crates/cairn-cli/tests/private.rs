@@ -9,7 +9,7 @@ mod common;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use common::{Server, cairn, examples, failure, stdout};
+use common::{Server, cairn, cairn_ok, examples, failure, stdout};
 use serde_json::Value;
 
 /// An input no other test sends: 64 distinctive floats, whose bytes are searched for.
@@ -164,17 +164,7 @@ fn a_private_call_is_paid_through_the_relay_which_never_holds_the_plaintext() {
     let data = devnet.dir.path().join("data");
     let dir = tempfile::tempdir().unwrap();
     let (input, pattern) = marked_input(dir.path());
-    let relay = Server::command(
-        &[
-            "relay",
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--gateway",
-            &format!("node={}", devnet.node_url),
-        ],
-        "relay:",
-    );
+    let relay = relay_to(&[&format!("node={}", devnet.node_url)]);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (observer, seen) = recording_proxy(&rt, &relay.url);
     let before = receipts(&devnet.node_url);
@@ -193,15 +183,11 @@ fn a_private_call_is_paid_through_the_relay_which_never_holds_the_plaintext() {
     assert!(out.contains("receipt:  0x"), "{out}");
     let after = receipts(&devnet.node_url);
     assert_eq!(after, before + 1);
-    stdout(&cairn(
-        "",
-        Path::new("/nonexistent"),
-        &[
-            "receipt",
-            "verify",
-            dir.path().join("receipt.json").to_str().unwrap(),
-        ],
-    ));
+    cairn_ok(&[
+        "receipt",
+        "verify",
+        dir.path().join("receipt.json").to_str().unwrap(),
+    ]);
 
     // What went over the wire was sealed: neither the tensor nor the payment's words show.
     let kept = seen.lock().unwrap().clone();
@@ -264,33 +250,14 @@ fn a_gateway_key_the_registry_does_not_bind_is_refused_before_anything_is_sent()
             "dev",
         ],
     );
-    let relay = Server::command(
-        &[
-            "relay",
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--gateway",
-            &format!("node={}", devnet.node_url),
-            "--gateway",
-            &format!("stale={}", stale.node_url),
-        ],
-        "relay:",
-    );
+    let relay = relay_to(&[
+        &format!("node={}", devnet.node_url),
+        &format!("stale={}", stale.node_url),
+    ]);
     let before = receipts(&devnet.node_url);
     // Another node's gateway (a key of its own) where the registered node's is expected.
     let other = Server::node(&devnet.url, &["--attester", "dev"]);
-    let relay2 = Server::command(
-        &[
-            "relay",
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--gateway",
-            &format!("node={}", other.node_url),
-        ],
-        "relay:",
-    );
+    let relay2 = relay_to(&[&format!("node={}", other.node_url)]);
     let e = failure(&private_infer(
         dir.path(),
         &data,
@@ -382,28 +349,24 @@ fn a_gateway_key_the_registry_does_not_bind_is_refused_before_anything_is_sent()
     // Rotation: the node renews its evidence for key 2 through the verifiers (its endpoint
     // now the rotated process's), and the same private call through `stale` goes through.
     let evidence = dir.path().join("evidence.json");
-    let renewed = stdout(&cairn(
-        "",
-        Path::new("/nonexistent"),
-        &[
-            "node",
-            "register",
-            "--rpc",
-            &devnet.rpc_url,
-            "--deployment",
-            data.join("chain/deployment.json").to_str().unwrap(),
-            "--key",
-            data.join("chain/node.key").to_str().unwrap(),
-            "--stake",
-            "0",
-            "--endpoint",
-            &stale.node_url,
-            "--ohttp-key-id",
-            "2",
-            "--evidence-out",
-            evidence.to_str().unwrap(),
-        ],
-    ));
+    let renewed = cairn_ok(&[
+        "node",
+        "register",
+        "--rpc",
+        &devnet.rpc_url,
+        "--deployment",
+        data.join("chain/deployment.json").to_str().unwrap(),
+        "--key",
+        data.join("chain/node.key").to_str().unwrap(),
+        "--stake",
+        "0",
+        "--endpoint",
+        &stale.node_url,
+        "--ohttp-key-id",
+        "2",
+        "--evidence-out",
+        evidence.to_str().unwrap(),
+    ]);
     assert!(renewed.contains("registered"), "{renewed}");
     let out = stdout(&private_infer(
         dir.path(),
@@ -499,6 +462,27 @@ fn an_independent_ohttp_client_calls_the_node_through_the_relay() {
     assert!(text.contains("pyhpke: digits label 2"), "{text}");
 }
 
+/// A `cairn relay serve` process forwarding to `gateways` (each NAME=URL).
+fn relay_to(gateways: &[&str]) -> Server {
+    let mut args = vec!["relay", "serve", "--listen", "127.0.0.1:0"];
+    for g in gateways {
+        args.extend(["--gateway", g]);
+    }
+    Server::command(&args, "relay:")
+}
+
+/// The devnet's registered nodes and verifiers (`cairn nodes --all --json`).
+fn registered(data: &Path) -> Value {
+    let out = cairn_ok(&[
+        "nodes",
+        "--all",
+        "--json",
+        "--devnet-dir",
+        data.to_str().unwrap(),
+    ]);
+    serde_json::from_str(&out).unwrap()
+}
+
 /// Whether `pattern` is in any of the node's store files (the log and its WAL).
 fn on_disk(dir: &Path, pattern: &[u8]) -> bool {
     std::fs::read_dir(dir).unwrap().any(|e| {
@@ -545,18 +529,7 @@ fn a_private_calls_payloads_are_sealed_to_the_verifiers_who_open_them_to_reexecu
     );
 
     // Every verifier opens it and re-executes it bit for bit.
-    let nodes: Value = serde_json::from_str(&stdout(&cairn(
-        "",
-        Path::new("/nonexistent"),
-        &[
-            "nodes",
-            "--all",
-            "--json",
-            "--devnet-dir",
-            data.to_str().unwrap(),
-        ],
-    )))
-    .unwrap();
+    let nodes = registered(&data);
     let verifiers: Vec<String> = nodes
         .as_array()
         .unwrap()
@@ -584,18 +557,14 @@ fn a_private_calls_payloads_are_sealed_to_the_verifiers_who_open_them_to_reexecu
         )
     });
     // The disk check can fail: the same input sent directly is kept as it came.
-    let direct = stdout(&cairn(
-        "",
-        Path::new("/nonexistent"),
-        &[
-            "infer",
-            "digits@1.0",
-            "--input",
-            input.to_str().unwrap(),
-            "--node",
-            &devnet.node_url,
-        ],
-    ));
+    let direct = cairn_ok(&[
+        "infer",
+        "digits@1.0",
+        "--input",
+        input.to_str().unwrap(),
+        "--node",
+        &devnet.node_url,
+    ]);
     assert!(direct.contains("receipt:"), "{direct}");
     common::eventually(10, || on_disk(&data.join("node"), &pattern));
 }
@@ -716,4 +685,43 @@ fn a_paid_private_call_asked_again_gets_its_kept_answer_once_charged() {
         before + 1,
         "charged and signed once"
     );
+}
+
+/// Verifiers run a gateway too: a client asks a verifier about verdicts through the relay.
+#[test]
+fn a_verifier_answers_through_its_gateway_too() {
+    let devnet = Server::devnet();
+    let data = devnet.dir.path().join("data");
+    let nodes = registered(&data);
+    let verifier = nodes
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["role"] == "verifier" && n["endpoint"].as_str().unwrap().starts_with("http"))
+        .unwrap();
+    let url = verifier["endpoint"].as_str().unwrap();
+    let relay = relay_to(&[&format!("v={url}")]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let route = cairn_relay::client::PrivateRoute::open(&relay.url, "v")
+            .await
+            .unwrap();
+        let r = route
+            .send(
+                http::Request::get("/v1/verifier")
+                    .body(bytes::Bytes::new())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let info: Value = serde_json::from_slice(r.body()).unwrap();
+        assert!(
+            info["address"]
+                .as_str()
+                .unwrap()
+                .eq_ignore_ascii_case(verifier["address"].as_str().unwrap())
+        );
+        assert!(info["payloadKey"]["key_config"].is_string(), "{info}");
+    });
 }

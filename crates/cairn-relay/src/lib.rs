@@ -27,6 +27,7 @@ use cairn_core::ErrorBody;
 use futures::TryStreamExt;
 
 pub mod client;
+pub mod gateway;
 
 /// A gateway the relay forwards to.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq, Eq)]

@@ -118,7 +118,7 @@ async fn take_seat(
                     Role::Verifier,
                     url,
                     attester,
-                    None,
+                    Some(cairn_node::gateway_key(key, 1).config().encoded()),
                 )
                 .await?;
             }

@@ -31,6 +31,7 @@ mod batch;
 pub mod economics;
 pub mod fetch;
 mod fraud;
+mod gateway;
 mod reexec;
 mod registration;
 mod sample;
@@ -152,6 +153,8 @@ struct Core {
     finished: Mutex<HashMap<B256, (Outcome, u32)>>,
     /// The key private calls' payloads are sealed to, and its signed announcement.
     payload_key: cairn_ohttp::GatewayKey,
+    /// The Oblivious HTTP gateway's key (bound in the evidence it registers with).
+    gateway_key: cairn_ohttp::GatewayKey,
     /// Data keys of sealed payloads this verifier opened (by receipt hash; output or not), handed
     /// to peers with a fraud challenge.
     data_keys: Mutex<HashMap<B256, Vec<(bool, cairn_ohttp::sealed::DataKey)>>>,
@@ -249,6 +252,7 @@ impl Verifier {
             }
         };
         Self(Arc::new(Core {
+            gateway_key: cairn_node::gateway_key(&key, 1),
             data_keys: Mutex::new(HashMap::new()),
             payload_key,
             payload_key_info,

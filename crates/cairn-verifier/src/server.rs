@@ -58,6 +58,14 @@ fn not_found(what: String) -> Response {
 /// `GET /v1/verdicts/receipts/{requestId}`, `POST /v1/challenges`, `POST /v1/registrations`.
 pub fn router(v: Verifier) -> Router {
     let m = Arc::new(VerifierMetrics::new());
+    let routes = routes(v.clone(), &m);
+    let gateway = crate::gateway::routes(v, routes.clone())
+        .layer(axum::middleware::from_fn_with_state(m.http.clone(), track));
+    routes.merge(gateway)
+}
+
+/// Every route but the gateway's.
+fn routes(v: Verifier, m: &Arc<VerifierMetrics>) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/health", get(health))
@@ -71,7 +79,7 @@ pub fn router(v: Verifier) -> Router {
         .with_state(v)
         .merge(utoipa_swagger_ui::SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()))
         .layer(axum::middleware::from_fn_with_state(m.http.clone(), track))
-        .layer(axum::Extension(m))
+        .layer(axum::Extension(m.clone()))
 }
 
 /// The verifier's metric families.
