@@ -330,21 +330,20 @@ fn opened(
                     st.opener = None;
                     return Some((Err(relay_error(&st.url, e)), st));
                 }
-                None => {
-                    let last = st.opener.take().expect("checked above").finish();
-                    match last {
-                        Ok(p) => match st.reader.push(&p) {
-                            Ok(events) if st.reader.is_done() => {
-                                st.ready.extend(events);
-                                continue;
-                            }
-                            Ok(_) => Err(OhttpError::Truncated("the answer's content")),
-                            Err(e) => Err(e),
-                        },
-                        Err(e) => Err(e),
-                    }
-                    .map(|_: ()| Vec::new())
-                }
+                // The stream ended: the final chunk must be there, and the answer whole.
+                None => st
+                    .opener
+                    .take()
+                    .expect("checked above")
+                    .finish()
+                    .and_then(|last| {
+                        let events = st.reader.push(&last)?;
+                        if !st.reader.is_done() {
+                            return Err(OhttpError::Truncated("the answer's content"));
+                        }
+                        st.ready.extend(events);
+                        Ok(Vec::new())
+                    }),
             };
             match plain.and_then(|p| st.reader.push(&p)) {
                 Ok(events) => st.ready.extend(events),

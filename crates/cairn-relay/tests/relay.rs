@@ -98,6 +98,18 @@ async fn relay(gateways: Vec<Gateway>, max_per_client: usize) -> String {
     .await
 }
 
+/// A relay forwarding to the gateway at `gw` as `g`.
+async fn relay_named_g(gw: String) -> String {
+    relay(
+        vec![Gateway {
+            name: "g".into(),
+            url: gw,
+        }],
+        16,
+    )
+    .await
+}
+
 async fn relay_with(config: RelayConfig) -> String {
     let relay = Relay::new(config).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -109,14 +121,7 @@ async fn relay_with(config: RelayConfig) -> String {
 #[tokio::test]
 async fn the_gateway_gets_the_sealed_body_and_nothing_that_names_the_client() {
     let (gw, seen, _) = recording_gateway().await;
-    let relay = relay(
-        vec![Gateway {
-            name: "g".into(),
-            url: gw,
-        }],
-        16,
-    )
-    .await;
+    let relay = relay_named_g(gw).await;
     let route = PrivateRoute::open(&relay, "g").await.unwrap();
     let req = axum::http::Request::get("/v2/health/live")
         .header("x-forwarded-for", "203.0.113.7")
@@ -170,14 +175,7 @@ async fn the_gateway_gets_the_sealed_body_and_nothing_that_names_the_client() {
 #[tokio::test]
 async fn the_relay_forwards_only_to_its_gateways_only_ohttp_and_only_so_much() {
     let (gw, seen, key) = recording_gateway().await;
-    let relay = relay(
-        vec![Gateway {
-            name: "g".into(),
-            url: gw,
-        }],
-        16,
-    )
-    .await;
+    let relay = relay_named_g(gw).await;
     let http = reqwest::Client::new();
     let post = |path: &str, media: &str, body: Vec<u8>| {
         http.post(format!("{relay}{path}"))
@@ -224,14 +222,7 @@ async fn a_gateway_that_is_down_is_a_clear_502() {
 #[tokio::test]
 async fn the_local_proxy_seals_only_what_a_call_needs() {
     let (gw, _, _) = recording_gateway().await;
-    let relay = relay(
-        vec![Gateway {
-            name: "g".into(),
-            url: gw,
-        }],
-        16,
-    )
-    .await;
+    let relay = relay_named_g(gw).await;
     let route = PrivateRoute::open(&relay, "g").await.unwrap();
     let (addr, _task) = route.local_proxy(1 << 20).await.unwrap();
     let r = reqwest::Client::new()

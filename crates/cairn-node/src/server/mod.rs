@@ -194,15 +194,15 @@ pub(crate) async fn open(c: NodeConfig) -> Result<NodeState, NodeError> {
     let ohttp = crate::gateway_key(&c.key, c.ohttp_key_id);
     let evidence = match (c.evidence, &c.attester) {
         (Some(e), _) => {
-            let binds = cairn_attest::verify(
+            cairn_relay::client::check_key(
+                ohttp.config(),
+                c.key.address(),
                 &e,
+                None,
                 crate::now_secs(),
                 cairn_attest::Policy { allow_dev: true },
             )
-            .and_then(|v| {
-                cairn_attest::check_binding(&v, c.key.address(), Some(ohttp.config().encoded()))
-            });
-            binds.map_err(|e| {
+            .map_err(|e| {
                 NodeError::Internal(format!(
                     "the evidence given does not bind this node's key and gateway key ({e}); register again (cairn node register --evidence-out) with the same --ohttp-key-id"
                 ))
