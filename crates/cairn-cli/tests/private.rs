@@ -725,3 +725,51 @@ fn a_verifier_answers_through_its_gateway_too() {
         assert!(info["payloadKey"]["key_config"].is_string(), "{info}");
     });
 }
+
+/// A paid private chat: `cairn chat --private` pays the node per token with a prepaid voucher
+/// inside the envelope, and the receipt it checks binds the answer.
+#[test]
+fn a_paid_private_chat_is_charged_per_token_through_the_relay() {
+    let test = "a_paid_private_chat_is_charged_per_token_through_the_relay";
+    let Some(model) = common::llm_model(test) else {
+        return;
+    };
+    let devnet = Server::devnet_with(&["--llm", model.to_str().unwrap(), "--llm-price", "100/400"]);
+    let data = devnet.dir.path().join("data");
+    let payer = data.join("chain/payer.key");
+    let deposited = cairn_ok(&[
+        "pay",
+        "deposit",
+        "--node",
+        &devnet.node_url,
+        "--payer-key",
+        payer.to_str().unwrap(),
+        "--amount",
+        "100000",
+    ]);
+    assert!(deposited.contains("available: 100000"), "{deposited}");
+    let out = cairn_ok(&[
+        "chat",
+        "smollm2-135m-instruct@1.0",
+        "Name a color.",
+        "--max-tokens",
+        "8",
+        "--temperature",
+        "0",
+        "--node",
+        &devnet.node_url,
+        "--payer-key",
+        payer.to_str().unwrap(),
+        "--private",
+        "--relay",
+        &devnet.relay_url,
+        "--rpc",
+        &devnet.rpc_url,
+        "--deployment",
+        data.join("chain/deployment.json").to_str().unwrap(),
+        "--allow-dev-evidence",
+    ]);
+    assert!(out.contains("charged:  "), "{out}");
+    assert!(out.contains("(prepaid voucher"), "{out}");
+    assert!(out.contains("receipt:  0x"), "{out}");
+}
