@@ -160,7 +160,7 @@ fn private_infer(
 
 #[test]
 fn a_private_call_is_paid_through_the_relay_which_never_holds_the_plaintext() {
-    let devnet = Server::devnet_with(&[]);
+    let devnet = Server::devnet_with(&["--batch-max-age-secs", "2"]);
     let data = devnet.dir.path().join("data");
     let dir = tempfile::tempdir().unwrap();
     let (input, pattern) = marked_input(dir.path());
@@ -188,6 +188,21 @@ fn a_private_call_is_paid_through_the_relay_which_never_holds_the_plaintext() {
         "verify",
         dir.path().join("receipt.json").to_str().unwrap(),
     ]);
+    // Settled: the paid receipt's batch is attested by the verifiers, who open its sealed
+    // payloads to check it.
+    let receipt: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("receipt.json")).unwrap())
+            .unwrap();
+    let id = cairn_receipt::SignedReceipt::verify_json(&receipt)
+        .unwrap()
+        .id();
+    common::eventually(90, || {
+        let stored = get_json(&format!("{}/v1/receipts/{id}", devnet.node_url));
+        matches!(
+            stored["batch"]["status"].as_str(),
+            Some("attested" | "finalized")
+        )
+    });
 
     // What went over the wire was sealed: neither the tensor nor the payment's words show.
     let kept = seen.lock().unwrap().clone();
