@@ -252,6 +252,17 @@ fn a_gateway_key_the_registry_does_not_bind_is_refused_before_anything_is_sent()
     let data = devnet.dir.path().join("data");
     let dir = tempfile::tempdir().unwrap();
     let input = examples().join("digit.json");
+    let infer_via = |node: &str, relay: &str, extra: &[&str]| {
+        private_infer(
+            dir.path(),
+            &data,
+            node,
+            relay,
+            &devnet.rpc_url,
+            &input,
+            extra,
+        )
+    };
     // The devnet's node key serving a rotated gateway key (id 2): its evidence binds that key,
     // not the one whose evidence the registry holds.
     let stale = Server::node(
@@ -273,34 +284,22 @@ fn a_gateway_key_the_registry_does_not_bind_is_refused_before_anything_is_sent()
     // Another node's gateway (a key of its own) where the registered node's is expected.
     let other = Server::node(&devnet.url, &["--attester", "dev"]);
     let relay2 = relay_to(&[&format!("node={}", other.node_url)]);
-    let e = failure(&private_infer(
-        dir.path(),
-        &data,
+    let e = failure(&infer_via(
         &devnet.node_url,
         &relay2.url,
-        &devnet.rpc_url,
-        &input,
         &["--allow-dev-evidence", "--gateway", "node"],
     ));
     assert!(e.contains("speaks for"), "{e}");
-    let e = failure(&private_infer(
-        dir.path(),
-        &data,
+    let e = failure(&infer_via(
         &devnet.node_url,
         &relay.url,
-        &devnet.rpc_url,
-        &input,
         &["--allow-dev-evidence", "--gateway", "stale"],
     ));
     assert!(e.contains("not the one the registry records"), "{e}");
     // Dev evidence is refused unless asked for.
-    let e = failure(&private_infer(
-        dir.path(),
-        &data,
+    let e = failure(&infer_via(
         &devnet.node_url,
         &relay.url,
-        &devnet.rpc_url,
-        &input,
         &["--gateway", "node"],
     ));
     assert!(e.contains("dev"), "{e}");
@@ -340,24 +339,16 @@ fn a_gateway_key_the_registry_does_not_bind_is_refused_before_anything_is_sent()
         ],
         "relay:",
     );
-    let out = stdout(&private_infer(
-        dir.path(),
-        &data,
+    let out = stdout(&infer_via(
         &devnet.node_url,
         &listed.url,
-        &devnet.rpc_url,
-        &input,
         &["--allow-dev-evidence"],
     ));
     assert!(out.contains("label INT64 [1]: [2]"), "{out}");
     // Through the good gateway it works (the devnet's own relay).
-    let out = stdout(&private_infer(
-        dir.path(),
-        &data,
+    let out = stdout(&infer_via(
         &devnet.node_url,
         &devnet.relay_url,
-        &devnet.rpc_url,
-        &input,
         &["--allow-dev-evidence"],
     ));
     assert!(out.contains("label INT64 [1]: [2]"), "{out}");
@@ -383,13 +374,9 @@ fn a_gateway_key_the_registry_does_not_bind_is_refused_before_anything_is_sent()
         evidence.to_str().unwrap(),
     ]);
     assert!(renewed.contains("registered"), "{renewed}");
-    let out = stdout(&private_infer(
-        dir.path(),
-        &data,
+    let out = stdout(&infer_via(
         &stale.node_url,
         &relay.url,
-        &devnet.rpc_url,
-        &input,
         &["--allow-dev-evidence", "--gateway", "stale"],
     ));
     assert!(out.contains("label INT64 [1]: [2]"), "{out}");

@@ -98,6 +98,16 @@ async fn relay(gateways: Vec<Gateway>, max_per_client: usize) -> String {
     .await
 }
 
+/// A `GET /x` sealed to `config`.
+fn sealed_get(config: &cairn_ohttp::KeyConfig) -> Vec<u8> {
+    let req = axum::http::Request::get("/x")
+        .body(bytes::Bytes::new())
+        .unwrap();
+    cairn_ohttp::encapsulate(config, &message::encode_request(&req))
+        .unwrap()
+        .0
+}
+
 /// A relay forwarding to the gateway at `gw` as `g`.
 async fn relay_named_g(gw: String) -> String {
     relay(
@@ -136,15 +146,7 @@ async fn the_gateway_gets_the_sealed_body_and_nothing_that_names_the_client() {
     );
     // Headers the client sends to the relay itself do not reach the gateway either.
     let http = reqwest::Client::new();
-    let (sealed, _) = cairn_ohttp::encapsulate(
-        route.key_config(),
-        &message::encode_request(
-            &axum::http::Request::get("/x")
-                .body(bytes::Bytes::new())
-                .unwrap(),
-        ),
-    )
-    .unwrap();
+    let sealed = sealed_get(route.key_config());
     let r = http
         .post(format!("{relay}/gateways/g"))
         .header("content-type", cairn_ohttp::REQUEST_TYPE)
@@ -293,15 +295,7 @@ async fn a_client_sending_faster_than_its_rate_is_told_to_wait() {
     let mut statuses = Vec::new();
     let start = std::time::Instant::now();
     for _ in 0..8 {
-        let (sealed, _) = cairn_ohttp::encapsulate(
-            key.config(),
-            &message::encode_request(
-                &axum::http::Request::get("/x")
-                    .body(bytes::Bytes::new())
-                    .unwrap(),
-            ),
-        )
-        .unwrap();
+        let sealed = sealed_get(key.config());
         let r = http
             .post(format!("{relay}/gateways/g"))
             .header("content-type", cairn_ohttp::REQUEST_TYPE)
