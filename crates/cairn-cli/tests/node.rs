@@ -76,20 +76,10 @@ fn push(hub: &str, key: &Path, file: &Path, repo: &str) -> String {
 fn openai_clients_call_the_devnet_language_model_and_receipts_bind_every_byte() {
     let test = "openai_clients_call_the_devnet_language_model_and_receipts_bind_every_byte";
     let Some(model) = llm_model(test) else { return };
-    let py = std::env::var("CAIRN_PY").expect("CAIRN_PY (scripts/test.sh sets it)");
     let net = Server::devnet_with(&["--free", "--llm", model.to_str().unwrap()]);
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/openai_clients.py");
-    let out = Command::new(py)
-        .arg(script)
-        .arg(&net.node_url)
-        .arg("smollm2-135m-instruct@1.0")
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    let text = common::python_script(
+        "openai_clients.py",
+        &[&net.node_url, "smollm2-135m-instruct@1.0"],
     );
     for step in [
         "models:",
@@ -772,21 +762,8 @@ fn python_eth_account_and_tritonclient() {
     let Some(_) = models_dir("python clients") else {
         return;
     };
-    let py = std::env::var("CAIRN_PY").expect("CAIRN_PY (scripts/test.sh sets it)");
     let net = Server::devnet();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/clients.py");
-    let out = Command::new(py)
-        .arg(script)
-        .arg(&net.node_url)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = common::python_script("clients.py", &[&net.node_url]);
     assert!(text.contains("the node's address"), "{text}");
     assert!(text.contains("tritonclient: binary ok"), "{text}");
     assert!(

@@ -444,21 +444,11 @@ fn bad_envelopes_get_clear_errors_and_cost_nothing() {
 /// written apart from Cairn's, calls the node through the devnet's relay.
 #[test]
 fn an_independent_ohttp_client_calls_the_node_through_the_relay() {
-    let py = std::env::var("CAIRN_PY").expect("CAIRN_PY (scripts/test.sh sets it)");
     let devnet = Server::devnet();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/ohttp_client.py");
-    let out = std::process::Command::new(py)
-        .arg(script)
-        .arg(&devnet.relay_url)
-        .arg("node")
-        .arg(examples().join("digit.json"))
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    let input = examples().join("digit.json");
+    let text = common::python_script(
+        "ohttp_client.py",
+        &[&devnet.relay_url, "node", input.to_str().unwrap()],
     );
     assert!(text.contains("pyhpke: node 0x"), "{text}");
     assert!(text.contains("pyhpke: digits label 2"), "{text}");

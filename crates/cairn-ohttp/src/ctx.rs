@@ -59,16 +59,8 @@ impl Sender {
     /// sequence number makes chunk nonces (`nonce XOR counter`).
     pub(crate) fn from_secrets(aead: Aead, key: &[u8], nonce: &[u8]) -> Self {
         match aead {
-            Aead::Aes128Gcm => Self::Aes(create_sender_context(
-                &aead_key(key),
-                aead_nonce(nonce),
-                ExporterSecret::default(),
-            )),
-            Aead::ChaCha20Poly1305 => Self::ChaCha(create_sender_context(
-                &aead_key(key),
-                aead_nonce(nonce),
-                ExporterSecret::default(),
-            )),
+            Aead::Aes128Gcm => Self::Aes(from_parts(key, nonce, create_sender_context)),
+            Aead::ChaCha20Poly1305 => Self::ChaCha(from_parts(key, nonce, create_sender_context)),
         }
     }
 
@@ -116,16 +108,8 @@ impl Receiver {
     /// See [`Sender::from_secrets`].
     pub(crate) fn from_secrets(aead: Aead, key: &[u8], nonce: &[u8]) -> Self {
         match aead {
-            Aead::Aes128Gcm => Self::Aes(create_receiver_context(
-                &aead_key(key),
-                aead_nonce(nonce),
-                ExporterSecret::default(),
-            )),
-            Aead::ChaCha20Poly1305 => Self::ChaCha(create_receiver_context(
-                &aead_key(key),
-                aead_nonce(nonce),
-                ExporterSecret::default(),
-            )),
+            Aead::Aes128Gcm => Self::Aes(from_parts(key, nonce, create_receiver_context)),
+            Aead::ChaCha20Poly1305 => Self::ChaCha(from_parts(key, nonce, create_receiver_context)),
         }
     }
 
@@ -146,6 +130,16 @@ impl Receiver {
         .expect("an export of at most 32 bytes");
         out
     }
+}
+
+/// A context of either direction from OHTTP's own key and base nonce (no exporter: OHTTP
+/// exports from the request's context only).
+fn from_parts<A: hpke::aead::Aead, C>(
+    key: &[u8],
+    nonce: &[u8],
+    make: fn(&AeadKey<A>, AeadNonce<A>, ExporterSecret<Kdf>) -> C,
+) -> C {
+    make(&aead_key(key), aead_nonce(nonce), ExporterSecret::default())
 }
 
 fn aead_key<A: hpke::aead::Aead>(key: &[u8]) -> AeadKey<A> {

@@ -550,3 +550,20 @@ pub fn leave_stream_after(
         (id, head)
     })
 }
+
+/// Runs `tests/python/SCRIPT` with the test venv's Python (`CAIRN_PY`) and `args`; its stdout,
+/// after checking it succeeded (stdout and stderr shown when not).
+pub fn python_script(script: &str, args: &[&str]) -> String {
+    let py = std::env::var("CAIRN_PY").expect("CAIRN_PY (scripts/test.sh sets it)");
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/python")
+        .join(script);
+    let out = Command::new(py).arg(path).args(args).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
