@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs the pinned npm tools (contracts/package-lock.json: solc-js, OpenZeppelin, anvil, cast; and the
-# x402 interop clients of crates/cairn-cli/tests/npm) into a
+# x402 interop clients of crates/cairn-cli/tests/npm; the explorer's front-end packages) into a
 # cache dir outside the clone, keyed by the lockfile. Source it: it exports CAIRN_NODE_MODULES,
-# CAIRN_ANVIL and CAIRN_CAST. `--ignore-scripts`: nothing runs at install time.
+# CAIRN_ANVIL, CAIRN_CAST, CAIRN_NPM_INTEROP and CAIRN_EXPLORER_MODULES. `--ignore-scripts`:
+# nothing runs at install time.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 export CAIRN_CACHE_DIR="${CAIRN_CACHE_DIR:-$HOME/.cache/cairn}"
@@ -34,3 +35,18 @@ if [ ! -f "$interop_dir/.complete" ]; then
   touch "$interop_dir/.complete"
 fi
 export CAIRN_NPM_INTEROP="$interop_dir/node_modules"
+
+# The explorer's front-end toolchain (Vite, viem, marked, DOMPurify) and the browser driver its
+# tests use (playwright-core, which drives Debian's chromium), from
+# crates/cairn-explorer/web/package-lock.json, in their own cache dir.
+explorer_lock="$here/../crates/cairn-explorer/web/package-lock.json"
+explorer_dir="$CAIRN_CACHE_DIR/npm-explorer-$(sha256sum "$explorer_lock" | cut -c1-16)"
+if [ ! -f "$explorer_dir/.complete" ]; then
+  echo "npm-deps: installing the explorer's front-end packages into $explorer_dir" >&2
+  rm -rf "$explorer_dir"
+  mkdir -p "$explorer_dir"
+  cp "$here/../crates/cairn-explorer/web/package.json" "$explorer_lock" "$explorer_dir/"
+  (cd "$explorer_dir" && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error >&2)
+  touch "$explorer_dir/.complete"
+fi
+export CAIRN_EXPLORER_MODULES="$explorer_dir/node_modules"

@@ -6,7 +6,9 @@
 #   - a PostgreSQL server (Debian's package when none is installed)
 #   - the ONNX Runtime library (scripts/install-onnxruntime.sh)
 #   - the devnet's language model, SmolLM2-135M-Instruct GGUF (scripts/llm-model.sh)
-# Source it: it exports CAIRN_CACHE_DIR, CAIRN_PY, CAIRN_TEST_MODELS, ORT_DYLIB_PATH and CAIRN_LLM_MODEL.
+#   - Chromium for the explorer's browser tests (Debian's package when none is installed)
+# Source it: it exports CAIRN_CACHE_DIR, CAIRN_PY, CAIRN_TEST_MODELS, ORT_DYLIB_PATH, CAIRN_LLM_MODEL
+# and CAIRN_CHROMIUM.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 export CAIRN_CACHE_DIR="${CAIRN_CACHE_DIR:-$HOME/.cache/cairn}"
@@ -42,3 +44,11 @@ if ! command -v initdb >/dev/null 2>&1; then
   fi
   export PATH="$pgbin:$PATH"
 fi
+
+if ! command -v chromium >/dev/null 2>&1; then
+  echo "test-deps: installing Chromium from Debian (the explorer's browser tests)" >&2
+  if [ "$(id -u)" = 0 ]; then sudo_cmd=""; else sudo_cmd="sudo"; fi
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq chromium >/dev/null
+fi
+export CAIRN_CHROMIUM="$(command -v chromium)"

@@ -53,6 +53,8 @@ PY
 export CAIRN_TEST_REQUIRE_SERVICES=1
 # The committed contract artifacts must be what the pinned compiler makes of the sources.
 node contracts/compile.mjs --check --modules "$CAIRN_NODE_MODULES"
+# The committed explorer pages must be what the pinned Vite makes of their sources.
+scripts/explorer-web.sh --check
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 # The Nitro attester's device path compiles only with its feature (it runs only in an enclave).

@@ -16,6 +16,8 @@ pub(crate) struct DevnetChain {
     pub(crate) faults: node_cmd::FaultArgs,
     /// Where the devnet's Oblivious HTTP relay listens.
     pub(crate) relay_listen: SocketAddr,
+    /// Where the devnet's explorer listens.
+    pub(crate) explorer_listen: SocketAddr,
     pub(crate) llm: LlmSource,
     pub(crate) rpc: crate::args::RpcServeArgs,
 }
@@ -144,6 +146,15 @@ pub(crate) async fn devnet(
         relay,
         stopped(stop_rx.clone()),
     ));
+    let (explorer_url, explorer_task) = crate::explorer_cmd::start_devnet(
+        c.explorer_listen,
+        &data_dir,
+        chain.clone(),
+        &url,
+        stopped(stop_rx.clone()),
+    )
+    .await?;
+    println!("  explorer: {explorer_url}");
     print_try(&payer_key, &node_url, &relay_url, &rpc_url);
     let node_task = tokio::spawn(cairn_node::serve(
         node_listener,
@@ -158,6 +169,7 @@ pub(crate) async fn devnet(
     hub_task.await??;
     node_task.await??;
     relay_task.await??;
+    explorer_task.await??;
     Ok(())
 }
 

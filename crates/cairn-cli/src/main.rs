@@ -5,6 +5,7 @@ mod args;
 mod chain_cmd;
 mod devnet;
 mod devnet_llm;
+mod explorer_cmd;
 mod hub;
 mod keyfile;
 mod node_cmd;
@@ -55,6 +56,9 @@ enum Command {
         /// Address for the Oblivious HTTP relay (private calls); port 0 picks a free one.
         #[arg(long, default_value = "127.0.0.1:7403")]
         relay_listen: SocketAddr,
+        /// Address for the explorer (its pages, API and indexer); port 0 picks a free one.
+        #[arg(long, default_value = "127.0.0.1:7404")]
+        explorer_listen: SocketAddr,
         #[command(flatten)]
         engine: node_cmd::EngineArgs,
         /// Chain id of the embedded chain (fixed when the data dir is first created).
@@ -184,6 +188,9 @@ enum Command {
     /// An Oblivious HTTP relay for private calls.
     #[command(subcommand)]
     Relay(relay_cmd::RelayCommand),
+    /// The explorer: indexer, API and web pages.
+    #[command(subcommand)]
+    Explorer(explorer_cmd::ExplorerCommand),
 }
 
 #[derive(Subcommand)]
@@ -342,6 +349,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             listen,
             node_listen,
             relay_listen,
+            explorer_listen,
             engine,
             chain_id,
             price,
@@ -371,6 +379,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     verifiers,
                     faults,
                     relay_listen,
+                    explorer_listen,
                     llm,
                     rpc,
                 },
@@ -432,6 +441,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Node(NodeCommand::Register(args)) => verify_cmd::register_cmd(args).await,
         Command::Nodes(args) => verify_cmd::nodes_cmd(args).await,
         Command::Relay(cmd) => relay_cmd::run(cmd).await,
+        Command::Explorer(cmd) => explorer_cmd::run(cmd).await,
         Command::Key(KeyCommand::Address { key }) => {
             println!(
                 "{}",

@@ -389,6 +389,16 @@ impl Ledger for EmbeddedLedger {
         })
     }
 
+    async fn block_at(&self, number: u64) -> Result<Option<crate::BlockStamp>, LedgerError> {
+        Ok(self
+            .block(query::BlockRef::Number(number), false)?
+            .map(|b| crate::BlockStamp {
+                number,
+                hash: b.header.hash,
+                timestamp: b.header.inner.timestamp,
+            }))
+    }
+
     async fn balance(&self, who: Address) -> Result<U256, LedgerError> {
         Ok(self
             .lock()

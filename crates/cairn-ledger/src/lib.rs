@@ -53,6 +53,17 @@ pub struct BlockInfo {
     pub timestamp: u64,
 }
 
+/// A block by number: what an indexer records to notice a reorganization.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlockStamp {
+    /// Block number.
+    pub number: u64,
+    /// Block hash.
+    pub hash: B256,
+    /// Block timestamp, Unix seconds.
+    pub timestamp: u64,
+}
+
 /// A log found by [`Ledger::logs`], with where it was emitted.
 #[derive(Clone, Debug)]
 pub struct LogRecord {
@@ -178,6 +189,9 @@ pub trait Ledger: Send + Sync {
 
     /// The latest block.
     async fn head(&self) -> Result<BlockInfo, LedgerError>;
+
+    /// Block `number`'s hash and time; `None` past the head.
+    async fn block_at(&self, number: u64) -> Result<Option<BlockStamp>, LedgerError>;
 
     /// Native-coin balance.
     async fn balance(&self, who: Address) -> Result<U256, LedgerError>;

@@ -281,6 +281,19 @@ impl Ledger for RpcLedger {
         })
     }
 
+    async fn block_at(&self, number: u64) -> Result<Option<crate::BlockStamp>, LedgerError> {
+        Ok(self
+            .provider
+            .get_block_by_number(number.into())
+            .await
+            .map_err(rpc_error)?
+            .map(|b| crate::BlockStamp {
+                number: b.header.number,
+                hash: b.header.hash,
+                timestamp: b.header.timestamp,
+            }))
+    }
+
     async fn balance(&self, who: Address) -> Result<U256, LedgerError> {
         self.provider.get_balance(who).await.map_err(rpc_error)
     }

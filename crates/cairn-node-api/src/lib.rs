@@ -4,6 +4,7 @@
 //! tests read them.
 
 pub mod client;
+pub mod fetch;
 pub mod kserve;
 pub mod openai;
 pub mod safetensors_io;

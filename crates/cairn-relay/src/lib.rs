@@ -196,12 +196,18 @@ impl Relay {
     }
 
     /// The relay's routes: `GET /gateways`, and per gateway `GET` (its key configurations)
-    /// and `POST` (a sealed request) at `/gateways/{name}`.
+    /// and `POST` (a sealed request) at `/gateways/{name}`; `GET /metrics` counts requests by
+    /// route template and status only (never by gateway or client: the relay's counters must
+    /// not tell an onlooker who talks to which node).
     pub fn router(&self) -> Router {
-        Router::new()
+        let routes = Router::new()
             .route("/gateways", get(list))
             .route("/gateways/{name}", get(keys).post(forward))
-            .with_state(self.clone())
+            .with_state(self.clone());
+        cairn_serve::metrics::serve(
+            routes,
+            Arc::new(cairn_serve::metrics::Metrics::new("cairn_relay")),
+        )
     }
 
     /// Replaces the gateways forwarded to (a registry's active nodes, read again).

@@ -29,7 +29,7 @@
 pub mod assemble;
 mod batch;
 pub mod economics;
-pub mod fetch;
+pub use cairn_node_api::fetch;
 mod fraud;
 mod gateway;
 mod reexec;

@@ -18,6 +18,8 @@ pub struct Server {
     pub rpc_url: String,
     /// The Oblivious HTTP relay's URL (devnet).
     pub relay_url: String,
+    /// The explorer's URL (devnet).
+    pub explorer_url: String,
     pub dir: tempfile::TempDir,
 }
 
@@ -164,12 +166,14 @@ impl Server {
         let node_url = urls.get(1).cloned().unwrap_or_default();
         let rpc_url = urls.get(2).cloned().unwrap_or_default();
         let relay_url = urls.get(3).cloned().unwrap_or_default();
+        let explorer_url = urls.get(4).cloned().unwrap_or_default();
         Self {
             child,
             url: urls.swap_remove(0),
             node_url,
             rpc_url,
             relay_url,
+            explorer_url,
             dir,
         }
     }
@@ -194,6 +198,8 @@ impl Server {
             "127.0.0.1:0",
             "--relay-listen",
             "127.0.0.1:0",
+            "--explorer-listen",
+            "127.0.0.1:0",
             "--data-dir",
             data.to_str().unwrap(),
         ];
@@ -201,7 +207,13 @@ impl Server {
         Self::spawn(
             &args,
             &[],
-            &["  hub:", "  node:", "  chain rpc:", "  relay:"],
+            &[
+                "  hub:",
+                "  node:",
+                "  chain rpc:",
+                "  relay:",
+                "  explorer:",
+            ],
             dir,
         )
     }

@@ -1,5 +1,5 @@
-//! HTTP towards node-chosen URLs: a node registers its endpoint, so everything a verifier fetches
-//! from it is bounded (time, bytes), follows no redirect, and, outside a local network, never
+//! HTTP towards node-chosen URLs: a node registers its endpoint, so everything a verifier or an
+//! indexer fetches from it is bounded (time, bytes), follows no redirect, and, outside a local network, never
 //! reaches a private, loopback or link-local address (checked for literal IPs and for every
 //! address a name resolves to, at connection time, so a DNS answer cannot swap it afterwards).
 
@@ -115,7 +115,7 @@ impl Fetcher {
     }
 
     /// [`Fetcher::send`] reading at most `max_bytes` (and never more than the byte cap).
-    async fn send_at_most(
+    pub async fn send_at_most(
         &self,
         url: &str,
         req: reqwest::RequestBuilder,

@@ -1,0 +1,99 @@
+//! `cairn explorer serve`: the indexer and the explorer's pages for a deployment on any chain.
+
+use anyhow::Context;
+use std::net::SocketAddr;
+
+/// `cairn explorer …`.
+#[derive(clap::Subcommand)]
+pub enum ExplorerCommand {
+    /// Index a deployment (its chain, the batches' receipts, the verifiers' verdicts, the hub's
+    /// models) and serve the explorer's pages and API.
+    Serve {
+        /// Where to listen.
+        #[arg(long, default_value = "127.0.0.1:7404")]
+        listen: SocketAddr,
+        /// The index: `sqlite://PATH` or `postgres://…` (several explorers may share one
+        /// PostgreSQL database only if one of them follows; the rest just serve).
+        #[arg(long, env = "CAIRN_EXPLORER_INDEX")]
+        index: String,
+        /// The hub whose models are shown.
+        #[arg(long, env = "CAIRN_HUB")]
+        hub: Option<String>,
+        /// Seconds between indexer rounds.
+        #[arg(long, default_value_t = 2)]
+        every_secs: u64,
+        /// Fetch from registered endpoints on private, loopback or link-local addresses (a
+        /// local network); by default they are skipped, so a registered endpoint cannot make
+        /// the indexer probe the network it runs in.
+        #[arg(long)]
+        allow_private_endpoints: bool,
+        #[command(flatten)]
+        chain: crate::args::ChainArgs,
+    },
+}
+
+/// `cairn explorer serve`.
+pub async fn run(cmd: ExplorerCommand) -> anyhow::Result<()> {
+    let ExplorerCommand::Serve {
+        listen,
+        index,
+        hub,
+        every_secs,
+        allow_private_endpoints,
+        chain,
+    } = cmd;
+    let chain = chain.connect().await?;
+    let index = cairn_explorer::Index::connect(&index)
+        .await
+        .context("opening the explorer's index")?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding {listen}"))?;
+    println!("explorer: http://{}", listener.local_addr()?);
+    cairn_explorer::serve(
+        listener,
+        chain,
+        index,
+        cairn_explorer::FollowConfig {
+            hub,
+            every: std::time::Duration::from_secs(every_secs.max(1)),
+            allow_private: allow_private_endpoints,
+            ..Default::default()
+        },
+        crate::shutdown_signal(),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Starts the devnet's explorer on `listen` over `chain`, indexing into the data dir; its URL
+/// and task.
+pub async fn start_devnet(
+    listen: SocketAddr,
+    data_dir: &std::path::Path,
+    chain: cairn_ledger::Chain,
+    hub: &str,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<(String, tokio::task::JoinHandle<std::io::Result<()>>)> {
+    let index = cairn_explorer::Index::connect(&format!(
+        "sqlite://{}",
+        data_dir.join("explorer.db").display()
+    ))
+    .await
+    .context("opening the explorer's index")?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding {listen}"))?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let config = cairn_explorer::FollowConfig {
+        hub: Some(hub.to_owned()),
+        every: std::time::Duration::from_secs(1),
+        // The devnet's services all listen on loopback.
+        allow_private: true,
+        ..Default::default()
+    };
+    Ok((
+        url,
+        tokio::spawn(cairn_explorer::serve(listener, chain, index, config, stop)),
+    ))
+}

@@ -1,0 +1,40 @@
+//! Embeds the built web pages (`web/dist`, committed; rebuilt by `scripts/explorer-web.sh`)
+//! into the binary, so `cairn devnet` serves the explorer without Node.js.
+
+use std::path::Path;
+
+fn walk(dir: &Path, base: &Path, out: &mut Vec<String>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut entries: Vec<_> = entries.flatten().map(|e| e.path()).collect();
+    entries.sort();
+    for p in entries {
+        if p.is_dir() {
+            walk(&p, base, out);
+        } else {
+            let rel = p.strip_prefix(base).expect("under base");
+            out.push(format!(
+                "(\"/{}\", include_bytes!({:?})),",
+                rel.to_string_lossy().replace('\\', "/"),
+                p.canonicalize().expect("file exists")
+            ));
+        }
+    }
+}
+
+fn main() {
+    let dist = Path::new(env!("CARGO_MANIFEST_DIR")).join("web/dist");
+    println!("cargo:rerun-if-changed=web/dist");
+    let mut files = Vec::new();
+    walk(&dist, &dist, &mut files);
+    let out = Path::new(&std::env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("assets.rs");
+    std::fs::write(
+        out,
+        format!(
+            "/// The built pages: (path, bytes).\npub static ASSETS: &[(&str, &[u8])] = &[\n{}\n];\n",
+            files.join("\n")
+        ),
+    )
+    .expect("writing assets.rs");
+}

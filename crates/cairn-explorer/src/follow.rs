@@ -1,0 +1,709 @@
+//! The follower: reads the chain's events into the index block range by block range (undoing a
+//! reorganization first), then what the chain points at: each submitted batch's receipts from
+//! its node (verified against the root on chain before one is stored), each verifier's
+//! verdicts, each registered node's state, and the hub's models.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use alloy_primitives::{Address, B256, Log};
+use alloy_sol_types::SolEventInterface;
+use cairn_ledger::contracts::{Escrow, NodeRegistry, Settlement};
+use cairn_ledger::{BlockStamp, Chain, Ledger, LedgerError, LogFilter, Role};
+use cairn_receipt::{ReceiptJson, Seal, SealCache};
+
+use crate::metrics::IndexerMetrics;
+use crate::store::{EventRow, Index, IndexError, ModelRow, NewBatch, ReceiptRow, VerdictRow};
+
+/// Blocks read per range.
+const WINDOW: u64 = 500;
+/// How far back a reorganization is looked for among the stored blocks before starting over.
+const REORG_SEARCH: u64 = 4096;
+/// A batch listing's most bytes: the receipt bound (65,536) at ~1.5 KB each.
+const MAX_LISTING_BYTES: usize = 96 << 20;
+/// Any other answer's most bytes.
+const MAX_ANSWER_BYTES: usize = 4 << 20;
+/// Fetches of a batch's receipts before the index calls it unavailable.
+const LISTING_TRIES: u64 = 8;
+
+/// Why a round stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum FollowError {
+    /// The chain failed.
+    #[error("chain: {0}")]
+    Ledger(#[from] LedgerError),
+    /// The index failed.
+    #[error(transparent)]
+    Index(#[from] IndexError),
+}
+
+/// The follower's settings.
+#[derive(Clone, Debug)]
+pub struct FollowConfig {
+    /// The hub whose models are indexed (none: no models).
+    pub hub: Option<String>,
+    /// Time between rounds.
+    pub every: Duration,
+    /// Deadline of each request to a node, verifier or the hub.
+    pub timeout: Duration,
+    /// Whether registered endpoints may be private, loopback or link-local addresses (a local
+    /// network such as the devnet); otherwise such endpoints are never fetched, so a registered
+    /// endpoint cannot make the indexer probe the network it runs in.
+    pub allow_private: bool,
+}
+
+impl Default for FollowConfig {
+    fn default() -> Self {
+        Self {
+            hub: None,
+            every: Duration::from_secs(2),
+            timeout: Duration::from_secs(10),
+            allow_private: false,
+        }
+    }
+}
+
+/// Follows one deployment into one index.
+pub struct Follower {
+    chain: Chain,
+    index: Index,
+    fetch: cairn_node_api::fetch::Fetcher,
+    config: FollowConfig,
+    metrics: Arc<IndexerMetrics>,
+}
+
+/// What one round did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Round {
+    /// Events written.
+    pub events: u64,
+    /// Blocks forgotten because a reorganization replaced them.
+    pub rolled_back: u64,
+    /// Batch listings stored.
+    pub listings: u64,
+}
+
+impl Follower {
+    /// A follower of `chain` into `index`.
+    pub fn new(
+        chain: Chain,
+        index: Index,
+        config: FollowConfig,
+        metrics: Arc<IndexerMetrics>,
+    ) -> Self {
+        let fetch = cairn_node_api::fetch::Fetcher::new(
+            config.timeout,
+            MAX_LISTING_BYTES,
+            config.allow_private,
+        );
+        Self {
+            chain,
+            index,
+            fetch,
+            config,
+            metrics,
+        }
+    }
+
+    /// Runs rounds until `stop` resolves; a failed round is logged and retried.
+    pub async fn run(self, stop: impl std::future::Future<Output = ()>) {
+        tokio::pin!(stop);
+        loop {
+            match self.round().await {
+                Ok(r) if r.events + r.rolled_back + r.listings > 0 => {
+                    tracing::debug!(?r, "indexed")
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    self.metrics.round_errors.inc();
+                    tracing::warn!("indexer round failed (retried): {e}");
+                }
+            }
+            tokio::select! {
+                _ = &mut stop => return,
+                _ = tokio::time::sleep(self.config.every) => {}
+            }
+        }
+    }
+
+    /// One round: the chain up to its head, then the services it names.
+    pub async fn round(&self) -> Result<Round, FollowError> {
+        let mut round = Round::default();
+        self.follow_chain(&mut round).await?;
+        round.listings = self.fetch_listings().await?;
+        self.refresh_nodes().await?;
+        if let Some(hub) = &self.config.hub
+            && let Err(e) = self.refresh_models(hub).await
+        {
+            tracing::warn!("reading the hub's models: {e}");
+        }
+        Ok(round)
+    }
+
+    fn ledger(&self) -> &Arc<dyn Ledger> {
+        self.chain.ledger()
+    }
+
+    async fn stamp(&self, n: u64) -> Result<BlockStamp, FollowError> {
+        self.ledger()
+            .block_at(n)
+            .await?
+            .ok_or_else(|| LedgerError::Rpc(format!("block {n} is past the head")).into())
+    }
+
+    /// Undoes what a reorganization replaced: keeps the newest stored block the chain still
+    /// has, forgets everything above it.
+    async fn undo_reorg(&self, round: &mut Round) -> Result<(), FollowError> {
+        let Some((at, hash)) = self.index.cursor().await? else {
+            return Ok(());
+        };
+        if self.ledger().block_at(at).await?.map(|b| b.hash) == Some(hash) {
+            return Ok(());
+        }
+        let mut keep = None;
+        for (n, h) in self.index.blocks_below(at, REORG_SEARCH).await? {
+            if self.ledger().block_at(n).await?.map(|b| b.hash) == Some(h) {
+                keep = Some((n, h));
+                break;
+            }
+        }
+        tracing::warn!(
+            from = at,
+            to = ?keep.map(|k| k.0),
+            "the chain reorganized: forgetting what the replaced blocks said"
+        );
+        round.rolled_back += at - keep.map_or(0, |k| k.0);
+        self.metrics.reorgs.inc();
+        self.index.rollback(keep).await?;
+        Ok(())
+    }
+
+    async fn follow_chain(&self, round: &mut Round) -> Result<(), FollowError> {
+        self.undo_reorg(round).await?;
+        let head = self.ledger().head().await?.number;
+        let d = self.chain.deployment();
+        let mut from = match self.index.cursor().await? {
+            Some((n, _)) => n + 1,
+            None => d.block,
+        };
+        while from <= head {
+            let to = head.min(from + WINDOW - 1);
+            let before = self.stamp(to).await?;
+            let mut logs = Vec::new();
+            for address in [d.registry, d.settlement, d.escrow] {
+                logs.extend(
+                    self.ledger()
+                        .logs(LogFilter {
+                            address: Some(address),
+                            from_block: from,
+                            to_block: Some(to),
+                            ..Default::default()
+                        })
+                        .await?,
+                );
+            }
+            // The range's last block must be the same one before and after the logs were read,
+            // or a reorganization ran between: read the range again next round.
+            let after = self.stamp(to).await?;
+            if before != after {
+                return Ok(());
+            }
+            logs.sort_by_key(|l| (l.block, l.index));
+            let mut blocks: Vec<BlockStamp> = Vec::new();
+            let mut events = Vec::new();
+            let mut batches = Vec::new();
+            for l in &logs {
+                let stamp = match blocks.iter().find(|b| b.number == l.block) {
+                    Some(b) => *b,
+                    None => {
+                        let b = self.stamp(l.block).await?;
+                        blocks.push(b);
+                        b
+                    }
+                };
+                let Some(mut e) = decode(&l.log, d) else {
+                    continue;
+                };
+                e.block = l.block;
+                e.log_index = l.index;
+                e.tx = l.tx;
+                e.ts = stamp.timestamp;
+                if e.name == "BatchSubmitted" {
+                    batches.push(NewBatch {
+                        id: e.batch_id.unwrap_or_default(),
+                        node: e.subject.clone().unwrap_or_default(),
+                        root: e.data["root"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .parse()
+                            .unwrap_or_default(),
+                        count: e.data["count"].as_u64().unwrap_or_default(),
+                        fees: e.data["fees"].as_str().unwrap_or("0").to_owned(),
+                        block: l.block,
+                        ts: stamp.timestamp,
+                        tx: l.tx,
+                    });
+                }
+                events.push(e);
+            }
+            self.index.apply(&events, &batches, &blocks, after).await?;
+            round.events += events.len() as u64;
+            self.metrics.events.inc_by(events.len() as u64);
+            self.metrics
+                .block
+                .set(i64::try_from(to).unwrap_or(i64::MAX));
+            from = to + 1;
+        }
+        self.metrics
+            .head
+            .set(i64::try_from(head).unwrap_or(i64::MAX));
+        Ok(())
+    }
+
+    async fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        url: &str,
+        max: usize,
+    ) -> Result<T, String> {
+        let checked = self.fetch.check_url(url)?;
+        let req = self.fetch.client().get(checked);
+        let (status, body) = self.fetch.send_at_most(url, req, max).await?;
+        if !status.is_success() {
+            return Err(format!("{url} answered {status}"));
+        }
+        serde_json::from_slice(&body).map_err(|e| format!("{url} answered malformed JSON: {e}"))
+    }
+
+    /// The endpoint the registry lists for `node` now.
+    async fn endpoint(&self, node: Address) -> Result<String, FollowError> {
+        Ok(self.chain.node(node).await?.endpoint)
+    }
+
+    /// Fetches and checks the receipts of batches not read yet. A node that is down is asked
+    /// again later (backing off), never held to have lied; a listing that does not match the
+    /// root on chain is recorded as invalid and none of it is stored.
+    async fn fetch_listings(&self) -> Result<u64, FollowError> {
+        let now = cairn_core::clock::now_secs();
+        let mut stored = 0;
+        for p in self.index.pending_listings(now, 16).await? {
+            let b = &p.batch;
+            let node: Address = match b.node.parse() {
+                Ok(a) => a,
+                Err(_) => continue,
+            };
+            let url = cairn_node_api::NodeUrls::new(&self.endpoint(node).await?).batch(b.id);
+            let outcome = match self
+                .get_json::<cairn_node_api::BatchReceipts>(&url, MAX_LISTING_BYTES)
+                .await
+            {
+                Ok(listing) => self
+                    .check_listing(b, node, &listing.receipts)
+                    .map_err(|e| (e, true)),
+                Err(e) => Err((e, false)),
+            };
+            match outcome {
+                Ok(rows) => {
+                    self.index.store_listing(b.id, &rows).await?;
+                    self.metrics.receipts.inc_by(rows.len() as u64);
+                    stored += 1;
+                }
+                Err((e, invalid)) => {
+                    self.metrics.listing_failures.inc();
+                    tracing::info!(batch = b.id, "batch listing not indexed: {e}");
+                    let next = (!invalid && p.tries + 1 < LISTING_TRIES)
+                        .then(|| now + (2u64 << p.tries.min(8)));
+                    let state = if invalid { "invalid" } else { "unavailable" };
+                    self.index.listing_failed(b.id, &e, next, state).await?;
+                }
+            }
+        }
+        Ok(stored)
+    }
+
+    /// Every receipt verifies, is the batch node's under this deployment's domain, and the
+    /// receipts make exactly the root on chain.
+    fn check_listing(
+        &self,
+        b: &NewBatch,
+        node: Address,
+        receipts: &[ReceiptJson],
+    ) -> Result<Vec<ReceiptRow>, String> {
+        if receipts.len() as u64 != b.count {
+            return Err(format!(
+                "the node lists {} receipts; the batch on chain holds {}",
+                receipts.len(),
+                b.count
+            ));
+        }
+        let d = self.chain.deployment();
+        let mut cache = SealCache::default();
+        let mut digests = Vec::with_capacity(receipts.len());
+        let mut rows = Vec::with_capacity(receipts.len());
+        for (n, r) in receipts.iter().enumerate() {
+            let (sr, digest) = r
+                .verify_cached(&mut cache)
+                .map_err(|e| format!("receipt {n} does not verify: {e}"))?;
+            if sr.signer != node {
+                return Err(format!(
+                    "receipt {n} is signed by {}, not the batch's node",
+                    sr.signer
+                ));
+            }
+            if sr.domain.chain_id != d.chain_id || sr.domain.verifying_contract != d.settlement {
+                return Err(format!(
+                    "receipt {n} is addressed to another chain or contract"
+                ));
+            }
+            digests.push(digest);
+            let c = &sr.claims;
+            rows.push(ReceiptRow {
+                leaf_index: n as u64,
+                request_id: c.request_id,
+                node: node.to_checksum(None),
+                model: c.model.to_string(),
+                kind: if c.llm.is_some() { "llm" } else { "tensor" },
+                ts: c.timestamp,
+                price: c.price.to_string(),
+                payment_ref: c.payment_ref,
+                profile_hash: c.profile.hash(),
+                digest,
+                proof: Vec::new(),
+                seal: match sr.seal {
+                    Seal::Own(_) => "own",
+                    Seal::Batch(_) => "batch",
+                },
+                json: r.as_str().to_owned(),
+            });
+        }
+        let tree = cairn_receipt::merkle::ReceiptTree::new(&digests).map_err(|e| e.to_string())?;
+        if tree.root() != b.root {
+            return Err(format!(
+                "the listed receipts make root {}, the batch on chain has {}",
+                tree.root(),
+                b.root
+            ));
+        }
+        for row in &mut rows {
+            row.proof = tree.proof(row.digest).unwrap_or_default();
+        }
+        Ok(rows)
+    }
+
+    /// Every registered node's registry state, what its own API says, and, for verifiers,
+    /// their recent verdicts.
+    async fn refresh_nodes(&self) -> Result<(), FollowError> {
+        let now = cairn_core::clock::now_secs();
+        for (address, role) in self.index.registered().await? {
+            let Ok(addr) = address.parse::<Address>() else {
+                continue;
+            };
+            let info = self.chain.node(addr).await?;
+            let snapshot = serde_json::to_value(&info).unwrap_or_default();
+            let live = if info.endpoint.is_empty() {
+                None
+            } else if role == "verifier" {
+                let urls = cairn_verifier_api::VerifierUrls::new(&info.endpoint);
+                self.index_verdicts(&info.endpoint, addr).await;
+                // Read as the verifier's typed info: only its fields are ever shown.
+                self.get_json::<cairn_verifier_api::VerifierInfo>(&urls.info(), MAX_ANSWER_BYTES)
+                    .await
+                    .ok()
+                    .filter(|v| v.address == addr)
+                    .and_then(|v| serde_json::to_value(v).ok())
+            } else {
+                let urls = cairn_node_api::NodeUrls::new(&info.endpoint);
+                self.get_json::<cairn_node_api::NodeInfo>(&urls.info(), MAX_ANSWER_BYTES)
+                    .await
+                    .ok()
+                    .filter(|n| n.address == addr)
+                    .and_then(|n| serde_json::to_value(n).ok())
+            };
+            self.index
+                .upsert_node(&address, &role, info.active, &snapshot, live.as_ref(), now)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// A verifier's latest verdicts, as it reports them. A verifier that is down is skipped.
+    async fn index_verdicts(&self, endpoint: &str, verifier: Address) {
+        let url = format!("{}/v1/verdicts?limit=100", endpoint.trim_end_matches('/'));
+        let list = match self
+            .get_json::<cairn_verifier_api::VerdictList>(&url, MAX_ANSWER_BYTES)
+            .await
+        {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::debug!("verdicts of {verifier}: {e}");
+                return;
+            }
+        };
+        let now = cairn_core::clock::now_secs();
+        for v in list.verdicts {
+            // A verifier speaks for itself only.
+            if v.verifier != verifier {
+                continue;
+            }
+            let samples = v.samples.as_deref().unwrap_or_default();
+            let count = |f: fn(&cairn_verifier_api::Outcome) -> bool| {
+                samples.iter().filter(|s| f(&s.outcome)).count() as u64
+            };
+            use cairn_verifier_api::Outcome as O;
+            let row = VerdictRow {
+                verifier: verifier.to_checksum(None),
+                batch_id: v.batch_id,
+                node: v.node.to_checksum(None),
+                outcome: v.outcome.map_or("pending", |o| o.as_str()).to_owned(),
+                sampled: v.sampled.unwrap_or(samples.len()) as u64,
+                confirmed: count(|o| matches!(o, O::Confirmed { .. })),
+                faults: count(|o| {
+                    matches!(
+                        o,
+                        O::Mismatch { .. } | O::Withheld { .. } | O::WrongPayload { .. }
+                    )
+                }),
+                unverifiable: count(|o| matches!(o, O::Unverifiable { .. })),
+                frauds: v.frauds.as_ref().map_or(0, |f| f.len() as u64)
+                    + u64::from(v.fraud.is_some() && v.frauds.is_none()),
+                seen: now,
+                json: serde_json::to_string(&v).unwrap_or_default(),
+            };
+            if let Err(e) = self.index.upsert_verdict(&row).await {
+                tracing::warn!("storing a verdict: {e}");
+            }
+        }
+    }
+
+    /// The hub's repositories with their releases and files.
+    async fn refresh_models(&self, hub: &str) -> Result<(), String> {
+        let client = cairn_hub_api::HubClient::new(hub, None).map_err(|e| e.to_string())?;
+        let mut models = Vec::new();
+        let mut offset = 0;
+        loop {
+            let page = client
+                .search(&cairn_hub_api::Search {
+                    limit: Some(100),
+                    offset: Some(offset),
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+            let n = page.len() as u32;
+            for repo in page {
+                let detail = client.repo(&repo.name).await.map_err(|e| e.to_string())?;
+                let files = detail
+                    .releases
+                    .iter()
+                    .filter(|r| r.published_at.is_some())
+                    .flat_map(|r| {
+                        r.files
+                            .iter()
+                            .map(|f| (f.cid.to_string(), r.version.to_string(), f.path.to_string()))
+                    })
+                    .collect();
+                models.push(ModelRow {
+                    name: repo.name.to_string(),
+                    owner: repo.owner.to_checksum(None),
+                    task: repo.task.clone(),
+                    description: repo.description.clone(),
+                    created_at: repo.created_at,
+                    tags: repo.tags.clone(),
+                    detail: serde_json::to_string(&detail).map_err(|e| e.to_string())?,
+                    files,
+                });
+            }
+            if n < 100 {
+                break;
+            }
+            offset += n;
+        }
+        self.index
+            .replace_models(&models)
+            .await
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// The role a registry event names, spelled as the index keeps it.
+fn role_name(code: u8) -> &'static str {
+    match Role::from_code(code) {
+        Some(Role::Verifier) => "verifier",
+        _ => "inference",
+    }
+}
+
+fn event(
+    contract: &'static str,
+    name: &'static str,
+    subject: Option<Address>,
+    batch_id: Option<u64>,
+    data: serde_json::Value,
+) -> Option<EventRow> {
+    Some(EventRow {
+        block: 0,
+        log_index: 0,
+        tx: B256::ZERO,
+        ts: 0,
+        contract,
+        name,
+        subject: subject.map(|a| a.to_checksum(None)),
+        batch_id,
+        data,
+    })
+}
+
+/// The events the explorer shows, decoded; others (parameter changes, heartbeats, whose
+/// latest value the node snapshot carries) are not kept.
+fn decode(log: &Log, d: &cairn_ledger::Deployment) -> Option<EventRow> {
+    use serde_json::json;
+    let id = |v: alloy_primitives::U256| Some(v.saturating_to::<u64>());
+    if log.address == d.registry {
+        use NodeRegistry::NodeRegistryEvents as E;
+        let r = "registry";
+        return match E::decode_log(log).ok()?.data {
+            E::NodeRegistered(e) => event(
+                r,
+                "NodeRegistered",
+                Some(e.node),
+                None,
+                json!({"role": role_name(e.role), "endpoint": e.endpoint, "stake": e.stake.to_string()}),
+            ),
+            E::StakeAdded(e) => event(
+                r,
+                "StakeAdded",
+                Some(e.node),
+                None,
+                json!({"amount": e.amount.to_string(), "stake": e.stake.to_string()}),
+            ),
+            E::UnbondRequested(e) => event(
+                r,
+                "UnbondRequested",
+                Some(e.node),
+                None,
+                json!({"amount": e.amount.to_string(), "endsAt": e.endsAt}),
+            ),
+            E::UnbondWithdrawn(e) => event(
+                r,
+                "UnbondWithdrawn",
+                Some(e.node),
+                None,
+                json!({"amount": e.amount.to_string()}),
+            ),
+            E::EndpointUpdated(e) => event(
+                r,
+                "EndpointUpdated",
+                Some(e.node),
+                None,
+                json!({"endpoint": e.endpoint}),
+            ),
+            E::AttestationUpdated(e) => event(
+                r,
+                "AttestationUpdated",
+                Some(e.node),
+                None,
+                json!({"digest": e.digest.to_string(), "measurement": e.measurement.to_string()}),
+            ),
+            E::NodeEnabled(e) => event(
+                r,
+                "NodeEnabled",
+                Some(e.node),
+                None,
+                json!({"enabled": e.enabled}),
+            ),
+            E::Slashed(e) => event(
+                r,
+                "Slashed",
+                Some(e.node),
+                None,
+                json!({"amount": e.amount.to_string(), "to": e.to.to_checksum(None)}),
+            ),
+            _ => None,
+        };
+    }
+    if log.address == d.settlement {
+        use Settlement::SettlementEvents as E;
+        let s = "settlement";
+        return match E::decode_log(log).ok()?.data {
+            E::BatchSubmitted(e) => event(
+                s,
+                "BatchSubmitted",
+                Some(e.node),
+                id(e.id),
+                json!({"root": e.root.to_string(), "count": e.count, "fees": e.fees.to_string()}),
+            ),
+            E::BatchAttested(e) => event(
+                s,
+                "BatchAttested",
+                None,
+                id(e.id),
+                json!({"verifiers": e.verifiers.iter().map(|v| v.to_checksum(None)).collect::<Vec<_>>()}),
+            ),
+            E::BatchFinalized(e) => event(
+                s,
+                "BatchFinalized",
+                None,
+                id(e.id),
+                json!({"toNode": e.toNode.to_string(), "toVerifiers": e.toVerifiers.to_string(), "toTreasury": e.toTreasury.to_string()}),
+            ),
+            E::BatchExpired(e) => event(
+                s,
+                "BatchExpired",
+                None,
+                id(e.id),
+                json!({"refunded": e.refunded.to_string()}),
+            ),
+            E::BatchLapsed(e) => event(s, "BatchLapsed", None, id(e.id), json!({})),
+            E::BatchChallenged(e) => event(
+                s,
+                "BatchChallenged",
+                Some(e.challenger),
+                id(e.id),
+                json!({"receiptHash": e.receiptHash.to_string(), "slashed": e.slashed.to_string(), "reward": e.reward.to_string()}),
+            ),
+            E::VaultDeployed(e) => event(
+                s,
+                "VaultDeployed",
+                Some(e.node),
+                None,
+                json!({"vault": e.vault.to_checksum(None)}),
+            ),
+            E::FeeSplitSet(e) => event(
+                s,
+                "FeeSplitSet",
+                None,
+                None,
+                json!({"verifierBps": e.verifierBps, "treasuryBps": e.treasuryBps}),
+            ),
+            _ => None,
+        };
+    }
+    if log.address == d.escrow {
+        use Escrow::EscrowEvents as E;
+        let x = "escrow";
+        return match E::decode_log(log).ok()?.data {
+            E::Deposited(e) => event(
+                x,
+                "Deposited",
+                Some(e.payer),
+                None,
+                json!({"channel": e.channel.to_string(), "payee": e.payee.to_checksum(None), "amount": e.amount.to_string()}),
+            ),
+            E::Redeemed(e) => event(
+                x,
+                "Redeemed",
+                Some(e.payee),
+                None,
+                json!({"channel": e.channel.to_string(), "claimed": e.claimed.to_string(), "paid": e.paid.to_string()}),
+            ),
+            E::Withdrawn(e) => event(
+                x,
+                "Withdrawn",
+                Some(e.payer),
+                None,
+                json!({"channel": e.channel.to_string(), "amount": e.amount.to_string()}),
+            ),
+            _ => None,
+        };
+    }
+    None
+}

@@ -1,0 +1,462 @@
+// The explorer's pages: one module, no framework. Every string from the API enters the page as
+// a text node (h() below); the one exception, a model's Markdown description, is rendered by
+// marked and sanitized by DOMPurify before it is inserted.
+import DOMPurify from "dompurify";
+import { marked } from "marked";
+import type { Hex } from "viem";
+import "./style.css";
+import { type WireReceipt, verifyReceipt } from "./verify";
+
+// Raw HTML inside Markdown is shown as text: no element of the author's choosing is ever
+// parsed, and DOMPurify still cleans what Markdown itself produces (links, images).
+const escapeHtml = (t: string) =>
+  t.replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;").replace(/"/g, "&quot;");
+marked.use({ renderer: { html: ({ text }: { text: string }) => escapeHtml(text) } });
+const markdown = async (md: string) => DOMPurify.sanitize(await marked.parse(md ?? ""));
+
+type Json = any; // eslint-disable-line @typescript-eslint/no-explicit-any
+type Child = Node | string | number | null | undefined | false;
+
+function h(tag: string, attrs: Record<string, string> = {}, ...children: Child[]): HTMLElement {
+  const el = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) el.setAttribute(k, v);
+  for (const c of children) {
+    if (c === null || c === undefined || c === false) continue;
+    el.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  }
+  return el;
+}
+
+const link = (href: string, text: Child, attrs: Record<string, string> = {}) =>
+  h("a", { href, "data-link": "", ...attrs }, text);
+const short = (s: string) => (s && s.length > 16 ? `${s.slice(0, 10)}…${s.slice(-6)}` : s);
+const time = (t: number) => (t ? new Date(t * 1000).toISOString().replace("T", " ").slice(0, 19) + " UTC" : "—");
+const tokens = (v: string) => {
+  // cUSD has 6 decimals.
+  const n = BigInt(v || "0");
+  const whole = n / 1_000_000n;
+  const frac = (n % 1_000_000n).toString().padStart(6, "0").replace(/0+$/, "");
+  return frac ? `${whole}.${frac}` : `${whole}`;
+};
+
+function copyButton(value: string, label: string): HTMLElement {
+  const b = h("button", { type: "button", class: "copy", "aria-label": `Copy ${label}` }, "Copy");
+  b.addEventListener("click", async () => {
+    try {
+      await navigator.clipboard.writeText(value);
+      b.textContent = "Copied";
+    } catch {
+      b.textContent = "Select and copy";
+    }
+  });
+  return b;
+}
+
+const code = (s: string, label: string) => h("span", { class: "mono" }, h("code", {}, s), " ", copyButton(s, label));
+
+function table(caption: string, head: string[], rows: Child[][]): HTMLElement {
+  return h(
+    "div",
+    { class: "scroll", role: "region", "aria-label": caption, tabindex: "0" },
+    h(
+      "table",
+      {},
+      h("caption", {}, caption),
+      h("thead", {}, h("tr", {}, ...head.map((c) => h("th", { scope: "col" }, c)))),
+      h("tbody", {}, ...(rows.length ? rows.map((r) => h("tr", {}, ...r.map((c) => h("td", {}, c))))
+        : [h("tr", {}, h("td", { colspan: String(head.length) }, "Nothing yet."))])),
+    ),
+  );
+}
+
+function dl(pairs: [string, Child][]): HTMLElement {
+  return h("dl", {}, ...pairs.flatMap(([k, v]) => [h("dt", {}, k), h("dd", {}, v)]));
+}
+
+class ApiError extends Error {
+  constructor(public status: number, public code: string, message: string) {
+    super(message);
+  }
+}
+
+async function api(path: string): Promise<Json> {
+  const r = await fetch(path, { headers: { accept: "application/json" } });
+  const body = await r.json().catch(() => ({}));
+  if (!r.ok) throw new ApiError(r.status, body.code ?? "error", body.message ?? r.statusText);
+  return body;
+}
+
+function pager(base: string, params: URLSearchParams, offset: number, limit: number, got: number, total?: number) {
+  const nav = h("nav", { class: "pager", "aria-label": "Pages" });
+  const to = (o: number) => {
+    const p = new URLSearchParams(params);
+    p.set("offset", String(o));
+    return `${base}?${p}`;
+  };
+  if (offset > 0) nav.append(link(to(Math.max(0, offset - limit)), "← Newer"));
+  nav.append(h("span", {}, total !== undefined ? ` ${offset + 1}–${offset + got} of ${total} ` : ` from ${offset + 1} `));
+  if (got === limit && (total === undefined || offset + got < total)) nav.append(link(to(offset + limit), "Older →"));
+  return nav;
+}
+
+function barChart(title: string, points: { t: number; value: number }[], from: number, bucket: number, n: number, unit: string) {
+  const sums = new Array(n).fill(0);
+  for (const p of points) {
+    const i = Math.floor((p.t - from) / bucket);
+    if (i >= 0 && i < n) sums[i] += p.value;
+  }
+  const max = Math.max(1, ...sums);
+  const total = sums.reduce((a, b) => a + b, 0);
+  const w = 600, hgt = 120, bw = w / n;
+  const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
+  svg.setAttribute("viewBox", `0 0 ${w} ${hgt + 16}`);
+  svg.setAttribute("role", "img");
+  svg.setAttribute("aria-label", `${title}: ${total} ${unit} in the last ${n} buckets`);
+  sums.forEach((v, i) => {
+    if (!v) return;
+    const r = document.createElementNS("http://www.w3.org/2000/svg", "rect");
+    const bh = Math.max(1, (v / max) * hgt);
+    r.setAttribute("x", String(i * bw + 1));
+    r.setAttribute("y", String(hgt - bh));
+    r.setAttribute("width", String(Math.max(1, bw - 2)));
+    r.setAttribute("height", String(bh));
+    r.setAttribute("class", "bar");
+    const tip = document.createElementNS("http://www.w3.org/2000/svg", "title");
+    tip.textContent = `${time(from + i * bucket)}: ${v} ${unit}`;
+    r.append(tip);
+    svg.append(r);
+  });
+  const axis = document.createElementNS("http://www.w3.org/2000/svg", "text");
+  axis.setAttribute("x", "0");
+  axis.setAttribute("y", String(hgt + 14));
+  axis.setAttribute("class", "axis");
+  axis.textContent = `max ${max} per bucket`;
+  svg.append(axis);
+  return h("figure", { class: "chart", "data-total": String(total) }, h("figcaption", {}, `${title}: `, h("strong", { class: "total" }, String(total)), ` ${unit}`), svg);
+}
+
+async function home(main: HTMLElement) {
+  const [s, a, b] = await Promise.all([api("/api/v1/status"), api("/api/v1/activity?bucket=minute&buckets=60"), api("/api/v1/batches?limit=10")]);
+  main.append(
+    h("h1", {}, "Network"),
+    h(
+      "ul",
+      { class: "cards" },
+      h("li", {}, h("strong", { id: "calls" }, String(s.calls)), " calls in batches"),
+      h("li", {}, h("strong", {}, `${s.nodesActive}/${s.nodes}`), " inference nodes active"),
+      h("li", {}, h("strong", {}, `${s.verifiersActive}/${s.verifiers}`), " verifiers active"),
+      h("li", {}, h("strong", {}, String(s.models)), " models"),
+      h("li", {}, h("strong", {}, tokens(s.feesPaid)), " cUSD paid out"),
+      h("li", {}, h("strong", {}, String(s.indexedBlock ?? "—")), " last block indexed"),
+    ),
+    barChart("Calls per minute, last hour", a.callsByModel, a.from, a.bucket, 60, "calls"),
+    batchTable("Latest batches", b.batches),
+    h("p", {}, "Chain ", String(s.chainId), ", settlement ", code(s.settlement, "settlement address")),
+  );
+}
+
+function batchTable(caption: string, batches: Json[]) {
+  return table(
+    caption,
+    ["Batch", "Node", "Receipts", "Fees (cUSD)", "Submitted", "Status", "Receipts indexed"],
+    batches.map((b: Json) => [
+      link(`/batches/${b.id}`, `#${b.id}`),
+      link(`/nodes/${b.node}`, short(b.node)),
+      b.count,
+      tokens(b.fees),
+      time(b.ts),
+      h("span", { class: `status ${b.status}` }, b.status),
+      b.listing,
+    ]),
+  );
+}
+
+async function models(main: HTMLElement, params: URLSearchParams) {
+  const limit = 50;
+  const offset = Number(params.get("offset") ?? 0) || 0;
+  const q = new URLSearchParams();
+  for (const k of ["q", "task", "tag"]) if (params.get(k)) q.set(k, params.get(k)!);
+  const list = await api(`/api/v1/models?${q}&limit=${limit}&offset=${offset}`);
+  const form = h(
+    "form",
+    { action: "/models", method: "get", role: "search", class: "search" },
+    h("label", { for: "q" }, "Search"),
+    h("input", { id: "q", name: "q", type: "search", value: params.get("q") ?? "" }),
+    h("label", { for: "task" }, "Task"),
+    h("input", { id: "task", name: "task", value: params.get("task") ?? "" }),
+    h("label", { for: "tag" }, "Tag"),
+    h("input", { id: "tag", name: "tag", value: params.get("tag") ?? "" }),
+    h("button", { type: "submit" }, "Filter"),
+  );
+  form.addEventListener("submit", (e) => {
+    e.preventDefault();
+    const p = new URLSearchParams();
+    for (const [k, v] of new FormData(form as HTMLFormElement)) if (String(v)) p.set(k, String(v));
+    go(`/models?${p}`);
+  });
+  main.append(
+    h("h1", {}, "Models"),
+    form,
+    table(
+      "Models on the hub",
+      ["Name", "Task", "Tags", "Calls", "Owner"],
+      list.models.map((m: Json) => [
+        link(`/models/${encodeURIComponent(m.name)}`, m.name),
+        m.task ? link(`/models?task=${encodeURIComponent(m.task)}`, m.task) : "—",
+        h("span", {}, ...m.tags.map((t: string) => link(`/models?tag=${encodeURIComponent(t)}`, t, { class: "tag" }))),
+        m.calls,
+        short(m.owner),
+      ]),
+    ),
+    pager("/models", q, offset, limit, list.models.length, list.total),
+  );
+}
+
+async function model(main: HTMLElement, name: string) {
+  const m = await api(`/api/v1/models/${encodeURIComponent(name)}`);
+  const d = m.detail;
+  const desc = h("div", { class: "markdown" });
+  desc.innerHTML = await markdown(d.description);
+  main.append(
+    h("h1", {}, d.name),
+    dl([
+      ["Owner", code(d.owner, "owner")],
+      ["Task", d.task ?? "—"],
+      ["License", d.license ?? "—"],
+      ["Tags", (d.tags ?? []).join(", ") || "—"],
+      ["Latest release", d.latest ?? "none published"],
+      ["Calls", h("span", { id: "model-calls" }, String(m.calls))],
+      ["Active nodes serving it", m.nodes.length ? h("span", {}, ...m.nodes.map((n: string) => link(`/nodes/${n}`, short(n)))) : "none seen yet"],
+    ]),
+    h("h2", {}, "Description"),
+    desc,
+    h("h2", {}, "Use it"),
+    ...[["cairn CLI", m.examples.cli], ["curl (KServe v2)", m.examples.curl], ["KServe Python client", m.examples.python], ["openai (Python)", m.examples.openai]]
+      .filter(([, v]) => v)
+      .flatMap(([k, v]) => [h("h3", {}, k), h("pre", {}, h("code", {}, v)), copyButton(v, `${k} example`)]),
+    h("h2", {}, "Releases"),
+  );
+  for (const r of d.releases ?? []) {
+    const notes = h("div", { class: "markdown" });
+    notes.innerHTML = await markdown(r.notes);
+    main.append(
+      h("section", { "aria-label": `Release ${r.version}` },
+        h("h3", {}, `${d.name}@${r.version}`, r.published_at ? ` · published ${time(r.published_at)}` : " · draft"),
+        notes,
+        table(`Files of ${r.version}`, ["Path", "CID", "Size", "Type"], (r.files ?? []).map((f: Json) => [f.path, code(f.cid, `CID of ${f.path}`), `${f.size} B`, f.media_type])),
+        ...(r.files ?? []).filter((f: Json) => f.onnx).map((f: Json) => signature(f.path, f.onnx)),
+        ...(r.files ?? []).filter((f: Json) => f.gguf).map((f: Json) => h("details", {}, h("summary", {}, `GGUF metadata of ${f.path}`), h("pre", {}, JSON.stringify(f.gguf, null, 2)))),
+      ),
+    );
+  }
+}
+
+function signature(path: string, onnx: Json) {
+  const io = (xs: Json[]) => (xs ?? []).map((x: Json) => [x.name, x.type ?? x.elem_type ?? "", JSON.stringify(x.shape ?? [])]);
+  return h(
+    "div",
+    {},
+    table(`Inputs of ${path}`, ["Name", "Type", "Shape"], io(onnx.inputs)),
+    table(`Outputs of ${path}`, ["Name", "Type", "Shape"], io(onnx.outputs)),
+    h("p", { class: "muted" }, `IR ${onnx.ir_version ?? "?"}, producer ${onnx.producer_name ?? "?"} ${onnx.producer_version ?? ""}, opsets ${(onnx.opsets ?? []).map((o: Json) => `${o.domain || "ai.onnx"} ${o.version}`).join(", ")}`),
+  );
+}
+
+function nodeRow(n: Json): Child[] {
+  const r = n.registry ?? {};
+  const age = r.lastHeartbeat ? `${Math.max(0, Math.round(Date.now() / 1000 - r.lastHeartbeat))} s ago` : "never";
+  return [
+    link(`/nodes/${n.address}`, short(n.address)),
+    n.role,
+    h("span", { class: `status ${n.active ? "active" : "inactive"}` }, n.active ? "active" : "inactive"),
+    `${tokens(r.stake ?? "0")}`,
+    n.devEvidence ? h("span", { class: "warn" }, "dev (not a TEE)") : short(r.measurement ?? ""),
+    age,
+    n.role === "verifier" ? `${n.verdicts} verdicts` : `${n.receipts} receipts`,
+    n.slashes,
+  ];
+}
+
+async function nodes(main: HTMLElement) {
+  const list = await api("/api/v1/nodes?limit=100");
+  const head = ["Address", "Role", "State", "Stake", "Attestation", "Heartbeat", "Work", "Slashes"];
+  main.append(
+    h("h1", {}, "Nodes and verifiers"),
+    table("Inference nodes", head, list.nodes.filter((n: Json) => n.role === "inference").map(nodeRow)),
+    table("Verifiers", head, list.nodes.filter((n: Json) => n.role === "verifier").map(nodeRow)),
+  );
+}
+
+async function node(main: HTMLElement, address: string) {
+  const p = await api(`/api/v1/nodes/${encodeURIComponent(address)}`);
+  const n = p.node, r = n.registry ?? {}, live = n.live ?? {};
+  main.append(
+    h("h1", {}, n.role === "verifier" ? "Verifier " : "Node ", h("code", {}, n.address)),
+    dl([
+      ["State", n.active ? "active" : "inactive"],
+      ["Endpoint", r.endpoint ?? "—"],
+      ["Stake", `${tokens(r.stake ?? "0")} cUSD (unbonding ${tokens(r.unbonding ?? "0")})`],
+      ["Attestation", n.devEvidence ? h("span", { class: "warn" }, "development evidence: a software key, not a TEE") : `measurement ${r.measurement}`],
+      ["Evidence digest", r.evidenceDigest ? code(r.evidenceDigest, "evidence digest") : "—"],
+      ["Last heartbeat", time(r.lastHeartbeat)],
+      ["Profile served", live.profile ? JSON.stringify(live.profile) : "—"],
+      ["Receipts signed (in batches)", n.receipts],
+      ["Batches", n.batches],
+      ["Verdicts", n.verdicts],
+      ["Slashed", n.slashes],
+    ]),
+    batchTable("Latest batches", p.batches),
+    table("Registry events", ["Block", "Time", "Event", "Fields"], p.events.map((e: Json) => [e.block, time(e.ts), e.name, JSON.stringify(e.data)])),
+  );
+}
+
+async function batches(main: HTMLElement, params: URLSearchParams) {
+  const limit = 50;
+  const offset = Number(params.get("offset") ?? 0) || 0;
+  const list = await api(`/api/v1/batches?limit=${limit}&offset=${offset}`);
+  main.append(h("h1", {}, "Batches"), batchTable("Batches, newest first", list.batches), pager("/batches", new URLSearchParams(), offset, limit, list.batches.length, list.total));
+}
+
+function receiptRows(receipts: Json[]) {
+  return receipts.map((r: Json) => [
+    link(`/receipts/${r.requestId}`, short(r.requestId)),
+    r.modelNames.length ? r.modelNames.join(", ") : short(r.model),
+    r.kind,
+    tokens(r.price),
+    time(r.ts),
+    r.seal,
+  ]);
+}
+
+async function batch(main: HTMLElement, id: string, params: URLSearchParams) {
+  const limit = 50;
+  const offset = Number(params.get("offset") ?? 0) || 0;
+  const p = await api(`/api/v1/batches/${encodeURIComponent(id)}?limit=${limit}&offset=${offset}`);
+  const b = p.batch;
+  main.append(
+    h("h1", {}, `Batch #${b.id}`),
+    dl([
+      ["Status", h("span", { class: `status ${b.status}`, id: "batch-status" }, b.status)],
+      ["Node", link(`/nodes/${b.node}`, b.node)],
+      ["Root", code(b.root, "root")],
+      ["Receipts", b.count],
+      ["Fees", `${tokens(b.fees)} cUSD`],
+      ["Receipts indexed", b.listingError ? `${b.listing}: ${b.listingError}` : b.listing],
+    ]),
+    h("h2", {}, "Timeline"),
+    h("ol", { class: "timeline" }, ...p.timeline.map((e: Json) => h("li", {}, h("strong", {}, e.name.replace(/^Batch/, "")), ` at ${time(e.ts)} (block ${e.block}) `, h("code", {}, JSON.stringify(e.data))))),
+    table("Verifier verdicts", ["Verifier", "Outcome", "Sampled", "Confirmed", "Faults", "Unverifiable", "Frauds"], p.verdicts.map((v: Json) => [link(`/nodes/${v.verifier}`, short(v.verifier)), v.outcome, v.sampled, v.confirmed, v.faults, v.unverifiable, v.frauds])),
+    table("Receipts", ["Request", "Model", "Kind", "Price", "Time", "Seal"], receiptRows(p.receipts)),
+    pager(`/batches/${b.id}`, new URLSearchParams(), offset, limit, p.receipts.length, b.count),
+  );
+}
+
+async function receipt(main: HTMLElement, id: string) {
+  const [p, s] = await Promise.all([api(`/api/v1/receipts/${encodeURIComponent(id)}`), api("/api/v1/status")]);
+  const m = p.receipt.typedData.message;
+  const f = p.flow;
+  const result = h("p", { id: "verify-result", class: "pending", role: "status" }, "Checking in your browser…");
+  const checks = h("ul", { class: "checks" });
+  main.append(
+    h("h1", {}, "Receipt ", h("code", {}, short(p.summary.requestId))),
+    h("section", { "aria-labelledby": "verify-h" }, h("h2", { id: "verify-h" }, "Checked in this browser (viem)"), result, checks),
+    dl([
+      ["Request id", code(p.summary.requestId, "request id")],
+      ["Model", h("span", {}, p.summary.modelNames.map((n: string) => n).join(", ") || "—", " ", code(p.summary.model, "model CID"))],
+      ["Node", link(`/nodes/${p.summary.node}`, p.summary.node)],
+      ["Kind", p.summary.kind],
+      ["Time", time(p.summary.ts)],
+      ["Price", `${tokens(p.summary.price)} cUSD`],
+      ["Input / request hash", h("code", {}, m.inputHash ?? m.requestHash)],
+      ["Output / response hash", h("code", {}, m.outputHash ?? m.responseHash)],
+      ["Profile", h("code", {}, JSON.stringify(p.receipt.profile))],
+      ["Seal", p.summary.seal === "own" ? "signed on its own" : "signed micro-batch root + proof"],
+      ["Batch", h("span", {}, link(`/batches/${p.batch.id}`, `#${p.batch.id}`), ` (${p.batch.status}), root `, h("code", {}, p.batch.root))],
+      ["Inclusion proof", h("code", {}, p.proof.join(" ") || "(single leaf)")],
+    ]),
+    h("h2", {}, "Where the payment went"),
+    h(
+      "ol",
+      { class: "flow", "aria-label": "Payment flow" },
+      h("li", {}, "Payer → ", f.paymentRef.match(/^0x0+$/) ? "unpaid call" : h("span", {}, "payment ", h("code", {}, short(f.paymentRef)))),
+      h("li", {}, `→ node's payment vault ${f.vault ?? "(not deployed)"}: ${tokens(f.price)} cUSD`),
+      f.settled
+        ? h("li", {}, `→ at finalization: node ${tokens(f.toNode ?? "0")}, verifiers ${tokens(f.toVerifiers ?? "0")} (${f.verifiers.map(short).join(", ") || "—"}), treasury ${tokens(f.toTreasury ?? "0")} cUSD`)
+        : h("li", {}, "→ not paid out yet (the batch is not finalized)"),
+    ),
+    table("Verifier samples of this receipt", ["Verifier", "Finding", "Detail"], p.samples.map((x: Json) => [link(`/nodes/${x.verifier}`, short(x.verifier)), x.kind ?? x.outcome ?? "", x.comparison ?? x.reason ?? ""])),
+    h("details", {}, h("summary", {}, "The receipt as its node served it"), h("pre", {}, JSON.stringify(p.receipt, null, 2))),
+  );
+  const results = await verifyReceipt(p.receipt as WireReceipt, p.batch.root, p.proof as Hex[], s.settlement, s.chainId);
+  for (const c of results) checks.append(h("li", { class: c.ok ? "ok" : "bad" }, c.ok ? "✔ " : "✘ ", h("strong", {}, c.label), ": ", c.detail));
+  const ok = results.every((c) => c.ok);
+  result.className = ok ? "ok" : "bad";
+  result.textContent = ok ? "Verified: signature and inclusion proof check out." : "NOT verified: see the failed checks below.";
+}
+
+async function activity(main: HTMLElement, params: URLSearchParams) {
+  const bucket = ["minute", "hour", "day"].includes(params.get("bucket") ?? "") ? params.get("bucket")! : "minute";
+  const n = 60;
+  const a = await api(`/api/v1/activity?bucket=${bucket}&buckets=${n}`);
+  const v = (k: string) => a.verification.filter((p: Json) => p.key === k);
+  main.append(
+    h("h1", {}, "Network activity"),
+    h("nav", { "aria-label": "Bucket" }, ...["minute", "hour", "day"].map((b) => link(`/activity?bucket=${b}`, `per ${b}`, b === bucket ? { "aria-current": "page" } : {}))),
+    barChart(`Calls per ${bucket}`, a.callsByModel, a.from, a.bucket, n, "calls"),
+    barChart(`Verifier samples per ${bucket}`, v("samples"), a.from, a.bucket, n, "samples"),
+    barChart(`Samples confirmed per ${bucket}`, v("confirmed"), a.from, a.bucket, n, "confirmed"),
+    barChart(`Frauds proven per ${bucket}`, v("frauds"), a.from, a.bucket, n, "frauds"),
+    barChart(`Fees paid out per ${bucket} (token units)`, a.fees, a.from, a.bucket, n, "units"),
+    table("Calls by model", ["Bucket", "Model CID", "Calls"], a.callsByModel.map((p: Json) => [time(p.t), short(p.key), p.value])),
+    table("Calls by node", ["Bucket", "Node", "Calls"], a.callsByNode.map((p: Json) => [time(p.t), link(`/nodes/${p.key}`, short(p.key)), p.value])),
+    table("Settlement latency", ["Finalized", "Batch", "Submitted → finalized"], a.settlementLatency.map((p: Json) => [time(p.t), link(`/batches/${p.key}`, `#${p.key}`), `${p.value} s`])),
+  );
+}
+
+async function render() {
+  const main = document.getElementById("main")!;
+  main.replaceChildren();
+  main.setAttribute("aria-busy", "true");
+  const path = decodeURIComponent(location.pathname);
+  const params = new URLSearchParams(location.search);
+  const parts = path.split("/").filter(Boolean);
+  try {
+    if (parts.length === 0) await home(main);
+    else if (parts[0] === "models" && parts.length === 1) await models(main, params);
+    else if (parts[0] === "models" && parts.length === 2) await model(main, parts[1]);
+    else if (parts[0] === "nodes" && parts.length === 1) await nodes(main);
+    else if (parts[0] === "nodes" && parts.length === 2) await node(main, parts[1]);
+    else if (parts[0] === "batches" && parts.length === 1) await batches(main, params);
+    else if (parts[0] === "batches" && parts.length === 2) await batch(main, parts[1], params);
+    else if (parts[0] === "receipts" && parts.length === 2) await receipt(main, parts[1]);
+    else if (parts[0] === "activity") await activity(main, params);
+    else throw new ApiError(404, "not_found", `There is no page at ${path}.`);
+  } catch (e) {
+    main.replaceChildren(
+      h("h1", {}, e instanceof ApiError && e.status === 404 ? "Not found" : "Could not load this page"),
+      h("p", { class: "error", role: "alert" }, e instanceof Error ? e.message : String(e)),
+      link("/", "Back to the network overview"),
+    );
+  }
+  main.setAttribute("aria-busy", "false");
+  document.title = `${main.querySelector("h1")?.textContent ?? "Cairn"} · Cairn explorer`;
+  for (const a of document.querySelectorAll("header nav a")) {
+    const href = a.getAttribute("href")!;
+    if ((href === "/" && path === "/") || (href !== "/" && path.startsWith(href))) a.setAttribute("aria-current", "page");
+    else a.removeAttribute("aria-current");
+  }
+}
+
+function go(url: string) {
+  history.pushState(null, "", url);
+  void render().then(() => document.getElementById("main")?.focus());
+}
+
+document.addEventListener("click", (e) => {
+  const a = (e.target as Element).closest?.("a[data-link]") as HTMLAnchorElement | null;
+  if (!a || e.ctrlKey || e.metaKey || e.shiftKey || a.origin !== location.origin) return;
+  e.preventDefault();
+  go(a.pathname + a.search);
+});
+window.addEventListener("popstate", () => void render());
+void render();
