@@ -12,8 +12,8 @@ pub enum ExplorerCommand {
         /// Where to listen.
         #[arg(long, default_value = "127.0.0.1:7404")]
         listen: SocketAddr,
-        /// The index: `sqlite://PATH` or `postgres://…` (several explorers may share one
-        /// PostgreSQL database only if one of them follows; the rest just serve).
+        /// The index: `sqlite://PATH` or `postgres://…` (one explorer per index: its follower
+        /// writes it).
         #[arg(long, env = "CAIRN_EXPLORER_INDEX")]
         index: String,
         /// The hub whose models are shown.
@@ -43,9 +43,6 @@ pub async fn run(cmd: ExplorerCommand) -> anyhow::Result<()> {
         chain,
     } = cmd;
     let chain = chain.connect().await?;
-    let index = cairn_explorer::Index::connect(&index)
-        .await
-        .context("opening the explorer's index")?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding {listen}"))?;
@@ -53,7 +50,7 @@ pub async fn run(cmd: ExplorerCommand) -> anyhow::Result<()> {
     cairn_explorer::serve(
         listener,
         chain,
-        index,
+        &index,
         cairn_explorer::FollowConfig {
             hub,
             every: std::time::Duration::from_secs(every_secs.max(1)),
@@ -74,13 +71,11 @@ pub async fn start_devnet(
     chain: cairn_ledger::Chain,
     hub: &str,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<(String, tokio::task::JoinHandle<std::io::Result<()>>)> {
-    let index = cairn_explorer::Index::connect(&format!(
-        "sqlite://{}",
-        data_dir.join("explorer.db").display()
-    ))
-    .await
-    .context("opening the explorer's index")?;
+) -> anyhow::Result<(
+    String,
+    tokio::task::JoinHandle<Result<(), cairn_explorer::ServeError>>,
+)> {
+    let index = format!("sqlite://{}", data_dir.join("explorer.db").display());
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding {listen}"))?;
@@ -88,12 +83,15 @@ pub async fn start_devnet(
     let config = cairn_explorer::FollowConfig {
         hub: Some(hub.to_owned()),
         every: std::time::Duration::from_secs(1),
-        // The devnet's services all listen on loopback.
+        // The devnet's services all listen on loopback, and its hub is small.
         allow_private: true,
+        hub_every: std::time::Duration::from_secs(2),
         ..Default::default()
     };
     Ok((
         url,
-        tokio::spawn(cairn_explorer::serve(listener, chain, index, config, stop)),
+        tokio::spawn(
+            async move { cairn_explorer::serve(listener, chain, &index, config, stop).await },
+        ),
     ))
 }

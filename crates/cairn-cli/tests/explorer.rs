@@ -40,15 +40,17 @@ fn indexed_ids(explorer: &str) -> Vec<String> {
         .collect()
 }
 
-/// Waits until the explorer has indexed exactly `want` and every batch is finalized.
+/// Waits until the explorer has indexed exactly `want`, every batch is finalized, and its
+/// status (counted at most every 3 s) says so.
 fn wait_indexed(explorer: &str, want: &BTreeSet<String>) {
     eventually(120, || {
         let ids = indexed_ids(explorer);
         let (_, s) = api(&format!("{explorer}/api/v1/status"));
         ids.iter().cloned().collect::<BTreeSet<_>>() == *want
+            && s["calls"] == want.len()
             && s["batches"]
                 .as_object()
-                .is_some_and(|b| b.keys().all(|k| k == "finalized"))
+                .is_some_and(|b| !b.is_empty() && b.keys().all(|k| k == "finalized"))
     });
 }
 
@@ -103,7 +105,11 @@ fn the_explorer_shows_paid_calls_checks_receipts_in_the_browser_and_resumes_afte
     ));
 
     wait_indexed(&explorer, &made);
-    let (_, status) = api(&format!("{explorer}/api/v1/status"));
+    let mut status = serde_json::Value::Null;
+    eventually(30, || {
+        status = api(&format!("{explorer}/api/v1/status")).1;
+        status["models"] == 2
+    });
     assert_eq!(status["calls"], made.len());
     assert_eq!(status["models"], 2);
     assert_eq!(status["verifiers"], 3);
@@ -153,10 +159,27 @@ fn the_explorer_shows_paid_calls_checks_receipts_in_the_browser_and_resumes_afte
     let (_, found) = api(&format!("{explorer}/api/v1/models?q=%25"));
     assert_eq!(found["total"], 0, "{found}");
 
-    // Metrics, read by Prometheus' own parser: the indexer's and the relay's.
+    // Metrics, read by Prometheus' own parser: the indexer's, the relay's and the node's.
     let (listed, _) = api(&format!("{}/gateways", dn.relay_url));
     assert_eq!(listed, 200);
-    let scraped = scrape_metrics(&[explorer.clone(), dn.relay_url.clone()]);
+    let scraped = scrape_metrics(&[explorer.clone(), dn.relay_url.clone(), dn.node_url.clone()]);
+    // The node's model cache: the first call loaded digits, the others found it in memory.
+    let node_metrics = &scraped[&dn.node_url];
+    assert!(
+        metric_sum(
+            node_metrics,
+            "cairn_node_model_cache_lookups_total",
+            &[("source", "memory")]
+        ) >= 3.0
+    );
+    assert_eq!(
+        metric_sum(
+            node_metrics,
+            "cairn_node_model_cache_lookups_total",
+            &[("source", "failed")]
+        ),
+        0.0
+    );
     let ex = &scraped[&explorer];
     assert_eq!(
         metric_sum(ex, "cairn_explorer_indexer_receipts_total", &[]),

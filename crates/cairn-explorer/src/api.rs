@@ -25,7 +25,24 @@ pub struct ApiState {
     pub index: Index,
     /// The deployment followed.
     pub deployment: cairn_ledger::Deployment,
+    /// The last `/api/v1/status` answer and when it was counted: it scans whole tables, so
+    /// it is counted at most once a few seconds, whoever asks.
+    pub status: Arc<tokio::sync::Mutex<Option<(std::time::Instant, Status)>>>,
 }
+
+impl ApiState {
+    /// The API over `index` for `deployment`.
+    pub fn new(index: Index, deployment: cairn_ledger::Deployment) -> Self {
+        Self {
+            index,
+            deployment,
+            status: Arc::default(),
+        }
+    }
+}
+
+/// How long a counted status is served again.
+const STATUS_FRESH: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// An API error: JSON `{code, message}` with its status.
 #[derive(Debug)]
@@ -142,7 +159,7 @@ fn status_of(event: &str) -> &'static str {
 }
 
 /// `GET /api/v1/status`.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Status {
     /// EIP-155 chain id.
@@ -173,6 +190,18 @@ pub struct Status {
 
 #[utoipa::path(get, path = "/api/v1/status", responses((status = 200, body = Status)))]
 async fn status(State(s): State<Arc<ApiState>>) -> ApiResult<Status> {
+    let mut cached = s.status.lock().await;
+    if let Some((at, status)) = cached.as_ref()
+        && at.elapsed() < STATUS_FRESH
+    {
+        return Ok(Json(status.clone()));
+    }
+    let status = count_status(&s).await?;
+    *cached = Some((std::time::Instant::now(), status.clone()));
+    Ok(Json(status))
+}
+
+async fn count_status(s: &ApiState) -> Result<Status, ApiError> {
     let pool = s.index.pool();
     let count = |sql: &'static str| async move {
         let r = sqlx::query(sql).fetch_one(pool).await?;
@@ -202,7 +231,7 @@ async fn status(State(s): State<Arc<ApiState>>) -> ApiResult<Status> {
                 .unwrap_or(U256::ZERO);
         }
     }
-    Ok(Json(Status {
+    Ok(Status {
         chain_id: s.deployment.chain_id,
         settlement: s.deployment.settlement.to_checksum(None),
         registry: s.deployment.registry.to_checksum(None),
@@ -221,7 +250,7 @@ async fn status(State(s): State<Arc<ApiState>>) -> ApiResult<Status> {
         calls: count("SELECT COUNT(*) AS n FROM idx_receipts").await?,
         batches,
         fees_paid: fees.to_string(),
-    }))
+    })
 }
 
 /// Model search filters.
@@ -385,7 +414,7 @@ pub struct ModelPage {
     pub examples: UsageExamples,
 }
 
-fn examples(name: &str, detail: &Value, node: &str) -> UsageExamples {
+pub(crate) fn examples(name: &str, detail: &Value, node: &str) -> UsageExamples {
     let version = detail["latest"].as_str().unwrap_or("1.0");
     let label = format!("{name}@{version}");
     let release = detail["releases"]
@@ -430,54 +459,91 @@ fn examples(name: &str, detail: &Value, node: &str) -> UsageExamples {
                 .collect()
         })
         .unwrap_or_else(|| vec![1]);
-    let elements: i64 = shape.iter().product::<i64>().clamp(1, 16);
-    let data = vec!["0"; elements as usize].join(", ");
+    let elements = shape.iter().product::<i64>().clamp(1, 16) as usize;
+    let body = serde_json::json!({"inputs": [{
+        "name": in_name, "shape": shape, "datatype": dtype, "data": vec![0; elements],
+    }]})
+    .to_string();
+    // Every value from a publisher or an operator is quoted for the shell, or written as a
+    // JSON string (which Python reads as the same string): a copied line runs nothing else.
+    let q = shell_quote;
+    let py = |v: &str| serde_json::to_string(v).unwrap_or_default();
+    let hostport = node
+        .trim_start_matches("http://")
+        .trim_start_matches("https://")
+        .trim_end_matches('/');
     let shape_s = shape
         .iter()
         .map(|d| d.to_string())
         .collect::<Vec<_>>()
         .join(", ");
-    let body = format!(
-        r#"{{"inputs":[{{"name":"{in_name}","shape":[{shape_s}],"datatype":"{dtype}","data":[{data}]}}]}}"#
-    );
     UsageExamples {
         cli: if gguf {
-            format!("cairn chat {label} --node {node} --payer-key payer.key")
+            format!("cairn chat {} --node {} --payer-key payer.key", q(&label), q(node))
         } else {
-            format!("cairn infer {label} --node {node} --input input.json --payer-key payer.key")
+            format!(
+                "cairn infer {} --node {} --input input.json --payer-key payer.key",
+                q(&label),
+                q(node)
+            )
         },
         curl: format!(
-            "curl -s {node}/v2/models/{label}/infer -H 'content-type: application/json' -d '{body}'"
+            "curl -s {} -H 'content-type: application/json' -d {}",
+            q(&format!("{node}/v2/models/{label}/infer")),
+            q(&body)
         ),
         python: format!(
-            "import tritonclient.http as http\nclient = http.InferenceServerClient(\"{}\")\n\
-             x = http.InferInput(\"{in_name}\", [{shape_s}], \"{dtype}\")\n\
+            "import tritonclient.http as http\nclient = http.InferenceServerClient({})\n\
+             x = http.InferInput({}, [{shape_s}], {})\n\
              x.set_data_from_numpy(your_array)\n\
-             result = client.infer(\"{label}\", [x])",
-            node.trim_start_matches("http://").trim_start_matches("https://")
+             result = client.infer({}, [x])",
+            py(hostport),
+            py(in_name),
+            py(dtype),
+            py(&label)
         ),
         openai: gguf.then(|| {
             format!(
-                "from openai import OpenAI\nclient = OpenAI(base_url=\"{node}/v1\", api_key=\"unused\")\n\
-                 reply = client.chat.completions.create(model=\"{label}\", messages=[{{\"role\": \"user\", \"content\": \"Hello\"}}])\n\
-                 print(reply.choices[0].message.content)"
+                "from openai import OpenAI\nclient = OpenAI(base_url={}, api_key=\"unused\")\n\
+                 reply = client.chat.completions.create(model={}, messages=[{{\"role\": \"user\", \"content\": \"Hello\"}}])\n\
+                 print(reply.choices[0].message.content)",
+                py(&format!("{node}/v1")),
+                py(&label)
             )
         }),
     }
 }
 
-async fn active_endpoint(index: &Index) -> Result<Option<String>, ApiError> {
+/// `s` as one shell word.
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+/// The endpoint to show in a model's usage lines: the active node that served it most, else
+/// any active node; only an http(s) URL (anything else is shown as a placeholder).
+async fn example_node(index: &Index, name: &str) -> Result<String, ApiError> {
     let row = sqlx::query(
-        "SELECT snapshot FROM idx_nodes WHERE role = 'inference' AND active = 1 ORDER BY address LIMIT 1",
+        "SELECT n.snapshot AS snapshot FROM idx_nodes n
+         LEFT JOIN (SELECT node, COUNT(*) AS c FROM idx_receipts
+                    WHERE model IN (SELECT cid FROM idx_model_files WHERE name = $1) GROUP BY node) r
+           ON r.node = n.address
+         WHERE n.role = 'inference' AND n.active = 1
+         ORDER BY COALESCE(r.c, 0) DESC, n.address LIMIT 1",
     )
+    .bind(name)
     .fetch_optional(index.pool())
     .await?;
-    Ok(match row {
+    let endpoint = match row {
         Some(r) => json_col(&r, "snapshot")?["endpoint"]
             .as_str()
             .map(str::to_owned),
         None => None,
-    })
+    };
+    Ok(endpoint
+        .and_then(|e| reqwest::Url::parse(&e).ok())
+        .filter(|u| matches!(u.scheme(), "http" | "https") && u.username().is_empty())
+        .map(|u| u.as_str().trim_end_matches('/').to_owned())
+        .unwrap_or_else(|| "http://NODE".into()))
 }
 
 #[utoipa::path(get, path = "/api/v1/models/{name}", params(("name" = String, Path, description = "Repository name")),
@@ -499,9 +565,7 @@ async fn model(State(s): State<Arc<ApiState>>, Path(name): Path<String>) -> ApiR
     .iter()
     .map(|r| r.try_get("node"))
     .collect::<Result<_, _>>()?;
-    let node = active_endpoint(&s.index)
-        .await?
-        .unwrap_or_else(|| "http://NODE".into());
+    let node = example_node(&s.index, &name).await?;
     Ok(Json(ModelPage {
         examples: examples(&name, &detail, &node),
         calls: model_calls(&s.index, &name).await?,
@@ -542,6 +606,9 @@ pub struct NodeSummary {
     pub slashes: u64,
     /// When the index last read it (Unix seconds).
     pub updated: u64,
+    /// How long its info route took to answer the indexer last time (milliseconds; absent
+    /// when it did not answer).
+    pub latency_ms: Option<u64>,
 }
 
 /// `GET /api/v1/nodes`.
@@ -588,6 +655,9 @@ async fn node_summary(index: &Index, r: &AnyRow) -> Result<NodeSummary, ApiError
         slashes: n("SELECT COUNT(*) AS n FROM idx_events WHERE name = 'Slashed' AND subject = $1")
             .await?,
         updated: u(r, "updated")?,
+        latency_ms: r
+            .try_get::<Option<i64>, _>("latency_ms")?
+            .and_then(|v| u64::try_from(v).ok()),
         registry,
         address,
     })
@@ -1019,7 +1089,8 @@ async fn receipts(
     Ok(Json(ReceiptList { receipts: out }))
 }
 
-/// Where one call's payment went.
+/// Where one call's payment went: the price and payment reference are what the node signed
+/// in the receipt; the payout is the chain's (`BatchFinalized`), shared out by that price.
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PaymentFlow {
@@ -1169,12 +1240,21 @@ async fn flow(
                         .and_then(|v| v.parse().ok())
                         .unwrap_or_default()
                 };
-                let paid = part("toNode") + part("toVerifiers") + part("toTreasury");
-                let mine = paid * price / fees;
-                let verifiers = part("toVerifiers") * price / fees;
-                let treasury = part("toTreasury") * price / fees;
+                // The price is the node's claim: at most the whole batch's fees counts.
+                let price = price.min(fees);
+                let share = |v: U256| v.checked_mul(price).map_or(U256::ZERO, |x| x / fees);
+                let paid = part("toNode")
+                    .saturating_add(part("toVerifiers"))
+                    .saturating_add(part("toTreasury"));
+                let mine = share(paid);
+                let verifiers = share(part("toVerifiers"));
+                let treasury = share(part("toTreasury")).min(mine - verifiers.min(mine));
                 flow.settled = true;
-                flow.to_node = Some((mine - verifiers - treasury).to_string());
+                flow.to_node = Some(
+                    mine.saturating_sub(verifiers)
+                        .saturating_sub(treasury)
+                        .to_string(),
+                );
                 flow.to_verifiers = Some(verifiers.to_string());
                 flow.to_treasury = Some(treasury.to_string());
             }
@@ -1219,8 +1299,9 @@ pub struct Activity {
     pub calls_by_model: Vec<Point>,
     /// Calls per bucket by node.
     pub calls_by_node: Vec<Point>,
-    /// Verifier activity per bucket (when the index first saw each verdict): `samples`,
-    /// `confirmed`, `faults`, `frauds`, `verdicts`.
+    /// Verifier activity per bucket: as the verifiers report it, when the index first saw
+    /// each verdict (`samples`, `confirmed`, `faults`, `frauds reported`, `verdicts`), and
+    /// `frauds proven` (successful challenges on chain, by block time).
     pub verification: Vec<Point>,
     /// Seconds from submission to finalization, per finalized batch (key: batch id; t: when
     /// finalized).
@@ -1252,11 +1333,14 @@ async fn activity(
     }
     let now = cairn_core::clock::now_secs();
     let from = (now / bucket).saturating_sub(n - 1) * bucket;
+    // Times are the nodes' and the index's own: nothing after the last bucket is counted.
+    let until = (now / bucket + 1) * bucket;
     let pool = s.index.pool();
     let series = |sql: String| async move {
         let rows = sqlx::query(&sql)
             .bind(i(bucket))
             .bind(i(from))
+            .bind(i(until))
             .fetch_all(pool)
             .await?;
         rows.iter()
@@ -1270,13 +1354,13 @@ async fn activity(
             .collect::<Result<Vec<_>, ApiError>>()
     };
     let calls_by_model = series(
-        "SELECT (ts / $1) * $1 AS t, model AS k, COUNT(*) AS v FROM idx_receipts WHERE ts >= $2
+        "SELECT (ts / $1) * $1 AS t, model AS k, COUNT(*) AS v FROM idx_receipts WHERE ts >= $2 AND ts < $3
          GROUP BY (ts / $1) * $1, model ORDER BY t, k"
             .into(),
     )
     .await?;
     let calls_by_node = series(
-        "SELECT (ts / $1) * $1 AS t, node AS k, COUNT(*) AS v FROM idx_receipts WHERE ts >= $2
+        "SELECT (ts / $1) * $1 AS t, node AS k, COUNT(*) AS v FROM idx_receipts WHERE ts >= $2 AND ts < $3
          GROUP BY (ts / $1) * $1, node ORDER BY t, k"
             .into(),
     )
@@ -1286,11 +1370,11 @@ async fn activity(
         ("samples", "sampled"),
         ("confirmed", "confirmed"),
         ("faults", "faults"),
-        ("frauds", "frauds"),
+        ("frauds reported", "frauds"),
         ("verdicts", "1"),
     ] {
         for mut p in series(format!(
-            "SELECT (seen / $1) * $1 AS t, '' AS k, CAST(SUM({col}) AS BIGINT) AS v FROM idx_verdicts WHERE seen >= $2
+            "SELECT (seen / $1) * $1 AS t, '' AS k, CAST(SUM({col}) AS BIGINT) AS v FROM idx_verdicts WHERE seen >= $2 AND seen < $3
              GROUP BY (seen / $1) * $1 ORDER BY t"
         ))
         .await?
@@ -1298,6 +1382,17 @@ async fn activity(
             p.key = k.into();
             verification.push(p);
         }
+    }
+    // Frauds proven: challenges that succeeded on chain (not what a verifier says).
+    for mut p in series(
+        "SELECT (ts / $1) * $1 AS t, '' AS k, COUNT(*) AS v FROM idx_events
+         WHERE name = 'BatchChallenged' AND ts >= $2 AND ts < $3 GROUP BY (ts / $1) * $1 ORDER BY t"
+            .into(),
+    )
+    .await?
+    {
+        p.key = "frauds proven".into();
+        verification.push(p);
     }
     let mut settlement_latency = Vec::new();
     let mut fees = std::collections::BTreeMap::<u64, U256>::new();

@@ -19,12 +19,23 @@ use crate::store::{EventRow, Index, IndexError, ModelRow, NewBatch, ReceiptRow, 
 const WINDOW: u64 = 500;
 /// How far back a reorganization is looked for among the stored blocks before starting over.
 const REORG_SEARCH: u64 = 4096;
-/// A batch listing's most bytes: the receipt bound (65,536) at ~1.5 KB each.
-const MAX_LISTING_BYTES: usize = 96 << 20;
+/// A batch listing's most bytes: the receipt bound (65,536) at up to ~4 KB each (a
+/// batch-signed receipt carries its seal and its proof).
+const MAX_LISTING_BYTES: usize = 256 << 20;
 /// Any other answer's most bytes.
-const MAX_ANSWER_BYTES: usize = 4 << 20;
-/// Fetches of a batch's receipts before the index calls it unavailable.
+const MAX_ANSWER_BYTES: usize = 1 << 20;
+/// Fetches of a batch's receipts before the index calls it unavailable (it is still asked
+/// again, hourly).
 const LISTING_TRIES: u64 = 8;
+/// Listings fetched at once (each may be large), and at most this many per node per round.
+const LISTINGS_AT_ONCE: usize = 2;
+const LISTINGS_PER_NODE: usize = 4;
+/// Nodes and verifiers asked at once.
+const NODES_AT_ONCE: usize = 8;
+/// A verdict's most bytes as stored (a verifier reports its own samples; more is cut).
+const MAX_VERDICT_BYTES: usize = 64 << 10;
+/// How far a receipt's own time may lie after the block that submitted its batch.
+const CLOCK_SLACK_SECS: u64 = 600;
 
 /// Why a round stopped.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +61,8 @@ pub struct FollowConfig {
     /// network such as the devnet); otherwise such endpoints are never fetched, so a registered
     /// endpoint cannot make the indexer probe the network it runs in.
     pub allow_private: bool,
+    /// How often the hub's models are read again (each read lists every repository).
+    pub hub_every: Duration,
 }
 
 impl Default for FollowConfig {
@@ -59,6 +72,7 @@ impl Default for FollowConfig {
             every: Duration::from_secs(2),
             timeout: Duration::from_secs(10),
             allow_private: false,
+            hub_every: Duration::from_secs(30),
         }
     }
 }
@@ -70,6 +84,7 @@ pub struct Follower {
     fetch: cairn_node_api::fetch::Fetcher,
     config: FollowConfig,
     metrics: Arc<IndexerMetrics>,
+    hub_read: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 /// What one round did.
@@ -102,6 +117,7 @@ impl Follower {
             fetch,
             config,
             metrics,
+            hub_read: std::sync::Mutex::new(None),
         }
     }
 
@@ -132,10 +148,22 @@ impl Follower {
         self.follow_chain(&mut round).await?;
         round.listings = self.fetch_listings().await?;
         self.refresh_nodes().await?;
+        let due = self
+            .hub_read
+            .lock()
+            .expect("not poisoned")
+            .is_none_or(|at| at.elapsed() >= self.config.hub_every);
         if let Some(hub) = &self.config.hub
-            && let Err(e) = self.refresh_models(hub).await
+            && due
         {
-            tracing::warn!("reading the hub's models: {e}");
+            *self.hub_read.lock().expect("not poisoned") = Some(std::time::Instant::now());
+            // The hub is the operator's own, but a hung one must not stop the chain's indexing.
+            let limit = self.config.hub_every.max(Duration::from_secs(30));
+            match tokio::time::timeout(limit, self.refresh_models(hub)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!("reading the hub's models: {e}"),
+                Err(_) => tracing::warn!("reading the hub's models took over {limit:?}"),
+            }
         }
         Ok(round)
     }
@@ -157,14 +185,24 @@ impl Follower {
         let Some((at, hash)) = self.index.cursor().await? else {
             return Ok(());
         };
-        if self.ledger().block_at(at).await?.map(|b| b.hash) == Some(hash) {
-            return Ok(());
+        // A block the endpoint does not have (yet) is a lagging endpoint, not a reorganization:
+        // nothing is forgotten on its word; the round waits.
+        let lagging =
+            || LedgerError::Rpc(format!("the chain endpoint does not have block {at} (yet)"));
+        match self.ledger().block_at(at).await? {
+            Some(b) if b.hash == hash => return Ok(()),
+            Some(_) => {}
+            None => return Err(lagging().into()),
         }
         let mut keep = None;
         for (n, h) in self.index.blocks_below(at, REORG_SEARCH).await? {
-            if self.ledger().block_at(n).await?.map(|b| b.hash) == Some(h) {
-                keep = Some((n, h));
-                break;
+            match self.ledger().block_at(n).await? {
+                Some(b) if b.hash == h => {
+                    keep = Some((n, h));
+                    break;
+                }
+                Some(_) => {}
+                None => return Err(lagging().into()),
             }
         }
         tracing::warn!(
@@ -267,7 +305,11 @@ impl Follower {
     ) -> Result<T, String> {
         let checked = self.fetch.check_url(url)?;
         let req = self.fetch.client().get(checked);
-        let (status, body) = self.fetch.send_at_most(url, req, max).await?;
+        // The fetcher's own limit is on idle time; a trickling answer must not hold a round.
+        let (status, body) =
+            tokio::time::timeout(self.config.timeout, self.fetch.send_at_most(url, req, max))
+                .await
+                .map_err(|_| format!("{url} took over {:?}", self.config.timeout))??;
         if !status.is_success() {
             return Err(format!("{url} answered {status}"));
         }
@@ -279,153 +321,171 @@ impl Follower {
         Ok(self.chain.node(node).await?.endpoint)
     }
 
-    /// Fetches and checks the receipts of batches not read yet. A node that is down is asked
-    /// again later (backing off), never held to have lied; a listing that does not match the
-    /// root on chain is recorded as invalid and none of it is stored.
+    /// Fetches and checks the receipts of batches not read yet, a few at once and a few per
+    /// node. A node that is down is asked again later (backing off, then hourly), never held
+    /// to have lied; a listing that does not match the root on chain is recorded as invalid
+    /// and none of it is stored. Batches that carry no fees are not fetched: their receipts
+    /// cost nothing to make up.
     async fn fetch_listings(&self) -> Result<u64, FollowError> {
+        use futures::StreamExt;
         let now = cairn_core::clock::now_secs();
+        let mut per_node = std::collections::HashMap::<String, usize>::new();
+        let due: Vec<_> = self
+            .index
+            .pending_listings(now, 64)
+            .await?
+            .into_iter()
+            .filter(|p| {
+                let n = per_node.entry(p.batch.node.clone()).or_default();
+                *n += 1;
+                *n <= LISTINGS_PER_NODE
+            })
+            .take(16)
+            .collect();
+        let outcomes: Vec<_> = futures::stream::iter(due)
+            .map(|p| async move {
+                let outcome = self.listing(&p.batch).await;
+                (p, outcome)
+            })
+            .buffer_unordered(LISTINGS_AT_ONCE)
+            .collect()
+            .await;
         let mut stored = 0;
-        for p in self.index.pending_listings(now, 16).await? {
+        for (p, outcome) in outcomes {
             let b = &p.batch;
-            let node: Address = match b.node.parse() {
-                Ok(a) => a,
-                Err(_) => continue,
-            };
-            let url = cairn_node_api::NodeUrls::new(&self.endpoint(node).await?).batch(b.id);
-            let outcome = match self
-                .get_json::<cairn_node_api::BatchReceipts>(&url, MAX_LISTING_BYTES)
-                .await
-            {
-                Ok(listing) => self
-                    .check_listing(b, node, &listing.receipts)
-                    .map_err(|e| (e, true)),
-                Err(e) => Err((e, false)),
-            };
             match outcome {
                 Ok(rows) => {
                     self.index.store_listing(b.id, &rows).await?;
                     self.metrics.receipts.inc_by(rows.len() as u64);
                     stored += 1;
                 }
-                Err((e, invalid)) => {
+                Err(Refused::Skipped(why)) => {
+                    self.index
+                        .listing_failed(b.id, &why, None, "unpaid")
+                        .await?;
+                }
+                Err(Refused::Invalid(e)) => {
                     self.metrics.listing_failures.inc();
-                    tracing::info!(batch = b.id, "batch listing not indexed: {e}");
-                    let next = (!invalid && p.tries + 1 < LISTING_TRIES)
-                        .then(|| now + (2u64 << p.tries.min(8)));
-                    let state = if invalid { "invalid" } else { "unavailable" };
-                    self.index.listing_failed(b.id, &e, next, state).await?;
+                    tracing::info!(batch = b.id, "batch listing refused: {e}");
+                    self.index.listing_failed(b.id, &e, None, "invalid").await?;
+                }
+                Err(Refused::Unreachable(e)) => {
+                    self.metrics.listing_failures.inc();
+                    tracing::info!(batch = b.id, "batch listing not fetched: {e}");
+                    let state = if p.tries + 1 < LISTING_TRIES {
+                        "pending"
+                    } else {
+                        "unavailable"
+                    };
+                    let wait = if state == "pending" {
+                        2u64 << p.tries.min(10)
+                    } else {
+                        3600
+                    };
+                    self.index
+                        .listing_failed(b.id, &e, Some(now + wait), state)
+                        .await?;
                 }
             }
         }
         Ok(stored)
     }
 
-    /// Every receipt verifies, is the batch node's under this deployment's domain, and the
-    /// receipts make exactly the root on chain.
-    fn check_listing(
-        &self,
-        b: &NewBatch,
-        node: Address,
-        receipts: &[ReceiptJson],
-    ) -> Result<Vec<ReceiptRow>, String> {
-        if receipts.len() as u64 != b.count {
-            return Err(format!(
-                "the node lists {} receipts; the batch on chain holds {}",
-                receipts.len(),
-                b.count
+    /// One batch's receipts from its node, checked.
+    async fn listing(&self, b: &NewBatch) -> Result<Vec<ReceiptRow>, Refused> {
+        if b.fees
+            .parse::<alloy_primitives::U256>()
+            .unwrap_or_default()
+            .is_zero()
+        {
+            return Err(Refused::Skipped(
+                "the batch carries no fees, so its receipts are not indexed (they cost nothing to make up)".into(),
             ));
         }
-        let d = self.chain.deployment();
-        let mut cache = SealCache::default();
-        let mut digests = Vec::with_capacity(receipts.len());
-        let mut rows = Vec::with_capacity(receipts.len());
-        for (n, r) in receipts.iter().enumerate() {
-            let (sr, digest) = r
-                .verify_cached(&mut cache)
-                .map_err(|e| format!("receipt {n} does not verify: {e}"))?;
-            if sr.signer != node {
-                return Err(format!(
-                    "receipt {n} is signed by {}, not the batch's node",
-                    sr.signer
-                ));
-            }
-            if sr.domain.chain_id != d.chain_id || sr.domain.verifying_contract != d.settlement {
-                return Err(format!(
-                    "receipt {n} is addressed to another chain or contract"
-                ));
-            }
-            digests.push(digest);
-            let c = &sr.claims;
-            rows.push(ReceiptRow {
-                leaf_index: n as u64,
-                request_id: c.request_id,
-                node: node.to_checksum(None),
-                model: c.model.to_string(),
-                kind: if c.llm.is_some() { "llm" } else { "tensor" },
-                ts: c.timestamp,
-                price: c.price.to_string(),
-                payment_ref: c.payment_ref,
-                profile_hash: c.profile.hash(),
-                digest,
-                proof: Vec::new(),
-                seal: match sr.seal {
-                    Seal::Own(_) => "own",
-                    Seal::Batch(_) => "batch",
-                },
-                json: r.as_str().to_owned(),
-            });
-        }
-        let tree = cairn_receipt::merkle::ReceiptTree::new(&digests).map_err(|e| e.to_string())?;
-        if tree.root() != b.root {
-            return Err(format!(
-                "the listed receipts make root {}, the batch on chain has {}",
-                tree.root(),
-                b.root
-            ));
-        }
-        for row in &mut rows {
-            row.proof = tree.proof(row.digest).unwrap_or_default();
-        }
-        Ok(rows)
+        let node: Address = b
+            .node
+            .parse()
+            .map_err(|_| Refused::Invalid(format!("`{}` is not an address", b.node)))?;
+        let endpoint = self
+            .endpoint(node)
+            .await
+            .map_err(|e| Refused::Unreachable(e.to_string()))?;
+        let url = cairn_node_api::NodeUrls::new(&endpoint).batch(b.id);
+        let listing = self
+            .get_json::<cairn_node_api::BatchReceipts>(&url, MAX_LISTING_BYTES)
+            .await
+            .map_err(Refused::Unreachable)?;
+        let chain = self.chain.deployment().clone();
+        let b = b.clone();
+        // Up to 65,536 signature recoveries: off the async workers.
+        tokio::task::spawn_blocking(move || check_listing(&chain, &b, node, &listing.receipts))
+            .await
+            .map_err(|e| Refused::Unreachable(format!("check task: {e}")))?
+            .map_err(Refused::Invalid)
     }
 
-    /// Every registered node's registry state, what its own API says, and, for verifiers,
-    /// their recent verdicts.
+    /// Every registered node's registry state; for active ones what their own API says (and
+    /// how fast), and for active verifiers their recent verdicts. A few at once, each bounded
+    /// by the request deadline.
     async fn refresh_nodes(&self) -> Result<(), FollowError> {
+        use futures::StreamExt;
+        let registered = self.index.registered().await?;
+        let results: Vec<Result<(), FollowError>> = futures::stream::iter(registered)
+            .map(|(address, role)| async move { self.refresh_node(&address, &role).await })
+            .buffer_unordered(NODES_AT_ONCE)
+            .collect()
+            .await;
+        results.into_iter().collect()
+    }
+
+    async fn refresh_node(&self, address: &str, role: &str) -> Result<(), FollowError> {
+        let Ok(addr) = address.parse::<Address>() else {
+            return Ok(());
+        };
         let now = cairn_core::clock::now_secs();
-        for (address, role) in self.index.registered().await? {
-            let Ok(addr) = address.parse::<Address>() else {
-                continue;
-            };
-            let info = self.chain.node(addr).await?;
-            let snapshot = serde_json::to_value(&info).unwrap_or_default();
-            let live = if info.endpoint.is_empty() {
-                None
-            } else if role == "verifier" {
-                let urls = cairn_verifier_api::VerifierUrls::new(&info.endpoint);
-                self.index_verdicts(&info.endpoint, addr).await;
-                // Read as the verifier's typed info: only its fields are ever shown.
-                self.get_json::<cairn_verifier_api::VerifierInfo>(&urls.info(), MAX_ANSWER_BYTES)
-                    .await
-                    .ok()
-                    .filter(|v| v.address == addr)
-                    .and_then(|v| serde_json::to_value(v).ok())
-            } else {
-                let urls = cairn_node_api::NodeUrls::new(&info.endpoint);
-                self.get_json::<cairn_node_api::NodeInfo>(&urls.info(), MAX_ANSWER_BYTES)
-                    .await
-                    .ok()
-                    .filter(|n| n.address == addr)
-                    .and_then(|n| serde_json::to_value(n).ok())
-            };
-            self.index
-                .upsert_node(&address, &role, info.active, &snapshot, live.as_ref(), now)
-                .await?;
+        let info = self.chain.node(addr).await?;
+        let snapshot = serde_json::to_value(&info).unwrap_or_default();
+        // Retired and inactive nodes are shown from the registry alone: only active ones (who
+        // staked to be) are asked anything.
+        let asked = std::time::Instant::now();
+        let live = if !info.active || info.endpoint.is_empty() {
+            None
+        } else if role == "verifier" {
+            let urls = cairn_verifier_api::VerifierUrls::new(&info.endpoint);
+            // Read as the verifier's typed info: only its fields are ever shown.
+            self.get_json::<cairn_verifier_api::VerifierInfo>(&urls.info(), MAX_ANSWER_BYTES)
+                .await
+                .ok()
+                .filter(|v| v.address == addr)
+                .and_then(|v| serde_json::to_value(v).ok())
+        } else {
+            let urls = cairn_node_api::NodeUrls::new(&info.endpoint);
+            self.get_json::<cairn_node_api::NodeInfo>(&urls.info(), MAX_ANSWER_BYTES)
+                .await
+                .ok()
+                .filter(|n| n.address == addr)
+                .and_then(|n| serde_json::to_value(n).ok())
+        };
+        // How long its info route took, as the indexer saw it.
+        let ms = asked.elapsed().as_millis() as u64;
+        if role == "verifier" && live.is_some() {
+            self.index_verdicts(&info.endpoint, addr).await;
         }
+        self.index
+            .upsert_node(
+                address,
+                role,
+                info.active,
+                &snapshot,
+                live.as_ref().map(|l| (l, ms)),
+                now,
+            )
+            .await?;
         Ok(())
     }
 
-    /// A verifier's latest verdicts, as it reports them. A verifier that is down is skipped.
+    /// A verifier's latest verdicts, as it reports them: only on batches the index has, naming
+    /// those batches' nodes, and cut to a bounded size. A verifier that is down is skipped.
     async fn index_verdicts(&self, endpoint: &str, verifier: Address) {
         let url = format!("{}/v1/verdicts?limit=100", endpoint.trim_end_matches('/'));
         let list = match self
@@ -440,15 +500,31 @@ impl Follower {
         };
         let now = cairn_core::clock::now_secs();
         for v in list.verdicts {
-            // A verifier speaks for itself only.
+            // A verifier speaks for itself only, and about batches that exist.
             if v.verifier != verifier {
                 continue;
+            }
+            match self.index.batch_node(v.batch_id).await {
+                Ok(Some(node)) if node == v.node.to_checksum(None) => {}
+                _ => continue,
             }
             let samples = v.samples.as_deref().unwrap_or_default();
             let count = |f: fn(&cairn_verifier_api::Outcome) -> bool| {
                 samples.iter().filter(|s| f(&s.outcome)).count() as u64
             };
             use cairn_verifier_api::Outcome as O;
+            let mut json = serde_json::to_string(&v).unwrap_or_default();
+            if json.len() > MAX_VERDICT_BYTES {
+                let mut cut = v.clone();
+                cut.samples = None;
+                cut.peers = None;
+                cut.frauds = None;
+                json = serde_json::to_string(&cut).unwrap_or_default();
+                json.truncate(MAX_VERDICT_BYTES);
+                if serde_json::from_str::<serde_json::Value>(&json).is_err() {
+                    json = "{}".into();
+                }
+            }
             let row = VerdictRow {
                 verifier: verifier.to_checksum(None),
                 batch_id: v.batch_id,
@@ -466,7 +542,7 @@ impl Follower {
                 frauds: v.frauds.as_ref().map_or(0, |f| f.len() as u64)
                     + u64::from(v.fraud.is_some() && v.frauds.is_none()),
                 seen: now,
-                json: serde_json::to_string(&v).unwrap_or_default(),
+                json,
             };
             if let Err(e) = self.index.upsert_verdict(&row).await {
                 tracing::warn!("storing a verdict: {e}");
@@ -490,6 +566,13 @@ impl Follower {
                 .map_err(|e| e.to_string())?;
             let n = page.len() as u32;
             for repo in page {
+                // A repository seen on two pages (the hub changed between them) is kept once.
+                if models
+                    .iter()
+                    .any(|m: &ModelRow| m.name == repo.name.as_str())
+                {
+                    continue;
+                }
                 let detail = client.repo(&repo.name).await.map_err(|e| e.to_string())?;
                 let files = detail
                     .releases
@@ -706,4 +789,88 @@ fn decode(log: &Log, d: &cairn_ledger::Deployment) -> Option<EventRow> {
         };
     }
     None
+}
+
+/// Every receipt verifies, is the batch node's under this deployment's domain, and the
+/// receipts make exactly the root on chain.
+fn check_listing(
+    d: &cairn_ledger::Deployment,
+    b: &NewBatch,
+    node: Address,
+    receipts: &[ReceiptJson],
+) -> Result<Vec<ReceiptRow>, String> {
+    if receipts.len() as u64 != b.count {
+        return Err(format!(
+            "the node lists {} receipts; the batch on chain holds {}",
+            receipts.len(),
+            b.count
+        ));
+    }
+    let mut cache = SealCache::default();
+    let mut digests = Vec::with_capacity(receipts.len());
+    let mut rows = Vec::with_capacity(receipts.len());
+    for (n, r) in receipts.iter().enumerate() {
+        let (sr, digest) = r
+            .verify_cached(&mut cache)
+            .map_err(|e| format!("receipt {n} does not verify: {e}"))?;
+        if sr.signer != node {
+            return Err(format!(
+                "receipt {n} is signed by {}, not the batch's node",
+                sr.signer
+            ));
+        }
+        if sr.domain.chain_id != d.chain_id || sr.domain.verifying_contract != d.settlement {
+            return Err(format!(
+                "receipt {n} is addressed to another chain or contract"
+            ));
+        }
+        if sr.claims.timestamp > b.ts + CLOCK_SLACK_SECS {
+            return Err(format!(
+                "receipt {n} is dated {}, after the block that submitted its batch ({})",
+                sr.claims.timestamp, b.ts
+            ));
+        }
+        digests.push(digest);
+        let c = &sr.claims;
+        rows.push(ReceiptRow {
+            leaf_index: n as u64,
+            request_id: c.request_id,
+            node: node.to_checksum(None),
+            model: c.model.to_string(),
+            kind: if c.llm.is_some() { "llm" } else { "tensor" },
+            ts: c.timestamp,
+            price: c.price.to_string(),
+            payment_ref: c.payment_ref,
+            profile_hash: c.profile.hash(),
+            digest,
+            proof: Vec::new(),
+            seal: match sr.seal {
+                Seal::Own(_) => "own",
+                Seal::Batch(_) => "batch",
+            },
+            json: r.as_str().to_owned(),
+        });
+    }
+    let tree = cairn_receipt::merkle::ReceiptTree::new(&digests).map_err(|e| e.to_string())?;
+    if tree.root() != b.root {
+        return Err(format!(
+            "the listed receipts make root {}, the batch on chain has {}",
+            tree.root(),
+            b.root
+        ));
+    }
+    for row in &mut rows {
+        row.proof = tree.proof(row.digest).unwrap_or_default();
+    }
+    Ok(rows)
+}
+
+/// Why a batch listing was not stored.
+enum Refused {
+    /// Not fetched, by policy.
+    Skipped(String),
+    /// Fetched and wrong: never stored.
+    Invalid(String),
+    /// Not fetched (down, slow, too big): asked again later.
+    Unreachable(String),
 }

@@ -17,13 +17,39 @@ use std::sync::Arc;
 pub use follow::{FollowConfig, Follower, Round};
 pub use store::{Backend, Index, IndexError};
 
+/// API requests served at once; more are answered 503 at once (each is a few indexed
+/// queries, but the index is also the follower's).
+const API_AT_ONCE: usize = 32;
+
+async fn bounded(
+    axum::extract::State(slots): axum::extract::State<Arc<tokio::sync::Semaphore>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    match slots.try_acquire() {
+        Ok(_permit) => next.run(req).await,
+        Err(_) => (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            [(axum::http::header::RETRY_AFTER, "1")],
+            axum::Json(cairn_core::ErrorBody::new(
+                "busy",
+                "the explorer is answering as many requests as it takes at once; retry in a second",
+            )),
+        )
+            .into_response(),
+    }
+}
+
 /// The explorer's routes: the API, `/openapi.json`, `/metrics`, and the pages.
 pub fn router(state: api::ApiState, metrics: Arc<metrics::IndexerMetrics>) -> axum::Router {
     use utoipa::OpenApi;
     let mut m = cairn_serve::metrics::Metrics::new("cairn_explorer");
     metrics.register(&mut m);
     let doc = api::ApiDoc::openapi();
+    let slots = Arc::new(tokio::sync::Semaphore::new(API_AT_ONCE));
     let app = api::router(Arc::new(state))
+        .layer(axum::middleware::from_fn_with_state(slots, bounded))
         .route(
             "/openapi.json",
             axum::routing::get(move || {
@@ -35,19 +61,20 @@ pub fn router(state: api::ApiState, metrics: Arc<metrics::IndexerMetrics>) -> ax
     cairn_serve::metrics::serve(app, Arc::new(m))
 }
 
-/// Follows `chain` into `index` and serves the explorer on `listener` until `shutdown`.
+/// Follows `chain` into the index at `index_url` and serves the explorer on `listener` until
+/// `shutdown`. The API reads through connections of its own, so readers never take the
+/// follower's.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     chain: cairn_ledger::Chain,
-    index: Index,
+    index_url: &str,
     config: FollowConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
+) -> Result<(), ServeError> {
+    let index = Index::connect(index_url).await?;
+    let readers = Index::connect(index_url).await?;
     let metrics = Arc::new(metrics::IndexerMetrics::default());
-    let state = api::ApiState {
-        index: index.clone(),
-        deployment: chain.deployment().clone(),
-    };
+    let state = api::ApiState::new(readers, chain.deployment().clone());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let follower = Follower::new(chain, index, config, metrics.clone());
     let follow = tokio::spawn(async move {
@@ -66,7 +93,18 @@ pub async fn serve(
         .await;
     let _ = stop_tx.send(true);
     let _ = follow.await;
-    served
+    Ok(served?)
+}
+
+/// Why the explorer stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The index could not be opened.
+    #[error("opening the explorer's index: {0}")]
+    Index(#[from] IndexError),
+    /// Serving failed.
+    #[error("serving the explorer: {0}")]
+    Io(#[from] std::io::Error),
 }
 
 #[cfg(test)]

@@ -98,6 +98,7 @@ CREATE TABLE idx_nodes (
     active BIGINT NOT NULL,
     snapshot TEXT NOT NULL,
     live TEXT,
+    latency_ms BIGINT,
     updated BIGINT NOT NULL
 );
 CREATE TABLE idx_verdicts (
@@ -514,7 +515,7 @@ impl Index {
     pub async fn pending_listings(&self, now: u64, limit: u64) -> Result<Vec<PendingListing>> {
         let rows = sqlx::query(
             "SELECT id, node, root, count, fees, block, ts, tx, tries FROM idx_batches
-             WHERE listing = 'pending' AND next_try <= $1 ORDER BY id LIMIT $2",
+             WHERE listing IN ('pending', 'unavailable') AND next_try <= $1 ORDER BY next_try, id LIMIT $2",
         )
         .bind(i(now))
         .bind(i(limit))
@@ -564,8 +565,8 @@ impl Index {
         Ok(())
     }
 
-    /// Records a failed fetch: tried again at `next_try`, or given up (`listing` becomes
-    /// `unavailable` or `invalid`).
+    /// Records a listing not stored: `listing` is its state (`pending` or `unavailable`,
+    /// asked again at `next_try`; `invalid` or `unpaid`, never asked again).
     pub async fn listing_failed(
         &self,
         batch: u64,
@@ -579,7 +580,7 @@ impl Index {
         .bind(i(batch))
         .bind(i(next_try.unwrap_or(0)))
         .bind(error)
-        .bind(if next_try.is_some() { "pending" } else { listing })
+        .bind(listing)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -605,30 +606,43 @@ impl Index {
         Ok(out)
     }
 
-    /// Replaces a node's snapshot (the registry's view, and what its own API said).
+    /// Replaces a node's snapshot (the registry's view, and what its own API said with how
+    /// long it took to say it; `None` when it did not answer).
     pub async fn upsert_node(
         &self,
         address: &str,
         role: &str,
         active: bool,
         snapshot: &serde_json::Value,
-        live: Option<&serde_json::Value>,
+        live: Option<(&serde_json::Value, u64)>,
         now: u64,
     ) -> Result<()> {
         sqlx::query(
-            "INSERT INTO idx_nodes (address, role, active, snapshot, live, updated) VALUES ($1, $2, $3, $4, $5, $6)
+            "INSERT INTO idx_nodes (address, role, active, snapshot, live, latency_ms, updated) VALUES ($1, $2, $3, $4, $5, $6, $7)
              ON CONFLICT (address) DO UPDATE SET role = excluded.role, active = excluded.active,
-               snapshot = excluded.snapshot, live = COALESCE(excluded.live, idx_nodes.live), updated = excluded.updated",
+               snapshot = excluded.snapshot, live = COALESCE(excluded.live, idx_nodes.live),
+               latency_ms = excluded.latency_ms, updated = excluded.updated",
         )
         .bind(address)
         .bind(role)
         .bind(i64::from(active))
         .bind(snapshot.to_string())
-        .bind(live.map(|l| l.to_string()))
+        .bind(live.map(|(l, _)| l.to_string()))
+        .bind(live.map(|(_, ms)| i(ms)))
         .bind(i(now))
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    /// The node of batch `id`, when the index has it.
+    pub async fn batch_node(&self, id: u64) -> Result<Option<String>> {
+        Ok(sqlx::query("SELECT node FROM idx_batches WHERE id = $1")
+            .bind(i(id))
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|r| r.try_get("node"))
+            .transpose()?)
     }
 
     /// Adds or updates a verifier's verdict (its first sighting time is kept).

@@ -89,6 +89,7 @@ fn follower(chain: &Chain, index: &Index) -> Follower {
             every: std::time::Duration::from_millis(100),
             timeout: std::time::Duration::from_secs(5),
             allow_private: true,
+            hub_every: std::time::Duration::from_secs(30),
         },
         Arc::default(),
     )
@@ -206,14 +207,20 @@ async fn batch_listings_are_stored_only_when_they_make_the_root_on_chain() {
         let chain = deployed(Arc::new(ledger)).await;
         let (url, listings) = lying_node().await;
         register(&chain, 2, Role::Inference, &url).await;
+        // The node escrows its batches' fees itself here (no vault income).
+        chain
+            .mint(&gov, dev_signer(2).address(), U256::from(TOKEN_UNIT))
+            .await
+            .unwrap();
         let node = dev_signer(2);
         let good = receipts(&chain, 1, 3);
         let submit = |rs: Vec<SignedReceipt>| {
             let chain = chain.clone();
             let node = node.clone();
             async move {
+                let fees = U256::from(1000 * rs.len());
                 chain
-                    .submit_batch(&node, root_of(&rs), rs.len() as u32, U256::ZERO)
+                    .submit_batch(&node, root_of(&rs), rs.len() as u32, fees)
                     .await
                     .unwrap()
                     .0
@@ -272,6 +279,17 @@ async fn batch_listings_are_stored_only_when_they_make_the_root_on_chain() {
         f.round().await.unwrap();
         assert_eq!(listing_state(&index, b4).await.0, "invalid");
 
+        // 5: a batch that carries no fees is not fetched: its receipts cost nothing to make up.
+        let free = receipts(&chain, 50, 2);
+        let b5 = chain
+            .submit_batch(&node, root_of(&free), 2, U256::ZERO)
+            .await
+            .unwrap()
+            .0;
+        listings.lock().unwrap().insert(b5, (200, listing(&free)));
+        f.round().await.unwrap();
+        assert_eq!(listing_state(&index, b5).await, ("unpaid".into(), 1));
+
         // Reading again adds nothing.
         let events = count(&index, "SELECT COUNT(*) FROM idx_events").await;
         let r = f.round().await.unwrap();
@@ -286,7 +304,7 @@ async fn batch_listings_are_stored_only_when_they_make_the_root_on_chain() {
                 "SELECT COUNT(*) FROM idx_events WHERE name = 'BatchSubmitted'"
             )
             .await,
-            4
+            5
         );
         api_reads(&index, &chain, b3).await;
     })
@@ -295,10 +313,7 @@ async fn batch_listings_are_stored_only_when_they_make_the_root_on_chain() {
 
 /// Every API route answers from this backend's index (the same SQL text on both).
 async fn api_reads(index: &Index, chain: &Chain, indexed: u64) {
-    let state = api::ApiState {
-        index: index.clone(),
-        deployment: chain.deployment().clone(),
-    };
+    let state = api::ApiState::new(index.clone(), chain.deployment().clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let app = router(state, Arc::default());
@@ -315,9 +330,9 @@ async fn api_reads(index: &Index, chain: &Chain, indexed: u64) {
     };
     let status = get("/api/v1/status".into()).await;
     assert_eq!(status["calls"], 2, "{status}");
-    assert_eq!(status["batches"]["submitted"], 4, "{status}");
+    assert_eq!(status["batches"]["submitted"], 5, "{status}");
     let batches = get("/api/v1/batches?limit=2".into()).await;
-    assert_eq!(batches["total"], 4);
+    assert_eq!(batches["total"], 5);
     assert_eq!(batches["batches"].as_array().unwrap().len(), 2);
     let page = get(format!("/api/v1/batches/{indexed}")).await;
     assert_eq!(page["receipts"].as_array().unwrap().len(), 2);
@@ -424,4 +439,48 @@ async fn a_reorganization_is_undone() {
 fn every_route_is_in_the_openapi_document() {
     use utoipa::OpenApi;
     cairn_core::api::assert_routes_documented(include_str!("api.rs"), &api::ApiDoc::openapi());
+}
+
+/// A publisher names a model's input and an operator its endpoint: the usage lines quote both,
+/// so a copied line runs only the command it shows.
+#[test]
+fn usage_lines_quote_what_publishers_and_operators_wrote() {
+    let hostile = "x'; touch PWNED; echo '\"$(touch PWNED2)";
+    let detail = serde_json::json!({"latest": "1.0", "releases": [{"version": "1.0", "files": [
+        {"onnx": {"inputs": [{"name": hostile, "elem_type": "float", "shape": [null, 3]}]}, "gguf": null}
+    ]}]});
+    let node = "http://127.0.0.1:1/a'b;c";
+    let ex = api::examples("digits", &detail, node);
+    let dir = tempfile::tempdir().unwrap();
+    let line = ex.curl.replacen("curl -s", "printf '%s\\n'", 1);
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(&line)
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{line}");
+    assert!(!dir.path().join("PWNED").exists() && !dir.path().join("PWNED2").exists());
+    let words: Vec<String> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(words[0], format!("{node}/v2/models/digits@1.0/infer"));
+    assert_eq!(words[1..4], ["-H", "content-type: application/json", "-d"]);
+    let body: serde_json::Value = serde_json::from_str(&words[4]).unwrap();
+    assert_eq!(body["inputs"][0]["name"], hostile);
+    assert_eq!(body["inputs"][0]["shape"], serde_json::json!([1, 3]));
+    let cli = ex.cli.replacen("cairn infer", "printf '%s\\n'", 1);
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(&cli)
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap().lines().nth(2),
+        Some(node)
+    );
+    // Python reads a JSON string literal as the same string.
+    assert!(ex.python.contains(&serde_json::to_string(hostile).unwrap()));
 }

@@ -127,6 +127,17 @@ pub struct ModelCache {
     /// Loads that failed recently, with their error.
     failed: Cache<BlobId, CacheError>,
     max_model_bytes: u64,
+    lookups: CacheLookups,
+}
+
+/// Where [`ModelCache::get`] found each model: `memory` (a loaded plan), `disk` (the node's
+/// copy, re-verified), `hub` (downloaded), `failed` (a recent failure remembered).
+pub type CacheLookups = cairn_serve::metrics::Family<CacheSource, cairn_serve::metrics::Counter>;
+
+/// The label of a [`CacheLookups`] series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, cairn_serve::metrics::EncodeLabelSet)]
+pub struct CacheSource {
+    source: &'static str,
 }
 
 impl ModelCache {
@@ -175,7 +186,17 @@ impl ModelCache {
                 .time_to_live(FAILED_TTL)
                 .build(),
             max_model_bytes,
+            lookups: CacheLookups::default(),
         }
+    }
+
+    /// Counts of where models were found, for the node's metrics.
+    pub fn lookups(&self) -> CacheLookups {
+        self.lookups.clone()
+    }
+
+    fn count(&self, source: &'static str) {
+        self.lookups.get_or_create(&CacheSource { source }).inc();
     }
 
     /// The model `cid` if it is loaded (never loads).
@@ -237,7 +258,12 @@ impl ModelCache {
     /// (verified while downloading). Concurrent callers for one CID share a single load.
     pub async fn get(&self, cid: BlobId) -> Result<Arc<LoadedModel>, CacheError> {
         if let Some(e) = self.failed.get(&cid).await {
+            self.count("failed");
             return Err(e);
+        }
+        if let Some(m) = self.plans.get(&cid).await {
+            self.count("memory");
+            return Ok(m);
         }
         match self.plans.try_get_with(cid, self.load(cid)).await {
             Ok(m) => Ok(m),
@@ -266,6 +292,7 @@ impl ModelCache {
             .await
             .map_err(|e| CacheError::Local(format!("hash task: {e}")))?;
             if ok {
+                self.count("disk");
                 bytes = Some(b);
             } else {
                 tracing::warn!(%cid, "cached model file does not match its CID; fetching again");
@@ -282,6 +309,7 @@ impl ModelCache {
                     .download_at_most(&cid, &path, self.max_model_bytes, |_, _| {})
                     .await
                     .map_err(|e| hub_error(&cid.to_string(), e))?;
+                self.count("hub");
                 tokio::fs::read(&path)
                     .await
                     .map_err(|e| CacheError::Local(format!("read: {e}")))?

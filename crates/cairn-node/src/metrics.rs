@@ -72,9 +72,14 @@ pub(crate) struct NodeMetrics {
 }
 
 impl NodeMetrics {
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(cache_lookups: crate::cache::CacheLookups) -> Self {
         let mut m = Metrics::new("cairn_node");
         let r = m.registry();
+        r.register(
+            "model_cache_lookups",
+            "Models asked of the model cache, by where they were found (memory, disk, hub, or a recent failure remembered)",
+            cache_lookups,
+        );
         let inferences = Family::default();
         r.register(
             "inferences",

@@ -30,7 +30,10 @@ function h(tag: string, attrs: Record<string, string> = {}, ...children: Child[]
 const link = (href: string, text: Child, attrs: Record<string, string> = {}) =>
   h("a", { href, "data-link": "", ...attrs }, text);
 const short = (s: string) => (s && s.length > 16 ? `${s.slice(0, 10)}…${s.slice(-6)}` : s);
-const time = (t: number) => (t ? new Date(t * 1000).toISOString().replace("T", " ").slice(0, 19) + " UTC" : "—");
+const time = (t: number) => {
+  const d = new Date(t * 1000);
+  return t && !Number.isNaN(d.getTime()) ? d.toISOString().replace("T", " ").slice(0, 19) + " UTC" : "—";
+};
 const tokens = (v: string) => {
   // cUSD has 6 decimals.
   const n = BigInt(v || "0");
@@ -272,6 +275,7 @@ function nodeRow(n: Json): Child[] {
     `${tokens(r.stake ?? "0")}`,
     n.devEvidence ? h("span", { class: "warn" }, "dev (not a TEE)") : short(r.measurement ?? ""),
     age,
+    n.latencyMs === null || n.latencyMs === undefined ? "no answer" : `${n.latencyMs} ms`,
     n.role === "verifier" ? `${n.verdicts} verdicts` : `${n.receipts} receipts`,
     n.slashes,
   ];
@@ -279,7 +283,7 @@ function nodeRow(n: Json): Child[] {
 
 async function nodes(main: HTMLElement) {
   const list = await api("/api/v1/nodes?limit=100");
-  const head = ["Address", "Role", "State", "Stake", "Attestation", "Heartbeat", "Work", "Slashes"];
+  const head = ["Address", "Role", "State", "Stake", "Attestation", "Heartbeat", "Latency", "Work", "Slashes"];
   main.append(
     h("h1", {}, "Nodes and verifiers"),
     table("Inference nodes", head, list.nodes.filter((n: Json) => n.role === "inference").map(nodeRow)),
@@ -299,6 +303,7 @@ async function node(main: HTMLElement, address: string) {
       ["Attestation", n.devEvidence ? h("span", { class: "warn" }, "development evidence: a software key, not a TEE") : `measurement ${r.measurement}`],
       ["Evidence digest", r.evidenceDigest ? code(r.evidenceDigest, "evidence digest") : "—"],
       ["Last heartbeat", time(r.lastHeartbeat)],
+      ["Info route latency (as the indexer saw it)", n.latencyMs === null || n.latencyMs === undefined ? "no answer" : `${n.latencyMs} ms`],
       ["Profile served", live.profile ? JSON.stringify(live.profile) : "—"],
       ["Receipts signed (in batches)", n.receipts],
       ["Batches", n.batches],
@@ -345,7 +350,7 @@ async function batch(main: HTMLElement, id: string, params: URLSearchParams) {
     ]),
     h("h2", {}, "Timeline"),
     h("ol", { class: "timeline" }, ...p.timeline.map((e: Json) => h("li", {}, h("strong", {}, e.name.replace(/^Batch/, "")), ` at ${time(e.ts)} (block ${e.block}) `, h("code", {}, JSON.stringify(e.data))))),
-    table("Verifier verdicts", ["Verifier", "Outcome", "Sampled", "Confirmed", "Faults", "Unverifiable", "Frauds"], p.verdicts.map((v: Json) => [link(`/nodes/${v.verifier}`, short(v.verifier)), v.outcome, v.sampled, v.confirmed, v.faults, v.unverifiable, v.frauds])),
+    table("Verifier verdicts (as each verifier reports it)", ["Verifier", "Outcome", "Sampled", "Confirmed", "Faults", "Unverifiable", "Frauds"], p.verdicts.map((v: Json) => [link(`/nodes/${v.verifier}`, short(v.verifier)), v.outcome, v.sampled, v.confirmed, v.faults, v.unverifiable, v.frauds])),
     table("Receipts", ["Request", "Model", "Kind", "Price", "Time", "Seal"], receiptRows(p.receipts)),
     pager(`/batches/${b.id}`, new URLSearchParams(), offset, limit, p.receipts.length, b.count),
   );
@@ -359,7 +364,8 @@ async function receipt(main: HTMLElement, id: string) {
   const checks = h("ul", { class: "checks" });
   main.append(
     h("h1", {}, "Receipt ", h("code", {}, short(p.summary.requestId))),
-    h("section", { "aria-labelledby": "verify-h" }, h("h2", { id: "verify-h" }, "Checked in this browser (viem)"), result, checks),
+    h("section", { "aria-labelledby": "verify-h" }, h("h2", { id: "verify-h" }, "Checked in this browser (viem)"), result, checks,
+      h("p", { class: "muted" }, "The receipt is hashed here under Cairn's EIP-712 types and its signature recovered here. The batch's node and root, the chain id and the settlement contract it is checked against are what this explorer read from the chain; check those with your own node (cairn receipt settled) for full independence.")),
     dl([
       ["Request id", code(p.summary.requestId, "request id")],
       ["Model", h("span", {}, p.summary.modelNames.map((n: string) => n).join(", ") || "—", " ", code(p.summary.model, "model CID"))],
@@ -378,8 +384,8 @@ async function receipt(main: HTMLElement, id: string) {
     h(
       "ol",
       { class: "flow", "aria-label": "Payment flow" },
-      h("li", {}, "Payer → ", f.paymentRef.match(/^0x0+$/) ? "unpaid call" : h("span", {}, "payment ", h("code", {}, short(f.paymentRef)))),
-      h("li", {}, `→ node's payment vault ${f.vault ?? "(not deployed)"}: ${tokens(f.price)} cUSD`),
+      h("li", {}, "Payer → ", f.paymentRef.match(/^0x0+$/) ? "no payment named (the node signed the call as unpaid)" : h("span", {}, "the payment the node's receipt names ", h("code", {}, short(f.paymentRef)))),
+      h("li", {}, `→ node's payment vault ${f.vault ?? "(not deployed)"}: ${tokens(f.price)} cUSD, the price the node signed`),
       f.settled
         ? h("li", {}, `→ at finalization: node ${tokens(f.toNode ?? "0")}, verifiers ${tokens(f.toVerifiers ?? "0")} (${f.verifiers.map(short).join(", ") || "—"}), treasury ${tokens(f.toTreasury ?? "0")} cUSD`)
         : h("li", {}, "→ not paid out yet (the batch is not finalized)"),
@@ -387,7 +393,7 @@ async function receipt(main: HTMLElement, id: string) {
     table("Verifier samples of this receipt", ["Verifier", "Finding", "Detail"], p.samples.map((x: Json) => [link(`/nodes/${x.verifier}`, short(x.verifier)), x.kind ?? x.outcome ?? "", x.comparison ?? x.reason ?? ""])),
     h("details", {}, h("summary", {}, "The receipt as its node served it"), h("pre", {}, JSON.stringify(p.receipt, null, 2))),
   );
-  const results = await verifyReceipt(p.receipt as WireReceipt, p.batch.root, p.proof as Hex[], s.settlement, s.chainId);
+  const results = await verifyReceipt(p.receipt as WireReceipt, p.batch.root, p.batch.node, p.proof as Hex[], s.settlement, s.chainId);
   for (const c of results) checks.append(h("li", { class: c.ok ? "ok" : "bad" }, c.ok ? "✔ " : "✘ ", h("strong", {}, c.label), ": ", c.detail));
   const ok = results.every((c) => c.ok);
   result.className = ok ? "ok" : "bad";
@@ -403,9 +409,10 @@ async function activity(main: HTMLElement, params: URLSearchParams) {
     h("h1", {}, "Network activity"),
     h("nav", { "aria-label": "Bucket" }, ...["minute", "hour", "day"].map((b) => link(`/activity?bucket=${b}`, `per ${b}`, b === bucket ? { "aria-current": "page" } : {}))),
     barChart(`Calls per ${bucket}`, a.callsByModel, a.from, a.bucket, n, "calls"),
-    barChart(`Verifier samples per ${bucket}`, v("samples"), a.from, a.bucket, n, "samples"),
-    barChart(`Samples confirmed per ${bucket}`, v("confirmed"), a.from, a.bucket, n, "confirmed"),
-    barChart(`Frauds proven per ${bucket}`, v("frauds"), a.from, a.bucket, n, "frauds"),
+    barChart(`Samples re-executed per ${bucket} (as verifiers report)`, v("samples"), a.from, a.bucket, n, "samples"),
+    barChart(`Samples confirmed per ${bucket} (as verifiers report)`, v("confirmed"), a.from, a.bucket, n, "confirmed"),
+    barChart(`Frauds proven on chain per ${bucket}`, v("frauds proven"), a.from, a.bucket, n, "frauds"),
+    barChart(`Fraud verdicts reported by verifiers per ${bucket}`, v("frauds reported"), a.from, a.bucket, n, "verdicts"),
     barChart(`Fees paid out per ${bucket} (token units)`, a.fees, a.from, a.bucket, n, "units"),
     table("Calls by model", ["Bucket", "Model CID", "Calls"], a.callsByModel.map((p: Json) => [time(p.t), short(p.key), p.value])),
     table("Calls by node", ["Bucket", "Node", "Calls"], a.callsByNode.map((p: Json) => [time(p.t), link(`/nodes/${p.key}`, short(p.key)), p.value])),

@@ -1,7 +1,8 @@
-// Checks a receipt in the browser with viem, trusting neither the explorer's server nor the
-// node: the EIP-712 signature must recover to the node the receipt names, a batch-signed
-// receipt's proof must lead to the root its node signed, and the receipt's leaf must lead to
-// the batch root recorded on chain.
+// Checks a receipt in the browser with viem, not taking the node's word: the receipt is hashed
+// here under Cairn's own EIP-712 types (pinned below, never the ones the receipt carries), its
+// signature (or its micro-batch root's) must recover to the batch's node, and its leaf must lead
+// to the batch root. The batch's node, its root, the chain id and the settlement contract are
+// what this explorer's indexer read from the chain: the page says so.
 import {
   type Hex,
   concat,
@@ -26,6 +27,36 @@ export type WireReceipt = {
 };
 
 export type Check = { label: string; ok: boolean; detail: string };
+
+const f = (name: string, type: string): Field => ({ name, type });
+const DOMAIN: Field[] = [f("name", "string"), f("version", "string"), f("chainId", "uint256"), f("verifyingContract", "address")];
+/** Cairn's EIP-712 types (crates/cairn-receipt): a receipt is hashed under these only. */
+const TYPES: Record<string, Record<string, Field[]>> = {
+  Receipt: {
+    EIP712Domain: DOMAIN,
+    Receipt: [f("requestId", "bytes32"), f("model", "bytes32"), f("inputHash", "bytes32"), f("outputHash", "bytes32"),
+      f("profileHash", "bytes32"), f("node", "address"), f("timestamp", "uint64"), f("price", "uint256"), f("paymentRef", "bytes32")],
+  },
+  LlmReceipt: {
+    EIP712Domain: DOMAIN,
+    LlmReceipt: [f("requestId", "bytes32"), f("model", "bytes32"), f("requestHash", "bytes32"), f("responseHash", "bytes32"),
+      f("promptTokens", "uint32"), f("completionTokens", "uint32"), f("complete", "bool"), f("profileHash", "bytes32"),
+      f("node", "address"), f("timestamp", "uint64"), f("price", "uint256"), f("paymentRef", "bytes32")],
+  },
+  ReceiptRoot: { EIP712Domain: DOMAIN, ReceiptRoot: [f("root", "bytes32"), f("count", "uint32")] },
+};
+
+/** The typed data with Cairn's own types for its primary type; `null` for any other type. */
+function pinned(td: TypedData): TypedData | null {
+  const types = TYPES[td.primaryType];
+  return types ? { ...td, types } : null;
+}
+
+function domainOk(td: TypedData, chainId: number, settlement: string): boolean {
+  const d = td.domain;
+  return d.name === "Cairn" && d.version === "1" && Number(d.chainId) === chainId &&
+    typeof d.verifyingContract === "string" && isAddressEqual(d.verifyingContract as Hex, settlement as Hex);
+}
 
 // viem wants integers of more than 53 bits as bigint; the receipt spells uint256 as decimal text.
 function normalized(td: TypedData): TypedData {
@@ -80,20 +111,26 @@ export function processProof(leaf: Hex, proof: Hex[]): Hex {
 export async function verifyReceipt(
   receipt: WireReceipt,
   batchRoot: string,
+  batchNode: string,
   proof: Hex[],
   settlement: string,
   chainId: number,
 ): Promise<Check[]> {
   const checks: Check[] = [];
-  const td = receipt.typedData;
+  const td = pinned(receipt.typedData);
+  if (!td || td.primaryType === "ReceiptRoot") {
+    return [{ label: "Receipt type", ok: false, detail: `not a Cairn receipt type: ${String(receipt.typedData?.primaryType)}` }];
+  }
   const node = String(td.message.node ?? "");
-  const domainOk =
-    Number(td.domain.chainId) === chainId &&
-    isAddressEqual(String(td.domain.verifyingContract) as Hex, settlement as Hex);
   checks.push({
     label: "Addressed to this deployment",
-    ok: domainOk,
-    detail: `chain ${String(td.domain.chainId)}, contract ${String(td.domain.verifyingContract)}`,
+    ok: domainOk(td, chainId, settlement),
+    detail: `${String(td.domain.name)} v${String(td.domain.version)}, chain ${String(td.domain.chainId)}, contract ${String(td.domain.verifyingContract)}`,
+  });
+  checks.push({
+    label: "Names the batch's node",
+    ok: /^0x[0-9a-fA-F]{40}$/.test(node) && isAddressEqual(node as Hex, batchNode as Hex),
+    detail: `the receipt names ${node}; the batch on chain is ${batchNode}'s`,
   });
   let digest: Hex;
   try {
@@ -113,7 +150,9 @@ export async function verifyReceipt(
       });
     } else if (receipt.batchSignature) {
       const bs = receipt.batchSignature;
-      const who = await recover(bs.typedData, bs.signature);
+      const root = bs.typedData?.primaryType === "ReceiptRoot" ? pinned(bs.typedData) : null;
+      if (!root || !domainOk(root, chainId, settlement)) throw new Error("the micro-batch seal is not a Cairn ReceiptRoot of this deployment");
+      const who = await recover(root, bs.signature);
       checks.push({
         label: "Micro-batch root signature recovers to the node",
         ok: isAddressEqual(who as Hex, node as Hex),

@@ -66,7 +66,7 @@ await visit("/models/digits", "model-digits");
 check((await text("h1")) === "digits", "model page heading");
 check((await page.content()).includes(expect.cid), "model page shows the file's CID");
 check((await text("#model-calls")) === String(expect.calls), "model page counts its calls");
-check((await page.locator("pre").first().innerText()).includes("cairn infer digits@1.0"), "model page has the cairn infer example");
+check((await page.locator("pre").first().innerText()).includes("cairn infer 'digits@1.0' --node 'http"), "model page has the cairn infer example");
 check((await page.content()).includes("/v2/models/digits@1.0/infer"), "model page has the curl example");
 check((await page.content()).includes("Inputs of digits_mlp.onnx"), "model page shows the ONNX signature");
 
@@ -115,6 +115,8 @@ async function tampered(name, edit) {
 await tampered("receipt-tampered-price", (b) => { b.receipt.typedData.message.price = "1"; });
 await tampered("receipt-tampered-proof", (b) => { b.proof = b.proof.length ? b.proof.slice(1) : ["0x" + "11".repeat(32)]; });
 await tampered("receipt-tampered-root", (b) => { b.batch.root = "0x" + "22".repeat(32); });
+await tampered("receipt-tampered-node", (b) => { b.batch.node = "0x" + "33".repeat(20); });
+await tampered("receipt-tampered-domain", (b) => { b.receipt.typedData.domain.name = "Other"; });
 
 // Activity charts count the calls.
 await visit("/activity?bucket=hour", "activity");

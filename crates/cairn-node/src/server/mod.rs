@@ -219,6 +219,7 @@ pub(crate) async fn open(c: NodeConfig) -> Result<NodeState, NodeError> {
         (None, None) => None,
     };
     let verifier_keys = chain.clone().map(crate::sealing::VerifierKeys::new);
+    let cache_lookups = cache.lookups();
     Ok(NodeState(Arc::new(Inner {
         ohttp,
         evidence,
@@ -251,7 +252,7 @@ pub(crate) async fn open(c: NodeConfig) -> Result<NodeState, NodeError> {
         llm_billing,
         llm_free: c.llm_free,
         llm_prices,
-        metrics: crate::metrics::NodeMetrics::new(),
+        metrics: crate::metrics::NodeMetrics::new(cache_lookups),
         llm_sessions: Arc::new(Semaphore::new(c.limits.llm_sessions.max(1))),
         upstreams: c.llm_upstreams,
         // Connecting is quick or never; an answer may take minutes (a whole one arrives at
