@@ -35,12 +35,34 @@ pub const MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
 pub const MAX_BATCH: usize = 100;
 
 /// What the server offers beyond the standard methods.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct RpcConfig {
     /// Serve `evm_increaseTime`, `evm_mine` and `anvil_setCode` (tests and local tools; never a
     /// shared chain).
     pub dev_methods: bool,
+    /// Web origins (`http://127.0.0.1:7404`) whose pages may read the chain: CORS is granted to
+    /// them, for the read methods only ([`READ_METHODS`]), so the explorer's pages check
+    /// receipts against the chain themselves but no page can send a transaction. Any other
+    /// origin gets no CORS grant, as before.
+    pub read_origins: Vec<String>,
 }
+
+/// What a page of a [`RpcConfig::read_origins`] origin may call.
+pub const READ_METHODS: &[&str] = &[
+    "eth_chainId",
+    "net_version",
+    "web3_clientVersion",
+    "eth_blockNumber",
+    "eth_call",
+    "eth_getBalance",
+    "eth_getCode",
+    "eth_getTransactionCount",
+    "eth_getBlockByNumber",
+    "eth_getBlockByHash",
+    "eth_getTransactionByHash",
+    "eth_getTransactionReceipt",
+    "eth_getLogs",
+];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CallLabels {
@@ -75,7 +97,7 @@ pub fn router(ledger: Arc<EmbeddedLedger>, config: RpcConfig) -> Router {
         filters: Default::default(),
     });
     let app = Router::new()
-        .route("/", post(handle))
+        .route("/", post(handle).options(preflight))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(rpc);
     // The Host check covers `/metrics` too.
@@ -223,8 +245,61 @@ fn refusal(status: StatusCode, message: &str) -> Response {
         .into_response()
 }
 
+/// The origin of a page the config lets read the chain, when the request comes from one.
+fn read_origin(rpc: &Rpc, headers: &HeaderMap) -> Option<header::HeaderValue> {
+    let origin = headers.get(header::ORIGIN)?;
+    let text = origin.to_str().ok()?;
+    rpc.config
+        .read_origins
+        .iter()
+        .any(|o| o.trim_end_matches('/') == text)
+        .then(|| origin.clone())
+}
+
+/// A CORS preflight: granted to the configured read origins only.
+async fn preflight(State(rpc): State<Arc<Rpc>>, headers: HeaderMap) -> Response {
+    match read_origin(&rpc, &headers) {
+        Some(origin) => (
+            StatusCode::NO_CONTENT,
+            [
+                (header::ACCESS_CONTROL_ALLOW_ORIGIN, origin),
+                (
+                    header::ACCESS_CONTROL_ALLOW_METHODS,
+                    header::HeaderValue::from_static("POST"),
+                ),
+                (
+                    header::ACCESS_CONTROL_ALLOW_HEADERS,
+                    header::HeaderValue::from_static("content-type"),
+                ),
+                (
+                    header::ACCESS_CONTROL_MAX_AGE,
+                    header::HeaderValue::from_static("600"),
+                ),
+                (header::VARY, header::HeaderValue::from_static("Origin")),
+            ],
+        )
+            .into_response(),
+        None => refusal(
+            StatusCode::FORBIDDEN,
+            "cross-origin requests are not served to this origin",
+        ),
+    }
+}
+
 async fn handle(State(rpc): State<Arc<Rpc>>, headers: HeaderMap, body: Bytes) -> Response {
-    if let Some(r) = refused(&headers) {
+    let origin = read_origin(&rpc, &headers);
+    let mut resp = answer(rpc, origin.is_some(), &headers, body).await;
+    if let Some(origin) = origin {
+        resp.headers_mut()
+            .insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+        resp.headers_mut()
+            .insert(header::VARY, header::HeaderValue::from_static("Origin"));
+    }
+    resp
+}
+
+async fn answer(rpc: Arc<Rpc>, read_only: bool, headers: &HeaderMap, body: Bytes) -> Response {
+    if let Some(r) = refused(headers) {
         return r;
     }
     let parsed: Value = match serde_json::from_slice(&body) {
@@ -257,11 +332,14 @@ async fn handle(State(rpc): State<Arc<Rpc>>, headers: HeaderMap, body: Bytes) ->
             )),
         )),
         Value::Array(calls) => {
-            let answers: Vec<Value> = calls.into_iter().filter_map(|c| rpc.one(c)).collect();
+            let answers: Vec<Value> = calls
+                .into_iter()
+                .filter_map(|c| rpc.one(c, read_only))
+                .collect();
             // A batch of notifications only gets no answer at all.
             (!answers.is_empty()).then_some(Value::Array(answers))
         }
-        call => rpc.one(call),
+        call => rpc.one(call, read_only),
     })
     .await;
     match out {
@@ -278,8 +356,9 @@ async fn handle(State(rpc): State<Arc<Rpc>>, headers: HeaderMap, body: Bytes) ->
 }
 
 impl Rpc {
-    /// One call; `None` for a notification (no `id`), which gets no answer.
-    fn one(&self, call: Value) -> Option<Value> {
+    /// One call (a read method only, for a page of a read origin); `None` for a notification
+    /// (no `id`), which gets no answer.
+    fn one(&self, call: Value, read_only: bool) -> Option<Value> {
         let Value::Object(mut call) = call else {
             return Some(reply(
                 Value::Null,
@@ -320,6 +399,17 @@ impl Rpc {
                 ));
             }
         };
+        if read_only && !READ_METHODS.contains(&method.as_str()) {
+            return (!notification).then(|| {
+                reply(
+                    id,
+                    Err(RpcError::new(
+                        -32601,
+                        format!("{method} is not offered to web pages; they may only read"),
+                    )),
+                )
+            });
+        }
         let (label, result) = methods::dispatch(self, &method, params);
         self.calls
             .get_or_create(&CallLabels {

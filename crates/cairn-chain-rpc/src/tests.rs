@@ -505,7 +505,11 @@ async fn bad_requests_get_json_rpc_errors() {
 
 #[tokio::test]
 async fn fees_gas_estimates_and_dev_methods_answer_as_tools_expect() {
-    let net = start(RpcConfig { dev_methods: true }).await;
+    let net = start(RpcConfig {
+        dev_methods: true,
+        ..Default::default()
+    })
+    .await;
     assert_eq!(net.call("eth_gasPrice", json!([])).await, "0x0");
     assert_eq!(net.call("eth_maxPriorityFeePerGas", json!([])).await, "0x0");
     let history = net
@@ -604,4 +608,75 @@ async fn polled_filters_report_what_is_new_once_and_expire_on_uninstall() {
         net.error("eth_newBlockFilter", json!([])).await["code"],
         -32005
     );
+}
+
+/// A page of a configured read origin (the explorer's) may read the chain and nothing else; any
+/// other origin gets no CORS grant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_read_origins_pages_may_read_and_never_send() {
+    let explorer = "http://127.0.0.1:7404";
+    let net = start(RpcConfig {
+        read_origins: vec![explorer.into()],
+        ..Default::default()
+    })
+    .await;
+    let preflight = |origin: &'static str| {
+        net.http
+            .request(reqwest::Method::OPTIONS, &net.url)
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header("access-control-request-headers", "content-type")
+            .send()
+    };
+    let ok = preflight(explorer).await.unwrap();
+    assert_eq!(ok.status(), 204);
+    assert_eq!(ok.headers()["access-control-allow-origin"], explorer);
+    let other = preflight("http://evil.example").await.unwrap();
+    assert_eq!(other.status(), 403);
+    assert!(other.headers().get("access-control-allow-origin").is_none());
+
+    let from = |origin: &'static str, method: &str| {
+        net.http
+            .post(&net.url)
+            .header("content-type", "application/json")
+            .header("origin", origin)
+            .body(json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": []}).to_string())
+            .send()
+    };
+    let read = from(explorer, "eth_chainId").await.unwrap();
+    assert_eq!(read.headers()["access-control-allow-origin"], explorer);
+    let v: Value = read.json().await.unwrap();
+    assert_eq!(v["result"], "0x7a69");
+    // Sending (even a well-formed transaction) is refused to the page; so are dev methods.
+    let key = SigningKey::from_signer(&dev_signer(1));
+    let to = TxKind::Call(Address::repeat_byte(9));
+    let signed =
+        Bytes::from(eip1559(&key, CHAIN, 0, to, U256::from(1u64), b"", GWEI).encoded_2718());
+    let sent: Value = net
+        .http
+        .post(&net.url)
+        .header("content-type", "application/json")
+        .header("origin", explorer)
+        .body(
+            json!({"jsonrpc": "2.0", "id": 1, "method": "eth_sendRawTransaction", "params": [signed]})
+                .to_string(),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(sent["error"]["code"], -32601, "{sent}");
+    assert_eq!(
+        net.call(
+            "eth_getTransactionCount",
+            json!([dev_signer(1).address(), "latest"])
+        )
+        .await,
+        "0x0"
+    );
+    // Another origin's request is answered without a CORS grant (its page cannot read it).
+    let other = from("http://evil.example", "eth_chainId").await.unwrap();
+    assert!(other.headers().get("access-control-allow-origin").is_none());
 }

@@ -117,10 +117,12 @@ pub struct RpcServeArgs {
 }
 
 impl RpcServeArgs {
-    /// Binds the port and serves `ledger` in a task; the URL it answers on.
+    /// Binds the port and serves `ledger` in a task (pages of `read_origins` may read it); the
+    /// URL it answers on.
     pub async fn start(
         &self,
         ledger: Arc<EmbeddedLedger>,
+        read_origins: Vec<String>,
     ) -> anyhow::Result<(String, tokio::task::JoinHandle<std::io::Result<()>>)> {
         if !self.rpc_listen.ip().is_loopback() {
             anyhow::bail!(
@@ -134,6 +136,7 @@ impl RpcServeArgs {
         let url = format!("http://{}", listener.local_addr()?);
         let config = cairn_chain_rpc::RpcConfig {
             dev_methods: self.rpc_dev_methods,
+            read_origins,
         };
         Ok((
             url,

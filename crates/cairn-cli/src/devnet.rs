@@ -77,7 +77,16 @@ pub(crate) async fn devnet(
         c.attestation_timeout,
     )
     .await?;
-    let (rpc_url, rpc_task) = c.rpc.start(ledger).await?;
+    // The explorer's address first: its pages may read the chain's RPC (nothing more).
+    let explorer_listener = tokio::net::TcpListener::bind(c.explorer_listen)
+        .await
+        .with_context(|| format!("binding {}", c.explorer_listen))?;
+    let explorer_port = explorer_listener.local_addr()?.port();
+    let explorer_origins = [
+        format!("http://{}", explorer_listener.local_addr()?),
+        format!("http://localhost:{explorer_port}"),
+    ];
+    let (rpc_url, rpc_task) = c.rpc.start(ledger, explorer_origins.to_vec()).await?;
     let gov = cairn_ledger::dev_signer(0);
     let (node_key, payer_key) = write_keys(&data_dir)?;
     let node_args = node_cmd::NodeServeArgs {
@@ -147,10 +156,11 @@ pub(crate) async fn devnet(
         stopped(stop_rx.clone()),
     ));
     let (explorer_url, explorer_task) = crate::explorer_cmd::start_devnet(
-        c.explorer_listen,
+        explorer_listener,
         &data_dir,
         chain.clone(),
         &url,
+        &rpc_url,
         stopped(stop_rx.clone()),
     )
     .await?;

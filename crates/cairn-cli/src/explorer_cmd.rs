@@ -22,6 +22,10 @@ pub enum ExplorerCommand {
         /// Seconds between indexer rounds.
         #[arg(long, default_value_t = 2)]
         every_secs: u64,
+        /// The chain's JSON-RPC URL the pages read batch roots from, to check receipts against
+        /// the chain themselves (it must allow this explorer's origin: CORS).
+        #[arg(long)]
+        browser_rpc: Option<String>,
         /// Fetch from registered endpoints on private, loopback or link-local addresses (a
         /// local network); by default they are skipped, so a registered endpoint cannot make
         /// the indexer probe the network it runs in.
@@ -39,6 +43,7 @@ pub async fn run(cmd: ExplorerCommand) -> anyhow::Result<()> {
         index,
         hub,
         every_secs,
+        browser_rpc,
         allow_private_endpoints,
         chain,
     } = cmd;
@@ -57,28 +62,28 @@ pub async fn run(cmd: ExplorerCommand) -> anyhow::Result<()> {
             allow_private: allow_private_endpoints,
             ..Default::default()
         },
+        browser_rpc,
         crate::shutdown_signal(),
     )
     .await?;
     Ok(())
 }
 
-/// Starts the devnet's explorer on `listen` over `chain`, indexing into the data dir; its URL
-/// and task.
+/// Starts the devnet's explorer on `listener` over `chain`, indexing into the data dir; its
+/// pages read the chain at `rpc`. Its URL and task.
 pub async fn start_devnet(
-    listen: SocketAddr,
+    listener: tokio::net::TcpListener,
     data_dir: &std::path::Path,
     chain: cairn_ledger::Chain,
     hub: &str,
+    rpc: &str,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<(
     String,
     tokio::task::JoinHandle<Result<(), cairn_explorer::ServeError>>,
 )> {
     let index = format!("sqlite://{}", data_dir.join("explorer.db").display());
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("binding {listen}"))?;
+    let rpc = rpc.to_owned();
     let url = format!("http://{}", listener.local_addr()?);
     let config = cairn_explorer::FollowConfig {
         hub: Some(hub.to_owned()),
@@ -90,8 +95,8 @@ pub async fn start_devnet(
     };
     Ok((
         url,
-        tokio::spawn(
-            async move { cairn_explorer::serve(listener, chain, &index, config, stop).await },
-        ),
+        tokio::spawn(async move {
+            cairn_explorer::serve(listener, chain, &index, config, Some(rpc), stop).await
+        }),
     ))
 }

@@ -28,6 +28,9 @@ pub struct ApiState {
     /// The last `/api/v1/status` answer and when it was counted: it scans whole tables, so
     /// it is counted at most once a few seconds, whoever asks.
     pub status: Arc<tokio::sync::Mutex<Option<(std::time::Instant, Status)>>>,
+    /// The chain's JSON-RPC the pages read batch roots from (they check receipts against the
+    /// chain themselves); `None`: they check against what this explorer read.
+    pub browser_rpc: Option<String>,
 }
 
 impl ApiState {
@@ -37,6 +40,7 @@ impl ApiState {
             index,
             deployment,
             status: Arc::default(),
+            browser_rpc: None,
         }
     }
 }
@@ -186,6 +190,8 @@ pub struct Status {
     pub batches: std::collections::BTreeMap<String, u64>,
     /// Fees of finalized batches (token units, decimal).
     pub fees_paid: String,
+    /// The chain's JSON-RPC the pages read from, when configured.
+    pub browser_rpc: Option<String>,
 }
 
 #[utoipa::path(get, path = "/api/v1/status", responses((status = 200, body = Status)))]
@@ -250,6 +256,7 @@ async fn count_status(s: &ApiState) -> Result<Status, ApiError> {
         calls: count("SELECT COUNT(*) AS n FROM idx_receipts").await?,
         batches,
         fees_paid: fees.to_string(),
+        browser_rpc: s.browser_rpc.clone(),
     })
 }
 

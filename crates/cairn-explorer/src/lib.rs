@@ -41,13 +41,15 @@ async fn bounded(
     }
 }
 
-/// The explorer's routes: the API, `/openapi.json`, `/metrics`, and the pages.
+/// The explorer's routes: the API, `/openapi.json`, `/metrics`, and the pages (which may read
+/// the chain at the state's `browser_rpc`).
 pub fn router(state: api::ApiState, metrics: Arc<metrics::IndexerMetrics>) -> axum::Router {
     use utoipa::OpenApi;
     let mut m = cairn_serve::metrics::Metrics::new("cairn_explorer");
     metrics.register(&mut m);
     let doc = api::ApiDoc::openapi();
     let slots = Arc::new(tokio::sync::Semaphore::new(API_AT_ONCE));
+    let pages = web::pages(state.browser_rpc.as_deref());
     let app = api::router(Arc::new(state))
         .layer(axum::middleware::from_fn_with_state(slots, bounded))
         .route(
@@ -57,24 +59,26 @@ pub fn router(state: api::ApiState, metrics: Arc<metrics::IndexerMetrics>) -> ax
                 async move { axum::Json(doc) }
             }),
         )
-        .fallback(axum::routing::get(web::serve));
+        .fallback(pages);
     cairn_serve::metrics::serve(app, Arc::new(m))
 }
 
 /// Follows `chain` into the index at `index_url` and serves the explorer on `listener` until
-/// `shutdown`. The API reads through connections of its own, so readers never take the
-/// follower's.
+/// `shutdown`; its pages check receipts against the chain at `browser_rpc` when given. The API
+/// reads through connections of its own, so readers never take the follower's.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     chain: cairn_ledger::Chain,
     index_url: &str,
     config: FollowConfig,
+    browser_rpc: Option<String>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let index = Index::connect(index_url).await?;
     let readers = Index::connect(index_url).await?;
     let metrics = Arc::new(metrics::IndexerMetrics::default());
-    let state = api::ApiState::new(readers, chain.deployment().clone());
+    let mut state = api::ApiState::new(readers, chain.deployment().clone());
+    state.browser_rpc = browser_rpc.as_deref().and_then(web::origin_url);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let follower = Follower::new(chain, index, config, metrics.clone());
     let follow = tokio::spawn(async move {

@@ -7,10 +7,37 @@ use axum::response::{IntoResponse, Response};
 
 include!(concat!(env!("OUT_DIR"), "/assets.rs"));
 
-/// Pages may load only this origin's scripts, styles and data: a model description that
-/// slipped past escaping still could not run a script or send anything elsewhere.
-const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
-                   connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
+/// Pages may load only this origin's scripts, styles and data (and read the chain's RPC): a
+/// model description that slipped past escaping still could not run a script or send anything
+/// elsewhere.
+fn csp(rpc: Option<&str>) -> String {
+    format!(
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+         connect-src 'self'{}; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
+        rpc.map(|r| format!(" {r}")).unwrap_or_default()
+    )
+}
+
+/// `url` as a plain http(s) URL with nothing a header or a policy could be bent by (`None`
+/// for anything else).
+pub fn origin_url(url: &str) -> Option<String> {
+    let u = reqwest::Url::parse(url).ok()?;
+    if !matches!(u.scheme(), "http" | "https") || !u.username().is_empty() || u.password().is_some()
+    {
+        return None;
+    }
+    let s = u.as_str().trim_end_matches('/').to_owned();
+    s.chars()
+        .all(|c| c.is_ascii_alphanumeric() || ":/.-_[]".contains(c))
+        .then_some(s)
+}
+
+/// The pages' handler; they may read the chain at `rpc`.
+pub fn pages(rpc: Option<&str>) -> axum::routing::MethodRouter {
+    let csp = HeaderValue::from_str(&csp(rpc.and_then(origin_url).as_deref()))
+        .expect("the policy is plain text");
+    axum::routing::get(move |uri: Uri| serve(uri, csp.clone()))
+}
 
 fn media_type(path: &str) -> &'static str {
     match path.rsplit('.').next().unwrap_or_default() {
@@ -31,7 +58,7 @@ pub fn available() -> bool {
 }
 
 /// Serves a built file, or `index.html` for a page's URL.
-pub async fn serve(uri: Uri) -> Response {
+async fn serve(uri: Uri, csp: HeaderValue) -> Response {
     let path = uri.path();
     let (path, bytes, immutable) = match ASSETS.iter().find(|(p, _)| *p == path) {
         Some((p, b)) => (*p, *b, p.starts_with("/assets/")),
@@ -58,10 +85,7 @@ pub async fn serve(uri: Uri) -> Response {
         header::CONTENT_TYPE,
         HeaderValue::from_static(media_type(path)),
     );
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(CSP),
-    );
+    h.insert(header::CONTENT_SECURITY_POLICY, csp);
     h.insert(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),

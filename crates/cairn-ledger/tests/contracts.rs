@@ -2086,7 +2086,10 @@ async fn contracts_through_the_embedded_chains_json_rpc() {
     let ledger = EmbeddedLedger::open(&dir.path().join("chain.sqlite"), 31337, &genesis()).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    let config = cairn_chain_rpc::RpcConfig { dev_methods: true };
+    let config = cairn_chain_rpc::RpcConfig {
+        dev_methods: true,
+        ..Default::default()
+    };
     tokio::spawn(cairn_chain_rpc::serve(listener, Arc::new(ledger), config));
     let rpc = RpcLedger::connect(&url, Duration::from_secs(30))
         .await

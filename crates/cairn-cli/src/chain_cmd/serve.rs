@@ -22,7 +22,7 @@ pub(crate) async fn run(a: ServeArgs) -> anyhow::Result<()> {
     let data_dir = crate::devnet::data_dir_or_default(a.data_dir);
     // The devnet's defaults, so `cairn devnet` can later resume this chain.
     let (chain, ledger) = devnet_chain(&data_dir, a.chain_id, 10, 300).await?;
-    let (url, task) = a.rpc.start(ledger).await?;
+    let (url, task) = a.rpc.start(ledger, Vec::new()).await?;
     println!("Cairn chain");
     println!("  data dir: {}", data_dir.display());
     print_devnet(&chain).await?;

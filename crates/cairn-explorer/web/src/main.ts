@@ -5,7 +5,7 @@ import DOMPurify from "dompurify";
 import { marked } from "marked";
 import type { Hex } from "viem";
 import "./style.css";
-import { type WireReceipt, verifyReceipt } from "./verify";
+import { type WireReceipt, batchOnChain, verifyReceipt } from "./verify";
 
 // Raw HTML inside Markdown is shown as text: no element of the author's choosing is ever
 // parsed, and DOMPurify still cleans what Markdown itself produces (links, images).
@@ -365,7 +365,7 @@ async function receipt(main: HTMLElement, id: string) {
   main.append(
     h("h1", {}, "Receipt ", h("code", {}, short(p.summary.requestId))),
     h("section", { "aria-labelledby": "verify-h" }, h("h2", { id: "verify-h" }, "Checked in this browser (viem)"), result, checks,
-      h("p", { class: "muted" }, "The receipt is hashed here under Cairn's EIP-712 types and its signature recovered here. The batch's node and root, the chain id and the settlement contract it is checked against are what this explorer read from the chain; check those with your own node (cairn receipt settled) for full independence.")),
+      h("p", { class: "muted", id: "verify-source" }, "…")),
     dl([
       ["Request id", code(p.summary.requestId, "request id")],
       ["Model", h("span", {}, p.summary.modelNames.map((n: string) => n).join(", ") || "—", " ", code(p.summary.model, "model CID"))],
@@ -393,7 +393,23 @@ async function receipt(main: HTMLElement, id: string) {
     table("Verifier samples of this receipt", ["Verifier", "Finding", "Detail"], p.samples.map((x: Json) => [link(`/nodes/${x.verifier}`, short(x.verifier)), x.kind ?? x.outcome ?? "", x.comparison ?? x.reason ?? ""])),
     h("details", {}, h("summary", {}, "The receipt as its node served it"), h("pre", {}, JSON.stringify(p.receipt, null, 2))),
   );
-  const results = await verifyReceipt(p.receipt as WireReceipt, p.batch.root, p.batch.node, p.proof as Hex[], s.settlement, s.chainId);
+  // The batch's node and root: from the chain itself through the RPC when one is configured,
+  // else as this explorer read them (and the page says which).
+  let batchRef = { node: p.batch.node as string, root: p.batch.root as string };
+  const source = document.getElementById("verify-source")!;
+  const pre: { label: string; ok: boolean; detail: string }[] = [];
+  if (s.browserRpc) {
+    try {
+      batchRef = await batchOnChain(s.browserRpc, s.chainId, s.settlement, p.batch.id);
+      source.textContent = `Batch #${p.batch.id}'s node and root were read from the chain by this browser (${s.browserRpc}); the receipt is hashed here under Cairn's EIP-712 types and its signature recovered here. The settlement contract and chain id are this explorer's (check them with cairn chain status).`;
+      pre.push({ label: "Batch read from the chain", ok: true, detail: `node ${batchRef.node}, root ${batchRef.root}` });
+    } catch (e) {
+      pre.push({ label: "Batch read from the chain", ok: false, detail: `the chain could not be read at ${s.browserRpc}: ${String(e).slice(0, 200)}` });
+    }
+  } else {
+    source.textContent = "The receipt is hashed here under Cairn's EIP-712 types and its signature recovered here. The batch's node and root it is checked against are what this explorer read from the chain (it has no chain RPC for this browser); check them with cairn receipt settled for full independence.";
+  }
+  const results = pre.concat(await verifyReceipt(p.receipt as WireReceipt, batchRef.root, batchRef.node, p.proof as Hex[], s.settlement, s.chainId));
   for (const c of results) checks.append(h("li", { class: c.ok ? "ok" : "bad" }, c.ok ? "✔ " : "✘ ", h("strong", {}, c.label), ": ", c.detail));
   const ok = results.every((c) => c.ok);
   result.className = ok ? "ok" : "bad";

@@ -6,7 +6,9 @@
 import {
   type Hex,
   concat,
+  createPublicClient,
   hashTypedData,
+  http,
   isAddressEqual,
   keccak256,
   recoverTypedDataAddress,
@@ -178,4 +180,39 @@ export async function verifyReceipt(
     detail: `computed ${got}; the batch's root is ${batchRoot}`,
   });
   return checks;
+}
+
+const getBatchAbi = [
+  {
+    type: "function",
+    name: "getBatch",
+    stateMutability: "view",
+    inputs: [{ name: "id", type: "uint256" }],
+    outputs: [
+      {
+        name: "",
+        type: "tuple",
+        components: [
+          { name: "node", type: "address" },
+          { name: "count", type: "uint32" },
+          { name: "submittedAt", type: "uint64" },
+          { name: "root", type: "bytes32" },
+          { name: "fees", type: "uint256" },
+          { name: "attestedAt", type: "uint64" },
+          { name: "status", type: "uint8" },
+          { name: "verifiers", type: "address[]" },
+        ],
+      },
+    ],
+  },
+] as const;
+
+/** A batch as the chain itself records it, read from this browser through `rpc`. */
+export async function batchOnChain(rpc: string, chainId: number, settlement: string, id: number): Promise<{ node: string; root: string }> {
+  const client = createPublicClient({ transport: http(rpc, { retryCount: 0, timeout: 10_000 }) });
+  const onChain = await client.getChainId();
+  if (onChain !== chainId) throw new Error(`the RPC serves chain ${onChain}, not ${chainId}`);
+  const b = await client.readContract({ address: settlement as Hex, abi: getBatchAbi, functionName: "getBatch", args: [BigInt(id)] });
+  if (/^0x0{40}$/i.test(b.node)) throw new Error(`the chain has no batch ${id}`);
+  return { node: b.node, root: b.root };
 }
