@@ -64,7 +64,8 @@ fn the_explorer_shows_paid_calls_checks_receipts_in_the_browser_and_resumes_afte
         eprintln!("SKIPPED explorer pages: CAIRN_EXPLORER_MODULES not set (scripts/test.sh)");
         return;
     };
-    let dn = Server::devnet_with(&["--llm", "none"]);
+    // Every receipt sampled, so the verifiers' work shows up deterministically.
+    let dn = Server::devnet_with(&["--llm", "none", "--sample-rate", "1"]);
     let explorer = dn.explorer_url.clone();
     let dir = dn.dir.path().to_owned();
 
@@ -116,6 +117,14 @@ fn the_explorer_shows_paid_calls_checks_receipts_in_the_browser_and_resumes_afte
     // The fees paid out are the calls' prices.
     assert_eq!(status["feesPaid"], (1000 * made.len()).to_string());
 
+    // Each verifier re-executed every receipt of the first batch and says so.
+    let mut verdicts = serde_json::Value::Null;
+    eventually(60, || {
+        verdicts = api(&format!("{explorer}/api/v1/batches/1")).1["verdicts"].clone();
+        verdicts.as_array().is_some_and(|v| {
+            v.len() == 3 && v.iter().all(|v| v["sampled"] == 4 && v["confirmed"] == 4)
+        })
+    });
     // Each call's receipt page: its batch, a proof, and the payout split of its price.
     for id in &made {
         let (code, page) = api(&format!("{explorer}/api/v1/receipts/{id}"));
@@ -128,6 +137,7 @@ fn the_explorer_shows_paid_calls_checks_receipts_in_the_browser_and_resumes_afte
             1000
         );
         assert!(!flow["verifiers"].as_array().unwrap().is_empty());
+        assert_eq!(page["samples"].as_array().unwrap().len(), 3, "{page}");
     }
 
     // Bad input: a clear JSON error, never a 500.
@@ -204,7 +214,7 @@ fn the_explorer_shows_paid_calls_checks_receipts_in_the_browser_and_resumes_afte
 
     // A crash (SIGKILL) and a restart: the index resumes, nothing twice, nothing missed.
     let dir = dn.kill_9();
-    let dn = Server::devnet_resume(dir, &["--llm", "none"]);
+    let dn = Server::devnet_resume(dir, &["--llm", "none", "--sample-rate", "1"]);
     let explorer = dn.explorer_url.clone();
     let (receipt, _) = infer_digit(&dn.url, &dn.node_url, dn.dir.path(), "after");
     made.insert(request_id(&receipt));

@@ -603,6 +603,9 @@ pub struct NodeSummary {
     pub live: Value,
     /// Whether its evidence is the development kind (a software key, not a TEE).
     pub dev_evidence: bool,
+    /// The kind of the evidence it serves when that is the evidence the registry records
+    /// (`dev`, `nitro`, `sev-snp`, `tdx`); absent when not read or not matching.
+    pub attestation_kind: Option<String>,
     /// Receipts in indexed batches (inference nodes).
     pub receipts: u64,
     /// Batches submitted.
@@ -656,6 +659,7 @@ async fn node_summary(index: &Index, r: &AnyRow) -> Result<NodeSummary, ApiError
         active: u(r, "active")? == 1,
         dev_evidence: measurement.parse::<B256>().ok() == Some(cairn_core::DEV_MEASUREMENT),
         live: json_col(r, "live")?,
+        attestation_kind: r.try_get("attestation")?,
         receipts: n("SELECT COUNT(*) AS n FROM idx_receipts WHERE node = $1").await?,
         batches: n("SELECT COUNT(*) AS n FROM idx_batches WHERE node = $1").await?,
         verdicts: n("SELECT COUNT(*) AS n FROM idx_verdicts WHERE verifier = $1").await?,

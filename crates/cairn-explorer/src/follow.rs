@@ -471,15 +471,28 @@ impl Follower {
         if role == "verifier" && live.is_some() {
             self.index_verdicts(&info.endpoint, addr).await;
         }
+        // The kind of evidence it registered with: what it serves, if that is the evidence
+        // whose digest the registry records (the verifiers checked it when they approved it).
+        let attestation = if live.is_some() && role == "inference" {
+            let url = format!("{}/v1/attestation", info.endpoint.trim_end_matches('/'));
+            self.get_json::<cairn_attest::Evidence>(&url, cairn_attest::MAX_EVIDENCE_BYTES * 2)
+                .await
+                .ok()
+                .filter(|e| e.digest() == info.evidence_digest)
+                .map(|e| e.kind.to_string())
+        } else {
+            None
+        };
         self.index
-            .upsert_node(
+            .upsert_node(&crate::store::NodeRow {
                 address,
                 role,
-                info.active,
-                &snapshot,
-                live.as_ref().map(|l| (l, ms)),
+                active: info.active,
+                snapshot: &snapshot,
+                live: live.as_ref().map(|l| (l, ms)),
+                attestation: attestation.as_deref(),
                 now,
-            )
+            })
             .await?;
         Ok(())
     }

@@ -99,6 +99,7 @@ CREATE TABLE idx_nodes (
     snapshot TEXT NOT NULL,
     live TEXT,
     latency_ms BIGINT,
+    attestation TEXT,
     updated BIGINT NOT NULL
 );
 CREATE TABLE idx_verdicts (
@@ -248,6 +249,25 @@ pub struct VerdictRow {
     pub seen: u64,
     /// The verdict as served.
     pub json: String,
+}
+
+/// A registered node as the index keeps it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NodeRow<'a> {
+    /// Its address (checksummed).
+    pub address: &'a str,
+    /// `inference` or `verifier`.
+    pub role: &'a str,
+    /// Counted active by the registry.
+    pub active: bool,
+    /// The registry's state of it.
+    pub snapshot: &'a serde_json::Value,
+    /// What its info route said and how long it took; `None` when it did not answer.
+    pub live: Option<(&'a serde_json::Value, u64)>,
+    /// The kind of the registered evidence it serves, when read.
+    pub attestation: Option<&'a str>,
+    /// When it was read.
+    pub now: u64,
 }
 
 /// A hub model as the index keeps it.
@@ -607,29 +627,25 @@ impl Index {
     }
 
     /// Replaces a node's snapshot (the registry's view, and what its own API said with how
-    /// long it took to say it; `None` when it did not answer).
-    pub async fn upsert_node(
-        &self,
-        address: &str,
-        role: &str,
-        active: bool,
-        snapshot: &serde_json::Value,
-        live: Option<(&serde_json::Value, u64)>,
-        now: u64,
-    ) -> Result<()> {
+    /// long it took; what it said last is kept when it does not answer).
+    pub async fn upsert_node(&self, n: &NodeRow<'_>) -> Result<()> {
         sqlx::query(
-            "INSERT INTO idx_nodes (address, role, active, snapshot, live, latency_ms, updated) VALUES ($1, $2, $3, $4, $5, $6, $7)
+            "INSERT INTO idx_nodes (address, role, active, snapshot, live, latency_ms, attestation, updated)
+             VALUES ($1, $2, $3, $4, $5, $6, $8, $7)
              ON CONFLICT (address) DO UPDATE SET role = excluded.role, active = excluded.active,
                snapshot = excluded.snapshot, live = COALESCE(excluded.live, idx_nodes.live),
-               latency_ms = excluded.latency_ms, updated = excluded.updated",
+               latency_ms = excluded.latency_ms,
+               attestation = COALESCE(excluded.attestation, idx_nodes.attestation),
+               updated = excluded.updated",
         )
-        .bind(address)
-        .bind(role)
-        .bind(i64::from(active))
-        .bind(snapshot.to_string())
-        .bind(live.map(|(l, _)| l.to_string()))
-        .bind(live.map(|(_, ms)| i(ms)))
-        .bind(i(now))
+        .bind(n.address)
+        .bind(n.role)
+        .bind(i64::from(n.active))
+        .bind(n.snapshot.to_string())
+        .bind(n.live.map(|(l, _)| l.to_string()))
+        .bind(n.live.map(|(_, ms)| i(ms)))
+        .bind(i(n.now))
+        .bind(n.attestation)
         .execute(&self.pool)
         .await?;
         Ok(())

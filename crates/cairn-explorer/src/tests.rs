@@ -484,3 +484,31 @@ fn usage_lines_quote_what_publishers_and_operators_wrote() {
     // Python reads a JSON string literal as the same string.
     assert!(ex.python.contains(&serde_json::to_string(hostile).unwrap()));
 }
+
+/// A language model's page offers the `openai` client's lines, aimed at the node's `/v1`.
+#[test]
+fn a_language_model_gets_openai_lines() {
+    let detail = serde_json::json!({"latest": "1.0", "releases": [{"version": "1.0", "files": [
+        {"onnx": null, "gguf": {"architecture": "llama"}}
+    ]}]});
+    let ex = api::examples("smollm2-135m-instruct", &detail, "http://127.0.0.1:7401");
+    assert!(
+        ex.cli
+            .starts_with("cairn chat 'smollm2-135m-instruct@1.0' --node 'http://127.0.0.1:7401'"),
+        "{}",
+        ex.cli
+    );
+    let openai = ex.openai.expect("an LLM has openai lines");
+    assert!(
+        openai.contains("OpenAI(base_url=\"http://127.0.0.1:7401/v1\""),
+        "{openai}"
+    );
+    assert!(
+        openai.contains("model=\"smollm2-135m-instruct@1.0\""),
+        "{openai}"
+    );
+    let onnx = serde_json::json!({"latest": "1.0", "releases": [{"version": "1.0", "files": [
+        {"onnx": {"inputs": []}, "gguf": null}
+    ]}]});
+    assert!(api::examples("digits", &onnx, "http://n").openai.is_none());
+}

@@ -83,7 +83,8 @@ class ApiError extends Error {
 }
 
 async function api(path: string): Promise<Json> {
-  const r = await fetch(path, { headers: { accept: "application/json" } });
+  // A page that cannot load says so within seconds instead of waiting forever.
+  const r = await fetch(path, { headers: { accept: "application/json" }, signal: AbortSignal.timeout(15_000) });
   const body = await r.json().catch(() => ({}));
   if (!r.ok) throw new ApiError(r.status, body.code ?? "error", body.message ?? r.statusText);
   return body;
@@ -273,7 +274,7 @@ function nodeRow(n: Json): Child[] {
     n.role,
     h("span", { class: `status ${n.active ? "active" : "inactive"}` }, n.active ? "active" : "inactive"),
     `${tokens(r.stake ?? "0")}`,
-    n.devEvidence ? h("span", { class: "warn" }, "dev (not a TEE)") : short(r.measurement ?? ""),
+    n.devEvidence ? h("span", { class: "warn" }, "dev (not a TEE)") : `${n.attestationKind ?? "TEE"} ${short(r.measurement ?? "")}`,
     age,
     n.latencyMs === null || n.latencyMs === undefined ? "no answer" : `${n.latencyMs} ms`,
     n.role === "verifier" ? `${n.verdicts} verdicts` : `${n.receipts} receipts`,
@@ -300,7 +301,8 @@ async function node(main: HTMLElement, address: string) {
       ["State", n.active ? "active" : "inactive"],
       ["Endpoint", r.endpoint ?? "—"],
       ["Stake", `${tokens(r.stake ?? "0")} cUSD (unbonding ${tokens(r.unbonding ?? "0")})`],
-      ["Attestation", n.devEvidence ? h("span", { class: "warn" }, "development evidence: a software key, not a TEE") : `measurement ${r.measurement}`],
+      ["Attestation", n.devEvidence ? h("span", { class: "warn" }, "development evidence: a software key, not a TEE") : `${n.attestationKind ?? "evidence not read"}, measurement ${r.measurement}`],
+      ["Evidence served", n.attestationKind ? `${n.attestationKind}: the evidence the registry records (its digest matches)` : "not read, or not the registered evidence"],
       ["Evidence digest", r.evidenceDigest ? code(r.evidenceDigest, "evidence digest") : "—"],
       ["Last heartbeat", time(r.lastHeartbeat)],
       ["Info route latency (as the indexer saw it)", n.latencyMs === null || n.latencyMs === undefined ? "no answer" : `${n.latencyMs} ms`],
@@ -416,6 +418,14 @@ async function receipt(main: HTMLElement, id: string) {
   result.textContent = ok ? "Verified: signature and inclusion proof check out." : "NOT verified: see the failed checks below.";
 }
 
+/** Points grouped by key (at most 8 keys, the busiest first). */
+function perKey(points: Json[]): [string, Json[]][] {
+  const by = new Map<string, Json[]>();
+  for (const p of points) by.set(p.key, [...(by.get(p.key) ?? []), p]);
+  const total = (ps: Json[]) => ps.reduce((a: number, p: Json) => a + p.value, 0);
+  return [...by.entries()].sort((a, b) => total(b[1]) - total(a[1])).slice(0, 8);
+}
+
 async function activity(main: HTMLElement, params: URLSearchParams) {
   const bucket = ["minute", "hour", "day"].includes(params.get("bucket") ?? "") ? params.get("bucket")! : "minute";
   const n = 60;
@@ -425,6 +435,10 @@ async function activity(main: HTMLElement, params: URLSearchParams) {
     h("h1", {}, "Network activity"),
     h("nav", { "aria-label": "Bucket" }, ...["minute", "hour", "day"].map((b) => link(`/activity?bucket=${b}`, `per ${b}`, b === bucket ? { "aria-current": "page" } : {}))),
     barChart(`Calls per ${bucket}`, a.callsByModel, a.from, a.bucket, n, "calls"),
+    ...perKey(a.callsByModel).map(([k, pts]) =>
+      barChart(`Calls of model ${short(k)} per ${bucket}`, pts, a.from, a.bucket, n, "calls")),
+    ...perKey(a.callsByNode).map(([k, pts]) =>
+      barChart(`Calls served by node ${short(k)} per ${bucket}`, pts, a.from, a.bucket, n, "calls")),
     barChart(`Samples re-executed per ${bucket} (as verifiers report)`, v("samples"), a.from, a.bucket, n, "samples"),
     barChart(`Samples confirmed per ${bucket} (as verifiers report)`, v("confirmed"), a.from, a.bucket, n, "confirmed"),
     barChart(`Frauds proven on chain per ${bucket}`, v("frauds proven"), a.from, a.bucket, n, "frauds"),

@@ -84,6 +84,7 @@ check((await page.locator("table").nth(1).locator("tbody tr").count()) === 3, "n
 check(nodesText.includes("dev (not a TEE)"), "dev evidence is marked as not a TEE");
 await visit(`/nodes/${expect.node}`, "node");
 check((await text("main")).includes("development evidence"), "node page marks its dev evidence");
+check((await text("main")).includes("dev: the evidence the registry records"), "node page shows the registered evidence it serves");
 
 // Batches.
 await visit("/batches", "batches");
@@ -92,6 +93,7 @@ await visit("/batches/1", "batch");
 check((await text("#batch-status")) === "finalized", "batch page status");
 check((await text("ol.timeline")).includes("Finalized"), "batch timeline reaches finalization");
 check((await text("main")).includes("Verifier verdicts"), "batch page shows verdicts");
+check((await page.locator("table").first().locator("tbody tr").count()) === 3, "batch page shows each verifier's verdict");
 
 // A receipt verified in the browser, then tampered with.
 for (const [id, name] of [[expect.receipt, "receipt"], [expect.batchReceipt, "receipt-batch-sealed"]]) {
@@ -99,6 +101,7 @@ for (const [id, name] of [[expect.receipt, "receipt"], [expect.batchReceipt, "re
   await page.waitForSelector("#verify-result.ok, #verify-result.bad", { timeout: 20000 });
   check((await page.getAttribute("#verify-result", "class")) === "ok", `${name}: verified in the browser`);
   check((await text("ol.flow")).includes("treasury"), `${name}: the payment flow shows the split`);
+  check((await page.locator("table").last().locator("tbody tr td").first().innerText()) !== "Nothing yet.", `${name}: the verifiers' samples of it are shown`);
   check((await text("#verify-source")).includes("read from the chain by this browser"), `${name}: the batch was read from the chain by the browser`);
 }
 async function tampered(name, edit, want = "bad") {
@@ -126,6 +129,8 @@ await tampered("receipt-tampered-domain", (b) => { b.receipt.typedData.domain.na
 // Activity charts count the calls.
 await visit("/activity?bucket=hour", "activity");
 check((await page.locator("figure.chart").first().getAttribute("data-total")) === String(expect.calls), "activity chart counts the calls");
+const samples = await page.locator("figure.chart", { hasText: "Samples re-executed" }).getAttribute("data-total");
+check(Number(samples) >= 3 * expect.calls, `the samples chart counts every verifier's re-executions (${samples})`);
 
 // Bad input: unknown ids, malformed ids, unknown pages.
 await visit("/receipts/0xnothex", "bad-receipt-id");
