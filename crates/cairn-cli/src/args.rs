@@ -114,6 +114,10 @@ pub struct RpcServeArgs {
     /// clock past challenge windows: tests and local tools only).
     #[arg(long)]
     pub rpc_dev_methods: bool,
+    /// A web origin (`http://127.0.0.1:7404`) whose pages may read the chain (CORS, read
+    /// methods only; never sending), e.g. an explorer's. Repeatable.
+    #[arg(long = "rpc-read-origin")]
+    pub rpc_read_origins: Vec<String>,
 }
 
 impl RpcServeArgs {
@@ -136,7 +140,10 @@ impl RpcServeArgs {
         let url = format!("http://{}", listener.local_addr()?);
         let config = cairn_chain_rpc::RpcConfig {
             dev_methods: self.rpc_dev_methods,
-            read_origins,
+            read_origins: read_origins
+                .into_iter()
+                .chain(self.rpc_read_origins.iter().cloned())
+                .collect(),
         };
         Ok((
             url,

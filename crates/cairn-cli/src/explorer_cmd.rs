@@ -47,6 +47,13 @@ pub async fn run(cmd: ExplorerCommand) -> anyhow::Result<()> {
         allow_private_endpoints,
         chain,
     } = cmd;
+    if let Some(rpc) = &browser_rpc
+        && cairn_explorer::web::origin_url(rpc).is_none()
+    {
+        anyhow::bail!(
+            "--browser-rpc {rpc}: expected a plain http(s) URL (scheme, host, port and path only)"
+        );
+    }
     let chain = chain.connect().await?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await

@@ -659,7 +659,15 @@ async fn node_summary(index: &Index, r: &AnyRow) -> Result<NodeSummary, ApiError
         active: u(r, "active")? == 1,
         dev_evidence: measurement.parse::<B256>().ok() == Some(cairn_core::DEV_MEASUREMENT),
         live: json_col(r, "live")?,
-        attestation_kind: r.try_get("attestation")?,
+        // Shown only while it is the evidence the registry records now.
+        attestation_kind: r
+            .try_get::<Option<String>, _>("attestation_digest")?
+            .filter(|d| {
+                registry["evidenceDigest"]
+                    .as_str()
+                    .is_some_and(|r| r.eq_ignore_ascii_case(d))
+            })
+            .and_then(|_| r.try_get::<Option<String>, _>("attestation").ok().flatten()),
         receipts: n("SELECT COUNT(*) AS n FROM idx_receipts WHERE node = $1").await?,
         batches: n("SELECT COUNT(*) AS n FROM idx_batches WHERE node = $1").await?,
         verdicts: n("SELECT COUNT(*) AS n FROM idx_verdicts WHERE verifier = $1").await?,

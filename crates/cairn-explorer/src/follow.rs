@@ -473,16 +473,19 @@ impl Follower {
         }
         // The kind of evidence it registered with: what it serves, if that is the evidence
         // whose digest the registry records (the verifiers checked it when they approved it).
-        let attestation = if live.is_some() && role == "inference" {
-            let url = format!("{}/v1/attestation", info.endpoint.trim_end_matches('/'));
-            self.get_json::<cairn_attest::Evidence>(&url, cairn_attest::MAX_EVIDENCE_BYTES * 2)
-                .await
-                .ok()
-                .filter(|e| e.digest() == info.evidence_digest)
-                .map(|e| e.kind.to_string())
-        } else {
-            None
-        };
+        // Read once per registered digest, not every round.
+        let known = self.index.attestation_digest(address).await?;
+        let attestation =
+            if live.is_some() && role == "inference" && known != Some(info.evidence_digest) {
+                let url = format!("{}/v1/attestation", info.endpoint.trim_end_matches('/'));
+                self.get_json::<cairn_attest::Evidence>(&url, cairn_attest::MAX_EVIDENCE_BYTES * 2)
+                    .await
+                    .ok()
+                    .filter(|e| e.digest() == info.evidence_digest)
+                    .map(|e| (e.kind.to_string(), info.evidence_digest))
+            } else {
+                None
+            };
         self.index
             .upsert_node(&crate::store::NodeRow {
                 address,
@@ -490,7 +493,7 @@ impl Follower {
                 active: info.active,
                 snapshot: &snapshot,
                 live: live.as_ref().map(|l| (l, ms)),
-                attestation: attestation.as_deref(),
+                attestation: attestation.as_ref().map(|(k, d)| (k.as_str(), *d)),
                 now,
             })
             .await?;

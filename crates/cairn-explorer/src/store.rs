@@ -100,6 +100,7 @@ CREATE TABLE idx_nodes (
     live TEXT,
     latency_ms BIGINT,
     attestation TEXT,
+    attestation_digest TEXT,
     updated BIGINT NOT NULL
 );
 CREATE TABLE idx_verdicts (
@@ -264,8 +265,9 @@ pub struct NodeRow<'a> {
     pub snapshot: &'a serde_json::Value,
     /// What its info route said and how long it took; `None` when it did not answer.
     pub live: Option<(&'a serde_json::Value, u64)>,
-    /// The kind of the registered evidence it serves, when read.
-    pub attestation: Option<&'a str>,
+    /// The kind of the evidence it serves and that evidence's digest, when read this round
+    /// and equal to the registry's (otherwise what was read before is kept).
+    pub attestation: Option<(&'a str, B256)>,
     /// When it was read.
     pub now: u64,
 }
@@ -630,12 +632,13 @@ impl Index {
     /// long it took; what it said last is kept when it does not answer).
     pub async fn upsert_node(&self, n: &NodeRow<'_>) -> Result<()> {
         sqlx::query(
-            "INSERT INTO idx_nodes (address, role, active, snapshot, live, latency_ms, attestation, updated)
-             VALUES ($1, $2, $3, $4, $5, $6, $8, $7)
+            "INSERT INTO idx_nodes (address, role, active, snapshot, live, latency_ms, attestation, attestation_digest, updated)
+             VALUES ($1, $2, $3, $4, $5, $6, $8, $9, $7)
              ON CONFLICT (address) DO UPDATE SET role = excluded.role, active = excluded.active,
                snapshot = excluded.snapshot, live = COALESCE(excluded.live, idx_nodes.live),
                latency_ms = excluded.latency_ms,
                attestation = COALESCE(excluded.attestation, idx_nodes.attestation),
+               attestation_digest = COALESCE(excluded.attestation_digest, idx_nodes.attestation_digest),
                updated = excluded.updated",
         )
         .bind(n.address)
@@ -645,10 +648,24 @@ impl Index {
         .bind(n.live.map(|(l, _)| l.to_string()))
         .bind(n.live.map(|(_, ms)| i(ms)))
         .bind(i(n.now))
-        .bind(n.attestation)
+        .bind(n.attestation.map(|(k, _)| k))
+        .bind(n.attestation.map(|(_, d)| d.to_string()))
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    /// The digest of the evidence last read from node `address`, when any.
+    pub async fn attestation_digest(&self, address: &str) -> Result<Option<B256>> {
+        let row = sqlx::query("SELECT attestation_digest FROM idx_nodes WHERE address = $1")
+            .bind(address)
+            .fetch_optional(&self.pool)
+            .await?;
+        match row.map(|r| r.try_get::<Option<String>, _>("attestation_digest")) {
+            Some(Ok(Some(d))) => Ok(Some(parse(&d)?)),
+            Some(Err(e)) => Err(e.into()),
+            _ => Ok(None),
+        }
     }
 
     /// The node of batch `id`, when the index has it.

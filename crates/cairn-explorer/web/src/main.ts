@@ -5,7 +5,7 @@ import DOMPurify from "dompurify";
 import { marked } from "marked";
 import type { Hex } from "viem";
 import "./style.css";
-import { type WireReceipt, batchOnChain, verifyReceipt } from "./verify";
+import { type WireReceipt, batchOnChain, pinnedDeployment, verifyReceipt } from "./verify";
 
 // Raw HTML inside Markdown is shown as text: no element of the author's choosing is ever
 // parsed, and DOMPurify still cleans what Markdown itself produces (links, images).
@@ -400,11 +400,14 @@ async function receipt(main: HTMLElement, id: string) {
   let batchRef = { node: p.batch.node as string, root: p.batch.root as string };
   const source = document.getElementById("verify-source")!;
   const pre: { label: string; ok: boolean; detail: string }[] = [];
+  const moved = pinnedDeployment({ settlement: s.settlement, chainId: s.chainId, rpc: s.browserRpc ?? null });
+  if (moved) pre.push({ label: "Same deployment as on your first visit", ok: false, detail: moved });
   if (s.browserRpc) {
     try {
-      batchRef = await batchOnChain(s.browserRpc, s.chainId, s.settlement, p.batch.id);
+      const onChain = await batchOnChain(s.browserRpc, s.chainId, s.settlement, p.batch.id);
+      batchRef = { node: onChain.node, root: onChain.root };
       source.textContent = `Batch #${p.batch.id}'s node and root were read from the chain by this browser (${s.browserRpc}); the receipt is hashed here under Cairn's EIP-712 types and its signature recovered here. The settlement contract and chain id are this explorer's (check them with cairn chain status).`;
-      pre.push({ label: "Batch read from the chain", ok: true, detail: `node ${batchRef.node}, root ${batchRef.root}` });
+      pre.push({ label: "Batch read from the chain", ok: true, detail: `${onChain.status}, node ${batchRef.node}, root ${batchRef.root}` });
     } catch (e) {
       pre.push({ label: "Batch read from the chain", ok: false, detail: `the chain could not be read at ${s.browserRpc}: ${String(e).slice(0, 200)}` });
     }
@@ -415,7 +418,11 @@ async function receipt(main: HTMLElement, id: string) {
   for (const c of results) checks.append(h("li", { class: c.ok ? "ok" : "bad" }, c.ok ? "✔ " : "✘ ", h("strong", {}, c.label), ": ", c.detail));
   const ok = results.every((c) => c.ok);
   result.className = ok ? "ok" : "bad";
-  result.textContent = ok ? "Verified: signature and inclusion proof check out." : "NOT verified: see the failed checks below.";
+  result.textContent = !ok
+    ? "NOT verified: see the failed checks below."
+    : s.browserRpc
+      ? "Verified: the signature and the inclusion proof check out against the batch on chain."
+      : "Matches this explorer's data: the signature and the inclusion proof check out against the batch root this explorer reports (no chain RPC to read it from here).";
 }
 
 /** Points grouped by key (at most 8 keys, the busiest first). */

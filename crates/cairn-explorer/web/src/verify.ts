@@ -208,11 +208,36 @@ const getBatchAbi = [
 ] as const;
 
 /** A batch as the chain itself records it, read from this browser through `rpc`. */
-export async function batchOnChain(rpc: string, chainId: number, settlement: string, id: number): Promise<{ node: string; root: string }> {
+export async function batchOnChain(rpc: string, chainId: number, settlement: string, id: number): Promise<{ node: string; root: string; status: string }> {
   const client = createPublicClient({ transport: http(rpc, { retryCount: 0, timeout: 10_000 }) });
   const onChain = await client.getChainId();
   if (onChain !== chainId) throw new Error(`the RPC serves chain ${onChain}, not ${chainId}`);
   const b = await client.readContract({ address: settlement as Hex, abi: getBatchAbi, functionName: "getBatch", args: [BigInt(id)] });
   if (/^0x0{40}$/i.test(b.node)) throw new Error(`the chain has no batch ${id}`);
-  return { node: b.node, root: b.root };
+  // Settlement.Status: 1 Submitted, 2 Attested, 3 Finalized stand; 4 Voided (proven wrong),
+  // 5 Expired and 6 Lapsed (never attested) do not.
+  const states = ["none", "submitted", "attested", "finalized", "voided", "expired", "lapsed"];
+  const status = states[b.status] ?? `state ${b.status}`;
+  if (b.status < 1 || b.status > 3) throw new Error(`batch ${id} is ${status} on chain: its receipts do not stand`);
+  return { node: b.node, root: b.root, status };
+}
+
+/**
+ * The deployment this browser first saw at this explorer (trust on first use): a later visit
+ * whose explorer names another settlement contract, chain or RPC is flagged, since a receipt
+ * checked against a contract the explorer chose proves nothing.
+ */
+export function pinnedDeployment(now: { settlement: string; chainId: number; rpc: string | null }): string | null {
+  const key = "cairn-explorer-deployment";
+  let seen: string | null = null;
+  try {
+    seen = localStorage.getItem(key);
+    if (!seen) localStorage.setItem(key, JSON.stringify(now));
+  } catch {
+    return null;
+  }
+  if (!seen) return null;
+  const was = JSON.parse(seen) as typeof now;
+  const same = was.settlement?.toLowerCase() === now.settlement.toLowerCase() && was.chainId === now.chainId && was.rpc === now.rpc;
+  return same ? null : `this explorer now names settlement ${now.settlement} on chain ${now.chainId} (RPC ${now.rpc ?? "none"}); on your first visit it named ${was.settlement} on chain ${was.chainId} (RPC ${was.rpc ?? "none"})`;
 }

@@ -124,6 +124,18 @@ await tampered("receipt-tampered-proof", (b) => { b.proof = b.proof.length ? b.p
 await tampered("receipt-lying-root", (b) => { b.batch.root = "0x" + "22".repeat(32); }, "ok");
 await tampered("receipt-lying-node", (b) => { b.batch.node = "0x" + "33".repeat(20); }, "ok");
 await tampered("receipt-other-batch", (b) => { b.batch.id = 424242; });
+// An explorer that later names another settlement contract is flagged (first use is pinned).
+await page.route("**/api/v1/status", async (route) => {
+  const r = await route.fetch();
+  const body = await r.json();
+  body.settlement = "0x" + "44".repeat(20);
+  await route.fulfill({ response: r, json: body });
+});
+await visit(`/receipts/${expect.receipt}`, "receipt-moved-deployment");
+await page.waitForSelector("#verify-result.ok, #verify-result.bad", { timeout: 20000 });
+check((await page.getAttribute("#verify-result", "class")) === "bad", "a changed settlement contract is refused");
+check((await text("ul.checks")).includes("on your first visit"), "and the page says what changed");
+await page.unroute("**/api/v1/status");
 await tampered("receipt-tampered-domain", (b) => { b.receipt.typedData.domain.name = "Other"; });
 
 // Activity charts count the calls.
