@@ -27,6 +27,8 @@ const MAX_ANSWER_BYTES: usize = 1 << 20;
 /// Fetches of a batch's receipts before the index calls it unavailable (it is still asked
 /// again, hourly).
 const LISTING_TRIES: u64 = 8;
+/// How long one batch listing may take to arrive.
+const LISTING_DEADLINE: Duration = Duration::from_secs(120);
 /// Listings fetched at once (each may be large), and at most this many per node per round.
 const LISTINGS_AT_ONCE: usize = 2;
 const LISTINGS_PER_NODE: usize = 4;
@@ -121,33 +123,57 @@ impl Follower {
         }
     }
 
-    /// Runs rounds until `stop` resolves; a failed round is logged and retried.
+    /// Runs until `stop` resolves: the chain, nodes and hub in one loop, batch listings (which
+    /// may be large and slow) in another, so a node serving its listing slowly never delays
+    /// the chain's indexing. A failed step is logged and retried. Stopping drops a step
+    /// midway, which is safe: every write is one transaction.
     pub async fn run(self, stop: impl std::future::Future<Output = ()>) {
-        tokio::pin!(stop);
-        loop {
-            match self.round().await {
-                Ok(r) if r.events + r.rolled_back + r.listings > 0 => {
-                    tracing::debug!(?r, "indexed")
+        let failed = |e: FollowError| {
+            self.metrics.round_errors.inc();
+            tracing::warn!("indexer step failed (retried): {e}");
+        };
+        let chain = async {
+            loop {
+                let mut round = Round::default();
+                if let Err(e) = self.chain_round(&mut round).await {
+                    failed(e);
                 }
-                Ok(_) => {}
-                Err(e) => {
-                    self.metrics.round_errors.inc();
-                    tracing::warn!("indexer round failed (retried): {e}");
+                tokio::time::sleep(self.config.every).await;
+            }
+        };
+        let listings = async {
+            loop {
+                if let Err(e) = self.fetch_listings().await {
+                    failed(e);
                 }
+                tokio::time::sleep(self.config.every).await;
             }
-            tokio::select! {
-                _ = &mut stop => return,
-                _ = tokio::time::sleep(self.config.every) => {}
-            }
+        };
+        tokio::select! {
+            _ = stop => {}
+            _ = futures::future::join(chain, listings) => {}
         }
     }
 
-    /// One round: the chain up to its head, then the services it names.
+    /// One round of every step in turn (what [`Follower::run`] does in two loops).
     pub async fn round(&self) -> Result<Round, FollowError> {
         let mut round = Round::default();
         self.follow_chain(&mut round).await?;
         round.listings = self.fetch_listings().await?;
         self.refresh_nodes().await?;
+        self.refresh_hub_if_due().await;
+        Ok(round)
+    }
+
+    /// The chain, the nodes and the hub (when due).
+    async fn chain_round(&self, round: &mut Round) -> Result<(), FollowError> {
+        self.follow_chain(round).await?;
+        self.refresh_nodes().await?;
+        self.refresh_hub_if_due().await;
+        Ok(())
+    }
+
+    async fn refresh_hub_if_due(&self) {
         let due = self
             .hub_read
             .lock()
@@ -165,7 +191,6 @@ impl Follower {
                 Err(_) => tracing::warn!("reading the hub's models took over {limit:?}"),
             }
         }
-        Ok(round)
     }
 
     fn ledger(&self) -> &Arc<dyn Ledger> {
@@ -303,13 +328,22 @@ impl Follower {
         url: &str,
         max: usize,
     ) -> Result<T, String> {
+        self.get_json_within(url, max, self.config.timeout).await
+    }
+
+    /// [`Follower::get_json`] with its own overall deadline: the fetcher's limit is on idle
+    /// time, and a trickling answer must not hold a step.
+    async fn get_json_within<T: serde::de::DeserializeOwned>(
+        &self,
+        url: &str,
+        max: usize,
+        deadline: Duration,
+    ) -> Result<T, String> {
         let checked = self.fetch.check_url(url)?;
         let req = self.fetch.client().get(checked);
-        // The fetcher's own limit is on idle time; a trickling answer must not hold a round.
-        let (status, body) =
-            tokio::time::timeout(self.config.timeout, self.fetch.send_at_most(url, req, max))
-                .await
-                .map_err(|_| format!("{url} took over {:?}", self.config.timeout))??;
+        let (status, body) = tokio::time::timeout(deadline, self.fetch.send_at_most(url, req, max))
+            .await
+            .map_err(|_| format!("{url} took over {deadline:?}"))??;
         if !status.is_success() {
             return Err(format!("{url} answered {status}"));
         }
@@ -355,19 +389,18 @@ impl Follower {
             let b = &p.batch;
             match outcome {
                 Ok(rows) => {
-                    self.index.store_listing(b.id, &rows).await?;
-                    self.metrics.receipts.inc_by(rows.len() as u64);
-                    stored += 1;
+                    if self.index.store_listing(b, &rows).await? {
+                        self.metrics.receipts.inc_by(rows.len() as u64);
+                        stored += 1;
+                    }
                 }
                 Err(Refused::Skipped(why)) => {
-                    self.index
-                        .listing_failed(b.id, &why, None, "unpaid")
-                        .await?;
+                    self.index.listing_failed(b, &why, None, "unpaid").await?;
                 }
                 Err(Refused::Invalid(e)) => {
                     self.metrics.listing_failures.inc();
                     tracing::info!(batch = b.id, "batch listing refused: {e}");
-                    self.index.listing_failed(b.id, &e, None, "invalid").await?;
+                    self.index.listing_failed(b, &e, None, "invalid").await?;
                 }
                 Err(Refused::Unreachable(e)) => {
                     self.metrics.listing_failures.inc();
@@ -383,7 +416,7 @@ impl Follower {
                         3600
                     };
                     self.index
-                        .listing_failed(b.id, &e, Some(now + wait), state)
+                        .listing_failed(b, &e, Some(now + wait), state)
                         .await?;
                 }
             }
@@ -411,8 +444,11 @@ impl Follower {
             .await
             .map_err(|e| Refused::Unreachable(e.to_string()))?;
         let url = cairn_node_api::NodeUrls::new(&endpoint).batch(b.id);
+        // A full batch is large: it gets more time than other answers (listings have a loop
+        // of their own, so this delays only other listings).
+        let deadline = self.config.timeout.max(LISTING_DEADLINE);
         let listing = self
-            .get_json::<cairn_node_api::BatchReceipts>(&url, MAX_LISTING_BYTES)
+            .get_json_within::<cairn_node_api::BatchReceipts>(&url, MAX_LISTING_BYTES, deadline)
             .await
             .map_err(Refused::Unreachable)?;
         let chain = self.chain.deployment().clone();

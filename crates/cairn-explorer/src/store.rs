@@ -553,9 +553,25 @@ impl Index {
             .collect()
     }
 
-    /// Stores a batch's verified receipts and marks its listing read.
-    pub async fn store_listing(&self, batch: u64, receipts: &[ReceiptRow]) -> Result<()> {
+    /// Stores a batch's verified receipts and marks its listing read; `false` (nothing stored)
+    /// when the batch is no longer the one they were checked against, or is already read.
+    pub async fn store_listing(&self, batch: &NewBatch, receipts: &[ReceiptRow]) -> Result<bool> {
         let mut tx = self.pool.begin().await?;
+        // The batch must still be the one the listing was checked against: a reorganization
+        // may have replaced it (same id, another root) while the listing was being fetched.
+        let claimed = sqlx::query(
+            "UPDATE idx_batches SET listing = 'indexed', error = NULL
+             WHERE id = $1 AND root = $2 AND listing IN ('pending', 'unavailable')",
+        )
+        .bind(i(batch.id))
+        .bind(batch.root.to_string())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if claimed != 1 {
+            return Ok(false);
+        }
+        let batch = batch.id;
         for r in receipts {
             sqlx::query(
                 "INSERT INTO idx_receipts (batch_id, leaf_index, request_id, node, model, kind, ts, price, payment_ref, profile_hash, digest, proof, seal, json)
@@ -579,30 +595,28 @@ impl Index {
             .execute(&mut *tx)
             .await?;
         }
-        sqlx::query("UPDATE idx_batches SET listing = 'indexed', error = NULL WHERE id = $1")
-            .bind(i(batch))
-            .execute(&mut *tx)
-            .await?;
         tx.commit().await?;
-        Ok(())
+        Ok(true)
     }
 
     /// Records a listing not stored: `listing` is its state (`pending` or `unavailable`,
     /// asked again at `next_try`; `invalid` or `unpaid`, never asked again).
     pub async fn listing_failed(
         &self,
-        batch: u64,
+        batch: &NewBatch,
         error: &str,
         next_try: Option<u64>,
         listing: &str,
     ) -> Result<()> {
         sqlx::query(
-            "UPDATE idx_batches SET tries = tries + 1, next_try = $2, error = $3, listing = $4 WHERE id = $1",
+            "UPDATE idx_batches SET tries = tries + 1, next_try = $2, error = $3, listing = $4
+             WHERE id = $1 AND root = $5",
         )
-        .bind(i(batch))
+        .bind(i(batch.id))
         .bind(i(next_try.unwrap_or(0)))
         .bind(error)
         .bind(listing)
+        .bind(batch.root.to_string())
         .execute(&self.pool)
         .await?;
         Ok(())

@@ -268,6 +268,19 @@ async fn batch_listings_are_stored_only_when_they_make_the_root_on_chain() {
         assert_eq!(r.listings, 1);
         assert_eq!(listing_state(&index, b3).await.0, "indexed");
         assert_eq!(count(&index, "SELECT COUNT(*) FROM idx_receipts").await, 2);
+        // A listing checked against a root the batch no longer has (a reorganization replaced
+        // it while the listing was fetched), or a batch already read, stores nothing.
+        let replaced = crate::store::NewBatch {
+            id: b3,
+            node: node.address().to_checksum(None),
+            root: B256::repeat_byte(9),
+            count: 2,
+            fees: "2000".into(),
+            block: 0,
+            ts: 0,
+            tx: B256::ZERO,
+        };
+        assert!(!index.store_listing(&replaced, &[]).await.unwrap());
 
         // 4: receipts signed by another key, listed as this node's.
         let other = receipts(&chain, 40, 2)
