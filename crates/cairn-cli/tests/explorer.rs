@@ -150,6 +150,7 @@ fn the_explorer_shows_paid_calls_checks_receipts_in_the_browser_and_resumes_afte
         ("/api/v1/receipts?model=not-a-cid", 400, "invalid_cid"),
         ("/api/v1/activity?bucket=week", 400, "invalid_bucket"),
         ("/api/v1/batches/424242", 404, "not_found"),
+        ("/api/v1/no-such-route", 404, "not_found"),
         ("/api/v1/models/no-such-model", 404, "not_found"),
         (
             "/api/v1/receipts/0x0000000000000000000000000000000000000000000000000000000000000000",

@@ -63,7 +63,10 @@ async fn serve(uri: Uri, csp: HeaderValue) -> Response {
     let (path, bytes, immutable) = match ASSETS.iter().find(|(p, _)| *p == path) {
         Some((p, b)) => (*p, *b, p.starts_with("/assets/")),
         None => match ASSETS.iter().find(|(p, _)| *p == "/index.html") {
-            Some((p, b)) if !path.starts_with("/assets/") => (*p, *b, false),
+            // A missing file or API route is a JSON 404; any other path is a page.
+            Some((p, b)) if !path.starts_with("/assets/") && !path.starts_with("/api/") => {
+                (*p, *b, false)
+            }
             _ => {
                 return (
                     StatusCode::NOT_FOUND,
