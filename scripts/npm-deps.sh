@@ -7,46 +7,31 @@
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 export CAIRN_CACHE_DIR="${CAIRN_CACHE_DIR:-$HOME/.cache/cairn}"
-lock="$here/../contracts/package-lock.json"
-npm_stamp="$(sha256sum "$lock" | cut -c1-16)"
-npm_dir="$CAIRN_CACHE_DIR/npm-$npm_stamp"
-if [ ! -f "$npm_dir/.complete" ]; then
-  echo "npm-deps: installing into $npm_dir" >&2
-  rm -rf "$npm_dir"
-  mkdir -p "$npm_dir"
-  cp "$here/../contracts/package.json" "$lock" "$npm_dir/"
-  (cd "$npm_dir" && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error >&2)
-  touch "$npm_dir/.complete"
-fi
-export CAIRN_NODE_MODULES="$npm_dir/node_modules"
+
+# npm_cached PREFIX DIR WHAT: DIR's package.json and lockfile installed once into
+# $CAIRN_CACHE_DIR/PREFIX<lockfile hash>; prints its node_modules.
+npm_cached() {
+  local lock="$2/package-lock.json"
+  local dir="$CAIRN_CACHE_DIR/$1$(sha256sum "$lock" | cut -c1-16)"
+  if [ ! -f "$dir/.complete" ]; then
+    echo "npm-deps: installing $3 into $dir" >&2
+    rm -rf "$dir"
+    mkdir -p "$dir"
+    cp "$2/package.json" "$lock" "$dir/"
+    (cd "$dir" && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error >&2)
+    touch "$dir/.complete"
+  fi
+  echo "$dir/node_modules"
+}
+
+CAIRN_NODE_MODULES="$(npm_cached npm- "$here/../contracts" "solc-js, OpenZeppelin, anvil and cast")"
+export CAIRN_NODE_MODULES
 export CAIRN_ANVIL="$CAIRN_NODE_MODULES/@foundry-rs/anvil-linux-amd64/bin/anvil"
 export CAIRN_CAST="$CAIRN_NODE_MODULES/@foundry-rs/cast-linux-amd64/bin/cast"
-
-# The official x402 TypeScript clients and resource server the interop tests drive
-# (crates/cairn-cli/tests/npm/package-lock.json), in their own cache dir.
-interop_lock="$here/../crates/cairn-cli/tests/npm/package-lock.json"
-interop_dir="$CAIRN_CACHE_DIR/npm-interop-$(sha256sum "$interop_lock" | cut -c1-16)"
-if [ ! -f "$interop_dir/.complete" ]; then
-  echo "npm-deps: installing the x402 interop clients into $interop_dir" >&2
-  rm -rf "$interop_dir"
-  mkdir -p "$interop_dir"
-  cp "$here/../crates/cairn-cli/tests/npm/package.json" "$interop_lock" "$interop_dir/"
-  (cd "$interop_dir" && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error >&2)
-  touch "$interop_dir/.complete"
-fi
-export CAIRN_NPM_INTEROP="$interop_dir/node_modules"
-
+# The official x402 TypeScript clients and resource server the interop tests drive.
+CAIRN_NPM_INTEROP="$(npm_cached npm-interop- "$here/../crates/cairn-cli/tests/npm" "the x402 interop clients")"
+export CAIRN_NPM_INTEROP
 # The explorer's front-end toolchain (Vite, viem, marked, DOMPurify) and the browser driver its
-# tests use (playwright-core, which drives Debian's chromium), from
-# crates/cairn-explorer/web/package-lock.json, in their own cache dir.
-explorer_lock="$here/../crates/cairn-explorer/web/package-lock.json"
-explorer_dir="$CAIRN_CACHE_DIR/npm-explorer-$(sha256sum "$explorer_lock" | cut -c1-16)"
-if [ ! -f "$explorer_dir/.complete" ]; then
-  echo "npm-deps: installing the explorer's front-end packages into $explorer_dir" >&2
-  rm -rf "$explorer_dir"
-  mkdir -p "$explorer_dir"
-  cp "$here/../crates/cairn-explorer/web/package.json" "$explorer_lock" "$explorer_dir/"
-  (cd "$explorer_dir" && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error >&2)
-  touch "$explorer_dir/.complete"
-fi
-export CAIRN_EXPLORER_MODULES="$explorer_dir/node_modules"
+# tests use (playwright-core, which drives Debian's chromium).
+CAIRN_EXPLORER_MODULES="$(npm_cached npm-explorer- "$here/../crates/cairn-explorer/web" "the explorer's front-end packages")"
+export CAIRN_EXPLORER_MODULES

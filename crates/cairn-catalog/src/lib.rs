@@ -9,12 +9,11 @@
 mod schema;
 
 use std::str::FromStr;
-use std::sync::Once;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use cairn_core::{Address, BlobId, FilePath, RepoName, Version};
-use sqlx::any::{AnyPoolOptions, AnyRow};
-use sqlx::{AnyPool, Executor, Row};
+use sqlx::any::AnyRow;
+use sqlx::{AnyPool, Row};
 
 pub use cairn_hub_api::types::{FileEntry, NewRepo, Release, Repo, RepoDetail, Resolved, Search};
 
@@ -93,14 +92,7 @@ pub enum CatalogError {
 
 type Result<T> = std::result::Result<T, CatalogError>;
 
-/// Which database is behind the catalog.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backend {
-    /// A single SQLite file.
-    Sqlite,
-    /// A PostgreSQL server.
-    Postgres,
-}
+pub use cairn_sql::Backend;
 
 /// The catalog.
 #[derive(Debug, Clone)]
@@ -124,85 +116,42 @@ where
 impl Catalog {
     /// Connects to `url` (`sqlite://PATH` or `postgres://…`) and brings the schema up to date.
     pub async fn connect(url: &str) -> Result<Self> {
-        static DRIVERS: Once = Once::new();
-        DRIVERS.call_once(sqlx::any::install_default_drivers);
-        let backend = if url.starts_with("sqlite:") {
-            Backend::Sqlite
-        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-            Backend::Postgres
-        } else {
-            return Err(CatalogError::Invalid(format!(
-                "catalog URL must start with sqlite:// or postgres://, got `{url}`"
-            )));
-        };
-        let url = match backend {
-            Backend::Sqlite if !url.contains('?') => format!("{url}?mode=rwc"),
-            _ => url.to_owned(),
-        };
-        let options = AnyPoolOptions::new()
-            .max_connections(match backend {
-                Backend::Sqlite => 4,
-                Backend::Postgres => 16,
-            })
-            .after_connect(move |conn, _| {
-                Box::pin(async move {
-                    if backend == Backend::Sqlite {
-                        conn.execute(
-                            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
-                             PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;",
-                        )
-                        .await?;
-                    }
-                    Ok(())
-                })
-            });
-        let pool = options.connect(&url).await?;
-        let catalog = Self {
+        let (pool, backend) = cairn_sql::connect(
+            url,
+            cairn_sql::Open {
+                what: "catalog",
+                sqlite_connections: 4,
+                postgres_connections: 16,
+                sqlite_synchronous: "FULL",
+                sqlite_extra: "PRAGMA foreign_keys = ON;",
+            },
+        )
+        .await
+        .map_err(|e| match e {
+            cairn_sql::SqlError::Db(e) => CatalogError::Database(e),
+            e => CatalogError::Invalid(e.to_string()),
+        })?;
+        cairn_sql::migrate(
+            &pool,
+            backend,
+            cairn_sql::Migrations {
+                steps: schema::MIGRATIONS,
+                table: "cairn_schema",
+                lock: 7243452890,
+            },
+            schema::ddl,
+        )
+        .await?;
+        Ok(Self {
             pool,
             backend,
             nonce_writes: Default::default(),
-        };
-        catalog.migrate().await?;
-        Ok(catalog)
+        })
     }
 
     /// Which backend this is.
     pub fn backend(&self) -> Backend {
         self.backend
-    }
-
-    async fn migrate(&self) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
-        if self.backend == Backend::Postgres {
-            // Several hubs may start at once against one database: one migrates, the rest wait.
-            sqlx::query("SELECT pg_advisory_xact_lock(7243452890)")
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.execute(
-            "CREATE TABLE IF NOT EXISTS cairn_schema (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)",
-        )
-        .await?;
-        let current: Option<i64> = sqlx::query("SELECT MAX(version) AS v FROM cairn_schema")
-            .fetch_one(&mut *tx)
-            .await?
-            .try_get("v")?;
-        let current = current.unwrap_or(0);
-        for (version, sql) in schema::MIGRATIONS {
-            if *version <= current {
-                continue;
-            }
-            tracing::info!(version, "applying catalog migration");
-            let ddl = schema::ddl(sql, self.backend);
-            tx.execute(sqlx::raw_sql(&ddl)).await?;
-            sqlx::query("INSERT INTO cairn_schema (version, applied_at) VALUES ($1, $2)")
-                .bind(*version)
-                .bind(now_secs())
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        Ok(())
     }
 
     /// Creates a repository owned by `owner`.

@@ -56,10 +56,10 @@ CREATE INDEX request_nonces_expiry ON request_nonces(expires_at);
 ];
 
 /// The DDL for one backend.
-pub(crate) fn ddl(sql: &str, backend: crate::Backend) -> String {
+pub(crate) fn ddl(sql: &str, backend: cairn_sql::Backend) -> String {
     let id = match backend {
-        crate::Backend::Sqlite => "INTEGER PRIMARY KEY",
-        crate::Backend::Postgres => "BIGSERIAL PRIMARY KEY",
+        cairn_sql::Backend::Sqlite => "INTEGER PRIMARY KEY",
+        cairn_sql::Backend::Postgres => "BIGSERIAL PRIMARY KEY",
     };
     sql.replace("AUTO_ID", id)
 }

@@ -16,30 +16,7 @@ where
     }
 }
 
-/// A new, empty database on the test PostgreSQL server, or `None` (loudly) without one.
-pub(crate) async fn fresh_pg_database(test: &str) -> Option<String> {
-    let Ok(admin) = std::env::var("CAIRN_TEST_PG_URL") else {
-        assert!(
-            std::env::var_os("CAIRN_TEST_REQUIRE_SERVICES").is_none(),
-            "CAIRN_TEST_PG_URL is not set but services are required (run scripts/test.sh)"
-        );
-        eprintln!(
-            "SKIPPED PostgreSQL half of {test}: CAIRN_TEST_PG_URL not set (scripts/test.sh sets it)"
-        );
-        return None;
-    };
-    sqlx::any::install_default_drivers();
-    let name = format!("cairn_{}_{}", test.replace('-', "_"), std::process::id());
-    let pool = AnyPool::connect(&admin).await.unwrap();
-    pool.execute(format!("DROP DATABASE IF EXISTS {name}").as_str())
-        .await
-        .unwrap();
-    pool.execute(format!("CREATE DATABASE {name}").as_str())
-        .await
-        .unwrap();
-    let (base, _) = admin.rsplit_once('/').unwrap();
-    Some(format!("{base}/{name}"))
-}
+pub(crate) use cairn_sql::fresh_pg_database;
 
 fn new_repo(name: &str) -> NewRepo {
     NewRepo {

@@ -122,6 +122,16 @@ impl PageQuery {
     }
 }
 
+/// A listing's `limit` and `offset`, checked.
+fn page(limit: Option<u32>, offset: Option<u32>) -> Result<(i64, i64), ApiError> {
+    PageQuery { limit, offset }.bounds()
+}
+
+/// An optional address filter, checked and spelled as the index stores addresses.
+fn checksummed(s: Option<&str>) -> Result<Option<String>, ApiError> {
+    Ok(s.map(address).transpose()?.map(|a| a.to_checksum(None)))
+}
+
 fn address(s: &str) -> Result<Address, ApiError> {
     s.parse().map_err(|_| {
         ApiError::bad(
@@ -340,11 +350,7 @@ async fn models(
     State(s): State<Arc<ApiState>>,
     Query(q): Query<ModelQuery>,
 ) -> ApiResult<ModelList> {
-    let (limit, offset) = PageQuery {
-        limit: q.limit,
-        offset: q.offset,
-    }
-    .bounds()?;
+    let (limit, offset) = page(q.limit, q.offset)?;
     if q.q.as_ref().is_some_and(|t| t.len() > 200) {
         return Err(ApiError::bad(
             "invalid_query",
@@ -685,11 +691,7 @@ async fn node_summary(index: &Index, r: &AnyRow) -> Result<NodeSummary, ApiError
 #[utoipa::path(get, path = "/api/v1/nodes", params(NodeQuery),
     responses((status = 200, body = NodeList), (status = 400, body = cairn_core::ErrorBody)))]
 async fn nodes(State(s): State<Arc<ApiState>>, Query(q): Query<NodeQuery>) -> ApiResult<NodeList> {
-    let (limit, offset) = PageQuery {
-        limit: q.limit,
-        offset: q.offset,
-    }
-    .bounds()?;
+    let (limit, offset) = page(q.limit, q.offset)?;
     let role = q.role.unwrap_or_default();
     if !["", "inference", "verifier"].contains(&role.as_str()) {
         return Err(ApiError::bad(
@@ -864,17 +866,8 @@ async fn batches(
     State(s): State<Arc<ApiState>>,
     Query(q): Query<BatchQuery>,
 ) -> ApiResult<BatchList> {
-    let (limit, offset) = PageQuery {
-        limit: q.limit,
-        offset: q.offset,
-    }
-    .bounds()?;
-    let node = q
-        .node
-        .as_deref()
-        .map(address)
-        .transpose()?
-        .map(|a| a.to_checksum(None));
+    let (limit, offset) = page(q.limit, q.offset)?;
+    let node = checksummed(q.node.as_deref())?;
     let total = sqlx::query("SELECT COUNT(*) AS n FROM idx_batches WHERE ($1 = '' OR node = $1)")
         .bind(node.clone().unwrap_or_default())
         .fetch_one(s.index.pool())
@@ -1072,17 +1065,8 @@ async fn receipts(
     State(s): State<Arc<ApiState>>,
     Query(q): Query<ReceiptQuery>,
 ) -> ApiResult<ReceiptList> {
-    let (limit, offset) = PageQuery {
-        limit: q.limit,
-        offset: q.offset,
-    }
-    .bounds()?;
-    let node = q
-        .node
-        .as_deref()
-        .map(address)
-        .transpose()?
-        .map(|a| a.to_checksum(None));
+    let (limit, offset) = page(q.limit, q.offset)?;
+    let node = checksummed(q.node.as_deref())?;
     let model = match q.model.as_deref() {
         Some(m) => Some(
             m.parse::<cairn_core::BlobId>()

@@ -4,10 +4,9 @@
 //! the rows above the common ancestor.
 
 use std::str::FromStr;
-use std::sync::Once;
 
 use alloy_primitives::B256;
-use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::any::AnyRow;
 use sqlx::{AnyPool, Executor, Row};
 
 /// Errors of the index.
@@ -26,14 +25,7 @@ pub enum IndexError {
 
 type Result<T> = std::result::Result<T, IndexError>;
 
-/// Which database.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backend {
-    /// A SQLite file.
-    Sqlite,
-    /// A PostgreSQL server.
-    Postgres,
-}
+pub use cairn_sql::Backend;
 
 const MIGRATIONS: &[(i64, &str)] = &[(
     1,
@@ -327,45 +319,34 @@ pub struct Index {
 impl Index {
     /// Connects to `url` (`sqlite://PATH` or `postgres://…`) and brings the schema up to date.
     pub async fn connect(url: &str) -> Result<Self> {
-        static DRIVERS: Once = Once::new();
-        DRIVERS.call_once(sqlx::any::install_default_drivers);
-        let backend = if url.starts_with("sqlite:") {
-            Backend::Sqlite
-        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-            Backend::Postgres
-        } else {
-            return Err(IndexError::Invalid(format!(
-                "index URL must start with sqlite:// or postgres://, got `{url}`"
-            )));
-        };
-        let url = match backend {
-            Backend::Sqlite if !url.contains('?') => format!("{url}?mode=rwc"),
-            _ => url.to_owned(),
-        };
-        let pool = AnyPoolOptions::new()
-            .max_connections(match backend {
-                Backend::Sqlite => 4,
-                Backend::Postgres => 8,
-            })
-            .after_connect(move |conn, _| {
-                Box::pin(async move {
-                    if backend == Backend::Sqlite {
-                        // The index can be rebuilt from the chain: NORMAL is enough, and WAL
-                        // lets the API read while the follower writes.
-                        conn.execute(
-                            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
-                             PRAGMA busy_timeout = 10000;",
-                        )
-                        .await?;
-                    }
-                    Ok(())
-                })
-            })
-            .connect(&url)
-            .await?;
-        let index = Self { pool, backend };
-        index.migrate().await?;
-        Ok(index)
+        let (pool, backend) = cairn_sql::connect(
+            url,
+            cairn_sql::Open {
+                what: "index",
+                sqlite_connections: 4,
+                postgres_connections: 8,
+                // The index can be rebuilt from the chain: NORMAL is enough.
+                sqlite_synchronous: "NORMAL",
+                sqlite_extra: "",
+            },
+        )
+        .await
+        .map_err(|e| match e {
+            cairn_sql::SqlError::Db(e) => IndexError::Db(e),
+            e => IndexError::Invalid(e.to_string()),
+        })?;
+        cairn_sql::migrate(
+            &pool,
+            backend,
+            cairn_sql::Migrations {
+                steps: MIGRATIONS,
+                table: "idx_schema",
+                lock: 7243452891,
+            },
+            |sql, _| sql.to_owned(),
+        )
+        .await?;
+        Ok(Self { pool, backend })
     }
 
     /// Which database.
@@ -375,36 +356,6 @@ impl Index {
 
     pub(crate) fn pool(&self) -> &AnyPool {
         &self.pool
-    }
-
-    async fn migrate(&self) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
-        if self.backend == Backend::Postgres {
-            sqlx::query("SELECT pg_advisory_xact_lock(7243452891)")
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.execute(
-            "CREATE TABLE IF NOT EXISTS idx_schema (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)",
-        )
-        .await?;
-        let current: Option<i64> = sqlx::query("SELECT MAX(version) AS v FROM idx_schema")
-            .fetch_one(&mut *tx)
-            .await?
-            .try_get("v")?;
-        for (version, sql) in MIGRATIONS {
-            if *version <= current.unwrap_or(0) {
-                continue;
-            }
-            tx.execute(sqlx::raw_sql(sql)).await?;
-            sqlx::query("INSERT INTO idx_schema (version, applied_at) VALUES ($1, $2)")
-                .bind(*version)
-                .bind(i(cairn_core::clock::now_secs()))
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        Ok(())
     }
 
     /// The last block read, with its hash.

@@ -26,29 +26,7 @@ where
     }
 }
 
-/// A new, empty database on the test PostgreSQL server, or `None` (loudly) without one.
-async fn fresh_pg_database(test: &str) -> Option<String> {
-    use sqlx::Executor;
-    let Ok(admin) = std::env::var("CAIRN_TEST_PG_URL") else {
-        assert!(
-            std::env::var_os("CAIRN_TEST_REQUIRE_SERVICES").is_none(),
-            "CAIRN_TEST_PG_URL is not set but services are required (run scripts/test.sh)"
-        );
-        eprintln!("SKIPPED PostgreSQL half of {test}: CAIRN_TEST_PG_URL not set");
-        return None;
-    };
-    sqlx::any::install_default_drivers();
-    let name = format!("cairn_idx_{test}_{}", std::process::id());
-    let pool = sqlx::AnyPool::connect(&admin).await.unwrap();
-    pool.execute(format!("DROP DATABASE IF EXISTS {name}").as_str())
-        .await
-        .unwrap();
-    pool.execute(format!("CREATE DATABASE {name}").as_str())
-        .await
-        .unwrap();
-    let (base, _) = admin.rsplit_once('/').unwrap();
-    Some(format!("{base}/{name}"))
-}
+use cairn_sql::fresh_pg_database;
 
 async fn deployed(ledger: Arc<dyn Ledger>) -> Chain {
     let gov = dev_signer(0);
@@ -190,7 +168,7 @@ async fn listing_state(index: &Index, id: u64) -> (String, i64) {
 /// Rounds read twice add nothing twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batch_listings_are_stored_only_when_they_make_the_root_on_chain() {
-    each_backend("listings", |index| async move {
+    each_backend("explorer_listings", |index| async move {
         let dir = tempfile::tempdir().unwrap();
         let gov = dev_signer(0);
         let ledger = EmbeddedLedger::open(
