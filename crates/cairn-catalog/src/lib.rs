@@ -135,6 +135,7 @@ impl Catalog {
             &pool,
             backend,
             cairn_sql::Migrations {
+                what: "catalog",
                 steps: schema::MIGRATIONS,
                 table: "cairn_schema",
                 lock: 7243452890,

@@ -339,6 +339,7 @@ impl Index {
             &pool,
             backend,
             cairn_sql::Migrations {
+                what: "index",
                 steps: MIGRATIONS,
                 table: "idx_schema",
                 lock: 7243452891,

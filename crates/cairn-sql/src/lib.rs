@@ -93,6 +93,8 @@ pub async fn connect(url: &str, o: Open<'_>) -> Result<(AnyPool, Backend), SqlEr
 /// the advisory-lock key several processes migrate under.
 #[derive(Debug, Clone, Copy)]
 pub struct Migrations<'a> {
+    /// What the schema is for, in the log (`catalog`, `index`).
+    pub what: &'static str,
     /// The versions and their DDL.
     pub steps: &'a [(i64, &'a str)],
     /// The table recording applied versions.
@@ -133,7 +135,7 @@ pub async fn migrate(
         if *version <= current.unwrap_or(0) {
             continue;
         }
-        tracing::info!(version, table = m.table, "applying a schema migration");
+        tracing::info!(version, "applying {} migration", m.what);
         tx.execute(sqlx::raw_sql(&ddl(sql, backend))).await?;
         sqlx::query(&format!(
             "INSERT INTO {} (version, applied_at) VALUES ($1, $2)",
