@@ -173,6 +173,23 @@ fn the_explorer_shows_paid_calls_checks_receipts_in_the_browser_and_resumes_afte
     // Metrics, read by Prometheus' own parser: the indexer's, the relay's and the node's.
     let (listed, _) = api(&format!("{}/gateways", dn.relay_url));
     assert_eq!(listed, 200);
+    // A call without a payment: the node answers 402, and counts it by its code.
+    let unpaid = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            reqwest::Client::new()
+                .post(format!("{}/v2/models/digits@1.0/infer", dn.node_url))
+                .header("content-type", "application/json")
+                .body(std::fs::read(examples().join("digit.json")).unwrap())
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        });
+    assert_eq!(unpaid, 402);
     let scraped = scrape_metrics(&[explorer.clone(), dn.relay_url.clone(), dn.node_url.clone()]);
     // The node's model cache: the first call loaded digits, the others found it in memory.
     let node_metrics = &scraped[&dn.node_url];
@@ -190,6 +207,22 @@ fn the_explorer_shows_paid_calls_checks_receipts_in_the_browser_and_resumes_afte
             &[("source", "failed")]
         ),
         0.0
+    );
+    // The unpaid call is counted by its code; the paid ones were not refused.
+    assert_eq!(
+        metric_sum(node_metrics, "cairn_node_payments_refused_total", &[]),
+        metric_sum(
+            node_metrics,
+            "cairn_node_payments_refused_total",
+            &[("code", "payment_required")]
+        )
+    );
+    assert!(
+        metric_sum(
+            node_metrics,
+            "cairn_node_payments_refused_total",
+            &[("code", "payment_required")]
+        ) >= 1.0
     );
     let ex = &scraped[&explorer];
     assert_eq!(

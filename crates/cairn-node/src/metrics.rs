@@ -29,6 +29,11 @@ struct SchemeLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CodeLabel {
+    code: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StatusLabel {
     status: String,
 }
@@ -62,6 +67,7 @@ pub(crate) struct NodeMetrics {
     tokens: Family<KindLabel, Counter>,
     receipts: Counter,
     paid: Family<SchemeLabel, Counter>,
+    refused: Family<CodeLabel, Counter>,
     queued: Gauge,
     workers_busy: Gauge,
     llm_sessions_busy: Gauge,
@@ -104,6 +110,12 @@ impl NodeMetrics {
             "Receipts signed for calls carrying a payment the node accepted (checked locally; an exact payment settles after), by x402 scheme",
             paid.clone(),
         );
+        let refused = Family::default();
+        r.register(
+            "payments_refused",
+            "Calls answered 402 by the paywall, by the answer's code (payment_required when none was presented; otherwise why the payment was refused)",
+            refused.clone(),
+        );
         let queued = Gauge::default();
         r.register(
             "queue_in_use",
@@ -134,6 +146,7 @@ impl NodeMetrics {
             tokens,
             receipts,
             paid,
+            refused,
             queued,
             workers_busy,
             llm_sessions_busy,
@@ -162,6 +175,11 @@ impl NodeMetrics {
         if let Some(scheme) = paid {
             self.paid.get_or_create(&SchemeLabel { scheme }).inc();
         }
+    }
+
+    /// A 402 the paywall answered, by its code.
+    pub(crate) fn refused(&self, code: &'static str) {
+        self.refused.get_or_create(&CodeLabel { code }).inc();
     }
 
     /// A language-model call's usage.

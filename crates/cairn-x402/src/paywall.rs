@@ -247,6 +247,7 @@ fn payment_required(
     body["code"] = Value::String(code.to_string());
     body["message"] = Value::String(message);
     let mut resp = (StatusCode::PAYMENT_REQUIRED, axum::Json(body)).into_response();
+    resp.extensions_mut().insert(PaymentRefused { code });
     let h = resp.headers_mut();
     h.insert(
         HeaderName::from_static(PAYMENT_REQUIRED),
@@ -256,6 +257,14 @@ fn payment_required(
         insert_settle(h, s, v);
     }
     resp
+}
+
+/// Set on every 402 the paywall answers (a response extension, never sent): why no payment
+/// was taken, for the server's metrics. `payment_required` when none was presented.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PaymentRefused {
+    /// The answer's stable machine code.
+    pub code: &'static str,
 }
 
 fn insert_settle(h: &mut HeaderMap, s: &SettleResponse, v: Version) {

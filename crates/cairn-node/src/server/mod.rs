@@ -498,16 +498,37 @@ fn routes(state: NodeState) -> Router {
         .with_state(state.clone())
         .merge(utoipa_swagger_ui::SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()))
         .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            count_refusals,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
             state.0.metrics.http.clone(),
             cairn_serve::metrics::track,
         ))
+}
+
+/// Counts the paywall's 402s by their code (the paywall marks each; paid routes and the
+/// language-model routes alike).
+async fn count_refusals(
+    State(s): State<NodeState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let resp = next.run(req).await;
+    if let Some(r) = resp
+        .extensions()
+        .get::<cairn_x402::paywall::PaymentRefused>()
+    {
+        s.0.metrics.refused(r.code);
+    }
+    resp
 }
 
 /// `GET /metrics`: Prometheus metrics (OpenMetrics text). Unauthenticated and cheap: counters
 /// kept as calls are answered, the queues read, and batches by state recounted at most every
 /// 15 s.
 #[utoipa::path(get, path = "/metrics", tag = "node",
-    description = "Prometheus metrics (OpenMetrics text): requests by route template, method and status; calls by model, engine and kind; tokens; receipts; queues; batches by state.",
+    description = "Prometheus metrics (OpenMetrics text): requests by route template, method and status; calls by model, engine and kind; tokens; receipts; payments accepted by scheme and refused by code; model cache lookups by source; queues; batches by state.",
     responses((status = 200, description = "OpenMetrics text", content_type = "application/openmetrics-text")))]
 async fn metrics(State(s): State<NodeState>) -> Response {
     let i = &s.0;
