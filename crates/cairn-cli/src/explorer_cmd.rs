@@ -98,6 +98,7 @@ pub async fn start_devnet(
         // The devnet's services all listen on loopback, and its hub is small.
         allow_private: true,
         hub_every: std::time::Duration::from_secs(2),
+        nodes_every: std::time::Duration::from_secs(2),
         ..Default::default()
     };
     Ok((

@@ -65,6 +65,9 @@ pub struct FollowConfig {
     pub allow_private: bool,
     /// How often the hub's models are read again (each read lists every repository).
     pub hub_every: Duration,
+    /// How often registered nodes and verifiers are read again (each read asks every active
+    /// one for its info and, for verifiers, its verdicts).
+    pub nodes_every: Duration,
 }
 
 impl Default for FollowConfig {
@@ -75,6 +78,7 @@ impl Default for FollowConfig {
             timeout: Duration::from_secs(10),
             allow_private: false,
             hub_every: Duration::from_secs(30),
+            nodes_every: Duration::from_secs(10),
         }
     }
 }
@@ -87,6 +91,17 @@ pub struct Follower {
     config: FollowConfig,
     metrics: Arc<IndexerMetrics>,
     hub_read: std::sync::Mutex<Option<std::time::Instant>>,
+    nodes_read: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+/// Whether a step last run at `*last` is due again after `every`; if so, it is marked run now.
+fn due(last: &std::sync::Mutex<Option<std::time::Instant>>, every: Duration) -> bool {
+    let mut last = last.lock().expect("not poisoned");
+    let due = last.is_none_or(|at| at.elapsed() >= every);
+    if due {
+        *last = Some(std::time::Instant::now());
+    }
+    due
 }
 
 /// What one round did.
@@ -120,6 +135,7 @@ impl Follower {
             config,
             metrics,
             hub_read: std::sync::Mutex::new(None),
+            nodes_read: std::sync::Mutex::new(None),
         }
     }
 
@@ -165,24 +181,20 @@ impl Follower {
         Ok(round)
     }
 
-    /// The chain, the nodes and the hub (when due).
+    /// The chain, then the nodes and the hub when each is due.
     async fn chain_round(&self, round: &mut Round) -> Result<(), FollowError> {
         self.follow_chain(round).await?;
-        self.refresh_nodes().await?;
+        if due(&self.nodes_read, self.config.nodes_every) {
+            self.refresh_nodes().await?;
+        }
         self.refresh_hub_if_due().await;
         Ok(())
     }
 
     async fn refresh_hub_if_due(&self) {
-        let due = self
-            .hub_read
-            .lock()
-            .expect("not poisoned")
-            .is_none_or(|at| at.elapsed() >= self.config.hub_every);
         if let Some(hub) = &self.config.hub
-            && due
+            && due(&self.hub_read, self.config.hub_every)
         {
-            *self.hub_read.lock().expect("not poisoned") = Some(std::time::Instant::now());
             // The hub is the operator's own, but a hung one must not stop the chain's indexing.
             let limit = self.config.hub_every.max(Duration::from_secs(30));
             match tokio::time::timeout(limit, self.refresh_models(hub)).await {

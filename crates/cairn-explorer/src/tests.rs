@@ -68,6 +68,7 @@ fn follower(chain: &Chain, index: &Index) -> Follower {
             timeout: std::time::Duration::from_secs(5),
             allow_private: true,
             hub_every: std::time::Duration::from_secs(30),
+            nodes_every: std::time::Duration::from_secs(10),
         },
         Arc::default(),
     )
