@@ -13,11 +13,16 @@ fn walk(dir: &Path, base: &Path, out: &mut Vec<String>) {
         if p.is_dir() {
             walk(&p, base, out);
         } else {
-            let rel = p.strip_prefix(base).expect("under base");
+            let rel = p
+                .strip_prefix(base)
+                .expect("under base")
+                .to_string_lossy()
+                .replace('\\', "/");
+            // Named from the crate's directory when compiled, not where this script ran: a
+            // target dir shared by two checkouts may reuse this output for the other one.
             out.push(format!(
-                "(\"/{}\", include_bytes!({:?})),",
-                rel.to_string_lossy().replace('\\', "/"),
-                p.canonicalize().expect("file exists")
+                "(\"/{rel}\", include_bytes!(concat!(env!(\"CARGO_MANIFEST_DIR\"), {:?}))),",
+                format!("/web/dist/{rel}")
             ));
         }
     }

@@ -8,6 +8,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use cairn_core::{BlobId, ModelRef, Version};
@@ -59,6 +60,40 @@ pub struct LoadedModel {
     pub size: u64,
     /// What runs it.
     pub runs: Runs,
+    /// How fast its calls ran lately.
+    pub pace: Pace,
+}
+
+/// How long a model's calls took lately per input byte: whether the next one is quick enough to
+/// run in place on an async worker (no thread hop) or must leave it.
+#[derive(Debug, Default)]
+pub struct Pace(AtomicU64);
+
+impl Pace {
+    /// A call's work (the engine and its receipt) that may run in place on an async worker.
+    pub const IN_PLACE: Duration = Duration::from_micros(100);
+
+    /// Whether a call on `bytes` of input is expected within [`Self::IN_PLACE`] (never before
+    /// the model's first call).
+    pub fn quick(&self, bytes: u64) -> bool {
+        let ps_per_byte = self.0.load(Ordering::Relaxed);
+        ps_per_byte != 0
+            && (ps_per_byte as u128) * (bytes.max(1) as u128) < Self::IN_PLACE.as_nanos() * 1_000
+    }
+
+    /// Records that a call on `bytes` of input took `took` (a moving average, so one slow call
+    /// does not decide alone).
+    pub fn record(&self, bytes: u64, took: Duration) {
+        let now =
+            (took.as_nanos() * 1_000 / bytes.max(1) as u128).clamp(1, u64::MAX as u128) as u64;
+        let before = self.0.load(Ordering::Relaxed);
+        let next = if before == 0 {
+            now
+        } else {
+            before - before / 4 + now / 4
+        };
+        self.0.store(next.max(1), Ordering::Relaxed);
+    }
 }
 
 /// What a loaded model runs on: the ONNX engine or the language-model engine (the file says
@@ -335,6 +370,7 @@ impl ModelCache {
                 return Ok(LoadedModel {
                     cid,
                     size,
+                    pace: Pace::default(),
                     runs: Runs::Llm(Arc::new(model)),
                 });
             }
@@ -349,6 +385,7 @@ impl ModelCache {
             Ok::<_, CacheError>(LoadedModel {
                 cid,
                 size: bytes.len() as u64,
+                pace: Pace::default(),
                 runs: Runs::Onnx { signature, plan },
             })
         })
@@ -390,6 +427,27 @@ fn hub_error(reference: &str, e: ClientError) -> CacheError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A model runs in place only once its calls have been seen to be quick for their size:
+    /// never on its first call, and not for an input large enough to take longer.
+    #[test]
+    fn only_calls_seen_to_be_quick_run_in_place() {
+        let pace = Pace::default();
+        assert!(!pace.quick(256), "unknown before the first call");
+        pace.record(256, Duration::from_micros(20));
+        assert!(pace.quick(256));
+        assert!(!pace.quick(256 * 10), "ten times the input, about 200 µs");
+        // One slow call moves the average a quarter of the way, several settle it.
+        pace.record(256, Duration::from_millis(10));
+        assert!(!pace.quick(256));
+        for _ in 0..40 {
+            pace.record(256, Duration::from_micros(20));
+        }
+        assert!(pace.quick(256));
+        // An empty input counts as one byte, never as free.
+        pace.record(0, Duration::from_millis(1));
+        assert!(!pace.quick(0));
+    }
 
     #[test]
     fn partial_downloads_left_by_a_crash_are_swept() {

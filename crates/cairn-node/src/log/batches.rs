@@ -139,8 +139,7 @@ impl ReceiptLog {
         signer: [u8; 20],
         signature: Vec<u8>,
     ) -> Result<u64, LogError> {
-        // Writes go through the reader connection: rare, tiny, and SQLite serializes them.
-        self.read(move |c| {
+        self.write(move |c| {
             c.execute(
                 "INSERT INTO attestations (chain_batch, signer, signature) VALUES (?1, ?2, ?3)
                  ON CONFLICT (chain_batch, signer) DO NOTHING",
@@ -164,7 +163,7 @@ impl ReceiptLog {
         max_age_secs: u64,
         head: u64,
     ) -> Result<Option<(i64, usize, B256)>, LogError> {
-        self.read(move |c| {
+        self.write(move |c| {
             let now = crate::now_secs() as i64;
             // Receipts from before settlement existed have no digest and stay out of batches;
             // paid ones wait for their payment.
@@ -319,7 +318,7 @@ impl ReceiptLog {
         state: BatchState,
         chain: Option<(u64, B256)>,
     ) -> Result<(), LogError> {
-        self.read(move |c| {
+        self.write(move |c| {
             match chain {
                 Some((id, tx)) => c.execute(
                     "UPDATE batches SET status = ?1, chain_batch = ?2, tx = ?3 WHERE local = ?4",
@@ -337,7 +336,7 @@ impl ReceiptLog {
 
     /// Marks an expired batch and frees its receipts to be sealed into a new one.
     pub async fn reopen_batch(&self, local: i64) -> Result<(), LogError> {
-        self.read(move |c| {
+        self.write(move |c| {
             let tx = c.unchecked_transaction()?;
             tx.execute(
                 "UPDATE batches SET status = 'expired' WHERE local = ?1",

@@ -1,15 +1,16 @@
 //! The durable receipt log (SQLite): every receipt with its request and response payloads, the
 //! payloads kept for a retention window so verifiers can fetch them.
 //!
-//! One writer thread owns the write connection and commits whatever has queued up in one
-//! transaction (group commit); a response is released only after its receipt is committed. The
+//! Appends commit whatever has queued up in one transaction (group commit), on the thread of the
+//! append that finds the write connection free; a response is released only after its receipt
+//! is committed. Old payloads are dropped by a thread of their own. The
 //! log is SQLite in WAL mode and its durability is the operator's choice: by default
 //! ([`Durability::Normal`]) a commit survives the node process dying (kill -9) but may be lost with
 //! the machine's power; [`Durability::Full`] makes every group commit wait for the disk. Reads share one connection of their own, so they never wait behind the writer.
 
 use std::path::Path;
-use std::sync::{Arc, mpsc};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use alloy_primitives::{Address, B256};
 use cairn_receipt::{Claims, CompactReceipt, ReceiptJson, ReceiptSigner, SignedReceipt};
@@ -212,7 +213,7 @@ type Job = (Entry, oneshot::Sender<Result<ReceiptJson, String>>);
 pub struct ReceiptLog {
     /// The read connection (WAL: reads never wait behind the writer).
     reader: Arc<cairn_sqlite::Shared>,
-    tx: mpsc::SyncSender<Job>,
+    writer: Arc<Writer>,
 }
 
 const SCHEMA: &str = "
@@ -373,7 +374,7 @@ pub enum LogError {
     /// SQLite refused a statement (disk full, corrupt file, schema drift).
     #[error("receipt log: {0}")]
     Db(#[from] rusqlite::Error),
-    /// The writer thread is gone (it panicked or the node is shutting down).
+    /// The group commit that held the entry stopped before it answered (a bug).
     #[error("the receipt log writer stopped")]
     WriterStopped,
     /// The writer could not commit the group this entry was in.
@@ -391,10 +392,10 @@ impl From<tokio::task::JoinError> for LogError {
 }
 
 impl ReceiptLog {
-    /// Opens (creating) the log at `path` and starts its writer thread, which signs the
-    /// batch-sealed receipts of each group commit with `sealer` (one signature per group) and
-    /// drops payloads older than `retention` once nothing can still ask for them (with
-    /// `settles`: only receipts whose batch is final).
+    /// Opens (creating) the log at `path`: group commits sign their batch-sealed receipts with
+    /// `sealer` (one signature per group); the upkeep thread drops payloads older than
+    /// `retention` once nothing can still ask for them (with `settles`: only receipts whose
+    /// batch is final).
     pub async fn open(
         path: &Path,
         retention: Duration,
@@ -406,35 +407,37 @@ impl ReceiptLog {
         conn.execute_batch(SCHEMA)?;
         migrate(&conn)?;
         conn.execute_batch(ATTESTATIONS)?;
-        let (tx, rx) = mpsc::sync_channel(4096);
+        let writer = Arc::new(Writer::new(conn, sealer, durability)?);
+        let weak = Arc::downgrade(&writer);
         std::thread::Builder::new()
-            .name("cairn-receipt-log".into())
-            .spawn(move || writer(conn, rx, retention, settles, sealer))
+            .name("cairn-receipt-sweep".into())
+            .spawn(move || sweeper(weak, retention, settles))
             .map_err(|e| LogError::Task(e.to_string()))?;
         let reader = Arc::new(cairn_sqlite::Shared::new(cairn_sqlite::open(
             path,
             Durability::Full,
         )?));
-        Ok(Self { reader, tx })
+        Ok(Self { reader, writer })
     }
 
     /// Appends an entry; returns its receipt once it is committed.
     pub async fn append(&self, entry: Entry) -> Result<ReceiptJson, LogError> {
         let (done, wait) = oneshot::channel();
-        match self.tx.try_send((entry, done)) {
-            Ok(()) => {}
-            Err(mpsc::TrySendError::Full(job)) => {
-                // The writer is behind: wait for room off the async threads.
-                let tx = self.tx.clone();
-                tokio::task::spawn_blocking(move || tx.send(job).map_err(|_| ()))
-                    .await?
-                    .map_err(|_| LogError::WriterStopped)?;
-            }
-            Err(mpsc::TrySendError::Disconnected(_)) => return Err(LogError::WriterStopped),
-        }
+        self.writer.append((entry, done));
         wait.await
             .map_err(|_| LogError::WriterStopped)?
             .map_err(|e| LogError::WriteFailed(e.to_string()))
+    }
+
+    /// Runs `f` on the write connection, off the async workers. Every write that is not an
+    /// append goes here, so a commit never waits for another connection's write lock (SQLite's
+    /// busy wait would hold the async worker committing).
+    pub(crate) async fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, LogError> {
+        let writer = self.writer.clone();
+        Ok(tokio::task::spawn_blocking(move || writer.with_conn(f)).await??)
     }
 
     pub(crate) async fn read<T: Send + 'static>(
@@ -549,7 +552,7 @@ impl ReceiptLog {
         if outcomes.is_empty() {
             return Ok(());
         }
-        self.read(move |c| {
+        self.write(move |c| {
             let tx = c.unchecked_transaction()?;
             {
                 let mut fin = tx.prepare_cached(

@@ -365,3 +365,87 @@ async fn lookups_use_the_partial_indexes_that_unpaid_receipts_stay_out_of() {
         "no payment is no reference"
     );
 }
+
+/// Appends from many tasks at once, each committing the queue when it finds the connection free:
+/// none is left in the queue when the one holding the connection lets go (a stranded entry would
+/// never answer), and each lands exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn no_append_is_left_behind_when_many_race_for_the_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = ReceiptLog::open(
+        &dir.path().join("r.sqlite"),
+        Duration::from_secs(3600),
+        Durability::Normal,
+        false,
+        None,
+    )
+    .await
+    .unwrap();
+    let tasks: Vec<_> = (0..16)
+        .map(|t| {
+            let log = log.clone();
+            tokio::spawn(async move {
+                for i in 0..150 {
+                    log.append(entry(&format!("{t}-{i}"), Billing::Final, 0))
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    tokio::time::timeout(Duration::from_secs(60), futures::future::join_all(tasks))
+        .await
+        .expect("every append answered")
+        .into_iter()
+        .for_each(|r| r.unwrap());
+    assert_eq!(log.count().await.unwrap(), 16 * 150);
+}
+
+/// The sweep drops payloads past the retention window, a chunk at a time through the write
+/// connection, while appends go on (each answered, nothing of theirs dropped); receipts stay.
+#[tokio::test(flavor = "multi_thread")]
+async fn old_payloads_are_swept_while_appends_go_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = ReceiptLog::open(
+        &dir.path().join("r.sqlite"),
+        Duration::from_secs(1),
+        Durability::Normal,
+        false,
+        None,
+    )
+    .await
+    .unwrap();
+    // Old rows (created at second 1): more than one chunk of them.
+    for i in 0..(2 * SWEEP_CHUNK + 10) {
+        log.append(entry(&format!("old-{i}"), Billing::Final, 0))
+            .await
+            .unwrap();
+    }
+    let fresh = |i: i64| {
+        let mut e = entry(&format!("new-{i}"), Billing::Final, 0);
+        e.created_at = crate::now_secs() as i64 + 3600;
+        e
+    };
+    let mut i = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while log.payload("old-0", true).await.unwrap().is_some()
+        || log
+            .payload(&format!("old-{}", 2 * SWEEP_CHUNK + 9), true)
+            .await
+            .unwrap()
+            .is_some()
+    {
+        assert!(std::time::Instant::now() < deadline, "the sweep never ran");
+        log.append(fresh(i)).await.unwrap();
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    for n in 0..i {
+        assert_eq!(
+            log.payload(&format!("new-{n}"), true).await.unwrap(),
+            Some(vec![2])
+        );
+    }
+    assert!(log.get("old-0").await.unwrap().is_some(), "receipts stay");
+    assert_eq!(log.count().await.unwrap(), 2 * SWEEP_CHUNK + 10 + i);
+}

@@ -259,17 +259,30 @@ pub(super) async fn run_infer(
     let profile = i.cache.engine().profile().clone();
     let engine = profile.engine.clone();
     let signer = i.signer.clone();
+    let input_bytes: u64 = inputs.iter().map(|t| t.data().len() as u64).sum();
+    let quick = loaded.pace.quick(input_bytes);
     let work = move || {
         let _worker = worker;
+        let started = std::time::Instant::now();
         let (_, plan) = loaded
             .onnx()
             .map_err(|e| crate::inference::InferenceError::Input(e.to_string()))?;
-        crate::inference::run(&**plan, loaded.cid, profile, &inputs, charge, &signer, seal)
+        let call = crate::inference::Call {
+            charge,
+            seal,
+            private: oblivious,
+        };
+        let ran = crate::inference::run(&**plan, loaded.cid, profile, &inputs, call, &signer);
+        loaded.pace.record(input_bytes, started.elapsed());
+        ran
     };
-    // On the multi-threaded runtime the model runs in place: the worker permit already bounds
-    // how many run at once, and it saves two thread hops per request. Elsewhere it goes to the
-    // blocking pool.
-    let (ran, mut entry) = if tokio::runtime::Handle::current().runtime_flavor()
+    // A call as quick as a few hundred lines of parsing runs right here on the async worker.
+    // Otherwise, on the multi-threaded runtime, the worker hands its other tasks on and runs it
+    // (the worker permit already bounds how many run at once; it saves two thread hops per
+    // request); elsewhere it goes to the blocking pool.
+    let (ran, mut entry) = if quick {
+        work()?
+    } else if tokio::runtime::Handle::current().runtime_flavor()
         == tokio::runtime::RuntimeFlavor::MultiThread
     {
         tokio::task::block_in_place(work)?
