@@ -29,7 +29,10 @@ fn walk(dir: &Path, base: &Path, out: &mut Vec<String>) {
 }
 
 fn main() {
-    let dist = Path::new(env!("CARGO_MANIFEST_DIR")).join("web/dist");
+    // Read when the script runs, not when it was compiled: a target dir shared by two
+    // checkouts runs one compiled script for both.
+    let manifest = std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
+    let dist = Path::new(&manifest).join("web/dist");
     println!("cargo:rerun-if-changed=web/dist");
     let mut files = Vec::new();
     walk(&dist, &dist, &mut files);

@@ -63,6 +63,12 @@ pub trait Plan: Send + Sync {
     /// Runs the model. `inputs` may come in any order and must name every graph input once;
     /// every graph output is returned, in graph order. Blocking and CPU-bound.
     fn run(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, EngineError>;
+
+    /// Whether one prepared plan serves every input shape, so a call never builds a plan first
+    /// (the node runs a model's calls in place only then). Conservative by default.
+    fn one_plan(&self) -> bool {
+        false
+    }
 }
 
 /// Puts `inputs` in the order of `names`, refusing missing, unknown and repeated names.

@@ -284,6 +284,10 @@ fn from_tract(
 }
 
 impl Plan for TractPlan {
+    fn one_plan(&self) -> bool {
+        matches!(self.mode, Mode::Symbolic(_))
+    }
+
     fn input_names(&self) -> &[String] {
         &self.inputs
     }

@@ -65,7 +65,8 @@ pub struct LoadedModel {
 }
 
 /// How long a model's calls took lately per input byte: whether the next one is quick enough to
-/// run in place on an async worker (no thread hop) or must leave it.
+/// run in place on an async worker (no thread hop) or must leave it. A slow call counts at once,
+/// quick ones bring the figure down slowly, so a few cheap calls cannot hide an expensive kind.
 #[derive(Debug, Default)]
 pub struct Pace(AtomicU64);
 
@@ -81,18 +82,20 @@ impl Pace {
             && (ps_per_byte as u128) * (bytes.max(1) as u128) < Self::IN_PLACE.as_nanos() * 1_000
     }
 
-    /// Records that a call on `bytes` of input took `took` (a moving average, so one slow call
-    /// does not decide alone).
+    /// Records that a call on `bytes` of input ran in `took`: a slower rate replaces the
+    /// figure, a quicker one moves it a sixteenth of the way.
     pub fn record(&self, bytes: u64, took: Duration) {
         let now =
             (took.as_nanos() * 1_000 / bytes.max(1) as u128).clamp(1, u64::MAX as u128) as u64;
-        let before = self.0.load(Ordering::Relaxed);
-        let next = if before == 0 {
-            now
-        } else {
-            before - before / 4 + now / 4
-        };
-        self.0.store(next.max(1), Ordering::Relaxed);
+        let _ = self
+            .0
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |before| {
+                Some(if before == 0 || now >= before {
+                    now
+                } else {
+                    (before - (before - now) / 16).max(1)
+                })
+            });
     }
 }
 
@@ -437,10 +440,14 @@ mod tests {
         pace.record(256, Duration::from_micros(20));
         assert!(pace.quick(256));
         assert!(!pace.quick(256 * 10), "ten times the input, about 200 µs");
-        // One slow call moves the average a quarter of the way, several settle it.
+        // One slow call counts at once; a few quick ones do not hide it.
         pace.record(256, Duration::from_millis(10));
         assert!(!pace.quick(256));
-        for _ in 0..40 {
+        for _ in 0..20 {
+            pace.record(256, Duration::from_micros(20));
+        }
+        assert!(!pace.quick(256), "twenty quick calls after a slow one");
+        for _ in 0..200 {
             pace.record(256, Duration::from_micros(20));
         }
         assert!(pace.quick(256));

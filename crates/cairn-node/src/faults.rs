@@ -76,6 +76,10 @@ struct LyingPlan {
 }
 
 impl Plan for LyingPlan {
+    fn one_plan(&self) -> bool {
+        self.inner.one_plan()
+    }
+
     fn input_names(&self) -> &[String] {
         self.inner.input_names()
     }

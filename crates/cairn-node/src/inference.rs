@@ -84,32 +84,17 @@ pub struct Inference {
     pub token: B256,
 }
 
-/// How one call is receipted.
-#[derive(Clone, Copy, Debug)]
-pub struct Call {
-    /// What it is charged.
-    pub charge: Charge,
-    /// Signed here, or with the other receipts the log commits with it.
-    pub seal: SealChoice,
-    /// A private (oblivious) call: its request id carries no clock.
-    pub private: bool,
-}
-
-/// Runs `plan` (the model `model`, on `profile`) and signs the result as `call` says. Blocking
-/// and CPU-bound.
+/// Runs `plan` (the model `model`, on `profile`) and signs the result (`seal`: here, or with the
+/// other receipts the log commits with it). Blocking and CPU-bound.
 pub fn run(
     plan: &dyn Plan,
     model: BlobId,
     profile: ExecutionProfile,
     inputs: &[Tensor],
-    call: Call,
+    charge: Charge,
     signer: &Signer,
+    seal: SealChoice,
 ) -> Result<(Inference, Entry), InferenceError> {
-    let Call {
-        charge,
-        seal,
-        private,
-    } = call;
     let outputs = plan.run(inputs).map_err(|e| match e {
         EngineError::Input(m) => InferenceError::Input(m),
         EngineError::Run(m) => InferenceError::Model(m),
@@ -123,12 +108,7 @@ pub fn run(
         });
     }
     let claims = Claims {
-        // Only the receipt's second is public for a private call.
-        request_id: if private {
-            B256::random()
-        } else {
-            crate::request_id()
-        },
+        request_id: B256::random(),
         model,
         input_hash: tensors_hash(inputs),
         output_hash: tensors_hash(&outputs),

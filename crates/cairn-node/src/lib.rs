@@ -218,16 +218,3 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> 
 }
 
 pub(crate) use cairn_core::clock::now_secs;
-
-/// A new request id: the node's clock in milliseconds (6 bytes, big-endian), then 26 random
-/// bytes. The log's id index grows at its end, so a group commit touches a page or two of it
-/// instead of one random page per receipt.
-pub(crate) fn request_id() -> alloy_primitives::B256 {
-    let mut id = alloy_primitives::B256::random();
-    let ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_millis() as u64;
-    id.0[..6].copy_from_slice(&ms.to_be_bytes()[2..]);
-    id
-}

@@ -225,7 +225,6 @@ CREATE TABLE IF NOT EXISTS receipts (
     input BLOB,
     output BLOB
 );
-CREATE INDEX IF NOT EXISTS receipts_created_at ON receipts (created_at);
 CREATE TABLE IF NOT EXISTS batches (
     local INTEGER PRIMARY KEY AUTOINCREMENT,
     root BLOB NOT NULL UNIQUE,
@@ -301,8 +300,13 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
              COMMIT;",
         )?;
     }
+    // The payload sweep looks for old rows that still have payloads: swept rows leave the
+    // index, so a sweep never reads them again (the full index on created_at it replaces
+    // served nothing else).
     conn.execute_batch(
         "BEGIN IMMEDIATE;
+         DROP INDEX IF EXISTS receipts_created_at;
+         CREATE INDEX IF NOT EXISTS receipts_kept ON receipts (created_at) WHERE input IS NOT NULL;
          CREATE INDEX IF NOT EXISTS receipts_unbatched ON receipts (created_at) WHERE batch IS NULL;
          DROP INDEX IF EXISTS receipts_by_batch;
          CREATE INDEX IF NOT EXISTS receipts_in_batch ON receipts (batch) WHERE batch IS NOT NULL;
@@ -374,7 +378,8 @@ pub enum LogError {
     /// SQLite refused a statement (disk full, corrupt file, schema drift).
     #[error("receipt log: {0}")]
     Db(#[from] rusqlite::Error),
-    /// The group commit that held the entry stopped before it answered (a bug).
+    /// The group commit that held the entry stopped before it answered (a bug, or the runtime
+    /// shutting down).
     #[error("the receipt log writer stopped")]
     WriterStopped,
     /// The writer could not commit the group this entry was in.
@@ -393,7 +398,7 @@ impl From<tokio::task::JoinError> for LogError {
 
 impl ReceiptLog {
     /// Opens (creating) the log at `path`: group commits sign their batch-sealed receipts with
-    /// `sealer` (one signature per group); the upkeep thread drops payloads older than
+    /// `sealer` (one signature per group); a sweep thread drops payloads older than
     /// `retention` once nothing can still ask for them (with `settles`: only receipts whose
     /// batch is final).
     pub async fn open(
@@ -407,7 +412,12 @@ impl ReceiptLog {
         conn.execute_batch(SCHEMA)?;
         migrate(&conn)?;
         conn.execute_batch(ATTESTATIONS)?;
-        let writer = Arc::new(Writer::new(conn, sealer, durability)?);
+        let writer = Arc::new(Writer::new(
+            conn,
+            sealer,
+            durability,
+            tokio::runtime::Handle::current(),
+        )?);
         let weak = Arc::downgrade(&writer);
         std::thread::Builder::new()
             .name("cairn-receipt-sweep".into())
@@ -429,15 +439,17 @@ impl ReceiptLog {
             .map_err(|e| LogError::WriteFailed(e.to_string()))
     }
 
-    /// Runs `f` on the write connection, off the async workers. Every write that is not an
-    /// append goes here, so a commit never waits for another connection's write lock (SQLite's
-    /// busy wait would hold the async worker committing).
+    /// Runs `f` on the write connection, off the async workers, its commits waiting for the
+    /// disk whatever the log's durability (settlement state, such as a batch sealed before its
+    /// root is sent, must survive a power cut). Every write that is not an append goes here, so
+    /// a commit never waits for another connection's write lock (SQLite's busy wait would hold
+    /// the async worker committing).
     pub(crate) async fn write<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T, LogError> {
         let writer = self.writer.clone();
-        Ok(tokio::task::spawn_blocking(move || writer.with_conn(f)).await??)
+        Ok(tokio::task::spawn_blocking(move || writer.with_conn(Durability::Full, f)).await??)
     }
 
     pub(crate) async fn read<T: Send + 'static>(

@@ -339,6 +339,18 @@ async fn lookups_use_the_partial_indexes_that_unpaid_receipts_stay_out_of() {
     };
     let p = plan("SELECT receipt FROM receipts WHERE batch = ?1 ORDER BY id");
     assert!(p.contains("receipts_in_batch"), "{p}");
+    // The sweep reads only rows that still have payloads, never what it swept before.
+    for settles in [false, true] {
+        let sweep: String = c
+            .prepare(&format!("EXPLAIN QUERY PLAN {}", sweep_sql(settles)))
+            .unwrap()
+            .query_map([1i64, 256], |r| r.get::<_, String>(3))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect::<Vec<_>>()
+            .join("; ");
+        assert!(sweep.contains("receipts_kept"), "{sweep}");
+    }
     let p = plan("SELECT receipt FROM receipts WHERE payment_ref = ?1 AND billing != 'void'");
     assert!(p.contains("receipts_paid_by"), "{p}");
     let in_index = |index: &str| -> i64 {
@@ -448,4 +460,74 @@ async fn old_payloads_are_swept_while_appends_go_on() {
     }
     assert!(log.get("old-0").await.unwrap().is_some(), "receipts stay");
     assert_eq!(log.count().await.unwrap(), 2 * SWEEP_CHUNK + 10 + i);
+}
+
+/// A write other than an append (a batch seal, say) returns while appends keep coming: after
+/// its own write it commits a group or two of theirs at most, then hands the queue on. On a log
+/// whose appends do not wait for the disk, it commits with synchronous=FULL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn other_writes_get_their_turn_and_wait_for_the_disk() {
+    for durability in [Durability::Full, Durability::Normal] {
+        other_writes_under_appends(durability).await;
+    }
+}
+
+async fn other_writes_under_appends(durability: Durability) {
+    let dir = tempfile::tempdir().unwrap();
+    let log = ReceiptLog::open(
+        &dir.path().join("r.sqlite"),
+        Duration::from_secs(3600),
+        durability,
+        false,
+        None,
+    )
+    .await
+    .unwrap();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Appends arrive whether or not earlier ones were answered (clients do not take turns).
+    let appenders: Vec<_> = (0..4)
+        .map(|t| {
+            let (log, stop) = (log.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut i = 0;
+                let mut sent = Vec::new();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let log = log.clone();
+                    let e = entry(&format!("{t}-{i}"), Billing::Final, 0);
+                    sent.push(tokio::spawn(async move { log.append(e).await.unwrap() }));
+                    i += 1;
+                    tokio::time::sleep(Duration::from_micros(200)).await;
+                }
+                for s in sent {
+                    s.await.unwrap();
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for _ in 0..5 {
+        let sync: i64 = tokio::time::timeout(
+            Duration::from_secs(10),
+            log.write(|c| c.query_row("PRAGMA synchronous", [], |r| r.get(0))),
+        )
+        .await
+        .expect("a write gets its turn under a stream of appends")
+        .unwrap();
+        assert_eq!(sync, 2, "FULL");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for a in appenders {
+        a.await.unwrap();
+    }
+    let writer = log.writer.clone();
+    let sync: i64 = tokio::task::spawn_blocking(move || {
+        writer.with_conn(durability, |c| {
+            c.query_row("PRAGMA synchronous", [], |r| r.get(0))
+        })
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let expected = if durability == Durability::Full { 2 } else { 1 };
+    assert_eq!(sync, expected, "appends keep the log's own durability");
 }

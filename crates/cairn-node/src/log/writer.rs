@@ -12,13 +12,16 @@ use super::*;
 
 /// Entries committed in one transaction at most.
 const GROUP_MAX: usize = 512;
-/// Groups one append commits before it hands the rest of the queue to a task of its own (its
-/// caller is waiting for the answer).
+/// Groups one append (or other write) commits before it hands the rest of the queue to a task of
+/// its own: its caller is waiting.
 const GROUPS_PER_LEADER: usize = 2;
+/// Payload bytes past which a group commit leaves the async worker (`block_in_place`) even when
+/// it does not wait for the disk: copying megabytes into the WAL is not a quick step.
+const LARGE_GROUP_BYTES: usize = 1 << 20;
 /// WAL pages after which a commit copies the WAL into the database (SQLite's checkpoint, with
-/// its two fsyncs). Measured on the digits MLP (`scripts/bench-node.sh`): small checkpoints
-/// keep the slowest answers short (p99 at one connection 1.4 ms at 250 pages, 4.5 ms at
-/// SQLite's default 1,000, 16 ms at 4,000), for a few percent of throughput. A checkpoint on a
+/// its two fsyncs). Measured on the digits MLP (`scripts/bench-node.sh`, one connection): small
+/// checkpoints keep the slowest answers short (p99 1.0–1.6 ms at 250 pages, 4.2–5.2 ms at
+/// SQLite's default 1,000, 16–17 ms at 4,000) for a few percent of throughput. A checkpoint on a
 /// thread of its own, beside the commits, was slower still.
 const CHECKPOINT_PAGES: i64 = 250;
 /// Rows one statement of the payload sweep changes at most: a commit never waits long for it.
@@ -28,8 +31,9 @@ pub(super) const SWEEP_CHUNK: i64 = 256;
 pub(super) struct Writer {
     queue: Mutex<Vec<Job>>,
     conn: Mutex<WriteSide>,
-    /// Commits wait for the disk: a group commit leaves the async workers for it.
-    waits_for_disk: bool,
+    durability: Durability,
+    /// Where a commit that outlasts its leader goes on.
+    runtime: tokio::runtime::Handle,
 }
 
 struct WriteSide {
@@ -40,9 +44,9 @@ struct WriteSide {
 /// Where [`Writer::lead`] runs.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum On {
-    /// An async task: may hand work to a new task, must leave the worker to wait for the disk.
+    /// An async worker: a commit that waits for the disk or copies megabytes leaves it first.
     Runtime,
-    /// A thread of its own: commits until the queue is empty.
+    /// A thread that may block.
     Thread,
 }
 
@@ -51,17 +55,19 @@ impl Writer {
         conn: Connection,
         sealer: Option<ReceiptSigner>,
         durability: Durability,
+        runtime: tokio::runtime::Handle,
     ) -> rusqlite::Result<Self> {
         conn.pragma_update(None, "wal_autocheckpoint", CHECKPOINT_PAGES)?;
         Ok(Self {
             queue: Mutex::new(Vec::new()),
             conn: Mutex::new(WriteSide { conn, sealer }),
-            waits_for_disk: durability == Durability::Full,
+            durability,
+            runtime,
         })
     }
 
     /// Queues `job` and commits the queue unless another append is committing (which then
-    /// takes it). Call from within a Tokio runtime.
+    /// takes it). Call from within the log's Tokio runtime.
     pub(super) fn append(self: &Arc<Self>, job: Job) {
         self.queue
             .lock()
@@ -70,14 +76,30 @@ impl Writer {
         self.lead(On::Runtime);
     }
 
-    /// Runs `f` on the write connection once it is free (blocking), then commits what queued
-    /// meanwhile. For writes other than appends, on a thread that may block.
+    /// Runs `f` on the write connection once it is free (blocking), its commits as durable as
+    /// `durability` asks at least, then commits what queued meanwhile (also if `f` panics).
+    /// For writes other than appends, on a thread that may block.
     pub(super) fn with_conn<T>(
         self: &Arc<Self>,
+        durability: Durability,
         f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
     ) -> rusqlite::Result<T> {
-        let result = f(&self.side().conn);
-        self.lead(On::Thread);
+        struct LeadAfter<'a>(&'a Arc<Writer>);
+        impl Drop for LeadAfter<'_> {
+            fn drop(&mut self) {
+                self.0.lead(On::Thread);
+            }
+        }
+        let _after = LeadAfter(self);
+        let side = self.side();
+        let stricter = durability == Durability::Full && self.durability != Durability::Full;
+        if stricter {
+            side.conn.pragma_update(None, "synchronous", "FULL")?;
+        }
+        let result = f(&side.conn);
+        if stricter {
+            side.conn.pragma_update(None, "synchronous", "NORMAL")?;
+        }
         result
     }
 
@@ -85,8 +107,11 @@ impl Writer {
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Commits queued groups while the connection is free.
+    /// Commits queued groups while the connection is free, at most [`GROUPS_PER_LEADER`]
+    /// before a task of the runtime takes over.
     fn lead(self: &Arc<Self>, on: On) {
+        let leaves_worker = on == On::Runtime
+            && self.runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread;
         let mut groups = 0;
         loop {
             let mut side = match self.conn.try_lock() {
@@ -100,11 +125,13 @@ impl Writer {
                 queue.drain(..take).collect::<Vec<_>>()
             };
             if !batch.is_empty() {
-                let leaves_worker = on == On::Runtime
-                    && self.waits_for_disk
-                    && tokio::runtime::Handle::current().runtime_flavor()
-                        == tokio::runtime::RuntimeFlavor::MultiThread;
-                if leaves_worker {
+                let bytes: usize = batch
+                    .iter()
+                    .map(|(e, _)| e.input.len() + e.output.len())
+                    .sum();
+                if leaves_worker
+                    && (self.durability == Durability::Full || bytes > LARGE_GROUP_BYTES)
+                {
                     tokio::task::block_in_place(|| commit_group(&mut side, batch));
                 } else {
                     commit_group(&mut side, batch);
@@ -120,9 +147,9 @@ impl Writer {
             {
                 return;
             }
-            if on == On::Runtime && groups >= GROUPS_PER_LEADER {
+            if groups >= GROUPS_PER_LEADER {
                 let this = self.clone();
-                tokio::spawn(async move { this.lead(On::Runtime) });
+                self.runtime.spawn(async move { this.lead(On::Runtime) });
                 return;
             }
         }
@@ -146,19 +173,28 @@ fn commit_group(side: &mut WriteSide, mut batch: Vec<Job>) {
     }
 }
 
+/// One chunk of the sweep: payloads of rows created before `?1`, at most `?2` rows.
+pub(super) fn sweep_sql(settles: bool) -> &'static str {
+    if settles {
+        // Through the rows that still have payloads (the batch index would walk every row
+        // of every final batch, swept or not, each chunk).
+        "UPDATE receipts SET input = NULL, output = NULL WHERE rowid IN
+           (SELECT rowid FROM receipts INDEXED BY receipts_kept
+            WHERE created_at < ?1 AND input IS NOT NULL AND batch IN
+              (SELECT local FROM batches WHERE status IN ('finalized', 'voided')) LIMIT ?2)"
+    } else {
+        "UPDATE receipts SET input = NULL, output = NULL WHERE rowid IN
+           (SELECT rowid FROM receipts INDEXED BY receipts_kept
+            WHERE created_at < ?1 AND input IS NOT NULL LIMIT ?2)"
+    }
+}
+
 /// Drops payloads older than `retention` (receipts stay) on a thread of its own, until the log
 /// is dropped. A verifier may ask for any payload of an open batch (and of a receipt not yet
 /// batched): with `settles`, those stay until their batch is final, however old.
 pub(super) fn sweeper(writer: Weak<Writer>, retention: Duration, settles: bool) {
     let every = Duration::from_secs(60).min(retention.max(Duration::from_secs(1)));
-    let sql = if settles {
-        "UPDATE receipts SET input = NULL, output = NULL WHERE rowid IN
-           (SELECT rowid FROM receipts WHERE created_at < ?1 AND input IS NOT NULL AND batch IN
-              (SELECT local FROM batches WHERE status IN ('finalized', 'voided')) LIMIT ?2)"
-    } else {
-        "UPDATE receipts SET input = NULL, output = NULL WHERE rowid IN
-           (SELECT rowid FROM receipts WHERE created_at < ?1 AND input IS NOT NULL LIMIT ?2)"
-    };
+    let sql = sweep_sql(settles);
     loop {
         std::thread::sleep(every);
         let Some(writer) = writer.upgrade() else {
@@ -167,7 +203,9 @@ pub(super) fn sweeper(writer: Weak<Writer>, retention: Duration, settles: bool) 
         let cutoff = crate::now_secs() as i64 - retention.as_secs() as i64;
         loop {
             // A chunk at a time: appends queue meanwhile and are committed before the next.
-            match writer.with_conn(|c| c.execute(sql, params![cutoff, SWEEP_CHUNK])) {
+            match writer.with_conn(writer.durability, |c| {
+                c.execute(sql, params![cutoff, SWEEP_CHUNK])
+            }) {
                 Ok(n) if n as i64 == SWEEP_CHUNK => continue,
                 Ok(_) => break,
                 Err(e) => {

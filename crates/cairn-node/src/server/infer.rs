@@ -260,27 +260,29 @@ pub(super) async fn run_infer(
     let engine = profile.engine.clone();
     let signer = i.signer.clone();
     let input_bytes: u64 = inputs.iter().map(|t| t.data().len() as u64).sum();
-    let quick = loaded.pace.quick(input_bytes);
+    let in_place = (plan.one_plan() && loaded.pace.quick(input_bytes))
+        .then(|| i.in_place.clone().try_acquire_owned().ok())
+        .flatten();
     let work = move || {
         let _worker = worker;
         let started = std::time::Instant::now();
         let (_, plan) = loaded
             .onnx()
             .map_err(|e| crate::inference::InferenceError::Input(e.to_string()))?;
-        let call = crate::inference::Call {
-            charge,
-            seal,
-            private: oblivious,
-        };
-        let ran = crate::inference::run(&**plan, loaded.cid, profile, &inputs, call, &signer);
-        loaded.pace.record(input_bytes, started.elapsed());
+        let ran =
+            crate::inference::run(&**plan, loaded.cid, profile, &inputs, charge, &signer, seal);
+        // A call that failed early says nothing about what a real one costs.
+        if ran.is_ok() {
+            loaded.pace.record(input_bytes, started.elapsed());
+        }
         ran
     };
-    // A call as quick as a few hundred lines of parsing runs right here on the async worker.
-    // Otherwise, on the multi-threaded runtime, the worker hands its other tasks on and runs it
-    // (the worker permit already bounds how many run at once; it saves two thread hops per
-    // request); elsewhere it goes to the blocking pool.
-    let (ran, mut entry) = if quick {
+    // A call as quick as parsing its request runs right here on the async worker: a model with
+    // one plan for every shape whose calls of this size have been quick, one such call at a
+    // time. Otherwise, on the multi-threaded runtime, the worker hands its other tasks on and
+    // runs it (the worker permit already bounds how many run at once; it saves two thread hops
+    // per request); elsewhere it goes to the blocking pool.
+    let (ran, mut entry) = if let Some(_one) = in_place {
         work()?
     } else if tokio::runtime::Handle::current().runtime_flavor()
         == tokio::runtime::RuntimeFlavor::MultiThread

@@ -80,6 +80,9 @@ struct Inner {
     workers: Arc<Semaphore>,
     /// Refused requests being held before their 503 ([`MAX_HELD`] at most).
     held: Arc<Semaphore>,
+    /// One quick model call at a time runs in place on an async worker: a call misjudged as
+    /// quick holds one worker at most.
+    in_place: Arc<Semaphore>,
     body_budget: BodyBudget,
     faults: crate::Faults,
     /// Signed requests already seen, from payers and from verifiers (apart: payers cannot
@@ -242,6 +245,7 @@ pub(crate) async fn open(c: NodeConfig) -> Result<NodeState, NodeError> {
         per_model: Mutex::new(HashMap::new()),
         workers: Arc::new(Semaphore::new(c.limits.workers.max(1))),
         held: Arc::new(Semaphore::new(MAX_HELD)),
+        in_place: Arc::new(Semaphore::new(1)),
         body_budget: BodyBudget::new(c.limits.body_budget_bytes),
         faults: c.faults,
         payer_replay: cairn_core::auth::ReplayGuard::new(10_000, 100_000),
