@@ -82,6 +82,15 @@ impl Pace {
             && (ps_per_byte as u128) * (bytes.max(1) as u128) < Self::IN_PLACE.as_nanos() * 1_000
     }
 
+    /// Records that a call on `bytes` of input failed after `took`: only a slower rate counts
+    /// (a call that failed early says nothing of what a real one costs; one that ran long and
+    /// then failed does).
+    pub fn record_failed(&self, bytes: u64, took: Duration) {
+        let now =
+            (took.as_nanos() * 1_000 / bytes.max(1) as u128).clamp(1, u64::MAX as u128) as u64;
+        self.0.fetch_max(now, Ordering::Relaxed);
+    }
+
     /// Records that a call on `bytes` of input ran in `took`: a slower rate replaces the
     /// figure, a quicker one moves it a sixteenth of the way.
     pub fn record(&self, bytes: u64, took: Duration) {
@@ -451,6 +460,13 @@ mod tests {
             pace.record(256, Duration::from_micros(20));
         }
         assert!(pace.quick(256));
+        // A failure counts only when it was slow.
+        let failed = Pace::default();
+        failed.record_failed(256, Duration::from_micros(1));
+        failed.record(256, Duration::from_micros(20));
+        assert!(failed.quick(256));
+        failed.record_failed(256, Duration::from_millis(5));
+        assert!(!failed.quick(256));
         // An empty input counts as one byte, never as free.
         pace.record(0, Duration::from_millis(1));
         assert!(!pace.quick(0));

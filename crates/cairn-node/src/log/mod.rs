@@ -301,12 +301,14 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
         )?;
     }
     // The payload sweep looks for old rows that still have payloads: swept rows leave the
-    // index, so a sweep never reads them again (the full index on created_at it replaces
+    // index, so a sweep never reads them again, and the batch is in it, so rows kept for an
+    // open batch are skipped without reading them (the full index on created_at it replaces
     // served nothing else).
     conn.execute_batch(
         "BEGIN IMMEDIATE;
          DROP INDEX IF EXISTS receipts_created_at;
-         CREATE INDEX IF NOT EXISTS receipts_kept ON receipts (created_at) WHERE input IS NOT NULL;
+         CREATE INDEX IF NOT EXISTS receipts_kept ON receipts (created_at, batch)
+           WHERE input IS NOT NULL;
          CREATE INDEX IF NOT EXISTS receipts_unbatched ON receipts (created_at) WHERE batch IS NULL;
          DROP INDEX IF EXISTS receipts_by_batch;
          CREATE INDEX IF NOT EXISTS receipts_in_batch ON receipts (batch) WHERE batch IS NOT NULL;

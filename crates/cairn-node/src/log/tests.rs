@@ -531,3 +531,42 @@ async fn other_writes_under_appends(durability: Durability) {
     let expected = if durability == Durability::Full { 2 } else { 1 };
     assert_eq!(sync, expected, "appends keep the log's own durability");
 }
+
+/// A write that panics midway leaves the connection as durable as the log says (appends do not
+/// go on fsyncing every group) and the appends queued meanwhile committed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_panicking_write_leaves_the_durability_and_the_queue_as_they_were() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = ReceiptLog::open(
+        &dir.path().join("r.sqlite"),
+        Duration::from_secs(3600),
+        Durability::Normal,
+        false,
+        None,
+    )
+    .await
+    .unwrap();
+    let writer = log.writer.clone();
+    let panicked = tokio::task::spawn_blocking(move || {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            writer.with_conn(Durability::Full, |_| -> rusqlite::Result<()> {
+                panic!("a bug in a write")
+            })
+        }))
+        .is_err()
+    })
+    .await
+    .unwrap();
+    assert!(panicked);
+    log.append(entry("after", Billing::Final, 0)).await.unwrap();
+    let writer = log.writer.clone();
+    let sync: i64 = tokio::task::spawn_blocking(move || {
+        writer.with_conn(Durability::Normal, |c| {
+            c.query_row("PRAGMA synchronous", [], |r| r.get(0))
+        })
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(sync, 1, "NORMAL again");
+}

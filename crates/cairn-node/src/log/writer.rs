@@ -18,12 +18,17 @@ const GROUPS_PER_LEADER: usize = 2;
 /// Payload bytes past which a group commit leaves the async worker (`block_in_place`) even when
 /// it does not wait for the disk: copying megabytes into the WAL is not a quick step.
 const LARGE_GROUP_BYTES: usize = 1 << 20;
-/// WAL pages after which a commit copies the WAL into the database (SQLite's checkpoint, with
-/// its two fsyncs). Measured on the digits MLP (`scripts/bench-node.sh`, one connection): small
-/// checkpoints keep the slowest answers short (p99 1.0–1.6 ms at 250 pages, 4.2–5.2 ms at
-/// SQLite's default 1,000, 16–17 ms at 4,000) for a few percent of throughput. A checkpoint on a
-/// thread of its own, beside the commits, was slower still.
-const CHECKPOINT_PAGES: i64 = 250;
+/// WAL pages (estimated) after which the WAL is copied into the database (SQLite's checkpoint,
+/// with its two fsyncs), on a blocking thread holding the connection, after the group's answers
+/// went. Measured on the digits MLP (`scripts/bench-node.sh`, one connection, checkpoints inside
+/// the commit): small checkpoints keep the slowest answers short (p99 1.0–1.6 ms at 250 pages,
+/// 4.2–5.2 ms at SQLite's default 1,000, 16–17 ms at 4,000). A checkpoint on a thread of its
+/// own running beside the commits was slower still.
+const CHECKPOINT_PAGES: usize = 250;
+/// Pages a group commit writes besides its rows (the indexes' leaves).
+const PAGES_PER_GROUP: usize = 3;
+/// Bytes of a row besides its payloads (the receipt's binary form, ids, hashes).
+const ROW_BYTES: usize = 1_100;
 /// Rows one statement of the payload sweep changes at most: a commit never waits long for it.
 pub(super) const SWEEP_CHUNK: i64 = 256;
 
@@ -39,6 +44,10 @@ pub(super) struct Writer {
 struct WriteSide {
     conn: Connection,
     sealer: Option<ReceiptSigner>,
+    /// WAL pages written since the last checkpoint (estimated).
+    pages: usize,
+    /// A checkpoint task is on its way.
+    checkpointing: bool,
 }
 
 /// Where [`Writer::lead`] runs.
@@ -57,10 +66,15 @@ impl Writer {
         durability: Durability,
         runtime: tokio::runtime::Handle,
     ) -> rusqlite::Result<Self> {
-        conn.pragma_update(None, "wal_autocheckpoint", CHECKPOINT_PAGES)?;
+        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
         Ok(Self {
             queue: Mutex::new(Vec::new()),
-            conn: Mutex::new(WriteSide { conn, sealer }),
+            conn: Mutex::new(WriteSide {
+                conn,
+                sealer,
+                pages: 0,
+                checkpointing: false,
+            }),
             durability,
             runtime,
         })
@@ -90,17 +104,48 @@ impl Writer {
                 self.0.lead(On::Thread);
             }
         }
+        /// Puts the connection's own durability back before the connection is let go, however
+        /// `f` ended (a panic included).
+        struct Restore<'a> {
+            side: MutexGuard<'a, WriteSide>,
+            to: Option<&'static str>,
+        }
+        impl Drop for Restore<'_> {
+            fn drop(&mut self) {
+                if let Some(to) = self.to
+                    && let Err(e) = self.side.conn.pragma_update(None, "synchronous", to)
+                {
+                    tracing::error!(error = %e, "receipt log: restoring its durability");
+                }
+            }
+        }
         let _after = LeadAfter(self);
-        let side = self.side();
         let stricter = durability == Durability::Full && self.durability != Durability::Full;
+        let side = Restore {
+            side: self.side(),
+            to: stricter.then_some(sync_pragma(self.durability)),
+        };
         if stricter {
-            side.conn.pragma_update(None, "synchronous", "FULL")?;
+            side.side.conn.pragma_update(None, "synchronous", "FULL")?;
         }
-        let result = f(&side.conn);
-        if stricter {
-            side.conn.pragma_update(None, "synchronous", "NORMAL")?;
+        f(&side.side.conn)
+    }
+
+    /// Copies the WAL into the database, holding the connection (appends queue meanwhile and
+    /// are committed after it). On a thread that may block.
+    fn checkpoint(self: &Arc<Self>) {
+        {
+            let mut side = self.side();
+            if let Err(e) = side
+                .conn
+                .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+            {
+                tracing::warn!(error = %e, "receipt log checkpoint failed");
+            }
+            side.pages = 0;
+            side.checkpointing = false;
         }
-        result
+        self.lead(On::Thread);
     }
 
     fn side(&self) -> MutexGuard<'_, WriteSide> {
@@ -129,6 +174,7 @@ impl Writer {
                     .iter()
                     .map(|(e, _)| e.input.len() + e.output.len())
                     .sum();
+                side.pages += PAGES_PER_GROUP + (batch.len() * ROW_BYTES + bytes).div_ceil(4096);
                 if leaves_worker
                     && (self.durability == Durability::Full || bytes > LARGE_GROUP_BYTES)
                 {
@@ -137,6 +183,11 @@ impl Writer {
                     commit_group(&mut side, batch);
                 }
                 groups += 1;
+            }
+            if side.pages >= CHECKPOINT_PAGES && !side.checkpointing {
+                side.checkpointing = true;
+                let this = self.clone();
+                self.runtime.spawn_blocking(move || this.checkpoint());
             }
             drop(side);
             if self
@@ -153,6 +204,14 @@ impl Writer {
                 return;
             }
         }
+    }
+}
+
+/// SQLite's `synchronous` for `durability`.
+fn sync_pragma(durability: Durability) -> &'static str {
+    match durability {
+        Durability::Full => "FULL",
+        Durability::Normal => "NORMAL",
     }
 }
 

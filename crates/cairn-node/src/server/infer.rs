@@ -271,9 +271,10 @@ pub(super) async fn run_infer(
             .map_err(|e| crate::inference::InferenceError::Input(e.to_string()))?;
         let ran =
             crate::inference::run(&**plan, loaded.cid, profile, &inputs, charge, &signer, seal);
-        // A call that failed early says nothing about what a real one costs.
         if ran.is_ok() {
             loaded.pace.record(input_bytes, started.elapsed());
+        } else {
+            loaded.pace.record_failed(input_bytes, started.elapsed());
         }
         ran
     };
