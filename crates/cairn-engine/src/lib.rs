@@ -64,9 +64,11 @@ pub trait Plan: Send + Sync {
     /// every graph output is returned, in graph order. Blocking and CPU-bound.
     fn run(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, EngineError>;
 
-    /// Whether one prepared plan serves every input shape, so a call never builds a plan first
-    /// (the node runs a model's calls in place only then). Conservative by default.
-    fn one_plan(&self) -> bool {
+    /// Whether a call on `inputs` finds its plan prepared (one plan serves every shape, or
+    /// one was built for these shapes), so it builds none first: the node runs a call in place
+    /// only then. Conservative by default.
+    fn prepared(&self, inputs: &[Tensor]) -> bool {
+        let _ = inputs;
         false
     }
 }

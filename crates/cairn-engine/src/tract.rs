@@ -284,8 +284,23 @@ fn from_tract(
 }
 
 impl Plan for TractPlan {
-    fn one_plan(&self) -> bool {
-        matches!(self.mode, Mode::Symbolic(_))
+    fn prepared(&self, inputs: &[Tensor]) -> bool {
+        match &self.mode {
+            Mode::Symbolic(_) => true,
+            Mode::PerShape { plans, .. } => {
+                let Ok(ordered) = order_inputs(&self.inputs, inputs) else {
+                    return false;
+                };
+                let key: ShapeKey = ordered
+                    .iter()
+                    .map(|t| {
+                        let shape = t.shape().iter().map(|&d| d as usize).collect();
+                        (datum_type(t.dtype()), shape)
+                    })
+                    .collect();
+                plans.lock().expect("plans").contains_key(&key)
+            }
+        }
     }
 
     fn input_names(&self) -> &[String] {

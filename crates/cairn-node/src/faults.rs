@@ -76,8 +76,8 @@ struct LyingPlan {
 }
 
 impl Plan for LyingPlan {
-    fn one_plan(&self) -> bool {
-        self.inner.one_plan()
+    fn prepared(&self, inputs: &[Tensor]) -> bool {
+        self.inner.prepared(inputs)
     }
 
     fn input_names(&self) -> &[String] {

@@ -260,21 +260,25 @@ pub(super) async fn run_infer(
     let engine = profile.engine.clone();
     let signer = i.signer.clone();
     let input_bytes: u64 = inputs.iter().map(|t| t.data().len() as u64).sum();
-    let in_place = (plan.one_plan() && loaded.pace.quick(input_bytes))
+    let in_place = (loaded.pace.quick(input_bytes) && plan.prepared(&inputs))
         .then(|| i.in_place.clone().try_acquire_owned().ok())
         .flatten();
     let work = move || {
         let _worker = worker;
-        let started = std::time::Instant::now();
+        // CPU time, not wall time: a call preempted on a busy machine is not a slow call.
+        let started = crate::thread_cpu_time();
         let (_, plan) = loaded
             .onnx()
             .map_err(|e| crate::inference::InferenceError::Input(e.to_string()))?;
         let ran =
             crate::inference::run(&**plan, loaded.cid, profile, &inputs, charge, &signer, seal);
-        if ran.is_ok() {
-            loaded.pace.record(input_bytes, started.elapsed());
-        } else {
-            loaded.pace.record_failed(input_bytes, started.elapsed());
+        if let (Some(start), Some(end)) = (started, crate::thread_cpu_time()) {
+            let took = end.saturating_sub(start);
+            if ran.is_ok() {
+                loaded.pace.record(input_bytes, took);
+            } else {
+                loaded.pace.record_failed(input_bytes, took);
+            }
         }
         ran
     };
