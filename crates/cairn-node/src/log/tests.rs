@@ -2,15 +2,18 @@ use super::*;
 
 /// A log that keeps payloads an hour, fsyncs, settles nothing and signs no batches.
 async fn plain_log(path: &std::path::Path) -> ReceiptLog {
-    ReceiptLog::open(
-        path,
-        Duration::from_secs(3600),
-        Durability::Full,
-        false,
-        None,
-    )
-    .await
-    .unwrap()
+    log_with(path, Duration::from_secs(3600), Durability::Full).await
+}
+
+/// A log at `durability` that keeps payloads `retention`, settles nothing and signs no batches.
+async fn log_with(
+    path: &std::path::Path,
+    retention: Duration,
+    durability: Durability,
+) -> ReceiptLog {
+    ReceiptLog::open(path, retention, durability, false, None)
+        .await
+        .unwrap()
 }
 
 /// The receipt of log entry `id` ([`entry`]), signed on its own.
@@ -384,15 +387,12 @@ async fn lookups_use_the_partial_indexes_that_unpaid_receipts_stay_out_of() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn no_append_is_left_behind_when_many_race_for_the_connection() {
     let dir = tempfile::tempdir().unwrap();
-    let log = ReceiptLog::open(
+    let log = log_with(
         &dir.path().join("r.sqlite"),
         Duration::from_secs(3600),
         Durability::Normal,
-        false,
-        None,
     )
-    .await
-    .unwrap();
+    .await;
     let tasks: Vec<_> = (0..16)
         .map(|t| {
             let log = log.clone();
@@ -418,15 +418,12 @@ async fn no_append_is_left_behind_when_many_race_for_the_connection() {
 #[tokio::test(flavor = "multi_thread")]
 async fn old_payloads_are_swept_while_appends_go_on() {
     let dir = tempfile::tempdir().unwrap();
-    let log = ReceiptLog::open(
+    let log = log_with(
         &dir.path().join("r.sqlite"),
         Duration::from_secs(1),
         Durability::Normal,
-        false,
-        None,
     )
-    .await
-    .unwrap();
+    .await;
     // Old rows (created at second 1): more than one chunk of them.
     for i in 0..(2 * SWEEP_CHUNK + 10) {
         log.append(entry(&format!("old-{i}"), Billing::Final, 0))
@@ -474,15 +471,12 @@ async fn other_writes_get_their_turn_and_wait_for_the_disk() {
 
 async fn other_writes_under_appends(durability: Durability) {
     let dir = tempfile::tempdir().unwrap();
-    let log = ReceiptLog::open(
+    let log = log_with(
         &dir.path().join("r.sqlite"),
         Duration::from_secs(3600),
         durability,
-        false,
-        None,
     )
-    .await
-    .unwrap();
+    .await;
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     // Appends arrive whether or not earlier ones were answered (clients do not take turns).
     let appenders: Vec<_> = (0..4)
@@ -537,15 +531,12 @@ async fn other_writes_under_appends(durability: Durability) {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_panicking_write_leaves_the_durability_and_the_queue_as_they_were() {
     let dir = tempfile::tempdir().unwrap();
-    let log = ReceiptLog::open(
+    let log = log_with(
         &dir.path().join("r.sqlite"),
         Duration::from_secs(3600),
         Durability::Normal,
-        false,
-        None,
     )
-    .await
-    .unwrap();
+    .await;
     let writer = log.writer.clone();
     let panicked = tokio::task::spawn_blocking(move || {
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
