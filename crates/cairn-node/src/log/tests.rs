@@ -16,6 +16,20 @@ async fn log_with(
         .unwrap()
 }
 
+/// SQLite's `synchronous` on the write connection as appends see it (1 NORMAL, 2 FULL).
+async fn appends_synchronous(log: &ReceiptLog) -> i64 {
+    let writer = log.writer.clone();
+    tokio::task::spawn_blocking(move || {
+        // Asking for no more than the log's least durability changes nothing.
+        writer.with_conn(Durability::Normal, |c| {
+            c.query_row("PRAGMA synchronous", [], |r| r.get(0))
+        })
+    })
+    .await
+    .unwrap()
+    .unwrap()
+}
+
 /// The receipt of log entry `id` ([`entry`]), signed on its own.
 fn own_receipt(id: &str) -> SignedReceipt {
     let mut c = claims(0);
@@ -513,15 +527,7 @@ async fn other_writes_under_appends(durability: Durability) {
     for a in appenders {
         a.await.unwrap();
     }
-    let writer = log.writer.clone();
-    let sync: i64 = tokio::task::spawn_blocking(move || {
-        writer.with_conn(durability, |c| {
-            c.query_row("PRAGMA synchronous", [], |r| r.get(0))
-        })
-    })
-    .await
-    .unwrap()
-    .unwrap();
+    let sync = appends_synchronous(&log).await;
     let expected = if durability == Durability::Full { 2 } else { 1 };
     assert_eq!(sync, expected, "appends keep the log's own durability");
 }
@@ -550,14 +556,6 @@ async fn a_panicking_write_leaves_the_durability_and_the_queue_as_they_were() {
     .unwrap();
     assert!(panicked);
     log.append(entry("after", Billing::Final, 0)).await.unwrap();
-    let writer = log.writer.clone();
-    let sync: i64 = tokio::task::spawn_blocking(move || {
-        writer.with_conn(Durability::Normal, |c| {
-            c.query_row("PRAGMA synchronous", [], |r| r.get(0))
-        })
-    })
-    .await
-    .unwrap()
-    .unwrap();
+    let sync = appends_synchronous(&log).await;
     assert_eq!(sync, 1, "NORMAL again");
 }
