@@ -29,6 +29,22 @@ if [ ! -f "$models/.complete" ]; then
   "$CAIRN_PY" "$here/make_test_models.py" "$models"
   touch "$models/.complete"
 fi
+# magika's label list, beside its model (the chat entry's file-type skill reads it).
+if [ ! -f "$models/magika_config.min.json" ]; then
+  "$CAIRN_PY" - "$models" <<'PY'
+import glob, os, shutil, subprocess, sys, tempfile, zipfile
+out = sys.argv[1]
+with tempfile.TemporaryDirectory() as tmp:
+    subprocess.check_call([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
+                           "--only-binary=:all:", "--disable-pip-version-check", "-d", tmp,
+                           "magika==1.0.3"])
+    wheel = glob.glob(os.path.join(tmp, "*.whl"))[0]
+    with zipfile.ZipFile(wheel) as z, z.open("magika/models/standard_v3_3/config.min.json") as src, \
+            open(os.path.join(out, "magika_config.min.json.tmp"), "wb") as dst:
+        shutil.copyfileobj(src, dst)
+os.replace(os.path.join(out, "magika_config.min.json.tmp"), os.path.join(out, "magika_config.min.json"))
+PY
+fi
 export CAIRN_TEST_MODELS="$models"
 export ORT_DYLIB_PATH="$("$here/install-onnxruntime.sh")"
 export CAIRN_LLM_MODEL="$("$here/llm-model.sh")"

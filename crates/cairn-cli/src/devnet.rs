@@ -18,6 +18,10 @@ pub(crate) struct DevnetChain {
     pub(crate) relay_listen: SocketAddr,
     /// Where the devnet's explorer listens.
     pub(crate) explorer_listen: SocketAddr,
+    /// Where the devnet's chat entry listens.
+    pub(crate) entry_listen: SocketAddr,
+    /// The file-type skill's model.
+    pub(crate) magika: crate::devnet_skills::MagikaSource,
     pub(crate) llm: LlmSource,
     pub(crate) rpc: crate::args::RpcServeArgs,
 }
@@ -70,6 +74,7 @@ pub(crate) async fn devnet(
         .await
         .context("publishing the demo model")?;
     let llm = publish_llm(&url, &data_dir, &c.llm).await;
+    crate::devnet_skills::publish_magika(&url, &data_dir, &c.magika).await;
     let (chain, ledger) = chain_cmd::devnet_chain(
         &data_dir,
         c.chain_id,
@@ -165,6 +170,22 @@ pub(crate) async fn devnet(
     )
     .await?;
     println!("  explorer: {explorer_url}");
+    let (entry_url, entry_task) = start_entry(
+        &c,
+        &data_dir,
+        &url,
+        &node_url,
+        &payer_key,
+        llm.is_some(),
+        chain.clone(),
+        &explorer_origins,
+        stopped(stop_rx.clone()),
+    )
+    .await?;
+    println!("  entry:    {entry_url}");
+    println!(
+        "Chat (OpenAI-compatible at {entry_url}/v1/chat/completions): cairn chat --entry {entry_url}"
+    );
     print_try(&payer_key, &node_url, &relay_url, &rpc_url);
     let node_task = tokio::spawn(cairn_node::serve(
         node_listener,
@@ -180,7 +201,44 @@ pub(crate) async fn devnet(
     node_task.await??;
     relay_task.await??;
     explorer_task.await??;
+    entry_task.await??;
     Ok(())
+}
+
+/// Starts the chat entry: the devnet's language model, its node and the registry's, paid by
+/// the first user's key from a `batch-settlement` channel of its own.
+#[allow(clippy::too_many_arguments)]
+async fn start_entry(
+    c: &DevnetChain,
+    data_dir: &Path,
+    hub: &str,
+    node_url: &str,
+    payer_key: &Path,
+    llm: bool,
+    chain: cairn_ledger::Chain,
+    origins: &[String],
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<(String, tokio::task::JoinHandle<std::io::Result<()>>)> {
+    let args = crate::entry_cmd::EntryServeArgs {
+        listen: c.entry_listen,
+        hub: hub.to_owned(),
+        llm: llm.then(|| crate::devnet_llm::LLM_REF.to_owned()),
+        nodes: vec![node_url.to_owned()],
+        payer_key: Some(payer_key.to_owned()),
+        data_dir: Some(data_dir.join("entry")),
+        origins: origins.to_vec(),
+        ..crate::entry_cmd::EntryServeArgs::defaults()?
+    };
+    let entry = crate::entry_cmd::open_entry(&args, &data_dir.join("entry"), Some(chain)).await?;
+    let listener = tokio::net::TcpListener::bind(c.entry_listen)
+        .await
+        .with_context(|| format!("binding {}", c.entry_listen))?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let config = crate::entry_cmd::server_config(&args)?;
+    Ok((
+        url,
+        tokio::spawn(cairn_entry::server::serve(listener, entry, config, stop)),
+    ))
 }
 
 /// Starts the hub on SQLite and a blob dir under `data_dir`; its URL and task.
@@ -354,7 +412,7 @@ fn print_banner(b: &Banner<'_>) {
         );
         if b.llm.is_some() {
             println!(
-                "  llm price: {} token units per 1,000 prompt/completion tokens (prepaid: cairn pay deposit, then cairn chat)",
+                "  llm price: {} token units per 1,000 prompt/completion tokens (prepaid: cairn pay deposit, then cairn llm)",
                 c.llm_price
             );
         }
@@ -382,7 +440,11 @@ pub(crate) async fn publish_demo(
             description: "Handwritten digit classifier (8x8 images, 64 floats 0-16): a scikit-learn MLP trained on sklearn's digits, converted with skl2onnx. Cairn's demo model.".into(),
             task: Some("image-classification".into()),
             license: Some("BSD-3-Clause".into()),
-            tags: vec!["demo".into(), "sklearn".into()],
+            tags: vec![
+                "demo".into(),
+                "sklearn".into(),
+                cairn_entry::skills::tag(cairn_entry::task::Skill::DigitRecognition),
+            ],
         },
     )
     .await?;

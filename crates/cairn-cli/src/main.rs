@@ -5,6 +5,8 @@ mod args;
 mod chain_cmd;
 mod devnet;
 mod devnet_llm;
+mod devnet_skills;
+mod entry_cmd;
 mod explorer_cmd;
 mod hub;
 mod keyfile;
@@ -59,6 +61,13 @@ enum Command {
         /// Address for the explorer (its pages, API and indexer); port 0 picks a free one.
         #[arg(long, default_value = "127.0.0.1:7404")]
         explorer_listen: SocketAddr,
+        /// Address for the chat entry (`cairn chat`); port 0 picks a free one.
+        #[arg(long, default_value = "127.0.0.1:7405")]
+        entry_listen: SocketAddr,
+        /// The chat entry's file-type model: `fetch` (magika 1.0.3 from PyPI into the data dir
+        /// when absent), a dir holding magika.onnx and magika_config.min.json, or `none`.
+        #[arg(long, env = "CAIRN_DEVNET_MAGIKA", default_value = "fetch")]
+        magika: devnet_skills::MagikaSource,
         #[command(flatten)]
         engine: node_cmd::EngineArgs,
         /// Chain id of the embedded chain (fixed when the data dir is first created).
@@ -131,9 +140,19 @@ enum Command {
         #[command(flatten)]
         private: relay_cmd::PrivateArgs,
     },
+    /// A conversation with the chat entry: each message becomes a task object, its computable
+    /// parts run on hub models across the network's nodes, and each answer ends with its steps,
+    /// costs and signed run record.
+    Chat(entry_cmd::ChatArgs),
+    /// The chat entry: serve it.
+    #[command(subcommand)]
+    Entry(EntryCommand),
+    /// Run records of the chat entry: verify, show.
+    #[command(subcommand)]
+    Run(entry_cmd::RunCommand),
     /// One chat completion from a node's language model, paid per token (prepaid) when the
     /// node asks; prints the answer, its usage and charge, and the checked receipt.
-    Chat {
+    Llm {
         /// Model: a CID or name@version.
         model: String,
         /// The message.
@@ -191,6 +210,15 @@ enum Command {
     /// The explorer: indexer, API and web pages.
     #[command(subcommand)]
     Explorer(explorer_cmd::ExplorerCommand),
+}
+
+#[derive(Subcommand)]
+enum EntryCommand {
+    /// Serve the chat entry (OpenAI-compatible `/v1/chat/completions`, run records).
+    Serve(Box<entry_cmd::EntryServeArgs>),
+    /// Evaluate the parser on a set of messy inputs: sub-task and noise precision and recall,
+    /// stability under reordering and chatter (rules alone, or with --llm).
+    Eval(Box<entry_cmd::EntryEvalArgs>),
 }
 
 #[derive(Subcommand)]
@@ -350,6 +378,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             node_listen,
             relay_listen,
             explorer_listen,
+            entry_listen,
+            magika,
             engine,
             chain_id,
             price,
@@ -380,6 +410,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     faults,
                     relay_listen,
                     explorer_listen,
+                    entry_listen,
+                    magika,
                     llm,
                     rpc,
                 },
@@ -406,7 +438,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             node_cmd::infer(&node, &reference, &input, json, output, receipt_out, pay).await
         }
-        Command::Chat {
+        Command::Chat(args) => entry_cmd::chat(args).await,
+        Command::Entry(EntryCommand::Serve(args)) => entry_cmd::serve(*args).await,
+        Command::Entry(EntryCommand::Eval(args)) => entry_cmd::eval(*args).await,
+        Command::Run(cmd) => entry_cmd::run(cmd).await,
+        Command::Llm {
             model,
             message,
             system,

@@ -1,4 +1,4 @@
-//! `cairn relay serve`, and the private route `cairn infer --private` / `cairn chat --private`
+//! `cairn relay serve`, and the private route `cairn infer --private` / `cairn llm --private`
 //! take.
 
 use anyhow::{Context, anyhow, bail};

@@ -1242,7 +1242,7 @@ fn the_official_batch_settlement_client_pays_from_a_channel() {
 }
 
 /// Language-model calls cost their tokens. The 402 offers a prepaid voucher for the call's
-/// most (its prompt and `max_tokens`); `cairn chat` pays it, the receipt's price is what its
+/// most (its prompt and `max_tokens`); `cairn llm` pays it, the receipt's price is what its
 /// signed usage costs, a stream the client leaves is charged what it delivered, replays and
 /// forged vouchers cost nothing, and the node claims exactly what was charged from the escrow.
 #[test]
@@ -1301,10 +1301,10 @@ fn language_model_calls_are_charged_per_token_with_prepaid_vouchers() {
         price.most(body.to_string().len(), Some(24))
     );
 
-    // `cairn chat` without a deposit says how to pay.
+    // `cairn llm` without a deposit says how to pay.
     let chat = |max_tokens: &str, receipt: &Path| {
         Command::new(BIN)
-            .args(["chat", llm, ask, "--max-tokens", max_tokens])
+            .args(["llm", llm, ask, "--max-tokens", max_tokens])
             .args(["--temperature", "0", "--node", &net.node_url])
             .args(["--payer-key", payer_key.to_str().unwrap()])
             .args(["--receipt-out", receipt.to_str().unwrap()])
@@ -1550,12 +1550,12 @@ fn the_official_upto_client_pays_what_each_call_costs() {
     assert_eq!(balance(&c, payer.address()), payer0 - total);
     assert_eq!(balance(&c, vault), vault0 + total);
 
-    // `cairn chat` without a prepaid deposit pays with an upto permit, once its payer approved
+    // `cairn llm` without a prepaid deposit pays with an upto permit, once its payer approved
     // Permit2 (`cairn pay approve-permit2`, a transaction through the devnet's JSON-RPC).
     let payer_key = data.join("chain/payer.key");
     let chat = |receipt: &Path| {
         Command::new(BIN)
-            .args(["chat", "smollm2-135m-instruct@1.0", "Name a color."])
+            .args(["llm", "smollm2-135m-instruct@1.0", "Name a color."])
             .args(["--max-tokens", "8", "--temperature", "0"])
             .args(["--node", &net.node_url])
             .args(["--payer-key", payer_key.to_str().unwrap()])

@@ -718,7 +718,7 @@ fn a_verifier_answers_through_its_gateway_too() {
     });
 }
 
-/// A paid private chat: `cairn chat --private` pays the node per token with a prepaid voucher
+/// A paid private chat: `cairn llm --private` pays the node per token with a prepaid voucher
 /// inside the envelope, and the receipt it checks binds the answer.
 #[test]
 fn a_paid_private_chat_is_charged_per_token_through_the_relay() {
@@ -741,7 +741,7 @@ fn a_paid_private_chat_is_charged_per_token_through_the_relay() {
     ]);
     assert!(deposited.contains("available: 100000"), "{deposited}");
     let out = cairn_ok(&[
-        "chat",
+        "llm",
         "smollm2-135m-instruct@1.0",
         "Name a color.",
         "--max-tokens",

@@ -492,7 +492,7 @@ pub(crate) fn examples(name: &str, detail: &Value, node: &str) -> UsageExamples 
         .join(", ");
     UsageExamples {
         cli: if gguf {
-            format!("cairn chat {} --node {} --payer-key payer.key", q(&label), q(node))
+            format!("cairn llm {} --node {} --payer-key payer.key", q(&label), q(node))
         } else {
             format!(
                 "cairn infer {} --node {} --input input.json --payer-key payer.key",

@@ -486,7 +486,7 @@ fn a_language_model_gets_openai_lines() {
     let ex = api::examples("smollm2-135m-instruct", &detail, "http://127.0.0.1:7401");
     assert!(
         ex.cli
-            .starts_with("cairn chat 'smollm2-135m-instruct@1.0' --node 'http://127.0.0.1:7401'"),
+            .starts_with("cairn llm 'smollm2-135m-instruct@1.0' --node 'http://127.0.0.1:7401'"),
         "{}",
         ex.cli
     );

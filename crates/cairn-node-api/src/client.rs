@@ -531,6 +531,10 @@ pub struct ChatOutcome {
     /// What was paid, when the node asked for payment (`amount`: the most the voucher
     /// allowed; the charge is the receipt's price).
     pub payment: Option<PaymentMade>,
+    /// The request body as sent (what the receipt's input hash binds).
+    pub request: Vec<u8>,
+    /// The answer body as received (what the receipt's output hash binds).
+    pub response: Vec<u8>,
 }
 
 impl NodeClient {
@@ -603,6 +607,8 @@ impl NodeClient {
             answer,
             receipt,
             payment,
+            request: body,
+            response: bytes.to_vec(),
         })
     }
 }

@@ -12,7 +12,7 @@ pub mod types;
 pub mod urls;
 
 pub use cairn_core::ErrorBody;
-pub use client::{InferOutcome, NodeClient, NodeClientError, PaymentMade};
+pub use client::{ChatOutcome, InferOutcome, NodeClient, NodeClientError, PaymentMade};
 pub use types::*;
 pub use urls::{NodeUrls, Payload};
 

@@ -1,9 +1,9 @@
-//! `cairn chat`: one chat completion from a node's language model, paid per token with a
+//! `cairn llm`: one chat completion from a node's language model, paid per token with a
 //! prepaid voucher when the node asks, its receipt checked against the exact bytes.
 
 use super::*;
 
-/// What `cairn chat` asks.
+/// What `cairn llm` asks.
 pub struct ChatArgs {
     /// The model: a CID or name@version.
     pub model: String,
@@ -19,7 +19,7 @@ pub struct ChatArgs {
     pub seed: Option<u64>,
 }
 
-/// `cairn chat`.
+/// `cairn llm`.
 pub async fn chat(
     node: &str,
     args: ChatArgs,

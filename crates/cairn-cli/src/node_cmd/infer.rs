@@ -28,7 +28,7 @@ pub fn read_tensors(path: &Path) -> anyhow::Result<Vec<Tensor>> {
     Ok(tensors)
 }
 
-/// Who pays a node's 402 answers (`cairn infer`, `cairn chat`).
+/// Who pays a node's 402 answers (`cairn infer`, `cairn llm`).
 #[derive(clap::Args, Clone, Debug)]
 pub struct PayerArgs {
     /// Pay the node's 402 answers with this key file: prepaid when you have a deposit with the

@@ -20,6 +20,8 @@ pub struct Server {
     pub relay_url: String,
     /// The explorer's URL (devnet).
     pub explorer_url: String,
+    /// The chat entry's URL (devnet).
+    pub entry_url: String,
     pub dir: tempfile::TempDir,
 }
 
@@ -135,8 +137,10 @@ impl Server {
     ) -> Self {
         let mut cmd = Command::new(program);
         cmd.args(args).stdout(Stdio::piped());
-        // A devnet publishes no language model unless the test asks for one (`env` may).
+        // A devnet publishes no language model and no file-type model unless the test asks
+        // for one (`env` may).
         cmd.env("CAIRN_DEVNET_LLM", "none");
+        cmd.env("CAIRN_DEVNET_MAGIKA", "none");
         match stderr_to {
             Some(p) => cmd.stderr(std::fs::File::create(p).unwrap()),
             None => cmd.stderr(Stdio::inherit()),
@@ -167,6 +171,7 @@ impl Server {
         let rpc_url = urls.get(2).cloned().unwrap_or_default();
         let relay_url = urls.get(3).cloned().unwrap_or_default();
         let explorer_url = urls.get(4).cloned().unwrap_or_default();
+        let entry_url = urls.get(5).cloned().unwrap_or_default();
         Self {
             child,
             url: urls.swap_remove(0),
@@ -174,6 +179,7 @@ impl Server {
             rpc_url,
             relay_url,
             explorer_url,
+            entry_url,
             dir,
         }
     }
@@ -200,6 +206,8 @@ impl Server {
             "127.0.0.1:0",
             "--explorer-listen",
             "127.0.0.1:0",
+            "--entry-listen",
+            "127.0.0.1:0",
             "--data-dir",
             data.to_str().unwrap(),
         ];
@@ -213,6 +221,7 @@ impl Server {
                 "  chain rpc:",
                 "  relay:",
                 "  explorer:",
+                "  entry:",
             ],
             dir,
         )

@@ -1,0 +1,643 @@
+//! `cairn entry serve` (the chat entry), `cairn chat` (a conversation with it) and
+//! `cairn run verify|show` (a turn's signed run record, checked).
+
+use std::io::{BufRead, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use alloy_primitives::U256;
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+
+/// Where `cairn chat` finds the entry by default (the devnet's).
+pub const DEFAULT_ENTRY: &str = "http://127.0.0.1:7405";
+
+/// `cairn entry serve`.
+#[derive(Args, Clone, Debug)]
+pub struct EntryServeArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:7405")]
+    pub listen: SocketAddr,
+    /// The hub, where models for skills are found.
+    #[arg(long, env = "CAIRN_HUB", default_value = crate::DEFAULT_HUB)]
+    pub hub: String,
+    /// The language model that labels messages and writes answers (`name@version`); none: the
+    /// rules alone parse, and answers are the results.
+    #[arg(long)]
+    pub llm: Option<String>,
+    /// A node to route to besides the registry's active ones (repeat).
+    #[arg(long = "node")]
+    pub nodes: Vec<String>,
+    #[command(flatten)]
+    pub chain: crate::chain_cmd::ChainArgs,
+    /// The entry's key file (signs run records; created on first use).
+    #[arg(long, env = "CAIRN_ENTRY_KEY")]
+    pub key: Option<PathBuf>,
+    /// The key that pays nodes (its channel accounts are kept beside it).
+    #[arg(long, env = "CAIRN_PAYER_KEY")]
+    pub payer_key: Option<PathBuf>,
+    /// Deposit this many token units into an x402 `batch-settlement` channel with a node
+    /// whenever it runs low (what pays language-model calls without a prepaid deposit).
+    #[arg(long, default_value = "1000000")]
+    pub batch_deposit: U256,
+    /// Where run records are kept.
+    #[arg(long, env = "CAIRN_ENTRY_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Turns taken at once (more wait with a 503).
+    #[arg(long, default_value_t = 4)]
+    pub turns: usize,
+    /// The most one turn may be charged in all, token units.
+    #[arg(long, default_value = "100000")]
+    pub max_spend: U256,
+    /// Deadline of one step on one node, milliseconds.
+    #[arg(long, default_value_t = 30_000)]
+    pub step_deadline_ms: u64,
+    /// Name of an environment variable holding a bearer token every turn must carry.
+    #[arg(long)]
+    pub token_env: Option<String>,
+    /// An origin whose pages may call the entry (the explorer's chat page; repeat).
+    #[arg(long = "origin")]
+    pub origins: Vec<String>,
+}
+
+impl EntryServeArgs {
+    /// What `cairn entry serve` uses when given no flags (environment variables still apply).
+    pub fn defaults() -> anyhow::Result<Self> {
+        #[derive(clap::Parser)]
+        struct Bare {
+            #[command(flatten)]
+            args: EntryServeArgs,
+        }
+        Ok(<Bare as clap::Parser>::try_parse_from(["cairn-entry"])?.args)
+    }
+}
+
+/// Builds the entry from its arguments (`chain`: the devnet's, when it runs in-process).
+pub async fn open_entry(
+    a: &EntryServeArgs,
+    data_dir: &Path,
+    chain: Option<cairn_ledger::Chain>,
+) -> anyhow::Result<Arc<cairn_entry::Entry>> {
+    let key_path = a.key.clone().unwrap_or_else(|| data_dir.join("entry.key"));
+    let key = crate::keyfile::load_or_create(&key_path)?;
+    let chain = match chain {
+        Some(c) => Some(c),
+        None if a.chain.rpc.is_some() || a.chain.deployment.is_some() => {
+            Some(a.chain.connect().await?)
+        }
+        None => None,
+    };
+    if chain.is_none() && a.nodes.is_empty() {
+        bail!(
+            "the entry needs nodes to route to: --node URL, or --rpc and --deployment for the registry's"
+        );
+    }
+    let payer = match &a.payer_key {
+        Some(p) => Some(cairn_entry::Payer {
+            key: crate::keyfile::load(p)?,
+            accounts: crate::keyfile::prepaid_accounts(p),
+            batch_deposit: Some(a.batch_deposit),
+        }),
+        None => None,
+    };
+    let router = cairn_entry::Router::new(
+        chain,
+        a.nodes.clone(),
+        payer,
+        Duration::from_millis(a.step_deadline_ms.max(1)),
+    );
+    let entry = cairn_entry::Entry::open(cairn_entry::EntryConfig {
+        key,
+        hub: cairn_hub::HubClient::new(&a.hub, None)?,
+        router,
+        llm: a.llm.clone(),
+        data_dir: data_dir.to_owned(),
+        max_spend: a.max_spend,
+    })?;
+    Ok(Arc::new(entry))
+}
+
+/// The server settings from the arguments.
+pub fn server_config(a: &EntryServeArgs) -> anyhow::Result<cairn_entry::server::ServerConfig> {
+    let token = match &a.token_env {
+        Some(var) => Some(
+            std::env::var(var)
+                .with_context(|| format!("--token-env {var}: the variable is not set"))?,
+        ),
+        None => None,
+    };
+    Ok(cairn_entry::server::ServerConfig {
+        turns: a.turns,
+        token,
+        origins: a.origins.clone(),
+    })
+}
+
+/// `cairn entry serve`.
+pub async fn serve(a: EntryServeArgs) -> anyhow::Result<()> {
+    let dir = a.data_dir.clone().unwrap_or_else(|| {
+        dirs::data_dir()
+            .unwrap_or_else(|| PathBuf::from("."))
+            .join("cairn")
+            .join("entry")
+    });
+    let entry = open_entry(&a, &dir, None).await?;
+    let listener = tokio::net::TcpListener::bind(a.listen)
+        .await
+        .with_context(|| format!("binding {}", a.listen))?;
+    println!("entry:    http://{}", listener.local_addr()?);
+    println!("address:  {}", entry.address());
+    cairn_entry::server::serve(
+        listener,
+        entry,
+        server_config(&a)?,
+        crate::shutdown_signal(),
+    )
+    .await?;
+    Ok(())
+}
+
+/// `cairn entry eval`.
+#[derive(Args, Clone, Debug)]
+pub struct EntryEvalArgs {
+    /// The set (JSON lines); the committed one when not given.
+    #[arg(long)]
+    pub set: Option<PathBuf>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Where the entry's scratch state goes (a temporary dir when not given).
+    #[arg(long)]
+    pub scratch: Option<PathBuf>,
+    /// The entry's language model and nodes (without --llm the rules alone are evaluated).
+    #[command(flatten)]
+    pub entry: EntryServeArgs,
+}
+
+/// `cairn entry eval`.
+pub async fn eval(a: EntryEvalArgs) -> anyhow::Result<()> {
+    use cairn_entry::eval;
+    let text = match &a.set {
+        Some(p) => {
+            std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?
+        }
+        None => eval::SET.to_owned(),
+    };
+    let items = eval::read_set(&text).map_err(anyhow::Error::msg)?;
+    let (title, report) = match &a.entry.llm {
+        None => ("rules only".to_owned(), eval::rules_only(&items)),
+        Some(model) => {
+            let dir = a.scratch.clone().unwrap_or_else(|| {
+                std::env::temp_dir().join(format!("cairn-entry-eval-{}", std::process::id()))
+            });
+            let entry = open_entry(&a.entry, &dir, None).await?;
+            let mut r = eval::Report::default();
+            for (i, item) in items.iter().enumerate() {
+                eprint!("\r{}/{}", i + 1, items.len());
+                let parse = |text: String| {
+                    let entry = entry.clone();
+                    async move { entry.parse(&text).await.ok().map(|(t, _)| t) }
+                };
+                let Some(t) = parse(item.input.clone()).await else {
+                    r.misses.push(format!("{}: refused", item.id));
+                    continue;
+                };
+                let re = match eval::reordered(&item.input) {
+                    Some(x) => parse(x).await,
+                    None => None,
+                };
+                let pa = match eval::padded(&item.input) {
+                    Some(x) => parse(x).await,
+                    None => None,
+                };
+                r.add(item, &t, re.as_ref(), pa.as_ref());
+            }
+            eprintln!();
+            if a.scratch.is_none() {
+                let _ = std::fs::remove_dir_all(&dir);
+            }
+            (format!("rules + {model}"), r)
+        }
+    };
+    // Items written after the rules were, never tuned against: the figures to trust.
+    let held: Vec<_> = items
+        .iter()
+        .filter(|i| i.kind.starts_with("heldout"))
+        .cloned()
+        .collect();
+    let held_report = match &a.entry.llm {
+        None => Some(eval::rules_only(&held)),
+        Some(_) => None,
+    };
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({"title": title, "all": report, "heldout": held_report})
+            )?
+        );
+    } else {
+        println!("{}", report.table(&title));
+        if let Some(h) = &held_report {
+            println!("{}", h.table(&format!("{title}, held-out items only")));
+        }
+        for m in &report.misses {
+            println!("  miss: {m}");
+        }
+    }
+    Ok(())
+}
+
+/// `cairn chat`.
+#[derive(Args, Clone, Debug)]
+pub struct ChatArgs {
+    /// The entry's URL.
+    #[arg(long, env = "CAIRN_ENTRY", default_value = DEFAULT_ENTRY)]
+    pub entry: String,
+    /// Send this one message and exit (otherwise: a conversation on stdin).
+    #[arg(long)]
+    pub message: Option<String>,
+    /// Bearer token for an entry that asks for one.
+    #[arg(long, env = "CAIRN_ENTRY_TOKEN")]
+    pub token: Option<String>,
+    /// Write each turn's signed run record into this directory.
+    #[arg(long)]
+    pub records: Option<PathBuf>,
+    /// Print each turn's summary as JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Send everything through the OHTTP relay: not available for the entry yet.
+    #[arg(long)]
+    pub private: bool,
+}
+
+/// `cairn chat`: a conversation with history; each turn streams its progress and answer, then
+/// its task summary, steps, costs and run record id.
+pub async fn chat(a: ChatArgs) -> anyhow::Result<()> {
+    if a.private {
+        bail!(
+            "--private: the entry is not behind an Oblivious HTTP gateway yet, so a private chat cannot be offered; call nodes privately with `cairn infer --private` / `cairn llm --private`"
+        );
+    }
+    let http = reqwest::Client::new();
+    let mut history: Vec<serde_json::Value> = Vec::new();
+    if let Some(m) = &a.message {
+        turn(&http, &a, &mut history, m).await?;
+        return Ok(());
+    }
+    let stdin = std::io::stdin();
+    eprintln!("chat with {} (empty line or Ctrl-D to leave)", a.entry);
+    loop {
+        eprint!("> ");
+        std::io::stderr().flush().ok();
+        let mut line = String::new();
+        if stdin.lock().read_line(&mut line)? == 0 || line.trim().is_empty() {
+            break;
+        }
+        if let Err(e) = turn(&http, &a, &mut history, line.trim_end()).await {
+            eprintln!("error: {e:#}");
+        }
+    }
+    Ok(())
+}
+
+async fn turn(
+    http: &reqwest::Client,
+    a: &ChatArgs,
+    history: &mut Vec<serde_json::Value>,
+    message: &str,
+) -> anyhow::Result<()> {
+    use futures::StreamExt;
+    let mut messages = history.clone();
+    messages.push(serde_json::json!({"role": "user", "content": message}));
+    let url = format!("{}/v1/chat/completions", a.entry.trim_end_matches('/'));
+    let mut req = http.post(&url).json(&serde_json::json!({
+        "model": cairn_entry::server::MODEL,
+        "messages": messages,
+        "stream": true,
+    }));
+    if let Some(t) = &a.token {
+        req = req.bearer_auth(t);
+    }
+    let resp = req
+        .send()
+        .await
+        .with_context(|| format!("cannot reach the entry at {url}"))?;
+    if !resp.status().is_success() {
+        let status = resp.status();
+        let body = resp.bytes().await.unwrap_or_default();
+        match cairn_core::api::ErrorBody::parse(&body) {
+            Some(e) => bail!("the entry refused ({status}): {}", e.message),
+            None => bail!("the entry answered {status}"),
+        }
+    }
+    let mut stream = resp.bytes_stream();
+    let mut buf = Vec::new();
+    let mut answer = String::new();
+    let mut summary = None;
+    let mut out = std::io::stdout();
+    while let Some(chunk) = stream.next().await {
+        buf.extend_from_slice(&chunk.context("the entry's stream broke off")?);
+        while let Some(end) = find_event_end(&buf) {
+            let event: Vec<u8> = buf.drain(..end + 2).collect();
+            let text = String::from_utf8_lossy(&event);
+            for line in text.lines() {
+                if let Some(c) = line.strip_prefix(": cairn ") {
+                    if !a.json {
+                        eprintln!("  · {c}");
+                    }
+                } else if let Some(data) = line.strip_prefix("data: ") {
+                    if data == "[DONE]" {
+                        continue;
+                    }
+                    let v: serde_json::Value =
+                        serde_json::from_str(data).context("the entry sent a malformed chunk")?;
+                    if let Some(e) = v.get("error") {
+                        bail!("the turn failed: {}", e["message"].as_str().unwrap_or("?"));
+                    }
+                    if let Some(t) = v["choices"][0]["delta"]["content"].as_str() {
+                        answer.push_str(t);
+                        if !a.json {
+                            write!(out, "{t}")?;
+                            out.flush()?;
+                        }
+                    }
+                    if let Some(s) = v.get("cairn") {
+                        summary = Some(s.clone());
+                    }
+                }
+            }
+        }
+    }
+    let summary = summary.context("the entry's answer ended without its run record")?;
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({"answer": answer, "cairn": summary}))?
+        );
+    } else {
+        println!();
+        print_summary(&summary);
+    }
+    if let Some(dir) = &a.records {
+        let id = summary["run"].as_str().unwrap_or_default();
+        let url = format!("{}/v1/runs/{id}", a.entry.trim_end_matches('/'));
+        let body = http
+            .get(&url)
+            .send()
+            .await?
+            .error_for_status()?
+            .bytes()
+            .await?;
+        std::fs::create_dir_all(dir)?;
+        let path = dir.join(format!("{id}.json"));
+        std::fs::write(&path, &body)?;
+        if !a.json {
+            println!("  record:  {}", path.display());
+        }
+    }
+    history.push(serde_json::json!({"role": "user", "content": message}));
+    history.push(serde_json::json!({"role": "assistant", "content": answer}));
+    Ok(())
+}
+
+fn find_event_end(buf: &[u8]) -> Option<usize> {
+    buf.windows(2).position(|w| w == b"\n\n")
+}
+
+fn print_summary(s: &serde_json::Value) {
+    let t = &s["task"];
+    println!("  ── task: {}", t["goal"].as_str().unwrap_or(""));
+    let noise = t["noise"].as_array().map_or(0, Vec::len);
+    println!(
+        "     {} sub-tasks, {} noise spans ignored, parsed by {}",
+        t["subtasks"],
+        noise,
+        t["parsed_by"]["llm"].as_str().unwrap_or("rules only")
+    );
+    for n in t["noise"].as_array().into_iter().flatten() {
+        println!(
+            "     noise ({}): {}",
+            n["reason"].as_str().unwrap_or(""),
+            n["text"].as_str().unwrap_or("")
+        );
+    }
+    for st in s["steps"].as_array().into_iter().flatten() {
+        let what = st["result"]
+            .as_str()
+            .map(str::to_owned)
+            .or_else(|| st["error"].as_str().map(|e| format!("failed: {e}")))
+            .unwrap_or_default();
+        let mut line = format!(
+            "  [{}] {}: {what}",
+            st["id"].as_str().unwrap_or(""),
+            st["skill"].as_str().unwrap_or("")
+        );
+        if let Some(m) = st["model"].as_str() {
+            line.push_str(&format!(
+                "  ({m} on {}, receipt {}, charged {} via {})",
+                st["node"].as_str().unwrap_or("?"),
+                st["receipt"].as_str().unwrap_or("?"),
+                st["charged"].as_str().unwrap_or("0"),
+                st["scheme"].as_str().unwrap_or("?")
+            ));
+        }
+        println!("{line}");
+        for at in st["attempts"].as_array().into_iter().flatten() {
+            println!(
+                "       rerouted after {}: {}",
+                at["node"].as_str().unwrap_or("?"),
+                at["error"].as_str().unwrap_or("?")
+            );
+        }
+    }
+    println!(
+        "  total charged: {} token units",
+        s["total_charged"].as_str().unwrap_or("0")
+    );
+    println!("  run record:    {}", s["run"].as_str().unwrap_or(""));
+}
+
+/// `cairn run …`.
+#[derive(Subcommand)]
+pub enum RunCommand {
+    /// Check a turn's signed run record: its signature and every hash, that the task object
+    /// follows from its parse, every exact step recomputes, every receipt is its node's and binds
+    /// its step, and (with a chain) that each receipt is in a finalized batch; `--reexec` runs
+    /// each model step again on a node.
+    Verify(RunVerifyArgs),
+    /// Print a run record's turn: task, steps, answer.
+    Show {
+        /// A record file, or a URL (`http://127.0.0.1:7405/v1/runs/0x…`).
+        record: String,
+    },
+}
+
+/// `cairn run verify`.
+#[derive(Args)]
+pub struct RunVerifyArgs {
+    /// A record file, or a URL (`http://127.0.0.1:7405/v1/runs/0x…`).
+    pub record: String,
+    /// The user's message, to check the record's input hash.
+    #[arg(long)]
+    pub input: Option<PathBuf>,
+    #[command(flatten)]
+    pub chain: crate::chain_cmd::ChainArgs,
+    /// Read a devnet's embedded chain instead of --rpc/--deployment.
+    #[arg(long, conflicts_with = "rpc")]
+    pub devnet_dir: Option<PathBuf>,
+    /// Accept receipts whose batches are not finalized yet (they are still reported).
+    #[arg(long)]
+    pub allow_unsettled: bool,
+    /// Run each model step again on this node and compare.
+    #[arg(long)]
+    pub reexec: Option<String>,
+    /// Pay the re-execution with this key.
+    #[arg(long, env = "CAIRN_PAYER_KEY")]
+    pub payer_key: Option<PathBuf>,
+    /// Largest |difference| accepted when the re-execution ran on another profile.
+    #[arg(long, default_value_t = 1e-4)]
+    pub tolerance: f64,
+}
+
+async fn load(record: &str) -> anyhow::Result<cairn_entry::SignedRecord> {
+    let text = if record.starts_with("http://") || record.starts_with("https://") {
+        let resp = reqwest::get(record)
+            .await
+            .with_context(|| format!("fetching {record}"))?;
+        let status = resp.status();
+        let body = resp.text().await?;
+        if !status.is_success() {
+            bail!("{record}: {status}: {body}");
+        }
+        body
+    } else {
+        std::fs::read_to_string(record).with_context(|| format!("reading {record}"))?
+    };
+    serde_json::from_str(&text).with_context(|| format!("{record} is not a signed run record"))
+}
+
+/// `cairn run …`.
+pub async fn run(cmd: RunCommand) -> anyhow::Result<()> {
+    match cmd {
+        RunCommand::Show { record } => {
+            let signed = load(&record).await?;
+            let r = cairn_entry::record::open(&signed)?;
+            println!("run {} by entry {} at {}", signed.id, r.entry, r.created_at);
+            print_summary(&cairn_entry::server::summary(&signed, &r));
+            println!("\n{}", r.answer.text);
+            Ok(())
+        }
+        RunCommand::Verify(a) => verify(a).await,
+    }
+}
+
+async fn verify(a: RunVerifyArgs) -> anyhow::Result<()> {
+    let signed = load(&a.record).await?;
+    let r = cairn_entry::record::open(&signed)?;
+    println!(
+        "signature: ok, run {} signed by entry {}",
+        signed.id, r.entry
+    );
+    if let Some(p) = &a.input {
+        let bytes = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
+        if cairn_entry::sha256(&bytes) != r.input_sha256 {
+            bail!(
+                "input hash mismatch: {} is not the message this run answered",
+                p.display()
+            );
+        }
+        println!("input:     ok");
+    }
+    let receipts = cairn_entry::record::check_offline(&r)?;
+    println!(
+        "content:   ok (task object re-derived, {} steps, {} receipts, {} token units charged)",
+        r.steps.len(),
+        receipts.len(),
+        r.total_charged
+    );
+    let chain = if a.devnet_dir.is_some() || a.chain.rpc.is_some() {
+        Some(crate::args::open_chain(&a.chain, a.devnet_dir.as_deref()).await?)
+    } else {
+        None
+    };
+    let mut unsettled = Vec::new();
+    match &chain {
+        Some(chain) => {
+            for s in cairn_entry::verify::settlement(&r, &receipts, chain).await {
+                println!(
+                    "receipt:   {} [{}] {}{}",
+                    s.receipt,
+                    s.step,
+                    s.state,
+                    s.batch.map(|b| format!(" (batch {b})")).unwrap_or_default()
+                );
+                if !s.settled {
+                    unsettled.push(s.step);
+                }
+            }
+        }
+        None => {
+            if !receipts.is_empty() {
+                println!("settled:   not checked (give --rpc/--deployment or --devnet-dir)");
+                unsettled.push("all".into());
+            }
+        }
+    }
+    if let Some(node) = &a.reexec {
+        let mut client = cairn_node_api::NodeClient::new(node);
+        if let Some(p) = &a.payer_key {
+            client = client
+                .with_payer(
+                    crate::keyfile::load(p)?,
+                    cairn_entry::router::channel_salt(),
+                )
+                .with_accounts(crate::keyfile::prepaid_accounts(p));
+        }
+        for step in r.steps.iter().filter(|s| s.run.is_some()) {
+            let run = step.run.as_ref().expect("filtered");
+            let recorded: Vec<cairn_core::Tensor> = run
+                .outputs
+                .iter()
+                .map(|t| t.tensor().map_err(anyhow::Error::msg))
+                .collect::<anyhow::Result<_>>()?;
+            let original = run.receipt.verify()?;
+            let (outputs, profile) = cairn_entry::verify::rerun(&client, step)
+                .await
+                .map_err(|e| anyhow::anyhow!("re-running {}: {e}", step.id))?;
+            if profile == original.claims.profile {
+                if cairn_core::tensor::tensors_hash(&outputs) != original.claims.output_hash {
+                    bail!(
+                        "re-execution of {} on the same profile gave other bits",
+                        step.id
+                    );
+                }
+                println!("reexec:    {} ok, identical bits on {profile}", step.id);
+            } else {
+                let d = cairn_verifier::max_abs_diff(&recorded, &outputs)
+                    .map_err(anyhow::Error::msg)?;
+                if d > a.tolerance {
+                    bail!(
+                        "re-execution of {} differs by {d} (> {}) on {profile}",
+                        step.id,
+                        a.tolerance
+                    );
+                }
+                println!(
+                    "reexec:    {} ok, within {d} on {profile} (recorded on {})",
+                    step.id, original.claims.profile
+                );
+            }
+        }
+    }
+    if !unsettled.is_empty() && !a.allow_unsettled {
+        bail!(
+            "not every receipt is in a finalized batch yet ({}); batches settle after attestation and the challenge window: try again later, or pass --allow-unsettled",
+            unsettled.join(", ")
+        );
+    }
+    println!("verified");
+    Ok(())
+}

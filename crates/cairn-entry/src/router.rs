@@ -1,0 +1,459 @@
+//! Which node runs a step: among the active inference nodes the registry lists (and any the
+//! entry was given by URL), by price for the model, then recent latency, skipping nodes that
+//! failed lately; a step that fails on one node is sent to the next, each attempt under the
+//! step's deadline. A node's failure is recorded as an attempt, never charged: the node client
+//! pays only inside the exchange that returns the answer.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use alloy_primitives::{Address, U256};
+use cairn_core::{BlobId, Tensor};
+use cairn_node_api::{NodeClient, NodeClientError, PaymentMade};
+use cairn_receipt::SignedReceipt;
+use serde::{Deserialize, Serialize};
+
+/// How long a node that failed is passed over.
+const BACKOFF: Duration = Duration::from_secs(30);
+/// How long a node's info is trusted before it is asked again.
+const INFO_TTL: Duration = Duration::from_secs(30);
+/// How long the registry's list of nodes is trusted.
+const REGISTRY_TTL: Duration = Duration::from_secs(15);
+/// How long asking a node who it is may take.
+const INFO_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How the entry pays nodes.
+#[derive(Clone)]
+pub struct Payer {
+    /// The payer's key.
+    pub key: alloy_signer_local::PrivateKeySigner,
+    /// Where the payer's own channel accounts are kept.
+    pub accounts: std::path::PathBuf,
+    /// What an x402 `batch-settlement` deposit puts in when a channel runs low (`None`: pay
+    /// prepaid or `exact` only).
+    pub batch_deposit: Option<U256>,
+}
+
+/// The salt of the entry's own channels: apart from the payer's other channels with the same
+/// nodes, so the entry's vouchers and the payer's own never race for one cumulative count.
+pub fn channel_salt() -> alloy_primitives::B256 {
+    alloy_primitives::keccak256(b"cairn-entry")
+}
+
+/// A node as the router knows it.
+#[derive(Debug, Clone)]
+struct Known {
+    address: Option<Address>,
+    default_price: U256,
+    model_prices: Vec<(String, U256)>,
+    info_at: Option<Instant>,
+    ewma_ms: Option<f64>,
+    down_until: Option<Instant>,
+    successes: u64,
+    failures: u64,
+}
+
+impl Default for Known {
+    fn default() -> Self {
+        Self {
+            address: None,
+            default_price: U256::ZERO,
+            model_prices: Vec::new(),
+            info_at: None,
+            ewma_ms: None,
+            down_until: None,
+            successes: 0,
+            failures: 0,
+        }
+    }
+}
+
+/// A failed attempt, kept in the run record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Attempt {
+    /// The node's URL.
+    pub node: String,
+    /// What went wrong.
+    pub error: String,
+}
+
+/// A node's standing, for `GET /v1/entry` and the explorer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeStanding {
+    /// URL.
+    pub url: String,
+    /// Address, once known.
+    pub address: Option<Address>,
+    /// Recent latency (exponentially weighted), milliseconds.
+    pub latency_ms: Option<f64>,
+    /// Calls that succeeded.
+    pub successes: u64,
+    /// Calls that failed.
+    pub failures: u64,
+    /// Whether it is passed over for now.
+    pub resting: bool,
+}
+
+/// Why a step could not run on any node.
+#[derive(Debug, thiserror::Error)]
+pub enum RouteError {
+    /// No node to try.
+    #[error("no active node is reachable")]
+    NoNode,
+    /// The request itself was refused (bad input, payment): another node would refuse it too.
+    #[error("{0}")]
+    Refused(String),
+    /// Every node tried failed.
+    #[error("every node tried failed: {0}")]
+    AllFailed(String),
+}
+
+/// A model step's result.
+pub struct Ran<T> {
+    /// What came back.
+    pub value: T,
+    /// The node that answered.
+    pub node: String,
+    /// Its address (the receipt's signer).
+    pub address: Address,
+    /// What was paid.
+    pub payment: Option<PaymentMade>,
+    /// Failed attempts before it.
+    pub attempts: Vec<Attempt>,
+}
+
+/// The router.
+pub struct Router {
+    chain: Option<cairn_ledger::Chain>,
+    fixed: Vec<String>,
+    payer: Option<Payer>,
+    deadline: Duration,
+    /// How many nodes a step may be tried on.
+    tries: usize,
+    known: Mutex<HashMap<String, Known>>,
+    registry: tokio::sync::Mutex<(Option<Instant>, Vec<String>)>,
+}
+
+impl Router {
+    /// A router over the registry's active nodes (when a chain is given) and `fixed` URLs.
+    pub fn new(
+        chain: Option<cairn_ledger::Chain>,
+        fixed: Vec<String>,
+        payer: Option<Payer>,
+        deadline: Duration,
+    ) -> Self {
+        Self {
+            chain,
+            fixed: fixed
+                .into_iter()
+                .map(|u| u.trim_end_matches('/').to_owned())
+                .collect(),
+            payer,
+            deadline,
+            tries: 2,
+            known: Mutex::new(HashMap::new()),
+            registry: tokio::sync::Mutex::new((None, Vec::new())),
+        }
+    }
+
+    /// Tries a step on at most this many nodes (default 2).
+    pub fn with_tries(mut self, tries: usize) -> Self {
+        self.tries = tries.max(1);
+        self
+    }
+
+    /// The per-step deadline.
+    pub fn deadline(&self) -> Duration {
+        self.deadline
+    }
+
+    fn client(&self, url: &str) -> NodeClient {
+        let c = NodeClient::new(url);
+        match &self.payer {
+            Some(p) => {
+                let c = c
+                    .with_payer(p.key.clone(), channel_salt())
+                    .with_accounts(p.accounts.clone());
+                match p.batch_deposit {
+                    Some(amount) => c.with_batch_deposit(amount),
+                    None => c,
+                }
+            }
+            None => c,
+        }
+    }
+
+    /// Every node URL: the fixed ones first, then the registry's active inference nodes.
+    async fn urls(&self) -> Vec<String> {
+        let mut out = self.fixed.clone();
+        if let Some(chain) = &self.chain {
+            let mut reg = self.registry.lock().await;
+            let stale = reg.0.is_none_or(|t| t.elapsed() > REGISTRY_TTL);
+            if stale {
+                match registry_urls(chain).await {
+                    Ok(urls) => *reg = (Some(Instant::now()), urls),
+                    Err(e) => tracing::warn!("reading the registry's active nodes: {e}"),
+                }
+            }
+            for u in &reg.1 {
+                if !out.contains(u) {
+                    out.push(u.clone());
+                }
+            }
+        }
+        out
+    }
+
+    /// Refreshes a node's info when stale; `false` when it cannot be reached.
+    async fn refresh(&self, url: &str) -> bool {
+        let fresh = self
+            .known
+            .lock()
+            .expect("router lock")
+            .get(url)
+            .and_then(|k| k.info_at)
+            .is_some_and(|t| t.elapsed() < INFO_TTL);
+        if fresh {
+            return true;
+        }
+        let info = tokio::time::timeout(INFO_TIMEOUT, NodeClient::new(url).info()).await;
+        let mut known = self.known.lock().expect("router lock");
+        let k = known.entry(url.to_owned()).or_default();
+        match info {
+            Ok(Ok(info)) => {
+                k.address = Some(info.address);
+                k.default_price = info
+                    .payments
+                    .as_ref()
+                    .map_or(info.price, |p| p.default_price);
+                k.model_prices = info
+                    .payments
+                    .as_ref()
+                    .map(|p| {
+                        p.model_prices
+                            .iter()
+                            .map(|m| (m.model.clone(), m.price))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                k.info_at = Some(Instant::now());
+                true
+            }
+            _ => {
+                k.failures += 1;
+                k.down_until = Some(Instant::now() + BACKOFF);
+                false
+            }
+        }
+    }
+
+    /// Nodes to try for `model` (a CID or `name@version`), best first.
+    async fn candidates(&self, model: &[&str]) -> Vec<(String, Address)> {
+        let urls = self.urls().await;
+        let mut scored = Vec::new();
+        for (order, url) in urls.into_iter().enumerate() {
+            let reachable = self.refresh(&url).await;
+            let known = self.known.lock().expect("router lock");
+            let Some(k) = known.get(&url) else { continue };
+            let Some(address) = k.address else { continue };
+            let price = k
+                .model_prices
+                .iter()
+                .find(|(m, _)| model.contains(&m.as_str()))
+                .map_or(k.default_price, |(_, p)| *p);
+            let resting = !reachable || k.down_until.is_some_and(|t| t > Instant::now());
+            scored.push((
+                resting,
+                price,
+                k.ewma_ms.unwrap_or(0.0),
+                order,
+                url.clone(),
+                address,
+            ));
+        }
+        // Ties go to the order given: the fixed nodes first, then the registry's.
+        scored.sort_by(|a, b| {
+            (a.0, a.1)
+                .cmp(&(b.0, b.1))
+                .then(a.2.total_cmp(&b.2))
+                .then(a.3.cmp(&b.3))
+        });
+        scored.into_iter().map(|s| (s.4, s.5)).collect()
+    }
+
+    fn record(&self, url: &str, ok: bool, took: Duration) {
+        let mut known = self.known.lock().expect("router lock");
+        let k = known.entry(url.to_owned()).or_default();
+        if ok {
+            let ms = took.as_secs_f64() * 1e3;
+            k.ewma_ms = Some(k.ewma_ms.map_or(ms, |e| 0.8 * e + 0.2 * ms));
+            k.successes += 1;
+            k.down_until = None;
+        } else {
+            k.failures += 1;
+            k.down_until = Some(Instant::now() + BACKOFF);
+        }
+    }
+
+    /// The nodes the router has seen.
+    pub fn standings(&self) -> Vec<NodeStanding> {
+        let known = self.known.lock().expect("router lock");
+        let mut out: Vec<_> = known
+            .iter()
+            .map(|(url, k)| NodeStanding {
+                url: url.clone(),
+                address: k.address,
+                latency_ms: k.ewma_ms,
+                successes: k.successes,
+                failures: k.failures,
+                resting: k.down_until.is_some_and(|t| t > Instant::now()),
+            })
+            .collect();
+        out.sort_by(|a, b| a.url.cmp(&b.url));
+        out
+    }
+
+    /// Runs `f` on the best node, then the next on failure, each under the deadline.
+    async fn route<T, F, Fut>(&self, names: &[&str], f: F) -> Result<Ran<T>, RouteError>
+    where
+        F: Fn(NodeClient, Address) -> Fut,
+        Fut: std::future::Future<Output = Result<(T, Option<PaymentMade>), NodeClientError>>,
+    {
+        let nodes = self.candidates(names).await;
+        if nodes.is_empty() {
+            return Err(RouteError::NoNode);
+        }
+        let mut attempts = Vec::new();
+        for (url, address) in nodes.into_iter().take(self.tries) {
+            let started = Instant::now();
+            let outcome = tokio::time::timeout(self.deadline, f(self.client(&url), address)).await;
+            match outcome {
+                Ok(Ok((value, payment))) => {
+                    self.record(&url, true, started.elapsed());
+                    return Ok(Ran {
+                        value,
+                        node: url,
+                        address,
+                        payment,
+                        attempts,
+                    });
+                }
+                Ok(Err(e)) if refused(&e) => {
+                    // The node is up and said no to this request: not its fault, and the next
+                    // node would say the same.
+                    self.record(&url, true, started.elapsed());
+                    return Err(RouteError::Refused(e.to_string()));
+                }
+                Ok(Err(e)) => {
+                    self.record(&url, false, started.elapsed());
+                    attempts.push(Attempt {
+                        node: url,
+                        error: e.to_string(),
+                    });
+                }
+                Err(_) => {
+                    self.record(&url, false, started.elapsed());
+                    attempts.push(Attempt {
+                        node: url,
+                        error: format!(
+                            "no answer within the step's deadline of {:?}",
+                            self.deadline
+                        ),
+                    });
+                }
+            }
+        }
+        Err(RouteError::AllFailed(
+            attempts
+                .iter()
+                .map(|a| format!("{}: {}", a.node, a.error))
+                .collect::<Vec<_>>()
+                .join("; "),
+        ))
+    }
+
+    /// Runs a hub model on the best node. The receipt must be signed by the node chosen and bind
+    /// this model, these inputs and these outputs.
+    pub async fn infer(
+        &self,
+        reference: &str,
+        cid: &BlobId,
+        inputs: &[Tensor],
+    ) -> Result<Ran<(Vec<Tensor>, SignedReceipt)>, RouteError> {
+        let cid_text = cid.to_string();
+        let cid_ref = cid_text.as_str();
+        self.route(&[reference, cid_ref], |client, address| async move {
+            let out = client.infer(cid_ref, inputs, false).await?;
+            let r = &out.receipt;
+            let p = NodeClientError::Protocol;
+            if r.signer != address {
+                return Err(p(format!(
+                    "the receipt is signed by {}, not the node {address}",
+                    r.signer
+                )));
+            }
+            if &r.claims.model != cid {
+                return Err(p(format!(
+                    "the receipt names model {}, not {cid}",
+                    r.claims.model
+                )));
+            }
+            if r.claims.input_hash != cairn_core::tensor::tensors_hash(inputs)
+                || r.claims.output_hash != cairn_core::tensor::tensors_hash(&out.outputs)
+            {
+                return Err(p(
+                    "the receipt does not bind these inputs and outputs".into()
+                ));
+            }
+            Ok(((out.outputs, out.receipt), out.payment))
+        })
+        .await
+    }
+
+    /// A chat completion on the best node serving `model`; the receipt is checked by the client
+    /// against the exact request and answer bytes, and must be the chosen node's.
+    pub async fn chat(
+        &self,
+        model: &str,
+        request: &serde_json::Value,
+    ) -> Result<Ran<cairn_node_api::ChatOutcome>, RouteError> {
+        self.route(&[model], |client, address| async move {
+            let mut out = client.chat(request).await?;
+            if out.receipt.signer != address {
+                return Err(NodeClientError::Protocol(format!(
+                    "the receipt is signed by {}, not the node {address}",
+                    out.receipt.signer
+                )));
+            }
+            let payment = out.payment.take();
+            Ok((out, payment))
+        })
+        .await
+    }
+}
+
+/// A refusal of the request itself: bad input (400, 413, 422) or payment (402). A 404 is not
+/// one (another node may serve the model), nor is any 5xx.
+fn refused(e: &NodeClientError) -> bool {
+    match e {
+        NodeClientError::Api { status, .. } => {
+            matches!(status.as_u16(), 400 | 402 | 413 | 415 | 422)
+        }
+        _ => false,
+    }
+}
+
+async fn registry_urls(
+    chain: &cairn_ledger::Chain,
+) -> Result<Vec<String>, cairn_ledger::LedgerError> {
+    let mut out = Vec::new();
+    for a in chain.active_nodes(cairn_ledger::Role::Inference).await? {
+        let n = chain.node(a).await?;
+        if n.active && !n.endpoint.is_empty() {
+            out.push(n.endpoint.trim_end_matches('/').to_owned());
+        }
+    }
+    Ok(out)
+}

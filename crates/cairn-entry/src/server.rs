@@ -1,0 +1,542 @@
+//! The entry's HTTP API: an OpenAI-compatible `POST /v1/chat/completions` (any chat client
+//! can use the entry; the answer names its run record), `GET /v1/runs/{id}` (a signed run
+//! record), `GET /v1/entry` (who the entry is, its skills and nodes), `GET /v1/schema/task`.
+//!
+//! Each turn spends the entry's payer's money on nodes, so turns run a few at a time (a 503
+//! with `Retry-After` beyond), each under a spending cap, and the server can require a bearer
+//! token. Run records hold what users wrote: there is no listing, only lookup by id (a 256-bit
+//! hash nobody guesses).
+
+use std::sync::Arc;
+
+use alloy_primitives::B256;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use cairn_core::api::ErrorBody;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::entry::{Entry, Message, Progress};
+use crate::record::{RunRecord, SignedRecord};
+
+/// The largest request body (a message is at most [`crate::task::MAX_INPUT_BYTES`]; history and
+/// JSON escaping take the rest).
+pub const MAX_BODY_BYTES: usize = 512 * 1024;
+/// The header that names a turn's run record.
+pub const RUN_HEADER: &str = "cairn-run-id";
+/// The model name the entry answers as.
+pub const MODEL: &str = "cairn-entry";
+
+/// How the server is run.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// Turns at once.
+    pub turns: usize,
+    /// A bearer token every turn must carry, when set.
+    pub token: Option<String>,
+    /// Origins whose pages may call the API (the explorer's chat page).
+    pub origins: Vec<String>,
+}
+
+struct AppState {
+    entry: Arc<Entry>,
+    turns: Arc<tokio::sync::Semaphore>,
+    config: ServerConfig,
+}
+
+/// The router.
+pub fn router(entry: Arc<Entry>, config: ServerConfig) -> Router {
+    let state = Arc::new(AppState {
+        entry,
+        turns: Arc::new(tokio::sync::Semaphore::new(config.turns.max(1))),
+        config,
+    });
+    Router::new()
+        .route(
+            "/v1/chat/completions",
+            post(chat)
+                .options(preflight)
+                // The handler reads the body itself, to refuse an oversized one in JSON.
+                .layer(DefaultBodyLimit::disable()),
+        )
+        .route("/v1/runs/{id}", get(run).options(preflight))
+        .route("/v1/entry", get(info).options(preflight))
+        .route("/v1/schema/task", get(schema))
+        .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), cors))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+/// Serves the entry on `listener` until `shutdown`.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    entry: Arc<Entry>,
+    config: ServerConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let metrics = Arc::new(cairn_serve::metrics::Metrics::new("cairn_entry"));
+    let app = cairn_serve::metrics::serve(router(entry, config), metrics);
+    axum::serve(cairn_serve::LingeringListener::new(listener), app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
+    (status, Json(ErrorBody::new(code, message))).into_response()
+}
+
+async fn cors(
+    State(s): State<Arc<AppState>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let origin = req
+        .headers()
+        .get(header::ORIGIN)
+        .and_then(|o| o.to_str().ok())
+        .filter(|o| s.config.origins.iter().any(|a| a == o))
+        .map(str::to_owned);
+    let mut resp = next.run(req).await;
+    if let Some(o) = origin
+        && let Ok(v) = HeaderValue::from_str(&o)
+    {
+        let h = resp.headers_mut();
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, v);
+        h.insert(header::VARY, HeaderValue::from_static("origin"));
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_HEADERS,
+            HeaderValue::from_static("content-type, authorization"),
+        );
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            HeaderValue::from_static("GET, POST"),
+        );
+        h.insert(
+            header::ACCESS_CONTROL_EXPOSE_HEADERS,
+            HeaderValue::from_static(RUN_HEADER),
+        );
+    }
+    resp
+}
+
+async fn preflight() -> StatusCode {
+    StatusCode::NO_CONTENT
+}
+
+async fn schema() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/schema+json")],
+        crate::task::TASK_SCHEMA,
+    )
+        .into_response()
+}
+
+async fn info(State(s): State<Arc<AppState>>) -> Response {
+    let mut skills = Vec::new();
+    for skill in crate::task::Skill::ALL {
+        let model = if skill.is_exact() {
+            json!({"computed_by": "the entry, exactly"})
+        } else {
+            match s.entry.model_for(skill).await {
+                Ok(m) => json!({"model": m.reference, "cid": m.cid.to_string()}),
+                Err(e) => json!({"unavailable": e.to_string()}),
+            }
+        };
+        skills.push(
+            json!({"skill": skill.as_str(), "tag": crate::skills::tag(skill), "runs_on": model}),
+        );
+    }
+    Json(json!({
+        "address": s.entry.address().to_checksum(None),
+        "llm": s.entry.llm(),
+        "task_schema": crate::task::SCHEMA,
+        "run_schema": crate::record::SCHEMA,
+        "skills": skills,
+        "nodes": s.entry.router().standings(),
+        "auth": s.config.token.is_some(),
+    }))
+    .into_response()
+}
+
+async fn run(State(s): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
+    let Ok(id) = id.parse::<B256>() else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad_run_id",
+            "a run id is 0x and 64 hex digits",
+        );
+    };
+    match s.entry.store().get(id) {
+        Ok(Some(text)) => ([(header::CONTENT_TYPE, "application/json")], text).into_response(),
+        Ok(None) => error(
+            StatusCode::NOT_FOUND,
+            "unknown_run",
+            format!("no run {id} here"),
+        ),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "store_failed",
+            e.to_string(),
+        ),
+    }
+}
+
+/// What the endpoint reads of an OpenAI chat request. Sampling fields are read and ignored
+/// (the entry decides how its models sample, so a run is re-executable); fields that would
+/// change what the entry does and that it does not do are refused by name.
+#[derive(Deserialize)]
+struct ChatRequest {
+    #[serde(default)]
+    #[allow(dead_code)]
+    model: Option<String>,
+    messages: Vec<ChatMessage>,
+    #[serde(default)]
+    stream: bool,
+    #[serde(default)]
+    n: Option<u32>,
+    #[serde(default)]
+    tools: Option<serde_json::Value>,
+    #[serde(default)]
+    functions: Option<serde_json::Value>,
+    #[serde(default)]
+    response_format: Option<serde_json::Value>,
+    #[serde(flatten)]
+    #[allow(dead_code)]
+    rest: serde_json::Map<String, serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+struct ChatMessage {
+    role: String,
+    content: MessageContent,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum MessageContent {
+    Text(String),
+    Parts(Vec<ContentPart>),
+}
+
+#[derive(Deserialize)]
+struct ContentPart {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    text: Option<String>,
+}
+
+impl MessageContent {
+    fn text(&self) -> Result<String, String> {
+        match self {
+            Self::Text(t) => Ok(t.clone()),
+            Self::Parts(parts) => parts
+                .iter()
+                .map(|p| match (p.kind.as_str(), &p.text) {
+                    ("text", Some(t)) => Ok(t.clone()),
+                    (kind, _) => Err(format!(
+                        "content parts of type {kind:?} are not read by the entry: send text"
+                    )),
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map(|v| v.join("\n")),
+        }
+    }
+}
+
+fn bad(message: impl Into<String>) -> Response {
+    error(StatusCode::BAD_REQUEST, "bad_request", message)
+}
+
+async fn chat(
+    State(s): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Response {
+    if let Some(token) = &s.config.token {
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        let ok = given.is_some_and(|g| {
+            use subtle::ConstantTimeEq;
+            bool::from(g.as_bytes().ct_eq(token.as_bytes()))
+        });
+        if !ok {
+            return error(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "this entry needs `Authorization: Bearer <token>`",
+            );
+        }
+    }
+    let Ok(body) = axum::body::to_bytes(body, MAX_BODY_BYTES).await else {
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "input_too_long",
+            format!(
+                "the request is over {MAX_BODY_BYTES} bytes; the entry reads a message of at most {} bytes: paste the part that matters",
+                crate::task::MAX_INPUT_BYTES
+            ),
+        );
+    };
+    let req: ChatRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return bad(format!("the body is not a chat request: {e}")),
+    };
+    if req.n.is_some_and(|n| n != 1) {
+        return bad("n: the entry answers once per turn (n = 1)");
+    }
+    for (name, v) in [
+        ("tools", &req.tools),
+        ("functions", &req.functions),
+        ("response_format", &req.response_format),
+    ] {
+        if v.is_some() {
+            return bad(format!(
+                "{name}: the entry decides which tools run and how it answers; send only messages"
+            ));
+        }
+    }
+    let mut texts = Vec::new();
+    for m in &req.messages {
+        match m.content.text() {
+            Ok(t) => texts.push((m.role.as_str(), t)),
+            Err(e) => return bad(e),
+        }
+    }
+    let Some(pos) = texts.iter().rposition(|(role, _)| *role == "user") else {
+        return bad("messages: there is no user message to answer");
+    };
+    // System messages are the client's, not the user's: the entry's own instructions stand.
+    let history: Vec<Message> = texts[..pos]
+        .iter()
+        .filter(|(role, _)| matches!(*role, "user" | "assistant"))
+        .map(|(role, t)| Message {
+            role: (*role).to_owned(),
+            content: t.clone(),
+        })
+        .collect();
+    let input = texts[pos].1.clone();
+    // Refuse bad input before taking a turn's permit.
+    if let Err(e) = crate::task::segment(&input) {
+        return input_error(&e);
+    }
+    let Ok(permit) = s.turns.clone().try_acquire_owned() else {
+        let mut r = error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "busy",
+            "the entry is taking as many turns as it runs at once; try again in a few seconds",
+        );
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        return r;
+    };
+    let entry = s.entry.clone();
+    if req.stream {
+        return stream_turn(entry, input, history, permit).await;
+    }
+    match entry.turn(&input, &history, None).await {
+        Ok((signed, rec)) => {
+            drop(permit);
+            let mut resp = Json(completion(&signed, &rec)).into_response();
+            if let Ok(v) = HeaderValue::from_str(&signed.id.to_string()) {
+                resp.headers_mut().insert(RUN_HEADER, v);
+            }
+            resp
+        }
+        Err(e) => turn_error(e),
+    }
+}
+
+fn input_error(e: &crate::task::InputError) -> Response {
+    use crate::task::InputError;
+    match e {
+        InputError::Empty => error(StatusCode::BAD_REQUEST, "empty_input", e.to_string()),
+        InputError::TooLong(_) | InputError::TooManySegments(_) => error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "input_too_long",
+            e.to_string(),
+        ),
+    }
+}
+
+fn turn_error(e: crate::TurnError) -> Response {
+    match e {
+        crate::TurnError::Input(e) => input_error(&e),
+        crate::TurnError::Store(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "store_failed",
+            e.to_string(),
+        ),
+    }
+}
+
+/// A turn's summary for clients: the task, the steps, what was paid, the record's id.
+pub fn summary(signed: &SignedRecord, r: &RunRecord) -> serde_json::Value {
+    let steps: Vec<_> = r
+        .steps
+        .iter()
+        .map(|s| {
+            json!({
+                "id": s.id,
+                "skill": s.skill.as_str(),
+                "status": s.status,
+                "result": s.result,
+                "error": s.error,
+                "model": s.run.as_ref().map(|m| m.model.reference.clone()),
+                "cid": s.run.as_ref().map(|m| m.model.cid.to_string()),
+                "node": s.run.as_ref().map(|m| m.node.address.to_checksum(None)),
+                "receipt": s.run.as_ref().and_then(|m| m.receipt.verify().ok()).map(|x| x.id().to_string()),
+                "charged": s.run.as_ref().map(|m| m.payment.charged.clone()),
+                "scheme": s.run.as_ref().map(|m| m.payment.scheme.clone()),
+                "attempts": s.attempts,
+            })
+        })
+        .collect();
+    json!({
+        "run": signed.id.to_string(),
+        "record": format!("/v1/runs/{}", signed.id),
+        "entry": r.entry.to_checksum(None),
+        "task": {
+            "goal": r.task.goal,
+            "subtasks": r.task.subtasks.len(),
+            "noise": r.task.noise.iter().map(|n| json!({"segment": n.segment, "reason": n.reason, "text": r.task.segment(n.segment)})).collect::<Vec<_>>(),
+            "missing": r.task.missing,
+            "uncomputable": r.task.uncomputable,
+            "parsed_by": r.task.parsed_by,
+        },
+        "steps": steps,
+        "total_charged": r.total_charged,
+    })
+}
+
+fn usage(r: &RunRecord) -> (u64, u64) {
+    let mut p = 0u64;
+    let mut c = 0u64;
+    for call in r.parse.iter().chain(r.answer.llm.iter()) {
+        if let Ok(rc) = call.receipt.verify()
+            && let Some(u) = rc.claims.llm
+        {
+            p += u64::from(u.prompt_tokens);
+            c += u64::from(u.completion_tokens);
+        }
+    }
+    (p, c)
+}
+
+fn completion(signed: &SignedRecord, r: &RunRecord) -> serde_json::Value {
+    let (p, c) = usage(r);
+    json!({
+        "id": format!("chatcmpl-{}", signed.id),
+        "object": "chat.completion",
+        "created": r.created_at,
+        "model": MODEL,
+        "choices": [{
+            "index": 0,
+            "message": {"role": "assistant", "content": r.answer.text},
+            "finish_reason": "stop",
+        }],
+        "usage": {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c},
+        "cairn": summary(signed, r),
+    })
+}
+
+/// A streamed turn: progress as SSE comments (clients skip them), then the answer in chunks,
+/// the last one carrying the run record's summary, then `[DONE]`.
+async fn stream_turn(
+    entry: Arc<Entry>,
+    input: String,
+    history: Vec<Message>,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) -> Response {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let (ptx, mut prx) = tokio::sync::mpsc::unbounded_channel::<Progress>();
+    let created = cairn_core::clock::now_secs();
+    let progress_tx = tx.clone();
+    tokio::spawn(async move {
+        while let Some(p) = prx.recv().await {
+            let line = match p {
+                Progress::Parsed { subtasks, noise } => {
+                    format!(": cairn parsed {subtasks} sub-tasks, {noise} noise spans\n\n")
+                }
+                Progress::Step { id, skill, outcome } => format!(
+                    ": cairn step {id} {} {}\n\n",
+                    skill.as_str(),
+                    outcome.replace(['\n', '\r'], " ")
+                ),
+            };
+            if progress_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    tokio::spawn(async move {
+        let result = entry.turn(&input, &history, Some(ptx)).await;
+        drop(permit);
+        let chunk =
+            |delta: serde_json::Value, finish: Option<&str>, extra: Option<serde_json::Value>| {
+                let mut c = json!({
+                    "id": "chatcmpl-pending",
+                    "object": "chat.completion.chunk",
+                    "created": created,
+                    "model": MODEL,
+                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+                });
+                if let Some(x) = extra {
+                    c["cairn"] = x;
+                }
+                format!("data: {c}\n\n")
+            };
+        match result {
+            Ok((signed, rec)) => {
+                let id = format!("chatcmpl-{}", signed.id);
+                let fix = |s: String| s.replace("chatcmpl-pending", &id);
+                let _ = tx.send(fix(chunk(
+                    json!({"role": "assistant", "content": ""}),
+                    None,
+                    None,
+                )));
+                let text = rec.answer.text.clone();
+                let mut piece = String::new();
+                for word in text.split_inclusive(' ') {
+                    piece.push_str(word);
+                    if piece.len() >= 24 {
+                        let _ = tx.send(fix(chunk(json!({"content": piece}), None, None)));
+                        piece = String::new();
+                    }
+                }
+                if !piece.is_empty() {
+                    let _ = tx.send(fix(chunk(json!({"content": piece}), None, None)));
+                }
+                let _ = tx.send(fix(chunk(
+                    json!({}),
+                    Some("stop"),
+                    Some(summary(&signed, &rec)),
+                )));
+            }
+            Err(e) => {
+                let body = json!({"error": {"code": "turn_failed", "message": e.to_string()}});
+                let _ = tx.send(format!("data: {body}\n\n"));
+            }
+        }
+        let _ = tx.send("data: [DONE]\n\n".into());
+    });
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|s| {
+            (
+                Ok::<_, std::convert::Infallible>(axum::body::Bytes::from(s)),
+                rx,
+            )
+        })
+    });
+    Response::builder()
+        .header(header::CONTENT_TYPE, "text/event-stream")
+        .header(header::CACHE_CONTROL, "no-cache")
+        .body(axum::body::Body::from_stream(stream))
+        .expect("a response")
+}
