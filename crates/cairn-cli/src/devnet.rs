@@ -92,6 +92,11 @@ pub(crate) async fn devnet(
         format!("http://localhost:{explorer_port}"),
     ];
     let (rpc_url, rpc_task) = c.rpc.start(ledger, explorer_origins.to_vec()).await?;
+    // The entry's address too: the explorer's chat page talks to it.
+    let entry_listener = tokio::net::TcpListener::bind(c.entry_listen)
+        .await
+        .with_context(|| format!("binding {}", c.entry_listen))?;
+    let entry_url = format!("http://{}", entry_listener.local_addr()?);
     let gov = cairn_ledger::dev_signer(0);
     let (node_key, payer_key) = write_keys(&data_dir)?;
     let node_args = node_cmd::NodeServeArgs {
@@ -166,11 +171,13 @@ pub(crate) async fn devnet(
         chain.clone(),
         &url,
         &rpc_url,
+        &entry_url,
         stopped(stop_rx.clone()),
     )
     .await?;
     println!("  explorer: {explorer_url}");
-    let (entry_url, entry_task) = start_entry(
+    let entry_task = start_entry(
+        entry_listener,
         &c,
         &data_dir,
         &url,
@@ -209,6 +216,7 @@ pub(crate) async fn devnet(
 /// the first user's key from a `batch-settlement` channel of its own.
 #[allow(clippy::too_many_arguments)]
 async fn start_entry(
+    listener: tokio::net::TcpListener,
     c: &DevnetChain,
     data_dir: &Path,
     hub: &str,
@@ -218,7 +226,7 @@ async fn start_entry(
     chain: cairn_ledger::Chain,
     origins: &[String],
     stop: impl std::future::Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<(String, tokio::task::JoinHandle<std::io::Result<()>>)> {
+) -> anyhow::Result<tokio::task::JoinHandle<std::io::Result<()>>> {
     let args = crate::entry_cmd::EntryServeArgs {
         listen: c.entry_listen,
         hub: hub.to_owned(),
@@ -230,15 +238,10 @@ async fn start_entry(
         ..crate::entry_cmd::EntryServeArgs::defaults()?
     };
     let entry = crate::entry_cmd::open_entry(&args, &data_dir.join("entry"), Some(chain)).await?;
-    let listener = tokio::net::TcpListener::bind(c.entry_listen)
-        .await
-        .with_context(|| format!("binding {}", c.entry_listen))?;
-    let url = format!("http://{}", listener.local_addr()?);
     let config = crate::entry_cmd::server_config(&args)?;
-    Ok((
-        url,
-        tokio::spawn(cairn_entry::server::serve(listener, entry, config, stop)),
-    ))
+    Ok(tokio::spawn(cairn_entry::server::serve(
+        listener, entry, config, stop,
+    )))
 }
 
 /// Starts the hub on SQLite and a blob dir under `data_dir`; its URL and task.

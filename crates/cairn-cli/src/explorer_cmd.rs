@@ -26,6 +26,10 @@ pub enum ExplorerCommand {
         /// the chain themselves (it must allow this explorer's origin: CORS).
         #[arg(long)]
         browser_rpc: Option<String>,
+        /// The chat entry its chat page talks to (it must allow this explorer's origin:
+        /// `cairn entry serve --origin`).
+        #[arg(long)]
+        entry: Option<String>,
         /// Fetch from registered endpoints on private, loopback or link-local addresses (a
         /// local network); by default they are skipped, so a registered endpoint cannot make
         /// the indexer probe the network it runs in.
@@ -44,15 +48,18 @@ pub async fn run(cmd: ExplorerCommand) -> anyhow::Result<()> {
         hub,
         every_secs,
         browser_rpc,
+        entry,
         allow_private_endpoints,
         chain,
     } = cmd;
-    if let Some(rpc) = &browser_rpc
-        && cairn_explorer::web::origin_url(rpc).is_none()
-    {
-        anyhow::bail!(
-            "--browser-rpc {rpc}: expected a plain http(s) URL (scheme, host, port and path only)"
-        );
+    for (flag, url) in [("--browser-rpc", &browser_rpc), ("--entry", &entry)] {
+        if let Some(url) = url
+            && cairn_explorer::web::origin_url(url).is_none()
+        {
+            anyhow::bail!(
+                "{flag} {url}: expected a plain http(s) URL (scheme, host, port and path only)"
+            );
+        }
     }
     let chain = chain.connect().await?;
     let listener = tokio::net::TcpListener::bind(listen)
@@ -70,6 +77,7 @@ pub async fn run(cmd: ExplorerCommand) -> anyhow::Result<()> {
             ..Default::default()
         },
         browser_rpc,
+        entry,
         crate::shutdown_signal(),
     )
     .await?;
@@ -84,6 +92,7 @@ pub async fn start_devnet(
     chain: cairn_ledger::Chain,
     hub: &str,
     rpc: &str,
+    entry: &str,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<(
     String,
@@ -91,6 +100,7 @@ pub async fn start_devnet(
 )> {
     let index = format!("sqlite://{}", data_dir.join("explorer.db").display());
     let rpc = rpc.to_owned();
+    let entry = entry.to_owned();
     let url = format!("http://{}", listener.local_addr()?);
     let config = cairn_explorer::FollowConfig {
         hub: Some(hub.to_owned()),
@@ -104,7 +114,16 @@ pub async fn start_devnet(
     Ok((
         url,
         tokio::spawn(async move {
-            cairn_explorer::serve(listener, chain, &index, config, Some(rpc), stop).await
+            cairn_explorer::serve(
+                listener,
+                chain,
+                &index,
+                config,
+                Some(rpc),
+                Some(entry),
+                stop,
+            )
+            .await
         }),
     ))
 }

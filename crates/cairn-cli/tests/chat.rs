@@ -386,3 +386,38 @@ fn a_node_that_fails_midway_is_routed_around_and_charged_nothing() {
     assert_eq!(resting.len(), 1, "{info}");
     assert_eq!(resting[0]["url"], dying.url.as_str());
 }
+
+#[test]
+fn the_explorers_chat_page_holds_a_conversation_and_checks_its_records_in_chromium() {
+    let Ok(modules) = std::env::var("CAIRN_EXPLORER_MODULES") else {
+        assert!(
+            std::env::var_os("CAIRN_TEST_REQUIRE_SERVICES").is_none(),
+            "CAIRN_EXPLORER_MODULES is not set but services are required (run scripts/test.sh)"
+        );
+        eprintln!("SKIPPED the chat page: CAIRN_EXPLORER_MODULES not set (scripts/test.sh)");
+        return;
+    };
+    let net = Server::devnet_with(&[]);
+    let out = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("chat-screenshots");
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../cairn-explorer/web/test/chat.mjs");
+    let run = Command::new("node")
+        .arg(script)
+        .env("MODULES", &modules)
+        .env("EXPLORER", &net.explorer_url)
+        .env("OUT", &out)
+        .env(
+            "CHROMIUM",
+            std::env::var("CAIRN_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into()),
+        )
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&run.stdout);
+    println!("{printed}\nscreenshots in {}", out.display());
+    assert!(
+        run.status.success(),
+        "{printed}\n{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(out.join("chat-turn1.png").exists());
+}

@@ -31,6 +31,8 @@ pub struct ApiState {
     /// The chain's JSON-RPC the pages read batch roots from (they check receipts against the
     /// chain themselves); `None`: they check against what this explorer read.
     pub browser_rpc: Option<String>,
+    /// The chat entry the chat page talks to, when there is one.
+    pub entry: Option<String>,
 }
 
 impl ApiState {
@@ -41,6 +43,7 @@ impl ApiState {
             deployment,
             status: Arc::default(),
             browser_rpc: None,
+            entry: None,
         }
     }
 }
@@ -202,6 +205,8 @@ pub struct Status {
     pub fees_paid: String,
     /// The chain's JSON-RPC the pages read from, when configured.
     pub browser_rpc: Option<String>,
+    /// The chat entry the chat page talks to, when configured.
+    pub entry: Option<String>,
 }
 
 #[utoipa::path(get, path = "/api/v1/status", responses((status = 200, body = Status)))]
@@ -267,6 +272,7 @@ async fn count_status(s: &ApiState) -> Result<Status, ApiError> {
         batches,
         fees_paid: fees.to_string(),
         browser_rpc: s.browser_rpc.clone(),
+        entry: s.entry.clone(),
     })
 }
 

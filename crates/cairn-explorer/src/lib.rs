@@ -49,7 +49,7 @@ pub fn router(state: api::ApiState, metrics: Arc<metrics::IndexerMetrics>) -> ax
     metrics.register(&mut m);
     let doc = api::ApiDoc::openapi();
     let slots = Arc::new(tokio::sync::Semaphore::new(API_AT_ONCE));
-    let pages = web::pages(state.browser_rpc.as_deref());
+    let pages = web::pages(state.browser_rpc.as_deref(), state.entry.as_deref());
     let app = api::router(Arc::new(state))
         .layer(axum::middleware::from_fn_with_state(slots, bounded))
         .route(
@@ -64,7 +64,8 @@ pub fn router(state: api::ApiState, metrics: Arc<metrics::IndexerMetrics>) -> ax
 }
 
 /// Follows `chain` into the index at `index_url` and serves the explorer on `listener` until
-/// `shutdown`; its pages check receipts against the chain at `browser_rpc` when given. The API
+/// `shutdown`; its pages check receipts against the chain at `browser_rpc` when given, and
+/// its chat page talks to the chat entry at `entry`. The API
 /// reads through connections of its own, so readers never take the follower's.
 pub async fn serve(
     listener: tokio::net::TcpListener,
@@ -72,6 +73,7 @@ pub async fn serve(
     index_url: &str,
     config: FollowConfig,
     browser_rpc: Option<String>,
+    entry: Option<String>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let index = Index::connect(index_url).await?;
@@ -79,6 +81,7 @@ pub async fn serve(
     let metrics = Arc::new(metrics::IndexerMetrics::default());
     let mut state = api::ApiState::new(readers, chain.deployment().clone());
     state.browser_rpc = browser_rpc.as_deref().and_then(web::origin_url);
+    state.entry = entry.as_deref().and_then(web::origin_url);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let follower = Follower::new(chain, index, config, metrics.clone());
     let follow = tokio::spawn(async move {

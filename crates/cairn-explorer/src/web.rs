@@ -7,14 +7,15 @@ use axum::response::{IntoResponse, Response};
 
 include!(concat!(env!("OUT_DIR"), "/assets.rs"));
 
-/// Pages may load only this origin's scripts, styles and data (and read the chain's RPC): a
-/// model description that slipped past escaping still could not run a script or send anything
-/// elsewhere.
-fn csp(rpc: Option<&str>) -> String {
+/// Pages may load only this origin's scripts, styles and data (and read the chain's RPC, and
+/// talk to the chat entry): a model description that slipped past escaping still could not run
+/// a script or send anything elsewhere.
+fn csp(rpc: Option<&str>, entry: Option<&str>) -> String {
     format!(
         "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
-         connect-src 'self'{}; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
-        rpc.map(|r| format!(" {r}")).unwrap_or_default()
+         connect-src 'self'{}{}; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
+        rpc.map(|r| format!(" {r}")).unwrap_or_default(),
+        entry.map(|r| format!(" {r}")).unwrap_or_default()
     )
 }
 
@@ -32,10 +33,13 @@ pub fn origin_url(url: &str) -> Option<String> {
         .then_some(s)
 }
 
-/// The pages' handler; they may read the chain at `rpc`.
-pub fn pages(rpc: Option<&str>) -> axum::routing::MethodRouter {
-    let csp = HeaderValue::from_str(&csp(rpc.and_then(origin_url).as_deref()))
-        .expect("the policy is plain text");
+/// The pages' handler; they may read the chain at `rpc` and talk to the chat entry at `entry`.
+pub fn pages(rpc: Option<&str>, entry: Option<&str>) -> axum::routing::MethodRouter {
+    let csp = HeaderValue::from_str(&csp(
+        rpc.and_then(origin_url).as_deref(),
+        entry.and_then(origin_url).as_deref(),
+    ))
+    .expect("the policy is plain text");
     axum::routing::get(move |uri: Uri| serve(uri, csp.clone()))
 }
 

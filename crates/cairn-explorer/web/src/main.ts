@@ -5,7 +5,7 @@ import DOMPurify from "dompurify";
 import { marked } from "marked";
 import type { Hex } from "viem";
 import "./style.css";
-import { type WireReceipt, batchOnChain, pinnedDeployment, verifyReceipt } from "./verify";
+import { type WireReceipt, batchOnChain, pinnedDeployment, receiptSigner, runRecordSigner, verifyReceipt } from "./verify";
 
 // Raw HTML inside Markdown is shown as text: no element of the author's choosing is ever
 // parsed, and DOMPurify still cleans what Markdown itself produces (links, images).
@@ -457,6 +457,134 @@ async function activity(main: HTMLElement, params: URLSearchParams) {
   );
 }
 
+
+/** One turn of the chat page's conversation (kept while the page's tab lives). */
+type Turn = { user: string; answer?: string; cairn?: Json; error?: string; checks?: Check[] };
+type Check = { label: string; ok: boolean; detail: string };
+const conversation: Turn[] = [];
+
+/** Checks a turn's run record and receipts in this browser. */
+async function checkTurn(entry: string, cairn: Json, s: Json): Promise<Check[]> {
+  const checks: Check[] = [];
+  const r = await fetch(`${entry}/v1/runs/${encodeURIComponent(cairn.run)}`);
+  if (!r.ok) return [{ label: "Run record", ok: false, detail: `the entry answered ${r.status}` }];
+  const signed = await r.json();
+  const signer = await runRecordSigner(signed);
+  checks.push({
+    label: "Run record signed by the entry",
+    ok: signer !== null && signer.toLowerCase() === String(cairn.entry).toLowerCase(),
+    detail: signer ? `id ${signed.id}, signed by ${signer}` : "its id is not its text's keccak-256, or its signature is not the entry's",
+  });
+  const record = JSON.parse(signed.record);
+  for (const step of record.steps as Json[]) {
+    if (!step.run) continue;
+    const who = await receiptSigner(step.run.receipt as WireReceipt, s.settlement, s.chainId);
+    checks.push({
+      label: `Receipt of ${step.id} signed by its node`,
+      ok: who !== null && who.toLowerCase() === String(step.run.node.address).toLowerCase(),
+      detail: who ? `${step.run.model.reference} on ${who}` : "not a receipt of this deployment signed by the node named",
+    });
+  }
+  for (const [name, call] of [["parse", record.parse], ["answer", record.answer.llm]] as [string, Json][]) {
+    if (!call) continue;
+    const who = await receiptSigner(call.receipt as WireReceipt, s.settlement, s.chainId);
+    checks.push({
+      label: `Language-model receipt (${name}) signed by its node`,
+      ok: who !== null && who.toLowerCase() === String(call.node.address).toLowerCase(),
+      detail: who ? `${call.model} on ${who}` : "not a receipt of this deployment signed by the node named",
+    });
+  }
+  return checks;
+}
+
+function turnView(t: Turn, i: number): HTMLElement {
+  const state = t.error ? "error" : t.cairn ? "done" : "working";
+  const box = h("article", { class: "turn", "data-state": state, "aria-label": `Turn ${i + 1}` }, h("pre", { class: "user" }, t.user));
+  if (t.error) {
+    box.append(h("p", { class: "error", role: "alert" }, t.error));
+    return box;
+  }
+  if (!t.cairn) {
+    box.append(h("p", { class: "pending", role: "status" }, "Parsing, computing on the network's nodes, answering…"));
+    return box;
+  }
+  const c = t.cairn;
+  box.append(h("pre", { class: "answer" }, t.answer ?? ""));
+  const task = c.task;
+  box.append(
+    h("h3", {}, "Task object"),
+    dl([
+      ["Goal", task.goal || "—"],
+      ["Parsed by", `rules${task.parsed_by.llm ? ` + ${task.parsed_by.llm}` : ""}`],
+      ["Noise ignored", task.noise.length ? h("ul", { class: "noise" }, ...task.noise.map((n: Json) => h("li", {}, h("q", {}, n.text), ` (${n.reason})`))) : "none"],
+      ["Not computable", task.uncomputable.length ? task.uncomputable.map((u: Json) => `${u.need}: ${u.reason}`).join("; ") : "—"],
+      ["Missing", task.missing.length ? task.missing.join("; ") : "—"],
+    ]),
+    table("Steps", ["Step", "Skill", "Result", "Model", "Node", "Receipt", "Charged"], c.steps.map((st: Json) => [
+      st.id,
+      st.skill,
+      st.result ?? `failed: ${st.error ?? ""}`,
+      st.model ?? "exact, by the entry",
+      st.node ? link(`/nodes/${st.node}`, short(st.node)) : "—",
+      st.receipt ? link(`/receipts/${st.receipt}`, short(st.receipt)) : "—",
+      st.charged ? `${st.charged} (${st.scheme})` : "0",
+    ])),
+    dl([
+      ["Total charged", h("span", { class: "total" }, `${c.total_charged} token units`)],
+      ["Run record", h("span", {}, h("code", { class: "run" }, c.run), " ", copyButton(c.run, "run record id"))],
+    ]),
+  );
+  const checks = h("ul", { class: "checks" });
+  for (const k of t.checks ?? []) checks.append(h("li", { class: k.ok ? "ok" : "bad" }, k.ok ? "✔ " : "✘ ", h("strong", {}, k.label), ": ", k.detail));
+  box.append(h("h3", {}, "Checked in this browser (viem)"), checks,
+    h("p", { class: "muted" }, "Settlement: each receipt's page shows its batch once this explorer has indexed it; `cairn run verify` checks the whole record against the chain."));
+  return box;
+}
+
+async function chat(main: HTMLElement) {
+  const s = await api("/api/v1/status");
+  main.append(h("h1", {}, "Chat"));
+  if (!s.entry) {
+    main.append(h("p", { class: "error", role: "alert" }, "This explorer has no chat entry (start it with cairn explorer serve --entry URL; cairn devnet does)."));
+    return;
+  }
+  main.append(h("p", { class: "muted" }, `Messages go to the chat entry at ${s.entry}: it separates the goal, constraints, computations and noise, runs each computation exactly or on a hub model at a node (paid, with a receipt), then answers with a signed run record.`));
+  const log = h("section", { id: "conversation", "aria-label": "Conversation" });
+  const area = h("textarea", { id: "message", name: "message", rows: "6", required: "" }) as HTMLTextAreaElement;
+  const send = h("button", { type: "submit" }, "Send") as HTMLButtonElement;
+  const form = h("form", { class: "chat" }, h("label", { for: "message" }, "Your message"), area, send);
+  const show = () => log.replaceChildren(...conversation.map(turnView));
+  show();
+  main.append(log, form);
+  form.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const text = area.value;
+    if (!text.trim()) return;
+    const history = conversation.flatMap((t) => (t.answer ? [{ role: "user", content: t.user }, { role: "assistant", content: t.answer }] : []));
+    const turn: Turn = { user: text };
+    conversation.push(turn);
+    area.value = "";
+    send.disabled = true;
+    show();
+    try {
+      const r = await fetch(`${s.entry}/v1/chat/completions`, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({ model: "cairn-entry", messages: [...history, { role: "user", content: text }] }),
+      });
+      const body = await r.json();
+      if (!r.ok) throw new Error(body.message ?? `the entry answered ${r.status}`);
+      turn.answer = body.choices[0].message.content;
+      turn.cairn = body.cairn;
+      turn.checks = await checkTurn(s.entry, body.cairn, s);
+    } catch (err) {
+      turn.error = err instanceof Error ? err.message : String(err);
+    }
+    send.disabled = false;
+    show();
+  });
+}
+
 async function render() {
   const main = document.getElementById("main")!;
   main.replaceChildren();
@@ -474,6 +602,7 @@ async function render() {
     else if (parts[0] === "batches" && parts.length === 2) await batch(main, parts[1], params);
     else if (parts[0] === "receipts" && parts.length === 2) await receipt(main, parts[1]);
     else if (parts[0] === "activity") await activity(main, params);
+    else if (parts[0] === "chat" && parts.length === 1) await chat(main);
     else throw new ApiError(404, "not_found", `There is no page at ${path}.`);
   } catch (e) {
     main.replaceChildren(

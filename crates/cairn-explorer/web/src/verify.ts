@@ -11,7 +11,9 @@ import {
   http,
   isAddressEqual,
   keccak256,
+  recoverMessageAddress,
   recoverTypedDataAddress,
+  stringToBytes,
 } from "viem";
 
 type Field = { name: string; type: string };
@@ -240,4 +242,33 @@ export function pinnedDeployment(now: { settlement: string; chainId: number; rpc
   const was = JSON.parse(seen) as typeof now;
   const same = was.settlement?.toLowerCase() === now.settlement.toLowerCase() && was.chainId === now.chainId && was.rpc === now.rpc;
   return same ? null : `this explorer now names settlement ${now.settlement} on chain ${now.chainId} (RPC ${now.rpc ?? "none"}); on your first visit it named ${was.settlement} on chain ${was.chainId} (RPC ${was.rpc ?? "none"})`;
+}
+
+/**
+ * A receipt's own signer, recovered here under Cairn's pinned types and checked against the
+ * deployment (`null` when the receipt is not a Cairn receipt of this deployment or carries no
+ * signature of its own).
+ */
+export async function receiptSigner(receipt: WireReceipt, settlement: string, chainId: number): Promise<string | null> {
+  const td = pinned(receipt.typedData);
+  if (!td || td.primaryType === "ReceiptRoot" || !domainOk(td, chainId, settlement)) return null;
+  if (receipt.signature) return recover(td, receipt.signature);
+  const b = receipt.batchSignature;
+  if (!b) return null;
+  const root = pinned(b.typedData);
+  if (!root || root.primaryType !== "ReceiptRoot") return null;
+  const leaf = leafOf(hashOf(td));
+  if (processProof(leaf, b.proof).toLowerCase() !== String(root.message.root).toLowerCase()) return null;
+  return recover(root, b.signature);
+}
+
+/**
+ * A chat entry's signed run record: its id must be the keccak-256 of the record's text and its
+ * EIP-191 signature over the id must recover to the entry the record names.
+ */
+export async function runRecordSigner(signed: { id: string; signature: string; record: string }): Promise<string | null> {
+  if (keccak256(stringToBytes(signed.record)).toLowerCase() !== signed.id.toLowerCase()) return null;
+  const signer = await recoverMessageAddress({ message: { raw: signed.id as Hex }, signature: signed.signature as Hex });
+  const named = JSON.parse(signed.record).entry as string;
+  return isAddressEqual(signer, named as Hex) ? signer : null;
 }
