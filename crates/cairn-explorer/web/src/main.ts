@@ -531,7 +531,7 @@ function turnView(t: Turn, i: number): HTMLElement {
     ])),
     dl([
       ["Total charged", h("span", { class: "total" }, `${c.total_charged} token units`)],
-      ["Run record", h("span", {}, h("code", { class: "run" }, c.run), " ", copyButton(c.run, "run record id"))],
+      ["Run record", h("span", {}, link(`/runs/${c.run}`, h("code", { class: "run" }, c.run)), " ", copyButton(c.run, "run record id"))],
     ]),
   );
   const checks = h("ul", { class: "checks" });
@@ -585,6 +585,44 @@ async function chat(main: HTMLElement) {
   });
 }
 
+/** A run record by id, fetched from the chat entry and shown as its turn, checked here. */
+async function runPage(main: HTMLElement, id: string) {
+  const s = await api("/api/v1/status");
+  if (!s.entry) throw new ApiError(404, "not_found", "This explorer has no chat entry to read run records from.");
+  const r = await fetch(`${s.entry}/v1/runs/${encodeURIComponent(id)}`);
+  if (!r.ok) {
+    const body = await r.json().catch(() => ({}));
+    throw new ApiError(r.status, body.code ?? "entry", body.message ?? `the entry answered ${r.status}`);
+  }
+  const signed = await r.json();
+  const record = JSON.parse(signed.record);
+  const summary = {
+    run: signed.id,
+    entry: record.entry,
+    task: { ...record.task, noise: record.task.noise.map((n: Json) => ({ ...n, text: segmentText(record.task, n.segment) })) },
+    steps: record.steps.map((st: Json) => ({
+      id: st.id, skill: st.skill, result: st.result, error: st.error,
+      model: st.run?.model.reference, node: st.run?.node.address,
+      receipt: st.run ? st.run.receipt.typedData.message.requestId : null,
+      charged: st.run?.payment.charged, scheme: st.run?.payment.scheme,
+    })),
+    total_charged: record.total_charged,
+  };
+  // The record keeps the message as its segments (and the whole message's SHA-256).
+  const turn: Turn = { user: record.task.segments.map((x: Json) => x.text).join("\n"), answer: record.answer.text, cairn: summary };
+  turn.checks = await checkTurn(s.entry, summary, s);
+  main.append(h("h1", {}, "Run ", h("code", {}, short(signed.id))), dl([
+    ["Entry", h("code", {}, record.entry)],
+    ["Time", time(record.created_at)],
+    ["Message SHA-256", h("code", {}, record.input_sha256)],
+    ["Edges", record.edges.map((e: string[]) => `${e[0]} → ${e[1]}`).join(", ")],
+  ]), turnView(turn, 0));
+}
+
+function segmentText(task: Json, n: number): string {
+  return (task.segments.find((s: Json) => s.n === n) ?? { text: "" }).text;
+}
+
 async function render() {
   const main = document.getElementById("main")!;
   main.replaceChildren();
@@ -603,6 +641,7 @@ async function render() {
     else if (parts[0] === "receipts" && parts.length === 2) await receipt(main, parts[1]);
     else if (parts[0] === "activity") await activity(main, params);
     else if (parts[0] === "chat" && parts.length === 1) await chat(main);
+    else if (parts[0] === "runs" && parts.length === 2) await runPage(main, parts[1]);
     else throw new ApiError(404, "not_found", `There is no page at ${path}.`);
   } catch (e) {
     main.replaceChildren(

@@ -77,6 +77,21 @@ await page.screenshot({ path: `${out}/chat-refused.png` });
 check(t3.includes("paste the part that matters"), `an oversized message is refused with what to do: ${t3.slice(0, 120)}`);
 
 check(errors.every((e) => e.includes("413")), `no page errors but the refusal: ${errors.join(" | ")}`);
+errors.length = 0;
+
+// The first turn's run record, as the explorer shows it from the entry: the same steps, checked.
+await page.locator("article.turn:nth-of-type(1) a[href^='/runs/']").click();
+await page.waitForSelector("main[aria-busy=false] article.turn .checks li", { timeout: 30000 });
+await page.screenshot({ path: `${out}/run-record.png`, fullPage: true });
+const run = await page.locator("main").innerText();
+check(run.includes("6 * 7 = 42 (exact)") && run.includes("digit-recognition"), "the run page shows the turn's answer and steps");
+check(run.includes("input → s1") || run.includes("input → parse"), "the run page shows the record's edges");
+const runChecks = await page.locator(".checks li").allInnerTexts();
+check(runChecks.length === 2 && runChecks.every((c) => c.startsWith("✔")), `the run page checks the record: ${runChecks.join(" | ")}`);
+await page.goto(`${base}/runs/0x${"00".repeat(32)}`, { waitUntil: "networkidle" });
+await page.waitForSelector("main[aria-busy=false]");
+check((await page.locator("main h1").innerText()) === "Not found", "an unknown run is not found");
+check(errors.every((e) => e.includes("404")), `no page errors but the 404: ${errors.join(" | ")}`);
 await browser.close();
 if (failures.length) {
   console.log(`${failures.length} check(s) failed`);
