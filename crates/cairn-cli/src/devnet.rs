@@ -235,6 +235,8 @@ async fn start_entry(
         payer_key: Some(payer_key.to_owned()),
         data_dir: Some(data_dir.join("entry")),
         origins: origins.to_vec(),
+        // The devnet's services all listen on loopback.
+        allow_private_nodes: true,
         ..crate::entry_cmd::EntryServeArgs::defaults()?
     };
     let entry = crate::entry_cmd::open_entry(&args, &data_dir.join("entry"), Some(chain)).await?;

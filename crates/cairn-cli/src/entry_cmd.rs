@@ -60,6 +60,11 @@ pub struct EntryServeArgs {
     /// An origin whose pages may call the entry (the explorer's chat page; repeat).
     #[arg(long = "origin")]
     pub origins: Vec<String>,
+    /// Reach registered nodes on private, loopback or link-local addresses (a local network);
+    /// by default such endpoints are skipped, so a registration cannot make the entry probe
+    /// the network it runs in.
+    #[arg(long)]
+    pub allow_private_nodes: bool,
 }
 
 impl EntryServeArgs {
@@ -107,7 +112,8 @@ pub async fn open_entry(
         a.nodes.clone(),
         payer,
         Duration::from_millis(a.step_deadline_ms.max(1)),
-    );
+    )
+    .allow_private(a.allow_private_nodes);
     let entry = cairn_entry::Entry::open(cairn_entry::EntryConfig {
         key,
         hub: cairn_hub::HubClient::new(&a.hub, None)?,

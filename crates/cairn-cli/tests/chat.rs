@@ -421,3 +421,53 @@ fn the_explorers_chat_page_holds_a_conversation_and_checks_its_records_in_chromi
     );
     assert!(out.join("chat-turn1.png").exists());
 }
+
+#[test]
+fn registered_endpoints_on_private_addresses_are_not_reached_unless_allowed() {
+    let net = Server::devnet_with(&[]);
+    let data = net.dir.path().join("data");
+    let deployment = data.join("chain/deployment.json");
+    let payer = data.join("chain/payer.key");
+    let entry = |extra: &[&str], dir: &str| {
+        let mut args = vec![
+            "entry",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--hub",
+            &net.url,
+            "--rpc",
+            &net.rpc_url,
+            "--deployment",
+            deployment.to_str().unwrap(),
+            "--payer-key",
+            payer.to_str().unwrap(),
+        ];
+        let dir = net.dir.path().join(dir);
+        let dir = dir.to_str().unwrap().to_owned();
+        args.extend_from_slice(&["--data-dir", &dir]);
+        args.extend_from_slice(extra);
+        Server::command(&args, "entry:")
+    };
+    let ask = |url: &str| {
+        post(
+            &format!("{url}/v1/chat/completions"),
+            &serde_json::json!({"messages": [{"role": "user", "content": format!("Which digit?\n{ZERO}")}]}),
+        )
+        .1
+    };
+    // The devnet's node registered at 127.0.0.1: an entry on a public network skips it.
+    let guarded = entry(&[], "guarded");
+    let out = ask(&guarded.url);
+    let step = &out["cairn"]["steps"][0];
+    assert_eq!(step["status"], "failed", "{out}");
+    assert!(
+        step["error"].as_str().unwrap().contains("no active node"),
+        "{step}"
+    );
+    assert_eq!(out["cairn"]["total_charged"], "0");
+    // On a local network, allowed, the registry's node runs it.
+    let local = entry(&["--allow-private-nodes"], "local");
+    let out = ask(&local.url);
+    assert_eq!(out["cairn"]["steps"][0]["result"], "0", "{out}");
+}

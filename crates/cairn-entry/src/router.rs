@@ -134,6 +134,12 @@ pub struct Router {
     tries: usize,
     known: Mutex<HashMap<String, Known>>,
     registry: tokio::sync::Mutex<(Option<Instant>, Vec<String>)>,
+    /// How nodes the registry names are reached: endpoints are chosen by whoever registered, so
+    /// no redirects and, unless `allow_private`, no private, loopback or link-local address.
+    guarded: reqwest::Client,
+    /// How the nodes the operator gave are reached (no redirects either).
+    trusted: reqwest::Client,
+    allow_private: bool,
 }
 
 impl Router {
@@ -155,7 +161,24 @@ impl Router {
             tries: 2,
             known: Mutex::new(HashMap::new()),
             registry: tokio::sync::Mutex::new((None, Vec::new())),
+            guarded: cairn_node_api::fetch::Fetcher::new(deadline, 16 << 20, false)
+                .client()
+                .clone(),
+            trusted: cairn_node_api::fetch::Fetcher::new(deadline, 16 << 20, true)
+                .client()
+                .clone(),
+            allow_private: false,
         }
+    }
+
+    /// Lets registry endpoints on private, loopback or link-local addresses be reached (a
+    /// local network, the devnet).
+    pub fn allow_private(mut self, allow: bool) -> Self {
+        self.allow_private = allow;
+        if allow {
+            self.guarded = self.trusted.clone();
+        }
+        self
     }
 
     /// Tries a step on at most this many nodes (default 2).
@@ -170,7 +193,12 @@ impl Router {
     }
 
     fn client(&self, url: &str) -> NodeClient {
-        let c = NodeClient::new(url);
+        let http = if self.fixed.iter().any(|f| f == url) {
+            &self.trusted
+        } else {
+            &self.guarded
+        };
+        let c = NodeClient::new(url).with_http(http.clone());
         match &self.payer {
             Some(p) => {
                 let c = c
@@ -193,7 +221,19 @@ impl Router {
             let stale = reg.0.is_none_or(|t| t.elapsed() > REGISTRY_TTL);
             if stale {
                 match registry_urls(chain).await {
-                    Ok(urls) => *reg = (Some(Instant::now()), urls),
+                    Ok(urls) => {
+                        let allowed = urls
+                            .into_iter()
+                            .filter(|u| {
+                                let ok = cairn_node_api::fetch::check_url(u, self.allow_private);
+                                if let Err(e) = &ok {
+                                    tracing::warn!("skipping a registered node: {e}");
+                                }
+                                ok.is_ok()
+                            })
+                            .collect();
+                        *reg = (Some(Instant::now()), allowed)
+                    }
                     Err(e) => tracing::warn!("reading the registry's active nodes: {e}"),
                 }
             }
@@ -218,7 +258,7 @@ impl Router {
         if fresh {
             return true;
         }
-        let info = tokio::time::timeout(INFO_TIMEOUT, NodeClient::new(url).info()).await;
+        let info = tokio::time::timeout(INFO_TIMEOUT, self.client(url).info()).await;
         let mut known = self.known.lock().expect("router lock");
         let k = known.entry(url.to_owned()).or_default();
         match info {

@@ -104,6 +104,13 @@ impl NodeClient {
         }
     }
 
+    /// Sends through `http` (e.g. a [`crate::fetch::Fetcher`]'s client, for a node whose URL
+    /// someone else chose: no redirects, public addresses only).
+    pub fn with_http(mut self, http: reqwest::Client) -> Self {
+        self.http = http;
+        self
+    }
+
     /// Asks for receipts sealed as `seal` ([`crate::RECEIPT_SEAL_HEADER`]).
     pub fn with_seal(mut self, seal: crate::SealChoice) -> Self {
         self.seal = seal;
