@@ -489,6 +489,10 @@ pub struct RunVerifyArgs {
     /// The user's message, to check the record's input hash.
     #[arg(long)]
     pub input: Option<PathBuf>,
+    /// The entry that must have signed it (its address, `GET /v1/entry`): without it, any key's
+    /// record verifies as that key's.
+    #[arg(long = "entry")]
+    pub entry: Option<alloy_primitives::Address>,
     #[command(flatten)]
     pub chain: crate::chain_cmd::ChainArgs,
     /// Read a devnet's embedded chain instead of --rpc/--deployment.
@@ -543,9 +547,20 @@ pub async fn run(cmd: RunCommand) -> anyhow::Result<()> {
 async fn verify(a: RunVerifyArgs) -> anyhow::Result<()> {
     let signed = load(&a.record).await?;
     let r = cairn_entry::record::open(&signed)?;
+    if let Some(want) = a.entry
+        && want != r.entry
+    {
+        bail!("the record is signed by {}, not the entry {want}", r.entry);
+    }
     println!(
-        "signature: ok, run {} signed by entry {}",
-        signed.id, r.entry
+        "signature: ok, run {} signed by entry {}{}",
+        signed.id,
+        r.entry,
+        if a.entry.is_some() {
+            ""
+        } else {
+            " (not pinned: pass --entry ADDRESS)"
+        }
     );
     if let Some(p) = &a.input {
         let bytes = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;

@@ -199,6 +199,43 @@ fn a_messy_turn_runs_on_hub_models_and_its_record_verifies_down_to_settled_batch
     assert_eq!(text.matches("run record:").count(), 2, "{text}");
     assert!(text.contains("≈ 3.106855961187 mi"), "{text}");
     assert!(text.contains("2 ^ 10 = 1024 (exact)"), "{text}");
+    // Every record the conversation left verifies, the second one with its history, pinned to
+    // the entry; pinned to another address, none does.
+    let entry = get(&format!("{}/v1/entry", net.entry_url))["address"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let records: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("0x"))
+        .collect();
+    assert_eq!(records.len(), 2);
+    let mut histories = 0;
+    for r in &records {
+        let v = verify(r, &data, &["--allow-unsettled", "--entry", &entry]);
+        assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stderr));
+        let other = verify(
+            r,
+            &data,
+            &[
+                "--allow-unsettled",
+                "--entry",
+                "0x0000000000000000000000000000000000000001",
+            ],
+        );
+        assert!(!other.status.success());
+        let signed: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(r).unwrap()).unwrap();
+        let record: serde_json::Value =
+            serde_json::from_str(signed["record"].as_str().unwrap()).unwrap();
+        histories += usize::from(!record["history_sha256"].is_null());
+    }
+    assert_eq!(
+        histories, 1,
+        "the second turn's record names the history it was answered with"
+    );
 }
 
 trait WithInput {
@@ -229,6 +266,7 @@ fn bad_input_gets_a_clear_json_error_and_costs_nothing() {
     let url = format!("{}/v1/chat/completions", net.entry_url);
     let user =
         |content: &str| serde_json::json!({"messages": [{"role": "user", "content": content}]});
+    let before = get(&format!("{}/v1/node", net.node_url))["receipts"].clone();
     let cases = [
         (user("   "), 400, "empty_input"),
         (user(&"x".repeat(1024 * 1024)), 413, "input_too_long"),
@@ -250,13 +288,31 @@ fn bad_input_gets_a_clear_json_error_and_costs_nothing() {
         ),
         (serde_json::json!({"messages": "nope"}), 400, "bad_request"),
     ];
+    // A page elsewhere posting text/plain (no CORS preflight) is refused before anything runs.
+    let plain = Command::new("curl")
+        .args([
+            "-s",
+            "-H",
+            "content-type: text/plain",
+            "--data-binary",
+            r#"{"messages":[{"role":"user","content":"Which digit?"}]}"#,
+            &url,
+        ])
+        .output()
+        .unwrap();
+    let plain: serde_json::Value = serde_json::from_slice(&plain.stdout).unwrap();
+    assert_eq!(plain["code"], "unsupported_media_type", "{plain}");
     for (body, status, code) in cases {
         let (got, err) = post(&url, &body);
         assert_eq!(got, status, "{err}");
         assert_eq!(err["code"], code, "{err}");
         assert!(err["message"].as_str().unwrap().len() > 20, "{err}");
     }
-    let before = get(&format!("{}/v1/node", net.node_url))["receipts"].clone();
+    assert_eq!(
+        get(&format!("{}/v1/node", net.node_url))["receipts"],
+        before,
+        "refusals cost nothing"
+    );
     // Other languages, injected instructions, and what no skill computes: answered, said.
     let (code, out) = post(
         &url,
@@ -376,15 +432,9 @@ fn a_node_that_fails_midway_is_routed_around_and_charged_nothing() {
         0,
         "{out}"
     );
+    // /v1/entry says nothing about the nodes or the traffic.
     let info = get(&format!("{}/v1/entry", entry.url));
-    let resting: Vec<_> = info["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|n| n["resting"] == true)
-        .collect();
-    assert_eq!(resting.len(), 1, "{info}");
-    assert_eq!(resting[0]["url"], dying.url.as_str());
+    assert!(info.get("nodes").is_none(), "{info}");
 }
 
 #[test]
@@ -470,4 +520,59 @@ fn registered_endpoints_on_private_addresses_are_not_reached_unless_allowed() {
     let local = entry(&["--allow-private-nodes"], "local");
     let out = ask(&local.url);
     assert_eq!(out["cairn"]["steps"][0]["result"], "0", "{out}");
+}
+
+#[test]
+fn a_node_asking_more_than_its_published_price_is_not_paid() {
+    let net = Server::devnet_with(&[]);
+    let py = std::env::var("CAIRN_PY").expect("CAIRN_PY (scripts/test.sh sets it)");
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/dying_node.py");
+    let greedy = Server::spawn_program(
+        &py,
+        &[
+            script.to_str().unwrap().to_owned(),
+            net.node_url.clone(),
+            "greedy".into(),
+        ],
+        "dying node:",
+    );
+    let payer = net.dir.path().join("data/chain/payer.key");
+    let entry = Server::command(
+        &[
+            "entry",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--hub",
+            &net.url,
+            "--node",
+            &greedy.url,
+            "--node",
+            &net.node_url,
+            "--payer-key",
+            payer.to_str().unwrap(),
+            "--data-dir",
+            net.dir.path().join("entry3").to_str().unwrap(),
+        ],
+        "entry:",
+    );
+    let (code, out) = post(
+        &format!("{}/v1/chat/completions", entry.url),
+        &serde_json::json!({"messages": [{"role": "user", "content": format!("Which digit is this?\n{ZERO}")}]}),
+    );
+    assert_eq!(code, 200, "{out}");
+    let step = &out["cairn"]["steps"][0];
+    let attempts = step["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 1, "{step}");
+    assert_eq!(attempts[0]["node"], greedy.url.as_str());
+    assert!(
+        attempts[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("over the 1000 this call may cost"),
+        "{step}"
+    );
+    assert_eq!(step["result"], "0", "{step}");
+    assert_eq!(out["cairn"]["total_charged"], "1000");
 }

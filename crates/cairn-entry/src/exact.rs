@@ -45,6 +45,10 @@ impl Ratio {
         if den == 0 {
             return Err(ExactError::DivisionByZero);
         }
+        // i128::MIN has no positive counterpart: every value keeps |x| <= i128::MAX.
+        if num == i128::MIN || den == i128::MIN {
+            return Err(ExactError::Overflow);
+        }
         let g = gcd(num, den).max(1);
         let (mut num, mut den) = (num / g, den / g);
         if den < 0 {
@@ -155,26 +159,29 @@ impl Ratio {
         (d == 1).then_some(twos.max(fives))
     }
 
-    /// Decimal text with `places` digits after the point, rounded half away from zero.
+    /// Decimal text with `places` digits after the point, rounded half away from zero (long
+    /// division in 256 bits: ten times a 128-bit remainder does not fit in 128).
     fn decimal(&self, places: u32) -> String {
+        use alloy_primitives::U256;
         let neg = self.num < 0;
-        let n = self.num.unsigned_abs();
-        let d = self.den.unsigned_abs();
+        let n = U256::from(self.num.unsigned_abs());
+        let d = U256::from(self.den.unsigned_abs());
         let whole = n / d;
         let mut rem = n % d;
+        let ten = U256::from(10u8);
         let mut digits = String::new();
         for _ in 0..places {
-            rem *= 10;
-            digits.push(char::from(b'0' + (rem / d) as u8));
+            rem *= ten;
+            digits.push(char::from(b'0' + (rem / d).to::<u8>()));
             rem %= d;
         }
         // Round on the next digit.
         let (mut whole, mut digits) = (whole, digits.into_bytes());
-        if rem * 2 >= d {
+        if rem * U256::from(2u8) >= d {
             let mut i = digits.len();
             loop {
                 if i == 0 {
-                    whole += 1;
+                    whole += U256::from(1u8);
                     break;
                 }
                 i -= 1;
@@ -188,7 +195,7 @@ impl Ratio {
         }
         let digits = String::from_utf8(digits).expect("ascii digits");
         let digits = digits.trim_end_matches('0');
-        let sign = if neg && (whole != 0 || !digits.is_empty()) {
+        let sign = if neg && (!whole.is_zero() || !digits.is_empty()) {
             "-"
         } else {
             ""
@@ -824,6 +831,11 @@ mod tests {
             Err(ExactError::Syntax(_))
         ));
         assert!(matches!(evaluate("rm -rf /"), Err(ExactError::Syntax(_))));
+        // A denominator near 2^127: its decimal digits still come out right.
+        let r = evaluate("(3^80 - 1) / 3^80").unwrap().to_string();
+        assert!(r.ends_with("≈ 1"), "{r}");
+        assert_eq!(evaluate("(-2)^127"), Err(ExactError::Overflow));
+        assert_eq!(evaluate("-(2^126) * 2"), Err(ExactError::Overflow));
     }
 
     #[test]

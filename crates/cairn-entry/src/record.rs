@@ -185,6 +185,10 @@ pub struct RunRecord {
     pub edges: Vec<[String; 2]>,
     /// Everything the receipts charge (token units).
     pub total_charged: String,
+    /// The most failed attempts may have cost besides (token units; see [`Attempt::at_risk`]).
+    pub at_risk: String,
+    /// Random: a record's id cannot be guessed from a guessed message.
+    pub nonce: B256,
 }
 
 /// A record with its id and signature, as stored and served.
@@ -320,11 +324,29 @@ pub fn check_offline(r: &RunRecord) -> Result<Vec<(String, ReceiptJson)>, Record
     if r.task.sha256() != r.task_sha256 {
         return Err(mm("the task object does not hash to task_sha256".into()));
     }
+    // Segments numbered 1..N in order: the rules index them by number.
+    if r.task
+        .segments
+        .iter()
+        .enumerate()
+        .any(|(i, s)| s.n as usize != i + 1)
+        || r.task.segments.len() > crate::task::MAX_SEGMENTS
+    {
+        return Err(mm(
+            "the task object's segments are not numbered 1, 2, … in order".into(),
+        ));
+    }
     let mut receipts = Vec::new();
-    // The task object, derived again.
+    // The task object, derived again, from the parse call the entry makes for these segments.
     let draft = match &r.parse {
         Some(call) => {
             check_llm_call("parse", call)?;
+            let asked = crate::entry::parse_request(&call.model, &r.task.segments);
+            if serde_json::to_string(&asked).expect("serializes") != call.request {
+                return Err(mm(
+                    "parse: the request is not the one the entry makes for these segments".into(),
+                ));
+            }
             receipts.push(("parse".to_owned(), call.receipt.clone()));
             draft_of(&call.response).ok()
         }
@@ -347,71 +369,91 @@ pub fn check_offline(r: &RunRecord) -> Result<Vec<(String, ReceiptJson)>, Record
         return Err(mm("one step per sub-task is required".into()));
     }
     let mut total = U256::ZERO;
+    let mut risked = U256::ZERO;
     for (step, sub) in r.steps.iter().zip(&r.task.subtasks) {
         let m = |s: String| RecordError::Mismatch(format!("step {}: {s}", step.id));
         if step.id != sub.id || step.skill != sub.skill || step.inputs != sub.inputs {
             return Err(m("it is not its sub-task".into()));
         }
+        for a in &step.attempts {
+            risked += a
+                .at_risk
+                .parse::<U256>()
+                .map_err(|e| m(format!("an attempt's at_risk: {e}")))?;
+        }
+        // An exact step is recomputed whatever it says: done with this result, or failed
+        // with this error.
+        if let SubtaskInputs::Exact { inputs } = &step.inputs {
+            let ok = match inputs.run() {
+                Ok(v) => step.status == Status::Done && step.result.as_deref() == Some(v.as_str()),
+                Err(e) => {
+                    step.status == Status::Failed
+                        && step.error.as_deref() == Some(e.to_string().as_str())
+                        && step.result.is_none()
+                }
+            };
+            if !ok || step.run.is_some() {
+                return Err(m("recomputed, it is not what the record says".into()));
+            }
+            continue;
+        }
         if step.status == Status::Failed {
-            if step.result.is_some() || step.run.is_some() {
+            if step.result.is_some() || step.run.is_some() || step.answer.is_some() {
                 return Err(m("a failed step carries a result".into()));
             }
             continue;
         }
-        match (&step.inputs, &step.run) {
-            (SubtaskInputs::Exact { inputs }, None) => {
-                let again = inputs.run().map_err(|e| m(e.to_string()))?;
-                if step.result.as_deref() != Some(again.as_str()) {
-                    return Err(m(format!("recomputed, it is {again}")));
-                }
-            }
-            (_, Some(run)) => {
-                let rc = run
-                    .receipt
-                    .verify()
-                    .map_err(|e| m(format!("receipt: {e}")))?;
-                if rc.signer != run.node.address {
-                    return Err(m(format!(
-                        "the receipt is signed by {}, not the node {}",
-                        rc.signer, run.node.address
-                    )));
-                }
-                if rc.claims.model != run.model.cid {
-                    return Err(m("the receipt names another model".into()));
-                }
-                let inputs =
-                    crate::skills::build_inputs(step.skill, &step.inputs, &run.model.input)
-                        .map_err(|e| m(e.to_string()))?;
-                if rc.claims.input_hash != cairn_core::tensor::tensors_hash(&inputs) {
-                    return Err(m("the receipt does not bind the step's inputs".into()));
-                }
-                let outputs: Vec<Tensor> = run
-                    .outputs
-                    .iter()
-                    .map(TensorRecord::tensor)
-                    .collect::<Result<_, _>>()
-                    .map_err(m)?;
-                if rc.claims.output_hash != cairn_core::tensor::tensors_hash(&outputs) {
-                    return Err(m("the receipt does not bind the recorded outputs".into()));
-                }
-                let answer = crate::skills::read_outputs(step.skill, &outputs, &run.model.labels)
-                    .map_err(|e| m(e.to_string()))?;
-                // The score is compared within 1e-9: JSON's decimal text of an f64 reads back
-                // within an ulp, not always to the same bits.
-                let same = step.answer.as_ref().is_some_and(|a| {
-                    a.label == answer.label
-                        && a.confident == answer.confident
-                        && (a.score - answer.score).abs() <= 1e-9
-                });
-                if !same || step.result.as_deref() != Some(answer.label.as_str()) {
-                    return Err(m("the answer is not what the outputs say".into()));
-                }
-                check_paid(&run.payment, &rc).map_err(m)?;
-                total += rc.claims.price;
-                receipts.push((step.id.clone(), run.receipt.clone()));
-            }
-            (_, None) => return Err(m("a model step without its run".into())),
+        let Some(run) = &step.run else {
+            return Err(m("a model step without its run".into()));
+        };
+        let rc = run
+            .receipt
+            .verify()
+            .map_err(|e| m(format!("receipt: {e}")))?;
+        if rc.signer != run.node.address {
+            return Err(m(format!(
+                "the receipt is signed by {}, not the node {}",
+                rc.signer, run.node.address
+            )));
         }
+        if rc.claims.model != run.model.cid {
+            return Err(m("the receipt names another model".into()));
+        }
+        let inputs = crate::skills::build_inputs(step.skill, &step.inputs, &run.model.input)
+            .map_err(|e| m(e.to_string()))?;
+        if rc.claims.input_hash != cairn_core::tensor::tensors_hash(&inputs) {
+            return Err(m("the receipt does not bind the step's inputs".into()));
+        }
+        let outputs: Vec<Tensor> = run
+            .outputs
+            .iter()
+            .map(TensorRecord::tensor)
+            .collect::<Result<_, _>>()
+            .map_err(m)?;
+        if rc.claims.output_hash != cairn_core::tensor::tensors_hash(&outputs) {
+            return Err(m("the receipt does not bind the recorded outputs".into()));
+        }
+        let answer = crate::skills::read_outputs(step.skill, &outputs, &run.model.labels)
+            .map_err(|e| m(e.to_string()))?;
+        // The score is compared within 1e-9: JSON's decimal text of an f64 reads back within
+        // an ulp, not always to the same bits.
+        let same = step.answer.as_ref().is_some_and(|a| {
+            a.label == answer.label
+                && a.confident == answer.confident
+                && (a.score - answer.score).abs() <= 1e-9
+        });
+        if !same || step.result.as_deref() != Some(answer.label.as_str()) {
+            return Err(m("the answer is not what the outputs say".into()));
+        }
+        check_paid(&run.payment, &rc).map_err(m)?;
+        if run.payment.scheme != "none" && run.payment.authorized != run.payment.charged {
+            return Err(m(format!(
+                "{} was paid but the receipt charges {}",
+                run.payment.authorized, run.payment.charged
+            )));
+        }
+        total += rc.claims.price;
+        receipts.push((step.id.clone(), run.receipt.clone()));
     }
     if let Some(call) = &r.parse {
         total += call
@@ -423,21 +465,65 @@ pub fn check_offline(r: &RunRecord) -> Result<Vec<(String, ReceiptJson)>, Record
     let llm_text = match &r.answer.llm {
         Some(call) => {
             let rc = check_llm_call("answer", call)?;
+            // The request is the entry's for this task and these steps, with the history it
+            // holds (which the record's history_sha256 must hash).
+            let sent: serde_json::Value = serde_json::from_str(&call.request)
+                .map_err(|e| mm(format!("answer: the request: {e}")))?;
+            let messages = sent["messages"].as_array().cloned().unwrap_or_default();
+            let history: Vec<crate::entry::Message> = messages
+                .get(1..messages.len().saturating_sub(1))
+                .unwrap_or_default()
+                .iter()
+                .map(|v| serde_json::from_value(v.clone()))
+                .collect::<Result<_, _>>()
+                .map_err(|e| mm(format!("answer: the request's history: {e}")))?;
+            let asked = crate::entry::answer_request(&call.model, &r.task, &r.steps, &history);
+            if serde_json::to_string(&asked).expect("serializes") != call.request {
+                return Err(mm(
+                    "answer: the request is not the one the entry makes for these steps".into(),
+                ));
+            }
+            let hashed = (!history.is_empty())
+                .then(|| crate::sha256(&serde_json::to_vec(&history).expect("serializes")));
+            if hashed != r.history_sha256 {
+                return Err(mm(
+                    "answer: the history sent is not the one history_sha256 names".into(),
+                ));
+            }
             total += rc.claims.price;
             receipts.push(("answer".to_owned(), call.receipt.clone()));
             Some(completion_text(&call.response).map_err(|e| mm(format!("answer: {e}")))?)
         }
         None => None,
     };
+    for call in r.parse.iter().chain(r.answer.llm.iter()) {
+        for a in &call.attempts {
+            risked += a
+                .at_risk
+                .parse::<U256>()
+                .map_err(|e| mm(format!("an attempt's at_risk: {e}")))?;
+        }
+    }
+    // A receipt proves one call: it is not counted twice.
+    let mut ids = std::collections::HashSet::new();
+    for (_, json) in &receipts {
+        let id = json
+            .verify()
+            .map(|x| x.id())
+            .map_err(|e| mm(e.to_string()))?;
+        if !ids.insert(id) {
+            return Err(mm(format!("receipt {id} appears twice")));
+        }
+    }
     if crate::entry::compose(&r.task, &r.steps, llm_text.as_deref()) != r.answer.text {
         return Err(mm(
             "the answer text is not what its call and the steps give".into(),
         ));
     }
-    if total.to_string() != r.total_charged {
+    if total.to_string() != r.total_charged || risked.to_string() != r.at_risk {
         return Err(mm(format!(
-            "the receipts charge {total} in all, the record says {}",
-            r.total_charged
+            "the receipts charge {total} and the attempts risk {risked} in all; the record says {} and {}",
+            r.total_charged, r.at_risk
         )));
     }
     if r.edges != edges(r) {
@@ -545,6 +631,8 @@ mod tests {
             },
             edges: Vec::new(),
             total_charged: "0".into(),
+            at_risk: "0".into(),
+            nonce: B256::ZERO,
         };
         r.edges = edges(&r);
         r

@@ -69,7 +69,8 @@ impl Default for Known {
     }
 }
 
-/// A failed attempt, kept in the run record.
+/// A failed attempt, kept in the run record: the entry's account of it, not evidence against
+/// the node (a transient fault looks the same).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Attempt {
@@ -77,6 +78,9 @@ pub struct Attempt {
     pub node: String,
     /// What went wrong.
     pub error: String,
+    /// The most it may have cost (token units): whether a payment was taken before it failed
+    /// is not known.
+    pub at_risk: String,
 }
 
 /// A node's standing, for `GET /v1/entry` and the explorer.
@@ -102,12 +106,16 @@ pub enum RouteError {
     /// No node to try.
     #[error("no active node is reachable")]
     NoNode,
-    /// The request itself was refused (bad input, payment): another node would refuse it too.
-    #[error("{0}")]
-    Refused(String),
     /// Every node tried failed.
-    #[error("every node tried failed: {0}")]
-    AllFailed(String),
+    #[error("every node tried failed: {summary}")]
+    AllFailed {
+        /// The failures, in words.
+        summary: String,
+        /// Each attempt.
+        attempts: Vec<Attempt>,
+        /// The most they may have cost.
+        at_risk: U256,
+    },
 }
 
 /// A model step's result.
@@ -122,7 +130,12 @@ pub struct Ran<T> {
     pub payment: Option<PaymentMade>,
     /// Failed attempts before it.
     pub attempts: Vec<Attempt>,
+    /// The most those attempts may have cost.
+    pub at_risk: U256,
 }
+
+/// The registry's nodes (URL, registered address) as last read, and when.
+type Registered = (Option<Instant>, Vec<(String, Address)>);
 
 /// The router.
 pub struct Router {
@@ -133,7 +146,7 @@ pub struct Router {
     /// How many nodes a step may be tried on.
     tries: usize,
     known: Mutex<HashMap<String, Known>>,
-    registry: tokio::sync::Mutex<(Option<Instant>, Vec<String>)>,
+    registry: tokio::sync::Mutex<Registered>,
     /// How nodes the registry names are reached: endpoints are chosen by whoever registered, so
     /// no redirects and, unless `allow_private`, no private, loopback or link-local address.
     guarded: reqwest::Client,
@@ -213,18 +226,20 @@ impl Router {
         }
     }
 
-    /// Every node URL: the fixed ones first, then the registry's active inference nodes.
-    async fn urls(&self) -> Vec<String> {
-        let mut out = self.fixed.clone();
+    /// Every node URL: the fixed ones first, then the registry's active inference nodes (with
+    /// the address each registered under).
+    async fn urls(&self) -> Vec<(String, Option<Address>)> {
+        let mut out: Vec<(String, Option<Address>)> =
+            self.fixed.iter().map(|u| (u.clone(), None)).collect();
         if let Some(chain) = &self.chain {
             let mut reg = self.registry.lock().await;
             let stale = reg.0.is_none_or(|t| t.elapsed() > REGISTRY_TTL);
             if stale {
                 match registry_urls(chain).await {
-                    Ok(urls) => {
-                        let allowed = urls
+                    Ok(nodes) => {
+                        let allowed = nodes
                             .into_iter()
-                            .filter(|u| {
+                            .filter(|(u, _)| {
                                 let ok = cairn_node_api::fetch::check_url(u, self.allow_private);
                                 if let Err(e) = &ok {
                                     tracing::warn!("skipping a registered node: {e}");
@@ -237,17 +252,27 @@ impl Router {
                     Err(e) => tracing::warn!("reading the registry's active nodes: {e}"),
                 }
             }
-            for u in &reg.1 {
-                if !out.contains(u) {
-                    out.push(u.clone());
+            for (u, a) in &reg.1 {
+                if !out.iter().any(|(x, _)| x == u) {
+                    out.push((u.clone(), Some(*a)));
                 }
             }
         }
         out
     }
 
-    /// Refreshes a node's info when stale; `false` when it cannot be reached.
-    async fn refresh(&self, url: &str) -> bool {
+    fn resting(&self, url: &str) -> bool {
+        self.known
+            .lock()
+            .expect("router lock")
+            .get(url)
+            .and_then(|k| k.down_until)
+            .is_some_and(|t| t > Instant::now())
+    }
+
+    /// Refreshes a node's info when stale; `false` when it cannot be reached, or answers with
+    /// another address than the one it registered under.
+    async fn refresh(&self, url: &str, registered: Option<Address>) -> bool {
         let fresh = self
             .known
             .lock()
@@ -262,7 +287,7 @@ impl Router {
         let mut known = self.known.lock().expect("router lock");
         let k = known.entry(url.to_owned()).or_default();
         match info {
-            Ok(Ok(info)) => {
+            Ok(Ok(info)) if registered.is_none_or(|r| r == info.address) => {
                 k.address = Some(info.address);
                 k.default_price = info
                     .payments
@@ -281,7 +306,14 @@ impl Router {
                 k.info_at = Some(Instant::now());
                 true
             }
-            _ => {
+            other => {
+                if let Ok(Ok(info)) = other {
+                    tracing::warn!(
+                        "{url} answers as {}, not the {} registered there: skipped",
+                        info.address,
+                        registered.unwrap_or_default()
+                    );
+                }
                 k.failures += 1;
                 k.down_until = Some(Instant::now() + BACKOFF);
                 false
@@ -289,21 +321,31 @@ impl Router {
         }
     }
 
-    /// Nodes to try for `model` (a CID or `name@version`), best first.
-    async fn candidates(&self, model: &[&str]) -> Vec<(String, Address)> {
+    /// Nodes to try for `model` (a CID or `name@version`), best first, with their price.
+    /// Resting nodes are not asked again, and the others are asked at once.
+    async fn candidates(&self, model: &[&str]) -> Vec<(String, Address, U256)> {
         let urls = self.urls().await;
+        let awake: Vec<_> = urls.iter().filter(|(u, _)| !self.resting(u)).collect();
+        let reachable: std::collections::HashSet<String> = futures::future::join_all(
+            awake
+                .iter()
+                .map(|(u, r)| async move { self.refresh(u, *r).await.then(|| u.clone()) }),
+        )
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+        let known = self.known.lock().expect("router lock");
         let mut scored = Vec::new();
-        for (order, url) in urls.into_iter().enumerate() {
-            let reachable = self.refresh(&url).await;
-            let known = self.known.lock().expect("router lock");
-            let Some(k) = known.get(&url) else { continue };
+        for (order, (url, _)) in urls.iter().enumerate() {
+            let Some(k) = known.get(url) else { continue };
             let Some(address) = k.address else { continue };
             let price = k
                 .model_prices
                 .iter()
                 .find(|(m, _)| model.contains(&m.as_str()))
                 .map_or(k.default_price, |(_, p)| *p);
-            let resting = !reachable || k.down_until.is_some_and(|t| t > Instant::now());
+            let resting = !reachable.contains(url);
             scored.push((
                 resting,
                 price,
@@ -320,24 +362,41 @@ impl Router {
                 .then(a.2.total_cmp(&b.2))
                 .then(a.3.cmp(&b.3))
         });
-        scored.into_iter().map(|s| (s.4, s.5)).collect()
+        scored.into_iter().map(|s| (s.4, s.5, s.1)).collect()
     }
 
-    fn record(&self, url: &str, ok: bool, took: Duration) {
+    /// A node's answer: `Some(true)` it worked, `Some(false)` it failed (it rests), `None` it
+    /// said no to this request (a 4xx: not held against it, which a user could otherwise
+    /// provoke to push honest nodes out of the rotation).
+    fn record(&self, url: &str, ok: Option<bool>, took: Duration) {
         let mut known = self.known.lock().expect("router lock");
         let k = known.entry(url.to_owned()).or_default();
-        if ok {
-            let ms = took.as_secs_f64() * 1e3;
-            k.ewma_ms = Some(k.ewma_ms.map_or(ms, |e| 0.8 * e + 0.2 * ms));
-            k.successes += 1;
-            k.down_until = None;
-        } else {
-            k.failures += 1;
-            k.down_until = Some(Instant::now() + BACKOFF);
+        match ok {
+            Some(true) => {
+                let ms = took.as_secs_f64() * 1e3;
+                k.ewma_ms = Some(k.ewma_ms.map_or(ms, |e| 0.8 * e + 0.2 * ms));
+                k.successes += 1;
+                k.down_until = None;
+            }
+            Some(false) => {
+                k.failures += 1;
+                k.down_until = Some(Instant::now() + BACKOFF);
+            }
+            None => {}
         }
     }
 
-    /// The nodes the router has seen.
+    /// How many nodes the router knows and how many rest.
+    pub fn counts(&self) -> (usize, usize) {
+        let known = self.known.lock().expect("router lock");
+        let resting = known
+            .values()
+            .filter(|k| k.down_until.is_some_and(|t| t > Instant::now()))
+            .count();
+        (known.len(), resting)
+    }
+
+    /// The nodes the router has seen (for operators; not served publicly).
     pub fn standings(&self) -> Vec<NodeStanding> {
         let known = self.known.lock().expect("router lock");
         let mut out: Vec<_> = known
@@ -355,10 +414,17 @@ impl Router {
         out
     }
 
-    /// Runs `f` on the best node, then the next on failure, each under the deadline.
-    async fn route<T, F, Fut>(&self, names: &[&str], f: F) -> Result<Ran<T>, RouteError>
+    /// Runs `f` on the best node, then the next on failure, each under the deadline. `f` gets
+    /// the node's client, address and price; every failed attempt is kept with the most it
+    /// could have cost (`ceiling` of its price).
+    async fn route<T, F, Fut>(
+        &self,
+        names: &[&str],
+        ceiling: impl Fn(U256) -> U256,
+        f: F,
+    ) -> Result<Ran<T>, RouteError>
     where
-        F: Fn(NodeClient, Address) -> Fut,
+        F: Fn(NodeClient, Address, U256) -> Fut,
         Fut: std::future::Future<Output = Result<(T, Option<PaymentMade>), NodeClientError>>,
     {
         let nodes = self.candidates(names).await;
@@ -366,133 +432,150 @@ impl Router {
             return Err(RouteError::NoNode);
         }
         let mut attempts = Vec::new();
-        for (url, address) in nodes.into_iter().take(self.tries) {
+        let mut at_risk = U256::ZERO;
+        for (url, address, price) in nodes.into_iter().take(self.tries) {
             let started = Instant::now();
-            let outcome = tokio::time::timeout(self.deadline, f(self.client(&url), address)).await;
-            match outcome {
+            let max = ceiling(price);
+            let outcome =
+                tokio::time::timeout(self.deadline, f(self.client(&url), address, max)).await;
+            let error = match outcome {
                 Ok(Ok((value, payment))) => {
-                    self.record(&url, true, started.elapsed());
+                    self.record(&url, Some(true), started.elapsed());
                     return Ok(Ran {
                         value,
                         node: url,
                         address,
                         payment,
                         attempts,
+                        at_risk,
                     });
-                }
-                Ok(Err(e)) if refused(&e) => {
-                    // The node is up and said no to this request: not its fault, and the next
-                    // node would say the same.
-                    self.record(&url, true, started.elapsed());
-                    return Err(RouteError::Refused(e.to_string()));
                 }
                 Ok(Err(e)) => {
-                    self.record(&url, false, started.elapsed());
-                    attempts.push(Attempt {
-                        node: url,
-                        error: e.to_string(),
-                    });
+                    let said_no = matches!(&e, NodeClientError::Api { status, .. } if status.is_client_error());
+                    self.record(&url, (!said_no).then_some(false), started.elapsed());
+                    e.to_string()
                 }
                 Err(_) => {
-                    self.record(&url, false, started.elapsed());
-                    attempts.push(Attempt {
-                        node: url,
-                        error: format!(
-                            "no answer within the step's deadline of {:?}",
-                            self.deadline
-                        ),
-                    });
+                    self.record(&url, Some(false), started.elapsed());
+                    format!(
+                        "no answer within the step's deadline of {:?}",
+                        self.deadline
+                    )
                 }
-            }
+            };
+            // Whether it took a payment before failing is not known here: count the most it may.
+            at_risk += max;
+            attempts.push(Attempt {
+                node: url,
+                error,
+                at_risk: max.to_string(),
+            });
         }
-        Err(RouteError::AllFailed(
-            attempts
+        Err(RouteError::AllFailed {
+            summary: attempts
                 .iter()
                 .map(|a| format!("{}: {}", a.node, a.error))
                 .collect::<Vec<_>>()
                 .join("; "),
-        ))
+            attempts,
+            at_risk,
+        })
     }
 
-    /// Runs a hub model on the best node. The receipt must be signed by the node chosen and bind
-    /// this model, these inputs and these outputs.
+    /// Runs a hub model on the best node, paying at most its published price and `budget`. The
+    /// receipt must be signed by the node chosen, bind this model, these inputs and these
+    /// outputs, and charge what was paid.
     pub async fn infer(
         &self,
         reference: &str,
         cid: &BlobId,
         inputs: &[Tensor],
+        budget: U256,
     ) -> Result<Ran<(Vec<Tensor>, SignedReceipt)>, RouteError> {
         let cid_text = cid.to_string();
         let cid_ref = cid_text.as_str();
-        self.route(&[reference, cid_ref], |client, address| async move {
-            let out = client.infer(cid_ref, inputs, false).await?;
-            let r = &out.receipt;
-            let p = NodeClientError::Protocol;
-            if r.signer != address {
-                return Err(p(format!(
-                    "the receipt is signed by {}, not the node {address}",
-                    r.signer
-                )));
-            }
-            if &r.claims.model != cid {
-                return Err(p(format!(
-                    "the receipt names model {}, not {cid}",
-                    r.claims.model
-                )));
-            }
-            if r.claims.input_hash != cairn_core::tensor::tensors_hash(inputs)
-                || r.claims.output_hash != cairn_core::tensor::tensors_hash(&out.outputs)
-            {
-                return Err(p(
-                    "the receipt does not bind these inputs and outputs".into()
-                ));
-            }
-            Ok(((out.outputs, out.receipt), out.payment))
-        })
+        self.route(
+            &[reference, cid_ref],
+            |price| price.min(budget),
+            |client, address, max| async move {
+                let out = client
+                    .with_max_price(max)
+                    .with_max_body(MAX_ANSWER_BYTES)
+                    .infer(cid_ref, inputs, false)
+                    .await?;
+                let r = &out.receipt;
+                let p = NodeClientError::Protocol;
+                if r.signer != address {
+                    return Err(p(format!(
+                        "the receipt is signed by {}, not the node {address}",
+                        r.signer
+                    )));
+                }
+                if &r.claims.model != cid {
+                    return Err(p(format!(
+                        "the receipt names model {}, not {cid}",
+                        r.claims.model
+                    )));
+                }
+                if r.claims.input_hash != cairn_core::tensor::tensors_hash(inputs)
+                    || r.claims.output_hash != cairn_core::tensor::tensors_hash(&out.outputs)
+                {
+                    return Err(p(
+                        "the receipt does not bind these inputs and outputs".into()
+                    ));
+                }
+                if let Some(m) = &out.payment
+                    && m.amount != r.claims.price
+                {
+                    return Err(p(format!(
+                        "the node was paid {} but its receipt charges {}",
+                        m.amount, r.claims.price
+                    )));
+                }
+                Ok(((out.outputs, out.receipt), out.payment))
+            },
+        )
         .await
     }
 
     /// A chat completion on the best node serving `model`; the receipt is checked by the client
-    /// against the exact request and answer bytes, and must be the chosen node's.
+    /// against the exact request and answer bytes, and must be the chosen node's. What it may
+    /// cost is bounded by the node's published per-token price (the client checks the 402).
     pub async fn chat(
         &self,
         model: &str,
         request: &serde_json::Value,
     ) -> Result<Ran<cairn_node_api::ChatOutcome>, RouteError> {
-        self.route(&[model], |client, address| async move {
-            let mut out = client.chat(request).await?;
-            if out.receipt.signer != address {
-                return Err(NodeClientError::Protocol(format!(
-                    "the receipt is signed by {}, not the node {address}",
-                    out.receipt.signer
-                )));
-            }
-            let payment = out.payment.take();
-            Ok((out, payment))
-        })
+        self.route(
+            &[model],
+            |_| U256::ZERO,
+            |client, address, _| async move {
+                let mut out = client.with_max_body(MAX_ANSWER_BYTES).chat(request).await?;
+                if out.receipt.signer != address {
+                    return Err(NodeClientError::Protocol(format!(
+                        "the receipt is signed by {}, not the node {address}",
+                        out.receipt.signer
+                    )));
+                }
+                let payment = out.payment.take();
+                Ok((out, payment))
+            },
+        )
         .await
     }
 }
 
-/// A refusal of the request itself: bad input (400, 413, 422) or payment (402). A 404 is not
-/// one (another node may serve the model), nor is any 5xx.
-fn refused(e: &NodeClientError) -> bool {
-    match e {
-        NodeClientError::Api { status, .. } => {
-            matches!(status.as_u16(), 400 | 402 | 413 | 415 | 422)
-        }
-        _ => false,
-    }
-}
+/// The largest answer read from a node.
+const MAX_ANSWER_BYTES: usize = 4 << 20;
 
 async fn registry_urls(
     chain: &cairn_ledger::Chain,
-) -> Result<Vec<String>, cairn_ledger::LedgerError> {
+) -> Result<Vec<(String, Address)>, cairn_ledger::LedgerError> {
     let mut out = Vec::new();
     for a in chain.active_nodes(cairn_ledger::Role::Inference).await? {
         let n = chain.node(a).await?;
         if n.active && !n.endpoint.is_empty() {
-            out.push(n.endpoint.trim_end_matches('/').to_owned());
+            out.push((n.endpoint.trim_end_matches('/').to_owned(), a));
         }
     }
     Ok(out)

@@ -135,19 +135,21 @@ async fn schema() -> Response {
         .into_response()
 }
 
+/// Who the entry is and what it computes: read from what it already knows (no hub or node is
+/// asked on behalf of an unauthenticated caller), and nothing about its nodes or traffic.
 async fn info(State(s): State<Arc<AppState>>) -> Response {
     let mut skills = Vec::new();
     for skill in crate::task::Skill::ALL {
-        let model = if skill.is_exact() {
+        let runs_on = if skill.is_exact() {
             json!({"computed_by": "the entry, exactly"})
         } else {
-            match s.entry.model_for(skill).await {
-                Ok(m) => json!({"model": m.reference, "cid": m.cid.to_string()}),
-                Err(e) => json!({"unavailable": e.to_string()}),
+            match s.entry.known_model(skill) {
+                Some(m) => json!({"model": m.reference, "cid": m.cid.to_string()}),
+                None => json!({"model": null, "note": "looked up on the hub when a turn needs it"}),
             }
         };
         skills.push(
-            json!({"skill": skill.as_str(), "tag": crate::skills::tag(skill), "runs_on": model}),
+            json!({"skill": skill.as_str(), "tag": crate::skills::tag(skill), "runs_on": runs_on}),
         );
     }
     Json(json!({
@@ -156,7 +158,6 @@ async fn info(State(s): State<Arc<AppState>>) -> Response {
         "task_schema": crate::task::SCHEMA,
         "run_schema": crate::record::SCHEMA,
         "skills": skills,
-        "nodes": s.entry.router().standings(),
         "auth": s.config.token.is_some(),
     }))
     .into_response()
@@ -273,6 +274,23 @@ async fn chat(
                 "this entry needs `Authorization: Bearer <token>`",
             );
         }
+    }
+    // A JSON body only: a page elsewhere can post text/plain without asking (no CORS
+    // preflight), and each turn spends the entry's money.
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("application/json")
+        });
+    if !json {
+        return error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send the chat request as JSON (content-type: application/json)",
+        );
     }
     let Ok(body) = axum::body::to_bytes(body, MAX_BODY_BYTES).await else {
         return error(

@@ -23,6 +23,8 @@ pub const MAX_INPUT_BYTES: usize = 128 * 1024;
 pub const MAX_SEGMENTS: usize = 600;
 /// The most sub-tasks one turn runs.
 pub const MAX_SUBTASKS: usize = 16;
+/// The most computations read from one segment (the rest of a long one is not scanned).
+const MAX_PER_SEGMENT: usize = 8;
 /// The longest code block sent to the file-type classifier (its features read 1 KiB at each
 /// end; the rest is kept only as the step's input).
 pub const MAX_FILE_BYTES: usize = 64 * 1024;
@@ -351,8 +353,19 @@ fn lower_words(text: &str) -> String {
     format!(" {} ", text.to_lowercase())
 }
 
+/// Whether any needle occurs in `haystack` as whole words: a needle that starts (ends) with a
+/// letter or digit must not have one just before (after) it, so `act as` is not found in
+/// `impact assessment`, nor `draw ` in `withdraw `.
 fn has_any(haystack: &str, needles: &[&str]) -> bool {
-    needles.iter().any(|n| haystack.contains(n))
+    let word = |c: Option<char>| c.is_some_and(char::is_alphanumeric);
+    needles.iter().any(|n| {
+        let starts = n.chars().next().is_some_and(char::is_alphanumeric);
+        let ends = n.chars().next_back().is_some_and(char::is_alphanumeric);
+        haystack.match_indices(n).any(|(i, _)| {
+            (!starts || !word(haystack[..i].chars().next_back()))
+                && (!ends || !word(haystack[i + n.len()..].chars().next()))
+        })
+    })
 }
 
 const INJECTION: &[&str] = &[
@@ -651,6 +664,9 @@ pub fn expressions(text: &str) -> Vec<String> {
             .to_owned();
         if let Some(e) = accept_expression(&run) {
             out.push(e);
+            if out.len() >= MAX_PER_SEGMENT {
+                break;
+            }
         }
     }
     out
@@ -658,10 +674,7 @@ pub fn expressions(text: &str) -> Vec<String> {
 
 fn accept_expression(run: &str) -> Option<String> {
     // Balance parentheses a sentence may have cut.
-    let mut run = run.to_owned();
-    while run.starts_with(')') {
-        run.remove(0);
-    }
+    let mut run = run.trim_start_matches(')').to_owned();
     let opens = run.matches('(').count();
     let closes = run.matches(')').count();
     if closes > opens && run.ends_with(')') {
@@ -776,6 +789,9 @@ pub fn conversions(text: &str) -> Vec<ExactInputs> {
                 from: from.into(),
                 to: to.into(),
             });
+            if out.len() >= MAX_PER_SEGMENT {
+                break;
+            }
             k += 4;
             continue;
         }
@@ -855,7 +871,8 @@ pub fn rules(segments: &[Segment]) -> RuleView {
     }
     let mut computed = std::collections::BTreeSet::new();
     for s in segments {
-        if injected.contains(&s.n) {
+        // Past the most a turn runs, it is enough to know there were more.
+        if injected.contains(&s.n) || v.subtasks.len() > MAX_SUBTASKS {
             continue;
         }
         match s.kind {

@@ -88,6 +88,10 @@ pub struct NodeClient {
     batch_deposit: Option<alloy_primitives::U256>,
     /// How receipts are asked to be signed.
     seal: crate::SealChoice,
+    /// The most one call may be asked to pay (`None`: whatever the node asks).
+    max_price: Option<alloy_primitives::U256>,
+    /// The largest answer body read (`None`: no cap).
+    max_body: Option<usize>,
 }
 
 impl NodeClient {
@@ -101,7 +105,57 @@ impl NodeClient {
             accounts: None,
             batch_deposit: None,
             seal: crate::SealChoice::Own,
+            max_price: None,
+            max_body: None,
         }
+    }
+
+    /// Refuses to pay a call whose 402 offers any amount over `max` (a node asking more than
+    /// its published price is not paid).
+    pub fn with_max_price(mut self, max: alloy_primitives::U256) -> Self {
+        self.max_price = Some(max);
+        self
+    }
+
+    /// Reads answer bodies of at most `max` bytes (a node that sends more is cut off: a
+    /// protocol error).
+    pub fn with_max_body(mut self, max: usize) -> Self {
+        self.max_body = Some(max);
+        self
+    }
+
+    /// This client with a body cap of at most `max` (for error bodies).
+    fn with_cap(&self, max: usize) -> Self {
+        let mut c = self.clone();
+        c.max_body = Some(self.max_body.map_or(max, |m| m.min(max)));
+        c
+    }
+
+    /// A response's body, within the cap.
+    async fn body(
+        &self,
+        url: &str,
+        mut resp: reqwest::Response,
+    ) -> Result<Vec<u8>, NodeClientError> {
+        let max = self.max_body.unwrap_or(usize::MAX);
+        if resp.content_length().is_some_and(|n| n > max as u64) {
+            return Err(NodeClientError::Protocol(format!(
+                "{url}: the answer is over {max} bytes"
+            )));
+        }
+        let mut out = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(|source| NodeClientError::Http {
+            url: url.to_owned(),
+            source,
+        })? {
+            if out.len() + chunk.len() > max {
+                return Err(NodeClientError::Protocol(format!(
+                    "{url}: the answer is over {max} bytes"
+                )));
+            }
+            out.extend_from_slice(&chunk);
+        }
+        Ok(out)
     }
 
     /// Sends through `http` (e.g. a [`crate::fetch::Fetcher`]'s client, for a node whose URL
@@ -358,6 +412,16 @@ impl NodeClient {
             if let Some((request, len)) = ceiling {
                 self.check_ceiling(request, len, resp.headers()).await?;
             }
+            if let Some(max) = self.max_price {
+                let required = cairn_x402::client::offers(resp.headers())
+                    .map_err(|e| NodeClientError::Protocol(e.to_string()))?;
+                if let Some(o) = required.accepts.iter().find(|o| o.amount > max) {
+                    return Err(NodeClientError::Protocol(format!(
+                        "the node asks {} token units ({}), over the {max} this call may cost: not paying",
+                        o.amount, o.scheme
+                    )));
+                }
+            }
             let (header, mut made) = match &payment {
                 None => self.pay(payer, resp.headers(), metered).await?,
                 // Paid once more only from the same channel, from the state its refusal gives.
@@ -411,7 +475,12 @@ impl NodeClient {
             return Ok(resp);
         }
         let status = resp.status();
-        let body = resp.bytes().await.ok().and_then(|b| ErrorBody::parse(&b));
+        let body = self
+            .with_cap(64 * 1024)
+            .body(url, resp)
+            .await
+            .ok()
+            .and_then(|b| ErrorBody::parse(&b));
         let body = body.unwrap_or_else(|| ErrorBody::new("unknown", url));
         Err(NodeClientError::Api {
             status,
@@ -429,11 +498,9 @@ impl NodeClient {
             url: url.to_owned(),
             source,
         })?;
-        self.check(url, resp)
-            .await?
-            .json()
-            .await
-            .map_err(|e| NodeClientError::Protocol(format!("{url}: {e}")))
+        let resp = self.check(url, resp).await?;
+        let bytes = self.body(url, resp).await?;
+        serde_json::from_slice(&bytes).map_err(|e| NodeClientError::Protocol(format!("{url}: {e}")))
     }
 
     /// The node's URLs.
@@ -518,10 +585,7 @@ impl NodeClient {
             .headers()
             .get(HEADER_LENGTH)
             .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
-        let bytes = resp.bytes().await.map_err(|source| NodeClientError::Http {
-            url: url.clone(),
-            source,
-        })?;
+        let bytes = self.body(&url, resp).await?;
         let mut outcome = parse_response(&bytes, json_len)?;
         outcome.payment = payment;
         Ok(outcome)
@@ -557,10 +621,6 @@ impl NodeClient {
             .post(&url)
             .header("content-type", "application/json")
             .body(body.clone());
-        let http = |source| NodeClientError::Http {
-            url: url.clone(),
-            source,
-        };
         let (resp, payment) = self
             .send_paying(&url, req, true, Some((request, body.len())))
             .await?;
@@ -571,7 +631,7 @@ impl NodeClient {
             .get(crate::openai::RECEIPT_ID_HEADER)
             .and_then(|v| v.to_str().ok()?.parse().ok())
             .ok_or_else(|| p("the answer names no receipt".into()))?;
-        let bytes = resp.bytes().await.map_err(http)?;
+        let bytes = self.body(&url, resp).await?;
         let stored = self.receipt(id).await?;
         let receipt = stored
             .receipt
