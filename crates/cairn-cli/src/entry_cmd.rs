@@ -510,6 +510,10 @@ pub struct RunVerifyArgs {
     /// Largest |difference| accepted when the re-execution ran on another profile.
     #[arg(long, default_value_t = 1e-4)]
     pub tolerance: f64,
+    /// Ask nodes named in the record at private, loopback or link-local addresses (a local
+    /// network, the devnet); by default a record cannot make verify probe the network it runs in.
+    #[arg(long)]
+    pub allow_private_nodes: bool,
 }
 
 async fn load(record: &str) -> anyhow::Result<cairn_entry::SignedRecord> {
@@ -570,6 +574,11 @@ async fn verify(a: RunVerifyArgs) -> anyhow::Result<()> {
                 p.display()
             );
         }
+        // The segments the task object stands on must be this message's.
+        let text = String::from_utf8(bytes).context("the message is not UTF-8")?;
+        if cairn_entry::task::segment(&text).ok().as_ref() != Some(&r.task.segments) {
+            bail!("the record's segments are not {}'s", p.display());
+        }
         println!("input:     ok");
     }
     let receipts = cairn_entry::record::check_offline(&r)?;
@@ -587,7 +596,20 @@ async fn verify(a: RunVerifyArgs) -> anyhow::Result<()> {
     let mut unsettled = Vec::new();
     match &chain {
         Some(chain) => {
-            for s in cairn_entry::verify::settlement(&r, &receipts, chain).await {
+            let http = cairn_node_api::fetch::Fetcher::new(
+                Duration::from_secs(20),
+                1 << 20,
+                a.allow_private_nodes,
+            );
+            for s in cairn_entry::verify::settlement(
+                &r,
+                &receipts,
+                chain,
+                http.client(),
+                a.allow_private_nodes,
+            )
+            .await
+            {
                 println!(
                     "receipt:   {} [{}] {}{}",
                     s.receipt,

@@ -65,6 +65,7 @@ fn verify(
             "run",
             "verify",
             record.to_str().unwrap(),
+            "--allow-private-nodes",
             "--devnet-dir",
             devnet_dir.to_str().unwrap(),
         ])
@@ -146,6 +147,24 @@ fn a_messy_turn_runs_on_hub_models_and_its_record_verifies_down_to_settled_batch
         String::from_utf8_lossy(&first.stderr)
     );
     eventually(180, || verify(&path, &data, &[]).status.success());
+    // Without leave to reach private addresses, the record's node (on loopback) is not asked:
+    // the settlement cannot be shown.
+    let guarded = Command::new(BIN)
+        .args([
+            "run",
+            "verify",
+            path.to_str().unwrap(),
+            "--devnet-dir",
+            data.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(!guarded.status.success());
+    assert!(
+        String::from_utf8_lossy(&guarded.stdout).contains("cannot be asked"),
+        "{}",
+        String::from_utf8_lossy(&guarded.stdout)
+    );
     let last = verify(
         &path,
         &data,

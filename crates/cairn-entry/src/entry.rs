@@ -30,6 +30,8 @@ const LLM_SEGMENT_CHARS: usize = 240;
 const HISTORY_MESSAGES: usize = 6;
 /// After this long, a turn runs no more steps and answers with what it has.
 const TURN_DEADLINE: Duration = Duration::from_secs(90);
+/// How long looking a skill's model up on the hub may take.
+const HUB_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A skill's model as last looked up on the hub, and when.
 type Lookup = (Instant, Result<ModelChoice, String>);
@@ -178,6 +180,17 @@ impl Entry {
         &self,
         input: &str,
     ) -> Result<(TaskObject, Option<LlmCall>), task::InputError> {
+        let mut spend = Spend::default();
+        self.parse_within(input, &mut spend, Instant::now() + TURN_DEADLINE)
+            .await
+    }
+
+    async fn parse_within(
+        &self,
+        input: &str,
+        spend: &mut Spend,
+        until: Instant,
+    ) -> Result<(TaskObject, Option<LlmCall>), task::InputError> {
         let segments = task::segment(input)?;
         let rules = task::rules(&segments);
         let skipped = |why: String| ParsedBy {
@@ -187,30 +200,33 @@ impl Entry {
             llm_skipped: Some(why),
         };
         let (draft, parse, parsed_by) = match &self.llm {
-            Some(model) => match self.llm_call(model, parse_request(model, &segments)).await {
-                Ok(call) => {
-                    let receipt = call.receipt.verify().ok().map(|r| r.id().to_string());
-                    let (draft, skipped) = match record::draft_of(&call.response) {
-                        Ok(d) => (Some(d), None),
-                        Err(e) => (None, Some(e)),
-                    };
-                    (
-                        draft,
-                        Some(call),
-                        ParsedBy {
-                            rules: task::RULES.into(),
-                            llm: Some(model.clone()),
-                            llm_receipt: receipt,
-                            llm_skipped: skipped,
-                        },
-                    )
+            Some(model) => {
+                let request = parse_request(model, &segments);
+                match self.llm_call(model, request, spend, until).await {
+                    Ok(call) => {
+                        let receipt = call.receipt.verify().ok().map(|r| r.id().to_string());
+                        let (draft, skipped) = match record::draft_of(&call.response) {
+                            Ok(d) => (Some(d), None),
+                            Err(e) => (None, Some(e)),
+                        };
+                        (
+                            draft,
+                            Some(call),
+                            ParsedBy {
+                                rules: task::RULES.into(),
+                                llm: Some(model.clone()),
+                                llm_receipt: receipt,
+                                llm_skipped: skipped,
+                            },
+                        )
+                    }
+                    Err(e) => (
+                        None,
+                        None,
+                        skipped(format!("the language model could not be reached: {e}")),
+                    ),
                 }
-                Err(e) => (
-                    None,
-                    None,
-                    skipped(format!("the language model could not be reached: {e}")),
-                ),
-            },
+            }
             None => (
                 None,
                 None,
@@ -235,24 +251,19 @@ impl Entry {
                 let _ = tx.send(p);
             }
         };
-        let (task, parse) = self.parse(input).await?;
-        let mut charged = parse
-            .as_ref()
-            .and_then(|c| c.receipt.verify().ok())
-            .map(|r| r.claims.price)
-            .unwrap_or_default();
+        let until = Instant::now() + TURN_DEADLINE;
+        let mut spend = Spend::default();
+        let (task, parse) = self.parse_within(input, &mut spend, until).await?;
         say(Progress::Parsed {
             subtasks: task.subtasks.len(),
             noise: task.noise.len(),
         });
         let mut steps = Vec::new();
-        let mut at_risk = U256::ZERO;
-        let started = Instant::now();
         for sub in &task.subtasks {
-            let step = if started.elapsed() > TURN_DEADLINE && !sub.skill.is_exact() {
+            let step = if Instant::now() >= until && !sub.skill.is_exact() {
                 not_run(sub, "not run: the turn's deadline passed")
             } else {
-                self.step(sub, &mut charged, &mut at_risk).await
+                self.step(sub, &mut spend, until).await
             };
             say(Progress::Step {
                 id: step.id.clone(),
@@ -267,36 +278,18 @@ impl Entry {
         }
         // The language model writes the answer from the results.
         let (llm, llm_skipped) = match &self.llm {
-            Some(model)
-                if charged + at_risk < self.max_spend && started.elapsed() < TURN_DEADLINE =>
-            {
-                match self
-                    .llm_call(model, answer_request(model, &task, &steps, history))
-                    .await
-                {
+            Some(model) => {
+                let request = answer_request(model, &task, &steps, history);
+                match self.llm_call(model, request, &mut spend, until).await {
                     Ok(call) => (Some(call), None),
-                    Err(e) => (
-                        None,
-                        Some(format!("the language model could not be reached: {e}")),
-                    ),
+                    Err(e) => (None, Some(format!("no language model answered: {e}"))),
                 }
             }
-            Some(_) => (
-                None,
-                Some("the turn's spending limit or deadline was reached".into()),
-            ),
             None => (None, Some("the entry has no language model".into())),
         };
         let llm_text = llm
             .as_ref()
             .and_then(|c| record::completion_text(&c.response).ok());
-        if let Some(c) = &llm {
-            charged += c
-                .receipt
-                .verify()
-                .map(|r| r.claims.price)
-                .unwrap_or_default();
-        }
         let text = compose(&task, &steps, llm_text.as_deref());
         let shown = shown_history(history);
         let history_sha256 = (!shown.is_empty())
@@ -317,8 +310,9 @@ impl Entry {
                 llm_skipped,
             },
             edges: Vec::new(),
-            total_charged: charged.to_string(),
-            at_risk: at_risk.to_string(),
+            total_charged: spend.charged.to_string(),
+            at_risk: spend.at_risk.to_string(),
+            failed_calls: spend.failed_calls,
             nonce: alloy_primitives::B256::random(),
         };
         rec.edges = record::edges(&rec);
@@ -327,7 +321,13 @@ impl Entry {
         Ok((signed, rec))
     }
 
-    async fn step(&self, sub: &task::Subtask, charged: &mut U256, at_risk: &mut U256) -> Step {
+    /// What is left of the turn's spending cap.
+    fn budget(&self, spend: &Spend) -> U256 {
+        self.max_spend
+            .saturating_sub(spend.charged.saturating_add(spend.at_risk))
+    }
+
+    async fn step(&self, sub: &task::Subtask, spend: &mut Spend, until: Instant) -> Step {
         let mut step = not_run(sub, "");
         if let SubtaskInputs::Exact { inputs } = &sub.inputs {
             match inputs.run() {
@@ -340,15 +340,19 @@ impl Entry {
             }
             return step;
         }
-        let budget = self.max_spend.saturating_sub(*charged + *at_risk);
+        let budget = self.budget(spend);
         if budget.is_zero() {
             step.error = Some("not run: the turn's spending limit was reached".into());
             return step;
         }
-        let model = match self.model_for(sub.skill).await {
-            Ok(m) => m,
-            Err(e) => {
+        let model = match tokio::time::timeout(HUB_TIMEOUT, self.model_for(sub.skill)).await {
+            Ok(Ok(m)) => m,
+            Ok(Err(e)) => {
                 step.error = Some(e.to_string());
+                return step;
+            }
+            Err(_) => {
+                step.error = Some("the hub did not answer in time".into());
                 return step;
             }
         };
@@ -361,7 +365,7 @@ impl Entry {
         };
         match self
             .router
-            .infer(&model.reference, &model.cid, &inputs, budget)
+            .infer(&model.reference, &model.cid, &inputs, budget, until)
             .await
         {
             Ok(Ran {
@@ -373,8 +377,8 @@ impl Entry {
                 at_risk: risked,
             }) => {
                 step.attempts = attempts;
-                *at_risk += risked;
-                *charged += receipt.claims.price;
+                spend.at_risk = spend.at_risk.saturating_add(risked);
+                spend.charged = spend.charged.saturating_add(receipt.claims.price);
                 match skills::read_outputs(sub.skill, &outputs, &model.labels) {
                     Ok(answer) => {
                         step.status = Status::Done;
@@ -397,8 +401,8 @@ impl Entry {
                             error: format!("its outputs: {e}"),
                             at_risk: receipt.claims.price.to_string(),
                         });
-                        *charged -= receipt.claims.price;
-                        *at_risk += receipt.claims.price;
+                        spend.charged = spend.charged.saturating_sub(receipt.claims.price);
+                        spend.at_risk = spend.at_risk.saturating_add(receipt.claims.price);
                         step.error = Some(e.to_string());
                     }
                 }
@@ -409,22 +413,47 @@ impl Entry {
                 at_risk: risked,
             }) => {
                 step.attempts = attempts;
-                *at_risk += risked;
+                spend.at_risk = spend.at_risk.saturating_add(risked);
                 step.error = Some(format!("every node tried failed: {summary}"));
             }
-            Err(e) => step.error = Some(e.to_string()),
+            Err(RouteError::NoNode) => {
+                step.error = Some(
+                    "no active node is reachable at a price within the turn's spending limit"
+                        .into(),
+                )
+            }
         }
         step
     }
 
+    /// A language-model call within what is left of the turn's cap; its failed attempts
+    /// count at what they may have cost, and are kept (in the call, or the record's
+    /// `failed_calls` when no node answered).
     async fn llm_call(
         &self,
         model: &str,
         request: serde_json::Value,
+        spend: &mut Spend,
+        until: Instant,
     ) -> Result<LlmCall, RouteError> {
-        let ran = self.router.chat(model, &request).await?;
+        let budget = self.budget(spend);
+        let ran = match self.router.chat(model, &request, budget, until).await {
+            Ok(r) => r,
+            Err(e) => {
+                if let RouteError::AllFailed {
+                    attempts, at_risk, ..
+                } = &e
+                {
+                    spend.at_risk = spend.at_risk.saturating_add(*at_risk);
+                    spend.failed_calls.extend(attempts.iter().cloned());
+                }
+                return Err(e);
+            }
+        };
         let out = ran.value;
         let receipt = out.receipt;
+        spend.at_risk = spend.at_risk.saturating_add(ran.at_risk);
+        spend.charged = spend.charged.saturating_add(receipt.claims.price);
         Ok(LlmCall {
             model: model.to_owned(),
             node: NodeRef {
@@ -438,6 +467,15 @@ impl Entry {
             attempts: ran.attempts,
         })
     }
+}
+
+/// What a turn has spent: charged by receipts, and what failed attempts may have cost.
+#[derive(Default)]
+struct Spend {
+    charged: U256,
+    at_risk: U256,
+    /// Attempts of language-model calls no node answered.
+    failed_calls: Vec<crate::router::Attempt>,
 }
 
 /// A step as it stands before it runs (failed, with `why`).

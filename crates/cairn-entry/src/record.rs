@@ -187,6 +187,8 @@ pub struct RunRecord {
     pub total_charged: String,
     /// The most failed attempts may have cost besides (token units; see [`Attempt::at_risk`]).
     pub at_risk: String,
+    /// Attempts of language-model calls that no node answered.
+    pub failed_calls: Vec<Attempt>,
     /// Random: a record's id cannot be guessed from a guessed message.
     pub nonce: B256,
 }
@@ -376,10 +378,13 @@ pub fn check_offline(r: &RunRecord) -> Result<Vec<(String, ReceiptJson)>, Record
             return Err(m("it is not its sub-task".into()));
         }
         for a in &step.attempts {
-            risked += a
+            let v = a
                 .at_risk
                 .parse::<U256>()
                 .map_err(|e| m(format!("an attempt's at_risk: {e}")))?;
+            risked = risked
+                .checked_add(v)
+                .ok_or_else(|| m("the amounts overflow".into()))?;
         }
         // An exact step is recomputed whatever it says: done with this result, or failed
         // with this error.
@@ -452,15 +457,20 @@ pub fn check_offline(r: &RunRecord) -> Result<Vec<(String, ReceiptJson)>, Record
                 run.payment.authorized, run.payment.charged
             )));
         }
-        total += rc.claims.price;
+        total = total
+            .checked_add(rc.claims.price)
+            .ok_or_else(|| m("the charges overflow".into()))?;
         receipts.push((step.id.clone(), run.receipt.clone()));
     }
     if let Some(call) = &r.parse {
-        total += call
+        let price = call
             .receipt
             .verify()
             .map(|x| x.claims.price)
             .unwrap_or_default();
+        total = total
+            .checked_add(price)
+            .ok_or_else(|| mm("the charges overflow".into()))?;
     }
     let llm_text = match &r.answer.llm {
         Some(call) => {
@@ -490,18 +500,28 @@ pub fn check_offline(r: &RunRecord) -> Result<Vec<(String, ReceiptJson)>, Record
                     "answer: the history sent is not the one history_sha256 names".into(),
                 ));
             }
-            total += rc.claims.price;
+            total = total
+                .checked_add(rc.claims.price)
+                .ok_or_else(|| mm("the charges overflow".into()))?;
             receipts.push(("answer".to_owned(), call.receipt.clone()));
             Some(completion_text(&call.response).map_err(|e| mm(format!("answer: {e}")))?)
         }
         None => None,
     };
-    for call in r.parse.iter().chain(r.answer.llm.iter()) {
-        for a in &call.attempts {
-            risked += a
+    let failed = r
+        .parse
+        .iter()
+        .chain(r.answer.llm.iter())
+        .flat_map(|c| c.attempts.iter());
+    for a in failed.chain(r.failed_calls.iter()) {
+        {
+            let v = a
                 .at_risk
                 .parse::<U256>()
                 .map_err(|e| mm(format!("an attempt's at_risk: {e}")))?;
+            risked = risked
+                .checked_add(v)
+                .ok_or_else(|| mm("the amounts overflow".into()))?;
         }
     }
     // A receipt proves one call: it is not counted twice.
@@ -632,6 +652,7 @@ mod tests {
             edges: Vec::new(),
             total_charged: "0".into(),
             at_risk: "0".into(),
+            failed_calls: Vec::new(),
             nonce: B256::ZERO,
         };
         r.edges = edges(&r);

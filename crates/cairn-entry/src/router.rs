@@ -47,6 +47,7 @@ struct Known {
     address: Option<Address>,
     default_price: U256,
     model_prices: Vec<(String, U256)>,
+    llm_prices: Vec<(String, cairn_node_api::openai::TokenPrice)>,
     info_at: Option<Instant>,
     ewma_ms: Option<f64>,
     down_until: Option<Instant>,
@@ -60,6 +61,7 @@ impl Default for Known {
             address: None,
             default_price: U256::ZERO,
             model_prices: Vec::new(),
+            llm_prices: Vec::new(),
             info_at: None,
             ewma_ms: None,
             down_until: None,
@@ -228,9 +230,9 @@ impl Router {
 
     /// Every node URL: the fixed ones first, then the registry's active inference nodes (with
     /// the address each registered under).
-    async fn urls(&self) -> Vec<(String, Option<Address>)> {
-        let mut out: Vec<(String, Option<Address>)> =
-            self.fixed.iter().map(|u| (u.clone(), None)).collect();
+    async fn urls(&self) -> Vec<(String, Vec<Address>)> {
+        let mut out: Vec<(String, Vec<Address>)> =
+            self.fixed.iter().map(|u| (u.clone(), Vec::new())).collect();
         if let Some(chain) = &self.chain {
             let mut reg = self.registry.lock().await;
             let stale = reg.0.is_none_or(|t| t.elapsed() > REGISTRY_TTL);
@@ -252,9 +254,13 @@ impl Router {
                     Err(e) => tracing::warn!("reading the registry's active nodes: {e}"),
                 }
             }
+            // One URL, every address registered at it: another registration naming an honest
+            // node's URL cannot push that node out.
             for (u, a) in &reg.1 {
-                if !out.iter().any(|(x, _)| x == u) {
-                    out.push((u.clone(), Some(*a)));
+                match out.iter_mut().find(|(x, _)| x == u) {
+                    Some((_, addrs)) if !addrs.is_empty() => addrs.push(*a),
+                    Some(_) => {}
+                    None => out.push((u.clone(), vec![*a])),
                 }
             }
         }
@@ -272,7 +278,7 @@ impl Router {
 
     /// Refreshes a node's info when stale; `false` when it cannot be reached, or answers with
     /// another address than the one it registered under.
-    async fn refresh(&self, url: &str, registered: Option<Address>) -> bool {
+    async fn refresh(&self, url: &str, registered: &[Address]) -> bool {
         let fresh = self
             .known
             .lock()
@@ -283,11 +289,15 @@ impl Router {
         if fresh {
             return true;
         }
-        let info = tokio::time::timeout(INFO_TIMEOUT, self.client(url).info()).await;
+        let info = tokio::time::timeout(
+            INFO_TIMEOUT,
+            self.client(url).with_max_body(64 * 1024).info(),
+        )
+        .await;
         let mut known = self.known.lock().expect("router lock");
         let k = known.entry(url.to_owned()).or_default();
         match info {
-            Ok(Ok(info)) if registered.is_none_or(|r| r == info.address) => {
+            Ok(Ok(info)) if registered.is_empty() || registered.contains(&info.address) => {
                 k.address = Some(info.address);
                 k.default_price = info
                     .payments
@@ -303,15 +313,32 @@ impl Router {
                             .collect()
                     })
                     .unwrap_or_default();
+                k.llm_prices = info
+                    .payments
+                    .as_ref()
+                    .map(|p| {
+                        p.llm_prices
+                            .iter()
+                            .map(|l| {
+                                (
+                                    l.model.clone(),
+                                    cairn_node_api::openai::TokenPrice {
+                                        prompt_per_1k: l.prompt_per_1k,
+                                        completion_per_1k: l.completion_per_1k,
+                                    },
+                                )
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
                 k.info_at = Some(Instant::now());
                 true
             }
             other => {
                 if let Ok(Ok(info)) = other {
                     tracing::warn!(
-                        "{url} answers as {}, not the {} registered there: skipped",
-                        info.address,
-                        registered.unwrap_or_default()
+                        "{url} answers as {}, not an address registered there: skipped",
+                        info.address
                     );
                 }
                 k.failures += 1;
@@ -321,15 +348,18 @@ impl Router {
         }
     }
 
-    /// Nodes to try for `model` (a CID or `name@version`), best first, with their price.
-    /// Resting nodes are not asked again, and the others are asked at once.
-    async fn candidates(&self, model: &[&str]) -> Vec<(String, Address, U256)> {
+    /// Nodes to try, best first, with what a call may cost at each (`cost`, from the node's
+    /// published prices). Resting nodes are not asked again, and the others are asked at once.
+    async fn candidates(
+        &self,
+        cost: &(dyn Fn(&Known) -> U256 + Sync),
+    ) -> Vec<(String, Address, U256)> {
         let urls = self.urls().await;
         let awake: Vec<_> = urls.iter().filter(|(u, _)| !self.resting(u)).collect();
         let reachable: std::collections::HashSet<String> = futures::future::join_all(
             awake
                 .iter()
-                .map(|(u, r)| async move { self.refresh(u, *r).await.then(|| u.clone()) }),
+                .map(|(u, r)| async move { self.refresh(u, r).await.then(|| u.clone()) }),
         )
         .await
         .into_iter()
@@ -340,15 +370,10 @@ impl Router {
         for (order, (url, _)) in urls.iter().enumerate() {
             let Some(k) = known.get(url) else { continue };
             let Some(address) = k.address else { continue };
-            let price = k
-                .model_prices
-                .iter()
-                .find(|(m, _)| model.contains(&m.as_str()))
-                .map_or(k.default_price, |(_, p)| *p);
             let resting = !reachable.contains(url);
             scored.push((
                 resting,
-                price,
+                cost(k),
                 k.ewma_ms.unwrap_or(0.0),
                 order,
                 url.clone(),
@@ -414,30 +439,45 @@ impl Router {
         out
     }
 
-    /// Runs `f` on the best node, then the next on failure, each under the deadline. `f` gets
-    /// the node's client, address and price; every failed attempt is kept with the most it
-    /// could have cost (`ceiling` of its price).
+    /// Runs `f` on the best node, then the next on failure. A node whose call may cost more
+    /// than `budget` is not asked (nor held to have failed). Each attempt runs under the step
+    /// deadline and before `until`; `f` gets the node's client (paying at most that node's
+    /// cost), its address and that cost. Every failed attempt is kept with the most it could
+    /// have cost: whether it took a payment before failing is not knowable here.
     async fn route<T, F, Fut>(
         &self,
-        names: &[&str],
-        ceiling: impl Fn(U256) -> U256,
+        cost: &(dyn Fn(&Known) -> U256 + Sync),
+        budget: U256,
+        until: Instant,
         f: F,
     ) -> Result<Ran<T>, RouteError>
     where
         F: Fn(NodeClient, Address, U256) -> Fut,
         Fut: std::future::Future<Output = Result<(T, Option<PaymentMade>), NodeClientError>>,
     {
-        let nodes = self.candidates(names).await;
+        let nodes: Vec<_> = self
+            .candidates(cost)
+            .await
+            .into_iter()
+            .filter(|(_, _, c)| *c <= budget)
+            .collect();
         if nodes.is_empty() {
             return Err(RouteError::NoNode);
         }
         let mut attempts = Vec::new();
         let mut at_risk = U256::ZERO;
-        for (url, address, price) in nodes.into_iter().take(self.tries) {
+        for (url, address, max) in nodes.into_iter().take(self.tries) {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
             let started = Instant::now();
-            let max = ceiling(price);
+            let client = self
+                .client(&url)
+                .with_max_price(max)
+                .with_max_body(MAX_ANSWER_BYTES);
             let outcome =
-                tokio::time::timeout(self.deadline, f(self.client(&url), address, max)).await;
+                tokio::time::timeout(self.deadline.min(left), f(client, address, max)).await;
             let error = match outcome {
                 Ok(Ok((value, payment))) => {
                     self.record(&url, Some(true), started.elapsed());
@@ -451,116 +491,143 @@ impl Router {
                     });
                 }
                 Ok(Err(e)) => {
-                    let said_no = matches!(&e, NodeClientError::Api { status, .. } if status.is_client_error());
-                    self.record(&url, (!said_no).then_some(false), started.elapsed());
+                    // "Not served here" and "too large for this node" are not faults; anything
+                    // else (a 402 for a payment made, a 400 for inputs the entry built to the
+                    // model's signature, a 5xx, a broken answer) rests the node.
+                    let neutral = matches!(&e, NodeClientError::Api { status, .. } if matches!(status.as_u16(), 404 | 413));
+                    self.record(&url, (!neutral).then_some(false), started.elapsed());
                     e.to_string()
                 }
                 Err(_) => {
                     self.record(&url, Some(false), started.elapsed());
-                    format!(
-                        "no answer within the step's deadline of {:?}",
-                        self.deadline
-                    )
+                    format!("no answer within {:?}", self.deadline.min(left))
                 }
             };
-            // Whether it took a payment before failing is not known here: count the most it may.
-            at_risk += max;
+            at_risk = at_risk.saturating_add(max);
             attempts.push(Attempt {
                 node: url,
                 error,
                 at_risk: max.to_string(),
             });
         }
+        if attempts.is_empty() {
+            return Err(RouteError::NoNode);
+        }
         Err(RouteError::AllFailed {
-            summary: attempts
-                .iter()
-                .map(|a| format!("{}: {}", a.node, a.error))
-                .collect::<Vec<_>>()
-                .join("; "),
+            summary: format!(
+                "{} nodes tried, each failed (see the step's attempts)",
+                attempts.len()
+            ),
             attempts,
             at_risk,
         })
     }
 
-    /// Runs a hub model on the best node, paying at most its published price and `budget`. The
-    /// receipt must be signed by the node chosen, bind this model, these inputs and these
-    /// outputs, and charge what was paid.
+    /// Runs a hub model on the best node it can afford within `budget`, paying at most the
+    /// node's published price for it. The receipt must be signed by the node chosen, bind this
+    /// model, these inputs and these outputs, and charge what was paid (nothing when unpaid).
     pub async fn infer(
         &self,
         reference: &str,
         cid: &BlobId,
         inputs: &[Tensor],
         budget: U256,
+        until: Instant,
     ) -> Result<Ran<(Vec<Tensor>, SignedReceipt)>, RouteError> {
         let cid_text = cid.to_string();
         let cid_ref = cid_text.as_str();
-        self.route(
-            &[reference, cid_ref],
-            |price| price.min(budget),
-            |client, address, max| async move {
-                let out = client
-                    .with_max_price(max)
-                    .with_max_body(MAX_ANSWER_BYTES)
-                    .infer(cid_ref, inputs, false)
-                    .await?;
-                let r = &out.receipt;
-                let p = NodeClientError::Protocol;
-                if r.signer != address {
-                    return Err(p(format!(
-                        "the receipt is signed by {}, not the node {address}",
-                        r.signer
-                    )));
-                }
-                if &r.claims.model != cid {
-                    return Err(p(format!(
-                        "the receipt names model {}, not {cid}",
-                        r.claims.model
-                    )));
-                }
-                if r.claims.input_hash != cairn_core::tensor::tensors_hash(inputs)
-                    || r.claims.output_hash != cairn_core::tensor::tensors_hash(&out.outputs)
-                {
-                    return Err(p(
-                        "the receipt does not bind these inputs and outputs".into()
-                    ));
-                }
-                if let Some(m) = &out.payment
-                    && m.amount != r.claims.price
-                {
-                    return Err(p(format!(
-                        "the node was paid {} but its receipt charges {}",
-                        m.amount, r.claims.price
-                    )));
-                }
-                Ok(((out.outputs, out.receipt), out.payment))
-            },
-        )
+        let name = reference.split('@').next().unwrap_or(reference);
+        // A node prices a model by CID, `name@version` or bare name.
+        let cost = move |k: &Known| {
+            k.model_prices
+                .iter()
+                .find(|(m, _)| m == cid_ref || m == reference || m == name)
+                .map_or(k.default_price, |(_, p)| *p)
+        };
+        self.route(&cost, budget, until, |client, address, _| async move {
+            let out = client.infer(cid_ref, inputs, false).await?;
+            let r = &out.receipt;
+            let p = NodeClientError::Protocol;
+            if r.signer != address {
+                return Err(p(format!(
+                    "the receipt is signed by {}, not the node {address}",
+                    r.signer
+                )));
+            }
+            if &r.claims.model != cid {
+                return Err(p(format!(
+                    "the receipt names model {}, not {cid}",
+                    r.claims.model
+                )));
+            }
+            if r.claims.input_hash != cairn_core::tensor::tensors_hash(inputs)
+                || r.claims.output_hash != cairn_core::tensor::tensors_hash(&out.outputs)
+            {
+                return Err(p(
+                    "the receipt does not bind these inputs and outputs".into()
+                ));
+            }
+            let paid = out.payment.as_ref().map_or(U256::ZERO, |m| m.amount);
+            if paid != r.claims.price {
+                return Err(p(format!(
+                    "the node was paid {paid} but its receipt charges {}",
+                    r.claims.price
+                )));
+            }
+            Ok(((out.outputs, out.receipt), out.payment))
+        })
         .await
     }
 
-    /// A chat completion on the best node serving `model`; the receipt is checked by the client
-    /// against the exact request and answer bytes, and must be the chosen node's. What it may
-    /// cost is bounded by the node's published per-token price (the client checks the 402).
+    /// A chat completion on the best node serving `model` it can afford within `budget`: the
+    /// most a call may cost at a node is its published per-token price for the model (or, not
+    /// naming it, its dearest) over the request's bytes and `max_tokens` (`TokenPrice::most`,
+    /// what the node's 402 may ask), and the client pays no more. The receipt is checked
+    /// against the exact request and answer bytes and must be the chosen node's.
     pub async fn chat(
         &self,
         model: &str,
         request: &serde_json::Value,
+        budget: U256,
+        until: Instant,
     ) -> Result<Ran<cairn_node_api::ChatOutcome>, RouteError> {
-        self.route(
-            &[model],
-            |_| U256::ZERO,
-            |client, address, _| async move {
-                let mut out = client.with_max_body(MAX_ANSWER_BYTES).chat(request).await?;
-                if out.receipt.signer != address {
-                    return Err(NodeClientError::Protocol(format!(
-                        "the receipt is signed by {}, not the node {address}",
-                        out.receipt.signer
-                    )));
-                }
-                let payment = out.payment.take();
-                Ok((out, payment))
-            },
-        )
+        let body_len = serde_json::to_vec(request).map_or(0, |b| b.len());
+        let max_tokens = request["max_tokens"]
+            .as_u64()
+            .map(|m| m.min(u64::from(u32::MAX)) as u32);
+        let cost = move |k: &Known| {
+            let own = k
+                .llm_prices
+                .iter()
+                .find(|(m, _)| m == model)
+                .map(|(_, p)| *p);
+            let price = own.unwrap_or_else(|| cairn_node_api::openai::TokenPrice {
+                prompt_per_1k: k
+                    .llm_prices
+                    .iter()
+                    .map(|(_, p)| p.prompt_per_1k)
+                    .max()
+                    .unwrap_or_default(),
+                completion_per_1k: k
+                    .llm_prices
+                    .iter()
+                    .map(|(_, p)| p.completion_per_1k)
+                    .max()
+                    .unwrap_or_default(),
+            });
+            price.most(body_len, max_tokens)
+        };
+        self.route(&cost, budget, until, |client, address, _| async move {
+            let mut out = client.chat(request).await?;
+            if out.receipt.signer != address {
+                return Err(NodeClientError::Protocol(format!(
+                    "the receipt is signed by {}, not the node {address}",
+                    out.receipt.signer
+                )));
+            }
+            let payment = out.payment.take();
+            Ok((out, payment))
+        })
         .await
     }
 }

@@ -358,9 +358,21 @@ async fn chat(
     if req.stream {
         return stream_turn(entry, input, history, permit).await;
     }
-    match entry.turn(&input, &history, None).await {
+    // The turn runs to its record even if the caller leaves: what it paid is accounted for.
+    let turn = tokio::spawn(async move {
+        let r = entry.turn(&input, &history, None).await;
+        drop(permit);
+        r
+    });
+    let Ok(result) = turn.await else {
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "turn_failed",
+            "the turn stopped unexpectedly; nothing more was run",
+        );
+    };
+    match result {
         Ok((signed, rec)) => {
-            drop(permit);
             let mut resp = Json(completion(&signed, &rec)).into_response();
             if let Ok(v) = HeaderValue::from_str(&signed.id.to_string()) {
                 resp.headers_mut().insert(RUN_HEADER, v);

@@ -295,7 +295,7 @@ pub fn read_outputs(
                     .first()
                     .ok_or_else(|| SkillError::Outputs("no scores".into()))?,
             )?;
-            if scores.len() != labels.len() {
+            if labels.is_empty() || scores.len() != labels.len() {
                 return Err(SkillError::Outputs(format!(
                     "{} scores for {} labels",
                     scores.len(),

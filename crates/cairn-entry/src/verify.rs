@@ -39,11 +39,15 @@ pub fn node_of<'a>(r: &'a RunRecord, step: &str) -> Option<&'a str> {
 }
 
 /// Finds each receipt's batch: the node's inclusion proof, checked against the chain's root for
-/// that batch, the batch's node and the contract's own inclusion check.
+/// that batch, the batch's node and the contract's own inclusion check. Nodes are reached with
+/// `http` (a [`cairn_node_api::fetch::Fetcher`]'s client: no redirects, public addresses unless
+/// allowed).
 pub async fn settlement(
     r: &RunRecord,
     receipts: &[(String, ReceiptJson)],
     chain: &cairn_ledger::Chain,
+    http: &reqwest::Client,
+    allow_private: bool,
 ) -> Vec<Standing> {
     let mut out = Vec::new();
     for (step, json) in receipts {
@@ -62,7 +66,17 @@ pub async fn settlement(
             out.push(s);
             continue;
         };
-        let stored = match NodeClient::new(url).receipt(rc.id()).await {
+        // The URL is the record's word: reached as any node-chosen URL is (`http`; a literal
+        // private address is refused here, names when resolved), read within a cap.
+        if let Err(e) = cairn_node_api::fetch::check_url(url, allow_private) {
+            s.state = format!("its node cannot be asked: {e}");
+            out.push(s);
+            continue;
+        }
+        let client = NodeClient::new(url)
+            .with_http(http.clone())
+            .with_max_body(1 << 20);
+        let stored = match client.receipt(rc.id()).await {
             Ok(x) => x,
             Err(e) => {
                 s.state = format!("its node cannot be asked: {e}");
