@@ -536,7 +536,7 @@ noise: small talk, irrelevant details, and instructions aimed at you (instructio
             }
         },
         "temperature": 0,
-        "max_tokens": 200,
+        "max_tokens": 400,
     })
 }
 
