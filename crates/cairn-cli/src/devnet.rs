@@ -237,6 +237,8 @@ async fn start_entry(
         origins: origins.to_vec(),
         // The devnet's services all listen on loopback.
         allow_private_nodes: true,
+        // Skills run on the models the devnet itself published.
+        skill_publishers: vec![keyfile::load_or_create(&data_dir.join("devnet.key"))?.address()],
         ..crate::entry_cmd::EntryServeArgs::defaults()?
     };
     let entry = crate::entry_cmd::open_entry(&args, &data_dir.join("entry"), Some(chain)).await?;

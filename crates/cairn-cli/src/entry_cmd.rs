@@ -60,6 +60,10 @@ pub struct EntryServeArgs {
     /// An origin whose pages may call the entry (the explorer's chat page; repeat).
     #[arg(long = "origin")]
     pub origins: Vec<String>,
+    /// Only hub repositories owned by this address compute skills (repeat; without it, any
+    /// repository tagged `skill-<name>` with a fitting signature is used).
+    #[arg(long = "skill-publisher")]
+    pub skill_publishers: Vec<alloy_primitives::Address>,
     /// Reach registered nodes on private, loopback or link-local addresses (a local network);
     /// by default such endpoints are skipped, so a registration cannot make the entry probe
     /// the network it runs in.
@@ -121,6 +125,7 @@ pub async fn open_entry(
         llm: a.llm.clone(),
         data_dir: data_dir.to_owned(),
         max_spend: a.max_spend,
+        publishers: a.skill_publishers.clone(),
     })?;
     Ok(Arc::new(entry))
 }
@@ -473,7 +478,7 @@ pub enum RunCommand {
     /// follows from its parse, every exact step recomputes, every receipt is its node's and binds
     /// its step, and (with a chain) that each receipt is in a finalized batch; `--reexec` runs
     /// each model step again on a node.
-    Verify(RunVerifyArgs),
+    Verify(Box<RunVerifyArgs>),
     /// Print a run record's turn: task, steps, answer.
     Show {
         /// A record file, or a URL (`http://127.0.0.1:7405/v1/runs/0x…`).
@@ -514,6 +519,9 @@ pub struct RunVerifyArgs {
     /// network, the devnet); by default a record cannot make verify probe the network it runs in.
     #[arg(long)]
     pub allow_private_nodes: bool,
+    /// A hub to read each step's label list from again, by the CID the record names.
+    #[arg(long)]
+    pub hub: Option<String>,
 }
 
 async fn load(record: &str) -> anyhow::Result<cairn_entry::SignedRecord> {
@@ -544,7 +552,7 @@ pub async fn run(cmd: RunCommand) -> anyhow::Result<()> {
             println!("\n{}", r.answer.text);
             Ok(())
         }
-        RunCommand::Verify(a) => verify(a).await,
+        RunCommand::Verify(a) => verify(*a).await,
     }
 }
 
@@ -588,6 +596,30 @@ async fn verify(a: RunVerifyArgs) -> anyhow::Result<()> {
         receipts.len(),
         r.total_charged
     );
+    if let Some(hub) = &a.hub {
+        let hub = cairn_hub::HubClient::new(hub, None)?;
+        let scratch = std::env::temp_dir().join(format!("cairn-verify-{}", std::process::id()));
+        std::fs::create_dir_all(&scratch)?;
+        for step in r
+            .steps
+            .iter()
+            .filter_map(|s| Some((s.id.as_str(), s.run.as_ref()?)))
+        {
+            let (id, run) = step;
+            if run.model.labels.is_empty() {
+                continue;
+            }
+            let Some(cid) = run.model.labels_cid else {
+                bail!("step {id}: its labels name no file to check them against");
+            };
+            let labels = cairn_entry::skills::magika_labels(&hub, &cid, &scratch).await;
+            if labels.map_err(|e| anyhow::anyhow!("step {id}: {e}"))? != run.model.labels {
+                bail!("step {id}: the labels are not those of {cid}");
+            }
+            println!("labels:    {id} ok ({cid})");
+        }
+        let _ = std::fs::remove_dir_all(&scratch);
+    }
     let chain = if a.devnet_dir.is_some() || a.chain.rpc.is_some() {
         Some(crate::args::open_chain(&a.chain, a.devnet_dir.as_deref()).await?)
     } else {

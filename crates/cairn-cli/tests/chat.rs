@@ -169,6 +169,8 @@ fn a_messy_turn_runs_on_hub_models_and_its_record_verifies_down_to_settled_batch
         &path,
         &data,
         &[
+            "--hub",
+            &net.url,
             "--reexec",
             &net.node_url,
             "--payer-key",
@@ -187,6 +189,11 @@ fn a_messy_turn_runs_on_hub_models_and_its_record_verifies_down_to_settled_batch
         "parse, two model steps, answer: {text}"
     );
     assert_eq!(text.matches("identical bits").count(), 2, "{text}");
+    assert_eq!(
+        text.matches("labels:").count(),
+        1,
+        "magika's labels read again: {text}"
+    );
     // A record changed after signing does not verify.
     let tampered = record.to_string().replacen("rust", "python", 1);
     assert_ne!(tampered, record.to_string());
@@ -451,6 +458,36 @@ fn a_node_that_fails_midway_is_routed_around_and_charged_nothing() {
         0,
         "{out}"
     );
+    // Skills run only on models their publishers own, when the entry names publishers.
+    let picky = Server::command(
+        &[
+            "entry",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--hub",
+            &net.url,
+            "--node",
+            &net.node_url,
+            "--skill-publisher",
+            "0x0000000000000000000000000000000000000001",
+            "--data-dir",
+            net.dir.path().join("entry-picky").to_str().unwrap(),
+        ],
+        "entry:",
+    );
+    let (_, picked) = post(
+        &format!("{}/v1/chat/completions", picky.url),
+        &serde_json::json!({"messages": [{"role": "user", "content": format!("Which digit is this?\n{ZERO}")}]}),
+    );
+    let step = &picked["cairn"]["steps"][0];
+    assert!(
+        step["error"]
+            .as_str()
+            .unwrap()
+            .contains("no model on the hub computes digit-recognition"),
+        "{step}"
+    );
     // /v1/entry says nothing about the nodes or the traffic.
     let info = get(&format!("{}/v1/entry", entry.url));
     assert!(info.get("nodes").is_none(), "{info}");
@@ -594,4 +631,85 @@ fn a_node_asking_more_than_its_published_price_is_not_paid() {
     );
     assert_eq!(step["result"], "0", "{step}");
     assert_eq!(out["cairn"]["total_charged"], "1000");
+}
+
+#[test]
+fn a_language_model_node_asking_more_than_its_published_price_is_not_paid() {
+    let test = "a_language_model_node_asking_more_than_its_published_price_is_not_paid";
+    let Some(llm) = llm_model(test) else { return };
+    let net = Server::devnet_with(&["--llm", llm.to_str().unwrap()]);
+    let py = std::env::var("CAIRN_PY").expect("CAIRN_PY (scripts/test.sh sets it)");
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/dying_node.py");
+    let greedy = Server::spawn_program(
+        &py,
+        &[
+            script.to_str().unwrap().to_owned(),
+            net.node_url.clone(),
+            "greedy".into(),
+        ],
+        "dying node:",
+    );
+    let payer = net.dir.path().join("data/chain/payer.key");
+    let entry = Server::command(
+        &[
+            "entry",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--hub",
+            &net.url,
+            "--llm",
+            "smollm2-135m-instruct@1.0",
+            "--node",
+            &greedy.url,
+            "--node",
+            &net.node_url,
+            "--payer-key",
+            payer.to_str().unwrap(),
+            "--data-dir",
+            net.dir.path().join("entry4").to_str().unwrap(),
+        ],
+        "entry:",
+    );
+    let (code, out) = post(
+        &format!("{}/v1/chat/completions", entry.url),
+        &serde_json::json!({"messages": [{"role": "user", "content": "What is 6 * 7?"}]}),
+    );
+    assert_eq!(code, 200, "{out}");
+    // Both calls went to the honest node after the greedy one's 402 was refused unpaid.
+    let id = out["cairn"]["run"].as_str().unwrap();
+    let signed = get(&format!("{}/v1/runs/{id}", entry.url));
+    let record: serde_json::Value =
+        serde_json::from_str(signed["record"].as_str().unwrap()).unwrap();
+    let parse = &record["parse"];
+    assert_eq!(parse["node"]["url"], net.node_url.as_str(), "{parse}");
+    let attempts = parse["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 1, "{parse}");
+    assert_eq!(attempts[0]["node"], greedy.url.as_str());
+    assert!(
+        attempts[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("not paying"),
+        "{attempts:?}"
+    );
+    // The greedy node now rests: the answer call went straight to the honest one.
+    assert_eq!(
+        record["answer"]["llm"]["attempts"]
+            .as_array()
+            .unwrap()
+            .len(),
+        0,
+        "{record}"
+    );
+    assert_eq!(
+        record["answer"]["llm"]["node"]["url"],
+        net.node_url.as_str()
+    );
+    // What was charged is what the honest node's receipts say, and the record verifies.
+    let path = net.dir.path().join("record.json");
+    std::fs::write(&path, signed.to_string()).unwrap();
+    let v = verify(&path, &net.dir.path().join("data"), &["--allow-unsettled"]);
+    assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stderr));
 }

@@ -50,6 +50,8 @@ pub struct EntryConfig {
     pub data_dir: PathBuf,
     /// The most one turn may be charged in all (token units); steps past it are not run.
     pub max_spend: U256,
+    /// Whose hub repositories may compute skills (empty: any repository tagged for one).
+    pub publishers: Vec<alloy_primitives::Address>,
 }
 
 /// The entry.
@@ -61,6 +63,7 @@ pub struct Entry {
     llm: Option<String>,
     scratch: PathBuf,
     max_spend: U256,
+    publishers: Vec<alloy_primitives::Address>,
     models: std::sync::Mutex<HashMap<Skill, Lookup>>,
     store: crate::store::RunStore,
 }
@@ -121,6 +124,7 @@ impl Entry {
             llm: c.llm,
             scratch,
             max_spend: c.max_spend,
+            publishers: c.publishers,
             models: std::sync::Mutex::new(HashMap::new()),
             store,
         })
@@ -154,7 +158,7 @@ impl Entry {
         {
             return found.clone().map_err(skills::SkillError::Hub);
         }
-        let found = skills::find_model(&self.hub, skill, &self.scratch).await;
+        let found = skills::find_model(&self.hub, skill, &self.scratch, &self.publishers).await;
         self.models.lock().expect("models lock").insert(
             skill,
             (

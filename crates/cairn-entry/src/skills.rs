@@ -47,6 +47,9 @@ pub struct ModelChoice {
     /// Class labels, when the release ships them (magika's `config.min.json`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub labels: Vec<String>,
+    /// The CID of the file the labels were read from (`cairn run verify --hub` reads it again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels_cid: Option<BlobId>,
 }
 
 /// What a model step's outputs say, kept in the run record.
@@ -106,12 +109,14 @@ fn fits(skill: Skill, sig: &cairn_onnx::OnnxSignature) -> Option<String> {
     ok.then(|| input.name.clone())
 }
 
-/// Finds the model the hub offers for `skill`: repositories tagged for it, newest release first,
+/// Finds the model the hub offers for `skill`: repositories tagged for it (owned by one of
+/// `publishers`, when any are named: a tag alone is anyone's to set), newest release first,
 /// the first ONNX file whose signature fits.
 pub async fn find_model(
     hub: &HubClient,
     skill: Skill,
     scratch: &Path,
+    publishers: &[alloy_primitives::Address],
 ) -> Result<ModelChoice, SkillError> {
     let name = skill.as_str();
     let repos = hub
@@ -122,7 +127,10 @@ pub async fn find_model(
         })
         .await
         .map_err(|e| SkillError::Hub(e.to_string()))?;
-    for repo in repos {
+    for repo in repos
+        .into_iter()
+        .filter(|r| publishers.is_empty() || publishers.contains(&r.owner))
+    {
         let detail = hub
             .repo(&repo.name)
             .await
@@ -132,22 +140,26 @@ pub async fn find_model(
                 let Some(input) = f.onnx.as_ref().and_then(|s| fits(skill, s)) else {
                     continue;
                 };
-                let labels = match skill {
+                let (labels, labels_cid) = match skill {
                     Skill::FileType => {
                         let config = release
                             .files
                             .iter()
                             .find(|c| c.path.as_str().ends_with("config.min.json"))
                             .ok_or(SkillError::NoModel(name))?;
-                        magika_labels(hub, &config.cid, scratch).await?
+                        (
+                            magika_labels(hub, &config.cid, scratch).await?,
+                            Some(config.cid),
+                        )
                     }
-                    _ => Vec::new(),
+                    _ => (Vec::new(), None),
                 };
                 return Ok(ModelChoice {
                     reference: format!("{}@{}", repo.name, release.version),
                     cid: f.cid,
                     input,
                     labels,
+                    labels_cid,
                 });
             }
         }
@@ -156,7 +168,7 @@ pub async fn find_model(
 }
 
 /// magika's label list from its release's `config.min.json` (downloaded by CID, so checked).
-async fn magika_labels(
+pub async fn magika_labels(
     hub: &HubClient,
     cid: &BlobId,
     scratch: &Path,
