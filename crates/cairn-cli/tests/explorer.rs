@@ -56,7 +56,7 @@ fn wait_indexed(explorer: &str, want: &BTreeSet<String>) {
 
 #[test]
 fn the_explorer_shows_paid_calls_checks_receipts_in_the_browser_and_resumes_after_a_crash() {
-    let Ok(modules) = std::env::var("CAIRN_EXPLORER_MODULES") else {
+    let Ok(_) = std::env::var("CAIRN_EXPLORER_MODULES") else {
         assert!(
             std::env::var_os("CAIRN_TEST_REQUIRE_SERVICES").is_none(),
             "CAIRN_EXPLORER_MODULES is not set but services are required (run scripts/test.sh)"
@@ -266,8 +266,6 @@ fn the_explorer_shows_paid_calls_checks_receipts_in_the_browser_and_resumes_afte
         .unwrap()
         .to_owned();
     let out = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("explorer-screenshots");
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../cairn-explorer/web/test/pages.mjs");
     let expect = serde_json::json!({
         "calls": made.len(),
         "receipt": own,
@@ -276,24 +274,15 @@ fn the_explorer_shows_paid_calls_checks_receipts_in_the_browser_and_resumes_afte
         "cid": cid,
         "hostile": "hostile",
     });
-    let run = std::process::Command::new("node")
-        .arg(script)
-        .env("MODULES", &modules)
-        .env("EXPLORER", &explorer)
-        .env("OUT", &out)
-        .env("EXPECT", expect.to_string())
-        .env(
-            "CHROMIUM",
-            std::env::var("CAIRN_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into()),
-        )
-        .output()
-        .unwrap();
-    let printed = String::from_utf8_lossy(&run.stdout);
-    println!("{printed}\nscreenshots in {}", out.display());
-    assert!(
-        run.status.success(),
-        "{printed}\n{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
+    let test =
+        "the_explorer_shows_paid_calls_checks_receipts_in_the_browser_and_resumes_after_a_crash";
+    browser_script(
+        test,
+        "pages.mjs",
+        &explorer,
+        &out,
+        &[("EXPECT", expect.to_string())],
+    )
+    .expect("the front-end packages were there when the test began");
     assert!(out.join("receipt.png").exists());
 }

@@ -588,3 +588,47 @@ pub fn python_script(script: &str, args: &[&str]) -> String {
     );
     text
 }
+
+/// Runs a page test of the explorer's (`crates/cairn-explorer/web/test/SCRIPT`) in Debian's
+/// Chromium against `explorer`, screenshots into `out`, with `extra` environment; its output,
+/// asserting it passed. `None` (loudly) when the front-end packages are not installed.
+pub fn browser_script(
+    test: &str,
+    script: &str,
+    explorer: &str,
+    out: &Path,
+    extra: &[(&str, String)],
+) -> Option<String> {
+    let Ok(modules) = std::env::var("CAIRN_EXPLORER_MODULES") else {
+        assert!(
+            std::env::var_os("CAIRN_TEST_REQUIRE_SERVICES").is_none(),
+            "CAIRN_EXPLORER_MODULES is not set but services are required (run scripts/test.sh)"
+        );
+        eprintln!("SKIPPED {test}: CAIRN_EXPLORER_MODULES not set (scripts/test.sh)");
+        return None;
+    };
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../cairn-explorer/web/test")
+        .join(script);
+    let mut cmd = Command::new("node");
+    cmd.arg(path)
+        .env("MODULES", &modules)
+        .env("EXPLORER", explorer)
+        .env("OUT", out)
+        .env(
+            "CHROMIUM",
+            std::env::var("CAIRN_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into()),
+        );
+    for (k, v) in extra {
+        cmd.env(k, v);
+    }
+    let run = cmd.output().unwrap();
+    let printed = String::from_utf8_lossy(&run.stdout).into_owned();
+    println!("{printed}\nscreenshots in {}", out.display());
+    assert!(
+        run.status.success(),
+        "{printed}\n{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    Some(printed)
+}

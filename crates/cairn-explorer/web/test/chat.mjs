@@ -3,29 +3,9 @@
 // run record checked in the browser; a screenshot of each state.
 //
 // node chat.mjs (env: MODULES = node_modules dir, EXPLORER = base URL, OUT = screenshot dir)
-import { createRequire } from "node:module";
-import { mkdirSync } from "node:fs";
+import { base, check, finish, launch, out } from "./browser.mjs";
 
-const require = createRequire(`${process.env.MODULES}/`);
-const { chromium } = require("playwright-core");
-const base = process.env.EXPLORER;
-const out = process.env.OUT;
-mkdirSync(out, { recursive: true });
-
-const failures = [];
-function check(cond, what) {
-  if (cond) console.log(`ok   ${what}`);
-  else {
-    console.log(`FAIL ${what}`);
-    failures.push(what);
-  }
-}
-
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
-  args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"],
-});
+const browser = await launch();
 const page = await (await browser.newContext({ viewport: { width: 1200, height: 900 } })).newPage();
 const errors = [];
 page.on("pageerror", (e) => errors.push(String(e)));
@@ -92,8 +72,4 @@ await page.goto(`${base}/runs/0x${"00".repeat(32)}`, { waitUntil: "networkidle" 
 await page.waitForSelector("main[aria-busy=false]");
 check((await page.locator("main h1").innerText()) === "Not found", "an unknown run is not found");
 check(errors.every((e) => e.includes("404")), `no page errors but the 404: ${errors.join(" | ")}`);
-await browser.close();
-if (failures.length) {
-  console.log(`${failures.length} check(s) failed`);
-  process.exit(1);
-}
+await finish(browser);

@@ -3,30 +3,10 @@
 //
 // node pages.mjs (env: MODULES = node_modules dir, EXPLORER = base URL, OUT = screenshot dir,
 // EXPECT = JSON {calls, receipt, batchReceipt, node, cid, hostile})
-import { createRequire } from "node:module";
-import { mkdirSync } from "node:fs";
+import { base, check, finish, launch, out } from "./browser.mjs";
 
-const require = createRequire(`${process.env.MODULES}/`);
-const { chromium } = require("playwright-core");
-const base = process.env.EXPLORER;
-const out = process.env.OUT;
 const expect = JSON.parse(process.env.EXPECT);
-mkdirSync(out, { recursive: true });
-
-const failures = [];
-function check(cond, what) {
-  if (cond) console.log(`ok   ${what}`);
-  else {
-    console.log(`FAIL ${what}`);
-    failures.push(what);
-  }
-}
-
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
-  args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"],
-});
+const browser = await launch();
 const context = await browser.newContext({ viewport: { width: 1200, height: 900 } });
 const page = await context.newPage();
 const errors = [];
@@ -168,9 +148,5 @@ check(overflow <= 1, `no sideways scrolling at phone width (overflow ${overflow}
 await visit(`/receipts/${expect.receipt}`, "receipt-phone-dark");
 
 check(errors.length === 0, `no script errors (${errors.join(" | ")})`);
-await browser.close();
-if (failures.length) {
-  console.log(`${failures.length} check(s) failed`);
-  process.exit(1);
-}
+await finish(browser);
 console.log("all pages checked");
