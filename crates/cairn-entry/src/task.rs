@@ -891,26 +891,17 @@ pub fn rules(segments: &[Segment]) -> RuleView {
                     computed.insert(s.n);
                 }
             }
-            SegmentKind::Table => {
-                if let Some(p) = pixels(s) {
-                    v.subtasks.push((
-                        s.n,
-                        Skill::DigitRecognition,
-                        SubtaskInputs::Pixels { pixels: p },
-                    ));
-                    computed.insert(s.n);
-                }
+            // A table, or a line, of 64 values 0-16: a digit image.
+            SegmentKind::Table | SegmentKind::Text if let Some(p) = pixels(s) => {
+                v.subtasks.push((
+                    s.n,
+                    Skill::DigitRecognition,
+                    SubtaskInputs::Pixels { pixels: p },
+                ));
+                computed.insert(s.n);
             }
+            SegmentKind::Table => {}
             SegmentKind::Text => {
-                if let Some(p) = pixels(s) {
-                    v.subtasks.push((
-                        s.n,
-                        Skill::DigitRecognition,
-                        SubtaskInputs::Pixels { pixels: p },
-                    ));
-                    computed.insert(s.n);
-                    continue;
-                }
                 let found =
                     conversions(&s.text)
                         .into_iter()
