@@ -51,6 +51,10 @@ pub struct EntryServeArgs {
     /// The most one turn may be charged in all, token units.
     #[arg(long, default_value = "100000")]
     pub max_spend: U256,
+    /// The most all turns together may spend in an hour, token units (charged, plus what
+    /// failed attempts may have cost); beyond it turns are refused until the hour ends.
+    #[arg(long)]
+    pub budget_per_hour: Option<U256>,
     /// Deadline of one step on one node, milliseconds.
     #[arg(long, default_value_t = 30_000)]
     pub step_deadline_ms: u64,
@@ -143,6 +147,7 @@ pub fn server_config(a: &EntryServeArgs) -> anyhow::Result<cairn_entry::server::
         turns: a.turns,
         token,
         origins: a.origins.clone(),
+        budget_per_hour: a.budget_per_hour,
     })
 }
 

@@ -496,6 +496,18 @@ fn a_node_that_fails_midway_is_routed_around_and_charged_nothing() {
             .contains("no model on the hub computes digit-recognition"),
         "{step}"
     );
+    // An hour's budget for all turns: spent, the next turn is refused with when to come back.
+    let thrifty = entry_serve(
+        &net,
+        "entry-thrifty",
+        &["--node", &net.node_url, "--budget-per-hour", "1000"],
+    );
+    let digit = serde_json::json!({"messages": [{"role": "user", "content": format!("Which digit?\n{ZERO}")}]});
+    let (code, _) = post(&format!("{}/v1/chat/completions", thrifty.url), &digit);
+    assert_eq!(code, 200);
+    let (code, refused) = post(&format!("{}/v1/chat/completions", thrifty.url), &digit);
+    assert_eq!(code, 503, "{refused}");
+    assert_eq!(refused["code"], "budget_spent", "{refused}");
     // /v1/entry says nothing about the nodes or the traffic.
     let info = get(&format!("{}/v1/entry", entry.url));
     assert!(info.get("nodes").is_none(), "{info}");

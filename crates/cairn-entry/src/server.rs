@@ -39,11 +39,53 @@ pub struct ServerConfig {
     pub token: Option<String>,
     /// Origins whose pages may call the API (the explorer's chat page).
     pub origins: Vec<String>,
+    /// The most all turns together may spend in an hour (token units: charged plus at risk);
+    /// beyond it turns wait for the next hour (`None`: no limit but each turn's own cap).
+    pub budget_per_hour: Option<alloy_primitives::U256>,
+}
+
+/// What the turns of the current hour have spent.
+#[derive(Default)]
+struct Budget {
+    since: Option<std::time::Instant>,
+    spent: alloy_primitives::U256,
+}
+
+impl Budget {
+    const WINDOW: std::time::Duration = std::time::Duration::from_secs(3600);
+
+    /// Seconds until a turn may start, when the hour's budget is spent.
+    fn wait(&mut self, budget: alloy_primitives::U256) -> Option<u64> {
+        let now = std::time::Instant::now();
+        if self
+            .since
+            .is_none_or(|t| now.duration_since(t) >= Self::WINDOW)
+        {
+            self.since = Some(now);
+            self.spent = alloy_primitives::U256::ZERO;
+        }
+        (self.spent >= budget).then(|| {
+            let left = Self::WINDOW.saturating_sub(now.duration_since(self.since.unwrap_or(now)));
+            left.as_secs().max(1)
+        })
+    }
+
+    fn add(&mut self, r: &RunRecord) {
+        let n = |s: &str| {
+            s.parse::<alloy_primitives::U256>()
+                .unwrap_or(alloy_primitives::U256::MAX)
+        };
+        self.spent = self
+            .spent
+            .saturating_add(n(&r.total_charged))
+            .saturating_add(n(&r.at_risk));
+    }
 }
 
 struct AppState {
     entry: Arc<Entry>,
     turns: Arc<tokio::sync::Semaphore>,
+    budget: Arc<std::sync::Mutex<Budget>>,
     config: ServerConfig,
 }
 
@@ -52,6 +94,7 @@ pub fn router(entry: Arc<Entry>, config: ServerConfig) -> Router {
     let state = Arc::new(AppState {
         entry,
         turns: Arc::new(tokio::sync::Semaphore::new(config.turns.max(1))),
+        budget: Arc::default(),
         config,
     });
     Router::new()
@@ -344,6 +387,19 @@ async fn chat(
     if let Err(e) = crate::task::segment(&input) {
         return input_error(&e);
     }
+    if let Some(budget) = s.config.budget_per_hour
+        && let Some(secs) = s.budget.lock().expect("budget lock").wait(budget)
+    {
+        let mut r = error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "budget_spent",
+            format!("the entry has spent what it may this hour; try again in {secs} s"),
+        );
+        if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+            r.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        return r;
+    }
     let Ok(permit) = s.turns.clone().try_acquire_owned() else {
         let mut r = error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -355,12 +411,16 @@ async fn chat(
         return r;
     };
     let entry = s.entry.clone();
+    let budget = s.budget.clone();
     if req.stream {
-        return stream_turn(entry, input, history, permit).await;
+        return stream_turn(entry, input, history, permit, budget).await;
     }
     // The turn runs to its record even if the caller leaves: what it paid is accounted for.
     let turn = tokio::spawn(async move {
         let r = entry.turn(&input, &history, None).await;
+        if let Ok((_, rec)) = &r {
+            budget.lock().expect("budget lock").add(rec);
+        }
         drop(permit);
         r
     });
@@ -483,6 +543,7 @@ async fn stream_turn(
     input: String,
     history: Vec<Message>,
     permit: tokio::sync::OwnedSemaphorePermit,
+    budget: Arc<std::sync::Mutex<Budget>>,
 ) -> Response {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<String>();
     let (ptx, mut prx) = tokio::sync::mpsc::unbounded_channel::<Progress>();
@@ -507,6 +568,9 @@ async fn stream_turn(
     });
     tokio::spawn(async move {
         let result = entry.turn(&input, &history, Some(ptx)).await;
+        if let Ok((_, rec)) = &result {
+            budget.lock().expect("budget lock").add(rec);
+        }
         drop(permit);
         let chunk =
             |delta: serde_json::Value, finish: Option<&str>, extra: Option<serde_json::Value>| {
