@@ -19,7 +19,7 @@ target="${CARGO_TARGET_DIR:-$here/../target}/release"
 dir="$(mktemp -d)"
 log="$dir/devnet.log"
 "$target/cairn" devnet --data-dir "$dir/data" --free --llm "$model" \
-  --listen 127.0.0.1:0 --node-listen 127.0.0.1:0 --rpc-listen 127.0.0.1:0 --relay-listen 127.0.0.1:0 --explorer-listen 127.0.0.1:0 --entry-listen 127.0.0.1:0 --magika none >"$log" 2>&1 &
+  --listen 127.0.0.1:0 --node-listen 127.0.0.1:0 --rpc-listen 127.0.0.1:0 --relay-listen 127.0.0.1:0 --explorer-listen 127.0.0.1:0 --entry-listen 127.0.0.1:0 --magika none --minilm none >"$log" 2>&1 &
 pid=$!
 trap 'kill $pid 2>/dev/null || true; wait $pid 2>/dev/null || true; rm -rf "$dir"' EXIT
 for _ in $(seq 1 120); do grep -q '^  node:' "$log" && break; sleep 0.5; done

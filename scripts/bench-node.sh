@@ -36,7 +36,7 @@ wait_for() { # FILE PATTERN
   for _ in $(seq 300); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.1; done
   cat "$1" >&2; return 1
 }
-RUST_LOG=warn "$bin/cairn" devnet --data-dir "$work/dn" --listen 127.0.0.1:0 --node-listen 127.0.0.1:0 --rpc-listen 127.0.0.1:0 --relay-listen 127.0.0.1:0 --explorer-listen 127.0.0.1:0 --entry-listen 127.0.0.1:0 --magika none \
+RUST_LOG=warn "$bin/cairn" devnet --data-dir "$work/dn" --listen 127.0.0.1:0 --node-listen 127.0.0.1:0 --rpc-listen 127.0.0.1:0 --relay-listen 127.0.0.1:0 --explorer-listen 127.0.0.1:0 --entry-listen 127.0.0.1:0 --magika none --minilm none \
   >"$work/devnet.log" 2>&1 &
 pids+=("$!")
 wait_for "$work/devnet.log" "  node:"

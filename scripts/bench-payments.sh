@@ -25,7 +25,7 @@ bin="${CARGO_TARGET_DIR:-target}/release"
 input="$work/in/digits_mlp.safetensors"
 
 start_devnet() {
-  RUST_LOG=warn "$bin/cairn" devnet --data-dir "$work/$1" --listen 127.0.0.1:0 --node-listen 127.0.0.1:0 --rpc-listen 127.0.0.1:0 --relay-listen 127.0.0.1:0 --explorer-listen 127.0.0.1:0 --entry-listen 127.0.0.1:0 --magika none \
+  RUST_LOG=warn "$bin/cairn" devnet --data-dir "$work/$1" --listen 127.0.0.1:0 --node-listen 127.0.0.1:0 --rpc-listen 127.0.0.1:0 --relay-listen 127.0.0.1:0 --explorer-listen 127.0.0.1:0 --entry-listen 127.0.0.1:0 --magika none --minilm none \
     --batch-max-age-secs 5 "${@:2}" >"$work/$1.log" 2>&1 &
   pids="$pids $!"
   for _ in $(seq 300); do grep -q "^Try:" "$work/$1.log" && break; sleep 0.1; done

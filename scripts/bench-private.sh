@@ -18,7 +18,7 @@ data="$(mktemp -d)"
 log="$data/devnet.log"
 trap 'kill $pid 2>/dev/null || true; rm -rf "$data"' EXIT
 CAIRN_DEVNET_LLM="$llm" "$target/cairn" devnet --free --data-dir "$data/d" --listen 127.0.0.1:0 \
-  --node-listen 127.0.0.1:0 --rpc-listen 127.0.0.1:0 --relay-listen 127.0.0.1:0 --explorer-listen 127.0.0.1:0 --entry-listen 127.0.0.1:0 --magika none --llm "$llm" >"$log" 2>&1 &
+  --node-listen 127.0.0.1:0 --rpc-listen 127.0.0.1:0 --relay-listen 127.0.0.1:0 --explorer-listen 127.0.0.1:0 --entry-listen 127.0.0.1:0 --magika none --minilm none --llm "$llm" >"$log" 2>&1 &
 pid=$!
 for _ in $(seq 1 300); do grep -q "^  relay:" "$log" && break; sleep 1; done
 grep -q "^  relay:" "$log" || { cat "$log" >&2; echo "the devnet did not start" >&2; exit 1; }

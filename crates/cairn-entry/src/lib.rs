@@ -14,6 +14,7 @@ pub mod skills;
 pub mod store;
 pub mod task;
 pub mod verify;
+pub mod wordpiece;
 
 pub use entry::{Entry, EntryConfig, Message, Progress, TurnError};
 pub use record::{RunRecord, SignedRecord};

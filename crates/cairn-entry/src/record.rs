@@ -111,6 +111,10 @@ pub enum Status {
 pub struct ModelRun {
     /// The model.
     pub model: ModelChoice,
+    /// A text step's token ids, by the model's vocabulary (`vocab_cid`): the input tensors are
+    /// rebuilt from them, and `cairn run verify --hub` encodes the texts again to compare.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tokens: Vec<Vec<u32>>,
     /// The node.
     pub node: NodeRef,
     /// The outputs the receipt binds.
@@ -424,7 +428,7 @@ pub fn check_offline(r: &RunRecord) -> Result<Vec<(String, ReceiptJson)>, Record
         if rc.claims.model != run.model.cid {
             return Err(m("the receipt names another model".into()));
         }
-        let inputs = crate::skills::build_inputs(step.skill, &step.inputs, &run.model.input)
+        let inputs = crate::skills::build_inputs(step.skill, &step.inputs, &run.model, &run.tokens)
             .map_err(|e| m(e.to_string()))?;
         if rc.claims.input_hash != cairn_core::tensor::tensors_hash(&inputs) {
             return Err(m("the receipt does not bind the step's inputs".into()));
@@ -438,8 +442,9 @@ pub fn check_offline(r: &RunRecord) -> Result<Vec<(String, ReceiptJson)>, Record
         if rc.claims.output_hash != cairn_core::tensor::tensors_hash(&outputs) {
             return Err(m("the receipt does not bind the recorded outputs".into()));
         }
-        let answer = crate::skills::read_outputs(step.skill, &outputs, &run.model.labels)
-            .map_err(|e| m(e.to_string()))?;
+        let answer =
+            crate::skills::read_outputs(step.skill, &outputs, &run.model.labels, &run.tokens)
+                .map_err(|e| m(e.to_string()))?;
         // The score is compared within 1e-9: JSON's decimal text of an f64 reads back within
         // an ulp, not always to the same bits.
         let same = step.answer.as_ref().is_some_and(|a| {

@@ -3,12 +3,14 @@
 //! inputs, and how its outputs are read back. Exact skills run in [`crate::exact`].
 
 use std::path::Path;
+use std::sync::Arc;
 
 use cairn_core::{BlobId, DataType, Tensor};
 use cairn_hub_api::{HubClient, Search};
 use serde::{Deserialize, Serialize};
 
 use crate::task::{Skill, SubtaskInputs};
+use crate::wordpiece::Vocab;
 
 /// The hub tag a model carries to offer a skill (`skill-digit-recognition`).
 pub fn tag(skill: Skill) -> String {
@@ -42,14 +44,23 @@ pub struct ModelChoice {
     pub reference: String,
     /// The ONNX file's CID.
     pub cid: BlobId,
-    /// The input tensor's name.
+    /// The input tensor's name (the first, when it takes several).
     pub input: String,
+    /// Its other inputs' names, when it takes several (a sentence embedder's attention mask).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub more_inputs: Vec<String>,
     /// Class labels, when the release ships them (magika's `config.min.json`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub labels: Vec<String>,
     /// The CID of the file the labels were read from (`cairn run verify --hub` reads it again).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub labels_cid: Option<BlobId>,
+    /// The CID of the tokenizer's vocabulary the release ships (a sentence embedder's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vocab_cid: Option<BlobId>,
+    /// That vocabulary, read (not recorded: its CID is).
+    #[serde(skip)]
+    pub vocab: Option<Arc<Vocab>>,
 }
 
 /// What a model step's outputs say, kept in the run record.
@@ -82,8 +93,26 @@ fn dims(v: &cairn_onnx::ValueInfo) -> Vec<Option<i64>> {
         .unwrap_or_default()
 }
 
-/// Whether a signature is one the skill can feed and read.
-fn fits(skill: Skill, sig: &cairn_onnx::OnnxSignature) -> Option<String> {
+/// The inputs a sentence embedder may take (BERT's names); any other input does not fit.
+const TEXT_INPUTS: [&str; 3] = ["input_ids", "attention_mask", "token_type_ids"];
+
+/// Whether a signature is one the skill can feed and read: its input names.
+fn fits(skill: Skill, sig: &cairn_onnx::OnnxSignature) -> Option<Vec<String>> {
+    if skill == Skill::TextSimilarity {
+        let names: Vec<&str> = sig.inputs.iter().map(|i| i.name.as_str()).collect();
+        let ok = names.len() >= 2
+            && names[..2] == TEXT_INPUTS[..2]
+            && names.iter().all(|n| TEXT_INPUTS.contains(n))
+            && sig
+                .inputs
+                .iter()
+                .all(|i| i.type_name == "tensor(int64)" && dims(i).len() == 2)
+            && sig
+                .outputs
+                .iter()
+                .any(|o| is_float(&o.type_name) && matches!(dims(o).len(), 2 | 3));
+        return ok.then(|| names.into_iter().map(str::to_owned).collect());
+    }
     let [input] = sig.inputs.as_slice() else {
         return None;
     };
@@ -104,9 +133,9 @@ fn fits(skill: Skill, sig: &cairn_onnx::OnnxSignature) -> Option<String> {
                 && d[1] == Some(2048)
                 && sig.outputs.iter().any(|o| is_float(&o.type_name))
         }
-        Skill::Arithmetic | Skill::UnitConversion => false,
+        Skill::Arithmetic | Skill::UnitConversion | Skill::TextSimilarity => false,
     };
-    ok.then(|| input.name.clone())
+    ok.then(|| vec![input.name.clone()])
 }
 
 /// Finds the model the hub offers for `skill`: repositories tagged for it (owned by one of
@@ -137,8 +166,22 @@ pub async fn find_model(
             .map_err(|e| SkillError::Hub(e.to_string()))?;
         for release in detail.releases.iter().filter(|r| r.published_at.is_some()) {
             for f in &release.files {
-                let Some(input) = f.onnx.as_ref().and_then(|s| fits(skill, s)) else {
+                let Some(mut inputs) = f.onnx.as_ref().and_then(|s| fits(skill, s)) else {
                     continue;
+                };
+                let (vocab, vocab_cid) = match skill {
+                    Skill::TextSimilarity => {
+                        let file = release
+                            .files
+                            .iter()
+                            .find(|c| c.path.as_str().ends_with("vocab.json"))
+                            .ok_or(SkillError::NoModel(name))?;
+                        (
+                            Some(Arc::new(read_vocab(hub, &file.cid, scratch).await?)),
+                            Some(file.cid),
+                        )
+                    }
+                    _ => (None, None),
                 };
                 let (labels, labels_cid) = match skill {
                     Skill::FileType => {
@@ -154,17 +197,43 @@ pub async fn find_model(
                     }
                     _ => (Vec::new(), None),
                 };
+                let input = inputs.remove(0);
                 return Ok(ModelChoice {
                     reference: format!("{}@{}", repo.name, release.version),
                     cid: f.cid,
                     input,
+                    more_inputs: inputs,
                     labels,
                     labels_cid,
+                    vocab_cid,
+                    vocab,
                 });
             }
         }
     }
     Err(SkillError::NoModel(name))
+}
+
+/// A small file of a release, by CID (so checked), at most 1 MiB.
+async fn small_file(hub: &HubClient, cid: &BlobId, scratch: &Path) -> Result<Vec<u8>, SkillError> {
+    let path = scratch.join(format!(
+        "{}.json",
+        cid.to_sha256_string().trim_start_matches("sha256:")
+    ));
+    hub.download_at_most(cid, &path, 1 << 20, |_, _| {})
+        .await
+        .map_err(|e| SkillError::Hub(e.to_string()))?;
+    std::fs::read(&path).map_err(|e| SkillError::Hub(e.to_string()))
+}
+
+/// A sentence embedder's vocabulary from its release's `vocab.json`.
+pub async fn read_vocab(
+    hub: &HubClient,
+    cid: &BlobId,
+    scratch: &Path,
+) -> Result<Vocab, SkillError> {
+    Vocab::from_json(&small_file(hub, cid, scratch).await?)
+        .map_err(|e| SkillError::Hub(e.to_string()))
 }
 
 /// magika's label list from its release's `config.min.json` (downloaded by CID, so checked).
@@ -173,14 +242,7 @@ pub async fn magika_labels(
     cid: &BlobId,
     scratch: &Path,
 ) -> Result<Vec<String>, SkillError> {
-    let path = scratch.join(format!(
-        "{}.json",
-        cid.to_sha256_string().trim_start_matches("sha256:")
-    ));
-    hub.download_at_most(cid, &path, 1 << 20, |_, _| {})
-        .await
-        .map_err(|e| SkillError::Hub(e.to_string()))?;
-    let bytes = std::fs::read(&path).map_err(|e| SkillError::Hub(e.to_string()))?;
+    let bytes = small_file(hub, cid, scratch).await?;
     #[derive(Deserialize)]
     struct Config {
         target_labels_space: Vec<String>,
@@ -217,14 +279,85 @@ pub fn magika_features(content: &[u8]) -> Vec<i32> {
 /// The fewest bytes magika classifies with its model (its `min_file_size_for_dl`).
 pub const MAGIKA_MIN_BYTES: usize = 8;
 
-/// The input tensors of a model step.
+/// The token ids of a step's texts, by the model's vocabulary (none for other skills).
+pub fn tokens(
+    skill: Skill,
+    inputs: &SubtaskInputs,
+    model: &ModelChoice,
+) -> Result<Vec<Vec<u32>>, SkillError> {
+    match (skill, inputs) {
+        (Skill::TextSimilarity, SubtaskInputs::Texts { texts }) => {
+            let vocab = model.vocab.as_ref().ok_or_else(|| {
+                SkillError::Inputs(format!("{} came without its vocabulary", model.reference))
+            })?;
+            Ok(texts.iter().map(|t| vocab.encode(t)).collect())
+        }
+        _ => Ok(Vec::new()),
+    }
+}
+
+/// A sentence embedder's inputs: the ids padded with 0 to the longest, the attention mask, and
+/// token types (all 0), under the model's input names.
+fn text_inputs(
+    texts: &[String],
+    tokens: &[Vec<u32>],
+    model: &ModelChoice,
+) -> Result<Vec<Tensor>, SkillError> {
+    let bad = |m: String| SkillError::Inputs(m);
+    if texts.len() < 2 || texts.len() > crate::task::MAX_TEXTS || tokens.len() != texts.len() {
+        return Err(bad(format!(
+            "{} texts with {} token lists: 2 to {} texts are compared",
+            texts.len(),
+            tokens.len(),
+            crate::task::MAX_TEXTS
+        )));
+    }
+    if tokens
+        .iter()
+        .any(|t| t.len() < 2 || t.len() > crate::wordpiece::MAX_TOKENS)
+    {
+        return Err(bad(format!(
+            "each text is 2 to {} tokens",
+            crate::wordpiece::MAX_TOKENS
+        )));
+    }
+    let width = tokens.iter().map(Vec::len).max().unwrap_or(0);
+    let rows = |f: &dyn Fn(&[u32], usize) -> i64| -> Vec<u8> {
+        tokens
+            .iter()
+            .flat_map(|t| (0..width).map(move |i| f(t, i)))
+            .flat_map(i64::to_le_bytes)
+            .collect()
+    };
+    let shape = vec![tokens.len() as u64, width as u64];
+    std::iter::once(&model.input)
+        .chain(&model.more_inputs)
+        .map(|name| {
+            let data = match name.as_str() {
+                "input_ids" => rows(&|t, i| t.get(i).map_or(0, |v| i64::from(*v))),
+                "attention_mask" => rows(&|t, i| i64::from(i < t.len())),
+                "token_type_ids" => rows(&|_, _| 0),
+                other => return Err(bad(format!("an input {other} a text model does not take"))),
+            };
+            Tensor::new(name, DataType::Int64, shape.clone(), data)
+                .map_err(|e| SkillError::Inputs(e.to_string()))
+        })
+        .collect()
+}
+
+/// The input tensors of a model step (`tokens`: a text step's, from [`tokens`]).
 pub fn build_inputs(
     skill: Skill,
     inputs: &SubtaskInputs,
-    input_name: &str,
+    model: &ModelChoice,
+    tokens: &[Vec<u32>],
 ) -> Result<Vec<Tensor>, SkillError> {
     let bad = |m: &str| SkillError::Inputs(m.to_owned());
+    let input_name = model.input.as_str();
     let tensor = match (skill, inputs) {
+        (Skill::TextSimilarity, SubtaskInputs::Texts { texts }) => {
+            return text_inputs(texts, tokens, model);
+        }
         (Skill::DigitRecognition, SubtaskInputs::Pixels { pixels }) => {
             if pixels.len() != 64 || pixels.iter().any(|p| *p > 16) {
                 return Err(bad("an 8×8 digit image is 64 values from 0 to 16"));
@@ -264,13 +397,88 @@ fn floats(t: &Tensor) -> Result<Vec<f32>, SkillError> {
         .collect())
 }
 
-/// Reads a model step's outputs.
+/// Each text's embedding: a pooled output `[n, d]`, else the token states `[n, L, d]`
+/// averaged over each text's tokens (the embedder's mean pooling).
+fn embeddings(outputs: &[Tensor], tokens: &[Vec<u32>]) -> Result<Vec<Vec<f64>>, SkillError> {
+    let n = tokens.len() as u64;
+    let pooled = outputs
+        .iter()
+        .find(|t| t.dtype() == DataType::Fp32 && t.shape().len() == 2 && t.shape()[0] == n);
+    if let Some(t) = pooled {
+        let d = t.shape()[1] as usize;
+        let v = floats(t)?;
+        return Ok(v
+            .chunks_exact(d.max(1))
+            .map(|r| r.iter().map(|x| f64::from(*x)).collect())
+            .collect());
+    }
+    let states = outputs
+        .iter()
+        .find(|t| t.dtype() == DataType::Fp32 && t.shape().len() == 3 && t.shape()[0] == n)
+        .ok_or_else(|| SkillError::Outputs(format!("no float [{n}, d] or [{n}, L, d] output")))?;
+    let (l, d) = (states.shape()[1] as usize, states.shape()[2] as usize);
+    let v = floats(states)?;
+    tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            if t.len() > l || t.is_empty() {
+                return Err(SkillError::Outputs("fewer states than tokens".into()));
+            }
+            let mut e = vec![0f64; d];
+            for j in 0..t.len() {
+                let row = &v[(i * l + j) * d..(i * l + j + 1) * d];
+                e.iter_mut().zip(row).for_each(|(a, x)| *a += f64::from(*x));
+            }
+            Ok(e.into_iter().map(|a| a / t.len() as f64).collect())
+        })
+        .collect()
+}
+
+fn cosine(a: &[f64], b: &[f64]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    let norm = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>().sqrt();
+    let d = norm(a) * norm(b);
+    if d == 0.0 { 0.0 } else { dot / d }
+}
+
+/// The cosine similarity a paraphrase embedder gives texts that mean about the same.
+pub const SIMILAR: f64 = 0.5;
+
+/// Reads a model step's outputs (`tokens`: a text step's).
 pub fn read_outputs(
     skill: Skill,
     outputs: &[Tensor],
     labels: &[String],
+    tokens: &[Vec<u32>],
 ) -> Result<ModelAnswer, SkillError> {
     match skill {
+        Skill::TextSimilarity => {
+            let e = embeddings(outputs, tokens)?;
+            if e.len() < 2 {
+                return Err(SkillError::Outputs("fewer than two embeddings".into()));
+            }
+            let sims: Vec<f64> = e[1..].iter().map(|x| cosine(&e[0], x)).collect();
+            if sims.iter().any(|s| !s.is_finite()) {
+                return Err(SkillError::Outputs("a similarity is not a number".into()));
+            }
+            // One pair: its cosine. More: each text's, to the first, in the order quoted.
+            let label = if let [s] = sims.as_slice() {
+                format!("{s:.2}")
+            } else {
+                sims.iter()
+                    .enumerate()
+                    .map(|(i, s)| format!("#{}: {s:.2}", i + 2))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            let best = sims.iter().copied().fold(f64::MIN, f64::max);
+            Ok(ModelAnswer {
+                label,
+                score: best,
+                confident: best >= SIMILAR,
+            })
+        }
         Skill::DigitRecognition => {
             let label = outputs
                 .iter()
@@ -363,21 +571,90 @@ mod tests {
         assert_eq!(f[2047], i32::from(long[4999]));
     }
 
+    fn model(input: &str, more: &[&str]) -> ModelChoice {
+        ModelChoice {
+            reference: "m@1.0".into(),
+            cid: BlobId::of(b"m"),
+            input: input.into(),
+            more_inputs: more.iter().map(|m| (*m).to_owned()).collect(),
+            labels: Vec::new(),
+            labels_cid: None,
+            vocab_cid: None,
+            vocab: None,
+        }
+    }
+
     #[test]
     fn inputs_are_checked_before_a_tensor_is_built() {
         let short = SubtaskInputs::File {
             content: " ab ".into(),
         };
-        assert!(build_inputs(Skill::FileType, &short, "bytes").is_err());
+        assert!(build_inputs(Skill::FileType, &short, &model("bytes", &[]), &[]).is_err());
         let px = SubtaskInputs::Pixels {
             pixels: vec![17; 64],
         };
-        assert!(build_inputs(Skill::DigitRecognition, &px, "X").is_err());
+        let x = model("X", &[]);
+        assert!(build_inputs(Skill::DigitRecognition, &px, &x, &[]).is_err());
         let px = SubtaskInputs::Pixels {
             pixels: vec![3; 64],
         };
-        let t = build_inputs(Skill::DigitRecognition, &px, "X").unwrap();
+        let t = build_inputs(Skill::DigitRecognition, &px, &x, &[]).unwrap();
         assert_eq!(t[0].shape(), &[1, 64]);
-        assert!(build_inputs(Skill::FileType, &px, "X").is_err());
+        assert!(build_inputs(Skill::FileType, &px, &x, &[]).is_err());
+    }
+
+    #[test]
+    fn texts_become_padded_ids_and_a_mask_and_their_similarity_is_read_either_way() {
+        let texts = SubtaskInputs::Texts {
+            texts: vec!["a".into(), "b c".into()],
+        };
+        let m = model("input_ids", &["attention_mask", "token_type_ids"]);
+        let tokens = vec![vec![101, 7, 102], vec![101, 8, 9, 102]];
+        let t = build_inputs(Skill::TextSimilarity, &texts, &m, &tokens).unwrap();
+        assert_eq!(t.len(), 3);
+        assert_eq!(t[0].shape(), &[2, 4]);
+        let ints = |t: &Tensor| -> Vec<i64> {
+            t.data()
+                .chunks_exact(8)
+                .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+                .collect()
+        };
+        assert_eq!(ints(&t[0]), vec![101, 7, 102, 0, 101, 8, 9, 102]);
+        assert_eq!(ints(&t[1]), vec![1, 1, 1, 0, 1, 1, 1, 1]);
+        assert_eq!(ints(&t[2]), vec![0; 8]);
+        // Token lists that do not match the texts, or no vocabulary: refused.
+        assert!(build_inputs(Skill::TextSimilarity, &texts, &m, &tokens[..1]).is_err());
+        assert!(tokens_for_missing_vocab(&texts, &m));
+        // Pooled [2, 2] outputs, and the same as token states [2, 4, 2] averaged over the mask
+        // (the padding's states must not count).
+        let f = |v: &[f32], shape: Vec<u64>| {
+            Tensor::new(
+                "o",
+                DataType::Fp32,
+                shape,
+                v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            )
+            .unwrap()
+        };
+        let pooled = f(&[1.0, 0.0, 1.0, 1.0], vec![2, 2]);
+        let a = read_outputs(Skill::TextSimilarity, &[pooled], &[], &tokens).unwrap();
+        let states = f(
+            &[
+                1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 99.0, 99.0, //
+                1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0,
+            ],
+            vec![2, 4, 2],
+        );
+        let b = read_outputs(Skill::TextSimilarity, &[states], &[], &tokens).unwrap();
+        assert_eq!(a.label, "0.71");
+        assert_eq!(a, b);
+        assert!(a.confident);
+    }
+
+    fn tokens_for_missing_vocab(texts: &SubtaskInputs, m: &ModelChoice) -> bool {
+        tokens(Skill::TextSimilarity, texts, m)
+            .unwrap_err()
+            .to_string()
+            .contains("without its vocabulary")
     }
 }

@@ -83,15 +83,18 @@ pub enum Skill {
     DigitRecognition,
     /// A file's bytes to its type: a hub model (magika).
     FileType,
+    /// How close in meaning texts are to the first one: a hub model (a sentence embedder).
+    TextSimilarity,
 }
 
 impl Skill {
     /// Every skill, in a fixed order.
-    pub const ALL: [Skill; 4] = [
+    pub const ALL: [Skill; 5] = [
         Skill::Arithmetic,
         Skill::UnitConversion,
         Skill::DigitRecognition,
         Skill::FileType,
+        Skill::TextSimilarity,
     ];
 
     /// Its name in the schema.
@@ -101,6 +104,7 @@ impl Skill {
             Self::UnitConversion => "unit-conversion",
             Self::DigitRecognition => "digit-recognition",
             Self::FileType => "file-type",
+            Self::TextSimilarity => "text-similarity",
         }
     }
 
@@ -130,6 +134,11 @@ pub enum SubtaskInputs {
     File {
         /// The content, as pasted (UTF-8).
         content: String,
+    },
+    /// Quoted texts: the first is compared with each of the others.
+    Texts {
+        /// The texts, in the order quoted.
+        texts: Vec<String>,
     },
 }
 
@@ -530,13 +539,62 @@ const GOAL_START: &[&str] = &[
     "convierte",
 ];
 
+/// Asks how close texts are in meaning.
+const SIMILARITY_ASK: &[&str] = &[
+    "how similar",
+    "similarity",
+    "paraphrase",
+    "same meaning",
+    "most similar",
+    "closest in meaning",
+    "similar in meaning",
+    "semantically",
+];
+/// The most texts one similarity sub-task compares.
+pub const MAX_TEXTS: usize = 8;
+/// The longest quoted text taken, in bytes (the embedder reads 128 tokens of it).
+pub const MAX_TEXT_BYTES: usize = 2048;
+
+/// The texts a segment quotes: in double quotes, curly quotes or guillemets, or in single
+/// quotes that stand apart from words (so apostrophes are not taken for quotes).
+fn quoted(text: &str) -> Vec<String> {
+    let chars: Vec<char> = text.chars().collect();
+    let apart = |i: Option<usize>| {
+        i.and_then(|i| chars.get(i))
+            .is_none_or(|c| !c.is_alphanumeric())
+    };
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < chars.len() {
+        let close = match chars[i] {
+            '"' => '"',
+            '“' => '”',
+            '‘' => '’',
+            '«' => '»',
+            '\'' if apart(i.checked_sub(1)) => '\'',
+            _ => {
+                i += 1;
+                continue;
+            }
+        };
+        let end = (i + 1..chars.len())
+            .find(|j| chars[*j] == close && (close != '\'' || apart(Some(j + 1))));
+        let Some(end) = end else { break };
+        let t: String = chars[i + 1..end]
+            .iter()
+            .collect::<String>()
+            .trim()
+            .to_owned();
+        if !t.is_empty() && t.len() <= MAX_TEXT_BYTES {
+            out.push(t);
+        }
+        i = end + 1;
+    }
+    out
+}
+
 /// Needs no skill here computes: the cue and what it would need.
 const UNCOMPUTABLE: &[(&[&str], &str, &str)] = &[
-    (
-        &["similar", "similarity", "paraphrase", "same meaning"],
-        "text-similarity",
-        "no sentence-embedding model with its tokenizer is published on this network",
-    ),
     (
         &[
             "translate",
@@ -916,6 +974,16 @@ pub fn rules(segments: &[Segment]) -> RuleView {
                         v.subtasks.push((s.n, skill, inputs));
                     }
                 }
+                let texts = quoted(&s.text);
+                if texts.len() >= 2 && has_any(&lower_words(&s.text), SIMILARITY_ASK) {
+                    v.subtasks.push((
+                        s.n,
+                        Skill::TextSimilarity,
+                        SubtaskInputs::Texts {
+                            texts: texts.into_iter().take(MAX_TEXTS).collect(),
+                        },
+                    ));
+                }
                 if v.subtasks.iter().any(|t| t.0 == s.n) {
                     computed.insert(s.n);
                 }
@@ -974,6 +1042,12 @@ pub fn rules(segments: &[Segment]) -> RuleView {
     if asks_file && !v.subtasks.iter().any(|t| t.1 == Skill::FileType) {
         v.missing
             .push("the file's content, pasted between ``` fences, to identify its type".into());
+    }
+    if has_any(&prose, SIMILARITY_ASK) && !v.subtasks.iter().any(|t| t.1 == Skill::TextSimilarity) {
+        v.missing.push(
+            "the texts to compare, each in quotes (\"…\"), the first compared with the others"
+                .into(),
+        );
     }
     if asks_digit && !v.subtasks.iter().any(|t| t.1 == Skill::DigitRecognition) {
         v.missing.push(

@@ -129,7 +129,7 @@ pub async fn rerun(
     step: &Step,
 ) -> Result<(Vec<Tensor>, cairn_core::ExecutionProfile), String> {
     let run = step.run.as_ref().ok_or("not a model step")?;
-    let inputs = crate::skills::build_inputs(step.skill, &step.inputs, &run.model.input)
+    let inputs = crate::skills::build_inputs(step.skill, &step.inputs, &run.model, &run.tokens)
         .map_err(|e| e.to_string())?;
     let out = client
         .infer(&run.model.cid.to_string(), &inputs, false)

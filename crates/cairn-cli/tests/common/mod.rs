@@ -141,6 +141,7 @@ impl Server {
         // for one (`env` may).
         cmd.env("CAIRN_DEVNET_LLM", "none");
         cmd.env("CAIRN_DEVNET_MAGIKA", "none");
+        cmd.env("CAIRN_DEVNET_MINILM", "none");
         match stderr_to {
             Some(p) => cmd.stderr(std::fs::File::create(p).unwrap()),
             None => cmd.stderr(Stdio::inherit()),

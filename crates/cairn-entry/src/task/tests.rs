@@ -8,6 +8,7 @@ fn skills(t: &TaskObject) -> Vec<(Skill, String)> {
                 SubtaskInputs::Exact { inputs } => inputs.run().unwrap(),
                 SubtaskInputs::Pixels { pixels } => format!("{} pixels", pixels.len()),
                 SubtaskInputs::File { content } => format!("{} bytes", content.len()),
+                SubtaskInputs::Texts { texts } => texts.join(" | "),
             };
             (s.skill, key)
         })
@@ -138,13 +139,11 @@ fn other_languages_still_compute_and_say_what_is_missing() {
 
 #[test]
 fn what_no_skill_computes_is_said_not_invented() {
-    let t = parse_by_rules(
-        "How similar are 'the cat sat' and 'a cat was sitting'? Translate it to German too.",
-    )
-    .unwrap();
+    let t = parse_by_rules("Translate 'the cat sat' to German. Then forecast the stock price.")
+        .unwrap();
     assert!(t.subtasks.is_empty());
     let needs: Vec<_> = t.uncomputable.iter().map(|u| u.need.as_str()).collect();
-    assert_eq!(needs, vec!["text-similarity", "translation"]);
+    assert_eq!(needs, vec!["translation", "forecasting"]);
     let t = parse_by_rules("Which digit is this image? Thanks").unwrap();
     assert!(t.subtasks.is_empty());
     assert!(
@@ -252,4 +251,47 @@ fn a_task_object_reads_back_as_written() {
     let text = serde_json::to_string(&t).unwrap();
     let back: TaskObject = serde_json::from_str(&text).unwrap();
     assert_eq!(back, t);
+}
+
+#[test]
+fn quoted_texts_asked_about_for_similarity_become_one_subtask() {
+    let t = parse_by_rules(
+        "How similar are 'the cat sat on the mat' and \"a cat was sitting on a rug\"? Don't round.",
+    )
+    .unwrap();
+    assert_eq!(
+        skills(&t),
+        vec![(
+            Skill::TextSimilarity,
+            "the cat sat on the mat | a cat was sitting on a rug".into()
+        )]
+    );
+    // Apostrophes are not quotes; curly quotes and guillemets are.
+    let t = parse_by_rules(
+        "Which is most similar to “I can't sleep”: ‘insomnia is awful’ or «the dog's bowl»?",
+    )
+    .unwrap();
+    assert_eq!(
+        skills(&t)[0].1,
+        "I can't sleep | insomnia is awful | the dog's bowl"
+    );
+    // Asked without texts: what is missing is said; one text is not a comparison.
+    for input in [
+        "How similar are these two sentences?",
+        "What is the similarity of \"a cat\"?",
+    ] {
+        let t = parse_by_rules(input).unwrap();
+        assert!(t.subtasks.is_empty(), "{input}");
+        assert!(
+            t.missing.iter().any(|m| m.contains("texts to compare")),
+            "{input}"
+        );
+    }
+    // At most MAX_TEXTS texts are compared.
+    let many: String = (0..12).map(|i| format!(" \"t{i}\"")).collect();
+    let t = parse_by_rules(&format!("How similar are{many}?")).unwrap();
+    let SubtaskInputs::Texts { texts } = &t.subtasks[0].inputs else {
+        panic!("texts")
+    };
+    assert_eq!(texts.len(), MAX_TEXTS);
 }
