@@ -144,7 +144,8 @@ pub(crate) async fn devnet(
         c: &c,
     });
     chain_cmd::print_devnet(&chain).await?;
-    // The relay private calls go through, forwarding to the node's gateway only.
+    // The relay private calls go through, forwarding to the node's gateway and the entry's
+    // (`cairn chat --private`) only.
     let relay = cairn_relay::Relay::new(cairn_relay::RelayConfig {
         gateways: [
             "node".to_owned(),
@@ -154,7 +155,12 @@ pub(crate) async fn devnet(
             name,
             url: crate::relay_cmd::gateway_url(&node_url),
         })
-        .to_vec(),
+        .into_iter()
+        .chain([cairn_relay::Gateway {
+            name: "entry".into(),
+            url: crate::relay_cmd::gateway_url(&entry_url),
+        }])
+        .collect(),
         ..Default::default()
     })?;
     let relay_listener = tokio::net::TcpListener::bind(c.relay_listen)
@@ -178,7 +184,7 @@ pub(crate) async fn devnet(
     )
     .await?;
     println!("  explorer: {explorer_url}");
-    let entry_task = start_entry(
+    let (entry_task, entry_address) = start_entry(
         entry_listener,
         &c,
         &data_dir,
@@ -192,8 +198,12 @@ pub(crate) async fn devnet(
     )
     .await?;
     println!("  entry:    {entry_url}");
+    println!("  entry key: {entry_address} (signs run records and vouches for its OHTTP key)");
     println!(
         "Chat (OpenAI-compatible at {entry_url}/v1/chat/completions): cairn chat --entry {entry_url}"
+    );
+    println!(
+        "Private chat (through the relay): cairn chat --private --relay {relay_url} --entry-address {entry_address}"
     );
     print_try(&payer_key, &node_url, &relay_url, &rpc_url);
     let node_task = tokio::spawn(cairn_node::serve(
@@ -228,7 +238,10 @@ async fn start_entry(
     chain: cairn_ledger::Chain,
     origins: &[String],
     stop: impl std::future::Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<tokio::task::JoinHandle<std::io::Result<()>>> {
+) -> anyhow::Result<(
+    tokio::task::JoinHandle<std::io::Result<()>>,
+    alloy_primitives::Address,
+)> {
     let args = crate::entry_cmd::EntryServeArgs {
         listen: c.entry_listen,
         hub: hub.to_owned(),
@@ -245,9 +258,11 @@ async fn start_entry(
     };
     let entry = crate::entry_cmd::open_entry(&args, &data_dir.join("entry"), Some(chain)).await?;
     let config = crate::entry_cmd::server_config(&args)?;
-    Ok(tokio::spawn(cairn_entry::server::serve(
-        listener, entry, config, stop,
-    )))
+    let address = entry.address();
+    Ok((
+        tokio::spawn(cairn_entry::server::serve(listener, entry, config, stop)),
+        address,
+    ))
 }
 
 /// Starts the hub on SQLite and a blob dir under `data_dir`; its URL and task.

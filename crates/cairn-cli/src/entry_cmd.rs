@@ -284,19 +284,35 @@ pub struct ChatArgs {
     /// Print each turn's summary as JSON instead of text.
     #[arg(long)]
     pub json: bool,
-    /// Send everything through the OHTTP relay: not available for the entry yet.
-    #[arg(long)]
+    /// Send everything through the Oblivious HTTP relay (RFC 9458), sealed to the entry's
+    /// gateway key: the relay sees your address but not what you write, the entry sees what you
+    /// write but not your address. The key is checked first against the entry's signature,
+    /// which --entry-address names (the entry then calls nodes as itself, never as you).
+    #[arg(long, requires_all = ["relay", "entry_address"])]
     pub private: bool,
+    /// The relay (`cairn relay serve`; the devnet prints its own).
+    #[arg(long, env = "CAIRN_RELAY")]
+    pub relay: Option<String>,
+    /// The entry's gateway name at the relay.
+    #[arg(long, default_value = "entry")]
+    pub gateway: String,
+    /// The entry's address (its run records' signer; `GET /v1/entry` and the devnet's banner
+    /// show it): the key a private chat seals to must be vouched for by it.
+    #[arg(long, env = "CAIRN_ENTRY_ADDRESS")]
+    pub entry_address: Option<alloy_primitives::Address>,
 }
 
 /// `cairn chat`: a conversation with history; each turn streams its progress and answer, then
 /// its task summary, steps, costs and run record id.
-pub async fn chat(a: ChatArgs) -> anyhow::Result<()> {
-    if a.private {
-        bail!(
-            "--private: the entry is not behind an Oblivious HTTP gateway yet, so a private chat cannot be offered; call nodes privately with `cairn infer --private` / `cairn llm --private`"
-        );
-    }
+pub async fn chat(mut a: ChatArgs) -> anyhow::Result<()> {
+    // Kept while the chat runs: the loopback proxy that seals each request.
+    let _proxy = if a.private {
+        let (url, proxy) = private_route(&a).await?;
+        a.entry = url;
+        Some(proxy)
+    } else {
+        None
+    };
     let http = reqwest::Client::new();
     let mut history: Vec<serde_json::Value> = Vec::new();
     if let Some(m) = &a.message {
@@ -317,6 +333,57 @@ pub async fn chat(a: ChatArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// A loopback proxy that seals every request to the entry's gateway key through the relay,
+/// once the key is checked against the entry's signature.
+async fn private_route(a: &ChatArgs) -> anyhow::Result<(String, crate::relay_cmd::Proxy)> {
+    let relay = a.relay.as_deref().expect("clap requires --relay");
+    let entry = a.entry_address.expect("clap requires --entry-address");
+    let route = cairn_relay::client::PrivateRoute::open(relay, &a.gateway)
+        .await
+        .context("fetching the entry's key configuration through the relay")?;
+    // Asked sealed to the key just fetched: a relay that swapped in its own key could answer,
+    // but not with the entry's signature over that key.
+    let req = http::Request::get("/v1/entry").body(bytes::Bytes::new())?;
+    let resp = route
+        .send(req)
+        .await
+        .context("GET /v1/entry through the relay")?;
+    #[derive(serde::Deserialize)]
+    struct Info {
+        address: alloy_primitives::Address,
+        ohttp: Ohttp,
+    }
+    #[derive(serde::Deserialize)]
+    struct Ohttp {
+        signature: String,
+    }
+    let info: Info = serde_json::from_slice(resp.body()).with_context(|| {
+        format!(
+            "GET /v1/entry through the relay: {} {}",
+            resp.status(),
+            String::from_utf8_lossy(&resp.body()[..resp.body().len().min(300)])
+        )
+    })?;
+    if info.address != entry {
+        bail!(
+            "the gateway `{}` at the relay is the entry {}, not {entry}",
+            a.gateway,
+            info.address
+        );
+    }
+    cairn_entry::entry::check_ohttp_keys(
+        route.key_config().encoded(),
+        &info.ohttp.signature,
+        entry,
+    )
+    .map_err(|e| anyhow::anyhow!("the gateway's key is not the entry's: {e}"))?;
+    let (addr, task) = route
+        .local_proxy(cairn_entry::server::MAX_BODY_BYTES)
+        .await?;
+    eprintln!("private: sealed to the entry {entry}'s gateway key through {relay}");
+    Ok((format!("http://{addr}"), crate::relay_cmd::Proxy::new(task)))
 }
 
 async fn turn(

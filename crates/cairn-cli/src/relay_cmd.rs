@@ -166,6 +166,13 @@ pub struct PrivateArgs {
 /// A loopback proxy sealing every request through the relay; dropped with the call.
 pub struct Proxy(tokio::task::JoinHandle<std::io::Result<()>>);
 
+impl Proxy {
+    /// Owns the proxy's task (aborted on drop).
+    pub fn new(task: tokio::task::JoinHandle<std::io::Result<()>>) -> Self {
+        Self(task)
+    }
+}
+
 impl Drop for Proxy {
     fn drop(&mut self) {
         self.0.abort();

@@ -667,3 +667,70 @@ fn a_language_model_node_asking_more_than_its_published_price_is_not_paid() {
     let v = verify(&path, &net.dir.path().join("data"), &["--allow-unsettled"]);
     assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stderr));
 }
+
+#[test]
+fn a_private_chat_goes_sealed_through_the_relay_to_the_entrys_vouched_key() {
+    let net = Server::devnet_with(&[]);
+    let entry = get(&format!("{}/v1/entry", net.entry_url))["address"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let dir = tempfile::tempdir().unwrap();
+    let chat = |address: &str| {
+        Command::new(BIN)
+            .args([
+                "chat",
+                "--private",
+                "--relay",
+                &net.relay_url,
+                "--entry-address",
+                address,
+                "--records",
+                dir.path().to_str().unwrap(),
+                "--message",
+                &format!("hi! What is 6 * 7? Which digit is this?\n{ZERO}"),
+            ])
+            // Nothing but the relay: a wrong entry URL shows no request goes to it.
+            .env("CAIRN_ENTRY", "http://127.0.0.1:9")
+            .output()
+            .unwrap()
+    };
+    let out = chat(&entry);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}{err}");
+    assert!(err.contains("private: sealed to the entry"), "{err}");
+    assert!(text.contains("6 * 7 = 42 (exact)"), "{text}");
+    assert!(text.contains("digit-recognition: 0 "), "{text}");
+    // Its record verifies, pinned to the entry.
+    let records: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("0x"))
+        .collect();
+    assert_eq!(records.len(), 1);
+    let data = net.dir.path().join("data");
+    let v = verify(
+        &records[0],
+        &data,
+        &["--allow-unsettled", "--entry", &entry],
+    );
+    assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stderr));
+    // Pinned to another address, nothing is sent: the key is not vouched for by it.
+    let other = chat("0x00000000000000000000000000000000000000A1");
+    assert!(!other.status.success());
+    let err = String::from_utf8_lossy(&other.stderr);
+    assert!(
+        err.contains("not 0x00000000000000000000000000000000000000A1"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    // The gateway takes sealed bodies only, and says so in JSON.
+    let (status, body) = post(
+        &format!("{}/.well-known/ohttp-gateway", net.entry_url),
+        &serde_json::json!({"messages": []}),
+    );
+    assert_eq!(status, 415, "{body}");
+    assert_eq!(body["code"], "unsupported_media_type");
+}

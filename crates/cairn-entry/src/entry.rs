@@ -57,6 +57,7 @@ pub struct EntryConfig {
 /// The entry.
 pub struct Entry {
     key: cairn_core::sig::SigningKey,
+    ohttp: cairn_ohttp::GatewayKey,
     address: alloy_primitives::Address,
     hub: HubClient,
     router: Router,
@@ -118,6 +119,7 @@ impl Entry {
         let store = crate::store::RunStore::open(&c.data_dir.join("runs.sqlite"))?;
         Ok(Self {
             key: cairn_core::sig::SigningKey::from_signer(&c.key),
+            ohttp: gateway_key(&c.key),
             address: c.key.address(),
             hub: c.hub,
             router: c.router,
@@ -128,6 +130,23 @@ impl Entry {
             models: std::sync::Mutex::new(HashMap::new()),
             store,
         })
+    }
+
+    /// The entry's Oblivious HTTP gateway key (derived from its key, so it stays across
+    /// restarts).
+    pub fn ohttp_key(&self) -> &cairn_ohttp::GatewayKey {
+        &self.ohttp
+    }
+
+    /// The entry's signature over its gateway key configuration ([`ohttp_keys_message`]): a
+    /// client that knows the entry's address checks, through the relay, that the key it seals
+    /// to is the entry's, not the relay's.
+    pub fn ohttp_keys_signature(&self) -> String {
+        let msg = ohttp_keys_message(self.ohttp.config().encoded());
+        let sig = self
+            .key
+            .sign_prehash(&alloy_primitives::eip191_hash_message(&msg));
+        format!("0x{}", alloy_primitives::hex::encode(sig.as_bytes()))
     }
 
     /// The entry's address (the run records' signer).
@@ -721,5 +740,82 @@ fn clip(s: &str, n: usize) -> String {
         s.to_owned()
     } else {
         format!("{}…", s.chars().take(n).collect::<String>())
+    }
+}
+
+/// The entry's gateway key: seeded by its key under a label of its own (never a node's
+/// gateway key or any other key derived from the same secret).
+fn gateway_key(key: &alloy_signer_local::PrivateKeySigner) -> cairn_ohttp::GatewayKey {
+    use sha2::Digest;
+    let ikm = sha2::Sha256::digest(
+        [
+            b"cairn.entry.ohttp-gateway.v1\0".as_slice(),
+            key.to_bytes().as_slice(),
+        ]
+        .concat(),
+    );
+    cairn_ohttp::GatewayKey::derive(1, &ikm)
+}
+
+/// What the entry signs (EIP-191) to vouch for its gateway key configuration.
+pub fn ohttp_keys_message(config: &[u8]) -> Vec<u8> {
+    [b"cairn.entry.ohttp-keys/1:".as_slice(), config].concat()
+}
+
+/// Checks that `signature` is `entry`'s over `config` (low-s only).
+pub fn check_ohttp_keys(
+    config: &[u8],
+    signature: &str,
+    entry: alloy_primitives::Address,
+) -> Result<(), String> {
+    let bytes = alloy_primitives::hex::decode(signature).map_err(|e| e.to_string())?;
+    let sig = cairn_core::sig::parse_rsv(&bytes).map_err(|e| e.to_string())?;
+    let signer = cairn_core::sig::recover_message(&sig, &ohttp_keys_message(config))
+        .map_err(|e| e.to_string())?;
+    if signer != entry {
+        return Err(format!(
+            "the key configuration is vouched for by {signer}, not the entry {entry}"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod ohttp_key_tests {
+    use super::*;
+
+    #[test]
+    fn only_the_entrys_low_s_signature_over_this_very_config_vouches_for_a_key() {
+        let signer = alloy_signer_local::PrivateKeySigner::random();
+        let key = cairn_core::sig::SigningKey::from_signer(&signer);
+        let config = gateway_key(&signer).config().encoded().to_vec();
+        let sign = |k: &cairn_core::sig::SigningKey, c: &[u8]| {
+            let sig = k.sign_prehash(&alloy_primitives::eip191_hash_message(ohttp_keys_message(
+                c,
+            )));
+            (
+                sig,
+                format!("0x{}", alloy_primitives::hex::encode(sig.as_bytes())),
+            )
+        };
+        let (sig, hex) = sign(&key, &config);
+        assert!(check_ohttp_keys(&config, &hex, signer.address()).is_ok());
+        // Another config (a relay's own key), another signer, the high-s twin: refused.
+        let relays = gateway_key(&alloy_signer_local::PrivateKeySigner::random())
+            .config()
+            .encoded()
+            .to_vec();
+        assert!(check_ohttp_keys(&relays, &hex, signer.address()).is_err());
+        let stranger = alloy_signer_local::PrivateKeySigner::random();
+        let (_, theirs) = sign(
+            &cairn_core::sig::SigningKey::from_signer(&stranger),
+            &config,
+        );
+        assert!(check_ohttp_keys(&config, &theirs, signer.address()).is_err());
+        let high = cairn_core::sig::malleate(&sig);
+        let high = format!("0x{}", alloy_primitives::hex::encode(high.as_bytes()));
+        assert!(check_ohttp_keys(&config, &high, signer.address()).is_err());
+        // The key stays the same across restarts: it is derived from the entry's key.
+        assert_eq!(gateway_key(&signer).config().encoded(), config.as_slice());
     }
 }

@@ -97,6 +97,15 @@ pub fn router(entry: Arc<Entry>, config: ServerConfig) -> Router {
         budget: Arc::default(),
         config,
     });
+    let inner = routes(state.clone());
+    // The gateway serves sealed requests with the same routes (their own limits apply inside).
+    Router::new()
+        .route(cairn_ohttp::GATEWAY_PATH, get(gateway_keys).post(gateway))
+        .with_state((state, inner.clone()))
+        .merge(inner)
+}
+
+fn routes(state: Arc<AppState>) -> Router {
     Router::new()
         .route(
             "/v1/chat/completions",
@@ -112,6 +121,62 @@ pub fn router(entry: Arc<Entry>, config: ServerConfig) -> Router {
         .layer(axum::middleware::from_fn_with_state(state.clone(), cors))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
+}
+
+type GatewayState = (Arc<AppState>, Router);
+
+/// `GET /.well-known/ohttp-gateway`: the entry's key configuration (its signature is in
+/// `GET /v1/entry`).
+async fn gateway_keys(State((s, _)): State<GatewayState>) -> Response {
+    cairn_relay::gateway::keys(s.entry.ohttp_key())
+}
+
+/// `POST /.well-known/ohttp-gateway`: a sealed request to the entry's own routes, through a
+/// relay: the relay sees who asks, the entry sees what (it must, to parse it), never who.
+async fn gateway(
+    State((s, inner)): State<GatewayState>,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Response {
+    let Some(chunked) = cairn_relay::gateway::chunked(&headers) else {
+        return error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!(
+                "the gateway takes {} or {} bodies",
+                cairn_ohttp::REQUEST_TYPE,
+                cairn_ohttp::CHUNKED_REQUEST_TYPE
+            ),
+        );
+    };
+    let max = MAX_BODY_BYTES + cairn_relay::gateway::envelope_overhead(MAX_BODY_BYTES);
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        axum::body::to_bytes(body, max),
+    )
+    .await;
+    let sealed = match read {
+        Ok(Ok(b)) => b,
+        Ok(Err(_)) => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                format!("a sealed request here is at most {max} bytes"),
+            );
+        }
+        Err(_) => {
+            return error(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                "the request did not arrive within 10 s",
+            );
+        }
+    };
+    // A whole answer is at most a record (a few MiB); streamed ones are sealed as they come.
+    match cairn_relay::gateway::serve(s.entry.ohttp_key(), inner, sealed, chunked, 16 << 20).await {
+        Ok(r) => r,
+        Err(e) => error(StatusCode::BAD_REQUEST, e.code(), e.to_string()),
+    }
 }
 
 /// Serves the entry on `listener` until `shutdown`.
@@ -202,6 +267,11 @@ async fn info(State(s): State<Arc<AppState>>) -> Response {
         "run_schema": crate::record::SCHEMA,
         "skills": skills,
         "auth": s.config.token.is_some(),
+        "ohttp": {
+            "gateway": cairn_ohttp::GATEWAY_PATH,
+            "key_config": alloy_primitives::hex::encode_prefixed(s.entry.ohttp_key().config().encoded()),
+            "signature": s.entry.ohttp_keys_signature(),
+        },
     }))
     .into_response()
 }
