@@ -256,8 +256,10 @@ async fn start_entry(
         skill_publishers: vec![keyfile::load_or_create(&data_dir.join("devnet.key"))?.address()],
         ..crate::entry_cmd::EntryServeArgs::defaults()?
     };
-    let entry = crate::entry_cmd::open_entry(&args, &data_dir.join("entry"), Some(chain)).await?;
-    let config = crate::entry_cmd::server_config(&args)?;
+    let entry =
+        crate::entry_cmd::open_entry(&args, &data_dir.join("entry"), Some(chain.clone())).await?;
+    let config =
+        crate::entry_cmd::server_config(&args, &data_dir.join("entry"), Some(chain)).await?;
     let address = entry.address();
     Ok((
         tokio::spawn(cairn_entry::server::serve(listener, entry, config, stop)),

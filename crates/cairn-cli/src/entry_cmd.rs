@@ -73,6 +73,11 @@ pub struct EntryServeArgs {
     /// the network it runs in.
     #[arg(long)]
     pub allow_private_nodes: bool,
+    /// Callers pay their turns: each with an x402 `upto` permit (Permit2) for --max-spend,
+    /// settled by the entry's key for what the turn's steps were charged before the answer
+    /// leaves. Needs the chain (--rpc/--deployment, or the devnet's).
+    #[arg(long)]
+    pub charge_callers: bool,
 }
 
 impl EntryServeArgs {
@@ -93,8 +98,7 @@ pub async fn open_entry(
     data_dir: &Path,
     chain: Option<cairn_ledger::Chain>,
 ) -> anyhow::Result<Arc<cairn_entry::Entry>> {
-    let key_path = a.key.clone().unwrap_or_else(|| data_dir.join("entry.key"));
-    let key = crate::keyfile::load_or_create(&key_path)?;
+    let key = entry_key(a, data_dir)?;
     let chain = match chain {
         Some(c) => Some(c),
         None if a.chain.rpc.is_some() || a.chain.deployment.is_some() => {
@@ -134,8 +138,59 @@ pub async fn open_entry(
     Ok(Arc::new(entry))
 }
 
-/// The server settings from the arguments.
-pub fn server_config(a: &EntryServeArgs) -> anyhow::Result<cairn_entry::server::ServerConfig> {
+fn entry_key(
+    a: &EntryServeArgs,
+    data_dir: &Path,
+) -> anyhow::Result<alloy_signer_local::PrivateKeySigner> {
+    let key_path = a.key.clone().unwrap_or_else(|| data_dir.join("entry.key"));
+    crate::keyfile::load_or_create(&key_path)
+}
+
+/// The paywall callers pay turns through (`--charge-callers`): `upto` permits to the entry's
+/// address, settled by its key.
+async fn caller_payments(
+    a: &EntryServeArgs,
+    data_dir: &Path,
+    chain: Option<cairn_ledger::Chain>,
+) -> anyhow::Result<Option<cairn_entry::server::CallerPayments>> {
+    if !a.charge_callers {
+        return Ok(None);
+    }
+    let chain = match chain {
+        Some(c) => c,
+        None => a
+            .chain
+            .connect()
+            .await
+            .context("--charge-callers settles callers' permits on the chain")?,
+    };
+    if chain.deployment().upto.is_none() {
+        bail!(
+            "--charge-callers: the chain has no x402 `upto` contracts (Permit2 and its proxy); `cairn chain deploy` places them"
+        );
+    }
+    let key = entry_key(a, data_dir)?;
+    let store = cairn_x402::PaymentStore::open(
+        &data_dir.join("payments.sqlite"),
+        cairn_node::Durability::Full,
+    )?;
+    let facilitator = Arc::new(cairn_x402::Facilitator::new(chain, key.clone(), store).await?);
+    tokio::spawn(facilitator.clone().reconcile_loop(Duration::from_secs(5)));
+    let wall = cairn_x402::Paywall::new(
+        facilitator,
+        None,
+        Arc::new(cairn_entry::server::PricedPerTurn),
+        key.address(),
+    );
+    Ok(Some(cairn_entry::server::CallerPayments(Arc::new(wall))))
+}
+
+/// The server settings from the arguments (`chain`: the devnet's, when it runs in-process).
+pub async fn server_config(
+    a: &EntryServeArgs,
+    data_dir: &Path,
+    chain: Option<cairn_ledger::Chain>,
+) -> anyhow::Result<cairn_entry::server::ServerConfig> {
     let token = match &a.token_env {
         Some(var) => Some(
             std::env::var(var)
@@ -148,6 +203,7 @@ pub fn server_config(a: &EntryServeArgs) -> anyhow::Result<cairn_entry::server::
         token,
         origins: a.origins.clone(),
         budget_per_hour: a.budget_per_hour,
+        payments: caller_payments(a, data_dir, chain).await?,
     })
 }
 
@@ -168,7 +224,7 @@ pub async fn serve(a: EntryServeArgs) -> anyhow::Result<()> {
     cairn_entry::server::serve(
         listener,
         entry,
-        server_config(&a)?,
+        server_config(&a, &dir, None).await?,
         crate::shutdown_signal(),
     )
     .await?;
@@ -300,6 +356,14 @@ pub struct ChatArgs {
     /// show it): the key a private chat seals to must be vouched for by it.
     #[arg(long, env = "CAIRN_ENTRY_ADDRESS")]
     pub entry_address: Option<alloy_primitives::Address>,
+    /// Pay an entry that charges for turns from this key: an x402 `upto` permit per turn for
+    /// the most the entry says a turn costs, charged what the turn's steps were (approve
+    /// Permit2 once first: `cairn pay approve-permit2`).
+    #[arg(long, env = "CAIRN_PAYER_KEY")]
+    pub payer_key: Option<PathBuf>,
+    /// The most one turn may cost you, token units: a permit for more is not signed.
+    #[arg(long, default_value = "100000")]
+    pub max_pay: U256,
 }
 
 /// `cairn chat`: a conversation with history; each turn streams its progress and answer, then
@@ -396,18 +460,30 @@ async fn turn(
     let mut messages = history.clone();
     messages.push(serde_json::json!({"role": "user", "content": message}));
     let url = format!("{}/v1/chat/completions", a.entry.trim_end_matches('/'));
-    let mut req = http.post(&url).json(&serde_json::json!({
+    let body = serde_json::json!({
         "model": cairn_entry::server::MODEL,
         "messages": messages,
         "stream": true,
-    }));
-    if let Some(t) = &a.token {
-        req = req.bearer_auth(t);
-    }
-    let resp = req
-        .send()
+    });
+    let send = |payment: Option<String>| {
+        let mut req = http.post(&url).json(&body);
+        if let Some(t) = &a.token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(p) = payment {
+            req = req.header(cairn_x402::wire::PAYMENT_SIGNATURE, p);
+        }
+        req.send()
+    };
+    let mut resp = send(None)
         .await
         .with_context(|| format!("cannot reach the entry at {url}"))?;
+    if resp.status() == reqwest::StatusCode::PAYMENT_REQUIRED {
+        let payment = pay_turn(a, resp.headers())?;
+        resp = send(Some(payment))
+            .await
+            .with_context(|| format!("cannot reach the entry at {url}"))?;
+    }
     if !resp.status().is_success() {
         let status = resp.status();
         let body = resp.bytes().await.unwrap_or_default();
@@ -486,6 +562,33 @@ async fn turn(
     Ok(())
 }
 
+/// The payment for a turn the entry asked to be paid (its 402): an `upto` permit from
+/// `--payer-key` for the most the entry names, if that is within `--max-pay`.
+fn pay_turn(a: &ChatArgs, headers: &reqwest::header::HeaderMap) -> anyhow::Result<String> {
+    use cairn_x402::client as pay;
+    let required = pay::offers(headers).context("the entry asks to be paid, but its offer")?;
+    let Some(offer) = required.accepts.iter().find(|o| o.scheme == "upto") else {
+        bail!(
+            "the entry asks to be paid in a scheme this client does not pay (it pays x402 `upto`)"
+        );
+    };
+    let Some(key) = &a.payer_key else {
+        bail!(
+            "the entry charges for turns (at most {} token units each): pass --payer-key (after `cairn pay approve-permit2` with that key)",
+            offer.amount
+        );
+    };
+    if offer.amount > a.max_pay {
+        bail!(
+            "the entry asks a permit for up to {} token units per turn, over --max-pay {}",
+            offer.amount,
+            a.max_pay
+        );
+    }
+    let payer = crate::keyfile::load(key)?;
+    Ok(pay::pay_upto(&payer, &required, offer)?)
+}
+
 fn find_event_end(buf: &[u8]) -> Option<usize> {
     buf.windows(2).position(|w| w == b"\n\n")
 }
@@ -540,6 +643,15 @@ fn print_summary(s: &serde_json::Value) {
         "  total charged: {} token units",
         s["total_charged"].as_str().unwrap_or("0")
     );
+    if let Some(p) = s.get("paid_by") {
+        println!(
+            "  you paid:      {} token units ({} permit for at most {}, from {})",
+            p["charged"].as_str().unwrap_or("?"),
+            p["scheme"].as_str().unwrap_or("?"),
+            p["most"].as_str().unwrap_or("?"),
+            p["payer"].as_str().unwrap_or("?")
+        );
+    }
     println!("  run record:    {}", s["run"].as_str().unwrap_or(""));
 }
 

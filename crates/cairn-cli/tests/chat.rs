@@ -734,3 +734,129 @@ fn a_private_chat_goes_sealed_through_the_relay_to_the_entrys_vouched_key() {
     assert_eq!(status, 415, "{body}");
     assert_eq!(body["code"], "unsupported_media_type");
 }
+
+#[test]
+fn a_paying_caller_is_charged_by_permit_what_its_turn_cost() {
+    let net = Server::devnet_with(&[]);
+    let data = net.dir.path().join("data");
+    let deployment = data.join("chain/deployment.json");
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = |name: &str, key: &alloy_signer_local::PrivateKeySigner| {
+        let path = dir.path().join(name);
+        std::fs::write(
+            &path,
+            format!("0x{}\n", alloy_primitives::hex::encode(key.to_bytes())),
+        )
+        .unwrap();
+        path
+    };
+    // The entry settles permits with its key, which pays the gas: a devnet account that holds
+    // ETH (account 9). The user is another (account 7), not the key the entry pays nodes with.
+    let entry_key = key_file("entry.key", &cairn_ledger::dev_signer(9));
+    let user = cairn_ledger::dev_signer(7);
+    let user_key = key_file("user.key", &user);
+    let entry = entry_serve(
+        &net,
+        "paid-entry",
+        &[
+            "--key",
+            entry_key.to_str().unwrap(),
+            "--node",
+            &net.node_url,
+            "--rpc",
+            &net.rpc_url,
+            "--deployment",
+            deployment.to_str().unwrap(),
+            "--allow-private-nodes",
+            "--charge-callers",
+            "--max-spend",
+            "5000",
+        ],
+    );
+    let entry_address: alloy_primitives::Address =
+        get(&format!("{}/v1/entry", entry.url))["address"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+    let chat = |message: &str, extra: &[&str]| {
+        Command::new(BIN)
+            .args(["chat", "--entry", &entry.url, "--message", message])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let digit = format!("Which digit is this?\n{ZERO}");
+    // Unpaid: refused, with what to do.
+    let out = chat(&digit, &[]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("at most 5000") && err.contains("--payer-key"),
+        "{err}"
+    );
+    // A permit for more than the caller allows is not signed.
+    let paying = ["--payer-key", user_key.to_str().unwrap()];
+    let out = chat(&digit, &[&paying[..], &["--max-pay", "4999"]].concat());
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("over --max-pay 4999"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    common::cairn_ok(&[
+        "pay",
+        "approve-permit2",
+        "--node",
+        &net.node_url,
+        "--payer-key",
+        user_key.to_str().unwrap(),
+        "--rpc",
+        &net.rpc_url,
+    ]);
+    let (user0, entry0) = {
+        let c = common::devnet_chain(&data);
+        (
+            common::balance(&c, user.address()),
+            common::balance(&c, entry_address),
+        )
+    };
+    // Paid: the permit was for at most 5000, the turn's one model step cost 1000, and 1000
+    // is what moved from the user to the entry.
+    let out = chat(&digit, &paying);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("digit-recognition: 0"), "{text}");
+    assert!(
+        text.contains("you paid:      1000 token units (upto permit for at most 5000"),
+        "{text}"
+    );
+    let c = common::devnet_chain(&data);
+    assert_eq!(
+        common::balance(&c, user.address()),
+        user0 - alloy_primitives::U256::from(1000)
+    );
+    assert_eq!(
+        common::balance(&c, entry_address),
+        entry0 + alloy_primitives::U256::from(1000)
+    );
+    // A turn of exact steps costs nothing: nothing is settled.
+    let out = chat("What is 12 * 12?", &paying);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("you paid:      0 token units"), "{text}");
+    assert_eq!(
+        common::balance(&common::devnet_chain(&data), user.address()),
+        user0 - alloy_primitives::U256::from(1000)
+    );
+    // Bad input is refused before any payment is asked for.
+    let (status, body) = post(
+        &format!("{}/v1/chat/completions", entry.url),
+        &serde_json::json!({"messages": [{"role": "user", "content": ""}]}),
+    );
+    assert_eq!(status, 400, "{body}");
+}

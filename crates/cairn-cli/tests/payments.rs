@@ -11,30 +11,14 @@ use std::sync::Arc;
 use alloy_primitives::{Address, B256, U256, keccak256};
 use alloy_sol_types::{SolEvent, SolValue};
 use cairn_ledger::contracts::{CairnToken, Escrow};
-use cairn_ledger::{Chain, Deployment, EmbeddedLedger, LogFilter, dev_signer};
-use common::{AnvilChain, BIN, Server, cairn_ok as cairn, examples, funded_key, json_report};
+use cairn_ledger::{Chain, Deployment, LogFilter, dev_signer};
+use common::{
+    AnvilChain, BIN, Server, balance, block, cairn_ok as cairn, devnet_chain, examples, funded_key,
+    json_report,
+};
 use serde_json::Value;
 
 const PRICE: u64 = 1_500;
-
-/// A read-only view of a running devnet's chain (a fresh snapshot each call).
-fn devnet_chain(data: &Path) -> Chain {
-    let d = Deployment::load(&data.join("chain/deployment.json")).unwrap();
-    let l = EmbeddedLedger::open_read_only(&data.join("chain/ledger.sqlite"), d.chain_id).unwrap();
-    Chain::new(Arc::new(l), d).unwrap()
-}
-
-fn block<T>(f: impl std::future::Future<Output = T>) -> T {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(f)
-}
-
-fn balance(chain: &Chain, who: Address) -> U256 {
-    block(chain.token_balance(who)).unwrap()
-}
 
 fn get(url: &str) -> Value {
     block(async { reqwest::get(url).await.unwrap().json().await.unwrap() })

@@ -12,16 +12,8 @@ use std::time::{Duration, Instant};
 use alloy_primitives::{Address, Signature, U256};
 use alloy_signer_local::PrivateKeySigner;
 use cairn_ledger::dev_signer;
-use common::{Server, cairn_ok, eventually, examples};
+use common::{Server, block, cairn_ok, eventually, examples};
 use serde_json::Value;
-
-fn block<T>(f: impl std::future::Future<Output = T>) -> T {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(f)
-}
 
 /// (status, JSON body or Null, headers) of a request; `signer` signs it with the cairn-* headers.
 fn send(

@@ -149,6 +149,11 @@ impl Entry {
         format!("0x{}", alloy_primitives::hex::encode(sig.as_bytes()))
     }
 
+    /// The most one turn may be charged (what a paying caller authorizes for it).
+    pub fn max_spend(&self) -> U256 {
+        self.max_spend
+    }
+
     /// The entry's address (the run records' signer).
     pub fn address(&self) -> alloy_primitives::Address {
         self.address

@@ -42,6 +42,70 @@ pub struct ServerConfig {
     /// The most all turns together may spend in an hour (token units: charged plus at risk);
     /// beyond it turns wait for the next hour (`None`: no limit but each turn's own cap).
     pub budget_per_hour: Option<alloy_primitives::U256>,
+    /// Callers pay their turns, when set.
+    pub payments: Option<CallerPayments>,
+}
+
+/// Callers pay each turn with an x402 `upto` permit for the turn's cap (`--max-spend`), charged
+/// what the turn's steps were charged (the total the run record names) before its answer
+/// leaves; a turn that fails is charged nothing.
+#[derive(Clone)]
+pub struct CallerPayments(pub Arc<cairn_x402::Paywall>);
+
+impl std::fmt::Debug for CallerPayments {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CallerPayments")
+    }
+}
+
+/// A paywall's pricing for routes that price themselves (a turn's cap is known only once its
+/// body is read): nothing is priced before.
+pub struct PricedPerTurn;
+
+impl cairn_x402::Pricing for PricedPerTurn {
+    fn price<'a>(
+        &'a self,
+        _: &'a axum::http::request::Parts,
+    ) -> std::pin::Pin<
+        Box<
+            dyn std::future::Future<Output = Result<Option<cairn_x402::Price>, Response>>
+                + Send
+                + 'a,
+        >,
+    > {
+        Box::pin(async { Ok(None) })
+    }
+}
+
+/// Charges a paid turn what its record says it was charged: the `PAYMENT-RESPONSE` headers and
+/// what the caller paid (for the turn's summary).
+async fn charge(
+    metered: cairn_x402::Metered,
+    rec: &RunRecord,
+) -> Result<(HeaderMap, serde_json::Value), String> {
+    let amount = rec
+        .total_charged
+        .parse::<alloy_primitives::U256>()
+        .map_err(|e| format!("the turn's total: {e}"))?;
+    let paid = metered.paid().clone();
+    let headers = metered.charge(amount).await.map_err(|e| e.to_string())?;
+    Ok((
+        headers,
+        json!({
+            "scheme": paid.scheme,
+            "payer": paid.payer.to_checksum(None),
+            "most": paid.amount.to_string(),
+            "charged": amount.to_string(),
+        }),
+    ))
+}
+
+fn unpaid(e: &str) -> Response {
+    error(
+        StatusCode::PAYMENT_REQUIRED,
+        "payment_failed",
+        format!("the turn ran but its charge failed, so its answer is withheld: {e}"),
+    )
 }
 
 /// What the turns of the current hour have spent.
@@ -368,6 +432,7 @@ fn bad(message: impl Into<String>) -> Response {
 
 async fn chat(
     State(s): State<Arc<AppState>>,
+    uri: axum::http::Uri,
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> Response {
@@ -470,6 +535,22 @@ async fn chat(
         }
         return r;
     }
+    // Paid for before a turn's permit is taken: an unpaid request holds nothing. A payment
+    // taken here is given back if the turn does not run.
+    let metered = match &s.config.payments {
+        Some(p) => {
+            let most = s.entry.max_spend();
+            let what = format!(
+                "a chat turn at the Cairn entry {}: at most {most} token units, charged what its steps on the network's nodes were charged",
+                s.entry.address()
+            );
+            match p.0.take_metered(&uri, &headers, &body, most, what).await {
+                Ok(m) => Some(m),
+                Err(refused) => return refused,
+            }
+        }
+        None => None,
+    };
     let Ok(permit) = s.turns.clone().try_acquire_owned() else {
         let mut r = error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -483,18 +564,23 @@ async fn chat(
     let entry = s.entry.clone();
     let budget = s.budget.clone();
     if req.stream {
-        return stream_turn(entry, input, history, permit, budget).await;
+        return stream_turn(entry, input, history, permit, budget, metered).await;
     }
-    // The turn runs to its record even if the caller leaves: what it paid is accounted for.
+    // The turn runs to its record, and is charged, even if the caller leaves: what it paid is
+    // accounted for.
     let turn = tokio::spawn(async move {
         let r = entry.turn(&input, &history, None).await;
         if let Ok((_, rec)) = &r {
             budget.lock().expect("budget lock").add(rec);
         }
         drop(permit);
-        r
+        let paid = match (&r, metered) {
+            (Ok((_, rec)), Some(m)) => Some(charge(m, rec).await),
+            _ => None,
+        };
+        (r, paid)
     });
-    let Ok(result) = turn.await else {
+    let Ok((result, paid)) = turn.await else {
         return error(
             StatusCode::INTERNAL_SERVER_ERROR,
             "turn_failed",
@@ -503,7 +589,17 @@ async fn chat(
     };
     match result {
         Ok((signed, rec)) => {
-            let mut resp = Json(completion(&signed, &rec)).into_response();
+            let mut body = completion(&signed, &rec);
+            let settled = match paid {
+                Some(Err(e)) => return unpaid(&e),
+                Some(Ok((headers, paid_by))) => {
+                    body["cairn"]["paid_by"] = paid_by;
+                    headers
+                }
+                None => HeaderMap::new(),
+            };
+            let mut resp = Json(body).into_response();
+            resp.headers_mut().extend(settled);
             if let Ok(v) = HeaderValue::from_str(&signed.id.to_string()) {
                 resp.headers_mut().insert(RUN_HEADER, v);
             }
@@ -614,6 +710,7 @@ async fn stream_turn(
     history: Vec<Message>,
     permit: tokio::sync::OwnedSemaphorePermit,
     budget: Arc<std::sync::Mutex<Budget>>,
+    metered: Option<cairn_x402::Metered>,
 ) -> Response {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<String>();
     let (ptx, mut prx) = tokio::sync::mpsc::unbounded_channel::<Progress>();
@@ -642,6 +739,19 @@ async fn stream_turn(
             budget.lock().expect("budget lock").add(rec);
         }
         drop(permit);
+        // Charged before the answer's first byte: a charge that fails withholds it.
+        let paid = match (&result, metered) {
+            (Ok((_, rec)), Some(m)) => match charge(m, rec).await {
+                Ok((_, paid_by)) => Some(paid_by),
+                Err(e) => {
+                    let body = json!({"error": {"code": "payment_failed", "message": format!("the turn ran but its charge failed, so its answer is withheld: {e}")}});
+                    let _ = tx.send(format!("data: {body}\n\n"));
+                    let _ = tx.send("data: [DONE]\n\n".into());
+                    return;
+                }
+            },
+            _ => None,
+        };
         let chunk =
             |delta: serde_json::Value, finish: Option<&str>, extra: Option<serde_json::Value>| {
                 let mut c = json!({
@@ -677,11 +787,11 @@ async fn stream_turn(
                 if !piece.is_empty() {
                     let _ = tx.send(fix(chunk(json!({"content": piece}), None, None)));
                 }
-                let _ = tx.send(fix(chunk(
-                    json!({}),
-                    Some("stop"),
-                    Some(summary(&signed, &rec)),
-                )));
+                let mut sum = summary(&signed, &rec);
+                if let Some(p) = paid {
+                    sum["paid_by"] = p;
+                }
+                let _ = tx.send(fix(chunk(json!({}), Some("stop"), Some(sum))));
             }
             Err(e) => {
                 let body = json!({"error": {"code": "turn_failed", "message": e.to_string()}});

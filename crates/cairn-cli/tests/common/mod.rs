@@ -633,3 +633,30 @@ pub fn browser_script(
     );
     Some(printed)
 }
+
+/// Runs a future to its end on a runtime of its own.
+pub fn block<T>(f: impl std::future::Future<Output = T>) -> T {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
+/// A read-only view of a running devnet's chain under `data` (its data dir; a fresh snapshot
+/// each call).
+pub fn devnet_chain(data: &Path) -> cairn_ledger::Chain {
+    let d = cairn_ledger::Deployment::load(&data.join("chain/deployment.json")).unwrap();
+    let l =
+        cairn_ledger::EmbeddedLedger::open_read_only(&data.join("chain/ledger.sqlite"), d.chain_id)
+            .unwrap();
+    cairn_ledger::Chain::new(std::sync::Arc::new(l), d).unwrap()
+}
+
+/// `who`'s token balance on `chain`.
+pub fn balance(
+    chain: &cairn_ledger::Chain,
+    who: alloy_primitives::Address,
+) -> alloy_primitives::U256 {
+    block(chain.token_balance(who)).unwrap()
+}
