@@ -404,12 +404,24 @@ pub async fn chat(mut a: ChatArgs) -> anyhow::Result<()> {
 async fn private_route(a: &ChatArgs) -> anyhow::Result<(String, crate::relay_cmd::Proxy)> {
     let relay = a.relay.as_deref().expect("clap requires --relay");
     let entry = a.entry_address.expect("clap requires --entry-address");
+    if a.token.is_some() {
+        bail!(
+            "--private with --token: a bearer token tells the entry who you are, and the private route does not carry one; use one or the other"
+        );
+    }
+    if a.payer_key.is_some() {
+        eprintln!(
+            "private: a paid turn's permit names your account to the entry (the relay still hides your address)"
+        );
+    }
     let route = cairn_relay::client::PrivateRoute::open(relay, &a.gateway)
         .await
         .context("fetching the entry's key configuration through the relay")?;
     // Asked sealed to the key just fetched: a relay that swapped in its own key could answer,
     // but not with the entry's signature over that key.
-    let req = http::Request::get("/v1/entry").body(bytes::Bytes::new())?;
+    let req = http::Request::get("/v1/entry")
+        .header(http::header::DATE, http_date())
+        .body(bytes::Bytes::new())?;
     let resp = route
         .send(req)
         .await
@@ -473,7 +485,7 @@ async fn turn(
         if let Some(p) = payment {
             req = req.header(cairn_x402::wire::PAYMENT_SIGNATURE, p);
         }
-        req.send()
+        req.header(reqwest::header::DATE, http_date()).send()
     };
     let mut resp = send(None)
         .await
@@ -545,6 +557,7 @@ async fn turn(
         let url = format!("{}/v1/runs/{id}", a.entry.trim_end_matches('/'));
         let body = http
             .get(&url)
+            .header(reqwest::header::DATE, http_date())
             .send()
             .await?
             .error_for_status()?
@@ -572,6 +585,22 @@ fn pay_turn(a: &ChatArgs, headers: &reqwest::header::HeaderMap) -> anyhow::Resul
             "the entry asks to be paid in a scheme this client does not pay (it pays x402 `upto`)"
         );
     };
+    // Paid to the entry meant and settleable only by it, when it is named: what sits between
+    // could otherwise put its own address in the offer.
+    if let Some(entry) = a.entry_address {
+        let settler = offer
+            .extra
+            .get("facilitatorAddress")
+            .and_then(|v| v.as_str())
+            .and_then(|v| v.parse::<alloy_primitives::Address>().ok());
+        if offer.pay_to != entry || settler != Some(entry) {
+            bail!(
+                "the offer pays {} (settled by {}), not the entry {entry}",
+                offer.pay_to,
+                settler.map_or("?".into(), |x| x.to_string())
+            );
+        }
+    }
     let Some(key) = &a.payer_key else {
         bail!(
             "the entry charges for turns (at most {} token units each): pass --payer-key (after `cairn pay approve-permit2` with that key)",
@@ -587,6 +616,11 @@ fn pay_turn(a: &ChatArgs, headers: &reqwest::header::HeaderMap) -> anyhow::Resul
     }
     let payer = crate::keyfile::load(key)?;
     Ok(pay::pay_upto(&payer, &required, offer)?)
+}
+
+/// Now, as an HTTP date (a sealed request carries one: the entry refuses stale ones).
+fn http_date() -> String {
+    httpdate::fmt_http_date(std::time::SystemTime::now())
 }
 
 fn find_event_end(buf: &[u8]) -> Option<usize> {
@@ -781,6 +815,18 @@ async fn verify(a: RunVerifyArgs) -> anyhow::Result<()> {
         receipts.len(),
         r.total_charged
     );
+    if a.hub.is_none() {
+        for s in r
+            .steps
+            .iter()
+            .filter(|s| s.run.as_ref().is_some_and(|run| !run.tokens.is_empty()))
+        {
+            println!(
+                "tokens:    {} NOT checked: pass --hub to encode its texts again by the release's vocabulary",
+                s.id
+            );
+        }
+    }
     if let Some(hub) = &a.hub {
         let hub = cairn_hub::HubClient::new(hub, None)?;
         let scratch = std::env::temp_dir().join(format!("cairn-verify-{}", std::process::id()));

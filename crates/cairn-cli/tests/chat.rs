@@ -726,6 +726,62 @@ fn a_private_chat_goes_sealed_through_the_relay_to_the_entrys_vouched_key() {
         "{err}"
     );
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    // A sealed request taken once is refused when a relay sends it again, and one without a
+    // fresh Date is refused inside the envelope.
+    let gateway = format!("{}/.well-known/ohttp-gateway", net.entry_url);
+    let config = common::block(async {
+        let keys = reqwest::get(&gateway).await.unwrap().bytes().await.unwrap();
+        cairn_ohttp::KeyConfig::decode_list(&keys)
+            .unwrap()
+            .remove(0)
+    });
+    let sealed_get = |date: Option<std::time::SystemTime>| {
+        let mut req = http::Request::get("/v1/entry");
+        if let Some(d) = date {
+            req = req.header("date", httpdate::fmt_http_date(d));
+        }
+        let inner = cairn_ohttp::message::encode_request(&req.body(bytes::Bytes::new()).unwrap());
+        cairn_ohttp::encapsulate(&config, &inner).unwrap()
+    };
+    let send = |sealed: &[u8]| {
+        common::block(async {
+            let r = reqwest::Client::new()
+                .post(&gateway)
+                .header("content-type", cairn_ohttp::REQUEST_TYPE)
+                .body(sealed.to_vec())
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.bytes().await.unwrap().to_vec())
+        })
+    };
+    let (sealed, opener) = sealed_get(Some(std::time::SystemTime::now()));
+    let (status, body) = send(&sealed);
+    assert_eq!(status, 200);
+    let inner = cairn_ohttp::message::decode_response(&opener.open(&body).unwrap()).unwrap();
+    assert_eq!(inner.status(), 200);
+    let (status, body) = send(&sealed);
+    assert_eq!(status, 400);
+    assert!(
+        String::from_utf8_lossy(&body).contains("replayed_request"),
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    for date in [
+        None,
+        Some(std::time::SystemTime::now() - std::time::Duration::from_secs(3600)),
+    ] {
+        let (sealed, opener) = sealed_get(date);
+        let (status, body) = send(&sealed);
+        assert_eq!(status, 200);
+        let inner = cairn_ohttp::message::decode_response(&opener.open(&body).unwrap()).unwrap();
+        assert_eq!(inner.status(), 400);
+        assert!(
+            String::from_utf8_lossy(inner.body()).contains("stale_request"),
+            "{:?}",
+            inner.body()
+        );
+    }
     // The gateway takes sealed bodies only, and says so in JSON.
     let (status, body) = post(
         &format!("{}/.well-known/ohttp-gateway", net.entry_url),
@@ -853,10 +909,130 @@ fn a_paying_caller_is_charged_by_permit_what_its_turn_cost() {
         common::balance(&common::devnet_chain(&data), user.address()),
         user0 - alloy_primitives::U256::from(1000)
     );
+    // Pinned to another entry, the client signs nothing for this one's offer.
+    let out = chat(
+        &digit,
+        &[
+            &paying[..],
+            &[
+                "--entry-address",
+                "0x00000000000000000000000000000000000000A1",
+            ],
+        ]
+        .concat(),
+    );
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("not the entry 0x00000000000000000000000000000000000000A1"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Not streamed: the settlement comes back in PAYMENT-RESPONSE and in `paid_by`; the same
+    // permit presented again pays for nothing more.
+    let url = format!("{}/v1/chat/completions", entry.url);
+    let body = serde_json::json!({"messages": [{"role": "user", "content": digit}]});
+    let (paid_header, first, replay) = common::block(async {
+        let http = reqwest::Client::new();
+        let asked = http.post(&url).json(&body).send().await.unwrap();
+        assert_eq!(asked.status(), 402);
+        let required = cairn_x402::client::offers(asked.headers()).unwrap();
+        let offer = required
+            .accepts
+            .iter()
+            .find(|o| o.scheme == "upto")
+            .unwrap();
+        let payment = cairn_x402::client::pay_upto(&user, &required, offer).unwrap();
+        let post = || {
+            http.post(&url)
+                .json(&body)
+                .header(cairn_x402::wire::PAYMENT_SIGNATURE, &payment)
+                .send()
+        };
+        let first = post().await.unwrap();
+        let header = first
+            .headers()
+            .get(cairn_x402::wire::PAYMENT_RESPONSE)
+            .is_some();
+        let first: serde_json::Value = first.json().await.unwrap();
+        let replay = post().await.unwrap().status().as_u16();
+        (header, first, replay)
+    });
+    assert!(paid_header, "{first}");
+    let paid_by = &first["cairn"]["paid_by"];
+    assert_eq!(paid_by["charged"], "1000", "{first}");
+    assert!(
+        paid_by["transaction"].as_str().unwrap().starts_with("0x"),
+        "{first}"
+    );
+    assert_eq!(replay, 402);
+    assert_eq!(
+        common::balance(&common::devnet_chain(&data), user.address()),
+        user0 - alloy_primitives::U256::from(2000)
+    );
     // Bad input is refused before any payment is asked for.
     let (status, body) = post(
         &format!("{}/v1/chat/completions", entry.url),
         &serde_json::json!({"messages": [{"role": "user", "content": ""}]}),
     );
     assert_eq!(status, 400, "{body}");
+}
+
+#[test]
+fn a_paid_turn_whose_charge_fails_withholds_its_results() {
+    let net = Server::devnet_with(&[]);
+    let data = net.dir.path().join("data");
+    let deployment = data.join("chain/deployment.json");
+    // The entry's own key holds no ETH: its settlements cannot be sent.
+    let entry = entry_serve(
+        &net,
+        "broke-entry",
+        &[
+            "--node",
+            &net.node_url,
+            "--rpc",
+            &net.rpc_url,
+            "--deployment",
+            deployment.to_str().unwrap(),
+            "--allow-private-nodes",
+            "--charge-callers",
+        ],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let user = cairn_ledger::dev_signer(8);
+    let user_key = dir.path().join("user.key");
+    std::fs::write(
+        &user_key,
+        format!("0x{}\n", alloy_primitives::hex::encode(user.to_bytes())),
+    )
+    .unwrap();
+    common::cairn_ok(&[
+        "pay",
+        "approve-permit2",
+        "--node",
+        &net.node_url,
+        "--payer-key",
+        user_key.to_str().unwrap(),
+        "--rpc",
+        &net.rpc_url,
+    ]);
+    let before = common::balance(&common::devnet_chain(&data), user.address());
+    let out = Command::new(BIN)
+        .args(["chat", "--entry", &entry.url, "--message"])
+        .arg(format!("Which digit is this?\n{ZERO}"))
+        .args(["--payer-key", user_key.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{text}{err}");
+    assert!(err.contains("its answer is withheld"), "{err}");
+    // Progress named the step but not what it found; nothing of the answer left.
+    assert!(err.contains("step s1 digit-recognition ran"), "{err}");
+    assert!(!err.contains("digit-recognition 0"), "{err}");
+    assert!(!text.contains("digit-recognition: 0"), "{text}");
+    assert_eq!(
+        common::balance(&common::devnet_chain(&data), user.address()),
+        before
+    );
 }

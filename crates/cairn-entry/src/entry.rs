@@ -142,11 +142,7 @@ impl Entry {
     /// client that knows the entry's address checks, through the relay, that the key it seals
     /// to is the entry's, not the relay's.
     pub fn ohttp_keys_signature(&self) -> String {
-        let msg = ohttp_keys_message(self.ohttp.config().encoded());
-        let sig = self
-            .key
-            .sign_prehash(&alloy_primitives::eip191_hash_message(&msg));
-        format!("0x{}", alloy_primitives::hex::encode(sig.as_bytes()))
+        sign_ohttp_keys(&self.key, self.ohttp.config().encoded())
     }
 
     /// The most one turn may be charged (what a paying caller authorizes for it).
@@ -767,6 +763,13 @@ pub fn ohttp_keys_message(config: &[u8]) -> Vec<u8> {
     [b"cairn.entry.ohttp-keys/1:".as_slice(), config].concat()
 }
 
+/// `key`'s signature vouching for the gateway key configuration `config`.
+fn sign_ohttp_keys(key: &cairn_core::sig::SigningKey, config: &[u8]) -> String {
+    let msg = ohttp_keys_message(config);
+    let sig = key.sign_prehash(&alloy_primitives::eip191_hash_message(&msg));
+    format!("0x{}", alloy_primitives::hex::encode(sig.as_bytes()))
+}
+
 /// Checks that `signature` is `entry`'s over `config` (low-s only).
 pub fn check_ohttp_keys(
     config: &[u8],
@@ -794,16 +797,7 @@ mod ohttp_key_tests {
         let signer = alloy_signer_local::PrivateKeySigner::random();
         let key = cairn_core::sig::SigningKey::from_signer(&signer);
         let config = gateway_key(&signer).config().encoded().to_vec();
-        let sign = |k: &cairn_core::sig::SigningKey, c: &[u8]| {
-            let sig = k.sign_prehash(&alloy_primitives::eip191_hash_message(ohttp_keys_message(
-                c,
-            )));
-            (
-                sig,
-                format!("0x{}", alloy_primitives::hex::encode(sig.as_bytes())),
-            )
-        };
-        let (sig, hex) = sign(&key, &config);
+        let hex = sign_ohttp_keys(&key, &config);
         assert!(check_ohttp_keys(&config, &hex, signer.address()).is_ok());
         // Another config (a relay's own key), another signer, the high-s twin: refused.
         let relays = gateway_key(&alloy_signer_local::PrivateKeySigner::random())
@@ -812,11 +806,13 @@ mod ohttp_key_tests {
             .to_vec();
         assert!(check_ohttp_keys(&relays, &hex, signer.address()).is_err());
         let stranger = alloy_signer_local::PrivateKeySigner::random();
-        let (_, theirs) = sign(
+        let theirs = sign_ohttp_keys(
             &cairn_core::sig::SigningKey::from_signer(&stranger),
             &config,
         );
         assert!(check_ohttp_keys(&config, &theirs, signer.address()).is_err());
+        let sig =
+            cairn_core::sig::parse_rsv(&alloy_primitives::hex::decode(&hex).unwrap()).unwrap();
         let high = cairn_core::sig::malleate(&sig);
         let high = format!("0x{}", alloy_primitives::hex::encode(high.as_bytes()));
         assert!(check_ohttp_keys(&config, &high, signer.address()).is_err());

@@ -89,6 +89,9 @@ async fn charge(
         .map_err(|e| format!("the turn's total: {e}"))?;
     let paid = metered.paid().clone();
     let headers = metered.charge(amount).await.map_err(|e| e.to_string())?;
+    let transaction = cairn_x402::client::settle_response(&headers)
+        .map(|s| s.transaction)
+        .filter(|t| !t.is_empty());
     Ok((
         headers,
         json!({
@@ -96,9 +99,13 @@ async fn charge(
             "payer": paid.payer.to_checksum(None),
             "most": paid.amount.to_string(),
             "charged": amount.to_string(),
+            "transaction": transaction,
         }),
     ))
 }
+
+/// The longest a payment check (chain calls) may take before the request is refused.
+const PAYMENT_CHECK: std::time::Duration = std::time::Duration::from_secs(15);
 
 fn unpaid(e: &str) -> Response {
     error(
@@ -151,6 +158,50 @@ struct AppState {
     turns: Arc<tokio::sync::Semaphore>,
     budget: Arc<std::sync::Mutex<Budget>>,
     config: ServerConfig,
+    seen: std::sync::Mutex<Seen>,
+}
+
+/// How far a sealed request's `Date` may be from the entry's clock.
+const DATE_SKEW: std::time::Duration = std::time::Duration::from_secs(300);
+/// The most sealed requests remembered (each one's encapsulated key, for [`Seen::WINDOW`]).
+const MAX_SEEN: usize = 200_000;
+
+/// The encapsulated keys of sealed requests taken lately: a relay that sends one again (a
+/// replay makes the entry run and pay for the turn again) is refused. A request is taken only
+/// with a `Date` within [`DATE_SKEW`], so remembering keys for twice that is enough.
+#[derive(Default)]
+struct Seen {
+    keys: std::collections::HashSet<[u8; 32]>,
+    order: std::collections::VecDeque<(std::time::Instant, [u8; 32])>,
+}
+
+impl Seen {
+    const WINDOW: std::time::Duration = std::time::Duration::from_secs(2 * DATE_SKEW.as_secs());
+
+    /// Whether `sealed` is new (and remembers it); `None` when too many are held to tell.
+    fn first(&mut self, sealed: &[u8]) -> Option<bool> {
+        use sha2::Digest;
+        let now = std::time::Instant::now();
+        while let Some((at, k)) = self.order.front().copied() {
+            if now.duration_since(at) < Self::WINDOW {
+                break;
+            }
+            self.order.pop_front();
+            self.keys.remove(&k);
+        }
+        // The header and the encapsulated key: fresh for every encapsulation, and bound to it
+        // (another key would not open the rest).
+        let key: [u8; 32] = sha2::Sha256::digest(&sealed[..sealed.len().min(7 + 32)]).into();
+        if self.keys.contains(&key) {
+            return Some(false);
+        }
+        if self.keys.len() >= MAX_SEEN {
+            return None;
+        }
+        self.keys.insert(key);
+        self.order.push_back((now, key));
+        Some(true)
+    }
 }
 
 /// The router.
@@ -160,6 +211,7 @@ pub fn router(entry: Arc<Entry>, config: ServerConfig) -> Router {
         turns: Arc::new(tokio::sync::Semaphore::new(config.turns.max(1))),
         budget: Arc::default(),
         config,
+        seen: Default::default(),
     });
     let inner = routes(state.clone());
     // The gateway serves sealed requests with the same routes (their own limits apply inside).
@@ -183,8 +235,46 @@ fn routes(state: Arc<AppState>) -> Router {
         .route("/v1/schema/task", get(schema))
         .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
         .layer(axum::middleware::from_fn_with_state(state.clone(), cors))
+        .layer(axum::middleware::from_fn(fresh_if_sealed))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
+}
+
+/// A request that came sealed through the gateway must carry a `Date` near the entry's clock
+/// (RFC 9458 §6.5): with the gateway's memory of recent requests, a relay cannot replay one.
+async fn fresh_if_sealed(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    if req
+        .extensions()
+        .get::<cairn_relay::gateway::Oblivious>()
+        .is_none()
+    {
+        return next.run(req).await;
+    }
+    let date = req
+        .headers()
+        .get(header::DATE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| httpdate::parse_http_date(v).ok());
+    let now = std::time::SystemTime::now();
+    let fresh = date.is_some_and(|d| {
+        let off = now.duration_since(d).or_else(|_| d.duration_since(now));
+        off.is_ok_and(|o| o <= DATE_SKEW)
+    });
+    if !fresh {
+        let mut r = error(
+            StatusCode::BAD_REQUEST,
+            "stale_request",
+            format!(
+                "a sealed request carries a Date within {} s of the entry's clock (its Date is in this answer's); check your clock",
+                DATE_SKEW.as_secs()
+            ),
+        );
+        if let Ok(v) = HeaderValue::from_str(&httpdate::fmt_http_date(now)) {
+            r.headers_mut().insert(header::DATE, v);
+        }
+        return r;
+    }
+    next.run(req).await
 }
 
 type GatewayState = (Arc<AppState>, Router);
@@ -220,6 +310,13 @@ async fn gateway(
     )
     .await;
     let sealed = match read {
+        Ok(Ok(b)) if b.len() < 7 + 32 => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "malformed_request",
+                "not an encapsulated request",
+            );
+        }
         Ok(Ok(b)) => b,
         Ok(Err(_)) => {
             return error(
@@ -236,6 +333,26 @@ async fn gateway(
             );
         }
     };
+    match s.seen.lock().expect("seen lock").first(&sealed) {
+        Some(true) => {}
+        Some(false) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "replayed_request",
+                "this sealed request was already taken; seal each request anew",
+            );
+        }
+        None => {
+            let mut r = error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "busy",
+                "the gateway holds as many recent requests as it remembers; try again in a minute",
+            );
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
+            return r;
+        }
+    }
     // A whole answer is at most a record (a few MiB); streamed ones are sealed as they come.
     match cairn_relay::gateway::serve(s.entry.ohttp_key(), inner, sealed, chunked, 16 << 20).await {
         Ok(r) => r,
@@ -535,6 +652,20 @@ async fn chat(
         }
         return r;
     }
+    let busy = || {
+        let mut r = error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "busy",
+            "the entry is taking as many turns as it runs at once; try again in a few seconds",
+        );
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        r
+    };
+    // A busy entry refuses before a payment is checked (which asks the chain).
+    if s.turns.available_permits() == 0 {
+        return busy();
+    }
     // Paid for before a turn's permit is taken: an unpaid request holds nothing. A payment
     // taken here is given back if the turn does not run.
     let metered = match &s.config.payments {
@@ -544,22 +675,30 @@ async fn chat(
                 "a chat turn at the Cairn entry {}: at most {most} token units, charged what its steps on the network's nodes were charged",
                 s.entry.address()
             );
-            match p.0.take_metered(&uri, &headers, &body, most, what).await {
-                Ok(m) => Some(m),
-                Err(refused) => return refused,
+            let taken = tokio::time::timeout(
+                PAYMENT_CHECK,
+                p.0.take_metered(&uri, &headers, &body, most, what),
+            )
+            .await;
+            match taken {
+                Ok(Ok(m)) => Some(m),
+                Ok(Err(refused)) => return refused,
+                Err(_) => {
+                    let mut r = error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "payment_check_timeout",
+                        "the payment could not be checked against the chain in time; nothing was charged, try again",
+                    );
+                    r.headers_mut()
+                        .insert(header::RETRY_AFTER, HeaderValue::from_static("10"));
+                    return r;
+                }
             }
         }
         None => None,
     };
     let Ok(permit) = s.turns.clone().try_acquire_owned() else {
-        let mut r = error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "busy",
-            "the entry is taking as many turns as it runs at once; try again in a few seconds",
-        );
-        r.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
-        return r;
+        return busy();
     };
     let entry = s.entry.clone();
     let budget = s.budget.clone();
@@ -716,11 +855,17 @@ async fn stream_turn(
     let (ptx, mut prx) = tokio::sync::mpsc::unbounded_channel::<Progress>();
     let created = cairn_core::clock::now_secs();
     let progress_tx = tx.clone();
+    // A paid turn's results leave only once it is charged: progress names the steps, not what
+    // they found.
+    let redact = metered.is_some();
     tokio::spawn(async move {
         while let Some(p) = prx.recv().await {
             let line = match p {
                 Progress::Parsed { subtasks, noise } => {
                     format!(": cairn parsed {subtasks} sub-tasks, {noise} noise spans\n\n")
+                }
+                Progress::Step { id, skill, .. } if redact => {
+                    format!(": cairn step {id} {} ran\n\n", skill.as_str())
                 }
                 Progress::Step { id, skill, outcome } => format!(
                     ": cairn step {id} {} {}\n\n",

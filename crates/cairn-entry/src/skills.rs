@@ -397,42 +397,47 @@ fn floats(t: &Tensor) -> Result<Vec<f32>, SkillError> {
         .collect())
 }
 
-/// Each text's embedding: a pooled output `[n, d]`, else the token states `[n, L, d]`
-/// averaged over each text's tokens (the embedder's mean pooling).
+/// Each text's embedding: the token states `[n, L, d]` averaged over each text's tokens (the
+/// embedder's mean pooling), else a pooled output `[n, d]` when the model gives only that.
 fn embeddings(outputs: &[Tensor], tokens: &[Vec<u32>]) -> Result<Vec<Vec<f64>>, SkillError> {
-    let n = tokens.len() as u64;
+    let n = tokens.len();
+    let bad = |m: String| SkillError::Outputs(m);
+    let fits = |t: &&Tensor, rank: usize| {
+        t.dtype() == DataType::Fp32
+            && t.shape().len() == rank
+            && t.shape()[0] == n as u64
+            && t.shape()[1..].iter().all(|x| *x > 0)
+    };
+    if let Some(states) = outputs.iter().find(|t| fits(t, 3)) {
+        let (l, d) = (states.shape()[1] as usize, states.shape()[2] as usize);
+        let v = floats(states)?;
+        if n.checked_mul(l).and_then(|x| x.checked_mul(d)) != Some(v.len()) {
+            return Err(bad("the states' shape does not match their data".into()));
+        }
+        return tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                if t.len() > l || t.is_empty() {
+                    return Err(bad("fewer states than tokens".into()));
+                }
+                let mut e = vec![0f64; d];
+                for row in v[i * l * d..].chunks_exact(d).take(t.len()) {
+                    e.iter_mut().zip(row).for_each(|(a, x)| *a += f64::from(*x));
+                }
+                Ok(e.into_iter().map(|a| a / t.len() as f64).collect())
+            })
+            .collect();
+    }
     let pooled = outputs
         .iter()
-        .find(|t| t.dtype() == DataType::Fp32 && t.shape().len() == 2 && t.shape()[0] == n);
-    if let Some(t) = pooled {
-        let d = t.shape()[1] as usize;
-        let v = floats(t)?;
-        return Ok(v
-            .chunks_exact(d.max(1))
-            .map(|r| r.iter().map(|x| f64::from(*x)).collect())
-            .collect());
-    }
-    let states = outputs
-        .iter()
-        .find(|t| t.dtype() == DataType::Fp32 && t.shape().len() == 3 && t.shape()[0] == n)
-        .ok_or_else(|| SkillError::Outputs(format!("no float [{n}, d] or [{n}, L, d] output")))?;
-    let (l, d) = (states.shape()[1] as usize, states.shape()[2] as usize);
-    let v = floats(states)?;
-    tokens
-        .iter()
-        .enumerate()
-        .map(|(i, t)| {
-            if t.len() > l || t.is_empty() {
-                return Err(SkillError::Outputs("fewer states than tokens".into()));
-            }
-            let mut e = vec![0f64; d];
-            for j in 0..t.len() {
-                let row = &v[(i * l + j) * d..(i * l + j + 1) * d];
-                e.iter_mut().zip(row).for_each(|(a, x)| *a += f64::from(*x));
-            }
-            Ok(e.into_iter().map(|a| a / t.len() as f64).collect())
-        })
-        .collect()
+        .find(|t| fits(t, 2))
+        .ok_or_else(|| bad(format!("no float [{n}, L, d] or [{n}, d] output")))?;
+    let d = pooled.shape()[1] as usize;
+    Ok(floats(pooled)?
+        .chunks_exact(d)
+        .map(|r| r.iter().map(|x| f64::from(*x)).collect())
+        .collect())
 }
 
 fn cosine(a: &[f64], b: &[f64]) -> f64 {

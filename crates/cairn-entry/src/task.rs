@@ -556,7 +556,8 @@ pub const MAX_TEXTS: usize = 8;
 pub const MAX_TEXT_BYTES: usize = 2048;
 
 /// The texts a segment quotes: in double quotes, curly quotes or guillemets, or in single
-/// quotes that stand apart from words (so apostrophes are not taken for quotes).
+/// quotes that stand apart from words (so apostrophes, straight or curly, are not taken for
+/// quotes). A text is cut at [`MAX_TEXT_BYTES`].
 fn quoted(text: &str) -> Vec<String> {
     let chars: Vec<char> = text.chars().collect();
     let apart = |i: Option<usize>| {
@@ -578,14 +579,25 @@ fn quoted(text: &str) -> Vec<String> {
             }
         };
         let end = (i + 1..chars.len())
-            .find(|j| chars[*j] == close && (close != '\'' || apart(Some(j + 1))));
-        let Some(end) = end else { break };
-        let t: String = chars[i + 1..end]
+            .find(|j| chars[*j] == close && (!matches!(close, '\'' | '’') || apart(Some(j + 1))));
+        // An opening quote never closed is not a quote: look on after it.
+        let Some(end) = end else {
+            i += 1;
+            continue;
+        };
+        let mut t = chars[i + 1..end]
             .iter()
             .collect::<String>()
             .trim()
             .to_owned();
-        if !t.is_empty() && t.len() <= MAX_TEXT_BYTES {
+        if t.len() > MAX_TEXT_BYTES {
+            let mut cut = MAX_TEXT_BYTES;
+            while !t.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            t.truncate(cut);
+        }
+        if !t.is_empty() {
             out.push(t);
         }
         i = end + 1;

@@ -269,5 +269,18 @@ mod tests {
             v.encode("i like strawberries"),
             vec![101, 1045, 2066, 13137, 20968, 102]
         );
+        // And what Hugging Face's tokenizer gives for texts with accents, punctuation, CJK,
+        // full-width forms, emoji, other scripts and over-long words
+        // (scripts/wordpiece_golden.py wrote them).
+        let golden = include_str!("../testdata/wordpiece-golden.jsonl");
+        for line in golden.lines() {
+            #[derive(serde::Deserialize)]
+            struct Case {
+                text: String,
+                ids: Vec<u32>,
+            }
+            let c: Case = serde_json::from_str(line).unwrap();
+            assert_eq!(v.encode(&c.text), c.ids, "{:?}", c.text);
+        }
     }
 }

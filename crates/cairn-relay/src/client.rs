@@ -248,12 +248,14 @@ impl PrivateRoute {
 }
 
 /// The request headers the proxy seals into a call (allow-list): the body's type and framing,
-/// what answer is accepted, the x402 payment headers and Cairn's own.
+/// what answer is accepted, the request's `Date` (a gateway refuses stale ones, RFC 9458
+/// §6.5), the x402 payment headers and Cairn's own.
 fn forwarded(name: &str) -> bool {
     matches!(
         name,
         "content-type"
             | "accept"
+            | "date"
             | "inference-header-content-length"
             | "payment-signature"
             | "x-payment"

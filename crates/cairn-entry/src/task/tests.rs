@@ -275,6 +275,11 @@ fn quoted_texts_asked_about_for_similarity_become_one_subtask() {
         skills(&t)[0].1,
         "I can't sleep | insomnia is awful | the dog's bowl"
     );
+    // A curly apostrophe inside curly quotes, and a quote never closed, are not the end of one.
+    let t = parse_by_rules("How similar are ‘I can’t sleep’ and \"no rest\"? 'oops").unwrap();
+    assert_eq!(skills(&t)[0].1, "I can’t sleep | no rest");
+    let t = parse_by_rules("It's \"odd: how similar are \"a b\" and \"c d\"?").unwrap();
+    assert!(!t.subtasks.is_empty(), "{:?}", t.missing);
     // Asked without texts: what is missing is said; one text is not a comparison.
     for input in [
         "How similar are these two sentences?",
