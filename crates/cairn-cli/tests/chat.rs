@@ -312,6 +312,20 @@ fn a_messy_turn_runs_on_hub_models_and_its_record_verifies_down_to_settled_batch
         let record: serde_json::Value =
             serde_json::from_str(signed["record"].as_str().unwrap()).unwrap();
         histories += usize::from(!record["history_sha256"].is_null());
+        // `cairn chat` follows its turns: the answering model's text was streamed, and the
+        // record keeps the stream's bytes, which verify read above.
+        let call = &record["answer"]["llm"];
+        assert!(
+            call["request"]
+                .as_str()
+                .unwrap()
+                .contains("\"stream\":true"),
+            "{call}"
+        );
+        assert!(
+            call["response"].as_str().unwrap().starts_with("data: "),
+            "{call}"
+        );
     }
     assert_eq!(
         histories, 1,

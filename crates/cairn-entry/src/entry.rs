@@ -97,6 +97,9 @@ pub enum Progress {
         /// Its result or error.
         outcome: String,
     },
+    /// The next piece of the language model's answer, as it is written (the turn's answer
+    /// text begins with these pieces, trimmed, unless the call then fails).
+    Answer(String),
 }
 
 /// Why a turn could not be taken.
@@ -226,7 +229,7 @@ impl Entry {
         let (draft, parse, parsed_by) = match &self.llm {
             Some(model) => {
                 let request = parse_request(model, &segments);
-                match self.llm_call(model, request, spend, until).await {
+                match self.llm_call(model, request, spend, until, &|_| {}).await {
                     Ok(call) => {
                         let receipt = call.receipt.verify().ok().map(|r| r.id().to_string());
                         let (draft, skipped) = match record::draft_of(&call.response) {
@@ -303,8 +306,14 @@ impl Entry {
         // The language model writes the answer from the results.
         let (llm, llm_skipped) = match &self.llm {
             Some(model) => {
-                let request = answer_request(model, &task, &steps, history);
-                match self.llm_call(model, request, &mut spend, until).await {
+                // Streamed to a caller who follows the turn; the record keeps the stream's bytes.
+                let streamed = progress.is_some();
+                let request = answer_request(model, &task, &steps, history, streamed);
+                let delta = |d: &str| say(Progress::Answer(d.to_owned()));
+                match self
+                    .llm_call(model, request, &mut spend, until, &delta)
+                    .await
+                {
                     Ok(call) => (Some(call), None),
                     Err(e) => (None, Some(format!("no language model answered: {e}"))),
                 }
@@ -463,9 +472,14 @@ impl Entry {
         request: serde_json::Value,
         spend: &mut Spend,
         until: Instant,
+        delta: &(dyn Fn(&str) + Send + Sync),
     ) -> Result<LlmCall, RouteError> {
         let budget = self.budget(spend);
-        let ran = match self.router.chat(model, &request, budget, until).await {
+        let ran = match self
+            .router
+            .chat(model, &request, budget, until, delta)
+            .await
+        {
             Ok(r) => r,
             Err(e) => {
                 if let RouteError::AllFailed {
@@ -576,6 +590,7 @@ pub(crate) fn answer_request(
     t: &TaskObject,
     steps: &[Step],
     history: &[Message],
+    stream: bool,
 ) -> serde_json::Value {
     let mut prompt = format!("Question: {}\n", t.goal);
     for c in &t.constraints {
@@ -624,12 +639,16 @@ pub(crate) fn answer_request(
         messages.push(json!({"role": m.role, "content": m.content}));
     }
     messages.push(json!({"role": "user", "content": prompt}));
-    json!({
+    let mut request = json!({
         "model": model,
         "messages": messages,
         "temperature": 0,
         "max_tokens": 80,
-    })
+    });
+    if stream {
+        request["stream"] = json!(true);
+    }
+    request
 }
 
 /// The part of the conversation the answering model is shown: the last few messages, each

@@ -305,8 +305,11 @@ fn check_paid(p: &Paid, r: &SignedReceipt) -> Result<(), String> {
     Ok(())
 }
 
-/// The message content of a chat completion's answer body.
+/// The message content of a chat completion's answer body, whole or streamed.
 pub fn completion_text(response: &str) -> Result<String, String> {
+    if response.starts_with("data:") {
+        return cairn_node_api::openai::stream_text(response.as_bytes());
+    }
     let v: serde_json::Value = serde_json::from_str(response).map_err(|e| e.to_string())?;
     v["choices"][0]["message"]["content"]
         .as_str()
@@ -492,7 +495,9 @@ pub fn check_offline(r: &RunRecord) -> Result<Vec<(String, ReceiptJson)>, Record
                 .map(|v| serde_json::from_value(v.clone()))
                 .collect::<Result<_, _>>()
                 .map_err(|e| mm(format!("answer: the request's history: {e}")))?;
-            let asked = crate::entry::answer_request(&call.model, &r.task, &r.steps, &history);
+            let streamed = sent["stream"].as_bool() == Some(true);
+            let asked =
+                crate::entry::answer_request(&call.model, &r.task, &r.steps, &history, streamed);
             if serde_json::to_string(&asked).expect("serializes") != call.request {
                 return Err(mm(
                     "answer: the request is not the one the entry makes for these steps".into(),

@@ -590,6 +590,7 @@ impl Router {
         request: &serde_json::Value,
         budget: U256,
         until: Instant,
+        delta: &(dyn Fn(&str) + Send + Sync),
     ) -> Result<Ran<cairn_node_api::ChatOutcome>, RouteError> {
         let body_len = serde_json::to_vec(request).map_or(0, |b| b.len());
         let max_tokens = request["max_tokens"]
@@ -618,7 +619,7 @@ impl Router {
             price.most(body_len, max_tokens)
         };
         self.route(&cost, budget, until, |client, address, _| async move {
-            let mut out = client.chat(request).await?;
+            let mut out = client.chat_streaming(request, delta).await?;
             if out.receipt.signer != address {
                 return Err(NodeClientError::Protocol(format!(
                     "the receipt is signed by {}, not the node {address}",

@@ -841,8 +841,37 @@ fn completion(signed: &SignedRecord, r: &RunRecord) -> serde_json::Value {
     })
 }
 
-/// A streamed turn: progress as SSE comments (clients skip them), then the answer in chunks,
-/// the last one carrying the run record's summary, then `[DONE]`.
+/// The answering model's text as it is streamed live: leading whitespace dropped and trailing
+/// whitespace held back, so what was sent is the start of the answer as the turn composes it
+/// (the model's text, trimmed, then the results).
+#[derive(Default)]
+struct LiveAnswer {
+    sent: String,
+    held: String,
+}
+
+impl LiveAnswer {
+    /// The piece to send for the model's next text, if any.
+    fn push(&mut self, d: &str) -> Option<String> {
+        let d = if self.sent.is_empty() && self.held.is_empty() {
+            d.trim_start()
+        } else {
+            d
+        };
+        self.held.push_str(d);
+        let keep = self.held.trim_end().len();
+        if keep == 0 {
+            return None;
+        }
+        let piece: String = self.held.drain(..keep).collect();
+        self.sent.push_str(&piece);
+        Some(piece)
+    }
+}
+
+/// A streamed turn: progress as SSE comments (clients skip them) and the answering model's
+/// text as it is written, then the rest of the answer in chunks, the last one carrying the run
+/// record's summary, then `[DONE]`.
 async fn stream_turn(
     entry: Arc<Entry>,
     input: String,
@@ -854,11 +883,31 @@ async fn stream_turn(
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<String>();
     let (ptx, mut prx) = tokio::sync::mpsc::unbounded_channel::<Progress>();
     let created = cairn_core::clock::now_secs();
+    // One id for every chunk of the stream (the run record's id comes in the last one).
+    let stream_id = format!("chatcmpl-{}", B256::random());
+    let chunk = {
+        let stream_id = stream_id.clone();
+        move |delta: serde_json::Value, finish: Option<&str>, extra: Option<serde_json::Value>| {
+            let mut c = json!({
+                "id": stream_id,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": MODEL,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+            });
+            if let Some(x) = extra {
+                c["cairn"] = x;
+            }
+            format!("data: {c}\n\n")
+        }
+    };
     let progress_tx = tx.clone();
     // A paid turn's results leave only once it is charged: progress names the steps, not what
-    // they found.
+    // they found, and the answer is not streamed as it is written.
     let redact = metered.is_some();
-    tokio::spawn(async move {
+    let live = chunk.clone();
+    let forwarder = tokio::spawn(async move {
+        let mut answer = LiveAnswer::default();
         while let Some(p) = prx.recv().await {
             let line = match p {
                 Progress::Parsed { subtasks, noise } => {
@@ -872,11 +921,25 @@ async fn stream_turn(
                     skill.as_str(),
                     outcome.replace(['\n', '\r'], " ")
                 ),
+                Progress::Answer(_) if redact => continue,
+                Progress::Answer(d) => {
+                    let first = answer.sent.is_empty();
+                    let Some(piece) = answer.push(&d) else {
+                        continue;
+                    };
+                    let mut line = String::new();
+                    if first {
+                        line = live(json!({"role": "assistant", "content": ""}), None, None);
+                    }
+                    line.push_str(&live(json!({"content": piece}), None, None));
+                    line
+                }
             };
             if progress_tx.send(line).is_err() {
                 break;
             }
         }
+        answer.sent
     });
     tokio::spawn(async move {
         let result = entry.turn(&input, &history, Some(ptx)).await;
@@ -884,6 +947,8 @@ async fn stream_turn(
             budget.lock().expect("budget lock").add(rec);
         }
         drop(permit);
+        // Every piece streamed live has gone out (the turn has dropped its progress sender).
+        let sent = forwarder.await.unwrap_or_default();
         // Charged before the answer's first byte: a charge that fails withholds it.
         let paid = match (&result, metered) {
             (Ok((_, rec)), Some(m)) => match charge(m, rec).await {
@@ -897,46 +962,41 @@ async fn stream_turn(
             },
             _ => None,
         };
-        let chunk =
-            |delta: serde_json::Value, finish: Option<&str>, extra: Option<serde_json::Value>| {
-                let mut c = json!({
-                    "id": "chatcmpl-pending",
-                    "object": "chat.completion.chunk",
-                    "created": created,
-                    "model": MODEL,
-                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-                });
-                if let Some(x) = extra {
-                    c["cairn"] = x;
-                }
-                format!("data: {c}\n\n")
-            };
         match result {
             Ok((signed, rec)) => {
-                let id = format!("chatcmpl-{}", signed.id);
-                let fix = |s: String| s.replace("chatcmpl-pending", &id);
-                let _ = tx.send(fix(chunk(
-                    json!({"role": "assistant", "content": ""}),
-                    None,
-                    None,
-                )));
-                let text = rec.answer.text.clone();
+                if sent.is_empty() {
+                    let _ = tx.send(chunk(
+                        json!({"role": "assistant", "content": ""}),
+                        None,
+                        None,
+                    ));
+                }
+                // The rest of the answer: what follows the live text, or (a model that failed
+                // midway, its answer taken from another node or dropped) the whole answer
+                // after a note, so the streamed text ends as the record's answer.
+                let rest = match rec.answer.text.strip_prefix(sent.as_str()) {
+                    Some(rest) => rest.to_owned(),
+                    None => format!(
+                        "\n\n(the answering model's text above broke off; the answer:)\n\n{}",
+                        rec.answer.text
+                    ),
+                };
                 let mut piece = String::new();
-                for word in text.split_inclusive(' ') {
+                for word in rest.split_inclusive(' ') {
                     piece.push_str(word);
                     if piece.len() >= 24 {
-                        let _ = tx.send(fix(chunk(json!({"content": piece}), None, None)));
+                        let _ = tx.send(chunk(json!({"content": piece}), None, None));
                         piece = String::new();
                     }
                 }
                 if !piece.is_empty() {
-                    let _ = tx.send(fix(chunk(json!({"content": piece}), None, None)));
+                    let _ = tx.send(chunk(json!({"content": piece}), None, None));
                 }
                 let mut sum = summary(&signed, &rec);
                 if let Some(p) = paid {
                     sum["paid_by"] = p;
                 }
-                let _ = tx.send(fix(chunk(json!({}), Some("stop"), Some(sum))));
+                let _ = tx.send(chunk(json!({}), Some("stop"), Some(sum)));
             }
             Err(e) => {
                 let body = json!({"error": {"code": "turn_failed", "message": e.to_string()}});
@@ -958,4 +1018,34 @@ async fn stream_turn(
         .header(header::CACHE_CONTROL, "no-cache")
         .body(axum::body::Body::from_stream(stream))
         .expect("a response")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_live_answer_is_the_start_of_the_composed_one() {
+        let mut a = LiveAnswer::default();
+        let pieces: Vec<Option<String>> = ["  \n", " The", " digit", " is 0.", " \n ", "\n"]
+            .iter()
+            .map(|d| a.push(d))
+            .collect();
+        assert_eq!(
+            pieces,
+            vec![
+                None,
+                Some("The".into()),
+                Some(" digit".into()),
+                Some(" is 0.".into()),
+                None,
+                None
+            ]
+        );
+        // What compose makes of the same text begins with what was sent.
+        let model = "  \n The digit is 0. \n \n";
+        let composed = format!("{}\n\nResults:\n", model.trim());
+        assert!(composed.starts_with(&a.sent));
+        assert_eq!(a.sent, model.trim());
+    }
 }

@@ -132,10 +132,16 @@ impl NodeClient {
     }
 
     /// A response's body, within the cap.
-    async fn body(
+    async fn body(&self, url: &str, resp: reqwest::Response) -> Result<Vec<u8>, NodeClientError> {
+        self.body_seen(url, resp, &mut |_| {}).await
+    }
+
+    /// The answer's body, each piece shown to `seen` as it arrives.
+    async fn body_seen(
         &self,
         url: &str,
         mut resp: reqwest::Response,
+        seen: &mut (dyn FnMut(&[u8]) + Send),
     ) -> Result<Vec<u8>, NodeClientError> {
         let max = self.max_body.unwrap_or(usize::MAX);
         if resp.content_length().is_some_and(|n| n > max as u64) {
@@ -153,6 +159,7 @@ impl NodeClient {
                     "{url}: the answer is over {max} bytes"
                 )));
             }
+            seen(&chunk);
             out.extend_from_slice(&chunk);
         }
         Ok(out)
@@ -595,7 +602,8 @@ impl NodeClient {
 /// A chat completion as [`NodeClient::chat`] got it.
 #[derive(Debug)]
 pub struct ChatOutcome {
-    /// The `chat.completion` answer.
+    /// The `chat.completion` answer (for a streamed call, one holding the text its chunks
+    /// carried, as `choices[0].message.content`).
     pub answer: serde_json::Value,
     /// Its receipt, verified and checked against the request and answer bytes.
     pub receipt: SignedReceipt,
@@ -613,6 +621,17 @@ impl NodeClient {
     /// voucher when the node asks. The receipt is fetched and checked: signed by the node, over
     /// these exact request and answer bytes; the payer's account then records what it charged.
     pub async fn chat(&self, request: &serde_json::Value) -> Result<ChatOutcome, NodeClientError> {
+        self.chat_streaming(request, &|_| {}).await
+    }
+
+    /// As [`NodeClient::chat`]; when `request` asks for a stream (`"stream": true`), each piece
+    /// of the answer's text goes to `delta` as it arrives (before the receipt is checked: a
+    /// call that then fails its checks is an error all the same).
+    pub async fn chat_streaming(
+        &self,
+        request: &serde_json::Value,
+        delta: &(dyn Fn(&str) + Send + Sync),
+    ) -> Result<ChatOutcome, NodeClientError> {
         use sha2::Digest;
         let url = self.urls.chat_completions();
         let body = serde_json::to_vec(request).expect("serializes");
@@ -631,7 +650,17 @@ impl NodeClient {
             .get(crate::openai::RECEIPT_ID_HEADER)
             .and_then(|v| v.to_str().ok()?.parse().ok())
             .ok_or_else(|| p("the answer names no receipt".into()))?;
-        let bytes = self.body(&url, resp).await?;
+        let streamed = request["stream"].as_bool() == Some(true);
+        let mut events = crate::openai::SseText::default();
+        let bytes = self
+            .body_seen(&url, resp, &mut |piece| {
+                if streamed {
+                    for d in events.push(piece) {
+                        delta(&d);
+                    }
+                }
+            })
+            .await?;
         let stored = self.receipt(id).await?;
         let receipt = stored
             .receipt
@@ -669,7 +698,12 @@ impl NodeClient {
             }
             record(m, *cumulative - m.amount + receipt.claims.price)?;
         }
-        let answer = serde_json::from_slice(&bytes).map_err(|e| p(format!("{url}: {e}")))?;
+        let answer = if streamed {
+            let text = crate::openai::stream_text(&bytes).map_err(|e| p(format!("{url}: {e}")))?;
+            serde_json::json!({"object": "chat.completion", "choices": [{"index": 0, "message": {"role": "assistant", "content": text}}]})
+        } else {
+            serde_json::from_slice(&bytes).map_err(|e| p(format!("{url}: {e}")))?
+        };
         Ok(ChatOutcome {
             answer,
             receipt,

@@ -663,6 +663,68 @@ impl std::fmt::Display for TokenPrice {
     }
 }
 
+/// Reads a streamed chat answer (server-sent events of `chat.completion.chunk`) as it arrives:
+/// each whole event's text, in order.
+#[derive(Debug, Default)]
+pub struct SseText {
+    pending: Vec<u8>,
+}
+
+impl SseText {
+    /// Takes the next bytes of the stream; the text of each event they complete.
+    pub fn push(&mut self, bytes: &[u8]) -> Vec<String> {
+        self.pending.extend_from_slice(bytes);
+        let mut out = Vec::new();
+        while let Some(end) = self.pending.windows(2).position(|w| w == b"\n\n") {
+            let event: Vec<u8> = self.pending.drain(..end + 2).collect();
+            if let Ok(Some(t)) = event_text(&event) {
+                out.push(t);
+            }
+        }
+        out
+    }
+}
+
+/// The text one event carries (`None`: none, as for `[DONE]` or a role chunk); an error
+/// event, or a data line that is not JSON, is an error.
+fn event_text(event: &[u8]) -> Result<Option<String>, String> {
+    let mut text: Option<String> = None;
+    for line in String::from_utf8_lossy(event).lines() {
+        let Some(data) = line.strip_prefix("data:") else {
+            continue;
+        };
+        let data = data.trim_start();
+        if data == "[DONE]" {
+            continue;
+        }
+        let v: serde_json::Value =
+            serde_json::from_str(data).map_err(|e| format!("an event is not JSON: {e}"))?;
+        if let Some(e) = v.get("error") {
+            return Err(format!(
+                "the stream ended in an error: {}",
+                e["message"].as_str().unwrap_or("?")
+            ));
+        }
+        if let Some(t) = v["choices"][0]["delta"]["content"].as_str() {
+            text.get_or_insert_with(String::new).push_str(t);
+        }
+    }
+    Ok(text)
+}
+
+/// The whole text of a streamed chat answer: its chunks' content, in order. An error event, or
+/// an event that is not JSON, is an error.
+pub fn stream_text(bytes: &[u8]) -> Result<String, String> {
+    let mut out = String::new();
+    let text = String::from_utf8_lossy(bytes);
+    for event in text.split("\n\n") {
+        if let Some(t) = event_text(event.as_bytes())? {
+            out.push_str(&t);
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -690,5 +752,36 @@ mod tests {
             completion_per_1k: U256::ZERO,
         };
         assert_eq!(huge.charge(2, 0), U256::MAX.div_ceil(U256::from(1_000u64)));
+    }
+
+    #[test]
+    fn a_streamed_answers_text_is_read_whole_or_piece_by_piece() {
+        let chunk = |t: &str| {
+            format!(
+                "data: {}\n\n",
+                serde_json::json!({"choices": [{"index": 0, "delta": {"content": t}}]})
+            )
+        };
+        let stream = format!(
+            "data: {}\n\n{}{}data: [DONE]\n\n",
+            serde_json::json!({"choices": [{"index": 0, "delta": {"role": "assistant"}}]}),
+            chunk("Hel"),
+            chunk("lo\n\nthere")
+        );
+        assert_eq!(stream_text(stream.as_bytes()).unwrap(), "Hello\n\nthere");
+        // Split anywhere, the pieces add up to the same text.
+        let mut live = SseText::default();
+        let mut got = String::new();
+        for b in stream.as_bytes().chunks(7) {
+            got.extend(live.push(b));
+        }
+        assert_eq!(got, "Hello\n\nthere");
+        // An error event, or an event that is not JSON, is an error.
+        let bad = format!(
+            "{}data: {{\"error\": {{\"message\": \"out\"}}}}\n\n",
+            chunk("a")
+        );
+        assert!(stream_text(bad.as_bytes()).unwrap_err().contains("out"));
+        assert!(stream_text(b"data: {oops\n\n").is_err());
     }
 }
