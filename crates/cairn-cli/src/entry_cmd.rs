@@ -174,14 +174,23 @@ async fn caller_payments(
         &data_dir.join("payments.sqlite"),
         cairn_node::Durability::Full,
     )?;
-    let facilitator = Arc::new(cairn_x402::Facilitator::new(chain, key.clone(), store).await?);
+    let facilitator =
+        Arc::new(cairn_x402::Facilitator::new(chain.clone(), key.clone(), store.clone()).await?);
     tokio::spawn(facilitator.clone().reconcile_loop(Duration::from_secs(5)));
-    let wall = cairn_x402::Paywall::new(
+    let mut wall = cairn_x402::Paywall::new(
         facilitator,
         None,
         Arc::new(cairn_entry::server::PricedPerTurn),
         key.address(),
     );
+    // Channels whose deposits are escrowed on chain (x402 `batch-settlement`), wherever the
+    // chain has the contract: a caller cannot take back what a turn already spent.
+    if let Some(b) = cairn_x402::batch::Batch::new(chain, store, key.clone(), key.address()).await?
+    {
+        let b = Arc::new(b);
+        tokio::spawn(b.clone().run(Duration::from_secs(5)));
+        wall = wall.with_batch(b);
+    }
     Ok(Some(cairn_entry::server::CallerPayments(Arc::new(wall))))
 }
 
@@ -361,9 +370,14 @@ pub struct ChatArgs {
     /// Permit2 once first: `cairn pay approve-permit2`).
     #[arg(long, env = "CAIRN_PAYER_KEY")]
     pub payer_key: Option<PathBuf>,
-    /// The most one turn may cost you, token units: a permit for more is not signed.
+    /// The most one turn may cost you, token units: a permit or voucher for more is not signed.
     #[arg(long, default_value = "100000")]
     pub max_pay: U256,
+    /// Pay from an x402 `batch-settlement` channel with the entry, depositing this many token
+    /// units whenever it runs low (escrowed on chain; each turn then costs a signed voucher,
+    /// not a transaction). Without it, each turn is paid with an `upto` permit.
+    #[arg(long)]
+    pub batch_deposit: Option<U256>,
 }
 
 /// `cairn chat`: a conversation with history; each turn streams its progress and answer, then
@@ -477,24 +491,35 @@ async fn turn(
         "messages": messages,
         "stream": true,
     });
-    let send = |payment: Option<String>| {
-        let mut req = http.post(&url).json(&body);
-        if let Some(t) = &a.token {
-            req = req.bearer_auth(t);
-        }
-        if let Some(p) = payment {
-            req = req.header(cairn_x402::wire::PAYMENT_SIGNATURE, p);
-        }
-        req.header(reqwest::header::DATE, http_date()).send()
-    };
-    let mut resp = send(None)
-        .await
-        .with_context(|| format!("cannot reach the entry at {url}"))?;
-    if resp.status() == reqwest::StatusCode::PAYMENT_REQUIRED {
-        let payment = pay_turn(a, resp.headers())?;
-        resp = send(Some(payment))
+    let mut req = http
+        .post(&url)
+        .json(&body)
+        .header(reqwest::header::DATE, http_date());
+    if let Some(t) = &a.token {
+        req = req.bearer_auth(t);
+    }
+    // A turn the entry asks to be paid for is paid from --payer-key (a batch-settlement voucher,
+    // or an upto permit), within --max-pay, to the entry named by --entry-address when given.
+    let (resp, payment) = match payer_client(a, http)? {
+        Some(client) => client
+            .send_paid(&url, req, true)
             .await
-            .with_context(|| format!("cannot reach the entry at {url}"))?;
+            .map_err(|e| anyhow::anyhow!("paying the entry: {e}"))?,
+        None => (
+            req.send()
+                .await
+                .with_context(|| format!("cannot reach the entry at {url}"))?,
+            None,
+        ),
+    };
+    if resp.status() == reqwest::StatusCode::PAYMENT_REQUIRED && a.payer_key.is_none() {
+        let most = cairn_x402::client::offers(resp.headers())
+            .ok()
+            .and_then(|r| r.accepts.first().map(|o| o.amount.to_string()))
+            .unwrap_or_else(|| "?".into());
+        bail!(
+            "the entry charges for turns (at most {most} token units each): pass --payer-key (with --batch-deposit N, or after `cairn pay approve-permit2` with that key)"
+        );
     }
     if !resp.status().is_success() {
         let status = resp.status();
@@ -543,6 +568,14 @@ async fn turn(
         }
     }
     let summary = summary.context("the entry's answer ended without its run record")?;
+    // The channel's own account learns what the turn was charged (the voucher allowed more).
+    if let Some(m) = &payment {
+        let charged = summary["paid_by"]["charged"]
+            .as_str()
+            .and_then(|c| c.parse::<U256>().ok())
+            .context("a paid turn's answer does not say what it charged")?;
+        cairn_node_api::NodeClient::record_charge(m, charged)?;
+    }
     if a.json {
         println!(
             "{}",
@@ -575,47 +608,26 @@ async fn turn(
     Ok(())
 }
 
-/// The payment for a turn the entry asked to be paid (its 402): an `upto` permit from
-/// `--payer-key` for the most the entry names, if that is within `--max-pay`.
-fn pay_turn(a: &ChatArgs, headers: &reqwest::header::HeaderMap) -> anyhow::Result<String> {
-    use cairn_x402::client as pay;
-    let required = pay::offers(headers).context("the entry asks to be paid, but its offer")?;
-    let Some(offer) = required.accepts.iter().find(|o| o.scheme == "upto") else {
-        bail!(
-            "the entry asks to be paid in a scheme this client does not pay (it pays x402 `upto`)"
-        );
-    };
-    // Paid to the entry meant and settleable only by it, when it is named: what sits between
-    // could otherwise put its own address in the offer.
-    if let Some(entry) = a.entry_address {
-        let settler = offer
-            .extra
-            .get("facilitatorAddress")
-            .and_then(|v| v.as_str())
-            .and_then(|v| v.parse::<alloy_primitives::Address>().ok());
-        if offer.pay_to != entry || settler != Some(entry) {
-            bail!(
-                "the offer pays {} (settled by {}), not the entry {entry}",
-                offer.pay_to,
-                settler.map_or("?".into(), |x| x.to_string())
-            );
-        }
-    }
+/// The client that pays the entry's turns, when the chat has a payer key.
+fn payer_client(
+    a: &ChatArgs,
+    http: &reqwest::Client,
+) -> anyhow::Result<Option<cairn_node_api::NodeClient>> {
     let Some(key) = &a.payer_key else {
-        bail!(
-            "the entry charges for turns (at most {} token units each): pass --payer-key (after `cairn pay approve-permit2` with that key)",
-            offer.amount
-        );
+        return Ok(None);
     };
-    if offer.amount > a.max_pay {
-        bail!(
-            "the entry asks a permit for up to {} token units per turn, over --max-pay {}",
-            offer.amount,
-            a.max_pay
-        );
+    let mut c = cairn_node_api::NodeClient::new(&a.entry)
+        .with_http(http.clone())
+        .with_payer(crate::keyfile::load(key)?, alloy_primitives::B256::ZERO)
+        .with_accounts(crate::keyfile::prepaid_accounts(key))
+        .with_max_price(a.max_pay);
+    if let Some(d) = a.batch_deposit {
+        c = c.with_batch_deposit(d);
     }
-    let payer = crate::keyfile::load(key)?;
-    Ok(pay::pay_upto(&payer, &required, offer)?)
+    if let Some(e) = a.entry_address {
+        c = c.with_payee(e);
+    }
+    Ok(Some(c))
 }
 
 /// Now, as an HTTP date (a sealed request carries one: the entry refuses stale ones).

@@ -806,7 +806,7 @@ fn a_private_chat_goes_sealed_through_the_relay_to_the_entrys_vouched_key() {
 }
 
 #[test]
-fn a_paying_caller_is_charged_by_permit_what_its_turn_cost() {
+fn a_paying_caller_is_charged_what_its_turn_cost_by_permit_or_escrowed_channel() {
     let net = Server::devnet_with(&[]);
     let data = net.dir.path().join("data");
     let deployment = data.join("chain/deployment.json");
@@ -870,7 +870,7 @@ fn a_paying_caller_is_charged_by_permit_what_its_turn_cost() {
     let out = chat(&digit, &[&paying[..], &["--max-pay", "4999"]].concat());
     assert!(!out.status.success());
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("over --max-pay 4999"),
+        String::from_utf8_lossy(&out.stderr).contains("over the 4999"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
@@ -938,7 +938,7 @@ fn a_paying_caller_is_charged_by_permit_what_its_turn_cost() {
     assert!(!out.status.success());
     assert!(
         String::from_utf8_lossy(&out.stderr)
-            .contains("not the entry 0x00000000000000000000000000000000000000A1"),
+            .contains("not 0x00000000000000000000000000000000000000A1: not paying"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
@@ -984,6 +984,46 @@ fn a_paying_caller_is_charged_by_permit_what_its_turn_cost() {
         common::balance(&common::devnet_chain(&data), user.address()),
         user0 - alloy_primitives::U256::from(2000)
     );
+    // From an escrowed batch-settlement channel (account 8): the first turn deposits (the
+    // entry submits the deposit), each turn is then a voucher for what it cost, and the entry
+    // claims what the channel owes on chain.
+    let batch_user = cairn_ledger::dev_signer(8);
+    let batch_key = key_file("batch-user.key", &batch_user);
+    let batching = [
+        "--payer-key",
+        batch_key.to_str().unwrap(),
+        "--batch-deposit",
+        "50000",
+    ];
+    let (b0, e0) = {
+        let c = common::devnet_chain(&data);
+        (
+            common::balance(&c, batch_user.address()),
+            common::balance(&c, entry_address),
+        )
+    };
+    for _ in 0..2 {
+        let out = chat(&digit, &batching);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            text.contains("you paid:      1000 token units (batch-settlement"),
+            "{text}"
+        );
+    }
+    assert_eq!(
+        common::balance(&common::devnet_chain(&data), batch_user.address()),
+        b0 - alloy_primitives::U256::from(50000),
+        "one deposit, escrowed"
+    );
+    eventually(60, || {
+        common::balance(&common::devnet_chain(&data), entry_address)
+            == e0 + alloy_primitives::U256::from(2000)
+    });
     // Bad input is refused before any payment is asked for.
     let (status, body) = post(
         &format!("{}/v1/chat/completions", entry.url),

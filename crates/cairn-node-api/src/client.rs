@@ -92,6 +92,8 @@ pub struct NodeClient {
     max_price: Option<alloy_primitives::U256>,
     /// The largest answer body read (`None`: no cap).
     max_body: Option<usize>,
+    /// Pays only offers to this address, when set.
+    payee: Option<alloy_primitives::Address>,
 }
 
 impl NodeClient {
@@ -107,7 +109,46 @@ impl NodeClient {
             seal: crate::SealChoice::Own,
             max_price: None,
             max_body: None,
+            payee: None,
         }
+    }
+
+    /// Pays only offers whose `payTo` is `payee` (a service whose address the caller knows:
+    /// what sits between cannot put its own in the offer).
+    pub fn with_payee(mut self, payee: alloy_primitives::Address) -> Self {
+        self.payee = Some(payee);
+        self
+    }
+
+    /// Sends `req` (to `url`: this client's node, or another service taking the same x402
+    /// payments), paying its 402 as this client pays a language-model call (`metered`: an
+    /// `exact` transfer, which cannot be for less than it names, is not used). The payment
+    /// made goes to [`NodeClient::record_charge`] once the answer says what it cost.
+    pub async fn send_paid(
+        &self,
+        url: &str,
+        req: reqwest::RequestBuilder,
+        metered: bool,
+    ) -> Result<(reqwest::Response, Option<PaymentMade>), NodeClientError> {
+        self.send_paying(url, req, metered, None).await
+    }
+
+    /// Records in the payer's own account of a voucher's channel that the metered call paid by
+    /// `m` was charged `charged` (at most what the voucher allowed).
+    pub fn record_charge(
+        m: &PaymentMade,
+        charged: alloy_primitives::U256,
+    ) -> Result<(), NodeClientError> {
+        let Some((cumulative, _)) = &m.cumulative else {
+            return Ok(());
+        };
+        if charged > m.amount {
+            return Err(NodeClientError::Protocol(format!(
+                "charged {charged}, over the {} the voucher allowed",
+                m.amount
+            )));
+        }
+        record(m, *cumulative - m.amount + charged)
     }
 
     /// Refuses to pay a call whose 402 offers any amount over `max` (a node asking more than
@@ -418,6 +459,16 @@ impl NodeClient {
         {
             if let Some((request, len)) = ceiling {
                 self.check_ceiling(request, len, resp.headers()).await?;
+            }
+            if let Some(payee) = self.payee {
+                let required = cairn_x402::client::offers(resp.headers())
+                    .map_err(|e| NodeClientError::Protocol(e.to_string()))?;
+                if let Some(o) = required.accepts.iter().find(|o| o.pay_to != payee) {
+                    return Err(NodeClientError::Protocol(format!(
+                        "the offer pays {} ({}), not {payee}: not paying",
+                        o.pay_to, o.scheme
+                    )));
+                }
             }
             if let Some(max) = self.max_price {
                 let required = cairn_x402::client::offers(resp.headers())
