@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use alloy_primitives::U256;
 use anyhow::{Context, bail};
+use cairn_node_api::openai::SseItem;
 use clap::{Args, Subcommand};
 
 /// Where `cairn chat` finds the entry by default (the devnet's).
@@ -530,44 +531,53 @@ async fn turn(
         }
     }
     let mut stream = resp.bytes_stream();
-    let mut buf = Vec::new();
+    let mut sse = cairn_node_api::openai::SseReader::default();
     let mut answer = String::new();
     let mut summary = None;
     let mut out = std::io::stdout();
     while let Some(chunk) = stream.next().await {
-        buf.extend_from_slice(&chunk.context("the entry's stream broke off")?);
-        while let Some(end) = find_event_end(&buf) {
-            let event: Vec<u8> = buf.drain(..end + 2).collect();
-            let text = String::from_utf8_lossy(&event);
-            for line in text.lines() {
-                if let Some(c) = line.strip_prefix(": cairn ") {
-                    if !a.json {
+        let items = sse.feed(&chunk.context("the entry's stream broke off")?);
+        if let Some(why) = sse.broken() {
+            bail!("the entry's stream cannot be read: {why}");
+        }
+        for item in items {
+            let data = match item {
+                SseItem::Comment(c) => {
+                    if let Some(c) = c.strip_prefix(" cairn ")
+                        && !a.json
+                    {
                         eprintln!("  · {c}");
                     }
-                } else if let Some(data) = line.strip_prefix("data: ") {
-                    if data == "[DONE]" {
-                        continue;
-                    }
-                    let v: serde_json::Value =
-                        serde_json::from_str(data).context("the entry sent a malformed chunk")?;
-                    if let Some(e) = v.get("error") {
-                        bail!("the turn failed: {}", e["message"].as_str().unwrap_or("?"));
-                    }
-                    if let Some(t) = v["choices"][0]["delta"]["content"].as_str() {
-                        answer.push_str(t);
-                        if !a.json {
-                            write!(out, "{t}")?;
-                            out.flush()?;
-                        }
-                    }
-                    if let Some(s) = v.get("cairn") {
-                        summary = Some(s.clone());
-                    }
+                    continue;
                 }
+                SseItem::Event(data) => data,
+            };
+            if data.starts_with("[DONE]") {
+                continue;
+            }
+            let v: serde_json::Value =
+                serde_json::from_str(&data).context("the entry sent a malformed chunk")?;
+            if let Some(e) = v.get("error") {
+                bail!("the turn failed: {}", e["message"].as_str().unwrap_or("?"));
+            }
+            if let Some(t) = v["choices"][0]["delta"]["content"].as_str() {
+                answer.push_str(t);
+                if !a.json {
+                    write!(out, "{t}")?;
+                    out.flush()?;
+                }
+            }
+            if let Some(s) = v.get("cairn") {
+                summary = Some(s.clone());
             }
         }
     }
     let summary = summary.context("the entry's answer ended without its run record")?;
+    // The record's answer is the turn's; what streamed live is only its beginning when a
+    // model's text broke off (the entry says so in the stream).
+    if let Some(whole) = summary["answer"].as_str() {
+        answer = whole.to_owned();
+    }
     // The channel's own account learns what the turn was charged (the voucher allowed more).
     if let Some(m) = &payment {
         let charged = summary["paid_by"]["charged"]
@@ -633,10 +643,6 @@ fn payer_client(
 /// Now, as an HTTP date (a sealed request carries one: the entry refuses stale ones).
 fn http_date() -> String {
     httpdate::fmt_http_date(std::time::SystemTime::now())
-}
-
-fn find_event_end(buf: &[u8]) -> Option<usize> {
-    buf.windows(2).position(|w| w == b"\n\n")
 }
 
 fn print_summary(s: &serde_json::Value) {

@@ -741,7 +741,7 @@ fn a_private_chat_goes_sealed_through_the_relay_to_the_entrys_vouched_key() {
     );
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     // A sealed request taken once is refused when a relay sends it again, and one without a
-    // fresh Date is refused inside the envelope.
+    // fresh Date is refused, both inside the envelope.
     let gateway = format!("{}/.well-known/ohttp-gateway", net.entry_url);
     let config = common::block(async {
         let keys = reqwest::get(&gateway).await.unwrap().bytes().await.unwrap();
@@ -772,14 +772,18 @@ fn a_private_chat_goes_sealed_through_the_relay_to_the_entrys_vouched_key() {
     let (sealed, opener) = sealed_get(Some(std::time::SystemTime::now()));
     let (status, body) = send(&sealed);
     assert_eq!(status, 200);
+    let again = opener.clone();
     let inner = cairn_ohttp::message::decode_response(&opener.open(&body).unwrap()).unwrap();
     assert_eq!(inner.status(), 200);
+    // Refused inside the envelope (the relay learns nothing), so only the sealer reads why.
     let (status, body) = send(&sealed);
-    assert_eq!(status, 400);
+    assert_eq!(status, 200);
+    let inner = cairn_ohttp::message::decode_response(&again.open(&body).unwrap()).unwrap();
+    assert_eq!(inner.status(), 400);
     assert!(
-        String::from_utf8_lossy(&body).contains("replayed_request"),
-        "{}",
-        String::from_utf8_lossy(&body)
+        String::from_utf8_lossy(inner.body()).contains("replayed_request"),
+        "{:?}",
+        inner.body()
     );
     for date in [
         None,
@@ -1002,7 +1006,20 @@ fn a_paying_caller_is_charged_what_its_turn_cost_by_permit_or_escrowed_channel()
             common::balance(&c, entry_address),
         )
     };
-    for _ in 0..2 {
+    // The payer's own account of the channel (beside its key) learns each turn's charge.
+    let accounts = {
+        let mut p = batch_key.as_os_str().to_owned();
+        p.push(".prepaid");
+        std::path::PathBuf::from(p)
+    };
+    let paid_so_far = || -> String {
+        let files: Vec<_> = std::fs::read_dir(&accounts).unwrap().flatten().collect();
+        assert_eq!(files.len(), 1, "one channel with the entry");
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(files[0].path()).unwrap()).unwrap();
+        v["paid"].as_str().unwrap().to_owned()
+    };
+    for turn in 1..=2 {
         let out = chat(&digit, &batching);
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(
@@ -1014,6 +1031,7 @@ fn a_paying_caller_is_charged_what_its_turn_cost_by_permit_or_escrowed_channel()
             text.contains("you paid:      1000 token units (batch-settlement"),
             "{text}"
         );
+        assert_eq!(paid_so_far(), (1000 * turn).to_string());
     }
     assert_eq!(
         common::balance(&common::devnet_chain(&data), batch_user.address()),

@@ -303,12 +303,12 @@ impl Entry {
             });
             steps.push(step);
         }
-        // The language model writes the answer from the results.
+        // The language model writes the answer from the results, streamed to a caller who
+        // follows the turn (the record keeps the stream's bytes).
+        let streamed_answer = progress.is_some();
         let (llm, llm_skipped) = match &self.llm {
             Some(model) => {
-                // Streamed to a caller who follows the turn; the record keeps the stream's bytes.
-                let streamed = progress.is_some();
-                let request = answer_request(model, &task, &steps, history, streamed);
+                let request = answer_request(model, &task, &steps, history, streamed_answer);
                 let delta = |d: &str| say(Progress::Answer(d.to_owned()));
                 match self
                     .llm_call(model, request, &mut spend, until, &delta)
@@ -322,7 +322,7 @@ impl Entry {
         };
         let llm_text = llm
             .as_ref()
-            .and_then(|c| record::completion_text(&c.response).ok());
+            .and_then(|c| record::completion_text(&c.response, streamed_answer).ok());
         let text = compose(&task, &steps, llm_text.as_deref());
         let shown = shown_history(history);
         let history_sha256 = (!shown.is_empty())

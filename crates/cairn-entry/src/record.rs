@@ -305,9 +305,10 @@ fn check_paid(p: &Paid, r: &SignedReceipt) -> Result<(), String> {
     Ok(())
 }
 
-/// The message content of a chat completion's answer body, whole or streamed.
-pub fn completion_text(response: &str) -> Result<String, String> {
-    if response.starts_with("data:") {
+/// The message content of a chat completion's answer body: a whole `chat.completion`, or
+/// (`streamed`: the request asked for a stream) the text its events carried.
+pub fn completion_text(response: &str, streamed: bool) -> Result<String, String> {
+    if streamed {
         return cairn_node_api::openai::stream_text(response.as_bytes());
     }
     let v: serde_json::Value = serde_json::from_str(response).map_err(|e| e.to_string())?;
@@ -319,7 +320,7 @@ pub fn completion_text(response: &str) -> Result<String, String> {
 
 /// The draft a parse call's answer holds.
 pub fn draft_of(response: &str) -> Result<Draft, String> {
-    let text = completion_text(response)?;
+    let text = completion_text(response, false)?;
     serde_json::from_str(&text).map_err(|e| format!("the model's draft: {e}"))
 }
 
@@ -514,7 +515,8 @@ pub fn check_offline(r: &RunRecord) -> Result<Vec<(String, ReceiptJson)>, Record
                 .checked_add(rc.claims.price)
                 .ok_or_else(|| mm("the charges overflow".into()))?;
             receipts.push(("answer".to_owned(), call.receipt.clone()));
-            Some(completion_text(&call.response).map_err(|e| mm(format!("answer: {e}")))?)
+            // An answer whose text cannot be read is composed without it, as the entry did.
+            completion_text(&call.response, streamed).ok()
         }
         None => None,
     };

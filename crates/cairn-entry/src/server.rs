@@ -156,6 +156,8 @@ impl Budget {
 struct AppState {
     entry: Arc<Entry>,
     turns: Arc<tokio::sync::Semaphore>,
+    /// Payment checks running (four per turn).
+    checks: Arc<tokio::sync::Semaphore>,
     budget: Arc<std::sync::Mutex<Budget>>,
     config: ServerConfig,
     seen: std::sync::Mutex<Seen>,
@@ -163,44 +165,67 @@ struct AppState {
 
 /// How far a sealed request's `Date` may be from the entry's clock.
 const DATE_SKEW: std::time::Duration = std::time::Duration::from_secs(300);
-/// The most sealed requests remembered (each one's encapsulated key, for [`Seen::WINDOW`]).
-const MAX_SEEN: usize = 200_000;
 
-/// The encapsulated keys of sealed requests taken lately: a relay that sends one again (a
-/// replay makes the entry run and pay for the turn again) is refused. A request is taken only
-/// with a `Date` within [`DATE_SKEW`], so remembering keys for twice that is enough.
-#[derive(Default)]
+/// The sealed requests taken lately, as two Bloom filters that take turns (each spans
+/// [`Seen::WINDOW`], so one taken at any time is remembered at least that long): a relay that
+/// sends one again (a replay makes the entry run and pay for the turn again) is refused. A
+/// request is taken only with a `Date` within [`DATE_SKEW`], so remembering it for twice that
+/// is enough. The memory is fixed (2 × 4 MiB, allocated at the first sealed request) and never
+/// full: a flood of fresh requests only raises the odds that a new one is taken for a replay
+/// (about one in 100,000 after a million in each window), which its client answers by
+/// sealing anew.
 struct Seen {
-    keys: std::collections::HashSet<[u8; 32]>,
-    order: std::collections::VecDeque<(std::time::Instant, [u8; 32])>,
+    filters: [Vec<u64>; 2],
+    current: usize,
+    since: std::time::Instant,
+    /// Keys the filters' positions, so no one can aim a request at chosen bits.
+    salt: [u8; 32],
+}
+
+impl Default for Seen {
+    fn default() -> Self {
+        Seen {
+            filters: Default::default(),
+            current: 0,
+            since: std::time::Instant::now(),
+            salt: alloy_primitives::B256::random().0,
+        }
+    }
 }
 
 impl Seen {
     const WINDOW: std::time::Duration = std::time::Duration::from_secs(2 * DATE_SKEW.as_secs());
+    /// Bits per filter (a power of two) and positions per request.
+    const BITS: usize = 1 << 25;
+    const HASHES: usize = 8;
 
-    /// Whether `sealed` is new (and remembers it); `None` when too many are held to tell.
-    fn first(&mut self, sealed: &[u8]) -> Option<bool> {
+    /// Whether the request sealed with this header and encapsulated key is new; remembers it.
+    fn first(&mut self, encapsulation: &[u8]) -> bool {
         use sha2::Digest;
         let now = std::time::Instant::now();
-        while let Some((at, k)) = self.order.front().copied() {
-            if now.duration_since(at) < Self::WINDOW {
-                break;
-            }
-            self.order.pop_front();
-            self.keys.remove(&k);
+        if now.duration_since(self.since) >= Self::WINDOW {
+            self.current ^= 1;
+            self.filters[self.current].fill(0);
+            self.since = now;
         }
-        // The header and the encapsulated key: fresh for every encapsulation, and bound to it
-        // (another key would not open the rest).
-        let key: [u8; 32] = sha2::Sha256::digest(&sealed[..sealed.len().min(7 + 32)]).into();
-        if self.keys.contains(&key) {
-            return Some(false);
+        for f in &mut self.filters {
+            f.resize(Self::BITS / 64, 0);
         }
-        if self.keys.len() >= MAX_SEEN {
-            return None;
+        let digest = sha2::Sha256::new()
+            .chain_update(self.salt)
+            .chain_update(encapsulation)
+            .finalize();
+        let positions: Vec<usize> = digest
+            .chunks_exact(4)
+            .take(Self::HASHES)
+            .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")) as usize % Self::BITS)
+            .collect();
+        let held = |f: &Vec<u64>| positions.iter().all(|&p| f[p / 64] >> (p % 64) & 1 == 1);
+        let seen = self.filters.iter().any(held);
+        for &p in &positions {
+            self.filters[self.current][p / 64] |= 1 << (p % 64);
         }
-        self.keys.insert(key);
-        self.order.push_back((now, key));
-        Some(true)
+        !seen
     }
 }
 
@@ -209,6 +234,7 @@ pub fn router(entry: Arc<Entry>, config: ServerConfig) -> Router {
     let state = Arc::new(AppState {
         entry,
         turns: Arc::new(tokio::sync::Semaphore::new(config.turns.max(1))),
+        checks: Arc::new(tokio::sync::Semaphore::new(4 * config.turns.max(1))),
         budget: Arc::default(),
         config,
         seen: Default::default(),
@@ -235,21 +261,29 @@ fn routes(state: Arc<AppState>) -> Router {
         .route("/v1/schema/task", get(schema))
         .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
         .layer(axum::middleware::from_fn_with_state(state.clone(), cors))
-        .layer(axum::middleware::from_fn(fresh_if_sealed))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            fresh_if_sealed,
+        ))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }
 
 /// A request that came sealed through the gateway must carry a `Date` near the entry's clock
-/// (RFC 9458 §6.5): with the gateway's memory of recent requests, a relay cannot replay one.
-async fn fresh_if_sealed(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
-    if req
+/// (RFC 9458 §6.5) and be new to the entry's memory of recent ones: a relay cannot replay one.
+/// (Said inside the envelope: the relay learns nothing of it.)
+async fn fresh_if_sealed(
+    State(s): State<Arc<AppState>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let Some(sealed) = req
         .extensions()
         .get::<cairn_relay::gateway::Oblivious>()
-        .is_none()
-    {
+        .copied()
+    else {
         return next.run(req).await;
-    }
+    };
     let date = req
         .headers()
         .get(header::DATE)
@@ -273,6 +307,19 @@ async fn fresh_if_sealed(req: axum::extract::Request, next: axum::middleware::Ne
             r.headers_mut().insert(header::DATE, v);
         }
         return r;
+    }
+    // Remembered only once it opened and is fresh: nothing else can fill the memory.
+    if !s
+        .seen
+        .lock()
+        .expect("seen lock")
+        .first(&sealed.encapsulation)
+    {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "replayed_request",
+            "this sealed request was already taken; seal each request anew",
+        );
     }
     next.run(req).await
 }
@@ -333,26 +380,6 @@ async fn gateway(
             );
         }
     };
-    match s.seen.lock().expect("seen lock").first(&sealed) {
-        Some(true) => {}
-        Some(false) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "replayed_request",
-                "this sealed request was already taken; seal each request anew",
-            );
-        }
-        None => {
-            let mut r = error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "busy",
-                "the gateway holds as many recent requests as it remembers; try again in a minute",
-            );
-            r.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
-            return r;
-        }
-    }
     // A whole answer is at most a record (a few MiB); streamed ones are sealed as they come.
     match cairn_relay::gateway::serve(s.entry.ohttp_key(), inner, sealed, chunked, 16 << 20).await {
         Ok(r) => r,
@@ -652,38 +679,48 @@ async fn chat(
         }
         return r;
     }
-    let busy = || {
+    let busy = |what: &str| {
         let mut r = error(
             StatusCode::SERVICE_UNAVAILABLE,
             "busy",
-            "the entry is taking as many turns as it runs at once; try again in a few seconds",
+            format!("the entry is {what}; try again in a few seconds"),
         );
         r.headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
         r
     };
-    // A busy entry refuses before a payment is checked (which asks the chain).
+    const TURNS_FULL: &str = "taking as many turns as it runs at once";
+    // A busy entry refuses before a payment is checked (chain calls, perhaps a deposit the
+    // entry submits).
     if s.turns.available_permits() == 0 {
-        return busy();
+        return busy(TURNS_FULL);
     }
-    // Paid for before a turn's permit is taken: an unpaid request holds nothing. A payment
-    // taken here is given back if the turn does not run.
+    // Paid for before the turn's slot is taken: a caller whose payment fails (an unfunded key
+    // costs nothing to sign with) holds no turn, only one of the checks' own slots. A check
+    // runs in a task of its own, holding its slot until it ends, so one that outlasts its
+    // deadline still ends (and gives back what it took) instead of being cut off halfway, and
+    // a slow chain holds at most every check slot, never more work.
     let metered = match &s.config.payments {
         Some(p) => {
+            let Ok(slot) = s.checks.clone().try_acquire_owned() else {
+                return busy("checking as many payments as it checks at once");
+            };
             let most = s.entry.max_spend();
             let what = format!(
                 "a chat turn at the Cairn entry {}: at most {most} token units, charged what its steps on the network's nodes were charged",
                 s.entry.address()
             );
-            let taken = tokio::time::timeout(
-                PAYMENT_CHECK,
-                p.0.take_metered(&uri, &headers, &body, most, what),
-            )
-            .await;
-            match taken {
-                Ok(Ok(m)) => Some(m),
-                Ok(Err(refused)) => return refused,
-                Err(_) => {
+            let wall = p.0.clone();
+            let (uri, headers, body) = (uri.clone(), headers.clone(), body.clone());
+            let check = tokio::spawn(async move {
+                let taken = wall.take_metered(&uri, &headers, &body, most, what).await;
+                drop(slot);
+                taken
+            });
+            match tokio::time::timeout(PAYMENT_CHECK, check).await {
+                Ok(Ok(Ok(m))) => Some(m),
+                Ok(Ok(Err(refused))) => return refused,
+                Ok(Err(_)) | Err(_) => {
                     let mut r = error(
                         StatusCode::SERVICE_UNAVAILABLE,
                         "payment_check_timeout",
@@ -697,8 +734,9 @@ async fn chat(
         }
         None => None,
     };
+    // Taken by another turn meanwhile: the payment (dropped) is given back.
     let Ok(permit) = s.turns.clone().try_acquire_owned() else {
-        return busy();
+        return busy(TURNS_FULL);
     };
     let entry = s.entry.clone();
     let budget = s.budget.clone();
@@ -807,6 +845,7 @@ pub fn summary(signed: &SignedRecord, r: &RunRecord) -> serde_json::Value {
         },
         "steps": steps,
         "total_charged": r.total_charged,
+        "answer": r.answer.text,
     })
 }
 
@@ -1025,6 +1064,33 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_sealed_request_is_taken_once_for_at_least_a_window() {
+        let mut seen = Seen::default();
+        let a = [1u8; cairn_relay::gateway::ENCAPSULATION];
+        let b = [2u8; cairn_relay::gateway::ENCAPSULATION];
+        assert!(seen.first(&a));
+        assert!(!seen.first(&a));
+        assert!(seen.first(&b));
+        // A window on, the filters turn: what was taken is still held.
+        seen.since -= Seen::WINDOW;
+        assert!(!seen.first(&a));
+        let c = [3u8; cairn_relay::gateway::ENCAPSULATION];
+        assert!(seen.first(&c));
+        // Another window on, what was taken two windows ago (and no Date lets in) is let go.
+        seen.since -= Seen::WINDOW;
+        assert!(seen.first(&b));
+        assert!(!seen.first(&c));
+        // Fresh requests are new, even after many (the memory is never full).
+        let fresh = (0..100_000u32).filter(|i| {
+            let mut e = [0u8; cairn_relay::gateway::ENCAPSULATION];
+            e[..4].copy_from_slice(&i.to_le_bytes());
+            e[4] = 9;
+            seen.first(&e)
+        });
+        assert_eq!(fresh.count(), 100_000);
+    }
+
+    #[test]
     fn the_live_answer_is_the_start_of_the_composed_one() {
         let mut a = LiveAnswer::default();
         let pieces: Vec<Option<String>> = ["  \n", " The", " digit", " is 0.", " \n ", "\n"]
@@ -1042,10 +1108,11 @@ mod tests {
                 None
             ]
         );
-        // What compose makes of the same text begins with what was sent.
+        // What the turn composes from the same text begins with what was sent.
         let model = "  \n The digit is 0. \n \n";
-        let composed = format!("{}\n\nResults:\n", model.trim());
-        assert!(composed.starts_with(&a.sent));
-        assert_eq!(a.sent, model.trim());
+        let task = crate::task::parse_by_rules("What is 2 + 2?").unwrap();
+        let composed = crate::entry::compose(&task, &[], Some(model));
+        assert!(composed.starts_with(&a.sent), "{composed:?}");
+        assert_eq!(a.sent, "The digit is 0.");
     }
 }

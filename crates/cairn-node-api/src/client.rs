@@ -92,7 +92,7 @@ pub struct NodeClient {
     max_price: Option<alloy_primitives::U256>,
     /// The largest answer body read (`None`: no cap).
     max_body: Option<usize>,
-    /// Pays only offers to this address, when set.
+    /// Pays only offers to, and settled or claimed by, this address, when set.
     payee: Option<alloy_primitives::Address>,
 }
 
@@ -113,8 +113,10 @@ impl NodeClient {
         }
     }
 
-    /// Pays only offers whose `payTo` is `payee` (a service whose address the caller knows:
-    /// what sits between cannot put its own in the offer).
+    /// Pays only offers whose `payTo` is `payee`, and that only `payee` can settle (an `upto`
+    /// offer's `facilitatorAddress`, a `batch-settlement` offer's `receiverAuthorizer`): a
+    /// service whose address the caller knows, where the service itself settles. What sits
+    /// between cannot put its own address in the offer.
     pub fn with_payee(mut self, payee: alloy_primitives::Address) -> Self {
         self.payee = Some(payee);
         self
@@ -463,12 +465,7 @@ impl NodeClient {
             if let Some(payee) = self.payee {
                 let required = cairn_x402::client::offers(resp.headers())
                     .map_err(|e| NodeClientError::Protocol(e.to_string()))?;
-                if let Some(o) = required.accepts.iter().find(|o| o.pay_to != payee) {
-                    return Err(NodeClientError::Protocol(format!(
-                        "the offer pays {} ({}), not {payee}: not paying",
-                        o.pay_to, o.scheme
-                    )));
-                }
+                offers_only_for(&required, payee).map_err(NodeClientError::Protocol)?;
             }
             if let Some(max) = self.max_price {
                 let required = cairn_x402::client::offers(resp.headers())
@@ -870,6 +867,37 @@ fn record(m: &PaymentMade, cumulative: alloy_primitives::U256) -> Result<(), Nod
     Ok(())
 }
 
+/// Whether every offer pays `party`, and only `party` can settle or claim it.
+fn offers_only_for(
+    required: &cairn_x402::wire::PaymentRequired,
+    party: alloy_primitives::Address,
+) -> Result<(), String> {
+    for o in &required.accepts {
+        let settler = match o.scheme.as_str() {
+            "upto" => Some("facilitatorAddress"),
+            cairn_x402::batch::SCHEME => Some("receiverAuthorizer"),
+            _ => None,
+        };
+        let settled_by = settler.map(|field| {
+            o.extra
+                .get(field)
+                .and_then(|v| v.as_str())
+                .and_then(|v| v.parse::<alloy_primitives::Address>().ok())
+        });
+        if o.pay_to != party || settled_by.is_some_and(|s| s != Some(party)) {
+            return Err(format!(
+                "the offer pays {} ({}, settled by {}), not {party}: not paying",
+                o.pay_to,
+                o.scheme,
+                settled_by
+                    .flatten()
+                    .map_or_else(|| "whoever submits it".into(), |s| s.to_string())
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn made(offer: &cairn_x402::wire::PaymentRequirements) -> PaymentMade {
     PaymentMade {
         scheme: offer.scheme.clone(),
@@ -965,4 +993,55 @@ fn output_tensors(
         tensors.push(Tensor::new(name, dtype, o.shape, data).map_err(|e| p(e.to_string()))?);
     }
     Ok(tensors)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloy_primitives::{Address, U256};
+    use cairn_x402::wire::{PaymentRequired, PaymentRequirements, ResourceInfo};
+
+    fn offer(scheme: &str, pay_to: Address, extra: serde_json::Value) -> PaymentRequirements {
+        PaymentRequirements {
+            scheme: scheme.into(),
+            network: "eip155:31337".into(),
+            amount: U256::from(5000),
+            asset: Address::repeat_byte(7),
+            pay_to,
+            max_timeout_seconds: 300,
+            extra,
+        }
+    }
+
+    fn required(accepts: Vec<PaymentRequirements>) -> PaymentRequired {
+        PaymentRequired {
+            x402_version: 2,
+            error: None,
+            resource: ResourceInfo::default(),
+            accepts,
+            extensions: None,
+        }
+    }
+
+    #[test]
+    fn offers_are_paid_only_to_and_settled_only_by_the_party_named() {
+        let (entry, other) = (Address::repeat_byte(1), Address::repeat_byte(2));
+        let by = |who: Address| serde_json::json!({"facilitatorAddress": who.to_string()});
+        let claimed = |who: Address| serde_json::json!({"receiverAuthorizer": who.to_string()});
+        let ok = required(vec![
+            offer("upto", entry, by(entry)),
+            offer(cairn_x402::batch::SCHEME, entry, claimed(entry)),
+        ]);
+        assert!(offers_only_for(&ok, entry).is_ok());
+        for bad in [
+            // Paid elsewhere; settled or claimed by another; a settler not named at all.
+            offer("upto", other, by(entry)),
+            offer("upto", entry, by(other)),
+            offer("upto", entry, serde_json::json!({})),
+            offer(cairn_x402::batch::SCHEME, entry, claimed(other)),
+        ] {
+            let e = offers_only_for(&required(vec![ok.accepts[0].clone(), bad]), entry);
+            assert!(e.unwrap_err().contains("not paying"));
+        }
+    }
 }

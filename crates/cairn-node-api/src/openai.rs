@@ -663,64 +663,183 @@ impl std::fmt::Display for TokenPrice {
     }
 }
 
+/// Server-sent events read piece by piece as the WHATWG rules frame them: lines end in CRLF,
+/// LF or CR (a CRLF split between two pieces is one line end); a leading BOM is skipped; `data`
+/// lines are joined by LF; a blank line ends an event; lines starting `:` are comments. Each
+/// byte is looked at once. An event the stream ends before is no event. Bytes that are not
+/// UTF-8, or an event over [`SseReader::MAX_EVENT`], stop the reader (see [`SseReader::broken`]).
+#[derive(Debug, Default)]
+pub struct SseReader {
+    line: Vec<u8>,
+    data: Option<String>,
+    after_cr: bool,
+    started: bool,
+    broken: Option<String>,
+}
+
+/// What a server-sent event stream carries, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SseItem {
+    /// A comment line's text (after the `:`).
+    Comment(String),
+    /// A whole event's data.
+    Event(String),
+}
+
+impl SseReader {
+    /// The longest line or event read.
+    pub const MAX_EVENT: usize = 1 << 20;
+
+    /// Takes the next bytes of the stream; the comments and whole events they complete.
+    pub fn feed(&mut self, bytes: &[u8]) -> Vec<SseItem> {
+        let mut out = Vec::new();
+        for &b in bytes {
+            if self.broken.is_some() {
+                break;
+            }
+            let after_cr = std::mem::take(&mut self.after_cr);
+            match b {
+                b'\n' if after_cr => {}
+                b'\n' | b'\r' => {
+                    self.after_cr = b == b'\r';
+                    self.end_line(&mut out);
+                }
+                _ if self.line.len() >= Self::MAX_EVENT => {
+                    self.broken = Some(format!("a line over {} bytes", Self::MAX_EVENT));
+                }
+                _ => self.line.push(b),
+            }
+        }
+        out
+    }
+
+    /// Why the reader stopped, if it did.
+    pub fn broken(&self) -> Option<&str> {
+        self.broken.as_deref()
+    }
+
+    fn end_line(&mut self, out: &mut Vec<SseItem>) {
+        let mut line = std::mem::take(&mut self.line);
+        if !std::mem::replace(&mut self.started, true) && line.starts_with(b"\xEF\xBB\xBF") {
+            line.drain(..3);
+        }
+        let Ok(line) = String::from_utf8(line) else {
+            self.broken = Some("the stream is not UTF-8".into());
+            return;
+        };
+        if line.is_empty() {
+            if let Some(d) = self.data.take() {
+                out.push(SseItem::Event(d));
+            }
+            return;
+        }
+        if let Some(c) = line.strip_prefix(':') {
+            out.push(SseItem::Comment(c.to_owned()));
+            return;
+        }
+        let (field, value) = match line.split_once(':') {
+            Some((f, v)) => (f, v.strip_prefix(' ').unwrap_or(v)),
+            None => (line.as_str(), ""),
+        };
+        if field != "data" {
+            return;
+        }
+        let data = match &mut self.data {
+            Some(d) => {
+                d.push('\n');
+                d
+            }
+            None => self.data.insert(String::new()),
+        };
+        data.push_str(value);
+        if data.len() > Self::MAX_EVENT {
+            self.broken = Some(format!("an event over {} bytes", Self::MAX_EVENT));
+        }
+    }
+}
+
 /// Reads a streamed chat answer (server-sent events of `chat.completion.chunk`) as it arrives:
-/// each whole event's text, in order.
+/// the text of each event, in order, read as [`stream_text`] reads the whole (events it cannot
+/// read, and anything after `[DONE]`, show nothing).
 #[derive(Debug, Default)]
 pub struct SseText {
-    pending: Vec<u8>,
+    reader: SseReader,
+    done: bool,
 }
 
 impl SseText {
     /// Takes the next bytes of the stream; the text of each event they complete.
     pub fn push(&mut self, bytes: &[u8]) -> Vec<String> {
-        self.pending.extend_from_slice(bytes);
         let mut out = Vec::new();
-        while let Some(end) = self.pending.windows(2).position(|w| w == b"\n\n") {
-            let event: Vec<u8> = self.pending.drain(..end + 2).collect();
-            if let Ok(Some(t)) = event_text(&event) {
-                out.push(t);
+        for item in self.reader.feed(bytes) {
+            let SseItem::Event(data) = item else { continue };
+            if self.done {
+                break;
+            }
+            match event_text(&data) {
+                Ok(Event::Done) => self.done = true,
+                Ok(Event::Text(Some(t))) => out.push(t),
+                Ok(Event::Text(None)) | Err(_) => {}
             }
         }
         out
     }
 }
 
-/// The text one event carries (`None`: none, as for `[DONE]` or a role chunk); an error
-/// event, or a data line that is not JSON, is an error.
-fn event_text(event: &[u8]) -> Result<Option<String>, String> {
-    let mut text: Option<String> = None;
-    for line in String::from_utf8_lossy(event).lines() {
-        let Some(data) = line.strip_prefix("data:") else {
-            continue;
-        };
-        let data = data.trim_start();
-        if data == "[DONE]" {
-            continue;
-        }
-        let v: serde_json::Value =
-            serde_json::from_str(data).map_err(|e| format!("an event is not JSON: {e}"))?;
-        if let Some(e) = v.get("error") {
-            return Err(format!(
-                "the stream ended in an error: {}",
-                e["message"].as_str().unwrap_or("?")
-            ));
-        }
-        if let Some(t) = v["choices"][0]["delta"]["content"].as_str() {
-            text.get_or_insert_with(String::new).push_str(t);
-        }
-    }
-    Ok(text)
+/// What one event says.
+enum Event {
+    /// `[DONE]`: the stream is over.
+    Done,
+    /// A chunk, with the text of its choice 0 (if any).
+    Text(Option<String>),
 }
 
-/// The whole text of a streamed chat answer: its chunks' content, in order. An error event, or
-/// an event that is not JSON, is an error.
+fn event_text(data: &str) -> Result<Event, String> {
+    // As the official clients read it.
+    if data.starts_with("[DONE]") {
+        return Ok(Event::Done);
+    }
+    let v: serde_json::Value =
+        serde_json::from_str(data).map_err(|e| format!("an event is not JSON: {e}"))?;
+    if let Some(e) = v.get("error") {
+        return Err(format!(
+            "the stream ended in an error: {}",
+            e["message"].as_str().unwrap_or("?")
+        ));
+    }
+    let text = v["choices"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["index"].as_u64() == Some(0)))
+        .and_then(|c| c["delta"]["content"].as_str())
+        .map(str::to_owned);
+    Ok(Event::Text(text))
+}
+
+/// The whole text of a streamed chat answer, as a standard client reads it: the content of
+/// choice 0 in each event, in order, up to `[DONE]`, which must end it. An error event, an
+/// event that is not JSON, bytes that are not UTF-8, an event after `[DONE]` or none at all
+/// (an answer that is not a stream, or one cut short) is an error.
 pub fn stream_text(bytes: &[u8]) -> Result<String, String> {
+    let mut reader = SseReader::default();
+    let items = reader.feed(bytes);
+    if let Some(why) = reader.broken() {
+        return Err(why.to_owned());
+    }
     let mut out = String::new();
-    let text = String::from_utf8_lossy(bytes);
-    for event in text.split("\n\n") {
-        if let Some(t) = event_text(event.as_bytes())? {
-            out.push_str(&t);
+    let mut done = false;
+    for item in items {
+        let SseItem::Event(data) = item else { continue };
+        if done {
+            return Err("an event after [DONE]".into());
         }
+        match event_text(&data)? {
+            Event::Done => done = true,
+            Event::Text(Some(t)) => out.push_str(&t),
+            Event::Text(None) => {}
+        }
+    }
+    if !done {
+        return Err("the stream did not end with [DONE]".into());
     }
     Ok(out)
 }
@@ -783,5 +902,60 @@ mod tests {
         );
         assert!(stream_text(bad.as_bytes()).unwrap_err().contains("out"));
         assert!(stream_text(b"data: {oops\n\n").is_err());
+        // Framed as SSE frames it: CRLF and CR line ends, comments, data split over lines,
+        // choice 0 by its index, nothing after [DONE], no event without its blank line.
+        let crlf = stream.replace('\n', "\r\n");
+        assert_eq!(stream_text(crlf.as_bytes()).unwrap(), "Hello\n\nthere");
+        let cr = stream.replace('\n', "\r");
+        assert_eq!(stream_text(cr.as_bytes()).unwrap(), "Hello\n\nthere");
+        let mut live = SseText::default();
+        let got: String = crlf
+            .as_bytes()
+            .chunks(1)
+            .flat_map(|b| live.push(b))
+            .collect();
+        assert_eq!(got, "Hello\n\nthere");
+        let two = "\u{feff}: keep-alive\n\ndata: {\"choices\": [{\"index\": 1, \"delta\": {\"content\": \"no\"}},\ndata: {\"index\": 0, \"delta\": {\"content\": \"yes\"}}]}\n\ndata:[DONE]\n\n";
+        assert_eq!(stream_text(two.as_bytes()).unwrap(), "yes");
+        let after = format!("{stream}{}", chunk("more"));
+        assert!(
+            stream_text(after.as_bytes())
+                .unwrap_err()
+                .contains("after [DONE]")
+        );
+        // A stream cut short, or an answer that is no stream, is not read as whole.
+        let cut = format!("{}data: {{\"choices\": []}}", chunk("a"));
+        assert!(stream_text(cut.as_bytes()).unwrap_err().contains("[DONE]"));
+        assert!(stream_text(br#"{"choices": []}"#).is_err());
+        // The event a trailing CR closes is read alike whole and live.
+        let late = format!("{}\n\r", stream.trim_end());
+        assert_eq!(stream_text(late.as_bytes()).unwrap(), "Hello\n\nthere");
+        let mut live = SseText::default();
+        let got: String = late
+            .as_bytes()
+            .iter()
+            .flat_map(|b| live.push(&[*b]))
+            .collect();
+        assert_eq!(got, "Hello\n\nthere");
+        // Bytes that are not UTF-8 stop the reader for good (a character split between
+        // pieces does not), and so does an endless line.
+        let mut r = SseReader::default();
+        let euro = "data: \u{20ac}\n\n".as_bytes();
+        let mut items = r.feed(&euro[..7]);
+        items.extend(r.feed(&euro[7..]));
+        assert_eq!(items, vec![SseItem::Event("\u{20ac}".into())]);
+        assert!(r.feed(b"data: \xff\n\ndata: x\n\n").is_empty());
+        assert!(r.broken().unwrap().contains("UTF-8"));
+        assert!(stream_text(b"data: \xff\n\ndata: [DONE]\n\n").is_err());
+        let mut r = SseReader::default();
+        let long = vec![b'a'; SseReader::MAX_EVENT + 1];
+        assert!(r.feed(&long).is_empty() && r.broken().is_some());
+        assert_eq!(
+            SseReader::default().feed(b": cairn step 1\r\nevent: x\r\ndata\r\ndata: b\r\n\r\n"),
+            vec![
+                SseItem::Comment(" cairn step 1".into()),
+                SseItem::Event("\nb".into())
+            ]
+        );
     }
 }

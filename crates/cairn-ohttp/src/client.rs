@@ -90,7 +90,9 @@ pub fn encapsulate_chunked(
     ))
 }
 
-/// Opens the answer to one [`encapsulate`]d request.
+/// Opens the answer to one [`encapsulate`]d request (a clone opens what the gateway answered
+/// to the same request sent again).
+#[derive(Clone)]
 pub struct ResponseOpener {
     aead: Aead,
     secret: Vec<u8>,

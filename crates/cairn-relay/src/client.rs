@@ -209,6 +209,12 @@ impl PrivateRoute {
                 inner = inner.header(name, value);
             }
         }
+        // The request's date, by this machine's clock whatever the client said (a gateway
+        // refuses stale requests, RFC 9458 §6.5; a client's own clock would tell it apart).
+        inner = inner.header(
+            http::header::DATE,
+            httpdate::fmt_http_date(std::time::SystemTime::now()),
+        );
         let Ok(inner) = inner.body(body) else {
             return error(
                 http::StatusCode::BAD_REQUEST,
@@ -248,14 +254,13 @@ impl PrivateRoute {
 }
 
 /// The request headers the proxy seals into a call (allow-list): the body's type and framing,
-/// what answer is accepted, the request's `Date` (a gateway refuses stale ones, RFC 9458
-/// §6.5), the x402 payment headers and Cairn's own.
+/// what answer is accepted, the x402 payment headers and Cairn's own. (The proxy adds a
+/// `Date` of its own.)
 fn forwarded(name: &str) -> bool {
     matches!(
         name,
         "content-type"
             | "accept"
-            | "date"
             | "inference-header-content-length"
             | "payment-signature"
             | "x-payment"

@@ -16,7 +16,14 @@ use tower::ServiceExt;
 
 /// Marks a request that came through a gateway (a request extension only [`serve`] sets).
 #[derive(Clone, Copy, Debug)]
-pub struct Oblivious;
+pub struct Oblivious {
+    /// The envelope's header and encapsulated key: fresh for every sealing and bound to the
+    /// rest (no other opens it), so a gateway that takes each request once remembers these.
+    pub encapsulation: [u8; ENCAPSULATION],
+}
+
+/// The length of an envelope's header and encapsulated key (X25519).
+pub const ENCAPSULATION: usize = 7 + 32;
 
 /// `GET /.well-known/ohttp-gateway`: the key configuration (`application/ohttp-keys`).
 pub fn keys(key: &GatewayKey) -> Response {
@@ -65,8 +72,9 @@ pub async fn serve(
 ) -> Result<Response, OhttpError> {
     if !chunked {
         let (plain, sealer) = key.decapsulate(&sealed)?;
+        let mark = oblivious(&sealed);
         drop(sealed);
-        let resp = serve_inner(inner, plain).await?;
+        let resp = serve_inner(inner, plain, mark).await?;
         let (parts, body) = resp.into_parts();
         let answer = match axum::body::to_bytes(body, answer_limit).await {
             Ok(body) => message::encode_response(parts.status, &parts.headers, &body),
@@ -98,8 +106,9 @@ pub async fn serve(
             .into_response());
     }
     let (plain, sealer) = key.decapsulate_chunked(&sealed)?;
+    let mark = oblivious(&sealed);
     drop(sealed);
-    let resp = serve_inner(inner, plain).await?;
+    let resp = serve_inner(inner, plain, mark).await?;
     let (parts, body) = resp.into_parts();
     let head = StreamedResponse::head(parts.status, &parts.headers);
     Ok((
@@ -113,12 +122,24 @@ pub async fn serve(
         .into_response())
 }
 
+/// The mark of a request that opened (so at least a header and a key long).
+fn oblivious(sealed: &[u8]) -> Oblivious {
+    let mut encapsulation = [0; ENCAPSULATION];
+    let n = sealed.len().min(ENCAPSULATION);
+    encapsulation[..n].copy_from_slice(&sealed[..n]);
+    Oblivious { encapsulation }
+}
+
 /// Serves a Binary HTTP request with `inner`. The inner request carries no client address and
 /// is marked [`Oblivious`].
-async fn serve_inner(inner: Router, plain: Vec<u8>) -> Result<Response, OhttpError> {
+async fn serve_inner(
+    inner: Router,
+    plain: Vec<u8>,
+    mark: Oblivious,
+) -> Result<Response, OhttpError> {
     let mut req = message::decode_request(&plain)?;
     drop(plain);
-    req.extensions_mut().insert(Oblivious);
+    req.extensions_mut().insert(mark);
     Ok(inner
         .oneshot(req.map(Body::from))
         .await

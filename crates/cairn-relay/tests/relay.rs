@@ -33,6 +33,10 @@ async fn recording_gateway() -> (String, Seen, GatewayKey) {
                 s.lock().unwrap().push((headers, peer));
                 // The answer names the inner request's path and header names.
                 let answer = |req: axum::http::Request<bytes::Bytes>| {
+                    if req.uri().path() == "/echo-date" {
+                        let date = req.headers()["date"].to_str().unwrap();
+                        return format!("/echo-date {date}").into_bytes();
+                    }
                     let mut names: Vec<&str> = req.headers().keys().map(|k| k.as_str()).collect();
                     names.sort();
                     format!("{} {}", req.uri().path(), names.join(",")).into_bytes()
@@ -243,8 +247,21 @@ async fn the_local_proxy_seals_only_what_a_call_needs() {
     assert_eq!(r.status(), 200);
     assert_eq!(
         r.text().await.unwrap(),
-        "/v2/models/m/infer accept,cairn-receipt-seal,content-type,payment-signature"
+        "/v2/models/m/infer accept,cairn-receipt-seal,content-type,date,payment-signature"
     );
+    // The date is the proxy's own (whatever the client's clock says: it would tell it apart).
+    let r = reqwest::Client::new()
+        .get(format!("http://{addr}/echo-date"))
+        .header("date", "Sun, 06 Nov 1994 08:49:37 GMT")
+        .send()
+        .await
+        .unwrap();
+    let date = r.text().await.unwrap();
+    let sent = httpdate::parse_http_date(date.trim_start_matches("/echo-date ")).unwrap();
+    let off = std::time::SystemTime::now()
+        .duration_since(sent)
+        .unwrap_or_default();
+    assert!(off < std::time::Duration::from_secs(60), "{date}");
 }
 
 #[tokio::test]
