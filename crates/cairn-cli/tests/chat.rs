@@ -809,26 +809,46 @@ fn a_private_chat_goes_sealed_through_the_relay_to_the_entrys_vouched_key() {
     assert_eq!(body["code"], "unsupported_media_type");
 }
 
+/// Devnet account `index`'s key, written to `dir/name` as `cairn` reads key files.
+fn dev_key_file(
+    dir: &std::path::Path,
+    name: &str,
+    index: usize,
+) -> (alloy_signer_local::PrivateKeySigner, std::path::PathBuf) {
+    let key = cairn_ledger::dev_signer(index);
+    let path = dir.join(name);
+    std::fs::write(
+        &path,
+        format!("0x{}\n", alloy_primitives::hex::encode(key.to_bytes())),
+    )
+    .unwrap();
+    (key, path)
+}
+
+/// Lets Permit2 move the key's tokens (what an upto permit needs), through the devnet's RPC.
+fn approve_permit2(net: &Server, key: &std::path::Path) {
+    common::cairn_ok(&[
+        "pay",
+        "approve-permit2",
+        "--node",
+        &net.node_url,
+        "--payer-key",
+        key.to_str().unwrap(),
+        "--rpc",
+        &net.rpc_url,
+    ]);
+}
+
 #[test]
 fn a_paying_caller_is_charged_what_its_turn_cost_by_permit_or_escrowed_channel() {
     let net = Server::devnet_with(&[]);
     let data = net.dir.path().join("data");
     let deployment = data.join("chain/deployment.json");
     let dir = tempfile::tempdir().unwrap();
-    let key_file = |name: &str, key: &alloy_signer_local::PrivateKeySigner| {
-        let path = dir.path().join(name);
-        std::fs::write(
-            &path,
-            format!("0x{}\n", alloy_primitives::hex::encode(key.to_bytes())),
-        )
-        .unwrap();
-        path
-    };
     // The entry settles permits with its key, which pays the gas: a devnet account that holds
     // ETH (account 9). The user is another (account 7), not the key the entry pays nodes with.
-    let entry_key = key_file("entry.key", &cairn_ledger::dev_signer(9));
-    let user = cairn_ledger::dev_signer(7);
-    let user_key = key_file("user.key", &user);
+    let (_, entry_key) = dev_key_file(dir.path(), "entry.key", 9);
+    let (user, user_key) = dev_key_file(dir.path(), "user.key", 7);
     let entry = entry_serve(
         &net,
         "paid-entry",
@@ -878,16 +898,7 @@ fn a_paying_caller_is_charged_what_its_turn_cost_by_permit_or_escrowed_channel()
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    common::cairn_ok(&[
-        "pay",
-        "approve-permit2",
-        "--node",
-        &net.node_url,
-        "--payer-key",
-        user_key.to_str().unwrap(),
-        "--rpc",
-        &net.rpc_url,
-    ]);
+    approve_permit2(&net, &user_key);
     let (user0, entry0) = {
         let c = common::devnet_chain(&data);
         (
@@ -991,8 +1002,7 @@ fn a_paying_caller_is_charged_what_its_turn_cost_by_permit_or_escrowed_channel()
     // From an escrowed batch-settlement channel (account 8): the first turn deposits (the
     // entry submits the deposit), each turn is then a voucher for what it cost, and the entry
     // claims what the channel owes on chain.
-    let batch_user = cairn_ledger::dev_signer(8);
-    let batch_key = key_file("batch-user.key", &batch_user);
+    let (batch_user, batch_key) = dev_key_file(dir.path(), "batch-user.key", 8);
     let batching = [
         "--payer-key",
         batch_key.to_str().unwrap(),
@@ -1071,23 +1081,8 @@ fn a_paid_turn_whose_charge_fails_withholds_its_results() {
         ],
     );
     let dir = tempfile::tempdir().unwrap();
-    let user = cairn_ledger::dev_signer(8);
-    let user_key = dir.path().join("user.key");
-    std::fs::write(
-        &user_key,
-        format!("0x{}\n", alloy_primitives::hex::encode(user.to_bytes())),
-    )
-    .unwrap();
-    common::cairn_ok(&[
-        "pay",
-        "approve-permit2",
-        "--node",
-        &net.node_url,
-        "--payer-key",
-        user_key.to_str().unwrap(),
-        "--rpc",
-        &net.rpc_url,
-    ]);
+    let (user, user_key) = dev_key_file(dir.path(), "user.key", 8);
+    approve_permit2(&net, &user_key);
     let before = common::balance(&common::devnet_chain(&data), user.address());
     let out = Command::new(BIN)
         .args(["chat", "--entry", &entry.url, "--message"])

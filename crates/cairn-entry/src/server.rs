@@ -339,47 +339,11 @@ async fn gateway(
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> Response {
-    let Some(chunked) = cairn_relay::gateway::chunked(&headers) else {
-        return error(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            format!(
-                "the gateway takes {} or {} bodies",
-                cairn_ohttp::REQUEST_TYPE,
-                cairn_ohttp::CHUNKED_REQUEST_TYPE
-            ),
-        );
-    };
-    let max = MAX_BODY_BYTES + cairn_relay::gateway::envelope_overhead(MAX_BODY_BYTES);
-    let read = tokio::time::timeout(
-        std::time::Duration::from_secs(10),
-        axum::body::to_bytes(body, max),
-    )
-    .await;
-    let sealed = match read {
-        Ok(Ok(b)) if b.len() < 7 + 32 => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "malformed_request",
-                "not an encapsulated request",
-            );
-        }
-        Ok(Ok(b)) => b,
-        Ok(Err(_)) => {
-            return error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body_too_large",
-                format!("a sealed request here is at most {max} bytes"),
-            );
-        }
-        Err(_) => {
-            return error(
-                StatusCode::REQUEST_TIMEOUT,
-                "request_timeout",
-                "the request did not arrive within 10 s",
-            );
-        }
-    };
+    let (sealed, chunked) =
+        match cairn_relay::gateway::read_sealed(&headers, body, MAX_BODY_BYTES).await {
+            Ok(read) => read,
+            Err(e) => return error(e.status, e.code, e.message),
+        };
     // A whole answer is at most a record (a few MiB); streamed ones are sealed as they come.
     match cairn_relay::gateway::serve(s.entry.ohttp_key(), inner, sealed, chunked, 16 << 20).await {
         Ok(r) => r,

@@ -54,6 +54,57 @@ pub fn chunked(headers: &HeaderMap) -> Option<bool> {
     }
 }
 
+/// Why a sealed request was not read: the status, a machine code and a human message.
+#[derive(Debug)]
+pub struct Unread {
+    /// The HTTP status to answer with.
+    pub status: StatusCode,
+    /// The machine code.
+    pub code: &'static str,
+    /// What was wrong and what to do.
+    pub message: String,
+}
+
+/// Reads a POSTed sealed request whose inner body is at most `max_inner` bytes, within 10 s
+/// (a slow sender holds nothing longer): the envelope and whether it is chunked. For gateways
+/// that hold the whole envelope in memory (the node reads its own within its body budget).
+pub async fn read_sealed(
+    headers: &HeaderMap,
+    body: Body,
+    max_inner: usize,
+) -> Result<(Bytes, bool), Unread> {
+    let Some(chunked) = chunked(headers) else {
+        return Err(Unread {
+            status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            code: "unsupported_media_type",
+            message: format!(
+                "the gateway takes {} or {} bodies",
+                cairn_ohttp::REQUEST_TYPE,
+                cairn_ohttp::CHUNKED_REQUEST_TYPE
+            ),
+        });
+    };
+    let max = max_inner + envelope_overhead(max_inner);
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        axum::body::to_bytes(body, max),
+    )
+    .await;
+    match read {
+        Ok(Ok(b)) => Ok((b, chunked)),
+        Ok(Err(_)) => Err(Unread {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            code: "body_too_large",
+            message: format!("a sealed request here is at most {max} bytes"),
+        }),
+        Err(_) => Err(Unread {
+            status: StatusCode::REQUEST_TIMEOUT,
+            code: "request_timeout",
+            message: "the request did not arrive within 10 s".into(),
+        }),
+    }
+}
+
 /// Room for the Binary HTTP framing and the encapsulation around an inner body of `max` bytes:
 /// headers, and a chunk's length and tag per 16 KiB.
 pub fn envelope_overhead(max: usize) -> usize {

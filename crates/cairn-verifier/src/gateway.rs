@@ -32,40 +32,10 @@ async fn gateway(
     let fail = |status: StatusCode, code: &str, message: String| {
         (status, Json(ErrorBody::new(code, message))).into_response()
     };
-    let Some(chunked) = cairn_relay::gateway::chunked(&headers) else {
-        return fail(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            format!(
-                "the gateway takes {} or {} bodies",
-                cairn_ohttp::REQUEST_TYPE,
-                cairn_ohttp::CHUNKED_REQUEST_TYPE
-            ),
-        );
-    };
     // The verifier's routes take bodies of at most 1 MiB.
-    let max = (1 << 20) + cairn_relay::gateway::envelope_overhead(1 << 20);
-    let read = tokio::time::timeout(
-        std::time::Duration::from_secs(10),
-        axum::body::to_bytes(body, max),
-    )
-    .await;
-    let sealed = match read {
-        Ok(Ok(b)) => b,
-        Ok(Err(_)) => {
-            return fail(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body_too_large",
-                format!("a sealed request here is at most {max} bytes"),
-            );
-        }
-        Err(_) => {
-            return fail(
-                StatusCode::REQUEST_TIMEOUT,
-                "request_timeout",
-                "the request did not arrive within 10 s".into(),
-            );
-        }
+    let (sealed, chunked) = match cairn_relay::gateway::read_sealed(&headers, body, 1 << 20).await {
+        Ok(read) => read,
+        Err(e) => return fail(e.status, e.code, e.message),
     };
     match cairn_relay::gateway::serve(&v.0.gateway_key, inner, sealed, chunked, 64 << 20).await {
         Ok(r) => r,
