@@ -776,29 +776,24 @@ fn a_private_chat_goes_sealed_through_the_relay_to_the_entrys_vouched_key() {
     let inner = cairn_ohttp::message::decode_response(&opener.open(&body).unwrap()).unwrap();
     assert_eq!(inner.status(), 200);
     // Refused inside the envelope (the relay learns nothing), so only the sealer reads why.
-    let (status, body) = send(&sealed);
-    assert_eq!(status, 200);
-    let inner = cairn_ohttp::message::decode_response(&again.open(&body).unwrap()).unwrap();
-    assert_eq!(inner.status(), 400);
-    assert!(
-        String::from_utf8_lossy(inner.body()).contains("replayed_request"),
-        "{:?}",
-        inner.body()
-    );
+    let refused_inside = |sealed: &[u8], opener: cairn_ohttp::ResponseOpener, code: &str| {
+        let (status, body) = send(sealed);
+        assert_eq!(status, 200);
+        let inner = cairn_ohttp::message::decode_response(&opener.open(&body).unwrap()).unwrap();
+        assert_eq!(inner.status(), 400);
+        assert!(
+            String::from_utf8_lossy(inner.body()).contains(code),
+            "{:?}",
+            inner.body()
+        );
+    };
+    refused_inside(&sealed, again, "replayed_request");
     for date in [
         None,
         Some(std::time::SystemTime::now() - std::time::Duration::from_secs(3600)),
     ] {
         let (sealed, opener) = sealed_get(date);
-        let (status, body) = send(&sealed);
-        assert_eq!(status, 200);
-        let inner = cairn_ohttp::message::decode_response(&opener.open(&body).unwrap()).unwrap();
-        assert_eq!(inner.status(), 400);
-        assert!(
-            String::from_utf8_lossy(inner.body()).contains("stale_request"),
-            "{:?}",
-            inner.body()
-        );
+        refused_inside(&sealed, opener, "stale_request");
     }
     // The gateway takes sealed bodies only, and says so in JSON.
     let (status, body) = post(
