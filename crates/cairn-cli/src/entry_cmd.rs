@@ -535,7 +535,7 @@ async fn turn(
     let mut answer = String::new();
     let mut summary = None;
     let mut out = std::io::stdout();
-    while let Some(chunk) = stream.next().await {
+    'read: while let Some(chunk) = stream.next().await {
         let items = sse.feed(&chunk.context("the entry's stream broke off")?);
         if let Some(why) = sse.broken() {
             bail!("the entry's stream cannot be read: {why}");
@@ -553,7 +553,7 @@ async fn turn(
                 SseItem::Event(data) => data,
             };
             if data.starts_with("[DONE]") {
-                continue;
+                break 'read;
             }
             let v: serde_json::Value =
                 serde_json::from_str(&data).context("the entry sent a malformed chunk")?;
@@ -596,7 +596,11 @@ async fn turn(
         print_summary(&summary);
     }
     if let Some(dir) = &a.records {
-        let id = summary["run"].as_str().unwrap_or_default();
+        // The id names the file: only a record id (no path of the entry's choosing).
+        let id: alloy_primitives::B256 = summary["run"]
+            .as_str()
+            .and_then(|r| r.parse().ok())
+            .context("the turn's summary names no run record id")?;
         let url = format!("{}/v1/runs/{id}", a.entry.trim_end_matches('/'));
         let body = http
             .get(&url)
@@ -606,6 +610,23 @@ async fn turn(
             .error_for_status()?
             .bytes()
             .await?;
+        // Kept only if it is the record named, signed by the entry it names (by --entry-address
+        // when given), and holds the answer shown.
+        let signed: cairn_entry::record::SignedRecord =
+            serde_json::from_slice(&body).context("the entry's run record is malformed")?;
+        let record = cairn_entry::record::open(&signed)
+            .map_err(|e| anyhow::anyhow!("the entry's run record {id}: {e}"))?;
+        if signed.id != id {
+            bail!("the entry sent record {} for run {id}", signed.id);
+        }
+        if let Some(e) = a.entry_address
+            && record.entry != e
+        {
+            bail!("run record {id} is signed by {}, not {e}", record.entry);
+        }
+        if record.answer.text != answer {
+            bail!("run record {id} holds another answer than the one shown");
+        }
         std::fs::create_dir_all(dir)?;
         let path = dir.join(format!("{id}.json"));
         std::fs::write(&path, &body)?;

@@ -804,6 +804,76 @@ fn a_private_chat_goes_sealed_through_the_relay_to_the_entrys_vouched_key() {
     assert_eq!(body["code"], "unsupported_media_type");
 }
 
+/// An entry that lies about its turn's run record: `cairn chat --records` keeps only a record
+/// that is the one named, signed by the entry it names and holding the answer shown, and never
+/// writes where the entry says.
+#[test]
+fn a_lying_entrys_run_record_is_not_kept() {
+    use std::io::{BufRead, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let runs = std::sync::Arc::new(std::sync::Mutex::new(vec![
+        "../../escaped".to_owned(),
+        format!("{}", alloy_primitives::B256::repeat_byte(7)),
+    ]));
+    let served = runs.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let mut reader = std::io::BufReader::new(conn.try_clone().unwrap());
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            let (mut length, mut header) = (0usize, String::new());
+            while reader.read_line(&mut header).unwrap() > 2 {
+                if let Some(v) = header.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap();
+                }
+                header.clear();
+            }
+            std::io::Read::read_exact(&mut reader, &mut vec![0; length]).unwrap();
+            let (kind, body) = if line.starts_with("POST") {
+                let run = served.lock().unwrap().remove(0);
+                let chunk = serde_json::json!({"choices": [{"index": 0, "delta": {"content": "4"}}], "cairn": {"run": run, "answer": "4", "task": {}}});
+                (
+                    "text/event-stream",
+                    format!("data: {chunk}\n\ndata: [DONE]\n\n"),
+                )
+            } else {
+                // Not the record named, and signed by no one.
+                let id = alloy_primitives::B256::repeat_byte(8);
+                let record = serde_json::json!({"id": id, "signature": "0x00", "record": "{}"});
+                ("application/json", record.to_string())
+            };
+            let _ = write!(
+                conn,
+                "HTTP/1.1 200 OK\r\ncontent-type: {kind}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let records = dir.path().join("a/b");
+    for expected in ["names no run record id", "run record"] {
+        let out = Command::new(BIN)
+            .args([
+                "chat",
+                "--entry",
+                &url,
+                "--message",
+                "What is 2 + 2?",
+                "--records",
+            ])
+            .arg(&records)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(expected), "{err}");
+    }
+    assert!(runs.lock().unwrap().is_empty());
+    assert!(!dir.path().join("escaped.json").exists());
+    assert!(!records.exists());
+}
+
 /// Devnet account `index`'s key, written to `dir/name` as `cairn` reads key files.
 fn dev_key_file(
     dir: &std::path::Path,

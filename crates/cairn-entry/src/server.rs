@@ -684,7 +684,14 @@ async fn chat(
             match tokio::time::timeout(PAYMENT_CHECK, check).await {
                 Ok(Ok(Ok(m))) => Some(m),
                 Ok(Ok(Err(refused))) => return refused,
-                Ok(Err(_)) | Err(_) => {
+                Ok(Err(_)) => {
+                    return error(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "payment_check_failed",
+                        "the payment check stopped unexpectedly; nothing was charged, try again",
+                    );
+                }
+                Err(_) => {
                     let mut r = error(
                         StatusCode::SERVICE_UNAVAILABLE,
                         "payment_check_timeout",

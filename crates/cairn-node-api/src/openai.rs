@@ -807,9 +807,14 @@ fn event_text(data: &str) -> Result<Event, String> {
             e["message"].as_str().unwrap_or("?")
         ));
     }
+    // Choice 0 by its index; a chunk whose choices carry no index, by position.
     let text = v["choices"]
         .as_array()
-        .and_then(|cs| cs.iter().find(|c| c["index"].as_u64() == Some(0)))
+        .and_then(|cs| {
+            cs.iter()
+                .find(|c| c["index"].as_u64() == Some(0))
+                .or_else(|| cs.first().filter(|c| c.get("index").is_none()))
+        })
         .and_then(|c| c["delta"]["content"].as_str())
         .map(str::to_owned);
     Ok(Event::Text(text))
@@ -917,6 +922,9 @@ mod tests {
         assert_eq!(got, "Hello\n\nthere");
         let two = "\u{feff}: keep-alive\n\ndata: {\"choices\": [{\"index\": 1, \"delta\": {\"content\": \"no\"}},\ndata: {\"index\": 0, \"delta\": {\"content\": \"yes\"}}]}\n\ndata:[DONE]\n\n";
         assert_eq!(stream_text(two.as_bytes()).unwrap(), "yes");
+        let unindexed =
+            "data: {\"choices\": [{\"delta\": {\"content\": \"hi\"}}]}\n\ndata: [DONE]\n\n";
+        assert_eq!(stream_text(unindexed.as_bytes()).unwrap(), "hi");
         let after = format!("{stream}{}", chunk("more"));
         assert!(
             stream_text(after.as_bytes())
