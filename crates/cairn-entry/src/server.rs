@@ -666,8 +666,27 @@ async fn chat(
     // a slow chain holds at most every check slot, never more work.
     let metered = match &s.config.payments {
         Some(p) => {
-            let Ok(slot) = s.checks.clone().try_acquire_owned() else {
-                return busy("checking as many payments as it checks at once");
+            // A request that carries no payment is answered its offers at once (no chain
+            // call) and needs no slot; one that does waits its turn briefly (first come,
+            // first served), so a burst of bogus payments delays honest ones rather than
+            // turning them away at once.
+            let presents = [
+                cairn_x402::wire::PAYMENT_SIGNATURE,
+                cairn_x402::wire::X_PAYMENT,
+            ]
+            .iter()
+            .any(|h| headers.contains_key(*h));
+            let slot = if presents {
+                let wait = tokio::time::timeout(
+                    std::time::Duration::from_secs(2),
+                    s.checks.clone().acquire_owned(),
+                );
+                match wait.await {
+                    Ok(Ok(slot)) => Some(slot),
+                    _ => return busy("checking as many payments as it checks at once"),
+                }
+            } else {
+                None
             };
             let most = s.entry.max_spend();
             let what = format!(
