@@ -874,6 +874,24 @@ fn a_lying_entrys_run_record_is_not_kept() {
     assert!(!records.exists());
 }
 
+/// An entry (state in `dir`) that charges its callers and settles on the devnet's chain, using
+/// the devnet's node.
+fn charging_entry(net: &Server, dir: &str, extra: &[&str]) -> Server {
+    let deployment = net.dir.path().join("data/chain/deployment.json");
+    let mut args = vec![
+        "--node",
+        &net.node_url,
+        "--rpc",
+        &net.rpc_url,
+        "--deployment",
+        deployment.to_str().unwrap(),
+        "--allow-private-nodes",
+        "--charge-callers",
+    ];
+    args.extend_from_slice(extra);
+    entry_serve(net, dir, &args)
+}
+
 /// Devnet account `index`'s key, written to `dir/name` as `cairn` reads key files.
 fn dev_key_file(
     dir: &std::path::Path,
@@ -908,29 +926,15 @@ fn approve_permit2(net: &Server, key: &std::path::Path) {
 fn a_paying_caller_is_charged_what_its_turn_cost_by_permit_or_escrowed_channel() {
     let net = Server::devnet_with(&[]);
     let data = net.dir.path().join("data");
-    let deployment = data.join("chain/deployment.json");
     let dir = tempfile::tempdir().unwrap();
     // The entry settles permits with its key, which pays the gas: a devnet account that holds
     // ETH (account 9). The user is another (account 7), not the key the entry pays nodes with.
     let (_, entry_key) = dev_key_file(dir.path(), "entry.key", 9);
     let (user, user_key) = dev_key_file(dir.path(), "user.key", 7);
-    let entry = entry_serve(
+    let entry = charging_entry(
         &net,
         "paid-entry",
-        &[
-            "--key",
-            entry_key.to_str().unwrap(),
-            "--node",
-            &net.node_url,
-            "--rpc",
-            &net.rpc_url,
-            "--deployment",
-            deployment.to_str().unwrap(),
-            "--allow-private-nodes",
-            "--charge-callers",
-            "--max-spend",
-            "5000",
-        ],
+        &["--key", entry_key.to_str().unwrap(), "--max-spend", "5000"],
     );
     let entry_address: alloy_primitives::Address =
         get(&format!("{}/v1/entry", entry.url))["address"]
@@ -1129,22 +1133,8 @@ fn a_paying_caller_is_charged_what_its_turn_cost_by_permit_or_escrowed_channel()
 fn a_paid_turn_whose_charge_fails_withholds_its_results() {
     let net = Server::devnet_with(&[]);
     let data = net.dir.path().join("data");
-    let deployment = data.join("chain/deployment.json");
     // The entry's own key holds no ETH: its settlements cannot be sent.
-    let entry = entry_serve(
-        &net,
-        "broke-entry",
-        &[
-            "--node",
-            &net.node_url,
-            "--rpc",
-            &net.rpc_url,
-            "--deployment",
-            deployment.to_str().unwrap(),
-            "--allow-private-nodes",
-            "--charge-callers",
-        ],
-    );
+    let entry = charging_entry(&net, "broke-entry", &[]);
     let dir = tempfile::tempdir().unwrap();
     let (user, user_key) = dev_key_file(dir.path(), "user.key", 8);
     approve_permit2(&net, &user_key);
