@@ -480,9 +480,7 @@ fn a_node_that_fails_midway_is_routed_around_and_charged_nothing() {
     let step = &out["cairn"]["steps"][0];
     assert_eq!(step["status"], "done", "{step}");
     assert_eq!(step["result"], "0", "{step}");
-    let attempts = step["attempts"].as_array().unwrap();
-    assert_eq!(attempts.len(), 1, "{step}");
-    assert_eq!(attempts[0]["node"], dying.url.as_str(), "{step}");
+    one_failed_attempt(step, &dying.url, "");
     // Charged once: one receipt at the node's price, and the record's total is that price.
     assert_eq!(step["charged"], "1000");
     assert_eq!(out["cairn"]["total_charged"], "1000");
@@ -608,16 +606,7 @@ fn a_node_asking_more_than_its_published_price_is_not_paid() {
     );
     assert_eq!(code, 200, "{out}");
     let step = &out["cairn"]["steps"][0];
-    let attempts = step["attempts"].as_array().unwrap();
-    assert_eq!(attempts.len(), 1, "{step}");
-    assert_eq!(attempts[0]["node"], greedy.url.as_str());
-    assert!(
-        attempts[0]["error"]
-            .as_str()
-            .unwrap()
-            .contains("over the 1000 this call may cost"),
-        "{step}"
-    );
+    one_failed_attempt(step, &greedy.url, "over the 1000 this call may cost");
     assert_eq!(step["result"], "0", "{step}");
     assert_eq!(out["cairn"]["total_charged"], "1000");
 }
@@ -652,16 +641,7 @@ fn a_language_model_node_asking_more_than_its_published_price_is_not_paid() {
         serde_json::from_str(signed["record"].as_str().unwrap()).unwrap();
     let parse = &record["parse"];
     assert_eq!(parse["node"]["url"], net.node_url.as_str(), "{parse}");
-    let attempts = parse["attempts"].as_array().unwrap();
-    assert_eq!(attempts.len(), 1, "{parse}");
-    assert_eq!(attempts[0]["node"], greedy.url.as_str());
-    assert!(
-        attempts[0]["error"]
-            .as_str()
-            .unwrap()
-            .contains("not paying"),
-        "{attempts:?}"
-    );
+    one_failed_attempt(parse, &greedy.url, "not paying");
     // The greedy node now rests: the answer call went straight to the honest one.
     assert_eq!(
         record["answer"]["llm"]["attempts"]
@@ -872,6 +852,18 @@ fn a_lying_entrys_run_record_is_not_kept() {
     assert!(runs.lock().unwrap().is_empty());
     assert!(!dir.path().join("escaped.json").exists());
     assert!(!records.exists());
+}
+
+/// That a step (or the parse) failed once, on `node`, with an error saying `says`, before it
+/// ran elsewhere.
+fn one_failed_attempt(step: &serde_json::Value, node: &str, says: &str) {
+    let attempts = step["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 1, "{step}");
+    assert_eq!(attempts[0]["node"], node, "{step}");
+    assert!(
+        attempts[0]["error"].as_str().unwrap().contains(says),
+        "{step}"
+    );
 }
 
 /// An entry (state in `dir`) that charges its callers and settles on the devnet's chain, using
