@@ -282,16 +282,8 @@ fn a_messy_turn_runs_on_hub_models_and_its_record_verifies_down_to_settled_batch
     assert!(text.contains("2 ^ 10 = 1024 (exact)"), "{text}");
     // Every record the conversation left verifies, the second one with its history, pinned to
     // the entry; pinned to another address, none does.
-    let entry = get(&format!("{}/v1/entry", net.entry_url))["address"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let records: Vec<_> = std::fs::read_dir(dir.path())
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("0x"))
-        .collect();
+    let entry = entry_address(&net.entry_url).to_checksum(None);
+    let records = saved_records(dir.path());
     assert_eq!(records.len(), 2);
     let mut histories = 0;
     for r in &records {
@@ -665,10 +657,7 @@ fn a_language_model_node_asking_more_than_its_published_price_is_not_paid() {
 #[test]
 fn a_private_chat_goes_sealed_through_the_relay_to_the_entrys_vouched_key() {
     let net = Server::devnet_with(&[]);
-    let entry = get(&format!("{}/v1/entry", net.entry_url))["address"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let entry = entry_address(&net.entry_url).to_checksum(None);
     let dir = tempfile::tempdir().unwrap();
     let chat = |address: &str| {
         Command::new(BIN)
@@ -697,12 +686,7 @@ fn a_private_chat_goes_sealed_through_the_relay_to_the_entrys_vouched_key() {
     assert!(text.contains("6 * 7 = 42 (exact)"), "{text}");
     assert!(text.contains("digit-recognition: 0 "), "{text}");
     // Its record verifies, pinned to the entry.
-    let records: Vec<_> = std::fs::read_dir(dir.path())
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("0x"))
-        .collect();
+    let records = saved_records(dir.path());
     assert_eq!(records.len(), 1);
     let data = net.dir.path().join("data");
     let v = verify(
@@ -854,6 +838,25 @@ fn a_lying_entrys_run_record_is_not_kept() {
     assert!(!records.exists());
 }
 
+/// The run records `cairn chat --records` saved in `dir`.
+fn saved_records(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("0x"))
+        .collect()
+}
+
+/// The address an entry at `url` says it signs with.
+fn entry_address(url: &str) -> alloy_primitives::Address {
+    get(&format!("{url}/v1/entry"))["address"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
 /// That a step (or the parse) failed once, on `node`, with an error saying `says`, before it
 /// ran elsewhere.
 fn one_failed_attempt(step: &serde_json::Value, node: &str, says: &str) {
@@ -928,12 +931,7 @@ fn a_paying_caller_is_charged_what_its_turn_cost_by_permit_or_escrowed_channel()
         "paid-entry",
         &["--key", entry_key.to_str().unwrap(), "--max-spend", "5000"],
     );
-    let entry_address: alloy_primitives::Address =
-        get(&format!("{}/v1/entry", entry.url))["address"]
-            .as_str()
-            .unwrap()
-            .parse()
-            .unwrap();
+    let entry_address = entry_address(&entry.url);
     let chat = |message: &str, extra: &[&str]| {
         Command::new(BIN)
             .args(["chat", "--entry", &entry.url, "--message", message])
