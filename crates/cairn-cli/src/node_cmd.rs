@@ -425,8 +425,8 @@ pub async fn serve(args: NodeServeArgs) -> anyhow::Result<()> {
 /// What a committed receipt survives (`--receipt-durability`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum ReceiptDurability {
-    /// The node process dying (kill -9): SQLite WAL, no fsync per commit.
+    /// The node process dying (kill -9): the receipt journal reaches the OS, no fsync per group.
     Process,
-    /// The machine losing power: every group commit is fsynced.
+    /// The machine losing power: every group is fdatasynced before its answers go.
     Power,
 }

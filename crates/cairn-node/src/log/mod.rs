@@ -1,12 +1,15 @@
 //! The durable receipt log (SQLite): every receipt with its request and response payloads, the
 //! payloads kept for a retention window so verifiers can fetch them.
 //!
-//! Appends commit whatever has queued up in one transaction (group commit), on the thread of the
-//! append that finds the write connection free; a response is released only after its receipt
-//! is committed. Old payloads are dropped by a thread of their own. The
-//! log is SQLite in WAL mode and its durability is the operator's choice: by default
-//! ([`Durability::Normal`]) a commit survives the node process dying (kill -9) but may be lost with
-//! the machine's power; [`Durability::Full`] makes every group commit wait for the disk. Reads share one connection of their own, so they never wait behind the writer.
+//! Appends write whatever has queued up to an append-only journal in one write (group commit),
+//! on the thread of the append that finds the journal free; a response is released only after
+//! its receipt is written. A thread of its own then commits the entries to SQLite (WAL mode), in
+//! large transactions, off the answer path: SQLite's checkpoints never hold an answer. When the
+//! log opens, whatever the journal holds that SQLite does not is indexed first. Durability is
+//! the operator's choice: by default ([`Durability::Normal`]) an answered receipt survives the
+//! node process dying (kill -9) but may be lost with the machine's power; [`Durability::Full`]
+//! makes every group wait for the disk. Reads share one connection of their own and first wait
+//! until SQLite holds every receipt answered before they began.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -19,6 +22,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::oneshot;
 
 mod batches;
+mod journal;
 mod writer;
 
 pub use batches::{BatchListing, BatchState, SealedBatch};
@@ -47,6 +51,26 @@ impl Billing {
             Billing::Void => "void",
             Billing::Local => "local",
         }
+    }
+
+    /// Its byte in the journal.
+    fn code(self) -> u8 {
+        match self {
+            Billing::Final => 0,
+            Billing::AwaitingPayment => 1,
+            Billing::Void => 2,
+            Billing::Local => 3,
+        }
+    }
+
+    fn from_code(code: u8) -> Option<Self> {
+        Some(match code {
+            0 => Billing::Final,
+            1 => Billing::AwaitingPayment,
+            2 => Billing::Void,
+            3 => Billing::Local,
+            _ => return None,
+        })
     }
 
     fn parse(s: &str) -> Self {
@@ -84,6 +108,8 @@ enum EntryReceipt {
     Signed(ReceiptJson, Option<CompactReceipt>),
     /// Claims the writer signs in a batch.
     ToSign(Box<Claims>),
+    /// Written to the journal (its JSON went to the caller): the form SQLite keeps.
+    Kept(StoredReceipt),
 }
 
 impl EntryReceipt {
@@ -95,7 +121,7 @@ impl EntryReceipt {
 impl EntryReceipt {
     fn claims(&self) -> Option<&Claims> {
         match self {
-            EntryReceipt::Signed(..) => None,
+            EntryReceipt::Signed(..) | EntryReceipt::Kept(_) => None,
             EntryReceipt::ToSign(c) => Some(c),
         }
     }
@@ -110,6 +136,11 @@ pub enum ToLog {
 }
 
 impl Entry {
+    /// Bytes of its payloads.
+    fn payload_bytes(&self) -> usize {
+        self.input.len() + self.output.len()
+    }
+
     /// Keeps this call's payloads as a private call's are kept: sealed to `recipients` (the
     /// verifiers; [`cairn_ohttp::sealed`]), each bound to this receipt and which payload it is;
     /// with no recipients (no verification network), not at all.
@@ -390,6 +421,9 @@ pub enum LogError {
     /// A blocking task or thread could not run.
     #[error("receipt log task: {0}")]
     Task(String),
+    /// The journal could not be read or started.
+    #[error("{0}")]
+    Journal(String),
 }
 
 impl From<tokio::task::JoinError> for LogError {
@@ -410,21 +444,32 @@ impl ReceiptLog {
         settles: bool,
         sealer: Option<ReceiptSigner>,
     ) -> Result<Self, LogError> {
-        let conn = cairn_sqlite::open(path, durability)?;
+        let mut conn = cairn_sqlite::open(path, durability)?;
         conn.execute_batch(SCHEMA)?;
         migrate(&conn)?;
         conn.execute_batch(ATTESTATIONS)?;
+        let journal = recover(&mut conn, &path.with_extension("journal"), durability)?;
         let writer = Arc::new(Writer::new(
             conn,
+            journal,
             sealer,
             durability,
             tokio::runtime::Handle::current(),
-        )?);
+        ));
+        let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
+            std::thread::Builder::new()
+                .name(name.into())
+                .spawn(f)
+                .map(drop)
+                .map_err(|e| LogError::Task(e.to_string()))
+        };
         let weak = Arc::downgrade(&writer);
-        std::thread::Builder::new()
-            .name("cairn-receipt-sweep".into())
-            .spawn(move || sweeper(weak, retention, settles))
-            .map_err(|e| LogError::Task(e.to_string()))?;
+        spawn("cairn-receipt-index", Box::new(move || indexer(weak)))?;
+        let weak = Arc::downgrade(&writer);
+        spawn(
+            "cairn-receipt-sweep",
+            Box::new(move || sweeper(weak, retention, settles)),
+        )?;
         let reader = Arc::new(cairn_sqlite::Shared::new(cairn_sqlite::open(
             path,
             Durability::Full,
@@ -451,15 +496,20 @@ impl ReceiptLog {
         f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T, LogError> {
         let writer = self.writer.clone();
-        Ok(tokio::task::spawn_blocking(move || writer.with_conn(Durability::Full, f)).await??)
+        tokio::task::spawn_blocking(move || writer.with_conn(Durability::Full, f)).await?
     }
 
     pub(crate) async fn read<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T, LogError> {
-        let reader = self.reader.clone();
-        Ok(tokio::task::spawn_blocking(move || f(&reader.lock())).await??)
+        let (reader, writer) = (self.reader.clone(), self.writer.clone());
+        let seq = writer.appended();
+        tokio::task::spawn_blocking(move || {
+            writer.wait_indexed(seq)?;
+            Ok(f(&reader.lock())?)
+        })
+        .await?
     }
 
     /// A receipt by id.
@@ -594,6 +644,56 @@ impl ReceiptLog {
         self.read(|c| c.query_row("SELECT COUNT(*) FROM receipts", [], |r| r.get(0)))
             .await
     }
+}
+
+/// Commits to SQLite whatever the journal in `dir` holds that it does not (entries answered
+/// before the process stopped), removes the segments read, and starts the next one.
+fn recover(
+    conn: &mut Connection,
+    dir: &Path,
+    durability: Durability,
+) -> Result<journal::Journal, LogError> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| LogError::Journal(format!("receipt journal {}: {e}", dir.display())))?;
+    let segments = journal::segments(dir)?;
+    let mut rows: Vec<Entry> = Vec::new();
+    let mut indexed = 0usize;
+    for (_, path) in &segments {
+        let mut flush = |conn: &mut Connection, rows: &mut Vec<Entry>| -> Result<(), LogError> {
+            commit(conn, rows.iter())?;
+            indexed += rows.len();
+            rows.clear();
+            Ok(())
+        };
+        // In journal order, each entry SQLite does not hold yet (a receipt id is 32 random
+        // bytes: one SQLite holds is this very entry, indexed before the process stopped).
+        journal::replay(path, |entry| {
+            let held = conn
+                .prepare_cached("SELECT 1 FROM receipts WHERE id = ?1")?
+                .exists(params![entry.id])?;
+            if !held {
+                rows.push(entry);
+                if rows.len() >= 1024 {
+                    flush(conn, &mut rows)?;
+                }
+            }
+            Ok(())
+        })?;
+        if !rows.is_empty() {
+            flush(conn, &mut rows)?;
+        }
+    }
+    if indexed > 0 {
+        tracing::info!(
+            entries = indexed,
+            "receipt log: indexed what the journal held"
+        );
+    }
+    for (_, path) in &segments {
+        journal::remove(path);
+    }
+    let next = segments.last().map_or(1, |s| s.0 + 1);
+    Ok(journal::Journal::create(dir, next, durability)?)
 }
 
 pub(crate) fn to32(b: &[u8]) -> [u8; 32] {

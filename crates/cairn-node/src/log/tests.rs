@@ -54,13 +54,17 @@ fn entry(id: &str, billing: Billing, payment: u8) -> Entry {
     }
 }
 
+/// What was appended reads back at once; an id seen again (only a journal entry replayed
+/// after SQLite took it: ids are random) keeps the first entry.
 #[tokio::test(flavor = "multi_thread")]
-async fn appends_reads_and_refuses_duplicates() {
+async fn appends_read_back_and_a_repeated_id_keeps_the_first() {
     let dir = tempfile::tempdir().unwrap();
     let log = plain_log(&dir.path().join("r.sqlite")).await;
     let entry = |id: &str| entry(id, Billing::Final, 0);
     log.append(entry("a")).await.unwrap();
-    assert!(log.append(entry("a")).await.is_err());
+    let mut again = entry("a");
+    again.output = vec![3];
+    log.append(again).await.unwrap();
     let got = log.get("a").await.unwrap().unwrap();
     assert!(got.payloads);
     // Kept in binary form, served as the same JSON.
@@ -103,6 +107,29 @@ async fn a_rerun_under_the_same_payment_voids_the_earlier_receipt() {
     assert!(!log.get("first").await.unwrap().unwrap().payloads);
     let (receipt, _) = log.by_payment(B256::repeat_byte(9)).await.unwrap().unwrap();
     assert_eq!(receipt, ReceiptJson::from(&own_receipt("again")));
+}
+
+/// The same within one index transaction: the index thread commits many entries at once, and
+/// a rerun must void the earlier receipt even when both are in the same transaction.
+#[test]
+fn a_rerun_in_the_same_transaction_voids_the_earlier_receipt() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut conn = cairn_sqlite::open(&dir.path().join("r.sqlite"), Durability::Normal).unwrap();
+    conn.execute_batch(SCHEMA).unwrap();
+    migrate(&conn).unwrap();
+    let (first, again) = (
+        entry("first", Billing::AwaitingPayment, 9),
+        entry("again", Billing::AwaitingPayment, 9),
+    );
+    commit(&mut conn, [&first, &again].into_iter()).unwrap();
+    let billing = |id: &str| -> String {
+        conn.query_row("SELECT billing FROM receipts WHERE id = ?1", [id], |r| {
+            r.get(0)
+        })
+        .unwrap()
+    };
+    assert_eq!(billing("first"), "void");
+    assert_eq!(billing("again"), "awaiting_payment");
 }
 
 fn claims(i: u8) -> Claims {
@@ -209,8 +236,8 @@ fn a_panicking_group_fails_alone_and_leaves_the_log_writable() {
             .unwrap()
     };
     let first: Vec<Job> = vec![(entry("a", Billing::Final, 0), oneshot::channel().0)];
-    let err = guarded(|| {
-        commit(&mut conn, &first).unwrap();
+    let err = guarded(|| -> Result<(), String> {
+        commit(&mut conn, first.iter().map(|j| &j.0)).unwrap();
         let tx = conn.transaction().unwrap();
         tx.execute(
             "UPDATE receipts SET model = 'half-written' WHERE id = 'a'",
@@ -231,7 +258,7 @@ fn a_panicking_group_fails_alone_and_leaves_the_log_writable() {
         .unwrap();
     assert_eq!(model, "m", "the panicking transaction was rolled back");
     let next: Vec<Job> = vec![(entry("b", Billing::Final, 0), oneshot::channel().0)];
-    guarded(|| commit(&mut conn, &next).map_err(|e| e.to_string())).unwrap();
+    guarded(|| commit(&mut conn, next.iter().map(|j| &j.0)).map_err(|e| e.to_string())).unwrap();
     assert_eq!(count(&conn), 2);
 }
 
@@ -345,6 +372,8 @@ async fn lookups_use_the_partial_indexes_that_unpaid_receipts_stay_out_of() {
     log.append(entry("paid", Billing::AwaitingPayment, 9))
         .await
         .unwrap();
+    // Once SQLite holds both (a read through the log waits for that).
+    assert_eq!(log.count().await.unwrap(), 2);
     let c = rusqlite::Connection::open(&path).unwrap();
     let plan = |sql: &str| -> String {
         let mut stmt = c.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
@@ -558,4 +587,179 @@ async fn a_panicking_write_leaves_the_durability_and_the_queue_as_they_were() {
     log.append(entry("after", Billing::Final, 0)).await.unwrap();
     let sync = appends_synchronous(&log).await;
     assert_eq!(sync, 1, "NORMAL again");
+}
+
+/// Entries a process wrote to the journal and answered, which SQLite had not taken when it
+/// stopped, are indexed when the log opens again; a record torn by the stop (never answered)
+/// is skipped, the segments read are removed and numbering goes on after the last entry.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_journal_is_indexed_when_the_log_opens_and_a_torn_tail_is_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("r.sqlite");
+    let journal_dir = path.with_extension("journal");
+    // What the log held before it stopped: "kept" in SQLite.
+    let log = plain_log(&path).await;
+    log.append(entry("kept", Billing::Final, 0)).await.unwrap();
+    assert_eq!(log.count().await.unwrap(), 1);
+    drop(log);
+    // Then a process that wrote three entries and stopped before indexing them, the third
+    // record cut short.
+    let mut j = journal::Journal::create(&journal_dir, 99, Durability::Full).unwrap();
+    let (a, mut b, c) = (
+        entry("a", Billing::Final, 0),
+        entry("b", Billing::AwaitingPayment, 5),
+        entry("c", Billing::Final, 0),
+    );
+    b.payer = Some([4; 20]);
+    j.write(&[&a, &b]).unwrap();
+    j.write(&[&c]).unwrap();
+    drop(j);
+    let seg = journal_dir.join(format!("{:016}.seg", 99));
+    let len = std::fs::metadata(&seg).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&seg)
+        .unwrap()
+        .set_len(len - 5)
+        .unwrap();
+    let log = plain_log(&path).await;
+    assert_eq!(log.count().await.unwrap(), 3, "kept, a and b");
+    assert!(log.get("c").await.unwrap().is_none(), "the torn record");
+    assert_eq!(
+        log.get("b").await.unwrap().unwrap().receipt,
+        ReceiptJson::from(&own_receipt("b"))
+    );
+    assert_eq!(log.get("b").await.unwrap().unwrap().payer, Some([4; 20]));
+    let (_, out) = log.by_payment(B256::repeat_byte(5)).await.unwrap().unwrap();
+    assert_eq!(out, vec![2]);
+    let segs: Vec<u64> = journal::segments(&journal_dir)
+        .unwrap()
+        .into_iter()
+        .map(|s| s.0)
+        .collect();
+    assert_eq!(
+        segs,
+        [100],
+        "the segment read is gone; appends go to the next"
+    );
+    log.append(entry("d", Billing::Final, 0)).await.unwrap();
+    assert_eq!(log.writer.appended(), 1, "numbered from 1 in each run");
+    drop(log);
+    // Opened again: nothing is indexed twice.
+    let log = plain_log(&path).await;
+    assert_eq!(log.count().await.unwrap(), 4);
+}
+
+/// An entry survives the journal byte for byte: every billing, with and without a payer, a
+/// receipt in binary form and one kept as JSON text.
+#[test]
+fn journal_records_read_back_as_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut j = journal::Journal::create(dir.path(), 1, Durability::Normal).unwrap();
+    let mut entries = Vec::new();
+    for (i, billing) in [
+        Billing::Final,
+        Billing::AwaitingPayment,
+        Billing::Void,
+        Billing::Local,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut e = entry(&format!("e{i}"), billing, i as u8);
+        e.payer = (i % 2 == 1).then_some([i as u8; 20]);
+        e.input = vec![i as u8; 1000 * i];
+        if i == 3 {
+            let EntryReceipt::Signed(json, _) = e.receipt else {
+                unreachable!()
+            };
+            e.receipt = EntryReceipt::Signed(json, None);
+        }
+        entries.push(e);
+    }
+    j.write(&entries.iter().collect::<Vec<_>>()).unwrap();
+    let mut read = Vec::new();
+    let n = journal::replay(&dir.path().join(format!("{:016}.seg", 1)), |e| {
+        read.push(e);
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!((n, read.len()), (4, 4));
+    for (i, (got, want)) in read.iter().zip(&entries).enumerate() {
+        assert_eq!(
+            (&got.id, got.created_at, &got.model, &got.input, &got.output),
+            (
+                &want.id,
+                want.created_at,
+                &want.model,
+                &want.input,
+                &want.output
+            )
+        );
+        assert_eq!(
+            (
+                got.digest,
+                &got.price,
+                got.billing,
+                got.payer,
+                got.payment_ref
+            ),
+            (
+                want.digest,
+                &want.price,
+                want.billing,
+                want.payer,
+                want.payment_ref
+            )
+        );
+        let EntryReceipt::Kept(kept) = &got.receipt else {
+            panic!("read back as kept")
+        };
+        let EntryReceipt::Signed(json, compact) = &want.receipt else {
+            unreachable!()
+        };
+        match (kept, compact) {
+            (StoredReceipt::Compact(k), Some(c)) => assert_eq!(k.as_bytes(), c.as_bytes()),
+            (StoredReceipt::Json(k), None) => assert_eq!(k, json),
+            _ => panic!("entry {i} kept in the wrong form"),
+        }
+    }
+}
+
+/// While SQLite refuses the entries, appends are still answered (they are in the journal) and
+/// reads say the index is behind instead of answering from a stale view; once SQLite takes
+/// rows again the index catches up by itself and nothing is lost.
+#[tokio::test(flavor = "multi_thread")]
+async fn appends_go_on_while_the_index_fails_and_it_catches_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("r.sqlite");
+    let log = log_with(&path, Duration::from_secs(3600), Durability::Normal).await;
+    let side = rusqlite::Connection::open(&path).unwrap();
+    side.execute_batch(
+        "CREATE TRIGGER refuse BEFORE INSERT ON receipts
+         BEGIN SELECT RAISE(ABORT, 'the disk is full'); END;",
+    )
+    .unwrap();
+    for i in 0..5 {
+        log.append(entry(&format!("x{i}"), Billing::Final, 0))
+            .await
+            .unwrap();
+    }
+    let err = log.get("x0").await.err().expect("the index is behind");
+    assert!(
+        err.to_string().contains("behind") && err.to_string().contains("disk is full"),
+        "{err}"
+    );
+    side.execute_batch("DROP TRIGGER refuse").unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match log.count().await {
+            Ok(n) => {
+                assert_eq!(n, 5);
+                break;
+            }
+            Err(_) => assert!(std::time::Instant::now() < deadline, "never caught up"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -1,113 +1,148 @@
-//! Group commit without a writer thread, and the payload sweep.
+//! Group commit without a writer thread, the index thread, and the payload sweep.
 //!
-//! An append queues its entry and, when no one holds the write connection, takes it and commits
-//! whatever has queued (its own entry among it) in one transaction: at one request at a time
+//! An append queues its entry and, when no one holds the journal, takes it and writes whatever
+//! has queued (its own entry among it) to the journal in one write: at one request at a time
 //! nothing changes threads on the way to the answer, and under load the entries that queue while
-//! one group commits form the next group. Whoever lets go of the connection looks at the queue
-//! again, so an entry queued meanwhile is never left behind.
+//! one group is written form the next group. Whoever lets go of the journal looks at the queue
+//! again, so an entry queued meanwhile is never left behind. The written entries wait in memory
+//! for the index thread, which commits them to SQLite in large transactions (SQLite's WAL
+//! checkpoints among them) off the answer path; a read first waits until SQLite holds every
+//! entry answered before it began, and any other write first commits them.
 
-use std::sync::{Mutex, MutexGuard, TryLockError, Weak};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard, TryLockError, Weak};
+use std::time::Instant;
 
+use super::journal::{Closed, Journal};
 use super::*;
 
-/// Entries committed in one transaction at most.
+/// Entries written to the journal in one group at most.
 const GROUP_MAX: usize = 512;
-/// Groups one append (or other write) commits before it hands the rest of the queue to a task of
-/// its own: its caller is waiting.
+/// Groups one append writes before it hands the rest of the queue to a task of its own: its
+/// caller is waiting.
 const GROUPS_PER_LEADER: usize = 2;
-/// Payload bytes past which a group commit leaves the async worker (`block_in_place`) even when
-/// it does not wait for the disk: copying megabytes into the WAL is not a quick step.
+/// Payload bytes past which a group write leaves the async worker (`block_in_place`) even when
+/// it does not wait for the disk: copying megabytes is not a quick step.
 const LARGE_GROUP_BYTES: usize = 1 << 20;
-/// WAL pages (estimated) after which the WAL is copied into the database (SQLite's checkpoint,
-/// with its two fsyncs), on a blocking thread holding the connection, after the group's answers
-/// went. Measured on the digits MLP (`scripts/bench-node.sh`, one connection, checkpoints inside
-/// the commit): small checkpoints keep the slowest answers short (p99 1.0–1.6 ms at 250 pages,
-/// 4.2–5.2 ms at SQLite's default 1,000, 16–17 ms at 4,000). A checkpoint on a thread of its
-/// own running beside the commits was slower still.
-const CHECKPOINT_PAGES: usize = 250;
-/// Pages a group commit writes besides its rows (the indexes' leaves).
-const PAGES_PER_GROUP: usize = 3;
-/// Bytes of a row besides its payloads (the receipt's binary form, ids, hashes).
-const ROW_BYTES: usize = 1_100;
-/// Rows one statement of the payload sweep changes at most: a commit never waits long for it.
+/// Entries committed to SQLite in one transaction at most.
+const INDEX_GROUP: usize = 4096;
+/// Entries (or payload bytes) waiting for the index past which an append helps index them
+/// before its answer goes: the journal never runs ahead of SQLite without bound.
+const PENDING_MAX: usize = 16_384;
+const PENDING_BYTES: usize = 64 << 20;
+/// How long a read waits for the index to take the entries answered before it began.
+const INDEX_WAIT: Duration = Duration::from_secs(30);
+/// Rows one statement of the payload sweep changes at most: the index never waits long for it.
 pub(super) const SWEEP_CHUNK: i64 = 256;
 
-/// The write side: the queue, and the connection the append that finds it free commits with.
+/// The write side: the append queue, the journal the append that finds it free writes the
+/// queue to, and the SQLite connection the entries are indexed with.
 pub(super) struct Writer {
     queue: Mutex<Vec<Job>>,
-    conn: Mutex<WriteSide>,
+    journal: Mutex<JournalSide>,
+    /// Entries written to the journal, not yet committed to SQLite.
+    pending: Mutex<Pending>,
+    /// Signalled when entries join an empty `pending`. The index thread commits what it finds
+    /// at once: waiting to gather more was measured (`scripts/bench-node.sh`, digits MLP) to
+    /// cost one connection's median answer ~50 µs on this 2-core VM (0.50x the peer instead of
+    /// 0.35x) for ~10 µs less CPU per answer at 16 connections; under load the entries that
+    /// arrive during one commit form the next.
+    work: Condvar,
+    index: Mutex<IndexSide>,
+    /// What SQLite holds.
+    indexed: Mutex<Progress>,
+    /// Signalled when `indexed` changes.
+    progressed: Condvar,
+    /// Sequence number of the last entry written to the journal (and so answered, or about to
+    /// be).
+    appended: AtomicU64,
     durability: Durability,
-    /// Where a commit that outlasts its leader goes on.
+    /// Where a group write that outlasts its leader goes on.
     runtime: tokio::runtime::Handle,
 }
 
-struct WriteSide {
-    conn: Connection,
+struct JournalSide {
+    journal: Journal,
     sealer: Option<ReceiptSigner>,
-    /// WAL pages written since the last checkpoint (estimated).
-    pages: usize,
-    /// A checkpoint task is on its way.
-    checkpointing: bool,
 }
 
-/// Where [`Writer::lead`] runs.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum On {
-    /// An async worker: a commit that waits for the disk or copies megabytes leaves it first.
-    Runtime,
-    /// A thread that may block.
-    Thread,
+struct IndexSide {
+    conn: Connection,
+    /// Segments no longer written, removed once SQLite holds their last entry.
+    closed: Vec<Closed>,
 }
+
+#[derive(Default)]
+struct Pending {
+    rows: VecDeque<(u64, Entry)>,
+    bytes: usize,
+    closed: Vec<Closed>,
+}
+
+struct Progress {
+    /// Sequence number of the last entry SQLite holds.
+    seq: u64,
+    /// Why the last attempt to index failed, until one succeeds.
+    failure: Option<String>,
+}
+
+/// One group's answers, sent once the group is written.
+type Answers = Vec<(
+    oneshot::Sender<Result<ReceiptJson, String>>,
+    Result<ReceiptJson, String>,
+)>;
 
 impl Writer {
+    /// A writer appending to `journal` (whose entries SQLite, on `conn`, holds all of) and
+    /// indexing on `conn`.
     pub(super) fn new(
         conn: Connection,
+        journal: Journal,
         sealer: Option<ReceiptSigner>,
         durability: Durability,
         runtime: tokio::runtime::Handle,
-    ) -> rusqlite::Result<Self> {
-        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
-        Ok(Self {
+    ) -> Self {
+        let last = journal.last();
+        Self {
             queue: Mutex::new(Vec::new()),
-            conn: Mutex::new(WriteSide {
+            journal: Mutex::new(JournalSide { journal, sealer }),
+            pending: Mutex::new(Pending::default()),
+            work: Condvar::new(),
+            index: Mutex::new(IndexSide {
                 conn,
-                sealer,
-                pages: 0,
-                checkpointing: false,
+                closed: Vec::new(),
             }),
+            indexed: Mutex::new(Progress {
+                seq: last,
+                failure: None,
+            }),
+            progressed: Condvar::new(),
+            appended: AtomicU64::new(last),
             durability,
             runtime,
-        })
+        }
     }
 
-    /// Queues `job` and commits the queue unless another append is committing (which then
-    /// takes it). Call from within the log's Tokio runtime.
+    /// Queues `job` and writes the queue unless another append is writing (which then takes
+    /// it). Call from within the log's Tokio runtime.
     pub(super) fn append(self: &Arc<Self>, job: Job) {
-        self.queue
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(job);
-        self.lead(On::Runtime);
+        lock(&self.queue).push(job);
+        self.lead();
     }
 
-    /// Runs `f` on the write connection once it is free (blocking), its commits as durable as
-    /// `durability` asks at least, then commits what queued meanwhile (also if `f` panics).
-    /// For writes other than appends, on a thread that may block.
+    /// Runs `f` on the SQLite connection once it is free (blocking) and holds every entry
+    /// answered so far, its commits as durable as `durability` asks at least. For writes other
+    /// than appends, on a thread that may block.
     pub(super) fn with_conn<T>(
-        self: &Arc<Self>,
+        &self,
         durability: Durability,
         f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
-    ) -> rusqlite::Result<T> {
-        struct LeadAfter<'a>(&'a Arc<Writer>);
-        impl Drop for LeadAfter<'_> {
-            fn drop(&mut self) {
-                self.0.lead(On::Thread);
-            }
-        }
+    ) -> Result<T, LogError> {
         /// Puts the connection's own durability back before the connection is let go, however
         /// `f` ended (a panic included).
         struct Restore<'a> {
-            side: MutexGuard<'a, WriteSide>,
+            side: MutexGuard<'a, IndexSide>,
             to: Option<&'static str>,
         }
         impl Drop for Restore<'_> {
@@ -119,92 +154,263 @@ impl Writer {
                 }
             }
         }
-        let _after = LeadAfter(self);
+        let target = self.appended.load(Ordering::Acquire);
+        let mut side = lock(&self.index);
+        self.index_locked(&mut side, target)
+            .map_err(LogError::WriteFailed)?;
         let stricter = durability == Durability::Full && self.durability != Durability::Full;
-        let mut side = Restore {
-            side: self.side(),
+        let side = Restore {
+            side,
             to: stricter.then_some(sync_pragma(self.durability)),
         };
         if stricter {
             side.side.conn.pragma_update(None, "synchronous", "FULL")?;
         }
-        // What `f` wrote is not counted: a checkpoint follows it (these writes are rare).
-        side.side.pages = side.side.pages.max(CHECKPOINT_PAGES);
-        f(&side.side.conn)
+        Ok(f(&side.side.conn)?)
     }
 
-    /// Copies the WAL into the database, holding the connection (appends queue meanwhile and
-    /// are committed after it). On a thread that may block.
-    fn checkpoint(self: &Arc<Self>) {
-        {
-            let mut side = self.side();
-            if let Err(e) = side
-                .conn
-                .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
-            {
-                tracing::warn!(error = %e, "receipt log checkpoint failed");
+    /// Sequence number of the last entry answered (or about to be).
+    pub(super) fn appended(&self) -> u64 {
+        self.appended.load(Ordering::Acquire)
+    }
+
+    /// Waits (blocking) until SQLite holds entry `seq`; fails at once while indexing fails,
+    /// and after [`INDEX_WAIT`].
+    pub(super) fn wait_indexed(&self, seq: u64) -> Result<(), LogError> {
+        let deadline = Instant::now() + INDEX_WAIT;
+        let mut p = lock(&self.indexed);
+        while p.seq < seq {
+            let now = Instant::now();
+            if let Some(why) = &p.failure {
+                return Err(LogError::WriteFailed(format!(
+                    "the receipt index is behind its journal ({why})"
+                )));
             }
-            side.pages = 0;
-            side.checkpointing = false;
+            if now >= deadline {
+                return Err(LogError::WriteFailed(
+                    "the receipt index is behind its journal".into(),
+                ));
+            }
+            p = self
+                .progressed
+                .wait_timeout(p, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         }
-        self.lead(On::Thread);
+        Ok(())
     }
 
-    fn side(&self) -> MutexGuard<'_, WriteSide> {
-        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    /// Commits to SQLite every pending entry numbered up to `target` (blocking).
+    fn index_through(&self, target: u64) -> Result<(), String> {
+        let mut side = lock(&self.index);
+        self.index_locked(&mut side, target)
     }
 
-    /// Commits queued groups while the connection is free, at most [`GROUPS_PER_LEADER`]
-    /// before a task of the runtime takes over.
-    fn lead(self: &Arc<Self>, on: On) {
-        let leaves_worker = on == On::Runtime
-            && self.runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread;
+    fn index_locked(&self, side: &mut IndexSide, target: u64) -> Result<(), String> {
+        loop {
+            let (rows, closed) = {
+                let mut p = lock(&self.pending);
+                let n = p
+                    .rows
+                    .iter()
+                    .take(INDEX_GROUP)
+                    .take_while(|r| r.0 <= target)
+                    .count();
+                if n == 0 {
+                    return Ok(());
+                }
+                let rows: Vec<(u64, Entry)> = p.rows.drain(..n).collect();
+                p.bytes -= rows.iter().map(|r| r.1.payload_bytes()).sum::<usize>();
+                (rows, std::mem::take(&mut p.closed))
+            };
+            side.closed.extend(closed);
+            let last = rows.last().expect("n > 0").0;
+            let result = guarded(|| {
+                commit(&mut side.conn, rows.iter().map(|r| &r.1)).map_err(|e| e.to_string())
+            });
+            let mut progress = lock(&self.indexed);
+            match result {
+                Ok(()) => {
+                    progress.seq = last;
+                    progress.failure = None;
+                    drop(progress);
+                    self.progressed.notify_all();
+                    side.closed.retain(|c| {
+                        let done = c.last <= last;
+                        if done {
+                            journal::remove(&c.path);
+                        }
+                        !done
+                    });
+                }
+                Err(e) => {
+                    // The entries are in the journal and answered: they wait for the next try.
+                    progress.failure = Some(e.clone());
+                    drop(progress);
+                    self.progressed.notify_all();
+                    let mut p = lock(&self.pending);
+                    p.bytes += rows.iter().map(|r| r.1.payload_bytes()).sum::<usize>();
+                    for row in rows.into_iter().rev() {
+                        p.rows.push_front(row);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    /// Writes queued groups while the journal is free, at most [`GROUPS_PER_LEADER`] before a
+    /// task of the runtime takes over.
+    /// On a worker of the log's runtime: a write that waits for the disk or copies megabytes
+    /// leaves it first.
+    fn lead(self: &Arc<Self>) {
+        let leaves_worker =
+            self.runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread;
         let mut groups = 0;
         loop {
-            let mut side = match self.conn.try_lock() {
+            let mut side = match self.journal.try_lock() {
                 Ok(side) => side,
                 Err(TryLockError::Poisoned(p)) => p.into_inner(),
                 Err(TryLockError::WouldBlock) => return,
             };
             let batch = {
-                let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+                let mut queue = lock(&self.queue);
                 let take = queue.len().min(GROUP_MAX);
                 queue.drain(..take).collect::<Vec<_>>()
             };
+            let mut answers = Vec::new();
+            let mut behind = false;
             if !batch.is_empty() {
-                let bytes: usize = batch
-                    .iter()
-                    .map(|(e, _)| e.input.len() + e.output.len())
-                    .sum();
-                side.pages += PAGES_PER_GROUP + (batch.len() * ROW_BYTES + bytes).div_ceil(4096);
-                if leaves_worker
-                    && (self.durability == Durability::Full || bytes > LARGE_GROUP_BYTES)
-                {
-                    tokio::task::block_in_place(|| commit_group(&mut side, batch));
+                let bytes: usize = batch.iter().map(|(e, _)| e.payload_bytes()).sum();
+                let blocks = self.durability == Durability::Full || bytes > LARGE_GROUP_BYTES;
+                if leaves_worker && blocks {
+                    tokio::task::block_in_place(|| {
+                        (answers, behind) = self.write_group(&mut side, batch)
+                    });
                 } else {
-                    commit_group(&mut side, batch);
+                    (answers, behind) = self.write_group(&mut side, batch);
                 }
                 groups += 1;
             }
-            if side.pages >= CHECKPOINT_PAGES && !side.checkpointing {
-                side.checkpointing = true;
-                let this = self.clone();
-                self.runtime.spawn_blocking(move || this.checkpoint());
-            }
             drop(side);
-            if self
-                .queue
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .is_empty()
-            {
+            if behind {
+                // Backpressure: this group's answers wait while SQLite catches up.
+                let help = || {
+                    if let Err(e) = self.index_through(u64::MAX) {
+                        tracing::error!(error = %e, "receipt index: catching up failed");
+                    }
+                };
+                if leaves_worker {
+                    tokio::task::block_in_place(help);
+                } else {
+                    help();
+                }
+            }
+            for (done, answer) in answers {
+                let _ = done.send(answer);
+            }
+            if lock(&self.queue).is_empty() {
                 return;
             }
             if groups >= GROUPS_PER_LEADER {
                 let this = self.clone();
-                self.runtime.spawn(async move { this.lead(On::Runtime) });
+                self.runtime.spawn(async move { this.lead() });
                 return;
             }
+        }
+    }
+
+    /// Signs the group's batch-sealed receipts and writes the group to the journal; its
+    /// entries then wait for the index. Returns each append's answer, and whether the index
+    /// is so far behind that this group should wait for it.
+    fn write_group(&self, side: &mut JournalSide, mut batch: Vec<Job>) -> (Answers, bool) {
+        let written = guarded(|| {
+            seal(side.sealer.as_ref(), &mut batch);
+            let entries: Vec<&Entry> = batch.iter().map(|(e, _)| e).collect();
+            side.journal.write(&entries)
+        });
+        let written = match written {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::error!(error = %e, "receipt journal write failed");
+                let answers = batch
+                    .into_iter()
+                    .map(|(_, done)| (done, Err(e.clone())))
+                    .collect();
+                return (answers, false);
+            }
+        };
+        self.appended.store(written.last, Ordering::Release);
+        let first = written.last + 1 - batch.len() as u64;
+        let mut answers = Vec::with_capacity(batch.len());
+        let (behind, wake) = {
+            let mut p = lock(&self.pending);
+            let before = p.rows.len();
+            for (i, (mut entry, done)) in batch.into_iter().enumerate() {
+                let kept = match std::mem::replace(
+                    &mut entry.receipt,
+                    EntryReceipt::Kept(StoredReceipt::Compact(CompactReceipt::from_bytes(
+                        Vec::new(),
+                    ))),
+                ) {
+                    EntryReceipt::Signed(json, Some(compact)) => {
+                        answers.push((done, Ok(json)));
+                        StoredReceipt::Compact(compact)
+                    }
+                    EntryReceipt::Signed(json, None) => {
+                        answers.push((done, Ok(json.clone())));
+                        StoredReceipt::Json(json)
+                    }
+                    EntryReceipt::Kept(kept) => {
+                        answers.push((done, Err("the receipt was kept already".into())));
+                        kept
+                    }
+                    EntryReceipt::ToSign(_) => unreachable!("a written entry is signed"),
+                };
+                entry.receipt = EntryReceipt::Kept(kept);
+                p.bytes += entry.payload_bytes();
+                p.rows.push_back((first + i as u64, entry));
+            }
+            if let Some(closed) = written.closed {
+                p.closed.push(closed);
+            }
+            (
+                p.rows.len() > PENDING_MAX || p.bytes > PENDING_BYTES,
+                before == 0,
+            )
+        };
+        if wake {
+            self.work.notify_one();
+        }
+        (answers, behind)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Commits pending entries to SQLite as they come, on a thread of its own, until the log is
+/// dropped; a failure is retried a second later (the entries stay in the journal meanwhile).
+pub(super) fn indexer(writer: Weak<Writer>) {
+    loop {
+        let Some(w) = writer.upgrade() else {
+            return;
+        };
+        {
+            let p = lock(&w.pending);
+            if p.rows.is_empty() {
+                drop(
+                    w.work
+                        .wait_timeout(p, Duration::from_secs(1))
+                        .unwrap_or_else(|e| e.into_inner()),
+                );
+            }
+        }
+        if let Err(e) = w.index_through(u64::MAX) {
+            tracing::error!(error = %e, "receipt index: commit failed, retrying");
+            drop(w);
+            std::thread::sleep(Duration::from_secs(1));
         }
     }
 }
@@ -214,23 +420,6 @@ fn sync_pragma(durability: Durability) -> &'static str {
     match durability {
         Durability::Full => "FULL",
         Durability::Normal => "NORMAL",
-    }
-}
-
-/// Signs the group's batch-sealed receipts, commits the group and answers each of its appends.
-fn commit_group(side: &mut WriteSide, mut batch: Vec<Job>) {
-    let result = guarded(|| {
-        seal(side.sealer.as_ref(), &mut batch);
-        commit(&mut side.conn, &batch).map_err(|e| e.to_string())
-    });
-    if let Err(e) = &result {
-        tracing::error!(error = %e, "receipt log commit failed");
-    }
-    for (entry, done) in batch {
-        let _ = done.send(result.clone().and_then(|()| match entry.receipt {
-            EntryReceipt::Signed(json, _) => Ok(json),
-            EntryReceipt::ToSign(_) => Err("the receipt was not signed".into()),
-        }));
     }
 }
 
@@ -315,10 +504,10 @@ pub(super) fn seal(sealer: Option<&ReceiptSigner>, batch: &mut Vec<Job>) {
     }
 }
 
-/// Runs one group's signing and commit so that a panic in it (a bug) fails that group's
-/// requests with the reason instead of stopping the writer and with it every later append. A
-/// transaction open when it panicked is rolled back as it unwinds.
-pub(super) fn guarded(group: impl FnOnce() -> Result<(), String>) -> Result<(), String> {
+/// Runs one group's signing and write (or one index commit) so that a panic in it (a bug)
+/// fails that group with the reason instead of stopping the writer and with it every later
+/// append. A transaction open when it panicked is rolled back as it unwinds.
+pub(super) fn guarded<T>(group: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(group)).unwrap_or_else(|p| {
         let why = p
             .downcast_ref::<&str>()
@@ -331,40 +520,49 @@ pub(super) fn guarded(group: impl FnOnce() -> Result<(), String>) -> Result<(), 
     })
 }
 
-pub(super) fn commit(conn: &mut Connection, batch: &[Job]) -> rusqlite::Result<()> {
+/// Commits `entries` (signed) to SQLite in one transaction.
+pub(super) fn commit<'a>(
+    conn: &mut Connection,
+    entries: impl Iterator<Item = &'a Entry>,
+) -> rusqlite::Result<()> {
     let tx = conn.transaction()?;
     {
-        // A payment is held by one request at a time: an earlier receipt under the same
-        // reference is from a run whose payment was given back (the process stopped, or the
-        // answer was lost) and must never bill it too.
         let mut stale = tx.prepare_cached(
             "UPDATE receipts SET billing = 'void', input = NULL, output = NULL
              WHERE payment_ref = ?1 AND billing = 'awaiting_payment'",
         )?;
-        for (e, _) in batch {
+        // A receipt id is 32 random bytes: one seen again is an entry replayed from the
+        // journal after SQLite took it (a crash between the two), and the first one stays.
+        let mut stmt = tx.prepare_cached(
+            "INSERT OR IGNORE INTO receipts (id, created_at, model, receipt, compact, input,
+                                   output, digest, price, billing, payer, payment_ref)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+        )?;
+        for e in entries {
+            // A payment is held by one request at a time: an earlier receipt under the same
+            // reference (in this transaction too) is from a run whose payment was given back
+            // (the process stopped, or the answer was lost) and must never bill it too.
             if e.billing == Billing::AwaitingPayment && e.payment_ref != [0; 32] {
                 stale.execute(params![e.payment_ref.as_slice()])?;
             }
-        }
-        let mut stmt = tx.prepare_cached(
-            "INSERT INTO receipts (id, created_at, model, receipt, compact, input, output, digest,
-                                   price, billing, payer, payment_ref)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
-        )?;
-        for (e, _) in batch {
-            let EntryReceipt::Signed(json, compact) = &e.receipt else {
-                return Err(rusqlite::Error::InvalidParameterName(format!(
-                    "receipt {} is not signed",
-                    e.id
-                )));
+            let (json, compact) = match &e.receipt {
+                EntryReceipt::Signed(json, compact) => (json.as_str(), compact.as_ref()),
+                EntryReceipt::Kept(StoredReceipt::Json(json)) => (json.as_str(), None),
+                EntryReceipt::Kept(StoredReceipt::Compact(c)) => ("", Some(c)),
+                EntryReceipt::ToSign(_) => {
+                    return Err(rusqlite::Error::InvalidParameterName(format!(
+                        "receipt {} is not signed",
+                        e.id
+                    )));
+                }
             };
             stmt.execute(params![
                 e.id,
                 e.created_at,
                 e.model,
                 // The JSON text only for a receipt with no binary form.
-                if compact.is_some() { "" } else { json.as_str() },
-                compact.as_ref().map(|c| c.as_bytes()),
+                if compact.is_some() { "" } else { json },
+                compact.map(|c| c.as_bytes()),
                 e.input,
                 e.output,
                 e.digest.as_slice(),
