@@ -6,9 +6,11 @@
 //!
 //! A segment is a run of records `len (u32 LE) | crc32 (u32 LE) | body`; a body starts with
 //! the entry's sequence number (counted from 1 in each run of the process; segments are
-//! numbered across runs). A record cut short or failing its checksum ends what is read
-//! of its segment: only the tail a write was making when the process (or machine) stopped can
-//! be torn, and an entry is answered only after its record was written whole.
+//! numbered across runs). A record cut short by the end of the file is the write a stopped
+//! process was making, never answered, and is skipped. A record failing its checksum inside
+//! the file is damage: what follows it is not read, and the segment is kept beside the log as
+//! `NNNN.seg.damaged` for an operator instead of being deleted. A whole record that does not
+//! decode (a newer version's) stops the log from opening.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -89,6 +91,39 @@ fn segment_path(dir: &Path, number: u64) -> PathBuf {
     dir.join(format!("{number:016}.seg"))
 }
 
+/// Takes the journal directory `dir`'s lock (created if missing), waiting up to 5 s for a
+/// log being dropped in this process: two logs writing and deleting one journal would lose
+/// receipts. Held until the returned file is dropped.
+pub(super) fn lock(dir: &Path) -> Result<File, JournalError> {
+    use std::os::fd::AsRawFd;
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let path = dir.join("lock");
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io(&path))?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        // SAFETY: flock on a descriptor this function owns.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return Ok(file);
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::WouldBlock || std::time::Instant::now() >= deadline {
+            return Err(JournalError::Io {
+                path,
+                source: std::io::Error::new(
+                    e.kind(),
+                    format!("{e}: another node uses this data directory; stop it first"),
+                ),
+            });
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 /// Makes a created or removed file's name durable.
 fn sync_dir(dir: &Path) -> Result<(), JournalError> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
@@ -112,6 +147,11 @@ impl Journal {
         durability: Durability,
     ) -> Result<Self, JournalError> {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
+        if durability == Durability::Full
+            && let Some(parent) = dir.parent()
+        {
+            sync_dir(parent)?;
+        }
         let path = segment_path(dir, number);
         let file = OpenOptions::new()
             .create_new(true)
@@ -169,6 +209,8 @@ impl Journal {
         if self.durability == Durability::Full
             && let Err(e) = self.file.sync_data()
         {
+            // Its callers are told it failed: the group must not be indexed at the next open.
+            let _ = self.file.set_len(self.len);
             let why = format!(
                 "receipt journal {}: waiting for the disk failed ({e}); restart the node",
                 path.display()
@@ -216,18 +258,27 @@ pub(super) struct Closed {
     pub(super) last: u64,
 }
 
-/// Reads segment `path`'s entries in order, handing each to `each`; a torn or damaged tail ends
-/// the segment (with a warning naming the bytes skipped). Returns how many were read.
+/// What [`replay`] read of a segment.
+pub(super) struct Replayed {
+    /// A record inside the file failed its checksum: what followed it was not read.
+    pub(super) damaged: bool,
+}
+
+/// Reads segment `path`'s entries in order, handing each to `each`, until its end, a record
+/// the end of the file cuts short (skipped: never answered), or a damaged one (warned about;
+/// see [`Replayed::damaged`]). A whole record that does not decode is an error.
 pub(super) fn replay(
     path: &Path,
     mut each: impl FnMut(Entry) -> Result<(), LogError>,
-) -> Result<usize, LogError> {
+) -> Result<Replayed, LogError> {
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(Replayed { damaged: false });
+        }
         Err(e) => return Err(io(path)(e).into()),
     };
-    let mut read = 0;
+    let mut damaged = false;
     let mut at = 0usize;
     while at < bytes.len() {
         let bad = |why| JournalError::Bad {
@@ -235,37 +286,51 @@ pub(super) fn replay(
             at: at as u64,
             why,
         };
+        // Err(true): damage inside the file; Err(false): the end of the file cuts it short.
         let record = (|| {
-            let head = bytes.get(at..at + 8).ok_or(bad("cut short"))?;
+            let head = bytes.get(at..at + 8).ok_or(false)?;
             let len = u32::from_le_bytes(head[..4].try_into().expect("4 bytes")) as usize;
             let crc = u32::from_le_bytes(head[4..].try_into().expect("4 bytes"));
             if len > MAX_RECORD {
-                return Err(bad("impossible length"));
+                return Err(true);
             }
-            let body = bytes.get(at + 8..at + 8 + len).ok_or(bad("cut short"))?;
+            let body = bytes.get(at + 8..at + 8 + len).ok_or(false)?;
             if crc32fast::hash(body) != crc {
-                return Err(bad("checksum mismatch"));
+                return Err(true);
             }
-            let (_, entry) = Entry::decode(body).map_err(bad)?;
-            Ok((len, entry))
+            Ok((len, body))
         })();
         match record {
-            Ok((len, entry)) => {
+            Ok((len, body)) => {
+                let (_, entry) = Entry::decode(body).map_err(|why| {
+                    LogError::from(bad(why)).with_hint(
+                        "written by a newer version? run that version, or move the journal \
+                         aside to start without it",
+                    )
+                })?;
                 each(entry)?;
-                read += 1;
                 at += 8 + len;
             }
-            Err(e) => {
-                tracing::warn!(
-                    error = %e,
-                    skipped = bytes.len() - at,
-                    "receipt journal: a torn or damaged tail, skipped (never answered)"
-                );
+            Err(inside) => {
+                damaged = inside;
+                if inside {
+                    tracing::error!(
+                        error = %bad("checksum mismatch or impossible length"),
+                        unread = bytes.len() - at,
+                        "receipt journal: a damaged record; what follows it is kept unread"
+                    );
+                } else {
+                    tracing::warn!(
+                        path = %path.display(),
+                        skipped = bytes.len() - at,
+                        "receipt journal: a record cut short by a stop, skipped (never answered)"
+                    );
+                }
                 break;
             }
         }
     }
-    Ok(read)
+    Ok(Replayed { damaged })
 }
 
 /// Removes a segment SQLite holds all of.

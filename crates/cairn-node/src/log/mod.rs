@@ -415,7 +415,8 @@ pub enum LogError {
     /// shutting down).
     #[error("the receipt log writer stopped")]
     WriterStopped,
-    /// The writer could not commit the group this entry was in.
+    /// The writer could not keep the group this entry was in, or SQLite does not hold what
+    /// was answered yet (the index is behind its journal).
     #[error("receipt log write failed: {0}")]
     WriteFailed(String),
     /// A blocking task or thread could not run.
@@ -424,6 +425,13 @@ pub enum LogError {
     /// The journal could not be read or started.
     #[error("{0}")]
     Journal(String),
+}
+
+impl LogError {
+    /// Adds what an operator can do.
+    fn with_hint(self, hint: &str) -> Self {
+        LogError::Journal(format!("{self}; {hint}"))
+    }
 }
 
 impl From<tokio::task::JoinError> for LogError {
@@ -448,10 +456,13 @@ impl ReceiptLog {
         conn.execute_batch(SCHEMA)?;
         migrate(&conn)?;
         conn.execute_batch(ATTESTATIONS)?;
-        let journal = recover(&mut conn, &path.with_extension("journal"), durability)?;
+        let dir = path.with_extension("journal");
+        let lock_file = journal::lock(&dir)?;
+        let journal = recover(&mut conn, &dir, durability)?;
         let writer = Arc::new(Writer::new(
             conn,
             journal,
+            lock_file,
             sealer,
             durability,
             tokio::runtime::Handle::current(),
@@ -477,7 +488,8 @@ impl ReceiptLog {
         Ok(Self { reader, writer })
     }
 
-    /// Appends an entry; returns its receipt once it is committed.
+    /// Appends an entry; returns its receipt once it is written to the journal (as durable as
+    /// the log's durability; SQLite takes it a moment later, before any read that follows).
     pub async fn append(&self, entry: Entry) -> Result<ReceiptJson, LogError> {
         let (done, wait) = oneshot::channel();
         self.writer.append((entry, done));
@@ -658,6 +670,7 @@ fn recover(
     let segments = journal::segments(dir)?;
     let mut rows: Vec<Entry> = Vec::new();
     let mut indexed = 0usize;
+    let mut damaged = Vec::new();
     for (_, path) in &segments {
         let mut flush = |conn: &mut Connection, rows: &mut Vec<Entry>| -> Result<(), LogError> {
             commit(conn, rows.iter())?;
@@ -667,7 +680,7 @@ fn recover(
         };
         // In journal order, each entry SQLite does not hold yet (a receipt id is 32 random
         // bytes: one SQLite holds is this very entry, indexed before the process stopped).
-        journal::replay(path, |entry| {
+        let replayed = journal::replay(path, |entry| {
             let held = conn
                 .prepare_cached("SELECT 1 FROM receipts WHERE id = ?1")?
                 .exists(params![entry.id])?;
@@ -682,15 +695,28 @@ fn recover(
         if !rows.is_empty() {
             flush(conn, &mut rows)?;
         }
+        if replayed.damaged {
+            damaged.push(path.clone());
+        }
     }
     if indexed > 0 {
         tracing::info!(
             entries = indexed,
             "receipt log: indexed what the journal held"
         );
+        // On the disk before the segments go, whatever the log's durability.
+        conn.query_row("PRAGMA wal_checkpoint(FULL)", [], |_| Ok(()))?;
     }
     for (_, path) in &segments {
-        journal::remove(path);
+        if damaged.contains(path) {
+            let mut aside = path.clone().into_os_string();
+            aside.push(".damaged");
+            if let Err(e) = std::fs::rename(path, &aside) {
+                tracing::error!(error = %e, path = %path.display(), "receipt journal: setting a damaged segment aside");
+            }
+        } else {
+            journal::remove(path);
+        }
     }
     let next = segments.last().map_or(1, |s| s.0 + 1);
     Ok(journal::Journal::create(dir, next, durability)?)

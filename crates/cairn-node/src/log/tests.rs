@@ -54,8 +54,8 @@ fn entry(id: &str, billing: Billing, payment: u8) -> Entry {
     }
 }
 
-/// What was appended reads back at once; an id seen again (only a journal entry replayed
-/// after SQLite took it: ids are random) keeps the first entry.
+/// What was appended reads back at once; an id seen again (ids are 32 random bytes: only a
+/// journal entry replayed after SQLite took it) keeps the first entry.
 #[tokio::test(flavor = "multi_thread")]
 async fn appends_read_back_and_a_repeated_id_keeps_the_first() {
     let dir = tempfile::tempdir().unwrap();
@@ -122,14 +122,18 @@ fn a_rerun_in_the_same_transaction_voids_the_earlier_receipt() {
         entry("again", Billing::AwaitingPayment, 9),
     );
     commit(&mut conn, [&first, &again].into_iter()).unwrap();
-    let billing = |id: &str| -> String {
+    let billing = |conn: &Connection, id: &str| -> String {
         conn.query_row("SELECT billing FROM receipts WHERE id = ?1", [id], |r| {
             r.get(0)
         })
         .unwrap()
     };
-    assert_eq!(billing("first"), "void");
-    assert_eq!(billing("again"), "awaiting_payment");
+    assert_eq!(billing(&conn, "first"), "void");
+    assert_eq!(billing(&conn, "again"), "awaiting_payment");
+    // The same entry committed twice (replayed from the journal by a log that lost the race to
+    // index it) is skipped: it does not void itself.
+    commit(&mut conn, [&again].into_iter()).unwrap();
+    assert_eq!(billing(&conn, "again"), "awaiting_payment");
 }
 
 fn claims(i: u8) -> Claims {
@@ -679,12 +683,12 @@ fn journal_records_read_back_as_written() {
     }
     j.write(&entries.iter().collect::<Vec<_>>()).unwrap();
     let mut read = Vec::new();
-    let n = journal::replay(&dir.path().join(format!("{:016}.seg", 1)), |e| {
+    let r = journal::replay(&dir.path().join(format!("{:016}.seg", 1)), |e| {
         read.push(e);
         Ok(())
     })
     .unwrap();
-    assert_eq!((n, read.len()), (4, 4));
+    assert_eq!((r.damaged, read.len()), (false, 4));
     for (i, (got, want)) in read.iter().zip(&entries).enumerate() {
         assert_eq!(
             (&got.id, got.created_at, &got.model, &got.input, &got.output),
@@ -762,4 +766,60 @@ async fn appends_go_on_while_the_index_fails_and_it_catches_up() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// A record damaged inside a segment (not a torn tail): the entries before it are indexed, the
+/// rest is not read, and the segment is set aside, not deleted.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_damaged_segment_is_set_aside_not_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("r.sqlite");
+    let journal_dir = path.with_extension("journal");
+    let mut j = journal::Journal::create(&journal_dir, 7, Durability::Normal).unwrap();
+    let entries: Vec<Entry> = (0..3)
+        .map(|i| entry(&format!("e{i}"), Billing::Final, 0))
+        .collect();
+    for e in &entries {
+        j.write(&[e]).unwrap();
+    }
+    drop(j);
+    let seg = journal_dir.join(format!("{:016}.seg", 7));
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let second = bytes.len() / 3 + bytes.len() / 6;
+    bytes[second] ^= 0xff;
+    std::fs::write(&seg, &bytes).unwrap();
+    let log = plain_log(&path).await;
+    assert!(log.get("e0").await.unwrap().is_some());
+    assert!(log.get("e1").await.unwrap().is_none());
+    assert!(log.get("e2").await.unwrap().is_none());
+    assert!(!seg.exists());
+    assert_eq!(
+        std::fs::read(journal_dir.join(format!("{:016}.seg.damaged", 7))).unwrap(),
+        bytes,
+        "kept for an operator"
+    );
+}
+
+/// One log per journal: a second open of the same log, while the first lives, is refused
+/// (two would delete each other's segments); once the first is dropped it opens.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_log_on_the_same_journal_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("r.sqlite");
+    let first = plain_log(&path).await;
+    let err = ReceiptLog::open(
+        &path,
+        Duration::from_secs(3600),
+        Durability::Full,
+        false,
+        None,
+    )
+    .await
+    .err()
+    .expect("refused");
+    assert!(err.to_string().contains("another node"), "{err}");
+    first.append(entry("a", Billing::Final, 0)).await.unwrap();
+    drop(first);
+    let again = plain_log(&path).await;
+    assert_eq!(again.count().await.unwrap(), 1);
 }

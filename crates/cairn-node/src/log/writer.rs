@@ -31,6 +31,9 @@ const INDEX_GROUP: usize = 4096;
 /// before its answer goes: the journal never runs ahead of SQLite without bound.
 const PENDING_MAX: usize = 16_384;
 const PENDING_BYTES: usize = 64 << 20;
+/// Past this many times those (only while SQLite refuses entries, since appends help index
+/// before that), appends are refused before they are written: memory and disk stay bounded.
+const PENDING_REFUSE: usize = 4;
 /// How long a read waits for the index to take the entries answered before it began.
 const INDEX_WAIT: Duration = Duration::from_secs(30);
 /// Rows one statement of the payload sweep changes at most: the index never waits long for it.
@@ -57,6 +60,12 @@ pub(super) struct Writer {
     /// Sequence number of the last entry written to the journal (and so answered, or about to
     /// be).
     appended: AtomicU64,
+    /// Writes other than appends waiting for `index`: the index thread lets them in between
+    /// its transactions.
+    writers_waiting: std::sync::atomic::AtomicUsize,
+    /// The journal directory's lock ([`journal::lock`]): one log per journal, for as long as
+    /// this writer lives.
+    _lock: std::fs::File,
     durability: Durability,
     /// Where a group write that outlasts its leader goes on.
     runtime: tokio::runtime::Handle,
@@ -99,6 +108,7 @@ impl Writer {
     pub(super) fn new(
         conn: Connection,
         journal: Journal,
+        lock_file: std::fs::File,
         sealer: Option<ReceiptSigner>,
         durability: Durability,
         runtime: tokio::runtime::Handle,
@@ -119,6 +129,8 @@ impl Writer {
             }),
             progressed: Condvar::new(),
             appended: AtomicU64::new(last),
+            writers_waiting: std::sync::atomic::AtomicUsize::new(0),
+            _lock: lock_file,
             durability,
             runtime,
         }
@@ -154,9 +166,12 @@ impl Writer {
                 }
             }
         }
-        let target = self.appended.load(Ordering::Acquire);
+        self.writers_waiting.fetch_add(1, Ordering::AcqRel);
         let mut side = lock(&self.index);
-        self.index_locked(&mut side, target)
+        self.writers_waiting.fetch_sub(1, Ordering::AcqRel);
+        // Read after the lock is held: everything answered before `f` runs is in SQLite.
+        let target = self.appended.load(Ordering::Acquire);
+        self.index_locked(&mut side, target, usize::MAX)
             .map_err(LogError::WriteFailed)?;
         let stricter = durability == Durability::Full && self.durability != Durability::Full;
         let side = Restore {
@@ -200,14 +215,30 @@ impl Writer {
         Ok(())
     }
 
-    /// Commits to SQLite every pending entry numbered up to `target` (blocking).
-    fn index_through(&self, target: u64) -> Result<(), String> {
-        let mut side = lock(&self.index);
-        self.index_locked(&mut side, target)
+    /// Commits to SQLite every entry answered so far (blocking), one transaction per hold of
+    /// the connection, letting a waiting write in between.
+    fn index_answered(&self) -> Result<(), String> {
+        let target = self.appended();
+        loop {
+            while self.writers_waiting.load(Ordering::Acquire) > 0 {
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            let mut side = lock(&self.index);
+            if !self.index_locked(&mut side, target, 1)? {
+                return Ok(());
+            }
+        }
     }
 
-    fn index_locked(&self, side: &mut IndexSide, target: u64) -> Result<(), String> {
-        loop {
+    /// Commits pending entries numbered up to `target`, at most `transactions` of them;
+    /// returns whether any numbered up to `target` are left.
+    fn index_locked(
+        &self,
+        side: &mut IndexSide,
+        target: u64,
+        transactions: usize,
+    ) -> Result<bool, String> {
+        for _ in 0..transactions {
             let (rows, closed) = {
                 let mut p = lock(&self.pending);
                 let n = p
@@ -217,7 +248,7 @@ impl Writer {
                     .take_while(|r| r.0 <= target)
                     .count();
                 if n == 0 {
-                    return Ok(());
+                    return Ok(false);
                 }
                 let rows: Vec<(u64, Entry)> = p.rows.drain(..n).collect();
                 p.bytes -= rows.iter().map(|r| r.1.payload_bytes()).sum::<usize>();
@@ -257,6 +288,10 @@ impl Writer {
                 }
             }
         }
+        Ok(lock(&self.pending)
+            .rows
+            .front()
+            .is_some_and(|r| r.0 <= target))
     }
 
     /// Writes queued groups while the journal is free, at most [`GROUPS_PER_LEADER`] before a
@@ -296,7 +331,7 @@ impl Writer {
             if behind {
                 // Backpressure: this group's answers wait while SQLite catches up.
                 let help = || {
-                    if let Err(e) = self.index_through(u64::MAX) {
+                    if let Err(e) = self.index_answered() {
                         tracing::error!(error = %e, "receipt index: catching up failed");
                     }
                 };
@@ -324,6 +359,26 @@ impl Writer {
     /// entries then wait for the index. Returns each append's answer, and whether the index
     /// is so far behind that this group should wait for it.
     fn write_group(&self, side: &mut JournalSide, mut batch: Vec<Job>) -> (Answers, bool) {
+        let refused = {
+            let p = lock(&self.pending);
+            (p.rows.len() > PENDING_REFUSE * PENDING_MAX
+                || p.bytes > PENDING_REFUSE * PENDING_BYTES)
+                .then(|| {
+                    let why = lock(&self.indexed).failure.clone().unwrap_or_default();
+                    format!(
+                        "the receipt index is far behind its journal ({why}); nothing was \
+                         kept, retry shortly"
+                    )
+                })
+        };
+        if let Some(why) = refused {
+            tracing::error!(error = %why, "receipt log: refusing appends");
+            let answers = batch
+                .into_iter()
+                .map(|(_, done)| (done, Err(why.clone())))
+                .collect();
+            return (answers, false);
+        }
         let written = guarded(|| {
             seal(side.sealer.as_ref(), &mut batch);
             let entries: Vec<&Entry> = batch.iter().map(|(e, _)| e).collect();
@@ -391,7 +446,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// Commits pending entries to SQLite as they come, on a thread of its own, until the log is
-/// dropped; a failure is retried a second later (the entries stay in the journal meanwhile).
+/// dropped (within 100 ms: the journal's lock goes with it); a failure is retried a second
+/// later (the entries stay in the journal meanwhile).
 pub(super) fn indexer(writer: Weak<Writer>) {
     loop {
         let Some(w) = writer.upgrade() else {
@@ -402,12 +458,12 @@ pub(super) fn indexer(writer: Weak<Writer>) {
             if p.rows.is_empty() {
                 drop(
                     w.work
-                        .wait_timeout(p, Duration::from_secs(1))
+                        .wait_timeout(p, Duration::from_millis(100))
                         .unwrap_or_else(|e| e.into_inner()),
                 );
             }
         }
-        if let Err(e) = w.index_through(u64::MAX) {
+        if let Err(e) = w.index_answered() {
             tracing::error!(error = %e, "receipt index: commit failed, retrying");
             drop(w);
             std::thread::sleep(Duration::from_secs(1));
@@ -529,7 +585,7 @@ pub(super) fn commit<'a>(
     {
         let mut stale = tx.prepare_cached(
             "UPDATE receipts SET billing = 'void', input = NULL, output = NULL
-             WHERE payment_ref = ?1 AND billing = 'awaiting_payment'",
+             WHERE payment_ref = ?1 AND billing = 'awaiting_payment' AND id <> ?2",
         )?;
         // A receipt id is 32 random bytes: one seen again is an entry replayed from the
         // journal after SQLite took it (a crash between the two), and the first one stays.
@@ -539,12 +595,6 @@ pub(super) fn commit<'a>(
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
         )?;
         for e in entries {
-            // A payment is held by one request at a time: an earlier receipt under the same
-            // reference (in this transaction too) is from a run whose payment was given back
-            // (the process stopped, or the answer was lost) and must never bill it too.
-            if e.billing == Billing::AwaitingPayment && e.payment_ref != [0; 32] {
-                stale.execute(params![e.payment_ref.as_slice()])?;
-            }
             let (json, compact) = match &e.receipt {
                 EntryReceipt::Signed(json, compact) => (json.as_str(), compact.as_ref()),
                 EntryReceipt::Kept(StoredReceipt::Json(json)) => (json.as_str(), None),
@@ -556,7 +606,7 @@ pub(super) fn commit<'a>(
                     )));
                 }
             };
-            stmt.execute(params![
+            let inserted = stmt.execute(params![
                 e.id,
                 e.created_at,
                 e.model,
@@ -572,6 +622,16 @@ pub(super) fn commit<'a>(
                 // No payment, no reference (and no entry in the index of references).
                 (e.payment_ref != [0; 32]).then_some(e.payment_ref.as_slice()),
             ])?;
+            if inserted == 0 {
+                tracing::warn!(id = %e.id, "receipt log: an entry SQLite holds already, skipped");
+                continue;
+            }
+            // A payment is held by one request at a time: an earlier receipt under the same
+            // reference (in this transaction too) is from a run whose payment was given back
+            // (the process stopped, or the answer was lost) and must never bill it too.
+            if e.billing == Billing::AwaitingPayment && e.payment_ref != [0; 32] {
+                stale.execute(params![e.payment_ref.as_slice(), e.id])?;
+            }
         }
     }
     tx.commit()
