@@ -101,7 +101,12 @@ impl cairn_x402::KeptAnswers for KeptFromLog {
         body: &'a [u8],
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<Response>> + Send + 'a>> {
         Box::pin(async move {
-            let (receipt_json, output) = self.log.by_payment(payment_ref).await.ok()??;
+            let (receipt_json, output) = match self.log.by_payment(payment_ref).await {
+                Ok(kept) => kept?,
+                // The log cannot tell yet (its index is behind its journal): the payer is told
+                // so and retries, instead of being answered as if nothing was kept.
+                Err(e) => return Some(crate::error::NodeError::from(e).into_response()),
+            };
             let receipt = receipt_json.verify().ok()?;
             // Only a request carrying the very inputs paid for gets the answer (the payment's
             // signature is public on chain; the inputs are not).
