@@ -373,11 +373,7 @@ impl Writer {
         };
         if let Some(why) = refused {
             tracing::error!(error = %why, "receipt log: refusing appends");
-            let answers = batch
-                .into_iter()
-                .map(|(_, done)| (done, Err(why.clone())))
-                .collect();
-            return (answers, false);
+            return (failed(batch, &why), false);
         }
         let written = guarded(|| {
             seal(side.sealer.as_ref(), &mut batch);
@@ -388,11 +384,7 @@ impl Writer {
             Ok(w) => w,
             Err(e) => {
                 tracing::error!(error = %e, "receipt journal write failed");
-                let answers = batch
-                    .into_iter()
-                    .map(|(_, done)| (done, Err(e.clone())))
-                    .collect();
-                return (answers, false);
+                return (failed(batch, &e), false);
             }
         };
         self.appended.store(written.last, Ordering::Release);
@@ -439,6 +431,14 @@ impl Writer {
         }
         (answers, behind)
     }
+}
+
+/// Every job of `batch` answered with `why`.
+fn failed(batch: Vec<Job>, why: &str) -> Answers {
+    batch
+        .into_iter()
+        .map(|(_, done)| (done, Err(why.to_owned())))
+        .collect()
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
