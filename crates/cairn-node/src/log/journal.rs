@@ -21,6 +21,9 @@ use super::*;
 /// Bytes after which the next group goes to a new segment (the old one is deleted once
 /// SQLite holds all of it).
 pub(super) const SEGMENT_BYTES: u64 = 32 << 20;
+/// Segments a segment may grow to when starting the next keeps failing, before writes are
+/// refused: a segment is read whole when the log opens.
+const SEGMENT_CAP: u64 = 4;
 /// Layout of a record body; another value is refused, not misread.
 const VERSION: u8 = 1;
 /// A record claiming more than this is damage, not an entry.
@@ -183,6 +186,13 @@ impl Journal {
     pub(super) fn write(&mut self, entries: &[&Entry]) -> Result<Written, String> {
         if let Some(why) = &self.broken {
             return Err(why.clone());
+        }
+        if self.len >= SEGMENT_CAP * SEGMENT_BYTES {
+            return Err(format!(
+                "receipt journal {}: no new segment could be started and this one is full; \
+                 nothing was kept (see the log for why, e.g. out of file descriptors or disk)",
+                self.path().display()
+            ));
         }
         let mut buf = Vec::with_capacity(entries.iter().map(|e| e.encoded_len() + 8).sum());
         for (i, e) in entries.iter().enumerate() {

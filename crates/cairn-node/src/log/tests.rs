@@ -823,3 +823,35 @@ async fn a_second_log_on_the_same_journal_is_refused() {
     let again = plain_log(&path).await;
     assert_eq!(again.count().await.unwrap(), 1);
 }
+
+/// When starting the next segment keeps failing, the current one grows only to its cap; then
+/// writes are refused with the reason (nothing kept), instead of growing a file the next open
+/// must read whole.
+#[test]
+fn a_segment_that_cannot_rotate_stops_at_its_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut j = journal::Journal::create(dir.path(), 1, Durability::Normal).unwrap();
+    // The next segment's name is taken: every rotation fails.
+    std::fs::write(dir.path().join(format!("{:016}.seg", 2)), b"").unwrap();
+    let mut big = entry("big", Billing::Final, 0);
+    big.input = vec![7; 8 << 20];
+    let mut written = 0u64;
+    let err = loop {
+        match j.write(&[&big]) {
+            Ok(w) => {
+                assert!(w.closed.is_none());
+                written += 1;
+                assert!(written < 100, "never refused");
+            }
+            Err(e) => break e,
+        }
+    };
+    assert!(err.contains("no new segment"), "{err}");
+    let len = std::fs::metadata(dir.path().join(format!("{:016}.seg", 1)))
+        .unwrap()
+        .len();
+    assert!(
+        (4 * journal::SEGMENT_BYTES..5 * journal::SEGMENT_BYTES).contains(&len),
+        "{len}"
+    );
+}
