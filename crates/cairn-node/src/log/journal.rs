@@ -90,7 +90,8 @@ pub(super) fn segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, JournalError> 
     Ok(out)
 }
 
-fn segment_path(dir: &Path, number: u64) -> PathBuf {
+/// Where segment `number` of the journal in `dir` is.
+pub(super) fn segment_path(dir: &Path, number: u64) -> PathBuf {
     dir.join(format!("{number:016}.seg"))
 }
 

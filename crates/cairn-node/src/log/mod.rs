@@ -665,8 +665,6 @@ fn recover(
     dir: &Path,
     durability: Durability,
 ) -> Result<journal::Journal, LogError> {
-    std::fs::create_dir_all(dir)
-        .map_err(|e| LogError::Journal(format!("receipt journal {}: {e}", dir.display())))?;
     let segments = journal::segments(dir)?;
     let mut rows: Vec<Entry> = Vec::new();
     let mut indexed = 0usize;

@@ -618,7 +618,7 @@ async fn the_journal_is_indexed_when_the_log_opens_and_a_torn_tail_is_skipped() 
     j.write(&[&a, &b]).unwrap();
     j.write(&[&c]).unwrap();
     drop(j);
-    let seg = journal_dir.join(format!("{:016}.seg", 99));
+    let seg = journal::segment_path(&journal_dir, 99);
     let len = std::fs::metadata(&seg).unwrap().len();
     std::fs::OpenOptions::new()
         .write(true)
@@ -683,7 +683,7 @@ fn journal_records_read_back_as_written() {
     }
     j.write(&entries.iter().collect::<Vec<_>>()).unwrap();
     let mut read = Vec::new();
-    let r = journal::replay(&dir.path().join(format!("{:016}.seg", 1)), |e| {
+    let r = journal::replay(&journal::segment_path(dir.path(), 1), |e| {
         read.push(e);
         Ok(())
     })
@@ -783,7 +783,7 @@ async fn a_damaged_segment_is_set_aside_not_deleted() {
         j.write(&[e]).unwrap();
     }
     drop(j);
-    let seg = journal_dir.join(format!("{:016}.seg", 7));
+    let seg = journal::segment_path(&journal_dir, 7);
     let mut bytes = std::fs::read(&seg).unwrap();
     let second = bytes.len() / 3 + bytes.len() / 6;
     bytes[second] ^= 0xff;
@@ -832,7 +832,7 @@ fn a_segment_that_cannot_rotate_stops_at_its_cap() {
     let dir = tempfile::tempdir().unwrap();
     let mut j = journal::Journal::create(dir.path(), 1, Durability::Normal).unwrap();
     // The next segment's name is taken: every rotation fails.
-    std::fs::write(dir.path().join(format!("{:016}.seg", 2)), b"").unwrap();
+    std::fs::write(journal::segment_path(dir.path(), 2), b"").unwrap();
     let mut big = entry("big", Billing::Final, 0);
     big.input = vec![7; 8 << 20];
     let mut written = 0u64;
@@ -847,7 +847,7 @@ fn a_segment_that_cannot_rotate_stops_at_its_cap() {
         }
     };
     assert!(err.contains("no new segment"), "{err}");
-    let len = std::fs::metadata(dir.path().join(format!("{:016}.seg", 1)))
+    let len = std::fs::metadata(journal::segment_path(dir.path(), 1))
         .unwrap()
         .len();
     assert!(
