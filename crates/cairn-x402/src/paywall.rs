@@ -11,6 +11,7 @@
 //!   after the transfer is confirmed (the model is not run twice, the client does not pay twice);
 //! - `prepaid`: the voucher was accepted atomically before the run; nothing waits for the chain.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -104,7 +105,13 @@ pub struct Paywall {
     pay_to: Address,
     max_timeout_seconds: u64,
     kept: Option<Arc<dyn KeptAnswers>>,
+    /// The offers at the prices asked lately: they depend on the price alone, and building
+    /// them on every paid request cost more than reading its payment.
+    offered: std::sync::Mutex<HashMap<U256, Arc<[PaymentRequirements]>>>,
 }
+
+/// Prices whose offers are kept; past it the memory starts again.
+const OFFERED_PRICES: usize = 256;
 
 impl Paywall {
     /// Payments go to `pay_to` (for a Cairn node: its payment vault).
@@ -122,6 +129,7 @@ impl Paywall {
             pay_to,
             max_timeout_seconds: 300,
             kept: None,
+            offered: Default::default(),
         }
     }
 
@@ -181,6 +189,20 @@ impl Paywall {
                 .map(|b| b.offer(price.amount, self.max_timeout_seconds)),
         );
         offers
+    }
+
+    /// [`Paywall::offers`], built once per price.
+    fn offers_at(&self, price: &Price) -> Arc<[PaymentRequirements]> {
+        let mut offered = self.offered.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(o) = offered.get(&price.amount) {
+            return o.clone();
+        }
+        if offered.len() >= OFFERED_PRICES {
+            offered.clear();
+        }
+        let o: Arc<[PaymentRequirements]> = self.offers(price).into();
+        offered.insert(price.amount, o.clone());
+        o
     }
 
     /// The facilitator.
@@ -323,7 +345,7 @@ async fn paid_request(p: Arc<Paywall>, req: Request, next: Next) -> Response {
         Err(resp) => return resp,
     };
     let resource = resource_of(&parts, &price);
-    let offers = p.offers(&price);
+    let offers = p.offers_at(&price);
     let refusal = Refusal {
         resource: &resource,
         offers: &offers,

@@ -171,7 +171,7 @@ impl Prepaid {
 
     /// The voucher in `payload`, to this node's vault and signed by its payer.
     fn signed_voucher(&self, payload: &Value) -> Result<PrepaidPayload, X402Error> {
-        let p: PrepaidPayload = serde_json::from_value(payload.clone()).map_err(|e| {
+        let p = PrepaidPayload::deserialize(payload).map_err(|e| {
             invalid(
                 "invalid_prepaid_payload",
                 format!("the prepaid payload is not {{voucher, signature}}: {e}"),

@@ -19,6 +19,9 @@
 //! the process the file's only user (it is opened with an exclusive lock), and the one write
 //! on a voucher's hot path is its count.
 //!
+//! A counted voucher goes to SQLite through the [`journal`]: the answer path appends one record
+//! to a file, and a thread of its own applies the records to SQLite, many to a transaction.
+//!
 //! What survives what: `exact` reservations and their states, channel refreshes and redemptions
 //! are fsynced (`synchronous=FULL`): an `exact` authorization must not be usable twice after a
 //! power cut. A voucher's count follows the store's [`Durability`](cairn_sqlite::Durability):
@@ -36,6 +39,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use crate::X402Error;
 
 mod channels;
+mod journal;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS payments (
@@ -202,8 +206,11 @@ pub enum Outcome {
 pub struct PaymentStore {
     conn: Arc<cairn_sqlite::Shared>,
     counts: cairn_sqlite::Durability,
-    /// Vouchers taken for requests running now. Lock order: this, then `conn`.
+    /// Vouchers taken for requests running now. Lock order: this, then `conn`, then
+    /// `journal`.
     taken: Arc<Mutex<Taken>>,
+    /// Counted vouchers SQLite does not hold yet ([`journal`]).
+    journal: Arc<journal::Shared>,
 }
 
 /// Vouchers whose requests are running.
@@ -251,6 +258,24 @@ impl PaymentStore {
     /// Opens (or creates) the store at `path`; counted vouchers survive `counts` (see the
     /// module's doc for what the other steps survive).
     pub fn open(path: &Path, counts: cairn_sqlite::Durability) -> Result<Self, X402Error> {
+        let store = Self::open_unapplied(path, counts)?;
+        journal::spawn_applier(Arc::downgrade(&store.conn), Arc::downgrade(&store.journal));
+        Ok(store)
+    }
+
+    /// The voucher journal beside the store at `path`.
+    pub fn journal_path(path: &Path) -> std::path::PathBuf {
+        let mut p = path.as_os_str().to_owned();
+        p.push("-vouchers");
+        p.into()
+    }
+
+    /// [`PaymentStore::open`] without the thread that moves counted vouchers into SQLite (every
+    /// other use of the connection still does it first).
+    pub(crate) fn open_unapplied(
+        path: &Path,
+        counts: cairn_sqlite::Durability,
+    ) -> Result<Self, X402Error> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)
                 .map_err(|e| X402Error::Store(format!("{}: {e}", dir.display())))?;
@@ -268,8 +293,9 @@ impl PaymentStore {
                 store_err(e)
             }
         };
-        let conn = cairn_sqlite::open_exclusive(path, counts).map_err(busy)?;
+        let mut conn = cairn_sqlite::open_exclusive(path, counts).map_err(busy)?;
         conn.execute_batch(SCHEMA).map_err(busy)?;
+        conn.execute_batch(journal::SCHEMA).map_err(store_err)?;
         let have: Vec<String> = conn
             .prepare("SELECT name FROM pragma_table_info('channels')")
             .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
@@ -320,16 +346,35 @@ impl PaymentStore {
               WHERE state = 'reserved';",
         )
         .map_err(store_err)?;
+        let journal = journal::open(
+            &mut conn,
+            &Self::journal_path(path),
+            counts == cairn_sqlite::Durability::Full,
+        )?;
         Ok(Self {
             conn: Arc::new(cairn_sqlite::Shared::new(conn)),
             counts,
             taken: Arc::default(),
+            journal,
         })
     }
 
     fn taken(&self) -> MutexGuard<'_, Taken> {
         // The map is consistent between statements: a panic cannot leave half an update.
         self.taken.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// How many counted vouchers SQLite holds, read without moving the journal's records in.
+    #[cfg(test)]
+    pub(crate) fn applied_vouchers(&self) -> i64 {
+        self.conn
+            .lock()
+            .query_row(
+                "SELECT count(*) FROM vouchers WHERE state = 'settled'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap()
     }
 
     /// The connection's `synchronous` level now (1 is `NORMAL`, 2 is `FULL`).
@@ -341,11 +386,13 @@ impl PaymentStore {
             .unwrap()
     }
 
+    /// Runs `f` on the connection, once SQLite holds every counted voucher.
     fn with<T>(
         &self,
         f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>,
     ) -> Result<T, X402Error> {
         let mut c = self.conn.lock();
+        journal::flush(&mut c, &self.journal).map_err(store_err)?;
         f(&mut c).map_err(store_err)
     }
 
@@ -360,7 +407,7 @@ impl PaymentStore {
         let mut c = self.conn.lock();
         c.execute_batch("PRAGMA synchronous = FULL")
             .map_err(store_err)?;
-        let out = f(&mut c);
+        let out = journal::flush(&mut c, &self.journal).and_then(|()| f(&mut c));
         // Back to the store's level; a failure here leaves the connection safer, not weaker.
         let _ = c.execute_batch("PRAGMA synchronous = NORMAL");
         out.map_err(store_err)

@@ -356,6 +356,114 @@ fn vouchers_are_taken_in_memory_counted_on_disk_and_given_back_by_a_restart() {
     }
 }
 
+/// A counted voucher is one journal record on the answer path; SQLite takes it later. Before it
+/// does, the next voucher is still checked against it; a process that stops first leaves the
+/// counts in the journal, and the next open applies them, once, however often it reads them.
+#[test]
+fn counted_vouchers_wait_in_the_journal_and_a_restart_applies_them_once() {
+    for counts in [Durability::Normal, Durability::Full] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("payments.sqlite");
+        let journal = PaymentStore::journal_path(&path);
+        let price = U256::from(10);
+        let (k1, k2) = (B256::repeat_byte(0x11), B256::repeat_byte(0x22));
+        let id = {
+            let store = PaymentStore::open_unapplied(&path, counts).unwrap();
+            let id = open_channel(&store);
+            let take = |k: B256, cumulative: u64, sig: u8| {
+                store.accept_voucher(id, k, U256::from(cumulative), B256::ZERO, price, &[sig; 65])
+            };
+            take(k1, 10, 1).unwrap().unwrap();
+            store.commit_voucher(k1, price).unwrap();
+            // Not in SQLite yet, and still the channel's state: k1 is used, 20 is the next step.
+            assert_eq!(take(k1, 10, 1).unwrap(), Err(VoucherRefusal::AlreadyUsed));
+            assert_eq!(
+                take(B256::repeat_byte(0x33), 10, 3).unwrap(),
+                Err(VoucherRefusal::NotNext { owed: price })
+            );
+            take(k2, 20, 2).unwrap().unwrap();
+            store.commit_voucher(k2, price).unwrap();
+            id
+        };
+        // The process stopped: SQLite never saw the counts, the journal holds both.
+        let sqlite_has = || {
+            let c = rusqlite::Connection::open(&path).unwrap();
+            let n: i64 = c
+                .query_row("SELECT count(*) FROM vouchers", [], |r| r.get(0))
+                .unwrap();
+            let accepted: String = c
+                .query_row("SELECT accepted FROM channels", [], |r| r.get(0))
+                .unwrap();
+            (n, accepted)
+        };
+        assert_eq!(sqlite_has(), (0, "0".into()), "{counts:?}");
+        let written = std::fs::read(&journal).unwrap();
+        assert!(!written.is_empty());
+        let reopen = || {
+            let store = PaymentStore::open(&path, counts).unwrap();
+            let ch = store.channel(id).unwrap().unwrap();
+            let redeem = store.redeemable(id, U256::ZERO).unwrap();
+            (ch.accepted, redeem)
+        };
+        let want = (
+            U256::from(20),
+            Some((U256::from(20), B256::ZERO, vec![2; 65])),
+        );
+        assert_eq!(reopen(), want, "{counts:?}");
+        assert_eq!(
+            std::fs::metadata(&journal).unwrap().len(),
+            0,
+            "emptied once applied"
+        );
+        // The same records again (a file SQLite already applied): nothing counted twice.
+        std::fs::write(&journal, &written).unwrap();
+        assert_eq!(reopen(), want, "{counts:?}");
+        assert_eq!(sqlite_has(), (2, "20".into()));
+        // A record cut short by the end of the file was never answered: skipped.
+        let mut torn = written.clone();
+        torn.truncate(written.len() - 7);
+        std::fs::write(&journal, &torn).unwrap();
+        assert_eq!(reopen(), want, "{counts:?}");
+        // A damaged record before the end: the store does not open, and says what to do.
+        let mut damaged = written.clone();
+        damaged[20] ^= 0xff;
+        std::fs::write(&journal, &damaged).unwrap();
+        let e = PaymentStore::open(&path, counts).err().expect("damaged");
+        assert!(e.to_string().contains("Move the file aside"), "{e}");
+        std::fs::remove_file(&journal).unwrap();
+        assert_eq!(reopen(), want, "{counts:?}");
+    }
+}
+
+/// The applier thread moves counts into SQLite without any read asking for them.
+#[test]
+fn the_applier_moves_counts_into_sqlite_on_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("payments.sqlite");
+    let store = PaymentStore::open(&path, Durability::Normal).unwrap();
+    let id = open_channel(&store);
+    let price = U256::from(1);
+    for i in 1..=50u64 {
+        let k = B256::from(U256::from(i));
+        store
+            .accept_voucher(id, k, U256::from(i), B256::ZERO, price, &[1; 65])
+            .unwrap()
+            .unwrap();
+        store.commit_voucher(k, price).unwrap();
+    }
+    let applied = || store.applied_vouchers();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while applied() < 50 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "applied {}",
+            applied()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert_eq!(store.channel(id).unwrap().unwrap().accepted, U256::from(50));
+}
+
 /// Two vouchers run at once, the cheaper one fails: the dearer one is counted and is then
 /// exactly the next step again. Presented again it is "used", never taken and charged twice.
 #[test]

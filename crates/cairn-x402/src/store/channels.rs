@@ -81,8 +81,18 @@ impl PaymentStore {
             return Ok(Err(VoucherRefusal::AlreadyUsed));
         }
         let pending = taken.pending.get(&id).copied().unwrap_or_default();
-        let refusal = self.with(|c| {
-            let refusal = match channel(c, id)? {
+        // On the answer path: SQLite as it is, and what the journal holds beyond it (read with
+        // the connection held, so the applier cannot move records between the two reads).
+        let c = self.conn.lock();
+        let refusal = (|| {
+            let journal = self.journal.lock();
+            let owed = journal.owed(&id);
+            let counted = journal.counted(&key);
+            drop(journal);
+            let refusal = match channel(&c, id)?.map(|ch| ChannelRecord {
+                accepted: ch.accepted + owed,
+                ..ch
+            }) {
                 None => Some(VoucherRefusal::UnknownChannel),
                 Some(ch) if ch.closing => Some(VoucherRefusal::Closing),
                 Some(ch) if cumulative > ch.deposited => Some(VoucherRefusal::OverDeposit {
@@ -100,15 +110,20 @@ impl PaymentStore {
             };
             // A counted voucher can still be the next step (a cheaper one before it failed
             // while it ran), so look it up every time: used, the paywall answers it again.
-            let kept: Option<String> = c
-                .prepare_cached("SELECT state FROM vouchers WHERE key = ?1")?
-                .query_row([key.as_slice()], |r| r.get(0))
-                .optional()?;
+            let kept: Option<String> = if counted {
+                Some("settled".into())
+            } else {
+                c.prepare_cached("SELECT state FROM vouchers WHERE key = ?1")?
+                    .query_row([key.as_slice()], |r| r.get(0))
+                    .optional()?
+            };
             if kept.as_deref().is_some_and(|s| s != "released") && !(again && refusal.is_none()) {
                 return Ok(Some(VoucherRefusal::AlreadyUsed));
             }
             Ok(refusal)
-        })?;
+        })()
+        .map_err(store_err)?;
+        drop(c);
         if let Some(r) = refusal {
             return Ok(Err(r));
         }
@@ -157,35 +172,16 @@ impl PaymentStore {
                     v.price
                 )));
             }
-            self.with(|c| {
-                let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-                let accepted: String = tx
-                    .prepare_cached("SELECT accepted FROM channels WHERE id = ?1")?
-                    .query_row([v.channel.as_slice()], |r| r.get(0))?;
-                tx.prepare_cached(
-                    "UPDATE channels SET accepted = ?2, updated_at = ?3 WHERE id = ?1",
-                )?
-                .execute(params![
-                    v.channel.as_slice(),
-                    (u256(accepted) + charged).to_string(),
-                    now()
-                ])?;
-                tx.prepare_cached(
-                    "INSERT INTO vouchers (key, channel, cumulative, price, signature, state, created_at, nonce)
-                     VALUES (?1, ?2, ?3, ?4, ?5, 'settled', ?6, ?7)
-                     ON CONFLICT (key) DO UPDATE SET price = ?4, signature = ?5, state = 'settled', nonce = ?7",
-                )?
-                .execute(params![
-                    key.as_slice(),
-                    v.channel.as_slice(),
-                    v.cumulative.to_be_bytes::<32>().as_slice(),
-                    charged.to_string(),
-                    v.signature,
-                    now(),
-                    v.nonce.as_slice()
-                ])?;
-                tx.commit()
+            // One record appended: SQLite takes it later ([`super::journal`]).
+            self.journal.lock().append(super::journal::ToCount {
+                key,
+                channel: v.channel,
+                cumulative: v.cumulative,
+                nonce: v.nonce,
+                charged,
+                signature: &v.signature,
             })?;
+            self.journal.ring();
         }
         taken.vouchers.remove(&key);
         let left = taken

@@ -1,0 +1,424 @@
+//! The voucher journal: a counted voucher is one record appended to a file beside the store
+//! (one `write`, and with [`Durability::Full`] one `fdatasync`) before its answer leaves, and
+//! goes into SQLite later, many to a transaction, on a thread of its own. A count on the answer
+//! path then costs no B-tree or write-ahead-log pages.
+//!
+//! Until SQLite holds a record, the store reads it from memory: what a channel is owed beyond
+//! its row and which voucher keys were counted. Every other use of the connection first moves
+//! the waiting records into SQLite ([`PaymentStore::with`]), so nothing else sees a lagging
+//! table.
+//!
+//! A record is `len (u32 LE) | crc32 (u32 LE) | body`; the body starts with a version byte and
+//! the record's sequence number. SQLite keeps the number of the last record it applied, in the
+//! same transaction as the records, so applying is idempotent: when the store opens, the
+//! records past that number are applied and the file is emptied. A record cut short by the end
+//! of the file is a write the process was making when it stopped, never answered, and is
+//! skipped; a record failing its checksum before the end is damage, and the store does not open
+//! (it says which file, and what moving it aside costs).
+
+use std::collections::{HashMap, HashSet};
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use alloy_primitives::{B256, U256};
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::X402Error;
+
+/// Layout of a record body; another value is refused, not misread.
+const VERSION: u8 = 1;
+/// Fixed part of a body: version, sequence, key, channel, cumulative, nonce, charged.
+const FIXED: usize = 1 + 8 + 32 * 5;
+/// A record claiming more than this is damage.
+const MAX_BODY: usize = 1 << 20;
+/// Records waiting for SQLite past which counts are refused (SQLite is refusing them): memory
+/// stays bounded and the answers are withheld, their vouchers given back.
+pub(super) const MAX_WAITING: usize = 1 << 16;
+/// How long the applier lets records gather after the first one arrives: one transaction then
+/// carries many (the answers never wait for it).
+const GATHER: Duration = Duration::from_millis(2);
+/// The file is emptied once everything in it is applied and it has grown past this.
+const TRUNCATE_AT: u64 = 1 << 20;
+
+/// SQLite's side: which record it applied last.
+pub(super) const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS voucher_journal (
+    id      INTEGER PRIMARY KEY CHECK (id = 1),
+    applied INTEGER NOT NULL      -- sequence number of the last journal record applied
+);
+INSERT OR IGNORE INTO voucher_journal (id, applied) VALUES (1, 0);
+";
+
+/// One counted voucher.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct Counted {
+    pub(super) seq: u64,
+    pub(super) key: B256,
+    pub(super) channel: B256,
+    pub(super) cumulative: U256,
+    pub(super) nonce: B256,
+    /// What the request was charged (at most the price the voucher was taken for).
+    pub(super) charged: U256,
+    pub(super) signature: Vec<u8>,
+}
+
+impl Counted {
+    fn encode(&self) -> Vec<u8> {
+        let mut body = Vec::with_capacity(FIXED + self.signature.len());
+        body.push(VERSION);
+        body.extend_from_slice(&self.seq.to_le_bytes());
+        body.extend_from_slice(self.key.as_slice());
+        body.extend_from_slice(self.channel.as_slice());
+        body.extend_from_slice(&self.cumulative.to_be_bytes::<32>());
+        body.extend_from_slice(self.nonce.as_slice());
+        body.extend_from_slice(&self.charged.to_be_bytes::<32>());
+        body.extend_from_slice(&self.signature);
+        let mut out = Vec::with_capacity(8 + body.len());
+        out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        out.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+        out.extend_from_slice(&body);
+        out
+    }
+
+    fn decode(body: &[u8]) -> Option<Self> {
+        if body.len() < FIXED || body[0] != VERSION {
+            return None;
+        }
+        let word = |i: usize| &body[9 + 32 * i..9 + 32 * (i + 1)];
+        Some(Self {
+            seq: u64::from_le_bytes(body[1..9].try_into().ok()?),
+            key: B256::from_slice(word(0)),
+            channel: B256::from_slice(word(1)),
+            cumulative: U256::from_be_slice(word(2)),
+            nonce: B256::from_slice(word(3)),
+            charged: U256::from_be_slice(word(4)),
+            signature: body[FIXED..].to_vec(),
+        })
+    }
+}
+
+/// The journal file and the records SQLite does not hold yet.
+pub(super) struct Journal {
+    path: PathBuf,
+    file: File,
+    len: u64,
+    next: u64,
+    full: bool,
+    /// Why no more records are taken (a failed `fdatasync`: the page cache can no longer be
+    /// trusted; the process must start again).
+    broken: Option<String>,
+    /// In sequence order.
+    waiting: Vec<Counted>,
+    /// Per channel, what its waiting records add to `accepted`.
+    owed: HashMap<B256, U256>,
+    keys: HashSet<B256>,
+}
+
+/// The journal, shared by the store's clones and its applier thread.
+pub(super) struct Shared {
+    journal: Mutex<Journal>,
+    /// Rung when a record is appended.
+    bell: Condvar,
+}
+
+impl Shared {
+    pub(super) fn lock(&self) -> MutexGuard<'_, Journal> {
+        self.journal.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> X402Error + '_ {
+    move |e| X402Error::Store(format!("voucher journal {}: {e}", path.display()))
+}
+
+/// The records in `bytes` (a journal file), up to a torn tail.
+fn read_records(path: &Path, bytes: &[u8]) -> Result<Vec<Counted>, X402Error> {
+    let mut out = Vec::new();
+    let mut at = 0usize;
+    while bytes.len() - at >= 8 {
+        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes")) as usize;
+        let crc = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().expect("4 bytes"));
+        let end = at + 8 + len.min(MAX_BODY);
+        if end > bytes.len() {
+            // Cut short by the end of the file: the write a stopped process was making.
+            break;
+        }
+        let body = &bytes[at + 8..end];
+        let record = (len <= MAX_BODY && crc32fast::hash(body) == crc)
+            .then(|| Counted::decode(body))
+            .flatten();
+        let Some(record) = record else {
+            return Err(X402Error::Store(format!(
+                "voucher journal {}: the record at byte {at} is damaged or from a newer \
+                 version; the counts in it are not in the store. Move the file aside to open \
+                 the store without them (the node forgoes those fees; no payer is charged twice)",
+                path.display()
+            )));
+        };
+        out.push(record);
+        at = end;
+    }
+    Ok(out)
+}
+
+/// Applies `records` in `tx`: each channel's `accepted` moves by what its records charged, each
+/// voucher is kept (counted) for redemption, and the last record's number is noted.
+fn apply(tx: &rusqlite::Transaction<'_>, records: &[Counted]) -> rusqlite::Result<()> {
+    let Some(last) = records.last() else {
+        return Ok(());
+    };
+    let now = super::now();
+    let mut owed: HashMap<B256, U256> = HashMap::new();
+    for r in records {
+        *owed.entry(r.channel).or_default() += r.charged;
+        tx.prepare_cached(
+            "INSERT INTO vouchers (key, channel, cumulative, price, signature, state, created_at, nonce)
+             VALUES (?1, ?2, ?3, ?4, ?5, 'settled', ?6, ?7)
+             ON CONFLICT (key) DO UPDATE SET price = ?4, signature = ?5, state = 'settled', nonce = ?7",
+        )?
+        .execute(params![
+            r.key.as_slice(),
+            r.channel.as_slice(),
+            r.cumulative.to_be_bytes::<32>().as_slice(),
+            r.charged.to_string(),
+            r.signature,
+            now,
+            r.nonce.as_slice()
+        ])?;
+    }
+    for (channel, charged) in owed {
+        let accepted: Option<String> = tx
+            .prepare_cached("SELECT accepted FROM channels WHERE id = ?1")?
+            .query_row([channel.as_slice()], |r| r.get(0))
+            .optional()?;
+        // A voucher is taken only on a channel the store holds, and channels are never
+        // deleted; a missing row is left to the reads that would show it.
+        let Some(accepted) = accepted else {
+            tracing::error!(%channel, "a counted voucher's channel is not in the payment store");
+            continue;
+        };
+        tx.prepare_cached("UPDATE channels SET accepted = ?2, updated_at = ?3 WHERE id = ?1")?
+            .execute(params![
+                channel.as_slice(),
+                (super::u256(accepted) + charged).to_string(),
+                now
+            ])?;
+    }
+    tx.prepare_cached("UPDATE voucher_journal SET applied = ?1 WHERE id = 1")?
+        .execute([last.seq as i64])?;
+    Ok(())
+}
+
+/// Opens the journal at `path` beside the store on `conn` (whose schema is in place): applies
+/// the records SQLite lacks and empties the file.
+pub(super) fn open(
+    conn: &mut Connection,
+    path: &Path,
+    full: bool,
+) -> Result<Arc<Shared>, X402Error> {
+    let mut file = OpenOptions::new()
+        .read(true)
+        .append(true)
+        .create(true)
+        .open(path)
+        .map_err(io_err(path))?;
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes).map_err(io_err(path))?;
+    let records = read_records(path, &bytes)?;
+    let store_err = |e: rusqlite::Error| X402Error::Store(e.to_string());
+    let applied: i64 = conn
+        .query_row(
+            "SELECT applied FROM voucher_journal WHERE id = 1",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(store_err)?;
+    let applied = applied as u64;
+    let last = records.last().map_or(0, |r| r.seq).max(applied);
+    let missing: Vec<Counted> = records.into_iter().filter(|r| r.seq > applied).collect();
+    if !missing.is_empty() {
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(store_err)?;
+        apply(&tx, &missing).map_err(store_err)?;
+        tx.commit().map_err(store_err)?;
+        tracing::info!(
+            records = missing.len(),
+            "voucher counts from the journal applied to the payment store"
+        );
+    }
+    if !bytes.is_empty() {
+        // SQLite must hold them before the file lets go of them.
+        if full {
+            conn.query_row("PRAGMA wal_checkpoint(FULL)", [], |_| Ok(()))
+                .map_err(store_err)?;
+        }
+        file.set_len(0).map_err(io_err(path))?;
+    }
+    Ok(Arc::new(Shared {
+        journal: Mutex::new(Journal {
+            path: path.to_owned(),
+            file,
+            len: 0,
+            next: last + 1,
+            full,
+            broken: None,
+            waiting: Vec::new(),
+            owed: HashMap::new(),
+            keys: HashSet::new(),
+        }),
+        bell: Condvar::new(),
+    }))
+}
+
+/// A voucher to count (its sequence number is the journal's to give).
+pub(super) struct ToCount<'a> {
+    pub(super) key: B256,
+    pub(super) channel: B256,
+    pub(super) cumulative: U256,
+    pub(super) nonce: B256,
+    pub(super) charged: U256,
+    pub(super) signature: &'a [u8],
+}
+
+impl Journal {
+    /// Appends `c` (durable as the store's counts are) and holds it until SQLite does.
+    pub(super) fn append(&mut self, c: ToCount<'_>) -> Result<(), X402Error> {
+        if let Some(why) = &self.broken {
+            return Err(X402Error::Store(why.clone()));
+        }
+        if self.waiting.len() >= MAX_WAITING {
+            return Err(X402Error::Store(format!(
+                "{} voucher counts are waiting for the payment store, which is not taking \
+                 them; retry later",
+                self.waiting.len()
+            )));
+        }
+        let record = Counted {
+            seq: self.next,
+            key: c.key,
+            channel: c.channel,
+            cumulative: c.cumulative,
+            nonce: c.nonce,
+            charged: c.charged,
+            signature: c.signature.to_vec(),
+        };
+        let bytes = record.encode();
+        if let Err(e) = self.file.write_all(&bytes) {
+            // Whatever part was written is a torn tail to the next open, unless a later record
+            // lands after it: cut it off.
+            let _ = self.file.set_len(self.len);
+            return Err(io_err(&self.path)(e));
+        }
+        if self.full
+            && let Err(e) = self.file.sync_data()
+        {
+            let _ = self.file.set_len(self.len);
+            let why = format!(
+                "voucher journal {}: the disk refused a sync ({e}); restart the node",
+                self.path.display()
+            );
+            self.broken = Some(why.clone());
+            return Err(X402Error::Store(why));
+        }
+        self.len += bytes.len() as u64;
+        self.next += 1;
+        *self.owed.entry(record.channel).or_default() += record.charged;
+        self.keys.insert(record.key);
+        self.waiting.push(record);
+        Ok(())
+    }
+
+    /// What channel `id`'s waiting records add to its `accepted`.
+    pub(super) fn owed(&self, id: &B256) -> U256 {
+        self.owed.get(id).copied().unwrap_or_default()
+    }
+
+    /// Whether voucher `key` was counted and waits for SQLite.
+    pub(super) fn counted(&self, key: &B256) -> bool {
+        self.keys.contains(key)
+    }
+
+    /// SQLite now holds the first `n` waiting records.
+    fn applied(&mut self, n: usize) {
+        for r in self.waiting.drain(..n) {
+            self.keys.remove(&r.key);
+            if let Some(o) = self.owed.get_mut(&r.channel) {
+                *o = o.saturating_sub(r.charged);
+                if o.is_zero() {
+                    self.owed.remove(&r.channel);
+                }
+            }
+        }
+        if self.waiting.is_empty() && self.len >= TRUNCATE_AT && self.file.set_len(0).is_ok() {
+            self.len = 0;
+        }
+    }
+}
+
+/// Moves every waiting record into SQLite, in one transaction. Called with the connection
+/// held (lock order: connection, then journal).
+pub(super) fn flush(conn: &mut Connection, shared: &Shared) -> rusqlite::Result<()> {
+    let records = shared.lock().waiting.clone();
+    if records.is_empty() {
+        return Ok(());
+    }
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    apply(&tx, &records)?;
+    tx.commit()?;
+    shared.lock().applied(records.len());
+    Ok(())
+}
+
+impl Shared {
+    /// Wakes the applier.
+    pub(super) fn ring(&self) {
+        self.bell.notify_one();
+    }
+}
+
+/// The applier: moves waiting records into SQLite soon after they arrive, until the store's
+/// last clone is gone.
+pub(super) fn spawn_applier(conn: Weak<cairn_sqlite::Shared>, shared: Weak<Shared>) {
+    let run = move || {
+        loop {
+            {
+                let Some(s) = shared.upgrade() else { return };
+                let mut j = s.lock();
+                if j.waiting.is_empty() {
+                    // Checks now and then whether the store is gone.
+                    j = s
+                        .bell
+                        .wait_timeout(j, Duration::from_millis(200))
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0;
+                }
+                if j.waiting.is_empty() {
+                    continue;
+                }
+            }
+            std::thread::sleep(GATHER);
+            let (Some(c), Some(s)) = (conn.upgrade(), shared.upgrade()) else {
+                return;
+            };
+            let failed = flush(&mut c.lock(), &s).err();
+            drop((c, s));
+            if let Some(e) = failed {
+                // Retried; the answers go on meanwhile (bounded by MAX_WAITING), and reads
+                // that need SQLite say why they fail.
+                tracing::error!(error = %e, "applying voucher counts to the payment store");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    };
+    if let Err(e) = std::thread::Builder::new()
+        .name("cairn-voucher-apply".into())
+        .spawn(run)
+    {
+        // Without it, every other use of the store still applies the records first.
+        tracing::error!(error = %e, "starting the voucher applier");
+    }
+}
