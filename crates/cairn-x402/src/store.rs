@@ -377,6 +377,14 @@ impl PaymentStore {
             .unwrap()
     }
 
+    /// Applies every waiting count but the last, as an applier pass does when a count arrives
+    /// during its transaction.
+    #[cfg(test)]
+    pub(crate) fn flush_all_but_last(&self) {
+        let mut c = self.conn.lock();
+        journal::flush_all_but_last(&mut c, &self.journal);
+    }
+
     /// The connection's `synchronous` level now (1 is `NORMAL`, 2 is `FULL`).
     #[cfg(test)]
     pub(crate) fn synchronous(&self) -> i64 {
@@ -392,7 +400,7 @@ impl PaymentStore {
         f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>,
     ) -> Result<T, X402Error> {
         let mut c = self.conn.lock();
-        journal::flush(&mut c, &self.journal).map_err(store_err)?;
+        journal::flush(&mut c, &self.journal)?;
         f(&mut c).map_err(store_err)
     }
 
@@ -407,10 +415,10 @@ impl PaymentStore {
         let mut c = self.conn.lock();
         c.execute_batch("PRAGMA synchronous = FULL")
             .map_err(store_err)?;
-        let out = journal::flush(&mut c, &self.journal).and_then(|()| f(&mut c));
+        let out = journal::flush(&mut c, &self.journal).and_then(|()| f(&mut c).map_err(store_err));
         // Back to the store's level; a failure here leaves the connection safer, not weaker.
         let _ = c.execute_batch("PRAGMA synchronous = NORMAL");
-        out.map_err(store_err)
+        out
     }
 
     /// Makes every count so far survive power loss (a checkpoint syncs the write-ahead log

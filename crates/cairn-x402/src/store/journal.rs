@@ -13,8 +13,9 @@
 //! same transaction as the records, so applying is idempotent: when the store opens, the
 //! records past that number are applied and the file is emptied. A record cut short by the end
 //! of the file is a write the process was making when it stopped, never answered, and is
-//! skipped; a record failing its checksum before the end is damage, and the store does not open
-//! (it says which file, and what moving it aside costs).
+//! skipped. Damage before the end refuses the open under Full durability (it says which file,
+//! and what moving it aside costs); under Normal, where a power cut may leave the last writes
+//! out of order, the reading stops there and a copy is kept beside the file.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
@@ -40,7 +41,7 @@ pub(super) const MAX_WAITING: usize = 1 << 16;
 /// How long the applier lets records gather after the first one arrives: one transaction then
 /// carries many (the answers never wait for it).
 const GATHER: Duration = Duration::from_millis(2);
-/// The file is emptied once everything in it is applied and it has grown past this.
+/// Past this size, the file is rewritten with only the records SQLite does not hold yet.
 const TRUNCATE_AT: u64 = 1 << 20;
 
 /// SQLite's side: which record it applied last.
@@ -134,23 +135,46 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> X402Error + '_ {
     move |e| X402Error::Store(format!("voucher journal {}: {e}", path.display()))
 }
 
-/// The records in `bytes` (a journal file), up to a torn tail.
-fn read_records(path: &Path, bytes: &[u8]) -> Result<Vec<Counted>, X402Error> {
+/// What reading a journal file found.
+struct Found {
+    records: Vec<Counted>,
+    /// Where damage stopped the reading (Normal durability only; Full refuses to open).
+    damaged_at: Option<usize>,
+}
+
+/// The records in `bytes` (a journal file), up to a torn tail. Damage (a length no record has, a
+/// checksum that fails, a body that does not decode) refuses the open under Full durability,
+/// where every record was on disk before its answer left. Under Normal a power cut may leave
+/// the page cache's last writes out of order or zero-filled, and the documented cost is the
+/// last counts: the reading stops there and says so.
+fn read_records(path: &Path, bytes: &[u8], full: bool) -> Result<Found, X402Error> {
     let mut out = Vec::new();
     let mut at = 0usize;
     while bytes.len() - at >= 8 {
         let len = u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes")) as usize;
         let crc = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().expect("4 bytes"));
-        let end = at + 8 + len.min(MAX_BODY);
-        if end > bytes.len() {
+        let fits = (FIXED..=MAX_BODY).contains(&len);
+        if fits && at + 8 + len > bytes.len() {
             // Cut short by the end of the file: the write a stopped process was making.
             break;
         }
-        let body = &bytes[at + 8..end];
-        let record = (len <= MAX_BODY && crc32fast::hash(body) == crc)
-            .then(|| Counted::decode(body))
-            .flatten();
+        let record = fits
+            .then(|| &bytes[at + 8..at + 8 + len])
+            .filter(|body| crc32fast::hash(body) == crc)
+            .and_then(Counted::decode);
         let Some(record) = record else {
+            if !full {
+                tracing::error!(
+                    path = %path.display(),
+                    at,
+                    "the voucher journal is damaged (a power cut under process durability?); \
+                     the counts from here on are lost, the node forgoes those fees"
+                );
+                return Ok(Found {
+                    records: out,
+                    damaged_at: Some(at),
+                });
+            }
             return Err(X402Error::Store(format!(
                 "voucher journal {}: the record at byte {at} is damaged or from a newer \
                  version; the counts in it are not in the store. Move the file aside to open \
@@ -159,9 +183,12 @@ fn read_records(path: &Path, bytes: &[u8]) -> Result<Vec<Counted>, X402Error> {
             )));
         };
         out.push(record);
-        at = end;
+        at += 8 + len;
     }
-    Ok(out)
+    Ok(Found {
+        records: out,
+        damaged_at: None,
+    })
 }
 
 /// Applies `records` in `tx`: each channel's `accepted` moves by what its records charged, each
@@ -227,7 +254,10 @@ pub(super) fn open(
         .map_err(io_err(path))?;
     let mut bytes = Vec::new();
     file.read_to_end(&mut bytes).map_err(io_err(path))?;
-    let records = read_records(path, &bytes)?;
+    let Found {
+        records,
+        damaged_at,
+    } = read_records(path, &bytes, full)?;
     let store_err = |e: rusqlite::Error| X402Error::Store(e.to_string());
     let applied: i64 = conn
         .query_row(
@@ -250,6 +280,12 @@ pub(super) fn open(
             "voucher counts from the journal applied to the payment store"
         );
     }
+    if let Some(at) = damaged_at {
+        // Kept for an operator, never deleted unread.
+        let mut aside = path.as_os_str().to_owned();
+        aside.push(format!(".damaged-at-{at}"));
+        std::fs::write(&aside, &bytes).map_err(io_err(path))?;
+    }
     if !bytes.is_empty() {
         // SQLite must hold them before the file lets go of them.
         if full {
@@ -257,6 +293,12 @@ pub(super) fn open(
                 .map_err(store_err)?;
         }
         file.set_len(0).map_err(io_err(path))?;
+    }
+    if full && let Some(dir) = path.parent() {
+        // The file's name is durable before a record in it is.
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err(dir))?;
     }
     Ok(Arc::new(Shared {
         journal: Mutex::new(Journal {
@@ -309,8 +351,14 @@ impl Journal {
         let bytes = record.encode();
         if let Err(e) = self.file.write_all(&bytes) {
             // Whatever part was written is a torn tail to the next open, unless a later record
-            // lands after it: cut it off.
-            let _ = self.file.set_len(self.len);
+            // lands after it: cut it off, or take no more records.
+            if let Err(cut) = self.file.set_len(self.len) {
+                self.broken = Some(format!(
+                    "voucher journal {}: a write failed ({e}) and its part could not be cut off \
+                     ({cut}); restart the node",
+                    self.path.display()
+                ));
+            }
             return Err(io_err(&self.path)(e));
         }
         if self.full
@@ -353,22 +401,78 @@ impl Journal {
                 }
             }
         }
-        if self.waiting.is_empty() && self.len >= TRUNCATE_AT && self.file.set_len(0).is_ok() {
-            self.len = 0;
+        if self.len >= TRUNCATE_AT
+            && let Err(e) = self.compact()
+        {
+            tracing::warn!(error = %e, "compacting the voucher journal; it goes on growing");
         }
+    }
+
+    /// Replaces the file by one holding only the records SQLite does not hold yet (written
+    /// beside it, then renamed over it: a stop at any point leaves one whole file).
+    fn compact(&mut self) -> std::io::Result<()> {
+        let mut next = self.path.as_os_str().to_owned();
+        next.push(".next");
+        let next = PathBuf::from(next);
+        let bytes: Vec<u8> = self.waiting.iter().flat_map(Counted::encode).collect();
+        let mut file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .truncate(false)
+            .open(&next)?;
+        file.set_len(0)?;
+        file.write_all(&bytes)?;
+        if self.full {
+            file.sync_data()?;
+        }
+        std::fs::rename(&next, &self.path)?;
+        if self.full
+            && let Some(dir) = self.path.parent()
+        {
+            File::open(dir)?.sync_all()?;
+        }
+        self.file = file;
+        self.len = bytes.len() as u64;
+        Ok(())
     }
 }
 
 /// Moves every waiting record into SQLite, in one transaction. Called with the connection
 /// held (lock order: connection, then journal).
-pub(super) fn flush(conn: &mut Connection, shared: &Shared) -> rusqlite::Result<()> {
+pub(super) fn flush(conn: &mut Connection, shared: &Shared) -> Result<(), X402Error> {
     let records = shared.lock().waiting.clone();
+    flush_these(conn, shared, records)
+}
+
+#[cfg(test)]
+pub(super) fn flush_all_but_last(conn: &mut Connection, shared: &Shared) {
+    let mut records = shared.lock().waiting.clone();
+    records.pop();
+    flush_these(conn, shared, records).unwrap();
+}
+
+/// Applies `records`, the first waiting ones.
+fn flush_these(
+    conn: &mut Connection,
+    shared: &Shared,
+    records: Vec<Counted>,
+) -> Result<(), X402Error> {
     if records.is_empty() {
         return Ok(());
     }
-    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    apply(&tx, &records)?;
-    tx.commit()?;
+    conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .and_then(|tx| {
+            apply(&tx, &records)?;
+            tx.commit()
+        })
+        .map_err(|e| {
+            X402Error::Store(format!(
+                "{} counted vouchers wait in the journal and the payment store refused them \
+                 ({e}); the store answers once it takes them",
+                records.len()
+            ))
+        })?;
     shared.lock().applied(records.len());
     Ok(())
 }
