@@ -266,7 +266,11 @@ fn a_payment_is_reserved_once_even_in_parallel() {
 
 /// A channel the store knows, with 100 deposited.
 fn open_channel(store: &PaymentStore) -> B256 {
-    let id = B256::repeat_byte(7);
+    open_channel_with(store, B256::repeat_byte(7), 100)
+}
+
+/// A channel `id` with `deposited` in it.
+fn open_channel_with(store: &PaymentStore, id: B256, deposited: u64) -> B256 {
     let rec = ChannelRecord {
         id,
         payer: Address::repeat_byte(1),
@@ -279,7 +283,7 @@ fn open_channel(store: &PaymentStore) -> B256 {
         redeemed: U256::ZERO,
     };
     store
-        .refresh_channel(1, &rec, U256::from(100), false, U256::ZERO)
+        .refresh_channel(1, &rec, U256::from(deposited), false, U256::ZERO)
         .unwrap();
     id
 }
@@ -486,22 +490,8 @@ fn the_journal_stays_bounded_while_counts_keep_coming() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("payments.sqlite");
     let store = PaymentStore::open_unapplied(&path, Durability::Normal).unwrap();
-    let id = B256::repeat_byte(9);
-    let rec = ChannelRecord {
-        id,
-        payer: Address::repeat_byte(1),
-        payee: Address::repeat_byte(2),
-        salt: B256::ZERO,
-        deposited: U256::ZERO,
-        closing: false,
-        accepted: U256::ZERO,
-        pending: U256::ZERO,
-        redeemed: U256::ZERO,
-    };
     let n = 12_000u64;
-    store
-        .refresh_channel(1, &rec, U256::from(n), false, U256::ZERO)
-        .unwrap();
+    let id = open_channel_with(&store, B256::repeat_byte(9), n);
     let journal = PaymentStore::journal_path(&path);
     let mut largest = 0;
     for i in 1..=n {
