@@ -264,7 +264,7 @@ impl PaymentStore {
     }
 
     /// The voucher journal beside the store at `path`.
-    pub fn journal_path(path: &Path) -> std::path::PathBuf {
+    pub(crate) fn journal_path(path: &Path) -> std::path::PathBuf {
         let mut p = path.as_os_str().to_owned();
         p.push("-vouchers");
         p.into()
