@@ -9,7 +9,8 @@
 # `cairn-receipt-seal: batch`: one signature per group commit). Peer and node alternate per row,
 # RUNS times over. Prints per row p50/p99/answers per second and the ratios Cairn/peer, the
 # CPU time each server spent per answer, the overload rows (completed inferences/s and 503s/s at
-# 512 and 2,048 connections), the node's peak RSS, and how much CPU the hypervisor stole meanwhile
+# 512 and 2,048 connections, and the admitted requests' p99 there against 16 connections, timed by
+# crates/cairn-node/examples/loadgen.rs), the node's peak RSS, and how much CPU the hypervisor stole meanwhile
 # (on a shared VM the figures swing with it; compare within a run). The node runs its default
 # CPU tier (`generic`: portable, reproducible by any verifier); the peer's onnxruntime uses every
 # SIMD extension this CPU has. CAIRN_BENCH_NODE_ARGS adds flags to `cairn node serve`.
@@ -24,6 +25,7 @@ work="$(mktemp -d /tmp/cairn-bench.XXXXXX)"
 pids=()
 trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done; rm -rf "$work"' EXIT
 cargo build --release --locked -p cairn-cli >&2
+cargo build --release --locked -p cairn-node --example loadgen >&2
 bin="${CARGO_TARGET_DIR:-target}/release"
 "$CAIRN_PY" scripts/bench/bodies.py "$work/in"
 
@@ -86,6 +88,11 @@ for run in $(seq "$runs"); do
     load cairn "$1" "$2" "$run"
     if [ "$2" -le 64 ]; then load cairnb "$1" "$2" "$run"; fi
   done
+  # The admitted requests' own latency under the floods (wrk times 503s and answers together):
+  # loadgen times only the answered ones, the same KServe request in binary form.
+  for c in 16 512 2048; do
+    "$bin/examples/loadgen" "$(url_of cairn digits)" "$work/in/digits_mlp.safetensors" "$c" "$secs" >"$work/lg-$c-$run.json"
+  done
   grep VmHWM "/proc/$node_pid/status" | awk '{print $2}' >"$work/rss-$run"
 done
 
@@ -119,6 +126,9 @@ for run in range(1, runs + 1):
               f" | cairn {n['ok_rps']:>5.0f}/s done = {n['ok_rps']/base:.2f}x its c=16, {n['non2xx']/n['secs']:>5.0f}/s refused,"
               f" p99 {n['p99_us']/1e3:>6.0f} ms, {n['socket_errors']} socket errors | done x peer {n['ok_rps']/max(p['ok_rps'], 1):.2f}"
               f" | steal {p['steal']:.0%}/{n['steal']:.0%}")
+    lg = {c: json.load(open(f"{w}/lg-{c}-{run}.json")) for c in (16, 512, 2048)}
+    print(f"  admitted p99 (loadgen, answered requests only): {lg[16]['p99_us']/1e3:.1f} ms at 16 connections; "
+          + "; ".join(f"{lg[c]['p99_us']/1e3:.1f} ms = {lg[c]['p99_us']/lg[16]['p99_us']:.2f}x at {c} ({lg[c]['errors']} refused)" for c in (512, 2048)))
     rss = int(open(f"{w}/rss-{run}").read())
     print(f"  node peak RSS so far: {rss/1024:.0f} MB")
 print(f"node peak RSS serving the digits MLP alone at 16 connections: {int(open(f'{w}/rss-digits').read())/1024:.0f} MB")

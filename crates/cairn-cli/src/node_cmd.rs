@@ -79,9 +79,10 @@ pub struct NodeServeArgs {
     /// Per-inference timeout in milliseconds (waiting included).
     #[arg(long, default_value_t = 30_000)]
     pub timeout_ms: u64,
-    /// Requests admitted per model (queued or running); more get 503.
-    #[arg(long, default_value_t = 256)]
-    pub queue_per_model: usize,
+    /// Requests admitted per model (queued or running); more get 503 with `Retry-After`
+    /// (default: 16 per worker, so that under a flood the admitted still answer quickly).
+    #[arg(long)]
+    pub queue_per_model: Option<usize>,
     /// Requests admitted overall.
     #[arg(long, default_value_t = 1024)]
     pub queue_total: usize,
@@ -277,13 +278,16 @@ async fn ensure_profile_approved(
 impl NodeServeArgs {
     /// The request limits these flags set.
     fn limits(&self) -> Limits {
+        let workers = self.workers.unwrap_or_else(|| Limits::default().workers);
         Limits {
             max_body_bytes: self.max_body_bytes,
             max_elements: self.max_elements,
             timeout: Duration::from_millis(self.timeout_ms),
-            queue_per_model: self.queue_per_model,
+            queue_per_model: self
+                .queue_per_model
+                .unwrap_or(cairn_node::QUEUE_PER_WORKER * workers),
             queue_total: self.queue_total,
-            workers: self.workers.unwrap_or_else(|| Limits::default().workers),
+            workers,
             overload_hold: Duration::from_millis(self.overload_hold_ms),
             max_output_bytes: Limits::default().max_output_bytes,
             body_timeout: Duration::from_millis(self.body_timeout_ms),

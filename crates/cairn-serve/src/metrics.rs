@@ -37,12 +37,6 @@ struct RequestLabels {
     status: u16,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct RouteLabels {
-    route: String,
-    method: &'static str,
-}
-
 fn latency_histogram() -> Histogram {
     Histogram::new(BUCKETS)
 }
@@ -51,7 +45,7 @@ fn latency_histogram() -> Histogram {
 pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
-    latency: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    latency: Family<RequestLabels, Histogram, fn() -> Histogram>,
 }
 
 impl Metrics {
@@ -59,7 +53,7 @@ impl Metrics {
     pub fn new(prefix: &str) -> Self {
         let mut registry = Registry::with_prefix(prefix);
         let requests = Family::<RequestLabels, Counter>::default();
-        let latency = Family::<RouteLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+        let latency = Family::<RequestLabels, Histogram, fn() -> Histogram>::new_with_constructor(
             latency_histogram,
         );
         registry.register(
@@ -69,7 +63,7 @@ impl Metrics {
         );
         registry.register(
             "http_request_duration_seconds",
-            "Time to answer an HTTP request (until its head is sent; a stream's body is not timed), by route template and method",
+            "Time to answer an HTTP request (until its head is sent; a stream's body is not timed), by route template, method and status",
             latency.clone(),
         );
         Self {
@@ -153,21 +147,18 @@ struct Seen<'a> {
 
 impl Drop for Seen<'_> {
     fn drop(&mut self) {
+        // By status too: under overload the answered requests' latency must not be hidden
+        // among held refusals'.
+        let labels = RequestLabels {
+            route: std::mem::take(&mut self.route),
+            method: self.method,
+            status: self.status,
+        };
         self.m
             .latency
-            .get_or_create(&RouteLabels {
-                route: self.route.clone(),
-                method: self.method,
-            })
+            .get_or_create(&labels)
             .observe(self.start.elapsed().as_secs_f64());
-        self.m
-            .requests
-            .get_or_create(&RequestLabels {
-                route: std::mem::take(&mut self.route),
-                method: self.method,
-                status: self.status,
-            })
-            .inc();
+        self.m.requests.get_or_create(&labels).inc();
     }
 }
 

@@ -4,6 +4,14 @@
 use super::*;
 
 impl Inner {
+    /// How long a refusal is held, its own place among the held counted ([`hold_length`]).
+    pub(super) fn hold_for(&self) -> std::time::Duration {
+        hold_length(
+            self.limits.overload_hold,
+            MAX_HELD - self.held.available_permits(),
+        )
+    }
+
     /// Admits a request for `cid` or refuses it with 503 when a queue is full.
     pub(super) fn admit(
         &self,
@@ -26,6 +34,15 @@ impl Inner {
         })?;
         Ok((total, model))
     }
+}
+
+/// How long a refusal is held while `held` are (itself included): `base`, longer while many
+/// are held at once, so that refusals come at most about [`REFUSALS_PER_SEC`] a second however
+/// many connections re-send (up to [`MAX_HOLD`]).
+pub(super) fn hold_length(base: std::time::Duration, held: usize) -> std::time::Duration {
+    let held = u32::try_from(held).unwrap_or(u32::MAX);
+    let spread = std::time::Duration::from_secs(1) * held / REFUSALS_PER_SEC as u32;
+    base.max(spread.min(MAX_HOLD))
 }
 
 /// Checks inputs against the model's signature, before anything runs.
@@ -215,8 +232,9 @@ pub(super) async fn run_infer(
             // keeps only its task (body and headers go first), and at most `MAX_HELD` are held:
             // past that the refusal is immediate.
             drop((read, headers));
-            if let Ok(_held) = i.held.clone().try_acquire_owned() {
-                tokio::time::sleep(i.limits.overload_hold).await;
+            if let Ok(held) = i.held.clone().try_acquire_owned() {
+                tokio::time::sleep(i.hold_for()).await;
+                drop(held);
             }
             return Err(e);
         }
@@ -456,4 +474,32 @@ fn wanted_outputs(
         )));
     }
     Ok(list)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_flood_is_held_longer_so_that_refusals_stay_few() {
+        let base = Duration::from_millis(250);
+        // A few refused at once: the configured hold.
+        assert_eq!(hold_length(base, 1), base);
+        assert_eq!(hold_length(base, 100), base);
+        // Thousands of connections re-sending at once: each waits its share of the rate.
+        assert_eq!(hold_length(base, 1_000), Duration::from_millis(2_500));
+        for held in [101, 500, 1_000, 1_999] {
+            let per_sec = held as f64 / hold_length(base, held).as_secs_f64();
+            assert!(
+                per_sec <= REFUSALS_PER_SEC as f64 + 1e-6,
+                "{held}: {per_sec}/s"
+            );
+        }
+        // A client still hears within MAX_HOLD, and a longer configured hold is kept.
+        assert_eq!(hold_length(base, MAX_HELD), MAX_HOLD);
+        assert_eq!(hold_length(base, usize::MAX), MAX_HOLD);
+        let long = Duration::from_secs(10);
+        assert_eq!(hold_length(long, MAX_HELD), long);
+    }
 }
