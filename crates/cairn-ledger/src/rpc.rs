@@ -33,6 +33,11 @@ pub struct RpcLedger {
 /// Default block span of one `eth_getLogs` request.
 pub const DEFAULT_LOG_WINDOW: u64 = 5_000;
 
+/// Longest one JSON-RPC request may take by default: an endpoint that accepts and never
+/// answers must fail the call (the settler, a verifier, the indexer then retry on their own
+/// schedule) rather than hold it, and everything waiting behind it, forever.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
 #[derive(Default)]
 struct SignerState {
     next_nonce: Option<u64>,
@@ -55,14 +60,30 @@ fn rpc_error(e: RpcErr) -> LedgerError {
 
 impl RpcLedger {
     /// Connects to `url` and reads its chain id. `wait` bounds how long a send waits for its
-    /// receipt.
+    /// receipt; each request gives up after [`DEFAULT_REQUEST_TIMEOUT`].
     pub async fn connect(url: &str, wait: Duration) -> Result<Self, LedgerError> {
+        Self::connect_with_timeout(url, wait, DEFAULT_REQUEST_TIMEOUT).await
+    }
+
+    /// [`RpcLedger::connect`], each request (connecting included) given up after `timeout`.
+    /// A send whose request timed out may still have reached the chain: it is remembered as
+    /// pending like any transport error after sending.
+    pub async fn connect_with_timeout(
+        url: &str,
+        wait: Duration,
+        timeout: Duration,
+    ) -> Result<Self, LedgerError> {
         let parsed = url
             .parse()
             .map_err(|e| LedgerError::Invalid(format!("rpc url {url:?}: {e}")))?;
+        let client = reqwest::Client::builder()
+            .connect_timeout(timeout.min(Duration::from_secs(10)))
+            .timeout(timeout)
+            .build()
+            .map_err(|e| LedgerError::Invalid(format!("an HTTP client for {url:?}: {e}")))?;
         let provider = ProviderBuilder::new()
             .disable_recommended_fillers()
-            .connect_http(parsed)
+            .connect_reqwest(client, parsed)
             .erased();
         let chain_id = provider.get_chain_id().await.map_err(rpc_error)?;
         Ok(Self {
@@ -351,5 +372,41 @@ impl Ledger for RpcLedger {
             .await?;
         self.dev_rpc("evm_mine", serde_json::json!([])).await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A chain endpoint that accepts connections and never answers (hung, or hostile): the
+    /// call fails within the request timeout instead of holding its caller forever.
+    #[tokio::test]
+    async fn an_endpoint_that_never_answers_fails_the_call_instead_of_holding_it() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        std::thread::spawn(move || {
+            // Every connection accepted and kept open, nothing read, nothing answered.
+            let mut held = Vec::new();
+            for s in listener.incoming().flatten() {
+                held.push(s);
+            }
+        });
+        let started = std::time::Instant::now();
+        let connected = tokio::time::timeout(
+            Duration::from_secs(20),
+            RpcLedger::connect_with_timeout(
+                &url,
+                Duration::from_secs(1),
+                Duration::from_millis(300),
+            ),
+        )
+        .await
+        .expect("the call must not hang on an endpoint that never answers");
+        let Err(e) = connected else {
+            panic!("nothing answered, yet the connect succeeded")
+        };
+        assert!(matches!(e, LedgerError::Rpc(_)), "{e}");
+        assert!(started.elapsed() < Duration::from_secs(10), "{e}");
     }
 }
