@@ -213,7 +213,13 @@ impl Router {
         } else {
             &self.guarded
         };
-        let c = NodeClient::new(url).with_http(http.clone());
+        let mut c = NodeClient::new(url).with_http(http.clone());
+        // With the chain known, its token is the only one paid in: a node naming another
+        // token the payer holds, or another chain, is not paid.
+        if let Some(chain) = &self.chain {
+            let d = chain.deployment();
+            c = c.with_asset(&format!("eip155:{}", d.chain_id), d.token);
+        }
         match &self.payer {
             Some(p) => {
                 let c = c

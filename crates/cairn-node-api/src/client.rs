@@ -94,6 +94,8 @@ pub struct NodeClient {
     max_body: Option<usize>,
     /// Pays only offers to, and settled or claimed by, this address, when set.
     payee: Option<alloy_primitives::Address>,
+    /// Pays only in this asset on this network (CAIP-2), when set.
+    asset: Option<(String, alloy_primitives::Address)>,
 }
 
 impl NodeClient {
@@ -110,7 +112,16 @@ impl NodeClient {
             max_price: None,
             max_body: None,
             payee: None,
+            asset: None,
         }
+    }
+
+    /// Pays only offers naming `asset` (a token contract) on `network` (CAIP-2, `eip155:8453`):
+    /// a node cannot have the payer sign for another token it holds, or on another chain, where
+    /// the same number of units may be worth far more.
+    pub fn with_asset(mut self, network: &str, asset: alloy_primitives::Address) -> Self {
+        self.asset = Some((network.to_owned(), asset));
+        self
     }
 
     /// Pays only offers whose `payTo` is `payee`, and that only `payee` can settle (an `upto`
@@ -466,6 +477,20 @@ impl NodeClient {
                 let required = cairn_x402::client::offers(resp.headers())
                     .map_err(|e| NodeClientError::Protocol(e.to_string()))?;
                 offers_only_for(&required, payee).map_err(NodeClientError::Protocol)?;
+            }
+            if let Some((network, asset)) = &self.asset {
+                let required = cairn_x402::client::offers(resp.headers())
+                    .map_err(|e| NodeClientError::Protocol(e.to_string()))?;
+                if let Some(o) = required
+                    .accepts
+                    .iter()
+                    .find(|o| o.network != *network || o.asset != *asset)
+                {
+                    return Err(NodeClientError::Protocol(format!(
+                        "the node asks to be paid in {} on {} ({}); this client pays only in {asset} on {network}: not paying",
+                        o.asset, o.network, o.scheme
+                    )));
+                }
             }
             if let Some(max) = self.max_price {
                 let required = cairn_x402::client::offers(resp.headers())

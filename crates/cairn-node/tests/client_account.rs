@@ -186,6 +186,41 @@ async fn vouchers_follow_the_payers_own_account_not_the_nodes_word() {
     );
 }
 
+/// Attack: a node asks to be paid in another token the payer holds, or on another chain, where
+/// the same number of units may be worth far more. A client pinned to its asset signs nothing
+/// for any other; pinned to the node's own, it pays.
+#[tokio::test]
+async fn a_client_pinned_to_its_asset_signs_for_no_other() {
+    let (url, seen) = liar().await;
+    let payer = PrivateKeySigner::random();
+    let x = Tensor::new("x", DataType::Fp32, vec![1], vec![0; 4]).unwrap();
+    let theirs = offer("exact");
+    for (network, asset) in [
+        (theirs.network.as_str(), Address::repeat_byte(9)),
+        ("eip155:8453", theirs.asset),
+    ] {
+        let Err(e) = NodeClient::new(&url)
+            .with_payer(payer.clone(), Default::default())
+            .with_asset(network, asset)
+            .infer("m", std::slice::from_ref(&x), true)
+            .await
+        else {
+            panic!("paid in {asset} on {network}")
+        };
+        let e = e.to_string();
+        assert!(e.contains("not paying"), "{e}");
+        assert!(seen.lock().unwrap().is_empty(), "a payment was sent: {e}");
+    }
+    let out = NodeClient::new(&url)
+        .with_payer(payer, Default::default())
+        .with_asset(&theirs.network, theirs.asset)
+        .infer("m", std::slice::from_ref(&x), true)
+        .await
+        .unwrap();
+    assert_eq!(out.payment.unwrap().scheme, "exact");
+    assert_eq!(seen.lock().unwrap().len(), 1);
+}
+
 /// Attack: a node publishes a per-token price, then names a far larger ceiling in a chat
 /// call's 402, hoping the client signs it (it could then claim the whole ceiling). The client
 /// works the ceiling out from the published price and the request, and refuses to sign more.

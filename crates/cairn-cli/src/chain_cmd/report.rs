@@ -193,8 +193,8 @@ pub async fn print_devnet(chain: &Chain) -> anyhow::Result<()> {
         d.chain_id
     );
     println!(
-        "  token:    {} (cUSD, 6 decimals, EIP-2612 + EIP-3009)",
-        d.token
+        "  token:    {} (cUSD, 6 decimals, EIP-2612 + EIP-3009; pay only in it: --pay-asset eip155:{}/erc20:{})",
+        d.token, d.chain_id, d.token
     );
     println!("  registry: {}", d.registry);
     println!("  settlement (receipt domain): {}", d.settlement);

@@ -49,6 +49,43 @@ pub struct PayerArgs {
     /// refund, or withdraw on chain.
     #[arg(long)]
     pub batch_deposit: Option<alloy_primitives::U256>,
+    /// The most one call may cost you, token units: a node asking more is not paid.
+    #[arg(long, default_value = "100000")]
+    pub max_pay: alloy_primitives::U256,
+    /// Pay only in this token on this chain, as a CAIP-19 asset id
+    /// (`eip155:31337/erc20:0x…`; the devnet prints its token): a node naming another token or
+    /// chain is not paid.
+    #[arg(long)]
+    pub pay_asset: Option<PayAsset>,
+}
+
+/// A token on an EVM chain, spelled as a CAIP-19 asset id: `eip155:<chain id>/erc20:<address>`.
+#[derive(Clone, Debug)]
+pub struct PayAsset {
+    /// The chain, CAIP-2 (`eip155:31337`), as x402 offers name it.
+    pub network: String,
+    /// The token contract.
+    pub token: alloy_primitives::Address,
+}
+
+impl std::str::FromStr for PayAsset {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("{s:?} is not a CAIP-19 token id like eip155:8453/erc20:0x…");
+        let (network, token) = s.split_once('/').ok_or_else(bad)?;
+        let chain = network.strip_prefix("eip155:").ok_or_else(bad)?;
+        chain.parse::<u64>().map_err(|_| bad())?;
+        let token = token
+            .strip_prefix("erc20:")
+            .ok_or_else(bad)?
+            .parse()
+            .map_err(|_| bad())?;
+        Ok(Self {
+            network: network.to_owned(),
+            token,
+        })
+    }
 }
 
 /// How a call is made: who pays and how its receipt is signed.
@@ -69,7 +106,11 @@ impl CallArgs {
         if let Some(path) = &self.payer.payer_key {
             client = client
                 .with_payer(crate::keyfile::load(path)?, self.payer.salt)
-                .with_accounts(crate::keyfile::prepaid_accounts(path));
+                .with_accounts(crate::keyfile::prepaid_accounts(path))
+                .with_max_price(self.payer.max_pay);
+            if let Some(a) = &self.payer.pay_asset {
+                client = client.with_asset(&a.network, a.token);
+            }
             if let Some(amount) = self.payer.batch_deposit {
                 client = client.with_batch_deposit(amount);
             }
@@ -211,4 +252,33 @@ fn write_outputs(path: &Path, outputs: &[Tensor]) -> anyhow::Result<()> {
     };
     std::fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PayAsset;
+
+    #[test]
+    fn a_pay_asset_is_a_caip19_token_id() {
+        let a: PayAsset = "eip155:31337/erc20:0x5FbDB2315678afecb367f032d93F642f64180aa3"
+            .parse()
+            .unwrap();
+        assert_eq!(a.network, "eip155:31337");
+        assert_eq!(
+            a.token,
+            "0x5FbDB2315678afecb367f032d93F642f64180aa3"
+                .parse::<alloy_primitives::Address>()
+                .unwrap()
+        );
+        for bad in [
+            "0x5FbDB2315678afecb367f032d93F642f64180aa3",
+            "eip155:x/erc20:0x5FbDB2315678afecb367f032d93F642f64180aa3",
+            "solana:1/erc20:0x5FbDB2315678afecb367f032d93F642f64180aa3",
+            "eip155:1/erc721:0x5FbDB2315678afecb367f032d93F642f64180aa3",
+            "eip155:1/erc20:0x5F",
+        ] {
+            let e = bad.parse::<PayAsset>().unwrap_err();
+            assert!(e.contains("CAIP-19"), "{bad}: {e}");
+        }
+    }
 }
