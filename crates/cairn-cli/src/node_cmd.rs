@@ -91,6 +91,7 @@ pub struct NodeServeArgs {
     pub workers: Option<usize>,
     /// Milliseconds a request refused for a full queue waits before its 503 (with
     /// `Retry-After`): clients that re-send at once cannot make refusing the node's main work.
+    /// Longer while many are held at once (up to 5 s); 0 answers at once.
     #[arg(long, default_value_t = 250)]
     pub overload_hold_ms: u64,
     /// Milliseconds a request body may take to arrive (a slow sender is cut off with 504).
@@ -285,7 +286,7 @@ impl NodeServeArgs {
             timeout: Duration::from_millis(self.timeout_ms),
             queue_per_model: self
                 .queue_per_model
-                .unwrap_or(cairn_node::QUEUE_PER_WORKER * workers),
+                .unwrap_or(cairn_node::QUEUE_PER_WORKER.saturating_mul(workers.max(1))),
             queue_total: self.queue_total,
             workers,
             overload_hold: Duration::from_millis(self.overload_hold_ms),

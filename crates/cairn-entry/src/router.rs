@@ -218,7 +218,9 @@ impl Router {
         // token the payer holds, or another chain, is not paid.
         if let Some(chain) = &self.chain {
             let d = chain.deployment();
-            c = c.with_asset(&format!("eip155:{}", d.chain_id), d.token);
+            c = c
+                .with_asset(&format!("eip155:{}", d.chain_id), d.token)
+                .with_escrow(d.escrow);
         }
         match &self.payer {
             Some(p) => {

@@ -3,8 +3,9 @@
 //! Transactions of one signer go out one at a time under that signer's lock, with nonces this
 //! process hands out. A transaction that was sent (or might have been: a transport error after
 //! sending) but is not mined within the wait is remembered as pending; the next send from that
-//! signer first looks for its receipt and refuses to go on while it is still out, so nothing is
-//! ever re-sent blindly or with a clashing nonce.
+//! signer first looks for its receipt (sending the same signed bytes again when the chain does
+//! not know the transaction: a request cut off before it arrived) and refuses to go on while it
+//! is still out, so nothing is ever re-sent as a second transaction or with a clashing nonce.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -41,7 +42,16 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Default)]
 struct SignerState {
     next_nonce: Option<u64>,
-    pending: Option<(B256, u64)>,
+    pending: Option<Pending>,
+}
+
+/// A transaction that was sent, or may have been, and is not known to be mined.
+struct Pending {
+    hash: B256,
+    nonce: u64,
+    /// Its signed bytes: sent again as they are when the chain does not know it (a request cut
+    /// off before it arrived), which is the same transaction, never a second one.
+    raw: Bytes,
 }
 
 type RpcErr = alloy_json_rpc::RpcError<alloy_transport::TransportErrorKind>;
@@ -168,9 +178,30 @@ impl RpcLedger {
     }
 
     async fn reconcile_locked(&self, st: &mut SignerState) -> Result<(), LedgerError> {
-        if let Some((hash, nonce)) = st.pending {
+        if let Some(p) = &st.pending {
+            let (hash, nonce) = (p.hash, p.nonce);
+            let known = self
+                .provider
+                .get_transaction_by_hash(hash)
+                .await
+                .map_err(rpc_error)?
+                .is_some();
+            if !known {
+                // Whatever the node answers (it may have taken it meanwhile, or have mined
+                // another with this nonce), the receipt below decides.
+                if let Err(e) = self.provider.send_raw_transaction(&p.raw).await
+                    && !e.is_error_resp()
+                {
+                    return Err(LedgerError::Pending { hash, nonce });
+                }
+            }
             match self.wait_receipt(hash).await? {
-                Some(_) => st.pending = None,
+                Some(_) => {
+                    st.pending = None;
+                    // The count this process kept may be behind: the send that left it
+                    // pending never moved it. The chain says where it stands.
+                    st.next_nonce = None;
+                }
                 None => return Err(LedgerError::Pending { hash, nonce }),
             }
         }
@@ -272,7 +303,11 @@ impl Ledger for RpcLedger {
         let raw = alloy_eips::eip2718::Encodable2718::encoded_2718(&envelope);
 
         // From here on the node may have it: remember it before sending.
-        st.pending = Some((hash, nonce));
+        st.pending = Some(Pending {
+            hash,
+            nonce,
+            raw: raw.clone().into(),
+        });
         match self.provider.send_raw_transaction(&raw).await {
             Ok(_) => {}
             Err(e) if e.is_error_resp() => {

@@ -151,3 +151,143 @@ async fn logs_are_read_in_windows() {
     // One mint per block: each is its block's first log.
     assert!(logs.iter().all(|l| l.index == 0));
 }
+
+/// What the proxy does with the second `eth_sendRawTransaction` it sees.
+#[derive(Clone, Copy)]
+enum SecondSend {
+    /// Passes it on, then holds the answer past the client's timeout: the transaction lands,
+    /// the client cannot know.
+    AnsweredLate,
+    /// Never passes it on: the transaction is lost on the way.
+    Lost,
+}
+
+/// A JSON-RPC proxy in front of `upstream` that spoils the second send as `second` says and
+/// passes everything else through.
+async fn spoiling_proxy(upstream: String, second: SecondSend) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let sends = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let http = reqwest::Client::new();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let (upstream, sends, http) = (upstream.clone(), sends.clone(), http.clone());
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                loop {
+                    // One request: its head, then as many body bytes as it announces.
+                    let head_end = loop {
+                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break i + 4;
+                        }
+                        let mut chunk = [0u8; 4096];
+                        match conn.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .map_or(0, |v| v.trim().parse().unwrap());
+                    while buf.len() < head_end + len {
+                        let mut chunk = [0u8; 4096];
+                        match conn.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let body: Vec<u8> = buf.drain(..head_end + len).skip(head_end).collect();
+                    let send = String::from_utf8_lossy(&body).contains("eth_sendRawTransaction");
+                    let spoil =
+                        send && sends.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 1;
+                    if spoil && matches!(second, SecondSend::Lost) {
+                        tokio::time::sleep(Duration::from_secs(3600)).await;
+                        return;
+                    }
+                    let answer = http
+                        .post(&upstream)
+                        .header("content-type", "application/json")
+                        .body(body)
+                        .send()
+                        .await
+                        .unwrap()
+                        .bytes()
+                        .await
+                        .unwrap();
+                    if spoil {
+                        tokio::time::sleep(Duration::from_secs(3600)).await;
+                        return;
+                    }
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                        answer.len()
+                    );
+                    if conn.write_all(head.as_bytes()).await.is_err()
+                        || conn.write_all(&answer).await.is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    url
+}
+
+/// The chain endpoint is slow or drops a send: the call gives up within the request timeout as
+/// pending, and the signer goes on without a clashing nonce or a second transaction, whether
+/// the send landed (its answer came too late) or was lost on the way (the same signed bytes
+/// go out again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_cut_off_by_the_timeout_neither_clashes_nor_doubles() {
+    for second in [SecondSend::AnsweredLate, SecondSend::Lost] {
+        let Some(anvil) = Anvil::for_test("a_send_cut_off_by_the_timeout", 31337) else {
+            return;
+        };
+        let url = spoiling_proxy(anvil.url().to_owned(), second).await;
+        let ledger = RpcLedger::connect_with_timeout(
+            &url,
+            Duration::from_secs(5),
+            Duration::from_millis(500),
+        )
+        .await
+        .unwrap();
+        let alice = dev_signer(0);
+        let bob = dev_signer(1).address();
+        ledger
+            .dev_set_balance(alice.address(), U256::from(10u128.pow(20)))
+            .await
+            .unwrap();
+        // One send answered: the signer's count is now this process's own.
+        ledger.send(&alice, pay(bob)).await.unwrap();
+        let started = std::time::Instant::now();
+        let (hash, nonce) = match ledger.send(&alice, pay(bob)).await {
+            Err(LedgerError::Pending { hash, nonce }) => (hash, nonce),
+            other => panic!("expected pending, got {other:?}"),
+        };
+        assert!(started.elapsed() < Duration::from_secs(5));
+        // The next send first settles the earlier one, then goes out with the next nonce.
+        let next = ledger.send(&alice, pay(bob)).await.unwrap();
+        assert_ne!(next.hash, hash);
+        let count = ledger
+            .dev_rpc(
+                "eth_getTransactionCount",
+                json!([alice.address(), "latest"]),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            count,
+            json!(format!("{:#x}", nonce + 2)),
+            "one transaction each"
+        );
+        let earlier = ledger
+            .dev_rpc("eth_getTransactionReceipt", json!([hash]))
+            .await
+            .unwrap();
+        assert_eq!(earlier["status"], "0x1", "the cut-off send was mined once");
+    }
+}

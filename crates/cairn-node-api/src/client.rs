@@ -96,6 +96,8 @@ pub struct NodeClient {
     payee: Option<alloy_primitives::Address>,
     /// Pays only in this asset on this network (CAIP-2), when set.
     asset: Option<(String, alloy_primitives::Address)>,
+    /// Pays prepaid vouchers only on this escrow, when set.
+    escrow: Option<alloy_primitives::Address>,
 }
 
 impl NodeClient {
@@ -113,6 +115,7 @@ impl NodeClient {
             max_body: None,
             payee: None,
             asset: None,
+            escrow: None,
         }
     }
 
@@ -121,6 +124,13 @@ impl NodeClient {
     /// the same number of units may be worth far more.
     pub fn with_asset(mut self, network: &str, asset: alloy_primitives::Address) -> Self {
         self.asset = Some((network.to_owned(), asset));
+        self
+    }
+
+    /// Signs prepaid vouchers only for channels on `escrow`: a voucher is signed over its
+    /// escrow, whose token is what it pays, whatever asset the offer names.
+    pub fn with_escrow(mut self, escrow: alloy_primitives::Address) -> Self {
+        self.escrow = Some(escrow);
         self
     }
 
@@ -489,6 +499,24 @@ impl NodeClient {
                     return Err(NodeClientError::Protocol(format!(
                         "the node asks to be paid in {} on {} ({}); this client pays only in {asset} on {network}: not paying",
                         o.asset, o.network, o.scheme
+                    )));
+                }
+            }
+            if let Some(escrow) = self.escrow {
+                let required = cairn_x402::client::offers(resp.headers())
+                    .map_err(|e| NodeClientError::Protocol(e.to_string()))?;
+                if let Some(o) = required.accepts.iter().find(|o| {
+                    o.scheme == "prepaid"
+                        && o.extra
+                            .get("escrow")
+                            .and_then(|v| v.as_str()?.parse::<alloy_primitives::Address>().ok())
+                            != Some(escrow)
+                }) {
+                    return Err(NodeClientError::Protocol(format!(
+                        "the node asks for vouchers on escrow {}; this client signs them only on {escrow}: not paying",
+                        o.extra
+                            .get("escrow")
+                            .map_or_else(|| "(none named)".into(), |v| v.to_string())
                     )));
                 }
             }

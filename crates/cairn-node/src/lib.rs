@@ -83,7 +83,7 @@ impl Default for Limits {
             max_body_bytes: 64 << 20,
             max_elements: 16 << 20,
             timeout: Duration::from_secs(30),
-            queue_per_model: QUEUE_PER_WORKER * workers,
+            queue_per_model: QUEUE_PER_WORKER.saturating_mul(workers.max(1)),
             queue_total: 1024,
             workers,
             overload_hold: Duration::from_millis(250),

@@ -187,8 +187,9 @@ async fn vouchers_follow_the_payers_own_account_not_the_nodes_word() {
 }
 
 /// Attack: a node asks to be paid in another token the payer holds, or on another chain, where
-/// the same number of units may be worth far more. A client pinned to its asset signs nothing
-/// for any other; pinned to the node's own, it pays.
+/// the same number of units may be worth far more, or with vouchers on another escrow. A client
+/// pinned to its asset (and escrow) signs nothing for any other; pinned to the node's own, it
+/// pays.
 #[tokio::test]
 async fn a_client_pinned_to_its_asset_signs_for_no_other() {
     let (url, seen) = liar().await;
@@ -211,9 +212,23 @@ async fn a_client_pinned_to_its_asset_signs_for_no_other() {
         assert!(e.contains("not paying"), "{e}");
         assert!(seen.lock().unwrap().is_empty(), "a payment was sent: {e}");
     }
+    // A voucher pays in its escrow's token, whatever asset the offer names: pinned to another
+    // escrow, nothing is signed either.
+    let Err(e) = NodeClient::new(&url)
+        .with_payer(payer.clone(), Default::default())
+        .with_asset(&theirs.network, theirs.asset)
+        .with_escrow(Address::repeat_byte(8))
+        .infer("m", std::slice::from_ref(&x), true)
+        .await
+    else {
+        panic!("paid with vouchers on another escrow")
+    };
+    assert!(e.to_string().contains("not paying"), "{e}");
+    assert!(seen.lock().unwrap().is_empty());
     let out = NodeClient::new(&url)
         .with_payer(payer, Default::default())
         .with_asset(&theirs.network, theirs.asset)
+        .with_escrow(Address::repeat_byte(3))
         .infer("m", std::slice::from_ref(&x), true)
         .await
         .unwrap();

@@ -75,14 +75,15 @@ impl std::str::FromStr for PayAsset {
         let bad = || format!("{s:?} is not a CAIP-19 token id like eip155:8453/erc20:0x…");
         let (network, token) = s.split_once('/').ok_or_else(bad)?;
         let chain = network.strip_prefix("eip155:").ok_or_else(bad)?;
-        chain.parse::<u64>().map_err(|_| bad())?;
+        let chain: u64 = chain.parse().map_err(|_| bad())?;
         let token = token
             .strip_prefix("erc20:")
             .ok_or_else(bad)?
             .parse()
             .map_err(|_| bad())?;
         Ok(Self {
-            network: network.to_owned(),
+            // As offers spell it.
+            network: format!("eip155:{chain}"),
             token,
         })
     }
@@ -261,6 +262,10 @@ mod tests {
     #[test]
     fn a_pay_asset_is_a_caip19_token_id() {
         let a: PayAsset = "eip155:31337/erc20:0x5FbDB2315678afecb367f032d93F642f64180aa3"
+            .parse()
+            .unwrap();
+        assert_eq!(a.network, "eip155:31337");
+        let a: PayAsset = "eip155:031337/erc20:0x5FbDB2315678afecb367f032d93F642f64180aa3"
             .parse()
             .unwrap();
         assert_eq!(a.network, "eip155:31337");

@@ -37,9 +37,13 @@ impl Inner {
 }
 
 /// How long a refusal is held while `held` are (itself included): `base`, longer while many
-/// are held at once, so that refusals come at most about [`REFUSALS_PER_SEC`] a second however
-/// many connections re-send (up to [`MAX_HOLD`]).
+/// are held at once, so that refusals come at most about [`REFUSALS_PER_SEC`] a second up to
+/// [`MAX_HOLD`] (up to ~2,000 held; past that, up to `MAX_HELD` / `MAX_HOLD` a second). A `base`
+/// of zero holds nothing.
 pub(super) fn hold_length(base: std::time::Duration, held: usize) -> std::time::Duration {
+    if base.is_zero() {
+        return base;
+    }
     let held = u32::try_from(held).unwrap_or(u32::MAX);
     let spread = std::time::Duration::from_secs(1) * held / REFUSALS_PER_SEC as u32;
     base.max(spread.min(MAX_HOLD))
@@ -501,5 +505,7 @@ mod tests {
         assert_eq!(hold_length(base, usize::MAX), MAX_HOLD);
         let long = Duration::from_secs(10);
         assert_eq!(hold_length(long, MAX_HELD), long);
+        // Holding turned off stays off.
+        assert_eq!(hold_length(Duration::ZERO, MAX_HELD), Duration::ZERO);
     }
 }
