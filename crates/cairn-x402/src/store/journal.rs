@@ -391,7 +391,9 @@ impl Journal {
     }
 
     /// SQLite now holds the first `n` waiting records.
-    fn applied(&mut self, n: usize) {
+    /// Forgets the first `n` waiting records, now in SQLite; `durable`: that commit was at the
+    /// store's own durability, so the file may drop them (only then is it compacted).
+    fn applied(&mut self, n: usize, durable: bool) {
         for r in self.waiting.drain(..n) {
             self.keys.remove(&r.key);
             if let Some(o) = self.owed.get_mut(&r.channel) {
@@ -401,7 +403,8 @@ impl Journal {
                 }
             }
         }
-        if self.len >= TRUNCATE_AT
+        if durable
+            && self.len >= TRUNCATE_AT
             && let Err(e) = self.compact()
         {
             tracing::warn!(error = %e, "compacting the voucher journal; it goes on growing");
@@ -461,19 +464,41 @@ fn flush_these(
     if records.is_empty() {
         return Ok(());
     }
-    conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+    // Under power durability each record is on disk in the journal already, so applying it
+    // need not wait for the disk too (takes wait for this connection meanwhile): a power cut
+    // that undoes the transaction leaves the records for the next open to apply. Only the
+    // commit after which the journal may drop applied records (compaction) waits, and it makes
+    // the earlier ones durable with it (the write-ahead log is synced in order).
+    let relaxed = {
+        let j = shared.lock();
+        j.full && j.len < TRUNCATE_AT
+    };
+    let sync = |c: &Connection, level: &str| {
+        c.execute_batch(&format!("PRAGMA synchronous = {level}"))
+            .map_err(|e| X402Error::Store(format!("setting synchronous = {level}: {e}")))
+    };
+    if relaxed {
+        sync(conn, "NORMAL")?;
+    }
+    let applied = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
         .and_then(|tx| {
             apply(&tx, &records)?;
             tx.commit()
-        })
-        .map_err(|e| {
-            X402Error::Store(format!(
-                "{} counted vouchers wait in the journal and the payment store refused them \
+        });
+    if relaxed {
+        // Every other write on this connection (exact payments, redemptions) waits for the
+        // disk: no use of it goes on at the weaker level.
+        sync(conn, "FULL")?;
+    }
+    applied.map_err(|e| {
+        X402Error::Store(format!(
+            "{} counted vouchers wait in the journal and the payment store refused them \
                  ({e}); the store answers once it takes them",
-                records.len()
-            ))
-        })?;
-    shared.lock().applied(records.len());
+            records.len()
+        ))
+    })?;
+    shared.lock().applied(records.len(), !relaxed);
     Ok(())
 }
 
