@@ -108,7 +108,7 @@ pub fn run(
         });
     }
     let claims = Claims {
-        request_id: B256::random(),
+        request_id: crate::new_request_id(),
         model,
         input_hash: tensors_hash(inputs),
         output_hash: tensors_hash(&outputs),

@@ -237,7 +237,7 @@ async fn llm_call(
     let worker = (worker, session);
     let profile = crate::llm::profile();
     let id = Identity {
-        request_id: B256::random(),
+        request_id: crate::new_request_id(),
         created: crate::now_secs(),
         fingerprint: profile.hash(),
     };
