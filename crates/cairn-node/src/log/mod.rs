@@ -441,6 +441,13 @@ impl From<tokio::task::JoinError> for LogError {
 }
 
 impl ReceiptLog {
+    /// Lets the index thread gather entries into larger commits while `busy` says more than
+    /// one request is being served (at one at a time it commits each at once). Set once; a
+    /// log without it commits at once.
+    pub fn gather_while(&self, busy: impl Fn() -> bool + Send + Sync + 'static) {
+        let _ = self.writer.busy.set(Box::new(busy));
+    }
+
     /// Opens (creating) the log at `path`: group commits sign their batch-sealed receipts with
     /// `sealer` (one signature per group); a sweep thread drops payloads older than
     /// `retention` once nothing can still ask for them (with `settles`: only receipts whose

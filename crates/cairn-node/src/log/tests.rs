@@ -460,6 +460,38 @@ async fn no_append_is_left_behind_when_many_race_for_the_connection() {
     assert_eq!(log.count().await.unwrap(), 16 * 150);
 }
 
+/// While the node is busy the index thread gathers entries into larger commits; a read
+/// still sees everything answered before it, and nothing is left behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_gathering_index_still_shows_each_read_what_was_answered_before_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = log_with(
+        &dir.path().join("r.sqlite"),
+        Duration::from_secs(3600),
+        Durability::Normal,
+    )
+    .await;
+    log.gather_while(|| true);
+    let tasks: Vec<_> = (0..8)
+        .map(|t| {
+            let log = log.clone();
+            tokio::spawn(async move {
+                for i in 0..50 {
+                    let id = format!("{t}-{i}");
+                    log.append(entry(&id, Billing::Final, 0)).await.unwrap();
+                    assert!(log.get(&id).await.unwrap().is_some(), "{id} not read back");
+                }
+            })
+        })
+        .collect();
+    tokio::time::timeout(Duration::from_secs(60), futures::future::join_all(tasks))
+        .await
+        .expect("every append answered and read back")
+        .into_iter()
+        .for_each(|r| r.unwrap());
+    assert_eq!(log.count().await.unwrap(), 8 * 50);
+}
+
 /// The sweep drops payloads past the retention window, a chunk at a time through the write
 /// connection, while appends go on (each answered, nothing of theirs dropped); receipts stay.
 #[tokio::test(flavor = "multi_thread")]

@@ -234,6 +234,16 @@ pub(crate) async fn open(c: NodeConfig) -> Result<NodeState, NodeError> {
     };
     let verifier_keys = chain.clone().map(crate::sealing::VerifierKeys::new);
     let cache_lookups = cache.lookups();
+    let total = Arc::new(Semaphore::new(c.limits.queue_total));
+    {
+        // More than one request admitted: the receipt index gathers its commits.
+        let (total, all) = (Arc::downgrade(&total), c.limits.queue_total);
+        log.gather_while(move || {
+            total
+                .upgrade()
+                .is_some_and(|t| t.available_permits() + 1 < all)
+        });
+    }
     Ok(NodeState(Arc::new(Inner {
         ohttp,
         evidence,
@@ -252,7 +262,7 @@ pub(crate) async fn open(c: NodeConfig) -> Result<NodeState, NodeError> {
         price: c.price,
         limits: c.limits,
         hub_url: c.hub_url,
-        total: Arc::new(Semaphore::new(c.limits.queue_total)),
+        total,
         per_model: Mutex::new(HashMap::new()),
         workers: Arc::new(Semaphore::new(c.limits.workers.max(1))),
         held: Arc::new(Semaphore::new(MAX_HELD)),
