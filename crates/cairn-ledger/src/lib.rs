@@ -89,9 +89,10 @@ pub enum LedgerError {
         /// Raw revert data.
         data: Bytes,
     },
-    /// A transaction was sent but is not mined yet. It is tracked; it will not be re-sent.
+    /// A transaction was sent but is not mined yet. It is tracked; it is never sent as a second
+    /// transaction (only its own signed bytes again, if the chain does not know it).
     #[error(
-        "transaction {hash} (nonce {nonce}) is sent but not mined yet; it is tracked and will not be re-sent"
+        "transaction {hash} (nonce {nonce}) is sent but not mined yet; it is tracked and never sent as a second transaction"
     )]
     Pending {
         /// Transaction hash.
@@ -102,7 +103,7 @@ pub enum LedgerError {
     /// Nothing was sent: the signer's earlier transaction is still unmined (sending another
     /// would race its nonce). Retry once it is mined.
     #[error(
-        "nothing was sent: the signer's earlier transaction {hash} (nonce {nonce}) is not mined yet; retry once it is"
+        "nothing was sent: the signer's earlier transaction {hash} (nonce {nonce}) is not mined yet, or was mined just now; read the chain again and retry"
     )]
     Busy {
         /// The earlier transaction's hash.

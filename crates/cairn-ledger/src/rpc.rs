@@ -255,10 +255,17 @@ impl Ledger for RpcLedger {
         let state = self.state_for(from);
         let mut st = state.lock().await;
         // The earlier transaction's hash is not this one's: say nothing was sent.
+        let earlier = st.pending.as_ref().map(|p| (p.hash, p.nonce));
         self.reconcile_locked(&mut st).await.map_err(|e| match e {
             LedgerError::Pending { hash, nonce } => LedgerError::Busy { hash, nonce },
             e => e,
         })?;
+        if let Some((hash, nonce)) = earlier {
+            // Mined just now: it may have done what this send is for (a batch submitted
+            // while its sender thought it lost). Nothing is sent; the caller reads the chain
+            // again first.
+            return Err(LedgerError::Busy { hash, nonce });
+        }
 
         let nonce = match st.next_nonce {
             Some(n) => n,

@@ -422,7 +422,8 @@ impl PaymentStore {
     }
 
     /// Makes every count so far survive power loss (a checkpoint syncs the write-ahead log
-    /// first); a no-op when every commit already waits for the disk. Called before counts are
+    /// first); a no-op under power durability, where each count's journal record is on disk
+    /// before its answer (a power cut leaves it for the next open to apply). Called before counts are
     /// billed or redeemed, so nothing is billed or redeemed on a count a power cut could undo.
     pub fn sync(&self) -> Result<(), X402Error> {
         if self.counts == cairn_sqlite::Durability::Full {

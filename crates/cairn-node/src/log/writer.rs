@@ -495,7 +495,11 @@ pub(super) fn indexer(writer: Weak<Writer>) {
                         .0;
                 }
             }
-            w.hurry.store(false, Ordering::Release);
+            if !p.rows.is_empty() {
+                // A read's hurry is spent on the commit that follows; one that came before
+                // its entries did waits for them.
+                w.hurry.store(false, Ordering::Release);
+            }
         }
         if let Err(e) = w.index_answered() {
             tracing::error!(error = %e, "receipt index: commit failed, retrying");

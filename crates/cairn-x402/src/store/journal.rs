@@ -123,6 +123,9 @@ pub(super) struct Shared {
     journal: Mutex<Journal>,
     /// Rung when a record is appended.
     bell: Condvar,
+    /// An apply pass could not put the connection back to FULL: the next use tries first, and
+    /// is refused if it still cannot.
+    weakened: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -197,9 +200,14 @@ fn apply(tx: &rusqlite::Transaction<'_>, records: &[Counted]) -> rusqlite::Resul
     let Some(last) = records.last() else {
         return Ok(());
     };
+    // Records SQLite holds already (a pass whose bookkeeping failed after its commit) are not
+    // counted twice.
+    let done: i64 = tx
+        .prepare_cached("SELECT applied FROM voucher_journal WHERE id = 1")?
+        .query_row([], |r| r.get(0))?;
     let now = super::now();
     let mut owed: HashMap<B256, U256> = HashMap::new();
-    for r in records {
+    for r in records.iter().filter(|r| r.seq > done as u64) {
         *owed.entry(r.channel).or_default() += r.charged;
         tx.prepare_cached(
             "INSERT INTO vouchers (key, channel, cumulative, price, signature, state, created_at, nonce)
@@ -234,7 +242,7 @@ fn apply(tx: &rusqlite::Transaction<'_>, records: &[Counted]) -> rusqlite::Resul
                 now
             ])?;
     }
-    tx.prepare_cached("UPDATE voucher_journal SET applied = ?1 WHERE id = 1")?
+    tx.prepare_cached("UPDATE voucher_journal SET applied = max(applied, ?1) WHERE id = 1")?
         .execute([last.seq as i64])?;
     Ok(())
 }
@@ -313,6 +321,7 @@ pub(super) fn open(
             keys: HashSet::new(),
         }),
         bell: Condvar::new(),
+        weakened: std::sync::atomic::AtomicBool::new(false),
     }))
 }
 
@@ -461,6 +470,17 @@ fn flush_these(
     shared: &Shared,
     records: Vec<Counted>,
 ) -> Result<(), X402Error> {
+    if shared.weakened.load(std::sync::atomic::Ordering::Acquire) {
+        conn.execute_batch("PRAGMA synchronous = FULL")
+            .map_err(|e| {
+                X402Error::Store(format!(
+                    "the payment store cannot wait for the disk again (synchronous = FULL: {e})"
+                ))
+            })?;
+        shared
+            .weakened
+            .store(false, std::sync::atomic::Ordering::Release);
+    }
     if records.is_empty() {
         return Ok(());
     }
@@ -473,32 +493,46 @@ fn flush_these(
         let j = shared.lock();
         j.full && j.len < TRUNCATE_AT
     };
-    let sync = |c: &Connection, level: &str| {
-        c.execute_batch(&format!("PRAGMA synchronous = {level}"))
-            .map_err(|e| X402Error::Store(format!("setting synchronous = {level}: {e}")))
-    };
+    /// Puts the connection back to FULL however the pass ends (an error, a panic): every
+    /// other write on it (exact payments, redemptions) waits for the disk.
+    struct Relaxed<'a>(&'a mut Connection, bool, &'a Shared);
+    impl Drop for Relaxed<'_> {
+        fn drop(&mut self) {
+            if self.1
+                && let Err(e) = self.0.execute_batch("PRAGMA synchronous = FULL")
+            {
+                tracing::error!(error = %e, "payment store: restoring synchronous = FULL");
+                self.2
+                    .weakened
+                    .store(true, std::sync::atomic::Ordering::Release);
+            }
+        }
+    }
+    let conn = Relaxed(conn, relaxed, shared);
     if relaxed {
-        sync(conn, "NORMAL")?;
+        conn.0
+            .execute_batch("PRAGMA synchronous = NORMAL")
+            .map_err(|e| X402Error::Store(format!("setting synchronous = NORMAL: {e}")))?;
     }
     let applied = conn
+        .0
         .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
         .and_then(|tx| {
             apply(&tx, &records)?;
             tx.commit()
         });
-    if relaxed {
-        // Every other write on this connection (exact payments, redemptions) waits for the
-        // disk: no use of it goes on at the weaker level.
-        sync(conn, "FULL")?;
+    drop(conn);
+    if applied.is_ok() {
+        // SQLite holds them: never applied again from here, whatever happens next.
+        shared.lock().applied(records.len(), !relaxed);
     }
     applied.map_err(|e| {
         X402Error::Store(format!(
             "{} counted vouchers wait in the journal and the payment store refused them \
-                 ({e}); the store answers once it takes them",
+             ({e}); the store answers once it takes them",
             records.len()
         ))
     })?;
-    shared.lock().applied(records.len(), !relaxed);
     Ok(())
 }
 
