@@ -71,9 +71,10 @@ pub struct Limits {
 
 /// Requests admitted per model for each worker, by default. Under a flood the admitted wait
 /// behind this many: 16 per worker keeps their latency within about twice what 16 clients
-/// see at once (measured on 2 cores, digits MLP: admitted p99 6.5 ms with 512 connections
-/// flooding against 3.7 ms with 16 clients; 11.6 ms with 32 per worker, 48 ms with the old 256
-/// per model), while the workers stay busy. More wait as 503s with `Retry-After`.
+/// see at once (measured on 2 cores, digits MLP, by `loadgen` on the answered requests:
+/// admitted p99 6.5 ms with 512 connections flooding against 3.7 ms with 16 clients, 11.6 ms
+/// with 32 per worker; the old 256 per model gave 43–50 ms by the node's own histogram), while
+/// the workers stay busy. More wait as 503s with `Retry-After`.
 pub const QUEUE_PER_WORKER: usize = 16;
 
 impl Default for Limits {
