@@ -17,6 +17,20 @@ fn pay(to: Address) -> TxRequest {
     }
 }
 
+/// Dev account 0 funded and one payment of it to account 1 mined: (its signer, account 1).
+async fn funded_with_one_send(
+    ledger: &RpcLedger,
+) -> (alloy_signer_local::PrivateKeySigner, Address) {
+    let alice = dev_signer(0);
+    let bob = dev_signer(1).address();
+    ledger
+        .dev_set_balance(alice.address(), U256::from(10u128.pow(20)))
+        .await
+        .unwrap();
+    ledger.send(&alice, pay(bob)).await.unwrap();
+    (alice, bob)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unmined_transactions_are_tracked_not_resent() {
     let Some(anvil) = Anvil::for_test("unmined_transactions_are_tracked_not_resent", 31337) else {
@@ -26,13 +40,7 @@ async fn unmined_transactions_are_tracked_not_resent() {
     let ledger = RpcLedger::connect(&url, Duration::from_millis(500))
         .await
         .unwrap();
-    let alice = dev_signer(0);
-    let bob = dev_signer(1).address();
-    ledger
-        .dev_set_balance(alice.address(), U256::from(10u128.pow(20)))
-        .await
-        .unwrap();
-    ledger.send(&alice, pay(bob)).await.unwrap();
+    let (alice, bob) = funded_with_one_send(&ledger).await;
 
     ledger
         .dev_rpc("evm_setAutomine", json!([false]))
@@ -255,14 +263,8 @@ async fn a_send_cut_off_by_the_timeout_neither_clashes_nor_doubles() {
         )
         .await
         .unwrap();
-        let alice = dev_signer(0);
-        let bob = dev_signer(1).address();
-        ledger
-            .dev_set_balance(alice.address(), U256::from(10u128.pow(20)))
-            .await
-            .unwrap();
         // One send answered: the signer's count is now this process's own.
-        ledger.send(&alice, pay(bob)).await.unwrap();
+        let (alice, bob) = funded_with_one_send(&ledger).await;
         let started = std::time::Instant::now();
         let (hash, nonce) = match ledger.send(&alice, pay(bob)).await {
             Err(LedgerError::Pending { hash, nonce }) => (hash, nonce),
