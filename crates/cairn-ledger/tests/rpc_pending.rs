@@ -17,6 +17,14 @@ fn pay(to: Address) -> TxRequest {
     }
 }
 
+/// How many transactions of `who` are mined, as the node spells it (`"0x3"`).
+async fn mined_count(ledger: &RpcLedger, who: Address) -> serde_json::Value {
+    ledger
+        .dev_rpc("eth_getTransactionCount", json!([who, "latest"]))
+        .await
+        .unwrap()
+}
+
 /// Dev account 0 funded and one payment of it to account 1 mined: (its signer, account 1).
 async fn funded_with_one_send(
     ledger: &RpcLedger,
@@ -68,13 +76,7 @@ async fn unmined_transactions_are_tracked_not_resent() {
     ledger.dev_rpc("evm_mine", json!([])).await.unwrap();
     ledger.reconcile(alice.address()).await.unwrap();
     ledger.send(&alice, pay(bob)).await.unwrap();
-    let count = ledger
-        .dev_rpc(
-            "eth_getTransactionCount",
-            json!([alice.address(), "latest"]),
-        )
-        .await
-        .unwrap();
+    let count = mined_count(&ledger, alice.address()).await;
     assert_eq!(count, "0x3");
 }
 
@@ -280,13 +282,7 @@ async fn a_send_cut_off_by_the_timeout_neither_clashes_nor_doubles() {
         }
         let next = ledger.send(&alice, pay(bob)).await.unwrap();
         assert_ne!(next.hash, hash);
-        let count = ledger
-            .dev_rpc(
-                "eth_getTransactionCount",
-                json!([alice.address(), "latest"]),
-            )
-            .await
-            .unwrap();
+        let count = mined_count(&ledger, alice.address()).await;
         assert_eq!(
             count,
             json!(format!("{:#x}", nonce + 2)),
