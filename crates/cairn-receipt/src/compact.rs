@@ -1,7 +1,7 @@
 //! A receipt's binary form, and batch listings made of them.
 //!
 //! The JSON form carries the full EIP-712 typed data so standard tools verify it; a verifier that
-//! checks every receipt of every batch pays for parsing ~2.5 KB of it per receipt. The binary form
+//! reads every receipt of every batch pays for parsing ~2.5 KB of it per receipt. The binary form
 //! holds the same evidence in fixed-width fields (~340 bytes for a receipt signed on its own):
 //! what the message signs is derived, not restated (`node` is the signer, `model` the CID's
 //! digest, `profileHash` the profile's hash), so there is one spelling and nothing to compare.
@@ -207,7 +207,7 @@ pub fn verify_compact(
     Ok((r, hash))
 }
 
-/// One receipt of a listing, checked ([`verify_entries`]).
+/// One receipt of a listing, checked ([`verify_entries`], [`check_entries`]).
 #[derive(Debug)]
 pub struct Verified {
     /// The receipt.
@@ -217,6 +217,10 @@ pub struct Verified {
     /// Its OpenZeppelin leaf ([`merkle::leaf`] of the digest): what a settlement tree over the
     /// listing needs ([`merkle::ReceiptTree::from_leaves`]), computed once.
     pub leaf: B256,
+    /// Whether its seal was checked: the signature (or the micro-batch proof and root signature)
+    /// recovers to `receipt.signer`. When not, `receipt.signer` is the node the signed message
+    /// names, which its digest (the leaf) binds all the same.
+    pub sealed: bool,
 }
 
 /// Checks every receipt of a listing ([`listing_entries`]) as [`verify_compact`] does, for less:
@@ -227,6 +231,19 @@ pub fn verify_entries(
     entries: &[&[u8]],
     cache: &mut SealCache,
 ) -> Result<Vec<Verified>, (usize, ReceiptError)> {
+    check_entries(entries, cache, |_| true)
+}
+
+/// [`verify_entries`], checking the seal only of the receipts whose digest `check_seal` picks;
+/// the others are parsed as strictly and hashed ([`Verified::sealed`] tells which is which).
+/// What a settlement verifier needs: the node's own `submitBatch` commits it to every leaf, and
+/// each leaf's message names the node, so an unchecked seal only ever spoke for the client who
+/// was handed it (and checked it then).
+pub fn check_entries(
+    entries: &[&[u8]],
+    cache: &mut SealCache,
+    mut check_seal: impl FnMut(&B256) -> bool,
+) -> Result<Vec<Verified>, (usize, ReceiptError)> {
     type SealKey = (ReceiptDomain, B256, u32, [u8; 65]);
     let mut out = Vec::with_capacity(entries.len());
     // Batch-sealed receipts by seal, the groups in the order their first receipt is listed (so
@@ -235,7 +252,12 @@ pub fn verify_entries(
     let mut groups: Vec<(SealKey, Vec<usize>)> = Vec::new();
     for (i, b) in entries.iter().enumerate() {
         let (receipt, digest) = parse_with_digest(b).map_err(|e| (i, e))?;
+        let sealed = check_seal(&digest);
         match &receipt.seal {
+            // Unchecked, a seal is still held to its canonical form, as the JSON reader holds it.
+            Seal::Own(sig) | Seal::Batch(BatchSeal { signature: sig, .. }) if !sealed => {
+                parse_sig("signature", sig).map_err(|e| (i, e))?;
+            }
             Seal::Own(sig) => parse_sig("signature", sig)
                 .and_then(|s| recover(&s, &digest))
                 .and_then(|a| same_signer(&receipt, a))
@@ -253,6 +275,7 @@ pub fn verify_entries(
             receipt,
             digest,
             leaf: merkle::leaf(digest),
+            sealed,
         });
     }
     for ((domain, root, count, _), members) in groups {

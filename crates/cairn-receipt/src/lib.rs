@@ -783,9 +783,29 @@ impl ReceiptJson {
         &self,
         cache: &mut SealCache,
     ) -> Result<(SignedReceipt, B256), ReceiptError> {
-        let wire: Wire = serde_json::from_str(self.0.get())
-            .map_err(|e| ReceiptError::Malformed(e.to_string()))?;
-        SignedReceipt::verify_wire(wire, cache)
+        let (receipt, digest, _) = SignedReceipt::read_wire(self.wire()?, cache, |_| true)?;
+        Ok((receipt, digest))
+    }
+
+    /// Reads it as one receipt of a settlement batch's listing: parsed strictly and hashed as
+    /// [`ReceiptJson::verify_cached`] does, its seal checked only if `check_seal` says so for its
+    /// digest ([`compact::Verified::sealed`] tells which).
+    pub fn read_cached(
+        &self,
+        cache: &mut SealCache,
+        check_seal: impl FnOnce(&B256) -> bool,
+    ) -> Result<compact::Verified, ReceiptError> {
+        let (receipt, digest, sealed) = SignedReceipt::read_wire(self.wire()?, cache, check_seal)?;
+        Ok(compact::Verified {
+            receipt,
+            digest,
+            leaf: merkle::leaf(digest),
+            sealed,
+        })
+    }
+
+    fn wire(&self) -> Result<Wire, ReceiptError> {
+        serde_json::from_str(self.0.get()).map_err(|e| ReceiptError::Malformed(e.to_string()))
     }
 }
 
@@ -934,10 +954,11 @@ impl SignedReceipt {
         ReceiptJson::from_text(value.to_string())?.verify()
     }
 
-    fn verify_wire(
+    fn read_wire(
         wire: Wire,
         cache: &mut SealCache,
-    ) -> Result<(SignedReceipt, B256), ReceiptError> {
+        check_seal: impl FnOnce(&B256) -> bool,
+    ) -> Result<(SignedReceipt, B256, bool), ReceiptError> {
         let (message, domain) = parse_typed_data(&wire.typed_data)?;
         let signer = parse_address("signer", &wire.signer)?;
         let model = check_unsigned_fields(&wire, &message)?;
@@ -954,19 +975,29 @@ impl SignedReceipt {
         };
         let node = message.node;
         let hash = claims.digest(&domain.separator(), node);
+        let sealed = check_seal(&hash);
         let (seal, recovered) = match (&wire.signature, &wire.batch_signature) {
             (Some(text), None) => {
                 let (signature, sig) = parse_signature("signature", text)?;
-                (Seal::Own(signature), recover(&sig, &hash)?)
+                let recovered = if sealed {
+                    Some(recover(&sig, &hash)?)
+                } else {
+                    None
+                };
+                (Seal::Own(signature), recovered)
             }
             (None, Some(b)) => {
                 let seal = parse_batch_seal(b, &domain)?;
-                if !merkle::verify(seal.root, hash, &seal.proof) {
-                    return Err(ReceiptError::Inconsistent(
-                        "the receipt is not in the signed batch root under its proof".into(),
-                    ));
-                }
-                let recovered = cache.recover_root(&domain, &seal)?;
+                let recovered = if sealed {
+                    if !merkle::verify(seal.root, hash, &seal.proof) {
+                        return Err(ReceiptError::Inconsistent(
+                            "the receipt is not in the signed batch root under its proof".into(),
+                        ));
+                    }
+                    Some(cache.recover_root(&domain, &seal)?)
+                } else {
+                    None
+                };
                 (Seal::Batch(seal), recovered)
             }
             _ => {
@@ -975,7 +1006,9 @@ impl SignedReceipt {
                 ));
             }
         };
-        if recovered != signer {
+        if let Some(recovered) = recovered
+            && recovered != signer
+        {
             return Err(ReceiptError::Signature(format!(
                 "signed by {recovered}, not by the stated signer {signer}"
             )));
@@ -991,7 +1024,7 @@ impl SignedReceipt {
             signer,
             seal,
         };
-        Ok((receipt, hash))
+        Ok((receipt, hash, sealed))
     }
 }
 

@@ -15,6 +15,120 @@ pub(crate) struct SampleRun {
     abstain: Option<String>,
 }
 
+/// A batch's listing that holds up ([`check_listing`]).
+#[derive(Debug)]
+pub struct CheckedBatch {
+    /// The receipts, in the tree's leaf order.
+    pub receipts: Vec<SignedReceipt>,
+    /// Their EIP-712 digests (the tree's leaves, in the same order).
+    pub digests: Vec<B256>,
+    /// The settlement tree they rebuild (its root is the batch's).
+    pub tree: ReceiptTree,
+    /// Which receipts the verifier's secret sample picks, by index: re-executed, and the only
+    /// ones whose seals were checked.
+    pub sampled: Vec<usize>,
+}
+
+/// The static checks of a batch (see the crate docs) given its node's listing, binary
+/// ([`cairn_receipt::compact`], what verifiers ask for) or the JSON `BatchView`: as many
+/// receipts as the batch claims, each parsed strictly and naming the batch's node under
+/// `domain`, together rebuilding the committed root with the escrowed fees. A receipt's seal
+/// (its signature, or its micro-batch proof and root signature) is checked only when `sampler`
+/// picks it: `submitBatch` by the node's own key commits it to every leaf, each leaf's message
+/// names the node (what `Settlement.challenge` compares), so unsampled seals protect nobody
+/// the batch could hurt, and recovering them was most of a verifier's work. `Err`: why the
+/// batch is refused.
+pub fn check_listing(
+    batch: &BatchInfo,
+    listing: &[u8],
+    domain: &cairn_receipt::ReceiptDomain,
+    sampler: &Sampler,
+) -> Result<CheckedBatch, String> {
+    let listed_vs_count = |listed: usize| {
+        (listed != batch.count as usize)
+            .then(|| format!("{listed} receipts listed, the batch claims {}", batch.count))
+    };
+    let does_not_verify =
+        |i: usize, e: cairn_receipt::ReceiptError| format!("receipt {i} does not verify: {e}");
+    let draw = sampler.batch(batch.root);
+    let picked = |digest: &B256| draw.picks(*digest);
+    // Batch-signed receipts: one signature recovery per micro-batch root. A listing of another
+    // size than the batch is refused before anything is hashed (and `handle` refused a batch
+    // over `MAX_BATCH_RECEIPTS` before fetching it).
+    let mut seals = cairn_receipt::SealCache::default();
+    let verified: Vec<cairn_receipt::compact::Verified> = if listing.starts_with(b"CRNL") {
+        let entries = cairn_receipt::compact::listing_entries(listing)
+            .map_err(|e| format!("the node's binary listing is unreadable: {e}"))?;
+        if let Some(e) = listed_vs_count(entries.len()) {
+            return Err(e);
+        }
+        cairn_receipt::compact::check_entries(&entries, &mut seals, picked)
+            .map_err(|(i, e)| does_not_verify(i, e))?
+    } else {
+        let list = serde_json::from_slice::<BatchReceipts>(listing)
+            .map_err(|e| format!("the node's listing has no `receipts` array: {e}"))?
+            .receipts;
+        if let Some(e) = listed_vs_count(list.len()) {
+            return Err(e);
+        }
+        list.iter()
+            .enumerate()
+            .map(|(i, j)| {
+                j.read_cached(&mut seals, picked)
+                    .map_err(|e| does_not_verify(i, e))
+            })
+            .collect::<Result<_, String>>()?
+    };
+    let mut receipts = Vec::with_capacity(verified.len());
+    let mut digests: Vec<B256> = Vec::with_capacity(verified.len());
+    let mut leaves = Vec::with_capacity(verified.len());
+    let mut sampled = Vec::new();
+    let mut fees = U256::ZERO;
+    for (i, v) in verified.into_iter().enumerate() {
+        let r = v.receipt;
+        if r.signer != batch.node {
+            return Err(format!(
+                "receipt {} is signed by {}, not the batch's node",
+                r.id(),
+                r.signer
+            ));
+        }
+        if r.domain != *domain {
+            return Err(format!(
+                "receipt {} is not addressed to this settlement contract",
+                r.id()
+            ));
+        }
+        if v.sealed {
+            sampled.push(i);
+        }
+        fees += r.claims.price;
+        digests.push(v.digest);
+        leaves.push((v.leaf, v.digest));
+        receipts.push(r);
+    }
+    let tree = ReceiptTree::from_leaves(leaves).map_err(|e| e.to_string())?;
+    if tree.root() != batch.root {
+        return Err(format!(
+            "the receipts rebuild root {}, the batch committed {}",
+            tree.root(),
+            batch.root
+        ));
+    }
+    if fees != batch.fees {
+        return Err(format!(
+            "the receipts' prices sum to {fees}, the batch escrowed {}",
+            batch.fees
+        ));
+    }
+    Ok(CheckedBatch {
+        receipts,
+        digests,
+        tree,
+        sampled,
+    })
+}
+
 impl Verifier {
     /// Checks batch `id` and acts on it: attest, refuse, or prove fraud. `Unavailable` means
     /// "look again later".
@@ -54,7 +168,7 @@ impl Verifier {
             return Err(VerifyError::Refused { batch: id, reason });
         }
         let listing = self.fetch_listing(&urls, id).await?;
-        let (receipts, digests, tree) = match self.checked(&batch, &listing).await? {
+        let checked = match self.checked(&batch, &listing).await? {
             Ok(x) => x,
             Err(reason) => {
                 verdict.outcome = Some(VerdictOutcome::Refused);
@@ -68,13 +182,11 @@ impl Verifier {
             finding,
             pending,
             abstain,
-        } = self
-            .sample_batch(&batch, &receipts, &digests, &base)
-            .await?;
+        } = self.sample_batch(&checked, &base).await?;
         verdict.sampled = Some(samples.len());
         verdict.samples = Some(samples);
         if let Some(f) = finding {
-            return self.prove_fraud(&batch, &tree, f, verdict).await;
+            return self.prove_fraud(&batch, &checked.tree, f, verdict).await;
         }
         if let Some(why) = pending {
             return Err(unavailable(why));
@@ -112,12 +224,16 @@ impl Verifier {
     ) -> Result<Result<(), String>, String> {
         let c = &self.0;
         let now = now_secs();
-        let wanted: BTreeMap<B256, &SignedReceipt> = receipts
+        // Hashed once per distinct profile (a batch's receipts mostly share one), not per receipt.
+        let mut seen = HashSet::new();
+        let wanted: BTreeMap<B256, &cairn_core::ExecutionProfile> = receipts
             .iter()
-            .map(|r| (r.claims.profile.hash(), r))
+            .map(|r| &r.claims.profile)
+            .filter(|p| seen.insert(*p))
+            .map(|p| (p.hash(), p))
             .collect();
         let mut quorum = None;
-        for (h, r) in wanted {
+        for (h, p) in wanted {
             let fresh = c
                 .approved_profiles
                 .lock()
@@ -127,7 +243,6 @@ impl Verifier {
             if fresh {
                 continue;
             }
-            let p = &r.claims.profile;
             if !c
                 .chain
                 .profile_approved(h)
@@ -175,102 +290,20 @@ impl Verifier {
             })
     }
 
-    /// The static checks of a batch (see the crate docs): the receipts, their digests (the
-    /// tree's leaves, in the same order) and their tree. The listing is binary
-    /// ([`cairn_receipt::compact`], what this verifier asks for) or the JSON `BatchView`.
-    pub fn check(
-        &self,
-        batch: &BatchInfo,
-        listing: &[u8],
-    ) -> Result<(Vec<SignedReceipt>, Vec<B256>, ReceiptTree), VerifyError> {
-        let refuse = |reason: String| VerifyError::Refused {
-            batch: batch.id,
-            reason,
-        };
-        let listed_vs_count = |listed: usize| {
-            (listed != batch.count as usize).then(|| {
-                refuse(format!(
-                    "{listed} receipts listed, the batch claims {}",
-                    batch.count
-                ))
-            })
-        };
-        let does_not_verify = |i: usize, e: cairn_receipt::ReceiptError| {
-            refuse(format!("receipt {i} does not verify: {e}"))
-        };
-        // Batch-signed receipts: one signature recovery per micro-batch root. A listing of
-        // another size than the batch is refused before any signature is recovered (and
-        // `handle` refused a batch over `MAX_BATCH_RECEIPTS` before fetching it).
-        let mut seals = cairn_receipt::SealCache::default();
-        let verified: Vec<cairn_receipt::compact::Verified> = if listing.starts_with(b"CRNL") {
-            let entries = cairn_receipt::compact::listing_entries(listing)
-                .map_err(|e| refuse(format!("the node's binary listing is unreadable: {e}")))?;
-            if let Some(e) = listed_vs_count(entries.len()) {
-                return Err(e);
-            }
-            cairn_receipt::compact::verify_entries(&entries, &mut seals)
-                .map_err(|(i, e)| does_not_verify(i, e))?
-        } else {
-            let list = serde_json::from_slice::<BatchReceipts>(listing)
-                .map_err(|e| refuse(format!("the node's listing has no `receipts` array: {e}")))?
-                .receipts;
-            if let Some(e) = listed_vs_count(list.len()) {
-                return Err(e);
-            }
-            list.iter()
-                .enumerate()
-                .map(|(i, j)| {
-                    let (receipt, digest) = j
-                        .verify_cached(&mut seals)
-                        .map_err(|e| does_not_verify(i, e))?;
-                    Ok(cairn_receipt::compact::Verified {
-                        receipt,
-                        digest,
-                        leaf: cairn_receipt::merkle::leaf(digest),
-                    })
-                })
-                .collect::<Result<_, VerifyError>>()?
-        };
+    /// The static checks of a batch ([`check_listing`] under this deployment's domain and this
+    /// verifier's secret sample).
+    pub fn check(&self, batch: &BatchInfo, listing: &[u8]) -> Result<CheckedBatch, VerifyError> {
         let d = self.0.chain.deployment();
-        let mut receipts = Vec::with_capacity(verified.len());
-        let mut digests: Vec<B256> = Vec::with_capacity(verified.len());
-        let mut leaves = Vec::with_capacity(verified.len());
-        let mut fees = U256::ZERO;
-        for v in verified {
-            let r = v.receipt;
-            if r.signer != batch.node {
-                return Err(refuse(format!(
-                    "receipt {} is signed by {}, not the batch's node",
-                    r.id(),
-                    r.signer
-                )));
+        let domain = cairn_receipt::ReceiptDomain {
+            chain_id: d.chain_id,
+            verifying_contract: d.settlement,
+        };
+        check_listing(batch, listing, &domain, &self.0.sampler).map_err(|reason| {
+            VerifyError::Refused {
+                batch: batch.id,
+                reason,
             }
-            if r.domain.chain_id != d.chain_id || r.domain.verifying_contract != d.settlement {
-                return Err(refuse(format!(
-                    "receipt {} is not addressed to this settlement contract",
-                    r.id()
-                )));
-            }
-            fees += r.claims.price;
-            digests.push(v.digest);
-            leaves.push((v.leaf, v.digest));
-            receipts.push(r);
-        }
-        let tree = ReceiptTree::from_leaves(leaves).map_err(|e| refuse(e.to_string()))?;
-        if tree.root() != batch.root {
-            return Err(refuse(format!(
-                "the receipts rebuild root {}, the batch committed {}",
-                tree.root(),
-                batch.root
-            )));
-        }
-        if fees != batch.fees {
-            return Err(refuse(format!(
-                "the receipts' prices sum to {fees}, the batch escrowed {}",
-                batch.fees
-            )));
-        }
-        Ok((receipts, digests, tree))
+        })
     }
 
     /// Every model the receipts name is on the hub (HEAD /v1/blobs/{cid}, remembered).
@@ -325,7 +358,7 @@ impl Verifier {
         &self,
         batch: &BatchInfo,
         listing: &[u8],
-    ) -> Result<Result<(Vec<SignedReceipt>, Vec<B256>, ReceiptTree), String>, VerifyError> {
+    ) -> Result<Result<CheckedBatch, String>, VerifyError> {
         // A batch holds up to thousands of signatures to recover: CPU work that must not stall
         // the async workers (or, in one process, the node beside them).
         let checked = {
@@ -337,16 +370,16 @@ impl Verifier {
                     reason: format!("the check task failed: {e}"),
                 })?
         };
-        let (receipts, digests, tree) = match checked {
+        let checked = match checked {
             Ok(x) => x,
             Err(VerifyError::Refused { reason, .. }) => return Ok(Err(reason)),
             Err(e) => return Err(e),
         };
-        if let Err(reason) = self.models_on_hub(&receipts).await {
+        if let Err(reason) = self.models_on_hub(&checked.receipts).await {
             return Ok(Err(reason));
         }
-        match self.profiles_approved(&receipts).await {
-            Ok(Ok(())) => Ok(Ok((receipts, digests, tree))),
+        match self.profiles_approved(&checked.receipts).await {
+            Ok(Ok(())) => Ok(Ok(checked)),
             Ok(Err(reason)) => Ok(Err(reason)),
             Err(e) => Err(VerifyError::Unavailable {
                 batch: batch.id,
@@ -411,23 +444,18 @@ impl Verifier {
         }
     }
 
-    /// Re-executes the receipts of `batch` this verifier's secret sample picks.
+    /// Re-executes the receipts of a batch this verifier's secret sample picked ([`CheckedBatch::sampled`]).
     async fn sample_batch(
         &self,
-        batch: &BatchInfo,
-        receipts: &[SignedReceipt],
-        digests: &[B256],
+        checked: &CheckedBatch,
         base: &str,
     ) -> Result<SampleRun, VerifyError> {
-        let c = &self.0;
         let mut samples = Vec::new();
         let mut finding: Option<Finding> = None;
         let mut pending = None;
         let mut abstain = None;
-        for (r, &rh) in receipts.iter().zip(digests) {
-            if !c.sampler.sampled(batch.root, rh) {
-                continue;
-            }
+        for &i in &checked.sampled {
+            let (r, rh) = (&checked.receipts[i], checked.digests[i]);
             let (outcome, failures) = match self.sample(base, r, &[]).await? {
                 Sampled::Done(o, f) => (o, f),
                 Sampled::Pending(why) => {

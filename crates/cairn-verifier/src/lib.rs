@@ -3,9 +3,11 @@
 //! co-signs the batches that hold up, and proves the ones that do not.
 //!
 //! Per batch:
-//! 1. Every receipt is a valid EIP-712 receipt signed by the batch's node under the settlement
-//!    contract's domain; the receipts rebuild the committed Merkle root; their count and summed
-//!    prices equal the batch's; every model they name exists on the hub.
+//! 1. Every receipt is a well-formed EIP-712 receipt naming the batch's node under the
+//!    settlement contract's domain; the receipts rebuild the committed Merkle root; their count
+//!    and summed prices equal the batch's; every model they name exists on the hub. The seals
+//!    (signatures) of the receipts the sample picks must verify ([`check_listing`] says why
+//!    the others need not).
 //! 2. A [`Sampler`] picks receipts from a per-verifier secret and the batch root. Each sampled
 //!    receipt is re-executed ([`Reexecutor`]): input fetched from the node and checked against
 //!    the input hash, model fetched by CID and hashed, outputs compared bit for bit (tract
@@ -55,8 +57,9 @@ use cairn_verifier_api::{
     PeerAnswer, SampleRecord, VerdictOutcome, VerifierInfo, VerifierUrls,
 };
 
+pub use batch::{CheckedBatch, check_listing};
 pub use fetch::Fetcher;
-pub use reexec::{Outcome, Payloads, Reexecutor, Sampler, max_abs_diff};
+pub use reexec::{BatchSample, Outcome, Payloads, Reexecutor, Sampler, max_abs_diff};
 pub use store::{Attempts, StoreError, VerdictStore};
 
 /// Why a batch was not co-signed, or a request was refused.

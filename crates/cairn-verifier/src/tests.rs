@@ -122,7 +122,13 @@ async fn co_signs_only_batches_whose_receipts_hold_up() {
     let node = dev_signer(2);
     let rs: Vec<SignedReceipt> = (0..5).map(|i| receipt(domain, &node, i)).collect();
     let (good, listing) = batch_of(node.address(), &rs);
-    let (checked, digests, tree) = v
+    // The verifier's own check (its 5% sample).
+    let CheckedBatch {
+        receipts: checked,
+        digests,
+        tree,
+        ..
+    } = v
         .check(&good, &serde_json::to_vec(&listing).unwrap())
         .unwrap();
     assert_eq!(
@@ -131,7 +137,12 @@ async fn co_signs_only_batches_whose_receipts_hold_up() {
     );
     // The binary listing of the same receipts checks to the same.
     let binary = binary_of(&rs);
-    let (again, digests_again, tree_again) = v.check(&good, &binary).unwrap();
+    let CheckedBatch {
+        receipts: again,
+        digests: digests_again,
+        tree: tree_again,
+        ..
+    } = check_all(&v, &good, &binary).unwrap();
     assert_eq!((again, digests_again), (checked.clone(), digests));
     assert_eq!(tree_again.root(), good.root);
     assert_eq!(tree.root(), good.root);
@@ -193,12 +204,162 @@ fn misaddressed(chain_id: u64, node: &PrivateKeySigner, i: u64) -> SignedReceipt
     receipt(elsewhere, node, i)
 }
 
-/// Why `v` refuses batch `b` given `listing` (JSON or binary).
+/// Why `v` refuses batch `b` given `listing` (JSON or binary), every seal checked.
 fn refused_bytes(v: &Verifier, b: &BatchInfo, listing: &[u8]) -> String {
-    match v.check(b, listing) {
-        Err(VerifyError::Refused { reason, .. }) => reason,
-        other => panic!("expected a refusal, got {other:?}"),
+    match check_all(v, b, listing) {
+        Err(reason) => reason,
+        Ok(_) => panic!("expected a refusal"),
     }
+}
+
+/// `v`'s static checks of `listing` with every receipt sampled, so every seal is checked.
+fn check_all(v: &Verifier, b: &BatchInfo, listing: &[u8]) -> Result<CheckedBatch, String> {
+    check_at(v, b, listing, &Sampler::new(B256::ZERO, 1.0))
+}
+
+/// `v`'s static checks of `listing` under its deployment's domain with `sampler`.
+fn check_at(
+    v: &Verifier,
+    b: &BatchInfo,
+    listing: &[u8],
+    sampler: &Sampler,
+) -> Result<CheckedBatch, String> {
+    check_listing(b, listing, &domain_of(v), sampler)
+}
+
+/// The receipt domain of `v`'s deployment.
+fn domain_of(v: &Verifier) -> ReceiptDomain {
+    let d = v.chain().deployment();
+    ReceiptDomain {
+        chain_id: d.chain_id,
+        verifying_contract: d.settlement,
+    }
+}
+
+/// A settlement verifier checks seals on its secret sample only (the node's `submitBatch`
+/// binds it to every leaf, and each leaf names it): forged seals outside the sample pass,
+/// one inside it refuses the batch, and every rule that binds the node holds at any rate: the
+/// node a receipt names, its domain, its content (through the root), the fees.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seals_are_checked_on_the_secret_sample_and_everything_else_on_every_receipt() {
+    let (v, _dir) = verifier().await;
+    let domain = domain_of(&v);
+    let node = dev_signer(2);
+    let signer =
+        cairn_receipt::ReceiptSigner::new(cairn_core::sig::SigningKey::from_signer(&node), domain);
+    // 40 receipts signed alone and a micro-batch of 8.
+    let mut rs: Vec<SignedReceipt> = (0..40).map(|i| receipt(domain, &node, i)).collect();
+    rs.extend(
+        signer
+            .sign_batch(
+                (100..108)
+                    .map(|i| receipt(domain, &node, i).claims)
+                    .collect(),
+            )
+            .unwrap(),
+    );
+    let (good, _) = batch_of(node.address(), &rs);
+    // Every seal forged: a byte of each signature's `r` flipped (a micro-batch's shared root
+    // signature too).
+    let forged: Vec<Vec<u8>> = rs
+        .iter()
+        .map(|r| {
+            let mut b = cairn_receipt::CompactReceipt::try_from(r)
+                .unwrap()
+                .as_bytes()
+                .to_vec();
+            let at = match r.seal {
+                cairn_receipt::Seal::Own(_) => b.len() - 60,
+                cairn_receipt::Seal::Batch(ref s) => b.len() - 1 - 32 * s.proof.len() - 60,
+            };
+            b[at] ^= 1;
+            b
+        })
+        .collect();
+    let binary = |entries: &[Vec<u8>]| {
+        cairn_receipt::compact::encode_listing(entries.iter().map(|e| e.as_slice()))
+    };
+    let json = |entries: &[Vec<u8>]| {
+        let texts: Vec<String> = entries
+            .iter()
+            .map(|e| {
+                cairn_receipt::CompactReceipt::from_bytes(e.clone())
+                    .to_json()
+                    .unwrap()
+                    .as_str()
+                    .to_string()
+            })
+            .collect();
+        format!("{{\"receipts\":[{}]}}", texts.join(",")).into_bytes()
+    };
+    let none = Sampler::new(B256::repeat_byte(9), 0.0);
+    let some = Sampler::new(B256::repeat_byte(9), 0.25);
+    let picked: Vec<usize> = rs
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| some.sampled(good.root, r.signing_hash()))
+        .map(|(i, _)| i)
+        .collect();
+    assert!(!picked.is_empty() && picked.len() < rs.len(), "{picked:?}");
+    for listing in [binary(&forged), json(&forged)] {
+        // Outside the sample, forged seals pass; the claims are the ones signed.
+        let c = check_at(&v, &good, &listing, &none).unwrap();
+        assert!(c.sampled.is_empty());
+        assert_eq!(c.tree.root(), good.root);
+        assert!(
+            c.receipts
+                .iter()
+                .map(|r| &r.claims)
+                .eq(rs.iter().map(|r| &r.claims))
+        );
+        // The first sampled receipt's forged seal refuses the batch; at full rate, the first.
+        let why = check_at(&v, &good, &listing, &some).unwrap_err();
+        assert!(
+            why.contains(&format!("receipt {} does not verify", picked[0])),
+            "{why}"
+        );
+        let why = check_at(&v, &good, &listing, &Sampler::new(B256::ZERO, 1.0)).unwrap_err();
+        assert!(why.contains("receipt 0 does not verify"), "{why}");
+    }
+    // The genuine listing: the sample is the sampler's picks, in order, and it holds up.
+    let genuine: Vec<Vec<u8>> = rs
+        .iter()
+        .map(|r| {
+            cairn_receipt::CompactReceipt::try_from(r)
+                .unwrap()
+                .as_bytes()
+                .to_vec()
+        })
+        .collect();
+    for listing in [binary(&genuine), json(&genuine)] {
+        assert_eq!(
+            check_at(&v, &good, &listing, &some).unwrap().sampled,
+            picked
+        );
+    }
+    // With no seal checked, a receipt naming another node, addressed elsewhere, with a field
+    // changed, or a batch escrowing other fees, is still refused.
+    let mut other = rs.clone();
+    other[3] = receipt(domain, &dev_signer(7), 3);
+    let (b, _) = batch_of(node.address(), &other);
+    let why = check_at(&v, &b, &binary_of(&other), &none).unwrap_err();
+    assert!(why.contains("not the batch's node"), "{why}");
+    let mut foreign = rs.clone();
+    foreign[5] = misaddressed(domain.chain_id, &node, 5);
+    let (b, _) = batch_of(node.address(), &foreign);
+    let why = check_at(&v, &b, &binary_of(&foreign), &none).unwrap_err();
+    assert!(
+        why.contains("not addressed to this settlement contract"),
+        "{why}"
+    );
+    let mut changed = forged.clone();
+    changed[7][217] ^= 1;
+    let why = check_at(&v, &good, &binary(&changed), &none).unwrap_err();
+    assert!(why.contains("rebuild root"), "{why}");
+    let mut fees = good.clone();
+    fees.fees -= U256::from(1u64);
+    let why = check_at(&v, &fees, &binary(&forged), &none).unwrap_err();
+    assert!(why.contains("sum to"), "{why}");
 }
 
 /// Binary listings are held to what JSON ones are: batch-signed receipts (whole micro-batches
@@ -231,8 +392,11 @@ async fn binary_listings_are_checked_as_json_ones_are() {
     );
     rs.push(receipt(domain, &node, 20));
     let (good, json) = batch_of(node.address(), &rs);
-    let (from_json, digests, _) = v.check(&good, &serde_json::to_vec(&json).unwrap()).unwrap();
-    let (from_binary, digests_b, tree) = v.check(&good, &binary_of(&rs)).unwrap();
+    let from_json = check_all(&v, &good, &serde_json::to_vec(&json).unwrap()).unwrap();
+    let from_binary = check_all(&v, &good, &binary_of(&rs)).unwrap();
+    let (from_json, digests) = (from_json.receipts, from_json.digests);
+    let (from_binary, digests_b, tree) =
+        (from_binary.receipts, from_binary.digests, from_binary.tree);
     assert_eq!((&from_binary, &digests_b), (&from_json, &digests));
     assert_eq!(tree.root(), good.root);
 
