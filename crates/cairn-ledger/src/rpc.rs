@@ -6,6 +6,7 @@
 //! signer first looks for its receipt (sending the same signed bytes again when the chain does
 //! not know the transaction: a request cut off before it arrived) and refuses to go on while it
 //! is still out, so nothing is ever re-sent as a second transaction or with a clashing nonce.
+//! One whose nonce the chain shows taken by another transaction of the key is dropped.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -28,11 +29,52 @@ pub struct RpcLedger {
     wait: Duration,
     /// Most blocks one `eth_getLogs` may span (public endpoints cap the range).
     log_window: u64,
+    /// What the next `eth_getLogs` spans, at most `log_window`: halved after a window fails (an
+    /// endpoint that times out on a span, or refuses it as too large), doubled back after
+    /// [`LOG_SPAN_GROWTH_AFTER`] windows in a row succeed.
+    log_span: LogSpan,
     signers: Mutex<HashMap<Address, Arc<tokio::sync::Mutex<SignerState>>>>,
 }
 
 /// Default block span of one `eth_getLogs` request.
 pub const DEFAULT_LOG_WINDOW: u64 = 5_000;
+
+/// How many times one log query halves a window that failed before it gives up (the caller
+/// retries on its schedule, starting from the smaller span).
+const MAX_LOG_SPLITS: u32 = 4;
+
+/// After how many windows in a row succeed the span doubles back toward `log_window`.
+const LOG_SPAN_GROWTH_AFTER: u32 = 32;
+
+/// The span of the next `eth_getLogs` (0: the configured window) and the successes since it
+/// last changed.
+#[derive(Default)]
+struct LogSpan(Mutex<(u64, u32)>);
+
+impl LogSpan {
+    fn current(&self, window: u64) -> u64 {
+        let (span, _) = *self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if span == 0 { window } else { span.min(window) }
+    }
+
+    fn failed(&self, tried: u64) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = ((tried / 2).max(1), 0);
+    }
+
+    fn succeeded(&self, window: u64) {
+        let mut g = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let (span, ok) = *g;
+        if span == 0 {
+            return;
+        }
+        *g = if ok + 1 >= LOG_SPAN_GROWTH_AFTER {
+            let next = span.saturating_mul(2);
+            (if next >= window { 0 } else { next }, 0)
+        } else {
+            (span, ok + 1)
+        };
+    }
+}
 
 /// Longest one JSON-RPC request may take by default: an endpoint that accepts and never
 /// answers must fail the call (the settler, a verifier, the indexer then retry on their own
@@ -102,6 +144,7 @@ impl RpcLedger {
             chain_id,
             wait,
             log_window: DEFAULT_LOG_WINDOW,
+            log_span: LogSpan::default(),
             signers: Mutex::new(HashMap::new()),
         })
     }
@@ -174,12 +217,38 @@ impl RpcLedger {
     pub async fn reconcile(&self, who: Address) -> Result<(), LedgerError> {
         let state = self.state_for(who);
         let mut st = state.lock().await;
-        self.reconcile_locked(&mut st).await
+        self.reconcile_locked(who, &mut st).await
     }
 
-    async fn reconcile_locked(&self, st: &mut SignerState) -> Result<(), LedgerError> {
+    async fn reconcile_locked(
+        &self,
+        from: Address,
+        st: &mut SignerState,
+    ) -> Result<(), LedgerError> {
         if let Some(p) = &st.pending {
             let (hash, nonce) = (p.hash, p.nonce);
+            // Its nonce taken by another transaction of the same key (sent from elsewhere, or
+            // a node that dropped ours and mined a later one): it can never be mined. The count
+            // is read before the receipt, so a receipt mined meanwhile is still seen.
+            let mined = self
+                .provider
+                .get_transaction_count(from)
+                .latest()
+                .await
+                .map_err(rpc_error)?;
+            if mined > nonce
+                && self
+                    .provider
+                    .get_transaction_receipt(hash)
+                    .await
+                    .map_err(rpc_error)?
+                    .is_none()
+            {
+                tracing::warn!(%hash, nonce, mined, "a pending transaction's nonce was taken by another transaction: it will never be mined");
+                st.pending = None;
+                st.next_nonce = None;
+                return Ok(());
+            }
             let known = self
                 .provider
                 .get_transaction_by_hash(hash)
@@ -256,14 +325,16 @@ impl Ledger for RpcLedger {
         let mut st = state.lock().await;
         // The earlier transaction's hash is not this one's: say nothing was sent.
         let earlier = st.pending.as_ref().map(|p| (p.hash, p.nonce));
-        self.reconcile_locked(&mut st).await.map_err(|e| match e {
-            LedgerError::Pending { hash, nonce } => LedgerError::Busy { hash, nonce },
-            e => e,
-        })?;
+        self.reconcile_locked(from, &mut st)
+            .await
+            .map_err(|e| match e {
+                LedgerError::Pending { hash, nonce } => LedgerError::Busy { hash, nonce },
+                e => e,
+            })?;
         if let Some((hash, nonce)) = earlier {
             // Mined just now: it may have done what this send is for (a batch submitted
-            // while its sender thought it lost). Nothing is sent; the caller reads the chain
-            // again first.
+            // while its sender thought it lost). Or its nonce went to another transaction of
+            // this key, which may have. Nothing is sent; the caller reads the chain again first.
             return Err(LedgerError::Busy { hash, nonce });
         }
 
@@ -366,9 +437,11 @@ impl Ledger for RpcLedger {
         let head = filter.to_block.map_or(head, |t| t.min(head));
         let mut out = Vec::new();
         let mut start = filter.from_block;
+        let mut failures = 0;
         // Nodes refuse ranges past their head and public ones cap the span: walk in windows.
         while start <= head {
-            let end = head.min(start.saturating_add(self.log_window - 1));
+            let span = self.log_span.current(self.log_window);
+            let end = head.min(start.saturating_add(span - 1));
             let mut f = Filter::new().from_block(start).to_block(end);
             if let Some(a) = filter.address {
                 f = f.address(a);
@@ -382,7 +455,24 @@ impl Ledger for RpcLedger {
             if let Some(t) = filter.topic2 {
                 f = f.topic2(t);
             }
-            let logs = self.provider.get_logs(&f).await.map_err(rpc_error)?;
+            let logs = match self.provider.get_logs(&f).await {
+                Ok(logs) => logs,
+                Err(e) => {
+                    // A span the endpoint cannot serve in time (or refuses) is tried smaller,
+                    // a few times per call; the smaller span is kept for the next call, so a
+                    // slow endpoint is walked in windows it answers instead of the same
+                    // window failing forever.
+                    let tried = end - start + 1;
+                    failures += 1;
+                    if tried == 1 || failures > MAX_LOG_SPLITS {
+                        return Err(rpc_error(e));
+                    }
+                    tracing::debug!(start, end, error = %e, "eth_getLogs failed: trying a smaller span");
+                    self.log_span.failed(tried);
+                    continue;
+                }
+            };
+            self.log_span.succeeded(self.log_window);
             out.extend(logs.into_iter().map(|l| LogRecord {
                 block: l.block_number.unwrap_or_default(),
                 tx: l.transaction_hash.unwrap_or_default(),

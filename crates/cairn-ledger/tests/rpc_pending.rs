@@ -162,27 +162,32 @@ async fn logs_are_read_in_windows() {
     assert!(logs.iter().all(|l| l.index == 0));
 }
 
-/// What the proxy does with the second `eth_sendRawTransaction` it sees.
-#[derive(Clone, Copy)]
-enum SecondSend {
-    /// Passes it on, then holds the answer past the client's timeout: the transaction lands,
-    /// the client cannot know.
+/// What the proxy does with one request.
+#[derive(Clone, Copy, PartialEq)]
+enum Spoil {
+    /// Passes it on and answers.
+    Pass,
+    /// Passes it on, then holds the answer past the client's timeout: the call lands, the
+    /// client cannot know.
     AnsweredLate,
-    /// Never passes it on: the transaction is lost on the way.
+    /// Never passes it on: the call is lost on the way (or the endpoint hangs on it).
     Lost,
 }
 
-/// A JSON-RPC proxy in front of `upstream` that spoils the second send as `second` says and
-/// passes everything else through.
-async fn spoiling_proxy(upstream: String, second: SecondSend) -> String {
+/// A JSON-RPC proxy in front of `upstream` that spoils each request as `decide` says given its
+/// body.
+async fn spoiling_proxy(
+    upstream: String,
+    decide: impl Fn(&str) -> Spoil + Send + Sync + 'static,
+) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    let sends = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let decide = std::sync::Arc::new(decide);
     let http = reqwest::Client::new();
     tokio::spawn(async move {
         while let Ok((mut conn, _)) = listener.accept().await {
-            let (upstream, sends, http) = (upstream.clone(), sends.clone(), http.clone());
+            let (upstream, decide, http) = (upstream.clone(), decide.clone(), http.clone());
             tokio::spawn(async move {
                 let mut buf = Vec::new();
                 loop {
@@ -210,10 +215,8 @@ async fn spoiling_proxy(upstream: String, second: SecondSend) -> String {
                         }
                     }
                     let body: Vec<u8> = buf.drain(..head_end + len).skip(head_end).collect();
-                    let send = String::from_utf8_lossy(&body).contains("eth_sendRawTransaction");
-                    let spoil =
-                        send && sends.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 1;
-                    if spoil && matches!(second, SecondSend::Lost) {
+                    let spoil = decide(&String::from_utf8_lossy(&body));
+                    if spoil == Spoil::Lost {
                         tokio::time::sleep(Duration::from_secs(3600)).await;
                         return;
                     }
@@ -227,7 +230,7 @@ async fn spoiling_proxy(upstream: String, second: SecondSend) -> String {
                         .bytes()
                         .await
                         .unwrap();
-                    if spoil {
+                    if spoil == Spoil::AnsweredLate {
                         tokio::time::sleep(Duration::from_secs(3600)).await;
                         return;
                     }
@@ -247,17 +250,31 @@ async fn spoiling_proxy(upstream: String, second: SecondSend) -> String {
     url
 }
 
+/// Spoils the second `eth_sendRawTransaction` as `second` says.
+fn second_send(second: Spoil) -> impl Fn(&str) -> Spoil + Send + Sync + 'static {
+    let sends = std::sync::atomic::AtomicUsize::new(0);
+    move |body| {
+        if body.contains("eth_sendRawTransaction")
+            && sends.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 1
+        {
+            second
+        } else {
+            Spoil::Pass
+        }
+    }
+}
+
 /// The chain endpoint is slow or drops a send: the call gives up within the request timeout as
 /// pending, and the signer goes on without a clashing nonce or a second transaction, whether
 /// the send landed (its answer came too late) or was lost on the way (the same signed bytes
 /// go out again).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_send_cut_off_by_the_timeout_neither_clashes_nor_doubles() {
-    for second in [SecondSend::AnsweredLate, SecondSend::Lost] {
+    for second in [Spoil::AnsweredLate, Spoil::Lost] {
         let Some(anvil) = Anvil::for_test("a_send_cut_off_by_the_timeout", 31337) else {
             return;
         };
-        let url = spoiling_proxy(anvil.url().to_owned(), second).await;
+        let url = spoiling_proxy(anvil.url().to_owned(), second_send(second)).await;
         let ledger = RpcLedger::connect_with_timeout(
             &url,
             Duration::from_secs(5),
@@ -294,4 +311,142 @@ async fn a_send_cut_off_by_the_timeout_neither_clashes_nor_doubles() {
             .unwrap();
         assert_eq!(earlier["status"], "0x1", "the cut-off send was mined once");
     }
+}
+
+/// A pending transaction whose nonce another transaction of the same key took (the key used
+/// from elsewhere, or a node that dropped ours) can never be mined: its signer drops it and
+/// goes on, instead of refusing every send after it until a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pending_transaction_whose_nonce_was_taken_does_not_block_its_signer() {
+    let Some(anvil) = Anvil::for_test("a_pending_transaction_whose_nonce_was_taken", 31337) else {
+        return;
+    };
+    let ledger = RpcLedger::connect(anvil.url(), Duration::from_millis(500))
+        .await
+        .unwrap();
+    let (alice, bob) = funded_with_one_send(&ledger).await;
+    ledger
+        .dev_rpc("evm_setAutomine", json!([false]))
+        .await
+        .unwrap();
+    let (hash, nonce) = match ledger.send(&alice, pay(bob)).await {
+        Err(LedgerError::Pending { hash, nonce }) => (hash, nonce),
+        other => panic!("expected pending, got {other:?}"),
+    };
+    // The node forgets it; the same key, used elsewhere, mines another with that nonce.
+    ledger
+        .dev_rpc("anvil_dropTransaction", json!([hash]))
+        .await
+        .unwrap();
+    ledger
+        .dev_rpc("evm_setAutomine", json!([true]))
+        .await
+        .unwrap();
+    let elsewhere = RpcLedger::connect(anvil.url(), Duration::from_millis(500))
+        .await
+        .unwrap();
+    elsewhere
+        .send(&alice, pay(Address::repeat_byte(9)))
+        .await
+        .unwrap();
+    assert_eq!(
+        mined_count(&ledger, alice.address()).await,
+        json!(format!("{:#x}", nonce + 1))
+    );
+    // Once busy (nothing sent: the other transaction may have done what this send is for),
+    // then on with the chain's next nonce.
+    match ledger.send(&alice, pay(bob)).await {
+        Err(LedgerError::Busy { hash: h, .. }) => assert_eq!(h, hash),
+        other => panic!("expected busy behind the dropped one, got {other:?}"),
+    }
+    ledger.send(&alice, pay(bob)).await.unwrap();
+    assert_eq!(
+        mined_count(&ledger, alice.address()).await,
+        json!(format!("{:#x}", nonce + 2))
+    );
+    let never = ledger
+        .dev_rpc("eth_getTransactionReceipt", json!([hash]))
+        .await
+        .unwrap();
+    assert!(never.is_null(), "{never}");
+}
+
+/// The blocks an `eth_getLogs` request spans (0 for any other request).
+fn logs_span(body: &str) -> u64 {
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(body) else {
+        return 0;
+    };
+    if v["method"] != "eth_getLogs" {
+        return 0;
+    }
+    let block = |k: &str| {
+        let s = v["params"][0][k].as_str().unwrap_or("0x0");
+        u64::from_str_radix(s.trim_start_matches("0x"), 16).unwrap()
+    };
+    block("toBlock") - block("fromBlock") + 1
+}
+
+/// An endpoint that cannot answer a wide `eth_getLogs` span in time (it hangs on one of 4
+/// blocks or more) is walked in spans it answers: the query returns every log after a couple
+/// of timeouts instead of failing on the same window on every call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_queries_shrink_a_span_the_endpoint_cannot_answer() {
+    let Some(anvil) = Anvil::for_test("log_queries_shrink_a_span", 31337) else {
+        return;
+    };
+    let direct = RpcLedger::connect(anvil.url(), Duration::from_secs(30))
+        .await
+        .unwrap();
+    let gov = dev_signer(0);
+    direct
+        .dev_set_balance(gov.address(), U256::from(10u128.pow(20)))
+        .await
+        .unwrap();
+    let direct: std::sync::Arc<dyn Ledger> = std::sync::Arc::new(direct);
+    let d = cairn_ledger::deploy::deploy(
+        direct.as_ref(),
+        &gov,
+        &cairn_ledger::DeployParams::devnet(gov.address(), gov.address()),
+    )
+    .await
+    .unwrap();
+    let chain = cairn_ledger::Chain::new(direct.clone(), d.clone()).unwrap();
+    for i in 0..7u64 {
+        chain
+            .mint(&gov, dev_signer(1).address(), U256::from(i + 1))
+            .await
+            .unwrap();
+    }
+    let head = direct.head().await.unwrap().number;
+    assert!(head >= 8, "{head} blocks: too few for two failed spans");
+    let url = spoiling_proxy(anvil.url().to_owned(), |body| {
+        if logs_span(body) >= 4 {
+            Spoil::Lost
+        } else {
+            Spoil::Pass
+        }
+    })
+    .await;
+    let slow =
+        RpcLedger::connect_with_timeout(&url, Duration::from_secs(5), Duration::from_secs(1))
+            .await
+            .unwrap();
+    let transfers = cairn_ledger::LogFilter {
+        address: Some(d.token),
+        topic0: Some(alloy_primitives::keccak256(
+            "Transfer(address,address,uint256)",
+        )),
+        from_block: 0,
+        ..Default::default()
+    };
+    let at = |logs: Vec<cairn_ledger::LogRecord>| -> Vec<(u64, u64, B256)> {
+        logs.iter().map(|l| (l.block, l.index, l.tx)).collect()
+    };
+    let logs = at(slow.logs(transfers.clone()).await.unwrap());
+    assert_eq!(logs, at(direct.logs(transfers.clone()).await.unwrap()));
+    assert_eq!(logs.len(), 7);
+    // The smaller span is kept: the next query times out nowhere.
+    let started = std::time::Instant::now();
+    assert_eq!(slow.logs(transfers).await.unwrap().len(), 7);
+    assert!(started.elapsed() < Duration::from_secs(1));
 }
