@@ -182,6 +182,9 @@ pub struct FaultArgs {
     /// Refuse a batch's payloads for this many seconds after it is sealed, then serve them.
     #[arg(long, hide = true, default_value_t = 0)]
     pub fault_payload_outage_secs: u64,
+    /// Serve batch listings with every receipt's seal spoiled (the signed content unchanged).
+    #[arg(long, hide = true)]
+    pub fault_forge_seals: bool,
 }
 
 impl FaultArgs {
@@ -190,6 +193,7 @@ impl FaultArgs {
         self.fault_wrong_output > 0.0
             || self.fault_withhold_payloads
             || self.fault_payload_outage_secs > 0
+            || self.fault_forge_seals
     }
 }
 
@@ -398,6 +402,7 @@ pub async fn open_node(
             wrong_output_rate: args.faults.fault_wrong_output,
             withhold_payloads: args.faults.fault_withhold_payloads,
             payload_outage: Duration::from_secs(args.faults.fault_payload_outage_secs),
+            forge_listing_seals: args.faults.fault_forge_seals,
         },
     })
     .await?;

@@ -321,7 +321,21 @@ fn tokens(nodes: &[Value], net: &Server) -> Vec<Value> {
 
 #[test]
 fn a_node_that_lies_about_outputs_is_caught_challenged_and_slashed() {
-    let net = Server::devnet_with(&[
+    lies_are_slashed(&[]);
+}
+
+/// The same lie, the listing's seals spoiled (its leaves and root unchanged): verifiers that
+/// refused a batch over a bad seal would never have re-executed the lie, nor proven it. They
+/// check the content the node committed on chain, so the lie is proven and slashed all the same.
+#[test]
+fn a_node_that_lies_and_spoils_its_listings_seals_is_slashed_all_the_same() {
+    lies_are_slashed(&["--fault-forge-seals"]);
+}
+
+/// A devnet whose node lies on half its outputs (and does `extra`): one of its batches is
+/// voided and the node slashed for `output_mismatch`.
+fn lies_are_slashed(extra: &[&str]) {
+    let mut args = vec![
         "--free",
         "--sample-rate",
         "1",
@@ -329,7 +343,9 @@ fn a_node_that_lies_about_outputs_is_caught_challenged_and_slashed() {
         "0.5",
         "--batch-max-age-secs",
         "20",
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    let net = Server::devnet_with(&args);
     let dir = tempfile::tempdir().unwrap();
     let before = tokens(&nodes(&net), &net);
     let before_status = status(&net);
@@ -344,6 +360,10 @@ fn a_node_that_lies_about_outputs_is_caught_challenged_and_slashed() {
     }
     let info = get(&format!("{}/v1/node", net.node_url));
     assert_eq!(info["faults"]["wrongOutputRate"], 0.5);
+    assert_eq!(
+        info["faults"]["forgeListingSeals"],
+        extra.contains(&"--fault-forge-seals")
+    );
     let s = wait_voided(&net, &rs[0]);
     assert!(
         s["batches"]

@@ -210,6 +210,9 @@ pub struct FaultsInfo {
     pub withhold_payloads: bool,
     /// Payloads refused for this long after a batch is sealed.
     pub payload_outage_secs: u64,
+    /// Batch listings served with every seal spoiled.
+    #[serde(default)]
+    pub forge_listing_seals: bool,
 }
 
 /// The node's request limits.

@@ -21,12 +21,19 @@ pub struct Faults {
     /// Refuse a batch's payloads for this long after it is sealed (a node "down" or
     /// overloaded just when verifiers first ask), then serve them.
     pub payload_outage: Duration,
+    /// Serve batch listings with every receipt's seal spoiled (its signature's first byte
+    /// flipped; the signed content, so the leaves and the root, unchanged): a node hoping
+    /// verifiers that refuse a bad seal never get as far as a lie.
+    pub forge_listing_seals: bool,
 }
 
 impl Faults {
     /// Whether any fault is on.
     pub fn any(&self) -> bool {
-        self.wrong_output_rate > 0.0 || self.withhold_payloads || !self.payload_outage.is_zero()
+        self.wrong_output_rate > 0.0
+            || self.withhold_payloads
+            || !self.payload_outage.is_zero()
+            || self.forge_listing_seals
     }
 
     /// Whether the payloads of a batch sealed at `sealed_at` (Unix seconds) are in the
@@ -138,4 +145,26 @@ fn corrupt_last_output(outputs: &mut [Tensor]) {
             *t = altered;
         }
     }
+}
+
+/// A receipt's binary form with its seal spoiled ([`Faults::forge_listing_seals`]): the first
+/// byte of its signature (its own, or its micro-batch root's) flipped. Bytes that do not parse
+/// are returned as they are.
+pub fn forge_seal(compact: &[u8]) -> Vec<u8> {
+    let mut out = compact.to_vec();
+    let Ok(mut read) =
+        cairn_receipt::compact::check_entries(&[compact], &mut Default::default(), |_| false)
+    else {
+        return out;
+    };
+    // The seal is last: an own signature is the final 65 bytes; a batch seal's signature comes
+    // before the proof's length byte and its hashes.
+    let after = match read.remove(0).receipt.seal {
+        cairn_receipt::Seal::Own(_) => 0,
+        cairn_receipt::Seal::Batch(b) => 1 + 32 * b.proof.len(),
+    };
+    if let Some(i) = out.len().checked_sub(after + 65) {
+        out[i] ^= 1;
+    }
+    out
 }

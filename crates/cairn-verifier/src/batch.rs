@@ -24,20 +24,23 @@ pub struct CheckedBatch {
     pub digests: Vec<B256>,
     /// The settlement tree they rebuild (its root is the batch's).
     pub tree: ReceiptTree,
-    /// Which receipts the verifier's secret sample picks, by index: re-executed, and the only
-    /// ones whose seals were checked.
+    /// Which receipts the verifier's secret sample picks, by index: re-executed.
     pub sampled: Vec<usize>,
 }
 
 /// The static checks of a batch (see the crate docs) given its node's listing, binary
 /// ([`cairn_receipt::compact`], what verifiers ask for) or the JSON `BatchView`: as many
 /// receipts as the batch claims, each parsed strictly and naming the batch's node under
-/// `domain`, together rebuilding the committed root with the escrowed fees. A receipt's seal
-/// (its signature, or its micro-batch proof and root signature) is checked only when `sampler`
-/// picks it: `submitBatch` by the node's own key commits it to every leaf, each leaf's message
-/// names the node (what `Settlement.challenge` compares), so unsampled seals protect nobody
-/// the batch could hurt, and recovering them was most of a verifier's work. `Err`: why the
-/// batch is refused.
+/// `domain`, together rebuilding the committed root with the escrowed fees; and which of them
+/// `sampler` picks for re-execution.
+///
+/// No seal (a receipt's signature, or its micro-batch proof and root signature) is checked:
+/// `submitBatch`, sent by the node's own key, commits it to every leaf, and each leaf's
+/// message names the node (what `Settlement.challenge` compares), so a seal protects only the
+/// client it was handed to, who checked it then. Refusing a batch over a bad seal would even
+/// hand a lying node a way out: spoil the seal of the receipt it lied on, and verifiers that
+/// sample it refuse the batch instead of proving the lie. Recovering seals was also ~90% of a
+/// verifier's work. `Err`: why the batch is refused.
 pub fn check_listing(
     batch: &BatchInfo,
     listing: &[u8],
@@ -48,13 +51,12 @@ pub fn check_listing(
         (listed != batch.count as usize)
             .then(|| format!("{listed} receipts listed, the batch claims {}", batch.count))
     };
-    let does_not_verify =
-        |i: usize, e: cairn_receipt::ReceiptError| format!("receipt {i} does not verify: {e}");
+    let does_not_parse =
+        |i: usize, e: cairn_receipt::ReceiptError| format!("receipt {i} does not parse: {e}");
     let draw = sampler.batch(batch.root);
-    let picked = |digest: &B256| draw.picks(*digest);
-    // Batch-signed receipts: one signature recovery per micro-batch root. A listing of another
-    // size than the batch is refused before anything is hashed (and `handle` refused a batch
-    // over `MAX_BATCH_RECEIPTS` before fetching it).
+    let unsealed = |_: &B256| false;
+    // A listing of another size than the batch is refused before anything is hashed (and
+    // `handle` refused a batch over `MAX_BATCH_RECEIPTS` before fetching it).
     let mut seals = cairn_receipt::SealCache::default();
     let verified: Vec<cairn_receipt::compact::Verified> = if listing.starts_with(b"CRNL") {
         let entries = cairn_receipt::compact::listing_entries(listing)
@@ -62,8 +64,8 @@ pub fn check_listing(
         if let Some(e) = listed_vs_count(entries.len()) {
             return Err(e);
         }
-        cairn_receipt::compact::check_entries(&entries, &mut seals, picked)
-            .map_err(|(i, e)| does_not_verify(i, e))?
+        cairn_receipt::compact::check_entries(&entries, &mut seals, unsealed)
+            .map_err(|(i, e)| does_not_parse(i, e))?
     } else {
         let list = serde_json::from_slice::<BatchReceipts>(listing)
             .map_err(|e| format!("the node's listing has no `receipts` array: {e}"))?
@@ -74,8 +76,8 @@ pub fn check_listing(
         list.iter()
             .enumerate()
             .map(|(i, j)| {
-                j.read_cached(&mut seals, picked)
-                    .map_err(|e| does_not_verify(i, e))
+                j.read_cached(&mut seals, unsealed)
+                    .map_err(|e| does_not_parse(i, e))
             })
             .collect::<Result<_, String>>()?
     };
@@ -99,7 +101,7 @@ pub fn check_listing(
                 r.id()
             ));
         }
-        if v.sealed {
+        if draw.picks(v.digest) {
             sampled.push(i);
         }
         fees += r.claims.price;
@@ -359,8 +361,8 @@ impl Verifier {
         batch: &BatchInfo,
         listing: &[u8],
     ) -> Result<Result<CheckedBatch, String>, VerifyError> {
-        // A batch holds up to thousands of signatures to recover: CPU work that must not stall
-        // the async workers (or, in one process, the node beside them).
+        // A batch holds up to 65,536 receipts to parse and hash (~3 µs each): CPU work that must
+        // not stall the async workers (or, in one process, the node beside them).
         let checked = {
             let (v, b, l) = (self.clone(), batch.clone(), listing.to_vec());
             tokio::task::spawn_blocking(move || v.check(&b, &l))

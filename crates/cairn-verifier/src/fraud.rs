@@ -236,12 +236,17 @@ impl Verifier {
             batch: batch_id,
             reason,
         };
-        let r = receipt.verify().map_err(|e| {
-            bad(
-                "invalid_receipt",
-                format!("the receipt does not verify: {e}"),
-            )
-        })?;
+        // Its content, not its seal: the batch's node committed the leaf on chain, and a node
+        // that spoils the seals it lists must not escape a proof (see `check_listing`).
+        let r = receipt
+            .read_cached(&mut Default::default(), |_| false)
+            .map_err(|e| {
+                bad(
+                    "invalid_receipt",
+                    format!("the receipt does not parse: {e}"),
+                )
+            })?
+            .receipt;
         let rh = r.signing_hash();
         let batch = self.challengeable(batch_id, &r, proof).await?;
         // One re-execution per receipt however often a peer asks (`sample` remembers it); a

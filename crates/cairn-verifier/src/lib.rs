@@ -5,9 +5,8 @@
 //! Per batch:
 //! 1. Every receipt is a well-formed EIP-712 receipt naming the batch's node under the
 //!    settlement contract's domain; the receipts rebuild the committed Merkle root; their count
-//!    and summed prices equal the batch's; every model they name exists on the hub. The seals
-//!    (signatures) of the receipts the sample picks must verify ([`check_listing`] says why
-//!    the others need not).
+//!    and summed prices equal the batch's; every model they name exists on the hub. Seals
+//!    (signatures) are not checked ([`check_listing`] says why).
 //! 2. A [`Sampler`] picks receipts from a per-verifier secret and the batch root. Each sampled
 //!    receipt is re-executed ([`Reexecutor`]): input fetched from the node and checked against
 //!    the input hash, model fetched by CID and hashed, outputs compared bit for bit (tract

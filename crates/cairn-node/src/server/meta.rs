@@ -44,6 +44,7 @@ pub(super) async fn node_info(State(s): State<NodeState>) -> Result<Json<NodeInf
             wrong_output_rate: i.faults.wrong_output_rate,
             withhold_payloads: i.faults.withhold_payloads,
             payload_outage_secs: i.faults.payload_outage.as_secs(),
+            forge_listing_seals: i.faults.forge_listing_seals,
         }),
         models_loaded: i.cache.loaded(),
         receipts: i.log.count().await?,

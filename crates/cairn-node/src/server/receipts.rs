@@ -127,13 +127,17 @@ pub(super) async fn batch(
     let vary = (axum::http::header::VARY, "accept");
     let head = (b.chain_batch, b.root, b.count, b.fees, b.status, b.tx);
     if binary {
-        let body = cairn_receipt::compact::encode_listing(
-            b.receipts
-                .iter()
-                .filter_map(|r| r.compact().map(|c| c.as_bytes()))
-                .collect::<Vec<_>>()
-                .into_iter(),
-        );
+        let forge = s.0.faults.forge_listing_seals;
+        let entries: Vec<std::borrow::Cow<[u8]>> = b
+            .receipts
+            .iter()
+            .filter_map(|r| r.compact())
+            .map(|c| match forge {
+                true => crate::faults::forge_seal(c.as_bytes()).into(),
+                false => c.as_bytes().into(),
+            })
+            .collect();
+        let body = cairn_receipt::compact::encode_listing(entries.iter().map(|e| e.as_ref()));
         return Ok((
             [
                 (
