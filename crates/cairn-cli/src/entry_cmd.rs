@@ -374,6 +374,11 @@ pub struct ChatArgs {
     /// The most one turn may cost you, token units: a permit or voucher for more is not signed.
     #[arg(long, default_value = "100000")]
     pub max_pay: U256,
+    /// Pay only in this token on this chain, as a CAIP-19 asset id (`eip155:31337/erc20:0x…`):
+    /// an entry naming another is not paid. Without it, a payer key beside a deployment's
+    /// `deployment.json` pays in that deployment's token; otherwise nothing is paid.
+    #[arg(long)]
+    pub pay_asset: Option<crate::node_cmd::PayAsset>,
     /// Pay from an x402 `batch-settlement` channel with the entry, depositing this many token
     /// units whenever it runs low (escrowed on chain; each turn then costs a signed voucher,
     /// not a transaction). Without it, each turn is paid with an `upto` permit.
@@ -505,7 +510,7 @@ async fn turn(
         Some(client) => client
             .send_paid(&url, req, true)
             .await
-            .map_err(|e| anyhow::anyhow!("paying the entry: {e}"))?,
+            .map_err(|e| crate::node_cmd::explain_asset(e).context("paying the entry"))?,
         None => (
             req.send()
                 .await
@@ -652,6 +657,7 @@ fn payer_client(
         .with_payer(crate::keyfile::load(key)?, alloy_primitives::B256::ZERO)
         .with_accounts(crate::keyfile::prepaid_accounts(key))
         .with_max_price(a.max_pay);
+    c = crate::node_cmd::pin_asset(c, a.pay_asset.as_ref(), key)?;
     if let Some(d) = a.batch_deposit {
         c = c.with_batch_deposit(d);
     }

@@ -948,8 +948,23 @@ fn a_paying_caller_is_charged_what_its_turn_cost_by_permit_or_escrowed_channel()
         err.contains("at most 5000") && err.contains("--payer-key"),
         "{err}"
     );
+    // A key with no deployment beside it pays in no asset it was not told to: nothing signed,
+    // and the flag that agrees to the entry's token named.
+    let out = chat(&digit, &["--payer-key", user_key.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let asset = common::pay_asset(&data);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("--pay-asset {asset}")) && err.contains("nothing was paid"),
+        "{err}"
+    );
     // A permit for more than the caller allows is not signed.
-    let paying = ["--payer-key", user_key.to_str().unwrap()];
+    let paying = [
+        "--payer-key",
+        user_key.to_str().unwrap(),
+        "--pay-asset",
+        &asset,
+    ];
     let out = chat(&digit, &[&paying[..], &["--max-pay", "4999"]].concat());
     assert!(!out.status.success());
     assert!(
@@ -1065,6 +1080,8 @@ fn a_paying_caller_is_charged_what_its_turn_cost_by_permit_or_escrowed_channel()
     let batching = [
         "--payer-key",
         batch_key.to_str().unwrap(),
+        "--pay-asset",
+        &asset,
         "--batch-deposit",
         "50000",
     ];
@@ -1133,6 +1150,7 @@ fn a_paid_turn_whose_charge_fails_withholds_its_results() {
         .args(["chat", "--entry", &entry.url, "--message"])
         .arg(format!("Which digit is this?\n{ZERO}"))
         .args(["--payer-key", user_key.to_str().unwrap()])
+        .args(["--pay-asset", &common::pay_asset(&data)])
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);

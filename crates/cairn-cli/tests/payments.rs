@@ -1139,8 +1139,9 @@ fn the_official_batch_settlement_client_pays_from_a_channel() {
     other["inputs"][0]["data"][0] = Value::from(2.0);
     let digit3 = dir.join("digit3.json");
     std::fs::write(&digit3, other.to_string()).unwrap();
-    let cairn_batch = |salt: B256| {
-        cairn(&[
+    let asset = common::pay_asset(&data);
+    let batch_args = |salt: &str| -> Vec<String> {
+        [
             "infer",
             "digits@1.0",
             "--input",
@@ -1152,8 +1153,27 @@ fn the_official_batch_settlement_client_pays_from_a_channel() {
             "--batch-deposit",
             "20000",
             "--salt",
-            &salt.to_string(),
-        ])
+            salt,
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    // A key with no deployment beside it pays in no asset it was not told to: nothing signed,
+    // and the flag that agrees to the node's token named.
+    let out = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(batch_args(&B256::ZERO.to_string()))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("--pay-asset {asset}")) && err.contains("nothing was paid"),
+        "{err}"
+    );
+    let cairn_batch = |salt: B256| {
+        let mut args = batch_args(&salt.to_string());
+        args.extend(["--pay-asset".to_string(), asset.clone()]);
+        cairn(&args.iter().map(String::as_str).collect::<Vec<_>>())
     };
     for _ in 0..2 {
         let out = cairn_batch(B256::ZERO);

@@ -34,6 +34,19 @@ pub enum NodeClientError {
     /// The node's answer is not what the protocol says.
     #[error("unexpected answer from the node: {0}")]
     Protocol(String),
+    /// The node asks to be paid in an asset this client was not told it may pay in
+    /// ([`NodeClient::paying_only_named_assets`]): nothing was signed.
+    #[error(
+        "the node asks to be paid in {asset} on {network} ({scheme}); no asset to pay in was agreed: not paying"
+    )]
+    AssetNotAgreed {
+        /// The chain the offer names (CAIP-2).
+        network: String,
+        /// The token it names.
+        asset: alloy_primitives::Address,
+        /// The offer's scheme.
+        scheme: String,
+    },
 }
 
 /// The result of one inference.
@@ -96,6 +109,8 @@ pub struct NodeClient {
     payee: Option<alloy_primitives::Address>,
     /// Pays only in this asset on this network (CAIP-2), when set.
     asset: Option<(String, alloy_primitives::Address)>,
+    /// Pays nothing while `asset` is unset.
+    asset_required: bool,
     /// Pays prepaid vouchers only on this escrow, when set.
     escrow: Option<alloy_primitives::Address>,
 }
@@ -115,8 +130,17 @@ impl NodeClient {
             max_body: None,
             payee: None,
             asset: None,
+            asset_required: false,
             escrow: None,
         }
+    }
+
+    /// Pays nothing until [`NodeClient::with_asset`] names what it may pay in: every 402 is
+    /// refused with [`NodeClientError::AssetNotAgreed`]. For a payer who named no asset: a
+    /// node must not choose which of the payer's tokens, or which chain, it is paid from.
+    pub fn paying_only_named_assets(mut self) -> Self {
+        self.asset_required = true;
+        self
     }
 
     /// Pays only offers naming `asset` (a token contract) on `network` (CAIP-2, `eip155:8453`):
@@ -487,6 +511,18 @@ impl NodeClient {
                 let required = cairn_x402::client::offers(resp.headers())
                     .map_err(|e| NodeClientError::Protocol(e.to_string()))?;
                 offers_only_for(&required, payee).map_err(NodeClientError::Protocol)?;
+            }
+            if self.asset.is_none() && self.asset_required {
+                let required = cairn_x402::client::offers(resp.headers())
+                    .map_err(|e| NodeClientError::Protocol(e.to_string()))?;
+                let o = required.accepts.first().ok_or_else(|| {
+                    NodeClientError::Protocol("a 402 that offers no way to pay".into())
+                })?;
+                return Err(NodeClientError::AssetNotAgreed {
+                    network: o.network.clone(),
+                    asset: o.asset,
+                    scheme: o.scheme.clone(),
+                });
             }
             if let Some((network, asset)) = &self.asset {
                 let required = cairn_x402::client::offers(resp.headers())

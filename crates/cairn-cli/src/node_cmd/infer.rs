@@ -54,9 +54,47 @@ pub struct PayerArgs {
     pub max_pay: alloy_primitives::U256,
     /// Pay only in this token on this chain, as a CAIP-19 asset id
     /// (`eip155:31337/erc20:0x…`; the devnet prints its token): a node naming another token or
-    /// chain is not paid.
+    /// chain is not paid. Without it, a payer key beside a deployment's `deployment.json` (the
+    /// devnet's DATA_DIR/chain/payer.key) pays in that deployment's token; otherwise nothing is
+    /// paid.
     #[arg(long)]
     pub pay_asset: Option<PayAsset>,
+}
+
+/// `client` paying only in the asset the payer agreed to: `--pay-asset`, else the token (and
+/// escrow) of the `deployment.json` beside the payer key, else none at all (every 402 refused,
+/// naming the flag that agrees to the asset asked for): a node must not choose which of the
+/// payer's tokens, or which chain, it is paid from.
+pub fn pin_asset(
+    client: NodeClient,
+    pay_asset: Option<&PayAsset>,
+    payer_key: &Path,
+) -> anyhow::Result<NodeClient> {
+    if let Some(a) = pay_asset {
+        return Ok(client.with_asset(&a.network, a.token));
+    }
+    let beside = payer_key.with_file_name("deployment.json");
+    if beside.is_file() {
+        let d = cairn_ledger::Deployment::load(&beside)?;
+        return Ok(client
+            .with_asset(&format!("eip155:{}", d.chain_id), d.token)
+            .with_escrow(d.escrow));
+    }
+    Ok(client.paying_only_named_assets())
+}
+
+/// What to do when a node asks for an asset nobody agreed to.
+pub fn explain_asset(e: cairn_node_api::client::NodeClientError) -> anyhow::Error {
+    match e {
+        cairn_node_api::client::NodeClientError::AssetNotAgreed {
+            network,
+            asset,
+            scheme,
+        } => anyhow!(
+            "the node asks to be paid in token {asset} on {network} ({scheme}), and no asset to pay in was named: nothing was paid\n  pass --pay-asset {network}/erc20:{asset} if that is the token you mean to pay in"
+        ),
+        other => other.into(),
+    }
 }
 
 /// A token on an EVM chain, spelled as a CAIP-19 asset id: `eip155:<chain id>/erc20:<address>`.
@@ -109,9 +147,7 @@ impl CallArgs {
                 .with_payer(crate::keyfile::load(path)?, self.payer.salt)
                 .with_accounts(crate::keyfile::prepaid_accounts(path))
                 .with_max_price(self.payer.max_pay);
-            if let Some(a) = &self.payer.pay_asset {
-                client = client.with_asset(&a.network, a.token);
-            }
+            client = pin_asset(client, self.payer.pay_asset.as_ref(), path)?;
             if let Some(amount) = self.payer.batch_deposit {
                 client = client.with_batch_deposit(amount);
             }
@@ -144,7 +180,7 @@ impl CallArgs {
                     "the node refused the x402 upto permit ({code}): {message}\n  approve Permit2 once (cairn pay approve-permit2 --rpc URL; the devnet's chain RPC is printed as `chain rpc`), or deposit with the node (cairn pay deposit) to pay with prepaid vouchers"
                 )
             }
-            other => other.into(),
+            other => explain_asset(other),
         }
     }
 }

@@ -645,6 +645,12 @@ pub fn block<T>(f: impl std::future::Future<Output = T>) -> T {
 
 /// A read-only view of a running devnet's chain under `data` (its data dir; a fresh snapshot
 /// each call).
+/// The devnet's payment token as `--pay-asset` spells it (CAIP-19).
+pub fn pay_asset(data: &Path) -> String {
+    let d = cairn_ledger::Deployment::load(&data.join("chain/deployment.json")).unwrap();
+    format!("eip155:{}/erc20:{}", d.chain_id, d.token)
+}
+
 pub fn devnet_chain(data: &Path) -> cairn_ledger::Chain {
     let d = cairn_ledger::Deployment::load(&data.join("chain/deployment.json")).unwrap();
     let l =
