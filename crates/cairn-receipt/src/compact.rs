@@ -207,7 +207,7 @@ pub fn verify_compact(
     Ok((r, hash))
 }
 
-/// One receipt of a listing, checked ([`verify_entries`], [`check_entries`]).
+/// One receipt of a listing, checked ([`verify_entries`]) or read ([`read_entries`]).
 #[derive(Debug)]
 pub struct Verified {
     /// The receipt.
@@ -217,10 +217,6 @@ pub struct Verified {
     /// Its OpenZeppelin leaf ([`merkle::leaf`] of the digest): what a settlement tree over the
     /// listing needs ([`merkle::ReceiptTree::from_leaves`]), computed once.
     pub leaf: B256,
-    /// Whether its seal was checked: the signature (or the micro-batch proof and root signature)
-    /// recovers to `receipt.signer`. When not, `receipt.signer` is the node the signed message
-    /// names, which its digest (the leaf) binds all the same.
-    pub sealed: bool,
 }
 
 /// Checks every receipt of a listing ([`listing_entries`]) as [`verify_compact`] does, for less:
@@ -231,18 +227,23 @@ pub fn verify_entries(
     entries: &[&[u8]],
     cache: &mut SealCache,
 ) -> Result<Vec<Verified>, (usize, ReceiptError)> {
-    check_entries(entries, cache, |_| true)
+    entries_checked(entries, cache, true)
 }
 
-/// [`verify_entries`], checking the seal only of the receipts whose digest `check_seal` picks;
-/// the others are parsed as strictly and hashed ([`Verified::sealed`] tells which is which).
-/// What a settlement verifier needs: the node's own `submitBatch` commits it to every leaf, and
-/// each leaf's message names the node, so an unchecked seal only ever spoke for the client who
-/// was handed it (and checked it then).
-pub fn check_entries(
+/// Every receipt of a listing parsed as strictly and hashed as [`verify_entries`] does, its
+/// seal (signature, or micro-batch proof and root signature) held to its canonical form but
+/// not checked: `receipt.signer` is then the node the signed message names, which the digest
+/// (the leaf) binds. What a settlement verifier needs: the node's own `submitBatch` commits it
+/// to every leaf, so a seal only ever spoke for the client who was handed it (and checked it
+/// then).
+pub fn read_entries(entries: &[&[u8]]) -> Result<Vec<Verified>, (usize, ReceiptError)> {
+    entries_checked(entries, &mut SealCache::default(), false)
+}
+
+fn entries_checked(
     entries: &[&[u8]],
     cache: &mut SealCache,
-    mut check_seal: impl FnMut(&B256) -> bool,
+    sealed: bool,
 ) -> Result<Vec<Verified>, (usize, ReceiptError)> {
     type SealKey = (ReceiptDomain, B256, u32, [u8; 65]);
     let mut out = Vec::with_capacity(entries.len());
@@ -252,7 +253,6 @@ pub fn check_entries(
     let mut groups: Vec<(SealKey, Vec<usize>)> = Vec::new();
     for (i, b) in entries.iter().enumerate() {
         let (receipt, digest) = parse_with_digest(b).map_err(|e| (i, e))?;
-        let sealed = check_seal(&digest);
         match &receipt.seal {
             // Unchecked, a seal is still held to its canonical form, as the JSON reader holds it.
             Seal::Own(sig) | Seal::Batch(BatchSeal { signature: sig, .. }) if !sealed => {
@@ -275,7 +275,6 @@ pub fn check_entries(
             receipt,
             digest,
             leaf: merkle::leaf(digest),
-            sealed,
         });
     }
     for ((domain, root, count, _), members) in groups {

@@ -783,24 +783,17 @@ impl ReceiptJson {
         &self,
         cache: &mut SealCache,
     ) -> Result<(SignedReceipt, B256), ReceiptError> {
-        let (receipt, digest, _) = SignedReceipt::read_wire(self.wire()?, cache, |_| true)?;
-        Ok((receipt, digest))
+        SignedReceipt::read_wire(self.wire()?, Some(cache))
     }
 
-    /// Reads it as one receipt of a settlement batch's listing: parsed strictly and hashed as
-    /// [`ReceiptJson::verify_cached`] does, its seal checked only if `check_seal` says so for its
-    /// digest ([`compact::Verified::sealed`] tells which).
-    pub fn read_cached(
-        &self,
-        cache: &mut SealCache,
-        check_seal: impl FnOnce(&B256) -> bool,
-    ) -> Result<compact::Verified, ReceiptError> {
-        let (receipt, digest, sealed) = SignedReceipt::read_wire(self.wire()?, cache, check_seal)?;
+    /// Parsed strictly and hashed as [`ReceiptJson::verify`] does, its seal held to its
+    /// canonical form but not checked ([`compact::read_entries`] says when that is enough).
+    pub fn read(&self) -> Result<compact::Verified, ReceiptError> {
+        let (receipt, digest) = SignedReceipt::read_wire(self.wire()?, None)?;
         Ok(compact::Verified {
             receipt,
             digest,
             leaf: merkle::leaf(digest),
-            sealed,
         })
     }
 
@@ -954,11 +947,11 @@ impl SignedReceipt {
         ReceiptJson::from_text(value.to_string())?.verify()
     }
 
+    /// The receipt `wire` spells and its digest; its seal checked with `seals` when given.
     fn read_wire(
         wire: Wire,
-        cache: &mut SealCache,
-        check_seal: impl FnOnce(&B256) -> bool,
-    ) -> Result<(SignedReceipt, B256, bool), ReceiptError> {
+        seals: Option<&mut SealCache>,
+    ) -> Result<(SignedReceipt, B256), ReceiptError> {
         let (message, domain) = parse_typed_data(&wire.typed_data)?;
         let signer = parse_address("signer", &wire.signer)?;
         let model = check_unsigned_fields(&wire, &message)?;
@@ -975,28 +968,28 @@ impl SignedReceipt {
         };
         let node = message.node;
         let hash = claims.digest(&domain.separator(), node);
-        let sealed = check_seal(&hash);
         let (seal, recovered) = match (&wire.signature, &wire.batch_signature) {
             (Some(text), None) => {
                 let (signature, sig) = parse_signature("signature", text)?;
-                let recovered = if sealed {
-                    Some(recover(&sig, &hash)?)
-                } else {
-                    None
+                let recovered = match seals {
+                    Some(_) => Some(recover(&sig, &hash)?),
+                    None => None,
                 };
                 (Seal::Own(signature), recovered)
             }
             (None, Some(b)) => {
                 let seal = parse_batch_seal(b, &domain)?;
-                let recovered = if sealed {
-                    if !merkle::verify(seal.root, hash, &seal.proof) {
-                        return Err(ReceiptError::Inconsistent(
-                            "the receipt is not in the signed batch root under its proof".into(),
-                        ));
+                let recovered = match seals {
+                    Some(cache) => {
+                        if !merkle::verify(seal.root, hash, &seal.proof) {
+                            return Err(ReceiptError::Inconsistent(
+                                "the receipt is not in the signed batch root under its proof"
+                                    .into(),
+                            ));
+                        }
+                        Some(cache.recover_root(&domain, &seal)?)
                     }
-                    Some(cache.recover_root(&domain, &seal)?)
-                } else {
-                    None
+                    None => None,
                 };
                 (Seal::Batch(seal), recovered)
             }
@@ -1024,7 +1017,7 @@ impl SignedReceipt {
             signer,
             seal,
         };
-        Ok((receipt, hash, sealed))
+        Ok((receipt, hash))
     }
 }
 

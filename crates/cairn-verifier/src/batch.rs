@@ -54,18 +54,15 @@ pub fn check_listing(
     let does_not_parse =
         |i: usize, e: cairn_receipt::ReceiptError| format!("receipt {i} does not parse: {e}");
     let draw = sampler.batch(batch.root);
-    let unsealed = |_: &B256| false;
     // A listing of another size than the batch is refused before anything is hashed (and
     // `handle` refused a batch over `MAX_BATCH_RECEIPTS` before fetching it).
-    let mut seals = cairn_receipt::SealCache::default();
     let verified: Vec<cairn_receipt::compact::Verified> = if listing.starts_with(b"CRNL") {
         let entries = cairn_receipt::compact::listing_entries(listing)
             .map_err(|e| format!("the node's binary listing is unreadable: {e}"))?;
         if let Some(e) = listed_vs_count(entries.len()) {
             return Err(e);
         }
-        cairn_receipt::compact::check_entries(&entries, &mut seals, unsealed)
-            .map_err(|(i, e)| does_not_parse(i, e))?
+        cairn_receipt::compact::read_entries(&entries).map_err(|(i, e)| does_not_parse(i, e))?
     } else {
         let list = serde_json::from_slice::<BatchReceipts>(listing)
             .map_err(|e| format!("the node's listing has no `receipts` array: {e}"))?
@@ -75,10 +72,7 @@ pub fn check_listing(
         }
         list.iter()
             .enumerate()
-            .map(|(i, j)| {
-                j.read_cached(&mut seals, unsealed)
-                    .map_err(|e| does_not_parse(i, e))
-            })
+            .map(|(i, j)| j.read().map_err(|e| does_not_parse(i, e)))
             .collect::<Result<_, String>>()?
     };
     let mut receipts = Vec::with_capacity(verified.len());

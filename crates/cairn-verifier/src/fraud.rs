@@ -239,7 +239,7 @@ impl Verifier {
         // Its content, not its seal: the batch's node committed the leaf on chain, and a node
         // that spoils the seals it lists must not escape a proof (see `check_listing`).
         let r = receipt
-            .read_cached(&mut Default::default(), |_| false)
+            .read()
             .map_err(|e| {
                 bad(
                     "invalid_receipt",
