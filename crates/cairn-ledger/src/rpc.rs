@@ -94,6 +94,8 @@ struct Pending {
     /// Its signed bytes: sent again as they are when the chain does not know it (a request cut
     /// off before it arrived), which is the same transaction, never a second one.
     raw: Bytes,
+    /// When the chain was first seen past its nonce with no receipt for it.
+    passed_at: Option<std::time::Instant>,
 }
 
 type RpcErr = alloy_json_rpc::RpcError<alloy_transport::TransportErrorKind>;
@@ -225,29 +227,38 @@ impl RpcLedger {
         from: Address,
         st: &mut SignerState,
     ) -> Result<(), LedgerError> {
-        if let Some(p) = &st.pending {
+        if let Some(p) = &mut st.pending {
             let (hash, nonce) = (p.hash, p.nonce);
             // Its nonce taken by another transaction of the same key (sent from elsewhere, or
             // a node that dropped ours and mined a later one): it can never be mined. The count
-            // is read before the receipt, so a receipt mined meanwhile is still seen.
+            // is read before the receipt, so a receipt mined meanwhile is still seen. Dropped
+            // only when seen so again at least a whole wait later, with a wait for its receipt
+            // between: one lagging backend behind a load balancer, answering the receipt while
+            // another answers the count, must not make a mined transaction look lost (a
+            // `submitBatch` thought lost is sent again).
             let mined = self
                 .provider
                 .get_transaction_count(from)
                 .latest()
                 .await
                 .map_err(rpc_error)?;
-            if mined > nonce
+            let passed = mined > nonce
                 && self
                     .provider
                     .get_transaction_receipt(hash)
                     .await
                     .map_err(rpc_error)?
-                    .is_none()
-            {
-                tracing::warn!(%hash, nonce, mined, "a pending transaction's nonce was taken by another transaction: it will never be mined");
-                st.pending = None;
-                st.next_nonce = None;
-                return Ok(());
+                    .is_none();
+            match (passed, p.passed_at) {
+                (true, Some(at)) if at.elapsed() >= self.wait => {
+                    tracing::warn!(%hash, nonce, mined, "a pending transaction's nonce was taken by another transaction: it will never be mined");
+                    st.pending = None;
+                    st.next_nonce = None;
+                    return Ok(());
+                }
+                (true, None) => p.passed_at = Some(std::time::Instant::now()),
+                (true, Some(_)) => {}
+                (false, _) => p.passed_at = None,
             }
             let known = self
                 .provider
@@ -385,6 +396,7 @@ impl Ledger for RpcLedger {
             hash,
             nonce,
             raw: raw.clone().into(),
+            passed_at: None,
         });
         match self.provider.send_raw_transaction(&raw).await {
             Ok(_) => {}
@@ -438,9 +450,13 @@ impl Ledger for RpcLedger {
         let mut out = Vec::new();
         let mut start = filter.from_block;
         let mut failures = 0;
+        // This query's own smaller span after a failure (the shared one moves only on whole
+        // windows: a short window near the head failing says nothing about spans).
+        let mut narrowed: Option<u64> = None;
         // Nodes refuse ranges past their head and public ones cap the span: walk in windows.
         while start <= head {
-            let span = self.log_span.current(self.log_window);
+            let shared = self.log_span.current(self.log_window);
+            let span = narrowed.map_or(shared, |n| n.min(shared));
             let end = head.min(start.saturating_add(span - 1));
             let mut f = Filter::new().from_block(start).to_block(end);
             if let Some(a) = filter.address {
@@ -458,17 +474,27 @@ impl Ledger for RpcLedger {
             let logs = match self.provider.get_logs(&f).await {
                 Ok(logs) => logs,
                 Err(e) => {
-                    // A span the endpoint cannot serve in time (or refuses) is tried smaller,
-                    // a few times per call; the smaller span is kept for the next call, so a
-                    // slow endpoint is walked in windows it answers instead of the same
-                    // window failing forever.
+                    // A span the endpoint cannot serve in time (or refuses as too large) is
+                    // tried smaller, a few times per call; a whole window that failed also
+                    // shrinks the span later queries start from, so a slow endpoint is walked
+                    // in windows it answers instead of the same window failing forever. An
+                    // HTTP error status (a rate limit, a gateway down) is not about the span.
                     let tried = end - start + 1;
                     failures += 1;
-                    if tried == 1 || failures > MAX_LOG_SPLITS {
+                    let http_status = matches!(
+                        &e,
+                        alloy_json_rpc::RpcError::Transport(
+                            alloy_transport::TransportErrorKind::HttpError(_)
+                        )
+                    );
+                    if tried == 1 || failures > MAX_LOG_SPLITS || http_status {
                         return Err(rpc_error(e));
                     }
                     tracing::debug!(start, end, error = %e, "eth_getLogs failed: trying a smaller span");
-                    self.log_span.failed(tried);
+                    narrowed = Some((tried / 2).max(1));
+                    if tried == shared {
+                        self.log_span.failed(tried);
+                    }
                     continue;
                 }
             };
