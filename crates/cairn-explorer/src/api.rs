@@ -904,7 +904,9 @@ pub struct ReceiptSummary {
     pub ts: u64,
     /// Price (decimal).
     pub price: String,
-    /// `own` (signed alone) or `batch` (a signed micro-batch root and a proof).
+    /// `own` (signed alone), `batch` (a signed micro-batch root and a proof), or `invalid` (a
+    /// seal in the node's listing that does not verify; the content is still the node's
+    /// commitment on chain).
     pub seal: String,
 }
 

@@ -855,8 +855,11 @@ fn decode(log: &Log, d: &cairn_ledger::Deployment) -> Option<EventRow> {
     None
 }
 
-/// Every receipt verifies, is the batch node's under this deployment's domain, and the
-/// receipts make exactly the root on chain.
+/// Every receipt parses, is the batch node's under this deployment's domain, and the receipts
+/// make exactly the root on chain. A seal that does not verify is shown as `invalid`, not a
+/// reason to hide the batch: the node committed the content on chain whatever its listing's
+/// seals say (verifiers prove a lie in it all the same), and hiding it would let a node keep
+/// its batches off the explorer by spoiling seals.
 fn check_listing(
     d: &cairn_ledger::Deployment,
     b: &NewBatch,
@@ -874,9 +877,11 @@ fn check_listing(
     let mut digests = Vec::with_capacity(receipts.len());
     let mut rows = Vec::with_capacity(receipts.len());
     for (n, r) in receipts.iter().enumerate() {
-        let (sr, digest) = r
-            .verify_cached(&mut cache)
-            .map_err(|e| format!("receipt {n} does not verify: {e}"))?;
+        let read = r
+            .read()
+            .map_err(|e| format!("receipt {n} does not parse: {e}"))?;
+        let sealed = r.verify_cached(&mut cache).is_ok();
+        let (sr, digest) = (read.receipt, read.digest);
         if sr.signer != node {
             return Err(format!(
                 "receipt {n} is signed by {}, not the batch's node",
@@ -909,6 +914,7 @@ fn check_listing(
             digest,
             proof: Vec::new(),
             seal: match sr.seal {
+                _ if !sealed => "invalid",
                 Seal::Own(_) => "own",
                 Seal::Batch(_) => "batch",
             },

@@ -211,7 +211,7 @@ pub struct ReceiptRow {
     /// Its proof to the batch root, computed once when the listing was checked (so a page
     /// view never rebuilds a tree of up to 65,536 leaves).
     pub proof: Vec<B256>,
-    /// `own` or `batch`.
+    /// `own`, `batch`, or `invalid` (its seal does not verify).
     pub seal: &'static str,
     /// The receipt's JSON as the node served it.
     pub json: String,

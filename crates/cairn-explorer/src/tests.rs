@@ -233,20 +233,41 @@ async fn batch_listings_are_stored_only_when_they_make_the_root_on_chain() {
             .iter()
             .map(|r| r.try_get("error").unwrap())
             .collect();
-        assert!(errors[0].contains("does not verify"), "{errors:?}");
+        assert!(errors[0].contains("make root"), "{errors:?}");
         assert!(errors[1].contains("make root"), "{errors:?}");
         assert!(errors[2].contains("503"), "{errors:?}");
 
-        // The node comes back: after its backoff the listing is read and stored.
+        // The node comes back: after its backoff the listing is read and stored. Its first
+        // receipt's seal is spoiled (a digit of the signature's `r` changed): the content is
+        // what the node committed on chain, so it is stored, its seal shown as invalid.
+        let mut spoiled: serde_json::Value =
+            serde_json::from_str(&listing(&receipts(&chain, 20, 2))).unwrap();
+        let sig = spoiled["receipts"][0]["signature"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let flipped = if &sig[10..11] == "0" { "1" } else { "0" };
+        spoiled["receipts"][0]["signature"] =
+            format!("{}{flipped}{}", &sig[..10], &sig[11..]).into();
         listings
             .lock()
             .unwrap()
-            .insert(b3, (200, listing(&receipts(&chain, 20, 2))));
+            .insert(b3, (200, spoiled.to_string()));
         tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
         let r = f.round().await.unwrap();
         assert_eq!(r.listings, 1);
         assert_eq!(listing_state(&index, b3).await.0, "indexed");
         assert_eq!(count(&index, "SELECT COUNT(*) FROM idx_receipts").await, 2);
+        let seals: Vec<String> =
+            sqlx::query("SELECT seal FROM idx_receipts WHERE batch_id = $1 ORDER BY leaf_index")
+                .bind(b3 as i64)
+                .fetch_all(index.pool())
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.try_get("seal").unwrap())
+                .collect();
+        assert_eq!(seals, ["invalid", "own"]);
         // A listing checked against a root the batch no longer has (a reorganization replaced
         // it while the listing was fetched), or a batch already read, stores nothing.
         let replaced = crate::store::NewBatch {

@@ -378,7 +378,7 @@ async function receipt(main: HTMLElement, id: string) {
       ["Input / request hash", h("code", {}, m.inputHash ?? m.requestHash)],
       ["Output / response hash", h("code", {}, m.outputHash ?? m.responseHash)],
       ["Profile", h("code", {}, JSON.stringify(p.receipt.profile))],
-      ["Seal", p.summary.seal === "own" ? "signed on its own" : "signed micro-batch root + proof"],
+      ["Seal", p.summary.seal === "own" ? "signed on its own" : p.summary.seal === "batch" ? "signed micro-batch root + proof" : "does not verify (the node's listing carries a spoiled seal; the node committed this receipt on chain all the same)"],
       ["Batch", h("span", {}, link(`/batches/${p.batch.id}`, `#${p.batch.id}`), ` (${p.batch.status}), root `, h("code", {}, p.batch.root))],
       ["Inclusion proof", h("code", {}, p.proof.join(" ") || "(single leaf)")],
     ]),
