@@ -39,6 +39,11 @@ pub struct EntryServeArgs {
     /// The key that pays nodes (its channel accounts are kept beside it).
     #[arg(long, env = "CAIRN_PAYER_KEY")]
     pub payer_key: Option<PathBuf>,
+    /// Without a chain (--rpc/--deployment), pay nodes only in this token (CAIP-19,
+    /// `eip155:31337/erc20:0x…`); without it, a payer key beside a `deployment.json` pays in
+    /// that deployment's token, otherwise nothing is paid. With a chain, its token.
+    #[arg(long)]
+    pub pay_asset: Option<crate::node_cmd::PayAsset>,
     /// Deposit this many token units into an x402 `batch-settlement` channel with a node
     /// whenever it runs low (what pays language-model calls without a prepaid deposit).
     #[arg(long, default_value = "1000000")]
@@ -117,6 +122,8 @@ pub async fn open_entry(
             key: crate::keyfile::load(p)?,
             accounts: crate::keyfile::prepaid_accounts(p),
             batch_deposit: Some(a.batch_deposit),
+            asset: crate::node_cmd::agreed_asset(a.pay_asset.as_ref(), p)?
+                .map(|(network, token, _)| (network, token)),
         }),
         None => None,
     };
@@ -775,6 +782,14 @@ pub struct RunVerifyArgs {
     /// Pay the re-execution with this key.
     #[arg(long, env = "CAIRN_PAYER_KEY")]
     pub payer_key: Option<PathBuf>,
+    /// The most one re-executed step may cost you, token units.
+    #[arg(long, default_value = "100000")]
+    pub max_pay: U256,
+    /// Pay only in this token on this chain (CAIP-19, `eip155:31337/erc20:0x…`); without it, a
+    /// payer key beside a `deployment.json` pays in that deployment's token, otherwise nothing
+    /// is paid.
+    #[arg(long)]
+    pub pay_asset: Option<crate::node_cmd::PayAsset>,
     /// Largest |difference| accepted when the re-execution ran on another profile.
     #[arg(long, default_value_t = 1e-4)]
     pub tolerance: f64,
@@ -980,7 +995,9 @@ async fn verify(a: RunVerifyArgs) -> anyhow::Result<()> {
                     crate::keyfile::load(p)?,
                     cairn_entry::router::channel_salt(),
                 )
-                .with_accounts(crate::keyfile::prepaid_accounts(p));
+                .with_accounts(crate::keyfile::prepaid_accounts(p))
+                .with_max_price(a.max_pay);
+            client = crate::node_cmd::pin_asset(client, a.pay_asset.as_ref(), p)?;
         }
         for step in r.steps.iter().filter(|s| s.run.is_some()) {
             let run = step.run.as_ref().expect("filtered");

@@ -170,6 +170,10 @@ pub struct NodeServeArgs {
     pub faults: FaultArgs,
 }
 
+/// The chain id of local development chains (anvil's, the devnet's): the only one a node with
+/// deliberate faults runs on.
+const DEV_CHAIN_ID: u64 = 31337;
+
 /// Deliberate misbehaviour, to show the verification network catching it (hidden flags).
 #[derive(clap::Args, Clone, Debug, Default)]
 pub struct FaultArgs {
@@ -337,6 +341,13 @@ pub async fn open_node(
             verifying_contract: args.verifying_contract,
         },
     };
+    // Deliberate misbehaviour is for demonstrations on a dev chain, never a node others rely on.
+    if args.faults.any() && domain.chain_id != DEV_CHAIN_ID {
+        bail!(
+            "the --fault-* flags make a node lie on purpose; they run only on a dev chain (chain id {DEV_CHAIN_ID}), and this node's receipts are for chain {}",
+            domain.chain_id
+        );
+    }
     let payments = (chain.is_some() && !args.free).then(|| cairn_node::PaymentConfig {
         model_prices: args.model_prices.clone(),
         llm_prices: cairn_node::LlmPrices {

@@ -127,6 +127,36 @@ fn api_keys(path: &std::path::Path) -> anyhow::Result<Vec<[u8; 32]>> {
     Ok(keys)
 }
 
+/// The deployment the payer trusts: `given` (`--deployment`), else the `deployment.json`
+/// beside the payer key (the devnet's), else none.
+fn trusted_deployment(
+    payer: &PayerArgs,
+    given: Option<&std::path::Path>,
+) -> anyhow::Result<Option<cairn_ledger::Deployment>> {
+    let beside = payer.payer_key.with_file_name("deployment.json");
+    match given {
+        Some(path) => Ok(Some(cairn_ledger::Deployment::load(path)?)),
+        None if beside.is_file() => Ok(Some(cairn_ledger::Deployment::load(&beside)?)),
+        None => Ok(None),
+    }
+}
+
+/// Terms naming another chain, token or escrow than the trusted deployment are refused.
+fn terms_match(t: &PaymentTerms, d: &cairn_ledger::Deployment, node: &str) -> anyhow::Result<()> {
+    let network = cairn_x402::wire::caip2(d.chain_id);
+    if t.network != network || t.asset != d.token || t.escrow != d.escrow {
+        bail!(
+            "the node at {node} names token {} and escrow {} on {}; the deployment you trust has token {} and escrow {} on {network}: nothing was signed",
+            t.asset,
+            t.escrow,
+            t.network,
+            d.token,
+            d.escrow
+        );
+    }
+    Ok(())
+}
+
 /// The node's payment terms (`/v1/node` → `payments`).
 async fn terms(node: &str) -> anyhow::Result<PaymentTerms> {
     NodeClient::new(node)
@@ -184,9 +214,21 @@ async fn approve_permit2(
     use cairn_ledger::Ledger;
     let key = crate::keyfile::load(&payer.payer_key)?;
     let t = terms(&payer.node).await?;
-    if let Some(token) = token
-        && token != t.asset
-    {
+    // Never the node's word alone: Permit2 may then move every unit of that token.
+    let token = match token {
+        Some(token) => token,
+        None => match trusted_deployment(&payer, None)? {
+            Some(d) => d.token,
+            None => bail!(
+                "the node at {} is paid in {} on {}: name the token you mean to let Permit2 move with --token {} (nothing approved)",
+                payer.node,
+                t.asset,
+                t.network,
+                t.asset
+            ),
+        },
+    };
+    if token != t.asset {
         bail!(
             "the node at {} is paid in {}, not the token {token} you named: nothing approved",
             payer.node,
@@ -237,6 +279,16 @@ async fn deposit(payer: PayerArgs, amount: U256, chain: ChainArgs) -> anyhow::Re
         let chain = chain.connect().await?;
         chain.deposit(&key, payee, payer.salt, amount).await?;
     } else {
+        // The node names the escrow the authorization pays into: only one the payer trusts.
+        let Some(d) = trusted_deployment(&payer, chain.deployment.as_deref())? else {
+            bail!(
+                "a gasless deposit pays into the escrow the node names ({} on {}, token {}): name the deployment you trust with --deployment FILE (the devnet's DATA_DIR/chain/deployment.json, found by itself beside DATA_DIR/chain/payer.key); nothing was signed",
+                t.escrow,
+                t.network,
+                t.asset
+            );
+        };
+        terms_match(&t, &d, &payer.node)?;
         deposit_gasless(&key, &t, &payer, amount).await?;
     }
     println!("deposited {amount} token units with {}", payer.node);

@@ -904,8 +904,10 @@ fn dev_key_file(
 }
 
 /// Lets Permit2 move the key's tokens (what an upto permit needs), through the devnet's RPC.
+/// Without the token named (the key has no deployment beside it), nothing is approved on the
+/// node's word.
 fn approve_permit2(net: &Server, key: &std::path::Path) {
-    common::cairn_ok(&[
+    let args = [
         "pay",
         "approve-permit2",
         "--node",
@@ -914,7 +916,16 @@ fn approve_permit2(net: &Server, key: &std::path::Path) {
         key.to_str().unwrap(),
         "--rpc",
         &net.rpc_url,
-    ]);
+    ];
+    let out = Command::new(BIN).args(args).output().unwrap();
+    assert!(!out.status.success());
+    let token = cairn_ledger::Deployment::load(&net.dir.path().join("data/chain/deployment.json"))
+        .unwrap()
+        .token
+        .to_string();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("--token {token}")), "{err}");
+    common::cairn_ok(&[&args[..], &["--token", &token]].concat());
 }
 
 #[test]

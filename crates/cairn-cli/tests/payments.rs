@@ -182,6 +182,31 @@ fn devnet_cli_and_official_python_client_pay_exactly_the_price() {
         err.contains("payment_required") && err.contains("--payer-key"),
         "{err}"
     );
+    // The same key away from the devnet's deployment: a gasless deposit would pay into the
+    // escrow the node names, so nothing is signed until the payer names the deployment it trusts.
+    let bare = dir.join("bare");
+    std::fs::create_dir_all(&bare).unwrap();
+    std::fs::copy(&payer_key, bare.join("payer.key")).unwrap();
+    let out = Command::new(BIN)
+        .args([
+            "pay",
+            "deposit",
+            "--node",
+            &net.node_url,
+            "--amount",
+            "1000",
+        ])
+        .arg("--payer-key")
+        .arg(bare.join("payer.key"))
+        .env_remove("CAIRN_RPC")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--deployment FILE") && err.contains("nothing was signed"),
+        "{err}"
+    );
 
     // `cairn infer` pays with `exact`.
     let chain = devnet_chain(&data);

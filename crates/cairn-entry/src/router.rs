@@ -33,6 +33,10 @@ pub struct Payer {
     /// What an x402 `batch-settlement` deposit puts in when a channel runs low (`None`: pay
     /// prepaid or `exact` only).
     pub batch_deposit: Option<U256>,
+    /// The only asset paid in when the router knows no chain: (CAIP-2 network, token). With a
+    /// chain, its token; with neither, nothing is paid (a node must not choose the payer's
+    /// token or chain).
+    pub asset: Option<(String, Address)>,
 }
 
 /// The salt of the entry's own channels: apart from the payer's other channels with the same
@@ -221,6 +225,11 @@ impl Router {
             c = c
                 .with_asset(&format!("eip155:{}", d.chain_id), d.token)
                 .with_escrow(d.escrow);
+        } else {
+            c = match self.payer.as_ref().and_then(|p| p.asset.as_ref()) {
+                Some((network, token)) => c.with_asset(network, *token),
+                None => c.paying_only_named_assets(),
+            };
         }
         match &self.payer {
             Some(p) => {

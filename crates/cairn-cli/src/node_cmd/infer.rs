@@ -70,17 +70,44 @@ pub fn pin_asset(
     pay_asset: Option<&PayAsset>,
     payer_key: &Path,
 ) -> anyhow::Result<NodeClient> {
+    Ok(match agreed_asset(pay_asset, payer_key)? {
+        Some((network, token, escrow)) => {
+            let c = client.with_asset(&network, token);
+            match escrow {
+                Some(e) => c.with_escrow(e),
+                None => c,
+            }
+        }
+        None => client.paying_only_named_assets(),
+    })
+}
+
+/// The asset a payer agreed to pay in: (CAIP-2 network, token, and the escrow when a
+/// deployment names it) from `--pay-asset`, else from the `deployment.json` beside the payer
+/// key, else none.
+pub fn agreed_asset(
+    pay_asset: Option<&PayAsset>,
+    payer_key: &Path,
+) -> anyhow::Result<
+    Option<(
+        String,
+        alloy_primitives::Address,
+        Option<alloy_primitives::Address>,
+    )>,
+> {
     if let Some(a) = pay_asset {
-        return Ok(client.with_asset(&a.network, a.token));
+        return Ok(Some((a.network.clone(), a.token, None)));
     }
     let beside = payer_key.with_file_name("deployment.json");
-    if beside.is_file() {
-        let d = cairn_ledger::Deployment::load(&beside)?;
-        return Ok(client
-            .with_asset(&format!("eip155:{}", d.chain_id), d.token)
-            .with_escrow(d.escrow));
+    if !beside.is_file() {
+        return Ok(None);
     }
-    Ok(client.paying_only_named_assets())
+    let d = cairn_ledger::Deployment::load(&beside)?;
+    Ok(Some((
+        format!("eip155:{}", d.chain_id),
+        d.token,
+        Some(d.escrow),
+    )))
 }
 
 /// What to do when a node asks for an asset nobody agreed to.
