@@ -122,8 +122,7 @@ pub async fn open_entry(
             key: crate::keyfile::load(p)?,
             accounts: crate::keyfile::prepaid_accounts(p),
             batch_deposit: Some(a.batch_deposit),
-            asset: crate::node_cmd::agreed_asset(a.pay_asset.as_ref(), p)?
-                .map(|(network, token, _)| (network, token)),
+            asset: crate::node_cmd::agreed_asset(a.pay_asset.as_ref(), p)?,
         }),
         None => None,
     };

@@ -215,18 +215,16 @@ async fn approve_permit2(
     let key = crate::keyfile::load(&payer.payer_key)?;
     let t = terms(&payer.node).await?;
     // Never the node's word alone: Permit2 may then move every unit of that token.
-    let token = match token {
-        Some(token) => token,
-        None => match trusted_deployment(&payer, None)? {
-            Some(d) => d.token,
-            None => bail!(
-                "the node at {} is paid in {} on {}: name the token you mean to let Permit2 move with --token {} (nothing approved)",
-                payer.node,
-                t.asset,
-                t.network,
-                t.asset
-            ),
-        },
+    let trusted = trusted_deployment(&payer, None)?;
+    let token = match (token, &trusted) {
+        (Some(token), _) => token,
+        (None, Some(d)) => d.token,
+        (None, None) => bail!(
+            "the node at {} names token {} on {}: name the token you mean to let Permit2 move with --token ADDRESS, checked against your own records of that chain, not the node's (nothing approved)",
+            payer.node,
+            t.asset,
+            t.network
+        ),
     };
     if token != t.asset {
         bail!(
@@ -239,6 +237,14 @@ async fn approve_permit2(
         .await
         .with_context(|| format!("connecting to {rpc}"))?;
     let network = cairn_x402::wire::caip2(ledger.chain_id());
+    if let Some(d) = &trusted
+        && d.chain_id != ledger.chain_id()
+    {
+        bail!(
+            "{rpc} is chain {network}; the deployment beside your key is on chain {}: nothing approved",
+            d.chain_id
+        );
+    }
     if network != t.network {
         bail!(
             "{rpc} is chain {network}; the node at {} is paid on {}",
@@ -277,6 +283,9 @@ async fn deposit(payer: PayerArgs, amount: U256, chain: ChainArgs) -> anyhow::Re
     let payee = t.pay_to;
     if chain.rpc.is_some() {
         let chain = chain.connect().await?;
+        // The payer's own deployment pays; its account below is kept under the node's terms,
+        // so they must name the same escrow.
+        terms_match(&t, chain.deployment(), &payer.node)?;
         chain.deposit(&key, payee, payer.salt, amount).await?;
     } else {
         // The node names the escrow the authorization pays into: only one the payer trusts.

@@ -33,10 +33,11 @@ pub struct Payer {
     /// What an x402 `batch-settlement` deposit puts in when a channel runs low (`None`: pay
     /// prepaid or `exact` only).
     pub batch_deposit: Option<U256>,
-    /// The only asset paid in when the router knows no chain: (CAIP-2 network, token). With a
-    /// chain, its token; with neither, nothing is paid (a node must not choose the payer's
-    /// token or chain).
-    pub asset: Option<(String, Address)>,
+    /// The only asset paid in when the router knows no chain: (CAIP-2 network, token, and the
+    /// escrow prepaid vouchers may be signed on, when known). With a chain, its token and
+    /// escrow; with neither, nothing is paid (a node must not choose the payer's token, chain or
+    /// escrow).
+    pub asset: Option<(String, Address, Option<Address>)>,
 }
 
 /// The salt of the entry's own channels: apart from the payer's other channels with the same
@@ -227,7 +228,13 @@ impl Router {
                 .with_escrow(d.escrow);
         } else {
             c = match self.payer.as_ref().and_then(|p| p.asset.as_ref()) {
-                Some((network, token)) => c.with_asset(network, *token),
+                Some((network, token, escrow)) => {
+                    let c = c.with_asset(network, *token);
+                    match escrow {
+                        Some(e) => c.with_escrow(*e),
+                        None => c,
+                    }
+                }
                 None => c.paying_only_named_assets(),
             };
         }

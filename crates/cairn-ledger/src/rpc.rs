@@ -39,6 +39,21 @@ pub struct RpcLedger {
 /// Default block span of one `eth_getLogs` request.
 pub const DEFAULT_LOG_WINDOW: u64 = 5_000;
 
+/// Whether a failed `eth_getLogs` may have failed for its span: a timeout, a JSON-RPC error (a
+/// range or result limit), or an HTTP status a proxy answers a slow or large request with (408,
+/// 413, 504, Cloudflare's 524); not a rate limit (429) or a gateway that is down (502, 503).
+fn about_the_span(e: &RpcErr) -> bool {
+    use alloy_transport::TransportErrorKind as K;
+    let status = match e {
+        alloy_json_rpc::RpcError::Transport(K::HttpError(h))
+        | alloy_json_rpc::RpcError::Transport(K::HttpErrorWithRetryAfter { error: h, .. }) => {
+            h.status
+        }
+        _ => return true,
+    };
+    matches!(status, 408 | 413 | 504 | 524)
+}
+
 /// How many times one log query halves a window that failed before it gives up (the caller
 /// retries on its schedule, starting from the smaller span).
 const MAX_LOG_SPLITS: u32 = 4;
@@ -257,8 +272,9 @@ impl RpcLedger {
                     return Ok(());
                 }
                 (true, None) => p.passed_at = Some(std::time::Instant::now()),
-                (true, Some(_)) => {}
-                (false, _) => p.passed_at = None,
+                // Not reset when a backend says otherwise: behind a load balancer, answers
+                // that flip would otherwise keep the signer busy forever.
+                _ => {}
             }
             let known = self
                 .provider
@@ -478,16 +494,11 @@ impl Ledger for RpcLedger {
                     // tried smaller, a few times per call; a whole window that failed also
                     // shrinks the span later queries start from, so a slow endpoint is walked
                     // in windows it answers instead of the same window failing forever. An
-                    // HTTP error status (a rate limit, a gateway down) is not about the span.
+                    // HTTP status that is not about the span (a rate limit, a gateway down) is
+                    // returned as it is.
                     let tried = end - start + 1;
                     failures += 1;
-                    let http_status = matches!(
-                        &e,
-                        alloy_json_rpc::RpcError::Transport(
-                            alloy_transport::TransportErrorKind::HttpError(_)
-                        )
-                    );
-                    if tried == 1 || failures > MAX_LOG_SPLITS || http_status {
+                    if tried == 1 || failures > MAX_LOG_SPLITS || !about_the_span(&e) {
                         return Err(rpc_error(e));
                     }
                     tracing::debug!(start, end, error = %e, "eth_getLogs failed: trying a smaller span");
@@ -566,5 +577,26 @@ mod tests {
         };
         assert!(matches!(e, LedgerError::Rpc(_)), "{e}");
         assert!(started.elapsed() < Duration::from_secs(10), "{e}");
+    }
+
+    /// A log query shrinks its span on what a span can cause (a JSON-RPC range error, a
+    /// timeout, a proxy's 408/413/504/524) and not on a rate limit or a gateway that is down.
+    #[test]
+    fn only_failures_a_span_can_cause_shrink_it() {
+        use alloy_transport::TransportErrorKind as K;
+        let http = |status| -> RpcErr { K::http_error(status, "<html>".into()) };
+        for status in [408, 413, 504, 524] {
+            assert!(about_the_span(&http(status)), "{status}");
+        }
+        for status in [429, 502, 503, 401] {
+            assert!(!about_the_span(&http(status)), "{status}");
+        }
+        let range: RpcErr = alloy_json_rpc::RpcError::ErrorResp(alloy_json_rpc::ErrorPayload {
+            code: -32005,
+            message: "query returned more than 10000 results".into(),
+            data: None,
+        });
+        assert!(about_the_span(&range));
+        assert!(about_the_span(&K::custom_str("operation timed out")));
     }
 }
