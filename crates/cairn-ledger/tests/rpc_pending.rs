@@ -80,17 +80,11 @@ async fn unmined_transactions_are_tracked_not_resent() {
     assert_eq!(count, "0x3");
 }
 
-/// Log queries walk the chain in windows (public endpoints cap `eth_getLogs` spans) and a range
-/// starting past the head is simply empty.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn logs_are_read_in_windows() {
-    let Some(anvil) = Anvil::for_test("logs_are_read_in_windows", 31337) else {
-        return;
-    };
-    let ledger = RpcLedger::connect(anvil.url(), Duration::from_secs(30))
-        .await
-        .unwrap()
-        .with_log_window(2);
+/// The contracts deployed through `ledger` by dev account 0, then seven token mints to account
+/// 1, one per block (seven `Transfer` logs).
+async fn deployed_with_seven_mints(
+    ledger: RpcLedger,
+) -> (std::sync::Arc<dyn Ledger>, cairn_ledger::Deployment) {
     let gov = dev_signer(0);
     ledger
         .dev_set_balance(gov.address(), U256::from(10u128.pow(20)))
@@ -111,6 +105,21 @@ async fn logs_are_read_in_windows() {
             .await
             .unwrap();
     }
+    (ledger, d)
+}
+
+/// Log queries walk the chain in windows (public endpoints cap `eth_getLogs` spans) and a range
+/// starting past the head is simply empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_are_read_in_windows() {
+    let Some(anvil) = Anvil::for_test("logs_are_read_in_windows", 31337) else {
+        return;
+    };
+    let ledger = RpcLedger::connect(anvil.url(), Duration::from_secs(30))
+        .await
+        .unwrap()
+        .with_log_window(2);
+    let (ledger, d) = deployed_with_seven_mints(ledger).await;
     let transfer = alloy_primitives::keccak256("Transfer(address,address,uint256)");
     let logs = ledger
         .logs(cairn_ledger::LogFilter {
@@ -400,26 +409,7 @@ async fn log_queries_shrink_a_span_the_endpoint_cannot_answer() {
     let direct = RpcLedger::connect(anvil.url(), Duration::from_secs(30))
         .await
         .unwrap();
-    let gov = dev_signer(0);
-    direct
-        .dev_set_balance(gov.address(), U256::from(10u128.pow(20)))
-        .await
-        .unwrap();
-    let direct: std::sync::Arc<dyn Ledger> = std::sync::Arc::new(direct);
-    let d = cairn_ledger::deploy::deploy(
-        direct.as_ref(),
-        &gov,
-        &cairn_ledger::DeployParams::devnet(gov.address(), gov.address()),
-    )
-    .await
-    .unwrap();
-    let chain = cairn_ledger::Chain::new(direct.clone(), d.clone()).unwrap();
-    for i in 0..7u64 {
-        chain
-            .mint(&gov, dev_signer(1).address(), U256::from(i + 1))
-            .await
-            .unwrap();
-    }
+    let (direct, d) = deployed_with_seven_mints(direct).await;
     let head = direct.head().await.unwrap().number;
     assert!(head >= 8, "{head} blocks: too few for two failed spans");
     let url = spoiling_proxy(anvil.url().to_owned(), |body| {

@@ -190,6 +190,14 @@ async fn co_signs_only_batches_whose_receipts_hold_up() {
     assert!(refused(&v, &good, &json!({})).contains("no `receipts`"));
 }
 
+/// A receipt's binary form.
+fn compact_bytes(r: &SignedReceipt) -> Vec<u8> {
+    cairn_receipt::CompactReceipt::try_from(r)
+        .unwrap()
+        .as_bytes()
+        .to_vec()
+}
+
 /// The binary listing of a set of receipts.
 fn binary_of(rs: &[SignedReceipt]) -> Vec<u8> {
     cairn_receipt::compact::encode_receipts(rs).unwrap()
@@ -260,23 +268,13 @@ async fn seals_are_not_checked_and_everything_the_node_committed_is() {
             .unwrap(),
     );
     let (good, _) = batch_of(node.address(), &rs);
-    // Every seal forged: a byte of each signature's `r` flipped (a micro-batch's shared root
-    // signature too).
+    // Every seal forged as the node's fault forges it: a byte of each signature flipped (a
+    // micro-batch's shared root signature too).
     let forged: Vec<Vec<u8>> = rs
         .iter()
-        .map(|r| {
-            let mut b = cairn_receipt::CompactReceipt::try_from(r)
-                .unwrap()
-                .as_bytes()
-                .to_vec();
-            let at = match r.seal {
-                cairn_receipt::Seal::Own(_) => b.len() - 60,
-                cairn_receipt::Seal::Batch(ref s) => b.len() - 1 - 32 * s.proof.len() - 60,
-            };
-            b[at] ^= 1;
-            b
-        })
+        .map(|r| cairn_node::faults::forge_seal(&compact_bytes(r)))
         .collect();
+    assert!(forged.iter().zip(&rs).all(|(f, r)| *f != compact_bytes(r)));
     let binary = |entries: &[Vec<u8>]| {
         cairn_receipt::compact::encode_listing(entries.iter().map(|e| e.as_slice()))
     };
@@ -329,15 +327,7 @@ async fn seals_are_not_checked_and_everything_the_node_committed_is() {
     let why = check_at(&v, &good, &binary(&odd), &none).unwrap_err();
     assert!(why.contains("receipt 2 does not parse"), "{why}");
     // The genuine listing: the same sample.
-    let genuine: Vec<Vec<u8>> = rs
-        .iter()
-        .map(|r| {
-            cairn_receipt::CompactReceipt::try_from(r)
-                .unwrap()
-                .as_bytes()
-                .to_vec()
-        })
-        .collect();
+    let genuine: Vec<Vec<u8>> = rs.iter().map(compact_bytes).collect();
     for listing in [binary(&genuine), json(&genuine)] {
         assert_eq!(
             check_at(&v, &good, &listing, &some).unwrap().sampled,
@@ -420,20 +410,9 @@ async fn binary_listings_are_checked_as_json_ones_are() {
     );
     assert!(refused_bytes(&v, &good, &binary_of(&rs[..4])).contains("receipts listed"));
     // The price of receipt 1 (a batch-sealed one) raised by one unit.
-    let mut tampered = cairn_receipt::CompactReceipt::try_from(&rs[1])
-        .unwrap()
-        .as_bytes()
-        .to_vec();
+    let mut tampered = compact_bytes(&rs[1]);
     tampered[217] ^= 1;
-    let mut entries: Vec<Vec<u8>> = rs
-        .iter()
-        .map(|r| {
-            cairn_receipt::CompactReceipt::try_from(r)
-                .unwrap()
-                .as_bytes()
-                .to_vec()
-        })
-        .collect();
+    let mut entries: Vec<Vec<u8>> = rs.iter().map(compact_bytes).collect();
     entries[1] = tampered;
     let listing = cairn_receipt::compact::encode_listing(entries.iter().map(|e| e.as_slice()));
     let why = refused_bytes(&v, &good, &listing);
