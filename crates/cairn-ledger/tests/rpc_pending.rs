@@ -39,25 +39,31 @@ async fn funded_with_one_send(
     (alice, bob)
 }
 
+/// Dev account 0 funded, one payment mined, automine off, and a second payment sent and left
+/// pending: (its signer, the payee, the pending transaction's hash and nonce).
+async fn left_pending(
+    ledger: &RpcLedger,
+) -> (alloy_signer_local::PrivateKeySigner, Address, B256, u64) {
+    let (alice, bob) = funded_with_one_send(ledger).await;
+    ledger
+        .dev_rpc("evm_setAutomine", json!([false]))
+        .await
+        .unwrap();
+    match ledger.send(&alice, pay(bob)).await {
+        Err(LedgerError::Pending { hash, nonce }) => (alice, bob, hash, nonce),
+        other => panic!("expected pending, got {other:?}"),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unmined_transactions_are_tracked_not_resent() {
     let Some(anvil) = Anvil::for_test("unmined_transactions_are_tracked_not_resent", 31337) else {
         return;
     };
-    let url = anvil.url().to_owned();
-    let ledger = RpcLedger::connect(&url, Duration::from_millis(500))
+    let ledger = RpcLedger::connect(anvil.url(), Duration::from_millis(500))
         .await
         .unwrap();
-    let (alice, bob) = funded_with_one_send(&ledger).await;
-
-    ledger
-        .dev_rpc("evm_setAutomine", json!([false]))
-        .await
-        .unwrap();
-    let (hash, nonce) = match ledger.send(&alice, pay(bob)).await {
-        Err(LedgerError::Pending { hash, nonce }) => (hash, nonce),
-        other => panic!("expected pending, got {other:?}"),
-    };
+    let (alice, bob, hash, nonce) = left_pending(&ledger).await;
     assert_eq!(nonce, 1);
     // The next send from alice is refused without sending anything, naming the earlier one
     // (not as if it were this send's own transaction).
@@ -333,15 +339,7 @@ async fn a_pending_transaction_whose_nonce_was_taken_does_not_block_its_signer()
     let ledger = RpcLedger::connect(anvil.url(), Duration::from_millis(500))
         .await
         .unwrap();
-    let (alice, bob) = funded_with_one_send(&ledger).await;
-    ledger
-        .dev_rpc("evm_setAutomine", json!([false]))
-        .await
-        .unwrap();
-    let (hash, nonce) = match ledger.send(&alice, pay(bob)).await {
-        Err(LedgerError::Pending { hash, nonce }) => (hash, nonce),
-        other => panic!("expected pending, got {other:?}"),
-    };
+    let (alice, bob, hash, nonce) = left_pending(&ledger).await;
     // The node forgets it; the same key, used elsewhere, mines another with that nonce.
     ledger
         .dev_rpc("anvil_dropTransaction", json!([hash]))
