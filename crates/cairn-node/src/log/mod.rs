@@ -441,11 +441,24 @@ impl From<tokio::task::JoinError> for LogError {
 }
 
 impl ReceiptLog {
-    /// Lets the index thread gather entries into larger commits while `busy` says more than
-    /// one request is being served (at one at a time it commits each at once). Set once; a
-    /// log without it commits at once.
-    pub fn gather_while(&self, busy: impl Fn() -> bool + Send + Sync + 'static) {
-        let _ = self.writer.busy.set(Box::new(busy));
+    /// Tells the log how many requests the node has admitted now. While more than one is, the
+    /// index thread gathers entries into larger commits, and a group of batch-sealed receipts
+    /// waits for the admitted requests not yet in it ([`writer::LINGER`] at most) so that one
+    /// signature covers them all. Set once; a log without it commits and signs at once.
+    pub fn count_admitted(&self, admitted: impl Fn() -> usize + Send + Sync + 'static) {
+        self.count_admitted_lingering(admitted, writer::LINGER);
+    }
+
+    /// [`Self::count_admitted`], a held group waiting `linger` at most.
+    pub(crate) fn count_admitted_lingering(
+        &self,
+        admitted: impl Fn() -> usize + Send + Sync + 'static,
+        linger: Duration,
+    ) {
+        let _ = self.writer.admitted.set(writer::Admitted {
+            count: Box::new(admitted),
+            linger,
+        });
     }
 
     /// Opens (creating) the log at `path`: group commits sign their batch-sealed receipts with

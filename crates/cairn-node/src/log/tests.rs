@@ -301,6 +301,96 @@ async fn appended_batch_sealed_receipts_verify_and_are_what_was_stored() {
     assert_eq!(log.count().await.unwrap(), 40);
 }
 
+/// A log that signs batches and counts `admitted` requests, holding a group `linger` at most.
+async fn sealing_log(dir: &std::path::Path, admitted: usize, linger: Duration) -> ReceiptLog {
+    let log = ReceiptLog::open(
+        &dir.join("r.sqlite"),
+        Duration::from_secs(3600),
+        Durability::Normal,
+        false,
+        Some(test_signer()),
+    )
+    .await
+    .unwrap();
+    log.count_admitted_lingering(move || admitted, linger);
+    log
+}
+
+/// The batch seal of an appended receipt.
+fn batch_seal(json: &ReceiptJson) -> cairn_receipt::BatchSeal {
+    let (r, _) = json
+        .verify_cached(&mut cairn_receipt::SealCache::default())
+        .unwrap();
+    let cairn_receipt::Seal::Batch(b) = r.seal else {
+        panic!("batch-sealed")
+    };
+    b
+}
+
+/// Requests admitted together share one signature even when each reaches the log while the
+/// journal is free: the group waits for the admitted requests not in it yet. (On one thread,
+/// each append used to find the journal free and be signed alone.)
+#[tokio::test(flavor = "current_thread")]
+async fn batch_sealed_receipts_of_requests_served_together_share_one_signature() {
+    let dir = tempfile::tempdir().unwrap();
+    let signer = test_signer();
+    let log = sealing_log(dir.path(), 8, Duration::from_secs(600)).await;
+    let appends: Vec<_> = (1..=8u8)
+        .map(|i| {
+            let (log, e) = (log.clone(), unsigned(&signer, i));
+            tokio::spawn(async move { log.append(e).await.unwrap() })
+        })
+        .collect();
+    let mut roots = std::collections::BTreeSet::new();
+    for a in appends {
+        let b = batch_seal(&a.await.unwrap());
+        assert_eq!(b.count, 8);
+        roots.insert(b.root);
+    }
+    assert_eq!(roots.len(), 1);
+}
+
+/// A held group does not wait for requests that never come: it is written by its deadline
+/// (here, admitted requests that never reach the log).
+#[tokio::test(flavor = "current_thread")]
+async fn a_held_group_is_written_by_its_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let signer = test_signer();
+    let log = sealing_log(dir.path(), 100, writer::LINGER).await;
+    let alone = tokio::time::timeout(Duration::from_secs(10), log.append(unsigned(&signer, 1)))
+        .await
+        .expect("written by its deadline")
+        .unwrap();
+    assert_eq!(batch_seal(&alone).count, 1);
+}
+
+/// An entry signed on its own is never held, and takes a held group with it.
+#[tokio::test(flavor = "current_thread")]
+async fn own_receipts_never_wait_and_take_a_held_group_along() {
+    let dir = tempfile::tempdir().unwrap();
+    let signer = test_signer();
+    let log = sealing_log(dir.path(), 100, Duration::from_secs(600)).await;
+    let within = |f| tokio::time::timeout(Duration::from_secs(10), f);
+    let held = {
+        let (log, e) = (log.clone(), unsigned(&signer, 2));
+        tokio::spawn(async move { log.append(e).await.unwrap() })
+    };
+    tokio::task::yield_now().await;
+    assert!(
+        !held.is_finished(),
+        "a batch-sealed receipt waits for the others admitted"
+    );
+    let own = within(log.append(entry("own", Billing::Final, 0)))
+        .await
+        .expect("never held")
+        .unwrap();
+    assert_eq!(own, ReceiptJson::from(&own_receipt("own")));
+    let held = tokio::time::timeout(Duration::from_secs(10), held)
+        .await
+        .expect("written with the own receipt");
+    assert_eq!(batch_seal(&held.unwrap()).count, 1);
+}
+
 /// A row written before receipts were kept in binary form (JSON text, no `compact`) is read
 /// as before.
 #[tokio::test(flavor = "multi_thread")]
@@ -462,7 +552,7 @@ async fn appends_race(
     )
     .await;
     if gather {
-        log.gather_while(|| true);
+        log.count_admitted(|| 2);
     }
     let running: Vec<_> = (0..tasks)
         .map(|t| {

@@ -27,6 +27,10 @@ const GROUPS_PER_LEADER: usize = 2;
 const LARGE_GROUP_BYTES: usize = 1 << 20;
 /// Entries committed to SQLite in one transaction at most.
 const INDEX_GROUP: usize = 4096;
+/// How long a group of batch-sealed receipts waits at most for the requests still being
+/// served to join it and share its signature. It waits only while some admitted request has
+/// not reached the log yet, so at one request at a time it never waits.
+pub(super) const LINGER: Duration = Duration::from_millis(1);
 /// Entries (or payload bytes) waiting for the index past which an append helps index them
 /// before its answer goes: the journal never runs ahead of SQLite without bound.
 const PENDING_MAX: usize = 16_384;
@@ -45,13 +49,13 @@ pub(super) const SWEEP_CHUNK: i64 = 256;
 /// The write side: the append queue, the journal the append that finds it free writes the
 /// queue to, and the SQLite connection the entries are indexed with.
 pub(super) struct Writer {
-    queue: Mutex<Vec<Job>>,
+    queue: Mutex<Queue>,
     journal: Mutex<JournalSide>,
     /// Entries written to the journal, not yet committed to SQLite.
     pending: Mutex<Pending>,
     /// Signalled when entries join an empty `pending`, and when a read waits for the index.
     /// Woken, the index thread commits at once while requests come one at a time, and lets
-    /// entries gather for [`GATHER`] while more than one is being served (`busy`): each commit
+    /// entries gather for [`GATHER`] while more than one is being served (`admitted`): each commit
     /// costs a wake-up and rewrites the last pages of every index, so under load fewer, larger
     /// commits cost far less per entry (measured on this 2-core VM, digits MLP, 16
     /// connections, three runs side by side: ~155 → ~128 µs of node CPU per answer, +15–30%
@@ -60,8 +64,8 @@ pub(super) struct Writer {
     work: Condvar,
     /// A read waits for the index: commit what has gathered now.
     hurry: std::sync::atomic::AtomicBool,
-    /// Whether the node serves more than one request now ([`ReceiptLog::gather_while`]).
-    pub(super) busy: std::sync::OnceLock<Box<dyn Fn() -> bool + Send + Sync>>,
+    /// How many requests the node has admitted now ([`ReceiptLog::count_admitted`]).
+    pub(super) admitted: std::sync::OnceLock<Admitted>,
     index: Mutex<IndexSide>,
     /// What SQLite holds.
     indexed: Mutex<Progress>,
@@ -79,6 +83,22 @@ pub(super) struct Writer {
     durability: Durability,
     /// Where a group write that outlasts its leader goes on.
     runtime: tokio::runtime::Handle,
+}
+
+/// How many requests the node has admitted now, and how long a held group waits for them.
+pub(super) struct Admitted {
+    pub(super) count: Box<dyn Fn() -> usize + Send + Sync>,
+    pub(super) linger: Duration,
+}
+
+/// Appends waiting for the journal.
+#[derive(Default)]
+struct Queue {
+    jobs: Vec<Job>,
+    /// When the oldest of `jobs` came.
+    since: Option<Instant>,
+    /// A task will lead the queue at this time (a held group's deadline).
+    wake: Option<Instant>,
 }
 
 struct JournalSide {
@@ -125,7 +145,7 @@ impl Writer {
     ) -> Self {
         let last = journal.last();
         Self {
-            queue: Mutex::new(Vec::new()),
+            queue: Mutex::new(Queue::default()),
             journal: Mutex::new(JournalSide { journal, sealer }),
             pending: Mutex::new(Pending::default()),
             work: Condvar::new(),
@@ -141,7 +161,7 @@ impl Writer {
             appended: AtomicU64::new(last),
             writers_waiting: std::sync::atomic::AtomicUsize::new(0),
             hurry: std::sync::atomic::AtomicBool::new(false),
-            busy: std::sync::OnceLock::new(),
+            admitted: std::sync::OnceLock::new(),
             _lock: lock_file,
             durability,
             runtime,
@@ -151,8 +171,48 @@ impl Writer {
     /// Queues `job` and writes the queue unless another append is writing (which then takes
     /// it). Call from within the log's Tokio runtime.
     pub(super) fn append(self: &Arc<Self>, job: Job) {
-        lock(&self.queue).push(job);
+        {
+            let mut q = lock(&self.queue);
+            q.since.get_or_insert_with(Instant::now);
+            q.jobs.push(job);
+        }
         self.lead();
+    }
+
+    /// Whether the queue is to be written now. A queue of batch-sealed receipts alone is held
+    /// (one signature covers a group, and signing is most of what a small group costs) while
+    /// admitted requests that have not reached the log may still join it, for [`LINGER`] at
+    /// most; a task is then set to lead it at its deadline.
+    fn due(self: &Arc<Self>, q: &mut Queue) -> bool {
+        if q.jobs.is_empty() {
+            return false;
+        }
+        let (Some(since), Some(admitted)) = (q.since, self.admitted.get()) else {
+            return true;
+        };
+        let deadline = since + admitted.linger;
+        if (admitted.count)() <= q.jobs.len()
+            || q.jobs.len() >= GROUP_MAX
+            || q.jobs.iter().any(|(e, _)| e.receipt.claims().is_none())
+            || Instant::now() >= deadline
+        {
+            return true;
+        }
+        if q.wake.is_none_or(|w| w > deadline) {
+            q.wake = Some(deadline);
+            let this = self.clone();
+            self.runtime.spawn(async move {
+                tokio::time::sleep_until(deadline.into()).await;
+                {
+                    let mut q = lock(&this.queue);
+                    if q.wake == Some(deadline) {
+                        q.wake = None;
+                    }
+                }
+                this.lead();
+            });
+        }
+        false
     }
 
     /// Runs `f` on the SQLite connection once it is free (blocking) and holds every entry
@@ -328,9 +388,17 @@ impl Writer {
                 Err(TryLockError::WouldBlock) => return,
             };
             let batch = {
-                let mut queue = lock(&self.queue);
-                let take = queue.len().min(GROUP_MAX);
-                queue.drain(..take).collect::<Vec<_>>()
+                let mut q = lock(&self.queue);
+                if self.due(&mut q) {
+                    let take = q.jobs.len().min(GROUP_MAX);
+                    let batch = q.jobs.drain(..take).collect::<Vec<_>>();
+                    if q.jobs.is_empty() {
+                        q.since = None;
+                    }
+                    batch
+                } else {
+                    Vec::new()
+                }
             };
             let mut answers = Vec::new();
             let mut behind = false;
@@ -363,7 +431,9 @@ impl Writer {
             for (done, answer) in answers {
                 let _ = done.send(answer);
             }
-            if lock(&self.queue).is_empty() {
+            // Checked after the journal is let go: an append that came meanwhile and found it
+            // held left its entry to this leader.
+            if !self.due(&mut lock(&self.queue)) {
                 return;
             }
             if groups >= GROUPS_PER_LEADER {
@@ -481,7 +551,7 @@ pub(super) fn indexer(writer: Weak<Writer>) {
                     .unwrap_or_else(|e| e.into_inner())
                     .0;
             }
-            if !p.rows.is_empty() && w.busy.get().is_some_and(|busy| busy()) {
+            if !p.rows.is_empty() && w.admitted.get().is_some_and(|a| (a.count)() > 1) {
                 let until = Instant::now() + GATHER;
                 while !w.hurry.load(Ordering::Acquire) {
                     let now = Instant::now();

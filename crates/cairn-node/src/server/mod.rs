@@ -236,12 +236,11 @@ pub(crate) async fn open(c: NodeConfig) -> Result<NodeState, NodeError> {
     let cache_lookups = cache.lookups();
     let total = Arc::new(Semaphore::new(c.limits.queue_total));
     {
-        // More than one request admitted: the receipt index gathers its commits.
         let (total, all) = (Arc::downgrade(&total), c.limits.queue_total);
-        log.gather_while(move || {
+        log.count_admitted(move || {
             total
                 .upgrade()
-                .is_some_and(|t| t.available_permits() + 1 < all)
+                .map_or(0, |t| all.saturating_sub(t.available_permits()))
         });
     }
     Ok(NodeState(Arc::new(Inner {
