@@ -6,7 +6,10 @@
 //! signer first looks for its receipt (sending the same signed bytes again when the chain does
 //! not know the transaction: a request cut off before it arrived) and refuses to go on while it
 //! is still out, so nothing is ever re-sent as a second transaction or with a clashing nonce.
-//! One whose nonce the chain shows taken by another transaction of the key is dropped.
+//! One whose nonce the chain shows taken by another transaction of the key is dropped. One the
+//! chain now prices above its fees (a base fee that rose past its cap) is signed again with the
+//! same nonce and the fees the chain asks, at most once a wait: whichever of them is mined
+//! settles the nonce.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -104,11 +107,18 @@ struct SignerState {
 
 /// A transaction that was sent, or may have been, and is not known to be mined.
 struct Pending {
+    /// The latest signed with this nonce (a fee bump's replacement, after one).
     hash: B256,
     nonce: u64,
     /// Its signed bytes: sent again as they are when the chain does not know it (a request cut
     /// off before it arrived), which is the same transaction, never a second one.
     raw: Bytes,
+    /// Every transaction sent with this nonce, the latest last: any one of them may be mined.
+    sent: Vec<B256>,
+    /// What the latest was signed from: a fee bump signs it again with other fees.
+    request: TransactionRequest,
+    /// When the latest was signed: a fee bump waits a whole wait after it.
+    signed_at: std::time::Instant,
     /// When the chain was first seen past its nonce with no receipt for it.
     passed_at: Option<std::time::Instant>,
 }
@@ -181,17 +191,16 @@ impl RpcLedger {
             .clone()
     }
 
-    async fn wait_receipt(&self, hash: B256) -> Result<Option<TransactionReceipt>, LedgerError> {
+    /// The receipt of whichever of `hashes` is mined, waiting for one within the wait.
+    async fn wait_receipt(
+        &self,
+        hashes: &[B256],
+    ) -> Result<Option<TransactionReceipt>, LedgerError> {
         let deadline = tokio::time::Instant::now() + self.wait;
         // Dev chains mine in milliseconds, L2s in a second or two: start fast, back off.
         let mut pause = Duration::from_millis(2);
         loop {
-            if let Some(r) = self
-                .provider
-                .get_transaction_receipt(hash)
-                .await
-                .map_err(rpc_error)?
-            {
+            if let Some(r) = self.any_receipt(hashes).await? {
                 return Ok(Some(r));
             }
             if tokio::time::Instant::now() >= deadline {
@@ -200,6 +209,78 @@ impl RpcLedger {
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_millis(250));
         }
+    }
+
+    async fn any_receipt(
+        &self,
+        hashes: &[B256],
+    ) -> Result<Option<TransactionReceipt>, LedgerError> {
+        for &hash in hashes.iter().rev() {
+            if let Some(r) = self
+                .provider
+                .get_transaction_receipt(hash)
+                .await
+                .map_err(rpc_error)?
+            {
+                return Ok(Some(r));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Signs `p` again with the fees the chain asks now, when they are above its own (left
+    /// under a base fee that rose past its cap, it would wait for as long as the fee stays
+    /// up), each fee at least an eighth above the last (what nodes ask of a replacement), and
+    /// sends it. A node that refuses the replacement leaves `p` as it was.
+    async fn bump_fees(&self, key: &PrivateKeySigner, p: &mut Pending) -> Result<(), LedgerError> {
+        let asked = self
+            .provider
+            .estimate_eip1559_fees()
+            .await
+            .map_err(rpc_error)?;
+        let cap = p.request.max_fee_per_gas.unwrap_or_default();
+        let tip = p.request.max_priority_fee_per_gas.unwrap_or_default();
+        if asked.max_fee_per_gas <= cap && asked.max_priority_fee_per_gas <= tip {
+            // Priced as the chain asks: it waits its turn.
+            return Ok(());
+        }
+        let up = |x: u128| x.saturating_add(x.div_ceil(8));
+        let new_cap = asked.max_fee_per_gas.max(up(cap));
+        let new_tip = asked.max_priority_fee_per_gas.max(up(tip)).min(new_cap);
+        let request = p
+            .request
+            .clone()
+            .with_max_fee_per_gas(new_cap)
+            .with_max_priority_fee_per_gas(new_tip);
+        let envelope = request
+            .clone()
+            .build(&EthereumWallet::from(key.clone()))
+            .await
+            .map_err(|e| LedgerError::Invalid(format!("building the transaction: {e}")))?;
+        let hash = *envelope.tx_hash();
+        let raw: Bytes = alloy_eips::eip2718::Encodable2718::encoded_2718(&envelope).into();
+        let before = (
+            p.hash,
+            p.raw.clone(),
+            std::mem::replace(&mut p.request, request),
+        );
+        // From here on the node may have it: remember it before sending.
+        (p.hash, p.raw, p.signed_at) = (hash, raw.clone(), std::time::Instant::now());
+        p.sent.push(hash);
+        match self.provider.send_raw_transaction(&raw).await {
+            Ok(_) => {
+                tracing::info!(%hash, replaces = %before.0, nonce = p.nonce, max_fee_per_gas = new_cap, "a pending transaction under the chain's fees was sent again with higher fees");
+            }
+            Err(e) if e.is_error_resp() => {
+                // Refused (a replacement the node prices too low, funds short of the new
+                // fees): the earlier one stays the one out there.
+                tracing::warn!(error = %e, nonce = p.nonce, "raising a pending transaction's fees was refused");
+                p.sent.pop();
+                (p.hash, p.raw, p.request) = before;
+            }
+            Err(_) => {}
+        }
+        Ok(())
     }
 
     async fn latest_block(&self) -> Result<alloy_rpc_types_eth::Block, LedgerError> {
@@ -234,16 +315,19 @@ impl RpcLedger {
     pub async fn reconcile(&self, who: Address) -> Result<(), LedgerError> {
         let state = self.state_for(who);
         let mut st = state.lock().await;
-        self.reconcile_locked(who, &mut st).await
+        self.reconcile_locked(who, None, &mut st).await
     }
 
+    /// Looks for the pending transaction's receipt, within the wait; with its `key`, one still
+    /// unmined a wait after it was signed has its fees raised when the chain asks more.
     async fn reconcile_locked(
         &self,
         from: Address,
+        key: Option<&PrivateKeySigner>,
         st: &mut SignerState,
     ) -> Result<(), LedgerError> {
         if let Some(p) = &mut st.pending {
-            let (hash, nonce) = (p.hash, p.nonce);
+            let nonce = p.nonce;
             // Its nonce taken by another transaction of the same key (sent from elsewhere, or
             // a node that dropped ours and mined a later one): it can never be mined. The count
             // is read before the receipt, so a receipt mined meanwhile is still seen. Dropped
@@ -257,16 +341,10 @@ impl RpcLedger {
                 .latest()
                 .await
                 .map_err(rpc_error)?;
-            let passed = mined > nonce
-                && self
-                    .provider
-                    .get_transaction_receipt(hash)
-                    .await
-                    .map_err(rpc_error)?
-                    .is_none();
+            let passed = mined > nonce && self.any_receipt(&p.sent).await?.is_none();
             match (passed, p.passed_at) {
                 (true, Some(at)) if at.elapsed() >= self.wait => {
-                    tracing::warn!(%hash, nonce, mined, "a pending transaction's nonce was taken by another transaction: it will never be mined");
+                    tracing::warn!(hash = %p.hash, nonce, mined, "a pending transaction's nonce was taken by another transaction: it will never be mined");
                     st.pending = None;
                     st.next_nonce = None;
                     return Ok(());
@@ -278,7 +356,7 @@ impl RpcLedger {
             }
             let known = self
                 .provider
-                .get_transaction_by_hash(hash)
+                .get_transaction_by_hash(p.hash)
                 .await
                 .map_err(rpc_error)?
                 .is_some();
@@ -288,17 +366,30 @@ impl RpcLedger {
                 if let Err(e) = self.provider.send_raw_transaction(&p.raw).await
                     && !e.is_error_resp()
                 {
-                    return Err(LedgerError::Pending { hash, nonce });
+                    return Err(LedgerError::Pending {
+                        hash: p.hash,
+                        nonce,
+                    });
                 }
             }
-            match self.wait_receipt(hash).await? {
+            match self.wait_receipt(&p.sent).await? {
                 Some(_) => {
                     st.pending = None;
                     // The count this process kept may be behind: the send that left it
                     // pending never moved it. The chain says where it stands.
                     st.next_nonce = None;
                 }
-                None => return Err(LedgerError::Pending { hash, nonce }),
+                None => {
+                    if let Some(key) = key
+                        && p.signed_at.elapsed() >= self.wait
+                    {
+                        self.bump_fees(key, p).await?;
+                    }
+                    return Err(LedgerError::Pending {
+                        hash: p.hash,
+                        nonce,
+                    });
+                }
             }
         }
         Ok(())
@@ -352,7 +443,7 @@ impl Ledger for RpcLedger {
         let mut st = state.lock().await;
         // The earlier transaction's hash is not this one's: say nothing was sent.
         let earlier = st.pending.as_ref().map(|p| (p.hash, p.nonce));
-        self.reconcile_locked(from, &mut st)
+        self.reconcile_locked(from, Some(signer), &mut st)
             .await
             .map_err(|e| match e {
                 LedgerError::Pending { hash, nonce } => LedgerError::Busy { hash, nonce },
@@ -401,6 +492,7 @@ impl Ledger for RpcLedger {
             .with_max_priority_fee_per_gas(fees.max_priority_fee_per_gas);
         let wallet = EthereumWallet::from(signer.clone());
         let envelope = req
+            .clone()
             .build(&wallet)
             .await
             .map_err(|e| LedgerError::Invalid(format!("building the transaction: {e}")))?;
@@ -412,6 +504,9 @@ impl Ledger for RpcLedger {
             hash,
             nonce,
             raw: raw.clone().into(),
+            sent: vec![hash],
+            request: req,
+            signed_at: std::time::Instant::now(),
             passed_at: None,
         });
         match self.provider.send_raw_transaction(&raw).await {
@@ -426,7 +521,7 @@ impl Ledger for RpcLedger {
         }
         st.next_nonce = Some(nonce + 1);
         // It is out: whatever goes wrong while waiting, the outcome is unknown, not a refusal.
-        match self.wait_receipt(hash).await {
+        match self.wait_receipt(&[hash]).await {
             Ok(Some(r)) => {
                 st.pending = None;
                 outcome(r)

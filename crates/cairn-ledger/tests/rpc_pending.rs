@@ -381,6 +381,75 @@ async fn a_pending_transaction_whose_nonce_was_taken_does_not_block_its_signer()
     assert!(never.is_null(), "{never}");
 }
 
+/// A pending transaction the chain now prices above its fees (the base fee rose past its cap,
+/// and stays there) is signed again with the same nonce and the fees the chain asks, instead of
+/// its signer answering busy for as long as the fee stays up; the payment is made once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pending_transaction_under_a_risen_base_fee_goes_out_again_with_higher_fees() {
+    let Some(anvil) = Anvil::for_test("a_pending_transaction_under_a_risen_base_fee", 31337) else {
+        return;
+    };
+    let ledger = RpcLedger::connect(anvil.url(), Duration::from_millis(500))
+        .await
+        .unwrap();
+    let (alice, bob, hash, nonce) = left_pending(&ledger).await;
+    let paid_before = ledger.balance(bob).await.unwrap();
+    let sent = ledger
+        .dev_rpc("eth_getTransactionByHash", json!([hash]))
+        .await
+        .unwrap();
+    let hex = |v: &serde_json::Value| {
+        u128::from_str_radix(v.as_str().unwrap().trim_start_matches("0x"), 16).unwrap()
+    };
+    let high = hex(&sent["maxFeePerGas"]) * 4;
+    // Blocks keep coming, each with a base fee four times the pending one's cap.
+    let miner = {
+        let chain = RpcLedger::connect(anvil.url(), Duration::from_millis(500))
+            .await
+            .unwrap();
+        tokio::spawn(async move {
+            loop {
+                chain
+                    .dev_rpc(
+                        "anvil_setNextBlockBaseFeePerGas",
+                        json!([format!("{high:#x}")]),
+                    )
+                    .await
+                    .unwrap();
+                chain.dev_rpc("evm_mine", json!([])).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    let mut busy = 0;
+    loop {
+        match ledger.send(&alice, pay(bob)).await {
+            Ok(_) => break,
+            Err(LedgerError::Busy { .. }) if busy < 6 => busy += 1,
+            other => panic!("still refused after {busy} tries: {other:?}"),
+        }
+    }
+    miner.abort();
+    assert_eq!(
+        mined_count(&ledger, alice.address()).await,
+        json!(format!("{:#x}", nonce + 2)),
+        "the pending payment (replaced) and the last one"
+    );
+    let first = ledger
+        .dev_rpc("eth_getTransactionReceipt", json!([hash]))
+        .await
+        .unwrap();
+    assert!(
+        first.is_null(),
+        "the underpriced one was never mined: {first}"
+    );
+    assert_eq!(
+        ledger.balance(bob).await.unwrap(),
+        paid_before + U256::from(2u8),
+        "each payment made once"
+    );
+}
+
 /// The blocks an `eth_getLogs` request spans (0 for any other request).
 fn logs_span(body: &str) -> u64 {
     let Ok(v) = serde_json::from_str::<serde_json::Value>(body) else {

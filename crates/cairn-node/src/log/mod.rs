@@ -26,6 +26,7 @@ mod journal;
 mod writer;
 
 pub use batches::{BatchListing, BatchState, SealedBatch};
+pub use writer::Coming;
 use writer::*;
 
 /// Whether a logged receipt counts (is batched, its payloads served).
@@ -441,24 +442,18 @@ impl From<tokio::task::JoinError> for LogError {
 }
 
 impl ReceiptLog {
-    /// Tells the log how many requests the node has admitted now. While more than one is, the
-    /// index thread gathers entries into larger commits, and a group of batch-sealed receipts
-    /// waits for the admitted requests not yet in it ([`writer::LINGER`] at most) so that one
-    /// signature covers them all. Set once; a log without it commits and signs at once.
-    pub fn count_admitted(&self, admitted: impl Fn() -> usize + Send + Sync + 'static) {
-        self.count_admitted_lingering(admitted, writer::LINGER);
+    /// Lets the index thread gather entries into larger commits while `busy` says more than
+    /// one request is being served (at one at a time it commits each at once). Set once; a
+    /// log without it commits at once.
+    pub fn gather_while(&self, busy: impl Fn() -> bool + Send + Sync + 'static) {
+        let _ = self.writer.busy.set(Box::new(busy));
     }
 
-    /// [`Self::count_admitted`], a held group waiting `linger` at most.
-    pub(crate) fn count_admitted_lingering(
-        &self,
-        admitted: impl Fn() -> usize + Send + Sync + 'static,
-        linger: Duration,
-    ) {
-        let _ = self.writer.admitted.set(writer::Admitted {
-            count: Box::new(admitted),
-            linger,
-        });
+    /// A batch-sealed request admitted, on its way to the log: a group of batch-sealed entries
+    /// waits for it ([`writer::LINGER`] at most) so that one signature covers them all, until
+    /// the guard goes with its entry ([`Self::append_coming`]) or is dropped.
+    pub fn coming(&self) -> Coming {
+        self.writer.coming()
     }
 
     /// Opens (creating) the log at `path`: group commits sign their batch-sealed receipts with
@@ -511,8 +506,17 @@ impl ReceiptLog {
     /// Appends an entry; returns its receipt once it is written to the journal (as durable as
     /// the log's durability; SQLite takes it a moment later, before any read that follows).
     pub async fn append(&self, entry: Entry) -> Result<ReceiptJson, LogError> {
+        self.append_coming(entry, None).await
+    }
+
+    /// [`Self::append`] of the entry `coming` ([`Self::coming`]) announced.
+    pub async fn append_coming(
+        &self,
+        entry: Entry,
+        coming: Option<Coming>,
+    ) -> Result<ReceiptJson, LogError> {
         let (done, wait) = oneshot::channel();
-        self.writer.append((entry, done));
+        self.writer.append((entry, done), coming);
         wait.await
             .map_err(|_| LogError::WriterStopped)?
             .map_err(|e| LogError::WriteFailed(e.to_string()))

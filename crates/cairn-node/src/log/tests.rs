@@ -301,8 +301,8 @@ async fn appended_batch_sealed_receipts_verify_and_are_what_was_stored() {
     assert_eq!(log.count().await.unwrap(), 40);
 }
 
-/// A log that signs batches and counts `admitted` requests, holding a group `linger` at most.
-async fn sealing_log(dir: &std::path::Path, admitted: usize, linger: Duration) -> ReceiptLog {
+/// A log that signs batches, holding a group `linger` at most.
+async fn sealing_log(dir: &std::path::Path, linger: Duration) -> ReceiptLog {
     let log = ReceiptLog::open(
         &dir.join("r.sqlite"),
         Duration::from_secs(3600),
@@ -312,7 +312,7 @@ async fn sealing_log(dir: &std::path::Path, admitted: usize, linger: Duration) -
     )
     .await
     .unwrap();
-    log.count_admitted_lingering(move || admitted, linger);
+    log.writer.set_linger(linger);
     log
 }
 
@@ -327,40 +327,73 @@ fn batch_seal(json: &ReceiptJson) -> cairn_receipt::BatchSeal {
     b
 }
 
-/// Requests admitted together share one signature even when each reaches the log while the
-/// journal is free: the group waits for the admitted requests not in it yet. (On one thread,
-/// each append used to find the journal free and be signed alone.)
+/// A test's bound on what should take milliseconds (a hold of 600 s shows as a failure).
+async fn soon<F: std::future::Future>(f: F) -> F::Output {
+    tokio::time::timeout(Duration::from_secs(10), f)
+        .await
+        .expect("done within 10 s")
+}
+
+/// Batch-sealed requests admitted together share one signature even when each reaches the log
+/// while the journal is free: the group waits for those on their way. (On one thread each
+/// append used to find the journal free and be signed alone.)
 #[tokio::test(flavor = "current_thread")]
 async fn batch_sealed_receipts_of_requests_served_together_share_one_signature() {
     let dir = tempfile::tempdir().unwrap();
     let signer = test_signer();
-    let log = sealing_log(dir.path(), 8, Duration::from_secs(600)).await;
-    let appends: Vec<_> = (1..=8u8)
-        .map(|i| {
+    let log = sealing_log(dir.path(), Duration::from_secs(600)).await;
+    let coming: Vec<Coming> = (0..8).map(|_| log.coming()).collect();
+    let appends: Vec<_> = coming
+        .into_iter()
+        .zip(1..=8u8)
+        .map(|(c, i)| {
             let (log, e) = (log.clone(), unsigned(&signer, i));
-            tokio::spawn(async move { log.append(e).await.unwrap() })
+            tokio::spawn(async move { log.append_coming(e, Some(c)).await.unwrap() })
         })
         .collect();
     let mut roots = std::collections::BTreeSet::new();
     for a in appends {
-        let b = batch_seal(&a.await.unwrap());
+        let b = batch_seal(&soon(a).await.unwrap());
         assert_eq!(b.count, 8);
         roots.insert(b.root);
     }
     assert_eq!(roots.len(), 1);
 }
 
-/// A held group does not wait for requests that never come: it is written by its deadline
-/// (here, admitted requests that never reach the log).
+/// A held group does not wait past its deadline for a request that does not come (still
+/// being served): it waits the linger, then goes.
 #[tokio::test(flavor = "current_thread")]
 async fn a_held_group_is_written_by_its_deadline() {
     let dir = tempfile::tempdir().unwrap();
     let signer = test_signer();
-    let log = sealing_log(dir.path(), 100, writer::LINGER).await;
-    let alone = tokio::time::timeout(Duration::from_secs(10), log.append(unsigned(&signer, 1)))
+    let linger = Duration::from_millis(50);
+    let log = sealing_log(dir.path(), linger).await;
+    let _slow = log.coming();
+    let started = std::time::Instant::now();
+    let alone = soon(log.append_coming(unsigned(&signer, 1), Some(log.coming())))
         .await
-        .expect("written by its deadline")
         .unwrap();
+    assert!(started.elapsed() >= linger, "it was held for the other");
+    assert_eq!(batch_seal(&alone).count, 1);
+}
+
+/// A request that fails on its way lets the group held for it go at once; with none on its
+/// way, nothing is held.
+#[tokio::test(flavor = "current_thread")]
+async fn a_request_that_fails_on_its_way_lets_the_held_group_go() {
+    let dir = tempfile::tempdir().unwrap();
+    let signer = test_signer();
+    let log = sealing_log(dir.path(), Duration::from_secs(600)).await;
+    let failing = log.coming();
+    let held = {
+        let (log, e, c) = (log.clone(), unsigned(&signer, 1), log.coming());
+        tokio::spawn(async move { log.append_coming(e, Some(c)).await.unwrap() })
+    };
+    tokio::task::yield_now().await;
+    assert!(!held.is_finished(), "held for the request on its way");
+    drop(failing);
+    assert_eq!(batch_seal(&soon(held).await.unwrap()).count, 1);
+    let alone = soon(log.append(unsigned(&signer, 2))).await.unwrap();
     assert_eq!(batch_seal(&alone).count, 1);
 }
 
@@ -369,26 +402,70 @@ async fn a_held_group_is_written_by_its_deadline() {
 async fn own_receipts_never_wait_and_take_a_held_group_along() {
     let dir = tempfile::tempdir().unwrap();
     let signer = test_signer();
-    let log = sealing_log(dir.path(), 100, Duration::from_secs(600)).await;
-    let within = |f| tokio::time::timeout(Duration::from_secs(10), f);
+    let log = sealing_log(dir.path(), Duration::from_secs(600)).await;
+    let _slow = log.coming();
     let held = {
-        let (log, e) = (log.clone(), unsigned(&signer, 2));
-        tokio::spawn(async move { log.append(e).await.unwrap() })
+        let (log, e, c) = (log.clone(), unsigned(&signer, 2), log.coming());
+        tokio::spawn(async move { log.append_coming(e, Some(c)).await.unwrap() })
     };
     tokio::task::yield_now().await;
     assert!(
         !held.is_finished(),
-        "a batch-sealed receipt waits for the others admitted"
+        "a batch-sealed receipt waits for the one on its way"
     );
-    let own = within(log.append(entry("own", Billing::Final, 0)))
+    let own = soon(log.append(entry("own", Billing::Final, 0)))
         .await
-        .expect("never held")
         .unwrap();
     assert_eq!(own, ReceiptJson::from(&own_receipt("own")));
-    let held = tokio::time::timeout(Duration::from_secs(10), held)
-        .await
-        .expect("written with the own receipt");
-    assert_eq!(batch_seal(&held.unwrap()).count, 1);
+    assert_eq!(batch_seal(&soon(held).await.unwrap()).count, 1);
+}
+
+/// Many batch-sealed appends racing on several threads, each announced first, some of their
+/// requests failing on the way: every one is answered once, with a receipt that verifies, and
+/// the log holds them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_batch_sealed_appends_are_each_answered_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let signer = test_signer();
+    let log = sealing_log(dir.path(), Duration::from_micros(200)).await;
+    let tasks: Vec<_> = (0..8u8)
+        .map(|t| {
+            let (log, signer) = (log.clone(), signer.clone());
+            tokio::spawn(async move {
+                let mut ids = Vec::new();
+                for i in 0..25u8 {
+                    let coming = log.coming();
+                    if i % 5 == 4 {
+                        drop(coming);
+                        continue;
+                    }
+                    let mut c = claims(i);
+                    c.request_id = alloy_primitives::keccak256([t, i]);
+                    let digest = signer.digest(&c);
+                    let e = Entry::new(
+                        ToLog::ToSign(c),
+                        digest,
+                        vec![1],
+                        vec![2],
+                        Billing::Final,
+                        None,
+                    );
+                    let json = log.append_coming(e, Some(coming)).await.unwrap();
+                    let (r, _) = json
+                        .verify_cached(&mut cairn_receipt::SealCache::default())
+                        .unwrap();
+                    ids.push(r.id());
+                }
+                ids
+            })
+        })
+        .collect();
+    let mut ids = std::collections::BTreeSet::new();
+    for t in tasks {
+        ids.extend(soon(t).await.unwrap());
+    }
+    assert_eq!(ids.len(), 8 * 20);
+    assert_eq!(log.count().await.unwrap(), 8 * 20);
 }
 
 /// A row written before receipts were kept in binary form (JSON text, no `compact`) is read
@@ -552,7 +629,7 @@ async fn appends_race(
     )
     .await;
     if gather {
-        log.count_admitted(|| 2);
+        log.gather_while(|| true);
     }
     let running: Vec<_> = (0..tasks)
         .map(|t| {

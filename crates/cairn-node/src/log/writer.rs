@@ -4,7 +4,9 @@
 //! has queued (its own entry among it) to the journal in one write: at one request at a time
 //! nothing changes threads on the way to the answer, and under load the entries that queue while
 //! one group is written form the next group. Whoever lets go of the journal looks at the queue
-//! again, so an entry queued meanwhile is never left behind. The written entries wait in memory
+//! again, so an entry queued meanwhile is never left behind. A queue of batch-sealed entries
+//! alone may be held for the batch-sealed requests on their way ([`Coming`]): the last of them
+//! to arrive or fail, or a timer at its deadline, leads it. The written entries wait in memory
 //! for the index thread, which commits them to SQLite in large transactions (SQLite's WAL
 //! checkpoints among them) off the answer path; a read first waits until SQLite holds every
 //! entry answered before it began, and any other write first commits them.
@@ -27,9 +29,9 @@ const GROUPS_PER_LEADER: usize = 2;
 const LARGE_GROUP_BYTES: usize = 1 << 20;
 /// Entries committed to SQLite in one transaction at most.
 const INDEX_GROUP: usize = 4096;
-/// How long a group of batch-sealed receipts waits at most for the requests still being
-/// served to join it and share its signature. It waits only while some admitted request has
-/// not reached the log yet, so at one request at a time it never waits.
+/// How long a group of batch-sealed receipts waits at most for the batch-sealed requests still
+/// being served ([`Coming`]) to join it and share its signature (the runtime's timer rounds
+/// up to its next millisecond: 1–2 ms). With none on its way it never waits.
 pub(super) const LINGER: Duration = Duration::from_millis(1);
 /// Entries (or payload bytes) waiting for the index past which an append helps index them
 /// before its answer goes: the journal never runs ahead of SQLite without bound.
@@ -55,7 +57,7 @@ pub(super) struct Writer {
     pending: Mutex<Pending>,
     /// Signalled when entries join an empty `pending`, and when a read waits for the index.
     /// Woken, the index thread commits at once while requests come one at a time, and lets
-    /// entries gather for [`GATHER`] while more than one is being served (`admitted`): each commit
+    /// entries gather for [`GATHER`] while more than one is being served (`busy`): each commit
     /// costs a wake-up and rewrites the last pages of every index, so under load fewer, larger
     /// commits cost far less per entry (measured on this 2-core VM, digits MLP, 16
     /// connections, three runs side by side: ~155 → ~128 µs of node CPU per answer, +15–30%
@@ -64,8 +66,8 @@ pub(super) struct Writer {
     work: Condvar,
     /// A read waits for the index: commit what has gathered now.
     hurry: std::sync::atomic::AtomicBool,
-    /// How many requests the node has admitted now ([`ReceiptLog::count_admitted`]).
-    pub(super) admitted: std::sync::OnceLock<Admitted>,
+    /// Whether the node serves more than one request now ([`ReceiptLog::gather_while`]).
+    pub(super) busy: std::sync::OnceLock<Box<dyn Fn() -> bool + Send + Sync>>,
     index: Mutex<IndexSide>,
     /// What SQLite holds.
     indexed: Mutex<Progress>,
@@ -85,20 +87,39 @@ pub(super) struct Writer {
     runtime: tokio::runtime::Handle,
 }
 
-/// How many requests the node has admitted now, and how long a held group waits for them.
-pub(super) struct Admitted {
-    pub(super) count: Box<dyn Fn() -> usize + Send + Sync>,
-    pub(super) linger: Duration,
-}
-
 /// Appends waiting for the journal.
-#[derive(Default)]
-struct Queue {
+pub(super) struct Queue {
     jobs: Vec<Job>,
+    /// How many of `jobs` are sealed on their own (never held).
+    own: usize,
+    /// Batch-sealed requests admitted whose entries have not come ([`Coming`]).
+    coming: usize,
     /// When the oldest of `jobs` came.
     since: Option<Instant>,
     /// A task will lead the queue at this time (a held group's deadline).
     wake: Option<Instant>,
+    /// How long a group of batch-sealed entries waits at most for those coming.
+    pub(super) linger: Duration,
+}
+
+/// A batch-sealed request the node admitted, on its way to the log: a group of batch-sealed
+/// entries waits for it ([`LINGER`] at most). Its entry's append ends it, or its drop (the
+/// request failed), which lets a group held for it go.
+pub struct Coming(Option<Arc<Writer>>);
+
+impl Drop for Coming {
+    fn drop(&mut self) {
+        if let Some(w) = self.0.take() {
+            let waiting = {
+                let mut q = lock(&w.queue);
+                q.coming -= 1;
+                !q.jobs.is_empty()
+            };
+            if waiting {
+                w.lead();
+            }
+        }
+    }
 }
 
 struct JournalSide {
@@ -145,7 +166,14 @@ impl Writer {
     ) -> Self {
         let last = journal.last();
         Self {
-            queue: Mutex::new(Queue::default()),
+            queue: Mutex::new(Queue {
+                jobs: Vec::new(),
+                own: 0,
+                coming: 0,
+                since: None,
+                wake: None,
+                linger: LINGER,
+            }),
             journal: Mutex::new(JournalSide { journal, sealer }),
             pending: Mutex::new(Pending::default()),
             work: Condvar::new(),
@@ -161,7 +189,7 @@ impl Writer {
             appended: AtomicU64::new(last),
             writers_waiting: std::sync::atomic::AtomicUsize::new(0),
             hurry: std::sync::atomic::AtomicBool::new(false),
-            admitted: std::sync::OnceLock::new(),
+            busy: std::sync::OnceLock::new(),
             _lock: lock_file,
             durability,
             runtime,
@@ -170,35 +198,49 @@ impl Writer {
 
     /// Queues `job` and writes the queue unless another append is writing (which then takes
     /// it). Call from within the log's Tokio runtime.
-    pub(super) fn append(self: &Arc<Self>, job: Job) {
+    pub(super) fn append(self: &Arc<Self>, job: Job, coming: Option<Coming>) {
         {
             let mut q = lock(&self.queue);
             q.since.get_or_insert_with(Instant::now);
+            q.own += usize::from(job.0.receipt.claims().is_none());
             q.jobs.push(job);
+            // Here, not at its drop: the count and the queue change together.
+            if coming.and_then(|mut c| c.0.take()).is_some() {
+                q.coming -= 1;
+            }
         }
         self.lead();
     }
 
+    /// Sets how long a group of batch-sealed entries waits at most for those coming.
+    #[cfg(test)]
+    pub(super) fn set_linger(&self, linger: Duration) {
+        lock(&self.queue).linger = linger;
+    }
+
+    /// A batch-sealed request admitted: groups wait for its entry until the returned guard
+    /// goes with the entry's append, or is dropped.
+    pub(super) fn coming(self: &Arc<Self>) -> Coming {
+        lock(&self.queue).coming += 1;
+        Coming(Some(self.clone()))
+    }
+
     /// Whether the queue is to be written now. A queue of batch-sealed receipts alone is held
     /// (one signature covers a group, and signing is most of what a small group costs) while
-    /// admitted requests that have not reached the log may still join it, for [`LINGER`] at
-    /// most; a task is then set to lead it at its deadline.
+    /// batch-sealed requests are on their way ([`Coming`]), for the linger at most; a task is
+    /// then set to lead it at its deadline.
     fn due(self: &Arc<Self>, q: &mut Queue) -> bool {
         if q.jobs.is_empty() {
             return false;
         }
-        let (Some(since), Some(admitted)) = (q.since, self.admitted.get()) else {
-            return true;
-        };
-        let deadline = since + admitted.linger;
-        if (admitted.count)() <= q.jobs.len()
-            || q.jobs.len() >= GROUP_MAX
-            || q.jobs.iter().any(|(e, _)| e.receipt.claims().is_none())
-            || Instant::now() >= deadline
-        {
+        let Some(since) = q.since else { return true };
+        let deadline = since + q.linger;
+        let now = Instant::now();
+        if q.coming == 0 || q.own > 0 || q.jobs.len() >= GROUP_MAX || now >= deadline {
             return true;
         }
-        if q.wake.is_none_or(|w| w > deadline) {
+        // A timer due already may never have run (its runtime shutting down): set another.
+        if q.wake.is_none_or(|w| w > deadline || w <= now) {
             q.wake = Some(deadline);
             let this = self.clone();
             self.runtime.spawn(async move {
@@ -392,6 +434,12 @@ impl Writer {
                 if self.due(&mut q) {
                     let take = q.jobs.len().min(GROUP_MAX);
                     let batch = q.jobs.drain(..take).collect::<Vec<_>>();
+                    // What is left came first: it keeps its time, and is due at once.
+                    q.own = q
+                        .jobs
+                        .iter()
+                        .filter(|(e, _)| e.receipt.claims().is_none())
+                        .count();
                     if q.jobs.is_empty() {
                         q.since = None;
                     }
@@ -551,7 +599,7 @@ pub(super) fn indexer(writer: Weak<Writer>) {
                     .unwrap_or_else(|e| e.into_inner())
                     .0;
             }
-            if !p.rows.is_empty() && w.admitted.get().is_some_and(|a| (a.count)() > 1) {
+            if !p.rows.is_empty() && w.busy.get().is_some_and(|busy| busy()) {
                 let until = Instant::now() + GATHER;
                 while !w.hurry.load(Ordering::Acquire) {
                     let now = Instant::now();

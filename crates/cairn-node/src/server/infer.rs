@@ -243,6 +243,8 @@ pub(super) async fn run_infer(
             return Err(e);
         }
     };
+    // Groups of batch-sealed receipts wait for this one's (until it is appended, or fails).
+    let coming = (seal == SealChoice::Batch).then(|| i.log.coming());
     let decoded = kserve::decode(
         &read.body,
         read.json_len,
@@ -322,7 +324,7 @@ pub(super) async fn run_infer(
             .map_err(|e| NodeError::Internal(format!("inference task: {e}")))??
     };
     keeping.apply(&mut entry)?;
-    let receipt = i.log.append(entry).await?;
+    let receipt = i.log.append_coming(entry, coming).await?;
     i.metrics.answered(
         crate::metrics::CallKind::Onnx,
         &resolved.cid,

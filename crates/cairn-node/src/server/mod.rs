@@ -236,11 +236,12 @@ pub(crate) async fn open(c: NodeConfig) -> Result<NodeState, NodeError> {
     let cache_lookups = cache.lookups();
     let total = Arc::new(Semaphore::new(c.limits.queue_total));
     {
+        // More than one request admitted: the receipt index gathers its commits.
         let (total, all) = (Arc::downgrade(&total), c.limits.queue_total);
-        log.count_admitted(move || {
+        log.gather_while(move || {
             total
                 .upgrade()
-                .map_or(0, |t| all.saturating_sub(t.available_permits()))
+                .is_some_and(|t| t.available_permits() + 1 < all)
         });
     }
     Ok(NodeState(Arc::new(Inner {
