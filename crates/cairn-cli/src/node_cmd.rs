@@ -94,6 +94,12 @@ pub struct NodeServeArgs {
     /// Longer while many are held at once (up to 5 s); 0 answers at once.
     #[arg(long, default_value_t = 250)]
     pub overload_hold_ms: u64,
+    /// Microseconds a group of batch-signed receipts (`cairn-receipt-seal: batch`) waits at
+    /// most for the other batch-signed requests being served, so that one signature covers
+    /// them (the runtime's timer rounds up to the next millisecond); 0 signs each group as it
+    /// comes. Never waits with none being served, and own-signed receipts never wait.
+    #[arg(long, default_value_t = 1000)]
+    pub batch_linger_us: u64,
     /// Milliseconds a request body may take to arrive (a slow sender is cut off with 504).
     #[arg(long, default_value_t = 10_000)]
     pub body_timeout_ms: u64,
@@ -302,6 +308,7 @@ impl NodeServeArgs {
             body_timeout: Duration::from_millis(self.body_timeout_ms),
             body_budget_bytes: self.body_budget_bytes.max(self.max_body_bytes),
             llm_sessions: self.llm_sessions.max(1),
+            batch_linger: Duration::from_micros(self.batch_linger_us),
         }
     }
 }

@@ -20,8 +20,8 @@ use async_trait::async_trait;
 
 pub use active::ActiveVerifiers;
 pub use chain::{
-    BatchInfo, BatchStatus, Chain, Challenged, ChannelState, NodeInfo, RegistrationRequest, Role,
-    TokenPermit, UptoAuthorization, permit2_domain,
+    AuthorizationUse, BatchInfo, BatchStatus, Chain, Challenged, ChannelState, NodeInfo,
+    RegistrationRequest, Role, TokenPermit, UptoAuthorization, permit2_domain,
 };
 pub use deploy::{
     BatchContracts, DeployParams, Deployment, UptoContracts, dev_signer, dev_signers,
@@ -89,8 +89,9 @@ pub enum LedgerError {
         /// Raw revert data.
         data: Bytes,
     },
-    /// A transaction was sent but is not mined yet. It is tracked; it is never sent as a second
-    /// transaction (only its own signed bytes again, if the chain does not know it).
+    /// A transaction was sent but is not mined yet. It is tracked; its call is never sent
+    /// again under another nonce (only its own signed bytes again, if the chain does not know
+    /// it, or the same call and nonce with higher fees, when the base fee priced it out).
     #[error(
         "transaction {hash} (nonce {nonce}) is sent but not mined yet; it is tracked and never sent as a second transaction"
     )]

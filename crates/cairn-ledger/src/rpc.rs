@@ -5,11 +5,12 @@
 //! sending) but is not mined within the wait is remembered as pending; the next send from that
 //! signer first looks for its receipt (sending the same signed bytes again when the chain does
 //! not know the transaction: a request cut off before it arrived) and refuses to go on while it
-//! is still out, so nothing is ever re-sent as a second transaction or with a clashing nonce.
+//! is still out, so nothing is ever sent as a second call or with a clashing nonce.
 //! One whose nonce the chain shows taken by another transaction of the key is dropped. One the
-//! chain now prices above its fees (a base fee that rose past its cap) is signed again with the
-//! same nonce and the fees the chain asks, at most once a wait: whichever of them is mined
-//! settles the nonce.
+//! base fee has priced out (its cap no longer covers the base fee and its tip), found so by a
+//! send a whole wait after it was signed, is signed again with the same nonce and call and the
+//! fees the chain asks ([`MAX_BUMP`] times its first at most): only one transaction per nonce
+//! can be mined, and whichever of them is settles the nonce.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -38,6 +39,11 @@ pub struct RpcLedger {
     log_span: LogSpan,
     signers: Mutex<HashMap<Address, Arc<tokio::sync::Mutex<SignerState>>>>,
 }
+
+/// How many times the fees a transaction was first signed with a fee bump raises them to at
+/// most: an endpoint that asks more without end (lying, or a fee spike) costs a send this much
+/// at worst, and such a transaction waits for the base fee to fall.
+pub const MAX_BUMP: u128 = 8;
 
 /// Default block span of one `eth_getLogs` request.
 pub const DEFAULT_LOG_WINDOW: u64 = 5_000;
@@ -117,8 +123,12 @@ struct Pending {
     sent: Vec<B256>,
     /// What the latest was signed from: a fee bump signs it again with other fees.
     request: TransactionRequest,
-    /// When the latest was signed: a fee bump waits a whole wait after it.
+    /// When the latest was signed, or a replacement last tried: a fee bump waits a whole wait
+    /// after it.
     signed_at: std::time::Instant,
+    /// The fees it was first signed with (cap, tip): a bump goes to [`MAX_BUMP`] times them
+    /// at most.
+    first_fees: (u128, u128),
     /// When the chain was first seen past its nonce with no receipt for it.
     passed_at: Option<std::time::Instant>,
 }
@@ -228,25 +238,53 @@ impl RpcLedger {
         Ok(None)
     }
 
-    /// Signs `p` again with the fees the chain asks now, when they are above its own (left
-    /// under a base fee that rose past its cap, it would wait for as long as the fee stays
-    /// up), each fee at least an eighth above the last (what nodes ask of a replacement), and
-    /// sends it. A node that refuses the replacement leaves `p` as it was.
-    async fn bump_fees(&self, key: &PrivateKeySigner, p: &mut Pending) -> Result<(), LedgerError> {
+    /// Signs `p` again with higher fees when the chain's base fee has risen past what its cap
+    /// leaves for its tip (it would wait for as long as the fee stays up): the fees the chain
+    /// asks now, each at least an eighth above its own (what nodes ask of a replacement), at
+    /// most [`MAX_BUMP`] times those it was first signed with. A failure is logged, not
+    /// returned: the caller still hears that its transaction is pending.
+    async fn bump_fees(&self, key: &PrivateKeySigner, p: &mut Pending) {
+        if let Err(e) = self.try_bump_fees(key, p).await {
+            tracing::warn!(error = %e, nonce = p.nonce, "raising a pending transaction's fees failed");
+        }
+    }
+
+    async fn try_bump_fees(
+        &self,
+        key: &PrivateKeySigner,
+        p: &mut Pending,
+    ) -> Result<(), LedgerError> {
+        let Some(base) = self.latest_block().await?.header.base_fee_per_gas else {
+            // No base fee (a chain without EIP-1559): nothing it was priced under moved.
+            return Ok(());
+        };
+        let cap = p.request.max_fee_per_gas.unwrap_or_default();
+        let tip = p.request.max_priority_fee_per_gas.unwrap_or_default();
+        if u128::from(base).saturating_add(tip) <= cap {
+            // Includable as it is: it waits its turn.
+            return Ok(());
+        }
         let asked = self
             .provider
             .estimate_eip1559_fees()
             .await
             .map_err(rpc_error)?;
-        let cap = p.request.max_fee_per_gas.unwrap_or_default();
-        let tip = p.request.max_priority_fee_per_gas.unwrap_or_default();
-        if asked.max_fee_per_gas <= cap && asked.max_priority_fee_per_gas <= tip {
-            // Priced as the chain asks: it waits its turn.
-            return Ok(());
-        }
         let up = |x: u128| x.saturating_add(x.div_ceil(8));
         let new_cap = asked.max_fee_per_gas.max(up(cap));
         let new_tip = asked.max_priority_fee_per_gas.max(up(tip)).min(new_cap);
+        let (first_cap, first_tip) = p.first_fees;
+        if new_cap > first_cap.saturating_mul(MAX_BUMP)
+            || new_tip > first_tip.saturating_mul(MAX_BUMP)
+        {
+            tracing::error!(
+                nonce = p.nonce,
+                base_fee = base,
+                max_fee_per_gas = new_cap,
+                first_max_fee_per_gas = first_cap,
+                "a pending transaction is priced out, and the fees the chain asks are over {MAX_BUMP} times those it was first signed with: it is left as it is, to go out when the base fee falls"
+            );
+            return Ok(());
+        }
         let request = p
             .request
             .clone()
@@ -264,18 +302,19 @@ impl RpcLedger {
             p.raw.clone(),
             std::mem::replace(&mut p.request, request),
         );
-        // From here on the node may have it: remember it before sending.
+        // From here on the node may have it: remember it before sending (kept in `sent` even
+        // if refused: an endpoint may refuse what it passed on all the same).
         (p.hash, p.raw, p.signed_at) = (hash, raw.clone(), std::time::Instant::now());
         p.sent.push(hash);
         match self.provider.send_raw_transaction(&raw).await {
             Ok(_) => {
-                tracing::info!(%hash, replaces = %before.0, nonce = p.nonce, max_fee_per_gas = new_cap, "a pending transaction under the chain's fees was sent again with higher fees");
+                tracing::info!(%hash, replaces = %before.0, nonce = p.nonce, max_fee_per_gas = new_cap, "a pending transaction priced out by the base fee was sent again with higher fees");
             }
             Err(e) if e.is_error_resp() => {
-                // Refused (a replacement the node prices too low, funds short of the new
-                // fees): the earlier one stays the one out there.
+                // Refused (a replacement priced too low for this node, funds short of the
+                // new fees): the earlier one stays the one sent again if lost. The next try
+                // waits a whole wait from this one.
                 tracing::warn!(error = %e, nonce = p.nonce, "raising a pending transaction's fees was refused");
-                p.sent.pop();
                 (p.hash, p.raw, p.request) = before;
             }
             Err(_) => {}
@@ -383,7 +422,7 @@ impl RpcLedger {
                     if let Some(key) = key
                         && p.signed_at.elapsed() >= self.wait
                     {
-                        self.bump_fees(key, p).await?;
+                        self.bump_fees(key, p).await;
                     }
                     return Err(LedgerError::Pending {
                         hash: p.hash,
@@ -505,6 +544,10 @@ impl Ledger for RpcLedger {
             nonce,
             raw: raw.clone().into(),
             sent: vec![hash],
+            first_fees: (
+                req.max_fee_per_gas.unwrap_or_default(),
+                req.max_priority_fee_per_gas.unwrap_or_default(),
+            ),
             request: req,
             signed_at: std::time::Instant::now(),
             passed_at: None,

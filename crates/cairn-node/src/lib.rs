@@ -67,6 +67,9 @@ pub struct Limits {
     /// `timeout`, then get 503. A call holds its session for its whole generation, so this
     /// keeps tensor inference from being starved by long answers.
     pub llm_sessions: usize,
+    /// How long a group of batch-sealed receipts waits at most for the other batch-sealed
+    /// requests being served, so that one signature covers them (zero: it never waits).
+    pub batch_linger: Duration,
 }
 
 /// Requests admitted per model for each worker, by default. Under a flood the admitted wait
@@ -92,6 +95,7 @@ impl Default for Limits {
             body_timeout: Duration::from_secs(10),
             body_budget_bytes: 256 << 20,
             llm_sessions: 1,
+            batch_linger: log::LINGER,
         }
     }
 }

@@ -308,12 +308,13 @@ impl Facilitator {
     }
 
     /// Whether the transfer that used authorization `a` paid `a.to` its `a.value` (see
-    /// [`Chain::authorization_paid`]); `None` when no use is on record yet.
+    /// [`Chain::authorization_paid`]), and by which transaction; `None` when no use is on
+    /// record yet.
     pub(crate) async fn paid_to_us(
         &self,
         key: B256,
         a: &exact::Authorization,
-    ) -> Result<Option<bool>, X402Error> {
+    ) -> Result<Option<cairn_ledger::AuthorizationUse>, X402Error> {
         let from_block = self.store.get(key)?.and_then(|r| r.from_block).unwrap_or(0);
         Ok(self
             .chain
@@ -369,8 +370,8 @@ impl Facilitator {
                             // Our own earlier transfer (a sender died before recording it), or
                             // the same authorization relayed by someone else: we are paid, and
                             // failing here would charge the payer for nothing.
-                            Ok(Some(true)) => Settlement::Settled(String::new()),
-                            Ok(Some(false)) => Settlement::Failed(Reason::new(
+                            Ok(Some(u)) if u.paid => Settlement::Settled(u.tx.to_string()),
+                            Ok(Some(_)) => Settlement::Failed(Reason::new(
                                 "invalid_exact_evm_nonce_already_used",
                                 "the authorization's nonce was used by another transfer",
                             )),

@@ -887,7 +887,8 @@ async fn expired_authorization_is_not_sent() {
 /// A process that stops mid-request: a payment still reserved never had a transfer out and is
 /// given back; one marked pending with no transaction on record (the sender died mid-send) is
 /// sent again by the next process's reconciler, once, and keeps the withheld answer; one whose
-/// transfer got through before the crash is settled without a second send.
+/// transfer got through before the crash is settled without a second send, under the hash of
+/// the transaction that paid it (whoever sent it).
 #[tokio::test]
 async fn a_restart_releases_unsent_payments_and_finishes_a_send_cut_off() {
     let d = devnet().await;
@@ -901,10 +902,12 @@ async fn a_restart_releases_unsent_payments_and_finishes_a_send_cut_off() {
             .set_state(key, PaymentState::Pending, None, None, Some(b"the answer"))
             .unwrap();
     }
-    d.chain
+    let paid_by = d
+        .chain
         .send_authorization(&dev_signer(3), c.transfer_call())
         .await
-        .unwrap();
+        .unwrap()
+        .hash;
     let payer_before = d.chain.token_balance(d.payer.address()).await.unwrap();
 
     // The next process (the store has one user at a time: this one stops first).
@@ -932,6 +935,10 @@ async fn a_restart_releases_unsent_payments_and_finishes_a_send_cut_off() {
         assert_eq!(rec.state, PaymentState::Settled, "{rec:?}");
         assert_eq!(rec.response.as_deref(), Some(&b"the answer"[..]));
     }
+    assert_eq!(
+        f.store().get(through).unwrap().unwrap().tx,
+        Some(paid_by.to_string())
+    );
     assert_eq!(
         chain.token_balance(payer.address()).await.unwrap(),
         payer_before - U256::from(800),

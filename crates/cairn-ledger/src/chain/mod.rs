@@ -81,6 +81,7 @@ pub use batch::{
     erc3009_deposit_nonce, permit2_collector_data, permit2_deposit_hash, typed as batch_typed,
 };
 pub use settlement::Challenged;
+pub use token::AuthorizationUse;
 pub use upto::{Permit, TokenPermit, UptoAuthorization, permit2_domain};
 
 /// A registry role.

@@ -2,6 +2,15 @@
 
 use super::*;
 
+/// A use of an EIP-3009 authorization on record ([`Chain::authorization_paid`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AuthorizationUse {
+    /// Whether it paid the value to the payee asked about.
+    pub paid: bool,
+    /// The transaction that used it.
+    pub tx: B256,
+}
+
 impl Chain {
     /// Payment-token balance of `who`.
     pub async fn token_balance(&self, who: Address) -> Result<U256, LedgerError> {
@@ -119,9 +128,10 @@ impl Chain {
     }
 
     /// Whether EIP-3009 authorization (`authorizer`, `nonce`) was used by a transfer of `value`
-    /// to `to`, from the token's events since block `from_block`: `None` when no use (or not
-    /// its transfer) is on record yet, `Some(false)` when the nonce went to another transfer (the payer signed two
-    /// with one nonce and the other was mined first). A used nonce alone proves no payment, and
+    /// to `to`, from the token's events since block `from_block`, and by which transaction:
+    /// `None` when no use (or not its transfer) is on record yet, `paid: false` when the nonce
+    /// went to another transfer (the payer signed two with one nonce and the other was mined
+    /// first). A used nonce alone proves no payment, and
     /// neither does some transfer to `to` in the same transaction: the token emits a use's
     /// `Transfer` right after its `AuthorizationUsed`, so only that log counts, and one transfer
     /// can never vouch for two authorizations.
@@ -132,7 +142,7 @@ impl Chain {
         to: Address,
         value: U256,
         from_block: u64,
-    ) -> Result<Option<bool>, LedgerError> {
+    ) -> Result<Option<AuthorizationUse>, LedgerError> {
         let token = self.deployment.token;
         let used = self
             .ledger
@@ -169,7 +179,10 @@ impl Chain {
             .into_iter()
             .find(|l| l.tx == used.tx && l.index == used.index + 1)
             .and_then(|l| CairnToken::Transfer::decode_log(&l.log).ok());
-        Ok(transfer.map(|e| e.from == authorizer && e.to == to && e.value == value))
+        Ok(transfer.map(|e| AuthorizationUse {
+            paid: e.from == authorizer && e.to == to && e.value == value,
+            tx: used.tx,
+        }))
     }
 
     /// Sends a signed EIP-3009 transfer (any sender may; the payer pays no gas).

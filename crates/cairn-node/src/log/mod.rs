@@ -26,8 +26,8 @@ mod journal;
 mod writer;
 
 pub use batches::{BatchListing, BatchState, SealedBatch};
-pub use writer::Coming;
 use writer::*;
+pub use writer::{Coming, LINGER};
 
 /// Whether a logged receipt counts (is batched, its payloads served).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -447,6 +447,12 @@ impl ReceiptLog {
     /// log without it commits at once.
     pub fn gather_while(&self, busy: impl Fn() -> bool + Send + Sync + 'static) {
         let _ = self.writer.busy.set(Box::new(busy));
+    }
+
+    /// Sets how long a group of batch-sealed entries waits at most for those on their way
+    /// ([`writer::LINGER`] by default; zero: never).
+    pub fn linger(&self, linger: Duration) {
+        self.writer.set_linger(linger);
     }
 
     /// A batch-sealed request admitted, on its way to the log: a group of batch-sealed entries

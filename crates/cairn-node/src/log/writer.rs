@@ -31,8 +31,9 @@ const LARGE_GROUP_BYTES: usize = 1 << 20;
 const INDEX_GROUP: usize = 4096;
 /// How long a group of batch-sealed receipts waits at most for the batch-sealed requests still
 /// being served ([`Coming`]) to join it and share its signature (the runtime's timer rounds
-/// up to its next millisecond: 1–2 ms). With none on its way it never waits.
-pub(super) const LINGER: Duration = Duration::from_millis(1);
+/// up to its next millisecond: 1–2 ms), by default ([`ReceiptLog::linger`]). With none on its
+/// way it never waits.
+pub const LINGER: Duration = Duration::from_millis(1);
 /// Entries (or payload bytes) waiting for the index past which an append helps index them
 /// before its answer goes: the journal never runs ahead of SQLite without bound.
 const PENDING_MAX: usize = 16_384;
@@ -213,7 +214,6 @@ impl Writer {
     }
 
     /// Sets how long a group of batch-sealed entries waits at most for those coming.
-    #[cfg(test)]
     pub(super) fn set_linger(&self, linger: Duration) {
         lock(&self.queue).linger = linger;
     }

@@ -154,6 +154,7 @@ pub(crate) async fn open(c: NodeConfig) -> Result<NodeState, NodeError> {
         Some(receipts.clone()),
     )
     .await?;
+    log.linger(c.limits.batch_linger);
     let chain = c.settlement.as_ref().map(|cfg| cfg.chain.clone());
     let token_key = alloy_primitives::keccak256(
         [

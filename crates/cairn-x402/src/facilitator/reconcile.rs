@@ -21,10 +21,16 @@ impl Facilitator {
         let p = exact::parse(&serde_json::from_str(&rec.payload).unwrap_or(Value::Null))
             .map_err(X402Error::Invalid)?;
         let a = &p.authorization;
+        // The transaction that paid, as the chain has it: not always the one this facilitator
+        // noted (a sender's replacement with higher fees, a relay by someone else).
+        let mut paid_by = None;
         let (state, reason) = if self.chain.authorization_used(a.from, a.nonce).await? {
             match self.paid_to_us(rec.key, a).await? {
-                Some(true) => (PaymentState::Settled, None),
-                Some(false) => (
+                Some(u) if u.paid => {
+                    paid_by = Some(u.tx.to_string());
+                    (PaymentState::Settled, None)
+                }
+                Some(_) => (
                     PaymentState::Failed,
                     Some("the payer's nonce was used by another transfer, not this payment"),
                 ),
@@ -57,7 +63,8 @@ impl Facilitator {
             let keep = (state == PaymentState::Settled)
                 .then_some(rec.response.as_deref())
                 .flatten();
-            self.store.set_state(rec.key, state, None, reason, keep)?;
+            self.store
+                .set_state(rec.key, state, paid_by.as_deref(), reason, keep)?;
         }
         Ok(state)
     }

@@ -321,11 +321,14 @@ impl Facilitator {
         let p = upto::parse(&serde_json::from_str(&rec.payload).unwrap_or(Value::Null))
             .map_err(X402Error::Invalid)?;
         let a = &p.permit2_authorization;
+        let mut paid_by = None;
         let (state, reason) = if self.chain.permit2_nonce_used(a.from, a.nonce).await? {
-            if self
+            if let Some(tx) = self
                 .upto_settled(a.from, a.nonce, rec.from_block.unwrap_or(0))
                 .await?
             {
+                // As the chain has it: a replacement with higher fees has another hash.
+                paid_by = Some(tx.to_string());
                 (PaymentState::Settled, None)
             } else {
                 (
@@ -342,21 +345,22 @@ impl Facilitator {
             (PaymentState::Pending, None)
         };
         if state != PaymentState::Pending {
-            self.store.set_state(rec.key, state, None, reason, None)?;
+            self.store
+                .set_state(rec.key, state, paid_by.as_deref(), reason, None)?;
         }
         Ok(state)
     }
 }
 
 impl Facilitator {
-    /// Whether the `upto` proxy logged a settlement of `owner`'s permit `nonce` by this
-    /// facilitator since `from_block`.
+    /// The transaction in which the `upto` proxy logged a settlement of `owner`'s permit
+    /// `nonce` by this facilitator since `from_block`, if it did.
     async fn upto_settled(
         &self,
         owner: Address,
         nonce: U256,
         from_block: u64,
-    ) -> Result<bool, X402Error> {
+    ) -> Result<Option<B256>, X402Error> {
         use alloy_sol_types::SolEvent;
         use cairn_ledger::contracts::X402UptoPermit2Proxy::Settled;
         let logs = self
@@ -370,10 +374,13 @@ impl Facilitator {
                 ..Default::default()
             })
             .await?;
-        Ok(logs.iter().any(|l| {
-            Settled::decode_log_data(&l.log.data)
-                .is_ok_and(|e| e.nonce == nonce && e.facilitator == self.address())
-        }))
+        Ok(logs
+            .iter()
+            .find(|l| {
+                Settled::decode_log_data(&l.log.data)
+                    .is_ok_and(|e| e.nonce == nonce && e.facilitator == self.address())
+            })
+            .map(|l| l.tx))
     }
 }
 
