@@ -97,8 +97,9 @@ pub struct NodeServeArgs {
     /// Microseconds a group of batch-signed receipts (`cairn-receipt-seal: batch`) waits at
     /// most for the other batch-signed requests being served, so that one signature covers
     /// them (the runtime's timer rounds up to the next millisecond); 0 signs each group as it
-    /// comes. Never waits with none being served, and own-signed receipts never wait.
-    #[arg(long, default_value_t = 1000)]
+    /// comes; at most 100000 (100 ms). Never waits with none being served, and own-signed
+    /// receipts never wait.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(0..=100_000))]
     pub batch_linger_us: u64,
     /// Milliseconds a request body may take to arrive (a slow sender is cut off with 504).
     #[arg(long, default_value_t = 10_000)]

@@ -93,7 +93,7 @@ pub enum LedgerError {
     /// again under another nonce (only its own signed bytes again, if the chain does not know
     /// it, or the same call and nonce with higher fees, when the base fee priced it out).
     #[error(
-        "transaction {hash} (nonce {nonce}) is sent but not mined yet; it is tracked and never sent as a second transaction"
+        "transaction {hash} (nonce {nonce}) is sent but not mined yet; it is tracked and its call never sent again under another nonce"
     )]
     Pending {
         /// Transaction hash.

@@ -40,10 +40,14 @@ pub struct RpcLedger {
     signers: Mutex<HashMap<Address, Arc<tokio::sync::Mutex<SignerState>>>>,
 }
 
-/// How many times the fees a transaction was first signed with a fee bump raises them to at
+/// How many times the fee cap a transaction was first signed with a fee bump raises it to at
 /// most: an endpoint that asks more without end (lying, or a fee spike) costs a send this much
-/// at worst, and such a transaction waits for the base fee to fall.
+/// at worst, and a transaction priced out past it waits for the base fee to fall.
 pub const MAX_BUMP: u128 = 8;
+
+/// Transactions of one nonce whose receipts are looked for at most: the first and the latest
+/// replacements.
+const MAX_WATCHED: usize = 16;
 
 /// Default block span of one `eth_getLogs` request.
 pub const DEFAULT_LOG_WINDOW: u64 = 5_000;
@@ -126,9 +130,8 @@ struct Pending {
     /// When the latest was signed, or a replacement last tried: a fee bump waits a whole wait
     /// after it.
     signed_at: std::time::Instant,
-    /// The fees it was first signed with (cap, tip): a bump goes to [`MAX_BUMP`] times them
-    /// at most.
-    first_fees: (u128, u128),
+    /// The fee cap it was first signed with: a bump goes to [`MAX_BUMP`] times it at most.
+    first_cap: u128,
     /// When the chain was first seen past its nonce with no receipt for it.
     passed_at: Option<std::time::Instant>,
 }
@@ -240,8 +243,8 @@ impl RpcLedger {
 
     /// Signs `p` again with higher fees when the chain's base fee has risen past what its cap
     /// leaves for its tip (it would wait for as long as the fee stays up): the fees the chain
-    /// asks now, each at least an eighth above its own (what nodes ask of a replacement), at
-    /// most [`MAX_BUMP`] times those it was first signed with. A failure is logged, not
+    /// asks now, each at least an eighth above its own (what nodes ask of a replacement), the
+    /// cap at most [`MAX_BUMP`] times the one it was first signed with. A failure is logged, not
     /// returned: the caller still hears that its transaction is pending.
     async fn bump_fees(&self, key: &PrivateKeySigner, p: &mut Pending) {
         if let Err(e) = self.try_bump_fees(key, p).await {
@@ -270,18 +273,17 @@ impl RpcLedger {
             .await
             .map_err(rpc_error)?;
         let up = |x: u128| x.saturating_add(x.div_ceil(8));
-        let new_cap = asked.max_fee_per_gas.max(up(cap));
+        // The cap alone bounds what it can cost (the tip is paid out of it).
+        let most = p.first_cap.saturating_mul(MAX_BUMP);
+        let new_cap = asked.max_fee_per_gas.max(up(cap)).min(most);
         let new_tip = asked.max_priority_fee_per_gas.max(up(tip)).min(new_cap);
-        let (first_cap, first_tip) = p.first_fees;
-        if new_cap > first_cap.saturating_mul(MAX_BUMP)
-            || new_tip > first_tip.saturating_mul(MAX_BUMP)
-        {
+        if new_cap < up(cap) || new_cap <= u128::from(base) {
             tracing::error!(
                 nonce = p.nonce,
                 base_fee = base,
-                max_fee_per_gas = new_cap,
-                first_max_fee_per_gas = first_cap,
-                "a pending transaction is priced out, and the fees the chain asks are over {MAX_BUMP} times those it was first signed with: it is left as it is, to go out when the base fee falls"
+                max_fee_per_gas = cap,
+                first_max_fee_per_gas = p.first_cap,
+                "a pending transaction is priced out, and raising its fees enough would take them over {MAX_BUMP} times those it was first signed with: it is left as it is, to go out when the base fee falls"
             );
             return Ok(());
         }
@@ -303,9 +305,15 @@ impl RpcLedger {
             std::mem::replace(&mut p.request, request),
         );
         // From here on the node may have it: remember it before sending (kept in `sent` even
-        // if refused: an endpoint may refuse what it passed on all the same).
+        // if refused: an endpoint may refuse what it passed on all the same). The first one
+        // is always kept; past [`MAX_WATCHED`], the oldest replacement goes.
         (p.hash, p.raw, p.signed_at) = (hash, raw.clone(), std::time::Instant::now());
-        p.sent.push(hash);
+        if !p.sent.contains(&hash) {
+            if p.sent.len() >= MAX_WATCHED {
+                p.sent.remove(1);
+            }
+            p.sent.push(hash);
+        }
         match self.provider.send_raw_transaction(&raw).await {
             Ok(_) => {
                 tracing::info!(%hash, replaces = %before.0, nonce = p.nonce, max_fee_per_gas = new_cap, "a pending transaction priced out by the base fee was sent again with higher fees");
@@ -358,7 +366,7 @@ impl RpcLedger {
     }
 
     /// Looks for the pending transaction's receipt, within the wait; with its `key`, one still
-    /// unmined a wait after it was signed has its fees raised when the chain asks more.
+    /// unmined a wait after it was signed has its fees raised when the base fee priced it out.
     async fn reconcile_locked(
         &self,
         from: Address,
@@ -544,10 +552,7 @@ impl Ledger for RpcLedger {
             nonce,
             raw: raw.clone().into(),
             sent: vec![hash],
-            first_fees: (
-                req.max_fee_per_gas.unwrap_or_default(),
-                req.max_priority_fee_per_gas.unwrap_or_default(),
-            ),
+            first_cap: req.max_fee_per_gas.unwrap_or_default(),
             request: req,
             signed_at: std::time::Instant::now(),
             passed_at: None,

@@ -897,9 +897,10 @@ async fn a_restart_releases_unsent_payments_and_finishes_a_send_cut_off() {
     let (cut_off, _) = reserve(&request(&d, 800));
     let (through, c) = reserve(&request(&d, 900));
     let store = d.facilitator.store();
-    for key in [cut_off, through] {
+    // `through` noted a transaction that was never mined (replaced with higher fees, say).
+    for (key, tx) in [(cut_off, None), (through, Some("0x5ca1ed"))] {
         store
-            .set_state(key, PaymentState::Pending, None, None, Some(b"the answer"))
+            .set_state(key, PaymentState::Pending, tx, None, Some(b"the answer"))
             .unwrap();
     }
     let paid_by = d

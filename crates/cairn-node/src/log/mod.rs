@@ -452,7 +452,7 @@ impl ReceiptLog {
     /// Sets how long a group of batch-sealed entries waits at most for those on their way
     /// ([`writer::LINGER`] by default; zero: never).
     pub fn linger(&self, linger: Duration) {
-        self.writer.set_linger(linger);
+        self.writer.set_linger(linger.min(writer::MAX_LINGER));
     }
 
     /// A batch-sealed request admitted, on its way to the log: a group of batch-sealed entries

@@ -34,6 +34,9 @@ const INDEX_GROUP: usize = 4096;
 /// up to its next millisecond: 1–2 ms), by default ([`ReceiptLog::linger`]). With none on its
 /// way it never waits.
 pub const LINGER: Duration = Duration::from_millis(1);
+/// The longest a group may be held ([`ReceiptLog::linger`]): its requests hold their admission
+/// slots meanwhile.
+pub const MAX_LINGER: Duration = Duration::from_millis(100);
 /// Entries (or payload bytes) waiting for the index past which an append helps index them
 /// before its answer goes: the journal never runs ahead of SQLite without bound.
 const PENDING_MAX: usize = 16_384;
@@ -234,7 +237,10 @@ impl Writer {
             return false;
         }
         let Some(since) = q.since else { return true };
-        let deadline = since + q.linger;
+        // A linger past what `Instant` can add (no caller sets one) holds nothing.
+        let Some(deadline) = since.checked_add(q.linger) else {
+            return true;
+        };
         let now = Instant::now();
         if q.coming == 0 || q.own > 0 || q.jobs.len() >= GROUP_MAX || now >= deadline {
             return true;
