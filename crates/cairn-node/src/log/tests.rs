@@ -166,7 +166,11 @@ fn test_signer() -> ReceiptSigner {
 }
 
 fn unsigned(signer: &ReceiptSigner, i: u8) -> Entry {
-    let c = claims(i);
+    unsigned_claims(signer, claims(i))
+}
+
+/// A log entry whose claims `c` the writer signs in a batch.
+fn unsigned_claims(signer: &ReceiptSigner, c: Claims) -> Entry {
     let digest = signer.digest(&c);
     Entry::new(
         ToLog::ToSign(c),
@@ -377,20 +381,30 @@ async fn a_held_group_is_written_by_its_deadline() {
     assert_eq!(batch_seal(&alone).count, 1);
 }
 
+/// A log holding groups up to 600 s, a batch-sealed request on its way (its guard), and
+/// another's append spawned and held for it.
+async fn held_behind_one_on_its_way(
+    dir: &std::path::Path,
+    signer: &ReceiptSigner,
+) -> (ReceiptLog, Coming, tokio::task::JoinHandle<ReceiptJson>) {
+    let log = sealing_log(dir, Duration::from_secs(600)).await;
+    let on_its_way = log.coming();
+    let held = {
+        let (log, e, c) = (log.clone(), unsigned(signer, 1), log.coming());
+        tokio::spawn(async move { log.append_coming(e, Some(c)).await.unwrap() })
+    };
+    tokio::task::yield_now().await;
+    assert!(!held.is_finished(), "held for the request on its way");
+    (log, on_its_way, held)
+}
+
 /// A request that fails on its way lets the group held for it go at once; with none on its
 /// way, nothing is held.
 #[tokio::test(flavor = "current_thread")]
 async fn a_request_that_fails_on_its_way_lets_the_held_group_go() {
     let dir = tempfile::tempdir().unwrap();
     let signer = test_signer();
-    let log = sealing_log(dir.path(), Duration::from_secs(600)).await;
-    let failing = log.coming();
-    let held = {
-        let (log, e, c) = (log.clone(), unsigned(&signer, 1), log.coming());
-        tokio::spawn(async move { log.append_coming(e, Some(c)).await.unwrap() })
-    };
-    tokio::task::yield_now().await;
-    assert!(!held.is_finished(), "held for the request on its way");
+    let (log, failing, held) = held_behind_one_on_its_way(dir.path(), &signer).await;
     drop(failing);
     assert_eq!(batch_seal(&soon(held).await.unwrap()).count, 1);
     let alone = soon(log.append(unsigned(&signer, 2))).await.unwrap();
@@ -402,17 +416,7 @@ async fn a_request_that_fails_on_its_way_lets_the_held_group_go() {
 async fn own_receipts_never_wait_and_take_a_held_group_along() {
     let dir = tempfile::tempdir().unwrap();
     let signer = test_signer();
-    let log = sealing_log(dir.path(), Duration::from_secs(600)).await;
-    let _slow = log.coming();
-    let held = {
-        let (log, e, c) = (log.clone(), unsigned(&signer, 2), log.coming());
-        tokio::spawn(async move { log.append_coming(e, Some(c)).await.unwrap() })
-    };
-    tokio::task::yield_now().await;
-    assert!(
-        !held.is_finished(),
-        "a batch-sealed receipt waits for the one on its way"
-    );
+    let (log, _slow, held) = held_behind_one_on_its_way(dir.path(), &signer).await;
     let own = soon(log.append(entry("own", Billing::Final, 0)))
         .await
         .unwrap();
@@ -441,15 +445,7 @@ async fn racing_batch_sealed_appends_are_each_answered_once() {
                     }
                     let mut c = claims(i);
                     c.request_id = alloy_primitives::keccak256([t, i]);
-                    let digest = signer.digest(&c);
-                    let e = Entry::new(
-                        ToLog::ToSign(c),
-                        digest,
-                        vec![1],
-                        vec![2],
-                        Billing::Final,
-                        None,
-                    );
+                    let e = unsigned_claims(&signer, c);
                     let json = log.append_coming(e, Some(coming)).await.unwrap();
                     let (r, _) = json
                         .verify_cached(&mut cairn_receipt::SealCache::default())
