@@ -48,7 +48,7 @@ const PENDING_REFUSE: usize = 4;
 const INDEX_WAIT: Duration = Duration::from_secs(30);
 /// How long the index thread, woken by an entry while the node is busy, lets more gather
 /// before it commits (a read waiting for the index cuts it short).
-const GATHER: Duration = Duration::from_millis(2);
+const GATHER: Duration = Duration::from_millis(8);
 /// Rows one statement of the payload sweep changes at most: the index never waits long for it.
 pub(super) const SWEEP_CHUNK: i64 = 256;
 
