@@ -189,6 +189,15 @@ pub trait Ledger: Send + Sync {
         tx: TxRequest,
     ) -> Result<TxOutcome, LedgerError>;
 
+    /// Looks after `signer`'s transaction still out, if any, without sending a new call: noted
+    /// mined when it is, sent again when the chain lost it, its fees raised when the base fee
+    /// priced it out. The loops of a role that sends (a facilitator's reconciler, a node's
+    /// settler) call it each round, so a stuck payment or batch moves without waiting for the
+    /// next send. A chain that mines every send at once has nothing to look after.
+    async fn tend(&self, _signer: &PrivateKeySigner) -> Result<(), LedgerError> {
+        Ok(())
+    }
+
     /// The latest block.
     async fn head(&self) -> Result<BlockInfo, LedgerError>;
 

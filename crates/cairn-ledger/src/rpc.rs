@@ -10,7 +10,9 @@
 //! base fee has priced out (its cap no longer covers the base fee and its tip), found so by a
 //! send a whole wait after it was signed, is signed again with the same nonce and call and the
 //! fees the chain asks ([`MAX_BUMP`] times its first at most): only one transaction per nonce
-//! can be mined, and whichever of them is settles the nonce.
+//! can be mined, and whichever of them is settles the nonce. [`Ledger::tend`] does the same
+//! between sends (a look, not a wait), so a transaction priced out moves on the owner's next
+//! round even when nothing else is sent.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -362,16 +364,19 @@ impl RpcLedger {
     pub async fn reconcile(&self, who: Address) -> Result<(), LedgerError> {
         let state = self.state_for(who);
         let mut st = state.lock().await;
-        self.reconcile_locked(who, None, &mut st).await
+        self.reconcile_locked(who, None, &mut st, true).await
     }
 
-    /// Looks for the pending transaction's receipt, within the wait; with its `key`, one still
-    /// unmined a wait after it was signed has its fees raised when the base fee priced it out.
+    /// Looks for the pending transaction's receipt (within the wait when `patient`, else once);
+    /// with its `key`, one still unmined a wait after it was signed has its fees raised when the
+    /// base fee priced it out. Only a patient look drops one whose nonce another transaction
+    /// took (that needs a wait for its receipt between two sightings).
     async fn reconcile_locked(
         &self,
         from: Address,
         key: Option<&PrivateKeySigner>,
         st: &mut SignerState,
+        patient: bool,
     ) -> Result<(), LedgerError> {
         if let Some(p) = &mut st.pending {
             let nonce = p.nonce;
@@ -390,7 +395,7 @@ impl RpcLedger {
                 .map_err(rpc_error)?;
             let passed = mined > nonce && self.any_receipt(&p.sent).await?.is_none();
             match (passed, p.passed_at) {
-                (true, Some(at)) if at.elapsed() >= self.wait => {
+                (true, Some(at)) if patient && at.elapsed() >= self.wait => {
                     tracing::warn!(hash = %p.hash, nonce, mined, "a pending transaction's nonce was taken by another transaction: it will never be mined");
                     st.pending = None;
                     st.next_nonce = None;
@@ -400,6 +405,14 @@ impl RpcLedger {
                 // Not reset when a backend says otherwise: behind a load balancer, answers
                 // that flip would otherwise keep the signer busy forever.
                 _ => {}
+            }
+            if passed && !patient {
+                // Its nonce went to another transaction: nothing to send again or re-price;
+                // the next send decides whether it is gone.
+                return Err(LedgerError::Pending {
+                    hash: p.hash,
+                    nonce,
+                });
             }
             let known = self
                 .provider
@@ -419,7 +432,12 @@ impl RpcLedger {
                     });
                 }
             }
-            match self.wait_receipt(&p.sent).await? {
+            let receipt = if patient {
+                self.wait_receipt(&p.sent).await?
+            } else {
+                self.any_receipt(&p.sent).await?
+            };
+            match receipt {
                 Some(_) => {
                     st.pending = None;
                     // The count this process kept may be behind: the send that left it
@@ -480,6 +498,22 @@ impl Ledger for RpcLedger {
             .map_err(rpc_error)
     }
 
+    async fn tend(&self, signer: &PrivateKeySigner) -> Result<(), LedgerError> {
+        let from = signer.address();
+        let state = self.state_for(from);
+        // A send holding the signer looks after its transaction itself: never wait behind it.
+        let Ok(mut st) = state.try_lock() else {
+            return Ok(());
+        };
+        match self
+            .reconcile_locked(from, Some(signer), &mut st, false)
+            .await
+        {
+            Err(LedgerError::Pending { .. }) => Ok(()),
+            r => r,
+        }
+    }
+
     async fn send(
         &self,
         signer: &PrivateKeySigner,
@@ -490,7 +524,7 @@ impl Ledger for RpcLedger {
         let mut st = state.lock().await;
         // The earlier transaction's hash is not this one's: say nothing was sent.
         let earlier = st.pending.as_ref().map(|p| (p.hash, p.nonce));
-        self.reconcile_locked(from, Some(signer), &mut st)
+        self.reconcile_locked(from, Some(signer), &mut st, true)
             .await
             .map_err(|e| match e {
                 LedgerError::Pending { hash, nonce } => LedgerError::Busy { hash, nonce },

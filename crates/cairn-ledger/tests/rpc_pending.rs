@@ -396,34 +396,7 @@ async fn a_pending_transaction_under_a_risen_base_fee_goes_out_again_with_higher
         .unwrap();
     let (alice, bob, hash, nonce) = left_pending(&ledger).await;
     let paid_before = ledger.balance(bob).await.unwrap();
-    let sent = ledger
-        .dev_rpc("eth_getTransactionByHash", json!([hash]))
-        .await
-        .unwrap();
-    let hex = |v: &serde_json::Value| {
-        u128::from_str_radix(v.as_str().unwrap().trim_start_matches("0x"), 16).unwrap()
-    };
-    let high = hex(&sent["maxFeePerGas"]) * 3;
-    // Blocks keep coming, each with a base fee three times the pending one's cap (what the
-    // chain then asks stays under the bump's limit of 8 times).
-    let miner = {
-        let chain = RpcLedger::connect(anvil.url(), Duration::from_millis(500))
-            .await
-            .unwrap();
-        tokio::spawn(async move {
-            loop {
-                chain
-                    .dev_rpc(
-                        "anvil_setNextBlockBaseFeePerGas",
-                        json!([format!("{high:#x}")]),
-                    )
-                    .await
-                    .unwrap();
-                chain.dev_rpc("evm_mine", json!([])).await.unwrap();
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        })
-    };
+    let miner = pricing_out(&anvil, &ledger, hash).await;
     let mut tries = 0;
     loop {
         match ledger.send(&alice, pay(bob)).await {
@@ -454,6 +427,96 @@ async fn a_pending_transaction_under_a_risen_base_fee_goes_out_again_with_higher
         paid_before + U256::from(2u8),
         "each payment made once"
     );
+}
+
+/// Mines a block every 100 ms, each with a base fee three times the cap of pending transaction
+/// `hash` (what the chain then asks stays under the bump's limit of 8 times), until aborted.
+async fn pricing_out(anvil: &Anvil, ledger: &RpcLedger, hash: B256) -> tokio::task::JoinHandle<()> {
+    let sent = ledger
+        .dev_rpc("eth_getTransactionByHash", json!([hash]))
+        .await
+        .unwrap();
+    let cap = u128::from_str_radix(
+        sent["maxFeePerGas"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("0x"),
+        16,
+    )
+    .unwrap();
+    let high = cap * 3;
+    let chain = RpcLedger::connect(anvil.url(), Duration::from_millis(500))
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        loop {
+            chain
+                .dev_rpc(
+                    "anvil_setNextBlockBaseFeePerGas",
+                    json!([format!("{high:#x}")]),
+                )
+                .await
+                .unwrap();
+            chain.dev_rpc("evm_mine", json!([])).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+}
+
+/// A transaction the base fee priced out while its signer has nothing more to send is
+/// re-priced by its owner's rounds ([`Ledger::tend`]: a look each, never a wait), not left
+/// until a next send that may never come (a facilitator's last transfer of the day, its
+/// authorization expiring meanwhile). It is mined once; the first hash never is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_priced_out_transaction_moves_on_its_owners_rounds_without_another_send() {
+    let Some(anvil) = Anvil::for_test("a_priced_out_transaction_moves_on_rounds", 31337) else {
+        return;
+    };
+    let ledger = RpcLedger::connect(anvil.url(), Duration::from_secs(2))
+        .await
+        .unwrap();
+    let (alice, bob, hash, nonce) = left_pending(&ledger).await;
+    let paid_before = ledger.balance(bob).await.unwrap();
+    let miner = pricing_out(&anvil, &ledger, hash).await;
+    let mined = json!(format!("{:#x}", nonce + 1));
+    let mut rounds = 0;
+    while mined_count(&ledger, alice.address()).await != mined {
+        assert!(
+            rounds < 150,
+            "still unmined after {rounds} rounds: nothing re-priced it"
+        );
+        let t = std::time::Instant::now();
+        ledger.tend(&alice).await.unwrap();
+        assert!(
+            t.elapsed() < Duration::from_millis(1500),
+            "a round looks, it does not wait for the receipt: {:?}",
+            t.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        rounds += 1;
+    }
+    assert!(!miner.is_finished(), "the miner stopped: {:?}", miner.await);
+    miner.abort();
+    let first = ledger
+        .dev_rpc("eth_getTransactionReceipt", json!([hash]))
+        .await
+        .unwrap();
+    assert!(
+        first.is_null(),
+        "the priced-out one was never mined: {first}"
+    );
+    assert_eq!(
+        ledger.balance(bob).await.unwrap(),
+        paid_before + U256::from(1u8),
+        "the payment made once"
+    );
+    // The round saw it mined: the signer sends again at once, not busy.
+    ledger
+        .dev_rpc("evm_setAutomine", json!([true]))
+        .await
+        .unwrap();
+    ledger.tend(&alice).await.unwrap();
+    ledger.send(&alice, pay(bob)).await.unwrap();
 }
 
 /// The blocks an `eth_getLogs` request spans (0 for any other request).

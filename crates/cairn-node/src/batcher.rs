@@ -108,6 +108,11 @@ impl Settler {
     /// Runs until the process ends; errors are logged and retried on the next tick.
     pub(crate) async fn run(self) {
         loop {
+            // A batch, attestation or redemption stuck under a risen base fee moves on even
+            // when this pass has nothing new to send.
+            if let Err(e) = self.chain.ledger().tend(&self.key).await {
+                tracing::warn!(error = %e, "looking after a transaction still out");
+            }
             if let Err(e) = self.step().await {
                 tracing::warn!(error = %e, "settlement step failed; retrying");
             }

@@ -308,6 +308,11 @@ impl Verifier {
     pub async fn run(self, tick: Duration) {
         let mut follow = Follow::default();
         loop {
+            // An attestation or fraud proof stuck under a risen base fee moves on (the next
+            // one would otherwise wait behind it).
+            if let Err(e) = self.0.chain.ledger().tend(&self.0.key).await {
+                tracing::warn!(verifier = %self.address(), error = %e, "looking after a transaction still out");
+            }
             if let Err(e) = self.step(&mut follow).await {
                 tracing::warn!(verifier = %self.address(), error = %e, "verifier pass failed");
             }

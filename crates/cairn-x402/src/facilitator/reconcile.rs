@@ -79,6 +79,11 @@ impl Facilitator {
 
     /// One pass of the reconciler over every pending payment.
     pub async fn reconcile_all(&self) {
+        // A transfer priced out by a risen base fee is re-priced now, not at the next payment
+        // (without one it would wait until its authorization expired, its answer withheld).
+        if let Err(e) = self.chain.ledger().tend(&self.signer).await {
+            tracing::warn!(error = %e, "looking after a transfer still out");
+        }
         match self.chain.ledger().head().await {
             Ok(h) => self
                 .head
