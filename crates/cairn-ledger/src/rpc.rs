@@ -115,6 +115,10 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 struct SignerState {
     next_nonce: Option<u64>,
     pending: Option<Pending>,
+    /// A pending transaction a round ([`Ledger::tend`]) saw mined, not yet told to a send: the
+    /// next send answers busy, as it would have had it seen it mined itself (its call may have
+    /// done what that send is for, and the caller reads the chain again first).
+    mined_untold: Option<(B256, u64)>,
 }
 
 /// A transaction that was sent, or may have been, and is not known to be mined.
@@ -129,8 +133,8 @@ struct Pending {
     sent: Vec<B256>,
     /// What the latest was signed from: a fee bump signs it again with other fees.
     request: TransactionRequest,
-    /// When the latest was signed, or a replacement last tried: a fee bump waits a whole wait
-    /// after it.
+    /// When the latest was signed, or its fees last looked at: the next look waits a whole wait
+    /// after it (a transaction that cannot be raised enough is not looked at every round).
     signed_at: std::time::Instant,
     /// The fee cap it was first signed with: a bump goes to [`MAX_BUMP`] times it at most.
     first_cap: u128,
@@ -252,6 +256,7 @@ impl RpcLedger {
         if let Err(e) = self.try_bump_fees(key, p).await {
             tracing::warn!(error = %e, nonce = p.nonce, "raising a pending transaction's fees failed");
         }
+        p.signed_at = std::time::Instant::now();
     }
 
     async fn try_bump_fees(
@@ -505,10 +510,14 @@ impl Ledger for RpcLedger {
         let Ok(mut st) = state.try_lock() else {
             return Ok(());
         };
-        match self
+        let out = st.pending.as_ref().map(|p| (p.hash, p.nonce));
+        let looked = self
             .reconcile_locked(from, Some(signer), &mut st, false)
-            .await
-        {
+            .await;
+        if out.is_some() && st.pending.is_none() {
+            st.mined_untold = out;
+        }
+        match looked {
             Err(LedgerError::Pending { .. }) => Ok(()),
             r => r,
         }
@@ -523,7 +532,11 @@ impl Ledger for RpcLedger {
         let state = self.state_for(from);
         let mut st = state.lock().await;
         // The earlier transaction's hash is not this one's: say nothing was sent.
-        let earlier = st.pending.as_ref().map(|p| (p.hash, p.nonce));
+        let earlier = st
+            .pending
+            .as_ref()
+            .map(|p| (p.hash, p.nonce))
+            .or(st.mined_untold.take());
         self.reconcile_locked(from, Some(signer), &mut st, true)
             .await
             .map_err(|e| match e {

@@ -510,13 +510,22 @@ async fn a_priced_out_transaction_moves_on_its_owners_rounds_without_another_sen
         paid_before + U256::from(1u8),
         "the payment made once"
     );
-    // The round saw it mined: the signer sends again at once, not busy.
+    // A round saw it mined: the next send is told so (busy: it reads the chain again first,
+    // as after a send that saw it mined), and the one after goes out.
     ledger
         .dev_rpc("evm_setAutomine", json!([true]))
         .await
         .unwrap();
     ledger.tend(&alice).await.unwrap();
+    match ledger.send(&alice, pay(bob)).await {
+        Err(LedgerError::Busy { nonce: n, .. }) => assert_eq!(n, nonce),
+        other => panic!("expected busy for the transaction a round saw mined, got {other:?}"),
+    }
     ledger.send(&alice, pay(bob)).await.unwrap();
+    assert_eq!(
+        ledger.balance(bob).await.unwrap(),
+        paid_before + U256::from(2u8)
+    );
 }
 
 /// The blocks an `eth_getLogs` request spans (0 for any other request).
