@@ -88,6 +88,55 @@ pub enum SettleError {
     Task(#[from] tokio::task::JoinError),
 }
 
+/// Receipts whose billing one read resolves.
+const BILLING_CHUNK: usize = 1_000;
+/// Reads one pass makes at most: a pass resolves up to this many chunks, then lets the other
+/// steps run (the rest waits for the next tick).
+const BILLING_CHUNKS: usize = 256;
+
+/// Resolves the billing of every receipt awaiting payment whose payment has an outcome,
+/// `chunk` at a time, until a read finds fewer than `chunk` or resolves none (the oldest
+/// `chunk` are all still open); at most [`BILLING_CHUNKS`] reads. Returns how many resolved.
+/// One chunk a pass would bill at most `chunk` receipts a tick: under a steady paid load above
+/// that, the backlog (and the batches that wait for it) would grow without end.
+pub(crate) async fn resolve_all_billing(
+    log: &crate::log::ReceiptLog,
+    store: &cairn_x402::PaymentStore,
+    chunk: usize,
+) -> Result<usize, SettleError> {
+    let mut resolved = 0;
+    for _ in 0..BILLING_CHUNKS {
+        let waiting = log.awaiting_payment(chunk).await?;
+        let full = waiting.len() >= chunk;
+        if waiting.is_empty() {
+            break;
+        }
+        let store = store.clone();
+        let outcomes = tokio::task::spawn_blocking(move || {
+            let outcomes = waiting
+                .into_iter()
+                .filter_map(|(id, payment)| match store.outcome(payment) {
+                    Ok(cairn_x402::store::Outcome::Paid) => Some(Ok((id, Billing::Final))),
+                    Ok(cairn_x402::store::Outcome::Failed) => Some(Ok((id, Billing::Void))),
+                    Ok(cairn_x402::store::Outcome::Open) => None,
+                    Err(e) => Some(Err(e)),
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            // Every count just read as paid survives power loss before its receipt is billed.
+            store.sync()?;
+            Ok::<_, cairn_x402::X402Error>(outcomes)
+        })
+        .await??;
+        let n = outcomes.len();
+        log.resolve_billing(outcomes).await?;
+        resolved += n;
+        if !full || n == 0 {
+            break;
+        }
+    }
+    Ok(resolved)
+}
+
 impl Settler {
     pub(crate) fn open(
         cfg: SettlementConfig,
@@ -145,27 +194,9 @@ impl Settler {
         let Some(store) = &self.payments else {
             return Ok(());
         };
-        let waiting = self.log.awaiting_payment(1_000).await?;
-        if waiting.is_empty() {
-            return Ok(());
-        }
-        let store = store.clone();
-        let outcomes = tokio::task::spawn_blocking(move || {
-            let outcomes = waiting
-                .into_iter()
-                .filter_map(|(id, payment)| match store.outcome(payment) {
-                    Ok(cairn_x402::store::Outcome::Paid) => Some(Ok((id, Billing::Final))),
-                    Ok(cairn_x402::store::Outcome::Failed) => Some(Ok((id, Billing::Void))),
-                    Ok(cairn_x402::store::Outcome::Open) => None,
-                    Err(e) => Some(Err(e)),
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            // Every count just read as paid survives power loss before its receipt is billed.
-            store.sync()?;
-            Ok::<_, cairn_x402::X402Error>(outcomes)
-        })
-        .await??;
-        Ok(self.log.resolve_billing(outcomes).await?)
+        resolve_all_billing(&self.log, store, BILLING_CHUNK)
+            .await
+            .map(drop)
     }
 
     /// Sends a registry heartbeat once half the heartbeat timeout has passed (checked at most

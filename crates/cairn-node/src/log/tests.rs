@@ -74,6 +74,31 @@ async fn appends_read_back_and_a_repeated_id_keeps_the_first() {
     assert_eq!(log.count().await.unwrap(), 1);
 }
 
+/// A settler pass bills every receipt awaiting payment, chunk after chunk, not one chunk a
+/// tick (a paid load above a chunk a second would leave an ever longer backlog unbatched). The
+/// payments here are unknown to the store, so each is voided: what matters is that all are
+/// resolved in one pass.
+#[tokio::test(flavor = "multi_thread")]
+async fn one_settler_pass_resolves_every_chunk_awaiting_payment() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = plain_log(&dir.path().join("r.sqlite")).await;
+    let store = cairn_x402::PaymentStore::open(
+        &dir.path().join("payments.sqlite"),
+        cairn_sqlite::Durability::Normal,
+    )
+    .unwrap();
+    for i in 1..=10u8 {
+        log.append(entry(&format!("r{i}"), Billing::AwaitingPayment, i))
+            .await
+            .unwrap();
+    }
+    let resolved = crate::batcher::resolve_all_billing(&log, &store, 4)
+        .await
+        .unwrap();
+    assert_eq!(resolved, 10, "three chunks of at most 4, in one pass");
+    assert!(log.awaiting_payment(100).await.unwrap().is_empty());
+}
+
 /// A payment given back and presented again runs again: only the new run's receipt may
 /// bill it, so the earlier one is voided (else one payment would pay two fees).
 #[tokio::test(flavor = "multi_thread")]
