@@ -75,6 +75,25 @@ pub struct Facilitator {
     open_upto: tokio::sync::Mutex<std::collections::HashMap<Address, U256>>,
 }
 
+/// Sends through one [`LedgerError::Busy`]. It says nothing was sent: the key's earlier
+/// transaction was still out, or was mined just now (perhaps another role's: a node's roles
+/// share its key, and its settler's round may have just seen a batch mined). One more try
+/// sends, or finds a transaction really still out. Failing the payment on the first would
+/// fail an honest payer for the node's own traffic. A payment's call is safe to try again: its
+/// authorization's nonce is spent at most once.
+pub(crate) async fn past_busy<T, Fut>(mut send: impl FnMut() -> Fut) -> Result<T, LedgerError>
+where
+    Fut: std::future::Future<Output = Result<T, LedgerError>>,
+{
+    match send().await {
+        Err(LedgerError::Busy { hash, nonce }) => {
+            tracing::debug!(%hash, nonce, "the key was busy; sending once more");
+            send().await
+        }
+        r => r,
+    }
+}
+
 /// Removes a payment from the in-flight set when its send ends (or its task is dropped).
 struct Sending<'a>(&'a Mutex<HashSet<B256>>, B256);
 
@@ -344,10 +363,11 @@ impl Facilitator {
                 "the authorization expired before it could be settled; sign a new one",
             ))
         } else {
-            match self
-                .chain
-                .send_authorization(&self.signer, c.transfer_call())
-                .await
+            match past_busy(|| {
+                self.chain
+                    .send_authorization(&self.signer, c.transfer_call())
+            })
+            .await
             {
                 Ok(out) => Settlement::Settled(out.hash.to_string()),
                 Err(LedgerError::Pending { hash, .. }) => {

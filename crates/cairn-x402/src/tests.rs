@@ -623,10 +623,16 @@ pub(crate) struct Devnet {
 }
 
 pub(crate) async fn devnet() -> Devnet {
+    devnet_on(|l| l).await
+}
+
+/// [`devnet`] on the embedded chain as `wrap` makes it.
+async fn devnet_on(wrap: impl FnOnce(Arc<dyn Ledger>) -> Arc<dyn Ledger>) -> Devnet {
     let dir = tempfile::tempdir().unwrap();
     let gov = dev_signer(0);
-    let ledger: Arc<dyn Ledger> =
-        Arc::new(EmbeddedLedger::open(&dir.path().join("chain.sqlite"), 31337, &[]).unwrap());
+    let ledger: Arc<dyn Ledger> = wrap(Arc::new(
+        EmbeddedLedger::open(&dir.path().join("chain.sqlite"), 31337, &[]).unwrap(),
+    ));
     let d = deploy(
         ledger.as_ref(),
         &gov,
@@ -847,6 +853,123 @@ async fn facilitator_refuses_with_reasons() {
     );
     // Nothing moved.
     assert_eq!(d.chain.token_balance(d.payee).await.unwrap(), U256::ZERO);
+}
+
+/// The embedded chain, except that sends answer busy without sending while `busy` is above
+/// zero (one less each): what the JSON-RPC ledger answers when the key's earlier transaction,
+/// maybe another role's (a node's roles share its key), was out or was mined just now.
+struct Busy {
+    inner: Arc<dyn Ledger>,
+    busy: std::sync::atomic::AtomicU32,
+}
+
+#[async_trait::async_trait]
+impl Ledger for Busy {
+    fn chain_id(&self) -> u64 {
+        self.inner.chain_id()
+    }
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+    async fn call(
+        &self,
+        to: Address,
+        data: alloy_primitives::Bytes,
+    ) -> Result<alloy_primitives::Bytes, cairn_ledger::LedgerError> {
+        self.inner.call(to, data).await
+    }
+    async fn send(
+        &self,
+        signer: &PrivateKeySigner,
+        tx: cairn_ledger::TxRequest,
+    ) -> Result<cairn_ledger::TxOutcome, cairn_ledger::LedgerError> {
+        use std::sync::atomic::Ordering;
+        if self
+            .busy
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err(cairn_ledger::LedgerError::Busy {
+                hash: B256::repeat_byte(0xbb),
+                nonce: 7,
+            });
+        }
+        self.inner.send(signer, tx).await
+    }
+    async fn head(&self) -> Result<cairn_ledger::BlockInfo, cairn_ledger::LedgerError> {
+        self.inner.head().await
+    }
+    async fn block_at(
+        &self,
+        number: u64,
+    ) -> Result<Option<cairn_ledger::BlockStamp>, cairn_ledger::LedgerError> {
+        self.inner.block_at(number).await
+    }
+    async fn balance(&self, who: Address) -> Result<U256, cairn_ledger::LedgerError> {
+        self.inner.balance(who).await
+    }
+    async fn logs(
+        &self,
+        filter: cairn_ledger::LogFilter,
+    ) -> Result<Vec<cairn_ledger::LogRecord>, cairn_ledger::LedgerError> {
+        self.inner.logs(filter).await
+    }
+    async fn state_root(&self) -> Result<B256, cairn_ledger::LedgerError> {
+        self.inner.state_root().await
+    }
+    async fn advance_time(&self, secs: u64) -> Result<(), cairn_ledger::LedgerError> {
+        self.inner.advance_time(secs).await
+    }
+    async fn code(
+        &self,
+        who: Address,
+    ) -> Result<alloy_primitives::Bytes, cairn_ledger::LedgerError> {
+        self.inner.code(who).await
+    }
+    async fn dev_set_code(
+        &self,
+        who: Address,
+        code: alloy_primitives::Bytes,
+    ) -> Result<(), cairn_ledger::LedgerError> {
+        self.inner.dev_set_code(who, code).await
+    }
+}
+
+/// A payment whose first send finds the facilitator's key busy (nothing sent: the key's
+/// earlier transaction, maybe the node's settler's, was mined just now) is sent once more and
+/// settles, instead of failing an honest payer for the node's own traffic. Busy twice running
+/// (a transaction really still out) fails it, and nothing was taken.
+#[tokio::test]
+async fn a_payment_whose_first_send_finds_the_key_busy_settles() {
+    let busy = std::sync::Arc::new(std::sync::OnceLock::<Arc<Busy>>::new());
+    let d = {
+        let busy = busy.clone();
+        devnet_on(move |inner| {
+            let b = Arc::new(Busy {
+                inner,
+                busy: std::sync::atomic::AtomicU32::new(0),
+            });
+            busy.set(b.clone()).ok().unwrap();
+            b
+        })
+        .await
+    };
+    let busy = busy.get().unwrap();
+    busy.busy.store(1, std::sync::atomic::Ordering::SeqCst);
+    let s = d.facilitator.settle(&request(&d, 40)).await;
+    assert!(s.success, "{s:?}");
+    assert_eq!(
+        d.chain.token_balance(d.payee).await.unwrap(),
+        U256::from(40)
+    );
+    busy.busy.store(2, std::sync::atomic::Ordering::SeqCst);
+    let s = d.facilitator.settle(&request(&d, 40)).await;
+    assert!(!s.success, "busy twice running: {s:?}");
+    assert_eq!(
+        d.chain.token_balance(d.payee).await.unwrap(),
+        U256::from(40),
+        "nothing taken for the failed one"
+    );
 }
 
 #[tokio::test]

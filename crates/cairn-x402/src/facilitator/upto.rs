@@ -270,18 +270,27 @@ impl Facilitator {
                 "the payment could not be recorded; nothing was sent, retry with the same payment",
             ));
         }
-        let sent = match &c.permit2612 {
-            Some((permit, _)) => {
-                self.chain
-                    .settle_upto_with_permit(&self.signer, permit, a, amount, c.signature.clone())
-                    .await
+        let sent = super::past_busy(|| async {
+            match &c.permit2612 {
+                Some((permit, _)) => {
+                    self.chain
+                        .settle_upto_with_permit(
+                            &self.signer,
+                            permit,
+                            a,
+                            amount,
+                            c.signature.clone(),
+                        )
+                        .await
+                }
+                None => {
+                    self.chain
+                        .settle_upto(&self.signer, a, amount, c.signature.clone())
+                        .await
+                }
             }
-            None => {
-                self.chain
-                    .settle_upto(&self.signer, a, amount, c.signature.clone())
-                    .await
-            }
-        };
+        })
+        .await;
         let outcome = match sent {
             Ok(out) => Settlement::Settled(out.hash.to_string()),
             Err(LedgerError::Pending { hash, .. }) => Settlement::Pending(Some(hash.to_string())),
@@ -289,8 +298,8 @@ impl Facilitator {
                 revert_code(&reason),
                 format!("the settlement reverted: {reason}"),
             )),
-            // Nothing was sent (refused before broadcast, or our sender was busy): a use of the
-            // nonce now would be someone else's, so this payment failed.
+            // Nothing was sent (refused before broadcast, or our sender still busy after one
+            // more try): a use of the nonce now would be someone else's, so this payment failed.
             Err(e) => Settlement::Failed(Reason::new(
                 "invalid_upto_evm_transaction_failed",
                 format!("the settlement could not be sent: {e}"),
