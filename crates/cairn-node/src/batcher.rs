@@ -95,27 +95,30 @@ const BILLING_CHUNK: usize = 1_000;
 const BILLING_CHUNKS: usize = 256;
 
 /// Resolves the billing of every receipt awaiting payment whose payment has an outcome,
-/// `chunk` at a time, until a read finds fewer than `chunk` or resolves none (the oldest
-/// `chunk` are all still open); at most [`BILLING_CHUNKS`] reads. Returns how many resolved.
-/// One chunk a pass would bill at most `chunk` receipts a tick: under a steady paid load above
-/// that, the backlog (and the batches that wait for it) would grow without end.
+/// `chunk` at a time, oldest first, each read going on past the last (receipts whose payments
+/// are still open are passed, not read again), until a read finds fewer than `chunk`; at most
+/// [`BILLING_CHUNKS`] reads. Returns how many resolved. One chunk a pass would bill at most
+/// `chunk` receipts a tick: under a steady paid load above that, the backlog (and the batches
+/// that wait for it) would grow without end.
 pub(crate) async fn resolve_all_billing(
     log: &crate::log::ReceiptLog,
     store: &cairn_x402::PaymentStore,
     chunk: usize,
 ) -> Result<usize, SettleError> {
     let mut resolved = 0;
+    let mut after = None;
     for _ in 0..BILLING_CHUNKS {
-        let waiting = log.awaiting_payment(chunk).await?;
+        let waiting = log.awaiting_payment_after(chunk, after).await?;
         let full = waiting.len() >= chunk;
-        if waiting.is_empty() {
+        let Some(last) = waiting.last() else {
             break;
-        }
+        };
+        after = Some(last.0);
         let store = store.clone();
         let outcomes = tokio::task::spawn_blocking(move || {
             let outcomes = waiting
                 .into_iter()
-                .filter_map(|(id, payment)| match store.outcome(payment) {
+                .filter_map(|(_, id, payment)| match store.outcome(payment) {
                     Ok(cairn_x402::store::Outcome::Paid) => Some(Ok((id, Billing::Final))),
                     Ok(cairn_x402::store::Outcome::Failed) => Some(Ok((id, Billing::Void))),
                     Ok(cairn_x402::store::Outcome::Open) => None,
@@ -123,14 +126,16 @@ pub(crate) async fn resolve_all_billing(
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             // Every count just read as paid survives power loss before its receipt is billed.
-            store.sync()?;
+            if outcomes.iter().any(|(_, b)| *b == Billing::Final) {
+                store.sync()?;
+            }
             Ok::<_, cairn_x402::X402Error>(outcomes)
         })
         .await??;
         let n = outcomes.len();
         log.resolve_billing(outcomes).await?;
         resolved += n;
-        if !full || n == 0 {
+        if !full {
             break;
         }
     }

@@ -29,6 +29,11 @@ pub use batches::{BatchListing, BatchState, SealedBatch};
 use writer::*;
 pub use writer::{Coming, LINGER};
 
+/// Where a receipt awaiting payment stands in the order they are read in (its creation
+/// second and row).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct AwaitingPlace(i64, i64);
+
 /// Whether a logged receipt counts (is batched, its payloads served).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Billing {
@@ -638,14 +643,36 @@ impl ReceiptLog {
 
     /// Receipts waiting for their payment to settle: (id, payment reference), oldest first.
     pub async fn awaiting_payment(&self, limit: usize) -> Result<Vec<(String, B256)>, LogError> {
+        Ok(self
+            .awaiting_payment_after(limit, None)
+            .await?
+            .into_iter()
+            .map(|(_, id, p)| (id, p))
+            .collect())
+    }
+
+    /// As [`Self::awaiting_payment`], after `after` (the place of the last of an earlier read):
+    /// (place, id, payment reference). Read after read, a reader passes receipts whose payments
+    /// are still open instead of reading them again.
+    pub async fn awaiting_payment_after(
+        &self,
+        limit: usize,
+        after: Option<AwaitingPlace>,
+    ) -> Result<Vec<(AwaitingPlace, String, B256)>, LogError> {
+        let (at, row) = after.map_or((i64::MIN, i64::MIN), |p| (p.0, p.1));
         self.read(move |c| {
             let mut stmt = c.prepare_cached(
-                "SELECT id, payment_ref FROM receipts WHERE billing = 'awaiting_payment'
-                 ORDER BY created_at LIMIT ?1",
+                "SELECT created_at, rowid, id, payment_ref FROM receipts
+                 WHERE billing = 'awaiting_payment' AND (created_at, rowid) > (?2, ?3)
+                 ORDER BY created_at, rowid LIMIT ?1",
             )?;
-            stmt.query_map(params![limit as i64], |r| {
-                let p: Option<Vec<u8>> = r.get(1)?;
-                Ok((r.get(0)?, B256::from(to32(&p.unwrap_or_default()))))
+            stmt.query_map(params![limit as i64, at, row], |r| {
+                let p: Option<Vec<u8>> = r.get(3)?;
+                Ok((
+                    AwaitingPlace(r.get(0)?, r.get(1)?),
+                    r.get(2)?,
+                    B256::from(to32(&p.unwrap_or_default())),
+                ))
             })?
             .collect()
         })

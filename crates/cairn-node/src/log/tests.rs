@@ -75,11 +75,12 @@ async fn appends_read_back_and_a_repeated_id_keeps_the_first() {
 }
 
 /// A settler pass bills every receipt awaiting payment, chunk after chunk, not one chunk a
-/// tick (a paid load above a chunk a second would leave an ever longer backlog unbatched). The
-/// payments here are unknown to the store, so each is voided: what matters is that all are
-/// resolved in one pass.
+/// tick (a paid load above a chunk a second would leave an ever longer backlog unbatched), and
+/// goes on past receipts whose payments are still open instead of stopping at them or reading
+/// them again. Here the oldest chunk's payments are open (reserved in the store), three are
+/// paid, and the rest are unknown to the store (voided).
 #[tokio::test(flavor = "multi_thread")]
-async fn one_settler_pass_resolves_every_chunk_awaiting_payment() {
+async fn one_settler_pass_bills_every_chunk_and_passes_open_payments() {
     let dir = tempfile::tempdir().unwrap();
     let log = plain_log(&dir.path().join("r.sqlite")).await;
     let store = cairn_x402::PaymentStore::open(
@@ -87,16 +88,56 @@ async fn one_settler_pass_resolves_every_chunk_awaiting_payment() {
         cairn_sqlite::Durability::Normal,
     )
     .unwrap();
-    for i in 1..=10u8 {
+    let reserve = |i: u8| {
+        let r = store
+            .reserve(&cairn_x402::store::NewPayment {
+                key: B256::repeat_byte(i),
+                chain: 1,
+                scheme: "exact",
+                payer: alloy_primitives::Address::ZERO,
+                amount: alloy_primitives::U256::from(1),
+                resource: "r",
+                payload: "{}",
+                from_block: 0,
+            })
+            .unwrap();
+        assert!(matches!(r, cairn_x402::store::Reserve::Reserved));
+    };
+    for i in 1..=12u8 {
+        if i <= 4 || i >= 10 {
+            reserve(i);
+        }
         log.append(entry(&format!("r{i}"), Billing::AwaitingPayment, i))
             .await
+            .unwrap();
+    }
+    for i in 10..=12u8 {
+        store
+            .set_state(
+                B256::repeat_byte(i),
+                cairn_x402::store::PaymentState::Settled,
+                Some("0x01"),
+                None,
+                None,
+            )
             .unwrap();
     }
     let resolved = crate::batcher::resolve_all_billing(&log, &store, 4)
         .await
         .unwrap();
-    assert_eq!(resolved, 10, "three chunks of at most 4, in one pass");
-    assert!(log.awaiting_payment(100).await.unwrap().is_empty());
+    assert_eq!(
+        resolved, 8,
+        "every receipt but the four still open, in one pass"
+    );
+    let mut open: Vec<String> = log
+        .awaiting_payment(100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.0)
+        .collect();
+    open.sort();
+    assert_eq!(open, ["r1", "r2", "r3", "r4"]);
 }
 
 /// A payment given back and presented again runs again: only the new run's receipt may
