@@ -111,6 +111,9 @@ pub enum LedgerError {
         hash: B256,
         /// Its nonce.
         nonce: u64,
+        /// The earlier transaction is out no longer (mined just now, or its nonce went to
+        /// another): a send now goes out. Otherwise it is still out after a whole wait.
+        cleared: bool,
     },
     /// The endpoint could not be reached or answered badly.
     #[error("rpc: {0}")]

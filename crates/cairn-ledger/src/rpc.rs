@@ -540,14 +540,22 @@ impl Ledger for RpcLedger {
         self.reconcile_locked(from, Some(signer), &mut st, true)
             .await
             .map_err(|e| match e {
-                LedgerError::Pending { hash, nonce } => LedgerError::Busy { hash, nonce },
+                LedgerError::Pending { hash, nonce } => LedgerError::Busy {
+                    hash,
+                    nonce,
+                    cleared: false,
+                },
                 e => e,
             })?;
         if let Some((hash, nonce)) = earlier {
             // Mined just now: it may have done what this send is for (a batch submitted
             // while its sender thought it lost). Or its nonce went to another transaction of
             // this key, which may have. Nothing is sent; the caller reads the chain again first.
-            return Err(LedgerError::Busy { hash, nonce });
+            return Err(LedgerError::Busy {
+                hash,
+                nonce,
+                cleared: true,
+            });
         }
 
         let nonce = match st.next_nonce {

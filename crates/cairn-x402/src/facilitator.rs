@@ -75,19 +75,24 @@ pub struct Facilitator {
     open_upto: tokio::sync::Mutex<std::collections::HashMap<Address, U256>>,
 }
 
-/// Sends through one [`LedgerError::Busy`]. It says nothing was sent: the key's earlier
-/// transaction was still out, or was mined just now (perhaps another role's: a node's roles
-/// share its key, and its settler's round may have just seen a batch mined). One more try
-/// sends, or finds a transaction really still out. Failing the payment on the first would
-/// fail an honest payer for the node's own traffic. A payment's call is safe to try again: its
-/// authorization's nonce is spent at most once.
+/// Sends once more after a [`LedgerError::Busy`] that says the key's earlier transaction is
+/// out no longer (mined just now, perhaps another role's: a node's roles share its key, and
+/// its settler's round may have just seen a batch mined). Nothing was sent, so the next try
+/// goes out; failing the payment would fail an honest payer for the node's own traffic. A
+/// busy over a transaction still out after a whole wait is returned at once (another try would
+/// wait as long again). A payment's call is safe to try again: its authorization's nonce is
+/// spent at most once.
 pub(crate) async fn past_busy<T, Fut>(mut send: impl FnMut() -> Fut) -> Result<T, LedgerError>
 where
     Fut: std::future::Future<Output = Result<T, LedgerError>>,
 {
     match send().await {
-        Err(LedgerError::Busy { hash, nonce }) => {
-            tracing::debug!(%hash, nonce, "the key was busy; sending once more");
+        Err(LedgerError::Busy {
+            hash,
+            nonce,
+            cleared: true,
+        }) => {
+            tracing::debug!(%hash, nonce, "the key's earlier transaction is out no longer; sending once more");
             send().await
         }
         r => r,
@@ -404,6 +409,10 @@ impl Facilitator {
                         },
                     }
                 }
+                // Nothing sent, the key still busy (perhaps with this payment's own transfer, a
+                // resumed one): left pending, never failed while a transfer of it may be out.
+                // The reconciler sends it once the key is free, or fails it when it expires.
+                Err(LedgerError::Busy { .. }) => Settlement::Pending(None),
                 // Not sent (refused before broadcast) but unknown: check the token's record.
                 Err(e) => match self.chain.authorization_used(a.from, a.nonce).await {
                     Ok(false) => Settlement::Failed(Reason::new(

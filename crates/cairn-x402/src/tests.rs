@@ -892,6 +892,7 @@ impl Ledger for Busy {
             return Err(cairn_ledger::LedgerError::Busy {
                 hash: B256::repeat_byte(0xbb),
                 nonce: 7,
+                cleared: true,
             });
         }
         self.inner.send(signer, tx).await
@@ -938,7 +939,8 @@ impl Ledger for Busy {
 /// A payment whose first send finds the facilitator's key busy (nothing sent: the key's
 /// earlier transaction, maybe the node's settler's, was mined just now) is sent once more and
 /// settles, instead of failing an honest payer for the node's own traffic. Busy twice running
-/// (a transaction really still out) fails it, and nothing was taken.
+/// leaves it pending, not failed (a transfer of it may be the one out), and the reconciler
+/// sends it once the key is free.
 #[tokio::test]
 async fn a_payment_whose_first_send_finds_the_key_busy_settles() {
     let busy = std::sync::Arc::new(std::sync::OnceLock::<Arc<Busy>>::new());
@@ -964,11 +966,21 @@ async fn a_payment_whose_first_send_finds_the_key_busy_settles() {
     );
     busy.busy.store(2, std::sync::atomic::Ordering::SeqCst);
     let s = d.facilitator.settle(&request(&d, 40)).await;
-    assert!(!s.success, "busy twice running: {s:?}");
+    assert_eq!(
+        (s.success, s.error_reason.as_deref()),
+        (false, Some("settlement_pending")),
+        "busy twice running: {s:?}"
+    );
     assert_eq!(
         d.chain.token_balance(d.payee).await.unwrap(),
         U256::from(40),
-        "nothing taken for the failed one"
+        "nothing sent yet"
+    );
+    d.facilitator.reconcile_all().await;
+    assert_eq!(
+        d.chain.token_balance(d.payee).await.unwrap(),
+        U256::from(80),
+        "sent by the reconciler once the key was free"
     );
 }
 
