@@ -414,18 +414,23 @@ async fn a_pending_transaction_under_a_risen_base_fee_goes_out_again_with_higher
         json!(format!("{:#x}", nonce + 2)),
         "the pending payment (replaced) and the last one"
     );
-    let first = ledger
-        .dev_rpc("eth_getTransactionReceipt", json!([hash]))
-        .await
-        .unwrap();
-    assert!(
-        first.is_null(),
-        "the underpriced one was never mined: {first}"
-    );
+    never_mined(&ledger, hash).await;
     assert_eq!(
         ledger.balance(bob).await.unwrap(),
         paid_before + U256::from(2u8),
         "each payment made once"
+    );
+}
+
+/// Asserts that transaction `hash` (a priced-out one, replaced) has no receipt.
+async fn never_mined(ledger: &RpcLedger, hash: B256) {
+    let receipt = ledger
+        .dev_rpc("eth_getTransactionReceipt", json!([hash]))
+        .await
+        .unwrap();
+    assert!(
+        receipt.is_null(),
+        "the priced-out one was never mined: {receipt}"
     );
 }
 
@@ -497,14 +502,7 @@ async fn a_priced_out_transaction_moves_on_its_owners_rounds_without_another_sen
     }
     assert!(!miner.is_finished(), "the miner stopped: {:?}", miner.await);
     miner.abort();
-    let first = ledger
-        .dev_rpc("eth_getTransactionReceipt", json!([hash]))
-        .await
-        .unwrap();
-    assert!(
-        first.is_null(),
-        "the priced-out one was never mined: {first}"
-    );
+    never_mined(&ledger, hash).await;
     assert_eq!(
         ledger.balance(bob).await.unwrap(),
         paid_before + U256::from(1u8),
