@@ -447,11 +447,12 @@ impl From<tokio::task::JoinError> for LogError {
 }
 
 impl ReceiptLog {
-    /// Lets the index thread gather entries into larger commits while `busy` says more than
-    /// one request is being served (at one at a time it commits each at once). Set once; a
-    /// log without it commits at once.
-    pub fn gather_while(&self, busy: impl Fn() -> bool + Send + Sync + 'static) {
-        let _ = self.writer.busy.set(Box::new(busy));
+    /// Lets the index thread gather entries into larger commits (a read that waits for the
+    /// index still gets it at once). A log without it commits each entry as it comes.
+    pub fn gather(&self) {
+        self.writer
+            .gather
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Sets how long a group of batch-sealed entries waits at most for those on their way

@@ -691,7 +691,7 @@ async fn appends_race(
     )
     .await;
     if gather {
-        log.gather_while(|| true);
+        log.gather();
     }
     let running: Vec<_> = (0..tasks)
         .map(|t| {

@@ -46,8 +46,10 @@ const PENDING_BYTES: usize = 64 << 20;
 const PENDING_REFUSE: usize = 4;
 /// How long a read waits for the index to take the entries answered before it began.
 const INDEX_WAIT: Duration = Duration::from_secs(30);
-/// How long the index thread, woken by an entry while the node is busy, lets more gather
-/// before it commits (a read waiting for the index cuts it short).
+/// How long the index thread, woken by an entry, lets more gather before it commits (a read
+/// waiting for the index cuts it short), when the log gathers ([`ReceiptLog::gather`]).
+///
+/// [`ReceiptLog::gather`]: super::ReceiptLog::gather
 const GATHER: Duration = Duration::from_millis(8);
 /// Rows one statement of the payload sweep changes at most: the index never waits long for it.
 pub(super) const SWEEP_CHUNK: i64 = 256;
@@ -60,18 +62,19 @@ pub(super) struct Writer {
     /// Entries written to the journal, not yet committed to SQLite.
     pending: Mutex<Pending>,
     /// Signalled when entries join an empty `pending`, and when a read waits for the index.
-    /// Woken, the index thread commits at once while requests come one at a time, and lets
-    /// entries gather for [`GATHER`] while more than one is being served (`busy`): each commit
-    /// costs a wake-up and rewrites the last pages of every index, so under load fewer, larger
-    /// commits cost far less per entry (measured on this 2-core VM, digits MLP, 16
-    /// connections, three runs side by side: ~155 → ~128 µs of node CPU per answer, +15–30%
-    /// answers per second, the index thread's CPU halved), while at one connection gathering
-    /// only bunched the commits (wrk p99 0.6–0.7 → 0.9 ms).
+    /// Woken, the index thread lets entries gather for [`GATHER`] when `gather` is set: each
+    /// commit costs a wake-up of the index thread (paid by the answering worker) and rewrites
+    /// the last pages of every index, so fewer, larger commits cost far less per entry.
+    /// Measured on this 2-core VM, digits MLP, side by side in one run, three runs: at 16
+    /// connections ~155 → ~128 µs of node CPU per answer, +15–30% answers per second; at one
+    /// connection 196–238 → 163–207 µs of CPU per answer, wrk p50 −3 to −13% (the index thread
+    /// had taken a fifth of the node's CPU, committing each entry alone), at the cost of a
+    /// longer tail (p99 0.7–1.2 → 1.1–1.5 ms: a commit of 8 ms of entries takes longer).
     work: Condvar,
     /// A read waits for the index: commit what has gathered now.
     hurry: std::sync::atomic::AtomicBool,
-    /// Whether the node serves more than one request now ([`ReceiptLog::gather_while`]).
-    pub(super) busy: std::sync::OnceLock<Box<dyn Fn() -> bool + Send + Sync>>,
+    /// Whether the index thread gathers entries before it commits ([`GATHER`]).
+    pub(super) gather: std::sync::atomic::AtomicBool,
     index: Mutex<IndexSide>,
     /// What SQLite holds.
     indexed: Mutex<Progress>,
@@ -193,7 +196,7 @@ impl Writer {
             appended: AtomicU64::new(last),
             writers_waiting: std::sync::atomic::AtomicUsize::new(0),
             hurry: std::sync::atomic::AtomicBool::new(false),
-            busy: std::sync::OnceLock::new(),
+            gather: std::sync::atomic::AtomicBool::new(false),
             _lock: lock_file,
             durability,
             runtime,
@@ -530,7 +533,6 @@ impl Writer {
                 return (failed(batch, &e), false);
             }
         };
-        self.appended.store(written.last, Ordering::Release);
         let first = written.last + 1 - batch.len() as u64;
         let mut answers = Vec::with_capacity(batch.len());
         let (behind, wake) = {
@@ -564,6 +566,9 @@ impl Writer {
             if let Some(closed) = written.closed {
                 p.closed.push(closed);
             }
+            // Under the lock, once they are in `pending`: a read that waits for them (and
+            // hurries the index thread) never finds the index thread committing without them.
+            self.appended.store(written.last, Ordering::Release);
             (
                 p.rows.len() > PENDING_MAX || p.bytes > PENDING_BYTES,
                 before == 0,
@@ -605,7 +610,7 @@ pub(super) fn indexer(writer: Weak<Writer>) {
                     .unwrap_or_else(|e| e.into_inner())
                     .0;
             }
-            if !p.rows.is_empty() && w.busy.get().is_some_and(|busy| busy()) {
+            if !p.rows.is_empty() && w.gather.load(Ordering::Relaxed) {
                 let until = Instant::now() + GATHER;
                 while !w.hurry.load(Ordering::Acquire) {
                     let now = Instant::now();

@@ -236,15 +236,7 @@ pub(crate) async fn open(c: NodeConfig) -> Result<NodeState, NodeError> {
     let verifier_keys = chain.clone().map(crate::sealing::VerifierKeys::new);
     let cache_lookups = cache.lookups();
     let total = Arc::new(Semaphore::new(c.limits.queue_total));
-    {
-        // More than one request admitted: the receipt index gathers its commits.
-        let (total, all) = (Arc::downgrade(&total), c.limits.queue_total);
-        log.gather_while(move || {
-            total
-                .upgrade()
-                .is_some_and(|t| t.available_permits() + 1 < all)
-        });
-    }
+    log.gather();
     Ok(NodeState(Arc::new(Inner {
         ohttp,
         evidence,
