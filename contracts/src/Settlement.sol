@@ -109,6 +109,8 @@ contract Settlement is EIP712, AccessControl, ReentrancyGuard {
 
     uint256 public batchCount;
     mapping(uint256 id => Batch) private _batches;
+    /// The last batch each node submitted under each root (keyed by keccak256(node, root)).
+    mapping(bytes32 nodeRoot => uint256 id) private _batchOfRoot;
 
     error NotActiveNode(address node);
     error EmptyBatch();
@@ -124,6 +126,7 @@ contract Settlement is EIP712, AccessControl, ReentrancyGuard {
     error InvalidBps();
     error ZeroAddress();
     error NotExpired(uint64 expiresAt);
+    error RootSubmitted(uint256 id);
 
     event BatchSubmitted(uint256 indexed id, address indexed node, bytes32 root, uint32 count, uint256 fees);
     event VaultDeployed(address indexed node, address vault);
@@ -173,7 +176,18 @@ contract Settlement is EIP712, AccessControl, ReentrancyGuard {
     function submitBatch(bytes32 root, uint32 count, uint256 fees) external nonReentrant returns (uint256 id) {
         if (!registry.isActive(msg.sender, NodeRegistry.Role.Inference)) revert NotActiveNode(msg.sender);
         if (count == 0) revert EmptyBatch();
+        // The same receipts twice would have the node pay the verifiers' and treasury's shares
+        // twice (a submission it thought lost, sent again). Only a batch that expired unattested
+        // gives its receipts back to be batched again, so only then may the root come again.
+        // Keyed by node: another node cannot block a root by submitting it first.
+        bytes32 nodeRoot = keccak256(abi.encode(msg.sender, root));
+        uint256 prior = _batchOfRoot[nodeRoot];
+        if (prior != 0) {
+            Status s = _batches[prior].status;
+            if (s != Status.Expired && s != Status.Lapsed) revert RootSubmitted(prior);
+        }
         id = ++batchCount;
+        _batchOfRoot[nodeRoot] = id;
         Batch storage b = _batches[id];
         b.node = msg.sender;
         b.count = count;

@@ -997,6 +997,17 @@ async fn open_batches_bind_stake(ledger: Arc<dyn Ledger>) {
         .await
         .unwrap();
     assert_eq!(chain.open_batches(node).await.unwrap(), 1);
+    // Attack on the node itself: its batch sent twice (a submission thought lost, a retry)
+    // would have it pay the verifiers' and treasury's shares of the same receipts twice. A
+    // root the node has open is refused, before any fee moves.
+    let balance = chain.token_balance(node).await.unwrap();
+    let e = chain
+        .submit_batch(&a.node, tree.root(), 2, fees)
+        .await
+        .unwrap_err();
+    assert!(reason(e).contains("RootSubmitted"));
+    assert_eq!(chain.token_balance(node).await.unwrap(), balance);
+    assert_eq!(chain.open_batches(node).await.unwrap(), 1);
     let e = chain.expire(&a.outsider, id).await.unwrap_err();
     assert!(reason(e).contains("NotExpired"));
     let vault = chain.vault_of(node).await.unwrap();
@@ -1072,9 +1083,16 @@ async fn open_batches_bind_stake(ledger: Arc<dyn Ledger>) {
 
     // Attack: submit a batch, unbond all stake, wait out the delay and leave before the batch
     // is final. The stake stays (withdrawal refused) and a proven fraud still slashes it.
+    // (A voided batch's receipts are never paid: its root is refused again.)
+    let e = chain
+        .submit_batch(&a.node, tree.root(), 2, fees)
+        .await
+        .unwrap_err();
+    assert!(reason(e).contains("RootSubmitted"));
+    let tree = ReceiptTree::new(&digests[..1]).unwrap();
     let node_before = chain.token_balance(node).await.unwrap();
     let (id, _) = chain
-        .submit_batch(&a.node, tree.root(), 2, fees)
+        .submit_batch(&a.node, tree.root(), 1, fees)
         .await
         .unwrap();
     // The vault paid the fees: the node's own balance did not move.
