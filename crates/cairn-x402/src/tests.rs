@@ -936,14 +936,9 @@ impl Ledger for Busy {
     }
 }
 
-/// A payment whose first send finds the facilitator's key busy (nothing sent: the key's
-/// earlier transaction, maybe the node's settler's, was mined just now) is sent once more and
-/// settles, instead of failing an honest payer for the node's own traffic. Busy twice running
-/// leaves it pending, not failed (a transfer of it may be the one out), and the reconciler
-/// sends it once the key is free.
-#[tokio::test]
-async fn a_payment_whose_first_send_finds_the_key_busy_settles() {
-    let busy = std::sync::Arc::new(std::sync::OnceLock::<Arc<Busy>>::new());
+/// [`devnet`] whose chain answers the next sends [`Busy`] (as many as its count says).
+async fn busy_devnet() -> (Devnet, Arc<Busy>) {
+    let busy = Arc::new(std::sync::OnceLock::<Arc<Busy>>::new());
     let d = {
         let busy = busy.clone();
         devnet_on(move |inner| {
@@ -956,7 +951,88 @@ async fn a_payment_whose_first_send_finds_the_key_busy_settles() {
         })
         .await
     };
-    let busy = busy.get().unwrap();
+    let busy = busy.get().unwrap().clone();
+    (d, busy)
+}
+
+/// An `upto` settlement whose first send finds the key busy is sent once more and settles
+/// what was used. Busy twice running, nothing was sent and it fails (the permit stays unused:
+/// the payer paid nothing, and the same permit cannot be settled later by surprise, since its
+/// record says failed).
+#[tokio::test]
+async fn an_upto_settlement_whose_first_send_finds_the_key_busy_settles() {
+    let (d, busy) = busy_devnet().await;
+    let permit2 = d.chain.upto().unwrap().permit2;
+    d.chain.approve(&d.payer, permit2, U256::MAX).await.unwrap();
+    let upto_request = |max: u64, charge: u64| {
+        let offer = d
+            .facilitator
+            .upto_offer(d.payee, U256::from(max), 60)
+            .unwrap();
+        let required = PaymentRequired {
+            x402_version: 2,
+            error: None,
+            resource: ResourceInfo {
+                url: "http://x/y".into(),
+                ..Default::default()
+            },
+            accepts: vec![offer.clone()],
+            extensions: None,
+        };
+        let header = client::pay_upto(&d.payer, &required, &offer).unwrap();
+        let payload: PaymentPayload =
+            decode_header("PAYMENT-SIGNATURE", header.as_bytes()).unwrap();
+        FacilitatorRequest {
+            x402_version: 2,
+            payment_payload: serde_json::to_value(payload).unwrap(),
+            payment_requirements: serde_json::to_value(PaymentRequirements {
+                amount: U256::from(charge),
+                ..offer
+            })
+            .unwrap(),
+        }
+    };
+    let payer_before = d.chain.token_balance(d.payer.address()).await.unwrap();
+    busy.busy.store(1, std::sync::atomic::Ordering::SeqCst);
+    let s = d.facilitator.settle(&upto_request(40, 30)).await;
+    assert!(s.success, "{s:?}");
+    assert_eq!(
+        d.chain.token_balance(d.payee).await.unwrap(),
+        U256::from(30)
+    );
+    assert_eq!(busy.busy.load(std::sync::atomic::Ordering::SeqCst), 0);
+
+    busy.busy.store(2, std::sync::atomic::Ordering::SeqCst);
+    let req = upto_request(40, 30);
+    let s = d.facilitator.settle(&req).await;
+    assert_eq!(
+        (s.success, s.error_reason.as_deref()),
+        (false, Some("invalid_upto_evm_transaction_failed")),
+        "busy twice running: {s:?}"
+    );
+    // The same permit again gets the first outcome, never a late transfer.
+    let again = d.facilitator.settle(&req).await;
+    assert!(!again.success, "{again:?}");
+    d.facilitator.reconcile_all().await;
+    assert_eq!(
+        d.chain.token_balance(d.payee).await.unwrap(),
+        U256::from(30),
+        "nothing sent for the failed one"
+    );
+    assert_eq!(
+        d.chain.token_balance(d.payer.address()).await.unwrap(),
+        payer_before - U256::from(30)
+    );
+}
+
+/// A payment whose first send finds the facilitator's key busy (nothing sent: the key's
+/// earlier transaction, maybe the node's settler's, was mined just now) is sent once more and
+/// settles, instead of failing an honest payer for the node's own traffic. Busy twice running
+/// leaves it pending, not failed (a transfer of it may be the one out), and the reconciler
+/// sends it once the key is free.
+#[tokio::test]
+async fn a_payment_whose_first_send_finds_the_key_busy_settles() {
+    let (d, busy) = busy_devnet().await;
     busy.busy.store(1, std::sync::atomic::Ordering::SeqCst);
     let s = d.facilitator.settle(&request(&d, 40)).await;
     assert!(s.success, "{s:?}");
