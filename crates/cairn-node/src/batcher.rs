@@ -6,7 +6,8 @@
 //! SQLite transaction), submission second. A batch whose submission may have gone out (an RPC
 //! timeout) is looked up by its root in the contract's `BatchSubmitted` events (from the block
 //! it was sealed at) before anything is sent again, so a root is never submitted (and its fees
-//! escrowed) twice.
+//! escrowed) twice; the contract refuses it anyway (`RootSubmitted`), and a batch it refuses
+//! so is taken as the batch the contract names (a log restored from before the submission).
 //!
 //! Only receipts that count are sealed: a paid receipt waits until its payment settled (looked
 //! up in the payment store each pass) and is voided, payloads dropped, when it failed. A batch
@@ -337,6 +338,11 @@ impl Settler {
                     tracing::warn!(tx = %hash, "batch submission not mined yet; will reconcile");
                     return Ok(());
                 }
+                Err(LedgerError::Reverted { ref data, .. })
+                    if let Some(id) = root_submitted(data) =>
+                {
+                    self.adopt(b.local, id).await?;
+                }
                 Err(source) => {
                     return Err(SettleError::Submit {
                         local: b.local,
@@ -345,6 +351,22 @@ impl Settler {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Takes on-chain batch `id`, which the contract says holds sealed batch `local`'s root
+    /// already, as that batch (sending it again would fail on every pass, every later batch
+    /// behind it): a submission the log lost (restored from before it), whose receipts are in
+    /// `id` and paid through it; or, when `id` was voided, the very receipts a fraud was
+    /// proven on, never to be paid. [`Self::finalize_ripe`] follows it from there as any
+    /// submitted batch (voided, attested, final).
+    async fn adopt(&self, local: i64, id: u64) -> Result<(), SettleError> {
+        tracing::warn!(
+            batch = id,
+            local,
+            "the contract holds this batch's root already; taking its batch as this one"
+        );
+        self.log.adopt_batch(local, id).await?;
         Ok(())
     }
 
@@ -423,3 +445,14 @@ impl Settler {
         Ok(())
     }
 }
+
+/// The batch a `RootSubmitted` revert names: the contract holds this node's root already.
+fn root_submitted(revert: &[u8]) -> Option<u64> {
+    use alloy_sol_types::SolError;
+    cairn_ledger::contracts::Settlement::RootSubmitted::abi_decode(revert)
+        .ok()
+        .map(|e| e.id.saturating_to())
+}
+
+#[cfg(test)]
+mod tests;

@@ -86,14 +86,7 @@ impl Verifier {
         let signers: Vec<String> = signed.iter().map(|(a, _)| a.to_checksum(None)).collect();
         match c
             .chain
-            .challenge(
-                &c.key,
-                id,
-                as_settlement(&f.receipt),
-                proof,
-                f.evidence,
-                signed,
-            )
+            .challenge(&c.key, id, &f.receipt, proof, f.evidence, signed)
             .await
         {
             Ok(tx) => {

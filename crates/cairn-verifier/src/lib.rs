@@ -46,7 +46,6 @@ use std::time::Duration;
 use alloy_primitives::{Address, B256, Signature, U256};
 use alloy_signer_local::PrivateKeySigner;
 use cairn_attest::{Evidence, Verified};
-use cairn_ledger::contracts::Settlement;
 use cairn_ledger::{BatchInfo, BatchStatus, Chain, RegistrationRequest, Role};
 use cairn_node_api::{AttestationRequest, BatchReceipts, NodeUrls, Payload, safetensors_io};
 use cairn_receipt::SignedReceipt;
@@ -190,39 +189,6 @@ struct Follow {
 }
 
 use cairn_core::clock::now_secs;
-
-/// The receipt as the settlement contract takes it in a challenge.
-pub fn as_settlement(r: &SignedReceipt) -> cairn_ledger::Challenged {
-    match r.message() {
-        cairn_receipt::Message::Tensor(m) => Settlement::Receipt {
-            requestId: m.requestId,
-            model: m.model,
-            inputHash: m.inputHash,
-            outputHash: m.outputHash,
-            profileHash: m.profileHash,
-            node: m.node,
-            timestamp: m.timestamp,
-            price: m.price,
-            paymentRef: m.paymentRef,
-        }
-        .into(),
-        cairn_receipt::Message::Llm(m) => Settlement::LlmReceipt {
-            requestId: m.requestId,
-            model: m.model,
-            requestHash: m.requestHash,
-            responseHash: m.responseHash,
-            promptTokens: m.promptTokens,
-            completionTokens: m.completionTokens,
-            complete: m.complete,
-            profileHash: m.profileHash,
-            node: m.node,
-            timestamp: m.timestamp,
-            price: m.price,
-            paymentRef: m.paymentRef,
-        }
-        .into(),
-    }
-}
 
 impl Verifier {
     /// A verifier signing with `key` (registered as a verifier to count), re-executing with

@@ -373,3 +373,38 @@ impl From<Settlement::LlmReceipt> for Challenged {
         Self::Llm(r)
     }
 }
+
+impl From<&cairn_receipt::SignedReceipt> for Challenged {
+    /// The signed receipt's message, field for field.
+    fn from(r: &cairn_receipt::SignedReceipt) -> Self {
+        match r.message() {
+            cairn_receipt::Message::Tensor(m) => Settlement::Receipt {
+                requestId: m.requestId,
+                model: m.model,
+                inputHash: m.inputHash,
+                outputHash: m.outputHash,
+                profileHash: m.profileHash,
+                node: m.node,
+                timestamp: m.timestamp,
+                price: m.price,
+                paymentRef: m.paymentRef,
+            }
+            .into(),
+            cairn_receipt::Message::Llm(m) => Settlement::LlmReceipt {
+                requestId: m.requestId,
+                model: m.model,
+                requestHash: m.requestHash,
+                responseHash: m.responseHash,
+                promptTokens: m.promptTokens,
+                completionTokens: m.completionTokens,
+                complete: m.complete,
+                profileHash: m.profileHash,
+                node: m.node,
+                timestamp: m.timestamp,
+                price: m.price,
+                paymentRef: m.paymentRef,
+            }
+            .into(),
+        }
+    }
+}

@@ -17,6 +17,38 @@ pub(super) fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     if !have.iter().any(|c| c == "sealed_block") {
         conn.execute("ALTER TABLE batches ADD COLUMN sealed_block INTEGER", [])?;
     }
+    // A batch that expired unattested has its receipts sealed again, often as the same set
+    // (the same root), beside the expired one (which still lapses by its own row). Logs from
+    // before kept roots unique and refused that seal on every pass: rebuilt once without it.
+    let table: String = conn.query_row(
+        "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'batches'",
+        [],
+        |r| r.get(0),
+    )?;
+    if table.contains("UNIQUE") {
+        tracing::info!("receipt log: letting a root be sealed again (once)");
+        conn.execute_batch(
+            "BEGIN IMMEDIATE;
+             CREATE TABLE batches_rebuilt (
+                 local INTEGER PRIMARY KEY AUTOINCREMENT,
+                 root BLOB NOT NULL,
+                 count INTEGER NOT NULL,
+                 fees TEXT NOT NULL,
+                 status TEXT NOT NULL,
+                 chain_batch INTEGER,
+                 tx BLOB,
+                 sealed_at INTEGER NOT NULL,
+                 sealed_block INTEGER
+             );
+             INSERT INTO batches_rebuilt
+                 (local, root, count, fees, status, chain_batch, tx, sealed_at, sealed_block)
+               SELECT local, root, count, fees, status, chain_batch, tx, sealed_at, sealed_block
+               FROM batches;
+             DROP TABLE batches;
+             ALTER TABLE batches_rebuilt RENAME TO batches;
+             COMMIT;",
+        )?;
+    }
     Ok(())
 }
 
@@ -312,6 +344,19 @@ impl ReceiptLog {
     }
 
     /// Records a batch's new state, with its on-chain id and submitting transaction once known.
+    /// Records sealed batch `local` as submitted: on-chain batch `chain_batch` holds its root
+    /// already (a submission this log lost; its transaction is not known).
+    pub async fn adopt_batch(&self, local: i64, chain_batch: u64) -> Result<(), LogError> {
+        self.write(move |c| {
+            c.execute(
+                "UPDATE batches SET status = 'submitted', chain_batch = ?1 WHERE local = ?2",
+                params![chain_batch as i64, local],
+            )
+        })
+        .await
+        .map(drop)
+    }
+
     pub async fn mark_batch(
         &self,
         local: i64,

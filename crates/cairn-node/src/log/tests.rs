@@ -666,8 +666,8 @@ async fn no_append_is_left_behind_when_many_race_for_the_connection() {
     appends_race(&dir, false, 16, 150, false).await;
 }
 
-/// While the node is busy the index thread gathers entries into larger commits; a read
-/// still sees everything answered before it, and nothing is left behind.
+/// The index thread gathers entries into larger commits; a read still sees everything
+/// answered before it, and nothing is left behind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_gathering_index_still_shows_each_read_what_was_answered_before_it() {
     let dir = tempfile::tempdir().unwrap();
@@ -1108,5 +1108,73 @@ fn a_segment_that_cannot_rotate_stops_at_its_cap() {
     assert!(
         (4 * journal::SEGMENT_BYTES..5 * journal::SEGMENT_BYTES).contains(&len),
         "{len}"
+    );
+}
+
+/// A log from before, whose batch roots were unique, opens with its batches as they were (ids,
+/// states, chain ids) and takes a root it holds again: an expired batch's receipts sealed
+/// again as the same set, which that log refused on every pass.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_older_log_keeps_its_batches_and_takes_a_root_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("r.sqlite");
+    drop(plain_log(&path).await);
+    {
+        let c = rusqlite::Connection::open(&path).unwrap();
+        c.busy_timeout(Duration::from_secs(5)).unwrap();
+        c.execute_batch(
+            "DROP TABLE batches;
+             CREATE TABLE batches (
+                 local INTEGER PRIMARY KEY AUTOINCREMENT,
+                 root BLOB NOT NULL UNIQUE,
+                 count INTEGER NOT NULL,
+                 fees TEXT NOT NULL,
+                 status TEXT NOT NULL,
+                 chain_batch INTEGER,
+                 tx BLOB,
+                 sealed_at INTEGER NOT NULL
+             );
+             ALTER TABLE batches ADD COLUMN sealed_block INTEGER;
+             INSERT INTO batches (root, count, fees, status, chain_batch, sealed_at, sealed_block)
+               VALUES (zeroblob(32), 2, '2000', 'expired', 7, 5, 9);",
+        )
+        .unwrap();
+    }
+    let log = plain_log(&path).await;
+    let writer = log.writer.clone();
+    type Row = (i64, String, Option<i64>, Option<i64>);
+    let (unique, next, rows) = tokio::task::spawn_blocking(move || {
+        writer.with_conn(Durability::Normal, |c| {
+            let sql: String = c.query_row(
+                "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'batches'",
+                [],
+                |r| r.get(0),
+            )?;
+            c.execute(
+                "INSERT INTO batches (root, count, fees, status, sealed_at)
+                 VALUES (zeroblob(32), 2, '2000', 'sealed', 6)",
+                [],
+            )?;
+            let next = c.last_insert_rowid();
+            let rows: Vec<Row> = c
+                .prepare(
+                    "SELECT local, status, chain_batch, sealed_block FROM batches ORDER BY local",
+                )?
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+                .collect::<rusqlite::Result<_>>()?;
+            Ok((sql.contains("UNIQUE"), next, rows))
+        })
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(!unique);
+    assert_eq!(next, 2, "ids go on from the old ones");
+    assert_eq!(
+        rows,
+        vec![
+            (1, "expired".into(), Some(7), Some(9)),
+            (2, "sealed".into(), None, None)
+        ]
     );
 }
