@@ -3,7 +3,8 @@
 use super::*;
 
 impl Chain {
-    /// Approves the fees and submits a batch; returns its id.
+    /// Submits a batch, approving first what of its fees the node's payment vault does not
+    /// hold (and the settlement contract may not move already); returns its id.
     pub async fn submit_batch(
         &self,
         node: &PrivateKeySigner,
@@ -12,7 +13,18 @@ impl Chain {
         fees: U256,
     ) -> Result<(u64, TxOutcome), LedgerError> {
         if !fees.is_zero() {
-            self.approve(node, self.deployment.settlement, fees).await?;
+            // Fees come from the vault first (only this node's own submissions take from it,
+            // so it holds at least this much when the submission runs).
+            let vault = self.vault_of(node.address()).await?;
+            let owed = fees.saturating_sub(self.token_balance(vault).await?);
+            if !owed.is_zero()
+                && self
+                    .token_allowance(node.address(), self.deployment.settlement)
+                    .await?
+                    < owed
+            {
+                self.approve(node, self.deployment.settlement, owed).await?;
+            }
         }
         let out = self
             .exec(
