@@ -447,12 +447,20 @@ impl From<tokio::task::JoinError> for LogError {
 }
 
 impl ReceiptLog {
-    /// Lets the index thread gather entries into larger commits (a read that waits for the
-    /// index still gets it at once). A log without it commits each entry as it comes.
-    pub fn gather(&self) {
-        self.writer
-            .gather
-            .store(true, std::sync::atomic::Ordering::Relaxed);
+    /// Lets the index threads gather entries into larger commits (a read that waits for the
+    /// index still gets it at once), those while `busy` says no more than one request is
+    /// served at the lowest CPU priority ([`writer::Shift`]). Set once; a log without it
+    /// commits each entry as it comes.
+    pub fn gather(&self, busy: impl Fn() -> bool + Send + Sync + 'static) -> Result<(), LogError> {
+        if self.writer.busy.set(Box::new(busy)).is_err() {
+            return Ok(());
+        }
+        let weak = Arc::downgrade(&self.writer);
+        std::thread::Builder::new()
+            .name("cairn-receipt-quiet".into())
+            .spawn(move || indexer(weak, writer::Shift::Quiet))
+            .map(drop)
+            .map_err(|e| LogError::Task(e.to_string()))
     }
 
     /// Sets how long a group of batch-sealed entries waits at most for those on their way
@@ -502,7 +510,10 @@ impl ReceiptLog {
                 .map_err(|e| LogError::Task(e.to_string()))
         };
         let weak = Arc::downgrade(&writer);
-        spawn("cairn-receipt-index", Box::new(move || indexer(weak)))?;
+        spawn(
+            "cairn-receipt-index",
+            Box::new(move || indexer(weak, writer::Shift::Main)),
+        )?;
         let weak = Arc::downgrade(&writer);
         spawn(
             "cairn-receipt-sweep",

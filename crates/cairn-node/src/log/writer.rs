@@ -61,20 +61,25 @@ pub(super) struct Writer {
     journal: Mutex<JournalSide>,
     /// Entries written to the journal, not yet committed to SQLite.
     pending: Mutex<Pending>,
-    /// Signalled when entries join an empty `pending`, and when a read waits for the index.
-    /// Woken, the index thread lets entries gather for [`GATHER`] when `gather` is set: each
-    /// commit costs a wake-up of the index thread (paid by the answering worker) and rewrites
-    /// the last pages of every index, so fewer, larger commits cost far less per entry.
-    /// Measured on this 2-core VM, digits MLP, side by side in one run, three runs: at 16
-    /// connections ~155 → ~128 µs of node CPU per answer, +15–30% answers per second; at one
-    /// connection 196–238 → 163–207 µs of CPU per answer, wrk p50 −3 to −13% (the index thread
-    /// had taken a fifth of the node's CPU, committing each entry alone), at the cost of a
-    /// longer tail (p99 0.7–1.2 → 1.1–1.5 ms: a commit of 8 ms of entries takes longer).
+    /// Signalled (to both index threads) when entries join an empty `pending`, and when a
+    /// read waits for the index. Woken, an index thread lets entries gather for [`GATHER`]
+    /// once the log gathers (`busy` set): each commit costs a wake-up of the index thread
+    /// (paid by the answering worker) and rewrites the last pages of every index, so fewer,
+    /// larger commits cost far less per entry. Measured on this 2-core VM, digits MLP, side by
+    /// side in one run: at 16 connections ~155 → ~128 µs of node CPU per answer, +15–30%
+    /// answers per second; at one connection (six rounds against a commit per entry) 212 →
+    /// 178 µs of CPU per answer and wrk p50 200 → 184 µs (the index thread had taken a fifth
+    /// of the node's CPU). A commit of 8 ms of entries is a burst, though, which lengthened
+    /// the tail at one connection (p99 980 → 1,305 µs) until the [`Shift::Quiet`] thread took
+    /// the commits made while the node is not busy (p99 848 µs).
     work: Condvar,
     /// A read waits for the index: commit what has gathered now.
     hurry: std::sync::atomic::AtomicBool,
-    /// Whether the index thread gathers entries before it commits ([`GATHER`]).
-    pub(super) gather: std::sync::atomic::AtomicBool,
+    /// Whether the node serves more than one request now ([`ReceiptLog::gather`]); while it
+    /// is unset, the [`Shift::Main`] thread commits each entry as it comes.
+    ///
+    /// [`ReceiptLog::gather`]: super::ReceiptLog::gather
+    pub(super) busy: std::sync::OnceLock<Box<dyn Fn() -> bool + Send + Sync>>,
     index: Mutex<IndexSide>,
     /// What SQLite holds.
     indexed: Mutex<Progress>,
@@ -196,7 +201,7 @@ impl Writer {
             appended: AtomicU64::new(last),
             writers_waiting: std::sync::atomic::AtomicUsize::new(0),
             hurry: std::sync::atomic::AtomicBool::new(false),
-            gather: std::sync::atomic::AtomicBool::new(false),
+            busy: std::sync::OnceLock::new(),
             _lock: lock_file,
             durability,
             runtime,
@@ -321,7 +326,7 @@ impl Writer {
             let p = lock(&self.pending);
             self.hurry.store(true, Ordering::Release);
             drop(p);
-            self.work.notify_one();
+            self.work.notify_all();
         }
         let mut p = lock(&self.indexed);
         while p.seq < seq {
@@ -575,7 +580,7 @@ impl Writer {
             )
         };
         if wake {
-            self.work.notify_one();
+            self.work.notify_all();
         }
         (answers, behind)
     }
@@ -593,24 +598,66 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Commits pending entries to SQLite as they come, on a thread of its own, until the log is
-/// dropped (within 100 ms: the journal's lock goes with it); a failure is retried a second
-/// later (the entries stay in the journal meanwhile).
-pub(super) fn indexer(writer: Weak<Writer>) {
+/// Which of the index threads commits now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Shift {
+    /// Every commit until the log gathers ([`Writer::busy`] set); then those that begin while
+    /// the node is busy: the index keeps up with load at the answering threads' priority.
+    /// Also any commit a read waits for, or once [`QUIET_MAX`] entries wait: other work on
+    /// the machine may starve the quiet thread.
+    Main,
+    /// The commits that begin while the node is not busy, at the lowest CPU priority (nice
+    /// 19), so a commit's burst yields to an answer on its way. A second thread, because an
+    /// unprivileged thread may lower its priority but never raise it again.
+    Quiet,
+}
+
+/// Entries waiting past which the [`Shift::Main`] thread commits them, whatever the load.
+const QUIET_MAX: usize = 1024;
+
+impl Writer {
+    /// Whether `shift` makes the next commit (of `pending`; its lock held).
+    fn on_shift(&self, shift: Shift, pending: &Pending) -> bool {
+        let Some(busy) = self.busy.get() else {
+            return shift == Shift::Main;
+        };
+        match shift {
+            Shift::Quiet => !busy(),
+            Shift::Main => {
+                busy() || self.hurry.load(Ordering::Acquire) || pending.rows.len() >= QUIET_MAX
+            }
+        }
+    }
+}
+
+/// Commits pending entries to SQLite as they come, on a thread of its own, in its `shift`,
+/// until the log is dropped (within 100 ms: the journal's lock goes with it); a failure is
+/// retried a second later (the entries stay in the journal meanwhile).
+pub(super) fn indexer(writer: Weak<Writer>, shift: Shift) {
+    #[cfg(target_os = "linux")]
+    if shift == Shift::Quiet {
+        // SAFETY: setpriority changes only the nice value of this thread (its id, from gettid).
+        unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 19) };
+    }
     loop {
         let Some(w) = writer.upgrade() else {
             return;
         };
         {
             let mut p = lock(&w.pending);
-            if p.rows.is_empty() {
+            if p.rows.is_empty() || !w.on_shift(shift, &p) {
                 p = w
                     .work
                     .wait_timeout(p, Duration::from_millis(100))
                     .unwrap_or_else(|e| e.into_inner())
                     .0;
             }
-            if !p.rows.is_empty() && w.gather.load(Ordering::Relaxed) {
+            // Entries waiting in the other's shift are its to commit (the wake reached it
+            // too); at worst, when the node's load turns meanwhile, they wait 100 ms.
+            if !w.on_shift(shift, &p) {
+                continue;
+            }
+            if !p.rows.is_empty() && w.busy.get().is_some() {
                 let until = Instant::now() + GATHER;
                 while !w.hurry.load(Ordering::Acquire) {
                     let now = Instant::now();

@@ -236,7 +236,15 @@ pub(crate) async fn open(c: NodeConfig) -> Result<NodeState, NodeError> {
     let verifier_keys = chain.clone().map(crate::sealing::VerifierKeys::new);
     let cache_lookups = cache.lookups();
     let total = Arc::new(Semaphore::new(c.limits.queue_total));
-    log.gather();
+    {
+        // More than one request admitted: busy.
+        let (total, all) = (Arc::downgrade(&total), c.limits.queue_total);
+        log.gather(move || {
+            total
+                .upgrade()
+                .is_some_and(|t| t.available_permits() + 1 < all)
+        })?;
+    }
     Ok(NodeState(Arc::new(Inner {
         ohttp,
         evidence,
