@@ -299,7 +299,7 @@ impl Writer {
         self.writers_waiting.fetch_sub(1, Ordering::AcqRel);
         // Read after the lock is held: everything answered before `f` runs is in SQLite.
         let target = self.appended.load(Ordering::Acquire);
-        self.index_locked(&mut side, target, usize::MAX)
+        self.index_locked(&mut side, target, usize::MAX, INDEX_GROUP)
             .map_err(LogError::WriteFailed)?;
         let stricter = durability == Durability::Full && self.durability != Durability::Full;
         let side = Restore {
@@ -350,28 +350,29 @@ impl Writer {
         Ok(())
     }
 
-    /// Commits to SQLite every entry answered so far (blocking), one transaction per hold of
-    /// the connection, letting a waiting write in between.
-    fn index_answered(&self) -> Result<(), String> {
+    /// Commits to SQLite every entry answered so far (blocking), one transaction of at most
+    /// `group` entries per hold of the connection, letting a waiting write in between.
+    fn index_answered(&self, group: usize) -> Result<(), String> {
         let target = self.appended();
         loop {
             while self.writers_waiting.load(Ordering::Acquire) > 0 {
                 std::thread::sleep(Duration::from_micros(200));
             }
             let mut side = lock(&self.index);
-            if !self.index_locked(&mut side, target, 1)? {
+            if !self.index_locked(&mut side, target, 1, group)? {
                 return Ok(());
             }
         }
     }
 
-    /// Commits pending entries numbered up to `target`, at most `transactions` of them;
-    /// returns whether any numbered up to `target` are left.
+    /// Commits pending entries numbered up to `target`, at most `transactions` of at most
+    /// `group` entries; returns whether any numbered up to `target` are left.
     fn index_locked(
         &self,
         side: &mut IndexSide,
         target: u64,
         transactions: usize,
+        group: usize,
     ) -> Result<bool, String> {
         for _ in 0..transactions {
             let (rows, closed) = {
@@ -379,7 +380,7 @@ impl Writer {
                 let n = p
                     .rows
                     .iter()
-                    .take(INDEX_GROUP)
+                    .take(group)
                     .take_while(|r| r.0 <= target)
                     .count();
                 if n == 0 {
@@ -480,7 +481,7 @@ impl Writer {
             if behind {
                 // Backpressure: this group's answers wait while SQLite catches up.
                 let help = || {
-                    if let Err(e) = self.index_answered() {
+                    if let Err(e) = self.index_answered(INDEX_GROUP) {
                         tracing::error!(error = %e, "receipt index: catching up failed");
                     }
                 };
@@ -614,6 +615,8 @@ pub(super) enum Shift {
 
 /// Entries waiting past which the [`Shift::Main`] thread commits them, whatever the load.
 const QUIET_MAX: usize = 1024;
+/// Entries the [`Shift::Quiet`] thread commits in one transaction at most.
+const QUIET_GROUP: usize = 128;
 
 impl Writer {
     /// Whether `shift` makes the next commit (of `pending`; its lock held).
@@ -671,13 +674,19 @@ pub(super) fn indexer(writer: Weak<Writer>, shift: Shift) {
                         .0;
                 }
             }
-            if !p.rows.is_empty() {
-                // A read's hurry is spent on the commit that follows; one that came before
-                // its entries did waits for them.
+            if !p.rows.is_empty() && shift == Shift::Main {
+                // A read's hurry is spent on the main thread's commit that follows (the quiet
+                // one may be starved); one that came before its entries did waits for them.
                 w.hurry.store(false, Ordering::Release);
             }
         }
-        if let Err(e) = w.index_answered() {
+        // The quiet thread holds the connection for short transactions only: the main thread
+        // may need it meanwhile, and a starved thread at nice 19 may hold it long.
+        let group = match shift {
+            Shift::Main => INDEX_GROUP,
+            Shift::Quiet => QUIET_GROUP,
+        };
+        if let Err(e) = w.index_answered(group) {
             tracing::error!(error = %e, "receipt index: commit failed, retrying");
             drop(w);
             std::thread::sleep(Duration::from_secs(1));
