@@ -1010,9 +1010,14 @@ async fn an_upto_settlement_whose_first_send_finds_the_key_busy_settles() {
         (false, Some("invalid_upto_evm_transaction_failed")),
         "busy twice running: {s:?}"
     );
-    // The same permit again gets the first outcome, never a late transfer.
+    // The same permit again gets the first outcome (not "nonce used": it never was), never a
+    // late transfer.
     let again = d.facilitator.settle(&req).await;
-    assert!(!again.success, "{again:?}");
+    assert_eq!(
+        (again.success, again.error_reason.as_deref()),
+        (false, Some("invalid_upto_evm_transaction_failed")),
+        "{again:?}"
+    );
     d.facilitator.reconcile_all().await;
     assert_eq!(
         d.chain.token_balance(d.payee).await.unwrap(),

@@ -301,7 +301,7 @@ impl Facilitator {
             // Nothing was sent (refused before broadcast, or our sender still busy after one
             // more try): a use of the nonce now would be someone else's, so this payment failed.
             Err(e) => Settlement::Failed(Reason::new(
-                "invalid_upto_evm_transaction_failed",
+                SEND_FAILED,
                 format!("the settlement could not be sent: {e}"),
             )),
         };
@@ -393,23 +393,40 @@ impl Facilitator {
     }
 }
 
+/// The official facilitator's reasons for proxy and Permit2 reverts, by the revert's name.
+const REVERT_CODES: &[(&str, &str)] = &[
+    ("Permit2612AmountMismatch", "permit2_2612_amount_mismatch"),
+    ("AmountExceedsPermitted", "upto_amount_exceeds_permitted"),
+    ("UnauthorizedFacilitator", "upto_unauthorized_facilitator"),
+    ("InvalidDestination", "permit2_invalid_destination"),
+    ("InvalidOwner", "permit2_invalid_owner"),
+    ("PaymentTooEarly", "permit2_payment_too_early"),
+    ("InvalidSigner", "invalid_permit2_signature"),
+    ("SignatureExpired", "invalid_permit2_signature"),
+    ("InvalidNonce", "permit2_invalid_nonce"),
+    ("InvalidAmount", "permit2_invalid_amount"),
+];
+
+/// A settlement that failed otherwise (reverted for another reason, or never sent).
+const SEND_FAILED: &str = "invalid_upto_evm_transaction_failed";
+
 /// The official facilitator's reason for a proxy or Permit2 revert.
 fn revert_code(reason: &str) -> &'static str {
-    [
-        ("Permit2612AmountMismatch", "permit2_2612_amount_mismatch"),
-        ("AmountExceedsPermitted", "upto_amount_exceeds_permitted"),
-        ("UnauthorizedFacilitator", "upto_unauthorized_facilitator"),
-        ("InvalidDestination", "permit2_invalid_destination"),
-        ("InvalidOwner", "permit2_invalid_owner"),
-        ("PaymentTooEarly", "permit2_payment_too_early"),
-        ("InvalidSigner", "invalid_permit2_signature"),
-        ("SignatureExpired", "invalid_permit2_signature"),
-        ("InvalidNonce", "permit2_invalid_nonce"),
-        ("InvalidAmount", "permit2_invalid_amount"),
-    ]
-    .iter()
-    .find(|(name, _)| reason.contains(name))
-    .map_or("invalid_upto_evm_transaction_failed", |(_, code)| code)
+    REVERT_CODES
+        .iter()
+        .find(|(name, _)| reason.contains(name))
+        .map_or(SEND_FAILED, |(_, code)| code)
+}
+
+/// The code a failed `upto` payment's stored reason starts with, when it is one of ours: a
+/// retry gets the first outcome (a permit never used is not reported as used).
+fn failed_code(stored: Option<&str>) -> Option<&'static str> {
+    let code = stored?.split(':').next()?.trim();
+    REVERT_CODES
+        .iter()
+        .map(|(_, c)| *c)
+        .chain([SEND_FAILED])
+        .find(|c| *c == code)
 }
 
 impl Facilitator {
@@ -488,9 +505,8 @@ impl Facilitator {
             Err(e) => return fail(e.code(), payer),
         };
         if let Reserve::Seen(rec) = reserved {
-            return self
-                .settled_before(*rec, network, payer, "permit2_invalid_nonce")
-                .await;
+            let failed = failed_code(rec.reason.as_deref()).unwrap_or("permit2_invalid_nonce");
+            return self.settled_before(*rec, network, payer, failed).await;
         }
         if let Err(e) = self.check_upto_chain(&c, true).await {
             self.store.release(key, Some(&e.to_string()));
