@@ -119,21 +119,12 @@ fn receipts(chain: &Chain, node: &PrivateKeySigner, n: usize, price: u64) -> Vec
         .collect()
 }
 
+/// The settlement form of a tensor receipt (what the node's and the verifiers' challenges send).
 fn as_settlement(r: &SignedReceipt) -> Settlement::Receipt {
-    let cairn_receipt::Message::Tensor(m) = r.message() else {
+    let cairn_ledger::Challenged::Tensor(t) = cairn_ledger::Challenged::from(r) else {
         panic!("a tensor receipt")
     };
-    Settlement::Receipt {
-        requestId: m.requestId,
-        model: m.model,
-        inputHash: m.inputHash,
-        outputHash: m.outputHash,
-        profileHash: m.profileHash,
-        node: m.node,
-        timestamp: m.timestamp,
-        price: m.price,
-        paymentRef: m.paymentRef,
-    }
+    t
 }
 
 fn reason(e: LedgerError) -> String {
@@ -1258,7 +1249,7 @@ async fn llm_receipts_are_challenged(ledger: Arc<dyn Ledger>) {
         .await
         .unwrap();
     let bad = &rs[3];
-    let cairn_ledger::Challenged::Llm(onchain_form) = llm_settlement_form(bad) else {
+    let cairn_ledger::Challenged::Llm(onchain_form) = cairn_ledger::Challenged::from(bad) else {
         panic!("an LLM receipt")
     };
     let out = ledger
@@ -1323,28 +1314,6 @@ async fn llm_receipts_are_challenged(ledger: Arc<dyn Ledger>) {
         chain.node(a.node.address()).await.unwrap().stake,
         stake - stake * U256::from(5_000u64) / U256::from(10_000u64)
     );
-}
-
-/// The settlement form of an LLM receipt, field by field from its signed message.
-fn llm_settlement_form(r: &SignedReceipt) -> cairn_ledger::Challenged {
-    match r.message() {
-        cairn_receipt::Message::Llm(m) => Settlement::LlmReceipt {
-            requestId: m.requestId,
-            model: m.model,
-            requestHash: m.requestHash,
-            responseHash: m.responseHash,
-            promptTokens: m.promptTokens,
-            completionTokens: m.completionTokens,
-            complete: m.complete,
-            profileHash: m.profileHash,
-            node: m.node,
-            timestamp: m.timestamp,
-            price: m.price,
-            paymentRef: m.paymentRef,
-        }
-        .into(),
-        cairn_receipt::Message::Tensor(_) => panic!("a tensor receipt"),
-    }
 }
 
 /// The x402 `upto` scheme: Permit2 witness transfers settled through the `upto` proxy, at the

@@ -663,6 +663,16 @@ async fn devnet_on(wrap: impl FnOnce(Arc<dyn Ledger>) -> Arc<dyn Ledger>) -> Dev
 
 fn request(d: &Devnet, amount: u64) -> FacilitatorRequest {
     let offer = d.facilitator.exact_offer(d.payee, U256::from(amount), 60);
+    signed_request(d, &offer, client::pay_exact, &offer)
+}
+
+/// A facilitator request asking `requirements`, paid for `offer` as `pay` signs it.
+fn signed_request(
+    d: &Devnet,
+    offer: &PaymentRequirements,
+    pay: impl Fn(&PrivateKeySigner, &PaymentRequired, &PaymentRequirements) -> Result<String, X402Error>,
+    requirements: &PaymentRequirements,
+) -> FacilitatorRequest {
     let required = PaymentRequired {
         x402_version: 2,
         error: None,
@@ -673,12 +683,12 @@ fn request(d: &Devnet, amount: u64) -> FacilitatorRequest {
         accepts: vec![offer.clone()],
         extensions: None,
     };
-    let header = client::pay_exact(&d.payer, &required, &offer).unwrap();
+    let header = pay(&d.payer, &required, offer).unwrap();
     let payload: PaymentPayload = decode_header("PAYMENT-SIGNATURE", header.as_bytes()).unwrap();
     FacilitatorRequest {
         x402_version: 2,
         payment_payload: serde_json::to_value(payload).unwrap(),
-        payment_requirements: serde_json::to_value(offer).unwrap(),
+        payment_requirements: serde_json::to_value(requirements).unwrap(),
     }
 }
 
@@ -969,28 +979,11 @@ async fn an_upto_settlement_whose_first_send_finds_the_key_busy_settles() {
             .facilitator
             .upto_offer(d.payee, U256::from(max), 60)
             .unwrap();
-        let required = PaymentRequired {
-            x402_version: 2,
-            error: None,
-            resource: ResourceInfo {
-                url: "http://x/y".into(),
-                ..Default::default()
-            },
-            accepts: vec![offer.clone()],
-            extensions: None,
+        let charged = PaymentRequirements {
+            amount: U256::from(charge),
+            ..offer.clone()
         };
-        let header = client::pay_upto(&d.payer, &required, &offer).unwrap();
-        let payload: PaymentPayload =
-            decode_header("PAYMENT-SIGNATURE", header.as_bytes()).unwrap();
-        FacilitatorRequest {
-            x402_version: 2,
-            payment_payload: serde_json::to_value(payload).unwrap(),
-            payment_requirements: serde_json::to_value(PaymentRequirements {
-                amount: U256::from(charge),
-                ..offer
-            })
-            .unwrap(),
-        }
+        signed_request(&d, &offer, client::pay_upto, &charged)
     };
     let payer_before = d.chain.token_balance(d.payer.address()).await.unwrap();
     busy.busy.store(1, std::sync::atomic::Ordering::SeqCst);

@@ -123,6 +123,18 @@ impl Net {
         (log, settler)
     }
 
+    /// Lets batch 1 go unattested past the attestation timeout; `settler` expires it (fees
+    /// back to the vault) and frees its receipts.
+    async fn expire_first(&self, settler: &Settler) {
+        self.later(self.chain.attestation_timeout().await.unwrap() + 1)
+            .await;
+        settler.step().await.unwrap();
+        assert_eq!(
+            self.chain.batch(1).await.unwrap().status,
+            BatchStatus::Expired
+        );
+    }
+
     /// Moves the chain's clock `secs` on and mines a block at the new time.
     async fn later(&self, secs: u64) {
         self.ledger.advance_time(secs).await.unwrap();
@@ -143,14 +155,8 @@ async fn an_expired_batch_is_sealed_and_submitted_again_under_the_same_root() {
     settler.step().await.unwrap();
     let first = net.chain.batch(1).await.unwrap();
     assert_eq!(first.status, BatchStatus::Submitted);
-    net.later(net.chain.attestation_timeout().await.unwrap() + 1)
-        .await;
-    // Expired (fees back to the vault), then sealed again and submitted.
-    settler.step().await.unwrap();
-    assert_eq!(
-        net.chain.batch(1).await.unwrap().status,
-        BatchStatus::Expired
-    );
+    // Expired, then sealed again and submitted.
+    net.expire_first(&settler).await;
     settler.step().await.unwrap();
     let second = net.chain.batch(2).await.unwrap();
     assert_eq!(
@@ -191,13 +197,7 @@ async fn a_root_voided_meanwhile_is_taken_as_voided_not_retried_forever() {
     let receipts = net.receipts(2);
     let (log, settler) = net.settler("r.sqlite", &receipts).await;
     settler.step().await.unwrap();
-    net.later(net.chain.attestation_timeout().await.unwrap() + 1)
-        .await;
-    settler.step().await.unwrap();
-    assert_eq!(
-        net.chain.batch(1).await.unwrap().status,
-        BatchStatus::Expired
-    );
+    net.expire_first(&settler).await;
     // The fraud proof on the expired batch lands first.
     let bad = &receipts[0];
     let digests: Vec<B256> = receipts.iter().map(|r| r.signing_hash()).collect();
