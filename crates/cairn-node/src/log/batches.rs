@@ -127,7 +127,10 @@ impl ReceiptLog {
         self.read(move |c| {
             let head = c
                 .query_row(
-                    "SELECT local, root, count, fees, status, tx FROM batches WHERE chain_batch = ?1",
+                    // Two rows name one chain batch only after the settler took a batch the
+                    // contract held already (`adopt_batch`): the later one holds its receipts.
+                    "SELECT local, root, count, fees, status, tx FROM batches WHERE chain_batch = ?1
+                     ORDER BY local DESC LIMIT 1",
                     params![chain_batch as i64],
                     |r| {
                         Ok((
