@@ -16,6 +16,11 @@ use secp256k1::{All, Message, PublicKey, Secp256k1, SecretKey};
 
 static CTX: LazyLock<Secp256k1<All>> = LazyLock::new(Secp256k1::new);
 
+/// The libsecp256k1 context every signature here uses.
+pub(crate) fn ctx() -> &'static Secp256k1<All> {
+    &CTX
+}
+
 /// Why a signature was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum SigError {
@@ -110,6 +115,11 @@ impl SigningKey {
     /// The same key as an alloy signer's.
     pub fn from_signer(signer: &alloy_signer_local::PrivateKeySigner) -> Self {
         Self::from_bytes(&signer.to_bytes()).expect("an alloy signer holds a valid secret key")
+    }
+
+    /// The secret scalar, big-endian.
+    pub(crate) fn secret_bytes(&self) -> [u8; 32] {
+        self.secret.secret_bytes()
     }
 
     /// The key's Ethereum address.

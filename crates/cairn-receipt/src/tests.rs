@@ -623,3 +623,39 @@ fn a_batch_holds_both_kinds() {
     }
     assert!(verified[1].receipt.claims.llm.is_some() && verified[0].receipt.claims.llm.is_none());
 }
+
+/// A presigned signer's receipts, alone and batch-signed, are receipts like any other: they
+/// verify from JSON and from the binary form as the key's, and a tampered one does not.
+#[test]
+fn presigned_receipts_verify_as_the_keys_own() {
+    let plain = signer();
+    let presigned = signer().presigned().unwrap();
+    let claims = sample().claims;
+    let (own, digest) = presigned.sign_with_digest(claims.clone());
+    assert_eq!(digest, own.signing_hash());
+    assert_eq!(own.signer, plain.address());
+    let mut receipts = vec![own];
+    receipts.extend(
+        presigned
+            .sign_batch(
+                (0..5u8)
+                    .map(|i| Claims {
+                        request_id: B256::repeat_byte(i),
+                        ..claims.clone()
+                    })
+                    .collect(),
+            )
+            .unwrap(),
+    );
+    let mut cache = SealCache::default();
+    for r in &receipts {
+        assert_eq!(SignedReceipt::verify_json(&r.to_json()).unwrap(), *r);
+        let c = CompactReceipt::try_from(r).unwrap();
+        assert_eq!(
+            compact::verify_compact(c.as_bytes(), &mut cache).unwrap().0,
+            *r
+        );
+    }
+    assert_every_flipped_bit_is_refused(&receipts[0]);
+    assert_every_flipped_bit_is_refused(&receipts[1]);
+}

@@ -144,7 +144,9 @@ pub(crate) async fn open(c: NodeConfig) -> Result<NodeState, NodeError> {
     let receipts = cairn_receipt::ReceiptSigner::new(
         cairn_core::sig::SigningKey::from_signer(&c.key),
         c.domain,
-    );
+    )
+    .presigned()
+    .map_err(|e| NodeError::Internal(format!("starting the receipt presigner: {e}")))?;
     let log_path = c.data_dir.join("receipts.sqlite");
     let log = ReceiptLog::open(
         &log_path,

@@ -1,0 +1,410 @@
+//! ECDSA signatures whose nonces are made ahead of time, off the answer's path.
+//!
+//! Nearly all of an ECDSA signature's cost is the nonce's point `R = k·G`, which does not depend
+//! on the message. A [`Presigner`] keeps a pool of nonces with their points, made by a thread of
+//! its own in the idle scheduling class ([`crate::run_only_when_idle`]); a signature then costs
+//! one scalar multiplication and one addition on the caller's path: `s = k⁻¹·z + k⁻¹·r·d`. The
+//! total CPU per signature is a little higher than signing outright (the point, an inversion);
+//! what moves is when it is spent. When the pool is empty (the machine is busy and the thread
+//! starved) or its lock is taken, it signs as [`SigningKey::sign_prehash`] does, with an RFC
+//! 6979 nonce.
+//!
+//! The signatures are ordinary ECDSA signatures, low-s with `v` from `R`'s parity, which every
+//! Ethereum tool verifies alike. They differ from [`SigningKey::sign_prehash`]'s in one way
+//! only: a digest signed twice gets two different valid signatures.
+//!
+//! A nonce must be secret, unpredictable and used once: one nonce for two digests gives the key
+//! away. Each is `SHA-256(tag ‖ d ‖ 32 bytes from the OS ‖ a process-wide counter)`, so even an
+//! OS generator that repeated itself could not repeat a nonce within a process, nor could anyone
+//! predict one without the key. A nonce is moved out of the pool before it signs and never goes
+//! back, is never written or cloned, and its scalars are overwritten once spent. A pool copied
+//! into another process (`fork`) is thrown away there: each nonce knows the process it was made
+//! in. A copy the process cannot see (a snapshot of a running VM restored twice) would reuse
+//! nonces: never restore a running node's memory more than once. Scalar arithmetic is k256's
+//! (constant time); the point is libsecp256k1's.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
+
+use alloy_primitives::{B256, Signature, U256};
+use k256::elliptic_curve::PrimeField;
+use k256::elliptic_curve::ops::Reduce;
+use k256::elliptic_curve::scalar::IsHigh;
+use k256::elliptic_curve::zeroize::Zeroize;
+use k256::{FieldBytes, Scalar};
+use sha2::{Digest, Sha256};
+
+use crate::sig::SigningKey;
+
+/// Nonces kept ready. At one request at a time a node signs a few thousand receipts a second,
+/// and the thread refills from half: one wake per 128 signatures.
+pub const POOL: usize = 256;
+
+/// Numbers every nonce made in this process, whatever its key or pool.
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// One nonce, ready to sign one digest: `k⁻¹`, `k⁻¹·r·d`, `R`'s x and y parity, and the
+/// process it was made in.
+struct Nonce {
+    k_inv: Scalar,
+    k_inv_r_d: Scalar,
+    r: [u8; 32],
+    odd: bool,
+    pid: u32,
+}
+
+impl Drop for Nonce {
+    fn drop(&mut self) {
+        self.k_inv.zeroize();
+        self.k_inv_r_d.zeroize();
+    }
+}
+
+impl Nonce {
+    /// Takes the last nonce out of `pool`, overwriting its slot (a spent nonce's scalars and
+    /// its signature give the key away).
+    fn take(pool: &mut Vec<Nonce>) -> Option<Self> {
+        let last = pool.len().checked_sub(1)?;
+        let spent = Nonce {
+            k_inv: Scalar::ZERO,
+            k_inv_r_d: Scalar::ZERO,
+            r: [0; 32],
+            odd: false,
+            pid: 0,
+        };
+        let nonce = std::mem::replace(&mut pool[last], spent);
+        pool.truncate(last);
+        Some(nonce)
+    }
+
+    /// A nonce from `seed` (hashed with the key and the next count); `None` for the few that
+    /// make no nonce (zero or past the curve order, or `R`'s x past it: `v` could not say which
+    /// point it was).
+    fn make(d: &Scalar, seed: &[u8; 32]) -> Option<Self> {
+        let mut d_bytes: [u8; 32] = d.to_bytes().into();
+        let mut h = Sha256::new();
+        h.update(b"cairn.presign.nonce.v1");
+        h.update(d_bytes);
+        h.update(seed);
+        h.update(COUNTER.fetch_add(1, Ordering::Relaxed).to_be_bytes());
+        d_bytes.zeroize();
+        let mut k_bytes: [u8; 32] = h.finalize().into();
+        let point = secp256k1::SecretKey::from_byte_array(k_bytes)
+            .ok()
+            .map(|mut k| {
+                let point = k.public_key(crate::sig::ctx()).serialize();
+                k.non_secure_erase();
+                point
+            });
+        let k = Option::<Scalar>::from(Scalar::from_repr(FieldBytes::from(k_bytes)));
+        k_bytes.zeroize();
+        let (point, mut k) = (point?, k?);
+        let r_bytes: [u8; 32] = point[1..]
+            .try_into()
+            .expect("a compressed point is 33 bytes");
+        let r = Option::<Scalar>::from(Scalar::from_repr(FieldBytes::from(r_bytes)))?;
+        let k_inv = Option::<Scalar>::from(k.invert());
+        k.zeroize();
+        let k_inv = k_inv?;
+        if bool::from(r.is_zero()) {
+            return None;
+        }
+        Some(Self {
+            k_inv_r_d: k_inv * r * d,
+            k_inv,
+            r: r_bytes,
+            odd: point[0] == 0x03,
+            pid: std::process::id(),
+        })
+    }
+
+    /// Signs `hash`, spending the nonce; `None` when it cannot (`s` zero, or the nonce was
+    /// made in another process: the pool was copied by a fork).
+    fn sign(self, hash: &B256) -> Option<Signature> {
+        if self.pid != std::process::id() {
+            return None;
+        }
+        let z = <Scalar as Reduce<k256::U256>>::reduce_bytes(&FieldBytes::from(hash.0));
+        let mut s = self.k_inv * z + self.k_inv_r_d;
+        if bool::from(s.is_zero()) {
+            return None;
+        }
+        let mut odd = self.odd;
+        // The low-s form: `(r, n − s)` signs the same digest with `R` negated, whose parity is
+        // the other one.
+        if bool::from(s.is_high()) {
+            s = -s;
+            odd = !odd;
+        }
+        Some(Signature::new(
+            U256::from_be_bytes(self.r),
+            U256::from_be_slice(&s.to_bytes()),
+            odd,
+        ))
+    }
+}
+
+/// What the signers and the refilling thread share.
+struct Shared {
+    d: Scalar,
+    pool: Mutex<Vec<Nonce>>,
+    low: Condvar,
+    closed: AtomicBool,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        self.d.zeroize();
+    }
+}
+
+impl Shared {
+    fn pool(&self) -> MutexGuard<'_, Vec<Nonce>> {
+        // A panic while the lock was held leaves at worst fewer nonces: still sound.
+        self.pool.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Fills the pool up to [`POOL`] from one seed (each nonce takes its own count); false
+    /// when the owner went or the OS gave no randomness (the signers then use RFC 6979).
+    fn fill(&self) -> bool {
+        let mut seed = [0u8; 32];
+        if getrandom::fill(&mut seed).is_err() {
+            return false;
+        }
+        while !self.closed.load(Ordering::Acquire) && self.pool().len() < POOL {
+            if let Some(nonce) = Nonce::make(&self.d, &seed) {
+                self.pool().push(nonce);
+            }
+        }
+        seed.zeroize();
+        !self.closed.load(Ordering::Acquire)
+    }
+}
+
+/// Tells the refilling thread to stop when the last handle goes.
+struct Owner(Arc<Shared>);
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        // Without the lock (the refilling thread may hold it, descheduled): a wake it misses
+        // is found within a second.
+        self.0.closed.store(true, Ordering::Release);
+        self.0.low.notify_all();
+    }
+}
+
+/// A [`SigningKey`] whose signatures take their nonces from a pool made ahead of time (see the
+/// module docs). Cloning shares the pool.
+#[derive(Clone)]
+pub struct Presigner {
+    key: SigningKey,
+    shared: Arc<Shared>,
+    _owner: Arc<Owner>,
+}
+
+impl std::fmt::Debug for Presigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Presigner")
+            .field("address", &self.key.address())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Presigner {
+    /// Starts the thread (`cairn-presign`, in the idle scheduling class) that keeps [`POOL`]
+    /// nonces ready for `key`; it stops when the last clone is dropped.
+    pub fn new(key: SigningKey) -> std::io::Result<Self> {
+        let p = Self::idle(key);
+        let for_thread = p.shared.clone();
+        std::thread::Builder::new()
+            .name("cairn-presign".into())
+            .spawn(move || refill(&for_thread))?;
+        Ok(p)
+    }
+
+    /// A presigner with an empty pool and no thread to fill it.
+    fn idle(key: SigningKey) -> Self {
+        let mut secret = key.secret_bytes();
+        let d = Option::<Scalar>::from(Scalar::from_repr(FieldBytes::from(secret)))
+            .expect("a signing key's secret is a valid scalar");
+        secret.zeroize();
+        let shared = Arc::new(Shared {
+            d,
+            pool: Mutex::new(Vec::with_capacity(POOL)),
+            low: Condvar::new(),
+            closed: AtomicBool::new(false),
+        });
+        Self {
+            key,
+            _owner: Arc::new(Owner(shared.clone())),
+            shared,
+        }
+    }
+
+    /// The key this signs with.
+    pub fn key(&self) -> &SigningKey {
+        &self.key
+    }
+
+    /// Signs `hash`: low-s, `v` as parity, a nonce from the pool (an RFC 6979 one when the
+    /// pool is empty or its lock taken).
+    pub fn sign_prehash(&self, hash: &B256) -> Signature {
+        // Never waits for the lock: the refilling thread runs in the idle class, and a signer
+        // that waited for it to be scheduled again could wait milliseconds.
+        let nonce = match self.shared.pool.try_lock() {
+            Ok(mut pool) => self.take(&mut pool),
+            Err(std::sync::TryLockError::Poisoned(e)) => self.take(&mut e.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        };
+        nonce
+            .and_then(|n| n.sign(hash))
+            .unwrap_or_else(|| self.key.sign_prehash(hash))
+    }
+
+    /// Takes a nonce; wakes the refilling thread when the pool falls to half.
+    fn take(&self, pool: &mut Vec<Nonce>) -> Option<Nonce> {
+        let nonce = Nonce::take(pool);
+        if pool.len() == POOL / 2 {
+            self.shared.low.notify_one();
+        }
+        nonce
+    }
+
+    /// Nonces ready now (waits for the pool's lock: for tests).
+    pub fn ready(&self) -> usize {
+        self.shared.pool().len()
+    }
+}
+
+/// Fills the pool whenever it is at most half full, until the owner goes.
+fn refill(shared: &Shared) {
+    crate::run_only_when_idle();
+    loop {
+        {
+            let mut pool = shared.pool();
+            while pool.len() > POOL / 2 && !shared.closed.load(Ordering::Acquire) {
+                pool = shared
+                    .low
+                    .wait_timeout(pool, Duration::from_secs(1))
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
+            }
+        }
+        if !shared.fill() {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sig::recover_prehash;
+    use std::collections::HashSet;
+
+    fn key() -> SigningKey {
+        SigningKey::from_bytes(&B256::repeat_byte(0x42)).unwrap()
+    }
+
+    /// A presigner whose pool this thread filled (no thread of its own to wait for).
+    fn filled() -> Presigner {
+        let p = Presigner::idle(key());
+        assert!(p.shared.fill());
+        assert_eq!(p.ready(), POOL);
+        p
+    }
+
+    #[test]
+    fn presigned_signatures_recover_to_the_key_low_s_each_nonce_once() {
+        let p = filled();
+        let n = alloy_primitives::uint!(
+            0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141_U256
+        );
+        // Digests at the edges: zero, the order itself and past it (reduced), all ones.
+        let mut hashes = vec![
+            B256::ZERO,
+            B256::from(n),
+            B256::from(n + U256::from(1)),
+            B256::repeat_byte(0xff),
+        ];
+        hashes.extend((0u64..1500).map(|i| alloy_primitives::keccak256(i.to_be_bytes())));
+        let mut rs = HashSet::new();
+        let mut odd = [0usize; 2];
+        for (i, h) in hashes.iter().enumerate() {
+            if i % (POOL / 2) == 0 {
+                assert!(p.shared.fill());
+            }
+            let sig = p.sign_prehash(h);
+            // libsecp256k1 (which refuses high s) and alloy's k256 recovery agree.
+            assert_eq!(recover_prehash(&sig, h), Ok(p.key().address()), "{h}");
+            assert_eq!(
+                sig.recover_address_from_prehash(h).unwrap(),
+                p.key().address()
+            );
+            // Not the RFC 6979 signature: the pool's nonce signed it.
+            assert_ne!(sig, p.key().sign_prehash(h));
+            assert!(rs.insert(sig.r()), "a nonce was used twice");
+            odd[usize::from(sig.v())] += 1;
+        }
+        // Both parities come out (a fixed v would recover the wrong key half the time).
+        assert!(odd[0] > 500 && odd[1] > 500, "{odd:?}");
+    }
+
+    #[test]
+    fn a_digest_signed_twice_gets_two_valid_signatures() {
+        let p = filled();
+        let h = B256::repeat_byte(7);
+        let (a, b) = (p.sign_prehash(&h), p.sign_prehash(&h));
+        assert_ne!(a, b);
+        assert_eq!(recover_prehash(&a, &h), recover_prehash(&b, &h));
+    }
+
+    #[test]
+    fn an_empty_pool_or_a_nonce_from_another_process_signs_as_the_key_does() {
+        let p = Presigner::idle(key());
+        let h = B256::repeat_byte(9);
+        assert_eq!(p.sign_prehash(&h), p.key().sign_prehash(&h));
+        // A nonce a fork copied: its process is not this one.
+        let mut copied = Nonce::make(&p.shared.d, &[1; 32]).unwrap();
+        copied.pid = std::process::id().wrapping_add(1);
+        p.shared.pool().push(copied);
+        assert_eq!(p.sign_prehash(&h), p.key().sign_prehash(&h));
+        assert_eq!(p.ready(), 0);
+        // A spent slot is overwritten, not left behind the vector's end.
+        p.shared
+            .pool()
+            .push(Nonce::make(&p.shared.d, &[2; 32]).unwrap());
+        let mut pool = p.shared.pool();
+        let taken = Nonce::take(&mut pool).unwrap();
+        assert!(!bool::from(taken.k_inv.is_zero()));
+        // SAFETY: the slot is within the vector's capacity and was written by `take`.
+        let slot = unsafe { &*pool.as_ptr() };
+        assert!(bool::from(slot.k_inv.is_zero()) && bool::from(slot.k_inv_r_d.is_zero()));
+    }
+
+    #[test]
+    fn the_thread_fills_the_pool_and_stops_with_the_last_handle() {
+        let p = Presigner::new(key()).unwrap();
+        let shared = Arc::downgrade(&p.shared);
+        let twin = p.clone();
+        drop(p);
+        // An idle-class thread on a machine busy with other tests: generous waits.
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while twin.ready() < POOL {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the pool never filled"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        drop(twin);
+        while shared.upgrade().is_some() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the refilling thread outlived its presigner"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
