@@ -487,12 +487,14 @@ impl ReceiptLog {
         settles: bool,
         sealer: Option<ReceiptSigner>,
     ) -> Result<Self, LogError> {
+        // The journal's lock first: a second node on the same data directory is refused before
+        // it changes anything (a migration under the running node's feet).
+        let dir = path.with_extension("journal");
+        let lock_file = journal::lock(&dir)?;
         let mut conn = cairn_sqlite::open(path, durability)?;
         conn.execute_batch(SCHEMA)?;
         migrate(&conn)?;
         conn.execute_batch(ATTESTATIONS)?;
-        let dir = path.with_extension("journal");
-        let lock_file = journal::lock(&dir)?;
         let journal = recover(&mut conn, &dir, durability)?;
         let writer = Arc::new(Writer::new(
             conn,

@@ -1064,12 +1064,24 @@ async fn a_damaged_segment_is_set_aside_not_deleted() {
 }
 
 /// One log per journal: a second open of the same log, while the first lives, is refused
-/// (two would delete each other's segments); once the first is dropped it opens.
+/// (two would delete each other's segments) before it changes anything (no migration runs
+/// under the first's feet); once the first is dropped it opens.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_second_log_on_the_same_journal_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("r.sqlite");
     let first = plain_log(&path).await;
+    // An index a migration adds, as if the running log were an older version's.
+    let raw = rusqlite::Connection::open(&path).unwrap();
+    raw.execute_batch("DROP INDEX receipts_paid_by").unwrap();
+    let has_index = |raw: &rusqlite::Connection| -> i64 {
+        raw.query_row(
+            "SELECT COUNT(*) FROM sqlite_master WHERE name = 'receipts_paid_by'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
     let err = ReceiptLog::open(
         &path,
         Duration::from_secs(3600),
@@ -1081,10 +1093,12 @@ async fn a_second_log_on_the_same_journal_is_refused() {
     .err()
     .expect("refused");
     assert!(err.to_string().contains("another node"), "{err}");
+    assert_eq!(has_index(&raw), 0, "the refused open migrated the live log");
     first.append(entry("a", Billing::Final, 0)).await.unwrap();
     drop(first);
     let again = plain_log(&path).await;
     assert_eq!(again.count().await.unwrap(), 1);
+    assert_eq!(has_index(&raw), 1);
 }
 
 /// When starting the next segment keeps failing, the current one grows only to its cap; then
