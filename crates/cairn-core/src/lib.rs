@@ -1,6 +1,7 @@
 //! Shared Cairn types with no I/O: content addresses, names, versions, paths, tensors and their
 //! canonical hash, execution profiles, and the signed-request scheme every write to a Cairn
-//! service uses. The one exception: [`presign`] keeps a thread that makes signature nonces.
+//! service uses. The exception: a [`presign::Presigner`] keeps a thread that makes signature
+//! nonces (OS randomness, the idle scheduling class).
 
 pub mod api;
 pub mod attestation;
@@ -25,9 +26,10 @@ pub use tensor::{DataType, Tensor, TensorError};
 /// may wait: it gets the CPU time other threads leave (its weight is 3 against a normal
 /// thread's 1,024), and a thread that wakes takes its CPU at once. (At nice 19 the scheduler
 /// lets a running thread finish its slice, which delayed answers by milliseconds.) An
-/// unprivileged thread may enter the class but never leave it, so it suits a thread that holds
-/// no lock another one waits on. Falls back to nice 19 where the class is refused; elsewhere
-/// than Linux, a no-op.
+/// unprivileged thread may enter the class but not leave it (beyond its `RLIMIT_NICE`, zero by
+/// default), and a starved one holding a lock would stall whoever waits on it: it suits a
+/// thread that holds none another waits on. Falls back to nice 19 where the class is refused;
+/// elsewhere than Linux, a no-op.
 pub fn run_only_when_idle() {
     #[cfg(target_os = "linux")]
     {

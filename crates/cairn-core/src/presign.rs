@@ -5,23 +5,25 @@
 //! its own in the idle scheduling class ([`crate::run_only_when_idle`]); a signature then costs
 //! one scalar multiplication and one addition on the caller's path: `s = k⁻¹·z + k⁻¹·r·d`. The
 //! total CPU per signature is a little higher than signing outright (the point, an inversion);
-//! what moves is when it is spent. When the pool is empty (the machine is busy and the thread
-//! starved) or its lock is taken, it signs as [`SigningKey::sign_prehash`] does, with an RFC
-//! 6979 nonce.
+//! what moves is when it is spent. Otherwise it signs as [`SigningKey::sign_prehash`] does, with
+//! an RFC 6979 nonce: when the pool is empty (the machine is busy and the thread starved), its
+//! lock is taken, the nonce was made in another process, or `s` came out zero.
 //!
 //! The signatures are ordinary ECDSA signatures, low-s with `v` from `R`'s parity, which every
 //! Ethereum tool verifies alike. They differ from [`SigningKey::sign_prehash`]'s in one way
 //! only: a digest signed twice gets two different valid signatures.
 //!
 //! A nonce must be secret, unpredictable and used once: one nonce for two digests gives the key
-//! away. Each is `SHA-256(tag ‖ d ‖ 32 bytes from the OS ‖ a process-wide counter)`, so even an
-//! OS generator that repeated itself could not repeat a nonce within a process, nor could anyone
-//! predict one without the key. A nonce is moved out of the pool before it signs and never goes
-//! back, is never written or cloned, and its scalars are overwritten once spent. A pool copied
-//! into another process (`fork`) is thrown away there: each nonce knows the process it was made
-//! in. A copy the process cannot see (a snapshot of a running VM restored twice) would reuse
-//! nonces: never restore a running node's memory more than once. Scalar arithmetic is k256's
-//! (constant time); the point is libsecp256k1's.
+//! away. Each is `SHA-256(tag ‖ d ‖ seed ‖ a process-wide counter)`, the seed hashed from 32
+//! bytes from the OS, the process id and the wall and monotonic clocks in nanoseconds, taken
+//! afresh for each refill: an OS generator that repeated itself could not repeat a nonce within
+//! a process (the counter) nor, short of the same nanosecond, across processes or a restored
+//! snapshot (the clocks); nor could anyone predict one without the key. A nonce signs in its
+//! pool slot, under the pool's lock, and is overwritten there before the slot is given up: it is
+//! never copied, written or put back. A pool copied into another process (`fork`) is thrown
+//! away there: each nonce knows the process it was made in. (Like the key itself, the pool is
+//! not kept out of swap or a core dump.) Scalar arithmetic is k256's (constant time); the point
+//! is libsecp256k1's.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -56,26 +58,25 @@ struct Nonce {
 
 impl Drop for Nonce {
     fn drop(&mut self) {
-        self.k_inv.zeroize();
-        self.k_inv_r_d.zeroize();
+        self.wipe();
     }
 }
 
 impl Nonce {
-    /// Takes the last nonce out of `pool`, overwriting its slot (a spent nonce's scalars and
-    /// its signature give the key away).
-    fn take(pool: &mut Vec<Nonce>) -> Option<Self> {
-        let last = pool.len().checked_sub(1)?;
-        let spent = Nonce {
-            k_inv: Scalar::ZERO,
-            k_inv_r_d: Scalar::ZERO,
-            r: [0; 32],
-            odd: false,
-            pid: 0,
-        };
-        let nonce = std::mem::replace(&mut pool[last], spent);
-        pool.truncate(last);
-        Some(nonce)
+    /// Overwrites the scalars (a spent nonce's and its signature give the key away).
+    fn wipe(&mut self) {
+        self.k_inv.zeroize();
+        self.k_inv_r_d.zeroize();
+    }
+
+    /// Signs `hash` with the last nonce of `pool`, in its slot, and gives the slot up wiped;
+    /// `None` when the pool is empty or the nonce cannot sign.
+    fn spend_last(pool: &mut Vec<Nonce>, hash: &B256) -> Option<Signature> {
+        let last = pool.last_mut()?;
+        let sig = last.sign(hash);
+        last.wipe();
+        pool.pop();
+        sig
     }
 
     /// A nonce from `seed` (hashed with the key and the next count); `None` for the few that
@@ -119,9 +120,9 @@ impl Nonce {
         })
     }
 
-    /// Signs `hash`, spending the nonce; `None` when it cannot (`s` zero, or the nonce was
-    /// made in another process: the pool was copied by a fork).
-    fn sign(self, hash: &B256) -> Option<Signature> {
+    /// Signs `hash` (the caller then wipes the nonce); `None` when it cannot (`s` zero, or
+    /// the nonce was made in another process: the pool was copied by a fork).
+    fn sign(&self, hash: &B256) -> Option<Signature> {
         if self.pid != std::process::id() {
             return None;
         }
@@ -166,12 +167,12 @@ impl Shared {
     }
 
     /// Fills the pool up to [`POOL`] from one seed (each nonce takes its own count); false
-    /// when the owner went or the OS gave no randomness (the signers then use RFC 6979).
+    /// when the owner went, or the OS gave no randomness (none made: the signers use RFC 6979
+    /// meanwhile).
     fn fill(&self) -> bool {
-        let mut seed = [0u8; 32];
-        if getrandom::fill(&mut seed).is_err() {
+        let Some(mut seed) = seed() else {
             return false;
-        }
+        };
         while !self.closed.load(Ordering::Acquire) && self.pool().len() < POOL {
             if let Some(nonce) = Nonce::make(&self.d, &seed) {
                 self.pool().push(nonce);
@@ -180,6 +181,33 @@ impl Shared {
         seed.zeroize();
         !self.closed.load(Ordering::Acquire)
     }
+}
+
+/// A refill round's seed: 32 bytes from the OS, hashed with the process id and the wall and
+/// monotonic clocks in nanoseconds (two processes given the same bytes still differ).
+fn seed() -> Option<[u8; 32]> {
+    let mut os = [0u8; 32];
+    getrandom::fill(&mut os).ok()?;
+    let wall = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let mut h = Sha256::new();
+    h.update(os);
+    h.update(std::process::id().to_be_bytes());
+    h.update(wall.to_be_bytes());
+    #[cfg(unix)]
+    {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_gettime only writes the timespec it is handed, which lives for the call.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+        h.update(ts.tv_sec.to_be_bytes());
+        h.update(ts.tv_nsec.to_be_bytes());
+    }
+    os.zeroize();
+    Some(h.finalize().into())
 }
 
 /// Tells the refilling thread to stop when the last handle goes.
@@ -252,27 +280,26 @@ impl Presigner {
     pub fn sign_prehash(&self, hash: &B256) -> Signature {
         // Never waits for the lock: the refilling thread runs in the idle class, and a signer
         // that waited for it to be scheduled again could wait milliseconds.
-        let nonce = match self.shared.pool.try_lock() {
-            Ok(mut pool) => self.take(&mut pool),
-            Err(std::sync::TryLockError::Poisoned(e)) => self.take(&mut e.into_inner()),
+        let signed = match self.shared.pool.try_lock() {
+            Ok(mut pool) => self.spend(&mut pool, hash),
+            Err(std::sync::TryLockError::Poisoned(e)) => self.spend(&mut e.into_inner(), hash),
             Err(std::sync::TryLockError::WouldBlock) => None,
         };
-        nonce
-            .and_then(|n| n.sign(hash))
-            .unwrap_or_else(|| self.key.sign_prehash(hash))
+        signed.unwrap_or_else(|| self.key.sign_prehash(hash))
     }
 
-    /// Takes a nonce; wakes the refilling thread when the pool falls to half.
-    fn take(&self, pool: &mut Vec<Nonce>) -> Option<Nonce> {
-        let nonce = Nonce::take(pool);
+    /// Signs with the pool's last nonce; wakes the refilling thread when the pool falls to half.
+    fn spend(&self, pool: &mut Vec<Nonce>, hash: &B256) -> Option<Signature> {
+        let sig = Nonce::spend_last(pool, hash);
         if pool.len() == POOL / 2 {
             self.shared.low.notify_one();
         }
-        nonce
+        sig
     }
 
-    /// Nonces ready now (waits for the pool's lock: for tests).
-    pub fn ready(&self) -> usize {
+    /// Nonces ready now (waits for the pool's lock).
+    #[cfg(test)]
+    fn ready(&self) -> usize {
         self.shared.pool().len()
     }
 }
@@ -292,7 +319,11 @@ fn refill(shared: &Shared) {
             }
         }
         if !shared.fill() {
-            return;
+            if shared.closed.load(Ordering::Acquire) {
+                return;
+            }
+            // The OS gave no randomness: the signers use RFC 6979 until it does.
+            std::thread::sleep(Duration::from_secs(1));
         }
     }
 }
@@ -371,16 +402,11 @@ mod tests {
         p.shared.pool().push(copied);
         assert_eq!(p.sign_prehash(&h), p.key().sign_prehash(&h));
         assert_eq!(p.ready(), 0);
-        // A spent slot is overwritten, not left behind the vector's end.
-        p.shared
-            .pool()
-            .push(Nonce::make(&p.shared.d, &[2; 32]).unwrap());
-        let mut pool = p.shared.pool();
-        let taken = Nonce::take(&mut pool).unwrap();
-        assert!(!bool::from(taken.k_inv.is_zero()));
-        // SAFETY: the slot is within the vector's capacity and was written by `take`.
-        let slot = unsafe { &*pool.as_ptr() };
-        assert!(bool::from(slot.k_inv.is_zero()) && bool::from(slot.k_inv_r_d.is_zero()));
+        // Wiping a nonce (what a spent one gets in its slot) overwrites its scalars.
+        let mut n = Nonce::make(&p.shared.d, &[2; 32]).unwrap();
+        assert!(!bool::from(n.k_inv.is_zero()));
+        n.wipe();
+        assert!(bool::from(n.k_inv.is_zero()) && bool::from(n.k_inv_r_d.is_zero()));
     }
 
     #[test]
