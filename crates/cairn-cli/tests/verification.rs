@@ -126,6 +126,12 @@ fn an_honest_node_is_never_slashed_with_two_of_three_verifiers_up() {
         common::metric_sum(node, "cairn_node_receipts_signed_total", &[]),
         12.0
     );
+    // Each receipt's signature counted once, by the nonce it took (presigned, or RFC 6979 when
+    // a busy machine left the pool empty).
+    assert_eq!(
+        common::metric_sum(node, "cairn_node_receipt_signature_nonces_total", &[]),
+        12.0
+    );
     let infer_route = [("route", "/v2/models/{model}/infer"), ("method", "POST")];
     assert_eq!(
         common::metric_sum(

@@ -152,6 +152,9 @@ struct Shared {
     pool: Mutex<Vec<Nonce>>,
     low: Condvar,
     closed: AtomicBool,
+    /// Signatures made with a pool nonce, and with RFC 6979 instead.
+    presigned: AtomicU64,
+    fell_back: AtomicU64,
 }
 
 impl Drop for Shared {
@@ -262,6 +265,8 @@ impl Presigner {
             pool: Mutex::new(Vec::with_capacity(POOL)),
             low: Condvar::new(),
             closed: AtomicBool::new(false),
+            presigned: AtomicU64::new(0),
+            fell_back: AtomicU64::new(0),
         });
         Self {
             key,
@@ -285,7 +290,21 @@ impl Presigner {
             Err(std::sync::TryLockError::Poisoned(e)) => self.spend(&mut e.into_inner(), hash),
             Err(std::sync::TryLockError::WouldBlock) => None,
         };
-        signed.unwrap_or_else(|| self.key.sign_prehash(hash))
+        let (count, sig) = match signed {
+            Some(sig) => (&self.shared.presigned, sig),
+            None => (&self.shared.fell_back, self.key.sign_prehash(hash)),
+        };
+        count.fetch_add(1, Ordering::Relaxed);
+        sig
+    }
+
+    /// Signatures made so far: with a pool nonce, and with RFC 6979 (an empty pool, a taken
+    /// lock: many of these say the machine leaves the thread no idle time).
+    pub fn counts(&self) -> (u64, u64) {
+        (
+            self.shared.presigned.load(Ordering::Relaxed),
+            self.shared.fell_back.load(Ordering::Relaxed),
+        )
     }
 
     /// Signs with the pool's last nonce; wakes the refilling thread when the pool falls to half.
@@ -389,6 +408,7 @@ mod tests {
         let (a, b) = (p.sign_prehash(&h), p.sign_prehash(&h));
         assert_ne!(a, b);
         assert_eq!(recover_prehash(&a, &h), recover_prehash(&b, &h));
+        assert_eq!(p.counts(), (2, 0));
     }
 
     #[test]
@@ -402,6 +422,7 @@ mod tests {
         p.shared.pool().push(copied);
         assert_eq!(p.sign_prehash(&h), p.key().sign_prehash(&h));
         assert_eq!(p.ready(), 0);
+        assert_eq!(p.counts(), (0, 2));
         // Wiping a nonce (what a spent one gets in its slot) overwrites its scalars.
         let mut n = Nonce::make(&p.shared.d, &[2; 32]).unwrap();
         assert!(!bool::from(n.k_inv.is_zero()));

@@ -34,6 +34,11 @@ struct CodeLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NonceLabel {
+    nonce: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StatusLabel {
     status: String,
 }
@@ -72,6 +77,9 @@ pub(crate) struct NodeMetrics {
     workers_busy: Gauge,
     llm_sessions_busy: Gauge,
     batches: Family<StatusLabel, Gauge>,
+    /// Receipt signatures by nonce, brought up to the signer's counts at a scrape (the lock:
+    /// two scrapes at once would add the same signatures twice).
+    nonces: std::sync::Mutex<Family<NonceLabel, Counter>>,
     /// Batches by state, recounted at most every 15 s.
     pub(crate) batch_counts: Recounted<Vec<(String, u64)>>,
     models: BoundedLabels,
@@ -134,6 +142,12 @@ impl NodeMetrics {
             "Language-model sessions generating",
             llm_sessions_busy.clone(),
         );
+        let nonces = Family::default();
+        r.register(
+            "receipt_signature_nonces",
+            "Receipt signatures by nonce: presigned (made ahead of time in idle CPU time) or rfc6979 (the pool was empty: the machine left the presigning thread no idle time)",
+            nonces.clone(),
+        );
         let batches = Family::default();
         r.register(
             "batches",
@@ -151,6 +165,7 @@ impl NodeMetrics {
             workers_busy,
             llm_sessions_busy,
             batches,
+            nonces: std::sync::Mutex::new(nonces),
             batch_counts: Recounted::new(std::time::Duration::from_secs(15)),
             models: BoundedLabels::new(MAX_MODEL_LABELS),
         }
@@ -197,6 +212,15 @@ impl NodeMetrics {
         self.queued.set(queued as i64);
         self.workers_busy.set(workers as i64);
         self.llm_sessions_busy.set(sessions as i64);
+    }
+
+    /// Receipt signatures by nonce, as the signer counts them, read at a scrape.
+    pub(crate) fn set_nonces(&self, presigned: u64, rfc6979: u64) {
+        let family = self.nonces.lock().unwrap_or_else(|e| e.into_inner());
+        for (nonce, now) in [("presigned", presigned), ("rfc6979", rfc6979)] {
+            let c = family.get_or_create(&NonceLabel { nonce });
+            c.inc_by(now.saturating_sub(c.get()));
+        }
     }
 
     /// Batches by state, read at a scrape.

@@ -411,6 +411,12 @@ impl ReceiptSigner {
         })
     }
 
+    /// Signatures made with a presigned nonce and with RFC 6979 instead (`None`: not
+    /// [`Self::presigned`]).
+    pub fn presign_counts(&self) -> Option<(u64, u64)> {
+        self.presigner.as_ref().map(|p| p.counts())
+    }
+
     /// Signs a digest with the pool's nonce, or the key's own RFC 6979 one.
     fn sign_prehash(&self, hash: &B256) -> Signature {
         match &self.presigner {

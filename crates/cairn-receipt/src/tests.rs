@@ -658,4 +658,8 @@ fn presigned_receipts_verify_as_the_keys_own() {
     }
     assert_every_flipped_bit_is_refused(&receipts[0]);
     assert_every_flipped_bit_is_refused(&receipts[1]);
+    // Two signatures (one receipt, one root), whichever nonce each took.
+    let (presigned, fell_back) = presigned.presign_counts().unwrap();
+    assert_eq!(presigned + fell_back, 2);
+    assert_eq!(plain.presign_counts(), None);
 }

@@ -556,7 +556,7 @@ async fn count_refusals(
 /// kept as calls are answered, the queues read, and batches by state recounted at most every
 /// 15 s.
 #[utoipa::path(get, path = "/metrics", tag = "node",
-    description = "Prometheus metrics (OpenMetrics text): requests by route template, method and status; calls by model, engine and kind; tokens; receipts; payments accepted by scheme and refused by code; model cache lookups by source; queues; batches by state.",
+    description = "Prometheus metrics (OpenMetrics text): requests by route template, method and status; calls by model, engine and kind; tokens; receipts; receipt signatures by nonce; payments accepted by scheme and refused by code; model cache lookups by source; queues; batches by state.",
     responses((status = 200, description = "OpenMetrics text", content_type = "application/openmetrics-text")))]
 async fn metrics(State(s): State<NodeState>) -> Response {
     let i = &s.0;
@@ -566,6 +566,9 @@ async fn metrics(State(s): State<NodeState>) -> Response {
         in_use(i.limits.workers.max(1), &i.workers),
         in_use(i.limits.llm_sessions.max(1), &i.llm_sessions),
     );
+    if let Some((presigned, rfc6979)) = i.signer.receipts.presign_counts() {
+        i.metrics.set_nonces(presigned, rfc6979);
+    }
     if let Ok(counts) = i.metrics.batch_counts.get(|| i.log.batch_counts()).await {
         i.metrics.set_batches(&counts);
     }
