@@ -227,7 +227,7 @@ pub fn verify_entries(
     entries: &[&[u8]],
     cache: &mut SealCache,
 ) -> Result<Vec<Verified>, (usize, ReceiptError)> {
-    entries_checked(entries, cache, true)
+    entries_checked(entries, cache)
 }
 
 /// Every receipt of a listing parsed as strictly and hashed as [`verify_entries`] does, its
@@ -237,13 +237,33 @@ pub fn verify_entries(
 /// to every leaf, so a seal only ever spoke for the client who was handed it (and checked it
 /// then).
 pub fn read_entries(entries: &[&[u8]]) -> Result<Vec<Verified>, (usize, ReceiptError)> {
-    entries_checked(entries, &mut SealCache::default(), false)
+    entries
+        .iter()
+        .enumerate()
+        .map(|(i, b)| read_entry(b).map_err(|e| (i, e)))
+        .collect()
+}
+
+/// One entry of [`read_entries`]: for a caller that keeps the parts of each receipt where it
+/// wants them, without a list of every [`Verified`] in between (a listing holds up to 65,536).
+pub fn read_entry(bytes: &[u8]) -> Result<Verified, ReceiptError> {
+    let (receipt, digest) = parse_with_digest(bytes)?;
+    // Unchecked, a seal is still held to its canonical form, as the JSON reader holds it.
+    match &receipt.seal {
+        Seal::Own(sig) | Seal::Batch(BatchSeal { signature: sig, .. }) => {
+            parse_sig("signature", sig)?;
+        }
+    }
+    Ok(Verified {
+        receipt,
+        digest,
+        leaf: merkle::leaf(digest),
+    })
 }
 
 fn entries_checked(
     entries: &[&[u8]],
     cache: &mut SealCache,
-    sealed: bool,
 ) -> Result<Vec<Verified>, (usize, ReceiptError)> {
     type SealKey = (ReceiptDomain, B256, u32, [u8; 65]);
     let mut out = Vec::with_capacity(entries.len());
@@ -254,10 +274,6 @@ fn entries_checked(
     for (i, b) in entries.iter().enumerate() {
         let (receipt, digest) = parse_with_digest(b).map_err(|e| (i, e))?;
         match &receipt.seal {
-            // Unchecked, a seal is still held to its canonical form, as the JSON reader holds it.
-            Seal::Own(sig) | Seal::Batch(BatchSeal { signature: sig, .. }) if !sealed => {
-                parse_sig("signature", sig).map_err(|e| (i, e))?;
-            }
             Seal::Own(sig) => parse_sig("signature", sig)
                 .and_then(|s| recover(&s, &digest))
                 .and_then(|a| same_signer(&receipt, a))

@@ -2,6 +2,7 @@
 //! the verdict (attest, refuse, abstain, or on to a fraud proof).
 
 use super::*;
+use cairn_core::BlobId;
 
 /// What re-executing a batch's sample found.
 pub(crate) struct SampleRun {
@@ -18,14 +19,18 @@ pub(crate) struct SampleRun {
 /// A batch's listing that holds up ([`check_listing`]).
 #[derive(Debug)]
 pub struct CheckedBatch {
-    /// The receipts, in the tree's leaf order.
-    pub receipts: Vec<SignedReceipt>,
-    /// Their EIP-712 digests (the tree's leaves, in the same order).
+    /// The receipts' EIP-712 digests, in the listing's order.
     pub digests: Vec<B256>,
     /// The settlement tree they rebuild (its root is the batch's).
     pub tree: ReceiptTree,
-    /// Which receipts the verifier's secret sample picks, by index: re-executed.
-    pub sampled: Vec<usize>,
+    /// The receipts the verifier's secret sample picks, with their place in the listing:
+    /// re-executed. Only these are kept; every other receipt is dropped once hashed, so a
+    /// batch of 65,536 costs its digests and tree in memory, not its receipts.
+    pub sampled: Vec<(usize, SignedReceipt)>,
+    /// The models the receipts name, each once.
+    pub models: BTreeSet<BlobId>,
+    /// The execution profiles the receipts name, each once.
+    pub profiles: HashSet<cairn_core::ExecutionProfile>,
 }
 
 /// The static checks of a batch (see the crate docs) given its node's listing, binary
@@ -54,33 +59,18 @@ pub fn check_listing(
     let does_not_parse =
         |i: usize, e: cairn_receipt::ReceiptError| format!("receipt {i} does not parse: {e}");
     let draw = sampler.batch(batch.root);
-    // A listing of another size than the batch is refused before anything is hashed (and
-    // `handle` refused a batch over `MAX_BATCH_RECEIPTS` before fetching it).
-    let verified: Vec<cairn_receipt::compact::Verified> = if listing.starts_with(b"CRNL") {
-        let entries = cairn_receipt::compact::listing_entries(listing)
-            .map_err(|e| format!("the node's binary listing is unreadable: {e}"))?;
-        if let Some(e) = listed_vs_count(entries.len()) {
-            return Err(e);
-        }
-        cairn_receipt::compact::read_entries(&entries).map_err(|(i, e)| does_not_parse(i, e))?
-    } else {
-        let list = serde_json::from_slice::<BatchReceipts>(listing)
-            .map_err(|e| format!("the node's listing has no `receipts` array: {e}"))?
-            .receipts;
-        if let Some(e) = listed_vs_count(list.len()) {
-            return Err(e);
-        }
-        list.iter()
-            .enumerate()
-            .map(|(i, j)| j.read().map_err(|e| does_not_parse(i, e)))
-            .collect::<Result<_, String>>()?
-    };
-    let mut receipts = Vec::with_capacity(verified.len());
-    let mut digests: Vec<B256> = Vec::with_capacity(verified.len());
-    let mut leaves = Vec::with_capacity(verified.len());
+    // Room for the receipts a batch may hold, not for whatever count a caller passes.
+    let n = u64::from(batch.count).min(cairn_node_api::MAX_BATCH_RECEIPTS) as usize;
+    let mut digests: Vec<B256> = Vec::with_capacity(n);
+    let mut leaves = Vec::with_capacity(n);
     let mut sampled = Vec::new();
+    let mut models = BTreeSet::new();
+    let mut profiles = HashSet::new();
+    // A batch's receipts mostly name one model and one profile: compared with the last
+    // receipt's before any set is touched.
+    let mut last: Option<(BlobId, cairn_core::ExecutionProfile)> = None;
     let mut fees = U256::ZERO;
-    for (i, v) in verified.into_iter().enumerate() {
+    let mut take = |i: usize, v: cairn_receipt::compact::Verified| -> Result<(), String> {
         let r = v.receipt;
         if r.signer != batch.node {
             return Err(format!(
@@ -95,13 +85,47 @@ pub fn check_listing(
                 r.id()
             ));
         }
-        if draw.picks(v.digest) {
-            sampled.push(i);
-        }
         fees += r.claims.price;
         digests.push(v.digest);
         leaves.push((v.leaf, v.digest));
-        receipts.push(r);
+        if last
+            .as_ref()
+            .is_none_or(|(m, p)| *m != r.claims.model || *p != r.claims.profile)
+        {
+            models.insert(r.claims.model);
+            profiles.insert(r.claims.profile.clone());
+            last = Some((r.claims.model, r.claims.profile.clone()));
+        }
+        if draw.picks(v.digest) {
+            sampled.push((i, r));
+        }
+        Ok(())
+    };
+    // A listing of another size than the batch is refused before anything is hashed (and
+    // `handle` refused a batch over `MAX_BATCH_RECEIPTS` before fetching it). Each binary
+    // entry goes straight where it is kept: no list of every parsed receipt in between.
+    if listing.starts_with(b"CRNL") {
+        let entries = cairn_receipt::compact::listing_entries(listing)
+            .map_err(|e| format!("the node's binary listing is unreadable: {e}"))?;
+        if let Some(e) = listed_vs_count(entries.len()) {
+            return Err(e);
+        }
+        for (i, b) in entries.iter().enumerate() {
+            take(
+                i,
+                cairn_receipt::compact::read_entry(b).map_err(|e| does_not_parse(i, e))?,
+            )?;
+        }
+    } else {
+        let list = serde_json::from_slice::<BatchReceipts>(listing)
+            .map_err(|e| format!("the node's listing has no `receipts` array: {e}"))?
+            .receipts;
+        if let Some(e) = listed_vs_count(list.len()) {
+            return Err(e);
+        }
+        for (i, j) in list.iter().enumerate() {
+            take(i, j.read().map_err(|e| does_not_parse(i, e))?)?;
+        }
     }
     let tree = ReceiptTree::from_leaves(leaves).map_err(|e| e.to_string())?;
     if tree.root() != batch.root {
@@ -118,10 +142,11 @@ pub fn check_listing(
         ));
     }
     Ok(CheckedBatch {
-        receipts,
         digests,
         tree,
         sampled,
+        models,
+        profiles,
     })
 }
 
@@ -216,18 +241,14 @@ impl Verifier {
     /// compares tolerance profiles). Read from the chain at most once a minute per profile.
     pub(crate) async fn profiles_approved(
         &self,
-        receipts: &[SignedReceipt],
+        profiles: &HashSet<cairn_core::ExecutionProfile>,
     ) -> Result<Result<(), String>, String> {
         let c = &self.0;
         let now = now_secs();
-        // Hashed once per distinct profile (a batch's receipts mostly share one), not per receipt.
-        let mut seen = HashSet::new();
-        let wanted: BTreeMap<B256, &cairn_core::ExecutionProfile> = receipts
-            .iter()
-            .map(|r| &r.claims.profile)
-            .filter(|p| seen.insert(*p))
-            .map(|p| (p.hash(), p))
-            .collect();
+        // Hashed once per distinct profile (a batch's receipts mostly share one), not per
+        // receipt; asked in the order of their hashes.
+        let wanted: BTreeMap<B256, &cairn_core::ExecutionProfile> =
+            profiles.iter().map(|p| (p.hash(), p)).collect();
         let mut quorum = None;
         for (h, p) in wanted {
             let fresh = c
@@ -303,10 +324,9 @@ impl Verifier {
     }
 
     /// Every model the receipts name is on the hub (HEAD /v1/blobs/{cid}, remembered).
-    pub(crate) async fn models_on_hub(&self, receipts: &[SignedReceipt]) -> Result<(), String> {
+    pub(crate) async fn models_on_hub(&self, models: &BTreeSet<BlobId>) -> Result<(), String> {
         let c = &self.0;
-        let wanted: BTreeSet<_> = receipts.iter().map(|r| r.claims.model).collect();
-        for cid in wanted {
+        for &cid in models {
             if c.on_hub.lock().expect("hub set").contains(&cid) {
                 continue;
             }
@@ -371,10 +391,10 @@ impl Verifier {
             Err(VerifyError::Refused { reason, .. }) => return Ok(Err(reason)),
             Err(e) => return Err(e),
         };
-        if let Err(reason) = self.models_on_hub(&checked.receipts).await {
+        if let Err(reason) = self.models_on_hub(&checked.models).await {
             return Ok(Err(reason));
         }
-        match self.profiles_approved(&checked.receipts).await {
+        match self.profiles_approved(&checked.profiles).await {
             Ok(Ok(())) => Ok(Ok(checked)),
             Ok(Err(reason)) => Ok(Err(reason)),
             Err(e) => Err(VerifyError::Unavailable {
@@ -450,8 +470,8 @@ impl Verifier {
         let mut finding: Option<Finding> = None;
         let mut pending = None;
         let mut abstain = None;
-        for &i in &checked.sampled {
-            let (r, rh) = (&checked.receipts[i], checked.digests[i]);
+        for (i, r) in &checked.sampled {
+            let rh = checked.digests[*i];
             let (outcome, failures) = match self.sample(base, r, &[]).await? {
                 Sampled::Done(o, f) => (o, f),
                 Sampled::Pending(why) => {

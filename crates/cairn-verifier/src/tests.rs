@@ -123,32 +123,28 @@ async fn co_signs_only_batches_whose_receipts_hold_up() {
     let rs: Vec<SignedReceipt> = (0..5).map(|i| receipt(domain, &node, i)).collect();
     let (good, listing) = batch_of(node.address(), &rs);
     // The verifier's own check (its 5% sample).
-    let CheckedBatch {
-        receipts: checked,
-        digests,
-        tree,
-        ..
-    } = v
+    let CheckedBatch { digests, tree, .. } = v
         .check(&good, &serde_json::to_vec(&listing).unwrap())
         .unwrap();
     assert_eq!(
         digests,
         rs.iter().map(|r| r.signing_hash()).collect::<Vec<_>>()
     );
-    // The binary listing of the same receipts checks to the same.
+    // The binary listing of the same receipts checks to the same, and (all sampled) keeps
+    // each receipt whole, in the listing's order.
     let binary = binary_of(&rs);
     let CheckedBatch {
-        receipts: again,
+        sampled: again,
         digests: digests_again,
         tree: tree_again,
         ..
     } = check_all(&v, &good, &binary).unwrap();
-    assert_eq!((again, digests_again), (checked.clone(), digests));
+    assert_eq!(digests_again, digests);
     assert_eq!(tree_again.root(), good.root);
     assert_eq!(tree.root(), good.root);
     assert_eq!(
-        checked.iter().map(|r| r.id()).collect::<Vec<_>>(),
-        rs.iter().map(|r| r.id()).collect::<Vec<_>>()
+        again.iter().map(|(i, r)| (*i, r.id())).collect::<Vec<_>>(),
+        rs.iter().map(|r| r.id()).enumerate().collect::<Vec<_>>()
     );
     // What it hands the node: an attestation of exactly this batch, by this verifier, low-s.
     let sig = v.attestation(&good).unwrap();
@@ -223,6 +219,11 @@ fn refused_bytes(v: &Verifier, b: &BatchInfo, listing: &[u8]) -> String {
 /// `v`'s static checks of `listing` with every receipt sampled, so every seal is checked.
 fn check_all(v: &Verifier, b: &BatchInfo, listing: &[u8]) -> Result<CheckedBatch, String> {
     check_at(v, b, listing, &Sampler::new(B256::ZERO, 1.0))
+}
+
+/// The places in the listing of the receipts `c`'s sample picked.
+fn picks(c: &CheckedBatch) -> Vec<usize> {
+    c.sampled.iter().map(|(i, _)| *i).collect()
 }
 
 /// `v`'s static checks of `listing` under its deployment's domain with `sampler`.
@@ -306,17 +307,25 @@ async fn seals_are_not_checked_and_everything_the_node_committed_is() {
         // the sampler's picks.
         for (sampler, sampled) in [(&none, vec![]), (&some, picked.clone())] {
             let c = check_at(&v, &good, &listing, sampler).unwrap();
-            assert_eq!(c.sampled, sampled);
+            assert_eq!(picks(&c), sampled);
             assert_eq!(c.tree.root(), good.root);
             assert!(
-                c.receipts
+                c.digests.iter().eq(rs
                     .iter()
-                    .map(|r| &r.claims)
-                    .eq(rs.iter().map(|r| &r.claims))
+                    .map(|r| r.signing_hash())
+                    .collect::<Vec<_>>()
+                    .iter())
+            );
+            // The sampled receipts are kept whole, their claims the ones signed.
+            assert!(c.sampled.iter().all(|(i, r)| r.claims == rs[*i].claims));
+            assert_eq!(
+                (c.models.len(), c.profiles.len()),
+                (1, 1),
+                "one model and one profile, each once"
             );
         }
         assert_eq!(
-            check_at(&v, &good, &listing, &all).unwrap().sampled,
+            picks(&check_at(&v, &good, &listing, &all).unwrap()),
             (0..rs.len()).collect::<Vec<_>>()
         );
     }
@@ -330,7 +339,7 @@ async fn seals_are_not_checked_and_everything_the_node_committed_is() {
     let genuine: Vec<Vec<u8>> = rs.iter().map(compact_bytes).collect();
     for listing in [binary(&genuine), json(&genuine)] {
         assert_eq!(
-            check_at(&v, &good, &listing, &some).unwrap().sampled,
+            picks(&check_at(&v, &good, &listing, &some).unwrap()),
             picked
         );
     }
@@ -391,10 +400,15 @@ async fn binary_listings_are_checked_as_json_ones_are() {
     let (good, json) = batch_of(node.address(), &rs);
     let from_json = check_all(&v, &good, &serde_json::to_vec(&json).unwrap()).unwrap();
     let from_binary = check_all(&v, &good, &binary_of(&rs)).unwrap();
-    let (from_json, digests) = (from_json.receipts, from_json.digests);
+    let (from_json, digests) = (from_json.sampled, from_json.digests);
     let (from_binary, digests_b, tree) =
-        (from_binary.receipts, from_binary.digests, from_binary.tree);
+        (from_binary.sampled, from_binary.digests, from_binary.tree);
     assert_eq!((&from_binary, &digests_b), (&from_json, &digests));
+    assert_eq!(
+        from_binary.len(),
+        rs.len(),
+        "every receipt sampled, kept whole"
+    );
     assert_eq!(tree.root(), good.root);
 
     let mut other = rs.clone();
@@ -630,13 +644,15 @@ async fn receipts_on_a_profile_governance_did_not_approve_are_refused() {
         chain_id: d.chain_id,
         verifying_contract: d.settlement,
     };
-    let rs: Vec<SignedReceipt> = (0..2).map(|i| receipt(domain, &dev_signer(2), i)).collect();
+    let rs: HashSet<_> = (0..2)
+        .map(|i| receipt(domain, &dev_signer(2), i).claims.profile)
+        .collect();
     // A node claiming a profile no verifier is known to run gets no attestation.
     match v.profiles_approved(&rs).await {
         Ok(Err(reason)) => assert!(reason.contains("does not approve"), "{reason}"),
         other => panic!("expected a refusal, got {other:?}"),
     }
-    let h = rs[0].claims.profile.hash();
+    let h = rs.iter().next().unwrap().hash();
     v.chain()
         .set_profile(&dev_signer(0), h, true)
         .await
