@@ -37,6 +37,16 @@ pub enum SigError {
     Encoding,
 }
 
+/// The EIP-712 signing hash `keccak256(0x19 ‖ 0x01 ‖ separator ‖ hashStruct)`, for a caller
+/// that keeps its domain's separator instead of hashing the domain again per message.
+pub fn eip712_digest(separator: &B256, struct_hash: &B256) -> B256 {
+    let mut buf = [0u8; 66];
+    buf[..2].copy_from_slice(&[0x19, 0x01]);
+    buf[2..34].copy_from_slice(separator.as_slice());
+    buf[34..].copy_from_slice(struct_hash.as_slice());
+    keccak256(buf)
+}
+
 /// A 65-byte `r ‖ s ‖ v` signature as a contract's `ecrecover` reads it, which takes `v` as sent:
 /// only 27 or 28 recovers. alloy's parser also accepts 0, 1 and EIP-155 values; a service that
 /// took one and kept its bytes would hold a signature the chain refuses.

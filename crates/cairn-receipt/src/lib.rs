@@ -19,6 +19,7 @@ use alloy_primitives::{Address, B256, Signature, U256, keccak256};
 use alloy_signer_local::PrivateKeySigner;
 use alloy_sol_types::{Eip712Domain, SolStruct, sol};
 use cairn_core::sig::SigningKey;
+use cairn_core::sig::eip712_digest;
 
 use cairn_core::{BlobId, ExecutionProfile, Reproducibility};
 use serde::{Deserialize, Serialize};
@@ -317,14 +318,6 @@ impl Claims {
     ) -> Result<SignedReceipt, ReceiptError> {
         Ok(ReceiptSigner::new(SigningKey::from_signer(signer), domain).sign(self))
     }
-}
-
-fn eip712_digest(separator: &B256, struct_hash: &B256) -> B256 {
-    let mut buf = [0u8; 66];
-    buf[..2].copy_from_slice(&[0x19, 0x01]);
-    buf[2..34].copy_from_slice(separator.as_slice());
-    buf[34..].copy_from_slice(struct_hash.as_slice());
-    keccak256(buf)
 }
 
 /// The EIP-712 digest of a micro-batch root under `domain`.

@@ -86,6 +86,8 @@ pub struct Prepaid {
     signer: PrivateKeySigner,
     payee: Address,
     domain: Eip712Domain,
+    /// The domain's separator, hashed once rather than per voucher.
+    separator: B256,
     scanned: AtomicU64,
 }
 
@@ -108,6 +110,7 @@ impl Prepaid {
             store,
             signer,
             payee,
+            separator: domain.separator(),
             domain,
             scanned: AtomicU64::new(start),
         }
@@ -197,14 +200,17 @@ impl Prepaid {
             cumulativeAmount: v.cumulative_amount,
             nonce: v.nonce,
         };
-        let signer = cairn_core::sig::recover_prehash(&sig, &msg.eip712_signing_hash(&self.domain))
-            .ok()
-            .ok_or_else(|| {
-                invalid(
-                    "invalid_prepaid_signature",
-                    "no signer recovers from the signature (malformed or high-s)".into(),
-                )
-            })?;
+        let signer = cairn_core::sig::recover_prehash(
+            &sig,
+            &cairn_core::sig::eip712_digest(&self.separator, &msg.eip712_hash_struct()),
+        )
+        .ok()
+        .ok_or_else(|| {
+            invalid(
+                "invalid_prepaid_signature",
+                "no signer recovers from the signature (malformed or high-s)".into(),
+            )
+        })?;
         if signer != v.payer {
             return Err(invalid(
                 "invalid_prepaid_signature",
