@@ -33,6 +33,14 @@ pub struct CheckedBatch {
     pub profiles: HashSet<cairn_core::ExecutionProfile>,
 }
 
+/// What a dropped receipt's profile is swapped for (no allocation).
+const NO_PROFILE: cairn_core::ExecutionProfile = cairn_core::ExecutionProfile {
+    engine: String::new(),
+    engine_version: String::new(),
+    isa: String::new(),
+    threads: 0,
+};
+
 /// The static checks of a batch (see the crate docs) given its node's listing, binary
 /// ([`cairn_receipt::compact`], what verifiers ask for) or the JSON `BatchView`: as many
 /// receipts as the batch claims, each parsed strictly and naming the batch's node under
@@ -59,19 +67,43 @@ pub fn check_listing(
     let does_not_parse =
         |i: usize, e: cairn_receipt::ReceiptError| format!("receipt {i} does not parse: {e}");
     let draw = sampler.batch(batch.root);
-    // Room for the receipts a batch may hold, not for whatever count a caller passes.
-    let n = u64::from(batch.count).min(cairn_node_api::MAX_BATCH_RECEIPTS) as usize;
+    // A listing of another size than the batch is refused before anything is hashed or
+    // reserved (and `handle` refused a batch over `MAX_BATCH_RECEIPTS` before fetching it).
+    enum Listed<'a> {
+        Binary(Vec<&'a [u8]>),
+        Json(Vec<cairn_receipt::ReceiptJson>),
+    }
+    let listed = if listing.starts_with(b"CRNL") {
+        Listed::Binary(
+            cairn_receipt::compact::listing_entries(listing)
+                .map_err(|e| format!("the node's binary listing is unreadable: {e}"))?,
+        )
+    } else {
+        Listed::Json(
+            serde_json::from_slice::<BatchReceipts>(listing)
+                .map_err(|e| format!("the node's listing has no `receipts` array: {e}"))?
+                .receipts,
+        )
+    };
+    let n = match &listed {
+        Listed::Binary(entries) => entries.len(),
+        Listed::Json(list) => list.len(),
+    };
+    if let Some(e) = listed_vs_count(n) {
+        return Err(e);
+    }
     let mut digests: Vec<B256> = Vec::with_capacity(n);
     let mut leaves = Vec::with_capacity(n);
     let mut sampled = Vec::new();
     let mut models = BTreeSet::new();
     let mut profiles = HashSet::new();
-    // A batch's receipts mostly name one model and one profile: compared with the last
-    // receipt's before any set is touched.
-    let mut last: Option<(BlobId, cairn_core::ExecutionProfile)> = None;
+    // A batch's receipts mostly name one model and one profile: each is compared with the
+    // last receipt's before its set is touched.
+    let mut last_model = None;
+    let mut last_profile: Option<cairn_core::ExecutionProfile> = None;
     let mut fees = U256::ZERO;
     let mut take = |i: usize, v: cairn_receipt::compact::Verified| -> Result<(), String> {
-        let r = v.receipt;
+        let mut r = v.receipt;
         if r.signer != batch.node {
             return Err(format!(
                 "receipt {} is signed by {}, not the batch's node",
@@ -88,43 +120,42 @@ pub fn check_listing(
         fees += r.claims.price;
         digests.push(v.digest);
         leaves.push((v.leaf, v.digest));
-        if last
-            .as_ref()
-            .is_none_or(|(m, p)| *m != r.claims.model || *p != r.claims.profile)
-        {
+        let picked = draw.picks(v.digest);
+        if last_model != Some(r.claims.model) {
             models.insert(r.claims.model);
-            profiles.insert(r.claims.profile.clone());
-            last = Some((r.claims.model, r.claims.profile.clone()));
+            last_model = Some(r.claims.model);
         }
-        if draw.picks(v.digest) {
+        if last_profile.as_ref() != Some(&r.claims.profile) {
+            // A receipt not kept gives its profile up rather than have it copied.
+            let p = if picked {
+                r.claims.profile.clone()
+            } else {
+                std::mem::replace(&mut r.claims.profile, NO_PROFILE)
+            };
+            if !profiles.contains(&p) {
+                profiles.insert(p.clone());
+            }
+            last_profile = Some(p);
+        }
+        if picked {
             sampled.push((i, r));
         }
         Ok(())
     };
-    // A listing of another size than the batch is refused before anything is hashed (and
-    // `handle` refused a batch over `MAX_BATCH_RECEIPTS` before fetching it). Each binary
-    // entry goes straight where it is kept: no list of every parsed receipt in between.
-    if listing.starts_with(b"CRNL") {
-        let entries = cairn_receipt::compact::listing_entries(listing)
-            .map_err(|e| format!("the node's binary listing is unreadable: {e}"))?;
-        if let Some(e) = listed_vs_count(entries.len()) {
-            return Err(e);
+    // Each entry goes straight where it is kept: no list of every parsed receipt in between.
+    match &listed {
+        Listed::Binary(entries) => {
+            for (i, b) in entries.iter().enumerate() {
+                take(
+                    i,
+                    cairn_receipt::compact::read_entry(b).map_err(|e| does_not_parse(i, e))?,
+                )?;
+            }
         }
-        for (i, b) in entries.iter().enumerate() {
-            take(
-                i,
-                cairn_receipt::compact::read_entry(b).map_err(|e| does_not_parse(i, e))?,
-            )?;
-        }
-    } else {
-        let list = serde_json::from_slice::<BatchReceipts>(listing)
-            .map_err(|e| format!("the node's listing has no `receipts` array: {e}"))?
-            .receipts;
-        if let Some(e) = listed_vs_count(list.len()) {
-            return Err(e);
-        }
-        for (i, j) in list.iter().enumerate() {
-            take(i, j.read().map_err(|e| does_not_parse(i, e))?)?;
+        Listed::Json(list) => {
+            for (i, j) in list.iter().enumerate() {
+                take(i, j.read().map_err(|e| does_not_parse(i, e))?)?;
+            }
         }
     }
     let tree = ReceiptTree::from_leaves(leaves).map_err(|e| e.to_string())?;

@@ -111,6 +111,61 @@ fn refused(v: &Verifier, b: &BatchInfo, l: &Value) -> String {
     refused_bytes(v, b, &serde_json::to_vec(l).unwrap())
 }
 
+/// Every model and profile a listing names reaches the hub's and the registry's checks, in
+/// whatever order they come and whether their receipts are sampled or dropped once hashed.
+#[test]
+fn every_model_and_profile_a_listing_names_is_collected() {
+    let domain = ReceiptDomain {
+        chain_id: 31337,
+        verifying_contract: Address::repeat_byte(1),
+    };
+    let node = dev_signer(2);
+    let profile = |isa: &str| ExecutionProfile {
+        engine: "tract".into(),
+        engine_version: "0.23.9".into(),
+        isa: isa.into(),
+        threads: 1,
+    };
+    // Repeats, one part changing without the other, a return to an earlier pair.
+    let plan: [(&[u8], &str); 7] = [
+        (b"a", "generic"),
+        (b"a", "generic"),
+        (b"b", "generic"),
+        (b"a", "avx2"),
+        (b"a", "generic"),
+        (b"c", "avx2"),
+        (b"c", "avx512"),
+    ];
+    let rs: Vec<SignedReceipt> = plan
+        .iter()
+        .enumerate()
+        .map(|(i, (model, isa))| {
+            let mut c = receipt(domain, &node, i as u64).claims;
+            c.model = BlobId::of(model);
+            c.profile = profile(isa);
+            c.sign(domain, &node).unwrap()
+        })
+        .collect();
+    let (b, json) = batch_of(node.address(), &rs);
+    let models: BTreeSet<BlobId> = [b"a", b"b", b"c"].iter().map(|m| BlobId::of(*m)).collect();
+    let profiles: HashSet<ExecutionProfile> = ["generic", "avx2", "avx512"]
+        .into_iter()
+        .map(profile)
+        .collect();
+    for listing in [binary_of(&rs), serde_json::to_vec(&json).unwrap()] {
+        for rate in [0.0, 0.5, 1.0] {
+            let c = check_listing(&b, &listing, &domain, &Sampler::new(B256::ZERO, rate)).unwrap();
+            assert_eq!(
+                (&c.models, &c.profiles),
+                (&models, &profiles),
+                "at rate {rate}"
+            );
+            // A sampled receipt is kept whole, its profile too.
+            assert!(c.sampled.iter().all(|(i, r)| r == &rs[*i]));
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn co_signs_only_batches_whose_receipts_hold_up() {
     let (v, _dir) = verifier().await;
