@@ -8,6 +8,7 @@ pub mod attestation;
 pub mod auth;
 mod blob_id;
 pub mod clock;
+pub mod keccak4;
 mod names;
 pub mod presign;
 mod profile;

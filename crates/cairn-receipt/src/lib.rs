@@ -268,9 +268,14 @@ pub enum ReceiptError {
 impl Claims {
     /// The EIP-712 `hashStruct` of the message these claims sign as `node`.
     fn struct_hash(&self, node: Address) -> B256 {
+        keccak256(self.struct_encoding(node).as_slice())
+    }
+
+    /// What [`Claims::struct_hash`] hashes: the message's type hash and its static words.
+    pub(crate) fn struct_encoding(&self, node: Address) -> StructEncoding {
         match &self.llm {
-            None => struct_hash(&self.message(node)),
-            Some(u) => llm_struct_hash(&self.llm_message(node, u)),
+            None => StructEncoding::Tensor(encode_struct(&self.message(node))),
+            Some(u) => StructEncoding::Llm(encode_llm_struct(&self.llm_message(node, u))),
         }
     }
 
@@ -334,7 +339,27 @@ pub fn root_digest(domain: &ReceiptDomain, root: B256, count: u32) -> B256 {
 /// EIP-712 `hashStruct` of a receipt: every field is one static 32-byte word, so its encoding is
 /// ten words under a type hash computed once (the value alloy's `eip712_hash_struct` gives,
 /// without re-deriving the type string per receipt).
+/// A receipt message's EIP-712 encoding (type hash, then every field as a word), by kind.
+pub(crate) enum StructEncoding {
+    Tensor([u8; 320]),
+    Llm([u8; 416]),
+}
+
+impl StructEncoding {
+    pub(crate) fn as_slice(&self) -> &[u8] {
+        match self {
+            Self::Tensor(b) => b,
+            Self::Llm(b) => b,
+        }
+    }
+}
+
+#[cfg(test)]
 fn struct_hash(m: &Receipt) -> B256 {
+    keccak256(encode_struct(m))
+}
+
+fn encode_struct(m: &Receipt) -> [u8; 320] {
     static TYPE_HASH: LazyLock<B256> =
         LazyLock::new(|| keccak256(Receipt::eip712_encode_type().as_bytes()));
     let mut buf = [0u8; 320];
@@ -348,11 +373,16 @@ fn struct_hash(m: &Receipt) -> B256 {
     buf[248..256].copy_from_slice(&m.timestamp.to_be_bytes());
     buf[256..288].copy_from_slice(&m.price.to_be_bytes::<32>());
     buf[288..320].copy_from_slice(m.paymentRef.as_slice());
-    keccak256(buf)
+    buf
 }
 
 /// EIP-712 `hashStruct` of a language-model receipt: twelve static words under its type hash.
+#[cfg(test)]
 fn llm_struct_hash(m: &LlmReceipt) -> B256 {
+    keccak256(encode_llm_struct(m))
+}
+
+fn encode_llm_struct(m: &LlmReceipt) -> [u8; 416] {
     static TYPE_HASH: LazyLock<B256> =
         LazyLock::new(|| keccak256(LlmReceipt::eip712_encode_type().as_bytes()));
     let mut buf = [0u8; 416];
@@ -369,7 +399,7 @@ fn llm_struct_hash(m: &LlmReceipt) -> B256 {
     buf[344..352].copy_from_slice(&m.timestamp.to_be_bytes());
     buf[352..384].copy_from_slice(&m.price.to_be_bytes::<32>());
     buf[384..416].copy_from_slice(m.paymentRef.as_slice());
-    keccak256(buf)
+    buf
 }
 
 /// A node's receipt signer: its key (libsecp256k1) and the domain. Signing a receipt costs one

@@ -624,6 +624,86 @@ fn a_batch_holds_both_kinds() {
     assert!(verified[1].receipt.claims.llm.is_some() && verified[0].receipt.claims.llm.is_none());
 }
 
+/// Reading a listing four receipts abreast gives what reading each alone gives, in order,
+/// whatever mix of kinds and seals the listing holds and wherever an unreadable entry sits.
+#[test]
+fn a_listing_read_four_abreast_is_read_entry_by_entry() {
+    let s = signer();
+    let mut rs: Vec<SignedReceipt> = Vec::new();
+    let claims: Vec<Claims> = (0..6u8)
+        .map(|i| {
+            let mut c = if i % 3 == 1 {
+                llm_sample().claims
+            } else {
+                sample().claims
+            };
+            c.request_id = B256::repeat_byte(0x40 + i);
+            c
+        })
+        .collect();
+    rs.extend(s.sign_batch(claims).unwrap());
+    rs.push(sample());
+    rs.push(llm_sample());
+    rs.extend(batch_from(60, 3));
+    let listing = compact::encode_receipts(&rs).unwrap();
+    let entries = compact::listing_entries(&listing).unwrap();
+    for n in 0..=entries.len() {
+        let mut got = Vec::new();
+        compact::read_each(&entries[..n], |i, v| -> Result<(), ()> {
+            got.push((i, v.unwrap()));
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(got.len(), n);
+        for (k, (i, v)) in got.iter().enumerate() {
+            let alone = compact::read_entry(entries[k]).unwrap();
+            assert_eq!(*i, k);
+            assert_eq!(v.receipt, alone.receipt);
+            assert_eq!(v.digest, alone.digest);
+            assert_eq!(v.digest, rs[k].signing_hash());
+            assert_eq!(v.leaf, merkle::leaf(v.digest));
+        }
+    }
+    // An unreadable entry anywhere: every entry before it is handed over first, then its
+    // error at its index; reading goes on only if the caller lets it.
+    let junk: &[u8] = b"\x01junk";
+    for at in 0..=entries.len() {
+        let mut with_junk = entries.clone();
+        with_junk.insert(at, junk);
+        let mut seen = Vec::new();
+        let failed = compact::read_each(&with_junk, |i, v| match v {
+            Ok(v) => {
+                seen.push((i, v.digest));
+                Ok(())
+            }
+            Err(e) => Err((i, e.to_string())),
+        })
+        .unwrap_err();
+        assert_eq!(failed.0, at);
+        assert_eq!(
+            seen,
+            (0..at)
+                .map(|k| (k, rs[k].signing_hash()))
+                .collect::<Vec<_>>()
+        );
+        let mut all = Vec::new();
+        compact::read_each(&with_junk, |i, v| -> Result<(), ()> {
+            all.push((i, v.ok().map(|v| v.digest)));
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(all.len(), with_junk.len());
+        for (i, d) in all {
+            let want = match i.cmp(&at) {
+                std::cmp::Ordering::Less => Some(rs[i].signing_hash()),
+                std::cmp::Ordering::Equal => None,
+                std::cmp::Ordering::Greater => Some(rs[i - 1].signing_hash()),
+            };
+            assert_eq!(d, want, "entry {i}, junk at {at}");
+        }
+    }
+}
+
 /// A presigned signer's receipts, alone and batch-signed, are receipts like any other: they
 /// verify from JSON and from the binary form as the key's, and a tampered one does not.
 #[test]

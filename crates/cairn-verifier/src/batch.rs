@@ -144,14 +144,9 @@ pub fn check_listing(
     };
     // Each entry goes straight where it is kept: no list of every parsed receipt in between.
     match &listed {
-        Listed::Binary(entries) => {
-            for (i, b) in entries.iter().enumerate() {
-                take(
-                    i,
-                    cairn_receipt::compact::read_entry(b).map_err(|e| does_not_parse(i, e))?,
-                )?;
-            }
-        }
+        Listed::Binary(entries) => cairn_receipt::compact::read_each(entries, |i, v| {
+            take(i, v.map_err(|e| does_not_parse(i, e))?)
+        })?,
         Listed::Json(list) => {
             for (i, j) in list.iter().enumerate() {
                 take(i, j.read().map_err(|e| does_not_parse(i, e))?)?;
