@@ -61,16 +61,22 @@ const RHO: [u32; 25] = [
 /// The Keccak-256 of each of `inputs`, in order, into `out` (as long as `inputs`). Messages of
 /// equal length are hashed four at a time where the CPU allows; the rest one by one.
 pub fn keccak256_many(inputs: &[&[u8]], out: &mut [B256]) {
+    many_with(inputs, out, four_wide(), keccak256_x4);
+}
+
+/// [`keccak256_many`] with the four-wide hash `x4` (given equal lengths), used for runs of two
+/// or more equal-length messages when `wide`.
+fn many_with(inputs: &[&[u8]], out: &mut [B256], wide: bool, x4: impl Fn([&[u8]; 4]) -> [B256; 4]) {
     assert_eq!(inputs.len(), out.len(), "one output per input");
     let mut i = 0;
     while i < inputs.len() {
         let len = inputs[i].len();
         let run = inputs[i..].iter().take_while(|m| m.len() == len).count();
         let mut j = i;
-        while run - (j - i) >= 2 && four_wide() {
-            // A short run fills its spare lanes with its first message (hashed, not used).
+        while wide && run - (j - i) >= 2 {
+            // A short run fills its spare lanes with its last message (hashed, not used).
             let lane = |k: usize| inputs[(j + k).min(i + run - 1)];
-            let h = keccak256_x4([lane(0), lane(1), lane(2), lane(3)]);
+            let h = x4([lane(0), lane(1), lane(2), lane(3)]);
             let take = (run - (j - i)).min(4);
             out[j..j + take].copy_from_slice(&h[..take]);
             j += take;
@@ -102,7 +108,8 @@ pub fn keccak256_x4(inputs: [&[u8]; 4]) -> [B256; 4] {
 pub fn four_wide() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        std::arch::is_x86_feature_detected!("avx512f")
+        std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("avx512f")
             && std::arch::is_x86_feature_detected!("avx512vl")
     }
     #[cfg(not(target_arch = "x86_64"))]
@@ -111,8 +118,8 @@ pub fn four_wide() -> bool {
     }
 }
 
-/// Four messages' lane `k` of the block at `offset`, each padded as Keccak pads its last block
-/// (`0x01` after the message, `0x80` in the rate's last byte) when the block runs past its end.
+/// The 17 lanes of each of four messages' block at `offset`; the last block padded as Keccak
+/// pads it (`0x01` after the message, `0x80` in the rate's last byte).
 fn padded_lanes(inputs: &[&[u8]; 4], offset: usize, last: bool) -> [[u64; RATE / 8]; 4] {
     let mut lanes = [[0u64; RATE / 8]; 4];
     for (m, lanes) in inputs.iter().zip(&mut lanes) {
@@ -176,10 +183,12 @@ fn permute<V: Lanes>(a: &mut [V; 25]) {
     }
 }
 
-/// The sponge over four messages of one length: absorb every block, squeeze 32 bytes each.
+/// The sponge over four messages of one length (a caller's promise: another length would be
+/// hashed wrong or panic): absorb every block, squeeze 32 bytes each.
 #[inline(always)]
 fn sponge<V: Lanes>(inputs: [&[u8]; 4]) -> [B256; 4] {
     let len = inputs[0].len();
+    debug_assert!(inputs.iter().all(|m| m.len() == len), "equal lengths");
     let mut a = [V::splat(0); 25];
     // A message of a whole number of blocks still takes a block of padding alone.
     let blocks = len / RATE + 1;
@@ -187,8 +196,8 @@ fn sponge<V: Lanes>(inputs: [&[u8]; 4]) -> [B256; 4] {
         let last = blk + 1 == blocks;
         let offset = blk * RATE;
         let lanes = padded_lanes(&inputs, offset, last);
-        for (k, a) in a.iter_mut().take(RATE / 8).enumerate() {
-            *a = a.xor(V::from_words([
+        for (k, word) in a.iter_mut().take(RATE / 8).enumerate() {
+            *word = word.xor(V::from_words([
                 lanes[0][k],
                 lanes[1][k],
                 lanes[2][k],
@@ -215,6 +224,12 @@ mod x86 {
     #[derive(Clone, Copy)]
     struct Avx512(__m256i);
 
+    /// `_mm256_ternarylogic_epi64`'s table for `a ^ b ^ c` (operands' bits as Intel numbers
+    /// them: a = 0xF0, b = 0xCC, c = 0xAA).
+    pub(super) const XOR3: i32 = 0xF0 ^ 0xCC ^ 0xAA;
+    /// Its table for the chi step, `a ^ (!b & c)`.
+    pub(super) const CHI: i32 = (0xF0 ^ (!0xCC & 0xAA)) & 0xFF;
+
     // SAFETY (every `unsafe` block below): the type is built only inside `hash_avx512`,
     // which runs only once the CPU has been found to have the features its intrinsics need;
     // loads and stores go through arrays of four `u64`.
@@ -239,13 +254,11 @@ mod x86 {
         }
         #[inline(always)]
         fn xor3(self, b: Self, c: Self) -> Self {
-            // 0x96: the truth table of a ^ b ^ c.
-            Avx512(unsafe { _mm256_ternarylogic_epi64::<0x96>(self.0, b.0, c.0) })
+            Avx512(unsafe { _mm256_ternarylogic_epi64::<XOR3>(self.0, b.0, c.0) })
         }
         #[inline(always)]
         fn chi(self, b: Self, c: Self) -> Self {
-            // 0xD2: the truth table of a ^ (!b & c).
-            Avx512(unsafe { _mm256_ternarylogic_epi64::<0xD2>(self.0, b.0, c.0) })
+            Avx512(unsafe { _mm256_ternarylogic_epi64::<CHI>(self.0, b.0, c.0) })
         }
         #[inline(always)]
         fn rol(self, n: u32) -> Self {
@@ -257,6 +270,7 @@ mod x86 {
     /// The CPU must have AVX-512F and AVX-512VL.
     #[target_feature(enable = "avx2,avx512f,avx512vl")]
     pub(super) unsafe fn hash_avx512(inputs: [&[u8]; 4]) -> [B256; 4] {
+        debug_assert!(four_wide(), "called only where the CPU has the features");
         sponge::<Avx512>(inputs)
     }
 }
@@ -324,6 +338,7 @@ mod tests {
             {
                 if four_wide() {
                     assert_eq!(
+                        // SAFETY: the CPU has the features (checked just above).
                         unsafe { x86::hash_avx512(refs) },
                         want,
                         "AVX-512, length {len}"
@@ -365,6 +380,52 @@ mod tests {
             keccak256_many(&inputs, &mut out);
             let want: Vec<B256> = inputs.iter().map(keccak256).collect();
             assert_eq!(out, want, "first {n} inputs");
+        }
+    }
+
+    /// The grouping into fours, on any CPU: through the portable lanes, every run length.
+    #[test]
+    fn grouping_into_fours_hashes_every_input_in_order() {
+        let owned: Vec<Vec<u8>> = [5, 5, 5, 5, 5, 5, 5, 9, 5, 5, 5, 5, 200, 200, 200, 0, 5]
+            .iter()
+            .enumerate()
+            .map(|(i, &len)| {
+                (0..len)
+                    .map(|b| (b as u8) ^ (i as u8).wrapping_mul(13))
+                    .collect()
+            })
+            .collect();
+        for n in 0..=owned.len() {
+            let inputs: Vec<&[u8]> = owned[..n].iter().map(Vec::as_slice).collect();
+            let want: Vec<B256> = inputs.iter().map(keccak256).collect();
+            let calls = std::cell::Cell::new(0);
+            let mut out = vec![B256::ZERO; n];
+            many_with(&inputs, &mut out, true, |four| {
+                calls.set(calls.get() + 1);
+                assert!(four.iter().all(|m| m.len() == four[0].len()));
+                sponge::<Plain>(four)
+            });
+            assert_eq!(out, want, "first {n} inputs, four wide");
+            if n == owned.len() {
+                // Runs of 7, 1, 4, 3, 1, 1: two fours for the first (4 + 3), one each for the
+                // 4 and the 3, the single ones alone.
+                assert_eq!(calls.get(), 4);
+            }
+        }
+    }
+
+    /// The ternary-logic tables, read the way the instruction reads them: bit
+    /// `(a << 2) | (b << 1) | c` of the table is the result for those operand bits.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn the_ternary_logic_tables_are_the_functions_meant() {
+        let table = |imm: i32, a: bool, b: bool, c: bool| {
+            (imm >> ((usize::from(a) << 2) | (usize::from(b) << 1) | usize::from(c))) & 1 == 1
+        };
+        for bits in 0..8u8 {
+            let (a, b, c) = (bits & 4 != 0, bits & 2 != 0, bits & 1 != 0);
+            assert_eq!(table(x86::XOR3, a, b, c), a ^ b ^ c);
+            assert_eq!(table(x86::CHI, a, b, c), a ^ (!b & c));
         }
     }
 

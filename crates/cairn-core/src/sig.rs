@@ -40,11 +40,16 @@ pub enum SigError {
 /// The EIP-712 signing hash `keccak256(0x19 ‖ 0x01 ‖ separator ‖ hashStruct)`, for a caller
 /// that keeps its domain's separator instead of hashing the domain again per message.
 pub fn eip712_digest(separator: &B256, struct_hash: &B256) -> B256 {
+    keccak256(eip712_encoding(separator, struct_hash))
+}
+
+/// What [`eip712_digest`] hashes, for a caller hashing many at once.
+pub fn eip712_encoding(separator: &B256, struct_hash: &B256) -> [u8; 66] {
     let mut buf = [0u8; 66];
     buf[..2].copy_from_slice(&[0x19, 0x01]);
     buf[2..34].copy_from_slice(separator.as_slice());
     buf[34..].copy_from_slice(struct_hash.as_slice());
-    keccak256(buf)
+    buf
 }
 
 /// A 65-byte `r ‖ s ‖ v` signature as a contract's `ecrecover` reads it, which takes `v` as sent:

@@ -85,6 +85,26 @@ pub fn receipt_listing(data: &[u8]) {
     // A settlement verifier's reading (no seal checked) refuses nothing the whole check accepts
     // and reads the same receipts, digests and leaves.
     let read = cairn_receipt::compact::read_entries(&entries);
+    // Read as a listing (four abreast) or entry by entry: the same receipts, or the same first
+    // refusal at the same index.
+    let alone: Result<Vec<_>, _> = entries
+        .iter()
+        .enumerate()
+        .map(|(i, b)| cairn_receipt::compact::read_entry(b).map_err(|e| (i, e)))
+        .collect();
+    match (&read, &alone) {
+        (Ok(a), Ok(b)) => {
+            assert_eq!(a.len(), b.len());
+            for (a, b) in a.iter().zip(b) {
+                assert_eq!(
+                    (&a.receipt, a.digest, a.leaf),
+                    (&b.receipt, b.digest, b.leaf)
+                );
+            }
+        }
+        (Err((i, e)), Err((j, f))) => assert_eq!((i, e.to_string()), (j, f.to_string())),
+        _ => panic!("the listing read and the entry-by-entry read disagree"),
+    }
     if let Ok(v) = &whole {
         let r = read.expect("reading accepts what the whole check does");
         for (a, b) in v.iter().zip(&r) {

@@ -237,7 +237,8 @@ pub fn verify_entries(
 /// to every leaf, so a seal only ever spoke for the client who was handed it (and checked it
 /// then).
 pub fn read_entries(entries: &[&[u8]]) -> Result<Vec<Verified>, (usize, ReceiptError)> {
-    let mut out = Vec::with_capacity(entries.len());
+    // Grown as entries are read: a hostile listing of many empty entries reserves nothing.
+    let mut out = Vec::new();
     read_each(entries, |i, v| -> Result<(), (usize, ReceiptError)> {
         out.push(v.map_err(|e| (i, e))?);
         Ok(())
@@ -267,13 +268,7 @@ pub fn read_each<E>(
         let signing: Vec<[u8; 66]> = ok
             .iter()
             .zip(&hashes)
-            .map(|(r, h)| {
-                let mut buf = [0u8; 66];
-                buf[..2].copy_from_slice(&[0x19, 0x01]);
-                buf[2..34].copy_from_slice(r.domain.separator().as_slice());
-                buf[34..].copy_from_slice(h.as_slice());
-                buf
-            })
+            .map(|(r, h)| cairn_core::sig::eip712_encoding(&r.domain.separator(), h))
             .collect();
         let inputs: Vec<&[u8]> = signing.iter().map(|b| &b[..]).collect();
         cairn_core::keccak4::keccak256_many(&inputs, &mut hashes);
@@ -305,8 +300,8 @@ fn parse_held(bytes: &[u8]) -> Result<SignedReceipt, ReceiptError> {
     Ok(receipt)
 }
 
-/// One entry of [`read_entries`]: for a caller that keeps the parts of each receipt where it
-/// wants them, without a list of every [`Verified`] in between (a listing holds up to 65,536).
+/// One entry read as [`read_entries`] reads each, hashed alone ([`read_each`] hashes a
+/// listing's four at a time).
 pub fn read_entry(bytes: &[u8]) -> Result<Verified, ReceiptError> {
     // Unchecked, a seal is still held to its canonical form, as the JSON reader holds it.
     let receipt = parse_held(bytes)?;

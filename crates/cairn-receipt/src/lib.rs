@@ -336,9 +336,6 @@ pub fn root_digest(domain: &ReceiptDomain, root: B256, count: u32) -> B256 {
     eip712_digest(&domain.separator(), &keccak256(buf))
 }
 
-/// EIP-712 `hashStruct` of a receipt: every field is one static 32-byte word, so its encoding is
-/// ten words under a type hash computed once (the value alloy's `eip712_hash_struct` gives,
-/// without re-deriving the type string per receipt).
 /// A receipt message's EIP-712 encoding (type hash, then every field as a word), by kind.
 pub(crate) enum StructEncoding {
     Tensor([u8; 320]),
@@ -354,11 +351,15 @@ impl StructEncoding {
     }
 }
 
+/// EIP-712 `hashStruct` of a receipt.
 #[cfg(test)]
 fn struct_hash(m: &Receipt) -> B256 {
     keccak256(encode_struct(m))
 }
 
+/// What a receipt's `hashStruct` hashes: every field is one static 32-byte word, so its
+/// encoding is ten words under a type hash computed once (the value alloy's
+/// `eip712_hash_struct` gives, without re-deriving the type string per receipt).
 fn encode_struct(m: &Receipt) -> [u8; 320] {
     static TYPE_HASH: LazyLock<B256> =
         LazyLock::new(|| keccak256(Receipt::eip712_encode_type().as_bytes()));
@@ -376,12 +377,14 @@ fn encode_struct(m: &Receipt) -> [u8; 320] {
     buf
 }
 
-/// EIP-712 `hashStruct` of a language-model receipt: twelve static words under its type hash.
+/// EIP-712 `hashStruct` of a language-model receipt.
 #[cfg(test)]
 fn llm_struct_hash(m: &LlmReceipt) -> B256 {
     keccak256(encode_llm_struct(m))
 }
 
+/// What a language-model receipt's `hashStruct` hashes: twelve static words under its type
+/// hash.
 fn encode_llm_struct(m: &LlmReceipt) -> [u8; 416] {
     static TYPE_HASH: LazyLock<B256> =
         LazyLock::new(|| keccak256(LlmReceipt::eip712_encode_type().as_bytes()));

@@ -664,6 +664,16 @@ fn a_listing_read_four_abreast_is_read_entry_by_entry() {
             assert_eq!(v.leaf, merkle::leaf(v.digest));
         }
     }
+    // The caller's own refusal of a readable entry (mid-chunk or not) ends the reading there.
+    for stop in 0..entries.len() {
+        let mut seen = Vec::new();
+        let refused = compact::read_each(&entries, |i, _| {
+            seen.push(i);
+            if i == stop { Err(i) } else { Ok(()) }
+        });
+        assert_eq!(refused, Err(stop));
+        assert_eq!(seen, (0..=stop).collect::<Vec<_>>());
+    }
     // An unreadable entry anywhere: every entry before it is handed over first, then its
     // error at its index; reading goes on only if the caller lets it.
     let junk: &[u8] = b"\x01junk";
