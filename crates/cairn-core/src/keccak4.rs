@@ -314,7 +314,12 @@ mod tests {
     fn messages(len: usize) -> [Vec<u8>; 4] {
         std::array::from_fn(|m| {
             (0..len)
-                .map(|i| (i as u8).wrapping_mul(31).wrapping_add(m as u8 * 101) ^ (len as u8))
+                .map(|i| {
+                    (i as u8)
+                        .wrapping_mul(31)
+                        .wrapping_add((m as u8).wrapping_mul(101))
+                        ^ (len as u8)
+                })
                 .collect()
         })
     }

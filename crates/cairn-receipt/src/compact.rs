@@ -257,21 +257,12 @@ pub fn read_each<E>(
     for (c, chunk) in entries.chunks(4).enumerate() {
         let parsed: Vec<Result<SignedReceipt, ReceiptError>> =
             chunk.iter().map(|b| parse_held(b)).collect();
-        let ok: Vec<&SignedReceipt> = parsed.iter().filter_map(|r| r.as_ref().ok()).collect();
-        let encodings: Vec<_> = ok
-            .iter()
-            .map(|r| r.claims.struct_encoding(r.signer))
-            .collect();
-        let mut hashes = vec![B256::ZERO; ok.len()];
-        let inputs: Vec<&[u8]> = encodings.iter().map(|e| e.as_slice()).collect();
-        cairn_core::keccak4::keccak256_many(&inputs, &mut hashes);
-        let signing: Vec<[u8; 66]> = ok
-            .iter()
-            .zip(&hashes)
-            .map(|(r, h)| cairn_core::sig::eip712_encoding(&r.domain.separator(), h))
-            .collect();
-        let inputs: Vec<&[u8]> = signing.iter().map(|b| &b[..]).collect();
-        cairn_core::keccak4::keccak256_many(&inputs, &mut hashes);
+        let hashes = crate::digests(
+            parsed
+                .iter()
+                .filter_map(|r| r.as_ref().ok())
+                .map(|r| (&r.claims, r.signer, r.domain.separator())),
+        );
         let leaves = merkle::leaves(&hashes);
         let mut hashed = hashes.into_iter().zip(leaves);
         for (k, r) in parsed.into_iter().enumerate() {
