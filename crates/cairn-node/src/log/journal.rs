@@ -115,7 +115,20 @@ pub(super) fn lock(dir: &Path) -> Result<File, JournalError> {
             return Ok(file);
         }
         let e = std::io::Error::last_os_error();
-        if e.kind() != std::io::ErrorKind::WouldBlock || std::time::Instant::now() >= deadline {
+        if e.kind() != std::io::ErrorKind::WouldBlock {
+            // Not held by anyone: the file system cannot lock (some network mounts).
+            return Err(JournalError::Io {
+                path,
+                source: std::io::Error::new(
+                    e.kind(),
+                    format!(
+                        "{e}: the receipt log's lock file cannot be locked on this file system; \
+                         put --data-dir on a local disk"
+                    ),
+                ),
+            });
+        }
+        if std::time::Instant::now() >= deadline {
             return Err(JournalError::Io {
                 path,
                 source: std::io::Error::new(
