@@ -324,6 +324,18 @@ mod tests {
         })
     }
 
+    /// Messages of the given lengths, each different from the others.
+    fn messages_of(lens: &[usize], salt: u8) -> Vec<Vec<u8>> {
+        lens.iter()
+            .enumerate()
+            .map(|(i, &len)| {
+                (0..len)
+                    .map(|b| (b as u8) ^ (i as u8).wrapping_mul(salt))
+                    .collect()
+            })
+            .collect()
+    }
+
     /// Lengths around every boundary the sponge has (empty, a lane, a block, two blocks).
     fn lengths() -> impl Iterator<Item = usize> {
         (0..=3 * RATE + 2)
@@ -368,17 +380,12 @@ mod tests {
 
     #[test]
     fn many_hashes_every_input_in_order_whatever_the_lengths() {
-        let owned: Vec<Vec<u8>> = [
-            66, 66, 66, 66, 66, 32, 66, 66, 320, 320, 320, 0, 137, 137, 137, 137, 137, 137, 137,
-        ]
-        .iter()
-        .enumerate()
-        .map(|(i, &len)| {
-            (0..len)
-                .map(|b| (b as u8) ^ (i as u8).wrapping_mul(7))
-                .collect()
-        })
-        .collect();
+        let owned = messages_of(
+            &[
+                66, 66, 66, 66, 66, 32, 66, 66, 320, 320, 320, 0, 137, 137, 137, 137, 137, 137, 137,
+            ],
+            7,
+        );
         for n in 0..=owned.len() {
             let inputs: Vec<&[u8]> = owned[..n].iter().map(Vec::as_slice).collect();
             let mut out = vec![B256::ZERO; n];
@@ -391,15 +398,10 @@ mod tests {
     /// The grouping into fours, on any CPU: through the portable lanes, every run length.
     #[test]
     fn grouping_into_fours_hashes_every_input_in_order() {
-        let owned: Vec<Vec<u8>> = [5, 5, 5, 5, 5, 5, 5, 9, 5, 5, 5, 5, 200, 200, 200, 0, 5]
-            .iter()
-            .enumerate()
-            .map(|(i, &len)| {
-                (0..len)
-                    .map(|b| (b as u8) ^ (i as u8).wrapping_mul(13))
-                    .collect()
-            })
-            .collect();
+        let owned = messages_of(
+            &[5, 5, 5, 5, 5, 5, 5, 9, 5, 5, 5, 5, 200, 200, 200, 0, 5],
+            13,
+        );
         for n in 0..=owned.len() {
             let inputs: Vec<&[u8]> = owned[..n].iter().map(Vec::as_slice).collect();
             let want: Vec<B256> = inputs.iter().map(keccak256).collect();

@@ -595,22 +595,27 @@ fn the_two_kinds_do_not_mix() {
     }
 }
 
+/// `n` claims with distinct request ids from `first`: a language-model call at every index
+/// `i` with `i % every == 1`, an inference on tensors at the others.
+fn mixed_claims(n: u8, every: u8, first: u8) -> Vec<Claims> {
+    (0..n)
+        .map(|i| {
+            let mut c = if i % every == 1 {
+                llm_sample().claims
+            } else {
+                sample().claims
+            };
+            c.request_id = B256::repeat_byte(first + i);
+            c
+        })
+        .collect()
+}
+
 /// Both kinds share a micro-batch and a listing: one root, each leaf its own typed digest.
 #[test]
 fn a_batch_holds_both_kinds() {
     let s = signer();
-    let claims: Vec<Claims> = (0..4u8)
-        .map(|i| {
-            let mut c = if i % 2 == 0 {
-                sample().claims
-            } else {
-                llm_sample().claims
-            };
-            c.request_id = B256::repeat_byte(0x10 + i);
-            c
-        })
-        .collect();
-    let batch = s.sign_batch(claims).unwrap();
+    let batch = s.sign_batch(mixed_claims(4, 2, 0x10)).unwrap();
     let listing = compact::encode_receipts(&batch).unwrap();
     let entries = compact::listing_entries(&listing).unwrap();
     let mut cache = SealCache::default();
@@ -630,18 +635,7 @@ fn a_batch_holds_both_kinds() {
 fn a_listing_read_four_abreast_is_read_entry_by_entry() {
     let s = signer();
     let mut rs: Vec<SignedReceipt> = Vec::new();
-    let claims: Vec<Claims> = (0..6u8)
-        .map(|i| {
-            let mut c = if i % 3 == 1 {
-                llm_sample().claims
-            } else {
-                sample().claims
-            };
-            c.request_id = B256::repeat_byte(0x40 + i);
-            c
-        })
-        .collect();
-    rs.extend(s.sign_batch(claims).unwrap());
+    rs.extend(s.sign_batch(mixed_claims(6, 3, 0x40)).unwrap());
     rs.push(sample());
     rs.push(llm_sample());
     rs.extend(batch_from(60, 3));
