@@ -639,6 +639,8 @@ fn a_listing_read_four_abreast_is_read_entry_by_entry() {
     rs.push(sample());
     rs.push(llm_sample());
     rs.extend(batch_from(60, 3));
+    // Past one read-ahead chunk (16), so chunk boundaries fall inside the listing.
+    rs.extend(batch_from(80, 9));
     let listing = compact::encode_receipts(&rs).unwrap();
     let entries = compact::listing_entries(&listing).unwrap();
     for n in 0..=entries.len() {
