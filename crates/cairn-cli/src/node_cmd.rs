@@ -59,6 +59,10 @@ pub struct NodeServeArgs {
     /// downloading).
     #[arg(long, default_value_t = 2 << 30)]
     pub max_model_bytes: u64,
+    /// Seconds a model name's resolution (`digits`, `digits@1.0`) is served before the hub is
+    /// asked again; a stale one keeps serving meanwhile, and while the hub is unreachable.
+    #[arg(long, default_value_t = 10)]
+    pub name_refresh_secs: u64,
     /// Seconds request/response payloads are kept for verifiers.
     #[arg(long, default_value_t = 7 * 24 * 3600)]
     pub retention_secs: u64,
@@ -397,6 +401,7 @@ pub async fn open_node(
         limits,
         cache_bytes: args.cache_bytes,
         max_model_bytes: args.max_model_bytes,
+        name_refresh: Duration::from_secs(args.name_refresh_secs),
         retention: Duration::from_secs(args.retention_secs),
         receipt_durability: match args.receipt_durability {
             ReceiptDurability::Process => cairn_node::Durability::Normal,

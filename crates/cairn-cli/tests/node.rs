@@ -564,6 +564,63 @@ fn an_answered_receipt_survives_kill_9_of_the_node() {
     }
 }
 
+/// A hub that stops answering (its process stopped: connections open, nothing comes back)
+/// costs a node nothing for the names it knows: their last resolution serves, and one
+/// background lookup at a time tries the hub. A name it has never seen gets a 502
+/// (`hub_unavailable`) within the lookup's bound instead of a call that hangs.
+#[test]
+fn a_silent_hub_does_not_stall_calls_by_name() {
+    let net = Server::devnet();
+    let node = Server::node(&net.url, &["--name-refresh-secs", "1"]);
+    let body = json!({"inputs": [{"name": "X", "shape": [1, 64], "datatype": "FP32", "data": vec![3.0; 64]}]});
+    let (s, v) = infer_json(&node.node_url, "digits@1.0", body.clone());
+    assert_eq!(s, 200, "{v}");
+    let cid = v["model_name"].as_str().unwrap().to_owned();
+    let call = |model: &str| {
+        common::block(async {
+            let resp = reqwest::Client::new()
+                .post(format!("{}/v2/models/{model}/infer", node.node_url))
+                .json(&body)
+                .timeout(std::time::Duration::from_secs(20))
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("{model}: no answer while the hub is silent: {e}"));
+            let status = resp.status().as_u16();
+            (status, resp.json::<Value>().await.unwrap_or(Value::Null))
+        })
+    };
+    let stop = |signal: &str| {
+        let ok = Command::new("kill")
+            .args([signal, &net.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    };
+    stop("-STOP");
+    // Past the refresh interval: each call below would look the name up again.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let started = std::time::Instant::now();
+    for _ in 0..20 {
+        let (s, v) = call("digits@1.0");
+        assert_eq!(s, 200, "{v}");
+    }
+    // The refresh's lookup is still waiting for the hub (5 s), or has given up: the calls
+    // did not wait for it.
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(4),
+        "calls by a known name waited for the silent hub: {:?}",
+        started.elapsed()
+    );
+    let (s, v) = call("digits");
+    assert_eq!(s, 502, "a name never resolved, with the hub silent: {v}");
+    assert_eq!(v["code"], "hub_unavailable", "{v}");
+    let (s, v) = call(&cid);
+    assert_eq!(s, 200, "by CID: {v}");
+    stop("-CONT");
+    let (s, v) = call("digits");
+    assert_eq!(s, 200, "the hub is back: {v}");
+}
+
 #[test]
 fn bad_input_gets_clear_errors_and_the_node_survives() {
     let net = Server::devnet();

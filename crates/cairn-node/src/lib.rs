@@ -120,6 +120,9 @@ pub struct NodeConfig {
     pub cache_bytes: u64,
     /// Largest model file the node fetches and loads.
     pub max_model_bytes: u64,
+    /// How long a model name's resolution is served before the hub is asked again (a stale
+    /// one keeps serving, refreshed in the background, and while the hub is away).
+    pub name_refresh: Duration,
     /// How long request/response payloads are kept beside their receipts.
     pub retention: Duration,
     /// What a committed receipt survives: the process dying (`Normal`, the default: WAL, no

@@ -140,7 +140,8 @@ pub(crate) async fn open(c: NodeConfig) -> Result<NodeState, NodeError> {
         crate::faults::LyingEngine::wrap(c.engine, c.faults.wrong_output_rate),
         c.cache_bytes,
         c.max_model_bytes,
-    );
+    )
+    .with_name_refresh(c.name_refresh);
     let receipts = cairn_receipt::ReceiptSigner::new(
         cairn_core::sig::SigningKey::from_signer(&c.key),
         c.domain,
