@@ -4,18 +4,12 @@
 //! Everything a stranger can make it fetch is bounded: a model over `max_model_bytes` is refused
 //! while downloading, a file that is not a loadable model is deleted at once, and a failed load
 //! is remembered for a minute (so calling it again costs nothing). Metadata routes read the
-//! signature the hub recorded and never download.
-//!
-//! A name (`digits@1.0`, `digits`) is looked up at the hub at most once per refresh interval,
-//! and never on an answer's path once known: a known name's stale resolution is served while
-//! one background lookup refreshes it, and stays in service while the hub is down, slow or
-//! failing (the receipt names the exact file either way). A lookup that outlasts
-//! [`HUB_LOOKUP_TIMEOUT`] counts as the hub being unavailable.
+//! signature the hub recorded and never download. Names resolve through [`crate::names`].
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cairn_core::{BlobId, ModelRef, Version};
 use cairn_engine::{Engine, EngineError, Plan};
@@ -168,32 +162,6 @@ pub struct Resolution {
 
 /// How long a failed load is remembered.
 const FAILED_TTL: Duration = Duration::from_secs(60);
-/// How long a name's resolution is served before it is looked up again, by default.
-pub const NAME_REFRESH: Duration = Duration::from_secs(10);
-/// How long a name the hub does not know is remembered as unknown: a client repeating a
-/// wrong name costs the hub a lookup per this, not one per call.
-const UNKNOWN_NAME_TTL: Duration = Duration::from_secs(5);
-/// How long a name's lookup at the hub may take before it counts as the hub being unavailable.
-pub const HUB_LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// A name's resolution and when the hub gave it.
-struct Named {
-    resolution: Arc<Resolution>,
-    at: Instant,
-    /// A lookup refreshing it is on its way.
-    refreshing: std::sync::atomic::AtomicBool,
-}
-
-impl Named {
-    fn new(resolution: Arc<Resolution>) -> Arc<Self> {
-        Arc::new(Self {
-            resolution,
-            at: Instant::now(),
-            refreshing: std::sync::atomic::AtomicBool::new(false),
-        })
-    }
-}
-
 /// The cache.
 #[derive(Clone)]
 pub struct ModelCache {
@@ -201,11 +169,7 @@ pub struct ModelCache {
     hub: HubClient,
     engine: Arc<dyn Engine>,
     plans: Cache<BlobId, Arc<LoadedModel>>,
-    names: Cache<String, Arc<Named>>,
-    /// Names the hub said it does not know, lately.
-    unknown: Cache<String, CacheError>,
-    /// How long a name's resolution is served before it is looked up again.
-    name_refresh: Duration,
+    names: crate::names::Names,
     /// Loads that failed recently, with their error.
     failed: Cache<BlobId, CacheError>,
     max_model_bytes: u64,
@@ -251,19 +215,13 @@ impl ModelCache {
                 }
             })
             .build();
-        // Kept until evicted: a stale one still serves while the hub is away.
-        let names = Cache::builder().max_capacity(10_000).build();
+        let names = crate::names::Names::new(hub.clone());
         Self {
             dir,
             hub,
             engine,
             plans,
             names,
-            unknown: Cache::builder()
-                .max_capacity(10_000)
-                .time_to_live(UNKNOWN_NAME_TTL)
-                .build(),
-            name_refresh: NAME_REFRESH,
             failed: Cache::builder()
                 .max_capacity(10_000)
                 .time_to_live(FAILED_TTL)
@@ -273,10 +231,11 @@ impl ModelCache {
         }
     }
 
-    /// Looks names up again after `every` (a bare name follows a new release that soon; a
-    /// pinned `name@version` costs a lookup that often).
+    /// Looks a known name up again, in the background, once `every` has passed since its
+    /// last lookup (by default [`crate::names`]' 10 s): a bare name follows a new release on
+    /// the calls after that check.
     pub fn with_name_refresh(mut self, every: Duration) -> Self {
-        self.name_refresh = every;
+        self.names.set_refresh(every);
         self
     }
 
@@ -326,68 +285,7 @@ impl ModelCache {
                 path,
             } => (repo, version, path),
         };
-        if let Some(known) = self.names.get(reference).await {
-            if known.at.elapsed() >= self.name_refresh
-                && !known.refreshing.swap(true, Ordering::AcqRel)
-            {
-                self.refresh(reference.to_owned(), repo, version, path, known.clone());
-            }
-            return Ok(known.resolution.clone());
-        }
-        if let Some(e) = self.unknown.get(reference).await {
-            return Err(e);
-        }
-        // Concurrent first calls for one name share one lookup.
-        let looked_up = self
-            .names
-            .try_get_with(reference.to_owned(), async {
-                let r = lookup(&self.hub, reference, &repo, version, path.as_ref()).await?;
-                Ok::<_, CacheError>(Named::new(Arc::new(r)))
-            })
-            .await;
-        match looked_up {
-            Ok(named) => Ok(named.resolution.clone()),
-            Err(e) => {
-                let e = CacheError::clone(&e);
-                if matches!(e, CacheError::NotFound(_)) {
-                    self.unknown.insert(reference.to_owned(), e.clone()).await;
-                }
-                Err(e)
-            }
-        }
-    }
-
-    /// Looks `known`'s name up again in the background: its answer replaces `known`; a name
-    /// the hub no longer knows is forgotten (its next call gets the hub's answer); any other
-    /// failure keeps `known` in service and tries again after another refresh interval.
-    fn refresh(
-        &self,
-        reference: String,
-        repo: cairn_core::RepoName,
-        version: Option<Version>,
-        path: Option<cairn_core::FilePath>,
-        known: Arc<Named>,
-    ) {
-        let (hub, names) = (self.hub.clone(), self.names.clone());
-        tokio::spawn(async move {
-            match lookup(&hub, &reference, &repo, version, path.as_ref()).await {
-                Ok(r) => names.insert(reference, Named::new(Arc::new(r))).await,
-                Err(CacheError::NotFound(e)) => {
-                    tracing::warn!(reference, error = %e, "the hub no longer knows this name");
-                    names.invalidate(&reference).await;
-                }
-                Err(e) => {
-                    tracing::warn!(
-                        reference,
-                        error = %e,
-                        "hub lookup failed; serving the name's last resolution"
-                    );
-                    names
-                        .insert(reference, Named::new(known.resolution.clone()))
-                        .await;
-                }
-            }
-        });
+        self.names.resolve(reference, repo, version, path).await
     }
 
     /// The loaded model for `cid`: from memory, else from disk (re-verified), else from the hub
@@ -505,32 +403,7 @@ impl ModelCache {
     }
 }
 
-/// The hub's resolution of a name, within [`HUB_LOOKUP_TIMEOUT`].
-async fn lookup(
-    hub: &HubClient,
-    reference: &str,
-    repo: &cairn_core::RepoName,
-    version: Option<Version>,
-    path: Option<&cairn_core::FilePath>,
-) -> Result<Resolution, CacheError> {
-    let resolved = tokio::time::timeout(HUB_LOOKUP_TIMEOUT, hub.resolve(repo, version, path))
-        .await
-        .map_err(|_| {
-            CacheError::HubUnavailable(format!(
-                "the hub did not resolve `{reference}` within {} s; try again later",
-                HUB_LOOKUP_TIMEOUT.as_secs()
-            ))
-        })?
-        .map_err(|e| hub_error(reference, e))?;
-    Ok(Resolution {
-        cid: resolved.file.cid,
-        version: Some(resolved.version),
-        signature: resolved.file.onnx,
-        gguf: resolved.file.gguf,
-    })
-}
-
-fn hub_error(reference: &str, e: ClientError) -> CacheError {
+pub(crate) fn hub_error(reference: &str, e: ClientError) -> CacheError {
     match e {
         ClientError::Api {
             status, message, ..
@@ -624,7 +497,7 @@ mod tests {
         (HubClient::new(&url, None).unwrap(), asked)
     }
 
-    /// A wrong name repeated costs the hub one lookup per [`UNKNOWN_NAME_TTL`], not one per
+    /// A wrong name repeated costs the hub one lookup per `UNKNOWN_TTL`, not one per
     /// call; a hub in trouble is asked again on the next call (nothing is remembered).
     #[tokio::test(flavor = "multi_thread")]
     async fn an_unknown_name_is_remembered_a_hub_outage_is_not() {

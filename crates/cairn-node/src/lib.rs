@@ -24,6 +24,7 @@ pub mod inference;
 pub mod llm;
 pub mod log;
 mod metrics;
+mod names;
 mod pricing;
 pub mod registration;
 pub mod sealing;

@@ -54,11 +54,18 @@ impl Pricing for ModelPricing {
                 .map_err(|e| crate::NodeError::from(e).into_response())?;
             let mut amount = self.default;
             for (key, price) in &self.models {
-                if let Ok(r) = self.cache.resolve(key).await
-                    && r.cid == resolved.cid
-                {
-                    amount = *price;
-                    break;
+                match self.cache.resolve(key).await {
+                    Ok(r) if r.cid == resolved.cid => {
+                        amount = *price;
+                        break;
+                    }
+                    Ok(_) => {}
+                    // A priced model the hub cannot resolve now may be this one: never charge
+                    // the default for it (a payer could call it by CID during an outage).
+                    Err(e) if e.is_transient() => {
+                        return Err(crate::NodeError::from(e).into_response());
+                    }
+                    Err(_) => {}
                 }
             }
             if amount.is_zero() {
@@ -84,19 +91,67 @@ pub struct LlmPrices {
 }
 
 impl LlmPrices {
-    /// The price of the model `cid`.
+    /// The price of the model `cid`; an error when a priced model the hub cannot resolve
+    /// now may be this one (it is never charged the default instead).
     pub(crate) async fn of(
         &self,
         cache: &ModelCache,
         cid: cairn_core::BlobId,
-    ) -> Option<TokenPrice> {
+    ) -> Result<Option<TokenPrice>, crate::cache::CacheError> {
         for (key, price) in &self.models {
-            if let Ok(r) = cache.resolve(key).await
-                && r.cid == cid
-            {
-                return Some(*price);
+            match cache.resolve(key).await {
+                Ok(r) if r.cid == cid => return Ok(Some(*price)),
+                Ok(_) => {}
+                Err(e) if e.is_transient() => return Err(e),
+                Err(_) => {}
             }
         }
-        self.default
+        Ok(self.default)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    /// A call by CID while the hub cannot resolve a priced name (it may name this very file)
+    /// is refused, not charged the default price, which may be nothing.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_priced_name_the_hub_cannot_resolve_is_never_charged_the_default() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let hub = format!("http://{}", listener.local_addr().unwrap());
+        // A hub in trouble: every lookup fails with 503.
+        let app = axum::Router::new().fallback(|| async {
+            (
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                axum::Json(cairn_core::ErrorBody::new("down", "the hub is down")),
+            )
+        });
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let dir = tempfile::tempdir().unwrap();
+        let engine: Arc<dyn cairn_engine::Engine> = Arc::new(cairn_engine::TractEngine::new());
+        let hub = cairn_hub_api::HubClient::new(&hub, None).unwrap();
+        let cache = ModelCache::new(dir.path().to_owned(), hub, engine, 1 << 20, 1 << 20);
+        let pricing = ModelPricing {
+            cache: cache.clone(),
+            default: U256::ZERO,
+            models: vec![("digits@1.0".into(), U256::from(1000))],
+        };
+        let cid = cairn_core::BlobId::of(b"the file digits@1.0 names");
+        let req = axum::http::Request::post(format!("/v2/models/{cid}/infer"))
+            .body(())
+            .unwrap();
+        let (parts, ()) = req.into_parts();
+        let Err(refused) = pricing.price(&parts).await else {
+            panic!("priced (or served free) with the priced name unresolvable")
+        };
+        assert_eq!(refused.status(), 502);
+        // The same for a language model's token price.
+        let prices = LlmPrices {
+            default: None,
+            models: vec![("digits@1.0".into(), TokenPrice::default())],
+        };
+        assert!(prices.of(&cache, cid).await.is_err());
     }
 }

@@ -352,7 +352,8 @@ impl Writer {
 
     /// Commits to SQLite every entry answered so far (blocking), one transaction of at most
     /// `group` entries per hold of the connection, letting a waiting write in between;
-    /// `yielding`, it gives its CPU up after each entry (see [`Shift::Quiet`]).
+    /// `yielding`, it gives its CPU up before each entry while the node is idle (see
+    /// [`Shift::Quiet`]).
     fn index_answered(&self, group: usize, yielding: bool) -> Result<(), String> {
         let target = self.appended();
         loop {
@@ -396,7 +397,7 @@ impl Writer {
             let last = rows.last().expect("n > 0").0;
             let result = guarded(|| {
                 let entries = rows.iter().map(|r| {
-                    if yielding {
+                    if yielding && self.idle() {
                         std::thread::yield_now();
                     }
                     &r.1
@@ -618,10 +619,13 @@ pub(super) enum Shift {
     /// The commits that begin while the node is not busy, at the lowest CPU priority (nice
     /// 19), so a commit's burst yields to an answer on its way. A second thread, because an
     /// unprivileged thread may lower its priority but never raise it again. It also gives its
-    /// CPU up before each entry it inserts: the scheduler lets a thread it picked run out its
-    /// slice, nice 19 or not, and a commit of 8 ms of entries at one connection (~1 ms of
-    /// CPU) kept a worker woken on its CPU waiting that long (the node's p99 at one
-    /// connection ~2 ms; with the yields, and the presigner's, 0.5–1.0 ms, p50 unchanged).
+    /// CPU up before each entry it inserts while the node stays idle: the scheduler lets a
+    /// thread it picked run out its slice, nice 19 or not, and a commit of 8 ms of entries at
+    /// one connection (~1 ms of CPU) kept a worker woken on its CPU waiting that long (the
+    /// node's p99 at one connection ~2 ms; with the yields, and the presigner's, 0.5–1.0 ms,
+    /// p50 unchanged). It yields holding the index and an open transaction, so only while no
+    /// one could wait for them: once the node is busy or a write waits, the transaction
+    /// finishes without yielding.
     Quiet,
 }
 
@@ -631,6 +635,12 @@ const QUIET_MAX: usize = 1024;
 const QUIET_GROUP: usize = 128;
 
 impl Writer {
+    /// Whether the node serves at most one request and no write waits for the index: a
+    /// quiet commit may then give its CPU up, holding the index, without anyone waiting on it.
+    fn idle(&self) -> bool {
+        self.writers_waiting.load(Ordering::Acquire) == 0 && self.busy.get().is_none_or(|b| !b())
+    }
+
     /// Whether `shift` makes the next commit (of `pending`; its lock held).
     fn on_shift(&self, shift: Shift, pending: &Pending) -> bool {
         let Some(busy) = self.busy.get() else {

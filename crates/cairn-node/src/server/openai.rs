@@ -160,7 +160,7 @@ async fn llm_call(
     }
     let price = match &i.llm_prices {
         Some(prices) if charged => {
-            let p = prices.of(&i.cache, resolved.cid).await.ok_or_else(|| {
+            let p = prices.of(&i.cache, resolved.cid).await?.ok_or_else(|| {
                 NodeError::PaymentRequired(format!(
                     "this node takes payments and sets no price for `{}`; its operator sets one with --llm-price (or serves language models unpaid with --llm-free)",
                     request.model
