@@ -162,6 +162,7 @@ pub struct Resolution {
 
 /// How long a failed load is remembered.
 const FAILED_TTL: Duration = Duration::from_secs(60);
+
 /// The cache.
 #[derive(Clone)]
 pub struct ModelCache {

@@ -112,7 +112,9 @@ impl Names {
         version: Option<Version>,
         path: Option<FilePath>,
     ) -> Result<Arc<Resolution>, CacheError> {
-        let name = Name {
+        let bare = version.is_none();
+        // Built only off the fast path (a known name within its interval allocates nothing).
+        let name = move || Name {
             reference: reference.to_owned(),
             repo,
             version,
@@ -124,8 +126,8 @@ impl Names {
                 return Ok(known.resolution.clone());
             }
             let checking = Checking(known.clone());
-            if name.version.is_none() && now.duration_since(known.confirmed) >= self.max_unconfirmed
-            {
+            let name = name();
+            if bare && now.duration_since(known.confirmed) >= self.max_unconfirmed {
                 return self.check(name, checking).await;
             }
             let names = self.clone();
@@ -135,6 +137,7 @@ impl Names {
         if let Some(e) = self.unknown.get(reference).await {
             return Err(e);
         }
+        let name = name();
         // Concurrent first calls for one name share one lookup.
         let looked_up = self
             .known
