@@ -45,6 +45,14 @@ pub enum ClientError {
         /// Received.
         actual: BlobId,
     },
+    /// The hub sent nothing (headers or the next bytes of a download) for this long.
+    #[error("the hub at {url} sent nothing for {secs} s; the download was abandoned, try again")]
+    Stalled {
+        /// Where.
+        url: String,
+        /// How long it was silent.
+        secs: u64,
+    },
     /// A write was attempted without a key.
     #[error("this operation is signed and the client has no key")]
     NoKey,
@@ -74,7 +82,12 @@ pub struct HubClient {
     base: Url,
     http: reqwest::Client,
     signer: Option<PrivateKeySigner>,
+    stall: std::time::Duration,
 }
+
+/// How long a download waits for the hub's answer or its next bytes before it is abandoned, by
+/// default: a hub that stops sending mid-file would otherwise hold the download for good.
+pub const DOWNLOAD_STALL: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl HubClient {
     /// A client for the hub at `base` (e.g. `http://127.0.0.1:7400`).
@@ -87,7 +100,15 @@ impl HubClient {
             base,
             http: reqwest::Client::new(),
             signer,
+            stall: DOWNLOAD_STALL,
         })
+    }
+
+    /// Abandons a download once the hub has sent nothing for `stall` (by default
+    /// [`DOWNLOAD_STALL`]).
+    pub fn with_download_stall(mut self, stall: std::time::Duration) -> Self {
+        self.stall = stall;
+        self
     }
 
     /// The address of the client's key, if it has one.
@@ -334,11 +355,13 @@ impl HubClient {
     ) -> Result<u64> {
         let id = cid.to_string();
         let url = self.url(&["v1", "blobs", &id]);
-        let resp = self
-            .http
-            .get(url.clone())
-            .send()
+        let stalled = || ClientError::Stalled {
+            url: url.to_string(),
+            secs: self.stall.as_secs(),
+        };
+        let resp = tokio::time::timeout(self.stall, self.http.get(url.clone()).send())
             .await
+            .map_err(|_| stalled())?
             .map_err(self.http_err(&url))?;
         if !resp.status().is_success() {
             return Err(api_error(resp).await);
@@ -359,7 +382,10 @@ impl HubClient {
             let mut file = tokio::fs::File::create(&partial).await?;
             let mut hasher = BlobHasher::new();
             let mut body = resp.bytes_stream();
-            while let Some(chunk) = body.next().await {
+            while let Some(chunk) = tokio::time::timeout(self.stall, body.next())
+                .await
+                .map_err(|_| stalled())?
+            {
                 let chunk = chunk.map_err(self.http_err(&url))?;
                 hasher.update(&chunk);
                 if hasher.len() > max {

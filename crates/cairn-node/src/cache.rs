@@ -9,7 +9,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cairn_core::{BlobId, ModelRef, Version};
 use cairn_engine::{Engine, EngineError, Plan};
@@ -162,10 +162,6 @@ pub struct Resolution {
 
 /// How long a failed load is remembered.
 const FAILED_TTL: Duration = Duration::from_secs(60);
-/// How long a download may go without a byte from the hub before it is abandoned as the hub
-/// being unavailable: a hub that stalls mid-file would otherwise hold the model's one load,
-/// and every call waiting for it, until the node restarts.
-const DOWNLOAD_STALL: Duration = Duration::from_secs(30);
 
 /// The cache.
 #[derive(Clone)]
@@ -178,7 +174,6 @@ pub struct ModelCache {
     /// Loads that failed recently, with their error.
     failed: Cache<BlobId, CacheError>,
     max_model_bytes: u64,
-    download_stall: Duration,
     lookups: CacheLookups,
 }
 
@@ -233,7 +228,6 @@ impl ModelCache {
                 .time_to_live(FAILED_TTL)
                 .build(),
             max_model_bytes,
-            download_stall: DOWNLOAD_STALL,
             lookups: CacheLookups::default(),
         }
     }
@@ -321,55 +315,6 @@ impl ModelCache {
         }
     }
 
-    /// Downloads `cid` to `path`, abandoning it (and its partial file) once the hub has sent
-    /// nothing for `download_stall`.
-    async fn download(&self, cid: BlobId, path: &std::path::Path) -> Result<(), CacheError> {
-        let start = Instant::now();
-        // Milliseconds from `start` to the last bytes received (or to the start).
-        let last = AtomicU64::new(0);
-        let quiet = || {
-            start
-                .elapsed()
-                .saturating_sub(Duration::from_millis(last.load(Ordering::Relaxed)))
-        };
-        let mut download =
-            Box::pin(
-                self.hub
-                    .download_at_most(&cid, path, self.max_model_bytes, |_, _| {
-                        let ms = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
-                        last.store(ms, Ordering::Relaxed);
-                    }),
-            );
-        loop {
-            let wait = self.download_stall.saturating_sub(quiet());
-            tokio::select! {
-                done = &mut download => {
-                    return done.map(drop).map_err(|e| hub_error(&cid.to_string(), e));
-                }
-                () = tokio::time::sleep(wait) => {
-                    if quiet() >= self.download_stall {
-                        break;
-                    }
-                }
-            }
-        }
-        // The client removes its partial file on an error, not when it is dropped.
-        drop(download);
-        let id = cid.to_string();
-        if let Ok(entries) = std::fs::read_dir(&self.dir) {
-            for e in entries.flatten() {
-                let name = e.file_name().to_string_lossy().into_owned();
-                if name.ends_with(".partial") && name.contains(&id) {
-                    let _ = std::fs::remove_file(e.path());
-                }
-            }
-        }
-        Err(CacheError::HubUnavailable(format!(
-            "the hub sent nothing of {cid} for {} s; the download was abandoned, try again",
-            self.download_stall.as_secs()
-        )))
-    }
-
     async fn load(&self, cid: BlobId) -> Result<Arc<LoadedModel>, CacheError> {
         let path = self.dir.join(cid.to_string());
         let mut bytes = None;
@@ -395,7 +340,11 @@ impl ModelCache {
                 tokio::fs::create_dir_all(&self.dir)
                     .await
                     .map_err(|e| CacheError::Local(format!("dir: {e}")))?;
-                self.download(cid, &path).await?;
+                // A hub that stops sending is abandoned after `DOWNLOAD_STALL` (the client's).
+                self.hub
+                    .download_at_most(&cid, &path, self.max_model_bytes, |_, _| {})
+                    .await
+                    .map_err(|e| hub_error(&cid.to_string(), e))?;
                 self.count("hub");
                 tokio::fs::read(&path)
                     .await
@@ -550,26 +499,46 @@ mod tests {
         (HubClient::new(&url, None).unwrap(), asked)
     }
 
-    /// A hub that sends part of a model and then nothing: the load is abandoned as the hub's
-    /// trouble (not remembered against the model), its partial file removed, and the next call
-    /// tries again, instead of every call for the model waiting on one load for good.
-    #[tokio::test(flavor = "multi_thread")]
-    async fn a_download_the_hub_stops_sending_is_abandoned() {
+    /// A hub serving one blob in chunks `gap` apart, then (when `stop`) nothing more.
+    async fn hub_sending(chunks: Vec<&'static [u8]>, gap: Duration, stop: bool) -> HubClient {
         use futures::StreamExt;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
-        let app = axum::Router::new().fallback(|| async {
-            let first = futures::stream::iter([Ok::<_, std::convert::Infallible>(
-                bytes::Bytes::from_static(b"ONNX, the first bytes of it"),
-            )]);
-            axum::body::Body::from_stream(first.chain(futures::stream::pending()))
+        let app = axum::Router::new().fallback(move || {
+            let chunks = chunks.clone();
+            async move {
+                let sent = futures::stream::iter(chunks).then(move |c| async move {
+                    tokio::time::sleep(gap).await;
+                    Ok::<_, std::convert::Infallible>(bytes::Bytes::from_static(c))
+                });
+                if stop {
+                    axum::body::Body::from_stream(sent.chain(futures::stream::pending()))
+                } else {
+                    axum::body::Body::from_stream(sent)
+                }
+            }
         });
         tokio::spawn(async move { axum::serve(listener, app).await });
+        HubClient::new(&url, None).unwrap()
+    }
+
+    /// A hub that sends part of a model and then nothing: the load is abandoned as the hub's
+    /// trouble (not remembered against the model), its partial file removed, and the next call
+    /// tries again, instead of every call for the model waiting on one load for good. A hub
+    /// that keeps sending, however long the whole takes, is waited for.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_download_the_hub_stops_sending_is_abandoned() {
+        let stall = Duration::from_millis(300);
         let dir = tempfile::tempdir().unwrap();
         let engine: Arc<dyn Engine> = Arc::new(cairn_engine::TractEngine::new());
-        let hub = HubClient::new(&url, None).unwrap();
-        let mut cache = ModelCache::new(dir.path().to_owned(), hub, engine, 1 << 20, 1 << 20);
-        cache.download_stall = Duration::from_millis(300);
+        let hub = hub_sending(vec![b"ONNX, the first bytes of it"], Duration::ZERO, true).await;
+        let cache = ModelCache::new(
+            dir.path().to_owned(),
+            hub.with_download_stall(stall),
+            engine.clone(),
+            1 << 20,
+            1 << 20,
+        );
         let cid = BlobId::of(b"a model the hub starts sending and never finishes");
         for _ in 0..2 {
             let load = tokio::time::timeout(Duration::from_secs(20), cache.get(cid));
@@ -577,10 +546,28 @@ mod tests {
                 panic!("loaded half a model")
             };
             assert!(matches!(e, CacheError::HubUnavailable(_)), "{e:?}");
+            assert!(e.to_string().contains("sent nothing"), "{e}");
             assert!(cache.failed.get(&cid).await.is_none());
             let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().flatten().collect();
             assert!(left.is_empty(), "{left:?}");
         }
+        // Ten chunks 100 ms apart: a second in all, never 300 ms silent. The bytes arrive
+        // whole (they are no model, which is the next check).
+        let chunks: Vec<&'static [u8]> = vec![b"not a model; "; 10];
+        let whole = chunks.concat();
+        let hub = hub_sending(chunks, Duration::from_millis(100), false).await;
+        let dir = tempfile::tempdir().unwrap();
+        let cache = ModelCache::new(
+            dir.path().to_owned(),
+            hub.with_download_stall(stall),
+            engine,
+            1 << 20,
+            1 << 20,
+        );
+        let Err(e) = cache.get(BlobId::of(&whole)).await else {
+            panic!("loaded bytes that are no model")
+        };
+        assert!(matches!(e, CacheError::Invalid(_)), "{e:?}");
     }
 
     /// A wrong name repeated costs the hub one lookup per `UNKNOWN_TTL`, not one per
