@@ -377,9 +377,18 @@ impl HubClient {
         let file_name = out
             .file_name()
             .map_or_else(|| "download".into(), |n| n.to_string_lossy().into_owned());
-        let partial = out.with_file_name(format!(".{file_name}.{id}.partial"));
+        // A name of its own per download: two processes fetching the same blob into one
+        // directory must never write into one file (one's truncation would corrupt what the
+        // other verified and renames into place).
+        let mut tag = [0u8; 8];
+        getrandom::fill(&mut tag).expect("the OS random source works");
+        let tag = u64::from_le_bytes(tag);
+        let partial = out.with_file_name(format!(
+            ".{file_name}.{id}.{}-{tag:016x}.partial",
+            std::process::id()
+        ));
         let result = async {
-            let mut file = tokio::fs::File::create(&partial).await?;
+            let mut file = tokio::fs::File::create_new(&partial).await?;
             let mut hasher = BlobHasher::new();
             let mut body = resp.bytes_stream();
             while let Some(chunk) = tokio::time::timeout(self.stall, body.next())

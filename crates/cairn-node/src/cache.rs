@@ -570,6 +570,28 @@ mod tests {
         assert!(matches!(e, CacheError::Invalid(_)), "{e:?}");
     }
 
+    /// Two downloads of one blob into one directory at once (two processes sharing a models
+    /// directory) each write a file of their own: the file left in place is the blob, whole.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn concurrent_downloads_of_one_blob_never_share_a_file() {
+        let chunks: Vec<&'static [u8]> = vec![b"0123456789abcdef"; 8];
+        let whole = chunks.concat();
+        let cid = BlobId::of(&whole);
+        let hub = hub_sending(chunks, Duration::from_millis(40), false).await;
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join(cid.to_string());
+        let second = async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            hub.download_at_most(&cid, &out, 1 << 20, |_, _| {}).await
+        };
+        let (a, b) = tokio::join!(hub.download_at_most(&cid, &out, 1 << 20, |_, _| {}), second);
+        assert_eq!(a.unwrap(), whole.len() as u64);
+        assert_eq!(b.unwrap(), whole.len() as u64);
+        assert_eq!(std::fs::read(&out).unwrap(), whole);
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().flatten().collect();
+        assert_eq!(left.len(), 1, "{left:?}");
+    }
+
     /// A wrong name repeated costs the hub one lookup per `UNKNOWN_TTL`, not one per
     /// call; a hub in trouble is asked again on the next call (nothing is remembered).
     #[tokio::test(flavor = "multi_thread")]
