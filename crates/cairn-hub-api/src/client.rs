@@ -45,13 +45,19 @@ pub enum ClientError {
         /// Received.
         actual: BlobId,
     },
-    /// The hub sent nothing (headers or the next bytes of a download) for this long.
-    #[error("the hub at {url} sent nothing for {secs} s; the download was abandoned, try again")]
+    /// The hub sent fewer than `min_bytes` of a download (or not its answer's headers) in
+    /// `secs` of waiting for it.
+    #[error(
+        "the hub at {url} sent fewer than {min_bytes} bytes in {secs} s; the download was \
+         abandoned, try again"
+    )]
     Stalled {
         /// Where.
         url: String,
-        /// How long it was silent.
-        secs: u64,
+        /// How long the client waited on the network.
+        secs: f64,
+        /// What it needed in that time.
+        min_bytes: u64,
     },
     /// A write was attempted without a key.
     #[error("this operation is signed and the client has no key")]
@@ -83,11 +89,17 @@ pub struct HubClient {
     http: reqwest::Client,
     signer: Option<PrivateKeySigner>,
     stall: std::time::Duration,
+    min_progress: u64,
 }
 
-/// How long a download waits for the hub's answer or its next bytes before it is abandoned, by
-/// default: a hub that stops sending mid-file would otherwise hold the download for good.
+/// How long a download waits for the hub's answer, or for [`DOWNLOAD_MIN_PROGRESS`] more bytes,
+/// before it is abandoned, by default: a hub that stops sending mid-file, or sends a byte now
+/// and then, would otherwise hold the download for good.
 pub const DOWNLOAD_STALL: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The bytes a download must receive in each [`DOWNLOAD_STALL`] of waiting on the network, by
+/// default (64 KiB per 30 s, ~2 KiB/s: far below any working link).
+pub const DOWNLOAD_MIN_PROGRESS: u64 = 64 * 1024;
 
 impl HubClient {
     /// A client for the hub at `base` (e.g. `http://127.0.0.1:7400`).
@@ -101,13 +113,16 @@ impl HubClient {
             http: reqwest::Client::new(),
             signer,
             stall: DOWNLOAD_STALL,
+            min_progress: DOWNLOAD_MIN_PROGRESS,
         })
     }
 
-    /// Abandons a download once the hub has sent nothing for `stall` (by default
-    /// [`DOWNLOAD_STALL`]).
-    pub fn with_download_stall(mut self, stall: std::time::Duration) -> Self {
+    /// Abandons a download once the hub has sent fewer than `min_bytes` in a `stall` of
+    /// waiting for it (by default [`DOWNLOAD_MIN_PROGRESS`] in [`DOWNLOAD_STALL`]). Only time
+    /// spent waiting on the network counts: a slow disk is never the hub's fault.
+    pub fn with_download_stall(mut self, stall: std::time::Duration, min_bytes: u64) -> Self {
         self.stall = stall;
+        self.min_progress = min_bytes.max(1);
         self
     }
 
@@ -357,7 +372,8 @@ impl HubClient {
         let url = self.url(&["v1", "blobs", &id]);
         let stalled = || ClientError::Stalled {
             url: url.to_string(),
-            secs: self.stall.as_secs(),
+            secs: self.stall.as_secs_f64(),
+            min_bytes: self.min_progress,
         };
         let resp = tokio::time::timeout(self.stall, self.http.get(url.clone()).send())
             .await
@@ -391,11 +407,29 @@ impl HubClient {
             let mut file = tokio::fs::File::create_new(&partial).await?;
             let mut hasher = BlobHasher::new();
             let mut body = resp.bytes_stream();
-            while let Some(chunk) = tokio::time::timeout(self.stall, body.next())
-                .await
-                .map_err(|_| stalled())?
-            {
-                let chunk = chunk.map_err(self.http_err(&url))?;
+            // Each window of `stall` spent waiting on the network must bring `min_progress`
+            // bytes: a hub that sends a byte just inside every silence bound is as stuck as
+            // one that sends nothing, and holds the model's one load as long.
+            let (mut waited, mut got) = (std::time::Duration::ZERO, 0u64);
+            loop {
+                let started = std::time::Instant::now();
+                // `next` is cancel-safe: a wait cut at the window's end loses no bytes.
+                let next = tokio::time::timeout(self.stall - waited, body.next()).await;
+                waited += started.elapsed();
+                if let Ok(Some(Ok(chunk))) = &next {
+                    got += chunk.len() as u64;
+                }
+                if waited >= self.stall {
+                    if got < self.min_progress {
+                        return Err(stalled());
+                    }
+                    (waited, got) = (std::time::Duration::ZERO, 0);
+                }
+                let chunk = match next {
+                    Err(_) => continue,
+                    Ok(None) => break,
+                    Ok(Some(chunk)) => chunk.map_err(self.http_err(&url))?,
+                };
                 hasher.update(&chunk);
                 if hasher.len() > max {
                     return Err(ClientError::TooLarge {

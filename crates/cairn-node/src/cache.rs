@@ -187,9 +187,48 @@ pub struct CacheSource {
     source: &'static str,
 }
 
+/// A partial download untouched this long is abandoned, whoever wrote it: a live download
+/// writes at least every `DOWNLOAD_STALL` (30 s) of waiting on the hub.
+const PARTIAL_ABANDONED: Duration = Duration::from_secs(600);
+
+/// Removes the partial downloads in `dir` that no one is writing: those whose writer (the pid
+/// in the name, `HubClient`'s `.{file}.{cid}.{pid}-{tag}.partial`) has exited, and any left
+/// untouched for [`PARTIAL_ABANDONED`]. Another process's download in progress (a verifier
+/// sharing the directory, or a second cache in this process) is left alone: removing it
+/// would fail that download.
+fn sweep_partials(dir: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    // Without /proc, whether a writer lives cannot be told: only age counts.
+    let procfs = std::path::Path::new("/proc/self").exists();
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(stem) = name.strip_suffix(".partial") else {
+            continue;
+        };
+        let writer = stem
+            .rsplit_once('.')
+            .and_then(|(_, last)| last.split_once('-'))
+            .and_then(|(pid, _)| pid.parse::<u32>().ok());
+        let gone = procfs
+            && writer.is_some_and(|pid| {
+                pid != std::process::id() && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+            });
+        let stale = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > PARTIAL_ABANDONED));
+        if gone || stale {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
 impl ModelCache {
     /// A cache keeping at most `max_bytes` of model files (on disk and as loaded plans), each
-    /// at most `max_model_bytes`. Leftover partial downloads in `dir` are removed.
+    /// at most `max_model_bytes`. Partial downloads in `dir` left by a process that is gone
+    /// are removed ([`sweep_partials`]).
     pub fn new(
         dir: PathBuf,
         hub: HubClient,
@@ -197,13 +236,7 @@ impl ModelCache {
         max_bytes: u64,
         max_model_bytes: u64,
     ) -> Self {
-        if let Ok(entries) = std::fs::read_dir(&dir) {
-            for e in entries.flatten() {
-                if e.file_name().to_string_lossy().ends_with(".partial") {
-                    let _ = std::fs::remove_file(e.path());
-                }
-            }
-        }
+        sweep_partials(&dir);
         let evict_dir = dir.clone();
         let plans = Cache::builder()
             .eviction_policy(EvictionPolicy::lru())
@@ -340,7 +373,8 @@ impl ModelCache {
                 tokio::fs::create_dir_all(&self.dir)
                     .await
                     .map_err(|e| CacheError::Local(format!("dir: {e}")))?;
-                // A hub that stops sending is abandoned after `DOWNLOAD_STALL` (the client's).
+                // A hub that stops sending, or trickles, is abandoned (`DOWNLOAD_STALL`, the
+                // client's).
                 self.hub
                     .download_at_most(&cid, &path, self.max_model_bytes, |_, _| {})
                     .await
@@ -461,19 +495,45 @@ mod tests {
         assert!(!pace.quick(0));
     }
 
+    /// Partial downloads whose writer exited, or untouched for ten minutes, are swept at
+    /// start; those a live process may still be writing (another process's, or another cache's
+    /// in this one) are not.
     #[test]
     fn partial_downloads_left_by_a_crash_are_swept() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join(".bafkreiabc.bafkreiabc.partial"), b"half").unwrap();
-        std::fs::write(dir.path().join("bafkreikeep"), b"whole").unwrap();
+        let exited = {
+            let mut child = std::process::Command::new("true").spawn().unwrap();
+            child.wait().unwrap();
+            child.id()
+        };
+        let partial = |pid: u32| format!(".bafkreiabc.bafkreiabc.{pid}-00000000deadbeef.partial");
+        let write = |name: &str| std::fs::write(dir.path().join(name), b"half").unwrap();
+        write(&partial(exited));
+        let old = partial(std::process::id() + 1_000_000);
+        write(&old);
+        std::fs::File::options()
+            .write(true)
+            .open(dir.path().join(&old))
+            .unwrap()
+            .set_modified(std::time::SystemTime::now() - Duration::from_secs(3600))
+            .unwrap();
+        let ours = partial(std::process::id());
+        let live = partial(1);
+        let unnamed = ".bafkreiabc.bafkreiabc.partial".to_string();
+        for name in [&ours, &live, &unnamed, &"bafkreikeep".to_string()] {
+            write(name);
+        }
         let hub = HubClient::new("http://127.0.0.1:9", None).unwrap();
         let engine: Arc<dyn Engine> = Arc::new(cairn_engine::TractEngine::new());
         ModelCache::new(dir.path().to_owned(), hub, engine, 1 << 20, 1 << 20);
-        let left: Vec<String> = std::fs::read_dir(dir.path())
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
-        assert_eq!(left, ["bafkreikeep"]);
+        left.sort();
+        let mut kept = vec![ours, live, unnamed, "bafkreikeep".to_string()];
+        kept.sort();
+        assert_eq!(left, kept);
     }
 
     /// A hub that answers every request with `status` and an error body.
@@ -534,7 +594,7 @@ mod tests {
         let hub = hub_sending(vec![b"ONNX, the first bytes of it"], Duration::ZERO, true).await;
         let cache = ModelCache::new(
             dir.path().to_owned(),
-            hub.with_download_stall(stall),
+            hub.with_download_stall(stall, 16),
             engine.clone(),
             1 << 20,
             1 << 20,
@@ -546,7 +606,7 @@ mod tests {
                 panic!("loaded half a model")
             };
             assert!(matches!(e, CacheError::HubUnavailable(_)), "{e:?}");
-            assert!(e.to_string().contains("sent nothing"), "{e}");
+            assert!(e.to_string().contains("sent fewer than 16 bytes"), "{e}");
             assert!(cache.failed.get(&cid).await.is_none());
             let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().flatten().collect();
             assert!(left.is_empty(), "{left:?}");
@@ -559,7 +619,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cache = ModelCache::new(
             dir.path().to_owned(),
-            hub.with_download_stall(stall),
+            hub.with_download_stall(stall, 16),
             engine,
             1 << 20,
             1 << 20,
@@ -568,6 +628,38 @@ mod tests {
             panic!("loaded bytes that are no model")
         };
         assert!(matches!(e, CacheError::Invalid(_)), "{e:?}");
+    }
+
+    /// A hub that sends a byte just inside every silence bound (here 1 byte per 100 ms against
+    /// a 300 ms bound, 10 s for the whole) is abandoned once a bound's worth of waiting brings
+    /// less than the minimum, not waited on for the whole file.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_download_the_hub_trickles_is_abandoned() {
+        let chunks: Vec<&'static [u8]> = vec![b"x"; 100];
+        let cid = BlobId::of(&chunks.concat());
+        let hub = hub_sending(chunks, Duration::from_millis(100), false).await;
+        let dir = tempfile::tempdir().unwrap();
+        let engine: Arc<dyn Engine> = Arc::new(cairn_engine::TractEngine::new());
+        let cache = ModelCache::new(
+            dir.path().to_owned(),
+            hub.with_download_stall(Duration::from_millis(300), 16),
+            engine,
+            1 << 20,
+            1 << 20,
+        );
+        let started = std::time::Instant::now();
+        let Err(e) = cache.get(cid).await else {
+            panic!("loaded bytes that are no model")
+        };
+        assert!(matches!(e, CacheError::HubUnavailable(_)), "{e:?}");
+        assert!(e.to_string().contains("fewer than 16 bytes"), "{e}");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().flatten().collect();
+        assert!(left.is_empty(), "{left:?}");
     }
 
     /// Two downloads of one blob into one directory at once (two processes sharing a models
