@@ -92,14 +92,91 @@ pub struct HubClient {
     min_progress: u64,
 }
 
-/// How long a download waits for the hub's answer, or for [`DOWNLOAD_MIN_PROGRESS`] more bytes,
-/// before it is abandoned, by default: a hub that stops sending mid-file, or sends a byte now
-/// and then, would otherwise hold the download for good.
+/// How long a download waits for the hub's answer, and the windows of waiting on the network
+/// each of which must bring [`DOWNLOAD_MIN_PROGRESS`], by default: a hub that stops sending
+/// mid-file, or sends a byte now and then, would otherwise hold the download for good. A hub
+/// that stops is abandoned within two windows (the one it stopped in may have brought enough).
 pub const DOWNLOAD_STALL: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The bytes a download must receive in each [`DOWNLOAD_STALL`] of waiting on the network, by
-/// default (64 KiB per 30 s, ~2 KiB/s: far below any working link).
-pub const DOWNLOAD_MIN_PROGRESS: u64 = 64 * 1024;
+/// default: 1 MiB per 30 s, ~35 KiB/s, far below any working link. The slowest download
+/// kept going is then ~17 h for 2 GiB.
+pub const DOWNLOAD_MIN_PROGRESS: u64 = 1 << 20;
+
+/// An error answer's body read at most (bytes, and time): it is only a message.
+const ERROR_BODY_MAX: usize = 64 * 1024;
+const ERROR_BODY_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A partial download whose file no one holds locked is left alone this long after its last
+/// write: its writer creates it and then locks it.
+const PARTIAL_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Where file locks are not supported, a partial download untouched this long is taken to be
+/// abandoned (a live one writes within two [`DOWNLOAD_STALL`]s plus the disk's time).
+const PARTIAL_UNLOCKED_ABANDONED: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Removes the partial downloads [`HubClient::download`] left in `dir` that no one is
+/// writing: a download holds its partial file locked (`flock`) until it is renamed into place
+/// or removed, and a lock outlives neither its process nor its container, so a file that can
+/// be locked is a dead download's (a crash's). Another process's download in progress (a
+/// verifier sharing the directory, on this host or in another container) is left alone.
+/// (On NFS, where Linux emulates `flock` with POSIX locks, two caches of one process on one
+/// directory would not see each other's locks: give each its own directory.) Blocking;
+/// errors are ignored (what cannot be removed stays).
+pub fn sweep_partials(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        if !e.file_name().to_string_lossy().ends_with(".partial") {
+            continue;
+        }
+        // Not followed: a link is not a download, and nothing outside `dir` is touched.
+        let Ok(meta) = e.metadata() else { continue };
+        if !meta.is_file() {
+            continue;
+        }
+        // A future time (another host's clock) counts as now.
+        let age = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .unwrap_or_default();
+        if age < PARTIAL_GRACE {
+            continue;
+        }
+        let Ok(file) = std::fs::File::open(e.path()) else {
+            continue;
+        };
+        let dead = match file.try_lock() {
+            Ok(()) => true,
+            Err(std::fs::TryLockError::WouldBlock) => false,
+            Err(std::fs::TryLockError::Error(_)) => age > PARTIAL_UNLOCKED_ABANDONED,
+        };
+        if dead {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
+/// Creates a download's partial file new and locks it (see [`sweep_partials`]); where the
+/// file system has no locks, unlocked.
+async fn create_partial(path: &Path) -> std::io::Result<tokio::fs::File> {
+    let path = path.to_owned();
+    let file = tokio::task::spawn_blocking(move || {
+        let file = std::fs::File::create_new(&path)?;
+        match file.try_lock() {
+            Ok(()) | Err(std::fs::TryLockError::Error(_)) => Ok(file),
+            Err(std::fs::TryLockError::WouldBlock) => Err(std::io::Error::other(format!(
+                "{} was locked as soon as it was created",
+                path.display()
+            ))),
+        }
+    })
+    .await
+    .map_err(std::io::Error::other)??;
+    Ok(tokio::fs::File::from_std(file))
+}
 
 impl HubClient {
     /// A client for the hub at `base` (e.g. `http://127.0.0.1:7400`).
@@ -119,9 +196,10 @@ impl HubClient {
 
     /// Abandons a download once the hub has sent fewer than `min_bytes` in a `stall` of
     /// waiting for it (by default [`DOWNLOAD_MIN_PROGRESS`] in [`DOWNLOAD_STALL`]). Only time
-    /// spent waiting on the network counts: a slow disk is never the hub's fault.
+    /// spent waiting on the network counts: a slow disk is never the hub's fault. A `stall`
+    /// under a millisecond counts as one.
     pub fn with_download_stall(mut self, stall: std::time::Duration, min_bytes: u64) -> Self {
-        self.stall = stall;
+        self.stall = stall.max(std::time::Duration::from_millis(1));
         self.min_progress = min_bytes.max(1);
         self
     }
@@ -380,7 +458,7 @@ impl HubClient {
             .map_err(|_| stalled())?
             .map_err(self.http_err(&url))?;
         if !resp.status().is_success() {
-            return Err(api_error(resp).await);
+            return Err(api_error_within(resp, self.stall.min(ERROR_BODY_WAIT)).await);
         }
         let total = resp.content_length().unwrap_or(0);
         if total > max {
@@ -403,8 +481,9 @@ impl HubClient {
             ".{file_name}.{id}.{}-{tag:016x}.partial",
             std::process::id()
         ));
+        // The file stays open, and locked, until it is renamed into place or removed.
         let result = async {
-            let mut file = tokio::fs::File::create_new(&partial).await?;
+            let mut file = create_partial(&partial).await?;
             let mut hasher = BlobHasher::new();
             let mut body = resp.bytes_stream();
             // Each window of `stall` spent waiting on the network must bring `min_progress`
@@ -412,24 +491,25 @@ impl HubClient {
             // one that sends nothing, and holds the model's one load as long.
             let (mut waited, mut got) = (std::time::Duration::ZERO, 0u64);
             loop {
-                let started = std::time::Instant::now();
+                let started = tokio::time::Instant::now();
                 // `next` is cancel-safe: a wait cut at the window's end loses no bytes.
                 let next = tokio::time::timeout(self.stall - waited, body.next()).await;
                 waited += started.elapsed();
-                if let Ok(Some(Ok(chunk))) = &next {
-                    got += chunk.len() as u64;
-                }
+                let chunk = match next {
+                    // The whole body came: however slowly the last window went, it is done.
+                    Ok(None) => break,
+                    Ok(Some(chunk)) => Some(chunk.map_err(self.http_err(&url))?),
+                    // The window ended.
+                    Err(_) => None,
+                };
+                got += chunk.as_ref().map_or(0, |c| c.len() as u64);
                 if waited >= self.stall {
                     if got < self.min_progress {
                         return Err(stalled());
                     }
                     (waited, got) = (std::time::Duration::ZERO, 0);
                 }
-                let chunk = match next {
-                    Err(_) => continue,
-                    Ok(None) => break,
-                    Ok(Some(chunk)) => chunk.map_err(self.http_err(&url))?,
-                };
+                let Some(chunk) = chunk else { continue };
                 hasher.update(&chunk);
                 if hasher.len() > max {
                     return Err(ClientError::TooLarge {
@@ -450,12 +530,16 @@ impl HubClient {
                 });
             }
             file.sync_all().await?;
-            Ok(len)
+            Ok((len, file))
         }
         .await;
         match result {
-            Ok(len) => {
-                tokio::fs::rename(&partial, out).await?;
+            Ok((len, _locked)) => {
+                // Renamed while still locked: a sweep never takes a finished download.
+                if let Err(e) = tokio::fs::rename(&partial, out).await {
+                    let _ = tokio::fs::remove_file(&partial).await;
+                    return Err(e.into());
+                }
                 Ok(len)
             }
             Err(e) => {
@@ -475,8 +559,24 @@ pub async fn hash_file(path: &Path) -> std::io::Result<(BlobId, u64)> {
 }
 
 async fn api_error(resp: reqwest::Response) -> ClientError {
+    api_error_within(resp, ERROR_BODY_WAIT).await
+}
+
+/// [`api_error`], reading the body for `wait` at most.
+async fn api_error_within(mut resp: reqwest::Response, wait: std::time::Duration) -> ClientError {
     let status = resp.status();
-    let body = resp.bytes().await.unwrap_or_default();
+    // Bounded: a server that trickles an endless error body must not hold the caller.
+    let mut body = Vec::new();
+    let _ = tokio::time::timeout(wait, async {
+        while let Ok(Some(chunk)) = resp.chunk().await {
+            let room = ERROR_BODY_MAX - body.len();
+            body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            if body.len() >= ERROR_BODY_MAX {
+                break;
+            }
+        }
+    })
+    .await;
     match serde_json::from_slice::<ErrorBody>(&body) {
         Ok(e) => ClientError::Api {
             status,

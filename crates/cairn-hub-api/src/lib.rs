@@ -6,7 +6,7 @@ pub mod client;
 pub mod types;
 
 pub use cairn_core::ErrorBody;
-pub use client::{ClientError, HubClient, hash_file};
+pub use client::{ClientError, HubClient, hash_file, sweep_partials};
 pub use types::{
     CreateRelease, FileEntry, Health, NewRepo, Release, Repo, RepoDetail, RepoList, Resolved,
     Search,

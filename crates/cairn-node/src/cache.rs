@@ -187,48 +187,10 @@ pub struct CacheSource {
     source: &'static str,
 }
 
-/// A partial download untouched this long is abandoned, whoever wrote it: a live download
-/// writes at least every `DOWNLOAD_STALL` (30 s) of waiting on the hub.
-const PARTIAL_ABANDONED: Duration = Duration::from_secs(600);
-
-/// Removes the partial downloads in `dir` that no one is writing: those whose writer (the pid
-/// in the name, `HubClient`'s `.{file}.{cid}.{pid}-{tag}.partial`) has exited, and any left
-/// untouched for [`PARTIAL_ABANDONED`]. Another process's download in progress (a verifier
-/// sharing the directory, or a second cache in this process) is left alone: removing it
-/// would fail that download.
-fn sweep_partials(dir: &std::path::Path) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    // Without /proc, whether a writer lives cannot be told: only age counts.
-    let procfs = std::path::Path::new("/proc/self").exists();
-    for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let Some(stem) = name.strip_suffix(".partial") else {
-            continue;
-        };
-        let writer = stem
-            .rsplit_once('.')
-            .and_then(|(_, last)| last.split_once('-'))
-            .and_then(|(pid, _)| pid.parse::<u32>().ok());
-        let gone = procfs
-            && writer.is_some_and(|pid| {
-                pid != std::process::id() && !std::path::Path::new(&format!("/proc/{pid}")).exists()
-            });
-        let stale = e
-            .metadata()
-            .and_then(|m| m.modified())
-            .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > PARTIAL_ABANDONED));
-        if gone || stale {
-            let _ = std::fs::remove_file(e.path());
-        }
-    }
-}
-
 impl ModelCache {
     /// A cache keeping at most `max_bytes` of model files (on disk and as loaded plans), each
-    /// at most `max_model_bytes`. Partial downloads in `dir` left by a process that is gone
-    /// are removed ([`sweep_partials`]).
+    /// at most `max_model_bytes`. Partial downloads in `dir` no one is writing (a crash's)
+    /// are removed, now and before each download ([`cairn_hub_api::sweep_partials`]).
     pub fn new(
         dir: PathBuf,
         hub: HubClient,
@@ -236,7 +198,7 @@ impl ModelCache {
         max_bytes: u64,
         max_model_bytes: u64,
     ) -> Self {
-        sweep_partials(&dir);
+        cairn_hub_api::sweep_partials(&dir);
         let evict_dir = dir.clone();
         let plans = Cache::builder()
             .eviction_policy(EvictionPolicy::lru())
@@ -373,6 +335,10 @@ impl ModelCache {
                 tokio::fs::create_dir_all(&self.dir)
                     .await
                     .map_err(|e| CacheError::Local(format!("dir: {e}")))?;
+                // What a crash left (say, a restart too quick for its start-up sweep to see).
+                let dir = self.dir.clone();
+                let _ =
+                    tokio::task::spawn_blocking(move || cairn_hub_api::sweep_partials(&dir)).await;
                 // A hub that stops sending, or trickles, is abandoned (`DOWNLOAD_STALL`, the
                 // client's).
                 self.hub
@@ -495,34 +461,31 @@ mod tests {
         assert!(!pace.quick(0));
     }
 
-    /// Partial downloads whose writer exited, or untouched for ten minutes, are swept at
-    /// start; those a live process may still be writing (another process's, or another cache's
-    /// in this one) are not.
+    /// At start, partial downloads no one holds locked (a crash's) are swept; one a live
+    /// download holds (another process's, or another container's, sharing the directory), one
+    /// just created (its writer locks it next), and a link are left alone.
     #[test]
     fn partial_downloads_left_by_a_crash_are_swept() {
         let dir = tempfile::tempdir().unwrap();
-        let exited = {
-            let mut child = std::process::Command::new("true").spawn().unwrap();
-            child.wait().unwrap();
-            child.id()
+        let outside = tempfile::tempdir().unwrap();
+        let path = |name: &str| dir.path().join(name);
+        let an_hour_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
+        let old = |name: &str| {
+            let f = std::fs::File::create(path(name)).unwrap();
+            f.set_modified(an_hour_ago).unwrap();
+            f
         };
-        let partial = |pid: u32| format!(".bafkreiabc.bafkreiabc.{pid}-00000000deadbeef.partial");
-        let write = |name: &str| std::fs::write(dir.path().join(name), b"half").unwrap();
-        write(&partial(exited));
-        let old = partial(std::process::id() + 1_000_000);
-        write(&old);
-        std::fs::File::options()
-            .write(true)
-            .open(dir.path().join(&old))
-            .unwrap()
-            .set_modified(std::time::SystemTime::now() - Duration::from_secs(3600))
-            .unwrap();
-        let ours = partial(std::process::id());
-        let live = partial(1);
-        let unnamed = ".bafkreiabc.bafkreiabc.partial".to_string();
-        for name in [&ours, &live, &unnamed, &"bafkreikeep".to_string()] {
-            write(name);
-        }
+        drop(old(".m.bafkreiabc.41-00000000deadbeef.partial"));
+        let live = old(".m.bafkreiabc.42-00000000deadbeef.partial");
+        live.lock().unwrap();
+        std::fs::write(
+            path(".m.bafkreiabc.43-00000000deadbeef.partial"),
+            b"just now",
+        )
+        .unwrap();
+        std::fs::write(outside.path().join("kept"), b"not the cache's").unwrap();
+        std::os::unix::fs::symlink(outside.path().join("kept"), path(".link.partial")).unwrap();
+        std::fs::write(path("bafkreikeep"), b"whole").unwrap();
         let hub = HubClient::new("http://127.0.0.1:9", None).unwrap();
         let engine: Arc<dyn Engine> = Arc::new(cairn_engine::TractEngine::new());
         ModelCache::new(dir.path().to_owned(), hub, engine, 1 << 20, 1 << 20);
@@ -531,9 +494,20 @@ mod tests {
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         left.sort();
-        let mut kept = vec![ours, live, unnamed, "bafkreikeep".to_string()];
-        kept.sort();
-        assert_eq!(left, kept);
+        assert_eq!(
+            left,
+            [
+                ".link.partial",
+                ".m.bafkreiabc.42-00000000deadbeef.partial",
+                ".m.bafkreiabc.43-00000000deadbeef.partial",
+                "bafkreikeep"
+            ]
+        );
+        assert!(outside.path().join("kept").exists());
+        // Once its writer lets go (it died), the next sweep takes it.
+        drop(live);
+        cairn_hub_api::sweep_partials(dir.path());
+        assert!(!path(".m.bafkreiabc.42-00000000deadbeef.partial").exists());
     }
 
     /// A hub that answers every request with `status` and an error body.
@@ -619,7 +593,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cache = ModelCache::new(
             dir.path().to_owned(),
-            hub.with_download_stall(stall, 16),
+            hub.with_download_stall(stall, 1),
             engine,
             1 << 20,
             1 << 20,
@@ -628,6 +602,44 @@ mod tests {
             panic!("loaded bytes that are no model")
         };
         assert!(matches!(e, CacheError::Invalid(_)), "{e:?}");
+    }
+
+    /// A hub that refuses a download with an error body it never finishes sending is heard
+    /// within the stall bound: the refusal, not a load held for good.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn an_error_answer_that_never_ends_is_not_waited_for() {
+        use futures::StreamExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let app = axum::Router::new().fallback(|| async {
+            let endless = futures::stream::once(async {
+                Ok::<_, std::convert::Infallible>(bytes::Bytes::from_static(b"{\"code\":"))
+            })
+            .chain(futures::stream::pending());
+            (
+                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                axum::body::Body::from_stream(endless),
+            )
+        });
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let hub = HubClient::new(&url, None).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let engine: Arc<dyn Engine> = Arc::new(cairn_engine::TractEngine::new());
+        let cache = ModelCache::new(
+            dir.path().to_owned(),
+            hub.with_download_stall(Duration::from_millis(300), 1),
+            engine,
+            1 << 20,
+            1 << 20,
+        );
+        let load = cache.get(BlobId::of(b"a model the hub refuses, slowly"));
+        let Err(e) = tokio::time::timeout(Duration::from_secs(5), load)
+            .await
+            .expect("the load waited on the endless error body")
+        else {
+            panic!("loaded a model the hub refused")
+        };
+        assert!(e.is_transient(), "{e:?}");
     }
 
     /// A hub that sends a byte just inside every silence bound (here 1 byte per 100 ms against
@@ -682,6 +694,40 @@ mod tests {
         assert_eq!(std::fs::read(&out).unwrap(), whole);
         let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().flatten().collect();
         assert_eq!(left.len(), 1, "{left:?}");
+    }
+
+    /// A download in progress holds its partial file locked: a sweep (another process
+    /// starting on the same directory), even one that finds the file long untouched, leaves
+    /// it, and the download completes.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_sweep_leaves_a_download_in_progress() {
+        let chunks: Vec<&'static [u8]> = vec![b"0123456789abcdef"; 8];
+        let whole = chunks.concat();
+        let cid = BlobId::of(&whole);
+        let hub = hub_sending(chunks, Duration::from_millis(100), false).await;
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join(cid.to_string());
+        let sweep = async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let partial = std::fs::read_dir(dir.path())
+                .unwrap()
+                .flatten()
+                .find(|e| e.file_name().to_string_lossy().ends_with(".partial"))
+                .expect("the download is under way")
+                .path();
+            let an_hour_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
+            std::fs::File::options()
+                .append(true)
+                .open(&partial)
+                .unwrap()
+                .set_modified(an_hour_ago)
+                .unwrap();
+            cairn_hub_api::sweep_partials(dir.path());
+            assert!(partial.exists(), "the sweep took a live download's file");
+        };
+        let (got, ()) = tokio::join!(hub.download_at_most(&cid, &out, 1 << 20, |_, _| {}), sweep);
+        assert_eq!(got.unwrap(), whole.len() as u64);
+        assert_eq!(std::fs::read(&out).unwrap(), whole);
     }
 
     /// A wrong name repeated costs the hub one lookup per `UNKNOWN_TTL`, not one per
