@@ -65,7 +65,7 @@ pub struct PricedPerTurn;
 impl cairn_x402::Pricing for PricedPerTurn {
     fn price<'a>(
         &'a self,
-        _: &'a axum::http::request::Parts,
+        _: &'a mut axum::http::request::Parts,
     ) -> std::pin::Pin<
         Box<
             dyn std::future::Future<Output = Result<Option<cairn_x402::Price>, Response>>

@@ -9,13 +9,21 @@ use axum::http::{Method, request::Parts};
 use axum::response::{IntoResponse, Response};
 use cairn_x402::{Price, Pricing};
 
-use crate::cache::ModelCache;
+use std::sync::Arc;
+
+use crate::cache::{ModelCache, Resolution};
 
 pub(crate) struct ModelPricing {
     pub(crate) cache: ModelCache,
     pub(crate) default: U256,
     pub(crate) models: Vec<(String, U256)>,
 }
+
+/// The model a paid request was priced for (in its extensions): the route runs this one, not
+/// a second resolution of the name, which a release published meanwhile could change (the
+/// payer would get, and pay for, a model the price was not reckoned on).
+#[derive(Clone, Debug)]
+pub(crate) struct PricedModel(pub(crate) Arc<Resolution>);
 
 /// The model reference of `POST /v2/models/{model}[/versions/{v}]/infer`.
 fn model_of(parts: &Parts) -> Option<String> {
@@ -41,7 +49,7 @@ fn decode(s: &str) -> String {
 impl Pricing for ModelPricing {
     fn price<'a>(
         &'a self,
-        parts: &'a Parts,
+        parts: &'a mut Parts,
     ) -> Pin<Box<dyn Future<Output = Result<Option<Price>, Response>> + Send + 'a>> {
         Box::pin(async move {
             let Some(reference) = model_of(parts) else {
@@ -68,12 +76,14 @@ impl Pricing for ModelPricing {
                     Err(_) => {}
                 }
             }
+            let description = format!("one inference of {} ({reference})", resolved.cid);
+            parts.extensions.insert(PricedModel(resolved));
             if amount.is_zero() {
                 return Ok(None);
             }
             Ok(Some(Price {
                 amount,
-                description: format!("one inference of {} ({reference})", resolved.cid),
+                description,
             }))
         })
     }
@@ -142,8 +152,8 @@ mod tests {
         let req = axum::http::Request::post(format!("/v2/models/{cid}/infer"))
             .body(())
             .unwrap();
-        let (parts, ()) = req.into_parts();
-        let Err(refused) = pricing.price(&parts).await else {
+        let (mut parts, ()) = req.into_parts();
+        let Err(refused) = pricing.price(&mut parts).await else {
             panic!("priced (or served free) with the priced name unresolvable")
         };
         assert_eq!(refused.status(), 502);
@@ -153,5 +163,73 @@ mod tests {
             models: vec![("digits@1.0".into(), TokenPrice::default())],
         };
         assert!(prices.of(&cache, cid).await.is_err());
+    }
+
+    /// A priced call carries the resolution its price was reckoned on, for the route to run:
+    /// a release published after the price was set changes what the next call gets, never
+    /// what this one runs.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_priced_call_carries_the_model_it_was_priced_for() {
+        use std::sync::atomic::{AtomicU8, Ordering};
+        let cid = |n: u8| cairn_core::BlobId::of(&[n]);
+        let latest = Arc::new(AtomicU8::new(1));
+        let now = latest.clone();
+        let app = axum::Router::new().fallback(move || {
+            let n = now.load(Ordering::SeqCst);
+            async move {
+                axum::Json(cairn_hub_api::Resolved {
+                    repo: "digits".parse().unwrap(),
+                    version: format!("1.{n}").parse().unwrap(),
+                    file: cairn_hub_api::FileEntry {
+                        path: "model.onnx".parse().unwrap(),
+                        cid: cairn_core::BlobId::of(&[n]),
+                        size: 1,
+                        media_type: "application/onnx".into(),
+                        onnx: None,
+                        gguf: None,
+                    },
+                })
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let hub = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let dir = tempfile::tempdir().unwrap();
+        let engine: Arc<dyn cairn_engine::Engine> = Arc::new(cairn_engine::TractEngine::new());
+        let hub = cairn_hub_api::HubClient::new(&hub, None).unwrap();
+        let cache = ModelCache::new(dir.path().to_owned(), hub, engine, 1 << 20, 1 << 20)
+            .with_name_refresh(std::time::Duration::ZERO);
+        let pricing = ModelPricing {
+            cache,
+            default: U256::from(7),
+            models: vec![(cid(2).to_string(), U256::from(1000))],
+        };
+        let call = || {
+            axum::http::Request::post("/v2/models/digits/infer")
+                .body(())
+                .unwrap()
+                .into_parts()
+                .0
+        };
+        let mut first = call();
+        let price = pricing.price(&mut first).await.unwrap().unwrap();
+        assert_eq!(price.amount, U256::from(7));
+        // The next release, priced higher, is published while the first call is on its way.
+        latest.store(2, Ordering::SeqCst);
+        let mut second = call();
+        let mut price = pricing.price(&mut second).await.unwrap().unwrap();
+        for _ in 0..100 {
+            if price.amount == U256::from(1000) {
+                break;
+            }
+            // The check of the stale name runs in the background: the next call sees it.
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            second = call();
+            price = pricing.price(&mut second).await.unwrap().unwrap();
+        }
+        assert_eq!(price.amount, U256::from(1000));
+        let priced = |parts: &Parts| parts.extensions.get::<PricedModel>().unwrap().0.cid;
+        assert_eq!(priced(&first), cid(1));
+        assert_eq!(priced(&second), cid(2));
     }
 }

@@ -56,10 +56,11 @@ pub struct Price {
 /// Prices requests. `Ok(None)`: free, no payment asked. `Err(response)`: refuse before any
 /// payment (e.g. an unknown model: 404, so nobody pays for nothing).
 pub trait Pricing: Send + Sync + 'static {
-    /// The price of this request.
+    /// The price of this request. What the price was reckoned on may be put in the request's
+    /// extensions, for the route to serve exactly what was paid for.
     fn price<'a>(
         &'a self,
-        parts: &'a Parts,
+        parts: &'a mut Parts,
     ) -> Pin<Box<dyn Future<Output = Result<Option<Price>, Response>> + Send + 'a>>;
 }
 
@@ -338,8 +339,8 @@ pub async fn middleware(State(p): State<Arc<Paywall>>, req: Request, next: Next)
 }
 
 async fn paid_request(p: Arc<Paywall>, req: Request, next: Next) -> Response {
-    let (parts, body) = req.into_parts();
-    let price = match p.pricing.price(&parts).await {
+    let (mut parts, body) = req.into_parts();
+    let price = match p.pricing.price(&mut parts).await {
         Ok(Some(price)) => price,
         Ok(None) => return next.run(Request::from_parts(parts, body)).await,
         Err(resp) => return resp,

@@ -24,7 +24,7 @@ struct Fixed;
 impl Pricing for Fixed {
     fn price<'a>(
         &'a self,
-        _: &'a axum::http::request::Parts,
+        _: &'a mut axum::http::request::Parts,
     ) -> std::pin::Pin<
         Box<
             dyn std::future::Future<Output = Result<Option<Price>, axum::response::Response>>

@@ -131,13 +131,17 @@ pub(super) async fn infer(
     State(s): State<NodeState>,
     Path(model): Path<String>,
     paid: Option<Extension<Paid>>,
+    priced: Option<Extension<PricedModel>>,
     oblivious: Option<Extension<super::gateway::Oblivious>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, NodeError> {
     run_infer(
         s,
-        model,
+        Model {
+            reference: model,
+            priced: priced.map(|p| p.0),
+        },
         paid.map(|p| p.0),
         oblivious.is_some(),
         headers,
@@ -189,13 +193,17 @@ pub(super) async fn infer_versioned(
     State(s): State<NodeState>,
     Path((model, version)): Path<(String, String)>,
     paid: Option<Extension<Paid>>,
+    priced: Option<Extension<PricedModel>>,
     oblivious: Option<Extension<super::gateway::Oblivious>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, NodeError> {
     run_infer(
         s,
-        format!("{model}@{version}"),
+        Model {
+            reference: format!("{model}@{version}"),
+            priced: priced.map(|p| p.0),
+        },
         paid.map(|p| p.0),
         oblivious.is_some(),
         headers,
@@ -204,9 +212,15 @@ pub(super) async fn infer_versioned(
     .await
 }
 
+/// The model a call names, and what the paywall resolved it to when it priced the call.
+pub(super) struct Model {
+    pub(super) reference: String,
+    pub(super) priced: Option<PricedModel>,
+}
+
 pub(super) async fn run_infer(
     s: NodeState,
-    reference: String,
+    model: Model,
     paid: Option<Paid>,
     oblivious: bool,
     headers: HeaderMap,
@@ -221,7 +235,11 @@ pub(super) async fn run_infer(
             .parse()
             .map_err(NodeError::BadRequest)?,
     };
-    let resolved = i.cache.resolve(&reference).await?;
+    // A priced call runs the model its price was reckoned on; a name is resolved once.
+    let resolved = match model.priced {
+        Some(PricedModel(resolved)) => resolved,
+        None => i.cache.resolve(&model.reference).await?,
+    };
 
     let read = i.read_request(&headers, body).await?;
     // After the body is read against the budget: waiting for keys holds no uncounted memory.

@@ -25,6 +25,7 @@ use crate::cache::{LoadedModel, ModelCache};
 use crate::error::NodeError;
 use crate::inference::{Charge, Inference, Signer, payload_token};
 use crate::log::ReceiptLog;
+use crate::pricing::PricedModel;
 use crate::{Limits, NodeConfig};
 use cairn_core::ErrorBody;
 use cairn_node_api::kserve::{
