@@ -120,17 +120,22 @@ const PARTIAL_UNLOCKED_ABANDONED: std::time::Duration = std::time::Duration::fro
 /// or removed, and a lock outlives neither its process nor its container, so a file that can
 /// be locked is a dead download's (a crash's). Another process's download in progress (a
 /// verifier sharing the directory, on this host or in another container) is left alone.
-/// (On NFS, where Linux emulates `flock` with POSIX locks, two caches of one process on one
-/// directory would not see each other's locks: give each its own directory.) Blocking;
-/// errors are ignored (what cannot be removed stays).
+/// Only files named as this client names them are touched, and this process's own only when
+/// untouched for [`PARTIAL_UNLOCKED_ABANDONED`] (on NFS, where Linux emulates `flock` with
+/// POSIX locks, a process's two handles on one file do not exclude each other, and closing
+/// one would drop the other's lock). Blocking, never on a hostile file (a FIFO or a link
+/// is not opened as one); errors are ignored (what cannot be removed stays).
 pub fn sweep_partials(dir: &Path) {
+    use std::os::unix::fs::OpenOptionsExt;
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
+    let own = format!(".{}-", std::process::id());
     for e in entries.flatten() {
-        if !e.file_name().to_string_lossy().ends_with(".partial") {
+        let name = e.file_name();
+        let Some(writer) = partial_writer(&name.to_string_lossy()) else {
             continue;
-        }
+        };
         // Not followed: a link is not a download, and nothing outside `dir` is touched.
         let Ok(meta) = e.metadata() else { continue };
         if !meta.is_file() {
@@ -142,12 +147,23 @@ pub fn sweep_partials(dir: &Path) {
             .ok()
             .and_then(|t| t.elapsed().ok())
             .unwrap_or_default();
-        if age < PARTIAL_GRACE {
+        let ours = writer == own;
+        if age < PARTIAL_GRACE || (ours && age < PARTIAL_UNLOCKED_ABANDONED) {
             continue;
         }
-        let Ok(file) = std::fs::File::open(e.path()) else {
+        // Opened for writing (NFS grants an exclusive lock only then), never blocking on a
+        // FIFO swapped in meanwhile nor following a link; and still a file once open.
+        let Ok(file) = std::fs::File::options()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW)
+            .open(e.path())
+        else {
             continue;
         };
+        if !file.metadata().is_ok_and(|m| m.is_file()) {
+            continue;
+        }
         let dead = match file.try_lock() {
             Ok(()) => true,
             Err(std::fs::TryLockError::WouldBlock) => false,
@@ -157,6 +173,25 @@ pub fn sweep_partials(dir: &Path) {
             let _ = std::fs::remove_file(e.path());
         }
     }
+}
+
+/// The `.{pid}-` part of a partial file's name as [`HubClient::download`] names them
+/// (`.{file}.{cid}.{pid}-{16 hex digits}.partial`), or `None` for any other name.
+fn partial_writer(name: &str) -> Option<String> {
+    let stem = name.strip_prefix('.')?.strip_suffix(".partial")?;
+    let (_, last) = stem.rsplit_once('.')?;
+    let (pid, tag) = last.split_once('-')?;
+    let digits = |s: &str, n: usize, hex: bool| {
+        (1..=n).contains(&s.len())
+            && s.bytes().all(|b| {
+                if hex {
+                    b.is_ascii_hexdigit()
+                } else {
+                    b.is_ascii_digit()
+                }
+            })
+    };
+    (digits(pid, 10, false) && tag.len() == 16 && digits(tag, 16, true)).then(|| format!(".{pid}-"))
 }
 
 /// Creates a download's partial file new and locks it (see [`sweep_partials`]); where the

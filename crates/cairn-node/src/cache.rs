@@ -160,6 +160,9 @@ pub struct Resolution {
     pub gguf: Option<cairn_gguf::GgufMetadata>,
 }
 
+/// How often a download sweeps the partial downloads a crash left, at most.
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
+
 /// How long a failed load is remembered.
 const FAILED_TTL: Duration = Duration::from_secs(60);
 
@@ -174,6 +177,8 @@ pub struct ModelCache {
     /// Loads that failed recently, with their error.
     failed: Cache<BlobId, CacheError>,
     max_model_bytes: u64,
+    /// When partial downloads were last swept before a download.
+    swept: Arc<std::sync::Mutex<std::time::Instant>>,
     lookups: CacheLookups,
 }
 
@@ -223,6 +228,7 @@ impl ModelCache {
                 .time_to_live(FAILED_TTL)
                 .build(),
             max_model_bytes,
+            swept: Arc::new(std::sync::Mutex::new(std::time::Instant::now())),
             lookups: CacheLookups::default(),
         }
     }
@@ -335,10 +341,20 @@ impl ModelCache {
                 tokio::fs::create_dir_all(&self.dir)
                     .await
                     .map_err(|e| CacheError::Local(format!("dir: {e}")))?;
-                // What a crash left (say, a restart too quick for its start-up sweep to see).
-                let dir = self.dir.clone();
-                let _ =
-                    tokio::task::spawn_blocking(move || cairn_hub_api::sweep_partials(&dir)).await;
+                // What a crash left (say, a restart too quick for its start-up sweep to see),
+                // at most once a minute, in the background.
+                let sweep = {
+                    let mut swept = self.swept.lock().expect("sweep time");
+                    let due = swept.elapsed() >= SWEEP_EVERY;
+                    if due {
+                        *swept = std::time::Instant::now();
+                    }
+                    due
+                };
+                if sweep {
+                    let dir = self.dir.clone();
+                    tokio::task::spawn_blocking(move || cairn_hub_api::sweep_partials(&dir));
+                }
                 // A hub that stops sending, or trickles, is abandoned (`DOWNLOAD_STALL`, the
                 // client's).
                 self.hub
@@ -463,19 +479,28 @@ mod tests {
 
     /// At start, partial downloads no one holds locked (a crash's) are swept; one a live
     /// download holds (another process's, or another container's, sharing the directory), one
-    /// just created (its writer locks it next), and a link are left alone.
+    /// just created (its writer locks it next), this process's own unless long untouched, a
+    /// link, and files not named as downloads are left alone.
     #[test]
     fn partial_downloads_left_by_a_crash_are_swept() {
         let dir = tempfile::tempdir().unwrap();
         let outside = tempfile::tempdir().unwrap();
         let path = |name: &str| dir.path().join(name);
-        let an_hour_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
-        let old = |name: &str| {
+        let ago = |secs| std::time::SystemTime::now() - Duration::from_secs(secs);
+        let written = |name: &str, secs| {
             let f = std::fs::File::create(path(name)).unwrap();
-            f.set_modified(an_hour_ago).unwrap();
+            f.set_modified(ago(secs)).unwrap();
             f
         };
+        let old = |name: &str| written(name, 3600);
         drop(old(".m.bafkreiabc.41-00000000deadbeef.partial"));
+        let pid = std::process::id();
+        drop(old(&format!(
+            ".m.bafkreiabc.{pid}-00000000deadbeef.partial"
+        )));
+        let ours = format!(".m.bafkreiabc.{pid}-00000000cafebabe.partial");
+        drop(written(&ours, 300));
+        drop(old("another-tool.partial"));
         let live = old(".m.bafkreiabc.42-00000000deadbeef.partial");
         live.lock().unwrap();
         std::fs::write(
@@ -484,7 +509,8 @@ mod tests {
         )
         .unwrap();
         std::fs::write(outside.path().join("kept"), b"not the cache's").unwrap();
-        std::os::unix::fs::symlink(outside.path().join("kept"), path(".link.partial")).unwrap();
+        let link = ".m.bafkreiabc.44-00000000deadbeef.partial";
+        std::os::unix::fs::symlink(outside.path().join("kept"), path(link)).unwrap();
         std::fs::write(path("bafkreikeep"), b"whole").unwrap();
         let hub = HubClient::new("http://127.0.0.1:9", None).unwrap();
         let engine: Arc<dyn Engine> = Arc::new(cairn_engine::TractEngine::new());
@@ -494,15 +520,16 @@ mod tests {
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         left.sort();
-        assert_eq!(
-            left,
-            [
-                ".link.partial",
-                ".m.bafkreiabc.42-00000000deadbeef.partial",
-                ".m.bafkreiabc.43-00000000deadbeef.partial",
-                "bafkreikeep"
-            ]
-        );
+        let mut kept = vec![
+            ".m.bafkreiabc.42-00000000deadbeef.partial".to_string(),
+            ".m.bafkreiabc.43-00000000deadbeef.partial".into(),
+            link.into(),
+            ours,
+            "another-tool.partial".into(),
+            "bafkreikeep".into(),
+        ];
+        kept.sort();
+        assert_eq!(left, kept);
         assert!(outside.path().join("kept").exists());
         // Once its writer lets go (it died), the next sweep takes it.
         drop(live);
@@ -701,20 +728,49 @@ mod tests {
     /// it, and the download completes.
     #[tokio::test(flavor = "multi_thread")]
     async fn a_sweep_leaves_a_download_in_progress() {
-        let chunks: Vec<&'static [u8]> = vec![b"0123456789abcdef"; 8];
-        let whole = chunks.concat();
+        use futures::StreamExt;
+        let (first, rest): (&'static [u8], &'static [u8]) = (b"the first part; ", b"the rest");
+        let whole = [first, rest].concat();
         let cid = BlobId::of(&whole);
-        let hub = hub_sending(chunks, Duration::from_millis(100), false).await;
+        // The hub sends the first part, then holds the rest until the sweep is done.
+        let go = Arc::new(tokio::sync::Notify::new());
+        let release = go.clone();
+        let app = axum::Router::new().fallback(move || {
+            let go = go.clone();
+            async move {
+                let parts = futures::stream::iter([Ok::<_, std::convert::Infallible>(
+                    bytes::Bytes::from_static(first),
+                )])
+                .chain(futures::stream::once(async move {
+                    go.notified().await;
+                    Ok(bytes::Bytes::from_static(rest))
+                }));
+                axum::body::Body::from_stream(parts)
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let hub = HubClient::new(&url, None).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join(cid.to_string());
         let sweep = async {
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            let partial = std::fs::read_dir(dir.path())
-                .unwrap()
-                .flatten()
-                .find(|e| e.file_name().to_string_lossy().ends_with(".partial"))
-                .expect("the download is under way")
-                .path();
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            let partial = loop {
+                let found = std::fs::read_dir(dir.path()).unwrap().flatten().find(|e| {
+                    e.file_name().to_string_lossy().ends_with(".partial")
+                        && e.metadata().unwrap().len() == first.len() as u64
+                });
+                if let Some(e) = found {
+                    break e.path();
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "no download under way"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            };
+            // Untouched for an hour, as far as its time says: only its lock keeps it.
             let an_hour_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
             std::fs::File::options()
                 .append(true)
@@ -724,6 +780,7 @@ mod tests {
                 .unwrap();
             cairn_hub_api::sweep_partials(dir.path());
             assert!(partial.exists(), "the sweep took a live download's file");
+            release.notify_one();
         };
         let (got, ()) = tokio::join!(hub.download_at_most(&cid, &out, 1 << 20, |_, _| {}), sweep);
         assert_eq!(got.unwrap(), whole.len() as u64);

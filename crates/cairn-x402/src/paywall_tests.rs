@@ -21,10 +21,14 @@ const PRICE: u64 = 1_000;
 
 struct Fixed;
 
+/// What the pricing put in the request: the route must see it (a node runs the model it priced).
+#[derive(Clone)]
+struct Quoted;
+
 impl Pricing for Fixed {
     fn price<'a>(
         &'a self,
-        _: &'a mut axum::http::request::Parts,
+        parts: &'a mut axum::http::request::Parts,
     ) -> std::pin::Pin<
         Box<
             dyn std::future::Future<Output = Result<Option<Price>, axum::response::Response>>
@@ -32,6 +36,7 @@ impl Pricing for Fixed {
                 + 'a,
         >,
     > {
+        parts.extensions.insert(Quoted);
         Box::pin(async {
             Ok(Some(Price {
                 amount: U256::from(PRICE),
@@ -68,8 +73,13 @@ impl crate::KeptAnswers for Answered {
 async fn run(
     State((runs, answered)): State<(Arc<AtomicUsize>, Arc<Answered>)>,
     paid: Option<axum::Extension<Paid>>,
+    quoted: Option<axum::Extension<Quoted>>,
     body: String,
 ) -> (StatusCode, String) {
+    assert!(
+        quoted.is_some(),
+        "what the pricing put in the request reaches the route"
+    );
     runs.fetch_add(1, Ordering::SeqCst);
     tokio::time::sleep(Duration::from_millis(150)).await;
     if body == "fail" {

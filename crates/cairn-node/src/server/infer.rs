@@ -238,6 +238,13 @@ pub(super) async fn run_infer(
     // A priced call runs the model its price was reckoned on; a name is resolved once.
     let resolved = match model.priced {
         Some(PricedModel(resolved)) => resolved,
+        // A paying node prices every call of these routes first: one that was not priced
+        // must not run free.
+        None if i.paywall.is_some() => {
+            return Err(NodeError::Internal(
+                "the call reached the model unpriced; nothing ran".into(),
+            ));
+        }
         None => i.cache.resolve(&model.reference).await?,
     };
 
