@@ -132,6 +132,11 @@ fn an_honest_node_is_never_slashed_with_two_of_three_verifiers_up() {
         common::metric_sum(node, "cairn_node_receipt_signature_nonces_total", &[]),
         12.0
     );
+    // Each model call counted once, by where it ran.
+    assert_eq!(
+        common::metric_sum(node, "cairn_node_model_calls_placed_total", &[]),
+        12.0
+    );
     let infer_route = [("route", "/v2/models/{model}/infer"), ("method", "POST")];
     assert_eq!(
         common::metric_sum(

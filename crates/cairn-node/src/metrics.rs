@@ -39,6 +39,22 @@ struct NonceLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PlacementLabel {
+    placement: &'static str,
+}
+
+/// Where a model call ran.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Placement {
+    /// On the async worker that took the request (a quick call).
+    InPlace,
+    /// On that worker's thread, its other tasks handed to another (`block_in_place`).
+    HandedOff,
+    /// On the blocking pool (a runtime without `block_in_place`).
+    BlockingPool,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StatusLabel {
     status: String,
 }
@@ -76,6 +92,8 @@ pub(crate) struct NodeMetrics {
     queued: Gauge,
     workers_busy: Gauge,
     llm_sessions_busy: Gauge,
+    /// Model calls by placement, in [`Placement`]'s order.
+    placed: [Counter; 3],
     batches: Family<StatusLabel, Gauge>,
     /// Receipt signatures by nonce, brought up to the signer's counts at a scrape (the lock:
     /// two scrapes at once would add the same signatures twice).
@@ -148,6 +166,17 @@ impl NodeMetrics {
             "Receipt signatures by nonce: presigned (made ahead of time in idle CPU time) or rfc6979 (the pool was empty: the machine left the presigning thread no idle time)",
             nonces.clone(),
         );
+        let placements = Family::<PlacementLabel, Counter>::default();
+        r.register(
+            "model_calls_placed",
+            "ONNX model calls by where they ran: in_place (a quick call, on the async worker), handed_off (the worker's other tasks handed to another thread first), blocking_pool",
+            placements.clone(),
+        );
+        let placed = ["in_place", "handed_off", "blocking_pool"].map(|placement| {
+            placements
+                .get_or_create(&PlacementLabel { placement })
+                .clone()
+        });
         let batches = Family::default();
         r.register(
             "batches",
@@ -164,6 +193,7 @@ impl NodeMetrics {
             queued,
             workers_busy,
             llm_sessions_busy,
+            placed,
             batches,
             nonces: std::sync::Mutex::new(nonces),
             batch_counts: Recounted::new(std::time::Duration::from_secs(15)),
@@ -190,6 +220,11 @@ impl NodeMetrics {
         if let Some(scheme) = paid {
             self.paid.get_or_create(&SchemeLabel { scheme }).inc();
         }
+    }
+
+    /// A model call placed.
+    pub(crate) fn placed(&self, placement: Placement) {
+        self.placed[placement as usize].inc();
     }
 
     /// A 402 the paywall answered, by its code.

@@ -337,12 +337,15 @@ pub(super) async fn run_infer(
     // runs it (the worker permit already bounds how many run at once; it saves two thread hops
     // per request); elsewhere it goes to the blocking pool.
     let (ran, mut entry) = if let Some(_one) = in_place {
+        i.metrics.placed(crate::metrics::Placement::InPlace);
         work()?
     } else if tokio::runtime::Handle::current().runtime_flavor()
         == tokio::runtime::RuntimeFlavor::MultiThread
     {
+        i.metrics.placed(crate::metrics::Placement::HandedOff);
         tokio::task::block_in_place(work)?
     } else {
+        i.metrics.placed(crate::metrics::Placement::BlockingPool);
         tokio::time::timeout_at(deadline, tokio::task::spawn_blocking(work))
             .await
             .map_err(|_| timeout())?
