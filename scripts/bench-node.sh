@@ -10,7 +10,9 @@
 # RUNS times over. Prints per row p50/p99/answers per second and the ratios Cairn/peer, the
 # CPU time each server spent per answer, the overload rows (completed inferences/s and 503s/s at
 # 512 and 2,048 connections, and the admitted requests' p99 there against 16 connections, timed by
-# crates/cairn-node/examples/loadgen.rs), the node's peak RSS, and how much CPU the hypervisor stole meanwhile
+# crates/cairn-node/examples/loadgen.rs: by the flood's own client, and by a probe of 8
+# connections joining it once it is under way, whose timing a flood client's one thread
+# serving thousands of connections does not delay), the node's peak RSS, and how much CPU the hypervisor stole meanwhile
 # (on a shared VM the figures swing with it; compare within a run). The node runs its default
 # CPU tier (`generic`: portable, reproducible by any verifier); the peer's onnxruntime uses every
 # SIMD extension this CPU has. CAIRN_BENCH_NODE_ARGS adds flags to `cairn node serve`.
@@ -91,7 +93,17 @@ for run in $(seq "$runs"); do
   # The admitted requests' own latency under the floods (wrk times 503s and answers together):
   # loadgen times only the answered ones, the same KServe request in binary form.
   for c in 16 512 2048; do
-    "$bin/examples/loadgen" "$(url_of cairn digits)" "$work/in/digits_mlp.safetensors" "$c" "$secs" >"$work/lg-$c-$run.json"
+    LOADGEN_ANNOUNCE=1 "$bin/examples/loadgen" "$(url_of cairn digits)" "$work/in/digits_mlp.safetensors" "$c" "$secs" \
+      >"$work/lg-$c-$run.json" 2>"$work/lg-$c-$run.err" &
+    flood=$!
+    if [ "$c" -gt 16 ]; then
+      # A client joining the flood once its clock runs (no warm-up: it would be held like the
+      # flood's refusals), for a second less than the flood.
+      for _ in $(seq 1200); do grep -q measuring "$work/lg-$c-$run.err" && break; sleep 0.05; done
+      LOADGEN_WARMUP=0 "$bin/examples/loadgen" "$(url_of cairn digits)" "$work/in/digits_mlp.safetensors" 8 \
+        "$(( secs > 1 ? secs - 1 : 1 ))" >"$work/probe-$c-$run.json"
+    fi
+    wait "$flood"
   done
   grep VmHWM "/proc/$node_pid/status" | awk '{print $2}' >"$work/rss-$run"
 done
@@ -129,6 +141,9 @@ for run in range(1, runs + 1):
     lg = {c: json.load(open(f"{w}/lg-{c}-{run}.json")) for c in (16, 512, 2048)}
     print(f"  admitted p99 (loadgen, answered requests only): {lg[16]['p99_us']/1e3:.1f} ms at 16 connections; "
           + "; ".join(f"{lg[c]['p99_us']/1e3:.1f} ms = {lg[c]['p99_us']/lg[16]['p99_us']:.2f}x at {c} ({lg[c]['errors']} refused)" for c in (512, 2048)))
+    pr = {c: json.load(open(f"{w}/probe-{c}-{run}.json")) for c in (512, 2048)}
+    print("  admitted p99, probe of 8 connections beside the flood: "
+          + "; ".join(f"{pr[c]['p99_us']/1e3:.1f} ms = {pr[c]['p99_us']/lg[16]['p99_us']:.2f}x at {c} ({pr[c]['ok']} answered, {pr[c]['errors']} refused)" for c in (512, 2048)))
     rss = int(open(f"{w}/rss-{run}").read())
     print(f"  node peak RSS so far: {rss/1024:.0f} MB")
 print(f"node peak RSS serving the digits MLP alone at 16 connections: {int(open(f'{w}/rss-digits').read())/1024:.0f} MB")

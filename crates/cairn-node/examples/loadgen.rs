@@ -12,6 +12,11 @@
 //! voucher per request. Payments
 //! are signed ahead of the run (the client's signing would compete with the node for the CPU):
 //! the latency is the node's.
+//!
+//! LOADGEN_WARMUP=0 skips the warm-up calls (a probe joining a flood would otherwise spend its
+//! time on them, held as the flood's refusals are); each connection's first answer is then
+//! not timed (it waited for the connection to open). LOADGEN_ANNOUNCE=1 prints "loadgen:
+//! measuring" to stderr when the clock starts.
 
 use std::time::{Duration, Instant};
 
@@ -53,7 +58,8 @@ fn main() {
             _ => None,
         };
         // Warm up: load the model, open connections.
-        for i in 0..conc.max(4) {
+        let warm = std::env::var("LOADGEN_WARMUP").map_or(true, |v| v != "0");
+        for i in (0..conc.max(4)).filter(|_| warm) {
             let mut req = client
                 .post(&url)
                 .header("inference-header-content-length", json_len)
@@ -94,6 +100,8 @@ fn main() {
                 tokio::spawn(async move {
                     let mut lat = Vec::new();
                     let mut errors = 0u64;
+                    // Without a warm-up, the first answer also waited for the connection.
+                    let mut untimed = usize::from(!warm);
                     while Instant::now() < until {
                         let header = payment.as_ref().as_ref().map(|p| {
                             let next = presigned[task].lock().unwrap().pop_front();
@@ -115,7 +123,11 @@ fn main() {
                         match r {
                             Ok(r) if r.status().is_success() => {
                                 let _ = r.bytes().await;
-                                lat.push(t.elapsed().as_nanos() as u64);
+                                if untimed > 0 {
+                                    untimed -= 1;
+                                } else {
+                                    lat.push(t.elapsed().as_nanos() as u64);
+                                }
                             }
                             _ => errors += 1,
                         }
