@@ -445,6 +445,12 @@ pub(crate) fn hub_error(reference: &str, e: ClientError) -> CacheError {
 mod tests {
     use super::*;
 
+    /// A cache of 1 MiB over `dir`, fetching from `hub`, running tract.
+    fn test_cache(dir: &std::path::Path, hub: HubClient) -> ModelCache {
+        let engine: Arc<dyn Engine> = Arc::new(cairn_engine::TractEngine::new());
+        ModelCache::new(dir.to_owned(), hub, engine, 1 << 20, 1 << 20)
+    }
+
     /// A model runs in place only once its calls have been seen to be quick for their size:
     /// never on its first call, and not for an input large enough to take longer.
     #[test]
@@ -512,9 +518,10 @@ mod tests {
         let link = ".m.bafkreiabc.44-00000000deadbeef.partial";
         std::os::unix::fs::symlink(outside.path().join("kept"), path(link)).unwrap();
         std::fs::write(path("bafkreikeep"), b"whole").unwrap();
-        let hub = HubClient::new("http://127.0.0.1:9", None).unwrap();
-        let engine: Arc<dyn Engine> = Arc::new(cairn_engine::TractEngine::new());
-        ModelCache::new(dir.path().to_owned(), hub, engine, 1 << 20, 1 << 20);
+        test_cache(
+            dir.path(),
+            HubClient::new("http://127.0.0.1:9", None).unwrap(),
+        );
         let mut left: Vec<String> = std::fs::read_dir(dir.path())
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -651,13 +658,9 @@ mod tests {
         tokio::spawn(async move { axum::serve(listener, app).await });
         let hub = HubClient::new(&url, None).unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let engine: Arc<dyn Engine> = Arc::new(cairn_engine::TractEngine::new());
-        let cache = ModelCache::new(
-            dir.path().to_owned(),
+        let cache = test_cache(
+            dir.path(),
             hub.with_download_stall(Duration::from_millis(300), 1),
-            engine,
-            1 << 20,
-            1 << 20,
         );
         let load = cache.get(BlobId::of(b"a model the hub refuses, slowly"));
         let Err(e) = tokio::time::timeout(Duration::from_secs(5), load)
@@ -678,13 +681,9 @@ mod tests {
         let cid = BlobId::of(&chunks.concat());
         let hub = hub_sending(chunks, Duration::from_millis(100), false).await;
         let dir = tempfile::tempdir().unwrap();
-        let engine: Arc<dyn Engine> = Arc::new(cairn_engine::TractEngine::new());
-        let cache = ModelCache::new(
-            dir.path().to_owned(),
+        let cache = test_cache(
+            dir.path(),
             hub.with_download_stall(Duration::from_millis(300), 16),
-            engine,
-            1 << 20,
-            1 << 20,
         );
         let started = std::time::Instant::now();
         let Err(e) = cache.get(cid).await else {
@@ -793,9 +792,8 @@ mod tests {
     async fn an_unknown_name_is_remembered_a_hub_outage_is_not() {
         for (status, lookups) in [(404, 1), (503, 5)] {
             let dir = tempfile::tempdir().unwrap();
-            let engine: Arc<dyn Engine> = Arc::new(cairn_engine::TractEngine::new());
             let (hub, asked) = hub_counting(status).await;
-            let cache = ModelCache::new(dir.path().to_owned(), hub, engine, 1 << 20, 1 << 20);
+            let cache = test_cache(dir.path(), hub);
             for _ in 0..5 {
                 let e = cache.resolve("nosuch@1.0").await.unwrap_err();
                 assert_eq!(matches!(e, CacheError::NotFound(_)), status == 404, "{e:?}");
@@ -809,14 +807,7 @@ mod tests {
         let cid = BlobId::of(b"a model the hub cannot serve right now");
         for status in [500, 502, 503, 429] {
             let dir = tempfile::tempdir().unwrap();
-            let engine: Arc<dyn Engine> = Arc::new(cairn_engine::TractEngine::new());
-            let cache = ModelCache::new(
-                dir.path().to_owned(),
-                hub_answering(status).await,
-                engine,
-                1 << 20,
-                1 << 20,
-            );
+            let cache = test_cache(dir.path(), hub_answering(status).await);
             let e = cache.resolve("digits@1.0").await.unwrap_err();
             assert!(
                 matches!(e, CacheError::HubUnavailable(_)),
@@ -831,14 +822,7 @@ mod tests {
         }
         // A hub that has no such model: that is the model's fault, and remembered.
         let dir = tempfile::tempdir().unwrap();
-        let engine: Arc<dyn Engine> = Arc::new(cairn_engine::TractEngine::new());
-        let cache = ModelCache::new(
-            dir.path().to_owned(),
-            hub_answering(404).await,
-            engine,
-            1 << 20,
-            1 << 20,
-        );
+        let cache = test_cache(dir.path(), hub_answering(404).await);
         let Err(e) = cache.get(cid).await else {
             panic!("loaded a model the hub does not have")
         };
