@@ -35,15 +35,22 @@ fn model_of(parts: &Parts) -> Option<String> {
     let rest = parts.uri.path().strip_prefix("/v2/models/")?;
     let segs: Vec<&str> = rest.split('/').collect();
     match segs.as_slice() {
-        [m, "infer"] => Some(decode(m)),
-        [m, "versions", v, "infer"] => Some(format!("{}@{}", decode(m), decode(v))),
+        [m, "infer"] => decode(m),
+        [m, "versions", v, "infer"] => Some(format!("{}@{}", decode(m)?, decode(v)?)),
         _ => None,
     }
 }
 
-fn decode(s: &str) -> String {
-    // Model references are plain ASCII; only `%40` (@) is worth undoing.
-    s.replace("%40", "@")
+/// A path segment decoded as the route's `Path` extractor decodes it, so that the reference
+/// priced is the reference the route names (a segment that is not UTF-8 once decoded is
+/// refused by the route before it runs).
+fn decode(s: &str) -> Option<String> {
+    Some(
+        percent_encoding::percent_decode_str(s)
+            .decode_utf8()
+            .ok()?
+            .into_owned(),
+    )
 }
 
 impl Pricing for ModelPricing {
@@ -163,6 +170,37 @@ mod tests {
             models: vec![("digits@1.0".into(), TokenPrice::default())],
         };
         assert!(prices.of(&cache, cid).await.is_err());
+    }
+
+    /// The reference priced is the one the route's `Path` reads, however it is encoded.
+    #[test]
+    fn the_reference_priced_is_the_one_the_route_reads() {
+        let of = |method: Method, path: &str| {
+            model_of(
+                &axum::http::Request::builder()
+                    .method(method)
+                    .uri(path)
+                    .body(())
+                    .unwrap()
+                    .into_parts()
+                    .0,
+            )
+        };
+        assert_eq!(
+            of(Method::POST, "/v2/models/digits%401.0/infer").as_deref(),
+            Some("digits@1.0")
+        );
+        assert_eq!(
+            of(Method::POST, "/v2/models/dig%69ts@1.0/infer").as_deref(),
+            Some("digits@1.0")
+        );
+        assert_eq!(
+            of(Method::POST, "/v2/models/digits/versions/1%2E0/infer").as_deref(),
+            Some("digits@1.0")
+        );
+        assert_eq!(of(Method::POST, "/v2/models/%FF/infer"), None);
+        assert_eq!(of(Method::PUT, "/v2/models/digits/infer"), None);
+        assert_eq!(of(Method::POST, "/v2/models/digits/ready"), None);
     }
 
     /// A priced call carries the resolution its price was reckoned on, for the route to run:
