@@ -417,6 +417,10 @@ struct Presented {
     payload: Value,
     /// The v2 payload's `extensions` (an `upto` payer's EIP-2612 approval of Permit2).
     extensions: Option<Value>,
+    /// Why it cannot pay for a new run: the payer echoed a resource other than the one this
+    /// request buys now (what a name stands for changed since the offer). It may still be
+    /// answered again for what it already paid.
+    stale: Option<Reason>,
 }
 
 /// A response kept while its payment settles: JSON head (status, headers), a newline, the body.

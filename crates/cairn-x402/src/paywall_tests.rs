@@ -395,6 +395,84 @@ async fn bad_payments_are_refused_with_their_reason() {
     assert_eq!(s.d.chain.token_balance(s.vault).await.unwrap(), U256::ZERO);
 }
 
+/// `header` as a payer would send it had the offer described `what` (the resource it echoes):
+/// the 402 it answered came before the name it calls stood for another model.
+fn echoing(header: &str, what: &str) -> String {
+    let mut env: serde_json::Value = decode_header("PAYMENT-SIGNATURE", header.as_bytes()).unwrap();
+    if env["resource"].is_null() {
+        env["resource"] = serde_json::json!({"url": "http://127.0.0.1/run"});
+    }
+    env["resource"]["description"] = serde_json::Value::String(what.into());
+    crate::wire::encode_header(&env)
+}
+
+/// A payment made for what the resource was when offered (a node names the model's CID there)
+/// pays for no run of something else: refused before the route, nothing charged, the payment
+/// still good for what it was made for; a payment already charged still gets its answer again.
+#[tokio::test]
+async fn a_payment_made_for_another_resource_runs_nothing_and_charges_nothing() {
+    // Prepaid, and answers kept by payment (as a node keeps them in its receipt log).
+    let s = site_with(true, Some(())).await.0;
+    let payer = &s.d.payer;
+    let before = s.d.chain.token_balance(payer.address()).await.unwrap();
+    let refused = |r: &(u16, String, Option<SettleResponse>, serde_json::Value)| {
+        assert_eq!(
+            (r.0, r.3["error"].as_str()),
+            (402, Some("invalid_payment_requirements")),
+            "{r:?}"
+        );
+        assert!(
+            r.1.contains("a test run"),
+            "names what is sold now: {}",
+            r.1
+        );
+    };
+    // exact: refused, then the same authorization pays with the resource it is for.
+    let h = exact_header(&s.url, payer).await;
+    refused(&send(&s.url, &echoing(&h, "an older release"), "go").await);
+    assert_eq!(s.runs.load(Ordering::SeqCst), 0);
+    assert_eq!(
+        s.d.chain.token_balance(payer.address()).await.unwrap(),
+        before
+    );
+    let (status, body, _, _) = send(&s.url, &h, "go").await;
+    assert_eq!(status, 200, "{body}");
+    // Charged: presented again with what it was made for, it is answered from what was kept.
+    let (status, again, _, _) = send(&s.url, &echoing(&h, "an older release"), "go").await;
+    assert_eq!((status, &again), (200, &body));
+    assert_eq!(s.runs.load(Ordering::SeqCst), 1);
+    // A prepaid voucher: refused, and its step given back for the next call.
+    let salt = B256::ZERO;
+    s.d.chain
+        .deposit(payer, s.vault, salt, U256::from(10 * PRICE))
+        .await
+        .unwrap();
+    let req = required(&s.url).await;
+    let offer = req.accepts.iter().find(|o| o.scheme == "prepaid").unwrap();
+    let v1 = client::pay_prepaid(payer, &req, offer, salt, U256::from(PRICE)).unwrap();
+    refused(&send(&s.url, &echoing(&v1, "an older release"), "go").await);
+    assert_eq!(s.runs.load(Ordering::SeqCst), 1);
+    let (status, body, _, _) = send(&s.url, &v1, "go").await;
+    assert_eq!(status, 200, "{body}");
+    // An upto permit: refused, nothing settled, and it still pays.
+    approve_permit2(&s, payer).await;
+    let h = upto_header(&s, payer, |_| {}, |_| {}).await;
+    let before = s.d.chain.token_balance(payer.address()).await.unwrap();
+    refused(&send(&s.url, &echoing(&h, "an older release"), "go").await);
+    assert_eq!(s.runs.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        s.d.chain.token_balance(payer.address()).await.unwrap(),
+        before
+    );
+    let (status, body, _, _) = send(&s.url, &h, "go").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        s.d.chain.token_balance(payer.address()).await.unwrap(),
+        before - U256::from(PRICE)
+    );
+    assert_eq!(s.runs.load(Ordering::SeqCst), 3);
+}
+
 #[tokio::test]
 async fn parallel_paid_requests_all_settle() {
     let s = site(false).await;

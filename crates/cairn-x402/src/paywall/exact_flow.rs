@@ -25,6 +25,10 @@ pub(super) async fn pay(p: &Paywall, run: Run, pr: Presented, refusal: &Refusal<
     if let Reserve::Seen(rec) = reserved {
         return presented_again(f, *rec, &checked, &pr, refusal).await;
     }
+    if let Some(r) = pr.stale.clone() {
+        f.store().release(key, None);
+        return refusal.refuse(r);
+    }
     if let Err(e) = f.check_chain(&checked).await {
         f.store().release(key, Some(&e.to_string()));
         return refusal.refuse_err(e);

@@ -176,7 +176,13 @@ impl Book {
             .accept(&presented.payload, presented.extensions.as_ref(), price)
             .await
         {
-            Ok(a) => Ok(a),
+            Ok(a) => match presented.stale.clone() {
+                None => Ok(a),
+                Some(r) => {
+                    self.release(&a);
+                    Err(refusal.refuse(r))
+                }
+            },
             Err(X402Error::Invalid(r)) if self.seen_before(&r) => {
                 // This voucher paid for a request already: if it was counted, answer it again.
                 if let Some(key) = self.counted(&presented.payload)

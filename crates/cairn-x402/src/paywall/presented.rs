@@ -20,7 +20,7 @@ pub(super) fn read(headers: &HeaderMap, refusal: &Refusal<'_>) -> Result<Present
             ));
         }
     };
-    let (offer, payload, extensions) = match version {
+    let (offer, payload, extensions, stale) = match version {
         Version::V2 => {
             let pp: PaymentPayload = match decode_header("PAYMENT-SIGNATURE", &raw) {
                 Ok(pp) => pp,
@@ -35,8 +35,26 @@ pub(super) fn read(headers: &HeaderMap, refusal: &Refusal<'_>) -> Result<Present
                     ),
                 )));
             }
+            // The resource the payer echoes is what it agreed to buy (a node names the model's
+            // CID there): a name that now stands for another model, priced the same, is not
+            // sold on a payment made for the one before. A payer who echoes none binds none.
+            // It is refused only where it would start a new run: a payment already charged
+            // when the name still stood for the old model gets its kept answer again.
+            let stale = pp
+                .resource
+                .as_ref()
+                .filter(|r| !r.description.is_empty() && r.description != refusal.resource.description)
+                .map(|_| {
+                    Reason::new(
+                        "invalid_payment_requirements",
+                        format!(
+                            "the payment was made for another resource than this request now buys ({:?}): it changed since the offer; nothing was charged, fetch the 402 again",
+                            refusal.resource.description
+                        ),
+                    )
+                });
             match offers.iter().find(|o| o.same_offer(&pp.accepted)) {
-                Some(o) => (o.clone(), pp.payload, pp.extensions),
+                Some(o) => (o.clone(), pp.payload, pp.extensions, stale),
                 None => {
                     return Err(refusal.refuse(Reason::new(
                         "invalid_payment_requirements",
@@ -56,7 +74,7 @@ pub(super) fn read(headers: &HeaderMap, refusal: &Refusal<'_>) -> Result<Present
                         == Some(pp.network.as_str())
             });
             match found {
-                Some(o) => (o.clone(), pp.payload, None),
+                Some(o) => (o.clone(), pp.payload, None, None),
                 None => {
                     return Err(refusal.refuse(Reason::new(
                         "invalid_payment_requirements",
@@ -74,5 +92,6 @@ pub(super) fn read(headers: &HeaderMap, refusal: &Refusal<'_>) -> Result<Present
         offer,
         payload,
         extensions,
+        stale,
     })
 }

@@ -37,6 +37,10 @@ pub(super) async fn take(
     if let Reserve::Seen(rec) = reserved {
         return Ok(Taken::Seen(key, rec));
     }
+    if let Some(r) = pr.stale.clone() {
+        f.store().release(key, None);
+        return Err(refusal.refuse(r));
+    }
     if let Err(e) = f.check_upto_chain(&checked, true).await {
         f.store().release(key, Some(&e.to_string()));
         return Err(refusal.refuse_err(e));
