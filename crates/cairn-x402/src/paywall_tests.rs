@@ -1,7 +1,7 @@
 //! The paywall in front of a real axum route, over HTTP, settling on the embedded chain.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use alloy_primitives::{Address, B256, U256};
@@ -19,7 +19,14 @@ use crate::{Paid, Paywall, Price, Pricing, client};
 
 const PRICE: u64 = 1_000;
 
-struct Fixed;
+/// The site's price, which a test may change (an operator's new `--model-price`, a release).
+struct Fixed(Arc<AtomicU64>);
+
+impl Default for Fixed {
+    fn default() -> Self {
+        Self(Arc::new(AtomicU64::new(PRICE)))
+    }
+}
 
 /// What the pricing put in the request: the route must see it (a node runs the model it priced).
 #[derive(Clone)]
@@ -37,9 +44,10 @@ impl Pricing for Fixed {
         >,
     > {
         parts.extensions.insert(Quoted);
-        Box::pin(async {
+        let amount = U256::from(self.0.load(Ordering::SeqCst));
+        Box::pin(async move {
             Ok(Some(Price {
-                amount: U256::from(PRICE),
+                amount,
                 description: "a test run".into(),
             }))
         })
@@ -103,6 +111,7 @@ struct Site {
     runs: Arc<AtomicUsize>,
     d: crate::tests::Devnet,
     vault: Address,
+    price: Arc<AtomicU64>,
 }
 
 async fn site(prepaid: bool) -> Site {
@@ -126,7 +135,9 @@ async fn site_with(prepaid: bool, batch: Option<()>) -> (Site, Option<Arc<crate:
             vault,
         ))
     });
-    let mut paywall = Paywall::new(d.facilitator.clone(), pre, Arc::new(Fixed), vault);
+    let pricing = Fixed::default();
+    let price = pricing.0.clone();
+    let mut paywall = Paywall::new(d.facilitator.clone(), pre, Arc::new(pricing), vault);
     let mut book = None;
     let answered = Arc::new(Answered::default());
     if batch.is_some() {
@@ -163,6 +174,7 @@ async fn site_with(prepaid: bool, batch: Option<()>) -> (Site, Option<Arc<crate:
             runs,
             d,
             vault,
+            price,
         },
         book,
     )
@@ -471,6 +483,63 @@ async fn a_payment_made_for_another_resource_runs_nothing_and_charges_nothing() 
         before - U256::from(PRICE)
     );
     assert_eq!(s.runs.load(Ordering::SeqCst), 3);
+}
+
+/// A payment made at the price asked before a change pays for no new run (nothing charged, the
+/// payment given back), and one charged before the change is still answered again: its payer
+/// lost the answer, not the right to it.
+#[tokio::test]
+async fn a_payment_charged_before_the_price_changed_is_answered_again() {
+    let s = site_with(true, Some(())).await.0;
+    let payer = &s.d.payer;
+    let salt = B256::ZERO;
+    s.d.chain
+        .deposit(payer, s.vault, salt, U256::from(10 * PRICE))
+        .await
+        .unwrap();
+    let req = required(&s.url).await;
+    let offer = req.accepts.iter().find(|o| o.scheme == "prepaid").unwrap();
+    let voucher =
+        |n: u64| client::pay_prepaid(payer, &req, offer, salt, U256::from(n * PRICE)).unwrap();
+    let (charged, unused) = (
+        exact_header(&s.url, payer).await,
+        exact_header(&s.url, payer).await,
+    );
+    let (status, exact_answer, _, _) = send(&s.url, &charged, "go").await;
+    assert_eq!(status, 200, "{exact_answer}");
+    let v1 = voucher(1);
+    let (status, voucher_answer, _, _) = send(&s.url, &v1, "go").await;
+    assert_eq!(status, 200, "{voucher_answer}");
+    let paid = s.d.chain.token_balance(payer.address()).await.unwrap();
+    s.price.store(2 * PRICE, Ordering::SeqCst);
+    // Charged at the old price: answered again, nothing more charged or run.
+    for (h, answer) in [(&charged, &exact_answer), (&v1, &voucher_answer)] {
+        let (status, again, _, _) = send(&s.url, h, "go").await;
+        assert_eq!((status, &again), (200, answer));
+    }
+    // Made at the old price, never charged: refused, and nothing runs.
+    let v2 = voucher(2);
+    for h in [&unused, &v2] {
+        let (status, body, _, v2) = send(&s.url, h, "go").await;
+        assert_eq!(
+            (status, v2["error"].as_str()),
+            (402, Some("invalid_payment_requirements")),
+            "{body}"
+        );
+        assert!(body.contains("2000"), "names the price now: {body}");
+    }
+    assert_eq!(s.runs.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        s.d.chain.token_balance(payer.address()).await.unwrap(),
+        paid
+    );
+    // At the old price again, the one never charged still pays, and the voucher's step is free.
+    s.price.store(PRICE, Ordering::SeqCst);
+    for h in [&unused, &v2] {
+        let (status, body, _, _) = send(&s.url, h, "go").await;
+        assert_eq!(status, 200, "{body}");
+    }
+    assert_eq!(s.runs.load(Ordering::SeqCst), 4);
 }
 
 #[tokio::test]
@@ -1055,7 +1124,7 @@ async fn metered_site() -> Site {
     let paywall = Arc::new(Paywall::new(
         d.facilitator.clone(),
         None,
-        Arc::new(Fixed),
+        Arc::new(Fixed::default()),
         vault,
     ));
     let app = Router::new()
@@ -1069,6 +1138,7 @@ async fn metered_site() -> Site {
         runs: Arc::new(AtomicUsize::new(0)),
         d,
         vault,
+        price: Arc::new(AtomicU64::new(PRICE)),
     }
 }
 

@@ -301,9 +301,13 @@ impl PaymentRequirements {
     /// Whether `other` (an echoed offer) is this offer: same scheme, network, amount, asset
     /// and payee. `extra` and the timeout are not compared (clients may normalise them).
     pub fn same_offer(&self, other: &PaymentRequirements) -> bool {
+        self.amount == other.amount && self.same_terms(other)
+    }
+
+    /// [`Self::same_offer`] at any price: the same scheme, network, asset and payee.
+    pub fn same_terms(&self, other: &PaymentRequirements) -> bool {
         self.scheme == other.scheme
             && self.network == other.network
-            && self.amount == other.amount
             && self.asset == other.asset
             && self.pay_to == other.pay_to
     }

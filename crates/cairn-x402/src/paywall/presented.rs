@@ -53,14 +53,26 @@ pub(super) fn read(headers: &HeaderMap, refusal: &Refusal<'_>) -> Result<Present
                         ),
                     )
                 });
-            match offers.iter().find(|o| o.same_offer(&pp.accepted)) {
-                Some(o) => (o.clone(), pp.payload, pp.extensions, stale),
-                None => {
-                    return Err(refusal.refuse(Reason::new(
-                        "invalid_payment_requirements",
-                        "the payment answers no current offer (scheme, network, amount, asset, payTo); fetch the 402 again",
-                    )));
-                }
+            if let Some(o) = offers.iter().find(|o| o.same_offer(&pp.accepted)) {
+                (o.clone(), pp.payload, pp.extensions, stale)
+            } else if let Some(o) = offers.iter().find(|o| o.same_terms(&pp.accepted)) {
+                // One of our offers at a price asked before: it pays for no new run, but a
+                // payment charged before the price changed is answered again.
+                let stale = Reason::new(
+                    "invalid_payment_requirements",
+                    format!(
+                        "the payment pays {} token units where this now costs {}: the price changed since the offer; nothing was charged, fetch the 402 again",
+                        pp.accepted.amount, o.amount
+                    ),
+                );
+                let mut then = o.clone();
+                then.amount = pp.accepted.amount;
+                (then, pp.payload, pp.extensions, Some(stale))
+            } else {
+                return Err(refusal.refuse(Reason::new(
+                    "invalid_payment_requirements",
+                    "the payment answers no current offer (scheme, network, asset, payTo); fetch the 402 again",
+                )));
             }
         }
         Version::V1 => {
