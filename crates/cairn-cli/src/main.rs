@@ -340,10 +340,12 @@ fn pin_cpu_isa(cli: &Cli) -> anyhow::Result<()> {
 /// glibc gives threads that contend for the allocator arenas of their own, up to 8 per core,
 /// and each keeps what was freed in it: a node's peak RSS under the same load swung by ~10 MB
 /// between runs (60–68 MB at 16 connections). Two arenas per core (at least 4) kept it at
-/// 58–61 MB with the same throughput; 2 in all cost ~8%. `MALLOC_ARENA_MAX` still decides.
+/// 58–61 MB with the same throughput; 2 in all cost ~8%. `MALLOC_ARENA_MAX` or the tunable
+/// `glibc.malloc.arena_max` in `GLIBC_TUNABLES` still decides.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn bound_malloc_arenas() {
-    if std::env::var_os("MALLOC_ARENA_MAX").is_some() {
+    let tuned = std::env::var("GLIBC_TUNABLES").is_ok_and(|t| t.contains("glibc.malloc.arena_max"));
+    if tuned || std::env::var_os("MALLOC_ARENA_MAX").is_some() {
         return;
     }
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());

@@ -1267,7 +1267,7 @@ fn refusal(r: VoucherRefusal, max: U256, price: U256) -> X402Error {
             ERR_CUMULATIVE_MISMATCH,
             format!(
                 "the voucher promises {max} in total; {owed} is charged or in flight and the price is {price}, so it must be exactly {}",
-                owed + price
+                owed.saturating_add(price)
             ),
         ),
     }

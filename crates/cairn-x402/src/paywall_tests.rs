@@ -466,6 +466,8 @@ async fn a_payment_made_for_another_resource_runs_nothing_and_charges_nothing() 
     assert_eq!(s.runs.load(Ordering::SeqCst), 1);
     let (status, body, _, _) = send(&s.url, &v1, "go").await;
     assert_eq!(status, 200, "{body}");
+    let (status, again, _, _) = send(&s.url, &echoing(&v1, "an older release"), "go").await;
+    assert_eq!((status, &again), (200, &body));
     // An upto permit: refused, nothing settled, and it still pays.
     approve_permit2(&s, payer).await;
     let h = upto_header(&s, payer, |_| {}, |_| {}).await;
@@ -482,7 +484,37 @@ async fn a_payment_made_for_another_resource_runs_nothing_and_charges_nothing() 
         s.d.chain.token_balance(payer.address()).await.unwrap(),
         before - U256::from(PRICE)
     );
+    let (status, again, _, _) = send(&s.url, &echoing(&h, "an older release"), "go").await;
+    assert_eq!((status, &again), (200, &body));
     assert_eq!(s.runs.load(Ordering::SeqCst), 3);
+    // A batch-settlement deposit: refused before its transaction (sent at the node's gas).
+    let before = s.d.chain.token_balance(payer.address()).await.unwrap();
+    let h = batch_deposit(&s, B256::repeat_byte(6), U256::from(20 * PRICE)).await;
+    refused(&send(&s.url, &echoing(&h, "an older release"), "go").await);
+    assert_eq!(
+        s.d.chain.token_balance(payer.address()).await.unwrap(),
+        before
+    );
+    let (status, body, _, _) = send(&s.url, &h, "go").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        s.d.chain.token_balance(payer.address()).await.unwrap(),
+        before - U256::from(20 * PRICE)
+    );
+    assert_eq!(s.runs.load(Ordering::SeqCst), 4);
+}
+
+/// A batch-settlement payload from the payer's own channel on `salt` that deposits `deposit`
+/// with its first voucher.
+async fn batch_deposit(s: &Site, salt: B256, deposit: U256) -> String {
+    let req = required(&s.url).await;
+    let offer = req
+        .accepts
+        .iter()
+        .find(|o| o.scheme == crate::batch::SCHEME)
+        .unwrap();
+    let mut ch = client::BatchChannel::new(s.d.payer.address(), offer, salt).unwrap();
+    ch.pay(&s.d.payer, &req, offer, deposit).unwrap()
 }
 
 /// A payment made at the price asked before a change pays for no new run (nothing charged, the
@@ -529,6 +561,21 @@ async fn a_payment_charged_before_the_price_changed_is_answered_again() {
         assert!(body.contains("2000"), "names the price now: {body}");
     }
     assert_eq!(s.runs.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        s.d.chain.token_balance(payer.address()).await.unwrap(),
+        paid
+    );
+    // A deposit of one unit echoing a price of 0 (whose minimum deposit is 0): refused before
+    // the node sends its transaction.
+    let h = batch_deposit(&s, B256::repeat_byte(7), U256::from(1)).await;
+    let mut env: serde_json::Value = decode_header("PAYMENT-SIGNATURE", h.as_bytes()).unwrap();
+    env["accepted"]["amount"] = "0".into();
+    let (status, body, _, refusal) = send(&s.url, &crate::wire::encode_header(&env), "go").await;
+    assert_eq!(
+        (status, refusal["error"].as_str()),
+        (402, Some("invalid_payment_requirements")),
+        "{body}"
+    );
     assert_eq!(
         s.d.chain.token_balance(payer.address()).await.unwrap(),
         paid

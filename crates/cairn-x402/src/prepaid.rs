@@ -448,7 +448,7 @@ fn refusal(r: VoucherRefusal, v: &VoucherWire, price: U256) -> X402Error {
             format!(
                 "the voucher promises {} in total; {owed} is owed or in flight and the price is {price}, so it must be exactly {}",
                 v.cumulative_amount,
-                owed + price
+                owed.saturating_add(price)
             ),
         ),
     }

@@ -198,6 +198,11 @@ impl Facilitator {
         self.close_upto(c).await;
     }
 
+    /// The payment reference of the permit `c` (the key its record has in the store).
+    pub fn upto_key(&self, c: &CheckedUpto) -> Result<B256, X402Error> {
+        Ok(c.payment_ref(self.chain.upto()?.permit2))
+    }
+
     /// Reserves a checked `upto` payment for a request on `resource`; its key is the payment
     /// reference.
     pub fn reserve_upto(
@@ -206,8 +211,7 @@ impl Facilitator {
         resource: &str,
         payload: &Value,
     ) -> Result<(B256, Reserve), X402Error> {
-        let permit2 = self.chain.upto()?.permit2;
-        let key = c.payment_ref(permit2);
+        let key = self.upto_key(c)?;
         let payload = payload.to_string();
         let head = self.head.load(std::sync::atomic::Ordering::Relaxed);
         let r = self.store.reserve(&NewPayment {

@@ -18,16 +18,21 @@ pub(super) async fn pay(p: &Paywall, run: Run, pr: Presented, refusal: &Refusal<
         Err(e) => return refusal.refuse_err(e),
     };
     let payer = checked.authorization.from;
+    if let Some(r) = pr.stale.clone() {
+        // Nothing reserved for a payment that cannot pay: one seen before is answered as such.
+        return match f.store().get(checked.payment_ref(f.token())) {
+            Ok(Some(rec)) if rec.state != PaymentState::Released => {
+                presented_again(f, rec, &checked, &pr, refusal).await
+            }
+            _ => refusal.refuse(r),
+        };
+    }
     let (key, reserved) = match f.reserve(&checked, &refusal.resource.url, &pr.payload) {
         Ok(x) => x,
         Err(e) => return refusal.refuse_err(e),
     };
     if let Reserve::Seen(rec) = reserved {
         return presented_again(f, *rec, &checked, &pr, refusal).await;
-    }
-    if let Some(r) = pr.stale.clone() {
-        f.store().release(key, None);
-        return refusal.refuse(r);
     }
     if let Err(e) = f.check_chain(&checked).await {
         f.store().release(key, Some(&e.to_string()));

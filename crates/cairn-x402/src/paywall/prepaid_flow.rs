@@ -160,6 +160,34 @@ impl Book {
         })
     }
 
+    /// `resp`, the kept answer of the voucher counted as `key`, with its `PAYMENT-RESPONSE`.
+    fn answered_again(&self, presented: &Presented, key: B256, mut resp: Response) -> Response {
+        // Batch-settlement: nothing more charged, and where the channel stands (a client new to
+        // the channel counts from it).
+        let (transaction, extra) = match self {
+            Self::Prepaid(_) => (key.to_string(), None),
+            Self::Batch(b) => (
+                String::new(),
+                presented
+                    .payload
+                    .get("voucher")
+                    .and_then(|v| v.get("channelId")?.as_str()?.parse::<B256>().ok())
+                    .map(|id| b.settled_extra(id, U256::ZERO)),
+            ),
+        };
+        let s = SettleResponse {
+            success: true,
+            error_reason: None,
+            transaction,
+            network: presented.offer.network.clone(),
+            payer: None,
+            amount: None,
+            extra,
+        };
+        insert_settle(resp.headers_mut(), &s, presented.version);
+        resp
+    }
+
     /// Takes the voucher `presented` carries for a request at `price`, or answers: the kept
     /// answer of a counted voucher presented again with the same request (`kept`), else the
     /// refusal.
@@ -172,46 +200,27 @@ impl Book {
         refusal: &Refusal<'_>,
         kept: impl AsyncFnOnce(B256) -> Option<Response>,
     ) -> Result<Accepted, Response> {
+        if let Some(r) = &presented.stale {
+            // Never accepted: accepting may take a deposit on chain, at the node's gas. A
+            // voucher counted before the change is answered again.
+            if let Some(key) = self.counted(&presented.payload)
+                && let Some(resp) = kept(key).await
+            {
+                return Err(self.answered_again(presented, key, resp));
+            }
+            return Err(refusal.refuse(r.clone()));
+        }
         match self
             .accept(&presented.payload, presented.extensions.as_ref(), price)
             .await
         {
-            Ok(a) => match presented.stale.clone() {
-                None => Ok(a),
-                Some(r) => {
-                    self.release(&a);
-                    Err(refusal.refuse(r))
-                }
-            },
+            Ok(a) => Ok(a),
             Err(X402Error::Invalid(r)) if self.seen_before(&r) => {
                 // This voucher paid for a request already: if it was counted, answer it again.
                 if let Some(key) = self.counted(&presented.payload)
-                    && let Some(mut resp) = kept(key).await
+                    && let Some(resp) = kept(key).await
                 {
-                    // Batch-settlement: nothing more charged, and where the channel stands (a
-                    // client new to the channel counts from it).
-                    let (transaction, extra) = match self {
-                        Self::Prepaid(_) => (key.to_string(), None),
-                        Self::Batch(b) => (
-                            String::new(),
-                            presented
-                                .payload
-                                .get("voucher")
-                                .and_then(|v| v.get("channelId")?.as_str()?.parse::<B256>().ok())
-                                .map(|id| b.settled_extra(id, U256::ZERO)),
-                        ),
-                    };
-                    let s = SettleResponse {
-                        success: true,
-                        error_reason: None,
-                        transaction,
-                        network: presented.offer.network.clone(),
-                        payer: None,
-                        amount: None,
-                        extra,
-                    };
-                    insert_settle(resp.headers_mut(), &s, presented.version);
-                    return Err(resp);
+                    return Err(self.answered_again(presented, key, resp));
                 }
                 Err(self.refuse(refusal, &presented.payload, r))
             }

@@ -31,15 +31,21 @@ pub(super) async fn take(
     let checked = f
         .check_upto(&pr.payload, pr.extensions.as_ref(), &pr.offer, now_secs())
         .map_err(|e| refusal.refuse_err(e))?;
+    if let Some(r) = &pr.stale {
+        // Nothing reserved for a permit that cannot pay: one seen before is answered as such.
+        let key = f.upto_key(&checked).map_err(|e| refusal.refuse_err(e))?;
+        return match f.store().get(key) {
+            Ok(Some(rec)) if rec.state != PaymentState::Released => {
+                Ok(Taken::Seen(key, Box::new(rec)))
+            }
+            _ => Err(refusal.refuse(r.clone())),
+        };
+    }
     let (key, reserved) = f
         .reserve_upto(&checked, &refusal.resource.url, &pr.payload)
         .map_err(|e| refusal.refuse_err(e))?;
     if let Reserve::Seen(rec) = reserved {
         return Ok(Taken::Seen(key, rec));
-    }
-    if let Some(r) = pr.stale.clone() {
-        f.store().release(key, None);
-        return Err(refusal.refuse(r));
     }
     if let Err(e) = f.check_upto_chain(&checked, true).await {
         f.store().release(key, Some(&e.to_string()));

@@ -101,9 +101,16 @@ impl PaymentStore {
                 // Exactly the next step: a higher ceiling would let more be claimed than the
                 // payer owes (a voucher is claimable up to its amount), a lower one would not
                 // cover what this request may cost.
-                Some(ch) if cumulative != ch.accepted + pending + price => {
+                // Checked: a step that overflows is no step (U256's `+` wraps).
+                Some(ch)
+                    if ch
+                        .accepted
+                        .checked_add(pending)
+                        .and_then(|a| a.checked_add(price))
+                        != Some(cumulative) =>
+                {
                     Some(VoucherRefusal::NotNext {
-                        owed: ch.accepted + pending,
+                        owed: ch.accepted.saturating_add(pending),
                     })
                 }
                 Some(_) => None,
