@@ -696,9 +696,12 @@ impl Batch {
         }))
     }
 
-    /// The payment reference of a voucher payload that was counted (its request succeeded).
-    pub fn counted(&self, payload: &Value) -> Option<B256> {
-        let c = self.check(payload).ok()?;
+    /// The payment reference of a voucher payload that was counted (its request succeeded);
+    /// `None` for a payload that does not check.
+    pub fn counted(&self, payload: &Value) -> Result<Option<B256>, X402Error> {
+        let Ok(c) = self.check(payload) else {
+            return Ok(None);
+        };
         let key = Accepted {
             channel: c.id,
             payer: c.config.payer,
@@ -706,7 +709,7 @@ impl Batch {
             nonce: B256::ZERO,
         }
         .payment_ref();
-        (self.store.outcome(key).ok()? == crate::store::Outcome::Paid).then_some(key)
+        Ok((self.store.outcome(key)? == crate::store::Outcome::Paid).then_some(key))
     }
 
     /// One round: channels whose payer asked to withdraw are marked (no new vouchers) and

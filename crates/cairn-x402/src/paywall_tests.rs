@@ -439,15 +439,28 @@ async fn a_payment_made_for_another_resource_runs_nothing_and_charges_nothing() 
             r.1
         );
     };
-    // exact: refused, then the same authorization pays with the resource it is for.
+    // exact: refused, with nothing written, then the same authorization pays with the
+    // resource it is for.
     let h = exact_header(&s.url, payer).await;
     refused(&send(&s.url, &echoing(&h, "an older release"), "go").await);
     assert_eq!(s.runs.load(Ordering::SeqCst), 0);
+    assert!(stored(&s, &h).is_none(), "a stale payment writes nothing");
     assert_eq!(
         s.d.chain.token_balance(payer.address()).await.unwrap(),
         before
     );
-    let (status, body, _, _) = send(&s.url, &h, "go").await;
+    // While it runs, the same payment made stale is refused as in use (not as unspent).
+    let running = tokio::spawn({
+        let (url, h) = (s.url.clone(), h.clone());
+        async move { send(&url, &h, "go").await }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let (status, _, _, v2) = send(&s.url, &echoing(&h, "an older release"), "go").await;
+    assert_eq!(
+        (status, v2["error"].as_str()),
+        (402, Some("invalid_exact_evm_nonce_already_used"))
+    );
+    let (status, body, _, _) = running.await.unwrap();
     assert_eq!(status, 200, "{body}");
     // Charged: presented again with what it was made for, it is answered from what was kept.
     let (status, again, _, _) = send(&s.url, &echoing(&h, "an older release"), "go").await;
@@ -468,6 +481,13 @@ async fn a_payment_made_for_another_resource_runs_nothing_and_charges_nothing() 
     assert_eq!(status, 200, "{body}");
     let (status, again, _, _) = send(&s.url, &echoing(&v1, "an older release"), "go").await;
     assert_eq!((status, &again), (200, &body));
+    // Not with another signature: a counted voucher's fields are no key to its answer.
+    let mut forged: serde_json::Value = decode_header("PAYMENT-SIGNATURE", v1.as_bytes()).unwrap();
+    let other = client::pay_prepaid(&dev_signer(8), &req, offer, salt, U256::from(PRICE)).unwrap();
+    let other: serde_json::Value = decode_header("PAYMENT-SIGNATURE", other.as_bytes()).unwrap();
+    forged["payload"]["signature"] = other["payload"]["signature"].clone();
+    let forged = crate::wire::encode_header(&forged);
+    refused(&send(&s.url, &echoing(&forged, "an older release"), "go").await);
     // An upto permit: refused, nothing settled, and it still pays.
     approve_permit2(&s, payer).await;
     let h = upto_header(&s, payer, |_| {}, |_| {}).await;
@@ -502,6 +522,15 @@ async fn a_payment_made_for_another_resource_runs_nothing_and_charges_nothing() 
         before - U256::from(20 * PRICE)
     );
     assert_eq!(s.runs.load(Ordering::SeqCst), 4);
+}
+
+/// What the payment store holds of the `exact` payment `header`.
+fn stored(s: &Site, header: &str) -> Option<crate::store::PaymentRecord> {
+    let env: serde_json::Value = decode_header("PAYMENT-SIGNATURE", header.as_bytes()).unwrap();
+    let auth: crate::exact::Authorization =
+        serde_json::from_value(env["payload"]["authorization"].clone()).unwrap();
+    let key = crate::exact::payment_ref(s.d.facilitator.token(), auth.from, auth.nonce);
+    s.d.facilitator.store().get(key).unwrap()
 }
 
 /// A batch-settlement payload from the payer's own channel on `salt` that deposits `deposit`
@@ -560,6 +589,10 @@ async fn a_payment_charged_before_the_price_changed_is_answered_again() {
         );
         assert!(body.contains("2000"), "names the price now: {body}");
     }
+    assert!(
+        stored(&s, &unused).is_none(),
+        "a stale payment writes nothing"
+    );
     assert_eq!(s.runs.load(Ordering::SeqCst), 2);
     assert_eq!(
         s.d.chain.token_balance(payer.address()).await.unwrap(),

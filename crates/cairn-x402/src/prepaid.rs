@@ -223,9 +223,12 @@ impl Prepaid {
         Ok(p)
     }
 
-    /// The payment reference of a voucher payload that was counted (its request succeeded).
-    pub fn counted(&self, payload: &Value) -> Option<B256> {
-        let p: PrepaidPayload = serde_json::from_value(payload.clone()).ok()?;
+    /// The payment reference of a voucher payload that was counted (its request succeeded);
+    /// `None` for a voucher that is not one of ours, signed by its payer.
+    pub fn counted(&self, payload: &Value) -> Result<Option<B256>, X402Error> {
+        let Ok(p) = self.signed_voucher(payload) else {
+            return Ok(None);
+        };
         let v = &p.voucher;
         let key = Accepted {
             channel: Chain::channel_id(v.payer, v.payee, v.salt),
@@ -234,7 +237,7 @@ impl Prepaid {
             nonce: v.nonce,
         }
         .payment_ref();
-        (self.store.outcome(key).ok()? == crate::store::Outcome::Paid).then_some(key)
+        Ok((self.store.outcome(key)? == crate::store::Outcome::Paid).then_some(key))
     }
 
     /// Gives back a voucher whose request failed (not charged).

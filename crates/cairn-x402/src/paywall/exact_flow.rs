@@ -24,7 +24,8 @@ pub(super) async fn pay(p: &Paywall, run: Run, pr: Presented, refusal: &Refusal<
             Ok(Some(rec)) if rec.state != PaymentState::Released => {
                 presented_again(f, rec, &checked, &pr, refusal).await
             }
-            _ => refusal.refuse(r),
+            Ok(_) => refusal.refuse(r),
+            Err(e) => refusal.refuse_err(e),
         };
     }
     let (key, reserved) = match f.reserve(&checked, &refusal.resource.url, &pr.payload) {

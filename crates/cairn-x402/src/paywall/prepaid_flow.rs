@@ -45,10 +45,24 @@ impl Book {
     }
 
     /// The payment reference of a voucher payload that was counted.
-    fn counted(&self, payload: &Value) -> Option<B256> {
+    fn counted(&self, payload: &Value) -> Result<Option<B256>, X402Error> {
         match self {
             Self::Prepaid(p) => p.counted(payload),
             Self::Batch(b) => b.counted(payload),
+        }
+    }
+
+    /// Why a voucher counted for another request is refused.
+    fn used(&self) -> Reason {
+        match self {
+            Self::Prepaid(_) => Reason::new(
+                "invalid_prepaid_voucher_already_used",
+                "this voucher was already taken for another request; sign the next one",
+            ),
+            Self::Batch(_) => Reason::new(
+                crate::batch::ERR_CUMULATIVE_MISMATCH,
+                "this voucher was already counted for another request; sign the next one from the channel's state",
+            ),
         }
     }
 
@@ -203,12 +217,14 @@ impl Book {
         if let Some(r) = &presented.stale {
             // Never accepted: accepting may take a deposit on chain, at the node's gas. A
             // voucher counted before the change is answered again.
-            if let Some(key) = self.counted(&presented.payload)
-                && let Some(resp) = kept(key).await
-            {
-                return Err(self.answered_again(presented, key, resp));
-            }
-            return Err(refusal.refuse(r.clone()));
+            return Err(match self.counted(&presented.payload) {
+                Ok(Some(key)) => match kept(key).await {
+                    Some(resp) => self.answered_again(presented, key, resp),
+                    None => self.refuse(refusal, &presented.payload, self.used()),
+                },
+                Ok(None) => refusal.refuse(r.clone()),
+                Err(e) => refusal.refuse_err(e),
+            });
         }
         match self
             .accept(&presented.payload, presented.extensions.as_ref(), price)
@@ -217,7 +233,7 @@ impl Book {
             Ok(a) => Ok(a),
             Err(X402Error::Invalid(r)) if self.seen_before(&r) => {
                 // This voucher paid for a request already: if it was counted, answer it again.
-                if let Some(key) = self.counted(&presented.payload)
+                if let Ok(Some(key)) = self.counted(&presented.payload)
                     && let Some(resp) = kept(key).await
                 {
                     return Err(self.answered_again(presented, key, resp));

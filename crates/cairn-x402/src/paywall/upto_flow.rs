@@ -38,7 +38,8 @@ pub(super) async fn take(
             Ok(Some(rec)) if rec.state != PaymentState::Released => {
                 Ok(Taken::Seen(key, Box::new(rec)))
             }
-            _ => Err(refusal.refuse(r.clone())),
+            Ok(_) => Err(refusal.refuse(r.clone())),
+            Err(e) => Err(refusal.refuse_err(e)),
         };
     }
     let (key, reserved) = f
