@@ -47,6 +47,11 @@ pub const MIN_DEPOSIT_MULTIPLIER: u64 = 10;
 
 /// Most claims in one transaction (the spec's default batch).
 pub const MAX_CLAIMS_PER_TX: usize = 100;
+/// A channel is refunded in part at most once in this long. Each refund is a transaction at the
+/// node's gas that costs the payer nothing; a refund of all that is unclaimed is always taken
+/// (the next needs a new deposit, with a paid call).
+pub const PARTIAL_REFUND_EVERY: std::time::Duration = std::time::Duration::from_secs(600);
+const ERR_REFUND_AMOUNT: &str = "invalid_batch_settlement_evm_refund_amount_invalid";
 
 /// An authorization must stay valid at least this long after it arrives (the spec's margin).
 const VALIDITY_MARGIN_SECS: u64 = 6;
@@ -285,6 +290,8 @@ pub struct Batch {
     /// Channels whose refund was sent with no known outcome: their refund nonce before it, and
     /// when (held shut until the chain says).
     unsure: std::sync::Mutex<std::collections::HashMap<B256, (U256, std::time::Instant)>>,
+    /// Channels refunded in part within [`PARTIAL_REFUND_EVERY`], and when.
+    partly_refunded: std::sync::Mutex<std::collections::HashMap<B256, std::time::Instant>>,
 }
 
 impl Batch {
@@ -311,6 +318,7 @@ impl Batch {
             token_domain,
             scanned: AtomicU64::new(start),
             unsure: Default::default(),
+            partly_refunded: Default::default(),
         }))
     }
 
@@ -591,10 +599,7 @@ impl Batch {
         let amount = match asked {
             None => available,
             Some(a) if a.is_zero() => {
-                return Err(invalid(
-                    "invalid_batch_settlement_evm_refund_amount_invalid",
-                    "a refund is of more than 0",
-                ));
+                return Err(invalid(ERR_REFUND_AMOUNT, "a refund is of more than 0"));
             }
             Some(a) => a,
         };
@@ -603,6 +608,23 @@ impl Batch {
                 ERR_REFUND_NO_BALANCE,
                 format!("{available} of the channel is unclaimed; {amount} was asked for"),
             ));
+        }
+        if amount < available {
+            let now = std::time::Instant::now();
+            let mut partly = self.partly_refunded.lock().expect("not poisoned");
+            partly.retain(|_, at| now.duration_since(*at) < PARTIAL_REFUND_EVERY);
+            if let Some(at) = partly.get(&c.id) {
+                let wait = PARTIAL_REFUND_EVERY.saturating_sub(now.duration_since(*at));
+                return Err(invalid(
+                    ERR_REFUND_AMOUNT,
+                    format!(
+                        "this channel was refunded in part less than {} minutes ago, and each refund is a transaction at this node's cost: ask for all that is unclaimed ({available}, no amount), or for part of it again in {} s",
+                        PARTIAL_REFUND_EVERY.as_secs() / 60,
+                        wait.as_secs() + 1
+                    ),
+                ));
+            }
+            partly.insert(c.id, now);
         }
         // The voucher the payer just signed covers what it owes: claim that with the refund.
         let claims = if ch.accepted > st.total_claimed {

@@ -1645,6 +1645,22 @@ async fn batch_settlement_channels_pay_and_refuse_bad_vouchers() {
     );
     assert_eq!(s.runs.load(Ordering::SeqCst), 4, "a refund ran the route");
     let deposit = deposit - U256::from(2_000u64);
+    // Another refund in part so soon: refused before its transaction (each is sent at the
+    // node's gas, and costs the payer nothing).
+    let h = refund(
+        ch.refund_payload(payer, &offer, Some(U256::from(1u64)))
+            .unwrap(),
+    );
+    let (status, body, _, v2) = send(&s.url, &h, "go").await;
+    assert_eq!(
+        (status, reason(&v2).as_str()),
+        (402, "invalid_batch_settlement_evm_refund_amount_invalid"),
+        "{body}"
+    );
+    assert_eq!(
+        token_balance(payer.address()).await,
+        before + U256::from(2_000u64)
+    );
     // The node's count is claimed with it; a channel refunded in part still pays. A refund
     // asked while that call runs waits for it (nothing is refunded from under a request).
     let h = ch.pay(payer, &req, &offer, deposit).unwrap();
