@@ -423,23 +423,38 @@ struct Presented {
     stale: Option<Reason>,
 }
 
-/// A response kept while its payment settles: JSON head (status, headers), a newline, the body.
-fn freeze(parts: &axum::http::response::Parts, body: &Bytes) -> Vec<u8> {
+/// What a request asked (its body's SHA-256): a withheld answer goes only to a request asking
+/// the same, since the payment itself is public once its transfer is out.
+fn asked(body: &[u8]) -> B256 {
+    use sha2::Digest;
+    B256::from_slice(&sha2::Sha256::digest(body))
+}
+
+/// A response kept while its payment settles, for the request that `asked` it: JSON head
+/// (status, headers, asked), a newline, the body.
+fn freeze(parts: &axum::http::response::Parts, body: &Bytes, asked: B256) -> Vec<u8> {
     let headers: Vec<(String, String)> = parts
         .headers
         .iter()
         .filter_map(|(k, v)| Some((k.to_string(), v.to_str().ok()?.to_string())))
         .collect();
-    let mut out = serde_json::to_vec(&json!({"status": parts.status.as_u16(), "headers": headers}))
-        .expect("serializes");
+    let mut out = serde_json::to_vec(
+        &json!({"status": parts.status.as_u16(), "headers": headers, "asked": asked}),
+    )
+    .expect("serializes");
     out.push(b'\n');
     out.extend_from_slice(body);
     out
 }
 
-fn thaw(frozen: &[u8]) -> Option<Response> {
+/// The response [`freeze`] kept, if it was asked as `asked` (one kept with no record of what
+/// asked it goes to nobody).
+fn thaw(frozen: &[u8], asked: B256) -> Option<Response> {
     let nl = frozen.iter().position(|&b| b == b'\n')?;
     let head: Value = serde_json::from_slice(&frozen[..nl]).ok()?;
+    if head.get("asked")?.as_str()?.parse::<B256>().ok()? != asked {
+        return None;
+    }
     let status = StatusCode::from_u16(head["status"].as_u64()? as u16).ok()?;
     let mut resp = Response::new(Body::from(frozen[nl + 1..].to_vec()));
     *resp.status_mut() = status;

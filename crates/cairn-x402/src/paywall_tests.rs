@@ -125,7 +125,15 @@ async fn batch_site() -> (Site, Arc<crate::batch::Batch>) {
 }
 
 async fn site_with(prepaid: bool, batch: Option<()>) -> (Site, Option<Arc<crate::batch::Batch>>) {
-    let d = devnet().await;
+    site_on(devnet().await, prepaid, batch).await
+}
+
+/// [`site_with`] on the devnet `d`.
+async fn site_on(
+    d: crate::tests::Devnet,
+    prepaid: bool,
+    batch: Option<()>,
+) -> (Site, Option<Arc<crate::batch::Batch>>) {
     let vault = dev_signer(9).address();
     let pre = prepaid.then(|| {
         Arc::new(Prepaid::new(
@@ -620,6 +628,37 @@ async fn a_payment_charged_before_the_price_changed_is_answered_again() {
         assert_eq!(status, 200, "{body}");
     }
     assert_eq!(s.runs.load(Ordering::SeqCst), 4);
+}
+
+/// Without kept answers, an answer withheld while its transfer confirms goes only to the same
+/// request presented again: the payment itself is public once its transfer is out, so anyone
+/// could present it.
+#[tokio::test]
+async fn a_withheld_answer_goes_only_to_the_request_that_asked_it() {
+    let (d, busy) = crate::tests::busy_devnet().await;
+    let s = site_on(d, false, None).await.0;
+    let h = exact_header(&s.url, &s.d.payer).await;
+    busy.busy.store(2, Ordering::SeqCst);
+    let (status, body, _, v2) = send(&s.url, &h, "go").await;
+    assert_eq!(
+        (status, v2["error"].as_str()),
+        (402, Some("settlement_pending")),
+        "{body}"
+    );
+    assert!(!body.contains("ran for"), "{body}");
+    s.d.facilitator.reconcile_all().await;
+    let (status, body, _, v2) = send(&s.url, &h, "another").await;
+    assert_eq!(
+        (status, v2["error"].as_str()),
+        (402, Some("invalid_exact_evm_nonce_already_used")),
+        "{body}"
+    );
+    assert!(!body.contains("ran for"), "{body}");
+    let (status, body, settle, _) = send(&s.url, &h, "go").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("ran for"), "{body}");
+    assert!(settle.unwrap().success);
+    assert_eq!(s.runs.load(Ordering::SeqCst), 1);
 }
 
 #[tokio::test]

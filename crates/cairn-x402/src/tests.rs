@@ -868,9 +868,9 @@ async fn facilitator_refuses_with_reasons() {
 /// The embedded chain, except that sends answer busy without sending while `busy` is above
 /// zero (one less each): what the JSON-RPC ledger answers when the key's earlier transaction,
 /// maybe another role's (a node's roles share its key), was out or was mined just now.
-struct Busy {
+pub(crate) struct Busy {
     inner: Arc<dyn Ledger>,
-    busy: std::sync::atomic::AtomicU32,
+    pub(crate) busy: std::sync::atomic::AtomicU32,
 }
 
 #[async_trait::async_trait]
@@ -947,7 +947,7 @@ impl Ledger for Busy {
 }
 
 /// [`devnet`] whose chain answers the next sends [`Busy`] (as many as its count says).
-async fn busy_devnet() -> (Devnet, Arc<Busy>) {
+pub(crate) async fn busy_devnet() -> (Devnet, Arc<Busy>) {
     let busy = Arc::new(std::sync::OnceLock::<Arc<Busy>>::new());
     let d = {
         let busy = busy.clone();

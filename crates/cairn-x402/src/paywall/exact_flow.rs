@@ -18,11 +18,36 @@ pub(super) async fn pay(p: &Paywall, run: Run, pr: Presented, refusal: &Refusal<
         Err(e) => return refusal.refuse_err(e),
     };
     let payer = checked.authorization.from;
+    // Without kept answers, the response is kept while its transfer confirms, for the request
+    // that asked it: the body is read first (bounded), to know what it asked.
+    let (run, asked) = if p.kept.is_none() {
+        let Run { parts, body, next } = run;
+        let bytes = match axum::body::to_bytes(body, MAX_REPLAY_BODY).await {
+            Ok(b) => b,
+            Err(e) => {
+                return (
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    axum::Json(cairn_core::ErrorBody::new(
+                        "body_too_large",
+                        format!(
+                            "a paid request's body is read whole here, up to {MAX_REPLAY_BODY} bytes: {e}"
+                        ),
+                    )),
+                )
+                    .into_response();
+            }
+        };
+        let asked = asked(&bytes);
+        let body = Body::from(bytes);
+        (Run { parts, body, next }, Some(asked))
+    } else {
+        (run, None)
+    };
     if let Some(r) = pr.stale.clone() {
         // Nothing reserved for a payment that cannot pay: one seen before is answered as such.
         return match f.store().get(checked.payment_ref(f.token())) {
             Ok(Some(rec)) if rec.state != PaymentState::Released => {
-                presented_again(f, rec, &checked, &pr, refusal).await
+                presented_again(f, rec, &checked, &pr, refusal, asked).await
             }
             Ok(_) => refusal.refuse(r),
             Err(e) => refusal.refuse_err(e),
@@ -33,7 +58,7 @@ pub(super) async fn pay(p: &Paywall, run: Run, pr: Presented, refusal: &Refusal<
         Err(e) => return refusal.refuse_err(e),
     };
     if let Reserve::Seen(rec) = reserved {
-        return presented_again(f, *rec, &checked, &pr, refusal).await;
+        return presented_again(f, *rec, &checked, &pr, refusal, asked).await;
     }
     if let Err(e) = f.check_chain(&checked).await {
         f.store().release(key, Some(&e.to_string()));
@@ -73,7 +98,7 @@ pub(super) async fn pay(p: &Paywall, run: Run, pr: Presented, refusal: &Refusal<
     };
     // With kept answers a retry is answered from them (inputs checked); without, the response
     // itself is kept while the transfer is unconfirmed.
-    let frozen = p.kept.is_none().then(|| freeze(&rparts, &bytes));
+    let frozen = asked.map(|a| freeze(&rparts, &bytes, a));
     match f.settle_reserved(key, &checked, frozen.as_deref()).await {
         Settlement::Settled(tx) => {
             let mut resp = Response::from_parts(rparts, Body::from(bytes));
@@ -173,14 +198,16 @@ async fn answered_before(
     Err(refusal.unsettled(&r, &s, pr.version))
 }
 
-/// The same payment again: a withheld response of this very resource is handed over once its
-/// transfer is confirmed (a paywall without kept answers); anything else is a replay.
+/// The same payment again: a withheld response of this very resource, to a request that
+/// `asked` the same, is handed over once its transfer is confirmed (a paywall without kept
+/// answers); anything else is a replay.
 async fn presented_again(
     f: &Facilitator,
     mut rec: crate::store::PaymentRecord,
     checked: &CheckedExact,
     pr: &Presented,
     refusal: &Refusal<'_>,
+    asked: Option<B256>,
 ) -> Response {
     let payer = checked.authorization.from;
     if rec.response.is_some() && rec.resource == refusal.resource.url {
@@ -189,7 +216,12 @@ async fn presented_again(
         }
         match rec.state {
             PaymentState::Settled => {
-                if let Some(mut resp) = rec.response.as_deref().and_then(thaw) {
+                if let Some(mut resp) = rec
+                    .response
+                    .as_deref()
+                    .zip(asked)
+                    .and_then(|(frozen, asked)| thaw(frozen, asked))
+                {
                     let s = settle_response(pr, true, None, rec.tx.clone(), payer);
                     insert_settle(resp.headers_mut(), &s, pr.version);
                     return resp;
