@@ -47,11 +47,10 @@ pub const MIN_DEPOSIT_MULTIPLIER: u64 = 10;
 
 /// Most claims in one transaction (the spec's default batch).
 pub const MAX_CLAIMS_PER_TX: usize = 100;
-/// A channel is refunded in part at most once in this long. Each refund is a transaction at the
-/// node's gas that costs the payer nothing; a refund of all that is unclaimed is always taken
-/// (the next needs a new deposit, with a paid call).
-pub const PARTIAL_REFUND_EVERY: std::time::Duration = std::time::Duration::from_secs(600);
 const ERR_REFUND_AMOUNT: &str = "invalid_batch_settlement_evm_refund_amount_invalid";
+/// A deposit or refund the node would send at its own gas for a channel charged nothing since
+/// the last one it sent.
+pub const ERR_NOTHING_CHARGED: &str = "invalid_batch_settlement_evm_nothing_charged_since";
 
 /// An authorization must stay valid at least this long after it arrives (the spec's margin).
 const VALIDITY_MARGIN_SECS: u64 = 6;
@@ -290,8 +289,9 @@ pub struct Batch {
     /// Channels whose refund was sent with no known outcome: their refund nonce before it, and
     /// when (held shut until the chain says).
     unsure: std::sync::Mutex<std::collections::HashMap<B256, (U256, std::time::Instant)>>,
-    /// Channels refunded in part within [`PARTIAL_REFUND_EVERY`], and when.
-    partly_refunded: std::sync::Mutex<std::collections::HashMap<B256, std::time::Instant>>,
+    /// What each channel had been charged when this node last sent a transaction for it at its
+    /// own gas (a deposit, a refund); see [`Batch::spend_gas`].
+    gas_spent: std::sync::Mutex<std::collections::HashMap<B256, U256>>,
 }
 
 impl Batch {
@@ -318,7 +318,7 @@ impl Batch {
             token_domain,
             scanned: AtomicU64::new(start),
             unsure: Default::default(),
-            partly_refunded: Default::default(),
+            gas_spent: Default::default(),
         }))
     }
 
@@ -445,7 +445,13 @@ impl Batch {
         };
         let (collector, data) = cx.collector_data(c, d, extensions, now_secs()).await?;
         cx.simulate(&config, d.amount, collector, &data).await?;
-        self.chain
+        let charged = self
+            .store
+            .channel(c.id)?
+            .map_or(U256::ZERO, |ch| ch.accepted);
+        let before = self.spend_gas(c.id, charged)?;
+        let sent = self
+            .chain
             .batch_deposit(
                 &self.signer,
                 &config,
@@ -454,14 +460,45 @@ impl Batch {
                 data,
             )
             .await
-            .map_err(|e| match e {
-                LedgerError::Reverted { reason, .. } => invalid(
-                    ERR_DEPOSIT_FAILED,
-                    format!("the deposit was refused by the chain: {reason}"),
-                ),
-                other => X402Error::Chain(other),
-            })?;
+            .map_err(X402Error::from);
+        if matches!(&sent, Err(e) if !may_have_sent(e)) {
+            self.unspend_gas(c.id, before);
+        }
+        sent.map_err(|e| match e {
+            X402Error::Chain(LedgerError::Reverted { reason, .. }) => invalid(
+                ERR_DEPOSIT_FAILED,
+                format!("the deposit was refused by the chain: {reason}"),
+            ),
+            other => other,
+        })?;
         self.refresh(&config, c.id).await
+    }
+
+    /// Takes the right to send one transaction at the node's gas for channel `id`, charged
+    /// `charged` so far: a deposit or a refund is sent for a payer only when the channel was
+    /// charged since the last one (a channel's first is free). Otherwise a payer could have
+    /// the node send deposits whose calls it lets fail, and refunds of them, for nothing.
+    /// Returns what to give back with [`Batch::unspend_gas`] if nothing is sent.
+    fn spend_gas(&self, id: B256, charged: U256) -> Result<Option<U256>, X402Error> {
+        let mut spent = self.gas_spent.lock().expect("not poisoned");
+        let before = spent.get(&id).copied();
+        if before.is_some_and(|at| charged <= at) {
+            return Err(invalid(
+                ERR_NOTHING_CHARGED,
+                "nothing was charged on this channel since this node last sent a transaction for it at its own gas (a deposit or a refund): pay for a call first, or deposit or withdraw on the contract yourself (initiateWithdraw, then finalizeWithdraw after the delay)",
+            ));
+        }
+        spent.insert(id, charged);
+        Ok(before)
+    }
+
+    /// Gives back what [`Batch::spend_gas`] took (`before`): nothing was sent.
+    fn unspend_gas(&self, id: B256, before: Option<U256>) {
+        let mut spent = self.gas_spent.lock().expect("not poisoned");
+        match before {
+            Some(at) => spent.insert(id, at),
+            None => spent.remove(&id),
+        };
     }
 
     /// Reads the channel from the chain and records it.
@@ -609,23 +646,7 @@ impl Batch {
                 format!("{available} of the channel is unclaimed; {amount} was asked for"),
             ));
         }
-        if amount < available {
-            let now = std::time::Instant::now();
-            let mut partly = self.partly_refunded.lock().expect("not poisoned");
-            partly.retain(|_, at| now.duration_since(*at) < PARTIAL_REFUND_EVERY);
-            if let Some(at) = partly.get(&c.id) {
-                let wait = PARTIAL_REFUND_EVERY.saturating_sub(now.duration_since(*at));
-                return Err(invalid(
-                    ERR_REFUND_AMOUNT,
-                    format!(
-                        "this channel was refunded in part less than {} minutes ago, and each refund is a transaction at this node's cost: ask for all that is unclaimed ({available}, no amount), or for part of it again in {} s",
-                        PARTIAL_REFUND_EVERY.as_secs() / 60,
-                        wait.as_secs() + 1
-                    ),
-                ));
-            }
-            partly.insert(c.id, now);
-        }
+        let before = self.spend_gas(c.id, ch.accepted)?;
         // The voucher the payer just signed covers what it owes: claim that with the refund.
         let claims = if ch.accepted > st.total_claimed {
             vec![VoucherClaim {
@@ -639,18 +660,24 @@ impl Batch {
         } else {
             Vec::new()
         };
-        self.store.sync()?;
-        let tx = self
-            .chain
-            .batch_claim_and_refund(&self.signer, claims, config, amount.saturating_to())
-            .await
-            .map_err(|e| match e {
-                LedgerError::Reverted { reason, .. } => invalid(
-                    "invalid_batch_settlement_evm_refund_transaction_failed",
-                    format!("the refund was refused by the chain: {reason}"),
-                ),
-                other => X402Error::Chain(other),
-            })?;
+        let sent = async {
+            self.store.sync()?;
+            self.chain
+                .batch_claim_and_refund(&self.signer, claims, config, amount.saturating_to())
+                .await
+                .map_err(X402Error::from)
+        }
+        .await;
+        if matches!(&sent, Err(e) if !may_have_sent(e)) {
+            self.unspend_gas(c.id, before);
+        }
+        let tx = sent.map_err(|e| match e {
+            X402Error::Chain(LedgerError::Reverted { reason, .. }) => invalid(
+                "invalid_batch_settlement_evm_refund_transaction_failed",
+                format!("the refund was refused by the chain: {reason}"),
+            ),
+            other => other,
+        })?;
         if ch.accepted > ch.redeemed {
             self.store.set_redeemed(c.id, ch.accepted)?;
         }
@@ -1254,6 +1281,15 @@ pub struct Refunded {
     pub amount: U256,
     /// The transaction (claim and refund).
     pub transaction: B256,
+}
+
+/// Whether a failed send may have put a transaction out at the node's gas (only a refusal to
+/// send, or a store that failed before it, says it did not).
+fn may_have_sent(e: &X402Error) -> bool {
+    !matches!(
+        e,
+        X402Error::Store(_) | X402Error::Chain(LedgerError::Busy { .. })
+    )
 }
 
 /// The smallest deposit the node submits for a request at `price`.

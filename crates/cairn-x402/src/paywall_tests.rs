@@ -1684,8 +1684,8 @@ async fn batch_settlement_channels_pay_and_refuse_bad_vouchers() {
     );
     assert_eq!(s.runs.load(Ordering::SeqCst), 4, "a refund ran the route");
     let deposit = deposit - U256::from(2_000u64);
-    // Another refund in part so soon: refused before its transaction (each is sent at the
-    // node's gas, and costs the payer nothing).
+    // Another refund with nothing charged since: refused before its transaction (each is
+    // sent at the node's gas, and costs the payer nothing).
     let h = refund(
         ch.refund_payload(payer, &offer, Some(U256::from(1u64)))
             .unwrap(),
@@ -1693,7 +1693,7 @@ async fn batch_settlement_channels_pay_and_refuse_bad_vouchers() {
     let (status, body, _, v2) = send(&s.url, &h, "go").await;
     assert_eq!(
         (status, reason(&v2).as_str()),
-        (402, "invalid_batch_settlement_evm_refund_amount_invalid"),
+        (402, crate::batch::ERR_NOTHING_CHARGED),
         "{body}"
     );
     assert_eq!(
@@ -1748,4 +1748,69 @@ async fn batch_settlement_channels_pay_and_refuse_bad_vouchers() {
     );
     // Nothing more to claim: a second round sends nothing.
     assert_eq!(batch.claim_due().await.unwrap(), 0);
+}
+
+/// A channel whose deposit's call failed (nothing charged) gets no refund and no second
+/// deposit at the node's gas: deposits and refunds for nothing would cost the payer nothing
+/// and the node two transactions each. A call charged on it makes one possible again.
+#[tokio::test]
+async fn a_channel_charged_nothing_gets_no_transaction_at_the_nodes_gas() {
+    use crate::client::BatchChannel;
+    let (s, _batch) = batch_site().await;
+    let payer = &s.d.payer;
+    let chain = &s.d.chain;
+    let token_balance = |who: Address| async move { chain.token_balance(who).await.unwrap() };
+    let reason = |v2: &serde_json::Value| v2["error"].as_str().unwrap_or_default().to_string();
+    let req = required(&s.url).await;
+    let offer = req
+        .accepts
+        .iter()
+        .find(|o| o.scheme == crate::batch::SCHEME)
+        .unwrap()
+        .clone();
+    let refund = |p: serde_json::Value| {
+        crate::wire::encode_header(&crate::wire::PaymentPayload {
+            x402_version: 2,
+            resource: Some(req.resource.clone()),
+            accepted: offer.clone(),
+            payload: p,
+            extensions: None,
+        })
+    };
+    let deposit = U256::from(20 * PRICE);
+    let mut idle = BatchChannel::new(payer.address(), &offer, B256::repeat_byte(8)).unwrap();
+    let h = idle.pay(payer, &req, &offer, deposit).unwrap();
+    let (status, body, _, _) = send(&s.url, &h, "fail").await;
+    assert_eq!(status, 400, "{body}");
+    let after_deposit = token_balance(payer.address()).await;
+    let h = refund(idle.refund_payload(payer, &offer, None).unwrap());
+    let (status, body, _, v2) = send(&s.url, &h, "go").await;
+    assert_eq!(
+        (status, reason(&v2).as_str()),
+        (402, crate::batch::ERR_NOTHING_CHARGED),
+        "{body}"
+    );
+    // A top-up with a call that would fail again (the client made to deposit anyway).
+    idle.balance = U256::ZERO;
+    let h = idle.pay(payer, &req, &offer, deposit).unwrap();
+    let (status, body, _, v2) = send(&s.url, &h, "fail").await;
+    assert_eq!(
+        (status, reason(&v2).as_str()),
+        (402, crate::batch::ERR_NOTHING_CHARGED),
+        "{body}"
+    );
+    assert_eq!(token_balance(payer.address()).await, after_deposit);
+    // A call charged on it makes one refund possible again.
+    idle.balance = deposit;
+    let (status, body, settle, _) = send(
+        &s.url,
+        &idle.pay(payer, &req, &offer, U256::ZERO).unwrap(),
+        "go",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    idle.charged(&settle.unwrap(), offer.amount);
+    let h = refund(idle.refund_payload(payer, &offer, None).unwrap());
+    let (status, body, _, _) = send(&s.url, &h, "go").await;
+    assert_eq!(status, 200, "{body}");
 }
