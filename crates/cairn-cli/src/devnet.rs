@@ -154,11 +154,13 @@ pub(crate) async fn devnet(
         .map(|name| cairn_relay::Gateway {
             name,
             url: crate::relay_cmd::gateway_url(&node_url),
+            public_only: false,
         })
         .into_iter()
         .chain([cairn_relay::Gateway {
             name: "entry".into(),
             url: crate::relay_cmd::gateway_url(&entry_url),
+            public_only: false,
         }])
         .collect(),
         ..Default::default()

@@ -24,6 +24,11 @@ pub enum RelayCommand {
         registry: bool,
         #[command(flatten)]
         chain: crate::args::ChainArgs,
+        /// Forward to registered nodes on private, loopback or link-local addresses (a local
+        /// network); by default a registered endpoint is reached only at public addresses, so a
+        /// registration cannot make the relay reach the network it runs in.
+        #[arg(long)]
+        allow_private_endpoints: bool,
         /// Largest sealed request, bytes.
         #[arg(long, default_value_t = (64 << 20) + (64 << 10))]
         max_body_bytes: usize,
@@ -53,6 +58,7 @@ pub fn parse_gateway(s: &str) -> Result<cairn_relay::Gateway, String> {
     Ok(cairn_relay::Gateway {
         name: name.to_owned(),
         url: gateway_url(url),
+        public_only: false,
     })
 }
 
@@ -73,14 +79,25 @@ pub async fn run(cmd: RelayCommand) -> anyhow::Result<()> {
         gateways,
         registry,
         chain,
+        allow_private_endpoints,
         max_body_bytes,
         max_per_client,
     } = cmd;
+    let defaults = cairn_relay::RelayConfig::default();
+    let public_http = cairn_node_api::fetch::public_only(
+        reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(std::time::Duration::from_secs(5))
+            .read_timeout(defaults.gateway_timeout),
+    )
+    .build()
+    .context("building the relay's client for registered gateways")?;
     let relay = cairn_relay::Relay::new(cairn_relay::RelayConfig {
         gateways: gateways.clone(),
         max_body_bytes,
         max_per_client,
-        ..Default::default()
+        public_http: Some(public_http),
+        ..defaults
     })?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -90,13 +107,14 @@ pub async fn run(cmd: RelayCommand) -> anyhow::Result<()> {
             .connect()
             .await
             .context("--registry reads the active nodes from the chain")?;
-        let listed = registered_gateways(&chain).await?;
+        let private = allow_private_endpoints;
+        let listed = registered_gateways(&chain, private).await?;
         relay.set_gateways(gateways.iter().cloned().chain(listed).collect());
         let (relay, fixed) = (relay.clone(), gateways.clone());
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(std::time::Duration::from_secs(30)).await;
-                match registered_gateways(&chain).await {
+                match registered_gateways(&chain, private).await {
                     Ok(listed) => relay.set_gateways(fixed.iter().cloned().chain(listed).collect()),
                     // The last list stays: a chain that is down does not empty the relay.
                     Err(e) => tracing::warn!(error = %e, "reading the registry's nodes"),
@@ -115,21 +133,40 @@ pub async fn run(cmd: RelayCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The active inference nodes' gateways, named by address.
+/// The active inference nodes' gateways, named by address (`allow_private`: on a local
+/// network).
 pub async fn registered_gateways(
     chain: &cairn_ledger::Chain,
+    allow_private: bool,
 ) -> anyhow::Result<Vec<cairn_relay::Gateway>> {
     let mut out = Vec::new();
     for a in chain.active_nodes(cairn_ledger::Role::Inference).await? {
         let endpoint = chain.node(a).await?.endpoint;
-        if endpoint.starts_with("http://") || endpoint.starts_with("https://") {
-            out.push(cairn_relay::Gateway {
-                name: gateway_name(a),
-                url: gateway_url(&endpoint),
-            });
+        match registered_gateway(a, &endpoint, allow_private) {
+            Ok(g) => out.push(g),
+            Err(e) => tracing::debug!(node = %a, error = e, "not forwarded to"),
         }
     }
     Ok(out)
+}
+
+/// The gateway of node `a` registered at `endpoint`: a plain http(s) base URL (no user info,
+/// query or fragment, which would rewrite the gateway path the relay adds), reached at public
+/// addresses only unless `allow_private`.
+fn registered_gateway(
+    a: alloy_primitives::Address,
+    endpoint: &str,
+    allow_private: bool,
+) -> Result<cairn_relay::Gateway, String> {
+    let url = cairn_node_api::fetch::check_url(endpoint, allow_private)?;
+    if url.query().is_some() || url.fragment().is_some() || endpoint.contains(['?', '#']) {
+        return Err(format!("`{endpoint}` carries a query or fragment"));
+    }
+    Ok(cairn_relay::Gateway {
+        name: gateway_name(a),
+        url: gateway_url(url.as_str()),
+        public_only: !allow_private,
+    })
 }
 
 /// A node's gateway name at a relay that reads the registry: its address, lower-case hex.
@@ -268,4 +305,42 @@ async fn get_json<T: serde::de::DeserializeOwned>(
     }
     serde_json::from_slice(resp.body())
         .with_context(|| format!("GET {path}: not the expected JSON"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A registered endpoint is a plain base URL: what would point the relay inside its own
+    /// network (a private literal, user info, a query or fragment that swallows the gateway
+    /// path) is not forwarded to; names are checked when they resolve (`public_only`).
+    #[test]
+    fn a_registered_endpoint_cannot_point_the_relay_inside() {
+        let a = alloy_primitives::Address::repeat_byte(1);
+        for bad in [
+            "http://127.0.0.1:9100/",
+            "http://10.0.0.7/",
+            "http://[::1]:80/",
+            "http://localhost/",
+            "http://169.254.169.254/latest",
+            "http://node.example/metrics#",
+            "http://node.example/metrics?",
+            "http://node.example/?x=1",
+            "http://user@node.example/",
+            "ftp://node.example/",
+            "not a url",
+        ] {
+            assert!(registered_gateway(a, bad, false).is_err(), "{bad}");
+        }
+        let g = registered_gateway(a, "https://node.example:7401/", false).unwrap();
+        assert_eq!(
+            g.url,
+            format!("https://node.example:7401{}", cairn_ohttp::GATEWAY_PATH)
+        );
+        assert!(g.public_only);
+        // On a local network (--allow-private-endpoints) loopback is allowed, reached plainly.
+        let g = registered_gateway(a, "http://127.0.0.1:7401", true).unwrap();
+        assert!(!g.public_only);
+        assert!(registered_gateway(a, "http://127.0.0.1:7401/#", true).is_err());
+    }
 }

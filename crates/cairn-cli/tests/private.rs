@@ -332,6 +332,7 @@ fn a_gateway_key_the_registry_does_not_bind_is_refused_before_anything_is_sent()
             "--listen",
             "127.0.0.1:0",
             "--registry",
+            "--allow-private-endpoints",
             "--rpc",
             &devnet.rpc_url,
             "--deployment",

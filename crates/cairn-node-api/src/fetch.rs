@@ -69,6 +69,12 @@ impl Resolve for PublicOnly {
     }
 }
 
+/// `b` made to reach public addresses only (names checked as they resolve), through no proxy
+/// from the environment (it would skip the check).
+pub fn public_only(b: reqwest::ClientBuilder) -> reqwest::ClientBuilder {
+    b.no_proxy().dns_resolver(Arc::new(PublicOnly))
+}
+
 /// How a verifier reaches nodes and peers.
 #[derive(Clone)]
 pub struct Fetcher {
@@ -90,7 +96,7 @@ impl Fetcher {
             .no_proxy()
             .redirect(reqwest::redirect::Policy::none());
         if !allow_private {
-            b = b.dns_resolver(Arc::new(PublicOnly));
+            b = public_only(b);
         }
         Self {
             http: b.build().expect("a plain HTTP client builds"),

@@ -36,6 +36,11 @@ pub struct Gateway {
     pub name: String,
     /// The gateway's resource, e.g. `http://127.0.0.1:7401/.well-known/ohttp-gateway`.
     pub url: String,
+    /// Reached only at public addresses, through [`RelayConfig::public_http`] (a registered
+    /// node's endpoint, which its node chose: it must not make the relay reach the network it
+    /// runs in). Never listed.
+    #[serde(default, skip)]
+    pub public_only: bool,
 }
 
 /// The relay's bounds.
@@ -57,6 +62,9 @@ pub struct RelayConfig {
     pub body_budget_bytes: usize,
     /// Requests a second one client address may send (bursts of twice that).
     pub max_rate_per_client: f64,
+    /// The client for [`Gateway::public_only`] gateways: one whose resolver yields public
+    /// addresses only. Without it such gateways are refused.
+    pub public_http: Option<reqwest::Client>,
 }
 
 impl Default for RelayConfig {
@@ -70,6 +78,7 @@ impl Default for RelayConfig {
             body_timeout: Duration::from_secs(10),
             body_budget_bytes: 256 << 20,
             max_rate_per_client: 50.0,
+            public_http: None,
         }
     }
 }
@@ -220,12 +229,22 @@ impl Relay {
         self.0.gateways.read().expect("not poisoned").clone()
     }
 
-    fn gateway(&self, name: &str) -> Result<String, RelayError> {
-        self.gateways()
+    /// The gateway named `name`: its URL and the client that may reach it.
+    fn gateway(&self, name: &str) -> Result<(String, reqwest::Client), RelayError> {
+        let g = self
+            .gateways()
             .iter()
             .find(|g| g.name.eq_ignore_ascii_case(name))
-            .map(|g| g.url.clone())
-            .ok_or_else(|| RelayError::UnknownGateway(name.chars().take(64).collect()))
+            .cloned()
+            .ok_or_else(|| RelayError::UnknownGateway(name.chars().take(64).collect()))?;
+        let http = if g.public_only {
+            self.0.config.public_http.clone().ok_or_else(|| {
+                RelayError::Gateway("this relay has no client for registered gateways".into())
+            })?
+        } else {
+            self.0.http.clone()
+        };
+        Ok((g.url, http))
     }
 
     /// Takes one request from `ip`'s allowance (a token bucket: `max_rate_per_client` a
@@ -303,15 +322,14 @@ async fn keys(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(name): Path<String>,
 ) -> Result<Response, RelayError> {
-    let url = r.gateway(&name)?;
+    let (url, http) = r.gateway(&name)?;
     let slot = r.slot(peer.ip())?;
-    let resp =
-        r.0.http
-            .get(&url)
-            .send()
-            .await
-            .map_err(|e| RelayError::Gateway(e.without_url().to_string()))?;
-    pass_back(resp, slot, cairn_ohttp::KEYS_TYPE)
+    let resp = http
+        .get(&url)
+        .send()
+        .await
+        .map_err(|e| RelayError::Gateway(e.without_url().to_string()))?;
+    pass_back(resp, slot, cairn_ohttp::KEYS_TYPE).await
 }
 
 /// `POST /gateways/{name}`: forwards a sealed request, streams the sealed answer back.
@@ -322,7 +340,7 @@ async fn forward(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, RelayError> {
-    let url = r.gateway(&name)?;
+    let (url, http) = r.gateway(&name)?;
     let media = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -357,16 +375,15 @@ async fn forward(
     // The request is read whole (bounded in size, time and shared memory) before it goes on,
     // so a slow client holds a slot for a while, never a connection to the gateway.
     let (sealed, held) = read_body(&r, body, max).await?;
-    let resp =
-        r.0.http
-            .post(&url)
-            .header(header::CONTENT_TYPE, media)
-            .body(sealed)
-            .send()
-            .await
-            .map_err(|e| RelayError::Gateway(e.without_url().to_string()))?;
+    let resp = http
+        .post(&url)
+        .header(header::CONTENT_TYPE, media)
+        .body(sealed)
+        .send()
+        .await
+        .map_err(|e| RelayError::Gateway(e.without_url().to_string()))?;
     drop(held);
-    pass_back(resp, slot, answer_type)
+    pass_back(resp, slot, answer_type).await
 }
 
 /// Reads a sealed request of at most `max` bytes within the body deadline, holding budget for
@@ -418,7 +435,7 @@ async fn read_body(
 
 /// The gateway's answer, streamed back with only its status, media type and (for chunked
 /// answers) `Incremental`; the slot is held until the last byte has gone.
-fn pass_back(
+async fn pass_back(
     resp: reqwest::Response,
     slot: Slot,
     expected: &'static str,
@@ -429,6 +446,30 @@ fn pass_back(
         .get(header::CONTENT_TYPE)
         .cloned()
         .unwrap_or_else(|| header::HeaderValue::from_static("application/octet-stream"));
+    // Only a gateway's sealed answer (or key configurations) is passed on: whatever else
+    // answered at that URL is not shown through the relay's origin.
+    let essence = media
+        .to_str()
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    if essence != expected {
+        // A gateway's own refusal ({code, message}: a key it no longer holds, a body too
+        // large) is rebuilt and passed on, so a client can act on it; nothing else.
+        if (status.is_client_error() || status.is_server_error())
+            && essence == "application/json"
+            && let Some(e) = error_body(resp).await
+        {
+            drop(slot);
+            return Ok((status, axum::Json(e)).into_response());
+        }
+        return Err(RelayError::Gateway(format!(
+            "it answered {status} with {essence:?}, not {expected}; the relay passes on only that"
+        )));
+    }
     let stream = resp.bytes_stream().map_ok(move |b| {
         let _held = &slot;
         b
@@ -442,6 +483,25 @@ fn pass_back(
     }
     out.body(Body::from_stream(stream))
         .map_err(|e| RelayError::Gateway(e.to_string()))
+}
+
+/// A gateway's JSON refusal, read within 4 KiB: its `code` and `message`, nothing else.
+async fn error_body(mut resp: reqwest::Response) -> Option<ErrorBody> {
+    const MAX: usize = 4096;
+    let mut buf = Vec::new();
+    while let Some(chunk) = resp.chunk().await.ok()? {
+        buf.extend_from_slice(&chunk);
+        if buf.len() > MAX {
+            return None;
+        }
+    }
+    #[derive(serde::Deserialize)]
+    struct Refusal {
+        code: String,
+        message: String,
+    }
+    let r: Refusal = serde_json::from_slice(&buf).ok()?;
+    Some(ErrorBody::new(r.code, r.message))
 }
 
 /// Serves the relay on `listener` until `shutdown` resolves.

@@ -118,6 +118,7 @@ async fn relay_named_g(gw: String) -> String {
         vec![Gateway {
             name: "g".into(),
             url: gw,
+            public_only: false,
         }],
         16,
     )
@@ -217,6 +218,7 @@ async fn a_gateway_that_is_down_is_a_clear_502() {
         vec![Gateway {
             name: "gone".into(),
             url: "http://127.0.0.1:9/.well-known/ohttp-gateway".into(),
+            public_only: false,
         }],
         16,
     )
@@ -271,6 +273,7 @@ async fn a_request_that_trickles_in_is_cut_off_and_holds_nothing() {
         gateways: vec![Gateway {
             name: "g".into(),
             url: gw,
+            public_only: false,
         }],
         body_timeout: std::time::Duration::from_millis(300),
         ..Default::default()
@@ -303,6 +306,7 @@ async fn a_client_sending_faster_than_its_rate_is_told_to_wait() {
         gateways: vec![Gateway {
             name: "g".into(),
             url: gw,
+            public_only: false,
         }],
         max_rate_per_client: 1.0,
         ..Default::default()
@@ -330,4 +334,66 @@ async fn a_client_sending_faster_than_its_rate_is_told_to_wait() {
     let passed = statuses.iter().filter(|s| **s == 200).count();
     assert!(passed >= 2 && passed <= 2 + refilled, "{statuses:?}");
     assert_eq!(passed + statuses.iter().filter(|s| **s == 429).count(), 8);
+}
+
+/// Whatever answers at a gateway's URL that is not a gateway (an internal page, a metadata
+/// service a registration pointed at) is not passed on through the relay's origin; a gateway
+/// that must be reached at public addresses only is not reached without the client for it.
+#[tokio::test]
+async fn only_a_gateway_answer_is_passed_on() {
+    let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = hits.clone();
+    let app = axum::Router::new().fallback(move || {
+        counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        async {
+            (
+                [(axum::http::header::CONTENT_TYPE, "text/html")],
+                "<h1>internal secret</h1>",
+            )
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let inside = format!("http://{}/metrics", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let relay = relay(
+        vec![
+            Gateway {
+                name: "inside".into(),
+                url: inside.clone(),
+                public_only: false,
+            },
+            Gateway {
+                name: "registered".into(),
+                url: inside,
+                public_only: true,
+            },
+        ],
+        16,
+    )
+    .await;
+    let http = reqwest::Client::new();
+    for name in ["inside", "registered"] {
+        let keys = http
+            .get(format!("{relay}/gateways/{name}"))
+            .send()
+            .await
+            .unwrap();
+        let post = http
+            .post(format!("{relay}/gateways/{name}"))
+            .header("content-type", cairn_ohttp::REQUEST_TYPE)
+            .body("x")
+            .send()
+            .await
+            .unwrap();
+        for r in [keys, post] {
+            assert_eq!(r.status(), 502, "{name}");
+            let body = r.text().await.unwrap();
+            assert!(!body.contains("secret"), "{name}: {body}");
+        }
+    }
+    assert_eq!(
+        hits.load(std::sync::atomic::Ordering::SeqCst),
+        2,
+        "only the plain gateway was reached"
+    );
 }
