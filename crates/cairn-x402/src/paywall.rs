@@ -96,6 +96,9 @@ pub trait KeptAnswers: Send + Sync + 'static {
 
 /// Largest request body read to look up a kept answer.
 const MAX_REPLAY_BODY: usize = 64 << 20;
+/// Bodies read at once to look up a kept answer: a settled payment is public, so anyone can
+/// present one again, each with a body of up to [`MAX_REPLAY_BODY`].
+const REPLAY_READS: usize = 4;
 
 /// The paywall's configuration and parts.
 pub struct Paywall {
@@ -109,6 +112,8 @@ pub struct Paywall {
     /// The offers at the prices asked lately: they depend on the price alone, and building
     /// them on every paid request cost more than reading its payment.
     offered: std::sync::Mutex<HashMap<U256, Arc<[PaymentRequirements]>>>,
+    /// Bounds the bodies read for payments presented again ([`REPLAY_READS`]).
+    replay_reads: tokio::sync::Semaphore,
 }
 
 /// Prices whose offers are kept; past it the memory starts again.
@@ -131,6 +136,7 @@ impl Paywall {
             max_timeout_seconds: 300,
             kept: None,
             offered: Default::default(),
+            replay_reads: tokio::sync::Semaphore::new(REPLAY_READS),
         }
     }
 
@@ -163,8 +169,14 @@ impl Paywall {
         body: Body,
     ) -> Option<Response> {
         let kept = self.kept.as_ref()?;
-        let bytes = axum::body::to_bytes(body, MAX_REPLAY_BODY).await.ok()?;
+        let bytes = self.replay_body(body).await?;
         kept.answer(payment_ref, headers, &bytes).await
+    }
+
+    /// The body of a payment presented again, read (bounded) [`REPLAY_READS`] at a time.
+    async fn replay_body(&self, body: Body) -> Option<Bytes> {
+        let _permit = self.replay_reads.acquire().await.ok()?;
+        axum::body::to_bytes(body, MAX_REPLAY_BODY).await.ok()
     }
 
     /// The offers for `price`: `prepaid` first when enabled (the cheap path), then `exact`, then

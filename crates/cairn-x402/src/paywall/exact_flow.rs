@@ -18,13 +18,35 @@ pub(super) async fn pay(p: &Paywall, run: Run, pr: Presented, refusal: &Refusal<
         Err(e) => return refusal.refuse_err(e),
     };
     let payer = checked.authorization.from;
+    if let Some(r) = pr.stale.clone() {
+        // Nothing reserved for a payment that cannot pay: one seen before is answered as such.
+        return match f.store().get(checked.payment_ref(f.token())) {
+            Ok(Some(rec)) if rec.state != PaymentState::Released => {
+                presented_again(p, rec, &checked, &pr, refusal, run.body).await
+            }
+            Ok(_) => refusal.refuse(r),
+            Err(e) => refusal.refuse_err(e),
+        };
+    }
+    let (key, reserved) = match f.reserve(&checked, &refusal.resource.url, &pr.payload) {
+        Ok(x) => x,
+        Err(e) => return refusal.refuse_err(e),
+    };
+    if let Reserve::Seen(rec) = reserved {
+        return presented_again(p, *rec, &checked, &pr, refusal, run.body).await;
+    }
+    if let Err(e) = f.check_chain(&checked).await {
+        f.store().release(key, Some(&e.to_string()));
+        return refusal.refuse_err(e);
+    }
     // Without kept answers, the response is kept while its transfer confirms, for the request
-    // that asked it: the body is read first (bounded), to know what it asked.
+    // that asked it: the body (of a payer who can pay) is read first, bounded, to know what.
     let (run, asked) = if p.kept.is_none() {
         let Run { parts, body, next } = run;
         let bytes = match axum::body::to_bytes(body, MAX_REPLAY_BODY).await {
             Ok(b) => b,
             Err(e) => {
+                f.store().release(key, None);
                 return (
                     StatusCode::PAYLOAD_TOO_LARGE,
                     axum::Json(cairn_core::ErrorBody::new(
@@ -43,27 +65,6 @@ pub(super) async fn pay(p: &Paywall, run: Run, pr: Presented, refusal: &Refusal<
     } else {
         (run, None)
     };
-    if let Some(r) = pr.stale.clone() {
-        // Nothing reserved for a payment that cannot pay: one seen before is answered as such.
-        return match f.store().get(checked.payment_ref(f.token())) {
-            Ok(Some(rec)) if rec.state != PaymentState::Released => {
-                presented_again(f, rec, &checked, &pr, refusal, asked).await
-            }
-            Ok(_) => refusal.refuse(r),
-            Err(e) => refusal.refuse_err(e),
-        };
-    }
-    let (key, reserved) = match f.reserve(&checked, &refusal.resource.url, &pr.payload) {
-        Ok(x) => x,
-        Err(e) => return refusal.refuse_err(e),
-    };
-    if let Reserve::Seen(rec) = reserved {
-        return presented_again(f, *rec, &checked, &pr, refusal, asked).await;
-    }
-    if let Err(e) = f.check_chain(&checked).await {
-        f.store().release(key, Some(&e.to_string()));
-        return refusal.refuse_err(e);
-    }
     let Run {
         mut parts,
         body,
@@ -202,13 +203,14 @@ async fn answered_before(
 /// `asked` the same, is handed over once its transfer is confirmed (a paywall without kept
 /// answers); anything else is a replay.
 async fn presented_again(
-    f: &Facilitator,
+    p: &Paywall,
     mut rec: crate::store::PaymentRecord,
     checked: &CheckedExact,
     pr: &Presented,
     refusal: &Refusal<'_>,
-    asked: Option<B256>,
+    body: Body,
 ) -> Response {
+    let f = &p.facilitator;
     let payer = checked.authorization.from;
     if rec.response.is_some() && rec.resource == refusal.resource.url {
         if rec.state == PaymentState::Pending {
@@ -216,6 +218,8 @@ async fn presented_again(
         }
         match rec.state {
             PaymentState::Settled => {
+                // Read only for a payment with a response kept, at most a few at once.
+                let asked = p.replay_body(body).await.map(|b| asked(&b));
                 if let Some(mut resp) = rec
                     .response
                     .as_deref()
