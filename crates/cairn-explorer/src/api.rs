@@ -33,6 +33,34 @@ pub struct ApiState {
     pub browser_rpc: Option<String>,
     /// The chat entry the chat page talks to, when there is one.
     pub entry: Option<String>,
+    /// Queries that read a stretch of the whole index (activity, the node and model listings
+    /// with their counts) run one at a time: a few clients asking them in a loop would
+    /// otherwise hold every reader connection, and every other route would wait on them.
+    pub heavy: Arc<tokio::sync::Semaphore>,
+    /// Activity answers by (bucket, buckets), each counted at most once a few seconds.
+    pub activity: Arc<std::sync::Mutex<ActivityKept>>,
+}
+
+/// Activity answers by (bucket width, buckets), with when each was counted.
+pub type ActivityKept = std::collections::HashMap<(u64, u64), (std::time::Instant, Activity)>;
+
+/// How long a request waits for its turn at a heavy query before it is answered 503.
+const HEAVY_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+/// How long an activity answer is served again.
+const ACTIVITY_FRESH: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A turn at the heavy queries ([`ApiState::heavy`]), or 503.
+async fn heavy(s: &ApiState) -> Result<tokio::sync::SemaphorePermit<'_>, ApiError> {
+    match tokio::time::timeout(HEAVY_WAIT, s.heavy.acquire()).await {
+        Ok(Ok(permit)) => Ok(permit),
+        _ => Err(ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            cairn_core::ErrorBody::new(
+                "busy",
+                "the explorer is counting for another request; try again shortly",
+            ),
+        )),
+    }
 }
 
 impl ApiState {
@@ -44,6 +72,8 @@ impl ApiState {
             status: Arc::default(),
             browser_rpc: None,
             entry: None,
+            heavy: Arc::new(tokio::sync::Semaphore::new(1)),
+            activity: Arc::default(),
         }
     }
 }
@@ -357,6 +387,7 @@ async fn models(
     Query(q): Query<ModelQuery>,
 ) -> ApiResult<ModelList> {
     let (limit, offset) = page(q.limit, q.offset)?;
+    let _turn = heavy(&s).await?;
     if q.q.as_ref().is_some_and(|t| t.len() > 200) {
         return Err(ApiError::bad(
             "invalid_query",
@@ -698,6 +729,7 @@ async fn node_summary(index: &Index, r: &AnyRow) -> Result<NodeSummary, ApiError
     responses((status = 200, body = NodeList), (status = 400, body = cairn_core::ErrorBody)))]
 async fn nodes(State(s): State<Arc<ApiState>>, Query(q): Query<NodeQuery>) -> ApiResult<NodeList> {
     let (limit, offset) = page(q.limit, q.offset)?;
+    let _turn = heavy(&s).await?;
     let role = q.role.unwrap_or_default();
     if !["", "inference", "verifier"].contains(&role.as_str()) {
         return Err(ApiError::bad(
@@ -1287,7 +1319,7 @@ pub struct ActivityQuery {
 }
 
 /// One bucket of a series.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Point {
     /// Bucket start, Unix seconds.
@@ -1299,7 +1331,7 @@ pub struct Point {
 }
 
 /// `GET /api/v1/activity`.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Activity {
     /// Bucket width, seconds.
@@ -1342,6 +1374,29 @@ async fn activity(
     if !(1..=500).contains(&n) {
         return Err(ApiError::bad("invalid_bucket", "buckets must be 1 to 500"));
     }
+    let fresh = |s: &ApiState| {
+        let kept = s.activity.lock().unwrap_or_else(|p| p.into_inner());
+        kept.get(&(bucket, n))
+            .filter(|(at, _)| at.elapsed() < ACTIVITY_FRESH)
+            .map(|(_, a)| a.clone())
+    };
+    if let Some(a) = fresh(&s) {
+        return Ok(Json(a));
+    }
+    let _turn = heavy(&s).await?;
+    // Counted meanwhile by the request before this one.
+    if let Some(a) = fresh(&s) {
+        return Ok(Json(a));
+    }
+    let a = count_activity(&s, bucket, n).await?;
+    let mut kept = s.activity.lock().unwrap_or_else(|p| p.into_inner());
+    kept.retain(|_, (at, _)| at.elapsed() < ACTIVITY_FRESH);
+    kept.insert((bucket, n), (std::time::Instant::now(), a.clone()));
+    Ok(Json(a))
+}
+
+/// The activity series over the last `n` buckets of `bucket` seconds.
+async fn count_activity(s: &ApiState, bucket: u64, n: u64) -> Result<Activity, ApiError> {
     let now = cairn_core::clock::now_secs();
     let from = (now / bucket).saturating_sub(n - 1) * bucket;
     // Times are the nodes' and the index's own: nothing after the last bucket is counted.
@@ -1428,7 +1483,7 @@ async fn activity(
             .fold(U256::ZERO, |a, b| a + b);
         *fees.entry(fin / bucket * bucket).or_default() += total;
     }
-    Ok(Json(Activity {
+    Ok(Activity {
         bucket,
         from,
         calls_by_model,
@@ -1443,7 +1498,7 @@ async fn activity(
                 value: v.to_string().parse().unwrap_or(f64::MAX),
             })
             .collect(),
-    }))
+    })
 }
 
 /// The explorer API's OpenAPI document.

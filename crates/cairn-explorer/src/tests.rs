@@ -327,6 +327,7 @@ async fn batch_listings_are_stored_only_when_they_make_the_root_on_chain() {
 /// Every API route answers from this backend's index (the same SQL text on both).
 async fn api_reads(index: &Index, chain: &Chain, indexed: u64) {
     let state = api::ApiState::new(index.clone(), chain.deployment().clone());
+    let heavy = state.heavy.clone();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let app = router(state, Arc::default());
@@ -372,6 +373,30 @@ async fn api_reads(index: &Index, chain: &Chain, indexed: u64) {
     assert!(activity["callsByModel"].is_array());
     let models = get("/api/v1/models?q=x%25_".into()).await;
     assert_eq!(models["total"], 0);
+    // The queries over a stretch of the whole index take turns: while one runs (the turn
+    // held here), another is answered 503 and the other routes still answer; an activity
+    // counted a moment ago is answered again without a turn.
+    let turn = heavy.acquire().await.unwrap();
+    for path in [
+        "/api/v1/nodes",
+        "/api/v1/models",
+        "/api/v1/activity?bucket=hour",
+    ] {
+        let r = reqwest::get(format!("{base}{path}")).await.unwrap();
+        let status = r.status().as_u16();
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (503, Some("busy")),
+            "{path}"
+        );
+    }
+    get("/api/v1/status".into()).await;
+    get("/api/v1/batches?limit=2".into()).await;
+    let again = get("/api/v1/activity?bucket=day&buckets=500".into()).await;
+    assert_eq!(again, activity);
+    drop(turn);
+    get("/api/v1/activity?bucket=hour".into()).await;
 }
 
 /// On a chain that reorganizes (anvil: a snapshot reverted, other transactions mined at the
