@@ -466,8 +466,9 @@ async fn pass_back(
             drop(slot);
             return Ok((status, axum::Json(e)).into_response());
         }
+        // Neither the status nor the media type is told: they would map what answers there.
         return Err(RelayError::Gateway(format!(
-            "it answered {status} with {essence:?}, not {expected}; the relay passes on only that"
+            "what answered is not an Oblivious HTTP gateway ({expected}); the relay passes on only that"
         )));
     }
     let stream = resp.bytes_stream().map_ok(move |b| {

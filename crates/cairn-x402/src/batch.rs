@@ -462,7 +462,7 @@ impl Batch {
             .await
             .map_err(X402Error::from);
         if matches!(&sent, Err(e) if !may_have_sent(e)) {
-            self.unspend_gas(c.id, before);
+            self.unspend_gas(c.id, charged, before);
         }
         sent.map_err(|e| match e {
             X402Error::Chain(LedgerError::Reverted { reason, .. }) => invalid(
@@ -492,9 +492,13 @@ impl Batch {
         Ok(before)
     }
 
-    /// Gives back what [`Batch::spend_gas`] took (`before`): nothing was sent.
-    fn unspend_gas(&self, id: B256, before: Option<U256>) {
+    /// Gives back what [`Batch::spend_gas`] took at `charged` (`before`): nothing was sent.
+    /// Only if no later transaction took the channel's turn meanwhile.
+    fn unspend_gas(&self, id: B256, charged: U256, before: Option<U256>) {
         let mut spent = self.gas_spent.lock().expect("not poisoned");
+        if spent.get(&id) != Some(&charged) {
+            return;
+        }
         match before {
             Some(at) => spent.insert(id, at),
             None => spent.remove(&id),
@@ -669,7 +673,7 @@ impl Batch {
         }
         .await;
         if matches!(&sent, Err(e) if !may_have_sent(e)) {
-            self.unspend_gas(c.id, before);
+            self.unspend_gas(c.id, ch.accepted, before);
         }
         let tx = sent.map_err(|e| match e {
             X402Error::Chain(LedgerError::Reverted { reason, .. }) => invalid(
@@ -1283,12 +1287,13 @@ pub struct Refunded {
     pub transaction: B256,
 }
 
-/// Whether a failed send may have put a transaction out at the node's gas (only a refusal to
-/// send, or a store that failed before it, says it did not).
+/// Whether a failed send may have put a transaction out at the node's gas: one sent and not
+/// mined, or a revert (which may be a mined one). Anything else failed before sending, and an
+/// honest payer must not lose its turn to an RPC endpoint's hiccup.
 fn may_have_sent(e: &X402Error) -> bool {
-    !matches!(
+    matches!(
         e,
-        X402Error::Store(_) | X402Error::Chain(LedgerError::Busy { .. })
+        X402Error::Chain(LedgerError::Pending { .. } | LedgerError::Reverted { .. })
     )
 }
 

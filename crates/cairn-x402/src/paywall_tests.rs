@@ -1750,6 +1750,32 @@ async fn batch_settlement_channels_pay_and_refuse_bad_vouchers() {
     assert_eq!(batch.claim_due().await.unwrap(), 0);
 }
 
+/// A deposit whose transaction never went out (the node's key busy) leaves the channel's turn
+/// at the node's gas unused: the payer's retry goes through.
+#[tokio::test]
+async fn a_deposit_never_sent_does_not_use_up_the_channels_turn() {
+    use crate::client::BatchChannel;
+    let (d, busy) = crate::tests::busy_devnet().await;
+    let s = site_on(d, false, Some(())).await.0;
+    let payer = &s.d.payer;
+    let req = required(&s.url).await;
+    let offer = req
+        .accepts
+        .iter()
+        .find(|o| o.scheme == crate::batch::SCHEME)
+        .unwrap()
+        .clone();
+    let mut ch = BatchChannel::new(payer.address(), &offer, B256::repeat_byte(9)).unwrap();
+    let h = ch.pay(payer, &req, &offer, U256::from(20 * PRICE)).unwrap();
+    busy.busy.store(u32::MAX, Ordering::SeqCst);
+    let (status, body, _, _) = send(&s.url, &h, "go").await;
+    assert_ne!(status, 200, "{body}");
+    busy.busy.store(0, Ordering::SeqCst);
+    let (status, body, _, _) = send(&s.url, &h, "go").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(s.runs.load(Ordering::SeqCst), 1);
+}
+
 /// A channel whose deposit's call failed (nothing charged) gets no refund and no second
 /// deposit at the node's gas: deposits and refunds for nothing would cost the payer nothing
 /// and the node two transactions each. A call charged on it makes one possible again.
