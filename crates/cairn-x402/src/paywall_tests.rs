@@ -435,18 +435,7 @@ async fn a_payment_made_for_another_resource_runs_nothing_and_charges_nothing() 
     let s = site_with(true, Some(())).await.0;
     let payer = &s.d.payer;
     let before = s.d.chain.token_balance(payer.address()).await.unwrap();
-    let refused = |r: &(u16, String, Option<SettleResponse>, serde_json::Value)| {
-        assert_eq!(
-            (r.0, r.3["error"].as_str()),
-            (402, Some("invalid_payment_requirements")),
-            "{r:?}"
-        );
-        assert!(
-            r.1.contains("a test run"),
-            "names what is sold now: {}",
-            r.1
-        );
-    };
+    let refused = refused_as_stale;
     // exact: refused, with nothing written, then the same authorization pays with the
     // resource it is for.
     let h = exact_header(&s.url, payer).await;
@@ -499,37 +488,44 @@ async fn a_payment_made_for_another_resource_runs_nothing_and_charges_nothing() 
     // An upto permit: refused, nothing settled, and it still pays.
     approve_permit2(&s, payer).await;
     let h = upto_header(&s, payer, |_| {}, |_| {}).await;
-    let before = s.d.chain.token_balance(payer.address()).await.unwrap();
-    refused(&send(&s.url, &echoing(&h, "an older release"), "go").await);
-    assert_eq!(s.runs.load(Ordering::SeqCst), 2);
-    assert_eq!(
-        s.d.chain.token_balance(payer.address()).await.unwrap(),
-        before
-    );
-    let (status, body, _, _) = send(&s.url, &h, "go").await;
-    assert_eq!(status, 200, "{body}");
-    assert_eq!(
-        s.d.chain.token_balance(payer.address()).await.unwrap(),
-        before - U256::from(PRICE)
-    );
+    let body = refused_as_stale_then_paid(&s, &h, U256::from(PRICE)).await;
+    assert_eq!(s.runs.load(Ordering::SeqCst), 3);
     let (status, again, _, _) = send(&s.url, &echoing(&h, "an older release"), "go").await;
     assert_eq!((status, &again), (200, &body));
     assert_eq!(s.runs.load(Ordering::SeqCst), 3);
     // A batch-settlement deposit: refused before its transaction (sent at the node's gas).
-    let before = s.d.chain.token_balance(payer.address()).await.unwrap();
     let h = batch_deposit(&s, B256::repeat_byte(6), U256::from(20 * PRICE)).await;
-    refused(&send(&s.url, &echoing(&h, "an older release"), "go").await);
-    assert_eq!(
-        s.d.chain.token_balance(payer.address()).await.unwrap(),
-        before
-    );
-    let (status, body, _, _) = send(&s.url, &h, "go").await;
-    assert_eq!(status, 200, "{body}");
-    assert_eq!(
-        s.d.chain.token_balance(payer.address()).await.unwrap(),
-        before - U256::from(20 * PRICE)
-    );
+    refused_as_stale_then_paid(&s, &h, U256::from(20 * PRICE)).await;
     assert_eq!(s.runs.load(Ordering::SeqCst), 4);
+}
+
+/// `r` is the refusal of a payment made for what the site sold before.
+fn refused_as_stale(r: &(u16, String, Option<SettleResponse>, serde_json::Value)) {
+    assert_eq!(
+        (r.0, r.3["error"].as_str()),
+        (402, Some("invalid_payment_requirements")),
+        "{r:?}"
+    );
+    assert!(
+        r.1.contains("a test run"),
+        "names what is sold now: {}",
+        r.1
+    );
+}
+
+/// `header` made stale is refused, the payer's balance untouched; as made, it pays `cost` and
+/// runs: its answer.
+async fn refused_as_stale_then_paid(s: &Site, header: &str, cost: U256) -> String {
+    let payer = s.d.payer.address();
+    let before = s.d.chain.token_balance(payer).await.unwrap();
+    let runs = s.runs.load(Ordering::SeqCst);
+    refused_as_stale(&send(&s.url, &echoing(header, "an older release"), "go").await);
+    assert_eq!(s.runs.load(Ordering::SeqCst), runs);
+    assert_eq!(s.d.chain.token_balance(payer).await.unwrap(), before);
+    let (status, body, _, _) = send(&s.url, header, "go").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(s.d.chain.token_balance(payer).await.unwrap(), before - cost);
+    body
 }
 
 /// What the payment store holds of the `exact` payment `header`.
