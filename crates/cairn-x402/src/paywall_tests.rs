@@ -465,12 +465,8 @@ async fn a_payment_made_for_another_resource_runs_nothing_and_charges_nothing() 
     assert_eq!(s.runs.load(Ordering::SeqCst), 1);
     // A prepaid voucher: refused, and its step given back for the next call.
     let salt = B256::ZERO;
-    s.d.chain
-        .deposit(payer, s.vault, salt, U256::from(10 * PRICE))
-        .await
-        .unwrap();
-    let req = required(&s.url).await;
-    let offer = req.accepts.iter().find(|o| o.scheme == "prepaid").unwrap();
+    let (req, offer) = prepaid_deposit(&s, salt).await;
+    let offer = &offer;
     let v1 = client::pay_prepaid(payer, &req, offer, salt, U256::from(PRICE)).unwrap();
     refused(&send(&s.url, &echoing(&v1, "an older release"), "go").await);
     assert_eq!(s.runs.load(Ordering::SeqCst), 1);
@@ -528,6 +524,25 @@ async fn refused_as_stale_then_paid(s: &Site, header: &str, cost: U256) -> Strin
     body
 }
 
+/// The payer's deposit of 10 prices on the prepaid channel `salt`, and the 402 with its offer.
+async fn prepaid_deposit(
+    s: &Site,
+    salt: B256,
+) -> (PaymentRequired, crate::wire::PaymentRequirements) {
+    s.d.chain
+        .deposit(&s.d.payer, s.vault, salt, U256::from(10 * PRICE))
+        .await
+        .unwrap();
+    let req = required(&s.url).await;
+    let offer = req
+        .accepts
+        .iter()
+        .find(|o| o.scheme == "prepaid")
+        .unwrap()
+        .clone();
+    (req, offer)
+}
+
 /// What the payment store holds of the `exact` payment `header`.
 fn stored(s: &Site, header: &str) -> Option<crate::store::PaymentRecord> {
     let env: serde_json::Value = decode_header("PAYMENT-SIGNATURE", header.as_bytes()).unwrap();
@@ -558,12 +573,8 @@ async fn a_payment_charged_before_the_price_changed_is_answered_again() {
     let s = site_with(true, Some(())).await.0;
     let payer = &s.d.payer;
     let salt = B256::ZERO;
-    s.d.chain
-        .deposit(payer, s.vault, salt, U256::from(10 * PRICE))
-        .await
-        .unwrap();
-    let req = required(&s.url).await;
-    let offer = req.accepts.iter().find(|o| o.scheme == "prepaid").unwrap();
+    let (req, offer) = prepaid_deposit(&s, salt).await;
+    let offer = &offer;
     let voucher =
         |n: u64| client::pay_prepaid(payer, &req, offer, salt, U256::from(n * PRICE)).unwrap();
     let (charged, unused) = (
