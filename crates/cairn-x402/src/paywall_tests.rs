@@ -201,12 +201,7 @@ async fn required(url: &str) -> PaymentRequired {
 
 async fn exact_header(url: &str, payer: &PrivateKeySigner) -> String {
     let req = required(url).await;
-    let offer = req
-        .accepts
-        .iter()
-        .find(|o| o.scheme == "exact")
-        .unwrap()
-        .clone();
+    let offer = offer_of(&req, "exact");
     client::pay_exact(payer, &req, &offer).unwrap()
 }
 
@@ -524,6 +519,30 @@ async fn refused_as_stale_then_paid(s: &Site, header: &str, cost: U256) -> Strin
     body
 }
 
+/// The `PAYMENT-SIGNATURE` of a batch-settlement refund request `payload` for `offer` in `req`.
+fn refund_request(
+    req: &PaymentRequired,
+    offer: &crate::wire::PaymentRequirements,
+    payload: serde_json::Value,
+) -> String {
+    crate::wire::encode_header(&crate::wire::PaymentPayload {
+        x402_version: 2,
+        resource: Some(req.resource.clone()),
+        accepted: offer.clone(),
+        payload,
+        extensions: None,
+    })
+}
+
+/// The offer of `scheme` in `req`.
+fn offer_of(req: &PaymentRequired, scheme: &str) -> crate::wire::PaymentRequirements {
+    req.accepts
+        .iter()
+        .find(|o| o.scheme == scheme)
+        .unwrap_or_else(|| panic!("no {scheme} offer"))
+        .clone()
+}
+
 /// The payer's deposit of 10 prices on the prepaid channel `salt`, and the 402 with its offer.
 async fn prepaid_deposit(
     s: &Site,
@@ -534,12 +553,7 @@ async fn prepaid_deposit(
         .await
         .unwrap();
     let req = required(&s.url).await;
-    let offer = req
-        .accepts
-        .iter()
-        .find(|o| o.scheme == "prepaid")
-        .unwrap()
-        .clone();
+    let offer = offer_of(&req, "prepaid");
     (req, offer)
 }
 
@@ -645,22 +659,20 @@ async fn a_withheld_answer_goes_only_to_the_request_that_asked_it() {
     let (d, busy) = crate::tests::busy_devnet().await;
     let s = site_on(d, false, None).await.0;
     let h = exact_header(&s.url, &s.d.payer).await;
+    // Refused for `code`, and nothing of the answer in the refusal.
+    let withheld =
+        |(status, body, _, v2): (u16, String, Option<SettleResponse>, serde_json::Value),
+         code: &str| {
+            assert_eq!((status, v2["error"].as_str()), (402, Some(code)), "{body}");
+            assert!(!body.contains("ran for"), "{body}");
+        };
     busy.busy.store(2, Ordering::SeqCst);
-    let (status, body, _, v2) = send(&s.url, &h, "go").await;
-    assert_eq!(
-        (status, v2["error"].as_str()),
-        (402, Some("settlement_pending")),
-        "{body}"
-    );
-    assert!(!body.contains("ran for"), "{body}");
+    withheld(send(&s.url, &h, "go").await, "settlement_pending");
     s.d.facilitator.reconcile_all().await;
-    let (status, body, _, v2) = send(&s.url, &h, "another").await;
-    assert_eq!(
-        (status, v2["error"].as_str()),
-        (402, Some("invalid_exact_evm_nonce_already_used")),
-        "{body}"
+    withheld(
+        send(&s.url, &h, "another").await,
+        "invalid_exact_evm_nonce_already_used",
     );
-    assert!(!body.contains("ran for"), "{body}");
     let (status, body, settle, _) = send(&s.url, &h, "go").await;
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("ran for"), "{body}");
@@ -690,17 +702,7 @@ async fn prepaid_vouchers_are_checked_locally_stepped_atomically_and_redeemed() 
     let s = site(true).await;
     let payer = &s.d.payer;
     let salt = B256::ZERO;
-    s.d.chain
-        .deposit(payer, s.vault, salt, U256::from(10 * PRICE))
-        .await
-        .unwrap();
-    let req = required(&s.url).await;
-    let offer = req
-        .accepts
-        .iter()
-        .find(|o| o.scheme == "prepaid")
-        .unwrap()
-        .clone();
+    let (req, offer) = prepaid_deposit(&s, salt).await;
     let voucher =
         |n: u64| client::pay_prepaid(payer, &req, &offer, salt, U256::from(n * PRICE)).unwrap();
     // The same voucher eight times at once: the step is taken once, so one runs and is paid,
@@ -797,17 +799,7 @@ async fn a_failed_last_request_leaves_the_vouchers_redeemable() {
     let s = site(true).await;
     let payer = &s.d.payer;
     let salt = B256::repeat_byte(5);
-    s.d.chain
-        .deposit(payer, s.vault, salt, U256::from(10 * PRICE))
-        .await
-        .unwrap();
-    let req = required(&s.url).await;
-    let offer = req
-        .accepts
-        .iter()
-        .find(|o| o.scheme == "prepaid")
-        .unwrap()
-        .clone();
+    let (req, offer) = prepaid_deposit(&s, salt).await;
     let voucher =
         |n: u64| client::pay_prepaid(payer, &req, &offer, salt, U256::from(n * PRICE)).unwrap();
     assert_eq!(send(&s.url, &voucher(1), "go").await.0, 200);
@@ -902,12 +894,7 @@ async fn upto_header(
     sent: impl FnOnce(&mut cairn_ledger::UptoAuthorization),
 ) -> String {
     let req = required(&s.url).await;
-    let offer = req
-        .accepts
-        .iter()
-        .find(|o| o.scheme == "upto")
-        .unwrap()
-        .clone();
+    let offer = offer_of(&req, "upto");
     let facilitator: Address = offer.extra["facilitatorAddress"]
         .as_str()
         .unwrap()
@@ -1455,12 +1442,7 @@ async fn batch_settlement_channels_pay_and_refuse_bad_vouchers() {
     let token_balance = |who: Address| async move { chain.token_balance(who).await.unwrap() };
     let start = token_balance(payer.address()).await;
     let req = required(&s.url).await;
-    let offer = req
-        .accepts
-        .iter()
-        .find(|o| o.scheme == "batch-settlement")
-        .unwrap()
-        .clone();
+    let offer = offer_of(&req, "batch-settlement");
     assert_eq!(
         offer.extra["receiverAuthorizer"],
         dev_signer(2).address().to_checksum(None)
@@ -1650,15 +1632,7 @@ async fn batch_settlement_channels_pay_and_refuse_bad_vouchers() {
 
     // A cooperative refund: not for a voucher other than the charged total, not for more than
     // is unclaimed; then the node claims what it is owed and refunds 2,000 in one transaction.
-    let refund = |p: serde_json::Value| {
-        crate::wire::encode_header(&crate::wire::PaymentPayload {
-            x402_version: 2,
-            resource: Some(req.resource.clone()),
-            accepted: offer.clone(),
-            payload: p,
-            extensions: None,
-        })
-    };
+    let refund = |p: serde_json::Value| refund_request(&req, &offer, p);
     let mut behind = ch.clone();
     behind.charged -= U256::from(PRICE);
     let h = refund(behind.refund_payload(payer, &offer, None).unwrap());
@@ -1766,12 +1740,7 @@ async fn a_deposit_never_sent_does_not_use_up_the_channels_turn() {
     let s = site_on(d, false, Some(())).await.0;
     let payer = &s.d.payer;
     let req = required(&s.url).await;
-    let offer = req
-        .accepts
-        .iter()
-        .find(|o| o.scheme == crate::batch::SCHEME)
-        .unwrap()
-        .clone();
+    let offer = offer_of(&req, crate::batch::SCHEME);
     let mut ch = BatchChannel::new(payer.address(), &offer, B256::repeat_byte(9)).unwrap();
     let h = ch.pay(payer, &req, &offer, U256::from(20 * PRICE)).unwrap();
     busy.busy.store(u32::MAX, Ordering::SeqCst);
@@ -1795,21 +1764,8 @@ async fn a_channel_charged_nothing_gets_no_transaction_at_the_nodes_gas() {
     let token_balance = |who: Address| async move { chain.token_balance(who).await.unwrap() };
     let reason = |v2: &serde_json::Value| v2["error"].as_str().unwrap_or_default().to_string();
     let req = required(&s.url).await;
-    let offer = req
-        .accepts
-        .iter()
-        .find(|o| o.scheme == crate::batch::SCHEME)
-        .unwrap()
-        .clone();
-    let refund = |p: serde_json::Value| {
-        crate::wire::encode_header(&crate::wire::PaymentPayload {
-            x402_version: 2,
-            resource: Some(req.resource.clone()),
-            accepted: offer.clone(),
-            payload: p,
-            extensions: None,
-        })
-    };
+    let offer = offer_of(&req, crate::batch::SCHEME);
+    let refund = |p: serde_json::Value| refund_request(&req, &offer, p);
     let deposit = U256::from(20 * PRICE);
     let mut idle = BatchChannel::new(payer.address(), &offer, B256::repeat_byte(8)).unwrap();
     let h = idle.pay(payer, &req, &offer, deposit).unwrap();
