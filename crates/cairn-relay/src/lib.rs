@@ -344,13 +344,7 @@ async fn forward(
     let media = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .map(|v| {
-            v.split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase()
-        });
+        .map(essence);
     let (media, answer_type) = match media.as_deref() {
         Some(m @ cairn_ohttp::REQUEST_TYPE) => (m.to_owned(), cairn_ohttp::RESPONSE_TYPE),
         Some(m @ cairn_ohttp::CHUNKED_REQUEST_TYPE) => {
@@ -448,20 +442,14 @@ async fn pass_back(
         .unwrap_or_else(|| header::HeaderValue::from_static("application/octet-stream"));
     // Only a gateway's sealed answer (or key configurations) is passed on: whatever else
     // answered at that URL is not shown through the relay's origin.
-    let essence = media
-        .to_str()
-        .unwrap_or("")
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
+    let essence = essence(media.to_str().unwrap_or(""));
     if essence != expected {
         // A gateway's own refusal ({code, message}: a key it no longer holds, a body too
         // large) is rebuilt and passed on, so a client can act on it; nothing else.
         if (status.is_client_error() || status.is_server_error())
             && essence == "application/json"
-            && let Some(e) = error_body(resp).await
+            && let Ok(Some(e)) =
+                tokio::time::timeout(Duration::from_secs(10), error_body(resp)).await
         {
             drop(slot);
             return Ok((status, axum::Json(e)).into_response());
@@ -484,6 +472,16 @@ async fn pass_back(
     }
     out.body(Body::from_stream(stream))
         .map_err(|e| RelayError::Gateway(e.to_string()))
+}
+
+/// A media type's essence (RFC 9110 §8.3.1): its type and subtype, lower-case.
+fn essence(media: &str) -> String {
+    media
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase()
 }
 
 /// A gateway's JSON refusal, read within 4 KiB: its `code` and `message`, nothing else.
