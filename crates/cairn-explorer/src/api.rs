@@ -1115,16 +1115,28 @@ async fn receipts(
         ),
         None => None,
     };
-    let rows = sqlx::query(
-        "SELECT * FROM idx_receipts WHERE ($1 = '' OR node = $1) AND ($2 = '' OR model = $2)
-         ORDER BY ts DESC, batch_id DESC, leaf_index LIMIT $3 OFFSET $4",
-    )
-    .bind(node.unwrap_or_default())
-    .bind(model.unwrap_or_default())
-    .bind(limit)
-    .bind(offset)
-    .fetch_all(s.index.pool())
-    .await?;
+    // One statement per filter: with `($1 = '' OR node = $1)` the planner cannot use the node
+    // or model index, and a filter that matches nothing walked the whole index.
+    let (filter, values): (&str, Vec<String>) = match (node, model) {
+        (Some(n), Some(m)) => ("WHERE node = $1 AND model = $2", vec![n, m]),
+        (Some(n), None) => ("WHERE node = $1", vec![n]),
+        (None, Some(m)) => ("WHERE model = $1", vec![m]),
+        (None, None) => ("", Vec::new()),
+    };
+    let sql = format!(
+        "SELECT * FROM idx_receipts {filter} ORDER BY ts DESC, batch_id DESC, leaf_index LIMIT ${} OFFSET ${}",
+        values.len() + 1,
+        values.len() + 2
+    );
+    let mut query = sqlx::query(&sql);
+    for v in values {
+        query = query.bind(v);
+    }
+    let rows = query
+        .bind(limit)
+        .bind(offset)
+        .fetch_all(s.index.pool())
+        .await?;
     let mut out = Vec::new();
     for r in &rows {
         out.push(receipt_summary(&s.index, r).await?);

@@ -369,6 +369,16 @@ async fn api_reads(index: &Index, chain: &Chain, indexed: u64) {
     ))
     .await;
     assert_eq!(by_node["receipts"].as_array().unwrap().len(), 2);
+    // Each filter alone, none, and one that matches nothing (each its own statement).
+    for (query, n) in [
+        (format!("node={node}"), 2),
+        (format!("model={}", BlobId::of(b"model")), 2),
+        (String::new(), 2),
+        (format!("model={}", BlobId::of(b"no such model")), 0),
+    ] {
+        let listed = get(format!("/api/v1/receipts?{query}")).await;
+        assert_eq!(listed["receipts"].as_array().unwrap().len(), n, "{query}");
+    }
     let activity = get("/api/v1/activity?bucket=day&buckets=500".into()).await;
     assert!(activity["callsByModel"].is_array());
     let models = get("/api/v1/models?q=x%25_".into()).await;
