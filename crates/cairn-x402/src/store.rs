@@ -441,18 +441,20 @@ impl PaymentStore {
         Ok(())
     }
 
+    /// The payment `key` if it was seen before, as [`PaymentStore::reserve`] counts it: any
+    /// record but a `released` one. Reads only.
+    pub fn seen(&self, key: B256) -> Result<Option<PaymentRecord>, X402Error> {
+        Ok(self.get(key)?.filter(seen_before))
+    }
+
     /// Reserves a payment, unless its key was seen before. A `released` payment (its request
     /// failed, the authorization was never used) can be reserved again.
     pub fn reserve(&self, p: &NewPayment<'_>) -> Result<Reserve, X402Error> {
         let seen = self.durable(|c| {
             let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            let existing = get(&tx, p.key)?;
-            match existing {
-                Some(r) if r.state != PaymentState::Released => {
-                    tx.commit()?;
-                    return Ok(Some(r));
-                }
-                _ => {}
+            if let Some(r) = get(&tx, p.key)?.filter(seen_before) {
+                tx.commit()?;
+                return Ok(Some(r));
             }
             tx.prepare_cached(
                 "INSERT INTO payments (key, chain, scheme, payer, amount, state, resource, payload, created_at, updated_at, from_block)
@@ -664,4 +666,10 @@ fn channel(c: &Connection, id: B256) -> rusqlite::Result<Option<ChannelRecord>> 
     )?
     .query_row([id.as_slice()], channel_row)
     .optional()
+}
+
+/// Whether a stored payment counts as seen: anything but released (a released one's request
+/// failed and its authorization was never used).
+fn seen_before(r: &PaymentRecord) -> bool {
+    r.state != PaymentState::Released
 }

@@ -20,11 +20,9 @@ pub(super) async fn pay(p: &Paywall, run: Run, pr: Presented, refusal: &Refusal<
     let payer = checked.authorization.from;
     if let Some(r) = pr.stale.clone() {
         // Nothing reserved for a payment that cannot pay: one seen before is answered as such.
-        return match f.store().get(checked.payment_ref(f.token())) {
-            Ok(Some(rec)) if rec.state != PaymentState::Released => {
-                presented_again(p, rec, &checked, &pr, refusal, run.body).await
-            }
-            Ok(_) => refusal.refuse(r),
+        return match f.store().seen(checked.payment_ref(f.token())) {
+            Ok(Some(rec)) => presented_again(p, rec, &checked, &pr, refusal, run.body).await,
+            Ok(None) => refusal.refuse(r),
             Err(e) => refusal.refuse_err(e),
         };
     }

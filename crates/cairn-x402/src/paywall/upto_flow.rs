@@ -34,11 +34,9 @@ pub(super) async fn take(
     if let Some(r) = &pr.stale {
         // Nothing reserved for a permit that cannot pay: one seen before is answered as such.
         let key = f.upto_key(&checked).map_err(|e| refusal.refuse_err(e))?;
-        return match f.store().get(key) {
-            Ok(Some(rec)) if rec.state != PaymentState::Released => {
-                Ok(Taken::Seen(key, Box::new(rec)))
-            }
-            Ok(_) => Err(refusal.refuse(r.clone())),
+        return match f.store().seen(key) {
+            Ok(Some(rec)) => Ok(Taken::Seen(key, Box::new(rec))),
+            Ok(None) => Err(refusal.refuse(r.clone())),
             Err(e) => Err(refusal.refuse_err(e)),
         };
     }
