@@ -84,6 +84,11 @@ pub struct EntryServeArgs {
     /// leaves. Needs the chain (--rpc/--deployment, or the devnet's).
     #[arg(long)]
     pub charge_callers: bool,
+    /// With --charge-callers, token units a caller's `batch-settlement` channel must be charged
+    /// between two transactions the entry sends for it at its own gas (a deposit, a refund; a
+    /// channel's first deposit is free). 0: any charge.
+    #[arg(long, default_value_t = U256::from(cairn_x402::batch::DEFAULT_GAS_ALLOWANCE))]
+    pub batch_gas_allowance: U256,
 }
 
 impl EntryServeArgs {
@@ -194,7 +199,7 @@ async fn caller_payments(
     // chain has the contract: a caller cannot take back what a turn already spent.
     if let Some(b) = cairn_x402::batch::Batch::new(chain, store, key.clone(), key.address()).await?
     {
-        let b = Arc::new(b);
+        let b = Arc::new(b.with_gas_allowance(a.batch_gas_allowance));
         tokio::spawn(b.clone().run(Duration::from_secs(5)));
         wall = wall.with_batch(b);
     }

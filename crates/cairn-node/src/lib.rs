@@ -201,6 +201,9 @@ pub struct PaymentConfig {
     pub prepaid: bool,
     /// How often accepted vouchers are redeemed and pending settlements reconciled.
     pub redeem_every: Duration,
+    /// Token units a `batch-settlement` channel must be charged between two transactions the
+    /// node sends for it at its own gas (a deposit, a refund).
+    pub batch_gas_allowance: U256,
 }
 
 impl Default for PaymentConfig {
@@ -210,6 +213,7 @@ impl Default for PaymentConfig {
             llm_prices: pricing::LlmPrices::default(),
             prepaid: true,
             redeem_every: Duration::from_secs(30),
+            batch_gas_allowance: U256::from(cairn_x402::batch::DEFAULT_GAS_ALLOWANCE),
         }
     }
 }

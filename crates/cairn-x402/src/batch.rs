@@ -42,14 +42,20 @@ pub const WITHDRAW_DELAY_SECS: u64 = 900;
 const MIN_WITHDRAW_DELAY: u64 = 900;
 const MAX_WITHDRAW_DELAY: u64 = 2_592_000;
 
+/// Token units a channel must be charged between two transactions the node sends for it at its
+/// own gas (a deposit, a refund), by default: about one L2 transaction's gas in a 6-decimal
+/// dollar token (a thousandth of a dollar). Operators set theirs to what a transaction costs
+/// them ([`Batch::with_gas_allowance`]).
+pub const DEFAULT_GAS_ALLOWANCE: u64 = 1_000;
+
 /// Deposits the node submits (and pays the gas of) are at least this many times the price.
 pub const MIN_DEPOSIT_MULTIPLIER: u64 = 10;
 
 /// Most claims in one transaction (the spec's default batch).
 pub const MAX_CLAIMS_PER_TX: usize = 100;
 const ERR_REFUND_AMOUNT: &str = "invalid_batch_settlement_evm_refund_amount_invalid";
-/// A deposit or refund the node would send at its own gas for a channel charged nothing since
-/// the last one it sent.
+/// A deposit or refund the node would send at its own gas for a channel charged less than the gas
+/// allowance since the last one it sent.
 pub const ERR_NOTHING_CHARGED: &str = "invalid_batch_settlement_evm_nothing_charged_since";
 
 /// An authorization must stay valid at least this long after it arrives (the spec's margin).
@@ -289,9 +295,9 @@ pub struct Batch {
     /// Channels whose refund was sent with no known outcome: their refund nonce before it, and
     /// when (held shut until the chain says).
     unsure: std::sync::Mutex<std::collections::HashMap<B256, (U256, std::time::Instant)>>,
-    /// What each channel had been charged when this node last sent a transaction for it at its
-    /// own gas (a deposit, a refund); see [`Batch::spend_gas`].
-    gas_spent: std::sync::Mutex<std::collections::HashMap<B256, U256>>,
+    /// What a channel must be charged between two transactions the node sends for it at its
+    /// own gas; see [`Batch::spend_gas`].
+    gas_allowance: U256,
 }
 
 impl Batch {
@@ -318,8 +324,16 @@ impl Batch {
             token_domain,
             scanned: AtomicU64::new(start),
             unsure: Default::default(),
-            gas_spent: Default::default(),
+            gas_allowance: U256::from(DEFAULT_GAS_ALLOWANCE),
         }))
+    }
+
+    /// Sends a deposit or a refund for a channel at the node's gas only once the channel was
+    /// charged `allowance` token units (0: anything) since the last one the node sent for it.
+    /// Default [`DEFAULT_GAS_ALLOWANCE`].
+    pub fn with_gas_allowance(mut self, allowance: U256) -> Self {
+        self.gas_allowance = allowance;
+        self
     }
 
     /// The offer for `amount`: what the official client needs to build the channel config (the
@@ -475,34 +489,30 @@ impl Batch {
     }
 
     /// Takes the right to send one transaction at the node's gas for channel `id`, charged
-    /// `charged` so far: a deposit or a refund is sent for a payer only when the channel was
-    /// charged since the last one (a channel's first is free). Otherwise a payer could have
-    /// the node send deposits whose calls it lets fail, and refunds of them, for nothing.
-    /// Returns what to give back with [`Batch::unspend_gas`] if nothing is sent.
+    /// `charged` so far: a deposit or a refund is sent for a payer only once the channel was
+    /// charged the gas allowance since the last one (a channel's first is free). Otherwise a
+    /// payer could have the node send deposits whose calls it lets fail, or that it is charged
+    /// a unit for, and refunds of them, for next to nothing. Returns what to give back with
+    /// [`Batch::unspend_gas`] if nothing is sent.
     fn spend_gas(&self, id: B256, charged: U256) -> Result<Option<U256>, X402Error> {
-        let mut spent = self.gas_spent.lock().expect("not poisoned");
-        let before = spent.get(&id).copied();
-        if before.is_some_and(|at| charged <= at) {
-            return Err(invalid(
-                ERR_NOTHING_CHARGED,
-                "nothing was charged on this channel since this node last sent a transaction for it at its own gas (a deposit or a refund): pay for a call first, or deposit or withdraw on the contract yourself (initiateWithdraw, then finalizeWithdraw after the delay)",
-            ));
-        }
-        spent.insert(id, charged);
-        Ok(before)
+        self.store
+            .take_gas_turn(id, charged, self.gas_allowance)?
+            .map_err(|short| {
+                invalid(
+                    ERR_NOTHING_CHARGED,
+                    format!(
+                        "this node sends a deposit or a refund at its own gas for a channel once it was charged {} token units since the last one it sent for it; {short} more first: pay for calls, or deposit or withdraw on the contract yourself (initiateWithdraw, then finalizeWithdraw after the delay)",
+                        self.gas_allowance.max(U256::from(1))
+                    ),
+                )
+            })
     }
 
     /// Gives back what [`Batch::spend_gas`] took at `charged` (`before`): nothing was sent.
-    /// Only if no later transaction took the channel's turn meanwhile.
     fn unspend_gas(&self, id: B256, charged: U256, before: Option<U256>) {
-        let mut spent = self.gas_spent.lock().expect("not poisoned");
-        if spent.get(&id) != Some(&charged) {
-            return;
+        if let Err(e) = self.store.give_gas_turn_back(id, charged, before) {
+            tracing::warn!(channel = %id, error = %e, "giving back a channel's turn at the node's gas");
         }
-        match before {
-            Some(at) => spent.insert(id, at),
-            None => spent.remove(&id),
-        };
     }
 
     /// Reads the channel from the chain and records it.

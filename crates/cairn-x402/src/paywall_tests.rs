@@ -1803,3 +1803,73 @@ async fn a_channel_charged_nothing_gets_no_transaction_at_the_nodes_gas() {
     let (status, body, _, _) = send(&s.url, &h, "go").await;
     assert_eq!(status, 200, "{body}");
 }
+
+/// A unit charged (a metered call can be charged that little) does not buy a transaction at the
+/// node's gas: a refund waits until the channel was charged the gas allowance since the node's
+/// last transaction for it, and a node started again on the same store still knows.
+#[tokio::test]
+async fn a_channel_charged_less_than_the_gas_allowance_gets_no_transaction_at_the_nodes_gas() {
+    use crate::client::BatchChannel;
+    let (s, batch) = batch_site().await;
+    let payer = &s.d.payer;
+    let chain = &s.d.chain;
+    let reason = |v2: &serde_json::Value| v2["error"].as_str().unwrap_or_default().to_string();
+    // One unit a call: the channel's deposit (free: its first) and a call charged 1.
+    s.price.store(1, Ordering::SeqCst);
+    let req = required(&s.url).await;
+    let offer = offer_of(&req, crate::batch::SCHEME);
+    let mut ch = BatchChannel::new(payer.address(), &offer, B256::repeat_byte(11)).unwrap();
+    let h = ch.pay(payer, &req, &offer, U256::from(50u64)).unwrap();
+    let (status, body, settle, _) = send(&s.url, &h, "go").await;
+    assert_eq!(status, 200, "{body}");
+    ch.charged(&settle.unwrap(), offer.amount);
+    let after_call = chain.token_balance(payer.address()).await.unwrap();
+    let payload = ch.refund_payload(payer, &offer, None).unwrap();
+    let (status, body, _, v2) =
+        send(&s.url, &refund_request(&req, &offer, payload.clone()), "go").await;
+    let short = crate::batch::DEFAULT_GAS_ALLOWANCE - 1;
+    assert_eq!(
+        (status, reason(&v2).as_str()),
+        (402, crate::batch::ERR_NOTHING_CHARGED),
+        "{body}"
+    );
+    assert!(body.contains(&format!("; {short} more first")), "{body}");
+    assert_eq!(
+        chain.token_balance(payer.address()).await.unwrap(),
+        after_call
+    );
+    // The node started again on its store: the channel's turn is still used.
+    let again = || async {
+        crate::batch::Batch::new(
+            chain.clone(),
+            s.d.facilitator.store().clone(),
+            dev_signer(2),
+            s.vault,
+        )
+        .await
+        .unwrap()
+        .unwrap()
+    };
+    let e = again().await.refund(&payload).await.unwrap_err();
+    assert!(
+        matches!(&e, crate::X402Error::Invalid(r) if r.code == crate::batch::ERR_NOTHING_CHARGED),
+        "{e}"
+    );
+    assert_eq!(
+        chain.token_balance(payer.address()).await.unwrap(),
+        after_call
+    );
+    // An operator whose transactions cost nothing (allowance 0) sends it for any charge.
+    drop(batch);
+    let refunded = again()
+        .await
+        .with_gas_allowance(U256::ZERO)
+        .refund(&payload)
+        .await
+        .unwrap();
+    assert_eq!(refunded.amount, U256::from(49u64));
+    assert_eq!(
+        chain.token_balance(payer.address()).await.unwrap(),
+        after_call + U256::from(49u64)
+    );
+}

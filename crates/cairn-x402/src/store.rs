@@ -81,6 +81,11 @@ CREATE TABLE IF NOT EXISTS vouchers (
     created_at INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS vouchers_by_channel ON vouchers (channel, state, cumulative);
+CREATE TABLE IF NOT EXISTS gas_turns (
+    channel    BLOB PRIMARY KEY,  -- a batch-settlement channel
+    charged    TEXT NOT NULL,     -- its charges when the node last sent a transaction for it at its own gas
+    updated_at INTEGER NOT NULL
+);
 ";
 
 /// A payment's state.

@@ -375,7 +375,7 @@ async fn open_paywall(
     let batch = cairn_x402::batch::Batch::new(chain.clone(), store.clone(), key.clone(), vault)
         .await
         .map_err(x)?
-        .map(Arc::new);
+        .map(|b| Arc::new(b.with_gas_allowance(pc.batch_gas_allowance)));
     tokio::spawn(facilitator.clone().reconcile_loop(pc.redeem_every));
     if let Some(p) = &prepaid {
         tokio::spawn(p.clone().run(pc.redeem_every));

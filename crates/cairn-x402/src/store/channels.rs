@@ -324,6 +324,48 @@ impl PaymentStore {
         })
     }
 
+    /// Takes channel `id`'s turn at a transaction sent at the node's own gas (a deposit, a
+    /// refund), the channel having been charged `charged` so far: its first is free, and each
+    /// later one waits until `allowance` (at least 1) more was charged since the last. Atomic, and
+    /// written before the transaction goes out, so neither a race nor a restart gives a turn
+    /// twice. `Err(short)`: how much more must be charged first. `Ok(before)`: what to give
+    /// back with [`PaymentStore::give_gas_turn_back`] if nothing was sent.
+    pub fn take_gas_turn(
+        &self,
+        id: B256,
+        charged: U256,
+        allowance: U256,
+    ) -> Result<Result<Option<U256>, U256>, X402Error> {
+        self.durable(|c| {
+            let before = gas_turn(c, id)?;
+            if let Some(at) = before {
+                let due = at.saturating_add(allowance.max(U256::from(1)));
+                if charged < due {
+                    return Ok(Err(due - charged));
+                }
+            }
+            set_gas_turn(c, id, Some(charged))?;
+            Ok(Ok(before))
+        })
+    }
+
+    /// Gives back the turn [`PaymentStore::take_gas_turn`] took at `charged` (`before` being
+    /// what it returned): nothing was sent. Only if no later transaction took the channel's
+    /// turn meanwhile.
+    pub fn give_gas_turn_back(
+        &self,
+        id: B256,
+        charged: U256,
+        before: Option<U256>,
+    ) -> Result<(), X402Error> {
+        self.with(|c| {
+            if gas_turn(c, id)? == Some(charged) {
+                set_gas_turn(c, id, before)?;
+            }
+            Ok(())
+        })
+    }
+
     /// Records a redemption.
     pub fn set_redeemed(&self, id: B256, redeemed: U256) -> Result<(), X402Error> {
         self.durable(|c| {
@@ -334,4 +376,28 @@ impl PaymentStore {
             .map(drop)
         })
     }
+}
+
+/// What channel `id` had been charged when the node last sent a transaction for it at its own
+/// gas.
+fn gas_turn(c: &Connection, id: B256) -> rusqlite::Result<Option<U256>> {
+    c.query_row(
+        "SELECT charged FROM gas_turns WHERE channel = ?1",
+        [id.as_slice()],
+        |r| r.get::<_, String>(0),
+    )
+    .optional()
+    .map(|v| v.map(u256))
+}
+
+fn set_gas_turn(c: &Connection, id: B256, charged: Option<U256>) -> rusqlite::Result<()> {
+    match charged {
+        Some(v) => c.execute(
+            "INSERT INTO gas_turns (channel, charged, updated_at) VALUES (?1, ?2, ?3)
+             ON CONFLICT (channel) DO UPDATE SET charged = ?2, updated_at = ?3",
+            params![id.as_slice(), v.to_string(), now()],
+        ),
+        None => c.execute("DELETE FROM gas_turns WHERE channel = ?1", [id.as_slice()]),
+    }
+    .map(drop)
 }
