@@ -283,6 +283,17 @@ pub(crate) struct Checked {
     pub refund: Option<Option<U256>>,
 }
 
+/// A refund sent with no known outcome.
+#[derive(Clone, Copy)]
+struct Unsure {
+    /// The channel's refund nonce before it.
+    nonce: U256,
+    /// When it was sent (the channel is held shut until the chain says, at most ten minutes).
+    since: std::time::Instant,
+    /// What the channel's turn at the node's gas was taken at.
+    charged: Option<U256>,
+}
+
 /// The node's side of `batch-settlement`.
 pub struct Batch {
     chain: Chain,
@@ -292,9 +303,8 @@ pub struct Batch {
     contracts: BatchContracts,
     token_domain: Eip712Domain,
     scanned: AtomicU64,
-    /// Channels whose refund was sent with no known outcome: their refund nonce before it, and
-    /// when (held shut until the chain says).
-    unsure: std::sync::Mutex<std::collections::HashMap<B256, (U256, std::time::Instant)>>,
+    /// Channels whose refund was sent with no known outcome.
+    unsure: std::sync::Mutex<std::collections::HashMap<B256, Unsure>>,
     /// What a channel must be charged between two transactions the node sends for it at its
     /// own gas; see [`Batch::spend_gas`].
     gas_allowance: U256,
@@ -353,7 +363,7 @@ impl Batch {
                 "name": self.token_domain.name.as_deref().unwrap_or_default(),
                 "version": self.token_domain.version.as_deref().unwrap_or_default(),
                 "assetTransferMethod": "eip3009",
-                "minDeposit": min_deposit(amount).to_string(),
+                "minDeposit": self.min_deposit(amount).to_string(),
             }),
         }
     }
@@ -436,7 +446,7 @@ impl Batch {
         extensions: Option<&Value>,
         price: U256,
     ) -> Result<(), X402Error> {
-        let min = min_deposit(price);
+        let min = self.min_deposit(price);
         if d.amount < min {
             return Err(invalid(
                 ERR_BELOW_MIN_DEPOSIT,
@@ -463,7 +473,7 @@ impl Batch {
             .store
             .channel(c.id)?
             .map_or(U256::ZERO, |ch| ch.accepted);
-        let before = self.spend_gas(c.id, charged)?;
+        self.spend_gas(c.id, charged)?;
         let sent = self
             .chain
             .batch_deposit(
@@ -476,7 +486,7 @@ impl Batch {
             .await
             .map_err(X402Error::from);
         if matches!(&sent, Err(e) if !may_have_sent(e)) {
-            self.unspend_gas(c.id, charged, before);
+            self.unspend_gas(c.id, charged);
         }
         sent.map_err(|e| match e {
             X402Error::Chain(LedgerError::Reverted { reason, .. }) => invalid(
@@ -492,27 +502,35 @@ impl Batch {
     /// `charged` so far: a deposit or a refund is sent for a payer only once the channel was
     /// charged the gas allowance since the last one (a channel's first is free). Otherwise a
     /// payer could have the node send deposits whose calls it lets fail, or that it is charged
-    /// a unit for, and refunds of them, for next to nothing. Returns what to give back with
+    /// a unit for, and refunds of them, for next to nothing. Given back with
     /// [`Batch::unspend_gas`] if nothing is sent.
-    fn spend_gas(&self, id: B256, charged: U256) -> Result<Option<U256>, X402Error> {
+    fn spend_gas(&self, id: B256, charged: U256) -> Result<(), X402Error> {
         self.store
             .take_gas_turn(id, charged, self.gas_allowance)?
             .map_err(|short| {
                 invalid(
                     ERR_NOTHING_CHARGED,
                     format!(
-                        "this node sends a deposit or a refund at its own gas for a channel once it was charged {} token units since the last one it sent for it; {short} more first: pay for calls, or deposit or withdraw on the contract yourself (initiateWithdraw, then finalizeWithdraw after the delay)",
+                        "this node sends a deposit or a refund at its own gas for a channel once the channel was charged {} token units since the last one it sent for it; {short} more first: pay for calls, or deposit or withdraw on the contract yourself (initiateWithdraw, then finalizeWithdraw after the delay)",
                         self.gas_allowance.max(U256::from(1))
                     ),
                 )
             })
     }
 
-    /// Gives back what [`Batch::spend_gas`] took at `charged` (`before`): nothing was sent.
-    fn unspend_gas(&self, id: B256, charged: U256, before: Option<U256>) {
-        if let Err(e) = self.store.give_gas_turn_back(id, charged, before) {
+    /// Gives back what [`Batch::spend_gas`] took at `charged`: nothing was sent, or it never
+    /// landed.
+    fn unspend_gas(&self, id: B256, charged: U256) {
+        if let Err(e) = self.store.give_gas_turn_back(id, charged) {
             tracing::warn!(channel = %id, error = %e, "giving back a channel's turn at the node's gas");
         }
+    }
+
+    /// The smallest deposit the node submits (and pays the gas of) for a request at `price`:
+    /// [`MIN_DEPOSIT_MULTIPLIER`] times the price, and enough that spending it earns the
+    /// channel its next transaction at the node's gas (a top-up, a refund) with a call to spare.
+    pub fn min_deposit(&self, price: U256) -> U256 {
+        min_deposit(price).max(self.gas_allowance.saturating_add(price))
     }
 
     /// Reads the channel from the chain and records it.
@@ -572,6 +590,13 @@ impl Batch {
                 "a request paid from this channel is running (or a refund is); ask for the refund once it has answered",
             ));
         }
+        // What the refund's turn at the node's gas is taken at (no voucher moves it while shut).
+        let charged = self
+            .store
+            .channel(c.id)
+            .ok()
+            .flatten()
+            .map(|ch| ch.accepted);
         let before = self.chain.batch_channel(c.id).await;
         let out = match &before {
             Ok(st) => self.refund_idle(&c, &config, asked, st).await,
@@ -583,10 +608,14 @@ impl Batch {
         match (&out, before) {
             // Sent, outcome unknown: shut until the chain says (the claim round looks).
             (Err(X402Error::Chain(_)), Ok(st)) => {
-                self.unsure
-                    .lock()
-                    .expect("not poisoned")
-                    .insert(c.id, (st.refund_nonce, std::time::Instant::now()));
+                self.unsure.lock().expect("not poisoned").insert(
+                    c.id,
+                    Unsure {
+                        nonce: st.refund_nonce,
+                        since: std::time::Instant::now(),
+                        charged,
+                    },
+                );
             }
             _ => self.reopen(c.id).await,
         }
@@ -606,21 +635,25 @@ impl Batch {
     }
 
     /// Opens the channels whose refund's outcome was unknown once the chain shows it landed
-    /// (its refund nonce moved on), or after ten minutes (it was dropped).
+    /// (its refund nonce moved on), or after ten minutes (it was dropped: the channel's turn at
+    /// the node's gas is given back).
     async fn settle_unsure(&self) {
-        let unsure: Vec<(B256, (U256, std::time::Instant))> = self
+        let unsure: Vec<(B256, Unsure)> = self
             .unsure
             .lock()
             .expect("not poisoned")
             .iter()
             .map(|(k, v)| (*k, *v))
             .collect();
-        for (id, (nonce, since)) in unsure {
+        for (id, u) in unsure {
             let landed = match self.chain.batch_channel(id).await {
-                Ok(st) => st.refund_nonce > nonce,
+                Ok(st) => st.refund_nonce > u.nonce,
                 Err(_) => continue,
             };
-            if landed || since.elapsed() > Duration::from_secs(600) {
+            if landed || u.since.elapsed() > Duration::from_secs(600) {
+                if !landed && let Some(charged) = u.charged {
+                    self.unspend_gas(id, charged);
+                }
                 self.unsure.lock().expect("not poisoned").remove(&id);
                 self.reopen(id).await;
             }
@@ -660,7 +693,7 @@ impl Batch {
                 format!("{available} of the channel is unclaimed; {amount} was asked for"),
             ));
         }
-        let before = self.spend_gas(c.id, ch.accepted)?;
+        self.spend_gas(c.id, ch.accepted)?;
         // The voucher the payer just signed covers what it owes: claim that with the refund.
         let claims = if ch.accepted > st.total_claimed {
             vec![VoucherClaim {
@@ -683,7 +716,7 @@ impl Batch {
         }
         .await;
         if matches!(&sent, Err(e) if !may_have_sent(e)) {
-            self.unspend_gas(c.id, ch.accepted, before);
+            self.unspend_gas(c.id, ch.accepted);
         }
         let tx = sent.map_err(|e| match e {
             X402Error::Chain(LedgerError::Reverted { reason, .. }) => invalid(

@@ -1814,12 +1814,26 @@ async fn a_channel_charged_less_than_the_gas_allowance_gets_no_transaction_at_th
     let payer = &s.d.payer;
     let chain = &s.d.chain;
     let reason = |v2: &serde_json::Value| v2["error"].as_str().unwrap_or_default().to_string();
-    // One unit a call: the channel's deposit (free: its first) and a call charged 1.
+    // One unit a call: the channel's deposit (free: its first; at least the allowance and a
+    // call, so that spending it earns the next) and a call charged 1.
     s.price.store(1, Ordering::SeqCst);
     let req = required(&s.url).await;
     let offer = offer_of(&req, crate::batch::SCHEME);
+    let min = crate::batch::DEFAULT_GAS_ALLOWANCE + 1;
+    assert_eq!(offer.extra["minDeposit"], min.to_string());
     let mut ch = BatchChannel::new(payer.address(), &offer, B256::repeat_byte(11)).unwrap();
-    let h = ch.pay(payer, &req, &offer, U256::from(50u64)).unwrap();
+    let h = ch.pay(payer, &req, &offer, U256::from(min - 1)).unwrap();
+    let (status, body, _, v2) = send(&s.url, &h, "go").await;
+    assert_eq!(
+        (status, reason(&v2).as_str()),
+        (
+            402,
+            "invalid_batch_settlement_evm_deposit_below_min_deposit"
+        ),
+        "{body}"
+    );
+    ch.balance = U256::ZERO;
+    let h = ch.pay(payer, &req, &offer, U256::from(min)).unwrap();
     let (status, body, settle, _) = send(&s.url, &h, "go").await;
     assert_eq!(status, 200, "{body}");
     ch.charged(&settle.unwrap(), offer.amount);
@@ -1867,9 +1881,9 @@ async fn a_channel_charged_less_than_the_gas_allowance_gets_no_transaction_at_th
         .refund(&payload)
         .await
         .unwrap();
-    assert_eq!(refunded.amount, U256::from(49u64));
+    assert_eq!(refunded.amount, U256::from(min - 1));
     assert_eq!(
         chain.token_balance(payer.address()).await.unwrap(),
-        after_call + U256::from(49u64)
+        after_call + U256::from(min - 1)
     );
 }

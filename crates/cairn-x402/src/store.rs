@@ -84,6 +84,7 @@ CREATE INDEX IF NOT EXISTS vouchers_by_channel ON vouchers (channel, state, cumu
 CREATE TABLE IF NOT EXISTS gas_turns (
     channel    BLOB PRIMARY KEY,  -- a batch-settlement channel
     charged    TEXT NOT NULL,     -- its charges when the node last sent a transaction for it at its own gas
+    previous   TEXT,              -- the same before that one (given back if it never went out)
     updated_at INTEGER NOT NULL
 );
 ";

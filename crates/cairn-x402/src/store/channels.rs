@@ -327,15 +327,14 @@ impl PaymentStore {
     /// Takes channel `id`'s turn at a transaction sent at the node's own gas (a deposit, a
     /// refund), the channel having been charged `charged` so far: its first is free, and each
     /// later one waits until `allowance` (at least 1) more was charged since the last. Atomic, and
-    /// written before the transaction goes out, so neither a race nor a restart gives a turn
-    /// twice. `Err(short)`: how much more must be charged first. `Ok(before)`: what to give
-    /// back with [`PaymentStore::give_gas_turn_back`] if nothing was sent.
+    /// on disk before the transaction goes out, so neither a race nor a restart gives a turn
+    /// twice. `Err(short)`: how much more must be charged first.
     pub fn take_gas_turn(
         &self,
         id: B256,
         charged: U256,
         allowance: U256,
-    ) -> Result<Result<Option<U256>, U256>, X402Error> {
+    ) -> Result<Result<(), U256>, X402Error> {
         self.durable(|c| {
             let before = gas_turn(c, id)?;
             if let Some(at) = before {
@@ -344,25 +343,37 @@ impl PaymentStore {
                     return Ok(Err(due - charged));
                 }
             }
-            set_gas_turn(c, id, Some(charged))?;
-            Ok(Ok(before))
+            c.execute(
+                "INSERT INTO gas_turns (channel, charged, previous, updated_at) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (channel) DO UPDATE SET charged = ?2, previous = ?3, updated_at = ?4",
+                params![
+                    id.as_slice(),
+                    charged.to_string(),
+                    before.map(|b| b.to_string()),
+                    now()
+                ],
+            )?;
+            Ok(Ok(()))
         })
     }
 
-    /// Gives back the turn [`PaymentStore::take_gas_turn`] took at `charged` (`before` being
-    /// what it returned): nothing was sent. Only if no later transaction took the channel's
-    /// turn meanwhile.
-    pub fn give_gas_turn_back(
-        &self,
-        id: B256,
-        charged: U256,
-        before: Option<U256>,
-    ) -> Result<(), X402Error> {
-        self.with(|c| {
-            if gas_turn(c, id)? == Some(charged) {
-                set_gas_turn(c, id, before)?;
+    /// Gives back the turn [`PaymentStore::take_gas_turn`] took at `charged`: its transaction
+    /// never went out (or never landed). Only if no later one took the channel's turn since.
+    pub fn give_gas_turn_back(&self, id: B256, charged: U256) -> Result<(), X402Error> {
+        self.durable(|c| {
+            if gas_turn(c, id)? != Some(charged) {
+                return Ok(());
             }
-            Ok(())
+            c.execute(
+                "UPDATE gas_turns SET charged = previous, previous = NULL, updated_at = ?2
+                 WHERE channel = ?1 AND previous IS NOT NULL",
+                params![id.as_slice(), now()],
+            )?;
+            c.execute(
+                "DELETE FROM gas_turns WHERE channel = ?1 AND charged = ?2",
+                params![id.as_slice(), charged.to_string()],
+            )
+            .map(drop)
         })
     }
 
@@ -388,16 +399,4 @@ fn gas_turn(c: &Connection, id: B256) -> rusqlite::Result<Option<U256>> {
     )
     .optional()
     .map(|v| v.map(u256))
-}
-
-fn set_gas_turn(c: &Connection, id: B256, charged: Option<U256>) -> rusqlite::Result<()> {
-    match charged {
-        Some(v) => c.execute(
-            "INSERT INTO gas_turns (channel, charged, updated_at) VALUES (?1, ?2, ?3)
-             ON CONFLICT (channel) DO UPDATE SET charged = ?2, updated_at = ?3",
-            params![id.as_slice(), v.to_string(), now()],
-        ),
-        None => c.execute("DELETE FROM gas_turns WHERE channel = ?1", [id.as_slice()]),
-    }
-    .map(drop)
 }
