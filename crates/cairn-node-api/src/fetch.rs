@@ -128,7 +128,10 @@ impl Fetcher {
         max_bytes: usize,
     ) -> Result<(reqwest::StatusCode, Vec<u8>), String> {
         let max_bytes = max_bytes.min(self.max_bytes);
-        let resp = req.send().await.map_err(|e| format!("{url}: {e}"))?;
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| format!("{url}: {}", with_causes(&e)))?;
         let status = resp.status();
         if resp.content_length().is_some_and(|n| n > max_bytes as u64) {
             return Err(format!(
@@ -223,6 +226,41 @@ impl Fetcher {
     /// The underlying client (for plain requests to the hub).
     pub fn client(&self) -> &reqwest::Client {
         &self.http
+    }
+}
+
+/// An error with its causes, `outer: inner: …`, so a failure says why a connection failed.
+pub fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cause = c.source();
+    }
+    out
+}
+
+/// Whether `url`'s host is reached at a public address: a public literal IP, or a name with a
+/// public address among those it resolves to (a URL that does not parse or a name that does
+/// not resolve counts as public, the strict side). A participant registered at a public
+/// endpoint reaches the others at public addresses only; one on a local network (a devnet)
+/// reaches them wherever they are.
+pub async fn reached_publicly(url: &str) -> bool {
+    let Ok(u) = reqwest::Url::parse(url) else {
+        return true;
+    };
+    match u.host() {
+        Some(url::Host::Ipv4(ip)) => is_public(IpAddr::V4(ip)),
+        Some(url::Host::Ipv6(ip)) => is_public(IpAddr::V6(ip)),
+        Some(url::Host::Domain(d)) if d.eq_ignore_ascii_case("localhost") => false,
+        Some(url::Host::Domain(d)) => {
+            match tokio::net::lookup_host((d, u.port_or_known_default().unwrap_or(80))).await {
+                Ok(mut addrs) => addrs.any(|a| is_public(a.ip())),
+                Err(_) => true,
+            }
+        }
+        None => true,
     }
 }
 

@@ -10,7 +10,12 @@ use alloy_signer_local::PrivateKeySigner;
 use cairn_attest::Attester;
 use cairn_ledger::{Chain, LedgerError, RegistrationRequest, Role, TxOutcome};
 
+use cairn_node_api::fetch::{Fetcher, reached_publicly};
+
 use crate::now_secs;
+
+/// Largest answer read from a verifier asked to approve a registration.
+const MAX_APPROVAL_BYTES: usize = 64 << 10;
 
 /// Why a registration did not go through.
 #[derive(Debug, thiserror::Error)]
@@ -31,9 +36,6 @@ pub enum RegistrationError {
     /// The chain refused or could not be read.
     #[error(transparent)]
     Chain(#[from] LedgerError),
-    /// No HTTP client.
-    #[error("HTTP client: {0}")]
-    Http(String),
 }
 
 /// Registers `key` in `role` at `endpoint`: fresh evidence binding the key (and `ohttp_key`,
@@ -135,11 +137,14 @@ async fn approved(
         return Ok((req, approvals, evidence));
     }
     let mut refusals = Vec::new();
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .map_err(|e| RegistrationError::Http(e.to_string()))?;
+    // Verifiers are reached as this node is: at public addresses only, unless the node itself
+    // is registered on a local network (a verifier's endpoint must not make the operator's
+    // machine post into the network it runs in).
+    let http = Fetcher::new(
+        Duration::from_secs(30),
+        MAX_APPROVAL_BYTES,
+        !reached_publicly(endpoint).await,
+    );
     let body = serde_json::to_vec(&cairn_verifier_api::RegistrationBody {
         node: req.node,
         role: match req.role {
@@ -184,7 +189,7 @@ async fn approved(
                     .unwrap_or_else(|| cairn_core::ErrorBody::new("?", ""));
                 refusals.push(format!("{v}: {s} {}: {}", e.code, e.message))
             }
-            Err(e) => refusals.push(format!("{v} ({url}): {e}")),
+            Err(e) => refusals.push(format!("{v}: {e}")),
         }
     }
     if approvals.len() < quorum {
@@ -231,34 +236,23 @@ fn fresh_request(
 
 /// POSTs `body` to `url` signed by `key`; the status and body, or why nothing came back.
 async fn post_signed(
-    http: &reqwest::Client,
+    http: &Fetcher,
     key: &PrivateKeySigner,
     url: &str,
     body: &[u8],
-) -> Result<(reqwest::StatusCode, axum::body::Bytes), String> {
+) -> Result<(reqwest::StatusCode, Vec<u8>), String> {
+    let parsed = http.check_url(url)?;
     let signed = cairn_core::auth::sign_url(key, "POST", url, body)
         .ok_or_else(|| format!("{url} is not an http(s) URL"))?;
     let mut r = http
-        .post(url)
+        .client()
+        .post(parsed)
         .header(reqwest::header::CONTENT_TYPE, "application/json")
         .body(body.to_vec());
     for (k, val) in signed.to_pairs() {
         r = r.header(k, val);
     }
-    let r = r.send().await.map_err(|e| with_causes(&e))?;
-    let status = r.status();
-    let body = r.bytes().await.map_err(|e| with_causes(&e))?;
-    Ok((status, body))
-}
-
-/// An error with its causes, `outer: inner: …`, so a refusal says why a connection failed.
-fn with_causes(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        out.push_str(": ");
-        out.push_str(&c.to_string());
-        cause = c.source();
-    }
-    out
+    tokio::time::timeout(Duration::from_secs(30), http.send(url, r))
+        .await
+        .unwrap_or_else(|_| Err(format!("{url}: no answer within 30 s")))
 }

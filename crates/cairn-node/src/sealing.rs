@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use alloy_primitives::{Address, Signature};
 use cairn_ledger::{Chain, Role};
+use cairn_node_api::fetch::{Fetcher, reached_publicly};
 use cairn_ohttp::KeyConfig;
 use cairn_verifier_api::{PayloadKey, VerifierInfo};
 
@@ -29,7 +30,12 @@ const MAX_INFO_BYTES: usize = 64 << 10;
 /// The active verifiers' payload keys, as last read.
 pub struct VerifierKeys {
     chain: Chain,
-    http: reqwest::Client,
+    /// The node's address: verifiers are reached as its registered endpoint is.
+    me: Address,
+    /// Reaches public addresses only.
+    public: Fetcher,
+    /// Reaches any address (a node registered on a local network).
+    local: Fetcher,
     cache: tokio::sync::Mutex<Option<(Instant, Arc<Keys>)>>,
 }
 
@@ -42,16 +48,16 @@ pub struct Keys {
 }
 
 impl VerifierKeys {
-    /// Keys of `chain`'s active verifiers.
-    pub fn new(chain: Chain) -> Self {
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .timeout(Duration::from_secs(5))
-            .build()
-            .expect("a plain HTTP client builds");
+    /// Keys of `chain`'s active verifiers, for node `me`. A verifier's endpoint is reached at
+    /// public addresses only, unless `me` is registered at a private one (a local network):
+    /// a registered endpoint must not make the node fetch from the network it runs in.
+    pub fn new(chain: Chain, me: Address) -> Self {
+        let idle = Duration::from_secs(5);
         Self {
             chain,
-            http,
+            me,
+            public: Fetcher::new(idle, MAX_INFO_BYTES, false),
+            local: Fetcher::new(idle, MAX_INFO_BYTES, true),
             cache: tokio::sync::Mutex::new(None),
         }
     }
@@ -97,9 +103,20 @@ impl VerifierKeys {
             .active_nodes(Role::Verifier)
             .await
             .map_err(|e| format!("reading the active verifiers: {e}"))?;
+        let own = self
+            .chain
+            .node(self.me)
+            .await
+            .map_err(|e| format!("reading the node's own registration: {e}"))?
+            .endpoint;
+        let http = if reached_publicly(&own).await {
+            &self.public
+        } else {
+            &self.local
+        };
         // All at once, under one deadline: a slow verifier delays no call past it.
         let reads = futures::future::join_all(active.into_iter().map(|v| async move {
-            let key = tokio::time::timeout(Duration::from_secs(5), self.key_of(v))
+            let key = tokio::time::timeout(Duration::from_secs(5), key_of(&self.chain, http, v))
                 .await
                 .unwrap_or_else(|_| Err("no answer within 5 s".into()));
             (v, key)
@@ -120,32 +137,19 @@ impl VerifierKeys {
             quorum: usize::from(quorum.max(1)),
         })
     }
+}
 
-    /// Verifier `v`'s payload key, signed by `v`.
-    async fn key_of(&self, v: Address) -> Result<KeyConfig, String> {
-        let endpoint = self
-            .chain
-            .node(v)
-            .await
-            .map_err(|e| e.to_string())?
-            .endpoint;
-        let url = cairn_verifier_api::VerifierUrls::new(&endpoint).info();
-        let mut resp = self
-            .http
-            .get(&url)
-            .send()
-            .await
-            .map_err(|e| e.without_url().to_string())?;
-        let mut body = Vec::new();
-        while let Some(chunk) = resp.chunk().await.map_err(|e| e.to_string())? {
-            body.extend_from_slice(&chunk);
-            if body.len() > MAX_INFO_BYTES {
-                return Err("its info is too large".into());
-            }
-        }
-        let info: VerifierInfo = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
-        check_payload_key(v, info.payload_key.as_ref())
+/// Verifier `v`'s payload key, signed by `v`, read through `http`.
+async fn key_of(chain: &Chain, http: &Fetcher, v: Address) -> Result<KeyConfig, String> {
+    let endpoint = chain.node(v).await.map_err(|e| e.to_string())?.endpoint;
+    let url = cairn_verifier_api::VerifierUrls::new(&endpoint).info();
+    let req = http.client().get(http.check_url(&url)?);
+    let (status, body) = http.send(&url, req).await?;
+    if !status.is_success() {
+        return Err(format!("{url} answered {status}"));
     }
+    let info: VerifierInfo = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
+    check_payload_key(v, info.payload_key.as_ref())
 }
 
 /// The key configuration `key` announces, if it is signed by `v`.
@@ -195,4 +199,98 @@ pub fn kept_key(input: &[u8]) -> cairn_ohttp::sealed::DataKey {
     use sha2::Digest;
     let h = sha2::Sha256::digest([b"cairn.kept-answer.v1\0".as_slice(), input].concat());
     h[..16].try_into().expect("16 of 32 bytes")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use alloy_primitives::U256;
+    use alloy_signer_local::PrivateKeySigner;
+    use cairn_ledger::deploy::{TOKEN_UNIT, deploy};
+    use cairn_ledger::{DeployParams, EmbeddedLedger, Ledger, RegistrationRequest, dev_signer};
+
+    use super::*;
+
+    /// A node registered at a public endpoint never reaches a verifier registered at a private
+    /// one (a literal loopback IP, or a name resolving to it); registered on a local network,
+    /// it does.
+    #[tokio::test]
+    async fn a_node_reaches_verifiers_only_where_it_is_reached_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger: Arc<dyn Ledger> =
+            Arc::new(EmbeddedLedger::open(&dir.path().join("chain.sqlite"), 31337, &[]).unwrap());
+        let gov = dev_signer(0);
+        let d = deploy(
+            ledger.as_ref(),
+            &gov,
+            &DeployParams::devnet(gov.address(), dev_signer(1).address()),
+        )
+        .await
+        .unwrap();
+        let chain = Chain::new(ledger, d).unwrap();
+        // Whatever listens inside the network: every connection counted.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let hits = Arc::new(AtomicUsize::new(0));
+        let counted = hits.clone();
+        tokio::spawn(async move {
+            while let Ok((s, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::SeqCst);
+                drop(s);
+            }
+        });
+        let join = |key: PrivateKeySigner, role: Role, endpoint: String| {
+            let (chain, gov) = (chain.clone(), gov.clone());
+            async move {
+                chain
+                    .mint(&gov, key.address(), U256::from(10_000 * TOKEN_UNIT))
+                    .await
+                    .unwrap();
+                chain
+                    .register(
+                        &key,
+                        &RegistrationRequest::dev(key.address(), role, &endpoint),
+                        U256::from(1_000 * TOKEN_UNIT),
+                        vec![],
+                    )
+                    .await
+                    .unwrap();
+            }
+        };
+        join(
+            dev_signer(5),
+            Role::Verifier,
+            format!("http://127.0.0.1:{port}"),
+        )
+        .await;
+        join(
+            dev_signer(6),
+            Role::Verifier,
+            format!("http://localhost:{port}"),
+        )
+        .await;
+        let node = dev_signer(2);
+        join(node.clone(), Role::Inference, "http://8.8.8.8:7401".into()).await;
+        let e = VerifierKeys::new(chain.clone(), node.address())
+            .current()
+            .await
+            .err()
+            .expect("no verifier reached");
+        assert!(e.contains("reached the payload keys of 0 verifiers"), "{e}");
+        assert_eq!(
+            hits.load(Ordering::SeqCst),
+            0,
+            "a private endpoint was fetched"
+        );
+        // The same node on a local network reaches both.
+        chain
+            .set_endpoint_for(&gov, node.address(), "http://127.0.0.1:7401")
+            .await
+            .unwrap();
+        let _ = VerifierKeys::new(chain.clone(), node.address())
+            .current()
+            .await;
+        assert_eq!(hits.load(Ordering::SeqCst), 2);
+    }
 }

@@ -237,7 +237,9 @@ pub(crate) async fn open(c: NodeConfig) -> Result<NodeState, NodeError> {
         ),
         (None, None) => None,
     };
-    let verifier_keys = chain.clone().map(crate::sealing::VerifierKeys::new);
+    let verifier_keys = chain
+        .clone()
+        .map(|chain| crate::sealing::VerifierKeys::new(chain, c.key.address()));
     let cache_lookups = cache.lookups();
     let total = Arc::new(Semaphore::new(c.limits.queue_total));
     {
