@@ -290,8 +290,6 @@ struct Unsure {
     nonce: U256,
     /// When it was sent (the channel is held shut until the chain says, at most ten minutes).
     since: std::time::Instant,
-    /// What the channel's turn at the node's gas was taken at.
-    charged: Option<U256>,
 }
 
 /// The node's side of `batch-settlement`.
@@ -518,8 +516,7 @@ impl Batch {
             })
     }
 
-    /// Gives back what [`Batch::spend_gas`] took at `charged`: nothing was sent, or it never
-    /// landed.
+    /// Gives back what [`Batch::spend_gas`] took at `charged`: nothing was sent.
     fn unspend_gas(&self, id: B256, charged: U256) {
         if let Err(e) = self.store.give_gas_turn_back(id, charged) {
             tracing::warn!(channel = %id, error = %e, "giving back a channel's turn at the node's gas");
@@ -590,13 +587,6 @@ impl Batch {
                 "a request paid from this channel is running (or a refund is); ask for the refund once it has answered",
             ));
         }
-        // What the refund's turn at the node's gas is taken at (no voucher moves it while shut).
-        let charged = self
-            .store
-            .channel(c.id)
-            .ok()
-            .flatten()
-            .map(|ch| ch.accepted);
         let before = self.chain.batch_channel(c.id).await;
         let out = match &before {
             Ok(st) => self.refund_idle(&c, &config, asked, st).await,
@@ -606,14 +596,15 @@ impl Batch {
             )),
         };
         match (&out, before) {
-            // Sent, outcome unknown: shut until the chain says (the claim round looks).
-            (Err(X402Error::Chain(_)), Ok(st)) => {
+            // Sent, outcome unknown: shut until the chain says (the claim round looks). Its
+            // turn at the node's gas stays used, even if it never lands: a stuck transaction
+            // may still land after any wait, and a turn given back twice is a free one.
+            (Err(X402Error::Chain(LedgerError::Pending { .. })), Ok(st)) => {
                 self.unsure.lock().expect("not poisoned").insert(
                     c.id,
                     Unsure {
                         nonce: st.refund_nonce,
                         since: std::time::Instant::now(),
-                        charged,
                     },
                 );
             }
@@ -635,8 +626,7 @@ impl Batch {
     }
 
     /// Opens the channels whose refund's outcome was unknown once the chain shows it landed
-    /// (its refund nonce moved on), or after ten minutes (it was dropped: the channel's turn at
-    /// the node's gas is given back).
+    /// (its refund nonce moved on), or after ten minutes (it was dropped).
     async fn settle_unsure(&self) {
         let unsure: Vec<(B256, Unsure)> = self
             .unsure
@@ -651,9 +641,6 @@ impl Batch {
                 Err(_) => continue,
             };
             if landed || u.since.elapsed() > Duration::from_secs(600) {
-                if !landed && let Some(charged) = u.charged {
-                    self.unspend_gas(id, charged);
-                }
                 self.unsure.lock().expect("not poisoned").remove(&id);
                 self.reopen(id).await;
             }

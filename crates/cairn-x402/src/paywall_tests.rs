@@ -1747,9 +1747,36 @@ async fn a_deposit_never_sent_does_not_use_up_the_channels_turn() {
     let (status, body, _, _) = send(&s.url, &h, "go").await;
     assert_ne!(status, 200, "{body}");
     busy.busy.store(0, Ordering::SeqCst);
-    let (status, body, _, _) = send(&s.url, &h, "go").await;
+    let (status, body, settle, _) = send(&s.url, &h, "go").await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(s.runs.load(Ordering::SeqCst), 1);
+    ch.charged(&settle.unwrap(), offer.amount);
+    // A refund that never went out (the key busy) neither uses the turn nor holds the channel
+    // shut: the channel pays at once, and the refund goes through when asked again.
+    let refund = refund_request(
+        &req,
+        &offer,
+        ch.refund_payload(payer, &offer, None).unwrap(),
+    );
+    busy.busy.store(u32::MAX, Ordering::SeqCst);
+    let (status, body, _, _) = send(&s.url, &refund, "go").await;
+    assert_ne!(status, 200, "{body}");
+    busy.busy.store(0, Ordering::SeqCst);
+    let (status, body, settle, _) = send(
+        &s.url,
+        &ch.pay(payer, &req, &offer, U256::ZERO).unwrap(),
+        "go",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    ch.charged(&settle.unwrap(), offer.amount);
+    let refund = refund_request(
+        &req,
+        &offer,
+        ch.refund_payload(payer, &offer, None).unwrap(),
+    );
+    let (status, body, _, _) = send(&s.url, &refund, "go").await;
+    assert_eq!(status, 200, "{body}");
 }
 
 /// A channel whose deposit's call failed (nothing charged) gets no refund and no second
