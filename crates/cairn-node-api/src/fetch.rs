@@ -241,25 +241,19 @@ pub fn with_causes(e: &dyn std::error::Error) -> String {
     out
 }
 
-/// Whether `url`'s host is reached at a public address: a public literal IP, or a name with a
-/// public address among those it resolves to (a URL that does not parse or a name that does
-/// not resolve counts as public, the strict side). A participant registered at a public
-/// endpoint reaches the others at public addresses only; one on a local network (a devnet)
-/// reaches them wherever they are.
-pub async fn reached_publicly(url: &str) -> bool {
+/// Whether `url` is registered as a public endpoint: anything but a literal private, loopback
+/// or reserved IP, or `localhost`. Names are not resolved: inside a cloud network a public name
+/// often resolves to a private address, and that must not open the network to whoever chooses
+/// an endpoint. A participant registered at a public endpoint reaches the others at public
+/// addresses only; one registered on a local network (a devnet) reaches them wherever they are.
+pub fn registered_publicly(url: &str) -> bool {
     let Ok(u) = reqwest::Url::parse(url) else {
         return true;
     };
     match u.host() {
         Some(url::Host::Ipv4(ip)) => is_public(IpAddr::V4(ip)),
         Some(url::Host::Ipv6(ip)) => is_public(IpAddr::V6(ip)),
-        Some(url::Host::Domain(d)) if d.eq_ignore_ascii_case("localhost") => false,
-        Some(url::Host::Domain(d)) => {
-            match tokio::net::lookup_host((d, u.port_or_known_default().unwrap_or(80))).await {
-                Ok(mut addrs) => addrs.any(|a| is_public(a.ip())),
-                Err(_) => true,
-            }
-        }
+        Some(url::Host::Domain(d)) => !d.eq_ignore_ascii_case("localhost"),
         None => true,
     }
 }

@@ -10,7 +10,7 @@ use alloy_signer_local::PrivateKeySigner;
 use cairn_attest::Attester;
 use cairn_ledger::{Chain, LedgerError, RegistrationRequest, Role, TxOutcome};
 
-use cairn_node_api::fetch::{Fetcher, reached_publicly};
+use cairn_node_api::fetch::{Fetcher, registered_publicly};
 
 use crate::now_secs;
 
@@ -143,7 +143,7 @@ async fn approved(
     let http = Fetcher::new(
         Duration::from_secs(30),
         MAX_APPROVAL_BYTES,
-        !reached_publicly(endpoint).await,
+        !registered_publicly(endpoint),
     );
     let body = serde_json::to_vec(&cairn_verifier_api::RegistrationBody {
         node: req.node,

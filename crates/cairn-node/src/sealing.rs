@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use alloy_primitives::{Address, Signature};
 use cairn_ledger::{Chain, Role};
-use cairn_node_api::fetch::{Fetcher, reached_publicly};
+use cairn_node_api::fetch::{Fetcher, registered_publicly};
 use cairn_ohttp::KeyConfig;
 use cairn_verifier_api::{PayloadKey, VerifierInfo};
 
@@ -24,6 +24,8 @@ const REFRESH: Duration = Duration::from_secs(60);
 const RETRY: Duration = Duration::from_secs(10);
 /// The most verifiers a payload is sealed to.
 const MAX_RECIPIENTS: usize = 255;
+/// Longest a read of the verifiers' keys takes (the chain's, then every verifier's at once).
+const READ_DEADLINE: Duration = Duration::from_secs(8);
 /// Largest `GET /v1/verifier` body read.
 const MAX_INFO_BYTES: usize = 64 << 10;
 
@@ -49,7 +51,7 @@ pub struct Keys {
 
 impl VerifierKeys {
     /// Keys of `chain`'s active verifiers, for node `me`. A verifier's endpoint is reached at
-    /// public addresses only, unless `me` is registered at a private one (a local network):
+    /// public addresses only, unless `me` is registered at a private IP (a local network):
     /// a registered endpoint must not make the node fetch from the network it runs in.
     pub fn new(chain: Chain, me: Address) -> Self {
         let idle = Duration::from_secs(5);
@@ -76,7 +78,16 @@ impl VerifierKeys {
         let keys = match cache.as_ref() {
             Some((at, keys)) if fresh(at, keys) => keys.clone(),
             _ => {
-                let keys = Arc::new(self.read().await?);
+                // One deadline over the whole read: calls wait on it, so nothing (a chain
+                // endpoint, a verifier) holds them longer.
+                let keys = tokio::time::timeout(READ_DEADLINE, self.read())
+                    .await
+                    .map_err(|_| {
+                        format!(
+                            "reading the verifiers' payload keys took over {READ_DEADLINE:?}; retry"
+                        )
+                    })??;
+                let keys = Arc::new(keys);
                 *cache = Some((Instant::now(), keys.clone()));
                 keys
             }
@@ -109,7 +120,7 @@ impl VerifierKeys {
             .await
             .map_err(|e| format!("reading the node's own registration: {e}"))?
             .endpoint;
-        let http = if reached_publicly(&own).await {
+        let http = if registered_publicly(&own) {
             &self.public
         } else {
             &self.local
@@ -271,6 +282,8 @@ mod tests {
         )
         .await;
         let node = dev_signer(2);
+        // Registered at a public IP, or under a name (whatever it resolves to inside the
+        // network: here the machine's own name, loopback where /etc/hosts says so): public.
         join(node.clone(), Role::Inference, "http://8.8.8.8:7401".into()).await;
         let e = VerifierKeys::new(chain.clone(), node.address())
             .current()
@@ -283,6 +296,19 @@ mod tests {
             0,
             "a private endpoint was fetched"
         );
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        chain
+            .set_endpoint_for(
+                &gov,
+                node.address(),
+                &format!("http://{}:7401", host.trim()),
+            )
+            .await
+            .unwrap();
+        let _ = VerifierKeys::new(chain.clone(), node.address())
+            .current()
+            .await;
+        assert_eq!(hits.load(Ordering::SeqCst), 0, "fetched inside the network");
         // The same node on a local network reaches both.
         chain
             .set_endpoint_for(&gov, node.address(), "http://127.0.0.1:7401")
