@@ -35,6 +35,10 @@ pub enum RelayCommand {
         /// Requests forwarded at once per client address.
         #[arg(long, default_value_t = 16)]
         max_per_client: usize,
+        /// Longest a forwarded request may take, from sending it on to its answer's last byte
+        /// (a streamed language-model answer included), seconds.
+        #[arg(long, default_value_t = 600)]
+        answer_timeout_secs: u64,
     },
 }
 
@@ -82,6 +86,7 @@ pub async fn run(cmd: RelayCommand) -> anyhow::Result<()> {
         allow_private_endpoints,
         max_body_bytes,
         max_per_client,
+        answer_timeout_secs,
     } = cmd;
     let defaults = cairn_relay::RelayConfig::default();
     let public_http = cairn_node_api::fetch::public_only(
@@ -96,6 +101,7 @@ pub async fn run(cmd: RelayCommand) -> anyhow::Result<()> {
         gateways: gateways.clone(),
         max_body_bytes,
         max_per_client,
+        answer_timeout: std::time::Duration::from_secs(answer_timeout_secs.max(1)),
         public_http: Some(public_http),
         ..defaults
     })?;

@@ -8,7 +8,10 @@
 //!   no client header is forwarded, none is added (no `Forwarded`, no `Via`).
 //! - It forwards only to the gateways it is configured for (no open proxy), only the OHTTP
 //!   media types, bodies of bounded size, and a bounded number of requests at once, overall
-//!   and per client address.
+//!   and per client address (an IPv4 address, an IPv6 /64), each within a deadline; one
+//!   client holds at most its share of the memory for requests being read.
+//! - `GET /gateways` names the gateways and nothing else (where the relay reaches them may be
+//!   inside its operator's network).
 //! - Key configurations (`GET`) are fetched through it too, so even that fetch does not show
 //!   the client's address to the gateway.
 
@@ -24,7 +27,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use cairn_core::ErrorBody;
-use futures::TryStreamExt;
+use futures::StreamExt;
 
 pub mod client;
 pub mod gateway;
@@ -58,8 +61,13 @@ pub struct RelayConfig {
     pub gateway_timeout: Duration,
     /// Longest a client may take to send its sealed request.
     pub body_timeout: Duration,
+    /// Longest a forwarded request may take, from sending it on to the answer's last byte (a
+    /// gateway trickling its answer holds a slot no longer).
+    pub answer_timeout: Duration,
     /// Memory for sealed requests being held at once, over all clients.
     pub body_budget_bytes: usize,
+    /// The most of that memory one client address holds at once (at least one largest body).
+    pub body_budget_per_client_bytes: usize,
     /// Requests a second one client address may send (bursts of twice that).
     pub max_rate_per_client: f64,
     /// The client for [`Gateway::public_only`] gateways: one whose resolver yields public
@@ -76,7 +84,9 @@ impl Default for RelayConfig {
             max_per_client: 16,
             gateway_timeout: Duration::from_secs(60),
             body_timeout: Duration::from_secs(10),
+            answer_timeout: Duration::from_secs(600),
             body_budget_bytes: 256 << 20,
+            body_budget_per_client_bytes: (64 << 20) + (64 << 10),
             max_rate_per_client: 50.0,
             public_http: None,
         }
@@ -153,7 +163,7 @@ struct Inner {
     rates: Mutex<HashMap<IpAddr, (f64, std::time::Instant)>>,
     http: reqwest::Client,
     in_flight: Arc<tokio::sync::Semaphore>,
-    per_client: Mutex<HashMap<IpAddr, usize>>,
+    per_client: Mutex<HashMap<IpAddr, ClientUse>>,
     /// Sealed request bytes held, in KiB permits.
     body_budget: Arc<tokio::sync::Semaphore>,
 }
@@ -162,19 +172,59 @@ struct Inner {
 #[derive(Clone)]
 pub struct Relay(Arc<Inner>);
 
+/// What one client address holds.
+#[derive(Default)]
+struct ClientUse {
+    /// Requests in flight.
+    slots: usize,
+    /// KiB of the body budget its requests hold.
+    body_kib: usize,
+}
+
 /// A request slot held for one client until its answer has been streamed.
 struct Slot {
     relay: Relay,
     ip: IpAddr,
+    /// KiB of the body budget this request holds (counted against its client's share).
+    body_kib: usize,
     _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Slot {
+    /// Counts `kib` more of the body budget against the client's share, if it has room.
+    fn hold_body(&mut self, kib: usize) -> Result<(), RelayError> {
+        let share = (self.relay.0.config.body_budget_per_client_bytes)
+            .max(self.relay.0.config.max_body_bytes)
+            .div_ceil(1024);
+        let mut m = self.relay.0.per_client.lock().expect("not poisoned");
+        let c = m.entry(self.ip).or_default();
+        if c.body_kib + kib > share {
+            return Err(RelayError::Busy(
+                "this address's requests hold all the memory one client may have; send the next once they have gone on".into(),
+            ));
+        }
+        c.body_kib += kib;
+        self.body_kib += kib;
+        Ok(())
+    }
+
+    /// Gives the body budget counted with [`Slot::hold_body`] back (the request has gone on).
+    fn release_body(&mut self) {
+        let mut m = self.relay.0.per_client.lock().expect("not poisoned");
+        if let Some(c) = m.get_mut(&self.ip) {
+            c.body_kib -= self.body_kib;
+        }
+        self.body_kib = 0;
+    }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
+        self.release_body();
         let mut m = self.relay.0.per_client.lock().expect("not poisoned");
-        if let Some(n) = m.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
+        if let Some(c) = m.get_mut(&self.ip) {
+            c.slots -= 1;
+            if c.slots == 0 {
                 m.remove(&self.ip);
             }
         }
@@ -280,17 +330,18 @@ impl Relay {
             .try_acquire_owned()
             .map_err(|_| RelayError::Busy("the relay is forwarding all it can".into()))?;
         let mut m = self.0.per_client.lock().expect("not poisoned");
-        let n = m.entry(ip).or_default();
-        if *n >= self.0.config.max_per_client {
+        let c = m.entry(ip).or_default();
+        if c.slots >= self.0.config.max_per_client {
             return Err(RelayError::Busy(format!(
                 "{} requests from this address are in flight already",
                 self.0.config.max_per_client
             )));
         }
-        *n += 1;
+        c.slots += 1;
         Ok(Slot {
             relay: self.clone(),
             ip,
+            body_kib: 0,
             _permit: permit,
         })
     }
@@ -311,9 +362,24 @@ fn client_of(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// `GET /gateways`: the gateways this relay forwards to.
-async fn list(State(r): State<Relay>) -> axum::Json<Vec<Gateway>> {
-    axum::Json(r.gateways().to_vec())
+/// A gateway as `GET /gateways` lists it: its name only (where the relay reaches it is the
+/// operator's business, and may be inside its network).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct Listed {
+    /// The name clients address it by.
+    pub name: String,
+}
+
+/// `GET /gateways`: the gateways this relay forwards to, by name.
+async fn list(State(r): State<Relay>) -> axum::Json<Vec<Listed>> {
+    axum::Json(
+        r.gateways()
+            .iter()
+            .map(|g| Listed {
+                name: g.name.clone(),
+            })
+            .collect(),
+    )
 }
 
 /// `GET /gateways/{name}`: the gateway's key configurations, fetched for the client.
@@ -324,12 +390,9 @@ async fn keys(
 ) -> Result<Response, RelayError> {
     let (url, http) = r.gateway(&name)?;
     let slot = r.slot(peer.ip())?;
-    let resp = http
-        .get(&url)
-        .send()
-        .await
-        .map_err(|e| RelayError::Gateway(e.without_url().to_string()))?;
-    pass_back(resp, slot, cairn_ohttp::KEYS_TYPE).await
+    let deadline = tokio::time::Instant::now() + r.0.config.answer_timeout;
+    let resp = sent(&r, deadline, http.get(&url)).await?;
+    pass_back(resp, slot, cairn_ohttp::KEYS_TYPE, deadline).await
 }
 
 /// `POST /gateways/{name}`: forwards a sealed request, streams the sealed answer back.
@@ -365,25 +428,48 @@ async fn forward(
     if declared.is_some_and(|n| n > max) {
         return Err(RelayError::TooLarge(max));
     }
-    let slot = r.slot(peer.ip())?;
+    let mut slot = r.slot(peer.ip())?;
     // The request is read whole (bounded in size, time and shared memory) before it goes on,
     // so a slow client holds a slot for a while, never a connection to the gateway.
-    let (sealed, held) = read_body(&r, body, max).await?;
-    let resp = http
-        .post(&url)
-        .header(header::CONTENT_TYPE, media)
-        .body(sealed)
-        .send()
-        .await
-        .map_err(|e| RelayError::Gateway(e.without_url().to_string()))?;
+    let (sealed, held) = read_body(&r, &mut slot, body, max).await?;
+    let deadline = tokio::time::Instant::now() + r.0.config.answer_timeout;
+    let resp = sent(
+        &r,
+        deadline,
+        http.post(&url)
+            .header(header::CONTENT_TYPE, media)
+            .body(sealed),
+    )
+    .await?;
     drop(held);
-    pass_back(resp, slot, answer_type).await
+    slot.release_body();
+    pass_back(resp, slot, answer_type, deadline).await
+}
+
+/// `req` sent to a gateway, its answer's head in by `deadline`.
+async fn sent(
+    r: &Relay,
+    deadline: tokio::time::Instant,
+    req: reqwest::RequestBuilder,
+) -> Result<reqwest::Response, RelayError> {
+    tokio::time::timeout_at(deadline, req.send())
+        .await
+        .map_err(|_| late(r))?
+        .map_err(|e| RelayError::Gateway(e.without_url().to_string()))
+}
+
+fn late(r: &Relay) -> RelayError {
+    RelayError::Gateway(format!(
+        "no whole answer within {:?}",
+        r.0.config.answer_timeout
+    ))
 }
 
 /// Reads a sealed request of at most `max` bytes within the body deadline, holding budget for
 /// its bytes as they arrive; the budget is given back once the request has gone on.
 async fn read_body(
     r: &Relay,
+    slot: &mut Slot,
     body: Body,
     max: usize,
 ) -> Result<(bytes::Bytes, Option<tokio::sync::OwnedSemaphorePermit>), RelayError> {
@@ -405,6 +491,7 @@ async fn read_body(
             let want = buf.len().div_ceil(1024) as u32;
             let have = held.as_ref().map_or(0, |p| p.num_permits() as u32);
             if want > have {
+                slot.hold_body((want - have) as usize)?;
                 let more =
                     r.0.body_budget
                         .clone()
@@ -433,6 +520,7 @@ async fn pass_back(
     resp: reqwest::Response,
     slot: Slot,
     expected: &'static str,
+    deadline: tokio::time::Instant,
 ) -> Result<Response, RelayError> {
     let status = resp.status();
     let media = resp
@@ -448,8 +536,11 @@ async fn pass_back(
         // large) is rebuilt and passed on, so a client can act on it; nothing else.
         if (status.is_client_error() || status.is_server_error())
             && essence == "application/json"
-            && let Ok(Some(e)) =
-                tokio::time::timeout(Duration::from_secs(10), error_body(resp)).await
+            && let Ok(Some(e)) = tokio::time::timeout_at(
+                deadline.min(tokio::time::Instant::now() + Duration::from_secs(10)),
+                error_body(resp),
+            )
+            .await
         {
             drop(slot);
             return Ok((status, axum::Json(e)).into_response());
@@ -459,9 +550,21 @@ async fn pass_back(
             "what answered is not an Oblivious HTTP gateway ({expected}); the relay passes on only that"
         )));
     }
-    let stream = resp.bytes_stream().map_ok(move |b| {
-        let _held = &slot;
-        b
+    // Streamed until the deadline: a gateway that trickles past it is cut off.
+    let limit = slot.relay.0.config.answer_timeout;
+    let stream = futures::stream::unfold(Some((resp.bytes_stream(), slot)), move |st| async move {
+        let (mut body, slot) = st?;
+        match tokio::time::timeout_at(deadline, body.next()).await {
+            Ok(Some(Ok(b))) => Some((Ok(b), Some((body, slot)))),
+            Ok(Some(Err(e))) => Some((Err(std::io::Error::other(e)), None)),
+            Ok(None) => None,
+            Err(_) => Some((
+                Err(std::io::Error::other(format!(
+                    "the gateway's answer took longer than {limit:?}"
+                ))),
+                None,
+            )),
+        }
     });
     let mut out = Response::builder()
         .status(status)
