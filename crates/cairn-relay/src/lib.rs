@@ -41,7 +41,7 @@ pub struct Gateway {
     pub url: String,
     /// Reached only at public addresses, through [`RelayConfig::public_http`] (a registered
     /// node's endpoint, which its node chose: it must not make the relay reach the network it
-    /// runs in). Never listed.
+    /// runs in). Listed by name only, as every gateway is.
     #[serde(default, skip)]
     pub public_only: bool,
 }
@@ -446,23 +446,18 @@ async fn forward(
     pass_back(resp, slot, answer_type, deadline).await
 }
 
-/// `req` sent to a gateway, its answer's head in by `deadline`.
+/// `req` sent to a gateway, its answer's head in by `deadline` and within the gateway timeout
+/// (until then the sealed request's memory is held).
 async fn sent(
     r: &Relay,
     deadline: tokio::time::Instant,
     req: reqwest::RequestBuilder,
 ) -> Result<reqwest::Response, RelayError> {
-    tokio::time::timeout_at(deadline, req.send())
+    let head = deadline.min(tokio::time::Instant::now() + r.0.config.gateway_timeout);
+    tokio::time::timeout_at(head, req.send())
         .await
-        .map_err(|_| late(r))?
+        .map_err(|_| RelayError::Gateway("it did not start answering in time".into()))?
         .map_err(|e| RelayError::Gateway(e.without_url().to_string()))
-}
-
-fn late(r: &Relay) -> RelayError {
-    RelayError::Gateway(format!(
-        "no whole answer within {:?}",
-        r.0.config.answer_timeout
-    ))
 }
 
 /// Reads a sealed request of at most `max` bytes within the body deadline, holding budget for
@@ -550,22 +545,34 @@ async fn pass_back(
             "what answered is not an Oblivious HTTP gateway ({expected}); the relay passes on only that"
         )));
     }
-    // Streamed until the deadline: a gateway that trickles past it is cut off.
+    // A task of its own owns the gateway's answer and the slot, and hands the answer on
+    // through a short queue until the deadline, whoever is slow: a gateway trickling it or a
+    // client that stops reading (the server would stop asking for more, and a deadline checked
+    // only when asked would never come). At the deadline both go, the slot with them.
     let limit = slot.relay.0.config.answer_timeout;
-    let stream = futures::stream::unfold(Some((resp.bytes_stream(), slot)), move |st| async move {
-        let (mut body, slot) = st?;
-        match tokio::time::timeout_at(deadline, body.next()).await {
-            Ok(Some(Ok(b))) => Some((Ok(b), Some((body, slot)))),
-            Ok(Some(Err(e))) => Some((Err(std::io::Error::other(e)), None)),
-            Ok(None) => None,
-            Err(_) => Some((
-                Err(std::io::Error::other(format!(
-                    "the gateway's answer took longer than {limit:?}"
-                ))),
-                None,
-            )),
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(4);
+    tokio::spawn(async move {
+        let _slot = slot;
+        let mut body = resp.bytes_stream();
+        let late =
+            || std::io::Error::other(format!("the gateway's answer took longer than {limit:?}"));
+        loop {
+            let next = match tokio::time::timeout_at(deadline, body.next()).await {
+                Ok(Some(Ok(b))) => Ok(b),
+                Ok(Some(Err(e))) => Err(std::io::Error::other(e)),
+                Ok(None) => return,
+                Err(_) => Err(late()),
+            };
+            let last = next.is_err();
+            match tokio::time::timeout_at(deadline, tx.send(next)).await {
+                Ok(Ok(())) if !last => {}
+                // The client went, or would not take it in time (it is cut off: the stream
+                // ends without its last piece), or that was the error that ends it.
+                _ => return,
+            }
         }
     });
+    let stream = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
     let mut out = Response::builder()
         .status(status)
         .header(header::CONTENT_TYPE, media)

@@ -527,3 +527,54 @@ async fn a_gateway_trickling_its_answer_is_cut_off_at_the_deadline() {
     let r = send().await.unwrap();
     assert_eq!(r.status(), 200);
 }
+
+/// A client that stops reading a long answer holds its slot no longer than the answer
+/// deadline either: the relay drops the answer there, whatever the client does.
+#[tokio::test]
+async fn a_client_that_stops_reading_loses_its_slot_at_the_deadline() {
+    let app = axum::Router::new().route(
+        cairn_ohttp::GATEWAY_PATH,
+        axum::routing::post(|| async {
+            let endless =
+                futures::stream::repeat_with(|| Ok::<_, std::io::Error>(vec![7u8; 64 << 10]));
+            (
+                [(axum::http::header::CONTENT_TYPE, cairn_ohttp::RESPONSE_TYPE)],
+                axum::body::Body::from_stream(endless),
+            )
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let gw = format!(
+        "http://{}{}",
+        listener.local_addr().unwrap(),
+        cairn_ohttp::GATEWAY_PATH
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let relay = relay_with(RelayConfig {
+        gateways: vec![Gateway {
+            name: "g".into(),
+            url: gw,
+            public_only: false,
+        }],
+        max_per_client: 1,
+        answer_timeout: std::time::Duration::from_millis(700),
+        ..Default::default()
+    })
+    .await;
+    let send = || {
+        reqwest::Client::new()
+            .post(format!("{relay}/gateways/g"))
+            .header("content-type", cairn_ohttp::REQUEST_TYPE)
+            .body(vec![0u8; 100])
+            .send()
+    };
+    // The answer's head is read, its body never.
+    let unread = send().await.unwrap();
+    assert_eq!(unread.status(), 200);
+    let r = send().await.unwrap();
+    assert_eq!(r.status(), 429, "the slot is held while the answer runs");
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let r = send().await.unwrap();
+    assert_eq!(r.status(), 200, "the slot was never given back");
+    drop(unread);
+}
