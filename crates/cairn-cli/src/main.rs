@@ -356,6 +356,24 @@ fn bound_malloc_arenas() {
     }
 }
 
+/// Makes the process non-dumpable: a crash writes no core file holding its keys and signing
+/// nonces (a nonce with its signature gives a key away), and other processes of the same user
+/// cannot attach to it or read its memory. `CAIRN_ALLOW_CORE_DUMPS=1` keeps the default, for
+/// debugging. After the ISA re-exec: `execve` makes a process dumpable again.
+#[cfg(target_os = "linux")]
+fn keep_out_of_core_dumps() {
+    if std::env::var_os("CAIRN_ALLOW_CORE_DUMPS").is_some_and(|v| v == "1") {
+        return;
+    }
+    // SAFETY: sets one flag of this process; no memory is passed.
+    if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) } != 0 {
+        eprintln!(
+            "warning: could not make the process non-dumpable: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
 fn main() -> std::process::ExitCode {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     bound_malloc_arenas();
@@ -364,6 +382,8 @@ fn main() -> std::process::ExitCode {
         eprintln!("error: {e:#}");
         return std::process::ExitCode::FAILURE;
     }
+    #[cfg(target_os = "linux")]
+    keep_out_of_core_dumps();
     let serving = matches!(
         cli.command,
         Command::Devnet { .. }

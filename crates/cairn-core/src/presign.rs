@@ -22,8 +22,10 @@
 //! snapshot (the clocks); nor could anyone predict one without the key. A nonce signs in its
 //! pool slot, under the pool's lock, and is overwritten there before the slot is given up: it is
 //! never copied, written or put back. A pool copied into another process (`fork`) is thrown
-//! away there: each nonce knows the process it was made in. (Like the key itself, the pool is
-//! not kept out of swap or a core dump.) Scalar arithmetic is k256's (constant time); the point
+//! away there: each nonce knows the process it was made in. The pool's buffer is allocated once,
+//! locked in memory (`mlock`: never written to swap) and left out of core dumps
+//! (`MADV_DONTDUMP`), as far as the OS allows (`cairn` also makes its processes non-dumpable).
+//! Scalar arithmetic is k256's (constant time); the point
 //! is libsecp256k1's.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -150,7 +152,9 @@ impl Nonce {
 /// What the signers and the refilling thread share.
 struct Shared {
     d: Scalar,
+    /// Never grows past [`POOL`], its capacity: the buffer [`Pinned`] covers stays put.
     pool: Mutex<Vec<Nonce>>,
+    pinned: Pinned,
     low: Condvar,
     closed: AtomicBool,
     /// Signatures made with a pool nonce, and with RFC 6979 instead.
@@ -267,9 +271,12 @@ impl Presigner {
         let d = Option::<Scalar>::from(Scalar::from_repr(FieldBytes::from(secret)))
             .expect("a signing key's secret is a valid scalar");
         secret.zeroize();
+        let pool = Vec::with_capacity(POOL);
+        let pinned = Pinned::new(&pool);
         let shared = Arc::new(Shared {
             d,
-            pool: Mutex::new(Vec::with_capacity(POOL)),
+            pool: Mutex::new(pool),
+            pinned,
             low: Condvar::new(),
             closed: AtomicBool::new(false),
             presigned: AtomicU64::new(0),
@@ -280,6 +287,12 @@ impl Presigner {
             _owner: Arc::new(Owner(shared.clone())),
             shared,
         }
+    }
+
+    /// Whether the nonces' memory is locked (kept out of swap); `mlock` is refused past
+    /// `RLIMIT_MEMLOCK`.
+    pub fn locked(&self) -> bool {
+        self.shared.pinned.locked
     }
 
     /// The key this signs with.
@@ -327,6 +340,56 @@ impl Presigner {
     #[cfg(test)]
     fn ready(&self) -> usize {
         self.shared.pool().len()
+    }
+}
+
+/// The pages of a pool's buffer, kept out of swap and core dumps while it lives (best effort:
+/// `mlock` may be refused past `RLIMIT_MEMLOCK`; the dump is the process's own setting too).
+struct Pinned {
+    start: usize,
+    len: usize,
+    /// `mlock` succeeded.
+    locked: bool,
+}
+
+impl Pinned {
+    fn new(buf: &Vec<Nonce>) -> Self {
+        let bytes = buf.capacity() * std::mem::size_of::<Nonce>();
+        #[cfg(target_os = "linux")]
+        {
+            // SAFETY: sysconf reads a constant.
+            let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) })
+                .unwrap_or(4096)
+                .max(1);
+            let at = buf.as_ptr() as usize;
+            let start = at - at % page;
+            let len = (at + bytes).next_multiple_of(page) - start;
+            // SAFETY: the range covers whole pages of this process's own live allocation;
+            // neither call reads or writes memory, they only set how the pages are kept.
+            let locked = unsafe {
+                libc::madvise(start as *mut libc::c_void, len, libc::MADV_DONTDUMP);
+                libc::mlock(start as *const libc::c_void, len) == 0
+            };
+            Self { start, len, locked }
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            Self {
+                start: buf.as_ptr() as usize,
+                len: bytes,
+                locked: false,
+            }
+        }
+    }
+}
+
+impl Drop for Pinned {
+    fn drop(&mut self) {
+        #[cfg(target_os = "linux")]
+        if self.locked {
+            // SAFETY: undoes `mlock` on the same range; touches no memory.
+            unsafe { libc::munlock(self.start as *const libc::c_void, self.len) };
+        }
     }
 }
 
@@ -435,6 +498,48 @@ mod tests {
         assert!(!bool::from(n.k_inv.is_zero()));
         n.wipe();
         assert!(bool::from(n.k_inv.is_zero()) && bool::from(n.k_inv_r_d.is_zero()));
+    }
+
+    /// The pool's pages are marked to be left out of core dumps (`dd`) and, where the OS
+    /// allowed it, locked (`lo`, `Locked:`), as `/proc/self/smaps` shows them.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn the_pool_is_kept_out_of_core_dumps_and_swap() {
+        let p = filled();
+        let at = p.shared.pool().as_ptr() as usize;
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let mut inside = false;
+        let (mut flags, mut locked_kb) = (String::new(), None);
+        for line in smaps.lines() {
+            let head = line.split_whitespace().next().unwrap_or("");
+            if let Some((a, b)) = head.split_once('-')
+                && let (Ok(a), Ok(b)) = (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16))
+            {
+                inside = (a..b).contains(&at);
+                continue;
+            }
+            if !inside {
+                continue;
+            }
+            if let Some(v) = line.strip_prefix("VmFlags:") {
+                flags = v.to_string();
+            }
+            if let Some(v) = line.strip_prefix("Locked:") {
+                locked_kb = v.trim().trim_end_matches("kB").trim().parse::<u64>().ok();
+            }
+        }
+        let flags: Vec<&str> = flags.split_whitespace().collect();
+        assert!(flags.contains(&"dd"), "{flags:?}");
+        assert_eq!(p.shared.pinned.start % 4096, 0);
+        assert!(p.shared.pinned.len >= POOL * std::mem::size_of::<Nonce>());
+        if p.shared.pinned.locked {
+            assert!(flags.contains(&"lo"), "{flags:?}");
+            assert!(locked_kb.is_some_and(|k| k > 0), "{locked_kb:?}");
+        } else {
+            eprintln!("mlock was refused here (RLIMIT_MEMLOCK): only the dump flag is checked");
+        }
+        // The buffer never moves: a full pool still sits where it was pinned.
+        assert_eq!(p.shared.pool().capacity(), POOL);
     }
 
     #[test]

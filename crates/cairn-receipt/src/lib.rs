@@ -460,6 +460,12 @@ impl ReceiptSigner {
         })
     }
 
+    /// Whether the presigned nonces are locked in memory, out of swap (`None`: not
+    /// [`Self::presigned`]).
+    pub fn presign_locked(&self) -> Option<bool> {
+        self.presigner.as_ref().map(|p| p.locked())
+    }
+
     /// Signatures made with a presigned nonce and with RFC 6979 instead (`None`: not
     /// [`Self::presigned`]).
     pub fn presign_counts(&self) -> Option<(u64, u64)> {

@@ -149,6 +149,11 @@ pub(crate) async fn open(c: NodeConfig) -> Result<NodeState, NodeError> {
     )
     .presigned()
     .map_err(|e| NodeError::Internal(format!("starting the receipt presigner: {e}")))?;
+    if receipts.presign_locked() == Some(false) {
+        tracing::warn!(
+            "the receipt signer's nonces could not be locked in memory (RLIMIT_MEMLOCK, `ulimit -l`); they may be written to swap, where a nonce with its signature gives the key away"
+        );
+    }
     let log_path = c.data_dir.join("receipts.sqlite");
     let log = ReceiptLog::open(
         &log_path,
