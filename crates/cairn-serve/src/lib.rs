@@ -8,9 +8,14 @@
 //! (RFC 9112 §9.6) asks servers to close in stages instead: half-close, keep reading (and
 //! dropping) what the client still sends, then close. [`LingeringListener`] does that for every
 //! connection hyper drops with unread bytes, bounded in time, bytes and number of sockets.
+//!
+//! A client that stops taking what the server writes (a zero receive window) would hold its
+//! connection, and what is queued on it, for as long as it likes: a write that makes no
+//! progress for [`WRITE_STALL`] fails, and the server drops the connection.
 
 pub mod metrics;
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -27,23 +32,38 @@ pub const LINGER_FOR: Duration = Duration::from_secs(5);
 pub const LINGER_BYTES: u64 = 256 << 20;
 /// Most connections lingering at once; beyond it a connection closes at once (a reset).
 pub const MAX_LINGERING: usize = 256;
+/// Longest a write to a client may wait without the client taking a byte.
+pub const WRITE_STALL: Duration = Duration::from_secs(60);
 
 static LINGERING: AtomicUsize = AtomicUsize::new(0);
 
-/// A [`TcpListener`] whose connections linger on close; serve it with `axum::serve`.
+/// A [`TcpListener`] whose connections linger on close and give up on clients that stop
+/// reading; serve it with `axum::serve`.
 #[derive(Debug)]
-pub struct LingeringListener(TcpListener);
+pub struct LingeringListener {
+    listener: TcpListener,
+    write_stall: Duration,
+}
 
 impl LingeringListener {
     /// Wraps a bound listener.
     pub fn new(listener: TcpListener) -> Self {
-        Self(listener)
+        Self {
+            listener,
+            write_stall: WRITE_STALL,
+        }
+    }
+
+    /// How long a write may wait for a client that takes nothing ([`WRITE_STALL`]).
+    pub fn with_write_stall(mut self, stall: Duration) -> Self {
+        self.write_stall = stall;
+        self
     }
 }
 
 impl From<TcpListener> for LingeringListener {
     fn from(listener: TcpListener) -> Self {
-        Self(listener)
+        Self::new(listener)
     }
 }
 
@@ -53,12 +73,12 @@ impl axum::serve::Listener for LingeringListener {
 
     async fn accept(&mut self) -> (Lingering, SocketAddr) {
         loop {
-            match self.0.accept().await {
+            match self.listener.accept().await {
                 Ok((stream, addr)) => {
                     // Answers that stream (SSE tokens, chunked OHTTP) are many small writes:
                     // with Nagle each waits for the peer's delayed ACK, up to 40 ms.
                     let _ = stream.set_nodelay(true);
-                    return (Lingering(Some(stream)), addr);
+                    return (Lingering::new(stream, self.write_stall), addr);
                 }
                 // The peer gave up before we accepted: nothing to do.
                 Err(e)
@@ -78,17 +98,51 @@ impl axum::serve::Listener for LingeringListener {
     }
 
     fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.0.local_addr()
+        self.listener.local_addr()
     }
 }
 
-/// An accepted connection; dropped with unread bytes queued, it lingers (see the crate docs).
+/// An accepted connection; dropped with unread bytes queued, it lingers, and a write the
+/// client takes nothing of for its stall bound fails (see the crate docs).
 #[derive(Debug)]
-pub struct Lingering(Option<TcpStream>);
+pub struct Lingering {
+    stream: Option<TcpStream>,
+    write_stall: Duration,
+    /// Running while a write waits on the client.
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+}
 
 impl Lingering {
+    fn new(stream: TcpStream, write_stall: Duration) -> Self {
+        Self {
+            stream: Some(stream),
+            write_stall,
+            stalled: None,
+        }
+    }
+
     fn stream(&mut self) -> Pin<&mut TcpStream> {
-        Pin::new(self.0.as_mut().expect("present until dropped"))
+        Pin::new(self.stream.as_mut().expect("present until dropped"))
+    }
+
+    /// `r`, a write's outcome; one that has waited past the stall bound fails.
+    fn bounded<T>(&mut self, cx: &mut Context<'_>, r: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        if r.is_ready() {
+            self.stalled = None;
+            return r;
+        }
+        let stall = self.write_stall;
+        let timer = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(stall)));
+        if timer.as_mut().poll(cx).is_ready() {
+            self.stalled = None;
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("the client took nothing written to it for {stall:?}"),
+            )));
+        }
+        Poll::Pending
     }
 }
 
@@ -108,7 +162,8 @@ impl AsyncWrite for Lingering {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        self.stream().poll_write(cx, buf)
+        let r = self.stream().poll_write(cx, buf);
+        self.bounded(cx, r)
     }
 
     fn poll_write_vectored(
@@ -116,15 +171,17 @@ impl AsyncWrite for Lingering {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        self.stream().poll_write_vectored(cx, bufs)
+        let r = self.stream().poll_write_vectored(cx, bufs);
+        self.bounded(cx, r)
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.0.as_ref().is_some_and(|s| s.is_write_vectored())
+        self.stream.as_ref().is_some_and(|s| s.is_write_vectored())
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.stream().poll_flush(cx)
+        let r = self.stream().poll_flush(cx);
+        self.bounded(cx, r)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -134,7 +191,7 @@ impl AsyncWrite for Lingering {
 
 impl Drop for Lingering {
     fn drop(&mut self) {
-        let Some(stream) = self.0.take() else {
+        let Some(stream) = self.stream.take() else {
             return;
         };
         // Only unread bytes make the close a reset; a drained or idle connection closes now.
@@ -184,7 +241,7 @@ mod tests {
         let addr = listener.local_addr()?;
         let server = tokio::spawn(async move {
             let (stream, _) = listener.accept().await.unwrap();
-            let mut conn = Lingering(Some(stream));
+            let mut conn = Lingering::new(stream, WRITE_STALL);
             let mut head = vec![0u8; 4096];
             let _ = conn.read(&mut head).await.unwrap();
             conn.write_all(b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 4\r\nconnection: close\r\n\r\nbig!")
@@ -193,7 +250,7 @@ mod tests {
             conn.shutdown().await.unwrap();
             if !lingering {
                 // What a plain TcpStream's drop does: close with unread bytes queued.
-                let stream = conn.0.take().unwrap();
+                let stream = conn.stream.take().unwrap();
                 drop(stream);
             }
         });
@@ -239,5 +296,30 @@ mod tests {
             ),
             "{err}"
         );
+    }
+
+    /// A client that takes nothing of what is written to it fails the server's write at the
+    /// stall bound (the server then drops the connection), however much is queued.
+    #[tokio::test]
+    async fn a_client_that_stops_reading_fails_the_write_at_the_stall_bound() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let mut conn = Lingering::new(stream, Duration::from_millis(300));
+            let chunk = vec![1u8; 64 << 10];
+            loop {
+                if let Err(e) = conn.write_all(&chunk).await {
+                    return e;
+                }
+            }
+        });
+        // Connected, and never reads.
+        let _client = TcpStream::connect(addr).await.unwrap();
+        let e = tokio::time::timeout(Duration::from_secs(20), server)
+            .await
+            .expect("the write never gave up")
+            .unwrap();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut, "{e}");
     }
 }
