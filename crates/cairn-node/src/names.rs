@@ -6,7 +6,9 @@
 //! receipt names the exact file either way). Only a bare name (the latest release, which a new
 //! release moves) unconfirmed for [`MAX_UNCONFIRMED`] waits for its lookup, and even then takes
 //! its old resolution when the hub is unavailable. A name the hub answers 404 for is forgotten
-//! and remembered as unknown for a few seconds. Lookups are bounded in time
+//! and remembered as unknown for a few seconds; a new name whose lookup the hub left unanswered
+//! is refused at once for as long (a silent hub costs each caller of a name one timeout, not
+//! one per call), while known names keep serving. Lookups are bounded in time
 //! ([`HUB_LOOKUP_TIMEOUT`]) and in number at once ([`MAX_LOOKUPS`]): a stranger sending
 //! distinct names cannot make the node hold a socket per name at a silent hub.
 
@@ -31,8 +33,9 @@ pub(crate) const MAX_UNCONFIRMED: Duration = Duration::from_secs(60);
 pub(crate) const HUB_LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
 /// Lookups at the hub at once; past it a new name is refused as `hub_unavailable` at once.
 pub(crate) const MAX_LOOKUPS: usize = 32;
-/// How long a name the hub does not know is remembered as unknown: a client repeating a
-/// wrong name costs the hub a lookup per this, not one per call.
+/// How long a name the hub does not know (or did not answer for) is remembered so: a client
+/// repeating a wrong name costs the hub a lookup per this, not one per call, and one calling
+/// a name at a silent hub waits one timeout per this, not one per call.
 pub(crate) const UNKNOWN_TTL: Duration = Duration::from_secs(5);
 /// Names kept.
 const CAPACITY: u64 = 10_000;
@@ -74,12 +77,25 @@ struct Name {
     path: Option<FilePath>,
 }
 
+/// Why a lookup failed.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Miss {
+    /// The hub answered 404: the name is not there.
+    Gone,
+    /// The hub did not answer within the lookup timeout.
+    Silent,
+    /// Anything else (a refusal, too many lookups at once).
+    Other,
+}
+
 /// Names resolved at the hub (see the module docs).
 #[derive(Clone)]
 pub(crate) struct Names {
     hub: HubClient,
     known: Cache<String, Arc<Named>>,
+    /// New names the hub said it does not know or left unanswered, for [`UNKNOWN_TTL`].
     unknown: Cache<String, CacheError>,
+    lookup_timeout: Duration,
     permits: Arc<Semaphore>,
     refresh: Duration,
     max_unconfirmed: Duration,
@@ -95,6 +111,7 @@ impl Names {
                 .time_to_live(UNKNOWN_TTL)
                 .build(),
             permits: Arc::new(Semaphore::new(MAX_LOOKUPS)),
+            lookup_timeout: HUB_LOOKUP_TIMEOUT,
             refresh: NAME_REFRESH,
             max_unconfirmed: MAX_UNCONFIRMED,
         }
@@ -144,8 +161,8 @@ impl Names {
             .try_get_with(reference.to_owned(), async {
                 match self.lookup(&name).await {
                     Ok(r) => Ok(Named::new(Arc::new(r), Instant::now(), self.refresh)),
-                    Err((e, gone)) => {
-                        if gone {
+                    Err((e, miss)) => {
+                        if miss != Miss::Other {
                             self.unknown.insert(name.reference.clone(), e.clone()).await;
                         }
                         Err(e)
@@ -170,12 +187,12 @@ impl Names {
                 let fresh = Named::new(r.clone(), Instant::now(), self.refresh);
                 (Op::Put(fresh), Ok(r))
             }
-            Err((e, true)) => {
+            Err((e, Miss::Gone)) => {
                 tracing::warn!(reference = name.reference, error = %e, "the hub no longer knows this name");
                 self.unknown.insert(name.reference.clone(), e.clone()).await;
                 (Op::Remove, Err(e))
             }
-            Err((e, false)) => {
+            Err((e, _)) => {
                 tracing::warn!(
                     reference = name.reference,
                     error = %e,
@@ -197,34 +214,35 @@ impl Names {
         answer
     }
 
-    /// The hub's resolution of `name`, within [`HUB_LOOKUP_TIMEOUT`]; on failure, why, and
-    /// whether the hub said it has no such name (404).
-    async fn lookup(&self, name: &Name) -> Result<Resolution, (CacheError, bool)> {
+    /// The hub's resolution of `name`, within the lookup timeout ([`HUB_LOOKUP_TIMEOUT`]); on
+    /// failure, why.
+    async fn lookup(&self, name: &Name) -> Result<Resolution, (CacheError, Miss)> {
         let reference = &name.reference;
         let _permit = self.permits.try_acquire().map_err(|_| {
             let e = CacheError::HubUnavailable(format!(
                 "this node is looking up {MAX_LOOKUPS} names at the hub already; \
                  try `{reference}` again shortly, or call it by CID"
             ));
-            (e, false)
+            (e, Miss::Other)
         })?;
         let call = self
             .hub
             .resolve(&name.repo, name.version, name.path.as_ref());
-        let resolved = tokio::time::timeout(HUB_LOOKUP_TIMEOUT, call)
+        let resolved = tokio::time::timeout(self.lookup_timeout, call)
             .await
             .map_err(|_| {
                 let e = CacheError::HubUnavailable(format!(
-                    "the hub did not resolve `{reference}` within {} s; try again later",
-                    HUB_LOOKUP_TIMEOUT.as_secs()
+                    "the hub did not resolve `{reference}` within {:?}; try again in a few seconds, or call it by CID",
+                    self.lookup_timeout
                 ));
-                (e, false)
+                (e, Miss::Silent)
             })?
             .map_err(|e| {
                 // Only the hub's 404 says the name is not there; another refusal (a proxy, a
                 // gateway's configuration) must not make a node forget a name it serves.
                 let gone = matches!(&e, ClientError::Api { status, .. } if status.as_u16() == 404);
-                (hub_error(reference, e), gone)
+                let miss = if gone { Miss::Gone } else { Miss::Other };
+                (hub_error(reference, e), miss)
             })?;
         Ok(Resolution {
             cid: resolved.file.cid,
@@ -427,5 +445,24 @@ mod tests {
             .count();
         assert_eq!(refused, 8, "{results:?}");
         assert_eq!(script.lock().unwrap().asked, MAX_LOOKUPS);
+    }
+
+    /// A new name the hub leaves unanswered costs its callers one timeout, then is refused at
+    /// once for a few seconds; a name the hub knows is not held back by another's silence.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_silent_hub_costs_a_new_name_one_timeout_not_one_per_call() {
+        let (hub, script) = scripted(Ok(cid(1))).await;
+        let mut names = Names::new(hub);
+        names.lookup_timeout = Duration::from_millis(200);
+        script.lock().unwrap().delay = Duration::from_secs(3);
+        for _ in 0..6 {
+            let e = resolve(&names, "silent@1.0").await.unwrap_err();
+            assert!(matches!(e, CacheError::HubUnavailable(_)), "{e:?}");
+        }
+        // One lookup waited out the timeout; the calls after it were refused without one.
+        assert_eq!(script.lock().unwrap().asked, 1);
+        // Another name is asked for on its own once the hub answers again.
+        script.lock().unwrap().delay = Duration::ZERO;
+        assert_eq!(resolve(&names, "other@1.0").await.unwrap().cid, cid(1));
     }
 }
