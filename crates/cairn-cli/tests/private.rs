@@ -461,7 +461,8 @@ fn relay_to(gateways: &[&str]) -> Server {
     for g in gateways {
         args.extend(["--gateway", g]);
     }
-    Server::command(&args, "relay:")
+    // Dumpable, so the test (not root, or without CAP_SYS_PTRACE) may read its memory.
+    Server::command_env(&args, &[("CAIRN_ALLOW_CORE_DUMPS", "1".into())], "relay:")
 }
 
 /// The devnet's registered nodes and verifiers (`cairn nodes --all --json`).

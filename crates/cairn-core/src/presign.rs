@@ -25,8 +25,10 @@
 //! away there: each nonce knows the process it was made in. The pool's buffer is allocated once,
 //! locked in memory (`mlock`: never written to swap) and left out of core dumps
 //! (`MADV_DONTDUMP`), as far as the OS allows (`cairn` also makes its processes non-dumpable).
-//! Scalar arithmetic is k256's (constant time); the point
-//! is libsecp256k1's.
+//! Not covered: the pages the buffer shares with neighbouring allocations are marked with it
+//! (and unlocked when the presigner goes), and a nonce's scalars pass once through the refilling
+//! thread's stack on their way into the pool. Scalar arithmetic is k256's (constant time); the
+//! point is libsecp256k1's.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -183,7 +185,13 @@ impl Shared {
         };
         while !self.closed.load(Ordering::Acquire) && self.pool().len() < POOL {
             if let Some(nonce) = Nonce::make(&self.d, &seed) {
-                self.pool().push(nonce);
+                // Checked and pushed under one lock: the buffer never grows (it would move
+                // out of the pinned pages).
+                let mut pool = self.pool();
+                if pool.len() < POOL {
+                    pool.push(nonce);
+                }
+                debug_assert_eq!(pool.capacity(), POOL);
             }
             // The idle class alone does not keep a woken worker from waiting: measured on the
             // 2-core VM (Linux 6.18), a refill of 128 nonces (~2.7 ms) that the scheduler had

@@ -40,8 +40,13 @@ impl Server {
     /// Any long-running `cairn` command; waits for a stdout line starting with `marker` and
     /// keeps its last word as `url`.
     pub fn command(args: &[&str], marker: &str) -> Self {
+        Self::command_env(args, &[], marker)
+    }
+
+    /// [`Server::command`] with extra environment variables.
+    pub fn command_env(args: &[&str], env: &[(&str, String)], marker: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        Self::spawn(args, &[], &[marker], dir)
+        Self::spawn(args, env, &[marker], dir)
     }
 
     /// `cairn node serve` against `hub`, with extra arguments.
