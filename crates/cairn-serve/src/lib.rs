@@ -10,8 +10,11 @@
 //! connection hyper drops with unread bytes, bounded in time, bytes and number of sockets.
 //!
 //! A client that stops taking what the server writes (a zero receive window) would hold its
-//! connection, and what is queued on it, for as long as it likes: a write that makes no
-//! progress for [`WRITE_STALL`] fails, and the server drops the connection.
+//! connection, and what is queued on it, for as long as it likes: a write the socket accepts
+//! nothing of for [`WRITE_STALL`] fails, and the server resets the connection (its queued bytes
+//! are thrown away, not kept for a client that does not read). A client that takes a trickle
+//! (the kernel wakes a writer once about a third of the send buffer is free) is not bounded by
+//! this.
 
 pub mod metrics;
 
@@ -32,7 +35,7 @@ pub const LINGER_FOR: Duration = Duration::from_secs(5);
 pub const LINGER_BYTES: u64 = 256 << 20;
 /// Most connections lingering at once; beyond it a connection closes at once (a reset).
 pub const MAX_LINGERING: usize = 256;
-/// Longest a write to a client may wait without the client taking a byte.
+/// Longest a write to a client may wait with the socket accepting nothing.
 pub const WRITE_STALL: Duration = Duration::from_secs(60);
 
 static LINGERING: AtomicUsize = AtomicUsize::new(0);
@@ -110,6 +113,8 @@ pub struct Lingering {
     write_stall: Duration,
     /// Running while a write waits on the client.
     stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// A write failed at the stall bound: close with a reset.
+    stalled_out: bool,
 }
 
 impl Lingering {
@@ -118,6 +123,7 @@ impl Lingering {
             stream: Some(stream),
             write_stall,
             stalled: None,
+            stalled_out: false,
         }
     }
 
@@ -137,6 +143,7 @@ impl Lingering {
             .get_or_insert_with(|| Box::pin(tokio::time::sleep(stall)));
         if timer.as_mut().poll(cx).is_ready() {
             self.stalled = None;
+            self.stalled_out = true;
             return Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::TimedOut,
                 format!("the client took nothing written to it for {stall:?}"),
@@ -194,6 +201,11 @@ impl Drop for Lingering {
         let Some(stream) = self.stream.take() else {
             return;
         };
+        if self.stalled_out {
+            // What is queued for a client that does not read goes, now, with the socket.
+            let _ = stream.set_zero_linger();
+            return;
+        }
         // Only unread bytes make the close a reset; a drained or idle connection closes now.
         let mut probe = [0u8; 1];
         if !matches!(stream.try_read(&mut probe), Ok(n) if n > 0) {
@@ -315,11 +327,29 @@ mod tests {
             }
         });
         // Connected, and never reads.
-        let _client = TcpStream::connect(addr).await.unwrap();
+        let mut client = TcpStream::connect(addr).await.unwrap();
         let e = tokio::time::timeout(Duration::from_secs(20), server)
             .await
             .expect("the write never gave up")
             .unwrap();
         assert_eq!(e.kind(), io::ErrorKind::TimedOut, "{e}");
+        // The connection was reset, not closed behind what was queued for it.
+        let mut buf = vec![0u8; 1 << 20];
+        let end = tokio::time::timeout(Duration::from_secs(20), async {
+            loop {
+                match client.read(&mut buf).await {
+                    Ok(0) => return Ok(()),
+                    Ok(_) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        })
+        .await
+        .expect("the connection stayed open");
+        assert_eq!(
+            end.expect_err("closed in order, queued bytes and all")
+                .kind(),
+            io::ErrorKind::ConnectionReset
+        );
     }
 }
