@@ -31,7 +31,8 @@ pub enum CacheError {
     #[error("{0}")]
     Invalid(String),
     /// The hub could not be reached or sent bytes that do not match the CID: not the model's
-    /// fault, so never remembered.
+    /// fault, so never remembered as the model's (a name's lookup the hub left unanswered is
+    /// refused again for a moment, `names::SILENT_TTL`).
     #[error("{0}")]
     HubUnavailable(String),
     /// This node's own disk or task trouble.

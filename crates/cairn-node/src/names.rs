@@ -7,8 +7,8 @@
 //! release moves) unconfirmed for [`MAX_UNCONFIRMED`] waits for its lookup, and even then takes
 //! its old resolution when the hub is unavailable. A name the hub answers 404 for is forgotten
 //! and remembered as unknown for a few seconds; a new name whose lookup the hub left unanswered
-//! is refused at once for as long (a silent hub costs each caller of a name one timeout, not
-//! one per call), while known names keep serving. Lookups are bounded in time
+//! is refused at once for [`SILENT_TTL`] (a silent hub costs the callers of a name one timeout
+//! now and then, not one per call), while known names keep serving. Lookups are bounded in time
 //! ([`HUB_LOOKUP_TIMEOUT`]) and in number at once ([`MAX_LOOKUPS`]): a stranger sending
 //! distinct names cannot make the node hold a socket per name at a silent hub.
 
@@ -33,10 +33,12 @@ pub(crate) const MAX_UNCONFIRMED: Duration = Duration::from_secs(60);
 pub(crate) const HUB_LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
 /// Lookups at the hub at once; past it a new name is refused as `hub_unavailable` at once.
 pub(crate) const MAX_LOOKUPS: usize = 32;
-/// How long a name the hub does not know (or did not answer for) is remembered so: a client
-/// repeating a wrong name costs the hub a lookup per this, not one per call, and one calling
-/// a name at a silent hub waits one timeout per this, not one per call.
+/// How long a name the hub does not know is remembered as unknown: a client repeating a
+/// wrong name costs the hub a lookup per this, not one per call.
 pub(crate) const UNKNOWN_TTL: Duration = Duration::from_secs(5);
+/// How long a new name whose lookup the hub left unanswered is refused without asking again:
+/// short, since whoever slows the hub for a moment makes the name fail for this long after.
+pub(crate) const SILENT_TTL: Duration = Duration::from_secs(2);
 /// Names kept.
 const CAPACITY: u64 = 10_000;
 
@@ -93,8 +95,10 @@ enum Miss {
 pub(crate) struct Names {
     hub: HubClient,
     known: Cache<String, Arc<Named>>,
-    /// New names the hub said it does not know or left unanswered, for [`UNKNOWN_TTL`].
+    /// New names the hub said it does not know, for [`UNKNOWN_TTL`].
     unknown: Cache<String, CacheError>,
+    /// New names whose lookup the hub left unanswered, for [`SILENT_TTL`].
+    silent: Cache<String, CacheError>,
     lookup_timeout: Duration,
     permits: Arc<Semaphore>,
     refresh: Duration,
@@ -109,6 +113,10 @@ impl Names {
             unknown: Cache::builder()
                 .max_capacity(CAPACITY)
                 .time_to_live(UNKNOWN_TTL)
+                .build(),
+            silent: Cache::builder()
+                .max_capacity(CAPACITY)
+                .time_to_live(SILENT_TTL)
                 .build(),
             permits: Arc::new(Semaphore::new(MAX_LOOKUPS)),
             lookup_timeout: HUB_LOOKUP_TIMEOUT,
@@ -154,6 +162,9 @@ impl Names {
         if let Some(e) = self.unknown.get(reference).await {
             return Err(e);
         }
+        if let Some(e) = self.silent.get(reference).await {
+            return Err(e);
+        }
         let name = name();
         // Concurrent first calls for one name share one lookup.
         let looked_up = self
@@ -162,8 +173,14 @@ impl Names {
                 match self.lookup(&name).await {
                     Ok(r) => Ok(Named::new(Arc::new(r), Instant::now(), self.refresh)),
                     Err((e, miss)) => {
-                        if miss != Miss::Other {
-                            self.unknown.insert(name.reference.clone(), e.clone()).await;
+                        match miss {
+                            Miss::Gone => {
+                                self.unknown.insert(name.reference.clone(), e.clone()).await
+                            }
+                            Miss::Silent => {
+                                self.silent.insert(name.reference.clone(), e.clone()).await
+                            }
+                            Miss::Other => {}
                         }
                         Err(e)
                     }
