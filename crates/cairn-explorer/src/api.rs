@@ -844,21 +844,43 @@ pub struct BatchSummary {
     pub listing_error: Option<String>,
 }
 
+/// The batch listing's statement, with or without a node: one each, since with
+/// `($1 = '' OR node = $1)` the planner walks every batch by id, and a node with few batches
+/// (or none) read the whole table.
+pub(crate) fn batch_sql(by_node: bool) -> String {
+    let (filter, limit) = if by_node {
+        ("WHERE b.node = $1", "LIMIT $2 OFFSET $3")
+    } else {
+        ("", "LIMIT $1 OFFSET $2")
+    };
+    format!("SELECT b.*, {STATUS_SQL} AS st FROM idx_batches b {filter} ORDER BY b.id DESC {limit}")
+}
+
+/// Batches counted, with or without a node (as [`batch_sql`]).
+pub(crate) fn batch_count_sql(by_node: bool) -> &'static str {
+    if by_node {
+        "SELECT COUNT(*) AS n FROM idx_batches WHERE node = $1"
+    } else {
+        "SELECT COUNT(*) AS n FROM idx_batches"
+    }
+}
+
 async fn batch_rows(
     index: &Index,
     node: Option<&str>,
     limit: i64,
     offset: i64,
 ) -> Result<Vec<BatchSummary>, ApiError> {
-    let rows = sqlx::query(&format!(
-        "SELECT b.*, {STATUS_SQL} AS st FROM idx_batches b WHERE ($1 = '' OR b.node = $1)
-         ORDER BY b.id DESC LIMIT $2 OFFSET $3"
-    ))
-    .bind(node.unwrap_or_default())
-    .bind(limit)
-    .bind(offset)
-    .fetch_all(index.pool())
-    .await?;
+    let sql = batch_sql(node.is_some());
+    let mut query = sqlx::query(&sql);
+    if let Some(n) = node {
+        query = query.bind(n);
+    }
+    let rows = query
+        .bind(limit)
+        .bind(offset)
+        .fetch_all(index.pool())
+        .await?;
     rows.iter().map(batch_summary).collect()
 }
 
@@ -906,10 +928,11 @@ async fn batches(
 ) -> ApiResult<BatchList> {
     let (limit, offset) = page(q.limit, q.offset)?;
     let node = checksummed(q.node.as_deref())?;
-    let total = sqlx::query("SELECT COUNT(*) AS n FROM idx_batches WHERE ($1 = '' OR node = $1)")
-        .bind(node.clone().unwrap_or_default())
-        .fetch_one(s.index.pool())
-        .await?;
+    let mut count = sqlx::query(batch_count_sql(node.is_some()));
+    if let Some(n) = &node {
+        count = count.bind(n.clone());
+    }
+    let total = count.fetch_one(s.index.pool()).await?;
     Ok(Json(BatchList {
         batches: batch_rows(&s.index, node.as_deref(), limit, offset).await?,
         total: u(&total, "n")?,

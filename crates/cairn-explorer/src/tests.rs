@@ -2,7 +2,7 @@
 //! endpoint that lies, on SQLite and on a real PostgreSQL.
 
 use super::*;
-use alloy_primitives::{B256, U256};
+use alloy_primitives::{Address, B256, U256};
 use axum::routing::get;
 use cairn_core::{BlobId, ExecutionProfile};
 use cairn_ledger::deploy::{TOKEN_UNIT, deploy};
@@ -348,6 +348,22 @@ async fn api_reads(index: &Index, chain: &Chain, indexed: u64) {
     let batches = get("/api/v1/batches?limit=2".into()).await;
     assert_eq!(batches["total"], 5);
     assert_eq!(batches["batches"].as_array().unwrap().len(), 2);
+    // By node: its own, and none for a node with no batch (each its own statement).
+    let node = batches["batches"][0]["node"].as_str().unwrap().to_owned();
+    let mine = get(format!("/api/v1/batches?node={node}")).await;
+    assert_eq!(mine["total"], 5);
+    let other = get(format!(
+        "/api/v1/batches?node={}",
+        Address::repeat_byte(0x77)
+    ))
+    .await;
+    assert_eq!(
+        (
+            other["total"].as_u64(),
+            other["batches"].as_array().unwrap().len()
+        ),
+        (Some(0), 0)
+    );
     let page = get(format!("/api/v1/batches/{indexed}")).await;
     assert_eq!(page["receipts"].as_array().unwrap().len(), 2);
     let id = page["receipts"][0]["requestId"]
@@ -559,4 +575,38 @@ fn a_language_model_gets_openai_lines() {
         {"onnx": {"inputs": []}, "gguf": null}
     ]}]});
     assert!(api::examples("digits", &onnx, "http://n").openai.is_none());
+}
+
+/// The batch listing and count filtered by node search the node's index (with the
+/// `($1 = '' OR node = $1)` form SQLite scanned every batch).
+#[tokio::test]
+async fn batches_by_node_search_the_node_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let index = Index::connect(&format!("sqlite://{}", dir.path().join("i.db").display()))
+        .await
+        .unwrap();
+    for (sql, paged) in [
+        (crate::api::batch_sql(true), true),
+        (crate::api::batch_count_sql(true).to_owned(), false),
+    ] {
+        let explain = format!("EXPLAIN QUERY PLAN {sql}");
+        let mut q = sqlx::query(&explain).bind("0x00");
+        if paged {
+            q = q.bind(1i64).bind(0i64);
+        }
+        let plan: Vec<String> = q
+            .fetch_all(index.pool())
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.try_get::<String, _>("detail").unwrap())
+            .collect();
+        assert!(
+            plan.iter().any(|d| d.contains("idx_batches_node"))
+                && !plan
+                    .iter()
+                    .any(|d| d == "SCAN b" || d.starts_with("SCAN idx_batches")),
+            "{sql}: {plan:?}"
+        );
+    }
 }
