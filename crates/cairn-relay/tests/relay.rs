@@ -578,3 +578,57 @@ async fn a_client_that_stops_reading_loses_its_slot_at_the_deadline() {
     assert_eq!(r.status(), 200, "the slot was never given back");
     drop(unread);
 }
+
+/// A request's memory is given back once the gateway has taken it, not when it answers: a
+/// gateway slow to answer does not keep its clients' shares of the relay's memory.
+#[tokio::test]
+async fn a_request_sent_on_gives_its_memory_back_before_the_answer() {
+    let app = axum::Router::new().route(
+        cairn_ohttp::GATEWAY_PATH,
+        axum::routing::post(|body: axum::body::Bytes| async move {
+            tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+            (
+                [(axum::http::header::CONTENT_TYPE, cairn_ohttp::RESPONSE_TYPE)],
+                body,
+            )
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let gw = format!(
+        "http://{}{}",
+        listener.local_addr().unwrap(),
+        cairn_ohttp::GATEWAY_PATH
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    // One client's share is one largest body.
+    let relay = relay_with(RelayConfig {
+        gateways: vec![Gateway {
+            name: "g".into(),
+            url: gw,
+            public_only: false,
+        }],
+        max_body_bytes: 4096,
+        body_budget_per_client_bytes: 4096,
+        ..Default::default()
+    })
+    .await;
+    let send = || {
+        let relay = relay.clone();
+        async move {
+            let r = reqwest::Client::new()
+                .post(format!("{relay}/gateways/g"))
+                .header("content-type", cairn_ohttp::REQUEST_TYPE)
+                .body(vec![5u8; 4096])
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.bytes().await.unwrap().len())
+        }
+    };
+    let first = tokio::spawn(send());
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    // The first is at the gateway, waiting for its answer: the second fits the share.
+    let second = send().await;
+    assert_eq!(second, (200, 4096));
+    assert_eq!(first.await.unwrap(), (200, 4096));
+}
