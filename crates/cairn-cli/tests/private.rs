@@ -284,6 +284,8 @@ fn a_gateway_key_the_registry_does_not_bind_is_refused_before_anything_is_sent()
     // Another node's gateway (a key of its own) where the registered node's is expected.
     let other = Server::node(&devnet.url, &["--attester", "dev"]);
     let relay2 = relay_to(&[&format!("node={}", other.node_url)]);
+    // The refused gateways' nodes would count a call sealed to them: none may be.
+    let (stale_before, other_before) = (receipts(&stale.node_url), receipts(&other.node_url));
     let e = failure(&infer_via(
         &devnet.node_url,
         &relay2.url,
@@ -323,6 +325,11 @@ fn a_gateway_key_the_registry_does_not_bind_is_refused_before_anything_is_sent()
         receipts(&devnet.node_url),
         before,
         "nothing was sent to the node"
+    );
+    assert_eq!(
+        (receipts(&stale.node_url), receipts(&other.node_url)),
+        (stale_before, other_before),
+        "nothing was sent to the gateways refused"
     );
     // A relay that reads the registry names the node by its address, the client's default.
     let listed = Server::command(

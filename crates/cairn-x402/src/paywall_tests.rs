@@ -1743,10 +1743,20 @@ async fn a_deposit_never_sent_does_not_use_up_the_channels_turn() {
     let offer = offer_of(&req, crate::batch::SCHEME);
     let mut ch = BatchChannel::new(payer.address(), &offer, B256::repeat_byte(9)).unwrap();
     let h = ch.pay(payer, &req, &offer, U256::from(20 * PRICE)).unwrap();
-    busy.busy.store(u32::MAX, Ordering::SeqCst);
+    let balance = s.d.chain.token_balance(payer.address()).await.unwrap();
+    // Exactly one send finds the key busy: the deposit's, tried and not gone out.
+    busy.busy.store(1, Ordering::SeqCst);
     let (status, body, _, _) = send(&s.url, &h, "go").await;
-    assert_ne!(status, 200, "{body}");
-    busy.busy.store(0, Ordering::SeqCst);
+    assert_eq!(
+        busy.busy.load(Ordering::SeqCst),
+        0,
+        "no send was tried: {body}"
+    );
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(
+        s.d.chain.token_balance(payer.address()).await.unwrap(),
+        balance
+    );
     let (status, body, settle, _) = send(&s.url, &h, "go").await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(s.runs.load(Ordering::SeqCst), 1);
@@ -1758,10 +1768,14 @@ async fn a_deposit_never_sent_does_not_use_up_the_channels_turn() {
         &offer,
         ch.refund_payload(payer, &offer, None).unwrap(),
     );
-    busy.busy.store(u32::MAX, Ordering::SeqCst);
+    busy.busy.store(1, Ordering::SeqCst);
     let (status, body, _, _) = send(&s.url, &refund, "go").await;
-    assert_ne!(status, 200, "{body}");
-    busy.busy.store(0, Ordering::SeqCst);
+    assert_eq!(
+        busy.busy.load(Ordering::SeqCst),
+        0,
+        "no send was tried: {body}"
+    );
+    assert_eq!(status, 502, "{body}");
     let (status, body, settle, _) = send(
         &s.url,
         &ch.pay(payer, &req, &offer, U256::ZERO).unwrap(),

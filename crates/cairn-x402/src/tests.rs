@@ -1203,12 +1203,31 @@ async fn the_facilitator_deposits_claims_and_sweeps_batch_settlement_channels() 
     let v = f.verify(&req_of(deposit.clone(), &offer)).await;
     assert!(v.is_valid, "{v:?}");
     assert_eq!(v.extra.as_ref().unwrap()["balance"], "0");
+    let before = d.chain.ledger().head().await.unwrap().number;
     let s = f.settle(&req_of(deposit.clone(), &offer)).await;
     assert!(s.success, "{s:?}");
     assert_eq!(s.extra.as_ref().unwrap()["channelState"]["balance"], "5000");
-    // The same deposit again: its authorization is used.
+    // The embedded chain mines a block per transaction.
+    assert!(d.chain.ledger().head().await.unwrap().number > before);
+    // The same deposit again: its authorization is used, found by simulating it, before any
+    // transaction at the facilitator's gas; the payer paid once.
+    let payer_balance = d.chain.token_balance(d.payer.address()).await.unwrap();
+    let head = d.chain.ledger().head().await.unwrap().number;
     let again = f.settle(&req_of(deposit, &offer)).await;
-    assert!(!again.success);
+    assert_eq!(
+        again.error_reason.as_deref(),
+        Some("invalid_batch_settlement_evm_deposit_simulation_failed"),
+        "{again:?}"
+    );
+    assert_eq!(
+        d.chain.token_balance(d.payer.address()).await.unwrap(),
+        payer_balance
+    );
+    assert_eq!(
+        d.chain.ledger().head().await.unwrap().number,
+        head,
+        "a transaction was sent"
+    );
     ch.charged = U256::from(1_000u64);
     let voucher = ch.payload(&d.payer, &offer, U256::ZERO).unwrap();
     assert_eq!(voucher["type"], "voucher");
