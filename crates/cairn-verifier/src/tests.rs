@@ -528,6 +528,84 @@ async fn a_batch_over_the_bound_is_refused_before_its_listing_is_fetched() {
         }
         other => panic!("expected a refusal, got {other:?}"),
     }
+    assert_eq!(
+        v.store().outcome(id).unwrap(),
+        Some(VerdictOutcome::Refused)
+    );
+}
+
+/// A batch holding a receipt another key signed goes through `handle` to a refusal: recorded
+/// as refused, and no attestation is handed to the node (the check alone refusing it shows
+/// nothing of what `handle` does with the refusal).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_with_a_receipt_another_key_signed_is_refused_and_never_attested() {
+    let (v, _dir) = verifier().await;
+    let chain = v.chain().clone();
+    let d = chain.deployment().clone();
+    let domain = ReceiptDomain {
+        chain_id: d.chain_id,
+        verifying_contract: d.settlement,
+    };
+    let node = dev_signer(2);
+    let mut rs: Vec<SignedReceipt> = (0..4).map(|i| receipt(domain, &node, i)).collect();
+    rs.push(receipt(domain, &dev_signer(7), 4));
+    let (info, listing) = batch_of(node.address(), &rs);
+    // The node: its listing at GET /v1/batches/{id}; any POST (an attestation) counted.
+    let posts = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = posts.clone();
+    let app = axum::Router::new()
+        .route(
+            "/v1/batches/{id}",
+            axum::routing::get(move || {
+                let listing = listing.clone();
+                async move { axum::Json(listing) }
+            }),
+        )
+        .fallback(move || {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async { axum::http::StatusCode::OK }
+        });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let gov = dev_signer(0);
+    let stake = U256::from(100 * cairn_ledger::deploy::TOKEN_UNIT);
+    // Its stake, and the batch's fees it escrows.
+    chain
+        .mint(&gov, node.address(), stake + info.fees)
+        .await
+        .unwrap();
+    chain
+        .register(
+            &node,
+            &RegistrationRequest::dev(node.address(), Role::Inference, &url),
+            stake,
+            vec![],
+        )
+        .await
+        .unwrap();
+    let (id, _) = chain
+        .submit_batch(&node, info.root, info.count, info.fees)
+        .await
+        .unwrap();
+    match v.handle(id).await {
+        Err(VerifyError::Refused { reason, .. }) => {
+            assert!(reason.contains("not the batch's node"), "{reason}")
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert_eq!(
+        v.store().outcome(id).unwrap(),
+        Some(VerdictOutcome::Refused)
+    );
+    assert_eq!(
+        posts.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "an attestation was handed in"
+    );
+    // Handled again, it stays refused and still hands nothing in.
+    let _ = v.handle(id).await;
+    assert_eq!(posts.load(std::sync::atomic::Ordering::SeqCst), 0);
 }
 
 #[test]
