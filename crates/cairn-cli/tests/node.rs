@@ -162,13 +162,15 @@ fn openai_clients_call_the_devnet_language_model_and_receipts_bind_every_byte() 
         "temperature": 0,
         "stream": true,
     });
-    let (receipt_id, _) = common::leave_stream_after(&url, &body, &[], 2);
+    let (receipt_id, _, read) = common::leave_stream_after(&url, &body, &[], 2);
     let receipt = common::receipt_when_stored(&net.node_url, &receipt_id, 60);
     let usage = receipt.claims.llm.expect("an LLM receipt");
     assert!(!usage.complete, "{usage:?}");
+    // What it was sent: the events it read, and the few made while its leaving reached the
+    // node (an event is a token or less), never the rest of the 400.
     assert!(
-        usage.completion_tokens >= 1 && usage.completion_tokens < 400,
-        "{usage:?}"
+        usage.completion_tokens >= 1 && usage.completion_tokens <= read + common::GONE_SLACK,
+        "{usage:?} after {read} events read"
     );
     // The worker it held is free again: the next call is answered.
     let (status, v, _) = post(
@@ -617,8 +619,21 @@ fn a_silent_hub_does_not_stall_calls_by_name() {
     let (s, v) = call(&cid);
     assert_eq!(s, 200, "by CID: {v}");
     stop("-CONT");
-    let (s, v) = call("digits");
-    assert_eq!(s, 200, "the hub is back: {v}");
+    // The name's refusal is remembered for a moment while a lookup goes on behind it: it
+    // serves again as soon as the hub answers.
+    let back = std::time::Instant::now();
+    loop {
+        let (s, v) = call("digits");
+        if s == 200 {
+            break;
+        }
+        assert_eq!(v["code"], "hub_unavailable", "{v}");
+        assert!(
+            back.elapsed() < std::time::Duration::from_secs(10),
+            "the hub is back, the name is not: {v}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 }
 
 #[test]

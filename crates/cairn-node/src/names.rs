@@ -7,8 +7,9 @@
 //! release moves) unconfirmed for [`MAX_UNCONFIRMED`] waits for its lookup, and even then takes
 //! its old resolution when the hub is unavailable. A name the hub answers 404 for is forgotten
 //! and remembered as unknown for a few seconds; a new name whose lookup the hub left unanswered
-//! is refused at once for [`SILENT_TTL`] (a silent hub costs the callers of a name one timeout
-//! now and then, not one per call), while known names keep serving. Lookups are bounded in time
+//! is refused at once for up to [`SILENT_TTL`] while one lookup at a time goes on behind the
+//! refusals (a silent hub costs the callers of a name one timeout, not one per call), and known
+//! names keep serving. Lookups are bounded in time
 //! ([`HUB_LOOKUP_TIMEOUT`]) and in number at once ([`MAX_LOOKUPS`]): a stranger sending
 //! distinct names cannot make the node hold a socket per name at a silent hub.
 
@@ -79,6 +80,13 @@ struct Name {
     path: Option<FilePath>,
 }
 
+/// A new name whose lookup the hub left unanswered.
+struct Silent {
+    error: CacheError,
+    /// A lookup behind the refusals is on its way.
+    probing: AtomicBool,
+}
+
 /// Why a lookup failed.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Miss {
@@ -98,7 +106,7 @@ pub(crate) struct Names {
     /// New names the hub said it does not know, for [`UNKNOWN_TTL`].
     unknown: Cache<String, CacheError>,
     /// New names whose lookup the hub left unanswered, for [`SILENT_TTL`].
-    silent: Cache<String, CacheError>,
+    silent: Cache<String, Arc<Silent>>,
     lookup_timeout: Duration,
     permits: Arc<Semaphore>,
     refresh: Duration,
@@ -162,14 +170,30 @@ impl Names {
         if let Some(e) = self.unknown.get(reference).await {
             return Err(e);
         }
-        if let Some(e) = self.silent.get(reference).await {
-            return Err(e);
+        if let Some(silent) = self.silent.get(reference).await {
+            // Refused at once; one lookup at a time goes on behind it, so the name serves again
+            // as soon as the hub answers, not when the refusal expires.
+            if !silent.probing.swap(true, Ordering::AcqRel) {
+                let (names, name) = (self.clone(), name());
+                tokio::spawn(async move {
+                    let reference = name.reference.clone();
+                    if names.first_lookup(name).await.is_ok() {
+                        names.silent.invalidate(&reference).await;
+                    }
+                });
+            }
+            return Err(silent.error.clone());
         }
-        let name = name();
-        // Concurrent first calls for one name share one lookup.
-        let looked_up = self
-            .known
-            .try_get_with(reference.to_owned(), async {
+        self.first_lookup(name())
+            .await
+            .map(|named| named.resolution.clone())
+    }
+
+    /// A name's first lookup, shared by concurrent first calls; a 404 is remembered as unknown,
+    /// a lookup the hub left unanswered as silent.
+    async fn first_lookup(&self, name: Name) -> Result<Arc<Named>, CacheError> {
+        self.known
+            .try_get_with(name.reference.clone(), async {
                 match self.lookup(&name).await {
                     Ok(r) => Ok(Named::new(Arc::new(r), Instant::now(), self.refresh)),
                     Err((e, miss)) => {
@@ -178,7 +202,11 @@ impl Names {
                                 self.unknown.insert(name.reference.clone(), e.clone()).await
                             }
                             Miss::Silent => {
-                                self.silent.insert(name.reference.clone(), e.clone()).await
+                                let silent = Arc::new(Silent {
+                                    error: e.clone(),
+                                    probing: AtomicBool::new(false),
+                                });
+                                self.silent.insert(name.reference.clone(), silent).await
                             }
                             Miss::Other => {}
                         }
@@ -186,11 +214,8 @@ impl Names {
                     }
                 }
             })
-            .await;
-        match looked_up {
-            Ok(named) => Ok(named.resolution.clone()),
-            Err(e) => Err(CacheError::clone(&e)),
-        }
+            .await
+            .map_err(|e| CacheError::clone(&e))
     }
 
     /// Looks a known name up again: the hub's answer replaces it; a 404 forgets it; any other
@@ -476,10 +501,21 @@ mod tests {
             let e = resolve(&names, "silent@1.0").await.unwrap_err();
             assert!(matches!(e, CacheError::HubUnavailable(_)), "{e:?}");
         }
-        // One lookup waited out the timeout; the calls after it were refused without one.
-        assert_eq!(script.lock().unwrap().asked, 1);
-        // Another name is asked for on its own once the hub answers again.
+        // One lookup waited out the timeout; the calls after it were refused without one, and
+        // the first of them started one lookup behind the refusals (still waiting on the hub).
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(script.lock().unwrap().asked, 2);
+        // The hub answers again: the name serves once that lookup is through, well before its
+        // refusal would have expired.
         script.lock().unwrap().delay = Duration::ZERO;
+        let back = Instant::now();
+        while resolve(&names, "silent@1.0").await.is_err() {
+            assert!(
+                back.elapsed() < SILENT_TTL / 2,
+                "served only once the refusal expired"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         assert_eq!(resolve(&names, "other@1.0").await.unwrap().cid, cid(1));
     }
 }
