@@ -1401,14 +1401,16 @@ fn language_model_calls_are_charged_per_token_with_prepaid_vouchers() {
         spent + most_long,
     )
     .unwrap();
-    let (receipt_id, headers) =
+    let (receipt_id, headers, events_read) =
         common::leave_stream_after(&url, &long, &[("PAYMENT-SIGNATURE", header.as_str())], 2);
     assert!(headers.contains_key("payment-response"));
     let r = common::receipt_when_stored(&net.node_url, &receipt_id, 60);
     let usage = r.claims.llm.unwrap();
+    // Charged what it was sent: the events read and the few made while its leaving reached
+    // the node, never the rest of the 400.
     assert!(
-        !usage.complete && usage.completion_tokens < 400,
-        "{usage:?}"
+        !usage.complete && usage.completion_tokens <= events_read + common::GONE_SLACK,
+        "{usage:?} after {events_read} events read"
     );
     let price = llm_charge(usage.prompt_tokens, usage.completion_tokens);
     assert_eq!(r.claims.price, price);

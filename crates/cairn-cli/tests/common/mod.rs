@@ -547,15 +547,20 @@ pub fn metric_sum(samples: &serde_json::Value, name: &str, labels: &[(&str, &str
         .sum()
 }
 
+/// Tokens a node may make for a streaming client between the client's leaving and the node
+/// seeing it (written to a socket the client already closed): a handful at most.
+pub const GONE_SLACK: u32 = 16;
+
 /// A streaming client that POSTs `body` (JSON, with `headers`) to `url`, reads `events`
 /// server-sent events of a 200 answer and leaves (its runtime, and with it the connection, is
-/// gone on return). The receipt id the answer named, and the answer's headers.
+/// gone on return). The receipt id the answer named, the answer's headers, and how many events
+/// it read (at least `events`: a chunk may hold more).
 pub fn leave_stream_after(
     url: &str,
     body: &serde_json::Value,
     headers: &[(&str, &str)],
     events: usize,
-) -> (String, reqwest::header::HeaderMap) {
+) -> (String, reqwest::header::HeaderMap, u32) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -574,7 +579,7 @@ pub fn leave_stream_after(
             let chunk = resp.chunk().await.unwrap().expect("the stream goes on");
             seen += chunk.windows(2).filter(|w| w == b"\n\n").count();
         }
-        (id, head)
+        (id, head, seen as u32)
     })
 }
 
