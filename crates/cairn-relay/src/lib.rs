@@ -185,82 +185,46 @@ struct ClientUse {
 struct Slot {
     relay: Relay,
     ip: IpAddr,
+    /// KiB of the body budget this request holds (counted against its client's share).
+    body_kib: usize,
     _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Slot {
+    /// Counts `kib` more of the body budget against the client's share, if it has room.
+    fn hold_body(&mut self, kib: usize) -> Result<(), RelayError> {
+        let share = (self.relay.0.config.body_budget_per_client_bytes)
+            .max(self.relay.0.config.max_body_bytes)
+            .div_ceil(1024);
+        let mut m = self.relay.0.per_client.lock().expect("not poisoned");
+        let c = m.entry(self.ip).or_default();
+        if c.body_kib + kib > share {
+            return Err(RelayError::Busy(
+                "this address's requests hold all the memory one client may have; send the next once they have gone on".into(),
+            ));
+        }
+        c.body_kib += kib;
+        self.body_kib += kib;
+        Ok(())
+    }
+
+    /// Gives the body budget counted with [`Slot::hold_body`] back (the request has gone on).
+    fn release_body(&mut self) {
+        let mut m = self.relay.0.per_client.lock().expect("not poisoned");
+        if let Some(c) = m.get_mut(&self.ip) {
+            c.body_kib -= self.body_kib;
+        }
+        self.body_kib = 0;
+    }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
+        self.release_body();
         let mut m = self.relay.0.per_client.lock().expect("not poisoned");
         if let Some(c) = m.get_mut(&self.ip) {
             c.slots -= 1;
-            if c.slots == 0 && c.body_kib == 0 {
-                m.remove(&self.ip);
-            }
-        }
-    }
-}
-
-/// Memory held for one sealed request while it is read and sent on: its part of the relay's
-/// budget and of its client's share. Given back when dropped (the request has gone on).
-struct BodyHold {
-    relay: Relay,
-    ip: IpAddr,
-    kib: usize,
-    permit: Option<tokio::sync::OwnedSemaphorePermit>,
-}
-
-impl BodyHold {
-    fn new(relay: &Relay, ip: IpAddr) -> Self {
-        Self {
-            relay: relay.clone(),
-            ip,
-            kib: 0,
-            permit: None,
-        }
-    }
-
-    /// Holds `kib` more, within the client's share and the relay's budget.
-    fn more(&mut self, kib: usize) -> Result<(), RelayError> {
-        let config = &self.relay.0.config;
-        let share = config
-            .body_budget_per_client_bytes
-            .max(config.max_body_bytes)
-            .div_ceil(1024);
-        {
-            let mut m = self.relay.0.per_client.lock().expect("not poisoned");
-            let c = m.entry(self.ip).or_default();
-            if c.body_kib + kib > share {
-                return Err(RelayError::Busy(
-                    "this address's requests hold all the memory one client may have; send the next once they have gone on".into(),
-                ));
-            }
-            c.body_kib += kib;
-        }
-        // Counted first: dropped, the hold gives back what it counted.
-        self.kib += kib;
-        let more = self
-            .relay
-            .0
-            .body_budget
-            .clone()
-            .try_acquire_many_owned(u32::try_from(kib).unwrap_or(u32::MAX))
-            .map_err(|_| {
-                RelayError::Busy("the relay holds all the requests it has memory for".into())
-            })?;
-        match self.permit.as_mut() {
-            Some(p) => p.merge(more),
-            None => self.permit = Some(more),
-        }
-        Ok(())
-    }
-}
-
-impl Drop for BodyHold {
-    fn drop(&mut self) {
-        let mut m = self.relay.0.per_client.lock().expect("not poisoned");
-        if let Some(c) = m.get_mut(&self.ip) {
-            c.body_kib -= self.kib;
-            if c.slots == 0 && c.body_kib == 0 {
+            if c.slots == 0 {
                 m.remove(&self.ip);
             }
         }
@@ -377,6 +341,7 @@ impl Relay {
         Ok(Slot {
             relay: self.clone(),
             ip,
+            body_kib: 0,
             _permit: permit,
         })
     }
@@ -463,32 +428,21 @@ async fn forward(
     if declared.is_some_and(|n| n > max) {
         return Err(RelayError::TooLarge(max));
     }
-    let slot = r.slot(peer.ip())?;
+    let mut slot = r.slot(peer.ip())?;
     // The request is read whole (bounded in size, time and shared memory) before it goes on,
     // so a slow client holds a slot for a while, never a connection to the gateway.
-    let (sealed, hold) = read_body(&r, slot.ip, body, max).await?;
+    let (sealed, held) = read_body(&r, &mut slot, body, max).await?;
     let deadline = tokio::time::Instant::now() + r.0.config.answer_timeout;
-    let len = sealed.len();
-    // Its memory is given back once the gateway has taken it all, not when it answers.
-    let upload = futures::stream::unfold(Some((Some(sealed), hold)), |st| async move {
-        let (sealed, hold) = st?;
-        match sealed {
-            Some(b) => Some((Ok::<_, std::io::Error>(b), Some((None, hold)))),
-            None => {
-                drop(hold);
-                None
-            }
-        }
-    });
     let resp = sent(
         &r,
         deadline,
         http.post(&url)
             .header(header::CONTENT_TYPE, media)
-            .header(header::CONTENT_LENGTH, len)
-            .body(reqwest::Body::wrap_stream(upload)),
+            .body(sealed),
     )
     .await?;
+    drop(held);
+    slot.release_body();
     pass_back(resp, slot, answer_type, deadline).await
 }
 
@@ -510,15 +464,15 @@ async fn sent(
 /// its bytes as they arrive; the budget is given back once the request has gone on.
 async fn read_body(
     r: &Relay,
-    ip: IpAddr,
+    slot: &mut Slot,
     body: Body,
     max: usize,
-) -> Result<(bytes::Bytes, BodyHold), RelayError> {
+) -> Result<(bytes::Bytes, Option<tokio::sync::OwnedSemaphorePermit>), RelayError> {
     use http_body_util::BodyExt;
     let read = async {
         let mut body = body;
         let mut buf = Vec::new();
-        let mut held = BodyHold::new(r, ip);
+        let mut held: Option<tokio::sync::OwnedSemaphorePermit> = None;
         while let Some(frame) = body.frame().await {
             let frame =
                 frame.map_err(|e| RelayError::Gateway(format!("reading the request: {e}")))?;
@@ -529,9 +483,23 @@ async fn read_body(
                 return Err(RelayError::TooLarge(max));
             }
             buf.extend_from_slice(&data);
-            let want = buf.len().div_ceil(1024);
-            if want > held.kib {
-                held.more(want - held.kib)?;
+            let want = buf.len().div_ceil(1024) as u32;
+            let have = held.as_ref().map_or(0, |p| p.num_permits() as u32);
+            if want > have {
+                slot.hold_body((want - have) as usize)?;
+                let more =
+                    r.0.body_budget
+                        .clone()
+                        .try_acquire_many_owned(want - have)
+                        .map_err(|_| {
+                            RelayError::Busy(
+                                "the relay holds all the requests it has memory for".into(),
+                            )
+                        })?;
+                match held.as_mut() {
+                    Some(h) => h.merge(more),
+                    None => held = Some(more),
+                }
             }
         }
         Ok((bytes::Bytes::from(buf), held))
