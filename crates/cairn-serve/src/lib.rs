@@ -10,11 +10,12 @@
 //! connection hyper drops with unread bytes, bounded in time, bytes and number of sockets.
 //!
 //! A client that stops taking what the server writes (a zero receive window) would hold its
-//! connection, and what is queued on it, for as long as it likes: a write the socket accepts
-//! nothing of for [`WRITE_STALL`] fails, and the server resets the connection (its queued bytes
-//! are thrown away, not kept for a client that does not read). A client that takes a trickle
-//! (the kernel wakes a writer once about a third of the send buffer is free) is not bounded by
-//! this.
+//! connection, and what is queued on it, for as long as it likes: a write that waits
+//! [`WRITE_STALL`] with the client acknowledging nothing of the socket's queue fails, and the
+//! server resets the connection (its queued bytes are thrown away, not kept for a client that
+//! does not read). A slow client that keeps acknowledging is not cut off, even while the kernel
+//! holds the writer back (it wakes one only once a third of the send buffer is free); nor is
+//! one that takes a trickle.
 
 pub mod metrics;
 
@@ -35,7 +36,7 @@ pub const LINGER_FOR: Duration = Duration::from_secs(5);
 pub const LINGER_BYTES: u64 = 256 << 20;
 /// Most connections lingering at once; beyond it a connection closes at once (a reset).
 pub const MAX_LINGERING: usize = 256;
-/// Longest a write to a client may wait with the socket accepting nothing.
+/// Longest a write to a client may wait with the client acknowledging nothing.
 pub const WRITE_STALL: Duration = Duration::from_secs(60);
 
 static LINGERING: AtomicUsize = AtomicUsize::new(0);
@@ -111,8 +112,9 @@ impl axum::serve::Listener for LingeringListener {
 pub struct Lingering {
     stream: Option<TcpStream>,
     write_stall: Duration,
-    /// Running while a write waits on the client.
-    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Running while a write waits on the client, with the socket's unacknowledged bytes when
+    /// it started.
+    stalled: Option<(Pin<Box<tokio::time::Sleep>>, Option<i32>)>,
     /// A write failed at the stall bound: close with a reset.
     stalled_out: bool,
 }
@@ -138,18 +140,48 @@ impl Lingering {
             return r;
         }
         let stall = self.write_stall;
-        let timer = self
-            .stalled
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep(stall)));
-        if timer.as_mut().poll(cx).is_ready() {
+        loop {
+            if self.stalled.is_none() {
+                let queued = self.stream.as_ref().and_then(unacknowledged);
+                self.stalled = Some((Box::pin(tokio::time::sleep(stall)), queued));
+            }
+            let (timer, queued) = self.stalled.as_mut().expect("set above");
+            if timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            // The client took some of the queue meanwhile: slow, not gone. Wait again.
+            let now = self.stream.as_ref().and_then(unacknowledged);
+            if let (Some(before), Some(now)) = (*queued, now)
+                && now < before
+            {
+                self.stalled = None;
+                continue;
+            }
             self.stalled = None;
             self.stalled_out = true;
             return Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::TimedOut,
-                format!("the client took nothing written to it for {stall:?}"),
+                format!("the client acknowledged nothing written to it for {stall:?}"),
             )));
         }
-        Poll::Pending
+    }
+}
+
+/// Bytes in `stream`'s send queue the client has not acknowledged (Linux `SIOCOUTQ`).
+fn unacknowledged(stream: &TcpStream) -> Option<i32> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        let mut n: libc::c_int = 0;
+        // SAFETY: TIOCOUTQ (SIOCOUTQ for a socket) writes one int into `n`, which lives for
+        // the call; the descriptor is this stream's own.
+        let ok = unsafe { libc::ioctl(stream.as_raw_fd(), libc::TIOCOUTQ, &mut n) } == 0;
+        ok.then_some(n)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = stream;
+        None
     }
 }
 
@@ -351,5 +383,39 @@ mod tests {
                 .kind(),
             io::ErrorKind::ConnectionReset
         );
+    }
+
+    /// A client that reads slowly, but reads, is not cut off at the stall bound even while the
+    /// kernel holds the writer back; once it stops, it is.
+    #[tokio::test]
+    async fn a_slow_client_that_keeps_reading_is_not_cut_off() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let mut conn = Lingering::new(stream, Duration::from_millis(400));
+            let chunk = vec![1u8; 64 << 10];
+            loop {
+                if let Err(e) = conn.write_all(&chunk).await {
+                    return e;
+                }
+            }
+        });
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        // Its buffers fill first; then it reads a little every 100 ms for 3 s, far slower than
+        // the server writes.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut buf = vec![0u8; 64 << 10];
+        for _ in 0..30 {
+            client.read_exact(&mut buf).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(!server.is_finished(), "a client still reading was cut off");
+        // Then it stops.
+        let e = tokio::time::timeout(Duration::from_secs(20), server)
+            .await
+            .expect("the write never gave up")
+            .unwrap();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut, "{e}");
     }
 }
