@@ -48,6 +48,15 @@ pub struct Genesis {
     pub approved_profiles: Vec<B256>,
 }
 
+/// `ledger` with the contracts deployed by the devnet's governor on the devnet's default
+/// parameters, and nothing else (no account funded, no verifier registered): where tests start.
+pub async fn deployed(ledger: Arc<dyn crate::Ledger>) -> Result<Chain, LedgerError> {
+    let gov = dev_signer(0);
+    let params = DeployParams::devnet(gov.address(), dev_signer(1).address());
+    let d = deploy(ledger.as_ref(), &gov, &params).await?;
+    Chain::new(ledger, d)
+}
+
 /// Opens (or creates: genesis, deploy, fund, register verifiers) the devnet's embedded chain: the
 /// contracts bound to it, and the ledger itself (what its JSON-RPC server serves).
 pub async fn open(g: &Genesis) -> Result<(Chain, Arc<EmbeddedLedger>), LedgerError> {

@@ -218,8 +218,8 @@ mod tests {
 
     use alloy_primitives::U256;
     use alloy_signer_local::PrivateKeySigner;
-    use cairn_ledger::deploy::{TOKEN_UNIT, deploy};
-    use cairn_ledger::{DeployParams, EmbeddedLedger, Ledger, RegistrationRequest, dev_signer};
+    use cairn_ledger::deploy::TOKEN_UNIT;
+    use cairn_ledger::{EmbeddedLedger, RegistrationRequest, dev_signer};
 
     use super::*;
 
@@ -229,17 +229,10 @@ mod tests {
     #[tokio::test]
     async fn a_node_reaches_verifiers_only_where_it_is_reached_itself() {
         let dir = tempfile::tempdir().unwrap();
-        let ledger: Arc<dyn Ledger> =
+        let ledger =
             Arc::new(EmbeddedLedger::open(&dir.path().join("chain.sqlite"), 31337, &[]).unwrap());
+        let chain = cairn_ledger::devnet::deployed(ledger).await.unwrap();
         let gov = dev_signer(0);
-        let d = deploy(
-            ledger.as_ref(),
-            &gov,
-            &DeployParams::devnet(gov.address(), dev_signer(1).address()),
-        )
-        .await
-        .unwrap();
-        let chain = Chain::new(ledger, d).unwrap();
         // Whatever listens inside the network: every connection counted.
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();

@@ -465,44 +465,14 @@ async fn one_client_holds_no_more_than_its_share_of_request_memory() {
 /// deadline: the answer is cut off there and the slot comes back.
 #[tokio::test]
 async fn a_gateway_trickling_its_answer_is_cut_off_at_the_deadline() {
-    let app = axum::Router::new().route(
-        cairn_ohttp::GATEWAY_PATH,
-        axum::routing::post(|| async {
-            let drip = futures::stream::unfold((), |()| async {
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                Some((Ok::<_, std::io::Error>(vec![0u8; 1]), ()))
-            });
-            (
-                [(axum::http::header::CONTENT_TYPE, cairn_ohttp::RESPONSE_TYPE)],
-                axum::body::Body::from_stream(drip),
-            )
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let gw = format!(
-        "http://{}{}",
-        listener.local_addr().unwrap(),
-        cairn_ohttp::GATEWAY_PATH
-    );
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    let relay = relay_with(RelayConfig {
-        gateways: vec![Gateway {
-            name: "g".into(),
-            url: gw,
-            public_only: false,
-        }],
-        max_per_client: 1,
-        answer_timeout: std::time::Duration::from_millis(700),
-        ..Default::default()
+    let relay = relay_to_streaming_gateway(|| {
+        axum::body::Body::from_stream(futures::stream::unfold((), |()| async {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            Some((Ok::<_, std::io::Error>(vec![0u8; 1]), ()))
+        }))
     })
     .await;
-    let send = || {
-        reqwest::Client::new()
-            .post(format!("{relay}/gateways/g"))
-            .header("content-type", cairn_ohttp::REQUEST_TYPE)
-            .body(vec![0u8; 100])
-            .send()
-    };
+    let send = || post_sealed(&relay);
     let start = std::time::Instant::now();
     let r = send().await.unwrap();
     assert_eq!(r.status(), 200);
@@ -532,14 +502,33 @@ async fn a_gateway_trickling_its_answer_is_cut_off_at_the_deadline() {
 /// deadline either: the relay drops the answer there, whatever the client does.
 #[tokio::test]
 async fn a_client_that_stops_reading_loses_its_slot_at_the_deadline() {
+    let relay = relay_to_streaming_gateway(|| {
+        axum::body::Body::from_stream(futures::stream::repeat_with(|| {
+            Ok::<_, std::io::Error>(vec![7u8; 64 << 10])
+        }))
+    })
+    .await;
+    let send = || post_sealed(&relay);
+    // The answer's head is read, its body never.
+    let unread = send().await.unwrap();
+    assert_eq!(unread.status(), 200);
+    let r = send().await.unwrap();
+    assert_eq!(r.status(), 429, "the slot is held while the answer runs");
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let r = send().await.unwrap();
+    assert_eq!(r.status(), 200, "the slot was never given back");
+    drop(unread);
+}
+
+/// A relay (one slot per client, answers cut off at 700 ms) forwarding `g` to a gateway that
+/// answers every request with `answer()` as a sealed answer's body.
+async fn relay_to_streaming_gateway(answer: fn() -> axum::body::Body) -> String {
     let app = axum::Router::new().route(
         cairn_ohttp::GATEWAY_PATH,
-        axum::routing::post(|| async {
-            let endless =
-                futures::stream::repeat_with(|| Ok::<_, std::io::Error>(vec![7u8; 64 << 10]));
+        axum::routing::post(move || async move {
             (
                 [(axum::http::header::CONTENT_TYPE, cairn_ohttp::RESPONSE_TYPE)],
-                axum::body::Body::from_stream(endless),
+                answer(),
             )
         }),
     );
@@ -550,7 +539,7 @@ async fn a_client_that_stops_reading_loses_its_slot_at_the_deadline() {
         cairn_ohttp::GATEWAY_PATH
     );
     tokio::spawn(async move { axum::serve(listener, app).await });
-    let relay = relay_with(RelayConfig {
+    relay_with(RelayConfig {
         gateways: vec![Gateway {
             name: "g".into(),
             url: gw,
@@ -560,21 +549,15 @@ async fn a_client_that_stops_reading_loses_its_slot_at_the_deadline() {
         answer_timeout: std::time::Duration::from_millis(700),
         ..Default::default()
     })
-    .await;
-    let send = || {
-        reqwest::Client::new()
-            .post(format!("{relay}/gateways/g"))
-            .header("content-type", cairn_ohttp::REQUEST_TYPE)
-            .body(vec![0u8; 100])
-            .send()
-    };
-    // The answer's head is read, its body never.
-    let unread = send().await.unwrap();
-    assert_eq!(unread.status(), 200);
-    let r = send().await.unwrap();
-    assert_eq!(r.status(), 429, "the slot is held while the answer runs");
-    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
-    let r = send().await.unwrap();
-    assert_eq!(r.status(), 200, "the slot was never given back");
-    drop(unread);
+    .await
+}
+
+/// A 100-byte sealed request to `relay`'s gateway `g`.
+async fn post_sealed(relay: &str) -> reqwest::Result<reqwest::Response> {
+    reqwest::Client::new()
+        .post(format!("{relay}/gateways/g"))
+        .header("content-type", cairn_ohttp::REQUEST_TYPE)
+        .body(vec![0u8; 100])
+        .send()
+        .await
 }

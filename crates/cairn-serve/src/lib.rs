@@ -342,15 +342,14 @@ mod tests {
         );
     }
 
-    /// A client that takes nothing of what is written to it fails the server's write at the
-    /// stall bound (the server then drops the connection), however much is queued.
-    #[tokio::test]
-    async fn a_client_that_stops_reading_fails_the_write_at_the_stall_bound() {
+    /// A server writing to its one connection until a write fails (with that error), its
+    /// writes bounded by `stall`.
+    async fn endless_writer(stall: Duration) -> (SocketAddr, tokio::task::JoinHandle<io::Error>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let server = tokio::spawn(async move {
             let (stream, _) = listener.accept().await.unwrap();
-            let mut conn = Lingering::new(stream, Duration::from_millis(300));
+            let mut conn = Lingering::new(stream, stall);
             let chunk = vec![1u8; 64 << 10];
             loop {
                 if let Err(e) = conn.write_all(&chunk).await {
@@ -358,6 +357,14 @@ mod tests {
                 }
             }
         });
+        (addr, server)
+    }
+
+    /// A client that takes nothing of what is written to it fails the server's write at the
+    /// stall bound (the server then drops the connection), however much is queued.
+    #[tokio::test]
+    async fn a_client_that_stops_reading_fails_the_write_at_the_stall_bound() {
+        let (addr, server) = endless_writer(Duration::from_millis(300)).await;
         // Connected, and never reads.
         let mut client = TcpStream::connect(addr).await.unwrap();
         let e = tokio::time::timeout(Duration::from_secs(20), server)
@@ -389,18 +396,7 @@ mod tests {
     /// kernel holds the writer back; once it stops, it is.
     #[tokio::test]
     async fn a_slow_client_that_keeps_reading_is_not_cut_off() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let server = tokio::spawn(async move {
-            let (stream, _) = listener.accept().await.unwrap();
-            let mut conn = Lingering::new(stream, Duration::from_millis(400));
-            let chunk = vec![1u8; 64 << 10];
-            loop {
-                if let Err(e) = conn.write_all(&chunk).await {
-                    return e;
-                }
-            }
-        });
+        let (addr, server) = endless_writer(Duration::from_millis(400)).await;
         let mut client = TcpStream::connect(addr).await.unwrap();
         // Its buffers fill first; then it reads a little every 100 ms for 3 s, far slower than
         // the server writes.

@@ -503,35 +503,51 @@ async fn binary_listings_are_checked_as_json_ones_are() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_over_the_bound_is_refused_before_its_listing_is_fetched() {
     let (v, _dir) = verifier().await;
+    let count = u32::try_from(cairn_node_api::MAX_BATCH_RECEIPTS + 1).unwrap();
+    refused_through_handle(
+        &v,
+        "http://127.0.0.1:1",
+        (keccak256("a root"), count, U256::ZERO),
+        "at most 65536",
+    )
+    .await;
+}
+
+/// Registers the devnet's node (account 2) at `endpoint`, submits its batch (root, count,
+/// fees), and hands it to `v`: refused for `why`, and recorded so. The batch's id.
+async fn refused_through_handle(
+    v: &Verifier,
+    endpoint: &str,
+    (root, count, fees): (alloy_primitives::B256, u32, U256),
+    why: &str,
+) -> u64 {
     let chain = v.chain();
-    let gov = dev_signer(0);
-    let node = dev_signer(2);
+    let (gov, node) = (dev_signer(0), dev_signer(2));
     let stake = U256::from(100 * cairn_ledger::deploy::TOKEN_UNIT);
-    chain.mint(&gov, node.address(), stake).await.unwrap();
+    // Its stake, and the batch's fees it escrows.
+    chain
+        .mint(&gov, node.address(), stake + fees)
+        .await
+        .unwrap();
     chain
         .register(
             &node,
-            &RegistrationRequest::dev(node.address(), Role::Inference, "http://127.0.0.1:1"),
+            &RegistrationRequest::dev(node.address(), Role::Inference, endpoint),
             stake,
             vec![],
         )
         .await
         .unwrap();
-    let count = u32::try_from(cairn_node_api::MAX_BATCH_RECEIPTS + 1).unwrap();
-    let (id, _) = chain
-        .submit_batch(&node, keccak256("a root"), count, U256::ZERO)
-        .await
-        .unwrap();
+    let (id, _) = chain.submit_batch(&node, root, count, fees).await.unwrap();
     match v.handle(id).await {
-        Err(VerifyError::Refused { reason, .. }) => {
-            assert!(reason.contains("at most 65536"), "{reason}")
-        }
+        Err(VerifyError::Refused { reason, .. }) => assert!(reason.contains(why), "{reason}"),
         other => panic!("expected a refusal, got {other:?}"),
     }
     assert_eq!(
         v.store().outcome(id).unwrap(),
         Some(VerdictOutcome::Refused)
     );
+    id
 }
 
 /// A batch holding a receipt another key signed goes through `handle` to a refusal: recorded
@@ -568,36 +584,13 @@ async fn a_batch_with_a_receipt_another_key_signed_is_refused_and_never_attested
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await });
-    let gov = dev_signer(0);
-    let stake = U256::from(100 * cairn_ledger::deploy::TOKEN_UNIT);
-    // Its stake, and the batch's fees it escrows.
-    chain
-        .mint(&gov, node.address(), stake + info.fees)
-        .await
-        .unwrap();
-    chain
-        .register(
-            &node,
-            &RegistrationRequest::dev(node.address(), Role::Inference, &url),
-            stake,
-            vec![],
-        )
-        .await
-        .unwrap();
-    let (id, _) = chain
-        .submit_batch(&node, info.root, info.count, info.fees)
-        .await
-        .unwrap();
-    match v.handle(id).await {
-        Err(VerifyError::Refused { reason, .. }) => {
-            assert!(reason.contains("not the batch's node"), "{reason}")
-        }
-        other => panic!("expected a refusal, got {other:?}"),
-    }
-    assert_eq!(
-        v.store().outcome(id).unwrap(),
-        Some(VerdictOutcome::Refused)
-    );
+    let id = refused_through_handle(
+        &v,
+        &url,
+        (info.root, info.count, info.fees),
+        "not the batch's node",
+    )
+    .await;
     assert_eq!(
         posts.load(std::sync::atomic::Ordering::SeqCst),
         0,

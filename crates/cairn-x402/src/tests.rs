@@ -3,8 +3,8 @@ use std::sync::Arc;
 use alloy_primitives::{Address, B256, U256, address, b256};
 use alloy_signer_local::PrivateKeySigner;
 use alloy_sol_types::Eip712Domain;
-use cairn_ledger::deploy::{TOKEN_UNIT, deploy};
-use cairn_ledger::{Chain, DeployParams, EmbeddedLedger, Ledger, dev_signer};
+use cairn_ledger::deploy::TOKEN_UNIT;
+use cairn_ledger::{Chain, EmbeddedLedger, Ledger, dev_signer};
 use serde_json::{Value, json};
 
 use crate::exact::{self, verify_local};
@@ -633,14 +633,7 @@ async fn devnet_on(wrap: impl FnOnce(Arc<dyn Ledger>) -> Arc<dyn Ledger>) -> Dev
     let ledger: Arc<dyn Ledger> = wrap(Arc::new(
         EmbeddedLedger::open(&dir.path().join("chain.sqlite"), 31337, &[]).unwrap(),
     ));
-    let d = deploy(
-        ledger.as_ref(),
-        &gov,
-        &DeployParams::devnet(gov.address(), dev_signer(1).address()),
-    )
-    .await
-    .unwrap();
-    let chain = Chain::new(ledger, d).unwrap();
+    let chain = cairn_ledger::devnet::deployed(ledger).await.unwrap();
     let payer = dev_signer(6);
     chain
         .mint(&gov, payer.address(), U256::from(100 * TOKEN_UNIT))

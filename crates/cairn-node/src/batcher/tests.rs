@@ -4,8 +4,8 @@ use std::sync::Arc;
 
 use alloy_primitives::{U256, keccak256};
 use cairn_core::{BlobId, ExecutionProfile};
-use cairn_ledger::deploy::{TOKEN_UNIT, deploy};
-use cairn_ledger::{DeployParams, EmbeddedLedger, Ledger, RegistrationRequest, Role, dev_signer};
+use cairn_ledger::deploy::TOKEN_UNIT;
+use cairn_ledger::{EmbeddedLedger, Ledger, RegistrationRequest, Role, dev_signer};
 use cairn_receipt::merkle::ReceiptTree;
 use cairn_receipt::{Claims, ReceiptDomain, SignedReceipt};
 use cairn_sqlite::Durability;
@@ -25,15 +25,10 @@ async fn net() -> Net {
     let dir = tempfile::tempdir().unwrap();
     let ledger: Arc<dyn Ledger> =
         Arc::new(EmbeddedLedger::open(&dir.path().join("chain.sqlite"), 31337, &[]).unwrap());
+    let chain = cairn_ledger::devnet::deployed(ledger.clone())
+        .await
+        .unwrap();
     let gov = dev_signer(0);
-    let d = deploy(
-        ledger.as_ref(),
-        &gov,
-        &DeployParams::devnet(gov.address(), dev_signer(1).address()),
-    )
-    .await
-    .unwrap();
-    let chain = Chain::new(ledger.clone(), d).unwrap();
     let node = dev_signer(2);
     chain
         .mint(&gov, node.address(), U256::from(10_000 * TOKEN_UNIT))
