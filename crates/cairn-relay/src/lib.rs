@@ -9,7 +9,7 @@
 //! - It forwards only to the gateways it is configured for (no open proxy), only the OHTTP
 //!   media types, bodies of bounded size, and a bounded number of requests at once, overall
 //!   and per client address (an IPv4 address, an IPv6 /64), each within a deadline; one
-//!   client holds at most its share of the memory for requests being read.
+//!   client holds at most its share of the memory for requests being read and sent on.
 //! - `GET /gateways` names the gateways and nothing else (where the relay reaches them may be
 //!   inside its operator's network).
 //! - Key configurations (`GET`) are fetched through it too, so even that fetch does not show
@@ -208,7 +208,8 @@ impl Slot {
         Ok(())
     }
 
-    /// Gives the body budget counted with [`Slot::hold_body`] back (the request has gone on).
+    /// Gives the body budget counted with [`Slot::hold_body`] back (the gateway has begun to
+    /// answer).
     fn release_body(&mut self) {
         let mut m = self.relay.0.per_client.lock().expect("not poisoned");
         if let Some(c) = m.get_mut(&self.ip) {
@@ -461,7 +462,8 @@ async fn sent(
 }
 
 /// Reads a sealed request of at most `max` bytes within the body deadline, holding budget for
-/// its bytes as they arrive; the budget is given back once the request has gone on.
+/// its bytes as they arrive (the relay's and its client's share); the caller gives it back once
+/// the gateway has begun to answer (its bytes are surely written by then).
 async fn read_body(
     r: &Relay,
     slot: &mut Slot,
