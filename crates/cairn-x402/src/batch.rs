@@ -796,9 +796,9 @@ impl Batch {
     }
 
     /// One round: channels whose payer asked to withdraw are marked (no new vouchers) and
-    /// claimed now, within the withdraw delay; then what every channel owes is claimed, up to
-    /// [`MAX_CLAIMS_PER_TX`] channels a transaction, and the claimed total is swept to the
-    /// vault. Returns how many channels were claimed.
+    /// claimed now, within the withdraw delay; then what every channel owes, once it is worth
+    /// the gas allowance, is claimed, up to [`MAX_CLAIMS_PER_TX`] channels a transaction, and
+    /// the claimed total is swept to the vault. Returns how many channels were claimed.
     pub async fn claim_due(&self) -> Result<usize, X402Error> {
         self.settle_unsure().await;
         // A failed look at withdrawals does not stop the claims: they are what protects the
@@ -814,6 +814,11 @@ impl Batch {
             // What is owed, under the largest counted voucher (which covers it).
             let amount = c.accepted.min(cumulative);
             if amount <= c.redeemed {
+                continue;
+            }
+            // A claim costs the node gas too: claimed once it is worth the gas allowance, or
+            // the payer asked for a withdrawal (then within the delay, however small).
+            if amount - c.redeemed < self.gas_allowance && !c.closing {
                 continue;
             }
             let Ok(config) = <ChannelConfig as SolType>::abi_decode(&config) else {
