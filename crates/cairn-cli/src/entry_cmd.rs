@@ -84,11 +84,12 @@ pub struct EntryServeArgs {
     /// leaves. Needs the chain (--rpc/--deployment, or the devnet's).
     #[arg(long)]
     pub charge_callers: bool,
-    /// With --charge-callers, token units a caller's `batch-settlement` channel must be charged
-    /// between two transactions the entry sends for it at its own gas (a deposit, a refund; a
-    /// channel's first deposit is free). 0: any charge.
+    /// With --charge-callers, token units worth one transaction at the entry's gas: a caller's
+    /// `batch-settlement` channel must be charged this between two deposits or refunds the entry
+    /// sends for it (a channel's first is free), and its count is claimed once it reaches this,
+    /// when the caller withdraws, or after 5 minutes. 0: any charge.
     #[arg(long, default_value_t = U256::from(cairn_x402::batch::DEFAULT_GAS_ALLOWANCE))]
-    pub batch_gas_allowance: U256,
+    pub gas_allowance: U256,
 }
 
 impl EntryServeArgs {
@@ -199,7 +200,7 @@ async fn caller_payments(
     // chain has the contract: a caller cannot take back what a turn already spent.
     if let Some(b) = cairn_x402::batch::Batch::new(chain, store, key.clone(), key.address()).await?
     {
-        let b = Arc::new(b.with_gas_allowance(a.batch_gas_allowance));
+        let b = Arc::new(b.with_gas_allowance(a.gas_allowance));
         tokio::spawn(b.clone().run(Duration::from_secs(5)));
         wall = wall.with_batch(b);
     }

@@ -165,11 +165,13 @@ pub struct NodeServeArgs {
     /// Seconds between voucher redemptions (and reconciliations of pending settlements).
     #[arg(long, default_value_t = 30)]
     pub redeem_every_secs: u64,
-    /// Token units a `batch-settlement` channel must be charged between two transactions the
-    /// node sends for it at its own gas (a payer's deposit, a cooperative refund; a channel's
-    /// first deposit is free): what such a transaction costs you. 0: any charge.
+    /// Token units worth one transaction at the node's gas (what one costs you): a
+    /// `batch-settlement` channel must be charged this between two deposits or refunds the node
+    /// sends for it (a channel's first is free); a channel's count is claimed (batch-settlement)
+    /// or redeemed (prepaid) once it reaches this, when its payer withdraws, or after 5 minutes.
+    /// 0: any charge.
     #[arg(long, default_value_t = U256::from(cairn_x402::batch::DEFAULT_GAS_ALLOWANCE))]
-    pub batch_gas_allowance: U256,
+    pub gas_allowance: U256,
     /// The key id of the node's Oblivious HTTP gateway key (derived from the node's key; a new
     /// id is a rotation, which needs a new attestation: `cairn node register` with the same id).
     #[arg(long, default_value_t = 1)]
@@ -373,7 +375,7 @@ pub async fn open_node(
         },
         prepaid: !args.no_prepaid,
         redeem_every: Duration::from_secs(args.redeem_every_secs.max(1)),
-        batch_gas_allowance: args.batch_gas_allowance,
+        gas_allowance: args.gas_allowance,
     });
     let settlement = chain.map(|chain| cairn_node::SettlementConfig {
         chain,

@@ -201,9 +201,11 @@ pub struct PaymentConfig {
     pub prepaid: bool,
     /// How often accepted vouchers are redeemed and pending settlements reconciled.
     pub redeem_every: Duration,
-    /// Token units a `batch-settlement` channel must be charged between two transactions the
-    /// node sends for it at its own gas (a deposit, a refund).
-    pub batch_gas_allowance: U256,
+    /// Token units worth one transaction at the node's gas: what a `batch-settlement` channel
+    /// must be charged between two deposits or refunds the node sends for it, and what a
+    /// channel's count reaches before it is claimed or redeemed (sooner when its payer
+    /// withdraws, or after [`cairn_x402::pacing::CLAIM_WAIT`]).
+    pub gas_allowance: U256,
 }
 
 impl Default for PaymentConfig {
@@ -213,7 +215,7 @@ impl Default for PaymentConfig {
             llm_prices: pricing::LlmPrices::default(),
             prepaid: true,
             redeem_every: Duration::from_secs(30),
-            batch_gas_allowance: U256::from(cairn_x402::batch::DEFAULT_GAS_ALLOWANCE),
+            gas_allowance: U256::from(cairn_x402::batch::DEFAULT_GAS_ALLOWANCE),
         }
     }
 }

@@ -306,6 +306,8 @@ pub struct Batch {
     /// What a channel must be charged between two transactions the node sends for it at its
     /// own gas; see [`Batch::spend_gas`].
     gas_allowance: U256,
+    /// When counts are claimed.
+    pacing: crate::pacing::ClaimPacing,
 }
 
 impl Batch {
@@ -333,6 +335,7 @@ impl Batch {
             scanned: AtomicU64::new(start),
             unsure: Default::default(),
             gas_allowance: U256::from(DEFAULT_GAS_ALLOWANCE),
+            pacing: crate::pacing::ClaimPacing::new(U256::from(DEFAULT_GAS_ALLOWANCE)),
         }))
     }
 
@@ -341,6 +344,7 @@ impl Batch {
     /// Default [`DEFAULT_GAS_ALLOWANCE`].
     pub fn with_gas_allowance(mut self, allowance: U256) -> Self {
         self.gas_allowance = allowance;
+        self.pacing = crate::pacing::ClaimPacing::new(allowance);
         self
     }
 
@@ -796,9 +800,9 @@ impl Batch {
     }
 
     /// One round: channels whose payer asked to withdraw are marked (no new vouchers) and
-    /// claimed now, within the withdraw delay; then what every channel owes, once it is worth
-    /// the gas allowance, is claimed, up to [`MAX_CLAIMS_PER_TX`] channels a transaction, and
-    /// the claimed total is swept to the vault. Returns how many channels were claimed.
+    /// claimed now, within the withdraw delay; then what every channel owes is claimed as
+    /// [`crate::pacing::ClaimPacing`] says, up to [`MAX_CLAIMS_PER_TX`] channels a transaction,
+    /// and the claimed total is swept to the vault. Returns how many channels were claimed.
     pub async fn claim_due(&self) -> Result<usize, X402Error> {
         self.settle_unsure().await;
         // A failed look at withdrawals does not stop the claims: they are what protects the
@@ -816,11 +820,11 @@ impl Batch {
             if amount <= c.redeemed {
                 continue;
             }
-            // A claim costs the node gas too: claimed once it is worth the gas allowance, or
-            // the payer asked for a withdrawal (then within the delay, however small).
-            if amount - c.redeemed < self.gas_allowance && !c.closing {
+            // A claim costs the node gas too (`ClaimPacing`).
+            if !self.pacing.due(c.id, amount - c.redeemed, c.closing) {
                 continue;
             }
+            self.pacing.claimed(c.id);
             let Ok(config) = <ChannelConfig as SolType>::abi_decode(&config) else {
                 tracing::warn!(channel = %c.id, "a stored channel config does not decode");
                 continue;

@@ -20,6 +20,7 @@ pub mod batch;
 pub mod client;
 pub mod exact;
 pub mod facilitator;
+pub mod pacing;
 pub mod paywall;
 pub mod prepaid;
 pub mod store;

@@ -1914,24 +1914,34 @@ async fn a_channel_charged_less_than_the_gas_allowance_gets_no_transaction_at_th
         chain.token_balance(payer.address()).await.unwrap(),
         after_call
     );
-    // Nor does it claim the unit in its claim rounds (a claim is gas too), until the payer
-    // asks for a withdrawal: then what it is owed is claimed within the delay, however small.
-    assert_eq!(batch.claim_due().await.unwrap(), 0);
+    // Claims are gas too: the first round after a start claims what is owed, however small;
+    // after that a count below the allowance waits (5 minutes), unless its payer asks for a
+    // withdrawal: then it is claimed within the delay.
     let mut other = BatchChannel::new(payer.address(), &offer, B256::repeat_byte(12)).unwrap();
-    let h = other.pay(payer, &req, &offer, U256::from(min)).unwrap();
-    let (status, body, settle, _) = send(&s.url, &h, "go").await;
-    assert_eq!(status, 200, "{body}");
-    other.charged(&settle.unwrap(), offer.amount);
-    assert_eq!(batch.claim_due().await.unwrap(), 0);
+    let mut charge_other = async |deposit: u64| {
+        let h = other.pay(payer, &req, &offer, U256::from(deposit)).unwrap();
+        let (status, body, settle, _) = send(&s.url, &h, "go").await;
+        assert_eq!(status, 200, "{body}");
+        other.charged(&settle.unwrap(), offer.amount);
+    };
+    charge_other(min).await;
+    assert_eq!(batch.claim_due().await.unwrap(), 2, "the first round");
+    charge_other(0).await;
+    assert_eq!(
+        batch.claim_due().await.unwrap(),
+        0,
+        "one unit claimed at once"
+    );
     chain
-        .batch_initiate_withdraw(payer, &other.config, (min - 1) as u128)
+        .batch_initiate_withdraw(payer, &other.config, (min - 2) as u128)
         .await
         .unwrap();
     let vault = chain.token_balance(s.vault).await.unwrap();
     assert_eq!(batch.claim_due().await.unwrap(), 1);
     assert_eq!(
         chain.token_balance(s.vault).await.unwrap(),
-        vault + U256::from(1u64)
+        vault + U256::from(1u64),
+        "the withdrawing channel's count, swept"
     );
     // An operator whose transactions cost nothing (allowance 0) sends it for any charge.
     let after_call = chain.token_balance(payer.address()).await.unwrap();

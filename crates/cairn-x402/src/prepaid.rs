@@ -89,6 +89,8 @@ pub struct Prepaid {
     /// The domain's separator, hashed once rather than per voucher.
     separator: B256,
     scanned: AtomicU64,
+    /// When counts are redeemed (each redemption is a transaction at the node's gas).
+    pacing: crate::pacing::ClaimPacing,
 }
 
 fn invalid(code: &'static str, msg: String) -> X402Error {
@@ -113,7 +115,18 @@ impl Prepaid {
             separator: domain.separator(),
             domain,
             scanned: AtomicU64::new(start),
+            pacing: crate::pacing::ClaimPacing::new(U256::from(
+                crate::batch::DEFAULT_GAS_ALLOWANCE,
+            )),
         }
+    }
+
+    /// Redeems a channel's count once it reaches `allowance` token units (what a transaction
+    /// costs the node), when its payer withdraws, or after a few minutes
+    /// ([`crate::pacing::ClaimPacing`]). Default [`crate::batch::DEFAULT_GAS_ALLOWANCE`].
+    pub fn with_gas_allowance(mut self, allowance: U256) -> Self {
+        self.pacing = crate::pacing::ClaimPacing::new(allowance);
+        self
     }
 
     /// The offer for `amount`.
@@ -330,7 +343,8 @@ impl Prepaid {
     }
 
     /// One round: marks channels whose payer asked to withdraw (so no new vouchers are taken),
-    /// then claims what every channel owes. Returns how many channels were redeemed.
+    /// then claims what every channel owes, paced ([`Prepaid::with_gas_allowance`]). Returns how
+    /// many channels were redeemed.
     pub async fn redeem_due(&self) -> Result<usize, X402Error> {
         let from = self.scanned.load(Ordering::Relaxed);
         let head = self.chain.ledger().head().await?.number;
@@ -366,6 +380,11 @@ impl Prepaid {
             if amount <= c.redeemed {
                 continue;
             }
+            // Each redemption is a transaction at the node's gas (`ClaimPacing`).
+            if !self.pacing.due(c.id, amount - c.redeemed, c.closing) {
+                continue;
+            }
+            self.pacing.claimed(c.id);
             let Ok(sig) = Signature::try_from(sig.as_slice()) else {
                 continue;
             };

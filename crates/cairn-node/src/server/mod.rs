@@ -371,18 +371,16 @@ async fn open_paywall(
         .await
         .map_err(|e| NodeError::ChainUnavailable(format!("reading the payment vault: {e}")))?;
     let prepaid = pc.prepaid.then(|| {
-        Arc::new(cairn_x402::prepaid::Prepaid::new(
-            chain.clone(),
-            store.clone(),
-            key.clone(),
-            vault,
-        ))
+        Arc::new(
+            cairn_x402::prepaid::Prepaid::new(chain.clone(), store.clone(), key.clone(), vault)
+                .with_gas_allowance(pc.gas_allowance),
+        )
     });
     // The x402 batch-settlement channels, wherever the chain has their contracts.
     let batch = cairn_x402::batch::Batch::new(chain.clone(), store.clone(), key.clone(), vault)
         .await
         .map_err(x)?
-        .map(|b| Arc::new(b.with_gas_allowance(pc.batch_gas_allowance)));
+        .map(|b| Arc::new(b.with_gas_allowance(pc.gas_allowance)));
     tokio::spawn(facilitator.clone().reconcile_loop(pc.redeem_every));
     if let Some(p) = &prepaid {
         tokio::spawn(p.clone().run(pc.redeem_every));
