@@ -349,6 +349,23 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let server = tokio::spawn(async move {
             let (stream, _) = listener.accept().await.unwrap();
+            // A fixed send buffer: how long a write waits does not follow the kernel's tuning.
+            #[cfg(target_os = "linux")]
+            {
+                use std::os::fd::AsRawFd;
+                let size: libc::c_int = 1 << 20;
+                // SAFETY: sets one int option on this stream's own socket; `size` lives for
+                // the call.
+                unsafe {
+                    libc::setsockopt(
+                        stream.as_raw_fd(),
+                        libc::SOL_SOCKET,
+                        libc::SO_SNDBUF,
+                        (&size as *const libc::c_int).cast(),
+                        std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                    )
+                };
+            }
             let mut conn = Lingering::new(stream, stall);
             let chunk = vec![1u8; 64 << 10];
             loop {
@@ -396,13 +413,15 @@ mod tests {
     /// kernel holds the writer back; once it stops, it is.
     #[tokio::test]
     async fn a_slow_client_that_keeps_reading_is_not_cut_off() {
-        let (addr, server) = endless_writer(Duration::from_millis(400)).await;
+        // A stall bound 20 reads long: a machine busy with other tests may delay a read, not
+        // twenty.
+        let (addr, server) = endless_writer(Duration::from_secs(2)).await;
         let mut client = TcpStream::connect(addr).await.unwrap();
-        // Its buffers fill first; then it reads a little every 100 ms for 3 s, far slower than
-        // the server writes.
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let mut buf = vec![0u8; 64 << 10];
-        for _ in 0..30 {
+        // It reads 16 KiB every 100 ms for 5 s, far slower than the server writes: the
+        // buffers between them stay full, and with the server's send buffer fixed at 1 MiB
+        // (2 MiB as Linux counts it) its writes wait over 4 s for a third of it to free up.
+        let mut buf = vec![0u8; 16 << 10];
+        for _ in 0..50 {
             client.read_exact(&mut buf).await.unwrap();
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
