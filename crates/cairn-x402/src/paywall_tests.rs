@@ -205,6 +205,22 @@ async fn exact_header(url: &str, payer: &PrivateKeySigner) -> String {
     client::pay_exact(payer, &req, &offer).unwrap()
 }
 
+/// A call on `url` paid from channel `ch` under `terms` (the 402 and its batch-settlement
+/// offer), depositing `deposit` if the channel needs it: answered 200, and the channel counts
+/// what it was charged.
+async fn charged_call(
+    url: &str,
+    ch: &mut crate::client::BatchChannel,
+    payer: &PrivateKeySigner,
+    (req, offer): (&PaymentRequired, &crate::wire::PaymentRequirements),
+    deposit: U256,
+) {
+    let h = ch.pay(payer, req, offer, deposit).unwrap();
+    let (status, body, settle, _) = send(url, &h, "go").await;
+    assert_eq!(status, 200, "{body}");
+    ch.charged(&settle.unwrap(), offer.amount);
+}
+
 async fn send(
     url: &str,
     header: &str,
@@ -1776,14 +1792,7 @@ async fn a_deposit_never_sent_does_not_use_up_the_channels_turn() {
         "no send was tried: {body}"
     );
     assert_eq!(status, 502, "{body}");
-    let (status, body, settle, _) = send(
-        &s.url,
-        &ch.pay(payer, &req, &offer, U256::ZERO).unwrap(),
-        "go",
-    )
-    .await;
-    assert_eq!(status, 200, "{body}");
-    ch.charged(&settle.unwrap(), offer.amount);
+    charged_call(&s.url, &mut ch, payer, (&req, &offer), U256::ZERO).await;
     let refund = refund_request(
         &req,
         &offer,
@@ -1832,14 +1841,7 @@ async fn a_channel_charged_nothing_gets_no_transaction_at_the_nodes_gas() {
     assert_eq!(token_balance(payer.address()).await, after_deposit);
     // A call charged on it makes one refund possible again.
     idle.balance = deposit;
-    let (status, body, settle, _) = send(
-        &s.url,
-        &idle.pay(payer, &req, &offer, U256::ZERO).unwrap(),
-        "go",
-    )
-    .await;
-    assert_eq!(status, 200, "{body}");
-    idle.charged(&settle.unwrap(), offer.amount);
+    charged_call(&s.url, &mut idle, payer, (&req, &offer), U256::ZERO).await;
     let h = refund(idle.refund_payload(payer, &offer, None).unwrap());
     let (status, body, _, _) = send(&s.url, &h, "go").await;
     assert_eq!(status, 200, "{body}");
@@ -1874,10 +1876,7 @@ async fn a_channel_charged_less_than_the_gas_allowance_gets_no_transaction_at_th
         "{body}"
     );
     ch.balance = U256::ZERO;
-    let h = ch.pay(payer, &req, &offer, U256::from(min)).unwrap();
-    let (status, body, settle, _) = send(&s.url, &h, "go").await;
-    assert_eq!(status, 200, "{body}");
-    ch.charged(&settle.unwrap(), offer.amount);
+    charged_call(&s.url, &mut ch, payer, (&req, &offer), U256::from(min)).await;
     let after_call = chain.token_balance(payer.address()).await.unwrap();
     let payload = ch.refund_payload(payer, &offer, None).unwrap();
     let (status, body, _, v2) =
@@ -1918,15 +1917,10 @@ async fn a_channel_charged_less_than_the_gas_allowance_gets_no_transaction_at_th
     // after that a count below the allowance waits (5 minutes), unless its payer asks for a
     // withdrawal: then it is claimed within the delay.
     let mut other = BatchChannel::new(payer.address(), &offer, B256::repeat_byte(12)).unwrap();
-    let mut charge_other = async |deposit: u64| {
-        let h = other.pay(payer, &req, &offer, U256::from(deposit)).unwrap();
-        let (status, body, settle, _) = send(&s.url, &h, "go").await;
-        assert_eq!(status, 200, "{body}");
-        other.charged(&settle.unwrap(), offer.amount);
-    };
-    charge_other(min).await;
+    let terms = (&req, &offer);
+    charged_call(&s.url, &mut other, payer, terms, U256::from(min)).await;
     assert_eq!(batch.claim_due().await.unwrap(), 2, "the first round");
-    charge_other(0).await;
+    charged_call(&s.url, &mut other, payer, terms, U256::ZERO).await;
     assert_eq!(
         batch.claim_due().await.unwrap(),
         0,
