@@ -358,7 +358,8 @@ impl PaymentStore {
     }
 
     /// Gives back the turn [`PaymentStore::take_gas_turn`] took at `charged`: its transaction
-    /// never went out (or never landed). Only if no later one took the channel's turn since.
+    /// surely never went out. Only if no later one took the channel's turn since (charges only
+    /// grow, so a turn's value is never taken twice).
     pub fn give_gas_turn_back(&self, id: B256, charged: U256) -> Result<(), X402Error> {
         self.durable(|c| {
             if gas_turn(c, id)? != Some(charged) {
